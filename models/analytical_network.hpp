@@ -1,0 +1,28 @@
+// Analytical network: no contention. A flow of B bytes on a path with summed latency L and
+// smallest link bandwidth W completes after
+//     t = L + ceil(B / W)
+// whatever else is in flight. Concurrent flows through one link each get the full link, so
+// this is optimistic wherever links are shared (an all-to-all's flows share their source's
+// port): use it for quick sweeps; the max-min model is the contended one.
+#pragma once
+
+#include "models/network.hpp"
+#include "sim/simulator.hpp"
+
+namespace moesim::models {
+
+class AnalyticalNetwork final : public NetworkModel {
+ public:
+  AnalyticalNetwork(sim::Simulator& sim, const topology::Cluster& cluster)
+      : sim_(sim), cluster_(cluster) {}
+  void start_flow(const Flow& flow, Done on_done) override;
+  std::string_view name() const override { return "analytical"; }
+  // The time a flow takes alone on its path.
+  sim::Time flow_time(const Flow& flow) const;
+
+ private:
+  sim::Simulator& sim_;
+  const topology::Cluster& cluster_;
+};
+
+}  // namespace moesim::models

@@ -1,0 +1,31 @@
+#include "models/moe_costs.hpp"
+
+namespace moesim::models {
+
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t s) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes;
+  const std::int64_t q = m.attention_heads * m.head_dim;
+  const std::int64_t kv = m.kv_heads * m.head_dim;
+  return KernelCost{
+      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 2 * t * q * (s + 1),
+      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * (2 * h + 2 * (q + 2 * kv)),
+  };
+}
+
+KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, e = m.experts;
+  return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e};
+}
+
+KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
+  if (n <= 0) return {};
+  const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
+  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = b * 3 * h * f + b * n * (2 * h + 6 * f)};
+}
+
+KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes;
+  return KernelCost{.flops = 2 * r * h, .bytes = b * h * (r + t)};
+}
+
+}  // namespace moesim::models

@@ -1,0 +1,36 @@
+// FLOPs and HBM bytes of the kernels of one MoE transformer layer's forward pass, per GPU.
+// T = tokens on the GPU, H = hidden, F = expert FFN size, E = experts, k = top_k,
+// S = sequence length, b = bytes per element (2 for bf16), q = heads * head_dim,
+// kv = kv_heads * head_dim. A multiply-add counts as 2 FLOPs.
+//
+// attention (prefill, causal, per token t of a length-S sequence attending to (S+1)/2 keys on
+// average):
+//   FLOPs = 2*T*H*(q + 2*kv)      QKV projection
+//         + 2*T*q*H               output projection
+//         + 2*T*q*(S+1)           QK^T and PV: 2 matmuls x 2 FLOPs x q x (S+1)/2 keys
+//   bytes = b*(H*(q + 2*kv) + q*H)            weights, read once
+//         + b*T*(2*H + 2*(q + 2*kv))           x in, out written; q/k/v written and read back
+// router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
+// expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
+//   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
+//   (weights once; tokens in and out; the 2F gate/up output written and read, the F
+//   activation written and read). A GPU runs its local experts back to back (grouped GEMM).
+// reduce (weighted sum of a token's returned expert outputs) over r returned copies:
+//   FLOPs = 2*r*H;  bytes = b*H*(r + T)
+// Simplifications, each deepened by a later model: attention is standard multi-head/GQA
+// (DeepSeek's MLA is approximated by its head counts); no softmax/norm/elementwise kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "models/roofline.hpp"
+#include "routing/moe_spec.hpp"
+
+namespace moesim::models {
+
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len);
+KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
+
+}  // namespace moesim::models

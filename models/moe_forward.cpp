@@ -1,0 +1,186 @@
+#include "models/moe_forward.hpp"
+
+#include "models/moe_costs.hpp"
+#include "sim/assert.hpp"
+
+namespace moesim::models {
+
+using sim::Time;
+using topology::GpuId;
+
+std::string_view to_string(Stage s) {
+  switch (s) {
+    case Stage::attention: return "attention";
+    case Stage::router: return "router";
+    case Stage::shared_experts: return "shared_experts";
+    case Stage::dispatch: return "dispatch";
+    case Stage::experts: return "experts";
+    case Stage::combine: return "combine";
+    case Stage::reduce: return "reduce";
+  }
+  return "?";
+}
+
+bool is_network_wait(Stage s) { return s == Stage::dispatch || s == Stage::combine; }
+
+MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
+                       NetworkModel& network, const Roofline& roofline, const ForwardSpec& spec,
+                       Recorder& recorder)
+    : sim_(sim),
+      cluster_(cluster),
+      network_(network),
+      roofline_(roofline),
+      spec_(spec),
+      recorder_(recorder),
+      placement_(routing::make_placement(spec.placement, spec.model.experts, spec.ep)) {
+  const int gpus = cluster.gpu_count();
+  MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
+  gpus_.resize(static_cast<std::size_t>(gpus));
+  const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(spec.model.moe_layers);
+  dispatch_arrived_.assign(cells, 0);
+  combine_arrived_.assign(cells, 0);
+}
+
+const routing::DispatchPlan& MoeForward::plan(int layer, int gpu) const {
+  const int groups = cluster_.gpu_count() / spec_.ep;
+  return plans_[static_cast<std::size_t>(layer * groups + gpu / spec_.ep)];
+}
+
+sim::Bytes MoeForward::token_bytes(std::int64_t copies) const {
+  return sim::Bytes(copies * spec_.model.hidden * spec_.model.dtype_bytes);
+}
+
+void MoeForward::start() {
+  const int groups = cluster_.gpu_count() / spec_.ep;
+  plans_.clear();
+  plans_.reserve(static_cast<std::size_t>(spec_.model.moe_layers * groups));
+  for (int l = 0; l < spec_.model.moe_layers; ++l) {
+    for (int g = 0; g < groups; ++g) {
+      plans_.push_back(routing::make_dispatch_plan(spec_.model, spec_.routing, placement_,
+                                                   spec_.seed, l, g * spec_.ep,
+                                                   spec_.tokens_per_gpu));
+      recorder_.on_routing(l, g * spec_.ep, plans_.back());
+    }
+  }
+  for (int g = 0; g < cluster_.gpu_count(); ++g) begin_layer(g);
+}
+
+void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
+  const Time start = sim_.now();
+  sim_.schedule_in(duration, [this, gpu, stage, start, next] {
+    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)),
+                                   gpus_[static_cast<std::size_t>(gpu)].layer, stage, start,
+                                   sim_.now()});
+    (this->*next)(gpu);
+  });
+}
+
+void MoeForward::begin_layer(int gpu) {
+  run_stage(gpu, Stage::attention,
+            roofline_.time(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length)),
+            &MoeForward::after_attention);
+}
+
+void MoeForward::after_attention(int gpu) {
+  run_stage(gpu, Stage::router, roofline_.time(router_cost(spec_.model, spec_.tokens_per_gpu)),
+            &MoeForward::after_router);
+}
+
+void MoeForward::after_router(int gpu) {
+  const int layer = gpus_[static_cast<std::size_t>(gpu)].layer;
+  const auto& p = plan(layer, gpu);
+  const int r = rank(gpu);
+  const int first = group_first(gpu);
+  for (int d = 0; d < spec_.ep; ++d) {
+    const std::int64_t copies = p.send(r, d);
+    if (d == r || copies == 0) continue;
+    const int dst = first + d;
+    const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
+                    token_bytes(copies)};
+    recorder_.on_flow(layer, Stage::dispatch, flow.size);
+    network_.start_flow(flow, [this, dst, layer] {
+      ++arrivals(dispatch_arrived_, dst, layer);
+      try_start_experts(dst);
+    });
+  }
+  if (spec_.model.shared_experts > 0) {
+    const Time one = roofline_.time(expert_cost(spec_.model, spec_.tokens_per_gpu));
+    run_stage(gpu, Stage::shared_experts, one * spec_.model.shared_experts, &MoeForward::after_shared);
+  } else {
+    after_shared(gpu);
+  }
+}
+
+void MoeForward::after_shared(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  s.wait = Wait::dispatch;
+  s.wait_start = sim_.now();
+  try_start_experts(gpu);
+}
+
+void MoeForward::try_start_experts(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::dispatch) return;  // an early arrival; counted, checked when g gets here
+  const auto& p = plan(s.layer, gpu);
+  const int r = rank(gpu);
+  std::int64_t expected = 0;
+  for (int src = 0; src < spec_.ep; ++src) expected += (src != r && p.send(src, r) > 0);
+  if (arrivals(dispatch_arrived_, gpu, s.layer) < expected) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::dispatch,
+                                 s.wait_start, sim_.now()});
+  Time t;
+  for (int e = r * placement_.experts_per_gpu; e < (r + 1) * placement_.experts_per_gpu; ++e)
+    t += roofline_.time(expert_cost(spec_.model, p.expert_computed[static_cast<std::size_t>(e)]));
+  run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
+}
+
+void MoeForward::after_experts(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int layer = s.layer;
+  const auto& p = plan(layer, gpu);
+  const int r = rank(gpu);
+  const int first = group_first(gpu);
+  for (int src = 0; src < spec_.ep; ++src) {
+    const std::int64_t copies = p.send(src, r);
+    if (src == r || copies == 0) continue;
+    const int dst = first + src;
+    const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
+                    token_bytes(copies)};
+    recorder_.on_flow(layer, Stage::combine, flow.size);
+    network_.start_flow(flow, [this, dst, layer] {
+      ++arrivals(combine_arrived_, dst, layer);
+      try_finish_combine(dst);
+    });
+  }
+  s.wait = Wait::combine;
+  s.wait_start = sim_.now();
+  try_finish_combine(gpu);
+}
+
+void MoeForward::try_finish_combine(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::combine) return;
+  const auto& p = plan(s.layer, gpu);
+  const int r = rank(gpu);
+  std::int64_t expected = 0;
+  for (int d = 0; d < spec_.ep; ++d) expected += (d != r && p.send(r, d) > 0);
+  if (arrivals(combine_arrived_, gpu, s.layer) < expected) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::combine,
+                                 s.wait_start, sim_.now()});
+  run_stage(gpu, Stage::reduce,
+            roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, p.kept(r))),
+            &MoeForward::after_reduce);
+}
+
+void MoeForward::after_reduce(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (++s.layer < spec_.model.moe_layers) {
+    begin_layer(gpu);
+  } else {
+    ++finished_gpus_;
+  }
+}
+
+}  // namespace moesim::models

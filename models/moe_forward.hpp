@@ -1,0 +1,89 @@
+// The MoE forward pass of one micro-batch through every MoE layer, on every GPU.
+//
+// Per GPU g and layer l, in order:
+//   attention -> router -> [send dispatch flows] -> shared experts -> wait for dispatch ->
+//   experts -> [send combine flows] -> wait for combine -> reduce -> layer l+1.
+// Dispatch sends, for every destination d != g, one flow of (kept assignments g->d) x H x b
+// bytes (the routing's DispatchPlan); g's assignments to its own experts stay local. g starts
+// its experts when its own router is done and every non-empty inbound dispatch flow of layer l
+// has arrived; it then sends each source its expert outputs back (same byte count), and reduces
+// once every non-empty inbound combine flow has arrived. Pairs that exchange nothing impose no
+// wait. All dependencies are events, so a slow or overloaded GPU delays exactly the GPUs that
+// wait for its flows. Compute times come from the roofline (models/moe_costs.hpp); no stage
+// overlaps another on a GPU (two-batch overlap is a later model).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "models/network.hpp"
+#include "models/recorder.hpp"
+#include "models/roofline.hpp"
+#include "routing/dispatch_plan.hpp"
+#include "routing/moe_spec.hpp"
+#include "sim/simulator.hpp"
+#include "topology/cluster.hpp"
+
+namespace moesim::models {
+
+struct ForwardSpec {
+  routing::MoeModelSpec model;
+  routing::RoutingSpec routing;
+  routing::PlacementSpec placement;
+  int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs
+  std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
+  std::int64_t sequence_length = 1;
+  std::uint64_t seed = 0;
+};
+
+class MoeForward {
+ public:
+  MoeForward(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network,
+             const Roofline& roofline, const ForwardSpec& spec, Recorder& recorder);
+  // Routes every layer (reported to the recorder) and starts layer 0 on every GPU at now().
+  void start();
+  bool finished() const { return finished_gpus_ == gpus_.size(); }
+
+ private:
+  enum class Wait { none, dispatch, combine };
+  struct GpuState {
+    int layer = 0;
+    Wait wait = Wait::none;
+    sim::Time wait_start;
+  };
+
+  const routing::DispatchPlan& plan(int layer, int gpu) const;
+  int rank(int gpu) const { return gpu % spec_.ep; }
+  int group_first(int gpu) const { return gpu - rank(gpu); }
+  sim::Bytes token_bytes(std::int64_t copies) const;
+
+  void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
+  void begin_layer(int gpu);
+  void after_attention(int gpu);
+  void after_router(int gpu);
+  void after_shared(int gpu);
+  void try_start_experts(int gpu);
+  void after_experts(int gpu);
+  void try_finish_combine(int gpu);
+  void after_reduce(int gpu);
+  std::int64_t& arrivals(std::vector<std::int64_t>& v, int gpu, int layer) {
+    return v[static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.model.moe_layers) +
+             static_cast<std::size_t>(layer)];
+  }
+
+  sim::Simulator& sim_;
+  const topology::Cluster& cluster_;
+  NetworkModel& network_;
+  const Roofline& roofline_;
+  ForwardSpec spec_;
+  Recorder& recorder_;
+  routing::Placement placement_;
+  std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
+  std::vector<GpuState> gpus_;
+  std::vector<std::int64_t> dispatch_arrived_;  // [gpu * layers + layer]
+  std::vector<std::int64_t> combine_arrived_;
+  std::size_t finished_gpus_ = 0;
+};
+
+}  // namespace moesim::models

@@ -1,0 +1,43 @@
+// Typed records that timed components report; tools/ turns them into CSV. Components never
+// print or open files.
+#pragma once
+
+#include <array>
+#include <string_view>
+
+#include "routing/dispatch_plan.hpp"
+#include "sim/time.hpp"
+#include "topology/cluster.hpp"
+
+namespace moesim::models {
+
+// The stages of one MoE layer on one GPU, in order. Compute stages occupy the GPU; `dispatch`
+// and `combine` are the time the GPU waits for its inbound all-to-all flows after it could
+// have gone on (zero when they had all arrived already).
+enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce };
+inline constexpr std::size_t kStageCount = 7;
+inline constexpr std::array<Stage, kStageCount> kStages{
+    Stage::attention, Stage::router,  Stage::shared_experts, Stage::dispatch,
+    Stage::experts,   Stage::combine, Stage::reduce};
+std::string_view to_string(Stage s);
+bool is_network_wait(Stage s);
+
+struct StageRecord {
+  topology::GpuId gpu;
+  int layer;
+  Stage stage;
+  sim::Time start;
+  sim::Time end;
+};
+
+class Recorder {
+ public:
+  virtual ~Recorder() = default;
+  virtual void on_stage(const StageRecord& record) = 0;
+  // One layer's routing for the EP group starting at global GPU `first_gpu`.
+  virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) = 0;
+  // Bytes one flow of the layer's all-to-all put on the network (src != dst).
+  virtual void on_flow(int layer, Stage stage, sim::Bytes size) = 0;
+};
+
+}  // namespace moesim::models

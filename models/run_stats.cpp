@@ -1,0 +1,50 @@
+#include "models/run_stats.hpp"
+
+#include <algorithm>
+
+namespace moesim::models {
+
+RunStats::RunStats(int gpus, int layers)
+    : layers_(static_cast<std::size_t>(layers)), gpus_(static_cast<std::size_t>(gpus)) {}
+
+void RunStats::on_stage(const StageRecord& r) {
+  const auto s = static_cast<std::size_t>(r.stage);
+  const sim::Time d = r.end - r.start;
+  LayerStats& l = layers_[static_cast<std::size_t>(r.layer)];
+  l.start = sim::min(l.start, r.start);
+  l.end = sim::max(l.end, r.end);
+  l.stage_max[s] = sim::max(l.stage_max[s], d);
+  l.stage_sum[s] += d;
+  GpuStats& g = gpus_[r.gpu.index()];
+  g.stage_total[s] += d;
+  g.finish = sim::max(g.finish, r.end);
+}
+
+void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
+  LayerStats& l = layers_[static_cast<std::size_t>(layer)];
+  l.routed += plan.routed();
+  l.dropped += plan.dropped();
+  l.computed += plan.routed() - plan.dropped();
+  for (int d = 0; d < plan.ep; ++d) l.max_gpu_tokens = std::max(l.max_gpu_tokens, plan.received(d));
+  for (const auto n : plan.expert_routed) l.max_expert_tokens = std::max(l.max_expert_tokens, n);
+  l.expert_slots += static_cast<std::int64_t>(plan.expert_routed.size());
+}
+
+void RunStats::on_flow(int layer, Stage, sim::Bytes size) {
+  LayerStats& l = layers_[static_cast<std::size_t>(layer)];
+  l.network_bytes += size.count();
+  ++l.flows;
+}
+
+int RunStats::critical_gpu() const {
+  int best = 0;
+  for (std::size_t g = 1; g < gpus_.size(); ++g)
+    if (gpus_[g].finish > gpus_[static_cast<std::size_t>(best)].finish) best = static_cast<int>(g);
+  return best;
+}
+
+sim::Time RunStats::step_time() const {
+  return gpus_.empty() ? sim::Time::zero() : gpus_[static_cast<std::size_t>(critical_gpu())].finish;
+}
+
+}  // namespace moesim::models

@@ -1,0 +1,51 @@
+// A Recorder that keeps the aggregates the reports need: per layer (span, per-stage maximum and
+// mean over GPUs, routing counts and imbalance) and per GPU (time in each stage, finish time).
+// For one GPU the stages of all layers tile [0, finish) without gaps, so its per-stage totals
+// add up to its finish time exactly.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "models/recorder.hpp"
+
+namespace moesim::models {
+
+struct LayerStats {
+  sim::Time start = sim::Time::max();
+  sim::Time end;
+  std::array<sim::Time, kStageCount> stage_max{};
+  std::array<sim::Time, kStageCount> stage_sum{};  // over GPUs
+  std::int64_t routed = 0, computed = 0, dropped = 0;
+  std::int64_t max_gpu_tokens = 0;     // assignments computed on the busiest GPU
+  std::int64_t max_expert_tokens = 0;  // assignments routed to the busiest expert (one group)
+  std::int64_t expert_slots = 0;       // experts x groups, for the mean
+  std::int64_t network_bytes = 0;      // dispatch + combine flows between distinct GPUs
+  std::int64_t flows = 0;
+};
+
+struct GpuStats {
+  std::array<sim::Time, kStageCount> stage_total{};
+  sim::Time finish;
+};
+
+class RunStats final : public Recorder {
+ public:
+  RunStats(int gpus, int layers);
+  void on_stage(const StageRecord& r) override;
+  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override;
+  void on_flow(int layer, Stage stage, sim::Bytes size) override;
+
+  const std::vector<LayerStats>& layers() const { return layers_; }
+  const std::vector<GpuStats>& gpus() const { return gpus_; }
+  // The GPU that finishes last (lowest index on ties) and the step time.
+  int critical_gpu() const;
+  sim::Time step_time() const;
+
+ private:
+  std::vector<LayerStats> layers_;
+  std::vector<GpuStats> gpus_;
+};
+
+}  // namespace moesim::models

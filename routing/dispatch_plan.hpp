@@ -1,0 +1,58 @@
+// One MoE layer's routing outcome for one expert-parallel (EP) group and micro-batch: who sends
+// how many token copies to whom, how many each expert computes, and what was dropped.
+//
+// Each of the group's `ep` GPUs holds `tokens_per_gpu` tokens. Every token is routed to top_k
+// distinct experts (ExpertSampler, one random stream per (layer, GPU)). Placement `contiguous`
+// puts experts [i*E/ep, (i+1)*E/ep) on the group's i-th GPU.
+// Capacity (DESIGN.md): capacity = ceil(capacity_factor * tokens * top_k / experts) per expert,
+// tokens = ep * tokens_per_gpu (the whole group's micro-batch). Drop policy `position`: an
+// expert keeps the first `capacity` assignments in group order (GPU, then token, then k-slot)
+// and drops the rest. Dropless: no capacity. A dropped assignment is neither sent nor computed.
+// Conservation: routed = computed + dropped, per expert and in total.
+// A kept assignment is sent as one copy of the token (so a token with two experts on the same
+// GPU is sent twice, as a permute-then-all-to-all implementation does).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "routing/moe_spec.hpp"
+
+namespace moesim::routing {
+
+struct Placement {
+  int experts = 0;
+  int ep = 1;
+  int experts_per_gpu = 0;
+  int gpu_of_expert(int expert) const { return expert / experts_per_gpu; }  // rank in the group
+};
+
+Placement make_placement(const PlacementSpec& spec, int experts, int ep);
+
+struct DispatchPlan {
+  int ep = 0;
+  std::int64_t tokens_per_gpu = 0;
+  std::int64_t capacity = -1;                 // per expert; -1 when dropless
+  std::vector<std::int64_t> sends;            // [src * ep + dst]: kept assignments src -> dst
+  std::vector<std::int64_t> expert_routed;    // [expert]
+  std::vector<std::int64_t> expert_computed;  // [expert]
+  std::vector<std::int64_t> gpu_routed;       // [src]: assignments of src's tokens
+  std::vector<std::int64_t> gpu_dropped;      // [src]: of those, dropped
+
+  std::int64_t send(int src, int dst) const {
+    return sends[static_cast<std::size_t>(src * ep + dst)];
+  }
+  // Assignments that GPU `dst` computes (its experts' kept tokens).
+  std::int64_t received(int dst) const;
+  // Kept assignments of GPU `src`'s tokens (what comes back to it in the combine).
+  std::int64_t kept(int src) const;
+  std::int64_t routed() const;
+  std::int64_t dropped() const;
+};
+
+// Routes one layer for the EP group whose first GPU has global index `first_gpu`.
+DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& routing,
+                                const Placement& placement, std::uint64_t seed, int layer,
+                                int first_gpu, std::int64_t tokens_per_gpu);
+
+}  // namespace moesim::routing

@@ -1,0 +1,40 @@
+// The MoE model shape, the router's behaviour and the expert placement, as validated specs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace moesim::routing {
+
+struct MoeModelSpec {
+  std::string name;
+  int moe_layers = 1;
+  std::int64_t hidden = 0;      // model dimension
+  std::int64_t expert_ffn = 0;  // intermediate size of one routed (and shared) expert
+  int experts = 1;              // routed experts per layer
+  int top_k = 1;
+  int shared_experts = 0;       // always-on experts every token passes through (DeepSeek)
+  int dtype_bytes = 2;          // activations and weights (bf16)
+  int attention_heads = 1;
+  int kv_heads = 1;
+  std::int64_t head_dim = 0;
+};
+
+enum class Distribution { uniform, zipf };
+enum class DropPolicy { position };
+
+struct RoutingSpec {
+  Distribution distribution = Distribution::uniform;
+  double zipf_s = 1.0;                    // exponent, when distribution == zipf
+  std::optional<double> capacity_factor;  // nullopt: dropless
+  DropPolicy drop_policy = DropPolicy::position;
+};
+
+enum class PlacementPolicy { contiguous };
+
+struct PlacementSpec {
+  PlacementPolicy policy = PlacementPolicy::contiguous;
+};
+
+}  // namespace moesim::routing

@@ -1,0 +1,24 @@
+#include "scenarios/experiment.hpp"
+
+#include "models/analytical_network.hpp"
+#include "models/moe_forward.hpp"
+#include "sim/assert.hpp"
+#include "sim/simulator.hpp"
+
+namespace moesim::scenarios {
+
+RunResult run_experiment(const Scenario& sc) {
+  const topology::Cluster cluster(sc.cluster);
+  sim::Simulator sim;
+  models::AnalyticalNetwork network(sim, cluster);
+  const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
+  RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers), 0,
+                   std::string(network.name()), "roofline"};
+  models::MoeForward forward(sim, cluster, network, roofline, sc.forward, result.stats);
+  forward.start();
+  result.events = sim.run();
+  MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");
+  return result;
+}
+
+}  // namespace moesim::scenarios

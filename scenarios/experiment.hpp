@@ -1,0 +1,22 @@
+// A runnable experiment: builds the cluster, the network and compute models and the workload
+// from a validated Scenario, runs the simulation to the end and returns what was recorded.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "models/run_stats.hpp"
+#include "scenarios/scenario.hpp"
+
+namespace moesim::scenarios {
+
+struct RunResult {
+  models::RunStats stats;
+  std::uint64_t events = 0;
+  std::string network_model;
+  std::string compute_source;  // which compute model produced the kernel times
+};
+
+RunResult run_experiment(const Scenario& scenario);
+
+}  // namespace moesim::scenarios

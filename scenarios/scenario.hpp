@@ -1,0 +1,45 @@
+// A scenario: everything one run needs, validated. Parsed from YAML by load_scenario_*():
+// parse -> validate -> build. Every problem in a file is collected and reported together as
+// "file:line:col: key.path: message" lines in a ScenarioError; nothing is silently defaulted
+// that the user wrote wrong. docs/scenario.md is the reference for every key.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "models/moe_forward.hpp"
+#include "models/roofline.hpp"
+#include "topology/cluster.hpp"
+
+namespace moesim::scenarios {
+
+struct Scenario {
+  std::string source;       // file name as given, for messages and reports
+  std::string description;  // one line: what the scenario shows
+  topology::ClusterSpec cluster;
+  models::ForwardSpec forward;
+  std::string workload_kind = "forward";
+  std::string network_model = "analytical";
+  std::string compute_model = "roofline";
+  models::RooflineSpec roofline;
+  std::string output_dir = "moesim-out";
+};
+
+class ScenarioError : public std::runtime_error {
+ public:
+  explicit ScenarioError(std::vector<std::string> problems);
+  const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+// Throws ScenarioError for any bad input (missing or unreadable file included).
+Scenario load_scenario_file(const std::string& path);
+// `name` stands for the file name in messages.
+Scenario load_scenario_text(std::string_view yaml, const std::string& name);
+
+}  // namespace moesim::scenarios

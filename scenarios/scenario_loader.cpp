@@ -1,0 +1,487 @@
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fmt/format.h>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "scenarios/scenario.hpp"
+#include "sim/units.hpp"
+
+namespace moesim::scenarios {
+namespace {
+
+using sim::UnitError;
+
+std::string join_problems(const std::vector<std::string>& p) {
+  std::string s;
+  for (const auto& line : p) {
+    if (!s.empty()) s += '\n';
+    s += line;
+  }
+  return s;
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// The closest candidate within a distance that still reads as a typo, or "".
+std::string closest(std::string_view word, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_d = std::max<std::size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    const std::size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+std::string kind_of(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Null: return "nothing";
+    case YAML::NodeType::Scalar: return fmt::format("'{}'", n.Scalar());
+    default: return "nothing";
+  }
+}
+
+class Problems {
+ public:
+  explicit Problems(std::string file) : file_(std::move(file)) {}
+  void add(const YAML::Mark& m, std::string_view path, std::string_view msg) {
+    const int line = m.line >= 0 ? m.line + 1 : 1;
+    const int col = m.column >= 0 ? m.column + 1 : 1;
+    list_.push_back(path.empty() ? fmt::format("{}:{}:{}: {}", file_, line, col, msg)
+                                 : fmt::format("{}:{}:{}: {}: {}", file_, line, col, path, msg));
+  }
+  void add_at(std::string_view path, std::string_view msg) {
+    const auto it = marks_.find(std::string(path));
+    add(it == marks_.end() ? YAML::Mark() : it->second, path, msg);
+  }
+  void remember(const std::string& path, const YAML::Mark& m) { marks_[path] = m; }
+  bool any() const { return !list_.empty(); }
+  const std::vector<std::string>& list() const { return list_; }
+  const std::string& file() const { return file_; }
+
+ private:
+  std::string file_;
+  std::vector<std::string> list_;
+  std::map<std::string, YAML::Mark> marks_;
+};
+
+// One mapping of the file. Every key the schema knows is looked up through a getter (that is
+// what makes it "known"); finish() reports the keys nobody asked for.
+class Section {
+ public:
+  Section(YAML::Node node, std::string path, Problems& problems)
+      : node_(std::move(node)), path_(std::move(path)), problems_(problems) {}
+
+  bool valid() const { return node_.IsMap(); }
+  const std::string& path() const { return path_; }
+  std::string key_path(std::string_view key) const {
+    return path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+  }
+
+  // The value node of `key`, or an undefined node; marks the key known.
+  YAML::Node find(std::string_view key) {
+    known_.emplace_back(key);
+    if (!valid()) return YAML::Node(YAML::NodeType::Undefined);
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      if (it->first.IsScalar() && it->first.Scalar() == key) {
+        problems_.remember(key_path(key), it->second.Mark());
+        return it->second;
+      }
+    }
+    return YAML::Node(YAML::NodeType::Undefined);
+  }
+
+  // Parses a scalar value with `parse`; reports and returns nullopt on failure or absence.
+  template <class T>
+  std::optional<T> get(std::string_view key, const std::function<T(const std::string&)>& parse,
+                       bool required) {
+    const YAML::Node n = find(key);
+    if (!n.IsDefined()) {
+      if (required && valid())
+        problems_.add(node_.Mark(), path_, fmt::format("missing required key '{}'", key));
+      return std::nullopt;
+    }
+    if (!n.IsScalar()) {
+      problems_.add(n.Mark(), key_path(key), fmt::format("expected a single value, got {}", kind_of(n)));
+      return std::nullopt;
+    }
+    try {
+      return parse(n.Scalar());
+    } catch (const UnitError& e) {
+      problems_.add(n.Mark(), key_path(key), e.what());
+      return std::nullopt;
+    }
+  }
+
+  // A nested section; reports a missing required one or a non-mapping value.
+  std::optional<Section> child(std::string_view key, bool required) {
+    const YAML::Node n = find(key);
+    if (!n.IsDefined() || n.IsNull()) {
+      if (required && valid())
+        problems_.add(node_.Mark(), key_path(key), "missing required section");
+      return std::nullopt;
+    }
+    if (!n.IsMap()) {
+      problems_.add(n.Mark(), key_path(key),
+                    fmt::format("expected a section (a mapping of keys), got {}", kind_of(n)));
+      return std::nullopt;
+    }
+    return Section(n, key_path(key), problems_);
+  }
+
+  void finish() {
+    if (!valid()) return;
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+      if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
+      const std::string near = closest(key, known_);
+      problems_.add(it->first.Mark(), key_path(key),
+                    near.empty() ? fmt::format("unknown key (known here: {})", fmt::join(known_, ", "))
+                                 : fmt::format("unknown key; did you mean '{}'?", near));
+    }
+  }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  Problems& problems_;
+  std::vector<std::string> known_;
+};
+
+// Value parsers: each throws UnitError with "expected ..., got '...'".
+std::function<std::int64_t(const std::string&)> count_at_least(std::int64_t lo) {
+  return [lo](const std::string& s) {
+    const std::int64_t v = sim::parse_count(s);
+    if (v < lo) throw UnitError(fmt::format("must be at least {}, got {}", lo, v));
+    return v;
+  };
+}
+
+std::function<std::string(const std::string&)> one_of(std::vector<std::string> allowed) {
+  return [allowed = std::move(allowed)](const std::string& s) {
+    if (std::find(allowed.begin(), allowed.end(), s) != allowed.end()) return s;
+    const std::string near = closest(s, allowed);
+    throw UnitError(fmt::format("expected one of {}, got '{}'{}", fmt::join(allowed, ", "), s,
+                                near.empty() ? "" : fmt::format("; did you mean '{}'?", near)));
+  };
+}
+
+std::function<std::string(const std::string&)> any_text() {
+  return [](const std::string& s) { return s; };
+}
+
+std::function<sim::Bandwidth(const std::string&)> positive_bandwidth() {
+  return [](const std::string& s) {
+    const sim::Bandwidth bw = sim::parse_bandwidth(s);
+    if (bw.is_zero()) throw UnitError(fmt::format("must be greater than zero, got '{}'", s));
+    return bw;
+  };
+}
+
+std::function<sim::Time(const std::string&)> time_value() {
+  return [](const std::string& s) {
+    const sim::Time t = sim::parse_time(s);
+    if (t < sim::Time::zero()) throw UnitError(fmt::format("must not be negative, got '{}'", s));
+    return t;
+  };
+}
+
+std::function<double(const std::string&)> fraction() {
+  return [](const std::string& s) {
+    const double v = sim::parse_number(s);
+    if (!(v > 0 && v <= 1)) throw UnitError(fmt::format("must be in (0, 1], got {}", s));
+    return v;
+  };
+}
+
+std::function<sim::FlopRate(const std::string&)> positive_flops() {
+  return [](const std::string& s) {
+    const sim::FlopRate r = sim::parse_flop_rate(s);
+    if (r.flop_per_s() <= 0) throw UnitError(fmt::format("must be greater than zero, got '{}'", s));
+    return r;
+  };
+}
+
+int as_int(std::int64_t v) { return static_cast<int>(std::min<std::int64_t>(v, 1 << 30)); }
+
+void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
+  const YAML::Node n = cluster.find("gpu");
+  const std::string path = cluster.key_path("gpu");
+  const std::string presets = fmt::format("{}", fmt::join(topology::gpu_preset_names(), ", "));
+  auto preset = [&](const YAML::Node& v, const std::string& where) -> bool {
+    if (const auto* g = topology::find_gpu_preset(v.Scalar())) {
+      sc.cluster.gpu = *g;
+      return true;
+    }
+    problems.add(v.Mark(), where, fmt::format("unknown GPU '{}' (presets: {})", v.Scalar(), presets));
+    return false;
+  };
+  if (!n.IsDefined()) {
+    if (cluster.valid()) problems.add_at(cluster.path(), "missing required key 'gpu'");
+    return;
+  }
+  if (n.IsScalar()) {
+    preset(n, path);
+    return;
+  }
+  if (!n.IsMap()) {
+    problems.add(n.Mark(), path,
+                 fmt::format("expected a GPU preset ({}) or a mapping, got {}", presets, kind_of(n)));
+    return;
+  }
+  Section g(n, path, problems);
+  bool have_preset = false;
+  if (const YAML::Node p = g.find("preset"); p.IsDefined()) {
+    if (p.IsScalar()) {
+      have_preset = preset(p, g.key_path("preset"));
+    } else {
+      problems.add(p.Mark(), g.key_path("preset"), fmt::format("expected a GPU preset ({})", presets));
+    }
+  }
+  const bool req = !have_preset;
+  if (auto v = g.get<std::string>("name", any_text(), false)) sc.cluster.gpu.name = *v;
+  else if (!have_preset) sc.cluster.gpu.name = "custom";
+  if (auto v = g.get<sim::FlopRate>("peak_bf16", positive_flops(), req)) sc.cluster.gpu.peak_bf16 = *v;
+  if (auto v = g.get<sim::Bandwidth>("memory_bandwidth", positive_bandwidth(), req))
+    sc.cluster.gpu.memory_bandwidth = *v;
+  if (auto v = g.get<sim::Bytes>("memory", [](const std::string& s) { return sim::parse_bytes(s); }, false))
+    sc.cluster.gpu.memory = *v;
+  if (auto v = g.get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), req))
+    sc.cluster.gpu.nvlink_bandwidth = *v;
+  g.finish();
+}
+
+void read_cluster(Section& top, Scenario& sc, Problems& problems) {
+  auto cluster = top.child("cluster", true);
+  if (!cluster) return;
+  auto& c = sc.cluster;
+  if (auto v = cluster->get<std::int64_t>("nodes", count_at_least(1), true)) c.nodes = as_int(*v);
+  if (auto v = cluster->get<std::int64_t>("gpus_per_node", count_at_least(1), true))
+    c.gpus_per_node = as_int(*v);
+  read_gpu(*cluster, sc, problems);
+
+  // Defaults: the GPU's NVLink rate; latencies typical of H100 systems (not measured).
+  c.node.nvlink_bandwidth = c.gpu.nvlink_bandwidth;
+  c.node.nvlink_latency = sim::Time::ns(500);
+  c.node.pcie_bandwidth = sim::Bandwidth(64'000'000'000);
+  c.node.pcie_latency = sim::Time::ns(500);
+  if (auto node = cluster->child("node", false)) {
+    if (auto v = node->get<std::string>("fabric", one_of({"nvswitch"}), false)) (void)v;
+    if (auto v = node->get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false))
+      c.node.nvlink_bandwidth = *v;
+    if (auto v = node->get<sim::Time>("nvlink_latency", time_value(), false)) c.node.nvlink_latency = *v;
+    if (auto v = node->get<sim::Bandwidth>("pcie_bandwidth", positive_bandwidth(), false))
+      c.node.pcie_bandwidth = *v;
+    if (auto v = node->get<sim::Time>("pcie_latency", time_value(), false)) c.node.pcie_latency = *v;
+    node->finish();
+  }
+  if (c.node.nvlink_bandwidth.is_zero() && c.gpus_per_node > 1)
+    problems.add_at(cluster->path(), "no NVLink bandwidth: set cluster.node.nvlink_bandwidth");
+
+  c.scale_out.link_latency = sim::Time::us(1);
+  c.scale_out.nodes_per_leaf = c.nodes;
+  if (auto so = cluster->child("scale_out", false)) {
+    c.scale_out.present = true;
+    (void)so->get<std::string>("topology", one_of({"two_tier"}), false);
+    if (auto v = so->get<sim::Bandwidth>("nic_bandwidth", positive_bandwidth(), true))
+      c.scale_out.nic_bandwidth = *v;
+    if (auto v = so->get<sim::Time>("link_latency", time_value(), false)) c.scale_out.link_latency = *v;
+    if (auto v = so->get<std::int64_t>("nodes_per_leaf", count_at_least(1), false)) {
+      c.scale_out.nodes_per_leaf = as_int(*v);
+      if (c.nodes % c.scale_out.nodes_per_leaf != 0)
+        problems.add_at(so->key_path("nodes_per_leaf"),
+                        fmt::format("{} nodes do not divide into leaves of {}", c.nodes,
+                                    c.scale_out.nodes_per_leaf));
+    }
+    so->finish();
+  } else if (c.nodes > 1) {
+    problems.add_at(cluster->key_path("nodes"),
+                    fmt::format("{} nodes need a cluster.scale_out section (NIC bandwidth)", c.nodes));
+  }
+  cluster->finish();
+}
+
+void read_model(Section& top, Scenario& sc, Problems&) {
+  auto model = top.child("model", true);
+  if (!model) return;
+  auto& m = sc.forward.model;
+  if (auto v = model->get<std::string>("name", any_text(), false)) m.name = *v;
+  if (auto v = model->get<std::int64_t>("moe_layers", count_at_least(1), true)) m.moe_layers = as_int(*v);
+  if (auto v = model->get<std::int64_t>("hidden", count_at_least(1), true)) m.hidden = *v;
+  if (auto v = model->get<std::int64_t>("expert_ffn", count_at_least(1), true)) m.expert_ffn = *v;
+  if (auto v = model->get<std::int64_t>("experts", count_at_least(1), true)) m.experts = as_int(*v);
+  if (auto v = model->get<std::int64_t>("top_k", count_at_least(1), true)) m.top_k = as_int(*v);
+  if (auto v = model->get<std::int64_t>("shared_experts", count_at_least(0), false))
+    m.shared_experts = as_int(*v);
+  if (auto v = model->get<std::string>("dtype", one_of({"bf16", "fp16", "fp32"}), false))
+    m.dtype_bytes = *v == "fp32" ? 4 : 2;
+  if (auto v = model->get<std::int64_t>("attention_heads", count_at_least(1), true))
+    m.attention_heads = as_int(*v);
+  m.kv_heads = m.attention_heads;
+  if (auto v = model->get<std::int64_t>("kv_heads", count_at_least(1), false)) m.kv_heads = as_int(*v);
+  m.head_dim = m.attention_heads > 0 ? m.hidden / m.attention_heads : 0;
+  if (auto v = model->get<std::int64_t>("head_dim", count_at_least(1), false)) m.head_dim = *v;
+  model->finish();
+}
+
+void read_rest(Section& top, Scenario& sc, Problems& problems) {
+  auto& f = sc.forward;
+  if (auto par = top.child("parallelism", true)) {
+    if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
+    par->finish();
+  }
+  if (auto w = top.child("workload", true)) {
+    if (auto v = w->get<std::string>("kind", one_of({"forward"}), false)) sc.workload_kind = *v;
+    if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
+    f.sequence_length = f.tokens_per_gpu;
+    if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false))
+      f.sequence_length = *v;
+    f.seed = 1;
+    if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
+    w->finish();
+  }
+  if (auto r = top.child("routing", false)) {
+    if (auto v = r->get<std::string>("distribution", one_of({"uniform", "zipf"}), false))
+      f.routing.distribution = *v == "zipf" ? routing::Distribution::zipf : routing::Distribution::uniform;
+    const auto s = r->get<double>("zipf_s", [](const std::string& t) {
+      const double v = sim::parse_number(t);
+      if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
+      return v;
+    }, false);
+    if (f.routing.distribution == routing::Distribution::zipf) {
+      if (s) f.routing.zipf_s = *s;
+      else if (r->valid()) problems.add_at(r->key_path("distribution"), "zipf needs routing.zipf_s (the exponent, e.g. 1.2)");
+    } else if (s) {
+      problems.add_at(r->key_path("zipf_s"), "only used with 'distribution: zipf'");
+    }
+    if (auto v = r->get<std::string>("capacity_factor", [](const std::string& t) {
+          if (t == "dropless") return t;
+          const double c = sim::parse_number(t);  // throws "expected a number like '1.25'"
+          if (!(c > 0)) throw UnitError(fmt::format("must be greater than 0 (or 'dropless'), got {}", t));
+          return t;
+        }, false)) {
+      if (*v == "dropless") f.routing.capacity_factor.reset();
+      else f.routing.capacity_factor = sim::parse_number(*v);
+    }
+    (void)r->get<std::string>("drop_policy", one_of({"position"}), false);
+    r->finish();
+  }
+  if (auto p = top.child("placement", false)) {
+    (void)p->get<std::string>("policy", one_of({"contiguous"}), false);
+    p->finish();
+  }
+  if (auto n = top.child("network", false)) {
+    if (auto v = n->get<std::string>("model", one_of({"analytical"}), false)) sc.network_model = *v;
+    n->finish();
+  }
+  if (auto c = top.child("compute", false)) {
+    if (auto v = c->get<std::string>("model", one_of({"roofline"}), false)) sc.compute_model = *v;
+    if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
+    if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
+    if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
+    c->finish();
+  }
+  if (auto o = top.child("output", false)) {
+    if (auto v = o->get<std::string>("dir", any_text(), false)) sc.output_dir = *v;
+    o->finish();
+  }
+}
+
+// Relations between keys, checked once every key parsed.
+void cross_check(const Scenario& sc, Problems& problems) {
+  const auto& m = sc.forward.model;
+  if (m.top_k > m.experts)
+    problems.add_at("model.top_k", fmt::format("top_k {} is larger than experts {}", m.top_k, m.experts));
+  if (m.head_dim <= 0)
+    problems.add_at("model.attention_heads",
+                    fmt::format("hidden {} over {} heads leaves no head_dim; set model.head_dim",
+                                m.hidden, m.attention_heads));
+  if (m.kv_heads > m.attention_heads)
+    problems.add_at("model.kv_heads", fmt::format("kv_heads {} is more than attention_heads {}",
+                                                  m.kv_heads, m.attention_heads));
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const int ep = sc.forward.ep;
+  if (m.experts % ep != 0)
+    problems.add_at("parallelism.ep",
+                    fmt::format("experts ({}) are not divisible by the EP size {}", m.experts, ep));
+  if (gpus % ep != 0)
+    problems.add_at("parallelism.ep",
+                    fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+}
+
+Scenario load(const YAML::Node& root, Problems& problems) {
+  Scenario sc;
+  sc.source = problems.file();
+  if (!root.IsMap()) {
+    problems.add(root.Mark(), "",
+                 root.IsNull() ? "the file is empty; a scenario needs the sections cluster, model, "
+                                 "parallelism and workload"
+                               : fmt::format("expected a scenario (a mapping of sections such as "
+                                             "'cluster:' and 'model:'), got {}",
+                                             root.IsScalar() ? "a plain text" : kind_of(root)));
+    return sc;
+  }
+  Section top(root, "", problems);
+  if (auto v = top.get<std::string>("description", any_text(), false)) sc.description = *v;
+  read_cluster(top, sc, problems);
+  read_model(top, sc, problems);
+  read_rest(top, sc, problems);
+  top.finish();
+  if (!problems.any()) cross_check(sc, problems);
+  return sc;
+}
+
+}  // namespace
+
+ScenarioError::ScenarioError(std::vector<std::string> problems)
+    : std::runtime_error(join_problems(problems)), problems_(std::move(problems)) {}
+
+Scenario load_scenario_text(std::string_view yaml, const std::string& name) {
+  Problems problems(name);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    problems.add(e.mark, "", fmt::format("not valid YAML: {}", e.msg));
+    throw ScenarioError(problems.list());
+  }
+  Scenario sc = load(root, problems);
+  if (problems.any()) throw ScenarioError(problems.list());
+  return sc;
+}
+
+Scenario load_scenario_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ScenarioError({fmt::format("{}: cannot open the scenario file: {}", path, std::strerror(errno))});
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw ScenarioError({fmt::format("{}: cannot read the scenario file", path)});
+  const std::string s = text.str();
+  if (s.find('\0') != std::string::npos)
+    throw ScenarioError({fmt::format("{}:1:1: not a YAML text file (it contains NUL bytes)", path)});
+  return load_scenario_text(s, path);
+}
+
+}  // namespace moesim::scenarios

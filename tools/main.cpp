@@ -1,0 +1,125 @@
+// moesim: the command-line front end. Only this file decides exit codes:
+// 0 success, 2 bad input (scenario, arguments, output directory), 1 internal failure.
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "scenarios/experiment.hpp"
+#include "scenarios/scenario.hpp"
+#include "sim/assert.hpp"
+#include "tools/report.hpp"
+
+namespace po = boost::program_options;
+using namespace moesim;
+
+namespace moesim::tools {
+extern const char* const kQuickstartYaml;  // scenarios/quickstart.yaml, embedded at build time
+}
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: moesim <command> [options]
+
+commands:
+  run [SCENARIO.yaml] [--out DIR] [--seed N]
+        simulate a scenario and write summary.csv and layers.csv
+        (no scenario: the built-in quickstart, scenarios/quickstart.yaml)
+  validate SCENARIO.yaml
+        check a scenario file without running it
+  help  show this text
+
+exit codes: 0 success, 2 bad input, 1 internal error
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+po::variables_map parse_command(const std::vector<std::string>& args, po::options_description& opts,
+                                const std::string& positional_name, int max_positional) {
+  po::positional_options_description pos;
+  pos.add(positional_name.c_str(), max_positional);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  return vm;
+}
+
+scenarios::Scenario load(const po::variables_map& vm) {
+  if (vm.count("scenario")) return scenarios::load_scenario_file(vm["scenario"].as<std::string>());
+  return scenarios::load_scenario_text(tools::kQuickstartYaml, "quickstart.yaml");
+}
+
+int cmd_run(const std::vector<std::string>& args) {
+  po::options_description opts("run options");
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
+      "out,o", po::value<std::string>(), "output directory (default: the scenario's output.dir)")(
+      "seed", po::value<std::uint64_t>(), "override workload.seed")("quiet,q", "print nothing on success");
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  scenarios::Scenario sc = load(vm);
+  if (vm.count("seed")) sc.forward.seed = vm["seed"].as<std::uint64_t>();
+  const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
+  const auto t0 = std::chrono::steady_clock::now();
+  const scenarios::RunResult result = scenarios::run_experiment(sc);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto written = tools::write_reports(dir, sc, result);
+  if (!vm.count("quiet")) {
+    tools::print_human_summary(std::cout, sc, result, written);
+    fmt::print("  simulated   {} events in {:.3f} s\n", result.events, wall);
+  }
+  return 0;
+}
+
+int cmd_validate(const std::vector<std::string>& args) {
+  po::options_description opts("validate options");
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file");
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  if (!vm.count("scenario")) throw UsageError("validate needs a scenario file");
+  const scenarios::Scenario sc = scenarios::load_scenario_file(vm["scenario"].as<std::string>());
+  fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers)\n", sc.source,
+             sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name,
+             sc.forward.model.experts, sc.forward.model.top_k, sc.forward.ep,
+             sc.forward.model.moe_layers);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    const std::string cmd = args.empty() ? "help" : args.front();
+    if (!args.empty()) args.erase(args.begin());
+    if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (cmd == "--version") {
+      fmt::print("moesim {}\n", MOESIM_VERSION);
+      return 0;
+    }
+    if (cmd == "run") return cmd_run(args);
+    if (cmd == "validate") return cmd_validate(args);
+    throw UsageError(fmt::format("unknown command '{}'", cmd));
+  } catch (const UsageError& e) {
+    std::cerr << "moesim: " << e.what() << "\n\n" << kUsage;
+    return 2;
+  } catch (const scenarios::ScenarioError& e) {
+    std::cerr << e.what() << '\n';
+    return 2;
+  } catch (const tools::ReportError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "moesim: internal error: " << e.what() << '\n';
+    return 1;
+  }
+}

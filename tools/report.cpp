@@ -1,0 +1,175 @@
+#include "tools/report.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ostream.h>
+
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "sim/units.hpp"
+
+namespace moesim::tools {
+namespace {
+
+using models::Stage;
+using sim::format_us;
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+std::size_t idx(Stage s) { return static_cast<std::size_t>(s); }
+
+std::string mean_us(sim::Time sum, int n) {
+  return fmt::format("{:.6f}", static_cast<double>(sum.count_ps()) / n / 1e6);
+}
+
+std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0 ? num / den : 0.0); }
+
+struct Totals {
+  std::int64_t routed = 0, computed = 0, dropped = 0, bytes = 0;
+  double gpu_imbalance = 0, expert_imbalance = 0;
+};
+
+Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  Totals t;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  for (const auto& l : r.stats.layers()) {
+    t.routed += l.routed;
+    t.computed += l.computed;
+    t.dropped += l.dropped;
+    t.bytes += l.network_bytes;
+    const double gpu_mean = static_cast<double>(l.computed) / gpus;
+    const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
+    if (gpu_mean > 0) t.gpu_imbalance = std::max(t.gpu_imbalance, l.max_gpu_tokens / gpu_mean);
+    if (expert_mean > 0) t.expert_imbalance = std::max(t.expert_imbalance, l.max_expert_tokens / expert_mean);
+  }
+  return t;
+}
+
+}  // namespace
+
+void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
+                       const scenarios::RunResult& r) {
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const auto& f = sc.forward;
+  const int crit = r.stats.critical_gpu();
+  const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
+  const sim::Time step = r.stats.step_time();
+  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)];
+  const std::int64_t tokens = f.tokens_per_gpu * gpus;
+  const Totals t = totals(sc, r);
+  const double seconds = step.to_seconds();
+  out << "scenario,workload,network_model,compute_source,seed,gpus,ep,moe_layers,tokens_per_gpu,"
+         "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
+         "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
+         "reduce_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events\n";
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+             sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
+             f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
+             seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
+  for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", format_us(exposed),
+             ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
+             t.routed, t.computed, t.dropped,
+             ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
+             fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
+             t.bytes, r.events);
+}
+
+void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
+                      const scenarios::RunResult& r) {
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  out << "layer,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
+         "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
+         "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
+         "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
+         "expert_tokens_mean,expert_imbalance\n";
+  const auto& layers = r.stats.layers();
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    const double gpu_mean = static_cast<double>(l.computed) / gpus;
+    const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{}\n",
+               i, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
+               format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
+               format_us(l.stage_max[idx(Stage::shared_experts)]),
+               format_us(l.stage_max[idx(Stage::dispatch)]), mean_us(l.stage_sum[idx(Stage::dispatch)], gpus),
+               format_us(l.stage_max[idx(Stage::experts)]), mean_us(l.stage_sum[idx(Stage::experts)], gpus),
+               format_us(l.stage_max[idx(Stage::combine)]), mean_us(l.stage_sum[idx(Stage::combine)], gpus),
+               format_us(l.stage_max[idx(Stage::reduce)]), l.routed, l.computed, l.dropped,
+               l.network_bytes, l.flows, l.max_gpu_tokens, gpu_mean,
+               ratio(static_cast<double>(l.max_gpu_tokens), gpu_mean), l.max_expert_tokens,
+               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean));
+  }
+}
+
+void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
+                         const scenarios::RunResult& r, const std::vector<std::string>& written) {
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const auto& f = sc.forward;
+  const sim::Time step = r.stats.step_time();
+  const int crit = r.stats.critical_gpu();
+  const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
+  const double tokens = static_cast<double>(f.tokens_per_gpu) * gpus;
+  const Totals t = totals(sc, r);
+  fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
+  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU\n", gpus,
+             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu);
+  fmt::print(out, "  step time   {:.3f} ms  (forward pass of one micro-batch through {} MoE layers)\n",
+             step.to_us() / 1e3, f.model.moe_layers);
+  if (step > sim::Time::zero())
+    fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU)\n", tokens / step.to_seconds(),
+               tokens / step.to_seconds() / gpus);
+  fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
+  for (const Stage s : models::kStages) {
+    const sim::Time d = g[idx(s)];
+    if (d == sim::Time::zero() && s == Stage::shared_experts) continue;
+    fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
+               (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
+               step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
+               models::is_network_wait(s) ? "  (network)" : "");
+  }
+  fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
+             t.routed, t.dropped,
+             f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
+                                       : std::string("dropless"),
+             t.gpu_imbalance);
+  fmt::print(out, "  models      network: {} (no contention), compute: {}\n", r.network_model, r.compute_source);
+  if (!written.empty()) fmt::print(out, "  wrote       {}\n", fmt::join(written, ", "));
+}
+
+std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,
+                                       const scenarios::RunResult& r) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw ReportError(fmt::format("cannot create the output directory '{}': {}", dir, ec.message()));
+  std::vector<std::string> written;
+  auto write = [&](const std::string& name, auto&& writer) {
+    const fs::path final_path = fs::path(dir) / name;
+    const fs::path tmp = fs::path(dir) / (name + ".tmp");
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+      writer(out, sc, r);
+      out.flush();
+      if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+    }
+    fs::rename(tmp, final_path, ec);
+    if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
+    written.push_back(final_path.string());
+  };
+  write("summary.csv", write_summary_csv);
+  write("layers.csv", write_layers_csv);
+  return written;
+}
+
+}  // namespace moesim::tools

@@ -1,0 +1,33 @@
+// Report writers: summary.csv (one row per run), layers.csv (one row per MoE layer), and the
+// short human summary. Column names carry their units; times are exact microseconds.
+#pragma once
+
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "scenarios/experiment.hpp"
+#include "scenarios/scenario.hpp"
+
+namespace moesim::tools {
+
+// The reports could not be written (bad output directory, disk full): the user's to fix.
+class ReportError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
+                       const scenarios::RunResult& r);
+void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
+                      const scenarios::RunResult& r);
+void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
+                         const scenarios::RunResult& r, const std::vector<std::string>& written);
+
+// Writes summary.csv and layers.csv into dir (created if needed), each through a temporary
+// file renamed into place so a failed run never leaves a half-written report. Returns the paths.
+std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,
+                                       const scenarios::RunResult& r);
+
+}  // namespace moesim::tools

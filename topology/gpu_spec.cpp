@@ -1,0 +1,62 @@
+#include "topology/gpu_spec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+
+namespace moesim::topology {
+namespace {
+
+using sim::Bandwidth;
+using sim::Bytes;
+using sim::FlopRate;
+
+constexpr std::int64_t kT = 1'000'000'000'000;
+constexpr std::int64_t kG = 1'000'000'000;
+
+// Sources:
+// - H100-SXM5 80GB: NVIDIA H100 Tensor Core GPU datasheet and Hopper architecture whitepaper:
+//   989.4 dense BF16 TFLOP/s (132 SMs x 4 tensor cores x 1024 FLOP/clk x 1.83 GHz; the
+//   datasheet's 1,979 TFLOPS is with sparsity), 3.35 TB/s HBM3, 80 GB, NVLink 4 900 GB/s total.
+// - H800-SXM5 80GB: NVIDIA H800 product brief: compute and memory as H100-SXM5, NVLink cut to
+//   400 GB/s total (the DeepSeek-V3 technical report measures about 160 GB/s achievable).
+// - H200-SXM 141GB: NVIDIA H200 datasheet: H100 compute, 4.8 TB/s HBM3e, 141 GB, 900 GB/s NVLink.
+// - A100-SXM4 80GB: NVIDIA A100 datasheet: 312 dense BF16 TFLOP/s, 2,039 GB/s HBM2e, 80 GB,
+//   NVLink 3 600 GB/s total, 108 SMs.
+const std::array<GpuSpec, 4>& presets() {
+  static const std::array<GpuSpec, 4> p{{
+      {"H100-SXM", FlopRate(9894 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+       Bandwidth(450 * kG), 132},
+      {"H800-SXM", FlopRate(9894 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+       Bandwidth(200 * kG), 132},
+      {"H200-SXM", FlopRate(9894 * kT / 10), Bandwidth(4800 * kG), Bytes(141 * kG),
+       Bandwidth(450 * kG), 132},
+      {"A100-SXM", FlopRate(312 * kT), Bandwidth(2039 * kG), Bytes(80 * kG),
+       Bandwidth(300 * kG), 108},
+  }};
+  return p;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+}  // namespace
+
+const GpuSpec* find_gpu_preset(std::string_view name) {
+  // "H100" is short for "H100-SXM": the SXM part is the one these clusters are built from.
+  for (const auto& g : presets())
+    if (iequals(g.name, name) || iequals(g.name, std::string(name) + "-SXM")) return &g;
+  return nullptr;
+}
+
+std::vector<std::string> gpu_preset_names() {
+  std::vector<std::string> names;
+  for (const auto& g : presets()) names.push_back(g.name);
+  return names;
+}
+
+}  // namespace moesim::topology

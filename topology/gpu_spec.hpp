@@ -1,0 +1,26 @@
+// What a GPU can do, as its datasheet states it. The roofline compute model derates these
+// peaks by the scenario's efficiency factors; measured kernel profiles replace them.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sim/time.hpp"
+
+namespace moesim::topology {
+
+struct GpuSpec {
+  std::string name;
+  sim::FlopRate peak_bf16;          // dense (no structured sparsity) BF16 tensor-core peak
+  sim::Bandwidth memory_bandwidth;  // HBM
+  sim::Bytes memory;                // HBM capacity
+  sim::Bandwidth nvlink_bandwidth;  // per GPU, per direction (half the "bidirectional" figure)
+  int sm_count = 0;
+};
+
+// Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM. Names match case-insensitively; "H100" means "H100-SXM".
+const GpuSpec* find_gpu_preset(std::string_view name);
+std::vector<std::string> gpu_preset_names();
+
+}  // namespace moesim::topology
