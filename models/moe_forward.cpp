@@ -1,5 +1,9 @@
 #include "models/moe_forward.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
 #include "models/moe_costs.hpp"
 #include "sim/assert.hpp"
 
@@ -52,16 +56,27 @@ sim::Bytes MoeForward::token_bytes(std::int64_t copies) const {
 
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
-  plans_.clear();
-  plans_.reserve(static_cast<std::size_t>(spec_.model.moe_layers * groups));
-  for (int l = 0; l < spec_.model.moe_layers; ++l) {
-    for (int g = 0; g < groups; ++g) {
-      plans_.push_back(routing::make_dispatch_plan(spec_.model, spec_.routing, placement_,
-                                                   spec_.seed, l, g * spec_.ep,
-                                                   spec_.tokens_per_gpu));
-      recorder_.on_routing(l, g * spec_.ep, plans_.back());
+  // Routing is untimed and each (layer, group) draws from its own streams, so the plans are
+  // built on all cores; the result does not depend on the thread count.
+  const std::size_t count = static_cast<std::size_t>(spec_.model.moe_layers * groups);
+  plans_.assign(count, routing::DispatchPlan{});
+  const std::size_t threads =
+      std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, std::max<std::size_t>(count, 1));
+  std::atomic<std::size_t> next{0};
+  auto work = [&] {
+    for (std::size_t i = next++; i < count; i = next++) {
+      const int l = static_cast<int>(i) / groups, g = static_cast<int>(i) % groups;
+      plans_[i] = routing::make_dispatch_plan(spec_.model, spec_.routing, placement_, spec_.seed,
+                                              l, g * spec_.ep, spec_.tokens_per_gpu);
     }
+  };
+  {
+    std::vector<std::jthread> pool;
+    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
   }
+  for (std::size_t i = 0; i < count; ++i)
+    recorder_.on_routing(static_cast<int>(i) / groups, static_cast<int>(i) % groups * spec_.ep, plans_[i]);
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_layer(g);
 }
 

@@ -27,15 +27,37 @@ ExpertSampler::ExpertSampler(const RoutingSpec& spec, int experts, std::uint64_t
       weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
           std::pow(r + 1.0, -spec.zipf_s) / total;
   }
-  cdf_.resize(weights_.size());
-  std::partial_sum(weights_.begin(), weights_.end(), cdf_.begin());
+  // Vose's alias construction.
+  const auto n = static_cast<std::size_t>(experts);
+  keep_.assign(n, 1.0);
+  alias_.resize(n);
+  std::iota(alias_.begin(), alias_.end(), 0);
+  std::vector<double> scaled(n);
+  std::vector<int> small, large;
+  for (std::size_t i = 0; i < n; ++i) {
+    scaled[i] = weights_[i] * static_cast<double>(n);
+    (scaled[i] < 1.0 ? small : large).push_back(static_cast<int>(i));
+  }
+  while (!small.empty() && !large.empty()) {
+    const int s = small.back();
+    small.pop_back();
+    const int l = large.back();
+    const auto us = static_cast<std::size_t>(s), ul = static_cast<std::size_t>(l);
+    keep_[us] = scaled[us];
+    alias_[us] = l;
+    scaled[ul] = (scaled[ul] + scaled[us]) - 1.0;
+    if (scaled[ul] < 1.0) {
+      large.pop_back();
+      small.push_back(l);
+    }
+  }
+  // Leftovers (rounding) keep themselves: keep_ stays 1.
 }
 
 int ExpertSampler::draw_one(sim::Rng& rng) const {
   if (uniform_) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
-  const double u = rng.uniform01() * cdf_.back();
-  const auto it = std::upper_bound(cdf_.begin(), cdf_.end(), u);
-  return static_cast<int>(std::min<std::ptrdiff_t>(it - cdf_.begin(), experts_ - 1));
+  const auto i = static_cast<std::size_t>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
+  return rng.uniform01() < keep_[i] ? static_cast<int>(i) : alias_[i];
 }
 
 void ExpertSampler::sample_top_k(sim::Rng& rng, std::span<int> out) const {

@@ -5,7 +5,7 @@
 // hot experts differ between layers as in real routers. A token's k experts are distinct: they
 // are drawn one after another from the weights renormalised over the experts not yet chosen
 // (sampling without replacement; implemented by rejecting repeats, which has exactly that law,
-// with an exact fallback when repeats are frequent).
+// with an exact fallback when repeats are frequent). Single draws use Walker's alias method.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +32,10 @@ class ExpertSampler {
   int experts_;
   bool uniform_;
   std::vector<double> weights_;
-  std::vector<double> cdf_;  // inclusive prefix sums of weights_
+  // Walker's alias table (Vose's construction): draw i uniformly, keep it with probability
+  // keep_[i], else take alias_[i]. O(1) per draw, exact up to floating-point rounding.
+  std::vector<double> keep_;
+  std::vector<int> alias_;
 };
 
 }  // namespace moesim::routing

@@ -1,1 +1,153 @@
 #include <catch2/catch.hpp>
+
+#include <numeric>
+#include <vector>
+
+#include "routing/dispatch_plan.hpp"
+#include "routing/expert_sampler.hpp"
+
+using namespace moesim;
+using namespace moesim::routing;
+
+namespace {
+
+MoeModelSpec model(int experts, int top_k) {
+  MoeModelSpec m;
+  m.experts = experts;
+  m.top_k = top_k;
+  m.hidden = 1024;
+  m.expert_ffn = 1024;
+  return m;
+}
+
+std::int64_t sum(const std::vector<std::int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), std::int64_t{0});
+}
+
+}  // namespace
+
+TEST_CASE("Routed assignments are either computed or dropped on random scenarios", "[routing]") {
+  sim::Rng pick(2024, "test/conservation");
+  for (int trial = 0; trial < 40; ++trial) {
+    const int ep = 1 << pick.uniform_int(4);                      // 1..8
+    const int experts = ep * static_cast<int>(1 + pick.uniform_int(8));
+    const int top_k = static_cast<int>(1 + pick.uniform_int(static_cast<std::uint64_t>(std::min(experts, 8))));
+    RoutingSpec r;
+    r.distribution = pick.uniform_int(2) ? Distribution::zipf : Distribution::uniform;
+    r.zipf_s = 0.5 + pick.uniform01() * 1.5;
+    if (pick.uniform_int(3) != 0) r.capacity_factor = 0.25 + pick.uniform01() * 1.5;
+    const std::int64_t tokens = static_cast<std::int64_t>(1 + pick.uniform_int(300));
+    const Placement pl = make_placement({}, experts, ep);
+    const DispatchPlan p = make_dispatch_plan(model(experts, top_k), r, pl, 7, trial % 3, 0, tokens);
+    INFO("trial " << trial << ": ep " << ep << ", experts " << experts << ", top_k " << top_k);
+    REQUIRE(p.routed() == tokens * ep * top_k);
+    REQUIRE(sum(p.expert_routed) == p.routed());
+    REQUIRE(sum(p.expert_computed) + p.dropped() == p.routed());
+    REQUIRE(sum(p.sends) == sum(p.expert_computed));
+    REQUIRE(sum(p.gpu_dropped) == p.dropped());
+    for (int g = 0; g < ep; ++g) REQUIRE(p.kept(g) + p.gpu_dropped[static_cast<std::size_t>(g)] == p.gpu_routed[static_cast<std::size_t>(g)]);
+    for (std::size_t e = 0; e < p.expert_computed.size(); ++e) {
+      REQUIRE(p.expert_computed[e] <= p.expert_routed[e]);
+      if (p.capacity >= 0) REQUIRE(p.expert_computed[e] == std::min(p.expert_routed[e], p.capacity));
+    }
+    if (!r.capacity_factor) REQUIRE(p.dropped() == 0);
+  }
+}
+
+TEST_CASE("Capacity is ceil(capacity_factor x tokens x top_k / experts) over the EP group", "[routing]") {
+  RoutingSpec r;
+  const Placement pl = make_placement({}, 8, 4);
+  SECTION("exact product") {
+    r.capacity_factor = 1.25;  // 1.25 * (4 GPUs * 100 tokens) * 2 / 8 = 125
+    CHECK(make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 100).capacity == 125);
+  }
+  SECTION("rounded up") {
+    r.capacity_factor = 1.1;  // 1.1 * 400 * 2 / 8 = 110 exactly, not 111 from binary 1.1
+    CHECK(make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 100).capacity == 110);
+    r.capacity_factor = 1.01;  // 1.01 * 400 * 2 / 8 = 101
+    CHECK(make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 100).capacity == 101);
+    r.capacity_factor = 0.333;  // 33.3 -> 34
+    CHECK(make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 100).capacity == 34);
+  }
+}
+
+TEST_CASE("Drop by position keeps the group's first assignments of each expert", "[routing]") {
+  // top_k == experts sends every token to every expert, whatever the random draws. With
+  // capacity 0.5 * (4 * 10) * 4 / 4 = 20 per expert, each expert keeps the tokens of GPUs 0
+  // and 1 (positions 0..19) and drops those of GPUs 2 and 3.
+  RoutingSpec r;
+  r.capacity_factor = 0.5;
+  const Placement pl = make_placement({}, 4, 4);
+  const DispatchPlan p = make_dispatch_plan(model(4, 4), r, pl, 3, 0, 0, 10);
+  CHECK(p.capacity == 20);
+  CHECK(p.gpu_dropped == std::vector<std::int64_t>{0, 0, 40, 40});
+  for (int d = 0; d < 4; ++d) {
+    CHECK(p.send(0, d) == 10);
+    CHECK(p.send(1, d) == 10);
+    CHECK(p.send(2, d) == 0);
+    CHECK(p.send(3, d) == 0);
+  }
+}
+
+TEST_CASE("Contiguous placement puts consecutive experts on each GPU", "[routing]") {
+  const Placement pl = make_placement({}, 16, 4);
+  CHECK(pl.experts_per_gpu == 4);
+  CHECK(pl.gpu_of_expert(0) == 0);
+  CHECK(pl.gpu_of_expert(3) == 0);
+  CHECK(pl.gpu_of_expert(4) == 1);
+  CHECK(pl.gpu_of_expert(15) == 3);
+}
+
+TEST_CASE("A token's top-k experts are distinct", "[routing]") {
+  for (const auto dist : {Distribution::uniform, Distribution::zipf}) {
+    RoutingSpec r;
+    r.distribution = dist;
+    r.zipf_s = 3.0;  // so skewed that repeats are frequent and the exact fallback runs
+    const ExpertSampler s(r, 8, 1, 0);
+    sim::Rng rng(1, "test");
+    std::vector<int> out(7);
+    for (int t = 0; t < 2000; ++t) {
+      s.sample_top_k(rng, out);
+      std::vector<int> sorted = out;
+      std::sort(sorted.begin(), sorted.end());
+      REQUIRE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+      REQUIRE(sorted.front() >= 0);
+      REQUIRE(sorted.back() < 8);
+    }
+  }
+}
+
+TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[routing]") {
+  RoutingSpec zipf;
+  zipf.distribution = Distribution::zipf;
+  zipf.zipf_s = 1.2;
+  const ExpertSampler s(zipf, 16, 5, 2);
+  // Weights r^-1.2 / sum over r = 1..16: the hottest is 1/H where H = sum r^-1.2.
+  double h = 0;
+  for (int r = 1; r <= 16; ++r) h += std::pow(r, -1.2);
+  const auto& w = s.weights();
+  CHECK(*std::max_element(w.begin(), w.end()) == Approx(1.0 / h));
+  sim::Rng rng(5, "test");
+  std::vector<int> counts(16, 0), one(1);
+  const int n = 200'000;
+  for (int i = 0; i < n; ++i) {
+    s.sample_top_k(rng, one);
+    ++counts[static_cast<std::size_t>(one[0])];
+  }
+  for (std::size_t e = 0; e < 16; ++e) CHECK(counts[e] / double(n) == Approx(w[e]).margin(0.005));
+
+  RoutingSpec uniform;
+  const ExpertSampler u(uniform, 16, 5, 2);
+  for (double x : u.weights()) CHECK(x == Approx(1.0 / 16));
+}
+
+TEST_CASE("Different seeds route differently and the same seed identically", "[routing]") {
+  RoutingSpec r;
+  const Placement pl = make_placement({}, 8, 2);
+  const auto a = make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 500);
+  const auto b = make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 500);
+  const auto c = make_dispatch_plan(model(8, 2), r, pl, 2, 0, 0, 500);
+  CHECK(a.expert_routed == b.expert_routed);
+  CHECK(a.sends == b.sends);
+  CHECK(a.expert_routed != c.expert_routed);
+}

@@ -1,1 +1,184 @@
 #include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "scenarios/scenario.hpp"
+
+using namespace moesim;
+using scenarios::load_scenario_file;
+using scenarios::load_scenario_text;
+using scenarios::ScenarioError;
+
+namespace {
+
+// A valid scenario; tests replace one line at a time. Line numbers below are 1-based.
+const std::string kBase =
+    "cluster:\n"                      // 1
+    "  nodes: 2\n"                    // 2
+    "  gpus_per_node: 8\n"            // 3
+    "  gpu: H100\n"                   // 4
+    "  scale_out:\n"                  // 5
+    "    nic_bandwidth: 400Gbps\n"    // 6
+    "model:\n"                        // 7
+    "  moe_layers: 4\n"               // 8
+    "  hidden: 4096\n"                // 9
+    "  expert_ffn: 14336\n"           // 10
+    "  experts: 8\n"                  // 11
+    "  top_k: 2\n"                    // 12
+    "  attention_heads: 32\n"         // 13
+    "parallelism:\n"                  // 14
+    "  ep: 8\n"                       // 15
+    "workload:\n"                     // 16
+    "  tokens_per_gpu: 1024\n"        // 17
+    "routing:\n"                      // 18
+    "  capacity_factor: 1.25\n";      // 19
+
+std::string with(const std::string& from, const std::string& to) {
+  std::string s = kBase;
+  const auto at = s.find(from);
+  REQUIRE(at != std::string::npos);
+  s.replace(at, from.size(), to);
+  return s;
+}
+
+std::string error_of(const std::string& yaml) {
+  try {
+    load_scenario_text(yaml, "s.yaml");
+  } catch (const ScenarioError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST_CASE("A valid scenario loads with its values and documented defaults", "[scenarios]") {
+  const auto sc = load_scenario_text(kBase, "s.yaml");
+  CHECK(sc.cluster.nodes == 2);
+  CHECK(sc.cluster.gpu.name == "H100-SXM");
+  CHECK(sc.cluster.node.nvlink_bandwidth.bytes_per_s() == 450'000'000'000);  // from the GPU
+  CHECK(sc.cluster.scale_out.nic_bandwidth.bytes_per_s() == 50'000'000'000);
+  CHECK(sc.cluster.scale_out.nodes_per_leaf == 2);  // default: one leaf
+  CHECK(sc.forward.model.head_dim == 128);          // 4096 / 32
+  CHECK(sc.forward.model.kv_heads == 32);
+  CHECK(sc.forward.routing.capacity_factor == 1.25);
+  CHECK(sc.forward.sequence_length == 1024);
+  CHECK(sc.forward.seed == 1);
+  CHECK(sc.network_model == "analytical");
+  CHECK(sc.roofline.flops_efficiency == 0.7);
+}
+
+TEST_CASE("The shipped scenarios are valid", "[scenarios]") {
+  for (const char* name : {"quickstart.yaml", "deepseek-v3-h800.yaml"}) {
+    INFO(name);
+    const auto sc = load_scenario_file(std::string(MOESIM_SOURCE_DIR) + "/scenarios/" + name);
+    CHECK(!sc.description.empty());
+  }
+  const auto q = load_scenario_file(std::string(MOESIM_SOURCE_DIR) + "/scenarios/quickstart.yaml");
+  CHECK(q.forward.model.experts == 8);
+  CHECK(q.forward.model.top_k == 2);
+  CHECK(q.forward.model.hidden == 4096);
+  CHECK(q.forward.model.expert_ffn == 14336);
+  CHECK(q.forward.model.moe_layers == 32);
+  CHECK(q.cluster.nodes * q.cluster.gpus_per_node == 16);
+  const auto d = load_scenario_file(std::string(MOESIM_SOURCE_DIR) + "/scenarios/deepseek-v3-h800.yaml");
+  CHECK(d.forward.model.experts == 256);
+  CHECK(d.forward.model.top_k == 8);
+  CHECK(d.forward.model.hidden == 7168);
+  CHECK(d.forward.model.expert_ffn == 2048);
+  CHECK(d.forward.model.moe_layers == 58);
+  CHECK(d.cluster.nodes == 32);
+  CHECK(d.cluster.gpu.name == "H800-SXM");
+}
+
+TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
+  SECTION("missing unit") {
+    CHECK(error_of(with("nic_bandwidth: 400Gbps", "nic_bandwidth: 400")) ==
+          "s.yaml:6:20: cluster.scale_out.nic_bandwidth: expected a bandwidth like '400Gbps' or "
+          "'50GB/s', got '400' (the unit is missing)");
+  }
+  SECTION("unknown key with the closest known key") {
+    CHECK(error_of(with("capacity_factor: 1.25", "capacity_factr: 1.25")) ==
+          "s.yaml:19:3: routing.capacity_factr: unknown key; did you mean 'capacity_factor'?");
+    CHECK(error_of(kBase + "modle: {}\n") ==
+          "s.yaml:20:1: modle: unknown key; did you mean 'model'?");
+  }
+  SECTION("unknown key far from any known key lists the known ones") {
+    CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
+               Catch::Contains("parallelism.flux: unknown key (known here: ep)"));
+  }
+  SECTION("wrong types") {
+    CHECK(error_of(with("nodes: 2", "nodes: two")) ==
+          "s.yaml:2:10: cluster.nodes: expected a whole number like '7168', got 'two'");
+    CHECK(error_of(with("nodes: 2", "nodes: [1, 2]")) ==
+          "s.yaml:2:10: cluster.nodes: expected a single value, got a list");
+    CHECK_THAT(error_of(with("parallelism:\n  ep: 8", "parallelism: 8\nfoo_unused: 1")),
+               Catch::Contains("s.yaml:14:14: parallelism: expected a section (a mapping of keys), got '8'"));
+    CHECK_THAT(error_of(with("gpu: H100", "gpu: B300")),
+               Catch::Contains("s.yaml:4:8: cluster.gpu: unknown GPU 'B300' (presets: H100-SXM,"));
+  }
+  SECTION("missing keys and sections") {
+    CHECK(error_of(with("  hidden: 4096\n", "")) == "s.yaml:8:3: model: missing required key 'hidden'");
+    CHECK(error_of(with("workload:\n  tokens_per_gpu: 1024\n", "")) ==
+          "s.yaml:1:1: workload: missing required section");
+    CHECK_THAT(error_of(with("  scale_out:\n    nic_bandwidth: 400Gbps\n", "")),
+               Catch::Contains("cluster.nodes: 2 nodes need a cluster.scale_out section"));
+  }
+  SECTION("out-of-range values") {
+    CHECK(error_of(with("top_k: 2", "top_k: 9")) == "s.yaml:12:10: model.top_k: top_k 9 is larger than experts 8");
+    CHECK(error_of(with("ep: 8", "ep: 3")) ==
+          "s.yaml:15:7: parallelism.ep: experts (8) are not divisible by the EP size 3\n"
+          "s.yaml:15:7: parallelism.ep: the cluster's 16 GPUs do not divide into EP groups of 3");
+    CHECK(error_of(with("capacity_factor: 1.25", "capacity_factor: 0")) ==
+          "s.yaml:19:20: routing.capacity_factor: must be greater than 0 (or 'dropless'), got 0");
+    CHECK(error_of(with("capacity_factor: 1.25", "capacity_factor: -1")) ==
+          "s.yaml:19:20: routing.capacity_factor: must be greater than 0 (or 'dropless'), got -1");
+    CHECK(error_of(with("nic_bandwidth: 400Gbps", "nic_bandwidth: 0Gbps")) ==
+          "s.yaml:6:20: cluster.scale_out.nic_bandwidth: must be greater than zero, got '0Gbps'");
+    CHECK(error_of(with("tokens_per_gpu: 1024", "tokens_per_gpu: 0")) ==
+          "s.yaml:17:19: workload.tokens_per_gpu: must be at least 1, got 0");
+    CHECK_THAT(error_of(kBase + "compute: {flops_efficiency: 1.5}\n"),
+               Catch::Contains("compute.flops_efficiency: must be in (0, 1], got 1.5"));
+  }
+  SECTION("enumerations suggest the closest value") {
+    CHECK(error_of(kBase + "  distribution: zipff\n") ==
+          "s.yaml:20:17: routing.distribution: expected one of uniform, zipf, got 'zipff'; did you mean 'zipf'?");
+    CHECK_THAT(error_of(kBase + "  distribution: zipf\n"),
+               Catch::Contains("routing.distribution: zipf needs routing.zipf_s"));
+    CHECK_THAT(error_of(kBase + "  zipf_s: 1.2\n"),
+               Catch::Contains("routing.zipf_s: only used with 'distribution: zipf'"));
+  }
+  SECTION("all problems of a file are reported together") {
+    const std::string e = error_of(with("nodes: 2", "nodes: x").append("  top_k_: 1\n"));
+    CHECK_THAT(e, Catch::Contains("cluster.nodes"));
+    CHECK_THAT(e, Catch::Contains("routing.top_k_: unknown key"));
+  }
+}
+
+TEST_CASE("Files that are not scenarios are rejected clearly", "[scenarios][errors]") {
+  SECTION("empty") {
+    CHECK_THAT(error_of(""), Catch::Contains("s.yaml:1:1: the file is empty"));
+    CHECK_THAT(error_of("# only a comment\n"), Catch::Contains("the file is empty"));
+  }
+  SECTION("not YAML") {
+    CHECK_THAT(error_of("cluster: [1, 2\n"), Catch::StartsWith("s.yaml:2:1: not valid YAML:"));
+    CHECK_THAT(error_of("just some text"),
+               Catch::Contains("expected a scenario (a mapping of sections such as 'cluster:' and 'model:'), got a plain text"));
+    CHECK_THAT(error_of("- a\n- b\n"), Catch::Contains("got a list"));
+  }
+  SECTION("missing file") {
+    CHECK_THROWS_WITH(load_scenario_file("/nonexistent/dir/x.yaml"),
+                      "/nonexistent/dir/x.yaml: cannot open the scenario file: No such file or directory");
+  }
+  SECTION("binary file") {
+    const auto path = std::filesystem::temp_directory_path() / "moesim-binary-test.yaml";
+    {
+      std::ofstream out(path, std::ios::binary);
+      out << std::string("\x7f" "ELF\0\0\x01", 7);
+    }
+    CHECK_THROWS_WITH(load_scenario_file(path.string()), Catch::Contains("not a YAML text file"));
+    std::filesystem::remove(path);
+  }
+}

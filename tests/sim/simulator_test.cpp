@@ -1,1 +1,120 @@
 #include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "sim/assert.hpp"
+#include "sim/simulator.hpp"
+
+using namespace moesim::sim;
+
+TEST_CASE("Events run in time order and equal times first-in first-out", "[sim][simulator]") {
+  Simulator sim;
+  std::vector<std::string> order;
+  sim.schedule_at(Time::us(5), [&] { order.push_back("b@5"); });
+  sim.schedule_at(Time::us(1), [&] { order.push_back("a@1"); });
+  sim.schedule_at(Time::us(5), [&] { order.push_back("c@5"); });
+  sim.schedule_at(Time::us(5), [&] { order.push_back("d@5"); });
+  sim.schedule_at(Time::us(9), [&] { order.push_back("e@9"); });
+  CHECK(sim.run() == 5);
+  CHECK(order == std::vector<std::string>{"a@1", "b@5", "c@5", "d@5", "e@9"});
+  CHECK(sim.now() == Time::us(9));
+}
+
+TEST_CASE("Events scheduled from a running event keep the total order", "[sim][simulator]") {
+  // The first event scheduled from a callback replaces the heap root; later ones are pushed.
+  Simulator sim;
+  std::vector<int> times;
+  auto note = [&] { times.push_back(static_cast<int>(sim.now().count_ps())); };
+  sim.schedule_at(Time::ps(10), note);
+  sim.schedule_at(Time::ps(5), [&] {
+    note();
+    sim.schedule_at(Time::ps(20), note);
+    sim.schedule_at(Time::ps(7), note);
+    sim.schedule_at(Time::ps(5), note);  // same time as now: runs after this event
+  });
+  sim.run();
+  CHECK(times == std::vector<int>{5, 5, 7, 10, 20});
+}
+
+TEST_CASE("Cancelled events never run and cancel reports what it did", "[sim][simulator]") {
+  Simulator sim;
+  int ran = 0;
+  const EventId a = sim.schedule_at(Time::us(1), [&] { ran += 1; });
+  const EventId b = sim.schedule_at(Time::us(2), [&] { ran += 10; });
+  sim.schedule_at(Time::us(3), [&] { ran += 100; });
+  CHECK(sim.cancel(b));
+  CHECK_FALSE(sim.cancel(b));  // already cancelled
+  CHECK(sim.pending() == 2);
+  sim.run();
+  CHECK(ran == 101);
+  CHECK_FALSE(sim.cancel(a));  // already ran
+  SECTION("a cancelled slot reused by a new event does not cancel the new one") {
+    const EventId c = sim.schedule_in(Time::us(1), [&] { ran += 1000; });
+    CHECK(sim.cancel(c));
+    sim.schedule_in(Time::us(1), [&] { ran += 5000; });  // reuses c's slot
+    CHECK_FALSE(sim.cancel(c));
+    sim.run();
+    CHECK(ran == 5101);
+  }
+}
+
+TEST_CASE("An event can cancel another pending at the same time", "[sim][simulator]") {
+  Simulator sim;
+  int ran = 0;
+  EventId second;
+  sim.schedule_at(Time::us(1), [&] { CHECK(sim.cancel(second)); });
+  second = sim.schedule_at(Time::us(1), [&] { ++ran; });
+  sim.run();
+  CHECK(ran == 0);
+}
+
+TEST_CASE("run_until stops at the limit and resumes", "[sim][simulator]") {
+  Simulator sim;
+  std::vector<int> seen;
+  for (int t : {1, 2, 3, 4}) sim.schedule_at(Time::us(t), [&, t] { seen.push_back(t); });
+  CHECK(sim.run_until(Time::us(2)) == 2);
+  CHECK(sim.now() == Time::us(2));
+  CHECK(seen == std::vector<int>{1, 2});
+  sim.run();
+  CHECK(seen == std::vector<int>{1, 2, 3, 4});
+}
+
+TEST_CASE("Scheduling in the past is an internal error", "[sim][simulator]") {
+  Simulator sim;
+  sim.schedule_at(Time::us(5), [] {});
+  sim.run();
+  CHECK_THROWS_AS(sim.schedule_at(Time::us(4), [] {}), InternalError);
+}
+
+TEST_CASE("Two simulators in one process are independent", "[sim][simulator]") {
+  Simulator a, b;
+  int in_a = 0, in_b = 0;
+  a.schedule_at(Time::us(3), [&] { ++in_a; });
+  b.schedule_at(Time::us(7), [&] { ++in_b; });
+  a.run();
+  CHECK(a.now() == Time::us(3));
+  CHECK(b.now() == Time::zero());
+  CHECK(in_b == 0);
+  b.run();
+  CHECK(in_a == 1);
+  CHECK(in_b == 1);
+}
+
+TEST_CASE("The heap keeps order under many random insertions and cancellations", "[sim][simulator]") {
+  Simulator sim;
+  std::vector<std::pair<std::int64_t, int>> ran;  // (time, insertion index)
+  std::vector<EventId> ids;
+  std::uint64_t x = 12345;
+  auto next = [&] { return (x = x * 6364136223846793005ULL + 1442695040888963407ULL) >> 33; };
+  for (int i = 0; i < 5000; ++i) {
+    const auto t = static_cast<std::int64_t>(next() % 1000);
+    ids.push_back(sim.schedule_at(Time::ps(t), [&, t, i] { ran.emplace_back(t, i); }));
+  }
+  int cancelled = 0;
+  for (std::size_t i = 0; i < ids.size(); i += 3) cancelled += sim.cancel(ids[i]);
+  sim.run();
+  CHECK(ran.size() == 5000 - static_cast<std::size_t>(cancelled));
+  for (std::size_t i = 1; i < ran.size(); ++i) REQUIRE(ran[i - 1] < ran[i]);
+  for (const auto& r : ran) REQUIRE(r.second % 3 != 0);
+}
