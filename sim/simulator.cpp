@@ -6,102 +6,102 @@
 
 namespace moesim::sim {
 
-std::uint32_t Simulator::alloc_slot() {
-  if (!free_slots_.empty()) {
-    const std::uint32_t s = free_slots_.back();
-    free_slots_.pop_back();
-    return s;
-  }
-  slots_.emplace_back();
-  return static_cast<std::uint32_t>(slots_.size() - 1);
+std::size_t Simulator::bucket_of(Key k, Key last) {
+  const Key x = k ^ last;
+  const auto hi = static_cast<std::uint64_t>(x >> 64);
+  const auto lo = static_cast<std::uint64_t>(x);
+  if (hi != 0) return static_cast<std::size_t>(128 - __builtin_clzll(hi));
+  if (lo != 0) return static_cast<std::size_t>(64 - __builtin_clzll(lo));
+  return 0;
 }
 
-void Simulator::free_slot(std::uint32_t slot) {
-  slots_[slot].seq = 0;
-  slots_[slot].cb = nullptr;
-  free_slots_.push_back(slot);
-  --live_;
+bool Simulator::is_live(std::uint64_t seq) const {
+  const std::uint64_t w = seq / 64;
+  if (w < live_base_ || w - live_base_ >= live_bits_.size()) return false;
+  return (live_bits_[w - live_base_] >> (seq % 64)) & 1;
+}
+
+void Simulator::set_live(std::uint64_t seq, bool live) {
+  const std::uint64_t w = seq / 64;
+  while (w - live_base_ >= live_bits_.size()) live_bits_.push_back(0);
+  auto& word = live_bits_[w - live_base_];
+  if (live) {
+    word |= std::uint64_t{1} << (seq % 64);
+  } else {
+    word &= ~(std::uint64_t{1} << (seq % 64));
+    // Slide the window past words whose events are all done (the last word may still fill).
+    while (live_bits_.size() > 1 && live_bits_.front() == 0) {
+      live_bits_.pop_front();
+      ++live_base_;
+    }
+  }
+}
+
+void Simulator::push(Entry e) {
+  if (e.key < last_) {
+    // Only after run_until() looked past its limit and the caller then scheduled earlier:
+    // re-base every bucket on the new minimum (rare, O(pending)).
+    std::vector<Entry> all;
+    all.reserve(size_);
+    for (auto& b : buckets_) {
+      for (auto& x : b) all.push_back(std::move(x));
+      b.clear();
+    }
+    last_ = e.key;
+    for (auto& x : all) buckets_[bucket_of(x.key, last_)].push_back(std::move(x));
+  }
+  buckets_[bucket_of(e.key, last_)].push_back(std::move(e));
+  ++size_;
+}
+
+Simulator::Entry& Simulator::top() {
+  if (buckets_[0].empty()) {
+    std::size_t i = 1;
+    while (buckets_[i].empty()) ++i;
+    auto& b = buckets_[i];
+    Key m = b[0].key;
+    for (const auto& x : b) m = x.key < m ? x.key : m;
+    last_ = m;
+    for (auto& x : b) buckets_[bucket_of(x.key, last_)].push_back(std::move(x));
+    b.clear();
+  }
+  return buckets_[0].back();
 }
 
 EventId Simulator::schedule_at(Time t, Callback cb) {
   MOESIM_ASSERT(t >= now_, "event scheduled in the past");
   MOESIM_ASSERT(cb != nullptr, "event without a callback");
-  const std::uint32_t slot = alloc_slot();
   const std::uint64_t seq = next_seq_++;
-  slots_[slot].cb = std::move(cb);
-  slots_[slot].seq = seq;
+  set_live(seq, true);
   ++live_;
-  const Entry e{t.count_ps(), seq, slot};
-  if (root_is_running_) {
-    // The running event's entry is still the root: overwrite it and sift down once.
-    root_is_running_ = false;
-    heap_[0] = e;
-    sift_down(0);
-  } else {
-    heap_.push_back(e);
-    sift_up(heap_.size() - 1);
-  }
-  return EventId{seq, slot};
+  push(Entry{make_key(t.count_ps(), seq), std::move(cb)});
+  return EventId{seq};
 }
 
 bool Simulator::cancel(EventId id) {
-  if (id.seq == 0 || id.slot >= slots_.size() || slots_[id.slot].seq != id.seq) return false;
-  free_slot(id.slot);
+  if (!is_live(id.seq)) return false;
+  set_live(id.seq, false);
+  --live_;
   return true;
 }
 
-void Simulator::sift_up(std::size_t i) {
-  const Entry e = heap_[i];
-  while (i > 0) {
-    const std::size_t parent = (i - 1) / 4;
-    if (!before(e, heap_[parent])) break;
-    heap_[i] = heap_[parent];
-    i = parent;
-  }
-  heap_[i] = e;
-}
-
-void Simulator::sift_down(std::size_t i) {
-  const std::size_t n = heap_.size();
-  const Entry e = heap_[i];
-  for (;;) {
-    const std::size_t first = 4 * i + 1;
-    if (first >= n) break;
-    std::size_t best = first;
-    const std::size_t last = first + 4 < n ? first + 4 : n;
-    for (std::size_t c = first + 1; c < last; ++c)
-      if (before(heap_[c], heap_[best])) best = c;
-    if (!before(heap_[best], e)) break;
-    heap_[i] = heap_[best];
-    i = best;
-  }
-  heap_[i] = e;
-}
-
-void Simulator::pop_root() {
-  heap_[0] = heap_.back();
-  heap_.pop_back();
-  if (!heap_.empty()) sift_down(0);
-}
-
 bool Simulator::step(Time limit) {
-  while (!heap_.empty()) {
-    const Entry top = heap_[0];
-    Slot& slot = slots_[top.slot];
-    if (slot.seq != top.seq) {  // cancelled
-      pop_root();
+  while (size_ > 0) {
+    Entry& e = top();
+    const std::uint64_t seq = key_seq(e.key);
+    if (!is_live(seq)) {  // cancelled
+      buckets_[0].pop_back();
+      --size_;
       continue;
     }
-    if (top.time_ps > limit.count_ps()) return false;
-    now_ = Time::ps(top.time_ps);
-    Callback cb = std::move(slot.cb);
-    free_slot(top.slot);
-    root_is_running_ = true;
+    if (key_time(e.key) > limit.count_ps()) return false;
+    now_ = Time::ps(key_time(e.key));
+    Callback cb = std::move(e.cb);
+    buckets_[0].pop_back();
+    --size_;
+    set_live(seq, false);
+    --live_;
     cb();
-    if (root_is_running_) {
-      root_is_running_ = false;
-      pop_root();
-    }
     ++events_run_;
     return true;
   }
