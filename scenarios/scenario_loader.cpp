@@ -288,7 +288,7 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   c.node.pcie_bandwidth = sim::Bandwidth(64'000'000'000);
   c.node.pcie_latency = sim::Time::ns(500);
   if (auto node = cluster->child("node", false)) {
-    if (auto v = node->get<std::string>("fabric", one_of({"nvswitch"}), false)) (void)v;
+    (void)node->get<std::string>("fabric", one_of({"nvswitch"}), false);
     if (auto v = node->get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false))
       c.node.nvlink_bandwidth = *v;
     if (auto v = node->get<sim::Time>("nvlink_latency", time_value(), false)) c.node.nvlink_latency = *v;
@@ -341,8 +341,13 @@ void read_model(Section& top, Scenario& sc, Problems&) {
     m.attention_heads = as_int(*v);
   m.kv_heads = m.attention_heads;
   if (auto v = model->get<std::int64_t>("kv_heads", count_at_least(1), false)) m.kv_heads = as_int(*v);
-  m.head_dim = m.attention_heads > 0 ? m.hidden / m.attention_heads : 0;
-  if (auto v = model->get<std::int64_t>("head_dim", count_at_least(1), false)) m.head_dim = *v;
+  if (auto v = model->get<std::int64_t>("head_dim", count_at_least(1), false)) {
+    m.head_dim = *v;
+  } else if (m.hidden % m.attention_heads == 0) {
+    m.head_dim = m.hidden / m.attention_heads;
+  } else {
+    m.head_dim = 0;  // reported by cross_check
+  }
   model->finish();
 }
 
@@ -416,7 +421,7 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("model.top_k", fmt::format("top_k {} is larger than experts {}", m.top_k, m.experts));
   if (m.head_dim <= 0)
     problems.add_at("model.attention_heads",
-                    fmt::format("hidden {} over {} heads leaves no head_dim; set model.head_dim",
+                    fmt::format("hidden {} does not divide into {} heads; set model.head_dim",
                                 m.hidden, m.attention_heads));
   if (m.kv_heads > m.attention_heads)
     problems.add_at("model.kv_heads", fmt::format("kv_heads {} is more than attention_heads {}",

@@ -139,6 +139,10 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
           "s.yaml:6:20: cluster.scale_out.nic_bandwidth: must be greater than zero, got '0Gbps'");
     CHECK(error_of(with("tokens_per_gpu: 1024", "tokens_per_gpu: 0")) ==
           "s.yaml:17:19: workload.tokens_per_gpu: must be at least 1, got 0");
+    CHECK(error_of(with("attention_heads: 32", "attention_heads: 24")) ==
+          "s.yaml:13:20: model.attention_heads: hidden 4096 does not divide into 24 heads; set model.head_dim");
+    CHECK(load_scenario_text(with("attention_heads: 32", "attention_heads: 24\n  head_dim: 128"), "s.yaml")
+              .forward.model.head_dim == 128);
     CHECK_THAT(error_of(kBase + "compute: {flops_efficiency: 1.5}\n"),
                Catch::Contains("compute.flops_efficiency: must be in (0, 1], got 1.5"));
   }
