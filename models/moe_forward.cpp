@@ -41,8 +41,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
   const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(spec.model.moe_layers);
-  dispatch_arrived_.assign(cells, 0);
-  combine_arrived_.assign(cells, 0);
+  dispatch_pending_.assign(cells, 0);
+  combine_pending_.assign(cells, 0);
 }
 
 const routing::DispatchPlan& MoeForward::plan(int layer, int gpu) const {
@@ -77,6 +77,18 @@ void MoeForward::start() {
   }
   for (std::size_t i = 0; i < count; ++i)
     recorder_.on_routing(static_cast<int>(i) / groups, static_cast<int>(i) % groups * spec_.ep, plans_[i]);
+  // Empty pairs send nothing and so are not waited for.
+  for (int g = 0; g < cluster_.gpu_count(); ++g) {
+    const int r = rank(g);
+    for (int l = 0; l < spec_.model.moe_layers; ++l) {
+      const auto& p = plan(l, g);
+      for (int other = 0; other < spec_.ep; ++other) {
+        if (other == r) continue;
+        pending(dispatch_pending_, g, l) += p.send(other, r) > 0;
+        pending(combine_pending_, g, l) += p.send(r, other) > 0;
+      }
+    }
+  }
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_layer(g);
 }
 
@@ -114,7 +126,7 @@ void MoeForward::after_router(int gpu) {
                     token_bytes(copies)};
     recorder_.on_flow(layer, Stage::dispatch, flow.size);
     network_.start_flow(flow, [this, dst, layer] {
-      ++arrivals(dispatch_arrived_, dst, layer);
+      --pending(dispatch_pending_, dst, layer);
       try_start_experts(dst);
     });
   }
@@ -138,9 +150,7 @@ void MoeForward::try_start_experts(int gpu) {
   if (s.wait != Wait::dispatch) return;  // an early arrival; counted, checked when g gets here
   const auto& p = plan(s.layer, gpu);
   const int r = rank(gpu);
-  std::int64_t expected = 0;
-  for (int src = 0; src < spec_.ep; ++src) expected += (src != r && p.send(src, r) > 0);
-  if (arrivals(dispatch_arrived_, gpu, s.layer) < expected) return;
+  if (pending(dispatch_pending_, gpu, s.layer) > 0) return;
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::dispatch,
                                  s.wait_start, sim_.now()});
@@ -164,7 +174,7 @@ void MoeForward::after_experts(int gpu) {
                     token_bytes(copies)};
     recorder_.on_flow(layer, Stage::combine, flow.size);
     network_.start_flow(flow, [this, dst, layer] {
-      ++arrivals(combine_arrived_, dst, layer);
+      --pending(combine_pending_, dst, layer);
       try_finish_combine(dst);
     });
   }
@@ -178,9 +188,7 @@ void MoeForward::try_finish_combine(int gpu) {
   if (s.wait != Wait::combine) return;
   const auto& p = plan(s.layer, gpu);
   const int r = rank(gpu);
-  std::int64_t expected = 0;
-  for (int d = 0; d < spec_.ep; ++d) expected += (d != r && p.send(r, d) > 0);
-  if (arrivals(combine_arrived_, gpu, s.layer) < expected) return;
+  if (pending(combine_pending_, gpu, s.layer) > 0) return;
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::combine,
                                  s.wait_start, sim_.now()});

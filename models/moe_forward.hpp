@@ -67,7 +67,7 @@ class MoeForward {
   void after_experts(int gpu);
   void try_finish_combine(int gpu);
   void after_reduce(int gpu);
-  std::int64_t& arrivals(std::vector<std::int64_t>& v, int gpu, int layer) {
+  std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int layer) {
     return v[static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.model.moe_layers) +
              static_cast<std::size_t>(layer)];
   }
@@ -81,8 +81,10 @@ class MoeForward {
   routing::Placement placement_;
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::vector<GpuState> gpus_;
-  std::vector<std::int64_t> dispatch_arrived_;  // [gpu * layers + layer]
-  std::vector<std::int64_t> combine_arrived_;
+  // Inbound flows not yet arrived, [gpu * layers + layer]: set from the plans in start(),
+  // counted down by arrivals; a GPU goes on when its count is zero.
+  std::vector<std::int64_t> dispatch_pending_;
+  std::vector<std::int64_t> combine_pending_;
   std::size_t finished_gpus_ = 0;
 };
 
