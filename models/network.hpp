@@ -4,9 +4,9 @@
 // max-min model shares links between concurrent flows.
 #pragma once
 
-#include <functional>
 #include <string_view>
 
+#include "sim/callback.hpp"
 #include "sim/time.hpp"
 #include "topology/cluster.hpp"
 
@@ -20,7 +20,7 @@ struct Flow {
 
 class NetworkModel {
  public:
-  using Done = std::function<void()>;
+  using Done = sim::Callback;
   virtual ~NetworkModel() = default;
   // A flow from a GPU to itself is a local copy and completes at once (same time, as an event).
   virtual void start_flow(const Flow& flow, Done on_done) = 0;

@@ -22,7 +22,7 @@ class Rng {
   double uniform01();
   // Uniform integer in [0, n), n > 0, without modulo bias (Lemire 2019).
   std::uint64_t uniform_int(std::uint64_t n);
-  // Exponential with the given mean.
+  // Exponential with the given mean (ziggurat method).
   double exponential(double mean);
 
  private:

@@ -1,24 +1,34 @@
 // The discrete-event core.
 //
-// Events are ordered by the total key (time, insertion sequence), so events at equal times run
-// first-in first-out and a run is reproducible bit for bit (ns-3's rule).
-// The pending set is a radix heap (Ahuja, Mehlhorn, Orlin & Tarjan, 1990) over 128-bit keys
-// time << 64 | seq: because no event is ever scheduled before the last one taken out, keys only
-// grow, and a key sits in the bucket of the highest bit in which it differs from the last
-// minimum. Pushes append to a bucket and pops scan one bucket, so the work is sequential and
-// cache friendly, unlike a binary heap's random walks; each event moves at most 128 times and
-// in practice a handful. The callback travels with its key, so running an event touches no
-// other memory. Cancellation is lazy: one "still pending" bit per sequence number, in a window
-// that slides past events that are done; a cancelled event is dropped when it surfaces.
+// Events are ordered by (time, insertion sequence), so events at equal times run first-in
+// first-out and a run is reproducible bit for bit (ns-3's rule).
+//
+// The pending set is a multi-level radix heap (Ahuja, Mehlhorn, Orlin & Tarjan, 1990, with
+// 6-bit digits) over the 64-bit event time, in front of which sits a short sorted run.
+// No event is ever scheduled before the last minimum taken (`last_`), so keys only grow. An
+// event sits at level h = (highest bit in which its time differs from last_) / 6, in the bucket
+// named by its own 6-bit digit h. The 64 buckets of a level fit one bitmap word, so the next
+// non-empty bucket is two count-trailing-zeros away. When the front run is used up, the first
+// non-empty bucket is emptied: its minimum becomes last_; if it holds at most 16 events they are
+// sorted into the front run, otherwise they drop to lower levels (those equal to last_ into the
+// front run). A new event no later than the run's last one is inserted into the run in order.
+// In the hold benchmark an event is written 3.9 times on average, its first placement included.
+//
+// FIFO among equal times needs no sequence number in the key: two events with the same time
+// always share a bucket (the bucket is a function of time and last_ only), every bucket is
+// appended to and redistributed in order, sorting is stable and insertion goes after equals.
+//
+// Events (time, sequence, callback) are trivially copyable, so redistribution is memcpy.
+// Cancellation is lazy: one "still pending" bit per sequence number, in a window that slides
+// past events that are done; a cancelled event is dropped when it surfaces.
 // No globals: any number of Simulators can live in one process.
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <deque>
-#include <functional>
 #include <vector>
 
+#include "sim/callback.hpp"
 #include "sim/time.hpp"
 
 namespace moesim::sim {
@@ -29,15 +39,16 @@ struct EventId {
 
 class Simulator {
  public:
-  using Callback = std::function<void()>;
+  using Callback = sim::Callback;
 
   Simulator() = default;
   Simulator(const Simulator&) = delete;
   Simulator& operator=(const Simulator&) = delete;
+  ~Simulator();
 
   Time now() const { return now_; }
 
-  // Scheduling before now() is a bug (asserts).
+  // Scheduling before now() or without a callback is a bug (asserts).
   EventId schedule_at(Time t, Callback cb);
   EventId schedule_in(Time delay, Callback cb) { return schedule_at(now_ + delay, std::move(cb)); }
 
@@ -54,29 +65,37 @@ class Simulator {
   std::uint64_t events_run() const { return events_run_; }
 
  private:
-  using Key = uint128;
-  struct Entry {
-    Key key;
-    Callback cb;
-  };
-  static Key make_key(std::int64_t time_ps, std::uint64_t seq) {
-    return (static_cast<Key>(static_cast<std::uint64_t>(time_ps)) << 64) | seq;
-  }
-  static std::int64_t key_time(Key k) { return static_cast<std::int64_t>(k >> 64); }
-  static std::uint64_t key_seq(Key k) { return static_cast<std::uint64_t>(k); }
-  static std::size_t bucket_of(Key k, Key last);
+  static constexpr int kDigit = 6;
+  static constexpr int kFan = 1 << kDigit;                  // buckets per level
+  static constexpr int kLevels = (63 + kDigit - 1) / kDigit;  // times are non-negative: 63 bits
 
-  void push(Entry e);
-  Entry& top();  // the smallest pending entry; the heap must not be empty
+  struct Entry {
+    std::uint64_t time;
+    std::uint64_t seq;
+    Callback::Raw call;
+  };
+
+  void place(const Entry& e);
+  void refill_front();  // the front queue is empty and size_ > 0
+  void rebase(std::uint64_t key);
   bool is_live(std::uint64_t seq) const;
-  void set_live(std::uint64_t seq, bool live);
+  void set_live(std::uint64_t seq);
+  void clear_live(std::uint64_t seq);
   bool step(Time limit);
 
-  std::array<std::vector<Entry>, 129> buckets_;  // bucket 0 holds the key equal to last_
-  Key last_ = 0;
-  std::size_t size_ = 0;  // entries in buckets, cancelled ones included
-  std::deque<std::uint64_t> live_bits_;  // bit (seq - 64 * live_base_) of word (seq / 64 - live_base_)
+  std::vector<Entry> front_;  // the sorted front run, read from front_head_
+  std::size_t front_head_ = 0;
+  std::uint64_t front_max_ = 0;  // latest time in the front run while it is not empty
+  std::array<std::array<std::vector<Entry>, kFan>, kLevels> buckets_;
+  std::array<std::uint64_t, kLevels> occupied_{};  // bit s of word h: bucket (h, s) non-empty
+  std::uint32_t levels_occupied_ = 0;               // bit h: some bucket of level h non-empty
+  std::uint64_t last_ = 0;
+  std::size_t size_ = 0;  // entries held, cancelled ones included
+
+  std::vector<std::uint64_t> live_bits_;  // word i covers sequence numbers 64 * (live_base_ + i) ...
+  std::size_t live_front_ = 0;            // words before this index are all zero
   std::uint64_t live_base_ = 0;
+
   Time now_{};
   std::uint64_t next_seq_ = 1;
   std::uint64_t events_run_ = 0;

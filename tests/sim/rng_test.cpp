@@ -57,3 +57,28 @@ TEST_CASE("Uniform doubles lie in the unit interval and exponentials have their 
   }
   CHECK(sum / 100'000 == Approx(2.0).epsilon(0.02));
 }
+
+TEST_CASE("Exponentials follow the exponential distribution into the far tail", "[sim][rng]") {
+  // The ziggurat's fast path, its wedges and its tail (beyond 7.697) each carry part of the
+  // distribution; a wrong table or test shows up as a wrong fraction below some quantile.
+  Rng r(11, "exponential");
+  const int n = 2'000'000;
+  const std::vector<double> qs{0.01, 0.1, 0.5, 1.0, 2.0, 4.0, 7.0, 7.69, 8.5, 10.0, 12.0};
+  std::vector<int> below(qs.size(), 0);
+  double sum = 0, sum2 = 0;
+  for (int k = 0; k < n; ++k) {
+    const double x = r.exponential(1.0);
+    REQUIRE(x >= 0.0);
+    sum += x;
+    sum2 += x * x;
+    for (std::size_t j = 0; j < qs.size(); ++j) below[j] += x < qs[j];
+  }
+  for (std::size_t j = 0; j < qs.size(); ++j) {
+    const double p = 1.0 - std::exp(-qs[j]);  // expected fraction below the quantile
+    const double sigma = std::sqrt(n * p * (1 - p));
+    INFO("quantile " << qs[j] << ": " << below[j] << " below, expected " << n * p);
+    CHECK(std::abs(below[j] - n * p) < 5 * sigma + 1);
+  }
+  CHECK(sum / n == Approx(1.0).epsilon(0.005));
+  CHECK(sum2 / n == Approx(2.0).epsilon(0.01));  // E[X^2] = 2
+}
