@@ -9,7 +9,10 @@ sim::Time AnalyticalNetwork::flow_time(const Flow& flow) const {
 }
 
 void AnalyticalNetwork::start_flow(const Flow& flow, Done on_done) {
-  sim_.schedule_in(flow_time(flow), std::move(on_done));
+  sim_.schedule_in(flow_time(flow), [this, cb = std::move(on_done)]() mutable {
+    last_completion_s_ = static_cast<double>(sim_.now().count_ps()) * 1e-12;
+    cb();
+  });
 }
 
 }  // namespace moesim::models

@@ -17,12 +17,14 @@ class AnalyticalNetwork final : public NetworkModel {
       : sim_(sim), cluster_(cluster) {}
   void start_flow(const Flow& flow, Done on_done) override;
   std::string_view name() const override { return "analytical"; }
+  double last_completion_s() const override { return last_completion_s_; }
   // The time a flow takes alone on its path.
   sim::Time flow_time(const Flow& flow) const;
 
  private:
   sim::Simulator& sim_;
   const topology::Cluster& cluster_;
+  double last_completion_s_ = 0;
 };
 
 }  // namespace moesim::models

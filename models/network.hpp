@@ -25,6 +25,9 @@ class NetworkModel {
   // A flow from a GPU to itself is a local copy and completes at once (same time, as an event).
   virtual void start_flow(const Flow& flow, Done on_done) = 0;
   virtual std::string_view name() const = 0;
+  // Inside a completion callback: the flow's exact completion time in seconds (the callback
+  // itself runs at that time rounded up to the picosecond).
+  virtual double last_completion_s() const = 0;
 };
 
 }  // namespace moesim::models

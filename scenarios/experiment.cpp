@@ -1,6 +1,9 @@
 #include "scenarios/experiment.hpp"
 
+#include <memory>
+
 #include "models/analytical_network.hpp"
+#include "models/maxmin_network.hpp"
 #include "models/moe_forward.hpp"
 #include "sim/assert.hpp"
 #include "sim/simulator.hpp"
@@ -10,11 +13,14 @@ namespace moesim::scenarios {
 RunResult run_experiment(const Scenario& sc) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
-  models::AnalyticalNetwork network(sim, cluster);
+  std::unique_ptr<models::NetworkModel> network;
+  if (sc.network_model == "analytical") network = std::make_unique<models::AnalyticalNetwork>(sim, cluster);
+  else if (sc.network_model == "maxmin") network = std::make_unique<models::MaxMinNetwork>(sim, cluster);
+  MOESIM_ASSERT(network != nullptr, "unknown network model " + sc.network_model);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers), 0,
-                   std::string(network.name()), "roofline"};
-  models::MoeForward forward(sim, cluster, network, roofline, sc.forward, result.stats);
+                   std::string(network->name()), "roofline"};
+  models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, result.stats);
   forward.start();
   result.events = sim.run();
   MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");

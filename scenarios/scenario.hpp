@@ -22,7 +22,7 @@ struct Scenario {
   topology::ClusterSpec cluster;
   models::ForwardSpec forward;
   std::string workload_kind = "forward";
-  std::string network_model = "analytical";
+  std::string network_model = "maxmin";
   std::string compute_model = "roofline";
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";

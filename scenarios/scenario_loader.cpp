@@ -216,6 +216,14 @@ std::function<double(const std::string&)> fraction() {
   };
 }
 
+std::function<double(const std::string&)> at_least_one() {
+  return [](const std::string& s) {
+    const double v = sim::parse_number(s);
+    if (!(v >= 1)) throw UnitError(fmt::format("must be at least 1, got {}", s));
+    return v;
+  };
+}
+
 std::function<sim::FlopRate(const std::string&)> positive_flops() {
   return [](const std::string& s) {
     const sim::FlopRate r = sim::parse_flop_rate(s);
@@ -315,6 +323,7 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
                         fmt::format("{} nodes do not divide into leaves of {}", c.nodes,
                                     c.scale_out.nodes_per_leaf));
     }
+    if (auto v = so->get<double>("oversubscription", at_least_one(), false)) c.scale_out.oversubscription = *v;
     so->finish();
   } else if (c.nodes > 1) {
     problems.add_at(cluster->key_path("nodes"),
@@ -398,7 +407,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     p->finish();
   }
   if (auto n = top.child("network", false)) {
-    if (auto v = n->get<std::string>("model", one_of({"analytical"}), false)) sc.network_model = *v;
+    if (auto v = n->get<std::string>("model", one_of({"maxmin", "analytical"}), false)) sc.network_model = *v;
     n->finish();
   }
   if (auto c = top.child("compute", false)) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <limits>
 
@@ -63,8 +64,10 @@ Cluster::Cluster(const ClusterSpec& spec) : spec_(spec) {
     }
     if (leaves > 1) {
       const DeviceId spine = add_device(DeviceKind::spine, 0);
-      const sim::Bandwidth uplink(so.nic_bandwidth.bytes_per_s() * so.nodes_per_leaf *
-                                  spec.gpus_per_node);
+      MOESIM_ASSERT(so.oversubscription >= 1.0, "oversubscription below 1");
+      const sim::Bandwidth uplink(static_cast<std::int64_t>(
+          std::llround(static_cast<double>(so.nic_bandwidth.bytes_per_s()) * so.nodes_per_leaf *
+                       spec.gpus_per_node / so.oversubscription)));
       for (const DeviceId leaf : leaf_ids) add_duplex(leaf, spine, LinkKind::uplink, uplink, so.link_latency);
     }
   }

@@ -38,6 +38,9 @@ struct ScaleOutSpec {
   sim::Bandwidth nic_bandwidth;  // per NIC, per direction
   sim::Time link_latency;        // each NIC<->leaf and leaf<->spine link, switch latency included
   int nodes_per_leaf = 1;
+  // Leaf downlink capacity (nodes_per_leaf x gpus_per_node x nic_bandwidth) over leaf uplink
+  // capacity: 1 is non-blocking, 2 halves the uplink.
+  double oversubscription = 1.0;
 };
 
 struct ClusterSpec {

@@ -66,7 +66,7 @@ TEST_CASE("A valid scenario loads with its values and documented defaults", "[sc
   CHECK(sc.forward.routing.capacity_factor == 1.25);
   CHECK(sc.forward.sequence_length == 1024);
   CHECK(sc.forward.seed == 1);
-  CHECK(sc.network_model == "analytical");
+  CHECK(sc.network_model == "maxmin");
   CHECK(sc.roofline.flops_efficiency == 0.7);
 }
 

@@ -1,0 +1,253 @@
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "models/maxmin_network.hpp"
+#include "sim/simulator.hpp"
+#include "sim/units.hpp"
+#include "topology/cluster.hpp"
+
+using namespace moesim;
+using namespace moesim::topology;
+using moesim::models::Flow;
+using moesim::models::MaxMinNetwork;
+
+namespace {
+
+GpuId gpu(int i) { return GpuId(static_cast<std::uint32_t>(i)); }
+
+// One node of `gpus` GPUs on an NVSwitch, 100 GB/s and 1 us per port and direction: a flow
+// a -> b crosses a->NVSwitch and NVSwitch->b, so its latency is 2 us.
+ClusterSpec one_node(int gpus) {
+  ClusterSpec s;
+  s.nodes = 1;
+  s.gpus_per_node = gpus;
+  s.gpu = *find_gpu_preset("H100");
+  s.node = {sim::parse_bandwidth("100GB/s"), sim::parse_time("1us"), sim::parse_bandwidth("64GB/s"),
+            sim::parse_time("0.25us")};
+  return s;
+}
+
+struct Run {
+  std::vector<double> end_s;  // exact completion per flow
+  std::vector<sim::Time> callback_at;
+  std::uint64_t solves = 0;
+};
+
+struct Start {
+  int src, dst;
+  std::int64_t bytes;
+  double start_us;
+};
+
+Run run_flows(const Cluster& cluster, const std::vector<Start>& flows) {
+  sim::Simulator sim;
+  MaxMinNetwork net(sim, cluster);
+  Run r;
+  r.end_s.assign(flows.size(), -1);
+  r.callback_at.assign(flows.size(), sim::Time::zero());
+  for (std::size_t i = 0; i < flows.size(); ++i) {
+    const auto& f = flows[i];
+    sim.schedule_at(sim::Time::ps(static_cast<std::int64_t>(std::llround(f.start_us * 1e6))), [&, i, f] {
+      net.start_flow(Flow{gpu(f.src), gpu(f.dst), sim::Bytes(f.bytes)}, [&, i] {
+        r.end_s[i] = net.last_completion_s();
+        r.callback_at[i] = sim.now();
+      });
+    });
+  }
+  sim.run();
+  r.solves = net.solves();
+  for (double e : r.end_s) REQUIRE(e >= 0);
+  return r;
+}
+
+double us(double s) { return s * 1e6; }
+
+}  // namespace
+
+TEST_CASE("Two flows on one link share it equally and finish together", "[models][maxmin]") {
+  const Cluster c(one_node(4));
+  // 1 MB each at 50 GB/s after 2 us of latency: 2 + 20 us.
+  const Run r = run_flows(c, {{0, 1, 1'000'000, 0}, {0, 2, 1'000'000, 0}});
+  CHECK(us(r.end_s[0]) == Approx(22.0).epsilon(1e-12));
+  CHECK(us(r.end_s[1]) == Approx(22.0).epsilon(1e-12));
+  CHECK(r.callback_at[0] == sim::Time::us(22));
+  CHECK(r.solves == 2);  // one for the joint start, one for the joint finish
+}
+
+TEST_CASE("A flow held back upstream leaves the rest of a shared link to another", "[models][maxmin]") {
+  const Cluster c(one_node(4));
+  // B, C, D leave GPU 1 (a third of its port each); A and B enter GPU 2, where A gets what B
+  // cannot use: 100 - 33.3 = 66.7 GB/s.
+  const Run r = run_flows(c, {{0, 2, 1'000'000, 0},    // A
+                              {1, 2, 1'000'000, 0},    // B
+                              {1, 3, 1'000'000, 0},    // C
+                              {1, 0, 1'000'000, 0}});  // D
+  CHECK(us(r.end_s[0]) == Approx(2.0 + 15.0).epsilon(1e-12));
+  for (int i = 1; i < 4; ++i) CHECK(us(r.end_s[static_cast<std::size_t>(i)]) == Approx(2.0 + 30.0).epsilon(1e-12));
+}
+
+TEST_CASE("A late flow slows an early one from the moment it arrives", "[models][maxmin]") {
+  const Cluster c(one_node(4));
+  // A active at 1+2=... A starts at 0 (active at 2 us), alone at 100 GB/s: 0.4 MB by 6 us,
+  // when B (started at 4 us) becomes active. Both at 50 GB/s: A's 0.6 MB left take 12 us
+  // (A ends at 18 us), then B, 0.6 MB sent, has 0.4 MB alone: 4 us more, ends at 22 us.
+  const Run r = run_flows(c, {{0, 1, 1'000'000, 0}, {0, 2, 1'000'000, 4}});
+  CHECK(us(r.end_s[0]) == Approx(18.0).epsilon(1e-12));
+  CHECK(us(r.end_s[1]) == Approx(22.0).epsilon(1e-12));
+}
+
+TEST_CASE("Completions between picoseconds keep their exact times", "[models][maxmin]") {
+  const Cluster c(one_node(4));
+  // 1000 bytes at 100 GB/s alone = 10 ns; 333 bytes at 50 GB/s = 6.66 ns (not a whole ps).
+  const Run r = run_flows(c, {{0, 1, 333, 0}, {0, 2, 1000, 0}});
+  CHECK(r.end_s[0] * 1e12 == Approx(2e6 + 6660.0).epsilon(1e-15));
+  // The second flow had 667 bytes left at 6.66 ns, then the whole port: 6.67 ns more.
+  CHECK(r.end_s[1] * 1e12 == Approx(2e6 + 6660.0 + 6670.0).epsilon(1e-15));
+  CHECK(r.callback_at[0] == sim::Time::ps(2'006'660));
+  CHECK(r.callback_at[1] == sim::Time::ps(2'013'330));
+}
+
+TEST_CASE("Empty flows and local copies complete without bandwidth", "[models][maxmin]") {
+  const Cluster c(one_node(2));
+  const Run r = run_flows(c, {{0, 1, 0, 1}, {1, 1, 5'000'000, 3}});
+  CHECK(us(r.end_s[0]) == Approx(3.0));  // latency only
+  CHECK(us(r.end_s[1]) == Approx(3.0));  // a copy to itself is immediate
+}
+
+namespace {
+
+// An independent reference: a fluid simulation that recomputes max-min shares from scratch at
+// every arrival and departure, by the textbook definition (raise all unfrozen flows together;
+// a link is saturated when the rates on it reach its capacity; freeze its flows), with sums
+// recomputed from the frozen rates rather than kept incrementally.
+std::vector<double> reference_end_times(const Cluster& c, const std::vector<Start>& flows) {
+  struct F {
+    std::vector<std::uint32_t> links;
+    double active_at, left;
+    bool done = false;
+  };
+  std::vector<F> fs;
+  for (const auto& f : flows) {
+    F x;
+    double lat = 0;
+    if (f.src != f.dst) {
+      const Path p = c.path(gpu(f.src), gpu(f.dst));
+      for (auto l : p.links) x.links.push_back(l.value);
+      lat = static_cast<double>(p.latency.count_ps()) / 1e12;
+    }
+    x.active_at = f.start_us * 1e-6 + lat;
+    x.left = static_cast<double>(f.bytes);
+    fs.push_back(x);
+  }
+  std::vector<double> end(flows.size(), -1);
+  const auto& links = c.links();
+  double t = 0;
+  for (;;) {
+    std::vector<std::size_t> act;
+    for (std::size_t i = 0; i < fs.size(); ++i)
+      if (!fs[i].done && fs[i].active_at <= t) act.push_back(i);
+    // zero-byte or local flows finish at activation
+    bool any = false;
+    for (auto i : act)
+      if (fs[i].left <= 0 || fs[i].links.empty()) {
+        fs[i].done = true;
+        end[i] = std::max(t, fs[i].active_at);
+        any = true;
+      }
+    if (any) continue;
+    std::vector<double> rate(fs.size(), 0);
+    std::vector<bool> frozen(fs.size(), false);
+    for (;;) {
+      double best = std::numeric_limits<double>::infinity();
+      for (std::size_t l = 0; l < links.size(); ++l) {
+        double used = 0;
+        int n = 0;
+        for (auto i : act) {
+          if (std::find(fs[i].links.begin(), fs[i].links.end(), l) == fs[i].links.end()) continue;
+          if (frozen[i]) used += rate[i];
+          else ++n;
+        }
+        if (n > 0) best = std::min(best, (static_cast<double>(links[l].bandwidth.bytes_per_s()) - used) / n);
+      }
+      if (best == std::numeric_limits<double>::infinity()) break;
+      // Freeze flows on every link whose share is the minimum (within rounding).
+      std::vector<std::size_t> to_freeze;
+      for (std::size_t l = 0; l < links.size(); ++l) {
+        double used = 0;
+        int n = 0;
+        for (auto i : act) {
+          if (std::find(fs[i].links.begin(), fs[i].links.end(), l) == fs[i].links.end()) continue;
+          if (frozen[i]) used += rate[i];
+          else ++n;
+        }
+        if (n == 0) continue;
+        const double share = (static_cast<double>(links[l].bandwidth.bytes_per_s()) - used) / n;
+        if (share <= best * (1 + 1e-13))
+          for (auto i : act)
+            if (!frozen[i] && std::find(fs[i].links.begin(), fs[i].links.end(), l) != fs[i].links.end())
+              to_freeze.push_back(i);
+      }
+      for (auto i : to_freeze) {
+        frozen[i] = true;
+        rate[i] = best;
+      }
+    }
+    double next = std::numeric_limits<double>::infinity();
+    for (auto i : act) next = std::min(next, t + fs[i].left / rate[i]);
+    for (std::size_t i = 0; i < fs.size(); ++i)
+      if (!fs[i].done && fs[i].active_at > t) next = std::min(next, fs[i].active_at);
+    if (next == std::numeric_limits<double>::infinity()) break;
+    for (auto i : act) {
+      fs[i].left -= rate[i] * (next - t);
+      if (fs[i].left <= 1e-9 * static_cast<double>(flows[i].bytes)) {
+        fs[i].done = true;
+        end[i] = next;
+      }
+    }
+    t = next;
+  }
+  return end;
+}
+
+}  // namespace
+
+TEST_CASE("Max-min completion times match a brute-force reference on random flow sets", "[models][maxmin]") {
+  // Two nodes of four GPUs on a leaf, plus a second leaf: flows of unequal path latency
+  // (NVLink, same leaf, across the spine) with random sizes and start times.
+  ClusterSpec s = one_node(4);
+  s.nodes = 4;
+  s.scale_out = {true, sim::parse_bandwidth("25GB/s"), sim::parse_time("1.5us"), 2};
+  s.scale_out.oversubscription = 2.0;
+  const Cluster c(s);
+  std::uint64_t x = 42;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  for (int set = 0; set < 20; ++set) {
+    std::vector<Start> flows;
+    const int n = 5 + static_cast<int>(next() % 40);
+    for (int i = 0; i < n; ++i) {
+      const int src = static_cast<int>(next() % 16);
+      int dst = static_cast<int>(next() % 16);
+      if (next() % 10 != 0 && dst == src) dst = (dst + 1) % 16;
+      const std::int64_t bytes = next() % 8 == 0 ? 0 : static_cast<std::int64_t>(next() % 4'000'000);
+      const double start = next() % 3 == 0 ? 0.0 : static_cast<double>(next() % 50'000) / 1000.0;
+      flows.push_back({src, dst, bytes, start});
+    }
+    const Run got = run_flows(c, flows);
+    const auto want = reference_end_times(c, flows);
+    for (std::size_t i = 0; i < flows.size(); ++i) {
+      INFO("set " << set << " flow " << i << " " << flows[i].src << "->" << flows[i].dst << " " << flows[i].bytes
+                  << " B at " << flows[i].start_us << " us");
+      const double dur = want[i] - flows[i].start_us * 1e-6;
+      REQUIRE(std::abs(got.end_s[i] - want[i]) <= 1e-9 * std::max(dur, 1e-12));
+    }
+  }
+}
