@@ -36,17 +36,18 @@ bool later(const auto& a, const auto& b) {
 }  // namespace
 
 MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster)
-    : sim_(sim), cluster_(cluster) {
+    : sim_(sim), cluster_(cluster), next_finish_s_(kInf) {
   const auto& links = cluster.links();
   capacity_.reserve(links.size());
   for (const auto& l : links) capacity_.push_back(static_cast<double>(l.bandwidth.bytes_per_s()));
   usage_.assign(links.size(), LinkUsage{});
-  link_active_.assign(links.size(), 0);
   busy_since_.assign(links.size(), 0.0);
-  count_.assign(links.size(), 0);
-  offset_.assign(links.size() + 1, 0);
-  left_.assign(links.size(), 0.0);
-  fill_.assign(links.size(), 0);
+  members_.resize(links.size());
+  live_pos_.assign(links.size(), 0);
+  left_cap_.assign(links.size(), 0.0);
+  share_.assign(links.size(), 0.0);
+  unfrozen_.assign(links.size(), 0);
+  round_start_.assign(links.size(), 0);
   path_cache_.resize(static_cast<std::size_t>(cluster.gpu_count()));
 }
 
@@ -58,6 +59,7 @@ const std::vector<std::uint32_t>& MaxMinNetwork::path_links(topology::GpuId src,
   auto& p = row[dst.index()];
   if (p.empty()) {
     for (const auto l : cluster_.path(src, dst).links) p.push_back(l.value);
+    MOESIM_ASSERT(!p.empty() && p.size() <= kMaxHops, "a path of more hops than the max-min model supports");
   }
   return p;
 }
@@ -68,8 +70,12 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
     free_slots_.pop_back();
     return s;
   }
-  flows_.emplace_back();
-  return static_cast<std::uint32_t>(flows_.size() - 1);
+  hot_.push_back(Hot{});
+  member_pos_.emplace_back();
+  cold_.push_back(Cold{0, 0, 0, kInf});
+  active_pos_.push_back(0);
+  done_.emplace_back();
+  return static_cast<std::uint32_t>(hot_.size() - 1);
 }
 
 void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
@@ -83,19 +89,16 @@ void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
     return;
   }
   const auto& links = path_links(flow.src, flow.dst);
-  MOESIM_ASSERT(!links.empty(), "a flow between two GPUs with an empty path");
   sim::Time latency = sim::Time::zero();
   for (const auto l : links) latency += cluster_.links()[l].latency;
 
   const std::uint32_t s = new_flow_slot();
-  FlowState& f = flows_[s];
-  f.links = links.data();
-  f.hops = static_cast<std::uint32_t>(links.size());
-  f.size = static_cast<double>(flow.size.count());
-  f.remaining = f.size;
-  f.rate = 0;
-  f.finish_s = kInf;
-  f.done = std::move(on_done);
+  std::copy(links.begin(), links.end(), hot_[s].links.begin());
+  hot_[s].hops = static_cast<std::uint32_t>(links.size());
+  const double bytes = static_cast<double>(flow.size.count());
+  cold_[s] = Cold{bytes, bytes, 0.0, kInf};
+  hot_[s].rate = 0;
+  done_[s] = std::move(on_done);
 
   const std::int64_t at = (sim_.now() + latency).count_ps();
   pending_.push_back(Pending{at, start_order_++, s});
@@ -109,82 +112,87 @@ void MaxMinNetwork::schedule_wake(std::int64_t at_ps) {
   wake_id_ = sim_.schedule_at(sim::Time::ps(at_ps), [this] { wake(); });
 }
 
-void MaxMinNetwork::advance_to(double t) {
-  const double dt = t - model_time_s_;
-  if (dt > 0) {
-    for (const std::uint32_t s : active_) flows_[s].remaining -= flows_[s].rate * dt;
-  }
-  model_time_s_ = std::max(model_time_s_, t);
-}
-
 void MaxMinNetwork::activate(std::uint32_t s, double t) {
-  FlowState& f = flows_[s];
-  for (std::uint32_t h = 0; h < f.hops; ++h) {
-    const std::uint32_t l = f.links[h];
-    if (link_active_[l]++ == 0) busy_since_[l] = t;
+  for (std::uint32_t h = 0; h < hot_[s].hops; ++h) {
+    const std::uint32_t l = hot_[s].links[h];
+    auto& m = members_[l];
+    if (m.empty()) {
+      busy_since_[l] = t;
+      live_pos_[l] = static_cast<std::uint32_t>(live_links_.size());
+      live_links_.push_back(l);
+    }
+    member_pos_[s][h] = static_cast<std::uint32_t>(m.size());
+    m.push_back(Member{s, h});
   }
+  active_pos_[s] = static_cast<std::uint32_t>(active_.size());
   active_.push_back(s);
 }
 
 void MaxMinNetwork::finish(std::uint32_t s, double t) {
-  FlowState& f = flows_[s];
-  for (std::uint32_t h = 0; h < f.hops; ++h) {
-    const std::uint32_t l = f.links[h];
-    usage_[l].bytes += f.size;
-    if (--link_active_[l] == 0) usage_[l].busy_s += t - busy_since_[l];
+  for (std::uint32_t h = 0; h < hot_[s].hops; ++h) {
+    const std::uint32_t l = hot_[s].links[h];
+    usage_[l].bytes += cold_[s].size;
+    auto& m = members_[l];
+    const std::uint32_t i = member_pos_[s][h];
+    m[i] = m.back();
+    member_pos_[m[i].flow][m[i].hop] = i;
+    m.pop_back();
+    if (m.empty()) {
+      usage_[l].busy_s += t - busy_since_[l];
+      const std::uint32_t p = live_pos_[l];
+      live_links_[p] = live_links_.back();
+      live_pos_[live_links_[p]] = p;
+      live_links_.pop_back();
+    }
   }
-}
-
-double MaxMinNetwork::next_finish() const {
-  double t = kInf;
-  for (const std::uint32_t s : active_) t = std::min(t, flows_[s].finish_s);
-  return t;
+  const std::uint32_t p = active_pos_[s];
+  active_[p] = active_.back();
+  active_pos_[active_[p]] = p;
+  active_.pop_back();
 }
 
 void MaxMinNetwork::wake() {
   wake_ps_ = -1;
   const std::int64_t now_ps = sim_.now().count_ps();
   std::vector<std::pair<double, Done>> completed;
+  std::vector<std::uint32_t> leaving;
 
   for (;;) {
     // Due means: at or before now once rounded up to the picosecond, the same rounding that
     // placed this wake-up, so a completion a fraction of a picosecond ahead is never missed.
-    const double t_done = next_finish();
+    const double t_done = next_finish_s_;
     const bool done_due = t_done < kInf && to_ps_ceil(t_done) <= now_ps;
     const bool act_due = !pending_.empty() && pending_.front().activation_ps <= now_ps;
     if (!done_due && !act_due) break;
     const double t_act = act_due ? static_cast<double>(pending_.front().activation_ps) / kPsPerS : kInf;
     const double t = std::min(done_due ? t_done : kInf, t_act);
 
-    advance_to(t);
+    model_time_s_ = std::max(model_time_s_, t);
     bool changed = false;
     if (done_due && t_done <= t) {
-      // Everything finishing at this instant leaves together.
-      std::size_t keep = 0;
-      for (std::size_t i = 0; i < active_.size(); ++i) {
-        const std::uint32_t s = active_[i];
-        FlowState& f = flows_[s];
-        if (f.finish_s <= t || f.remaining <= kSameInstant * f.size) {
-          finish(s, t);
-          completed.emplace_back(t, std::move(f.done));
-          f.done = nullptr;
-          free_slots_.push_back(s);
-          changed = true;
-        } else {
-          active_[keep++] = s;
-        }
+      // Everything finishing at this instant leaves together, in slot order (deterministic).
+      leaving.clear();
+      for (const std::uint32_t s : active_) {
+        const Cold& c = cold_[s];
+        if (c.finish_s <= t || (c.finish_s - t) * c.rate_used <= kSameInstant * c.size) leaving.push_back(s);
       }
-      active_.resize(keep);
+      std::sort(leaving.begin(), leaving.end());
+      for (const std::uint32_t s : leaving) {
+        finish(s, t);
+        completed.emplace_back(t, std::move(done_[s]));
+        done_[s] = nullptr;
+        free_slots_.push_back(s);
+      }
+      changed = !leaving.empty();
     }
     auto cmp = [](const Pending& a, const Pending& b) { return later(a, b); };
     while (!pending_.empty() && static_cast<double>(pending_.front().activation_ps) / kPsPerS <= t) {
       const std::uint32_t s = pending_.front().flow;
       std::pop_heap(pending_.begin(), pending_.end(), cmp);
       pending_.pop_back();
-      FlowState& f = flows_[s];
-      if (f.size <= 0) {  // nothing to send: done when its latency is paid
-        completed.emplace_back(t, std::move(f.done));
-        f.done = nullptr;
+      if (cold_[s].size <= 0) {  // nothing to send: done when its latency is paid
+        completed.emplace_back(t, std::move(done_[s]));
+        done_[s] = nullptr;
         free_slots_.push_back(s);
         continue;
       }
@@ -194,9 +202,8 @@ void MaxMinNetwork::wake() {
     if (changed) solve();
   }
 
-  const double t_done = next_finish();
   std::int64_t next = -1;
-  if (t_done < kInf) next = std::max(to_ps_ceil(t_done), now_ps);
+  if (next_finish_s_ < kInf) next = std::max(to_ps_ceil(next_finish_s_), now_ps);
   if (!pending_.empty() && (next < 0 || pending_.front().activation_ps < next))
     next = pending_.front().activation_ps;
   if (next >= 0 && (wake_ps_ < 0 || next < wake_ps_)) schedule_wake(next);
@@ -209,67 +216,65 @@ void MaxMinNetwork::wake() {
 }
 
 void MaxMinNetwork::solve() {
-  ++solves_;
-  // Link -> active flows, as compact arrays (counting sort over the flows' paths).
-  live_links_.clear();
-  for (const std::uint32_t s : active_) {
-    const FlowState& f = flows_[s];
-    for (std::uint32_t h = 0; h < f.hops; ++h) {
-      if (count_[f.links[h]]++ == 0) live_links_.push_back(f.links[h]);
-    }
-  }
-  std::uint32_t total = 0;
+  const std::uint32_t stamp = ++solves_;
+  open_.clear();
   for (const std::uint32_t l : live_links_) {
-    offset_[l] = total;
-    total += count_[l];
-    fill_[l] = offset_[l];
-    left_[l] = capacity_[l];
+    left_cap_[l] = capacity_[l];
+    unfrozen_[l] = static_cast<std::uint32_t>(members_[l].size());
+    open_.push_back(l);
   }
-  incidence_.resize(total);
-  frozen_.assign(flows_.size(), 0);
-  for (const std::uint32_t s : active_) {
-    const FlowState& f = flows_[s];
-    for (std::uint32_t h = 0; h < f.hops; ++h) incidence_[fill_[f.links[h]]++] = s;
-  }
-
   // Progressive filling, one level at a time: the smallest fair share among links that still
-  // carry unfrozen flows freezes every unfrozen flow on the links at that share.
-  std::vector<std::uint32_t>& live = live_links_;
-  std::vector<std::uint32_t> open(live.begin(), live.end());  // links with unfrozen flows
-  while (!open.empty()) {
+  // carry unfrozen flows freezes every unfrozen flow on the links at that share. Shares only
+  // grow as flows freeze (a flow freezes at no more than any share on its path).
+  while (!open_.empty()) {
     double level = kInf;
-    for (const std::uint32_t l : open) level = std::min(level, std::max(left_[l], 0.0) / count_[l]);
-    for (const std::uint32_t l : open) {
-      if (count_[l] == 0 || std::max(left_[l], 0.0) / count_[l] > level) continue;
-      for (std::uint32_t i = offset_[l]; i < fill_[l]; ++i) {
-        const std::uint32_t s = incidence_[i];
-        if (frozen_[s]) continue;
-        frozen_[s] = 1;
-        FlowState& f = flows_[s];
+    for (const std::uint32_t l : open_) {
+      share_[l] = std::max(left_cap_[l], 0.0) / unfrozen_[l];
+      round_start_[l] = unfrozen_[l];
+      level = std::min(level, share_[l]);
+    }
+    // Freeze; only counts change here (the capacity each link gives up is charged after the
+    // round, as level x flows frozen on it, which keeps the inner loop free of floating point).
+    for (const std::uint32_t l : open_) {
+      if (share_[l] > level || unfrozen_[l] == 0) continue;
+      std::uint32_t* unfrozen = unfrozen_.data();
+      for (const Member& mem : members_[l]) {
+        Hot& f = hot_[mem.flow];
+        if (f.frozen_at == stamp) continue;
+        f.frozen_at = stamp;
         f.rate = level;
-        for (std::uint32_t h = 0; h < f.hops; ++h) {
-          const std::uint32_t k = f.links[h];
-          left_[k] -= level;
-          --count_[k];
-        }
+        const std::uint32_t* path = f.links.data();
+        const std::uint32_t hops = f.hops;
+        for (std::uint32_t h = 0; h < hops; ++h) --unfrozen[path[h]];
       }
     }
     std::size_t keep = 0;
-    for (const std::uint32_t l : open)
-      if (count_[l] > 0) open[keep++] = l;
-    open.resize(keep);
+    for (const std::uint32_t l : open_) {
+      left_cap_[l] -= level * static_cast<double>(round_start_[l] - unfrozen_[l]);
+      if (unfrozen_[l] != 0) open_[keep++] = l;
+    }
+    open_.resize(keep);
   }
 
-  for (const std::uint32_t l : live) {
-    const double used = capacity_[l] - std::max(left_[l], 0.0);
+  for (const std::uint32_t l : live_links_) {
+    const double used = capacity_[l] - std::max(left_cap_[l], 0.0);
     usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, used / capacity_[l]);
-    count_[l] = 0;
   }
+  // Bring every flow's bytes up to now under the rate it had, then set the new one.
+  const double t = model_time_s_;
+  const double dt = t - last_solve_s_;
+  double next = kInf;
   for (const std::uint32_t s : active_) {
-    FlowState& f = flows_[s];
-    MOESIM_ASSERT(f.rate > 0, "an active flow got no bandwidth");
-    f.finish_s = model_time_s_ + std::max(f.remaining, 0.0) / f.rate;
+    Cold& c = cold_[s];
+    const double rate = hot_[s].rate;
+    MOESIM_ASSERT(rate > 0, "an active flow got no bandwidth");
+    c.left = std::max(c.left - c.rate_used * dt, 0.0);
+    c.rate_used = rate;
+    c.finish_s = t + c.left / rate;
+    next = std::min(next, c.finish_s);
   }
+  next_finish_s_ = next;
+  last_solve_s_ = t;
 }
 
 }  // namespace moesim::models

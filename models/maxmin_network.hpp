@@ -14,10 +14,12 @@
 // its completion time rounded up to the picosecond; last_completion_s() gives the exact one.
 //
 // Speed: changes at one instant (a batch of activations, simultaneous completions) share one
-// re-solve; each re-solve rebuilds link→flow incidence in compact arrays (counting sort) and
-// fills level by level, touching each (flow, link) pair a constant number of times.
+// re-solve. Each link keeps the list of active flows crossing it (O(1) insert and removal), flow
+// state is kept as separate arrays by slot, and a re-solve fills level by level, touching each
+// (flow, link) pair twice: once when a link's flows are frozen, once to charge the others.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -47,28 +49,22 @@ class MaxMinNetwork final : public NetworkModel {
   std::size_t active_flows() const { return active_.size(); }
 
  private:
+  static constexpr std::uint32_t kMaxHops = 8;
   struct Pending {  // started, paying its latency
     std::int64_t activation_ps;
     std::uint64_t order;  // start order, to activate simultaneous flows deterministically
     std::uint32_t flow;
   };
-  struct FlowState {
-    const std::uint32_t* links = nullptr;  // the path, owned by path_cache_
-    std::uint32_t hops = 0;
-    double size = 0;
-    double remaining = 0;
-    double rate = 0;
-    double finish_s = 0;  // exact, under the current rates
-    Done done;
+  struct Member {  // one entry of a link's list of active flows
+    std::uint32_t flow;
+    std::uint32_t hop;  // which hop of the flow's path this link is
   };
 
   void wake();
   void schedule_wake(std::int64_t at_ps);
-  void advance_to(double t);
   void activate(std::uint32_t flow, double t);
   void finish(std::uint32_t flow, double t);
   void solve();
-  double next_finish() const;
   const std::vector<std::uint32_t>& path_links(topology::GpuId src, topology::GpuId dst);
   std::uint32_t new_flow_slot();
 
@@ -76,28 +72,47 @@ class MaxMinNetwork final : public NetworkModel {
   const topology::Cluster& cluster_;
   std::vector<double> capacity_;  // bytes/s per link
   std::vector<LinkUsage> usage_;
-  std::vector<std::uint32_t> link_active_;  // active flows per link (for busy time)
   std::vector<double> busy_since_;
+  std::vector<std::vector<Member>> members_;  // per link: the active flows crossing it
+  std::vector<std::uint32_t> live_links_;     // links with members, in no order
+  std::vector<std::uint32_t> live_pos_;       // position in live_links_, per link
 
   std::vector<std::vector<std::vector<std::uint32_t>>> path_cache_;  // [src][dst] -> links
 
-  std::vector<FlowState> flows_;         // slots; free ones in free_slots_
+  // Flows by slot (structure of arrays; free slots in free_slots_).
+  struct Hot {  // what a re-solve touches per flow, together (48 bytes)
+    double rate;
+    std::uint32_t frozen_at;  // number of the solve that froze it
+    std::uint32_t hops;
+    std::array<std::uint32_t, kMaxHops> links;  // the path
+  };
+  std::vector<Hot> hot_;
+  std::vector<std::array<std::uint32_t, kMaxHops>> member_pos_;  // index in members_[link] per hop
+  struct Cold {  // per flow, touched once per wake-up and once per re-solve
+    double size;
+    double left;       // bytes left as of the last re-solve (model_time_s_)
+    double rate_used;  // the rate in force since the last re-solve
+    double finish_s;   // exact completion under that rate
+  };
+  std::vector<Cold> cold_;
+  std::vector<std::uint32_t> active_pos_;
+  std::vector<Done> done_;
   std::vector<std::uint32_t> free_slots_;
-  std::vector<std::uint32_t> active_;    // slots of flows in their bandwidth phase
-  std::vector<Pending> pending_;         // min-heap on (activation, order)
+  std::vector<std::uint32_t> active_;  // slots of flows in their bandwidth phase
+  std::vector<Pending> pending_;       // min-heap on (activation, order)
   std::uint64_t start_order_ = 0;
 
-  double model_time_s_ = 0;  // the fluid state is exact as of this time
+  double model_time_s_ = 0;  // the latest instant processed
+  double last_solve_s_ = 0;  // the fluid state (Cold::left) is exact as of this time
+  double next_finish_s_;     // earliest exact completion under the current rates
   double last_completion_s_ = 0;
   sim::EventId wake_id_{};
   std::int64_t wake_ps_ = -1;  // -1: none scheduled
-  std::uint64_t solves_ = 0;
+  std::uint32_t solves_ = 0;
 
   // Solver scratch, kept to avoid reallocation.
-  std::vector<std::uint32_t> count_, offset_, incidence_, live_links_, fill_;
-  std::vector<double> left_;
-  std::vector<std::uint8_t> frozen_;
-  std::vector<std::uint32_t> done_now_;
+  std::vector<double> left_cap_, share_;
+  std::vector<std::uint32_t> unfrozen_, round_start_, open_;
 };
 
 }  // namespace moesim::models
