@@ -28,12 +28,6 @@
 
 namespace moesim::models {
 
-struct LinkUsage {
-  double bytes = 0;             // bytes of completed flows that crossed the link
-  double busy_s = 0;            // time with at least one active flow on it
-  double peak_utilisation = 0;  // largest (sum of rates) / capacity over all solves
-};
-
 class MaxMinNetwork final : public NetworkModel {
  public:
   MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster);
@@ -44,7 +38,7 @@ class MaxMinNetwork final : public NetworkModel {
   double last_completion_s() const override { return last_completion_s_; }
 
   // Per link (indexed like Cluster::links()); complete once every flow has finished.
-  const std::vector<LinkUsage>& link_usage() const { return usage_; }
+  const std::vector<LinkUsage>* link_usage() const override { return &usage_; }
   std::uint64_t solves() const { return solves_; }
   std::size_t active_flows() const { return active_.size(); }
 

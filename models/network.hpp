@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string_view>
+#include <vector>
 
 #include "sim/callback.hpp"
 #include "sim/time.hpp"
@@ -18,6 +19,13 @@ struct Flow {
   sim::Bytes size;
 };
 
+// What a link carried during a run (per direction, indexed like Cluster::links()).
+struct LinkUsage {
+  double bytes = 0;             // bytes of the flows that crossed it
+  double busy_s = 0;            // time with at least one flow moving bytes on it
+  double peak_utilisation = 0;  // largest (sum of flow rates) / capacity at any instant
+};
+
 class NetworkModel {
  public:
   using Done = sim::Callback;
@@ -28,6 +36,8 @@ class NetworkModel {
   // Inside a completion callback: the flow's exact completion time in seconds (the callback
   // itself runs at that time rounded up to the picosecond).
   virtual double last_completion_s() const = 0;
+  // Per-link accounting, or nullptr where the model has no notion of shared links' time.
+  virtual const std::vector<LinkUsage>* link_usage() const { return nullptr; }
 };
 
 }  // namespace moesim::models

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "models/network.hpp"
 #include "models/run_stats.hpp"
 #include "scenarios/scenario.hpp"
 
@@ -15,6 +17,7 @@ struct RunResult {
   std::uint64_t events = 0;
   std::string network_model;
   std::string compute_source;  // which compute model produced the kernel times
+  std::vector<models::LinkUsage> links;  // per link; empty where the network model has none
 };
 
 RunResult run_experiment(const Scenario& scenario);

@@ -8,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libboost-graph-dev libboost-program-options-dev
   libyaml-cpp-dev libfmt-dev catch2
+  libsimgrid-dev
 )
 
 missing=()

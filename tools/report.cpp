@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "sim/units.hpp"
+#include "topology/cluster.hpp"
 
 namespace moesim::tools {
 namespace {
@@ -111,6 +112,21 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
   }
 }
 
+void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  const topology::Cluster cluster(sc.cluster);
+  fmt::print(out, "link,from,to,kind,bandwidth_GBps,latency_us,bytes,busy_us,mean_utilisation,peak_utilisation\n");
+  for (std::size_t i = 0; i < cluster.links().size() && i < r.links.size(); ++i) {
+    const auto& l = cluster.links()[i];
+    const auto& u = r.links[i];
+    const double bw = static_cast<double>(l.bandwidth.bytes_per_s());
+    // Mean utilisation while busy: bytes carried over what the link could carry in that time.
+    const double mean = u.busy_s > 0 ? u.bytes / (bw * u.busy_s) : 0.0;
+    fmt::print(out, "{},{},{},{},{:.3f},{},{:.0f},{:.6f},{:.4f},{:.4f}\n", i, cluster.device_name(l.src),
+               cluster.device_name(l.dst), topology::to_string(l.kind), bw / 1e9, sim::format_us(l.latency),
+               u.bytes, u.busy_s * 1e6, mean, u.peak_utilisation);
+  }
+}
+
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -142,7 +158,21 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
                                        : std::string("dropless"),
              t.gpu_imbalance);
-  fmt::print(out, "  models      network: {} (no contention), compute: {}\n", r.network_model, r.compute_source);
+  fmt::print(out, "  models      network: {} ({}), compute: {}\n", r.network_model,
+             r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
+             r.compute_source);
+  if (!r.links.empty()) {
+    // The link that was busy longest: where the fabric's time went.
+    const topology::Cluster cluster(sc.cluster);
+    std::size_t busiest = 0;
+    for (std::size_t i = 1; i < r.links.size(); ++i)
+      if (r.links[i].busy_s > r.links[busiest].busy_s) busiest = i;
+    const auto& l = cluster.links()[busiest];
+    if (r.links[busiest].busy_s > 0)
+      fmt::print(out, "  busiest     link {} {} -> {} ({}): busy {:.3f} ms, peak utilisation {:.0f}%\n", busiest,
+                 cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind),
+                 r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
+  }
   if (!written.empty()) fmt::print(out, "  wrote       {}\n", fmt::join(written, ", "));
 }
 
@@ -169,6 +199,7 @@ std::vector<std::string> write_reports(const std::string& dir, const scenarios::
   };
   write("summary.csv", write_summary_csv);
   write("layers.csv", write_layers_csv);
+  if (!r.links.empty()) write("links.csv", write_links_csv);
   return written;
 }
 

@@ -62,7 +62,7 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
     CHECK_THAT(r.out, Catch::Contains("step time"));
     CHECK_THAT(r.out, Catch::Contains("where the time goes"));
   }
-  for (const char* file : {"summary.csv", "layers.csv"}) {
+  for (const char* file : {"summary.csv", "layers.csv", "links.csv"}) {
     INFO(file << " (regenerate with tools/regen-golden.sh and review the diff)");
     const std::string a = slurp(tmp.path() / "a" / file);
     CHECK(a == slurp(tmp.path() / "b" / file));
