@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -117,4 +119,53 @@ TEST_CASE("The seed option changes the routing of a run", "[cli]") {
   REQUIRE(moesim("run -q --out '" + (tmp.path() / "s1").string() + "'", tmp).code == 0);
   REQUIRE(moesim("run -q --seed 2 --out '" + (tmp.path() / "s2").string() + "'", tmp).code == 0);
   CHECK(slurp(tmp.path() / "s1" / "layers.csv") != slurp(tmp.path() / "s2" / "layers.csv"));
+}
+
+TEST_CASE("moesim flows replays a flow list with max-min sharing", "[cli][flows]") {
+  TempDir tmp;
+  {
+    std::ofstream f(tmp.path() / "flows.csv");
+    // Two flows out of GPU 0 share its 450 GB/s NVLink port: 1 MB at 225 GB/s is 4.444... us,
+    // after 2 x 0.5 us of NVLink latency. The third starts later and alone.
+    f << "src,dst,bytes,start_us\n0,1,1000000,0\n0,2,1000000,0\n# a comment\n\n4,5,450000,10.25\n";
+  }
+  const auto r = moesim("flows --scenario '" + kSource + "/scenarios/quickstart.yaml' --flows '" +
+                            (tmp.path() / "flows.csv").string() + "' --out '" + (tmp.path() / "out.csv").string() + "'",
+                        tmp);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(slurp(tmp.path() / "out.csv") ==
+        "flow,src,dst,bytes,start_us,end_us\n"
+        "0,0,1,1000000,0.000000,5.444444\n"
+        "1,0,2,1000000,0.000000,5.444444\n"
+        "2,4,5,450000,10.250000,12.250000\n");
+}
+
+TEST_CASE("moesim flows reports bad rows with their line and exit code 2", "[cli][flows]") {
+  TempDir tmp;
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"src,dst,bytes,start_us\n0,1,10,0\n0,16,10,0\n", ":3: unknown GPU 16"},
+      {"src,dst,bytes,start_us\n0,1,-10,0\n", ":2: bytes must not be negative"},
+      {"src,dst,bytes,start_us\n0,1,ten,0\n", ":2: bytes must be a whole number, got 'ten'"},
+      {"src,dst,bytes,start_us\n0,1,10,soon\n", ":2: start_us must be a number"},
+      {"src,dst,bytes,start_us\n0,1,10\n", ":2: expected 4 fields"},
+      {"from,to,size\n", ":1: expected the header"},
+      {"", "empty flows file"},
+  };
+  for (const auto& [text, message] : cases) {
+    {
+      std::ofstream f(tmp.path() / "flows.csv", std::ios::trunc);
+      f << text;
+    }
+    const auto r = moesim("flows --flows '" + (tmp.path() / "flows.csv").string() + "' --out '" +
+                              (tmp.path() / "out.csv").string() + "'",
+                          tmp);
+    INFO(text);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.err, Catch::Contains(message));
+    CHECK_FALSE(fs::exists(tmp.path() / "out.csv"));
+  }
+  const auto missing = moesim("flows --flows '" + (tmp.path() / "nope.csv").string() + "' --out x.csv", tmp);
+  CHECK(missing.code == 2);
+  CHECK_THAT(missing.err, Catch::Contains("cannot open"));
 }
