@@ -186,3 +186,16 @@ TEST_CASE("Files that are not scenarios are rejected clearly", "[scenarios][erro
     std::filesystem::remove(path);
   }
 }
+
+TEST_CASE("Network model and leaf oversubscription are read and checked", "[scenarios]") {
+  CHECK(load_scenario_text(kBase, "s.yaml").network_model == "maxmin");
+  CHECK(load_scenario_text(kBase + "network:\n  model: analytical\n", "s.yaml").network_model == "analytical");
+  CHECK_THAT(error_of(kBase + "network:\n  model: packet\n"),
+             Catch::Contains("s.yaml:21:10: network.model:") && Catch::Contains("maxmin"));
+  const auto sc = load_scenario_text(with("    nic_bandwidth: 400Gbps\n",
+                                          "    nic_bandwidth: 400Gbps\n    oversubscription: 2.5\n"),
+                                     "s.yaml");
+  CHECK(sc.cluster.scale_out.oversubscription == 2.5);
+  CHECK(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    oversubscription: 0.5\n")) ==
+        "s.yaml:7:23: cluster.scale_out.oversubscription: must be at least 1, got 0.5");
+}
