@@ -312,7 +312,14 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   c.scale_out.nodes_per_leaf = c.nodes;
   if (auto so = cluster->child("scale_out", false)) {
     c.scale_out.present = true;
-    (void)so->get<std::string>("topology", one_of({"two_tier"}), false);
+    if (auto t = so->get<std::string>("topology", one_of({"single_switch", "two_tier", "rail", "multi_plane"}), false)) {
+      using topology::ScaleOutTopology;
+      c.scale_out.topology = *t == "single_switch" ? ScaleOutTopology::single_switch
+                             : *t == "rail"        ? ScaleOutTopology::rail
+                             : *t == "multi_plane" ? ScaleOutTopology::multi_plane
+                                                   : ScaleOutTopology::two_tier;
+    }
+    if (auto v = so->get<std::int64_t>("spines", count_at_least(1), false)) c.scale_out.spines = as_int(*v);
     if (auto v = so->get<sim::Bandwidth>("nic_bandwidth", positive_bandwidth(), true))
       c.scale_out.nic_bandwidth = *v;
     if (auto v = so->get<sim::Time>("link_latency", time_value(), false)) c.scale_out.link_latency = *v;

@@ -1,18 +1,22 @@
-// The cluster graph: GPUs, NVSwitches, NICs, leaf and spine switches, and directed links.
+// The cluster graph: GPUs, NVSwitches, NICs, leaf (or rail) switches, spines, directed links.
 //
-// Built from a ClusterSpec by one of two builders:
-// - single node (nodes == 1, no scale-out): every GPU has one NVLink port to the node's NVSwitch;
-// - two-tier: each node as above, plus one NIC per GPU behind a PCIe link, every NIC on the leaf
-//   switch of its node's group of `nodes_per_leaf` nodes, and one non-blocking spine joining the
-//   leaves when there is more than one (leaf uplink = nodes_per_leaf x gpus_per_node x NIC rate).
-// Links are full duplex: each direction is its own Link with its own capacity. A path between
-// two GPUs is the fewest-hop route (same node: NVLink via the NVSwitch; other nodes: PCIe, NIC,
-// leaf[, spine, leaf], NIC, PCIe); GPUs never forward traffic. Path latency is the sum of its
-// links' latencies, its bottleneck the smallest link bandwidth. docs/topology.md lists every hop.
-// The graph is a Boost.Graph adjacency_list, kept out of this header.
+// Inside a node every GPU has one NVLink port to the node's NVSwitch. Between nodes, one of
+// four scale-out builders (docs/topology.md lists every link a flow crosses in each):
+// - single_switch: every NIC on one switch;
+// - two_tier: a leaf per group of nodes_per_leaf nodes, `spines` spines, every leaf with one
+//   uplink to every spine (capacity divided by the oversubscription ratio);
+// - rail: rail-optimised; NIC i of every node in a pod of nodes_per_leaf nodes is on rail
+//   switch (pod, i); rail switches join through the spines;
+// - multi_plane: NIC i of every node is in plane i, its own two-tier fabric; traffic between
+//   GPUs of different in-node index crosses the network in the sender's plane and is forwarded
+//   over NVLink by the receiving node's GPU of the sender's index (as DeepEP does).
+// Every GPU has a NIC behind a PCIe link. Routes are explicit (not searched): the same node
+// goes over NVLink; otherwise through the sender's NIC. Where several spines give equal-cost
+// paths, ECMP picks one per (source GPU, destination GPU) pair by a fixed hash. Links are full
+// duplex: each direction is its own Link. The graph is a Boost.Graph adjacency_list kept out of
+// this header and used to check that the fabric is connected.
 #pragma once
 
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,6 +37,8 @@ struct NodeFabricSpec {
   sim::Time pcie_latency;
 };
 
+enum class ScaleOutTopology { single_switch, two_tier, rail, multi_plane };
+
 struct ScaleOutSpec {
   bool present = false;
   sim::Bandwidth nic_bandwidth;  // per NIC, per direction
@@ -41,6 +47,8 @@ struct ScaleOutSpec {
   // Leaf downlink capacity (nodes_per_leaf x gpus_per_node x nic_bandwidth) over leaf uplink
   // capacity: 1 is non-blocking, 2 halves the uplink.
   double oversubscription = 1.0;
+  int spines = 1;  // two_tier, rail, multi_plane (per plane): equal-cost paths for ECMP
+  ScaleOutTopology topology = ScaleOutTopology::two_tier;
 };
 
 struct ClusterSpec {
@@ -51,12 +59,13 @@ struct ClusterSpec {
   ScaleOutSpec scale_out;
 };
 
-enum class DeviceKind { gpu, nvswitch, nic, leaf, spine };
+enum class DeviceKind { gpu, nvswitch, nic, leaf, spine };  // a rail switch is a leaf
 enum class LinkKind { nvlink, pcie, nic, uplink };
 
 struct Device {
   DeviceKind kind;
-  int index;  // within its kind: GPU 5, leaf 1, ...
+  int index;       // within its kind (and plane): GPU 5, leaf 1, ...
+  int plane = -1;  // multi_plane switches: the plane; -1 elsewhere
 };
 
 struct Link {
@@ -89,16 +98,31 @@ class Cluster {
   const Link& link(LinkId l) const { return links_[l.index()]; }
   std::string device_name(DeviceId d) const;
 
-  // The route from src to dst (src != dst). Computed by breadth-first search from src on first
-  // use and cached per source.
+  // The route from src to dst (src != dst), by the rules in docs/topology.md.
   Path path(GpuId src, GpuId dst) const;
+  // The spine ECMP picks for traffic from src to dst (0 with one spine).
+  int ecmp_spine(GpuId src, GpuId dst) const;
 
  private:
-  struct Graph;
+  struct Duplex {
+    LinkId up, down;  // towards the switch, back from it
+  };
+  DeviceId add_device(DeviceKind kind, int index, int plane = -1);
+  Duplex add_duplex(DeviceId a, DeviceId b, LinkKind kind, sim::Bandwidth bw, sim::Time lat);
+  void build_scale_out();
+  void check_connected() const;
+  int leaf_of(int gpu) const;   // the leaf or rail switch (index into leaf_ids_) of a GPU's NIC
+  // NIC of from_gpu -> ... -> NIC of to_gpu, both in one fabric; ECMP keyed on (src, dst).
+  void append_network(std::vector<LinkId>& links, int from_gpu, int to_gpu, GpuId src, GpuId dst) const;
+
   ClusterSpec spec_;
   std::vector<Device> devices_;
   std::vector<Link> links_;
-  std::unique_ptr<Graph> graph_;
+  std::vector<Duplex> nvlink_;     // per GPU: GPU <-> its NVSwitch
+  std::vector<Duplex> pcie_;       // per GPU: GPU <-> its NIC
+  std::vector<Duplex> nic_;        // per GPU: NIC <-> its leaf
+  std::vector<DeviceId> leaf_ids_;
+  std::vector<std::vector<Duplex>> uplink_;  // [leaf][k]: to the k-th spine of the leaf's fabric
 };
 
 std::string_view to_string(DeviceKind k);

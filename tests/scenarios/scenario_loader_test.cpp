@@ -199,3 +199,22 @@ TEST_CASE("Network model and leaf oversubscription are read and checked", "[scen
   CHECK(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    oversubscription: 0.5\n")) ==
         "s.yaml:7:23: cluster.scale_out.oversubscription: must be at least 1, got 0.5");
 }
+
+TEST_CASE("Scale-out topologies and spine counts are read and checked", "[scenarios]") {
+  auto with_so = [](const std::string& extra) {
+    return with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n" + extra);
+  };
+  using moesim::topology::ScaleOutTopology;
+  CHECK(load_scenario_text(kBase, "s.yaml").cluster.scale_out.topology == ScaleOutTopology::two_tier);
+  CHECK(load_scenario_text(with_so("    topology: rail\n"), "s.yaml").cluster.scale_out.topology == ScaleOutTopology::rail);
+  CHECK(load_scenario_text(with_so("    topology: multi_plane\n"), "s.yaml").cluster.scale_out.topology ==
+        ScaleOutTopology::multi_plane);
+  CHECK(load_scenario_text(with_so("    topology: single_switch\n"), "s.yaml").cluster.scale_out.topology ==
+        ScaleOutTopology::single_switch);
+  CHECK(load_scenario_text(with_so("    spines: 4\n"), "s.yaml").cluster.scale_out.spines == 4);
+  CHECK_THAT(error_of(with_so("    topology: torus\n")),
+             Catch::Contains("s.yaml:7:15: cluster.scale_out.topology:") && Catch::Contains("multi_plane"));
+  CHECK_THAT(error_of(with_so("    spines: 0\n")), Catch::Contains("s.yaml:7:13: cluster.scale_out.spines:"));
+  CHECK_THAT(error_of(with_so("    nodes_per_leaf: 3\n")),
+             Catch::Contains("cluster.scale_out.nodes_per_leaf: 2 nodes do not divide into leaves of 3"));
+}

@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+#include <string>
+#include <vector>
+
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
 
@@ -89,4 +93,72 @@ TEST_CASE("A two-tier cluster routes across nodes through NICs and leaves and th
       CHECK(there.links[i] != back.links[there.links.size() - 1 - i]);
     }
   }
+}
+
+namespace {
+std::vector<std::string> hops(const Cluster& c, int a, int b) {
+  std::vector<std::string> out;
+  for (const auto l : c.path(gpu(a), gpu(b)).links)
+    out.push_back(c.device_name(c.link(l).src) + ">" + c.device_name(c.link(l).dst));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("A single switch joins every NIC directly", "[topology]") {
+  ClusterSpec s = two_tier(4, 2, 1);
+  s.scale_out.topology = ScaleOutTopology::single_switch;
+  const Cluster c(s);
+  CHECK(hops(c, 0, 7) == std::vector<std::string>{"gpu0>nic0", "nic0>leaf0", "leaf0>nic7", "nic7>gpu7"});
+  for (const auto& l : c.links()) CHECK(l.kind != LinkKind::uplink);
+}
+
+TEST_CASE("Several spines split each leaf's uplink and ECMP spreads GPU pairs over them", "[topology]") {
+  ClusterSpec s = two_tier(8, 4, 2);  // 4 leaves of 8 NICs at 50 GB/s
+  s.scale_out.spines = 4;
+  s.scale_out.oversubscription = 2.0;
+  const Cluster c(s);
+  // 8 x 50 GB/s / (2 x 4 spines) = 50 GB/s per leaf-spine link.
+  std::vector<int> per_spine(4, 0);
+  for (int a = 0; a < 32; ++a)
+    for (int b = 0; b < 32; ++b) {
+      if (a / 8 == b / 8) continue;
+      const Path p = c.path(gpu(a), gpu(b));
+      REQUIRE(p.links.size() == 6);
+      const Link& up = c.link(p.links[2]);
+      CHECK(up.kind == LinkKind::uplink);
+      CHECK(up.bandwidth == sim::parse_bandwidth("50GB/s"));
+      const int spine = c.ecmp_spine(gpu(a), gpu(b));
+      CHECK(c.device_name(up.dst) == "spine" + std::to_string(spine));
+      CHECK(c.link(p.links[3]).src == up.dst);  // down from the same spine
+      ++per_spine[static_cast<std::size_t>(spine)];
+    }
+  // 768 cross-leaf pairs; a fair hash puts 192 on each spine, give or take.
+  for (int n : per_spine) CHECK(std::abs(n - 192) < 50);
+}
+
+TEST_CASE("A rail-optimised fabric keeps same-index traffic on its rail", "[topology]") {
+  ClusterSpec s = two_tier(4, 4, 4);  // one pod of 4 nodes: rails 0..3
+  s.scale_out.topology = ScaleOutTopology::rail;
+  const Cluster c(s);
+  // GPU 1 of node 0 to GPU 1 of node 3: rail 1 only.
+  CHECK(hops(c, 1, 13) == std::vector<std::string>{"gpu1>nic1", "nic1>leaf1", "leaf1>nic13", "nic13>gpu13"});
+  // GPU 1 of node 0 to GPU 2 of node 3: rail 1, spine, rail 2.
+  CHECK(hops(c, 1, 14) == std::vector<std::string>{"gpu1>nic1", "nic1>leaf1", "leaf1>spine0", "spine0>leaf2",
+                                                   "leaf2>nic14", "nic14>gpu14"});
+  // Each rail's uplink carries its 4 NICs (non-blocking).
+  CHECK(c.link(c.path(gpu(1), gpu(14)).links[2]).bandwidth == sim::parse_bandwidth("200GB/s"));
+}
+
+TEST_CASE("A multi-plane fabric forwards cross-plane traffic over the receiver's NVLink", "[topology]") {
+  ClusterSpec s = two_tier(4, 4, 2);  // 4 planes, each 2 leaves of 2 NICs and a spine
+  s.scale_out.topology = ScaleOutTopology::multi_plane;
+  const Cluster c(s);
+  CHECK(hops(c, 1, 13) == std::vector<std::string>{"gpu1>nic1", "nic1>leaf1.0", "leaf1.0>spine1.0",
+                                                   "spine1.0>leaf1.1", "leaf1.1>nic13", "nic13>gpu13"});
+  // GPU 1 (plane 1) of node 0 to GPU 2 of node 1: plane 1 to GPU 5, then NVLink to GPU 6.
+  CHECK(hops(c, 1, 6) == std::vector<std::string>{"gpu1>nic1", "nic1>leaf1.0", "leaf1.0>nic5", "nic5>gpu5",
+                                                  "gpu5>nvswitch1", "nvswitch1>gpu6"});
+  const Path p = c.path(gpu(1), gpu(6));
+  // 0.25 + 1 + 1 + 0.25 (PCIe, NIC links) + 0.5 + 0.5 (NVLink) us
+  CHECK(p.latency == sim::parse_time("3.5us"));
 }
