@@ -36,7 +36,7 @@ bool later(const auto& a, const auto& b) {
 }  // namespace
 
 MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster)
-    : sim_(sim), cluster_(cluster), next_finish_s_(kInf) {
+    : sim_(sim), cluster_(cluster) {
   const auto& links = cluster.links();
   capacity_.reserve(links.size());
   for (const auto& l : links) capacity_.push_back(static_cast<double>(l.bandwidth.bytes_per_s()));
@@ -48,6 +48,7 @@ MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& clust
   share_.assign(links.size(), 0.0);
   unfrozen_.assign(links.size(), 0);
   round_start_.assign(links.size(), 0);
+  link_mark_.assign(links.size(), 0);
   path_cache_.resize(static_cast<std::size_t>(cluster.gpu_count()));
 }
 
@@ -72,7 +73,9 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
   }
   hot_.push_back(Hot{});
   member_pos_.emplace_back();
-  cold_.push_back(Cold{0, 0, 0, kInf});
+  cold_.push_back(Cold{0, 0, 0, 0, kInf});
+  is_active_.push_back(0);
+  version_.push_back(0);
   active_pos_.push_back(0);
   done_.emplace_back();
   return static_cast<std::uint32_t>(hot_.size() - 1);
@@ -96,8 +99,9 @@ void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
   std::copy(links.begin(), links.end(), hot_[s].links.begin());
   hot_[s].hops = static_cast<std::uint32_t>(links.size());
   const double bytes = static_cast<double>(flow.size.count());
-  cold_[s] = Cold{bytes, bytes, 0.0, kInf};
+  cold_[s] = Cold{bytes, bytes, 0.0, 0.0, kInf};
   hot_[s].rate = 0;
+  hot_[s].frozen_at = 0;
   done_[s] = std::move(on_done);
 
   const std::int64_t at = (sim_.now() + latency).count_ps();
@@ -126,6 +130,9 @@ void MaxMinNetwork::activate(std::uint32_t s, double t) {
   }
   active_pos_[s] = static_cast<std::uint32_t>(active_.size());
   active_.push_back(s);
+  is_active_[s] = 1;
+  cold_[s].since = t;
+  hot_[s].frozen_at = 0;
 }
 
 void MaxMinNetwork::finish(std::uint32_t s, double t) {
@@ -149,6 +156,17 @@ void MaxMinNetwork::finish(std::uint32_t s, double t) {
   active_[p] = active_.back();
   active_pos_[active_[p]] = p;
   active_.pop_back();
+  is_active_[s] = 0;
+  ++version_[s];
+}
+
+double MaxMinNetwork::peek_next_finish() {
+  auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
+  while (!due_.empty() && due_.front().version != version_[due_.front().flow]) {
+    std::pop_heap(due_.begin(), due_.end(), later_due);
+    due_.pop_back();
+  }
+  return due_.empty() ? kInf : due_.front().t;
 }
 
 void MaxMinNetwork::wake() {
@@ -160,7 +178,7 @@ void MaxMinNetwork::wake() {
   for (;;) {
     // Due means: at or before now once rounded up to the picosecond, the same rounding that
     // placed this wake-up, so a completion a fraction of a picosecond ahead is never missed.
-    const double t_done = next_finish_s_;
+    const double t_done = peek_next_finish();
     const bool done_due = t_done < kInf && to_ps_ceil(t_done) <= now_ps;
     const bool act_due = !pending_.empty() && pending_.front().activation_ps <= now_ps;
     if (!done_due && !act_due) break;
@@ -168,22 +186,29 @@ void MaxMinNetwork::wake() {
     const double t = std::min(done_due ? t_done : kInf, t_act);
 
     model_time_s_ = std::max(model_time_s_, t);
-    bool changed = false;
+    double from_rate = kInf;  // re-solve flows at or above this rate; 0 = all
     if (done_due && t_done <= t) {
-      // Everything finishing at this instant leaves together, in slot order (deterministic).
+      // Everything finishing at this instant leaves together, in slot order (deterministic):
+      // due at t, or with bytes left within kSameInstant of its size (the same instant reached
+      // along another rounding path).
+      auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
       leaving.clear();
-      for (const std::uint32_t s : active_) {
-        const Cold& c = cold_[s];
-        if (c.finish_s <= t || (c.finish_s - t) * c.rate_used <= kSameInstant * c.size) leaving.push_back(s);
+      while (peek_next_finish() < kInf) {
+        const Due d = due_.front();
+        const Cold& c = cold_[d.flow];
+        if (!(d.t <= t || (d.t - t) * c.rate_used <= kSameInstant * c.size)) break;
+        std::pop_heap(due_.begin(), due_.end(), later_due);
+        due_.pop_back();
+        leaving.push_back(d.flow);
       }
       std::sort(leaving.begin(), leaving.end());
       for (const std::uint32_t s : leaving) {
+        from_rate = std::min(from_rate, hot_[s].rate);
         finish(s, t);
         completed.emplace_back(t, std::move(done_[s]));
         done_[s] = nullptr;
         free_slots_.push_back(s);
       }
-      changed = !leaving.empty();
     }
     auto cmp = [](const Pending& a, const Pending& b) { return later(a, b); };
     while (!pending_.empty() && static_cast<double>(pending_.front().activation_ps) / kPsPerS <= t) {
@@ -197,13 +222,14 @@ void MaxMinNetwork::wake() {
         continue;
       }
       activate(s, t);
-      changed = true;
+      from_rate = 0;  // a new flow can change any rate
     }
-    if (changed) solve();
+    if (from_rate < kInf) solve(from_rate);
   }
 
   std::int64_t next = -1;
-  if (next_finish_s_ < kInf) next = std::max(to_ps_ceil(next_finish_s_), now_ps);
+  const double next_finish = peek_next_finish();
+  if (next_finish < kInf) next = std::max(to_ps_ceil(next_finish), now_ps);
   if (!pending_.empty() && (next < 0 || pending_.front().activation_ps < next))
     next = pending_.front().activation_ps;
   if (next >= 0 && (wake_ps_ < 0 || next < wake_ps_)) schedule_wake(next);
@@ -215,17 +241,59 @@ void MaxMinNetwork::wake() {
   }
 }
 
-void MaxMinNetwork::solve() {
+void MaxMinNetwork::solve(double from_rate) {
   const std::uint32_t stamp = ++solves_;
-  open_.clear();
-  for (const std::uint32_t l : live_links_) {
-    left_cap_[l] = capacity_[l];
-    unfrozen_[l] = static_cast<std::uint32_t>(members_[l].size());
-    open_.push_back(l);
+  const double t = model_time_s_;
+  // Which flows to re-solve. After departures only, progressive filling runs exactly as before
+  // up to the smallest rate r* of the flows that left (they crossed no link that saturated
+  // below r*, so nothing below r* saw them): every flow frozen below r* keeps its rate, and
+  // only the flows at r* or above (a suffix of the last freeze order) are re-solved, on the
+  // capacity the others leave. A new flow can change any rate: then all are re-solved.
+  resolve_.clear();
+  std::size_t keep = 0;
+  if (from_rate <= 0) {
+    resolve_.assign(active_.begin(), active_.end());
+  } else {
+    keep = static_cast<std::size_t>(
+        std::lower_bound(order_.begin(), order_.end(), from_rate,
+                         [this](std::uint32_t f, double r) { return hot_[f].rate < r; }) -
+        order_.begin());
+    for (std::size_t i = keep; i < order_.size(); ++i)
+      if (is_active_[order_[i]]) resolve_.push_back(order_[i]);
   }
+  touched_.clear();
+  for (const std::uint32_t s : resolve_) {
+    Hot& f = hot_[s];
+    f.frozen_at = 0;
+    for (std::uint32_t h = 0; h < f.hops; ++h) {
+      const std::uint32_t l = f.links[h];
+      if (!link_mark_[l]) {
+        link_mark_[l] = 1;
+        touched_.push_back(l);
+      }
+    }
+  }
+  // Capacity each touched link has left after the flows that keep their rates, and how many
+  // flows on it are being re-solved.
+  open_.clear();
+  for (const std::uint32_t l : touched_) {
+    link_mark_[l] = 0;
+    double used = 0;
+    std::uint32_t n = 0;
+    for (const Member& m : members_[l]) {
+      const Hot& f = hot_[m.flow];
+      if (f.frozen_at == 0) ++n;
+      else used += f.rate;
+    }
+    left_cap_[l] = capacity_[l] - used;
+    unfrozen_[l] = n;
+    if (n > 0) open_.push_back(l);
+  }
+
   // Progressive filling, one level at a time: the smallest fair share among links that still
   // carry unfrozen flows freezes every unfrozen flow on the links at that share. Shares only
   // grow as flows freeze (a flow freezes at no more than any share on its path).
+  frozen_order_.clear();
   while (!open_.empty()) {
     double level = kInf;
     for (const std::uint32_t l : open_) {
@@ -235,46 +303,56 @@ void MaxMinNetwork::solve() {
     }
     // Freeze; only counts change here (the capacity each link gives up is charged after the
     // round, as level x flows frozen on it, which keeps the inner loop free of floating point).
+    // Rates never go below from_rate (rounding could put a hair under it).
+    const double rate = std::max(level, from_rate);
     for (const std::uint32_t l : open_) {
       if (share_[l] > level || unfrozen_[l] == 0) continue;
       std::uint32_t* unfrozen = unfrozen_.data();
       for (const Member& mem : members_[l]) {
         Hot& f = hot_[mem.flow];
-        if (f.frozen_at == stamp) continue;
+        if (f.frozen_at != 0) continue;
         f.frozen_at = stamp;
-        f.rate = level;
+        f.rate = rate;
+        frozen_order_.push_back(mem.flow);
         const std::uint32_t* path = f.links.data();
         const std::uint32_t hops = f.hops;
         for (std::uint32_t h = 0; h < hops; ++h) --unfrozen[path[h]];
       }
     }
-    std::size_t keep = 0;
+    std::size_t kept = 0;
     for (const std::uint32_t l : open_) {
       left_cap_[l] -= level * static_cast<double>(round_start_[l] - unfrozen_[l]);
-      if (unfrozen_[l] != 0) open_[keep++] = l;
+      if (unfrozen_[l] != 0) open_[kept++] = l;
     }
-    open_.resize(keep);
+    open_.resize(kept);
   }
+  MOESIM_ASSERT(frozen_order_.size() == resolve_.size(), "progressive filling left flows without a rate");
 
-  for (const std::uint32_t l : live_links_) {
+  for (const std::uint32_t l : touched_) {
     const double used = capacity_[l] - std::max(left_cap_[l], 0.0);
     usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, used / capacity_[l]);
   }
-  // Bring every flow's bytes up to now under the rate it had, then set the new one.
-  const double t = model_time_s_;
-  const double dt = t - last_solve_s_;
-  double next = kInf;
-  for (const std::uint32_t s : active_) {
+  // The re-solved flows: bytes up to now under their old rate, then the new rate.
+  auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
+  for (const std::uint32_t s : frozen_order_) {
     Cold& c = cold_[s];
     const double rate = hot_[s].rate;
     MOESIM_ASSERT(rate > 0, "an active flow got no bandwidth");
-    c.left = std::max(c.left - c.rate_used * dt, 0.0);
+    c.left = std::max(c.left - c.rate_used * (t - c.since), 0.0);
+    c.since = t;
     c.rate_used = rate;
     c.finish_s = t + c.left / rate;
-    next = std::min(next, c.finish_s);
+    due_.push_back(Due{c.finish_s, s, ++version_[s]});
+    std::push_heap(due_.begin(), due_.end(), later_due);
   }
-  next_finish_s_ = next;
-  last_solve_s_ = t;
+  order_.resize(keep);
+  order_.insert(order_.end(), frozen_order_.begin(), frozen_order_.end());
+  // The heap keeps stale entries until they surface; rebuild it when they dominate.
+  if (due_.size() > 4 * active_.size() + 1024) {
+    due_.clear();
+    for (const std::uint32_t s : active_) due_.push_back(Due{cold_[s].finish_s, s, version_[s]});
+    std::make_heap(due_.begin(), due_.end(), later_due);
+  }
 }
 
 }  // namespace moesim::models

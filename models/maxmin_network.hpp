@@ -58,7 +58,10 @@ class MaxMinNetwork final : public NetworkModel {
   void schedule_wake(std::int64_t at_ps);
   void activate(std::uint32_t flow, double t);
   void finish(std::uint32_t flow, double t);
-  void solve();
+  // Re-solves the rates of every active flow whose rate is at least from_rate (all flows when
+  // from_rate is 0); see the .cpp for why the others keep theirs.
+  void solve(double from_rate);
+  double peek_next_finish();
   const std::vector<std::uint32_t>& path_links(topology::GpuId src, topology::GpuId dst);
   std::uint32_t new_flow_slot();
 
@@ -76,29 +79,37 @@ class MaxMinNetwork final : public NetworkModel {
   // Flows by slot (structure of arrays; free slots in free_slots_).
   struct Hot {  // what a re-solve touches per flow, together (48 bytes)
     double rate;
-    std::uint32_t frozen_at;  // number of the solve that froze it
+    std::uint32_t frozen_at;  // number of the solve that froze it; 0 while being re-solved
     std::uint32_t hops;
     std::array<std::uint32_t, kMaxHops> links;  // the path
   };
   std::vector<Hot> hot_;
   std::vector<std::array<std::uint32_t, kMaxHops>> member_pos_;  // index in members_[link] per hop
-  struct Cold {  // per flow, touched once per wake-up and once per re-solve
+  struct Cold {  // per flow, touched when its rate is re-solved
     double size;
-    double left;       // bytes left as of the last re-solve (model_time_s_)
-    double rate_used;  // the rate in force since the last re-solve
+    double left;       // bytes left at time `since`
+    double since;      // when the flow last got a rate
+    double rate_used;  // the rate in force since then
     double finish_s;   // exact completion under that rate
+  };
+  struct Due {  // a completion in the heap; stale once the flow's version moves on
+    double t;
+    std::uint32_t flow;
+    std::uint32_t version;
   };
   std::vector<Cold> cold_;
   std::vector<std::uint32_t> active_pos_;
   std::vector<Done> done_;
   std::vector<std::uint32_t> free_slots_;
   std::vector<std::uint32_t> active_;  // slots of flows in their bandwidth phase
+  std::vector<std::uint8_t> is_active_;
+  std::vector<std::uint32_t> version_;
+  std::vector<std::uint32_t> order_;   // active flows in the order the last solve froze them
+  std::vector<Due> due_;               // min-heap of completions
   std::vector<Pending> pending_;       // min-heap on (activation, order)
   std::uint64_t start_order_ = 0;
 
   double model_time_s_ = 0;  // the latest instant processed
-  double last_solve_s_ = 0;  // the fluid state (Cold::left) is exact as of this time
-  double next_finish_s_;     // earliest exact completion under the current rates
   double last_completion_s_ = 0;
   sim::EventId wake_id_{};
   std::int64_t wake_ps_ = -1;  // -1: none scheduled
@@ -106,7 +117,8 @@ class MaxMinNetwork final : public NetworkModel {
 
   // Solver scratch, kept to avoid reallocation.
   std::vector<double> left_cap_, share_;
-  std::vector<std::uint32_t> unfrozen_, round_start_, open_;
+  std::vector<std::uint32_t> unfrozen_, round_start_, open_, touched_, resolve_, frozen_order_;
+  std::vector<std::uint8_t> link_mark_;
 };
 
 }  // namespace moesim::models
