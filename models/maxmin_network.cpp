@@ -49,6 +49,9 @@ MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& clust
   unfrozen_.assign(links.size(), 0);
   round_start_.assign(links.size(), 0);
   link_mark_.assign(links.size(), 0);
+  load_.assign(links.size(), 0.0L);
+  csr_offset_.assign(links.size(), 0);
+  csr_fill_.assign(links.size(), 0);
   path_cache_.resize(static_cast<std::size_t>(cluster.gpu_count()));
 }
 
@@ -139,12 +142,14 @@ void MaxMinNetwork::finish(std::uint32_t s, double t) {
   for (std::uint32_t h = 0; h < hot_[s].hops; ++h) {
     const std::uint32_t l = hot_[s].links[h];
     usage_[l].bytes += cold_[s].size;
+    load_[l] -= hot_[s].rate;
     auto& m = members_[l];
     const std::uint32_t i = member_pos_[s][h];
     m[i] = m.back();
     member_pos_[m[i].flow][m[i].hop] = i;
     m.pop_back();
     if (m.empty()) {
+      load_[l] = 0.0L;  // exact again whenever a link empties
       usage_[l].busy_s += t - busy_since_[l];
       const std::uint32_t p = live_pos_[l];
       live_links_[p] = live_links_.back();
@@ -261,6 +266,8 @@ void MaxMinNetwork::solve(double from_rate) {
     for (std::size_t i = keep; i < order_.size(); ++i)
       if (is_active_[order_[i]]) resolve_.push_back(order_[i]);
   }
+  // Take the re-solved flows' rates off their links' loads, and list them per link (counting
+  // sort into compact arrays), so that nothing below iterates flows that keep their rates.
   touched_.clear();
   for (const std::uint32_t s : resolve_) {
     Hot& f = hot_[s];
@@ -269,25 +276,28 @@ void MaxMinNetwork::solve(double from_rate) {
       const std::uint32_t l = f.links[h];
       if (!link_mark_[l]) {
         link_mark_[l] = 1;
+        unfrozen_[l] = 0;
         touched_.push_back(l);
       }
+      ++unfrozen_[l];
+      load_[l] -= f.rate;
     }
   }
-  // Capacity each touched link has left after the flows that keep their rates, and how many
-  // flows on it are being re-solved.
+  std::uint32_t total = 0;
   open_.clear();
   for (const std::uint32_t l : touched_) {
     link_mark_[l] = 0;
-    double used = 0;
-    std::uint32_t n = 0;
-    for (const Member& m : members_[l]) {
-      const Hot& f = hot_[m.flow];
-      if (f.frozen_at == 0) ++n;
-      else used += f.rate;
-    }
-    left_cap_[l] = capacity_[l] - used;
-    unfrozen_[l] = n;
-    if (n > 0) open_.push_back(l);
+    csr_offset_[l] = csr_fill_[l] = total;
+    total += unfrozen_[l];
+    // What the flows keeping their rates leave of the link (exactly zero when none keep theirs).
+    if (from_rate <= 0 || unfrozen_[l] == members_[l].size()) load_[l] = 0.0L;
+    left_cap_[l] = capacity_[l] - static_cast<double>(load_[l]);
+    open_.push_back(l);
+  }
+  csr_flows_.resize(total);
+  for (const std::uint32_t s : resolve_) {
+    const Hot& f = hot_[s];
+    for (std::uint32_t h = 0; h < f.hops; ++h) csr_flows_[csr_fill_[f.links[h]]++] = s;
   }
 
   // Progressive filling, one level at a time: the smallest fair share among links that still
@@ -308,12 +318,13 @@ void MaxMinNetwork::solve(double from_rate) {
     for (const std::uint32_t l : open_) {
       if (share_[l] > level || unfrozen_[l] == 0) continue;
       std::uint32_t* unfrozen = unfrozen_.data();
-      for (const Member& mem : members_[l]) {
-        Hot& f = hot_[mem.flow];
+      for (std::uint32_t i = csr_offset_[l]; i < csr_fill_[l]; ++i) {
+        const std::uint32_t s = csr_flows_[i];
+        Hot& f = hot_[s];
         if (f.frozen_at != 0) continue;
         f.frozen_at = stamp;
         f.rate = rate;
-        frozen_order_.push_back(mem.flow);
+        frozen_order_.push_back(s);
         const std::uint32_t* path = f.links.data();
         const std::uint32_t hops = f.hops;
         for (std::uint32_t h = 0; h < hops; ++h) --unfrozen[path[h]];
@@ -328,9 +339,13 @@ void MaxMinNetwork::solve(double from_rate) {
   }
   MOESIM_ASSERT(frozen_order_.size() == resolve_.size(), "progressive filling left flows without a rate");
 
+  for (const std::uint32_t s : frozen_order_) {
+    const Hot& f = hot_[s];
+    for (std::uint32_t h = 0; h < f.hops; ++h) load_[f.links[h]] += f.rate;
+  }
   for (const std::uint32_t l : touched_) {
-    const double used = capacity_[l] - std::max(left_cap_[l], 0.0);
-    usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, used / capacity_[l]);
+    const double used = static_cast<double>(load_[l]);
+    usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, std::min(used / capacity_[l], 1.0));
   }
   // The re-solved flows: bytes up to now under their old rate, then the new rate.
   auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
