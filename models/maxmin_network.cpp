@@ -134,6 +134,7 @@ void MaxMinNetwork::activate(std::uint32_t s, double t) {
   active_pos_[s] = static_cast<std::uint32_t>(active_.size());
   active_.push_back(s);
   is_active_[s] = 1;
+  fresh_.push_back(s);
   cold_[s].since = t;
   hot_[s].frozen_at = 0;
 }
@@ -178,7 +179,7 @@ void MaxMinNetwork::wake() {
   wake_ps_ = -1;
   const std::int64_t now_ps = sim_.now().count_ps();
   std::vector<std::pair<double, Done>> completed;
-  std::vector<std::uint32_t> leaving;
+  std::vector<std::uint32_t> leaving, added;
 
   for (;;) {
     // Due means: at or before now once rounded up to the picosecond, the same rounding that
@@ -227,8 +228,16 @@ void MaxMinNetwork::wake() {
         continue;
       }
       activate(s, t);
-      from_rate = 0;  // a new flow can change any rate
+      added.push_back(s);
     }
+    // A new flow's rate will be at least min over its links of capacity / flows (a link cannot
+    // saturate below that share); flows frozen below that level keep their rates (see solve()).
+    for (const std::uint32_t s : added) {
+      const Hot& f = hot_[s];
+      for (std::uint32_t h = 0; h < f.hops; ++h)
+        from_rate = std::min(from_rate, capacity_[f.links[h]] / static_cast<double>(members_[f.links[h]].size()));
+    }
+    added.clear();
     if (from_rate < kInf) solve(from_rate);
   }
 
@@ -249,16 +258,21 @@ void MaxMinNetwork::wake() {
 void MaxMinNetwork::solve(double from_rate) {
   const std::uint32_t stamp = ++solves_;
   const double t = model_time_s_;
-  // Which flows to re-solve. After departures only, progressive filling runs exactly as before
-  // up to the smallest rate r* of the flows that left (they crossed no link that saturated
-  // below r*, so nothing below r* saw them): every flow frozen below r* keeps its rate, and
-  // only the flows at r* or above (a suffix of the last freeze order) are re-solved, on the
-  // capacity the others leave. A new flow can change any rate: then all are re-solved.
+  // Which flows to re-solve. Progressive filling runs exactly as before up to a level r when
+  // no flow that left had a rate below r (it crossed no link that saturated below its rate, so
+  // nothing below r saw it) and no flow that arrived can get a rate below r (none of its links
+  // saturates below r, and elsewhere the same flows freeze at the same levels, by induction
+  // over saturation events). So every flow frozen below r keeps its rate, and only the flows
+  // at r or above (a suffix of the last freeze order) are re-solved, on the capacity the
+  // others leave. The caller passes r: the smallest rate among departures and, for arrivals,
+  // a lower bound on their rates (capacity / flows on each of their links).
   resolve_.clear();
   std::size_t keep = 0;
   if (from_rate <= 0) {
     resolve_.assign(active_.begin(), active_.end());
   } else {
+    for (const std::uint32_t s : fresh_)
+      if (is_active_[s]) resolve_.push_back(s);
     keep = static_cast<std::size_t>(
         std::lower_bound(order_.begin(), order_.end(), from_rate,
                          [this](std::uint32_t f, double r) { return hot_[f].rate < r; }) -
@@ -266,6 +280,7 @@ void MaxMinNetwork::solve(double from_rate) {
     for (std::size_t i = keep; i < order_.size(); ++i)
       if (is_active_[order_[i]]) resolve_.push_back(order_[i]);
   }
+  fresh_.clear();
   // Take the re-solved flows' rates off their links' loads, and list them per link (counting
   // sort into compact arrays), so that nothing below iterates flows that keep their rates.
   touched_.clear();

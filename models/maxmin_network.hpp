@@ -105,6 +105,7 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<std::uint8_t> is_active_;
   std::vector<std::uint32_t> version_;
   std::vector<std::uint32_t> order_;   // active flows in the order the last solve froze them
+  std::vector<std::uint32_t> fresh_;   // flows activated since the last solve
   std::vector<Due> due_;               // min-heap of completions
   std::vector<Pending> pending_;       // min-heap on (activation, order)
   std::uint64_t start_order_ = 0;
