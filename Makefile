@@ -32,6 +32,7 @@ asan-test: deps
 
 bench: build
 	./$(BUILD)/moesim-bench-hold
+	./$(BUILD)/moesim-bench-flows
 
 ci: test asan-test
 
