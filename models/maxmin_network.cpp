@@ -319,13 +319,13 @@ void MaxMinNetwork::solve(double from_rate) {
   // carry unfrozen flows freezes every unfrozen flow on the links at that share. Shares only
   // grow as flows freeze (a flow freezes at no more than any share on its path).
   frozen_order_.clear();
+  double level = kInf;
+  for (const std::uint32_t l : open_) {
+    share_[l] = std::max(left_cap_[l], 0.0) / unfrozen_[l];
+    round_start_[l] = unfrozen_[l];
+    level = std::min(level, share_[l]);
+  }
   while (!open_.empty()) {
-    double level = kInf;
-    for (const std::uint32_t l : open_) {
-      share_[l] = std::max(left_cap_[l], 0.0) / unfrozen_[l];
-      round_start_[l] = unfrozen_[l];
-      level = std::min(level, share_[l]);
-    }
     // Freeze; only counts change here (the capacity each link gives up is charged after the
     // round, as level x flows frozen on it, which keeps the inner loop free of floating point).
     // Rates never go below from_rate (rounding could put a hair under it).
@@ -345,12 +345,19 @@ void MaxMinNetwork::solve(double from_rate) {
         for (std::uint32_t h = 0; h < hops; ++h) --unfrozen[path[h]];
       }
     }
+    // Charge the round, drop saturated links, and find the next level in the same pass.
+    double next = kInf;
     std::size_t kept = 0;
     for (const std::uint32_t l : open_) {
       left_cap_[l] -= level * static_cast<double>(round_start_[l] - unfrozen_[l]);
-      if (unfrozen_[l] != 0) open_[kept++] = l;
+      if (unfrozen_[l] == 0) continue;
+      open_[kept++] = l;
+      share_[l] = std::max(left_cap_[l], 0.0) / unfrozen_[l];
+      round_start_[l] = unfrozen_[l];
+      next = std::min(next, share_[l]);
     }
     open_.resize(kept);
+    level = next;
   }
   MOESIM_ASSERT(frozen_order_.size() == resolve_.size(), "progressive filling left flows without a rate");
 
