@@ -33,6 +33,7 @@ asan-test: deps
 bench: build
 	./$(BUILD)/moesim-bench-hold
 	./$(BUILD)/moesim-bench-flows
+	./$(BUILD)/moesim-bench-place
 
 ci: test asan-test
 

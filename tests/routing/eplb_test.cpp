@@ -1,6 +1,10 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -89,4 +93,55 @@ TEST_CASE("EPLB rejects shapes that do not divide", "[routing][eplb]") {
   CHECK_THROWS_AS(eplb_global(load, 10, 8), PlacementError);               // fewer slots than experts
   CHECK_THROWS_AS(eplb_global(load, 18, 8), PlacementError);               // 18 slots over 8 GPUs
   CHECK_NOTHROW(eplb_placement(load, 16, 4, 3, 8));                        // falls back to global
+}
+
+TEST_CASE("EPLB balances the real OLMoE expert counts over 8 GPUs", "[routing][eplb][data]") {
+  // ../shared/data/routing/real-expert-counts.csv: measured per-expert token counts of OLMoE
+  // (64 experts, top-8) on several datasets and layers. 64 experts on 8 GPUs plus one redundant
+  // expert per GPU (72 slots), one node: the global policy.
+  const std::string path = std::string(MOESIM_SHARED_DATA_DIR) + "/routing/real-expert-counts.csv";
+  std::ifstream in(path);
+  if (!in) {
+    WARN("real routing counts not found at " << path << "; this check needs them");
+    return;
+  }
+  std::map<std::string, std::vector<double>> sets;  // "dataset/layer" -> counts by expert
+  std::string line;
+  std::getline(in, line);  // header: model,kind,dataset,layer,expert,count
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    REQUIRE(f.size() == 6);
+    if (f[0] != "olmoe" || f[1] != "expert_counts") continue;
+    auto& v = sets[f[2] + "/layer" + f[3]];
+    const auto e = static_cast<std::size_t>(std::stoi(f[4]));
+    if (v.size() <= e) v.resize(e + 1, 0.0);
+    v[e] = std::stod(f[5]);
+  }
+  REQUIRE(sets.size() >= 10);
+  double worst_eplb = 0, best_contiguous = 1e9, worst_contiguous = 0;
+  for (const auto& [name, load] : sets) {
+    REQUIRE(load.size() == 64);
+    const double mean = std::accumulate(load.begin(), load.end(), 0.0) / 8;
+    std::vector<double> contiguous(8, 0.0), eplb(8, 0.0);
+    for (int e = 0; e < 64; ++e) contiguous[static_cast<std::size_t>(e / 8)] += load[static_cast<std::size_t>(e)];
+    const ExpertPlacement p = eplb_placement(load, 72, 1, 1, 8);
+    for (int s = 0; s < 72; ++s) {
+      const int e = p.physical_to_logical[static_cast<std::size_t>(s)];
+      eplb[static_cast<std::size_t>(p.gpu_of_slot(s))] +=
+          load[static_cast<std::size_t>(e)] / p.replica_count[static_cast<std::size_t>(e)];
+    }
+    const double c = *std::max_element(contiguous.begin(), contiguous.end()) / mean;
+    const double b = *std::max_element(eplb.begin(), eplb.end()) / mean;
+    INFO(name << ": contiguous max/mean " << c << ", EPLB " << b);
+    CHECK(b <= 1.05);
+    CHECK(b < c);
+    worst_eplb = std::max(worst_eplb, b);
+    best_contiguous = std::min(best_contiguous, c);
+    worst_contiguous = std::max(worst_contiguous, c);
+  }
+  CHECK(worst_contiguous > 1.5);  // the counts are skewed: contiguous placement is far off
+  WARN("OLMoE counts, " << sets.size() << " sets: EPLB max/mean <= " << worst_eplb << ", contiguous "
+                        << best_contiguous << " to " << worst_contiguous);
 }
