@@ -35,8 +35,10 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       network_(network),
       roofline_(roofline),
       spec_(spec),
-      recorder_(recorder),
-      placement_(routing::make_placement(spec.placement, spec.model.experts, spec.ep)) {
+      recorder_(recorder) {
+  for (int l = 0; l < spec.model.moe_layers; ++l)
+    placements_.push_back(routing::make_placement(spec.placement, spec.routing, spec.model.experts, spec.ep,
+                                                  cluster.spec().gpus_per_node, spec.seed, l));
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
@@ -66,7 +68,7 @@ void MoeForward::start() {
   auto work = [&] {
     for (std::size_t i = next++; i < count; i = next++) {
       const int l = static_cast<int>(i) / groups, g = static_cast<int>(i) % groups;
-      plans_[i] = routing::make_dispatch_plan(spec_.model, spec_.routing, placement_, spec_.seed,
+      plans_[i] = routing::make_dispatch_plan(spec_.model, spec_.routing, placements_[static_cast<std::size_t>(l)], spec_.seed,
                                               l, g * spec_.ep, spec_.tokens_per_gpu);
     }
   };
@@ -155,8 +157,9 @@ void MoeForward::try_start_experts(int gpu) {
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::dispatch,
                                  s.wait_start, sim_.now()});
   Time t;
-  for (int e = r * placement_.experts_per_gpu; e < (r + 1) * placement_.experts_per_gpu; ++e)
-    t += roofline_.time(expert_cost(spec_.model, p.expert_computed[static_cast<std::size_t>(e)]));
+  const int per_gpu = placements_[static_cast<std::size_t>(s.layer)].slots_per_gpu;
+  for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot)
+    t += roofline_.time(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)]));
   run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
 }
 

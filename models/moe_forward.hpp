@@ -78,7 +78,7 @@ class MoeForward {
   const Roofline& roofline_;
   ForwardSpec spec_;
   Recorder& recorder_;
-  routing::Placement placement_;
+  std::vector<routing::Placement> placements_;  // per layer
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::vector<GpuState> gpus_;
   // Inbound flows not yet arrived, [gpu * layers + layer]: set from the plans in start(),

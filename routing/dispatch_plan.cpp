@@ -1,5 +1,7 @@
 #include "routing/dispatch_plan.hpp"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -9,10 +11,45 @@
 
 namespace moesim::routing {
 
-Placement make_placement(const PlacementSpec& spec, int experts, int ep) {
-  MOESIM_ASSERT(spec.policy == PlacementPolicy::contiguous, "unknown placement policy");
-  MOESIM_ASSERT(ep >= 1 && experts % ep == 0, "experts do not divide over the EP group");
-  return Placement{experts, ep, experts / ep};
+Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,
+                         int gpus_per_node, std::uint64_t seed, int layer) {
+  Placement p;
+  p.experts = experts;
+  p.ep = ep;
+  p.gpus_per_node = gpus_per_node;
+  switch (spec.policy) {
+    case PlacementPolicy::contiguous:
+    case PlacementPolicy::round_robin: {
+      if (ep < 1 || experts % ep != 0)
+        throw PlacementError(fmt::format("{} experts do not divide over {} GPUs", experts, ep));
+      p.slots_per_gpu = experts / ep;
+      p.slot_expert.resize(static_cast<std::size_t>(experts));
+      for (int e = 0; e < experts; ++e) {
+        const int slot = spec.policy == PlacementPolicy::contiguous ? e : (e % ep) * p.slots_per_gpu + e / ep;
+        p.slot_expert[static_cast<std::size_t>(slot)] = e;
+      }
+      p.slot_replica.assign(static_cast<std::size_t>(experts), 0);
+      break;
+    }
+    case PlacementPolicy::eplb: {
+      const ExpertSampler sampler(routing, experts, seed, layer);
+      const int nodes = gpus_per_node > 0 && ep % gpus_per_node == 0 ? ep / gpus_per_node : 1;
+      const ExpertPlacement e = eplb_placement(sampler.weights(), experts + spec.redundant_experts,
+                                               spec.expert_groups, nodes, ep);
+      p.slots_per_gpu = e.slots_per_gpu();
+      p.slot_expert = e.physical_to_logical;
+      p.slot_replica = e.replica_rank;
+      break;
+    }
+  }
+  p.expert_slots.assign(static_cast<std::size_t>(experts), {});
+  for (int s = 0; s < p.slots(); ++s) {
+    auto& v = p.expert_slots[static_cast<std::size_t>(p.slot_expert[static_cast<std::size_t>(s)])];
+    const auto r = static_cast<std::size_t>(p.slot_replica[static_cast<std::size_t>(s)]);
+    if (v.size() <= r) v.resize(r + 1, -1);
+    v[r] = s;
+  }
+  return p;
 }
 
 std::int64_t DispatchPlan::received(int dst) const {
@@ -47,6 +84,7 @@ DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& ro
   plan.sends.assign(static_cast<std::size_t>(ep) * ep, 0);
   plan.expert_routed.assign(static_cast<std::size_t>(experts), 0);
   plan.expert_computed.assign(static_cast<std::size_t>(experts), 0);
+  plan.slot_computed.assign(static_cast<std::size_t>(placement.slots()), 0);
   plan.gpu_routed.assign(static_cast<std::size_t>(ep), 0);
   plan.gpu_dropped.assign(static_cast<std::size_t>(ep), 0);
   if (routing.capacity_factor) {
@@ -60,7 +98,22 @@ DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& ro
 
   const ExpertSampler sampler(routing, experts, seed, layer);
   std::vector<int> chosen(static_cast<std::size_t>(k));
+  // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any,
+  // else all of them; taken round-robin.
+  const int gpn = placement.gpus_per_node;
+  auto node_of_rank = [&](int rank) { return gpn > 0 ? (first_gpu + rank) / gpn : 0; };
+  std::vector<std::vector<int>> candidates(static_cast<std::size_t>(experts));
+  std::vector<std::uint32_t> turn(static_cast<std::size_t>(experts));
   for (int src = 0; src < ep; ++src) {
+    for (int e = 0; e < experts; ++e) {
+      const auto& slots = placement.expert_slots[static_cast<std::size_t>(e)];
+      auto& c = candidates[static_cast<std::size_t>(e)];
+      c.clear();
+      for (const int sl : slots)
+        if (node_of_rank(placement.gpu_of_slot(sl)) == node_of_rank(src)) c.push_back(sl);
+      if (c.empty()) c = slots;
+      turn[static_cast<std::size_t>(e)] = 0;
+    }
     sim::Rng rng(seed, "routing/layer" + std::to_string(layer) + "/gpu" + std::to_string(first_gpu + src));
     for (std::int64_t t = 0; t < tokens_per_gpu; ++t) {
       sampler.sample_top_k(rng, chosen);
@@ -73,7 +126,10 @@ DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& ro
           continue;
         }
         ++plan.expert_computed[ue];
-        ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_expert(e))];
+        const auto& c = candidates[ue];
+        const int slot = c.size() == 1 ? c[0] : c[turn[ue]++ % c.size()];
+        ++plan.slot_computed[static_cast<std::size_t>(slot)];
+        ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
       }
     }
   }

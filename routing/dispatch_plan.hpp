@@ -2,8 +2,15 @@
 // how many token copies to whom, how many each expert computes, and what was dropped.
 //
 // Each of the group's `ep` GPUs holds `tokens_per_gpu` tokens. Every token is routed to top_k
-// distinct experts (ExpertSampler, one random stream per (layer, GPU)). Placement `contiguous`
-// puts experts [i*E/ep, (i+1)*E/ep) on the group's i-th GPU.
+// distinct experts (ExpertSampler, one random stream per (layer, GPU)). The placement gives
+// every GPU of the group the same number of expert slots; an expert may have several slots
+// (replicas). Policies: `contiguous` puts experts [i*E/ep, (i+1)*E/ep) on the group's i-th GPU;
+// `round_robin` puts expert e on GPU e mod ep; `eplb` runs DeepSeek's EPLB (routing/eplb.hpp)
+// on the layer's expected per-expert load (the routing distribution's weights) with
+// `redundant_experts` extra slots: hierarchical when `expert_groups` divide over the group's
+// nodes, global otherwise.
+// Replica choice: a kept assignment goes to a replica on the sending GPU's node if there is one,
+// else to any replica; among the candidates, round-robin per (sending GPU, expert).
 // Capacity (DESIGN.md): capacity = ceil(capacity_factor * tokens * top_k / experts) per expert,
 // tokens = ep * tokens_per_gpu (the whole group's micro-batch). Drop policy `position`: an
 // expert keeps the first `capacity` assignments in group order (GPU, then token, then k-slot)
@@ -16,6 +23,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "routing/eplb.hpp"
 #include "routing/moe_spec.hpp"
 
 namespace moesim::routing {
@@ -23,11 +31,19 @@ namespace moesim::routing {
 struct Placement {
   int experts = 0;
   int ep = 1;
-  int experts_per_gpu = 0;
-  int gpu_of_expert(int expert) const { return expert / experts_per_gpu; }  // rank in the group
+  int slots_per_gpu = 0;
+  int gpus_per_node = 0;                      // for local-node replica choice; 0: no locality
+  std::vector<int> slot_expert;               // [slot]: slot s is on the group's GPU s / slots_per_gpu
+  std::vector<int> slot_replica;              // [slot]: which replica of its expert
+  std::vector<std::vector<int>> expert_slots;  // [expert]: its slots, by replica
+  int gpu_of_slot(int slot) const { return slot / slots_per_gpu; }  // rank in the group
+  int slots() const { return static_cast<int>(slot_expert.size()); }
 };
 
-Placement make_placement(const PlacementSpec& spec, int experts, int ep);
+// The placement for one layer (eplb placements follow the layer's expected load). Throws
+// PlacementError (routing/eplb.hpp) when the shape does not divide.
+Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,
+                         int gpus_per_node, std::uint64_t seed, int layer);
 
 struct DispatchPlan {
   int ep = 0;
@@ -36,6 +52,7 @@ struct DispatchPlan {
   std::vector<std::int64_t> sends;            // [src * ep + dst]: kept assignments src -> dst
   std::vector<std::int64_t> expert_routed;    // [expert]
   std::vector<std::int64_t> expert_computed;  // [expert]
+  std::vector<std::int64_t> slot_computed;    // [slot]: what each replica computes
   std::vector<std::int64_t> gpu_routed;       // [src]: assignments of src's tokens
   std::vector<std::int64_t> gpu_dropped;      // [src]: of those, dropped
 

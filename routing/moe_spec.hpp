@@ -31,10 +31,12 @@ struct RoutingSpec {
   DropPolicy drop_policy = DropPolicy::position;
 };
 
-enum class PlacementPolicy { contiguous };
+enum class PlacementPolicy { contiguous, round_robin, eplb };
 
 struct PlacementSpec {
   PlacementPolicy policy = PlacementPolicy::contiguous;
+  int redundant_experts = 0;  // eplb: extra expert slots per EP group, for replicas
+  int expert_groups = 1;      // eplb: hierarchical when the groups divide over the group's nodes
 };
 
 }  // namespace moesim::routing

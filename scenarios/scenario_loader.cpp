@@ -410,7 +410,21 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     r->finish();
   }
   if (auto p = top.child("placement", false)) {
-    (void)p->get<std::string>("policy", one_of({"contiguous"}), false);
+    auto& pl = sc.forward.placement;
+    if (auto v = p->get<std::string>("policy", one_of({"contiguous", "round_robin", "eplb"}), false))
+      pl.policy = *v == "eplb"          ? routing::PlacementPolicy::eplb
+                  : *v == "round_robin" ? routing::PlacementPolicy::round_robin
+                                        : routing::PlacementPolicy::contiguous;
+    if (auto v = p->get<std::int64_t>("redundant_experts", count_at_least(0), false)) {
+      pl.redundant_experts = as_int(*v);
+      if (pl.redundant_experts > 0 && pl.policy != routing::PlacementPolicy::eplb)
+        problems.add_at(p->key_path("redundant_experts"), "only used with 'policy: eplb'");
+    }
+    if (auto v = p->get<std::int64_t>("expert_groups", count_at_least(1), false)) {
+      pl.expert_groups = as_int(*v);
+      if (pl.policy != routing::PlacementPolicy::eplb)
+        problems.add_at(p->key_path("expert_groups"), "only used with 'policy: eplb'");
+    }
     p->finish();
   }
   if (auto n = top.child("network", false)) {
@@ -444,9 +458,17 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                                   m.kv_heads, m.attention_heads));
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const int ep = sc.forward.ep;
-  if (m.experts % ep != 0)
+  const auto& pl = sc.forward.placement;
+  if (pl.redundant_experts == 0 && m.experts % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("experts ({}) are not divisible by the EP size {}", m.experts, ep));
+  if (pl.redundant_experts > 0 && (m.experts + pl.redundant_experts) % ep != 0)
+    problems.add_at("placement.redundant_experts",
+                    fmt::format("experts + redundant experts ({} + {}) are not divisible by the EP size {}",
+                                m.experts, pl.redundant_experts, ep));
+  if (m.experts % pl.expert_groups != 0)
+    problems.add_at("placement.expert_groups",
+                    fmt::format("experts ({}) do not divide into {} groups", m.experts, pl.expert_groups));
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));

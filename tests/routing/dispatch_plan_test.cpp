@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <numeric>
 #include <vector>
 
@@ -37,7 +38,7 @@ TEST_CASE("Routed assignments are either computed or dropped on random scenarios
     r.zipf_s = 0.5 + pick.uniform01() * 1.5;
     if (pick.uniform_int(3) != 0) r.capacity_factor = 0.25 + pick.uniform01() * 1.5;
     const std::int64_t tokens = static_cast<std::int64_t>(1 + pick.uniform_int(300));
-    const Placement pl = make_placement({}, experts, ep);
+    const Placement pl = make_placement({}, {}, experts, ep, 0, 1, 0);
     const DispatchPlan p = make_dispatch_plan(model(experts, top_k), r, pl, 7, trial % 3, 0, tokens);
     INFO("trial " << trial << ": ep " << ep << ", experts " << experts << ", top_k " << top_k);
     REQUIRE(p.routed() == tokens * ep * top_k);
@@ -56,7 +57,7 @@ TEST_CASE("Routed assignments are either computed or dropped on random scenarios
 
 TEST_CASE("Capacity is ceil(capacity_factor x tokens x top_k / experts) over the EP group", "[routing]") {
   RoutingSpec r;
-  const Placement pl = make_placement({}, 8, 4);
+  const Placement pl = make_placement({}, {}, 8, 4, 0, 1, 0);
   SECTION("exact product") {
     r.capacity_factor = 1.25;  // 1.25 * (4 GPUs * 100 tokens) * 2 / 8 = 125
     CHECK(make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 100).capacity == 125);
@@ -77,7 +78,7 @@ TEST_CASE("Drop by position keeps the group's first assignments of each expert",
   // and 1 (positions 0..19) and drops those of GPUs 2 and 3.
   RoutingSpec r;
   r.capacity_factor = 0.5;
-  const Placement pl = make_placement({}, 4, 4);
+  const Placement pl = make_placement({}, {}, 4, 4, 0, 1, 0);
   const DispatchPlan p = make_dispatch_plan(model(4, 4), r, pl, 3, 0, 0, 10);
   CHECK(p.capacity == 20);
   CHECK(p.gpu_dropped == std::vector<std::int64_t>{0, 0, 40, 40});
@@ -90,12 +91,73 @@ TEST_CASE("Drop by position keeps the group's first assignments of each expert",
 }
 
 TEST_CASE("Contiguous placement puts consecutive experts on each GPU", "[routing]") {
-  const Placement pl = make_placement({}, 16, 4);
-  CHECK(pl.experts_per_gpu == 4);
-  CHECK(pl.gpu_of_expert(0) == 0);
-  CHECK(pl.gpu_of_expert(3) == 0);
-  CHECK(pl.gpu_of_expert(4) == 1);
-  CHECK(pl.gpu_of_expert(15) == 3);
+  const Placement pl = make_placement({}, {}, 16, 4, 0, 1, 0);
+  CHECK(pl.slots_per_gpu == 4);
+  CHECK(pl.gpu_of_slot(pl.expert_slots[0][0]) == 0);
+  CHECK(pl.gpu_of_slot(pl.expert_slots[3][0]) == 0);
+  CHECK(pl.gpu_of_slot(pl.expert_slots[4][0]) == 1);
+  CHECK(pl.gpu_of_slot(pl.expert_slots[15][0]) == 3);
+}
+
+TEST_CASE("Round-robin placement deals experts out to GPUs in turn", "[routing]") {
+  PlacementSpec spec;
+  spec.policy = PlacementPolicy::round_robin;
+  const Placement pl = make_placement(spec, {}, 16, 4, 0, 1, 0);
+  for (int e = 0; e < 16; ++e) {
+    REQUIRE(pl.expert_slots[static_cast<std::size_t>(e)].size() == 1);
+    CHECK(pl.gpu_of_slot(pl.expert_slots[static_cast<std::size_t>(e)][0]) == e % 4);
+  }
+}
+
+TEST_CASE("EPLB placement replicates hot experts and the plan spreads their tokens", "[routing]") {
+  // Zipf(1.2) over 16 experts on 8 GPUs (2 nodes of 4) with 8 redundant slots: hot experts get
+  // replicas; every kept assignment lands on a replica of its expert, on the sender's node when
+  // one is there; conservation holds per expert and per slot.
+  RoutingSpec r;
+  r.distribution = Distribution::zipf;
+  r.zipf_s = 1.2;
+  PlacementSpec spec;
+  spec.policy = PlacementPolicy::eplb;
+  spec.redundant_experts = 8;
+  const Placement pl = make_placement(spec, r, 16, 8, 4, 3, 0);
+  REQUIRE(pl.slots() == 24);
+  CHECK(pl.slots_per_gpu == 3);
+  const ExpertSampler sampler(r, 16, 3, 0);
+  const auto& w = sampler.weights();
+  const int hottest = static_cast<int>(std::max_element(w.begin(), w.end()) - w.begin());
+  CHECK(pl.expert_slots[static_cast<std::size_t>(hottest)].size() >= 2);
+  const auto plan = make_dispatch_plan(model(16, 2), r, pl, 3, 0, 0, 4000);
+  std::vector<std::int64_t> per_expert(16, 0);
+  for (int s = 0; s < 24; ++s)
+    per_expert[static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)])] += plan.slot_computed[static_cast<std::size_t>(s)];
+  CHECK(per_expert == plan.expert_computed);
+  std::int64_t received = 0;
+  for (int d = 0; d < 8; ++d) received += plan.received(d);
+  CHECK(received == std::accumulate(plan.expert_computed.begin(), plan.expert_computed.end(), std::int64_t{0}));
+  // GPU load: EPLB against contiguous on the same routing.
+  const auto contiguous = make_dispatch_plan(model(16, 2), r, make_placement({}, r, 16, 8, 4, 3, 0), 3, 0, 0, 4000);
+  std::int64_t max_eplb = 0, max_contiguous = 0;
+  for (int d = 0; d < 8; ++d) {
+    max_eplb = std::max(max_eplb, plan.received(d));
+    max_contiguous = std::max(max_contiguous, contiguous.received(d));
+  }
+  CHECK(max_eplb < max_contiguous);
+}
+
+TEST_CASE("Replicas on the sender's node are preferred, taken in turn", "[routing]") {
+  // Hand-built: 2 experts on 4 GPUs (2 nodes of 2); expert 0 on GPUs 0 and 2, expert 1 on 1 and 3.
+  Placement pl;
+  pl.experts = 2;
+  pl.ep = 4;
+  pl.slots_per_gpu = 1;
+  pl.gpus_per_node = 2;
+  pl.slot_expert = {0, 1, 0, 1};
+  pl.slot_replica = {0, 0, 1, 1};
+  pl.expert_slots = {{0, 2}, {1, 3}};
+  const auto plan = make_dispatch_plan(model(2, 2), {}, pl, 1, 0, 0, 10);
+  // top-2 of 2 experts: every token goes to both; every GPU's copies stay on its node.
+  for (int src = 0; src < 4; ++src)
+    for (int dst = 0; dst < 4; ++dst) CHECK(plan.send(src, dst) == (src / 2 == dst / 2 ? 10 : 0));
 }
 
 TEST_CASE("A token's top-k experts are distinct", "[routing]") {
@@ -143,7 +205,7 @@ TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[rout
 
 TEST_CASE("Different seeds route differently and the same seed identically", "[routing]") {
   RoutingSpec r;
-  const Placement pl = make_placement({}, 8, 2);
+  const Placement pl = make_placement({}, {}, 8, 2, 0, 1, 0);
   const auto a = make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 500);
   const auto b = make_dispatch_plan(model(8, 2), r, pl, 1, 0, 0, 500);
   const auto c = make_dispatch_plan(model(8, 2), r, pl, 2, 0, 0, 500);

@@ -218,3 +218,21 @@ TEST_CASE("Scale-out topologies and spine counts are read and checked", "[scenar
   CHECK_THAT(error_of(with_so("    nodes_per_leaf: 3\n")),
              Catch::Contains("cluster.scale_out.nodes_per_leaf: 2 nodes do not divide into leaves of 3"));
 }
+
+TEST_CASE("Placement policies and redundant experts are read and checked", "[scenarios]") {
+  using moesim::routing::PlacementPolicy;
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.placement.policy == PlacementPolicy::contiguous);
+  const auto rr = load_scenario_text(kBase + "placement:\n  policy: round_robin\n", "s.yaml");
+  CHECK(rr.forward.placement.policy == PlacementPolicy::round_robin);
+  const auto eplb = load_scenario_text(kBase + "placement:\n  policy: eplb\n  redundant_experts: 8\n  expert_groups: 4\n", "s.yaml");
+  CHECK(eplb.forward.placement.policy == PlacementPolicy::eplb);
+  CHECK(eplb.forward.placement.redundant_experts == 8);
+  CHECK(eplb.forward.placement.expert_groups == 4);
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  redundant_experts: 3\n"),
+             Catch::Contains("placement.redundant_experts: experts + redundant experts (8 + 3) are not divisible by the EP size 8"));
+  CHECK_THAT(error_of(kBase + "placement:\n  redundant_experts: 8\n"),
+             Catch::Contains("s.yaml:21:22: placement.redundant_experts: only used with 'policy: eplb'"));
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  expert_groups: 3\n"),
+             Catch::Contains("placement.expert_groups: experts (8) do not divide into 3 groups"));
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: greedy\n"), Catch::Contains("placement.policy:"));
+}
