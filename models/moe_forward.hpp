@@ -44,6 +44,7 @@ class MoeForward {
   // Routes every layer (reported to the recorder) and starts layer 0 on every GPU at now().
   void start();
   bool finished() const { return finished_gpus_ == gpus_.size(); }
+  const std::vector<routing::Placement>& placements() const { return placements_; }
 
  private:
   enum class Wait { none, dispatch, combine };

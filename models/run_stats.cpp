@@ -5,7 +5,10 @@
 namespace moesim::models {
 
 RunStats::RunStats(int gpus, int layers)
-    : layers_(static_cast<std::size_t>(layers)), gpus_(static_cast<std::size_t>(gpus)) {}
+    : layers_(static_cast<std::size_t>(layers)),
+      gpus_(static_cast<std::size_t>(gpus)),
+      experts_(static_cast<std::size_t>(layers)),
+      slots_(static_cast<std::size_t>(layers)) {}
 
 void RunStats::on_stage(const StageRecord& r) {
   const auto s = static_cast<std::size_t>(r.stage);
@@ -28,6 +31,15 @@ void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
   for (int d = 0; d < plan.ep; ++d) l.max_gpu_tokens = std::max(l.max_gpu_tokens, plan.received(d));
   for (const auto n : plan.expert_routed) l.max_expert_tokens = std::max(l.max_expert_tokens, n);
   l.expert_slots += static_cast<std::int64_t>(plan.expert_routed.size());
+  auto& e = experts_[static_cast<std::size_t>(layer)];
+  e.resize(plan.expert_routed.size());
+  for (std::size_t i = 0; i < e.size(); ++i) {
+    e[i].routed += plan.expert_routed[i];
+    e[i].computed += plan.expert_computed[i];
+  }
+  auto& s = slots_[static_cast<std::size_t>(layer)];
+  s.resize(plan.slot_computed.size(), 0);
+  for (std::size_t i = 0; i < s.size(); ++i) s[i] += plan.slot_computed[i];
 }
 
 void RunStats::on_flow(int layer, Stage, sim::Bytes size) {

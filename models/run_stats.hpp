@@ -25,6 +25,11 @@ struct LayerStats {
   std::int64_t flows = 0;
 };
 
+// Per layer and expert, summed over EP groups.
+struct ExpertStats {
+  std::int64_t routed = 0, computed = 0;
+};
+
 struct GpuStats {
   std::array<sim::Time, kStageCount> stage_total{};
   sim::Time finish;
@@ -39,6 +44,9 @@ class RunStats final : public Recorder {
 
   const std::vector<LayerStats>& layers() const { return layers_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }
+  // [layer][expert] and [layer][slot] (what each replica computed), summed over EP groups.
+  const std::vector<std::vector<ExpertStats>>& experts() const { return experts_; }
+  const std::vector<std::vector<std::int64_t>>& slots() const { return slots_; }
   // The GPU that finishes last (lowest index on ties) and the step time.
   int critical_gpu() const;
   sim::Time step_time() const;
@@ -46,6 +54,8 @@ class RunStats final : public Recorder {
  private:
   std::vector<LayerStats> layers_;
   std::vector<GpuStats> gpus_;
+  std::vector<std::vector<ExpertStats>> experts_;
+  std::vector<std::vector<std::int64_t>> slots_;
 };
 
 }  // namespace moesim::models

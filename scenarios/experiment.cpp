@@ -19,12 +19,13 @@ RunResult run_experiment(const Scenario& sc) {
   MOESIM_ASSERT(network != nullptr, "unknown network model " + sc.network_model);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers), 0,
-                   std::string(network->name()), "roofline", {}};
+                   std::string(network->name()), "roofline", {}, {}};
   models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, result.stats);
   forward.start();
   result.events = sim.run();
   MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");
   if (const auto* usage = network->link_usage()) result.links = *usage;
+  result.placements = forward.placements();
   return result;
 }
 

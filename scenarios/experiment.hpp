@@ -18,6 +18,7 @@ struct RunResult {
   std::string network_model;
   std::string compute_source;  // which compute model produced the kernel times
   std::vector<models::LinkUsage> links;  // per link; empty where the network model has none
+  std::vector<routing::Placement> placements;  // per layer
 };
 
 RunResult run_experiment(const Scenario& scenario);

@@ -127,6 +127,21 @@ void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const sce
   }
 }
 
+void write_experts_csv(std::ostream& out, const scenarios::Scenario&, const scenarios::RunResult& r) {
+  fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,replica_computed,expert_routed,expert_computed,expert_dropped\n");
+  for (std::size_t l = 0; l < r.placements.size(); ++l) {
+    const auto& pl = r.placements[l];
+    const auto& ex = r.stats.experts()[l];
+    const auto& sl = r.stats.slots()[l];
+    for (int s = 0; s < pl.slots(); ++s) {
+      const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
+      fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", l, s, pl.gpu_of_slot(s), e,
+                 pl.slot_replica[static_cast<std::size_t>(s)], pl.expert_slots[e].size(),
+                 sl[static_cast<std::size_t>(s)], ex[e].routed, ex[e].computed, ex[e].routed - ex[e].computed);
+    }
+  }
+}
+
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -199,6 +214,7 @@ std::vector<std::string> write_reports(const std::string& dir, const scenarios::
   };
   write("summary.csv", write_summary_csv);
   write("layers.csv", write_layers_csv);
+  write("experts.csv", write_experts_csv);
   if (!r.links.empty()) write("links.csv", write_links_csv);
   return written;
 }

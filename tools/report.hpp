@@ -24,10 +24,13 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r);
 // One row per directed link: what it carried, how long it was busy, its peak utilisation.
 void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
+// One row per layer and expert slot (replica): what it computed, with its expert's totals.
+void write_experts_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written);
 
-// Writes summary.csv, layers.csv and (where the network model keeps link accounts) links.csv
+// Writes summary.csv, layers.csv, experts.csv and (where the network model keeps link accounts)
+// links.csv
 // into dir (created if needed), each through a temporary
 // file renamed into place so a failed run never leaves a half-written report. Returns the paths.
 std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,7 +65,7 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
     CHECK_THAT(r.out, Catch::Contains("step time"));
     CHECK_THAT(r.out, Catch::Contains("where the time goes"));
   }
-  for (const char* file : {"summary.csv", "layers.csv", "links.csv"}) {
+  for (const char* file : {"summary.csv", "layers.csv", "links.csv", "experts.csv"}) {
     INFO(file << " (regenerate with tools/regen-golden.sh and review the diff)");
     const std::string a = slurp(tmp.path() / "a" / file);
     CHECK(a == slurp(tmp.path() / "b" / file));
@@ -168,4 +169,51 @@ TEST_CASE("moesim flows reports bad rows with their line and exit code 2", "[cli
   const auto missing = moesim("flows --flows '" + (tmp.path() / "nope.csv").string() + "' --out x.csv", tmp);
   CHECK(missing.code == 2);
   CHECK_THAT(missing.err, Catch::Contains("cannot open"));
+}
+
+TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli][experts]") {
+  TempDir tmp;
+  {
+    std::ofstream f(tmp.path() / "s.yaml");
+    f << "cluster:\n  nodes: 2\n  gpus_per_node: 4\n  gpu: H100\n  scale_out:\n    nic_bandwidth: 400Gbps\n"
+         "model:\n  moe_layers: 3\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 8\n  top_k: 2\n  attention_heads: 8\n"
+         "parallelism:\n  ep: 8\nworkload:\n  tokens_per_gpu: 512\n"
+         "routing:\n  distribution: zipf\n  zipf_s: 1.2\n  capacity_factor: 1.5\n"
+         "placement:\n  policy: eplb\n  redundant_experts: 8\n";
+  }
+  const auto r = moesim("run '" + (tmp.path() / "s.yaml").string() + "' -q --out '" + (tmp.path() / "out").string() + "'", tmp);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  std::ifstream in(tmp.path() / "out" / "experts.csv");
+  std::string line;
+  std::getline(in, line);
+  CHECK(line == "layer,slot,ep_rank,expert,replica,replicas,replica_computed,expert_routed,expert_computed,expert_dropped");
+  std::map<std::pair<int, int>, std::int64_t> replica_sum, expert_computed;
+  std::map<std::pair<int, int>, int> replicas_seen, replicas_said;
+  std::int64_t routed = 0, dropped = 0;
+  int rows = 0;
+  while (std::getline(in, line)) {
+    std::vector<std::int64_t> v;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) v.push_back(std::stoll(x));
+    REQUIRE(v.size() == 10);
+    const std::pair<int, int> key{static_cast<int>(v[0]), static_cast<int>(v[3])};
+    CHECK(v[2] == v[1] / 2);  // 16 slots on 8 GPUs
+    replica_sum[key] += v[6];
+    if (replicas_seen[key]++ == 0) {
+      expert_computed[key] = v[8];
+      routed += v[7];
+      dropped += v[9];
+    }
+    replicas_said[key] = static_cast<int>(v[5]);
+    CHECK(v[7] == v[8] + v[9]);  // routed = computed + dropped
+    ++rows;
+  }
+  CHECK(rows == 3 * 16);
+  for (const auto& [key, n] : replica_sum) {
+    CHECK(n == expert_computed[key]);
+    CHECK(replicas_seen[key] == replicas_said[key]);
+  }
+  CHECK(routed == 3 * 8 * 512 * 2);
+  CHECK(dropped > 0);  // Zipf(1.2) against capacity factor 1.5 drops on the hot experts
 }
