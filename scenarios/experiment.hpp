@@ -23,4 +23,7 @@ struct RunResult {
 
 RunResult run_experiment(const Scenario& scenario);
 
+// The expert placement of every MoE layer, as a run would use it, without simulating.
+std::vector<routing::Placement> compute_placements(const Scenario& scenario);
+
 }  // namespace moesim::scenarios

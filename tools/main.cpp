@@ -32,6 +32,9 @@ commands:
   flows --scenario SCENARIO.yaml --flows FLOWS.csv --out RESULT.csv
         replay flows (src,dst,bytes,start_us) on the scenario's cluster and network
         model; writes flow,src,dst,bytes,start_us,end_us
+  place [SCENARIO.yaml] [--out DIR]
+        compute the expert placement of every layer without simulating; prints the
+        expected GPU load balance and writes placement.csv
   validate SCENARIO.yaml
         check a scenario file without running it
   help  show this text
@@ -101,6 +104,20 @@ int cmd_flows(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_place(const std::vector<std::string>& args) {
+  po::options_description opts("place options");
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
+      "out,o", po::value<std::string>(), "output directory (default: the scenario's output.dir)")(
+      "quiet,q", "print nothing on success");
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  const scenarios::Scenario sc = load(vm);
+  const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
+  const auto placements = scenarios::compute_placements(sc);
+  const std::string written = tools::write_placement(dir, sc, placements);
+  if (!vm.count("quiet")) tools::print_placement_summary(std::cout, sc, placements, written);
+  return 0;
+}
+
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
@@ -132,6 +149,7 @@ int main(int argc, char** argv) {
     if (cmd == "run") return cmd_run(args);
     if (cmd == "validate") return cmd_validate(args);
     if (cmd == "flows") return cmd_flows(args);
+    if (cmd == "place") return cmd_place(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const UsageError& e) {
     std::cerr << "moesim: " << e.what() << "\n\n" << kUsage;

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "routing/expert_sampler.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
 
@@ -189,6 +190,81 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
   }
   if (!written.empty()) fmt::print(out, "  wrote       {}\n", fmt::join(written, ", "));
+}
+
+namespace {
+
+// Expected share of a layer's assignments on each slot (expert weight / replicas), and the
+// resulting GPU max/mean.
+std::vector<double> slot_shares(const scenarios::Scenario& sc, const routing::Placement& pl, int layer) {
+  const routing::ExpertSampler sampler(sc.forward.routing, pl.experts, sc.forward.seed, layer);
+  std::vector<double> share(static_cast<std::size_t>(pl.slots()));
+  for (int s = 0; s < pl.slots(); ++s) {
+    const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
+    share[static_cast<std::size_t>(s)] = sampler.weights()[e] / static_cast<double>(pl.expert_slots[e].size());
+  }
+  return share;
+}
+
+double gpu_max_over_mean(const routing::Placement& pl, const std::vector<double>& share) {
+  std::vector<double> gpu(static_cast<std::size_t>(pl.ep), 0.0);
+  for (int s = 0; s < pl.slots(); ++s) gpu[static_cast<std::size_t>(pl.gpu_of_slot(s))] += share[static_cast<std::size_t>(s)];
+  const double mean = std::accumulate(gpu.begin(), gpu.end(), 0.0) / pl.ep;
+  return mean > 0 ? *std::max_element(gpu.begin(), gpu.end()) / mean : 0.0;
+}
+
+}  // namespace
+
+std::string write_placement(const std::string& dir, const scenarios::Scenario& sc,
+                            const std::vector<routing::Placement>& placements) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw ReportError(fmt::format("cannot create the output directory '{}': {}", dir, ec.message()));
+  const fs::path final_path = fs::path(dir) / "placement.csv";
+  const fs::path tmp = fs::path(dir) / "placement.csv.tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+    fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,expected_share\n");
+    for (std::size_t l = 0; l < placements.size(); ++l) {
+      const auto& pl = placements[l];
+      const auto share = slot_shares(sc, pl, static_cast<int>(l));
+      for (int s = 0; s < pl.slots(); ++s) {
+        const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
+        fmt::print(out, "{},{},{},{},{},{},{:.6f}\n", l, s, pl.gpu_of_slot(s), e,
+                   pl.slot_replica[static_cast<std::size_t>(s)], pl.expert_slots[e].size(),
+                   share[static_cast<std::size_t>(s)]);
+      }
+    }
+    out.flush();
+    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+  }
+  fs::rename(tmp, final_path, ec);
+  if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
+  return final_path.string();
+}
+
+void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
+                             const std::vector<routing::Placement>& placements, const std::string& written) {
+  if (placements.empty()) return;
+  const auto& first = placements.front();
+  fmt::print(out, "moesim: placement for {} ({} experts, EP{}, {} slots per GPU, {} MoE layers)\n", sc.source,
+             first.experts, first.ep, first.slots_per_gpu, placements.size());
+  double worst = 0, best = 1e300, contiguous_worst = 0;
+  for (std::size_t l = 0; l < placements.size(); ++l) {
+    const double r = gpu_max_over_mean(placements[l], slot_shares(sc, placements[l], static_cast<int>(l)));
+    worst = std::max(worst, r);
+    best = std::min(best, r);
+    if (first.experts % first.ep == 0) {
+      const auto c = routing::make_placement({}, sc.forward.routing, first.experts, first.ep, sc.cluster.gpus_per_node,
+                                             sc.forward.seed, static_cast<int>(l));
+      contiguous_worst = std::max(contiguous_worst, gpu_max_over_mean(c, slot_shares(sc, c, static_cast<int>(l))));
+    }
+  }
+  fmt::print(out, "  expected GPU load max/mean over layers: {:.3f} to {:.3f}", best, worst);
+  if (contiguous_worst > 0) fmt::print(out, " (contiguous placement: up to {:.3f})", contiguous_worst);
+  fmt::print(out, "\n  wrote       {}\n", written);
 }
 
 std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,

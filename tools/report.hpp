@@ -36,4 +36,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
 std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,
                                        const scenarios::RunResult& r);
 
+// `moesim place`: placement.csv (one row per layer and slot: its GPU rank, expert, replica, and
+// the share of the layer's assignments the routing distribution sends to it) and a summary.
+std::string write_placement(const std::string& dir, const scenarios::Scenario& sc,
+                            const std::vector<routing::Placement>& placements);
+void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
+                             const std::vector<routing::Placement>& placements, const std::string& written);
+
 }  // namespace moesim::tools

@@ -217,3 +217,33 @@ TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli
   CHECK(routed == 3 * 8 * 512 * 2);
   CHECK(dropped > 0);  // Zipf(1.2) against capacity factor 1.5 drops on the hot experts
 }
+
+TEST_CASE("moesim place writes the placement without simulating", "[cli][place]") {
+  TempDir tmp;
+  {
+    std::ofstream f(tmp.path() / "s.yaml");
+    f << "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n"
+         "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 8\n  top_k: 2\n  attention_heads: 8\n"
+         "parallelism:\n  ep: 4\nworkload:\n  tokens_per_gpu: 512\n"
+         "routing:\n  distribution: zipf\n  zipf_s: 1.5\n"
+         "placement:\n  policy: eplb\n  redundant_experts: 4\n";
+  }
+  const auto r = moesim("place '" + (tmp.path() / "s.yaml").string() + "' --out '" + (tmp.path() / "p").string() + "'", tmp);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("8 experts, EP4, 3 slots per GPU, 2 MoE layers"));
+  CHECK_THAT(r.out, Catch::Contains("contiguous placement: up to"));
+  std::ifstream in(tmp.path() / "p" / "placement.csv");
+  std::string line;
+  std::getline(in, line);
+  CHECK(line == "layer,slot,ep_rank,expert,replica,replicas,expected_share");
+  int rows = 0;
+  double share = 0;
+  while (std::getline(in, line)) {
+    ++rows;
+    share += std::stod(line.substr(line.rfind(',') + 1));
+  }
+  CHECK(rows == 2 * 12);
+  CHECK(share == Approx(2.0).epsilon(1e-4));  // each layer's shares add up to 1
+  CHECK_FALSE(fs::exists(tmp.path() / "p" / "summary.csv"));
+}
