@@ -19,13 +19,13 @@ constexpr double kPsPerS = 1e12;
 // at most this fraction of the flow's transfer time.
 constexpr double kSameInstant = 1e-12;
 
-// Rounds an exact time up to the picosecond, except that a time within 1e-12 of its own value
-// (or an attosecond) of a whole picosecond counts as that picosecond: 22 us computed as
-// 2e-6 + 1e6 / 5e10 must call back at 22 us, not one picosecond later.
+// Rounds an exact time up to the picosecond, except that a time within rounding noise of a
+// whole picosecond (1e-14 of its value, at least an attosecond, at most a femtosecond) counts as
+// that picosecond: 22 us computed as 2e-6 + 1e6 / 5e10 must call back at 22 us, not 1 ps later.
 std::int64_t to_ps_ceil(double t_s) {
   const double x = t_s * kPsPerS;
   const double r = std::nearbyint(x);
-  if (std::abs(x - r) <= std::max(1e-6, 1e-12 * x)) return static_cast<std::int64_t>(r);
+  if (std::abs(x - r) <= std::clamp(1e-14 * x, 1e-6, 1e-3)) return static_cast<std::int64_t>(r);
   return static_cast<std::int64_t>(std::ceil(x));
 }
 
