@@ -33,9 +33,10 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
     }
     case PlacementPolicy::eplb: {
       const ExpertSampler sampler(routing, experts, seed, layer);
+      const auto& load = spec.layer_load.empty() ? sampler.weights()
+                                                 : spec.layer_load.at(static_cast<std::size_t>(layer));
       const int nodes = gpus_per_node > 0 && ep % gpus_per_node == 0 ? ep / gpus_per_node : 1;
-      const ExpertPlacement e = eplb_placement(sampler.weights(), experts + spec.redundant_experts,
-                                               spec.expert_groups, nodes, ep);
+      const ExpertPlacement e = eplb_placement(load, experts + spec.redundant_experts, spec.expert_groups, nodes, ep);
       p.slots_per_gpu = e.slots_per_gpu();
       p.slot_expert = e.physical_to_logical;
       p.slot_replica = e.replica_rank;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace moesim::routing {
 
@@ -37,6 +38,9 @@ struct PlacementSpec {
   PlacementPolicy policy = PlacementPolicy::contiguous;
   int redundant_experts = 0;  // eplb: extra expert slots per EP group, for replicas
   int expert_groups = 1;      // eplb: hierarchical when the groups divide over the group's nodes
+  // eplb: per MoE layer, the load to balance (from a count-level trace); empty: the routing
+  // distribution's expected load.
+  std::vector<std::vector<double>> layer_load;
 };
 
 }  // namespace moesim::routing

@@ -23,6 +23,8 @@ struct Scenario {
   models::ForwardSpec forward;
   std::string workload_kind = "forward";
   std::string network_model = "maxmin";
+  std::string placement_load = "expected";  // placement.load: expected | trace
+  std::string placement_trace;              // placement.trace, as written
   std::string compute_model = "roofline";
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <functional>
@@ -11,6 +12,8 @@
 #include <sstream>
 
 #include "scenarios/scenario.hpp"
+
+#include "routing/count_trace.hpp"
 #include "sim/units.hpp"
 
 namespace moesim::scenarios {
@@ -420,6 +423,17 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (pl.redundant_experts > 0 && pl.policy != routing::PlacementPolicy::eplb)
         problems.add_at(p->key_path("redundant_experts"), "only used with 'policy: eplb'");
     }
+    if (auto v = p->get<std::string>("load", one_of({"expected", "trace"}), false)) {
+      sc.placement_load = *v;
+      if (*v == "trace" && pl.policy != routing::PlacementPolicy::eplb)
+        problems.add_at(p->key_path("load"), "only used with 'policy: eplb'");
+    }
+    if (auto v = p->get<std::string>("trace", any_text(), false)) {
+      sc.placement_trace = *v;
+      if (sc.placement_load != "trace") problems.add_at(p->key_path("trace"), "only used with 'load: trace'");
+    } else if (sc.placement_load == "trace" && p->valid()) {
+      problems.add_at(p->key_path("load"), "'load: trace' needs placement.trace (a count-level trace file)");
+    }
     if (auto v = p->get<std::int64_t>("expert_groups", count_at_least(1), false)) {
       pl.expert_groups = as_int(*v);
       if (pl.policy != routing::PlacementPolicy::eplb)
@@ -474,6 +488,31 @@ void cross_check(const Scenario& sc, Problems& problems) {
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
 }
 
+// placement.load: trace — read the count-level trace (relative to the scenario file's folder)
+// and keep one load vector per MoE layer; every layer must be in the trace.
+void read_placement_trace(Scenario& sc, Problems& problems) {
+  if (sc.placement_load != "trace" || sc.placement_trace.empty()) return;
+  std::filesystem::path path(sc.placement_trace);
+  if (path.is_relative()) path = std::filesystem::path(sc.source).parent_path() / path;
+  try {
+    const auto layers = routing::read_count_trace(path.string(), sc.forward.model.experts);
+    auto& load = sc.forward.placement.layer_load;
+    std::vector<int> missing;
+    for (int l = 0; l < sc.forward.model.moe_layers; ++l) {
+      const auto it = layers.find(l);
+      if (it == layers.end()) missing.push_back(l);
+      else load.push_back(it->second);
+    }
+    if (!missing.empty()) {
+      load.clear();
+      problems.add_at("placement.trace", fmt::format("{} has no counts for MoE layer(s) {} (the model has {})",
+                                                     path.string(), fmt::join(missing, ", "), sc.forward.model.moe_layers));
+    }
+  } catch (const routing::TraceError& e) {
+    problems.add_at("placement.trace", e.what());
+  }
+}
+
 Scenario load(const YAML::Node& root, Problems& problems) {
   Scenario sc;
   sc.source = problems.file();
@@ -493,6 +532,7 @@ Scenario load(const YAML::Node& root, Problems& problems) {
   read_rest(top, sc, problems);
   top.finish();
   if (!problems.any()) cross_check(sc, problems);
+  if (!problems.any()) read_placement_trace(sc, problems);
   return sc;
 }
 

@@ -194,14 +194,19 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
 
 namespace {
 
-// Expected share of a layer's assignments on each slot (expert weight / replicas), and the
+// Expected share of a layer's assignments on each slot (expert load / replicas), and the
 // resulting GPU max/mean.
 std::vector<double> slot_shares(const scenarios::Scenario& sc, const routing::Placement& pl, int layer) {
+  // The load the placement was made for: the trace's counts, else the routing distribution.
   const routing::ExpertSampler sampler(sc.forward.routing, pl.experts, sc.forward.seed, layer);
+  const auto& traced = sc.forward.placement.layer_load;
+  std::vector<double> weight = traced.empty() ? sampler.weights() : traced[static_cast<std::size_t>(layer)];
+  const double total = std::accumulate(weight.begin(), weight.end(), 0.0);
   std::vector<double> share(static_cast<std::size_t>(pl.slots()));
   for (int s = 0; s < pl.slots(); ++s) {
     const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
-    share[static_cast<std::size_t>(s)] = sampler.weights()[e] / static_cast<double>(pl.expert_slots[e].size());
+    share[static_cast<std::size_t>(s)] =
+        total > 0 ? weight[e] / total / static_cast<double>(pl.expert_slots[e].size()) : 0.0;
   }
   return share;
 }

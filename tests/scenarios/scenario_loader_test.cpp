@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -235,4 +237,37 @@ TEST_CASE("Placement policies and redundant experts are read and checked", "[sce
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  expert_groups: 3\n"),
              Catch::Contains("placement.expert_groups: experts (8) do not divide into 3 groups"));
   CHECK_THAT(error_of(kBase + "placement:\n  policy: greedy\n"), Catch::Contains("placement.policy:"));
+}
+
+TEST_CASE("EPLB placement can balance a count-level trace next to the scenario", "[scenarios]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("moesim-loader-trace-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream t(dir / "counts.csv");
+    t << "layer,expert,count\n";
+    for (int l = 0; l < 4; ++l)
+      for (int e = 0; e < 8; ++e) t << l << "," << e << "," << (e == l ? 1000 : 10) << "\n";
+  }
+  const std::string yaml = kBase + "placement:\n  policy: eplb\n  redundant_experts: 8\n  load: trace\n  trace: counts.csv\n";
+  {
+    std::ofstream(dir / "s.yaml") << yaml;
+  }
+  const auto sc = load_scenario_file((dir / "s.yaml").string());
+  REQUIRE(sc.forward.placement.layer_load.size() == 4);
+  CHECK(sc.forward.placement.layer_load[2][2] == 1000);
+  {
+    std::ofstream t(dir / "counts.csv", std::ios::trunc);
+    t << "layer,expert,count\n0,0,1\n";
+  }
+  try {
+    load_scenario_file((dir / "s.yaml").string());
+    FAIL("no error");
+  } catch (const ScenarioError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("placement.trace:") && Catch::Contains("has no counts for MoE layer(s) 1, 2, 3"));
+  }
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  load: trace\n"),
+             Catch::Contains("placement.load: 'load: trace' needs placement.trace"));
+  CHECK_THAT(error_of(kBase + "placement:\n  load: trace\n  trace: x.csv\n"),
+             Catch::Contains("placement.load: only used with 'policy: eplb'"));
+  std::filesystem::remove_all(dir);
 }
