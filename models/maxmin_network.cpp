@@ -19,6 +19,9 @@ constexpr double kPsPerS = 1e12;
 // at most this fraction of the flow's transfer time.
 constexpr double kSameInstant = 1e-12;
 
+// Links with more flows than this bound an arriving flow's rate by capacity / flows.
+constexpr std::size_t kExactBoundMembers = 512;
+
 // Rounds an exact time up to the picosecond, except that a time within rounding noise of a
 // whole picosecond (1e-14 of its value, at least an attosecond, at most a femtosecond) counts as
 // that picosecond: 22 us computed as 2e-6 + 1e6 / 5e10 must call back at 22 us, not 1 ps later.
@@ -230,13 +233,44 @@ void MaxMinNetwork::wake() {
       activate(s, t);
       added.push_back(s);
     }
-    // A new flow's rate will be at least min over its links of capacity / flows (a link cannot
-    // saturate below that share); flows frozen below that level keep their rates (see solve()).
+    // A lower bound on the new flows' rates: no link of theirs saturates below it. For each such
+    // link, raise every flow on it together, freezing the old flows at their old rates as the
+    // level passes them (flows frozen below the new flows' rates keep their rates, see solve());
+    // the level where the link fills is its bound. Links with very many flows use the cruder
+    // capacity / flows (a link cannot fill below that share either).
     for (const std::uint32_t s : added) {
       const Hot& f = hot_[s];
-      for (std::uint32_t h = 0; h < f.hops; ++h)
-        from_rate = std::min(from_rate, capacity_[f.links[h]] / static_cast<double>(members_[f.links[h]].size()));
+      for (std::uint32_t h = 0; h < f.hops; ++h) {
+        const std::uint32_t l = f.links[h];
+        if (link_mark_[l]) continue;
+        link_mark_[l] = 1;
+        bound_links_.push_back(l);
+      }
     }
+    for (const std::uint32_t l : bound_links_) {
+      link_mark_[l] = 0;
+      const auto& members = members_[l];
+      const double n = static_cast<double>(members.size());
+      if (members.size() > kExactBoundMembers) {
+        from_rate = std::min(from_rate, capacity_[l] / n);
+        continue;
+      }
+      old_rates_.clear();
+      for (const Member& m : members)
+        if (hot_[m.flow].frozen_at != 0) old_rates_.push_back(hot_[m.flow].rate);
+      std::sort(old_rates_.begin(), old_rates_.end());
+      double used = 0;
+      std::size_t frozen = 0;
+      double level = capacity_[l] / n;
+      while (frozen < old_rates_.size()) {
+        level = (capacity_[l] - used) / (n - static_cast<double>(frozen));
+        if (old_rates_[frozen] >= level) break;
+        used += old_rates_[frozen++];
+        level = (capacity_[l] - used) / (n - static_cast<double>(frozen));
+      }
+      from_rate = std::min(from_rate, std::max(level, 0.0));
+    }
+    bound_links_.clear();
     added.clear();
     if (from_rate < kInf) solve(from_rate);
   }
@@ -265,7 +299,8 @@ void MaxMinNetwork::solve(double from_rate) {
   // over saturation events). So every flow frozen below r keeps its rate, and only the flows
   // at r or above (a suffix of the last freeze order) are re-solved, on the capacity the
   // others leave. The caller passes r: the smallest rate among departures and, for arrivals,
-  // a lower bound on their rates (capacity / flows on each of their links).
+  // a lower bound on their rates (for each of their links, the level at which it would fill if
+  // every flow on it rose together and the old ones stopped at their old rates).
   resolve_.clear();
   std::size_t keep = 0;
   if (from_rate <= 0) {

@@ -117,8 +117,8 @@ class MaxMinNetwork final : public NetworkModel {
   std::uint32_t solves_ = 0;
 
   // Solver scratch, kept to avoid reallocation.
-  std::vector<double> left_cap_, share_;
-  std::vector<std::uint32_t> unfrozen_, round_start_, open_, touched_, resolve_, frozen_order_;
+  std::vector<double> left_cap_, share_, old_rates_;
+  std::vector<std::uint32_t> unfrozen_, round_start_, open_, touched_, resolve_, frozen_order_, bound_links_;
   std::vector<std::uint8_t> link_mark_;
   std::vector<long double> load_;  // per link: sum of its active flows' rates (extended precision)
   std::vector<std::uint32_t> csr_offset_, csr_fill_, csr_flows_;  // re-solved flows per link
