@@ -31,6 +31,22 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
       p.slot_replica.assign(static_cast<std::size_t>(experts), 0);
       break;
     }
+    case PlacementPolicy::greedy: {
+      // Balanced packing of the experts onto the GPUs by load, no replicas.
+      if (ep < 1 || experts % ep != 0)
+        throw PlacementError(fmt::format("{} experts do not divide over {} GPUs", experts, ep));
+      const ExpertSampler sampler(routing, experts, seed, layer);
+      const auto& load = spec.layer_load.empty() ? sampler.weights()
+                                                 : spec.layer_load.at(static_cast<std::size_t>(layer));
+      const Packing packing = balanced_packing(load, ep);
+      p.slots_per_gpu = experts / ep;
+      p.slot_expert.resize(static_cast<std::size_t>(experts));
+      for (int e = 0; e < experts; ++e)
+        p.slot_expert[static_cast<std::size_t>(packing.pack[static_cast<std::size_t>(e)] * p.slots_per_gpu +
+                                               packing.rank[static_cast<std::size_t>(e)])] = e;
+      p.slot_replica.assign(static_cast<std::size_t>(experts), 0);
+      break;
+    }
     case PlacementPolicy::eplb: {
       const ExpertSampler sampler(routing, experts, seed, layer);
       const auto& load = spec.layer_load.empty() ? sampler.weights()

@@ -5,7 +5,8 @@
 // distinct experts (ExpertSampler, one random stream per (layer, GPU)). The placement gives
 // every GPU of the group the same number of expert slots; an expert may have several slots
 // (replicas). Policies: `contiguous` puts experts [i*E/ep, (i+1)*E/ep) on the group's i-th GPU;
-// `round_robin` puts expert e on GPU e mod ep; `eplb` runs DeepSeek's EPLB (routing/eplb.hpp)
+// `round_robin` puts expert e on GPU e mod ep; `greedy` packs experts onto GPUs by load
+// (heaviest first, each to the lightest GPU with a free slot; no replicas); `eplb` runs DeepSeek's EPLB (routing/eplb.hpp)
 // on the layer's expected per-expert load (the routing distribution's weights) with
 // `redundant_experts` extra slots: hierarchical when `expert_groups` divide over the group's
 // nodes, global otherwise.

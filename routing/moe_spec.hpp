@@ -32,14 +32,14 @@ struct RoutingSpec {
   DropPolicy drop_policy = DropPolicy::position;
 };
 
-enum class PlacementPolicy { contiguous, round_robin, eplb };
+enum class PlacementPolicy { contiguous, round_robin, greedy, eplb };
 
 struct PlacementSpec {
   PlacementPolicy policy = PlacementPolicy::contiguous;
   int redundant_experts = 0;  // eplb: extra expert slots per EP group, for replicas
   int expert_groups = 1;      // eplb: hierarchical when the groups divide over the group's nodes
-  // eplb: per MoE layer, the load to balance (from a count-level trace); empty: the routing
-  // distribution's expected load.
+  // greedy, eplb: per MoE layer, the load to balance (from a count-level trace); empty: the
+  // routing distribution's expected load.
   std::vector<std::vector<double>> layer_load;
 };
 

@@ -414,8 +414,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   }
   if (auto p = top.child("placement", false)) {
     auto& pl = sc.forward.placement;
-    if (auto v = p->get<std::string>("policy", one_of({"contiguous", "round_robin", "eplb"}), false))
+    if (auto v = p->get<std::string>("policy", one_of({"contiguous", "round_robin", "greedy", "eplb"}), false))
       pl.policy = *v == "eplb"          ? routing::PlacementPolicy::eplb
+                  : *v == "greedy"      ? routing::PlacementPolicy::greedy
                   : *v == "round_robin" ? routing::PlacementPolicy::round_robin
                                         : routing::PlacementPolicy::contiguous;
     if (auto v = p->get<std::int64_t>("redundant_experts", count_at_least(0), false)) {
@@ -425,8 +426,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     }
     if (auto v = p->get<std::string>("load", one_of({"expected", "trace"}), false)) {
       sc.placement_load = *v;
-      if (*v == "trace" && pl.policy != routing::PlacementPolicy::eplb)
-        problems.add_at(p->key_path("load"), "only used with 'policy: eplb'");
+      if (*v == "trace" && pl.policy != routing::PlacementPolicy::eplb && pl.policy != routing::PlacementPolicy::greedy)
+        problems.add_at(p->key_path("load"), "only used with 'policy: greedy' or 'policy: eplb'");
     }
     if (auto v = p->get<std::string>("trace", any_text(), false)) {
       sc.placement_trace = *v;

@@ -109,6 +109,21 @@ TEST_CASE("Round-robin placement deals experts out to GPUs in turn", "[routing]"
   }
 }
 
+TEST_CASE("Greedy placement packs experts by load without replicas", "[routing]") {
+  // Hand-checked: loads 8,7,6,5,4,3,2,1 (experts 0..7) onto 4 GPUs of 2 slots: heaviest first to
+  // the lightest GPU with room: 8->0, 7->1, 6->2, 5->3, 4->3 (5 is lightest), 3->2, 2->1, 1->0.
+  PlacementSpec spec;
+  spec.policy = PlacementPolicy::greedy;
+  spec.layer_load = {{8, 7, 6, 5, 4, 3, 2, 1}};
+  const Placement pl = make_placement(spec, {}, 8, 4, 0, 1, 0);
+  std::vector<int> gpu_of(8);
+  for (int e = 0; e < 8; ++e) {
+    REQUIRE(pl.expert_slots[static_cast<std::size_t>(e)].size() == 1);
+    gpu_of[static_cast<std::size_t>(e)] = pl.gpu_of_slot(pl.expert_slots[static_cast<std::size_t>(e)][0]);
+  }
+  CHECK(gpu_of == std::vector<int>{0, 1, 2, 3, 3, 2, 1, 0});
+}
+
 TEST_CASE("EPLB placement replicates hot experts and the plan spreads their tokens", "[routing]") {
   // Zipf(1.2) over 16 experts on 8 GPUs (2 nodes of 4) with 8 redundant slots: hot experts get
   // replicas; every kept assignment lands on a replica of its expert, on the sender's node when

@@ -236,7 +236,8 @@ TEST_CASE("Placement policies and redundant experts are read and checked", "[sce
              Catch::Contains("s.yaml:21:22: placement.redundant_experts: only used with 'policy: eplb'"));
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  expert_groups: 3\n"),
              Catch::Contains("placement.expert_groups: experts (8) do not divide into 3 groups"));
-  CHECK_THAT(error_of(kBase + "placement:\n  policy: greedy\n"), Catch::Contains("placement.policy:"));
+  CHECK(load_scenario_text(kBase + "placement:\n  policy: greedy\n", "s.yaml").forward.placement.policy == PlacementPolicy::greedy);
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: packed\n"), Catch::Contains("placement.policy:"));
 }
 
 TEST_CASE("EPLB placement can balance a count-level trace next to the scenario", "[scenarios]") {
@@ -268,6 +269,6 @@ TEST_CASE("EPLB placement can balance a count-level trace next to the scenario",
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  load: trace\n"),
              Catch::Contains("placement.load: 'load: trace' needs placement.trace"));
   CHECK_THAT(error_of(kBase + "placement:\n  load: trace\n  trace: x.csv\n"),
-             Catch::Contains("placement.load: only used with 'policy: eplb'"));
+             Catch::Contains("placement.load: only used with 'policy: greedy' or 'policy: eplb'"));
   std::filesystem::remove_all(dir);
 }
