@@ -17,15 +17,25 @@ ExpertSampler::ExpertSampler(const RoutingSpec& spec, int experts, std::uint64_t
     // Rank permutation: Fisher-Yates with the layer's own stream.
     std::vector<int> expert_of_rank(static_cast<std::size_t>(experts));
     std::iota(expert_of_rank.begin(), expert_of_rank.end(), 0);
+    // (The stream keeps its first name, so Zipf runs reproduce across versions.)
     sim::Rng rng(seed, "routing/zipf-ranks/layer" + std::to_string(layer));
     for (int i = experts - 1; i > 0; --i)
       std::swap(expert_of_rank[static_cast<std::size_t>(i)],
                 expert_of_rank[rng.uniform_int(static_cast<std::uint64_t>(i) + 1)]);
-    double total = 0;
-    for (int r = 0; r < experts; ++r) total += std::pow(r + 1.0, -spec.zipf_s);
-    for (int r = 0; r < experts; ++r)
-      weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
-          std::pow(r + 1.0, -spec.zipf_s) / total;
+    if (spec.distribution == Distribution::zipf) {
+      double total = 0;
+      for (int r = 0; r < experts; ++r) total += std::pow(r + 1.0, -spec.zipf_s);
+      for (int r = 0; r < experts; ++r)
+        weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
+            std::pow(r + 1.0, -spec.zipf_s) / total;
+    } else {
+      // hot_experts: the first `hot` ranks share hot_fraction equally, the rest share the rest.
+      const int hot = std::clamp(spec.hot_experts, 1, experts);
+      for (int r = 0; r < experts; ++r)
+        weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
+            r < hot ? spec.hot_fraction / hot
+                    : (hot < experts ? (1 - spec.hot_fraction) / (experts - hot) : 0.0);
+    }
   }
   // Vose's alias construction.
   const auto n = static_cast<std::size_t>(experts);

@@ -1,8 +1,9 @@
 // Token -> top-k expert assignment, drawn at token level.
 //
 // uniform: every expert equally likely. zipf(s): the expert of popularity rank r (1-based) has
-// weight r^-s; which expert holds which rank is a seeded random permutation per layer, so the
-// hot experts differ between layers as in real routers. A token's k experts are distinct: they
+// weight r^-s. hot_experts(H, f): the H experts of the first ranks share weight f equally, the
+// others share 1 - f. Which expert holds which rank is a seeded random permutation per layer,
+// so the hot experts differ between layers as in real routers. A token's k experts are distinct: they
 // are drawn one after another from the weights renormalised over the experts not yet chosen
 // (sampling without replacement; implemented by rejecting repeats, which has exactly that law,
 // with an exact fallback when repeats are frequent). Single draws use Walker's alias method.

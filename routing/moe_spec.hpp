@@ -22,12 +22,14 @@ struct MoeModelSpec {
   std::int64_t head_dim = 0;
 };
 
-enum class Distribution { uniform, zipf };
+enum class Distribution { uniform, zipf, hot_experts };
 enum class DropPolicy { position };
 
 struct RoutingSpec {
   Distribution distribution = Distribution::uniform;
   double zipf_s = 1.0;                    // exponent, when distribution == zipf
+  int hot_experts = 1;                    // hot_experts: how many experts are hot
+  double hot_fraction = 0.5;              // hot_experts: share of the routing they draw together
   std::optional<double> capacity_factor;  // nullopt: dropless
   DropPolicy drop_policy = DropPolicy::position;
 };

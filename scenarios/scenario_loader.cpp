@@ -387,8 +387,23 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     w->finish();
   }
   if (auto r = top.child("routing", false)) {
-    if (auto v = r->get<std::string>("distribution", one_of({"uniform", "zipf"}), false))
-      f.routing.distribution = *v == "zipf" ? routing::Distribution::zipf : routing::Distribution::uniform;
+    if (auto v = r->get<std::string>("distribution", one_of({"uniform", "zipf", "hot_experts"}), false))
+      f.routing.distribution = *v == "zipf"          ? routing::Distribution::zipf
+                               : *v == "hot_experts" ? routing::Distribution::hot_experts
+                                                     : routing::Distribution::uniform;
+    const bool hot = f.routing.distribution == routing::Distribution::hot_experts;
+    if (auto v = r->get<std::int64_t>("hot_experts", count_at_least(1), false)) {
+      f.routing.hot_experts = as_int(*v);
+      if (!hot) problems.add_at(r->key_path("hot_experts"), "only used with 'distribution: hot_experts'");
+    } else if (hot && r->valid()) {
+      problems.add_at(r->key_path("distribution"), "hot_experts needs routing.hot_experts (how many experts are hot)");
+    }
+    if (auto v = r->get<double>("hot_fraction", fraction(), false)) {
+      f.routing.hot_fraction = *v;
+      if (!hot) problems.add_at(r->key_path("hot_fraction"), "only used with 'distribution: hot_experts'");
+    } else if (hot && r->valid()) {
+      problems.add_at(r->key_path("distribution"), "hot_experts needs routing.hot_fraction (their share of the routing, e.g. 0.5)");
+    }
     const auto s = r->get<double>("zipf_s", [](const std::string& t) {
       const double v = sim::parse_number(t);
       if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
@@ -464,6 +479,9 @@ void cross_check(const Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
   if (m.top_k > m.experts)
     problems.add_at("model.top_k", fmt::format("top_k {} is larger than experts {}", m.top_k, m.experts));
+  if (sc.forward.routing.distribution == routing::Distribution::hot_experts && sc.forward.routing.hot_experts >= m.experts)
+    problems.add_at("routing.hot_experts", fmt::format("hot_experts {} must be fewer than the {} experts",
+                                                       sc.forward.routing.hot_experts, m.experts));
   if (m.head_dim <= 0)
     problems.add_at("model.attention_heads",
                     fmt::format("hidden {} does not divide into {} heads; set model.head_dim",

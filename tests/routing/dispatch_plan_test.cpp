@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -227,4 +228,67 @@ TEST_CASE("Different seeds route differently and the same seed identically", "[r
   CHECK(a.expert_routed == b.expert_routed);
   CHECK(a.sends == b.sends);
   CHECK(a.expert_routed != c.expert_routed);
+}
+
+TEST_CASE("The Zipf exponent is recovered from routed counts", "[routing][stats]") {
+  // Top-1 routing (no sampling without replacement to bend the law): regress log(count) on
+  // log(rank), ranks taken from the sampler's own weights.
+  for (const double s : {0.6, 1.2}) {
+    RoutingSpec r;
+    r.distribution = Distribution::zipf;
+    r.zipf_s = s;
+    const int experts = 64;
+    const ExpertSampler sampler(r, experts, 11, 3);
+    std::vector<int> order(experts);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int a, int b) {
+      return sampler.weights()[static_cast<std::size_t>(a)] > sampler.weights()[static_cast<std::size_t>(b)];
+    });
+    std::vector<double> count(experts, 0.0);
+    moesim::sim::Rng rng(5, "zipf-recovery");
+    std::vector<int> one(1);
+    for (int i = 0; i < 400'000; ++i) {
+      sampler.sample_top_k(rng, one);
+      count[static_cast<std::size_t>(one[0])] += 1;
+    }
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (int rank = 1; rank <= experts; ++rank) {
+      const double x = std::log(rank), y = std::log(count[static_cast<std::size_t>(order[static_cast<std::size_t>(rank - 1)])]);
+      sx += x;
+      sy += y;
+      sxx += x * x;
+      sxy += x * y;
+    }
+    const double slope = (experts * sxy - sx * sy) / (experts * sxx - sx * sx);
+    INFO("zipf_s " << s << ": fitted " << -slope);
+    CHECK(-slope == Approx(s).margin(0.03));
+  }
+}
+
+TEST_CASE("Hot experts draw their share of the routing", "[routing][stats]") {
+  RoutingSpec r;
+  r.distribution = Distribution::hot_experts;
+  r.hot_experts = 4;
+  r.hot_fraction = 0.6;
+  const ExpertSampler sampler(r, 32, 2, 0);
+  int hot_seen = 0;
+  double hot_weight = 0;
+  for (double w : sampler.weights()) {
+    if (w > 0.1) {
+      ++hot_seen;
+      hot_weight += w;
+    }
+  }
+  CHECK(hot_seen == 4);
+  CHECK(hot_weight == Approx(0.6));
+  // Top-1 draws land on the hot set 60 % of the time (5 sigma).
+  moesim::sim::Rng rng(3, "hot");
+  std::vector<int> one(1);
+  const int n = 200'000;
+  int hot = 0;
+  for (int i = 0; i < n; ++i) {
+    sampler.sample_top_k(rng, one);
+    hot += sampler.weights()[static_cast<std::size_t>(one[0])] > 0.1;
+  }
+  CHECK(std::abs(hot - 0.6 * n) < 5 * std::sqrt(n * 0.6 * 0.4));
 }

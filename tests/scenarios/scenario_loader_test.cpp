@@ -150,7 +150,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("enumerations suggest the closest value") {
     CHECK(error_of(kBase + "  distribution: zipff\n") ==
-          "s.yaml:20:17: routing.distribution: expected one of uniform, zipf, got 'zipff'; did you mean 'zipf'?");
+          "s.yaml:20:17: routing.distribution: expected one of uniform, zipf, hot_experts, got 'zipff'; did you mean 'zipf'?");
     CHECK_THAT(error_of(kBase + "  distribution: zipf\n"),
                Catch::Contains("routing.distribution: zipf needs routing.zipf_s"));
     CHECK_THAT(error_of(kBase + "  zipf_s: 1.2\n"),
@@ -271,4 +271,16 @@ TEST_CASE("EPLB placement can balance a count-level trace next to the scenario",
   CHECK_THAT(error_of(kBase + "placement:\n  load: trace\n  trace: x.csv\n"),
              Catch::Contains("placement.load: only used with 'policy: greedy' or 'policy: eplb'"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Hot-expert routing keys are read and checked", "[scenarios]") {
+  const auto sc = load_scenario_text(kBase + "  distribution: hot_experts\n  hot_experts: 2\n  hot_fraction: 0.7\n", "s.yaml");
+  CHECK(sc.forward.routing.distribution == moesim::routing::Distribution::hot_experts);
+  CHECK(sc.forward.routing.hot_experts == 2);
+  CHECK(sc.forward.routing.hot_fraction == 0.7);
+  CHECK_THAT(error_of(kBase + "  distribution: hot_experts\n  hot_fraction: 0.7\n"),
+             Catch::Contains("routing.distribution: hot_experts needs routing.hot_experts"));
+  CHECK_THAT(error_of(kBase + "  distribution: hot_experts\n  hot_experts: 8\n  hot_fraction: 0.7\n"),
+             Catch::Contains("routing.hot_experts: hot_experts 8 must be fewer than the 8 experts"));
+  CHECK_THAT(error_of(kBase + "  hot_experts: 2\n"), Catch::Contains("only used with 'distribution: hot_experts'"));
 }
