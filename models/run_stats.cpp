@@ -28,7 +28,11 @@ void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
   l.routed += plan.routed();
   l.dropped += plan.dropped();
   l.computed += plan.routed() - plan.dropped();
-  for (int d = 0; d < plan.ep; ++d) l.max_gpu_tokens = std::max(l.max_gpu_tokens, plan.received(d));
+  for (int d = 0; d < plan.ep; ++d) {
+    const std::int64_t n = plan.received(d);
+    l.max_gpu_tokens = std::max(l.max_gpu_tokens, n);
+    l.gpu_tokens_sq += static_cast<double>(n) * static_cast<double>(n);
+  }
   for (const auto n : plan.expert_routed) l.max_expert_tokens = std::max(l.max_expert_tokens, n);
   l.expert_slots += static_cast<std::int64_t>(plan.expert_routed.size());
   auto& e = experts_[static_cast<std::size_t>(layer)];

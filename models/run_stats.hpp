@@ -19,6 +19,7 @@ struct LayerStats {
   std::array<sim::Time, kStageCount> stage_sum{};  // over GPUs
   std::int64_t routed = 0, computed = 0, dropped = 0;
   std::int64_t max_gpu_tokens = 0;     // assignments computed on the busiest GPU
+  double gpu_tokens_sq = 0;            // sum over GPUs of (assignments computed)^2, for the CV
   std::int64_t max_expert_tokens = 0;  // assignments routed to the busiest expert (one group)
   std::int64_t expert_slots = 0;       // experts x groups, for the mean
   std::int64_t network_bytes = 0;      // dispatch + combine flows between distinct GPUs

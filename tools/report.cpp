@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -36,8 +37,16 @@ std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0
 
 struct Totals {
   std::int64_t routed = 0, computed = 0, dropped = 0, bytes = 0;
-  double gpu_imbalance = 0, expert_imbalance = 0;
+  double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
 };
+
+// Coefficient of variation of the assignments computed per GPU in one layer.
+double gpu_cv(const models::LayerStats& l, int gpus) {
+  const double mean = static_cast<double>(l.computed) / gpus;
+  if (mean <= 0) return 0.0;
+  const double var = std::max(l.gpu_tokens_sq / gpus - mean * mean, 0.0);
+  return std::sqrt(var) / mean;
+}
 
 Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   Totals t;
@@ -50,6 +59,7 @@ Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
     if (gpu_mean > 0) t.gpu_imbalance = std::max(t.gpu_imbalance, l.max_gpu_tokens / gpu_mean);
+    t.gpu_cv = std::max(t.gpu_cv, gpu_cv(l, gpus));
     if (expert_mean > 0) t.expert_imbalance = std::max(t.expert_imbalance, l.max_expert_tokens / expert_mean);
   }
   return t;
@@ -72,18 +82,18 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events\n";
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f}\n", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
-             t.bytes, r.events);
+             t.bytes, r.events, t.gpu_cv);
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -93,13 +103,13 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
-         "expert_tokens_mean,expert_imbalance\n";
+         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv\n";
   const auto& layers = r.stats.layers();
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{}\n",
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f}\n",
                i, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
@@ -109,7 +119,7 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                format_us(l.stage_max[idx(Stage::reduce)]), l.routed, l.computed, l.dropped,
                l.network_bytes, l.flows, l.max_gpu_tokens, gpu_mean,
                ratio(static_cast<double>(l.max_gpu_tokens), gpu_mean), l.max_expert_tokens,
-               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean));
+               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean), gpu_cv(l, gpus));
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -216,6 +217,33 @@ TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli
   }
   CHECK(routed == 3 * 8 * 512 * 2);
   CHECK(dropped > 0);  // Zipf(1.2) against capacity factor 1.5 drops on the hot experts
+
+  // layers.csv's gpu_tokens_cv against the per-GPU totals rebuilt from experts.csv (one EP group).
+  std::map<int, std::vector<double>> per_gpu;
+  {
+    std::ifstream ex(tmp.path() / "out" / "experts.csv");
+    std::getline(ex, line);
+    while (std::getline(ex, line)) {
+      std::vector<std::int64_t> v;
+      std::stringstream ss(line);
+      for (std::string x; std::getline(ss, x, ',');) v.push_back(std::stoll(x));
+      auto& g = per_gpu[static_cast<int>(v[0])];
+      g.resize(8, 0.0);
+      g[static_cast<std::size_t>(v[2])] += static_cast<double>(v[6]);
+    }
+  }
+  std::ifstream layers(tmp.path() / "out" / "layers.csv");
+  std::getline(layers, line);
+  REQUIRE(line.substr(line.rfind(',') + 1) == "gpu_tokens_cv");
+  for (int l = 0; l < 3; ++l) {
+    REQUIRE(std::getline(layers, line));
+    const double cv = std::stod(line.substr(line.rfind(',') + 1));
+    const auto& g = per_gpu[l];
+    double mean = 0, sq = 0;
+    for (double x : g) mean += x / 8;
+    for (double x : g) sq += (x - mean) * (x - mean) / 8;
+    CHECK(cv == Approx(std::sqrt(sq) / mean).margin(1e-4));
+  }
 }
 
 TEST_CASE("moesim place writes the placement without simulating", "[cli][place]") {
