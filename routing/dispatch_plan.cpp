@@ -17,6 +17,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
   p.experts = experts;
   p.ep = ep;
   p.gpus_per_node = gpus_per_node;
+  p.replica_choice = spec.replica_choice;
   switch (spec.policy) {
     case PlacementPolicy::contiguous:
     case PlacementPolicy::round_robin: {
@@ -144,7 +145,16 @@ DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& ro
         }
         ++plan.expert_computed[ue];
         const auto& c = candidates[ue];
-        const int slot = c.size() == 1 ? c[0] : c[turn[ue]++ % c.size()];
+        int slot = c[0];
+        if (c.size() > 1) {
+          if (placement.replica_choice == ReplicaChoice::least_loaded) {
+            for (const int cand : c)
+              if (plan.slot_computed[static_cast<std::size_t>(cand)] < plan.slot_computed[static_cast<std::size_t>(slot)])
+                slot = cand;
+          } else {
+            slot = c[turn[ue]++ % c.size()];
+          }
+        }
         ++plan.slot_computed[static_cast<std::size_t>(slot)];
         ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
       }

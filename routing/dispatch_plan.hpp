@@ -11,7 +11,8 @@
 // `redundant_experts` extra slots: hierarchical when `expert_groups` divide over the group's
 // nodes, global otherwise.
 // Replica choice: a kept assignment goes to a replica on the sending GPU's node if there is one,
-// else to any replica; among the candidates, round-robin per (sending GPU, expert).
+// else to any replica; among the candidates, round-robin per (sending GPU, expert), or the
+// least loaded so far (fewest assignments in this plan; lowest slot on ties).
 // Capacity (DESIGN.md): capacity = ceil(capacity_factor * tokens * top_k / experts) per expert,
 // tokens = ep * tokens_per_gpu (the whole group's micro-batch). Drop policy `position`: an
 // expert keeps the first `capacity` assignments in group order (GPU, then token, then k-slot)
@@ -34,6 +35,7 @@ struct Placement {
   int ep = 1;
   int slots_per_gpu = 0;
   int gpus_per_node = 0;                      // for local-node replica choice; 0: no locality
+  ReplicaChoice replica_choice = ReplicaChoice::round_robin;
   std::vector<int> slot_expert;               // [slot]: slot s is on the group's GPU s / slots_per_gpu
   std::vector<int> slot_replica;              // [slot]: which replica of its expert
   std::vector<std::vector<int>> expert_slots;  // [expert]: its slots, by replica

@@ -35,11 +35,13 @@ struct RoutingSpec {
 };
 
 enum class PlacementPolicy { contiguous, round_robin, greedy, eplb };
+enum class ReplicaChoice { round_robin, least_loaded };
 
 struct PlacementSpec {
   PlacementPolicy policy = PlacementPolicy::contiguous;
   int redundant_experts = 0;  // eplb: extra expert slots per EP group, for replicas
   int expert_groups = 1;      // eplb: hierarchical when the groups divide over the group's nodes
+  ReplicaChoice replica_choice = ReplicaChoice::round_robin;  // among a token's candidate replicas
   // greedy, eplb: per MoE layer, the load to balance (from a count-level trace); empty: the
   // routing distribution's expected load.
   std::vector<std::vector<double>> layer_load;

@@ -450,6 +450,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     } else if (sc.placement_load == "trace" && p->valid()) {
       problems.add_at(p->key_path("load"), "'load: trace' needs placement.trace (a count-level trace file)");
     }
+    if (auto v = p->get<std::string>("replica_choice", one_of({"round_robin", "least_loaded"}), false)) {
+      pl.replica_choice = *v == "least_loaded" ? routing::ReplicaChoice::least_loaded : routing::ReplicaChoice::round_robin;
+      if (pl.policy != routing::PlacementPolicy::eplb)
+        problems.add_at(p->key_path("replica_choice"), "only used with 'policy: eplb' (the only policy with replicas)");
+    }
     if (auto v = p->get<std::int64_t>("expert_groups", count_at_least(1), false)) {
       pl.expert_groups = as_int(*v);
       if (pl.policy != routing::PlacementPolicy::eplb)

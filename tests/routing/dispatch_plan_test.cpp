@@ -292,3 +292,25 @@ TEST_CASE("Hot experts draw their share of the routing", "[routing][stats]") {
   }
   CHECK(std::abs(hot - 0.6 * n) < 5 * std::sqrt(n * 0.6 * 0.4));
 }
+
+TEST_CASE("Least-loaded replica choice evens out the replicas of an expert", "[routing]") {
+  // One expert on 4 GPUs of one node (4 replicas), top-1: round-robin and least-loaded both
+  // spread a sender's copies; least-loaded also evens out across senders, to within one.
+  Placement pl;
+  pl.experts = 1;
+  pl.ep = 4;
+  pl.slots_per_gpu = 1;
+  pl.gpus_per_node = 4;
+  pl.slot_expert = {0, 0, 0, 0};
+  pl.slot_replica = {0, 1, 2, 3};
+  pl.expert_slots = {{0, 1, 2, 3}};
+  pl.replica_choice = ReplicaChoice::least_loaded;
+  const auto plan = make_dispatch_plan(model(1, 1), {}, pl, 1, 0, 0, 7);
+  const auto [lo, hi] = std::minmax_element(plan.slot_computed.begin(), plan.slot_computed.end());
+  CHECK(*hi - *lo <= 1);
+  CHECK(std::accumulate(plan.slot_computed.begin(), plan.slot_computed.end(), std::int64_t{0}) == 28);
+  // Round-robin restarts at the first replica for every sender: 8, 8, 8, 4.
+  pl.replica_choice = ReplicaChoice::round_robin;
+  const auto rr = make_dispatch_plan(model(1, 1), {}, pl, 1, 0, 0, 7);
+  CHECK(rr.slot_computed == std::vector<std::int64_t>{8, 8, 8, 4});
+}

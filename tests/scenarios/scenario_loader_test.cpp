@@ -284,3 +284,12 @@ TEST_CASE("Hot-expert routing keys are read and checked", "[scenarios]") {
              Catch::Contains("routing.hot_experts: hot_experts 8 must be fewer than the 8 experts"));
   CHECK_THAT(error_of(kBase + "  hot_experts: 2\n"), Catch::Contains("only used with 'distribution: hot_experts'"));
 }
+
+TEST_CASE("Replica choice is read and checked", "[scenarios]") {
+  const auto sc = load_scenario_text(kBase + "placement:\n  policy: eplb\n  redundant_experts: 8\n  replica_choice: least_loaded\n", "s.yaml");
+  CHECK(sc.forward.placement.replica_choice == moesim::routing::ReplicaChoice::least_loaded);
+  CHECK_THAT(error_of(kBase + "placement:\n  replica_choice: least_loaded\n"),
+             Catch::Contains("placement.replica_choice: only used with 'policy: eplb'"));
+  CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  replica_choice: random\n"),
+             Catch::Contains("placement.replica_choice:"));
+}
