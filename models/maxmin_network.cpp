@@ -32,9 +32,16 @@ std::int64_t to_ps_ceil(double t_s) {
   return static_cast<std::int64_t>(std::ceil(x));
 }
 
-bool later(const auto& a, const auto& b) {
-  return a.activation_ps != b.activation_ps ? a.activation_ps > b.activation_ps : a.order > b.order;
-}
+// Heap orders (std heaps are max-heaps, so "later" sorts first out): pending activations by
+// (time, start order), completions by (time, slot).
+struct LaterActivation {
+  bool operator()(const auto& a, const auto& b) const {
+    return a.activation_ps != b.activation_ps ? a.activation_ps > b.activation_ps : a.order > b.order;
+  }
+};
+struct LaterCompletion {
+  bool operator()(const auto& a, const auto& b) const { return a.t != b.t ? a.t > b.t : a.flow > b.flow; }
+};
 
 }  // namespace
 
@@ -112,7 +119,7 @@ void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
 
   const std::int64_t at = (sim_.now() + latency).count_ps();
   pending_.push_back(Pending{at, start_order_++, s});
-  std::push_heap(pending_.begin(), pending_.end(), [](const Pending& a, const Pending& b) { return later(a, b); });
+  std::push_heap(pending_.begin(), pending_.end(), LaterActivation{});
   if (wake_ps_ < 0 || at < wake_ps_) schedule_wake(at);
 }
 
@@ -170,9 +177,8 @@ void MaxMinNetwork::finish(std::uint32_t s, double t) {
 }
 
 double MaxMinNetwork::peek_next_finish() {
-  auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
   while (!due_.empty() && due_.front().version != version_[due_.front().flow]) {
-    std::pop_heap(due_.begin(), due_.end(), later_due);
+    std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
     due_.pop_back();
   }
   return due_.empty() ? kInf : due_.front().t;
@@ -200,13 +206,12 @@ void MaxMinNetwork::wake() {
       // Everything finishing at this instant leaves together, in slot order (deterministic):
       // due at t, or with bytes left within kSameInstant of its size (the same instant reached
       // along another rounding path).
-      auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
       leaving.clear();
       while (peek_next_finish() < kInf) {
         const Due d = due_.front();
         const Cold& c = cold_[d.flow];
         if (!(d.t <= t || (d.t - t) * c.rate_used <= kSameInstant * c.size)) break;
-        std::pop_heap(due_.begin(), due_.end(), later_due);
+        std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
         due_.pop_back();
         leaving.push_back(d.flow);
       }
@@ -219,10 +224,9 @@ void MaxMinNetwork::wake() {
         free_slots_.push_back(s);
       }
     }
-    auto cmp = [](const Pending& a, const Pending& b) { return later(a, b); };
     while (!pending_.empty() && static_cast<double>(pending_.front().activation_ps) / kPsPerS <= t) {
       const std::uint32_t s = pending_.front().flow;
-      std::pop_heap(pending_.begin(), pending_.end(), cmp);
+      std::pop_heap(pending_.begin(), pending_.end(), LaterActivation{});
       pending_.pop_back();
       if (cold_[s].size <= 0) {  // nothing to send: done when its latency is paid
         completed.emplace_back(t, std::move(done_[s]));
@@ -405,7 +409,6 @@ void MaxMinNetwork::solve(double from_rate) {
     usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, std::min(used / capacity_[l], 1.0));
   }
   // The re-solved flows: bytes up to now under their old rate, then the new rate.
-  auto later_due = [](const Due& a, const Due& b) { return a.t != b.t ? a.t > b.t : a.flow > b.flow; };
   for (const std::uint32_t s : frozen_order_) {
     Cold& c = cold_[s];
     const double rate = hot_[s].rate;
@@ -415,7 +418,7 @@ void MaxMinNetwork::solve(double from_rate) {
     c.rate_used = rate;
     c.finish_s = t + c.left / rate;
     due_.push_back(Due{c.finish_s, s, ++version_[s]});
-    std::push_heap(due_.begin(), due_.end(), later_due);
+    std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
   order_.resize(keep);
   order_.insert(order_.end(), frozen_order_.begin(), frozen_order_.end());
@@ -423,7 +426,7 @@ void MaxMinNetwork::solve(double from_rate) {
   if (due_.size() > 4 * active_.size() + 1024) {
     due_.clear();
     for (const std::uint32_t s : active_) due_.push_back(Due{cold_[s].finish_s, s, version_[s]});
-    std::make_heap(due_.begin(), due_.end(), later_due);
+    std::make_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
 }
 

@@ -40,7 +40,6 @@ class MaxMinNetwork final : public NetworkModel {
   // Per link (indexed like Cluster::links()); complete once every flow has finished.
   const std::vector<LinkUsage>* link_usage() const override { return &usage_; }
   std::uint64_t solves() const { return solves_; }
-  std::size_t active_flows() const { return active_.size(); }
 
  private:
   static constexpr std::uint32_t kMaxHops = 8;

@@ -4,12 +4,17 @@
 // max-min model shares links between concurrent flows.
 #pragma once
 
+#include <memory>
 #include <string_view>
 #include <vector>
 
 #include "sim/callback.hpp"
 #include "sim/time.hpp"
 #include "topology/cluster.hpp"
+
+namespace moesim::sim {
+class Simulator;
+}
 
 namespace moesim::models {
 
@@ -39,5 +44,10 @@ class NetworkModel {
   // Per-link accounting, or nullptr where the model has no notion of shared links' time.
   virtual const std::vector<LinkUsage>* link_usage() const { return nullptr; }
 };
+
+// The network model named in a scenario: "maxmin" or "analytical" (asserts on anything else; the
+// scenario loader only lets those through).
+std::unique_ptr<NetworkModel> make_network_model(std::string_view name, sim::Simulator& sim,
+                                                 const topology::Cluster& cluster);
 
 }  // namespace moesim::models

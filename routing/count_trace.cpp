@@ -2,28 +2,21 @@
 
 #include <fmt/format.h>
 
-#include <charconv>
 #include <fstream>
 #include <set>
 #include <string_view>
 #include <utility>
 
+#include "sim/csv.hpp"
+
 namespace moesim::routing {
 
 namespace {
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-  return s;
-}
-
 std::int64_t whole(std::string_view f, const char* what, const std::string& where) {
-  std::int64_t v = 0;
-  const auto [p, ec] = std::from_chars(f.data(), f.data() + f.size(), v);
-  if (f.empty() || ec != std::errc() || p != f.data() + f.size())
-    throw TraceError(fmt::format("{}: {} must be a whole number, got '{}'", where, what, f));
-  return v;
+  const auto v = sim::parse_whole(f);
+  if (!v) throw TraceError(fmt::format("{}: {} must be a whole number, got '{}'", where, what, f));
+  return *v;
 }
 
 }  // namespace
@@ -39,15 +32,9 @@ std::map<int, std::vector<double>> read_count_trace(const std::string& path, int
   while (std::getline(in, line)) {
     ++no;
     const std::string where = fmt::format("{}:{}", path, no);
-    const std::string_view text = trim(line);
+    const std::string_view text = sim::trim_field(line);
     if (text.empty() || text.front() == '#') continue;
-    std::vector<std::string_view> f;
-    for (std::size_t from = 0;;) {
-      const std::size_t c = text.find(',', from);
-      f.push_back(trim(text.substr(from, c == std::string_view::npos ? std::string_view::npos : c - from)));
-      if (c == std::string_view::npos) break;
-      from = c + 1;
-    }
+    const std::vector<std::string_view> f = sim::split_fields(text);
     if (!header) {
       if (f.size() != 3 || f[0] != "layer" || f[1] != "expert" || f[2] != "count")
         throw TraceError(fmt::format("{}: expected the header 'layer,expert,count', got '{}'", where, text));

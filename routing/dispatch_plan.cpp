@@ -11,6 +11,12 @@
 
 namespace moesim::routing {
 
+std::vector<double> placement_load(const PlacementSpec& spec, const RoutingSpec& routing, int experts,
+                                   std::uint64_t seed, int layer) {
+  if (!spec.layer_load.empty()) return spec.layer_load.at(static_cast<std::size_t>(layer));
+  return ExpertSampler(routing, experts, seed, layer).weights();
+}
+
 Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,
                          int gpus_per_node, std::uint64_t seed, int layer) {
   Placement p;
@@ -36,10 +42,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
       // Balanced packing of the experts onto the GPUs by load, no replicas.
       if (ep < 1 || experts % ep != 0)
         throw PlacementError(fmt::format("{} experts do not divide over {} GPUs", experts, ep));
-      const ExpertSampler sampler(routing, experts, seed, layer);
-      const auto& load = spec.layer_load.empty() ? sampler.weights()
-                                                 : spec.layer_load.at(static_cast<std::size_t>(layer));
-      const Packing packing = balanced_packing(load, ep);
+      const Packing packing = balanced_packing(placement_load(spec, routing, experts, seed, layer), ep);
       p.slots_per_gpu = experts / ep;
       p.slot_expert.resize(static_cast<std::size_t>(experts));
       for (int e = 0; e < experts; ++e)
@@ -49,11 +52,9 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
       break;
     }
     case PlacementPolicy::eplb: {
-      const ExpertSampler sampler(routing, experts, seed, layer);
-      const auto& load = spec.layer_load.empty() ? sampler.weights()
-                                                 : spec.layer_load.at(static_cast<std::size_t>(layer));
       const int nodes = gpus_per_node > 0 && ep % gpus_per_node == 0 ? ep / gpus_per_node : 1;
-      const ExpertPlacement e = eplb_placement(load, experts + spec.redundant_experts, spec.expert_groups, nodes, ep);
+      const ExpertPlacement e = eplb_placement(placement_load(spec, routing, experts, seed, layer),
+                                               experts + spec.redundant_experts, spec.expert_groups, nodes, ep);
       p.slots_per_gpu = e.slots_per_gpu();
       p.slot_expert = e.physical_to_logical;
       p.slot_replica = e.replica_rank;

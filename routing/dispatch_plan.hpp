@@ -43,6 +43,11 @@ struct Placement {
   int slots() const { return static_cast<int>(slot_expert.size()); }
 };
 
+// The per-expert load a load-driven placement (greedy, eplb) balances in one layer: the traced
+// counts when the spec has them, else the routing distribution's weights.
+std::vector<double> placement_load(const PlacementSpec& spec, const RoutingSpec& routing, int experts,
+                                   std::uint64_t seed, int layer);
+
 // The placement for one layer (eplb placements follow the layer's expected load). Throws
 // PlacementError (routing/eplb.hpp) when the shape does not divide.
 Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,

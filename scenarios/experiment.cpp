@@ -1,9 +1,5 @@
 #include "scenarios/experiment.hpp"
 
-#include <memory>
-
-#include "models/analytical_network.hpp"
-#include "models/maxmin_network.hpp"
 #include "models/moe_forward.hpp"
 #include "sim/assert.hpp"
 #include "sim/simulator.hpp"
@@ -13,10 +9,7 @@ namespace moesim::scenarios {
 RunResult run_experiment(const Scenario& sc) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
-  std::unique_ptr<models::NetworkModel> network;
-  if (sc.network_model == "analytical") network = std::make_unique<models::AnalyticalNetwork>(sim, cluster);
-  else if (sc.network_model == "maxmin") network = std::make_unique<models::MaxMinNetwork>(sim, cluster);
-  MOESIM_ASSERT(network != nullptr, "unknown network model " + sc.network_model);
+  const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers), 0,
                    std::string(network->name()), "roofline", {}, {}};

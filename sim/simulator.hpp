@@ -12,7 +12,6 @@
 // non-empty bucket is emptied: its minimum becomes last_; if it holds at most 16 events they are
 // sorted into the front run, otherwise they drop to lower levels (those equal to last_ into the
 // front run). A new event no later than the run's last one is inserted into the run in order.
-// In the hold benchmark an event is written 3.9 times on average, its first placement included.
 //
 // FIFO among equal times needs no sequence number in the key: two events with the same time
 // always share a bucket (the bucket is a function of time and last_ only), every bucket is

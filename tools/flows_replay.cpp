@@ -3,15 +3,12 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
-#include <charconv>
-#include <filesystem>
 #include <fstream>
-#include <memory>
 #include <string_view>
 #include <vector>
 
-#include "models/analytical_network.hpp"
-#include "models/maxmin_network.hpp"
+#include "models/network.hpp"
+#include "sim/csv.hpp"
 #include "sim/simulator.hpp"
 #include "sim/units.hpp"
 #include "tools/report.hpp"
@@ -26,29 +23,10 @@ struct Row {
   sim::Time start;
 };
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
-  return s;
-}
-
-std::vector<std::string_view> split(std::string_view line) {
-  std::vector<std::string_view> out;
-  std::size_t from = 0;
-  for (;;) {
-    const std::size_t comma = line.find(',', from);
-    out.push_back(trim(line.substr(from, comma == std::string_view::npos ? std::string_view::npos : comma - from)));
-    if (comma == std::string_view::npos) return out;
-    from = comma + 1;
-  }
-}
-
 std::int64_t whole_number(std::string_view field, const char* what, const std::string& where) {
-  std::int64_t v = 0;
-  const auto [p, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
-  if (field.empty() || ec != std::errc() || p != field.data() + field.size())
-    throw FlowsInputError(fmt::format("{}: {} must be a whole number, got '{}'", where, what, field));
-  return v;
+  const auto v = sim::parse_whole(field);
+  if (!v) throw FlowsInputError(fmt::format("{}: {} must be a whole number, got '{}'", where, what, field));
+  return *v;
 }
 
 std::vector<Row> read_flows(const std::string& path, int gpus) {
@@ -61,9 +39,9 @@ std::vector<Row> read_flows(const std::string& path, int gpus) {
   while (std::getline(in, line)) {
     ++line_no;
     const std::string where = fmt::format("{}:{}", path, line_no);
-    const std::string_view text = trim(line);
+    const std::string_view text = sim::trim_field(line);
     if (text.empty() || text.front() == '#') continue;
-    const auto fields = split(text);
+    const auto fields = sim::split_fields(text);
     if (!header_seen) {
       if (fields.size() != 4 || fields[0] != "src" || fields[1] != "dst" || fields[2] != "bytes" ||
           fields[3] != "start_us")
@@ -103,9 +81,7 @@ FlowsReplayResult replay_flows(const scenarios::Scenario& sc, const std::string&
   const std::vector<Row> rows = read_flows(flows_path, cluster.gpu_count());
 
   sim::Simulator simulator;
-  std::unique_ptr<models::NetworkModel> net;
-  if (sc.network_model == "analytical") net = std::make_unique<models::AnalyticalNetwork>(simulator, cluster);
-  else net = std::make_unique<models::MaxMinNetwork>(simulator, cluster);
+  const auto net = models::make_network_model(sc.network_model, simulator, cluster);
   std::vector<double> end_s(rows.size(), -1);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     simulator.schedule_at(rows[i].start, [&, i] {
@@ -118,25 +94,14 @@ FlowsReplayResult replay_flows(const scenarios::Scenario& sc, const std::string&
   result.events = simulator.run();
   result.flows = rows.size();
 
-  namespace fs = std::filesystem;
-  const fs::path final_path(out_path);
-  const fs::path tmp = final_path.string() + ".tmp";
-  std::error_code ec;
-  if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path(), ec);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+  write_atomically(out_path, [&](std::ostream& out) {
     fmt::print(out, "flow,src,dst,bytes,start_us,end_us\n");
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       fmt::print(out, "{},{},{},{},{},{:.6f}\n", i, r.src, r.dst, r.bytes, sim::format_us(r.start), end_s[i] * 1e6);
       result.last_end_us = std::max(result.last_end_us, end_s[i] * 1e6);
     }
-    out.flush();
-    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
-  }
-  fs::rename(tmp, final_path, ec);
-  if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
+  });
   return result;
 }
 

@@ -6,11 +6,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
 
-#include "routing/expert_sampler.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
 
@@ -208,9 +208,8 @@ namespace {
 // resulting GPU max/mean.
 std::vector<double> slot_shares(const scenarios::Scenario& sc, const routing::Placement& pl, int layer) {
   // The load the placement was made for: the trace's counts, else the routing distribution.
-  const routing::ExpertSampler sampler(sc.forward.routing, pl.experts, sc.forward.seed, layer);
-  const auto& traced = sc.forward.placement.layer_load;
-  std::vector<double> weight = traced.empty() ? sampler.weights() : traced[static_cast<std::size_t>(layer)];
+  const std::vector<double> weight =
+      routing::placement_load(sc.forward.placement, sc.forward.routing, pl.experts, sc.forward.seed, layer);
   const double total = std::accumulate(weight.begin(), weight.end(), 0.0);
   std::vector<double> share(static_cast<std::size_t>(pl.slots()));
   for (int s = 0; s < pl.slots(); ++s) {
@@ -232,15 +231,8 @@ double gpu_max_over_mean(const routing::Placement& pl, const std::vector<double>
 
 std::string write_placement(const std::string& dir, const scenarios::Scenario& sc,
                             const std::vector<routing::Placement>& placements) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw ReportError(fmt::format("cannot create the output directory '{}': {}", dir, ec.message()));
-  const fs::path final_path = fs::path(dir) / "placement.csv";
-  const fs::path tmp = fs::path(dir) / "placement.csv.tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+  const std::string path = (std::filesystem::path(dir) / "placement.csv").string();
+  write_atomically(path, [&](std::ostream& out) {
     fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,expected_share\n");
     for (std::size_t l = 0; l < placements.size(); ++l) {
       const auto& pl = placements[l];
@@ -252,12 +244,8 @@ std::string write_placement(const std::string& dir, const scenarios::Scenario& s
                    share[static_cast<std::size_t>(s)]);
       }
     }
-    out.flush();
-    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
-  }
-  fs::rename(tmp, final_path, ec);
-  if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
-  return final_path.string();
+  });
+  return path;
 }
 
 void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
@@ -282,26 +270,35 @@ void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "\n  wrote       {}\n", written);
 }
 
+void write_atomically(const std::string& path, const std::function<void(std::ostream&)>& writer) {
+  namespace fs = std::filesystem;
+  const fs::path final_path(path);
+  std::error_code ec;
+  if (final_path.has_parent_path()) {
+    fs::create_directories(final_path.parent_path(), ec);
+    if (ec)
+      throw ReportError(fmt::format("cannot create the output directory '{}': {}", final_path.parent_path().string(),
+                                    ec.message()));
+  }
+  const fs::path tmp = final_path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+    writer(out);
+    out.flush();
+    if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
+  }
+  fs::rename(tmp, final_path, ec);
+  if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
+}
+
 std::vector<std::string> write_reports(const std::string& dir, const scenarios::Scenario& sc,
                                        const scenarios::RunResult& r) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw ReportError(fmt::format("cannot create the output directory '{}': {}", dir, ec.message()));
   std::vector<std::string> written;
   auto write = [&](const std::string& name, auto&& writer) {
-    const fs::path final_path = fs::path(dir) / name;
-    const fs::path tmp = fs::path(dir) / (name + ".tmp");
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
-      writer(out, sc, r);
-      out.flush();
-      if (!out) throw ReportError(fmt::format("cannot write '{}'", tmp.string()));
-    }
-    fs::rename(tmp, final_path, ec);
-    if (ec) throw ReportError(fmt::format("cannot write '{}': {}", final_path.string(), ec.message()));
-    written.push_back(final_path.string());
+    const std::string path = (std::filesystem::path(dir) / name).string();
+    write_atomically(path, [&](std::ostream& out) { writer(out, sc, r); });
+    written.push_back(path);
   };
   write("summary.csv", write_summary_csv);
   write("layers.csv", write_layers_csv);

@@ -2,6 +2,7 @@
 // short human summary. Column names carry their units; times are exact microseconds.
 #pragma once
 
+#include <functional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,10 @@ void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const sce
 void write_experts_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written);
+
+// Writes path through a temporary file renamed into place (creating its folder), so a failure
+// never leaves a half-written file. Throws ReportError.
+void write_atomically(const std::string& path, const std::function<void(std::ostream&)>& writer);
 
 // Writes summary.csv, layers.csv, experts.csv and (where the network model keeps link accounts)
 // links.csv

@@ -161,35 +161,31 @@ std::vector<double> reference_end_times(const Cluster& c, const std::vector<Star
     if (any) continue;
     std::vector<double> rate(fs.size(), 0);
     std::vector<bool> frozen(fs.size(), false);
+    auto crosses = [&](std::size_t i, std::size_t l) {
+      return std::find(fs[i].links.begin(), fs[i].links.end(), l) != fs[i].links.end();
+    };
+    // A link's fair share for its unfrozen flows (infinite when it has none).
+    auto share_of = [&](std::size_t l) {
+      double used = 0;
+      int n = 0;
+      for (auto i : act) {
+        if (!crosses(i, l)) continue;
+        if (frozen[i]) used += rate[i];
+        else ++n;
+      }
+      return n > 0 ? (static_cast<double>(links[l].bandwidth.bytes_per_s()) - used) / n
+                   : std::numeric_limits<double>::infinity();
+    };
     for (;;) {
       double best = std::numeric_limits<double>::infinity();
-      for (std::size_t l = 0; l < links.size(); ++l) {
-        double used = 0;
-        int n = 0;
-        for (auto i : act) {
-          if (std::find(fs[i].links.begin(), fs[i].links.end(), l) == fs[i].links.end()) continue;
-          if (frozen[i]) used += rate[i];
-          else ++n;
-        }
-        if (n > 0) best = std::min(best, (static_cast<double>(links[l].bandwidth.bytes_per_s()) - used) / n);
-      }
+      for (std::size_t l = 0; l < links.size(); ++l) best = std::min(best, share_of(l));
       if (best == std::numeric_limits<double>::infinity()) break;
       // Freeze flows on every link whose share is the minimum (within rounding).
       std::vector<std::size_t> to_freeze;
       for (std::size_t l = 0; l < links.size(); ++l) {
-        double used = 0;
-        int n = 0;
-        for (auto i : act) {
-          if (std::find(fs[i].links.begin(), fs[i].links.end(), l) == fs[i].links.end()) continue;
-          if (frozen[i]) used += rate[i];
-          else ++n;
-        }
-        if (n == 0) continue;
-        const double share = (static_cast<double>(links[l].bandwidth.bytes_per_s()) - used) / n;
-        if (share <= best * (1 + 1e-13))
+        if (share_of(l) <= best * (1 + 1e-13))
           for (auto i : act)
-            if (!frozen[i] && std::find(fs[i].links.begin(), fs[i].links.end(), l) != fs[i].links.end())
-              to_freeze.push_back(i);
+            if (!frozen[i] && crosses(i, l)) to_freeze.push_back(i);
       }
       for (auto i : to_freeze) {
         frozen[i] = true;

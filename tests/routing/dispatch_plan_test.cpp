@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "routing/dispatch_plan.hpp"
@@ -12,6 +13,20 @@ using namespace moesim;
 using namespace moesim::routing;
 
 namespace {
+
+// A hand-built placement of one slot per GPU.
+Placement one_slot_per_gpu(int gpus_per_node, std::vector<int> slot_expert, std::vector<int> slot_replica,
+                           std::vector<std::vector<int>> expert_slots) {
+  Placement pl;
+  pl.experts = static_cast<int>(expert_slots.size());
+  pl.ep = static_cast<int>(slot_expert.size());
+  pl.slots_per_gpu = 1;
+  pl.gpus_per_node = gpus_per_node;
+  pl.slot_expert = std::move(slot_expert);
+  pl.slot_replica = std::move(slot_replica);
+  pl.expert_slots = std::move(expert_slots);
+  return pl;
+}
 
 MoeModelSpec model(int experts, int top_k) {
   MoeModelSpec m;
@@ -162,14 +177,7 @@ TEST_CASE("EPLB placement replicates hot experts and the plan spreads their toke
 
 TEST_CASE("Replicas on the sender's node are preferred, taken in turn", "[routing]") {
   // Hand-built: 2 experts on 4 GPUs (2 nodes of 2); expert 0 on GPUs 0 and 2, expert 1 on 1 and 3.
-  Placement pl;
-  pl.experts = 2;
-  pl.ep = 4;
-  pl.slots_per_gpu = 1;
-  pl.gpus_per_node = 2;
-  pl.slot_expert = {0, 1, 0, 1};
-  pl.slot_replica = {0, 0, 1, 1};
-  pl.expert_slots = {{0, 2}, {1, 3}};
+  const Placement pl = one_slot_per_gpu(2, {0, 1, 0, 1}, {0, 0, 1, 1}, {{0, 2}, {1, 3}});
   const auto plan = make_dispatch_plan(model(2, 2), {}, pl, 1, 0, 0, 10);
   // top-2 of 2 experts: every token goes to both; every GPU's copies stay on its node.
   for (int src = 0; src < 4; ++src)
@@ -296,14 +304,7 @@ TEST_CASE("Hot experts draw their share of the routing", "[routing][stats]") {
 TEST_CASE("Least-loaded replica choice evens out the replicas of an expert", "[routing]") {
   // One expert on 4 GPUs of one node (4 replicas), top-1: round-robin and least-loaded both
   // spread a sender's copies; least-loaded also evens out across senders, to within one.
-  Placement pl;
-  pl.experts = 1;
-  pl.ep = 4;
-  pl.slots_per_gpu = 1;
-  pl.gpus_per_node = 4;
-  pl.slot_expert = {0, 0, 0, 0};
-  pl.slot_replica = {0, 1, 2, 3};
-  pl.expert_slots = {{0, 1, 2, 3}};
+  Placement pl = one_slot_per_gpu(4, {0, 0, 0, 0}, {0, 1, 2, 3}, {{0, 1, 2, 3}});
   pl.replica_choice = ReplicaChoice::least_loaded;
   const auto plan = make_dispatch_plan(model(1, 1), {}, pl, 1, 0, 0, 7);
   const auto [lo, hi] = std::minmax_element(plan.slot_computed.begin(), plan.slot_computed.end());

@@ -12,6 +12,7 @@
 // Exit 0 when every flow agrees within --tolerance (default 1e-9, relative to its duration).
 #include <fmt/format.h>
 #include <simgrid/s4u.hpp>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -194,8 +195,10 @@ int main(int argc, char** argv) {
       worst_i = i;
     }
   }
-  fmt::print("fabric {} ({} GPUs), seed {}, {} flows: moesim {:.3f} s, SimGrid {:.3f} s wall\n", name,
-             cluster.gpu_count(), seed, flows.size(), ours_wall, sg_wall);
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  fmt::print("fabric {} ({} GPUs), seed {}, {} flows: moesim {:.3f} s, SimGrid {:.3f} s wall; process peak {:.0f} MiB\n",
+             name, cluster.gpu_count(), seed, flows.size(), ours_wall, sg_wall, static_cast<double>(ru.ru_maxrss) / 1024.0);
   const auto& w = flows[worst_i];
   fmt::print("largest relative difference {:.3g} (flow {}: {}->{} {} B at {} ps: moesim {:.12g} s, SimGrid {:.12g} s)\n",
              worst, worst_i, w.src, w.dst, w.bytes, w.start_ps, ours[worst_i], theirs[worst_i]);

@@ -55,6 +55,14 @@ Result moesim(const std::string& args, const TempDir& tmp) {
 
 const std::string kSource = MOESIM_SOURCE_DIR;
 
+// The fields of an all-numeric CSV row.
+std::vector<std::int64_t> csv_numbers(const std::string& line) {
+  std::vector<std::int64_t> v;
+  std::stringstream ss(line);
+  for (std::string x; std::getline(ss, x, ',');) v.push_back(std::stoll(x));
+  return v;
+}
+
 }  // namespace
 
 TEST_CASE("moesim run with no scenario runs the quickstart and matches the golden reports", "[cli][golden]") {
@@ -194,9 +202,7 @@ TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli
   std::int64_t routed = 0, dropped = 0;
   int rows = 0;
   while (std::getline(in, line)) {
-    std::vector<std::int64_t> v;
-    std::stringstream ss(line);
-    for (std::string x; std::getline(ss, x, ',');) v.push_back(std::stoll(x));
+    const auto v = csv_numbers(line);
     REQUIRE(v.size() == 10);
     const std::pair<int, int> key{static_cast<int>(v[0]), static_cast<int>(v[3])};
     CHECK(v[2] == v[1] / 2);  // 16 slots on 8 GPUs
@@ -224,9 +230,7 @@ TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli
     std::ifstream ex(tmp.path() / "out" / "experts.csv");
     std::getline(ex, line);
     while (std::getline(ex, line)) {
-      std::vector<std::int64_t> v;
-      std::stringstream ss(line);
-      for (std::string x; std::getline(ss, x, ',');) v.push_back(std::stoll(x));
+      const auto v = csv_numbers(line);
       auto& g = per_gpu[static_cast<int>(v[0])];
       g.resize(8, 0.0);
       g[static_cast<std::size_t>(v[2])] += static_cast<double>(v[6]);
