@@ -1,11 +1,11 @@
 #include "models/moe_forward.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <thread>
 
 #include "models/moe_costs.hpp"
+#include "routing/token_router.hpp"
 #include "sim/assert.hpp"
+#include "sim/parallel.hpp"
 
 namespace moesim::models {
 
@@ -27,6 +27,18 @@ std::string_view to_string(Stage s) {
 
 bool is_network_wait(Stage s) { return s == Stage::dispatch || s == Stage::combine; }
 
+std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
+  routing::PlacementSpec placement = spec.placement;
+  if (spec.placement_history > 0 && placement.layer_load.empty())
+    placement.layer_load = routing::observed_load(spec.model, spec.routing, spec.ep, gpus / spec.ep,
+                                                  spec.tokens_per_gpu, spec.seed, spec.placement_history);
+  std::vector<routing::Placement> out;
+  for (int l = 0; l < spec.model.moe_layers; ++l)
+    out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node,
+                                          spec.seed, l));
+  return out;
+}
+
 MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                        NetworkModel& network, const Roofline& roofline, const ForwardSpec& spec,
                        Recorder& recorder)
@@ -36,9 +48,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       roofline_(roofline),
       spec_(spec),
       recorder_(recorder) {
-  for (int l = 0; l < spec.model.moe_layers; ++l)
-    placements_.push_back(routing::make_placement(spec.placement, spec.routing, spec.model.experts, spec.ep,
-                                                  cluster.spec().gpus_per_node, spec.seed, l));
+  placements_ = make_placements(spec, cluster.gpu_count(), cluster.spec().gpus_per_node);
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
@@ -59,24 +69,26 @@ sim::Bytes MoeForward::token_bytes(std::int64_t copies) const {
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
   // Routing is untimed and each (layer, group) draws from its own streams, so the plans are
-  // built on all cores; the result does not depend on the thread count.
+  // built on all cores; the result does not depend on the thread count. When a layer's routing
+  // depends on the previous layer's, each group routes its layers in order.
   const std::size_t count = static_cast<std::size_t>(spec_.model.moe_layers * groups);
   plans_.assign(count, routing::DispatchPlan{});
-  const std::size_t threads =
-      std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, std::max<std::size_t>(count, 1));
-  std::atomic<std::size_t> next{0};
-  auto work = [&] {
-    for (std::size_t i = next++; i < count; i = next++) {
-      const int l = static_cast<int>(i) / groups, g = static_cast<int>(i) % groups;
-      plans_[i] = routing::make_dispatch_plan(spec_.model, spec_.routing, placements_[static_cast<std::size_t>(l)], spec_.seed,
-                                              l, g * spec_.ep, spec_.tokens_per_gpu);
+  const routing::TokenRouter router(spec_.model, spec_.routing, spec_.ep, spec_.seed,
+                                    spec_.routing.drop_policy == routing::DropPolicy::gate);
+  const int layers = spec_.model.moe_layers;
+  const bool chained = router.layers_depend();
+  sim::parallel_for(chained ? static_cast<std::size_t>(groups) : count, [&](std::size_t item) {
+    routing::TokenBatch batch, previous;
+    const int first_layer = chained ? 0 : static_cast<int>(item) / groups;
+    const int last_layer = chained ? layers - 1 : first_layer;
+    const int g = chained ? static_cast<int>(item) : static_cast<int>(item) % groups;
+    for (int l = first_layer; l <= last_layer; ++l) {
+      std::swap(batch, previous);
+      router.route(l, g * spec_.ep, spec_.tokens_per_gpu, &previous, batch);
+      plans_[static_cast<std::size_t>(l * groups + g)] = routing::make_dispatch_plan(
+          spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, batch);
     }
-  };
-  {
-    std::vector<std::jthread> pool;
-    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-  }
+  });
   for (std::size_t i = 0; i < count; ++i)
     recorder_.on_routing(static_cast<int>(i) / groups, static_cast<int>(i) % groups * spec_.ep, plans_[i]);
   // Empty pairs send nothing and so are not waited for.
@@ -159,7 +171,8 @@ void MoeForward::try_start_experts(int gpu) {
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(s.layer)].slots_per_gpu;
   for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot)
-    t += roofline_.time(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)]));
+    t += roofline_.time(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] +
+                                                     p.slot_padded[static_cast<std::size_t>(slot)]));
   run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
 }
 

@@ -31,11 +31,16 @@ struct ForwardSpec {
   routing::MoeModelSpec model;
   routing::RoutingSpec routing;
   routing::PlacementSpec placement;
+  int placement_history = 0;          // > 0: place by the mean routed counts of that many earlier steps
   int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
 };
+
+// Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
+// expected load). Throws routing::PlacementError when the shape does not divide.
+std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node);
 
 class MoeForward {
  public:

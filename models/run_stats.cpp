@@ -8,7 +8,8 @@ RunStats::RunStats(int gpus, int layers)
     : layers_(static_cast<std::size_t>(layers)),
       gpus_(static_cast<std::size_t>(gpus)),
       experts_(static_cast<std::size_t>(layers)),
-      slots_(static_cast<std::size_t>(layers)) {}
+      slots_(static_cast<std::size_t>(layers)),
+      slots_padded_(static_cast<std::size_t>(layers)) {}
 
 void RunStats::on_stage(const StageRecord& r) {
   const auto s = static_cast<std::size_t>(r.stage);
@@ -28,8 +29,9 @@ void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
   l.routed += plan.routed();
   l.dropped += plan.dropped();
   l.computed += plan.routed() - plan.dropped();
+  for (const auto n : plan.expert_padded) l.padded += n;
   for (int d = 0; d < plan.ep; ++d) {
-    const std::int64_t n = plan.received(d);
+    const std::int64_t n = plan.computed_on(d);
     l.max_gpu_tokens = std::max(l.max_gpu_tokens, n);
     l.gpu_tokens_sq += static_cast<double>(n) * static_cast<double>(n);
   }
@@ -40,10 +42,16 @@ void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
   for (std::size_t i = 0; i < e.size(); ++i) {
     e[i].routed += plan.expert_routed[i];
     e[i].computed += plan.expert_computed[i];
+    e[i].padded += plan.expert_padded[i];
   }
   auto& s = slots_[static_cast<std::size_t>(layer)];
   s.resize(plan.slot_computed.size(), 0);
-  for (std::size_t i = 0; i < s.size(); ++i) s[i] += plan.slot_computed[i];
+  auto& sp = slots_padded_[static_cast<std::size_t>(layer)];
+  sp.resize(plan.slot_padded.size(), 0);
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    s[i] += plan.slot_computed[i];
+    sp[i] += plan.slot_padded[i];
+  }
 }
 
 void RunStats::on_flow(int layer, Stage, sim::Bytes size) {

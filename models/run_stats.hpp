@@ -18,6 +18,7 @@ struct LayerStats {
   std::array<sim::Time, kStageCount> stage_max{};
   std::array<sim::Time, kStageCount> stage_sum{};  // over GPUs
   std::int64_t routed = 0, computed = 0, dropped = 0;
+  std::int64_t padded = 0;             // pad: padding rows sent and computed
   std::int64_t max_gpu_tokens = 0;     // assignments computed on the busiest GPU
   double gpu_tokens_sq = 0;            // sum over GPUs of (assignments computed)^2, for the CV
   std::int64_t max_expert_tokens = 0;  // assignments routed to the busiest expert (one group)
@@ -28,7 +29,7 @@ struct LayerStats {
 
 // Per layer and expert, summed over EP groups.
 struct ExpertStats {
-  std::int64_t routed = 0, computed = 0;
+  std::int64_t routed = 0, computed = 0, padded = 0;
 };
 
 struct GpuStats {
@@ -45,9 +46,10 @@ class RunStats final : public Recorder {
 
   const std::vector<LayerStats>& layers() const { return layers_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }
-  // [layer][expert] and [layer][slot] (what each replica computed), summed over EP groups.
+  // [layer][expert] and [layer][slot] (tokens and padding each replica computed), summed over EP groups.
   const std::vector<std::vector<ExpertStats>>& experts() const { return experts_; }
   const std::vector<std::vector<std::int64_t>>& slots() const { return slots_; }
+  const std::vector<std::vector<std::int64_t>>& slots_padded() const { return slots_padded_; }
   // The GPU that finishes last (lowest index on ties) and the step time.
   int critical_gpu() const;
   sim::Time step_time() const;
@@ -57,6 +59,7 @@ class RunStats final : public Recorder {
   std::vector<GpuStats> gpus_;
   std::vector<std::vector<ExpertStats>> experts_;
   std::vector<std::vector<std::int64_t>> slots_;
+  std::vector<std::vector<std::int64_t>> slots_padded_;
 };
 
 }  // namespace moesim::models

@@ -2,19 +2,20 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <string>
 
-#include "routing/expert_sampler.hpp"
+#include "routing/token_router.hpp"
 #include "sim/assert.hpp"
 
 namespace moesim::routing {
 
-std::vector<double> placement_load(const PlacementSpec& spec, const RoutingSpec& routing, int experts,
+std::vector<double> placement_load(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,
                                    std::uint64_t seed, int layer) {
   if (!spec.layer_load.empty()) return spec.layer_load.at(static_cast<std::size_t>(layer));
-  return ExpertSampler(routing, experts, seed, layer).weights();
+  return layer_law(routing, experts, ep, seed, layer).weights;
 }
 
 Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, int experts, int ep,
@@ -24,6 +25,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
   p.ep = ep;
   p.gpus_per_node = gpus_per_node;
   p.replica_choice = spec.replica_choice;
+  p.load = placement_load(spec, routing, experts, ep, seed, layer);
   switch (spec.policy) {
     case PlacementPolicy::contiguous:
     case PlacementPolicy::round_robin: {
@@ -42,7 +44,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
       // Balanced packing of the experts onto the GPUs by load, no replicas.
       if (ep < 1 || experts % ep != 0)
         throw PlacementError(fmt::format("{} experts do not divide over {} GPUs", experts, ep));
-      const Packing packing = balanced_packing(placement_load(spec, routing, experts, seed, layer), ep);
+      const Packing packing = balanced_packing(p.load, ep);
       p.slots_per_gpu = experts / ep;
       p.slot_expert.resize(static_cast<std::size_t>(experts));
       for (int e = 0; e < experts; ++e)
@@ -53,7 +55,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
     }
     case PlacementPolicy::eplb: {
       const int nodes = gpus_per_node > 0 && ep % gpus_per_node == 0 ? ep / gpus_per_node : 1;
-      const ExpertPlacement e = eplb_placement(placement_load(spec, routing, experts, seed, layer),
+      const ExpertPlacement e = eplb_placement(p.load,
                                                experts + spec.redundant_experts, spec.expert_groups, nodes, ep);
       p.slots_per_gpu = e.slots_per_gpu();
       p.slot_expert = e.physical_to_logical;
@@ -83,6 +85,12 @@ std::int64_t DispatchPlan::kept(int src) const {
   return n;
 }
 
+std::int64_t DispatchPlan::computed_on(int rank) const {
+  const std::size_t per = slot_computed.size() / static_cast<std::size_t>(ep);
+  const auto first = slot_computed.begin() + static_cast<std::ptrdiff_t>(per * static_cast<std::size_t>(rank));
+  return std::accumulate(first, first + static_cast<std::ptrdiff_t>(per), std::int64_t{0});
+}
+
 std::int64_t DispatchPlan::routed() const {
   return std::accumulate(expert_routed.begin(), expert_routed.end(), std::int64_t{0});
 }
@@ -91,38 +99,86 @@ std::int64_t DispatchPlan::dropped() const {
   return routed() - std::accumulate(expert_computed.begin(), expert_computed.end(), std::int64_t{0});
 }
 
-DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& routing,
-                                const Placement& placement, std::uint64_t seed, int layer,
-                                int first_gpu, std::int64_t tokens_per_gpu) {
+namespace {
+
+// ceil(cf * rows / experts). The factor is the decimal the user wrote, so a binary representation
+// error (1.1 is stored as 1.1000000000000000888) must not round 1100.0000001 up to 1101: values
+// within a relative 1e-12 of an integer count as that integer.
+std::int64_t capacity_of(double factor, std::int64_t rows, int experts) {
+  const long double exact = static_cast<long double>(factor) * static_cast<long double>(rows) / experts;
+  return static_cast<std::int64_t>(std::ceil(exact * (1 - 1e-12L)));
+}
+
+}  // namespace
+
+DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& placement, int first_gpu,
+                                const TokenBatch& batch) {
   const int ep = placement.ep;
-  const int experts = model.experts;
-  const int k = model.top_k;
+  const int experts = placement.experts;
+  const int k = batch.top_k;
+  MOESIM_ASSERT(batch.ranks == ep, "a batch for another EP size");
+  const std::int64_t tokens_per_gpu = batch.tokens_per_rank;
+  const auto ue_count = static_cast<std::size_t>(experts);
   DispatchPlan plan;
   plan.ep = ep;
   plan.tokens_per_gpu = tokens_per_gpu;
   plan.sends.assign(static_cast<std::size_t>(ep) * ep, 0);
-  plan.expert_routed.assign(static_cast<std::size_t>(experts), 0);
-  plan.expert_computed.assign(static_cast<std::size_t>(experts), 0);
+  plan.expert_routed.assign(ue_count, 0);
+  plan.expert_computed.assign(ue_count, 0);
+  plan.expert_padded.assign(ue_count, 0);
   plan.slot_computed.assign(static_cast<std::size_t>(placement.slots()), 0);
+  plan.slot_padded.assign(static_cast<std::size_t>(placement.slots()), 0);
   plan.gpu_routed.assign(static_cast<std::size_t>(ep), 0);
   plan.gpu_dropped.assign(static_cast<std::size_t>(ep), 0);
+  const bool pad = routing.drop_policy == DropPolicy::pad && routing.capacity_factor;
   if (routing.capacity_factor) {
-    // ceil(cf * tokens * k / E). The factor is the decimal the user wrote, so a binary
-    // representation error (1.1 is stored as 1.1000000000000000888) must not round 1100.0000001
-    // up to 1101: values within a relative 1e-12 of an integer count as that integer.
-    const long double exact = static_cast<long double>(*routing.capacity_factor) *
-                              static_cast<long double>(tokens_per_gpu * ep * k) / experts;
-    plan.capacity = static_cast<std::int64_t>(std::ceil(exact * (1 - 1e-12L)));
+    plan.capacity = capacity_of(*routing.capacity_factor, tokens_per_gpu * ep * k, experts);
+    if (pad) plan.source_capacity = capacity_of(*routing.capacity_factor, tokens_per_gpu * k, experts);
   }
 
-  const ExpertSampler sampler(routing, experts, seed, layer);
-  std::vector<int> chosen(static_cast<std::size_t>(k));
+  // Which assignments are kept (entry i of batch.experts).
+  const std::size_t n = batch.experts.size();
+  std::vector<char> keep(n, 1);
+  if (plan.capacity >= 0) {
+    if (routing.drop_policy == DropPolicy::gate) {
+      MOESIM_ASSERT(batch.gates.size() == n, "gate drops need gate weights");
+      std::vector<std::vector<std::uint32_t>> by_expert(ue_count);
+      for (std::size_t i = 0; i < n; ++i) by_expert[static_cast<std::size_t>(batch.experts[i])].push_back(static_cast<std::uint32_t>(i));
+      for (auto& v : by_expert) {
+        if (static_cast<std::int64_t>(v.size()) <= plan.capacity) continue;
+        const auto cut = v.begin() + plan.capacity;
+        std::nth_element(v.begin(), cut, v.end(), [&](std::uint32_t a, std::uint32_t b) {
+          return batch.gates[a] != batch.gates[b] ? batch.gates[a] > batch.gates[b] : a < b;
+        });
+        for (auto it = cut; it != v.end(); ++it) keep[*it] = 0;
+      }
+    } else {
+      // position (group-wide) or pad (per source): the first assignments in group order.
+      std::vector<std::int64_t> taken(ue_count, 0);
+      const std::int64_t limit = pad ? plan.source_capacity : plan.capacity;
+      const std::size_t per_rank = static_cast<std::size_t>(tokens_per_gpu * k);
+      for (std::size_t i = 0; i < n; ++i) {
+        if (pad && i % per_rank == 0) std::fill(taken.begin(), taken.end(), 0);
+        keep[i] = taken[static_cast<std::size_t>(batch.experts[i])]++ < limit;
+      }
+    }
+  }
+
   // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any,
-  // else all of them; taken round-robin.
+  // else all of them.
   const int gpn = placement.gpus_per_node;
   auto node_of_rank = [&](int rank) { return gpn > 0 ? (first_gpu + rank) / gpn : 0; };
-  std::vector<std::vector<int>> candidates(static_cast<std::size_t>(experts));
-  std::vector<std::uint32_t> turn(static_cast<std::size_t>(experts));
+  std::vector<std::vector<int>> candidates(ue_count);
+  std::vector<std::uint32_t> turn(ue_count);
+  std::vector<std::int64_t> rows(ue_count);  // pad: this source's kept rows per expert
+  auto least_loaded = [&](const std::vector<int>& c) {
+    int slot = c[0];
+    for (const int cand : c) {
+      const auto uc = static_cast<std::size_t>(cand), us = static_cast<std::size_t>(slot);
+      if (plan.slot_computed[uc] + plan.slot_padded[uc] < plan.slot_computed[us] + plan.slot_padded[us]) slot = cand;
+    }
+    return slot;
+  };
   for (int src = 0; src < ep; ++src) {
     for (int e = 0; e < experts; ++e) {
       const auto& slots = placement.expert_slots[static_cast<std::size_t>(e)];
@@ -133,35 +189,59 @@ DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& ro
       if (c.empty()) c = slots;
       turn[static_cast<std::size_t>(e)] = 0;
     }
-    sim::Rng rng(seed, "routing/layer" + std::to_string(layer) + "/gpu" + std::to_string(first_gpu + src));
-    for (std::int64_t t = 0; t < tokens_per_gpu; ++t) {
-      sampler.sample_top_k(rng, chosen);
-      for (const int e : chosen) {
-        const auto ue = static_cast<std::size_t>(e);
-        ++plan.expert_routed[ue];
-        ++plan.gpu_routed[static_cast<std::size_t>(src)];
-        if (plan.capacity >= 0 && plan.expert_computed[ue] >= plan.capacity) {
-          ++plan.gpu_dropped[static_cast<std::size_t>(src)];
-          continue;
-        }
-        ++plan.expert_computed[ue];
-        const auto& c = candidates[ue];
-        int slot = c[0];
-        if (c.size() > 1) {
-          if (placement.replica_choice == ReplicaChoice::least_loaded) {
-            for (const int cand : c)
-              if (plan.slot_computed[static_cast<std::size_t>(cand)] < plan.slot_computed[static_cast<std::size_t>(slot)])
-                slot = cand;
-          } else {
-            slot = c[turn[ue]++ % c.size()];
-          }
-        }
-        ++plan.slot_computed[static_cast<std::size_t>(slot)];
-        ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
+    std::fill(rows.begin(), rows.end(), 0);
+    const std::size_t begin = static_cast<std::size_t>(src * tokens_per_gpu * k);
+    const std::size_t end = begin + static_cast<std::size_t>(tokens_per_gpu * k);
+    for (std::size_t i = begin; i < end; ++i) {
+      const auto ue = static_cast<std::size_t>(batch.experts[i]);
+      ++plan.expert_routed[ue];
+      ++plan.gpu_routed[static_cast<std::size_t>(src)];
+      if (!keep[i]) {
+        ++plan.gpu_dropped[static_cast<std::size_t>(src)];
+        continue;
       }
+      ++plan.expert_computed[ue];
+      if (pad) {
+        ++rows[ue];
+        continue;
+      }
+      const auto& c = candidates[ue];
+      int slot = c[0];
+      if (c.size() > 1)
+        slot = placement.replica_choice == ReplicaChoice::least_loaded ? least_loaded(c) : c[turn[ue]++ % c.size()];
+      ++plan.slot_computed[static_cast<std::size_t>(slot)];
+      ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
+    }
+    if (!pad) continue;
+    // The source's fixed buffer for each expert goes whole to one replica.
+    for (std::size_t e = 0; e < ue_count; ++e) {
+      const auto& c = candidates[e];
+      const int slot = c.size() == 1 ? c[0]
+                       : placement.replica_choice == ReplicaChoice::least_loaded
+                           ? least_loaded(c)
+                           : c[static_cast<std::size_t>(src) % c.size()];
+      const std::int64_t padding = plan.source_capacity - rows[e];
+      plan.slot_computed[static_cast<std::size_t>(slot)] += rows[e];
+      plan.slot_padded[static_cast<std::size_t>(slot)] += padding;
+      plan.expert_padded[e] += padding;
+      plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))] += plan.source_capacity;
     }
   }
   return plan;
+}
+
+DispatchPlan make_dispatch_plan(const MoeModelSpec& model, const RoutingSpec& routing,
+                                const Placement& placement, std::uint64_t seed, int layer,
+                                int first_gpu, std::int64_t tokens_per_gpu) {
+  MoeModelSpec shape = model;  // enough layers for `layer`
+  shape.moe_layers = std::max(model.moe_layers, layer + 1);
+  const TokenRouter router(shape, routing, placement.ep, seed, routing.drop_policy == DropPolicy::gate);
+  TokenBatch batch, previous;
+  for (int l = router.layers_depend() ? 0 : layer; l <= layer; ++l) {
+    std::swap(batch, previous);
+    router.route(l, first_gpu, tokens_per_gpu, &previous, batch);
+  }
+  return make_dispatch_plan(routing, placement, first_gpu, batch);
 }
 
 }  // namespace moesim::routing

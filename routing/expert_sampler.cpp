@@ -5,40 +5,117 @@
 #include <numeric>
 #include <string>
 
+#include "routing/traces.hpp"
 #include "sim/assert.hpp"
 
 namespace moesim::routing {
 
-ExpertSampler::ExpertSampler(const RoutingSpec& spec, int experts, std::uint64_t seed, int layer)
-    : experts_(experts), uniform_(spec.distribution == Distribution::uniform) {
+namespace {
+
+// Seeded random permutation: Fisher-Yates with the layer's own stream.
+void shuffle(std::vector<int>& v, std::uint64_t seed, int layer) {
+  // (The stream keeps its first name, so Zipf runs reproduce across versions.)
+  sim::Rng rng(seed, "routing/zipf-ranks/layer" + std::to_string(layer));
+  for (int i = static_cast<int>(v.size()) - 1; i > 0; --i)
+    std::swap(v[static_cast<std::size_t>(i)], v[rng.uniform_int(static_cast<std::uint64_t>(i) + 1)]);
+}
+
+}  // namespace
+
+LayerLaw layer_law(const RoutingSpec& spec, int experts, int ep, std::uint64_t seed, int layer) {
   MOESIM_ASSERT(experts >= 1, "no experts");
-  weights_.assign(static_cast<std::size_t>(experts), 1.0 / experts);
-  if (!uniform_) {
-    // Rank permutation: Fisher-Yates with the layer's own stream.
-    std::vector<int> expert_of_rank(static_cast<std::size_t>(experts));
-    std::iota(expert_of_rank.begin(), expert_of_rank.end(), 0);
-    // (The stream keeps its first name, so Zipf runs reproduce across versions.)
-    sim::Rng rng(seed, "routing/zipf-ranks/layer" + std::to_string(layer));
-    for (int i = experts - 1; i > 0; --i)
-      std::swap(expert_of_rank[static_cast<std::size_t>(i)],
-                expert_of_rank[rng.uniform_int(static_cast<std::uint64_t>(i) + 1)]);
-    if (spec.distribution == Distribution::zipf) {
+  const auto n = static_cast<std::size_t>(experts);
+  LayerLaw law;
+  law.expert_of_rank.resize(n);
+  std::iota(law.expert_of_rank.begin(), law.expert_of_rank.end(), 0);
+  std::vector<double> by_rank(n, 1.0 / experts);
+  switch (spec.distribution) {
+    case Distribution::uniform:
+      break;
+    case Distribution::zipf: {
+      shuffle(law.expert_of_rank, seed, layer);
       double total = 0;
       for (int r = 0; r < experts; ++r) total += std::pow(r + 1.0, -spec.zipf_s);
+      for (int r = 0; r < experts; ++r) by_rank[static_cast<std::size_t>(r)] = std::pow(r + 1.0, -spec.zipf_s) / total;
+      break;
+    }
+    case Distribution::hot_experts:
+    case Distribution::hot_ranks: {
+      int hot = 0;
+      if (spec.distribution == Distribution::hot_experts) {
+        shuffle(law.expert_of_rank, seed, layer);
+        hot = std::clamp(spec.hot_experts, 1, experts);
+      } else {
+        // Blocks of E/ep experts (what contiguous placement puts on one rank), in random order.
+        MOESIM_ASSERT(ep >= 1 && experts % ep == 0, "hot_ranks needs experts divisible by the EP size");
+        const int block = experts / ep;
+        std::vector<int> blocks(static_cast<std::size_t>(ep));
+        std::iota(blocks.begin(), blocks.end(), 0);
+        shuffle(blocks, seed, layer);
+        for (int b = 0; b < ep; ++b)
+          for (int i = 0; i < block; ++i)
+            law.expert_of_rank[static_cast<std::size_t>(b * block + i)] = blocks[static_cast<std::size_t>(b)] * block + i;
+        hot = std::clamp(spec.hot_ranks, 1, ep) * block;
+      }
       for (int r = 0; r < experts; ++r)
-        weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
-            std::pow(r + 1.0, -spec.zipf_s) / total;
-    } else {
-      // hot_experts: the first `hot` ranks share hot_fraction equally, the rest share the rest.
-      const int hot = std::clamp(spec.hot_experts, 1, experts);
-      for (int r = 0; r < experts; ++r)
-        weights_[static_cast<std::size_t>(expert_of_rank[static_cast<std::size_t>(r)])] =
-            r < hot ? spec.hot_fraction / hot
-                    : (hot < experts ? (1 - spec.hot_fraction) / (experts - hot) : 0.0);
+        by_rank[static_cast<std::size_t>(r)] =
+            r < hot ? spec.hot_fraction / hot : (hot < experts ? (1 - spec.hot_fraction) / (experts - hot) : 0.0);
+      break;
+    }
+    case Distribution::lognormal: {
+      shuffle(law.expert_of_rank, seed, layer);
+      sim::Rng rng(seed, "routing/lognormal/layer" + std::to_string(layer));
+      double total = 0;
+      for (auto& w : by_rank) total += (w = std::exp(spec.lognormal_sigma * rng.normal()));
+      for (auto& w : by_rank) w /= total;
+      std::sort(by_rank.begin(), by_rank.end(), std::greater<>());
+      break;
+    }
+    case Distribution::trace: {
+      MOESIM_ASSERT(spec.trace && static_cast<std::size_t>(layer) < spec.trace->layer_counts.size(),
+                    "trace routing without the layer's counts");
+      const auto& c = spec.trace->layer_counts[static_cast<std::size_t>(layer)];
+      const double total = std::accumulate(c.begin(), c.end(), 0.0);
+      MOESIM_ASSERT(total > 0, "a trace layer without counts");
+      // Rank by count, ties by expert id.
+      std::stable_sort(law.expert_of_rank.begin(), law.expert_of_rank.end(), [&](int a, int b) {
+        return c[static_cast<std::size_t>(a)] > c[static_cast<std::size_t>(b)];
+      });
+      for (std::size_t r = 0; r < n; ++r) by_rank[r] = c[static_cast<std::size_t>(law.expert_of_rank[r])] / total;
+      break;
     }
   }
+  if (spec.rotate != 0 && spec.step != 0) {
+    const auto shift = static_cast<std::size_t>(
+        ((static_cast<std::int64_t>(spec.step) * spec.rotate) % experts + experts) % experts);
+    std::rotate(law.expert_of_rank.begin(), law.expert_of_rank.begin() + static_cast<std::ptrdiff_t>(shift),
+                law.expert_of_rank.end());
+  }
+  law.weights.assign(n, 0.0);
+  law.rank_of_expert.assign(n, 0);
+  for (std::size_t r = 0; r < n; ++r) {
+    const auto e = static_cast<std::size_t>(law.expert_of_rank[r]);
+    law.weights[e] = by_rank[r];
+    law.rank_of_expert[e] = static_cast<int>(r);
+  }
+  return law;
+}
+
+ExpertSampler::ExpertSampler(std::vector<double> weights)
+    : experts_(static_cast<int>(weights.size())), weights_(std::move(weights)) {
+  MOESIM_ASSERT(experts_ >= 1, "no experts");
+  const double total = std::accumulate(weights_.begin(), weights_.end(), 0.0);
+  MOESIM_ASSERT(total > 0, "expert weights sum to zero");
+  const bool equal = std::all_of(weights_.begin(), weights_.end(), [&](double w) { return w == weights_[0]; });
+  // Weights that already sum to 1 up to rounding are kept as given (bit-identical draws).
+  if (std::abs(total - 1.0) > 1e-12 && !equal)
+    for (auto& w : weights_) w /= total;
+  const auto n = static_cast<std::size_t>(experts_);
+  if (equal) {
+    weights_.assign(n, 1.0 / experts_);
+    return;  // keep_ empty: a draw is one uniform integer
+  }
   // Vose's alias construction.
-  const auto n = static_cast<std::size_t>(experts);
   keep_.assign(n, 1.0);
   alias_.resize(n);
   std::iota(alias_.begin(), alias_.end(), 0);
@@ -65,9 +142,53 @@ ExpertSampler::ExpertSampler(const RoutingSpec& spec, int experts, std::uint64_t
 }
 
 int ExpertSampler::draw_one(sim::Rng& rng) const {
-  if (uniform_) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
+  if (keep_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
   const auto i = static_cast<std::size_t>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
   return rng.uniform01() < keep_[i] ? static_cast<int>(i) : alias_[i];
+}
+
+namespace {
+
+bool contains(std::span<const int> v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+bool allowed(int e, std::uint64_t groups, int group_size) {
+  return group_size <= 0 || ((groups >> (e / group_size)) & 1U) != 0;
+}
+
+}  // namespace
+
+int ExpertSampler::exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const {
+  double remaining = 0;
+  int last = -1, left = 0;
+  for (int x = 0; x < experts_; ++x)
+    if (allowed(x, groups, group_size) && !contains(taken, x)) {
+      remaining += weights_[static_cast<std::size_t>(x)];
+      last = x;
+      ++left;
+    }
+  MOESIM_ASSERT(last >= 0, "no expert left to draw");
+  if (!(remaining > 0)) {  // only zero-weight experts left: uniformly among them
+    std::uint64_t i = rng.uniform_int(static_cast<std::uint64_t>(left));
+    for (int x = 0; x < experts_; ++x)
+      if (allowed(x, groups, group_size) && !contains(taken, x) && i-- == 0) return x;
+  }
+  double u = rng.uniform01() * remaining;
+  for (int x = 0; x < experts_; ++x) {
+    if (!allowed(x, groups, group_size) || contains(taken, x)) continue;
+    u -= weights_[static_cast<std::size_t>(x)];
+    if (u < 0 && weights_[static_cast<std::size_t>(x)] > 0) return x;
+  }
+  return last;  // rounding: the last candidate
+}
+
+int ExpertSampler::draw_restricted(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups,
+                                   int group_size) const {
+  constexpr int kMaxRejections = 64;
+  for (int i = 0; i < kMaxRejections; ++i) {
+    const int e = draw_one(rng);
+    if (allowed(e, groups, group_size) && !contains(taken, e)) return e;
+  }
+  return exact_draw(rng, taken, groups, group_size);
 }
 
 void ExpertSampler::sample_top_k(sim::Rng& rng, std::span<int> out) const {
@@ -76,32 +197,14 @@ void ExpertSampler::sample_top_k(sim::Rng& rng, std::span<int> out) const {
   constexpr int kMaxRejections = 64;
   int rejections = 0;
   for (std::size_t i = 0; i < k;) {
+    const std::span<const int> taken(out.data(), i);
     const int e = draw_one(rng);
-    if (std::find(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(i), e) ==
-        out.begin() + static_cast<std::ptrdiff_t>(i)) {
+    if (!contains(taken, e)) {
       out[i++] = e;
       continue;
     }
     if (++rejections < kMaxRejections) continue;
-    // Exact sequential draw over the experts not yet chosen.
-    for (; i < k; ++i) {
-      double remaining = 0;
-      for (int x = 0; x < experts_; ++x)
-        if (std::find(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(i), x) ==
-            out.begin() + static_cast<std::ptrdiff_t>(i))
-          remaining += weights_[static_cast<std::size_t>(x)];
-      double u = rng.uniform01() * remaining;
-      int pick = -1;
-      for (int x = 0; x < experts_; ++x) {
-        if (std::find(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(i), x) !=
-            out.begin() + static_cast<std::ptrdiff_t>(i))
-          continue;
-        pick = x;
-        u -= weights_[static_cast<std::size_t>(x)];
-        if (u < 0) break;
-      }
-      out[i] = pick;
-    }
+    for (; i < k; ++i) out[i] = exact_draw(rng, std::span<const int>(out.data(), i), ~std::uint64_t{0}, 0);
   }
 }
 

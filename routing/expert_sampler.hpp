@@ -1,12 +1,25 @@
-// Token -> top-k expert assignment, drawn at token level.
+// The popularity law of one MoE layer, and draws of a token's top-k experts from it.
 //
-// uniform: every expert equally likely. zipf(s): the expert of popularity rank r (1-based) has
-// weight r^-s. hot_experts(H, f): the H experts of the first ranks share weight f equally, the
-// others share 1 - f. Which expert holds which rank is a seeded random permutation per layer,
-// so the hot experts differ between layers as in real routers. A token's k experts are distinct: they
-// are drawn one after another from the weights renormalised over the experts not yet chosen
-// (sampling without replacement; implemented by rejecting repeats, which has exactly that law,
-// with an exact fallback when repeats are frequent). Single draws use Walker's alias method.
+// A law gives every expert a weight (its probability of being any one draw) and a popularity
+// rank (0 = most popular). The synthetic laws, for E experts:
+//   uniform              every expert 1/E;
+//   zipf(s)              rank r weighs (r + 1)^-s;
+//   hot_experts(H, f)    ranks 0..H-1 share f equally, the others share 1 - f;
+//   lognormal(sigma)     E weights exp(sigma Z), Z standard normal, ranked by size (so expert
+//                        loads, and per-rank loads which sum a few of them, are log-normal);
+//   hot_ranks(R, f)      the experts of R whole EP ranks (under contiguous placement, E/ep
+//                        experts each) share f equally, the others share 1 - f;
+//   trace                the shares of a count-level trace's counts.
+// Which expert holds which rank is a seeded random permutation per layer (hot_ranks: a random
+// order of the rank blocks), so hot experts differ between layers as in real routers; a trace
+// ranks its experts by count. With `rotate`, at step s the expert holding rank r is the one that
+// held rank (r + s * rotate) mod E at step 0: the hotspot moves across steps.
+//
+// A token's k experts are distinct: they are drawn one after another from the weights
+// renormalised over the experts not yet chosen (sampling without replacement; implemented by
+// rejecting repeats, which has exactly that law, with an exact fallback when repeats are
+// frequent). A draw may be restricted to a set of expert groups. Single draws use Walker's alias
+// method.
 #pragma once
 
 #include <cstdint>
@@ -18,20 +31,34 @@
 
 namespace moesim::routing {
 
+struct LayerLaw {
+  std::vector<double> weights;         // [expert], summing to 1
+  std::vector<int> expert_of_rank;     // [popularity rank]
+  std::vector<int> rank_of_expert;     // [expert]
+};
+
+// The law of `layer` at spec.step. `ep` sizes hot_ranks' blocks. trace: spec.trace's counts.
+LayerLaw layer_law(const RoutingSpec& spec, int experts, int ep, std::uint64_t seed, int layer);
+
 class ExpertSampler {
  public:
-  ExpertSampler(const RoutingSpec& spec, int experts, std::uint64_t seed, int layer);
+  // weights >= 0, not all zero; normalised here.
+  explicit ExpertSampler(std::vector<double> weights);
 
+  int draw_one(sim::Rng& rng) const;
   // Writes k distinct expert ids into out (k = out.size() <= experts).
   void sample_top_k(sim::Rng& rng, std::span<int> out) const;
+  // One more expert, distinct from `taken`, from the groups (of group_size consecutive experts)
+  // whose bit is set in `groups` (bit g for group g); the weights renormalised over what is left.
+  // At least one such expert must remain; zero-weight ones are drawn only when all left weigh 0.
+  int draw_restricted(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
 
-  // Probability of each expert being any one draw (the normalised weights).
   const std::vector<double>& weights() const { return weights_; }
+  int experts() const { return static_cast<int>(weights_.size()); }
 
  private:
-  int draw_one(sim::Rng& rng) const;
+  int exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
   int experts_;
-  bool uniform_;
   std::vector<double> weights_;
   // Walker's alias table (Vose's construction): draw i uniformly, keep it with probability
   // keep_[i], else take alias_[i]. O(1) per draw, exact up to floating-point rounding.

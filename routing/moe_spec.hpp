@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,16 +23,32 @@ struct MoeModelSpec {
   std::int64_t head_dim = 0;
 };
 
-enum class Distribution { uniform, zipf, hot_experts };
-enum class DropPolicy { position };
+enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trace };
+// Over capacity: drop the latest assignments in group order (position), the ones with the lowest
+// gate weight (gate), or use GShard's fixed-shape dispatch with padding (pad). See dispatch_plan.hpp.
+enum class DropPolicy { position, gate, pad };
 
+struct RoutingTrace;  // routing/traces.hpp
+
+// Token -> expert routing law (routing/token_router.hpp documents every generator).
 struct RoutingSpec {
   Distribution distribution = Distribution::uniform;
-  double zipf_s = 1.0;                    // exponent, when distribution == zipf
+  double zipf_s = 1.0;                    // zipf: exponent
   int hot_experts = 1;                    // hot_experts: how many experts are hot
-  double hot_fraction = 0.5;              // hot_experts: share of the routing they draw together
+  double hot_fraction = 0.5;              // hot_experts, hot_ranks: the hot share of the routing
+  int hot_ranks = 1;                      // hot_ranks: how many EP ranks' experts are hot
+  double lognormal_sigma = 1.0;           // lognormal: sigma of log(expert weight)
+  int step = 0;                           // the training/inference step this run routes
+  int rotate = 0;                         // popularity ranks move by this many experts per step
+  double dirichlet_concentration = 0;     // > 0: per-batch weights ~ Dirichlet(this x weights)
+  double burst_probability = 0;           // per batch, chance of a burst on one random expert
+  double burst_fraction = 0;              // the share of the batch's routing the burst takes
+  double layer_correlation = 0;           // chance a token keeps its popularity rank at l+1
+  int groups = 1;                         // contiguous expert groups, for max_groups
+  int max_groups = 0;                     // > 0: a token's experts span at most this many groups
   std::optional<double> capacity_factor;  // nullopt: dropless
   DropPolicy drop_policy = DropPolicy::position;
+  std::shared_ptr<const RoutingTrace> trace;  // distribution == trace
 };
 
 enum class PlacementPolicy { contiguous, round_robin, greedy, eplb };

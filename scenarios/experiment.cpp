@@ -23,11 +23,7 @@ RunResult run_experiment(const Scenario& sc) {
 }
 
 std::vector<routing::Placement> compute_placements(const Scenario& sc) {
-  std::vector<routing::Placement> out;
-  for (int l = 0; l < sc.forward.model.moe_layers; ++l)
-    out.push_back(routing::make_placement(sc.forward.placement, sc.forward.routing, sc.forward.model.experts,
-                                          sc.forward.ep, sc.cluster.gpus_per_node, sc.forward.seed, l));
-  return out;
+  return models::make_placements(sc.forward, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpus_per_node);
 }
 
 }  // namespace moesim::scenarios

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <optional>
 #include <string>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -23,8 +25,10 @@ struct Scenario {
   models::ForwardSpec forward;
   std::string workload_kind = "forward";
   std::string network_model = "maxmin";
-  std::string placement_load = "expected";  // placement.load: expected | trace
+  std::string placement_load = "expected";  // placement.load: expected | trace | observed
   std::string placement_trace;              // placement.trace, as written
+  std::optional<std::pair<int, int>> placement_trace_steps;  // placement.trace_steps; all when unset
+  std::string routing_trace;                // routing.trace, as written
   std::string compute_model = "roofline";
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";

@@ -13,7 +13,7 @@
 
 #include "scenarios/scenario.hpp"
 
-#include "routing/count_trace.hpp"
+#include "routing/traces.hpp"
 #include "sim/units.hpp"
 
 namespace moesim::scenarios {
@@ -387,44 +387,102 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     w->finish();
   }
   if (auto r = top.child("routing", false)) {
-    if (auto v = r->get<std::string>("distribution", one_of({"uniform", "zipf", "hot_experts"}), false))
-      f.routing.distribution = *v == "zipf"          ? routing::Distribution::zipf
-                               : *v == "hot_experts" ? routing::Distribution::hot_experts
-                                                     : routing::Distribution::uniform;
-    const bool hot = f.routing.distribution == routing::Distribution::hot_experts;
-    if (auto v = r->get<std::int64_t>("hot_experts", count_at_least(1), false)) {
-      f.routing.hot_experts = as_int(*v);
-      if (!hot) problems.add_at(r->key_path("hot_experts"), "only used with 'distribution: hot_experts'");
-    } else if (hot && r->valid()) {
-      problems.add_at(r->key_path("distribution"), "hot_experts needs routing.hot_experts (how many experts are hot)");
-    }
-    if (auto v = r->get<double>("hot_fraction", fraction(), false)) {
-      f.routing.hot_fraction = *v;
-      if (!hot) problems.add_at(r->key_path("hot_fraction"), "only used with 'distribution: hot_experts'");
-    } else if (hot && r->valid()) {
-      problems.add_at(r->key_path("distribution"), "hot_experts needs routing.hot_fraction (their share of the routing, e.g. 0.5)");
-    }
-    const auto s = r->get<double>("zipf_s", [](const std::string& t) {
+    using routing::Distribution;
+    auto& rt = f.routing;
+    if (auto v = r->get<std::string>("distribution",
+                                     one_of({"uniform", "zipf", "hot_experts", "lognormal", "hot_ranks", "trace"}), false))
+      rt.distribution = *v == "zipf"          ? Distribution::zipf
+                        : *v == "hot_experts" ? Distribution::hot_experts
+                        : *v == "lognormal"   ? Distribution::lognormal
+                        : *v == "hot_ranks"   ? Distribution::hot_ranks
+                        : *v == "trace"       ? Distribution::trace
+                                              : Distribution::uniform;
+    const auto is = [&](Distribution d) { return rt.distribution == d; };
+    // A key that belongs to some distributions: reported when used with another, and when one of
+    // them needs it and it is missing.
+    const auto param = [&](std::string_view key, bool used, bool required, std::string_view owner,
+                           std::string_view what, auto&& parse) {
+      auto v = r->get<typename std::invoke_result_t<decltype(parse), const std::string&>>(key, parse, false);
+      if (v && !used) problems.add_at(r->key_path(key), fmt::format("only used with 'distribution: {}'", owner));
+      if (!v && used && required && r->valid())
+        problems.add_at(r->key_path("distribution"), fmt::format("{} needs routing.{} ({})", owner, key, what));
+      return v;
+    };
+    const auto positive = [](const std::string& t) {
       const double v = sim::parse_number(t);
       if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
       return v;
-    }, false);
-    if (f.routing.distribution == routing::Distribution::zipf) {
-      if (s) f.routing.zipf_s = *s;
-      else if (r->valid()) problems.add_at(r->key_path("distribution"), "zipf needs routing.zipf_s (the exponent, e.g. 1.2)");
-    } else if (s) {
-      problems.add_at(r->key_path("zipf_s"), "only used with 'distribution: zipf'");
+    };
+    const auto probability = [](const std::string& t) {
+      const double v = sim::parse_number(t);
+      if (!(v >= 0 && v <= 1)) throw UnitError(fmt::format("must be in [0, 1], got {}", t));
+      return v;
+    };
+    const bool hot = is(Distribution::hot_experts) || is(Distribution::hot_ranks);
+    if (auto v = param("zipf_s", is(Distribution::zipf), true, "zipf", "the exponent, e.g. 1.2",
+                       std::function<double(const std::string&)>(positive)))
+      rt.zipf_s = *v;
+    if (auto v = param("hot_experts", is(Distribution::hot_experts), true, "hot_experts",
+                       "how many experts are hot", count_at_least(1)))
+      rt.hot_experts = as_int(*v);
+    if (auto v = param("hot_ranks", is(Distribution::hot_ranks), true, "hot_ranks",
+                       "how many EP ranks' experts are hot", count_at_least(1)))
+      rt.hot_ranks = as_int(*v);
+    if (auto v = param("hot_fraction", hot, true,
+                       is(Distribution::hot_ranks) ? "hot_ranks" : "hot_experts",
+                       "their share of the routing, e.g. 0.5", fraction()))
+      rt.hot_fraction = *v;
+    if (auto v = param("sigma", is(Distribution::lognormal), true, "lognormal",
+                       "the standard deviation of log expert weight, e.g. 0.8",
+                       std::function<double(const std::string&)>(positive)))
+      rt.lognormal_sigma = *v;
+    if (auto v = param("trace", is(Distribution::trace), true, "trace",
+                       "a count-level or token-level trace file", any_text()))
+      sc.routing_trace = *v;
+    if (auto v = r->get<std::int64_t>("step", count_at_least(0), false)) rt.step = as_int(*v);
+    if (auto v = r->get<std::int64_t>("rotate", count_at_least(0), false)) rt.rotate = as_int(*v);
+    if (auto v = r->get<double>("dirichlet_concentration", positive, false)) rt.dirichlet_concentration = *v;
+    const auto bp = r->get<double>("burst_probability", probability, false);
+    const auto bf = r->get<double>("burst_fraction", fraction(), false);
+    if (bp.has_value() != bf.has_value())
+      problems.add_at(r->key_path(bp ? "burst_probability" : "burst_fraction"),
+                      "bursts need both routing.burst_probability and routing.burst_fraction");
+    if (bp && bf) {
+      rt.burst_probability = *bp;
+      rt.burst_fraction = *bf;
     }
+    if (auto v = r->get<double>("layer_correlation", probability, false)) {
+      rt.layer_correlation = *v;
+      if (is(Distribution::trace))
+        problems.add_at(r->key_path("layer_correlation"), "not used with 'distribution: trace' (a trace fixes each layer's routing)");
+    }
+    const auto groups = r->get<std::int64_t>("groups", count_at_least(1), false);
+    const auto max_groups = r->get<std::int64_t>("max_groups", count_at_least(1), false);
+    if (groups) rt.groups = as_int(*groups);
+    if (max_groups) {
+      rt.max_groups = as_int(*max_groups);
+      if (!groups) problems.add_at(r->key_path("max_groups"), "needs routing.groups (how many expert groups there are)");
+      if (is(Distribution::trace))
+        problems.add_at(r->key_path("max_groups"), "not used with 'distribution: trace' (a trace fixes each layer's routing)");
+    } else if (groups) {
+      problems.add_at(r->key_path("groups"), "only used with routing.max_groups");
+    }
+    if (groups && *groups > 64) problems.add_at(r->key_path("groups"), fmt::format("at most 64 groups, got {}", *groups));
     if (auto v = r->get<std::string>("capacity_factor", [](const std::string& t) {
           if (t == "dropless") return t;
           const double c = sim::parse_number(t);  // throws "expected a number like '1.25'"
           if (!(c > 0)) throw UnitError(fmt::format("must be greater than 0 (or 'dropless'), got {}", t));
           return t;
         }, false)) {
-      if (*v == "dropless") f.routing.capacity_factor.reset();
-      else f.routing.capacity_factor = sim::parse_number(*v);
+      if (*v == "dropless") rt.capacity_factor.reset();
+      else rt.capacity_factor = sim::parse_number(*v);
     }
-    (void)r->get<std::string>("drop_policy", one_of({"position"}), false);
+    if (auto v = r->get<std::string>("drop_policy", one_of({"position", "gate", "pad"}), false)) {
+      rt.drop_policy = *v == "gate" ? routing::DropPolicy::gate : *v == "pad" ? routing::DropPolicy::pad
+                                                                              : routing::DropPolicy::position;
+      if (!rt.capacity_factor)
+        problems.add_at(r->key_path("drop_policy"), "needs a routing.capacity_factor (dropless routing drops nothing)");
+    }
     r->finish();
   }
   if (auto p = top.child("placement", false)) {
@@ -439,9 +497,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (pl.redundant_experts > 0 && pl.policy != routing::PlacementPolicy::eplb)
         problems.add_at(p->key_path("redundant_experts"), "only used with 'policy: eplb'");
     }
-    if (auto v = p->get<std::string>("load", one_of({"expected", "trace"}), false)) {
+    if (auto v = p->get<std::string>("load", one_of({"expected", "trace", "observed"}), false)) {
       sc.placement_load = *v;
-      if (*v == "trace" && pl.policy != routing::PlacementPolicy::eplb && pl.policy != routing::PlacementPolicy::greedy)
+      if (*v != "expected" && pl.policy != routing::PlacementPolicy::eplb && pl.policy != routing::PlacementPolicy::greedy)
         problems.add_at(p->key_path("load"), "only used with 'policy: greedy' or 'policy: eplb'");
     }
     if (auto v = p->get<std::string>("trace", any_text(), false)) {
@@ -449,6 +507,23 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (sc.placement_load != "trace") problems.add_at(p->key_path("trace"), "only used with 'load: trace'");
     } else if (sc.placement_load == "trace" && p->valid()) {
       problems.add_at(p->key_path("load"), "'load: trace' needs placement.trace (a count-level trace file)");
+    }
+    if (auto v = p->get<std::pair<int, int>>("trace_steps", [](const std::string& t) {
+          // "5" or "0-9": an inclusive range of steps.
+          const auto dash = t.find('-', 1);
+          const auto first = sim::parse_count(t.substr(0, dash));
+          const auto last = dash == std::string::npos ? first : sim::parse_count(t.substr(dash + 1));
+          if (first < 0 || last < first) throw UnitError(fmt::format("expected a step or a range like '0-9', got '{}'", t));
+          return std::pair<int, int>(as_int(first), as_int(last));
+        }, false)) {
+      sc.placement_trace_steps = *v;
+      if (sc.placement_load != "trace") problems.add_at(p->key_path("trace_steps"), "only used with 'load: trace'");
+    }
+    if (auto v = p->get<std::int64_t>("history", count_at_least(1), false)) {
+      sc.forward.placement_history = as_int(*v);
+      if (sc.placement_load != "observed") problems.add_at(p->key_path("history"), "only used with 'load: observed'");
+    } else if (sc.placement_load == "observed") {
+      sc.forward.placement_history = 1;
     }
     if (auto v = p->get<std::string>("replica_choice", one_of({"round_robin", "least_loaded"}), false)) {
       pl.replica_choice = *v == "least_loaded" ? routing::ReplicaChoice::least_loaded : routing::ReplicaChoice::round_robin;
@@ -510,30 +585,90 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  const auto& rt = sc.forward.routing;
+  if (rt.distribution == routing::Distribution::hot_ranks) {
+    if (m.experts % ep != 0)
+      problems.add_at("routing.distribution",
+                      fmt::format("hot_ranks needs the experts ({}) to divide over the EP size {}", m.experts, ep));
+    if (rt.hot_ranks >= ep)
+      problems.add_at("routing.hot_ranks", fmt::format("hot_ranks {} must be fewer than the EP size {}", rt.hot_ranks, ep));
+  }
+  if (rt.max_groups > 0) {
+    if (m.experts % rt.groups != 0)
+      problems.add_at("routing.groups", fmt::format("experts ({}) do not divide into {} groups", m.experts, rt.groups));
+    else if (rt.max_groups > rt.groups)
+      problems.add_at("routing.max_groups", fmt::format("max_groups {} is more than the {} groups", rt.max_groups, rt.groups));
+    else if (static_cast<std::int64_t>(rt.max_groups) * (m.experts / rt.groups) < m.top_k)
+      problems.add_at("routing.max_groups",
+                      fmt::format("{} groups of {} experts hold fewer than top_k = {} experts", rt.max_groups,
+                                  m.experts / rt.groups, m.top_k));
+  }
+  if (sc.placement_load == "observed") {
+    if (rt.distribution == routing::Distribution::trace)
+      problems.add_at("placement.load", "'load: observed' routes earlier steps, which a trace does not have; use "
+                                        "'load: trace' with placement.trace_steps");
+    else if (rt.step < sc.forward.placement_history)
+      problems.add_at("placement.history",
+                      fmt::format("{} earlier step(s) need routing.step >= {} (it is {})", sc.forward.placement_history,
+                                  sc.forward.placement_history, rt.step));
+  }
 }
 
-// placement.load: trace — read the count-level trace (relative to the scenario file's folder)
-// and keep one load vector per MoE layer; every layer must be in the trace.
-void read_placement_trace(Scenario& sc, Problems& problems) {
-  if (sc.placement_load != "trace" || sc.placement_trace.empty()) return;
-  std::filesystem::path path(sc.placement_trace);
+std::string beside_scenario(const Scenario& sc, const std::string& file) {
+  std::filesystem::path path(file);
   if (path.is_relative()) path = std::filesystem::path(sc.source).parent_path() / path;
-  try {
-    const auto layers = routing::read_count_trace(path.string(), sc.forward.model.experts);
-    auto& load = sc.forward.placement.layer_load;
-    std::vector<int> missing;
-    for (int l = 0; l < sc.forward.model.moe_layers; ++l) {
-      const auto it = layers.find(l);
-      if (it == layers.end()) missing.push_back(l);
-      else load.push_back(it->second);
+  return path.string();
+}
+
+// Reads the traces the scenario names (relative to the scenario file's folder): placement.trace's
+// counts become one load vector per MoE layer (the mean over placement.trace_steps), and
+// routing.trace is loaded for replay. Every MoE layer must be in a trace.
+void read_traces(Scenario& sc, Problems& problems) {
+  const auto& m = sc.forward.model;
+  if (sc.placement_load == "trace" && !sc.placement_trace.empty()) {
+    const std::string path = beside_scenario(sc, sc.placement_trace);
+    try {
+      const auto trace = routing::read_count_trace(path, m.experts);
+      if (!trace.stepped && sc.placement_trace_steps) {
+        problems.add_at("placement.trace_steps", fmt::format("{} has no step column", path));
+      } else if (trace.steps.empty()) {
+        problems.add_at("placement.trace", fmt::format("{} has no counts", path));
+      } else {
+        const auto [first, last] = sc.placement_trace_steps.value_or(
+            std::pair<int, int>(trace.steps.begin()->first, trace.steps.rbegin()->first));
+        sc.forward.placement.layer_load = routing::mean_counts(trace, path, first, last, m.moe_layers);
+      }
+    } catch (const routing::TraceError& e) {
+      problems.add_at("placement.trace", e.what());
     }
-    if (!missing.empty()) {
-      load.clear();
-      problems.add_at("placement.trace", fmt::format("{} has no counts for MoE layer(s) {} (the model has {})",
-                                                     path.string(), fmt::join(missing, ", "), sc.forward.model.moe_layers));
+  }
+  auto& rt = sc.forward.routing;
+  if (rt.distribution == routing::Distribution::trace && !sc.routing_trace.empty()) {
+    auto trace = std::make_shared<routing::RoutingTrace>();
+    trace->path = beside_scenario(sc, sc.routing_trace);
+    try {
+      if (routing::trace_kind(trace->path) == routing::TraceKind::tokens) {
+        trace->layer_tokens = routing::read_token_trace(trace->path, m.experts, m.top_k, m.moe_layers, sc.forward.ep,
+                                                        sc.forward.tokens_per_gpu);
+        if (rt.dirichlet_concentration > 0 || rt.burst_probability > 0 || rt.rotate > 0)
+          problems.add_at("routing.trace", "a token-level trace is replayed as is: dirichlet_concentration, bursts and "
+                                           "rotate apply to laws and count-level traces only");
+      } else {
+        const auto counts = routing::read_count_trace(trace->path, m.experts);
+        const int step = counts.stepped ? rt.step : 0;
+        trace->layer_counts = routing::mean_counts(counts, trace->path, step, step, m.moe_layers);
+        for (int l = 0; l < m.moe_layers; ++l) {
+          const auto& c = trace->layer_counts[static_cast<std::size_t>(l)];
+          const auto used = std::count_if(c.begin(), c.end(), [](double x) { return x > 0; });
+          if (used < m.top_k)
+            problems.add_at("routing.trace", fmt::format("{}: layer {} has tokens for {} expert(s); top_k = {} needs at least {}",
+                                                         trace->path, l, used, m.top_k, m.top_k));
+        }
+      }
+      rt.trace = std::move(trace);
+    } catch (const routing::TraceError& e) {
+      problems.add_at("routing.trace", e.what());
     }
-  } catch (const routing::TraceError& e) {
-    problems.add_at("placement.trace", e.what());
   }
 }
 
@@ -556,7 +691,7 @@ Scenario load(const YAML::Node& root, Problems& problems) {
   read_rest(top, sc, problems);
   top.finish();
   if (!problems.any()) cross_check(sc, problems);
-  if (!problems.any()) read_placement_trace(sc, problems);
+  if (!problems.any()) read_traces(sc, problems);
   return sc;
 }
 

@@ -106,4 +106,31 @@ double Rng::exponential(double mean) {
   }
 }
 
+double Rng::normal() {
+  for (;;) {
+    const double u = 2 * uniform01() - 1, v = 2 * uniform01() - 1;
+    const double s = u * u + v * v;
+    if (s > 0 && s < 1) return u * std::sqrt(-2 * std::log(s) / s);
+  }
+}
+
+double Rng::gamma(double shape) {
+  if (shape < 1) {
+    const double u = uniform01();
+    return gamma(shape + 1) * std::pow(u > 0 ? u : 0x1.0p-53, 1 / shape);
+  }
+  const double d = shape - 1.0 / 3, c = 1 / std::sqrt(9 * d);
+  for (;;) {
+    double x, v;
+    do {
+      x = normal();
+      v = 1 + c * x;
+    } while (v <= 0);
+    v = v * v * v;
+    const double u = uniform01();
+    if (u < 1 - 0.0331 * x * x * x * x) return d * v;
+    if (u > 0 && std::log(u) < 0.5 * x * x + d * (1 - v + std::log(v))) return d * v;
+  }
+}
+
 }  // namespace moesim::sim

@@ -24,6 +24,12 @@ class Rng {
   std::uint64_t uniform_int(std::uint64_t n);
   // Exponential with the given mean (ziggurat method).
   double exponential(double mean);
+  // Standard normal (Marsaglia's polar method; the second variate of each pair is dropped so
+  // that a draw never depends on an earlier call).
+  double normal();
+  // Gamma with the given shape > 0 and scale 1 (Marsaglia & Tsang, 2000; shape < 1 through
+  // Gamma(shape + 1) * U^(1/shape)).
+  double gamma(double shape);
 
  private:
   std::uint64_t s_[4];

@@ -36,7 +36,7 @@ std::string mean_us(sim::Time sum, int n) {
 std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0 ? num / den : 0.0); }
 
 struct Totals {
-  std::int64_t routed = 0, computed = 0, dropped = 0, bytes = 0;
+  std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0;
   double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
 };
 
@@ -55,6 +55,7 @@ Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
     t.routed += l.routed;
     t.computed += l.computed;
     t.dropped += l.dropped;
+    t.padded += l.padded;
     t.bytes += l.network_bytes;
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
@@ -82,18 +83,18 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max\n";
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f}\n", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{}\n", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
-             t.bytes, r.events, t.gpu_cv);
+             t.bytes, r.events, t.gpu_cv, t.padded);
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -103,13 +104,13 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
-         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv\n";
+         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded\n";
   const auto& layers = r.stats.layers();
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f}\n",
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{}\n",
                i, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
@@ -119,7 +120,8 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                format_us(l.stage_max[idx(Stage::reduce)]), l.routed, l.computed, l.dropped,
                l.network_bytes, l.flows, l.max_gpu_tokens, gpu_mean,
                ratio(static_cast<double>(l.max_gpu_tokens), gpu_mean), l.max_expert_tokens,
-               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean), gpu_cv(l, gpus));
+               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean), gpu_cv(l, gpus),
+               l.padded);
   }
 }
 
@@ -139,16 +141,18 @@ void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const sce
 }
 
 void write_experts_csv(std::ostream& out, const scenarios::Scenario&, const scenarios::RunResult& r) {
-  fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,replica_computed,expert_routed,expert_computed,expert_dropped\n");
+  fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,replica_computed,expert_routed,expert_computed,expert_dropped,replica_padded,expert_padded\n");
   for (std::size_t l = 0; l < r.placements.size(); ++l) {
     const auto& pl = r.placements[l];
     const auto& ex = r.stats.experts()[l];
     const auto& sl = r.stats.slots()[l];
+    const auto& sp = r.stats.slots_padded()[l];
     for (int s = 0; s < pl.slots(); ++s) {
       const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
-      fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", l, s, pl.gpu_of_slot(s), e,
+      fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{}\n", l, s, pl.gpu_of_slot(s), e,
                  pl.slot_replica[static_cast<std::size_t>(s)], pl.expert_slots[e].size(),
-                 sl[static_cast<std::size_t>(s)], ex[e].routed, ex[e].computed, ex[e].routed - ex[e].computed);
+                 sl[static_cast<std::size_t>(s)], ex[e].routed, ex[e].computed, ex[e].routed - ex[e].computed,
+                 sp[static_cast<std::size_t>(s)], ex[e].padded);
     }
   }
 }
@@ -206,10 +210,7 @@ namespace {
 
 // Expected share of a layer's assignments on each slot (expert load / replicas), and the
 // resulting GPU max/mean.
-std::vector<double> slot_shares(const scenarios::Scenario& sc, const routing::Placement& pl, int layer) {
-  // The load the placement was made for: the trace's counts, else the routing distribution.
-  const std::vector<double> weight =
-      routing::placement_load(sc.forward.placement, sc.forward.routing, pl.experts, sc.forward.seed, layer);
+std::vector<double> slot_shares(const routing::Placement& pl, const std::vector<double>& weight) {
   const double total = std::accumulate(weight.begin(), weight.end(), 0.0);
   std::vector<double> share(static_cast<std::size_t>(pl.slots()));
   for (int s = 0; s < pl.slots(); ++s) {
@@ -229,14 +230,14 @@ double gpu_max_over_mean(const routing::Placement& pl, const std::vector<double>
 
 }  // namespace
 
-std::string write_placement(const std::string& dir, const scenarios::Scenario& sc,
+std::string write_placement(const std::string& dir, const scenarios::Scenario&,
                             const std::vector<routing::Placement>& placements) {
   const std::string path = (std::filesystem::path(dir) / "placement.csv").string();
   write_atomically(path, [&](std::ostream& out) {
     fmt::print(out, "layer,slot,ep_rank,expert,replica,replicas,expected_share\n");
     for (std::size_t l = 0; l < placements.size(); ++l) {
       const auto& pl = placements[l];
-      const auto share = slot_shares(sc, pl, static_cast<int>(l));
+      const auto share = slot_shares(pl, pl.load);
       for (int s = 0; s < pl.slots(); ++s) {
         const auto e = static_cast<std::size_t>(pl.slot_expert[static_cast<std::size_t>(s)]);
         fmt::print(out, "{},{},{},{},{},{},{:.6f}\n", l, s, pl.gpu_of_slot(s), e,
@@ -256,13 +257,13 @@ void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
              first.experts, first.ep, first.slots_per_gpu, placements.size());
   double worst = 0, best = 1e300, contiguous_worst = 0;
   for (std::size_t l = 0; l < placements.size(); ++l) {
-    const double r = gpu_max_over_mean(placements[l], slot_shares(sc, placements[l], static_cast<int>(l)));
+    const double r = gpu_max_over_mean(placements[l], slot_shares(placements[l], placements[l].load));
     worst = std::max(worst, r);
     best = std::min(best, r);
     if (first.experts % first.ep == 0) {
       const auto c = routing::make_placement({}, sc.forward.routing, first.experts, first.ep, sc.cluster.gpus_per_node,
                                              sc.forward.seed, static_cast<int>(l));
-      contiguous_worst = std::max(contiguous_worst, gpu_max_over_mean(c, slot_shares(sc, c, static_cast<int>(l))));
+      contiguous_worst = std::max(contiguous_worst, gpu_max_over_mean(c, slot_shares(c, placements[l].load)));
     }
   }
   fmt::print(out, "  expected GPU load max/mean over layers: {:.3f} to {:.3f}", best, worst);

@@ -153,7 +153,7 @@ TEST_CASE("EPLB placement replicates hot experts and the plan spreads their toke
   const Placement pl = make_placement(spec, r, 16, 8, 4, 3, 0);
   REQUIRE(pl.slots() == 24);
   CHECK(pl.slots_per_gpu == 3);
-  const ExpertSampler sampler(r, 16, 3, 0);
+  const ExpertSampler sampler(layer_law(r, 16, 1, 3, 0).weights);
   const auto& w = sampler.weights();
   const int hottest = static_cast<int>(std::max_element(w.begin(), w.end()) - w.begin());
   CHECK(pl.expert_slots[static_cast<std::size_t>(hottest)].size() >= 2);
@@ -189,7 +189,7 @@ TEST_CASE("A token's top-k experts are distinct", "[routing]") {
     RoutingSpec r;
     r.distribution = dist;
     r.zipf_s = 3.0;  // so skewed that repeats are frequent and the exact fallback runs
-    const ExpertSampler s(r, 8, 1, 0);
+    const ExpertSampler s(layer_law(r, 8, 1, 1, 0).weights);
     sim::Rng rng(1, "test");
     std::vector<int> out(7);
     for (int t = 0; t < 2000; ++t) {
@@ -207,7 +207,7 @@ TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[rout
   RoutingSpec zipf;
   zipf.distribution = Distribution::zipf;
   zipf.zipf_s = 1.2;
-  const ExpertSampler s(zipf, 16, 5, 2);
+  const ExpertSampler s(layer_law(zipf, 16, 1, 5, 2).weights);
   // Weights r^-1.2 / sum over r = 1..16: the hottest is 1/H where H = sum r^-1.2.
   double h = 0;
   for (int r = 1; r <= 16; ++r) h += std::pow(r, -1.2);
@@ -223,7 +223,7 @@ TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[rout
   for (std::size_t e = 0; e < 16; ++e) CHECK(counts[e] / double(n) == Approx(w[e]).margin(0.005));
 
   RoutingSpec uniform;
-  const ExpertSampler u(uniform, 16, 5, 2);
+  const ExpertSampler u(layer_law(uniform, 16, 1, 5, 2).weights);
   for (double x : u.weights()) CHECK(x == Approx(1.0 / 16));
 }
 
@@ -246,7 +246,7 @@ TEST_CASE("The Zipf exponent is recovered from routed counts", "[routing][stats]
     r.distribution = Distribution::zipf;
     r.zipf_s = s;
     const int experts = 64;
-    const ExpertSampler sampler(r, experts, 11, 3);
+    const ExpertSampler sampler(layer_law(r, experts, 1, 11, 3).weights);
     std::vector<int> order(experts);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int a, int b) {
@@ -278,7 +278,7 @@ TEST_CASE("Hot experts draw their share of the routing", "[routing][stats]") {
   r.distribution = Distribution::hot_experts;
   r.hot_experts = 4;
   r.hot_fraction = 0.6;
-  const ExpertSampler sampler(r, 32, 2, 0);
+  const ExpertSampler sampler(layer_law(r, 32, 1, 2, 0).weights);
   int hot_seen = 0;
   double hot_weight = 0;
   for (double w : sampler.weights()) {

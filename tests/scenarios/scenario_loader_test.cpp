@@ -150,7 +150,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("enumerations suggest the closest value") {
     CHECK(error_of(kBase + "  distribution: zipff\n") ==
-          "s.yaml:20:17: routing.distribution: expected one of uniform, zipf, hot_experts, got 'zipff'; did you mean 'zipf'?");
+          "s.yaml:20:17: routing.distribution: expected one of uniform, zipf, hot_experts, lognormal, hot_ranks, trace, got 'zipff'; did you mean 'zipf'?");
     CHECK_THAT(error_of(kBase + "  distribution: zipf\n"),
                Catch::Contains("routing.distribution: zipf needs routing.zipf_s"));
     CHECK_THAT(error_of(kBase + "  zipf_s: 1.2\n"),
@@ -264,7 +264,7 @@ TEST_CASE("EPLB placement can balance a count-level trace next to the scenario",
     load_scenario_file((dir / "s.yaml").string());
     FAIL("no error");
   } catch (const ScenarioError& e) {
-    CHECK_THAT(std::string(e.what()), Catch::Contains("placement.trace:") && Catch::Contains("has no counts for MoE layer(s) 1, 2, 3"));
+    CHECK_THAT(std::string(e.what()), Catch::Contains("placement.trace:") && Catch::Contains("no counts for MoE layer 1 (the model has 4)"));
   }
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  load: trace\n"),
              Catch::Contains("placement.load: 'load: trace' needs placement.trace"));

@@ -82,3 +82,32 @@ TEST_CASE("Exponentials follow the exponential distribution into the far tail", 
   CHECK(sum / n == Approx(1.0).epsilon(0.005));
   CHECK(sum2 / n == Approx(2.0).epsilon(0.01));  // E[X^2] = 2
 }
+
+TEST_CASE("Normals and gammas have their mean and variance", "[sim][rng]") {
+  Rng r(13, "normal-gamma");
+  const int n = 400'000;
+  double s = 0, s2 = 0, below = 0;
+  for (int i = 0; i < n; ++i) {
+    const double x = r.normal();
+    s += x;
+    s2 += x * x;
+    below += x < -1.0;
+  }
+  CHECK(std::abs(s / n) < 5 / std::sqrt(n));
+  CHECK(s2 / n == Approx(1.0).epsilon(0.01));
+  CHECK(below / n == Approx(0.158655).epsilon(0.02));  // Phi(-1)
+  // Gamma(a): mean a, variance a; shapes below 1 take the boosted path.
+  for (const double a : {0.3, 1.0, 2.5, 40.0}) {
+    double g = 0, g2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const double x = r.gamma(a);
+      REQUIRE(x >= 0.0);
+      g += x;
+      g2 += x * x;
+    }
+    const double mean = g / n, var = g2 / n - mean * mean;
+    INFO("shape " << a);
+    CHECK(mean == Approx(a).epsilon(0.01));
+    CHECK(var == Approx(a).epsilon(0.03));
+  }
+}

@@ -1,0 +1,237 @@
+#include "routing/token_router.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "sim/assert.hpp"
+#include "sim/parallel.hpp"
+
+namespace moesim::routing {
+
+TokenRouter::TokenRouter(const MoeModelSpec& model, const RoutingSpec& spec, int ep, std::uint64_t seed, bool gates)
+    : model_(model), spec_(spec), ep_(ep), seed_(seed), gates_(gates) {
+  if (spec_.distribution == Distribution::trace) {
+    MOESIM_ASSERT(spec_.trace, "trace routing without a trace");
+    if (!spec_.trace->layer_tokens.empty()) return;  // replayed: no law
+  }
+  for (int l = 0; l < model.moe_layers; ++l) {
+    laws_.push_back(layer_law(spec_, model.experts, ep, seed, l));
+    samplers_.emplace_back(laws_.back().weights);
+  }
+}
+
+std::string TokenRouter::stream(const std::string& what, int layer, int unit) const {
+  // Step 0 keeps the stream names of single-step versions, so their runs reproduce.
+  std::string s = fmt::format("routing/{}layer{}/{}{}", what, layer, what.empty() ? "gpu" : "unit", unit);
+  if (spec_.step != 0) s += fmt::format("/step{}", spec_.step);
+  return s;
+}
+
+std::vector<double> TokenRouter::batch_weights(int layer, int first_gpu) const {
+  if (spec_.dirichlet_concentration <= 0 && spec_.burst_probability <= 0) return {};
+  sim::Rng rng(seed_, stream("batch/", layer, first_gpu));
+  const auto& base = laws_[static_cast<std::size_t>(layer)].weights;
+  std::vector<double> w = base;
+  if (spec_.dirichlet_concentration > 0) {
+    double total = 0;
+    for (std::size_t e = 0; e < w.size(); ++e)
+      total += (w[e] = base[e] > 0 ? rng.gamma(spec_.dirichlet_concentration * base[e]) : 0.0);
+    if (total > 0) {
+      for (auto& x : w) x /= total;
+    } else {
+      w = base;  // every gamma underflowed (tiny shapes): keep the law
+    }
+  }
+  if (spec_.burst_probability > 0 && rng.uniform01() < spec_.burst_probability) {
+    const auto e = static_cast<std::size_t>(rng.uniform_int(w.size()));
+    for (auto& x : w) x *= 1 - spec_.burst_fraction;
+    w[e] += spec_.burst_fraction;
+  }
+  return w;
+}
+
+void TokenRouter::route(int layer, int first_gpu, std::int64_t tokens_per_rank, const TokenBatch* previous,
+                        TokenBatch& out) const {
+  if (spec_.distribution == Distribution::trace && !spec_.trace->layer_tokens.empty()) {
+    out = spec_.trace->layer_tokens[static_cast<std::size_t>(layer)];
+    MOESIM_ASSERT(out.ranks == ep_ && out.tokens_per_rank == tokens_per_rank, "token trace of another shape");
+    return;
+  }
+  out.top_k = model_.top_k;
+  out.ranks = ep_;
+  out.tokens_per_rank = tokens_per_rank;
+  out.experts.assign(static_cast<std::size_t>(out.tokens() * out.top_k), 0);
+  out.gates.clear();
+  if (spec_.distribution == Distribution::trace) deal_counts(layer, first_gpu, out);
+  else route_synthetic(layer, first_gpu, previous, out);
+  if (gates_) draw_gates(layer, first_gpu, out);
+}
+
+void TokenRouter::route_synthetic(int layer, int first_gpu, const TokenBatch* previous, TokenBatch& out) const {
+  const int k = model_.top_k;
+  const std::vector<double> varied = batch_weights(layer, first_gpu);
+  const ExpertSampler* sampler = &samplers_[static_cast<std::size_t>(layer)];
+  std::optional<ExpertSampler> own;
+  if (!varied.empty()) sampler = &own.emplace(varied);
+  // Group limit: a sampler over the groups' summed weights.
+  const int group_size = spec_.max_groups > 0 ? model_.experts / spec_.groups : 0;
+  std::optional<ExpertSampler> group_sampler;
+  if (spec_.max_groups > 0) {
+    std::vector<double> gw(static_cast<std::size_t>(spec_.groups), 0.0);
+    for (int e = 0; e < model_.experts; ++e)
+      gw[static_cast<std::size_t>(e / group_size)] += sampler->weights()[static_cast<std::size_t>(e)];
+    group_sampler.emplace(std::move(gw));
+  }
+  const bool correlated = spec_.layer_correlation > 0 && layer > 0;
+  MOESIM_ASSERT(!correlated || (previous && previous->top_k == k && previous->tokens() == out.tokens()),
+                "correlated routing needs the previous layer's batch");
+  const LayerLaw& now = laws_[static_cast<std::size_t>(layer)];
+  const LayerLaw* before = correlated ? &laws_[static_cast<std::size_t>(layer - 1)] : nullptr;
+  std::vector<int> picked_groups(static_cast<std::size_t>(std::max(spec_.max_groups, 1)));
+  for (int src = 0; src < ep_; ++src) {
+    sim::Rng rng(seed_, stream("", layer, first_gpu + src));
+    for (std::int64_t t = 0; t < out.tokens_per_rank; ++t) {
+      const std::size_t at = static_cast<std::size_t>((src * out.tokens_per_rank + t) * k);
+      const std::span<int> chosen(out.experts.data() + at, static_cast<std::size_t>(k));
+      if (!group_sampler && !correlated) {
+        sampler->sample_top_k(rng, chosen);
+        continue;
+      }
+      std::uint64_t mask = ~std::uint64_t{0};
+      if (group_sampler) {
+        group_sampler->sample_top_k(rng, picked_groups);
+        mask = 0;
+        for (const int g : picked_groups) mask |= std::uint64_t{1} << g;
+      }
+      for (int j = 0; j < k; ++j) {
+        const std::span<const int> taken(chosen.data(), static_cast<std::size_t>(j));
+        if (correlated && rng.uniform01() < spec_.layer_correlation) {
+          const int was = previous->experts[at + static_cast<std::size_t>(j)];
+          const int e = now.expert_of_rank[static_cast<std::size_t>(before->rank_of_expert[static_cast<std::size_t>(was)])];
+          if ((group_size == 0 || ((mask >> (e / group_size)) & 1U)) &&
+              std::find(taken.begin(), taken.end(), e) == taken.end()) {
+            chosen[static_cast<std::size_t>(j)] = e;
+            continue;
+          }
+        }
+        chosen[static_cast<std::size_t>(j)] = sampler->draw_restricted(rng, taken, mask, group_size);
+      }
+    }
+  }
+}
+
+void TokenRouter::deal_counts(int layer, int first_gpu, TokenBatch& out) const {
+  const int k = out.top_k;
+  const auto n_tokens = out.tokens();
+  const auto experts = static_cast<std::size_t>(model_.experts);
+  std::vector<double> share = batch_weights(layer, first_gpu);
+  if (share.empty() || std::count_if(share.begin(), share.end(), [](double x) { return x > 0; }) < k)
+    share = laws_[static_cast<std::size_t>(layer)].weights;
+  // Water-filling: proportional shares of N k assignments, none above N.
+  const double cap = static_cast<double>(n_tokens);
+  std::vector<double> real(experts, 0.0);
+  std::vector<char> fixed(experts, 0);
+  double left = static_cast<double>(n_tokens) * k;
+  for (;;) {
+    double sum = 0;
+    for (std::size_t e = 0; e < experts; ++e)
+      if (!fixed[e]) sum += share[e];
+    bool capped = false;
+    for (std::size_t e = 0; e < experts; ++e)
+      if (!fixed[e] && sum > 0 && left * share[e] / sum > cap) {
+        fixed[e] = 1;
+        real[e] = cap;
+        left -= cap;
+        capped = true;
+      }
+    if (!capped) {
+      for (std::size_t e = 0; e < experts; ++e)
+        if (!fixed[e]) real[e] = sum > 0 ? left * share[e] / sum : 0.0;
+      break;
+    }
+  }
+  // Largest remainder (ties: lower expert id), never above N.
+  std::vector<std::int64_t> count(experts);
+  std::int64_t assigned = 0;
+  for (std::size_t e = 0; e < experts; ++e) assigned += (count[e] = static_cast<std::int64_t>(std::floor(real[e])));
+  std::vector<std::size_t> order(experts);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return real[a] - std::floor(real[a]) > real[b] - std::floor(real[b]);
+  });
+  for (std::size_t i = 0; assigned < n_tokens * k; i = (i + 1) % experts) {
+    const std::size_t e = order[i];
+    if (count[e] < n_tokens && share[e] > 0) {
+      ++count[e];
+      ++assigned;
+    }
+  }
+  sim::Rng rng(seed_, stream("deal/", layer, first_gpu));
+  // The list of assignments, experts in random order.
+  std::vector<int> expert_order(experts);
+  std::iota(expert_order.begin(), expert_order.end(), 0);
+  for (std::size_t i = experts - 1; i > 0; --i) std::swap(expert_order[i], expert_order[rng.uniform_int(i + 1)]);
+  std::vector<int> list;
+  list.reserve(static_cast<std::size_t>(n_tokens * k));
+  for (const int e : expert_order) list.insert(list.end(), static_cast<std::size_t>(count[static_cast<std::size_t>(e)]), e);
+  // Token i of the batch is dealt column perm[i]; its k experts in random positions.
+  std::vector<std::int64_t> perm(static_cast<std::size_t>(n_tokens));
+  std::iota(perm.begin(), perm.end(), 0);
+  for (std::size_t i = perm.size() - 1; i > 0; --i) std::swap(perm[i], perm[rng.uniform_int(i + 1)]);
+  for (std::int64_t i = 0; i < n_tokens; ++i) {
+    int* token = out.experts.data() + i * k;
+    for (int j = 0; j < k; ++j) token[j] = list[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)] + j * n_tokens)];
+    for (int j = k - 1; j > 0; --j) std::swap(token[j], token[rng.uniform_int(static_cast<std::uint64_t>(j) + 1)]);
+  }
+}
+
+void TokenRouter::draw_gates(int layer, int first_gpu, TokenBatch& out) const {
+  const auto k = static_cast<std::size_t>(out.top_k);
+  out.gates.assign(out.experts.size(), 0.0f);
+  std::vector<double> g(k);
+  for (int src = 0; src < out.ranks; ++src) {
+    sim::Rng rng(seed_, stream("gates/", layer, first_gpu + src));
+    for (std::int64_t t = 0; t < out.tokens_per_rank; ++t) {
+      double total = 0;
+      for (auto& x : g) total += (x = rng.exponential(1.0));
+      std::sort(g.begin(), g.end(), std::greater<>());
+      float* gate = out.gates.data() + (src * out.tokens_per_rank + t) * static_cast<std::int64_t>(k);
+      for (std::size_t j = 0; j < k; ++j) gate[j] = static_cast<float>(g[j] / total);
+    }
+  }
+}
+
+std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const RoutingSpec& spec, int ep, int groups,
+                                               std::int64_t tokens_per_rank, std::uint64_t seed, int history) {
+  MOESIM_ASSERT(history >= 1 && spec.step >= history, "observed load needs earlier steps");
+  const auto layers = static_cast<std::size_t>(model.moe_layers), experts = static_cast<std::size_t>(model.experts);
+  // One work item per (earlier step, group), each routing its layers in order.
+  const std::size_t items = static_cast<std::size_t>(history) * static_cast<std::size_t>(groups);
+  std::vector<std::vector<double>> partial(items, std::vector<double>(layers * experts, 0.0));
+  std::vector<TokenRouter> routers;
+  for (int h = 0; h < history; ++h) {
+    RoutingSpec s = spec;
+    s.step = spec.step - history + h;
+    routers.emplace_back(model, s, ep, seed, false);
+  }
+  sim::parallel_for(items, [&](std::size_t i) {
+    const TokenRouter& router = routers[i / static_cast<std::size_t>(groups)];
+    const int first_gpu = static_cast<int>(i % static_cast<std::size_t>(groups)) * ep;
+    TokenBatch batch, previous;
+    for (std::size_t l = 0; l < layers; ++l) {
+      router.route(static_cast<int>(l), first_gpu, tokens_per_rank, &previous, batch);
+      for (const int e : batch.experts) partial[i][l * experts + static_cast<std::size_t>(e)] += 1;
+      std::swap(batch, previous);
+    }
+  });
+  std::vector<std::vector<double>> out(layers, std::vector<double>(experts, 0.0));
+  for (const auto& p : partial)
+    for (std::size_t l = 0; l < layers; ++l)
+      for (std::size_t e = 0; e < experts; ++e) out[l][e] += p[l * experts + e] / history;
+  return out;
+}
+
+}  // namespace moesim::routing
