@@ -72,9 +72,17 @@ LayerLaw layer_law(const RoutingSpec& spec, int experts, int ep, std::uint64_t s
       break;
     }
     case Distribution::trace: {
-      MOESIM_ASSERT(spec.trace && static_cast<std::size_t>(layer) < spec.trace->layer_counts.size(),
-                    "trace routing without the layer's counts");
-      const auto& c = spec.trace->layer_counts[static_cast<std::size_t>(layer)];
+      MOESIM_ASSERT(spec.trace, "trace routing without a trace");
+      const auto l = static_cast<std::size_t>(layer);
+      std::vector<double> from_tokens;
+      if (!spec.trace->layer_tokens.empty()) {  // a token-level trace: its tokens' counts
+        MOESIM_ASSERT(l < spec.trace->layer_tokens.size(), "a token trace without the layer");
+        from_tokens.assign(n, 0.0);
+        for (const int e : spec.trace->layer_tokens[l].experts) from_tokens[static_cast<std::size_t>(e)] += 1;
+      } else {
+        MOESIM_ASSERT(l < spec.trace->layer_counts.size(), "a count trace without the layer");
+      }
+      const auto& c = from_tokens.empty() ? spec.trace->layer_counts[l] : from_tokens;
       const double total = std::accumulate(c.begin(), c.end(), 0.0);
       MOESIM_ASSERT(total > 0, "a trace layer without counts");
       // Rank by count, ties by expert id.

@@ -9,7 +9,7 @@
 //                        loads, and per-rank loads which sum a few of them, are log-normal);
 //   hot_ranks(R, f)      the experts of R whole EP ranks (under contiguous placement, E/ep
 //                        experts each) share f equally, the others share 1 - f;
-//   trace                the shares of a count-level trace's counts.
+//   trace                the shares of a trace's counts (of a token-level trace: its tokens').
 // Which expert holds which rank is a seeded random permutation per layer (hot_ranks: a random
 // order of the rank blocks), so hot experts differ between layers as in real routers; a trace
 // ranks its experts by count. With `rotate`, at step s the expert holding rank r is the one that

@@ -13,10 +13,6 @@ namespace moesim::routing {
 
 TokenRouter::TokenRouter(const MoeModelSpec& model, const RoutingSpec& spec, int ep, std::uint64_t seed, bool gates)
     : model_(model), spec_(spec), ep_(ep), seed_(seed), gates_(gates) {
-  if (spec_.distribution == Distribution::trace) {
-    MOESIM_ASSERT(spec_.trace, "trace routing without a trace");
-    if (!spec_.trace->layer_tokens.empty()) return;  // replayed: no law
-  }
   for (int l = 0; l < model.moe_layers; ++l) {
     laws_.push_back(layer_law(spec_, model.experts, ep, seed, l));
     samplers_.emplace_back(laws_.back().weights);

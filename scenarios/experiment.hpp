@@ -26,4 +26,12 @@ RunResult run_experiment(const Scenario& scenario);
 // The expert placement of every MoE layer, as a run would use it, without simulating.
 std::vector<routing::Placement> compute_placements(const Scenario& scenario);
 
+// The routed tokens (with gate weights) of every MoE layer of EP group `group`, as a run routes
+// them (0 <= group < GPUs / ep).
+std::vector<routing::TokenBatch> route_group(const Scenario& scenario, int group);
+
+// Per MoE layer and expert, the assignments routed over all EP groups (what a run's
+// experts.csv reports as expert_routed), without simulating.
+std::vector<std::vector<std::int64_t>> routed_counts(const Scenario& scenario);
+
 }  // namespace moesim::scenarios

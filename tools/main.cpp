@@ -35,6 +35,11 @@ commands:
   place [SCENARIO.yaml] [--out DIR]
         compute the expert placement of every layer without simulating; prints the
         expected GPU load balance and writes placement.csv
+  trace [SCENARIO.yaml] --out FILE [--group G | --counts]
+        write the routing the scenario produces, without simulating: a token-level
+        trace of EP group G (default 0: layer,token,experts,gates,rank), or with
+        --counts a count-level trace of all groups (layer,expert,count); either can
+        be replayed with routing.distribution: trace (docs/traces.md)
   validate SCENARIO.yaml
         check a scenario file without running it
   help  show this text
@@ -118,6 +123,33 @@ int cmd_place(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_trace(const std::vector<std::string>& args) {
+  po::options_description opts("trace options");
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
+      "out,o", po::value<std::string>(), "output CSV")("group,g", po::value<int>()->default_value(0), "EP group")(
+      "counts", "write per-expert counts of all EP groups instead of tokens")("quiet,q", "print nothing on success");
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  if (!vm.count("out")) throw UsageError("trace needs --out FILE");
+  const scenarios::Scenario sc = load(vm);
+  const std::string out = vm["out"].as<std::string>();
+  const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.ep;
+  const int group = vm["group"].as<int>();
+  if (group < 0 || group >= groups)
+    throw UsageError(fmt::format("--group {} is not an EP group of the scenario (0 to {})", group, groups - 1));
+  if (vm.count("counts")) {
+    if (!vm["group"].defaulted()) throw UsageError("--counts covers all EP groups; --group does not apply");
+    tools::write_count_trace(out, scenarios::routed_counts(sc));
+  } else {
+    tools::write_token_trace_file(out, scenarios::route_group(sc, group));
+  }
+  if (!vm.count("quiet"))
+    fmt::print("moesim: wrote {} ({} of {}, {} MoE layers)\n", out,
+               vm.count("counts") ? fmt::format("expert counts of {} EP groups", groups)
+                                  : fmt::format("tokens of EP group {}", group),
+               sc.source, sc.forward.model.moe_layers);
+  return 0;
+}
+
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
@@ -150,6 +182,7 @@ int main(int argc, char** argv) {
     if (cmd == "validate") return cmd_validate(args);
     if (cmd == "flows") return cmd_flows(args);
     if (cmd == "place") return cmd_place(args);
+    if (cmd == "trace") return cmd_trace(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const UsageError& e) {
     std::cerr << "moesim: " << e.what() << "\n\n" << kUsage;

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "routing/traces.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
 
@@ -269,6 +270,18 @@ void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  expected GPU load max/mean over layers: {:.3f} to {:.3f}", best, worst);
   if (contiguous_worst > 0) fmt::print(out, " (contiguous placement: up to {:.3f})", contiguous_worst);
   fmt::print(out, "\n  wrote       {}\n", written);
+}
+
+void write_token_trace_file(const std::string& path, const std::vector<routing::TokenBatch>& layers) {
+  write_atomically(path, [&](std::ostream& out) { routing::write_token_trace(out, layers); });
+}
+
+void write_count_trace(const std::string& path, const std::vector<std::vector<std::int64_t>>& counts) {
+  write_atomically(path, [&](std::ostream& out) {
+    out << "layer,expert,count\n";
+    for (std::size_t l = 0; l < counts.size(); ++l)
+      for (std::size_t e = 0; e < counts[l].size(); ++e) fmt::print(out, "{},{},{}\n", l, e, counts[l][e]);
+  });
 }
 
 void write_atomically(const std::string& path, const std::function<void(std::ostream&)>& writer) {

@@ -48,4 +48,9 @@ std::string write_placement(const std::string& dir, const scenarios::Scenario& s
 void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
                              const std::vector<routing::Placement>& placements, const std::string& written);
 
+// `moesim trace`: a token-level trace (routing/traces.hpp) or a count-level one
+// (layer,expert,count), written atomically. Throw ReportError.
+void write_token_trace_file(const std::string& path, const std::vector<routing::TokenBatch>& layers);
+void write_count_trace(const std::string& path, const std::vector<std::vector<std::int64_t>>& counts);
+
 }  // namespace moesim::tools

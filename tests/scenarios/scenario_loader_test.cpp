@@ -293,3 +293,105 @@ TEST_CASE("Replica choice is read and checked", "[scenarios]") {
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  replica_choice: random\n"),
              Catch::Contains("placement.replica_choice:"));
 }
+
+TEST_CASE("Routing generators' keys are read and checked", "[scenarios][routing]") {
+  using moesim::routing::Distribution;
+  const auto ln = load_scenario_text(kBase + "  distribution: lognormal\n  sigma: 0.8\n  dirichlet_concentration: 50\n"
+                                             "  burst_probability: 0.1\n  burst_fraction: 0.4\n  layer_correlation: 0.3\n"
+                                             "  step: 3\n  rotate: 2\n", "s.yaml");
+  const auto& r = ln.forward.routing;
+  CHECK(r.distribution == Distribution::lognormal);
+  CHECK(r.lognormal_sigma == 0.8);
+  CHECK(r.dirichlet_concentration == 50);
+  CHECK(r.burst_probability == 0.1);
+  CHECK(r.burst_fraction == 0.4);
+  CHECK(r.layer_correlation == 0.3);
+  CHECK(r.step == 3);
+  CHECK(r.rotate == 2);
+  CHECK_THAT(error_of(kBase + "  distribution: lognormal\n"), Catch::Contains("lognormal needs routing.sigma"));
+  CHECK_THAT(error_of(kBase + "  sigma: 1\n"), Catch::Contains("routing.sigma: only used with 'distribution: lognormal'"));
+  CHECK_THAT(error_of(kBase + "  burst_probability: 0.1\n"), Catch::Contains("bursts need both"));
+  CHECK_THAT(error_of(kBase + "  layer_correlation: 1.5\n"), Catch::Contains("routing.layer_correlation: must be in [0, 1]"));
+  CHECK_THAT(error_of(kBase + "  dirichlet_concentration: 0\n"), Catch::Contains("must be greater than 0"));
+
+  const auto hr = load_scenario_text(kBase + "  distribution: hot_ranks\n  hot_ranks: 1\n  hot_fraction: 0.4\n", "s.yaml");
+  CHECK(hr.forward.routing.distribution == Distribution::hot_ranks);
+  CHECK(hr.forward.routing.hot_ranks == 1);
+  CHECK_THAT(error_of(kBase + "  distribution: hot_ranks\n  hot_ranks: 8\n  hot_fraction: 0.4\n"),
+             Catch::Contains("routing.hot_ranks: hot_ranks 8 must be fewer than the EP size 8"));
+  CHECK_THAT(error_of(kBase + "  distribution: hot_ranks\n  hot_fraction: 0.4\n"), Catch::Contains("hot_ranks needs routing.hot_ranks"));
+
+  const auto gl = load_scenario_text(kBase + "  groups: 4\n  max_groups: 2\n", "s.yaml");
+  CHECK(gl.forward.routing.groups == 4);
+  CHECK(gl.forward.routing.max_groups == 2);
+  CHECK_THAT(error_of(kBase + "  max_groups: 2\n"), Catch::Contains("routing.max_groups: needs routing.groups"));
+  CHECK_THAT(error_of(kBase + "  groups: 4\n"), Catch::Contains("routing.groups: only used with routing.max_groups"));
+  CHECK_THAT(error_of(kBase + "  groups: 3\n  max_groups: 2\n"), Catch::Contains("experts (8) do not divide into 3 groups"));
+  CHECK_THAT(error_of(kBase + "  groups: 8\n  max_groups: 1\n"),
+             Catch::Contains("1 groups of 1 experts hold fewer than top_k = 2 experts"));
+}
+
+TEST_CASE("Drop policies are read and need a capacity factor", "[scenarios][routing]") {
+  using moesim::routing::DropPolicy;
+  CHECK(load_scenario_text(kBase + "  drop_policy: gate\n", "s.yaml").forward.routing.drop_policy == DropPolicy::gate);
+  CHECK(load_scenario_text(kBase + "  drop_policy: pad\n", "s.yaml").forward.routing.drop_policy == DropPolicy::pad);
+  CHECK_THAT(error_of(with("  capacity_factor: 1.25\n", "  capacity_factor: dropless\n  drop_policy: pad\n")),
+             Catch::Contains("routing.drop_policy: needs a routing.capacity_factor"));
+  CHECK_THAT(error_of(kBase + "  drop_policy: lowest\n"), Catch::Contains("expected one of position, gate, pad"));
+}
+
+TEST_CASE("Trace routing and observed placement are read and checked", "[scenarios][routing]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("moesim-loader-routing-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto load_with = [&](const std::string& extra) { std::ofstream(dir / "s.yaml") << kBase + extra; };
+  auto error_in_dir = [&](const std::string& extra) {
+    load_with(extra);
+    try {
+      load_scenario_file((dir / "s.yaml").string());
+    } catch (const ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  {
+    std::ofstream t(dir / "steps.csv");
+    t << "step,layer,expert,count\n";
+    for (int s = 0; s < 3; ++s)
+      for (int l = 0; l < 4; ++l)
+        for (int e = 0; e < 8; ++e) t << s << "," << l << "," << e << "," << (e == s ? 100 : 1) << "\n";
+  }
+  load_with("  distribution: trace\n  trace: steps.csv\n  step: 2\n");
+  const auto sc = load_scenario_file((dir / "s.yaml").string());
+  REQUIRE(sc.forward.routing.trace);
+  CHECK(sc.forward.routing.trace->layer_counts[1][2] == 100);
+  CHECK(sc.forward.routing.trace->layer_counts[1][0] == 1);
+  CHECK_THAT(error_in_dir("  distribution: trace\n  trace: steps.csv\n  step: 5\n"),
+             Catch::Contains("routing.trace:") && Catch::Contains("no counts for step 5"));
+  CHECK_THAT(error_in_dir("  distribution: trace\n"), Catch::Contains("trace needs routing.trace"));
+  CHECK_THAT(error_in_dir("  distribution: trace\n  trace: steps.csv\n  layer_correlation: 0.5\n"),
+             Catch::Contains("routing.layer_correlation: not used with 'distribution: trace'"));
+
+  // Placement from the mean of a window of traced steps.
+  load_with("placement:\n  policy: eplb\n  redundant_experts: 8\n  load: trace\n  trace: steps.csv\n  trace_steps: 0-1\n");
+  const auto pl = load_scenario_file((dir / "s.yaml").string());
+  REQUIRE(pl.forward.placement.layer_load.size() == 4);
+  CHECK(pl.forward.placement.layer_load[0] == std::vector<double>{50.5, 50.5, 1, 1, 1, 1, 1, 1});
+  CHECK_THAT(error_in_dir("placement:\n  policy: eplb\n  redundant_experts: 8\n  load: trace\n  trace: steps.csv\n  trace_steps: 2-7\n"),
+             Catch::Contains("no counts for step 3"));
+
+  // Observed: needs enough earlier steps.
+  CHECK_THAT(error_in_dir("placement:\n  policy: eplb\n  redundant_experts: 8\n  load: observed\n  history: 4\n"),
+             Catch::Contains("placement.history: 4 earlier step(s) need routing.step >= 4 (it is 0)"));
+  load_with("  step: 4\nplacement:\n  policy: eplb\n  redundant_experts: 8\n  load: observed\n  history: 4\n");
+  CHECK(load_scenario_file((dir / "s.yaml").string()).forward.placement_history == 4);
+  CHECK_THAT(error_in_dir("placement:\n  history: 2\n"), Catch::Contains("placement.history: only used with 'load: observed'"));
+
+  // A token-level trace of the wrong shape.
+  {
+    std::ofstream t(dir / "tokens.csv");
+    t << "layer,token,experts,gates\n0,0,1 2,0.5 0.5\n";
+  }
+  CHECK_THAT(error_in_dir("  distribution: trace\n  trace: tokens.csv\n"),
+             Catch::Contains("routing.trace:") && Catch::Contains("layer 0 has 1 tokens; the scenario needs 8192"));
+  std::filesystem::remove_all(dir);
+}

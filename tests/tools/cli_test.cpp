@@ -292,3 +292,44 @@ TEST_CASE("moesim place writes the placement without simulating", "[cli][place]"
   CHECK(share == Approx(2.0).epsilon(1e-4));  // each layer's shares add up to 1
   CHECK_FALSE(fs::exists(tmp.path() / "p" / "summary.csv"));
 }
+
+TEST_CASE("moesim trace writes the routing, and replaying it reproduces the run", "[cli][trace]") {
+  TempDir tmp;
+  const std::string base =
+      "cluster:\n  nodes: 1\n  gpus_per_node: 8\n  gpu: H100\n"
+      "model:\n  moe_layers: 3\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 16\n  top_k: 2\n  attention_heads: 8\n"
+      "parallelism:\n  ep: 8\nworkload:\n  tokens_per_gpu: 256\n"
+      "routing:\n  capacity_factor: 1.2\n  drop_policy: gate\n";
+  std::ofstream(tmp.path() / "s.yaml") << base << "  distribution: zipf\n  zipf_s: 1.1\n  layer_correlation: 0.5\n";
+  std::ofstream(tmp.path() / "r.yaml") << base << "  distribution: trace\n  trace: tokens.csv\n";
+  std::ofstream(tmp.path() / "c.yaml") << base << "  distribution: trace\n  trace: counts.csv\n";
+  const auto dir = "'" + tmp.path().string() + "/";
+  REQUIRE(moesim("trace " + dir + "s.yaml' -q --out " + dir + "tokens.csv'", tmp).code == 0);
+  REQUIRE(moesim("trace " + dir + "s.yaml' -q --counts --out " + dir + "counts.csv'", tmp).code == 0);
+  for (const char* s : {"s", "r", "c"})
+    REQUIRE(moesim(std::string("run ") + dir + s + ".yaml' -q --out " + dir + s + "'", tmp).code == 0);
+  auto read = [&](const std::string& f) {
+    std::ifstream in(tmp.path() / f);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  // One EP group: the token trace is the whole run's routing, gates included.
+  CHECK(read("s/experts.csv") == read("r/experts.csv"));
+  CHECK(read("s/layers.csv") == read("r/layers.csv"));
+  // The count trace reproduces the per-expert totals, not the tokens.
+  std::map<std::pair<int, int>, std::int64_t> routed_s, routed_c;
+  for (const auto& [name, m] : {std::pair{"s", &routed_s}, std::pair{"c", &routed_c}}) {
+    std::stringstream ss(read(std::string(name) + "/experts.csv"));
+    std::string line;
+    std::getline(ss, line);
+    while (std::getline(ss, line)) {
+      const auto v = csv_numbers(line);
+      (*m)[{static_cast<int>(v[0]), static_cast<int>(v[3])}] = v[7];
+    }
+  }
+  CHECK(routed_s == routed_c);
+  const auto bad = moesim("trace " + dir + "s.yaml' --group 3 --out " + dir + "x.csv'", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--group 3 is not an EP group of the scenario (0 to 0)"));
+}
