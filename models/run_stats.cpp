@@ -24,7 +24,16 @@ void RunStats::on_stage(const StageRecord& r) {
   g.finish = sim::max(g.finish, r.end);
 }
 
-void RunStats::on_routing(int layer, int, const routing::DispatchPlan& plan) {
+void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) {
+  const std::size_t per_gpu = plan.slot_padded.size() / static_cast<std::size_t>(plan.ep);
+  for (int r = 0; r < plan.ep; ++r) {
+    GpuStats& g = gpus_[static_cast<std::size_t>(first_gpu + r)];
+    const auto ur = static_cast<std::size_t>(r);
+    g.routed += plan.gpu_routed[ur];
+    g.dropped += plan.gpu_dropped[ur];
+    g.computed += plan.computed_on(r);
+    for (std::size_t s = ur * per_gpu; s < (ur + 1) * per_gpu; ++s) g.padded += plan.slot_padded[s];
+  }
   LayerStats& l = layers_[static_cast<std::size_t>(layer)];
   l.routed += plan.routed();
   l.dropped += plan.dropped();

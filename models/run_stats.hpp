@@ -35,6 +35,9 @@ struct ExpertStats {
 struct GpuStats {
   std::array<sim::Time, kStageCount> stage_total{};
   sim::Time finish;
+  // Over all layers: assignments of this GPU's tokens (routed, and of those dropped), and the
+  // token rows and padding rows its experts computed.
+  std::int64_t routed = 0, dropped = 0, computed = 0, padded = 0;
 };
 
 class RunStats final : public Recorder {

@@ -158,6 +158,22 @@ void write_experts_csv(std::ostream& out, const scenarios::Scenario&, const scen
   }
 }
 
+void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  out << "gpu,node,ep_group,ep_rank,finish_us";
+  for (const Stage s : models::kStages) fmt::print(out, ",{}{}_us", to_string(s), models::is_network_wait(s) ? "_wait" : "");
+  out << ",routed,dropped,drop_rate,computed,padded\n";
+  const auto& gpus = r.stats.gpus();
+  for (std::size_t i = 0; i < gpus.size(); ++i) {
+    const auto& g = gpus[i];
+    const int gpu = static_cast<int>(i);
+    fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node, gpu / sc.forward.ep, gpu % sc.forward.ep,
+               format_us(g.finish));
+    for (const Stage s : models::kStages) fmt::print(out, ",{}", format_us(g.stage_total[idx(s)]));
+    fmt::print(out, ",{},{},{},{},{}\n", g.routed, g.dropped,
+               ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded);
+  }
+}
+
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -317,6 +333,7 @@ std::vector<std::string> write_reports(const std::string& dir, const scenarios::
   write("summary.csv", write_summary_csv);
   write("layers.csv", write_layers_csv);
   write("experts.csv", write_experts_csv);
+  write("gpus.csv", write_gpus_csv);
   if (!r.links.empty()) write("links.csv", write_links_csv);
   return written;
 }

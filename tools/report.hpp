@@ -27,6 +27,9 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
 void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 // One row per layer and expert slot (replica): what it computed, with its expert's totals.
 void write_experts_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
+// One row per GPU: when it finished, its time per stage, and its tokens' routed and dropped
+// assignments and what its experts computed (tokens and padding), over all layers.
+void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written);
 

@@ -81,7 +81,7 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
     CHECK_THAT(r.out, Catch::Contains("step time"));
     CHECK_THAT(r.out, Catch::Contains("where the time goes"));
   }
-  for (const char* file : {"summary.csv", "layers.csv", "links.csv", "experts.csv"}) {
+  for (const char* file : {"summary.csv", "layers.csv", "links.csv", "experts.csv", "gpus.csv"}) {
     INFO(file << " (regenerate with tools/regen-golden.sh and review the diff)");
     const std::string a = slurp(tmp.path() / "a" / file);
     CHECK(a == slurp(tmp.path() / "b" / file));
@@ -234,6 +234,34 @@ TEST_CASE("experts.csv accounts for every assignment, replica by replica", "[cli
   }
   CHECK(routed == 3 * 8 * 512 * 2);
   CHECK(dropped > 0);  // Zipf(1.2) against capacity factor 1.5 drops on the hot experts
+
+  // gpus.csv: per-GPU drops and computed rows add up to the experts' totals; stages tile the
+  // GPU's time.
+  {
+    std::ifstream g(tmp.path() / "out" / "gpus.csv");
+    std::getline(g, line);
+    const auto h = csv_fields(line);
+    auto col = [&](const char* name) {
+      return static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
+    };
+    REQUIRE(col("padded") < h.size());
+    std::int64_t g_routed = 0, g_dropped = 0, g_computed = 0;
+    int n = 0;
+    while (std::getline(g, line)) {
+      const auto f = csv_fields(line);
+      g_routed += std::stoll(f[col("routed")]);
+      g_dropped += std::stoll(f[col("dropped")]);
+      g_computed += std::stoll(f[col("computed")]);
+      double stages = 0;
+      for (std::size_t c = col("attention_us"); c < col("routed"); ++c) stages += std::stod(f[c]);
+      CHECK(stages == Approx(std::stod(f[col("finish_us")])).epsilon(1e-9));
+      ++n;
+    }
+    CHECK(n == 8);
+    CHECK(g_routed == routed);
+    CHECK(g_dropped == dropped);
+    CHECK(g_computed == routed - dropped);
+  }
 
   // layers.csv's gpu_tokens_cv against the per-GPU totals rebuilt from experts.csv (one EP group).
   std::map<int, std::vector<double>> per_gpu;
