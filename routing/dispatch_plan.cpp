@@ -23,7 +23,7 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
   Placement p;
   p.experts = experts;
   p.ep = ep;
-  p.gpus_per_node = gpus_per_node;
+  p.gpus_per_node = spec.replica_locality ? gpus_per_node : 0;
   p.replica_choice = spec.replica_choice;
   p.load = placement_load(spec, routing, experts, ep, seed, layer);
   switch (spec.policy) {

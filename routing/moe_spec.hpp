@@ -59,6 +59,7 @@ struct PlacementSpec {
   int redundant_experts = 0;  // eplb: extra expert slots per EP group, for replicas
   int expert_groups = 1;      // eplb: hierarchical when the groups divide over the group's nodes
   ReplicaChoice replica_choice = ReplicaChoice::round_robin;  // among a token's candidate replicas
+  bool replica_locality = true;  // candidates: the replicas on the sender's node when there are any
   // greedy, eplb: per MoE layer, the load to balance (from a count-level trace); empty: the
   // routing distribution's expected load.
   std::vector<std::vector<double>> layer_load;

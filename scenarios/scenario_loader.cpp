@@ -156,8 +156,13 @@ class Section {
 
   void finish() {
     if (!valid()) return;
+    std::map<std::string, int> seen_at;  // key -> its first line (1-based)
     for (auto it = node_.begin(); it != node_.end(); ++it) {
       const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+      if (const auto [first, fresh] = seen_at.emplace(key, it->first.Mark().line + 1); !fresh) {
+        problems_.add(it->first.Mark(), key_path(key), fmt::format("given twice (first on line {})", first->second));
+        continue;
+      }
       if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
       const std::string near = closest(key, known_);
       problems_.add(it->first.Mark(), key_path(key),
@@ -529,6 +534,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       pl.replica_choice = *v == "least_loaded" ? routing::ReplicaChoice::least_loaded : routing::ReplicaChoice::round_robin;
       if (pl.policy != routing::PlacementPolicy::eplb)
         problems.add_at(p->key_path("replica_choice"), "only used with 'policy: eplb' (the only policy with replicas)");
+    }
+    if (auto v = p->get<std::string>("replica_locality", one_of({"node", "none"}), false)) {
+      pl.replica_locality = *v == "node";
+      if (pl.policy != routing::PlacementPolicy::eplb)
+        problems.add_at(p->key_path("replica_locality"), "only used with 'policy: eplb' (the only policy with replicas)");
     }
     if (auto v = p->get<std::int64_t>("expert_groups", count_at_least(1), false)) {
       pl.expert_groups = as_int(*v);

@@ -315,3 +315,18 @@ TEST_CASE("Least-loaded replica choice evens out the replicas of an expert", "[r
   const auto rr = make_dispatch_plan(model(1, 1), {}, pl, 1, 0, 0, 7);
   CHECK(rr.slot_computed == std::vector<std::int64_t>{8, 8, 8, 4});
 }
+
+TEST_CASE("Without replica locality, replicas on other nodes share the load", "[routing]") {
+  // Expert 0 has replicas on GPUs 0, 1 (node 0) and 2 (node 1); expert 1 is on GPU 3.
+  Placement pl = one_slot_per_gpu(2, {0, 0, 0, 1}, {0, 1, 2, 0}, {{0, 1, 2}, {3}});
+  pl.replica_choice = ReplicaChoice::least_loaded;
+  // Local first: node 1's copies of expert 0 all land on GPU 2, node 0's split over GPUs 0 and 1.
+  const auto local = make_dispatch_plan(model(2, 2), {}, pl, 1, 0, 0, 60);
+  CHECK(local.slot_computed == std::vector<std::int64_t>{60, 60, 120, 240});
+  PlacementSpec spec;
+  spec.replica_locality = false;
+  CHECK(make_placement(spec, {}, 8, 4, 2, 1, 0).gpus_per_node == 0);
+  pl.gpus_per_node = 0;  // what replica_locality: none gives
+  const auto spread = make_dispatch_plan(model(2, 2), {}, pl, 1, 0, 0, 60);
+  CHECK(spread.slot_computed == std::vector<std::int64_t>{80, 80, 80, 240});
+}

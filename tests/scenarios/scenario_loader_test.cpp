@@ -73,11 +73,15 @@ TEST_CASE("A valid scenario loads with its values and documented defaults", "[sc
 }
 
 TEST_CASE("The shipped scenarios are valid", "[scenarios]") {
-  for (const char* name : {"quickstart.yaml", "deepseek-v3-h800.yaml"}) {
-    INFO(name);
-    const auto sc = load_scenario_file(std::string(MOESIM_SOURCE_DIR) + "/scenarios/" + name);
+  int shipped = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(MOESIM_SOURCE_DIR) + "/scenarios")) {
+    if (entry.path().extension() != ".yaml") continue;
+    INFO(entry.path().string());
+    const auto sc = load_scenario_file(entry.path().string());
     CHECK(!sc.description.empty());
+    ++shipped;
   }
+  CHECK(shipped >= 3);
   const auto q = load_scenario_file(std::string(MOESIM_SOURCE_DIR) + "/scenarios/quickstart.yaml");
   CHECK(q.forward.model.experts == 8);
   CHECK(q.forward.model.top_k == 2);
@@ -394,4 +398,13 @@ TEST_CASE("Trace routing and observed placement are read and checked", "[scenari
   CHECK_THAT(error_in_dir("  distribution: trace\n  trace: tokens.csv\n"),
              Catch::Contains("routing.trace:") && Catch::Contains("layer 0 has 1 tokens; the scenario needs 8192"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("A key given twice is an error, not a silent choice", "[scenarios][errors]") {
+  CHECK_THAT(error_of(kBase + "  capacity_factor: 2\n"),
+             Catch::Contains("s.yaml:20:3: routing.capacity_factor: given twice (first on line 19)"));
+  const auto sc = load_scenario_text(kBase + "placement:\n  policy: eplb\n  redundant_experts: 8\n  replica_locality: none\n", "s.yaml");
+  CHECK_FALSE(sc.forward.placement.replica_locality);
+  CHECK_THAT(error_of(kBase + "placement:\n  replica_locality: none\n"),
+             Catch::Contains("placement.replica_locality: only used with 'policy: eplb'"));
 }

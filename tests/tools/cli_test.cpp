@@ -361,3 +361,34 @@ TEST_CASE("moesim trace writes the routing, and replaying it reproduces the run"
   CHECK(bad.code == 2);
   CHECK_THAT(bad.err, Catch::Contains("--group 3 is not an EP group of the scenario (0 to 0)"));
 }
+
+TEST_CASE("The drifting-hotspot scenario shows a stale placement's cost", "[cli][placement]") {
+  // Placing by the last 4 steps' counts while the hot experts move is far worse than placing by
+  // this step's law, and than the same history without the drift.
+  TempDir tmp;
+  const std::string text = slurp(fs::path(kSource) / "scenarios" / "drifting-hotspot.yaml");
+  auto variant = [&](const std::string& name, const std::vector<std::pair<std::string, std::string>>& edits) {
+    std::string s = text;
+    for (const auto& [from, to] : edits) {
+      const auto at = s.find(from);
+      REQUIRE(at != std::string::npos);
+      s.replace(at, from.size(), to);
+    }
+    std::ofstream(tmp.path() / (name + ".yaml")) << s;
+    const auto r = moesim("run '" + (tmp.path() / (name + ".yaml")).string() + "' -q --out '" + (tmp.path() / name).string() + "'", tmp);
+    REQUIRE(r.code == 0);
+    std::ifstream in(tmp.path() / name / "summary.csv");
+    std::string header, row;
+    std::getline(in, header);
+    std::getline(in, row);
+    const auto h = csv_fields(header), v = csv_fields(row);
+    return std::stod(v.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), "gpu_imbalance_max") - h.begin())));
+  };
+  const double stale = variant("stale", {});
+  const double fresh = variant("fresh", {{"  load: observed", "  load: expected\n#"}, {"  history: 4\n", ""}});
+  const double still = variant("still", {{"  rotate: 2", "  rotate: 0"}});
+  INFO("stale " << stale << ", fresh " << fresh << ", still " << still);
+  CHECK(stale > 1.8);
+  CHECK(fresh < 1.2);
+  CHECK(still < 1.2);
+}
