@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "routing/eplb.hpp"
+#include "tests/routing/real_counts.hpp"
 
 using namespace moesim::routing;
 
@@ -99,25 +100,10 @@ TEST_CASE("EPLB balances the real OLMoE expert counts over 8 GPUs", "[routing][e
   // ../shared/data/routing/real-expert-counts.csv: measured per-expert token counts of OLMoE
   // (64 experts, top-8) on several datasets and layers. 64 experts on 8 GPUs plus one redundant
   // expert per GPU (72 slots), one node: the global policy.
-  const std::string path = std::string(MOESIM_SHARED_DATA_DIR) + "/routing/real-expert-counts.csv";
-  std::ifstream in(path);
-  if (!in) {
-    WARN("real routing counts not found at " << path << "; this check needs them");
+  const auto sets = moesim::testing::real_counts("olmoe", "expert_counts");
+  if (sets.empty()) {
+    WARN("real routing counts not found at " << moesim::testing::real_counts_path() << "; this check needs them");
     return;
-  }
-  std::map<std::string, std::vector<double>> sets;  // "dataset/layer" -> counts by expert
-  std::string line;
-  std::getline(in, line);  // header: model,kind,dataset,layer,expert,count
-  while (std::getline(in, line)) {
-    std::vector<std::string> f;
-    std::stringstream ss(line);
-    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-    REQUIRE(f.size() == 6);
-    if (f[0] != "olmoe" || f[1] != "expert_counts") continue;
-    auto& v = sets[f[2] + "/layer" + f[3]];
-    const auto e = static_cast<std::size_t>(std::stoi(f[4]));
-    if (v.size() <= e) v.resize(e + 1, 0.0);
-    v[e] = std::stod(f[5]);
   }
   REQUIRE(sets.size() >= 10);
   double worst_eplb = 0, best_contiguous = 1e9, worst_contiguous = 0;

@@ -17,6 +17,7 @@
 #include "models/moe_forward.hpp"
 #include "routing/dispatch_plan.hpp"
 #include "routing/token_router.hpp"
+#include "tests/routing/real_counts.hpp"
 
 using namespace moesim;
 using namespace moesim::routing;
@@ -249,21 +250,12 @@ TEST_CASE("A count-level trace is dealt to tokens matching its counts exactly", 
 }
 
 TEST_CASE("Real OLMoE counts drive token routing that matches them", "[routing][trace][data]") {
-  const std::string path = std::string(MOESIM_SHARED_DATA_DIR) + "/routing/real-expert-counts.csv";
-  std::ifstream in(path);
-  if (!in) {
-    WARN("no real routing data at " << path << "; skipped");
+  const auto sets = moesim::testing::real_counts("olmoe", "expert_counts");
+  if (sets.empty()) {
+    WARN("no real routing data at " << moesim::testing::real_counts_path() << "; skipped");
     return;
   }
-  std::vector<double> counts(64, 0.0);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("olmoe,expert_counts,arxiv,7,", 0) == 0) {
-      std::stringstream ss(line);
-      std::vector<std::string> f;
-      for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-      counts[static_cast<std::size_t>(std::stoi(f[4]))] = std::stod(f[5]);
-    }
+  const std::vector<double>& counts = sets.at("arxiv/layer7");
   auto trace = std::make_shared<RoutingTrace>();
   trace->layer_counts = {counts};
   RoutingSpec r;
