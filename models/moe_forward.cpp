@@ -62,9 +62,6 @@ const routing::DispatchPlan& MoeForward::plan(int layer, int gpu) const {
   return plans_[static_cast<std::size_t>(layer * groups + gpu / spec_.ep)];
 }
 
-sim::Bytes MoeForward::token_bytes(std::int64_t copies) const {
-  return sim::Bytes(copies * spec_.model.hidden * spec_.model.dtype_bytes);
-}
 
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
@@ -91,18 +88,18 @@ void MoeForward::start() {
   });
   for (std::size_t i = 0; i < count; ++i)
     recorder_.on_routing(static_cast<int>(i) / groups, static_cast<int>(i) % groups * spec_.ep, plans_[i]);
-  // Empty pairs send nothing and so are not waited for.
-  for (int g = 0; g < cluster_.gpu_count(); ++g) {
-    const int r = rank(g);
+  AllToAllSpec comm = spec_.all_to_all;
+  const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
+  if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
+  if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
+  all_to_all_ = std::make_unique<AllToAll>(cluster_, network_, recorder_, comm, plans_, spec_.ep, spec_.model.moe_layers,
+                                           [this](int layer, Phase phase, int gpu) { arrived(layer, phase, gpu); });
+  // Sources that send nothing are not waited for.
+  for (int g = 0; g < cluster_.gpu_count(); ++g)
     for (int l = 0; l < spec_.model.moe_layers; ++l) {
-      const auto& p = plan(l, g);
-      for (int other = 0; other < spec_.ep; ++other) {
-        if (other == r) continue;
-        pending(dispatch_pending_, g, l) += p.send(other, r) > 0;
-        pending(combine_pending_, g, l) += p.send(r, other) > 0;
-      }
+      pending(dispatch_pending_, g, l) = all_to_all_->inbound(l, Phase::dispatch, g);
+      pending(combine_pending_, g, l) = all_to_all_->inbound(l, Phase::combine, g);
     }
-  }
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_layer(g);
 }
 
@@ -128,22 +125,7 @@ void MoeForward::after_attention(int gpu) {
 }
 
 void MoeForward::after_router(int gpu) {
-  const int layer = gpus_[static_cast<std::size_t>(gpu)].layer;
-  const auto& p = plan(layer, gpu);
-  const int r = rank(gpu);
-  const int first = group_first(gpu);
-  for (int d = 0; d < spec_.ep; ++d) {
-    const std::int64_t copies = p.send(r, d);
-    if (d == r || copies == 0) continue;
-    const int dst = first + d;
-    const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
-                    token_bytes(copies)};
-    recorder_.on_flow(layer, Stage::dispatch, flow.size);
-    network_.start_flow(flow, [this, dst, layer] {
-      --pending(dispatch_pending_, dst, layer);
-      try_start_experts(dst);
-    });
-  }
+  all_to_all_->send(gpus_[static_cast<std::size_t>(gpu)].layer, Phase::dispatch, gpu);
   if (spec_.model.shared_experts > 0) {
     const Time one = roofline_.time(expert_cost(spec_.model, spec_.tokens_per_gpu));
     run_stage(gpu, Stage::shared_experts, one * spec_.model.shared_experts, &MoeForward::after_shared);
@@ -157,6 +139,16 @@ void MoeForward::after_shared(int gpu) {
   s.wait = Wait::dispatch;
   s.wait_start = sim_.now();
   try_start_experts(gpu);
+}
+
+void MoeForward::arrived(int layer, Phase phase, int gpu) {
+  if (phase == Phase::dispatch) {
+    --pending(dispatch_pending_, gpu, layer);
+    try_start_experts(gpu);
+  } else {
+    --pending(combine_pending_, gpu, layer);
+    try_finish_combine(gpu);
+  }
 }
 
 void MoeForward::try_start_experts(int gpu) {
@@ -178,22 +170,7 @@ void MoeForward::try_start_experts(int gpu) {
 
 void MoeForward::after_experts(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const int layer = s.layer;
-  const auto& p = plan(layer, gpu);
-  const int r = rank(gpu);
-  const int first = group_first(gpu);
-  for (int src = 0; src < spec_.ep; ++src) {
-    const std::int64_t copies = p.send(src, r);
-    if (src == r || copies == 0) continue;
-    const int dst = first + src;
-    const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
-                    token_bytes(copies)};
-    recorder_.on_flow(layer, Stage::combine, flow.size);
-    network_.start_flow(flow, [this, dst, layer] {
-      --pending(combine_pending_, dst, layer);
-      try_finish_combine(dst);
-    });
-  }
+  all_to_all_->send(s.layer, Phase::combine, gpu);
   s.wait = Wait::combine;
   s.wait_start = sim_.now();
   try_finish_combine(gpu);

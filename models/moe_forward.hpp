@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "models/all_to_all.hpp"
 #include "models/network.hpp"
 #include "models/recorder.hpp"
 #include "models/roofline.hpp"
@@ -36,6 +37,7 @@ struct ForwardSpec {
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
+  AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
 };
 
 // Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
@@ -62,13 +64,13 @@ class MoeForward {
   const routing::DispatchPlan& plan(int layer, int gpu) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
   int group_first(int gpu) const { return gpu - rank(gpu); }
-  sim::Bytes token_bytes(std::int64_t copies) const;
 
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
   void begin_layer(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
   void after_shared(int gpu);
+  void arrived(int layer, Phase phase, int gpu);
   void try_start_experts(int gpu);
   void after_experts(int gpu);
   void try_finish_combine(int gpu);
@@ -86,6 +88,7 @@ class MoeForward {
   Recorder& recorder_;
   std::vector<routing::Placement> placements_;  // per layer
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
+  std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
   std::vector<GpuState> gpus_;
   // Inbound flows not yet arrived, [gpu * layers + layer]: set from the plans in start(),
   // counted down by arrivals; a GPU goes on when its count is zero.

@@ -5,6 +5,7 @@
 #include <array>
 #include <string_view>
 
+#include "models/network.hpp"
 #include "routing/dispatch_plan.hpp"
 #include "sim/time.hpp"
 #include "topology/cluster.hpp"
@@ -36,8 +37,8 @@ class Recorder {
   virtual void on_stage(const StageRecord& record) = 0;
   // One layer's routing for the EP group starting at global GPU `first_gpu`.
   virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) = 0;
-  // Bytes one flow of the layer's all-to-all put on the network (src != dst).
-  virtual void on_flow(int layer, Stage stage, sim::Bytes size) = 0;
+  // One flow of the layer's all-to-all (src != dst), when it starts.
+  virtual void on_flow(int layer, Stage stage, const Flow& flow) = 0;
 };
 
 }  // namespace moesim::models

@@ -4,8 +4,9 @@
 
 namespace moesim::models {
 
-RunStats::RunStats(int gpus, int layers)
-    : layers_(static_cast<std::size_t>(layers)),
+RunStats::RunStats(int gpus, int layers, int gpus_per_node)
+    : gpus_per_node_(gpus_per_node),
+      layers_(static_cast<std::size_t>(layers)),
       gpus_(static_cast<std::size_t>(gpus)),
       experts_(static_cast<std::size_t>(layers)),
       slots_(static_cast<std::size_t>(layers)),
@@ -63,9 +64,11 @@ void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan&
   }
 }
 
-void RunStats::on_flow(int layer, Stage, sim::Bytes size) {
+void RunStats::on_flow(int layer, Stage, const Flow& flow) {
   LayerStats& l = layers_[static_cast<std::size_t>(layer)];
-  l.network_bytes += size.count();
+  l.network_bytes += flow.size.count();
+  if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)
+    l.scale_out_bytes += flow.size.count();
   ++l.flows;
 }
 

@@ -24,6 +24,7 @@ struct LayerStats {
   std::int64_t max_expert_tokens = 0;  // assignments routed to the busiest expert (one group)
   std::int64_t expert_slots = 0;       // experts x groups, for the mean
   std::int64_t network_bytes = 0;      // dispatch + combine flows between distinct GPUs
+  std::int64_t scale_out_bytes = 0;    // of those, between GPUs of different nodes
   std::int64_t flows = 0;
 };
 
@@ -42,10 +43,10 @@ struct GpuStats {
 
 class RunStats final : public Recorder {
  public:
-  RunStats(int gpus, int layers);
+  RunStats(int gpus, int layers, int gpus_per_node);
   void on_stage(const StageRecord& r) override;
   void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override;
-  void on_flow(int layer, Stage stage, sim::Bytes size) override;
+  void on_flow(int layer, Stage stage, const Flow& flow) override;
 
   const std::vector<LayerStats>& layers() const { return layers_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }
@@ -58,6 +59,7 @@ class RunStats final : public Recorder {
   sim::Time step_time() const;
 
  private:
+  int gpus_per_node_;
   std::vector<LayerStats> layers_;
   std::vector<GpuStats> gpus_;
   std::vector<std::vector<ExpertStats>> experts_;

@@ -23,7 +23,8 @@ Placement make_placement(const PlacementSpec& spec, const RoutingSpec& routing, 
   Placement p;
   p.experts = experts;
   p.ep = ep;
-  p.gpus_per_node = spec.replica_locality ? gpus_per_node : 0;
+  p.gpus_per_node = gpus_per_node;
+  p.replica_locality = spec.replica_locality;
   p.replica_choice = spec.replica_choice;
   p.load = placement_load(spec, routing, experts, ep, seed, layer);
   switch (spec.policy) {
@@ -164,13 +165,20 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     }
   }
 
-  // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any,
-  // else all of them.
+  // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any
+  // (with replica locality), else all of them.
   const int gpn = placement.gpus_per_node;
   auto node_of_rank = [&](int rank) { return gpn > 0 ? (first_gpu + rank) / gpn : 0; };
+  const int first_node = node_of_rank(0);
+  plan.nodes = node_of_rank(ep - 1) - first_node + 1;
+  plan.node_of_rank.resize(static_cast<std::size_t>(ep));
+  for (int r = 0; r < ep; ++r) plan.node_of_rank[static_cast<std::size_t>(r)] = node_of_rank(r) - first_node;
+  plan.token_sends.assign(static_cast<std::size_t>(ep) * ep, 0);
+  plan.node_sends.assign(static_cast<std::size_t>(ep) * static_cast<std::size_t>(plan.nodes), 0);
   std::vector<std::vector<int>> candidates(ue_count);
   std::vector<std::uint32_t> turn(ue_count);
   std::vector<std::int64_t> rows(ue_count);  // pad: this source's kept rows per expert
+  std::vector<int> block_slot(ue_count);     // pad: the replica that gets the source's buffer
   auto least_loaded = [&](const std::vector<int>& c) {
     int slot = c[0];
     for (const int cand : c) {
@@ -179,15 +187,36 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     }
     return slot;
   };
+  // Distinct destination GPUs and nodes of the current token's kept assignments.
+  std::vector<int> token_gpus, token_nodes;
+  auto count_token = [&](int src) {
+    std::sort(token_gpus.begin(), token_gpus.end());
+    token_gpus.erase(std::unique(token_gpus.begin(), token_gpus.end()), token_gpus.end());
+    token_nodes.clear();
+    for (const int d : token_gpus) {
+      ++plan.token_sends[static_cast<std::size_t>(src * ep + d)];
+      token_nodes.push_back(plan.node_of_rank[static_cast<std::size_t>(d)]);
+    }
+    token_nodes.erase(std::unique(token_nodes.begin(), token_nodes.end()), token_nodes.end());  // node_of_rank grows with rank
+    for (const int b : token_nodes) ++plan.node_sends[static_cast<std::size_t>(src * plan.nodes + b)];
+    token_gpus.clear();
+  };
   for (int src = 0; src < ep; ++src) {
     for (int e = 0; e < experts; ++e) {
       const auto& slots = placement.expert_slots[static_cast<std::size_t>(e)];
       auto& c = candidates[static_cast<std::size_t>(e)];
       c.clear();
-      for (const int sl : slots)
-        if (node_of_rank(placement.gpu_of_slot(sl)) == node_of_rank(src)) c.push_back(sl);
+      if (placement.replica_locality)
+        for (const int sl : slots)
+          if (node_of_rank(placement.gpu_of_slot(sl)) == node_of_rank(src)) c.push_back(sl);
       if (c.empty()) c = slots;
       turn[static_cast<std::size_t>(e)] = 0;
+      // pad: the source's fixed buffer for each expert goes whole to one replica.
+      if (pad)
+        block_slot[static_cast<std::size_t>(e)] = c.size() == 1 ? c[0]
+                                                  : placement.replica_choice == ReplicaChoice::least_loaded
+                                                      ? least_loaded(c)
+                                                      : c[static_cast<std::size_t>(src) % c.size()];
     }
     std::fill(rows.begin(), rows.end(), 0);
     const std::size_t begin = static_cast<std::size_t>(src * tokens_per_gpu * k);
@@ -198,33 +227,36 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
       ++plan.gpu_routed[static_cast<std::size_t>(src)];
       if (!keep[i]) {
         ++plan.gpu_dropped[static_cast<std::size_t>(src)];
-        continue;
+      } else {
+        ++plan.expert_computed[ue];
+        int slot;
+        if (pad) {
+          ++rows[ue];
+          slot = block_slot[ue];
+        } else {
+          const auto& c = candidates[ue];
+          slot = c[0];
+          if (c.size() > 1)
+            slot = placement.replica_choice == ReplicaChoice::least_loaded ? least_loaded(c) : c[turn[ue]++ % c.size()];
+          ++plan.slot_computed[static_cast<std::size_t>(slot)];
+          ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
+        }
+        token_gpus.push_back(placement.gpu_of_slot(slot));
       }
-      ++plan.expert_computed[ue];
-      if (pad) {
-        ++rows[ue];
-        continue;
-      }
-      const auto& c = candidates[ue];
-      int slot = c[0];
-      if (c.size() > 1)
-        slot = placement.replica_choice == ReplicaChoice::least_loaded ? least_loaded(c) : c[turn[ue]++ % c.size()];
-      ++plan.slot_computed[static_cast<std::size_t>(slot)];
-      ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
+      if ((i - begin) % static_cast<std::size_t>(k) == static_cast<std::size_t>(k - 1)) count_token(src);
     }
     if (!pad) continue;
-    // The source's fixed buffer for each expert goes whole to one replica.
     for (std::size_t e = 0; e < ue_count; ++e) {
-      const auto& c = candidates[e];
-      const int slot = c.size() == 1 ? c[0]
-                       : placement.replica_choice == ReplicaChoice::least_loaded
-                           ? least_loaded(c)
-                           : c[static_cast<std::size_t>(src) % c.size()];
+      const int slot = block_slot[e];
+      const int dst = placement.gpu_of_slot(slot);
       const std::int64_t padding = plan.source_capacity - rows[e];
       plan.slot_computed[static_cast<std::size_t>(slot)] += rows[e];
       plan.slot_padded[static_cast<std::size_t>(slot)] += padding;
       plan.expert_padded[e] += padding;
-      plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))] += plan.source_capacity;
+      plan.sends[static_cast<std::size_t>(src * ep + dst)] += plan.source_capacity;
+      // Padding rows travel like tokens of their own.
+      plan.token_sends[static_cast<std::size_t>(src * ep + dst)] += padding;
+      plan.node_sends[static_cast<std::size_t>(src * plan.nodes + plan.node_of_rank[static_cast<std::size_t>(dst)])] += padding;
     }
   }
   return plan;

@@ -44,7 +44,8 @@ struct Placement {
   int experts = 0;
   int ep = 1;
   int slots_per_gpu = 0;
-  int gpus_per_node = 0;                      // for local-node replica choice; 0: no locality
+  int gpus_per_node = 0;                      // node size, for locality and node counts; 0: one node
+  bool replica_locality = true;               // prefer replicas on the sender's node
   ReplicaChoice replica_choice = ReplicaChoice::round_robin;
   std::vector<int> slot_expert;               // [slot]: slot s is on the group's GPU s / slots_per_gpu
   std::vector<int> slot_replica;              // [slot]: which replica of its expert
@@ -78,6 +79,12 @@ struct DispatchPlan {
   std::vector<std::int64_t> slot_padded;      // [slot]: and its padding rows
   std::vector<std::int64_t> gpu_routed;       // [src]: assignments of src's tokens
   std::vector<std::int64_t> gpu_dropped;      // [src]: of those, dropped
+  // Token level, for all-to-all algorithms that send a token once per GPU or node however many
+  // of its experts are there (padding rows count as tokens of their own):
+  int nodes = 1;                              // nodes the group spans
+  std::vector<int> node_of_rank;              // [rank]: its node, 0..nodes-1
+  std::vector<std::int64_t> token_sends;      // [src * ep + dst]: distinct rows src -> dst
+  std::vector<std::int64_t> node_sends;       // [src * nodes + node]: distinct rows src -> node
 
   std::int64_t send(int src, int dst) const {
     return sends[static_cast<std::size_t>(src * ep + dst)];

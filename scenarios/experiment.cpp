@@ -13,7 +13,7 @@ RunResult run_experiment(const Scenario& sc) {
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
-  RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers), 0,
+  RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node), 0,
                    std::string(network->name()), "roofline", {}, {}};
   models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, result.stats);
   forward.start();

@@ -549,6 +549,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   }
   if (auto n = top.child("network", false)) {
     if (auto v = n->get<std::string>("model", one_of({"maxmin", "analytical"}), false)) sc.network_model = *v;
+    auto& comm = sc.forward.all_to_all;
+    if (auto v = n->get<std::string>("all_to_all", one_of({"direct", "hierarchical"}), false))
+      comm.algorithm = *v == "hierarchical" ? models::AllToAllAlgorithm::hierarchical : models::AllToAllAlgorithm::direct;
+    const auto dtype_bytes = [](const std::string& t) { return t == "fp8" ? 1 : t == "fp32" ? 4 : 2; };
+    if (auto v = n->get<std::string>("dispatch_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
+      comm.dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
+    if (auto v = n->get<std::string>("combine_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
+      comm.combine_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
     n->finish();
   }
   if (auto c = top.child("compute", false)) {
@@ -595,6 +603,12 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  const int gpn = sc.cluster.gpus_per_node;
+  if (sc.forward.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical &&
+      !(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0))
+    problems.add_at("network.all_to_all",
+                    fmt::format("hierarchical needs EP groups of whole nodes or inside one node; EP {} with {} GPUs per node "
+                                "is neither", ep, gpn));
   const auto& rt = sc.forward.routing;
   if (rt.distribution == routing::Distribution::hot_ranks) {
     if (m.experts % ep != 0)

@@ -37,7 +37,7 @@ std::string mean_us(sim::Time sum, int n) {
 std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0 ? num / den : 0.0); }
 
 struct Totals {
-  std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0;
+  std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0, scale_out_bytes = 0;
   double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
 };
 
@@ -58,6 +58,7 @@ Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
     t.dropped += l.dropped;
     t.padded += l.padded;
     t.bytes += l.network_bytes;
+    t.scale_out_bytes += l.scale_out_bytes;
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
     if (gpu_mean > 0) t.gpu_imbalance = std::max(t.gpu_imbalance, l.max_gpu_tokens / gpu_mean);
@@ -84,18 +85,20 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded\n";
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{}\n", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{}\n", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
-             t.bytes, r.events, t.gpu_cv, t.padded);
+             t.bytes, r.events, t.gpu_cv, t.padded,
+             f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
+             t.scale_out_bytes);
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -105,13 +108,13 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
-         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded\n";
+         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded,scale_out_bytes\n";
   const auto& layers = r.stats.layers();
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
     const double gpu_mean = static_cast<double>(l.computed) / gpus;
     const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{}\n",
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
                i, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
@@ -122,7 +125,7 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                l.network_bytes, l.flows, l.max_gpu_tokens, gpu_mean,
                ratio(static_cast<double>(l.max_gpu_tokens), gpu_mean), l.max_expert_tokens,
                expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean), gpu_cv(l, gpus),
-               l.padded);
+               l.padded, l.scale_out_bytes);
   }
 }
 
@@ -205,8 +208,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
                                        : std::string("dropless"),
              t.gpu_imbalance);
-  fmt::print(out, "  models      network: {} ({}), compute: {}\n", r.network_model,
+  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}\n", r.network_model,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
+             f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
              r.compute_source);
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.

@@ -1,11 +1,14 @@
 #include <catch2/catch.hpp>
 
+#include <fmt/format.h>
+
 #include <sstream>
 #include <string>
 
 #include "models/analytical_network.hpp"
 #include "models/moe_forward.hpp"
 #include "models/recorder.hpp"
+#include "sim/rng.hpp"
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "tools/report.hpp"
@@ -140,7 +143,7 @@ TEST_CASE("An overloaded GPU delays every GPU that waits for its outputs", "[mod
     std::vector<routing::DispatchPlan> plans;
     void on_stage(const models::StageRecord& r) override { stages.push_back(r); }
     void on_routing(int, int, const routing::DispatchPlan& p) override { plans.push_back(p); }
-    void on_flow(int, Stage, sim::Bytes) override {}
+    void on_flow(int, Stage, const models::Flow&) override {}
   };
   const auto sc = scenarios::load_scenario_text(R"(
 cluster: {nodes: 1, gpus_per_node: 4, gpu: H100}
@@ -201,4 +204,101 @@ routing: {distribution: zipf, zipf_s: 1.1, capacity_factor: 1.0}
   const std::string a = run(11), b = run(11), c = run(12);
   CHECK(a == b);
   CHECK(a != c);
+}
+
+TEST_CASE("Hierarchical all-to-all on 2 nodes matches the hand derivation exactly", "[models][forward][all_to_all]") {
+  // 2 nodes x 2 GPUs, one expert per GPU, top_k 4: every token goes to every expert, so each
+  // GPU receives T = 1000 rows from each GPU (2,048,000 B in bf16). NVLink 100 GB/s, 1 us per hop;
+  // PCIe 100 GB/s, 1 us; NIC 50 GB/s (400 Gb/s), 1 us; one leaf. Max-min network.
+  //   same node: 2 us + bytes / 100 GB/s; other node: 4 us + bytes / the NIC's share.
+  // hierarchical dispatch: a GPU sends T rows to its node peer (22.48 us) and T rows once to
+  //   the other node's GPU on its rail (one flow per NIC each way: 44.96 us), which forwards
+  //   them to its peer (22.48 us, alone on those NVLink ports): the last rows arrive after
+  //   67.44 us on every GPU.
+  // hierarchical combine: a GPU sends its node peer two flows at once (the peer's own rows, and
+  //   the rows of the remote source whose rail the peer is on), sharing the NVLink port: 2 us +
+  //   2,048,000 B at 50 GB/s = 42.96 us; the forwarding GPU then sends one reduced row per
+  //   token over the network (44.96 us): complete after 87.92 us.
+  // direct: a GPU sends T rows to each of the 3 others; the two remote flows share its NIC and
+  //   the receiver's (25 GB/s each): 4 us + 81.92 us = 85.92 us, both phases.
+  // Scale-out bytes per phase: hierarchical 4 flows of T rows, direct 8.
+  const std::string base = R"(
+cluster:
+  nodes: 2
+  gpus_per_node: 2
+  gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}
+  node: {nvlink_latency: 1us, pcie_bandwidth: 100GB/s, pcie_latency: 1us}
+  scale_out: {nic_bandwidth: 400Gbps, link_latency: 1us, nodes_per_leaf: 2}
+model: {moe_layers: 1, hidden: 1024, expert_ffn: 1024, experts: 4, top_k: 4, attention_heads: 8}
+parallelism: {ep: 4}
+workload: {tokens_per_gpu: 1000, sequence_length: 1000}
+compute: {flops_efficiency: 1, memory_efficiency: 1}
+)";
+  const auto hier = scenarios::run_experiment(scenarios::load_scenario_text(base + "network: {all_to_all: hierarchical}\n", "h.yaml"));
+  const auto direct = scenarios::run_experiment(scenarios::load_scenario_text(base, "d.yaml"));
+  for (const auto& g : hier.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(67'440'000));
+    CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(87'920'000));
+  }
+  for (const auto& g : direct.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(85'920'000));
+    CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(85'920'000));
+  }
+  CHECK(hier.stats.layers()[0].scale_out_bytes == 2 * 4 * 2'048'000);
+  CHECK(direct.stats.layers()[0].scale_out_bytes == 2 * 8 * 2'048'000);
+  // Dispatch: 4 local + 4 scale-out + 4 forwarded flows; combine: 4 local + 4 to a relay + 4 out.
+  CHECK(hier.stats.layers()[0].flows == 24);
+  CHECK(direct.stats.layers()[0].flows == 24);
+  CHECK(hier.stats.step_time() - direct.stats.step_time() == Time::ps(67'440'000 + 87'920'000 - 2 * 85'920'000));
+}
+
+TEST_CASE("Hierarchical all-to-all never sends more across nodes than direct", "[models][forward][all_to_all]") {
+  sim::Rng pick(31, "test/hierarchical");
+  for (int trial = 0; trial < 12; ++trial) {
+    const int gpn = 2 << pick.uniform_int(2);             // 2 or 4
+    const int nodes = 2 + static_cast<int>(pick.uniform_int(2));
+    const int ep = gpn * nodes;
+    const int experts = ep * (1 + static_cast<int>(pick.uniform_int(2)));
+    const int top_k = 1 + static_cast<int>(pick.uniform_int(4));
+    const std::string yaml = fmt::format(R"(
+cluster:
+  nodes: {}
+  gpus_per_node: {}
+  gpu: H100
+  scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}
+model: {{moe_layers: 2, hidden: 512, expert_ffn: 1024, experts: {}, top_k: {}, attention_heads: 4}}
+parallelism: {{ep: {}}}
+workload: {{tokens_per_gpu: {}, seed: {}}}
+routing: {{distribution: zipf, zipf_s: {}, capacity_factor: {}, drop_policy: {}}}
+placement: {{policy: {}}}
+)", nodes, gpn, experts, top_k, ep, 16 + pick.uniform_int(200), trial, 0.5 + pick.uniform01(),
+                                         1 + pick.uniform01(), pick.uniform_int(2) ? "pad" : "position",
+                                         pick.uniform_int(2) ? "eplb, redundant_experts: " + std::to_string(ep) : "contiguous");
+    INFO(yaml);
+    const auto d = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "d.yaml"));
+    const auto h = scenarios::run_experiment(
+        scenarios::load_scenario_text(yaml + "network: {all_to_all: hierarchical, dispatch_dtype: bf16}\n", "h.yaml"));
+    for (std::size_t l = 0; l < 2; ++l) {
+      const auto& a = d.stats.layers()[l];
+      const auto& b = h.stats.layers()[l];
+      CHECK(b.routed == a.routed);
+      CHECK(b.computed == a.computed);
+      CHECK(b.padded == a.padded);
+      CHECK(b.scale_out_bytes <= a.scale_out_bytes);
+      if (top_k > 1 && a.scale_out_bytes > 0) CHECK(b.scale_out_bytes < a.scale_out_bytes);
+    }
+  }
+}
+
+TEST_CASE("fp8 dispatch sends values plus a scale per 128 channels", "[models][all_to_all]") {
+  CHECK(models::row_bytes(7168, 1) == 7168 + 56 * 4);
+  CHECK(models::row_bytes(7168, 2) == 14336);
+  CHECK(models::row_bytes(100, 1) == 100 + 4);
+  const std::string base = tiny("dropless", 1);
+  const auto bf16 = scenarios::run_experiment(scenarios::load_scenario_text(base, "a.yaml"));
+  const auto fp8 = scenarios::run_experiment(
+      scenarios::load_scenario_text(base + "network: {dispatch_dtype: fp8}\n", "b.yaml"));
+  // One dispatch and one combine flow each way: dispatch rows shrink from 2048 to 1024 + 32 bytes.
+  CHECK(bf16.stats.layers()[0].network_bytes == 4 * 1000 * 2048);
+  CHECK(fp8.stats.layers()[0].network_bytes == 2 * 1000 * 1056 + 2 * 1000 * 2048);
 }

@@ -325,8 +325,8 @@ TEST_CASE("Without replica locality, replicas on other nodes share the load", "[
   CHECK(local.slot_computed == std::vector<std::int64_t>{60, 60, 120, 240});
   PlacementSpec spec;
   spec.replica_locality = false;
-  CHECK(make_placement(spec, {}, 8, 4, 2, 1, 0).gpus_per_node == 0);
-  pl.gpus_per_node = 0;  // what replica_locality: none gives
+  CHECK_FALSE(make_placement(spec, {}, 8, 4, 2, 1, 0).replica_locality);
+  pl.replica_locality = false;
   const auto spread = make_dispatch_plan(model(2, 2), {}, pl, 1, 0, 0, 60);
   CHECK(spread.slot_computed == std::vector<std::int64_t>{80, 80, 80, 240});
 }

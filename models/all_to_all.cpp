@@ -1,0 +1,163 @@
+#include "models/all_to_all.hpp"
+
+#include <utility>
+
+#include "sim/assert.hpp"
+
+namespace moesim::models {
+
+using topology::GpuId;
+
+std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
+  if (dtype_bytes == 1) return hidden + (hidden + 127) / 128 * 4;  // fp8 values + fp32 scales per 128
+  return hidden * dtype_bytes;
+}
+
+AllToAll::AllToAll(const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
+                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int layers,
+                   Arrived arrived)
+    : cluster_(cluster),
+      network_(network),
+      recorder_(recorder),
+      spec_(spec),
+      plans_(plans),
+      ep_(ep),
+      layers_(layers),
+      groups_(cluster.gpu_count() / ep),
+      arrived_(std::move(arrived)) {
+  if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
+  const int gpn = cluster.spec().gpus_per_node;
+  MOESIM_ASSERT(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0, "hierarchical all-to-all needs whole-node EP groups");
+  const int gpus = cluster.gpu_count();
+  const int nodes = plans_.empty() ? 1 : plans_.front().nodes;
+  relay_pending_.assign(static_cast<std::size_t>(layers) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
+  for (int l = 0; l < layers; ++l)
+    for (int g = 0; g < gpus; ++g) {
+      const auto& p = plan(l, g);
+      const int s = g % ep;
+      for (int d = 0; d < ep; ++d)
+        if (p.node_of_rank[static_cast<std::size_t>(d)] != p.node_of_rank[static_cast<std::size_t>(s)] &&
+            p.token_sends[static_cast<std::size_t>(s * ep + d)] > 0)
+          ++relay_pending_[(static_cast<std::size_t>(l) * static_cast<std::size_t>(gpus) + static_cast<std::size_t>(g)) *
+                               static_cast<std::size_t>(nodes) +
+                           static_cast<std::size_t>(p.node_of_rank[static_cast<std::size_t>(d)])];
+    }
+}
+
+const routing::DispatchPlan& AllToAll::plan(int layer, int gpu) const {
+  return plans_[static_cast<std::size_t>(layer * groups_ + gpu / ep_)];
+}
+
+std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
+  const auto& p = plan(layer, gpu);
+  const int r = gpu % ep_;
+  std::int64_t n = 0;
+  if (spec_.algorithm == AllToAllAlgorithm::direct) {
+    for (int o = 0; o < ep_; ++o)
+      if (o != r) n += (phase == Phase::dispatch ? p.send(o, r) : p.send(r, o)) > 0;
+    return n;
+  }
+  const auto ts = [&](int s, int d) { return p.token_sends[static_cast<std::size_t>(s * ep_ + d)]; };
+  const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
+  if (phase == Phase::dispatch) {
+    for (int s = 0; s < ep_; ++s) n += s != r && ts(s, r) > 0;
+    return n;
+  }
+  for (int d = 0; d < ep_; ++d) n += d != r && node(d) == node(r) && ts(r, d) > 0;
+  for (int b = 0; b < p.nodes; ++b)
+    n += b != node(r) && p.node_sends[static_cast<std::size_t>(r * p.nodes + b)] > 0;
+  return n;
+}
+
+void AllToAll::start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done) {
+  const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
+                  sim::Bytes(rows * (phase == Phase::dispatch ? spec_.dispatch_row_bytes : spec_.combine_row_bytes))};
+  const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
+  recorder_.on_flow(layer, stage, flow);
+  network_.start_flow(flow, std::move(done));
+}
+
+void AllToAll::send(int layer, Phase phase, int gpu) {
+  if (spec_.algorithm == AllToAllAlgorithm::hierarchical) {
+    if (phase == Phase::dispatch) dispatch_hierarchical(layer, gpu);
+    else combine_hierarchical(layer, gpu);
+    return;
+  }
+  const auto& p = plan(layer, gpu);
+  const int r = gpu % ep_, first = gpu - r;
+  for (int o = 0; o < ep_; ++o) {
+    const std::int64_t rows = phase == Phase::dispatch ? p.send(r, o) : p.send(o, r);
+    if (o == r || rows == 0) continue;
+    const int dst = first + o;
+    start(layer, phase, gpu, dst, rows, [this, layer, phase, dst] { arrived_(layer, phase, dst); });
+  }
+}
+
+void AllToAll::dispatch_hierarchical(int layer, int gpu) {
+  const auto& p = plan(layer, gpu);
+  const int gpn = cluster_.spec().gpus_per_node;
+  const int r = gpu % ep_, first = gpu - r;
+  const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
+  for (int d = 0; d < ep_; ++d) {
+    const std::int64_t rows = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
+    if (d == r || rows == 0 || node(d) != node(r)) continue;
+    const int dst = first + d;
+    start(layer, Phase::dispatch, gpu, dst, rows, [this, layer, dst] { arrived_(layer, Phase::dispatch, dst); });
+  }
+  for (int b = 0; b < p.nodes; ++b) {
+    const std::int64_t rows = p.node_sends[static_cast<std::size_t>(r * p.nodes + b)];
+    if (b == node(r) || rows == 0) continue;
+    const int relay = first + b * gpn + gpu % gpn;  // node b's GPU on the sender's rail
+    start(layer, Phase::dispatch, gpu, relay, rows, [this, layer, gpu, relay] {
+      const auto& q = plan(layer, gpu);
+      const int s = gpu % ep_, rr = relay % ep_, f = gpu - s;
+      const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
+      if (q.token_sends[static_cast<std::size_t>(s * ep_ + rr)] > 0) arrived_(layer, Phase::dispatch, relay);
+      for (int d = 0; d < ep_; ++d) {
+        const std::int64_t fwd = q.token_sends[static_cast<std::size_t>(s * ep_ + d)];
+        if (d == rr || fwd == 0 || q.node_of_rank[static_cast<std::size_t>(d)] != rb) continue;
+        const int dst = f + d;
+        start(layer, Phase::dispatch, relay, dst, fwd, [this, layer, dst] { arrived_(layer, Phase::dispatch, dst); });
+      }
+    });
+  }
+}
+
+void AllToAll::combine_hierarchical(int layer, int gpu) {
+  const auto& p = plan(layer, gpu);
+  const int gpn = cluster_.spec().gpus_per_node;
+  const int d = gpu % ep_, first = gpu - d;
+  const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
+  for (int s = 0; s < ep_; ++s) {
+    const std::int64_t rows = p.token_sends[static_cast<std::size_t>(s * ep_ + d)];
+    if (s == d || rows == 0) continue;
+    const int src = first + s;
+    if (node(s) == node(d)) {
+      start(layer, Phase::combine, gpu, src, rows, [this, layer, src] { arrived_(layer, Phase::combine, src); });
+      continue;
+    }
+    const int relay = gpu - gpu % gpn + src % gpn;  // this node's GPU on the source's rail
+    if (relay == gpu) {
+      relay_contribution(layer, relay, src);
+    } else {
+      start(layer, Phase::combine, gpu, relay, rows,
+            [this, layer, relay, src] { relay_contribution(layer, relay, src); });
+    }
+  }
+}
+
+void AllToAll::relay_contribution(int layer, int relay, int src) {
+  const auto& p = plan(layer, src);
+  const int rr = relay % ep_, s = src % ep_;
+  const int b = p.node_of_rank[static_cast<std::size_t>(rr)];
+  auto& left = relay_pending_[(static_cast<std::size_t>(layer) * static_cast<std::size_t>(cluster_.gpu_count()) +
+                               static_cast<std::size_t>(src)) *
+                                  static_cast<std::size_t>(p.nodes) +
+                              static_cast<std::size_t>(b)];
+  MOESIM_ASSERT(left > 0, "a combine contribution nobody waits for");
+  if (--left > 0) return;
+  start(layer, Phase::combine, relay, src, p.node_sends[static_cast<std::size_t>(s * p.nodes + b)],
+        [this, layer, src] { arrived_(layer, Phase::combine, src); });
+}
+
+}  // namespace moesim::models

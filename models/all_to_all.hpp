@@ -1,0 +1,83 @@
+// The MoE all-to-all: how one layer's dispatch (tokens to their experts) and combine (expert
+// outputs back to the tokens' GPUs) become flows, from the layer's DispatchPlans.
+//
+// Bytes per row (one token's hidden vector): hidden x 2 for bf16; for fp8, hidden x 1 plus one
+// fp32 scale per 128 channels (hidden / 128 x 4, rounded up), as DeepEP's fp8 dispatch sends.
+// Dispatch rows use network.dispatch_dtype, combine rows network.combine_dtype.
+//
+// direct (NCCL-style, permute then all-to-all): every (source GPU, destination GPU) pair with
+// rows is one flow, a row per kept (token, expert) assignment, so a token with two experts on a
+// GPU is sent twice; the combine sends the same rows back.
+//
+// hierarchical (DeepEP's normal kernels): a token is sent once per destination GPU however many
+// of its experts are there; to another node it crosses the scale-out network once per node, to
+// that node's GPU with the sender's local index (same rail), which forwards it over NVLink to each
+// GPU there that needs it. A forwarding GPU starts forwarding one source's tokens when that
+// source's scale-out flow has arrived (store and forward per flow; DeepEP pipelines in chunks, so
+// this overstates the forwarding delay by at most one NVLink transfer of that flow). The combine
+// mirrors it: each GPU sends its outputs for a source's tokens (one row per token, reduced over
+// its own experts) over NVLink to the forwarding GPU of its node, which, once every GPU of the
+// node that computed for that source has delivered (itself included, when its experts are done),
+// sends one reduced row per token over the scale-out network. The reductions' compute is not
+// modelled (NVLink-bound and small). Needs EP groups made of whole nodes, or inside one node.
+//
+// A GPU's phase is complete when every source that has rows for it has delivered them; the
+// owner is called back once per arrival (`arrived`) and counts them against `inbound()`.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "models/network.hpp"
+#include "models/recorder.hpp"
+#include "routing/dispatch_plan.hpp"
+#include "sim/simulator.hpp"
+#include "topology/cluster.hpp"
+
+namespace moesim::models {
+
+enum class AllToAllAlgorithm { direct, hierarchical };
+enum class Phase { dispatch, combine };
+
+struct AllToAllSpec {
+  AllToAllAlgorithm algorithm = AllToAllAlgorithm::direct;
+  std::int64_t dispatch_row_bytes = 0;
+  std::int64_t combine_row_bytes = 0;
+};
+
+// Bytes of one row of `hidden` channels in the named dtype ("bf16", "fp8", "fp32").
+std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes);
+
+class AllToAll {
+ public:
+  using Arrived = std::function<void(int layer, Phase phase, int gpu)>;
+  // plans: [layer * groups + group]; the EP groups are consecutive runs of `ep` GPUs.
+  AllToAll(const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder, const AllToAllSpec& spec,
+           const std::vector<routing::DispatchPlan>& plans, int ep, int layers, Arrived arrived);
+
+  // How many arrivals complete `gpu`'s phase of `layer` (0: nothing to wait for).
+  std::int64_t inbound(int layer, Phase phase, int gpu) const;
+  // `gpu` has its data for the phase ready (dispatch: its tokens, routed; combine: its experts'
+  // outputs): start its flows.
+  void send(int layer, Phase phase, int gpu);
+
+ private:
+  const routing::DispatchPlan& plan(int layer, int gpu) const;
+  void start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done);
+  void dispatch_hierarchical(int layer, int gpu);
+  void combine_hierarchical(int layer, int gpu);
+  void relay_contribution(int layer, int relay, int src);  // one GPU's combine rows reached the relay
+
+  const topology::Cluster& cluster_;
+  NetworkModel& network_;
+  Recorder& recorder_;
+  AllToAllSpec spec_;
+  const std::vector<routing::DispatchPlan>& plans_;
+  int ep_, layers_, groups_;
+  Arrived arrived_;
+  // hierarchical combine: contributions still missing at a relay, [(layer * gpus + relay) * ep + src rank]
+  std::vector<std::int32_t> relay_pending_;
+};
+
+}  // namespace moesim::models
