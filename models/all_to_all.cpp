@@ -13,10 +13,11 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
   return hidden * dtype_bytes;
 }
 
-AllToAll::AllToAll(const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
+AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
                    const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int layers,
                    Arrived arrived)
-    : cluster_(cluster),
+    : sim_(sim),
+      cluster_(cluster),
       network_(network),
       recorder_(recorder),
       spec_(spec),
@@ -73,8 +74,12 @@ void AllToAll::start(int layer, Phase phase, int src, int dst, std::int64_t rows
   const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
                   sim::Bytes(rows * (phase == Phase::dispatch ? spec_.dispatch_row_bytes : spec_.combine_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
-  recorder_.on_flow(layer, stage, flow);
-  network_.start_flow(flow, std::move(done));
+  network_.start_flow(flow, [this, record = FlowRecord{layer, stage, flow, sim_.now(), sim::Time()},
+                             done = std::move(done)]() mutable {
+    record.end = sim_.now();
+    recorder_.on_flow(record);
+    done();
+  });
 }
 
 void AllToAll::send(int layer, Phase phase, int gpu) {

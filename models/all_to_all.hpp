@@ -53,7 +53,7 @@ class AllToAll {
  public:
   using Arrived = std::function<void(int layer, Phase phase, int gpu)>;
   // plans: [layer * groups + group]; the EP groups are consecutive runs of `ep` GPUs.
-  AllToAll(const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder, const AllToAllSpec& spec,
+  AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder, const AllToAllSpec& spec,
            const std::vector<routing::DispatchPlan>& plans, int ep, int layers, Arrived arrived);
 
   // How many arrivals complete `gpu`'s phase of `layer` (0: nothing to wait for).
@@ -69,6 +69,7 @@ class AllToAll {
   void combine_hierarchical(int layer, int gpu);
   void relay_contribution(int layer, int relay, int src);  // one GPU's combine rows reached the relay
 
+  sim::Simulator& sim_;
   const topology::Cluster& cluster_;
   NetworkModel& network_;
   Recorder& recorder_;

@@ -92,7 +92,7 @@ void MoeForward::start() {
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
-  all_to_all_ = std::make_unique<AllToAll>(cluster_, network_, recorder_, comm, plans_, spec_.ep, spec_.model.moe_layers,
+  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, spec_.model.moe_layers,
                                            [this](int layer, Phase phase, int gpu) { arrived(layer, phase, gpu); });
   // Sources that send nothing are not waited for.
   for (int g = 0; g < cluster_.gpu_count(); ++g)

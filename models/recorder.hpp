@@ -4,6 +4,8 @@
 
 #include <array>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "models/network.hpp"
 #include "routing/dispatch_plan.hpp"
@@ -31,14 +33,40 @@ struct StageRecord {
   sim::Time end;
 };
 
+// One all-to-all flow (src != dst), reported when its last byte has arrived.
+struct FlowRecord {
+  int layer;
+  Stage stage;  // dispatch or combine
+  Flow flow;
+  sim::Time start;
+  sim::Time end;
+};
+
 class Recorder {
  public:
   virtual ~Recorder() = default;
   virtual void on_stage(const StageRecord& record) = 0;
   // One layer's routing for the EP group starting at global GPU `first_gpu`.
   virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) = 0;
-  // One flow of the layer's all-to-all (src != dst), when it starts.
-  virtual void on_flow(int layer, Stage stage, const Flow& flow) = 0;
+  virtual void on_flow(const FlowRecord& record) = 0;
+};
+
+// Forwards every record to each of several recorders, in order.
+class RecorderTee final : public Recorder {
+ public:
+  explicit RecorderTee(std::vector<Recorder*> to) : to_(std::move(to)) {}
+  void on_stage(const StageRecord& r) override {
+    for (auto* t : to_) t->on_stage(r);
+  }
+  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override {
+    for (auto* t : to_) t->on_routing(layer, first_gpu, plan);
+  }
+  void on_flow(const FlowRecord& r) override {
+    for (auto* t : to_) t->on_flow(r);
+  }
+
+ private:
+  std::vector<Recorder*> to_;
 };
 
 }  // namespace moesim::models

@@ -64,8 +64,9 @@ void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan&
   }
 }
 
-void RunStats::on_flow(int layer, Stage, const Flow& flow) {
-  LayerStats& l = layers_[static_cast<std::size_t>(layer)];
+void RunStats::on_flow(const FlowRecord& r) {
+  const Flow& flow = r.flow;
+  LayerStats& l = layers_[static_cast<std::size_t>(r.layer)];
   l.network_bytes += flow.size.count();
   if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)
     l.scale_out_bytes += flow.size.count();

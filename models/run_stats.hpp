@@ -46,7 +46,7 @@ class RunStats final : public Recorder {
   RunStats(int gpus, int layers, int gpus_per_node);
   void on_stage(const StageRecord& r) override;
   void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override;
-  void on_flow(int layer, Stage stage, const Flow& flow) override;
+  void on_flow(const FlowRecord& r) override;
 
   const std::vector<LayerStats>& layers() const { return layers_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }

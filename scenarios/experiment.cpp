@@ -14,8 +14,12 @@ RunResult run_experiment(const Scenario& sc) {
   const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node), 0,
-                   std::string(network->name()), "roofline", {}, {}};
-  models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, result.stats);
+                   std::string(network->name()), "roofline", {}, {}, nullptr};
+  if (sc.timeline != "off")
+    result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);
+  models::RecorderTee tee({&result.stats, result.timeline.get()});
+  models::Recorder& recorder = result.timeline ? static_cast<models::Recorder&>(tee) : result.stats;
+  models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, recorder);
   forward.start();
   result.events = sim.run();
   MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");

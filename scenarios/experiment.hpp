@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "models/network.hpp"
 #include "models/run_stats.hpp"
+#include "models/timeline.hpp"
 #include "scenarios/scenario.hpp"
 
 namespace moesim::scenarios {
@@ -19,7 +21,11 @@ struct RunResult {
   std::string compute_source;  // which compute model produced the kernel times
   std::vector<models::LinkUsage> links;  // per link; empty where the network model has none
   std::vector<routing::Placement> placements;  // per layer
+  std::shared_ptr<models::TimelineRecorder> timeline;  // null with output.timeline: off
 };
+
+// output.timeline: auto keeps at most this many timeline records (stages and flows).
+inline constexpr std::size_t kTimelineAutoLimit = 1'000'000;
 
 RunResult run_experiment(const Scenario& scenario);
 

@@ -32,6 +32,7 @@ struct Scenario {
   std::string compute_model = "roofline";
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";
+  std::string timeline = "auto";  // output.timeline: auto | on | off
 };
 
 class ScenarioError : public std::runtime_error {

@@ -568,6 +568,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   }
   if (auto o = top.child("output", false)) {
     if (auto v = o->get<std::string>("dir", any_text(), false)) sc.output_dir = *v;
+    if (auto v = o->get<std::string>("timeline", one_of({"auto", "on", "off"}), false)) sc.timeline = *v;
     o->finish();
   }
 }

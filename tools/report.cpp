@@ -21,6 +21,17 @@ namespace {
 using models::Stage;
 using sim::format_us;
 
+// A JSON string's contents: quotes, backslashes and control characters escaped.
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (const char c : s) {
+    if (c == '"' || c == '\\') (o += '\\') += c;
+    else if (static_cast<unsigned char>(c) < 0x20) o += fmt::format("\\u{:04x}", static_cast<int>(c));
+    else o += c;
+  }
+  return o;
+}
+
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string q = "\"";
@@ -177,6 +188,51 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   }
 }
 
+void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  const auto& t = *r.timeline;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const int gpn = sc.cluster.gpus_per_node;
+  const auto us = [](sim::Time x) { return sim::format_us(x); };
+  out << "{\"displayTimeUnit\":\"ns\",\"otherData\":{\"scenario\":\"" << json_escape(sc.source) << "\"},\"traceEvents\":[\n";
+  bool first = true;
+  const auto sep = [&] {
+    if (!first) out << ",\n";
+    first = false;
+  };
+  for (int n = 0; n < sc.cluster.nodes; ++n) {
+    sep();
+    fmt::print(out, R"({{"ph":"M","name":"process_name","pid":{},"args":{{"name":"node {}"}}}})", n, n);
+  }
+  for (int g = 0; g < gpus; ++g) {
+    sep();
+    fmt::print(out, R"({{"ph":"M","name":"thread_name","pid":{},"tid":{},"args":{{"name":"GPU {} compute"}}}})", g / gpn, g, g);
+    sep();
+    fmt::print(out, R"({{"ph":"M","name":"thread_name","pid":{},"tid":{},"args":{{"name":"GPU {} sends"}}}})", g / gpn,
+               gpus + g, g);
+  }
+  for (const auto& s : t.stages()) {
+    const int g = static_cast<int>(s.gpu.index());
+    sep();
+    fmt::print(out, R"({{"ph":"X","name":"{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}}}}})",
+               models::is_network_wait(s.stage) ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
+               models::is_network_wait(s.stage) ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer);
+  }
+  std::size_t id = 0;
+  for (const auto& f : t.flows()) {
+    const int src = static_cast<int>(f.flow.src.index()), dst = static_cast<int>(f.flow.dst.index());
+    const std::string name = fmt::format("{} {}->{}", to_string(f.stage), src, dst);
+    sep();
+    fmt::print(out,
+               R"({{"ph":"b","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{},"args":{{"layer":{},"bytes":{}}}}})",
+               name, to_string(f.stage), id, src / gpn, gpus + src, us(f.start), f.layer, f.flow.size.count());
+    sep();
+    fmt::print(out, R"({{"ph":"e","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{}}})", name, to_string(f.stage), id,
+               src / gpn, gpus + src, us(f.end));
+    ++id;
+  }
+  out << "\n]}\n";
+}
+
 void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                          const scenarios::RunResult& r, const std::vector<std::string>& written) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -224,6 +280,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind),
                  r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
   }
+  if (r.timeline && !r.timeline->complete())
+    fmt::print(out, "  timeline    not written: more than {} records (output.timeline: on keeps them all)\n",
+               r.timeline->limit());
   if (!written.empty()) fmt::print(out, "  wrote       {}\n", fmt::join(written, ", "));
 }
 
@@ -338,6 +397,7 @@ std::vector<std::string> write_reports(const std::string& dir, const scenarios::
   write("layers.csv", write_layers_csv);
   write("experts.csv", write_experts_csv);
   write("gpus.csv", write_gpus_csv);
+  if (r.timeline && r.timeline->complete()) write("timeline.json", write_timeline_json);
   if (!r.links.empty()) write("links.csv", write_links_csv);
   return written;
 }

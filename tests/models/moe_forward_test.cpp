@@ -143,7 +143,7 @@ TEST_CASE("An overloaded GPU delays every GPU that waits for its outputs", "[mod
     std::vector<routing::DispatchPlan> plans;
     void on_stage(const models::StageRecord& r) override { stages.push_back(r); }
     void on_routing(int, int, const routing::DispatchPlan& p) override { plans.push_back(p); }
-    void on_flow(int, Stage, const models::Flow&) override {}
+    void on_flow(const models::FlowRecord&) override {}
   };
   const auto sc = scenarios::load_scenario_text(R"(
 cluster: {nodes: 1, gpus_per_node: 4, gpu: H100}

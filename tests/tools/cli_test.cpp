@@ -392,3 +392,41 @@ TEST_CASE("The drifting-hotspot scenario shows a stale placement's cost", "[cli]
   CHECK(fresh < 1.2);
   CHECK(still < 1.2);
 }
+
+TEST_CASE("timeline.json holds every stage and flow, and can be switched off", "[cli][timeline]") {
+  TempDir tmp;
+  const std::string base =
+      "cluster:\n  nodes: 2\n  gpus_per_node: 2\n  gpu: H100\n  scale_out:\n    nic_bandwidth: 400Gbps\n"
+      "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
+      "parallelism:\n  ep: 4\nworkload:\n  tokens_per_gpu: 64\n";
+  std::ofstream(tmp.path() / "on.yaml") << base;
+  std::ofstream(tmp.path() / "off.yaml") << base << "output:\n  timeline: off\n";
+  const auto dir = "'" + tmp.path().string() + "/";
+  REQUIRE(moesim("run " + dir + "on.yaml' -q --out " + dir + "on'", tmp).code == 0);
+  REQUIRE(moesim("run " + dir + "off.yaml' -q --out " + dir + "off'", tmp).code == 0);
+  CHECK_FALSE(fs::exists(tmp.path() / "off" / "timeline.json"));
+  const std::string json = slurp(tmp.path() / "on" / "timeline.json");
+  REQUIRE(json.rfind("{\"displayTimeUnit\":\"ns\"", 0) == 0);
+  CHECK(json.substr(json.size() - 4) == "\n]}\n");
+  auto count = [&](const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = json.find(what); at != std::string::npos; at = json.find(what, at + 1)) ++n;
+    return n;
+  };
+  // Every flow opens and closes once; the flows match layers.csv.
+  std::ifstream layers(tmp.path() / "on" / "layers.csv");
+  std::string line;
+  std::getline(layers, line);
+  const auto h = csv_fields(line);
+  const auto flows_col = static_cast<std::size_t>(std::find(h.begin(), h.end(), "flows") - h.begin());
+  std::size_t flows = 0;
+  while (std::getline(layers, line)) flows += std::stoull(csv_fields(line).at(flows_col));
+  CHECK(flows > 0);
+  CHECK(count("\"ph\":\"b\"") == flows);
+  CHECK(count("\"ph\":\"e\"") == flows);
+  // Each of 4 GPUs x 2 layers has at least attention, router, experts and reduce.
+  CHECK(count("\"name\":\"attention\"") == 8);
+  CHECK(count("\"name\":\"experts\"") == 8);
+  CHECK(count("\"ph\":\"X\"") >= 32);
+  CHECK(count("\"name\":\"thread_name\"") == 8);
+}

@@ -1,0 +1,41 @@
+// A Recorder that keeps every compute stage, network wait and all-to-all flow of a run, for the
+// Chrome-trace timeline (tools/report.hpp writes timeline.json). Zero-length waits are not kept.
+// With a limit, it stops keeping records once it holds that many and says so (complete() false),
+// so a huge run does not spend its memory on a timeline nobody can open.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "models/recorder.hpp"
+
+namespace moesim::models {
+
+class TimelineRecorder final : public Recorder {
+ public:
+  explicit TimelineRecorder(std::size_t limit) : limit_(limit) {}
+  void on_stage(const StageRecord& r) override {
+    if (r.end > r.start && keep()) stages_.push_back(r);
+  }
+  void on_routing(int, int, const routing::DispatchPlan&) override {}
+  void on_flow(const FlowRecord& r) override {
+    if (keep()) flows_.push_back(r);
+  }
+
+  const std::vector<StageRecord>& stages() const { return stages_; }
+  const std::vector<FlowRecord>& flows() const { return flows_; }
+  bool complete() const { return !overflowed_; }
+  std::size_t limit() const { return limit_; }
+
+ private:
+  bool keep() {
+    if (limit_ > 0 && stages_.size() + flows_.size() >= limit_) overflowed_ = true;
+    return !overflowed_;
+  }
+  std::size_t limit_;
+  bool overflowed_ = false;
+  std::vector<StageRecord> stages_;
+  std::vector<FlowRecord> flows_;
+};
+
+}  // namespace moesim::models
