@@ -14,8 +14,8 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
 }
 
 AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
-                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int layers,
-                   Arrived arrived)
+                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
+                   std::vector<int> pass_layer, std::vector<bool> pass_backward, Arrived arrived)
     : sim_(sim),
       cluster_(cluster),
       network_(network),
@@ -23,14 +23,16 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
       spec_(spec),
       plans_(plans),
       ep_(ep),
-      layers_(layers),
       groups_(cluster.gpu_count() / ep),
+      pass_layer_(std::move(pass_layer)),
+      pass_backward_(std::move(pass_backward)),
       arrived_(std::move(arrived)) {
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
   const int gpn = cluster.spec().gpus_per_node;
   MOESIM_ASSERT(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0, "hierarchical all-to-all needs whole-node EP groups");
   const int gpus = cluster.gpu_count();
   const int nodes = plans_.empty() ? 1 : plans_.front().nodes;
+  const int layers = static_cast<int>(pass_layer_.size());  // passes
   relay_pending_.assign(static_cast<std::size_t>(layers) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
   for (int l = 0; l < layers; ++l)
     for (int g = 0; g < gpus; ++g) {
@@ -45,8 +47,8 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
     }
 }
 
-const routing::DispatchPlan& AllToAll::plan(int layer, int gpu) const {
-  return plans_[static_cast<std::size_t>(layer * groups_ + gpu / ep_)];
+const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
+  return plans_[static_cast<std::size_t>(pass_layer_[static_cast<std::size_t>(pass)] * groups_ + gpu / ep_)];
 }
 
 std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
@@ -71,10 +73,13 @@ std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
 }
 
 void AllToAll::start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done) {
+  const bool backward = pass_backward_[static_cast<std::size_t>(layer)];
   const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
-                  sim::Bytes(rows * (phase == Phase::dispatch ? spec_.dispatch_row_bytes : spec_.combine_row_bytes))};
+                  sim::Bytes(rows * (phase == Phase::dispatch && !backward ? spec_.dispatch_row_bytes
+                                                                           : spec_.combine_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
-  network_.start_flow(flow, [this, record = FlowRecord{layer, stage, flow, sim_.now(), sim::Time()},
+  const int l = pass_layer_[static_cast<std::size_t>(layer)];
+  network_.start_flow(flow, [this, record = FlowRecord{l, stage, flow, sim_.now(), sim::Time(), backward},
                              done = std::move(done)]() mutable {
     record.end = sim_.now();
     recorder_.on_flow(record);

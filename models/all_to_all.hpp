@@ -23,6 +23,11 @@
 //
 // A GPU's phase is complete when every source that has rows for it has delivered them; the
 // owner is called back once per arrival (`arrived`) and counts them against `inbound()`.
+//
+// A run has passes (a training step: every layer forward, then every layer backward); each pass
+// uses its layer's plans. In a backward pass the dispatch phase carries the gradients of the
+// combine (token GPU -> expert GPU) and the combine phase those of the dispatch, both in
+// combine rows (gradients are not sent in fp8).
 #pragma once
 
 #include <cstdint>
@@ -53,17 +58,19 @@ class AllToAll {
  public:
   using Arrived = std::function<void(int layer, Phase phase, int gpu)>;
   // plans: [layer * groups + group]; the EP groups are consecutive runs of `ep` GPUs.
-  AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder, const AllToAllSpec& spec,
-           const std::vector<routing::DispatchPlan>& plans, int ep, int layers, Arrived arrived);
+  // pass_layer[p]: the layer of pass p; pass_backward[p]: whether it is a backward pass.
+  AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
+           const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
+           std::vector<int> pass_layer, std::vector<bool> pass_backward, Arrived arrived);
 
-  // How many arrivals complete `gpu`'s phase of `layer` (0: nothing to wait for).
-  std::int64_t inbound(int layer, Phase phase, int gpu) const;
+  // How many arrivals complete `gpu`'s phase of pass `pass` (0: nothing to wait for).
+  std::int64_t inbound(int pass, Phase phase, int gpu) const;
   // `gpu` has its data for the phase ready (dispatch: its tokens, routed; combine: its experts'
-  // outputs): start its flows.
-  void send(int layer, Phase phase, int gpu);
+  // outputs): start its flows. `arrived` is called with the pass.
+  void send(int pass, Phase phase, int gpu);
 
  private:
-  const routing::DispatchPlan& plan(int layer, int gpu) const;
+  const routing::DispatchPlan& plan(int pass, int gpu) const;
   void start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done);
   void dispatch_hierarchical(int layer, int gpu);
   void combine_hierarchical(int layer, int gpu);
@@ -75,9 +82,11 @@ class AllToAll {
   Recorder& recorder_;
   AllToAllSpec spec_;
   const std::vector<routing::DispatchPlan>& plans_;
-  int ep_, layers_, groups_;
+  int ep_, groups_;
+  std::vector<int> pass_layer_;
+  std::vector<bool> pass_backward_;
   Arrived arrived_;
-  // hierarchical combine: contributions still missing at a relay, [(layer * gpus + relay) * ep + src rank]
+  // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]
   std::vector<std::int32_t> relay_pending_;
 };
 

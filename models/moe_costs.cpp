@@ -28,4 +28,6 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int6
   return KernelCost{.flops = 2 * r * h, .bytes = b * h * (r + t)};
 }
 
+KernelCost adam_cost(std::int64_t params) { return KernelCost{.flops = 12 * params, .bytes = 28 * params}; }
+
 }  // namespace moesim::models

@@ -17,6 +17,11 @@
 //   activation written and read). A GPU runs its local experts back to back (grouped GEMM).
 // reduce (weighted sum of a token's returned expert outputs) over r returned copies:
 //   FLOPs = 2*r*H;  bytes = b*H*(r + T)
+// optimizer (mixed-precision Adam, as Megatron-LM keeps it) over P parameters: per parameter
+//   read the bf16 gradient, read and write the fp32 master weight and both fp32 moments, write
+//   the bf16 weight: bytes = (2 + 3*4*2 + 2)*P = 28*P; FLOPs = 12*P (memory-bound).
+// A training step's backward pass runs every GEMM twice at the forward's size (input and weight
+// gradients): 2x the forward's FLOPs and bytes (models/moe_forward.hpp).
 // Simplifications, each deepened by a later model: attention is standard multi-head/GQA
 // (DeepSeek's MLA is approximated by its head counts); no softmax/norm/elementwise kernels.
 #pragma once
@@ -32,5 +37,6 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
+KernelCost adam_cost(std::int64_t params);
 
 }  // namespace moesim::models

@@ -21,6 +21,7 @@ std::string_view to_string(Stage s) {
     case Stage::experts: return "experts";
     case Stage::combine: return "combine";
     case Stage::reduce: return "reduce";
+    case Stage::optimizer: return "optimizer";
   }
   return "?";
 }
@@ -52,7 +53,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
-  const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(spec.model.moe_layers);
+  const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
 }
@@ -61,7 +62,6 @@ const routing::DispatchPlan& MoeForward::plan(int layer, int gpu) const {
   const int groups = cluster_.gpu_count() / spec_.ep;
   return plans_[static_cast<std::size_t>(layer * groups + gpu / spec_.ep)];
 }
-
 
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
@@ -92,42 +92,60 @@ void MoeForward::start() {
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
-  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, spec_.model.moe_layers,
-                                           [this](int layer, Phase phase, int gpu) { arrived(layer, phase, gpu); });
+  std::vector<int> pass_layer;
+  std::vector<bool> pass_backward;
+  for (int p = 0; p < passes(); ++p) {
+    pass_layer.push_back(layer_of(p));
+    pass_backward.push_back(backward(p));
+  }
+  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep,
+                                           std::move(pass_layer), std::move(pass_backward),
+                                           [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
   // Sources that send nothing are not waited for.
   for (int g = 0; g < cluster_.gpu_count(); ++g)
-    for (int l = 0; l < spec_.model.moe_layers; ++l) {
-      pending(dispatch_pending_, g, l) = all_to_all_->inbound(l, Phase::dispatch, g);
-      pending(combine_pending_, g, l) = all_to_all_->inbound(l, Phase::combine, g);
+    for (int p = 0; p < passes(); ++p) {
+      pending(dispatch_pending_, g, p) = all_to_all_->inbound(p, Phase::dispatch, g);
+      pending(combine_pending_, g, p) = all_to_all_->inbound(p, Phase::combine, g);
     }
-  for (int g = 0; g < cluster_.gpu_count(); ++g) begin_layer(g);
+  for (int g = 0; g < cluster_.gpu_count(); ++g) begin_pass(g);
+}
+
+Time MoeForward::cost(const KernelCost& c, int gpu) const {
+  // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size.
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  return roofline_.time(backward(p) ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c);
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
   const Time start = sim_.now();
   sim_.schedule_in(duration, [this, gpu, stage, start, next] {
-    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)),
-                                   gpus_[static_cast<std::size_t>(gpu)].layer, stage, start,
-                                   sim_.now()});
+    const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(std::min(p, passes() - 1)), stage,
+                                   start, sim_.now(), p < passes() && backward(p)});
     (this->*next)(gpu);
   });
 }
 
-void MoeForward::begin_layer(int gpu) {
-  run_stage(gpu, Stage::attention,
-            roofline_.time(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length)),
-            &MoeForward::after_attention);
-}
-
-void MoeForward::after_attention(int gpu) {
-  run_stage(gpu, Stage::router, roofline_.time(router_cost(spec_.model, spec_.tokens_per_gpu)),
+void MoeForward::begin_pass(int gpu) {
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (!backward(p)) {
+    run_stage(gpu, Stage::attention, cost(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length), gpu),
+              &MoeForward::after_attention);
+    return;
+  }
+  // Backward: the reduce's gradient goes back to the returned copies first.
+  run_stage(gpu, Stage::reduce, roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu)))),
             &MoeForward::after_router);
 }
 
+void MoeForward::after_attention(int gpu) {
+  run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_router);
+}
+
 void MoeForward::after_router(int gpu) {
-  all_to_all_->send(gpus_[static_cast<std::size_t>(gpu)].layer, Phase::dispatch, gpu);
+  all_to_all_->send(gpus_[static_cast<std::size_t>(gpu)].pass, Phase::dispatch, gpu);
   if (spec_.model.shared_experts > 0) {
-    const Time one = roofline_.time(expert_cost(spec_.model, spec_.tokens_per_gpu));
+    const Time one = cost(expert_cost(spec_.model, spec_.tokens_per_gpu), gpu);
     run_stage(gpu, Stage::shared_experts, one * spec_.model.shared_experts, &MoeForward::after_shared);
   } else {
     after_shared(gpu);
@@ -141,12 +159,12 @@ void MoeForward::after_shared(int gpu) {
   try_start_experts(gpu);
 }
 
-void MoeForward::arrived(int layer, Phase phase, int gpu) {
+void MoeForward::arrived(int pass, Phase phase, int gpu) {
   if (phase == Phase::dispatch) {
-    --pending(dispatch_pending_, gpu, layer);
+    --pending(dispatch_pending_, gpu, pass);
     try_start_experts(gpu);
   } else {
-    --pending(combine_pending_, gpu, layer);
+    --pending(combine_pending_, gpu, pass);
     try_finish_combine(gpu);
   }
 }
@@ -154,23 +172,25 @@ void MoeForward::arrived(int layer, Phase phase, int gpu) {
 void MoeForward::try_start_experts(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   if (s.wait != Wait::dispatch) return;  // an early arrival; counted, checked when g gets here
-  const auto& p = plan(s.layer, gpu);
+  if (pending(dispatch_pending_, gpu, s.pass) > 0) return;
+  const int layer = layer_of(s.pass);
+  const auto& p = plan(layer, gpu);
   const int r = rank(gpu);
-  if (pending(dispatch_pending_, gpu, s.layer) > 0) return;
   s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::dispatch,
-                                 s.wait_start, sim_.now()});
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
+                                 sim_.now(), backward(s.pass)});
   Time t;
-  const int per_gpu = placements_[static_cast<std::size_t>(s.layer)].slots_per_gpu;
+  const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
   for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot)
-    t += roofline_.time(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] +
-                                                     p.slot_padded[static_cast<std::size_t>(slot)]));
+    t += cost(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] +
+                                           p.slot_padded[static_cast<std::size_t>(slot)]),
+              gpu);
   run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
 }
 
 void MoeForward::after_experts(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  all_to_all_->send(s.layer, Phase::combine, gpu);
+  all_to_all_->send(s.pass, Phase::combine, gpu);
   s.wait = Wait::combine;
   s.wait_start = sim_.now();
   try_finish_combine(gpu);
@@ -179,24 +199,51 @@ void MoeForward::after_experts(int gpu) {
 void MoeForward::try_finish_combine(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   if (s.wait != Wait::combine) return;
-  const auto& p = plan(s.layer, gpu);
-  const int r = rank(gpu);
-  if (pending(combine_pending_, gpu, s.layer) > 0) return;
+  if (pending(combine_pending_, gpu, s.pass) > 0) return;
+  const int layer = layer_of(s.pass);
   s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), s.layer, Stage::combine,
-                                 s.wait_start, sim_.now()});
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::combine, s.wait_start,
+                                 sim_.now(), backward(s.pass)});
+  if (backward(s.pass)) {
+    // Backward: the router's, then the attention's gradients.
+    run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_attention_backward_start);
+    return;
+  }
   run_stage(gpu, Stage::reduce,
-            roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, p.kept(r))),
-            &MoeForward::after_reduce);
+            roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu)))),
+            &MoeForward::end_pass);
 }
 
-void MoeForward::after_reduce(int gpu) {
+void MoeForward::after_attention_backward_start(int gpu) {
+  run_stage(gpu, Stage::attention, cost(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length), gpu),
+            &MoeForward::end_pass);
+}
+
+void MoeForward::end_pass(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  if (++s.layer < spec_.model.moe_layers) {
-    begin_layer(gpu);
+  if (++s.pass < passes()) {
+    begin_pass(gpu);
+  } else if (spec_.training) {
+    run_stage(gpu, Stage::optimizer, roofline_.time(optimizer_cost(gpu)), &MoeForward::finish);
   } else {
-    ++finished_gpus_;
+    finish(gpu);
   }
+}
+
+void MoeForward::finish(int) { ++finished_gpus_; }
+
+KernelCost MoeForward::optimizer_cost(int gpu) const {
+  // Parameters this GPU holds and updates: per MoE layer its attention and router weights, the
+  // shared experts and its expert slots (replicas included).
+  const auto& m = spec_.model;
+  const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
+  const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
+  std::int64_t params = 0;
+  for (int l = 0; l < m.moe_layers; ++l)
+    params += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts +
+              (m.shared_experts + placements_[static_cast<std::size_t>(l)].slots_per_gpu) * expert;
+  (void)gpu;
+  return adam_cost(params);
 }
 
 }  // namespace moesim::models

@@ -37,6 +37,7 @@ struct ForwardSpec {
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
+  bool training = false;              // forward, backward and optimizer; else the forward pass only
   AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
 };
 
@@ -56,28 +57,33 @@ class MoeForward {
  private:
   enum class Wait { none, dispatch, combine };
   struct GpuState {
-    int layer = 0;
+    int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     Wait wait = Wait::none;
     sim::Time wait_start;
   };
 
+  int passes() const { return spec_.training ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
+  int layer_of(int pass) const { return pass < spec_.model.moe_layers ? pass : passes() - 1 - pass; }
+  bool backward(int pass) const { return pass >= spec_.model.moe_layers; }
   const routing::DispatchPlan& plan(int layer, int gpu) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
-  int group_first(int gpu) const { return gpu - rank(gpu); }
+  sim::Time cost(const KernelCost& c, int gpu) const;
+  KernelCost optimizer_cost(int gpu) const;
 
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
-  void begin_layer(int gpu);
+  void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
   void after_shared(int gpu);
-  void arrived(int layer, Phase phase, int gpu);
+  void arrived(int pass, Phase phase, int gpu);
   void try_start_experts(int gpu);
   void after_experts(int gpu);
   void try_finish_combine(int gpu);
-  void after_reduce(int gpu);
-  std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int layer) {
-    return v[static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.model.moe_layers) +
-             static_cast<std::size_t>(layer)];
+  void after_attention_backward_start(int gpu);
+  void end_pass(int gpu);
+  void finish(int gpu);
+  std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass) {
+    return v[static_cast<std::size_t>(gpu) * static_cast<std::size_t>(passes()) + static_cast<std::size_t>(pass)];
   }
 
   sim::Simulator& sim_;
@@ -90,7 +96,7 @@ class MoeForward {
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
   std::vector<GpuState> gpus_;
-  // Inbound flows not yet arrived, [gpu * layers + layer]: set from the plans in start(),
+  // Inbound arrivals still missing, [gpu * passes + pass]: set from the plans in start(),
   // counted down by arrivals; a GPU goes on when its count is zero.
   std::vector<std::int64_t> dispatch_pending_;
   std::vector<std::int64_t> combine_pending_;

@@ -17,20 +17,24 @@ namespace moesim::models {
 // The stages of one MoE layer on one GPU, in order. Compute stages occupy the GPU; `dispatch`
 // and `combine` are the time the GPU waits for its inbound all-to-all flows after it could
 // have gone on (zero when they had all arrived already).
-enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce };
-inline constexpr std::size_t kStageCount = 7;
+// In a training step's backward pass the same stages run in reverse order (the "dispatch" wait is
+// for the gradients of the combine, the "combine" wait for those of the dispatch); `optimizer`
+// runs once at the end of a training step.
+enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer };
+inline constexpr std::size_t kStageCount = 8;
 inline constexpr std::array<Stage, kStageCount> kStages{
     Stage::attention, Stage::router,  Stage::shared_experts, Stage::dispatch,
-    Stage::experts,   Stage::combine, Stage::reduce};
+    Stage::experts,   Stage::combine, Stage::reduce,         Stage::optimizer};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 
 struct StageRecord {
   topology::GpuId gpu;
-  int layer;
+  int layer;  // the optimizer: layer 0, where the backward pass ends
   Stage stage;
   sim::Time start;
   sim::Time end;
+  bool backward = false;
 };
 
 // One all-to-all flow (src != dst), reported when its last byte has arrived.
@@ -40,6 +44,7 @@ struct FlowRecord {
   Flow flow;
   sim::Time start;
   sim::Time end;
+  bool backward = false;
 };
 
 class Recorder {

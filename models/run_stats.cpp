@@ -7,6 +7,7 @@ namespace moesim::models {
 RunStats::RunStats(int gpus, int layers, int gpus_per_node)
     : gpus_per_node_(gpus_per_node),
       layers_(static_cast<std::size_t>(layers)),
+      backward_layers_(static_cast<std::size_t>(layers)),
       gpus_(static_cast<std::size_t>(gpus)),
       experts_(static_cast<std::size_t>(layers)),
       slots_(static_cast<std::size_t>(layers)),
@@ -15,14 +16,16 @@ RunStats::RunStats(int gpus, int layers, int gpus_per_node)
 void RunStats::on_stage(const StageRecord& r) {
   const auto s = static_cast<std::size_t>(r.stage);
   const sim::Time d = r.end - r.start;
-  LayerStats& l = layers_[static_cast<std::size_t>(r.layer)];
+  GpuStats& g = gpus_[r.gpu.index()];
+  g.stage_total[s] += d;
+  if (r.backward) g.backward_total += d;
+  g.finish = sim::max(g.finish, r.end);
+  if (r.stage == Stage::optimizer) return;  // once per step, not part of any layer
+  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
   l.start = sim::min(l.start, r.start);
   l.end = sim::max(l.end, r.end);
   l.stage_max[s] = sim::max(l.stage_max[s], d);
   l.stage_sum[s] += d;
-  GpuStats& g = gpus_[r.gpu.index()];
-  g.stage_total[s] += d;
-  g.finish = sim::max(g.finish, r.end);
 }
 
 void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) {
@@ -66,7 +69,7 @@ void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan&
 
 void RunStats::on_flow(const FlowRecord& r) {
   const Flow& flow = r.flow;
-  LayerStats& l = layers_[static_cast<std::size_t>(r.layer)];
+  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
   l.network_bytes += flow.size.count();
   if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)
     l.scale_out_bytes += flow.size.count();

@@ -34,7 +34,8 @@ struct ExpertStats {
 };
 
 struct GpuStats {
-  std::array<sim::Time, kStageCount> stage_total{};
+  std::array<sim::Time, kStageCount> stage_total{};  // forward and backward together
+  sim::Time backward_total;                          // of that, in backward passes
   sim::Time finish;
   // Over all layers: assignments of this GPU's tokens (routed, and of those dropped), and the
   // token rows and padding rows its experts computed.
@@ -48,7 +49,10 @@ class RunStats final : public Recorder {
   void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override;
   void on_flow(const FlowRecord& r) override;
 
+  // Per MoE layer: its forward pass (routing counts included), and in a training step its backward
+  // pass (timing, flows and bytes; the routing is the forward's). Empty backward rows never started.
   const std::vector<LayerStats>& layers() const { return layers_; }
+  const std::vector<LayerStats>& backward_layers() const { return backward_layers_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }
   // [layer][expert] and [layer][slot] (tokens and padding each replica computed), summed over EP groups.
   const std::vector<std::vector<ExpertStats>>& experts() const { return experts_; }
@@ -61,6 +65,7 @@ class RunStats final : public Recorder {
  private:
   int gpus_per_node_;
   std::vector<LayerStats> layers_;
+  std::vector<LayerStats> backward_layers_;
   std::vector<GpuStats> gpus_;
   std::vector<std::vector<ExpertStats>> experts_;
   std::vector<std::vector<std::int64_t>> slots_;

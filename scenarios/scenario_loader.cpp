@@ -382,7 +382,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     par->finish();
   }
   if (auto w = top.child("workload", true)) {
-    if (auto v = w->get<std::string>("kind", one_of({"forward"}), false)) sc.workload_kind = *v;
+    if (auto v = w->get<std::string>("kind", one_of({"forward", "training"}), false)) sc.workload_kind = *v;
+    f.training = sc.workload_kind == "training";
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
     f.sequence_length = f.tokens_per_gpu;
     if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false))

@@ -63,6 +63,10 @@ double gpu_cv(const models::LayerStats& l, int gpus) {
 Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   Totals t;
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  for (const auto& l : r.stats.backward_layers()) {
+    t.bytes += l.network_bytes;
+    t.scale_out_bytes += l.scale_out_bytes;
+  }
   for (const auto& l : r.stats.layers()) {
     t.routed += l.routed;
     t.computed += l.computed;
@@ -95,49 +99,54 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   out << "scenario,workload,network_model,compute_source,seed,gpus,ep,moe_layers,tokens_per_gpu,"
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes\n";
+         "reduce_us,optimizer_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{}\n", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{}\n", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
              t.bytes, r.events, t.gpu_cv, t.padded,
              f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
-             t.scale_out_bytes);
+             t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
-  out << "layer,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
+  out << "layer,pass,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
          "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded,scale_out_bytes\n";
-  const auto& layers = r.stats.layers();
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    const auto& l = layers[i];
-    const double gpu_mean = static_cast<double>(l.computed) / gpus;
-    const double expert_mean = static_cast<double>(l.routed) / static_cast<double>(l.expert_slots);
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
-               i, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
+  const auto row = [&](std::size_t i, const char* pass, const models::LayerStats& l, const models::LayerStats& routing) {
+    const auto& g = routing;  // the routing columns: the layer's forward routing
+    const double gpu_mean = static_cast<double>(g.computed) / gpus;
+    const double expert_mean =
+        g.expert_slots > 0 ? static_cast<double>(g.routed) / static_cast<double>(g.expert_slots) : 0.0;
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
+               i, pass, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
                format_us(l.stage_max[idx(Stage::dispatch)]), mean_us(l.stage_sum[idx(Stage::dispatch)], gpus),
                format_us(l.stage_max[idx(Stage::experts)]), mean_us(l.stage_sum[idx(Stage::experts)], gpus),
                format_us(l.stage_max[idx(Stage::combine)]), mean_us(l.stage_sum[idx(Stage::combine)], gpus),
-               format_us(l.stage_max[idx(Stage::reduce)]), l.routed, l.computed, l.dropped,
-               l.network_bytes, l.flows, l.max_gpu_tokens, gpu_mean,
-               ratio(static_cast<double>(l.max_gpu_tokens), gpu_mean), l.max_expert_tokens,
-               expert_mean, ratio(static_cast<double>(l.max_expert_tokens), expert_mean), gpu_cv(l, gpus),
-               l.padded, l.scale_out_bytes);
-  }
+               format_us(l.stage_max[idx(Stage::reduce)]), g.routed, g.computed, g.dropped,
+               l.network_bytes, l.flows, g.max_gpu_tokens, gpu_mean,
+               ratio(static_cast<double>(g.max_gpu_tokens), gpu_mean), g.max_expert_tokens,
+               expert_mean, ratio(static_cast<double>(g.max_expert_tokens), expert_mean), gpu_cv(g, gpus),
+               g.padded, l.scale_out_bytes);
+  };
+  const auto& layers = r.stats.layers();
+  for (std::size_t i = 0; i < layers.size(); ++i) row(i, "forward", layers[i], layers[i]);
+  const auto& back = r.stats.backward_layers();
+  for (std::size_t i = back.size(); i-- > 0;)  // in the order they ran
+    if (back[i].start != sim::Time::max()) row(i, "backward", back[i], layers[i]);
 }
 
 void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
@@ -213,14 +222,15 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
   for (const auto& s : t.stages()) {
     const int g = static_cast<int>(s.gpu.index());
     sep();
-    fmt::print(out, R"({{"ph":"X","name":"{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}}}}})",
+    fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}}}}})",
                models::is_network_wait(s.stage) ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
+               s.backward ? " (backward)" : "",
                models::is_network_wait(s.stage) ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer);
   }
   std::size_t id = 0;
   for (const auto& f : t.flows()) {
     const int src = static_cast<int>(f.flow.src.index()), dst = static_cast<int>(f.flow.dst.index());
-    const std::string name = fmt::format("{} {}->{}", to_string(f.stage), src, dst);
+    const std::string name = fmt::format("{}{} {}->{}", to_string(f.stage), f.backward ? " gradient" : "", src, dst);
     sep();
     fmt::print(out,
                R"({{"ph":"b","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{},"args":{{"layer":{},"bytes":{}}}}})",
@@ -245,8 +255,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
   fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu);
-  fmt::print(out, "  step time   {:.3f} ms  (forward pass of one micro-batch through {} MoE layers)\n",
-             step.to_us() / 1e3, f.model.moe_layers);
+  fmt::print(out, "  step time   {:.3f} ms  ({} of one micro-batch through {} MoE layers)\n", step.to_us() / 1e3,
+             f.training ? "training step: forward, backward and optimizer" : "forward pass", f.model.moe_layers);
   if (step > sim::Time::zero())
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU)\n", tokens / step.to_seconds(),
                tokens / step.to_seconds() / gpus);

@@ -112,9 +112,43 @@ TEST_CASE("A tiny scenario's step time matches the hand derivation exactly", "[m
   }
 }
 
+TEST_CASE("A tiny training step matches the hand derivation exactly", "[models][training]") {
+  // The dropless tiny scenario above: its forward layer ends at F = 283,379,776 ps on both GPUs.
+  // Backward, both GPUs alike: the reduce's gradient (same cost, 6,144,000) until 289,523,776;
+  // the combine's gradients go to the experts (2,048,000 B, 22,480,000) until 312,003,776; the
+  // expert GEMMs twice (input and weight gradients, 2 x 125,829,120) until 563,662,016; the
+  // dispatch's gradients come back (22,480,000) until 586,142,016; the router's backward (2 x
+  // 2,060,096) until 590,262,208; the attention's (2 x 104,386,560) until 799,035,328.
+  // Optimizer: per GPU, attention weights H(q + 2kv) + qH = 4,194,304, router H E = 2,048,
+  // one expert 3 H F = 3,145,728: 7,342,080 parameters x 28 B = 205,578,240 B at 1 TB/s
+  // (its 12 FLOPs per parameter take 0.88 us): 205,578,240 ps. Step: 1,004,613,568 ps.
+  std::string text = tiny("dropless", 1);
+  text.replace(text.find("workload: {tokens_per_gpu: 1000, sequence_length: 1000}"),
+               std::string("workload: {tokens_per_gpu: 1000, sequence_length: 1000}").size(),
+               "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000}");
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "train.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(1'004'613'568));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.finish == Time::ps(1'004'613'568));
+    CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(205'578'240));
+    CHECK(g.backward_total == Time::ps(799'035'328 - 283'379'776));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(3 * 125'829'120LL));
+  }
+  const auto& fwd = r.stats.layers()[0];
+  const auto& bwd = r.stats.backward_layers()[0];
+  CHECK(fwd.end == Time::ps(283'379'776));
+  CHECK(bwd.start == Time::ps(283'379'776));
+  CHECK(bwd.end == Time::ps(799'035'328));
+  CHECK(bwd.network_bytes == fwd.network_bytes);  // the same rows back, in bf16
+  CHECK(fwd.flows == 4);  // each GPU to the other, dispatch and combine
+  CHECK(bwd.flows == 4);
+}
+
 TEST_CASE("Each GPU's stages add up to its finish time", "[models][forward]") {
-  // Zipf routing on 2 nodes: GPUs wait for the overloaded ones, and every wait is accounted.
-  auto sc = scenarios::load_scenario_text(R"(
+  // Zipf routing on 2 nodes: GPUs wait for the overloaded ones, and every wait is accounted,
+  // in a forward pass and in a training step, with either all-to-all.
+  for (const char* extra : {"", "workload: {kind: training, tokens_per_gpu: 512}\nnetwork: {all_to_all: hierarchical}\n"}) {
+  std::string text = R"(
 cluster:
   nodes: 2
   gpus_per_node: 4
@@ -122,10 +156,11 @@ cluster:
   scale_out: {nic_bandwidth: 400Gbps}
 model: {moe_layers: 4, hidden: 2048, expert_ffn: 4096, experts: 16, top_k: 2, attention_heads: 16}
 parallelism: {ep: 8}
-workload: {tokens_per_gpu: 512}
 routing: {distribution: zipf, zipf_s: 1.0, capacity_factor: 1.5}
-)", "zipf.yaml");
-  const auto r = scenarios::run_experiment(sc);
+)";
+  if (*extra) text += extra;
+  else text += "workload: {tokens_per_gpu: 512}\n";
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "zipf.yaml"));
   Time latest;
   for (const auto& g : r.stats.gpus()) {
     Time total;
@@ -134,6 +169,7 @@ routing: {distribution: zipf, zipf_s: 1.0, capacity_factor: 1.5}
     latest = sim::max(latest, g.finish);
   }
   CHECK(latest == r.stats.step_time());
+  }
 }
 
 TEST_CASE("An overloaded GPU delays every GPU that waits for its outputs", "[models][forward]") {
