@@ -12,6 +12,16 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::i
   };
 }
 
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t c) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes;
+  const std::int64_t q = m.attention_heads * m.head_dim;
+  const std::int64_t kv = m.kv_heads * m.head_dim;
+  return KernelCost{
+      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 4 * t * q * c,
+      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * c * 2 * kv + b * t * (2 * h + 2 * (q + 2 * kv)),
+  };
+}
+
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, e = m.experts;
   return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e};

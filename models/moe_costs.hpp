@@ -10,6 +10,9 @@
 //         + 2*T*q*(S+1)           QK^T and PV: 2 matmuls x 2 FLOPs x q x (S+1)/2 keys
 //   bytes = b*(H*(q + 2*kv) + q*H)            weights, read once
 //         + b*T*(2*H + 2*(q + 2*kv))           x in, out written; q/k/v written and read back
+// attention (decode: each of T sequences adds one token and attends to its C cached keys):
+//   FLOPs = 2*T*H*(q + 2*kv) + 2*T*q*H + 4*T*q*C
+//   bytes = b*(H*(q + 2*kv) + q*H) + b*T*C*2*kv (the KV cache read) + b*T*(2*H + 2*(q + 2*kv))
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
@@ -34,6 +37,7 @@
 namespace moesim::models {
 
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len);
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);

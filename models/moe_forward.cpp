@@ -1,6 +1,8 @@
 #include "models/moe_forward.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 
 #include "models/moe_costs.hpp"
 #include "routing/token_router.hpp"
@@ -53,6 +55,17 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
+  speed_.assign(static_cast<std::size_t>(gpus), 1.0);
+  for (int g = 0; g < gpus; ++g) {
+    auto& v = speed_[static_cast<std::size_t>(g)];
+    if (static_cast<std::size_t>(g) < spec.gpu_speed.size()) v = spec.gpu_speed[static_cast<std::size_t>(g)];
+    if (spec.straggler_probability > 0) {
+      sim::Rng rng(spec.seed, "compute/straggler/step" + std::to_string(spec.routing.step) + "/gpu" + std::to_string(g));
+      if (rng.uniform01() < spec.straggler_probability) v *= spec.straggler_speed;
+    }
+    if (spec.jitter > 0)
+      jitter_rng_.emplace_back(spec.seed, "compute/jitter/step" + std::to_string(spec.routing.step) + "/gpu" + std::to_string(g));
+  }
   const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
@@ -110,10 +123,16 @@ void MoeForward::start() {
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_pass(g);
 }
 
-Time MoeForward::cost(const KernelCost& c, int gpu) const {
+Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm) {
   // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  return roofline_.time(backward(p) ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c);
+  const bool twice = gemm && p < passes() && backward(p);
+  const Time t = roofline_.time(twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c);
+  double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
+  if (spec_.jitter > 0)
+    factor *= std::exp(spec_.jitter * jitter_rng_[static_cast<std::size_t>(gpu)].normal() - spec_.jitter * spec_.jitter / 2);
+  if (factor == 1) return t;
+  return Time::ps(std::llround(static_cast<double>(t.count_ps()) * factor));
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
@@ -129,12 +148,13 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
 void MoeForward::begin_pass(int gpu) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   if (!backward(p)) {
-    run_stage(gpu, Stage::attention, cost(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length), gpu),
+    run_stage(gpu, Stage::attention, cost(attention(), gpu),
               &MoeForward::after_attention);
     return;
   }
   // Backward: the reduce's gradient goes back to the returned copies first.
-  run_stage(gpu, Stage::reduce, roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu)))),
+  // (the gradient of a weighted sum is a scatter of the same size: not doubled)
+  run_stage(gpu, Stage::reduce, cost(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu))), gpu, false),
             &MoeForward::after_router);
 }
 
@@ -209,13 +229,12 @@ void MoeForward::try_finish_combine(int gpu) {
     run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_attention_backward_start);
     return;
   }
-  run_stage(gpu, Stage::reduce,
-            roofline_.time(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu)))),
+  run_stage(gpu, Stage::reduce, cost(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu))), gpu),
             &MoeForward::end_pass);
 }
 
 void MoeForward::after_attention_backward_start(int gpu) {
-  run_stage(gpu, Stage::attention, cost(attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length), gpu),
+  run_stage(gpu, Stage::attention, cost(attention(), gpu),
             &MoeForward::end_pass);
 }
 
@@ -224,13 +243,18 @@ void MoeForward::end_pass(int gpu) {
   if (++s.pass < passes()) {
     begin_pass(gpu);
   } else if (spec_.training) {
-    run_stage(gpu, Stage::optimizer, roofline_.time(optimizer_cost(gpu)), &MoeForward::finish);
+    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu), &MoeForward::finish);
   } else {
     finish(gpu);
   }
 }
 
 void MoeForward::finish(int) { ++finished_gpus_; }
+
+KernelCost MoeForward::attention() const {
+  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.context_length)
+                                  : attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length);
+}
 
 KernelCost MoeForward::optimizer_cost(int gpu) const {
   // Parameters this GPU holds and updates: per MoE layer its attention and router weights, the

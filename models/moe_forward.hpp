@@ -23,6 +23,7 @@
 #include "models/roofline.hpp"
 #include "routing/dispatch_plan.hpp"
 #include "routing/moe_spec.hpp"
+#include "sim/rng.hpp"
 #include "sim/simulator.hpp"
 #include "topology/cluster.hpp"
 
@@ -38,6 +39,14 @@ struct ForwardSpec {
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
+  std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
+  // Compute speed: per GPU a factor (1: nominal; empty: all 1); stragglers: each GPU is one for
+  // the step with this probability, running at straggler_speed; jitter: every compute stage's
+  // time is multiplied by exp(jitter Z - jitter^2 / 2), Z standard normal (mean 1).
+  std::vector<double> gpu_speed;
+  double straggler_probability = 0;
+  double straggler_speed = 1;
+  double jitter = 0;
   AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
 };
 
@@ -67,7 +76,9 @@ class MoeForward {
   bool backward(int pass) const { return pass >= spec_.model.moe_layers; }
   const routing::DispatchPlan& plan(int layer, int gpu) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
-  sim::Time cost(const KernelCost& c, int gpu) const;
+  // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
+  sim::Time cost(const KernelCost& c, int gpu, bool gemm = true);
+  KernelCost attention() const;
   KernelCost optimizer_cost(int gpu) const;
 
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
@@ -96,6 +107,8 @@ class MoeForward {
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
   std::vector<GpuState> gpus_;
+  std::vector<double> speed_;               // per GPU, stragglers included
+  std::vector<sim::Rng> jitter_rng_;        // per GPU, when jitter > 0
   // Inbound arrivals still missing, [gpu * passes + pass]: set from the plans in start(),
   // counted down by arrivals; a GPU goes on when its count is zero.
   std::vector<std::int64_t> dispatch_pending_;

@@ -382,12 +382,22 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     par->finish();
   }
   if (auto w = top.child("workload", true)) {
-    if (auto v = w->get<std::string>("kind", one_of({"forward", "training"}), false)) sc.workload_kind = *v;
+    if (auto v = w->get<std::string>("kind", one_of({"forward", "training", "decode"}), false)) sc.workload_kind = *v;
     f.training = sc.workload_kind == "training";
+    const bool decode = sc.workload_kind == "decode";
+    if (auto v = w->get<std::int64_t>("context_length", count_at_least(1), false)) {
+      f.context_length = *v;
+      if (!decode) problems.add_at(w->key_path("context_length"), "only used with 'kind: decode'");
+    } else if (decode && w->valid()) {
+      problems.add_at(w->key_path("kind"), "decode needs workload.context_length (the cached tokens each sequence attends to)");
+    }
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
     f.sequence_length = f.tokens_per_gpu;
-    if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false))
+    if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false)) {
       f.sequence_length = *v;
+      if (sc.workload_kind == "decode")
+        problems.add_at(w->key_path("sequence_length"), "not used with 'kind: decode' (see context_length)");
+    }
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
     w->finish();
@@ -565,6 +575,42 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
+    const auto positive = [](const std::string& t) {
+      const double v = sim::parse_number(t);
+      if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
+      return v;
+    };
+    if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
+      // A mapping from GPU index to its speed factor.
+      const std::string path = c->key_path("gpu_speed");
+      const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+      if (!speeds.IsMap()) {
+        problems.add(speeds.Mark(), path, fmt::format("expected a mapping of GPU index to speed factor (e.g. {{3: 0.8}}), got {}",
+                                                      kind_of(speeds)));
+      } else {
+        f.gpu_speed.assign(static_cast<std::size_t>(std::max(gpus, 0)), 1.0);
+        for (auto it = speeds.begin(); it != speeds.end(); ++it) {
+          try {
+            const auto g = sim::parse_count(it->first.Scalar());
+            if (g >= gpus) throw UnitError(fmt::format("GPU {} is not in the cluster ({} GPUs)", g, gpus));
+            const double v = positive(it->second.IsScalar() ? it->second.Scalar() : std::string("?"));
+            f.gpu_speed[static_cast<std::size_t>(g)] = v;
+          } catch (const UnitError& e) {
+            problems.add(it->first.Mark(), path, e.what());
+          }
+        }
+      }
+    }
+    const auto sp = c->get<double>("straggler_probability", fraction(), false);
+    const auto ss = c->get<double>("straggler_speed", positive, false);
+    if (sp.has_value() != ss.has_value())
+      problems.add_at(c->key_path(sp ? "straggler_probability" : "straggler_speed"),
+                      "stragglers need both compute.straggler_probability and compute.straggler_speed");
+    if (sp && ss) {
+      f.straggler_probability = *sp;
+      f.straggler_speed = *ss;
+    }
+    if (auto v = c->get<double>("jitter", positive, false)) f.jitter = *v;
     c->finish();
   }
   if (auto o = top.child("output", false)) {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "models/analytical_network.hpp"
+#include "models/moe_costs.hpp"
 #include "models/moe_forward.hpp"
 #include "models/recorder.hpp"
 #include "sim/rng.hpp"
@@ -337,4 +338,69 @@ TEST_CASE("fp8 dispatch sends values plus a scale per 128 channels", "[models][a
   // One dispatch and one combine flow each way: dispatch rows shrink from 2048 to 1024 + 32 bytes.
   CHECK(bf16.stats.layers()[0].network_bytes == 4 * 1000 * 2048);
   CHECK(fp8.stats.layers()[0].network_bytes == 2 * 1000 * 1056 + 2 * 1000 * 2048);
+}
+
+TEST_CASE("A slow GPU delays the step as derived by hand", "[models][stragglers]") {
+  // The dropless tiny scenario with GPU 1 at half speed: its compute stages take twice as long.
+  // GPU 1 routes at 2 x 106,446,656 = 212,893,312; GPU 0's rows reach it at 128,926,656, its own
+  // reach GPU 0 at 235,373,312. GPU 0 computes 125,829,120 until 361,202,432; GPU 1 computes
+  // 251,658,240 until 464,551,552. GPU 1's outputs reach GPU 0 at 487,031,552; GPU 0 reduces
+  // (6,144,000) until 493,175,552, the step. GPU 1 has GPU 0's outputs since 383,682,432 and
+  // reduces (12,288,000) until 476,839,552.
+  std::string text = tiny("dropless", 1);
+  const std::string from = "compute: {flops_efficiency: 1, memory_efficiency: 1}";
+  text.replace(text.find(from), from.size(), "compute: {flops_efficiency: 1, memory_efficiency: 1, gpu_speed: {1: 0.5}}");
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "slow.yaml"));
+  CHECK(r.stats.gpus()[0].finish == Time::ps(493'175'552));
+  CHECK(r.stats.gpus()[1].finish == Time::ps(476'839'552));
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::dispatch)] == Time::ps(235'373'312 - 106'446'656));
+
+  // Every GPU a straggler (probability 1) at half speed is the same as both at 0.5.
+  std::string all = tiny("dropless", 1);
+  all.replace(all.find(from), from.size(),
+              "compute: {flops_efficiency: 1, memory_efficiency: 1, straggler_probability: 1, straggler_speed: 0.5}");
+  std::string both = tiny("dropless", 1);
+  both.replace(both.find(from), from.size(), "compute: {flops_efficiency: 1, memory_efficiency: 1, gpu_speed: {0: 0.5, 1: 0.5}}");
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(all, "a.yaml")).stats.step_time() ==
+        scenarios::run_experiment(scenarios::load_scenario_text(both, "b.yaml")).stats.step_time());
+}
+
+TEST_CASE("Jitter varies compute stages around their nominal time, reproducibly", "[models][stragglers]") {
+  std::string text = tiny("dropless", 200);
+  const std::string from = "compute: {flops_efficiency: 1, memory_efficiency: 1}";
+  const auto nominal = scenarios::run_experiment(scenarios::load_scenario_text(text, "n.yaml"));
+  text.replace(text.find(from), from.size(), "compute: {flops_efficiency: 1, memory_efficiency: 1, jitter: 0.1}");
+  const auto a = scenarios::run_experiment(scenarios::load_scenario_text(text, "j.yaml"));
+  const auto b = scenarios::run_experiment(scenarios::load_scenario_text(text, "j.yaml"));
+  CHECK(a.stats.step_time() == b.stats.step_time());
+  const auto expert_time = [](const scenarios::RunResult& r) {
+    return static_cast<double>(r.stats.gpus()[0].stage_total[idx(Stage::experts)].count_ps());
+  };
+  // 200 draws of a mean-1 log-normal with sigma 0.1: the sum is within 3 % of nominal (3 sigma).
+  CHECK(expert_time(a) / expert_time(nominal) == Approx(1.0).margin(0.03));
+  CHECK(expert_time(a) != expert_time(nominal));
+  // Waiting for the slowest of two jittered GPUs makes the step longer than nominal.
+  CHECK(a.stats.step_time() > nominal.stats.step_time());
+}
+
+TEST_CASE("Decode attention reads the KV cache", "[models][decode]") {
+  routing::MoeModelSpec m;
+  m.hidden = 1024;
+  m.attention_heads = 8;
+  m.kv_heads = 2;
+  m.head_dim = 128;
+  m.dtype_bytes = 2;
+  // T = 4 sequences, C = 1000 cached tokens: q = 1024, kv = 256.
+  const auto c = models::decode_attention_cost(m, 4, 1000);
+  CHECK(c.flops == 2 * 4 * 1024 * (1024 + 512) + 2 * 4 * 1024 * 1024 + 4 * 4 * 1024 * 1000);
+  CHECK(c.bytes == 2 * (1024 * 1536 + 1024 * 1024) + 2 * 4 * 1000 * 2 * 256 + 2 * 4 * (2048 + 2 * 1536));
+  const auto sc = scenarios::load_scenario_text(R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model: {moe_layers: 2, hidden: 1024, expert_ffn: 1024, experts: 2, top_k: 1, attention_heads: 8}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096}
+)", "d.yaml");
+  CHECK(sc.forward.context_length == 4096);
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() > Time::zero());
 }

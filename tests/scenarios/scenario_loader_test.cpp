@@ -408,3 +408,27 @@ TEST_CASE("A key given twice is an error, not a silent choice", "[scenarios][err
   CHECK_THAT(error_of(kBase + "placement:\n  replica_locality: none\n"),
              Catch::Contains("placement.replica_locality: only used with 'policy: eplb'"));
 }
+
+TEST_CASE("Workload kinds, compute speeds and stragglers are read and checked", "[scenarios]") {
+  CHECK(load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n"), "s.yaml").forward.training);
+  const auto d = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n  context_length: 8192\n"), "s.yaml");
+  CHECK(d.forward.context_length == 8192);
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n")),
+             Catch::Contains("workload.kind: decode needs workload.context_length"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  context_length: 10\n")),
+             Catch::Contains("workload.context_length: only used with 'kind: decode'"));
+  const auto s = load_scenario_text(kBase + "compute:\n  gpu_speed: {3: 0.8, 15: 0.5}\n  jitter: 0.05\n"
+                                            "  straggler_probability: 0.01\n  straggler_speed: 0.7\n", "s.yaml");
+  REQUIRE(s.forward.gpu_speed.size() == 16);
+  CHECK(s.forward.gpu_speed[3] == 0.8);
+  CHECK(s.forward.gpu_speed[15] == 0.5);
+  CHECK(s.forward.gpu_speed[0] == 1.0);
+  CHECK(s.forward.jitter == 0.05);
+  CHECK(s.forward.straggler_probability == 0.01);
+  CHECK(s.forward.straggler_speed == 0.7);
+  CHECK_THAT(error_of(kBase + "compute:\n  gpu_speed: {16: 0.5}\n"),
+             Catch::Contains("compute.gpu_speed: GPU 16 is not in the cluster (16 GPUs)"));
+  CHECK_THAT(error_of(kBase + "compute:\n  gpu_speed: {2: 0}\n"), Catch::Contains("compute.gpu_speed: must be greater than 0"));
+  CHECK_THAT(error_of(kBase + "compute:\n  gpu_speed: 0.5\n"), Catch::Contains("expected a mapping of GPU index to speed factor"));
+  CHECK_THAT(error_of(kBase + "compute:\n  straggler_probability: 0.1\n"), Catch::Contains("stragglers need both"));
+}
