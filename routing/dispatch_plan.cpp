@@ -187,20 +187,23 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     }
     return slot;
   };
-  // Distinct destination GPUs and nodes of the current token's kept assignments.
-  std::vector<int> token_gpus, token_nodes;
-  auto count_token = [&](int src) {
-    std::sort(token_gpus.begin(), token_gpus.end());
-    token_gpus.erase(std::unique(token_gpus.begin(), token_gpus.end()), token_gpus.end());
-    token_nodes.clear();
-    for (const int d : token_gpus) {
-      ++plan.token_sends[static_cast<std::size_t>(src * ep + d)];
-      token_nodes.push_back(plan.node_of_rank[static_cast<std::size_t>(d)]);
-    }
-    token_nodes.erase(std::unique(token_nodes.begin(), token_nodes.end()), token_nodes.end());  // node_of_rank grows with rank
-    for (const int b : token_nodes) ++plan.node_sends[static_cast<std::size_t>(src * plan.nodes + b)];
-    token_gpus.clear();
+  // Distinct destination GPUs and nodes per token: the token that last counted each GPU and
+  // node (tokens are numbered from 1 across the batch).
+  std::vector<std::int64_t> gpu_seen(static_cast<std::size_t>(ep), 0), node_seen(static_cast<std::size_t>(plan.nodes), 0);
+  auto count_row = [&](int src, int dst, std::int64_t token) {
+    if (gpu_seen[static_cast<std::size_t>(dst)] == token) return;
+    gpu_seen[static_cast<std::size_t>(dst)] = token;
+    ++plan.token_sends[static_cast<std::size_t>(src * ep + dst)];
+    const int b = plan.node_of_rank[static_cast<std::size_t>(dst)];
+    if (node_seen[static_cast<std::size_t>(b)] == token) return;
+    node_seen[static_cast<std::size_t>(b)] = token;
+    ++plan.node_sends[static_cast<std::size_t>(src * plan.nodes + b)];
   };
+  // Per expert, its only candidate slot for the current source (-1: several, choose per row).
+  std::vector<int> only_slot(ue_count);
+  std::vector<int> dst_of_slot(static_cast<std::size_t>(placement.slots()));
+  for (int s = 0; s < placement.slots(); ++s) dst_of_slot[static_cast<std::size_t>(s)] = placement.gpu_of_slot(s);
+  std::int64_t token = 0;  // 1-based token number across the batch
   for (int src = 0; src < ep; ++src) {
     for (int e = 0; e < experts; ++e) {
       const auto& slots = placement.expert_slots[static_cast<std::size_t>(e)];
@@ -211,6 +214,7 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
           if (node_of_rank(placement.gpu_of_slot(sl)) == node_of_rank(src)) c.push_back(sl);
       if (c.empty()) c = slots;
       turn[static_cast<std::size_t>(e)] = 0;
+      only_slot[static_cast<std::size_t>(e)] = c.size() == 1 ? c[0] : -1;
       // pad: the source's fixed buffer for each expert goes whole to one replica.
       if (pad)
         block_slot[static_cast<std::size_t>(e)] = c.size() == 1 ? c[0]
@@ -221,30 +225,36 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     std::fill(rows.begin(), rows.end(), 0);
     const std::size_t begin = static_cast<std::size_t>(src * tokens_per_gpu * k);
     const std::size_t end = begin + static_cast<std::size_t>(tokens_per_gpu * k);
-    for (std::size_t i = begin; i < end; ++i) {
-      const auto ue = static_cast<std::size_t>(batch.experts[i]);
-      ++plan.expert_routed[ue];
-      ++plan.gpu_routed[static_cast<std::size_t>(src)];
-      if (!keep[i]) {
-        ++plan.gpu_dropped[static_cast<std::size_t>(src)];
-      } else {
+    plan.gpu_routed[static_cast<std::size_t>(src)] = tokens_per_gpu * k;
+    std::int64_t dropped = 0;
+    std::int64_t* const sends = plan.sends.data() + static_cast<std::ptrdiff_t>(src) * ep;
+    for (std::size_t i = begin; i < end; i += static_cast<std::size_t>(k)) {
+      ++token;
+      for (std::size_t j = i; j < i + static_cast<std::size_t>(k); ++j) {
+        const auto ue = static_cast<std::size_t>(batch.experts[j]);
+        ++plan.expert_routed[ue];
+        if (!keep[j]) {
+          ++dropped;
+          continue;
+        }
         ++plan.expert_computed[ue];
         int slot;
         if (pad) {
           ++rows[ue];
           slot = block_slot[ue];
         } else {
-          const auto& c = candidates[ue];
-          slot = c[0];
-          if (c.size() > 1)
+          slot = only_slot[ue];
+          if (slot < 0) {
+            const auto& c = candidates[ue];
             slot = placement.replica_choice == ReplicaChoice::least_loaded ? least_loaded(c) : c[turn[ue]++ % c.size()];
+          }
           ++plan.slot_computed[static_cast<std::size_t>(slot)];
-          ++plan.sends[static_cast<std::size_t>(src * ep + placement.gpu_of_slot(slot))];
+          ++sends[dst_of_slot[static_cast<std::size_t>(slot)]];
         }
-        token_gpus.push_back(placement.gpu_of_slot(slot));
+        count_row(src, dst_of_slot[static_cast<std::size_t>(slot)], token);
       }
-      if ((i - begin) % static_cast<std::size_t>(k) == static_cast<std::size_t>(k - 1)) count_token(src);
     }
+    plan.gpu_dropped[static_cast<std::size_t>(src)] = dropped;
     if (!pad) continue;
     for (std::size_t e = 0; e < ue_count; ++e) {
       const int slot = block_slot[e];
