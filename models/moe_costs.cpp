@@ -18,7 +18,8 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t t,
   const std::int64_t kv = m.kv_heads * m.head_dim;
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 4 * t * q * c,
-      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * c * 2 * kv + b * t * (2 * h + 2 * (q + 2 * kv)),
+      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * c * (m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv) +
+               b * t * (2 * h + 2 * (q + 2 * kv)),
   };
 }
 

@@ -12,7 +12,9 @@
 //         + b*T*(2*H + 2*(q + 2*kv))           x in, out written; q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
 //   FLOPs = 2*T*H*(q + 2*kv) + 2*T*q*H + 4*T*q*C
-//   bytes = b*(H*(q + 2*kv) + q*H) + b*T*C*2*kv (the KV cache read) + b*T*(2*H + 2*(q + 2*kv))
+//   bytes = b*(H*(q + 2*kv) + q*H) + b*T*C*D (the KV cache read) + b*T*(2*H + 2*(q + 2*kv))
+//   D = elements cached per token: 2*kv, or model.kv_cache_dim (DeepSeek's MLA caches a 512-wide
+//   latent and a 64-wide RoPE key: 576); the FLOPs stay those of the head counts.
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)

@@ -372,6 +372,7 @@ void read_model(Section& top, Scenario& sc, Problems&) {
   } else {
     m.head_dim = 0;  // reported by cross_check
   }
+  if (auto v = model->get<std::int64_t>("kv_cache_dim", count_at_least(1), false)) m.kv_cache_dim = *v;
   model->finish();
 }
 

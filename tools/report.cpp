@@ -255,8 +255,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
   fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu);
-  fmt::print(out, "  step time   {:.3f} ms  ({} of one micro-batch through {} MoE layers)\n", step.to_us() / 1e3,
-             f.training ? "training step: forward, backward and optimizer" : "forward pass", f.model.moe_layers);
+  const std::string what = f.training ? "training step: forward, backward and optimizer of one micro-batch"
+                           : f.context_length > 0
+                               ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
+                               : std::string("forward pass of one micro-batch");
+  fmt::print(out, "  step time   {:.3f} ms  ({} through {} MoE layers)\n", step.to_us() / 1e3, what, f.model.moe_layers);
   if (step > sim::Time::zero())
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU)\n", tokens / step.to_seconds(),
                tokens / step.to_seconds() / gpus);
