@@ -430,3 +430,28 @@ TEST_CASE("timeline.json holds every stage and flow, and can be switched off", "
   CHECK(count("\"ph\":\"X\"") >= 32);
   CHECK(count("\"name\":\"thread_name\"") == 8);
 }
+
+TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][validation]") {
+  TempDir tmp;
+  const std::string v = "'" + kSource + "/scenarios/validation/";
+  // DeepSeek's decode bound: 40.32 + 1.2672 (fp8 scales) + 3 us latency; 80.64 + 3 us.
+  REQUIRE(moesim("run " + v + "deepseek-decode-bound.yaml' -q --out '" + (tmp.path() / "d").string() + "'", tmp).code == 0);
+  std::ifstream in(tmp.path() / "d" / "summary.csv");
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  const auto h = csv_fields(header), f = csv_fields(row);
+  auto field = [&](const char* name) { return f.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin())); };
+  CHECK(field("dispatch_wait_us") == "44.587200");
+  CHECK(field("combine_wait_us") == "83.640000");
+  // NCCL all-to-all on 8 x H100: 7 x 128 MiB through each 450 GB/s port after 1 us.
+  const auto out = (tmp.path() / "a.csv").string();
+  REQUIRE(moesim("flows --scenario " + v + "nccl-alltoall-8xh100.yaml' --flows " + v + "nccl-alltoall-8xh100-flows.csv' --out '" +
+                     out + "' -q", tmp).code == 0);
+  std::ifstream flows(out);
+  std::string line, last;
+  double end = 0;
+  std::getline(flows, line);
+  while (std::getline(flows, line)) end = std::max(end, std::stod(csv_fields(line).at(5)));
+  CHECK(end == Approx(2088.831324).epsilon(1e-9));
+}
