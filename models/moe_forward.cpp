@@ -127,7 +127,9 @@ Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm) {
   // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool twice = gemm && p < passes() && backward(p);
-  const Time t = roofline_.time(twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c);
+  const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
+  if (p < passes()) model_flops_ += static_cast<double>(run.flops);
+  const Time t = roofline_.time(run);
   double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
   if (spec_.jitter > 0)
     factor *= std::exp(spec_.jitter * jitter_rng_[static_cast<std::size_t>(gpu)].normal() - spec_.jitter * spec_.jitter / 2);
@@ -201,10 +203,15 @@ void MoeForward::try_start_experts(int gpu) {
                                  sim_.now(), backward(s.pass)});
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
-  for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot)
-    t += cost(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] +
-                                           p.slot_padded[static_cast<std::size_t>(slot)]),
-              gpu);
+  for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
+    const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];
+    const double before = model_flops_;
+    t += cost(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] + padded), gpu);
+    if (padded > 0) {  // count only the token rows' share of the GEMMs
+      const double rows = static_cast<double>(p.slot_computed[static_cast<std::size_t>(slot)] + padded);
+      model_flops_ = before + (model_flops_ - before) * static_cast<double>(p.slot_computed[static_cast<std::size_t>(slot)]) / rows;
+    }
+  }
   run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
 }
 
@@ -238,7 +245,13 @@ void MoeForward::after_attention_backward_start(int gpu) {
             &MoeForward::end_pass);
 }
 
+double MoeForward::progress() const {
+  const double total = static_cast<double>(gpus_.size()) * passes();
+  return total > 0 ? static_cast<double>(passes_done_) / total : 1.0;
+}
+
 void MoeForward::end_pass(int gpu) {
+  ++passes_done_;
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   if (++s.pass < passes()) {
     begin_pass(gpu);

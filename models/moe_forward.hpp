@@ -62,6 +62,11 @@ class MoeForward {
   void start();
   bool finished() const { return finished_gpus_ == gpus_.size(); }
   const std::vector<routing::Placement>& placements() const { return placements_; }
+  // FLOPs of the model's work in the step, over all GPUs: every compute stage except padding
+  // rows and the optimizer (backward counted at 2x), the numerator of MFU.
+  double model_flops() const { return model_flops_; }
+  // Share of the step's layer passes the GPUs have finished, in [0, 1].
+  double progress() const;
 
  private:
   enum class Wait { none, dispatch, combine };
@@ -114,6 +119,8 @@ class MoeForward {
   std::vector<std::int64_t> dispatch_pending_;
   std::vector<std::int64_t> combine_pending_;
   std::size_t finished_gpus_ = 0;
+  double model_flops_ = 0;
+  std::int64_t passes_done_ = 0;
 };
 
 }  // namespace moesim::models

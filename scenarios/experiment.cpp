@@ -8,20 +8,22 @@
 
 namespace moesim::scenarios {
 
-RunResult run_experiment(const Scenario& sc) {
+RunResult run_experiment(const Scenario& sc, const Progress& progress) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node), 0,
-                   std::string(network->name()), "roofline", {}, {}, nullptr};
+                   std::string(network->name()), "roofline", {}, {}, nullptr, 0.0};
   if (sc.timeline != "off")
     result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);
   models::RecorderTee tee({&result.stats, result.timeline.get()});
   models::Recorder& recorder = result.timeline ? static_cast<models::Recorder&>(tee) : result.stats;
   models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, recorder);
   forward.start();
+  if (progress) sim.set_progress_hook(1 << 16, [&] { progress(forward.progress()); });
   result.events = sim.run();
+  result.model_flops = forward.model_flops();
   MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");
   if (const auto* usage = network->link_usage()) result.links = *usage;
   result.placements = forward.placements();

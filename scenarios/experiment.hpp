@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,12 +23,16 @@ struct RunResult {
   std::vector<models::LinkUsage> links;  // per link; empty where the network model has none
   std::vector<routing::Placement> placements;  // per layer
   std::shared_ptr<models::TimelineRecorder> timeline;  // null with output.timeline: off
+  double model_flops = 0;  // MoeForward::model_flops()
 };
+
+// Called now and then during a run with the share of the work done, in [0, 1].
+using Progress = std::function<void(double done)>;
 
 // output.timeline: auto keeps at most this many timeline records (stages and flows).
 inline constexpr std::size_t kTimelineAutoLimit = 1'000'000;
 
-RunResult run_experiment(const Scenario& scenario);
+RunResult run_experiment(const Scenario& scenario, const Progress& progress = {});
 
 // The expert placement of every MoE layer, as a run would use it, without simulating.
 std::vector<routing::Placement> compute_placements(const Scenario& scenario);

@@ -33,6 +33,7 @@ struct Scenario {
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";
   std::string timeline = "auto";  // output.timeline: auto | on | off
+  double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
 };
 
 class ScenarioError : public std::runtime_error {

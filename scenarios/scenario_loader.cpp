@@ -294,6 +294,12 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   if (!cluster) return;
   auto& c = sc.cluster;
   if (auto v = cluster->get<std::int64_t>("nodes", count_at_least(1), true)) c.nodes = as_int(*v);
+  if (auto v = cluster->get<double>("gpu_hour_price", [](const std::string& t) {
+        const double x = sim::parse_number(t);
+        if (!(x > 0)) throw UnitError(fmt::format("must be greater than 0 (price of one GPU for one hour), got {}", t));
+        return x;
+      }, false))
+    sc.gpu_hour_price = *v;
   if (auto v = cluster->get<std::int64_t>("gpus_per_node", count_at_least(1), true))
     c.gpus_per_node = as_int(*v);
   read_gpu(*cluster, sc, problems);

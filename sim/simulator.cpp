@@ -173,8 +173,8 @@ std::uint64_t Simulator::run() { return run_until(Time::max()); }
 std::uint64_t Simulator::run_until(Time limit) {
   stopped_ = false;
   const std::uint64_t before_run = events_run_;
-  while (!stopped_ && step(limit)) {
-  }
+  while (!stopped_ && step(limit))
+    if (progress_every_ != 0 && events_run_ % progress_every_ == 0) progress_();
   if (!stopped_ && limit != Time::max() && now_ < limit) now_ = limit;
   return events_run_ - before_run;
 }

@@ -25,6 +25,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "sim/callback.hpp"
@@ -59,6 +60,12 @@ class Simulator {
   // Runs every event with time <= limit; afterwards now() == limit if the queue drained past it.
   std::uint64_t run_until(Time limit);
   void stop() { stopped_ = true; }
+
+  // Calls `hook` after every `every` events run (0: never), e.g. to report progress.
+  void set_progress_hook(std::uint64_t every, std::function<void()> hook) {
+    progress_every_ = every;
+    progress_ = std::move(hook);
+  }
 
   std::size_t pending() const { return live_; }
   std::uint64_t events_run() const { return events_run_; }
@@ -100,6 +107,8 @@ class Simulator {
   std::uint64_t events_run_ = 0;
   std::size_t live_ = 0;
   bool stopped_ = false;
+  std::uint64_t progress_every_ = 0;
+  std::function<void()> progress_;
 };
 
 }  // namespace moesim::sim

@@ -3,7 +3,10 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -80,7 +83,24 @@ int cmd_run(const std::vector<std::string>& args) {
   if (vm.count("seed")) sc.forward.seed = vm["seed"].as<std::uint64_t>();
   const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
   const auto t0 = std::chrono::steady_clock::now();
-  const scenarios::RunResult result = scenarios::run_experiment(sc);
+  // A progress bar on a terminal only (never in logs or pipes), at most five updates a second.
+  const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
+  auto last = t0;
+  bool drawn = false;
+  const scenarios::Progress progress = [&](double done) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::milliseconds(200)) return;
+    last = now;
+    const double elapsed = std::chrono::duration<double>(now - t0).count();
+    const int width = 30, filled = static_cast<int>(done * width);
+    fmt::print(stderr, "\r  running     [{}{}] {:3.0f}%  {:.0f} s elapsed{}   ", std::string(static_cast<std::size_t>(filled), '='),
+               std::string(static_cast<std::size_t>(width - filled), ' '), 100 * done, elapsed,
+               done > 0.02 ? fmt::format(", about {:.0f} s left", elapsed * (1 - done) / done) : std::string());
+    std::fflush(stderr);
+    drawn = true;
+  };
+  const scenarios::RunResult result = scenarios::run_experiment(sc, bar ? progress : scenarios::Progress{});
+  if (drawn) fmt::print(stderr, "\r{}\r", std::string(80, ' '));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto written = tools::write_reports(dir, sc, result);
   if (!vm.count("quiet")) {

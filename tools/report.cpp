@@ -83,6 +83,25 @@ Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   return t;
 }
 
+// Model FLOPs utilisation and cost of the step.
+struct Economics {
+  double mfu = 0;
+  double cost_per_step = 0;
+  double cost_per_million_tokens = 0;
+};
+
+Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  Economics e;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const double seconds = r.stats.step_time().to_seconds();
+  if (seconds <= 0) return e;
+  e.mfu = r.model_flops / (gpus * static_cast<double>(sc.cluster.gpu.peak_bf16.flop_per_s()) * seconds);
+  e.cost_per_step = sc.gpu_hour_price * gpus * seconds / 3600;
+  const double tokens = static_cast<double>(sc.forward.tokens_per_gpu) * gpus;
+  e.cost_per_million_tokens = tokens > 0 ? e.cost_per_step / tokens * 1e6 : 0;
+  return e;
+}
+
 }  // namespace
 
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -100,13 +119,14 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us\n";
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{}\n", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
@@ -114,6 +134,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              t.bytes, r.events, t.gpu_cv, t.padded,
              f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
+  const Economics e = economics(sc, r);
+  fmt::print(out, "{:.0f},{:.4f},{},{},{}\n", r.model_flops, e.mfu,
+             sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
+             sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
+             sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -184,7 +209,7 @@ void write_experts_csv(std::ostream& out, const scenarios::Scenario&, const scen
 void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   out << "gpu,node,ep_group,ep_rank,finish_us";
   for (const Stage s : models::kStages) fmt::print(out, ",{}{}_us", to_string(s), models::is_network_wait(s) ? "_wait" : "");
-  out << ",routed,dropped,drop_rate,computed,padded\n";
+  out << ",routed,dropped,drop_rate,computed,padded,busy_us,network_wait_us,idle_us\n";
   const auto& gpus = r.stats.gpus();
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
@@ -192,8 +217,11 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
     fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node, gpu / sc.forward.ep, gpu % sc.forward.ep,
                format_us(g.finish));
     for (const Stage s : models::kStages) fmt::print(out, ",{}", format_us(g.stage_total[idx(s)]));
-    fmt::print(out, ",{},{},{},{},{}\n", g.routed, g.dropped,
-               ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded);
+    sim::Time busy, wait;
+    for (const Stage s : models::kStages) (models::is_network_wait(s) ? wait : busy) += g.stage_total[idx(s)];
+    fmt::print(out, ",{},{},{},{},{},{},{},{}\n", g.routed, g.dropped,
+               ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded,
+               format_us(busy), format_us(wait), format_us(r.stats.step_time() - g.finish));
   }
 }
 
@@ -260,9 +288,14 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
                                : std::string("forward pass of one micro-batch");
   fmt::print(out, "  step time   {:.3f} ms  ({} through {} MoE layers)\n", step.to_us() / 1e3, what, f.model.moe_layers);
-  if (step > sim::Time::zero())
-    fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU)\n", tokens / step.to_seconds(),
-               tokens / step.to_seconds() / gpus);
+  if (step > sim::Time::zero()) {
+    const Economics e = economics(sc, r);
+    fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", tokens / step.to_seconds(),
+               tokens / step.to_seconds() / gpus, 100 * e.mfu);
+    if (sc.gpu_hour_price > 0)
+      fmt::print(out, "  cost        {:.4g} per million tokens ({:.4g} per step at {} per GPU-hour)\n",
+                 e.cost_per_million_tokens, e.cost_per_step, sc.gpu_hour_price);
+  }
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];

@@ -404,3 +404,16 @@ workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096}
   const auto r = scenarios::run_experiment(sc);
   CHECK(r.stats.step_time() > Time::zero());
 }
+
+TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer aside", "[models][forward]") {
+  // Dropless tiny layer, per GPU: attention 10,438,656,000 + router 2 T H E = 4,096,000 +
+  // expert on 2000 tokens 12,582,912,000 + reduce over 2000 copies 2 r H = 4,096,000.
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(tiny("dropless", 1), "tiny.yaml"));
+  CHECK(r.model_flops == 2.0 * (10'438'656'000.0 + 4'096'000.0 + 12'582'912'000.0 + 4'096'000.0));
+  // A training step adds the backward at twice the GEMM FLOPs (the reduce's gradient once).
+  std::string text = tiny("dropless", 1);
+  const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(from), from.size(), "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000}");
+  const auto t = scenarios::run_experiment(scenarios::load_scenario_text(text, "train.yaml"));
+  CHECK(t.model_flops == 2.0 * (3 * (10'438'656'000.0 + 4'096'000.0 + 12'582'912'000.0) + 2 * 4'096'000.0));
+}

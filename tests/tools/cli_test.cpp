@@ -455,3 +455,27 @@ TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][valida
   while (std::getline(flows, line)) end = std::max(end, std::stod(csv_fields(line).at(5)));
   CHECK(end == Approx(2088.831324).epsilon(1e-9));
 }
+
+TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
+  TempDir tmp;
+  const std::string base =
+      "cluster:\n  nodes: 1\n  gpus_per_node: 2\n  gpu: H100\n  gpu_hour_price: 2.5\n"
+      "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 2\n  top_k: 1\n  attention_heads: 8\n"
+      "parallelism:\n  ep: 2\nworkload:\n  tokens_per_gpu: 500\n";
+  std::ofstream(tmp.path() / "s.yaml") << base;
+  REQUIRE(moesim("run '" + (tmp.path() / "s.yaml").string() + "' -q --out '" + (tmp.path() / "o").string() + "'", tmp).code == 0);
+  std::ifstream in(tmp.path() / "o" / "summary.csv");
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  const auto h = csv_fields(header), f = csv_fields(row);
+  auto num = [&](const char* name) {
+    return std::stod(f.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin())));
+  };
+  const double step_s = num("step_time_us") * 1e-6;
+  CHECK(num("mfu") == Approx(num("model_flops") / (2 * 989.4e12 * step_s)).epsilon(1e-3));
+  CHECK(num("mfu") > 0);
+  CHECK(num("mfu") < 0.7);  // never above the roofline's FLOP efficiency
+  CHECK(num("cost_per_step") == Approx(2.5 * 2 * step_s / 3600).epsilon(1e-3));
+  CHECK(num("cost_per_million_tokens") == Approx(num("cost_per_step") / 1000 * 1e6).epsilon(1e-3));
+}
