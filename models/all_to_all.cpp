@@ -8,6 +8,15 @@ namespace moesim::models {
 
 using topology::GpuId;
 
+std::string_view to_string(AllToAllAlgorithm a) {
+  switch (a) {
+    case AllToAllAlgorithm::direct: return "direct";
+    case AllToAllAlgorithm::hierarchical: return "hierarchical";
+    case AllToAllAlgorithm::low_latency: return "low_latency";
+  }
+  return "?";
+}
+
 std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
   if (dtype_bytes == 1) return hidden + (hidden + 127) / 128 * 4;  // fp8 values + fp32 scales per 128
   return hidden * dtype_bytes;
@@ -55,7 +64,7 @@ std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
   const auto& p = plan(layer, gpu);
   const int r = gpu % ep_;
   std::int64_t n = 0;
-  if (spec_.algorithm == AllToAllAlgorithm::direct) {
+  if (spec_.algorithm != AllToAllAlgorithm::hierarchical) {
     for (int o = 0; o < ep_; ++o)
       if (o != r) n += (phase == Phase::dispatch ? p.send(o, r) : p.send(r, o)) > 0;
     return n;
@@ -99,7 +108,14 @@ void AllToAll::send(int layer, Phase phase, int gpu) {
     const std::int64_t rows = phase == Phase::dispatch ? p.send(r, o) : p.send(o, r);
     if (o == r || rows == 0) continue;
     const int dst = first + o;
-    start(layer, phase, gpu, dst, rows, [this, layer, phase, dst] { arrived_(layer, phase, dst); });
+    sim::Callback done = [this, layer, phase, dst] { arrived_(layer, phase, dst); };
+    if (spec_.algorithm == AllToAllAlgorithm::low_latency && spec_.message_overhead > sim::Time::zero()) {
+      sim_.schedule_in(spec_.message_overhead * rows, [this, layer, phase, gpu, dst, rows, done = std::move(done)]() mutable {
+        start(layer, phase, gpu, dst, rows, std::move(done));
+      });
+    } else {
+      start(layer, phase, gpu, dst, rows, std::move(done));
+    }
   }
 }
 

@@ -21,6 +21,11 @@
 // sends one reduced row per token over the scale-out network. The reductions' compute is not
 // modelled (NVLink-bound and small). Needs EP groups made of whole nodes, or inside one node.
 //
+// low_latency (DeepEP's low-latency kernels, for decode): as direct, a row per (token, expert),
+// and every row is a message with a fixed issue cost: a flow of n rows starts after
+// n x message_overhead (the sender's warps post messages to different destinations in parallel,
+// to one destination one after another).
+//
 // A GPU's phase is complete when every source that has rows for it has delivered them; the
 // owner is called back once per arrival (`arrived`) and counts them against `inbound()`.
 //
@@ -32,6 +37,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string_view>
 #include <vector>
 
 #include "models/network.hpp"
@@ -42,13 +48,15 @@
 
 namespace moesim::models {
 
-enum class AllToAllAlgorithm { direct, hierarchical };
+enum class AllToAllAlgorithm { direct, hierarchical, low_latency };
 enum class Phase { dispatch, combine };
+std::string_view to_string(AllToAllAlgorithm a);
 
 struct AllToAllSpec {
   AllToAllAlgorithm algorithm = AllToAllAlgorithm::direct;
   std::int64_t dispatch_row_bytes = 0;
   std::int64_t combine_row_bytes = 0;
+  sim::Time message_overhead;  // low_latency: issue cost per row
 };
 
 // Bytes of one row of `hidden` channels in the named dtype ("bf16", "fp8", "fp32").

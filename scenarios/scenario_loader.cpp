@@ -568,8 +568,15 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto n = top.child("network", false)) {
     if (auto v = n->get<std::string>("model", one_of({"maxmin", "analytical"}), false)) sc.network_model = *v;
     auto& comm = sc.forward.all_to_all;
-    if (auto v = n->get<std::string>("all_to_all", one_of({"direct", "hierarchical"}), false))
-      comm.algorithm = *v == "hierarchical" ? models::AllToAllAlgorithm::hierarchical : models::AllToAllAlgorithm::direct;
+    if (auto v = n->get<std::string>("all_to_all", one_of({"direct", "hierarchical", "low_latency"}), false))
+      comm.algorithm = *v == "hierarchical"  ? models::AllToAllAlgorithm::hierarchical
+                       : *v == "low_latency" ? models::AllToAllAlgorithm::low_latency
+                                             : models::AllToAllAlgorithm::direct;
+    if (auto v = n->get<sim::Time>("message_overhead", time_value(), false)) {
+      comm.message_overhead = *v;
+      if (comm.algorithm != models::AllToAllAlgorithm::low_latency)
+        problems.add_at(n->key_path("message_overhead"), "only used with 'all_to_all: low_latency'");
+    }
     const auto dtype_bytes = [](const std::string& t) { return t == "fp8" ? 1 : t == "fp32" ? 4 : 2; };
     if (auto v = n->get<std::string>("dispatch_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
       comm.dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));

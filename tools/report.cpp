@@ -132,7 +132,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
              t.bytes, r.events, t.gpu_cv, t.padded,
-             f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
+             models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
   const Economics e = economics(sc, r);
   fmt::print(out, "{:.0f},{:.4f},{},{},{}\n", r.model_flops, e.mfu,
@@ -312,7 +312,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              t.gpu_imbalance);
   fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}\n", r.network_model,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
-             f.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical ? "hierarchical" : "direct",
+             models::to_string(f.all_to_all.algorithm),
              r.compute_source);
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.

@@ -417,3 +417,16 @@ TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer asi
   const auto t = scenarios::run_experiment(scenarios::load_scenario_text(text, "train.yaml"));
   CHECK(t.model_flops == 2.0 * (3 * (10'438'656'000.0 + 4'096'000.0 + 12'582'912'000.0) + 2 * 4'096'000.0));
 }
+
+TEST_CASE("Low-latency all-to-all pays a fixed cost per message", "[models][all_to_all]") {
+  // The dropless tiny scenario: each GPU sends one flow of 1000 rows per phase. With a 10 ns
+  // message overhead the flow starts 10 us later, in dispatch and in combine.
+  const auto direct = scenarios::run_experiment(scenarios::load_scenario_text(tiny("dropless", 1), "d.yaml"));
+  const auto ll = scenarios::run_experiment(scenarios::load_scenario_text(
+      tiny("dropless", 1) + "network: {all_to_all: low_latency, message_overhead: 10ns}\n", "l.yaml"));
+  const auto ll0 = scenarios::run_experiment(
+      scenarios::load_scenario_text(tiny("dropless", 1) + "network: {all_to_all: low_latency}\n", "l0.yaml"));
+  CHECK(ll0.stats.step_time() == direct.stats.step_time());
+  CHECK(ll.stats.step_time() - direct.stats.step_time() == Time::us(20));
+  for (const auto& g : ll.stats.gpus()) CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(22'480'000 + 10'000'000));
+}
