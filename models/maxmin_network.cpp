@@ -1,6 +1,7 @@
 #include "models/maxmin_network.hpp"
 
 #include <algorithm>
+#include <iterator>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -59,6 +60,7 @@ MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& clust
   unfrozen_.assign(links.size(), 0);
   round_start_.assign(links.size(), 0);
   link_mark_.assign(links.size(), 0);
+  link_seen_.assign(links.size(), 0);
   load_.assign(links.size(), 0.0L);
   csr_offset_.assign(links.size(), 0);
   csr_fill_.assign(links.size(), 0);
@@ -90,6 +92,7 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
   is_active_.push_back(0);
   version_.push_back(0);
   active_pos_.push_back(0);
+  flow_seen_.push_back(0);
   done_.emplace_back();
   return static_cast<std::uint32_t>(hot_.size() - 1);
 }
@@ -152,6 +155,7 @@ void MaxMinNetwork::activate(std::uint32_t s, double t) {
 void MaxMinNetwork::finish(std::uint32_t s, double t) {
   for (std::uint32_t h = 0; h < hot_[s].hops; ++h) {
     const std::uint32_t l = hot_[s].links[h];
+    seed_links_.push_back(l);
     usage_[l].bytes += cold_[s].size;
     load_[l] -= hot_[s].rate;
     auto& m = members_[l];
@@ -305,20 +309,48 @@ void MaxMinNetwork::solve(double from_rate) {
   // others leave. The caller passes r: the smallest rate among departures and, for arrivals,
   // a lower bound on their rates (for each of their links, the level at which it would fill if
   // every flow on it rose together and the old ones stopped at their old rates).
+  //
+  // Among the flows at r or above, only those connected to the change are re-solved: the
+  // filling of a connected group of links and flows never looks outside it, so a group that
+  // no departed or arrived flow touches (with the same capacity left by the flows below r)
+  // freezes exactly as before. The group is found by a breadth-first search from the links of
+  // the flows that left and came, through flows at r or above.
   resolve_.clear();
   std::size_t keep = 0;
   if (from_rate <= 0) {
     resolve_.assign(active_.begin(), active_.end());
+    for (const std::uint32_t s : resolve_) flow_seen_[s] = stamp;
   } else {
-    for (const std::uint32_t s : fresh_)
-      if (is_active_[s]) resolve_.push_back(s);
     keep = static_cast<std::size_t>(
         std::lower_bound(order_.begin(), order_.end(), from_rate,
                          [this](std::uint32_t f, double r) { return hot_[f].rate < r; }) -
         order_.begin());
-    for (std::size_t i = keep; i < order_.size(); ++i)
-      if (is_active_[order_[i]]) resolve_.push_back(order_[i]);
+    bfs_links_.clear();
+    auto reach_link = [&](std::uint32_t l) {
+      if (link_seen_[l] == stamp) return;
+      link_seen_[l] = stamp;
+      bfs_links_.push_back(l);
+    };
+    for (const std::uint32_t l : seed_links_) reach_link(l);
+    for (const std::uint32_t s : fresh_) {
+      if (!is_active_[s] || flow_seen_[s] == stamp) continue;
+      flow_seen_[s] = stamp;
+      resolve_.push_back(s);
+      for (std::uint32_t h = 0; h < hot_[s].hops; ++h) reach_link(hot_[s].links[h]);
+    }
+    for (std::size_t i = 0; i < bfs_links_.size(); ++i) {
+      for (const Member& m : members_[bfs_links_[i]]) {
+        const std::uint32_t s = m.flow;
+        if (flow_seen_[s] == stamp) continue;
+        const Hot& f = hot_[s];
+        if (f.frozen_at != 0 && f.rate < from_rate) continue;  // frozen below r: keeps its rate
+        flow_seen_[s] = stamp;
+        resolve_.push_back(s);
+        for (std::uint32_t h = 0; h < f.hops; ++h) reach_link(f.links[h]);
+      }
+    }
   }
+  seed_links_.clear();
   fresh_.clear();
   // Take the re-solved flows' rates off their links' loads, and list them per link (counting
   // sort into compact arrays), so that nothing below iterates flows that keep their rates.
@@ -420,8 +452,16 @@ void MaxMinNetwork::solve(double from_rate) {
     due_.push_back(Due{c.finish_s, s, ++version_[s]});
     std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
+  // The freeze order, by rate: the flows kept below r, then the flows at r or above that were
+  // not re-solved merged with the re-solved ones.
+  suffix_rest_.clear();
+  for (std::size_t i = keep; i < order_.size(); ++i) {
+    const std::uint32_t s = order_[i];
+    if (is_active_[s] && flow_seen_[s] != stamp) suffix_rest_.push_back(s);
+  }
   order_.resize(keep);
-  order_.insert(order_.end(), frozen_order_.begin(), frozen_order_.end());
+  std::merge(suffix_rest_.begin(), suffix_rest_.end(), frozen_order_.begin(), frozen_order_.end(), std::back_inserter(order_),
+             [this](std::uint32_t a, std::uint32_t b) { return hot_[a].rate < hot_[b].rate; });
   // The heap keeps stale entries until they surface; rebuild it when they dominate.
   if (due_.size() > 4 * active_.size() + 1024) {
     due_.clear();

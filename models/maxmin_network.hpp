@@ -17,6 +17,10 @@
 // re-solve. Each link keeps the list of active flows crossing it (O(1) insert and removal), flow
 // state is kept as separate arrays by slot, and a re-solve fills level by level, touching each
 // (flow, link) pair twice: once when a link's flows are frozen, once to charge the others.
+// A re-solve also stays inside the part of the network the change can reach: max-min fair
+// shares decompose over connected groups of links and flows, so flows that share no link,
+// directly or through other re-solved flows, with a flow that came or went keep their rates
+// (independent EP groups, for one, never re-solve each other's flows).
 #pragma once
 
 #include <array>
@@ -119,6 +123,10 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<double> left_cap_, share_, old_rates_;
   std::vector<std::uint32_t> unfrozen_, round_start_, open_, touched_, resolve_, frozen_order_, bound_links_;
   std::vector<std::uint8_t> link_mark_;
+  // Connected re-solves: links where flows left since the last solve, and per flow / link the
+  // number of the solve that last reached it.
+  std::vector<std::uint32_t> seed_links_, bfs_links_, suffix_rest_;
+  std::vector<std::uint32_t> flow_seen_, link_seen_;
   std::vector<long double> load_;  // per link: sum of its active flows' rates (extended precision)
   std::vector<std::uint32_t> csr_offset_, csr_fill_, csr_flows_;  // re-solved flows per link
 };

@@ -45,6 +45,9 @@ std::string mean_us(sim::Time sum, int n) {
   return fmt::format("{:.6f}", static_cast<double>(sum.count_ps()) / n / 1e6);
 }
 
+// A ratio rounded to 1e-9 first, so that summation-order noise never flips its printed digits.
+double steady(double x) { return std::nearbyint(x * 1e9) / 1e9; }
+
 std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0 ? num / den : 0.0); }
 
 struct Totals {
@@ -185,7 +188,7 @@ void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const sce
     const double mean = u.busy_s > 0 ? u.bytes / (bw * u.busy_s) : 0.0;
     fmt::print(out, "{},{},{},{},{:.3f},{},{:.0f},{:.6f},{:.4f},{:.4f}\n", i, cluster.device_name(l.src),
                cluster.device_name(l.dst), topology::to_string(l.kind), bw / 1e9, sim::format_us(l.latency),
-               u.bytes, u.busy_s * 1e6, mean, u.peak_utilisation);
+               u.bytes, u.busy_s * 1e6, steady(mean), steady(u.peak_utilisation));
   }
 }
 
