@@ -24,7 +24,8 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
 
 AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
                    const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
-                   std::vector<int> pass_layer, std::vector<bool> pass_backward, Arrived arrived)
+                   std::vector<int> pass_layer, std::vector<bool> pass_backward, std::vector<int> pass_row,
+                   Arrived arrived)
     : sim_(sim),
       cluster_(cluster),
       network_(network),
@@ -35,6 +36,7 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
       groups_(cluster.gpu_count() / ep),
       pass_layer_(std::move(pass_layer)),
       pass_backward_(std::move(pass_backward)),
+      pass_row_(std::move(pass_row)),
       arrived_(std::move(arrived)) {
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
   const int gpn = cluster.spec().gpus_per_node;
@@ -57,7 +59,7 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
-  return plans_[static_cast<std::size_t>(pass_layer_[static_cast<std::size_t>(pass)] * groups_ + gpu / ep_)];
+  return plans_[static_cast<std::size_t>(pass_row_[static_cast<std::size_t>(pass)] * groups_ + gpu / ep_)];
 }
 
 std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {

@@ -66,10 +66,11 @@ class AllToAll {
  public:
   using Arrived = std::function<void(int layer, Phase phase, int gpu)>;
   // plans: [layer * groups + group]; the EP groups are consecutive runs of `ep` GPUs.
-  // pass_layer[p]: the layer of pass p; pass_backward[p]: whether it is a backward pass.
+  // pass_layer[p]: the layer of pass p; pass_backward[p]: whether it is a backward pass;
+  // pass_row[p]: which row of `groups` plans it uses (plans[pass_row[p] * groups + group]).
   AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
            const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
-           std::vector<int> pass_layer, std::vector<bool> pass_backward, Arrived arrived);
+           std::vector<int> pass_layer, std::vector<bool> pass_backward, std::vector<int> pass_row, Arrived arrived);
 
   // How many arrivals complete `gpu`'s phase of pass `pass` (0: nothing to wait for).
   std::int64_t inbound(int pass, Phase phase, int gpu) const;
@@ -93,6 +94,7 @@ class AllToAll {
   int ep_, groups_;
   std::vector<int> pass_layer_;
   std::vector<bool> pass_backward_;
+  std::vector<int> pass_row_;
   Arrived arrived_;
   // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]
   std::vector<std::int32_t> relay_pending_;

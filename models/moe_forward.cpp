@@ -1,6 +1,7 @@
 #include "models/moe_forward.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 
@@ -66,15 +67,61 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
     if (spec.jitter > 0)
       jitter_rng_.emplace_back(spec.seed, "compute/jitter/step" + std::to_string(spec.routing.step) + "/gpu" + std::to_string(g));
   }
-  const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes());
+  MOESIM_ASSERT(!spec.two_batch_overlap || (!spec.training && spec.tokens_per_gpu % 2 == 0),
+                "two-batch overlap needs a forward or decode step with an even token count");
+  const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes()) *
+                            static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
 }
 
-const routing::DispatchPlan& MoeForward::plan(int layer, int gpu) const {
+const routing::DispatchPlan& MoeForward::plan(int layer, int gpu, int half) const {
   const int groups = cluster_.gpu_count() / spec_.ep;
-  return plans_[static_cast<std::size_t>(layer * groups + gpu / spec_.ep)];
+  return plans_[static_cast<std::size_t>((layer * halves() + half) * groups + gpu / spec_.ep)];
 }
+
+namespace {
+
+// Half `half` of each rank's tokens (two-batch overlap).
+routing::TokenBatch half_of(const routing::TokenBatch& b, int half) {
+  routing::TokenBatch h;
+  h.top_k = b.top_k;
+  h.ranks = b.ranks;
+  h.tokens_per_rank = b.tokens_per_rank / 2;
+  const auto k = static_cast<std::size_t>(b.top_k);
+  const auto per = static_cast<std::size_t>(h.tokens_per_rank) * k;
+  for (int r = 0; r < b.ranks; ++r) {
+    const std::size_t from = (static_cast<std::size_t>(r) * static_cast<std::size_t>(b.tokens_per_rank) +
+                              static_cast<std::size_t>(half) * static_cast<std::size_t>(h.tokens_per_rank)) * k;
+    h.experts.insert(h.experts.end(), b.experts.begin() + static_cast<std::ptrdiff_t>(from),
+                     b.experts.begin() + static_cast<std::ptrdiff_t>(from + per));
+    if (!b.gates.empty())
+      h.gates.insert(h.gates.end(), b.gates.begin() + static_cast<std::ptrdiff_t>(from),
+                     b.gates.begin() + static_cast<std::ptrdiff_t>(from + per));
+  }
+  return h;
+}
+
+// Two halves' plans as one, for the reports (every count adds up).
+routing::DispatchPlan merged(routing::DispatchPlan a, const routing::DispatchPlan& b) {
+  auto add = [](std::vector<std::int64_t>& x, const std::vector<std::int64_t>& y) {
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  };
+  add(a.sends, b.sends);
+  add(a.expert_routed, b.expert_routed);
+  add(a.expert_computed, b.expert_computed);
+  add(a.expert_padded, b.expert_padded);
+  add(a.slot_computed, b.slot_computed);
+  add(a.slot_padded, b.slot_padded);
+  add(a.gpu_routed, b.gpu_routed);
+  add(a.gpu_dropped, b.gpu_dropped);
+  add(a.token_sends, b.token_sends);
+  add(a.node_sends, b.node_sends);
+  a.tokens_per_gpu += b.tokens_per_gpu;
+  return a;
+}
+
+}  // namespace
 
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
@@ -82,7 +129,7 @@ void MoeForward::start() {
   // built on all cores; the result does not depend on the thread count. When a layer's routing
   // depends on the previous layer's, each group routes its layers in order.
   const std::size_t count = static_cast<std::size_t>(spec_.model.moe_layers * groups);
-  plans_.assign(count, routing::DispatchPlan{});
+  plans_.assign(count * static_cast<std::size_t>(halves()), routing::DispatchPlan{});
   const routing::TokenRouter router(spec_.model, spec_.routing, spec_.ep, spec_.seed,
                                     spec_.routing.drop_policy == routing::DropPolicy::gate);
   const int layers = spec_.model.moe_layers;
@@ -95,32 +142,51 @@ void MoeForward::start() {
     for (int l = first_layer; l <= last_layer; ++l) {
       std::swap(batch, previous);
       router.route(l, g * spec_.ep, spec_.tokens_per_gpu, &previous, batch);
-      plans_[static_cast<std::size_t>(l * groups + g)] = routing::make_dispatch_plan(
-          spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, batch);
+      if (halves() == 1) {
+        plans_[static_cast<std::size_t>(l * groups + g)] = routing::make_dispatch_plan(
+            spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, batch);
+      } else {
+        for (int h = 0; h < 2; ++h)
+          plans_[static_cast<std::size_t>((l * 2 + h) * groups + g)] = routing::make_dispatch_plan(
+              spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, half_of(batch, h));
+      }
     }
   });
-  for (std::size_t i = 0; i < count; ++i)
-    recorder_.on_routing(static_cast<int>(i) / groups, static_cast<int>(i) % groups * spec_.ep, plans_[i]);
+  for (std::size_t i = 0; i < count; ++i) {
+    const int l = static_cast<int>(i) / groups, g = static_cast<int>(i) % groups;
+    if (halves() == 1) {
+      recorder_.on_routing(l, g * spec_.ep, plans_[i]);
+    } else {
+      recorder_.on_routing(l, g * spec_.ep, merged(plan(l, g * spec_.ep, 0), plan(l, g * spec_.ep, 1)));
+    }
+  }
   AllToAllSpec comm = spec_.all_to_all;
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
-  std::vector<int> pass_layer;
+  // The all-to-all's passes: one per (pass, half).
+  std::vector<int> pass_layer, pass_row;
   std::vector<bool> pass_backward;
-  for (int p = 0; p < passes(); ++p) {
-    pass_layer.push_back(layer_of(p));
-    pass_backward.push_back(backward(p));
-  }
-  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep,
-                                           std::move(pass_layer), std::move(pass_backward),
-                                           [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
+  for (int p = 0; p < passes(); ++p)
+    for (int h = 0; h < halves(); ++h) {
+      pass_layer.push_back(layer_of(p));
+      pass_backward.push_back(backward(p));
+      pass_row.push_back(layer_of(p) * halves() + h);
+    }
+  all_to_all_ = std::make_unique<AllToAll>(
+      sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, std::move(pass_layer), std::move(pass_backward),
+      std::move(pass_row), [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
   // Sources that send nothing are not waited for.
   for (int g = 0; g < cluster_.gpu_count(); ++g)
-    for (int p = 0; p < passes(); ++p) {
-      pending(dispatch_pending_, g, p) = all_to_all_->inbound(p, Phase::dispatch, g);
-      pending(combine_pending_, g, p) = all_to_all_->inbound(p, Phase::combine, g);
-    }
-  for (int g = 0; g < cluster_.gpu_count(); ++g) begin_pass(g);
+    for (int p = 0; p < passes(); ++p)
+      for (int h = 0; h < halves(); ++h) {
+        pending(dispatch_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::dispatch, g);
+        pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
+      }
+  for (int g = 0; g < cluster_.gpu_count(); ++g) {
+    if (spec_.two_batch_overlap) overlap_step(g);
+    else begin_pass(g);
+  }
 }
 
 Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm) {
@@ -131,6 +197,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm) {
   if (p < passes()) model_flops_ += static_cast<double>(run.flops);
   const Time t = roofline_.time(run);
   double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
+  if (spec_.two_batch_overlap) factor /= 1 - spec_.comm_sm_fraction;
   if (spec_.jitter > 0)
     factor *= std::exp(spec_.jitter * jitter_rng_[static_cast<std::size_t>(gpu)].normal() - spec_.jitter * spec_.jitter / 2);
   if (factor == 1) return t;
@@ -182,6 +249,14 @@ void MoeForward::after_shared(int gpu) {
 }
 
 void MoeForward::arrived(int pass, Phase phase, int gpu) {
+  if (spec_.two_batch_overlap) {
+    const int p = pass / 2, h = pass % 2;
+    --pending(phase == Phase::dispatch ? dispatch_pending_ : combine_pending_, gpu, p, h);
+    const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+    if (s.pass == p && s.wait_half == h && s.wait == (phase == Phase::dispatch ? Wait::dispatch : Wait::combine))
+      overlap_step(gpu);
+    return;
+  }
   if (phase == Phase::dispatch) {
     --pending(dispatch_pending_, gpu, pass);
     try_start_experts(gpu);
@@ -196,23 +271,10 @@ void MoeForward::try_start_experts(int gpu) {
   if (s.wait != Wait::dispatch) return;  // an early arrival; counted, checked when g gets here
   if (pending(dispatch_pending_, gpu, s.pass) > 0) return;
   const int layer = layer_of(s.pass);
-  const auto& p = plan(layer, gpu);
-  const int r = rank(gpu);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
                                  sim_.now(), backward(s.pass)});
-  Time t;
-  const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
-  for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
-    const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];
-    const double before = model_flops_;
-    t += cost(expert_cost(spec_.model, p.slot_computed[static_cast<std::size_t>(slot)] + padded), gpu);
-    if (padded > 0) {  // count only the token rows' share of the GEMMs
-      const double rows = static_cast<double>(p.slot_computed[static_cast<std::size_t>(slot)] + padded);
-      model_flops_ = before + (model_flops_ - before) * static_cast<double>(p.slot_computed[static_cast<std::size_t>(slot)]) / rows;
-    }
-  }
-  run_stage(gpu, Stage::experts, t, &MoeForward::after_experts);
+  run_stage(gpu, Stage::experts, experts_time(layer, gpu, 0), &MoeForward::after_experts);
 }
 
 void MoeForward::after_experts(int gpu) {
@@ -243,6 +305,101 @@ void MoeForward::try_finish_combine(int gpu) {
 void MoeForward::after_attention_backward_start(int gpu) {
   run_stage(gpu, Stage::attention, cost(attention(), gpu),
             &MoeForward::end_pass);
+}
+
+// Two-batch overlap, one layer on one GPU: halves A and B (0 and 1) run this program on the
+// GPU's compute stream, the all-to-alls running beside it:
+//   attention A, router A, [send dispatch A], attention B, router B, [send dispatch B],
+//   shared A, wait dispatch A, experts A, [send combine A],
+//   shared B, wait dispatch B, experts B, [send combine B],
+//   wait combine A, reduce A, wait combine B, reduce B.
+// So A's dispatch overlaps B's attention, B's dispatch A's experts, A's combine B's experts and
+// B's combine A's reduce (as DeepSeek's and SGLang's two-batch overlap schedules do).
+void MoeForward::overlap_step(int gpu) {
+  enum Kind { attention, router, send_dispatch, shared, wait_dispatch, experts, send_combine, wait_combine, reduce };
+  static constexpr std::array<std::pair<Kind, int>, 18> kProgram{{
+      {attention, 0}, {router, 0}, {send_dispatch, 0}, {attention, 1}, {router, 1}, {send_dispatch, 1},
+      {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
+      {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1},
+      {wait_combine, 0}, {reduce, 0}, {wait_combine, 1}, {reduce, 1}}};
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
+  const auto& m = spec_.model;
+  for (;;) {
+    if (s.op == static_cast<int>(kProgram.size())) {
+      s.op = 0;
+      ++passes_done_;
+      if (++s.pass == passes()) {
+        finish(gpu);
+        return;
+      }
+    }
+    const int layer = s.pass;
+    const auto [kind, h] = kProgram[static_cast<std::size_t>(s.op)];
+    const auto& p = plan(layer, gpu, h);
+    auto compute = [&](Stage stage, Time t) {
+      ++s.op;
+      run_stage(gpu, stage, t, &MoeForward::overlap_step);
+    };
+    auto wait = [&](Wait w, std::vector<std::int64_t>& left, Stage stage) {
+      if (s.wait != w) {  // arriving at the wait
+        s.wait = w;
+        s.wait_half = h;
+        s.wait_start = sim_.now();
+      }
+      if (pending(left, gpu, layer, h) > 0) return false;
+      s.wait = Wait::none;
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), false});
+      ++s.op;
+      return true;
+    };
+    switch (kind) {
+      case attention:
+        return compute(Stage::attention, cost(spec_.context_length > 0 ? decode_attention_cost(m, half_tokens, spec_.context_length)
+                                                                       : attention_cost(m, half_tokens, spec_.sequence_length),
+                                              gpu));
+      case router:
+        return compute(Stage::router, cost(router_cost(m, half_tokens), gpu));
+      case shared:
+        if (m.shared_experts == 0) {
+          ++s.op;
+          continue;
+        }
+        return compute(Stage::shared_experts, cost(expert_cost(m, half_tokens), gpu) * m.shared_experts);
+      case experts:
+        return compute(Stage::experts, experts_time(layer, gpu, h));
+      case reduce:
+        return compute(Stage::reduce, cost(reduce_cost(m, half_tokens, p.kept(rank(gpu))), gpu));
+      case send_dispatch:
+      case send_combine:
+        all_to_all_->send(layer * 2 + h, kind == send_dispatch ? Phase::dispatch : Phase::combine, gpu);
+        ++s.op;
+        continue;
+      case wait_dispatch:
+        if (!wait(Wait::dispatch, dispatch_pending_, Stage::dispatch)) return;
+        continue;
+      case wait_combine:
+        if (!wait(Wait::combine, combine_pending_, Stage::combine)) return;
+        continue;
+    }
+  }
+}
+
+Time MoeForward::experts_time(int layer, int gpu, int half) {
+  // The GPU's expert slots back to back; padding rows cost time but are not model FLOPs.
+  const auto& p = plan(layer, gpu, half);
+  const int r = rank(gpu);
+  Time t;
+  const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
+  for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
+    const std::int64_t computed = p.slot_computed[static_cast<std::size_t>(slot)];
+    const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];
+    const double before = model_flops_;
+    t += cost(expert_cost(spec_.model, computed + padded), gpu);
+    if (padded > 0)
+      model_flops_ = before + (model_flops_ - before) * static_cast<double>(computed) / static_cast<double>(computed + padded);
+  }
+  return t;
 }
 
 double MoeForward::progress() const {

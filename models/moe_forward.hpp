@@ -47,6 +47,11 @@ struct ForwardSpec {
   double straggler_probability = 0;
   double straggler_speed = 1;
   double jitter = 0;
+  // Two-batch overlap (forward and decode): the micro-batch is split in two halves whose
+  // all-to-alls overlap the other half's compute; the communication kernels hold this share of
+  // the GPU's SMs all along, so every compute stage runs 1 / (1 - share) slower.
+  bool two_batch_overlap = false;
+  double comm_sm_fraction = 0;
   AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
 };
 
@@ -74,16 +79,21 @@ class MoeForward {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     Wait wait = Wait::none;
     sim::Time wait_start;
+    int op = 0;           // two-batch overlap: the next operation of the layer's program
+    int wait_half = 0;    // two-batch overlap: the half it waits for
   };
+  int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
+  void overlap_step(int gpu);
 
   int passes() const { return spec_.training ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
   int layer_of(int pass) const { return pass < spec_.model.moe_layers ? pass : passes() - 1 - pass; }
   bool backward(int pass) const { return pass >= spec_.model.moe_layers; }
-  const routing::DispatchPlan& plan(int layer, int gpu) const;
+  const routing::DispatchPlan& plan(int layer, int gpu, int half = 0) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
   // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
   sim::Time cost(const KernelCost& c, int gpu, bool gemm = true);
   KernelCost attention() const;
+  sim::Time experts_time(int layer, int gpu, int half);
   KernelCost optimizer_cost(int gpu) const;
 
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
@@ -98,8 +108,10 @@ class MoeForward {
   void after_attention_backward_start(int gpu);
   void end_pass(int gpu);
   void finish(int gpu);
-  std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass) {
-    return v[static_cast<std::size_t>(gpu) * static_cast<std::size_t>(passes()) + static_cast<std::size_t>(pass)];
+  std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass, int half = 0) {
+    return v[(static_cast<std::size_t>(gpu) * static_cast<std::size_t>(passes()) + static_cast<std::size_t>(pass)) *
+                 static_cast<std::size_t>(halves()) +
+             static_cast<std::size_t>(half)];
   }
 
   sim::Simulator& sim_;

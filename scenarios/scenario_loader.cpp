@@ -407,6 +407,24 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     }
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
+    if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
+      f.two_batch_overlap = *v == "two_batch";
+      // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its
+      // all-to-all kernels.
+      if (f.two_batch_overlap) f.comm_sm_fraction = 20.0 / 132.0;
+      if (f.two_batch_overlap && f.training)
+        problems.add_at(w->key_path("overlap"), "two_batch overlap is modelled for forward and decode steps, not training yet");
+      if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
+        problems.add_at(w->key_path("overlap"), fmt::format("two_batch needs an even tokens_per_gpu (got {})", f.tokens_per_gpu));
+    }
+    if (auto v = w->get<double>("comm_sm_fraction", [](const std::string& t) {
+          const double x = sim::parse_number(t);
+          if (!(x >= 0 && x < 1)) throw UnitError(fmt::format("must be in [0, 1), got {}", t));
+          return x;
+        }, false)) {
+      f.comm_sm_fraction = *v;
+      if (!f.two_batch_overlap) problems.add_at(w->key_path("comm_sm_fraction"), "only used with 'overlap: two_batch'");
+    }
     w->finish();
   }
   if (auto r = top.child("routing", false)) {

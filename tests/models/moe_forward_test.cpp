@@ -430,3 +430,58 @@ TEST_CASE("Low-latency all-to-all pays a fixed cost per message", "[models][all_
   CHECK(ll.stats.step_time() - direct.stats.step_time() == Time::us(20));
   for (const auto& g : ll.stats.gpus()) CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(22'480'000 + 10'000'000));
 }
+
+TEST_CASE("Two-batch overlap on the tiny layer matches the hand derivation exactly", "[models][overlap]") {
+  // Halves of 500 tokens, no SMs taken by communication (comm_sm_fraction 0):
+  //   attention(500) 52,193,280 (compute-bound), router(500) 1,032,096 (memory-bound);
+  //   a half's dispatch: 500 rows each way, 1,024,000 B at 100 GB/s + 2 us = 12,240,000.
+  // A: attention until 52,193,280, router until 53,225,376, its rows arrive at 65,465,376;
+  // B: attention until 105,418,656, router until 106,450,752, rows arrive at 118,690,752;
+  // experts A (1000 tokens, 62,914,560) until 169,365,312, outputs back at 181,605,312;
+  // experts B until 232,279,872, outputs back at 244,519,872;
+  // reduce A (1000 copies: 3,072,000) until 235,351,872; wait for B's outputs 9,168,000;
+  // reduce B until 247,591,872: the step, against 283,379,776 without overlap.
+  std::string text = tiny("dropless", 1);
+  const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(from), from.size(),
+               "workload: {tokens_per_gpu: 1000, sequence_length: 1000, overlap: two_batch, comm_sm_fraction: 0}");
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "tbo.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(247'591'872));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::zero());
+    CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(9'168'000));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(2 * 62'914'560));
+  }
+  CHECK(r.stats.layers()[0].routed == 4000);  // both halves' routing reported together
+  CHECK(r.stats.layers()[0].network_bytes == 4 * 2 * 1'024'000);
+  // With the default SM share (20 of 132) every compute stage runs 132/112 times slower.
+  text.replace(text.find(", comm_sm_fraction: 0"), std::string(", comm_sm_fraction: 0").size(), "");
+  const auto slow = scenarios::run_experiment(scenarios::load_scenario_text(text, "tbo2.yaml"));
+  CHECK(slow.stats.gpus()[0].stage_total[idx(Stage::experts)] ==
+        Time::ps(2 * std::llround(62'914'560.0 * 132 / 112)));
+}
+
+TEST_CASE("Overlap never makes a step shorter than its GPUs' compute", "[models][overlap]") {
+  for (const char* net : {"direct", "hierarchical"}) {
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 2, gpus_per_node: 4, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps}}}}
+model: {{moe_layers: 3, hidden: 2048, expert_ffn: 4096, experts: 16, top_k: 4, attention_heads: 16, shared_experts: 1}}
+parallelism: {{ep: 8}}
+workload: {{tokens_per_gpu: 512, overlap: two_batch}}
+routing: {{distribution: zipf, zipf_s: 1.0, capacity_factor: 1.5}}
+network: {{all_to_all: {}}}
+)", net), "o.yaml"));
+    Time latest;
+    for (const auto& g : r.stats.gpus()) {
+      Time total, busy;
+      for (const Stage s : models::kStages) {
+        total += g.stage_total[idx(s)];
+        if (!models::is_network_wait(s)) busy += g.stage_total[idx(s)];
+      }
+      CHECK(total == g.finish);  // compute and waits tile the GPU's time
+      CHECK(r.stats.step_time() >= busy);
+      latest = sim::max(latest, g.finish);
+    }
+    CHECK(latest == r.stats.step_time());
+  }
+}
