@@ -63,6 +63,18 @@ std::vector<std::string> csv_fields(const std::string& line) {
   return v;
 }
 
+// A one-row report (summary.csv) as column -> value.
+std::map<std::string, std::string> summary_row(const fs::path& file) {
+  std::ifstream in(file);
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  const auto h = csv_fields(header), v = csv_fields(row);
+  std::map<std::string, std::string> out;
+  for (std::size_t i = 0; i < h.size() && i < v.size(); ++i) out[h[i]] = v[i];
+  return out;
+}
+
 std::vector<std::int64_t> csv_numbers(const std::string& line) {
   std::vector<std::int64_t> v;
   std::stringstream ss(line);
@@ -377,12 +389,7 @@ TEST_CASE("The drifting-hotspot scenario shows a stale placement's cost", "[cli]
     std::ofstream(tmp.path() / (name + ".yaml")) << s;
     const auto r = moesim("run '" + (tmp.path() / (name + ".yaml")).string() + "' -q --out '" + (tmp.path() / name).string() + "'", tmp);
     REQUIRE(r.code == 0);
-    std::ifstream in(tmp.path() / name / "summary.csv");
-    std::string header, row;
-    std::getline(in, header);
-    std::getline(in, row);
-    const auto h = csv_fields(header), v = csv_fields(row);
-    return std::stod(v.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), "gpu_imbalance_max") - h.begin())));
+    return std::stod(summary_row(tmp.path() / name / "summary.csv").at("gpu_imbalance_max"));
   };
   const double stale = variant("stale", {});
   const double fresh = variant("fresh", {{"  load: observed", "  load: expected\n#"}, {"  history: 4\n", ""}});
@@ -436,14 +443,9 @@ TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][valida
   const std::string v = "'" + kSource + "/scenarios/validation/";
   // DeepSeek's decode bound: 40.32 + 1.2672 (fp8 scales) + 3 us latency; 80.64 + 3 us.
   REQUIRE(moesim("run " + v + "deepseek-decode-bound.yaml' -q --out '" + (tmp.path() / "d").string() + "'", tmp).code == 0);
-  std::ifstream in(tmp.path() / "d" / "summary.csv");
-  std::string header, row;
-  std::getline(in, header);
-  std::getline(in, row);
-  const auto h = csv_fields(header), f = csv_fields(row);
-  auto field = [&](const char* name) { return f.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin())); };
-  CHECK(field("dispatch_wait_us") == "44.587200");
-  CHECK(field("combine_wait_us") == "83.640000");
+  const auto summary = summary_row(tmp.path() / "d" / "summary.csv");
+  CHECK(summary.at("dispatch_wait_us") == "44.587200");
+  CHECK(summary.at("combine_wait_us") == "83.640000");
   // NCCL all-to-all on 8 x H100: 7 x 128 MiB through each 450 GB/s port after 1 us.
   const auto out = (tmp.path() / "a.csv").string();
   REQUIRE(moesim("flows --scenario " + v + "nccl-alltoall-8xh100.yaml' --flows " + v + "nccl-alltoall-8xh100-flows.csv' --out '" +
@@ -464,14 +466,8 @@ TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli]
       "parallelism:\n  ep: 2\nworkload:\n  tokens_per_gpu: 500\n";
   std::ofstream(tmp.path() / "s.yaml") << base;
   REQUIRE(moesim("run '" + (tmp.path() / "s.yaml").string() + "' -q --out '" + (tmp.path() / "o").string() + "'", tmp).code == 0);
-  std::ifstream in(tmp.path() / "o" / "summary.csv");
-  std::string header, row;
-  std::getline(in, header);
-  std::getline(in, row);
-  const auto h = csv_fields(header), f = csv_fields(row);
-  auto num = [&](const char* name) {
-    return std::stod(f.at(static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin())));
-  };
+  const auto summary = summary_row(tmp.path() / "o" / "summary.csv");
+  auto num = [&](const char* name) { return std::stod(summary.at(name)); };
   const double step_s = num("step_time_us") * 1e-6;
   CHECK(num("mfu") == Approx(num("model_flops") / (2 * 989.4e12 * step_s)).epsilon(1e-3));
   CHECK(num("mfu") > 0);
