@@ -25,11 +25,12 @@ std::string_view to_string(Stage s) {
     case Stage::combine: return "combine";
     case Stage::reduce: return "reduce";
     case Stage::optimizer: return "optimizer";
+    case Stage::grad_sync: return "grad_sync";
   }
   return "?";
 }
 
-bool is_network_wait(Stage s) { return s == Stage::dispatch || s == Stage::combine; }
+bool is_network_wait(Stage s) { return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync; }
 
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
@@ -183,6 +184,35 @@ void MoeForward::start() {
         pending(dispatch_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::dispatch, g);
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
       }
+  if (spec_.training && spec_.gradient_sync) {
+    // Gradient bytes per GPU: the weights every GPU holds (attention, router, shared experts)
+    // and those its expert slots hold, one gradient per weight in the model dtype.
+    const auto& m = spec_.model;
+    const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
+    std::int64_t dense = 0, experts = 0;
+    for (int l = 0; l < m.moe_layers; ++l) {
+      dense += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
+      experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * 3 * m.hidden * m.expert_ffn;
+    }
+    const int gpus = cluster_.gpu_count();
+    std::vector<int> all(static_cast<std::size_t>(gpus));
+    for (int g = 0; g < gpus; ++g) all[static_cast<std::size_t>(g)] = g;
+    auto done = [this](int gpu) {
+      if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) synced(gpu);
+    };
+    dense_ring_ = std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(all),
+                                                  sim::Bytes(dense * m.dtype_bytes), done);
+    sync_left_.assign(static_cast<std::size_t>(gpus), 1);
+    if (groups > 1) {
+      for (int r = 0; r < spec_.ep; ++r) {
+        std::vector<int> ring;
+        for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
+        expert_rings_.push_back(std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(ring),
+                                                                sim::Bytes(experts * m.dtype_bytes), done));
+      }
+      for (auto& left : sync_left_) ++left;
+    }
+  }
   for (int g = 0; g < cluster_.gpu_count(); ++g) {
     if (spec_.two_batch_overlap) overlap_step(g);
     else begin_pass(g);
@@ -412,11 +442,23 @@ void MoeForward::end_pass(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   if (++s.pass < passes()) {
     begin_pass(gpu);
+  } else if (spec_.training && spec_.gradient_sync) {
+    s.wait = Wait::sync;
+    s.wait_start = sim_.now();
+    dense_ring_->join(gpu);
+    if (!expert_rings_.empty()) expert_rings_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
   } else if (spec_.training) {
     run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu), &MoeForward::finish);
   } else {
     finish(gpu);
   }
+}
+
+void MoeForward::synced(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu), &MoeForward::finish);
 }
 
 void MoeForward::finish(int) { ++finished_gpus_; }

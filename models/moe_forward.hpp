@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "models/all_to_all.hpp"
+#include "models/collectives.hpp"
 #include "models/network.hpp"
 #include "models/recorder.hpp"
 #include "models/roofline.hpp"
@@ -39,6 +40,7 @@ struct ForwardSpec {
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
+  bool gradient_sync = false;         // training: ring all-reduce of gradients across data-parallel replicas
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
   // Compute speed: per GPU a factor (1: nominal; empty: all 1); stragglers: each GPU is one for
   // the step with this probability, running at straggler_speed; jitter: every compute stage's
@@ -74,7 +76,7 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine };
+  enum class Wait { none, dispatch, combine, sync };
   struct GpuState {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     Wait wait = Wait::none;
@@ -123,6 +125,12 @@ class MoeForward {
   std::vector<routing::Placement> placements_;  // per layer
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
+  // Gradient sync: one ring over all GPUs for the replicated weights, one per EP rank over the
+  // groups for the experts; rings each GPU still waits for.
+  std::unique_ptr<RingAllReduce> dense_ring_;
+  std::vector<std::unique_ptr<RingAllReduce>> expert_rings_;
+  std::vector<int> sync_left_;
+  void synced(int gpu);
   std::vector<GpuState> gpus_;
   std::vector<double> speed_;               // per GPU, stragglers included
   std::vector<sim::Rng> jitter_rng_;        // per GPU, when jitter > 0

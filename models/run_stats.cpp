@@ -20,7 +20,7 @@ void RunStats::on_stage(const StageRecord& r) {
   g.stage_total[s] += d;
   if (r.backward) g.backward_total += d;
   g.finish = sim::max(g.finish, r.end);
-  if (r.stage == Stage::optimizer) return;  // once per step, not part of any layer
+  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync) return;  // once per step, not part of any layer
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
   l.start = sim::min(l.start, r.start);
   l.end = sim::max(l.end, r.end);
@@ -69,6 +69,10 @@ void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan&
 
 void RunStats::on_flow(const FlowRecord& r) {
   const Flow& flow = r.flow;
+  if (r.stage == Stage::grad_sync) {  // once per step, not part of any layer
+    gradient_sync_bytes_ += flow.size.count();
+    return;
+  }
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
   l.network_bytes += flow.size.count();
   if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)

@@ -60,10 +60,12 @@ class RunStats final : public Recorder {
   const std::vector<std::vector<std::int64_t>>& slots_padded() const { return slots_padded_; }
   // The GPU that finishes last (lowest index on ties) and the step time.
   int critical_gpu() const;
+  std::int64_t gradient_sync_bytes() const { return gradient_sync_bytes_; }
   sim::Time step_time() const;
 
  private:
   int gpus_per_node_;
+  std::int64_t gradient_sync_bytes_ = 0;
   std::vector<LayerStats> layers_;
   std::vector<LayerStats> backward_layers_;
   std::vector<GpuStats> gpus_;

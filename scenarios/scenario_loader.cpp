@@ -407,6 +407,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     }
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
+    if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring"}), false)) {
+      f.gradient_sync = *v == "ring";
+      if (f.gradient_sync && !f.training)
+        problems.add_at(w->key_path("gradient_sync"), "only used with 'kind: training'");
+    }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its

@@ -114,16 +114,16 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const int crit = r.stats.critical_gpu();
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
-  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)];
+  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)];
   const std::int64_t tokens = f.tokens_per_gpu * gpus;
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
   out << "scenario,workload,network_model,compute_source,seed,gpus,ep,moe_layers,tokens_per_gpu,"
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens\n";
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
@@ -138,10 +138,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
   const Economics e = economics(sc, r);
-  fmt::print(out, "{:.0f},{:.4f},{},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
-             sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "");
+             sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
+             r.stats.gradient_sync_bytes());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
