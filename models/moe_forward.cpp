@@ -26,6 +26,7 @@ std::string_view to_string(Stage s) {
     case Stage::reduce: return "reduce";
     case Stage::optimizer: return "optimizer";
     case Stage::grad_sync: return "grad_sync";
+    case Stage::dense: return "dense";
   }
   return "?";
 }
@@ -189,7 +190,8 @@ void MoeForward::start() {
     // and those its expert slots hold, one gradient per weight in the model dtype.
     const auto& m = spec_.model;
     const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
-    std::int64_t dense = 0, experts = 0;
+    std::int64_t dense = m.dense_layers * (m.hidden * (q + 2 * kv) + q * m.hidden + 3 * m.hidden * m.dense_ffn);
+    std::int64_t experts = 0;
     for (int l = 0; l < m.moe_layers; ++l) {
       dense += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
       experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * 3 * m.hidden * m.expert_ffn;
@@ -219,12 +221,12 @@ void MoeForward::start() {
   }
 }
 
-Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm) {
+Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm, bool model_work) {
   // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool twice = gemm && p < passes() && backward(p);
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
-  if (p < passes()) model_flops_ += static_cast<double>(run.flops);
+  if (model_work) model_flops_ += static_cast<double>(run.flops);
   const Time t = roofline_.time(run);
   double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
   if (spec_.two_batch_overlap) factor /= 1 - spec_.comm_sm_fraction;
@@ -245,7 +247,13 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
 }
 
 void MoeForward::begin_pass(int gpu) {
-  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int p = s.pass;
+  if (p == 0 && spec_.model.dense_layers > 0 && !s.dense_forward) {  // the dense layers come first
+    s.dense_forward = true;
+    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::begin_pass);
+    return;
+  }
   if (!backward(p)) {
     run_stage(gpu, Stage::attention, cost(attention(), gpu),
               &MoeForward::after_attention);
@@ -355,6 +363,11 @@ void MoeForward::overlap_step(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
+  if (s.pass == 0 && s.op == 0 && m.dense_layers > 0 && !s.dense_forward) {  // the dense layers come first
+    s.dense_forward = true;
+    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::overlap_step);
+    return;
+  }
   for (;;) {
     if (s.op == static_cast<int>(kProgram.size())) {
       s.op = 0;
@@ -437,18 +450,36 @@ double MoeForward::progress() const {
   return total > 0 ? static_cast<double>(passes_done_) / total : 1.0;
 }
 
+KernelCost MoeForward::dense_cost() const {
+  // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
+  routing::MoeModelSpec m = spec_.model;
+  m.expert_ffn = m.dense_ffn;
+  const KernelCost a = attention(), f = expert_cost(m, spec_.tokens_per_gpu);
+  return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
+}
+
 void MoeForward::end_pass(int gpu) {
   ++passes_done_;
+  ++gpus_[static_cast<std::size_t>(gpu)].pass;
+  after_passes(gpu);
+}
+
+void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  if (++s.pass < passes()) {
+  if (s.pass < passes()) {
     begin_pass(gpu);
+  } else if (spec_.training && spec_.model.dense_layers > 0 && !s.dense_backward) {
+    s.dense_backward = true;
+    const KernelCost c = dense_cost();
+    run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false),
+              &MoeForward::after_passes);
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
     dense_ring_->join(gpu);
     if (!expert_rings_.empty()) expert_rings_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
   } else if (spec_.training) {
-    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu), &MoeForward::finish);
+    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu, false, false), &MoeForward::finish);
   } else {
     finish(gpu);
   }
@@ -458,7 +489,7 @@ void MoeForward::synced(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
-  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu), &MoeForward::finish);
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu, false, false), &MoeForward::finish);
 }
 
 void MoeForward::finish(int) { ++finished_gpus_; }
@@ -474,7 +505,7 @@ KernelCost MoeForward::optimizer_cost(int gpu) const {
   const auto& m = spec_.model;
   const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
-  std::int64_t params = 0;
+  std::int64_t params = m.dense_layers * (m.hidden * (q + 2 * kv) + q * m.hidden + 3 * m.hidden * m.dense_ffn);
   for (int l = 0; l < m.moe_layers; ++l)
     params += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts +
               (m.shared_experts + placements_[static_cast<std::size_t>(l)].slots_per_gpu) * expert;

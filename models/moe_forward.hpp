@@ -83,6 +83,7 @@ class MoeForward {
     sim::Time wait_start;
     int op = 0;           // two-batch overlap: the next operation of the layer's program
     int wait_half = 0;    // two-batch overlap: the half it waits for
+    bool dense_forward = false, dense_backward = false;  // the dense layers have run
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -93,7 +94,10 @@ class MoeForward {
   const routing::DispatchPlan& plan(int layer, int gpu, int half = 0) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
   // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
-  sim::Time cost(const KernelCost& c, int gpu, bool gemm = true);
+  // model_work: counts toward the model FLOPs (not the optimizer).
+  sim::Time cost(const KernelCost& c, int gpu, bool gemm = true, bool model_work = true);
+  KernelCost dense_cost() const;
+  void after_passes(int gpu);
   KernelCost attention() const;
   sim::Time experts_time(int layer, int gpu, int half);
   KernelCost optimizer_cost(int gpu) const;

@@ -20,12 +20,14 @@ namespace moesim::models {
 // In a training step's backward pass the same stages run in reverse order (the "dispatch" wait is
 // for the gradients of the combine, the "combine" wait for those of the dispatch); `optimizer`
 // runs once at the end of a training step.
-// `grad_sync` is the wait for the data-parallel gradient all-reduce before the optimizer.
-enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync };
-inline constexpr std::size_t kStageCount = 9;
+// `grad_sync` is the wait for the data-parallel gradient all-reduce before the optimizer;
+// `dense` the model's dense layers (attention and FFN), before the MoE layers forward and after
+// them backward.
+enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense };
+inline constexpr std::size_t kStageCount = 10;
 inline constexpr std::array<Stage, kStageCount> kStages{
-    Stage::attention, Stage::router, Stage::shared_experts, Stage::dispatch, Stage::experts,
-    Stage::combine,   Stage::reduce, Stage::optimizer,      Stage::grad_sync};
+    Stage::attention, Stage::router,    Stage::shared_experts, Stage::dispatch, Stage::experts,
+    Stage::combine,   Stage::reduce,    Stage::optimizer,      Stage::grad_sync, Stage::dense};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 

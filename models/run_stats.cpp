@@ -20,7 +20,8 @@ void RunStats::on_stage(const StageRecord& r) {
   g.stage_total[s] += d;
   if (r.backward) g.backward_total += d;
   g.finish = sim::max(g.finish, r.end);
-  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync) return;  // once per step, not part of any layer
+  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense)
+    return;  // once per step (the dense layers together), not part of any MoE layer
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
   l.start = sim::min(l.start, r.start);
   l.end = sim::max(l.end, r.end);

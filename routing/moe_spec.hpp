@@ -21,7 +21,9 @@ struct MoeModelSpec {
   int attention_heads = 1;
   int kv_heads = 1;
   std::int64_t head_dim = 0;
-  std::int64_t kv_cache_dim = 0;  // elements cached per token and layer; 0: 2 * kv_heads * head_dim
+  std::int64_t kv_cache_dim = 0;
+  int dense_layers = 0;           // dense transformer layers before the MoE layers (DeepSeek-V3: 3)
+  std::int64_t dense_ffn = 0;     // their FFN intermediate size  // elements cached per token and layer; 0: 2 * kv_heads * head_dim
 };
 
 enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trace };

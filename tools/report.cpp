@@ -121,7 +121,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   out << "scenario,workload,network_model,compute_source,seed,gpus,ep,moe_layers,tokens_per_gpu,"
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),

@@ -516,3 +516,22 @@ workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64}
   CHECK(r.stats.gradient_sync_bytes() == 6 * 4 * 263'168 + 2 * (2 * 2 * 1'572'864));
   for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::grad_sync)] > Time::zero());
 }
+
+TEST_CASE("Dense layers run before the MoE layers and after them backward", "[models][training]") {
+  // One dense layer with a 1024-wide FFN on the tiny model: attention (104,386,560) + FFN on
+  // 1000 tokens (6 x 1000 x 1024 x 1024 FLOPs: 62,914,560) = 167,301,120 ps before layer 0.
+  std::string text = tiny("dropless", 1);
+  const std::string from = "  attention_heads: 8\n";
+  text.replace(text.find(from), from.size(), from + "  dense_layers: 1\n  dense_ffn: 1024\n");
+  const auto fwd = scenarios::run_experiment(scenarios::load_scenario_text(text, "dense.yaml"));
+  CHECK(fwd.stats.step_time() == Time::ps(167'301'120 + 283'379'776));
+  CHECK(fwd.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(167'301'120));
+  CHECK(fwd.stats.layers()[0].start == Time::ps(167'301'120));
+  // Training: forward 450,680,896; MoE backward 515,655,552; dense backward 2 x 167,301,120;
+  // optimizer over 7,342,080 + 7,340,032 parameters x 28 B = 411,099,136 ps.
+  const std::string w = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(w), w.size(), "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000}");
+  const auto train = scenarios::run_experiment(scenarios::load_scenario_text(text, "dense-train.yaml"));
+  CHECK(train.stats.step_time() == Time::ps(450'680'896LL + 515'655'552LL + 2 * 167'301'120LL + 411'099'136LL));
+  CHECK(train.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(3 * 167'301'120LL));
+}
