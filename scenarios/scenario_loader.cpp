@@ -391,7 +391,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     par->finish();
   }
   if (auto w = top.child("workload", true)) {
-    if (auto v = w->get<std::string>("kind", one_of({"forward", "training", "decode"}), false)) sc.workload_kind = *v;
+    if (auto v = w->get<std::string>("kind", one_of({"forward", "prefill", "training", "decode"}), false)) sc.workload_kind = *v;
     f.training = sc.workload_kind == "training";
     const bool decode = sc.workload_kind == "decode";
     if (auto v = w->get<std::int64_t>("context_length", count_at_least(1), false)) {

@@ -290,7 +290,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const std::string what = f.training ? "training step: forward, backward and optimizer of one micro-batch"
                            : f.context_length > 0
                                ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
-                               : std::string("forward pass of one micro-batch");
+                               : sc.workload_kind == "prefill" ? std::string("prefill of one batch of prompts")
+                                                               : std::string("forward pass of one micro-batch");
   fmt::print(out, "  step time   {:.3f} ms  ({} through {} MoE layers)\n", step.to_us() / 1e3, what, f.model.moe_layers);
   if (step > sim::Time::zero()) {
     const Economics e = economics(sc, r);

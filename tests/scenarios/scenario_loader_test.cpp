@@ -411,6 +411,10 @@ TEST_CASE("A key given twice is an error, not a silent choice", "[scenarios][err
 
 TEST_CASE("Workload kinds, compute speeds and stragglers are read and checked", "[scenarios]") {
   CHECK(load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n"), "s.yaml").forward.training);
+  const auto pre = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: prefill\n"), "s.yaml");
+  CHECK(pre.workload_kind == "prefill");
+  CHECK_FALSE(pre.forward.training);
+  CHECK(pre.forward.context_length == 0);
   const auto d = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n  context_length: 8192\n"), "s.yaml");
   CHECK(d.forward.context_length == 8192);
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n")),
