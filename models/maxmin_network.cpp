@@ -166,6 +166,7 @@ void MaxMinNetwork::finish(std::uint32_t s, double t) {
     if (m.empty()) {
       load_[l] = 0.0L;  // exact again whenever a link empties
       usage_[l].busy_s += t - busy_since_[l];
+      if (link_busy_) link_busy_(l, busy_since_[l], t);
       const std::uint32_t p = live_pos_[l];
       live_links_[p] = live_links_.back();
       live_pos_[live_links_[p]] = p;

@@ -43,6 +43,7 @@ class MaxMinNetwork final : public NetworkModel {
 
   // Per link (indexed like Cluster::links()); complete once every flow has finished.
   const std::vector<LinkUsage>* link_usage() const override { return &usage_; }
+  void on_link_busy(LinkBusy observer) override { link_busy_ = std::move(observer); }
   std::uint64_t solves() const { return solves_; }
 
  private:
@@ -73,6 +74,7 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<double> capacity_;  // bytes/s per link
   std::vector<LinkUsage> usage_;
   std::vector<double> busy_since_;
+  LinkBusy link_busy_;
   std::vector<std::vector<Member>> members_;  // per link: the active flows crossing it
   std::vector<std::uint32_t> live_links_;     // links with members, in no order
   std::vector<std::uint32_t> live_pos_;       // position in live_links_, per link

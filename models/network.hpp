@@ -4,6 +4,8 @@
 // max-min model shares links between concurrent flows.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -43,6 +45,10 @@ class NetworkModel {
   virtual double last_completion_s() const = 0;
   // Per-link accounting, or nullptr where the model has no notion of shared links' time.
   virtual const std::vector<LinkUsage>* link_usage() const { return nullptr; }
+  // Called with every interval in which a link carried at least one flow (link index, start and
+  // end in seconds), as each ends; models without shared links never call it.
+  using LinkBusy = std::function<void(std::uint32_t link, double start_s, double end_s)>;
+  virtual void on_link_busy(LinkBusy observer) { (void)observer; }
 };
 
 // The network model named in a scenario: "maxmin" or "analytical" (asserts on anything else; the

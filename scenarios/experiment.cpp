@@ -18,6 +18,8 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
   if (sc.timeline != "off")
     result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);
   models::RecorderTee tee({&result.stats, result.timeline.get()});
+  if (result.timeline)
+    network->on_link_busy([t = result.timeline.get()](std::uint32_t l, double a, double b) { t->on_link_busy(l, a, b); });
   models::Recorder& recorder = result.timeline ? static_cast<models::Recorder&>(tee) : result.stats;
   models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, recorder);
   forward.start();

@@ -259,6 +259,26 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
                s.backward ? " (backward)" : "",
                models::is_network_wait(s.stage) ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer);
   }
+  // Links: one process, a track per link that was ever busy.
+  if (!t.link_busy().empty()) {
+    const topology::Cluster cluster(sc.cluster);
+    const int pid = sc.cluster.nodes;
+    sep();
+    fmt::print(out, R"({{"ph":"M","name":"process_name","pid":{},"args":{{"name":"links"}}}})", pid);
+    std::vector<char> named(cluster.links().size(), 0);
+    for (const auto& b : t.link_busy()) {
+      const auto& l = cluster.links()[b.link];
+      if (!named[b.link]) {
+        named[b.link] = 1;
+        sep();
+        fmt::print(out, R"J({{"ph":"M","name":"thread_name","pid":{},"tid":{},"args":{{"name":"link {} {} -> {} ({})"}}}})J", pid,
+                   b.link, b.link, cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind));
+      }
+      sep();
+      fmt::print(out, R"({{"ph":"X","name":"busy","cat":"link","pid":{},"tid":{},"ts":{},"dur":{}}})", pid, b.link, us(b.start),
+                 us(b.end - b.start));
+    }
+  }
   std::size_t id = 0;
   for (const auto& f : t.flows()) {
     const int src = static_cast<int>(f.flow.src.index()), dst = static_cast<int>(f.flow.dst.index());

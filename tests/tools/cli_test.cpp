@@ -435,7 +435,23 @@ TEST_CASE("timeline.json holds every stage and flow, and can be switched off", "
   CHECK(count("\"name\":\"attention\"") == 8);
   CHECK(count("\"name\":\"experts\"") == 8);
   CHECK(count("\"ph\":\"X\"") >= 32);
-  CHECK(count("\"name\":\"thread_name\"") == 8);
+  // Per GPU a compute and a sends track, per busy link one more.
+  const auto links_busy = count("\"cat\":\"link\"");
+  CHECK(links_busy > 0);
+  CHECK(count("\"name\":\"thread_name\"") > 8);
+  // The links' busy intervals add up to links.csv's busy time.
+  double busy_json = 0;
+  for (auto at = json.find("\"cat\":\"link\""); at != std::string::npos; at = json.find("\"cat\":\"link\"", at + 1)) {
+    const auto d = json.find("\"dur\":", at);
+    busy_json += std::stod(json.substr(d + 6));
+  }
+  std::ifstream links(tmp.path() / "on" / "links.csv");
+  std::getline(links, line);
+  const auto lh = csv_fields(line);
+  const auto busy_col = static_cast<std::size_t>(std::find(lh.begin(), lh.end(), "busy_us") - lh.begin());
+  double busy_csv = 0;
+  while (std::getline(links, line)) busy_csv += std::stod(csv_fields(line).at(busy_col));
+  CHECK(busy_json == Approx(busy_csv).margin(1e-5 * static_cast<double>(links_busy)));
 }
 
 TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][validation]") {
