@@ -535,3 +535,66 @@ TEST_CASE("Dense layers run before the MoE layers and after them backward", "[mo
   CHECK(train.stats.step_time() == Time::ps(450'680'896LL + 515'655'552LL + 2 * 167'301'120LL + 411'099'136LL));
   CHECK(train.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(3 * 167'301'120LL));
 }
+
+TEST_CASE("Random scenarios over every feature run to the end and account for every GPU's time", "[models][fuzz]") {
+  // Workload kinds, all-to-all algorithms, overlap, drop policies, placements, routing laws,
+  // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
+  // must be conserved.
+  sim::Rng pick(99, "test/fuzz");
+  for (int trial = 0; trial < 16; ++trial) {
+    const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
+    const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
+    const int gpus = gpn * nodes;
+    const int ep = pick.uniform_int(2) ? gpus : gpn;
+    const int experts = ep * (1 + static_cast<int>(pick.uniform_int(3)));
+    const int top_k = 1 + static_cast<int>(pick.uniform_int(static_cast<std::uint64_t>(std::min(experts, 4))));
+    const char* kinds[] = {"forward", "training", "decode"};
+    const std::string kind = kinds[pick.uniform_int(3)];
+    const bool tbo = kind != "training" && pick.uniform_int(2);
+    const char* algos[] = {"direct", "hierarchical", "low_latency"};
+    const char* laws[] = {"distribution: uniform", "distribution: zipf, zipf_s: 1.1", "distribution: lognormal, sigma: 0.7",
+                          "distribution: hot_experts, hot_experts: 1, hot_fraction: 0.5"};
+    const char* drops[] = {"capacity_factor: dropless", "capacity_factor: 1.0, drop_policy: position",
+                           "capacity_factor: 1.2, drop_policy: gate", "capacity_factor: 1.5, drop_policy: pad"};
+    const bool eplb = pick.uniform_int(2);
+    const std::string yaml = fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: 2, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
+parallelism: {{ep: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, {}{}seed: {}}}
+routing: {{{}, {}, layer_correlation: {}}}
+placement: {{{}}}
+network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, kind, 2 * (8 + pick.uniform_int(60)),
+        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", trial, laws[pick.uniform_int(4)],
+        drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
+        eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
+        pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
+    INFO(yaml);
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
+    Time latest;
+    std::int64_t gpu_routed = 0, gpu_computed = 0, gpu_dropped = 0;
+    for (const auto& g : r.stats.gpus()) {
+      Time total;
+      for (const auto t : g.stage_total) total += t;
+      CHECK(total == g.finish);
+      gpu_routed += g.routed;  // of its tokens
+      gpu_dropped += g.dropped;
+      gpu_computed += g.computed;  // by its experts
+      latest = sim::max(latest, g.finish);
+    }
+    CHECK(gpu_routed == gpu_computed + gpu_dropped);
+    CHECK(latest == r.stats.step_time());
+    std::int64_t routed = 0, computed = 0, dropped = 0;
+    for (const auto& l : r.stats.layers()) {
+      routed += l.routed;
+      computed += l.computed;
+      dropped += l.dropped;
+    }
+    CHECK(routed == static_cast<std::int64_t>(2) * gpus * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * top_k);
+    CHECK(routed == computed + dropped);
+  }
+}
