@@ -54,7 +54,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       roofline_(roofline),
       spec_(spec),
       recorder_(recorder) {
-  placements_ = make_placements(spec, cluster.gpu_count(), cluster.spec().gpus_per_node);
+  placements_ = spec.placements.empty() ? make_placements(spec, cluster.gpu_count(), cluster.spec().gpus_per_node)
+                                        : spec.placements;
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));

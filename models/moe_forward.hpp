@@ -35,6 +35,7 @@ struct ForwardSpec {
   routing::RoutingSpec routing;
   routing::PlacementSpec placement;
   int placement_history = 0;          // > 0: place by the mean routed counts of that many earlier steps
+  std::vector<routing::Placement> placements;  // non-empty: use these (per layer) instead of placing
   int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;

@@ -1,5 +1,9 @@
 #include "scenarios/experiment.hpp"
 
+#include <algorithm>
+#include <optional>
+#include <utility>
+
 #include "models/moe_forward.hpp"
 #include "routing/token_router.hpp"
 #include "sim/assert.hpp"
@@ -8,13 +12,15 @@
 
 namespace moesim::scenarios {
 
-RunResult run_experiment(const Scenario& sc, const Progress& progress) {
+namespace {
+
+RunResult run_step(const Scenario& sc, const Progress& progress) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node), 0,
-                   std::string(network->name()), "roofline", {}, {}, nullptr, 0.0};
+                   std::string(network->name()), "roofline", {}, {}, nullptr, 0.0, {}};
   if (sc.timeline != "off")
     result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);
   models::RecorderTee tee({&result.stats, result.timeline.get()});
@@ -30,6 +36,93 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
   if (const auto* usage = network->link_usage()) result.links = *usage;
   result.placements = forward.placements();
   return result;
+}
+
+// The worst layer's max/mean tokens computed per GPU.
+double gpu_imbalance(const RunResult& r, int gpus) {
+  double worst = 0;
+  for (const auto& l : r.stats.layers()) {
+    const double mean = static_cast<double>(l.computed) / gpus;
+    if (mean > 0) worst = std::max(worst, static_cast<double>(l.max_gpu_tokens) / mean);
+  }
+  return worst;
+}
+
+// Expert weights to move when the placement changes: every slot whose expert is new to it
+// fetches the expert's weights (3 H F elements) from a GPU of the same EP group that held the
+// expert before, on its own node when one did (else the first). Returns the time the moves
+// take on the network (all at once) and their bytes.
+std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::vector<routing::Placement>& from,
+                                                const std::vector<routing::Placement>& to) {
+  const topology::Cluster cluster(sc.cluster);
+  sim::Simulator sim;
+  const auto network = models::make_network_model(sc.network_model, sim, cluster);
+  const auto& m = sc.forward.model;
+  const sim::Bytes expert(3 * m.hidden * m.expert_ffn * m.dtype_bytes);
+  const int gpn = sc.cluster.gpus_per_node, ep = sc.forward.ep;
+  std::int64_t bytes = 0;
+  for (std::size_t l = 0; l < to.size(); ++l) {
+    const auto& a = from[l];
+    const auto& b = to[l];
+    for (int g0 = 0; g0 < cluster.gpu_count(); g0 += ep)
+      for (int s = 0; s < b.slots(); ++s) {
+        const int e = b.slot_expert[static_cast<std::size_t>(s)];
+        const int dst = g0 + b.gpu_of_slot(s);
+        bool had = false;
+        int src = -1;
+        for (const int old : a.expert_slots[static_cast<std::size_t>(e)]) {
+          const int holder = g0 + a.gpu_of_slot(old);
+          if (holder == dst) had = true;
+          if (src < 0 || (holder / gpn == dst / gpn && src / gpn != dst / gpn)) src = holder;
+        }
+        if (had || src < 0) continue;
+        bytes += expert.count();
+        network->start_flow(models::Flow{topology::GpuId(static_cast<std::uint32_t>(src)),
+                                         topology::GpuId(static_cast<std::uint32_t>(dst)), expert},
+                            [] {});
+      }
+  }
+  sim.run();
+  return {sim.now(), bytes};
+}
+
+}  // namespace
+
+RunResult run_experiment(const Scenario& sc, const Progress& progress) {
+  if (sc.steps <= 1) return run_step(sc, progress);
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  Scenario step = sc;
+  step.timeline = "off";  // only the last step keeps a timeline
+  std::vector<routing::Placement> placements;
+  std::vector<RunResult::Step> rows;
+  std::optional<RunResult> last;
+  for (int i = 0; i < sc.steps; ++i) {
+    RunResult::Step row;
+    row.step = sc.forward.routing.step + i;
+    step.forward.routing.step = row.step;
+    if (i == sc.steps - 1) step.timeline = sc.timeline;
+    // The placement: made for the first step, and again every refresh_every steps.
+    if (placements.empty() || (sc.refresh_every > 0 && i % sc.refresh_every == 0)) {
+      step.forward.placements.clear();
+      auto fresh = models::make_placements(step.forward, gpus, sc.cluster.gpus_per_node);
+      if (!placements.empty()) {
+        row.refreshed = true;
+        const auto [t, b] = move_weights(sc, placements, fresh);
+        row.rebalance = t;
+        row.moved_bytes = b;
+      }
+      placements = std::move(fresh);
+    }
+    step.forward.placements = placements;
+    const double before = static_cast<double>(i) / sc.steps;
+    RunResult r = run_step(step, progress ? Progress([&](double d) { progress(before + d / sc.steps); }) : Progress{});
+    row.time = r.stats.step_time();
+    row.gpu_imbalance = gpu_imbalance(r, gpus);
+    rows.push_back(row);
+    if (i == sc.steps - 1) last.emplace(std::move(r));
+  }
+  last->steps = std::move(rows);
+  return std::move(*last);
 }
 
 std::vector<routing::TokenBatch> route_group(const Scenario& sc, int group) {

@@ -24,6 +24,16 @@ struct RunResult {
   std::vector<routing::Placement> placements;  // per layer
   std::shared_ptr<models::TimelineRecorder> timeline;  // null with output.timeline: off
   double model_flops = 0;  // MoeForward::model_flops()
+  // workload.steps > 1: one row per step (the reports above describe the last step).
+  struct Step {
+    int step = 0;                   // routing.step it routed
+    sim::Time time;                 // its step time
+    double gpu_imbalance = 0;       // worst layer's max/mean tokens per GPU
+    bool refreshed = false;         // the placement was recomputed before it
+    std::int64_t moved_bytes = 0;   // expert weights moved to realise the new placement
+    sim::Time rebalance;            // how long moving them took (before the step)
+  };
+  std::vector<Step> steps;
 };
 
 // Called now and then during a run with the share of the work done, in [0, 1].
@@ -32,6 +42,8 @@ using Progress = std::function<void(double done)>;
 // output.timeline: auto keeps at most this many timeline records (stages and flows).
 inline constexpr std::size_t kTimelineAutoLimit = 1'000'000;
 
+// Runs the scenario's workload.steps steps (each its own simulation, one after another; between
+// steps the placement may be refreshed and expert weights moved, see docs/scenario.md).
 RunResult run_experiment(const Scenario& scenario, const Progress& progress = {});
 
 // The expert placement of every MoE layer, as a run would use it, without simulating.

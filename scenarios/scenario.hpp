@@ -33,6 +33,8 @@ struct Scenario {
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";
   std::string timeline = "auto";  // output.timeline: auto | on | off
+  int steps = 1;                  // workload.steps: consecutive steps, from routing.step on
+  int refresh_every = 0;          // placement.refresh_every: re-place every this many steps; 0: never
   double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
 };
 

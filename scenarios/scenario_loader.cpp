@@ -409,6 +409,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     }
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
+    if (auto v = w->get<std::int64_t>("steps", count_at_least(1), false)) sc.steps = as_int(*v);
     if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring"}), false)) {
       f.gradient_sync = *v == "ring";
       if (f.gradient_sync && !f.training)
@@ -566,6 +567,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         }, false)) {
       sc.placement_trace_steps = *v;
       if (sc.placement_load != "trace") problems.add_at(p->key_path("trace_steps"), "only used with 'load: trace'");
+    }
+    if (auto v = p->get<std::int64_t>("refresh_every", count_at_least(1), false)) {
+      sc.refresh_every = as_int(*v);
+      if (pl.policy != routing::PlacementPolicy::eplb && pl.policy != routing::PlacementPolicy::greedy)
+        problems.add_at(p->key_path("refresh_every"), "only used with 'policy: greedy' or 'policy: eplb'");
     }
     if (auto v = p->get<std::int64_t>("history", count_at_least(1), false)) {
       sc.forward.placement_history = as_int(*v);

@@ -229,6 +229,13 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   }
 }
 
+void write_steps_csv(std::ostream& out, const scenarios::Scenario&, const scenarios::RunResult& r) {
+  out << "step,step_time_us,gpu_imbalance_max,placement_refreshed,moved_bytes,rebalance_us\n";
+  for (const auto& s : r.steps)
+    fmt::print(out, "{},{},{:.4f},{},{},{}\n", s.step, format_us(s.time), s.gpu_imbalance, s.refreshed ? 1 : 0,
+               s.moved_bytes, format_us(s.rebalance));
+}
+
 void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   const auto& t = *r.timeline;
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -351,6 +358,22 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind),
                  r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
   }
+  if (!r.steps.empty()) {
+    sim::Time total, moving;
+    int refreshes = 0;
+    double best = 1e300, worst = 0;
+    for (const auto& st : r.steps) {
+      total += st.time;
+      moving += st.rebalance;
+      refreshes += st.refreshed;
+      best = std::min(best, st.gpu_imbalance);
+      worst = std::max(worst, st.gpu_imbalance);
+    }
+    fmt::print(out, "  steps       {} (the rows above: the last), mean step {:.3f} ms, GPU max/mean {:.3f} to {:.3f}; "
+                    "{} placement refreshes moving weights for {:.3f} ms\n",
+               r.steps.size(), total.to_us() / 1e3 / static_cast<double>(r.steps.size()), best, worst, refreshes,
+               moving.to_us() / 1e3);
+  }
   if (r.timeline && !r.timeline->complete())
     fmt::print(out, "  timeline    not written: more than {} records (output.timeline: on keeps them all)\n",
                r.timeline->limit());
@@ -468,6 +491,7 @@ std::vector<std::string> write_reports(const std::string& dir, const scenarios::
   write("layers.csv", write_layers_csv);
   write("experts.csv", write_experts_csv);
   write("gpus.csv", write_gpus_csv);
+  if (!r.steps.empty()) write("steps.csv", write_steps_csv);
   if (r.timeline && r.timeline->complete()) write("timeline.json", write_timeline_json);
   if (!r.links.empty()) write("links.csv", write_links_csv);
   return written;

@@ -30,6 +30,8 @@ void write_experts_csv(std::ostream& out, const scenarios::Scenario& sc, const s
 // One row per GPU: when it finished, its time per stage, and its tokens' routed and dropped
 // assignments and what its experts computed (tokens and padding), over all layers.
 void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
+// workload.steps > 1: one row per step.
+void write_steps_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 // Chrome trace format (open in Perfetto or chrome://tracing): one process per node, per GPU a
 // compute track (its stages, network waits included) and a track of the all-to-all flows it
 // sends (async slices: dispatch or combine, destination, bytes, layer). Times in microseconds.

@@ -436,3 +436,15 @@ TEST_CASE("Workload kinds, compute speeds and stragglers are read and checked", 
   CHECK_THAT(error_of(kBase + "compute:\n  gpu_speed: 0.5\n"), Catch::Contains("expected a mapping of GPU index to speed factor"));
   CHECK_THAT(error_of(kBase + "compute:\n  straggler_probability: 0.1\n"), Catch::Contains("stragglers need both"));
 }
+
+TEST_CASE("Steps and placement refreshes are read and checked", "[scenarios]") {
+  const auto sc = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  steps: 5\n") +
+                                         "placement:\n  policy: eplb\n  redundant_experts: 8\n  refresh_every: 2\n",
+                                     "s.yaml");
+  CHECK(sc.steps == 5);
+  CHECK(sc.refresh_every == 2);
+  CHECK_THAT(error_of(kBase + "placement:\n  refresh_every: 2\n"),
+             Catch::Contains("placement.refresh_every: only used with 'policy: greedy' or 'policy: eplb'"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  steps: 0\n")),
+             Catch::Contains("workload.steps: must be at least 1"));
+}

@@ -491,3 +491,54 @@ TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli]
   CHECK(num("cost_per_step") == Approx(2.5 * 2 * step_s / 3600).epsilon(1e-3));
   CHECK(num("cost_per_million_tokens") == Approx(num("cost_per_step") / 1000 * 1e6).epsilon(1e-3));
 }
+
+TEST_CASE("Multi-step runs re-place experts every refresh_every steps and move their weights", "[cli][steps]") {
+  // The drifting-hotspot scenario, cut to 4 layers, with 4 hot experts moving by one rank per
+  // step over 6 steps: re-placing every 2 steps from the step before keeps the GPUs balanced, a
+  // placement made once does not.
+  TempDir tmp;
+  std::string text = slurp(fs::path(kSource) / "scenarios" / "drifting-hotspot.yaml");
+  const std::vector<std::pair<std::string, std::string>> edits{
+      {"  moe_layers: 16", "  moe_layers: 4"}, {"  tokens_per_gpu: 4096", "  tokens_per_gpu: 1024"},
+      {"  seed: 1", "  seed: 1\n  steps: 6"}, {"  hot_experts: 2", "  hot_experts: 4"},
+      {"  rotate: 2 ", "  rotate: 1 "}, {"  history: 4", "  history: 1"}};
+  for (const auto& [from, to] : edits) {
+    const auto at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, from.size(), to);
+  }
+  std::ofstream(tmp.path() / "fixed.yaml") << text;
+  std::string refresh = text;
+  refresh.replace(refresh.find("  history: 1"), std::string("  history: 1").size(), "  history: 1\n  refresh_every: 2");
+  std::ofstream(tmp.path() / "refresh.yaml") << refresh;
+  auto steps = [&](const std::string& name) {
+    REQUIRE(moesim("run '" + (tmp.path() / (name + ".yaml")).string() + "' -q --out '" + (tmp.path() / name).string() + "'", tmp)
+                .code == 0);
+    std::ifstream in(tmp.path() / name / "steps.csv");
+    std::string line;
+    std::getline(in, line);
+    CHECK(line == "step,step_time_us,gpu_imbalance_max,placement_refreshed,moved_bytes,rebalance_us");
+    std::vector<std::vector<std::string>> rows;
+    while (std::getline(in, line)) rows.push_back(csv_fields(line));
+    return rows;
+  };
+  const auto fixed = steps("fixed"), moving = steps("refresh");
+  REQUIRE(fixed.size() == 6);
+  REQUIRE(moving.size() == 6);
+  double fixed_late = 0, moving_late = 0;
+  for (std::size_t i = 0; i < 6; ++i) {
+    CHECK(std::stoi(moving[i][0]) == 8 + static_cast<int>(i));  // from routing.step on
+    const bool refreshed = i > 0 && i % 2 == 0;
+    CHECK(moving[i][3] == (refreshed ? "1" : "0"));
+    CHECK((std::stoll(moving[i][4]) > 0) == refreshed);
+    CHECK((std::stod(moving[i][5]) > 0) == refreshed);
+    CHECK(fixed[i][3] == "0");
+    if (i >= 2) {
+      fixed_late += std::stod(fixed[i][2]);
+      moving_late += std::stod(moving[i][2]);
+    }
+  }
+  CHECK(fixed[0][2] == moving[0][2]);  // the same first placement
+  INFO("late imbalance: fixed " << fixed_late / 4 << ", refreshed " << moving_late / 4);
+  CHECK(moving_late < 0.85 * fixed_late);
+}
