@@ -1,16 +1,20 @@
-// The MoE forward pass of one micro-batch through every MoE layer, on every GPU.
+// The MoE workload driver: one step (forward, prefill, decode or training) of one micro-batch
+// through every layer, on every GPU.
 //
-// Per GPU g and layer l, in order:
-//   attention -> router -> [send dispatch flows] -> shared experts -> wait for dispatch ->
-//   experts -> [send combine flows] -> wait for combine -> reduce -> layer l+1.
-// Dispatch sends, for every destination d != g, one flow of (kept assignments g->d) x H x b
-// bytes (the routing's DispatchPlan); g's assignments to its own experts stay local. g starts
-// its experts when its own router is done and every non-empty inbound dispatch flow of layer l
-// has arrived; it then sends each source its expert outputs back (same byte count), and reduces
-// once every non-empty inbound combine flow has arrived. Pairs that exchange nothing impose no
-// wait. All dependencies are events, so a slow or overloaded GPU delays exactly the GPUs that
-// wait for its flows. Compute times come from the roofline (models/moe_costs.hpp); no stage
-// overlaps another on a GPU (two-batch overlap is a later model).
+// Forward, per GPU g and MoE layer l, in order (after the dense layers, if the model has any):
+//   attention -> router -> [send dispatch] -> shared experts -> wait for dispatch ->
+//   experts -> [send combine] -> wait for combine -> reduce -> layer l+1.
+// The all-to-all (models/all_to_all.hpp) turns the layer's DispatchPlan into flows; g starts its
+// experts when its own router is done and every source with rows for it has delivered them,
+// and reduces once every expert GPU it sent rows to has sent them back. Pairs that exchange
+// nothing impose no wait. All dependencies are events, so a slow or overloaded GPU delays
+// exactly the GPUs that wait for its flows. Compute times come from the roofline
+// (models/moe_costs.hpp), scaled by the GPU's speed, straggler and jitter factors.
+// Training adds the backward passes, last layer first (reduce's gradient -> [send dispatch] ->
+// shared experts -> wait -> experts -> [send combine] -> wait -> router -> attention, every GEMM
+// twice), the dense layers' backward, an optional ring all-reduce of the gradients
+// (models/collectives.hpp) and the optimizer. Two-batch overlap (forward and decode) runs the
+// program in overlap_step() instead. Without it no stage overlaps another on a GPU.
 #pragma once
 
 #include <cstdint>
