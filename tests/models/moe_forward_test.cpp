@@ -541,7 +541,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  for (int trial = 0; trial < 16; ++trial) {
+  for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
     const int gpus = gpn * nodes;
