@@ -47,9 +47,10 @@ class ScenarioError : public std::runtime_error {
   std::vector<std::string> problems_;
 };
 
-// Throws ScenarioError for any bad input (missing or unreadable file included).
-Scenario load_scenario_file(const std::string& path);
+// Throws ScenarioError for any bad input (missing or unreadable file included). `overrides`:
+// "key.path=value" settings applied on top of the file (the CLI's --set), checked like the file.
+Scenario load_scenario_file(const std::string& path, const std::vector<std::string>& overrides = {});
 // `name` stands for the file name in messages.
-Scenario load_scenario_text(std::string_view yaml, const std::string& name);
+Scenario load_scenario_text(std::string_view yaml, const std::string& name, const std::vector<std::string>& overrides = {});
 
 }  // namespace moesim::scenarios

@@ -69,7 +69,14 @@ std::string kind_of(const YAML::Node& n) {
 class Problems {
  public:
   explicit Problems(std::string file) : file_(std::move(file)) {}
+  // Key paths set on the command line (--set): their problems name the option, not a line.
+  void overridden(std::vector<std::string> paths) { overrides_ = std::move(paths); }
   void add(const YAML::Mark& m, std::string_view path, std::string_view msg) {
+    for (const auto& o : overrides_)
+      if (path == o || (path.size() > o.size() && path.substr(0, o.size()) == o && path[o.size()] == '.')) {
+        list_.push_back(fmt::format("{}: --set {}: {}", file_, path, msg));
+        return;
+      }
     const int line = m.line >= 0 ? m.line + 1 : 1;
     const int col = m.column >= 0 ? m.column + 1 : 1;
     list_.push_back(path.empty() ? fmt::format("{}:{}:{}: {}", file_, line, col, msg)
@@ -86,6 +93,7 @@ class Problems {
 
  private:
   std::string file_;
+  std::vector<std::string> overrides_;
   std::vector<std::string> list_;
   std::map<std::string, YAML::Mark> marks_;
 };
@@ -817,7 +825,7 @@ Scenario load(const YAML::Node& root, Problems& problems) {
 ScenarioError::ScenarioError(std::vector<std::string> problems)
     : std::runtime_error(join_problems(problems)), problems_(std::move(problems)) {}
 
-Scenario load_scenario_text(std::string_view yaml, const std::string& name) {
+Scenario load_scenario_text(std::string_view yaml, const std::string& name, const std::vector<std::string>& overrides) {
   Problems problems(name);
   YAML::Node root;
   try {
@@ -826,12 +834,46 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name) {
     problems.add(e.mark, "", fmt::format("not valid YAML: {}", e.msg));
     throw ScenarioError(problems.list());
   }
+  // --set key.path=value: replace (or add) the value at key.path, creating sections as needed.
+  std::vector<std::string> paths;
+  for (const auto& o : overrides) {
+    const auto eq = o.find('=');
+    const std::string path = eq == std::string::npos ? std::string() : o.substr(0, eq);
+    if (path.empty() || path.front() == '.' || path.back() == '.' || path.find("..") != std::string::npos)
+      throw ScenarioError({fmt::format("--set '{}': expected key.path=value, e.g. routing.zipf_s=1.2", o)});
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw ScenarioError({fmt::format("--set {}: not a valid value: {}", path, e.msg)});
+    }
+    if (!root.IsMap()) root = YAML::Node(YAML::NodeType::Map);
+    std::vector<YAML::Node> chain{root};
+    std::size_t start = 0;
+    for (;;) {
+      const auto dot = path.find('.', start);
+      const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (dot == std::string::npos) {
+        chain.back()[key] = value;
+        break;
+      }
+      YAML::Node next = chain.back()[key];
+      if (!next.IsMap()) {
+        chain.back()[key] = YAML::Node(YAML::NodeType::Map);
+        next = chain.back()[key];
+      }
+      chain.push_back(next);
+      start = dot + 1;
+    }
+    paths.push_back(path);
+  }
+  problems.overridden(paths);
   Scenario sc = load(root, problems);
   if (problems.any()) throw ScenarioError(problems.list());
   return sc;
 }
 
-Scenario load_scenario_file(const std::string& path) {
+Scenario load_scenario_file(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ScenarioError({fmt::format("{}: cannot open the scenario file: {}", path, std::strerror(errno))});
   std::ostringstream text;
@@ -840,7 +882,7 @@ Scenario load_scenario_file(const std::string& path) {
   const std::string s = text.str();
   if (s.find('\0') != std::string::npos)
     throw ScenarioError({fmt::format("{}:1:1: not a YAML text file (it contains NUL bytes)", path)});
-  return load_scenario_text(s, path);
+  return load_scenario_text(s, path, overrides);
 }
 
 }  // namespace moesim::scenarios

@@ -29,9 +29,11 @@ namespace {
 constexpr const char* kUsage = R"(usage: moesim <command> [options]
 
 commands:
-  run [SCENARIO.yaml] [--out DIR] [--seed N]
-        simulate a scenario and write summary.csv and layers.csv
+  run [SCENARIO.yaml] [--out DIR] [--seed N] [--set KEY.PATH=VALUE ...]
+        simulate a scenario and write its reports (summary.csv, layers.csv, ...)
         (no scenario: the built-in quickstart, scenarios/quickstart.yaml)
+        --set changes one scenario key for this run (repeatable; also for place,
+        trace and validate), e.g. --set routing.zipf_s=1.2 --set parallelism.ep=16
   flows --scenario SCENARIO.yaml --flows FLOWS.csv --out RESULT.csv
         replay flows (src,dst,bytes,start_us) on the scenario's cluster and network
         model; writes flow,src,dst,bytes,start_us,end_us
@@ -69,8 +71,15 @@ po::variables_map parse_command(const std::vector<std::string>& args, po::option
 }
 
 scenarios::Scenario load(const po::variables_map& vm) {
-  if (vm.count("scenario")) return scenarios::load_scenario_file(vm["scenario"].as<std::string>());
-  return scenarios::load_scenario_text(tools::kQuickstartYaml, "quickstart.yaml");
+  const auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  if (vm.count("scenario")) return scenarios::load_scenario_file(vm["scenario"].as<std::string>(), sets);
+  return scenarios::load_scenario_text(tools::kQuickstartYaml, "quickstart.yaml", sets);
+}
+
+// --set key.path=value, repeatable: a scenario key changed for this run only.
+void add_set_option(po::options_description& opts) {
+  opts.add_options()("set", po::value<std::vector<std::string>>()->composing(),
+                     "KEY.PATH=VALUE: override a scenario key (repeatable), e.g. --set routing.zipf_s=1.2");
 }
 
 int cmd_run(const std::vector<std::string>& args) {
@@ -78,6 +87,7 @@ int cmd_run(const std::vector<std::string>& args) {
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
       "out,o", po::value<std::string>(), "output directory (default: the scenario's output.dir)")(
       "seed", po::value<std::uint64_t>(), "override workload.seed")("quiet,q", "print nothing on success");
+  add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   scenarios::Scenario sc = load(vm);
   if (vm.count("seed")) sc.forward.seed = vm["seed"].as<std::uint64_t>();
@@ -134,6 +144,7 @@ int cmd_place(const std::vector<std::string>& args) {
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
       "out,o", po::value<std::string>(), "output directory (default: the scenario's output.dir)")(
       "quiet,q", "print nothing on success");
+  add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   const scenarios::Scenario sc = load(vm);
   const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
@@ -148,6 +159,7 @@ int cmd_trace(const std::vector<std::string>& args) {
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
       "out,o", po::value<std::string>(), "output CSV")("group,g", po::value<int>()->default_value(0), "EP group")(
       "counts", "write per-expert counts of all EP groups instead of tokens")("quiet,q", "print nothing on success");
+  add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("out")) throw UsageError("trace needs --out FILE");
   const scenarios::Scenario sc = load(vm);
@@ -173,9 +185,10 @@ int cmd_trace(const std::vector<std::string>& args) {
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
+  add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("validate needs a scenario file");
-  const scenarios::Scenario sc = scenarios::load_scenario_file(vm["scenario"].as<std::string>());
+  const scenarios::Scenario sc = load(vm);
   fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers)\n", sc.source,
              sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name,
              sc.forward.model.experts, sc.forward.model.top_k, sc.forward.ep,

@@ -448,3 +448,27 @@ TEST_CASE("Steps and placement refreshes are read and checked", "[scenarios]") {
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  steps: 0\n")),
              Catch::Contains("workload.steps: must be at least 1"));
 }
+
+TEST_CASE("Command-line overrides (--set) change, add and check scenario keys", "[scenarios][set]") {
+  const auto sc = load_scenario_text(kBase, "s.yaml",
+                                     {"workload.tokens_per_gpu=2048", "routing.distribution=zipf", "routing.zipf_s=1.3",
+                                      "placement.policy=eplb", "placement.redundant_experts=8", "compute.gpu_speed={3: 0.5}"});
+  CHECK(sc.forward.tokens_per_gpu == 2048);
+  CHECK(sc.forward.routing.distribution == moesim::routing::Distribution::zipf);
+  CHECK(sc.forward.routing.zipf_s == 1.3);
+  CHECK(sc.forward.placement.redundant_experts == 8);  // a section the file does not have
+  CHECK(sc.forward.gpu_speed.at(3) == 0.5);             // a mapping value
+  auto error_with = [](std::vector<std::string> sets) {
+    try {
+      load_scenario_text(kBase, "s.yaml", sets);
+    } catch (const ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(error_with({"routing.zipff=1"}), Catch::Contains("s.yaml: --set routing.zipff: unknown key; did you mean 'zipf_s'?"));
+  CHECK_THAT(error_with({"workload.tokens_per_gpu=x"}), Catch::Contains("s.yaml: --set workload.tokens_per_gpu: expected a whole number"));
+  CHECK_THAT(error_with({"model.top_k=9"}), Catch::Contains("top_k 9 is larger than experts 8"));
+  CHECK_THAT(error_with({"nonsense"}), Catch::Contains("--set 'nonsense': expected key.path=value"));
+  CHECK_THAT(error_with({"a..b=1"}), Catch::Contains("expected key.path=value"));
+}

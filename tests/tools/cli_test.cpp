@@ -542,3 +542,15 @@ TEST_CASE("Multi-step runs re-place experts every refresh_every steps and move t
   INFO("late imbalance: fixed " << fixed_late / 4 << ", refreshed " << moving_late / 4);
   CHECK(moving_late < 0.85 * fixed_late);
 }
+
+TEST_CASE("moesim run --set changes a key for one run", "[cli][set]") {
+  TempDir tmp;
+  const auto r = moesim("run --set workload.tokens_per_gpu=512 --set model.moe_layers=2 -q --out '" + (tmp.path() / "o").string() + "'", tmp);
+  REQUIRE(r.code == 0);
+  const auto s = summary_row(tmp.path() / "o" / "summary.csv");
+  CHECK(s.at("tokens_per_gpu") == "512");
+  CHECK(s.at("moe_layers") == "2");
+  const auto bad = moesim("run --set routing.zipff=1 -q --out '" + (tmp.path() / "x").string() + "'", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--set routing.zipff: unknown key; did you mean 'zipf_s'?"));
+}
