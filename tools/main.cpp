@@ -5,7 +5,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -15,7 +17,9 @@
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
 #include "tools/flows_replay.hpp"
+#include "scenarios/grid.hpp"
 #include "tools/report.hpp"
+#include "tools/sweep.hpp"
 
 namespace po = boost::program_options;
 using namespace moesim;
@@ -45,6 +49,9 @@ commands:
         trace of EP group G (default 0: layer,token,experts,gates,rank), or with
         --counts a count-level trace of all groups (layer,expert,count); either can
         be replayed with routing.distribution: trace (docs/traces.md)
+  sweep GRID.yaml [--out CSV] [--jobs N]
+        run every point of a grid (a base scenario and axes of key paths, see
+        docs/sweeps.md) and write one row per point; resumes where an earlier run stopped
   validate SCENARIO.yaml
         check a scenario file without running it
   help  show this text
@@ -182,6 +189,31 @@ int cmd_trace(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_sweep(const std::vector<std::string>& args) {
+  po::options_description opts("sweep options");
+  opts.add_options()("grid", po::value<std::string>(), "grid file")("out,o", po::value<std::string>(), "output CSV")(
+      "jobs,j", po::value<int>(), "points run at once (default: all cores)")("quiet,q", "print nothing on success");
+  const auto vm = parse_command(args, opts, "grid", 1);
+  if (!vm.count("grid")) throw UsageError("sweep needs a grid file");
+  const auto grid = scenarios::load_grid(vm["grid"].as<std::string>());
+  const std::string out = vm.count("out") ? vm["out"].as<std::string>() : !grid.out.empty() ? grid.out : "sweep.csv";
+  const int jobs = vm.count("jobs") ? vm["jobs"].as<int>() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (jobs < 1) throw UsageError("--jobs must be at least 1");
+  const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = tools::run_sweep(grid, out, jobs, [&](std::size_t done, std::size_t total) {
+    if (!bar) return;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    fmt::print(stderr, "\r  sweeping    {}/{} points, {:.0f} s elapsed   ", done, total, elapsed);
+    std::fflush(stderr);
+  });
+  if (bar) fmt::print(stderr, "\r{}\r", std::string(60, ' '));
+  if (!vm.count("quiet"))
+    fmt::print("moesim: {} points ({} from an earlier run, {} run now) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
+               r.ran, grid.source, out, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
@@ -216,6 +248,7 @@ int main(int argc, char** argv) {
     if (cmd == "flows") return cmd_flows(args);
     if (cmd == "place") return cmd_place(args);
     if (cmd == "trace") return cmd_trace(args);
+    if (cmd == "sweep") return cmd_sweep(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const UsageError& e) {
     std::cerr << "moesim: " << e.what() << "\n\n" << kUsage;
@@ -225,6 +258,12 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const tools::FlowsInputError& e) {
     std::cerr << e.what() << '\n';
+    return 2;
+  } catch (const scenarios::GridError& e) {
+    std::cerr << e.what() << '\n';
+    return 2;
+  } catch (const tools::SweepError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ReportError& e) {
     std::cerr << "moesim: " << e.what() << '\n';

@@ -1,0 +1,40 @@
+// A sweep grid (`moesim sweep GRID.yaml`): a base scenario and axes of scenario key paths.
+//
+//   base: ../quickstart.yaml       # relative to the grid file
+//   out: sweep.csv                 # optional, relative to the grid file (--out overrides)
+//   axes:
+//     parallelism.ep: [4, 8, 16]                 # a list of values
+//     routing.zipf_s: {from: 0.5, to: 1.5, step: 0.25}   # a range, both ends included
+//   zip: [routing.zipf_s, workload.seed]          # optional: these axes advance together
+//
+// Points are the cartesian product of the axes (zipped axes count as one, and must have equal
+// lengths), the first axis varying slowest. Every point is checked like a scenario with the
+// axes' values set (`--set`), before anything runs.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moesim::scenarios {
+
+class GridError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Grid {
+  std::string source;  // the grid file
+  std::string base;    // the base scenario, resolved against the grid file's folder
+  std::string out;     // resolved; empty: not given
+  std::vector<std::string> axes;                  // key paths, in file order
+  std::vector<std::vector<std::string>> values;   // per axis
+  std::vector<std::vector<int>> zipped;           // groups of axis indices advancing together
+  // Per point, the "path=value" overrides.
+  std::vector<std::vector<std::string>> points() const;
+};
+
+// Throws GridError naming the file, line and the axis.
+Grid load_grid(const std::string& path);
+
+}  // namespace moesim::scenarios
