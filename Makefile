@@ -34,6 +34,7 @@ bench: build
 	./$(BUILD)/moesim-bench-hold
 	./$(BUILD)/moesim-bench-flows
 	./$(BUILD)/moesim-bench-place
+	rm -f $(BUILD)/bench-sweep.csv && ./$(BUILD)/moesim sweep tools/bench-sweep.yaml --out $(BUILD)/bench-sweep.csv
 
 ci: test asan-test
 
