@@ -8,7 +8,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::i
   const std::int64_t kv = m.kv_heads * m.head_dim;
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 2 * t * q * (s + 1),
-      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * (2 * h + 2 * (q + 2 * kv)),
+      .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * (q + 2 * kv)),
   };
 }
 
@@ -18,7 +18,7 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t t,
   const std::int64_t kv = m.kv_heads * m.head_dim;
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 4 * t * q * c,
-      .bytes = b * (h * (q + 2 * kv) + q * h) + b * t * c * (m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv) +
+      .bytes = b * routing::attention_weights(m) + b * t * c * (m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv) +
                b * t * (2 * h + 2 * (q + 2 * kv)),
   };
 }

@@ -190,11 +190,10 @@ void MoeForward::start() {
     // Gradient bytes per GPU: the weights every GPU holds (attention, router, shared experts)
     // and those its expert slots hold, one gradient per weight in the model dtype.
     const auto& m = spec_.model;
-    const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
-    std::int64_t dense = m.dense_layers * (m.hidden * (q + 2 * kv) + q * m.hidden + 3 * m.hidden * m.dense_ffn);
+    std::int64_t dense = m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
     std::int64_t experts = 0;
     for (int l = 0; l < m.moe_layers; ++l) {
-      dense += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
+      dense += routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
       experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * 3 * m.hidden * m.expert_ffn;
     }
     const int gpus = cluster_.gpu_count();
@@ -504,11 +503,10 @@ KernelCost MoeForward::optimizer_cost(int gpu) const {
   // Parameters this GPU holds and updates: per MoE layer its attention and router weights, the
   // shared experts and its expert slots (replicas included).
   const auto& m = spec_.model;
-  const std::int64_t q = m.attention_heads * m.head_dim, kv = m.kv_heads * m.head_dim;
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
-  std::int64_t params = m.dense_layers * (m.hidden * (q + 2 * kv) + q * m.hidden + 3 * m.hidden * m.dense_ffn);
+  std::int64_t params = m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
   for (int l = 0; l < m.moe_layers; ++l)
-    params += m.hidden * (q + 2 * kv) + q * m.hidden + m.hidden * m.experts +
+    params += routing::attention_weights(m) + m.hidden * m.experts +
               (m.shared_experts + placements_[static_cast<std::size_t>(l)].slots_per_gpu) * expert;
   (void)gpu;
   return adam_cost(params);

@@ -22,9 +22,19 @@ struct MoeModelSpec {
   int kv_heads = 1;
   std::int64_t head_dim = 0;
   std::int64_t kv_cache_dim = 0;
+  std::int64_t attention_params = 0;  // weights of one attention block; 0: H (q + 2 kv) + q H
   int dense_layers = 0;           // dense transformer layers before the MoE layers (DeepSeek-V3: 3)
   std::int64_t dense_ffn = 0;     // their FFN intermediate size  // elements cached per token and layer; 0: 2 * kv_heads * head_dim
 };
+
+// Weights of one layer's attention block: the given count (e.g. DeepSeek's MLA), else those of
+// multi-head attention with the model's head counts (Q, K, V and output projections).
+inline std::int64_t attention_weights(const MoeModelSpec& m) {
+  if (m.attention_params > 0) return m.attention_params;
+  const std::int64_t q = static_cast<std::int64_t>(m.attention_heads) * m.head_dim;
+  const std::int64_t kv = static_cast<std::int64_t>(m.kv_heads) * m.head_dim;
+  return m.hidden * (q + 2 * kv) + q * m.hidden;
+}
 
 enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trace };
 // Over capacity: drop the latest assignments in group order (position), the ones with the lowest

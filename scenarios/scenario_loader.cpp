@@ -387,6 +387,7 @@ void read_model(Section& top, Scenario& sc, Problems&) {
     m.head_dim = 0;  // reported by cross_check
   }
   if (auto v = model->get<std::int64_t>("kv_cache_dim", count_at_least(1), false)) m.kv_cache_dim = *v;
+  if (auto v = model->get<std::int64_t>("attention_params", count_at_least(1), false)) m.attention_params = *v;
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
   model->finish();

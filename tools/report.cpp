@@ -105,6 +105,71 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
   return e;
 }
 
+// Memory one GPU needs for the step (bytes), by kind. Weights: the parameters it holds (per MoE
+// layer attention, router, shared experts and its expert slots; the dense layers) in the model
+// dtype. Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
+// master weight and two moments (12 bytes per parameter), and keeps every layer's activations
+// for the backward pass; inference holds one layer's activations at a time. Activations are the
+// bytes the kernels write (models/moe_costs.hpp): attention b T (2H + 2(q + 2kv)), router 4 T E,
+// shared experts and the GPU's expert rows b n (2H + 6F). Decode adds the KV cache (T sequences
+// x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
+// busiest GPU's rows of the busiest layer, dispatch and combine.
+struct MemoryUse {
+  double weights = 0, optimizer = 0, activations = 0, kv_cache = 0, buffers = 0;
+  double total() const { return weights + optimizer + activations + kv_cache + buffers; }
+};
+
+MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu) {
+  const auto& f = sc.forward;
+  const auto& m = f.model;
+  const double b = m.dtype_bytes;
+  const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
+  const double q = static_cast<double>(m.attention_heads * m.head_dim), kv = static_cast<double>(m.kv_heads * m.head_dim);
+  const double t = static_cast<double>(f.tokens_per_gpu);
+  const int slots = r.placements.empty() ? 0 : r.placements.front().slots_per_gpu;
+  const double attention = static_cast<double>(routing::attention_weights(m));
+  double params = m.dense_layers * (attention + 3 * h * static_cast<double>(m.dense_ffn));
+  for (const auto& pl : r.placements)
+    params += attention + h * m.experts + (m.shared_experts + pl.slots_per_gpu) * 3 * h * ffn;
+  (void)slots;
+  MemoryUse u;
+  u.weights = params * b;
+  if (f.training) u.optimizer = params * (b + 12);
+  // Activations: this GPU's expert rows over all layers (token and padding rows).
+  const auto& g = r.stats.gpus()[static_cast<std::size_t>(gpu)];
+  const double layers = m.moe_layers + m.dense_layers;
+  const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
+  const double expert_rows = static_cast<double>(g.computed + g.padded);
+  if (f.training) {
+    u.activations = layers * per_layer + b * expert_rows * (2 * h + 6 * ffn);
+  } else {
+    u.activations = per_layer + b * expert_rows / std::max(1, m.moe_layers) * (2 * h + 6 * ffn);
+  }
+  if (f.context_length > 0)
+    u.kv_cache = t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
+                 b * layers;
+  std::int64_t rows = 0;
+  for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
+  const double row = static_cast<double>(f.all_to_all.dispatch_row_bytes > 0 ? f.all_to_all.dispatch_row_bytes : m.hidden * m.dtype_bytes) +
+                     static_cast<double>(f.all_to_all.combine_row_bytes > 0 ? f.all_to_all.combine_row_bytes : m.hidden * m.dtype_bytes);
+  u.buffers = static_cast<double>(rows) * row;
+  return u;
+}
+
+// The GPU that needs the most memory, and how much.
+std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  int best = 0;
+  MemoryUse most;
+  for (int g = 0; g < static_cast<int>(r.stats.gpus().size()); ++g) {
+    const MemoryUse u = memory_use(sc, r, g);
+    if (u.total() > most.total()) {
+      most = u;
+      best = g;
+    }
+  }
+  return {best, most};
+}
+
 }  // namespace
 
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -123,7 +188,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes\n";
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
@@ -138,11 +203,15 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
   const Economics e = economics(sc, r);
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{}\n", r.model_flops, e.mfu,
+  const auto [mem_gpu, mem] = peak_memory(sc, r);
+  (void)mem_gpu;
+  const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
-             r.stats.gradient_sync_bytes());
+             r.stats.gradient_sync_bytes(), mem.total() / 1e9, capacity / 1e9,
+             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -213,7 +282,7 @@ void write_experts_csv(std::ostream& out, const scenarios::Scenario&, const scen
 void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   out << "gpu,node,ep_group,ep_rank,finish_us";
   for (const Stage s : models::kStages) fmt::print(out, ",{}{}_us", to_string(s), models::is_network_wait(s) ? "_wait" : "");
-  out << ",routed,dropped,drop_rate,computed,padded,busy_us,network_wait_us,idle_us\n";
+  out << ",routed,dropped,drop_rate,computed,padded,busy_us,network_wait_us,idle_us,memory_gb\n";
   const auto& gpus = r.stats.gpus();
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
@@ -223,9 +292,10 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
     for (const Stage s : models::kStages) fmt::print(out, ",{}", format_us(g.stage_total[idx(s)]));
     sim::Time busy, wait;
     for (const Stage s : models::kStages) (models::is_network_wait(s) ? wait : busy) += g.stage_total[idx(s)];
-    fmt::print(out, ",{},{},{},{},{},{},{},{}\n", g.routed, g.dropped,
+    fmt::print(out, ",{},{},{},{},{},{},{},{},{:.3f}\n", g.routed, g.dropped,
                ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded,
-               format_us(busy), format_us(wait), format_us(r.stats.step_time() - g.finish));
+               format_us(busy), format_us(wait), format_us(r.stats.step_time() - g.finish),
+               memory_use(sc, r, gpu).total() / 1e9);
   }
 }
 
@@ -357,6 +427,17 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       fmt::print(out, "  busiest     link {} {} -> {} ({}): busy {:.3f} ms, peak utilisation {:.0f}%\n", busiest,
                  cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind),
                  r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
+  }
+  {
+    const auto [mg, mem] = peak_memory(sc, r);
+    const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
+    fmt::print(out, "  memory      up to {:.1f} GB on GPU {} (weights {:.1f}, gradients and optimizer {:.1f}, activations {:.1f}, "
+                    "KV cache {:.1f}, buffers {:.1f}){}\n",
+               mem.total() / 1e9, mg, mem.weights / 1e9, mem.optimizer / 1e9, mem.activations / 1e9, mem.kv_cache / 1e9,
+               mem.buffers / 1e9,
+               capacity <= 0                ? std::string()
+               : mem.total() <= capacity   ? fmt::format(" of {:.0f} GB", capacity / 1e9)
+                                           : fmt::format(" -- DOES NOT FIT the {:.0f} GB of a {}", capacity / 1e9, sc.cluster.gpu.name));
   }
   if (!r.steps.empty()) {
     sim::Time total, moving;

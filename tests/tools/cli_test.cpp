@@ -611,3 +611,21 @@ TEST_CASE("A sweep killed with SIGKILL resumes to exactly one row per point", "[
   for (std::string l; std::getline(ss, l);) ++rows;
   CHECK(rows == 17);
 }
+
+TEST_CASE("summary.csv estimates each GPU's memory and says whether it fits", "[cli][memory]") {
+  // Quickstart, EP8: per GPU and layer, attention 4096 x (4096 + 2 x 1024) + 4096 x 4096 =
+  // 41,943,040, router 32,768 and one expert 3 x 4096 x 14336 = 176,160,768 parameters; 32 layers
+  // in bf16: 13.96 GB of weights, plus one layer's activations and the all-to-all buffers.
+  TempDir tmp;
+  REQUIRE(moesim("run -q --out '" + (tmp.path() / "q").string() + "'", tmp).code == 0);
+  const auto q = summary_row(tmp.path() / "q" / "summary.csv");
+  CHECK(std::stod(q.at("memory_gb_max")) > 13.96);
+  CHECK(std::stod(q.at("memory_gb_max")) < 20);
+  CHECK(q.at("gpu_memory_gb") == "80.000");
+  CHECK(q.at("fits_memory") == "yes");
+  // Training adds a gradient and Adam's 12 bytes per parameter: 16 bytes x 7 G parameters.
+  REQUIRE(moesim("run --set workload.kind=training -q --out '" + (tmp.path() / "t").string() + "'", tmp).code == 0);
+  const auto t = summary_row(tmp.path() / "t" / "summary.csv");
+  CHECK(std::stod(t.at("memory_gb_max")) > 16 * 6.98);
+  CHECK(t.at("fits_memory") == "no");
+}
