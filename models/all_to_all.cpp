@@ -43,9 +43,9 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
   MOESIM_ASSERT(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0, "hierarchical all-to-all needs whole-node EP groups");
   const int gpus = cluster.gpu_count();
   const int nodes = plans_.empty() ? 1 : plans_.front().nodes;
-  const int layers = static_cast<int>(pass_layer_.size());  // passes
-  relay_pending_.assign(static_cast<std::size_t>(layers) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
-  for (int l = 0; l < layers; ++l)
+  const int passes = static_cast<int>(pass_layer_.size());
+  relay_pending_.assign(static_cast<std::size_t>(passes) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
+  for (int l = 0; l < passes; ++l)
     for (int g = 0; g < gpus; ++g) {
       const auto& p = plan(l, g);
       const int s = g % ep;

@@ -32,8 +32,10 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "models/roofline.hpp"
+#include "routing/dispatch_plan.hpp"
 #include "routing/moe_spec.hpp"
 
 namespace moesim::models {
@@ -44,5 +46,14 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
 KernelCost adam_cost(std::int64_t params);
+
+// Parameters one GPU holds: `replicated` on every GPU (per MoE layer attention, router and
+// shared experts; the dense layers), `experts` in its expert slots (replicas included; every
+// GPU has the same number of slots).
+struct GpuParams {
+  std::int64_t replicated = 0, experts = 0;
+  std::int64_t total() const { return replicated + experts; }
+};
+GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
 
 }  // namespace moesim::models

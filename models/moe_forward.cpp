@@ -187,15 +187,9 @@ void MoeForward::start() {
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
       }
   if (spec_.training && spec_.gradient_sync) {
-    // Gradient bytes per GPU: the weights every GPU holds (attention, router, shared experts)
-    // and those its expert slots hold, one gradient per weight in the model dtype.
+    // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype.
     const auto& m = spec_.model;
-    std::int64_t dense = m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
-    std::int64_t experts = 0;
-    for (int l = 0; l < m.moe_layers; ++l) {
-      dense += routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
-      experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * 3 * m.hidden * m.expert_ffn;
-    }
+    const GpuParams params = gpu_params(m, placements_);
     const int gpus = cluster_.gpu_count();
     std::vector<int> all(static_cast<std::size_t>(gpus));
     for (int g = 0; g < gpus; ++g) all[static_cast<std::size_t>(g)] = g;
@@ -203,14 +197,14 @@ void MoeForward::start() {
       if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) synced(gpu);
     };
     dense_ring_ = std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(all),
-                                                  sim::Bytes(dense * m.dtype_bytes), done);
+                                                  sim::Bytes(params.replicated * m.dtype_bytes), done);
     sync_left_.assign(static_cast<std::size_t>(gpus), 1);
     if (groups > 1) {
       for (int r = 0; r < spec_.ep; ++r) {
         std::vector<int> ring;
         for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
         expert_rings_.push_back(std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(ring),
-                                                                sim::Bytes(experts * m.dtype_bytes), done));
+                                                                sim::Bytes(params.experts * m.dtype_bytes), done));
       }
       for (auto& left : sync_left_) ++left;
     }
@@ -255,7 +249,7 @@ void MoeForward::begin_pass(int gpu) {
     return;
   }
   if (!backward(p)) {
-    run_stage(gpu, Stage::attention, cost(attention(), gpu),
+    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
               &MoeForward::after_attention);
     return;
   }
@@ -341,7 +335,7 @@ void MoeForward::try_finish_combine(int gpu) {
 }
 
 void MoeForward::after_attention_backward_start(int gpu) {
-  run_stage(gpu, Stage::attention, cost(attention(), gpu),
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
             &MoeForward::end_pass);
 }
 
@@ -398,9 +392,7 @@ void MoeForward::overlap_step(int gpu) {
     };
     switch (kind) {
       case attention:
-        return compute(Stage::attention, cost(spec_.context_length > 0 ? decode_attention_cost(m, half_tokens, spec_.context_length)
-                                                                       : attention_cost(m, half_tokens, spec_.sequence_length),
-                                              gpu));
+        return compute(Stage::attention, cost(this->attention(half_tokens), gpu));
       case router:
         return compute(Stage::router, cost(router_cost(m, half_tokens), gpu));
       case shared:
@@ -454,7 +446,7 @@ KernelCost MoeForward::dense_cost() const {
   // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
   routing::MoeModelSpec m = spec_.model;
   m.expert_ffn = m.dense_ffn;
-  const KernelCost a = attention(), f = expert_cost(m, spec_.tokens_per_gpu);
+  const KernelCost a = attention(spec_.tokens_per_gpu), f = expert_cost(m, spec_.tokens_per_gpu);
   return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
 }
 
@@ -479,7 +471,7 @@ void MoeForward::after_passes(int gpu) {
     dense_ring_->join(gpu);
     if (!expert_rings_.empty()) expert_rings_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
   } else if (spec_.training) {
-    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu, false, false), &MoeForward::finish);
+    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
   } else {
     finish(gpu);
   }
@@ -489,27 +481,19 @@ void MoeForward::synced(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
-  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(gpu), gpu, false, false), &MoeForward::finish);
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
 }
 
 void MoeForward::finish(int) { ++finished_gpus_; }
 
-KernelCost MoeForward::attention() const {
-  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.context_length)
-                                  : attention_cost(spec_.model, spec_.tokens_per_gpu, spec_.sequence_length);
+KernelCost MoeForward::attention(std::int64_t tokens) const {
+  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length)
+                                  : attention_cost(spec_.model, tokens, spec_.sequence_length);
 }
 
-KernelCost MoeForward::optimizer_cost(int gpu) const {
-  // Parameters this GPU holds and updates: per MoE layer its attention and router weights, the
-  // shared experts and its expert slots (replicas included).
-  const auto& m = spec_.model;
-  const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
-  std::int64_t params = m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
-  for (int l = 0; l < m.moe_layers; ++l)
-    params += routing::attention_weights(m) + m.hidden * m.experts +
-              (m.shared_experts + placements_[static_cast<std::size_t>(l)].slots_per_gpu) * expert;
-  (void)gpu;
-  return adam_cost(params);
+KernelCost MoeForward::optimizer_cost() const {
+  // Every parameter the GPU holds (all GPUs hold as many).
+  return adam_cost(gpu_params(spec_.model, placements_).total());
 }
 
 }  // namespace moesim::models

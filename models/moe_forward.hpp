@@ -103,9 +103,9 @@ class MoeForward {
   sim::Time cost(const KernelCost& c, int gpu, bool gemm = true, bool model_work = true);
   KernelCost dense_cost() const;
   void after_passes(int gpu);
-  KernelCost attention() const;
+  KernelCost attention(std::int64_t tokens) const;
   sim::Time experts_time(int layer, int gpu, int half);
-  KernelCost optimizer_cost(int gpu) const;
+  KernelCost optimizer_cost() const;
 
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
   void begin_pass(int gpu);

@@ -232,6 +232,14 @@ std::function<double(const std::string&)> fraction() {
   };
 }
 
+std::function<double(const std::string&)> positive_number() {
+  return [](const std::string& s) {
+    const double v = sim::parse_number(s);
+    if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", s));
+    return v;
+  };
+}
+
 std::function<double(const std::string&)> at_least_one() {
   return [](const std::string& s) {
     const double v = sim::parse_number(s);
@@ -466,11 +474,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         problems.add_at(r->key_path("distribution"), fmt::format("{} needs routing.{} ({})", owner, key, what));
       return v;
     };
-    const auto positive = [](const std::string& t) {
-      const double v = sim::parse_number(t);
-      if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
-      return v;
-    };
+    const auto positive = positive_number();
     const auto probability = [](const std::string& t) {
       const double v = sim::parse_number(t);
       if (!(v >= 0 && v <= 1)) throw UnitError(fmt::format("must be in [0, 1], got {}", t));
@@ -478,7 +482,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     };
     const bool hot = is(Distribution::hot_experts) || is(Distribution::hot_ranks);
     if (auto v = param("zipf_s", is(Distribution::zipf), true, "zipf", "the exponent, e.g. 1.2",
-                       std::function<double(const std::string&)>(positive)))
+                       positive))
       rt.zipf_s = *v;
     if (auto v = param("hot_experts", is(Distribution::hot_experts), true, "hot_experts",
                        "how many experts are hot", count_at_least(1)))
@@ -492,7 +496,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       rt.hot_fraction = *v;
     if (auto v = param("sigma", is(Distribution::lognormal), true, "lognormal",
                        "the standard deviation of log expert weight, e.g. 0.8",
-                       std::function<double(const std::string&)>(positive)))
+                       positive))
       rt.lognormal_sigma = *v;
     if (auto v = param("trace", is(Distribution::trace), true, "trace",
                        "a count-level or token-level trace file", any_text()))
@@ -629,11 +633,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
-    const auto positive = [](const std::string& t) {
-      const double v = sim::parse_number(t);
-      if (!(v > 0)) throw UnitError(fmt::format("must be greater than 0, got {}", t));
-      return v;
-    };
+    const auto positive = positive_number();
     if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
       // A mapping from GPU index to its speed factor.
       const std::string path = c->key_path("gpu_speed");

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "models/moe_costs.hpp"
 #include "routing/traces.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
@@ -32,12 +33,6 @@ std::string json_escape(const std::string& s) {
   return o;
 }
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
 
 std::size_t idx(Stage s) { return static_cast<std::size_t>(s); }
 
@@ -126,12 +121,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   const double q = static_cast<double>(m.attention_heads * m.head_dim), kv = static_cast<double>(m.kv_heads * m.head_dim);
   const double t = static_cast<double>(f.tokens_per_gpu);
-  const int slots = r.placements.empty() ? 0 : r.placements.front().slots_per_gpu;
-  const double attention = static_cast<double>(routing::attention_weights(m));
-  double params = m.dense_layers * (attention + 3 * h * static_cast<double>(m.dense_ffn));
-  for (const auto& pl : r.placements)
-    params += attention + h * m.experts + (m.shared_experts + pl.slots_per_gpu) * 3 * h * ffn;
-  (void)slots;
+  const double params = static_cast<double>(models::gpu_params(m, r.placements).total());
   MemoryUse u;
   u.weights = params * b;
   if (f.training) u.optimizer = params * (b + 12);
@@ -150,8 +140,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
                  b * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
-  const double row = static_cast<double>(f.all_to_all.dispatch_row_bytes > 0 ? f.all_to_all.dispatch_row_bytes : m.hidden * m.dtype_bytes) +
-                     static_cast<double>(f.all_to_all.combine_row_bytes > 0 ? f.all_to_all.combine_row_bytes : m.hidden * m.dtype_bytes);
+  const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);
+  const double row = static_cast<double>(f.all_to_all.dispatch_row_bytes > 0 ? f.all_to_all.dispatch_row_bytes : model_row) +
+                     static_cast<double>(f.all_to_all.combine_row_bytes > 0 ? f.all_to_all.combine_row_bytes : model_row);
   u.buffers = static_cast<double>(rows) * row;
   return u;
 }
@@ -171,6 +162,13 @@ std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scena
 }
 
 }  // namespace
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
 
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                        const scenarios::RunResult& r) {
@@ -203,8 +201,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
   const Economics e = economics(sc, r);
-  const auto [mem_gpu, mem] = peak_memory(sc, r);
-  (void)mem_gpu;
+  const MemoryUse mem = peak_memory(sc, r).second;
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",

@@ -18,17 +18,6 @@
 
 namespace moesim::tools {
 
-namespace {
-
-std::string csv_value(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (const char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
-
-}  // namespace
-
 SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, int jobs,
                       const std::function<void(std::size_t, std::size_t)>& progress) {
   const auto points = grid.points();
@@ -41,7 +30,7 @@ SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, int j
   }
   // The header: point, axes, and summary.csv's columns.
   std::string header = "point";
-  for (const auto& a : grid.axes) (header += ',') += csv_value(a);
+  for (const auto& a : grid.axes) (header += ',') += csv_field(a);
   const auto summary_of = [](const scenarios::Scenario& sc, const scenarios::RunResult& r) {
     std::ostringstream s;
     write_summary_csv(s, sc, r);
@@ -109,7 +98,7 @@ SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, int j
         const auto r = scenarios::run_experiment(scenarios[p]);
         const auto [cols, values] = summary_of(scenarios[p], r);
         std::string line = std::to_string(p);
-        for (const auto& v : points[p]) (line += ',') += csv_value(v.substr(v.find('=') + 1));
+        for (const auto& v : points[p]) (line += ',') += csv_field(v.substr(v.find('=') + 1));
         (line += ',') += values;
         const std::lock_guard<std::mutex> g(lock);
         std::string expected = header;
