@@ -9,6 +9,8 @@ packages=(
   libboost-graph-dev libboost-program-options-dev
   libyaml-cpp-dev libfmt-dev catch2
   libsimgrid-dev
+  libopenmpi-dev openmpi-bin
+  python3 python3-matplotlib
 )
 
 missing=()

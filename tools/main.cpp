@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "tools/flows_replay.hpp"
 #include "scenarios/grid.hpp"
 #include "tools/report.hpp"
+#include "tools/plan.hpp"
 #include "tools/sweep.hpp"
 
 namespace po = boost::program_options;
@@ -49,14 +52,19 @@ commands:
         trace of EP group G (default 0: layer,token,experts,gates,rank), or with
         --counts a count-level trace of all groups (layer,expert,count); either can
         be replayed with routing.distribution: trace (docs/traces.md)
-  sweep GRID.yaml [--out CSV] [--jobs N]
+  sweep GRID.yaml [--out CSV] [--jobs N] [--reports DIR] [--set KEY.PATH=VALUE ...]
         run every point of a grid (a base scenario and axes of key paths, see
-        docs/sweeps.md) and write one row per point; resumes where an earlier run stopped
+        docs/sweeps.md) and write one row per point; resumes where an earlier run
+        stopped; `mpirun -np N moesim sweep ...` shares the points over MPI ranks
+  plan GRID.yaml [--target METRIC=VALUE ...] (--minimize | --maximize) METRIC
+        run (or resume) the grid's sweep, then pick the best point that fits the
+        GPUs' memory and meets every target, and say why, e.g.
+        --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
   validate SCENARIO.yaml
         check a scenario file without running it
   help  show this text
 
-exit codes: 0 success, 2 bad input, 1 internal error
+exit codes: 0 success, 2 bad input, 1 internal error, 3 no plan meets the targets
 )";
 
 struct UsageError : std::runtime_error {
@@ -189,29 +197,99 @@ int cmd_trace(const std::vector<std::string>& args) {
   return 0;
 }
 
-int cmd_sweep(const std::vector<std::string>& args) {
-  po::options_description opts("sweep options");
+// Under MPI a failure that every rank sees is reported by rank 0 only: the others exit with
+// this, silently.
+struct QuietRank {
+  int code;
+};
+
+// The options sweep and plan share.
+void add_sweep_options(po::options_description& opts) {
   opts.add_options()("grid", po::value<std::string>(), "grid file")("out,o", po::value<std::string>(), "output CSV")(
-      "jobs,j", po::value<int>(), "points run at once (default: all cores)")("quiet,q", "print nothing on success");
-  const auto vm = parse_command(args, opts, "grid", 1);
-  if (!vm.count("grid")) throw UsageError("sweep needs a grid file");
-  const auto grid = scenarios::load_grid(vm["grid"].as<std::string>());
+      "jobs,j", po::value<int>(), "points run at once (default: all cores; under MPI, per rank)")(
+      "reports", po::value<std::string>(), "also write each point's reports in DIR/point-NNNN/")(
+      "quiet,q", "print nothing on success");
+  add_set_option(opts);
+}
+
+// Runs (or resumes) the grid's sweep; returns the MPI rank (0 without MPI) and the output path.
+std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::Grid& grid) {
   const std::string out = vm.count("out") ? vm["out"].as<std::string>() : !grid.out.empty() ? grid.out : "sweep.csv";
-  const int jobs = vm.count("jobs") ? vm["jobs"].as<int>() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  if (jobs < 1) throw UsageError("--jobs must be at least 1");
+  tools::SweepOptions o;
+  o.jobs = vm.count("jobs") ? vm["jobs"].as<int>() : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.jobs < 1) throw UsageError("--jobs must be at least 1");
+  if (vm.count("set")) o.sets = vm["set"].as<std::vector<std::string>>();
+  if (vm.count("reports")) o.reports = vm["reports"].as<std::string>();
   const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
   const auto t0 = std::chrono::steady_clock::now();
-  const auto r = tools::run_sweep(grid, out, jobs, [&](std::size_t done, std::size_t total) {
+  std::mutex draw;
+  o.progress = [&](std::size_t done, std::size_t total) {
     if (!bar) return;
+    const std::lock_guard<std::mutex> g(draw);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print(stderr, "\r  sweeping    {}/{} points, {:.0f} s elapsed   ", done, total, elapsed);
+    fmt::print(stderr, "\r  sweeping    {}/{} points, {:.0f} s elapsed{}   ", done, total, elapsed,
+               done > 0 && done < total ? fmt::format(", about {:.0f} s left", elapsed / static_cast<double>(done) *
+                                                                                    static_cast<double>(total - done))
+                                        : std::string());
     std::fflush(stderr);
-  });
-  if (bar) fmt::print(stderr, "\r{}\r", std::string(60, ' '));
-  if (!vm.count("quiet"))
-    fmt::print("moesim: {} points ({} from an earlier run, {} run now) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
-               r.ran, grid.source, out, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  };
+  int rank = 0;
+  const bool mpi = tools::launched_under_mpi();
+  tools::SweepResult r;
+  try {
+    r = mpi ? tools::run_sweep_mpi(grid, out, o, &rank) : tools::run_sweep(grid, out, o);
+  } catch (...) {
+    if (rank != 0) throw QuietRank{2};
+    throw;
+  }
+  if (bar) fmt::print(stderr, "\r{}\r", std::string(72, ' '));
+  if (!vm.count("quiet") && rank == 0) {
+    fmt::print("moesim: {} points ({} from an earlier run, {} run now{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
+               r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "", grid.source, out,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (r.stale > 0)
+      fmt::print("moesim: {} rows of the earlier run were for other settings (the base scenario, --set or the axes "
+                 "changed) and ran again\n", r.stale);
+    if (r.infeasible > 0)
+      fmt::print("moesim: {} of {} points do not fit the GPUs' memory (fits_memory=no; infeasible_reason says why)\n",
+                 r.infeasible, r.points);
+  }
+  return {rank, out};
+}
+
+int cmd_sweep(const std::vector<std::string>& args) {
+  po::options_description opts("sweep options");
+  add_sweep_options(opts);
+  const auto vm = parse_command(args, opts, "grid", 1);
+  if (!vm.count("grid")) throw UsageError("sweep needs a grid file");
+  sweep(vm, scenarios::load_grid(vm["grid"].as<std::string>()));
   return 0;
+}
+
+int cmd_plan(const std::vector<std::string>& args) {
+  po::options_description opts("plan options");
+  add_sweep_options(opts);
+  opts.add_options()("target,t", po::value<std::vector<std::string>>()->composing(),
+                     "METRIC>=VALUE, METRIC<=VALUE or METRIC=VALUE (repeatable)")(
+      "minimize", po::value<std::string>(), "the metric to minimize (cost, latency, gpus, memory, a column)")(
+      "maximize", po::value<std::string>(), "the metric to maximize (tokens/s, mfu, a column)");
+  const auto vm = parse_command(args, opts, "grid", 1);
+  if (!vm.count("grid")) throw UsageError("plan needs a grid file");
+  if (vm.count("minimize") == vm.count("maximize")) throw UsageError("plan needs one of --minimize METRIC or --maximize METRIC");
+  // Bad targets fail before anything runs.
+  std::vector<tools::Target> targets;
+  if (vm.count("target"))
+    for (const auto& t : vm["target"].as<std::vector<std::string>>()) targets.push_back(tools::parse_target(t));
+  const bool minimize = vm.count("minimize") > 0;
+  const tools::Metric objective = tools::parse_metric(vm[minimize ? "minimize" : "maximize"].as<std::string>());
+  const auto grid = scenarios::load_grid(vm["grid"].as<std::string>());
+  const auto [rank, out] = sweep(vm, grid);
+  if (rank != 0) return 0;
+  std::ifstream in(out, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto choice = tools::choose_point(text, targets, objective, minimize, grid.axes);
+  fmt::print("\n{}\n", choice.explanation);
+  return choice.best ? 0 : 3;
 }
 
 int cmd_validate(const std::vector<std::string>& args) {
@@ -249,7 +327,10 @@ int main(int argc, char** argv) {
     if (cmd == "place") return cmd_place(args);
     if (cmd == "trace") return cmd_trace(args);
     if (cmd == "sweep") return cmd_sweep(args);
+    if (cmd == "plan") return cmd_plan(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
+  } catch (const QuietRank& q) {
+    return q.code;
   } catch (const UsageError& e) {
     std::cerr << "moesim: " << e.what() << "\n\n" << kUsage;
     return 2;
@@ -263,6 +344,9 @@ int main(int argc, char** argv) {
     std::cerr << e.what() << '\n';
     return 2;
   } catch (const tools::SweepError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
+    return 2;
+  } catch (const tools::PlanError& e) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ReportError& e) {

@@ -161,6 +161,26 @@ std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scena
   return {best, most};
 }
 
+// Empty when the point fits; otherwise why not, in words (no commas: a CSV field as it is).
+std::string infeasible_reason(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  const auto [g, mem] = peak_memory(sc, r);
+  const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
+  if (capacity <= 0 || mem.total() <= capacity) return {};
+  std::string parts;
+  const auto part = [&](const char* name, double bytes) {
+    if (bytes <= 0) return;
+    if (!parts.empty()) parts += "; ";
+    parts += fmt::format("{} {:.1f}", name, bytes / 1e9);
+  };
+  part("weights", mem.weights);
+  part("gradients and optimizer", mem.optimizer);
+  part("activations", mem.activations);
+  part("KV cache", mem.kv_cache);
+  part("buffers", mem.buffers);
+  return fmt::format("GPU {} needs {:.1f} GB of the {:.0f} GB of a {} ({})", g, mem.total() / 1e9, capacity / 1e9,
+                     sc.cluster.gpu.name, parts);
+}
+
 }  // namespace
 
 std::string csv_field(const std::string& s) {
@@ -186,7 +206,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory\n";
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
+         "infeasible_reason\n";
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
@@ -203,12 +224,12 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const MemoryUse mem = peak_memory(sc, r).second;
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
              r.stats.gradient_sync_bytes(), mem.total() / 1e9, capacity / 1e9,
-             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no");
+             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, r)));
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,

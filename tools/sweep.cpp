@@ -4,136 +4,231 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <mutex>
 #include <sstream>
 #include <thread>
-#include <vector>
 
 #include "scenarios/experiment.hpp"
-#include "scenarios/scenario.hpp"
 #include "tools/report.hpp"
 
 namespace moesim::tools {
+namespace detail {
 
-SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, int jobs,
-                      const std::function<void(std::size_t, std::size_t)>& progress) {
-  const auto points = grid.points();
+Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.points()), opts(o) {
   // Check every point first: a bad axis value fails before anything runs.
-  std::vector<scenarios::Scenario> scenarios;
   scenarios.reserve(points.size());
   for (const auto& p : points) {
-    scenarios.push_back(scenarios::load_scenario_file(grid.base, p));
-    scenarios.back().timeline = "off";
+    std::vector<std::string> sets = opts.sets;
+    sets.insert(sets.end(), p.begin(), p.end());
+    scenarios.push_back(scenarios::load_scenario_file(grid.base, sets));
+    if (opts.reports.empty()) scenarios.back().timeline = "off";
   }
-  // The header: point, axes, and summary.csv's columns.
-  std::string header = "point";
-  for (const auto& a : grid.axes) (header += ',') += csv_field(a);
-  const auto summary_of = [](const scenarios::Scenario& sc, const scenarios::RunResult& r) {
-    std::ostringstream s;
-    write_summary_csv(s, sc, r);
-    const std::string text = s.str();
-    const auto nl = text.find('\n');
-    return std::pair<std::string, std::string>(text.substr(0, nl), text.substr(nl + 1, text.size() - nl - 2));
-  };
+  // What each point runs: a hash (FNV-1a, 64 bits) of the base scenario's text and its overrides.
+  std::string base_text;
+  {
+    std::ifstream in(grid.base, std::ios::binary);
+    base_text.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  for (const auto& p : points) {
+    std::uint64_t h = 1469598103934665603ULL;
+    const auto mix = [&](const std::string& text) {
+      for (const unsigned char c : text) h = (h ^ c) * 1099511628211ULL;
+      h = (h ^ 0xffU) * 1099511628211ULL;  // a separator no text holds
+    };
+    mix(base_text);
+    for (const auto& x : opts.sets) mix(x);
+    for (const auto& x : p) mix(x);
+    configs.push_back(fmt::format("{:016x}", h));
+  }
+  axes_header = "point";
+  for (const auto& a : grid.axes) (axes_header += ',') += csv_field(a);
+}
 
-  // Rows from an earlier run of the same sweep.
-  std::map<std::size_t, std::string> rows;
-  std::string existing_header;
-  if (std::filesystem::exists(out)) {
-    std::ifstream in(out, std::ios::binary);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::size_t at = 0;
-    bool first = true;
-    while (at < text.size()) {
-      const auto nl = text.find('\n', at);
-      if (nl == std::string::npos) break;  // a partial last row: dropped
-      const std::string line = text.substr(at, nl - at);
-      at = nl + 1;
-      if (first) {
-        existing_header = line;
-        first = false;
-        continue;
-      }
-      const auto comma = line.find(',');
-      try {
-        const std::size_t p = std::stoul(line.substr(0, comma));
-        if (p < points.size()) rows[p] = line;
-      } catch (const std::exception&) {
-        throw SweepError(fmt::format("{}: a row that is not a sweep row: '{}'", out, line));
-      }
+std::pair<std::string, std::string> Sweep::run(std::size_t p) const {
+  const auto& sc = scenarios[p];
+  const auto r = scenarios::run_experiment(sc);
+  if (!opts.reports.empty())
+    write_reports((std::filesystem::path(opts.reports) / fmt::format("point-{:04}", p)).string(), sc, r);
+  std::ostringstream s;
+  write_summary_csv(s, sc, r);
+  const std::string text = s.str();
+  const auto nl = text.find('\n');
+  std::string header = axes_header, row = std::to_string(p);
+  (header += ',') += text.substr(0, nl);
+  header += ",point_config";
+  for (const auto& v : points[p]) (row += ',') += csv_field(v.substr(v.find('=') + 1));
+  (row += ',') += text.substr(nl + 1, text.size() - nl - 2);
+  (row += ',') += configs[p];
+  return {header, row};
+}
+
+SweepFile::SweepFile(std::string path, std::vector<std::string> configs)
+    : path_(std::move(path)), configs_(std::move(configs)), points_(configs_.size()) {
+  if (!std::filesystem::exists(path_)) return;
+  std::ifstream in(path_, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::size_t at = 0;
+  bool first = true;
+  while (at < text.size()) {
+    const auto nl = text.find('\n', at);
+    if (nl == std::string::npos) break;  // a partial last row: dropped
+    const std::string line = text.substr(at, nl - at);
+    at = nl + 1;
+    if (first) {
+      header_ = line;
+      first = false;
+      continue;
+    }
+    try {
+      const std::size_t p = std::stoul(line.substr(0, line.find(',')));
+      if (p >= points_) continue;
+      if (line.size() > configs_[p].size() && line.ends_with(configs_[p]) && line[line.size() - configs_[p].size() - 1] == ',')
+        rows_[p] = line;
+      else
+        ++stale_;
+    } catch (const std::exception&) {
+      throw SweepError(fmt::format("{}: a row that is not a sweep row: '{}'", path_, line));
     }
   }
-  SweepResult result;
-  result.points = points.size();
-  result.already = rows.size();
-  std::vector<std::size_t> todo;
-  for (std::size_t i = 0; i < points.size(); ++i)
-    if (!rows.count(i)) todo.push_back(i);
+  already_ = rows_.size();
+}
 
-  std::mutex lock;
-  std::string full_header;  // header + summary columns, known after the first point ran
-  if (!existing_header.empty()) full_header = existing_header;
-  std::ofstream append;
-  auto open_append = [&] {
-    if (append.is_open()) return;
-    if (const auto parent = std::filesystem::path(out).parent_path(); !parent.empty())
-      std::filesystem::create_directories(parent);
-    // Rewrite what was read (without a partial last line), then append.
-    std::ofstream fresh(out, std::ios::binary | std::ios::trunc);
-    fresh << full_header << '\n';
-    for (const auto& [p, line] : rows) fresh << line << '\n';
-    fresh.close();
-    append.open(out, std::ios::binary | std::ios::app);
-    if (!append) throw SweepError(fmt::format("cannot write '{}'", out));
+std::vector<std::size_t> SweepFile::missing() const {
+  std::vector<std::size_t> todo;
+  for (std::size_t i = 0; i < points_; ++i)
+    if (!rows_.count(i)) todo.push_back(i);
+  return todo;
+}
+
+void SweepFile::open_append() {
+  if (append_) return;
+  if (const auto parent = std::filesystem::path(path_).parent_path(); !parent.empty())
+    std::filesystem::create_directories(parent);
+  // Rewrite what was read (without a partial last line), then append.
+  {
+    std::ofstream fresh(path_, std::ios::binary | std::ios::trunc);
+    fresh << header_ << '\n';
+    for (const auto& [p, line] : rows_) fresh << line << '\n';
+    if (!fresh) throw SweepError(fmt::format("cannot write '{}'", path_));
+  }
+  append_ = std::make_unique<std::ofstream>(path_, std::ios::binary | std::ios::app);
+  if (!*append_) throw SweepError(fmt::format("cannot write '{}'", path_));
+}
+
+void SweepFile::add(std::size_t point, const std::string& header, const std::string& row) {
+  const std::lock_guard<std::mutex> g(lock_);
+  if (header_.empty()) header_ = header;
+  if (header_ != header)
+    throw SweepError(fmt::format("{} holds rows of another sweep (its header differs); move it away or use --out", path_));
+  open_append();
+  *append_ << row << '\n';  // one write per row, flushed: never half a row from a finished point
+  append_->flush();
+  if (!*append_) throw SweepError(fmt::format("cannot write '{}'", path_));
+  rows_[point] = row;
+}
+
+std::size_t SweepFile::rows() const {
+  const std::lock_guard<std::mutex> g(lock_);
+  return rows_.size();
+}
+
+std::size_t SweepFile::infeasible() const {
+  const std::lock_guard<std::mutex> g(lock_);
+  // The fits_memory column, found by name (no column before it holds a quoted comma but the
+  // axes' values, which csv_field quotes: split with quotes in mind).
+  const auto fields = [](const std::string& line) {
+    std::vector<std::string> v(1);
+    bool quoted = false;
+    for (const char c : line) {
+      if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) v.emplace_back();
+      else v.back() += c;
+    }
+    return v;
   };
-  std::atomic<std::size_t> next{0}, done{0};
+  const auto h = fields(header_);
+  const auto col = std::find(h.begin(), h.end(), "fits_memory") - h.begin();
+  std::size_t n = 0;
+  for (const auto& [p, line] : rows_) {
+    const auto f = fields(line);
+    if (static_cast<std::size_t>(col) < f.size() && f[static_cast<std::size_t>(col)] == "no") ++n;
+  }
+  return n;
+}
+
+void SweepFile::finish() {
+  const std::lock_guard<std::mutex> g(lock_);
+  if (append_) append_->close();
+  append_.reset();
+  if (rows_.size() != points_ || header_.empty()) return;
+  write_atomically(path_, [&](std::ostream& o) {
+    o << header_ << '\n';
+    for (const auto& [p, line] : rows_) o << line << '\n';
+  });
+}
+
+void parallel_for(const std::vector<std::size_t>& indices, int jobs, const std::function<void(std::size_t)>& fn) {
+  std::atomic<std::size_t> next{0};
+  std::mutex lock;
   std::exception_ptr failure;
   auto work = [&] {
-    for (std::size_t k = next++; k < todo.size(); k = next++) {
-      const std::size_t p = todo[k];
+    for (std::size_t k = next++; k < indices.size(); k = next++) {
       try {
-        const auto r = scenarios::run_experiment(scenarios[p]);
-        const auto [cols, values] = summary_of(scenarios[p], r);
-        std::string line = std::to_string(p);
-        for (const auto& v : points[p]) (line += ',') += csv_field(v.substr(v.find('=') + 1));
-        (line += ',') += values;
-        const std::lock_guard<std::mutex> g(lock);
-        std::string expected = header;
-        (expected += ',') += cols;
-        if (full_header.empty()) full_header = expected;
-        if (full_header != expected)
-          throw SweepError(fmt::format("{} holds rows of another sweep (its header differs); move it away or use --out", out));
-        open_append();
-        append << line << '\n';
-        append.flush();
-        rows[p] = line;
-        if (progress) progress(++done + result.already, points.size());
+        fn(indices[k]);
       } catch (...) {
         const std::lock_guard<std::mutex> g(lock);
         if (!failure) failure = std::current_exception();
-        next = todo.size();
+        next = indices.size();
       }
     }
   };
   {
     std::vector<std::jthread> pool;
     const auto n = static_cast<std::size_t>(std::max(1, jobs));
-    for (std::size_t t = 1; t < std::min(n, todo.size()); ++t) pool.emplace_back(work);
+    for (std::size_t t = 1; t < std::min(n, indices.size()); ++t) pool.emplace_back(work);
     work();
   }
   if (failure) std::rethrow_exception(failure);
-  result.ran = done;
-  if (append.is_open()) append.close();
-  // Complete: in point order, atomically.
-  if (rows.size() == points.size() && !full_header.empty())
-    write_atomically(out, [&](std::ostream& o) {
-      o << full_header << '\n';
-      for (const auto& [p, line] : rows) o << line << '\n';
-    });
+}
+
+}  // namespace detail
+
+SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, const SweepOptions& opts) {
+  const detail::Sweep sweep(grid, opts);
+  detail::SweepFile file(out, sweep.configs);
+  const auto todo = file.missing();
+  SweepResult result;
+  result.points = sweep.points.size();
+  result.already = file.already();
+  result.stale = file.stale();
+  std::atomic<std::size_t> ran{0};
+  detail::parallel_for(todo, opts.jobs, [&](std::size_t p) {
+    const auto [header, row] = sweep.run(p);
+    file.add(p, header, row);
+    ++ran;
+    if (opts.progress) opts.progress(file.rows(), result.points);
+  });
+  result.ran = ran;
+  file.finish();
+  result.infeasible = file.infeasible();
   return result;
 }
+
+bool launched_under_mpi() {
+#ifdef MOESIM_MPI
+  // OpenMPI's launcher, and the PMI/PMIx variables of others (MPICH, Slurm's srun).
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"})
+    if (std::getenv(v) != nullptr) return true;
+#endif
+  return false;
+}
+
+#ifndef MOESIM_MPI
+SweepResult run_sweep_mpi(const scenarios::Grid&, const std::string&, const SweepOptions&, int*) {
+  throw SweepError("this moesim was built without MPI (install libopenmpi-dev and rebuild)");
+}
+#endif
 
 }  // namespace moesim::tools

@@ -1,18 +1,29 @@
 // `moesim sweep`: run every point of a grid (scenarios/grid.hpp) and collect one CSV row per
-// point: `point`, the axes' values, then every summary.csv column.
+// point: `point`, the axes' values, every summary.csv column, and `point_config` (a hash of the
+// base scenario's text, the --set values and the point's axis values).
 //
 // Resumable: rows are appended as points finish (each row one write, flushed); a re-run of the
 // same grid and output keeps the complete rows, drops a partial last line (a killed run), and
 // runs only the missing points. When every point has a row, the file is rewritten in point
 // order (through a temporary file renamed into place), so the result does not depend on the
-// number of jobs or on interruptions.
+// number of jobs, of MPI ranks, or on interruptions.
+//
+// Under MPI (`mpirun -np N moesim sweep ...`, built where MPI is found) the missing points are
+// dealt round-robin over the ranks; every rank runs its share on its own threads and sends each
+// finished row to rank 0, the only one that reads and writes the output.
 #pragma once
 
+#include <fstream>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "scenarios/grid.hpp"
+#include "scenarios/scenario.hpp"
 
 namespace moesim::tools {
 
@@ -21,16 +32,81 @@ class SweepError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-struct SweepResult {
-  std::size_t points = 0;
-  std::size_t already = 0;  // rows found from an earlier run
-  std::size_t ran = 0;
+struct SweepOptions {
+  int jobs = 1;                    // points run at once (per MPI rank)
+  std::vector<std::string> sets;   // KEY.PATH=VALUE applied to every point (before the axes)
+  std::string reports;             // non-empty: each point's reports in reports/point-NNNN/
+  std::function<void(std::size_t done, std::size_t total)> progress;  // after each row written
 };
 
-// Runs the missing points on `jobs` threads; `progress(done, total)` after each point.
-// Throws SweepError (output unusable) and scenarios::ScenarioError (a point is invalid: all
-// points are checked before any runs).
-SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, int jobs,
-                      const std::function<void(std::size_t, std::size_t)>& progress);
+struct SweepResult {
+  std::size_t points = 0;
+  std::size_t already = 0;     // rows found from an earlier run (and kept)
+  std::size_t stale = 0;       // rows of an earlier run whose point has changed since: run again
+  std::size_t ran = 0;
+  std::size_t infeasible = 0;  // rows whose point does not fit the GPUs' memory
+  int ranks = 1;               // MPI ranks that ran points
+};
+
+// Runs the missing points on opts.jobs threads. Throws SweepError (output unusable) and
+// scenarios::ScenarioError (a point is invalid: all points are checked before any runs).
+SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, const SweepOptions& opts);
+
+// Whether this process was started by an MPI launcher (and MPI support is built in).
+bool launched_under_mpi();
+// The same under MPI: every rank calls it; rank 0 writes `out` and gets the totals. The MPI
+// runtime is initialised and finalised inside. Exceptions thrown before any point runs (bad grid
+// or point) are thrown on every rank; `*rank` tells the caller whether to print them.
+SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, const SweepOptions& opts,
+                          int* rank);
+
+namespace detail {
+
+// The pieces both drivers share.
+struct Sweep {
+  std::vector<std::vector<std::string>> points;   // per point, its overrides
+  std::vector<scenarios::Scenario> scenarios;     // per point, checked
+  std::vector<std::string> configs;               // per point, a hash of what it runs
+  std::string axes_header;                        // "point,axis,..."
+  SweepOptions opts;
+  // Checks every point. Throws ScenarioError naming the point's key.
+  Sweep(const scenarios::Grid& grid, const SweepOptions& opts);
+  // Runs point p (writing its reports if asked): the full header and the row.
+  std::pair<std::string, std::string> run(std::size_t p) const;
+};
+
+// The output file: rows from an earlier run, then rows appended as they come (thread-safe).
+class SweepFile {
+ public:
+  // configs: per point, the hash its row must end with; rows with another (the base scenario,
+  // --set or the axes changed since) are dropped and run again.
+  SweepFile(std::string path, std::vector<std::string> configs);
+  std::vector<std::size_t> missing() const;
+  std::size_t already() const { return already_; }
+  std::size_t stale() const { return stale_; }
+  // Appends (and flushes) one row; checks the header matches the file's.
+  void add(std::size_t point, const std::string& header, const std::string& row);
+  // When every point has its row: rewrites the file in point order, atomically.
+  void finish();
+  std::size_t rows() const;
+  std::size_t infeasible() const;
+
+ private:
+  void open_append();
+  std::string path_;
+  std::vector<std::string> configs_;
+  std::size_t points_;
+  std::size_t already_ = 0, stale_ = 0;
+  std::string header_;
+  std::map<std::size_t, std::string> rows_;
+  std::unique_ptr<std::ofstream> append_;
+  mutable std::mutex lock_;
+};
+
+// Runs fn(i) for every index on `jobs` threads; the first exception stops the others and is
+// rethrown.
+void parallel_for(const std::vector<std::size_t>& indices, int jobs, const std::function<void(std::size_t)>& fn);
+
+}  // namespace detail
 
 }  // namespace moesim::tools

@@ -629,3 +629,49 @@ TEST_CASE("summary.csv estimates each GPU's memory and says whether it fits", "[
   CHECK(std::stod(t.at("memory_gb_max")) > 16 * 6.98);
   CHECK(t.at("fits_memory") == "no");
 }
+
+TEST_CASE("moesim plan runs the sweep and picks the cheapest point that meets the target", "[cli][plan]") {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "g.yaml") << "base: " + kSource + "/scenarios/quickstart.yaml\naxes:\n  cluster.nodes: [2, 4, 8]\n"
+                                          "  parallelism.ep: [4, 8]\n";
+  const auto g = "'" + (tmp.path() / "g.yaml").string() + "'";
+  const auto out = "'" + (tmp.path() / "p.csv").string() + "'";
+  const std::string common = "--set model.moe_layers=2 --set cluster.gpu_hour_price=2 --out " + out + " --reports '" +
+                             (tmp.path() / "r").string() + "' ";
+  // Two nodes of quickstart run about 6.2 M tokens/s with two layers: 3e7 needs eight nodes.
+  const auto ok = moesim("plan " + g + " " + common + "--target tokens/s=1.5e7 --minimize cost", tmp);
+  REQUIRE(ok.code == 0);
+  CHECK_THAT(ok.out, Catch::Contains("6 points (0 from an earlier run, 6 run now)"));
+  CHECK_THAT(ok.out, Catch::Contains("Choose point 4 (cluster.nodes=8, parallelism.ep=4): it has the lowest cost"));
+  CHECK_THAT(ok.out, Catch::Contains("of the 2 points that fit in memory and meet tokens/s >= 15,000,000"));
+  CHECK(fs::exists(tmp.path() / "r" / "point-0005" / "summary.csv"));
+  // The same sweep again: nothing runs; an impossible target: exit code 3.
+  const auto none = moesim("plan " + g + " " + common + "--target tokens/s=1e9 --minimize cost", tmp);
+  CHECK(none.code == 3);
+  CHECK_THAT(none.out, Catch::Contains("6 points (6 from an earlier run, 0 run now)"));
+  CHECK_THAT(none.out, Catch::Contains("No point of the 6 meets tokens/s >= 1,000,000,000"));
+  // Other --set values: the earlier rows are stale and run again.
+  const auto changed = moesim("sweep " + g + " --set model.moe_layers=3 --set cluster.gpu_hour_price=2 --out " + out, tmp);
+  REQUIRE(changed.code == 0);
+  CHECK_THAT(changed.out, Catch::Contains("6 rows of the earlier run were for other settings"));
+  CHECK(summary_row(tmp.path() / "r" / "point-0000" / "summary.csv").at("moe_layers") == "2");
+  // Bad targets fail before anything runs.
+  const auto bad = moesim("plan " + g + " --out '" + (tmp.path() / "b.csv").string() + "' --target tokens/s --minimize cost", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("expected METRIC>=VALUE"));
+  CHECK_FALSE(fs::exists(tmp.path() / "b.csv"));
+  CHECK(moesim("plan " + g + " --out '" + (tmp.path() / "b.csv").string() + "'", tmp).code == 2);
+}
+
+TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][memory]") {
+  TempDir tmp;
+  REQUIRE(moesim("run --set workload.kind=training -q --out '" + (tmp.path() / "t").string() + "'", tmp).code == 0);
+  std::ifstream in(tmp.path() / "t" / "summary.csv");
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  CHECK(header.ends_with(",fits_memory,infeasible_reason"));
+  CHECK_THAT(row, Catch::Contains(",no,GPU "));
+  CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
+  CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
+}

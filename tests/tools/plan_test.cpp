@@ -1,0 +1,54 @@
+#include <catch2/catch.hpp>
+
+#include "tools/plan.hpp"
+
+using namespace moesim::tools;
+
+namespace {
+
+// A sweep CSV as `moesim sweep` writes it (the columns plan reads, and others).
+const std::string kSweep =
+    "point,parallelism.ep,scenario,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,cost_per_million_tokens,"
+    "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,point_config\n"
+    "0,8,\"a,b.yaml\",8,1000.0,900000.0,112500.0,0.0000,0.50,70.0,80.000,yes,,h0\n"        // misses tokens/s
+    "1,16,\"a,b.yaml\",16,1000.0,2000000.0,125000.0,0.0100,0.40,90.0,80.000,no,GPU 3 needs 90.0 GB,h1\n"  // cheapest, does not fit
+    "2,32,\"a,b.yaml\",32,800.0,4000000.0,125000.0,0.0000,0.45,60.0,80.000,yes,,h2\n"
+    "3,64,\"a,b.yaml\",64,500.0,8000000.0,125000.0,0.0000,0.47,50.0,80.000,yes,,h3\n";
+
+}  // namespace
+
+TEST_CASE("plan picks the best feasible point that meets the targets, and says why", "[plan]") {
+  const std::vector<Target> targets{parse_target("tokens/s=1e6")};
+  const auto c = choose_point(kSweep, targets, parse_metric("cost"), true, {"parallelism.ep"});
+  REQUIRE(c.best);
+  CHECK(*c.best == 2);  // point 2: 0.45 (point 1 is cheaper but does not fit; point 0 is too slow)
+  CHECK_THAT(c.explanation, Catch::StartsWith("Choose point 2 (parallelism.ep=32): it has the lowest cost (0.45 per million tokens) "
+                                              "of the 2 points that fit in memory and meet tokens/s >= 1,000,000."));
+  CHECK_THAT(c.explanation, Catch::Contains("1 of the 4 points do not fit the GPUs' memory (e.g. GPU 3 needs 90.0 GB)"));
+  CHECK_THAT(c.explanation, Catch::Contains("1 misses the target; the nearest, point 0 (parallelism.ep=8), reaches 900,000 tokens/s"));
+  CHECK_THAT(c.explanation, Catch::Contains("The runner-up, point 3 (parallelism.ep=64), has 0.47 per million tokens (+4.4%)"));
+  // Latency with units, and maximizing.
+  const auto fast = choose_point(kSweep, {parse_target("latency=0.9ms")}, parse_metric("tokens/s/gpu"), false, {"parallelism.ep"});
+  REQUIRE(fast.best);
+  CHECK(*fast.best == 2);  // 125,000 per GPU at 800 us, the first of the ties in point order
+  const auto none = choose_point(kSweep, {parse_target("tokens/s>=1e7")}, parse_metric("cost"), true, {});
+  CHECK_FALSE(none.best);
+  CHECK_THAT(none.explanation, Catch::StartsWith("No point of the 4 meets tokens/s >= 10,000,000."));
+}
+
+TEST_CASE("plan targets and metrics are checked", "[plan]") {
+  const auto t = parse_target("latency=2ms");
+  CHECK(t.metric.column == "step_time_us");
+  CHECK_FALSE(t.at_least);
+  CHECK(t.value == Approx(2000));
+  CHECK(parse_target("tokens/s=5e5").at_least);
+  CHECK(parse_target("mfu>=0.4").metric.column == "mfu");
+  CHECK_FALSE(parse_target("tokens_per_s<=3").at_least);
+  CHECK_THROWS_WITH(parse_target("tokens/s"), Catch::Contains("expected METRIC>=VALUE"));
+  CHECK_THROWS_WITH(parse_target("tokens/s=fast"), Catch::Contains("--target 'tokens/s=fast'"));
+  CHECK_THROWS_WITH(parse_metric("cost per token"), Catch::Contains("is not a metric"));
+  CHECK_THROWS_WITH(choose_point(kSweep, {}, parse_metric("nonsense_column"), true, {}), Catch::Contains("no column 'nonsense_column'"));
+  const std::string no_price = "point,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,cost_per_million_tokens,"
+                               "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n0,8,1,1,1,0,,1,80,yes,\n";
+  CHECK_THROWS_WITH(choose_point(no_price, {}, parse_metric("cost"), true, {}), Catch::Contains("cluster.gpu_hour_price"));
+}

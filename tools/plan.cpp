@@ -1,0 +1,229 @@
+#include "tools/plan.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <sstream>
+
+#include "sim/units.hpp"
+
+namespace moesim::tools {
+namespace {
+
+struct Alias {
+  const char* name;
+  const char* column;
+  bool higher_is_better;
+};
+constexpr Alias kAliases[] = {
+    {"tokens/s", "tokens_per_s", true},         {"throughput", "tokens_per_s", true},
+    {"tokens/s/gpu", "tokens_per_s_per_gpu", true}, {"latency", "step_time_us", false},
+    {"step_time", "step_time_us", false},       {"cost", "cost_per_million_tokens", false},
+    {"cost/step", "cost_per_step", false},      {"memory", "memory_gb_max", false},
+    {"mfu", "mfu", true},                       {"drop_rate", "drop_rate", false},
+    {"gpus", "gpus", false},
+};
+// Columns where more is better (for a bare `=` target).
+constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu"};
+
+std::vector<std::string> csv_row(const std::string& line) {
+  std::vector<std::string> v(1);
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (c == '"') {
+      if (quoted && i + 1 < line.size() && line[i + 1] == '"') {
+        v.back() += '"';
+        ++i;
+      } else {
+        quoted = !quoted;
+      }
+    } else if (c == ',' && !quoted) {
+      v.emplace_back();
+    } else {
+      v.back() += c;
+    }
+  }
+  return v;
+}
+
+// 1234567.8 -> "1,234,568"; small values with four significant digits.
+std::string number(double x) {
+  if (std::fabs(x) < 1000) return fmt::format("{:.4g}", x);
+  std::string digits = fmt::format("{:.0f}", std::fabs(x)), grouped;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';
+    grouped += digits[i];
+  }
+  return (x < 0 ? "-" : "") + grouped;
+}
+
+// A metric's value in words: units where the column has them.
+std::string quantity(const Metric& m, double x) {
+  if (m.column == "step_time_us") return x >= 1000 ? fmt::format("{:.3f} ms", x / 1000) : fmt::format("{:.1f} us", x);
+  if (m.column == "memory_gb_max") return fmt::format("{:.1f} GB", x);
+  if (m.column == "cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
+  if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
+  if (m.column == "drop_rate") return fmt::format("{:.2f}%", 100 * x);
+  return number(x);
+}
+
+}  // namespace
+
+Metric parse_metric(const std::string& name) {
+  for (const auto& a : kAliases)
+    if (name == a.name) return {a.column, name, a.higher_is_better};
+  if (name.empty() || name.find_first_of("<>=/ ") != std::string::npos)
+    throw PlanError(fmt::format("'{}' is not a metric (a summary.csv column, or one of tokens/s, tokens/s/gpu, "
+                                "latency, step_time, cost, cost/step, memory, mfu, drop_rate, gpus)", name));
+  const bool higher = std::find(std::begin(kHigherColumns), std::end(kHigherColumns), name) != std::end(kHigherColumns);
+  return {name, name, higher};
+}
+
+Target parse_target(const std::string& text) {
+  std::size_t at = text.find_first_of("<>=");
+  if (at == std::string::npos || at == 0)
+    throw PlanError(fmt::format("--target '{}': expected METRIC>=VALUE, METRIC<=VALUE or METRIC=VALUE", text));
+  Target t{parse_metric(text.substr(0, at)), true, 0};
+  std::string value;
+  if (text.compare(at, 2, ">=") == 0) {
+    value = text.substr(at + 2);
+  } else if (text.compare(at, 2, "<=") == 0) {
+    t.at_least = false;
+    value = text.substr(at + 2);
+  } else if (text[at] == '=') {
+    t.at_least = t.metric.higher_is_better;
+    value = text.substr(at + 1);
+  } else {
+    throw PlanError(fmt::format("--target '{}': use >= or <= (or = for the usual direction)", text));
+  }
+  try {
+    if (t.metric.column == "step_time_us" && value.find_first_not_of("0123456789.eE+-") != std::string::npos)
+      t.value = static_cast<double>(sim::parse_time(value).count_ps()) / 1e6;
+    else
+      t.value = sim::parse_number(value);
+  } catch (const std::exception& e) {
+    throw PlanError(fmt::format("--target '{}': {}", text, e.what()));
+  }
+  return t;
+}
+
+PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& targets, const Metric& objective,
+                        bool minimize, const std::vector<std::string>& axes) {
+  std::vector<std::vector<std::string>> rows;
+  {
+    std::stringstream ss(csv_text);
+    for (std::string line; std::getline(ss, line);)
+      if (!line.empty()) rows.push_back(csv_row(line));
+  }
+  if (rows.empty()) throw PlanError("the sweep wrote no rows");
+  const auto& header = rows.front();
+  const auto column = [&](const std::string& name) {
+    const auto it = std::find(header.begin(), header.end(), name);
+    if (it == header.end()) throw PlanError(fmt::format("the sweep has no column '{}'", name));
+    return static_cast<std::size_t>(it - header.begin());
+  };
+  const std::size_t obj = column(objective.column), fits = column("fits_memory"), reason = column("infeasible_reason");
+  std::vector<std::size_t> target_cols;
+  for (const auto& t : targets) target_cols.push_back(column(t.metric.column));
+  const auto value = [&](std::size_t row, std::size_t col) -> std::optional<double> {
+    const auto& f = rows[row][col];
+    if (f.empty()) return std::nullopt;
+    try {
+      return std::stod(f);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  };
+  if (objective.column.rfind("cost", 0) == 0 && rows.size() > 1 && !value(1, obj))
+    throw PlanError("the sweep has no cost: set cluster.gpu_hour_price in the scenario (or with --set)");
+  const auto describe = [&](std::size_t row) {
+    std::string s = fmt::format("point {}", rows[row][0]);
+    std::string values;
+    for (std::size_t a = 0; a < axes.size(); ++a) {
+      if (!values.empty()) values += ", ";
+      values += fmt::format("{}={}", axes[a], rows[row][a + 1]);
+    }
+    return values.empty() ? s : fmt::format("{} ({})", s, values);
+  };
+
+  std::size_t infeasible = 0, missed = 0;
+  std::string first_reason;
+  std::vector<std::size_t> ok;
+  // The nearest miss: the point that misses the targets by the smallest relative margin.
+  std::optional<std::size_t> nearest;
+  double nearest_gap = 1e300;
+  std::string nearest_what;
+  for (std::size_t r = 1; r < rows.size(); ++r) {
+    if (rows[r].size() != header.size()) throw PlanError(fmt::format("row {} of the sweep is malformed", r));
+    if (rows[r][fits] == "no") {
+      ++infeasible;
+      if (first_reason.empty()) first_reason = rows[r][reason];
+      continue;
+    }
+    double gap = 0;
+    std::string what;
+    for (std::size_t k = 0; k < targets.size(); ++k) {
+      const auto v = value(r, target_cols[k]);
+      const auto& t = targets[k];
+      const bool met = v && (t.at_least ? *v >= t.value : *v <= t.value);
+      if (met) continue;
+      const double miss = v ? std::fabs(*v - t.value) / std::max(std::fabs(t.value), 1e-300) : 1e300;
+      if (miss > gap) {
+        gap = miss;
+        what = v ? fmt::format("{} {}", quantity(t.metric, *v), t.metric.label) : fmt::format("no {}", t.metric.label);
+      }
+    }
+    if (gap > 0) {
+      ++missed;
+      if (gap < nearest_gap) {
+        nearest_gap = gap;
+        nearest = r;
+        nearest_what = what;
+      }
+      continue;
+    }
+    if (value(r, obj)) ok.push_back(r);
+  }
+  std::stable_sort(ok.begin(), ok.end(), [&](std::size_t a, std::size_t b) {
+    return minimize ? *value(a, obj) < *value(b, obj) : *value(a, obj) > *value(b, obj);
+  });
+
+  std::string goal;
+  for (const auto& t : targets)
+    goal += fmt::format("{}{} {} {}", goal.empty() ? "" : " and ", t.metric.label, t.at_least ? ">=" : "<=",
+                        quantity(t.metric, t.value));
+  const std::size_t total = rows.size() - 1;
+  std::string ruled_out;
+  if (infeasible > 0)
+    ruled_out += fmt::format(" {} of the {} points do not fit the GPUs' memory (e.g. {}).", infeasible, total, first_reason);
+  if (missed > 0)
+    ruled_out += fmt::format(" {} {} the target{}; the nearest, {}, reaches {}.", missed, missed == 1 ? "misses" : "miss",
+                             targets.size() == 1 ? "" : "s", describe(*nearest), nearest_what);
+  PlanChoice c;
+  if (ok.empty()) {
+    c.explanation = fmt::format("No point of the {} meets {}.{}", total, goal.empty() ? "the constraints" : goal, ruled_out);
+    return c;
+  }
+  const std::size_t best = ok.front();
+  c.best = best - 1;
+  const auto col = [&](const char* name) { return value(best, column(name)).value_or(0); };
+  c.explanation = fmt::format(
+      "Choose {}: it has the {} {} ({}) of the {} point{} that fit in memory{}. It runs {} tokens/s "
+      "({} per GPU, {} GPUs) with a step of {}, {:.1f}% of assignments dropped, and needs up to {:.1f} of {:.0f} GB per GPU.{}",
+      describe(best), minimize ? "lowest" : "highest", objective.label, quantity(objective, *value(best, obj)), ok.size(),
+      ok.size() == 1 ? "" : "s", goal.empty() ? "" : fmt::format(" and meet {}", goal), number(col("tokens_per_s")),
+      number(col("tokens_per_s_per_gpu")), rows[best][column("gpus")],
+      quantity(parse_metric("step_time_us"), col("step_time_us")), 100 * col("drop_rate"), col("memory_gb_max"),
+      col("gpu_memory_gb"), ruled_out);
+  if (ok.size() > 1) {
+    const double a = *value(best, obj), b = *value(ok[1], obj);
+    c.explanation += fmt::format(" The runner-up, {}, has {} ({}).", describe(ok[1]), quantity(objective, b),
+                                 a != 0 ? fmt::format("{:+.1f}%", 100 * (b - a) / std::fabs(a)) : "the same");
+  }
+  return c;
+}
+
+}  // namespace moesim::tools
