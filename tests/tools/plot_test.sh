@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# tools/plot draws every chart kind from real moesim output as PNG, and rejects bad columns.
+# Usage: plot_test.sh PYTHON MOESIM SOURCE_DIR
+set -euo pipefail
+python=$1 moesim=$2 source=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cat > "$tmp/g.yaml" <<GRID
+base: $source/scenarios/quickstart.yaml
+axes:
+  parallelism.ep: [2, 4, 8]
+  routing.capacity_factor: [1.0, 1.25]
+GRID
+"$moesim" sweep "$tmp/g.yaml" -q --set model.moe_layers=2 --set routing.distribution=zipf --set routing.zipf_s=1.2 --out "$tmp/s.csv"
+"$moesim" run -q --set model.moe_layers=3 --set workload.kind=training --out "$tmp/run"
+plot() { "$python" "$source/tools/plot" "$@"; }
+is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] || { echo "$1 is not a PNG"; exit 1; }; }
+plot line "$tmp/s.csv" --x parallelism.ep --y drop_rate --by routing.capacity_factor --out "$tmp/line.png" >/dev/null
+plot heatmap "$tmp/s.csv" --x parallelism.ep --y routing.capacity_factor --value step_time_us --out "$tmp/heat.png" >/dev/null
+plot breakdown "$tmp/run/layers.csv" --out "$tmp/layers.png" >/dev/null
+plot breakdown "$tmp/s.csv" --x parallelism.ep --where routing.capacity_factor=1.25 --out "$tmp/points.png" >/dev/null
+for f in line heat layers points; do is_png "$tmp/$f.png"; done
+# A column the CSV does not have: exit code 2, naming it, and no file.
+if plot line "$tmp/s.csv" --x parallelism.ep --y no_such_column --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
+  echo "a bad column passed"; exit 1
+fi
+grep -q "has no column 'no_such_column'" "$tmp/err.txt" || { cat "$tmp/err.txt"; exit 1; }
+[ ! -e "$tmp/bad.png" ]
+if plot heatmap "$tmp/s.csv" --x parallelism.ep --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
+  echo "a heat map without --y passed"; exit 1
+fi
+echo "plot: ok"
