@@ -210,12 +210,17 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   const std::size_t best = ok.front();
   c.best = best - 1;
   const auto col = [&](const char* name) { return value(best, column(name)).value_or(0); };
+  const std::string why =
+      ok.size() == 1
+          ? fmt::format("it is the only point that fits in memory{} ({} {})", goal.empty() ? "" : " and meets " + goal,
+                        objective.label, quantity(objective, *value(best, obj)))
+          : fmt::format("it has the {} {} ({}) of the {} points that fit in memory{}", minimize ? "lowest" : "highest",
+                        objective.label, quantity(objective, *value(best, obj)), ok.size(),
+                        goal.empty() ? "" : " and meet " + goal);
   c.explanation = fmt::format(
-      "Choose {}: it has the {} {} ({}) of the {} point{} that fit in memory{}. It runs {} tokens/s "
-      "({} per GPU, {} GPUs) with a step of {}, {:.1f}% of assignments dropped, and needs up to {:.1f} of {:.0f} GB per GPU.{}",
-      describe(best), minimize ? "lowest" : "highest", objective.label, quantity(objective, *value(best, obj)), ok.size(),
-      ok.size() == 1 ? "" : "s", goal.empty() ? "" : fmt::format(" and meet {}", goal), number(col("tokens_per_s")),
-      number(col("tokens_per_s_per_gpu")), rows[best][column("gpus")],
+      "Choose {}: {}. It runs {} tokens/s ({} per GPU, {} GPUs) with a step of {}, {:.1f}% of assignments dropped, "
+      "and needs up to {:.1f} of {:.0f} GB per GPU.{}",
+      describe(best), why, number(col("tokens_per_s")), number(col("tokens_per_s_per_gpu")), rows[best][column("gpus")],
       quantity(parse_metric("step_time_us"), col("step_time_us")), 100 * col("drop_rate"), col("memory_gb_max"),
       col("gpu_memory_gb"), ruled_out);
   if (ok.size() > 1) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "scenarios/grid.hpp"
+#include "scenarios/scenario.hpp"
 
 using namespace moesim::scenarios;
 namespace fs = std::filesystem;
@@ -54,3 +55,31 @@ TEST_CASE("Sweep grids expand to the product of their axes, zipped axes together
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: []\n"), Catch::Contains("axes.a: no values"));
 }
 
+
+TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep]") {
+  TempDir tmp;
+  // Study 2 routes by a count trace that scenarios/studies/run.sh derives from the shared data;
+  // here a synthetic one of the same shape (6 steps, 3 layers, 64 experts) stands in.
+  const auto trace = tmp.path() / "counts.csv";
+  {
+    std::ofstream t(trace);
+    t << "step,layer,expert,count\n";
+    for (int s = 0; s < 6; ++s)
+      for (int l = 0; l < 3; ++l)
+        for (int e = 0; e < 64; ++e) t << s << ',' << l << ',' << e << ',' << 100 + (e * 7 + s) % 13 << '\n';
+  }
+  const std::string studies = std::string(MOESIM_SOURCE_DIR) + "/scenarios/studies/";
+  for (const auto& [grid_file, sets] :
+       std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"ep-redundancy/grid.yaml", {}}, {"capacity-trace/grid.yaml", {"routing.trace=" + trace.string()}}}) {
+    INFO(grid_file);
+    const Grid g = load_grid(studies + grid_file);
+    const auto points = g.points();
+    CHECK(points.size() >= 9);
+    for (const auto& p : points) {
+      std::vector<std::string> all = sets;
+      all.insert(all.end(), p.begin(), p.end());
+      CHECK_NOTHROW(load_scenario_file(g.base, all));
+    }
+  }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the two capacity-planning studies and draws their charts.
+#   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
+# The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
+# refresh them: scenarios/studies/run.sh build docs/studies
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+out=${2:-$build/studies}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$build/studies-work
+mkdir -p "$work"
+moesim=$build/moesim
+plot=$root/tools/plot
+data=${MOESIM_SHARED_DATA_DIR:-$root/../shared/data}
+counts=$data/routing/real-expert-counts.csv
+[ -f "$counts" ] || { echo "run.sh: needs $counts (the shared routing data; set MOESIM_SHARED_DATA_DIR)" >&2; exit 2; }
+
+# Study 1: EP size x redundant experts, DeepSeek-V3-shaped prefill.
+"$moesim" sweep "$here/ep-redundancy/grid.yaml" --out "$work/ep-redundancy.csv"
+"$plot" line "$work/ep-redundancy.csv" --x parallelism.ep --y tokens_per_s --by placement.redundant_experts --logx \
+  --title "DeepSeek-V3-shaped prefill on 64 H800: tokens/s (hollow: does not fit 80 GB)" --out "$out/ep-redundancy-tokens.png"
+"$plot" line "$work/ep-redundancy.csv" --x parallelism.ep --y memory_gb_max --by placement.redundant_experts --logx \
+  --title "Per-GPU memory (bf16 weights; the H800 has 80 GB)" --out "$out/ep-redundancy-memory.png"
+"$plot" heatmap "$work/ep-redundancy.csv" --x parallelism.ep --y placement.redundant_experts --value cost_per_million_tokens \
+  --title "USD per million prefill tokens at 2 USD/GPU-hour (hatched: does not fit)" --out "$out/ep-redundancy-cost.png"
+
+# Study 2: capacity factor under OLMoE's measured routing. The count trace: one step per text
+# domain, OLMoE layers 0, 7, 15 as MoE layers 0, 1, 2.
+awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tulu wikipedia", d, " ");
+                 for (i in d) step[d[i]] = i - 1 }
+         $1 == "olmoe" && $2 == "expert_counts" && ($3 in step) {
+           print step[$3] "," ($4 == 0 ? 0 : $4 == 7 ? 1 : 2) "," $5 "," $6 }' "$counts" > "$work/olmoe-counts.csv"
+"$moesim" sweep "$here/capacity-trace/grid.yaml" --set routing.trace="$work/olmoe-counts.csv" --out "$work/capacity-trace.csv"
+"$plot" line "$work/capacity-trace.csv" --x routing.capacity_factor --y drop_rate --by routing.step \
+  --where placement.policy=contiguous --title "OLMoE's measured routing, EP16: dropped share per text domain (step)" \
+  --out "$out/capacity-drops.png"
+"$plot" line "$work/capacity-trace.csv" --x routing.capacity_factor --y step_time_us --by placement.policy \
+  --title "Training step time, mean of the 6 text domains" --out "$out/capacity-step-time.png"
+echo "studies: charts in $out, sweeps in $work"
