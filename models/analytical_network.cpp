@@ -3,8 +3,9 @@
 namespace moesim::models {
 
 sim::Time AnalyticalNetwork::flow_time(const Flow& flow) const {
-  if (flow.src == flow.dst) return sim::Time::zero();
-  const topology::Path p = cluster_.path(flow.src, flow.dst);
+  if (flow.leg == Leg::whole && flow.src == flow.dst) return sim::Time::zero();
+  const topology::Path p = flow.leg == Leg::whole ? cluster_.path(flow.src, flow.dst)
+                                                  : cluster_.switch_leg(flow.src, flow.leg == Leg::to_switch);
   return p.latency + sim::transfer_time(flow.size, p.bottleneck);
 }
 

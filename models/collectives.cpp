@@ -1,57 +1,258 @@
 #include "models/collectives.hpp"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "sim/assert.hpp"
 
 namespace moesim::models {
 
-RingAllReduce::RingAllReduce(sim::Simulator& sim, NetworkModel& network, Recorder& recorder, std::vector<int> ring,
-                             sim::Bytes size, Done done)
-    : sim_(sim),
-      network_(network),
-      recorder_(recorder),
-      ring_(std::move(ring)),
-      done_(std::move(done)),
-      steps_(2 * (static_cast<int>(ring_.size()) - 1)),
-      joined_(ring_.size(), 0),
-      next_send_(ring_.size(), 0),
-      received_(ring_.size(), 0) {
-  MOESIM_ASSERT(!ring_.empty(), "a ring without GPUs");
-  const auto n = static_cast<std::int64_t>(ring_.size());
-  chunk_ = sim::Bytes((size.count() + n - 1) / n);
-}
-
-void RingAllReduce::join(int gpu) {
-  const auto it = std::find(ring_.begin(), ring_.end(), gpu);
-  MOESIM_ASSERT(it != ring_.end(), "a GPU joined a ring it is not in");
-  const auto m = static_cast<std::size_t>(it - ring_.begin());
-  joined_[m] = 1;
-  if (steps_ == 0) {
-    done_(gpu);
-    return;
+std::string_view to_string(CollectiveAlgorithm a) {
+  switch (a) {
+    case CollectiveAlgorithm::ring: return "ring";
+    case CollectiveAlgorithm::hierarchical: return "hierarchical";
+    case CollectiveAlgorithm::nvls: return "nvls";
   }
-  try_send(m);
+  return "?";
 }
 
-void RingAllReduce::try_send(std::size_t m) {
-  while (joined_[m] && next_send_[m] < steps_ && (next_send_[m] == 0 || received_[m] >= next_send_[m])) {
-    ++next_send_[m];
-    const std::size_t to = (m + 1) % ring_.size();
-    const Flow flow{topology::GpuId(static_cast<std::uint32_t>(ring_[m])), topology::GpuId(static_cast<std::uint32_t>(ring_[to])),
-                    chunk_};
-    network_.start_flow(flow, [this, to, record = FlowRecord{0, Stage::grad_sync, flow, sim_.now(), sim::Time(), true}]() mutable {
-      record.end = sim_.now();
-      recorder_.on_flow(record);
-      received(to);
-    });
+namespace {
+
+using topology::GpuId;
+
+GpuId gpu_id(int g) { return GpuId(static_cast<std::uint32_t>(g)); }
+
+sim::Bytes share(sim::Bytes size, std::size_t n) {
+  const auto k = static_cast<std::int64_t>(n);
+  return sim::Bytes((size.count() + k - 1) / k);
+}
+
+std::size_t member_index(const std::vector<int>& members, int gpu) {
+  const auto it = std::find(members.begin(), members.end(), gpu);
+  MOESIM_ASSERT(it != members.end(), "a GPU joined a collective it is not in");
+  return static_cast<std::size_t>(it - members.begin());
+}
+
+class Ring final : public Collective {
+ public:
+  Ring(const CollectiveContext& ctx, CollectiveKind kind, std::vector<int> ring, sim::Bytes size, Done done)
+      : ctx_(ctx),
+        ring_(std::move(ring)),
+        chunk_(share(size, ring_.size())),
+        done_(std::move(done)),
+        steps_((kind == CollectiveKind::all_reduce ? 2 : 1) * (static_cast<int>(ring_.size()) - 1)),
+        joined_(ring_.size(), 0),
+        next_send_(ring_.size(), 0),
+        received_(ring_.size(), 0) {
+    MOESIM_ASSERT(!ring_.empty(), "a ring without GPUs");
   }
-}
 
-void RingAllReduce::received(std::size_t m) {
-  if (++received_[m] == steps_) done_(ring_[m]);
-  try_send(m);
+  void join(int gpu) override {
+    const std::size_t m = member_index(ring_, gpu);
+    joined_[m] = 1;
+    if (steps_ == 0) {
+      done_(gpu);
+      return;
+    }
+    try_send(m);
+  }
+
+ private:
+  void try_send(std::size_t m) {
+    while (joined_[m] && next_send_[m] < steps_ && (next_send_[m] == 0 || received_[m] >= next_send_[m])) {
+      ++next_send_[m];
+      const std::size_t to = (m + 1) % ring_.size();
+      const Flow flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_};
+      ctx_.network.start_flow(flow, [this, to, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
+        record.end = ctx_.sim.now();
+        ctx_.recorder.on_flow(record);
+        received(to);
+      });
+    }
+  }
+
+  void received(std::size_t m) {
+    if (++received_[m] == steps_) done_(ring_[m]);
+    try_send(m);
+  }
+
+  CollectiveContext ctx_;
+  std::vector<int> ring_;
+  sim::Bytes chunk_;
+  Done done_;
+  int steps_;
+  std::vector<char> joined_;
+  std::vector<int> next_send_, received_;
+};
+
+// In-switch (NVLink SHARP) collective among the GPUs of one node.
+class Switch final : public Collective {
+ public:
+  Switch(const CollectiveContext& ctx, CollectiveKind kind, std::vector<int> members, sim::Bytes size, Done done)
+      : ctx_(ctx), members_(std::move(members)), done_(std::move(done)) {
+    const sim::Bytes part = share(size, members_.size());
+    switch (kind) {
+      case CollectiveKind::reduce_scatter: up_ = size, down_ = part; break;
+      case CollectiveKind::all_gather: up_ = part, down_ = size; break;
+      case CollectiveKind::all_reduce: up_ = down_ = size + part; break;
+    }
+  }
+
+  void join(int gpu) override {
+    (void)member_index(members_, gpu);
+    if (++joined_ < members_.size()) return;
+    if (members_.size() == 1) {
+      done_(gpu);
+      return;
+    }
+    left_ = 2 * members_.size();
+    for (const int g : members_)
+      for (const Leg leg : {Leg::to_switch, Leg::from_switch}) {
+        const Flow flow{gpu_id(g), gpu_id(g), leg == Leg::to_switch ? up_ : down_, leg};
+        ctx_.network.start_flow(flow, [this, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
+          record.end = ctx_.sim.now();
+          ctx_.recorder.on_flow(record);
+          if (--left_ == 0)
+            for (const int m : members_) done_(m);
+        });
+      }
+  }
+
+ private:
+  CollectiveContext ctx_;
+  std::vector<int> members_;
+  Done done_;
+  sim::Bytes up_, down_;
+  std::size_t joined_ = 0, left_ = 0;
+};
+
+// Phases run one after another per GPU: a GPU done with phase i joins its collective of phase
+// i + 1; done with the last, it is done. `left_first(gpu)` (if set) when it leaves phase 0.
+class Phased final : public Collective {
+ public:
+  struct Phase {
+    std::vector<std::unique_ptr<Collective>> parts;
+    std::map<int, std::size_t> part_of;  // GPU -> its part
+  };
+  explicit Phased(Done done, Done left_first = {}) : done_(std::move(done)), left_first_(std::move(left_first)) {}
+
+  // Adds a phase made of one collective per member list (the lists partition the members).
+  void add_phase(const std::vector<std::vector<int>>& groups,
+                 const std::function<std::unique_ptr<Collective>(std::vector<int>, Done)>& make) {
+    const std::size_t index = phases_.size();
+    Phase p;
+    for (const auto& g : groups) {
+      for (const int gpu : g) p.part_of[gpu] = p.parts.size();
+      p.parts.push_back(make(g, [this, index](int gpu) { next(index + 1, gpu); }));
+    }
+    phases_.push_back(std::move(p));
+  }
+  void join(int gpu) override { next(0, gpu); }
+
+ private:
+  void next(std::size_t phase, int gpu) {
+    if (phase == 1 && left_first_) left_first_(gpu);
+    if (phase == phases_.size()) {
+      done_(gpu);
+      return;
+    }
+    Phase& p = phases_[phase];
+    p.parts[p.part_of.at(gpu)]->join(gpu);
+  }
+  Done done_, left_first_;
+  std::vector<Phase> phases_;
+};
+
+// The buffer in chunks that flow through the phases one behind the other: a GPU's chunk c + 1
+// enters the first phase when chunk c leaves it, so one chunk's inter-node phase overlaps the
+// next one's intra-node phase (NCCL pipelines its hierarchical algorithms so).
+class Pipelined final : public Collective {
+ public:
+  Pipelined(std::size_t chunks, Done done) : done_(std::move(done)), chunks_(chunks) {}
+  // make(left_first, done) builds one chunk's phases.
+  void build(const std::function<std::unique_ptr<Phased>(Done left_first, Done done)>& make) {
+    for (std::size_t c = 0; c < chunks_; ++c)
+      parts_.push_back(make([this, c](int gpu) { if (c + 1 < chunks_) parts_[c + 1]->join(gpu); },
+                            [this](int gpu) {
+                              if (++finished_[gpu] == chunks_) done_(gpu);
+                            }));
+  }
+  void join(int gpu) override { parts_.front()->join(gpu); }
+
+ private:
+  Done done_;
+  std::size_t chunks_;
+  std::vector<std::unique_ptr<Phased>> parts_;
+  std::map<int, std::size_t> finished_;
+};
+
+}  // namespace
+
+std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                            CollectiveKind kind, std::vector<int> members, sim::Bytes size,
+                                            Collective::Done done, int chunks) {
+  MOESIM_ASSERT(!members.empty(), "a collective without GPUs");
+  if (algorithm == CollectiveAlgorithm::ring) return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+  // By node, in member order; and across nodes by in-node position.
+  std::map<int, std::vector<int>> by_node;
+  for (const int g : members) by_node[g / ctx.gpus_per_node].push_back(g);
+  const std::size_t k = by_node.begin()->second.size();
+  const bool even = std::all_of(by_node.begin(), by_node.end(), [&](const auto& n) { return n.second.size() == k; });
+  if (!even)  // nodes with different member counts: no common shard size; one ring
+    return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+  std::vector<std::vector<int>> nodes, across(k);
+  for (const auto& [node, gpus] : by_node) {
+    nodes.push_back(gpus);
+    for (std::size_t i = 0; i < k; ++i) across[i].push_back(gpus[i]);
+  }
+  const bool in_switch = algorithm == CollectiveAlgorithm::nvls;
+  const auto intra = [&ctx, in_switch](CollectiveKind kd, sim::Bytes s) {
+    return [&ctx, in_switch, kd, s](std::vector<int> g, Collective::Done d) -> std::unique_ptr<Collective> {
+      if (in_switch) return std::make_unique<Switch>(ctx, kd, std::move(g), s, std::move(d));
+      return std::make_unique<Ring>(ctx, kd, std::move(g), s, std::move(d));
+    };
+  };
+  const auto inter = [&ctx](CollectiveKind kd, sim::Bytes s) {
+    return [&ctx, kd, s](std::vector<int> g, Collective::Done d) -> std::unique_ptr<Collective> {
+      return std::make_unique<Ring>(ctx, kd, std::move(g), s, std::move(d));
+    };
+  };
+  const bool local = k > 1, remote = nodes.size() > 1;
+  if (!remote) {
+    auto phased = std::make_unique<Phased>(std::move(done));
+    phased->add_phase(nodes, intra(kind, size));
+    return phased;
+  }
+  // One chunk's phases.
+  const auto phases = [&](sim::Bytes s, Collective::Done left_first, Collective::Done chunk_done) {
+    auto phased = std::make_unique<Phased>(std::move(chunk_done), std::move(left_first));
+    const sim::Bytes part = share(s, k);
+    switch (kind) {
+      case CollectiveKind::all_reduce:
+        if (local) phased->add_phase(nodes, intra(CollectiveKind::reduce_scatter, s));
+        phased->add_phase(across, inter(CollectiveKind::all_reduce, part));
+        if (local) phased->add_phase(nodes, intra(CollectiveKind::all_gather, s));
+        break;
+      case CollectiveKind::reduce_scatter:
+        if (local) phased->add_phase(nodes, intra(CollectiveKind::reduce_scatter, s));
+        phased->add_phase(across, inter(CollectiveKind::reduce_scatter, part));
+        break;
+      case CollectiveKind::all_gather:
+        phased->add_phase(across, inter(CollectiveKind::all_gather, part));
+        if (local) phased->add_phase(nodes, intra(CollectiveKind::all_gather, s));
+        break;
+    }
+    return phased;
+  };
+  const std::size_t c = static_cast<std::size_t>(std::max(1, chunks));
+  if (c == 1) return phases(size, {}, std::move(done));
+  auto pipe = std::make_unique<Pipelined>(c, std::move(done));
+  const sim::Bytes per_chunk = share(size, c);
+  pipe->build([&](Collective::Done left_first, Collective::Done chunk_done) {
+    return phases(per_chunk, std::move(left_first), std::move(chunk_done));
+  });
+  return pipe;
 }
 
 }  // namespace moesim::models

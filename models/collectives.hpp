@@ -1,15 +1,33 @@
-// Collectives other than the MoE all-to-all, as flows on the network model.
+// Collectives other than the MoE all-to-all, as flows on the network model: all-reduce,
+// reduce-scatter and all-gather of S bytes over a group of n GPUs, for data-parallel gradients.
 //
-// Ring all-reduce of S bytes over n GPUs (NCCL's ring algorithm): 2(n - 1) steps, a
-// reduce-scatter then an all-gather; in step k every GPU sends a chunk of ceil(S / n) bytes to
-// the next GPU of the ring. A GPU sends step k once it has joined (its data is ready) and, for
-// k > 0, received step k - 1's chunk from the previous GPU; it is done when it has received all
-// 2(n - 1) chunks. One GPU alone is done when it joins. Reduction compute is not modelled
-// (memory-bound and small next to the transfers).
+// Algorithms (CollectiveAlgorithm):
+// - ring (NCCL's ring): in step k every GPU sends a chunk of ceil(S / n) bytes to the next GPU
+//   of the ring; reduce-scatter and all-gather take n - 1 steps, all-reduce 2(n - 1) (a
+//   reduce-scatter then an all-gather). A GPU sends step k once it has joined (its data is
+//   ready) and, for k > 0, received step k - 1's chunk from the previous GPU; it is done when it
+//   has received every chunk it waits for. One GPU alone is done when it joins.
+// - hierarchical: the group's GPUs by node (k per node on N nodes): a ring reduce-scatter of S
+//   inside each node, a ring all-reduce of ceil(S / k) across nodes among the GPUs of the same
+//   in-node position (each over its own NIC), a ring all-gather of S inside each node.
+//   Reduce-scatter is the first two phases (the second a reduce-scatter), all-gather the
+//   mirror. Phases with one member are skipped. The buffer goes through the phases in chunks,
+//   one behind the other (pipelined, as NCCL does), so a chunk's inter-node phase overlaps the
+//   next chunk's intra-node one.
+// - nvls: hierarchical, with the phases inside a node done by the NVSwitch (NVLink SHARP,
+//   NCCL's NVLS): for a reduce-scatter every GPU sends its S bytes up its NVLink port, the
+//   switch reduces them, and each GPU receives its reduced 1/k share (S/k down its port); an
+//   all-gather sends S/k up (multimem store) and receives S down (multicast); an all-reduce,
+//   pipelined, sends S + S/k up and receives S + S/k down at the same time, where a ring moves
+//   2(k - 1)/k x S each way. The switch needs every member's data: the flows start when the
+//   last member joins, and every member is done when the last flow ends.
+// Reduction compute is not modelled (memory-bound and small next to the transfers).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <string_view>
 #include <vector>
 
 #include "models/network.hpp"
@@ -18,29 +36,33 @@
 
 namespace moesim::models {
 
-class RingAllReduce {
+enum class CollectiveKind { all_reduce, reduce_scatter, all_gather };
+enum class CollectiveAlgorithm { ring, hierarchical, nvls };
+std::string_view to_string(CollectiveAlgorithm a);
+
+class Collective {
  public:
   using Done = std::function<void(int gpu)>;
-  // ring: the GPUs in ring order; `done` is called once per GPU.
-  RingAllReduce(sim::Simulator& sim, NetworkModel& network, Recorder& recorder, std::vector<int> ring, sim::Bytes size,
-                Done done);
-  // `gpu` (a member) has its gradients ready.
-  void join(int gpu);
-  sim::Bytes chunk() const { return chunk_; }
-
- private:
-  void try_send(std::size_t member);
-  void received(std::size_t member);
-
-  sim::Simulator& sim_;
-  NetworkModel& network_;
-  Recorder& recorder_;
-  std::vector<int> ring_;
-  sim::Bytes chunk_;
-  Done done_;
-  int steps_;
-  std::vector<char> joined_;
-  std::vector<int> next_send_, received_;
+  virtual ~Collective() = default;
+  // `gpu` (a member) has its data ready; `done(gpu)` is called once per member when its part
+  // of the result has arrived.
+  virtual void join(int gpu) = 0;
 };
+
+struct CollectiveContext {
+  sim::Simulator& sim;
+  NetworkModel& network;
+  Recorder& recorder;
+  int gpus_per_node;
+  Stage stage = Stage::grad_sync;  // what the flows are recorded as
+};
+
+// members: the GPUs (the ring order for `ring`); size: the whole buffer S; chunks
+// (hierarchical and nvls across nodes): the buffer is cut into this many pieces that go
+// through the phases one behind the other, so that the phases overlap as in NCCL's pipelined
+// algorithms (1: the phases one after another for the whole buffer).
+std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                            CollectiveKind kind, std::vector<int> members, sim::Bytes size,
+                                            Collective::Done done, int chunks = 1);
 
 }  // namespace moesim::models

@@ -80,6 +80,14 @@ const std::vector<std::uint32_t>& MaxMinNetwork::path_links(topology::GpuId src,
   return p;
 }
 
+const std::vector<std::uint32_t>& MaxMinNetwork::leg_links(topology::GpuId gpu, bool up) {
+  if (leg_cache_.empty()) leg_cache_.resize(2 * static_cast<std::size_t>(cluster_.gpu_count()));
+  auto& p = leg_cache_[2 * gpu.index() + (up ? 0 : 1)];
+  if (p.empty())
+    for (const auto l : cluster_.switch_leg(gpu, up).links) p.push_back(l.value);
+  return p;
+}
+
 std::uint32_t MaxMinNetwork::new_flow_slot() {
   if (!free_slots_.empty()) {
     const std::uint32_t s = free_slots_.back();
@@ -99,7 +107,7 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
 
 void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
   MOESIM_ASSERT(static_cast<bool>(on_done), "flow without a completion callback");
-  if (flow.src == flow.dst) {
+  if (flow.leg == Leg::whole && flow.src == flow.dst) {
     // A local copy: done at once, as an event, like the analytical model.
     sim_.schedule_in(sim::Time::zero(), [this, cb = std::move(on_done)]() mutable {
       last_completion_s_ = static_cast<double>(sim_.now().count_ps()) / kPsPerS;
@@ -107,7 +115,7 @@ void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
     });
     return;
   }
-  const auto& links = path_links(flow.src, flow.dst);
+  const auto& links = flow.leg == Leg::whole ? path_links(flow.src, flow.dst) : leg_links(flow.src, flow.leg == Leg::to_switch);
   sim::Time latency = sim::Time::zero();
   for (const auto l : links) latency += cluster_.links()[l].latency;
 

@@ -67,6 +67,7 @@ class MaxMinNetwork final : public NetworkModel {
   void solve(double from_rate);
   double peek_next_finish();
   const std::vector<std::uint32_t>& path_links(topology::GpuId src, topology::GpuId dst);
+  const std::vector<std::uint32_t>& leg_links(topology::GpuId gpu, bool up);
   std::uint32_t new_flow_slot();
 
   sim::Simulator& sim_;
@@ -80,6 +81,7 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<std::uint32_t> live_pos_;       // position in live_links_, per link
 
   std::vector<std::vector<std::vector<std::uint32_t>>> path_cache_;  // [src][dst] -> links
+  std::vector<std::vector<std::uint32_t>> leg_cache_;                // [2 gpu + (down)] -> link
 
   // Flows by slot (structure of arrays; free slots in free_slots_).
   struct Hot {  // what a re-solve touches per flow, together (48 bytes)

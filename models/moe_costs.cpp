@@ -52,4 +52,8 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
   return p;
 }
 
+std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {
+  return (p.replicated + gpus - 1) / gpus + (p.experts + groups - 1) / groups;
+}
+
 }  // namespace moesim::models

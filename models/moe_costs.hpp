@@ -55,5 +55,8 @@ struct GpuParams {
   std::int64_t total() const { return replicated + experts; }
 };
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
+// A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the
+// experts over the `groups` EP groups (rounded up).
+std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups);
 
 }  // namespace moesim::models

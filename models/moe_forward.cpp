@@ -187,26 +187,35 @@ void MoeForward::start() {
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
       }
   if (spec_.training && spec_.gradient_sync) {
-    // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype.
+    // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype (and the
+    // all-gathered weights, with a sharded optimizer, as many).
     const auto& m = spec_.model;
     const GpuParams params = gpu_params(m, placements_);
     const int gpus = cluster_.gpu_count();
     std::vector<int> all(static_cast<std::size_t>(gpus));
     for (int g = 0; g < gpus; ++g) all[static_cast<std::size_t>(g)] = g;
-    auto done = [this](int gpu) {
+    const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
+    const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
+    auto synced_one = [this](int gpu) {
       if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) synced(gpu);
     };
-    dense_ring_ = std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(all),
-                                                  sim::Bytes(params.replicated * m.dtype_bytes), done);
-    sync_left_.assign(static_cast<std::size_t>(gpus), 1);
+    auto gathered_one = [this](int gpu) {
+      if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) gathered(gpu);
+    };
+    const auto build = [&](CollectiveKind kind, std::vector<int> members, std::int64_t count, Collective::Done done) {
+      return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * m.dtype_bytes),
+                             std::move(done), spec_.gradient_sync_chunks);
+    };
+    dense_sync_ = build(sync_kind, all, params.replicated, synced_one);
+    if (spec_.optimizer_sharding) dense_gather_ = build(CollectiveKind::all_gather, all, params.replicated, gathered_one);
+    sync_left_.assign(static_cast<std::size_t>(gpus), groups > 1 ? 2 : 1);
     if (groups > 1) {
       for (int r = 0; r < spec_.ep; ++r) {
         std::vector<int> ring;
         for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
-        expert_rings_.push_back(std::make_unique<RingAllReduce>(sim_, network_, recorder_, std::move(ring),
-                                                                sim::Bytes(params.experts * m.dtype_bytes), done));
+        expert_sync_.push_back(build(sync_kind, ring, params.experts, synced_one));
+        if (spec_.optimizer_sharding) expert_gather_.push_back(build(CollectiveKind::all_gather, ring, params.experts, gathered_one));
       }
-      for (auto& left : sync_left_) ++left;
     }
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) {
@@ -468,8 +477,8 @@ void MoeForward::after_passes(int gpu) {
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
-    dense_ring_->join(gpu);
-    if (!expert_rings_.empty()) expert_rings_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
+    dense_sync_->join(gpu);
+    if (!expert_sync_.empty()) expert_sync_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
   } else if (spec_.training) {
     run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
   } else {
@@ -481,7 +490,25 @@ void MoeForward::synced(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
-  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false),
+            spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish);
+}
+
+void MoeForward::gather(int gpu) {
+  // Sharded optimizer: every GPU fetches the weights the others updated.
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  s.wait = Wait::sync;
+  s.wait_start = sim_.now();
+  sync_left_[static_cast<std::size_t>(gpu)] = expert_gather_.empty() ? 1 : 2;
+  dense_gather_->join(gpu);
+  if (!expert_gather_.empty()) expert_gather_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
+}
+
+void MoeForward::gathered(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
+  finish(gpu);
 }
 
 void MoeForward::finish(int) { ++finished_gpus_; }
@@ -492,8 +519,11 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
 }
 
 KernelCost MoeForward::optimizer_cost() const {
-  // Every parameter the GPU holds (all GPUs hold as many).
-  return adam_cost(gpu_params(spec_.model, placements_).total());
+  // Every parameter the GPU holds (all GPUs hold as many), or with a sharded optimizer its
+  // share: the replicated weights over all GPUs, the experts over the EP groups.
+  const GpuParams p = gpu_params(spec_.model, placements_);
+  if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
+  return adam_cost(optimizer_share(p, cluster_.gpu_count(), cluster_.gpu_count() / spec_.ep));
 }
 
 }  // namespace moesim::models

@@ -12,8 +12,8 @@
 // (models/moe_costs.hpp), scaled by the GPU's speed, straggler and jitter factors.
 // Training adds the backward passes, last layer first (reduce's gradient -> [send dispatch] ->
 // shared experts -> wait -> experts -> [send combine] -> wait -> router -> attention, every GEMM
-// twice), the dense layers' backward, an optional ring all-reduce of the gradients
-// (models/collectives.hpp) and the optimizer. Two-batch overlap (forward and decode) runs the
+// twice), the dense layers' backward, an optional all-reduce of the gradients
+// (models/collectives.hpp; or reduce-scatter, sharded optimizer, all-gather) and the optimizer. Two-batch overlap (forward and decode) runs the
 // program in overlap_step() instead. Without it no stage overlaps another on a GPU.
 #pragma once
 
@@ -45,7 +45,13 @@ struct ForwardSpec {
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
-  bool gradient_sync = false;         // training: ring all-reduce of gradients across data-parallel replicas
+  bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
+  CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
+  int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
+  // Training with gradient_sync: ZeRO-1 style sharded optimizer: gradients are reduce-scattered,
+  // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
+  // weights are all-gathered.
+  bool optimizer_sharding = false;
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
   // Compute speed: per GPU a factor (1: nominal; empty: all 1); stragglers: each GPU is one for
   // the step with this probability, running at straggler_speed; jitter: every compute stage's
@@ -134,12 +140,16 @@ class MoeForward {
   std::vector<routing::Placement> placements_;  // per layer
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
-  // Gradient sync: one ring over all GPUs for the replicated weights, one per EP rank over the
-  // groups for the experts; rings each GPU still waits for.
-  std::unique_ptr<RingAllReduce> dense_ring_;
-  std::vector<std::unique_ptr<RingAllReduce>> expert_rings_;
+  // Gradient sync: one collective over all GPUs for the replicated weights, one per EP rank
+  // over the groups for the experts (an all-reduce, or with optimizer sharding a reduce-scatter
+  // before the optimizer and an all-gather of the weights after); how many each GPU still
+  // waits for.
+  std::unique_ptr<Collective> dense_sync_, dense_gather_;
+  std::vector<std::unique_ptr<Collective>> expert_sync_, expert_gather_;
   std::vector<int> sync_left_;
   void synced(int gpu);
+  void gather(int gpu);
+  void gathered(int gpu);
   std::vector<GpuState> gpus_;
   std::vector<double> speed_;               // per GPU, stragglers included
   std::vector<sim::Rng> jitter_rng_;        // per GPU, when jitter > 0

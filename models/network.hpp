@@ -20,10 +20,17 @@ class Simulator;
 
 namespace moesim::models {
 
+// Which part of the route a flow takes. `whole`: src to dst. The switch legs carry in-switch
+// collectives (NVLink SHARP): `to_switch` goes from src up its NVLink port to its node's
+// NVSwitch (the switch reduces what arrives); `from_switch` comes down dst's port from the
+// switch (a reduced or multicast result). A leg's other end is the switch: src == dst there.
+enum class Leg : std::uint8_t { whole, to_switch, from_switch };
+
 struct Flow {
   topology::GpuId src;
   topology::GpuId dst;
   sim::Bytes size;
+  Leg leg = Leg::whole;
 };
 
 // What a link carried during a run (per direction, indexed like Cluster::links()).
@@ -37,7 +44,8 @@ class NetworkModel {
  public:
   using Done = sim::Callback;
   virtual ~NetworkModel() = default;
-  // A flow from a GPU to itself is a local copy and completes at once (same time, as an event).
+  // A whole flow from a GPU to itself is a local copy and completes at once (same time, as an
+  // event).
   virtual void start_flow(const Flow& flow, Done on_done) = 0;
   virtual std::string_view name() const = 0;
   // Inside a completion callback: the flow's exact completion time in seconds (the callback

@@ -427,10 +427,28 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
     if (auto v = w->get<std::int64_t>("steps", count_at_least(1), false)) sc.steps = as_int(*v);
-    if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring"}), false)) {
-      f.gradient_sync = *v == "ring";
+    if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring", "hierarchical", "nvls"}), false)) {
+      f.gradient_sync = *v != "none";
+      f.gradient_sync_algorithm = *v == "nvls"           ? models::CollectiveAlgorithm::nvls
+                                  : *v == "hierarchical" ? models::CollectiveAlgorithm::hierarchical
+                                                         : models::CollectiveAlgorithm::ring;
       if (f.gradient_sync && !f.training)
         problems.add_at(w->key_path("gradient_sync"), "only used with 'kind: training'");
+      // NVLink SHARP needs the third-generation NVSwitch (HGX H100, H800, H200 and later).
+      if (*v == "nvls" && sc.cluster.gpu.name.rfind("A100", 0) == 0)
+        problems.add_at(w->key_path("gradient_sync"),
+                        fmt::format("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which {} systems lack; use hierarchical",
+                                    sc.cluster.gpu.name));
+    }
+    if (auto v = w->get<std::int64_t>("gradient_sync_chunks", count_at_least(1), false)) {
+      f.gradient_sync_chunks = as_int(*v);
+      if (f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring)
+        problems.add_at(w->key_path("gradient_sync_chunks"), "only used with gradient_sync: hierarchical or nvls");
+    }
+    if (auto v = w->get<std::string>("optimizer_sharding", one_of({"true", "false"}), false)) {
+      f.optimizer_sharding = *v == "true";
+      if (f.optimizer_sharding && !f.gradient_sync)
+        problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
     }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";

@@ -197,8 +197,9 @@ int cmd_trace(const std::vector<std::string>& args) {
   return 0;
 }
 
-// Under MPI a failure that every rank sees is reported by rank 0 only: the others exit with
-// this, silently.
+// Under MPI a failure that every rank sees is reported by rank 0 only: the others exit
+// silently with status 0, so that mpirun does not abort rank 0 before it has printed the
+// error; mpirun's status is then rank 0's.
 struct QuietRank {
   int code;
 };
@@ -239,7 +240,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   try {
     r = mpi ? tools::run_sweep_mpi(grid, out, o, &rank) : tools::run_sweep(grid, out, o);
   } catch (...) {
-    if (rank != 0) throw QuietRank{2};
+    if (rank != 0) throw QuietRank{0};
     throw;
   }
   if (bar) fmt::print(stderr, "\r{}\r", std::string(72, ' '));

@@ -121,10 +121,17 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   const double q = static_cast<double>(m.attention_heads * m.head_dim), kv = static_cast<double>(m.kv_heads * m.head_dim);
   const double t = static_cast<double>(f.tokens_per_gpu);
-  const double params = static_cast<double>(models::gpu_params(m, r.placements).total());
+  const models::GpuParams held = models::gpu_params(m, r.placements);
+  const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = params * b;
-  if (f.training) u.optimizer = params * (b + 12);
+  // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
+  // per weight, or per weight of the GPU's shard with a sharded optimizer.
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const double updated = f.training && f.gradient_sync && f.optimizer_sharding
+                             ? static_cast<double>(models::optimizer_share(held, gpus, gpus / f.ep))
+                             : params;
+  if (f.training) u.optimizer = params * b + updated * 12;
   // Activations: this GPU's expert rows over all layers (token and padding rows).
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(gpu)];
   const double layers = m.moe_layers + m.dense_layers;

@@ -155,6 +155,13 @@ void Cluster::append_network(std::vector<LinkId>& links, int from, int to, GpuId
   links.push_back(nic_[static_cast<std::size_t>(to)].down);
 }
 
+Path Cluster::switch_leg(GpuId gpu, bool up) const {
+  MOESIM_ASSERT(static_cast<int>(gpu.value) < gpu_count(), "a switch leg of an unknown GPU");
+  const Duplex& d = nvlink_[gpu.index()];
+  const LinkId l = up ? d.up : d.down;
+  return Path{{l}, links_[l.index()].latency, links_[l.index()].bandwidth};
+}
+
 Path Cluster::path(GpuId src, GpuId dst) const {
   MOESIM_ASSERT(src != dst, "path from a GPU to itself");
   const int gpus = gpu_count();

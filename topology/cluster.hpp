@@ -100,6 +100,8 @@ class Cluster {
 
   // The route from src to dst (src != dst), by the rules in docs/topology.md.
   Path path(GpuId src, GpuId dst) const;
+  // The one NVLink link between a GPU and its node's NVSwitch: up (towards the switch) or down.
+  Path switch_leg(GpuId gpu, bool up) const;
   // The spine ECMP picks for traffic from src to dst (0 with one spine).
   int ecmp_spine(GpuId src, GpuId dst) const;
 

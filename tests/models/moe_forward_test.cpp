@@ -502,6 +502,44 @@ TEST_CASE("Gradient sync by ring all-reduce matches the hand derivation exactly"
   CHECK(r.stats.gradient_sync_bytes() == 4 * 4'196'352);
 }
 
+TEST_CASE("A sharded optimizer reduce-scatters, updates its share and all-gathers, as derived by hand", "[models][training]") {
+  // The tiny training step of the test above with `optimizer_sharding: true`: backward ends at
+  // 799,035,328 ps; the reduce-scatter over the 2-GPU ring is one step of the 4,196,352 B chunk
+  // (43,963,520 ps); each GPU updates half the 4,196,352 replicated parameters and all
+  // 3,145,728 expert parameters of its (only) EP group: 5,243,904 x 28 B = 146,829,312 ps; the
+  // all-gather is one step again. Step: 1,033,791,680 ps; grad_sync as long as the all-reduce's.
+  std::string text = tiny("dropless", 1);
+  const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(from), from.size(),
+               "workload: {kind: training, gradient_sync: ring, optimizer_sharding: true, tokens_per_gpu: 1000, "
+               "sequence_length: 1000}");
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "zero.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(1'033'791'680));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::grad_sync)] == Time::ps(2 * 43'963'520));
+    CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(146'829'312));
+  }
+  CHECK(r.stats.gradient_sync_bytes() == 4 * 4'196'352);
+}
+
+TEST_CASE("Gradient sync algorithms: hierarchical and NVLS beat a flat ring on dense weights across nodes", "[models][training]") {
+  // EP over all 16 GPUs (one group): only the replicated weights are synchronised, over 2 nodes.
+  const auto step = [](const std::string& algorithm) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(R"(
+cluster: {nodes: 2, gpus_per_node: 8, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 2, hidden: 1024, expert_ffn: 1024, experts: 16, top_k: 2, attention_heads: 8}
+parallelism: {ep: 16}
+workload: {kind: training, gradient_sync: )" + algorithm + R"(, tokens_per_gpu: 256}
+)", algorithm + ".yaml"));
+  };
+  const auto sync = [](const scenarios::RunResult& r) { return r.stats.gpus()[0].stage_total[idx(Stage::grad_sync)]; };
+  const auto ring = step("ring"), hier = step("hierarchical"), nvls = step("nvls");
+  CHECK(sync(hier) < sync(ring));
+  CHECK(sync(nvls) < sync(hier));
+  CHECK(hier.stats.gradient_sync_bytes() == ring.stats.gradient_sync_bytes());  // the same bytes, fewer across nodes
+  CHECK(nvls.stats.gradient_sync_bytes() > hier.stats.gradient_sync_bytes());   // up and down the switch ports
+}
+
 TEST_CASE("Expert gradients are all-reduced across EP groups, dense ones across all GPUs", "[models][training]") {
   const auto r = scenarios::run_experiment(scenarios::load_scenario_text(R"(
 cluster: {nodes: 2, gpus_per_node: 2, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}

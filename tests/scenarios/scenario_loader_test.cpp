@@ -472,3 +472,22 @@ TEST_CASE("Command-line overrides (--set) change, add and check scenario keys", 
   CHECK_THAT(error_with({"nonsense"}), Catch::Contains("--set 'nonsense': expected key.path=value"));
   CHECK_THAT(error_with({"a..b=1"}), Catch::Contains("expected key.path=value"));
 }
+
+TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scenarios]") {
+  const auto workload = [](const std::string& keys) {
+    return with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n" + keys);
+  };
+  const auto sc = load_scenario_text(workload("  gradient_sync: nvls\n  gradient_sync_chunks: 4\n  optimizer_sharding: true\n"), "s.yaml");
+  CHECK(sc.forward.gradient_sync);
+  CHECK(sc.forward.gradient_sync_algorithm == moesim::models::CollectiveAlgorithm::nvls);
+  CHECK(sc.forward.gradient_sync_chunks == 4);
+  CHECK(sc.forward.optimizer_sharding);
+  CHECK_THAT(error_of(workload("  gradient_sync: tree\n")), Catch::Contains("workload.gradient_sync"));
+  CHECK_THAT(error_of(workload("  optimizer_sharding: true\n")),
+             Catch::Contains("workload.optimizer_sharding: needs a gradient_sync algorithm"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_chunks: 4\n")),
+             Catch::Contains("gradient_sync_chunks: only used with gradient_sync: hierarchical or nvls"));
+  std::string a100 = workload("  gradient_sync: nvls\n");
+  a100.replace(a100.find("gpu: H100"), 9, "gpu: A100");
+  CHECK_THAT(error_of(a100), Catch::Contains("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which A100-SXM systems lack"));
+}

@@ -2,6 +2,7 @@
 # `mpirun -np 2 moesim sweep` writes the same CSV as one process, and resumes a cut file.
 # Usage: mpi_sweep.sh MPIEXEC MOESIM SOURCE_DIR
 set -euo pipefail
+trap 'echo "mpi_sweep.sh: failed at line $LINENO" >&2' ERR
 mpiexec=$1 moesim=$2 source=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

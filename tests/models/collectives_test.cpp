@@ -1,0 +1,144 @@
+#include <catch2/catch.hpp>
+
+#include <functional>
+#include <vector>
+
+#include "models/collectives.hpp"
+#include "models/maxmin_network.hpp"
+#include "sim/simulator.hpp"
+#include "sim/units.hpp"
+#include "topology/cluster.hpp"
+
+using namespace moesim;
+using namespace moesim::models;
+using sim::Time;
+
+namespace {
+
+// Nodes of `gpn` GPUs: NVLink 100 GB/s and 1 us per port and direction (a GPU -> GPU flow in a
+// node: 2 links, 2 us); PCIe 64 GB/s and 0.25 us; one 50 GB/s NIC per GPU, 1 us per link, all
+// nodes on one leaf (a flow across nodes: PCIe, NIC -> leaf, leaf -> NIC, PCIe: 2.5 us, 50 GB/s).
+topology::ClusterSpec cluster(int nodes, int gpn) {
+  topology::ClusterSpec s;
+  s.nodes = nodes;
+  s.gpus_per_node = gpn;
+  s.gpu = *topology::find_gpu_preset("H100");
+  s.node = {sim::parse_bandwidth("100GB/s"), sim::parse_time("1us"), sim::parse_bandwidth("64GB/s"), sim::parse_time("0.25us")};
+  s.scale_out.present = nodes > 1;
+  s.scale_out.nic_bandwidth = sim::parse_bandwidth("50GB/s");
+  s.scale_out.link_latency = sim::parse_time("1us");
+  s.scale_out.nodes_per_leaf = nodes;
+  return s;
+}
+
+struct Flows : Recorder {
+  std::vector<FlowRecord> flows;
+  void on_stage(const StageRecord&) override {}
+  void on_routing(int, int, const routing::DispatchPlan&) override {}
+  void on_flow(const FlowRecord& r) override { flows.push_back(r); }
+  std::int64_t bytes() const {
+    std::int64_t b = 0;
+    for (const auto& f : flows) b += f.flow.size.count();
+    return b;
+  }
+};
+
+struct Outcome {
+  std::vector<Time> done;  // per GPU
+  std::int64_t bytes = 0;
+};
+
+// Runs one collective over every GPU of the cluster (ring order 0, 1, ...); join_at[g]: when g joins.
+Outcome run(int nodes, int gpn, CollectiveAlgorithm a, CollectiveKind kind, std::int64_t bytes, int chunks = 1,
+            std::vector<Time> join_at = {}) {
+  const topology::Cluster c(cluster(nodes, gpn));
+  sim::Simulator sim;
+  MaxMinNetwork net(sim, c);
+  Flows rec;
+  const int n = nodes * gpn;
+  std::vector<int> members(static_cast<std::size_t>(n));
+  for (int g = 0; g < n; ++g) members[static_cast<std::size_t>(g)] = g;
+  Outcome out;
+  out.done.assign(static_cast<std::size_t>(n), Time::max());
+  auto coll = make_collective(CollectiveContext{sim, net, rec, gpn}, a, kind, members, sim::Bytes(bytes),
+                              [&](int g) {
+                                REQUIRE(out.done[static_cast<std::size_t>(g)] == Time::max());  // once per GPU
+                                out.done[static_cast<std::size_t>(g)] = sim.now();
+                              },
+                              chunks);
+  join_at.resize(static_cast<std::size_t>(n), Time::zero());
+  for (int g = 0; g < n; ++g) sim.schedule_at(join_at[static_cast<std::size_t>(g)], [&, g] { coll->join(g); });
+  sim.run();
+  for (const Time t : out.done) REQUIRE(t != Time::max());
+  out.bytes = rec.bytes();
+  return out;
+}
+
+Time last(const Outcome& o) {
+  Time t = Time::zero();
+  for (const Time d : o.done) t = sim::max(t, d);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("In one node, NVLink SHARP all-reduce moves S + S/k each way where a ring moves 2(k-1)/k S", "[models][collectives]") {
+  // 4 GPUs, S = 4,000,000 B. NVLS: every GPU sends 5,000,000 B up its port and receives as much
+  // down it, all at once: 1 us + 50 us. Ring: 6 steps of a 1,000,000 B chunk, each 2 us + 10 us.
+  const auto nvls = run(1, 4, CollectiveAlgorithm::nvls, CollectiveKind::all_reduce, 4'000'000);
+  for (const Time t : nvls.done) CHECK(t == sim::parse_time("51us"));
+  CHECK(nvls.bytes == 4 * 2 * 5'000'000);
+  const auto ring = run(1, 4, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, 4'000'000);
+  CHECK(last(ring) == sim::parse_time("72us"));
+  CHECK(ring.bytes == 6 * 4 * 1'000'000);
+  // Reduce-scatter: S up, S/k down (1 + 40 us); all-gather: S/k up, S down; rings: 3 steps.
+  CHECK(last(run(1, 4, CollectiveAlgorithm::nvls, CollectiveKind::reduce_scatter, 4'000'000)) == sim::parse_time("41us"));
+  CHECK(last(run(1, 4, CollectiveAlgorithm::nvls, CollectiveKind::all_gather, 4'000'000)) == sim::parse_time("41us"));
+  CHECK(last(run(1, 4, CollectiveAlgorithm::ring, CollectiveKind::reduce_scatter, 4'000'000)) == sim::parse_time("36us"));
+  CHECK(run(1, 4, CollectiveAlgorithm::ring, CollectiveKind::all_gather, 4'000'000).bytes == 3 * 4 * 1'000'000);
+  // The switch needs everyone's data: a GPU joining at 10 us holds back all of them.
+  const auto late = run(1, 4, CollectiveAlgorithm::nvls, CollectiveKind::all_reduce, 4'000'000, 1,
+                        {Time::zero(), Time::zero(), Time::zero(), sim::parse_time("10us")});
+  for (const Time t : late.done) CHECK(t == sim::parse_time("61us"));
+}
+
+TEST_CASE("Hierarchical all-reduce: in-node reduce-scatter, all-reduce across nodes, in-node all-gather", "[models][collectives]") {
+  // 2 nodes x 2 GPUs, S = 4,000,000 B, unpipelined. Ring reduce-scatter in each node: 1 step of
+  // 2,000,000 B (2 + 20 us); across nodes GPUs 0-2 and 1-3 all-reduce 2,000,000 B: 2 steps of
+  // 1,000,000 B, each 2.5 + 20 us, on their own NICs; ring all-gather in each node: 22 us.
+  const auto h = run(2, 2, CollectiveAlgorithm::hierarchical, CollectiveKind::all_reduce, 4'000'000);
+  for (const Time t : h.done) CHECK(t == sim::parse_time("89us"));
+  CHECK(h.bytes == 4 * 2'000'000 + 2 * 2 * 2 * 1'000'000 + 4 * 2'000'000);
+  // NVLS in the nodes: reduce-scatter 4,000,000 up and 2,000,000 down (1 + 40 us), the same
+  // 45 us across nodes, all-gather 2,000,000 up and 4,000,000 down: 41 us. With two GPUs a
+  // node the switch moves more than a ring does.
+  CHECK(last(run(2, 2, CollectiveAlgorithm::nvls, CollectiveKind::all_reduce, 4'000'000)) == sim::parse_time("127us"));
+  // Reduce-scatter stops after the nodes' phase, all-gather starts with it.
+  CHECK(last(run(2, 2, CollectiveAlgorithm::hierarchical, CollectiveKind::reduce_scatter, 4'000'000)) ==
+        sim::parse_time("22us") + sim::parse_time("22.5us"));
+  CHECK(last(run(2, 2, CollectiveAlgorithm::hierarchical, CollectiveKind::all_gather, 4'000'000)) ==
+        sim::parse_time("22.5us") + sim::parse_time("22us"));
+}
+
+TEST_CASE("Pipelined chunks overlap the phases but never beat the busiest link", "[models][collectives]") {
+  for (const auto a : {CollectiveAlgorithm::hierarchical, CollectiveAlgorithm::nvls}) {
+    for (const int gpn : {2, 4, 8}) {
+      INFO(to_string(a) << " " << gpn << " GPUs a node");
+      const std::int64_t s = 64'000'000;  // large enough that latency does not dominate a chunk
+      const auto whole = run(2, gpn, a, CollectiveKind::all_reduce, s, 1);
+      const auto piped = run(2, gpn, a, CollectiveKind::all_reduce, s, 8);
+      INFO(last(whole).to_seconds() * 1e6 << " us unpipelined, " << last(piped).to_seconds() * 1e6 << " us in 8 chunks");
+      CHECK(last(piped) < last(whole));
+      // Across nodes each NIC carries 2 (N - 1) / N x S / gpn bytes each way, at 50 GB/s.
+      const double nic_s = static_cast<double>(s) / gpn / 50e9;
+      CHECK(last(piped).to_seconds() >= nic_s);
+      CHECK(piped.bytes == whole.bytes);
+    }
+  }
+  // Eight GPUs a node: NVLS beats the in-node rings once pipelined.
+  CHECK(last(run(2, 8, CollectiveAlgorithm::nvls, CollectiveKind::all_reduce, 64'000'000, 8)) <
+        last(run(2, 8, CollectiveAlgorithm::hierarchical, CollectiveKind::all_reduce, 64'000'000, 8)));
+  // And both beat one flat ring across the nodes, whose two node-crossing hops carry 2(n-1)/n S.
+  CHECK(last(run(2, 8, CollectiveAlgorithm::hierarchical, CollectiveKind::all_reduce, 64'000'000, 8)) <
+        last(run(2, 8, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, 64'000'000)));
+}
