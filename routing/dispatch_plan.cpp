@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -110,6 +111,33 @@ std::int64_t capacity_of(double factor, std::int64_t rows, int experts) {
   return static_cast<std::int64_t>(std::ceil(exact * (1 - 1e-12L)));
 }
 
+// The common case of make_dispatch_plan's main loop, on its own so that everything it touches
+// fits in registers: no gate or pad drops, every expert on one slot for this source. room[e]:
+// assignments of expert e this source can still keep (counted down past zero: the rest are
+// dropped); dst_of_expert[e]: its GPU. Counts each token's distinct destination GPUs and nodes
+// (token numbers continue from *token).
+void plan_source_fast(const int* experts_of, std::size_t assignments, int k, std::int64_t* room,
+                      const int* dst_of_expert, const int* node_of, std::int64_t* seen_gpu, std::int64_t* seen_node,
+                      std::int64_t* token_sends, std::int64_t* node_sends, std::int64_t* token) {
+  std::int64_t t = *token;
+  for (std::size_t i = 0; i < assignments; i += static_cast<std::size_t>(k)) {
+    ++t;
+    for (std::size_t j = i; j < i + static_cast<std::size_t>(k); ++j) {
+      const auto e = static_cast<std::size_t>(experts_of[j]);
+      if (room[e]-- <= 0) continue;
+      const int dst = dst_of_expert[e];
+      if (seen_gpu[dst] == t) continue;
+      seen_gpu[dst] = t;
+      ++token_sends[dst];
+      const int b = node_of[dst];
+      if (seen_node[b] == t) continue;
+      seen_node[b] = t;
+      ++node_sends[b];
+    }
+  }
+  *token = t;
+}
+
 }  // namespace
 
 DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& placement, int first_gpu,
@@ -137,33 +165,33 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     if (pad) plan.source_capacity = capacity_of(*routing.capacity_factor, tokens_per_gpu * k, experts);
   }
 
-  // Which assignments are kept (entry i of batch.experts).
+  // Which assignments are kept (entry i of batch.experts): with gate drops decided here; with
+  // position (group-wide) or pad (per source) drops, the first assignments in group order,
+  // decided in the main loop below, which goes through the batch in that order.
   const std::size_t n = batch.experts.size();
-  std::vector<char> keep(n, 1);
-  if (plan.capacity >= 0) {
-    if (routing.drop_policy == DropPolicy::gate) {
-      MOESIM_ASSERT(batch.gates.size() == n, "gate drops need gate weights");
-      std::vector<std::vector<std::uint32_t>> by_expert(ue_count);
-      for (std::size_t i = 0; i < n; ++i) by_expert[static_cast<std::size_t>(batch.experts[i])].push_back(static_cast<std::uint32_t>(i));
-      for (auto& v : by_expert) {
-        if (static_cast<std::int64_t>(v.size()) <= plan.capacity) continue;
-        const auto cut = v.begin() + plan.capacity;
-        std::nth_element(v.begin(), cut, v.end(), [&](std::uint32_t a, std::uint32_t b) {
-          return batch.gates[a] != batch.gates[b] ? batch.gates[a] > batch.gates[b] : a < b;
-        });
-        for (auto it = cut; it != v.end(); ++it) keep[*it] = 0;
-      }
-    } else {
-      // position (group-wide) or pad (per source): the first assignments in group order.
-      std::vector<std::int64_t> taken(ue_count, 0);
-      const std::int64_t limit = pad ? plan.source_capacity : plan.capacity;
-      const std::size_t per_rank = static_cast<std::size_t>(tokens_per_gpu * k);
-      for (std::size_t i = 0; i < n; ++i) {
-        if (pad && i % per_rank == 0) std::fill(taken.begin(), taken.end(), 0);
-        keep[i] = taken[static_cast<std::size_t>(batch.experts[i])]++ < limit;
-      }
+  const bool gate_drops = plan.capacity >= 0 && routing.drop_policy == DropPolicy::gate;
+  const bool order_drops = plan.capacity >= 0 && !gate_drops;
+  std::vector<char> keep;
+  if (gate_drops) {
+    MOESIM_ASSERT(batch.gates.size() == n, "gate drops need gate weights");
+    keep.assign(n, 1);
+    std::vector<std::vector<std::uint32_t>> by_expert(ue_count);
+    for (std::size_t i = 0; i < n; ++i) by_expert[static_cast<std::size_t>(batch.experts[i])].push_back(static_cast<std::uint32_t>(i));
+    for (auto& v : by_expert) {
+      if (static_cast<std::int64_t>(v.size()) <= plan.capacity) continue;
+      const auto cut = v.begin() + plan.capacity;
+      std::nth_element(v.begin(), cut, v.end(), [&](std::uint32_t a, std::uint32_t b) {
+        return batch.gates[a] != batch.gates[b] ? batch.gates[a] > batch.gates[b] : a < b;
+      });
+      for (auto it = cut; it != v.end(); ++it) keep[*it] = 0;
     }
   }
+  // Per expert: its assignments from the current source (count), from the sources before it
+  // (before; position drops only: the source's first limit - before are kept), and with gate
+  // drops the current source's kept ones.
+  std::vector<std::int64_t> count(ue_count), before(ue_count, 0), gate_kept(ue_count), room(ue_count);
+  std::vector<int> dst_of_expert(ue_count);
+  const std::int64_t limit = !order_drops ? std::numeric_limits<std::int64_t>::max() : pad ? plan.source_capacity : plan.capacity;
 
   // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any
   // (with replica locality), else all of them.
@@ -190,15 +218,6 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
   // Distinct destination GPUs and nodes per token: the token that last counted each GPU and
   // node (tokens are numbered from 1 across the batch).
   std::vector<std::int64_t> gpu_seen(static_cast<std::size_t>(ep), 0), node_seen(static_cast<std::size_t>(plan.nodes), 0);
-  auto count_row = [&](int src, int dst, std::int64_t token) {
-    if (gpu_seen[static_cast<std::size_t>(dst)] == token) return;
-    gpu_seen[static_cast<std::size_t>(dst)] = token;
-    ++plan.token_sends[static_cast<std::size_t>(src * ep + dst)];
-    const int b = plan.node_of_rank[static_cast<std::size_t>(dst)];
-    if (node_seen[static_cast<std::size_t>(b)] == token) return;
-    node_seen[static_cast<std::size_t>(b)] = token;
-    ++plan.node_sends[static_cast<std::size_t>(src * plan.nodes + b)];
-  };
   // Per expert, its only candidate slot for the current source (-1: several, choose per row).
   std::vector<int> only_slot(ue_count);
   std::vector<int> dst_of_slot(static_cast<std::size_t>(placement.slots()));
@@ -222,36 +241,90 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
                                                       ? least_loaded(c)
                                                       : c[static_cast<std::size_t>(src) % c.size()];
     }
-    std::fill(rows.begin(), rows.end(), 0);
+    std::fill(count.begin(), count.end(), 0);
+    std::fill(gate_kept.begin(), gate_kept.end(), 0);
     const std::size_t begin = static_cast<std::size_t>(src * tokens_per_gpu * k);
     const std::size_t end = begin + static_cast<std::size_t>(tokens_per_gpu * k);
     plan.gpu_routed[static_cast<std::size_t>(src)] = tokens_per_gpu * k;
-    std::int64_t dropped = 0;
+    const bool fast = !gate_drops && !pad && std::all_of(only_slot.begin(), only_slot.end(), [](int x) { return x >= 0; });
+    if (fast) {
+      for (std::size_t e = 0; e < ue_count; ++e) {
+        room[e] = limit - before[e];
+        dst_of_expert[e] = dst_of_slot[static_cast<std::size_t>(only_slot[e])];
+      }
+      plan_source_fast(batch.experts.data() + begin, end - begin, k, room.data(), dst_of_expert.data(),
+                       plan.node_of_rank.data(), gpu_seen.data(), node_seen.data(),
+                       plan.token_sends.data() + static_cast<std::ptrdiff_t>(src) * ep,
+                       plan.node_sends.data() + static_cast<std::ptrdiff_t>(src) * plan.nodes, &token);
+      for (std::size_t e = 0; e < ue_count; ++e) count[e] = limit - before[e] - room[e];
+    }
+    // The hot loop (once per assignment of the run): plain pointers, so that no store is
+    // thought to move a vector, and per assignment only the source's count of its expert and
+    // the distinct-destination counts change; the rest is added up per expert after the source.
     std::int64_t* const sends = plan.sends.data() + static_cast<std::ptrdiff_t>(src) * ep;
-    for (std::size_t i = begin; i < end; i += static_cast<std::size_t>(k)) {
+    std::int64_t* const tsends = plan.token_sends.data() + static_cast<std::ptrdiff_t>(src) * ep;
+    std::int64_t* const nsends = plan.node_sends.data() + static_cast<std::ptrdiff_t>(src) * plan.nodes;
+    std::int64_t* const slot_computed = plan.slot_computed.data();
+    std::int64_t* const seen_gpu = gpu_seen.data();
+    std::int64_t* const seen_node = node_seen.data();
+    std::int64_t* const counts = count.data();
+    std::int64_t* const kept_by_gate = gate_kept.data();
+    const std::int64_t* const earlier = before.data();
+    const int* const expert_of = batch.experts.data();
+    const int* const only = only_slot.data();
+    const int* const block = block_slot.data();
+    const int* const dst_of = dst_of_slot.data();
+    const int* const node_of = plan.node_of_rank.data();
+    const char* const keep_gate = gate_drops ? keep.data() : nullptr;
+    const bool least = placement.replica_choice == ReplicaChoice::least_loaded;
+    for (std::size_t i = fast ? end : begin; i < end; i += static_cast<std::size_t>(k)) {
       ++token;
       for (std::size_t j = i; j < i + static_cast<std::size_t>(k); ++j) {
-        const auto ue = static_cast<std::size_t>(batch.experts[j]);
-        ++plan.expert_routed[ue];
-        if (!keep[j]) {
-          ++dropped;
+        const auto ue = static_cast<std::size_t>(expert_of[j]);
+        const std::int64_t nth = counts[ue]++;
+        if (gate_drops) {
+          if (!keep_gate[j]) continue;
+          ++kept_by_gate[ue];
+        } else if (earlier[ue] + nth >= limit) {
           continue;
         }
-        ++plan.expert_computed[ue];
         int slot;
         if (pad) {
-          ++rows[ue];
-          slot = block_slot[ue];
+          slot = block[ue];
         } else {
-          slot = only_slot[ue];
-          if (slot < 0) {
+          slot = only[ue];
+          if (slot < 0) {  // replicas: chosen per row
             const auto& c = candidates[ue];
-            slot = placement.replica_choice == ReplicaChoice::least_loaded ? least_loaded(c) : c[turn[ue]++ % c.size()];
+            slot = least ? least_loaded(c) : c[turn[ue]++ % c.size()];
+            ++slot_computed[slot];
+            ++sends[dst_of[slot]];
           }
-          ++plan.slot_computed[static_cast<std::size_t>(slot)];
-          ++sends[dst_of_slot[static_cast<std::size_t>(slot)]];
         }
-        count_row(src, dst_of_slot[static_cast<std::size_t>(slot)], token);
+        // Distinct destinations of this token: a GPU (and node) counts once.
+        const int dst = dst_of[slot];
+        if (seen_gpu[dst] == token) continue;
+        seen_gpu[dst] = token;
+        ++tsends[dst];
+        const int b = node_of[dst];
+        if (seen_node[b] == token) continue;
+        seen_node[b] = token;
+        ++nsends[b];
+      }
+    }
+    // The source's totals per expert.
+    std::int64_t dropped = 0;
+    for (std::size_t e = 0; e < ue_count; ++e) {
+      const std::int64_t n_e = count[e];
+      const std::int64_t kept = gate_drops ? gate_kept[e] : std::clamp(limit - before[e], std::int64_t{0}, n_e);
+      plan.expert_routed[e] += n_e;
+      plan.expert_computed[e] += kept;
+      dropped += n_e - kept;
+      if (order_drops && !pad) before[e] += n_e;
+      if (pad) {
+        rows[e] = kept;
+      } else if (only_slot[e] >= 0) {
+        plan.slot_computed[static_cast<std::size_t>(only_slot[e])] += kept;
+        sends[dst_of_slot[static_cast<std::size_t>(only_slot[e])]] += kept;
       }
     }
     plan.gpu_dropped[static_cast<std::size_t>(src)] = dropped;

@@ -147,12 +147,23 @@ ExpertSampler::ExpertSampler(std::vector<double> weights)
     }
   }
   // Leftovers (rounding) keep themselves: keep_ stays 1.
+  columns_.resize(n);
+  for (std::size_t i = 0; i < n; ++i)
+    columns_[i] = Column{static_cast<std::uint64_t>(std::ceil(std::ldexp(keep_[i], 53))), alias_[i]};
 }
 
-int ExpertSampler::draw_one(sim::Rng& rng) const {
+__attribute__((always_inline)) inline int ExpertSampler::draw_one(sim::Rng& rng) const {
   if (keep_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
-  const auto i = static_cast<std::size_t>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
-  return rng.uniform01() < keep_[i] ? static_cast<int>(i) : alias_[i];
+  // One 64-bit draw x gives both the column, floor(x n / 2^64), and the uniform within it, the
+  // fractional part of x n / 2^64 (its top 53 bits); the column's bias is below n / 2^64.
+  __extension__ using uint128 = unsigned __int128;
+  const uint128 m = static_cast<uint128>(rng.next_u64()) * static_cast<std::uint64_t>(experts_);
+  const auto i = static_cast<std::size_t>(m >> 64);
+  // Both outcomes loaded, then selected: the comparison is a coin flip, a branch would often
+  // be mispredicted.
+  const Column c = columns_[i];
+  const std::int64_t stay = static_cast<std::int64_t>(i);
+  return static_cast<int>((static_cast<std::uint64_t>(m) >> 11) < c.keep_below ? stay : c.alias);
 }
 
 namespace {
@@ -199,21 +210,33 @@ int ExpertSampler::draw_restricted(sim::Rng& rng, std::span<const int> taken, st
   return exact_draw(rng, taken, groups, group_size);
 }
 
-void ExpertSampler::sample_top_k(sim::Rng& rng, std::span<int> out) const {
-  const std::size_t k = out.size();
-  MOESIM_ASSERT(k <= static_cast<std::size_t>(experts_), "top_k larger than the expert count");
+__attribute__((always_inline)) inline void ExpertSampler::top_k(sim::Rng& rng, int* out, std::size_t k) const {
   constexpr int kMaxRejections = 64;
   int rejections = 0;
   for (std::size_t i = 0; i < k;) {
-    const std::span<const int> taken(out.data(), i);
+    const std::span<const int> taken(out, i);
     const int e = draw_one(rng);
     if (!contains(taken, e)) {
       out[i++] = e;
       continue;
     }
     if (++rejections < kMaxRejections) continue;
-    for (; i < k; ++i) out[i] = exact_draw(rng, std::span<const int>(out.data(), i), ~std::uint64_t{0}, 0);
+    for (; i < k; ++i) out[i] = exact_draw(rng, std::span<const int>(out, i), ~std::uint64_t{0}, 0);
   }
+}
+
+void ExpertSampler::sample_top_k(sim::Rng& rng, std::span<int> out) const {
+  MOESIM_ASSERT(out.size() <= static_cast<std::size_t>(experts_), "top_k larger than the expert count");
+  top_k(rng, out.data(), out.size());
+}
+
+void ExpertSampler::sample_tokens(sim::Rng& rng, std::span<int> out, int k) const {
+  // The generator's state in a local copy (registers) for the whole run of tokens.
+  sim::Rng local = rng;
+  const auto uk = static_cast<std::size_t>(k);
+  MOESIM_ASSERT(k <= experts_, "top_k larger than the expert count");
+  for (std::size_t at = 0; at + uk <= out.size(); at += uk) top_k(local, out.data() + at, uk);
+  rng = local;
 }
 
 }  // namespace moesim::routing

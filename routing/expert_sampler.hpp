@@ -48,6 +48,8 @@ class ExpertSampler {
   int draw_one(sim::Rng& rng) const;
   // Writes k distinct expert ids into out (k = out.size() <= experts).
   void sample_top_k(sim::Rng& rng, std::span<int> out) const;
+  // sample_top_k for out.size() / k tokens one after another (the same draws), faster.
+  void sample_tokens(sim::Rng& rng, std::span<int> out, int k) const;
   // One more expert, distinct from `taken`, from the groups (of group_size consecutive experts)
   // whose bit is set in `groups` (bit g for group g); the weights renormalised over what is left.
   // At least one such expert must remain; zero-weight ones are drawn only when all left weigh 0.
@@ -57,6 +59,7 @@ class ExpertSampler {
   int experts() const { return static_cast<int>(weights_.size()); }
 
  private:
+  void top_k(sim::Rng& rng, int* out, std::size_t k) const;
   int exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
   int experts_;
   std::vector<double> weights_;
@@ -64,6 +67,13 @@ class ExpertSampler {
   // keep_[i], else take alias_[i]. O(1) per draw, exact up to floating-point rounding.
   std::vector<double> keep_;
   std::vector<int> alias_;
+  // Per column, together: keep_[i] as a threshold on the 53-bit integer U of a uniform
+  // u = U 2^-53 (u < keep_[i] exactly when U < ceil(keep_[i] 2^53)), and alias_[i].
+  struct Column {
+    std::uint64_t keep_below;
+    std::int64_t alias;
+  };
+  std::vector<Column> columns_;
 };
 
 }  // namespace moesim::routing

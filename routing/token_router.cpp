@@ -89,6 +89,11 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, const TokenBatch* pr
   std::vector<int> picked_groups(static_cast<std::size_t>(std::max(spec_.max_groups, 1)));
   for (int src = 0; src < ep_; ++src) {
     sim::Rng rng(seed_, stream("", layer, first_gpu + src));
+    if (!group_sampler && !correlated) {
+      const std::size_t at = static_cast<std::size_t>(src * out.tokens_per_rank * k);
+      sampler->sample_tokens(rng, std::span<int>(out.experts.data() + at, static_cast<std::size_t>(out.tokens_per_rank * k)), k);
+      continue;
+    }
     for (std::int64_t t = 0; t < out.tokens_per_rank; ++t) {
       const std::size_t at = static_cast<std::size_t>((src * out.tokens_per_rank + t) * k);
       const std::span<int> chosen(out.experts.data() + at, static_cast<std::size_t>(k));

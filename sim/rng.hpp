@@ -17,11 +17,34 @@ class Rng {
  public:
   Rng(std::uint64_t seed, std::string_view stream_name);
 
-  std::uint64_t next_u64();
+  // Inline: routing draws hundreds of millions of these per large run.
+  std::uint64_t next_u64() {
+    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const std::uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
   // Uniform in [0, 1) with 53 random bits.
-  double uniform01();
+  double uniform01() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
   // Uniform integer in [0, n), n > 0, without modulo bias (Lemire 2019).
-  std::uint64_t uniform_int(std::uint64_t n);
+  std::uint64_t uniform_int(std::uint64_t n) {
+    __extension__ using uint128 = unsigned __int128;
+    uint128 m = static_cast<uint128>(next_u64()) * n;
+    std::uint64_t low = static_cast<std::uint64_t>(m);
+    if (low < n) [[unlikely]] {
+      const std::uint64_t threshold = -n % n;
+      while (low < threshold) {
+        m = static_cast<uint128>(next_u64()) * n;
+        low = static_cast<std::uint64_t>(m);
+      }
+    }
+    return static_cast<std::uint64_t>(m >> 64);
+  }
   // Exponential with the given mean (ziggurat method).
   double exponential(double mean);
   // Standard normal (Marsaglia's polar method; the second variate of each pair is dropped so
@@ -32,6 +55,7 @@ class Rng {
   double gamma(double shape);
 
  private:
+  static constexpr std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   std::uint64_t s_[4];
 };
 
