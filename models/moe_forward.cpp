@@ -70,8 +70,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
     if (spec.jitter > 0)
       jitter_rng_.emplace_back(spec.seed, "compute/jitter/step" + std::to_string(spec.routing.step) + "/gpu" + std::to_string(g));
   }
-  MOESIM_ASSERT(!spec.two_batch_overlap || (!spec.training && spec.tokens_per_gpu % 2 == 0),
-                "two-batch overlap needs a forward or decode step with an even token count");
+  MOESIM_ASSERT(!spec.two_batch_overlap || spec.tokens_per_gpu % 2 == 0, "two-batch overlap needs an even token count");
   const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes()) *
                             static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
@@ -357,12 +356,22 @@ void MoeForward::after_attention_backward_start(int gpu) {
 // So A's dispatch overlaps B's attention, B's dispatch A's experts, A's combine B's experts and
 // B's combine A's reduce (as DeepSeek's and SGLang's two-batch overlap schedules do).
 void MoeForward::overlap_step(int gpu) {
+  // Per layer, the two halves' stages interleaved so that one half's all-to-all runs while the
+  // other half computes. Backward (training) mirrors the forward: the reduce's gradient, the
+  // dispatch of the combine's gradients, shared experts, experts, the combine of the dispatch's
+  // gradients, then the router's and the attention's backward.
   enum Kind { attention, router, send_dispatch, shared, wait_dispatch, experts, send_combine, wait_combine, reduce };
-  static constexpr std::array<std::pair<Kind, int>, 18> kProgram{{
+  using Program = std::array<std::pair<Kind, int>, 18>;
+  static constexpr Program kForward{{
       {attention, 0}, {router, 0}, {send_dispatch, 0}, {attention, 1}, {router, 1}, {send_dispatch, 1},
       {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
       {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1},
       {wait_combine, 0}, {reduce, 0}, {wait_combine, 1}, {reduce, 1}}};
+  static constexpr Program kBackward{{
+      {reduce, 0}, {send_dispatch, 0}, {reduce, 1}, {send_dispatch, 1},
+      {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
+      {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1},
+      {wait_combine, 0}, {router, 0}, {attention, 0}, {wait_combine, 1}, {router, 1}, {attention, 1}}};
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
@@ -372,16 +381,17 @@ void MoeForward::overlap_step(int gpu) {
     return;
   }
   for (;;) {
-    if (s.op == static_cast<int>(kProgram.size())) {
+    if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;
       ++passes_done_;
       if (++s.pass == passes()) {
-        finish(gpu);
+        after_passes(gpu);  // training: dense backward, gradient sync, optimizer
         return;
       }
     }
-    const int layer = s.pass;
-    const auto [kind, h] = kProgram[static_cast<std::size_t>(s.op)];
+    const int pass = s.pass, layer = layer_of(pass);
+    const bool back = backward(pass);
+    const auto [kind, h] = (back ? kBackward : kForward)[static_cast<std::size_t>(s.op)];
     const auto& p = plan(layer, gpu, h);
     auto compute = [&](Stage stage, Time t) {
       ++s.op;
@@ -393,9 +403,9 @@ void MoeForward::overlap_step(int gpu) {
         s.wait_half = h;
         s.wait_start = sim_.now();
       }
-      if (pending(left, gpu, layer, h) > 0) return false;
+      if (pending(left, gpu, pass, h) > 0) return false;
       s.wait = Wait::none;
-      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), false});
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), back});
       ++s.op;
       return true;
     };
@@ -412,11 +422,11 @@ void MoeForward::overlap_step(int gpu) {
         return compute(Stage::shared_experts, cost(expert_cost(m, half_tokens), gpu) * m.shared_experts);
       case experts:
         return compute(Stage::experts, experts_time(layer, gpu, h));
-      case reduce:
-        return compute(Stage::reduce, cost(reduce_cost(m, half_tokens, p.kept(rank(gpu))), gpu));
+      case reduce:  // a weighted sum (or its gradient, a scatter of the same size): not a GEMM
+        return compute(Stage::reduce, cost(reduce_cost(m, half_tokens, p.kept(rank(gpu))), gpu, false));
       case send_dispatch:
       case send_combine:
-        all_to_all_->send(layer * 2 + h, kind == send_dispatch ? Phase::dispatch : Phase::combine, gpu);
+        all_to_all_->send(pass * 2 + h, kind == send_dispatch ? Phase::dispatch : Phase::combine, gpu);
         ++s.op;
         continue;
       case wait_dispatch:

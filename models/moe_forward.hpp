@@ -13,7 +13,7 @@
 // Training adds the backward passes, last layer first (reduce's gradient -> [send dispatch] ->
 // shared experts -> wait -> experts -> [send combine] -> wait -> router -> attention, every GEMM
 // twice), the dense layers' backward, an optional all-reduce of the gradients
-// (models/collectives.hpp; or reduce-scatter, sharded optimizer, all-gather) and the optimizer. Two-batch overlap (forward and decode) runs the
+// (models/collectives.hpp; or reduce-scatter, sharded optimizer, all-gather) and the optimizer. Two-batch overlap runs the
 // program in overlap_step() instead. Without it no stage overlaps another on a GPU.
 #pragma once
 
@@ -60,7 +60,8 @@ struct ForwardSpec {
   double straggler_probability = 0;
   double straggler_speed = 1;
   double jitter = 0;
-  // Two-batch overlap (forward and decode): the micro-batch is split in two halves whose
+  // Two-batch overlap (every workload; training overlaps the backward passes too): the
+  // micro-batch is split in two halves whose
   // all-to-alls overlap the other half's compute; the communication kernels hold this share of
   // the GPU's SMs all along, so every compute stage runs 1 / (1 - share) slower.
   bool two_batch_overlap = false;

@@ -455,8 +455,6 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its
       // all-to-all kernels.
       if (f.two_batch_overlap) f.comm_sm_fraction = 20.0 / 132.0;
-      if (f.two_batch_overlap && f.training)
-        problems.add_at(w->key_path("overlap"), "two_batch overlap is modelled for forward and decode steps, not training yet");
       if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
         problems.add_at(w->key_path("overlap"), fmt::format("two_batch needs an even tokens_per_gpu (got {})", f.tokens_per_gpu));
     }

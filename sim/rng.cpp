@@ -5,6 +5,22 @@
 #include "sim/time.hpp"
 
 namespace moesim::sim {
+
+// Ziggurat tables for the standard exponential density f(x) = exp(-x) (Marsaglia & Tsang, 2000,
+// "The Ziggurat Method for Generating Random Variables", 256 layers of equal area v, rightmost
+// edge r). Edge x[i] is the right end of layer i: x[0] = v / f(r) is the base layer's virtual
+// width (its part beyond r stands for the tail), x[1] = r, x[i+1] = f^-1(v / x[i] + f(x[i])),
+// x[256] = 0. Computed once, in double precision, by the same recurrence on every machine.
+ExpZiggurat::ExpZiggurat() {
+  x[0] = v / std::exp(-r);
+  x[1] = r;
+  for (int i = 1; i < 255; ++i) x[i + 1] = -std::log(v / x[i] + std::exp(-x[i]));
+  x[256] = 0.0;
+  for (int i = 0; i <= 256; ++i) f[i] = std::exp(-x[i]);
+}
+
+const ExpZiggurat kExpZiggurat;
+
 namespace {
 
 std::uint64_t splitmix64(std::uint64_t& x) {
@@ -41,41 +57,24 @@ namespace {
 // edge r). Edge x[i] is the right end of layer i: x[0] = v / f(r) is the base layer's virtual
 // width (its part beyond r stands for the tail), x[1] = r, x[i+1] = f^-1(v / x[i] + f(x[i])),
 // x[256] = 0. Computed once, in double precision, by the same recurrence on every machine.
-struct ExpZiggurat {
-  static constexpr double r = 7.69711747013104972;
-  static constexpr double v = 3.949659822581572e-3;
-  double x[257];
-  double f[257];
-  ExpZiggurat() {
-    x[0] = v / std::exp(-r);
-    x[1] = r;
-    for (int i = 1; i < 255; ++i) x[i + 1] = -std::log(v / x[i] + std::exp(-x[i]));
-    x[256] = 0.0;
-    for (int i = 0; i <= 256; ++i) f[i] = std::exp(-x[i]);
-  }
-};
-
-const ExpZiggurat& exp_ziggurat() {
-  static const ExpZiggurat z;
-  return z;
-}
+const ExpZiggurat& exp_ziggurat() { return kExpZiggurat; }
 
 }  // namespace
 
-double Rng::exponential(double mean) {
+double Rng::exponential_rest(double mean, int i, double x) {
   // Layer i from the low 8 bits, a 53-bit position from the high bits of the same draw (no
   // bits shared, unlike the original's 32-bit version). A point left of the next layer's edge
-  // lies under the curve and is taken at once (97.8 % of draws); otherwise the base layer
-  // means the tail (r plus a fresh exponential, by memorylessness) and the others test the
-  // wedge between the curve and the layer's top.
+  // lies under the curve and is taken at once (97.8 % of draws, inline in the header);
+  // otherwise the base layer means the tail (r plus a fresh exponential, by memorylessness)
+  // and the others test the wedge between the curve and the layer's top.
   const ExpZiggurat& z = exp_ziggurat();
   for (;;) {
-    const std::uint64_t u = next_u64();
-    const int i = static_cast<int>(u & 255);
-    const double x = static_cast<double>(u >> 11) * 0x1.0p-53 * z.x[i];
     if (x < z.x[i + 1]) return mean * x;
     if (i == 0) return mean * (ExpZiggurat::r - std::log1p(-uniform01()));
     if (z.f[i] + uniform01() * (z.f[i + 1] - z.f[i]) < std::exp(-x)) return mean * x;
+    const std::uint64_t u = next_u64();
+    i = static_cast<int>(u & 255);
+    x = static_cast<double>(u >> 11) * 0x1.0p-53 * z.x[i];
   }
 }
 
