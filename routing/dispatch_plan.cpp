@@ -111,28 +111,54 @@ std::int64_t capacity_of(double factor, std::int64_t rows, int experts) {
   return static_cast<std::int64_t>(std::ceil(exact * (1 - 1e-12L)));
 }
 
+// A kept assignment of token t to GPU dst: counts dst, and dst's node, once per token.
+__attribute__((always_inline)) inline void count_destination(int dst, std::int64_t t, std::int64_t* seen_gpu,
+                                                             std::int64_t* token_sends, const int* node_of,
+                                                             std::int64_t* seen_node, std::int64_t* node_sends) {
+  if (seen_gpu[dst] == t) return;
+  seen_gpu[dst] = t;
+  ++token_sends[dst];
+  const int b = node_of[dst];
+  if (seen_node[b] == t) return;
+  seen_node[b] = t;
+  ++node_sends[b];
+}
+
 // The common case of make_dispatch_plan's main loop, on its own so that everything it touches
 // fits in registers: no gate or pad drops, every expert on one slot for this source. room[e]:
 // assignments of expert e this source can still keep (counted down past zero: the rest are
-// dropped); dst_of_expert[e]: its GPU. Counts each token's distinct destination GPUs and nodes
-// (token numbers continue from *token).
+// dropped); dst_of_expert[e]: its GPU, node_of_expert[e] that GPU's node. Counts each token's
+// distinct destination GPUs and nodes; with at most 64 of each, the destinations a token has
+// reached are bit masks kept in registers (Masks), otherwise stamps in arrays.
+template <bool Masks>
 void plan_source_fast(const int* experts_of, std::size_t assignments, int k, std::int64_t* room,
-                      const int* dst_of_expert, const int* node_of, std::int64_t* seen_gpu, std::int64_t* seen_node,
-                      std::int64_t* token_sends, std::int64_t* node_sends, std::int64_t* token) {
+                      const int* dst_of_expert, const int* node_of_expert, std::int64_t* seen_gpu,
+                      std::int64_t* seen_node, std::int64_t* token_sends, std::int64_t* node_sends, std::int64_t* token) {
   std::int64_t t = *token;
   for (std::size_t i = 0; i < assignments; i += static_cast<std::size_t>(k)) {
     ++t;
+    std::uint64_t gpus = 0, nodes = 0;
     for (std::size_t j = i; j < i + static_cast<std::size_t>(k); ++j) {
       const auto e = static_cast<std::size_t>(experts_of[j]);
       if (room[e]-- <= 0) continue;
-      const int dst = dst_of_expert[e];
-      if (seen_gpu[dst] == t) continue;
-      seen_gpu[dst] = t;
-      ++token_sends[dst];
-      const int b = node_of[dst];
-      if (seen_node[b] == t) continue;
-      seen_node[b] = t;
-      ++node_sends[b];
+      const int dst = dst_of_expert[e], b = node_of_expert[e];
+      if constexpr (Masks) {
+        const std::uint64_t g = std::uint64_t{1} << dst;
+        if (gpus & g) continue;
+        gpus |= g;
+        ++token_sends[dst];
+        const std::uint64_t n = std::uint64_t{1} << b;
+        if (nodes & n) continue;
+        nodes |= n;
+        ++node_sends[b];
+      } else {
+        if (seen_gpu[dst] == t) continue;
+        seen_gpu[dst] = t;
+        ++token_sends[dst];
+        if (seen_node[b] == t) continue;
+        seen_node[b] = t;
+        ++node_sends[b];
+      }
     }
   }
   *token = t;
@@ -190,7 +216,7 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
   // (before; position drops only: the source's first limit - before are kept), and with gate
   // drops the current source's kept ones.
   std::vector<std::int64_t> count(ue_count), before(ue_count, 0), gate_kept(ue_count), room(ue_count);
-  std::vector<int> dst_of_expert(ue_count);
+  std::vector<int> dst_of_expert(ue_count), node_of_expert(ue_count);
   const std::int64_t limit = !order_drops ? std::numeric_limits<std::int64_t>::max() : pad ? plan.source_capacity : plan.capacity;
 
   // Replica candidates per (sending GPU, expert): the replicas on the sender's node if any
@@ -252,10 +278,12 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
         room[e] = limit - before[e];
         dst_of_expert[e] = dst_of_slot[static_cast<std::size_t>(only_slot[e])];
       }
-      plan_source_fast(batch.experts.data() + begin, end - begin, k, room.data(), dst_of_expert.data(),
-                       plan.node_of_rank.data(), gpu_seen.data(), node_seen.data(),
-                       plan.token_sends.data() + static_cast<std::ptrdiff_t>(src) * ep,
-                       plan.node_sends.data() + static_cast<std::ptrdiff_t>(src) * plan.nodes, &token);
+      for (std::size_t e = 0; e < ue_count; ++e)
+        node_of_expert[e] = plan.node_of_rank[static_cast<std::size_t>(dst_of_expert[e])];
+      const auto fast_loop = ep <= 64 && plan.nodes <= 64 ? &plan_source_fast<true> : &plan_source_fast<false>;
+      fast_loop(batch.experts.data() + begin, end - begin, k, room.data(), dst_of_expert.data(), node_of_expert.data(),
+                gpu_seen.data(), node_seen.data(), plan.token_sends.data() + static_cast<std::ptrdiff_t>(src) * ep,
+                plan.node_sends.data() + static_cast<std::ptrdiff_t>(src) * plan.nodes, &token);
       for (std::size_t e = 0; e < ue_count; ++e) count[e] = limit - before[e] - room[e];
     }
     // The hot loop (once per assignment of the run): plain pointers, so that no store is
@@ -300,15 +328,7 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
             ++sends[dst_of[slot]];
           }
         }
-        // Distinct destinations of this token: a GPU (and node) counts once.
-        const int dst = dst_of[slot];
-        if (seen_gpu[dst] == token) continue;
-        seen_gpu[dst] = token;
-        ++tsends[dst];
-        const int b = node_of[dst];
-        if (seen_node[b] == token) continue;
-        seen_node[b] = token;
-        ++nsends[b];
+        count_destination(dst_of[slot], token, seen_gpu, tsends, node_of, seen_node, nsends);
       }
     }
     // The source's totals per expert.
