@@ -51,11 +51,10 @@ class Ring final : public Collective {
   void join(int gpu) override {
     const std::size_t m = member_index(ring_, gpu);
     joined_[m] = 1;
-    if (steps_ == 0) {
-      done_(gpu);
-      return;
-    }
+    // Chunks can arrive before a member joins (its predecessor was ready first); it is done
+    // once it has joined and has them all.
     try_send(m);
+    if (received_[m] == steps_) done_(gpu);
   }
 
  private:
@@ -73,7 +72,7 @@ class Ring final : public Collective {
   }
 
   void received(std::size_t m) {
-    if (++received_[m] == steps_) done_(ring_[m]);
+    if (++received_[m] == steps_ && joined_[m]) done_(ring_[m]);
     try_send(m);
   }
 

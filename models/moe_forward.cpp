@@ -187,7 +187,7 @@ void MoeForward::start() {
       }
   if (spec_.training && spec_.gradient_sync) {
     // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype (and the
-    // all-gathered weights, with a sharded optimizer, as many).
+    // all-gathered weights, with a sharded optimizer, as many), per bucket of MoE layers.
     const auto& m = spec_.model;
     const GpuParams params = gpu_params(m, placements_);
     const int gpus = cluster_.gpu_count();
@@ -196,7 +196,10 @@ void MoeForward::start() {
     const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
     const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto synced_one = [this](int gpu) {
-      if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) synced(gpu);
+      // The last bucket is joined at the end of the backward pass: a GPU whose buckets are
+      // all done before it gets there goes on when it does.
+      if (--sync_left_[static_cast<std::size_t>(gpu)] == 0 && gpus_[static_cast<std::size_t>(gpu)].wait == Wait::sync)
+        synced(gpu);
     };
     auto gathered_one = [this](int gpu) {
       if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) gathered(gpu);
@@ -205,17 +208,39 @@ void MoeForward::start() {
       return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * m.dtype_bytes),
                              std::move(done), spec_.gradient_sync_chunks);
     };
-    dense_sync_ = build(sync_kind, all, params.replicated, synced_one);
-    if (spec_.optimizer_sharding) dense_gather_ = build(CollectiveKind::all_gather, all, params.replicated, gathered_one);
-    sync_left_.assign(static_cast<std::size_t>(gpus), groups > 1 ? 2 : 1);
-    if (groups > 1) {
-      for (int r = 0; r < spec_.ep; ++r) {
-        std::vector<int> ring;
-        for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
-        expert_sync_.push_back(build(sync_kind, ring, params.experts, synced_one));
-        if (spec_.optimizer_sharding) expert_gather_.push_back(build(CollectiveKind::all_gather, ring, params.experts, gathered_one));
-      }
+    // Buckets of consecutive MoE layers from the last: bucket b ends (in backward order) at
+    // bucket_end_[b]; the dense layers' weights go with the last bucket.
+    const int layers = m.moe_layers, buckets = std::clamp(spec_.gradient_sync_buckets, 1, layers);
+    const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
+    const std::int64_t moe_replicated = (params.replicated - m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn)) / layers;
+    int next = layers;
+    for (int b = 0; b < buckets; ++b) {
+      const int end = layers - (b + 1) * layers / buckets;  // layers [end, next) in this bucket
+      std::int64_t experts = 0;
+      for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
+      // The last bucket also takes the dense layers' weights (and the division's remainder).
+      const std::int64_t replicated = b + 1 < buckets ? moe_replicated * (next - end)
+                                                      : params.replicated - moe_replicated * (layers - (next - end));
+      bucket_end_.push_back(end);
+      dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
+      if (groups > 1)
+        for (int r = 0; r < spec_.ep; ++r) {
+          std::vector<int> ring;
+          for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
+          expert_sync_.push_back(build(sync_kind, ring, experts, synced_one));
+        }
+      next = end;
     }
+    if (spec_.optimizer_sharding) {
+      dense_gather_ = build(CollectiveKind::all_gather, all, params.replicated, gathered_one);
+      if (groups > 1)
+        for (int r = 0; r < spec_.ep; ++r) {
+          std::vector<int> ring;
+          for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
+          expert_gather_.push_back(build(CollectiveKind::all_gather, ring, params.experts, gathered_one));
+        }
+    }
+    sync_left_.assign(static_cast<std::size_t>(gpus), buckets * (groups > 1 ? 2 : 1));
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) {
     if (spec_.two_batch_overlap) overlap_step(g);
@@ -384,6 +409,7 @@ void MoeForward::overlap_step(int gpu) {
     if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;
       ++passes_done_;
+      if (backward(s.pass)) backward_layer_done(gpu, layer_of(s.pass));
       if (++s.pass == passes()) {
         after_passes(gpu);  // training: dense backward, gradient sync, optimizer
         return;
@@ -471,7 +497,8 @@ KernelCost MoeForward::dense_cost() const {
 
 void MoeForward::end_pass(int gpu) {
   ++passes_done_;
-  ++gpus_[static_cast<std::size_t>(gpu)].pass;
+  const int done = gpus_[static_cast<std::size_t>(gpu)].pass++;
+  if (backward(done)) backward_layer_done(gpu, layer_of(done));
   after_passes(gpu);
 }
 
@@ -487,13 +514,26 @@ void MoeForward::after_passes(int gpu) {
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
-    dense_sync_->join(gpu);
-    if (!expert_sync_.empty()) expert_sync_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
+    join_bucket(gpu, dense_sync_.size() - 1);  // the last bucket (with the dense layers)
+    if (sync_left_[static_cast<std::size_t>(gpu)] == 0 && s.wait == Wait::sync) synced(gpu);
   } else if (spec_.training) {
     run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
   } else {
     finish(gpu);
   }
+}
+
+void MoeForward::join_bucket(int gpu, std::size_t bucket) {
+  dense_sync_[bucket]->join(gpu);
+  if (!expert_sync_.empty())
+    expert_sync_[bucket * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
+}
+
+void MoeForward::backward_layer_done(int gpu, int layer) {
+  // A bucket other than the last starts when its lowest layer's backward is done.
+  if (!(spec_.training && spec_.gradient_sync)) return;
+  for (std::size_t b = 0; b + 1 < bucket_end_.size(); ++b)
+    if (bucket_end_[b] == layer) join_bucket(gpu, b);
 }
 
 void MoeForward::synced(int gpu) {

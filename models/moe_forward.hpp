@@ -48,6 +48,10 @@ struct ForwardSpec {
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
+  // > 1: the gradients are synchronised in this many buckets of consecutive MoE layers (in
+  // backward order), each started as soon as the GPU has finished those layers' backward, so
+  // the sync overlaps the rest of the backward pass (the dense layers go with the last bucket).
+  int gradient_sync_buckets = 1;
   // Training with gradient_sync: ZeRO-1 style sharded optimizer: gradients are reduce-scattered,
   // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
   // weights are all-gathered.
@@ -145,9 +149,14 @@ class MoeForward {
   // over the groups for the experts (an all-reduce, or with optimizer sharding a reduce-scatter
   // before the optimizer and an all-gather of the weights after); how many each GPU still
   // waits for.
-  std::unique_ptr<Collective> dense_sync_, dense_gather_;
-  std::vector<std::unique_ptr<Collective>> expert_sync_, expert_gather_;
+  // Per bucket (gradient_sync_buckets) the sync collectives, [bucket] and [bucket * ep + rank].
+  std::vector<std::unique_ptr<Collective>> dense_sync_, expert_sync_;
+  std::unique_ptr<Collective> dense_gather_;
+  std::vector<std::unique_ptr<Collective>> expert_gather_;
   std::vector<int> sync_left_;
+  std::vector<int> bucket_end_;  // per bucket, its lowest MoE layer (the last its backward reaches)
+  void join_bucket(int gpu, std::size_t bucket);
+  void backward_layer_done(int gpu, int layer);
   void synced(int gpu);
   void gather(int gpu);
   void gathered(int gpu);

@@ -445,6 +445,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring)
         problems.add_at(w->key_path("gradient_sync_chunks"), "only used with gradient_sync: hierarchical or nvls");
     }
+    if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
+      f.gradient_sync_buckets = as_int(*v);
+      if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
+      if (f.gradient_sync_buckets > f.model.moe_layers)
+        problems.add_at(w->key_path("gradient_sync_buckets"),
+                        fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
+                                    f.model.moe_layers));
+    }
     if (auto v = w->get<std::string>("optimizer_sharding", one_of({"true", "false"}), false)) {
       f.optimizer_sharding = *v == "true";
       if (f.optimizer_sharding && !f.gradient_sync)

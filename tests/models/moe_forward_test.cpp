@@ -597,11 +597,18 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const char* drops[] = {"capacity_factor: dropless", "capacity_factor: 1.0, drop_policy: position",
                            "capacity_factor: 1.2, drop_policy: gate", "capacity_factor: 1.5, drop_policy: pad"};
     const bool eplb = pick.uniform_int(2);
+    // Training: gradient sync by any algorithm, in 1 or 2 buckets, with or without a sharded optimizer.
+    const char* syncs[] = {"ring", "hierarchical", "nvls"};
+    const std::string sync =
+        kind != "training" || pick.uniform_int(3) == 0
+            ? std::string()
+            : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
+                          1 + pick.uniform_int(2), pick.uniform_int(2) ? "true" : "false");
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: 2, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
 parallelism: {{ep: {}}}
-workload: {{kind: {}, tokens_per_gpu: {}, {}{}seed: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, {}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
@@ -609,7 +616,7 @@ compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
         nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, kind, 2 * (8 + pick.uniform_int(60)),
-        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", trial, laws[pick.uniform_int(4)],
+        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
@@ -665,4 +672,30 @@ workload: {kind: training, tokens_per_gpu: 1024, )" + overlap + R"(}
     CHECK(tbo.stats.layers()[l].routed == plain.stats.layers()[l].routed);
   }
   CHECK(tbo.stats.gpus()[0].backward_total > Time::zero());
+}
+
+TEST_CASE("Gradient sync in buckets overlaps the backward pass", "[models][training]") {
+  // Four MoE layers, experts synchronised across two EP groups: in 4 buckets each layer's
+  // gradients start as soon as its backward is done, and less of the sync is left at the end.
+  const auto run = [](int buckets) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 2, gpus_per_node: 4, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps}}}}
+model: {{moe_layers: 4, hidden: 2048, expert_ffn: 4096, experts: 8, top_k: 2, attention_heads: 16, dense_layers: 1, dense_ffn: 4096}}
+parallelism: {{ep: 4}}
+workload: {{kind: training, tokens_per_gpu: 2048, gradient_sync: ring, gradient_sync_buckets: {}}}
+)", buckets), "b.yaml"));
+  };
+  const auto one = run(1), four = run(4);
+  const auto sync = [](const scenarios::RunResult& r) { return r.stats.gpus()[0].stage_total[idx(Stage::grad_sync)]; };
+  CHECK(sync(four) < sync(one));
+  CHECK(four.stats.step_time() < one.stats.step_time());
+  // The same gradients in all: per bucket a ring over all 8 GPUs and one per EP rank, their
+  // chunks rounded up, so at least as many bytes and at most a few more per ring step.
+  CHECK(four.stats.gradient_sync_bytes() >= one.stats.gradient_sync_bytes());
+  CHECK(four.stats.gradient_sync_bytes() <= one.stats.gradient_sync_bytes() + 4 * (14 * 8 + 4 * 2 * 2) * 2);
+  for (const auto& g : four.stats.gpus()) {
+    Time total;
+    for (const auto t : g.stage_total) total += t;
+    CHECK(total == g.finish);
+  }
 }

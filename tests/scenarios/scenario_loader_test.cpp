@@ -483,6 +483,11 @@ TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scena
   CHECK(sc.forward.gradient_sync_chunks == 4);
   CHECK(sc.forward.optimizer_sharding);
   CHECK_THAT(error_of(workload("  gradient_sync: tree\n")), Catch::Contains("workload.gradient_sync"));
+  CHECK_THAT(error_of(workload("  gradient_sync_buckets: 2\n")),
+             Catch::Contains("workload.gradient_sync_buckets: needs a gradient_sync algorithm"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_buckets: 5\n")),
+             Catch::Contains("5 buckets for 4 MoE layers: at most one bucket per layer"));
+  CHECK(load_scenario_text(workload("  gradient_sync: ring\n  gradient_sync_buckets: 4\n"), "s.yaml").forward.gradient_sync_buckets == 4);
   CHECK_THAT(error_of(workload("  optimizer_sharding: true\n")),
              Catch::Contains("workload.optimizer_sharding: needs a gradient_sync algorithm"));
   CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_chunks: 4\n")),
