@@ -1,6 +1,7 @@
 #include "models/collectives.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <utility>
 
@@ -108,8 +109,12 @@ class Switch final : public Collective {
     left_ = 2 * members_.size();
     for (const int g : members_)
       for (const Leg leg : {Leg::to_switch, Leg::from_switch}) {
+        // The network moves the bytes slowed by the switch's efficiency; the record keeps the
+        // bytes themselves.
         const Flow flow{gpu_id(g), gpu_id(g), leg == Leg::to_switch ? up_ : down_, leg};
-        ctx_.network.start_flow(flow, [this, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
+        const Flow slowed{flow.src, flow.dst,
+                          sim::Bytes(std::llround(static_cast<double>(flow.size.count()) / ctx_.switch_efficiency)), leg};
+        ctx_.network.start_flow(slowed, [this, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
           record.end = ctx_.sim.now();
           ctx_.recorder.on_flow(record);
           if (--left_ == 0)

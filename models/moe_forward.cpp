@@ -193,7 +193,7 @@ void MoeForward::start() {
     const int gpus = cluster_.gpu_count();
     std::vector<int> all(static_cast<std::size_t>(gpus));
     for (int g = 0; g < gpus; ++g) all[static_cast<std::size_t>(g)] = g;
-    const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
+    const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
     const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto synced_one = [this](int gpu) {
       // The last bucket is joined at the end of the backward pass: a GPU whose buckets are

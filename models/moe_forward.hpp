@@ -48,6 +48,7 @@ struct ForwardSpec {
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
+  double nvls_efficiency = kNvlsEfficiency;  // nvls: the in-switch bytes' share of a port's bandwidth
   // > 1: the gradients are synchronised in this many buckets of consecutive MoE layers (in
   // backward order), each started as soon as the GPU has finished those layers' backward, so
   // the sync overlaps the rest of the backward pass (the dense layers go with the last bucket).

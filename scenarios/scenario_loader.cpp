@@ -640,6 +640,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       comm.algorithm = *v == "hierarchical"  ? models::AllToAllAlgorithm::hierarchical
                        : *v == "low_latency" ? models::AllToAllAlgorithm::low_latency
                                              : models::AllToAllAlgorithm::direct;
+    if (auto v = n->get<double>("nvls_efficiency", fraction(), false)) {
+      sc.forward.nvls_efficiency = *v;
+      if (sc.forward.gradient_sync_algorithm != models::CollectiveAlgorithm::nvls)
+        problems.add_at(n->key_path("nvls_efficiency"), "only used with 'workload.gradient_sync: nvls'");
+    }
     if (auto v = n->get<sim::Time>("message_overhead", time_value(), false)) {
       comm.message_overhead = *v;
       if (comm.algorithm != models::AllToAllAlgorithm::low_latency)

@@ -488,6 +488,11 @@ TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scena
   CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_buckets: 5\n")),
              Catch::Contains("5 buckets for 4 MoE layers: at most one bucket per layer"));
   CHECK(load_scenario_text(workload("  gradient_sync: ring\n  gradient_sync_buckets: 4\n"), "s.yaml").forward.gradient_sync_buckets == 4);
+  CHECK(load_scenario_text(workload("  gradient_sync: nvls\n") + "network:\n  nvls_efficiency: 0.5\n", "s.yaml").forward.nvls_efficiency == 0.5);
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n") + "network:\n  nvls_efficiency: 0.5\n"),
+             Catch::Contains("network.nvls_efficiency: only used with 'workload.gradient_sync: nvls'"));
+  CHECK_THAT(error_of(workload("  gradient_sync: nvls\n") + "network:\n  nvls_efficiency: 1.5\n"),
+             Catch::Contains("must be in (0, 1]"));
   CHECK_THAT(error_of(workload("  optimizer_sharding: true\n")),
              Catch::Contains("workload.optimizer_sharding: needs a gradient_sync algorithm"));
   CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_chunks: 4\n")),
