@@ -1,0 +1,354 @@
+#include "moe_layer.cuh"
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <cmath>
+
+namespace moe {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw CudaError(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw CudaError(std::string(what) + ": cuBLAS status " + std::to_string(static_cast<int>(s)));
+}
+
+namespace {
+
+constexpr int kMaxTopK = 16;
+constexpr int kMaxGroups = 64;
+
+template <class T>
+T* device_alloc(std::size_t n, const char* what) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, std::max<std::size_t>(n, 1) * sizeof(T)), what);
+  return static_cast<T*>(p);
+}
+
+template <class T, class U>
+T* device_copy(const std::vector<U>& host, const char* what) {
+  static_assert(sizeof(T) == sizeof(U), "same element size");
+  T* p = device_alloc<T>(host.size(), what);
+  check(cudaMemcpy(p, host.data(), host.size() * sizeof(U), cudaMemcpyHostToDevice), what);
+  return p;
+}
+
+// One thread per token: scores, group limit, top-k by score + bias, renormalised gates.
+__global__ void topk_kernel(const float* logits, const float* bias, int tokens, int experts, int k, int softmax,
+                            int groups, int max_groups, int* topk, float* gates) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const float* l = logits + static_cast<std::size_t>(t) * experts;
+  float m = -INFINITY, sum = 0;
+  if (softmax) {
+    for (int j = 0; j < experts; ++j) m = fmaxf(m, l[j]);
+    for (int j = 0; j < experts; ++j) sum += expf(l[j] - m);
+  }
+  auto score = [&](int j) { return softmax ? expf(l[j] - m) / sum : 1.0f / (1.0f + expf(-l[j])); };
+  // Eligible groups (bit g), all when there is no group limit.
+  unsigned long long eligible = ~0ULL;
+  if (max_groups > 0 && groups > 1) {
+    const int size = experts / groups;
+    float gscore[kMaxGroups];
+    for (int g = 0; g < groups; ++g) {
+      float a = -INFINITY, b = -INFINITY;
+      for (int j = g * size; j < (g + 1) * size; ++j) {
+        const float s = score(j) + bias[j];
+        if (s > a) b = a, a = s;
+        else if (s > b) b = s;
+      }
+      gscore[g] = size > 1 ? a + b : a;
+    }
+    eligible = 0;
+    for (int i = 0; i < max_groups; ++i) {
+      int best = -1;
+      for (int g = 0; g < groups; ++g)
+        if (!((eligible >> g) & 1ULL) && (best < 0 || gscore[g] > gscore[best])) best = g;
+      eligible |= 1ULL << best;
+    }
+  }
+  const int size = groups > 1 ? experts / groups : experts;
+  int id[kMaxTopK];
+  float val[kMaxTopK], raw[kMaxTopK];
+  int n = 0;
+  for (int j = 0; j < experts; ++j) {
+    if (groups > 1 && !((eligible >> (j / size)) & 1ULL)) continue;
+    const float s = score(j), sel = s + bias[j];
+    if (n == k && !(sel > val[k - 1])) continue;  // ties keep the lower id
+    int p = n < k ? n++ : k - 1;
+    while (p > 0 && sel > val[p - 1]) {
+      val[p] = val[p - 1], id[p] = id[p - 1], raw[p] = raw[p - 1];
+      --p;
+    }
+    val[p] = sel, id[p] = j, raw[p] = s;
+  }
+  float total = 0;
+  for (int i = 0; i < k; ++i) total += raw[i];
+  for (int i = 0; i < k; ++i) {
+    topk[static_cast<std::size_t>(t) * k + i] = id[i];
+    gates[static_cast<std::size_t>(t) * k + i] = raw[i] / total;
+  }
+}
+
+__global__ void keys_kernel(const int* topk, int assignments, int* keys, int* vals, int* counts) {
+  const int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= assignments) return;
+  keys[a] = topk[a];
+  vals[a] = a;
+  atomicAdd(&counts[topk[a]], 1);
+}
+
+// Offsets of every expert's assignments in sorted order, and of its kept rows (at most
+// `capacity`, all when capacity < 0). E is small: one thread.
+__global__ void offsets_kernel(const int* counts, int experts, int capacity, int* offsets, int* kept_offsets, int* kept) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  int o = 0, ko = 0;
+  for (int e = 0; e < experts; ++e) {
+    offsets[e] = o;
+    kept_offsets[e] = ko;
+    const int n = counts[e];
+    kept[e] = capacity < 0 ? n : min(n, capacity);
+    o += n;
+    ko += kept[e];
+  }
+  offsets[experts] = o;
+  kept_offsets[experts] = ko;
+}
+
+// One warp per sorted assignment: its rank inside its expert decides keep or drop; a kept one
+// copies its token's row into the expert's block of the permuted buffer (16 bytes per lane).
+__global__ void scatter_kernel(const int* keys, const int* vals, int assignments, int k, int hidden, int capacity,
+                               const int* offsets, const int* kept_offsets, const __nv_bfloat16* x, int* row_of,
+                               __nv_bfloat16* xperm) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (warp >= assignments) return;
+  const int e = keys[warp], a = vals[warp];
+  const int rank = warp - offsets[e];
+  const bool keep = capacity < 0 || rank < capacity;
+  const int row = keep ? kept_offsets[e] + rank : -1;
+  if (lane == 0) row_of[a] = row;
+  if (!keep) return;
+  const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<std::size_t>(a / k) * hidden);
+  uint4* dst = reinterpret_cast<uint4*>(xperm + static_cast<std::size_t>(row) * hidden);
+  for (int i = lane; i < hidden / 8; i += 32) dst[i] = src[i];
+}
+
+__global__ void swiglu_kernel(const __nv_bfloat16* h1, int rows, int ffn, __nv_bfloat16* act) {
+  const std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<std::size_t>(rows) * ffn) return;
+  const std::size_t r = i / ffn, j = i % ffn;
+  const float g = __bfloat162float(h1[r * 2 * ffn + j]), u = __bfloat162float(h1[r * 2 * ffn + ffn + j]);
+  act[i] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+}
+
+__global__ void combine_kernel(const __nv_bfloat16* y, const int* row_of, const float* gates, int k, int hidden,
+                               __nv_bfloat16* out) {
+  const int t = blockIdx.x;
+  for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
+    float acc = 0;
+    for (int j = 0; j < k; ++j) {
+      const int row = row_of[t * k + j];
+      if (row >= 0) acc += gates[t * k + j] * __bfloat162float(y[static_cast<std::size_t>(row) * hidden + h]);
+    }
+    out[static_cast<std::size_t>(t) * hidden + h] = __float2bfloat16(acc);
+  }
+}
+
+int blocks(std::size_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
+
+}  // namespace
+
+Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t stream)
+    : c_(c), max_tokens_(max_tokens), stream_(stream) {
+  if (c.top_k > kMaxTopK) throw std::invalid_argument("top_k above " + std::to_string(kMaxTopK));
+  if (c.groups > kMaxGroups) throw std::invalid_argument("more than 64 expert groups");
+  if (c.hidden % 8 != 0) throw std::invalid_argument("hidden must be a multiple of 8");
+  check(cublasCreate(&blas_), "cublasCreate");
+  check(cublasSetStream(blas_, stream_), "cublasSetStream");
+  router_w_ = device_copy<__nv_bfloat16>(w.router, "router weights");
+  gate_up_ = device_copy<__nv_bfloat16>(w.gate_up, "gate/up weights");
+  down_ = device_copy<__nv_bfloat16>(w.down, "down weights");
+  bias_ = device_copy<float>(w.bias, "router bias");
+  const auto t = static_cast<std::size_t>(max_tokens), e = static_cast<std::size_t>(c.experts);
+  const std::size_t a = t * static_cast<std::size_t>(c.top_k);
+  const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  logits_ = device_alloc<float>(t * e, "logits");
+  topk_ = device_alloc<int>(a, "top-k");
+  gates_ = device_alloc<float>(a, "gates");
+  keys_in_ = device_alloc<int>(a, "sort keys");
+  keys_out_ = device_alloc<int>(a, "sort keys");
+  vals_in_ = device_alloc<int>(a, "sort values");
+  vals_out_ = device_alloc<int>(a, "sort values");
+  check(cub::DeviceRadixSort::SortPairs(nullptr, sort_tmp_bytes_, keys_in_, keys_out_, vals_in_, vals_out_,
+                                        static_cast<int>(a), 0, 32, stream_),
+        "radix sort size");
+  sort_tmp_ = device_alloc<char>(sort_tmp_bytes_, "sort scratch");
+  counts_ = device_alloc<int>(e + 1, "counts");
+  offsets_ = device_alloc<int>(e + 1, "offsets");
+  kept_offsets_ = device_alloc<int>(e + 1, "kept offsets");
+  row_of_ = device_alloc<int>(a, "rows");
+  xperm_ = device_alloc<__nv_bfloat16>(a * h, "permuted tokens");
+  h1_ = device_alloc<__nv_bfloat16>(a * 2 * f, "gate/up output");
+  act_ = device_alloc<__nv_bfloat16>(a * f, "activation");
+  y_ = device_alloc<__nv_bfloat16>(a * h, "expert output");
+  a_dev_ = device_alloc<const void*>(e, "GEMM A pointers");
+  b_dev_ = device_alloc<const void*>(e, "GEMM B pointers");
+  c_dev_ = device_alloc<void*>(e, "GEMM C pointers");
+}
+
+Layer::~Layer() {
+  for (void* p : std::initializer_list<void*>{router_w_, gate_up_, down_, bias_, logits_, topk_, gates_, keys_in_, keys_out_,
+                                              vals_in_, vals_out_, sort_tmp_, counts_, offsets_, kept_offsets_, row_of_,
+                                              xperm_, h1_, act_, y_, a_dev_, b_dev_, c_dev_})
+    cudaFree(p);
+  if (blas_) cublasDestroy(blas_);
+}
+
+void Layer::router(const __nv_bfloat16* x, int tokens) {
+  if (tokens > max_tokens_) throw std::invalid_argument("more tokens than the layer was made for");
+  const float one = 1, zero = 0;
+  // Row-major logits (T x E) = x (T x H) Wr (H x E), as the column-major E x T = Wr^T-view x^T-view.
+  check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, c_.experts, tokens, c_.hidden, &one, router_w_, CUDA_R_16BF,
+                     c_.experts, x, CUDA_R_16BF, c_.hidden, &zero, logits_, CUDA_R_32F, c_.experts, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT),
+        "router GEMM");
+  topk_kernel<<<blocks(static_cast<std::size_t>(tokens), 128), 128, 0, stream_>>>(
+      logits_, bias_, tokens, c_.experts, c_.top_k, c_.scoring == Scoring::softmax ? 1 : 0, c_.groups, c_.max_groups,
+      topk_, gates_);
+  check(cudaGetLastError(), "top-k kernel");
+}
+
+void Layer::set_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens) {
+  const std::size_t a = static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c_.top_k);
+  if (experts.size() != a || gates.size() != a) throw std::invalid_argument("routing of another size");
+  check(cudaMemcpyAsync(topk_, experts.data(), a * sizeof(int), cudaMemcpyHostToDevice, stream_), "routing");
+  check(cudaMemcpyAsync(gates_, gates.data(), a * sizeof(float), cudaMemcpyHostToDevice, stream_), "gates");
+  check(cudaStreamSynchronize(stream_), "routing");
+}
+
+void Layer::permute(const __nv_bfloat16* x, int tokens) {
+  const int a = tokens * c_.top_k;
+  capacity_ = capacity(c_, tokens);
+  check(cudaMemsetAsync(counts_, 0, static_cast<std::size_t>(c_.experts + 1) * sizeof(int), stream_), "counts");
+  keys_kernel<<<blocks(static_cast<std::size_t>(a), 256), 256, 0, stream_>>>(topk_, a, keys_in_, vals_in_, counts_);
+  check(cudaGetLastError(), "keys kernel");
+  int bits = 1;
+  while ((1 << bits) < c_.experts) ++bits;
+  std::size_t bytes = sort_tmp_bytes_;
+  check(cub::DeviceRadixSort::SortPairs(sort_tmp_, bytes, keys_in_, keys_out_, vals_in_, vals_out_, a, 0, bits, stream_),
+        "radix sort");
+  // The kept row counts go into keys_in_, free once the sort has read it.
+  offsets_kernel<<<1, 1, 0, stream_>>>(counts_, c_.experts, capacity_, offsets_, kept_offsets_, keys_in_);
+  check(cudaGetLastError(), "offsets kernel");
+  scatter_kernel<<<blocks(static_cast<std::size_t>(a) * 32, 256), 256, 0, stream_>>>(
+      keys_out_, vals_out_, a, c_.top_k, c_.hidden, capacity_, offsets_, kept_offsets_, x, row_of_, xperm_);
+  check(cudaGetLastError(), "scatter kernel");
+  // The kept row counts, for the grouped GEMMs' descriptors (cuBLAS takes them on the host).
+  kept_host_.resize(static_cast<std::size_t>(c_.experts));
+  check(cudaMemcpyAsync(kept_host_.data(), keys_in_, kept_host_.size() * sizeof(int), cudaMemcpyDeviceToHost, stream_),
+        "kept counts");
+  check(cudaStreamSynchronize(stream_), "permute");
+}
+
+void Layer::experts() {
+  const auto h = static_cast<std::size_t>(c_.hidden), f = static_cast<std::size_t>(c_.ffn);
+  std::vector<cublasOperation_t> op;
+  std::vector<int> m1, n, k1, m2, k2, lda1, ldb1, ldc1, lda2, ldb2, ldc2, size;
+  std::vector<float> alpha, beta;
+  std::vector<const void*> a1, b1, a2, b2;
+  std::vector<void*> c1, c2;
+  std::size_t row = 0;
+  for (int e = 0; e < c_.experts; ++e) {
+    const int rows = kept_host_[static_cast<std::size_t>(e)];
+    if (rows > 0) {
+      const auto ue = static_cast<std::size_t>(e);
+      op.push_back(CUBLAS_OP_N);
+      n.push_back(rows);
+      size.push_back(1);
+      alpha.push_back(1.0f);
+      beta.push_back(0.0f);
+      // x_e (rows x H) Wgu_e (H x 2F) -> rows x 2F; act_e (rows x F) Wdown_e (F x H) -> rows x H.
+      m1.push_back(2 * c_.ffn), k1.push_back(c_.hidden), lda1.push_back(2 * c_.ffn), ldb1.push_back(c_.hidden),
+          ldc1.push_back(2 * c_.ffn);
+      m2.push_back(c_.hidden), k2.push_back(c_.ffn), lda2.push_back(c_.hidden), ldb2.push_back(c_.ffn),
+          ldc2.push_back(c_.hidden);
+      a1.push_back(gate_up_ + ue * h * 2 * f);
+      b1.push_back(xperm_ + row * h);
+      c1.push_back(h1_ + row * 2 * f);
+      a2.push_back(down_ + ue * f * h);
+      b2.push_back(act_ + row * f);
+      c2.push_back(y_ + row * h);
+    }
+    row += static_cast<std::size_t>(rows);
+  }
+  const int groups = static_cast<int>(n.size());
+  if (groups == 0) return;
+  const auto gemm = [&](const std::vector<int>& m, const std::vector<int>& k, const std::vector<int>& lda,
+                        const std::vector<int>& ldb, const std::vector<int>& ldc, const std::vector<const void*>& a,
+                        const std::vector<const void*>& b, const std::vector<void*>& c, const char* what) {
+    check(cudaMemcpyAsync(a_dev_, a.data(), a.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
+    check(cudaMemcpyAsync(b_dev_, b.data(), b.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
+    check(cudaMemcpyAsync(c_dev_, c.data(), c.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
+    check(cublasGemmGroupedBatchedEx(blas_, op.data(), op.data(), m.data(), n.data(), k.data(), alpha.data(), a_dev_,
+                                     CUDA_R_16BF, lda.data(), b_dev_, CUDA_R_16BF, ldb.data(), beta.data(), c_dev_,
+                                     CUDA_R_16BF, ldc.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
+          what);
+  };
+  gemm(m1, k1, lda1, ldb1, ldc1, a1, b1, c1, "grouped GEMM gate/up");
+  swiglu_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, static_cast<int>(row), c_.ffn, act_);
+  check(cudaGetLastError(), "SwiGLU kernel");
+  gemm(m2, k2, lda2, ldb2, ldc2, a2, b2, c2, "grouped GEMM down");
+}
+
+void Layer::combine(__nv_bfloat16* out, int tokens) {
+  combine_kernel<<<tokens, 256, 0, stream_>>>(y_, row_of_, gates_, c_.top_k, c_.hidden, out);
+  check(cudaGetLastError(), "combine kernel");
+}
+
+void Layer::forward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* out) {
+  router(x, tokens);
+  permute(x, tokens);
+  experts();
+  combine(out, tokens);
+}
+
+Routing Layer::routing(int tokens) const {
+  Routing r;
+  r.tokens = tokens;
+  r.top_k = c_.top_k;
+  const std::size_t a = static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c_.top_k);
+  r.experts.resize(a);
+  r.gates.resize(a);
+  check(cudaStreamSynchronize(stream_), "routing");
+  check(cudaMemcpy(r.experts.data(), topk_, a * sizeof(int), cudaMemcpyDeviceToHost), "routing");
+  check(cudaMemcpy(r.gates.data(), gates_, a * sizeof(float), cudaMemcpyDeviceToHost), "gates");
+  assign_ranks(c_, r);
+  return r;
+}
+
+std::vector<float> Layer::logits(int tokens) const {
+  std::vector<float> l(static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c_.experts));
+  check(cudaStreamSynchronize(stream_), "logits");
+  check(cudaMemcpy(l.data(), logits_, l.size() * sizeof(float), cudaMemcpyDeviceToHost), "logits");
+  return l;
+}
+
+DeviceInfo device_info() {
+  DeviceInfo d;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp p{};
+  check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+  d.name = p.name;
+  d.sm_count = p.multiProcessorCount;
+  int khz = 0;
+  if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev) == cudaSuccess) d.sm_clock_mhz = khz / 1000;
+  if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) == cudaSuccess) d.memory_clock_mhz = khz / 1000;
+  cudaRuntimeGetVersion(&d.runtime);
+  cudaDriverGetVersion(&d.driver);
+  return d;
+}
+
+}  // namespace moe

@@ -1,0 +1,90 @@
+// The MoE layer on the GPU, bf16 with fp32 accumulation; the function is defined in
+// reference.hpp. Each stage is its own call so that it can be timed alone:
+//   router   logits = x Wr (cuBLAS GEMM, fp32 out), then one thread per token: softmax or
+//            sigmoid scores, group limit, top-k by score + bias, renormalised gates;
+//   permute  a stable radix sort of the T k assignments by expert (CUB) keeps position order
+//            inside each expert, so capacity drops the latest assignments; per-expert counts,
+//            kept counts min(count, C), their prefix sums, and a scatter of the kept token rows
+//            into expert-contiguous order;
+//   experts  SwiGLU per expert as two grouped GEMMs over the experts' variable row counts
+//            (cublasGemmGroupedBatchedEx: x_e Wgu_e, then act_e Wdown_e) around an activation
+//            kernel; the row counts are read back to the host for the GEMM descriptors;
+//   combine  one block per token: the gate-weighted sum of its kept assignments' rows.
+// forward() runs the four in order on the layer's stream.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace moe {
+
+class CudaError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void check(cudaError_t e, const char* what);
+void check(cublasStatus_t s, const char* what);
+
+class Layer {
+ public:
+  Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t stream = nullptr);
+  ~Layer();
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  // x: T x H bf16 on the device (at most max_tokens rows); out: T x H bf16 on the device.
+  void forward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* out);
+  void router(const __nv_bfloat16* x, int tokens);
+  // Replaces the router's choice (profiling given distributions): T x k experts and gates.
+  void set_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens);
+  void permute(const __nv_bfloat16* x, int tokens);
+  void experts();
+  void combine(__nv_bfloat16* out, int tokens);
+
+  // The last routing, copied to the host (experts and gates T x k, per-expert counts).
+  Routing routing(int tokens) const;
+  std::vector<float> logits(int tokens) const;  // T x E, fp32
+  const Config& config() const { return c_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  Config c_;
+  int max_tokens_;
+  cudaStream_t stream_;
+  cublasHandle_t blas_ = nullptr;
+  int capacity_ = -1;
+  // Weights.
+  __nv_bfloat16 *router_w_ = nullptr, *gate_up_ = nullptr, *down_ = nullptr;
+  float* bias_ = nullptr;
+  // Per forward.
+  float* logits_ = nullptr;               // T x E
+  int* topk_ = nullptr;                   // T x k experts
+  float* gates_ = nullptr;                // T x k
+  int *keys_in_ = nullptr, *keys_out_ = nullptr, *vals_in_ = nullptr, *vals_out_ = nullptr;  // sort
+  void* sort_tmp_ = nullptr;
+  std::size_t sort_tmp_bytes_ = 0;
+  int *counts_ = nullptr, *offsets_ = nullptr, *kept_offsets_ = nullptr;  // E (+1)
+  int* row_of_ = nullptr;                 // T x k: row in the permuted buffer, -1 dropped
+  __nv_bfloat16 *xperm_ = nullptr, *h1_ = nullptr, *act_ = nullptr, *y_ = nullptr;  // rows x ...
+  std::vector<int> kept_host_;            // E kept rows, read back for the GEMM descriptors
+  // Grouped GEMM descriptors (device pointer arrays).
+  const void **a_dev_ = nullptr, **b_dev_ = nullptr;
+  void** c_dev_ = nullptr;
+};
+
+// The number of SMs, clocks and names of the current device, for profile headers.
+struct DeviceInfo {
+  std::string name;
+  int sm_count = 0, sm_clock_mhz = 0, memory_clock_mhz = 0, runtime = 0, driver = 0;
+};
+DeviceInfo device_info();
+
+}  // namespace moe

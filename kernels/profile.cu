@@ -1,0 +1,211 @@
+// moe-profile: measures the MoE layer's stages on this GPU and writes a kernel profile, after
+// checking the layer against the float64 reference (never times unchecked code).
+//
+//   moe-profile [--out FILE] [--quick] [--repeats N] [--trace FILE]
+//
+// For each shape (small, mixtral: H 4096 F 14336 E 8 k 2, deepseek: H 7168 F 2048 E 256 k 8
+// with sigmoid scoring and 4 of 8 groups), tokens 1, 2, 4, ... 65536 (as memory allows) and
+// per-expert distributions (uniform, zipf:0.8, zipf:1.2, hot:0.5), it times with CUDA events
+// after warm-up: router (on random tokens; its time does not depend on the distribution),
+// permute, experts and combine (on a generated routing of that distribution), and the whole
+// layer (router's own routing). Rows: median, 10th and 90th percentile over the repetitions.
+// --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
+// clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "check.cuh"
+#include "moe_layer.cuh"
+
+using namespace moe;
+
+namespace {
+
+struct Timing {
+  double median, p10, p90;
+};
+
+Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  for (int i = 0; i < 3; ++i) run();  // warm-up
+  check(cudaStreamSynchronize(s), "warm-up");
+  std::vector<double> us;
+  for (int i = 0; i < repeats; ++i) {
+    check(cudaEventRecord(a, s), "event");
+    run();
+    check(cudaEventRecord(b, s), "event");
+    check(cudaEventSynchronize(b), "event");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "event");
+    us.push_back(1000.0 * ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(us.begin(), us.end());
+  const auto at = [&](double q) { return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1) + 0.5)]; };
+  return {at(0.5), at(0.1), at(0.9)};
+}
+
+Config shape(const std::string& name) {
+  Config c;
+  c.name = name;
+  if (name == "small") {
+    c.hidden = 1024, c.ffn = 2048, c.experts = 16, c.top_k = 2;
+  } else if (name == "mixtral") {
+    c.hidden = 4096, c.ffn = 14336, c.experts = 8, c.top_k = 2;
+  } else {  // deepseek
+    c.hidden = 7168, c.ffn = 2048, c.experts = 256, c.top_k = 8, c.scoring = Scoring::sigmoid, c.groups = 8, c.max_groups = 4;
+  }
+  return c;
+}
+
+// The same shape with at most 16 experts, for the float64 check (its cost grows with experts x H x F).
+Config check_shape(Config c) {
+  if (c.experts > 16) {
+    c.experts = 16;
+    c.groups = std::min(c.groups, 8);
+  }
+  return c;
+}
+
+std::size_t bytes_needed(const Config& c, int tokens) {
+  const double a = static_cast<double>(tokens) * c.top_k, h = c.hidden, f = c.ffn, e = c.experts;
+  return static_cast<std::size_t>(2 * e * 3 * h * f + 2 * a * (2 * h + 3 * f) + 4 * tokens * e + 64 * a);
+}
+
+struct DeviceTokens {
+  __nv_bfloat16* p = nullptr;
+  explicit DeviceTokens(const std::vector<bf16_bits>& x) {
+    check(cudaMalloc(&p, x.size() * sizeof(bf16_bits)), "tokens");
+    check(cudaMemcpy(p, x.data(), x.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "tokens");
+  }
+  ~DeviceTokens() { cudaFree(p); }
+};
+
+void write_trace(const std::string& path) {
+  const Config c = shape("mixtral");
+  const int tokens = 4096, layers = 4;
+  std::ofstream out(path);
+  out << "# token-level routing trace: moe-profile's mixtral-shaped router (H 4096, 8 experts, top-2) on\n"
+         "# clustered tokens (64 clusters, Zipf(1.0) frequencies), random router weights per layer\n"
+         "layer,token,experts,gates\n";
+  const std::vector<bf16_bits> x = clustered_tokens(c, tokens, 64, 1.0, 7);
+  DeviceTokens dx(x), dout(x);
+  for (int l = 0; l < layers; ++l) {
+    const Weights w = random_weights(c, 100 + static_cast<std::uint64_t>(l));
+    Layer layer(c, w, tokens);
+    layer.router(dx.p, tokens);
+    const Routing r = layer.routing(tokens);
+    for (int t = 0; t < tokens; ++t) {
+      out << l << ',' << t << ',';
+      for (int j = 0; j < c.top_k; ++j) out << (j ? " " : "") << r.experts[static_cast<std::size_t>(t * c.top_k + j)];
+      out << ',';
+      for (int j = 0; j < c.top_k; ++j) out << (j ? " " : "") << r.gates[static_cast<std::size_t>(t * c.top_k + j)];
+      out << '\n';
+    }
+  }
+  std::printf("moe-profile: wrote %s\n", path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_path, trace_path;
+  bool quick = false;
+  int repeats = 20;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--out" && i + 1 < argc) out_path = argv[++i];
+    else if (a == "--trace" && i + 1 < argc) trace_path = argv[++i];
+    else if (a == "--quick") quick = true;
+    else if (a == "--repeats" && i + 1 < argc) repeats = std::max(3, std::atoi(argv[++i]));
+    else {
+      std::fprintf(stderr, "usage: moe-profile [--out FILE] [--quick] [--repeats N] [--trace FILE]\n");
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("SKIP: no CUDA device present\n");
+    return 77;
+  }
+  try {
+    const DeviceInfo dev = device_info();
+    const std::vector<std::string> shapes = quick ? std::vector<std::string>{"small"}
+                                                  : std::vector<std::string>{"small", "mixtral", "deepseek"};
+    // Check every shape first.
+    for (const auto& s : shapes) {
+      const Config c = check_shape(shape(s));
+      const CheckResult r = check_layer(c, 256, s == "small" ? 64 : 4, 1);
+      std::printf("check %-8s %s\n", s.c_str(), r.describe().c_str());
+      if (!r.ok) {
+        std::fprintf(stderr, "moe-profile: the layer does not match the reference; nothing timed\n");
+        return 1;
+      }
+    }
+    if (!trace_path.empty()) write_trace(trace_path);
+    if (out_path.empty()) return 0;
+    std::ofstream out(out_path);
+    const std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+    out << "# moesim kernel profile, measured by kernels/profile.cu (moe-profile)\n"
+        << "# gpu: " << dev.name << "\n# sm_count: " << dev.sm_count << "\n# sm_clock_mhz: " << dev.sm_clock_mhz
+        << "\n# memory_clock_mhz: " << dev.memory_clock_mhz << "\n# cuda_runtime: " << dev.runtime
+        << "\n# cuda_driver: " << dev.driver << "\n# date: " << date << "\n# repeats: " << repeats
+        << "\n# checked: bf16 layer vs float64 reference before timing (kernels/check.cuh bounds)\n"
+        << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
+           "p90_us\n";
+    const std::vector<std::string> dists{"uniform", "zipf:0.8", "zipf:1.2", "hot:0.5"};
+    std::size_t free_bytes = 0, total_bytes = 0;
+    check(cudaMemGetInfo(&free_bytes, &total_bytes), "memory");
+    for (const auto& s : shapes) {
+      const Config c = shape(s);
+      const Weights w = random_weights(c, 2);
+      int max_tokens = 1;
+      for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
+        if (bytes_needed(c, t) < free_bytes * 0.8) max_tokens = t;
+      Layer layer(c, w, max_tokens);
+      const std::vector<bf16_bits> x = random_tokens(c, max_tokens, 3);
+      DeviceTokens dx(x), dout(x);
+      const cudaStream_t st = layer.stream();
+      for (int t = 1; t <= max_tokens; t *= 2) {
+        const auto row = [&](const char* kernel, const std::string& dist, const Routing* r, Timing tm) {
+          int top = 0, active = 0;
+          if (r)
+            for (const int n : r->counts) top = std::max(top, n), active += n > 0;
+          out << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
+              << t << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
+              << '\n';
+        };
+        row("router", "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
+        const Routing own = layer.routing(t);
+        row("layer", "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+        for (const auto& d : dists) {
+          const Routing r = generated_routing(c, t, d, 5);
+          layer.set_routing(r.experts, r.gates, t);
+          row("permute", d, &r, time_it([&] { layer.permute(dx.p, t); }, repeats, st));
+          row("experts", d, &r, time_it([&] { layer.experts(); }, repeats, st));
+          row("combine", d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
+        }
+        out.flush();
+        std::printf("%-8s %6d tokens done\n", s.c_str(), t);
+      }
+    }
+    std::printf("moe-profile: wrote %s\n", out_path.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-profile: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,122 @@
+// Host test (no GPU): the float64 reference's definition on hand-derived cases, and the data
+// generators. Plain C++17; exits non-zero with a message on the first failure.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "reference.hpp"
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what.c_str());
+    ++failures;
+  }
+}
+
+double silu(double x) { return x / (1 + std::exp(-x)); }
+
+}  // namespace
+
+int main() {
+  using namespace moe;
+  // bf16: exact values survive, halfway cases round to even, NaN stays NaN.
+  expect(float_to_bf16(1.0f) == 0x3F80 && bf16_to_float(0x3F80) == 1.0f, "bf16 of 1");
+  expect(float_to_bf16(1.0f + 0x1.0p-8f) == 0x3F80, "1 + 2^-8 rounds to even (down)");
+  expect(float_to_bf16(1.0f + 3 * 0x1.0p-8f) == 0x3F82, "1 + 3 2^-8 rounds to even (up)");
+  expect(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))), "NaN stays NaN");
+
+  // Softmax top-2 with renormalised gates: logits (0, ln 3, ln 2, -inf-ish).
+  Config c;
+  c.experts = 4, c.top_k = 2, c.hidden = 8, c.ffn = 8;
+  Weights w;
+  w.bias.assign(4, 0.0f);
+  const std::vector<double> logits{0, std::log(3.0), std::log(2.0), -50};
+  Routing r = route_from_logits(c, w, logits, 1);
+  expect(r.experts[0] == 1 && r.experts[1] == 2, "top-2 by score");
+  expect(std::fabs(r.gates[0] - 0.6f) < 1e-6 && std::fabs(r.gates[1] - 0.4f) < 1e-6, "gates 3/5 and 2/5");
+
+  // Group-limited sigmoid routing: 4 experts in 2 groups, one group allowed. Group 0's best pair
+  // (0.9 + 0.1) loses to group 1's (0.6 + 0.6) although expert 0 scores highest alone.
+  Config g = c;
+  g.scoring = Scoring::sigmoid, g.groups = 2, g.max_groups = 1;
+  const auto logit = [](double p) { return std::log(p / (1 - p)); };
+  r = route_from_logits(g, w, {logit(0.9), logit(0.1), logit(0.6), logit(0.6)}, 1);
+  expect((r.experts[0] == 2 && r.experts[1] == 3), "group limit keeps the best group by its top-2 sum");
+  // The bias chooses but does not weigh: +0.5 on expert 1 makes it chosen, with its own score.
+  Config nb = c;
+  nb.scoring = Scoring::sigmoid;
+  Weights wb = w;
+  wb.bias[1] = 0.5f;
+  r = route_from_logits(nb, wb, {logit(0.9), logit(0.1), logit(0.6), logit(0.2)}, 1);
+  expect(r.experts[0] == 0 && r.experts[1] == 1 && std::fabs(r.gates[1] - 0.1f) < 1e-6, "bias selects, score weighs");
+
+  // Capacity by position: 3 tokens, top-1, 2 experts, factor 1.0: C = ceil(3 / 2) = 2, the
+  // third assignment to expert 0 is dropped.
+  Config cap = c;
+  cap.experts = 2, cap.top_k = 1, cap.capacity_factor = 1.0;
+  Routing three;
+  three.tokens = 3, three.top_k = 1, three.experts = {0, 0, 0}, three.gates = {1, 1, 1};
+  assign_ranks(cap, three);
+  expect(three.capacity == 2 && three.kept(0) && three.kept(1) && !three.kept(2), "capacity drops the latest");
+  expect(three.counts[0] == 3 && three.counts[1] == 0, "counts");
+
+  // One expert of identity-like weights: gate = up = x, down = identity: out = silu(x) x.
+  Config id = c;
+  id.experts = 1, id.top_k = 1, id.hidden = 8, id.ffn = 8;
+  Weights wi;
+  wi.router.assign(8, float_to_bf16(0.0f));
+  wi.bias.assign(1, 0.0f);
+  wi.gate_up.assign(8 * 16, float_to_bf16(0.0f));
+  wi.down.assign(8 * 8, float_to_bf16(0.0f));
+  for (int i = 0; i < 8; ++i) {
+    wi.gate_up[static_cast<std::size_t>(i * 16 + i)] = float_to_bf16(1.0f);
+    wi.gate_up[static_cast<std::size_t>(i * 16 + 8 + i)] = float_to_bf16(1.0f);
+    wi.down[static_cast<std::size_t>(i * 8 + i)] = float_to_bf16(1.0f);
+  }
+  const float xs[8] = {1, -1, 2, 0, 0.5f, -2, 3, -0.25f};
+  std::vector<bf16_bits> x(8);
+  for (int i = 0; i < 8; ++i) x[static_cast<std::size_t>(i)] = float_to_bf16(xs[i]);
+  Routing one;
+  one.tokens = 1, one.top_k = 1, one.experts = {0}, one.gates = {1};
+  assign_ranks(id, one);
+  const std::vector<double> out = forward(id, wi, x.data(), one);
+  for (int i = 0; i < 8; ++i)
+    expect(std::fabs(out[static_cast<std::size_t>(i)] - silu(xs[i]) * xs[i]) < 1e-12, "SwiGLU of x with identity weights");
+
+  // Generated routings: k distinct experts per token, all assignments counted, skew as named.
+  Config big = c;
+  big.experts = 16, big.top_k = 4;
+  for (const std::string d : {"uniform", "zipf:1.2", "hot:0.5"}) {
+    const Routing gr = generated_routing(big, 2000, d, 3);
+    expect(std::accumulate(gr.counts.begin(), gr.counts.end(), 0) == 2000 * 4, d + ": every assignment counted");
+    bool distinct = true;
+    for (int t = 0; t < 2000; ++t)
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < a; ++b) distinct = distinct && gr.experts[static_cast<std::size_t>(t * 4 + a)] != gr.experts[static_cast<std::size_t>(t * 4 + b)];
+    expect(distinct, d + ": distinct experts per token");
+    if (d == "zipf:1.2") expect(gr.counts[0] > 3 * gr.counts[15], "zipf: expert 0 far above expert 15");
+    if (d == "hot:0.5") expect(gr.counts[0] > 1800, "hot: expert 0 in nearly every token");
+  }
+  bool threw = false;
+  try {
+    generated_routing(big, 10, "lognormal", 1);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  expect(threw, "unknown distribution rejected");
+  // Clustered tokens are reproducible and not all alike.
+  const auto t1 = clustered_tokens(big, 64, 8, 1.0, 5), t2 = clustered_tokens(big, 64, 8, 1.0, 5);
+  expect(t1 == t2, "clustered tokens reproducible");
+  expect(capacity(big, 100) == -1, "dropless capacity");
+  big.capacity_factor = 1.25;
+  expect(capacity(big, 100) == 32, "capacity ceil(1.25 x 100 x 4 / 16) = 32");
+  if (failures == 0) std::printf("ok: reference checks passed\n");
+  return failures == 0 ? 0 : 1;
+}
