@@ -7,8 +7,11 @@
 // with sigmoid scoring and 4 of 8 groups), tokens 1, 2, 4, ... 65536 (as memory allows) and
 // per-expert distributions (uniform, zipf:0.8, zipf:1.2, hot:0.5), it times with CUDA events
 // after warm-up: router (on random tokens; its time does not depend on the distribution),
-// permute, experts and combine (on a generated routing of that distribution), and the whole
-// layer (router's own routing). Rows: median, 10th and 90th percentile over the repetitions.
+// permute and combine (on a generated routing of that distribution), and the whole layer
+// (router's own routing). The experts stage is timed as one GPU of an EP group runs it: for
+// local expert counts E, 32, 16, ... 1 of the shape, `tokens` = rows (assignments) spread over
+// them by each distribution (rows with top_k 1). Rows of the CSV: median, 10th and 90th
+// percentile over the repetitions; max_expert_tokens and active_experts describe the histogram.
 // --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
 // clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
 #include <cuda_runtime.h>
@@ -169,37 +172,70 @@ int main(int argc, char** argv) {
     const std::vector<std::string> dists{"uniform", "zipf:0.8", "zipf:1.2", "hot:0.5"};
     std::size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "memory");
+    const auto row = [&](const char* kernel, const Config& c, int tokens, const std::string& dist, const Routing* r, Timing tm) {
+      int top = 0, active = 0;
+      if (r)
+        for (const int n : r->counts) top = std::max(top, n), active += n > 0;
+      out << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
+          << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
+          << '\n';
+    };
     for (const auto& s : shapes) {
       const Config c = shape(s);
       const Weights w = random_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
         if (bytes_needed(c, t) < free_bytes * 0.8) max_tokens = t;
-      Layer layer(c, w, max_tokens);
-      const std::vector<bf16_bits> x = random_tokens(c, max_tokens, 3);
-      DeviceTokens dx(x), dout(x);
-      const cudaStream_t st = layer.stream();
-      for (int t = 1; t <= max_tokens; t *= 2) {
-        const auto row = [&](const char* kernel, const std::string& dist, const Routing* r, Timing tm) {
-          int top = 0, active = 0;
-          if (r)
-            for (const int n : r->counts) top = std::max(top, n), active += n > 0;
-          out << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
-              << t << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
-              << '\n';
-        };
-        row("router", "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
-        const Routing own = layer.routing(t);
-        row("layer", "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
-        for (const auto& d : dists) {
-          const Routing r = generated_routing(c, t, d, 5);
-          layer.set_routing(r.experts, r.gates, t);
-          row("permute", d, &r, time_it([&] { layer.permute(dx.p, t); }, repeats, st));
-          row("experts", d, &r, time_it([&] { layer.experts(); }, repeats, st));
-          row("combine", d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
+      {
+        // Router, permute and combine at the model's expert count, per token count; and the
+        // whole layer on the router's own routing.
+        Layer layer(c, w, max_tokens);
+        const std::vector<bf16_bits> x = random_tokens(c, max_tokens, 3);
+        DeviceTokens dx(x), dout(x);
+        const cudaStream_t st = layer.stream();
+        for (int t = 1; t <= max_tokens; t *= 2) {
+          row("router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
+          const Routing own = layer.routing(t);
+          row("layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+          for (const auto& d : dists) {
+            const Routing r = generated_routing(c, t, d, 5);
+            layer.set_routing(r.experts, r.gates, t);
+            row("permute", c, t, d, &r, time_it([&] { layer.permute(dx.p, t); }, repeats, st));
+            layer.experts();  // the rows combine reads
+            row("combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
+          }
+          out.flush();
+          std::printf("%-8s %6d tokens done\n", s.c_str(), t);
+        }
+      }
+      // The experts stage as one GPU of an EP group runs it: `local` experts of the shape,
+      // `rows` token rows spread over them by each distribution (top_k 1: a row is an assignment).
+      for (int local = c.experts; local >= 1; local = local > 32 ? 32 : local / 2) {
+        Config cl = c;
+        cl.experts = local, cl.top_k = 1, cl.groups = 1, cl.max_groups = 0, cl.capacity_factor = 0;
+        Weights wl;
+        const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+        wl.router.assign(h * static_cast<std::size_t>(local), float_to_bf16(0.0f));
+        wl.bias.assign(static_cast<std::size_t>(local), 0.0f);
+        wl.gate_up.assign(w.gate_up.begin(), w.gate_up.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * h * 2 * f));
+        wl.down.assign(w.down.begin(), w.down.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * f * h));
+        int max_rows = 1;
+        for (int r = 1; r <= max_tokens * c.top_k; r *= 2)
+          if (bytes_needed(cl, r) < free_bytes * 0.8) max_rows = r;
+        Layer layer(cl, wl, max_rows);
+        const std::vector<bf16_bits> x = random_tokens(cl, max_rows, 4);
+        DeviceTokens dx(x);
+        for (int rows = 1; rows <= max_rows; rows *= 2) {
+          for (const auto& d : local > 1 ? dists : std::vector<std::string>{"uniform"}) {
+            const Routing r = generated_routing(cl, rows, d, 6);
+            layer.set_routing(r.experts, r.gates, rows);
+            layer.permute(dx.p, rows);
+            row("experts", cl, rows, d, &r, time_it([&] { layer.experts(); }, repeats, layer.stream()));
+          }
         }
         out.flush();
-        std::printf("%-8s %6d tokens done\n", s.c_str(), t);
+        std::printf("%-8s experts stage with %d local experts done\n", s.c_str(), local);
+        if (local == 1) break;
       }
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());

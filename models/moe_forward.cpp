@@ -254,13 +254,50 @@ Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm, bool model_work) 
   const bool twice = gemm && p < passes() && backward(p);
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
   if (model_work) model_flops_ += static_cast<double>(run.flops);
-  const Time t = roofline_.time(run);
+  return scaled(roofline_.time(run), gpu);
+}
+
+Time MoeForward::scaled(Time t, int gpu) {
   double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
   if (spec_.two_batch_overlap) factor /= 1 - spec_.comm_sm_fraction;
   if (spec_.jitter > 0)
     factor *= std::exp(spec_.jitter * jitter_rng_[static_cast<std::size_t>(gpu)].normal() - spec_.jitter * spec_.jitter / 2);
   if (factor == 1) return t;
   return Time::ps(std::llround(static_cast<double>(t.count_ps()) * factor));
+}
+
+std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, const std::vector<ProfileQuery>& parts) {
+  // The profile measures forward kernels; backward passes keep the roofline.
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (!spec_.profile || (p < passes() && backward(p))) return std::nullopt;
+  const auto& m = spec_.model;
+  double us = 0;
+  for (const auto& q : parts) {
+    const auto t = spec_.profile->time_us(q.kernel, static_cast<int>(m.hidden), static_cast<int>(m.expert_ffn), q.experts,
+                                          q.top_k, q.tokens, q.imbalance);
+    if (!t) {
+      ++profile_misses_;
+      return std::nullopt;
+    }
+    us += *t;
+  }
+  ++profile_hits_;
+  model_flops_ += static_cast<double>(work.flops);
+  return scaled(Time::ps(std::llround(us * 1e6)), gpu);
+}
+
+Time MoeForward::router_time(int gpu, std::int64_t tokens) {
+  const auto& m = spec_.model;
+  const KernelCost c = router_cost(m, tokens);
+  if (const auto t = profiled(gpu, c, {{"router", m.experts, m.top_k, tokens}, {"permute", m.experts, m.top_k, tokens}})) return *t;
+  return cost(c, gpu);
+}
+
+Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
+  const auto& m = spec_.model;
+  const KernelCost c = reduce_cost(m, tokens, kept);
+  if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens}})) return *t;
+  return cost(c, gpu, false);
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
@@ -293,7 +330,7 @@ void MoeForward::begin_pass(int gpu) {
 }
 
 void MoeForward::after_attention(int gpu) {
-  run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_router);
+  run_stage(gpu, Stage::router, router_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_router);
 }
 
 void MoeForward::after_router(int gpu) {
@@ -363,7 +400,7 @@ void MoeForward::try_finish_combine(int gpu) {
     run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_attention_backward_start);
     return;
   }
-  run_stage(gpu, Stage::reduce, cost(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu))), gpu),
+  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu))),
             &MoeForward::end_pass);
 }
 
@@ -439,7 +476,7 @@ void MoeForward::overlap_step(int gpu) {
       case attention:
         return compute(Stage::attention, cost(this->attention(half_tokens), gpu));
       case router:
-        return compute(Stage::router, cost(router_cost(m, half_tokens), gpu));
+        return compute(Stage::router, router_time(gpu, half_tokens));
       case shared:
         if (m.shared_experts == 0) {
           ++s.op;
@@ -449,7 +486,7 @@ void MoeForward::overlap_step(int gpu) {
       case experts:
         return compute(Stage::experts, experts_time(layer, gpu, h));
       case reduce:  // a weighted sum (or its gradient, a scatter of the same size): not a GEMM
-        return compute(Stage::reduce, cost(reduce_cost(m, half_tokens, p.kept(rank(gpu))), gpu, false));
+        return compute(Stage::reduce, reduce_time(gpu, half_tokens, p.kept(rank(gpu))));
       case send_dispatch:
       case send_combine:
         all_to_all_->send(pass * 2 + h, kind == send_dispatch ? Phase::dispatch : Phase::combine, gpu);
@@ -471,6 +508,20 @@ Time MoeForward::experts_time(int layer, int gpu, int half) {
   const int r = rank(gpu);
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
+  if (spec_.profile) {
+    // The measured grouped expert stage for this GPU's slots: its rows and their imbalance.
+    std::int64_t rows = 0, most = 0, computed = 0;
+    for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
+      const auto us = static_cast<std::size_t>(slot);
+      rows += p.slot_computed[us] + p.slot_padded[us];
+      most = std::max(most, p.slot_computed[us] + p.slot_padded[us]);
+      computed += p.slot_computed[us];
+    }
+    const double mean = static_cast<double>(rows) / per_gpu;
+    const KernelCost work = expert_cost(spec_.model, computed);
+    if (const auto t = profiled(gpu, work, {{"experts", per_gpu, 1, rows, rows > 0 ? static_cast<double>(most) / mean : 1.0}}))
+      return *t;
+  }
   for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
     const std::int64_t computed = p.slot_computed[static_cast<std::size_t>(slot)];
     const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];

@@ -19,10 +19,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "models/all_to_all.hpp"
 #include "models/collectives.hpp"
+#include "models/kernel_profile.hpp"
 #include "models/network.hpp"
 #include "models/recorder.hpp"
 #include "models/roofline.hpp"
@@ -72,6 +74,9 @@ struct ForwardSpec {
   bool two_batch_overlap = false;
   double comm_sm_fraction = 0;
   AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
+  // A measured kernel profile (compute.model: profile): the forward passes' router (with
+  // permute), expert and combine stages from it where it covers them; the rest from the roofline.
+  std::shared_ptr<const KernelProfile> profile;
 };
 
 // Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
@@ -89,6 +94,9 @@ class MoeForward {
   // FLOPs of the model's work in the step, over all GPUs: every compute stage except padding
   // rows and the optimizer (backward counted at 2x), the numerator of MFU.
   double model_flops() const { return model_flops_; }
+  // Forward MoE stage times taken from the kernel profile, and those it did not cover.
+  std::int64_t profile_hits() const { return profile_hits_; }
+  std::int64_t profile_misses() const { return profile_misses_; }
   // Share of the step's layer passes the GPUs have finished, in [0, 1].
   double progress() const;
 
@@ -113,6 +121,20 @@ class MoeForward {
   // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
   // model_work: counts toward the model FLOPs (not the optimizer).
   sim::Time cost(const KernelCost& c, int gpu, bool gemm = true, bool model_work = true);
+  // Speed, two-batch-overlap and jitter factors applied to a kernel time.
+  sim::Time scaled(sim::Time t, int gpu);
+  // A forward MoE stage from the kernel profile (the sum of its kernels), or nothing: no
+  // profile, a backward pass, or a kernel outside the profile (counted).
+  struct ProfileQuery {
+    const char* kernel;
+    int experts, top_k;
+    std::int64_t tokens;
+    double imbalance = 1.0;
+  };
+  std::optional<sim::Time> profiled(int gpu, const KernelCost& work, const std::vector<ProfileQuery>& parts);
+  sim::Time router_time(int gpu, std::int64_t tokens);  // router and permute
+  sim::Time reduce_time(int gpu, std::int64_t tokens, std::int64_t kept);  // combine
+  std::int64_t profile_hits_ = 0, profile_misses_ = 0;
   KernelCost dense_cost() const;
   void after_passes(int gpu);
   KernelCost attention(std::int64_t tokens) const;

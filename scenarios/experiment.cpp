@@ -32,6 +32,9 @@ RunResult run_step(const Scenario& sc, const Progress& progress) {
   if (progress) sim.set_progress_hook(1 << 16, [&] { progress(forward.progress()); });
   result.events = sim.run();
   result.model_flops = forward.model_flops();
+  // Which model gave the kernel times: the profile for every forward MoE stage, or partly.
+  if (sc.forward.profile)
+    result.compute_source = forward.profile_misses() == 0 ? "profile" : forward.profile_hits() == 0 ? "roofline" : "profile+roofline";
   MOESIM_ASSERT(forward.finished(), "the simulation ended with GPUs still waiting");
   if (const auto* usage = network->link_usage()) result.links = *usage;
   result.placements = forward.placements();

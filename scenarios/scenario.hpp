@@ -30,6 +30,7 @@ struct Scenario {
   std::optional<std::pair<int, int>> placement_trace_steps;  // placement.trace_steps; all when unset
   std::string routing_trace;                // routing.trace, as written
   std::string compute_model = "roofline";
+  std::string compute_profile;  // compute.profile as written (relative to the scenario file)
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";
   std::string timeline = "auto";  // output.timeline: auto | on | off

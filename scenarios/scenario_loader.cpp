@@ -658,7 +658,13 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     n->finish();
   }
   if (auto c = top.child("compute", false)) {
-    if (auto v = c->get<std::string>("model", one_of({"roofline"}), false)) sc.compute_model = *v;
+    if (auto v = c->get<std::string>("model", one_of({"roofline", "profile"}), false)) sc.compute_model = *v;
+    if (auto v = c->get<std::string>("profile", any_text(), false)) {
+      sc.compute_profile = *v;
+      if (sc.compute_model != "profile") problems.add_at(c->key_path("profile"), "only used with 'model: profile'");
+    } else if (sc.compute_model == "profile") {
+      problems.add_at(c->key_path("profile"), "'model: profile' needs the profile file (kernels/profiles/<gpu>.csv)");
+    }
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
@@ -780,6 +786,15 @@ std::string beside_scenario(const Scenario& sc, const std::string& file) {
 // routing.trace is loaded for replay. Every MoE layer must be in a trace.
 void read_traces(Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
+  if (!sc.compute_profile.empty()) {
+    try {
+      auto profile = std::make_shared<models::KernelProfile>(models::KernelProfile::read(beside_scenario(sc, sc.compute_profile)));
+      if (profile->rows.empty()) problems.add_at("compute.profile", fmt::format("{} has no rows", profile->source));
+      sc.forward.profile = std::move(profile);
+    } catch (const models::ProfileError& e) {
+      problems.add_at("compute.profile", e.what());
+    }
+  }
   if (sc.placement_load == "trace" && !sc.placement_trace.empty()) {
     const std::string path = beside_scenario(sc, sc.placement_trace);
     try {

@@ -1,0 +1,57 @@
+// A measured kernel profile (kernels/profiles/<gpu>.csv, written by kernels/profile.cu after it
+// has checked the layer against its float64 reference):
+//
+//   # gpu: NVIDIA H100 80GB HBM3          (# lines: device, clocks, CUDA versions, date)
+//   kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,p90_us
+//   router,mixtral,4096,14336,8,2,1024,-,0,0,21.5,21.1,22.0
+//   experts,mixtral,4096,14336,4,1,2048,zipf:1.2,1210,4,812.0,809.3,815.1
+//
+// router, permute, combine and layer rows are per token count at the model's expert count and
+// top-k; experts rows are the expert stage as one GPU of an EP group runs it: `experts` local
+// experts, `tokens` rows (assignments) spread over them by the named distribution.
+//
+// time_us() interpolates: along tokens, linearly in log(tokens) and log(time) between the two
+// measured counts around the request (never beyond the measured range: outside it, or for a
+// shape the profile lacks, there is no answer and the caller falls back to the roofline); across
+// distributions (experts), linearly in the imbalance max/mean rows per local expert between the
+// two measured distributions around the request, extrapolated linearly beyond the most skewed
+// one (skew past it costs at least as much more again), never below zero.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moesim::models {
+
+class ProfileError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct KernelProfile {
+  struct Row {
+    std::string kernel, shape;
+    int hidden = 0, ffn = 0, experts = 0, top_k = 0;
+    std::int64_t tokens = 0;
+    std::string distribution;
+    std::int64_t max_expert_tokens = 0;
+    int active_experts = 0;
+    double median_us = 0;
+  };
+  std::string source;  // the file
+  std::string gpu;     // from its "# gpu:" line
+  std::vector<Row> rows;
+
+  // Throws ProfileError naming the file and line.
+  static KernelProfile read(const std::string& path);
+  // The kernel's time for this shape at `tokens` (experts: rows over `experts` local experts,
+  // with imbalance = max / mean rows per local expert), or nothing where the profile does not
+  // cover the request. 0 for 0 tokens.
+  std::optional<double> time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
+                                std::int64_t tokens, double imbalance = 1.0) const;
+};
+
+}  // namespace moesim::models
