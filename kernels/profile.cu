@@ -12,6 +12,8 @@
 // local expert counts E, 32, 16, ... 1 of the shape, `tokens` = rows (assignments) spread over
 // them by each distribution (rows with top_k 1). Rows of the CSV: median, 10th and 90th
 // percentile over the repetitions; max_expert_tokens and active_experts describe the histogram.
+// dense_gemm rows time one bf16 GEMM of the gate/up projection's size over `tokens` rows, the
+// yardstick for the grouped GEMMs' efficiency.
 // --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
 // clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
 #include <cuda_runtime.h>
@@ -235,7 +237,29 @@ int main(int argc, char** argv) {
         }
         out.flush();
         std::printf("%-8s experts stage with %d local experts done\n", s.c_str(), local);
-        if (local == 1) break;
+        if (local == 1) {
+          // The dense bf16 GEMM of the gate/up projection's size (rows x H by H x 2F), for the
+          // grouped GEMMs' efficiency: a row "dense_gemm" per row count (experts 1, top_k 1).
+          cublasHandle_t blas = nullptr;
+          check(cublasCreate(&blas), "cublasCreate");
+          __nv_bfloat16 *a = nullptr, *b = nullptr, *cc = nullptr;
+          check(cudaMalloc(&a, h * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
+          check(cudaMalloc(&b, static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16)), "dense GEMM");
+          check(cudaMalloc(&cc, static_cast<std::size_t>(max_rows) * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
+          const float one = 1, zero = 0;
+          for (int rows = 1; rows <= max_rows; rows *= 2)
+            row("dense_gemm", cl, rows, "-", nullptr, time_it([&] {
+                  check(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, 2 * c.ffn, rows, c.hidden, &one, a, CUDA_R_16BF,
+                                     2 * c.ffn, b, CUDA_R_16BF, c.hidden, &zero, cc, CUDA_R_16BF, 2 * c.ffn,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                        "dense GEMM");
+                }, repeats, nullptr));
+          cudaFree(a);
+          cudaFree(b);
+          cudaFree(cc);
+          cublasDestroy(blas);
+          break;
+        }
       }
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
