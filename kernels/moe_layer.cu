@@ -165,6 +165,9 @@ Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t str
   if (c.top_k > kMaxTopK) throw std::invalid_argument("top_k above " + std::to_string(kMaxTopK));
   if (c.groups > kMaxGroups) throw std::invalid_argument("more than 64 expert groups");
   if (c.hidden % 8 != 0) throw std::invalid_argument("hidden must be a multiple of 8");
+  if (c.top_k > c.experts) throw std::invalid_argument("top_k larger than the expert count");
+  if (c.max_groups > 0 && c.groups > 1 && (c.experts % c.groups != 0 || c.max_groups * (c.experts / c.groups) < c.top_k))
+    throw std::invalid_argument("groups must divide the experts, and max_groups groups hold at least top_k experts");
   check(cublasCreate(&blas_), "cublasCreate");
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   router_w_ = device_copy<__nv_bfloat16>(w.router, "router weights");

@@ -109,6 +109,8 @@ std::vector<double> router_logits(const Config& c, const Weights& w, const bf16_
 Routing route_from_logits(const Config& c, const Weights& w, const std::vector<double>& logits, int tokens) {
   const int e = c.experts, k = c.top_k;
   if (k > e) throw std::invalid_argument("top_k larger than the expert count");
+  if (c.max_groups > 0 && c.groups > 1 && c.max_groups * (e / c.groups) < k)
+    throw std::invalid_argument("max_groups groups hold fewer experts than top_k");
   Routing r;
   r.tokens = tokens;
   r.top_k = k;
