@@ -224,14 +224,20 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
   const auto t0 = std::chrono::steady_clock::now();
   std::mutex draw;
+  std::size_t first_done = 0;
   o.progress = [&](std::size_t done, std::size_t total) {
     if (!bar) return;
     const std::lock_guard<std::mutex> g(draw);
+    // The rate from the points this run has finished (rows of an earlier run are not timed).
+    if (first_done == 0) first_done = done;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print(stderr, "\r  sweeping    {}/{} points, {:.0f} s elapsed{}   ", done, total, elapsed,
-               done > 0 && done < total ? fmt::format(", about {:.0f} s left", elapsed / static_cast<double>(done) *
-                                                                                    static_cast<double>(total - done))
-                                        : std::string());
+    const double ran = static_cast<double>(done - first_done + 1);
+    const double share = static_cast<double>(done) / static_cast<double>(total);
+    const int width = 30, filled = static_cast<int>(share * width);
+    fmt::print(stderr, "\r  sweeping    [{}{}] {}/{} points, {:.0f} s elapsed{}   ",
+               std::string(static_cast<std::size_t>(filled), '='), std::string(static_cast<std::size_t>(width - filled), ' '),
+               done, total, elapsed,
+               done < total ? fmt::format(", about {:.0f} s left", elapsed / ran * static_cast<double>(total - done)) : std::string());
     std::fflush(stderr);
   };
   int rank = 0;
@@ -243,7 +249,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
     if (rank != 0) throw QuietRank{0};
     throw;
   }
-  if (bar) fmt::print(stderr, "\r{}\r", std::string(72, ' '));
+  if (bar) fmt::print(stderr, "\r{}\r", std::string(100, ' '));
   if (!vm.count("quiet") && rank == 0) {
     fmt::print("moesim: {} points ({} from an earlier run, {} run now{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
                r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "", grid.source, out,
