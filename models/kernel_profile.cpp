@@ -70,28 +70,26 @@ KernelProfile KernelProfile::read(const std::string& path) {
     }
   }
   if (!header) throw ProfileError(fmt::format("{}: no header line", path));
+  for (const auto& r : p.rows) {
+    const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
+    p.curves_[Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}][r.distribution].push_back(
+        {static_cast<double>(r.tokens), r.median_us, r.max_expert_tokens > 0 ? static_cast<double>(r.max_expert_tokens) / mean : 1.0});
+  }
+  for (auto& [key, by_distribution] : p.curves_)
+    for (auto& [name, pts] : by_distribution)
+      std::sort(pts.begin(), pts.end(), [](const Point& a, const Point& b) { return a.tokens < b.tokens; });
   return p;
 }
 
 std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
                                              std::int64_t tokens, double imbalance) const {
   if (tokens <= 0) return 0.0;
-  // Per distribution, the measured (tokens -> time, imbalance) points of this kernel and shape.
-  struct Point {
-    double tokens, us, imbalance;
-  };
-  std::map<std::string, std::vector<Point>> curves;
-  for (const auto& r : rows) {
-    if (r.kernel != kernel || r.hidden != hidden || r.ffn != ffn || r.experts != experts || r.top_k != top_k) continue;
-    const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
-    curves[r.distribution].push_back(
-        {static_cast<double>(r.tokens), r.median_us, r.max_expert_tokens > 0 ? static_cast<double>(r.max_expert_tokens) / mean : 1.0});
-  }
+  const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
+  if (found == curves_.end()) return std::nullopt;
   // Each curve at `tokens` (log-log between the measured counts around it).
   std::vector<std::pair<double, double>> at;  // (imbalance, us)
   const double x = std::log(static_cast<double>(tokens));
-  for (auto& [name, pts] : curves) {
-    std::sort(pts.begin(), pts.end(), [](const Point& a, const Point& b) { return a.tokens < b.tokens; });
+  for (const auto& [name, pts] : found->second) {
     if (static_cast<double>(tokens) < pts.front().tokens || static_cast<double>(tokens) > pts.back().tokens) continue;
     const auto hi = std::lower_bound(pts.begin(), pts.end(), static_cast<double>(tokens),
                                      [](const Point& p, double t) { return p.tokens < t; });

@@ -19,9 +19,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace moesim::models {
@@ -52,6 +54,15 @@ struct KernelProfile {
   // cover the request. 0 for 0 tokens.
   std::optional<double> time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
                                 std::int64_t tokens, double imbalance = 1.0) const;
+
+ private:
+  // The rows by (kernel, hidden, ffn, experts, top_k), then by distribution, sorted by tokens:
+  // built once by read(), so that a lookup does not scan every row.
+  struct Point {
+    double tokens, us, imbalance;
+  };
+  using Key = std::tuple<std::string, int, int, int, int>;
+  std::map<Key, std::map<std::string, std::vector<Point>>> curves_;
 };
 
 }  // namespace moesim::models

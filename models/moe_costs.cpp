@@ -41,12 +41,20 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int6
 
 KernelCost adam_cost(std::int64_t params) { return KernelCost{.flops = 12 * params, .bytes = 28 * params}; }
 
+std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m) {
+  return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
+}
+
+std::int64_t dense_layers_params(const routing::MoeModelSpec& m) {
+  return m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
+}
+
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements) {
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
   GpuParams p;
-  p.replicated = m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
+  p.replicated = dense_layers_params(m);
   for (const auto& pl : placements) {
-    p.replicated += routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * expert;
+    p.replicated += moe_layer_replicated(m);
     p.experts += pl.slots_per_gpu * expert;
   }
   return p;

@@ -55,6 +55,10 @@ struct GpuParams {
   std::int64_t total() const { return replicated + experts; }
 };
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
+// The weights every GPU holds for one MoE layer (attention, router, shared experts) and for
+// all dense layers together; gpu_params' replicated count is their sum over the layers.
+std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m);
+std::int64_t dense_layers_params(const routing::MoeModelSpec& m);
 // A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the
 // experts over the `groups` EP groups (rounded up).
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups);

@@ -212,15 +212,14 @@ void MoeForward::start() {
     // bucket_end_[b]; the dense layers' weights go with the last bucket.
     const int layers = m.moe_layers, buckets = std::clamp(spec_.gradient_sync_buckets, 1, layers);
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
-    const std::int64_t moe_replicated = (params.replicated - m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn)) / layers;
+    const std::int64_t moe_replicated = moe_layer_replicated(m);
     int next = layers;
     for (int b = 0; b < buckets; ++b) {
       const int end = layers - (b + 1) * layers / buckets;  // layers [end, next) in this bucket
       std::int64_t experts = 0;
       for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
-      // The last bucket also takes the dense layers' weights (and the division's remainder).
-      const std::int64_t replicated = b + 1 < buckets ? moe_replicated * (next - end)
-                                                      : params.replicated - moe_replicated * (layers - (next - end));
+      // The last bucket also takes the dense layers' weights.
+      const std::int64_t replicated = moe_replicated * (next - end) + (b + 1 < buckets ? 0 : dense_layers_params(m));
       bucket_end_.push_back(end);
       dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
       if (groups > 1)
@@ -266,7 +265,7 @@ Time MoeForward::scaled(Time t, int gpu) {
   return Time::ps(std::llround(static_cast<double>(t.count_ps()) * factor));
 }
 
-std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, const std::vector<ProfileQuery>& parts) {
+std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts) {
   // The profile measures forward kernels; backward passes keep the roofline.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   if (!spec_.profile || (p < passes() && backward(p))) return std::nullopt;

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -131,7 +132,7 @@ class MoeForward {
     std::int64_t tokens;
     double imbalance = 1.0;
   };
-  std::optional<sim::Time> profiled(int gpu, const KernelCost& work, const std::vector<ProfileQuery>& parts);
+  std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts);
   sim::Time router_time(int gpu, std::int64_t tokens);  // router and permute
   sim::Time reduce_time(int gpu, std::int64_t tokens, std::int64_t kept);  // combine
   std::int64_t profile_hits_ = 0, profile_misses_ = 0;

@@ -121,12 +121,12 @@ ExpertSampler::ExpertSampler(std::vector<double> weights)
   const auto n = static_cast<std::size_t>(experts_);
   if (equal) {
     weights_.assign(n, 1.0 / experts_);
-    return;  // keep_ empty: a draw is one uniform integer
+    return;  // no columns: a draw is one uniform integer
   }
   // Vose's alias construction.
-  keep_.assign(n, 1.0);
-  alias_.resize(n);
-  std::iota(alias_.begin(), alias_.end(), 0);
+  std::vector<double> keep(n, 1.0);
+  std::vector<int> alias(n);
+  std::iota(alias.begin(), alias.end(), 0);
   std::vector<double> scaled(n);
   std::vector<int> small, large;
   for (std::size_t i = 0; i < n; ++i) {
@@ -138,22 +138,22 @@ ExpertSampler::ExpertSampler(std::vector<double> weights)
     small.pop_back();
     const int l = large.back();
     const auto us = static_cast<std::size_t>(s), ul = static_cast<std::size_t>(l);
-    keep_[us] = scaled[us];
-    alias_[us] = l;
+    keep[us] = scaled[us];
+    alias[us] = l;
     scaled[ul] = (scaled[ul] + scaled[us]) - 1.0;
     if (scaled[ul] < 1.0) {
       large.pop_back();
       small.push_back(l);
     }
   }
-  // Leftovers (rounding) keep themselves: keep_ stays 1.
+  // Leftovers (rounding) keep themselves: their keep stays 1.
   columns_.resize(n);
   for (std::size_t i = 0; i < n; ++i)
-    columns_[i] = Column{static_cast<std::uint64_t>(std::ceil(std::ldexp(keep_[i], 53))), alias_[i]};
+    columns_[i] = Column{static_cast<std::uint64_t>(std::ceil(std::ldexp(keep[i], 53))), alias[i]};
 }
 
 __attribute__((always_inline)) inline int ExpertSampler::draw_one(sim::Rng& rng) const {
-  if (keep_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
+  if (columns_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
   // One 64-bit draw x gives both the column, floor(x n / 2^64), and the uniform within it, the
   // fractional part of x n / 2^64 (its top 53 bits); the column's bias is below n / 2^64.
   __extension__ using uint128 = unsigned __int128;

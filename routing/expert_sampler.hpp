@@ -63,12 +63,11 @@ class ExpertSampler {
   int exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
   int experts_;
   std::vector<double> weights_;
-  // Walker's alias table (Vose's construction): draw i uniformly, keep it with probability
-  // keep_[i], else take alias_[i]. O(1) per draw, exact up to floating-point rounding.
-  std::vector<double> keep_;
-  std::vector<int> alias_;
-  // Per column, together: keep_[i] as a threshold on the 53-bit integer U of a uniform
-  // u = U 2^-53 (u < keep_[i] exactly when U < ceil(keep_[i] 2^53)), and alias_[i].
+  // Walker's alias table (Vose's construction): draw column i uniformly, keep i with
+  // probability keep, else take the column's alias. O(1) per draw, exact up to floating-point
+  // rounding. keep is stored as a threshold on the 53-bit integer U of a uniform u = U 2^-53
+  // (u < keep exactly when U < ceil(keep 2^53)); both fields together, one load per draw.
+  // Empty for equal weights: a draw is one uniform integer.
   struct Column {
     std::uint64_t keep_below;
     std::int64_t alias;

@@ -30,7 +30,6 @@ std::uint64_t splitmix64(std::uint64_t& x) {
   return z ^ (z >> 31);
 }
 
-
 }  // namespace
 
 std::uint64_t fnv1a64(std::string_view text) {
@@ -50,24 +49,13 @@ Rng::Rng(std::uint64_t seed, std::string_view stream_name) {
 }
 
 
-namespace {
-
-// Ziggurat tables for the standard exponential density f(x) = exp(-x) (Marsaglia & Tsang, 2000,
-// "The Ziggurat Method for Generating Random Variables", 256 layers of equal area v, rightmost
-// edge r). Edge x[i] is the right end of layer i: x[0] = v / f(r) is the base layer's virtual
-// width (its part beyond r stands for the tail), x[1] = r, x[i+1] = f^-1(v / x[i] + f(x[i])),
-// x[256] = 0. Computed once, in double precision, by the same recurrence on every machine.
-const ExpZiggurat& exp_ziggurat() { return kExpZiggurat; }
-
-}  // namespace
-
 double Rng::exponential_rest(double mean, int i, double x) {
   // Layer i from the low 8 bits, a 53-bit position from the high bits of the same draw (no
   // bits shared, unlike the original's 32-bit version). A point left of the next layer's edge
   // lies under the curve and is taken at once (97.8 % of draws, inline in the header);
   // otherwise the base layer means the tail (r plus a fresh exponential, by memorylessness)
   // and the others test the wedge between the curve and the layer's top.
-  const ExpZiggurat& z = exp_ziggurat();
+  const ExpZiggurat& z = kExpZiggurat;
   for (;;) {
     if (x < z.x[i + 1]) return mean * x;
     if (i == 0) return mean * (ExpZiggurat::r - std::log1p(-uniform01()));

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "sim/units.hpp"
+#include "tools/report.hpp"
 
 namespace moesim::tools {
 namespace {
@@ -27,27 +28,6 @@ constexpr Alias kAliases[] = {
 };
 // Columns where more is better (for a bare `=` target).
 constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu"};
-
-std::vector<std::string> csv_row(const std::string& line) {
-  std::vector<std::string> v(1);
-  bool quoted = false;
-  for (std::size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (c == '"') {
-      if (quoted && i + 1 < line.size() && line[i + 1] == '"') {
-        v.back() += '"';
-        ++i;
-      } else {
-        quoted = !quoted;
-      }
-    } else if (c == ',' && !quoted) {
-      v.emplace_back();
-    } else {
-      v.back() += c;
-    }
-  }
-  return v;
-}
 
 // 1234567.8 -> "1,234,568"; small values with four significant digits.
 std::string number(double x) {
@@ -116,7 +96,7 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   {
     std::stringstream ss(csv_text);
     for (std::string line; std::getline(ss, line);)
-      if (!line.empty()) rows.push_back(csv_row(line));
+      if (!line.empty()) rows.push_back(csv_fields(line));
   }
   if (rows.empty()) throw PlanError("the sweep wrote no rows");
   const auto& header = rows.front();

@@ -169,8 +169,8 @@ std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scena
 }
 
 // Empty when the point fits; otherwise why not, in words (no commas: a CSV field as it is).
-std::string infeasible_reason(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
-  const auto [g, mem] = peak_memory(sc, r);
+// gpu, mem: peak_memory()'s answer.
+std::string infeasible_reason(const scenarios::Scenario& sc, int g, const MemoryUse& mem) {
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   if (capacity <= 0 || mem.total() <= capacity) return {};
   std::string parts;
@@ -195,6 +195,27 @@ std::string csv_field(const std::string& s) {
   std::string q = "\"";
   for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
   return q + "\"";
+}
+
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> v(1);
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (c == '"') {
+      if (quoted && i + 1 < line.size() && line[i + 1] == '"') {
+        v.back() += '"';
+        ++i;
+      } else {
+        quoted = !quoted;
+      }
+    } else if (c == ',' && !quoted) {
+      v.emplace_back();
+    } else {
+      v.back() += c;
+    }
+  }
+  return v;
 }
 
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -229,14 +250,14 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
   const Economics e = economics(sc, r);
-  const MemoryUse mem = peak_memory(sc, r).second;
+  const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
              r.stats.gradient_sync_bytes(), mem.total() / 1e9, capacity / 1e9,
-             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, r)));
+             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,

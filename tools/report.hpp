@@ -25,6 +25,8 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r);
 // A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a newline.
 std::string csv_field(const std::string& s);
+// The fields of one CSV line as csv_field writes them (quotes removed, doubled quotes undone).
+std::vector<std::string> csv_fields(const std::string& line);
 // One row per directed link: what it carried, how long it was busy, its peak utilisation.
 void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r);
 // One row per layer and expert slot (replica): what it computed, with its expert's totals.

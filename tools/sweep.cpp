@@ -65,7 +65,7 @@ std::pair<std::string, std::string> Sweep::run(std::size_t p) const {
 }
 
 SweepFile::SweepFile(std::string path, std::vector<std::string> configs)
-    : path_(std::move(path)), configs_(std::move(configs)), points_(configs_.size()) {
+    : path_(std::move(path)), configs_(std::move(configs)) {
   if (!std::filesystem::exists(path_)) return;
   std::ifstream in(path_, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -83,7 +83,7 @@ SweepFile::SweepFile(std::string path, std::vector<std::string> configs)
     }
     try {
       const std::size_t p = std::stoul(line.substr(0, line.find(',')));
-      if (p >= points_) continue;
+      if (p >= configs_.size()) continue;
       if (line.size() > configs_[p].size() && line.ends_with(configs_[p]) && line[line.size() - configs_[p].size() - 1] == ',')
         rows_[p] = line;
       else
@@ -97,7 +97,7 @@ SweepFile::SweepFile(std::string path, std::vector<std::string> configs)
 
 std::vector<std::size_t> SweepFile::missing() const {
   std::vector<std::size_t> todo;
-  for (std::size_t i = 0; i < points_; ++i)
+  for (std::size_t i = 0; i < configs_.size(); ++i)
     if (!rows_.count(i)) todo.push_back(i);
   return todo;
 }
@@ -136,23 +136,12 @@ std::size_t SweepFile::rows() const {
 
 std::size_t SweepFile::infeasible() const {
   const std::lock_guard<std::mutex> g(lock_);
-  // The fits_memory column, found by name (no column before it holds a quoted comma but the
-  // axes' values, which csv_field quotes: split with quotes in mind).
-  const auto fields = [](const std::string& line) {
-    std::vector<std::string> v(1);
-    bool quoted = false;
-    for (const char c : line) {
-      if (c == '"') quoted = !quoted;
-      else if (c == ',' && !quoted) v.emplace_back();
-      else v.back() += c;
-    }
-    return v;
-  };
-  const auto h = fields(header_);
+  // The fits_memory column, found by name.
+  const auto h = csv_fields(header_);
   const auto col = std::find(h.begin(), h.end(), "fits_memory") - h.begin();
   std::size_t n = 0;
   for (const auto& [p, line] : rows_) {
-    const auto f = fields(line);
+    const auto f = csv_fields(line);
     if (static_cast<std::size_t>(col) < f.size() && f[static_cast<std::size_t>(col)] == "no") ++n;
   }
   return n;
@@ -162,7 +151,7 @@ void SweepFile::finish() {
   const std::lock_guard<std::mutex> g(lock_);
   if (append_) append_->close();
   append_.reset();
-  if (rows_.size() != points_ || header_.empty()) return;
+  if (rows_.size() != configs_.size() || header_.empty()) return;
   write_atomically(path_, [&](std::ostream& o) {
     o << header_ << '\n';
     for (const auto& [p, line] : rows_) o << line << '\n';

@@ -95,7 +95,6 @@ class SweepFile {
   void open_append();
   std::string path_;
   std::vector<std::string> configs_;
-  std::size_t points_;
   std::size_t already_ = 0, stale_ = 0;
   std::string header_;
   std::map<std::size_t, std::string> rows_;
