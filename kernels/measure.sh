@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
 # On a GPU machine with only the CUDA toolkit and CMake: build kernels/, check the layer
-# against the float64 reference, then measure the profile and write a routing trace.
-#   kernels/measure.sh OUT_DIR [--quick]
-# Writes OUT_DIR/<gpu>.csv (the profile), OUT_DIR/trace.csv, and OUT_DIR/log.txt. Stops at the
-# first failed check: an unchecked layer is never timed.
+# against the float64 reference, then measure the profile, held-out whole-layer timings, the
+# expert GEMM paths' A/B, a routing trace, and the PyTorch yardstick (where python3 has torch).
+#   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek]
+# Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, gemm_ab.csv, trace.csv, torch.csv and
+# log.txt. With BIN_DIR set to a folder holding the built binaries, skips the build. Stops at
+# the first failed check: an unchecked layer is never timed. A long sweep can be split by
+# shape over several runs; the profiles' rows (after their header) concatenate.
 set -euo pipefail
-out=${1:?usage: kernels/measure.sh OUT_DIR [--quick]}
-quick=${2:-}
+out=${1:?usage: kernels/measure.sh OUT_DIR [--quick | --shapes LIST]}
+shift
 here=$(cd "$(dirname "$0")" && pwd)
-build=${BUILD_DIR:-/tmp/moesim-kernels-build}
 mkdir -p "$out"
 {
   nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv || true
-  cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release
-  cmake --build "$build" -j "$(nproc)"
-  "$build/moe-reference-test"
-  "$build/moe-kernels-test"
+  bin=${BIN_DIR:-}
+  if [ -z "$bin" ]; then
+    bin=${BUILD_DIR:-/tmp/moesim-kernels-build}
+    cmake -S "$here" -B "$bin" -DCMAKE_BUILD_TYPE=Release
+    cmake --build "$bin" -j "$(nproc)"
+  fi
+  "$bin/moe-reference-test"
+  "$bin/moe-kernels-test"
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
-  "$build/moe-profile" --out "$out/${gpu:-gpu}.csv" --trace "$out/trace.csv" $quick
+  trace=()
+  case " $* " in *" --shapes "*) ;; *) trace=(--trace "$out/trace.csv") ;; esac
+  "$bin/moe-profile" --out "$out/${gpu:-gpu}.csv" --heldout "$out/heldout.csv" --ab "$out/gemm_ab.csv" "${trace[@]}" "$@"
+  if python3 -c 'import torch' 2>/dev/null; then
+    shapes=small
+    case " $* " in *" --shapes "*) shapes=$(echo "$*" | sed 's/.*--shapes \([^ ]*\).*/\1/' | tr , ' ') ;; esac
+    case " $* " in *" --quick "*) ;; *" --shapes "*) ;; *) shapes="small mixtral deepseek" ;; esac
+    # shellcheck disable=SC2086
+    python3 "$here/torch_layer.py" "$out/torch.csv" $shapes
+  fi
 } 2>&1 | tee "$out/log.txt"

@@ -92,6 +92,14 @@ __global__ void topk_kernel(const float* logits, const float* bias, int tokens, 
   }
 }
 
+// A forced routing over the router's choice: one small launch for both arrays.
+__global__ void copy_routing_kernel(const int* experts, const float* gates, int assignments, int* topk, float* out_gates) {
+  const int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= assignments) return;
+  topk[a] = experts[a];
+  out_gates[a] = gates[a];
+}
+
 __global__ void keys_kernel(const int* topk, int assignments, int* keys, int* vals, int* counts) {
   const int a = blockIdx.x * blockDim.x + threadIdx.x;
   if (a >= assignments) return;
@@ -196,16 +204,20 @@ Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t str
   h1_ = device_alloc<__nv_bfloat16>(a * 2 * f, "gate/up output");
   act_ = device_alloc<__nv_bfloat16>(a * f, "activation");
   y_ = device_alloc<__nv_bfloat16>(a * h, "expert output");
-  a_dev_ = device_alloc<const void*>(e, "GEMM A pointers");
-  b_dev_ = device_alloc<const void*>(e, "GEMM B pointers");
-  c_dev_ = device_alloc<void*>(e, "GEMM C pointers");
+  forced_topk_ = device_alloc<int>(a, "forced routing");
+  forced_gates_ = device_alloc<float>(a, "forced gates");
+  desc_dev_ = device_alloc<void*>(6 * e, "GEMM descriptors");
+  check(cudaMallocHost(reinterpret_cast<void**>(&desc_host_), 6 * e * sizeof(void*)), "GEMM descriptors");
+  check(cudaEventCreateWithFlags(&desc_done_, cudaEventDisableTiming), "descriptor event");
 }
 
 Layer::~Layer() {
   for (void* p : std::initializer_list<void*>{router_w_, gate_up_, down_, bias_, logits_, topk_, gates_, keys_in_, keys_out_,
                                               vals_in_, vals_out_, sort_tmp_, counts_, offsets_, kept_offsets_, row_of_,
-                                              xperm_, h1_, act_, y_, a_dev_, b_dev_, c_dev_})
+                                              xperm_, h1_, act_, y_, forced_topk_, forced_gates_, desc_dev_})
     cudaFree(p);
+  if (desc_host_) cudaFreeHost(desc_host_);
+  if (desc_done_) cudaEventDestroy(desc_done_);
   if (blas_) cublasDestroy(blas_);
 }
 
@@ -221,6 +233,19 @@ void Layer::router(const __nv_bfloat16* x, int tokens) {
       logits_, bias_, tokens, c_.experts, c_.top_k, c_.scoring == Scoring::softmax ? 1 : 0, c_.groups, c_.max_groups,
       topk_, gates_);
   check(cudaGetLastError(), "top-k kernel");
+  if (forced_tokens_ == tokens) {
+    const std::size_t a = static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c_.top_k);
+    copy_routing_kernel<<<blocks(a, 256), 256, 0, stream_>>>(forced_topk_, forced_gates_, static_cast<int>(a), topk_, gates_);
+    check(cudaGetLastError(), "forced routing");
+  }
+}
+
+void Layer::force_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens) {
+  const std::size_t a = static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c_.top_k);
+  if (tokens > max_tokens_ || experts.size() != a || gates.size() != a) throw std::invalid_argument("forced routing of another size");
+  check(cudaMemcpy(forced_topk_, experts.data(), a * sizeof(int), cudaMemcpyHostToDevice), "forced routing");
+  check(cudaMemcpy(forced_gates_, gates.data(), a * sizeof(float), cudaMemcpyHostToDevice), "forced gates");
+  forced_tokens_ = tokens;
 }
 
 void Layer::set_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens) {
@@ -255,54 +280,127 @@ void Layer::permute(const __nv_bfloat16* x, int tokens) {
   check(cudaStreamSynchronize(stream_), "permute");
 }
 
+const char* name(ExpertGemm g) {
+  return g == ExpertGemm::grouped ? "grouped" : g == ExpertGemm::loop ? "loop" : "automatic";
+}
+
 void Layer::experts() {
+  int active = 0, rows = 0;
+  for (const int n : kept_host_) active += n > 0, rows += n;
+  if (active == 0) return;
+  ExpertGemm g = gemm_;
+  if (g == ExpertGemm::automatic) {
+    const auto log2 = [](int v) {
+      int b = 0;
+      while ((1 << (b + 1)) <= v) ++b;
+      return b;
+    };
+    const std::pair<int, int> key{log2(rows), log2(active)};
+    const auto it = tuned_.find(key);
+    if (it != tuned_.end()) {
+      g = it->second;
+    } else {
+      // Time both once this size class is first seen (after one untimed run of each), keep the faster.
+      cudaEvent_t a, b;
+      check(cudaEventCreate(&a), "event");
+      check(cudaEventCreate(&b), "event");
+      float best = 0;
+      for (const ExpertGemm candidate : {ExpertGemm::grouped, ExpertGemm::loop}) {
+        run_experts(candidate);
+        check(cudaEventRecord(a, stream_), "event");
+        run_experts(candidate);
+        run_experts(candidate);
+        check(cudaEventRecord(b, stream_), "event");
+        check(cudaEventSynchronize(b), "event");
+        float ms = 0;
+        check(cudaEventElapsedTime(&ms, a, b), "event");
+        if (candidate == ExpertGemm::grouped || ms < best) best = ms, g = candidate;
+      }
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+      tuned_[key] = g;
+    }
+  }
+  run_experts(g);
+}
+
+void Layer::run_experts(ExpertGemm g) {
+  last_gemm_ = g;
   const auto h = static_cast<std::size_t>(c_.hidden), f = static_cast<std::size_t>(c_.ffn);
-  std::vector<cublasOperation_t> op;
-  std::vector<int> m1, n, k1, m2, k2, lda1, ldb1, ldc1, lda2, ldb2, ldc2, size;
-  std::vector<float> alpha, beta;
-  std::vector<const void*> a1, b1, a2, b2;
-  std::vector<void*> c1, c2;
+  const float one = 1, zero = 0;
   std::size_t row = 0;
+  if (g == ExpertGemm::loop) {
+    // x_e (rows x H) Wgu_e (H x 2F) -> rows x 2F, as column-major (2F x rows) = Wgu_e-view x_e-view.
+    for (int e = 0; e < c_.experts; ++e) {
+      const int rows = kept_host_[static_cast<std::size_t>(e)];
+      if (rows > 0)
+        check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, 2 * c_.ffn, rows, c_.hidden, &one,
+                           gate_up_ + static_cast<std::size_t>(e) * h * 2 * f, CUDA_R_16BF, 2 * c_.ffn, xperm_ + row * h,
+                           CUDA_R_16BF, c_.hidden, &zero, h1_ + row * 2 * f, CUDA_R_16BF, 2 * c_.ffn, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT),
+              "GEMM gate/up");
+      row += static_cast<std::size_t>(rows);
+    }
+    swiglu_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, static_cast<int>(row), c_.ffn, act_);
+    check(cudaGetLastError(), "SwiGLU kernel");
+    row = 0;
+    for (int e = 0; e < c_.experts; ++e) {
+      const int rows = kept_host_[static_cast<std::size_t>(e)];
+      if (rows > 0)
+        check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, c_.hidden, rows, c_.ffn, &one,
+                           down_ + static_cast<std::size_t>(e) * f * h, CUDA_R_16BF, c_.hidden, act_ + row * f,
+                           CUDA_R_16BF, c_.ffn, &zero, y_ + row * h, CUDA_R_16BF, c_.hidden, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT),
+              "GEMM down");
+      row += static_cast<std::size_t>(rows);
+    }
+    return;
+  }
+  std::vector<cublasOperation_t> op;
+  std::vector<int> m1, n, k1, m2, k2, size;
+  std::vector<float> alpha, beta;
+  // The previous call's descriptor copy must have left the pinned buffer before it is rewritten.
+  check(cudaEventSynchronize(desc_done_), "descriptors");
+  const auto ue = static_cast<std::size_t>(c_.experts);
+  void** d = desc_host_;  // A1 B1 C1 A2 B2 C2, E pointers each, the first `groups` used
+  int groups = 0;
   for (int e = 0; e < c_.experts; ++e) {
     const int rows = kept_host_[static_cast<std::size_t>(e)];
     if (rows > 0) {
-      const auto ue = static_cast<std::size_t>(e);
+      const auto i = static_cast<std::size_t>(groups++), xe = static_cast<std::size_t>(e);
       op.push_back(CUBLAS_OP_N);
       n.push_back(rows);
       size.push_back(1);
       alpha.push_back(1.0f);
       beta.push_back(0.0f);
       // x_e (rows x H) Wgu_e (H x 2F) -> rows x 2F; act_e (rows x F) Wdown_e (F x H) -> rows x H.
-      m1.push_back(2 * c_.ffn), k1.push_back(c_.hidden), lda1.push_back(2 * c_.ffn), ldb1.push_back(c_.hidden),
-          ldc1.push_back(2 * c_.ffn);
-      m2.push_back(c_.hidden), k2.push_back(c_.ffn), lda2.push_back(c_.hidden), ldb2.push_back(c_.ffn),
-          ldc2.push_back(c_.hidden);
-      a1.push_back(gate_up_ + ue * h * 2 * f);
-      b1.push_back(xperm_ + row * h);
-      c1.push_back(h1_ + row * 2 * f);
-      a2.push_back(down_ + ue * f * h);
-      b2.push_back(act_ + row * f);
-      c2.push_back(y_ + row * h);
+      m1.push_back(2 * c_.ffn), k1.push_back(c_.hidden);
+      m2.push_back(c_.hidden), k2.push_back(c_.ffn);
+      d[i] = gate_up_ + xe * h * 2 * f;
+      d[ue + i] = xperm_ + row * h;
+      d[2 * ue + i] = h1_ + row * 2 * f;
+      d[3 * ue + i] = down_ + xe * f * h;
+      d[4 * ue + i] = act_ + row * f;
+      d[5 * ue + i] = y_ + row * h;
     }
     row += static_cast<std::size_t>(rows);
   }
-  const int groups = static_cast<int>(n.size());
-  if (groups == 0) return;
-  const auto gemm = [&](const std::vector<int>& m, const std::vector<int>& k, const std::vector<int>& lda,
-                        const std::vector<int>& ldb, const std::vector<int>& ldc, const std::vector<const void*>& a,
-                        const std::vector<const void*>& b, const std::vector<void*>& c, const char* what) {
-    check(cudaMemcpyAsync(a_dev_, a.data(), a.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
-    check(cudaMemcpyAsync(b_dev_, b.data(), b.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
-    check(cudaMemcpyAsync(c_dev_, c.data(), c.size() * sizeof(void*), cudaMemcpyHostToDevice, stream_), what);
-    check(cublasGemmGroupedBatchedEx(blas_, op.data(), op.data(), m.data(), n.data(), k.data(), alpha.data(), a_dev_,
-                                     CUDA_R_16BF, lda.data(), b_dev_, CUDA_R_16BF, ldb.data(), beta.data(), c_dev_,
-                                     CUDA_R_16BF, ldc.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
-          what);
-  };
-  gemm(m1, k1, lda1, ldb1, ldc1, a1, b1, c1, "grouped GEMM gate/up");
+  check(cudaMemcpyAsync(desc_dev_, desc_host_, 6 * ue * sizeof(void*), cudaMemcpyHostToDevice, stream_), "descriptors");
+  check(cudaEventRecord(desc_done_, stream_), "descriptors");
+  const std::vector<int> lda1(m1), ldb1(k1), lda2(m2), ldb2(k2);
+  const auto ptr = [&](std::size_t part) { return desc_dev_ + part * ue; };
+  check(cublasGemmGroupedBatchedEx(blas_, op.data(), op.data(), m1.data(), n.data(), k1.data(), alpha.data(),
+                                   const_cast<const void**>(ptr(0)), CUDA_R_16BF, lda1.data(),
+                                   const_cast<const void**>(ptr(1)), CUDA_R_16BF, ldb1.data(), beta.data(), ptr(2),
+                                   CUDA_R_16BF, lda1.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
+        "grouped GEMM gate/up");
   swiglu_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, static_cast<int>(row), c_.ffn, act_);
   check(cudaGetLastError(), "SwiGLU kernel");
-  gemm(m2, k2, lda2, ldb2, ldc2, a2, b2, c2, "grouped GEMM down");
+  check(cublasGemmGroupedBatchedEx(blas_, op.data(), op.data(), m2.data(), n.data(), k2.data(), alpha.data(),
+                                   const_cast<const void**>(ptr(3)), CUDA_R_16BF, lda2.data(),
+                                   const_cast<const void**>(ptr(4)), CUDA_R_16BF, ldb2.data(), beta.data(), ptr(5),
+                                   CUDA_R_16BF, lda2.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
+        "grouped GEMM down");
 }
 
 void Layer::combine(__nv_bfloat16* out, int tokens) {

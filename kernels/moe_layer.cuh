@@ -6,9 +6,12 @@
 //            inside each expert, so capacity drops the latest assignments; per-expert counts,
 //            kept counts min(count, C), their prefix sums, and a scatter of the kept token rows
 //            into expert-contiguous order;
-//   experts  SwiGLU per expert as two grouped GEMMs over the experts' variable row counts
-//            (cublasGemmGroupedBatchedEx: x_e Wgu_e, then act_e Wdown_e) around an activation
-//            kernel; the row counts are read back to the host for the GEMM descriptors;
+//   experts  SwiGLU per expert as two GEMMs per active expert over its variable row count
+//            (x_e Wgu_e, then act_e Wdown_e) around one activation kernel over all rows, either
+//            as grouped GEMMs (cublasGemmGroupedBatchedEx) or as a loop of cublasGemmEx calls;
+//            `automatic` (the default) times both once per size class (rows and active experts,
+//            each to a power of two) and keeps the faster, as GEMM libraries autotune; the row
+//            counts are read back to the host for the GEMM descriptors;
 //   combine  one block per token: the gate-weighted sum of its kept assignments' rows.
 // forward() runs the four in order on the layer's stream.
 #pragma once
@@ -17,8 +20,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
@@ -33,6 +38,9 @@ class CudaError : public std::runtime_error {
 void check(cudaError_t e, const char* what);
 void check(cublasStatus_t s, const char* what);
 
+enum class ExpertGemm { automatic, grouped, loop };
+const char* name(ExpertGemm g);
+
 class Layer {
  public:
   Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t stream = nullptr);
@@ -45,8 +53,14 @@ class Layer {
   void router(const __nv_bfloat16* x, int tokens);
   // Replaces the router's choice (profiling given distributions): T x k experts and gates.
   void set_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens);
+  // From now on the router still runs (and is timed) but its choice is replaced by this one
+  // (held out routings for whole-layer timings); clear_forced_routing() undoes it.
+  void force_routing(const std::vector<int>& experts, const std::vector<float>& gates, int tokens);
+  void clear_forced_routing() { forced_tokens_ = -1; }
   void permute(const __nv_bfloat16* x, int tokens);
   void experts();
+  void set_expert_gemm(ExpertGemm g) { gemm_ = g; }
+  ExpertGemm last_expert_gemm() const { return last_gemm_; }
   void combine(__nv_bfloat16* out, int tokens);
 
   // The last routing, copied to the host (experts and gates T x k, per-expert counts).
@@ -75,9 +89,16 @@ class Layer {
   int* row_of_ = nullptr;                 // T x k: row in the permuted buffer, -1 dropped
   __nv_bfloat16 *xperm_ = nullptr, *h1_ = nullptr, *act_ = nullptr, *y_ = nullptr;  // rows x ...
   std::vector<int> kept_host_;            // E kept rows, read back for the GEMM descriptors
-  // Grouped GEMM descriptors (device pointer arrays).
-  const void **a_dev_ = nullptr, **b_dev_ = nullptr;
-  void** c_dev_ = nullptr;
+  int *forced_topk_ = nullptr, forced_tokens_ = -1;
+  float* forced_gates_ = nullptr;
+  // Grouped GEMM descriptors: 6 E pointers (A, B, C of both GEMMs), written to pinned host
+  // memory and copied in one transfer; desc_done_ marks the copy done before the host rewrites.
+  void** desc_host_ = nullptr;
+  void** desc_dev_ = nullptr;
+  cudaEvent_t desc_done_ = nullptr;
+  ExpertGemm gemm_ = ExpertGemm::automatic, last_gemm_ = ExpertGemm::grouped;
+  std::map<std::pair<int, int>, ExpertGemm> tuned_;  // (log2 rows, log2 active experts) -> faster
+  void run_experts(ExpertGemm g);
 };
 
 // The number of SMs, clocks and names of the current device, for profile headers.

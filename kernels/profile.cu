@@ -38,6 +38,8 @@ struct Timing {
   double median, p10, p90;
 };
 
+// Median and spread over `repeats` timed runs after three warm-up runs; runs past 2 ms are
+// repeated fewer times (at least 7), keeping a long sweep inside its time.
 Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   cudaEvent_t a, b;
   check(cudaEventCreate(&a), "event");
@@ -46,6 +48,7 @@ Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   check(cudaStreamSynchronize(s), "warm-up");
   std::vector<double> us;
   for (int i = 0; i < repeats; ++i) {
+    if (i == 7 && us[0] > 2000) break;
     check(cudaEventRecord(a, s), "event");
     run();
     check(cudaEventRecord(b, s), "event");
@@ -88,6 +91,35 @@ std::size_t bytes_needed(const Config& c, int tokens) {
   return static_cast<std::size_t>(2 * e * 3 * h * f + 2 * a * (2 * h + 3 * f) + 4 * tokens * e + 64 * a);
 }
 
+// Weights for timing: the router's for every expert, the experts' own from at most 16 distinct
+// experts repeated (each expert still has its own copy in memory, so the bytes moved are the
+// same; generating 11 G random DeepSeek-V3 weights on the CPU would take minutes).
+Weights profile_weights(const Config& c, std::uint64_t seed) {
+  Config router_only = c;
+  router_only.ffn = 8;
+  Weights w = random_weights(router_only, seed);
+  Config few = c;
+  few.experts = std::min(c.experts, 16);
+  few.groups = 1, few.max_groups = 0;
+  const Weights e = random_weights(few, seed + 1);
+  w.gate_up.resize(static_cast<std::size_t>(c.experts) * static_cast<std::size_t>(c.hidden) * 2 * static_cast<std::size_t>(c.ffn));
+  w.down.resize(w.gate_up.size() / 2);
+  for (std::size_t i = 0; i < w.gate_up.size(); i += e.gate_up.size())
+    std::copy(e.gate_up.begin(), e.gate_up.begin() + static_cast<std::ptrdiff_t>(std::min(e.gate_up.size(), w.gate_up.size() - i)), w.gate_up.begin() + static_cast<std::ptrdiff_t>(i));
+  for (std::size_t i = 0; i < w.down.size(); i += e.down.size())
+    std::copy(e.down.begin(), e.down.begin() + static_cast<std::ptrdiff_t>(std::min(e.down.size(), w.down.size() - i)), w.down.begin() + static_cast<std::ptrdiff_t>(i));
+  return w;
+}
+
+// Random tokens, at most 4096 distinct rows repeated (timings do not depend on the values).
+std::vector<bf16_bits> tiled_tokens(const Config& c, int tokens, std::uint64_t seed) {
+  const std::vector<bf16_bits> few = random_tokens(c, std::min(tokens, 4096), seed);
+  std::vector<bf16_bits> x(static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c.hidden));
+  for (std::size_t i = 0; i < x.size(); i += few.size())
+    std::copy(few.begin(), few.begin() + static_cast<std::ptrdiff_t>(std::min(few.size(), x.size() - i)), x.begin() + static_cast<std::ptrdiff_t>(i));
+  return x;
+}
+
 struct DeviceTokens {
   __nv_bfloat16* p = nullptr;
   explicit DeviceTokens(const std::vector<bf16_bits>& x) {
@@ -122,20 +154,36 @@ void write_trace(const std::string& path) {
   std::printf("moe-profile: wrote %s\n", path.c_str());
 }
 
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string out_path, trace_path;
+  std::string out_path, trace_path, heldout_path, ab_path, shape_list;
   bool quick = false;
   int repeats = 20;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--out" && i + 1 < argc) out_path = argv[++i];
     else if (a == "--trace" && i + 1 < argc) trace_path = argv[++i];
+    else if (a == "--heldout" && i + 1 < argc) heldout_path = argv[++i];
+    else if (a == "--ab" && i + 1 < argc) ab_path = argv[++i];
+    else if (a == "--shapes" && i + 1 < argc) shape_list = argv[++i];
     else if (a == "--quick") quick = true;
-    else if (a == "--repeats" && i + 1 < argc) repeats = std::max(3, std::atoi(argv[++i]));
+    else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: moe-profile [--out FILE] [--quick] [--repeats N] [--trace FILE]\n");
+      std::fprintf(stderr,
+                   "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
+                   "                   [--quick] [--repeats N]\n");
       return 2;
     }
   }
@@ -146,8 +194,15 @@ int main(int argc, char** argv) {
   }
   try {
     const DeviceInfo dev = device_info();
-    const std::vector<std::string> shapes = quick ? std::vector<std::string>{"small"}
-                                                  : std::vector<std::string>{"small", "mixtral", "deepseek"};
+    const std::vector<std::string> shapes =
+        !shape_list.empty() ? split(shape_list)
+        : quick             ? std::vector<std::string>{"small"}
+                            : std::vector<std::string>{"small", "mixtral", "deepseek"};
+    for (const auto& s : shapes)
+      if (s != "small" && s != "mixtral" && s != "deepseek") {
+        std::fprintf(stderr, "moe-profile: unknown shape '%s' (small, mixtral, deepseek)\n", s.c_str());
+        return 2;
+      }
     // Check every shape first.
     for (const auto& s : shapes) {
       const Config c = check_shape(shape(s));
@@ -160,31 +215,46 @@ int main(int argc, char** argv) {
     }
     if (!trace_path.empty()) write_trace(trace_path);
     if (out_path.empty()) return 0;
-    std::ofstream out(out_path);
     const std::time_t now = std::time(nullptr);
     char date[32];
     std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-    out << "# moesim kernel profile, measured by kernels/profile.cu (moe-profile)\n"
+    const auto header = [&](std::ofstream& f, const char* what) {
+      f << "# moesim kernel profile, " << what << ", measured by kernels/profile.cu (moe-profile)\n"
         << "# gpu: " << dev.name << "\n# sm_count: " << dev.sm_count << "\n# sm_clock_mhz: " << dev.sm_clock_mhz
         << "\n# memory_clock_mhz: " << dev.memory_clock_mhz << "\n# cuda_runtime: " << dev.runtime
         << "\n# cuda_driver: " << dev.driver << "\n# date: " << date << "\n# repeats: " << repeats
-        << "\n# checked: bf16 layer vs float64 reference before timing (kernels/check.cuh bounds)\n"
+        << " (at least 7 for runs past 2 ms)\n# checked: bf16 layer vs float64 reference before timing (kernels/check.cuh bounds)\n"
+        << "# experts GEMMs: per size class the faster of cublasGemmGroupedBatchedEx and a cublasGemmEx loop (automatic)\n"
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us\n";
+    };
+    std::ofstream out(out_path), heldout, ab;
+    header(out, "the sweep");
+    if (!heldout_path.empty()) {
+      heldout.open(heldout_path);
+      header(heldout, "held-out whole-layer timings (token counts and distributions not in the sweep)");
+    }
+    if (!ab_path.empty()) {
+      ab.open(ab_path);
+      ab << "# the experts stage by each GEMM path, uniform rows; gpu: " << dev.name << "; date: " << date << "\n"
+         << "shape,hidden,ffn,local_experts,rows,grouped_us,loop_us\n";
+    }
     const std::vector<std::string> dists{"uniform", "zipf:0.8", "zipf:1.2", "hot:0.5"};
     std::size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "memory");
-    const auto row = [&](const char* kernel, const Config& c, int tokens, const std::string& dist, const Routing* r, Timing tm) {
+    const auto row = [&](std::ofstream& f, const char* kernel, const Config& c, int tokens, const std::string& dist,
+                         const Routing* r, Timing tm) {
       int top = 0, active = 0;
       if (r)
         for (const int n : r->counts) top = std::max(top, n), active += n > 0;
-      out << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
-          << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
-          << '\n';
+      f << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
+        << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
+        << '\n';
     };
     for (const auto& s : shapes) {
       const Config c = shape(s);
-      const Weights w = random_weights(c, 2);
+      const auto t0 = std::chrono::steady_clock::now();
+      const Weights w = profile_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
         if (bytes_needed(c, t) < free_bytes * 0.8) max_tokens = t;
@@ -192,22 +262,43 @@ int main(int argc, char** argv) {
         // Router, permute and combine at the model's expert count, per token count; and the
         // whole layer on the router's own routing.
         Layer layer(c, w, max_tokens);
-        const std::vector<bf16_bits> x = random_tokens(c, max_tokens, 3);
+        const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
         DeviceTokens dx(x), dout(x);
         const cudaStream_t st = layer.stream();
         for (int t = 1; t <= max_tokens; t *= 2) {
-          row("router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
+          row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           const Routing own = layer.routing(t);
-          row("layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+          row(out, "layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
           for (const auto& d : dists) {
             const Routing r = generated_routing(c, t, d, 5);
             layer.set_routing(r.experts, r.gates, t);
-            row("permute", c, t, d, &r, time_it([&] { layer.permute(dx.p, t); }, repeats, st));
+            row(out, "permute", c, t, d, &r, time_it([&] { layer.permute(dx.p, t); }, repeats, st));
             layer.experts();  // the rows combine reads
-            row("combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
+            row(out, "combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
           }
           out.flush();
           std::printf("%-8s %6d tokens done\n", s.c_str(), t);
+        }
+        if (heldout.is_open()) {
+          // The whole layer end to end on token counts and routings the sweep does not have:
+          // generated distributions forced after the (still timed) router, and the router's own
+          // choice on clustered tokens.
+          const std::vector<bf16_bits> xc = clustered_tokens(c, std::min(max_tokens, 49152), 64, 1.0, 9);
+          DeviceTokens dxc(xc);
+          for (const int t : {3, 24, 96, 384, 1536, 6144, 24576, 49152}) {
+            if (t > max_tokens) break;
+            for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5"}) {
+              const Routing r = generated_routing(c, t, d, 8);
+              layer.force_routing(r.experts, r.gates, t);
+              row(heldout, "layer", c, t, d, &r, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+            }
+            layer.clear_forced_routing();
+            layer.router(dxc.p, t);
+            const Routing own = layer.routing(t);
+            row(heldout, "layer", c, t, "clustered", &own, time_it([&] { layer.forward(dxc.p, t, dout.p); }, repeats, st));
+            heldout.flush();
+          }
+          std::printf("%-8s held-out layer timings done\n", s.c_str());
         }
       }
       // The experts stage as one GPU of an EP group runs it: `local` experts of the shape,
@@ -225,30 +316,42 @@ int main(int argc, char** argv) {
         for (int r = 1; r <= max_tokens * c.top_k; r *= 2)
           if (bytes_needed(cl, r) < free_bytes * 0.8) max_rows = r;
         Layer layer(cl, wl, max_rows);
-        const std::vector<bf16_bits> x = random_tokens(cl, max_rows, 4);
+        const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
         DeviceTokens dx(x);
         for (int rows = 1; rows <= max_rows; rows *= 2) {
           for (const auto& d : local > 1 ? dists : std::vector<std::string>{"uniform"}) {
             const Routing r = generated_routing(cl, rows, d, 6);
             layer.set_routing(r.experts, r.gates, rows);
             layer.permute(dx.p, rows);
-            row("experts", cl, rows, d, &r, time_it([&] { layer.experts(); }, repeats, layer.stream()));
+            if (ab.is_open() && d == "uniform") {
+              double us[2];
+              for (const ExpertGemm g : {ExpertGemm::grouped, ExpertGemm::loop}) {
+                layer.set_expert_gemm(g);
+                us[g == ExpertGemm::loop] = time_it([&] { layer.experts(); }, repeats, layer.stream()).median;
+              }
+              layer.set_expert_gemm(ExpertGemm::automatic);
+              ab << c.name << ',' << c.hidden << ',' << c.ffn << ',' << local << ',' << rows << ',' << us[0] << ',' << us[1] << '\n';
+            }
+            row(out, "experts", cl, rows, d, &r, time_it([&] { layer.experts(); }, repeats, layer.stream()));
           }
         }
         out.flush();
+        ab.flush();
         std::printf("%-8s experts stage with %d local experts done\n", s.c_str(), local);
         if (local == 1) {
-          // The dense bf16 GEMM of the gate/up projection's size (rows x H by H x 2F), for the
-          // grouped GEMMs' efficiency: a row "dense_gemm" per row count (experts 1, top_k 1).
+          // The dense bf16 GEMM of the gate/up projection's size (rows x H by H x 2F), on random
+          // operands, for the grouped GEMMs' efficiency: a row "dense_gemm" per row count.
           cublasHandle_t blas = nullptr;
           check(cublasCreate(&blas), "cublasCreate");
           __nv_bfloat16 *a = nullptr, *b = nullptr, *cc = nullptr;
           check(cudaMalloc(&a, h * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
           check(cudaMalloc(&b, static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16)), "dense GEMM");
           check(cudaMalloc(&cc, static_cast<std::size_t>(max_rows) * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
+          check(cudaMemcpy(a, wl.gate_up.data(), h * 2 * f * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "dense GEMM");
+          check(cudaMemcpy(b, x.data(), static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "dense GEMM");
           const float one = 1, zero = 0;
           for (int rows = 1; rows <= max_rows; rows *= 2)
-            row("dense_gemm", cl, rows, "-", nullptr, time_it([&] {
+            row(out, "dense_gemm", cl, rows, "-", nullptr, time_it([&] {
                   check(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, 2 * c.ffn, rows, c.hidden, &one, a, CUDA_R_16BF,
                                      2 * c.ffn, b, CUDA_R_16BF, c.hidden, &zero, cc, CUDA_R_16BF, 2 * c.ffn,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -261,6 +364,8 @@ int main(int argc, char** argv) {
           break;
         }
       }
+      std::printf("%-8s done in %.0f s\n", s.c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
   } catch (const std::exception& e) {
