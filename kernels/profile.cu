@@ -168,8 +168,9 @@ std::vector<std::string> split(const std::string& list) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string out_path, trace_path, heldout_path, ab_path, shape_list;
-  bool quick = false;
+  std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path;
+  bool quick = false, heldout_only = false;
+  int passes = 1;
   int repeats = 20;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -179,11 +180,16 @@ int main(int argc, char** argv) {
     else if (a == "--ab" && i + 1 < argc) ab_path = argv[++i];
     else if (a == "--shapes" && i + 1 < argc) shape_list = argv[++i];
     else if (a == "--quick") quick = true;
+    else if (a == "--heldout-only") heldout_only = true;
+    else if (a == "--stages" && i + 1 < argc) stages_path = argv[++i];
+    else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
     else {
       std::fprintf(stderr,
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
-                   "                   [--quick] [--repeats N]\n");
+                   "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE]\n"
+                   "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
+                   "  held-out case also stage by stage, with the expert GEMM path it took\n");
       return 2;
     }
   }
@@ -228,7 +234,12 @@ int main(int argc, char** argv) {
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us\n";
     };
-    std::ofstream out(out_path), heldout, ab;
+    std::ofstream out(out_path), heldout, ab, stages;
+    if (!stages_path.empty()) {
+      stages.open(stages_path);
+      stages << "pass,shape,tokens,distribution,max_expert_tokens,active_experts,layer_us,layer_p10_us,layer_p90_us,router_us,"
+                "permute_us,experts_us,combine_us,experts_gemm\n";
+    }
     header(out, "the sweep");
     if (!heldout_path.empty()) {
       heldout.open(heldout_path);
@@ -265,7 +276,7 @@ int main(int argc, char** argv) {
         const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
         DeviceTokens dx(x), dout(x);
         const cudaStream_t st = layer.stream();
-        for (int t = 1; t <= max_tokens; t *= 2) {
+        for (int t = 1; t <= (heldout_only ? 0 : max_tokens); t *= 2) {
           row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           const Routing own = layer.routing(t);
           row(out, "layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
@@ -285,17 +296,37 @@ int main(int argc, char** argv) {
           // choice on clustered tokens.
           const std::vector<bf16_bits> xc = clustered_tokens(c, std::min(max_tokens, 49152), 64, 1.0, 9);
           DeviceTokens dxc(xc);
+          for (int pass = 1; pass <= passes; ++pass)
           for (const int t : {3, 24, 96, 384, 1536, 6144, 24576, 49152}) {
             if (t > max_tokens) break;
-            for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5"}) {
-              const Routing r = generated_routing(c, t, d, 8);
-              layer.force_routing(r.experts, r.gates, t);
-              row(heldout, "layer", c, t, d, &r, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+            for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5", "clustered"}) {
+              const bool own = d == "clustered";
+              const __nv_bfloat16* in = own ? dxc.p : dx.p;
+              Routing r;
+              if (own) {
+                layer.clear_forced_routing();
+                layer.router(in, t);
+                r = layer.routing(t);
+              } else {
+                r = generated_routing(c, t, d, 8);
+                layer.force_routing(r.experts, r.gates, t);
+              }
+              const Timing whole = time_it([&] { layer.forward(in, t, dout.p); }, repeats, st);
+              row(heldout, "layer", c, t, d, &r, whole);
+              if (stages.is_open()) {
+                int top = 0, active = 0;
+                for (const int n : r.counts) top = std::max(top, n), active += n > 0;
+                const double ru = time_it([&] { layer.router(in, t); }, repeats, st).median;
+                const double pu = time_it([&] { layer.permute(in, t); }, repeats, st).median;
+                const double eu = time_it([&] { layer.experts(); }, repeats, st).median;
+                const double cu = time_it([&] { layer.combine(dout.p, t); }, repeats, st).median;
+                stages << pass << ',' << c.name << ',' << t << ',' << d << ',' << top << ',' << active << ',' << whole.median
+                       << ',' << whole.p10 << ',' << whole.p90 << ',' << ru << ',' << pu << ',' << eu << ',' << cu << ','
+                       << name(layer.last_expert_gemm()) << '\n';
+                stages.flush();
+              }
             }
             layer.clear_forced_routing();
-            layer.router(dxc.p, t);
-            const Routing own = layer.routing(t);
-            row(heldout, "layer", c, t, "clustered", &own, time_it([&] { layer.forward(dxc.p, t, dout.p); }, repeats, st));
             heldout.flush();
           }
           std::printf("%-8s held-out layer timings done\n", s.c_str());
@@ -303,7 +334,7 @@ int main(int argc, char** argv) {
       }
       // The experts stage as one GPU of an EP group runs it: `local` experts of the shape,
       // `rows` token rows spread over them by each distribution (top_k 1: a row is an assignment).
-      for (int local = c.experts; local >= 1; local = local > 32 ? 32 : local / 2) {
+      for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
         Config cl = c;
         cl.experts = local, cl.top_k = 1, cl.groups = 1, cl.max_groups = 0, cl.capacity_factor = 0;
         Weights wl;

@@ -33,6 +33,24 @@ double lerp(double x, double x0, double y0, double x1, double y1) {
 KernelProfile KernelProfile::read(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ProfileError(fmt::format("{}: cannot read the kernel profile", path));
+  return parse(in, path);
+}
+
+namespace bundled {
+extern const char kH100[];
+extern const std::size_t kH100Size;
+}  // namespace bundled
+
+std::shared_ptr<const KernelProfile> KernelProfile::bundled(const std::string& gpu_model) {
+  if (gpu_model != "H100-SXM") return nullptr;
+  static const std::shared_ptr<const KernelProfile> h100 = [] {
+    std::istringstream in(std::string(bundled::kH100, bundled::kH100Size));
+    return std::make_shared<const KernelProfile>(parse(in, "kernels/profiles/nvidia-h100-80gb-hbm3.csv (built in)"));
+  }();
+  return h100;
+}
+
+KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
   KernelProfile p;
   p.source = path;
   std::string line;
@@ -73,7 +91,8 @@ KernelProfile KernelProfile::read(const std::string& path) {
   for (const auto& r : p.rows) {
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     p.curves_[Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}][r.distribution].push_back(
-        {static_cast<double>(r.tokens), r.median_us, r.max_expert_tokens > 0 ? static_cast<double>(r.max_expert_tokens) / mean : 1.0});
+        {static_cast<double>(r.tokens), r.median_us, r.max_expert_tokens > 0 ? static_cast<double>(r.max_expert_tokens) / mean : 1.0,
+         static_cast<double>(r.active_experts)});
   }
   for (auto& [key, by_distribution] : p.curves_)
     for (auto& [name, pts] : by_distribution)
@@ -82,12 +101,16 @@ KernelProfile KernelProfile::read(const std::string& path) {
 }
 
 std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
-                                             std::int64_t tokens, double imbalance) const {
+                                             std::int64_t tokens, double imbalance, double active) const {
   if (tokens <= 0) return 0.0;
   const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
   if (found == curves_.end()) return std::nullopt;
-  // Each curve at `tokens` (log-log between the measured counts around it).
-  std::vector<std::pair<double, double>> at;  // (imbalance, us)
+  // Each curve at `tokens` (log-log between the measured counts around it; imbalance and
+  // active experts linear in log tokens).
+  struct At {
+    double imbalance, active, us;
+  };
+  std::vector<At> at;
   const double x = std::log(static_cast<double>(tokens));
   for (const auto& [name, pts] : found->second) {
     if (static_cast<double>(tokens) < pts.front().tokens || static_cast<double>(tokens) > pts.back().tokens) continue;
@@ -96,18 +119,99 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
     const auto lo = hi->tokens == static_cast<double>(tokens) ? hi : hi - 1;
     const double x0 = std::log(lo->tokens), x1 = std::log(hi->tokens);
     const double us = std::exp(lerp(x, x0, std::log(std::max(lo->us, 1e-9)), x1, std::log(std::max(hi->us, 1e-9))));
-    at.emplace_back(lerp(x, x0, lo->imbalance, x1, hi->imbalance), us);
+    at.push_back({lerp(x, x0, lo->imbalance, x1, hi->imbalance), lerp(x, x0, lo->active, x1, hi->active), us});
   }
   if (at.empty()) return std::nullopt;
-  std::sort(at.begin(), at.end());
-  if (at.size() == 1) return at.front().second;
+  if (at.size() == 1) return at.front().us;
   // Across distributions by imbalance: between the two around it; below the least skewed, its
   // time; above the most skewed, extrapolated from the last two.
-  if (imbalance <= at.front().first) return at.front().second;
-  auto hi = std::lower_bound(at.begin(), at.end(), std::make_pair(imbalance, 0.0));
-  if (hi == at.end()) hi = at.end() - 1;
-  const auto lo = hi - 1;
-  return std::max(0.0, lerp(imbalance, lo->first, lo->second, hi->first, hi->second));
+  const auto by_imbalance = [imbalance](std::vector<At> pts) {
+    std::sort(pts.begin(), pts.end(), [](const At& a, const At& b) { return a.imbalance < b.imbalance; });
+    if (pts.size() == 1 || imbalance <= pts.front().imbalance) return pts.front().us;
+    auto hi = std::lower_bound(pts.begin(), pts.end(), imbalance, [](const At& a, double v) { return a.imbalance < v; });
+    if (hi == pts.end()) hi = pts.end() - 1;
+    const auto lo = hi - 1;
+    return std::max(0.0, lerp(imbalance, lo->imbalance, lo->us, hi->imbalance, hi->us));
+  };
+  // Few rows per expert: the stage reads every active expert's weights, and its time follows
+  // the active experts more than the skew. Where the measured distributions differ in active
+  // experts and the request says how many it has: by imbalance within each group of the same
+  // active count (within half an expert), then linearly in active experts between the groups
+  // around the request (beyond them, extrapolated from the last two).
+  if (active > 0) {
+    std::sort(at.begin(), at.end(), [](const At& a, const At& b) { return a.active < b.active; });
+    std::vector<std::vector<At>> groups;
+    for (const auto& a : at) {
+      if (groups.empty() || a.active - groups.back().front().active >= 0.5) groups.emplace_back();
+      groups.back().push_back(a);
+    }
+    if (groups.size() > 1) {
+      std::vector<std::pair<double, double>> g;  // (mean active, us at the imbalance)
+      for (const auto& pts : groups) {
+        double sum = 0;
+        for (const auto& p : pts) sum += p.active;
+        g.emplace_back(sum / static_cast<double>(pts.size()), by_imbalance(pts));
+      }
+      auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(active, 0.0));
+      if (hi == g.begin()) ++hi;
+      if (hi == g.end()) --hi;
+      const auto lo = hi - 1;
+      return std::max(0.0, lerp(active, lo->first, lo->second, hi->first, hi->second));
+    }
+  }
+  return by_imbalance(at);
+}
+
+std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
+                                              double imbalance, double active) const {
+  double us = 0;
+  for (const auto& [kernel, e, k, n, imb, act] :
+       {std::tuple<const char*, int, int, std::int64_t, double, double>{"router", experts, top_k, tokens, 1.0, -1.0},
+        {"permute", experts, top_k, tokens, 1.0, -1.0},
+        {"experts", experts, 1, tokens * top_k, imbalance, active},
+        {"combine", experts, top_k, tokens, 1.0, -1.0}}) {
+    const auto t = time_us(kernel, hidden, ffn, e, k, n, imb, act);
+    if (!t) return std::nullopt;
+    us += *t;
+  }
+  return us;
+}
+
+KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
+  Check c;
+  for (const auto& r : measured.rows) {
+    if (r.kernel != "layer" || r.tokens <= 0) continue;
+    const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
+    const double imbalance = std::max(1.0, static_cast<double>(r.max_expert_tokens) / mean);
+    const auto us = layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts);
+    if (!us) {
+      ++c.uncovered;
+      continue;
+    }
+    c.cases.push_back({r, imbalance, *us, (*us - r.median_us) / r.median_us});
+  }
+  return c;
+}
+
+namespace {
+std::vector<double> abs_errors(const KernelProfile::Check& c) {
+  std::vector<double> e;
+  for (const auto& x : c.cases) e.push_back(std::abs(x.error));
+  std::sort(e.begin(), e.end());
+  return e;
+}
+}  // namespace
+
+double KernelProfile::Check::median_abs_error() const {
+  const auto e = abs_errors(*this);
+  if (e.empty()) return 0;
+  const std::size_t n = e.size();
+  return n % 2 ? e[n / 2] : (e[n / 2 - 1] + e[n / 2]) / 2;
+}
+
+double KernelProfile::Check::worst_abs_error() const {
+  const auto e = abs_errors(*this);
+  return e.empty() ? 0 : e.back();
 }
 
 }  // namespace moesim::models

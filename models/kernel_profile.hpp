@@ -19,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <iosfwd>
 #include <map>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -49,17 +51,41 @@ struct KernelProfile {
 
   // Throws ProfileError naming the file and line.
   static KernelProfile read(const std::string& path);
+  // The same from a stream, `path` naming it in errors.
+  static KernelProfile parse(std::istream& in, const std::string& path);
+  // The profile measured on this GPU model and built into moesim (kernels/profiles/), or
+  // nullptr: "H100-SXM" has kernels/profiles/nvidia-h100-80gb-hbm3.csv.
+  static std::shared_ptr<const KernelProfile> bundled(const std::string& gpu_model);
   // The kernel's time for this shape at `tokens` (experts: rows over `experts` local experts,
-  // with imbalance = max / mean rows per local expert), or nothing where the profile does not
-  // cover the request. 0 for 0 tokens.
+  // with imbalance = max / mean rows per local expert, and `active` of them holding rows where
+  // known, else <= 0), or nothing where the profile does not cover the request. 0 for 0 tokens.
   std::optional<double> time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
-                                std::int64_t tokens, double imbalance = 1.0) const;
+                                std::int64_t tokens, double imbalance = 1.0, double active = -1) const;
+  // The whole forward MoE layer on one GPU that holds all `experts`, as the simulator composes
+  // it (models/moe_forward: router + permute, the experts stage over tokens x top_k rows with
+  // this imbalance, combine); nothing where a part is outside the profile.
+  std::optional<double> layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
+                                 double imbalance, double active = -1) const;
+
+  // Predicted against measured whole-layer times: each "layer" row of `measured` (a file in
+  // the profile's format, e.g. the held-out timings moe-profile --heldout writes).
+  struct Check {
+    struct Case {
+      KernelProfile::Row measured;
+      double imbalance = 1, predicted_us = 0, error = 0;  // error: (predicted - measured) / measured
+    };
+    std::vector<Case> cases;
+    int uncovered = 0;  // layer rows outside the profile's range
+    double median_abs_error() const;
+    double worst_abs_error() const;
+  };
+  Check check(const KernelProfile& measured) const;
 
  private:
   // The rows by (kernel, hidden, ffn, experts, top_k), then by distribution, sorted by tokens:
   // built once by read(), so that a lookup does not scan every row.
   struct Point {
-    double tokens, us, imbalance;
+    double tokens, us, imbalance, active;
   };
   using Key = std::tuple<std::string, int, int, int, int>;
   std::map<Key, std::map<std::string, std::vector<Point>>> curves_;

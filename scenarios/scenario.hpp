@@ -29,7 +29,7 @@ struct Scenario {
   std::string placement_trace;              // placement.trace, as written
   std::optional<std::pair<int, int>> placement_trace_steps;  // placement.trace_steps; all when unset
   std::string routing_trace;                // routing.trace, as written
-  std::string compute_model = "roofline";
+  std::string compute_model = "auto";  // compute.model: auto (the built-in profile where the GPU has one) | profile | roofline
   std::string compute_profile;  // compute.profile as written (relative to the scenario file)
   models::RooflineSpec roofline;
   std::string output_dir = "moesim-out";

@@ -658,12 +658,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     n->finish();
   }
   if (auto c = top.child("compute", false)) {
-    if (auto v = c->get<std::string>("model", one_of({"roofline", "profile"}), false)) sc.compute_model = *v;
+    if (auto v = c->get<std::string>("model", one_of({"auto", "roofline", "profile"}), false)) sc.compute_model = *v;
     if (auto v = c->get<std::string>("profile", any_text(), false)) {
       sc.compute_profile = *v;
-      if (sc.compute_model != "profile") problems.add_at(c->key_path("profile"), "only used with 'model: profile'");
-    } else if (sc.compute_model == "profile") {
-      problems.add_at(c->key_path("profile"), "'model: profile' needs the profile file (kernels/profiles/<gpu>.csv)");
+      if (sc.compute_model == "roofline") problems.add_at(c->key_path("profile"), "not used with 'model: roofline'");
     }
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
@@ -794,6 +792,13 @@ void read_traces(Scenario& sc, Problems& problems) {
     } catch (const models::ProfileError& e) {
       problems.add_at("compute.profile", e.what());
     }
+  } else if (sc.compute_model != "roofline") {
+    // The profile measured on this GPU and built in (kernels/profiles/), where there is one.
+    sc.forward.profile = models::KernelProfile::bundled(sc.cluster.gpu.name);
+    if (!sc.forward.profile && sc.compute_model == "profile")
+      problems.add_at("compute.model", fmt::format("no measured kernel profile is built in for GPU '{}' (H100-SXM has one): "
+                                                   "give compute.profile (a kernels/profiles/<gpu>.csv file) or use 'model: roofline'",
+                                                   sc.cluster.gpu.name));
   }
   if (sc.placement_load == "trace" && !sc.placement_trace.empty()) {
     const std::string path = beside_scenario(sc, sc.placement_trace);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "models/kernel_profile.hpp"
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
@@ -62,6 +63,11 @@ commands:
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
   validate SCENARIO.yaml
         check a scenario file without running it
+  check-profile MEASURED.csv [--profile PROFILE.csv] [--gpu MODEL] [--median PCT] [--worst PCT]
+        predict each whole-layer time in MEASURED.csv (e.g. held-out timings from
+        kernels/profile.cu --heldout) from the profile (default: the one built in for
+        --gpu, H100-SXM) and print the errors; exit code 1 past the bounds
+        (default: median 5 %, worst 10 %)
   help  show this text
 
 exit codes: 0 success, 2 bad input, 1 internal error, 3 no plan meets the targets
@@ -313,6 +319,41 @@ int cmd_validate(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_check_profile(const std::vector<std::string>& args) {
+  po::options_description opts("check-profile options");
+  opts.add_options()("measured", po::value<std::string>(), "measured whole-layer timings (profile format)")(
+      "profile", po::value<std::string>(), "the kernel profile (default: the built-in one for --gpu)")(
+      "gpu", po::value<std::string>()->default_value("H100-SXM"), "GPU model of the built-in profile")(
+      "median", po::value<double>()->default_value(5.0), "bound on the median absolute error, percent")(
+      "worst", po::value<double>()->default_value(10.0), "bound on the worst absolute error, percent")(
+      "quiet,q", "print only the summary");
+  const auto vm = parse_command(args, opts, "measured", 1);
+  if (!vm.count("measured")) throw UsageError("check-profile needs the measured timings file");
+  std::shared_ptr<const models::KernelProfile> profile;
+  if (vm.count("profile")) {
+    profile = std::make_shared<const models::KernelProfile>(models::KernelProfile::read(vm["profile"].as<std::string>()));
+  } else {
+    profile = models::KernelProfile::bundled(vm["gpu"].as<std::string>());
+    if (!profile) throw UsageError(fmt::format("no built-in kernel profile for '{}' (H100-SXM has one); give --profile", vm["gpu"].as<std::string>()));
+  }
+  const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>());
+  const auto check = profile->check(measured);
+  if (check.cases.empty()) throw UsageError(fmt::format("{}: no layer rows inside the profile's range", measured.source));
+  if (!vm.count("quiet")) {
+    fmt::print("{:<9} {:>7} {:<10} {:>9} {:>12} {:>12} {:>8}\n", "shape", "tokens", "routing", "imbalance", "measured_us",
+               "predicted_us", "error");
+    for (const auto& c : check.cases)
+      fmt::print("{:<9} {:>7} {:<10} {:>9.2f} {:>12.1f} {:>12.1f} {:>+7.1f}%\n", c.measured.shape, c.measured.tokens,
+                 c.measured.distribution, c.imbalance, c.measured.median_us, c.predicted_us, 100 * c.error);
+  }
+  const double median = 100 * check.median_abs_error(), worst = 100 * check.worst_abs_error();
+  const bool ok = median <= vm["median"].as<double>() && worst <= vm["worst"].as<double>();
+  fmt::print("{} cases{}: median error {:.1f} % (bound {:g}), worst {:.1f} % (bound {:g}): {}\n", check.cases.size(),
+             check.uncovered ? fmt::format(" ({} outside the profile's range, not counted)", check.uncovered) : "", median,
+             vm["median"].as<double>(), worst, vm["worst"].as<double>(), ok ? "ok" : "FAILED");
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -335,6 +376,7 @@ int main(int argc, char** argv) {
     if (cmd == "trace") return cmd_trace(args);
     if (cmd == "sweep") return cmd_sweep(args);
     if (cmd == "plan") return cmd_plan(args);
+    if (cmd == "check-profile") return cmd_check_profile(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const QuietRank& q) {
     return q.code;
@@ -354,6 +396,9 @@ int main(int argc, char** argv) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::PlanError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
+    return 2;
+  } catch (const models::ProfileError& e) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ReportError& e) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include "models/kernel_profile.hpp"
 #include "models/recorder.hpp"
@@ -104,10 +105,76 @@ workload: {tokens_per_gpu: 64}
   CHECK(with_tokens("256").compute_source == "profile+roofline");
   CHECK(with_tokens("4096").compute_source == "roofline");
   // Errors: a profile without the model, the model without a profile, a bad file.
-  CHECK_THROWS_WITH(scenarios::load_scenario_text(base + "compute: {profile: x.csv}\n", "e.yaml"),
-                    Catch::Contains("compute.profile: only used with 'model: profile'"));
-  CHECK_THROWS_WITH(scenarios::load_scenario_text(base + "compute: {model: profile}\n", "e.yaml"),
-                    Catch::Contains("'model: profile' needs the profile file"));
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(base + "compute: {model: roofline, profile: x.csv}\n", "e.yaml"),
+                    Catch::Contains("compute.profile: not used with 'model: roofline'"));
+  std::string a100 = base;
+  a100.replace(a100.find("gpu: H100"), 9, "gpu: A100");
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(a100 + "compute: {model: profile}\n", "e.yaml"),
+                    Catch::Contains("no measured kernel profile is built in for GPU 'A100-SXM'"));
   CHECK_THROWS_WITH(scenarios::load_scenario_text(base + "compute: {model: profile, profile: /nonexistent.csv}\n", "e.yaml"),
                     Catch::Contains("cannot read the kernel profile"));
+}
+
+TEST_CASE("With few rows per expert the expert stage follows the active experts", "[models][profile]") {
+  // Two distributions at 8 rows over 8 local experts: 3 active at 300 us, 6 active at 600 us,
+  // and a third with 6 active and more skew at 700 us.
+  const TempFile f(kHeader + "experts,s,8,8,8,1,8,a,4,3,300,0,0\nexperts,s,8,8,8,1,8,b,2,6,600,0,0\n"
+                             "experts,s,8,8,8,1,8,c,3,6,700,0,0\n",
+                   "active.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  // Between the groups of 3 and 6 active, linearly; within the group of 6, by imbalance (2 and 3).
+  CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 2.0, 4) == Approx(400));
+  CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 2.0, 6) == Approx(600));
+  CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 3.0, 6) == Approx(700));
+  CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 2.0, 2) == Approx(200));  // extrapolated below
+  // Without the active count, by imbalance alone (as before): 4.0 is the most skewed point.
+  CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 4.0) == Approx(300));
+}
+
+TEST_CASE("H100 scenarios use the measured profile built in, others the roofline", "[models][profile]") {
+  const auto h100 = KernelProfile::bundled("H100-SXM");
+  REQUIRE(h100);
+  CHECK(h100->gpu == "NVIDIA H100 80GB HBM3");
+  CHECK_FALSE(KernelProfile::bundled("A100-SXM"));
+  // The three measured shapes, every stage, from 1 token up.
+  for (const auto& [h, f, e, k] : {std::tuple{1024, 2048, 16, 2}, {4096, 14336, 8, 2}, {7168, 2048, 256, 8}}) {
+    for (const char* kernel : {"router", "permute", "combine", "layer"}) CHECK(h100->time_us(kernel, h, f, e, k, 1));
+    CHECK(h100->time_us("experts", h, f, e, 1, 1));
+    CHECK(h100->time_us("experts", h, f, 1, 1, 1024));
+  }
+  const std::string mixtral = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32}
+parallelism: {ep: 8}
+workload: {tokens_per_gpu: 1024}
+)";
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(mixtral, "m.yaml")).compute_source == "profile");
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(mixtral + "compute: {model: roofline}\n", "m.yaml")).compute_source ==
+        "roofline");
+  // The routing trace the H100 router wrote on clustered tokens replays (4 layers of 4096 tokens),
+  // and is skewed the way clustered inputs make it.
+  const auto traced = scenarios::run_experiment(scenarios::load_scenario_text(
+      R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 4, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32}
+parallelism: {ep: 8}
+workload: {tokens_per_gpu: 512}
+routing: {distribution: trace, trace: )" + std::string(MOESIM_SOURCE_DIR) + "/kernels/traces/mixtral-clustered-h100.csv}\n",
+      "t.yaml"));
+  CHECK(traced.compute_source == "profile");
+  std::string h800 = mixtral;
+  h800.replace(h800.find("gpu: H100"), 9, "gpu: H800");
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(h800, "m.yaml")).compute_source == "roofline");
+}
+
+TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][profile]") {
+  // Whole-layer times measured on the same H100 in the same session as the profile, on token
+  // counts and routings the profile's sweep does not have (kernels/profile.cu --heldout).
+  const auto measured = KernelProfile::read(std::string(MOESIM_SOURCE_DIR) + "/kernels/profiles/h100-measure/heldout.csv");
+  const auto check = KernelProfile::bundled("H100-SXM")->check(measured);
+  CHECK(check.cases.size() == 96);
+  CHECK(check.uncovered == 0);
+  CHECK(check.median_abs_error() <= 0.05);  // docs/validation.md: the bound the project set
+  // The worst case is not within 10 % (docs/validation.md says why); it must not get worse unseen.
+  CHECK(check.worst_abs_error() <= 0.60);
 }
