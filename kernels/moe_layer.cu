@@ -35,60 +35,92 @@ T* device_copy(const std::vector<U>& host, const char* what) {
   return p;
 }
 
-// One thread per token: scores, group limit, top-k by score + bias, renormalised gates.
+constexpr int kMaxExperts = 1024;
+constexpr int kRouterWarps = 4;  // tokens per block of the top-k kernel
+
+// The larger (value, then the lower index on ties) across the warp; every lane gets it.
+__device__ void warp_argmax(float& value, int& index) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, value, o);
+    const int i = __shfl_xor_sync(0xffffffffu, index, o);
+    if (v > value || (v == value && i < index)) value = v, index = i;
+  }
+}
+
+// One warp per token: scores, group limit, top-k by score + bias (ties: the lower id, as the
+// reference's stable sort), renormalised gates. Each warp keeps its token's scores and
+// selection scores in shared memory (2 E floats).
 __global__ void topk_kernel(const float* logits, const float* bias, int tokens, int experts, int k, int softmax,
                             int groups, int max_groups, int* topk, float* gates) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= tokens) return;
+  extern __shared__ float shared[];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int t = static_cast<int>(blockIdx.x) * kRouterWarps + warp;
+  if (t >= tokens) return;  // the whole warp: t is the same for its lanes
+  float* score = shared + static_cast<std::size_t>(warp) * 2 * experts;
+  float* sel = score + experts;
   const float* l = logits + static_cast<std::size_t>(t) * experts;
   float m = -INFINITY, sum = 0;
   if (softmax) {
-    for (int j = 0; j < experts; ++j) m = fmaxf(m, l[j]);
-    for (int j = 0; j < experts; ++j) sum += expf(l[j] - m);
+    for (int j = lane; j < experts; j += 32) m = fmaxf(m, l[j]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int j = lane; j < experts; j += 32) sum += expf(l[j] - m);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
   }
-  auto score = [&](int j) { return softmax ? expf(l[j] - m) / sum : 1.0f / (1.0f + expf(-l[j])); };
-  // Eligible groups (bit g), all when there is no group limit.
+  for (int j = lane; j < experts; j += 32) {
+    const float s = softmax ? expf(l[j] - m) / sum : 1.0f / (1.0f + expf(-l[j]));
+    score[j] = s;
+    sel[j] = s + bias[j];
+  }
+  __syncwarp();
+  // Eligible groups (bit g), all when there is no group limit. Lane g scores groups g and g + 32.
   unsigned long long eligible = ~0ULL;
+  const int size = groups > 1 ? experts / groups : experts;
   if (max_groups > 0 && groups > 1) {
-    const int size = experts / groups;
-    float gscore[kMaxGroups];
-    for (int g = 0; g < groups; ++g) {
+    float gs[2] = {-INFINITY, -INFINITY};
+    for (int h = 0; h < 2; ++h) {
+      const int g = lane + 32 * h;
+      if (g >= groups) continue;
       float a = -INFINITY, b = -INFINITY;
       for (int j = g * size; j < (g + 1) * size; ++j) {
-        const float s = score(j) + bias[j];
+        const float s = sel[j];
         if (s > a) b = a, a = s;
         else if (s > b) b = s;
       }
-      gscore[g] = size > 1 ? a + b : a;
+      gs[h] = size > 1 ? a + b : a;
     }
     eligible = 0;
     for (int i = 0; i < max_groups; ++i) {
-      int best = -1;
-      for (int g = 0; g < groups; ++g)
-        if (!((eligible >> g) & 1ULL) && (best < 0 || gscore[g] > gscore[best])) best = g;
-      eligible |= 1ULL << best;
+      float best = -INFINITY;
+      int id = 1 << 30;
+      for (int h = 0; h < 2; ++h) {
+        const int g = lane + 32 * h;
+        if (g < groups && !((eligible >> g) & 1ULL) && (gs[h] > best || id == 1 << 30)) best = gs[h], id = g;
+      }
+      warp_argmax(best, id);
+      eligible |= 1ULL << id;
     }
   }
-  const int size = groups > 1 ? experts / groups : experts;
-  int id[kMaxTopK];
-  float val[kMaxTopK], raw[kMaxTopK];
-  int n = 0;
-  for (int j = 0; j < experts; ++j) {
-    if (groups > 1 && !((eligible >> (j / size)) & 1ULL)) continue;
-    const float s = score(j), sel = s + bias[j];
-    if (n == k && !(sel > val[k - 1])) continue;  // ties keep the lower id
-    int p = n < k ? n++ : k - 1;
-    while (p > 0 && sel > val[p - 1]) {
-      val[p] = val[p - 1], id[p] = id[p - 1], raw[p] = raw[p - 1];
-      --p;
-    }
-    val[p] = sel, id[p] = j, raw[p] = s;
-  }
+  // Top-k: k rounds of a warp-wide argmax over the eligible experts not yet taken.
   float total = 0;
-  for (int i = 0; i < k; ++i) total += raw[i];
   for (int i = 0; i < k; ++i) {
-    topk[static_cast<std::size_t>(t) * k + i] = id[i];
-    gates[static_cast<std::size_t>(t) * k + i] = raw[i] / total;
+    float best = -INFINITY;
+    int id = 1 << 30;
+    for (int j = lane; j < experts; j += 32) {
+      if (groups > 1 && !((eligible >> (j / size)) & 1ULL)) continue;
+      const float s = sel[j];
+      if (s != -INFINITY && (s > best || id == 1 << 30)) best = s, id = j;
+    }
+    warp_argmax(best, id);
+    total += score[id];
+    if (lane == 0) {
+      topk[static_cast<std::size_t>(t) * k + i] = id;
+      sel[id] = -INFINITY;  // taken
+    }
+    __syncwarp();
+  }
+  for (int i = lane; i < k; i += 32) {
+    const int id = topk[static_cast<std::size_t>(t) * k + i];
+    gates[static_cast<std::size_t>(t) * k + i] = score[id] / total;
   }
 }
 
@@ -172,6 +204,7 @@ Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t str
     : c_(c), max_tokens_(max_tokens), stream_(stream) {
   if (c.top_k > kMaxTopK) throw std::invalid_argument("top_k above " + std::to_string(kMaxTopK));
   if (c.groups > kMaxGroups) throw std::invalid_argument("more than 64 expert groups");
+  if (c.experts > kMaxExperts) throw std::invalid_argument("more than " + std::to_string(kMaxExperts) + " experts");
   if (c.hidden % 8 != 0) throw std::invalid_argument("hidden must be a multiple of 8");
   if (c.top_k > c.experts) throw std::invalid_argument("top_k larger than the expert count");
   if (c.max_groups > 0 && c.groups > 1 && (c.experts % c.groups != 0 || c.max_groups * (c.experts / c.groups) < c.top_k))
@@ -229,7 +262,8 @@ void Layer::router(const __nv_bfloat16* x, int tokens) {
                      c_.experts, x, CUDA_R_16BF, c_.hidden, &zero, logits_, CUDA_R_32F, c_.experts, CUBLAS_COMPUTE_32F,
                      CUBLAS_GEMM_DEFAULT),
         "router GEMM");
-  topk_kernel<<<blocks(static_cast<std::size_t>(tokens), 128), 128, 0, stream_>>>(
+  topk_kernel<<<blocks(static_cast<std::size_t>(tokens), kRouterWarps), 32 * kRouterWarps,
+                kRouterWarps * 2 * static_cast<std::size_t>(c_.experts) * sizeof(float), stream_>>>(
       logits_, bias_, tokens, c_.experts, c_.top_k, c_.scoring == Scoring::softmax ? 1 : 0, c_.groups, c_.max_groups,
       topk_, gates_);
   check(cudaGetLastError(), "top-k kernel");
