@@ -56,9 +56,12 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
   std::string line;
   int n = 0;
   bool header = false;
+  std::uint64_t digest = 1469598103934665603ULL;
   while (std::getline(in, line)) {
     ++n;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    for (const unsigned char c : line) digest = (digest ^ c) * 1099511628211ULL;
+    digest = (digest ^ '\n') * 1099511628211ULL;
     if (line.empty()) continue;
     if (line[0] == '#') {
       if (line.rfind("# gpu: ", 0) == 0) p.gpu = line.substr(7);
@@ -88,6 +91,7 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
     }
   }
   if (!header) throw ProfileError(fmt::format("{}: no header line", path));
+  p.digest = digest;
   for (const auto& r : p.rows) {
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     p.curves_[Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}][r.distribution].push_back(

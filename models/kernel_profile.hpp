@@ -48,6 +48,7 @@ struct KernelProfile {
   std::string source;  // the file
   std::string gpu;     // from its "# gpu:" line
   std::vector<Row> rows;
+  std::uint64_t digest = 0;  // FNV-1a of the file's lines: two profiles with the same digest are the same
 
   // Throws ProfileError naming the file and line.
   static KernelProfile read(const std::string& path);

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -31,7 +32,29 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
     std::ifstream in(grid.base, std::ios::binary);
     base_text.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   }
-  for (const auto& p : points) {
+  // And what the point reads besides: the kernel profile (built in or a file) and the traces
+  // it names, by content (each file read once), so that new measurements or a changed trace
+  // make the earlier rows stale too.
+  std::map<std::string, std::string> file_digests;
+  const auto file_digest = [&](const scenarios::Scenario& sc, const std::string& written) -> const std::string& {
+    std::filesystem::path path(written);
+    if (path.is_relative()) path = std::filesystem::path(sc.source).parent_path() / path;
+    auto [it, fresh] = file_digests.try_emplace(path.string());
+    if (fresh) {
+      std::ifstream in(path, std::ios::binary);
+      std::uint64_t h = 1469598103934665603ULL;
+      char buf[1 << 16];
+      while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+        for (std::streamsize i = 0; i < in.gcount(); ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ULL;
+        if (!in) break;
+      }
+      it->second = fmt::format("{:016x}", h);
+    }
+    return it->second;
+  };
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const auto& p = points[i];
+    const auto& sc = scenarios[i];
     std::uint64_t h = 1469598103934665603ULL;
     const auto mix = [&](const std::string& text) {
       for (const unsigned char c : text) h = (h ^ c) * 1099511628211ULL;
@@ -40,6 +63,9 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
     mix(base_text);
     for (const auto& x : opts.sets) mix(x);
     for (const auto& x : p) mix(x);
+    if (sc.forward.profile) mix(fmt::format("profile {:016x}", sc.forward.profile->digest));
+    for (const auto* trace : {&sc.routing_trace, &sc.placement_trace})
+      if (!trace->empty()) mix("trace " + file_digest(sc, *trace));
     configs.push_back(fmt::format("{:016x}", h));
   }
   axes_header = "point";

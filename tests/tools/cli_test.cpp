@@ -593,6 +593,27 @@ TEST_CASE("moesim sweep writes one row per point, the same on any number of jobs
   CHECK_FALSE(fs::exists(bad_out));
 }
 
+TEST_CASE("Sweep rows are stale when a trace the points read changes", "[cli][sweep]") {
+  TempDir tmp;
+  const std::string base =
+      "cluster:\n  nodes: 1\n  gpus_per_node: 8\n  gpu: H100\n"
+      "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 16\n  top_k: 2\n  attention_heads: 8\n"
+      "parallelism:\n  ep: 8\nworkload:\n  tokens_per_gpu: 128\nrouting:\n";
+  std::ofstream(tmp.path() / "s.yaml") << base << "  distribution: zipf\n  zipf_s: 1.1\n";
+  std::ofstream(tmp.path() / "r.yaml") << base << "  distribution: trace\n  trace: tokens.csv\n";
+  std::ofstream(tmp.path() / "g.yaml") << "base: r.yaml\naxes:\n  routing.capacity_factor: [1.0, 1.5]\n";
+  const auto dir = "'" + tmp.path().string() + "/";
+  REQUIRE(moesim("trace " + dir + "s.yaml' -q --out " + dir + "tokens.csv'", tmp).code == 0);
+  REQUIRE(moesim("sweep " + dir + "g.yaml' -q --out " + dir + "out.csv'", tmp).code == 0);
+  const auto same = moesim("sweep " + dir + "g.yaml' --out " + dir + "out.csv'", tmp);
+  CHECK_THAT(same.out, Catch::Contains("2 points (2 from an earlier run, 0 run now)"));
+  // Another routing in the same file: the rows are for another input and run again.
+  REQUIRE(moesim("trace " + dir + "s.yaml' -q --set routing.zipf_s=0.5 --out " + dir + "tokens.csv'", tmp).code == 0);
+  const auto changed = moesim("sweep " + dir + "g.yaml' --out " + dir + "out.csv'", tmp);
+  REQUIRE(changed.code == 0);
+  CHECK_THAT(changed.out, Catch::Contains("2 rows of the earlier run were for other settings"));
+}
+
 TEST_CASE("A sweep killed with SIGKILL resumes to exactly one row per point", "[cli][sweep]") {
   TempDir tmp;
   std::ofstream(tmp.path() / "g.yaml") << "base: " + kSource + "/scenarios/quickstart.yaml\naxes:\n  workload.seed: {from: 1, to: 16, step: 1}\n";
