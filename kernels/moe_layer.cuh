@@ -1,6 +1,6 @@
 // The MoE layer on the GPU, bf16 with fp32 accumulation; the function is defined in
 // reference.hpp. Each stage is its own call so that it can be timed alone:
-//   router   logits = x Wr (cuBLAS GEMM, fp32 out), then one thread per token: softmax or
+//   router   logits = x Wr (cuBLAS GEMM, fp32 out), then one warp per token: softmax or
 //            sigmoid scores, group limit, top-k by score + bias, renormalised gates;
 //   permute  a stable radix sort of the T k assignments by expert (CUB) keeps position order
 //            inside each expert, so capacity drops the latest assignments; per-expert counts,

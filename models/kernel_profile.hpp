@@ -13,9 +13,15 @@
 // time_us() interpolates: along tokens, linearly in log(tokens) and log(time) between the two
 // measured counts around the request (never beyond the measured range: outside it, or for a
 // shape the profile lacks, there is no answer and the caller falls back to the roofline); across
-// distributions (experts), linearly in the imbalance max/mean rows per local expert between the
-// two measured distributions around the request, extrapolated linearly beyond the most skewed
-// one (skew past it costs at least as much more again), never below zero.
+// distributions (experts): where the measured distributions differ in how many local experts
+// have rows and the caller says how many it has, linearly in that count first (with few rows
+// per expert the stage reads every active expert's weights, so its time follows them), then
+// within each group of equal count, linearly in the imbalance max/mean rows per local expert
+// between the two measured distributions around the request, extrapolated linearly beyond the
+// most skewed one (skew past it costs at least as much more again), never below zero.
+//
+// Accuracy against whole-layer timings the sweep did not have: docs/validation.md
+// (`moesim check-profile`).
 #pragma once
 
 #include <cstdint>

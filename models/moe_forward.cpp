@@ -508,7 +508,7 @@ Time MoeForward::experts_time(int layer, int gpu, int half) {
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
   if (spec_.profile) {
-    // The measured grouped expert stage for this GPU's slots: its rows and their imbalance.
+    // The measured expert stage for this GPU's slots: its rows, how many slots have rows, and their imbalance.
     std::int64_t rows = 0, most = 0, computed = 0;
     int active = 0;
     for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
