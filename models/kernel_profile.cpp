@@ -8,6 +8,8 @@
 #include <map>
 #include <sstream>
 
+#include "sim/rng.hpp"
+
 namespace moesim::models {
 
 namespace {
@@ -56,12 +58,11 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
   std::string line;
   int n = 0;
   bool header = false;
-  std::uint64_t digest = 1469598103934665603ULL;
+  std::uint64_t digest = sim::kFnv1a64Offset;
   while (std::getline(in, line)) {
     ++n;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    for (const unsigned char c : line) digest = (digest ^ c) * 1099511628211ULL;
-    digest = (digest ^ '\n') * 1099511628211ULL;
+    digest = sim::fnv1a64("\n", sim::fnv1a64(line, digest));
     if (line.empty()) continue;
     if (line[0] == '#') {
       if (line.rfind("# gpu: ", 0) == 0) p.gpu = line.substr(7);

@@ -32,8 +32,7 @@ std::uint64_t splitmix64(std::uint64_t& x) {
 
 }  // namespace
 
-std::uint64_t fnv1a64(std::string_view text) {
-  std::uint64_t h = 0xCBF29CE484222325ULL;
+std::uint64_t fnv1a64(std::string_view text, std::uint64_t h) {
   for (unsigned char c : text) {
     h ^= c;
     h *= 0x100000001B3ULL;

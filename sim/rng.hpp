@@ -76,6 +76,8 @@ class Rng {
   std::uint64_t s_[4];
 };
 
-std::uint64_t fnv1a64(std::string_view text);
+// FNV-1a (64 bits) of `text`; pass the last result as `h` to continue a hash over several pieces.
+constexpr std::uint64_t kFnv1a64Offset = 0xCBF29CE484222325ULL;
+std::uint64_t fnv1a64(std::string_view text, std::uint64_t h = kFnv1a64Offset);
 
 }  // namespace moesim::sim

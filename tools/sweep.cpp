@@ -9,9 +9,11 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "scenarios/experiment.hpp"
+#include "sim/rng.hpp"
 #include "tools/report.hpp"
 
 namespace moesim::tools {
@@ -42,10 +44,10 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
     auto [it, fresh] = file_digests.try_emplace(path.string());
     if (fresh) {
       std::ifstream in(path, std::ios::binary);
-      std::uint64_t h = 1469598103934665603ULL;
+      std::uint64_t h = sim::kFnv1a64Offset;
       char buf[1 << 16];
       while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-        for (std::streamsize i = 0; i < in.gcount(); ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ULL;
+        h = sim::fnv1a64(std::string_view(buf, static_cast<std::size_t>(in.gcount())), h);
         if (!in) break;
       }
       it->second = fmt::format("{:016x}", h);
@@ -55,11 +57,8 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
   for (std::size_t i = 0; i < points.size(); ++i) {
     const auto& p = points[i];
     const auto& sc = scenarios[i];
-    std::uint64_t h = 1469598103934665603ULL;
-    const auto mix = [&](const std::string& text) {
-      for (const unsigned char c : text) h = (h ^ c) * 1099511628211ULL;
-      h = (h ^ 0xffU) * 1099511628211ULL;  // a separator no text holds
-    };
+    std::uint64_t h = sim::kFnv1a64Offset;
+    const auto mix = [&](const std::string& text) { h = sim::fnv1a64("\xff", sim::fnv1a64(text, h)); };  // 0xff: a separator no text holds
     mix(base_text);
     for (const auto& x : opts.sets) mix(x);
     for (const auto& x : p) mix(x);

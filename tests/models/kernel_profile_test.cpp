@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -162,6 +163,10 @@ workload: {tokens_per_gpu: 512}
 routing: {distribution: trace, trace: )" + std::string(MOESIM_SOURCE_DIR) + "/kernels/traces/mixtral-clustered-h100.csv}\n",
       "t.yaml"));
   CHECK(traced.compute_source == "profile");
+  REQUIRE(traced.stats.layers().size() == 4);
+  double most = 0;  // the busiest GPU's share over the mean, of any layer: uniform routing stays near 1
+  for (const auto& l : traced.stats.layers()) most = std::max(most, l.max_gpu_tokens / (static_cast<double>(l.computed) / 8));
+  CHECK(most > 1.5);
   std::string h800 = mixtral;
   h800.replace(h800.find("gpu: H100"), 9, "gpu: H800");
   CHECK(scenarios::run_experiment(scenarios::load_scenario_text(h800, "m.yaml")).compute_source == "roofline");

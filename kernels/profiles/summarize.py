@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The figures docs/validation.md quotes from the H100 measurement, computed from the files here.
+
+    python3 kernels/profiles/summarize.py [--check DOC]
+
+Prints the expert-stage-vs-dense-GEMM table and the PyTorch table as the Markdown rows the
+document holds, then the other figures it quotes (router time, GEMM-path A/B, cost per active
+expert, the clock log's power-cap count). With --check DOC, exits 1 unless every table row is
+in DOC as printed and every number of the other lines appears in it (a CTest runs this, so the
+document cannot drift from the files). Plain Python 3, no packages.
+"""
+import csv
+import os
+import re
+import sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+out = []
+print = out.append  # noqa: A001 - collected, then printed or checked
+measure = os.path.join(here, "h100-measure")
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+profile = rows(os.path.join(here, "nvidia-h100-80gb-hbm3.csv"))
+SHAPES = {"small": (1024, 2048, 16, 2), "mixtral": (4096, 14336, 8, 2), "deepseek": (7168, 2048, 256, 8)}
+NAMES = {"small": "small (H 1024, F 2048)", "mixtral": "Mixtral-8x7B (H 4096, F 14336)", "deepseek": "DeepSeek-V3 (H 7168, F 2048)"}
+
+
+def us(kernel, shape, experts, tokens, dist):
+    for r in profile:
+        if (r["kernel"], r["shape"], int(r["experts"]), int(r["tokens"]), r["distribution"]) == (kernel, shape, experts, tokens, dist):
+            return float(r["median_us"])
+    raise KeyError((kernel, shape, experts, tokens, dist))
+
+
+print("| shape | rows | local experts | expert stage | dense GEMM | share |")
+for shape in ("mixtral", "deepseek", "small"):
+    h, f, e, _ = SHAPES[shape]
+    n = max(int(r["tokens"]) for r in profile if r["kernel"] == "dense_gemm" and r["shape"] == shape)
+    dense = n * h * 2 * f * 2 / us("dense_gemm", shape, 1, n, "-") / 1e6
+    local = {"mixtral": (1, 8), "deepseek": (1, 8, 256), "small": (1, 16)}[shape]
+    tf = [n * 3 * h * f * 2 / us("experts", shape, l, n, "uniform") / 1e6 for l in local]
+    print(f"| {NAMES[shape]} | {n:,} | {' / '.join(map(str, local))} | {' / '.join(f'{t:.0f}' for t in tf)} TFLOP/s "
+          f"| {dense:.0f} TFLOP/s | {' / '.join(f'{100 * t / dense:.0f}' for t in tf)} % |")
+
+torch = rows(os.path.join(measure, "torch.csv"))
+print("")
+print("| shape | tokens | moesim layer | PyTorch `_grouped_mm` | PyTorch loop | PyTorch best / ours |")
+for shape, label in (("small", "small"), ("mixtral", "Mixtral"), ("deepseek", "DeepSeek")):
+    e = SHAPES[shape][2]
+    tokens = sorted({int(r["tokens"]) for r in torch if r["shape"] == shape})
+    t = {(int(r["tokens"]), r["variant"]): float(r["median_us"]) for r in torch if r["shape"] == shape}
+    ours = [us("layer", shape, e, n, "router") for n in tokens]
+    fmt = lambda v: " / ".join(f"{x / 1000:.2f}" if x < 10000 else f"{x / 1000:.1f}" for x in v)  # noqa: E731
+    ratio = [min(t[(n, "grouped_mm")], t[(n, "loop")]) / o for n, o in zip(tokens, ours)]
+    print(f"| {label} | {' / '.join(map(str, tokens))} | {fmt(ours)} ms | {fmt([t[(n, 'grouped_mm')] for n in tokens])} ms "
+          f"| {fmt([t[(n, 'loop')] for n in tokens])} ms | {' / '.join(f'{r:.1f}' for r in ratio)} |")
+
+print("")
+print(f"router, DeepSeek, 4096 tokens: {us('router', 'deepseek', 256, 4096, '-'):.0f} us")
+ab = {(r["shape"], int(r["local_experts"]), int(r["rows"])): r for r in rows(os.path.join(measure, "gemm_ab.csv"))}
+for key in (("mixtral", 8, 131072), ("deepseek", 256, 256)):
+    r = ab[key]
+    print(f"experts {key[0]}, {key[1]} experts, {key[2]:,} rows: grouped {float(r['grouped_us']) / 1000:.3g} ms, "
+          f"loop {float(r['loop_us']) / 1000:.3g} ms")
+one = [us("experts", "mixtral", 8, n, "uniform") / a for n, a in ((1, 1), (2, 2), (4, 4))]
+print(f"Mixtral expert stage, 1-4 rows on 1-4 active experts: {min(one):.0f}-{max(one):.0f} us per active expert")
+smi = os.path.join(measure, "earlier-router", "heldout-repeat-nvidia-smi.csv")
+with open(smi) as f:
+    samples = [line.split(", ") for line in f.read().splitlines()[1:]]
+busy = [s for s in samples if float(s[3].split()[0]) > 200]
+capped = [s for s in busy if int(s[5], 16) & 0x4]
+clocks = [int(s[1].split()[0]) for s in busy]
+print(f"clock log: {len(capped)} of {len(busy)} samples above 200 W under the software power cap, SM clock {min(clocks)}-{max(clocks)} MHz")
+
+if len(sys.argv) == 3 and sys.argv[1] == "--check":
+    with open(sys.argv[2], encoding="utf-8") as f:
+        doc = f.read()
+    missing = [line for line in out if line.startswith("|") and line not in doc]
+    for line in out:
+        if line and not line.startswith("|"):
+            text = line.split(":", 1)[1]
+            missing += [f"{n} (from: {line})" for n in re.findall(r"\d[\d,.]*\d|\d", text) if n not in doc]
+    for m in missing:
+        sys.stderr.write(f"not in {sys.argv[2]}: {m}\n")
+    sys.exit(1 if missing else 0)
+sys.stdout.write("\n".join(out) + "\n")
