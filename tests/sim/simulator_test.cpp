@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -140,16 +141,19 @@ TEST_CASE("The queue matches a sorted reference under mixed scheduling and cance
     std::map<std::pair<std::int64_t, std::uint64_t>, int> reference;  // (time, seq) -> label
     std::vector<std::pair<std::int64_t, int>> ran;
     std::vector<std::pair<EventId, std::pair<std::int64_t, std::uint64_t>>> handles;
+    std::set<int> done;  // labels that ran
     int label = 0;
     std::function<void()> fire;
     auto add = [&](std::int64_t t) {
       const int l = label++;
       const EventId id = sim.schedule_at(Time::ps(t), [&, l] {
         ran.emplace_back(sim.now().count_ps(), l);
+        done.insert(l);
         fire();
       });
-      reference.emplace(std::make_pair(t, id.seq), l);
-      handles.emplace_back(id, std::make_pair(t, id.seq));
+      // Labels count up in scheduling order, so they are the sequence numbers.
+      reference.emplace(std::make_pair(t, static_cast<std::uint64_t>(l)), l);
+      handles.emplace_back(id, std::make_pair(t, static_cast<std::uint64_t>(l)));
     };
     auto random_delay = [&]() -> std::int64_t {
       switch (next() % 6) {
@@ -168,8 +172,11 @@ TEST_CASE("The queue matches a sorted reference under mixed scheduling and cance
       for (int c = 0; c < children && budget > 0; ++c, --budget) add(sim.now().count_ps() + random_delay());
       if (next() % 5 == 0 && !handles.empty()) {
         const auto& h = handles[next() % handles.size()];
-        const bool was_pending = reference.count(h.second) > 0 && sim.cancel(h.first);
-        if (was_pending) reference.erase(h.second);
+        // An id whose event ran (or is running) or was cancelled must not cancel anything.
+        const auto it = reference.find(h.second);
+        const bool pending = it != reference.end() && done.count(it->second) == 0;
+        REQUIRE(sim.cancel(h.first) == pending);
+        if (pending) reference.erase(it);
       }
     };
     for (int i = 0; i < 200; ++i) add(random_delay());
