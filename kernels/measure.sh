@@ -2,9 +2,9 @@
 # On a GPU machine with only the CUDA toolkit and CMake: build kernels/, check the layer
 # against the float64 reference, then measure the profile, held-out whole-layer timings, the
 # expert GEMM paths' A/B, a routing trace, and the PyTorch yardstick (where python3 has torch).
-#   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek]
-# Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, gemm_ab.csv, histograms.csv, trace.csv, torch.csv and
-# log.txt. With BIN_DIR set to a folder holding the built binaries, skips the build. Stops at
+#   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek] [moe-profile options, e.g. --grid dense]
+# Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, gemm_ab.csv, histograms.csv, trace.csv, torch.csv,
+# clocks.csv and log.txt. With BIN_DIR set to a folder holding the built binaries, skips the build. Stops at
 # the first failed check: an unchecked layer is never timed. A long sweep can be split by
 # shape over several runs; the profiles' rows (after their header) concatenate.
 set -euo pipefail
@@ -12,6 +12,14 @@ out=${1:?usage: kernels/measure.sh OUT_DIR [--quick | --shapes LIST]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
+# The card's clocks, power and temperature once a second while this runs (OUT_DIR/clocks.csv):
+# an H100 under load sits at its power cap and clocks down, and timings taken hot and cold differ.
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.current.sm,clocks.current.memory,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -l 1 >"$out/clocks.csv" 2>/dev/null &
+  smi=$!
+  trap 'kill $smi 2>/dev/null || true' EXIT
+fi
 {
   nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv || true
   bin=${BIN_DIR:-}

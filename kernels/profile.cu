@@ -1,14 +1,15 @@
 // moe-profile: measures the MoE layer's stages on this GPU and writes a kernel profile, after
 // checking the layer against the float64 reference (never times unchecked code).
 //
-//   moe-profile [--out FILE] [--quick] [--repeats N] [--trace FILE]
+//   moe-profile [--out FILE] [--quick] [--repeats N] [--trace FILE] [--grid pow2|dense] ...
+//   (moe-profile --help lists every option)
 //
 // For each shape (small, mixtral: H 4096 F 14336 E 8 k 2, deepseek: H 7168 F 2048 E 256 k 8
-// with sigmoid scoring and 4 of 8 groups), tokens 1, 2, 4, ... 65536 (as memory allows) and
-// per-expert distributions (uniform, zipf:0.8, zipf:1.2, hot:0.5), it times with CUDA events
-// after warm-up: router (on random tokens; its time does not depend on the distribution),
-// permute and combine (on a generated routing of that distribution), and the whole layer
-// (router's own routing). The experts stage is timed as one GPU of an EP group runs it: for
+// with sigmoid scoring and 4 of 8 groups), tokens 1, 2, 4, ... 65536 as memory allows (with
+// --grid dense also 3, 6, 12, ...), and per-expert distributions (uniform, zipf:0.8, zipf:1.2,
+// hot:0.5), it times with CUDA events after warm-up: router (on random tokens; its time does
+// not depend on the distribution), permute and combine (on a generated routing of that
+// distribution), and the whole layer (router's own routing). The experts stage is timed as one GPU of an EP group runs it: for
 // local expert counts E, 32, 16, ... 1 of the shape, `tokens` = rows (assignments) spread over
 // them by each distribution (rows with top_k 1). Rows of the CSV: median, 10th and 90th
 // percentile over the repetitions; max_expert_tokens and active_experts describe the histogram.
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -209,9 +211,23 @@ std::vector<std::string> split(const std::string& list) {
 
 }  // namespace
 
+// The counts a sweep measures up to `max`: powers of two, and with `dense` also the points half
+// way between them in log terms, rounded (3, 6, 12, 24, ...: 1.5 times a power of two), where a
+// time that bends between two powers (a GEMM going from weight-bound to compute-bound, or the
+// expert GEMMs switching path at a power of two) needs more than two points to follow.
+std::vector<int> grid(int max, bool dense) {
+  std::vector<int> g;
+  for (long long t = 1; t <= max; t *= 2) {
+    g.push_back(static_cast<int>(t));
+    if (dense && t >= 2 && 3 * t / 2 <= max) g.push_back(static_cast<int>(3 * t / 2));
+  }
+  return g;
+}
+
 int main(int argc, char** argv) {
   std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path;
-  bool quick = false, heldout_only = false;
+  bool quick = false, heldout_only = false, dense = false;
+  std::string heldout_list;
   int passes = 1;
   int repeats = 20;
   for (int i = 1; i < argc; ++i) {
@@ -227,13 +243,43 @@ int main(int argc, char** argv) {
     else if (a == "--hist" && i + 1 < argc) hist_path = argv[++i];
     else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
+    else if (a == "--grid" && i + 1 < argc && (std::string(argv[i + 1]) == "pow2" || std::string(argv[i + 1]) == "dense"))
+      dense = std::string(argv[++i]) == "dense";
+    else if (a == "--heldout-tokens" && i + 1 < argc) heldout_list = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
+                   "                   [--grid pow2|dense] [--heldout-tokens N,N,...]\n"
+                   "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
+                   "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
+                   "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
                    "  per-expert row counts behind every profile and held-out row that has a routing\n");
+      return 2;
+    }
+  }
+  // Held-out token counts: never on the sweep's grid, or they would not be held out.
+  std::vector<int> heldout_tokens;
+  if (heldout_list.empty())
+    heldout_tokens = dense ? std::vector<int>{5, 20, 80, 320, 1280, 5120, 20480, 40960}
+                           : std::vector<int>{3, 24, 96, 384, 1536, 6144, 24576, 49152};
+  for (const auto& v : split(heldout_list)) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (*end != '\0' || n < 1 || n > 65536) {
+      std::fprintf(stderr, "moe-profile: --heldout-tokens: '%s' is not a token count in 1 ... 65536\n", v.c_str());
+      return 2;
+    }
+    heldout_tokens.push_back(static_cast<int>(n));
+  }
+  std::sort(heldout_tokens.begin(), heldout_tokens.end());
+  for (const int t : heldout_tokens) {
+    const auto g = grid(65536, dense);
+    if (std::find(g.begin(), g.end(), t) != g.end()) {
+      std::fprintf(stderr, "moe-profile: --heldout-tokens: %d is on the sweep's grid (--grid %s), so it would not be held out\n",
+                   t, dense ? "dense" : "pow2");
       return 2;
     }
   }
@@ -274,6 +320,7 @@ int main(int argc, char** argv) {
         << "\n# memory_clock_mhz: " << dev.memory_clock_mhz << "\n# cuda_runtime: " << dev.runtime
         << "\n# cuda_driver: " << dev.driver << "\n# date: " << date << "\n# repeats: " << repeats
         << " (at least 7 for runs past 2 ms; a measurement whose median is over 1.25x its 10th percentile taken again, up to 3 times, the lowest median kept)\n# checked: bf16 layer vs float64 reference before timing (kernels/check.cuh bounds)\n"
+        << "# grid: " << (dense ? "dense (1, 2, 3, 4, 6, 8, ...)" : "pow2 (1, 2, 4, 8, ...)") << "\n"
         << "# experts GEMMs: per size class the faster of cublasGemmGroupedBatchedEx and a cublasGemmEx loop (automatic)\n"
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us\n";
@@ -331,7 +378,7 @@ int main(int argc, char** argv) {
         const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
         DeviceTokens dx(x), dout(x);
         const cudaStream_t st = layer.stream();
-        for (int t = 1; t <= (heldout_only ? 0 : max_tokens); t *= 2) {
+        for (const int t : heldout_only ? std::vector<int>{} : grid(max_tokens, dense)) {
           row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           const Routing own = layer.routing(t);
           row(out, "layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
@@ -349,10 +396,10 @@ int main(int argc, char** argv) {
           // The whole layer end to end on token counts and routings the sweep does not have:
           // generated distributions forced after the (still timed) router, and the router's own
           // choice on clustered tokens.
-          const std::vector<bf16_bits> xc = clustered_tokens(c, std::min(max_tokens, 49152), 64, 1.0, 9);
+          const std::vector<bf16_bits> xc = clustered_tokens(c, std::min(max_tokens, heldout_tokens.back()), 64, 1.0, 9);
           DeviceTokens dxc(xc);
           for (int pass = 1; pass <= passes; ++pass)
-          for (const int t : {3, 24, 96, 384, 1536, 6144, 24576, 49152}) {
+          for (const int t : heldout_tokens) {
             if (t > max_tokens) break;
             for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5", "clustered"}) {
               const bool own = d == "clustered";
@@ -404,7 +451,7 @@ int main(int argc, char** argv) {
         Layer layer(cl, wl, max_rows);
         const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
         DeviceTokens dx(x);
-        for (int rows = 1; rows <= max_rows; rows *= 2) {
+        for (const int rows : grid(max_rows, dense)) {
           for (const auto& d : local > 1 ? dists : std::vector<std::string>{"uniform"}) {
             const Routing r = generated_routing(cl, rows, d, 6);
             layer.set_routing(r.experts, r.gates, rows);

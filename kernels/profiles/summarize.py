@@ -5,7 +5,7 @@
 
 Prints the expert-stage-vs-dense-GEMM table and the PyTorch table as the Markdown rows the
 document holds, then the other figures it quotes (router time, GEMM-path A/B, cost per active
-expert, the clock log's power-cap count). With --check DOC, exits 1 unless every table row is
+expert, the clock log's power-cap count, how the stages timed alone add up to the layer). With --check DOC, exits 1 unless every table row is
 in DOC as printed and every number of the other lines appears in it (a CTest runs this, so the
 document cannot drift from the files). Plain Python 3, no packages.
 """
@@ -76,6 +76,18 @@ busy = [s for s in samples if float(s[3].split()[0]) > 200]
 capped = [s for s in busy if int(s[5], 16) & 0x4]
 clocks = [int(s[1].split()[0]) for s in busy]
 print(f"clock log: {len(capped)} of {len(busy)} samples above 200 W under the software power cap, SM clock {min(clocks)}-{max(clocks)} MHz")
+
+# The same run's held-out cases with each stage also timed alone right after the whole layer.
+st = rows(os.path.join(measure, "earlier-router", "heldout-stages.csv"))
+diff = [100 * (sum(float(r[k]) for k in ("router_us", "permute_us", "experts_us", "combine_us")) - float(r["layer_us"]))
+        / float(r["layer_us"]) for r in st]
+dev = sorted(abs(x) for x in diff)
+print(f"stages timed alone after the layer, {len(diff)} cases: the four add up to the layer within {dev[len(dev) // 2]:.1f} % "
+      f"(median), {sum(x <= 3 for x in dev)} within 3 %, {sum(x <= 5 for x in dev)} within 5 %, {min(diff):+.1f} % to {max(diff):+.1f} %")
+inlayer = [float(r["experts_us"]) for r in st if r["shape"] == "mixtral" and r["tokens"] == "1536"]
+sweep = {n: [us("experts", "mixtral", 8, n, d) for d in ("uniform", "zipf:0.8", "zipf:1.2", "hot:0.5")] for n in (2048, 4096)}
+print(f"Mixtral expert stage at 3,072 rows inside the layer: {min(inlayer):.0f}-{max(inlayer):.0f} us; "
+      f"the sweep at 2,048 rows {min(sweep[2048]):.0f}-{max(sweep[2048]):.0f} us, at 4,096 rows {min(sweep[4096]):.0f}-{max(sweep[4096]):.0f} us")
 
 if len(sys.argv) == 3 and sys.argv[1] == "--check":
     with open(sys.argv[2], encoding="utf-8") as f:
