@@ -30,6 +30,34 @@ double lerp(double x, double x0, double y0, double x1, double y1) {
   return x1 == x0 ? y0 : y0 + (y1 - y0) * (x - x0) / (x1 - x0);
 }
 
+// A curve's time at log-token x inside [pts[i], pts[i + 1]], in log-log: the monotone cubic of
+// Fritsch & Carlson (1980) through the measured points, whose slope at each point is the
+// weighted harmonic mean of the segments on either side (0 where they disagree in sign; a
+// segment's own slope at the curve's ends). It follows a curve that bends between two
+// measured counts (the expert GEMMs going from weight-bound to compute-bound) where a straight
+// line between the two runs above it, and never overshoots the points around it.
+template <class P>
+double monotone_log_log(const std::vector<P>& pts, std::size_t i, double x) {
+  const auto lx = [&](std::size_t k) { return std::log(pts[k].tokens); };
+  const auto ly = [&](std::size_t k) { return std::log(std::max(pts[k].us, 1e-9)); };
+  const double x0 = lx(i), x1 = lx(i + 1), h = x1 - x0;
+  if (h <= 0) return pts[i].us;
+  const double d = (ly(i + 1) - ly(i)) / h;
+  const auto slope_at = [&](std::size_t k) {  // the slope at point k, from its two segments
+    if (k == 0 || k + 1 >= pts.size()) return d;
+    const double ha = lx(k) - lx(k - 1), hb = lx(k + 1) - lx(k);
+    const double da = (ly(k) - ly(k - 1)) / ha, db = (ly(k + 1) - ly(k)) / hb;
+    if (da * db <= 0) return 0.0;
+    const double wa = 2 * hb + ha, wb = hb + 2 * ha;
+    return (wa + wb) / (wa / da + wb / db);
+  };
+  const double m0 = slope_at(i), m1 = slope_at(i + 1);
+  const double t = (x - x0) / h, t2 = t * t, t3 = t2 * t;
+  const double y = (2 * t3 - 3 * t2 + 1) * ly(i) + (t3 - 2 * t2 + t) * h * m0 + (-2 * t3 + 3 * t2) * ly(i + 1) +
+                   (t3 - t2) * h * m1;
+  return std::exp(y);
+}
+
 }  // namespace
 
 KernelProfile KernelProfile::read(const std::string& path) {
@@ -110,8 +138,8 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   if (tokens <= 0) return 0.0;
   const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
   if (found == curves_.end()) return std::nullopt;
-  // Each curve at `tokens` (log-log between the measured counts around it; imbalance and
-  // active experts linear in log tokens).
+  // Each curve at `tokens` (a monotone cubic in log-log through the measured counts; imbalance
+  // and active experts linear in log tokens between the two counts around it).
   struct At {
     double imbalance, active, us;
   };
@@ -123,7 +151,7 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
                                      [](const Point& p, double t) { return p.tokens < t; });
     const auto lo = hi->tokens == static_cast<double>(tokens) ? hi : hi - 1;
     const double x0 = std::log(lo->tokens), x1 = std::log(hi->tokens);
-    const double us = std::exp(lerp(x, x0, std::log(std::max(lo->us, 1e-9)), x1, std::log(std::max(hi->us, 1e-9))));
+    const double us = lo == hi ? lo->us : monotone_log_log(pts, static_cast<std::size_t>(lo - pts.begin()), x);
     at.push_back({lerp(x, x0, lo->imbalance, x1, hi->imbalance), lerp(x, x0, lo->active, x1, hi->active), us});
   }
   if (at.empty()) return std::nullopt;

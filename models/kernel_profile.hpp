@@ -10,9 +10,11 @@
 // top-k; experts rows are the expert stage as one GPU of an EP group runs it: `experts` local
 // experts, `tokens` rows (assignments) spread over them by the named distribution.
 //
-// time_us() interpolates: along tokens, linearly in log(tokens) and log(time) between the two
-// measured counts around the request (never beyond the measured range: outside it, or for a
-// shape the profile lacks, there is no answer and the caller falls back to the roofline); across
+// time_us() interpolates: along tokens, in log(tokens) and log(time) by a monotone cubic through
+// the measured counts (between the two around the request, shaped by their neighbours; a power
+// law stays one, a bend between two counts is followed, nothing overshoots the measured points;
+// never beyond the measured range: outside it, or for a shape the profile lacks, there is no
+// answer and the caller falls back to the roofline); across
 // distributions (experts): where the measured distributions differ in how many local experts
 // have rows and the caller says how many it has, linearly in that count first (with few rows
 // per expert the stage reads every active expert's weights, so its time follows them), then

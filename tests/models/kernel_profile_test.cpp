@@ -65,6 +65,18 @@ TEST_CASE("Kernel profiles are read strictly and interpolated in tokens and imba
   CHECK(*q.time_us("experts", 8, 8, 4, 1, 400, 1.5) == Approx(130));
   CHECK(*q.time_us("experts", 8, 8, 4, 1, 400, 3.0) == Approx(220));  // extrapolated past the most skewed
   CHECK(*q.time_us("experts", 8, 8, 4, 1, 400, 0.5) == Approx(100));
+  // A curve that bends between two counts (flat at 10 us to 128 tokens, then doubling with the
+  // tokens): in log-log the slope is 0 at 128 (the segments either side disagree: 0 and 1) and
+  // 1 at 256, so at 181 tokens the cubic gives 12.967 us, below the straight line's 14.14 us
+  // and inside [10, 20] (a monotone curve never overshoots its points).
+  std::string bend = kHeader;
+  for (const auto& [t, u] : {std::pair{64, 10}, {128, 10}, {256, 20}, {512, 40}})
+    bend += "router,b,8,8,4,2," + std::to_string(t) + ",-,0,0," + std::to_string(u) + ",0,0\n";
+  const TempFile bent(bend, "bend.csv");
+  const KernelProfile b = KernelProfile::read(bent.path.string());
+  CHECK(*b.time_us("router", 8, 8, 4, 2, 181) == Approx(12.9667).epsilon(1e-4));
+  CHECK(*b.time_us("router", 8, 8, 4, 2, 100) == Approx(10));  // flat on both sides of 64 ... 128
+  CHECK(*b.time_us("router", 8, 8, 4, 2, 362) == Approx(40 * 362 / 512.0).epsilon(1e-3));  // a power law stays one
   // Bad files name the line.
   const TempFile bad_header("kernel,shape\n", "bad1.csv");
   CHECK_THROWS_WITH(KernelProfile::read(bad_header.path.string()), Catch::Contains("bad1.csv:1: expected the header"));
