@@ -16,7 +16,7 @@
 // never beyond the measured range: outside it, or for a shape the profile lacks, there is no
 // answer and the caller falls back to the roofline); across
 // distributions (experts): where the measured distributions differ in how many local experts
-// have rows and the caller says how many it has, linearly in that count first (with few rows
+// have rows (by 10 % or more) and the caller says how many it has, linearly in that count first (with few rows
 // per expert the stage reads every active expert's weights, so its time follows them), then
 // within each group of equal count, linearly in the imbalance max/mean rows per local expert
 // between the two measured distributions around the request, extrapolated linearly beyond the

@@ -144,6 +144,23 @@ TEST_CASE("With few rows per expert the expert stage follows the active experts"
   CHECK(*p.time_us("experts", 8, 8, 8, 1, 8, 4.0) == Approx(300));
 }
 
+TEST_CASE("Active experts that differ by a few percent do not decide the expert stage", "[models][profile]") {
+  // 400 rows over 20 local experts: uniform with all 20 active at 100 us (imbalance 25/20), a
+  // skewed one with 19 active at 150 us (imbalance 100/20). One expert fewer cannot make the
+  // stage half as slow again (its weights are 5 % of the read); the skew does. So a request with
+  // 19 active is placed by its imbalance, not taken from the 19-active curve or extrapolated.
+  const TempFile f(kHeader + "experts,s,8,8,20,1,400,uniform,25,20,100,0,0\nexperts,s,8,8,20,1,400,zipf,100,19,150,0,0\n",
+                   "near.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  CHECK(*p.time_us("experts", 8, 8, 20, 1, 400, 2.0, 19) == Approx(110));
+  CHECK(*p.time_us("experts", 8, 8, 20, 1, 400, 2.0, 18) == Approx(110));
+  // Active counts 10 % or more apart: the active experts decide, as with few rows per expert.
+  const TempFile g(kHeader + "experts,s,8,8,20,1,400,uniform,25,20,100,0,0\nexperts,s,8,8,20,1,400,zipf,100,18,150,0,0\n",
+                   "far.csv");
+  const KernelProfile q = KernelProfile::read(g.path.string());
+  CHECK(*q.time_us("experts", 8, 8, 20, 1, 400, 2.0, 19) == Approx(125));
+}
+
 TEST_CASE("H100 scenarios use the measured profile built in, others the roofline", "[models][profile]") {
   const auto h100 = KernelProfile::bundled("H100-SXM");
   REQUIRE(h100);
