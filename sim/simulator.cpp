@@ -18,22 +18,27 @@ Simulator::~Simulator() {
       for (auto& e : b) Callback::destroy(e.call);
 }
 
-bool Simulator::is_live(std::uint64_t seq) const {
+inline bool Simulator::is_live(std::uint64_t seq) const {
   const std::uint64_t w = seq / 64;
   if (w < live_base_ || w - live_base_ >= live_bits_.size()) return false;
   return (live_bits_[w - live_base_] >> (seq % 64)) & 1;
 }
 
-void Simulator::set_live(std::uint64_t seq) {
+inline void Simulator::set_live(std::uint64_t seq) {
   const std::uint64_t w = seq / 64 - live_base_;
-  while (w >= live_bits_.size()) live_bits_.push_back(0);
+  if (w >= live_bits_.size()) [[unlikely]]
+    live_bits_.resize(w + 1, 0);
   live_bits_[w] |= std::uint64_t{1} << (seq % 64);
 }
 
-void Simulator::clear_live(std::uint64_t seq) {
+inline void Simulator::clear_live(std::uint64_t seq) {
   const std::uint64_t w = seq / 64 - live_base_;
   live_bits_[w] &= ~(std::uint64_t{1} << (seq % 64));
-  if (w != live_front_) return;
+  if (w == live_front_ && live_bits_[w] == 0) [[unlikely]]
+    slide_live();
+}
+
+void Simulator::slide_live() {
   // Slide past words whose events are all done. Every word but the last has all its sequence
   // numbers handed out; the last may still fill, so it is never passed.
   while (live_front_ + 1 < live_bits_.size() && live_bits_[live_front_] == 0) ++live_front_;
@@ -44,7 +49,7 @@ void Simulator::clear_live(std::uint64_t seq) {
   }
 }
 
-void Simulator::place(const Entry& e) {
+inline void Simulator::place(const Entry& e) {
   if (e.time <= front_max_ && front_head_ < front_.size()) {
     // Inside the sorted front run: insert after every event with the same or an earlier time.
     // The run is short and new events rarely land in it (it spans a few events' worth of time).
@@ -74,21 +79,22 @@ void Simulator::refill_front() {
   occupied_[h] &= ~(std::uint64_t{1} << s);
   if (occupied_[h] == 0) levels_occupied_ &= ~(std::uint32_t{1} << h);
   auto& b = buckets_[h][s];
-  std::uint64_t m = b[0].time;
-  for (const auto& e : b) m = e.time < m ? e.time : m;
-  last_ = m;
   if (b.size() <= kSortedRun) {
     // Few events: sort them (stably, so equal times keep their order) into the front run
-    // instead of dropping them level by level.
+    // instead of dropping them level by level; the first is the new minimum.
     for (const auto& e : b) {
       auto pos = front_.end();
       while (pos != front_.begin() && (pos - 1)->time > e.time) --pos;
       front_.insert(pos, e);
     }
+    last_ = front_.front().time;
     front_max_ = front_.back().time;
   } else {
     // Every event here shares digits h and up with the new minimum, so each drops to a lower
     // level or to the front run; none comes back to this bucket.
+    std::uint64_t m = b[0].time;
+    for (const auto& e : b) m = e.time < m ? e.time : m;
+    last_ = m;
     front_max_ = m;
     for (const auto& e : b) place(e);
   }
