@@ -84,6 +84,9 @@ diff = [100 * (sum(float(r[k]) for k in ("router_us", "permute_us", "experts_us"
 dev = sorted(abs(x) for x in diff)
 print(f"stages timed alone after the layer, {len(diff)} cases: the four add up to the layer within {dev[len(dev) // 2]:.1f} % "
       f"(median), {sum(x <= 3 for x in dev)} within 3 %, {sum(x <= 5 for x in dev)} within 5 %, {min(diff):+.1f} % to {max(diff):+.1f} %")
+small3 = {p: [float(r["layer_us"]) for r in st if r["shape"] == "small" and r["tokens"] == "3" and r["pass"] == p] for p in ("1", "2")}
+print(f"small shape, 3 tokens, the same four cases twice in one run: {min(small3['1']):.0f}-{max(small3['1']):.0f} us, "
+      f"then {min(small3['2']):.0f}-{max(small3['2']):.0f} us")
 inlayer = [float(r["experts_us"]) for r in st if r["shape"] == "mixtral" and r["tokens"] == "1536"]
 sweep = {n: [us("experts", "mixtral", 8, n, d) for d in ("uniform", "zipf:0.8", "zipf:1.2", "hot:0.5")] for n in (2048, 4096)}
 print(f"Mixtral expert stage at 3,072 rows inside the layer: {min(inlayer):.0f}-{max(inlayer):.0f} us; "
