@@ -156,13 +156,25 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   }
   if (at.empty()) return std::nullopt;
   if (at.size() == 1) return at.front().us;
+  // Beyond the measured points a straight line through the last two can run off (two points
+  // close in x and apart in time give a steep one): an extrapolated time stays between the
+  // edge's own time and that time scaled in proportion (as if all of it grew with the busiest
+  // expert's rows, or with the number of experts whose weights are read).
+  const auto bounded = [](double x, double x_edge, double us_edge, double line) {
+    const double proportional = x_edge > 0 ? us_edge * x / x_edge : us_edge;
+    return std::clamp(line, std::min(us_edge, proportional), std::max(us_edge, proportional));
+  };
   // Across distributions by imbalance: between the two around it; below the least skewed, its
-  // time; above the most skewed, extrapolated from the last two.
-  const auto by_imbalance = [imbalance](std::vector<At> pts) {
+  // time; above the most skewed, extrapolated from the last two (bounded as above).
+  const auto by_imbalance = [imbalance, &bounded](std::vector<At> pts) {
     std::sort(pts.begin(), pts.end(), [](const At& a, const At& b) { return a.imbalance < b.imbalance; });
     if (pts.size() == 1 || imbalance <= pts.front().imbalance) return pts.front().us;
     auto hi = std::lower_bound(pts.begin(), pts.end(), imbalance, [](const At& a, double v) { return a.imbalance < v; });
-    if (hi == pts.end()) hi = pts.end() - 1;
+    if (hi == pts.end()) {
+      const auto& last = pts.back();
+      const auto& before = pts[pts.size() - 2];
+      return bounded(imbalance, last.imbalance, last.us, lerp(imbalance, before.imbalance, before.us, last.imbalance, last.us));
+    }
     const auto lo = hi - 1;
     return std::max(0.0, lerp(imbalance, lo->imbalance, lo->us, hi->imbalance, hi->us));
   };
@@ -170,7 +182,7 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   // the active experts more than the skew. Where the measured distributions differ in active
   // experts and the request says how many it has: by imbalance within each group of the same
   // active count (within half an expert), then linearly in active experts between the groups
-  // around the request (beyond them, extrapolated from the last two). Only where the groups lie
+  // around the request (beyond them, extrapolated from the last two, bounded). Only where the groups lie
   // 10 % or more apart: with nearly every expert active (DeepSeek, 12,288 rows over 256: 247
   // against 256), a few experts more or less change the weights read by a few percent, the
   // distributions' times differ by their skew, and extrapolating in active experts would read
@@ -189,9 +201,15 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
         for (const auto& p : pts) sum += p.active;
         g.emplace_back(sum / static_cast<double>(pts.size()), by_imbalance(pts));
       }
+      if (active < g.front().first)
+        return bounded(active, g.front().first, g.front().second, lerp(active, g[0].first, g[0].second, g[1].first, g[1].second));
+      if (active > g.back().first) {
+        const auto& last = g.back();
+        const auto& before = g[g.size() - 2];
+        return bounded(active, last.first, last.second, lerp(active, before.first, before.second, last.first, last.second));
+      }
       auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(active, 0.0));
       if (hi == g.begin()) ++hi;
-      if (hi == g.end()) --hi;
       const auto lo = hi - 1;
       return std::max(0.0, lerp(active, lo->first, lo->second, hi->first, hi->second));
     }
@@ -226,6 +244,28 @@ KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
       continue;
     }
     c.cases.push_back({r, imbalance, *us, (*us - r.median_us) / r.median_us});
+  }
+  return c;
+}
+
+KernelProfile::Check KernelProfile::leave_one_out() const {
+  Check c;
+  KernelProfile without = *this;  // each row's point is taken out of its curve, then put back
+  for (const auto& r : rows) {
+    auto& pts = without.curves_.at(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}).at(r.distribution);
+    const auto at = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
+    if (at == pts.end() || at == pts.begin() || at + 1 == pts.end()) continue;  // an end of its curve
+    const Point point = *at;
+    const auto index = at - pts.begin();
+    pts.erase(at);
+    const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance,
+                                    r.kernel == "experts" ? point.active : -1.0);
+    pts.insert(pts.begin() + index, point);
+    if (!us || r.median_us <= 0) {
+      ++c.uncovered;
+      continue;
+    }
+    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
   }
   return c;
 }

@@ -89,6 +89,12 @@ struct KernelProfile {
     double worst_abs_error() const;
   };
   Check check(const KernelProfile& measured) const;
+  // The interpolation judged on the profile itself: every row that has measured counts on both
+  // sides in its curve (kernel, shape, distribution) predicted from the profile without it,
+  // at its own imbalance and active experts. The gap it bridges is twice the profile's, so
+  // this is a pessimistic bound on interpolating between the measured counts; rows at the ends
+  // of their curve are not counted.
+  Check leave_one_out() const;
 
  private:
   // The rows by (kernel, hidden, ffn, experts, top_k), then by distribution, sorted by tokens:

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <cstdio>
@@ -68,6 +70,9 @@ commands:
         kernels/profile.cu --heldout) from the profile (default: the one built in for
         --gpu, H100-SXM) and print the errors; exit code 1 past the bounds
         (default: median 5 %, worst 10 %)
+  check-profile --leave-one-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
+        judge the profile's interpolation on itself: each row with measured counts
+        on both sides predicted without it; the error per kernel and the worst rows
   help  show this text
 
 exit codes: 0 success, 2 bad input, 1 internal error, 3 no plan meets the targets
@@ -319,6 +324,41 @@ int cmd_validate(const std::vector<std::string>& args) {
   return 0;
 }
 
+// check-profile --leave-one-out: per kernel, how well the profile's interpolation predicts its
+// own rows from their neighbours (informational: exit 0).
+int leave_one_out_report(const models::KernelProfile& profile, bool quiet) {
+  const auto all = profile.leave_one_out();
+  if (all.cases.empty()) throw UsageError(fmt::format("{}: no row has measured counts on both sides", profile.source));
+  std::map<std::string, models::KernelProfile::Check> by_kernel;
+  for (const auto& c : all.cases) by_kernel[c.measured.kernel].cases.push_back(c);
+  const auto p90 = [](const models::KernelProfile::Check& c) {
+    std::vector<double> e;
+    for (const auto& x : c.cases) e.push_back(std::abs(x.error));
+    std::sort(e.begin(), e.end());
+    return e[static_cast<std::size_t>(0.9 * static_cast<double>(e.size() - 1) + 0.5)];
+  };
+  fmt::print("{}: each row predicted from the profile without it (twice the measured spacing)\n", profile.source);
+  fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", "kernel", "rows", "median", "p90", "worst");
+  const auto line = [&](const std::string& name, const models::KernelProfile::Check& c) {
+    fmt::print("{:<11} {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n", name, c.cases.size(), 100 * c.median_abs_error(),
+               100 * p90(c), 100 * c.worst_abs_error());
+  };
+  for (const auto& [kernel, c] : by_kernel) line(kernel, c);
+  line("all", all);
+  if (!quiet) {
+    auto worst = all.cases;
+    std::sort(worst.begin(), worst.end(), [](const auto& a, const auto& b) { return std::abs(a.error) > std::abs(b.error); });
+    worst.resize(std::min<std::size_t>(worst.size(), 10));
+    fmt::print("\nthe {} worst:\n{:<11} {:<9} {:>7} {:>8} {:<10} {:>12} {:>12} {:>8}\n", worst.size(), "kernel", "shape",
+               "experts", "tokens", "routing", "measured_us", "predicted_us", "error");
+    for (const auto& c : worst)
+      fmt::print("{:<11} {:<9} {:>7} {:>8} {:<10} {:>12.1f} {:>12.1f} {:>+7.1f}%\n", c.measured.kernel, c.measured.shape,
+                 c.measured.experts, c.measured.tokens, c.measured.distribution, c.measured.median_us, c.predicted_us,
+                 100 * c.error);
+  }
+  return 0;
+}
+
 int cmd_check_profile(const std::vector<std::string>& args) {
   po::options_description opts("check-profile options");
   opts.add_options()("measured", po::value<std::string>(), "measured whole-layer timings (profile format)")(
@@ -326,15 +366,21 @@ int cmd_check_profile(const std::vector<std::string>& args) {
       "gpu", po::value<std::string>()->default_value("H100-SXM"), "GPU model of the built-in profile")(
       "median", po::value<double>()->default_value(5.0), "bound on the median absolute error, percent")(
       "worst", po::value<double>()->default_value(10.0), "bound on the worst absolute error, percent")(
-      "quiet,q", "print only the summary");
+      "quiet,q", "print only the summary")(
+      "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it");
   const auto vm = parse_command(args, opts, "measured", 1);
-  if (!vm.count("measured")) throw UsageError("check-profile needs the measured timings file");
+  if (!vm.count("measured") && !vm.count("leave-one-out"))
+    throw UsageError("check-profile needs the measured timings file (or --leave-one-out)");
   std::shared_ptr<const models::KernelProfile> profile;
   if (vm.count("profile")) {
     profile = std::make_shared<const models::KernelProfile>(models::KernelProfile::read(vm["profile"].as<std::string>()));
   } else {
     profile = models::KernelProfile::bundled(vm["gpu"].as<std::string>());
     if (!profile) throw UsageError(fmt::format("no built-in kernel profile for '{}' (H100-SXM has one); give --profile", vm["gpu"].as<std::string>()));
+  }
+  if (vm.count("leave-one-out")) {
+    if (vm.count("measured")) throw UsageError("check-profile --leave-one-out takes no measured timings file");
+    return leave_one_out_report(*profile, vm.count("quiet") > 0);
   }
   const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>());
   const auto check = profile->check(measured);

@@ -161,6 +161,37 @@ TEST_CASE("Active experts that differ by a few percent do not decide the expert 
   CHECK(*q.time_us("experts", 8, 8, 20, 1, 400, 2.0, 19) == Approx(125));
 }
 
+TEST_CASE("Extrapolation past the most skewed distribution stays bounded", "[models][profile]") {
+  // Two distributions close in imbalance and apart in time: the line through them rises 500 us
+  // per unit of imbalance. At imbalance 3 it would say 1100 us; the bound is the skewed one's
+  // 150 us scaled in proportion, 150 x 3 / 1.1.
+  const TempFile f(kHeader + "experts,s,8,8,4,1,400,uniform,100,4,100,0,0\nexperts,s,8,8,4,1,400,zipf,110,4,150,0,0\n",
+                   "steep.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 400, 3.0) == Approx(150 * 3 / 1.1));
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 400, 1.05) == Approx(125));  // between them, the line
+}
+
+TEST_CASE("Leave-one-out judges the profile's interpolation on its own rows", "[models][profile]") {
+  // A power law (time proportional to tokens) with one row off it (512 tokens at twice the
+  // law). Each inner row is predicted from the profile without it: 32 from rows that all lie
+  // on the law, exactly; the outlier from 256 and 1024, whose slopes both still say the law, so
+  // at the law's 512 us (-50 %); the rows beside it bend towards it. The ends are not counted.
+  std::string text = kHeader;
+  for (const int t : {16, 32, 64, 128, 256, 512, 1024})
+    text += "router,s,8,8,4,2," + std::to_string(t) + ",-,0,0," + std::to_string(t == 512 ? 2.0 * t : 1.0 * t) + ",0,0\n";
+  const TempFile f(text, "loo.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  const auto c = p.leave_one_out();
+  REQUIRE(c.cases.size() == 5);  // 32 ... 512
+  for (const auto& x : c.cases) {
+    if (x.measured.tokens == 32) CHECK(x.error == Approx(0).margin(1e-12));
+    if (x.measured.tokens == 512) CHECK(x.predicted_us == Approx(512));
+    if (x.measured.tokens == 256) CHECK(x.error > 0.05);  // pulled up by the outlier
+  }
+  CHECK(c.worst_abs_error() >= 0.5);
+}
+
 TEST_CASE("H100 scenarios use the measured profile built in, others the roofline", "[models][profile]") {
   const auto h100 = KernelProfile::bundled("H100-SXM");
   REQUIRE(h100);

@@ -134,6 +134,37 @@ TEST_CASE("Bad command lines exit with code 2 and show the usage", "[cli]") {
   CHECK_THAT(help.out, Catch::Contains("validate SCENARIO.yaml"));
 }
 
+TEST_CASE("moesim check-profile checks measured layers against the profile, or the profile against itself", "[cli][profile]") {
+  TempDir tmp;
+  const std::string heldout = "'" + kSource + "/kernels/profiles/h100-measure/heldout.csv'";
+  const auto loose = moesim("check-profile " + heldout + " --median 5 --worst 25", tmp);
+  CHECK(loose.code == 0);
+  CHECK_THAT(loose.out, Catch::Contains("96 cases: median error"));
+  CHECK_THAT(loose.out, Catch::Contains("shape      tokens routing"));  // the per-case table
+  const auto tight = moesim("check-profile " + heldout + " --median 0.5 -q", tmp);
+  CHECK(tight.code == 1);
+  CHECK_THAT(tight.out, Catch::Contains("FAILED"));
+  CHECK_THAT(tight.out, !Catch::Contains("shape      tokens routing"));
+  const auto loo = moesim("check-profile --leave-one-out -q", tmp);
+  CHECK(loo.code == 0);
+  CHECK_THAT(loo.out, Catch::Contains("each row predicted from the profile without it"));
+  for (const char* kernel : {"router ", "permute ", "experts ", "combine ", "all "}) CHECK_THAT(loo.out, Catch::Contains(kernel));
+  CHECK_THAT(loo.out, !Catch::Contains("worst:"));
+  // docs/validation.md quotes this table: every line of it, as printed.
+  const std::string doc = slurp(kSource + "/docs/validation.md");
+  std::istringstream lines(loo.out);
+  std::string line;
+  std::getline(lines, line);  // the file name
+  while (std::getline(lines, line))
+    if (!line.empty()) CHECK_THAT(doc, Catch::Contains(line));
+  const auto both = moesim("check-profile " + heldout + " --leave-one-out", tmp);
+  CHECK(both.code == 2);
+  CHECK_THAT(both.err, Catch::Contains("takes no measured timings file"));
+  const auto neither = moesim("check-profile", tmp);
+  CHECK(neither.code == 2);
+  CHECK_THAT(neither.err, Catch::Contains("needs the measured timings file"));
+}
+
 TEST_CASE("An unwritable output directory is reported and not crashed on", "[cli]") {
   TempDir tmp;
   const auto blocker = tmp.path() / "file";
