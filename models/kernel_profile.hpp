@@ -16,14 +16,15 @@
 // never beyond the measured range: outside it, or for a shape the profile lacks, there is no
 // answer and the caller falls back to the roofline); across
 // distributions (experts): where the measured distributions differ in how many local experts
-// have rows (by 10 % or more) and the caller says how many it has, linearly in that count first (with few rows
-// per expert the stage reads every active expert's weights, so its time follows them), then
-// within each group of equal count, linearly in the imbalance max/mean rows per local expert
-// between the two measured distributions around the request, extrapolated linearly beyond the
-// most skewed one (skew past it costs at least as much more again), never below zero.
+// have rows (by 10 % or more) and the caller says how many it has, linearly in that count
+// first (with few rows per expert the stage reads every active expert's weights, so its time
+// follows them), then within each group of equal count, linearly in the imbalance max/mean
+// rows per local expert between the two measured distributions around the request. Beyond the
+// measured counts or the most skewed distribution, along the last two points, kept between the
+// edge's time and that time scaled in proportion; never below zero.
 //
-// Accuracy against whole-layer timings the sweep did not have: docs/validation.md
-// (`moesim check-profile`).
+// Accuracy against whole-layer timings the sweep did not have, and of the interpolation on the
+// profile's own rows: docs/validation.md (`moesim check-profile`, `--leave-one-out`).
 #pragma once
 
 #include <cstdint>
