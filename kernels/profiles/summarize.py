@@ -92,6 +92,16 @@ sweep = {n: [us("experts", "mixtral", 8, n, d) for d in ("uniform", "zipf:0.8", 
 print(f"Mixtral expert stage at 3,072 rows inside the layer: {min(inlayer):.0f}-{max(inlayer):.0f} us; "
       f"the sweep at 2,048 rows {min(sweep[2048]):.0f}-{max(sweep[2048]):.0f} us, at 4,096 rows {min(sweep[4096]):.0f}-{max(sweep[4096]):.0f} us")
 
+# DeepSeek at 1536 tokens (12,288 rows over 256 experts, grouped GEMMs): the expert stage timed
+# alone after the layer (the earlier run, first pass) against the 64-row tiles its histogram
+# fills (sum over experts of ceil(rows / 64); the routings are the same in both runs).
+hist = {(r["file"], r["shape"], r["tokens"], r["distribution"]): [int(n) for n in r["counts"].split()]
+        for r in rows(os.path.join(measure, "histograms.csv"))}
+tiles = lambda counts: sum(-(-n // 64) for n in counts)  # noqa: E731
+cases = sorted((tiles(hist[("heldout", "deepseek", "1536", r["distribution"])]), float(r["experts_us"]), r["distribution"])
+               for r in st if r["shape"] == "deepseek" and r["tokens"] == "1536" and r["pass"] == "1")
+print("DeepSeek expert stage at 12,288 rows, by 64-row tiles: " + ", ".join(f"{d} {t} tiles {u:.0f} us" for t, u, d in cases))
+
 if len(sys.argv) == 3 and sys.argv[1] == "--check":
     with open(sys.argv[2], encoding="utf-8") as f:
         doc = f.read()
