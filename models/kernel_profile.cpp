@@ -60,10 +60,10 @@ double monotone_log_log(const std::vector<P>& pts, std::size_t i, double x) {
 
 }  // namespace
 
-KernelProfile KernelProfile::read(const std::string& path) {
+KernelProfile KernelProfile::read(const std::string& path, Repeats repeats) {
   std::ifstream in(path);
   if (!in) throw ProfileError(fmt::format("{}: cannot read the kernel profile", path));
-  return parse(in, path);
+  return parse(in, path, repeats);
 }
 
 namespace bundled {
@@ -80,13 +80,16 @@ std::shared_ptr<const KernelProfile> KernelProfile::bundled(const std::string& g
   return h100;
 }
 
-KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
+KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Repeats repeats) {
   KernelProfile p;
   p.source = path;
   std::string line;
   int n = 0;
   bool header = false;
   std::uint64_t digest = sim::kFnv1a64Offset;
+  // Each measurement once: a second row for the same kernel, dimensions, tokens and
+  // distribution (two runs concatenated over each other) would be averaged into nonsense.
+  std::map<std::tuple<std::string, int, int, int, int, std::int64_t, std::string>, int> seen;
   while (std::getline(in, line)) {
     ++n;
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -118,6 +121,11 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path) {
     } catch (const std::exception& e) {
       throw ProfileError(fmt::format("{}:{}: bad row ({})", path, n, e.what()));
     }
+    const Row& r = p.rows.back();
+    const auto [at, fresh] = seen.emplace(std::make_tuple(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, r.distribution), n);
+    if (!fresh && repeats == Repeats::refuse)
+      throw ProfileError(fmt::format("{}:{}: {} ({} experts, {} tokens, distribution '{}') is already measured on line {}", path,
+                                     n, r.kernel, r.experts, r.tokens, r.distribution, at->second));
   }
   if (!header) throw ProfileError(fmt::format("{}: no header line", path));
   p.digest = digest;

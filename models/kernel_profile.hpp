@@ -59,10 +59,13 @@ struct KernelProfile {
   std::vector<Row> rows;
   std::uint64_t digest = 0;  // FNV-1a of the file's lines: two profiles with the same digest are the same
 
+  // A profile has each measurement once (a second row for the same kernel, dimensions, tokens
+  // and distribution is an error); a file of measured layers to check against may repeat one.
+  enum class Repeats { refuse, allow };
   // Throws ProfileError naming the file and line.
-  static KernelProfile read(const std::string& path);
+  static KernelProfile read(const std::string& path, Repeats repeats = Repeats::refuse);
   // The same from a stream, `path` naming it in errors.
-  static KernelProfile parse(std::istream& in, const std::string& path);
+  static KernelProfile parse(std::istream& in, const std::string& path, Repeats repeats = Repeats::refuse);
   // The profile measured on this GPU model and built into moesim (kernels/profiles/), or
   // nullptr: "H100-SXM" has kernels/profiles/nvidia-h100-80gb-hbm3.csv.
   static std::shared_ptr<const KernelProfile> bundled(const std::string& gpu_model);

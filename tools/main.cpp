@@ -382,7 +382,7 @@ int cmd_check_profile(const std::vector<std::string>& args) {
     if (vm.count("measured")) throw UsageError("check-profile --leave-one-out takes no measured timings file");
     return leave_one_out_report(*profile, vm.count("quiet") > 0);
   }
-  const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>());
+  const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>(), models::KernelProfile::Repeats::allow);
   const auto check = profile->check(measured);
   if (check.cases.empty()) throw UsageError(fmt::format("{}: no layer rows inside the profile's range", measured.source));
   if (!vm.count("quiet")) {

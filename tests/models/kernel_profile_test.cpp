@@ -84,6 +84,12 @@ TEST_CASE("Kernel profiles are read strictly and interpolated in tokens and imba
   CHECK_THROWS_WITH(KernelProfile::read(bad_row.path.string()), Catch::Contains("bad2.csv:2: bad row"));
   const TempFile short_row(kHeader + "router,t,256\n", "bad3.csv");
   CHECK_THROWS_WITH(KernelProfile::read(short_row.path.string()), Catch::Contains("bad3.csv:2: expected 13 fields, got 3"));
+  // Two runs concatenated over each other: the same measurement twice is refused, by line.
+  const TempFile twice(kHeader + "router,t,256,512,4,2,64,-,0,0,10,0,0\nrouter,t,256,512,4,2,128,-,0,0,20,0,0\n"
+                                 "router,t,256,512,4,2,64,-,0,0,11,0,0\n",
+                       "bad4.csv");
+  CHECK_THROWS_WITH(KernelProfile::read(twice.path.string()),
+                    Catch::Contains("bad4.csv:4: router (4 experts, 64 tokens, distribution '-') is already measured on line 2"));
 }
 
 TEST_CASE("compute.model: profile takes the forward MoE stages from the profile, the rest from the roofline", "[models][profile]") {

@@ -160,6 +160,13 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   const auto both = moesim("check-profile " + heldout + " --leave-one-out", tmp);
   CHECK(both.code == 2);
   CHECK_THAT(both.err, Catch::Contains("takes no measured timings file"));
+  // Measured layers may repeat a case (two passes); a profile may not.
+  const auto repeated = moesim("check-profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv' -q --median 100 --worst 100", tmp);
+  CHECK(repeated.code == 0);
+  CHECK_THAT(repeated.out, Catch::Contains("192 cases"));
+  const auto twice = moesim("check-profile --leave-one-out --profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv'", tmp);
+  CHECK(twice.code == 2);
+  CHECK_THAT(twice.err, Catch::Contains("is already measured on line"));
   const auto neither = moesim("check-profile", tmp);
   CHECK(neither.code == 2);
   CHECK_THAT(neither.err, Catch::Contains("needs the measured timings file"));
