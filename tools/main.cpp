@@ -266,8 +266,8 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
                r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "", grid.source, out,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (r.stale > 0)
-      fmt::print("moesim: {} rows of the earlier run were for other settings (the base scenario, --set, the axes, or "
-                 "the kernel profile or traces the points read changed) and ran again\n", r.stale);
+      fmt::print("moesim: {} rows of the earlier run were for other settings (the base scenario, --set, the axes, "
+                 "the kernel profile or traces the points read, or the moesim build changed) and ran again\n", r.stale);
     if (r.infeasible > 0)
       fmt::print("moesim: {} of {} points do not fit the GPUs' memory (fits_memory=no; infeasible_reason says why)\n",
                  r.infeasible, r.points);

@@ -36,30 +36,36 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
   }
   // And what the point reads besides: the kernel profile (built in or a file) and the traces
   // it names, by content (each file read once), so that new measurements or a changed trace
-  // make the earlier rows stale too.
+  // make the earlier rows stale too; and the moesim build that computes it (its executable's
+  // bytes), so that rows from before an upgrade that changed the models are not kept beside
+  // rows from after it.
+  const auto digest_of = [](const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::string("unreadable");
+    std::uint64_t h = sim::kFnv1a64Offset;
+    char buf[1 << 16];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+      h = sim::fnv1a64(std::string_view(buf, static_cast<std::size_t>(in.gcount())), h);
+      if (!in) break;
+    }
+    return fmt::format("{:016x}", h);
+  };
   std::map<std::string, std::string> file_digests;
   const auto file_digest = [&](const scenarios::Scenario& sc, const std::string& written) -> const std::string& {
     std::filesystem::path path(written);
     if (path.is_relative()) path = std::filesystem::path(sc.source).parent_path() / path;
     auto [it, fresh] = file_digests.try_emplace(path.string());
-    if (fresh) {
-      std::ifstream in(path, std::ios::binary);
-      std::uint64_t h = sim::kFnv1a64Offset;
-      char buf[1 << 16];
-      while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-        h = sim::fnv1a64(std::string_view(buf, static_cast<std::size_t>(in.gcount())), h);
-        if (!in) break;
-      }
-      it->second = fmt::format("{:016x}", h);
-    }
+    if (fresh) it->second = digest_of(path);
     return it->second;
   };
+  const std::string build = "build " + digest_of("/proc/self/exe");  // Linux: the running executable
   for (std::size_t i = 0; i < points.size(); ++i) {
     const auto& p = points[i];
     const auto& sc = scenarios[i];
     std::uint64_t h = sim::kFnv1a64Offset;
     const auto mix = [&](const std::string& text) { h = sim::fnv1a64("\xff", sim::fnv1a64(text, h)); };  // 0xff: a separator no text holds
     mix(base_text);
+    mix(build);
     for (const auto& x : opts.sets) mix(x);
     for (const auto& x : p) mix(x);
     if (sc.forward.profile) mix(fmt::format("profile {:016x}", sc.forward.profile->digest));

@@ -631,7 +631,7 @@ TEST_CASE("moesim sweep writes one row per point, the same on any number of jobs
   CHECK_FALSE(fs::exists(bad_out));
 }
 
-TEST_CASE("Sweep rows are stale when a trace the points read changes", "[cli][sweep]") {
+TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
   TempDir tmp;
   const std::string base =
       "cluster:\n  nodes: 1\n  gpus_per_node: 8\n  gpu: H100\n"
@@ -650,6 +650,16 @@ TEST_CASE("Sweep rows are stale when a trace the points read changes", "[cli][sw
   const auto changed = moesim("sweep " + dir + "g.yaml' --out " + dir + "out.csv'", tmp);
   REQUIRE(changed.code == 0);
   CHECK_THAT(changed.out, Catch::Contains("2 rows of the earlier run were for other settings"));
+  // Another moesim build (here: the same executable with a byte appended, which still runs)
+  // does not keep the rows of this one.
+  const auto other = tmp.path() / "moesim-other";
+  fs::copy_file(MOESIM_BINARY, other);
+  std::ofstream(other, std::ios::binary | std::ios::app) << '\n';
+  fs::permissions(other, fs::perms::owner_exec, fs::perm_options::add);
+  const std::string cmd = "'" + other.string() + "' sweep " + dir + "g.yaml' --out " + dir + "out.csv' >" + dir + "other.txt'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  CHECK_THAT(slurp(tmp.path() / "other.txt"), Catch::Contains("2 rows of the earlier run were for other settings"));
+  CHECK_THAT(moesim("sweep " + dir + "g.yaml' --out " + dir + "out.csv'", tmp).out, Catch::Contains("2 rows of the earlier run"));
 }
 
 TEST_CASE("A sweep killed with SIGKILL resumes to exactly one row per point", "[cli][sweep]") {
