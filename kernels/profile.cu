@@ -9,12 +9,12 @@
 // --grid dense also 3, 6, 12, ...), and per-expert distributions (uniform, zipf:0.8, zipf:1.2,
 // hot:0.5), it times with CUDA events after warm-up: router (on random tokens; its time does
 // not depend on the distribution), permute and combine (on a generated routing of that
-// distribution), and the whole layer (router's own routing). The experts stage is timed as one GPU of an EP group runs it: for
-// local expert counts E, 32, 16, ... 1 of the shape, `tokens` = rows (assignments) spread over
-// them by each distribution (rows with top_k 1). Rows of the CSV: median, 10th and 90th
-// percentile over the repetitions; max_expert_tokens and active_experts describe the histogram.
-// dense_gemm rows time one bf16 GEMM of the gate/up projection's size over `tokens` rows, the
-// yardstick for the grouped GEMMs' efficiency.
+// distribution), and the whole layer (router's own routing). The experts stage is timed as one
+// GPU of an EP group runs it: for local expert counts E, 32, 16, ... 1 of the shape, `tokens` =
+// rows (assignments) spread over them by each distribution (rows with top_k 1). Rows of the
+// CSV: median, 10th and 90th percentile over the repetitions; max_expert_tokens and
+// active_experts describe the histogram. dense_gemm rows time one bf16 GEMM of the gate/up
+// projection's size over `tokens` rows, the yardstick for the grouped GEMMs' efficiency.
 // --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
 // clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
 #include <cuda_runtime.h>
