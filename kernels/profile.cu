@@ -256,7 +256,8 @@ int main(int argc, char** argv) {
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
-                   "  per-expert row counts behind every profile and held-out row that has a routing\n");
+                   "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
+                   "  expert GEMM path its timing took (grouped or loop; - where it has no expert stage)\n");
       return 2;
     }
   }
@@ -329,7 +330,7 @@ int main(int argc, char** argv) {
     if (!hist_path.empty()) {
       hist.open(hist_path);
       hist << "# per-expert row counts of the routings behind moe-profile's rows; gpu: " << dev.name << "; date: " << date
-           << "\nfile,kernel,shape,experts,top_k,tokens,distribution,counts\n";
+           << "\nfile,kernel,shape,experts,top_k,tokens,distribution,gemm,counts\n";
     }
     if (!stages_path.empty()) {
       stages.open(stages_path);
@@ -350,7 +351,7 @@ int main(int argc, char** argv) {
     std::size_t free_bytes = 0, total_bytes = 0;
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "memory");
     const auto row = [&](std::ofstream& f, const char* kernel, const Config& c, int tokens, const std::string& dist,
-                         const Routing* r, Timing tm) {
+                         const Routing* r, Timing tm, const char* gemm = "-") {
       int top = 0, active = 0;
       if (r)
         for (const int n : r->counts) top = std::max(top, n), active += n > 0;
@@ -359,7 +360,7 @@ int main(int argc, char** argv) {
         << '\n';
       if (r && hist.is_open()) {
         hist << (&f == &heldout ? "heldout" : "profile") << ',' << kernel << ',' << c.name << ',' << c.experts << ','
-             << c.top_k << ',' << tokens << ',' << dist << ',';
+             << c.top_k << ',' << tokens << ',' << dist << ',' << gemm << ',';
         for (std::size_t e = 0; e < r->counts.size(); ++e) hist << (e ? " " : "") << r->counts[e];
         hist << '\n';
       }
@@ -381,7 +382,8 @@ int main(int argc, char** argv) {
         for (const int t : heldout_only ? std::vector<int>{} : grid(max_tokens, dense)) {
           row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           const Routing own = layer.routing(t);
-          row(out, "layer", c, t, "router", &own, time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st));
+          const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st);
+          row(out, "layer", c, t, "router", &own, whole, name(layer.last_expert_gemm()));
           for (const auto& d : dists) {
             const Routing r = generated_routing(c, t, d, 5);
             layer.set_routing(r.experts, r.gates, t);
@@ -414,7 +416,7 @@ int main(int argc, char** argv) {
                 layer.force_routing(r.experts, r.gates, t);
               }
               const Timing whole = time_it([&] { layer.forward(in, t, dout.p); }, repeats, st);
-              row(heldout, "layer", c, t, d, &r, whole);
+              row(heldout, "layer", c, t, d, &r, whole, name(layer.last_expert_gemm()));
               if (stages.is_open()) {
                 int top = 0, active = 0;
                 for (const int n : r.counts) top = std::max(top, n), active += n > 0;
@@ -465,7 +467,8 @@ int main(int argc, char** argv) {
               layer.set_expert_gemm(ExpertGemm::automatic);
               ab << c.name << ',' << c.hidden << ',' << c.ffn << ',' << local << ',' << rows << ',' << us[0] << ',' << us[1] << '\n';
             }
-            row(out, "experts", cl, rows, d, &r, time_it([&] { layer.experts(); }, repeats, layer.stream()));
+            const Timing tm = time_it([&] { layer.experts(); }, repeats, layer.stream());
+            row(out, "experts", cl, rows, d, &r, tm, name(layer.last_expert_gemm()));
           }
         }
         out.flush();
