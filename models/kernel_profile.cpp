@@ -294,6 +294,11 @@ double KernelProfile::Check::median_abs_error() const {
   return n % 2 ? e[n / 2] : (e[n / 2 - 1] + e[n / 2]) / 2;
 }
 
+double KernelProfile::Check::p90_abs_error() const {
+  const auto e = abs_errors(*this);
+  return e.empty() ? 0 : e[static_cast<std::size_t>(0.9 * static_cast<double>(e.size() - 1) + 0.5)];
+}
+
 double KernelProfile::Check::worst_abs_error() const {
   const auto e = abs_errors(*this);
   return e.empty() ? 0 : e.back();

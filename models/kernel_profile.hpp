@@ -90,6 +90,7 @@ struct KernelProfile {
     std::vector<Case> cases;
     int uncovered = 0;  // layer rows outside the profile's range
     double median_abs_error() const;
+    double p90_abs_error() const;  // the 90th percentile (nearest rank)
     double worst_abs_error() const;
   };
   Check check(const KernelProfile& measured) const;

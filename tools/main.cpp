@@ -331,17 +331,11 @@ int leave_one_out_report(const models::KernelProfile& profile, bool quiet) {
   if (all.cases.empty()) throw UsageError(fmt::format("{}: no row has measured counts on both sides", profile.source));
   std::map<std::string, models::KernelProfile::Check> by_kernel;
   for (const auto& c : all.cases) by_kernel[c.measured.kernel].cases.push_back(c);
-  const auto p90 = [](const models::KernelProfile::Check& c) {
-    std::vector<double> e;
-    for (const auto& x : c.cases) e.push_back(std::abs(x.error));
-    std::sort(e.begin(), e.end());
-    return e[static_cast<std::size_t>(0.9 * static_cast<double>(e.size() - 1) + 0.5)];
-  };
   fmt::print("{}: each row predicted from the profile without it (twice the measured spacing)\n", profile.source);
   fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", "kernel", "rows", "median", "p90", "worst");
   const auto line = [&](const std::string& name, const models::KernelProfile::Check& c) {
     fmt::print("{:<11} {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n", name, c.cases.size(), 100 * c.median_abs_error(),
-               100 * p90(c), 100 * c.worst_abs_error());
+               100 * c.p90_abs_error(), 100 * c.worst_abs_error());
   };
   for (const auto& [kernel, c] : by_kernel) line(kernel, c);
   line("all", all);
