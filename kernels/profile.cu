@@ -12,8 +12,9 @@
 // distribution), and the whole layer (router's own routing). The experts stage is timed as one
 // GPU of an EP group runs it: for local expert counts E, 32, 16, ... 1 of the shape, `tokens` =
 // rows (assignments) spread over them by each distribution (rows with top_k 1). Rows of the
-// CSV: median, 10th and 90th percentile over the repetitions; max_expert_tokens and
-// active_experts describe the histogram. dense_gemm rows time one bf16 GEMM of the gate/up
+// CSV: median, 10th and 90th percentile over the repetitions; max_expert_tokens,
+// active_experts and row_tiles (the sum over experts of ceil(rows / 64)) describe the
+// histogram. dense_gemm rows time one bf16 GEMM of the gate/up
 // projection's size over `tokens` rows, the yardstick for the grouped GEMMs' efficiency.
 // --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
 // clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
@@ -324,7 +325,7 @@ int main(int argc, char** argv) {
         << "# grid: " << (dense ? "dense (1, 2, 3, 4, 6, 8, ...)" : "pow2 (1, 2, 4, 8, ...)") << "\n"
         << "# experts GEMMs: per size class the faster of cublasGemmGroupedBatchedEx and a cublasGemmEx loop (automatic)\n"
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
-           "p90_us\n";
+           "p90_us,row_tiles\n";
     };
     std::ofstream out(out_path), heldout, ab, stages, hist;
     if (!hist_path.empty()) {
@@ -353,11 +354,12 @@ int main(int argc, char** argv) {
     const auto row = [&](std::ofstream& f, const char* kernel, const Config& c, int tokens, const std::string& dist,
                          const Routing* r, Timing tm, const char* gemm = "-") {
       int top = 0, active = 0;
+      long long tiles = 0;  // the 64-row GEMM tiles the experts' rows fill
       if (r)
-        for (const int n : r->counts) top = std::max(top, n), active += n > 0;
+        for (const int n : r->counts) top = std::max(top, n), active += n > 0, tiles += (n + 63) / 64;
       f << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
         << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
-        << '\n';
+        << ',' << tiles << '\n';
       if (r && hist.is_open()) {
         hist << (&f == &heldout ? "heldout" : "profile") << ',' << kernel << ',' << c.name << ',' << c.experts << ','
              << c.top_k << ',' << tokens << ',' << dist << ',' << gemm << ',';

@@ -24,6 +24,7 @@ std::vector<std::string> split(const std::string& line) {
 
 constexpr const char* kHeader =
     "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,p90_us";
+constexpr const char* kTilesColumn = ",row_tiles";  // optional, after the others
 
 // Linear interpolation of y at x between (x0, y0) and (x1, y1) (any x: extrapolates).
 double lerp(double x, double x0, double y0, double x1, double y1) {
@@ -86,6 +87,7 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Re
   std::string line;
   int n = 0;
   bool header = false;
+  std::size_t fields = 13;
   std::uint64_t digest = sim::kFnv1a64Offset;
   // Each measurement once: a second row for the same kernel, dimensions, tokens and
   // distribution (two runs concatenated over each other) would be averaged into nonsense.
@@ -100,12 +102,15 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Re
       continue;
     }
     if (!header) {
-      if (line != kHeader) throw ProfileError(fmt::format("{}:{}: expected the header '{}'", path, n, kHeader));
+      if (line == std::string(kHeader) + kTilesColumn)
+        fields = 14;
+      else if (line != kHeader)
+        throw ProfileError(fmt::format("{}:{}: expected the header '{}' (optionally followed by '{}')", path, n, kHeader, kTilesColumn));
       header = true;
       continue;
     }
     const auto f = split(line);
-    if (f.size() != 13) throw ProfileError(fmt::format("{}:{}: expected 13 fields, got {}", path, n, f.size()));
+    if (f.size() != fields) throw ProfileError(fmt::format("{}:{}: expected {} fields, got {}", path, n, fields, f.size()));
     try {
       Row r;
       r.kernel = f[0], r.shape = f[1];
@@ -115,8 +120,9 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Re
       r.max_expert_tokens = std::stoll(f[8]);
       r.active_experts = std::stoi(f[9]);
       r.median_us = std::stod(f[10]);
-      if (r.tokens < 1 || r.experts < 1 || r.top_k < 1 || !(r.median_us >= 0))
-        throw std::invalid_argument("a count below 1 or a negative time");
+      if (fields == 14) r.row_tiles = std::stoll(f[13]);
+      if (r.tokens < 1 || r.experts < 1 || r.top_k < 1 || !(r.median_us >= 0) || r.row_tiles < 0)
+        throw std::invalid_argument("a count below 1 or a negative time or tile count");
       p.rows.push_back(std::move(r));
     } catch (const std::exception& e) {
       throw ProfileError(fmt::format("{}:{}: bad row ({})", path, n, e.what()));
@@ -133,7 +139,7 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Re
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     p.curves_[Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}][r.distribution].push_back(
         {static_cast<double>(r.tokens), r.median_us, r.max_expert_tokens > 0 ? static_cast<double>(r.max_expert_tokens) / mean : 1.0,
-         static_cast<double>(r.active_experts)});
+         static_cast<double>(r.active_experts), static_cast<double>(r.row_tiles)});
   }
   for (auto& [key, by_distribution] : p.curves_)
     for (auto& [name, pts] : by_distribution)
@@ -142,14 +148,14 @@ KernelProfile KernelProfile::parse(std::istream& in, const std::string& path, Re
 }
 
 std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
-                                             std::int64_t tokens, double imbalance, double active) const {
+                                             std::int64_t tokens, double imbalance, double active, double tiles) const {
   if (tokens <= 0) return 0.0;
   const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
   if (found == curves_.end()) return std::nullopt;
   // Each curve at `tokens` (a monotone cubic in log-log through the measured counts; imbalance
-  // and active experts linear in log tokens between the two counts around it).
+  // and active experts linear in log tokens between the two counts around it, tiles in log-log).
   struct At {
-    double imbalance, active, us;
+    double imbalance, active, tiles, us;
   };
   std::vector<At> at;
   const double x = std::log(static_cast<double>(tokens));
@@ -160,7 +166,10 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
     const auto lo = hi->tokens == static_cast<double>(tokens) ? hi : hi - 1;
     const double x0 = std::log(lo->tokens), x1 = std::log(hi->tokens);
     const double us = lo == hi ? lo->us : monotone_log_log(pts, static_cast<std::size_t>(lo - pts.begin()), x);
-    at.push_back({lerp(x, x0, lo->imbalance, x1, hi->imbalance), lerp(x, x0, lo->active, x1, hi->active), us});
+    const double t = lo->tiles > 0 && hi->tiles > 0
+                         ? std::exp(lerp(x, x0, std::log(lo->tiles), x1, std::log(hi->tiles)))
+                         : 0.0;
+    at.push_back({lerp(x, x0, lo->imbalance, x1, hi->imbalance), lerp(x, x0, lo->active, x1, hi->active), t, us});
   }
   if (at.empty()) return std::nullopt;
   if (at.size() == 1) return at.front().us;
@@ -172,7 +181,35 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
     const double proportional = x_edge > 0 ? us_edge * x / x_edge : us_edge;
     return std::clamp(line, std::min(us_edge, proportional), std::max(us_edge, proportional));
   };
-  // Across distributions by imbalance: between the two around it; below the least skewed, its
+  // Across distributions by the tiles their rows fill, where both sides know them: between the
+  // two around the request, past either end extrapolated from the last two (bounded as above).
+  // Distributions within 2 % of each other in tiles are one point, their mean: the same tiles
+  // at nearly the same time, which a line through the two would turn into a steep slope.
+  if (tiles > 0 && std::all_of(at.begin(), at.end(), [](const At& a) { return a.tiles > 0; })) {
+    std::sort(at.begin(), at.end(), [](const At& a, const At& b) { return a.tiles < b.tiles; });
+    std::vector<std::pair<double, double>> g;  // (tiles, us), means over each group
+    for (std::size_t i = 0; i < at.size();) {
+      std::size_t j = i;
+      double sum_tiles = 0, sum_us = 0;
+      for (; j < at.size() && at[j].tiles <= at[i].tiles * 1.02; ++j) sum_tiles += at[j].tiles, sum_us += at[j].us;
+      const auto n = static_cast<double>(j - i);
+      g.emplace_back(sum_tiles / n, sum_us / n);
+      i = j;
+    }
+    if (g.size() == 1) return g.front().second;
+    if (tiles < g.front().first)
+      return bounded(tiles, g[0].first, g[0].second, lerp(tiles, g[0].first, g[0].second, g[1].first, g[1].second));
+    if (tiles > g.back().first) {
+      const auto& last = g.back();
+      const auto& before = g[g.size() - 2];
+      return bounded(tiles, last.first, last.second, lerp(tiles, before.first, before.second, last.first, last.second));
+    }
+    auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(tiles, 0.0));
+    if (hi == g.begin()) ++hi;
+    const auto lo = hi - 1;
+    return std::max(0.0, lerp(tiles, lo->first, lo->second, hi->first, hi->second));
+  }
+  // Otherwise across distributions by imbalance: between the two around it; below the least skewed, its
   // time; above the most skewed, extrapolated from the last two (bounded as above).
   const auto by_imbalance = [imbalance, &bounded](std::vector<At> pts) {
     std::sort(pts.begin(), pts.end(), [](const At& a, const At& b) { return a.imbalance < b.imbalance; });
@@ -226,14 +263,14 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
 }
 
 std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
-                                              double imbalance, double active) const {
+                                              double imbalance, double active, double tiles) const {
   double us = 0;
-  for (const auto& [kernel, e, k, n, imb, act] :
-       {std::tuple<const char*, int, int, std::int64_t, double, double>{"router", experts, top_k, tokens, 1.0, -1.0},
-        {"permute", experts, top_k, tokens, 1.0, -1.0},
-        {"experts", experts, 1, tokens * top_k, imbalance, active},
-        {"combine", experts, top_k, tokens, 1.0, -1.0}}) {
-    const auto t = time_us(kernel, hidden, ffn, e, k, n, imb, act);
+  for (const auto& [kernel, e, k, n, imb, act, til] :
+       {std::tuple<const char*, int, int, std::int64_t, double, double, double>{"router", experts, top_k, tokens, 1.0, -1.0, -1.0},
+        {"permute", experts, top_k, tokens, 1.0, -1.0, -1.0},
+        {"experts", experts, 1, tokens * top_k, imbalance, active, tiles},
+        {"combine", experts, top_k, tokens, 1.0, -1.0, -1.0}}) {
+    const auto t = time_us(kernel, hidden, ffn, e, k, n, imb, act, til);
     if (!t) return std::nullopt;
     us += *t;
   }
@@ -246,7 +283,8 @@ KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
     if (r.kernel != "layer" || r.tokens <= 0) continue;
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     const double imbalance = std::max(1.0, static_cast<double>(r.max_expert_tokens) / mean);
-    const auto us = layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts);
+    const auto us = layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts,
+                             r.row_tiles > 0 ? static_cast<double>(r.row_tiles) : -1.0);
     if (!us) {
       ++c.uncovered;
       continue;
@@ -266,9 +304,33 @@ KernelProfile::Check KernelProfile::leave_one_out() const {
     const Point point = *at;
     const auto index = at - pts.begin();
     pts.erase(at);
+    const bool experts = r.kernel == "experts";
     const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance,
-                                    r.kernel == "experts" ? point.active : -1.0);
+                                    experts ? point.active : -1.0, experts && point.tiles > 0 ? point.tiles : -1.0);
     pts.insert(pts.begin() + index, point);
+    if (!us || r.median_us <= 0) {
+      ++c.uncovered;
+      continue;
+    }
+    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
+  }
+  return c;
+}
+
+KernelProfile::Check KernelProfile::leave_one_distribution_out() const {
+  Check c;
+  KernelProfile without = *this;  // each row's distribution is taken out of its group, then put back
+  for (const auto& r : rows) {
+    if (r.kernel != "experts") continue;
+    auto& by_distribution = without.curves_.at(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k});
+    if (by_distribution.size() < 3) continue;
+    auto node = by_distribution.extract(r.distribution);
+    const auto& pts = node.mapped();
+    const auto own = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
+    const Point point = *own;
+    const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
+                                    point.tiles > 0 ? point.tiles : -1.0);
+    by_distribution.insert(std::move(node));
     if (!us || r.median_us <= 0) {
       ++c.uncovered;
       continue;

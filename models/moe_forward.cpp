@@ -273,7 +273,7 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
   double us = 0;
   for (const auto& q : parts) {
     const auto t = spec_.profile->time_us(q.kernel, static_cast<int>(m.hidden), static_cast<int>(m.expert_ffn), q.experts,
-                                          q.top_k, q.tokens, q.imbalance, q.active);
+                                          q.top_k, q.tokens, q.imbalance, q.active, q.tiles);
     if (!t) {
       ++profile_misses_;
       return std::nullopt;
@@ -508,8 +508,9 @@ Time MoeForward::experts_time(int layer, int gpu, int half) {
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
   if (spec_.profile) {
-    // The measured expert stage for this GPU's slots: its rows, how many slots have rows, and their imbalance.
-    std::int64_t rows = 0, most = 0, computed = 0;
+    // The measured expert stage for this GPU's slots: its rows, how many slots have rows, their
+    // imbalance, and the GEMM tiles their rows fill.
+    std::int64_t rows = 0, most = 0, computed = 0, tiles = 0;
     int active = 0;
     for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
       const auto us = static_cast<std::size_t>(slot);
@@ -517,12 +518,13 @@ Time MoeForward::experts_time(int layer, int gpu, int half) {
       rows += n;
       most = std::max(most, n);
       active += n > 0;
+      tiles += (n + KernelProfile::kTileRows - 1) / KernelProfile::kTileRows;
       computed += p.slot_computed[us];
     }
     const double mean = static_cast<double>(rows) / per_gpu;
     const KernelCost work = expert_cost(spec_.model, computed);
     if (const auto t = profiled(gpu, work, {{"experts", per_gpu, 1, rows, rows > 0 ? static_cast<double>(most) / mean : 1.0,
-                                             static_cast<double>(active)}}))
+                                             static_cast<double>(active), static_cast<double>(tiles)}}))
       return *t;
   }
   for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {

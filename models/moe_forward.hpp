@@ -132,6 +132,7 @@ class MoeForward {
     std::int64_t tokens;
     double imbalance = 1.0;
     double active = -1;  // experts with rows, where known
+    double tiles = -1;   // the 64-row tiles their rows fill, where known
   };
   std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts);
   sim::Time router_time(int gpu, std::int64_t tokens);  // router and permute

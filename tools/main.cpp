@@ -73,6 +73,9 @@ commands:
   check-profile --leave-one-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
         judge the profile's interpolation on itself: each row with measured counts
         on both sides predicted without it; the error per kernel and the worst rows
+  check-profile --leave-one-distribution-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
+        judge the expert stage across routings: each experts row predicted from the
+        profile's other distributions alone; the error per shape and the worst rows
   help  show this text
 
 exit codes: 0 success, 2 bad input, 1 internal error, 3 no plan meets the targets
@@ -325,14 +328,20 @@ int cmd_validate(const std::vector<std::string>& args) {
 }
 
 // check-profile --leave-one-out: per kernel, how well the profile's interpolation predicts its
-// own rows from their neighbours (informational: exit 0).
-int leave_one_out_report(const models::KernelProfile& profile, bool quiet) {
-  const auto all = profile.leave_one_out();
-  if (all.cases.empty()) throw UsageError(fmt::format("{}: no row has measured counts on both sides", profile.source));
+// own rows from their neighbours; --leave-one-distribution-out: per shape, how well the expert
+// stage of each distribution is predicted from the others (informational: exit 0).
+int leave_out_report(const models::KernelProfile& profile, bool distributions, bool quiet) {
+  const auto all = distributions ? profile.leave_one_distribution_out() : profile.leave_one_out();
+  if (all.cases.empty())
+    throw UsageError(fmt::format("{}: {}", profile.source, distributions ? "no experts row has two other distributions"
+                                                                          : "no row has measured counts on both sides"));
   std::map<std::string, models::KernelProfile::Check> by_kernel;
-  for (const auto& c : all.cases) by_kernel[c.measured.kernel].cases.push_back(c);
-  fmt::print("{}: each row predicted from the profile without it (twice the measured spacing)\n", profile.source);
-  fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", "kernel", "rows", "median", "p90", "worst");
+  for (const auto& c : all.cases) by_kernel[distributions ? c.measured.shape : c.measured.kernel].cases.push_back(c);
+  if (distributions)
+    fmt::print("{}: each experts row predicted from the other distributions alone (its own left out)\n", profile.source);
+  else
+    fmt::print("{}: each row predicted from the profile without it (twice the measured spacing)\n", profile.source);
+  fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", distributions ? "shape" : "kernel", "rows", "median", "p90", "worst");
   const auto line = [&](const std::string& name, const models::KernelProfile::Check& c) {
     fmt::print("{:<11} {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n", name, c.cases.size(), 100 * c.median_abs_error(),
                100 * c.p90_abs_error(), 100 * c.worst_abs_error());
@@ -361,10 +370,13 @@ int cmd_check_profile(const std::vector<std::string>& args) {
       "median", po::value<double>()->default_value(5.0), "bound on the median absolute error, percent")(
       "worst", po::value<double>()->default_value(10.0), "bound on the worst absolute error, percent")(
       "quiet,q", "print only the summary")(
-      "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it");
+      "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it")(
+      "leave-one-distribution-out", "judge the expert stage across distributions: each predicted from the others");
   const auto vm = parse_command(args, opts, "measured", 1);
-  if (!vm.count("measured") && !vm.count("leave-one-out"))
-    throw UsageError("check-profile needs the measured timings file (or --leave-one-out)");
+  const bool loo = vm.count("leave-one-out") > 0, lodo = vm.count("leave-one-distribution-out") > 0;
+  if (loo && lodo) throw UsageError("check-profile takes one of --leave-one-out and --leave-one-distribution-out");
+  if (!vm.count("measured") && !loo && !lodo)
+    throw UsageError("check-profile needs the measured timings file (or --leave-one-out or --leave-one-distribution-out)");
   std::shared_ptr<const models::KernelProfile> profile;
   if (vm.count("profile")) {
     profile = std::make_shared<const models::KernelProfile>(models::KernelProfile::read(vm["profile"].as<std::string>()));
@@ -372,9 +384,10 @@ int cmd_check_profile(const std::vector<std::string>& args) {
     profile = models::KernelProfile::bundled(vm["gpu"].as<std::string>());
     if (!profile) throw UsageError(fmt::format("no built-in kernel profile for '{}' (H100-SXM has one); give --profile", vm["gpu"].as<std::string>()));
   }
-  if (vm.count("leave-one-out")) {
-    if (vm.count("measured")) throw UsageError("check-profile --leave-one-out takes no measured timings file");
-    return leave_one_out_report(*profile, vm.count("quiet") > 0);
+  if (loo || lodo) {
+    if (vm.count("measured"))
+      throw UsageError(fmt::format("check-profile --leave-one-{}out takes no measured timings file", lodo ? "distribution-" : ""));
+    return leave_out_report(*profile, lodo, vm.count("quiet") > 0);
   }
   const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>(), models::KernelProfile::Repeats::allow);
   const auto check = profile->check(measured);

@@ -178,6 +178,66 @@ TEST_CASE("Extrapolation past the most skewed distribution stays bounded", "[mod
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 400, 1.05) == Approx(125));  // between them, the line
 }
 
+TEST_CASE("With row tiles known on both sides the expert stage follows them", "[models][profile]") {
+  // 256 rows over 4 local experts: uniform (64 each, 4 tiles) at 100 us, a skewed one (160, 32,
+  // 32, 32: 3 + 1 + 1 + 1 = 6 tiles) at 140 us, and one hot expert (253, 1, 1, 1: 4 + 3 = 7
+  // tiles) at 150 us. Hot is the most skewed by imbalance, but a request at 5 tiles lies
+  // between uniform and the skewed one: 120 us, whatever its imbalance.
+  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
+  const TempFile f(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,zipf,160,4,140,0,0,6\n"
+                            "experts,s,8,8,4,1,256,hot,253,4,150,0,0,7\nrouter,s,8,8,4,2,128,-,0,0,9,0,0,0\n",
+                   "tiles.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  REQUIRE(p.rows.size() == 4);
+  CHECK(p.rows[1].row_tiles == 6);
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 3.9, 4, 5) == Approx(120));
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 1.0, 4, 6.5) == Approx(145));
+  // Beyond the most tiles, along the last two points but within the edge's time scaled in
+  // proportion to the tiles: 8 tiles, the line says 160 us (below 150 x 8 / 7).
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 3.9, 4, 8) == Approx(160));
+  // Below the fewest: 2 tiles, the line says 60 us; the bound is 100 x 2 / 4 = 50 .. 100 us.
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 1.0, 2, 2) == Approx(60));
+  // Without tiles in the request, by imbalance as before (3.9 is past the skewed one's 2.5).
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 2.5, 4) == Approx(140));
+  // Distributions within 2 % in tiles are one point, their mean: 200 and 210 tiles (205 us)
+  // and 300 tiles (300 us); a request at 250 tiles gets 252.5 us, not a line through the two
+  // close ones.
+  const TempFile close(header + "experts,s,8,8,4,1,16384,a,4096,4,200,0,0,200\nexperts,s,8,8,4,1,16384,b,5000,4,210,0,0,203\n"
+                                "experts,s,8,8,4,1,16384,c,9000,4,300,0,0,300\n",
+                       "close.csv");
+  const KernelProfile q = KernelProfile::read(close.path.string());
+  CHECK(*q.time_us("experts", 8, 8, 4, 1, 16384, 1.0, 4, 250) == Approx(205 + (300 - 205) * (250 - 201.5) / (300 - 201.5)));
+  // A row with a negative tile count, or 13 fields under the 14-column header, is refused.
+  const TempFile negative(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,-1\n", "neg.csv");
+  CHECK_THROWS_WITH(KernelProfile::read(negative.path.string()), Catch::Contains("neg.csv:2: bad row"));
+  const TempFile short_row(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0\n", "short.csv");
+  CHECK_THROWS_WITH(KernelProfile::read(short_row.path.string()), Catch::Contains("short.csv:2: expected 14 fields, got 13"));
+}
+
+TEST_CASE("Leave-one-distribution-out judges the expert stage across routings", "[models][profile]") {
+  // Three distributions on a line in tiles (4 tiles 100 us, 6 tiles 140 us, 8 tiles 180 us):
+  // the middle one is predicted exactly from the other two; the ends from the two others,
+  // extrapolated along the same line, also exactly. A fourth with a time off the line is missed
+  // by its distance from it. Router rows and groups with fewer than three distributions do not
+  // count.
+  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
+  const TempFile f(header + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
+                            "experts,s,8,8,4,1,256,c,150,4,180,0,0,8\nrouter,s,8,8,4,2,128,-,0,0,9,0,0,0\n"
+                            "experts,s,8,8,2,1,256,a,128,2,50,0,0,4\nexperts,s,8,8,2,1,256,b,200,2,60,0,0,5\n",
+                   "lodo.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  const auto c = p.leave_one_distribution_out();
+  REQUIRE(c.cases.size() == 3);
+  for (const auto& x : c.cases) CHECK(x.error == Approx(0).margin(1e-12));
+  const TempFile g(header + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
+                            "experts,s,8,8,4,1,256,c,150,4,180,0,0,8\nexperts,s,8,8,4,1,256,d,120,4,175,0,0,7\n",
+                   "lodo2.csv");
+  const auto d = KernelProfile::read(g.path.string()).leave_one_distribution_out();
+  REQUIRE(d.cases.size() == 4);
+  for (const auto& x : d.cases)
+    if (x.measured.distribution == "d") CHECK(x.predicted_us == Approx(160));  // on the line through b and c
+}
+
 TEST_CASE("Leave-one-out judges the profile's interpolation on its own rows", "[models][profile]") {
   // A power law (time proportional to tokens) with one row off it (512 tokens at twice the
   // law). Each inner row is predicted from the profile without it: 32 from rows that all lie

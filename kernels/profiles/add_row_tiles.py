@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Adds the row_tiles column to a kernel profile measured before moe-profile wrote it.
+
+    python3 kernels/profiles/add_row_tiles.py PROFILE HISTOGRAMS KIND > OUT
+
+PROFILE is a profile or held-out file (models/kernel_profile.hpp), HISTOGRAMS the per-expert row
+counts the same moe-profile run wrote with --hist, KIND `profile` or `heldout` (its `file`
+column). row_tiles is the sum over experts of ceil(rows / 64), computed from those counts; a
+row without a routing (router, dense_gemm) gets 0. Every row with a routing must have its counts
+in HISTOGRAMS, and their maximum and number of active experts must equal the row's own
+max_expert_tokens and active_experts, or nothing is written. The timings are copied unchanged.
+"""
+import csv
+import math
+import sys
+
+TILE_ROWS = 64
+HEADER = ("kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,"
+          "active_experts,median_us,p10_us,p90_us")
+
+
+def main():
+    if len(sys.argv) != 4 or sys.argv[3] not in ("profile", "heldout"):
+        sys.exit("usage: add_row_tiles.py PROFILE HISTOGRAMS profile|heldout > OUT")
+    profile, histograms, kind = sys.argv[1:]
+    counts = {}
+    with open(histograms) as f:
+        for r in csv.DictReader(line for line in f if not line.startswith("#")):
+            if r["file"] != kind:
+                continue
+            key = (r["kernel"], r["shape"], r["experts"], r["top_k"], r["tokens"], r["distribution"])
+            c = [int(n) for n in r["counts"].split()]
+            if counts.setdefault(key, c) != c:
+                sys.exit(f"{histograms}: two different routings for {key}")
+    out = []
+    with open(profile) as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if line.startswith("#") or not line:
+            out.append(line)
+            continue
+        if line == HEADER:
+            out.append(f"# row_tiles: the sum over experts of ceil(rows / {TILE_ROWS}), added after the measurement by "
+                       "kernels/profiles/add_row_tiles.py from the per-expert row counts the same run recorded "
+                       "(h100-measure/histograms.csv)")
+            out.append(line + ",row_tiles")
+            continue
+        if line.endswith(",row_tiles") or line.count(",") != 12:
+            sys.exit(f"{profile}:{n}: not a 13-column row of the profile format")
+        f = line.split(",")
+        key = (f[0], f[1], f[4], f[5], f[6], f[7])
+        if f[7] == "-":
+            out.append(line + ",0")
+            continue
+        c = counts.get(key)
+        if c is None:
+            sys.exit(f"{profile}:{n}: no per-expert counts for this row in {histograms}")
+        if max(c) != int(f[8]) or sum(1 for x in c if x) != int(f[9]):
+            sys.exit(f"{profile}:{n}: the counts in {histograms} do not match max_expert_tokens and active_experts")
+        out.append(line + "," + str(sum(math.ceil(x / TILE_ROWS) for x in c)))
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
