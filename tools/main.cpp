@@ -401,9 +401,15 @@ int cmd_check_profile(const std::vector<std::string>& args) {
   }
   const double median = 100 * check.median_abs_error(), worst = 100 * check.worst_abs_error();
   const bool ok = median <= vm["median"].as<double>() && worst <= vm["worst"].as<double>();
-  fmt::print("{} cases{}: median error {:.1f} % (bound {:g}), worst {:.1f} % (bound {:g}): {}\n", check.cases.size(),
+  const auto within = [&](double bound) {
+    return std::count_if(check.cases.begin(), check.cases.end(), [&](const auto& c) { return std::abs(c.error) <= bound; });
+  };
+  fmt::print("{} cases{}: median error {:.1f} % (bound {:g}), 90th percentile {:.1f} %, worst {:.1f} % (bound {:g}); {} within 5 %, "
+             "{} within 10 %: {}\n",
+             check.cases.size(),
              check.uncovered ? fmt::format(" ({} outside the profile's range, not counted)", check.uncovered) : "", median,
-             vm["median"].as<double>(), worst, vm["worst"].as<double>(), ok ? "ok" : "FAILED");
+             vm["median"].as<double>(), 100 * check.p90_abs_error(), worst, vm["worst"].as<double>(), within(0.05), within(0.10),
+             ok ? "ok" : "FAILED");
   return ok ? 0 : 1;
 }
 

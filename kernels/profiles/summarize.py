@@ -102,6 +102,20 @@ cases = sorted((tiles(hist[("heldout", "deepseek", "1536", r["distribution"])]),
                for r in st if r["shape"] == "deepseek" and r["tokens"] == "1536" and r["pass"] == "1")
 print("DeepSeek expert stage at 12,288 rows, by 64-row tiles: " + ", ".join(f"{d} {t} tiles {u:.0f} us" for t, u, d in cases))
 
+# Mixtral at 6,144 tokens (12,288 rows over 8 experts): the four held-out routings fill nearly
+# the same 64-row tiles, so the profile gives them one expert-stage time, while the measured
+# layers spread; and the sweep's expert stage timed on its own runs above its share of the
+# sweep's own whole layer (the layer row at 4,096 tokens against its other stages plus the
+# expert stage at 8,192 rows over 8 experts).
+held = rows(os.path.join(measure, "heldout.csv"))
+m6144 = [r for r in held if r["shape"] == "mixtral" and r["tokens"] == "6144"]
+print(f"Mixtral held-out at 6,144 tokens: {min(int(r['row_tiles']) for r in m6144)}-{max(int(r['row_tiles']) for r in m6144)} tiles, "
+      f"{min(float(r['median_us']) for r in m6144):.0f}-{max(float(r['median_us']) for r in m6144):.0f} us")
+rest = us("router", "mixtral", 8, 4096, "-") + us("permute", "mixtral", 8, 4096, "uniform") + us("combine", "mixtral", 8, 4096, "uniform")
+alone = [us("experts", "mixtral", 8, 8192, d) for d in ("uniform", "zipf:0.8", "zipf:1.2", "hot:0.5")]
+print(f"Mixtral sweep at 4,096 tokens: the whole layer {us('layer', 'mixtral', 8, 4096, 'router'):.0f} us, router, permute and "
+      f"combine {rest:.0f} us, the expert stage alone at 8,192 rows {min(alone):.0f}-{max(alone):.0f} us")
+
 if len(sys.argv) == 3 and sys.argv[1] == "--check":
     with open(sys.argv[2], encoding="utf-8") as f:
         doc = f.read()
