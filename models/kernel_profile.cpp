@@ -151,7 +151,8 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
                                              std::int64_t tokens, double imbalance, double active, double tiles) const {
   if (tokens <= 0) return 0.0;
   const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
-  if (found == curves_.end()) return std::nullopt;
+  if (found == curves_.end()) return kernel == "experts" ? between_expert_counts(hidden, ffn, experts, top_k, tokens, imbalance, active, tiles)
+                                                          : std::nullopt;
   // Each curve at `tokens` (a monotone cubic in log-log through the measured counts; imbalance
   // and active experts linear in log tokens between the two counts around it, tiles in log-log).
   struct At {
@@ -262,6 +263,51 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   return by_imbalance(at);
 }
 
+std::optional<double> KernelProfile::between_expert_counts(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
+                                                           double imbalance, double active, double tiles) const {
+  // The measured local-expert counts on either side (same shape and top-k).
+  int lo = 0, hi = 0;
+  for (auto it = curves_.lower_bound(Key{"experts", hidden, ffn, 0, 0}); it != curves_.end(); ++it) {
+    const auto& [k, h, f, e, t] = it->first;
+    if (k != "experts" || h != hidden || f != ffn) break;
+    if (t != top_k) continue;
+    if (e < experts) lo = std::max(lo, e);
+    if (e > experts && (hi == 0 || e < hi)) hi = e;
+  }
+  if (lo == 0 || hi == 0) return std::nullopt;
+  // The same rows on fewer or more local experts, spread alike. The active experts: rows thrown
+  // at random onto E experts leave E (1 - (1 - 1/E)^n) of them with rows after n rows; the
+  // request's active count gives its n, and the same n on e experts the count there. So a few
+  // active among many stay as many (few rows: each its own expert), nearly all active stay
+  // nearly all. One tile more or less per active expert, the others (those of experts with
+  // more than 64 rows) the same; the busiest expert's rows the same, so the imbalance, relative
+  // to the mean, scales with the count.
+  const auto alike = [&](int e) {
+    if (active >= experts) return static_cast<double>(e);
+    const double n = std::log1p(-active / experts) / std::log1p(-1.0 / experts);
+    return std::clamp(e * -std::expm1(n * std::log1p(-1.0 / e)), 1.0, static_cast<double>(e));
+  };
+  struct At {
+    double active;
+    std::optional<double> us;
+  };
+  const auto at = [&](int e) {
+    const double imb = std::max(1.0, imbalance * e / experts);
+    double act = active, til = tiles;
+    if (active > 0) {
+      act = e == 1 ? 1.0 : alike(e);
+      if (tiles > 0) til = std::max(act, tiles - active + act);
+    }
+    return At{act, time_us("experts", hidden, ffn, e, top_k, tokens, imb, act, til)};
+  };
+  const At a = at(lo), b = at(hi);
+  if (!a.us || !b.us) return std::nullopt;
+  // Between the two: linearly in the active experts (whose weights the stage reads) where they
+  // differ, else in the expert count.
+  if (active > 0 && b.active - a.active >= 0.5) return lerp(active, a.active, *a.us, b.active, *b.us);
+  return lerp(experts, lo, *a.us, hi, *b.us);
+}
+
 std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
                                               double imbalance, double active, double tiles) const {
   double us = 0;
@@ -331,6 +377,27 @@ KernelProfile::Check KernelProfile::leave_one_distribution_out() const {
     const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
                                     point.tiles > 0 ? point.tiles : -1.0);
     by_distribution.insert(std::move(node));
+    if (!us || r.median_us <= 0) {
+      ++c.uncovered;
+      continue;
+    }
+    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
+  }
+  return c;
+}
+
+KernelProfile::Check KernelProfile::leave_one_expert_count_out() const {
+  Check c;
+  KernelProfile without = *this;  // each row's local-expert count is taken out, then put back
+  for (const auto& r : rows) {
+    if (r.kernel != "experts") continue;
+    auto node = without.curves_.extract(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k});
+    const auto& pts = node.mapped().at(r.distribution);
+    const auto own = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
+    const Point point = *own;
+    const auto us = without.between_expert_counts(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
+                                                  point.tiles > 0 ? point.tiles : -1.0);
+    without.curves_.insert(std::move(node));
     if (!us || r.median_us <= 0) {
       ++c.uncovered;
       continue;

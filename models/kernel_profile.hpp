@@ -30,7 +30,11 @@
 // count, linearly in the imbalance max/mean rows per local expert between the two measured
 // distributions around the request. Beyond the measured counts, the tiles or the most skewed
 // distribution, along the last two points, kept between the edge's time and that time scaled
-// in proportion; never below zero.
+// in proportion; never below zero. An expert stage at a local-expert count the profile lacks
+// (EP slots with redundant experts: 5, 9, 33, ...) lies between the measured counts on either
+// side, each asked for the same rows spread alike (its active experts from the request's as if
+// rows fell at random, one tile per active expert more or less), linearly in active experts
+// (or in the count where those agree); beyond the measured counts, no answer.
 //
 // Accuracy against whole-layer timings the sweep did not have, and of the interpolation on the
 // profile's own rows: docs/validation.md (`moesim check-profile`, `--leave-one-out`).
@@ -118,6 +122,10 @@ struct KernelProfile {
   // curve has two or more other distributions predicted from those others alone (its own
   // distribution's whole curve left out), at its own imbalance, active experts and tiles.
   Check leave_one_distribution_out() const;
+  // Interpolation across local-expert counts judged on the profile itself: every experts row
+  // whose count has measured counts on both sides predicted from those two alone (its own
+  // count left out), at its own imbalance, active experts and tiles.
+  Check leave_one_expert_count_out() const;
 
  private:
   // The rows by (kernel, hidden, ffn, experts, top_k), then by distribution, sorted by tokens:
@@ -127,6 +135,10 @@ struct KernelProfile {
   };
   using Key = std::tuple<std::string, int, int, int, int>;
   std::map<Key, std::map<std::string, std::vector<Point>>> curves_;
+  // The expert stage at a local-expert count the profile lacks, between the measured counts on
+  // either side (linearly in log count); nothing beyond them.
+  std::optional<double> between_expert_counts(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
+                                              double imbalance, double active, double tiles) const;
 };
 
 }  // namespace moesim::models

@@ -76,6 +76,9 @@ commands:
   check-profile --leave-one-distribution-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
         judge the expert stage across routings: each experts row predicted from the
         profile's other distributions alone; the error per shape and the worst rows
+  check-profile --leave-one-expert-count-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
+        judge the expert stage across local-expert counts (e.g. EP slots with
+        redundant experts): each experts row predicted from the counts either side
   help  show this text
 
 exit codes: 0 success, 2 bad input, 1 internal error, 3 no plan meets the targets
@@ -330,18 +333,28 @@ int cmd_validate(const std::vector<std::string>& args) {
 // check-profile --leave-one-out: per kernel, how well the profile's interpolation predicts its
 // own rows from their neighbours; --leave-one-distribution-out: per shape, how well the expert
 // stage of each distribution is predicted from the others (informational: exit 0).
-int leave_out_report(const models::KernelProfile& profile, bool distributions, bool quiet) {
-  const auto all = distributions ? profile.leave_one_distribution_out() : profile.leave_one_out();
+enum class LeaveOut { rows, distributions, expert_counts };
+
+int leave_out_report(const models::KernelProfile& profile, LeaveOut what, bool quiet) {
+  const auto all = what == LeaveOut::rows            ? profile.leave_one_out()
+                   : what == LeaveOut::distributions ? profile.leave_one_distribution_out()
+                                                     : profile.leave_one_expert_count_out();
   if (all.cases.empty())
-    throw UsageError(fmt::format("{}: {}", profile.source, distributions ? "no experts row has two other distributions"
-                                                                          : "no row has measured counts on both sides"));
+    throw UsageError(fmt::format("{}: {}", profile.source,
+                                 what == LeaveOut::rows            ? "no row has measured counts on both sides"
+                                 : what == LeaveOut::distributions ? "no experts row has two other distributions"
+                                                                   : "no experts row has measured expert counts on both sides"));
+  const bool by_shape = what != LeaveOut::rows;
   std::map<std::string, models::KernelProfile::Check> by_kernel;
-  for (const auto& c : all.cases) by_kernel[distributions ? c.measured.shape : c.measured.kernel].cases.push_back(c);
-  if (distributions)
+  for (const auto& c : all.cases) by_kernel[by_shape ? c.measured.shape : c.measured.kernel].cases.push_back(c);
+  if (what == LeaveOut::distributions)
     fmt::print("{}: each experts row predicted from the other distributions alone (its own left out)\n", profile.source);
+  else if (what == LeaveOut::expert_counts)
+    fmt::print("{}: each experts row predicted from the local-expert counts on either side alone (its own left out)\n",
+               profile.source);
   else
     fmt::print("{}: each row predicted from the profile without it (twice the measured spacing)\n", profile.source);
-  fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", distributions ? "shape" : "kernel", "rows", "median", "p90", "worst");
+  fmt::print("{:<11} {:>6} {:>8} {:>8} {:>8}\n", by_shape ? "shape" : "kernel", "rows", "median", "p90", "worst");
   const auto line = [&](const std::string& name, const models::KernelProfile::Check& c) {
     fmt::print("{:<11} {:>6} {:>7.1f}% {:>7.1f}% {:>7.1f}%\n", name, c.cases.size(), 100 * c.median_abs_error(),
                100 * c.p90_abs_error(), 100 * c.worst_abs_error());
@@ -371,12 +384,15 @@ int cmd_check_profile(const std::vector<std::string>& args) {
       "worst", po::value<double>()->default_value(10.0), "bound on the worst absolute error, percent")(
       "quiet,q", "print only the summary")(
       "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it")(
-      "leave-one-distribution-out", "judge the expert stage across distributions: each predicted from the others");
+      "leave-one-distribution-out", "judge the expert stage across distributions: each predicted from the others")(
+      "leave-one-expert-count-out", "judge the expert stage across local-expert counts: each from the counts either side");
   const auto vm = parse_command(args, opts, "measured", 1);
-  const bool loo = vm.count("leave-one-out") > 0, lodo = vm.count("leave-one-distribution-out") > 0;
-  if (loo && lodo) throw UsageError("check-profile takes one of --leave-one-out and --leave-one-distribution-out");
-  if (!vm.count("measured") && !loo && !lodo)
-    throw UsageError("check-profile needs the measured timings file (or --leave-one-out or --leave-one-distribution-out)");
+  const int leave_outs = static_cast<int>(vm.count("leave-one-out") + vm.count("leave-one-distribution-out") +
+                                          vm.count("leave-one-expert-count-out"));
+  if (leave_outs > 1)
+    throw UsageError("check-profile takes one of --leave-one-out, --leave-one-distribution-out and --leave-one-expert-count-out");
+  if (!vm.count("measured") && leave_outs == 0)
+    throw UsageError("check-profile needs the measured timings file (or one of the --leave-one-... options)");
   std::shared_ptr<const models::KernelProfile> profile;
   if (vm.count("profile")) {
     profile = std::make_shared<const models::KernelProfile>(models::KernelProfile::read(vm["profile"].as<std::string>()));
@@ -384,10 +400,12 @@ int cmd_check_profile(const std::vector<std::string>& args) {
     profile = models::KernelProfile::bundled(vm["gpu"].as<std::string>());
     if (!profile) throw UsageError(fmt::format("no built-in kernel profile for '{}' (H100-SXM has one); give --profile", vm["gpu"].as<std::string>()));
   }
-  if (loo || lodo) {
-    if (vm.count("measured"))
-      throw UsageError(fmt::format("check-profile --leave-one-{}out takes no measured timings file", lodo ? "distribution-" : ""));
-    return leave_out_report(*profile, lodo, vm.count("quiet") > 0);
+  if (leave_outs > 0) {
+    const LeaveOut what = vm.count("leave-one-distribution-out") ? LeaveOut::distributions
+                          : vm.count("leave-one-expert-count-out") ? LeaveOut::expert_counts
+                                                                   : LeaveOut::rows;
+    if (vm.count("measured")) throw UsageError("check-profile --leave-one-... takes no measured timings file");
+    return leave_out_report(*profile, what, vm.count("quiet") > 0);
   }
   const auto measured = models::KernelProfile::read(vm["measured"].as<std::string>(), models::KernelProfile::Repeats::allow);
   const auto check = profile->check(measured);

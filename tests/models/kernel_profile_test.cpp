@@ -238,6 +238,35 @@ TEST_CASE("Leave-one-distribution-out judges the expert stage across routings", 
     if (x.measured.distribution == "d") CHECK(x.predicted_us == Approx(160));  // on the line through b and c
 }
 
+TEST_CASE("A local-expert count the profile lacks lies between the measured counts either side", "[models][profile]") {
+  // The expert stage measured on 2 and on 8 local experts (one distribution each): 4096 rows,
+  // all experts active, 64 tiles, 200 and 400 us; 2 rows on 2 experts, 100 and 110 us.
+  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
+  const TempFile f(header + "experts,s,8,8,2,1,4096,uniform,2048,2,200,0,0,64\nexperts,s,8,8,8,1,4096,uniform,512,8,400,0,0,64\n"
+                            "experts,s,8,8,2,1,2,uniform,1,2,100,0,0,2\nexperts,s,8,8,8,1,2,uniform,1,2,110,0,0,2\n",
+                   "counts.csv");
+  const KernelProfile p = KernelProfile::read(f.path.string());
+  // 4 local experts, all active: linearly in the active experts (2 and 8 on either side).
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 4096, 1.0, 4, 64) == Approx(200 + 200 * 2 / 6.0));
+  // Without the active count, linearly in the expert count: the same here.
+  CHECK(*p.time_us("experts", 8, 8, 4, 1, 4096) == Approx(200 + 200 * 2 / 6.0));
+  // 5 slots (say 4 experts and a redundant copy), all active: a quarter of the way on from 4.
+  CHECK(*p.time_us("experts", 8, 8, 5, 1, 4096, 1.0, 5, 64) == Approx(200 + 200 * 3 / 6.0));
+  // 2 rows on 2 of 4 experts: two active stay about two either side (2 rows cannot fill more),
+  // so the time lies between the two measured ones.
+  const double few = *p.time_us("experts", 8, 8, 4, 1, 2, 2.0, 2, 2);
+  CHECK(few >= 100);
+  CHECK(few <= 110);
+  // Beyond the measured counts (or with none on one side) there is no answer: the roofline.
+  CHECK_FALSE(p.time_us("experts", 8, 8, 16, 1, 4096, 1.0, 16, 64));
+  CHECK_FALSE(p.time_us("experts", 8, 8, 1, 1, 4096, 1.0, 1, 64));
+  // Only the expert stage: a router at an unmeasured expert count has no answer.
+  CHECK_FALSE(p.time_us("router", 8, 8, 4, 2, 4096));
+  // Judged on itself: each count with measured counts on both sides predicted from those two;
+  // here neither has both, so nothing is counted.
+  CHECK(p.leave_one_expert_count_out().cases.empty());
+}
+
 TEST_CASE("Leave-one-out judges the profile's interpolation on its own rows", "[models][profile]") {
   // A power law (time proportional to tokens) with one row off it (512 tokens at twice the
   // law). Each inner row is predicted from the profile without it: 32 from rows that all lie
@@ -276,6 +305,16 @@ parallelism: {ep: 8}
 workload: {tokens_per_gpu: 1024}
 )";
   CHECK(scenarios::run_experiment(scenarios::load_scenario_text(mixtral, "m.yaml")).compute_source == "profile");
+  // EPLB with redundant experts: 33 expert slots per GPU, a count the sweep does not measure, is
+  // taken between the measured 32 and 256 (not from the roofline).
+  const std::string deepseek = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 1, hidden: 7168, expert_ffn: 2048, experts: 256, top_k: 8, attention_heads: 128}
+parallelism: {ep: 8}
+workload: {tokens_per_gpu: 1024}
+placement: {policy: eplb, redundant_experts: 8}
+)";
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(deepseek, "d.yaml")).compute_source == "profile");
   CHECK(scenarios::run_experiment(scenarios::load_scenario_text(mixtral + "compute: {model: roofline}\n", "m.yaml")).compute_source ==
         "roofline");
   // The routing trace the H100 router wrote on clustered tokens replays (4 layers of 4096 tokens),

@@ -161,24 +161,30 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   const auto summary = moesim("check-profile " + heldout + " -q", tmp);
   REQUIRE(!summary.out.empty());
   CHECK_THAT(doc, Catch::Contains(summary.out.substr(0, summary.out.find('\n'))));
-  const auto lodo = moesim("check-profile --leave-one-distribution-out -q", tmp);
-  CHECK(lodo.code == 0);
-  CHECK_THAT(lodo.out, Catch::Contains("predicted from the other distributions alone"));
-  std::istringstream lodo_lines(lodo.out);
-  std::getline(lodo_lines, line);  // the file name
-  int shapes = 0;
-  while (std::getline(lodo_lines, line))
-    if (!line.empty()) {
-      CHECK_THAT(doc, Catch::Contains(line));
-      ++shapes;
-    }
-  CHECK(shapes == 5);  // the header, three shapes, all
+  for (const auto& [option, title] : {std::pair{"--leave-one-distribution-out", "predicted from the other distributions alone"},
+                                      {"--leave-one-expert-count-out", "predicted from the local-expert counts on either side"}}) {
+    const auto across = moesim(std::string("check-profile -q ") + option, tmp);
+    CHECK(across.code == 0);
+    CHECK_THAT(across.out, Catch::Contains(title));
+    std::istringstream table(across.out);
+    std::getline(table, line);  // the file name
+    int shapes = 0;
+    while (std::getline(table, line))
+      if (!line.empty()) {
+        CHECK_THAT(doc, Catch::Contains(line));
+        ++shapes;
+      }
+    CHECK(shapes == 5);  // the header, three shapes, all
+  }
   const auto both = moesim("check-profile " + heldout + " --leave-one-out", tmp);
   CHECK(both.code == 2);
   CHECK_THAT(both.err, Catch::Contains("takes no measured timings file"));
   const auto two = moesim("check-profile --leave-one-out --leave-one-distribution-out", tmp);
   CHECK(two.code == 2);
   CHECK_THAT(two.err, Catch::Contains("takes one of"));
+  const auto with_file = moesim("check-profile " + heldout + " --leave-one-expert-count-out", tmp);
+  CHECK(with_file.code == 2);
+  CHECK_THAT(with_file.err, Catch::Contains("takes no measured timings file"));
   // Measured layers may repeat a case (two passes); a profile may not.
   const auto repeated = moesim("check-profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv' -q --median 100 --worst 100", tmp);
   CHECK(repeated.code == 0);
