@@ -228,7 +228,7 @@ std::vector<int> grid(int max, bool dense) {
 int main(int argc, char** argv) {
   std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path;
   bool quick = false, heldout_only = false, dense = false;
-  std::string heldout_list;
+  std::string heldout_list, heldout_experts_list;
   int passes = 1;
   int repeats = 20;
   for (int i = 1; i < argc; ++i) {
@@ -247,14 +247,18 @@ int main(int argc, char** argv) {
     else if (a == "--grid" && i + 1 < argc && (std::string(argv[i + 1]) == "pow2" || std::string(argv[i + 1]) == "dense"))
       dense = std::string(argv[++i]) == "dense";
     else if (a == "--heldout-tokens" && i + 1 < argc) heldout_list = argv[++i];
+    else if (a == "--heldout-experts" && i + 1 < argc) heldout_experts_list = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
-                   "                   [--grid pow2|dense] [--heldout-tokens N,N,...]\n"
+                   "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
+                   "  --heldout-experts: also time the expert stage on these local-expert counts (none the\n"
+                   "  sweep's own: E, 32, 16, ... 1; each up to the shape's experts), at the held-out counts as\n"
+                   "  rows, under the held-out distributions, into the --heldout file\n"
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
                    "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
@@ -277,6 +281,23 @@ int main(int argc, char** argv) {
     heldout_tokens.push_back(static_cast<int>(n));
   }
   std::sort(heldout_tokens.begin(), heldout_tokens.end());
+  // Held-out local-expert counts (EP slots the sweep does not measure, e.g. with redundant
+  // experts): never one the sweep measures for any shape (powers of two up to 32).
+  std::vector<int> heldout_experts;
+  for (const auto& v : split(heldout_experts_list)) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (*end != '\0' || n < 1 || n > 4096 || (n <= 32 && (n & (n - 1)) == 0)) {
+      std::fprintf(stderr, "moe-profile: --heldout-experts: '%s' is not a local-expert count the sweep leaves out "
+                   "(a count in 1 ... 4096, not a power of two up to 32)\n", v.c_str());
+      return 2;
+    }
+    heldout_experts.push_back(static_cast<int>(n));
+  }
+  if (!heldout_experts.empty() && heldout_path.empty()) {
+    std::fprintf(stderr, "moe-profile: --heldout-experts writes into the --heldout file: give --heldout FILE\n");
+    return 2;
+  }
   for (const int t : heldout_tokens) {
     const auto g = grid(65536, dense);
     if (std::find(g.begin(), g.end(), t) != g.end()) {
@@ -440,18 +461,55 @@ int main(int argc, char** argv) {
       }
       // The experts stage as one GPU of an EP group runs it: `local` experts of the shape,
       // `rows` token rows spread over them by each distribution (top_k 1: a row is an assignment).
-      for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
+      const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+      const auto local_config = [&](int local) {
         Config cl = c;
         cl.experts = local, cl.top_k = 1, cl.groups = 1, cl.max_groups = 0, cl.capacity_factor = 0;
+        return cl;
+      };
+      const auto local_weights = [&](int local) {
         Weights wl;
-        const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
         wl.router.assign(h * static_cast<std::size_t>(local), float_to_bf16(0.0f));
         wl.bias.assign(static_cast<std::size_t>(local), 0.0f);
         wl.gate_up.assign(w.gate_up.begin(), w.gate_up.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * h * 2 * f));
         wl.down.assign(w.down.begin(), w.down.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * f * h));
+        return wl;
+      };
+      const auto local_max_rows = [&](const Config& cl) {
         int max_rows = 1;
         for (int r = 1; r <= max_tokens * c.top_k; r *= 2)
           if (bytes_needed(cl, r) < free_bytes * 0.8) max_rows = r;
+        return max_rows;
+      };
+      if (heldout.is_open()) {
+        // Held-out: the expert stage on local-expert counts the sweep does not have, at the
+        // held-out counts as rows, under the held-out distributions.
+        for (const int local : heldout_experts) {
+          if (local >= c.experts) continue;
+          const Config cl = local_config(local);
+          const Weights wl = local_weights(local);
+          const int max_rows = local_max_rows(cl);
+          Layer layer(cl, wl, max_rows);
+          const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
+          DeviceTokens dx(x);
+          for (const int rows : heldout_tokens) {
+            if (rows > max_rows) break;
+            for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5"}) {
+              const Routing r = generated_routing(cl, rows, d, 8);
+              layer.set_routing(r.experts, r.gates, rows);
+              layer.permute(dx.p, rows);
+              const Timing tm = time_it([&] { layer.experts(); }, repeats, layer.stream());
+              row(heldout, "experts", cl, rows, d, &r, tm, name(layer.last_expert_gemm()));
+            }
+          }
+          heldout.flush();
+          std::printf("%-8s held-out expert stage with %d local experts done\n", s.c_str(), local);
+        }
+      }
+      for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
+        const Config cl = local_config(local);
+        const Weights wl = local_weights(local);
+        const int max_rows = local_max_rows(cl);
         Layer layer(cl, wl, max_rows);
         const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
         DeviceTokens dx(x);

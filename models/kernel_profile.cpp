@@ -326,11 +326,13 @@ std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, 
 KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
   Check c;
   for (const auto& r : measured.rows) {
-    if (r.kernel != "layer" || r.tokens <= 0) continue;
+    if ((r.kernel != "layer" && r.kernel != "experts") || r.tokens <= 0) continue;
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     const double imbalance = std::max(1.0, static_cast<double>(r.max_expert_tokens) / mean);
-    const auto us = layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts,
-                             r.row_tiles > 0 ? static_cast<double>(r.row_tiles) : -1.0);
+    const double tiles = r.row_tiles > 0 ? static_cast<double>(r.row_tiles) : -1.0;
+    const auto us = r.kernel == "layer"
+                        ? layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles)
+                        : time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles);
     if (!us) {
       ++c.uncovered;
       continue;
@@ -415,6 +417,13 @@ std::vector<double> abs_errors(const KernelProfile::Check& c) {
   return e;
 }
 }  // namespace
+
+KernelProfile::Check KernelProfile::Check::only(const std::string& kernel) const {
+  Check c;
+  for (const auto& x : cases)
+    if (x.measured.kernel == kernel) c.cases.push_back(x);
+  return c;
+}
 
 double KernelProfile::Check::median_abs_error() const {
   const auto e = abs_errors(*this);

@@ -98,15 +98,18 @@ struct KernelProfile {
   std::optional<double> layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
                                  double imbalance, double active = -1, double tiles = -1) const;
 
-  // Predicted against measured whole-layer times: each "layer" row of `measured` (a file in
-  // the profile's format, e.g. the held-out timings moe-profile --heldout writes).
+  // Predicted against measured times: each "layer" row of `measured` (a file in the profile's
+  // format, e.g. the held-out timings moe-profile --heldout writes) as the simulator composes a
+  // layer, and each "experts" row (moe-profile --heldout-experts: local-expert counts the sweep
+  // does not have) as the expert stage alone.
   struct Check {
     struct Case {
       KernelProfile::Row measured;
       double imbalance = 1, predicted_us = 0, error = 0;  // error: (predicted - measured) / measured
     };
     std::vector<Case> cases;
-    int uncovered = 0;  // layer rows outside the profile's range
+    int uncovered = 0;  // rows outside the profile's range
+    Check only(const std::string& kernel) const;  // the cases of one kernel ("layer", "experts")
     double median_abs_error() const;
     double p90_abs_error() const;  // the 90th percentile (nearest rank)
     double worst_abs_error() const;

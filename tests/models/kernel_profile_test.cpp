@@ -265,6 +265,14 @@ TEST_CASE("A local-expert count the profile lacks lies between the measured coun
   // Judged on itself: each count with measured counts on both sides predicted from those two;
   // here neither has both, so nothing is counted.
   CHECK(p.leave_one_expert_count_out().cases.empty());
+  // Measured expert stages at such a count (moe-profile --heldout-experts) are checked as the
+  // stage alone, beside whole layers.
+  const TempFile measured(header + "experts,s,8,8,4,1,4096,uniform,1024,4,250,0,0,64\n", "measured.csv");
+  const auto c = p.check(KernelProfile::read(measured.path.string()));
+  REQUIRE(c.only("experts").cases.size() == 1);
+  CHECK(c.only("layer").cases.empty());
+  CHECK(c.cases.front().predicted_us == Approx(200 + 200 * 2 / 6.0));
+  CHECK(c.cases.front().error == Approx((200 + 200 * 2 / 6.0 - 250) / 250));
 }
 
 TEST_CASE("Leave-one-out judges the profile's interpolation on its own rows", "[models][profile]") {
@@ -341,9 +349,10 @@ TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][pr
   // Whole-layer times measured on the same H100 in the same session as the profile, on token
   // counts and routings the profile's sweep does not have (kernels/profile.cu --heldout).
   const auto measured = KernelProfile::read(std::string(MOESIM_SOURCE_DIR) + "/kernels/profiles/h100-measure/heldout.csv");
-  const auto check = KernelProfile::bundled("H100-SXM")->check(measured);
+  const auto all = KernelProfile::bundled("H100-SXM")->check(measured);
+  CHECK(all.uncovered == 0);
+  const auto check = all.only("layer");
   CHECK(check.cases.size() == 96);
-  CHECK(check.uncovered == 0);
   CHECK(check.median_abs_error() <= 0.05);  // docs/validation.md: the bound the project set
   // The worst case is not within 10 % (docs/validation.md says why); it must not get worse unseen.
   CHECK(check.worst_abs_error() <= 0.25);

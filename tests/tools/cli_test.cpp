@@ -179,6 +179,19 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   const auto both = moesim("check-profile " + heldout + " --leave-one-out", tmp);
   CHECK(both.code == 2);
   CHECK_THAT(both.err, Catch::Contains("takes no measured timings file"));
+  // Expert-stage rows at a local-expert count the sweep does not have (moe-profile
+  // --heldout-experts) are predicted as the stage alone and summarised on their own line; the
+  // bounds stay on the whole layers. (The timing here is made up: only the report is checked.)
+  {
+    std::ofstream f(tmp.path() / "experts.csv");
+    f << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,p90_us,"
+         "row_tiles\nexperts,deepseek,7168,2048,5,1,4096,uniform,820,5,700,690,710,66\n";
+  }
+  const auto stage = moesim("check-profile '" + (tmp.path() / "experts.csv").string() + "'", tmp);
+  CHECK(stage.code == 0);
+  CHECK_THAT(stage.out, Catch::Contains("1 expert-stage cases at local-expert counts the sweep does not have: median error"));
+  CHECK_THAT(stage.out, Catch::Contains("shape     experts    rows routing"));
+  CHECK_THAT(stage.out, !Catch::Contains("(bound"));
   const auto two = moesim("check-profile --leave-one-out --leave-one-distribution-out", tmp);
   CHECK(two.code == 2);
   CHECK_THAT(two.err, Catch::Contains("takes one of"));
