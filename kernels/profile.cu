@@ -75,7 +75,15 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
 // After a pause (the CPU generating weights or routings), an idle GPU's clocks are down and
 // take a while to come back: seen on an H100, whole-layer timings of a few tokens 20 % slower
 // at the start of a shape than the same layer measured right after heavy work. So a pause of
-// more than 0.2 s is followed by half a second of dense GEMMs before anything is timed.
+// more than a second (weights or large routings generated on the CPU) is followed by half a
+// second of dense GEMMs before anything is timed; shorter pauses are not (at 0.5 s each, warming
+// after every routing would add many minutes to a sweep of thousands of timings).
+struct WarmUps {
+  int count = 0;
+  double seconds = 0;
+};
+WarmUps warm_ups;
+
 void warm_gpu() {
   static cublasHandle_t blas = nullptr;
   static __nv_bfloat16* buf = nullptr;
@@ -83,7 +91,8 @@ void warm_gpu() {
   if (!blas) {
     check(cublasCreate(&blas), "cublasCreate");
     check(cudaMalloc(&buf, 3 * static_cast<std::size_t>(n) * n * sizeof(__nv_bfloat16)), "warm-up buffers");
-    check(cudaMemset(buf, 0x3c, 3 * static_cast<std::size_t>(n) * n * sizeof(__nv_bfloat16)), "warm-up buffers");  // 1.0-ish bf16, not zeros
+    // Every bf16 0x3c3c (about 0.0115): not zeros, which a GEMM may run faster on; no overflow.
+    check(cudaMemset(buf, 0x3c, 3 * static_cast<std::size_t>(n) * n * sizeof(__nv_bfloat16)), "warm-up buffers");
   }
   const float one = 1, zero = 0;
   const auto start = std::chrono::steady_clock::now();
@@ -95,11 +104,13 @@ void warm_gpu() {
             "warm-up GEMM");
     check(cudaDeviceSynchronize(), "warm-up");
   }
+  ++warm_ups.count;
+  warm_ups.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   static auto last = std::chrono::steady_clock::time_point{};
-  if (std::chrono::steady_clock::now() - last > std::chrono::milliseconds(200)) warm_gpu();
+  if (std::chrono::steady_clock::now() - last > std::chrono::seconds(1)) warm_gpu();
   Timing best = time_once(run, repeats, s);
   for (int attempt = 1; attempt < 3 && best.median > 1.25 * best.p10; ++attempt) {
     const Timing again = time_once(run, repeats, s);
@@ -560,8 +571,9 @@ int main(int argc, char** argv) {
           break;
         }
       }
-      std::printf("%-8s done in %.0f s\n", s.c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      std::printf("%-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all)\n", s.c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), warm_ups.count,
+                  warm_ups.seconds);
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
   } catch (const std::exception& e) {
