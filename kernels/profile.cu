@@ -238,7 +238,8 @@ std::vector<int> grid(int max, bool dense) {
 
 int main(int argc, char** argv) {
   std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path;
-  bool quick = false, heldout_only = false, dense = false;
+  bool quick = false, heldout_only = false, dense = false, experts_only = false;
+  std::string locals_list;
   std::string heldout_list, heldout_experts_list;
   int passes = 1;
   int repeats = 20;
@@ -251,6 +252,8 @@ int main(int argc, char** argv) {
     else if (a == "--shapes" && i + 1 < argc) shape_list = argv[++i];
     else if (a == "--quick") quick = true;
     else if (a == "--heldout-only") heldout_only = true;
+    else if (a == "--experts-only") experts_only = true;
+    else if (a == "--locals" && i + 1 < argc) locals_list = argv[++i];
     else if (a == "--stages" && i + 1 < argc) stages_path = argv[++i];
     else if (a == "--hist" && i + 1 < argc) hist_path = argv[++i];
     else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
@@ -264,12 +267,15 @@ int main(int argc, char** argv) {
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
+                   "                   [--locals N,N,...] [--experts-only]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
                    "  --heldout-experts: also time the expert stage on these local-expert counts (none the\n"
                    "  sweep's own: E, 32, 16, ... 1; each up to the shape's experts), at the held-out counts as\n"
                    "  rows, under the held-out distributions, into the --heldout file\n"
+                   "  --locals: the expert-stage sweep only on these of its local-expert counts; --experts-only:\n"
+                   "  only the expert-stage sweep (with --locals, a long shape's sweep splits over several runs)\n"
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
                    "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
@@ -304,6 +310,20 @@ int main(int argc, char** argv) {
       return 2;
     }
     heldout_experts.push_back(static_cast<int>(n));
+  }
+  std::vector<int> locals;
+  for (const auto& v : split(locals_list)) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (*end != '\0' || n < 1 || n > 4096) {
+      std::fprintf(stderr, "moe-profile: --locals: '%s' is not a local-expert count in 1 ... 4096\n", v.c_str());
+      return 2;
+    }
+    locals.push_back(static_cast<int>(n));
+  }
+  if (experts_only && heldout_only) {
+    std::fprintf(stderr, "moe-profile: --experts-only and --heldout-only leave nothing to measure together\n");
+    return 2;
   }
   if (!heldout_experts.empty() && heldout_path.empty()) {
     std::fprintf(stderr, "moe-profile: --heldout-experts writes into the --heldout file: give --heldout FILE\n");
@@ -406,7 +426,7 @@ int main(int argc, char** argv) {
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
         if (bytes_needed(c, t) < free_bytes * 0.8) max_tokens = t;
-      {
+      if (!experts_only) {
         // Router, permute and combine at the model's expert count, per token count; and the
         // whole layer on the router's own routing.
         Layer layer(c, w, max_tokens);
@@ -492,7 +512,7 @@ int main(int argc, char** argv) {
           if (bytes_needed(cl, r) < free_bytes * 0.8) max_rows = r;
         return max_rows;
       };
-      if (heldout.is_open()) {
+      if (heldout.is_open() && !experts_only) {
         // Held-out: the expert stage on local-expert counts the sweep does not have, at the
         // held-out counts as rows, under the held-out distributions.
         for (const int local : heldout_experts) {
@@ -518,6 +538,7 @@ int main(int argc, char** argv) {
         }
       }
       for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
+        if (!locals.empty() && std::find(locals.begin(), locals.end(), local) == locals.end()) continue;
         const Config cl = local_config(local);
         const Weights wl = local_weights(local);
         const int max_rows = local_max_rows(cl);
