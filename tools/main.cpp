@@ -440,7 +440,7 @@ int cmd_check_profile(const std::vector<std::string>& args) {
                        fmt::format(" (bound {:g})", vm["worst"].as<double>())),
                ok ? "ok" : "FAILED");
   }
-  // The expert stage alone at local-expert counts the sweep does not have (informational).
+  // Expert-stage rows (e.g. moe-profile --heldout-experts): the stage alone, informational.
   const auto experts = all.only("experts");
   if (!experts.cases.empty()) {
     if (!quiet) {
@@ -451,7 +451,7 @@ int cmd_check_profile(const std::vector<std::string>& args) {
                    c.measured.tokens, c.measured.distribution, c.measured.row_tiles, c.measured.median_us, c.predicted_us,
                    100 * c.error);
     }
-    fmt::print("{} expert-stage cases at local-expert counts the sweep does not have{}: {}\n", experts.cases.size(),
+    fmt::print("{} expert-stage cases (the stage alone; no bounds){}: {}\n", experts.cases.size(),
                check.cases.empty() ? uncovered : "", summary(experts, "", ""));
   }
   return ok ? 0 : 1;

@@ -157,10 +157,15 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   std::getline(lines, line);  // the file name
   while (std::getline(lines, line))
     if (!line.empty()) CHECK_THAT(doc, Catch::Contains(line));
-  // ... and the held-out summary line at the default bounds, and the table across distributions.
+  // ... and the held-out summary line at the default bounds, the profile's own layer rows
+  // against the composed stages, and the tables across distributions and expert counts.
   const auto summary = moesim("check-profile " + heldout + " -q", tmp);
   REQUIRE(!summary.out.empty());
   CHECK_THAT(doc, Catch::Contains(summary.out.substr(0, summary.out.find('\n'))));
+  const auto self = moesim("check-profile '" + kSource + "/kernels/profiles/nvidia-h100-80gb-hbm3.csv' -q", tmp);
+  REQUIRE(!self.out.empty());
+  CHECK_THAT(doc, Catch::Contains(self.out.substr(0, self.out.find('\n'))));
+  CHECK_THAT(self.out, Catch::Contains("expert-stage cases (the stage alone; no bounds)"));
   for (const auto& [option, title] : {std::pair{"--leave-one-distribution-out", "predicted from the other distributions alone"},
                                       {"--leave-one-expert-count-out", "predicted from the local-expert counts on either side"}}) {
     const auto across = moesim(std::string("check-profile -q ") + option, tmp);
@@ -189,7 +194,7 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   }
   const auto stage = moesim("check-profile '" + (tmp.path() / "experts.csv").string() + "'", tmp);
   CHECK(stage.code == 0);
-  CHECK_THAT(stage.out, Catch::Contains("1 expert-stage cases at local-expert counts the sweep does not have: median error"));
+  CHECK_THAT(stage.out, Catch::Contains("1 expert-stage cases (the stage alone; no bounds): median error"));
   CHECK_THAT(stage.out, Catch::Contains("shape     experts    rows routing"));
   CHECK_THAT(stage.out, !Catch::Contains("(bound"));
   const auto two = moesim("check-profile --leave-one-out --leave-one-distribution-out", tmp);
