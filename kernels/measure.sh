@@ -15,8 +15,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 # The card's clocks, power and temperature once a second while this runs (OUT_DIR/clocks.csv):
 # an H100 under load sits at its power cap and clocks down, and timings taken hot and cold differ.
+# Timestamps in UTC, as moe-profile's progress lines in log.txt, to line the two up.
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=timestamp,clocks.current.sm,clocks.current.memory,power.draw,temperature.gpu,clocks_event_reasons.active \
+  TZ=UTC nvidia-smi --query-gpu=timestamp,clocks.current.sm,clocks.current.memory,power.draw,temperature.gpu,clocks_event_reasons.active \
     --format=csv -l 1 >"$out/clocks.csv" 2>/dev/null &
   smi=$!
   trap 'kill $smi 2>/dev/null || true' EXIT

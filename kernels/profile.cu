@@ -41,6 +41,15 @@ struct Timing {
   double median, p10, p90;
 };
 
+// The wall-clock time (UTC, HH:MM:SS) for the progress lines, to line them up with the card's
+// clock log (kernels/measure.sh writes clocks.csv with nvidia-smi's timestamps).
+std::string now_utc() {
+  const std::time_t t = std::time(nullptr);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%H:%M:%S", std::gmtime(&t));
+  return buf;
+}
+
 // Median and spread over `repeats` timed runs after three warm-up runs; runs past 2 ms are
 // repeated fewer times (at least 7), keeping a long sweep inside its time.
 Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) {
@@ -446,7 +455,7 @@ int main(int argc, char** argv) {
             row(out, "combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
           }
           out.flush();
-          std::printf("%-8s %6d tokens done\n", s.c_str(), t);
+          std::printf("%s %-8s %6d tokens done\n", now_utc().c_str(), s.c_str(), t);
         }
         if (heldout.is_open()) {
           // The whole layer end to end on token counts and routings the sweep does not have:
@@ -487,7 +496,7 @@ int main(int argc, char** argv) {
             layer.clear_forced_routing();
             heldout.flush();
           }
-          std::printf("%-8s held-out layer timings done\n", s.c_str());
+          std::printf("%s %-8s held-out layer timings done\n", now_utc().c_str(), s.c_str());
         }
       }
       // The experts stage as one GPU of an EP group runs it: `local` experts of the shape,
@@ -534,7 +543,7 @@ int main(int argc, char** argv) {
             }
           }
           heldout.flush();
-          std::printf("%-8s held-out expert stage with %d local experts done\n", s.c_str(), local);
+          std::printf("%s %-8s held-out expert stage with %d local experts done\n", now_utc().c_str(), s.c_str(), local);
         }
       }
       for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
@@ -565,7 +574,7 @@ int main(int argc, char** argv) {
         }
         out.flush();
         ab.flush();
-        std::printf("%-8s experts stage with %d local experts done\n", s.c_str(), local);
+        std::printf("%s %-8s experts stage with %d local experts done\n", now_utc().c_str(), s.c_str(), local);
         if (local == 1) {
           // The dense bf16 GEMM of the gate/up projection's size (rows x H by H x 2F), on random
           // operands, for the grouped GEMMs' efficiency: a row "dense_gemm" per row count.
@@ -592,7 +601,7 @@ int main(int argc, char** argv) {
           break;
         }
       }
-      std::printf("%-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all)\n", s.c_str(),
+      std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all)\n", now_utc().c_str(), s.c_str(),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), warm_ups.count,
                   warm_ups.seconds);
     }
