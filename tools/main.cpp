@@ -69,7 +69,8 @@ commands:
         predict each whole-layer time in MEASURED.csv (e.g. held-out timings from
         kernels/profile.cu --heldout) from the profile (default: the one built in for
         --gpu, H100-SXM) and print the errors; exit code 1 past the bounds
-        (default: median 5 %, worst 10 %)
+        (default: median 5 %, worst 10 %); expert-stage rows (--heldout-experts)
+        are predicted as the stage alone and reported apart, without bounds
   check-profile --leave-one-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
         judge the profile's interpolation on itself: each row with measured counts
         on both sides predicted without it; the error per kernel and the worst rows
@@ -332,7 +333,8 @@ int cmd_validate(const std::vector<std::string>& args) {
 
 // check-profile --leave-one-out: per kernel, how well the profile's interpolation predicts its
 // own rows from their neighbours; --leave-one-distribution-out: per shape, how well the expert
-// stage of each distribution is predicted from the others (informational: exit 0).
+// stage of each distribution is predicted from the others; --leave-one-expert-count-out: per
+// shape, each local-expert count from the counts either side (informational: exit 0).
 enum class LeaveOut { rows, distributions, expert_counts };
 
 int leave_out_report(const models::KernelProfile& profile, LeaveOut what, bool quiet) {
