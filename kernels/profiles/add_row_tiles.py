@@ -12,6 +12,7 @@ max_expert_tokens and active_experts, or nothing is written. The timings are cop
 """
 import csv
 import math
+import os
 import sys
 
 TILE_ROWS = 64
@@ -40,9 +41,9 @@ def main():
             out.append(line)
             continue
         if line == HEADER:
+            source = os.path.relpath(histograms, os.path.dirname(os.path.abspath(profile)))
             out.append(f"# row_tiles: the sum over experts of ceil(rows / {TILE_ROWS}), added after the measurement by "
-                       "kernels/profiles/add_row_tiles.py from the per-expert row counts the same run recorded "
-                       "(h100-measure/histograms.csv)")
+                       f"kernels/profiles/add_row_tiles.py from the per-expert row counts the same run recorded ({source})")
             out.append(line + ",row_tiles")
             continue
         if line.endswith(",row_tiles") or line.count(",") != 12:
