@@ -458,10 +458,14 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
                                        : std::string("dropless"),
              t.gpu_imbalance);
-  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}\n", r.network_model,
+  // Which measurements a profiled run's kernel times come from: the GPU they were taken on and the file.
+  const std::string measured_on =
+      r.compute_source != "roofline" && f.profile
+          ? fmt::format(" (measured on {}: {})", f.profile->gpu.empty() ? std::string("an unnamed GPU") : f.profile->gpu, f.profile->source)
+          : "";
+  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}\n", r.network_model,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
-             models::to_string(f.all_to_all.algorithm),
-             r.compute_source);
+             models::to_string(f.all_to_all.algorithm), r.compute_source, measured_on);
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.
     const topology::Cluster cluster(sc.cluster);
