@@ -92,6 +92,10 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
     REQUIRE(r.code == 0);
     CHECK_THAT(r.out, Catch::Contains("step time"));
     CHECK_THAT(r.out, Catch::Contains("where the time goes"));
+    // The quickstart is an H100 scenario: its kernel times come from the measured profile, and
+    // the summary says which.
+    CHECK_THAT(r.out, Catch::Contains("compute: profile (measured on NVIDIA H100 80GB HBM3: "
+                                      "kernels/profiles/nvidia-h100-80gb-hbm3.csv (built in))"));
   }
   for (const char* file : {"summary.csv", "layers.csv", "links.csv", "experts.csv", "gpus.csv"}) {
     INFO(file << " (regenerate with tools/regen-golden.sh and review the diff)");
