@@ -246,7 +246,7 @@ std::vector<int> grid(int max, bool dense) {
 }
 
 int main(int argc, char** argv) {
-  std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path;
+  std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path, late_path;
   bool quick = false, heldout_only = false, dense = false, experts_only = false;
   std::string locals_list;
   std::string heldout_list, heldout_experts_list;
@@ -265,6 +265,7 @@ int main(int argc, char** argv) {
     else if (a == "--locals" && i + 1 < argc) locals_list = argv[++i];
     else if (a == "--stages" && i + 1 < argc) stages_path = argv[++i];
     else if (a == "--hist" && i + 1 < argc) hist_path = argv[++i];
+    else if (a == "--late" && i + 1 < argc) late_path = argv[++i];
     else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
     else if (a == "--grid" && i + 1 < argc && (std::string(argv[i + 1]) == "pow2" || std::string(argv[i + 1]) == "dense"))
@@ -276,7 +277,7 @@ int main(int argc, char** argv) {
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
-                   "                   [--locals N,N,...] [--experts-only]\n"
+                   "                   [--locals N,N,...] [--experts-only] [--late FILE]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
@@ -285,6 +286,8 @@ int main(int argc, char** argv) {
                    "  rows, under the held-out distributions, into the --heldout file\n"
                    "  --locals: the expert-stage sweep only on these of its local-expert counts; --experts-only:\n"
                    "  only the expert-stage sweep (with --locals, a long shape's sweep splits over several runs)\n"
+                   "  --late FILE: the whole layer (router's routing) timed again after the expert-stage sweep,\n"
+                   "  at the sweep's token counts, in the profile's format: how far the card's state moved\n"
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
                    "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
@@ -388,7 +391,7 @@ int main(int argc, char** argv) {
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us,row_tiles\n";
     };
-    std::ofstream out(out_path), heldout, ab, stages, hist;
+    std::ofstream out(out_path), heldout, ab, stages, hist, late;
     if (!hist_path.empty()) {
       hist.open(hist_path);
       hist << "# per-expert row counts of the routings behind moe-profile's rows; gpu: " << dev.name << "; date: " << date
@@ -403,6 +406,10 @@ int main(int argc, char** argv) {
     if (!heldout_path.empty()) {
       heldout.open(heldout_path);
       header(heldout, "held-out whole-layer timings (token counts and distributions not in the sweep)");
+    }
+    if (!late_path.empty()) {
+      late.open(late_path);
+      header(late, "the whole-layer rows timed again after the expert-stage sweep");
     }
     if (!ab_path.empty()) {
       ab.open(ab_path);
@@ -422,7 +429,7 @@ int main(int argc, char** argv) {
         << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
         << ',' << tiles << '\n';
       if (r && hist.is_open()) {
-        hist << (&f == &heldout ? "heldout" : "profile") << ',' << kernel << ',' << c.name << ',' << c.experts << ','
+        hist << (&f == &heldout ? "heldout" : &f == &late ? "late" : "profile") << ',' << kernel << ',' << c.name << ',' << c.experts << ','
              << c.top_k << ',' << tokens << ',' << dist << ',' << gemm << ',';
         for (std::size_t e = 0; e < r->counts.size(); ++e) hist << (e ? " " : "") << r->counts[e];
         hist << '\n';
@@ -600,6 +607,21 @@ int main(int argc, char** argv) {
           cublasDestroy(blas);
           break;
         }
+      }
+      if (late.is_open() && !experts_only && !heldout_only) {
+        // The sweep's whole-layer rows again, minutes later, after the expert-stage sweep: the
+        // same layer, routing and token counts, so any difference is the card's state (clocks,
+        // power, temperature), which the stage rows timed in between share.
+        Layer layer(c, w, max_tokens);
+        const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
+        DeviceTokens dx(x), dout(x);
+        for (const int t : grid(max_tokens, dense)) {
+          const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, layer.stream());
+          const Routing own = layer.routing(t);
+          row(late, "layer", c, t, "router", &own, whole, name(layer.last_expert_gemm()));
+        }
+        late.flush();
+        std::printf("%s %-8s whole layer timed again\n", now_utc().c_str(), s.c_str());
       }
       std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all)\n", now_utc().c_str(), s.c_str(),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), warm_ups.count,
