@@ -197,11 +197,11 @@ TEST_CASE("With row tiles known on both sides the expert stage follows them", "[
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 3.9, 4, 8) == Approx(160));
   // Below the fewest: 2 tiles, the line says 60 us; the bound is 100 x 2 / 4 = 50 .. 100 us.
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 1.0, 2, 2) == Approx(60));
-  // Without tiles in the request, by imbalance as before (3.9 is past the skewed one's 2.5).
+  // Without tiles in the request, by imbalance as before: 2.5 is the skewed one's own.
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 256, 2.5, 4) == Approx(140));
-  // Distributions within 2 % in tiles are one point, their mean: 200 and 210 tiles (205 us)
-  // and 300 tiles (300 us); a request at 250 tiles gets 252.5 us, not a line through the two
-  // close ones.
+  // Distributions within 2 % in tiles are one point, their mean: 200 and 203 tiles (200 and
+  // 210 us: 201.5 tiles, 205 us) and 300 tiles (300 us); a request at 250 tiles gets about
+  // 251.8 us on the line from that mean, not a line through the two close ones.
   const TempFile close(header + "experts,s,8,8,4,1,16384,a,4096,4,200,0,0,200\nexperts,s,8,8,4,1,16384,b,5000,4,210,0,0,203\n"
                                 "experts,s,8,8,4,1,16384,c,9000,4,300,0,0,300\n",
                        "close.csv");
@@ -250,7 +250,7 @@ TEST_CASE("A local-expert count the profile lacks lies between the measured coun
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 4096, 1.0, 4, 64) == Approx(200 + 200 * 2 / 6.0));
   // Without the active count, linearly in the expert count: the same here.
   CHECK(*p.time_us("experts", 8, 8, 4, 1, 4096) == Approx(200 + 200 * 2 / 6.0));
-  // 5 slots (say 4 experts and a redundant copy), all active: a quarter of the way on from 4.
+  // 5 slots (say 4 experts and a redundant copy), all active: half way from 2 to 8 active.
   CHECK(*p.time_us("experts", 8, 8, 5, 1, 4096, 1.0, 5, 64) == Approx(200 + 200 * 3 / 6.0));
   // 2 rows on 2 of 4 experts: two active stay about two either side (2 rows cannot fill more),
   // so the time lies between the two measured ones.
