@@ -189,15 +189,22 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   if (tiles > 0 && std::all_of(at.begin(), at.end(), [](const At& a) { return a.tiles > 0; })) {
     std::sort(at.begin(), at.end(), [](const At& a, const At& b) { return a.tiles < b.tiles; });
     std::vector<std::pair<double, double>> g;  // (tiles, us), means over each group
+    bool one_tile_each = true;  // every distribution one tile per active expert
     for (std::size_t i = 0; i < at.size();) {
       std::size_t j = i;
       double sum_tiles = 0, sum_us = 0;
-      for (; j < at.size() && at[j].tiles <= at[i].tiles * 1.02; ++j) sum_tiles += at[j].tiles, sum_us += at[j].us;
+      for (; j < at.size() && at[j].tiles <= at[i].tiles * 1.02; ++j) {
+        sum_tiles += at[j].tiles, sum_us += at[j].us;
+        one_tile_each = one_tile_each && at[j].active > 0 && std::abs(at[j].tiles - at[j].active) < 0.5;
+      }
       const auto n = static_cast<double>(j - i);
       g.emplace_back(sum_tiles / n, sum_us / n);
       i = j;
     }
-    if (g.size() == 1) return g.front().second;
+    // One point: no slope to follow. With every measured expert holding one tile (few rows: the
+    // stage reads each active expert's weights once), time in proportion to the tiles; else the
+    // point's own time.
+    if (g.size() == 1) return one_tile_each ? g.front().second * tiles / g.front().first : g.front().second;
     if (tiles < g.front().first)
       return bounded(tiles, g[0].first, g[0].second, lerp(tiles, g[0].first, g[0].second, g[1].first, g[1].second));
     if (tiles > g.back().first) {

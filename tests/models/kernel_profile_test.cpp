@@ -207,6 +207,15 @@ TEST_CASE("With row tiles known on both sides the expert stage follows them", "[
                        "close.csv");
   const KernelProfile q = KernelProfile::read(close.path.string());
   CHECK(*q.time_us("experts", 8, 8, 4, 1, 16384, 1.0, 4, 250) == Approx(205 + (300 - 205) * (250 - 201.5) / (300 - 201.5)));
+  // All measured distributions at one tile count: no slope. With few rows (each active expert
+  // one tile: its weights read once) the time goes in proportion to the tiles; with more rows
+  // per expert it stays the measured time.
+  const TempFile one(header + "experts,s,8,8,8,1,4,a,1,4,80,0,0,4\nexperts,s,8,8,8,1,4,b,1,4,84,0,0,4\n"
+                              "experts,s,8,8,8,1,512,a,128,4,300,0,0,8\nexperts,s,8,8,8,1,512,b,128,4,300,0,0,8\n",
+                     "one.csv");
+  const KernelProfile o = KernelProfile::read(one.path.string());
+  CHECK(*o.time_us("experts", 8, 8, 8, 1, 4, 4.0, 2, 2) == Approx(41));   // half the tiles: 82 / 2
+  CHECK(*o.time_us("experts", 8, 8, 8, 1, 512, 2.0, 4, 6) == Approx(300));  // two tiles per expert
   // A row with a negative tile count, or 13 fields under the 14-column header, is refused.
   const TempFile negative(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,-1\n", "neg.csv");
   CHECK_THROWS_WITH(KernelProfile::read(negative.path.string()), Catch::Contains("neg.csv:2: bad row"));
