@@ -23,9 +23,10 @@
 // them (each distribution's tiles taken at the request's rows, distributions within 2 % of
 // each other in tiles averaged into one point): a grouped GEMM's time follows the tiles its
 // experts' rows fill, whether few rows spread over many experts (one tile each: the active
-// experts' weights are read) or one expert holds many; where all of them fill the same tiles,
-// in proportion to the tiles if each active expert holds one, else their time. Otherwise: where the measured
-// distributions differ in how many local experts have rows (by 10 % or more) and the caller
+// experts' weights are read) or one expert holds many; where all of them fill the same
+// tiles, in proportion to the tiles if each active expert holds one, else their time.
+// Otherwise: where the measured distributions differ in how many local experts have rows (by
+// 10 % or more) and the caller
 // says how many it has, linearly in that count first (with few rows per expert the stage reads
 // every active expert's weights, so its time follows them), then within each group of equal
 // count, linearly in the imbalance max/mean rows per local expert between the two measured
