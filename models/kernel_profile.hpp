@@ -15,28 +15,26 @@
 // columns has none, and the expert stage is then interpolated by active experts and imbalance).
 //
 // time_us() interpolates: along tokens, in log(tokens) and log(time) by a monotone cubic through
-// the measured counts (between the two around the request, shaped by their neighbours; a power
-// law stays one, a bend between two counts is followed, nothing overshoots the measured points;
-// never beyond the measured range: outside it, or for a shape the profile lacks, there is no
-// answer and the caller falls back to the roofline); across
-// distributions (experts): where the profile and the caller both know the row tiles, linearly in
-// them (each distribution's tiles taken at the request's rows, distributions within 2 % of
-// each other in tiles averaged into one point): a grouped GEMM's time follows the tiles its
-// experts' rows fill, whether few rows spread over many experts (one tile each: the active
-// experts' weights are read) or one expert holds many; where all of them fill the same
-// tiles, in proportion to the tiles if each active expert holds one, else their time.
-// Otherwise: where the measured distributions differ in how many local experts have rows (by
-// 10 % or more) and the caller
-// says how many it has, linearly in that count first (with few rows per expert the stage reads
-// every active expert's weights, so its time follows them), then within each group of equal
-// count, linearly in the imbalance max/mean rows per local expert between the two measured
-// distributions around the request. Beyond the measured counts, the tiles or the most skewed
-// distribution, along the last two points, kept between the edge's time and that time scaled
-// in proportion; never below zero. An expert stage at a local-expert count the profile lacks
-// (EP slots with redundant experts: 5, 9, 33, ...) lies between the measured counts on either
-// side, each asked for the same rows spread alike (its active experts from the request's as if
-// rows fell at random, one tile per active expert more or less), linearly in active experts
-// (or in the count where those agree); beyond the measured counts, no answer.
+// the measured counts (between the two around the request, shaped by their neighbours; a power law
+// stays one, a bend between two counts is followed, nothing overshoots the measured points; never
+// beyond the measured range: outside it, or for a shape the profile lacks, there is no answer and
+// the caller falls back to the roofline); across distributions (experts): where the profile and the
+// caller both know the row tiles, linearly in them (each distribution's tiles taken at the
+// request's rows, distributions within 2 % of each other in tiles averaged into one point): a
+// grouped GEMM's time follows the tiles its experts' rows fill, whether few rows spread over many
+// experts (one tile each: the active experts' weights are read) or one expert holds many; where all
+// of them fill the same tiles, in proportion to the tiles if each active expert holds one, else
+// their time. Otherwise: where the measured distributions differ in how many local experts have
+// rows (by 10 % or more) and the caller says how many it has, linearly in that count first (with
+// few rows per expert the stage reads every active expert's weights, so its time follows them),
+// then within each group of equal count, linearly in the imbalance max/mean rows per local expert
+// between the two measured distributions around the request. Beyond the measured counts, the tiles
+// or the most skewed distribution, along the last two points, kept between the edge's time and that
+// time scaled in proportion; never below zero. An expert stage at a local-expert count the profile
+// lacks (EP slots with redundant experts: 5, 9, 33, ...) lies between the measured counts on either
+// side, each asked for the same rows spread alike (its active experts from the request's as if rows
+// fell at random, one tile per active expert more or less), linearly in active experts (or in the
+// count where those agree); beyond the measured counts, no answer.
 //
 // Accuracy against whole-layer timings the sweep did not have, and of the interpolation on the
 // profile's own rows: docs/validation.md (`moesim check-profile`, `--leave-one-out`).
