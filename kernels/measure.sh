@@ -4,8 +4,9 @@
 # expert GEMM paths' A/B, a routing trace, and the PyTorch yardstick (where python3 has torch).
 #   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek] [moe-profile options, e.g. --grid dense]
 # Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, late.csv (the whole-layer rows timed again
-# at the end of each shape), gemm_ab.csv, histograms.csv, trace.csv, torch.csv, clocks.csv and log.txt. With BIN_DIR set to a folder holding the built binaries, skips the
-# build; with TORCH=0, the PyTorch yardstick. Stops at the first failed check: an unchecked
+# at the end of each shape), gemm_ab.csv, histograms.csv, trace.csv, torch.csv, clocks.csv and
+# log.txt. With BIN_DIR set to a folder holding the built binaries, skips the build; with
+# TORCH=0, the PyTorch yardstick. Stops at the first failed check: an unchecked
 # layer is never timed. A long sweep can be split by shape over several runs; the profiles'
 # rows (after their header) concatenate.
 set -euo pipefail
