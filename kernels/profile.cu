@@ -27,6 +27,7 @@
 #include <ctime>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -230,6 +231,23 @@ std::vector<std::string> split(const std::string& list) {
   return out;
 }
 
+// The counts in a comma-separated option value, each a whole number in 1 ... max that `ok`
+// accepts; or, naming the option and the first bad value with `what` it should be, nothing.
+std::optional<std::vector<int>> counts(const std::string& list, const char* option, long max, const char* what,
+                                       bool (*ok)(long) = nullptr) {
+  std::vector<int> out;
+  for (const auto& v : split(list)) {
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (*end != '\0' || n < 1 || n > max || (ok && !ok(n))) {
+      std::fprintf(stderr, "moe-profile: %s: '%s' is not %s\n", option, v.c_str(), what);
+      return std::nullopt;
+    }
+    out.push_back(static_cast<int>(n));
+  }
+  return out;
+}
+
 }  // namespace
 
 // The counts a sweep measures up to `max`: powers of two, and with `dense` also the points half
@@ -296,48 +314,25 @@ int main(int argc, char** argv) {
     }
   }
   // Held-out token counts: never on the sweep's grid, or they would not be held out.
-  std::vector<int> heldout_tokens;
+  const auto listed_tokens = counts(heldout_list, "--heldout-tokens", 65536, "a token count in 1 ... 65536");
+  // Held-out local-expert counts (EP slots the sweep does not measure, e.g. with redundant
+  // experts): never one the sweep measures for any shape (powers of two up to 32).
+  const auto heldout_experts =
+      counts(heldout_experts_list, "--heldout-experts", 4096,
+             "a local-expert count the sweep leaves out (a count in 1 ... 4096, not a power of two up to 32)",
+             [](long n) { return n > 32 || (n & (n - 1)) != 0; });
+  const auto locals = counts(locals_list, "--locals", 4096, "a local-expert count in 1 ... 4096");
+  if (!listed_tokens || !heldout_experts || !locals) return 2;
+  std::vector<int> heldout_tokens = *listed_tokens;
   if (heldout_list.empty())
     heldout_tokens = dense ? std::vector<int>{5, 20, 80, 320, 1280, 5120, 20480, 40960}
                            : std::vector<int>{3, 24, 96, 384, 1536, 6144, 24576, 49152};
-  for (const auto& v : split(heldout_list)) {
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    if (*end != '\0' || n < 1 || n > 65536) {
-      std::fprintf(stderr, "moe-profile: --heldout-tokens: '%s' is not a token count in 1 ... 65536\n", v.c_str());
-      return 2;
-    }
-    heldout_tokens.push_back(static_cast<int>(n));
-  }
   std::sort(heldout_tokens.begin(), heldout_tokens.end());
-  // Held-out local-expert counts (EP slots the sweep does not measure, e.g. with redundant
-  // experts): never one the sweep measures for any shape (powers of two up to 32).
-  std::vector<int> heldout_experts;
-  for (const auto& v : split(heldout_experts_list)) {
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    if (*end != '\0' || n < 1 || n > 4096 || (n <= 32 && (n & (n - 1)) == 0)) {
-      std::fprintf(stderr, "moe-profile: --heldout-experts: '%s' is not a local-expert count the sweep leaves out "
-                   "(a count in 1 ... 4096, not a power of two up to 32)\n", v.c_str());
-      return 2;
-    }
-    heldout_experts.push_back(static_cast<int>(n));
-  }
-  std::vector<int> locals;
-  for (const auto& v : split(locals_list)) {
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    if (*end != '\0' || n < 1 || n > 4096) {
-      std::fprintf(stderr, "moe-profile: --locals: '%s' is not a local-expert count in 1 ... 4096\n", v.c_str());
-      return 2;
-    }
-    locals.push_back(static_cast<int>(n));
-  }
   if (experts_only && heldout_only) {
     std::fprintf(stderr, "moe-profile: --experts-only and --heldout-only leave nothing to measure together\n");
     return 2;
   }
-  if (!heldout_experts.empty() && heldout_path.empty()) {
+  if (!heldout_experts->empty() && heldout_path.empty()) {
     std::fprintf(stderr, "moe-profile: --heldout-experts writes into the --heldout file: give --heldout FILE\n");
     return 2;
   }
@@ -531,7 +526,7 @@ int main(int argc, char** argv) {
       if (heldout.is_open() && !experts_only) {
         // Held-out: the expert stage on local-expert counts the sweep does not have, at the
         // held-out counts as rows, under the held-out distributions.
-        for (const int local : heldout_experts) {
+        for (const int local : *heldout_experts) {
           if (local >= c.experts) continue;
           const Config cl = local_config(local);
           const Weights wl = local_weights(local);
@@ -554,7 +549,7 @@ int main(int argc, char** argv) {
         }
       }
       for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
-        if (!locals.empty() && std::find(locals.begin(), locals.end(), local) == locals.end()) continue;
+        if (!locals->empty() && std::find(locals->begin(), locals->end(), local) == locals->end()) continue;
         const Config cl = local_config(local);
         const Weights wl = local_weights(local);
         const int max_rows = local_max_rows(cl);

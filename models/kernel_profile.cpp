@@ -330,6 +330,22 @@ std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, 
   return us;
 }
 
+namespace {
+// A row's own point in its curve (the profile's rows are its points: it is there).
+template <class P>
+const P& own_point(const std::vector<P>& pts, std::int64_t tokens) {
+  return *std::find_if(pts.begin(), pts.end(), [&](const P& p) { return p.tokens == static_cast<double>(tokens); });
+}
+}  // namespace
+
+void KernelProfile::Check::add(const Row& measured, double imbalance, std::optional<double> predicted_us) {
+  if (!predicted_us || measured.median_us <= 0) {
+    ++uncovered;
+    return;
+  }
+  cases.push_back({measured, imbalance, *predicted_us, (*predicted_us - measured.median_us) / measured.median_us});
+}
+
 KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
   Check c;
   for (const auto& r : measured.rows) {
@@ -340,11 +356,7 @@ KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
     const auto us = r.kernel == "layer"
                         ? layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles)
                         : time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles);
-    if (!us) {
-      ++c.uncovered;
-      continue;
-    }
-    c.cases.push_back({r, imbalance, *us, (*us - r.median_us) / r.median_us});
+    c.add(r, imbalance, us);
   }
   return c;
 }
@@ -354,7 +366,7 @@ KernelProfile::Check KernelProfile::leave_one_out() const {
   KernelProfile without = *this;  // each row's point is taken out of its curve, then put back
   for (const auto& r : rows) {
     auto& pts = without.curves_.at(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k}).at(r.distribution);
-    const auto at = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
+    const auto at = std::find_if(pts.begin(), pts.end(), [&](const auto& p) { return p.tokens == static_cast<double>(r.tokens); });
     if (at == pts.end() || at == pts.begin() || at + 1 == pts.end()) continue;  // an end of its curve
     const Point point = *at;
     const auto index = at - pts.begin();
@@ -363,11 +375,7 @@ KernelProfile::Check KernelProfile::leave_one_out() const {
     const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance,
                                     experts ? point.active : -1.0, experts && point.tiles > 0 ? point.tiles : -1.0);
     pts.insert(pts.begin() + index, point);
-    if (!us || r.median_us <= 0) {
-      ++c.uncovered;
-      continue;
-    }
-    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
+    c.add(r, point.imbalance, us);
   }
   return c;
 }
@@ -381,16 +389,11 @@ KernelProfile::Check KernelProfile::leave_one_distribution_out() const {
     if (by_distribution.size() < 3) continue;
     auto node = by_distribution.extract(r.distribution);
     const auto& pts = node.mapped();
-    const auto own = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
-    const Point point = *own;
+    const Point point = own_point(pts, r.tokens);
     const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
                                     point.tiles > 0 ? point.tiles : -1.0);
     by_distribution.insert(std::move(node));
-    if (!us || r.median_us <= 0) {
-      ++c.uncovered;
-      continue;
-    }
-    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
+    c.add(r, point.imbalance, us);
   }
   return c;
 }
@@ -402,16 +405,11 @@ KernelProfile::Check KernelProfile::leave_one_expert_count_out() const {
     if (r.kernel != "experts") continue;
     auto node = without.curves_.extract(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k});
     const auto& pts = node.mapped().at(r.distribution);
-    const auto own = std::find_if(pts.begin(), pts.end(), [&](const Point& p) { return p.tokens == static_cast<double>(r.tokens); });
-    const Point point = *own;
+    const Point point = own_point(pts, r.tokens);
     const auto us = without.between_expert_counts(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
                                                   point.tiles > 0 ? point.tiles : -1.0);
     without.curves_.insert(std::move(node));
-    if (!us || r.median_us <= 0) {
-      ++c.uncovered;
-      continue;
-    }
-    c.cases.push_back({r, point.imbalance, *us, (*us - r.median_us) / r.median_us});
+    c.add(r, point.imbalance, us);
   }
   return c;
 }

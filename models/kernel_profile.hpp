@@ -110,6 +110,8 @@ struct KernelProfile {
     std::vector<Case> cases;
     int uncovered = 0;  // rows outside the profile's range
     Check only(const std::string& kernel) const;  // the cases of one kernel ("layer", "experts")
+    // A case: `measured` against `predicted_us`; nothing predicted (or no measured time): uncovered.
+    void add(const Row& measured, double imbalance, std::optional<double> predicted_us);
     double median_abs_error() const;
     double p90_abs_error() const;  // the 90th percentile (nearest rank)
     double worst_abs_error() const;

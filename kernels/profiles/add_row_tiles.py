@@ -3,6 +3,7 @@
 
     python3 kernels/profiles/add_row_tiles.py PROFILE HISTOGRAMS KIND > OUT
     python3 kernels/profiles/add_row_tiles.py --check ANNOTATED HISTOGRAMS KIND
+    python3 kernels/profiles/add_row_tiles.py --tile-rows N PROFILE HISTOGRAMS KIND > OUT
 
 PROFILE is a profile or held-out file (models/kernel_profile.hpp), HISTOGRAMS the per-expert row
 counts the same moe-profile run wrote with --hist, KIND `profile` or `heldout` (its `file`
@@ -11,8 +12,11 @@ row without a routing (router, dense_gemm) gets 0. Every row with a routing must
 in HISTOGRAMS, and their maximum and number of active experts must equal the row's own
 max_expert_tokens and active_experts, or nothing is written. The timings are copied unchanged.
 --check: exit 1 unless ANNOTATED is exactly what this adds to it without the column (a CTest
-runs it on the committed files).
+runs it on the committed files). --tile-rows N: tiles of N rows instead (an annotated PROFILE has
+its column replaced), to judge other tile sizes with `moesim check-profile
+--leave-one-distribution-out --profile OUT`; the simulator counts tiles of 64 rows.
 """
+import argparse
 import csv
 import math
 import os
@@ -37,7 +41,7 @@ def counts_of(histograms, kind):
     return counts
 
 
-def annotate(lines, profile, histograms, counts):
+def annotate(lines, profile, histograms, counts, tile_rows=TILE_ROWS):
     out = []
     for n, line in enumerate(lines, 1):
         if line.startswith("#") or not line:
@@ -45,7 +49,7 @@ def annotate(lines, profile, histograms, counts):
             continue
         if line == HEADER:
             source = os.path.relpath(histograms, os.path.dirname(os.path.abspath(profile)))
-            out.append(f"{COMMENT}the sum over experts of ceil(rows / {TILE_ROWS}), added after the measurement by "
+            out.append(f"{COMMENT}the sum over experts of ceil(rows / {tile_rows}), added after the measurement by "
                        f"kernels/profiles/add_row_tiles.py from the per-expert row counts the same run recorded ({source})")
             out.append(line + ",row_tiles")
             continue
@@ -60,30 +64,40 @@ def annotate(lines, profile, histograms, counts):
             sys.exit(f"{profile}:{n}: no per-expert counts for this row in {histograms}")
         if max(c) != int(f[8]) or sum(1 for x in c if x) != int(f[9]):
             sys.exit(f"{profile}:{n}: the counts in {histograms} do not match max_expert_tokens and active_experts")
-        out.append(line + "," + str(sum(math.ceil(x / TILE_ROWS) for x in c)))
+        out.append(line + "," + str(sum(math.ceil(x / tile_rows) for x in c)))
     return out
 
 
+def bare(lines):
+    """The lines without the row_tiles column and its comment."""
+    return [line.rsplit(",", 1)[0] if line and not line.startswith("#") else line
+            for line in lines if not line.startswith(COMMENT)]
+
+
 def main():
-    check = len(sys.argv) == 5 and sys.argv[1] == "--check"
-    args = sys.argv[2:] if check else sys.argv[1:]
-    if len(args) != 3 or args[2] not in ("profile", "heldout"):
-        sys.exit("usage: add_row_tiles.py [--check] PROFILE HISTOGRAMS profile|heldout")
-    profile, histograms, kind = args
-    with open(profile) as f:
+    parser = argparse.ArgumentParser(usage="add_row_tiles.py [--check | --tile-rows N] PROFILE HISTOGRAMS profile|heldout")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--tile-rows", type=int, default=TILE_ROWS)
+    parser.add_argument("profile")
+    parser.add_argument("histograms")
+    parser.add_argument("kind", choices=("profile", "heldout"))
+    a = parser.parse_args()
+    if a.tile_rows < 1 or (a.check and a.tile_rows != TILE_ROWS):
+        sys.exit(f"add_row_tiles.py: --tile-rows takes a row count of 1 or more, and --check checks {TILE_ROWS}-row tiles")
+    with open(a.profile) as f:
         lines = f.read().splitlines()
-    counts = counts_of(histograms, kind)
-    if not check:
-        sys.stdout.write("\n".join(annotate(lines, profile, histograms, counts)) + "\n")
+    counts = counts_of(a.histograms, a.kind)
+    annotated = any(line.endswith(",row_tiles") for line in lines)
+    if not a.check:
+        out = annotate(bare(lines) if annotated else lines, a.profile, a.histograms, counts, a.tile_rows)
+        sys.stdout.write("\n".join(out) + "\n")
         return
     # The file without the column, annotated again, must be the file.
-    bare = [line.rsplit(",", 1)[0] if line and not line.startswith("#") else line
-            for line in lines if not line.startswith(COMMENT)]
-    again = annotate(bare, profile, histograms, counts)
+    again = annotate(bare(lines), a.profile, a.histograms, counts)
     if again != lines:
-        wrong = next(i for i, (a, b) in enumerate(zip(again + [""] * len(lines), lines), 1) if a != b)
-        sys.exit(f"{profile}:{wrong}: row_tiles is not what {histograms} gives")
-    print(f"{profile}: row_tiles as {histograms} gives, {sum(1 for x in lines if x and not x.startswith('#')) - 1} rows")
+        wrong = next(i for i, (x, y) in enumerate(zip(again + [""] * len(lines), lines), 1) if x != y)
+        sys.exit(f"{a.profile}:{wrong}: row_tiles is not what {a.histograms} gives")
+    print(f"{a.profile}: row_tiles as {a.histograms} gives, {sum(1 for x in lines if x and not x.startswith('#')) - 1} rows")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ namespace {
 
 const std::string kHeader =
     "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,p90_us\n";
+// The same with the optional row_tiles column.
+const std::string kTilesHeader = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
 
 // A synthetic profile for the tests (made up here, not measured: it exercises the reader and
 // the interpolation, and says nothing about any GPU).
@@ -183,8 +185,7 @@ TEST_CASE("With row tiles known on both sides the expert stage follows them", "[
   // 32, 32: 3 + 1 + 1 + 1 = 6 tiles) at 140 us, and one hot expert (253, 1, 1, 1: 4 + 3 = 7
   // tiles) at 150 us. Hot is the most skewed by imbalance, but a request at 5 tiles lies
   // between uniform and the skewed one: 120 us, whatever its imbalance.
-  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
-  const TempFile f(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,zipf,160,4,140,0,0,6\n"
+  const TempFile f(kTilesHeader + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,zipf,160,4,140,0,0,6\n"
                             "experts,s,8,8,4,1,256,hot,253,4,150,0,0,7\nrouter,s,8,8,4,2,128,-,0,0,9,0,0,0\n",
                    "tiles.csv");
   const KernelProfile p = KernelProfile::read(f.path.string());
@@ -202,7 +203,7 @@ TEST_CASE("With row tiles known on both sides the expert stage follows them", "[
   // Distributions within 2 % in tiles are one point, their mean: 200 and 203 tiles (200 and
   // 210 us: 201.5 tiles, 205 us) and 300 tiles (300 us); a request at 250 tiles gets about
   // 251.8 us on the line from that mean, not a line through the two close ones.
-  const TempFile close(header + "experts,s,8,8,4,1,16384,a,4096,4,200,0,0,200\nexperts,s,8,8,4,1,16384,b,5000,4,210,0,0,203\n"
+  const TempFile close(kTilesHeader + "experts,s,8,8,4,1,16384,a,4096,4,200,0,0,200\nexperts,s,8,8,4,1,16384,b,5000,4,210,0,0,203\n"
                                 "experts,s,8,8,4,1,16384,c,9000,4,300,0,0,300\n",
                        "close.csv");
   const KernelProfile q = KernelProfile::read(close.path.string());
@@ -210,16 +211,16 @@ TEST_CASE("With row tiles known on both sides the expert stage follows them", "[
   // All measured distributions at one tile count: no slope. With few rows (each active expert
   // one tile: its weights read once) the time goes in proportion to the tiles; with more rows
   // per expert it stays the measured time.
-  const TempFile one(header + "experts,s,8,8,8,1,4,a,1,4,80,0,0,4\nexperts,s,8,8,8,1,4,b,1,4,84,0,0,4\n"
+  const TempFile one(kTilesHeader + "experts,s,8,8,8,1,4,a,1,4,80,0,0,4\nexperts,s,8,8,8,1,4,b,1,4,84,0,0,4\n"
                               "experts,s,8,8,8,1,512,a,128,4,300,0,0,8\nexperts,s,8,8,8,1,512,b,128,4,300,0,0,8\n",
                      "one.csv");
   const KernelProfile o = KernelProfile::read(one.path.string());
   CHECK(*o.time_us("experts", 8, 8, 8, 1, 4, 4.0, 2, 2) == Approx(41));   // half the tiles: 82 / 2
   CHECK(*o.time_us("experts", 8, 8, 8, 1, 512, 2.0, 4, 6) == Approx(300));  // two tiles per expert
   // A row with a negative tile count, or 13 fields under the 14-column header, is refused.
-  const TempFile negative(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,-1\n", "neg.csv");
+  const TempFile negative(kTilesHeader + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0,-1\n", "neg.csv");
   CHECK_THROWS_WITH(KernelProfile::read(negative.path.string()), Catch::Contains("neg.csv:2: bad row"));
-  const TempFile short_row(header + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0\n", "short.csv");
+  const TempFile short_row(kTilesHeader + "experts,s,8,8,4,1,256,uniform,64,4,100,0,0\n", "short.csv");
   CHECK_THROWS_WITH(KernelProfile::read(short_row.path.string()), Catch::Contains("short.csv:2: expected 14 fields, got 13"));
 }
 
@@ -229,8 +230,7 @@ TEST_CASE("Leave-one-distribution-out judges the expert stage across routings", 
   // extrapolated along the same line, also exactly. A fourth with a time off the line is missed
   // by its distance from it. Router rows and groups with fewer than three distributions do not
   // count.
-  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
-  const TempFile f(header + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
+  const TempFile f(kTilesHeader + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
                             "experts,s,8,8,4,1,256,c,150,4,180,0,0,8\nrouter,s,8,8,4,2,128,-,0,0,9,0,0,0\n"
                             "experts,s,8,8,2,1,256,a,128,2,50,0,0,4\nexperts,s,8,8,2,1,256,b,200,2,60,0,0,5\n",
                    "lodo.csv");
@@ -238,7 +238,7 @@ TEST_CASE("Leave-one-distribution-out judges the expert stage across routings", 
   const auto c = p.leave_one_distribution_out();
   REQUIRE(c.cases.size() == 3);
   for (const auto& x : c.cases) CHECK(x.error == Approx(0).margin(1e-12));
-  const TempFile g(header + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
+  const TempFile g(kTilesHeader + "experts,s,8,8,4,1,256,a,64,4,100,0,0,4\nexperts,s,8,8,4,1,256,b,100,4,140,0,0,6\n"
                             "experts,s,8,8,4,1,256,c,150,4,180,0,0,8\nexperts,s,8,8,4,1,256,d,120,4,175,0,0,7\n",
                    "lodo2.csv");
   const auto d = KernelProfile::read(g.path.string()).leave_one_distribution_out();
@@ -250,8 +250,7 @@ TEST_CASE("Leave-one-distribution-out judges the expert stage across routings", 
 TEST_CASE("A local-expert count the profile lacks lies between the measured counts either side", "[models][profile]") {
   // The expert stage measured on 2 and on 8 local experts (one distribution each): 4096 rows,
   // all experts active, 64 tiles, 200 and 400 us; 2 rows on 2 experts, 100 and 110 us.
-  const std::string header = kHeader.substr(0, kHeader.size() - 1) + ",row_tiles\n";
-  const TempFile f(header + "experts,s,8,8,2,1,4096,uniform,2048,2,200,0,0,64\nexperts,s,8,8,8,1,4096,uniform,512,8,400,0,0,64\n"
+  const TempFile f(kTilesHeader + "experts,s,8,8,2,1,4096,uniform,2048,2,200,0,0,64\nexperts,s,8,8,8,1,4096,uniform,512,8,400,0,0,64\n"
                             "experts,s,8,8,2,1,2,uniform,1,2,100,0,0,2\nexperts,s,8,8,8,1,2,uniform,1,2,110,0,0,2\n",
                    "counts.csv");
   const KernelProfile p = KernelProfile::read(f.path.string());
@@ -276,7 +275,7 @@ TEST_CASE("A local-expert count the profile lacks lies between the measured coun
   CHECK(p.leave_one_expert_count_out().cases.empty());
   // Measured expert stages at such a count (moe-profile --heldout-experts) are checked as the
   // stage alone, beside whole layers.
-  const TempFile measured(header + "experts,s,8,8,4,1,4096,uniform,1024,4,250,0,0,64\n", "measured.csv");
+  const TempFile measured(kTilesHeader + "experts,s,8,8,4,1,4096,uniform,1024,4,250,0,0,64\n", "measured.csv");
   const auto c = p.check(KernelProfile::read(measured.path.string()));
   REQUIRE(c.only("experts").cases.size() == 1);
   CHECK(c.only("layer").cases.empty());
