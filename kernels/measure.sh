@@ -14,12 +14,13 @@ out=${1:?usage: kernels/measure.sh OUT_DIR [--quick | --shapes LIST]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
-# The card's clocks, power and temperature once a second while this runs (OUT_DIR/clocks.csv):
-# an H100 under load sits at its power cap and clocks down, and timings taken hot and cold differ.
+# The card's clocks, power and temperature every 250 ms while this runs (OUT_DIR/clocks.csv):
+# an H100 under heavy work reaches its power cap within a second and clocks down, so timings
+# taken in the first second of heavy work and later differ (moe-profile --sustain).
 # Timestamps in UTC, as moe-profile's progress lines in log.txt, to line the two up.
 if command -v nvidia-smi >/dev/null; then
   TZ=UTC nvidia-smi --query-gpu=timestamp,clocks.current.sm,clocks.current.memory,power.draw,temperature.gpu,clocks_event_reasons.active \
-    --format=csv -l 1 >"$out/clocks.csv" 2>/dev/null &
+    --format=csv -lms 250 >"$out/clocks.csv" 2>/dev/null &
   smi=$!
   trap 'kill $smi 2>/dev/null || true' EXIT
 fi

@@ -33,6 +33,7 @@
 
 #include "check.cuh"
 #include "moe_layer.cuh"
+#include "sustain.hpp"
 
 using namespace moe;
 
@@ -51,14 +52,48 @@ std::string now_utc() {
   return buf;
 }
 
-// Median and spread over `repeats` timed runs after three warm-up runs; runs past 2 ms are
-// repeated fewer times (at least 7), keeping a long sweep inside its time.
+std::string fmt_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g s", s);
+  return buf;
+}
+
+// Heavy measurements are timed in the GPU's sustained state (sustain.hpp): --sustain seconds
+// of heavy work without a pause first (0: as they come). How often that took extra runs, and
+// how long, goes into the progress lines.
+SustainedLoad sustained(2.0);
+struct Sustains {
+  int count = 0;
+  double seconds = 0;
+};
+Sustains sustains;
+
+// Median and spread over `repeats` timed runs after three warm-up runs (and, for heavy work, as
+// many more as the sustained state needs); runs past 2 ms are repeated fewer times (at least
+// 7), keeping a long sweep inside its time.
 Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) {
   cudaEvent_t a, b;
   check(cudaEventCreate(&a), "event");
   check(cudaEventCreate(&b), "event");
-  for (int i = 0; i < 3; ++i) run();  // warm-up
+  // Warm-up: three runs, the last two also telling how long a run takes (the first may load
+  // modules or pick a cuBLAS algorithm).
+  const auto begin = SustainedLoad::Clock::now();
+  run();
   check(cudaStreamSynchronize(s), "warm-up");
+  const auto second = SustainedLoad::Clock::now();
+  run();
+  run();
+  check(cudaStreamSynchronize(s), "warm-up");
+  const double run_us = 1e6 / 2 * std::chrono::duration<double>(SustainedLoad::Clock::now() - second).count();
+  if (sustained.remaining(begin, run_us, SustainedLoad::Clock::now()) > 0) {
+    const auto start = SustainedLoad::Clock::now();
+    do {
+      run();
+      check(cudaStreamSynchronize(s), "sustained load");
+    } while (sustained.remaining(begin, run_us, SustainedLoad::Clock::now()) > 0);
+    ++sustains.count;
+    sustains.seconds += std::chrono::duration<double>(SustainedLoad::Clock::now() - start).count();
+  }
   std::vector<double> us;
   for (int i = 0; i < repeats; ++i) {
     if (i == 7 && us[0] > 2000) break;
@@ -72,6 +107,7 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
+  if (sustained.heavy(run_us)) sustained.ended(SustainedLoad::Clock::now());
   std::sort(us.begin(), us.end());
   const auto at = [&](double q) { return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1) + 0.5)]; };
   return {at(0.5), at(0.1), at(0.9)};
@@ -266,7 +302,7 @@ std::vector<int> grid(int max, bool dense) {
 int main(int argc, char** argv) {
   std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path, late_path;
   bool quick = false, heldout_only = false, dense = false, experts_only = false;
-  std::string locals_list;
+  std::string locals_list, sustain_list = "2";
   std::string heldout_list, heldout_experts_list;
   int passes = 1;
   int repeats = 20;
@@ -286,6 +322,7 @@ int main(int argc, char** argv) {
     else if (a == "--late" && i + 1 < argc) late_path = argv[++i];
     else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
+    else if (a == "--sustain" && i + 1 < argc) sustain_list = argv[++i];
     else if (a == "--grid" && i + 1 < argc && (std::string(argv[i + 1]) == "pow2" || std::string(argv[i + 1]) == "dense"))
       dense = std::string(argv[++i]) == "dense";
     else if (a == "--heldout-tokens" && i + 1 < argc) heldout_list = argv[++i];
@@ -295,7 +332,7 @@ int main(int argc, char** argv) {
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
-                   "                   [--locals N,N,...] [--experts-only] [--late FILE]\n"
+                   "                   [--locals N,N,...] [--experts-only] [--late FILE] [--sustain SECONDS]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
@@ -309,7 +346,10 @@ int main(int argc, char** argv) {
                    "  --heldout-only: only the held-out timings (--passes times over); --stages FILE: each\n"
                    "  held-out case also stage by stage, with the expert GEMM path it took; --hist FILE: the\n"
                    "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
-                   "  expert GEMM path its timing took (grouped or loop; - where it has no expert stage)\n");
+                   "  expert GEMM path its timing took (grouped or loop; - where it has no expert stage)\n"
+                   "  --sustain SECONDS: time heavy work (a run of 0.5 ms or more) only after this long of heavy\n"
+                   "  work without a pause, the GPU's sustained state under its power cap (default 2; 0: as it\n"
+                   "  comes, the GPU's top clock for the first second of heavy work)\n");
       return 2;
     }
   }
@@ -323,6 +363,15 @@ int main(int argc, char** argv) {
              [](long n) { return n > 32 || (n & (n - 1)) != 0; });
   const auto locals = counts(locals_list, "--locals", 4096, "a local-expert count in 1 ... 4096");
   if (!listed_tokens || !heldout_experts || !locals) return 2;
+  {
+    char* end = nullptr;
+    const double seconds = std::strtod(sustain_list.c_str(), &end);
+    if (sustain_list.empty() || *end != '\0' || !(seconds >= 0 && seconds <= 60)) {
+      std::fprintf(stderr, "moe-profile: --sustain: '%s' is not a number of seconds in 0 ... 60\n", sustain_list.c_str());
+      return 2;
+    }
+    sustained = SustainedLoad(seconds);
+  }
   std::vector<int> heldout_tokens = *listed_tokens;
   if (heldout_list.empty())
     heldout_tokens = dense ? std::vector<int>{5, 20, 80, 320, 1280, 5120, 20480, 40960}
@@ -382,6 +431,12 @@ int main(int argc, char** argv) {
         << "\n# cuda_driver: " << dev.driver << "\n# date: " << date << "\n# repeats: " << repeats
         << " (at least 7 for runs past 2 ms; a measurement whose median is over 1.25x its 10th percentile taken again, up to 3 times, the lowest median kept)\n# checked: bf16 layer vs float64 reference before timing (kernels/check.cuh bounds)\n"
         << "# grid: " << (dense ? "dense (1, 2, 3, 4, 6, 8, ...)" : "pow2 (1, 2, 4, 8, ...)") << "\n"
+        << "# sustained: "
+        << (sustained.seconds() > 0
+                ? "heavy work (a run of 0.5 ms or more) timed after " + fmt_seconds(sustained.seconds()) +
+                      " of heavy work without a pause of more than 0.2 s (kernels/sustain.hpp)"
+                : std::string("no (heavy work timed as it came)"))
+        << "\n"
         << "# experts GEMMs: per size class the faster of cublasGemmGroupedBatchedEx and a cublasGemmEx loop (automatic)\n"
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us,row_tiles\n";
@@ -618,9 +673,10 @@ int main(int argc, char** argv) {
         late.flush();
         std::printf("%s %-8s whole layer timed again\n", now_utc().c_str(), s.c_str());
       }
-      std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all)\n", now_utc().c_str(), s.c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), warm_ups.count,
-                  warm_ups.seconds);
+      std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all; %d heavy measurements "
+                  "brought to the sustained state, %.1f s in all)\n",
+                  now_utc().c_str(), s.c_str(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                  warm_ups.count, warm_ups.seconds, sustains.count, sustains.seconds);
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
   } catch (const std::exception& e) {

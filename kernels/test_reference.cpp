@@ -1,5 +1,6 @@
 // Host test (no GPU): the float64 reference's definition on hand-derived cases, and the data
 // generators. Plain C++17; exits non-zero with a message on the first failure.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "reference.hpp"
+#include "sustain.hpp"
 
 namespace {
 
@@ -117,6 +119,27 @@ int main() {
   expect(capacity(big, 100) == -1, "dropless capacity");
   big.capacity_factor = 1.25;
   expect(capacity(big, 100) == 32, "capacity ceil(1.25 x 100 x 4 / 16) = 32");
+
+  // The sustained-load rule of moe-profile's timings (sustain.hpp), on time points given here.
+  {
+    using Clock = SustainedLoad::Clock;
+    const Clock::time_point t0{};
+    const auto at = [&](double s) { return t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s)); };
+    const auto near = [](double a, double b) { return std::fabs(a - b) < 1e-6; };
+    SustainedLoad load(2.0);
+    expect(load.remaining(at(0), 100, at(0.1)) == 0 && !load.heavy(100), "light work (0.1 ms a run) is timed as it comes");
+    expect(near(load.remaining(at(1), 800, at(1.1)), 1.9), "heavy work after a pause: 2 s from its first run");
+    expect(near(load.remaining(at(1), 800, at(1.5)), 1.5), "asking again for the same measurement: the same stretch");
+    expect(load.remaining(at(1), 800, at(3.0)) == 0, "2 s of it: timed");
+    load.ended(at(3.2));
+    expect(load.remaining(at(3.3), 5000, at(3.35)) == 0, "heavy work 0.1 s after the last: the stretch goes on");
+    load.ended(at(3.5));
+    expect(load.remaining(at(3.55), 50, at(3.6)) == 0, "light work between, 0.1 s");
+    expect(load.remaining(at(3.65), 600, at(3.65)) == 0, "does not end it (a pause of 0.2 s at most)");
+    expect(near(load.remaining(at(4.0), 600, at(4.0)), 2.0), "a pause of 0.5 s ends the stretch: 2 s again");
+    SustainedLoad off(0);
+    expect(off.remaining(at(0), 1e6, at(0)) == 0 && !off.heavy(1e6), "--sustain 0: nothing run before timing");
+  }
   if (failures == 0) std::printf("ok: reference checks passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -76,6 +76,29 @@ busy = [s for s in samples if float(s[3].split()[0]) > 200]
 capped = [s for s in busy if int(s[5], 16) & 0x4]
 clocks = [int(s[1].split()[0]) for s in busy]
 print(f"clock log: {len(capped)} of {len(busy)} samples above 200 W under the software power cap, SM clock {min(clocks)}-{max(clocks)} MHz")
+# The first long stretch of heavy work in that log (5 s or more of samples above 150 W): how
+# long the top clock held, where the power cap took over, the clock under it, and after the end.
+watts = [float(s[3].split()[0]) for s in samples]
+i = 1
+while True:
+    while watts[i] <= 150 or watts[i - 1] > 150:
+        i += 1
+    j = next(k for k in range(i, len(samples)) if watts[k] <= 150) - 1
+    if j - i >= 20:
+        break
+    i = j + 1
+while int(samples[j][5], 16) & 0x4 == 0:
+    j -= 1  # the last sample under the cap
+cap = next(k for k in range(i, j) if int(samples[k][5], 16) & 0x4)
+mhz = lambda s: int(s[1].split()[0])  # noqa: E731
+hms = lambda s: f"{s[0].split()[1][3:5]}:{float(s[0].split()[1][6:]):04.1f}"  # noqa: E731 - MM:SS.s
+top = max(k for k in range(i, cap) if mhz(samples[k]) == 1980)
+settled = sorted(mhz(samples[k]) for k in range(cap + 3, j + 1) if int(samples[k][5], 16) & 0x4)
+mid = settled[len(settled) // 4], settled[3 * len(settled) // 4]
+print(f"clock log, heavy work from {samples[i][0].split()[1][:2]}:{hms(samples[i])}: {mhz(samples[top])} MHz up to {hms(samples[top])}, "
+      f"{mhz(samples[cap])} MHz at {hms(samples[cap])} under the cap, from 0.75 s later {settled[0]}-{settled[-1]} MHz, "
+      f"the middle half {mid[0]}-{mid[1]}, under the cap until {hms(samples[j])}, "
+      f"{mhz(samples[j + 2])} MHz at {hms(samples[j + 2])}")
 
 # The same run's held-out cases with each stage also timed alone right after the whole layer.
 st = rows(os.path.join(measure, "earlier-router", "heldout-stages.csv"))

@@ -1,0 +1,63 @@
+// When a heavy measurement may be timed: the GPU's sustained state under heavy work.
+//
+// An H100 SXM at its 700 W power cap holds its top SM clock (1980 MHz) for about a second of
+// heavy work, then settles 25-30 % lower for as long as the work goes on (the card's clock log
+// of an earlier run, every 250 ms, kernels/profiles/h100-measure/earlier-router/
+// heldout-repeat-nvidia-smi.csv: heavy work from 18:11:19.6, 1980 MHz up to 20.4, 1665 MHz at
+// 20.6 under the software power cap, then 1335-1965 MHz, the middle half 1410-1485, until
+// 37.9; back at 1980 MHz at 38.4; kernels/profiles/summarize.py prints these). A heavy kernel
+// timed right after light work therefore runs faster than the same kernel in a long run, or
+// than its neighbours timed later in a stretch of heavy work. A training or serving step keeps
+// the GPU busy for seconds, so the profile times heavy work in that sustained state:
+//
+// - a measurement is heavy when one run takes `heavy_us` or more (the GPU kept busy, not
+//   waiting on launches and host syncs); light ones are timed as they come;
+// - a heavy measurement is timed only once heavy work has run for `seconds` without a pause of
+//   more than `pause_s` (the measured work itself is run until then; heavy measurements back
+//   to back, as in a sweep along rows, share one stretch).
+//
+// Plain C++ on time points the caller passes, so that the rule is tested without a GPU
+// (test_reference.cpp).
+#pragma once
+
+#include <chrono>
+
+namespace moe {
+
+class SustainedLoad {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit SustainedLoad(double seconds, double heavy_us = 500, double pause_s = 0.2)
+      : seconds_(seconds), heavy_us_(heavy_us), pause_s_(pause_s) {}
+
+  double seconds() const { return seconds_; }
+  bool heavy(double run_us) const { return seconds_ > 0 && run_us >= heavy_us_; }
+
+  // A measurement whose warm-up runs began at `begin`, one run taking `run_us`: how many more
+  // seconds of the same work to run before timing it (0: light, or the stretch it continues is
+  // long enough). The stretch starts at `begin` unless the last heavy measurement ended at
+  // most pause_s before it. Asking again with the same `begin` is the same question.
+  double remaining(Clock::time_point begin, double run_us, Clock::time_point now) {
+    if (!heavy(run_us)) return 0;
+    if (!ended_ || seconds_between(until_, begin) > pause_s_) since_ = begin;
+    const double left = seconds_ - seconds_between(since_, now);
+    return left > 0 ? left : 0;
+  }
+
+  // The heavy measurement's timed runs ended at `end`: the stretch goes on to here.
+  void ended(Clock::time_point end) {
+    until_ = end;
+    ended_ = true;
+  }
+
+ private:
+  static double seconds_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  }
+  double seconds_, heavy_us_, pause_s_;
+  bool ended_ = false;
+  Clock::time_point since_{}, until_{};
+};
+
+}  // namespace moe
