@@ -4,11 +4,11 @@
 # expert GEMM paths' A/B, a routing trace, and the PyTorch yardstick (where python3 has torch).
 #   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek] [moe-profile options, e.g. --grid dense]
 # Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, late.csv (the whole-layer rows timed again
-# at the end of each shape), gemm_ab.csv, histograms.csv, trace.csv, torch.csv, clocks.csv and
-# log.txt. With BIN_DIR set to a folder holding the built binaries, skips the build; with
-# TORCH=0, the PyTorch yardstick. Stops at the first failed check: an unchecked
-# layer is never timed. A long sweep can be split by shape over several runs; the profiles'
-# rows (after their header) concatenate.
+# at the end of each shape), gemm_ab.csv, histograms.csv, timings.csv (when each row was timed,
+# to line up with clocks.csv), trace.csv, torch.csv, clocks.csv and log.txt. With BIN_DIR set
+# to a folder holding the built binaries, skips the build; with TORCH=0, the PyTorch
+# yardstick. Stops at the first failed check: an unchecked layer is never timed. A long sweep
+# can be split by shape over several runs; the profiles' rows (after their header) concatenate.
 set -euo pipefail
 out=${1:?usage: kernels/measure.sh OUT_DIR [--quick | --shapes LIST]}
 shift
@@ -38,7 +38,7 @@ fi
   trace=()
   case " $* " in *" --shapes "*) ;; *) trace=(--trace "$out/trace.csv") ;; esac
   "$bin/moe-profile" --out "$out/${gpu:-gpu}.csv" --heldout "$out/heldout.csv" --late "$out/late.csv" --ab "$out/gemm_ab.csv" \
-    --hist "$out/histograms.csv" "${trace[@]}" "$@"
+    --hist "$out/histograms.csv" --timings "$out/timings.csv" "${trace[@]}" "$@"
   if [ "${TORCH:-1}" != 0 ] && python3 -c 'import torch' 2>/dev/null; then
     shapes=small
     case " $* " in *" --shapes "*) shapes=$(echo "$*" | sed 's/.*--shapes \([^ ]*\).*/\1/' | tr , ' ') ;; esac

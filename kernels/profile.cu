@@ -41,10 +41,26 @@ namespace {
 
 struct Timing {
   double median, p10, p90;
+  // When it was taken (wall clock, for lining it up with the card's clock log), how long one
+  // run took in its warm-up, the seconds spent bringing heavy work to the sustained state, and
+  // the attempts (a measurement with a slow period is taken again).
+  std::chrono::system_clock::time_point begin{}, end{};
+  double run_us = 0, sustained_s = 0;
+  int attempts = 1;
 };
 
 // The wall-clock time (UTC, HH:MM:SS) for the progress lines, to line them up with the card's
 // clock log (kernels/measure.sh writes clocks.csv with nvidia-smi's timestamps).
+// A wall-clock time as nvidia-smi's timestamps read under TZ=UTC: 2026/11/22 18:10:30.347.
+std::string utc_ms(std::chrono::system_clock::time_point t) {
+  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count() % 1000;
+  char buf[32], out[40];
+  std::strftime(buf, sizeof buf, "%Y/%m/%d %H:%M:%S", std::gmtime(&secs));
+  std::snprintf(out, sizeof out, "%s.%03d", buf, static_cast<int>(ms));
+  return out;
+}
+
 std::string now_utc() {
   const std::time_t t = std::time(nullptr);
   char buf[16];
@@ -110,7 +126,9 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
   if (sustained.heavy(run_us)) sustained.ended(SustainedLoad::Clock::now());
   std::sort(us.begin(), us.end());
   const auto at = [&](double q) { return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1) + 0.5)]; };
-  return {at(0.5), at(0.1), at(0.9)};
+  Timing t{at(0.5), at(0.1), at(0.9)};
+  t.run_us = run_us;
+  return t;
 }
 
 // The machines this runs on have slow periods (seen on an H100: a stage at twice its time for
@@ -157,12 +175,17 @@ void warm_gpu() {
 Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   static auto last = std::chrono::steady_clock::time_point{};
   if (std::chrono::steady_clock::now() - last > std::chrono::seconds(1)) warm_gpu();
+  const auto begin = std::chrono::system_clock::now();
+  const double sustained_before = sustains.seconds;
   Timing best = time_once(run, repeats, s);
-  for (int attempt = 1; attempt < 3 && best.median > 1.25 * best.p10; ++attempt) {
+  int attempts = 1;
+  for (; attempts < 3 && best.median > 1.25 * best.p10; ++attempts) {
     const Timing again = time_once(run, repeats, s);
     if (again.median < best.median) best = again;
   }
   last = std::chrono::steady_clock::now();
+  best.begin = begin, best.end = std::chrono::system_clock::now();
+  best.sustained_s = sustains.seconds - sustained_before, best.attempts = attempts;
   return best;
 }
 
@@ -300,7 +323,7 @@ std::vector<int> grid(int max, bool dense) {
 }
 
 int main(int argc, char** argv) {
-  std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path, late_path;
+  std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path, late_path, timings_path;
   bool quick = false, heldout_only = false, dense = false, experts_only = false;
   std::string locals_list, sustain_list = "2";
   std::string heldout_list, heldout_experts_list;
@@ -320,6 +343,7 @@ int main(int argc, char** argv) {
     else if (a == "--stages" && i + 1 < argc) stages_path = argv[++i];
     else if (a == "--hist" && i + 1 < argc) hist_path = argv[++i];
     else if (a == "--late" && i + 1 < argc) late_path = argv[++i];
+    else if (a == "--timings" && i + 1 < argc) timings_path = argv[++i];
     else if (a == "--passes" && i + 1 < argc) passes = std::max(1, std::atoi(argv[++i]));
     else if (a == "--repeats" && i + 1 < argc) repeats = std::max(7, std::atoi(argv[++i]));
     else if (a == "--sustain" && i + 1 < argc) sustain_list = argv[++i];
@@ -332,7 +356,7 @@ int main(int argc, char** argv) {
                    "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
-                   "                   [--locals N,N,...] [--experts-only] [--late FILE] [--sustain SECONDS]\n"
+                   "                   [--locals N,N,...] [--experts-only] [--late FILE] [--sustain SECONDS] [--timings FILE]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
@@ -349,7 +373,9 @@ int main(int argc, char** argv) {
                    "  expert GEMM path its timing took (grouped or loop; - where it has no expert stage)\n"
                    "  --sustain SECONDS: time heavy work (a run of 0.5 ms or more) only after this long of heavy\n"
                    "  work without a pause, the GPU's sustained state under its power cap (default 2; 0: as it\n"
-                   "  comes, the GPU's top clock for the first second of heavy work)\n");
+                   "  comes, the GPU's top clock for the first second of heavy work); --timings FILE: when\n"
+                   "  each row of the other files was timed (UTC, as measure.sh's clock log), how long a run\n"
+                   "  took and the seconds of sustained load before it\n");
       return 2;
     }
   }
@@ -441,7 +467,14 @@ int main(int argc, char** argv) {
         << "kernel,shape,hidden,ffn,experts,top_k,tokens,distribution,max_expert_tokens,active_experts,median_us,p10_us,"
            "p90_us,row_tiles\n";
     };
-    std::ofstream out(out_path), heldout, ab, stages, hist, late;
+    std::ofstream out(out_path), heldout, ab, stages, hist, late, timings;
+    if (!timings_path.empty()) {
+      timings.open(timings_path);
+      timings << "# when moe-profile timed each row of its files (UTC, as nvidia-smi's timestamps under TZ=UTC); gpu: "
+              << dev.name << "; sustained state: " << fmt_seconds(sustained.seconds())
+              << " of heavy work first (0 s: off)\n"
+              << "file,kernel,shape,experts,top_k,tokens,distribution,begin_utc,end_utc,run_us,sustained_s,attempts,median_us\n";
+    }
     if (!hist_path.empty()) {
       hist.open(hist_path);
       hist << "# per-expert row counts of the routings behind moe-profile's rows; gpu: " << dev.name << "; date: " << date
@@ -478,8 +511,13 @@ int main(int argc, char** argv) {
       f << kernel << ',' << c.name << ',' << c.hidden << ',' << c.ffn << ',' << c.experts << ',' << c.top_k << ','
         << tokens << ',' << dist << ',' << top << ',' << active << ',' << tm.median << ',' << tm.p10 << ',' << tm.p90
         << ',' << tiles << '\n';
+      const char* file = &f == &heldout ? "heldout" : &f == &late ? "late" : "profile";
+      if (timings.is_open())
+        timings << file << ',' << kernel << ',' << c.name << ',' << c.experts << ',' << c.top_k << ',' << tokens << ','
+                << dist << ',' << utc_ms(tm.begin) << ',' << utc_ms(tm.end) << ',' << tm.run_us << ','
+                << tm.sustained_s << ',' << tm.attempts << ',' << tm.median << std::endl;  // kept if the run is cut off
       if (r && hist.is_open()) {
-        hist << (&f == &heldout ? "heldout" : &f == &late ? "late" : "profile") << ',' << kernel << ',' << c.name << ',' << c.experts << ','
+        hist << file << ',' << kernel << ',' << c.name << ',' << c.experts << ','
              << c.top_k << ',' << tokens << ',' << dist << ',' << gemm << ',';
         for (std::size_t e = 0; e < r->counts.size(); ++e) hist << (e ? " " : "") << r->counts[e];
         hist << '\n';
