@@ -8,7 +8,7 @@
 # to line up with clocks.csv), trace.csv, torch.csv, clocks.csv and log.txt. With BIN_DIR set
 # to a folder holding the built binaries, skips the build; with TORCH=0, the PyTorch
 # yardstick. Stops at the first failed check: an unchecked layer is never timed. A long sweep
-# can be split by shape over several runs; the profiles' rows (after their header) concatenate.
+# can be split by shape (and --locals) over several runs; kernels/profiles/merge.py joins them.
 set -euo pipefail
 out=${1:?usage: kernels/measure.sh OUT_DIR [--quick | --shapes LIST]}
 shift
