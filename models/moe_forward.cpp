@@ -253,6 +253,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm, bool model_work) 
   const bool twice = gemm && p < passes() && backward(p);
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
   if (model_work) model_flops_ += static_cast<double>(run.flops);
+  last_profiled_ = false;
   return scaled(roofline_.time(run), gpu);
 }
 
@@ -282,6 +283,7 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
   }
   ++profile_hits_;
   model_flops_ += static_cast<double>(work.flops);
+  last_profiled_ = true;
   return scaled(Time::ps(std::llround(us * 1e6)), gpu);
 }
 
@@ -301,10 +303,11 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
   const Time start = sim_.now();
-  sim_.schedule_in(duration, [this, gpu, stage, start, next] {
+  const bool profiled = last_profiled_;  // duration is the time last asked for
+  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled] {
     const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(std::min(p, passes() - 1)), stage,
-                                   start, sim_.now(), p < passes() && backward(p)});
+                                   start, sim_.now(), p < passes() && backward(p), profiled});
     (this->*next)(gpu);
   });
 }

@@ -138,6 +138,9 @@ class MoeForward {
   sim::Time router_time(int gpu, std::int64_t tokens);  // router and permute
   sim::Time reduce_time(int gpu, std::int64_t tokens, std::int64_t kept);  // combine
   std::int64_t profile_hits_ = 0, profile_misses_ = 0;
+  // Whether the compute time last asked for came from the profile (profiled()) or the roofline
+  // (cost()): the stage run_stage starts next is recorded with it.
+  bool last_profiled_ = false;
   KernelCost dense_cost() const;
   void after_passes(int gpu);
   KernelCost attention(std::int64_t tokens) const;

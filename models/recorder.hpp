@@ -38,6 +38,7 @@ struct StageRecord {
   sim::Time start;
   sim::Time end;
   bool backward = false;
+  bool profiled = false;  // a compute stage whose time came from the measured kernel profile
 };
 
 // One all-to-all flow (src != dst), reported when its last byte has arrived.

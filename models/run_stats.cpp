@@ -19,6 +19,7 @@ void RunStats::on_stage(const StageRecord& r) {
   GpuStats& g = gpus_[r.gpu.index()];
   g.stage_total[s] += d;
   if (r.backward) g.backward_total += d;
+  if (r.profiled) g.stage_profiled[s] += d;
   g.finish = sim::max(g.finish, r.end);
   if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense)
     return;  // once per step (the dense layers together), not part of any MoE layer

@@ -45,6 +45,28 @@ double steady(double x) { return std::nearbyint(x * 1e9) / 1e9; }
 
 std::string ratio(double num, double den) { return fmt::format("{:.4f}", den > 0 ? num / den : 0.0); }
 
+// Of a GPU's compute time (every stage but the network waits), the share whose kernel times came
+// from the measured profile.
+double profiled_fraction(const models::GpuStats& g) {
+  double compute = 0, profiled = 0;
+  for (const Stage s : models::kStages) {
+    if (models::is_network_wait(s)) continue;
+    compute += static_cast<double>(g.stage_total[idx(s)].count_ps());
+    profiled += static_cast<double>(g.stage_profiled[idx(s)].count_ps());
+  }
+  return compute > 0 ? steady(profiled / compute) : 0.0;
+}
+
+// Where a compute stage's time came from, for the summary's breakdown: "  (profile)",
+// "  (roofline)", or both with their shares.
+std::string time_source(sim::Time total, sim::Time profiled) {
+  if (total <= sim::Time::zero()) return "";
+  if (profiled >= total) return "  (profile)";
+  if (profiled <= sim::Time::zero()) return "  (roofline)";
+  const double p = 100 * static_cast<double>(profiled.count_ps()) / static_cast<double>(total.count_ps());
+  return fmt::format("  (profile {:.0f}%, roofline {:.0f}%)", p, 100 - p);
+}
+
 struct Totals {
   std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0, scale_out_bytes = 0;
   double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
@@ -229,15 +251,15 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const std::int64_t tokens = f.tokens_per_gpu * gpus;
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,seed,gpus,ep,moe_layers,tokens_per_gpu,"
+  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,moe_layers,tokens_per_gpu,"
          "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
          "infeasible_reason\n";
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
-             sc.workload_kind, r.network_model, r.compute_source, f.seed, gpus, f.ep,
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+             sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
              f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
@@ -377,10 +399,11 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
   for (const auto& s : t.stages()) {
     const int g = static_cast<int>(s.gpu.index());
     sep();
-    fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}}}}})",
-               models::is_network_wait(s.stage) ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
-               s.backward ? " (backward)" : "",
-               models::is_network_wait(s.stage) ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer);
+    const bool wait = models::is_network_wait(s.stage);
+    fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}{}}}}})",
+               wait ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
+               s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
+               wait ? "" : s.profiled ? R"(,"source":"profile")" : R"(,"source":"roofline")");
   }
   // Links: one process, a track per link that was ever busy.
   if (!t.link_busy().empty()) {
@@ -444,6 +467,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       fmt::print(out, "  cost        {:.4g} per million tokens ({:.4g} per step at {} per GPU-hour)\n",
                  e.cost_per_million_tokens, e.cost_per_step, sc.gpu_hour_price);
   }
+  const models::GpuStats& gp = r.stats.gpus()[static_cast<std::size_t>(crit)];
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
@@ -451,7 +475,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
                (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
-               models::is_network_wait(s) ? "  (network)" : "");
+               models::is_network_wait(s) ? std::string("  (network)") : time_source(d, gp.stage_profiled[idx(s)]));
   }
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,
@@ -463,9 +487,14 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       r.compute_source != "roofline" && f.profile
           ? fmt::format(" (measured on {}: {})", f.profile->gpu.empty() ? std::string("an unnamed GPU") : f.profile->gpu, f.profile->source)
           : "";
-  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}\n", r.network_model,
+  const double profiled = profiled_fraction(gp);
+  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}{}\n", r.network_model,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
-             models::to_string(f.all_to_all.algorithm), r.compute_source, measured_on);
+             models::to_string(f.all_to_all.algorithm), r.compute_source, measured_on,
+             r.compute_source == "roofline"
+                 ? std::string()
+                 : fmt::format("; {:.1f}% of GPU {}'s compute time from the profile, the rest from the roofline{}", 100 * profiled,
+                               crit, f.training ? " (backward passes and the optimizer among it)" : ""));
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.
     const topology::Cluster cluster(sc.cluster);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <string>
 #include <tuple>
 
@@ -15,6 +16,7 @@
 
 using namespace moesim;
 using models::KernelProfile;
+using models::Stage;
 namespace fs = std::filesystem;
 
 namespace {
@@ -351,6 +353,42 @@ routing: {distribution: trace, trace: )" + std::string(MOESIM_SOURCE_DIR) + "/ke
   std::string h800 = mixtral;
   h800.replace(h800.find("gpu: H100"), 9, "gpu: H800");
   CHECK(scenarios::run_experiment(scenarios::load_scenario_text(h800, "m.yaml")).compute_source == "roofline");
+}
+
+TEST_CASE("Each compute stage's time is recorded with its source: the profile or the roofline", "[models][profile]") {
+  const std::string mixtral = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32}
+parallelism: {ep: 8}
+workload: {tokens_per_gpu: 1024)";
+  const auto sum = [](const auto& a) { return std::accumulate(a.begin(), a.end(), sim::Time::zero()); };
+  for (const bool training : {false, true}) {
+    INFO((training ? "training" : "forward"));
+    const auto r = scenarios::run_experiment(
+        scenarios::load_scenario_text(mixtral + (training ? ", kind: training}\n" : "}\n"), "m.yaml"));
+    REQUIRE(r.compute_source == "profile");
+    for (const auto& g : r.stats.gpus()) {
+      const auto& total = g.stage_total;
+      const auto& prof = g.stage_profiled;
+      // Attention has no profile rows: always the roofline. Network waits are neither.
+      CHECK(prof[static_cast<std::size_t>(Stage::attention)] == sim::Time::zero());
+      CHECK(prof[static_cast<std::size_t>(Stage::dispatch)] == sim::Time::zero());
+      for (const Stage s : {Stage::router, Stage::experts, Stage::reduce}) {
+        const auto i = static_cast<std::size_t>(s);
+        REQUIRE(total[i] > sim::Time::zero());
+        if (!training) {
+          CHECK(prof[i] == total[i]);  // every forward MoE stage from the profile
+        } else {
+          // The profile measures the forward pass: the backward's stages are the roofline's.
+          CHECK(prof[i] > sim::Time::zero());
+          CHECK(prof[i] < total[i]);
+        }
+      }
+      CHECK(sum(prof) <= sum(total) - g.backward_total);
+      if (!training) CHECK(sum(prof) == total[static_cast<std::size_t>(Stage::router)] + total[static_cast<std::size_t>(Stage::experts)] +
+                                         total[static_cast<std::size_t>(Stage::reduce)]);
+    }
+  }
 }
 
 TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][profile]") {

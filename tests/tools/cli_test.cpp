@@ -95,7 +95,11 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
     // The quickstart is an H100 scenario: its kernel times come from the measured profile, and
     // the summary says which.
     CHECK_THAT(r.out, Catch::Contains("compute: profile (measured on NVIDIA H100 80GB HBM3: "
-                                      "kernels/profiles/nvidia-h100-80gb-hbm3.csv (built in))"));
+                                      "kernels/profiles/nvidia-h100-80gb-hbm3.csv (built in)); "));
+    // ... and for how much of the time, stage by stage: attention has no profile rows.
+    CHECK_THAT(r.out, Catch::Matches("[\\s\\S]*% of GPU [0-9]+'s compute time from the profile, the rest from the roofline\n[\\s\\S]*"));
+    CHECK_THAT(r.out, Catch::Matches("[\\s\\S]*\n    experts +[0-9.]+ ms +[0-9.]+%  \\(profile\\)\n[\\s\\S]*"));
+    CHECK_THAT(r.out, Catch::Matches("[\\s\\S]*\n    attention +[0-9.]+ ms +[0-9.]+%  \\(roofline\\)\n[\\s\\S]*"));
   }
   for (const char* file : {"summary.csv", "layers.csv", "links.csv", "experts.csv", "gpus.csv"}) {
     INFO(file << " (regenerate with tools/regen-golden.sh and review the diff)");
