@@ -202,6 +202,140 @@ std::vector<double> forward(const Config& c, const Weights& w, const bf16_bits* 
   return out;
 }
 
+Values values(const Config& c, const Weights& w, const bf16_bits* x, int tokens) {
+  const auto to_double = [](const bf16_bits* p, std::size_t n) {
+    std::vector<double> out(n);
+    for (std::size_t i = 0; i < n; ++i) out[i] = bf16_to_float(p[i]);
+    return out;
+  };
+  return {to_double(x, static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c.hidden)),
+          to_double(w.router.data(), w.router.size()), to_double(w.gate_up.data(), w.gate_up.size()),
+          to_double(w.down.data(), w.down.size())};
+}
+
+namespace {
+
+// Per token: the chosen experts' scores (softmax over all experts, or sigmoid) and their sum.
+struct Chosen {
+  std::vector<double> score;  // T x k
+  std::vector<double> sum;    // T
+};
+
+Chosen chosen_scores(const Config& c, const Values& v, const Routing& r) {
+  const auto h = static_cast<std::size_t>(c.hidden), e = static_cast<std::size_t>(c.experts);
+  const auto k = static_cast<std::size_t>(r.top_k), tokens = static_cast<std::size_t>(r.tokens);
+  Chosen out{std::vector<double>(tokens * k), std::vector<double>(tokens)};
+  std::vector<double> l(e);
+  for (std::size_t t = 0; t < tokens; ++t) {
+    std::fill(l.begin(), l.end(), 0.0);
+    for (std::size_t i = 0; i < h; ++i)
+      for (std::size_t j = 0; j < e; ++j) l[j] += v.x[t * h + i] * v.router[i * e + j];
+    double norm = 1;  // softmax's denominator over all experts (cancels in the gates)
+    if (c.scoring == Scoring::softmax) {
+      const double m = *std::max_element(l.begin(), l.end());
+      norm = 0;
+      for (auto& z : l) norm += z = std::exp(z - m);
+    }
+    for (std::size_t j = 0; j < k; ++j) {
+      const double z = l[static_cast<std::size_t>(r.experts[t * k + j])];
+      out.sum[t] += out.score[t * k + j] = c.scoring == Scoring::softmax ? z / norm : 1 / (1 + std::exp(-z));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<double> forward_values(const Config& c, const Values& v, const Routing& r) {
+  const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const auto k = static_cast<std::size_t>(r.top_k);
+  const Chosen s = chosen_scores(c, v, r);
+  std::vector<double> out(static_cast<std::size_t>(r.tokens) * h, 0.0);
+  std::vector<double> up(2 * f), act(f);
+  for (std::size_t t = 0; t < static_cast<std::size_t>(r.tokens); ++t)
+    for (std::size_t j = 0; j < k; ++j) {
+      const std::size_t a = t * k + j;
+      if (!r.kept(a)) continue;
+      const auto e = static_cast<std::size_t>(r.experts[a]);
+      const double* gu = v.gate_up.data() + e * h * 2 * f;
+      const double* dn = v.down.data() + e * f * h;
+      std::fill(up.begin(), up.end(), 0.0);
+      for (std::size_t i = 0; i < h; ++i)
+        for (std::size_t m = 0; m < 2 * f; ++m) up[m] += v.x[t * h + i] * gu[i * 2 * f + m];
+      for (std::size_t m = 0; m < f; ++m) act[m] = silu(up[m]) * up[f + m];
+      const double g = s.score[a] / s.sum[t];
+      for (std::size_t m = 0; m < f; ++m)
+        for (std::size_t o = 0; o < h; ++o) out[t * h + o] += g * act[m] * dn[m * h + o];
+    }
+  return out;
+}
+
+Values backward(const Config& c, const Values& v, const Routing& r, const std::vector<double>& dout) {
+  const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const auto e = static_cast<std::size_t>(c.experts), k = static_cast<std::size_t>(r.top_k);
+  const auto tokens = static_cast<std::size_t>(r.tokens);
+  const Chosen s = chosen_scores(c, v, r);
+  Values d{std::vector<double>(v.x.size(), 0.0), std::vector<double>(v.router.size(), 0.0),
+           std::vector<double>(v.gate_up.size(), 0.0), std::vector<double>(v.down.size(), 0.0)};
+  std::vector<double> up(2 * f), act(f), y(h), dact(f), dup(2 * f), dg(k);
+  for (std::size_t t = 0; t < tokens; ++t) {
+    const double* x = v.x.data() + t * h;
+    const double* go = dout.data() + t * h;
+    std::fill(dg.begin(), dg.end(), 0.0);
+    for (std::size_t j = 0; j < k; ++j) {
+      const std::size_t a = t * k + j;
+      if (!r.kept(a)) continue;  // a dropped assignment has no output: dg = 0
+      const auto ex = static_cast<std::size_t>(r.experts[a]);
+      const double* gu = v.gate_up.data() + ex * h * 2 * f;
+      const double* dn = v.down.data() + ex * f * h;
+      double* dgu = d.gate_up.data() + ex * h * 2 * f;
+      double* ddn = d.down.data() + ex * f * h;
+      std::fill(up.begin(), up.end(), 0.0);
+      for (std::size_t i = 0; i < h; ++i)
+        for (std::size_t m = 0; m < 2 * f; ++m) up[m] += x[i] * gu[i * 2 * f + m];
+      for (std::size_t m = 0; m < f; ++m) act[m] = silu(up[m]) * up[f + m];
+      std::fill(y.begin(), y.end(), 0.0);
+      for (std::size_t m = 0; m < f; ++m)
+        for (std::size_t o = 0; o < h; ++o) y[o] += act[m] * dn[m * h + o];
+      const double g = s.score[a] / s.sum[t];
+      for (std::size_t o = 0; o < h; ++o) dg[j] += y[o] * go[o];
+      // dy = g dout[t]: the down projection's gradients.
+      std::fill(dact.begin(), dact.end(), 0.0);
+      for (std::size_t m = 0; m < f; ++m)
+        for (std::size_t o = 0; o < h; ++o) {
+          ddn[m * h + o] += act[m] * g * go[o];
+          dact[m] += g * go[o] * dn[m * h + o];
+        }
+      // SwiGLU: act = silu(gate) * up.
+      for (std::size_t m = 0; m < f; ++m) {
+        const double z = up[m], sg = 1 / (1 + std::exp(-z));
+        dup[m] = dact[m] * up[f + m] * sg * (1 + z * (1 - sg));  // silu'(z) = sigma(z) (1 + z (1 - sigma(z)))
+        dup[f + m] = dact[m] * silu(z);
+      }
+      for (std::size_t i = 0; i < h; ++i)
+        for (std::size_t m = 0; m < 2 * f; ++m) {
+          dgu[i * 2 * f + m] += x[i] * dup[m];
+          d.x[t * h + i] += dup[m] * gu[i * 2 * f + m];
+        }
+    }
+    // The gates: g_j = s_j / sum over the chosen of s_i.
+    double mean = 0;  // sum_i g_i dg_i
+    for (std::size_t j = 0; j < k; ++j) mean += s.score[t * k + j] / s.sum[t] * dg[j];
+    for (std::size_t j = 0; j < k; ++j) {
+      const double sj = s.score[t * k + j], g = sj / s.sum[t];
+      // softmax: the full softmax's denominator cancels, so the gates are a softmax over the
+      // chosen logits; sigmoid: through the renormalisation, then sigma'.
+      const double dl = c.scoring == Scoring::softmax ? g * (dg[j] - mean) : (dg[j] - mean) / s.sum[t] * sj * (1 - sj);
+      const auto ex = static_cast<std::size_t>(r.experts[t * k + j]);
+      for (std::size_t i = 0; i < h; ++i) {
+        d.router[i * e + ex] += x[i] * dl;
+        d.x[t * h + i] += dl * v.router[i * e + ex];
+      }
+    }
+  }
+  return d;
+}
+
 Routing generated_routing(const Config& c, int tokens, const std::string& distribution, std::uint64_t seed) {
   const auto e = static_cast<std::size_t>(c.experts);
   std::vector<double> weight(e, 1.0);

@@ -77,6 +77,29 @@ void assign_ranks(const Config& c, Routing& r);
 // The layer's output (T x H) in float64, for the given routing.
 std::vector<double> forward(const Config& c, const Weights& w, const bf16_bits* x, const Routing& r);
 
+// The layer's backward pass, in float64. Inputs and weights as float64 values (from bf16 by
+// values(), or perturbed, to check the gradients by finite differences).
+struct Values {
+  std::vector<double> x;        // T x H
+  std::vector<double> router;   // H x E
+  std::vector<double> gate_up;  // E x (H x 2F)
+  std::vector<double> down;     // E x (F x H)
+};
+Values values(const Config& c, const Weights& w, const bf16_bits* x, int tokens);
+// The layer's output with r's choice of experts held fixed (top-k selection, group limits and
+// capacity drops are piecewise constant: no gradient flows through them) and the gates computed
+// from the logits x Wr: the chosen experts' softmax (or sigmoid) scores renormalised to sum 1
+// over all k chosen, dropped ones included. Equals forward() for a routing route_from_logits made.
+std::vector<double> forward_values(const Config& c, const Values& v, const Routing& r);
+// The gradients of sum(out .* dout) (dout: T x H, the gradient arriving at the layer's output)
+// with respect to the tokens and every weight, through forward_values: per kept assignment a of
+// token t to expert e, dy = g dout[t] and dg = y . dout[t]; the SwiGLU expert backward (d act =
+// dy Wd^T, dWd += act^T dy, d gate = d act * up * silu'(gate), d up = d act * silu(gate), dWgu
+// += x^T [d gate, d up], dx += [d gate, d up] Wgu^T); the gates' renormalisation and scoring
+// (softmax: dl_j = g_j (dg_j - sum_i g_i dg_i) over the chosen; sigmoid: ds_j = (dg_j - sum_i
+// g_i dg_i) / sum_i s_i, dl_j = ds_j s_j (1 - s_j)); dx += dl Wr^T, dWr += x^T dl.
+Values backward(const Config& c, const Values& v, const Routing& r, const std::vector<double>& dout);
+
 // Routing drawn from a named per-expert distribution, for timing the stages after the router on
 // controlled histograms: "uniform", "zipf:S" (expert i weighted (i+1)^-S) or "hot:P" (expert 0
 // draws P of the weight, the rest share 1 - P equally). Each token takes top_k distinct experts

@@ -120,6 +120,59 @@ int main() {
   big.capacity_factor = 1.25;
   expect(capacity(big, 100) == 32, "capacity ceil(1.25 x 100 x 4 / 16) = 32");
 
+  // The backward pass against central finite differences of forward_values, for softmax
+  // routing, sigmoid routing with group limits and bias, and capacity drops (a dropped
+  // assignment has no output but its score still renormalises the token's gates).
+  {
+    Config b;
+    b.hidden = 6, b.ffn = 5, b.experts = 4, b.top_k = 2;
+    Config sg = b;
+    sg.scoring = Scoring::sigmoid, sg.groups = 2, sg.max_groups = 1;
+    Config cap = b;
+    cap.capacity_factor = 0.5;  // 2 rows per expert (ceil(0.5 x 7 x 2 / 4)): some of the 14 assignments dropped
+    for (const Config& cfg : {b, sg, cap}) {
+      const int tokens = 7;
+      const Weights bw = random_weights(cfg, 21);
+      const auto bx = random_tokens(cfg, tokens, 22);
+      const Routing br = route_from_logits(cfg, bw, router_logits(cfg, bw, bx.data(), tokens), tokens);
+      const Values v = values(cfg, bw, bx.data(), tokens);
+      const std::string name = cfg.scoring == Scoring::sigmoid ? "sigmoid" : cfg.capacity_factor > 0 ? "capacity" : "softmax";
+      int dropped = 0;
+      for (std::size_t a = 0; a < br.experts.size(); ++a) dropped += !br.kept(a);
+      if (cfg.capacity_factor > 0) expect(dropped > 0, name + ": some assignments dropped");
+      // forward_values is forward() where the gates came from the logits.
+      const auto out = forward_values(cfg, v, br), ref = forward(cfg, bw, bx.data(), br);
+      double diff = 0, scale = 0;
+      for (std::size_t i = 0; i < out.size(); ++i) diff = std::max(diff, std::fabs(out[i] - ref[i])), scale = std::max(scale, std::fabs(ref[i]));
+      expect(scale > 0 && diff < 1e-6 * scale, name + ": forward_values matches forward");
+      std::vector<double> dout(out.size());
+      for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = std::sin(1.7 * static_cast<double>(i) + 0.3);
+      const auto loss = [&](const Values& p) {
+        const auto o = forward_values(cfg, p, br);
+        double l = 0;
+        for (std::size_t i = 0; i < o.size(); ++i) l += o[i] * dout[i];
+        return l;
+      };
+      const Values d = backward(cfg, v, br, dout);
+      const std::pair<const char*, std::vector<double> Values::*> parts[] = {
+          {"x", &Values::x}, {"router", &Values::router}, {"gate_up", &Values::gate_up}, {"down", &Values::down}};
+      for (const auto& [part, member] : parts) {
+        double worst = 0, largest = 0;
+        for (std::size_t i = 0; i < (v.*member).size(); ++i) {
+          Values p = v, m = v;
+          const double step = 1e-5;
+          (p.*member)[i] += step;
+          (m.*member)[i] -= step;
+          const double fd = (loss(p) - loss(m)) / (2 * step);
+          worst = std::max(worst, std::fabs(fd - (d.*member)[i]));
+          largest = std::max(largest, std::fabs(fd));
+        }
+        expect(largest > 0 && worst < 1e-6 * largest,
+               name + ": d" + part + " matches finite differences (worst " + std::to_string(worst / largest) + " of the largest)");
+      }
+    }
+  }
+
   // The sustained-load rule of moe-profile's timings (sustain.hpp), on time points given here.
   {
     using Clock = SustainedLoad::Clock;
