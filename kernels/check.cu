@@ -94,4 +94,43 @@ CheckResult check_layer(const Config& c, int tokens, int reference_tokens, std::
   return r;
 }
 
+std::string BackwardCheck::describe() const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%s: gradient errors: tokens %.2e, router %.2e, gate/up %.2e, down %.2e (bound %.0e) on %d tokens, %d "
+                "assignments dropped",
+                ok ? "ok" : "FAILED", x, router, gate_up, down, kGradientBound, tokens, dropped);
+  return buf;
+}
+
+BackwardCheck check_backward(const Config& c, int tokens, std::uint64_t seed) {
+  BackwardCheck r;
+  r.tokens = tokens;
+  const Weights w = random_weights(c, seed);
+  const std::vector<bf16_bits> x = random_tokens(c, tokens, seed + 1);
+  const std::vector<bf16_bits> g = random_tokens(c, tokens, seed + 2);  // the gradient at the output: random, not zeros
+  Layer layer(c, w, tokens);
+  DeviceBuffer dx(x.size()), dout(x.size()), dgrad(x.size()), ddx(x.size());
+  check(cudaMemcpy(dx.p, x.data(), x.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "tokens");
+  check(cudaMemcpy(dgrad.p, g.data(), g.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "output gradient");
+  // Poisoned first: every element must be written.
+  check(cudaMemset(ddx.p, 0xff, x.size() * sizeof(bf16_bits)), "poison");
+  layer.forward(dx.p, tokens, dout.p);
+  layer.zero_weight_gradients();
+  layer.backward(dx.p, dgrad.p, tokens, ddx.p);
+  check(cudaDeviceSynchronize(), "backward");
+  const Routing gpu = layer.routing(tokens);
+  for (std::size_t a = 0; a < gpu.experts.size(); ++a) r.dropped += !gpu.kept(a);
+  std::vector<double> gd(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) gd[i] = bf16_to_float(g[i]);
+  const Values want = backward(c, values(c, w, x.data(), tokens), gpu, gd);
+  r.x = relative_error(to_host(ddx, x.size()), want.x);
+  r.router = relative_error(layer.router_gradient(), want.router);
+  r.gate_up = relative_error(layer.gate_up_gradient(), want.gate_up);
+  r.down = relative_error(layer.down_gradient(), want.down);
+  const auto bad = [](double e) { return !(e <= kGradientBound); };  // NaN fails
+  r.ok = !bad(r.x) && !bad(r.router) && !bad(r.gate_up) && !bad(r.down);
+  return r;
+}
+
 }  // namespace moe

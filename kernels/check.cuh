@@ -22,6 +22,19 @@ struct CheckResult {
 // and the combine) within 2e-2; top-k choices may differ only on near-ties, at most 1 % of tokens.
 inline constexpr double kLogitsBound = 1e-2, kOutputBound = 2e-2, kRoutingMismatchBound = 0.01;
 
+// The backward pass against the reference's backward(): the gradients of the tokens and of the
+// router, gate/up and down weights, each relative to its largest value, on the router's own
+// routing. bf16 storage of the row gradients (dy, d act, d h1) and of the logits' gradient, with
+// fp32 accumulation: within 5e-2 (a wrong index or transpose gives errors of order 1).
+struct BackwardCheck {
+  double x = 0, router = 0, gate_up = 0, down = 0;
+  int tokens = 0, dropped = 0;
+  bool ok = false;
+  std::string describe() const;
+};
+inline constexpr double kGradientBound = 5e-2;
+BackwardCheck check_backward(const Config& c, int tokens, std::uint64_t seed);
+
 // Runs the layer on `tokens` random tokens (the router's own routing, then once more with a
 // generated routing through capacity and drops) and compares the first `reference_tokens`
 // tokens' outputs with the reference. Throws CudaError on CUDA failures.

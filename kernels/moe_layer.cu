@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 namespace moe {
 
@@ -196,6 +198,96 @@ __global__ void combine_kernel(const __nv_bfloat16* y, const int* row_of, const 
   }
 }
 
+// Backward kernels.
+
+// One block per token: for each of its k assignments, the kept row's gradient dy = gate x
+// dout[t] and the gate's gradient y . dout[t] (0 for a dropped assignment, which has no y).
+__global__ void combine_backward_kernel(const __nv_bfloat16* y, const __nv_bfloat16* dout, const int* row_of,
+                                        const float* gates, int k, int hidden, __nv_bfloat16* dy, float* dgates) {
+  __shared__ float partial[32];
+  const int t = blockIdx.x;
+  const __nv_bfloat16* go = dout + static_cast<std::size_t>(t) * hidden;
+  for (int j = 0; j < k; ++j) {
+    const int row = row_of[t * k + j];  // the same for the whole block
+    float acc = 0;
+    if (row >= 0) {
+      const float g = gates[t * k + j];
+      for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
+        const float d = __bfloat162float(go[h]);
+        dy[static_cast<std::size_t>(row) * hidden + h] = __float2bfloat16(g * d);
+        acc += __bfloat162float(y[static_cast<std::size_t>(row) * hidden + h]) * d;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float sum = 0;
+      for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) sum += partial[w];
+      dgates[t * k + j] = sum;
+    }
+    __syncthreads();
+  }
+}
+
+// act = silu(gate) * up: d gate = d act * up * silu'(gate), d up = d act * silu(gate), with
+// silu'(z) = sigma(z) (1 + z (1 - sigma(z))).
+__global__ void swiglu_backward_kernel(const __nv_bfloat16* h1, const __nv_bfloat16* dact, int rows, int ffn,
+                                       __nv_bfloat16* dh1) {
+  const std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<std::size_t>(rows) * ffn) return;
+  const std::size_t r = i / ffn, j = i % ffn;
+  const float g = __bfloat162float(h1[r * 2 * ffn + j]), u = __bfloat162float(h1[r * 2 * ffn + ffn + j]);
+  const float da = __bfloat162float(dact[i]), s = 1.0f / (1.0f + expf(-g));
+  dh1[r * 2 * ffn + j] = __float2bfloat16(da * u * s * (1.0f + g * (1.0f - s)));
+  dh1[r * 2 * ffn + ffn + j] = __float2bfloat16(da * g * s);
+}
+
+// One block per token: the sum of its kept rows' gradients (the scatter's gradient).
+__global__ void permute_backward_kernel(const __nv_bfloat16* dxperm, const int* row_of, int k, int hidden,
+                                        __nv_bfloat16* dx) {
+  const int t = blockIdx.x;
+  for (int h = threadIdx.x; h < hidden; h += blockDim.x) {
+    float acc = 0;
+    for (int j = 0; j < k; ++j) {
+      const int row = row_of[t * k + j];
+      if (row >= 0) acc += __bfloat162float(dxperm[static_cast<std::size_t>(row) * hidden + h]);
+    }
+    dx[static_cast<std::size_t>(t) * hidden + h] = __float2bfloat16(acc);
+  }
+}
+
+// One warp per token: the logits' gradient, zero but for the k chosen experts, through the gates'
+// renormalisation g_j = s_j / sum_i s_i over the chosen: softmax (the gates are a softmax over the
+// chosen logits) dl_j = g_j (dg_j - sum_i g_i dg_i); sigmoid dl_j = (dg_j - sum_i g_i dg_i) /
+// sum_i s_i x s_j (1 - s_j).
+__global__ void router_backward_kernel(const float* logits, const int* topk, const float* gates, const float* dgates,
+                                       int tokens, int experts, int k, int softmax, __nv_bfloat16* dlogits) {
+  const int t = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (t >= tokens) return;  // the whole warp
+  __nv_bfloat16* dl = dlogits + static_cast<std::size_t>(t) * experts;
+  for (int j = lane; j < experts; j += 32) dl[j] = __float2bfloat16(0.0f);
+  __syncwarp();
+  if (lane != 0) return;
+  const std::size_t a = static_cast<std::size_t>(t) * k;
+  float mean = 0, sum = 0;
+  for (int j = 0; j < k; ++j) {
+    mean += gates[a + j] * dgates[a + j];
+    if (!softmax) sum += 1.0f / (1.0f + expf(-logits[static_cast<std::size_t>(t) * experts + topk[a + j]]));
+  }
+  for (int j = 0; j < k; ++j) {
+    const int e = topk[a + j];
+    float d = dgates[a + j] - mean;
+    if (softmax) {
+      d *= gates[a + j];
+    } else {
+      const float s = 1.0f / (1.0f + expf(-logits[static_cast<std::size_t>(t) * experts + e]));
+      d = d / sum * s * (1.0f - s);
+    }
+    dl[e] = __float2bfloat16(d);
+  }
+}
+
 int blocks(std::size_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
 }  // namespace
@@ -249,8 +341,13 @@ Layer::~Layer() {
                                               vals_in_, vals_out_, sort_tmp_, counts_, offsets_, kept_offsets_, row_of_,
                                               xperm_, h1_, act_, y_, forced_topk_, forced_gates_, desc_dev_})
     cudaFree(p);
+  for (void* p : std::initializer_list<void*>{dy_, dact_, dh1_, dxperm_, dlogits_, dgates_, dgate_up_, ddown_, drouter_,
+                                              desc_bwd_dev_})
+    cudaFree(p);
   if (desc_host_) cudaFreeHost(desc_host_);
+  if (desc_bwd_host_) cudaFreeHost(desc_bwd_host_);
   if (desc_done_) cudaEventDestroy(desc_done_);
+  if (desc_bwd_done_) cudaEventDestroy(desc_bwd_done_);
   if (blas_) cublasDestroy(blas_);
 }
 
@@ -319,43 +416,45 @@ const char* name(ExpertGemm g) {
 }
 
 void Layer::experts() {
+  int active = 0;
+  for (const int n : kept_host_) active += n > 0;
+  if (active == 0) return;
+  run_experts(choose(tuned_, &Layer::run_experts));
+}
+
+ExpertGemm Layer::choose(std::map<std::pair<int, int>, ExpertGemm>& tuned, void (Layer::*run)(ExpertGemm)) {
+  if (gemm_ != ExpertGemm::automatic) return gemm_;
   int active = 0, rows = 0;
   for (const int n : kept_host_) active += n > 0, rows += n;
-  if (active == 0) return;
-  ExpertGemm g = gemm_;
-  if (g == ExpertGemm::automatic) {
-    const auto log2 = [](int v) {
-      int b = 0;
-      while ((1 << (b + 1)) <= v) ++b;
-      return b;
-    };
-    const std::pair<int, int> key{log2(rows), log2(active)};
-    const auto it = tuned_.find(key);
-    if (it != tuned_.end()) {
-      g = it->second;
-    } else {
-      // Time both once this size class is first seen (after one untimed run of each), keep the faster.
-      cudaEvent_t a, b;
-      check(cudaEventCreate(&a), "event");
-      check(cudaEventCreate(&b), "event");
-      float best = 0;
-      for (const ExpertGemm candidate : {ExpertGemm::grouped, ExpertGemm::loop}) {
-        run_experts(candidate);
-        check(cudaEventRecord(a, stream_), "event");
-        run_experts(candidate);
-        run_experts(candidate);
-        check(cudaEventRecord(b, stream_), "event");
-        check(cudaEventSynchronize(b), "event");
-        float ms = 0;
-        check(cudaEventElapsedTime(&ms, a, b), "event");
-        if (candidate == ExpertGemm::grouped || ms < best) best = ms, g = candidate;
-      }
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
-      tuned_[key] = g;
-    }
+  const auto log2 = [](int v) {
+    int b = 0;
+    while ((1 << (b + 1)) <= v) ++b;
+    return b;
+  };
+  const std::pair<int, int> key{log2(rows), log2(active)};
+  const auto it = tuned.find(key);
+  if (it != tuned.end()) return it->second;
+  // Time both once this size class is first seen (after one untimed run of each), keep the faster.
+  ExpertGemm g = ExpertGemm::grouped;
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  float best = 0;
+  for (const ExpertGemm candidate : {ExpertGemm::grouped, ExpertGemm::loop}) {
+    (this->*run)(candidate);
+    check(cudaEventRecord(a, stream_), "event");
+    (this->*run)(candidate);
+    (this->*run)(candidate);
+    check(cudaEventRecord(b, stream_), "event");
+    check(cudaEventSynchronize(b), "event");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "event");
+    if (candidate == ExpertGemm::grouped || ms < best) best = ms, g = candidate;
   }
-  run_experts(g);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  tuned[key] = g;
+  return g;
 }
 
 void Layer::run_experts(ExpertGemm g) {
@@ -447,6 +546,203 @@ void Layer::forward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* out) {
   permute(x, tokens);
   experts();
   combine(out, tokens);
+}
+
+void Layer::allocate_backward() {
+  if (dy_) return;
+  const auto t = static_cast<std::size_t>(max_tokens_), e = static_cast<std::size_t>(c_.experts);
+  const std::size_t a = t * static_cast<std::size_t>(c_.top_k);
+  const auto h = static_cast<std::size_t>(c_.hidden), f = static_cast<std::size_t>(c_.ffn);
+  dy_ = device_alloc<__nv_bfloat16>(a * h, "expert output gradient");
+  dact_ = device_alloc<__nv_bfloat16>(a * f, "activation gradient");
+  dh1_ = device_alloc<__nv_bfloat16>(a * 2 * f, "gate/up output gradient");
+  dxperm_ = device_alloc<__nv_bfloat16>(a * h, "permuted token gradient");
+  dgates_ = device_alloc<float>(a, "gate gradient");
+  dlogits_ = device_alloc<__nv_bfloat16>(t * e, "logit gradient");
+  dgate_up_ = device_alloc<__nv_bfloat16>(e * h * 2 * f, "gate/up weight gradient");
+  ddown_ = device_alloc<__nv_bfloat16>(e * f * h, "down weight gradient");
+  drouter_ = device_alloc<float>(h * e, "router weight gradient");
+  desc_bwd_dev_ = device_alloc<void*>(12 * e, "backward GEMM descriptors");
+  check(cudaMallocHost(reinterpret_cast<void**>(&desc_bwd_host_), 12 * e * sizeof(void*)), "backward GEMM descriptors");
+  check(cudaEventCreateWithFlags(&desc_bwd_done_, cudaEventDisableTiming), "backward descriptor event");
+  check(cudaEventRecord(desc_bwd_done_, stream_), "backward descriptor event");
+}
+
+void Layer::zero_weight_gradients() {
+  allocate_backward();
+  const auto e = static_cast<std::size_t>(c_.experts), h = static_cast<std::size_t>(c_.hidden),
+             f = static_cast<std::size_t>(c_.ffn);
+  check(cudaMemsetAsync(dgate_up_, 0, e * h * 2 * f * sizeof(__nv_bfloat16), stream_), "gradients");
+  check(cudaMemsetAsync(ddown_, 0, e * f * h * sizeof(__nv_bfloat16), stream_), "gradients");
+  check(cudaMemsetAsync(drouter_, 0, h * e * sizeof(float), stream_), "gradients");
+}
+
+void Layer::combine_backward(const __nv_bfloat16* dout, int tokens) {
+  allocate_backward();
+  combine_backward_kernel<<<tokens, 256, 0, stream_>>>(y_, dout, row_of_, gates_, c_.top_k, c_.hidden, dy_, dgates_);
+  check(cudaGetLastError(), "combine backward kernel");
+}
+
+void Layer::experts_backward() {
+  allocate_backward();
+  int active = 0;
+  for (const int n : kept_host_) active += n > 0;
+  if (active == 0) return;
+  run_experts_backward(choose(tuned_backward_, &Layer::run_experts_backward));
+}
+
+void Layer::run_experts_backward(ExpertGemm g) {
+  last_gemm_ = g;
+  const auto h = static_cast<std::size_t>(c_.hidden), f = static_cast<std::size_t>(c_.ffn);
+  const float one = 1, zero = 0;
+  // Column-major views, as forward: an expert's rows are columns (x_e: H x rows, h1_e: 2F x rows,
+  // act_e: F x rows, y_e: H x rows), Wgu_e is 2F x H (ld 2F) and Wd_e H x F (ld H).
+  //   d act_e (F x rows) = Wd_e^T dy_e          dWd_e (H x F) = dy_e act_e^T
+  //   d x_e (H x rows)   = Wgu_e^T d h1_e        dWgu_e (2F x H) = d h1_e x_e^T
+  const int H = c_.hidden, F = c_.ffn;
+  std::size_t row = 0;
+  if (g == ExpertGemm::loop) {
+    const auto gemm = [&](cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* a, int lda,
+                          const void* b, int ldb, void* c, int ldc, const char* what) {
+      check(cublasGemmEx(blas_, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &zero, c, CUDA_R_16BF, ldc,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            what);
+    };
+    for (int e = 0; e < c_.experts; ++e) {
+      const int rows = kept_host_[static_cast<std::size_t>(e)];
+      const auto xe = static_cast<std::size_t>(e);
+      if (rows > 0) {
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, F, rows, H, down_ + xe * f * h, H, dy_ + row * h, H, dact_ + row * f, F,
+             "GEMM down, input gradient");
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, H, F, rows, dy_ + row * h, H, act_ + row * f, F, ddown_ + xe * f * h, H,
+             "GEMM down, weight gradient");
+      }
+      row += static_cast<std::size_t>(rows);
+    }
+    swiglu_backward_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, dact_, static_cast<int>(row), F, dh1_);
+    check(cudaGetLastError(), "SwiGLU backward kernel");
+    row = 0;
+    for (int e = 0; e < c_.experts; ++e) {
+      const int rows = kept_host_[static_cast<std::size_t>(e)];
+      const auto xe = static_cast<std::size_t>(e);
+      if (rows > 0) {
+        gemm(CUBLAS_OP_T, CUBLAS_OP_N, H, rows, 2 * F, gate_up_ + xe * h * 2 * f, 2 * F, dh1_ + row * 2 * f, 2 * F,
+             dxperm_ + row * h, H, "GEMM gate/up, input gradient");
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, 2 * F, H, rows, dh1_ + row * 2 * f, 2 * F, xperm_ + row * h, H,
+             dgate_up_ + xe * h * 2 * f, 2 * F, "GEMM gate/up, weight gradient");
+      }
+      row += static_cast<std::size_t>(rows);
+    }
+    return;
+  }
+  // Grouped: four calls, a group per active expert in each. Pointers: A, B, C of each GEMM, E each.
+  check(cudaEventSynchronize(desc_bwd_done_), "backward descriptors");
+  const auto ue = static_cast<std::size_t>(c_.experts);
+  void** d = desc_bwd_host_;
+  std::vector<int> rows_of;
+  for (int e = 0; e < c_.experts; ++e) {
+    const int rows = kept_host_[static_cast<std::size_t>(e)];
+    if (rows > 0) {
+      const auto i = rows_of.size(), xe = static_cast<std::size_t>(e);
+      rows_of.push_back(rows);
+      d[0 * ue + i] = down_ + xe * f * h, d[1 * ue + i] = dy_ + row * h, d[2 * ue + i] = dact_ + row * f;
+      d[3 * ue + i] = dy_ + row * h, d[4 * ue + i] = act_ + row * f, d[5 * ue + i] = ddown_ + xe * f * h;
+      d[6 * ue + i] = gate_up_ + xe * h * 2 * f, d[7 * ue + i] = dh1_ + row * 2 * f, d[8 * ue + i] = dxperm_ + row * h;
+      d[9 * ue + i] = dh1_ + row * 2 * f, d[10 * ue + i] = xperm_ + row * h, d[11 * ue + i] = dgate_up_ + xe * h * 2 * f;
+    }
+    row += static_cast<std::size_t>(rows);
+  }
+  const int groups = static_cast<int>(rows_of.size());
+  check(cudaMemcpyAsync(desc_bwd_dev_, desc_bwd_host_, 12 * ue * sizeof(void*), cudaMemcpyHostToDevice, stream_),
+        "backward descriptors");
+  check(cudaEventRecord(desc_bwd_done_, stream_), "backward descriptors");
+  const auto ptr = [&](std::size_t part) { return desc_bwd_dev_ + part * ue; };
+  // Per group: sizes (the rows, or H, F, 2F alike), operations, scalars.
+  const auto n_groups = rows_of.size();
+  std::vector<int> size(n_groups, 1), all_h(n_groups, H), all_f(n_groups, F), all_2f(n_groups, 2 * F);
+  std::vector<float> alpha(n_groups, 1.0f), beta(n_groups, 0.0f);
+  std::vector<cublasOperation_t> op_n(n_groups, CUBLAS_OP_N), op_t(n_groups, CUBLAS_OP_T);
+  const auto grouped = [&](const std::vector<cublasOperation_t>& ta, const std::vector<cublasOperation_t>& tb,
+                           const std::vector<int>& m, const std::vector<int>& n, const std::vector<int>& k,
+                           const std::vector<int>& lda, const std::vector<int>& ldb, const std::vector<int>& ldc,
+                           std::size_t part, const char* what) {
+    check(cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+                                     const_cast<const void**>(ptr(part)), CUDA_R_16BF, lda.data(),
+                                     const_cast<const void**>(ptr(part + 1)), CUDA_R_16BF, ldb.data(), beta.data(),
+                                     ptr(part + 2), CUDA_R_16BF, ldc.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
+          what);
+  };
+  grouped(op_t, op_n, all_f, rows_of, all_h, all_h, all_h, all_f, 0, "grouped GEMM down, input gradient");
+  grouped(op_n, op_t, all_h, all_f, rows_of, all_h, all_f, all_h, 3, "grouped GEMM down, weight gradient");
+  swiglu_backward_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, dact_, static_cast<int>(row), F, dh1_);
+  check(cudaGetLastError(), "SwiGLU backward kernel");
+  grouped(op_t, op_n, all_h, rows_of, all_2f, all_2f, all_2f, all_h, 6, "grouped GEMM gate/up, input gradient");
+  grouped(op_n, op_t, all_2f, all_h, rows_of, all_2f, all_h, all_2f, 9, "grouped GEMM gate/up, weight gradient");
+}
+
+void Layer::permute_backward(int tokens, __nv_bfloat16* dx) {
+  allocate_backward();
+  permute_backward_kernel<<<tokens, 256, 0, stream_>>>(dxperm_, row_of_, c_.top_k, c_.hidden, dx);
+  check(cudaGetLastError(), "permute backward kernel");
+}
+
+void Layer::router_backward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* dx) {
+  allocate_backward();
+  router_backward_kernel<<<blocks(static_cast<std::size_t>(tokens) * 32, 256), 256, 0, stream_>>>(
+      logits_, topk_, gates_, dgates_, tokens, c_.experts, c_.top_k, c_.scoring == Scoring::softmax ? 1 : 0, dlogits_);
+  check(cudaGetLastError(), "router backward kernel");
+  const float one = 1, zero = 0;
+  // Column-major: dx (H x T) += Wr-view^T (H x E) dlogits (E x T), Wr row-major H x E being E x H
+  // (ld E); dWr-view (E x H) = dlogits (E x T) x^T (T x H).
+  check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, c_.hidden, tokens, c_.experts, &one, router_w_, CUDA_R_16BF,
+                     c_.experts, dlogits_, CUDA_R_16BF, c_.experts, &one, dx, CUDA_R_16BF, c_.hidden, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT),
+        "router GEMM, input gradient");
+  check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, c_.experts, c_.hidden, tokens, &one, dlogits_, CUDA_R_16BF,
+                     c_.experts, x, CUDA_R_16BF, c_.hidden, &zero, drouter_, CUDA_R_32F, c_.experts, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT),
+        "router GEMM, weight gradient");
+}
+
+void Layer::backward(const __nv_bfloat16* x, const __nv_bfloat16* dout, int tokens, __nv_bfloat16* dx) {
+  combine_backward(dout, tokens);
+  experts_backward();
+  permute_backward(tokens, dx);
+  router_backward(x, tokens, dx);
+}
+
+namespace {
+
+template <class T>
+std::vector<float> gradient_to_host(const T* p, std::size_t n, cudaStream_t s) {
+  check(cudaStreamSynchronize(s), "gradients");
+  std::vector<T> raw(n);
+  check(cudaMemcpy(raw.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), "gradients");
+  std::vector<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<T, float>) {
+      out[i] = raw[i];
+    } else {
+      bf16_bits b;
+      std::memcpy(&b, &raw[i], sizeof b);
+      out[i] = bf16_to_float(b);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> Layer::router_gradient() const {
+  return gradient_to_host(drouter_, static_cast<std::size_t>(c_.hidden) * static_cast<std::size_t>(c_.experts), stream_);
+}
+std::vector<float> Layer::gate_up_gradient() const {
+  return gradient_to_host(dgate_up_, static_cast<std::size_t>(c_.experts) * static_cast<std::size_t>(c_.hidden) * 2 *
+                                         static_cast<std::size_t>(c_.ffn), stream_);
+}
+std::vector<float> Layer::down_gradient() const {
+  return gradient_to_host(ddown_, static_cast<std::size_t>(c_.experts) * static_cast<std::size_t>(c_.ffn) *
+                                      static_cast<std::size_t>(c_.hidden), stream_);
 }
 
 Routing Layer::routing(int tokens) const {

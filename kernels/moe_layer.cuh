@@ -14,6 +14,19 @@
 //            counts are read back to the host for the GEMM descriptors;
 //   combine  one block per token: the gate-weighted sum of its kept assignments' rows.
 // forward() runs the four in order on the layer's stream.
+//
+// The backward pass (training), after a forward pass whose activations it reads, the stages in
+// reverse, each its own call (the gradients as the float64 reference's backward() defines them):
+//   combine_backward  one block per token: each kept row's gradient dy = gate x dout[t] and its
+//                     gate's gradient y . dout[t];
+//   experts_backward  per active expert, d act = dy Wd^T and dWd = act^T dy, the SwiGLU backward
+//                     over all rows, d xperm = d h1 Wgu^T and dWgu = xperm^T d h1: four GEMMs (two
+//                     of them over the rows: weight gradients), grouped or a loop as forward;
+//   permute_backward  one block per token: the sum of its kept rows' gradients, into dx;
+//   router_backward   one warp per token: the logits' gradient through the gates' renormalisation
+//                     and scoring; then dx += dlogits Wr^T and dWr = x^T dlogits (cuBLAS).
+// Weight gradients are bf16 (fp32 accumulation; the router's fp32), written for the experts with
+// rows (zero_weight_gradients() clears them all, for checks).
 #pragma once
 
 #include <cublas_v2.h>
@@ -63,6 +76,19 @@ class Layer {
   ExpertGemm last_expert_gemm() const { return last_gemm_; }
   void combine(__nv_bfloat16* out, int tokens);
 
+  // The backward pass: dout (T x H, the gradient at the layer's output) to dx (T x H), and the
+  // weight gradients; needs the backward buffers (allocated on first use).
+  void backward(const __nv_bfloat16* x, const __nv_bfloat16* dout, int tokens, __nv_bfloat16* dx);
+  void combine_backward(const __nv_bfloat16* dout, int tokens);
+  void experts_backward();
+  void permute_backward(int tokens, __nv_bfloat16* dx);
+  void router_backward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* dx);
+  void zero_weight_gradients();
+  // The weight gradients, copied to the host: router (H x E), gate/up (E x H x 2F), down (E x F x H).
+  std::vector<float> router_gradient() const;
+  std::vector<float> gate_up_gradient() const;
+  std::vector<float> down_gradient() const;
+
   // The last routing, copied to the host (experts and gates T x k, per-expert counts).
   Routing routing(int tokens) const;
   std::vector<float> logits(int tokens) const;  // T x E, fp32
@@ -99,6 +125,21 @@ class Layer {
   ExpertGemm gemm_ = ExpertGemm::automatic, last_gemm_ = ExpertGemm::grouped;
   std::map<std::pair<int, int>, ExpertGemm> tuned_;  // (log2 rows, log2 active experts) -> faster
   void run_experts(ExpertGemm g);
+  // Backward: row gradients (dy, d act, d h1, d xperm), gates' and logits' gradients, weight
+  // gradients; 12 E grouped-GEMM pointers (A, B, C of four GEMMs).
+  __nv_bfloat16 *dy_ = nullptr, *dact_ = nullptr, *dh1_ = nullptr, *dxperm_ = nullptr, *dlogits_ = nullptr;
+  float* dgates_ = nullptr;
+  __nv_bfloat16 *dgate_up_ = nullptr, *ddown_ = nullptr;
+  float* drouter_ = nullptr;
+  void** desc_bwd_host_ = nullptr;
+  void** desc_bwd_dev_ = nullptr;
+  cudaEvent_t desc_bwd_done_ = nullptr;
+  std::map<std::pair<int, int>, ExpertGemm> tuned_backward_;
+  void allocate_backward();
+  void run_experts_backward(ExpertGemm g);
+  // Which choice serves this size class of the last permute: the mode set, or with automatic
+  // the faster of the two, timed once per class with `run`.
+  ExpertGemm choose(std::map<std::pair<int, int>, ExpertGemm>& tuned, void (Layer::*run)(ExpertGemm));
 };
 
 // The number of SMs, clocks and names of the current device, for profile headers.

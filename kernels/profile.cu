@@ -211,9 +211,12 @@ Config check_shape(Config c) {
   return c;
 }
 
-std::size_t bytes_needed(const Config& c, int tokens) {
+// Device bytes for the layer at `tokens` (bf16 weights, the rows' activations, logits,
+// routing); with `backward` also the weight gradients, the rows' gradients and the logits'.
+std::size_t bytes_needed(const Config& c, int tokens, bool backward = false) {
   const double a = static_cast<double>(tokens) * c.top_k, h = c.hidden, f = c.ffn, e = c.experts;
-  return static_cast<std::size_t>(2 * e * 3 * h * f + 2 * a * (2 * h + 3 * f) + 4 * tokens * e + 64 * a);
+  const double fwd = 2 * e * 3 * h * f + 2 * a * (2 * h + 3 * f) + 4 * tokens * e + 64 * a;
+  return static_cast<std::size_t>(backward ? 2 * fwd + 2.0 * tokens * e : fwd);
 }
 
 // Weights for timing: the router's for every expert, the experts' own from at most 16 distinct
@@ -324,7 +327,7 @@ std::vector<int> grid(int max, bool dense) {
 
 int main(int argc, char** argv) {
   std::string out_path, trace_path, heldout_path, ab_path, shape_list, stages_path, hist_path, late_path, timings_path;
-  bool quick = false, heldout_only = false, dense = false, experts_only = false;
+  bool quick = false, heldout_only = false, dense = false, experts_only = false, backward = false;
   std::string locals_list, sustain_list = "2";
   std::string heldout_list, heldout_experts_list;
   int passes = 1;
@@ -339,6 +342,7 @@ int main(int argc, char** argv) {
     else if (a == "--quick") quick = true;
     else if (a == "--heldout-only") heldout_only = true;
     else if (a == "--experts-only") experts_only = true;
+    else if (a == "--backward") backward = true;
     else if (a == "--locals" && i + 1 < argc) locals_list = argv[++i];
     else if (a == "--stages" && i + 1 < argc) stages_path = argv[++i];
     else if (a == "--hist" && i + 1 < argc) hist_path = argv[++i];
@@ -357,6 +361,7 @@ int main(int argc, char** argv) {
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
                    "                   [--locals N,N,...] [--experts-only] [--late FILE] [--sustain SECONDS] [--timings FILE]\n"
+                   "                   [--backward]\n"
                    "  --grid: token and row counts 1, 2, 4, ... (pow2, the default) or also 3, 6, 12, ... (dense);\n"
                    "  --heldout-tokens: the held-out token counts (default 3, 24, 96, ... 49152 with pow2,\n"
                    "  5, 20, 80, ... 40960 with dense; none may be on the grid)\n"
@@ -375,7 +380,10 @@ int main(int argc, char** argv) {
                    "  work without a pause, the GPU's sustained state under its power cap (default 2; 0: as it\n"
                    "  comes, the GPU's top clock for the first second of heavy work); --timings FILE: when\n"
                    "  each row of the other files was timed (UTC, as measure.sh's clock log), how long a run\n"
-                   "  took and the seconds of sustained load before it\n");
+                   "  took and the seconds of sustained load before it\n"
+                   "  --backward: the backward pass's stages instead of the forward's (layer_bwd, router_bwd,\n"
+                   "  permute_bwd, combine_bwd per token count, experts_bwd per local-expert count and rows), after\n"
+                   "  checking the gradients against the reference; no held-out, late or A/B timings\n");
       return 2;
     }
   }
@@ -403,6 +411,10 @@ int main(int argc, char** argv) {
     heldout_tokens = dense ? std::vector<int>{5, 20, 80, 320, 1280, 5120, 20480, 40960}
                            : std::vector<int>{3, 24, 96, 384, 1536, 6144, 24576, 49152};
   std::sort(heldout_tokens.begin(), heldout_tokens.end());
+  if (backward && heldout_only) {
+    std::fprintf(stderr, "moe-profile: --backward has no held-out timings (--heldout-only)\n");
+    return 2;
+  }
   if (experts_only && heldout_only) {
     std::fprintf(stderr, "moe-profile: --experts-only and --heldout-only leave nothing to measure together\n");
     return 2;
@@ -444,6 +456,20 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "moe-profile: the layer does not match the reference; nothing timed\n");
         return 1;
       }
+      if (backward) {
+        // Weight gradients sum over every token: the reference takes them all, so few of them
+        // for the large shapes.
+        const BackwardCheck b = check_backward(c, s == "small" ? 64 : 4, 3);
+        std::printf("check %-8s backward %s\n", s.c_str(), b.describe().c_str());
+        if (!b.ok) {
+          std::fprintf(stderr, "moe-profile: the backward pass does not match the reference; nothing timed\n");
+          return 1;
+        }
+      }
+    }
+    if (backward) {
+      heldout_path.clear(), late_path.clear(), ab_path.clear(), stages_path.clear();
+      std::printf("moe-profile: --backward: the backward pass's stages (no held-out, late or A/B timings)\n");
     }
     if (!trace_path.empty()) write_trace(trace_path);
     if (out_path.empty()) return 0;
@@ -529,7 +555,7 @@ int main(int argc, char** argv) {
       const Weights w = profile_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
-        if (bytes_needed(c, t) < free_bytes * 0.8) max_tokens = t;
+        if (bytes_needed(c, t, backward) < free_bytes * 0.8) max_tokens = t;
       if (!experts_only) {
         // Router, permute and combine at the model's expert count, per token count; and the
         // whole layer on the router's own routing.
@@ -537,7 +563,30 @@ int main(int argc, char** argv) {
         const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
         DeviceTokens dx(x), dout(x);
         const cudaStream_t st = layer.stream();
-        for (const int t : heldout_only ? std::vector<int>{} : grid(max_tokens, dense)) {
+        const std::vector<bf16_bits> g = backward ? tiled_tokens(c, max_tokens, 5) : std::vector<bf16_bits>(8);
+        DeviceTokens dgrad(g), ddx(backward ? x : g);  // the gradient at the output (random), and dx
+        for (const int t : heldout_only || !backward ? std::vector<int>{} : grid(max_tokens, dense)) {
+          // The backward pass after a forward pass on the router's routing (its activations):
+          // whole, and the router's part; then per distribution combine's and permute's parts.
+          layer.forward(dx.p, t, dout.p);
+          const Routing own = layer.routing(t);
+          row(out, "layer_bwd", c, t, "router", &own,
+              time_it([&] { layer.backward(dx.p, dgrad.p, t, ddx.p); }, repeats, st), name(layer.last_expert_gemm()));
+          row(out, "router_bwd", c, t, "-", nullptr, time_it([&] { layer.router_backward(dx.p, t, ddx.p); }, repeats, st));
+          for (const auto& d : dists) {
+            const Routing r = generated_routing(c, t, d, 5);
+            layer.set_routing(r.experts, r.gates, t);
+            layer.permute(dx.p, t);
+            layer.experts();
+            layer.combine_backward(dgrad.p, t);
+            layer.experts_backward();  // the rows' gradients permute's backward reads
+            row(out, "combine_bwd", c, t, d, &r, time_it([&] { layer.combine_backward(dgrad.p, t); }, repeats, st));
+            row(out, "permute_bwd", c, t, d, &r, time_it([&] { layer.permute_backward(t, ddx.p); }, repeats, st));
+          }
+          out.flush();
+          std::printf("%s %-8s %6d tokens done (backward)\n", now_utc().c_str(), s.c_str(), t);
+        }
+        for (const int t : heldout_only || backward ? std::vector<int>{} : grid(max_tokens, dense)) {
           row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           const Routing own = layer.routing(t);
           const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st);
@@ -613,7 +662,7 @@ int main(int argc, char** argv) {
       const auto local_max_rows = [&](const Config& cl) {
         int max_rows = 1;
         for (int r = 1; r <= max_tokens * c.top_k; r *= 2)
-          if (bytes_needed(cl, r) < free_bytes * 0.8) max_rows = r;
+          if (bytes_needed(cl, r, backward) < free_bytes * 0.8) max_rows = r;
         return max_rows;
       };
       if (heldout.is_open() && !experts_only) {
@@ -649,11 +698,22 @@ int main(int argc, char** argv) {
         Layer layer(cl, wl, max_rows);
         const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
         DeviceTokens dx(x);
+        const std::vector<bf16_bits> g = backward ? tiled_tokens(cl, max_rows, 7) : std::vector<bf16_bits>(8);
+        DeviceTokens dgrad(g);  // the rows' output gradient, for the expert stage's backward
         for (const int rows : grid(max_rows, dense)) {
           for (const auto& d : local > 1 ? dists : std::vector<std::string>{"uniform"}) {
             const Routing r = generated_routing(cl, rows, d, 6);
             layer.set_routing(r.experts, r.gates, rows);
             layer.permute(dx.p, rows);
+            if (backward) {
+              // After the forward stage (the activations it reads) and the combine's backward
+              // (the rows' gradients, top_k 1: a row per assignment).
+              layer.experts();
+              layer.combine_backward(dgrad.p, rows);
+              const Timing tm = time_it([&] { layer.experts_backward(); }, repeats, layer.stream());
+              row(out, "experts_bwd", cl, rows, d, &r, tm, name(layer.last_expert_gemm()));
+              continue;
+            }
             if (ab.is_open() && d == "uniform") {
               double us[2];
               for (const ExpertGemm g : {ExpertGemm::grouped, ExpertGemm::loop}) {
@@ -669,8 +729,9 @@ int main(int argc, char** argv) {
         }
         out.flush();
         ab.flush();
-        std::printf("%s %-8s experts stage with %d local experts done\n", now_utc().c_str(), s.c_str(), local);
-        if (local == 1) {
+        std::printf("%s %-8s experts stage%s with %d local experts done\n", now_utc().c_str(), s.c_str(),
+                    backward ? " (backward)" : "", local);
+        if (local == 1 && !backward) {
           // The dense bf16 GEMM of the gate/up projection's size (rows x H by H x 2F), on random
           // operands, for the grouped GEMMs' efficiency: a row "dense_gemm" per row count.
           cublasHandle_t blas = nullptr;

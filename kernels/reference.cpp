@@ -374,8 +374,11 @@ Routing generated_routing(const Config& c, int tokens, const std::string& distri
 
 double relative_error(const std::vector<float>& got, const std::vector<double>& want) {
   double worst = 0, scale = 0;
-  for (std::size_t i = 0; i < want.size() && i < got.size(); ++i) {
-    worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]));
+  if (got.size() < want.size()) return HUGE_VAL;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!std::isfinite(d)) return HUGE_VAL;  // a NaN or infinity (an unwritten, poisoned element) never passes
+    worst = std::max(worst, d);
     scale = std::max(scale, std::fabs(want[i]));
   }
   return scale > 0 ? worst / scale : worst;

@@ -106,7 +106,8 @@ Values backward(const Config& c, const Values& v, const Routing& r, const std::v
 // by weight; gates are 1/k. Throws std::invalid_argument on an unknown name.
 Routing generated_routing(const Config& c, int tokens, const std::string& distribution, std::uint64_t seed);
 
-// The largest |got - want| over the largest |want|: the error measure of the checks.
+// The largest |got - want| over the largest |want|: the error measure of the checks (infinite
+// where got is shorter, or has a NaN or an infinity).
 double relative_error(const std::vector<float>& got, const std::vector<double>& want);
 
 }  // namespace moe

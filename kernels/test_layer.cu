@@ -1,5 +1,6 @@
-// GPU test: the layer against the float64 reference on three configurations (dropless softmax,
-// capacity drops, DeepSeek-style sigmoid scoring with group-limited routing). Exit code 77
+// GPU test: the layer, forward and backward, against the float64 reference on three
+// configurations (dropless softmax, capacity drops, DeepSeek-style sigmoid scoring with
+// group-limited routing). Exit code 77
 // (CTest: skipped) where no CUDA device is present.
 #include <cuda_runtime.h>
 
@@ -28,6 +29,9 @@ int main() {
       const moe::CheckResult r = moe::check_layer(c, 512, 64, 11);
       std::printf("%-24s %s\n", c.name.c_str(), r.describe().c_str());
       failed += r.ok ? 0 : 1;
+      const moe::BackwardCheck b = moe::check_backward(c, 128, 13);
+      std::printf("%-24s backward %s\n", c.name.c_str(), b.describe().c_str());
+      failed += b.ok ? 0 : 1;
     }
   } catch (const std::exception& e) {
     std::printf("FAIL: %s\n", e.what());

@@ -173,6 +173,13 @@ int main() {
     }
   }
 
+  // The checks' error measure: relative to the largest reference value; a NaN, an infinity or a
+  // missing element never passes.
+  expect(std::fabs(relative_error({1.0f, 2.1f}, {1.0, 2.0}) - 0.05) < 1e-6, "relative error 0.1 of 2");
+  expect(!(relative_error({1.0f, std::nanf("")}, {1.0, 2.0}) <= 1.0), "a NaN fails");
+  expect(!(relative_error({1.0f, INFINITY}, {1.0, 2.0}) <= 1.0), "an infinity fails");
+  expect(!(relative_error({1.0f}, {1.0, 2.0}) <= 1.0), "a missing element fails");
+
   // The sustained-load rule of moe-profile's timings (sustain.hpp), on time points given here.
   {
     using Clock = SustainedLoad::Clock;

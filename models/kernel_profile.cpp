@@ -151,8 +151,10 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
                                              std::int64_t tokens, double imbalance, double active, double tiles) const {
   if (tokens <= 0) return 0.0;
   const auto found = curves_.find(Key{kernel, hidden, ffn, experts, top_k});
-  if (found == curves_.end()) return kernel == "experts" ? between_expert_counts(hidden, ffn, experts, top_k, tokens, imbalance, active, tiles)
-                                                          : std::nullopt;
+  if (found == curves_.end())
+    return kernel == "experts" || kernel == "experts_bwd"
+               ? between_expert_counts(kernel, hidden, ffn, experts, top_k, tokens, imbalance, active, tiles)
+               : std::nullopt;
   // Each curve at `tokens` (a monotone cubic in log-log through the measured counts; imbalance
   // and active experts linear in log tokens between the two counts around it, tiles in log-log).
   struct At {
@@ -270,13 +272,19 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
   return by_imbalance(at);
 }
 
-std::optional<double> KernelProfile::between_expert_counts(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
-                                                           double imbalance, double active, double tiles) const {
+bool KernelProfile::measures(const std::string& kernel) const {
+  const auto it = curves_.lower_bound(Key{kernel, 0, 0, 0, 0});
+  return it != curves_.end() && std::get<0>(it->first) == kernel;
+}
+
+std::optional<double> KernelProfile::between_expert_counts(const std::string& kernel, int hidden, int ffn, int experts,
+                                                           int top_k, std::int64_t tokens, double imbalance, double active,
+                                                           double tiles) const {
   // The measured local-expert counts on either side (same shape and top-k).
   int lo = 0, hi = 0;
-  for (auto it = curves_.lower_bound(Key{"experts", hidden, ffn, 0, 0}); it != curves_.end(); ++it) {
+  for (auto it = curves_.lower_bound(Key{kernel, hidden, ffn, 0, 0}); it != curves_.end(); ++it) {
     const auto& [k, h, f, e, t] = it->first;
-    if (k != "experts" || h != hidden || f != ffn) break;
+    if (k != kernel || h != hidden || f != ffn) break;
     if (t != top_k) continue;
     if (e < experts) lo = std::max(lo, e);
     if (e > experts && (hi == 0 || e < hi)) hi = e;
@@ -305,7 +313,7 @@ std::optional<double> KernelProfile::between_expert_counts(int hidden, int ffn, 
       act = e == 1 ? 1.0 : alike(e);
       if (tiles > 0) til = std::max(act, tiles - active + act);
     }
-    return At{act, time_us("experts", hidden, ffn, e, top_k, tokens, imb, act, til)};
+    return At{act, time_us(kernel, hidden, ffn, e, top_k, tokens, imb, act, til)};
   };
   const At a = at(lo), b = at(hi);
   if (!a.us || !b.us) return std::nullopt;
@@ -406,7 +414,7 @@ KernelProfile::Check KernelProfile::leave_one_expert_count_out() const {
     auto node = without.curves_.extract(Key{r.kernel, r.hidden, r.ffn, r.experts, r.top_k});
     const auto& pts = node.mapped().at(r.distribution);
     const Point point = own_point(pts, r.tokens);
-    const auto us = without.between_expert_counts(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
+    const auto us = without.between_expert_counts("experts", r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance, point.active,
                                                   point.tiles > 0 ? point.tiles : -1.0);
     without.curves_.insert(std::move(node));
     c.add(r, point.imbalance, us);

@@ -97,6 +97,9 @@ struct KernelProfile {
   // this imbalance, combine); nothing where a part is outside the profile.
   std::optional<double> layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
                                  double imbalance, double active = -1, double tiles = -1) const;
+  // Whether the profile has rows of this kernel (for any shape): e.g. "experts_bwd" for a
+  // profile with the backward pass (moe-profile --backward).
+  bool measures(const std::string& kernel) const;
 
   // Predicted against measured times: each "layer" row of `measured` (a file in the profile's
   // format, e.g. the held-out timings moe-profile --heldout writes) as the simulator composes a
@@ -140,10 +143,10 @@ struct KernelProfile {
   };
   using Key = std::tuple<std::string, int, int, int, int>;
   std::map<Key, std::map<std::string, std::vector<Point>>> curves_;
-  // The expert stage at a local-expert count the profile lacks, between the measured counts on
-  // either side (linearly in log count); nothing beyond them.
-  std::optional<double> between_expert_counts(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
-                                              double imbalance, double active, double tiles) const;
+  // The expert stage (`kernel`: experts, or experts_bwd) at a local-expert count the profile
+  // lacks, between the measured counts on either side; nothing beyond them.
+  std::optional<double> between_expert_counts(const std::string& kernel, int hidden, int ffn, int experts, int top_k,
+                                              std::int64_t tokens, double imbalance, double active, double tiles) const;
 };
 
 }  // namespace moesim::models

@@ -266,15 +266,20 @@ Time MoeForward::scaled(Time t, int gpu) {
   return Time::ps(std::llround(static_cast<double>(t.count_ps()) * factor));
 }
 
-std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts) {
-  // The profile measures forward kernels; backward passes keep the roofline.
+std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts,
+                                         bool gemm) {
+  // A backward pass asks for the same stages' backward kernels (router_bwd, permute_bwd,
+  // experts_bwd, combine_bwd); a profile measured without them (moe-profile without --backward)
+  // leaves backward passes to the roofline, without counting that as a miss.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  if (!spec_.profile || (p < passes() && backward(p))) return std::nullopt;
+  const bool back = p < passes() && backward(p);
+  if (!spec_.profile || (back && !spec_.profile->measures("experts_bwd"))) return std::nullopt;
   const auto& m = spec_.model;
   double us = 0;
   for (const auto& q : parts) {
-    const auto t = spec_.profile->time_us(q.kernel, static_cast<int>(m.hidden), static_cast<int>(m.expert_ffn), q.experts,
-                                          q.top_k, q.tokens, q.imbalance, q.active, q.tiles);
+    const auto t = spec_.profile->time_us(back ? std::string(q.kernel) + "_bwd" : std::string(q.kernel), static_cast<int>(m.hidden),
+                                          static_cast<int>(m.expert_ffn), q.experts, q.top_k, q.tokens, q.imbalance, q.active,
+                                          q.tiles);
     if (!t) {
       ++profile_misses_;
       return std::nullopt;
@@ -282,7 +287,8 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
     us += *t;
   }
   ++profile_hits_;
-  model_flops_ += static_cast<double>(work.flops);
+  // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients).
+  model_flops_ += static_cast<double>(work.flops) * (back && gemm ? 2 : 1);
   last_profiled_ = true;
   return scaled(Time::ps(std::llround(us * 1e6)), gpu);
 }
@@ -297,7 +303,7 @@ Time MoeForward::router_time(int gpu, std::int64_t tokens) {
 Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
   const auto& m = spec_.model;
   const KernelCost c = reduce_cost(m, tokens, kept);
-  if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens}})) return *t;
+  if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens}}, false)) return *t;
   return cost(c, gpu, false);
 }
 
@@ -327,7 +333,7 @@ void MoeForward::begin_pass(int gpu) {
   }
   // Backward: the reduce's gradient goes back to the returned copies first.
   // (the gradient of a weighted sum is a scatter of the same size: not doubled)
-  run_stage(gpu, Stage::reduce, cost(reduce_cost(spec_.model, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu))), gpu, false),
+  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu))),
             &MoeForward::after_router);
 }
 
@@ -399,7 +405,7 @@ void MoeForward::try_finish_combine(int gpu) {
                                  sim_.now(), backward(s.pass)});
   if (backward(s.pass)) {
     // Backward: the router's, then the attention's gradients.
-    run_stage(gpu, Stage::router, cost(router_cost(spec_.model, spec_.tokens_per_gpu), gpu), &MoeForward::after_attention_backward_start);
+    run_stage(gpu, Stage::router, router_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_attention_backward_start);
     return;
   }
   run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu))),

@@ -124,8 +124,9 @@ class MoeForward {
   sim::Time cost(const KernelCost& c, int gpu, bool gemm = true, bool model_work = true);
   // Speed, two-batch-overlap and jitter factors applied to a kernel time.
   sim::Time scaled(sim::Time t, int gpu);
-  // A forward MoE stage from the kernel profile (the sum of its kernels), or nothing: no
-  // profile, a backward pass, or a kernel outside the profile (counted).
+  // An MoE stage from the kernel profile (the sum of its kernels; a backward pass's from their
+  // _bwd rows), or nothing: no profile, a backward pass and a profile without backward rows, or
+  // a kernel outside the profile (counted).
   struct ProfileQuery {
     const char* kernel;
     int experts, top_k;
@@ -134,7 +135,9 @@ class MoeForward {
     double active = -1;  // experts with rows, where known
     double tiles = -1;   // the 64-row tiles their rows fill, where known
   };
-  std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts);
+  // gemm: the work is GEMMs (a backward pass does twice their FLOPs), as cost()'s.
+  std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts,
+                                    bool gemm = true);
   sim::Time router_time(int gpu, std::int64_t tokens);  // router and permute
   sim::Time reduce_time(int gpu, std::int64_t tokens, std::int64_t kept);  // combine
   std::int64_t profile_hits_ = 0, profile_misses_ = 0;

@@ -494,7 +494,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              r.compute_source == "roofline"
                  ? std::string()
                  : fmt::format("; {:.1f}% of GPU {}'s compute time from the profile, the rest from the roofline{}", 100 * profiled,
-                               crit, f.training ? " (backward passes and the optimizer among it)" : ""));
+                               crit,
+                               !f.training ? ""
+                               : f.profile && f.profile->measures("experts_bwd") ? " (the optimizer among it)"
+                                                                                  : " (backward passes and the optimizer among it)"));
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.
     const topology::Cluster cluster(sc.cluster);

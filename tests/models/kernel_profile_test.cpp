@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <tuple>
 
@@ -389,6 +390,62 @@ workload: {tokens_per_gpu: 1024)";
                                          total[static_cast<std::size_t>(Stage::reduce)]);
     }
   }
+}
+
+TEST_CASE("A profile with the backward pass's stages times the backward passes", "[models][profile]") {
+  // The H100 profile plus, for the Mixtral shape, backward rows made from its forward rows:
+  // each stage's _bwd row at three times the forward's time (a mechanism test, not a
+  // measurement), with or without permute_bwd.
+  std::ifstream in(std::string(MOESIM_SOURCE_DIR) + "/kernels/profiles/nvidia-h100-80gb-hbm3.csv");
+  std::string text, extra, line;
+  while (std::getline(in, line)) {
+    text += line + "\n";
+    const auto comma = line.find(',');
+    if (line.empty() || line[0] == '#' || comma == std::string::npos) continue;
+    const std::string kernel = line.substr(0, comma);
+    if ((kernel != "router" && kernel != "permute" && kernel != "experts" && kernel != "combine") ||
+        line.find(",4096,14336,") == std::string::npos)
+      continue;
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    f[0] += "_bwd";
+    for (const int i : {10, 11, 12}) f[static_cast<std::size_t>(i)] = std::to_string(3 * std::stod(f[static_cast<std::size_t>(i)]));
+    std::string row;
+    for (const auto& x : f) row += (row.empty() ? "" : ",") + x;
+    extra += row + "\n";
+  }
+  std::string no_permute;
+  std::stringstream rows(extra);
+  for (std::string r; std::getline(rows, r);)
+    if (r.rfind("permute_bwd,", 0) != 0) no_permute += r + "\n";
+  const TempFile full(text + extra, "bwd.csv"), partial(text + no_permute, "bwd-partial.csv");
+  const auto run = [](const std::string& profile) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32}
+parallelism: {ep: 8}
+workload: {tokens_per_gpu: 1024, kind: training}
+compute: {profile: )" + profile + "}\n", "m.yaml"));
+  };
+  const auto r = run(full.path.string());
+  CHECK(r.compute_source == "profile");
+  for (const auto& g : r.stats.gpus())
+    for (const Stage s : {Stage::router, Stage::experts, Stage::reduce}) {
+      const auto i = static_cast<std::size_t>(s);
+      CHECK(g.stage_profiled[i] == g.stage_total[i]);  // forward and backward from the profile
+    }
+  // The backward expert stage at three times the forward's, layer by layer (no jitter here).
+  const auto& fwd = r.stats.layers();
+  const auto& bwd = r.stats.backward_layers();
+  REQUIRE(fwd.size() == 2);
+  REQUIRE(bwd.size() == 2);
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto e = static_cast<std::size_t>(Stage::experts);
+    CHECK(static_cast<double>(bwd[l].stage_max[e].count_ps()) == Approx(3.0 * static_cast<double>(fwd[l].stage_max[e].count_ps())).epsilon(1e-6));
+  }
+  // Without permute_bwd the router stage's backward cannot be composed: it falls back, counted.
+  CHECK(run(partial.path.string()).compute_source == "profile+roofline");
 }
 
 TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][profile]") {
