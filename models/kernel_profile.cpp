@@ -324,14 +324,14 @@ std::optional<double> KernelProfile::between_expert_counts(const std::string& ke
 }
 
 std::optional<double> KernelProfile::layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
-                                              double imbalance, double active, double tiles) const {
+                                              double imbalance, double active, double tiles, bool backward) const {
   double us = 0;
   for (const auto& [kernel, e, k, n, imb, act, til] :
        {std::tuple<const char*, int, int, std::int64_t, double, double, double>{"router", experts, top_k, tokens, 1.0, -1.0, -1.0},
         {"permute", experts, top_k, tokens, 1.0, -1.0, -1.0},
         {"experts", experts, 1, tokens * top_k, imbalance, active, tiles},
         {"combine", experts, top_k, tokens, 1.0, -1.0, -1.0}}) {
-    const auto t = time_us(kernel, hidden, ffn, e, k, n, imb, act, til);
+    const auto t = time_us(backward ? std::string(kernel) + "_bwd" : std::string(kernel), hidden, ffn, e, k, n, imb, act, til);
     if (!t) return std::nullopt;
     us += *t;
   }
@@ -357,13 +357,14 @@ void KernelProfile::Check::add(const Row& measured, double imbalance, std::optio
 KernelProfile::Check KernelProfile::check(const KernelProfile& measured) const {
   Check c;
   for (const auto& r : measured.rows) {
-    if ((r.kernel != "layer" && r.kernel != "experts") || r.tokens <= 0) continue;
+    const bool layer = r.kernel == "layer" || r.kernel == "layer_bwd";
+    if ((!layer && r.kernel != "experts" && r.kernel != "experts_bwd") || r.tokens <= 0) continue;
     const double mean = static_cast<double>(r.tokens) * r.top_k / r.experts;
     const double imbalance = std::max(1.0, static_cast<double>(r.max_expert_tokens) / mean);
     const double tiles = r.row_tiles > 0 ? static_cast<double>(r.row_tiles) : -1.0;
-    const auto us = r.kernel == "layer"
-                        ? layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles)
-                        : time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles);
+    const auto us = layer ? layer_us(r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles,
+                                     r.kernel == "layer_bwd")
+                          : time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, imbalance, r.active_experts, tiles);
     c.add(r, imbalance, us);
   }
   return c;
@@ -379,7 +380,7 @@ KernelProfile::Check KernelProfile::leave_one_out() const {
     const Point point = *at;
     const auto index = at - pts.begin();
     pts.erase(at);
-    const bool experts = r.kernel == "experts";
+    const bool experts = r.kernel == "experts" || r.kernel == "experts_bwd";
     const auto us = without.time_us(r.kernel, r.hidden, r.ffn, r.experts, r.top_k, r.tokens, point.imbalance,
                                     experts ? point.active : -1.0, experts && point.tiles > 0 ? point.tiles : -1.0);
     pts.insert(pts.begin() + index, point);

@@ -95,8 +95,9 @@ struct KernelProfile {
   // The whole forward MoE layer on one GPU that holds all `experts`, as the simulator composes
   // it (models/moe_forward: router + permute, the experts stage over tokens x top_k rows with
   // this imbalance, combine); nothing where a part is outside the profile.
+  // backward: the layer's backward pass, from the same stages' _bwd rows.
   std::optional<double> layer_us(int hidden, int ffn, int experts, int top_k, std::int64_t tokens,
-                                 double imbalance, double active = -1, double tiles = -1) const;
+                                 double imbalance, double active = -1, double tiles = -1, bool backward = false) const;
   // Whether the profile has rows of this kernel (for any shape): e.g. "experts_bwd" for a
   // profile with the backward pass (moe-profile --backward).
   bool measures(const std::string& kernel) const;
@@ -104,7 +105,8 @@ struct KernelProfile {
   // Predicted against measured times: each "layer" row of `measured` (a file in the profile's
   // format, e.g. the held-out timings moe-profile --heldout writes) as the simulator composes a
   // layer, and each "experts" row (moe-profile --heldout-experts: local-expert counts the sweep
-  // does not have) as the expert stage alone.
+  // does not have) as the expert stage alone; likewise "layer_bwd" and "experts_bwd" rows
+  // (moe-profile --backward) from the _bwd stages.
   struct Check {
     struct Case {
       KernelProfile::Row measured;

@@ -456,6 +456,19 @@ int cmd_check_profile(const std::vector<std::string>& args) {
     fmt::print("{} expert-stage cases (the stage alone; no bounds){}: {}\n", experts.cases.size(),
                check.cases.empty() ? uncovered : "", summary(experts, "", ""));
   }
+  // The backward pass (moe-profile --backward): whole layers as the simulator composes their
+  // _bwd stages, and expert stages alone; informational.
+  for (const auto& [kernel, what] : {std::pair{"layer_bwd", "backward whole-layer cases (the _bwd stages composed; no bounds)"},
+                                     std::pair{"experts_bwd", "backward expert-stage cases (no bounds)"}}) {
+    const auto b = all.only(kernel);
+    if (b.cases.empty()) continue;
+    if (!quiet)
+      for (const auto& c : b.cases)
+        fmt::print("{:<11} {:<9} {:>7} {:>7} {:<10} {:>12.1f} {:>12.1f} {:>+7.1f}%\n", kernel, c.measured.shape,
+                   c.measured.experts, c.measured.tokens, c.measured.distribution, c.measured.median_us, c.predicted_us,
+                   100 * c.error);
+    fmt::print("{} {}: {}\n", b.cases.size(), what, summary(b, "", ""));
+  }
   return ok ? 0 : 1;
 }
 

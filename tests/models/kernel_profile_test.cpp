@@ -446,6 +446,16 @@ compute: {profile: )" + profile + "}\n", "m.yaml"));
   }
   // Without permute_bwd the router stage's backward cannot be composed: it falls back, counted.
   CHECK(run(partial.path.string()).compute_source == "profile+roofline");
+  // check-profile composes a measured layer_bwd row from the _bwd stages.
+  const auto p = KernelProfile::read(full.path.string());
+  const auto fwd_us = p.layer_us(4096, 14336, 8, 2, 1024, 1.2), bwd_us = p.layer_us(4096, 14336, 8, 2, 1024, 1.2, -1, -1, true);
+  REQUIRE(fwd_us);
+  REQUIRE(bwd_us);
+  CHECK(*bwd_us == Approx(3 * *fwd_us));
+  const TempFile measured(kHeader + "layer_bwd,m,4096,14336,8,2,1024,router,307,8," + std::to_string(*bwd_us) + ",0,0\n", "bwd-measured.csv");
+  const auto c = p.check(KernelProfile::read(measured.path.string(), KernelProfile::Repeats::allow)).only("layer_bwd");
+  REQUIRE(c.cases.size() == 1);
+  CHECK(std::abs(c.cases[0].error) < 1e-3);
 }
 
 TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][profile]") {
