@@ -552,6 +552,8 @@ int main(int argc, char** argv) {
     for (const auto& s : shapes) {
       const Config c = shape(s);
       const auto t0 = std::chrono::steady_clock::now();
+      const WarmUps warm_ups_before = warm_ups;
+      const Sustains sustains_before = sustains;
       const Weights w = profile_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
@@ -775,7 +777,8 @@ int main(int argc, char** argv) {
       std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all; %d heavy measurements "
                   "brought to the sustained state, %.1f s in all)\n",
                   now_utc().c_str(), s.c_str(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                  warm_ups.count, warm_ups.seconds, sustains.count, sustains.seconds);
+                  warm_ups.count - warm_ups_before.count, warm_ups.seconds - warm_ups_before.seconds,
+                  sustains.count - sustains_before.count, sustains.seconds - sustains_before.seconds);
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
   } catch (const std::exception& e) {
