@@ -591,64 +591,84 @@ void Layer::experts_backward() {
   run_experts_backward(choose(tuned_backward_, &Layer::run_experts_backward));
 }
 
+__nv_bfloat16* Layer::operand(Operand o) const {
+  switch (o) {
+    case Operand::gate_up: return gate_up_;
+    case Operand::down: return down_;
+    case Operand::xperm: return xperm_;
+    case Operand::h1: return h1_;
+    case Operand::act: return act_;
+    case Operand::y: return y_;
+    case Operand::dy: return dy_;
+    case Operand::dact: return dact_;
+    case Operand::dh1: return dh1_;
+    case Operand::dxperm: return dxperm_;
+    case Operand::dgate_up: return dgate_up_;
+    case Operand::ddown: return ddown_;
+  }
+  return nullptr;
+}
+
 void Layer::run_experts_backward(ExpertGemm g) {
   last_gemm_ = g;
-  const auto h = static_cast<std::size_t>(c_.hidden), f = static_cast<std::size_t>(c_.ffn);
-  const float one = 1, zero = 0;
-  // Column-major views, as forward: an expert's rows are columns (x_e: H x rows, h1_e: 2F x rows,
-  // act_e: F x rows, y_e: H x rows), Wgu_e is 2F x H (ld 2F) and Wd_e H x F (ld H).
-  //   d act_e (F x rows) = Wd_e^T dy_e          dWd_e (H x F) = dy_e act_e^T
-  //   d x_e (H x rows)   = Wgu_e^T d h1_e        dWgu_e (2F x H) = d h1_e x_e^T
   const int H = c_.hidden, F = c_.ffn;
-  std::size_t row = 0;
-  if (g == ExpertGemm::loop) {
-    const auto gemm = [&](cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* a, int lda,
-                          const void* b, int ldb, void* c, int ldc, const char* what) {
-      check(cublasGemmEx(blas_, ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &zero, c, CUDA_R_16BF, ldc,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            what);
-    };
-    for (int e = 0; e < c_.experts; ++e) {
-      const int rows = kept_host_[static_cast<std::size_t>(e)];
-      const auto xe = static_cast<std::size_t>(e);
-      if (rows > 0) {
-        gemm(CUBLAS_OP_T, CUBLAS_OP_N, F, rows, H, down_ + xe * f * h, H, dy_ + row * h, H, dact_ + row * f, F,
-             "GEMM down, input gradient");
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, H, F, rows, dy_ + row * h, H, act_ + row * f, F, ddown_ + xe * f * h, H,
-             "GEMM down, weight gradient");
-      }
-      row += static_cast<std::size_t>(rows);
-    }
-    swiglu_backward_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, dact_, static_cast<int>(row), F, dh1_);
+  const float one = 1, zero = 0;
+  // The GEMMs of gemm_plan.hpp: the down projection's two, the SwiGLU's backward over all rows,
+  // then the gate/up projection's two.
+  using Step = std::array<GemmCall, 2> (*)(int, int, int);
+  const Step steps[2] = {&experts_backward_down, &experts_backward_gate_up};
+  const auto op = [](bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; };
+  const auto swiglu = [&](std::size_t rows) {
+    swiglu_backward_kernel<<<blocks(rows * static_cast<std::size_t>(F), 256), 256, 0, stream_>>>(h1_, dact_, static_cast<int>(rows),
+                                                                                                   F, dh1_);
     check(cudaGetLastError(), "SwiGLU backward kernel");
-    row = 0;
-    for (int e = 0; e < c_.experts; ++e) {
-      const int rows = kept_host_[static_cast<std::size_t>(e)];
-      const auto xe = static_cast<std::size_t>(e);
-      if (rows > 0) {
-        gemm(CUBLAS_OP_T, CUBLAS_OP_N, H, rows, 2 * F, gate_up_ + xe * h * 2 * f, 2 * F, dh1_ + row * 2 * f, 2 * F,
-             dxperm_ + row * h, H, "GEMM gate/up, input gradient");
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, 2 * F, H, rows, dh1_ + row * 2 * f, 2 * F, xperm_ + row * h, H,
-             dgate_up_ + xe * h * 2 * f, 2 * F, "GEMM gate/up, weight gradient");
+  };
+  std::size_t total = 0;
+  for (const int n : kept_host_) total += static_cast<std::size_t>(n);
+  if (g == ExpertGemm::loop) {
+    for (int s = 0; s < 2; ++s) {
+      if (s == 1) swiglu(total);
+      std::size_t row = 0;
+      for (int e = 0; e < c_.experts; ++e) {
+        const int rows = kept_host_[static_cast<std::size_t>(e)];
+        const auto xe = static_cast<std::size_t>(e);
+        if (rows > 0)
+          for (const GemmCall& c : steps[s](H, F, rows))
+            check(cublasGemmEx(blas_, op(c.trans_a), op(c.trans_b), c.m, c.n, c.k, &one,
+                               operand(c.a) + operand_offset(c.a, H, F, xe, row), CUDA_R_16BF, c.lda,
+                               operand(c.b) + operand_offset(c.b, H, F, xe, row), CUDA_R_16BF, c.ldb, &zero,
+                               operand(c.c) + operand_offset(c.c, H, F, xe, row), CUDA_R_16BF, c.ldc, CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT),
+                  c.what);
+        row += static_cast<std::size_t>(rows);
       }
-      row += static_cast<std::size_t>(rows);
     }
     return;
   }
-  // Grouped: four calls, a group per active expert in each. Pointers: A, B, C of each GEMM, E each.
+  // Grouped: a call per GEMM of the plan, a group per active expert. Descriptors: for step s,
+  // call j, the A, B and C pointers of every group at parts 6 s + 3 j + 0, 1, 2 (E each),
+  // written at once and copied in one transfer.
   check(cudaEventSynchronize(desc_bwd_done_), "backward descriptors");
   const auto ue = static_cast<std::size_t>(c_.experts);
   void** d = desc_bwd_host_;
   std::vector<int> rows_of;
+  std::size_t row = 0;
   for (int e = 0; e < c_.experts; ++e) {
     const int rows = kept_host_[static_cast<std::size_t>(e)];
+    const auto xe = static_cast<std::size_t>(e);
     if (rows > 0) {
-      const auto i = rows_of.size(), xe = static_cast<std::size_t>(e);
+      const std::size_t i = rows_of.size();
       rows_of.push_back(rows);
-      d[0 * ue + i] = down_ + xe * f * h, d[1 * ue + i] = dy_ + row * h, d[2 * ue + i] = dact_ + row * f;
-      d[3 * ue + i] = dy_ + row * h, d[4 * ue + i] = act_ + row * f, d[5 * ue + i] = ddown_ + xe * f * h;
-      d[6 * ue + i] = gate_up_ + xe * h * 2 * f, d[7 * ue + i] = dh1_ + row * 2 * f, d[8 * ue + i] = dxperm_ + row * h;
-      d[9 * ue + i] = dh1_ + row * 2 * f, d[10 * ue + i] = xperm_ + row * h, d[11 * ue + i] = dgate_up_ + xe * h * 2 * f;
+      for (int s = 0; s < 2; ++s) {
+        const auto calls = steps[s](H, F, rows);
+        for (std::size_t j = 0; j < calls.size(); ++j) {
+          const GemmCall& c = calls[j];
+          const std::size_t part = 6 * static_cast<std::size_t>(s) + 3 * j;
+          d[part * ue + i] = operand(c.a) + operand_offset(c.a, H, F, xe, row);
+          d[(part + 1) * ue + i] = operand(c.b) + operand_offset(c.b, H, F, xe, row);
+          d[(part + 2) * ue + i] = operand(c.c) + operand_offset(c.c, H, F, xe, row);
+        }
+      }
     }
     row += static_cast<std::size_t>(rows);
   }
@@ -656,28 +676,28 @@ void Layer::run_experts_backward(ExpertGemm g) {
   check(cudaMemcpyAsync(desc_bwd_dev_, desc_bwd_host_, 12 * ue * sizeof(void*), cudaMemcpyHostToDevice, stream_),
         "backward descriptors");
   check(cudaEventRecord(desc_bwd_done_, stream_), "backward descriptors");
-  const auto ptr = [&](std::size_t part) { return desc_bwd_dev_ + part * ue; };
-  // Per group: sizes (the rows, or H, F, 2F alike), operations, scalars.
   const auto n_groups = rows_of.size();
-  std::vector<int> size(n_groups, 1), all_h(n_groups, H), all_f(n_groups, F), all_2f(n_groups, 2 * F);
+  std::vector<int> size(n_groups, 1), m(n_groups), n(n_groups), k(n_groups), lda(n_groups), ldb(n_groups), ldc(n_groups);
   std::vector<float> alpha(n_groups, 1.0f), beta(n_groups, 0.0f);
-  std::vector<cublasOperation_t> op_n(n_groups, CUBLAS_OP_N), op_t(n_groups, CUBLAS_OP_T);
-  const auto grouped = [&](const std::vector<cublasOperation_t>& ta, const std::vector<cublasOperation_t>& tb,
-                           const std::vector<int>& m, const std::vector<int>& n, const std::vector<int>& k,
-                           const std::vector<int>& lda, const std::vector<int>& ldb, const std::vector<int>& ldc,
-                           std::size_t part, const char* what) {
-    check(cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
-                                     const_cast<const void**>(ptr(part)), CUDA_R_16BF, lda.data(),
-                                     const_cast<const void**>(ptr(part + 1)), CUDA_R_16BF, ldb.data(), beta.data(),
-                                     ptr(part + 2), CUDA_R_16BF, ldc.data(), groups, size.data(), CUBLAS_COMPUTE_32F),
-          what);
-  };
-  grouped(op_t, op_n, all_f, rows_of, all_h, all_h, all_h, all_f, 0, "grouped GEMM down, input gradient");
-  grouped(op_n, op_t, all_h, all_f, rows_of, all_h, all_f, all_h, 3, "grouped GEMM down, weight gradient");
-  swiglu_backward_kernel<<<blocks(row * f, 256), 256, 0, stream_>>>(h1_, dact_, static_cast<int>(row), F, dh1_);
-  check(cudaGetLastError(), "SwiGLU backward kernel");
-  grouped(op_t, op_n, all_h, rows_of, all_2f, all_2f, all_2f, all_h, 6, "grouped GEMM gate/up, input gradient");
-  grouped(op_n, op_t, all_2f, all_h, rows_of, all_2f, all_h, all_2f, 9, "grouped GEMM gate/up, weight gradient");
+  std::vector<cublasOperation_t> ta(n_groups), tb(n_groups);
+  for (int s = 0; s < 2; ++s) {
+    if (s == 1) swiglu(row);
+    for (std::size_t j = 0; j < 2; ++j) {
+      const char* what = "";
+      for (std::size_t i = 0; i < n_groups; ++i) {
+        const GemmCall c = steps[s](H, F, rows_of[i])[j];
+        ta[i] = op(c.trans_a), tb[i] = op(c.trans_b), m[i] = c.m, n[i] = c.n, k[i] = c.k;
+        lda[i] = c.lda, ldb[i] = c.ldb, ldc[i] = c.ldc, what = c.what;
+      }
+      const std::size_t part = 6 * static_cast<std::size_t>(s) + 3 * j;
+      check(cublasGemmGroupedBatchedEx(blas_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
+                                       const_cast<const void**>(desc_bwd_dev_ + part * ue), CUDA_R_16BF, lda.data(),
+                                       const_cast<const void**>(desc_bwd_dev_ + (part + 1) * ue), CUDA_R_16BF, ldb.data(),
+                                       beta.data(), desc_bwd_dev_ + (part + 2) * ue, CUDA_R_16BF, ldc.data(), groups,
+                                       size.data(), CUBLAS_COMPUTE_32F),
+            what);
+    }
+  }
 }
 
 void Layer::permute_backward(int tokens, __nv_bfloat16* dx) {

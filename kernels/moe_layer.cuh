@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "gemm_plan.hpp"
 #include "reference.hpp"
 
 namespace moe {
@@ -137,6 +138,7 @@ class Layer {
   std::map<std::pair<int, int>, ExpertGemm> tuned_backward_;
   void allocate_backward();
   void run_experts_backward(ExpertGemm g);
+  __nv_bfloat16* operand(Operand o) const;  // an operand of gemm_plan.hpp's GEMMs
   // Which choice serves this size class of the last permute: the mode set, or with automatic
   // the faster of the two, timed once per class with `run`.
   ExpertGemm choose(std::map<std::pair<int, int>, ExpertGemm>& tuned, void (Layer::*run)(ExpertGemm));

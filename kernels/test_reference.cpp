@@ -1,13 +1,16 @@
 // Host test (no GPU): the float64 reference's definition on hand-derived cases, and the data
 // generators. Plain C++17; exits non-zero with a message on the first failure.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <numeric>
 #include <stdexcept>
 #include <string>
 
+#include "gemm_plan.hpp"
 #include "reference.hpp"
 #include "sustain.hpp"
 
@@ -23,6 +26,20 @@ void expect(bool ok, const std::string& what) {
 }
 
 double silu(double x) { return x / (1 + std::exp(-x)); }
+
+// C = op(A) op(B), column-major, as cuBLAS computes a GemmCall, in float64.
+void run_gemm(const moe::GemmCall& g, const double* a, const double* b, double* c) {
+  for (int j = 0; j < g.n; ++j)
+    for (int i = 0; i < g.m; ++i) {
+      double sum = 0;
+      for (int p = 0; p < g.k; ++p) {
+        const double av = g.trans_a ? a[p + static_cast<std::size_t>(i) * g.lda] : a[i + static_cast<std::size_t>(p) * g.lda];
+        const double bv = g.trans_b ? b[j + static_cast<std::size_t>(p) * g.ldb] : b[p + static_cast<std::size_t>(j) * g.ldb];
+        sum += av * bv;
+      }
+      c[i + static_cast<std::size_t>(j) * g.ldc] = sum;
+    }
+}
 
 }  // namespace
 
@@ -171,6 +188,94 @@ int main() {
                name + ": d" + part + " matches finite differences (worst " + std::to_string(worst / largest) + " of the largest)");
       }
     }
+  }
+
+  // The GPU layer's expert GEMMs (gemm_plan.hpp), run as cuBLAS would on float64 arrays with the
+  // layer's permute, SwiGLU and combine around them, against the reference: forward output,
+  // and the backward's token and expert weight gradients (the router's weights zero, so that
+  // the reference's token gradient is the experts' alone and its gates the routing's 1/k).
+  {
+    Config pc;
+    pc.hidden = 8, pc.ffn = 6, pc.experts = 4, pc.top_k = 2, pc.capacity_factor = 1.0;
+    const int tokens = 9;
+    const auto h = static_cast<std::size_t>(pc.hidden), f = static_cast<std::size_t>(pc.ffn);
+    const Weights pw = random_weights(pc, 31);
+    const auto px = random_tokens(pc, tokens, 32);
+    Values v = values(pc, pw, px.data(), tokens);
+    std::fill(v.router.begin(), v.router.end(), 0.0);
+    const Routing pr = generated_routing(pc, tokens, "zipf:1.2", 33);
+    int dropped = 0;
+    for (std::size_t a = 0; a < pr.experts.size(); ++a) dropped += !pr.kept(a);
+    expect(dropped > 0, "GEMM plan: some assignments dropped");
+    std::vector<double> dout(static_cast<std::size_t>(tokens) * h);
+    for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = std::cos(0.9 * static_cast<double>(i));
+    // Permute: kept rows in expert order, position order inside each expert.
+    const std::size_t assignments = pr.experts.size();
+    std::vector<long> row_of(assignments, -1);
+    std::vector<int> kept(static_cast<std::size_t>(pc.experts), 0);
+    std::size_t rows = 0;
+    for (int e = 0; e < pc.experts; ++e)
+      for (std::size_t a = 0; a < assignments; ++a)
+        if (pr.experts[a] == e && pr.kept(a)) row_of[a] = static_cast<long>(rows++), ++kept[static_cast<std::size_t>(e)];
+    std::map<Operand, std::vector<double>> buf{
+        {Operand::gate_up, v.gate_up}, {Operand::down, v.down}, {Operand::xperm, std::vector<double>(rows * h)},
+        {Operand::h1, std::vector<double>(rows * 2 * f)}, {Operand::act, std::vector<double>(rows * f)},
+        {Operand::y, std::vector<double>(rows * h)}, {Operand::dy, std::vector<double>(rows * h)},
+        {Operand::dact, std::vector<double>(rows * f)}, {Operand::dh1, std::vector<double>(rows * 2 * f)},
+        {Operand::dxperm, std::vector<double>(rows * h)}, {Operand::dgate_up, std::vector<double>(v.gate_up.size())},
+        {Operand::ddown, std::vector<double>(v.down.size())}};
+    for (std::size_t a = 0; a < assignments; ++a)
+      if (row_of[a] >= 0)
+        std::copy_n(v.x.begin() + static_cast<std::ptrdiff_t>(a / 2 * h), h,
+                    buf[Operand::xperm].begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(row_of[a]) * h));
+    const auto each_expert = [&](auto plan) {
+      std::size_t row = 0;
+      for (int e = 0; e < pc.experts; ++e) {
+        const int n = kept[static_cast<std::size_t>(e)];
+        const auto xe = static_cast<std::size_t>(e);
+        if (n > 0)
+          for (const GemmCall& g : plan(pc.hidden, pc.ffn, n))
+            run_gemm(g, buf[g.a].data() + operand_offset(g.a, pc.hidden, pc.ffn, xe, row),
+                     buf[g.b].data() + operand_offset(g.b, pc.hidden, pc.ffn, xe, row),
+                     buf[g.c].data() + operand_offset(g.c, pc.hidden, pc.ffn, xe, row));
+        row += static_cast<std::size_t>(n);
+      }
+    };
+    each_expert(experts_forward_gate_up);
+    for (std::size_t r = 0; r < rows; ++r)
+      for (std::size_t m = 0; m < f; ++m)
+        buf[Operand::act][r * f + m] = silu(buf[Operand::h1][r * 2 * f + m]) * buf[Operand::h1][r * 2 * f + f + m];
+    each_expert(experts_forward_down);
+    std::vector<double> out(dout.size(), 0.0);
+    for (std::size_t a = 0; a < assignments; ++a)
+      if (row_of[a] >= 0)
+        for (std::size_t o = 0; o < h; ++o) {
+          out[a / 2 * h + o] += pr.gates[a] * buf[Operand::y][static_cast<std::size_t>(row_of[a]) * h + o];
+          buf[Operand::dy][static_cast<std::size_t>(row_of[a]) * h + o] = pr.gates[a] * dout[a / 2 * h + o];
+        }
+    each_expert(experts_backward_down);
+    for (std::size_t r = 0; r < rows; ++r)
+      for (std::size_t m = 0; m < f; ++m) {
+        const double z = buf[Operand::h1][r * 2 * f + m], u = buf[Operand::h1][r * 2 * f + f + m];
+        const double da = buf[Operand::dact][r * f + m], sg = 1 / (1 + std::exp(-z));
+        buf[Operand::dh1][r * 2 * f + m] = da * u * sg * (1 + z * (1 - sg));
+        buf[Operand::dh1][r * 2 * f + f + m] = da * z * sg;
+      }
+    each_expert(experts_backward_gate_up);
+    std::vector<double> dx(dout.size(), 0.0);
+    for (std::size_t a = 0; a < assignments; ++a)
+      if (row_of[a] >= 0)
+        for (std::size_t o = 0; o < h; ++o) dx[a / 2 * h + o] += buf[Operand::dxperm][static_cast<std::size_t>(row_of[a]) * h + o];
+    const auto agree = [](const std::vector<double>& got, const std::vector<double>& want) {
+      double diff = 0, scale = 0;
+      for (std::size_t i = 0; i < want.size(); ++i) diff = std::max(diff, std::fabs(got[i] - want[i])), scale = std::max(scale, std::fabs(want[i]));
+      return got.size() == want.size() && scale > 0 && diff <= 1e-9 * scale;
+    };
+    const Values want = backward(pc, v, pr, dout);
+    expect(agree(out, forward_values(pc, v, pr)), "GEMM plan: forward output");
+    expect(agree(dx, want.x), "GEMM plan: token gradient");
+    expect(agree(buf[Operand::dgate_up], want.gate_up), "GEMM plan: gate/up weight gradient");
+    expect(agree(buf[Operand::ddown], want.down), "GEMM plan: down weight gradient");
   }
 
   // The checks' error measure: relative to the largest reference value; a NaN, an infinity or a
