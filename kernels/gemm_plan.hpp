@@ -14,15 +14,16 @@
 
 namespace moe {
 
-enum class Operand { gate_up, down, xperm, h1, act, y, dy, dact, dh1, dxperm, dgate_up, ddown };
+enum class Operand { gate_up, down, xperm, h1, act, y, dy, dact, dh1, dxperm, dgate_up, ddown, router, x, dlogits, dx, drouter };
 
-// C = op(A) op(B), m x n, over k.
+// C = op(A) op(B) (+ C where `accumulate`), m x n, over k; C in fp32 where `fp32_out`, else bf16.
 struct GemmCall {
   bool trans_a, trans_b;
   int m, n, k;
   Operand a, b, c;
   int lda, ldb, ldc;
   const char* what;
+  bool accumulate = false, fp32_out = false;
 };
 
 // Where expert e's part of an operand starts, in elements: weights (and their gradients) by
@@ -47,8 +48,9 @@ inline std::size_t operand_offset(Operand o, int hidden, int ffn, std::size_t ex
     case Operand::act:
     case Operand::dact:
       return row * f;
+    default:  // the router's operands: one for all tokens
+      return 0;
   }
-  return 0;
 }
 
 // Forward, around the SwiGLU: h1 = x Wgu (2F x rows = Wgu-view x-view), then y = act Wd.
@@ -75,6 +77,17 @@ inline std::array<GemmCall, 2> experts_backward_gate_up(int hidden, int ffn, int
             "GEMM gate/up, input gradient"},
            {false, true, 2 * ffn, hidden, rows, Operand::dh1, Operand::xperm, Operand::dgate_up, 2 * ffn, hidden, 2 * ffn,
             "GEMM gate/up, weight gradient"}}};
+}
+
+// The router's backward, after the logits' gradient (dlogits, T x E row-major: E x T with
+// leading dimension E): dx += dlogits Wr^T (H x T = Wr-view^T dlogits, Wr row-major H x E being
+// E x H with leading dimension E), added to the experts' part of dx; dWr = x^T dlogits
+// (E x H = dlogits x-view^T, fp32).
+inline std::array<GemmCall, 2> router_backward_gemms(int hidden, int experts, int tokens) {
+  return {{{true, false, hidden, tokens, experts, Operand::router, Operand::dlogits, Operand::dx, experts, experts, hidden,
+            "router GEMM, input gradient", true, false},
+           {false, true, experts, hidden, tokens, Operand::dlogits, Operand::x, Operand::drouter, experts, hidden, experts,
+            "router GEMM, weight gradient", false, true}}};
 }
 
 }  // namespace moe

@@ -605,8 +605,8 @@ __nv_bfloat16* Layer::operand(Operand o) const {
     case Operand::dxperm: return dxperm_;
     case Operand::dgate_up: return dgate_up_;
     case Operand::ddown: return ddown_;
+    default: return nullptr;  // the router's operands are router_backward()'s own
   }
-  return nullptr;
 }
 
 void Layer::run_experts_backward(ExpertGemm g) {
@@ -712,16 +712,18 @@ void Layer::router_backward(const __nv_bfloat16* x, int tokens, __nv_bfloat16* d
       logits_, topk_, gates_, dgates_, tokens, c_.experts, c_.top_k, c_.scoring == Scoring::softmax ? 1 : 0, dlogits_);
   check(cudaGetLastError(), "router backward kernel");
   const float one = 1, zero = 0;
-  // Column-major: dx (H x T) += Wr-view^T (H x E) dlogits (E x T), Wr row-major H x E being E x H
-  // (ld E); dWr-view (E x H) = dlogits (E x T) x^T (T x H).
-  check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, c_.hidden, tokens, c_.experts, &one, router_w_, CUDA_R_16BF,
-                     c_.experts, dlogits_, CUDA_R_16BF, c_.experts, &one, dx, CUDA_R_16BF, c_.hidden, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT),
-        "router GEMM, input gradient");
-  check(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, c_.experts, c_.hidden, tokens, &one, dlogits_, CUDA_R_16BF,
-                     c_.experts, x, CUDA_R_16BF, c_.hidden, &zero, drouter_, CUDA_R_32F, c_.experts, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT),
-        "router GEMM, weight gradient");
+  const auto ptr = [&](Operand o) -> const void* {
+    return o == Operand::router ? static_cast<const void*>(router_w_)
+           : o == Operand::x    ? static_cast<const void*>(x)
+                                : static_cast<const void*>(dlogits_);
+  };
+  for (const GemmCall& c : router_backward_gemms(c_.hidden, c_.experts, tokens)) {
+    void* out = c.c == Operand::dx ? static_cast<void*>(dx) : static_cast<void*>(drouter_);
+    check(cublasGemmEx(blas_, c.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, c.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, c.m, c.n, c.k,
+                       &one, ptr(c.a), CUDA_R_16BF, c.lda, ptr(c.b), CUDA_R_16BF, c.ldb, c.accumulate ? &one : &zero, out,
+                       c.fp32_out ? CUDA_R_32F : CUDA_R_16BF, c.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          c.what);
+  }
 }
 
 void Layer::backward(const __nv_bfloat16* x, const __nv_bfloat16* dout, int tokens, __nv_bfloat16* dx) {

@@ -190,10 +190,11 @@ int main() {
     }
   }
 
-  // The GPU layer's expert GEMMs (gemm_plan.hpp), run as cuBLAS would on float64 arrays with the
-  // layer's permute, SwiGLU and combine around them, against the reference: forward output,
-  // and the backward's token and expert weight gradients (the router's weights zero, so that
-  // the reference's token gradient is the experts' alone and its gates the routing's 1/k).
+  // The GPU layer's GEMMs (gemm_plan.hpp), run as cuBLAS would on float64 arrays with the
+  // layer's permute, SwiGLU, combine and the router's gradient kernels around them, against the
+  // reference: forward output, and the backward's token, router and expert weight gradients.
+  // The routing's experts are a skewed draw with capacity drops; its gates, as the reference
+  // takes them, the chosen experts' softmax over the logits x Wr.
   {
     Config pc;
     pc.hidden = 8, pc.ffn = 6, pc.experts = 4, pc.top_k = 2, pc.capacity_factor = 1.0;
@@ -201,9 +202,17 @@ int main() {
     const auto h = static_cast<std::size_t>(pc.hidden), f = static_cast<std::size_t>(pc.ffn);
     const Weights pw = random_weights(pc, 31);
     const auto px = random_tokens(pc, tokens, 32);
-    Values v = values(pc, pw, px.data(), tokens);
-    std::fill(v.router.begin(), v.router.end(), 0.0);
-    const Routing pr = generated_routing(pc, tokens, "zipf:1.2", 33);
+    const Values v = values(pc, pw, px.data(), tokens);
+    Routing pr = generated_routing(pc, tokens, "zipf:1.2", 33);
+    const auto e_count = static_cast<std::size_t>(pc.experts);
+    std::vector<double> logits(static_cast<std::size_t>(tokens) * e_count, 0.0), gate(pr.experts.size());
+    for (std::size_t t = 0; t < static_cast<std::size_t>(tokens); ++t) {
+      for (std::size_t i = 0; i < h; ++i)
+        for (std::size_t j = 0; j < e_count; ++j) logits[t * e_count + j] += v.x[t * h + i] * v.router[i * e_count + j];
+      const double a0 = std::exp(logits[t * e_count + static_cast<std::size_t>(pr.experts[2 * t])]);
+      const double a1 = std::exp(logits[t * e_count + static_cast<std::size_t>(pr.experts[2 * t + 1])]);
+      gate[2 * t] = a0 / (a0 + a1), gate[2 * t + 1] = a1 / (a0 + a1);
+    }
     int dropped = 0;
     for (std::size_t a = 0; a < pr.experts.size(); ++a) dropped += !pr.kept(a);
     expect(dropped > 0, "GEMM plan: some assignments dropped");
@@ -250,8 +259,8 @@ int main() {
     for (std::size_t a = 0; a < assignments; ++a)
       if (row_of[a] >= 0)
         for (std::size_t o = 0; o < h; ++o) {
-          out[a / 2 * h + o] += pr.gates[a] * buf[Operand::y][static_cast<std::size_t>(row_of[a]) * h + o];
-          buf[Operand::dy][static_cast<std::size_t>(row_of[a]) * h + o] = pr.gates[a] * dout[a / 2 * h + o];
+          out[a / 2 * h + o] += gate[a] * buf[Operand::y][static_cast<std::size_t>(row_of[a]) * h + o];
+          buf[Operand::dy][static_cast<std::size_t>(row_of[a]) * h + o] = gate[a] * dout[a / 2 * h + o];
         }
     each_expert(experts_backward_down);
     for (std::size_t r = 0; r < rows; ++r)
@@ -266,6 +275,27 @@ int main() {
     for (std::size_t a = 0; a < assignments; ++a)
       if (row_of[a] >= 0)
         for (std::size_t o = 0; o < h; ++o) dx[a / 2 * h + o] += buf[Operand::dxperm][static_cast<std::size_t>(row_of[a]) * h + o];
+    // The router's part: the gates' gradients (0 for a dropped assignment), the logits'
+    // (softmax over the chosen), then the plan's two GEMMs.
+    std::vector<double> dlogits(logits.size(), 0.0), drouter(v.router.size(), 0.0);
+    for (std::size_t t = 0; t < static_cast<std::size_t>(tokens); ++t) {
+      double dg[2] = {0, 0};
+      for (std::size_t j = 0; j < 2; ++j)
+        if (row_of[2 * t + j] >= 0)
+          for (std::size_t o = 0; o < h; ++o) dg[j] += buf[Operand::y][static_cast<std::size_t>(row_of[2 * t + j]) * h + o] * dout[t * h + o];
+      const double mean = gate[2 * t] * dg[0] + gate[2 * t + 1] * dg[1];
+      for (std::size_t j = 0; j < 2; ++j)
+        dlogits[t * e_count + static_cast<std::size_t>(pr.experts[2 * t + j])] = gate[2 * t + j] * (dg[j] - mean);
+    }
+    for (const GemmCall& g : router_backward_gemms(pc.hidden, pc.experts, tokens)) {
+      const auto data = [&](Operand o) {
+        return o == Operand::router ? v.router.data() : o == Operand::x ? v.x.data() : dlogits.data();
+      };
+      double* c = g.c == Operand::dx ? dx.data() : drouter.data();
+      std::vector<double> product(static_cast<std::size_t>(g.m) * static_cast<std::size_t>(g.n));
+      run_gemm(g, data(g.a), data(g.b), product.data());
+      for (std::size_t i = 0; i < product.size(); ++i) c[i] = (g.accumulate ? c[i] : 0.0) + product[i];
+    }
     const auto agree = [](const std::vector<double>& got, const std::vector<double>& want) {
       double diff = 0, scale = 0;
       for (std::size_t i = 0; i < want.size(); ++i) diff = std::max(diff, std::fabs(got[i] - want[i])), scale = std::max(scale, std::fabs(want[i]));
@@ -274,6 +304,7 @@ int main() {
     const Values want = backward(pc, v, pr, dout);
     expect(agree(out, forward_values(pc, v, pr)), "GEMM plan: forward output");
     expect(agree(dx, want.x), "GEMM plan: token gradient");
+    expect(agree(drouter, want.router), "GEMM plan: router weight gradient");
     expect(agree(buf[Operand::dgate_up], want.gate_up), "GEMM plan: gate/up weight gradient");
     expect(agree(buf[Operand::ddown], want.down), "GEMM plan: down weight gradient");
   }
