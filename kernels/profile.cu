@@ -383,7 +383,8 @@ int main(int argc, char** argv) {
                    "  took and the seconds of sustained load before it\n"
                    "  --backward: the backward pass's stages instead of the forward's (layer_bwd, router_bwd,\n"
                    "  permute_bwd, combine_bwd per token count, experts_bwd per local-expert count and rows), after\n"
-                   "  checking the gradients against the reference; no held-out, late or A/B timings\n");
+                   "  checking the gradients against the reference; --heldout then times the whole backward pass\n"
+                   "  (layer_bwd rows) on the held-out cases; no late, A/B or stage timings\n");
       return 2;
     }
   }
@@ -411,8 +412,8 @@ int main(int argc, char** argv) {
     heldout_tokens = dense ? std::vector<int>{5, 20, 80, 320, 1280, 5120, 20480, 40960}
                            : std::vector<int>{3, 24, 96, 384, 1536, 6144, 24576, 49152};
   std::sort(heldout_tokens.begin(), heldout_tokens.end());
-  if (backward && heldout_only) {
-    std::fprintf(stderr, "moe-profile: --backward has no held-out timings (--heldout-only)\n");
+  if (backward && !heldout_experts->empty()) {
+    std::fprintf(stderr, "moe-profile: --backward has no held-out expert-stage timings (--heldout-experts)\n");
     return 2;
   }
   if (experts_only && heldout_only) {
@@ -468,8 +469,9 @@ int main(int argc, char** argv) {
       }
     }
     if (backward) {
-      heldout_path.clear(), late_path.clear(), ab_path.clear(), stages_path.clear();
-      std::printf("moe-profile: --backward: the backward pass's stages (no held-out, late or A/B timings)\n");
+      late_path.clear(), ab_path.clear(), stages_path.clear();
+      std::printf("moe-profile: --backward: the backward pass's stages, and held-out whole backward passes (no late, "
+                  "A/B or stage timings)\n");
     }
     if (!trace_path.empty()) write_trace(trace_path);
     if (out_path.empty()) return 0;
@@ -623,6 +625,13 @@ int main(int argc, char** argv) {
               } else {
                 r = generated_routing(c, t, d, 8);
                 layer.force_routing(r.experts, r.gates, t);
+              }
+              if (backward) {
+                // The backward pass after one forward pass on this routing.
+                layer.forward(in, t, dout.p);
+                row(heldout, "layer_bwd", c, t, d, &r,
+                    time_it([&] { layer.backward(in, dgrad.p, t, ddx.p); }, repeats, st), name(layer.last_expert_gemm()));
+                continue;
               }
               const Timing whole = time_it([&] { layer.forward(in, t, dout.p); }, repeats, st);
               row(heldout, "layer", c, t, d, &r, whole, name(layer.last_expert_gemm()));
