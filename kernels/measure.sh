@@ -45,7 +45,9 @@ fi
     shapes=small
     case " $* " in *" --shapes "*) shapes=$(echo "$*" | sed 's/.*--shapes \([^ ]*\).*/\1/' | tr , ' ') ;; esac
     case " $* " in *" --quick "*) ;; *" --shapes "*) ;; *) shapes="small mixtral deepseek" ;; esac
+    bwd=()
+    case " $* " in *" --backward "*) bwd=(--backward) ;; esac
     # shellcheck disable=SC2086
-    python3 "$here/torch_layer.py" "$out/torch.csv" $shapes
+    python3 "$here/torch_layer.py" "$out/torch.csv" $shapes "${bwd[@]}"
   fi
 } 2>&1 | tee "$out/log.txt"

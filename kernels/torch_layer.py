@@ -1,6 +1,6 @@
 """The same MoE layer in PyTorch (bf16), the yardstick for the CUDA layer's whole-layer time.
 
-    python3 kernels/torch_layer.py OUT.csv [shape ...]      (shapes: small mixtral deepseek)
+    python3 kernels/torch_layer.py OUT.csv [shape ...] [--backward]   (shapes: small mixtral deepseek)
 
 Per shape and token count it times, with CUDA events after warm-up (median of 20; heavy work in
 the GPU's sustained state, as kernels/profile.cu times it), the forward pass written two ways
@@ -9,7 +9,9 @@ and keeps both rows:
               renormalised gates, a stable argsort by expert, torch._grouped_mm for gate/up and
               down around SiLU * up, index_add_ to combine;
   loop        the same with one torch.mm per expert (counts read back to the host).
-The two are checked against each other (relative error of the outputs) before timing. Shapes
+The two are checked against each other (relative error of the outputs) before timing. With
+--backward, also each one's backward pass (torch.autograd: the token, router and expert weight
+gradients; variant NAME_backward), checked on the token gradient against the loop's. Shapes
 and the routing rule are those of kernels/profile.cu; weights and tokens are random (the
 timing does not depend on the values).
 """
@@ -130,8 +132,53 @@ def time_us(fn, repeats=20):
     return times[len(times) // 2]
 
 
+def backward_pass(fn, x, w, c):
+    """A function running the backward pass of fn at x (the gradients of x, the router's and the
+    experts' weights for a random output gradient), after one forward pass whose graph every
+    run reuses; and those gradients, for checking the variants against each other."""
+    x = x.detach().requires_grad_()
+    params = [w[k].requires_grad_() for k in ("router", "gate_up", "down")]
+    out = fn(x, w, c)
+    dout = torch.rand_like(out) - 0.5
+    run = lambda: torch.autograd.grad(out, [x] + params, dout, retain_graph=True)  # noqa: E731
+    return run, run()
+
+
+def time_backward(out, name, c, w):
+    """layer_bwd rows: each variant's backward pass, after checking its token gradient against
+    the loop's."""
+    for t in TOKENS[name]:
+        x = (torch.rand(t, c["hidden"], device="cuda", dtype=torch.bfloat16) - 0.5).mul_(3.4)
+        ref = None
+        for v, fn in (("loop", layer_loop), ("grouped_mm", layer_grouped)):
+            try:  # _grouped_mm may have no backward here, and a large shape's gradients may not fit
+                run, grads = backward_pass(fn, x, w, c)
+                if ref is None:
+                    ref = grads[0].float()
+                else:
+                    err = ((grads[0].float() - ref).abs().max() / ref.abs().max()).item()
+                    print(f"{name} {t}: {v} vs loop token gradient relative error {err:.2e}", flush=True)
+                    if not err < 5e-2:
+                        continue
+                del grads
+                us = time_us(run)
+            except Exception as e:  # noqa: BLE001 - report and time what runs
+                print(f"{name} {t}: {v} backward not timed: {e}", flush=True)
+                continue
+            finally:
+                torch.cuda.empty_cache()
+            out.write(f"{name},{t},{v}_backward,{us:.1f}\n")
+            out.flush()
+            print(f"{name:8s} {t:6d} {v + '_backward':19s} {us:10.1f} us", flush=True)
+            del run  # its graph, before the next variant builds its own
+        for k in ("router", "gate_up", "down"):
+            w[k].requires_grad_(False)
+
+
 def main():
-    out_path, names = sys.argv[1], sys.argv[2:] or list(SHAPES)
+    backward = "--backward" in sys.argv[2:]
+    args = [a for a in sys.argv[1:] if a != "--backward"]
+    out_path, names = args[0], args[1:] or list(SHAPES)
     torch.manual_seed(0)
     with open(out_path, "w") as out:
         out.write(f"# the MoE layer in PyTorch {torch.__version__} on {torch.cuda.get_device_name()}: kernels/torch_layer.py\n")
@@ -157,6 +204,8 @@ def main():
                         out.write(f"{name},{t},{v},{us:.1f}\n")
                         out.flush()
                         print(f"{name:8s} {t:6d} {v:10s} {us:10.1f} us", flush=True)
+            if backward:
+                time_backward(out, name, c, w)
             del w
             torch.cuda.empty_cache()
 
