@@ -45,7 +45,7 @@ struct Timing {
   // run took in its warm-up, the seconds spent bringing heavy work to the sustained state, and
   // the attempts (a measurement with a slow period is taken again).
   std::chrono::system_clock::time_point begin{}, end{};
-  double run_us = 0, sustained_s = 0;
+  double run_us = 0, sustained_s = 0, settled_s = 0;
   int attempts = 1;
 };
 
@@ -82,7 +82,7 @@ struct Sustains {
   int count = 0;
   double seconds = 0;
 };
-Sustains sustains;
+Sustains sustains, settles;  // heavy measurements brought to the sustained state; light ones settled
 
 // Median and spread over `repeats` timed runs after three warm-up runs (and, for heavy work, as
 // many more as the sustained state needs); runs past 2 ms are repeated fewer times (at least
@@ -107,8 +107,9 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
       run();
       check(cudaStreamSynchronize(s), "sustained load");
     } while (sustained.remaining(begin, run_us, SustainedLoad::Clock::now()) > 0);
-    ++sustains.count;
-    sustains.seconds += std::chrono::duration<double>(SustainedLoad::Clock::now() - start).count();
+    Sustains& n = sustained.heavy(run_us) ? sustains : settles;
+    ++n.count;
+    n.seconds += std::chrono::duration<double>(SustainedLoad::Clock::now() - start).count();
   }
   std::vector<double> us;
   for (int i = 0; i < repeats; ++i) {
@@ -170,13 +171,14 @@ void warm_gpu() {
   }
   ++warm_ups.count;
   warm_ups.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  sustained.ran(start, std::chrono::steady_clock::now());  // heavy work: light work after it settles
 }
 
 Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   static auto last = std::chrono::steady_clock::time_point{};
   if (std::chrono::steady_clock::now() - last > std::chrono::seconds(1)) warm_gpu();
   const auto begin = std::chrono::system_clock::now();
-  const double sustained_before = sustains.seconds;
+  const double sustained_before = sustains.seconds, settled_before = settles.seconds;
   Timing best = time_once(run, repeats, s);
   int attempts = 1;
   for (; attempts < 3 && best.median > 1.25 * best.p10; ++attempts) {
@@ -185,7 +187,8 @@ Timing time_it(const std::function<void()>& run, int repeats, cudaStream_t s) {
   }
   last = std::chrono::steady_clock::now();
   best.begin = begin, best.end = std::chrono::system_clock::now();
-  best.sustained_s = sustains.seconds - sustained_before, best.attempts = attempts;
+  best.sustained_s = sustains.seconds - sustained_before, best.settled_s = settles.seconds - settled_before;
+  best.attempts = attempts;
   return best;
 }
 
@@ -377,10 +380,11 @@ int main(int argc, char** argv) {
                    "  per-expert row counts behind every profile and held-out row that has a routing, and the\n"
                    "  expert GEMM path its timing took (grouped or loop; - where it has no expert stage)\n"
                    "  --sustain SECONDS: time heavy work (a run of 0.5 ms or more) only after this long of heavy\n"
-                   "  work without a pause, the GPU's sustained state under its power cap (default 2; 0: as it\n"
-                   "  comes, the GPU's top clock for the first second of heavy work); --timings FILE: when\n"
+                   "  work without a pause, the GPU's sustained state under its power cap, and light work only\n"
+                   "  0.3 s or more after heavy work, at the top clock (default 2; 0: everything as it comes);\n"
+                   "  --timings FILE: when\n"
                    "  each row of the other files was timed (UTC, as measure.sh's clock log), how long a run\n"
-                   "  took and the seconds of sustained load before it\n"
+                   "  took and the seconds of sustained load (heavy) or settling (light) before it\n"
                    "  --backward: the backward pass's stages instead of the forward's (layer_bwd, router_bwd,\n"
                    "  permute_bwd, combine_bwd per token count, experts_bwd per local-expert count and rows), after\n"
                    "  checking the gradients against the reference; --heldout then times the whole backward pass\n"
@@ -488,7 +492,8 @@ int main(int argc, char** argv) {
         << "# sustained: "
         << (sustained.seconds() > 0
                 ? "heavy work (a run of 0.5 ms or more) timed after " + fmt_seconds(sustained.seconds()) +
-                      " of heavy work without a pause of more than 0.2 s (kernels/sustain.hpp)"
+                      " of heavy work without a pause of more than 0.2 s, light work 0.3 s or more after heavy work "
+                      "(kernels/sustain.hpp)"
                 : std::string("no (heavy work timed as it came)"))
         << "\n"
         << "# experts GEMMs: per size class the faster of cublasGemmGroupedBatchedEx and a cublasGemmEx loop (automatic)\n"
@@ -501,7 +506,8 @@ int main(int argc, char** argv) {
       timings << "# when moe-profile timed each row of its files (UTC, as nvidia-smi's timestamps under TZ=UTC); gpu: "
               << dev.name << "; sustained state: " << fmt_seconds(sustained.seconds())
               << " of heavy work first (0 s: off)\n"
-              << "file,kernel,shape,experts,top_k,tokens,distribution,begin_utc,end_utc,run_us,sustained_s,attempts,median_us\n";
+              << "file,kernel,shape,experts,top_k,tokens,distribution,begin_utc,end_utc,run_us,sustained_s,settled_s,attempts,"
+                 "median_us\n";
     }
     if (!hist_path.empty()) {
       hist.open(hist_path);
@@ -543,7 +549,8 @@ int main(int argc, char** argv) {
       if (timings.is_open())
         timings << file << ',' << kernel << ',' << c.name << ',' << c.experts << ',' << c.top_k << ',' << tokens << ','
                 << dist << ',' << utc_ms(tm.begin) << ',' << utc_ms(tm.end) << ',' << tm.run_us << ','
-                << tm.sustained_s << ',' << tm.attempts << ',' << tm.median << std::endl;  // kept if the run is cut off
+                << tm.sustained_s << ',' << tm.settled_s << ',' << tm.attempts << ',' << tm.median
+                << std::endl;  // kept if the run is cut off
       if (r && hist.is_open()) {
         hist << file << ',' << kernel << ',' << c.name << ',' << c.experts << ','
              << c.top_k << ',' << tokens << ',' << dist << ',' << gemm << ',';
@@ -555,7 +562,7 @@ int main(int argc, char** argv) {
       const Config c = shape(s);
       const auto t0 = std::chrono::steady_clock::now();
       const WarmUps warm_ups_before = warm_ups;
-      const Sustains sustains_before = sustains;
+      const Sustains sustains_before = sustains, settles_before = settles;
       const Weights w = profile_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)
@@ -784,10 +791,11 @@ int main(int argc, char** argv) {
         std::printf("%s %-8s whole layer timed again\n", now_utc().c_str(), s.c_str());
       }
       std::printf("%s %-8s done in %.0f s (%d warm-ups of the GPU after pauses, %.1f s in all; %d heavy measurements "
-                  "brought to the sustained state, %.1f s in all)\n",
+                  "brought to the sustained state, %.1f s in all; %d light ones settled after heavy work, %.1f s)\n",
                   now_utc().c_str(), s.c_str(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                   warm_ups.count - warm_ups_before.count, warm_ups.seconds - warm_ups_before.seconds,
-                  sustains.count - sustains_before.count, sustains.seconds - sustains_before.seconds);
+                  sustains.count - sustains_before.count, sustains.seconds - sustains_before.seconds,
+                  settles.count - settles_before.count, settles.seconds - settles_before.seconds);
     }
     std::printf("moe-profile: wrote %s\n", out_path.c_str());
   } catch (const std::exception& e) {

@@ -323,18 +323,28 @@ int main() {
     const auto at = [&](double s) { return t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s)); };
     const auto near = [](double a, double b) { return std::fabs(a - b) < 1e-6; };
     SustainedLoad load(2.0);
-    expect(load.remaining(at(0), 100, at(0.1)) == 0 && !load.heavy(100), "light work (0.1 ms a run) is timed as it comes");
+    expect(load.remaining(at(0), 100, at(0.1)) == 0 && !load.heavy(100), "light work (0.1 ms a run) before any heavy: as it comes");
     expect(near(load.remaining(at(1), 800, at(1.1)), 1.9), "heavy work after a pause: 2 s from its first run");
     expect(near(load.remaining(at(1), 800, at(1.5)), 1.5), "asking again for the same measurement: the same stretch");
     expect(load.remaining(at(1), 800, at(3.0)) == 0, "2 s of it: timed");
     load.ended(at(3.2));
     expect(load.remaining(at(3.3), 5000, at(3.35)) == 0, "heavy work 0.1 s after the last: the stretch goes on");
     load.ended(at(3.5));
-    expect(load.remaining(at(3.55), 50, at(3.6)) == 0, "light work between, 0.1 s");
-    expect(load.remaining(at(3.65), 600, at(3.65)) == 0, "does not end it (a pause of 0.2 s at most)");
+    expect(near(load.remaining(at(3.52), 50, at(3.55)), 0.25), "light work right after heavy: settles until 0.3 s after it");
+    expect(load.remaining(at(3.52), 50, at(3.8)) == 0, "... then timed");
+    expect(load.remaining(at(3.65), 600, at(3.65)) == 0, "heavy again within 0.2 s: the stretch goes on");
     expect(near(load.remaining(at(4.0), 600, at(4.0)), 2.0), "a pause of 0.5 s ends the stretch: 2 s again");
+    // A warm-up of heavy work is a stretch like a measurement's.
+    SustainedLoad warm(2.0);
+    warm.ran(at(10), at(10.5));
+    expect(near(warm.remaining(at(10.55), 900, at(10.6)), 1.4), "heavy work right after a 0.5 s warm-up: 1.5 s more");
+    SustainedLoad warm2(2.0);
+    warm2.ran(at(10), at(10.5));
+    expect(near(warm2.remaining(at(10.5), 20, at(10.5)), 0.3), "light work right after a warm-up settles");
     SustainedLoad off(0);
-    expect(off.remaining(at(0), 1e6, at(0)) == 0 && !off.heavy(1e6), "--sustain 0: nothing run before timing");
+    expect(off.remaining(at(0), 1e6, at(0)) == 0 && !off.heavy(1e6), "--sustain 0: nothing run before heavy work");
+    off.ended(at(1));
+    expect(off.remaining(at(1), 10, at(1)) == 0, "--sustain 0: nor before light work");
   }
   if (failures == 0) std::printf("ok: reference checks passed\n");
   return failures == 0 ? 0 : 1;

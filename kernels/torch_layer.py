@@ -97,8 +97,8 @@ def weights(c):
 
 # Heavy work is timed in the GPU's sustained state, as kernels/profile.cu times it (the rule and
 # its reasons: kernels/sustain.hpp): a run of 0.5 ms or more is timed only after 2 s of heavy
-# work without a pause of more than 0.2 s.
-SUSTAIN_S, HEAVY_US, PAUSE_S = 2.0, 500.0, 0.2
+# work without a pause of more than 0.2 s, a lighter one only 0.3 s or more after heavy work.
+SUSTAIN_S, HEAVY_US, PAUSE_S, SETTLE_S = 2.0, 500.0, 0.2, 0.3
 heavy_since = heavy_until = None
 
 
@@ -116,6 +116,10 @@ def time_us(fn, repeats=20):
         if heavy_until is None or begin - heavy_until > PAUSE_S:
             heavy_since = begin
         while time.monotonic() - heavy_since < SUSTAIN_S:
+            fn()
+            torch.cuda.synchronize()
+    elif heavy_until is not None:
+        while time.monotonic() - heavy_until < SETTLE_S:
             fn()
             torch.cuda.synchronize()
     times = []
