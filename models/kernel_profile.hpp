@@ -8,7 +8,10 @@
 //
 // router, permute, combine and layer rows are per token count at the model's expert count and
 // top-k; experts rows are the expert stage as one GPU of an EP group runs it: `experts` local
-// experts, `tokens` rows (assignments) spread over them by the named distribution.
+// experts, `tokens` rows (assignments) spread over them by the named distribution. The same
+// kernels with _bwd (router_bwd, permute_bwd, experts_bwd, combine_bwd, layer_bwd; moe-profile
+// --backward) are the backward pass's stages, which a training step's backward passes use
+// where the profile has them.
 // max_expert_tokens, active_experts and row_tiles describe the row's routing: the busiest
 // expert's rows, the experts with rows, and the 64-row tiles the rows fill (the sum over experts
 // of ceil(rows / 64); 0 where the row has no routing). row_tiles is optional (a file of 13
