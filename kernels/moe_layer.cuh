@@ -26,7 +26,10 @@
 //   router_backward   one warp per token: the logits' gradient through the gates' renormalisation
 //                     and scoring; then dx += dlogits Wr^T and dWr = x^T dlogits (cuBLAS).
 // Weight gradients are bf16 (fp32 accumulation; the router's fp32), written for the experts with
-// rows (zero_weight_gradients() clears them all, for checks).
+// rows (zero_weight_gradients() clears them all, for checks): as plain PyTorch autograd keeps
+// them. Megatron-LM's gradient-accumulation fusion adds them into fp32 main gradients instead
+// (4-byte read and write per weight: more bytes where few rows make the stage weight-bound),
+// which for DeepSeek-V3's 256 experts on one GPU would not fit in 80 GB beside the weights.
 #pragma once
 
 #include <cublas_v2.h>
