@@ -1,4 +1,5 @@
-// When a heavy measurement may be timed: the GPU's sustained state under heavy work.
+// When a measurement may be timed: heavy work in the GPU's sustained state, light work at its
+// top clock.
 //
 // An H100 SXM at its 700 W power cap holds its top SM clock (1980 MHz) for about a second of
 // heavy work, then settles 25-30 % lower for as long as the work goes on (the card's clock log
@@ -11,7 +12,7 @@
 // the GPU busy for seconds, so the profile times heavy work in that sustained state:
 //
 // - a measurement is heavy when one run takes `heavy_us` or more (the GPU kept busy, not
-//   waiting on launches and host syncs); light ones are timed as they come;
+//   waiting on launches and host syncs), else light;
 // - a heavy measurement is timed only once heavy work has run for `seconds` without a pause of
 //   more than `pause_s` (the measured work itself is run until then; heavy measurements back
 //   to back, as in a sweep along rows, share one stretch);
