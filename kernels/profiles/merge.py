@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Joins the files of a measurement split over several moe-profile runs into one.
 
-    python3 kernels/profiles/merge.py OUT IN [IN ...]
+    python3 kernels/profiles/merge.py [--later-wins] OUT IN [IN ...]
 
 A long sweep can be split over runs (kernels/measure.sh ... --shapes deepseek --locals 256,32,16,
 then --experts-only --locals 8,4,2,1); each run writes its own files. This joins one kind of
@@ -15,7 +15,9 @@ that do not belong together:
   experts GEMMs); dates may differ and are all kept (`# date: D1, D2`);
 - a measurement twice (the same kernel, shape, dimensions, tokens and distribution) in a
   profile (`# moesim kernel profile, the sweep`): the simulator refuses such a profile; a
-  held-out or late file may repeat a case (moe-profile --passes).
+  held-out or late file may repeat a case (moe-profile --passes). With --later-wins the later
+  file's row replaces the earlier one instead (a run cut off part way, then measured again
+  from that point), and the count of replaced rows is printed.
 
 Writes nothing unless every check passes. Plain Python 3.
 """
@@ -43,7 +45,7 @@ def fields(comments):
     return out
 
 
-def merge(out_path, paths):
+def merge(out_path, paths, later_wins=False):
     files = [(p, *read(p)) for p in paths]
     path0, comments0, header0, _ = files[0]
     profile_format = header0.startswith("kernel,shape,")
@@ -58,14 +60,24 @@ def merge(out_path, paths):
                 line = lambda kv: kv[0] if kv[1] is None else f"{kv[0]}: {kv[1]}"  # noqa: E731
                 raise SystemExit(f"merge.py: {p} was not measured like {path0}: '{line(diff[1])}' against '{line(diff[0])}'")
     rows = [row for _, _, _, r in files for row in r]
+    replaced = 0
     if profile_format and any(line.startswith("# moesim kernel profile, the sweep") for line in comments0):
-        seen = {}
+        seen, where = {}, {}
         for p, _, _, r in files:
             for row in r:
                 key = tuple(row.split(",")[:8])
-                if key in seen:
+                if key in seen and not later_wins:
                     raise SystemExit(f"merge.py: {','.join(key)} is in both {seen[key]} and {p}")
+                replaced += key in seen
                 seen[key] = p
+                where[key] = row
+        # Each measurement once, where it was first seen, with the last file's timing.
+        order = []
+        for row in rows:
+            key = tuple(row.split(",")[:8])
+            if where.get(key) is not None:
+                order.append(where.pop(key))
+        rows = order
     comments = list(comments0)
     if profile_format:
         dates = []
@@ -76,15 +88,19 @@ def merge(out_path, paths):
         comments = [f"# date: {', '.join(dates)}" if line.startswith("# date: ") else line for line in comments]
     with open(out_path, "w") as f:
         f.write("\n".join(comments + [header0] + rows) + "\n")
-    return len(rows)
+    return len(rows), replaced
 
 
 def main(argv):
-    if len(argv) < 3:
+    args = argv[1:]
+    later_wins = "--later-wins" in args
+    args = [a for a in args if a != "--later-wins"]
+    if len(args) < 2:
         sys.stderr.write(__doc__)
         return 2
-    n = merge(argv[1], argv[2:])
-    print(f"merge.py: {argv[1]}: {n} rows from {len(argv) - 2} files")
+    n, replaced = merge(args[0], args[1:], later_wins)
+    print(f"merge.py: {args[0]}: {n} rows from {len(args) - 1} files"
+          + (f", {replaced} replaced by a later file's" if later_wins else ""))
     return 0
 
 

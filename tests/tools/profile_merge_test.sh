@@ -30,6 +30,13 @@ cut -d, -f1-13 "$tmp/b.csv" >"$tmp/d.csv"
 if merge "$tmp/x.csv" "$tmp/a.csv" "$tmp/d.csv" 2>"$tmp/err"; then fail "other columns accepted"; fi
 grep -q "its columns differ" "$tmp/err" || fail "columns message: $(cat "$tmp/err")"
 [ ! -e "$tmp/x.csv" ] || fail "a refused merge wrote its output"
+# --later-wins: a run cut off part way and measured again from there: the later rows replace.
+sed 's/^\(router,small,1024,2048,16,2,1,-,0,0,\)[0-9.]*/\1999/' "$tmp/a.csv" | grep -v '^#' | grep -v '^kernel,' >"$tmp/rows"
+{ grep '^#' "$profile"; awk '!/^#/ { print; exit }' "$profile"; grep '^router,small,1024,2048,16,2,1,-' "$tmp/rows"; } >"$tmp/redo.csv"
+merge --later-wins "$tmp/r.csv" "$tmp/a.csv" "$tmp/b.csv" "$tmp/redo.csv" | grep -q "1606 rows from 3 files, 1 replaced" ||
+  fail "--later-wins count"
+grep -q '^router,small,1024,2048,16,2,1,-,0,0,999,' "$tmp/r.csv" || fail "--later-wins kept the earlier timing"
+[ "$(grep -c '^router,small,1024,2048,16,2,1,-,' "$tmp/r.csv")" = 1 ] || fail "--later-wins left the row twice"
 # A held-out file may repeat a case (moe-profile --passes).
 held=$source/kernels/profiles/h100-measure/heldout.csv
 merge "$tmp/h.csv" "$held" "$held" | grep -q "rows from 2 files" || fail "held-out repeats refused"
