@@ -215,6 +215,21 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   const auto repeated = moesim("check-profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv' -q --median 100 --worst 100", tmp);
   CHECK(repeated.code == 0);
   CHECK_THAT(repeated.out, Catch::Contains("192 cases"));
+  // ... or, with --median-of-repeats, count once at the median of their timings: a file timing
+  // every case twice alike gives the single file's figures.
+  const auto combined = moesim("check-profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv' -q --median 100 --worst 100 --median-of-repeats", tmp);
+  CHECK(combined.code == 0);
+  CHECK_THAT(combined.out, Catch::Contains("96 cases (each the median of its timings, up to 2 a case): median error"));
+  {
+    const std::string once = slurp(kSource + "/kernels/profiles/h100-measure/heldout.csv");
+    std::ofstream f(tmp.path() / "twice.csv");
+    f << once << once.substr(once.find("\nlayer,") + 1);  // the rows again, without the header
+  }
+  const auto alike = moesim("check-profile '" + (tmp.path() / "twice.csv").string() + "' -q --median-of-repeats", tmp);
+  const auto single = moesim("check-profile " + heldout + " -q", tmp);
+  REQUIRE(single.out.find(": median error") != std::string::npos);
+  REQUIRE(alike.out.find(": median error") != std::string::npos);
+  CHECK(alike.out.substr(alike.out.find(": median error")) == single.out.substr(single.out.find(": median error")));
   const auto twice = moesim("check-profile --leave-one-out --profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv'", tmp);
   CHECK(twice.code == 2);
   CHECK_THAT(twice.err, Catch::Contains("is already measured on line"));
