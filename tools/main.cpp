@@ -10,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <cstdio>
@@ -75,6 +76,9 @@ commands:
         are predicted as the stage alone and reported apart, without bounds;
         --median-of-repeats: a case timed more than once (--passes) counts once, at
         the median of its timings
+  check-profile --coverage [--profile PROFILE.csv] [--gpu MODEL]
+        what the profile measures: per shape and kernel the experts, token (or row)
+        range, rows and distributions, and whether it has the backward pass
   check-profile --leave-one-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
         judge the profile's interpolation on itself: each row with measured counts
         on both sides predicted without it; the error per kernel and the worst rows
@@ -339,6 +343,48 @@ int cmd_validate(const std::vector<std::string>& args) {
 // own rows from their neighbours; --leave-one-distribution-out: per shape, how well the expert
 // stage of each distribution is predicted from the others; --leave-one-expert-count-out: per
 // shape, each local-expert count from the counts either side (informational: exit 0).
+// check-profile --coverage: what a profile measures, per shape and kernel (the experts it was
+// measured at, the token or row range, the rows and the distributions), and whether it has the
+// backward pass's stages.
+int coverage_report(const models::KernelProfile& profile) {
+  struct Cover {
+    std::set<int> experts, top_k;
+    std::set<std::string> distributions;
+    std::int64_t lo = 0, hi = 0;
+    int rows = 0;
+  };
+  std::map<std::tuple<std::string, int, int, std::string>, Cover> by;  // shape, hidden, ffn, kernel
+  for (const auto& r : profile.rows) {
+    Cover& c = by[{r.shape, r.hidden, r.ffn, r.kernel}];
+    c.lo = c.rows ? std::min(c.lo, r.tokens) : r.tokens;
+    c.hi = c.rows ? std::max(c.hi, r.tokens) : r.tokens;
+    ++c.rows;
+    c.experts.insert(r.experts);
+    c.top_k.insert(r.top_k);
+    if (r.distribution != "-") c.distributions.insert(r.distribution);
+  }
+  const auto join = [](const auto& set) {
+    std::string s;
+    for (const auto& x : set) {
+      if (!s.empty()) s += ',';
+      s += fmt::format("{}", x);
+    }
+    return s.empty() ? std::string("-") : s;
+  };
+  fmt::print("{}: {} rows, measured on {}\n", profile.source, profile.rows.size(), profile.gpu.empty() ? "an unnamed GPU" : profile.gpu);
+  fmt::print("{:<9} {:>6} {:>6} {:<12} {:<22} {:>5} {:>14} {:>5}  {}\n", "shape", "hidden", "ffn", "kernel", "experts", "top_k",
+             "tokens", "rows", "distributions");
+  for (const auto& [key, c] : by) {
+    const auto& [shape, hidden, ffn, kernel] = key;
+    fmt::print("{:<9} {:>6} {:>6} {:<12} {:<22} {:>5} {:>14} {:>5}  {}\n", shape, hidden, ffn, kernel, join(c.experts),
+               join(c.top_k), fmt::format("{}-{}", c.lo, c.hi), c.rows, join(c.distributions));
+  }
+  fmt::print("backward pass: {}\n", profile.measures("experts_bwd")
+                                       ? "measured (_bwd rows): a training step's backward passes use them"
+                                       : "not measured (no _bwd rows): a training step's backward passes use the roofline");
+  return 0;
+}
+
 enum class LeaveOut { rows, distributions, expert_counts };
 
 int leave_out_report(const models::KernelProfile& profile, LeaveOut what, bool quiet) {
@@ -419,6 +465,7 @@ int cmd_check_profile(const std::vector<std::string>& args) {
       "worst", po::value<double>()->default_value(10.0), "bound on the worst absolute error, percent")(
       "quiet,q", "print only the summary")(
       "median-of-repeats", "a case timed more than once (moe-profile --passes) counts once, at the median of its timings")(
+      "coverage", "what the profile measures: per shape and kernel, the experts, tokens, rows and distributions")(
       "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it")(
       "leave-one-distribution-out", "judge the expert stage across distributions: each predicted from the others")(
       "leave-one-expert-count-out", "judge the expert stage across local-expert counts: each from the counts either side");
@@ -427,7 +474,7 @@ int cmd_check_profile(const std::vector<std::string>& args) {
                                           vm.count("leave-one-expert-count-out"));
   if (leave_outs > 1)
     throw UsageError("check-profile takes one of --leave-one-out, --leave-one-distribution-out and --leave-one-expert-count-out");
-  if (!vm.count("measured") && leave_outs == 0)
+  if (!vm.count("measured") && leave_outs == 0 && !vm.count("coverage"))
     throw UsageError("check-profile needs the measured timings file (or one of the --leave-one-... options)");
   std::shared_ptr<const models::KernelProfile> profile;
   if (vm.count("profile")) {
@@ -435,6 +482,10 @@ int cmd_check_profile(const std::vector<std::string>& args) {
   } else {
     profile = models::KernelProfile::bundled(vm["gpu"].as<std::string>());
     if (!profile) throw UsageError(fmt::format("no built-in kernel profile for '{}' (H100-SXM has one); give --profile", vm["gpu"].as<std::string>()));
+  }
+  if (vm.count("coverage")) {
+    if (vm.count("measured") || leave_outs > 0) throw UsageError("check-profile --coverage takes no measured timings file or --leave-one-...");
+    return coverage_report(*profile);
   }
   if (leave_outs > 0) {
     const LeaveOut what = vm.count("leave-one-distribution-out") ? LeaveOut::distributions

@@ -233,6 +233,14 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   const auto twice = moesim("check-profile --leave-one-out --profile '" + kSource + "/kernels/profiles/h100-measure/earlier-router/heldout-repeat.csv'", tmp);
   CHECK(twice.code == 2);
   CHECK_THAT(twice.err, Catch::Contains("is already measured on line"));
+  // --coverage: what the profile measures, shape by shape.
+  const auto coverage = moesim("check-profile --coverage", tmp);
+  CHECK(coverage.code == 0);
+  CHECK_THAT(coverage.out, Catch::Contains("1606 rows, measured on NVIDIA H100 80GB HBM3"));
+  CHECK_THAT(coverage.out, Catch::Matches("[\\s\\S]*\ndeepseek +7168 +2048 experts +1,2,4,8,16,32,256 +1 +1-524288 +500  "
+                                          "hot:0.5,uniform,zipf:0.8,zipf:1.2\n[\\s\\S]*"));
+  CHECK_THAT(coverage.out, Catch::Contains("backward pass: not measured (no _bwd rows)"));
+  CHECK(moesim("check-profile " + heldout + " --coverage", tmp).code == 2);
   const auto neither = moesim("check-profile", tmp);
   CHECK(neither.code == 2);
   CHECK_THAT(neither.err, Catch::Contains("needs the measured timings file"));
