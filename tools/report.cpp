@@ -8,8 +8,10 @@
 #include <fstream>
 #include <functional>
 #include <numeric>
+#include <set>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include "models/moe_costs.hpp"
 #include "routing/traces.hpp"
@@ -498,6 +500,44 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                !f.training ? ""
                                : f.profile && f.profile->measures("experts_bwd") ? " (the optimizer among it)"
                                                                                   : " (backward passes and the optimizer among it)"));
+  if (r.compute_source != "profile" && f.profile) {
+    // A profile was there but (some) stages fell back: say what it measures, so that the reason
+    // (another shape, expert count or top-k, or tokens past its range) can be seen.
+    std::set<std::tuple<int, int, int, int>> shapes;  // hidden, ffn, experts, top_k of its router rows
+    for (const auto& row : f.profile->rows)
+      if (row.kernel == "router") shapes.insert({row.hidden, row.ffn, row.experts, row.top_k});
+    std::string measured;
+    for (const auto& [h, ff, e, k] : shapes) {
+      if (!measured.empty()) measured += "; ";
+      measured += fmt::format("H {} F {} E {} k {}", h, ff, e, k);
+    }
+    const auto& m = f.model;
+    const bool shape = shapes.count({static_cast<int>(m.hidden), static_cast<int>(m.expert_ffn), m.experts, m.top_k}) > 0;
+    std::string why;
+    if (shape) {
+      // Its range for this shape: the router's tokens, the expert stage's local experts and rows.
+      std::int64_t tokens = 0, rows = 0;
+      std::set<int> locals;
+      for (const auto& row : f.profile->rows) {
+        if (row.hidden != m.hidden || row.ffn != m.expert_ffn) continue;
+        if (row.kernel == "router" && row.experts == m.experts && row.top_k == m.top_k) tokens = std::max(tokens, row.tokens);
+        if (row.kernel == "experts") locals.insert(row.experts), rows = std::max(rows, row.tokens);
+      }
+      std::string counts;
+      for (const int e : locals) {
+        if (!counts.empty()) counts += ',';
+        counts += std::to_string(e);
+      }
+      why = fmt::format(": this shape is measured up to {} tokens, the expert stage on {} local experts up to {} rows; the stage "
+                        "times beyond that are the roofline's",
+                        tokens, counts, rows);
+    } else {
+      why = fmt::format("; this model, H {} F {} E {} k {}, is not among them: its stages are the roofline's", m.hidden,
+                        m.expert_ffn, m.experts, m.top_k);
+    }
+    fmt::print(out, "  profile     {} measures {}{}\n", f.profile->source, measured.empty() ? std::string("no router rows") : measured,
+               why);
+  }
   if (!r.links.empty()) {
     // The link that was busy longest: where the fabric's time went.
     const topology::Cluster cluster(sc.cluster);

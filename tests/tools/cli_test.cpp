@@ -246,6 +246,23 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   CHECK_THAT(neither.err, Catch::Contains("needs the measured timings file"));
 }
 
+TEST_CASE("A run the profile does not cover says what the profile measures", "[cli][profile]") {
+  TempDir tmp;
+  const std::string out = " --out '" + (tmp.path() / "r").string() + "'";
+  const auto covered = moesim("run --set model.moe_layers=2" + out, tmp);
+  CHECK(covered.code == 0);
+  CHECK_THAT(covered.out, !Catch::Contains("  profile     "));
+  const auto other = moesim("run --set model.moe_layers=2 --set model.hidden=5120 --set model.expert_ffn=1536" + out, tmp);
+  CHECK(other.code == 0);
+  CHECK_THAT(other.out, Catch::Contains("compute: roofline"));
+  CHECK_THAT(other.out, Catch::Contains("measures H 1024 F 2048 E 16 k 2; H 4096 F 14336 E 8 k 2; H 7168 F 2048 E 256 k 8; "
+                                        "this model, H 5120 F 1536 E 8 k 2, is not among them"));
+  const auto beyond = moesim("run --set model.moe_layers=2 --set workload.tokens_per_gpu=100000" + out, tmp);
+  CHECK(beyond.code == 0);
+  CHECK_THAT(beyond.out, Catch::Contains("this shape is measured up to 65536 tokens, the expert stage on 1,2,4,8 local experts up "
+                                         "to 131072 rows; the stage times beyond that are the roofline's"));
+}
+
 TEST_CASE("An unwritable output directory is reported and not crashed on", "[cli]") {
   TempDir tmp;
   const auto blocker = tmp.path() / "file";
