@@ -75,8 +75,9 @@ std::string fmt_seconds(double s) {
 }
 
 // Heavy measurements are timed in the GPU's sustained state (sustain.hpp): --sustain seconds
-// of heavy work without a pause first (0: as they come). How often that took extra runs, and
-// how long, goes into the progress lines.
+// of heavy work without a pause first; light ones at its top clock, 0.3 s or more after heavy
+// work (--sustain 0: everything as it comes). How often that took extra runs, and how long,
+// goes into the progress lines.
 SustainedLoad sustained(2.0);
 struct Sustains {
   int count = 0;
@@ -84,9 +85,9 @@ struct Sustains {
 };
 Sustains sustains, settles;  // heavy measurements brought to the sustained state; light ones settled
 
-// Median and spread over `repeats` timed runs after three warm-up runs (and, for heavy work, as
-// many more as the sustained state needs); runs past 2 ms are repeated fewer times (at least
-// 7), keeping a long sweep inside its time.
+// Median and spread over `repeats` timed runs after three warm-up runs (and as many more as the
+// sustained state, or settling after heavy work, needs); runs past 2 ms are repeated fewer times
+// (at least 7), keeping a long sweep inside its time.
 Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) {
   cudaEvent_t a, b;
   check(cudaEventCreate(&a), "event");
