@@ -5,8 +5,9 @@
 
 Prints the expert-stage-vs-dense-GEMM table and the PyTorch table as the Markdown rows the
 document holds, then the other figures it quotes (router time, GEMM-path A/B, cost per active
-expert, the clock log's power-cap count, how the stages timed alone add up to the layer). With --check DOC, exits 1 unless every table row is
-in DOC as printed and every number of the other lines appears in it (a CTest runs this, so the
+expert, the clock log's power-cap count and its first long stretch of heavy work, how the
+stages timed alone add up to the layer). With --check DOC, exits 1 unless every table row is in
+DOC as printed and every number of the other lines appears in it (a CTest runs this, so the
 document cannot drift from the files). Plain Python 3, no packages.
 """
 import csv
