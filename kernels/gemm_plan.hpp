@@ -1,7 +1,9 @@
-// The expert stage's GEMMs as cuBLAS is asked for them (column-major), forward and backward:
-// one list that the GPU layer (moe_layer.cu) issues, as grouped GEMMs or a loop, and that a host
-// test (test_reference.cpp) runs on float64 arrays against the reference, so that every
-// transpose and leading dimension is checked without a GPU. Plain C++17.
+// The expert stage's GEMMs as cuBLAS is asked for them (column-major), forward and backward: the
+// backward's (and the router's backward) are the list the GPU layer (moe_layer.cu) issues, as
+// grouped GEMMs or a loop; the forward's are the same calls as the GPU layer's own run_experts()
+// (checked on an H100, left as written there), here so that a host test (test_reference.cpp)
+// can run the whole layer on float64 arrays against the reference, checking every transpose and
+// leading dimension of the backward without a GPU. Plain C++17.
 //
 // Row-major data seen column-major: an expert's rows are columns (xperm_e: H x rows, h1_e:
 // 2F x rows, act_e: F x rows, y_e: H x rows, and their gradients alike); Wgu_e (row-major

@@ -79,11 +79,12 @@ std::string fmt_seconds(double s) {
 // work (--sustain 0: everything as it comes). How often that took extra runs, and how long,
 // goes into the progress lines.
 SustainedLoad sustained(2.0);
-struct Sustains {
+// How often something was run before timing, and for how long in all.
+struct Tally {
   int count = 0;
   double seconds = 0;
 };
-Sustains sustains, settles;  // heavy measurements brought to the sustained state; light ones settled
+Tally sustains, settles;  // heavy measurements brought to the sustained state; light ones settled
 
 // Median and spread over `repeats` timed runs after three warm-up runs (and as many more as the
 // sustained state, or settling after heavy work, needs); runs past 2 ms are repeated fewer times
@@ -108,7 +109,7 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
       run();
       check(cudaStreamSynchronize(s), "sustained load");
     } while (sustained.remaining(begin, run_us, SustainedLoad::Clock::now()) > 0);
-    Sustains& n = sustained.heavy(run_us) ? sustains : settles;
+    Tally& n = sustained.heavy(run_us) ? sustains : settles;
     ++n.count;
     n.seconds += std::chrono::duration<double>(SustainedLoad::Clock::now() - start).count();
   }
@@ -144,11 +145,7 @@ Timing time_once(const std::function<void()>& run, int repeats, cudaStream_t s) 
 // more than a second (weights or large routings generated on the CPU) is followed by half a
 // second of dense GEMMs before anything is timed; shorter pauses are not (at 0.5 s each, warming
 // after every routing would add many minutes to a sweep of thousands of timings).
-struct WarmUps {
-  int count = 0;
-  double seconds = 0;
-};
-WarmUps warm_ups;
+Tally warm_ups;
 
 void warm_gpu() {
   static cublasHandle_t blas = nullptr;
@@ -562,8 +559,7 @@ int main(int argc, char** argv) {
     for (const auto& s : shapes) {
       const Config c = shape(s);
       const auto t0 = std::chrono::steady_clock::now();
-      const WarmUps warm_ups_before = warm_ups;
-      const Sustains sustains_before = sustains, settles_before = settles;
+      const Tally warm_ups_before = warm_ups, sustains_before = sustains, settles_before = settles;
       const Weights w = profile_weights(c, 2);
       int max_tokens = 1;
       for (int t = 1; t <= (quick ? 4096 : 65536); t *= 2)

@@ -244,6 +244,19 @@ Chosen chosen_scores(const Config& c, const Values& v, const Routing& r) {
   return out;
 }
 
+// One expert on one token's row, in float64: up = x Wgu (2F), act = silu(gate) * up (F) and
+// y = act Wd (H), into the caller's buffers.
+void expert_row(const double* x, const double* gu, const double* dn, std::size_t h, std::size_t f, std::vector<double>& up,
+                std::vector<double>& act, std::vector<double>& y) {
+  std::fill(up.begin(), up.end(), 0.0);
+  for (std::size_t i = 0; i < h; ++i)
+    for (std::size_t m = 0; m < 2 * f; ++m) up[m] += x[i] * gu[i * 2 * f + m];
+  for (std::size_t m = 0; m < f; ++m) act[m] = silu(up[m]) * up[f + m];
+  std::fill(y.begin(), y.end(), 0.0);
+  for (std::size_t m = 0; m < f; ++m)
+    for (std::size_t o = 0; o < h; ++o) y[o] += act[m] * dn[m * h + o];
+}
+
 }  // namespace
 
 std::vector<double> forward_values(const Config& c, const Values& v, const Routing& r) {
@@ -251,21 +264,15 @@ std::vector<double> forward_values(const Config& c, const Values& v, const Routi
   const auto k = static_cast<std::size_t>(r.top_k);
   const Chosen s = chosen_scores(c, v, r);
   std::vector<double> out(static_cast<std::size_t>(r.tokens) * h, 0.0);
-  std::vector<double> up(2 * f), act(f);
+  std::vector<double> up(2 * f), act(f), y(h);
   for (std::size_t t = 0; t < static_cast<std::size_t>(r.tokens); ++t)
     for (std::size_t j = 0; j < k; ++j) {
       const std::size_t a = t * k + j;
       if (!r.kept(a)) continue;
       const auto e = static_cast<std::size_t>(r.experts[a]);
-      const double* gu = v.gate_up.data() + e * h * 2 * f;
-      const double* dn = v.down.data() + e * f * h;
-      std::fill(up.begin(), up.end(), 0.0);
-      for (std::size_t i = 0; i < h; ++i)
-        for (std::size_t m = 0; m < 2 * f; ++m) up[m] += v.x[t * h + i] * gu[i * 2 * f + m];
-      for (std::size_t m = 0; m < f; ++m) act[m] = silu(up[m]) * up[f + m];
+      expert_row(v.x.data() + t * h, v.gate_up.data() + e * h * 2 * f, v.down.data() + e * f * h, h, f, up, act, y);
       const double g = s.score[a] / s.sum[t];
-      for (std::size_t m = 0; m < f; ++m)
-        for (std::size_t o = 0; o < h; ++o) out[t * h + o] += g * act[m] * dn[m * h + o];
+      for (std::size_t o = 0; o < h; ++o) out[t * h + o] += g * y[o];
     }
   return out;
 }
@@ -290,13 +297,7 @@ Values backward(const Config& c, const Values& v, const Routing& r, const std::v
       const double* dn = v.down.data() + ex * f * h;
       double* dgu = d.gate_up.data() + ex * h * 2 * f;
       double* ddn = d.down.data() + ex * f * h;
-      std::fill(up.begin(), up.end(), 0.0);
-      for (std::size_t i = 0; i < h; ++i)
-        for (std::size_t m = 0; m < 2 * f; ++m) up[m] += x[i] * gu[i * 2 * f + m];
-      for (std::size_t m = 0; m < f; ++m) act[m] = silu(up[m]) * up[f + m];
-      std::fill(y.begin(), y.end(), 0.0);
-      for (std::size_t m = 0; m < f; ++m)
-        for (std::size_t o = 0; o < h; ++o) y[o] += act[m] * dn[m * h + o];
+      expert_row(x, gu, dn, h, f, up, act, y);
       const double g = s.score[a] / s.sum[t];
       for (std::size_t o = 0; o < h; ++o) dg[j] += y[o] * go[o];
       // dy = g dout[t]: the down projection's gradients.

@@ -53,7 +53,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       network_(network),
       roofline_(roofline),
       spec_(spec),
-      recorder_(recorder) {
+      recorder_(recorder),
+      profile_backward_(spec.profile && spec.profile->measures("experts_bwd")) {
   placements_ = spec.placements.empty() ? make_placements(spec, cluster.gpu_count(), cluster.spec().gpus_per_node)
                                         : spec.placements;
   const int gpus = cluster.gpu_count();
@@ -273,7 +274,7 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
   // leaves backward passes to the roofline, without counting that as a miss.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool back = p < passes() && backward(p);
-  if (!spec_.profile || (back && !spec_.profile->measures("experts_bwd"))) return std::nullopt;
+  if (!spec_.profile || (back && !profile_backward_)) return std::nullopt;
   const auto& m = spec_.model;
   double us = 0;
   for (const auto& q : parts) {

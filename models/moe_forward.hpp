@@ -174,6 +174,7 @@ class MoeForward {
   const Roofline& roofline_;
   ForwardSpec spec_;
   Recorder& recorder_;
+  const bool profile_backward_;  // the profile has the backward pass's stages (_bwd rows)
   std::vector<routing::Placement> placements_;  // per layer
   std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are

@@ -100,6 +100,11 @@ print(f"clock log, heavy work from {samples[i][0].split()[1][:2]}:{hms(samples[i
       f"{mhz(samples[cap])} MHz at {hms(samples[cap])} under the cap, from 0.75 s later {settled[0]}-{settled[-1]} MHz, "
       f"the middle half {mid[0]}-{mid[1]}, under the cap until {hms(samples[j])}, "
       f"{mhz(samples[j + 2])} MHz at {hms(samples[j + 2])}")
+print(f"compute-bound work at {mid[0]}-{mid[1]} MHz instead of 1980: {1980 / mid[1]:.2f}-{1980 / mid[0]:.2f} times as long")
+# One measurement of the sweep's whole layer: 3 warm-up runs and 20 timed ones (7 past 2 ms).
+spans = [(3 + (7 if us("layer", "mixtral", 8, n, "router") > 2000 else 20)) * us("layer", "mixtral", 8, n, "router") / 1000
+         for n in (1024, 2048, 4096)]
+print(f"one measurement of Mixtral's whole layer at 1,024-4,096 tokens: {min(spans):.0f}-{max(spans):.0f} ms")
 
 # The same run's held-out cases with each stage also timed alone right after the whole layer.
 st = rows(os.path.join(measure, "earlier-router", "heldout-stages.csv"))
@@ -109,8 +114,9 @@ dev = sorted(abs(x) for x in diff)
 print(f"stages timed alone after the layer, {len(diff)} cases: the four add up to the layer within {dev[len(dev) // 2]:.1f} % "
       f"(median), {sum(x <= 3 for x in dev)} within 3 %, {sum(x <= 5 for x in dev)} within 5 %, {min(diff):+.1f} % to {max(diff):+.1f} %")
 small3 = {p: [float(r["layer_us"]) for r in st if r["shape"] == "small" and r["tokens"] == "3" and r["pass"] == p] for p in ("1", "2")}
+mean = {p: sum(v) / len(v) for p, v in small3.items()}
 print(f"small shape, 3 tokens, the same four cases twice in one run: {min(small3['1']):.0f}-{max(small3['1']):.0f} us, "
-      f"then {min(small3['2']):.0f}-{max(small3['2']):.0f} us")
+      f"then {min(small3['2']):.0f}-{max(small3['2']):.0f} us ({100 * (mean['2'] / mean['1'] - 1):.0f} % slower on average)")
 inlayer = [float(r["experts_us"]) for r in st if r["shape"] == "mixtral" and r["tokens"] == "1536"]
 sweep = {n: [us("experts", "mixtral", 8, n, d) for d in ("uniform", "zipf:0.8", "zipf:1.2", "hot:0.5")] for n in (2048, 4096)}
 print(f"Mixtral expert stage at 3,072 rows inside the layer: {min(inlayer):.0f}-{max(inlayer):.0f} us; "
