@@ -30,10 +30,10 @@ T* device_alloc(std::size_t n, const char* what) {
 }
 
 template <class T, class U>
-T* device_copy(const std::vector<U>& host, const char* what) {
+T* device_copy(const HostArray<U>& host, const char* what) {
   static_assert(sizeof(T) == sizeof(U), "same element size");
-  T* p = device_alloc<T>(host.size(), what);
-  check(cudaMemcpy(p, host.data(), host.size() * sizeof(U), cudaMemcpyHostToDevice), what);
+  T* p = device_alloc<T>(host.size, what);
+  check(cudaMemcpy(p, host.data, host.size * sizeof(U), cudaMemcpyHostToDevice), what);
   return p;
 }
 
@@ -292,7 +292,7 @@ int blocks(std::size_t n, int threads) { return static_cast<int>((n + threads - 
 
 }  // namespace
 
-Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t stream)
+Layer::Layer(const Config& c, const WeightsView& w, int max_tokens, cudaStream_t stream)
     : c_(c), max_tokens_(max_tokens), stream_(stream) {
   if (c.top_k > kMaxTopK) throw std::invalid_argument("top_k above " + std::to_string(kMaxTopK));
   if (c.groups > kMaxGroups) throw std::invalid_argument("more than 64 expert groups");
@@ -301,6 +301,19 @@ Layer::Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t str
   if (c.top_k > c.experts) throw std::invalid_argument("top_k larger than the expert count");
   if (c.max_groups > 0 && c.groups > 1 && (c.experts % c.groups != 0 || c.max_groups * (c.experts / c.groups) < c.top_k))
     throw std::invalid_argument("groups must divide the experts, and max_groups groups hold at least top_k experts");
+  {
+    const auto h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+    const auto e = static_cast<std::size_t>(c.experts);
+    const auto sized = [](std::size_t got, std::size_t want, const char* what) {
+      if (got != want)
+        throw std::invalid_argument(std::string(what) + ": " + std::to_string(got) + " elements, the shape needs " +
+                                    std::to_string(want));
+    };
+    sized(w.router.size, h * e, "router weights");
+    sized(w.bias.size, e, "router bias");
+    sized(w.gate_up.size, e * h * 2 * f, "gate/up weights");
+    sized(w.down.size, e * f * h, "down weights");
+  }
   check(cublasCreate(&blas_), "cublasCreate");
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   router_w_ = device_copy<__nv_bfloat16>(w.router, "router weights");

@@ -36,6 +36,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -58,9 +59,31 @@ void check(cublasStatus_t s, const char* what);
 enum class ExpertGemm { automatic, grouped, loop };
 const char* name(ExpertGemm g);
 
+// The host weights a Layer copies to the device: all of a Weights, or any arrays of the sizes
+// its Config asks for, such as the first experts of a larger layer's weights (the profiler's
+// layers of a few local experts, which then need no host copy of their own).
+template <class T>
+struct HostArray {
+  const T* data = nullptr;
+  std::size_t size = 0;
+};
+struct WeightsView {
+  HostArray<bf16_bits> router;   // H x E
+  HostArray<float> bias;         // E
+  HostArray<bf16_bits> gate_up;  // E x (H x 2F)
+  HostArray<bf16_bits> down;     // E x (F x H)
+  WeightsView() = default;
+  WeightsView(const Weights& w)  // NOLINT: a Weights passes as the view of all of it
+      : router{w.router.data(), w.router.size()},
+        bias{w.bias.data(), w.bias.size()},
+        gate_up{w.gate_up.data(), w.gate_up.size()},
+        down{w.down.data(), w.down.size()} {}
+};
+
 class Layer {
  public:
-  Layer(const Config& c, const Weights& w, int max_tokens, cudaStream_t stream = nullptr);
+  // Throws std::invalid_argument when a weight array is not the size `c` asks for.
+  Layer(const Config& c, const WeightsView& w, int max_tokens, cudaStream_t stream = nullptr);
   ~Layer();
   Layer(const Layer&) = delete;
   Layer& operator=(const Layer&) = delete;

@@ -34,6 +34,7 @@
 #include "check.cuh"
 #include "moe_layer.cuh"
 #include "sustain.hpp"
+#include "tiling.hpp"
 
 using namespace moe;
 
@@ -240,22 +241,26 @@ Weights profile_weights(const Config& c, std::uint64_t seed) {
   return w;
 }
 
-// Random tokens, at most 4096 distinct rows repeated (timings do not depend on the values).
-std::vector<bf16_bits> tiled_tokens(const Config& c, int tokens, std::uint64_t seed) {
-  const std::vector<bf16_bits> few = random_tokens(c, std::min(tokens, 4096), seed);
-  std::vector<bf16_bits> x(static_cast<std::size_t>(tokens) * static_cast<std::size_t>(c.hidden));
-  for (std::size_t i = 0; i < x.size(); i += few.size())
-    std::copy(few.begin(), few.begin() + static_cast<std::ptrdiff_t>(std::min(few.size(), x.size() - i)), x.begin() + static_cast<std::ptrdiff_t>(i));
-  return x;
-}
-
 struct DeviceTokens {
   __nv_bfloat16* p = nullptr;
   explicit DeviceTokens(const std::vector<bf16_bits>& x) {
     check(cudaMalloc(&p, x.size() * sizeof(bf16_bits)), "tokens");
     check(cudaMemcpy(p, x.data(), x.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "tokens");
   }
+  // `rows` random token rows of the shape, at most 4096 distinct ones repeated (timings do not
+  // depend on the values), tiled on the device (tiling.hpp).
+  DeviceTokens(const Config& c, int rows, std::uint64_t seed) {
+    const std::vector<bf16_bits> few = random_tokens(c, std::min(rows, 4096), seed);
+    const std::size_t total = static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.hidden);
+    check(cudaMalloc(&p, total * sizeof(bf16_bits)), "tokens");
+    check(cudaMemcpy(p, few.data(), few.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice), "tokens");
+    tile(total, few.size(), [&](std::size_t dst, std::size_t src, std::size_t n) {
+      check(cudaMemcpy(p + dst, p + src, n * sizeof(bf16_bits), cudaMemcpyDeviceToDevice), "tokens");
+    });
+  }
   ~DeviceTokens() { cudaFree(p); }
+  DeviceTokens(const DeviceTokens&) = delete;
+  DeviceTokens& operator=(const DeviceTokens&) = delete;
 };
 
 void write_trace(const std::string& path) {
@@ -568,18 +573,21 @@ int main(int argc, char** argv) {
         // Router, permute and combine at the model's expert count, per token count; and the
         // whole layer on the router's own routing.
         Layer layer(c, w, max_tokens);
-        const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
-        DeviceTokens dx(x), dout(x);
+        DeviceTokens dx(c, max_tokens, 3), dout(c, max_tokens, 3);
         const cudaStream_t st = layer.stream();
-        const std::vector<bf16_bits> g = backward ? tiled_tokens(c, max_tokens, 5) : std::vector<bf16_bits>(8);
-        DeviceTokens dgrad(g), ddx(backward ? x : g);  // the gradient at the output (random), and dx
-        for (const int t : heldout_only || !backward ? std::vector<int>{} : grid(max_tokens, dense)) {
-          // The backward pass after a forward pass on the router's routing (its activations):
-          // whole, and the router's part; then per distribution combine's and permute's parts.
+        // The gradient at the output (random), and dx.
+        DeviceTokens dgrad(c, backward ? max_tokens : 1, 5), ddx(c, backward ? max_tokens : 1, 3);
+        // Light rows first, then the whole-layer rows back to back. Heavy measurements that
+        // follow each other share one stretch of the sustained state (sustain.hpp); a layer row
+        // after each token count's light rows would need a stretch of its own (about 2.3 s a
+        // row: minutes over a dense sweep of three shapes).
+        const std::vector<int> sweep = heldout_only ? std::vector<int>{} : grid(max_tokens, dense);
+        for (const int t : backward ? sweep : std::vector<int>{}) {
+          // The router's part of the backward pass after a whole pass on the router's routing
+          // (its activations and the gates' gradients); then per distribution combine's and
+          // permute's parts.
           layer.forward(dx.p, t, dout.p);
-          const Routing own = layer.routing(t);
-          row(out, "layer_bwd", c, t, "router", &own,
-              time_it([&] { layer.backward(dx.p, dgrad.p, t, ddx.p); }, repeats, st), name(layer.last_expert_gemm()));
+          layer.backward(dx.p, dgrad.p, t, ddx.p);
           row(out, "router_bwd", c, t, "-", nullptr, time_it([&] { layer.router_backward(dx.p, t, ddx.p); }, repeats, st));
           for (const auto& d : dists) {
             const Routing r = generated_routing(c, t, d, 5);
@@ -592,13 +600,19 @@ int main(int argc, char** argv) {
             row(out, "permute_bwd", c, t, d, &r, time_it([&] { layer.permute_backward(t, ddx.p); }, repeats, st));
           }
           out.flush();
-          std::printf("%s %-8s %6d tokens done (backward)\n", now_utc().c_str(), s.c_str(), t);
+          std::printf("%s %-8s %6d tokens done (router, permute and combine backward)\n", now_utc().c_str(), s.c_str(), t);
         }
-        for (const int t : heldout_only || backward ? std::vector<int>{} : grid(max_tokens, dense)) {
-          row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
+        for (const int t : backward ? sweep : std::vector<int>{}) {
+          // The whole backward pass after a forward pass on the router's routing.
+          layer.forward(dx.p, t, dout.p);
           const Routing own = layer.routing(t);
-          const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st);
-          row(out, "layer", c, t, "router", &own, whole, name(layer.last_expert_gemm()));
+          row(out, "layer_bwd", c, t, "router", &own,
+              time_it([&] { layer.backward(dx.p, dgrad.p, t, ddx.p); }, repeats, st), name(layer.last_expert_gemm()));
+          out.flush();
+          std::printf("%s %-8s %6d tokens done (whole layer backward)\n", now_utc().c_str(), s.c_str(), t);
+        }
+        for (const int t : backward ? std::vector<int>{} : sweep) {
+          row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
           for (const auto& d : dists) {
             const Routing r = generated_routing(c, t, d, 5);
             layer.set_routing(r.experts, r.gates, t);
@@ -607,7 +621,14 @@ int main(int argc, char** argv) {
             row(out, "combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
           }
           out.flush();
-          std::printf("%s %-8s %6d tokens done\n", now_utc().c_str(), s.c_str(), t);
+          std::printf("%s %-8s %6d tokens done (router, permute and combine)\n", now_utc().c_str(), s.c_str(), t);
+        }
+        for (const int t : backward ? std::vector<int>{} : sweep) {
+          const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st);
+          const Routing own = layer.routing(t);
+          row(out, "layer", c, t, "router", &own, whole, name(layer.last_expert_gemm()));
+          out.flush();
+          std::printf("%s %-8s %6d tokens done (whole layer)\n", now_utc().c_str(), s.c_str(), t);
         }
         if (heldout.is_open()) {
           // The whole layer end to end on token counts and routings the sweep does not have:
@@ -666,12 +687,17 @@ int main(int argc, char** argv) {
         cl.experts = local, cl.top_k = 1, cl.groups = 1, cl.max_groups = 0, cl.capacity_factor = 0;
         return cl;
       };
+      // The first `local` experts' weights of the shape's, read in place (no host copy); a
+      // router of zeros (unused: the routing is set).
+      const std::vector<bf16_bits> local_router(h * static_cast<std::size_t>(c.experts), float_to_bf16(0.0f));
+      const std::vector<float> local_bias(static_cast<std::size_t>(c.experts), 0.0f);
       const auto local_weights = [&](int local) {
-        Weights wl;
-        wl.router.assign(h * static_cast<std::size_t>(local), float_to_bf16(0.0f));
-        wl.bias.assign(static_cast<std::size_t>(local), 0.0f);
-        wl.gate_up.assign(w.gate_up.begin(), w.gate_up.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * h * 2 * f));
-        wl.down.assign(w.down.begin(), w.down.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(local) * f * h));
+        const auto l = static_cast<std::size_t>(local);
+        WeightsView wl;
+        wl.router = {local_router.data(), h * l};
+        wl.bias = {local_bias.data(), l};
+        wl.gate_up = {w.gate_up.data(), l * h * 2 * f};
+        wl.down = {w.down.data(), l * f * h};
         return wl;
       };
       const auto local_max_rows = [&](const Config& cl) {
@@ -686,11 +712,9 @@ int main(int argc, char** argv) {
         for (const int local : *heldout_experts) {
           if (local >= c.experts) continue;
           const Config cl = local_config(local);
-          const Weights wl = local_weights(local);
           const int max_rows = local_max_rows(cl);
-          Layer layer(cl, wl, max_rows);
-          const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
-          DeviceTokens dx(x);
+          Layer layer(cl, local_weights(local), max_rows);
+          DeviceTokens dx(cl, max_rows, 4);
           for (const int rows : heldout_tokens) {
             if (rows > max_rows) break;
             for (const std::string d : {"zipf:1.0", "hot:0.3", "zipf:0.5"}) {
@@ -708,13 +732,10 @@ int main(int argc, char** argv) {
       for (int local = c.experts; local >= 1 && !heldout_only; local = local > 32 ? 32 : local / 2) {
         if (!locals->empty() && std::find(locals->begin(), locals->end(), local) == locals->end()) continue;
         const Config cl = local_config(local);
-        const Weights wl = local_weights(local);
         const int max_rows = local_max_rows(cl);
-        Layer layer(cl, wl, max_rows);
-        const std::vector<bf16_bits> x = tiled_tokens(cl, max_rows, 4);
-        DeviceTokens dx(x);
-        const std::vector<bf16_bits> g = backward ? tiled_tokens(cl, max_rows, 7) : std::vector<bf16_bits>(8);
-        DeviceTokens dgrad(g);  // the rows' output gradient, for the expert stage's backward
+        Layer layer(cl, local_weights(local), max_rows);
+        DeviceTokens dx(cl, max_rows, 4);
+        DeviceTokens dgrad(cl, backward ? max_rows : 1, 7);  // the rows' output gradient, for the expert stage's backward
         for (const int rows : grid(max_rows, dense)) {
           for (const auto& d : local > 1 ? dists : std::vector<std::string>{"uniform"}) {
             const Routing r = generated_routing(cl, rows, d, 6);
@@ -755,8 +776,8 @@ int main(int argc, char** argv) {
           check(cudaMalloc(&a, h * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
           check(cudaMalloc(&b, static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16)), "dense GEMM");
           check(cudaMalloc(&cc, static_cast<std::size_t>(max_rows) * 2 * f * sizeof(__nv_bfloat16)), "dense GEMM");
-          check(cudaMemcpy(a, wl.gate_up.data(), h * 2 * f * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "dense GEMM");
-          check(cudaMemcpy(b, x.data(), static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "dense GEMM");
+          check(cudaMemcpy(a, w.gate_up.data(), h * 2 * f * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice), "dense GEMM");
+          check(cudaMemcpy(b, dx.p, static_cast<std::size_t>(max_rows) * h * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice), "dense GEMM");
           const float one = 1, zero = 0;
           for (int rows = 1; rows <= max_rows; rows *= 2)
             row(out, "dense_gemm", cl, rows, "-", nullptr, time_it([&] {
@@ -777,8 +798,7 @@ int main(int argc, char** argv) {
         // same layer, routing and token counts, so any difference is the card's state (clocks,
         // power, temperature), which the stage rows timed in between share.
         Layer layer(c, w, max_tokens);
-        const std::vector<bf16_bits> x = tiled_tokens(c, max_tokens, 3);
-        DeviceTokens dx(x), dout(x);
+        DeviceTokens dx(c, max_tokens, 3), dout(c, max_tokens, 3);
         for (const int t : grid(max_tokens, dense)) {
           const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, layer.stream());
           const Routing own = layer.routing(t);

@@ -9,10 +9,13 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gemm_plan.hpp"
 #include "reference.hpp"
 #include "sustain.hpp"
+#include "tiling.hpp"
 
 namespace {
 
@@ -345,6 +348,34 @@ int main() {
     expect(off.remaining(at(0), 1e6, at(0)) == 0 && !off.heavy(1e6), "--sustain 0: nothing run before heavy work");
     off.ended(at(1));
     expect(off.remaining(at(1), 10, at(1)) == 0, "--sustain 0: nor before light work");
+  }
+  {
+    // The profiler's device-side tiling of token rows (tiling.hpp): every element ends up equal
+    // to the block's element at its offset modulo the block, each copy reads only filled
+    // elements and writes only unfilled ones, inside the buffer, without overlapping itself.
+    for (const auto& [total, block] : std::vector<std::pair<std::size_t, std::size_t>>{
+             {1, 1}, {7, 3}, {8, 4}, {9, 4}, {4096 * 7, 4096}, {3, 8}, {1000, 1}, {0, 5}}) {
+      std::vector<int> buf(total, -1);
+      for (std::size_t i = 0; i < std::min(block, total); ++i) buf[i] = static_cast<int>(i);
+      std::size_t filled = std::min(block, total), copies = 0;
+      bool in_order = true;
+      tile(total, block, [&](std::size_t dst, std::size_t src, std::size_t n) {
+        const bool ok = dst == filled && src + n <= dst && dst + n <= total && n > 0;
+        in_order = in_order && ok;
+        if (ok)
+          std::copy(buf.begin() + static_cast<std::ptrdiff_t>(src), buf.begin() + static_cast<std::ptrdiff_t>(src + n),
+                    buf.begin() + static_cast<std::ptrdiff_t>(dst));
+        filled += n, ++copies;
+      });
+      bool tiled = filled == total;
+      for (std::size_t i = 0; i < total; ++i) tiled = tiled && buf[i] == static_cast<int>(i % block);
+      std::size_t steps = 0;  // ceil(log2(total / block))
+      for (std::size_t have = block; have < total; have *= 2) ++steps;
+      const std::string name = "tiling " + std::to_string(total) + " elements by " + std::to_string(block);
+      expect(in_order, name + ": copies from the filled part onto the next unfilled one");
+      expect(tiled, name + ": every element the block's at its offset modulo the block");
+      expect(copies == steps, name + ": one copy per doubling");
+    }
   }
   if (failures == 0) std::printf("ok: reference checks passed\n");
   return failures == 0 ? 0 : 1;
