@@ -582,6 +582,11 @@ int main(int argc, char** argv) {
         // after each token count's light rows would need a stretch of its own (about 2.3 s a
         // row: minutes over a dense sweep of three shapes).
         const std::vector<int> sweep = heldout_only ? std::vector<int>{} : grid(max_tokens, dense);
+        const auto done = [&](int t, const char* what) {  // a progress line: which of the sweep's counts
+          const auto i = std::find(sweep.begin(), sweep.end(), t) - sweep.begin() + 1;
+          std::printf("%s %-8s %6d tokens done (%s; %d of %d)\n", now_utc().c_str(), s.c_str(), t, what,
+                      static_cast<int>(i), static_cast<int>(sweep.size()));
+        };
         for (const int t : backward ? sweep : std::vector<int>{}) {
           // The router's part of the backward pass after a whole pass on the router's routing
           // (its activations and the gates' gradients); then per distribution combine's and
@@ -600,7 +605,7 @@ int main(int argc, char** argv) {
             row(out, "permute_bwd", c, t, d, &r, time_it([&] { layer.permute_backward(t, ddx.p); }, repeats, st));
           }
           out.flush();
-          std::printf("%s %-8s %6d tokens done (router, permute and combine backward)\n", now_utc().c_str(), s.c_str(), t);
+          done(t, "router, permute and combine backward");
         }
         for (const int t : backward ? sweep : std::vector<int>{}) {
           // The whole backward pass after a forward pass on the router's routing.
@@ -609,7 +614,7 @@ int main(int argc, char** argv) {
           row(out, "layer_bwd", c, t, "router", &own,
               time_it([&] { layer.backward(dx.p, dgrad.p, t, ddx.p); }, repeats, st), name(layer.last_expert_gemm()));
           out.flush();
-          std::printf("%s %-8s %6d tokens done (whole layer backward)\n", now_utc().c_str(), s.c_str(), t);
+          done(t, "whole layer backward");
         }
         for (const int t : backward ? std::vector<int>{} : sweep) {
           row(out, "router", c, t, "-", nullptr, time_it([&] { layer.router(dx.p, t); }, repeats, st));
@@ -621,14 +626,14 @@ int main(int argc, char** argv) {
             row(out, "combine", c, t, d, &r, time_it([&] { layer.combine(dout.p, t); }, repeats, st));
           }
           out.flush();
-          std::printf("%s %-8s %6d tokens done (router, permute and combine)\n", now_utc().c_str(), s.c_str(), t);
+          done(t, "router, permute and combine");
         }
         for (const int t : backward ? std::vector<int>{} : sweep) {
           const Timing whole = time_it([&] { layer.forward(dx.p, t, dout.p); }, repeats, st);
           const Routing own = layer.routing(t);
           row(out, "layer", c, t, "router", &own, whole, name(layer.last_expert_gemm()));
           out.flush();
-          std::printf("%s %-8s %6d tokens done (whole layer)\n", now_utc().c_str(), s.c_str(), t);
+          done(t, "whole layer");
         }
         if (heldout.is_open()) {
           // The whole layer end to end on token counts and routings the sweep does not have:
