@@ -184,6 +184,20 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
     const double proportional = x_edge > 0 ? us_edge * x / x_edge : us_edge;
     return std::clamp(line, std::min(us_edge, proportional), std::max(us_edge, proportional));
   };
+  // Along two or more (x, us) points sorted by x: between the two around x, past either end
+  // extrapolated from the last two, bounded.
+  const auto along = [&bounded](const std::vector<std::pair<double, double>>& g, double x) {
+    if (x < g.front().first) return bounded(x, g[0].first, g[0].second, lerp(x, g[0].first, g[0].second, g[1].first, g[1].second));
+    if (x > g.back().first) {
+      const auto& last = g.back();
+      const auto& before = g[g.size() - 2];
+      return bounded(x, last.first, last.second, lerp(x, before.first, before.second, last.first, last.second));
+    }
+    auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(x, 0.0));
+    if (hi == g.begin()) ++hi;
+    const auto lo = hi - 1;
+    return std::max(0.0, lerp(x, lo->first, lo->second, hi->first, hi->second));
+  };
   // Across distributions by the tiles their rows fill, where both sides know them: between the
   // two around the request, past either end extrapolated from the last two (bounded as above).
   // Distributions within 2 % of each other in tiles are one point, their mean: the same tiles
@@ -207,17 +221,7 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
     // stage reads each active expert's weights once), time in proportion to the tiles; else the
     // point's own time.
     if (g.size() == 1) return one_tile_each ? g.front().second * tiles / g.front().first : g.front().second;
-    if (tiles < g.front().first)
-      return bounded(tiles, g[0].first, g[0].second, lerp(tiles, g[0].first, g[0].second, g[1].first, g[1].second));
-    if (tiles > g.back().first) {
-      const auto& last = g.back();
-      const auto& before = g[g.size() - 2];
-      return bounded(tiles, last.first, last.second, lerp(tiles, before.first, before.second, last.first, last.second));
-    }
-    auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(tiles, 0.0));
-    if (hi == g.begin()) ++hi;
-    const auto lo = hi - 1;
-    return std::max(0.0, lerp(tiles, lo->first, lo->second, hi->first, hi->second));
+    return along(g, tiles);
   }
   // Otherwise across distributions by imbalance: between the two around it; below the least skewed, its
   // time; above the most skewed, extrapolated from the last two (bounded as above).
@@ -256,17 +260,7 @@ std::optional<double> KernelProfile::time_us(const std::string& kernel, int hidd
         for (const auto& p : pts) sum += p.active;
         g.emplace_back(sum / static_cast<double>(pts.size()), by_imbalance(pts));
       }
-      if (active < g.front().first)
-        return bounded(active, g.front().first, g.front().second, lerp(active, g[0].first, g[0].second, g[1].first, g[1].second));
-      if (active > g.back().first) {
-        const auto& last = g.back();
-        const auto& before = g[g.size() - 2];
-        return bounded(active, last.first, last.second, lerp(active, before.first, before.second, last.first, last.second));
-      }
-      auto hi = std::lower_bound(g.begin(), g.end(), std::make_pair(active, 0.0));
-      if (hi == g.begin()) ++hi;
-      const auto lo = hi - 1;
-      return std::max(0.0, lerp(active, lo->first, lo->second, hi->first, hi->second));
+      return along(g, active);
     }
   }
   return by_imbalance(at);
