@@ -24,8 +24,7 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
 
 AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
                    const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
-                   std::vector<int> pass_layer, std::vector<bool> pass_backward, std::vector<int> pass_row,
-                   Arrived arrived)
+                   std::vector<AllToAllPass> passes, Arrived arrived)
     : sim_(sim),
       cluster_(cluster),
       network_(network),
@@ -34,18 +33,16 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
       plans_(plans),
       ep_(ep),
       groups_(cluster.gpu_count() / ep),
-      pass_layer_(std::move(pass_layer)),
-      pass_backward_(std::move(pass_backward)),
-      pass_row_(std::move(pass_row)),
+      passes_(std::move(passes)),
       arrived_(std::move(arrived)) {
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
   const int gpn = cluster.spec().gpus_per_node;
   MOESIM_ASSERT(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0, "hierarchical all-to-all needs whole-node EP groups");
   const int gpus = cluster.gpu_count();
   const int nodes = plans_.empty() ? 1 : plans_.front().nodes;
-  const int passes = static_cast<int>(pass_layer_.size());
-  relay_pending_.assign(static_cast<std::size_t>(passes) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
-  for (int l = 0; l < passes; ++l)
+  const int count = static_cast<int>(passes_.size());
+  relay_pending_.assign(static_cast<std::size_t>(count) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(nodes), 0);
+  for (int l = 0; l < count; ++l)
     for (int g = 0; g < gpus; ++g) {
       const auto& p = plan(l, g);
       const int s = g % ep;
@@ -59,11 +56,11 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
-  return plans_[static_cast<std::size_t>(pass_row_[static_cast<std::size_t>(pass)] * groups_ + gpu / ep_)];
+  return plans_[static_cast<std::size_t>(passes_[static_cast<std::size_t>(pass)].plan_row * groups_ + gpu / ep_)];
 }
 
-std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
-  const auto& p = plan(layer, gpu);
+std::int64_t AllToAll::inbound(int pass, Phase phase, int gpu) const {
+  const auto& p = plan(pass, gpu);
   const int r = gpu % ep_;
   std::int64_t n = 0;
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) {
@@ -83,14 +80,14 @@ std::int64_t AllToAll::inbound(int layer, Phase phase, int gpu) const {
   return n;
 }
 
-void AllToAll::start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done) {
-  const bool backward = pass_backward_[static_cast<std::size_t>(layer)];
+void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done) {
+  const AllToAllPass& info = passes_[static_cast<std::size_t>(pass)];
+  const bool backward = info.backward;
   const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
                   sim::Bytes(rows * (phase == Phase::dispatch && !backward ? spec_.dispatch_row_bytes
                                                                            : spec_.combine_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
-  const int l = pass_layer_[static_cast<std::size_t>(layer)];
-  network_.start_flow(flow, [this, record = FlowRecord{l, stage, flow, sim_.now(), sim::Time(), backward},
+  network_.start_flow(flow, [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward, info.micro_batch},
                              done = std::move(done)]() mutable {
     record.end = sim_.now();
     recorder_.on_flow(record);
@@ -98,31 +95,31 @@ void AllToAll::start(int layer, Phase phase, int src, int dst, std::int64_t rows
   });
 }
 
-void AllToAll::send(int layer, Phase phase, int gpu) {
+void AllToAll::send(int pass, Phase phase, int gpu) {
   if (spec_.algorithm == AllToAllAlgorithm::hierarchical) {
-    if (phase == Phase::dispatch) dispatch_hierarchical(layer, gpu);
-    else combine_hierarchical(layer, gpu);
+    if (phase == Phase::dispatch) dispatch_hierarchical(pass, gpu);
+    else combine_hierarchical(pass, gpu);
     return;
   }
-  const auto& p = plan(layer, gpu);
+  const auto& p = plan(pass, gpu);
   const int r = gpu % ep_, first = gpu - r;
   for (int o = 0; o < ep_; ++o) {
     const std::int64_t rows = phase == Phase::dispatch ? p.send(r, o) : p.send(o, r);
     if (o == r || rows == 0) continue;
     const int dst = first + o;
-    sim::Callback done = [this, layer, phase, dst] { arrived_(layer, phase, dst); };
+    sim::Callback done = [this, pass, phase, dst] { arrived_(pass, phase, dst); };
     if (spec_.algorithm == AllToAllAlgorithm::low_latency && spec_.message_overhead > sim::Time::zero()) {
-      sim_.schedule_in(spec_.message_overhead * rows, [this, layer, phase, gpu, dst, rows, done = std::move(done)]() mutable {
-        start(layer, phase, gpu, dst, rows, std::move(done));
+      sim_.schedule_in(spec_.message_overhead * rows, [this, pass, phase, gpu, dst, rows, done = std::move(done)]() mutable {
+        start(pass, phase, gpu, dst, rows, std::move(done));
       });
     } else {
-      start(layer, phase, gpu, dst, rows, std::move(done));
+      start(pass, phase, gpu, dst, rows, std::move(done));
     }
   }
 }
 
-void AllToAll::dispatch_hierarchical(int layer, int gpu) {
-  const auto& p = plan(layer, gpu);
+void AllToAll::dispatch_hierarchical(int pass, int gpu) {
+  const auto& p = plan(pass, gpu);
   const int gpn = cluster_.spec().gpus_per_node;
   const int r = gpu % ep_, first = gpu - r;
   const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
@@ -130,29 +127,29 @@ void AllToAll::dispatch_hierarchical(int layer, int gpu) {
     const std::int64_t rows = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
     if (d == r || rows == 0 || node(d) != node(r)) continue;
     const int dst = first + d;
-    start(layer, Phase::dispatch, gpu, dst, rows, [this, layer, dst] { arrived_(layer, Phase::dispatch, dst); });
+    start(pass, Phase::dispatch, gpu, dst, rows, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
   }
   for (int b = 0; b < p.nodes; ++b) {
     const std::int64_t rows = p.node_sends[static_cast<std::size_t>(r * p.nodes + b)];
     if (b == node(r) || rows == 0) continue;
     const int relay = first + b * gpn + gpu % gpn;  // node b's GPU on the sender's rail
-    start(layer, Phase::dispatch, gpu, relay, rows, [this, layer, gpu, relay] {
-      const auto& q = plan(layer, gpu);
+    start(pass, Phase::dispatch, gpu, relay, rows, [this, pass, gpu, relay] {
+      const auto& q = plan(pass, gpu);
       const int s = gpu % ep_, rr = relay % ep_, f = gpu - s;
       const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
-      if (q.token_sends[static_cast<std::size_t>(s * ep_ + rr)] > 0) arrived_(layer, Phase::dispatch, relay);
+      if (q.token_sends[static_cast<std::size_t>(s * ep_ + rr)] > 0) arrived_(pass, Phase::dispatch, relay);
       for (int d = 0; d < ep_; ++d) {
         const std::int64_t fwd = q.token_sends[static_cast<std::size_t>(s * ep_ + d)];
         if (d == rr || fwd == 0 || q.node_of_rank[static_cast<std::size_t>(d)] != rb) continue;
         const int dst = f + d;
-        start(layer, Phase::dispatch, relay, dst, fwd, [this, layer, dst] { arrived_(layer, Phase::dispatch, dst); });
+        start(pass, Phase::dispatch, relay, dst, fwd, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
       }
     });
   }
 }
 
-void AllToAll::combine_hierarchical(int layer, int gpu) {
-  const auto& p = plan(layer, gpu);
+void AllToAll::combine_hierarchical(int pass, int gpu) {
+  const auto& p = plan(pass, gpu);
   const int gpn = cluster_.spec().gpus_per_node;
   const int d = gpu % ep_, first = gpu - d;
   const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
@@ -161,31 +158,31 @@ void AllToAll::combine_hierarchical(int layer, int gpu) {
     if (s == d || rows == 0) continue;
     const int src = first + s;
     if (node(s) == node(d)) {
-      start(layer, Phase::combine, gpu, src, rows, [this, layer, src] { arrived_(layer, Phase::combine, src); });
+      start(pass, Phase::combine, gpu, src, rows, [this, pass, src] { arrived_(pass, Phase::combine, src); });
       continue;
     }
     const int relay = gpu - gpu % gpn + src % gpn;  // this node's GPU on the source's rail
     if (relay == gpu) {
-      relay_contribution(layer, relay, src);
+      relay_contribution(pass, relay, src);
     } else {
-      start(layer, Phase::combine, gpu, relay, rows,
-            [this, layer, relay, src] { relay_contribution(layer, relay, src); });
+      start(pass, Phase::combine, gpu, relay, rows,
+            [this, pass, relay, src] { relay_contribution(pass, relay, src); });
     }
   }
 }
 
-void AllToAll::relay_contribution(int layer, int relay, int src) {
-  const auto& p = plan(layer, src);
+void AllToAll::relay_contribution(int pass, int relay, int src) {
+  const auto& p = plan(pass, src);
   const int rr = relay % ep_, s = src % ep_;
   const int b = p.node_of_rank[static_cast<std::size_t>(rr)];
-  auto& left = relay_pending_[(static_cast<std::size_t>(layer) * static_cast<std::size_t>(cluster_.gpu_count()) +
+  auto& left = relay_pending_[(static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
                                static_cast<std::size_t>(src)) *
                                   static_cast<std::size_t>(p.nodes) +
                               static_cast<std::size_t>(b)];
   MOESIM_ASSERT(left > 0, "a combine contribution nobody waits for");
   if (--left > 0) return;
-  start(layer, Phase::combine, relay, src, p.node_sends[static_cast<std::size_t>(s * p.nodes + b)],
-        [this, layer, src] { arrived_(layer, Phase::combine, src); });
+  start(pass, Phase::combine, relay, src, p.node_sends[static_cast<std::size_t>(s * p.nodes + b)],
+        [this, pass, src] { arrived_(pass, Phase::combine, src); });
 }
 
 }  // namespace moesim::models

@@ -62,15 +62,23 @@ struct AllToAllSpec {
 // Bytes of one row of `hidden` channels in the named dtype ("bf16", "fp8", "fp32").
 std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes);
 
+// One pass of a run through the all-to-all: which layer, forward or backward, which row of
+// plans it uses, and (gradient accumulation) which micro-batch of the step it belongs to.
+struct AllToAllPass {
+  int layer = 0;
+  bool backward = false;
+  int plan_row = 0;
+  int micro_batch = 0;
+};
+
 class AllToAll {
  public:
-  using Arrived = std::function<void(int layer, Phase phase, int gpu)>;
-  // plans: [layer * groups + group]; the EP groups are consecutive runs of `ep` GPUs.
-  // pass_layer[p]: the layer of pass p; pass_backward[p]: whether it is a backward pass;
-  // pass_row[p]: which row of `groups` plans it uses (plans[pass_row[p] * groups + group]).
+  using Arrived = std::function<void(int pass, Phase phase, int gpu)>;
+  // plans: rows of `groups` plans, one per EP group (consecutive runs of `ep` GPUs); pass p uses
+  // plans[passes[p].plan_row * groups + group].
   AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
            const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
-           std::vector<int> pass_layer, std::vector<bool> pass_backward, std::vector<int> pass_row, Arrived arrived);
+           std::vector<AllToAllPass> passes, Arrived arrived);
 
   // How many arrivals complete `gpu`'s phase of pass `pass` (0: nothing to wait for).
   std::int64_t inbound(int pass, Phase phase, int gpu) const;
@@ -80,10 +88,10 @@ class AllToAll {
 
  private:
   const routing::DispatchPlan& plan(int pass, int gpu) const;
-  void start(int layer, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done);
-  void dispatch_hierarchical(int layer, int gpu);
-  void combine_hierarchical(int layer, int gpu);
-  void relay_contribution(int layer, int relay, int src);  // one GPU's combine rows reached the relay
+  void start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done);
+  void dispatch_hierarchical(int pass, int gpu);
+  void combine_hierarchical(int pass, int gpu);
+  void relay_contribution(int pass, int relay, int src);  // one GPU's combine rows reached the relay
 
   sim::Simulator& sim_;
   const topology::Cluster& cluster_;
@@ -92,9 +100,7 @@ class AllToAll {
   AllToAllSpec spec_;
   const std::vector<routing::DispatchPlan>& plans_;
   int ep_, groups_;
-  std::vector<int> pass_layer_;
-  std::vector<bool> pass_backward_;
-  std::vector<int> pass_row_;
+  std::vector<AllToAllPass> passes_;
   Arrived arrived_;
   // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]
   std::vector<std::int32_t> relay_pending_;

@@ -37,7 +37,8 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
   routing::PlacementSpec placement = spec.placement;
   if (spec.placement_history > 0 && placement.layer_load.empty())
     placement.layer_load = routing::observed_load(spec.model, spec.routing, spec.ep, gpus / spec.ep,
-                                                  spec.tokens_per_gpu, spec.seed, spec.placement_history);
+                                                  spec.tokens_per_gpu, spec.seed, spec.placement_history,
+                                                  spec.micro_batches);
   std::vector<routing::Placement> out;
   for (int l = 0; l < spec.model.moe_layers; ++l)
     out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node,
@@ -78,9 +79,14 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   combine_pending_.assign(cells, 0);
 }
 
-const routing::DispatchPlan& MoeForward::plan(int layer, int gpu, int half) const {
-  const int groups = cluster_.gpu_count() / spec_.ep;
-  return plans_[static_cast<std::size_t>((layer * halves() + half) * groups + gpu / spec_.ep)];
+std::size_t MoeForward::plan_index(int micro_batch, int layer, int group, int half) const {
+  const auto groups = static_cast<std::size_t>(cluster_.gpu_count() / spec_.ep);
+  const auto row = static_cast<std::size_t>((micro_batch * spec_.model.moe_layers + layer) * halves() + half);
+  return row * groups + static_cast<std::size_t>(group);
+}
+
+const routing::DispatchPlan& MoeForward::plan(int pass, int gpu, int half) const {
+  return plans_[plan_index(micro_batch(pass), layer_of(pass), gpu / spec_.ep, half)];
 }
 
 namespace {
@@ -128,57 +134,61 @@ routing::DispatchPlan merged(routing::DispatchPlan a, const routing::DispatchPla
 
 void MoeForward::start() {
   const int groups = cluster_.gpu_count() / spec_.ep;
-  // Routing is untimed and each (layer, group) draws from its own streams, so the plans are
-  // built on all cores; the result does not depend on the thread count. When a layer's routing
-  // depends on the previous layer's, each group routes its layers in order.
-  const std::size_t count = static_cast<std::size_t>(spec_.model.moe_layers * groups);
+  // Routing is untimed and each (micro-batch, layer, group) draws from its own streams, so the
+  // plans are built on all cores; the result does not depend on the thread count. When a
+  // layer's routing depends on the previous layer's, each group routes a micro-batch's layers in
+  // order.
+  const int layers = spec_.model.moe_layers;
+  const int batches = spec_.micro_batches;
+  const std::size_t count = static_cast<std::size_t>(batches) * static_cast<std::size_t>(layers) * static_cast<std::size_t>(groups);
   plans_.assign(count * static_cast<std::size_t>(halves()), routing::DispatchPlan{});
   const routing::TokenRouter router(spec_.model, spec_.routing, spec_.ep, spec_.seed,
                                     spec_.routing.drop_policy == routing::DropPolicy::gate);
-  const int layers = spec_.model.moe_layers;
   const bool chained = router.layers_depend();
-  sim::parallel_for(chained ? static_cast<std::size_t>(groups) : count, [&](std::size_t item) {
+  sim::parallel_for(chained ? static_cast<std::size_t>(batches * groups) : count, [&](std::size_t item) {
     routing::TokenBatch batch, previous;
-    const int first_layer = chained ? 0 : static_cast<int>(item) / groups;
+    // item: (micro-batch, group) when chained, else (micro-batch, layer, group).
+    const int g = static_cast<int>(item % static_cast<std::size_t>(groups));
+    const int rest = static_cast<int>(item / static_cast<std::size_t>(groups));
+    const int mb = chained ? rest : rest / layers;
+    const int first_layer = chained ? 0 : rest % layers;
     const int last_layer = chained ? layers - 1 : first_layer;
-    const int g = chained ? static_cast<int>(item) : static_cast<int>(item) % groups;
     for (int l = first_layer; l <= last_layer; ++l) {
       std::swap(batch, previous);
-      router.route(l, g * spec_.ep, spec_.tokens_per_gpu, &previous, batch);
+      router.route(l, g * spec_.ep, spec_.tokens_per_gpu, &previous, batch, mb);
+      const auto& placement = placements_[static_cast<std::size_t>(l)];
       if (halves() == 1) {
-        plans_[static_cast<std::size_t>(l * groups + g)] = routing::make_dispatch_plan(
-            spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, batch);
+        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, g * spec_.ep, batch);
       } else {
         for (int h = 0; h < 2; ++h)
-          plans_[static_cast<std::size_t>((l * 2 + h) * groups + g)] = routing::make_dispatch_plan(
-              spec_.routing, placements_[static_cast<std::size_t>(l)], g * spec_.ep, half_of(batch, h));
+          plans_[plan_index(mb, l, g, h)] =
+              routing::make_dispatch_plan(spec_.routing, placement, g * spec_.ep, half_of(batch, h));
       }
     }
   });
-  for (std::size_t i = 0; i < count; ++i) {
-    const int l = static_cast<int>(i) / groups, g = static_cast<int>(i) % groups;
-    if (halves() == 1) {
-      recorder_.on_routing(l, g * spec_.ep, plans_[i]);
-    } else {
-      recorder_.on_routing(l, g * spec_.ep, merged(plan(l, g * spec_.ep, 0), plan(l, g * spec_.ep, 1)));
-    }
-  }
+  for (int mb = 0; mb < batches; ++mb)
+    for (int l = 0; l < layers; ++l)
+      for (int g = 0; g < groups; ++g) {
+        if (halves() == 1) {
+          recorder_.on_routing(l, g * spec_.ep, plans_[plan_index(mb, l, g, 0)], mb);
+        } else {
+          recorder_.on_routing(l, g * spec_.ep, merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
+        }
+      }
   AllToAllSpec comm = spec_.all_to_all;
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
   // The all-to-all's passes: one per (pass, half).
-  std::vector<int> pass_layer, pass_row;
-  std::vector<bool> pass_backward;
+  std::vector<AllToAllPass> a2a_passes;
   for (int p = 0; p < passes(); ++p)
-    for (int h = 0; h < halves(); ++h) {
-      pass_layer.push_back(layer_of(p));
-      pass_backward.push_back(backward(p));
-      pass_row.push_back(layer_of(p) * halves() + h);
-    }
-  all_to_all_ = std::make_unique<AllToAll>(
-      sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, std::move(pass_layer), std::move(pass_backward),
-      std::move(pass_row), [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
+    for (int h = 0; h < halves(); ++h)
+      a2a_passes.push_back(AllToAllPass{.layer = layer_of(p),
+                                        .backward = backward(p),
+                                        .plan_row = (micro_batch(p) * layers + layer_of(p)) * halves() + h,
+                                        .micro_batch = micro_batch(p)});
+  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, std::move(a2a_passes),
+                                           [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
   // Sources that send nothing are not waited for.
   for (int g = 0; g < cluster_.gpu_count(); ++g)
     for (int p = 0; p < passes(); ++p)
@@ -308,13 +318,15 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
   return cost(c, gpu, false);
 }
 
-void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int)) {
+void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch) {
   const Time start = sim_.now();
   const bool profiled = last_profiled_;  // duration is the time last asked for
-  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled] {
+  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch] {
     const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(std::min(p, passes() - 1)), stage,
-                                   start, sim_.now(), p < passes() && backward(p), profiled});
+    const int last = std::min(p, passes() - 1);
+    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
+                                   p < passes() && backward(p), profiled,
+                                   micro_batch >= 0 ? micro_batch : this->micro_batch(last)});
     (this->*next)(gpu);
   });
 }
@@ -322,8 +334,9 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
 void MoeForward::begin_pass(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
-  if (p == 0 && spec_.model.dense_layers > 0 && !s.dense_forward) {  // the dense layers come first
-    s.dense_forward = true;
+  // The dense layers come first in each micro-batch.
+  if (p % batch_passes() == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
+    ++s.dense_forward;
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::begin_pass);
     return;
   }
@@ -334,7 +347,7 @@ void MoeForward::begin_pass(int gpu) {
   }
   // Backward: the reduce's gradient goes back to the returned copies first.
   // (the gradient of a weighted sum is a scatter of the same size: not doubled)
-  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(layer_of(p), gpu).kept(rank(gpu))),
+  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(p, gpu).kept(rank(gpu))),
             &MoeForward::after_router);
 }
 
@@ -384,8 +397,8 @@ void MoeForward::try_start_experts(int gpu) {
   const int layer = layer_of(s.pass);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
-                                 sim_.now(), backward(s.pass)});
-  run_stage(gpu, Stage::experts, experts_time(layer, gpu, 0), &MoeForward::after_experts);
+                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
+  run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
 }
 
 void MoeForward::after_experts(int gpu) {
@@ -403,13 +416,13 @@ void MoeForward::try_finish_combine(int gpu) {
   const int layer = layer_of(s.pass);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::combine, s.wait_start,
-                                 sim_.now(), backward(s.pass)});
+                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
   if (backward(s.pass)) {
     // Backward: the router's, then the attention's gradients.
     run_stage(gpu, Stage::router, router_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_attention_backward_start);
     return;
   }
-  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(layer, gpu).kept(rank(gpu))),
+  run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(s.pass, gpu).kept(rank(gpu))),
             &MoeForward::end_pass);
 }
 
@@ -446,8 +459,9 @@ void MoeForward::overlap_step(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
-  if (s.pass == 0 && s.op == 0 && m.dense_layers > 0 && !s.dense_forward) {  // the dense layers come first
-    s.dense_forward = true;
+  // The dense layers come first in each micro-batch.
+  if (s.pass % batch_passes() == 0 && s.op == 0 && m.dense_layers > 0 && s.dense_forward <= micro_batch(s.pass)) {
+    ++s.dense_forward;
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::overlap_step);
     return;
   }
@@ -455,16 +469,16 @@ void MoeForward::overlap_step(int gpu) {
     if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;
       ++passes_done_;
-      if (backward(s.pass)) backward_layer_done(gpu, layer_of(s.pass));
-      if (++s.pass == passes()) {
-        after_passes(gpu);  // training: dense backward, gradient sync, optimizer
+      if (backward(s.pass)) backward_layer_done(gpu, s.pass);
+      if (++s.pass % batch_passes() == 0) {
+        after_passes(gpu);  // training: dense backward; after the last micro-batch gradient sync, optimizer
         return;
       }
     }
     const int pass = s.pass, layer = layer_of(pass);
     const bool back = backward(pass);
     const auto [kind, h] = (back ? kBackward : kForward)[static_cast<std::size_t>(s.op)];
-    const auto& p = plan(layer, gpu, h);
+    const auto& p = plan(pass, gpu, h);
     auto compute = [&](Stage stage, Time t) {
       ++s.op;
       run_stage(gpu, stage, t, &MoeForward::overlap_step);
@@ -477,7 +491,8 @@ void MoeForward::overlap_step(int gpu) {
       }
       if (pending(left, gpu, pass, h) > 0) return false;
       s.wait = Wait::none;
-      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), back});
+      recorder_.on_stage(
+          StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), back, false, micro_batch(pass)});
       ++s.op;
       return true;
     };
@@ -493,7 +508,7 @@ void MoeForward::overlap_step(int gpu) {
         }
         return compute(Stage::shared_experts, cost(expert_cost(m, half_tokens), gpu) * m.shared_experts);
       case experts:
-        return compute(Stage::experts, experts_time(layer, gpu, h));
+        return compute(Stage::experts, experts_time(pass, gpu, h));
       case reduce:  // a weighted sum (or its gradient, a scatter of the same size): not a GEMM
         return compute(Stage::reduce, reduce_time(gpu, half_tokens, p.kept(rank(gpu))));
       case send_dispatch:
@@ -511,9 +526,10 @@ void MoeForward::overlap_step(int gpu) {
   }
 }
 
-Time MoeForward::experts_time(int layer, int gpu, int half) {
+Time MoeForward::experts_time(int pass, int gpu, int half) {
   // The GPU's expert slots back to back; padding rows cost time but are not model FLOPs.
-  const auto& p = plan(layer, gpu, half);
+  const auto& p = plan(pass, gpu, half);
+  const int layer = layer_of(pass);
   const int r = rank(gpu);
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
@@ -564,19 +580,22 @@ KernelCost MoeForward::dense_cost() const {
 void MoeForward::end_pass(int gpu) {
   ++passes_done_;
   const int done = gpus_[static_cast<std::size_t>(gpu)].pass++;
-  if (backward(done)) backward_layer_done(gpu, layer_of(done));
+  if (backward(done)) backward_layer_done(gpu, done);
   after_passes(gpu);
 }
 
 void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  if (s.pass < passes()) {
-    begin_pass(gpu);
-  } else if (spec_.training && spec_.model.dense_layers > 0 && !s.dense_backward) {
-    s.dense_backward = true;
+  // Micro-batches whose passes are all done.
+  const int batches_done = s.pass / batch_passes();
+  if (spec_.training && spec_.model.dense_layers > 0 && s.dense_backward < batches_done) {
+    // The dense layers' backward ends each micro-batch.
     const KernelCost c = dense_cost();
     run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false),
-              &MoeForward::after_passes);
+              &MoeForward::after_passes, s.dense_backward++);
+  } else if (s.pass < passes()) {
+    if (spec_.two_batch_overlap) overlap_step(gpu);
+    else begin_pass(gpu);
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
@@ -595,9 +614,11 @@ void MoeForward::join_bucket(int gpu, std::size_t bucket) {
     expert_sync_[bucket * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
 }
 
-void MoeForward::backward_layer_done(int gpu, int layer) {
-  // A bucket other than the last starts when its lowest layer's backward is done.
-  if (!(spec_.training && spec_.gradient_sync)) return;
+void MoeForward::backward_layer_done(int gpu, int pass) {
+  // A bucket other than the last starts when its lowest layer's backward is done in the last
+  // micro-batch (the earlier ones only accumulate gradients).
+  if (!(spec_.training && spec_.gradient_sync) || micro_batch(pass) + 1 < spec_.micro_batches) return;
+  const int layer = layer_of(pass);
   for (std::size_t b = 0; b + 1 < bucket_end_.size(); ++b)
     if (bucket_end_[b] == layer) join_bucket(gpu, b);
 }
@@ -605,7 +626,8 @@ void MoeForward::backward_layer_done(int gpu, int layer) {
 void MoeForward::synced(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false, false,
+                                 spec_.micro_batches - 1});
   run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false),
             spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish);
 }
@@ -623,7 +645,8 @@ void MoeForward::gather(int gpu) {
 void MoeForward::gathered(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false});
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false, false,
+                                 spec_.micro_batches - 1});
   finish(gpu);
 }
 

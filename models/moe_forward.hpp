@@ -13,7 +13,11 @@
 // Training adds the backward passes, last layer first (reduce's gradient -> [send dispatch] ->
 // shared experts -> wait -> experts -> [send combine] -> wait -> router -> attention, every GEMM
 // twice), the dense layers' backward, an optional all-reduce of the gradients
-// (models/collectives.hpp; or reduce-scatter, sharded optimizer, all-gather) and the optimizer. Two-batch overlap runs the
+// (models/collectives.hpp; or reduce-scatter, sharded optimizer, all-gather) and the optimizer.
+// With gradient accumulation (micro_batches > 1) a training step runs that many micro-batches one
+// after the other, each its own routing (and capacity), forward and backward (dense layers
+// included), and synchronises the gradients (buckets: during the last micro-batch's backward)
+// and updates the weights once, after the last. Two-batch overlap runs the
 // program in overlap_step() instead. Without it no stage overlaps another on a GPU.
 #pragma once
 
@@ -48,13 +52,15 @@ struct ForwardSpec {
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
+  int micro_batches = 1;              // training: micro-batches per step (gradient accumulation)
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
   double nvls_efficiency = kNvlsEfficiency;  // nvls: the in-switch bytes' share of a port's bandwidth
   // > 1: the gradients are synchronised in this many buckets of consecutive MoE layers (in
-  // backward order), each started as soon as the GPU has finished those layers' backward, so
-  // the sync overlaps the rest of the backward pass (the dense layers go with the last bucket).
+  // backward order), each started as soon as the GPU has finished those layers' backward (in the
+  // last micro-batch), so the sync overlaps the rest of the backward pass (the dense layers go
+  // with the last bucket).
   int gradient_sync_buckets = 1;
   // Training with gradient_sync: ZeRO-1 style sharded optimizer: gradients are reduce-scattered,
   // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
@@ -109,15 +115,23 @@ class MoeForward {
     sim::Time wait_start;
     int op = 0;           // two-batch overlap: the next operation of the layer's program
     int wait_half = 0;    // two-batch overlap: the half it waits for
-    bool dense_forward = false, dense_backward = false;  // the dense layers have run
+    int dense_forward = 0, dense_backward = 0;  // micro-batches whose dense layers have run
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
 
-  int passes() const { return spec_.training ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
-  int layer_of(int pass) const { return pass < spec_.model.moe_layers ? pass : passes() - 1 - pass; }
-  bool backward(int pass) const { return pass >= spec_.model.moe_layers; }
-  const routing::DispatchPlan& plan(int layer, int gpu, int half = 0) const;
+  // Passes: per micro-batch every layer forward, then (training) every layer backward.
+  int batch_passes() const { return spec_.training ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
+  int passes() const { return spec_.micro_batches * batch_passes(); }
+  int micro_batch(int pass) const { return pass / batch_passes(); }
+  int layer_of(int pass) const {
+    const int q = pass % batch_passes();
+    return q < spec_.model.moe_layers ? q : batch_passes() - 1 - q;
+  }
+  bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
+  // The plans of pass `pass` (its micro-batch and layer) for gpu's EP group.
+  const routing::DispatchPlan& plan(int pass, int gpu, int half = 0) const;
+  std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
   int rank(int gpu) const { return gpu % spec_.ep; }
   // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
   // model_work: counts toward the model FLOPs (not the optimizer).
@@ -147,10 +161,11 @@ class MoeForward {
   KernelCost dense_cost() const;
   void after_passes(int gpu);
   KernelCost attention(std::int64_t tokens) const;
-  sim::Time experts_time(int layer, int gpu, int half);
+  sim::Time experts_time(int pass, int gpu, int half);
   KernelCost optimizer_cost() const;
 
-  void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int));
+  // micro_batch: the one the stage belongs to, where not the current pass's (-1).
+  void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1);
   void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
@@ -176,7 +191,7 @@ class MoeForward {
   Recorder& recorder_;
   const bool profile_backward_;  // the profile has the backward pass's stages (_bwd rows)
   std::vector<routing::Placement> placements_;  // per layer
-  std::vector<routing::DispatchPlan> plans_;  // [layer * groups + group]
+  std::vector<routing::DispatchPlan> plans_;  // [plan_index(micro_batch, layer, group, half)]
   std::unique_ptr<AllToAll> all_to_all_;      // built once the plans are
   // Gradient sync: one collective over all GPUs for the replicated weights, one per EP rank
   // over the groups for the experts (an all-reduce, or with optimizer sharding a reduce-scatter
@@ -189,7 +204,7 @@ class MoeForward {
   std::vector<int> sync_left_;
   std::vector<int> bucket_end_;  // per bucket, its lowest MoE layer (the last its backward reaches)
   void join_bucket(int gpu, std::size_t bucket);
-  void backward_layer_done(int gpu, int layer);
+  void backward_layer_done(int gpu, int pass);
   void synced(int gpu);
   void gather(int gpu);
   void gathered(int gpu);

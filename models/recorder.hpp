@@ -39,6 +39,7 @@ struct StageRecord {
   sim::Time end;
   bool backward = false;
   bool profiled = false;  // a compute stage whose time came from the measured kernel profile
+  int micro_batch = 0;    // training with gradient accumulation: which micro-batch of the step
 };
 
 // One all-to-all flow (src != dst), reported when its last byte has arrived.
@@ -49,14 +50,16 @@ struct FlowRecord {
   sim::Time start;
   sim::Time end;
   bool backward = false;
+  int micro_batch = 0;
 };
 
 class Recorder {
  public:
   virtual ~Recorder() = default;
   virtual void on_stage(const StageRecord& record) = 0;
-  // One layer's routing for the EP group starting at global GPU `first_gpu`.
-  virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) = 0;
+  // One layer's routing for the EP group starting at global GPU `first_gpu`, in micro-batch
+  // `micro_batch` of the step (0 without gradient accumulation).
+  virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) = 0;
   virtual void on_flow(const FlowRecord& record) = 0;
 };
 
@@ -67,8 +70,8 @@ class RecorderTee final : public Recorder {
   void on_stage(const StageRecord& r) override {
     for (auto* t : to_) t->on_stage(r);
   }
-  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override {
-    for (auto* t : to_) t->on_routing(layer, first_gpu, plan);
+  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) override {
+    for (auto* t : to_) t->on_routing(layer, first_gpu, plan, micro_batch);
   }
   void on_flow(const FlowRecord& r) override {
     for (auto* t : to_) t->on_flow(r);

@@ -4,10 +4,13 @@
 
 namespace moesim::models {
 
-RunStats::RunStats(int gpus, int layers, int gpus_per_node)
+RunStats::RunStats(int gpus, int layers, int gpus_per_node, int micro_batches)
     : gpus_per_node_(gpus_per_node),
-      layers_(static_cast<std::size_t>(layers)),
-      backward_layers_(static_cast<std::size_t>(layers)),
+      layers_per_batch_(layers),
+      micro_batches_(micro_batches),
+      batch_rows_(static_cast<std::size_t>(gpus) * static_cast<std::size_t>(micro_batches), 0),
+      layers_(static_cast<std::size_t>(layers) * static_cast<std::size_t>(micro_batches)),
+      backward_layers_(static_cast<std::size_t>(layers) * static_cast<std::size_t>(micro_batches)),
       gpus_(static_cast<std::size_t>(gpus)),
       experts_(static_cast<std::size_t>(layers)),
       slots_(static_cast<std::size_t>(layers)),
@@ -23,24 +26,30 @@ void RunStats::on_stage(const StageRecord& r) {
   g.finish = sim::max(g.finish, r.end);
   if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense)
     return;  // once per step (the dense layers together), not part of any MoE layer
-  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
+  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.start = sim::min(l.start, r.start);
   l.end = sim::max(l.end, r.end);
   l.stage_max[s] = sim::max(l.stage_max[s], d);
   l.stage_sum[s] += d;
 }
 
-void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) {
+void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) {
   const std::size_t per_gpu = plan.slot_padded.size() / static_cast<std::size_t>(plan.ep);
   for (int r = 0; r < plan.ep; ++r) {
     GpuStats& g = gpus_[static_cast<std::size_t>(first_gpu + r)];
     const auto ur = static_cast<std::size_t>(r);
     g.routed += plan.gpu_routed[ur];
     g.dropped += plan.gpu_dropped[ur];
-    g.computed += plan.computed_on(r);
-    for (std::size_t s = ur * per_gpu; s < (ur + 1) * per_gpu; ++s) g.padded += plan.slot_padded[s];
+    std::int64_t rows = plan.computed_on(r);
+    g.computed += rows;
+    for (std::size_t s = ur * per_gpu; s < (ur + 1) * per_gpu; ++s) {
+      g.padded += plan.slot_padded[s];
+      rows += plan.slot_padded[s];
+    }
+    batch_rows_[static_cast<std::size_t>(first_gpu + r) * static_cast<std::size_t>(micro_batches_) +
+                static_cast<std::size_t>(micro_batch)] += rows;
   }
-  LayerStats& l = layers_[static_cast<std::size_t>(layer)];
+  LayerStats& l = layers_[static_cast<std::size_t>(micro_batch * layers_per_batch_ + layer)];
   l.routed += plan.routed();
   l.dropped += plan.dropped();
   l.computed += plan.routed() - plan.dropped();
@@ -75,11 +84,16 @@ void RunStats::on_flow(const FlowRecord& r) {
     gradient_sync_bytes_ += flow.size.count();
     return;
   }
-  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.layer)];
+  LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.network_bytes += flow.size.count();
   if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)
     l.scale_out_bytes += flow.size.count();
   ++l.flows;
+}
+
+std::int64_t RunStats::peak_batch_rows(int gpu) const {
+  const auto first = batch_rows_.begin() + static_cast<std::ptrdiff_t>(gpu) * micro_batches_;
+  return *std::max_element(first, first + micro_batches_);
 }
 
 int RunStats::critical_gpu() const {

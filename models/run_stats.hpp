@@ -1,5 +1,6 @@
 // A Recorder that keeps the aggregates the reports need: per layer (span, per-stage maximum and
-// mean over GPUs, routing counts and imbalance) and per GPU (time in each stage, finish time).
+// mean over GPUs, routing counts and imbalance; with gradient accumulation per micro-batch and
+// layer) and per GPU (time in each stage, finish time).
 // For one GPU the stages of all layers tile [0, finish) without gaps, so its per-stage totals
 // add up to its finish time exactly.
 #pragma once
@@ -28,7 +29,7 @@ struct LayerStats {
   std::int64_t flows = 0;
 };
 
-// Per layer and expert, summed over EP groups.
+// Per layer and expert, summed over EP groups (and micro-batches).
 struct ExpertStats {
   std::int64_t routed = 0, computed = 0, padded = 0;
 };
@@ -45,17 +46,25 @@ struct GpuStats {
 
 class RunStats final : public Recorder {
  public:
-  RunStats(int gpus, int layers, int gpus_per_node);
+  RunStats(int gpus, int layers, int gpus_per_node, int micro_batches = 1);
   void on_stage(const StageRecord& r) override;
-  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan) override;
+  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) override;
   void on_flow(const FlowRecord& r) override;
 
-  // Per MoE layer: its forward pass (routing counts included), and in a training step its backward
-  // pass (timing, flows and bytes; the routing is the forward's). Empty backward rows never started.
+  // Per MoE layer, [micro_batch * layers + layer]: its forward pass (routing counts included),
+  // and in a training step its backward pass (timing, flows and bytes; the routing is the
+  // forward's). Empty backward rows never started.
   const std::vector<LayerStats>& layers() const { return layers_; }
   const std::vector<LayerStats>& backward_layers() const { return backward_layers_; }
+  int moe_layers() const { return layers_per_batch_; }
+  int micro_batches() const { return micro_batches_; }
   const std::vector<GpuStats>& gpus() const { return gpus_; }
-  // [layer][expert] and [layer][slot] (tokens and padding each replica computed), summed over EP groups.
+  // The most token and padding rows `gpu`'s experts computed in one micro-batch, over all its
+  // layers (what its activations hold at once when each micro-batch's backward runs before the
+  // next one's forward).
+  std::int64_t peak_batch_rows(int gpu) const;
+  // [layer][expert] and [layer][slot] (tokens and padding each replica computed), summed over EP
+  // groups and micro-batches.
   const std::vector<std::vector<ExpertStats>>& experts() const { return experts_; }
   const std::vector<std::vector<std::int64_t>>& slots() const { return slots_; }
   const std::vector<std::vector<std::int64_t>>& slots_padded() const { return slots_padded_; }
@@ -66,7 +75,10 @@ class RunStats final : public Recorder {
 
  private:
   int gpus_per_node_;
+  int layers_per_batch_;
+  int micro_batches_;
   std::int64_t gradient_sync_bytes_ = 0;
+  std::vector<std::int64_t> batch_rows_;  // [gpu * micro_batches + micro_batch]
   std::vector<LayerStats> layers_;
   std::vector<LayerStats> backward_layers_;
   std::vector<GpuStats> gpus_;

@@ -19,16 +19,18 @@ TokenRouter::TokenRouter(const MoeModelSpec& model, const RoutingSpec& spec, int
   }
 }
 
-std::string TokenRouter::stream(const std::string& what, int layer, int unit) const {
-  // Step 0 keeps the stream names of single-step versions, so their runs reproduce.
+std::string TokenRouter::stream(const std::string& what, int layer, int unit, int micro_batch) const {
+  // Step 0 and micro-batch 0 keep the stream names of versions without them, so their runs
+  // reproduce.
   std::string s = fmt::format("routing/{}layer{}/{}{}", what, layer, what.empty() ? "gpu" : "unit", unit);
   if (spec_.step != 0) s += fmt::format("/step{}", spec_.step);
+  if (micro_batch != 0) s += fmt::format("/microbatch{}", micro_batch);
   return s;
 }
 
-std::vector<double> TokenRouter::batch_weights(int layer, int first_gpu) const {
+std::vector<double> TokenRouter::batch_weights(int layer, int first_gpu, int micro_batch) const {
   if (spec_.dirichlet_concentration <= 0 && spec_.burst_probability <= 0) return {};
-  sim::Rng rng(seed_, stream("batch/", layer, first_gpu));
+  sim::Rng rng(seed_, stream("batch/", layer, first_gpu, micro_batch));
   const auto& base = laws_[static_cast<std::size_t>(layer)].weights;
   std::vector<double> w = base;
   if (spec_.dirichlet_concentration > 0) {
@@ -50,7 +52,7 @@ std::vector<double> TokenRouter::batch_weights(int layer, int first_gpu) const {
 }
 
 void TokenRouter::route(int layer, int first_gpu, std::int64_t tokens_per_rank, const TokenBatch* previous,
-                        TokenBatch& out) const {
+                        TokenBatch& out, int micro_batch) const {
   if (spec_.distribution == Distribution::trace && !spec_.trace->layer_tokens.empty()) {
     out = spec_.trace->layer_tokens[static_cast<std::size_t>(layer)];
     MOESIM_ASSERT(out.ranks == ep_ && out.tokens_per_rank == tokens_per_rank, "token trace of another shape");
@@ -61,14 +63,15 @@ void TokenRouter::route(int layer, int first_gpu, std::int64_t tokens_per_rank, 
   out.tokens_per_rank = tokens_per_rank;
   out.experts.assign(static_cast<std::size_t>(out.tokens() * out.top_k), 0);
   out.gates.clear();
-  if (spec_.distribution == Distribution::trace) deal_counts(layer, first_gpu, out);
-  else route_synthetic(layer, first_gpu, previous, out);
-  if (gates_) draw_gates(layer, first_gpu, out);
+  if (spec_.distribution == Distribution::trace) deal_counts(layer, first_gpu, micro_batch, out);
+  else route_synthetic(layer, first_gpu, micro_batch, previous, out);
+  if (gates_) draw_gates(layer, first_gpu, micro_batch, out);
 }
 
-void TokenRouter::route_synthetic(int layer, int first_gpu, const TokenBatch* previous, TokenBatch& out) const {
+void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, const TokenBatch* previous,
+                                  TokenBatch& out) const {
   const int k = model_.top_k;
-  const std::vector<double> varied = batch_weights(layer, first_gpu);
+  const std::vector<double> varied = batch_weights(layer, first_gpu, micro_batch);
   const ExpertSampler* sampler = &samplers_[static_cast<std::size_t>(layer)];
   std::optional<ExpertSampler> own;
   if (!varied.empty()) sampler = &own.emplace(varied);
@@ -88,7 +91,7 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, const TokenBatch* pr
   const LayerLaw* before = correlated ? &laws_[static_cast<std::size_t>(layer - 1)] : nullptr;
   std::vector<int> picked_groups(static_cast<std::size_t>(std::max(spec_.max_groups, 1)));
   for (int src = 0; src < ep_; ++src) {
-    sim::Rng rng(seed_, stream("", layer, first_gpu + src));
+    sim::Rng rng(seed_, stream("", layer, first_gpu + src, micro_batch));
     if (!group_sampler && !correlated) {
       const std::size_t at = static_cast<std::size_t>(src * out.tokens_per_rank * k);
       sampler->sample_tokens(rng, std::span<int>(out.experts.data() + at, static_cast<std::size_t>(out.tokens_per_rank * k)), k);
@@ -124,11 +127,11 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, const TokenBatch* pr
   }
 }
 
-void TokenRouter::deal_counts(int layer, int first_gpu, TokenBatch& out) const {
+void TokenRouter::deal_counts(int layer, int first_gpu, int micro_batch, TokenBatch& out) const {
   const int k = out.top_k;
   const auto n_tokens = out.tokens();
   const auto experts = static_cast<std::size_t>(model_.experts);
-  std::vector<double> share = batch_weights(layer, first_gpu);
+  std::vector<double> share = batch_weights(layer, first_gpu, micro_batch);
   if (share.empty() || std::count_if(share.begin(), share.end(), [](double x) { return x > 0; }) < k)
     share = laws_[static_cast<std::size_t>(layer)].weights;
   // Water-filling: proportional shares of N k assignments, none above N.
@@ -170,7 +173,7 @@ void TokenRouter::deal_counts(int layer, int first_gpu, TokenBatch& out) const {
       ++assigned;
     }
   }
-  sim::Rng rng(seed_, stream("deal/", layer, first_gpu));
+  sim::Rng rng(seed_, stream("deal/", layer, first_gpu, micro_batch));
   // The list of assignments, experts in random order.
   std::vector<int> expert_order(experts);
   std::iota(expert_order.begin(), expert_order.end(), 0);
@@ -189,12 +192,12 @@ void TokenRouter::deal_counts(int layer, int first_gpu, TokenBatch& out) const {
   }
 }
 
-void TokenRouter::draw_gates(int layer, int first_gpu, TokenBatch& out) const {
+void TokenRouter::draw_gates(int layer, int first_gpu, int micro_batch, TokenBatch& out) const {
   const auto k = static_cast<std::size_t>(out.top_k);
   out.gates.assign(out.experts.size(), 0.0f);
   std::vector<double> g(k);
   for (int src = 0; src < out.ranks; ++src) {
-    sim::Rng rng(seed_, stream("gates/", layer, first_gpu + src));
+    sim::Rng rng(seed_, stream("gates/", layer, first_gpu + src, micro_batch));
     for (std::int64_t t = 0; t < out.tokens_per_rank; ++t) {
       double total = 0;
       for (auto& x : g) total += (x = rng.exponential(1.0));
@@ -206,11 +209,13 @@ void TokenRouter::draw_gates(int layer, int first_gpu, TokenBatch& out) const {
 }
 
 std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const RoutingSpec& spec, int ep, int groups,
-                                               std::int64_t tokens_per_rank, std::uint64_t seed, int history) {
+                                               std::int64_t tokens_per_rank, std::uint64_t seed, int history,
+                                               int micro_batches) {
   MOESIM_ASSERT(history >= 1 && spec.step >= history, "observed load needs earlier steps");
   const auto layers = static_cast<std::size_t>(model.moe_layers), experts = static_cast<std::size_t>(model.experts);
-  // One work item per (earlier step, group), each routing its layers in order.
-  const std::size_t items = static_cast<std::size_t>(history) * static_cast<std::size_t>(groups);
+  // One work item per (earlier step, micro-batch, group), each routing its layers in order.
+  const auto per_step = static_cast<std::size_t>(micro_batches) * static_cast<std::size_t>(groups);
+  const std::size_t items = static_cast<std::size_t>(history) * per_step;
   std::vector<std::vector<double>> partial(items, std::vector<double>(layers * experts, 0.0));
   std::vector<TokenRouter> routers;
   for (int h = 0; h < history; ++h) {
@@ -219,11 +224,12 @@ std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const 
     routers.emplace_back(model, s, ep, seed, false);
   }
   sim::parallel_for(items, [&](std::size_t i) {
-    const TokenRouter& router = routers[i / static_cast<std::size_t>(groups)];
+    const TokenRouter& router = routers[i / per_step];
+    const int micro_batch = static_cast<int>(i % per_step / static_cast<std::size_t>(groups));
     const int first_gpu = static_cast<int>(i % static_cast<std::size_t>(groups)) * ep;
     TokenBatch batch, previous;
     for (std::size_t l = 0; l < layers; ++l) {
-      router.route(static_cast<int>(l), first_gpu, tokens_per_rank, &previous, batch);
+      router.route(static_cast<int>(l), first_gpu, tokens_per_rank, &previous, batch, micro_batch);
       for (const int e : batch.experts) partial[i][l * experts + static_cast<std::size_t>(e)] += 1;
       std::swap(batch, previous);
     }

@@ -1,8 +1,8 @@
 // Token-level routing of one EP group's micro-batch, layer by layer (RoutingSpec's generators).
 //
 // Synthetic laws (routing/expert_sampler.hpp) are drawn token by token: each source GPU has its
-// own random stream per (layer, step), so a GPU's tokens do not depend on the others. On top of a
-// law, per batch (one EP group, one layer, one step):
+// own random stream per (layer, step, micro-batch), so a GPU's tokens do not depend on the
+// others. On top of a law, per batch (one EP group, one layer, one step, one micro-batch):
 //   dirichlet_concentration c   the batch's weights are Dirichlet(c x law weights): mean the law,
 //                               variance w(1 - w)/(c + 1) per expert;
 //   burst_probability p,        with probability p the batch has a burst: a uniformly chosen
@@ -51,16 +51,19 @@ class TokenRouter {
   bool layers_depend() const { return spec_.layer_correlation > 0; }
 
   // Routes `layer` for the EP group whose first GPU is first_gpu. `previous` is the same group's
-  // batch at layer - 1 when layers_depend(), else ignored (may be null).
+  // batch at layer - 1 (of the same micro-batch) when layers_depend(), else ignored (may be
+  // null). Each micro-batch of a step (gradient accumulation) draws from its own streams, so
+  // micro-batches differ as batches of different groups do; a token-level trace is replayed
+  // by every micro-batch.
   void route(int layer, int first_gpu, std::int64_t tokens_per_rank, const TokenBatch* previous,
-             TokenBatch& out) const;
+             TokenBatch& out, int micro_batch = 0) const;
 
  private:
-  std::vector<double> batch_weights(int layer, int first_gpu) const;
-  void route_synthetic(int layer, int first_gpu, const TokenBatch* previous, TokenBatch& out) const;
-  void deal_counts(int layer, int first_gpu, TokenBatch& out) const;
-  void draw_gates(int layer, int first_gpu, TokenBatch& out) const;
-  std::string stream(const std::string& what, int layer, int unit) const;
+  std::vector<double> batch_weights(int layer, int first_gpu, int micro_batch) const;
+  void route_synthetic(int layer, int first_gpu, int micro_batch, const TokenBatch* previous, TokenBatch& out) const;
+  void deal_counts(int layer, int first_gpu, int micro_batch, TokenBatch& out) const;
+  void draw_gates(int layer, int first_gpu, int micro_batch, TokenBatch& out) const;
+  std::string stream(const std::string& what, int layer, int unit, int micro_batch) const;
 
   MoeModelSpec model_;
   RoutingSpec spec_;
@@ -72,9 +75,10 @@ class TokenRouter {
 };
 
 // Per layer, the mean over steps [step - history, step - 1] of the per-expert routed counts of all
-// `groups` EP groups (what a placement computed from recent steps balances). history >= 1 and
-// spec.step >= history.
+// `groups` EP groups and the steps' `micro_batches` micro-batches (what a placement computed from
+// recent steps balances). history >= 1 and spec.step >= history.
 std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const RoutingSpec& spec, int ep, int groups,
-                                               std::int64_t tokens_per_rank, std::uint64_t seed, int history);
+                                               std::int64_t tokens_per_rank, std::uint64_t seed, int history,
+                                               int micro_batches = 1);
 
 }  // namespace moesim::routing

@@ -19,7 +19,8 @@ RunResult run_step(const Scenario& sc, const Progress& progress) {
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
-  RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node), 0,
+  RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node,
+                                    sc.forward.micro_batches), 0,
                    std::string(network->name()), "roofline", {}, {}, nullptr, 0.0, {}};
   if (sc.timeline != "off")
     result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);

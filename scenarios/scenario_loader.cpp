@@ -418,6 +418,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(w->key_path("kind"), "decode needs workload.context_length (the cached tokens each sequence attends to)");
     }
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
+    if (auto v = w->get<std::int64_t>("micro_batches", count_at_least(1), false)) {
+      f.micro_batches = as_int(*v);
+      if (f.micro_batches > 1 && !f.training)
+        problems.add_at(w->key_path("micro_batches"), "only used with 'kind: training' (gradient accumulation)");
+    }
     f.sequence_length = f.tokens_per_gpu;
     if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false)) {
       f.sequence_length = *v;

@@ -69,6 +69,11 @@ std::string time_source(sim::Time total, sim::Time profiled) {
   return fmt::format("  (profile {:.0f}%, roofline {:.0f}%)", p, 100 - p);
 }
 
+// Tokens one step processes: every GPU's micro-batch, times the micro-batches of a training step.
+double step_tokens(const scenarios::Scenario& sc) {
+  return static_cast<double>(sc.forward.tokens_per_gpu) * sc.forward.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node;
+}
+
 struct Totals {
   std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0, scale_out_bytes = 0;
   double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
@@ -119,7 +124,7 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
   if (seconds <= 0) return e;
   e.mfu = r.model_flops / (gpus * static_cast<double>(sc.cluster.gpu.peak_bf16.flop_per_s()) * seconds);
   e.cost_per_step = sc.gpu_hour_price * gpus * seconds / 3600;
-  const double tokens = static_cast<double>(sc.forward.tokens_per_gpu) * gpus;
+  const double tokens = step_tokens(sc);
   e.cost_per_million_tokens = tokens > 0 ? e.cost_per_step / tokens * 1e6 : 0;
   return e;
 }
@@ -128,7 +133,9 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // layer attention, router, shared experts and its expert slots; the dense layers) in the model
 // dtype. Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
 // master weight and two moments (12 bytes per parameter), and keeps every layer's activations
-// for the backward pass; inference holds one layer's activations at a time. Activations are the
+// for the backward pass (of one micro-batch, the one with the most expert rows on the GPU: with
+// gradient accumulation each micro-batch's backward runs before the next one's forward);
+// inference holds one layer's activations at a time. Activations are the
 // bytes the kernels write (models/moe_costs.hpp): attention b T (2H + 2(q + 2kv)), router 4 T E,
 // shared experts and the GPU's expert rows b n (2H + 6F). Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
@@ -156,11 +163,11 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
                              ? static_cast<double>(models::optimizer_share(held, gpus, gpus / f.ep))
                              : params;
   if (f.training) u.optimizer = params * b + updated * 12;
-  // Activations: this GPU's expert rows over all layers (token and padding rows).
-  const auto& g = r.stats.gpus()[static_cast<std::size_t>(gpu)];
+  // Activations: this GPU's expert rows over all layers (token and padding rows) of one
+  // micro-batch.
   const double layers = m.moe_layers + m.dense_layers;
   const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
-  const double expert_rows = static_cast<double>(g.computed + g.padded);
+  const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   if (f.training) {
     u.activations = layers * per_layer + b * expert_rows * (2 * h + 6 * ffn);
   } else {
@@ -250,19 +257,19 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
   const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)];
-  const std::int64_t tokens = f.tokens_per_gpu * gpus;
+  const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
   out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,moe_layers,tokens_per_gpu,"
-         "tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
+         "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
          "infeasible_reason\n";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.model.moe_layers, f.tokens_per_gpu, tokens, format_us(step),
+             f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},", format_us(exposed),
@@ -287,18 +294,19 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
-  out << "layer,pass,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
+  out << "layer,pass,micro_batch,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
          "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded,scale_out_bytes\n";
-  const auto row = [&](std::size_t i, const char* pass, const models::LayerStats& l, const models::LayerStats& routing) {
+  const auto row = [&](std::size_t i, const char* pass, int micro_batch, const models::LayerStats& l,
+                       const models::LayerStats& routing) {
     const auto& g = routing;  // the routing columns: the layer's forward routing
     const double gpu_mean = static_cast<double>(g.computed) / gpus;
     const double expert_mean =
         g.expert_slots > 0 ? static_cast<double>(g.routed) / static_cast<double>(g.expert_slots) : 0.0;
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
-               i, pass, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
+               i, pass, micro_batch, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
                format_us(l.stage_max[idx(Stage::dispatch)]), mean_us(l.stage_sum[idx(Stage::dispatch)], gpus),
@@ -310,11 +318,16 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                expert_mean, ratio(static_cast<double>(g.max_expert_tokens), expert_mean), gpu_cv(g, gpus),
                g.padded, l.scale_out_bytes);
   };
+  // In the order they ran: per micro-batch every layer forward, then backward.
   const auto& layers = r.stats.layers();
-  for (std::size_t i = 0; i < layers.size(); ++i) row(i, "forward", layers[i], layers[i]);
   const auto& back = r.stats.backward_layers();
-  for (std::size_t i = back.size(); i-- > 0;)  // in the order they ran
-    if (back[i].start != sim::Time::max()) row(i, "backward", back[i], layers[i]);
+  const auto per = static_cast<std::size_t>(r.stats.moe_layers());
+  for (int mb = 0; mb < r.stats.micro_batches(); ++mb) {
+    const std::size_t first = static_cast<std::size_t>(mb) * per;
+    for (std::size_t i = 0; i < per; ++i) row(i, "forward", mb, layers[first + i], layers[first + i]);
+    for (std::size_t i = per; i-- > 0;)
+      if (back[first + i].start != sim::Time::max()) row(i, "backward", mb, back[first + i], layers[first + i]);
+  }
 }
 
 void write_links_csv(std::ostream& out, const scenarios::Scenario& sc, const scenarios::RunResult& r) {
@@ -398,14 +411,17 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
     fmt::print(out, R"({{"ph":"M","name":"thread_name","pid":{},"tid":{},"args":{{"name":"GPU {} sends"}}}})", g / gpn,
                gpus + g, g);
   }
+  // With gradient accumulation every slice and flow also says its micro-batch.
+  const bool batches = sc.forward.micro_batches > 1;
+  const auto micro_batch = [&](int mb) { return batches ? fmt::format(R"(,"micro_batch":{})", mb) : std::string(); };
   for (const auto& s : t.stages()) {
     const int g = static_cast<int>(s.gpu.index());
     sep();
     const bool wait = models::is_network_wait(s.stage);
-    fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}{}}}}})",
+    fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}{}{}}}}})",
                wait ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
                s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
-               wait ? "" : s.profiled ? R"(,"source":"profile")" : R"(,"source":"roofline")");
+               micro_batch(s.micro_batch), wait ? "" : s.profiled ? R"(,"source":"profile")" : R"(,"source":"roofline")");
   }
   // Links: one process, a track per link that was ever busy.
   if (!t.link_busy().empty()) {
@@ -433,8 +449,9 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
     const std::string name = fmt::format("{}{} {}->{}", to_string(f.stage), f.backward ? " gradient" : "", src, dst);
     sep();
     fmt::print(out,
-               R"({{"ph":"b","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{},"args":{{"layer":{},"bytes":{}}}}})",
-               name, to_string(f.stage), id, src / gpn, gpus + src, us(f.start), f.layer, f.flow.size.count());
+               R"({{"ph":"b","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{},"args":{{"layer":{}{},"bytes":{}}}}})",
+               name, to_string(f.stage), id, src / gpn, gpus + src, us(f.start), f.layer, micro_batch(f.micro_batch),
+               f.flow.size.count());
     sep();
     fmt::print(out, R"({{"ph":"e","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{}}})", name, to_string(f.stage), id,
                src / gpn, gpus + src, us(f.end));
@@ -450,17 +467,25 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const sim::Time step = r.stats.step_time();
   const int crit = r.stats.critical_gpu();
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
-  const double tokens = static_cast<double>(f.tokens_per_gpu) * gpus;
+  const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU\n", gpus,
-             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu);
-  const std::string what = f.training ? "training step: forward, backward and optimizer of one micro-batch"
-                           : f.context_length > 0
-                               ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
-                               : sc.workload_kind == "prefill" ? std::string("prefill of one batch of prompts")
-                                                               : std::string("forward pass of one micro-batch");
-  fmt::print(out, "  step time   {:.3f} ms  ({} through {} MoE layers)\n", step.to_us() / 1e3, what, f.model.moe_layers);
+  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU{}\n", gpus,
+             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu,
+             f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
+  const std::string what =
+      f.training && f.micro_batches > 1
+          ? fmt::format("training step: {} micro-batches (gradient accumulation) forward and backward through {} MoE layers, "
+                        "then one optimizer update",
+                        f.micro_batches, f.model.moe_layers)
+          : fmt::format("{} through {} MoE layers",
+                        f.training ? std::string("training step: forward, backward and optimizer of one micro-batch")
+                        : f.context_length > 0
+                            ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
+                        : sc.workload_kind == "prefill" ? std::string("prefill of one batch of prompts")
+                                                        : std::string("forward pass of one micro-batch"),
+                        f.model.moe_layers);
+  fmt::print(out, "  step time   {:.3f} ms  ({})\n", step.to_us() / 1e3, what);
   if (step > sim::Time::zero()) {
     const Economics e = economics(sc, r);
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", tokens / step.to_seconds(),

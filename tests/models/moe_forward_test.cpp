@@ -179,7 +179,7 @@ TEST_CASE("An overloaded GPU delays every GPU that waits for its outputs", "[mod
     std::vector<models::StageRecord> stages;
     std::vector<routing::DispatchPlan> plans;
     void on_stage(const models::StageRecord& r) override { stages.push_back(r); }
-    void on_routing(int, int, const routing::DispatchPlan& p) override { plans.push_back(p); }
+    void on_routing(int, int, const routing::DispatchPlan& p, int) override { plans.push_back(p); }
     void on_flow(const models::FlowRecord&) override {}
   };
   const auto sc = scenarios::load_scenario_text(R"(
@@ -604,18 +604,20 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
             ? std::string()
             : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
                           1 + pick.uniform_int(2), pick.uniform_int(2) ? "true" : "false");
+    // Training: one or two micro-batches (gradient accumulation).
+    const int batches = kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: 2, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
 parallelism: {{ep: {}}}
-workload: {{kind: {}, tokens_per_gpu: {}, {}{}{}seed: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, kind, 2 * (8 + pick.uniform_int(60)),
+        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -641,7 +643,7 @@ output: {{timeline: off}}
       computed += l.computed;
       dropped += l.dropped;
     }
-    CHECK(routed == static_cast<std::int64_t>(2) * gpus * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * top_k);
+    CHECK(routed == static_cast<std::int64_t>(2) * batches * gpus * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * top_k);
     CHECK(routed == computed + dropped);
   }
 }
@@ -698,4 +700,170 @@ workload: {{kind: training, tokens_per_gpu: 2048, gradient_sync: ring, gradient_
     for (const auto t : g.stage_total) total += t;
     CHECK(total == g.finish);
   }
+}
+
+namespace {
+
+// The tiny training step (1 layer, dropless) with extra workload keys.
+std::string tiny_training(const std::string& keys, bool dense = false) {
+  std::string text = tiny("dropless", 1);
+  const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(from), from.size(), "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000" + keys + "}");
+  if (dense) {
+    const std::string heads = "  attention_heads: 8\n";
+    text.replace(text.find(heads), heads.size(), heads + "  dense_layers: 1\n  dense_ffn: 1024\n");
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("Gradient accumulation runs the micro-batches one after the other and syncs once, as derived by hand",
+          "[models][training]") {
+  // The tiny step routes every token to both experts, so every micro-batch is the same: forward
+  // and backward end at 799,035,328 ps (the tiny training step above), the next micro-batch
+  // starts there. With gradient_sync: ring the gradients are all-reduced once, after the last
+  // (87,927,040 ps, the same bytes as without accumulation), then the optimizer once
+  // (205,578,240). Three micro-batches: 3 x 799,035,328 + 87,927,040 + 205,578,240 ps.
+  const auto one = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", gradient_sync: ring"), "one.yaml"));
+  const auto r =
+      scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", gradient_sync: ring, micro_batches: 3"), "acc.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(3 * 799'035'328LL + 87'927'040LL + 205'578'240LL));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::grad_sync)] == Time::ps(87'927'040));
+    CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(205'578'240));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(3 * 3 * 125'829'120LL));
+    CHECK(g.backward_total == Time::ps(3 * (799'035'328LL - 283'379'776LL)));
+  }
+  CHECK(r.stats.gradient_sync_bytes() == one.stats.gradient_sync_bytes());
+  REQUIRE(r.stats.micro_batches() == 3);
+  REQUIRE(r.stats.layers().size() == 3);
+  for (std::size_t m = 0; m < 3; ++m) {
+    const Time start = Time::ps(static_cast<std::int64_t>(m) * 799'035'328LL);
+    CHECK(r.stats.layers()[m].start == start);
+    CHECK(r.stats.layers()[m].end == start + Time::ps(283'379'776));
+    CHECK(r.stats.backward_layers()[m].end == start + Time::ps(799'035'328));
+    CHECK(r.stats.layers()[m].routed == 4000);
+    CHECK(r.stats.layers()[m].flows == 4);
+  }
+  CHECK(r.model_flops == Approx(3 * one.model_flops).epsilon(1e-12));
+
+  SECTION("each micro-batch runs the dense layers forward first and backward last") {
+    // Per micro-batch 450,680,896 forward (dense 167,301,120 first), 515,655,552 MoE backward,
+    // 2 x 167,301,120 dense backward; then the optimizer (411,099,136), as in the dense test above.
+    const auto d = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", micro_batches: 2", true), "d.yaml"));
+    const std::int64_t batch = 450'680'896LL + 515'655'552LL + 2 * 167'301'120LL;
+    CHECK(d.stats.step_time() == Time::ps(2 * batch + 411'099'136LL));
+    CHECK(d.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(6 * 167'301'120LL));
+    CHECK(d.stats.layers()[1].start == Time::ps(batch + 167'301'120LL));  // micro-batch 1's layer 0
+  }
+  SECTION("the reports count every micro-batch's tokens, and one micro-batch's activations") {
+    const auto sc1 = scenarios::load_scenario_text(tiny_training(""), "one.yaml");
+    const auto sc2 = scenarios::load_scenario_text(tiny_training(", micro_batches: 2"), "two.yaml");
+    const auto r1 = scenarios::run_experiment(sc1), r2 = scenarios::run_experiment(sc2);
+    const auto column = [](const scenarios::Scenario& sc, const scenarios::RunResult& run, const std::string& name) {
+      std::ostringstream out;
+      tools::write_summary_csv(out, sc, run);
+      std::istringstream in(out.str());
+      std::string header, row;
+      std::getline(in, header);
+      std::getline(in, row);
+      const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
+      const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
+      REQUIRE(at < h.size());
+      return v.at(at);
+    };
+    CHECK(column(sc2, r2, "micro_batches") == "2");
+    CHECK(column(sc1, r1, "tokens_per_step") == "2000");
+    CHECK(column(sc2, r2, "tokens_per_step") == "4000");
+    CHECK(column(sc2, r2, "routed") == "8000");
+    // Weights, optimizer state and one micro-batch's activations: the same memory.
+    CHECK(column(sc2, r2, "memory_gb_max") == column(sc1, r1, "memory_gb_max"));
+    CHECK(r2.stats.peak_batch_rows(0) == r1.stats.peak_batch_rows(0));
+    CHECK(r2.stats.gpus()[0].computed == 2 * r1.stats.gpus()[0].computed);
+    // layers.csv: a row per micro-batch, layer and pass, in the order they ran.
+    std::ostringstream out;
+    tools::write_layers_csv(out, sc2, r2);
+    std::istringstream in(out.str());
+    std::string line;
+    std::getline(in, line);
+    CHECK(line.rfind("layer,pass,micro_batch,", 0) == 0);
+    std::vector<std::string> rows;
+    while (std::getline(in, line)) {
+      const auto v = tools::csv_fields(line);
+      rows.push_back(v.at(0) + "," + v.at(1) + "," + v.at(2) + "," + v.at(3));
+    }
+    CHECK(rows == std::vector<std::string>{"0,forward,0,0.000000", "0,backward,0,283.379776", "0,forward,1,799.035328",
+                                           "0,backward,1,1082.415104"});
+  }
+}
+
+TEST_CASE("Each micro-batch draws its own routing, with capacity per micro-batch", "[models][training]") {
+  const auto run = [](int batches) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 1, gpus_per_node: 4, gpu: H100}}
+model: {{moe_layers: 2, hidden: 1024, expert_ffn: 2048, experts: 8, top_k: 2, attention_heads: 8}}
+parallelism: {{ep: 4}}
+workload: {{kind: training, tokens_per_gpu: 512, micro_batches: {}}}
+routing: {{distribution: zipf, zipf_s: 1.2, capacity_factor: 1.0, dirichlet_concentration: 50}}
+)", batches), "mb.yaml"));
+  };
+  const auto one = run(1), two = run(2);
+  REQUIRE(two.stats.layers().size() == 4);
+  for (std::size_t l = 0; l < 2; ++l) {
+    const auto& a = one.stats.layers()[l];
+    const auto& first = two.stats.layers()[l];
+    const auto& second = two.stats.layers()[2 + l];
+    // Micro-batch 0 keeps the routing of a step without accumulation; its capacity is that of
+    // one micro-batch (as many drops), not of the step's tokens.
+    CHECK(first.routed == a.routed);
+    CHECK(first.dropped == a.dropped);
+    CHECK(first.max_expert_tokens == a.max_expert_tokens);
+    CHECK(first.dropped > 0);
+    // Micro-batch 1 draws other tokens: the same number, another routing.
+    CHECK(second.routed == first.routed);
+    CHECK((second.dropped != first.dropped || second.max_expert_tokens != first.max_expert_tokens ||
+           second.max_gpu_tokens != first.max_gpu_tokens));
+  }
+  for (const auto& g : two.stats.gpus()) {
+    Time total;
+    for (const auto t : g.stage_total) total += t;
+    CHECK(total == g.finish);
+  }
+}
+
+TEST_CASE("With gradient accumulation, bucketed gradient sync starts in the last micro-batch only", "[models][training]") {
+  const auto run = [](int buckets) {
+    auto sc = scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 2, gpus_per_node: 4, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps}}}}
+model: {{moe_layers: 4, hidden: 2048, expert_ffn: 4096, experts: 8, top_k: 2, attention_heads: 16}}
+parallelism: {{ep: 4}}
+workload: {{kind: training, tokens_per_gpu: 1024, micro_batches: 2, gradient_sync: ring, gradient_sync_buckets: {}}}
+output: {{timeline: on}}
+)", buckets), "b.yaml");
+    return scenarios::run_experiment(sc);
+  };
+  const auto one = run(1), four = run(4);
+  const auto first_sync = [](const scenarios::RunResult& r) {
+    Time first = Time::max();
+    for (const auto& f : r.timeline->flows())
+      if (f.stage == Stage::grad_sync) first = sim::min(first, f.start);
+    return first;
+  };
+  // Micro-batch 0's backward (layers() index 0..3) ends before any gradient moves; with buckets
+  // the sync starts inside micro-batch 1's backward, without them after it.
+  Time batch0_end, batch1_backward_start = Time::max(), batch1_end;
+  for (std::size_t l = 0; l < 4; ++l) {
+    batch0_end = sim::max(batch0_end, four.stats.backward_layers()[l].end);
+    batch1_backward_start = sim::min(batch1_backward_start, four.stats.backward_layers()[4 + l].start);
+    batch1_end = sim::max(batch1_end, four.stats.backward_layers()[4 + l].end);
+  }
+  CHECK(first_sync(four) > batch0_end);
+  CHECK(first_sync(four) > batch1_backward_start);
+  CHECK(first_sync(four) < batch1_end);
+  // One bucket: a GPU joins when its whole backward is done (layer 0 last), so nothing moves
+  // before micro-batch 1's last backward layer has started somewhere.
+  CHECK(first_sync(one) > one.stats.backward_layers()[4].start);
+  CHECK(first_sync(four) < first_sync(one));
+  CHECK(four.stats.gpus()[0].stage_total[idx(Stage::grad_sync)] < one.stats.gpus()[0].stage_total[idx(Stage::grad_sync)]);
 }

@@ -501,3 +501,17 @@ TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scena
   a100.replace(a100.find("gpu: H100"), 9, "gpu: A100");
   CHECK_THAT(error_of(a100), Catch::Contains("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which A100-SXM systems lack"));
 }
+
+TEST_CASE("Micro-batches are a training key", "[scenarios]") {
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.micro_batches == 1);
+  const auto sc = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  micro_batches: 8\n"),
+                                     "s.yaml");
+  CHECK(sc.forward.micro_batches == 8);
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  micro_batches: 2\n")),
+             Catch::Contains("workload.micro_batches: only used with 'kind: training' (gradient accumulation)"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  micro_batches: 0\n")),
+             Catch::Contains("workload.micro_batches"));
+  // One micro-batch is the step without accumulation, allowed with any kind.
+  CHECK(load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  micro_batches: 1\n"), "s.yaml")
+            .forward.micro_batches == 1);
+}
