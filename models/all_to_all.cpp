@@ -23,7 +23,7 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
 }
 
 AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
-                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
+                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups,
                    std::vector<AllToAllPass> passes, Arrived arrived)
     : sim_(sim),
       cluster_(cluster),
@@ -32,7 +32,7 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
       spec_(spec),
       plans_(plans),
       ep_(ep),
-      groups_(cluster.gpu_count() / ep),
+      groups_(groups),
       passes_(std::move(passes)),
       arrived_(std::move(arrived)) {
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
@@ -56,7 +56,7 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
-  return plans_[static_cast<std::size_t>(passes_[static_cast<std::size_t>(pass)].plan_row * groups_ + gpu / ep_)];
+  return plans_[static_cast<std::size_t>(passes_[static_cast<std::size_t>(pass)].plan_row * groups_ + gpu / ep_ % groups_)];
 }
 
 std::int64_t AllToAll::inbound(int pass, Phase phase, int gpu) const {

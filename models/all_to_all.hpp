@@ -74,10 +74,11 @@ struct AllToAllPass {
 class AllToAll {
  public:
   using Arrived = std::function<void(int pass, Phase phase, int gpu)>;
-  // plans: rows of `groups` plans, one per EP group (consecutive runs of `ep` GPUs); pass p uses
-  // plans[passes[p].plan_row * groups + group].
+  // plans: rows of `groups` plans, one per EP group (consecutive runs of `ep` GPUs; with
+  // pipeline stages, the groups of one stage: GPU g is in group (g / ep) % groups of its
+  // stage's row); pass p uses plans[passes[p].plan_row * groups + group].
   AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
-           const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep,
+           const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups,
            std::vector<AllToAllPass> passes, Arrived arrived);
 
   // How many arrivals complete `gpu`'s phase of pass `pass` (0: nothing to wait for).

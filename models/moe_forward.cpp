@@ -27,11 +27,14 @@ std::string_view to_string(Stage s) {
     case Stage::optimizer: return "optimizer";
     case Stage::grad_sync: return "grad_sync";
     case Stage::dense: return "dense";
+    case Stage::pipeline: return "pipeline";
   }
   return "?";
 }
 
-bool is_network_wait(Stage s) { return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync; }
+bool is_network_wait(Stage s) {
+  return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
+}
 
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
@@ -77,16 +80,58 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                             static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
+  // Pipeline stages and their schedules. F(m): the stage's layers of micro-batch m forward, in
+  // order; B(m): backward, last layer first.
+  const int pp = spec.pp, batches = spec.micro_batches, layers = spec.model.moe_layers;
+  MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0 && layers % pp == 0,
+                "pipeline stages must divide the GPUs into whole EP groups and the layers evenly");
+  MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
+  const int per = layers / pp;
+  for (int st = 0; st < pp; ++st) {
+    std::vector<int> order;
+    const auto forward = [&](int mb) {
+      for (int l = st * per; l < (st + 1) * per; ++l) order.push_back(mb * batch_passes() + l);
+    };
+    const auto back = [&](int mb) {
+      for (int l = (st + 1) * per - 1; l >= st * per; --l) order.push_back(mb * batch_passes() + 2 * layers - 1 - l);
+    };
+    if (!spec.training) {
+      for (int mb = 0; mb < batches; ++mb) forward(mb);
+    } else if (spec.gpipe) {
+      for (int mb = 0; mb < batches; ++mb) forward(mb);
+      for (int mb = 0; mb < batches; ++mb) back(mb);
+    } else {  // 1F1B
+      const int warm = std::min(pp - 1 - st, batches);
+      for (int mb = 0; mb < warm; ++mb) forward(mb);
+      for (int mb = 0; mb + warm < batches; ++mb) {
+        forward(mb + warm);
+        back(mb);
+      }
+      for (int mb = batches - warm; mb < batches; ++mb) back(mb);
+    }
+    total_passes_ += static_cast<std::int64_t>(order.size()) * (gpus / pp);
+    schedule_.push_back(std::move(order));
+  }
+  activations_pending_.assign(static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches), 0);
+  gradients_pending_.assign(activations_pending_.size(), 0);
+  for (int g = 0; g < gpus; ++g) {
+    for (int mb = 0; mb < batches; ++mb) {
+      const auto at = static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb);
+      activations_pending_[at] = stage_of(g) > 0;
+      gradients_pending_[at] = spec.training && stage_of(g) + 1 < pp;
+    }
+    gpus_[static_cast<std::size_t>(g)].pass = schedule_[static_cast<std::size_t>(stage_of(g))].front();
+  }
 }
 
 std::size_t MoeForward::plan_index(int micro_batch, int layer, int group, int half) const {
-  const auto groups = static_cast<std::size_t>(cluster_.gpu_count() / spec_.ep);
+  const auto groups = static_cast<std::size_t>(stage_groups());
   const auto row = static_cast<std::size_t>((micro_batch * spec_.model.moe_layers + layer) * halves() + half);
   return row * groups + static_cast<std::size_t>(group);
 }
 
 const routing::DispatchPlan& MoeForward::plan(int pass, int gpu, int half) const {
-  return plans_[plan_index(micro_batch(pass), layer_of(pass), gpu / spec_.ep, half)];
+  return plans_[plan_index(micro_batch(pass), layer_of(pass), gpu / spec_.ep % stage_groups(), half)];
 }
 
 namespace {
@@ -133,7 +178,10 @@ routing::DispatchPlan merged(routing::DispatchPlan a, const routing::DispatchPla
 }  // namespace
 
 void MoeForward::start() {
-  const int groups = cluster_.gpu_count() / spec_.ep;
+  // The EP groups of a layer's pipeline stage route it; group g of the stage of layer l starts at
+  // GPU first(l, g).
+  const int groups = stage_groups();
+  const auto first = [this](int layer, int group) { return layer / stage_layers() * stage_gpus() + group * spec_.ep; };
   // Routing is untimed and each (micro-batch, layer, group) draws from its own streams, so the
   // plans are built on all cores; the result does not depend on the thread count. When a
   // layer's routing depends on the previous layer's, each group routes a micro-batch's layers in
@@ -155,14 +203,14 @@ void MoeForward::start() {
     const int last_layer = chained ? layers - 1 : first_layer;
     for (int l = first_layer; l <= last_layer; ++l) {
       std::swap(batch, previous);
-      router.route(l, g * spec_.ep, spec_.tokens_per_gpu, &previous, batch, mb);
+      router.route(l, first(l, g), spec_.tokens_per_gpu, &previous, batch, mb);
       const auto& placement = placements_[static_cast<std::size_t>(l)];
       if (halves() == 1) {
-        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, g * spec_.ep, batch);
+        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, first(l, g), batch);
       } else {
         for (int h = 0; h < 2; ++h)
           plans_[plan_index(mb, l, g, h)] =
-              routing::make_dispatch_plan(spec_.routing, placement, g * spec_.ep, half_of(batch, h));
+              routing::make_dispatch_plan(spec_.routing, placement, first(l, g), half_of(batch, h));
       }
     }
   });
@@ -170,9 +218,9 @@ void MoeForward::start() {
     for (int l = 0; l < layers; ++l)
       for (int g = 0; g < groups; ++g) {
         if (halves() == 1) {
-          recorder_.on_routing(l, g * spec_.ep, plans_[plan_index(mb, l, g, 0)], mb);
+          recorder_.on_routing(l, first(l, g), plans_[plan_index(mb, l, g, 0)], mb);
         } else {
-          recorder_.on_routing(l, g * spec_.ep, merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
+          recorder_.on_routing(l, first(l, g), merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
         }
       }
   AllToAllSpec comm = spec_.all_to_all;
@@ -187,23 +235,21 @@ void MoeForward::start() {
                                         .backward = backward(p),
                                         .plan_row = (micro_batch(p) * layers + layer_of(p)) * halves() + h,
                                         .micro_batch = micro_batch(p)});
-  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, std::move(a2a_passes),
+  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, groups,
+                                           std::move(a2a_passes),
                                            [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
-  // Sources that send nothing are not waited for.
+  // Sources that send nothing are not waited for (each GPU's passes: its stage's).
   for (int g = 0; g < cluster_.gpu_count(); ++g)
-    for (int p = 0; p < passes(); ++p)
+    for (const int p : schedule_[static_cast<std::size_t>(stage_of(g))])
       for (int h = 0; h < halves(); ++h) {
         pending(dispatch_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::dispatch, g);
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
       }
   if (spec_.training && spec_.gradient_sync) {
     // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype (and the
-    // all-gathered weights, with a sharded optimizer, as many), per bucket of MoE layers.
+    // all-gathered weights, with a sharded optimizer, as many), per bucket of MoE layers. Each
+    // pipeline stage synchronises its own weights among its GPUs.
     const auto& m = spec_.model;
-    const GpuParams params = gpu_params(m, placements_);
-    const int gpus = cluster_.gpu_count();
-    std::vector<int> all(static_cast<std::size_t>(gpus));
-    for (int g = 0; g < gpus; ++g) all[static_cast<std::size_t>(g)] = g;
     const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
     const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto synced_one = [this](int gpu) {
@@ -219,38 +265,45 @@ void MoeForward::start() {
       return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * m.dtype_bytes),
                              std::move(done), spec_.gradient_sync_chunks);
     };
-    // Buckets of consecutive MoE layers from the last: bucket b ends (in backward order) at
-    // bucket_end_[b]; the dense layers' weights go with the last bucket.
-    const int layers = m.moe_layers, buckets = std::clamp(spec_.gradient_sync_buckets, 1, layers);
+    // Buckets of consecutive MoE layers of the stage from its last: bucket b ends (in backward
+    // order) at bucket_end_[stage * buckets + b]; the dense layers' weights go with stage 0's
+    // last bucket.
+    const int per = stage_layers();
+    buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, per);
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
-    int next = layers;
-    for (int b = 0; b < buckets; ++b) {
-      const int end = layers - (b + 1) * layers / buckets;  // layers [end, next) in this bucket
-      std::int64_t experts = 0;
-      for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
-      // The last bucket also takes the dense layers' weights.
-      const std::int64_t replicated = moe_replicated * (next - end) + (b + 1 < buckets ? 0 : dense_layers_params(m));
-      bucket_end_.push_back(end);
-      dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
-      if (groups > 1)
-        for (int r = 0; r < spec_.ep; ++r) {
-          std::vector<int> ring;
-          for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
-          expert_sync_.push_back(build(sync_kind, ring, experts, synced_one));
-        }
-      next = end;
+    for (int st = 0; st < spec_.pp; ++st) {
+      std::vector<int> all;
+      for (int g = st * stage_gpus(); g < (st + 1) * stage_gpus(); ++g) all.push_back(g);
+      // The ring of EP rank r over the stage's groups.
+      const auto ring = [&](int r) {
+        std::vector<int> members;
+        for (int g = 0; g < groups; ++g) members.push_back(st * stage_gpus() + g * spec_.ep + r);
+        return members;
+      };
+      const int lo = st * per;
+      int next = lo + per;
+      for (int b = 0; b < buckets_; ++b) {
+        const int end = lo + per - (b + 1) * per / buckets_;  // layers [end, next) in this bucket
+        std::int64_t experts = 0;
+        for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
+        const bool dense = st == 0 && b + 1 == buckets_;
+        const std::int64_t replicated = moe_replicated * (next - end) + (dense ? dense_layers_params(m) : 0);
+        bucket_end_.push_back(end);
+        dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
+        if (groups > 1)
+          for (int r = 0; r < spec_.ep; ++r) expert_sync_.push_back(build(sync_kind, ring(r), experts, synced_one));
+        next = end;
+      }
+      if (spec_.optimizer_sharding) {
+        const GpuParams params = stage_params(st);
+        dense_gather_.push_back(build(CollectiveKind::all_gather, all, params.replicated, gathered_one));
+        if (groups > 1)
+          for (int r = 0; r < spec_.ep; ++r)
+            expert_gather_.push_back(build(CollectiveKind::all_gather, ring(r), params.experts, gathered_one));
+      }
     }
-    if (spec_.optimizer_sharding) {
-      dense_gather_ = build(CollectiveKind::all_gather, all, params.replicated, gathered_one);
-      if (groups > 1)
-        for (int r = 0; r < spec_.ep; ++r) {
-          std::vector<int> ring;
-          for (int g = 0; g < groups; ++g) ring.push_back(g * spec_.ep + r);
-          expert_gather_.push_back(build(CollectiveKind::all_gather, ring, params.experts, gathered_one));
-        }
-    }
-    sync_left_.assign(static_cast<std::size_t>(gpus), buckets * (groups > 1 ? 2 : 1));
+    sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (groups > 1 ? 2 : 1));
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) {
     if (spec_.two_batch_overlap) overlap_step(g);
@@ -318,14 +371,15 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
   return cost(c, gpu, false);
 }
 
-void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch) {
+void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch,
+                           bool backward_work) {
   const Time start = sim_.now();
   const bool profiled = last_profiled_;  // duration is the time last asked for
-  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch] {
+  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work] {
     const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
     const int last = std::min(p, passes() - 1);
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
-                                   p < passes() && backward(p), profiled,
+                                   backward_work || (p < passes() && backward(p)), profiled,
                                    micro_batch >= 0 ? micro_batch : this->micro_batch(last)});
     (this->*next)(gpu);
   });
@@ -335,11 +389,66 @@ void MoeForward::begin_pass(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
   // The dense layers come first in each micro-batch.
-  if (p % batch_passes() == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
+  if (!backward(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
     ++s.dense_forward;
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::begin_pass);
     return;
   }
+  // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
+  // backward for their gradients (pipeline_arrived() goes on).
+  if (const int* left = pipeline_input(gpu); left && *left > 0) {
+    s.wait = Wait::pipeline;
+    s.wait_start = sim_.now();
+    return;
+  }
+  start_pass(gpu);
+}
+
+int* MoeForward::pipeline_input(int gpu) {
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass, l = layer_of(p), st = stage_of(gpu);
+  const auto at = static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
+                  static_cast<std::size_t>(micro_batch(p));
+  if (!backward(p) && st > 0 && l == st * stage_layers()) return &activations_pending_[at];
+  if (backward(p) && st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1) return &gradients_pending_[at];
+  return nullptr;
+}
+
+void MoeForward::pipeline_arrived(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::pipeline) return;  // early: counted, checked when the GPU gets there
+  if (const int* left = pipeline_input(gpu); left && *left > 0) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
+                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
+  start_pass(gpu);
+}
+
+void MoeForward::send_to_stage(int gpu, int pass) {
+  // After its last layer a stage sends the micro-batch's activations (one row per token) to the
+  // GPU at the same position of the next stage; after its first layer's backward, their
+  // gradients to the previous stage.
+  const int l = layer_of(pass), st = stage_of(gpu), mb = micro_batch(pass);
+  const bool back = backward(pass);
+  int dst = -1;
+  if (!back && st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1) dst = gpu + stage_gpus();
+  if (back && st > 0 && l == st * stage_layers()) dst = gpu - stage_gpus();
+  if (dst < 0) return;
+  const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
+                  sim::Bytes(spec_.tokens_per_gpu * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes))};
+  int* left = &(back ? gradients_pending_ : activations_pending_)[static_cast<std::size_t>(dst) *
+                                                                      static_cast<std::size_t>(spec_.micro_batches) +
+                                                                  static_cast<std::size_t>(mb)];
+  network_.start_flow(flow, [this, record = FlowRecord{l, Stage::pipeline, flow, sim_.now(), Time(), back, mb}, left,
+                             dst]() mutable {
+    record.end = sim_.now();
+    recorder_.on_flow(record);
+    --*left;
+    pipeline_arrived(dst);
+  });
+}
+
+void MoeForward::start_pass(int gpu) {
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   if (!backward(p)) {
     run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
               &MoeForward::after_attention);
@@ -460,7 +569,7 @@ void MoeForward::overlap_step(int gpu) {
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
   // The dense layers come first in each micro-batch.
-  if (s.pass % batch_passes() == 0 && s.op == 0 && m.dense_layers > 0 && s.dense_forward <= micro_batch(s.pass)) {
+  if (!backward(s.pass) && layer_of(s.pass) == 0 && s.op == 0 && m.dense_layers > 0 && s.dense_forward <= micro_batch(s.pass)) {
     ++s.dense_forward;
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::overlap_step);
     return;
@@ -468,12 +577,8 @@ void MoeForward::overlap_step(int gpu) {
   for (;;) {
     if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;
-      ++passes_done_;
-      if (backward(s.pass)) backward_layer_done(gpu, s.pass);
-      if (++s.pass % batch_passes() == 0) {
-        after_passes(gpu);  // training: dense backward; after the last micro-batch gradient sync, optimizer
-        return;
-      }
+      end_pass(gpu);  // the next pass, or dense backward, gradient sync, optimizer
+      return;
     }
     const int pass = s.pass, layer = layer_of(pass);
     const bool back = backward(pass);
@@ -565,8 +670,7 @@ Time MoeForward::experts_time(int pass, int gpu, int half) {
 }
 
 double MoeForward::progress() const {
-  const double total = static_cast<double>(gpus_.size()) * passes();
-  return total > 0 ? static_cast<double>(passes_done_) / total : 1.0;
+  return total_passes_ > 0 ? static_cast<double>(passes_done_) / static_cast<double>(total_passes_) : 1.0;
 }
 
 KernelCost MoeForward::dense_cost() const {
@@ -579,39 +683,45 @@ KernelCost MoeForward::dense_cost() const {
 
 void MoeForward::end_pass(int gpu) {
   ++passes_done_;
-  const int done = gpus_[static_cast<std::size_t>(gpu)].pass++;
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int done = s.pass;
+  send_to_stage(gpu, done);
   if (backward(done)) backward_layer_done(gpu, done);
+  const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
+  ++s.step;
+  s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
+  if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
+    // The dense layers' backward ends each micro-batch (on the first pipeline stage).
+    const KernelCost c = dense_cost();
+    run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false),
+              &MoeForward::after_passes, micro_batch(done), true);
+    return;
+  }
   after_passes(gpu);
 }
 
 void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  // Micro-batches whose passes are all done.
-  const int batches_done = s.pass / batch_passes();
-  if (spec_.training && spec_.model.dense_layers > 0 && s.dense_backward < batches_done) {
-    // The dense layers' backward ends each micro-batch.
-    const KernelCost c = dense_cost();
-    run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false),
-              &MoeForward::after_passes, s.dense_backward++);
-  } else if (s.pass < passes()) {
+  if (s.pass < passes()) {
     if (spec_.two_batch_overlap) overlap_step(gpu);
     else begin_pass(gpu);
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
-    join_bucket(gpu, dense_sync_.size() - 1);  // the last bucket (with the dense layers)
+    join_bucket(gpu, static_cast<std::size_t>(buckets_ - 1));  // the last bucket (with the dense layers)
     if (sync_left_[static_cast<std::size_t>(gpu)] == 0 && s.wait == Wait::sync) synced(gpu);
   } else if (spec_.training) {
-    run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false), &MoeForward::finish);
+    optimize(gpu);
   } else {
     finish(gpu);
   }
 }
 
 void MoeForward::join_bucket(int gpu, std::size_t bucket) {
-  dense_sync_[bucket]->join(gpu);
+  const std::size_t at = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_) + bucket;
+  dense_sync_[at]->join(gpu);
   if (!expert_sync_.empty())
-    expert_sync_[bucket * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
+    expert_sync_[at * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
 }
 
 void MoeForward::backward_layer_done(int gpu, int pass) {
@@ -619,8 +729,9 @@ void MoeForward::backward_layer_done(int gpu, int pass) {
   // micro-batch (the earlier ones only accumulate gradients).
   if (!(spec_.training && spec_.gradient_sync) || micro_batch(pass) + 1 < spec_.micro_batches) return;
   const int layer = layer_of(pass);
-  for (std::size_t b = 0; b + 1 < bucket_end_.size(); ++b)
-    if (bucket_end_[b] == layer) join_bucket(gpu, b);
+  const std::size_t first = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_);
+  for (std::size_t b = 0; b + 1 < static_cast<std::size_t>(buckets_); ++b)
+    if (bucket_end_[first + b] == layer) join_bucket(gpu, b);
 }
 
 void MoeForward::synced(int gpu) {
@@ -628,18 +739,25 @@ void MoeForward::synced(int gpu) {
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), 0, Stage::grad_sync, s.wait_start, sim_.now(), false, false,
                                  spec_.micro_batches - 1});
-  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(), gpu, false, false),
-            spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish);
+  optimize(gpu);
+}
+
+void MoeForward::optimize(int gpu) {
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(stage_of(gpu)), gpu, false, false),
+            spec_.training && spec_.gradient_sync && spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish,
+            spec_.micro_batches - 1);
 }
 
 void MoeForward::gather(int gpu) {
-  // Sharded optimizer: every GPU fetches the weights the others updated.
+  // Sharded optimizer: every GPU fetches the weights the others of its stage updated.
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto st = static_cast<std::size_t>(stage_of(gpu));
   s.wait = Wait::sync;
   s.wait_start = sim_.now();
   sync_left_[static_cast<std::size_t>(gpu)] = expert_gather_.empty() ? 1 : 2;
-  dense_gather_->join(gpu);
-  if (!expert_gather_.empty()) expert_gather_[static_cast<std::size_t>(rank(gpu))]->join(gpu);
+  dense_gather_[st]->join(gpu);
+  if (!expert_gather_.empty())
+    expert_gather_[st * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
 }
 
 void MoeForward::gathered(int gpu) {
@@ -657,12 +775,20 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
                                   : attention_cost(spec_.model, tokens, spec_.sequence_length);
 }
 
-KernelCost MoeForward::optimizer_cost() const {
-  // Every parameter the GPU holds (all GPUs hold as many), or with a sharded optimizer its
-  // share: the replicated weights over all GPUs, the experts over the EP groups.
-  const GpuParams p = gpu_params(spec_.model, placements_);
+GpuParams MoeForward::stage_params(int stage) const {
+  const auto first = placements_.begin() + stage * stage_layers();
+  GpuParams p = gpu_params(spec_.model, std::vector<routing::Placement>(first, first + stage_layers()));
+  if (stage > 0) p.replicated -= dense_layers_params(spec_.model);  // the dense layers are on stage 0
+  return p;
+}
+
+KernelCost MoeForward::optimizer_cost(int stage) const {
+  // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
+  // optimizer its share: the replicated weights over the stage's GPUs, the experts over its EP
+  // groups.
+  const GpuParams p = stage_params(stage);
   if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
-  return adam_cost(optimizer_share(p, cluster_.gpu_count(), cluster_.gpu_count() / spec_.ep));
+  return adam_cost(optimizer_share(p, stage_gpus(), stage_groups()));
 }
 
 }  // namespace moesim::models

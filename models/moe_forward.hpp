@@ -17,7 +17,13 @@
 // With gradient accumulation (micro_batches > 1) a training step runs that many micro-batches one
 // after the other, each its own routing (and capacity), forward and backward (dense layers
 // included), and synchronises the gradients (buckets: during the last micro-batch's backward)
-// and updates the weights once, after the last. Two-batch overlap runs the
+// and updates the weights once, after the last. With pipeline parallelism (pp > 1) the GPUs are
+// pp consecutive blocks, stage s holding a contiguous share of the layers (stage 0 also the dense
+// layers); a stage runs its layers of each micro-batch when the previous stage's activations for
+// it have arrived (one flow per GPU, to the GPU at the same position in the next stage), and its
+// backward when the next stage's gradients have, in the order of the schedule (1F1B: stage s
+// runs pp - 1 - s forwards first, then alternates one forward and one backward; GPipe: all
+// forwards, then all backwards); gradients are synchronised within each stage. Two-batch overlap runs the
 // program in overlap_step() instead. Without it no stage overlaps another on a GPU.
 #pragma once
 
@@ -30,6 +36,7 @@
 #include "models/all_to_all.hpp"
 #include "models/collectives.hpp"
 #include "models/kernel_profile.hpp"
+#include "models/moe_costs.hpp"
 #include "models/network.hpp"
 #include "models/recorder.hpp"
 #include "models/roofline.hpp"
@@ -53,6 +60,10 @@ struct ForwardSpec {
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
   int micro_batches = 1;              // training: micro-batches per step (gradient accumulation)
+  // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups and the MoE
+  // layers evenly); gpipe: the GPipe schedule, else 1F1B.
+  int pp = 1;
+  bool gpipe = false;
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
@@ -108,14 +119,15 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine, sync };
+  enum class Wait { none, dispatch, combine, sync, pipeline };
   struct GpuState {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
+    int step = 0;  // the index of `pass` in its stage's schedule
     Wait wait = Wait::none;
     sim::Time wait_start;
     int op = 0;           // two-batch overlap: the next operation of the layer's program
     int wait_half = 0;    // two-batch overlap: the half it waits for
-    int dense_forward = 0, dense_backward = 0;  // micro-batches whose dense layers have run
+    int dense_forward = 0;  // micro-batches whose dense layers have run forward
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -131,7 +143,27 @@ class MoeForward {
   bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
   // The plans of pass `pass` (its micro-batch and layer) for gpu's EP group.
   const routing::DispatchPlan& plan(int pass, int gpu, int half = 0) const;
+  // group: the EP group's index within its pipeline stage.
   std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
+  // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()) and MoE layers
+  // [s * stage_layers(), (s + 1) * stage_layers()).
+  int stage_gpus() const { return cluster_.gpu_count() / spec_.pp; }
+  int stage_layers() const { return spec_.model.moe_layers / spec_.pp; }
+  int stage_groups() const { return stage_gpus() / spec_.ep; }
+  int stage_of(int gpu) const { return gpu / stage_gpus(); }
+  // The parameters a GPU of stage `stage` holds (stage 0 also the dense layers').
+  GpuParams stage_params(int stage) const;
+  // Per stage, the passes its GPUs run, in order.
+  std::vector<std::vector<int>> schedule_;
+  std::int64_t total_passes_ = 0;  // over all GPUs
+  // Pipeline inputs still missing, [gpu * micro_batches + micro_batch]: the activations from the
+  // previous stage (forward) and the gradients from the next (backward).
+  std::vector<int> activations_pending_, gradients_pending_;
+  // The counter gpu's current pass waits on before it starts, or null.
+  int* pipeline_input(int gpu);
+  void pipeline_arrived(int gpu);
+  void start_pass(int gpu);
+  void send_to_stage(int gpu, int pass);  // after a pass: activations or gradients to the neighbouring stage
   int rank(int gpu) const { return gpu % spec_.ep; }
   // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
   // model_work: counts toward the model FLOPs (not the optimizer).
@@ -162,10 +194,12 @@ class MoeForward {
   void after_passes(int gpu);
   KernelCost attention(std::int64_t tokens) const;
   sim::Time experts_time(int pass, int gpu, int half);
-  KernelCost optimizer_cost() const;
+  KernelCost optimizer_cost(int stage) const;
 
-  // micro_batch: the one the stage belongs to, where not the current pass's (-1).
-  void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1);
+  // micro_batch: the one the stage belongs to, where not the current pass's (-1); backward_work:
+  // backward work outside the MoE passes (the dense layers').
+  void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1,
+                 bool backward_work = false);
   void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
@@ -198,14 +232,19 @@ class MoeForward {
   // before the optimizer and an all-gather of the weights after); how many each GPU still
   // waits for.
   // Per bucket (gradient_sync_buckets) the sync collectives, [bucket] and [bucket * ep + rank].
+  // Per stage and bucket: [stage * buckets + bucket] and [(stage * buckets + bucket) * ep + rank];
+  // the gathers [stage] and [stage * ep + rank].
   std::vector<std::unique_ptr<Collective>> dense_sync_, expert_sync_;
-  std::unique_ptr<Collective> dense_gather_;
+  std::vector<std::unique_ptr<Collective>> dense_gather_;
   std::vector<std::unique_ptr<Collective>> expert_gather_;
   std::vector<int> sync_left_;
-  std::vector<int> bucket_end_;  // per bucket, its lowest MoE layer (the last its backward reaches)
+  int buckets_ = 1;
+  // [stage * buckets + bucket]: the bucket's lowest MoE layer (the last its backward reaches)
+  std::vector<int> bucket_end_;
   void join_bucket(int gpu, std::size_t bucket);
   void backward_layer_done(int gpu, int pass);
   void synced(int gpu);
+  void optimize(int gpu);
   void gather(int gpu);
   void gathered(int gpu);
   std::vector<GpuState> gpus_;

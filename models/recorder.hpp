@@ -22,12 +22,13 @@ namespace moesim::models {
 // runs once at the end of a training step.
 // `grad_sync` is the wait for the data-parallel gradient all-reduce before the optimizer;
 // `dense` the model's dense layers (attention and FFN), before the MoE layers forward and after
-// them backward.
-enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense };
-inline constexpr std::size_t kStageCount = 10;
+// them backward. `pipeline` (pipeline parallelism) is the wait for a micro-batch's activations
+// from the previous stage, or its gradients from the next: transfer and pipeline bubble.
+enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline };
+inline constexpr std::size_t kStageCount = 11;
 inline constexpr std::array<Stage, kStageCount> kStages{
-    Stage::attention, Stage::router,    Stage::shared_experts, Stage::dispatch, Stage::experts,
-    Stage::combine,   Stage::reduce,    Stage::optimizer,      Stage::grad_sync, Stage::dense};
+    Stage::attention, Stage::router, Stage::shared_experts, Stage::dispatch,  Stage::experts, Stage::combine,
+    Stage::reduce,    Stage::optimizer, Stage::grad_sync,   Stage::dense,     Stage::pipeline};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 
@@ -42,10 +43,11 @@ struct StageRecord {
   int micro_batch = 0;    // training with gradient accumulation: which micro-batch of the step
 };
 
-// One all-to-all flow (src != dst), reported when its last byte has arrived.
+// One flow (src != dst), reported when its last byte has arrived: an all-to-all's, a gradient
+// sync's, or a pipeline's activations or gradients between stages.
 struct FlowRecord {
   int layer;
-  Stage stage;  // dispatch or combine
+  Stage stage;  // dispatch, combine, grad_sync or pipeline
   Flow flow;
   sim::Time start;
   sim::Time end;

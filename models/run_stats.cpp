@@ -24,8 +24,8 @@ void RunStats::on_stage(const StageRecord& r) {
   if (r.backward) g.backward_total += d;
   if (r.profiled) g.stage_profiled[s] += d;
   g.finish = sim::max(g.finish, r.end);
-  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense)
-    return;  // once per step (the dense layers together), not part of any MoE layer
+  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense || r.stage == Stage::pipeline)
+    return;  // once per step or micro-batch (the dense layers together), or between stages: not part of any MoE layer
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.start = sim::min(l.start, r.start);
   l.end = sim::max(l.end, r.end);
@@ -82,6 +82,10 @@ void RunStats::on_flow(const FlowRecord& r) {
   const Flow& flow = r.flow;
   if (r.stage == Stage::grad_sync) {  // once per step, not part of any layer
     gradient_sync_bytes_ += flow.size.count();
+    return;
+  }
+  if (r.stage == Stage::pipeline) {  // between stages, not part of any layer's all-to-all
+    pipeline_bytes_ += flow.size.count();
     return;
   }
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];

@@ -71,6 +71,8 @@ class RunStats final : public Recorder {
   // The GPU that finishes last (lowest index on ties) and the step time.
   int critical_gpu() const;
   std::int64_t gradient_sync_bytes() const { return gradient_sync_bytes_; }
+  // Activations and their gradients sent between pipeline stages.
+  std::int64_t pipeline_bytes() const { return pipeline_bytes_; }
   sim::Time step_time() const;
 
  private:
@@ -78,6 +80,7 @@ class RunStats final : public Recorder {
   int layers_per_batch_;
   int micro_batches_;
   std::int64_t gradient_sync_bytes_ = 0;
+  std::int64_t pipeline_bytes_ = 0;
   std::vector<std::int64_t> batch_rows_;  // [gpu * micro_batches + micro_batch]
   std::vector<LayerStats> layers_;
   std::vector<LayerStats> backward_layers_;

@@ -42,7 +42,7 @@ RunResult run_step(const Scenario& sc, const Progress& progress) {
   return result;
 }
 
-// The worst layer's max/mean tokens computed per GPU.
+// The worst layer's max/mean tokens computed per GPU (of the `gpus` that run each layer).
 double gpu_imbalance(const RunResult& r, int gpus) {
   double worst = 0;
   for (const auto& l : r.stats.layers()) {
@@ -121,7 +121,7 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
     const double before = static_cast<double>(i) / sc.steps;
     RunResult r = run_step(step, progress ? Progress([&](double d) { progress(before + d / sc.steps); }) : Progress{});
     row.time = r.stats.step_time();
-    row.gpu_imbalance = gpu_imbalance(r, gpus);
+    row.gpu_imbalance = gpu_imbalance(r, gpus / sc.forward.pp);  // a layer's stage's GPUs
     rows.push_back(row);
     if (i == sc.steps - 1) last.emplace(std::move(r));
   }
@@ -129,33 +129,46 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
   return std::move(*last);
 }
 
+namespace {
+
+// The first GPU of EP group `group` (counted within its pipeline stage) of layer `layer`'s stage.
+int first_gpu(const Scenario& sc, int layer, int group) {
+  const int stage_gpus = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp;
+  return layer / (sc.forward.model.moe_layers / sc.forward.pp) * stage_gpus + group * sc.forward.ep;
+}
+
+}  // namespace
+
 std::vector<routing::TokenBatch> route_group(const Scenario& sc, int group) {
   const routing::TokenRouter router(sc.forward.model, sc.forward.routing, sc.forward.ep, sc.forward.seed, true);
   std::vector<routing::TokenBatch> out(static_cast<std::size_t>(sc.forward.model.moe_layers));
   const routing::TokenBatch none;
   for (std::size_t l = 0; l < out.size(); ++l)
-    router.route(static_cast<int>(l), group * sc.forward.ep, sc.forward.tokens_per_gpu, l > 0 ? &out[l - 1] : &none,
-                 out[l]);
+    router.route(static_cast<int>(l), first_gpu(sc, static_cast<int>(l), group), sc.forward.tokens_per_gpu,
+                 l > 0 ? &out[l - 1] : &none, out[l]);
   return out;
 }
 
 std::vector<std::vector<std::int64_t>> routed_counts(const Scenario& sc) {
   const auto& f = sc.forward;
-  const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / f.ep;
+  const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp / f.ep;  // per pipeline stage
   const routing::TokenRouter router(f.model, f.routing, f.ep, f.seed, false);
   const auto layers = static_cast<std::size_t>(f.model.moe_layers), experts = static_cast<std::size_t>(f.model.experts);
-  std::vector<std::vector<std::int64_t>> per_group(static_cast<std::size_t>(groups),
-                                                   std::vector<std::int64_t>(layers * experts, 0));
-  sim::parallel_for(static_cast<std::size_t>(groups), [&](std::size_t g) {
+  // One item per (micro-batch, group), each routing its layers in order.
+  const std::size_t items = static_cast<std::size_t>(f.micro_batches) * static_cast<std::size_t>(groups);
+  std::vector<std::vector<std::int64_t>> per_item(items, std::vector<std::int64_t>(layers * experts, 0));
+  sim::parallel_for(items, [&](std::size_t i) {
+    const int g = static_cast<int>(i % static_cast<std::size_t>(groups));
+    const int mb = static_cast<int>(i / static_cast<std::size_t>(groups));
     routing::TokenBatch batch, previous;
     for (std::size_t l = 0; l < layers; ++l) {
-      router.route(static_cast<int>(l), static_cast<int>(g) * f.ep, f.tokens_per_gpu, &previous, batch);
-      for (const int e : batch.experts) ++per_group[g][l * experts + static_cast<std::size_t>(e)];
+      router.route(static_cast<int>(l), first_gpu(sc, static_cast<int>(l), g), f.tokens_per_gpu, &previous, batch, mb);
+      for (const int e : batch.experts) ++per_item[i][l * experts + static_cast<std::size_t>(e)];
       std::swap(batch, previous);
     }
   });
   std::vector<std::vector<std::int64_t>> out(layers, std::vector<std::int64_t>(experts, 0));
-  for (const auto& p : per_group)
+  for (const auto& p : per_item)
     for (std::size_t l = 0; l < layers; ++l)
       for (std::size_t e = 0; e < experts; ++e) out[l][e] += p[l * experts + e];
   return out;

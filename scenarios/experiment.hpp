@@ -50,11 +50,12 @@ RunResult run_experiment(const Scenario& scenario, const Progress& progress = {}
 std::vector<routing::Placement> compute_placements(const Scenario& scenario);
 
 // The routed tokens (with gate weights) of every MoE layer of EP group `group`, as a run routes
-// them (0 <= group < GPUs / ep).
+// them (its first micro-batch; 0 <= group < GPUs / pp / ep, with pipeline stages the group's
+// index within each layer's stage).
 std::vector<routing::TokenBatch> route_group(const Scenario& scenario, int group);
 
-// Per MoE layer and expert, the assignments routed over all EP groups (what a run's
-// experts.csv reports as expert_routed), without simulating.
+// Per MoE layer and expert, the assignments routed over all EP groups and micro-batches (what a
+// run's experts.csv reports as expert_routed), without simulating.
 std::vector<std::vector<std::int64_t>> routed_counts(const Scenario& scenario);
 
 }  // namespace moesim::scenarios

@@ -405,6 +405,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   auto& f = sc.forward;
   if (auto par = top.child("parallelism", true)) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
+    if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
     par->finish();
   }
   if (auto w = top.child("workload", true)) {
@@ -453,15 +454,22 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
       f.gradient_sync_buckets = as_int(*v);
       if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
-      if (f.gradient_sync_buckets > f.model.moe_layers)
+      if (f.gradient_sync_buckets > f.model.moe_layers / std::max(f.pp, 1))
         problems.add_at(w->key_path("gradient_sync_buckets"),
-                        fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
-                                    f.model.moe_layers));
+                        f.pp > 1 ? fmt::format("{} buckets for {} MoE layers per pipeline stage: at most one bucket per layer",
+                                               f.gradient_sync_buckets, f.model.moe_layers / f.pp)
+                                 : fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
+                                               f.model.moe_layers));
     }
     if (auto v = w->get<std::string>("optimizer_sharding", one_of({"true", "false"}), false)) {
       f.optimizer_sharding = *v == "true";
       if (f.optimizer_sharding && !f.gradient_sync)
         problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
+    }
+    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe"}), false)) {
+      f.gpipe = *v == "gpipe";
+      if (f.pp == 1 || !f.training)
+        problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
     }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
@@ -743,6 +751,16 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  if (const int pp = sc.forward.pp; pp > 1) {
+    if (gpus % pp != 0 || (gpus / pp) % ep != 0)
+      problems.add_at("parallelism.pp", fmt::format("the cluster's {} GPUs do not divide into {} pipeline stages of whole EP "
+                                                    "groups of {}",
+                                                    gpus, pp, ep));
+    if (m.moe_layers % pp != 0)
+      problems.add_at("parallelism.pp", fmt::format("{} MoE layers do not divide into {} pipeline stages", m.moe_layers, pp));
+    if (sc.forward.two_batch_overlap)
+      problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
+  }
   const int gpn = sc.cluster.gpus_per_node;
   if (sc.forward.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical &&
       !(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0))

@@ -205,7 +205,7 @@ int cmd_trace(const std::vector<std::string>& args) {
   if (!vm.count("out")) throw UsageError("trace needs --out FILE");
   const scenarios::Scenario sc = load(vm);
   const std::string out = vm["out"].as<std::string>();
-  const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.ep;
+  const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp / sc.forward.ep;  // per pipeline stage
   const int group = vm["group"].as<int>();
   if (group < 0 || group >= groups)
     throw UsageError(fmt::format("--group {} is not an EP group of the scenario (0 to {})", group, groups - 1));

@@ -69,9 +69,12 @@ std::string time_source(sim::Time total, sim::Time profiled) {
   return fmt::format("  (profile {:.0f}%, roofline {:.0f}%)", p, 100 - p);
 }
 
-// Tokens one step processes: every GPU's micro-batch, times the micro-batches of a training step.
+// Tokens one step processes: every GPU's micro-batch, times the micro-batches of a training
+// step; with pipeline stages a micro-batch's tokens pass through every stage, so the GPUs of one
+// stage hold them all.
 double step_tokens(const scenarios::Scenario& sc) {
-  return static_cast<double>(sc.forward.tokens_per_gpu) * sc.forward.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node;
+  return static_cast<double>(sc.forward.tokens_per_gpu) * sc.forward.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node /
+         sc.forward.pp;
 }
 
 struct Totals {
@@ -89,7 +92,8 @@ double gpu_cv(const models::LayerStats& l, int gpus) {
 
 Totals totals(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   Totals t;
-  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  // A layer runs on its pipeline stage's GPUs.
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp;
   for (const auto& l : r.stats.backward_layers()) {
     t.bytes += l.network_bytes;
     t.scale_out_bytes += l.scale_out_bytes;
@@ -134,8 +138,9 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // dtype. Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
 // master weight and two moments (12 bytes per parameter), and keeps every layer's activations
 // for the backward pass (of one micro-batch, the one with the most expert rows on the GPU: with
-// gradient accumulation each micro-batch's backward runs before the next one's forward);
-// inference holds one layer's activations at a time. Activations are the
+// gradient accumulation each micro-batch's backward runs before the next one's forward; with
+// pipeline stages of as many micro-batches as the stage holds at once); inference holds one
+// layer's activations at a time. With pipeline stages a GPU holds only its stage's layers. Activations are the
 // bytes the kernels write (models/moe_costs.hpp): attention b T (2H + 2(q + 2kv)), router 4 T E,
 // shared experts and the GPU's expert rows b n (2H + 6F). Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
@@ -152,26 +157,32 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   const double q = static_cast<double>(m.attention_heads * m.head_dim), kv = static_cast<double>(m.kv_heads * m.head_dim);
   const double t = static_cast<double>(f.tokens_per_gpu);
-  const models::GpuParams held = models::gpu_params(m, r.placements);
+  // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus, per = m.moe_layers / f.pp;
+  const std::vector<routing::Placement> mine(r.placements.begin() + stage * per, r.placements.begin() + (stage + 1) * per);
+  models::GpuParams held = models::gpu_params(m, mine);
+  if (stage > 0) held.replicated -= models::dense_layers_params(m);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = params * b;
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
-  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const double updated = f.training && f.gradient_sync && f.optimizer_sharding
-                             ? static_cast<double>(models::optimizer_share(held, gpus, gpus / f.ep))
+                             ? static_cast<double>(models::optimizer_share(held, stage_gpus, stage_gpus / f.ep))
                              : params;
   if (f.training) u.optimizer = params * b + updated * 12;
-  // Activations: this GPU's expert rows over all layers (token and padding rows) of one
-  // micro-batch.
-  const double layers = m.moe_layers + m.dense_layers;
+  // Activations: this GPU's expert rows over its layers (token and padding rows) of one
+  // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
+  // holds up to pp - s, GPipe all of them).
+  const double layers = per + (stage == 0 ? m.dense_layers : 0);
+  const int in_flight = !f.training ? 1 : f.gpipe ? f.micro_batches : std::min(f.pp - stage, f.micro_batches);
   const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   if (f.training) {
-    u.activations = layers * per_layer + b * expert_rows * (2 * h + 6 * ffn);
+    u.activations = in_flight * (layers * per_layer + b * expert_rows * (2 * h + 6 * ffn));
   } else {
-    u.activations = per_layer + b * expert_rows / std::max(1, m.moe_layers) * (2 * h + 6 * ffn);
+    u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn);
   }
   if (f.context_length > 0)
     u.kv_cache = t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
@@ -260,16 +271,16 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,moe_layers,tokens_per_gpu,"
+  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,dense_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
          "infeasible_reason\n";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
+             f.pp, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},", format_us(exposed),
@@ -283,17 +294,17 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
-             r.stats.gradient_sync_bytes(), mem.total() / 1e9, capacity / 1e9,
+             r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), mem.total() / 1e9, capacity / 1e9,
              capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r) {
-  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp;  // the layer's stage's
   out << "layer,pass,micro_batch,start_us,end_us,time_us,attention_max_us,router_max_us,shared_experts_max_us,"
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
@@ -470,8 +481,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}, {} tokens per GPU{}\n", gpus,
-             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep, f.tokens_per_gpu,
+  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}, {} tokens per GPU{}\n", gpus,
+             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
+             f.pp > 1 ? fmt::format(", PP{} ({})", f.pp, f.training ? (f.gpipe ? "GPipe" : "1F1B") : "pipelined") : std::string(),
+             f.tokens_per_gpu,
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
   const std::string what =
       f.training && f.micro_batches > 1
@@ -498,11 +511,13 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
-    if (d == sim::Time::zero() && s == Stage::shared_experts) continue;
+    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline)) continue;
     fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
                (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
-               models::is_network_wait(s) ? std::string("  (network)") : time_source(d, gp.stage_profiled[idx(s)]));
+               s == Stage::pipeline           ? std::string("  (bubble and transfers between pipeline stages)")
+               : models::is_network_wait(s) ? std::string("  (network)")
+                                            : time_source(d, gp.stage_profiled[idx(s)]));
   }
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,

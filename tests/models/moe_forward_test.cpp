@@ -606,10 +606,12 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
                           1 + pick.uniform_int(2), pick.uniform_int(2) ? "true" : "false");
     // Training: one or two micro-batches (gradient accumulation).
     const int batches = kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
+    // Two pipeline stages where they divide into whole EP groups (not with two-batch overlap).
+    const int pp = !tbo && (gpus / 2) % ep == 0 && pick.uniform_int(2) ? 2 : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: 2, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
-parallelism: {{ep: {}}}
+parallelism: {{ep: {}, pp: {}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
@@ -617,7 +619,7 @@ network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -643,7 +645,9 @@ output: {{timeline: off}}
       computed += l.computed;
       dropped += l.dropped;
     }
-    CHECK(routed == static_cast<std::int64_t>(2) * batches * gpus * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * top_k);
+    // Each layer is routed by its pipeline stage's GPUs.
+    CHECK(routed == static_cast<std::int64_t>(2) * batches * (gpus / pp) * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) *
+                        top_k);
     CHECK(routed == computed + dropped);
   }
 }
@@ -866,4 +870,108 @@ output: {{timeline: on}}
   CHECK(first_sync(one) > one.stats.backward_layers()[4].start);
   CHECK(first_sync(four) < first_sync(one));
   CHECK(four.stats.gpus()[0].stage_total[idx(Stage::grad_sync)] < one.stats.gpus()[0].stage_total[idx(Stage::grad_sync)]);
+}
+
+namespace {
+
+// Two GPUs, one per pipeline stage (EP 1: both experts on every GPU, every token to both, so no
+// all-to-all), two layers, one per stage.
+std::string two_stages(const std::string& workload) {
+  std::string text = tiny("dropless", 2);
+  text.replace(text.find("parallelism: {ep: 2}"), std::string("parallelism: {ep: 2}").size(), "parallelism: {ep: 1, pp: 2}");
+  const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+  text.replace(text.find(from), from.size(), "workload: {tokens_per_gpu: 1000, sequence_length: 1000" + workload + "}");
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", "[models][pipeline]") {
+  // One layer forward on a GPU: attention 104,386,560 + router 2,060,096 + both experts on its
+  // 1000 tokens (2 x 62,914,560) + reduce 6,144,000 = F = 238,419,776 ps (the tiny layer without
+  // its two flows). Backward: B = 6,144,000 + 2 x 125,829,120 + 2 x 2,060,096 + 2 x 104,386,560 =
+  // 470,695,552. Between the stages a micro-batch's 1000 rows of 2,048 B cross GPU 0 -> GPU 1 (or
+  // back) in d = 20.48 us + 2 x 1 us = 22,480,000 ps.
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000;
+  SECTION("forward: stage 1 waits for stage 0's activations") {
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(two_stages(""), "pp.yaml"));
+    CHECK(r.stats.step_time() == Time::ps(2 * F + d));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
+    CHECK(r.stats.gpus()[0].finish == Time::ps(F));
+    CHECK(r.stats.layers()[1].start == Time::ps(F + d));
+    CHECK(r.stats.pipeline_bytes() == 2'048'000);
+    CHECK(r.stats.layers()[0].routed == 2000);  // each layer routed once, by its own stage's GPU
+    CHECK(r.stats.gpus()[0].routed == 2000);
+    CHECK(r.stats.gpus()[1].routed == 2000);
+  }
+  SECTION("training, 2 micro-batches, 1F1B and GPipe") {
+    // Optimizer per GPU: its stage's layer, attention 4,194,304 + router 2,048 + two experts
+    // 6,291,456 parameters, x 28 B = 293,658,624 ps.
+    // 1F1B: GPU 0 runs F0 F1 B0 B1, GPU 1 F0 B0 F1 B1. GPU 1: F0 from F + d, B0 at 2F + d, F1
+    // at 2F + d + B, B1 until 3F + d + 2B; its gradients reach GPU 0 at 2F + 2d + B and
+    // 3F + 2d + 2B. GPU 0: B0 from 2F + 2d + B, B1 from 3F + 2d + 2B (waiting for it), done at
+    // 3F + 2d + 3B, then the optimizer. GPipe (F0 F1 B0 B1 on both) takes as long here: GPU 1's
+    // B1 ends at 3F + d + 2B too.
+    const std::int64_t step = 3 * F + 2 * d + 3 * B + 293'658'624;
+    for (const char* schedule : {"1f1b", "gpipe"}) {
+      INFO(schedule);
+      const auto r = scenarios::run_experiment(scenarios::load_scenario_text(
+          two_stages(std::string(", kind: training, micro_batches: 2, pipeline_schedule: ") + schedule), "pp.yaml"));
+      CHECK(r.stats.step_time() == Time::ps(step));
+      CHECK(r.stats.gpus()[1].finish == Time::ps(3 * F + d + 2 * B + 293'658'624));
+      CHECK(r.stats.gpus()[0].stage_total[idx(Stage::optimizer)] == Time::ps(293'658'624));
+      CHECK(r.stats.pipeline_bytes() == 4 * 2'048'000);  // two activations forward, two gradients back
+      // GPU 0 waits for gradients: B0 from 2F to 2F + 2d + B, B1 from 2F + 2d + 2B to 3F + 2d + 2B.
+      CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + B + F));
+      for (const auto& g : r.stats.gpus()) {
+        Time total;
+        for (const auto t : g.stage_total) total += t;
+        CHECK(total == g.finish);
+      }
+    }
+  }
+}
+
+TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-batches' activations", "[models][pipeline]") {
+  const auto memory = [](const std::string& workload, int gpu) {
+    const auto sc = scenarios::load_scenario_text(two_stages(workload), "pp.yaml");
+    const auto r = scenarios::run_experiment(sc);
+    std::ostringstream out;
+    tools::write_gpus_csv(out, sc, r);
+    std::istringstream in(out.str());
+    std::string header, row;
+    std::getline(in, header);
+    for (int g = 0; g <= gpu; ++g) std::getline(in, row);
+    const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
+    const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), "memory_gb") - h.begin());
+    REQUIRE(at < h.size());
+    return std::stod(v.at(at));
+  };
+  const std::string f1b = ", kind: training, micro_batches: 4";
+  // 1F1B: stage 0 holds 2 micro-batches' activations, stage 1 one; GPipe all 4 on both.
+  CHECK(memory(f1b, 0) > memory(f1b, 1));
+  CHECK(memory(f1b + ", pipeline_schedule: gpipe", 0) > memory(f1b, 0));
+  CHECK(memory(f1b + ", pipeline_schedule: gpipe", 1) == Approx(memory(f1b + ", pipeline_schedule: gpipe", 0)));
+}
+
+TEST_CASE("The routed counts without simulating match a run with pipeline stages and micro-batches", "[models][pipeline]") {
+  // Each layer is routed by the EP groups of its own stage, each micro-batch afresh: the counts
+  // `moesim trace --counts` writes are what the run's experts report.
+  const auto sc = scenarios::load_scenario_text(R"(
+cluster: {nodes: 2, gpus_per_node: 4, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 4, hidden: 512, expert_ffn: 1024, experts: 8, top_k: 2, attention_heads: 8}
+parallelism: {ep: 2, pp: 2}
+workload: {kind: training, tokens_per_gpu: 256, micro_batches: 3}
+routing: {distribution: zipf, zipf_s: 1.1, layer_correlation: 0.5, capacity_factor: 1.0}
+)", "c.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  const auto counts = scenarios::routed_counts(sc);
+  REQUIRE(counts.size() == 4);
+  std::int64_t total = 0;
+  for (std::size_t l = 0; l < 4; ++l)
+    for (std::size_t e = 0; e < 8; ++e) {
+      CHECK(counts[l][e] == r.stats.experts()[l][e].routed);
+      total += counts[l][e];
+    }
+  CHECK(total == 4LL * 3 * 4 * 256 * 2);  // layers x micro-batches x a stage's 4 GPUs x tokens x top_k
 }
