@@ -50,12 +50,16 @@ std::int64_t dense_layers_params(const routing::MoeModelSpec& m) {
 }
 
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements) {
+  return gpu_params(m, placements, 0, static_cast<int>(placements.size()));
+}
+
+GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements, int first, int last) {
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
   GpuParams p;
-  p.replicated = dense_layers_params(m);
-  for (const auto& pl : placements) {
+  p.replicated = first == 0 ? dense_layers_params(m) : 0;
+  for (int l = first; l < last; ++l) {
     p.replicated += moe_layer_replicated(m);
-    p.experts += pl.slots_per_gpu * expert;
+    p.experts += placements[static_cast<std::size_t>(l)].slots_per_gpu * expert;
   }
   return p;
 }

@@ -55,6 +55,9 @@ struct GpuParams {
   std::int64_t total() const { return replicated + experts; }
 };
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
+// The same for a pipeline stage holding MoE layers [first, last) (and the dense layers when first
+// is 0).
+GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements, int first, int last);
 // The weights every GPU holds for one MoE layer (attention, router, shared experts) and for
 // all dense layers together; gpu_params' replicated count is their sum over the layers.
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m);

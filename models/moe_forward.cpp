@@ -776,10 +776,7 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
 }
 
 GpuParams MoeForward::stage_params(int stage) const {
-  const auto first = placements_.begin() + stage * stage_layers();
-  GpuParams p = gpu_params(spec_.model, std::vector<routing::Placement>(first, first + stage_layers()));
-  if (stage > 0) p.replicated -= dense_layers_params(spec_.model);  // the dense layers are on stage 0
-  return p;
+  return gpu_params(spec_.model, placements_, stage * stage_layers(), (stage + 1) * stage_layers());
 }
 
 KernelCost MoeForward::optimizer_cost(int stage) const {

@@ -160,9 +160,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus, per = m.moe_layers / f.pp;
-  const std::vector<routing::Placement> mine(r.placements.begin() + stage * per, r.placements.begin() + (stage + 1) * per);
-  models::GpuParams held = models::gpu_params(m, mine);
-  if (stage > 0) held.replicated -= models::dense_layers_params(m);
+  const models::GpuParams held = models::gpu_params(m, r.placements, stage * per, (stage + 1) * per);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = params * b;

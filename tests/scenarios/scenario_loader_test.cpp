@@ -515,3 +515,27 @@ TEST_CASE("Micro-batches are a training key", "[scenarios]") {
   CHECK(load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  micro_batches: 1\n"), "s.yaml")
             .forward.micro_batches == 1);
 }
+
+TEST_CASE("Pipeline stages must divide the GPUs into whole EP groups and the layers evenly", "[scenarios]") {
+  const auto pp = [](const std::string& stages, const std::string& workload = "") {
+    return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n",
+                "  ep: 8\n  pp: " + stages + "\nworkload:\n  tokens_per_gpu: 1024\n  kind: training\n" + workload);
+  };
+  const auto sc = load_scenario_text(pp("2", "  micro_batches: 4\n  pipeline_schedule: gpipe\n"), "s.yaml");
+  CHECK(sc.forward.pp == 2);
+  CHECK(sc.forward.gpipe);
+  CHECK_FALSE(load_scenario_text(pp("2"), "s.yaml").forward.gpipe);  // 1F1B by default
+  CHECK_THAT(error_of(pp("4")), Catch::Contains("parallelism.pp: the cluster's 16 GPUs do not divide into 4 pipeline stages "
+                                                "of whole EP groups of 8"));
+  CHECK(error_of(with("  moe_layers: 4\n", "  moe_layers: 3\n")) == "no error");  // without stages, any layer count
+  std::string odd = pp("2");
+  odd.replace(odd.find("  moe_layers: 4\n"), 16, "  moe_layers: 3\n");
+  CHECK_THAT(error_of(odd), Catch::Contains("parallelism.pp: 3 MoE layers do not divide into 2 pipeline stages"));
+  CHECK_THAT(error_of(pp("2", "  overlap: two_batch\n")),
+             Catch::Contains("workload.overlap: two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: gpipe\n")),
+             Catch::Contains("workload.pipeline_schedule: only used with 'kind: training' and parallelism.pp > 1"));
+  CHECK_THAT(error_of(pp("2", "  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
+             Catch::Contains("3 buckets for 2 MoE layers per pipeline stage"));
+  CHECK_THAT(error_of(pp("0")), Catch::Contains("parallelism.pp"));
+}
