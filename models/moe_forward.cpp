@@ -36,6 +36,10 @@ bool is_network_wait(Stage s) {
   return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
 }
 
+int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group) {
+  return layer / (spec.model.moe_layers / spec.pp) * (gpus / spec.pp) + group * spec.ep;
+}
+
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
   if (spec.placement_history > 0 && placement.layer_load.empty())
@@ -124,10 +128,13 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   }
 }
 
+int MoeForward::plan_row(int micro_batch, int layer, int half) const {
+  return (micro_batch * spec_.model.moe_layers + layer) * halves() + half;
+}
+
 std::size_t MoeForward::plan_index(int micro_batch, int layer, int group, int half) const {
-  const auto groups = static_cast<std::size_t>(stage_groups());
-  const auto row = static_cast<std::size_t>((micro_batch * spec_.model.moe_layers + layer) * halves() + half);
-  return row * groups + static_cast<std::size_t>(group);
+  return static_cast<std::size_t>(plan_row(micro_batch, layer, half)) * static_cast<std::size_t>(stage_groups()) +
+         static_cast<std::size_t>(group);
 }
 
 const routing::DispatchPlan& MoeForward::plan(int pass, int gpu, int half) const {
@@ -181,7 +188,7 @@ void MoeForward::start() {
   // The EP groups of a layer's pipeline stage route it; group g of the stage of layer l starts at
   // GPU first(l, g).
   const int groups = stage_groups();
-  const auto first = [this](int layer, int group) { return layer / stage_layers() * stage_gpus() + group * spec_.ep; };
+  const auto first = [this](int layer, int group) { return group_first_gpu(spec_, cluster_.gpu_count(), layer, group); };
   // Routing is untimed and each (micro-batch, layer, group) draws from its own streams, so the
   // plans are built on all cores; the result does not depend on the thread count. When a
   // layer's routing depends on the previous layer's, each group routes a micro-batch's layers in
@@ -233,7 +240,7 @@ void MoeForward::start() {
     for (int h = 0; h < halves(); ++h)
       a2a_passes.push_back(AllToAllPass{.layer = layer_of(p),
                                         .backward = backward(p),
-                                        .plan_row = (micro_batch(p) * layers + layer_of(p)) * halves() + h,
+                                        .plan_row = plan_row(micro_batch(p), layer_of(p), h),
                                         .micro_batch = micro_batch(p)});
   all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, groups,
                                            std::move(a2a_passes),
@@ -404,13 +411,23 @@ void MoeForward::begin_pass(int gpu) {
   start_pass(gpu);
 }
 
-int* MoeForward::pipeline_input(int gpu) {
-  const int p = gpus_[static_cast<std::size_t>(gpu)].pass, l = layer_of(p), st = stage_of(gpu);
+int MoeForward::across_stages(int gpu, int pass, bool input) const {
+  // Forward input and backward output cross to the previous stage at the stage's first layer;
+  // forward output and backward input to the next stage at its last layer.
+  const int st = stage_of(gpu), l = layer_of(pass);
+  if (input != backward(pass)) return st > 0 && l == st * stage_layers() ? gpu - stage_gpus() : -1;
+  return st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1 ? gpu + stage_gpus() : -1;
+}
+
+int& MoeForward::pipeline_pending(int gpu, int pass) {
   const auto at = static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
-                  static_cast<std::size_t>(micro_batch(p));
-  if (!backward(p) && st > 0 && l == st * stage_layers()) return &activations_pending_[at];
-  if (backward(p) && st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1) return &gradients_pending_[at];
-  return nullptr;
+                  static_cast<std::size_t>(micro_batch(pass));
+  return (backward(pass) ? gradients_pending_ : activations_pending_)[at];
+}
+
+int* MoeForward::pipeline_input(int gpu) {
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  return across_stages(gpu, p, true) < 0 ? nullptr : &pipeline_pending(gpu, p);
 }
 
 void MoeForward::pipeline_arrived(int gpu) {
@@ -427,19 +444,13 @@ void MoeForward::send_to_stage(int gpu, int pass) {
   // After its last layer a stage sends the micro-batch's activations (one row per token) to the
   // GPU at the same position of the next stage; after its first layer's backward, their
   // gradients to the previous stage.
-  const int l = layer_of(pass), st = stage_of(gpu), mb = micro_batch(pass);
-  const bool back = backward(pass);
-  int dst = -1;
-  if (!back && st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1) dst = gpu + stage_gpus();
-  if (back && st > 0 && l == st * stage_layers()) dst = gpu - stage_gpus();
+  const int dst = across_stages(gpu, pass, false);
   if (dst < 0) return;
   const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
                   sim::Bytes(spec_.tokens_per_gpu * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes))};
-  int* left = &(back ? gradients_pending_ : activations_pending_)[static_cast<std::size_t>(dst) *
-                                                                      static_cast<std::size_t>(spec_.micro_batches) +
-                                                                  static_cast<std::size_t>(mb)];
-  network_.start_flow(flow, [this, record = FlowRecord{l, Stage::pipeline, flow, sim_.now(), Time(), back, mb}, left,
-                             dst]() mutable {
+  int* left = &pipeline_pending(dst, pass);
+  const FlowRecord start{layer_of(pass), Stage::pipeline, flow, sim_.now(), Time(), backward(pass), micro_batch(pass)};
+  network_.start_flow(flow, [this, record = start, left, dst]() mutable {
     record.end = sim_.now();
     recorder_.on_flow(record);
     --*left;

@@ -97,6 +97,10 @@ struct ForwardSpec {
   std::shared_ptr<const KernelProfile> profile;
 };
 
+// The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
+// MoE layer `layer`, on a cluster of `gpus` GPUs: the group that routes and computes the layer.
+int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group);
+
 // Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
 // expected load). Throws routing::PlacementError when the shape does not divide.
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node);
@@ -143,7 +147,9 @@ class MoeForward {
   bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
   // The plans of pass `pass` (its micro-batch and layer) for gpu's EP group.
   const routing::DispatchPlan& plan(int pass, int gpu, int half = 0) const;
-  // group: the EP group's index within its pipeline stage.
+  // The row of a stage's EP groups' plans for (micro-batch, layer, half); group: the EP group's
+  // index within its pipeline stage.
+  int plan_row(int micro_batch, int layer, int half) const;
   std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
   // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()) and MoE layers
   // [s * stage_layers(), (s + 1) * stage_layers()).
@@ -159,6 +165,11 @@ class MoeForward {
   // Pipeline inputs still missing, [gpu * micro_batches + micro_batch]: the activations from the
   // previous stage (forward) and the gradients from the next (backward).
   std::vector<int> activations_pending_, gradients_pending_;
+  // The GPU of the neighbouring stage that pass `pass` on `gpu` takes its input from (input) or
+  // sends its output to, or -1 where the pass does not cross a stage boundary.
+  int across_stages(int gpu, int pass, bool input) const;
+  // gpu's count of pipeline inputs still missing for pass's micro-batch and direction.
+  int& pipeline_pending(int gpu, int pass);
   // The counter gpu's current pass waits on before it starts, or null.
   int* pipeline_input(int gpu);
   void pipeline_arrived(int gpu);

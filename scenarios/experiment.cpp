@@ -131,10 +131,8 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
 
 namespace {
 
-// The first GPU of EP group `group` (counted within its pipeline stage) of layer `layer`'s stage.
 int first_gpu(const Scenario& sc, int layer, int group) {
-  const int stage_gpus = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp;
-  return layer / (sc.forward.model.moe_layers / sc.forward.pp) * stage_gpus + group * sc.forward.ep;
+  return models::group_first_gpu(sc.forward, sc.cluster.nodes * sc.cluster.gpus_per_node, layer, group);
 }
 
 }  // namespace
