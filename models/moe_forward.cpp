@@ -36,16 +36,38 @@ bool is_network_wait(Stage s) {
   return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
 }
 
+std::vector<int> pipeline_bounds(const ForwardSpec& spec) {
+  const int pp = spec.pp, layers = spec.model.moe_layers;
+  MOESIM_ASSERT(pp >= 1 && (spec.pipeline_layers.empty() || spec.pipeline_layers.size() == static_cast<std::size_t>(pp)),
+                "pipeline_layers must give every stage's layer count");
+  std::vector<int> bounds{0};
+  for (int s = 0; s < pp; ++s)
+    bounds.push_back(bounds.back() + (spec.pipeline_layers.empty() ? layers / pp + (s >= pp - layers % pp ? 1 : 0)
+                                                                    : spec.pipeline_layers[static_cast<std::size_t>(s)]));
+  for (int s = 0; s < pp; ++s) MOESIM_ASSERT(bounds[s + 1] > bounds[s], "every pipeline stage needs an MoE layer");
+  MOESIM_ASSERT(bounds.back() == layers, "the pipeline stages' layers must add up to the model's");
+  return bounds;
+}
+
+int pipeline_stage(const ForwardSpec& spec, int layer) {
+  const std::vector<int> bounds = pipeline_bounds(spec);
+  return static_cast<int>(std::upper_bound(bounds.begin(), bounds.end(), layer) - bounds.begin()) - 1;
+}
+
 int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group) {
-  return layer / (spec.model.moe_layers / spec.pp) * (gpus / spec.pp) + group * spec.ep;
+  return pipeline_stage(spec, layer) * (gpus / spec.pp) + group * spec.ep;
 }
 
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
-  if (spec.placement_history > 0 && placement.layer_load.empty())
-    placement.layer_load = routing::observed_load(spec.model, spec.routing, spec.ep, gpus / spec.ep,
+  if (spec.placement_history > 0 && placement.layer_load.empty()) {
+    // Each layer routed by its pipeline stage's EP groups, as the run routes it.
+    std::vector<int> first;
+    for (int l = 0; l < spec.model.moe_layers; ++l) first.push_back(group_first_gpu(spec, gpus, l, 0));
+    placement.layer_load = routing::observed_load(spec.model, spec.routing, spec.ep, gpus / spec.pp / spec.ep,
                                                   spec.tokens_per_gpu, spec.seed, spec.placement_history,
-                                                  spec.micro_batches);
+                                                  spec.micro_batches, first);
+  }
   std::vector<routing::Placement> out;
   for (int l = 0; l < spec.model.moe_layers; ++l)
     out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node,
@@ -87,17 +109,17 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   // Pipeline stages and their schedules. F(m): the stage's layers of micro-batch m forward, in
   // order; B(m): backward, last layer first.
   const int pp = spec.pp, batches = spec.micro_batches, layers = spec.model.moe_layers;
-  MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0 && layers % pp == 0,
-                "pipeline stages must divide the GPUs into whole EP groups and the layers evenly");
+  MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
+                "pipeline stages must divide the GPUs into whole EP groups");
   MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
-  const int per = layers / pp;
+  bounds_ = pipeline_bounds(spec);
   for (int st = 0; st < pp; ++st) {
     std::vector<int> order;
     const auto forward = [&](int mb) {
-      for (int l = st * per; l < (st + 1) * per; ++l) order.push_back(mb * batch_passes() + l);
+      for (int l = stage_first(st); l < stage_first(st + 1); ++l) order.push_back(mb * batch_passes() + l);
     };
     const auto back = [&](int mb) {
-      for (int l = (st + 1) * per - 1; l >= st * per; --l) order.push_back(mb * batch_passes() + 2 * layers - 1 - l);
+      for (int l = stage_first(st + 1) - 1; l >= stage_first(st); --l) order.push_back(mb * batch_passes() + 2 * layers - 1 - l);
     };
     if (!spec.training) {
       for (int mb = 0; mb < batches; ++mb) forward(mb);
@@ -274,9 +296,10 @@ void MoeForward::start() {
     };
     // Buckets of consecutive MoE layers of the stage from its last: bucket b ends (in backward
     // order) at bucket_end_[stage * buckets + b]; the dense layers' weights go with stage 0's
-    // last bucket.
-    const int per = stage_layers();
-    buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, per);
+    // last bucket. Every stage has as many buckets (at most its fewest layers).
+    int fewest = spec_.model.moe_layers;
+    for (int st = 0; st < spec_.pp; ++st) fewest = std::min(fewest, stage_first(st + 1) - stage_first(st));
+    buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, fewest);
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
     for (int st = 0; st < spec_.pp; ++st) {
@@ -288,7 +311,7 @@ void MoeForward::start() {
         for (int g = 0; g < groups; ++g) members.push_back(st * stage_gpus() + g * spec_.ep + r);
         return members;
       };
-      const int lo = st * per;
+      const int lo = stage_first(st), per = stage_first(st + 1) - lo;
       int next = lo + per;
       for (int b = 0; b < buckets_; ++b) {
         const int end = lo + per - (b + 1) * per / buckets_;  // layers [end, next) in this bucket
@@ -415,8 +438,8 @@ int MoeForward::across_stages(int gpu, int pass, bool input) const {
   // Forward input and backward output cross to the previous stage at the stage's first layer;
   // forward output and backward input to the next stage at its last layer.
   const int st = stage_of(gpu), l = layer_of(pass);
-  if (input != backward(pass)) return st > 0 && l == st * stage_layers() ? gpu - stage_gpus() : -1;
-  return st + 1 < spec_.pp && l == (st + 1) * stage_layers() - 1 ? gpu + stage_gpus() : -1;
+  if (input != backward(pass)) return st > 0 && l == stage_first(st) ? gpu - stage_gpus() : -1;
+  return st + 1 < spec_.pp && l == stage_first(st + 1) - 1 ? gpu + stage_gpus() : -1;
 }
 
 int& MoeForward::pipeline_pending(int gpu, int pass) {
@@ -787,7 +810,7 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
 }
 
 GpuParams MoeForward::stage_params(int stage) const {
-  return gpu_params(spec_.model, placements_, stage * stage_layers(), (stage + 1) * stage_layers());
+  return gpu_params(spec_.model, placements_, stage_first(stage), stage_first(stage + 1));
 }
 
 KernelCost MoeForward::optimizer_cost(int stage) const {

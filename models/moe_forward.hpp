@@ -60,9 +60,11 @@ struct ForwardSpec {
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
   int micro_batches = 1;              // training: micro-batches per step (gradient accumulation)
-  // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups and the MoE
-  // layers evenly); gpipe: the GPipe schedule, else 1F1B.
+  // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups, each stage a
+  // run of consecutive MoE layers: pipeline_layers[s] of them, or where that is empty as even a
+  // share as possible, see pipeline_bounds()); gpipe: the GPipe schedule, else 1F1B.
   int pp = 1;
+  std::vector<int> pipeline_layers;
   bool gpipe = false;
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
@@ -96,6 +98,13 @@ struct ForwardSpec {
   // permute), expert and combine stages from it where it covers them; the rest from the roofline.
   std::shared_ptr<const KernelProfile> profile;
 };
+
+// Pipeline stage s holds MoE layers [bounds[s], bounds[s + 1]) (pp + 1 entries): pipeline_layers[s]
+// of them, or, where that is empty, moe_layers / pp each and one more on each of the last
+// moe_layers % pp stages (stage 0 also holds the dense layers).
+std::vector<int> pipeline_bounds(const ForwardSpec& spec);
+// The pipeline stage that holds MoE layer `layer`.
+int pipeline_stage(const ForwardSpec& spec, int layer);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
 // MoE layer `layer`, on a cluster of `gpus` GPUs: the group that routes and computes the layer.
@@ -152,9 +161,10 @@ class MoeForward {
   int plan_row(int micro_batch, int layer, int half) const;
   std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
   // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()) and MoE layers
-  // [s * stage_layers(), (s + 1) * stage_layers()).
+  // [stage_first(s), stage_first(s + 1)).
   int stage_gpus() const { return cluster_.gpu_count() / spec_.pp; }
-  int stage_layers() const { return spec_.model.moe_layers / spec_.pp; }
+  int stage_first(int stage) const { return bounds_[static_cast<std::size_t>(stage)]; }
+  std::vector<int> bounds_;  // pipeline_bounds(spec_)
   int stage_groups() const { return stage_gpus() / spec_.ep; }
   int stage_of(int gpu) const { return gpu / stage_gpus(); }
   // The parameters a GPU of stage `stage` holds (stage 0 also the dense layers').

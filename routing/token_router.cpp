@@ -210,7 +210,9 @@ void TokenRouter::draw_gates(int layer, int first_gpu, int micro_batch, TokenBat
 
 std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const RoutingSpec& spec, int ep, int groups,
                                                std::int64_t tokens_per_rank, std::uint64_t seed, int history,
-                                               int micro_batches) {
+                                               int micro_batches, const std::vector<int>& layer_first_gpu) {
+  MOESIM_ASSERT(layer_first_gpu.empty() || layer_first_gpu.size() == static_cast<std::size_t>(model.moe_layers),
+                "one first GPU per layer");
   MOESIM_ASSERT(history >= 1 && spec.step >= history, "observed load needs earlier steps");
   const auto layers = static_cast<std::size_t>(model.moe_layers), experts = static_cast<std::size_t>(model.experts);
   // One work item per (earlier step, micro-batch, group), each routing its layers in order.
@@ -226,9 +228,10 @@ std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const 
   sim::parallel_for(items, [&](std::size_t i) {
     const TokenRouter& router = routers[i / per_step];
     const int micro_batch = static_cast<int>(i % per_step / static_cast<std::size_t>(groups));
-    const int first_gpu = static_cast<int>(i % static_cast<std::size_t>(groups)) * ep;
+    const int group_gpu = static_cast<int>(i % static_cast<std::size_t>(groups)) * ep;
     TokenBatch batch, previous;
     for (std::size_t l = 0; l < layers; ++l) {
+      const int first_gpu = (layer_first_gpu.empty() ? 0 : layer_first_gpu[l]) + group_gpu;
       router.route(static_cast<int>(l), first_gpu, tokens_per_rank, &previous, batch, micro_batch);
       for (const int e : batch.experts) partial[i][l * experts + static_cast<std::size_t>(e)] += 1;
       std::swap(batch, previous);

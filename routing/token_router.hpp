@@ -76,9 +76,11 @@ class TokenRouter {
 
 // Per layer, the mean over steps [step - history, step - 1] of the per-expert routed counts of all
 // `groups` EP groups and the steps' `micro_batches` micro-batches (what a placement computed from
-// recent steps balances). history >= 1 and spec.step >= history.
+// recent steps balances). history >= 1 and spec.step >= history. layer_first_gpu: per layer, the
+// first GPU of its groups (with pipeline stages, its stage's); empty: 0 for every layer.
 std::vector<std::vector<double>> observed_load(const MoeModelSpec& model, const RoutingSpec& spec, int ep, int groups,
                                                std::int64_t tokens_per_rank, std::uint64_t seed, int history,
-                                               int micro_batches = 1);
+                                               int micro_batches = 1,
+                                               const std::vector<int>& layer_first_gpu = {});
 
 }  // namespace moesim::routing

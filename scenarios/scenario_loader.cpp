@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <sstream>
 
@@ -406,6 +407,24 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto par = top.child("parallelism", true)) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
+    if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
+      // MoE layers per pipeline stage, from stage 0 (checked against pp and the model later).
+      const std::string path = par->key_path("pipeline_layers");
+      if (!list.IsSequence()) {
+        problems.add(list.Mark(), path,
+                     fmt::format("expected a list of MoE layer counts, one per pipeline stage (e.g. [3, 4, 4]), got {}", kind_of(list)));
+      } else {
+        const auto positive = count_at_least(1);
+        for (const auto& item : list) {
+          try {
+            f.pipeline_layers.push_back(as_int(positive(item.IsScalar() ? item.Scalar() : std::string("?"))));
+          } catch (const UnitError& e) {
+            problems.add(item.Mark(), path, e.what());
+            f.pipeline_layers.push_back(1);
+          }
+        }
+      }
+    }
     par->finish();
   }
   if (auto w = top.child("workload", true)) {
@@ -454,10 +473,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
       f.gradient_sync_buckets = as_int(*v);
       if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
-      if (f.gradient_sync_buckets > f.model.moe_layers / std::max(f.pp, 1))
+      // Every stage has as many buckets: at most its fewest layers.
+      const int fewest = f.pipeline_layers.empty() ? f.model.moe_layers / std::max(f.pp, 1)
+                                                   : *std::min_element(f.pipeline_layers.begin(), f.pipeline_layers.end());
+      if (f.gradient_sync_buckets > fewest)
         problems.add_at(w->key_path("gradient_sync_buckets"),
-                        f.pp > 1 ? fmt::format("{} buckets for {} MoE layers per pipeline stage: at most one bucket per layer",
-                                               f.gradient_sync_buckets, f.model.moe_layers / f.pp)
+                        f.pp > 1 ? fmt::format("{} buckets, but a pipeline stage has only {} MoE layers: at most one bucket per layer "
+                                               "of the stage with the fewest",
+                                               f.gradient_sync_buckets, fewest)
                                  : fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
                                                f.model.moe_layers));
     }
@@ -751,13 +774,23 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
+    problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");
   if (const int pp = sc.forward.pp; pp > 1) {
     if (gpus % pp != 0 || (gpus / pp) % ep != 0)
       problems.add_at("parallelism.pp", fmt::format("the cluster's {} GPUs do not divide into {} pipeline stages of whole EP "
                                                     "groups of {}",
                                                     gpus, pp, ep));
-    if (m.moe_layers % pp != 0)
-      problems.add_at("parallelism.pp", fmt::format("{} MoE layers do not divide into {} pipeline stages", m.moe_layers, pp));
+    const auto& split = sc.forward.pipeline_layers;
+    if (split.empty() && m.moe_layers < pp)
+      problems.add_at("parallelism.pp", fmt::format("{} MoE layers for {} pipeline stages: every stage needs at least one",
+                                                    m.moe_layers, pp));
+    if (!split.empty() && split.size() != static_cast<std::size_t>(pp))
+      problems.add_at("parallelism.pipeline_layers",
+                      fmt::format("{} stages' layer counts for {} pipeline stages (parallelism.pp)", split.size(), pp));
+    else if (const int sum = std::accumulate(split.begin(), split.end(), 0); !split.empty() && sum != m.moe_layers)
+      problems.add_at("parallelism.pipeline_layers",
+                      fmt::format("the stages' layer counts add up to {}, but the model has {} MoE layers", sum, m.moe_layers));
     if (sc.forward.two_batch_overlap)
       problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
   }

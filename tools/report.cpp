@@ -159,8 +159,11 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double t = static_cast<double>(f.tokens_per_gpu);
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
-  const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus, per = m.moe_layers / f.pp;
-  const models::GpuParams held = models::gpu_params(m, r.placements, stage * per, (stage + 1) * per);
+  const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus;
+  const std::vector<int> bounds = models::pipeline_bounds(f);
+  const int per = bounds[static_cast<std::size_t>(stage) + 1] - bounds[static_cast<std::size_t>(stage)];
+  const models::GpuParams held = models::gpu_params(m, r.placements, bounds[static_cast<std::size_t>(stage)],
+                                                    bounds[static_cast<std::size_t>(stage) + 1]);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = params * b;

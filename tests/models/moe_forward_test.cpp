@@ -9,6 +9,7 @@
 #include "models/moe_costs.hpp"
 #include "models/moe_forward.hpp"
 #include "models/recorder.hpp"
+#include "routing/token_router.hpp"
 #include "sim/rng.hpp"
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
@@ -598,20 +599,23 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
                            "capacity_factor: 1.2, drop_policy: gate", "capacity_factor: 1.5, drop_policy: pad"};
     const bool eplb = pick.uniform_int(2);
     // Training: gradient sync by any algorithm, in 1 or 2 buckets, with or without a sharded optimizer.
+    // Two or three MoE layers; two pipeline stages where they divide into whole EP groups (not
+    // with two-batch overlap), the layers split evenly, unevenly or as drawn.
+    const int layers = 2 + static_cast<int>(pick.uniform_int(2));
+    const int pp = !tbo && (gpus / 2) % ep == 0 && pick.uniform_int(2) ? 2 : 1;
+    const std::string split = pp == 2 && pick.uniform_int(2) ? fmt::format(", pipeline_layers: [{}, {}]", layers - 1, 1) : "";
     const char* syncs[] = {"ring", "hierarchical", "nvls"};
     const std::string sync =
         kind != "training" || pick.uniform_int(3) == 0
             ? std::string()
             : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
-                          1 + pick.uniform_int(2), pick.uniform_int(2) ? "true" : "false");
+                          pp == 1 ? 1 + pick.uniform_int(2) : 1, pick.uniform_int(2) ? "true" : "false");
     // Training: one or two micro-batches (gradient accumulation).
     const int batches = kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
-    // Two pipeline stages where they divide into whole EP groups (not with two-batch overlap).
-    const int pp = !tbo && (gpus / 2) % ep == 0 && pick.uniform_int(2) ? 2 : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: 2, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
-parallelism: {{ep: {}, pp: {}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
+parallelism: {{ep: {}, pp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
@@ -619,7 +623,7 @@ network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -646,7 +650,7 @@ output: {{timeline: off}}
       dropped += l.dropped;
     }
     // Each layer is routed by its pipeline stage's GPUs.
-    CHECK(routed == static_cast<std::int64_t>(2) * batches * (gpus / pp) * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) *
+    CHECK(routed == static_cast<std::int64_t>(layers) * batches * (gpus / pp) * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) *
                         top_k);
     CHECK(routed == computed + dropped);
   }
@@ -875,10 +879,11 @@ output: {{timeline: on}}
 namespace {
 
 // Two GPUs, one per pipeline stage (EP 1: both experts on every GPU, every token to both, so no
-// all-to-all), two layers, one per stage.
-std::string two_stages(const std::string& workload) {
-  std::string text = tiny("dropless", 2);
-  text.replace(text.find("parallelism: {ep: 2}"), std::string("parallelism: {ep: 2}").size(), "parallelism: {ep: 1, pp: 2}");
+// all-to-all), two layers, one per stage (or `layers` split as `parallelism` says).
+std::string two_stages(const std::string& workload, int layers = 2, const std::string& parallelism = "") {
+  std::string text = tiny("dropless", layers);
+  text.replace(text.find("parallelism: {ep: 2}"), std::string("parallelism: {ep: 2}").size(),
+               "parallelism: {ep: 1, pp: 2" + parallelism + "}");
   const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
   text.replace(text.find(from), from.size(), "workload: {tokens_per_gpu: 1000, sequence_length: 1000" + workload + "}");
   return text;
@@ -932,6 +937,47 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
   }
 }
 
+TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models][pipeline]") {
+  // F, d as in the test above. Three layers: by default stage 0 runs layer 0 and stage 1 layers 1
+  // and 2 (the later stage takes the one left over); pipeline_layers [2, 1] the other way round.
+  const std::int64_t F = 238'419'776, d = 22'480'000;
+  const auto even = scenarios::run_experiment(scenarios::load_scenario_text(two_stages("", 3), "pp.yaml"));
+  const auto given = scenarios::run_experiment(scenarios::load_scenario_text(two_stages("", 3, ", pipeline_layers: [2, 1]"), "pp.yaml"));
+  CHECK(even.stats.step_time() == Time::ps(3 * F + d));
+  CHECK(given.stats.step_time() == Time::ps(3 * F + d));
+  CHECK(even.stats.gpus()[0].finish == Time::ps(F));
+  CHECK(given.stats.gpus()[0].finish == Time::ps(2 * F));
+  CHECK(even.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
+  CHECK(given.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(2 * F + d));
+  CHECK(even.stats.layers()[1].start == Time::ps(F + d));  // layer 1 on stage 1, after the transfer
+  CHECK(given.stats.layers()[1].start == Time::ps(F));     // layer 1 on stage 0, straight after layer 0
+  CHECK(given.stats.layers()[2].start == Time::ps(2 * F + d));
+  // Each layer routed once, by its own stage's GPU.
+  CHECK(even.stats.gpus()[0].routed == 2000);
+  CHECK(even.stats.gpus()[1].routed == 4000);
+  CHECK(given.stats.gpus()[0].routed == 4000);
+  CHECK(given.stats.gpus()[1].routed == 2000);
+  // Training, 2 micro-batches, 1F1B, B and the optimizer's 293,658,624 ps per layer as in the
+  // test above. Stage 1 (layer 2): F0 from 2F + d, B0 at 3F + d, F1 at 3F + d + B (its input came
+  // at 4F + d, earlier, as B > F), B1 until 4F + d + 2B, then its optimizer. Stage 0 (layers 0
+  // and 1): F0 F1 until 4F, waits for B0's gradients until 3F + 2d + B, runs B0 and B1 (whose
+  // gradients came at 4F + 2d + 2B, earlier) over two layers each until 3F + 2d + 5B, then the
+  // optimizer over two layers.
+  const std::int64_t B = 470'695'552, opt = 293'658'624;
+  const auto trained = scenarios::run_experiment(scenarios::load_scenario_text(
+      two_stages(", kind: training, micro_batches: 2", 3, ", pipeline_layers: [2, 1]"), "pp.yaml"));
+  CHECK(trained.stats.gpus()[1].finish == Time::ps(4 * F + d + 2 * B + opt));
+  CHECK(trained.stats.gpus()[0].finish == Time::ps(3 * F + 2 * d + 5 * B + 2 * opt));
+  CHECK(trained.stats.step_time() == Time::ps(3 * F + 2 * d + 5 * B + 2 * opt));
+  CHECK(trained.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + B - F));
+  CHECK(trained.stats.pipeline_bytes() == 4 * 2'048'000);
+  for (const auto& g : trained.stats.gpus()) {
+    Time total;
+    for (const auto t : g.stage_total) total += t;
+    CHECK(total == g.finish);
+  }
+}
+
 TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-batches' activations", "[models][pipeline]") {
   const auto memory = [](const std::string& workload, int gpu) {
     const auto sc = scenarios::load_scenario_text(two_stages(workload), "pp.yaml");
@@ -956,11 +1002,13 @@ TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-ba
 
 TEST_CASE("The routed counts without simulating match a run with pipeline stages and micro-batches", "[models][pipeline]") {
   // Each layer is routed by the EP groups of its own stage, each micro-batch afresh: the counts
-  // `moesim trace --counts` writes are what the run's experts report.
+  // `moesim trace --counts` writes are what the run's experts report; also with unequal stages.
+  const std::string split = GENERATE(std::string(), std::string(", pipeline_layers: [3, 1]"));
+  INFO(split);
   const auto sc = scenarios::load_scenario_text(R"(
 cluster: {nodes: 2, gpus_per_node: 4, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
 model: {moe_layers: 4, hidden: 512, expert_ffn: 1024, experts: 8, top_k: 2, attention_heads: 8}
-parallelism: {ep: 2, pp: 2}
+parallelism: {ep: 2, pp: 2)" + split + R"(}
 workload: {kind: training, tokens_per_gpu: 256, micro_batches: 3}
 routing: {distribution: zipf, zipf_s: 1.1, layer_correlation: 0.5, capacity_factor: 1.0}
 )", "c.yaml");
@@ -974,4 +1022,17 @@ routing: {distribution: zipf, zipf_s: 1.1, layer_correlation: 0.5, capacity_fact
       total += counts[l][e];
     }
   CHECK(total == 4LL * 3 * 4 * 256 * 2);  // layers x micro-batches x a stage's 4 GPUs x tokens x top_k
+  // The load an observed placement balances (one step of history) is the previous step's counts,
+  // each layer routed by its own stage's groups.
+  auto before = sc;
+  before.forward.routing.step = 1;
+  auto now = sc.forward;
+  now.routing.step = 2;
+  std::vector<int> first;
+  for (int l = 0; l < 4; ++l) first.push_back(models::group_first_gpu(now, 8, l, 0));
+  const auto load = routing::observed_load(now.model, now.routing, now.ep, 2, now.tokens_per_gpu, now.seed, 1,
+                                           now.micro_batches, first);
+  const auto earlier = scenarios::routed_counts(before);
+  for (std::size_t l = 0; l < 4; ++l)
+    for (std::size_t e = 0; e < 8; ++e) CHECK(load[l][e] == static_cast<double>(earlier[l][e]));
 }

@@ -113,7 +113,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, pp)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, pp, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
@@ -516,10 +516,10 @@ TEST_CASE("Micro-batches are a training key", "[scenarios]") {
             .forward.micro_batches == 1);
 }
 
-TEST_CASE("Pipeline stages must divide the GPUs into whole EP groups and the layers evenly", "[scenarios]") {
-  const auto pp = [](const std::string& stages, const std::string& workload = "") {
+TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers as given or evenly", "[scenarios]") {
+  const auto pp = [](const std::string& stages, const std::string& workload = "", const std::string& parallelism = "") {
     return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n",
-                "  ep: 8\n  pp: " + stages + "\nworkload:\n  tokens_per_gpu: 1024\n  kind: training\n" + workload);
+                "  ep: 8\n  pp: " + stages + "\n" + parallelism + "workload:\n  tokens_per_gpu: 1024\n  kind: training\n" + workload);
   };
   const auto sc = load_scenario_text(pp("2", "  micro_batches: 4\n  pipeline_schedule: gpipe\n"), "s.yaml");
   CHECK(sc.forward.pp == 2);
@@ -528,14 +528,36 @@ TEST_CASE("Pipeline stages must divide the GPUs into whole EP groups and the lay
   CHECK_THAT(error_of(pp("4")), Catch::Contains("parallelism.pp: the cluster's 16 GPUs do not divide into 4 pipeline stages "
                                                 "of whole EP groups of 8"));
   CHECK(error_of(with("  moe_layers: 4\n", "  moe_layers: 3\n")) == "no error");  // without stages, any layer count
+  // Layers that do not divide: the later stages take one more.
   std::string odd = pp("2");
   odd.replace(odd.find("  moe_layers: 4\n"), 16, "  moe_layers: 3\n");
-  CHECK_THAT(error_of(odd), Catch::Contains("parallelism.pp: 3 MoE layers do not divide into 2 pipeline stages"));
+  CHECK(models::pipeline_bounds(load_scenario_text(odd, "s.yaml").forward) == std::vector<int>{0, 1, 3});
+  std::string one = pp("2");
+  one.replace(one.find("  moe_layers: 4\n"), 16, "  moe_layers: 1\n");
+  CHECK_THAT(error_of(one), Catch::Contains("parallelism.pp: 1 MoE layers for 2 pipeline stages: every stage needs at least one"));
+  // An explicit split.
+  const auto split = load_scenario_text(pp("2", "", "  pipeline_layers: [3, 1]\n"), "s.yaml").forward;
+  CHECK(split.pipeline_layers == std::vector<int>{3, 1});
+  CHECK(models::pipeline_bounds(split) == std::vector<int>{0, 3, 4});
+  CHECK(models::pipeline_stage(split, 2) == 0);
+  CHECK(models::pipeline_stage(split, 3) == 1);
+  CHECK_THAT(error_of(pp("2", "", "  pipeline_layers: [1, 1]\n")),
+             Catch::Contains("parallelism.pipeline_layers: the stages' layer counts add up to 2, but the model has 4 MoE layers"));
+  CHECK_THAT(error_of(pp("2", "", "  pipeline_layers: [4]\n")),
+             Catch::Contains("parallelism.pipeline_layers: 1 stages' layer counts for 2 pipeline stages (parallelism.pp)"));
+  CHECK_THAT(error_of(pp("2", "", "  pipeline_layers: [0, 4]\n")),
+             Catch::Contains("parallelism.pipeline_layers: must be at least 1, got 0"));
+  CHECK_THAT(error_of(pp("2", "", "  pipeline_layers: 4\n")),
+             Catch::Contains("parallelism.pipeline_layers: expected a list of MoE layer counts, one per pipeline stage"));
+  CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  pipeline_layers: [4]\n")),
+             Catch::Contains("parallelism.pipeline_layers: only used with parallelism.pp > 1"));
+  CHECK_THAT(error_of(pp("2", "  gradient_sync: ring\n  gradient_sync_buckets: 2\n", "  pipeline_layers: [3, 1]\n")),
+             Catch::Contains("2 buckets, but a pipeline stage has only 1 MoE layers"));
   CHECK_THAT(error_of(pp("2", "  overlap: two_batch\n")),
              Catch::Contains("workload.overlap: two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: gpipe\n")),
              Catch::Contains("workload.pipeline_schedule: only used with 'kind: training' and parallelism.pp > 1"));
   CHECK_THAT(error_of(pp("2", "  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
-             Catch::Contains("3 buckets for 2 MoE layers per pipeline stage"));
+             Catch::Contains("3 buckets, but a pipeline stage has only 2 MoE layers"));
   CHECK_THAT(error_of(pp("0")), Catch::Contains("parallelism.pp"));
 }
