@@ -41,6 +41,18 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int6
 
 KernelCost adam_cost(std::int64_t params) { return KernelCost{.flops = 12 * params, .bytes = 28 * params}; }
 
+KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t n, bool loss) {
+  const std::int64_t h = m.hidden, v = m.vocab, b = m.dtype_bytes;
+  KernelCost c{.flops = 2 * n * h * v, .bytes = b * (h * v + n * h + n * v)};
+  if (loss) {
+    c.flops += 4 * n * v;
+    c.bytes += 2 * b * n * v;
+  }
+  return c;
+}
+
+std::int64_t embedding_params(const routing::MoeModelSpec& m) { return m.vocab * m.hidden; }
+
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m) {
   return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
 }
@@ -56,7 +68,8 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements, int first, int last) {
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
   GpuParams p;
-  p.replicated = first == 0 ? dense_layers_params(m) : 0;
+  p.replicated = (first == 0 ? dense_layers_params(m) + embedding_params(m) : 0) +
+                 (last == m.moe_layers ? embedding_params(m) : 0);
   for (int l = first; l < last; ++l) {
     p.replicated += moe_layer_replicated(m);
     p.experts += placements[static_cast<std::size_t>(l)].slots_per_gpu * expert;

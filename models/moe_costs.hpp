@@ -22,6 +22,11 @@
 //   activation written and read). A GPU runs its local experts back to back (grouped GEMM).
 // reduce (weighted sum of a token's returned expert outputs) over r returned copies:
 //   FLOPs = 2*r*H;  bytes = b*H*(r + T)
+// LM head (the output projection to V = vocab logits) over n tokens:
+//   FLOPs = 2*n*H*V;  bytes = b*(H*V + n*H + n*V)
+//   training adds the loss (softmax cross-entropy: the logits read, their gradient written):
+//   FLOPs += 4*n*V;  bytes += 2*b*n*V. Its backward: 2x the projection (input and weight
+//   gradients). The embedding lookup (n rows of H read) is left out: a few microseconds.
 // optimizer (mixed-precision Adam, as Megatron-LM keeps it) over P parameters: per parameter
 //   read the bf16 gradient, read and write the fp32 master weight and both fp32 moments, write
 //   the bf16 weight: bytes = (2 + 3*4*2 + 2)*P = 28*P; FLOPs = 12*P (memory-bound).
@@ -46,22 +51,26 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
 KernelCost adam_cost(std::int64_t params);
+// The LM head over `tokens` tokens, with the loss where `loss`.
+KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);
 
 // Parameters one GPU holds: `replicated` on every GPU (per MoE layer attention, router and
-// shared experts; the dense layers), `experts` in its expert slots (replicas included; every
+// shared experts; the dense layers; the embedding and the LM head), `experts` in its expert slots (replicas included; every
 // GPU has the same number of slots).
 struct GpuParams {
   std::int64_t replicated = 0, experts = 0;
   std::int64_t total() const { return replicated + experts; }
 };
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
-// The same for a pipeline stage holding MoE layers [first, last) (and the dense layers when first
-// is 0).
+// The same for a pipeline stage holding MoE layers [first, last) (and the dense layers and the
+// embedding when first is 0, the LM head when last is the model's last).
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements, int first, int last);
 // The weights every GPU holds for one MoE layer (attention, router, shared experts) and for
 // all dense layers together; gpu_params' replicated count is their sum over the layers.
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m);
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m);
+// The embedding's weights, and as many the LM head's (vocab x hidden each).
+std::int64_t embedding_params(const routing::MoeModelSpec& m);
 // A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the
 // experts over the `groups` EP groups (rounded up).
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups);

@@ -28,6 +28,7 @@ std::string_view to_string(Stage s) {
     case Stage::grad_sync: return "grad_sync";
     case Stage::dense: return "dense";
     case Stage::pipeline: return "pipeline";
+    case Stage::lm_head: return "lm_head";
   }
   return "?";
 }
@@ -295,8 +296,7 @@ void MoeForward::start() {
                              std::move(done), spec_.gradient_sync_chunks);
     };
     // Buckets of consecutive MoE layers of the stage from its last: bucket b ends (in backward
-    // order) at bucket_end_[stage * buckets + b]; the dense layers' weights go with stage 0's
-    // last bucket. Every stage has as many buckets (at most its fewest layers).
+    // order) at bucket_end_[stage * buckets + b]. Every stage has as many buckets (at most its fewest layers).
     int fewest = spec_.model.moe_layers;
     for (int st = 0; st < spec_.pp; ++st) fewest = std::min(fewest, stage_first(st + 1) - stage_first(st));
     buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, fewest);
@@ -317,8 +317,11 @@ void MoeForward::start() {
         const int end = lo + per - (b + 1) * per / buckets_;  // layers [end, next) in this bucket
         std::int64_t experts = 0;
         for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
-        const bool dense = st == 0 && b + 1 == buckets_;
-        const std::int64_t replicated = moe_replicated * (next - end) + (dense ? dense_layers_params(m) : 0);
+        // The dense layers and the embedding with stage 0's last bucket, the LM head with the
+        // last stage's first (its gradients are the first the backward pass has).
+        const bool dense = st == 0 && b + 1 == buckets_, head = st + 1 == spec_.pp && b == 0;
+        const std::int64_t replicated = moe_replicated * (next - end) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
+                                        (head ? embedding_params(m) : 0);
         bucket_end_.push_back(end);
         dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
         if (groups > 1)
@@ -402,28 +405,42 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch,
-                           bool backward_work) {
+                           std::optional<bool> backward_work) {
   const Time start = sim_.now();
   const bool profiled = last_profiled_;  // duration is the time last asked for
   sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work] {
     const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
     const int last = std::min(p, passes() - 1);
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
-                                   backward_work || (p < passes() && backward(p)), profiled,
+                                   backward_work.value_or(p < passes() && backward(p)), profiled,
                                    micro_batch >= 0 ? micro_batch : this->micro_batch(last)});
     (this->*next)(gpu);
   });
 }
 
-void MoeForward::begin_pass(int gpu) {
+bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
   // The dense layers come first in each micro-batch.
   if (!backward(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
     ++s.dense_forward;
-    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::begin_pass);
-    return;
+    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), next);
+    return true;
   }
+  // The LM head's backward (input and weight gradients: twice its projection) comes first in
+  // each micro-batch's backward pass.
+  if (backward(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
+    ++s.head_backward;
+    const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
+    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false), next);
+    return true;
+  }
+  return false;
+}
+
+void MoeForward::begin_pass(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (run_before_pass(gpu, &MoeForward::begin_pass)) return;
   // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
   // backward for their gradients (pipeline_arrived() goes on).
   if (const int* left = pipeline_input(gpu); left && *left > 0) {
@@ -602,12 +619,7 @@ void MoeForward::overlap_step(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
-  // The dense layers come first in each micro-batch.
-  if (!backward(s.pass) && layer_of(s.pass) == 0 && s.op == 0 && m.dense_layers > 0 && s.dense_forward <= micro_batch(s.pass)) {
-    ++s.dense_forward;
-    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), &MoeForward::overlap_step);
-    return;
-  }
+  if (s.op == 0 && run_before_pass(gpu, &MoeForward::overlap_step)) return;
   for (;;) {
     if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;
@@ -715,6 +727,13 @@ KernelCost MoeForward::dense_cost() const {
   return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
 }
 
+KernelCost MoeForward::lm_head() const {
+  // Serving a batch of prompts needs the logits of each prompt's last token only.
+  const std::int64_t tokens = spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length
+                                            : spec_.tokens_per_gpu;
+  return lm_head_cost(spec_.model, tokens, spec_.training);
+}
+
 void MoeForward::end_pass(int gpu) {
   ++passes_done_;
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
@@ -724,6 +743,12 @@ void MoeForward::end_pass(int gpu) {
   const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
   ++s.step;
   s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
+  if (spec_.model.vocab > 0 && !backward(done) && layer_of(done) == spec_.model.moe_layers - 1) {
+    // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage;
+    // s.pass is the next pass already, so no backward doubling).
+    run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, false), &MoeForward::after_passes, micro_batch(done), false);
+    return;
+  }
   if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage).
     const KernelCost c = dense_cost();

@@ -59,6 +59,7 @@ struct ForwardSpec {
   std::int64_t sequence_length = 1;
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
+  bool prefill = false;               // serving prompts: the LM head for each one's last token only
   int micro_batches = 1;              // training: micro-batches per step (gradient accumulation)
   // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups, each stage a
   // run of consecutive MoE layers: pipeline_layers[s] of them, or where that is empty as even a
@@ -141,6 +142,7 @@ class MoeForward {
     int op = 0;           // two-batch overlap: the next operation of the layer's program
     int wait_half = 0;    // two-batch overlap: the half it waits for
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
+    int head_backward = 0;  // micro-batches whose LM head has run backward
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -212,15 +214,20 @@ class MoeForward {
   // (cost()): the stage run_stage starts next is recorded with it.
   bool last_profiled_ = false;
   KernelCost dense_cost() const;
+  KernelCost lm_head() const;  // forward (with the loss in training)
+  // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or
+  // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
+  bool run_before_pass(int gpu, void (MoeForward::*next)(int));
   void after_passes(int gpu);
   KernelCost attention(std::int64_t tokens) const;
   sim::Time experts_time(int pass, int gpu, int half);
   KernelCost optimizer_cost(int stage) const;
 
-  // micro_batch: the one the stage belongs to, where not the current pass's (-1); backward_work:
-  // backward work outside the MoE passes (the dense layers').
+  // micro_batch: the one the stage belongs to, where not the current pass's (-1); backward:
+  // whether it is backward work, where not as the current pass (the dense layers' and the LM
+  // head's, outside the MoE passes).
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1,
-                 bool backward_work = false);
+                 std::optional<bool> backward = std::nullopt);
   void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);

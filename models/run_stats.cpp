@@ -24,7 +24,8 @@ void RunStats::on_stage(const StageRecord& r) {
   if (r.backward) g.backward_total += d;
   if (r.profiled) g.stage_profiled[s] += d;
   g.finish = sim::max(g.finish, r.end);
-  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense || r.stage == Stage::pipeline)
+  if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense || r.stage == Stage::pipeline ||
+      r.stage == Stage::lm_head)
     return;  // once per step or micro-batch (the dense layers together), or between stages: not part of any MoE layer
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.start = sim::min(l.start, r.start);

@@ -21,10 +21,13 @@ struct MoeModelSpec {
   int attention_heads = 1;
   int kv_heads = 1;
   std::int64_t head_dim = 0;
-  std::int64_t kv_cache_dim = 0;
+  std::int64_t kv_cache_dim = 0;      // elements cached per token and layer; 0: 2 * kv_heads * head_dim
   std::int64_t attention_params = 0;  // weights of one attention block; 0: H (q + 2 kv) + q H
   int dense_layers = 0;           // dense transformer layers before the MoE layers (DeepSeek-V3: 3)
-  std::int64_t dense_ffn = 0;     // their FFN intermediate size  // elements cached per token and layer; 0: 2 * kv_heads * head_dim
+  std::int64_t dense_ffn = 0;     // their FFN intermediate size
+  // Vocabulary size: the input embedding (on the first pipeline stage) and the untied output
+  // projection, the LM head, with the loss in training (on the last); 0: neither modelled.
+  std::int64_t vocab = 0;
 };
 
 // Weights of one layer's attention block: the given count (e.g. DeepSeek's MLA), else those of

@@ -399,6 +399,7 @@ void read_model(Section& top, Scenario& sc, Problems&) {
   if (auto v = model->get<std::int64_t>("attention_params", count_at_least(1), false)) m.attention_params = *v;
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
+  if (auto v = model->get<std::int64_t>("vocab", count_at_least(1), false)) m.vocab = *v;
   model->finish();
 }
 
@@ -430,6 +431,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto w = top.child("workload", true)) {
     if (auto v = w->get<std::string>("kind", one_of({"forward", "prefill", "training", "decode"}), false)) sc.workload_kind = *v;
     f.training = sc.workload_kind == "training";
+    f.prefill = sc.workload_kind == "prefill";
     const bool decode = sc.workload_kind == "decode";
     if (auto v = w->get<std::int64_t>("context_length", count_at_least(1), false)) {
       f.context_length = *v;

@@ -180,10 +180,16 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const int in_flight = !f.training ? 1 : f.gpipe ? f.micro_batches : std::min(f.pp - stage, f.micro_batches);
   const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
+  // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them).
+  const bool head = m.vocab > 0 && bounds[static_cast<std::size_t>(stage) + 1] == m.moe_layers;
+  const double logits =
+      head ? 4.0 * static_cast<double>(m.vocab) *
+                 (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
+           : 0.0;
   if (f.training) {
-    u.activations = in_flight * (layers * per_layer + b * expert_rows * (2 * h + 6 * ffn));
+    u.activations = in_flight * (layers * per_layer + b * expert_rows * (2 * h + 6 * ffn) + logits);
   } else {
-    u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn);
+    u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn) + logits;
   }
   if (f.context_length > 0)
     u.kv_cache = t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
@@ -275,7 +281,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
          "infeasible_reason\n";
@@ -512,7 +518,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
-    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline)) continue;
+    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head)) continue;
     fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
                (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,

@@ -891,6 +891,73 @@ std::string two_stages(const std::string& workload, int layers = 2, const std::s
 
 }  // namespace
 
+TEST_CASE("The LM head ends the forward pass and starts the backward pass, as derived by hand", "[models][training]") {
+  // V = 32,000, T = 1000, H = 1024 on the toy GPU (100 TFLOP/s, 1 TB/s). The projection:
+  // 2*T*H*V = 65,536,000,000 FLOPs -> 655,360,000 ps (its 2*(H*V + T*H + T*V) = 131,584,000
+  // bytes take 131.584 us: compute-bound). With the loss (training): + 4*T*V = 128,000,000 FLOPs
+  // -> 656,640,000 ps. Backward: twice the projection, 1,310,720,000 ps. The optimizer's extra
+  // 2 x H*V = 65,536,000 parameters (embedding and LM head) x 28 B -> 1,835,008,000 ps.
+  const auto with_vocab = [](std::string text) {
+    const std::string heads = "  attention_heads: 8\n";
+    return text.replace(text.find(heads), heads.size(), heads + "  vocab: 32000\n");
+  };
+  SECTION("forward") {
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(with_vocab(tiny("dropless", 1)), "v.yaml"));
+    CHECK(r.stats.step_time() == Time::ps(283'379'776LL + 655'360'000LL));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::lm_head)] == Time::ps(655'360'000));
+    CHECK(r.stats.layers()[0].end == Time::ps(283'379'776));  // not part of the MoE layer
+  }
+  SECTION("training") {
+    const auto plain_sc = scenarios::load_scenario_text(tiny_training(""), "t.yaml");
+    const auto sc = scenarios::load_scenario_text(with_vocab(tiny_training("")), "v.yaml");
+    const auto plain = scenarios::run_experiment(plain_sc), r = scenarios::run_experiment(sc);
+    CHECK(r.stats.step_time() == plain.stats.step_time() + Time::ps(656'640'000LL + 1'310'720'000LL + 1'835'008'000LL));
+    const auto& g = r.stats.gpus()[0];
+    CHECK(g.stage_total[idx(Stage::lm_head)] == Time::ps(656'640'000LL + 1'310'720'000LL));
+    CHECK(g.backward_total == plain.stats.gpus()[0].backward_total + Time::ps(1'310'720'000));
+    // The backward pass starts after the head's: layer 0's backward begins at forward + head both ways.
+    CHECK(r.stats.backward_layers()[0].start == Time::ps(283'379'776LL + 656'640'000LL + 1'310'720'000LL));
+    CHECK(r.model_flops == Approx(plain.model_flops + 2 * (65'664'000'000.0 + 131'072'000'000.0)).epsilon(1e-12));
+    // Memory: the two V x H matrices' weights, gradients and Adam state (2 + 2 + 12 B each),
+    // and the fp32 logits, 4 * T * V: 1.176576 GB more.
+    const auto memory = [](const scenarios::Scenario& s, const scenarios::RunResult& run) {
+      std::ostringstream out;
+      tools::write_summary_csv(out, s, run);
+      std::istringstream in(out.str());
+      std::string header, row;
+      std::getline(in, header);
+      std::getline(in, row);
+      const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
+      const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), "memory_gb_max") - h.begin());
+      REQUIRE(at < h.size());
+      return std::stod(v.at(at));
+    };
+    CHECK(memory(sc, r) - memory(plain_sc, plain) == Approx(1.176576).margin(0.0011));
+  }
+  SECTION("with pipeline stages: the embedding on the first stage, the head on the last") {
+    // Stage 0's optimizer: its layer's 293,658,624 ps plus the embedding's 32,768,000 x 28 B;
+    // stage 1's the same plus the LM head's; only stage 1 runs the head, once per micro-batch.
+    std::string text = with_vocab(tiny("dropless", 2));
+    text.replace(text.find("parallelism: {ep: 2}"), std::string("parallelism: {ep: 2}").size(), "parallelism: {ep: 1, pp: 2}");
+    const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+    text.replace(text.find(from), from.size(), "workload: {kind: training, micro_batches: 2, tokens_per_gpu: 1000, sequence_length: 1000}");
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "pp.yaml"));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] == Time::zero());
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::lm_head)] == Time::ps(2 * (656'640'000LL + 1'310'720'000LL)));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::optimizer)] == Time::ps(293'658'624LL + 917'504'000LL));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::optimizer)] == Time::ps(293'658'624LL + 917'504'000LL));
+  }
+  SECTION("prefill: the logits of each prompt's last token only") {
+    // 1000 tokens in prompts of 250: 4 tokens' logits, 2*4*H*V = 262,144,000 FLOPs (2.62144 us)
+    // while reading the H x V weights takes 2*(H*V + 4*H + 4*V) = 65,800,192 B -> 65.800192 us.
+    std::string text = with_vocab(tiny("dropless", 1));
+    const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+    text.replace(text.find(from), from.size(), "workload: {kind: prefill, tokens_per_gpu: 1000, sequence_length: 250}");
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "p.yaml"));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] == Time::ps(65'800'192));
+  }
+}
+
 TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", "[models][pipeline]") {
   // One layer forward on a GPU: attention 104,386,560 + router 2,060,096 + both experts on its
   // 1000 tokens (2 x 62,914,560) + reduce 6,144,000 = F = 238,419,776 ps (the tiny layer without
