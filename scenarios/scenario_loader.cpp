@@ -442,8 +442,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
     if (auto v = w->get<std::int64_t>("micro_batches", count_at_least(1), false)) {
       f.micro_batches = as_int(*v);
-      if (f.micro_batches > 1 && !f.training)
-        problems.add_at(w->key_path("micro_batches"), "only used with 'kind: training' (gradient accumulation)");
+      if (f.micro_batches > 1 && !f.training && f.pp == 1)
+        problems.add_at(w->key_path("micro_batches"),
+                        "only used with 'kind: training' (gradient accumulation) or parallelism.pp > 1 (micro-batches "
+                        "pipelined through the stages)");
     }
     f.sequence_length = f.tokens_per_gpu;
     if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false)) {

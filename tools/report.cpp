@@ -191,8 +191,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   } else {
     u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn) + logits;
   }
+  // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
-    u.kv_cache = t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
+    u.kv_cache = f.micro_batches * t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
                  b * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
@@ -501,9 +502,13 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
           : fmt::format("{} through {} MoE layers",
                         f.training ? std::string("training step: forward, backward and optimizer of one micro-batch")
                         : f.context_length > 0
-                            ? fmt::format("decode step: one new token for each of {} sequences per GPU", f.tokens_per_gpu)
-                        : sc.workload_kind == "prefill" ? std::string("prefill of one batch of prompts")
-                                                        : std::string("forward pass of one micro-batch"),
+                            ? fmt::format("decode step: one new token for each of {} sequences per GPU{}", f.tokens_per_gpu,
+                                          f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "")
+                        : sc.workload_kind == "prefill"
+                            ? (f.micro_batches > 1 ? fmt::format("prefill of {} batches of prompts", f.micro_batches)
+                                                   : std::string("prefill of one batch of prompts"))
+                            : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
+                                                   : std::string("forward pass of one micro-batch")),
                         f.model.moe_layers);
   fmt::print(out, "  step time   {:.3f} ms  ({})\n", step.to_us() / 1e3, what);
   if (step > sim::Time::zero()) {

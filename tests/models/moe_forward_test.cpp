@@ -976,6 +976,20 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
     CHECK(r.stats.gpus()[0].routed == 2000);
     CHECK(r.stats.gpus()[1].routed == 2000);
   }
+  SECTION("forward, 2 micro-batches pipelined: stage 0 runs the second while stage 1 runs the first") {
+    // GPU 0: F0 until F, F1 until 2F. GPU 1: F0 from F + d, F1 from 2F + d (its input arrives
+    // then, as GPU 1 finishes F0) until 3F + d.
+    const auto sc = scenarios::load_scenario_text(two_stages(", micro_batches: 2"), "pp.yaml");
+    const auto r = scenarios::run_experiment(sc);
+    CHECK(r.stats.step_time() == Time::ps(3 * F + d));
+    CHECK(r.stats.gpus()[0].finish == Time::ps(2 * F));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
+    CHECK(r.stats.pipeline_bytes() == 2 * 2'048'000);
+    CHECK(r.stats.layers()[3].start == Time::ps(2 * F + d));  // micro-batch 1's layer 1
+    std::ostringstream out;
+    tools::write_summary_csv(out, sc, r);
+    CHECK(out.str().find(",2,2000,") != std::string::npos);  // micro_batches, tokens_per_step: 2 x 1000 per stage
+  }
   SECTION("training, 2 micro-batches, 1F1B and GPipe") {
     // Optimizer per GPU: its stage's layer, attention 4,194,304 + router 2,048 + two experts
     // 6,291,456 parameters, x 28 B = 293,658,624 ps.
@@ -1047,7 +1061,9 @@ TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models]
 
 TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-batches' activations", "[models][pipeline]") {
   const auto memory = [](const std::string& workload, int gpu) {
-    const auto sc = scenarios::load_scenario_text(two_stages(workload), "pp.yaml");
+    std::string text = two_stages(workload);
+    if (workload.find("decode") != std::string::npos) text.erase(text.find(", sequence_length: 1000"), 23);
+    const auto sc = scenarios::load_scenario_text(text, "pp.yaml");
     const auto r = scenarios::run_experiment(sc);
     std::ostringstream out;
     tools::write_gpus_csv(out, sc, r);
@@ -1065,6 +1081,10 @@ TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-ba
   CHECK(memory(f1b, 0) > memory(f1b, 1));
   CHECK(memory(f1b + ", pipeline_schedule: gpipe", 0) > memory(f1b, 0));
   CHECK(memory(f1b + ", pipeline_schedule: gpipe", 1) == Approx(memory(f1b + ", pipeline_schedule: gpipe", 0)));
+  // Decode: every micro-batch's sequences keep their KV cache, T * C * 2 kv * b per layer =
+  // 1000 * 512 * 2048 * 2 B = 2.097152 GB more for the second micro-batch.
+  const std::string decode = ", kind: decode, context_length: 512";
+  CHECK(memory(decode + ", micro_batches: 2", 1) - memory(decode, 1) == Approx(2.097152).margin(0.0011));
 }
 
 TEST_CASE("The routed counts without simulating match a run with pipeline stages and micro-batches", "[models][pipeline]") {

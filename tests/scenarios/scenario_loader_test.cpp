@@ -508,7 +508,8 @@ TEST_CASE("Micro-batches are a training key", "[scenarios]") {
                                      "s.yaml");
   CHECK(sc.forward.micro_batches == 8);
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  micro_batches: 2\n")),
-             Catch::Contains("workload.micro_batches: only used with 'kind: training' (gradient accumulation)"));
+             Catch::Contains("workload.micro_batches: only used with 'kind: training' (gradient accumulation) or "
+                             "parallelism.pp > 1"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  micro_batches: 0\n")),
              Catch::Contains("workload.micro_batches"));
   // One micro-batch is the step without accumulation, allowed with any kind.
@@ -525,6 +526,10 @@ TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers a
   CHECK(sc.forward.pp == 2);
   CHECK(sc.forward.gpipe);
   CHECK_FALSE(load_scenario_text(pp("2"), "s.yaml").forward.gpipe);  // 1F1B by default
+  // Inference with stages: micro-batches pipelined through them.
+  std::string serving = pp("2", "  micro_batches: 4\n");
+  serving.replace(serving.find("  kind: training\n"), 17, "  kind: forward\n");
+  CHECK(load_scenario_text(serving, "s.yaml").forward.micro_batches == 4);
   CHECK_THAT(error_of(pp("4")), Catch::Contains("parallelism.pp: the cluster's 16 GPUs do not divide into 4 pipeline stages "
                                                 "of whole EP groups of 8"));
   CHECK(error_of(with("  moe_layers: 4\n", "  moe_layers: 3\n")) == "no error");  // without stages, any layer count
