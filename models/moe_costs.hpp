@@ -55,8 +55,8 @@ KernelCost adam_cost(std::int64_t params);
 KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);
 
 // Parameters one GPU holds: `replicated` on every GPU (per MoE layer attention, router and
-// shared experts; the dense layers; the embedding and the LM head), `experts` in its expert slots (replicas included; every
-// GPU has the same number of slots).
+// shared experts; the dense layers; the embedding and the LM head), `experts` in its expert
+// slots (replicas included; every GPU has the same number of slots).
 struct GpuParams {
   std::int64_t replicated = 0, experts = 0;
   std::int64_t total() const { return replicated + experts; }

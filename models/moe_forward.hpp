@@ -60,7 +60,7 @@ struct ForwardSpec {
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
   bool prefill = false;               // serving prompts: the LM head for each one's last token only
-  int micro_batches = 1;              // training: micro-batches per step (gradient accumulation)
+  int micro_batches = 1;              // per step: training's gradient accumulation, or pipelined through the stages
   // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups, each stage a
   // run of consecutive MoE layers: pipeline_layers[s] of them, or where that is empty as even a
   // share as possible, see pipeline_bounds()); gpipe: the GPipe schedule, else 1F1B.

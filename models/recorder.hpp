@@ -24,8 +24,8 @@ namespace moesim::models {
 // `dense` the model's dense layers (attention and FFN), before the MoE layers forward and after
 // them backward. `pipeline` (pipeline parallelism) is the wait for a micro-batch's activations
 // from the previous stage, or its gradients from the next: transfer and pipeline bubble.
-// `lm_head` the output projection (with the loss in training) after the last MoE layer forward
-// and before it backward (model.vocab).
+// `lm_head` the output projection (with the loss in training) after the last MoE layer's forward
+// and before its backward (model.vocab).
 enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head };
 inline constexpr std::size_t kStageCount = 12;
 inline constexpr std::array<Stage, kStageCount> kStages{
