@@ -46,6 +46,24 @@ compute: {flops_efficiency: 1, memory_efficiency: 1}
 
 std::size_t idx(Stage s) { return static_cast<std::size_t>(s); }
 
+// The field `name` of data row `row` (from 0) of a report's CSV text.
+std::string csv_value(const std::string& csv, const std::string& name, int row = 0) {
+  std::istringstream in(csv);
+  std::string header, line;
+  std::getline(in, header);
+  for (int r = 0; r <= row; ++r) std::getline(in, line);
+  const auto h = tools::csv_fields(header), v = tools::csv_fields(line);
+  const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
+  REQUIRE(at < h.size());
+  return v.at(at);
+}
+
+std::string summary_csv(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  std::ostringstream out;
+  tools::write_summary_csv(out, sc, r);
+  return out.str();
+}
+
 }  // namespace
 
 TEST_CASE("A tiny scenario's step time matches the hand derivation exactly", "[models][forward]") {
@@ -770,16 +788,7 @@ TEST_CASE("Gradient accumulation runs the micro-batches one after the other and 
     const auto sc2 = scenarios::load_scenario_text(tiny_training(", micro_batches: 2"), "two.yaml");
     const auto r1 = scenarios::run_experiment(sc1), r2 = scenarios::run_experiment(sc2);
     const auto column = [](const scenarios::Scenario& sc, const scenarios::RunResult& run, const std::string& name) {
-      std::ostringstream out;
-      tools::write_summary_csv(out, sc, run);
-      std::istringstream in(out.str());
-      std::string header, row;
-      std::getline(in, header);
-      std::getline(in, row);
-      const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
-      const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
-      REQUIRE(at < h.size());
-      return v.at(at);
+      return csv_value(summary_csv(sc, run), name);
     };
     CHECK(column(sc2, r2, "micro_batches") == "2");
     CHECK(column(sc1, r1, "tokens_per_step") == "2000");
@@ -921,16 +930,7 @@ TEST_CASE("The LM head ends the forward pass and starts the backward pass, as de
     // Memory: the two V x H matrices' weights, gradients and Adam state (2 + 2 + 12 B each),
     // and the fp32 logits, 4 * T * V: 1.176576 GB more.
     const auto memory = [](const scenarios::Scenario& s, const scenarios::RunResult& run) {
-      std::ostringstream out;
-      tools::write_summary_csv(out, s, run);
-      std::istringstream in(out.str());
-      std::string header, row;
-      std::getline(in, header);
-      std::getline(in, row);
-      const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
-      const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), "memory_gb_max") - h.begin());
-      REQUIRE(at < h.size());
-      return std::stod(v.at(at));
+      return std::stod(csv_value(summary_csv(s, run), "memory_gb_max"));
     };
     CHECK(memory(sc, r) - memory(plain_sc, plain) == Approx(1.176576).margin(0.0011));
   }
@@ -986,9 +986,9 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
     CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
     CHECK(r.stats.pipeline_bytes() == 2 * 2'048'000);
     CHECK(r.stats.layers()[3].start == Time::ps(2 * F + d));  // micro-batch 1's layer 1
-    std::ostringstream out;
-    tools::write_summary_csv(out, sc, r);
-    CHECK(out.str().find(",2,2000,") != std::string::npos);  // micro_batches, tokens_per_step: 2 x 1000 per stage
+    const std::string summary = summary_csv(sc, r);
+    CHECK(csv_value(summary, "micro_batches") == "2");
+    CHECK(csv_value(summary, "tokens_per_step") == "2000");  // 2 x 1000 on each stage's one GPU
   }
   SECTION("training, 2 micro-batches, 1F1B and GPipe") {
     // Optimizer per GPU: its stage's layer, attention 4,194,304 + router 2,048 + two experts
@@ -1067,14 +1067,7 @@ TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-ba
     const auto r = scenarios::run_experiment(sc);
     std::ostringstream out;
     tools::write_gpus_csv(out, sc, r);
-    std::istringstream in(out.str());
-    std::string header, row;
-    std::getline(in, header);
-    for (int g = 0; g <= gpu; ++g) std::getline(in, row);
-    const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
-    const auto at = static_cast<std::size_t>(std::find(h.begin(), h.end(), "memory_gb") - h.begin());
-    REQUIRE(at < h.size());
-    return std::stod(v.at(at));
+    return std::stod(csv_value(out.str(), "memory_gb", gpu));
   };
   const std::string f1b = ", kind: training, micro_batches: 4";
   // 1F1B: stage 0 holds 2 micro-batches' activations, stage 1 one; GPipe all 4 on both.
