@@ -38,21 +38,91 @@ bool is_network_wait(Stage s) {
 }
 
 std::vector<int> pipeline_bounds(const ForwardSpec& spec) {
-  const int pp = spec.pp, layers = spec.model.moe_layers;
-  MOESIM_ASSERT(pp >= 1 && (spec.pipeline_layers.empty() || spec.pipeline_layers.size() == static_cast<std::size_t>(pp)),
-                "pipeline_layers must give every stage's layer count");
+  const int chunks = spec.pp * spec.virtual_stages, layers = spec.model.moe_layers;
+  MOESIM_ASSERT(spec.pp >= 1 && spec.virtual_stages >= 1 &&
+                    (spec.pipeline_layers.empty() || spec.pipeline_layers.size() == static_cast<std::size_t>(chunks)),
+                "pipeline_layers must give every model chunk's layer count");
   std::vector<int> bounds{0};
-  for (int s = 0; s < pp; ++s)
-    bounds.push_back(bounds.back() + (spec.pipeline_layers.empty() ? layers / pp + (s >= pp - layers % pp ? 1 : 0)
-                                                                    : spec.pipeline_layers[static_cast<std::size_t>(s)]));
-  for (int s = 0; s < pp; ++s) MOESIM_ASSERT(bounds[s + 1] > bounds[s], "every pipeline stage needs an MoE layer");
-  MOESIM_ASSERT(bounds.back() == layers, "the pipeline stages' layers must add up to the model's");
+  for (int c = 0; c < chunks; ++c)
+    bounds.push_back(bounds.back() + (spec.pipeline_layers.empty() ? layers / chunks + (c >= chunks - layers % chunks ? 1 : 0)
+                                                                    : spec.pipeline_layers[static_cast<std::size_t>(c)]));
+  for (int c = 0; c < chunks; ++c) MOESIM_ASSERT(bounds[c + 1] > bounds[c], "every model chunk needs an MoE layer");
+  MOESIM_ASSERT(bounds.back() == layers, "the model chunks' layers must add up to the model's");
   return bounds;
 }
 
-int pipeline_stage(const ForwardSpec& spec, int layer) {
+int pipeline_chunk(const ForwardSpec& spec, int layer) {
   const std::vector<int> bounds = pipeline_bounds(spec);
   return static_cast<int>(std::upper_bound(bounds.begin(), bounds.end(), layer) - bounds.begin()) - 1;
+}
+
+int pipeline_stage(const ForwardSpec& spec, int layer) { return pipeline_chunk(spec, layer) % spec.pp; }
+
+std::vector<int> stage_layers(const ForwardSpec& spec, int stage) {
+  const std::vector<int> bounds = pipeline_bounds(spec);
+  std::vector<int> out;
+  for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(spec.pp))
+    for (int l = bounds[c]; l < bounds[c + 1]; ++l) out.push_back(l);
+  return out;
+}
+
+GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int stage) {
+  // Chunk 0 brings the dense layers and the embedding, the last chunk the LM head.
+  const std::vector<int> bounds = pipeline_bounds(spec);
+  GpuParams p;
+  for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(spec.pp)) {
+    const GpuParams chunk = gpu_params(spec.model, placements, bounds[c], bounds[c + 1]);
+    p.replicated += chunk.replicated;
+    p.experts += chunk.experts;
+  }
+  return p;
+}
+
+std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
+  const int pp = spec.pp, v = spec.virtual_stages, batches = spec.micro_batches;
+  std::vector<PipelineItem> order;
+  if (v == 1) {
+    const auto forward = [&](int mb) { order.push_back(PipelineItem{mb, stage, false}); };
+    const auto back = [&](int mb) { order.push_back(PipelineItem{mb, stage, true}); };
+    if (!spec.training) {
+      for (int mb = 0; mb < batches; ++mb) forward(mb);
+    } else if (spec.gpipe) {
+      for (int mb = 0; mb < batches; ++mb) forward(mb);
+      for (int mb = 0; mb < batches; ++mb) back(mb);
+    } else {  // 1F1B
+      const int warm = std::min(pp - 1 - stage, batches);
+      for (int mb = 0; mb < warm; ++mb) forward(mb);
+      for (int mb = 0; mb + warm < batches; ++mb) {
+        forward(mb + warm);
+        back(mb);
+      }
+      for (int mb = batches - warm; mb < batches; ++mb) back(mb);
+    }
+    return order;
+  }
+  // Interleaved: the k-th forward (backward) of the stage's batches * v is micro-batch
+  // k / (pp v) * pp + k mod pp through its chunk (k mod pp v) / pp (backward: counted from its
+  // last chunk).
+  MOESIM_ASSERT(pp > 1 && batches % pp == 0 && !spec.gpipe,
+                "the interleaved schedule needs pipeline stages, 1F1B and micro-batches in whole groups of pp");
+  const int total = batches * v, group = pp * v;
+  const auto item = [&](int k, bool back) {
+    const int in_group = k % group;
+    const int local = back ? v - 1 - in_group / pp : in_group / pp;
+    order.push_back(PipelineItem{k / group * pp + in_group % pp, local * pp + stage, back});
+  };
+  if (!spec.training) {
+    for (int k = 0; k < total; ++k) item(k, false);
+    return order;
+  }
+  const int warm = batches == pp ? total : std::min(total, (pp - 1 - stage) * 2 + (v - 1) * pp);
+  for (int k = 0; k < warm; ++k) item(k, false);
+  for (int k = 0; k + warm < total; ++k) {
+    item(k + warm, false);
+    item(k, true);
+  }
+  for (int k = total - warm; k < total; ++k) item(k, true);
+  return order;
 }
 
 int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group) {
@@ -74,6 +144,18 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
     out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node,
                                           spec.seed, l));
   return out;
+}
+
+double pipeline_held_layers(const ForwardSpec& spec, int stage) {
+  const std::vector<int> bounds = pipeline_bounds(spec);
+  int held = 0, most = 0;
+  for (const PipelineItem& it : pipeline_order(spec, stage)) {
+    const int layers = bounds[static_cast<std::size_t>(it.chunk) + 1] - bounds[static_cast<std::size_t>(it.chunk)] +
+                       (it.chunk == 0 ? spec.model.dense_layers : 0);
+    held += it.backward ? -layers : layers;
+    most = std::max(most, held);
+  }
+  return most;
 }
 
 MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
@@ -107,46 +189,40 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                             static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
-  // Pipeline stages and their schedules. F(m): the stage's layers of micro-batch m forward, in
-  // order; B(m): backward, last layer first.
+  // Pipeline stages and their schedules (pipeline_order()): a chunk's forward runs its layers in
+  // order, its backward last layer first.
   const int pp = spec.pp, batches = spec.micro_batches, layers = spec.model.moe_layers;
   MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
                 "pipeline stages must divide the GPUs into whole EP groups");
   MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
   bounds_ = pipeline_bounds(spec);
+  for (int c = 0; c < chunks(); ++c)
+    for (int l = chunk_first(c); l < chunk_first(c + 1); ++l) chunk_.push_back(c);
   for (int st = 0; st < pp; ++st) {
     std::vector<int> order;
-    const auto forward = [&](int mb) {
-      for (int l = stage_first(st); l < stage_first(st + 1); ++l) order.push_back(mb * batch_passes() + l);
-    };
-    const auto back = [&](int mb) {
-      for (int l = stage_first(st + 1) - 1; l >= stage_first(st); --l) order.push_back(mb * batch_passes() + 2 * layers - 1 - l);
-    };
-    if (!spec.training) {
-      for (int mb = 0; mb < batches; ++mb) forward(mb);
-    } else if (spec.gpipe) {
-      for (int mb = 0; mb < batches; ++mb) forward(mb);
-      for (int mb = 0; mb < batches; ++mb) back(mb);
-    } else {  // 1F1B
-      const int warm = std::min(pp - 1 - st, batches);
-      for (int mb = 0; mb < warm; ++mb) forward(mb);
-      for (int mb = 0; mb + warm < batches; ++mb) {
-        forward(mb + warm);
-        back(mb);
+    for (const PipelineItem& it : pipeline_order(spec, st)) {
+      const int base = it.micro_batch * batch_passes();
+      if (!it.backward) {
+        for (int l = chunk_first(it.chunk); l < chunk_first(it.chunk + 1); ++l) order.push_back(base + l);
+      } else {
+        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) order.push_back(base + 2 * layers - 1 - l);
       }
-      for (int mb = batches - warm; mb < batches; ++mb) back(mb);
     }
     total_passes_ += static_cast<std::int64_t>(order.size()) * (gpus / pp);
     schedule_.push_back(std::move(order));
   }
-  activations_pending_.assign(static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches), 0);
-  gradients_pending_.assign(activations_pending_.size(), 0);
+  const auto inputs = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches) * static_cast<std::size_t>(chunks());
+  activations_pending_.assign(inputs, 0);
+  gradients_pending_.assign(inputs, 0);
   for (int g = 0; g < gpus; ++g) {
-    for (int mb = 0; mb < batches; ++mb) {
-      const auto at = static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb);
-      activations_pending_[at] = stage_of(g) > 0;
-      gradients_pending_[at] = spec.training && stage_of(g) + 1 < pp;
-    }
+    for (int mb = 0; mb < batches; ++mb)
+      for (int c = stage_of(g); c < chunks(); c += pp) {
+        const auto at = (static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb)) *
+                            static_cast<std::size_t>(chunks()) +
+                        static_cast<std::size_t>(c);
+        activations_pending_[at] = c > 0;
+        gradients_pending_[at] = spec.training && c + 1 < chunks();
+      }
     gpus_[static_cast<std::size_t>(g)].pass = schedule_[static_cast<std::size_t>(stage_of(g))].front();
   }
 }
@@ -295,10 +371,18 @@ void MoeForward::start() {
       return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * m.dtype_bytes),
                              std::move(done), spec_.gradient_sync_chunks);
     };
-    // Buckets of consecutive MoE layers of the stage from its last: bucket b ends (in backward
-    // order) at bucket_end_[stage * buckets + b]. Every stage has as many buckets (at most its fewest layers).
+    // Buckets of the stage's MoE layers in backward order (its last chunk's from its last layer
+    // first): bucket b takes positions [b n / buckets, (b + 1) n / buckets) of its n layers and ends
+    // (in backward order) at layer bucket_end_[stage * buckets + b]. Every stage has as many
+    // buckets (at most its fewest layers).
+    std::vector<std::vector<int>> backward_layers;
     int fewest = spec_.model.moe_layers;
-    for (int st = 0; st < spec_.pp; ++st) fewest = std::min(fewest, stage_first(st + 1) - stage_first(st));
+    for (int st = 0; st < spec_.pp; ++st) {
+      std::vector<int> own = stage_layers(spec_, st);
+      std::reverse(own.begin(), own.end());
+      fewest = std::min(fewest, static_cast<int>(own.size()));
+      backward_layers.push_back(std::move(own));
+    }
     buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, fewest);
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
@@ -311,25 +395,25 @@ void MoeForward::start() {
         for (int g = 0; g < groups; ++g) members.push_back(st * stage_gpus() + g * spec_.ep + r);
         return members;
       };
-      const int lo = stage_first(st), per = stage_first(st + 1) - lo;
-      int next = lo + per;
+      const auto& order = backward_layers[static_cast<std::size_t>(st)];
+      const int n = static_cast<int>(order.size());
       for (int b = 0; b < buckets_; ++b) {
-        const int end = lo + per - (b + 1) * per / buckets_;  // layers [end, next) in this bucket
+        const int from = b * n / buckets_, to = (b + 1) * n / buckets_;  // positions [from, to) in this bucket
         std::int64_t experts = 0;
-        for (int l = end; l < next; ++l) experts += placements_[static_cast<std::size_t>(l)].slots_per_gpu * expert;
+        for (int i = from; i < to; ++i)
+          experts += placements_[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])].slots_per_gpu * expert;
         // The dense layers and the embedding with stage 0's last bucket, the LM head with the
         // last stage's first (its gradients are the first the backward pass has).
         const bool dense = st == 0 && b + 1 == buckets_, head = st + 1 == spec_.pp && b == 0;
-        const std::int64_t replicated = moe_replicated * (next - end) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
+        const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
-        bucket_end_.push_back(end);
+        bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
         dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
         if (groups > 1)
           for (int r = 0; r < spec_.ep; ++r) expert_sync_.push_back(build(sync_kind, ring(r), experts, synced_one));
-        next = end;
       }
       if (spec_.optimizer_sharding) {
-        const GpuParams params = stage_params(st);
+        const GpuParams params = stage_params(spec_, placements_, st);
         dense_gather_.push_back(build(CollectiveKind::all_gather, all, params.replicated, gathered_one));
         if (groups > 1)
           for (int r = 0; r < spec_.ep; ++r)
@@ -452,22 +536,26 @@ void MoeForward::begin_pass(int gpu) {
 }
 
 int MoeForward::across_stages(int gpu, int pass, bool input) const {
-  // Forward input and backward output cross to the previous stage at the stage's first layer;
-  // forward output and backward input to the next stage at its last layer.
-  const int st = stage_of(gpu), l = layer_of(pass);
-  if (input != backward(pass)) return st > 0 && l == stage_first(st) ? gpu - stage_gpus() : -1;
-  return st + 1 < spec_.pp && l == stage_first(st + 1) - 1 ? gpu + stage_gpus() : -1;
+  // Forward input and backward output cross to the previous chunk at the chunk's first layer;
+  // forward output and backward input to the next chunk at its last layer. The GPU at the same
+  // position of that chunk's stage.
+  const int c = chunk_of(layer_of(pass)), l = layer_of(pass);
+  const int at = gpu % stage_gpus();
+  if (input != backward(pass)) return c > 0 && l == chunk_first(c) ? (c - 1) % spec_.pp * stage_gpus() + at : -1;
+  return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? (c + 1) % spec_.pp * stage_gpus() + at : -1;
 }
 
-int& MoeForward::pipeline_pending(int gpu, int pass) {
-  const auto at = static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
-                  static_cast<std::size_t>(micro_batch(pass));
+int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
+  const auto at = (static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
+                   static_cast<std::size_t>(micro_batch(pass))) *
+                      static_cast<std::size_t>(chunks()) +
+                  static_cast<std::size_t>(chunk);
   return (backward(pass) ? gradients_pending_ : activations_pending_)[at];
 }
 
 int* MoeForward::pipeline_input(int gpu) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  return across_stages(gpu, p, true) < 0 ? nullptr : &pipeline_pending(gpu, p);
+  return across_stages(gpu, p, true) < 0 ? nullptr : &pipeline_pending(gpu, p, chunk_of(layer_of(p)));
 }
 
 void MoeForward::pipeline_arrived(int gpu) {
@@ -481,14 +569,14 @@ void MoeForward::pipeline_arrived(int gpu) {
 }
 
 void MoeForward::send_to_stage(int gpu, int pass) {
-  // After its last layer a stage sends the micro-batch's activations (one row per token) to the
-  // GPU at the same position of the next stage; after its first layer's backward, their
-  // gradients to the previous stage.
+  // After a chunk's last layer its stage sends the micro-batch's activations (one row per token)
+  // to the GPU at the same position of the next chunk's stage; after its first layer's
+  // backward, their gradients to the previous chunk's.
   const int dst = across_stages(gpu, pass, false);
   if (dst < 0) return;
   const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
                   sim::Bytes(spec_.tokens_per_gpu * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes))};
-  int* left = &pipeline_pending(dst, pass);
+  int* left = &pipeline_pending(dst, pass, chunk_of(layer_of(pass)) + (backward(pass) ? -1 : 1));
   const FlowRecord start{layer_of(pass), Stage::pipeline, flow, sim_.now(), Time(), backward(pass), micro_batch(pass)};
   network_.start_flow(flow, [this, record = start, left, dst]() mutable {
     record.end = sim_.now();
@@ -834,15 +922,11 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
                                   : attention_cost(spec_.model, tokens, spec_.sequence_length);
 }
 
-GpuParams MoeForward::stage_params(int stage) const {
-  return gpu_params(spec_.model, placements_, stage_first(stage), stage_first(stage + 1));
-}
-
 KernelCost MoeForward::optimizer_cost(int stage) const {
   // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
   // optimizer its share: the replicated weights over the stage's GPUs, the experts over its EP
   // groups.
-  const GpuParams p = stage_params(stage);
+  const GpuParams p = stage_params(spec_, placements_, stage);
   if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
   return adam_cost(optimizer_share(p, stage_gpus(), stage_groups()));
 }

@@ -19,12 +19,13 @@
 // included), and synchronises the gradients (buckets: during the last micro-batch's backward)
 // and updates the weights once, after the last. With pipeline parallelism (pp > 1) the GPUs are
 // pp consecutive blocks, stage s holding a contiguous share of the layers (stage 0 also the dense
-// layers); a stage runs its layers of each micro-batch when the previous stage's activations for
-// it have arrived (one flow per GPU, to the GPU at the same position in the next stage), and its
-// backward when the next stage's gradients have, in the order of the schedule (1F1B: stage s
-// runs pp - 1 - s forwards first, then alternates one forward and one backward; GPipe: all
-// forwards, then all backwards); gradients are synchronised within each stage. Two-batch overlap runs the
-// program in overlap_step() instead. Without it no stage overlaps another on a GPU.
+// layers), or with virtual stages several model chunks, each a contiguous share; a stage runs a
+// chunk's layers of each micro-batch when the previous chunk's activations for it have arrived
+// (one flow per GPU, to the GPU at the same position in the next chunk's stage), and its
+// backward when the next chunk's gradients have, in the order of the schedule
+// (pipeline_order(): 1F1B, interleaved 1F1B or GPipe); gradients are synchronised within each
+// stage. Two-batch overlap runs the program in overlap_step() instead. Without it no stage
+// overlaps another on a GPU.
 #pragma once
 
 #include <cstdint>
@@ -61,10 +62,13 @@ struct ForwardSpec {
   bool training = false;              // forward, backward and optimizer; else the forward pass only
   bool prefill = false;               // serving prompts: the LM head for each one's last token only
   int micro_batches = 1;              // per step: training's gradient accumulation, or pipelined through the stages
-  // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups, each stage a
-  // run of consecutive MoE layers: pipeline_layers[s] of them, or where that is empty as even a
-  // share as possible, see pipeline_bounds()); gpipe: the GPipe schedule, else 1F1B.
+  // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups), each holding
+  // virtual_stages model chunks: the MoE layers form pp * virtual_stages runs of consecutive
+  // layers (pipeline_layers[c] in chunk c, or where that is empty as even a share as possible,
+  // see pipeline_bounds()), chunk c on stage c mod pp. gpipe: the GPipe schedule, else 1F1B
+  // (interleaved where virtual_stages > 1, see pipeline_order()).
   int pp = 1;
+  int virtual_stages = 1;
   std::vector<int> pipeline_layers;
   bool gpipe = false;
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
@@ -100,12 +104,42 @@ struct ForwardSpec {
   std::shared_ptr<const KernelProfile> profile;
 };
 
-// Pipeline stage s holds MoE layers [bounds[s], bounds[s + 1]) (pp + 1 entries): pipeline_layers[s]
-// of them, or, where that is empty, moe_layers / pp each and one more on each of the last
-// moe_layers % pp stages (stage 0 also holds the dense layers).
+// Model chunk c (of pp * virtual_stages; with one chunk per stage, chunk s is stage s) holds MoE
+// layers [bounds[c], bounds[c + 1]) (one entry more than chunks): pipeline_layers[c] of them, or,
+// where that is empty, moe_layers / chunks each and one more on each of the last
+// moe_layers % chunks chunks (chunk 0 also holds the dense layers and the embedding, the last the
+// LM head).
 std::vector<int> pipeline_bounds(const ForwardSpec& spec);
-// The pipeline stage that holds MoE layer `layer`.
+// The model chunk, and the pipeline stage (chunk mod pp), that hold MoE layer `layer`.
+int pipeline_chunk(const ForwardSpec& spec, int layer);
 int pipeline_stage(const ForwardSpec& spec, int layer);
+// The MoE layers of pipeline stage `stage`, in forward order (its chunks' runs, lowest first).
+std::vector<int> stage_layers(const ForwardSpec& spec, int stage);
+// The parameters each GPU of pipeline stage `stage` holds: its chunks' (gpu_params).
+GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int stage);
+
+// One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
+// model chunks, forward (its layers in order) or backward (last layer first).
+struct PipelineItem {
+  int micro_batch = 0;
+  int chunk = 0;
+  bool backward = false;
+  bool operator==(const PipelineItem&) const = default;
+};
+// The order in which the GPUs of pipeline stage `stage` run their work. Forward-only workloads:
+// every micro-batch forward, in order. Training, GPipe: every micro-batch forward, then every one
+// backward. 1F1B: stage s runs min(pp - 1 - s, micro_batches) forwards, then alternates one
+// forward and one backward, then runs the backwards left. Interleaved (virtual_stages v > 1; as
+// Megatron-LM's schedule): the stage's v chunks take the micro-batches in groups of pp (forward:
+// micro-batches 0..pp-1 through its first chunk, then through its second, ..., then the next
+// group; backward the same from its last chunk), (pp - 1 - s) * 2 + (v - 1) * pp of these
+// forwards first (every one where micro_batches == pp), then one forward and one backward in
+// turn, then the backwards left. Needs micro_batches a multiple of pp.
+std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
+// The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
+// stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
+// its backward frees them, in pipeline_order().
+double pipeline_held_layers(const ForwardSpec& spec, int stage);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
 // MoE layer `layer`, on a cluster of `gpus` GPUs: the group that routes and computes the layer.
@@ -162,26 +196,28 @@ class MoeForward {
   // index within its pipeline stage.
   int plan_row(int micro_batch, int layer, int half) const;
   std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
-  // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()) and MoE layers
-  // [stage_first(s), stage_first(s + 1)).
+  // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()); model chunk c: MoE layers
+  // [chunk_first(c), chunk_first(c + 1)), on stage c mod pp.
   int stage_gpus() const { return cluster_.gpu_count() / spec_.pp; }
-  int stage_first(int stage) const { return bounds_[static_cast<std::size_t>(stage)]; }
+  int chunks() const { return spec_.pp * spec_.virtual_stages; }
+  int chunk_first(int chunk) const { return bounds_[static_cast<std::size_t>(chunk)]; }
+  int chunk_of(int layer) const { return chunk_[static_cast<std::size_t>(layer)]; }
   std::vector<int> bounds_;  // pipeline_bounds(spec_)
+  std::vector<int> chunk_;   // per MoE layer, its chunk
   int stage_groups() const { return stage_gpus() / spec_.ep; }
   int stage_of(int gpu) const { return gpu / stage_gpus(); }
-  // The parameters a GPU of stage `stage` holds (stage 0 also the dense layers').
-  GpuParams stage_params(int stage) const;
   // Per stage, the passes its GPUs run, in order.
   std::vector<std::vector<int>> schedule_;
   std::int64_t total_passes_ = 0;  // over all GPUs
-  // Pipeline inputs still missing, [gpu * micro_batches + micro_batch]: the activations from the
-  // previous stage (forward) and the gradients from the next (backward).
+  // Pipeline inputs still missing, [(gpu * micro_batches + micro_batch) * chunks + chunk]: the
+  // activations from the previous chunk (forward) and the gradients from the next (backward).
   std::vector<int> activations_pending_, gradients_pending_;
-  // The GPU of the neighbouring stage that pass `pass` on `gpu` takes its input from (input) or
-  // sends its output to, or -1 where the pass does not cross a stage boundary.
+  // The GPU of the neighbouring chunk's stage that pass `pass` on `gpu` takes its input from
+  // (input) or sends its output to, or -1 where the pass does not cross a chunk boundary.
   int across_stages(int gpu, int pass, bool input) const;
-  // gpu's count of pipeline inputs still missing for pass's micro-batch and direction.
-  int& pipeline_pending(int gpu, int pass);
+  // gpu's count of pipeline inputs still missing for pass's micro-batch and direction, into
+  // model chunk `chunk`.
+  int& pipeline_pending(int gpu, int pass, int chunk);
   // The counter gpu's current pass waits on before it starts, or null.
   int* pipeline_input(int gpu);
   void pipeline_arrived(int gpu);

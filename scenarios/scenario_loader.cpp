@@ -408,6 +408,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto par = top.child("parallelism", true)) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
+    if (auto v = par->get<std::int64_t>("virtual_stages", count_at_least(1), false)) f.virtual_stages = as_int(*v);
     if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
       // MoE layers per pipeline stage, from stage 0 (checked against pp and the model later).
       const std::string path = par->key_path("pipeline_layers");
@@ -477,9 +478,18 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
       f.gradient_sync_buckets = as_int(*v);
       if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
-      // Every stage has as many buckets: at most its fewest layers.
-      const int fewest = f.pipeline_layers.empty() ? f.model.moe_layers / std::max(f.pp, 1)
-                                                   : *std::min_element(f.pipeline_layers.begin(), f.pipeline_layers.end());
+      // Every stage has as many buckets: at most its fewest layers (over its model chunks; a
+      // pipeline_layers list of the wrong length is reported on its own).
+      const int pp = std::max(f.pp, 1), chunks = pp * f.virtual_stages;
+      int fewest = f.model.moe_layers;
+      if (f.pipeline_layers.empty() || f.pipeline_layers.size() == static_cast<std::size_t>(chunks)) {
+        std::vector<int> stage(static_cast<std::size_t>(pp), 0);
+        for (int c = 0; c < chunks; ++c)
+          stage[static_cast<std::size_t>(c % pp)] +=
+              f.pipeline_layers.empty() ? f.model.moe_layers / chunks + (c >= chunks - f.model.moe_layers % chunks ? 1 : 0)
+                                        : f.pipeline_layers[static_cast<std::size_t>(c)];
+        fewest = *std::min_element(stage.begin(), stage.end());
+      }
       if (f.gradient_sync_buckets > fewest)
         problems.add_at(w->key_path("gradient_sync_buckets"),
                         f.pp > 1 ? fmt::format("{} buckets, but a pipeline stage has only {} MoE layers: at most one bucket per layer "
@@ -780,21 +790,36 @@ void cross_check(const Scenario& sc, Problems& problems) {
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
   if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
     problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");
+  if (sc.forward.pp == 1 && sc.forward.virtual_stages > 1)
+    problems.add_at("parallelism.virtual_stages", "only used with parallelism.pp > 1");
   if (const int pp = sc.forward.pp; pp > 1) {
     if (gpus % pp != 0 || (gpus / pp) % ep != 0)
       problems.add_at("parallelism.pp", fmt::format("the cluster's {} GPUs do not divide into {} pipeline stages of whole EP "
                                                     "groups of {}",
                                                     gpus, pp, ep));
+    const int v = sc.forward.virtual_stages, chunks = pp * v;
     const auto& split = sc.forward.pipeline_layers;
-    if (split.empty() && m.moe_layers < pp)
-      problems.add_at("parallelism.pp", fmt::format("{} MoE layers for {} pipeline stages: every stage needs at least one",
-                                                    m.moe_layers, pp));
-    if (!split.empty() && split.size() != static_cast<std::size_t>(pp))
+    if (split.empty() && m.moe_layers < chunks)
+      problems.add_at(v > 1 ? "parallelism.virtual_stages" : "parallelism.pp",
+                      v > 1 ? fmt::format("{} MoE layers for {} model chunks ({} stages x {}): every chunk needs at least one",
+                                          m.moe_layers, chunks, pp, v)
+                            : fmt::format("{} MoE layers for {} pipeline stages: every stage needs at least one", m.moe_layers, pp));
+    if (!split.empty() && split.size() != static_cast<std::size_t>(chunks))
       problems.add_at("parallelism.pipeline_layers",
-                      fmt::format("{} stages' layer counts for {} pipeline stages (parallelism.pp)", split.size(), pp));
+                      v > 1 ? fmt::format("{} layer counts for {} model chunks (parallelism.pp x virtual_stages: {} x {})",
+                                          split.size(), chunks, pp, v)
+                            : fmt::format("{} stages' layer counts for {} pipeline stages (parallelism.pp)", split.size(), pp));
     else if (const int sum = std::accumulate(split.begin(), split.end(), 0); !split.empty() && sum != m.moe_layers)
       problems.add_at("parallelism.pipeline_layers",
-                      fmt::format("the stages' layer counts add up to {}, but the model has {} MoE layers", sum, m.moe_layers));
+                      fmt::format("the {} layer counts add up to {}, but the model has {} MoE layers", v > 1 ? "chunks'" : "stages'",
+                                  sum, m.moe_layers));
+    if (v > 1 && sc.forward.micro_batches % pp != 0)
+      problems.add_at("workload.micro_batches",
+                      fmt::format("{} micro-batches with virtual_stages: the interleaved schedule runs them in groups of "
+                                  "parallelism.pp ({}); use a multiple of it",
+                                  sc.forward.micro_batches, pp));
+    if (v > 1 && sc.forward.gpipe)
+      problems.add_at("workload.pipeline_schedule", "gpipe with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's");
     if (sc.forward.two_batch_overlap)
       problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
   }

@@ -160,10 +160,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus;
-  const std::vector<int> bounds = models::pipeline_bounds(f);
-  const int per = bounds[static_cast<std::size_t>(stage) + 1] - bounds[static_cast<std::size_t>(stage)];
-  const models::GpuParams held = models::gpu_params(m, r.placements, bounds[static_cast<std::size_t>(stage)],
-                                                    bounds[static_cast<std::size_t>(stage) + 1]);
+  const std::vector<int> own = models::stage_layers(f, stage);
+  const int per = static_cast<int>(own.size());
+  const models::GpuParams held = models::stage_params(f, r.placements, stage);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = params * b;
@@ -175,13 +174,14 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   if (f.training) u.optimizer = params * b + updated * 12;
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
-  // holds up to pp - s, GPipe all of them).
+  // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,
+  // over its layers).
   const double layers = per + (stage == 0 ? m.dense_layers : 0);
-  const int in_flight = !f.training ? 1 : f.gpipe ? f.micro_batches : std::min(f.pp - stage, f.micro_batches);
+  const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
   const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them).
-  const bool head = m.vocab > 0 && bounds[static_cast<std::size_t>(stage) + 1] == m.moe_layers;
+  const bool head = m.vocab > 0 && own.back() + 1 == m.moe_layers;
   const double logits =
       head ? 4.0 * static_cast<double>(m.vocab) *
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
@@ -491,7 +491,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
   fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
-             f.pp > 1 ? fmt::format(", PP{} ({})", f.pp, f.training ? (f.gpipe ? "GPipe" : "1F1B") : "pipelined") : std::string(),
+             f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
+                                    f.virtual_stages > 1 ? fmt::format("{} chunks per stage, interleaved ", f.virtual_stages) : "",
+                                    f.training ? (f.gpipe ? "GPipe" : "1F1B") : "pipelined")
+                     : std::string(),
              f.tokens_per_gpu,
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
   const std::string what =

@@ -619,17 +619,21 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     // Training: gradient sync by any algorithm, in 1 or 2 buckets, with or without a sharded optimizer.
     // Two or three MoE layers; two pipeline stages where they divide into whole EP groups (not
     // with two-batch overlap), the layers split evenly, unevenly or as drawn.
-    const int layers = 2 + static_cast<int>(pick.uniform_int(2));
+    // With four layers on two stages, two model chunks per stage (the interleaved schedule) or one.
+    const int layers = 2 + static_cast<int>(pick.uniform_int(3));
     const int pp = !tbo && (gpus / 2) % ep == 0 && pick.uniform_int(2) ? 2 : 1;
-    const std::string split = pp == 2 && pick.uniform_int(2) ? fmt::format(", pipeline_layers: [{}, {}]", layers - 1, 1) : "";
+    const int virtual_stages = pp == 2 && layers == 4 && pick.uniform_int(2) ? 2 : 1;
+    const std::string split = virtual_stages == 2 ? ", virtual_stages: 2"
+                              : pp == 2 && pick.uniform_int(2) ? fmt::format(", pipeline_layers: [{}, {}]", layers - 1, 1)
+                                                               : "";
     const char* syncs[] = {"ring", "hierarchical", "nvls"};
     const std::string sync =
         kind != "training" || pick.uniform_int(3) == 0
             ? std::string()
             : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
                           pp == 1 ? 1 + pick.uniform_int(2) : 1, pick.uniform_int(2) ? "true" : "false");
-    // Training: one or two micro-batches (gradient accumulation).
-    const int batches = kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
+    // Training: one or two micro-batches (gradient accumulation); two with the interleaved schedule.
+    const int batches = virtual_stages == 2 ? 2 : kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
@@ -1115,4 +1119,138 @@ routing: {distribution: zipf, zipf_s: 1.1, layer_correlation: 0.5, capacity_fact
   const auto earlier = scenarios::routed_counts(before);
   for (std::size_t l = 0; l < 4; ++l)
     for (std::size_t e = 0; e < 8; ++e) CHECK(load[l][e] == static_cast<double>(earlier[l][e]));
+}
+
+TEST_CASE("The interleaved schedule takes micro-batches in groups of pp through each chunk, as Megatron-LM's", "[models][pipeline]") {
+  // PP2, 2 chunks per stage (stage 0: chunks 0 and 2, stage 1: chunks 1 and 3), 4 micro-batches.
+  // Stage 0 runs (2 - 1 - 0) * 2 + (2 - 1) * 2 = 4 forwards first, stage 1 2; then one forward
+  // and one backward in turn; backward takes the groups from the stage's last chunk.
+  models::ForwardSpec f;
+  f.model.moe_layers = 4;
+  f.pp = 2;
+  f.virtual_stages = 2;
+  f.micro_batches = 4;
+  f.training = true;
+  using It = models::PipelineItem;
+  const auto F = [](int mb, int c) { return It{mb, c, false}; };
+  const auto B = [](int mb, int c) { return It{mb, c, true}; };
+  CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), F(0, 2), F(1, 2), F(2, 0), B(0, 2), F(3, 0), B(1, 2),
+                                                        F(2, 2), B(0, 0), F(3, 2), B(1, 0), B(2, 2), B(3, 2), B(2, 0), B(3, 0)});
+  CHECK(models::pipeline_order(f, 1) == std::vector<It>{F(0, 1), F(1, 1), F(0, 3), B(0, 3), F(1, 3), B(1, 3), F(2, 1), B(0, 1),
+                                                        F(3, 1), B(1, 1), F(2, 3), B(2, 3), F(3, 3), B(3, 3), B(2, 1), B(3, 1)});
+  // Activations held at most: 5 chunks' (one layer each) on stage 0, 3 on stage 1; without
+  // chunks (2 layers per stage) 1F1B holds 2 and 1 micro-batches of 2 layers.
+  CHECK(models::pipeline_held_layers(f, 0) == 5);
+  CHECK(models::pipeline_held_layers(f, 1) == 3);
+  // As many micro-batches as stages: every forward first.
+  f.micro_batches = 2;
+  CHECK(models::pipeline_order(f, 1) == std::vector<It>{F(0, 1), F(1, 1), F(0, 3), F(1, 3), B(0, 3), B(1, 3), B(0, 1), B(1, 1)});
+  f.training = false;
+  CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), F(0, 2), F(1, 2)});
+  // One chunk per stage: 1F1B and GPipe as before.
+  f.virtual_stages = 1;
+  f.micro_batches = 4;
+  f.training = true;
+  CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), B(0, 0), F(2, 0), B(1, 0), F(3, 0), B(2, 0), B(3, 0)});
+  CHECK(models::pipeline_held_layers(f, 0) == 4);
+  CHECK(models::pipeline_held_layers(f, 1) == 2);
+  f.gpipe = true;
+  CHECK(models::pipeline_held_layers(f, 1) == 8);
+}
+
+TEST_CASE("Interleaved pipeline stages pass each chunk's activations and gradients, as derived by hand", "[models][pipeline]") {
+  // F, B, d and the optimizer's time per layer as in the tests above. Four layers, PP2 with 2
+  // chunks per stage: GPU 0 runs layers 0 and 2, GPU 1 layers 1 and 3; every chunk boundary is a
+  // transfer between the GPUs.
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000, opt = 293'658'624;
+  SECTION("forward, 2 micro-batches") {
+    // GPU 0: L0 of micro-batches 0 and 1 until 2F; L2 of 0 when L1's output is back, at 2F + 2d,
+    // and of 1 at 3F + 2d. GPU 1: L1 of 0 from F + d, of 1 from 2F + d; L3 of 0 from 3F + 3d, of
+    // 1 from 4F + 3d until 5F + 3d. Without chunks (layers 0-1 and 2-3): 6F + d.
+    const auto sc = scenarios::load_scenario_text(two_stages(", micro_batches: 2", 4, ", virtual_stages: 2"), "pp.yaml");
+    const auto r = scenarios::run_experiment(sc);
+    CHECK(r.stats.step_time() == Time::ps(5 * F + 3 * d));
+    CHECK(r.stats.gpus()[0].finish == Time::ps(4 * F + 2 * d));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + 3 * d));
+    CHECK(r.stats.pipeline_bytes() == 6 * 2'048'000);  // three boundaries, two micro-batches
+    CHECK(r.stats.gpus()[0].routed == 2 * 2 * 2000);    // layers 0 and 2, two micro-batches
+    const auto plain = scenarios::run_experiment(scenarios::load_scenario_text(two_stages(", micro_batches: 2", 4), "pp.yaml"));
+    CHECK(plain.stats.step_time() == Time::ps(6 * F + d));
+  }
+  SECTION("training, 2 micro-batches: every forward, then every backward") {
+    // Forward as above: GPU 0 ends at 4F + 2d, GPU 1 at 5F + 3d. GPU 1: B of L3 for 0 and 1 until
+    // 5F + 3d + 2B; their gradients reach GPU 0 at 5F + 4d + B and 5F + 4d + 2B; GPU 0 runs L2's
+    // backward from 5F + 4d + B to 5F + 4d + 3B, its gradients reach GPU 1 at 5F + 5d + 2B and
+    // 5F + 5d + 3B; GPU 1 runs L1's until 5F + 5d + 4B, then its optimizer (two layers); GPU 0
+    // L0's from 5F + 6d + 3B until 5F + 6d + 5B, then its optimizer.
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(
+        two_stages(", kind: training, micro_batches: 2", 4, ", virtual_stages: 2"), "pp.yaml"));
+    CHECK(r.stats.gpus()[1].finish == Time::ps(5 * F + 5 * d + 4 * B + 2 * opt));
+    CHECK(r.stats.gpus()[0].finish == Time::ps(5 * F + 6 * d + 5 * B + 2 * opt));
+    CHECK(r.stats.step_time() == Time::ps(5 * F + 6 * d + 5 * B + 2 * opt));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(F + B + 6 * d));
+    CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + 5 * d));
+    CHECK(r.stats.pipeline_bytes() == 12 * 2'048'000);
+    // Without chunks: 3F' + 2d + 3B' + opt' with F' = 2F, B' = 2B, opt' = 2 opt.
+    const auto plain = scenarios::run_experiment(
+        scenarios::load_scenario_text(two_stages(", kind: training, micro_batches: 2", 4), "pp.yaml"));
+    CHECK(plain.stats.step_time() == Time::ps(6 * F + 2 * d + 6 * B + 2 * opt));
+  }
+  SECTION("training, 4 micro-batches: shorter than without chunks, every GPU's time accounted") {
+    const auto run = [](const std::string& parallelism) {
+      const auto sc = scenarios::load_scenario_text(two_stages(", kind: training, micro_batches: 4", 4, parallelism), "pp.yaml");
+      return std::pair{sc, scenarios::run_experiment(sc)};
+    };
+    const auto [isc, interleaved] = run(", virtual_stages: 2");
+    const auto [psc, plain] = run("");
+    CHECK(interleaved.stats.step_time() < plain.stats.step_time());
+    CHECK(interleaved.stats.pipeline_bytes() == 24 * 2'048'000);
+    for (const auto& g : interleaved.stats.gpus()) {
+      Time total;
+      for (const auto t : g.stage_total) total += t;
+      CHECK(total == g.finish);
+      CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(2 * opt));
+    }
+    // Stage 0 holds 5 layers' activations at once (against 4 without chunks).
+    const auto memory = [](const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu) {
+      std::ostringstream out;
+      tools::write_gpus_csv(out, sc, r);
+      return std::stod(csv_value(out.str(), "memory_gb", gpu));
+    };
+    CHECK(memory(isc, interleaved, 0) > memory(psc, plain, 0));
+    CHECK(memory(isc, interleaved, 1) > memory(psc, plain, 1));
+  }
+}
+
+TEST_CASE("With interleaved stages a gradient bucket holds a stage's layers in backward order, across its chunks",
+          "[models][pipeline][training]") {
+  // The tiny layer (EP2, with its all-to-all) on each of 2 stages of 2 GPUs, 2 chunks per stage:
+  // stage 0 holds layers 0 and 2, whose backward comes in the order 2, 0. In 2 buckets, layer 2's
+  // gradients are all-reduced as soon as its last backward is done, long before layer 0's ends,
+  // so after the backward pass only layer 0's are left: its replicated weights' 8,392,704 B over
+  // the 2-GPU ring, 2 x (2 us + 41,963,520 ps) = 87,927,040 ps, as in the ring test above. In one
+  // bucket both layers' 16,785,408 B wait for the end: 2 x (2 us + 83,927,040) = 171,854,080.
+  // Stage 1 (layers 3, 1) the same, except that its ring's first step shares GPU 2's (and 3's)
+  // NVLink port with the 2,048,000 B of gradients it sends to stage 0 at the same moment, 20.48
+  // us more.
+  const auto run = [](int buckets) {
+    std::string text = tiny("dropless", 4);
+    text.replace(text.find("gpus_per_node: 2"), 16, "gpus_per_node: 4");
+    text.replace(text.find("parallelism: {ep: 2}"), 20, "parallelism: {ep: 2, pp: 2, virtual_stages: 2}");
+    const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+    text.replace(text.find(from), from.size(),
+                 fmt::format("workload: {{kind: training, micro_batches: 2, gradient_sync: ring, gradient_sync_buckets: {}, "
+                             "tokens_per_gpu: 1000, sequence_length: 1000}}",
+                             buckets));
+    return scenarios::run_experiment(scenarios::load_scenario_text(text, "vb.yaml"));
+  };
+  const auto two = run(2), one = run(1);
+  for (int g = 0; g < 4; ++g) {
+    INFO("GPU " << g);
+    const std::int64_t shared = g < 2 ? 0 : 20'480'000;
+    CHECK(two.stats.gpus()[static_cast<std::size_t>(g)].stage_total[idx(Stage::grad_sync)] == Time::ps(87'927'040 + shared));
+    CHECK(one.stats.gpus()[static_cast<std::size_t>(g)].stage_total[idx(Stage::grad_sync)] == Time::ps(171'854'080 + shared));
+  }
+  CHECK(two.stats.step_time() < one.stats.step_time());
 }

@@ -113,7 +113,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, pp, pipeline_layers)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, pp, virtual_stages, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
@@ -565,4 +565,44 @@ TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers a
   CHECK_THAT(error_of(pp("2", "  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
              Catch::Contains("3 buckets, but a pipeline stage has only 2 MoE layers"));
   CHECK_THAT(error_of(pp("0")), Catch::Contains("parallelism.pp"));
+}
+
+TEST_CASE("Virtual pipeline stages split the layers into model chunks, stage s holding chunks s, s + pp, ...", "[scenarios]") {
+  // 16 GPUs, EP8, 4 MoE layers: PP2 with 2 chunks per stage, one layer each.
+  const auto vs = [](const std::string& v, const std::string& workload = "  micro_batches: 4\n", const std::string& parallelism = "") {
+    return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n", "  ep: 8\n  pp: 2\n  virtual_stages: " + v + "\n" + parallelism +
+                                                                    "workload:\n  tokens_per_gpu: 1024\n  kind: training\n" + workload);
+  };
+  const auto f = load_scenario_text(vs("2"), "s.yaml").forward;
+  CHECK(f.virtual_stages == 2);
+  CHECK(models::pipeline_bounds(f) == std::vector<int>{0, 1, 2, 3, 4});
+  CHECK(models::pipeline_chunk(f, 2) == 2);
+  CHECK(models::pipeline_stage(f, 2) == 0);  // chunk 2 on stage 2 mod 2
+  CHECK(models::pipeline_stage(f, 3) == 1);
+  CHECK(models::stage_layers(f, 0) == std::vector<int>{0, 2});
+  CHECK(models::stage_layers(f, 1) == std::vector<int>{1, 3});
+  CHECK(models::group_first_gpu(f, 16, 2, 0) == 0);
+  CHECK(models::group_first_gpu(f, 16, 3, 0) == 8);
+  CHECK(load_scenario_text(vs("1"), "s.yaml").forward.virtual_stages == 1);
+  // A split per chunk.
+  const auto split = load_scenario_text(vs("2", "  micro_batches: 2\n", "  pipeline_layers: [1, 1, 1, 1]\n"), "s.yaml").forward;
+  CHECK(models::pipeline_bounds(split) == std::vector<int>{0, 1, 2, 3, 4});
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n", "  pipeline_layers: [2, 2]\n")),
+             Catch::Contains("parallelism.pipeline_layers: 2 layer counts for 4 model chunks (parallelism.pp x virtual_stages: 2 x 2)"));
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n", "  pipeline_layers: [1, 1, 1, 2]\n")),
+             Catch::Contains("parallelism.pipeline_layers: the chunks' layer counts add up to 5, but the model has 4 MoE layers"));
+  CHECK_THAT(error_of(vs("3")),
+             Catch::Contains("parallelism.virtual_stages: 4 MoE layers for 6 model chunks (2 stages x 3): every chunk needs at least one"));
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 3\n")),
+             Catch::Contains("workload.micro_batches: 3 micro-batches with virtual_stages: the interleaved schedule runs them in "
+                             "groups of parallelism.pp (2); use a multiple of it"));
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n  pipeline_schedule: gpipe\n")),
+             Catch::Contains("workload.pipeline_schedule: gpipe with parallelism.virtual_stages > 1"));
+  CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  virtual_stages: 2\n")),
+             Catch::Contains("parallelism.virtual_stages: only used with parallelism.pp > 1"));
+  CHECK_THAT(error_of(vs("0")), Catch::Contains("parallelism.virtual_stages: must be at least 1, got 0"));
+  // Buckets: at most the fewest layers of a stage over its chunks (2 here).
+  CHECK(error_of(vs("2", "  micro_batches: 2\n  gradient_sync: ring\n  gradient_sync_buckets: 2\n")) == "no error");
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
+             Catch::Contains("3 buckets, but a pipeline stage has only 2 MoE layers"));
 }
