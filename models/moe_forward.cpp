@@ -115,7 +115,7 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
     for (int k = 0; k < total; ++k) item(k, false);
     return order;
   }
-  const int warm = batches == pp ? total : std::min(total, (pp - 1 - stage) * 2 + (v - 1) * pp);
+  const int warm = std::min(total, (pp - 1 - stage) * 2 + (v - 1) * pp);
   for (int k = 0; k < warm; ++k) item(k, false);
   for (int k = 0; k + warm < total; ++k) {
     item(k + warm, false);

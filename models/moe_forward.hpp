@@ -133,8 +133,8 @@ struct PipelineItem {
 // Megatron-LM's schedule): the stage's v chunks take the micro-batches in groups of pp (forward:
 // micro-batches 0..pp-1 through its first chunk, then through its second, ..., then the next
 // group; backward the same from its last chunk), (pp - 1 - s) * 2 + (v - 1) * pp of these
-// forwards first (every one where micro_batches == pp), then one forward and one backward in
-// turn, then the backwards left. Needs micro_batches a multiple of pp.
+// forwards first (at most all of them), then one forward and one backward in turn, then the
+// backwards left. Needs micro_batches a multiple of pp.
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,

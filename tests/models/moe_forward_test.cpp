@@ -1142,9 +1142,11 @@ TEST_CASE("The interleaved schedule takes micro-batches in groups of pp through 
   // chunks (2 layers per stage) 1F1B holds 2 and 1 micro-batches of 2 layers.
   CHECK(models::pipeline_held_layers(f, 0) == 5);
   CHECK(models::pipeline_held_layers(f, 1) == 3);
-  // As many micro-batches as stages: every forward first.
+  // As many micro-batches as stages: stage 0's 4 forwards first are all of them; stage 1 still
+  // starts the backward after 2 (as Megatron-Core; older Megatron-LM ran every forward first).
   f.micro_batches = 2;
-  CHECK(models::pipeline_order(f, 1) == std::vector<It>{F(0, 1), F(1, 1), F(0, 3), F(1, 3), B(0, 3), B(1, 3), B(0, 1), B(1, 1)});
+  CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), F(0, 2), F(1, 2), B(0, 2), B(1, 2), B(0, 0), B(1, 0)});
+  CHECK(models::pipeline_order(f, 1) == std::vector<It>{F(0, 1), F(1, 1), F(0, 3), B(0, 3), F(1, 3), B(1, 3), B(0, 1), B(1, 1)});
   f.training = false;
   CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), F(0, 2), F(1, 2)});
   // One chunk per stage: 1F1B and GPipe as before.
@@ -1178,12 +1180,18 @@ TEST_CASE("Interleaved pipeline stages pass each chunk's activations and gradien
     const auto plain = scenarios::run_experiment(scenarios::load_scenario_text(two_stages(", micro_batches: 2", 4), "pp.yaml"));
     CHECK(plain.stats.step_time() == Time::ps(6 * F + d));
   }
-  SECTION("training, 2 micro-batches: every forward, then every backward") {
-    // Forward as above: GPU 0 ends at 4F + 2d, GPU 1 at 5F + 3d. GPU 1: B of L3 for 0 and 1 until
-    // 5F + 3d + 2B; their gradients reach GPU 0 at 5F + 4d + B and 5F + 4d + 2B; GPU 0 runs L2's
-    // backward from 5F + 4d + B to 5F + 4d + 3B, its gradients reach GPU 1 at 5F + 5d + 2B and
-    // 5F + 5d + 3B; GPU 1 runs L1's until 5F + 5d + 4B, then its optimizer (two layers); GPU 0
-    // L0's from 5F + 6d + 3B until 5F + 6d + 5B, then its optimizer.
+  SECTION("training, 2 micro-batches") {
+    // GPU 0 runs every forward, then every backward: F(0, L0) F(1, L0) F(0, L2) F(1, L2) B(0, L2)
+    // B(1, L2) B(0, L0) B(1, L0); GPU 1 F(0, L1) F(1, L1) F(0, L3) B(0, L3) F(1, L3) B(1, L3)
+    // B(0, L1) B(1, L1). Forward as above until GPU 1's F(0, L3), 3F + 3d to 4F + 3d. GPU 1: B(0,
+    // L3) until 4F + 3d + B, F(1, L3) (its input came at 4F + 3d) until 5F + 3d + B, B(1, L3)
+    // until 5F + 3d + 2B. Their gradients reach GPU 0 at 4F + 4d + B and 5F + 4d + 2B: GPU 0 runs
+    // B(0, L2) from 4F + 4d + B (idle since 4F + 2d), B(1, L2) from 5F + 4d + 2B to 5F + 4d + 3B;
+    // those reach GPU 1 at 4F + 5d + 2B and 5F + 5d + 3B: GPU 1 runs B(0, L1) from 5F + 3d + 2B,
+    // B(1, L1) from 5F + 5d + 3B until 5F + 5d + 4B, then its optimizer (two layers). Their
+    // gradients reach GPU 0 at 5F + 4d + 3B (as its B(1, L2) ends) and 5F + 6d + 4B: B(0, L0)
+    // until 5F + 4d + 4B, B(1, L0) from 5F + 6d + 4B to 5F + 6d + 5B, then its optimizer. Waits:
+    // GPU 0 2d + (2d + B) + F + 2d, GPU 1 (F + d) + 2d + 2d.
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(
         two_stages(", kind: training, micro_batches: 2", 4, ", virtual_stages: 2"), "pp.yaml"));
     CHECK(r.stats.gpus()[1].finish == Time::ps(5 * F + 5 * d + 4 * B + 2 * opt));
