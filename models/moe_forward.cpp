@@ -211,15 +211,16 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
     total_passes_ += static_cast<std::int64_t>(order.size()) * (gpus / pp);
     schedule_.push_back(std::move(order));
   }
-  const auto inputs = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches) * static_cast<std::size_t>(chunks());
+  const auto inputs =
+      static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches) * static_cast<std::size_t>(spec.virtual_stages);
   activations_pending_.assign(inputs, 0);
   gradients_pending_.assign(inputs, 0);
   for (int g = 0; g < gpus; ++g) {
     for (int mb = 0; mb < batches; ++mb)
       for (int c = stage_of(g); c < chunks(); c += pp) {
         const auto at = (static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb)) *
-                            static_cast<std::size_t>(chunks()) +
-                        static_cast<std::size_t>(c);
+                            static_cast<std::size_t>(spec.virtual_stages) +
+                        static_cast<std::size_t>(c / pp);
         activations_pending_[at] = c > 0;
         gradients_pending_[at] = spec.training && c + 1 < chunks();
       }
@@ -546,10 +547,12 @@ int MoeForward::across_stages(int gpu, int pass, bool input) const {
 }
 
 int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
+  // Indexed by the chunk's place among the GPU's stage's chunks.
+  MOESIM_ASSERT(chunk % spec_.pp == stage_of(gpu), "a pipeline input into a chunk of another stage");
   const auto at = (static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
                    static_cast<std::size_t>(micro_batch(pass))) *
-                      static_cast<std::size_t>(chunks()) +
-                  static_cast<std::size_t>(chunk);
+                      static_cast<std::size_t>(spec_.virtual_stages) +
+                  static_cast<std::size_t>(chunk / spec_.pp);
   return (backward(pass) ? gradients_pending_ : activations_pending_)[at];
 }
 

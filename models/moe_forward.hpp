@@ -209,8 +209,9 @@ class MoeForward {
   // Per stage, the passes its GPUs run, in order.
   std::vector<std::vector<int>> schedule_;
   std::int64_t total_passes_ = 0;  // over all GPUs
-  // Pipeline inputs still missing, [(gpu * micro_batches + micro_batch) * chunks + chunk]: the
-  // activations from the previous chunk (forward) and the gradients from the next (backward).
+  // Pipeline inputs still missing, [(gpu * micro_batches + micro_batch) * virtual_stages + c / pp]
+  // for chunk c of the GPU's stage: the activations from the previous chunk (forward) and the
+  // gradients from the next (backward).
   std::vector<int> activations_pending_, gradients_pending_;
   // The GPU of the neighbouring chunk's stage that pass `pass` on `gpu` takes its input from
   // (input) or sends its output to, or -1 where the pass does not cross a chunk boundary.
