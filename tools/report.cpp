@@ -492,8 +492,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
-                                    f.virtual_stages > 1 ? fmt::format("{} chunks per stage, interleaved ", f.virtual_stages) : "",
-                                    f.training ? (f.gpipe ? "GPipe" : "1F1B") : "pipelined")
+                                    f.virtual_stages > 1 ? fmt::format("{} chunks per stage, ", f.virtual_stages) : "",
+                                    !f.training ? "pipelined" : f.gpipe ? "GPipe" : f.virtual_stages > 1 ? "interleaved 1F1B" : "1F1B")
                      : std::string(),
              f.tokens_per_gpu,
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
