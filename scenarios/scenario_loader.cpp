@@ -478,25 +478,6 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
       f.gradient_sync_buckets = as_int(*v);
       if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
-      // Every stage has as many buckets: at most its fewest layers (over its model chunks; a
-      // pipeline_layers list of the wrong length is reported on its own).
-      const int pp = std::max(f.pp, 1), chunks = pp * f.virtual_stages;
-      int fewest = f.model.moe_layers;
-      if (f.pipeline_layers.empty() || f.pipeline_layers.size() == static_cast<std::size_t>(chunks)) {
-        std::vector<int> stage(static_cast<std::size_t>(pp), 0);
-        for (int c = 0; c < chunks; ++c)
-          stage[static_cast<std::size_t>(c % pp)] +=
-              f.pipeline_layers.empty() ? f.model.moe_layers / chunks + (c >= chunks - f.model.moe_layers % chunks ? 1 : 0)
-                                        : f.pipeline_layers[static_cast<std::size_t>(c)];
-        fewest = *std::min_element(stage.begin(), stage.end());
-      }
-      if (f.gradient_sync_buckets > fewest)
-        problems.add_at(w->key_path("gradient_sync_buckets"),
-                        f.pp > 1 ? fmt::format("{} buckets, but a pipeline stage has only {} MoE layers: at most one bucket per layer "
-                                               "of the stage with the fewest",
-                                               f.gradient_sync_buckets, fewest)
-                                 : fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
-                                               f.model.moe_layers));
     }
     if (auto v = w->get<std::string>("optimizer_sharding", one_of({"true", "false"}), false)) {
       f.optimizer_sharding = *v == "true";
@@ -822,6 +803,25 @@ void cross_check(const Scenario& sc, Problems& problems) {
       problems.add_at("workload.pipeline_schedule", "gpipe with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's");
     if (sc.forward.two_batch_overlap)
       problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
+  }
+  // Every stage has as many gradient buckets: at most its fewest layers (over its model chunks),
+  // checked once the layers divide into them.
+  if (const auto& f = sc.forward; f.gradient_sync_buckets > 1) {
+    const int pp = f.pp, chunks = pp * f.virtual_stages;
+    const auto& split = f.pipeline_layers;
+    if (split.empty() ? m.moe_layers >= chunks
+                      : split.size() == static_cast<std::size_t>(chunks) &&
+                            std::accumulate(split.begin(), split.end(), 0) == m.moe_layers) {
+      int fewest = m.moe_layers;
+      for (int st = 0; st < pp; ++st) fewest = std::min(fewest, static_cast<int>(models::stage_layers(f, st).size()));
+      if (f.gradient_sync_buckets > fewest)
+        problems.add_at("workload.gradient_sync_buckets",
+                        pp > 1 ? fmt::format("{} buckets, but a pipeline stage has only {} MoE layers: at most one bucket per layer "
+                                             "of the stage with the fewest",
+                                             f.gradient_sync_buckets, fewest)
+                               : fmt::format("{} buckets for {} MoE layers: at most one bucket per layer", f.gradient_sync_buckets,
+                                             m.moe_layers));
+    }
   }
   const int gpn = sc.cluster.gpus_per_node;
   if (sc.forward.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical &&
