@@ -87,7 +87,8 @@ void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows,
                   sim::Bytes(rows * (phase == Phase::dispatch && !backward ? spec_.dispatch_row_bytes
                                                                            : spec_.combine_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
-  network_.start_flow(flow, [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward, info.micro_batch},
+  network_.start_flow(flow, [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward || info.recompute,
+                                                         info.micro_batch, info.recompute},
                              done = std::move(done)]() mutable {
     record.end = sim_.now();
     recorder_.on_flow(record);

@@ -63,12 +63,15 @@ struct AllToAllSpec {
 std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes);
 
 // One pass of a run through the all-to-all: which layer, forward or backward, which row of
-// plans it uses, and (gradient accumulation) which micro-batch of the step it belongs to.
+// plans it uses, and (gradient accumulation) which micro-batch of the step it belongs to. A
+// recomputed forward (activation recomputation) moves its rows as the forward does and is
+// recorded as part of the layer's backward pass.
 struct AllToAllPass {
   int layer = 0;
   bool backward = false;
   int plan_row = 0;
   int micro_batch = 0;
+  bool recompute = false;
 };
 
 class AllToAll {

@@ -33,6 +33,15 @@ std::string_view to_string(Stage s) {
   return "?";
 }
 
+std::string_view to_string(Recompute r) {
+  switch (r) {
+    case Recompute::none: return "none";
+    case Recompute::attention: return "attention";
+    case Recompute::full: return "full";
+  }
+  return "?";
+}
+
 bool is_network_wait(Stage s) {
   return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
 }
@@ -191,7 +200,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   combine_pending_.assign(cells, 0);
   // Pipeline stages and their schedules (pipeline_order()): a chunk's forward runs its layers in
   // order, its backward last layer first.
-  const int pp = spec.pp, batches = spec.micro_batches, layers = spec.model.moe_layers;
+  const int pp = spec.pp, batches = spec.micro_batches;
   MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
                 "pipeline stages must divide the GPUs into whole EP groups");
   MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
@@ -205,7 +214,11 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       if (!it.backward) {
         for (int l = chunk_first(it.chunk); l < chunk_first(it.chunk + 1); ++l) order.push_back(base + l);
       } else {
-        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) order.push_back(base + 2 * layers - 1 - l);
+        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) {
+          const int back = backward_pass(it.micro_batch, l);
+          if (full_recompute()) order.push_back(back - 1);  // the layer's forward again first
+          order.push_back(back);
+        }
       }
     }
     total_passes_ += static_cast<std::int64_t>(order.size()) * (gpus / pp);
@@ -341,7 +354,8 @@ void MoeForward::start() {
       a2a_passes.push_back(AllToAllPass{.layer = layer_of(p),
                                         .backward = backward(p),
                                         .plan_row = plan_row(micro_batch(p), layer_of(p), h),
-                                        .micro_batch = micro_batch(p)});
+                                        .micro_batch = micro_batch(p),
+                                        .recompute = recompute(p)});
   all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, groups,
                                            std::move(a2a_passes),
                                            [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
@@ -429,12 +443,14 @@ void MoeForward::start() {
   }
 }
 
-Time MoeForward::cost(const KernelCost& c, int gpu, bool gemm, bool model_work) {
-  // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size.
+Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
+  // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size; a
+  // recomputed forward's work is not model work.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  const bool twice = gemm && p < passes() && backward(p);
+  const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
+  const bool twice = work == Work::gemm && in_pass && backward(p);
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
-  if (model_work) model_flops_ += static_cast<double>(run.flops);
+  if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
   return scaled(roofline_.time(run), gpu);
 }
@@ -469,8 +485,9 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
     us += *t;
   }
   ++profile_hits_;
-  // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients).
-  model_flops_ += static_cast<double>(work.flops) * (back && gemm ? 2 : 1);
+  // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients); a
+  // recomputed forward is not model work.
+  if (!(p < passes() && recompute(p))) model_flops_ += static_cast<double>(work.flops) * (back && gemm ? 2 : 1);
   last_profiled_ = true;
   return scaled(Time::ps(std::llround(us * 1e6)), gpu);
 }
@@ -486,19 +503,20 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
   const auto& m = spec_.model;
   const KernelCost c = reduce_cost(m, tokens, kept);
   if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens}}, false)) return *t;
-  return cost(c, gpu, false);
+  return cost(c, gpu, Work::other);
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch,
-                           std::optional<bool> backward_work) {
+                           std::optional<bool> backward_work, std::optional<bool> recomputed) {
   const Time start = sim_.now();
   const bool profiled = last_profiled_;  // duration is the time last asked for
-  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work] {
+  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work, recomputed] {
     const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
     const int last = std::min(p, passes() - 1);
+    const bool again = recomputed.value_or(p < passes() && recompute(p));
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
-                                   backward_work.value_or(p < passes() && backward(p)), profiled,
-                                   micro_batch >= 0 ? micro_batch : this->micro_batch(last)});
+                                   backward_work.value_or(p < passes() && backward_phase(p)), profiled,
+                                   micro_batch >= 0 ? micro_batch : this->micro_batch(last), again});
     (this->*next)(gpu);
   });
 }
@@ -507,17 +525,18 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
   // The dense layers come first in each micro-batch.
-  if (!backward(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
+  if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
     ++s.dense_forward;
-    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu), next);
+    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
     return true;
   }
   // The LM head's backward (input and weight gradients: twice its projection) comes first in
-  // each micro-batch's backward pass.
-  if (backward(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
+  // each micro-batch's backward pass (before the last layer's recomputed forward).
+  if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
     ++s.head_backward;
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
-    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false), next);
+    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside), next, -1,
+              true, false);
     return true;
   }
   return false;
@@ -539,10 +558,13 @@ void MoeForward::begin_pass(int gpu) {
 int MoeForward::across_stages(int gpu, int pass, bool input) const {
   // Forward input and backward output cross to the previous chunk at the chunk's first layer;
   // forward output and backward input to the next chunk at its last layer. The GPU at the same
-  // position of that chunk's stage.
+  // position of that chunk's stage. A recomputed forward (before the layer's backward) waits for
+  // the gradients its backward needs, as a stage recomputes when its backward starts, and sends
+  // nothing.
+  if (recompute(pass) && !input) return -1;
   const int c = chunk_of(layer_of(pass)), l = layer_of(pass);
   const int at = gpu % stage_gpus();
-  if (input != backward(pass)) return c > 0 && l == chunk_first(c) ? (c - 1) % spec_.pp * stage_gpus() + at : -1;
+  if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? (c - 1) % spec_.pp * stage_gpus() + at : -1;
   return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? (c + 1) % spec_.pp * stage_gpus() + at : -1;
 }
 
@@ -553,7 +575,7 @@ int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
                    static_cast<std::size_t>(micro_batch(pass))) *
                       static_cast<std::size_t>(spec_.virtual_stages) +
                   static_cast<std::size_t>(chunk / spec_.pp);
-  return (backward(pass) ? gradients_pending_ : activations_pending_)[at];
+  return (backward_phase(pass) ? gradients_pending_ : activations_pending_)[at];
 }
 
 int* MoeForward::pipeline_input(int gpu) {
@@ -567,7 +589,7 @@ void MoeForward::pipeline_arrived(int gpu) {
   if (const int* left = pipeline_input(gpu); left && *left > 0) return;
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
-                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
+                                 sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
   start_pass(gpu);
 }
 
@@ -648,7 +670,8 @@ void MoeForward::try_start_experts(int gpu) {
   const int layer = layer_of(s.pass);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
-                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
+                                 sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass),
+                                 recompute(s.pass)});
   run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
 }
 
@@ -667,19 +690,29 @@ void MoeForward::try_finish_combine(int gpu) {
   const int layer = layer_of(s.pass);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::combine, s.wait_start,
-                                 sim_.now(), backward(s.pass), false, micro_batch(s.pass)});
+                                 sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass),
+                                 recompute(s.pass)});
   if (backward(s.pass)) {
     // Backward: the router's, then the attention's gradients.
-    run_stage(gpu, Stage::router, router_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_attention_backward_start);
+    run_stage(gpu, Stage::router, router_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_router_backward);
     return;
   }
   run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(s.pass, gpu).kept(rank(gpu))),
             &MoeForward::end_pass);
 }
 
-void MoeForward::after_attention_backward_start(int gpu) {
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
-            &MoeForward::end_pass);
+void MoeForward::after_router_backward(int gpu) {
+  // Recomputed attention: its forward again (not doubled, not model work), then its backward.
+  if (spec_.recompute == Recompute::attention) {
+    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu, Work::not_model), &MoeForward::attention_backward,
+              -1, std::nullopt, true);
+    return;
+  }
+  attention_backward(gpu);
+}
+
+void MoeForward::attention_backward(int gpu) {
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::end_pass);
 }
 
 // Two-batch overlap, one layer on one GPU: halves A and B (0 and 1) run this program on the
@@ -720,6 +753,7 @@ void MoeForward::overlap_step(int gpu) {
     const int pass = s.pass, layer = layer_of(pass);
     const bool back = backward(pass);
     const auto [kind, h] = (back ? kBackward : kForward)[static_cast<std::size_t>(s.op)];
+    const bool phase = backward_phase(pass), again = recompute(pass);
     const auto& p = plan(pass, gpu, h);
     auto compute = [&](Stage stage, Time t) {
       ++s.op;
@@ -734,12 +768,20 @@ void MoeForward::overlap_step(int gpu) {
       if (pending(left, gpu, pass, h) > 0) return false;
       s.wait = Wait::none;
       recorder_.on_stage(
-          StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), back, false, micro_batch(pass)});
+          StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, stage, s.wait_start, sim_.now(), phase, false, micro_batch(pass),
+                      again});
       ++s.op;
       return true;
     };
     switch (kind) {
       case attention:
+        if (back && spec_.recompute == Recompute::attention && !s.recomputed) {
+          // The half's attention forward again before its backward (the same operation next).
+          s.recomputed = true;
+          return run_stage(gpu, Stage::attention, cost(this->attention(half_tokens), gpu, Work::not_model),
+                           &MoeForward::overlap_step, -1, std::nullopt, true);
+        }
+        s.recomputed = false;
         return compute(Stage::attention, cost(this->attention(half_tokens), gpu));
       case router:
         return compute(Stage::router, router_time(gpu, half_tokens));
@@ -834,20 +876,40 @@ void MoeForward::end_pass(int gpu) {
   const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
   ++s.step;
   s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
-  if (spec_.model.vocab > 0 && !backward(done) && layer_of(done) == spec_.model.moe_layers - 1) {
+  if (spec_.model.vocab > 0 && !backward_phase(done) && layer_of(done) == spec_.model.moe_layers - 1) {
     // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage;
     // s.pass is the next pass already, so no backward doubling).
-    run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, false), &MoeForward::after_passes, micro_batch(done), false);
+    run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::after_passes, micro_batch(done), false, false);
     return;
   }
   if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
-    // The dense layers' backward ends each micro-batch (on the first pipeline stage).
-    const KernelCost c = dense_cost();
-    run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, false),
-              &MoeForward::after_passes, micro_batch(done), true);
+    // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
+    // their recomputed forward (full) or attention forward (attention), where recomputed.
+    if (spec_.recompute != Recompute::none) {
+      routing::MoeModelSpec m = spec_.model;
+      m.expert_ffn = m.dense_ffn;
+      const KernelCost a = attention(spec_.tokens_per_gpu);
+      const KernelCost again = spec_.recompute == Recompute::full
+                                   ? dense_cost()
+                                   : KernelCost{.flops = m.dense_layers * a.flops, .bytes = m.dense_layers * a.bytes};
+      run_stage(gpu, Stage::dense, cost(again, gpu, Work::not_model), &MoeForward::dense_backward, micro_batch(done), true, true);
+      return;
+    }
+    dense_backward(gpu);
     return;
   }
   after_passes(gpu);
+}
+
+int MoeForward::previous_micro_batch(int gpu) const {
+  const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  return micro_batch(schedule_[static_cast<std::size_t>(stage_of(gpu))][static_cast<std::size_t>(s.step - 1)]);
+}
+
+void MoeForward::dense_backward(int gpu) {
+  const KernelCost c = dense_cost();
+  run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside),
+            &MoeForward::after_passes, previous_micro_batch(gpu), true, false);
 }
 
 void MoeForward::after_passes(int gpu) {
@@ -893,7 +955,7 @@ void MoeForward::synced(int gpu) {
 }
 
 void MoeForward::optimize(int gpu) {
-  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(stage_of(gpu)), gpu, false, false),
+  run_stage(gpu, Stage::optimizer, cost(optimizer_cost(stage_of(gpu)), gpu, Work::not_model),
             spec_.training && spec_.gradient_sync && spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish,
             spec_.micro_batches - 1);
 }

@@ -25,13 +25,16 @@
 // backward when the next chunk's gradients have, in the order of the schedule
 // (pipeline_order(): 1F1B, interleaved 1F1B or GPipe); gradients are synchronised within each
 // stage. Two-batch overlap runs the program in overlap_step() instead. Without it no stage
-// overlaps another on a GPU.
+// overlaps another on a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work
+// again inside the backward passes: the attention forward before the attention's backward, or
+// (full) each layer's whole forward, its all-to-alls included, before the layer's backward.
 #pragma once
 
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "models/all_to_all.hpp"
@@ -48,6 +51,9 @@
 #include "topology/cluster.hpp"
 
 namespace moesim::models {
+
+enum class Recompute { none, attention, full };
+std::string_view to_string(Recompute r);
 
 struct ForwardSpec {
   routing::MoeModelSpec model;
@@ -85,6 +91,13 @@ struct ForwardSpec {
   // weights are all-gathered.
   bool optimizer_sharding = false;
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
+  // Training: activation recomputation. attention: each layer's attention forward (dense layers'
+  // too) is run again in its backward pass, before the attention's backward, from the kept
+  // input; full: each MoE layer keeps only its input and its whole forward (attention, router,
+  // dispatch, shared experts, experts, combine, reduce; the all-to-alls included) runs again
+  // right before its backward, and the dense layers' forward before theirs. Recomputed work is
+  // not model work (MFU).
+  Recompute recompute = Recompute::none;
   // Compute speed: per GPU a factor (1: nominal; empty: all 1); stragglers: each GPU is one for
   // the step with this probability, running at straggler_speed; jitter: every compute stage's
   // time is multiplied by exp(jitter Z - jitter^2 / 2), Z standard normal (mean 1).
@@ -177,19 +190,39 @@ class MoeForward {
     int wait_half = 0;    // two-batch overlap: the half it waits for
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
     int head_backward = 0;  // micro-batches whose LM head has run backward
+    bool recomputed = false;  // two-batch overlap, recompute attention: the half's attention forward has run again
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
 
-  // Passes: per micro-batch every layer forward, then (training) every layer backward.
-  int batch_passes() const { return spec_.training ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
+  // Passes: per micro-batch every layer forward, then (training) every layer backward, last layer
+  // first; with full recomputation each layer's backward pass comes right after a pass that
+  // recomputes its forward: per micro-batch L forward passes, then (recompute, backward) for
+  // layers L - 1, ..., 0.
+  bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
+  int batch_passes() const {
+    const int l = spec_.model.moe_layers;
+    return !spec_.training ? l : full_recompute() ? 3 * l : 2 * l;
+  }
   int passes() const { return spec_.micro_batches * batch_passes(); }
   int micro_batch(int pass) const { return pass / batch_passes(); }
   int layer_of(int pass) const {
-    const int q = pass % batch_passes();
-    return q < spec_.model.moe_layers ? q : batch_passes() - 1 - q;
+    const int q = pass % batch_passes(), l = spec_.model.moe_layers;
+    return q < l ? q : l - 1 - (full_recompute() ? (q - l) / 2 : q - l);
   }
-  bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
+  // A recomputed forward (full recomputation): forward work, recorded as the layer's backward.
+  bool recompute(int pass) const {
+    const int q = pass % batch_passes(), l = spec_.model.moe_layers;
+    return full_recompute() && q >= l && (q - l) % 2 == 0;
+  }
+  bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers && !recompute(pass); }
+  // Backward work, recomputation included (what the records say).
+  bool backward_phase(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
+  // The pass of micro-batch `micro_batch` that runs `layer` backward.
+  int backward_pass(int micro_batch, int layer) const {
+    const int l = spec_.model.moe_layers;
+    return micro_batch * batch_passes() + l + (full_recompute() ? 2 * (l - 1 - layer) + 1 : l - 1 - layer);
+  }
   // The plans of pass `pass` (its micro-batch and layer) for gpu's EP group.
   const routing::DispatchPlan& plan(int pass, int gpu, int half = 0) const;
   // The row of a stage's EP groups' plans for (micro-batch, layer, half); group: the EP group's
@@ -225,9 +258,14 @@ class MoeForward {
   void start_pass(int gpu);
   void send_to_stage(int gpu, int pass);  // after a pass: activations or gradients to the neighbouring stage
   int rank(int gpu) const { return gpu % spec_.ep; }
-  // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream).
-  // model_work: counts toward the model FLOPs (not the optimizer).
-  sim::Time cost(const KernelCost& c, int gpu, bool gemm = true, bool model_work = true);
+  // What a compute stage's work is. gemm: the current pass's GEMMs (twice in a backward pass);
+  // other: the current pass's other work (not doubled); both are model work unless the pass is
+  // a recomputed forward. outside: model work outside the MoE passes (dense layers, LM head),
+  // costed as given. not_model: not model work (the optimizer, recomputation), as given.
+  enum class Work { gemm, other, outside, not_model };
+  // A compute stage's time on `gpu` (backward doubling, speed, jitter: draws from its stream),
+  // counted toward the model FLOPs as `work` says.
+  sim::Time cost(const KernelCost& c, int gpu, Work work = Work::gemm);
   // Speed, two-batch-overlap and jitter factors applied to a kernel time.
   sim::Time scaled(sim::Time t, int gpu);
   // An MoE stage from the kernel profile (the sum of its kernels; a backward pass's from their
@@ -263,8 +301,9 @@ class MoeForward {
   // micro_batch: the one the stage belongs to, where not the current pass's (-1); backward:
   // whether it is backward work, where not as the current pass (the dense layers' and the LM
   // head's, outside the MoE passes).
+  // recompute: whether the stage recomputes forward work, where not as the current pass.
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1,
-                 std::optional<bool> backward = std::nullopt);
+                 std::optional<bool> backward = std::nullopt, std::optional<bool> recompute = std::nullopt);
   void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
@@ -273,7 +312,11 @@ class MoeForward {
   void try_start_experts(int gpu);
   void after_experts(int gpu);
   void try_finish_combine(int gpu);
-  void after_attention_backward_start(int gpu);
+  void after_router_backward(int gpu);    // (recomputes the attention forward, then) the attention's backward
+  void attention_backward(int gpu);
+  void dense_backward(int gpu);           // after the first MoE layer's backward (and the dense layers' recompute)
+  // The micro-batch of the pass gpu ran before its current one.
+  int previous_micro_batch(int gpu) const;
   void end_pass(int gpu);
   void finish(int gpu);
   std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass, int half = 0) {

@@ -43,6 +43,9 @@ struct StageRecord {
   bool backward = false;
   bool profiled = false;  // a compute stage whose time came from the measured kernel profile
   int micro_batch = 0;    // training with gradient accumulation: which micro-batch of the step
+  // Activation recomputation (workload.recompute): forward work re-run in a backward pass, to
+  // rebuild the activations it did not keep (backward is true too).
+  bool recompute = false;
 };
 
 // One flow (src != dst), reported when its last byte has arrived: an all-to-all's, a gradient
@@ -55,6 +58,7 @@ struct FlowRecord {
   sim::Time end;
   bool backward = false;
   int micro_batch = 0;
+  bool recompute = false;  // a recomputed forward's all-to-all (backward is true too)
 };
 
 class Recorder {

@@ -22,6 +22,7 @@ void RunStats::on_stage(const StageRecord& r) {
   GpuStats& g = gpus_[r.gpu.index()];
   g.stage_total[s] += d;
   if (r.backward) g.backward_total += d;
+  if (r.recompute) g.recompute_total += d;
   if (r.profiled) g.stage_profiled[s] += d;
   g.finish = sim::max(g.finish, r.end);
   if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense || r.stage == Stage::pipeline ||

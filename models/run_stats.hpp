@@ -37,6 +37,7 @@ struct ExpertStats {
 struct GpuStats {
   std::array<sim::Time, kStageCount> stage_total{};  // forward and backward together
   sim::Time backward_total;                          // of that, in backward passes
+  sim::Time recompute_total;                         // of that, recomputing forward work (its all-to-all waits included)
   std::array<sim::Time, kStageCount> stage_profiled{};  // of stage_total, timed from the kernel profile
   sim::Time finish;
   // Over all layers: assignments of this GPU's tokens (routed, and of those dropped), and the

@@ -489,6 +489,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.pp == 1 || !f.training)
         problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
     }
+    if (auto v = w->get<std::string>("recompute", one_of({"none", "attention", "full"}), false)) {
+      f.recompute = *v == "full" ? models::Recompute::full : *v == "attention" ? models::Recompute::attention : models::Recompute::none;
+      if (f.recompute != models::Recompute::none && !f.training)
+        problems.add_at(w->key_path("recompute"), "only used with 'kind: training' (recomputation rebuilds activations for the backward pass)");
+    }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its

@@ -140,7 +140,10 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // for the backward pass (of one micro-batch, the one with the most expert rows on the GPU: with
 // gradient accumulation each micro-batch's backward runs before the next one's forward; with
 // pipeline stages of as many micro-batches as the stage holds at once); inference holds one
-// layer's activations at a time. With pipeline stages a GPU holds only its stage's layers. Activations are the
+// layer's activations at a time. With activation recomputation a layer keeps only its input (full:
+// b T H per layer, plus one layer's activations rebuilt at a time in the backward pass) or its
+// attention's input instead of the attention's activations (attention: the same, plus one layer's
+// attention rebuilt). With pipeline stages a GPU holds only its stage's layers. Activations are the
 // bytes the kernels write (models/moe_costs.hpp): attention b T (2H + 2(q + 2kv)), router 4 T E,
 // shared experts and the GPU's expert rows b n (2H + 6F). Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
@@ -178,7 +181,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // over its layers).
   const double layers = per + (stage == 0 ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double per_layer = b * t * (2 * h + 2 * (q + 2 * kv)) + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
+  const double attention = b * t * (2 * h + 2 * (q + 2 * kv)), input = b * t * h;
+  const double per_layer = attention + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them).
   const bool head = m.vocab > 0 && own.back() + 1 == m.moe_layers;
@@ -186,7 +190,13 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
       head ? 4.0 * static_cast<double>(m.vocab) *
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
            : 0.0;
-  if (f.training) {
+  if (f.training && f.recompute == models::Recompute::full) {
+    // Each layer keeps its input; one layer's activations are rebuilt at a time in the backward pass.
+    u.activations = in_flight * (layers * input + logits) + per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn);
+  } else if (f.training && f.recompute == models::Recompute::attention) {
+    // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
+    u.activations = in_flight * (layers * (per_layer - attention + input) + b * expert_rows * (2 * h + 6 * ffn) + logits) + attention;
+  } else if (f.training) {
     u.activations = in_flight * (layers * per_layer + b * expert_rows * (2 * h + 6 * ffn) + logits);
   } else {
     u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn) + logits;
@@ -279,26 +289,35 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,moe_layers,tokens_per_gpu,"
+  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,virtual_stages,pipeline_schedule,"
+         "moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,model_flops,mfu,"
+         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
+         "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
          "infeasible_reason\n";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
+  const std::string schedule = f.pp == 1            ? ""
+                               : !f.training        ? "pipelined"
+                               : f.gpipe            ? "gpipe"
+                               : f.virtual_stages > 1 ? "interleaved_1f1b"
+                                                      : "1f1b";
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.pp, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
+             f.pp, f.virtual_stages, schedule, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},", format_us(exposed),
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
              t.routed, t.computed, t.dropped,
              ratio(static_cast<double>(t.dropped), static_cast<double>(t.routed)),
              fmt::format("{:.4f}", t.gpu_imbalance), fmt::format("{:.4f}", t.expert_imbalance),
              t.bytes, r.events, t.gpu_cv, t.padded,
              models::to_string(f.all_to_all.algorithm),
-             t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total));
+             t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total),
+             models::to_string(f.recompute), format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].recompute_total));
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
@@ -439,7 +458,7 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
     const bool wait = models::is_network_wait(s.stage);
     fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}{}{}}}}})",
                wait ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
-               s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
+               s.recompute ? " (recompute)" : s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
                micro_batch(s.micro_batch), wait ? "" : s.profiled ? R"(,"source":"profile")" : R"(,"source":"roofline")");
   }
   // Links: one process, a track per link that was ever busy.
@@ -465,7 +484,8 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
   std::size_t id = 0;
   for (const auto& f : t.flows()) {
     const int src = static_cast<int>(f.flow.src.index()), dst = static_cast<int>(f.flow.dst.index());
-    const std::string name = fmt::format("{}{} {}->{}", to_string(f.stage), f.backward ? " gradient" : "", src, dst);
+    const std::string name =
+        fmt::format("{}{} {}->{}", to_string(f.stage), f.recompute ? " (recompute)" : f.backward ? " gradient" : "", src, dst);
     sep();
     fmt::print(out,
                R"({{"ph":"b","name":"{}","cat":"{}","id":{},"pid":{},"tid":{},"ts":{},"args":{{"layer":{}{},"bytes":{}}}}})",
@@ -534,6 +554,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                : models::is_network_wait(s) ? std::string("  (network)")
                                             : time_source(d, gp.stage_profiled[idx(s)]));
   }
+  if (gp.recompute_total > sim::Time::zero())
+    fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%  (of the stages above: forward work run again in the backward passes, "
+                    "its all-to-all waits included; recompute: {})\n",
+               "recomputation", gp.recompute_total.to_us() / 1e3,
+               100.0 * static_cast<double>(gp.recompute_total.count_ps()) / static_cast<double>(step.count_ps()),
+               models::to_string(f.recompute));
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)

@@ -632,13 +632,16 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
             ? std::string()
             : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
                           pp == 1 ? 1 + pick.uniform_int(2) : 1, pick.uniform_int(2) ? "true" : "false");
+    // Training: activation recomputation of either kind, or none.
+    const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, "};
+    const std::string recompute = kind == "training" ? recomputes[pick.uniform_int(3)] : "";
     // Training: one or two micro-batches (gradient accumulation); two with the interleaved schedule.
     const int batches = virtual_stages == 2 ? 2 : kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
 parallelism: {{ep: {}, pp: {}{}}}
-workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
@@ -646,7 +649,7 @@ compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
         nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
-        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, trial, laws[pick.uniform_int(4)],
+        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
@@ -993,6 +996,8 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
     const std::string summary = summary_csv(sc, r);
     CHECK(csv_value(summary, "micro_batches") == "2");
     CHECK(csv_value(summary, "tokens_per_step") == "2000");  // 2 x 1000 on each stage's one GPU
+    CHECK(csv_value(summary, "pipeline_schedule") == "pipelined");
+    CHECK(csv_value(summary, "virtual_stages") == "1");
   }
   SECTION("training, 2 micro-batches, 1F1B and GPipe") {
     // Optimizer per GPU: its stage's layer, attention 4,194,304 + router 2,048 + two experts
@@ -1228,6 +1233,9 @@ TEST_CASE("Interleaved pipeline stages pass each chunk's activations and gradien
     };
     CHECK(memory(isc, interleaved, 0) > memory(psc, plain, 0));
     CHECK(memory(isc, interleaved, 1) > memory(psc, plain, 1));
+    CHECK(csv_value(summary_csv(isc, interleaved), "virtual_stages") == "2");
+    CHECK(csv_value(summary_csv(isc, interleaved), "pipeline_schedule") == "interleaved_1f1b");
+    CHECK(csv_value(summary_csv(psc, plain), "pipeline_schedule") == "1f1b");
   }
 }
 
@@ -1261,4 +1269,134 @@ TEST_CASE("With interleaved stages a gradient bucket holds a stage's layers in b
     CHECK(one.stats.gpus()[static_cast<std::size_t>(g)].stage_total[idx(Stage::grad_sync)] == Time::ps(171'854'080 + shared));
   }
   CHECK(two.stats.step_time() < one.stats.step_time());
+}
+
+TEST_CASE("Activation recomputation runs forward work again in the backward pass, as derived by hand",
+          "[models][training][recompute]") {
+  // The tiny training step above: forward F = 283,379,776 ps (of which the two flows' waits are
+  // 2 x 22,480,000: its compute is attention 104,386,560 + router 2,060,096 + experts 125,829,120
+  // + reduce 6,144,000 = 238,419,776), backward 515,655,552, optimizer 205,578,240: 1,004,613,568.
+  // The time recomputing (recompute_total) counts the recomputed all-to-alls' waits too.
+  const auto plain = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(""), "t.yaml"));
+  REQUIRE(plain.stats.step_time() == Time::ps(1'004'613'568));
+  SECTION("attention: its forward again before its backward") {
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", recompute: attention"), "a.yaml"));
+    CHECK(r.stats.step_time() == Time::ps(1'004'613'568 + 104'386'560));
+    for (const auto& g : r.stats.gpus()) {
+      CHECK(g.recompute_total == Time::ps(104'386'560));
+      CHECK(g.backward_total == Time::ps(515'655'552 + 104'386'560));
+      CHECK(g.stage_total[idx(Stage::attention)] == Time::ps(4 * 104'386'560LL));  // forward, again, twice backward
+    }
+    CHECK(r.model_flops == plain.model_flops);  // recomputation is not model work
+    CHECK(r.stats.backward_layers()[0].stage_max[idx(Stage::attention)] == Time::ps(2 * 104'386'560LL));
+  }
+  SECTION("full: the whole layer forward again, its all-to-alls included, before its backward") {
+    const auto sc = scenarios::load_scenario_text(tiny_training(", recompute: full"), "f.yaml");
+    const auto r = scenarios::run_experiment(sc);
+    CHECK(r.stats.step_time() == Time::ps(1'004'613'568 + 283'379'776));
+    for (const auto& g : r.stats.gpus()) {
+      CHECK(g.recompute_total == Time::ps(283'379'776));  // its compute and its all-to-all waits
+      CHECK(g.backward_total == Time::ps(515'655'552 + 283'379'776));
+      CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(4 * 125'829'120LL));
+      CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(3 * 22'480'000LL));
+      CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(3 * 22'480'000LL));
+    }
+    CHECK(r.model_flops == plain.model_flops);
+    const auto& fwd = r.stats.layers()[0];
+    const auto& bwd = r.stats.backward_layers()[0];
+    CHECK(fwd.flows == 4);  // the forward row keeps the forward's flows only
+    CHECK(fwd.routed == 4000);  // routed once
+    CHECK(bwd.start == Time::ps(283'379'776));
+    CHECK(bwd.end == Time::ps(283'379'776LL + 283'379'776LL + 515'655'552LL));
+    CHECK(bwd.flows == 8);  // the recomputed forward's and the backward's
+    CHECK(bwd.network_bytes == 2 * fwd.network_bytes);
+    const std::string summary = summary_csv(sc, r);
+    CHECK(csv_value(summary, "recompute") == "full");
+    CHECK(csv_value(summary, "recompute_us") == "283.379776");
+    CHECK(csv_value(summary, "backward_us") == "799.035328");
+  }
+  SECTION("dense layers: their forward (full) or attention (attention) again before their backward") {
+    // The dense layer of the test above: attention 104,386,560 + FFN 62,914,560 = D = 167,301,120;
+    // the plain training step 450,680,896 + 515,655,552 + 2D + 411,099,136.
+    const std::int64_t D = 167'301'120, step = 450'680'896LL + 515'655'552LL + 2 * D + 411'099'136LL;
+    const auto full = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", recompute: full", true), "d.yaml"));
+    CHECK(full.stats.step_time() == Time::ps(step + 283'379'776 + D));
+    CHECK(full.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(4 * D));
+    CHECK(full.stats.gpus()[0].recompute_total == Time::ps(283'379'776 + D));
+    const auto attn = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", recompute: attention", true), "d.yaml"));
+    CHECK(attn.stats.step_time() == Time::ps(step + 2 * 104'386'560LL));
+    CHECK(attn.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(3 * D + 104'386'560));
+    CHECK(attn.stats.gpus()[0].recompute_total == Time::ps(2 * 104'386'560LL));
+  }
+  SECTION("with the LM head: the head's backward first, then the last layer's recomputed forward") {
+    // The head's forward with the loss 656,640,000 and its backward 1,310,720,000 (the LM head test).
+    std::string text = tiny_training(", recompute: full");
+    const std::string heads = "  attention_heads: 8\n";
+    text.replace(text.find(heads), heads.size(), heads + "  vocab: 32000\n");
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "v.yaml"));
+    CHECK(r.stats.backward_layers()[0].start == Time::ps(283'379'776LL + 656'640'000LL + 1'310'720'000LL));
+    CHECK(r.stats.gpus()[0].recompute_total == Time::ps(283'379'776));
+    CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] == Time::ps(656'640'000LL + 1'310'720'000LL));
+    // The head's work is model work whatever pass comes next.
+    std::string without = text;
+    without.replace(without.find(", recompute: full"), std::string(", recompute: full").size(), "");
+    CHECK(r.model_flops == scenarios::run_experiment(scenarios::load_scenario_text(without, "v.yaml")).model_flops);
+  }
+  SECTION("two-batch overlap: each half's work again, with both recomputation kinds") {
+    for (const char* kind : {"attention", "full"}) {
+      INFO(kind);
+      const auto tbo = scenarios::run_experiment(
+          scenarios::load_scenario_text(tiny_training(", overlap: two_batch, comm_sm_fraction: 0"), "o.yaml"));
+      const auto r = scenarios::run_experiment(scenarios::load_scenario_text(
+          tiny_training(std::string(", overlap: two_batch, comm_sm_fraction: 0, recompute: ") + kind), "o.yaml"));
+      // Attention on 500 tokens: 2*500*H*(q+2kv) + 2*500*q*H + 2*500*q*1001 = 5,219,328,000 FLOPs.
+      const std::int64_t half_attention = 52'193'280;
+      for (const auto& g : r.stats.gpus()) {
+        Time total;
+        for (const auto t : g.stage_total) total += t;
+        CHECK(total == g.finish);
+        if (std::string(kind) == "attention") CHECK(g.recompute_total == Time::ps(2 * half_attention));
+        else CHECK(g.recompute_total > Time::ps(2 * half_attention));
+      }
+      CHECK(r.stats.step_time() > tbo.stats.step_time());
+      CHECK(r.model_flops == tbo.model_flops);
+    }
+  }
+  SECTION("memory: a layer keeps its input, and one layer's activations are rebuilt at a time") {
+    // 3 layers, b = 2, T = 1000, H = 1024, q = kv = 1024, 2 experts: per layer attention
+    // b T (2H + 2(q + 2kv)) = 16,384,000 and router 4 T E = 8,000 B; the GPU's expert rows,
+    // 2000 a layer, b n (2H + 6F) = 32,768,000 B a layer. none: 3 x 16,392,000 + 3 x 32,768,000
+    // = 147,480,000. full: 3 inputs b T H = 3 x 2,048,000, plus one layer's 16,392,000 +
+    // 32,768,000: 55,304,000 (92,176,000 less). attention: each layer's attention replaced by its
+    // input, plus one layer's attention: 147,480,000 - 3 x 14,336,000 + 16,384,000 = 120,856,000
+    // (26,624,000 less).
+    const auto run = [](const std::string& keys) {
+      std::string text = tiny("dropless", 3);
+      const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+      text.replace(text.find(from), from.size(), "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000" + keys + "}");
+      const auto sc = scenarios::load_scenario_text(text, "m.yaml");
+      return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+    };
+    const double none = run(""), full = run(", recompute: full"), attention = run(", recompute: attention");
+    CHECK(none - full == Approx(0.092176).margin(0.0011));
+    CHECK(none - attention == Approx(0.026624).margin(0.0011));
+  }
+}
+
+TEST_CASE("With pipeline stages a recomputed forward waits for its backward's gradients, as derived by hand",
+          "[models][pipeline][recompute]") {
+  // The 2-stage, 2-micro-batch 1F1B case above (F = 238,419,776 per layer on one GPU, B =
+  // 470,695,552, d = 22,480,000), with full recomputation: every backward becomes F + B (the layer
+  // forward again, on one GPU without flows, then its backward), started when the gradients have
+  // arrived. GPU 1: F0 F + d..2F + d, B0 until 3F + d + B, F1 until 4F + d + B, B1 until
+  // 5F + d + 2B; its gradients reach GPU 0 at 3F + 2d + B and 5F + 2d + 2B; GPU 0 waits for each,
+  // and is done at 6F + 2d + 3B, then the optimizer.
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000, opt = 293'658'624;
+  const auto r = scenarios::run_experiment(
+      scenarios::load_scenario_text(two_stages(", kind: training, micro_batches: 2, recompute: full"), "pp.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(6 * F + 2 * d + 3 * B + opt));
+  CHECK(r.stats.gpus()[1].finish == Time::ps(5 * F + d + 2 * B + opt));
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * F + 2 * d + B));
+  CHECK(r.stats.pipeline_bytes() == 4 * 2'048'000);  // recomputation sends nothing between stages
+  for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(2 * F));
 }

@@ -502,6 +502,21 @@ TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scena
   CHECK_THAT(error_of(a100), Catch::Contains("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which A100-SXM systems lack"));
 }
 
+TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
+  const auto training = [](const std::string& keys) {
+    return with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n" + keys);
+  };
+  CHECK(load_scenario_text(training(""), "s.yaml").forward.recompute == moesim::models::Recompute::none);
+  CHECK(load_scenario_text(training("  recompute: full\n"), "s.yaml").forward.recompute == moesim::models::Recompute::full);
+  CHECK(load_scenario_text(training("  recompute: attention\n"), "s.yaml").forward.recompute ==
+        moesim::models::Recompute::attention);
+  CHECK(load_scenario_text(training("  recompute: none\n"), "s.yaml").forward.recompute == moesim::models::Recompute::none);
+  CHECK_THAT(error_of(training("  recompute: selective\n")), Catch::Contains("workload.recompute"));
+  CHECK_THAT(error_of(training("  recompute: selective\n")), Catch::Contains("full"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  recompute: full\n")),
+             Catch::Contains("workload.recompute: only used with 'kind: training'"));
+}
+
 TEST_CASE("Micro-batches are a training key", "[scenarios]") {
   CHECK(load_scenario_text(kBase, "s.yaml").forward.micro_batches == 1);
   const auto sc = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  micro_batches: 8\n"),
