@@ -873,26 +873,22 @@ void MoeForward::end_pass(int gpu) {
   const int done = s.pass;
   send_to_stage(gpu, done);
   if (backward(done)) backward_layer_done(gpu, done);
-  const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
-  ++s.step;
-  s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
+  // The pass done is still gpu's pass until after_passes(): the LM head and the dense layers'
+  // backward below are recorded with its layer and micro-batch.
   if (spec_.model.vocab > 0 && !backward_phase(done) && layer_of(done) == spec_.model.moe_layers - 1) {
-    // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage;
-    // s.pass is the next pass already, so no backward doubling).
-    run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::after_passes, micro_batch(done), false, false);
+    // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage).
+    run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::after_passes);
     return;
   }
   if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
     // their recomputed forward (full) or attention forward (attention), where recomputed.
     if (spec_.recompute != Recompute::none) {
-      routing::MoeModelSpec m = spec_.model;
-      m.expert_ffn = m.dense_ffn;
       const KernelCost a = attention(spec_.tokens_per_gpu);
-      const KernelCost again = spec_.recompute == Recompute::full
-                                   ? dense_cost()
-                                   : KernelCost{.flops = m.dense_layers * a.flops, .bytes = m.dense_layers * a.bytes};
-      run_stage(gpu, Stage::dense, cost(again, gpu, Work::not_model), &MoeForward::dense_backward, micro_batch(done), true, true);
+      const std::int64_t n = spec_.model.dense_layers;
+      const KernelCost again =
+          spec_.recompute == Recompute::full ? dense_cost() : KernelCost{.flops = n * a.flops, .bytes = n * a.bytes};
+      run_stage(gpu, Stage::dense, cost(again, gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
       return;
     }
     dense_backward(gpu);
@@ -901,19 +897,17 @@ void MoeForward::end_pass(int gpu) {
   after_passes(gpu);
 }
 
-int MoeForward::previous_micro_batch(int gpu) const {
-  const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  return micro_batch(schedule_[static_cast<std::size_t>(stage_of(gpu))][static_cast<std::size_t>(s.step - 1)]);
-}
-
 void MoeForward::dense_backward(int gpu) {
   const KernelCost c = dense_cost();
   run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside),
-            &MoeForward::after_passes, previous_micro_batch(gpu), true, false);
+            &MoeForward::after_passes);
 }
 
 void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
+  ++s.step;
+  s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
   if (s.pass < passes()) {
     if (spec_.two_batch_overlap) overlap_step(gpu);
     else begin_pass(gpu);

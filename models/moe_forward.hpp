@@ -293,7 +293,7 @@ class MoeForward {
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or
   // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
   bool run_before_pass(int gpu, void (MoeForward::*next)(int));
-  void after_passes(int gpu);
+  void after_passes(int gpu);  // gpu's next pass, or the step's end (gradient sync, optimizer)
   KernelCost attention(std::int64_t tokens) const;
   sim::Time experts_time(int pass, int gpu, int half);
   KernelCost optimizer_cost(int stage) const;
@@ -315,8 +315,6 @@ class MoeForward {
   void after_router_backward(int gpu);    // (recomputes the attention forward, then) the attention's backward
   void attention_backward(int gpu);
   void dense_backward(int gpu);           // after the first MoE layer's backward (and the dense layers' recompute)
-  // The micro-batch of the pass gpu ran before its current one.
-  int previous_micro_batch(int gpu) const;
   void end_pass(int gpu);
   void finish(int gpu);
   std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass, int half = 0) {

@@ -1400,3 +1400,38 @@ TEST_CASE("With pipeline stages a recomputed forward waits for its backward's gr
   CHECK(r.stats.pipeline_bytes() == 4 * 2'048'000);  // recomputation sends nothing between stages
   for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(2 * F));
 }
+
+TEST_CASE("The LM head and the dense layers' backward are recorded with the pass they follow", "[models][training]") {
+  // 4 MoE layers on 2 pipeline stages of one GPU, GPipe, 2 micro-batches, with the dense layer
+  // and the LM head: every LM head slice belongs to layer 3 and every dense slice to layer 0,
+  // each in its own micro-batch, although the GPU's next pass is another micro-batch's other
+  // layer (stage 1 runs micro-batch 1's layer 2 after micro-batch 0's head, stage 0 micro-batch
+  // 1's layer 1 backward after micro-batch 0's dense backward).
+  for (const char* recompute : {"", ", recompute: full"}) {
+    INFO(recompute);
+    std::string text = two_stages(std::string(", kind: training, micro_batches: 2, pipeline_schedule: gpipe") + recompute, 4);
+    const std::string heads = "  attention_heads: 8\n";
+    text.replace(text.find(heads), heads.size(), heads + "  vocab: 32000\n  dense_layers: 1\n  dense_ffn: 1024\n");
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "h.yaml"));
+    REQUIRE(r.timeline);
+    int heads_seen = 0, dense_seen = 0;
+    std::array<int, 2> head_forward{}, dense_backward{};
+    for (const auto& s : r.timeline->stages()) {
+      if (s.stage == Stage::lm_head) {
+        ++heads_seen;
+        CHECK(s.layer == 3);
+        CHECK_FALSE(s.recompute);
+        if (!s.backward) ++head_forward.at(static_cast<std::size_t>(s.micro_batch));
+      }
+      if (s.stage == Stage::dense) {
+        ++dense_seen;
+        CHECK(s.layer == 0);
+        if (s.backward && !s.recompute) ++dense_backward.at(static_cast<std::size_t>(s.micro_batch));
+      }
+    }
+    CHECK(heads_seen == 2 * 2);  // stage 1's GPU: 2 micro-batches, forward and backward
+    CHECK(dense_seen == 2 * (std::string(recompute).empty() ? 2 : 3));  // stage 0's GPU (and the recompute)
+    CHECK(head_forward == std::array<int, 2>{1, 1});
+    CHECK(dense_backward == std::array<int, 2>{1, 1});
+  }
+}
