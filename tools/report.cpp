@@ -144,8 +144,14 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // b T H per layer, plus one layer's activations rebuilt at a time in the backward pass) or its
 // attention's input instead of the attention's activations (attention: the same, plus one layer's
 // attention rebuilt). With pipeline stages a GPU holds only its stage's layers. Activations are the
-// bytes the kernels write (models/moe_costs.hpp): attention b T (2H + 2(q + 2kv)), router 4 T E,
-// shared experts and the GPU's expert rows b n (2H + 6F). Decode adds the KV cache (T sequences
+// tensors a layer keeps for its backward pass (counted as Korthikanti et al., "Reducing
+// Activation Recomputation in Large Transformer Models", 2022, do, with flash attention: no
+// S x S scores), per token: the attention block b (2H + 2q + 2kv) (its norm's input, the QKV
+// projection's input, Q, K and V, the output projection's input), the MoE block's norm input and
+// the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
+// and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
+// the activation, the row out, which the combine's gate gradient needs). Inference holds one
+// layer's worth at a time. Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
@@ -181,8 +187,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // over its layers).
   const double layers = per + (stage == 0 ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double attention = b * t * (2 * h + 2 * (q + 2 * kv)), input = b * t * h;
-  const double per_layer = attention + 4 * t * m.experts + m.shared_experts * b * t * (2 * h + 6 * ffn);
+  const double attention = b * t * (2 * h + 2 * q + 2 * kv), input = b * t * h;
+  const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
+  const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them).
   const bool head = m.vocab > 0 && own.back() + 1 == m.moe_layers;
@@ -192,14 +199,14 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
            : 0.0;
   if (f.training && f.recompute == models::Recompute::full) {
     // Each layer keeps its input; one layer's activations are rebuilt at a time in the backward pass.
-    u.activations = in_flight * (layers * input + logits) + per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn);
+    u.activations = in_flight * (layers * input + logits) + per_layer + expert_rows / std::max(1, per) * expert_row;
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
-    u.activations = in_flight * (layers * (per_layer - attention + input) + b * expert_rows * (2 * h + 6 * ffn) + logits) + attention;
+    u.activations = in_flight * (layers * (per_layer - attention + input) + expert_rows * expert_row + logits) + attention;
   } else if (f.training) {
-    u.activations = in_flight * (layers * per_layer + b * expert_rows * (2 * h + 6 * ffn) + logits);
+    u.activations = in_flight * (layers * per_layer + expert_rows * expert_row + logits);
   } else {
-    u.activations = per_layer + b * expert_rows / std::max(1, per) * (2 * h + 6 * ffn) + logits;
+    u.activations = per_layer + expert_rows / std::max(1, per) * expert_row + logits;
   }
   // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
