@@ -171,7 +171,7 @@ class MoeForward {
   bool finished() const { return finished_gpus_ == gpus_.size(); }
   const std::vector<routing::Placement>& placements() const { return placements_; }
   // FLOPs of the model's work in the step, over all GPUs: every compute stage except padding
-  // rows and the optimizer (backward counted at 2x), the numerator of MFU.
+  // rows, the optimizer and recomputed forwards (backward counted at 2x), the numerator of MFU.
   double model_flops() const { return model_flops_; }
   // Forward MoE stage times taken from the kernel profile, and those it did not cover.
   std::int64_t profile_hits() const { return profile_hits_; }

@@ -150,8 +150,7 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // projection's input, Q, K and V, the output projection's input), the MoE block's norm input and
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
-// the activation, the row out, which the combine's gate gradient needs). Inference holds one
-// layer's worth at a time. Decode adds the KV cache (T sequences
+// the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
