@@ -12,6 +12,16 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::i
   };
 }
 
+KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t t) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes;
+  const std::int64_t q = m.attention_heads * m.head_dim;
+  const std::int64_t kv = m.kv_heads * m.head_dim;
+  return KernelCost{
+      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h,
+      .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * q + 2 * kv),
+  };
+}
+
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t c) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes;
   const std::int64_t q = m.attention_heads * m.head_dim;

@@ -15,6 +15,12 @@
 //   bytes = b*(H*(q + 2*kv) + q*H) + b*T*C*D (the KV cache read) + b*T*(2*H + 2*(q + 2*kv))
 //   D = elements cached per token: 2*kv, or model.kv_cache_dim (DeepSeek's MLA caches a 512-wide
 //   latent and a 64-wide RoPE key: 576); the FLOPs stay those of the head counts.
+// attention projections' weight gradients (ZB-H1's weight pass; the input gradients and the
+// attention core's backward are the rest of the backward's 2x): the QKV and output projections'
+//   FLOPs = 2*T*H*(q + 2*kv) + 2*T*q*H
+//   bytes = b*(H*(q + 2*kv) + q*H)            weight gradients written
+//         + b*T*(2*H + 2*q + 2*kv)            their inputs (x, attention output) and output
+//                                             gradients (dQKV, dOut) read
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
@@ -47,6 +53,7 @@ namespace moesim::models {
 
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len);
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context);
+KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);

@@ -42,6 +42,15 @@ std::string_view to_string(Recompute r) {
   return "?";
 }
 
+std::string_view to_string(PipelineSchedule s) {
+  switch (s) {
+    case PipelineSchedule::one_f_one_b: return "1f1b";
+    case PipelineSchedule::gpipe: return "gpipe";
+    case PipelineSchedule::zb_h1: return "zb_h1";
+  }
+  return "?";
+}
+
 bool is_network_wait(Stage s) {
   return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
 }
@@ -93,13 +102,29 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
   if (v == 1) {
     const auto forward = [&](int mb) { order.push_back(PipelineItem{mb, stage, false}); };
     const auto back = [&](int mb) { order.push_back(PipelineItem{mb, stage, true}); };
+    const auto weight = [&](int mb) { order.push_back(PipelineItem{mb, stage, false, true}); };
+    const int warm = std::min(pp - 1 - stage, batches);
     if (!spec.training) {
       for (int mb = 0; mb < batches; ++mb) forward(mb);
-    } else if (spec.gpipe) {
+    } else if (spec.pipeline_schedule == PipelineSchedule::gpipe) {
       for (int mb = 0; mb < batches; ++mb) forward(mb);
       for (int mb = 0; mb < batches; ++mb) back(mb);
+    } else if (spec.pipeline_schedule == PipelineSchedule::zb_h1) {
+      // 1F1B's forwards and backwards; stage s holds back its first s weight passes, then runs
+      // one after each backward, the rest at the end.
+      int weights = 0;
+      for (int mb = 0; mb < warm; ++mb) forward(mb);
+      for (int mb = 0; mb + warm < batches; ++mb) {
+        forward(mb + warm);
+        back(mb);
+        if (mb >= stage) weight(weights++);
+      }
+      for (int mb = batches - warm; mb < batches; ++mb) {
+        back(mb);
+        weight(weights++);
+      }
+      while (weights < batches) weight(weights++);
     } else {  // 1F1B
-      const int warm = std::min(pp - 1 - stage, batches);
       for (int mb = 0; mb < warm; ++mb) forward(mb);
       for (int mb = 0; mb + warm < batches; ++mb) {
         forward(mb + warm);
@@ -112,7 +137,7 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
   // Interleaved: the k-th forward (backward) of the stage's batches * v is micro-batch
   // k / (pp v) * pp + k mod pp through its chunk (k mod pp v) / pp (backward: counted from its
   // last chunk).
-  MOESIM_ASSERT(pp > 1 && batches % pp == 0 && !spec.gpipe,
+  MOESIM_ASSERT(pp > 1 && batches % pp == 0 && spec.pipeline_schedule == PipelineSchedule::one_f_one_b,
                 "the interleaved schedule needs pipeline stages, 1F1B and micro-batches in whole groups of pp");
   const int total = batches * v, group = pp * v;
   const auto item = [&](int k, bool back) {
@@ -161,7 +186,9 @@ double pipeline_held_layers(const ForwardSpec& spec, int stage) {
   for (const PipelineItem& it : pipeline_order(spec, stage)) {
     const int layers = bounds[static_cast<std::size_t>(it.chunk) + 1] - bounds[static_cast<std::size_t>(it.chunk)] +
                        (it.chunk == 0 ? spec.model.dense_layers : 0);
-    held += it.backward ? -layers : layers;
+    // ZB-H1: a micro-batch's activations stay until its weight pass.
+    const bool frees = spec.pipeline_schedule == PipelineSchedule::zb_h1 ? it.weight : it.backward;
+    held += frees ? -layers : it.backward ? 0 : layers;
     most = std::max(most, held);
   }
   return most;
@@ -211,7 +238,9 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
     std::vector<int> order;
     for (const PipelineItem& it : pipeline_order(spec, st)) {
       const int base = it.micro_batch * batch_passes();
-      if (!it.backward) {
+      if (it.weight) {
+        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) order.push_back(weight_pass(it.micro_batch, l));
+      } else if (!it.backward) {
         for (int l = chunk_first(it.chunk); l < chunk_first(it.chunk + 1); ++l) order.push_back(base + l);
       } else {
         for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) {
@@ -444,11 +473,12 @@ void MoeForward::start() {
 }
 
 Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
-  // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size; a
-  // recomputed forward's work is not model work.
+  // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size, or
+  // with ZB-H1 once for the input gradients, and its weight pass once for the weight gradients;
+  // a recomputed forward's work is not model work.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
-  const bool twice = work == Work::gemm && in_pass && backward(p);
+  const bool twice = work == Work::gemm && in_pass && backward(p) && !weight_split();
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
   if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
@@ -468,9 +498,12 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
                                          bool gemm) {
   // A backward pass asks for the same stages' backward kernels (router_bwd, permute_bwd,
   // experts_bwd, combine_bwd); a profile measured without them (moe-profile without --backward)
-  // leaves backward passes to the roofline, without counting that as a miss.
+  // leaves backward passes to the roofline, without counting that as a miss. ZB-H1 splits a
+  // backward GEMM kernel's time in half between the input-gradient and the weight pass (their
+  // GEMMs have the same FLOPs); the rest of a backward (permute's and combine's) is the input
+  // pass's.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  const bool back = p < passes() && backward(p);
+  const bool back = p < passes() && (backward(p) || weight(p));
   if (!spec_.profile || (back && !profile_backward_)) return std::nullopt;
   const auto& m = spec_.model;
   double us = 0;
@@ -482,12 +515,13 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
       ++profile_misses_;
       return std::nullopt;
     }
-    us += *t;
+    us += *t * (back && q.gemm && weight_split() ? 0.5 : 1.0);
   }
   ++profile_hits_;
-  // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients); a
-  // recomputed forward is not model work.
-  if (!(p < passes() && recompute(p))) model_flops_ += static_cast<double>(work.flops) * (back && gemm ? 2 : 1);
+  // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients; ZB-H1:
+  // each of its two passes once); a recomputed forward is not model work.
+  if (!(p < passes() && recompute(p)))
+    model_flops_ += static_cast<double>(work.flops) * (back && gemm && !weight_split() ? 2 : 1);
   last_profiled_ = true;
   return scaled(Time::ps(std::llround(us * 1e6)), gpu);
 }
@@ -495,14 +529,16 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
 Time MoeForward::router_time(int gpu, std::int64_t tokens) {
   const auto& m = spec_.model;
   const KernelCost c = router_cost(m, tokens);
-  if (const auto t = profiled(gpu, c, {{"router", m.experts, m.top_k, tokens}, {"permute", m.experts, m.top_k, tokens}})) return *t;
+  if (const auto t = profiled(gpu, c,
+                              {{"router", m.experts, m.top_k, tokens}, {"permute", m.experts, m.top_k, tokens, 1.0, -1, -1, false}}))
+    return *t;
   return cost(c, gpu);
 }
 
 Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
   const auto& m = spec_.model;
   const KernelCost c = reduce_cost(m, tokens, kept);
-  if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens}}, false)) return *t;
+  if (const auto t = profiled(gpu, c, {{"combine", m.experts, m.top_k, tokens, 1.0, -1, -1, false}}, false)) return *t;
   return cost(c, gpu, Work::other);
 }
 
@@ -516,7 +552,7 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
     const bool again = recomputed.value_or(p < passes() && recompute(p));
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
                                    backward_work.value_or(p < passes() && backward_phase(p)), profiled,
-                                   micro_batch >= 0 ? micro_batch : this->micro_batch(last), again});
+                                   micro_batch >= 0 ? micro_batch : this->micro_batch(last), again, p < passes() && weight(p)});
     (this->*next)(gpu);
   });
 }
@@ -530,13 +566,15 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
     return true;
   }
-  // The LM head's backward (input and weight gradients: twice its projection) comes first in
-  // each micro-batch's backward pass (before the last layer's recomputed forward).
+  // The LM head's backward (input and weight gradients: twice its projection; ZB-H1: the input
+  // gradients here, the weight gradients in the last layer's weight pass) comes first in each
+  // micro-batch's backward pass (before the last layer's recomputed forward).
   if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
     ++s.head_backward;
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
-    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside), next, -1,
-              true, false);
+    const int times = weight_split() ? 1 : 2;
+    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside), next,
+              -1, true, false);
     return true;
   }
   return false;
@@ -560,8 +598,8 @@ int MoeForward::across_stages(int gpu, int pass, bool input) const {
   // forward output and backward input to the next chunk at its last layer. The GPU at the same
   // position of that chunk's stage. A recomputed forward (before the layer's backward) waits for
   // the gradients its backward needs, as a stage recomputes when its backward starts, and sends
-  // nothing.
-  if (recompute(pass) && !input) return -1;
+  // nothing; a weight pass (ZB-H1) neither waits nor sends.
+  if ((recompute(pass) && !input) || weight(pass)) return -1;
   const int c = chunk_of(layer_of(pass)), l = layer_of(pass);
   const int at = gpu % stage_gpus();
   if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? (c - 1) % spec_.pp * stage_gpus() + at : -1;
@@ -613,6 +651,11 @@ void MoeForward::send_to_stage(int gpu, int pass) {
 
 void MoeForward::start_pass(int gpu) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (weight(p)) {
+    gpus_[static_cast<std::size_t>(gpu)].op = 0;
+    weight_step(gpu);
+    return;
+  }
   if (!backward(p)) {
     run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
               &MoeForward::after_attention);
@@ -712,7 +755,50 @@ void MoeForward::after_router_backward(int gpu) {
 }
 
 void MoeForward::attention_backward(int gpu) {
+  if (weight_split()) {
+    // The input gradients: the attention core's backward (twice its forward's matmuls) and the
+    // projections' input gradients (once); the projections' weight gradients wait for the
+    // weight pass. Together as much as the backward without the split.
+    const KernelCost a = attention(spec_.tokens_per_gpu), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
+    run_stage(gpu, Stage::attention, cost(KernelCost{.flops = 2 * a.flops - w.flops, .bytes = 2 * a.bytes - w.bytes}, gpu, Work::other),
+              &MoeForward::end_pass);
+    return;
+  }
   run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::end_pass);
+}
+
+void MoeForward::weight_step(int gpu) {
+  // Every GEMM once, at the forward's size: its weight gradient. Not with two-batch overlap
+  // (ZB-H1 needs pipeline stages).
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto& m = spec_.model;
+  const int layer = layer_of(s.pass);
+  const std::int64_t tokens = spec_.tokens_per_gpu;
+  for (;;) {
+    switch (s.op++) {
+      case 0:  // the last layer's weight pass takes the LM head's
+        if (layer == m.moe_layers - 1 && m.vocab > 0)
+          return run_stage(gpu, Stage::lm_head, cost(lm_head_cost(m, tokens, false), gpu, Work::outside), &MoeForward::weight_step);
+        break;
+      case 1:
+        return run_stage(gpu, Stage::attention, cost(attention_projection_cost(m, tokens), gpu, Work::other), &MoeForward::weight_step);
+      case 2:
+        return run_stage(gpu, Stage::router, cost(router_cost(m, tokens), gpu), &MoeForward::weight_step);
+      case 3:
+        if (m.shared_experts > 0)
+          return run_stage(gpu, Stage::shared_experts, cost(expert_cost(m, tokens), gpu) * m.shared_experts, &MoeForward::weight_step);
+        break;
+      case 4:
+        return run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::weight_step);
+      case 5:  // the first layer's weight pass takes the dense layers'
+        if (layer == 0 && spec_.model.dense_layers > 0)
+          return run_stage(gpu, Stage::dense, cost(dense_weight_cost(), gpu, Work::outside), &MoeForward::weight_step);
+        break;
+      default:
+        s.op = 0;
+        return end_pass(gpu);
+    }
+  }
 }
 
 // Two-batch overlap, one layer on one GPU: halves A and B (0 and 1) run this program on the
@@ -872,7 +958,8 @@ void MoeForward::end_pass(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int done = s.pass;
   send_to_stage(gpu, done);
-  if (backward(done)) backward_layer_done(gpu, done);
+  // A layer's gradients are complete after its backward, or with ZB-H1 its weight pass.
+  if (weight_split() ? weight(done) : backward(done)) backward_layer_done(gpu, done);
   // The pass done is still gpu's pass until after_passes(): the LM head and the dense layers'
   // backward below are recorded with its layer and micro-batch.
   if (spec_.model.vocab > 0 && !backward_phase(done) && layer_of(done) == spec_.model.moe_layers - 1) {
@@ -898,9 +985,18 @@ void MoeForward::end_pass(int gpu) {
 }
 
 void MoeForward::dense_backward(int gpu) {
-  const KernelCost c = dense_cost();
-  run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside),
+  // Twice the forward; with ZB-H1 that less the weight gradients (the first layer's weight pass).
+  const KernelCost c = dense_cost(), w = weight_split() ? dense_weight_cost() : KernelCost{};
+  run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops - w.flops, .bytes = 2 * c.bytes - w.bytes}, gpu, Work::outside),
             &MoeForward::after_passes);
+}
+
+KernelCost MoeForward::dense_weight_cost() const {
+  // The dense layers' weight gradients: their attention projections and FFN GEMMs once.
+  routing::MoeModelSpec m = spec_.model;
+  m.expert_ffn = m.dense_ffn;
+  const KernelCost a = attention_projection_cost(m, spec_.tokens_per_gpu), f = expert_cost(m, spec_.tokens_per_gpu);
+  return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
 }
 
 void MoeForward::after_passes(int gpu) {

@@ -23,8 +23,9 @@
 // chunk's layers of each micro-batch when the previous chunk's activations for it have arrived
 // (one flow per GPU, to the GPU at the same position in the next chunk's stage), and its
 // backward when the next chunk's gradients have, in the order of the schedule
-// (pipeline_order(): 1F1B, interleaved 1F1B or GPipe); gradients are synchronised within each
-// stage. Two-batch overlap runs the program in overlap_step() instead. Without it no stage
+// (pipeline_order(): 1F1B, interleaved 1F1B, GPipe or ZB-H1, which splits each backward into
+// an input-gradient pass that sends the gradients on and a weight-gradient pass that runs
+// later, filling what would be bubble); gradients are synchronised within each stage. Two-batch overlap runs the program in overlap_step() instead. Without it no stage
 // overlaps another on a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work
 // again inside the backward passes: the attention forward before the attention's backward, or
 // (full) each layer's whole forward, its all-to-alls included, before the layer's backward.
@@ -54,6 +55,12 @@ namespace moesim::models {
 
 enum class Recompute { none, attention, full };
 std::string_view to_string(Recompute r);
+// Training's order of forward and backward work on a pipeline stage (pipeline_order()).
+// zb_h1: the zero-bubble schedule ZB-H1 of Qi et al., "Zero Bubble Pipeline Parallelism" (ICLR
+// 2024): each backward pass is split into its input gradients (B), which go back to the previous
+// stage, and its weight gradients (W), which wait.
+enum class PipelineSchedule { one_f_one_b, gpipe, zb_h1 };
+std::string_view to_string(PipelineSchedule s);  // "1f1b", "gpipe", "zb_h1"
 
 struct ForwardSpec {
   routing::MoeModelSpec model;
@@ -71,12 +78,13 @@ struct ForwardSpec {
   // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups), each holding
   // virtual_stages model chunks: the MoE layers form pp * virtual_stages runs of consecutive
   // layers (pipeline_layers[c] in chunk c, or where that is empty as even a share as possible,
-  // see pipeline_bounds()), chunk c on stage c mod pp. gpipe: the GPipe schedule, else 1F1B
-  // (interleaved where virtual_stages > 1, see pipeline_order()).
+  // see pipeline_bounds()), chunk c on stage c mod pp, run in the order of pipeline_schedule
+  // (pipeline_order(); 1F1B is interleaved where virtual_stages > 1). zb_h1 needs
+  // virtual_stages 1 and no recomputation.
   int pp = 1;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
-  bool gpipe = false;
+  PipelineSchedule pipeline_schedule = PipelineSchedule::one_f_one_b;
   bool gradient_sync = false;         // training: all-reduce of gradients across data-parallel replicas
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
@@ -132,11 +140,14 @@ std::vector<int> stage_layers(const ForwardSpec& spec, int stage);
 GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int stage);
 
 // One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
-// model chunks, forward (its layers in order) or backward (last layer first).
+// model chunks, forward (its layers in order) or backward (last layer first). ZB-H1 splits a
+// backward in two entries: `backward` (its input gradients) and then, later, `weight` (its
+// weight gradients; backward is false).
 struct PipelineItem {
   int micro_batch = 0;
   int chunk = 0;
   bool backward = false;
+  bool weight = false;
   bool operator==(const PipelineItem&) const = default;
 };
 // The order in which the GPUs of pipeline stage `stage` run their work. Forward-only workloads:
@@ -147,11 +158,19 @@ struct PipelineItem {
 // micro-batches 0..pp-1 through its first chunk, then through its second, ..., then the next
 // group; backward the same from its last chunk), (pp - 1 - s) * 2 + (v - 1) * pp of these
 // forwards first (at most all of them), then one forward and one backward in turn, then the
-// backwards left. Needs micro_batches a multiple of pp.
+// backwards left. Needs micro_batches a multiple of pp. ZB-H1: as 1F1B (w = min(pp - 1 - s,
+// micro_batches) forwards first), but stage s holds back the weight gradients of its first s
+// backwards: after the k-th backward (from 0) of the alternating part comes the weight pass of
+// micro-batch k - s (where k >= s); after each backward left, the oldest weight pass waiting;
+// then the rest. Every stage then holds up to pp micro-batches between their forward and their
+// weight pass (stage 0 as many as with 1F1B), and the weight passes fill what 1F1B leaves idle:
+// with equal forward, input- and weight-gradient times F, B, W the bubble shrinks from
+// (pp - 1)(F + B + W) to (pp - 1)(F + B - W) (the paper's ZB-H1, its figure 3).
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
-// its backward frees them, in pipeline_order().
+// its backward frees them (ZB-H1: its weight pass, which needs the layers' inputs and output
+// gradients), in pipeline_order().
 double pipeline_held_layers(const ForwardSpec& spec, int stage);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
@@ -186,7 +205,7 @@ class MoeForward {
     int step = 0;  // the index of `pass` in its stage's schedule
     Wait wait = Wait::none;
     sim::Time wait_start;
-    int op = 0;           // two-batch overlap: the next operation of the layer's program
+    int op = 0;           // two-batch overlap: the next operation of the layer's program; ZB-H1's weight pass: its next stage
     int wait_half = 0;    // two-batch overlap: the half it waits for
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
     int head_backward = 0;  // micro-batches whose LM head has run backward
@@ -198,30 +217,42 @@ class MoeForward {
   // Passes: per micro-batch every layer forward, then (training) every layer backward, last layer
   // first; with full recomputation each layer's backward pass comes right after a pass that
   // recomputes its forward: per micro-batch L forward passes, then (recompute, backward) for
-  // layers L - 1, ..., 0.
+  // layers L - 1, ..., 0. ZB-H1 (weight_split()) adds a weight-gradient pass per layer after
+  // those, again for layers L - 1, ..., 0; the backward passes then compute the input gradients
+  // only. The schedule (schedule_) runs them in its own order.
   bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
+  bool weight_split() const { return spec_.training && spec_.pipeline_schedule == PipelineSchedule::zb_h1; }
+  int backward_passes() const { return full_recompute() ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
   int batch_passes() const {
     const int l = spec_.model.moe_layers;
-    return !spec_.training ? l : full_recompute() ? 3 * l : 2 * l;
+    return !spec_.training ? l : l + backward_passes() + (weight_split() ? l : 0);
   }
   int passes() const { return spec_.micro_batches * batch_passes(); }
   int micro_batch(int pass) const { return pass / batch_passes(); }
   int layer_of(int pass) const {
     const int q = pass % batch_passes(), l = spec_.model.moe_layers;
-    return q < l ? q : l - 1 - (full_recompute() ? (q - l) / 2 : q - l);
+    if (q < l) return q;
+    if (q >= l + backward_passes()) return l - 1 - (q - l - backward_passes());  // a weight pass
+    return l - 1 - (full_recompute() ? (q - l) / 2 : q - l);
   }
   // A recomputed forward (full recomputation): forward work, recorded as the layer's backward.
   bool recompute(int pass) const {
     const int q = pass % batch_passes(), l = spec_.model.moe_layers;
-    return full_recompute() && q >= l && (q - l) % 2 == 0;
+    return full_recompute() && q >= l && q < l + backward_passes() && (q - l) % 2 == 0;
   }
-  bool backward(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers && !recompute(pass); }
-  // Backward work, recomputation included (what the records say).
+  // A weight-gradient pass (ZB-H1): the layer's weight gradients, recorded as its backward.
+  bool weight(int pass) const { return weight_split() && pass % batch_passes() >= spec_.model.moe_layers + backward_passes(); }
+  bool backward(int pass) const { return backward_phase(pass) && !recompute(pass) && !weight(pass); }
+  // Backward work, recomputation and weight passes included (what the records say).
   bool backward_phase(int pass) const { return pass % batch_passes() >= spec_.model.moe_layers; }
-  // The pass of micro-batch `micro_batch` that runs `layer` backward.
+  // The pass of micro-batch `micro_batch` that runs `layer` backward, and (ZB-H1) its weight pass.
   int backward_pass(int micro_batch, int layer) const {
     const int l = spec_.model.moe_layers;
     return micro_batch * batch_passes() + l + (full_recompute() ? 2 * (l - 1 - layer) + 1 : l - 1 - layer);
+  }
+  int weight_pass(int micro_batch, int layer) const {
+    const int l = spec_.model.moe_layers;
+    return micro_batch * batch_passes() + l + backward_passes() + (l - 1 - layer);
   }
   // The plans of pass `pass` (its micro-batch and layer) for gpu's EP group.
   const routing::DispatchPlan& plan(int pass, int gpu, int half = 0) const;
@@ -258,7 +289,8 @@ class MoeForward {
   void start_pass(int gpu);
   void send_to_stage(int gpu, int pass);  // after a pass: activations or gradients to the neighbouring stage
   int rank(int gpu) const { return gpu % spec_.ep; }
-  // What a compute stage's work is. gemm: the current pass's GEMMs (twice in a backward pass);
+  // What a compute stage's work is. gemm: the current pass's GEMMs (twice in a backward pass,
+  // once in ZB-H1's input- and weight-gradient passes, which share a backward's work);
   // other: the current pass's other work (not doubled); both are model work unless the pass is
   // a recomputed forward. outside: model work outside the MoE passes (dense layers, LM head),
   // costed as given. not_model: not model work (the optimizer, recomputation), as given.
@@ -278,6 +310,7 @@ class MoeForward {
     double imbalance = 1.0;
     double active = -1;  // experts with rows, where known
     double tiles = -1;   // the 64-row tiles their rows fill, where known
+    bool gemm = true;    // GEMMs (ZB-H1 splits their backward between two passes), or not
   };
   // gemm: the work is GEMMs (a backward pass does twice their FLOPs), as cost()'s.
   std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts,
@@ -289,6 +322,7 @@ class MoeForward {
   // (cost()): the stage run_stage starts next is recorded with it.
   bool last_profiled_ = false;
   KernelCost dense_cost() const;
+  KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
   KernelCost lm_head() const;  // forward (with the loss in training)
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or
   // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
@@ -314,6 +348,10 @@ class MoeForward {
   void try_finish_combine(int gpu);
   void after_router_backward(int gpu);    // (recomputes the attention forward, then) the attention's backward
   void attention_backward(int gpu);
+  // ZB-H1's weight pass, one compute stage per call (GpuState::op): the LM head's weight
+  // gradient (the last layer's), the attention's projections, the router, the shared experts,
+  // the experts, the dense layers' (the first layer's), then end_pass().
+  void weight_step(int gpu);
   void dense_backward(int gpu);           // after the first MoE layer's backward (and the dense layers' recompute)
   void end_pass(int gpu);
   void finish(int gpu);

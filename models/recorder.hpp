@@ -46,6 +46,9 @@ struct StageRecord {
   // Activation recomputation (workload.recompute): forward work re-run in a backward pass, to
   // rebuild the activations it did not keep (backward is true too).
   bool recompute = false;
+  // ZB-H1 (workload.pipeline_schedule: zb_h1): a weight pass's stage, the layer's weight
+  // gradients computed apart from its input gradients (backward is true too).
+  bool weight = false;
 };
 
 // One flow (src != dst), reported when its last byte has arrived: an all-to-all's, a gradient

@@ -484,8 +484,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.optimizer_sharding && !f.gradient_sync)
         problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
     }
-    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe"}), false)) {
-      f.gpipe = *v == "gpipe";
+    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe", "zb_h1"}), false)) {
+      f.pipeline_schedule = *v == "gpipe"   ? models::PipelineSchedule::gpipe
+                            : *v == "zb_h1" ? models::PipelineSchedule::zb_h1
+                                            : models::PipelineSchedule::one_f_one_b;
       if (f.pp == 1 || !f.training)
         problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
     }
@@ -493,6 +495,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.recompute = *v == "full" ? models::Recompute::full : *v == "attention" ? models::Recompute::attention : models::Recompute::none;
       if (f.recompute != models::Recompute::none && !f.training)
         problems.add_at(w->key_path("recompute"), "only used with 'kind: training' (recomputation rebuilds activations for the backward pass)");
+      if (f.recompute != models::Recompute::none && f.pipeline_schedule == models::PipelineSchedule::zb_h1)
+        problems.add_at(w->key_path("recompute"),
+                        "not with pipeline_schedule: zb_h1 (its weight passes need activations that recomputation rebuilds for "
+                        "the input-gradient pass only; not modelled)");
     }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
@@ -804,8 +810,10 @@ void cross_check(const Scenario& sc, Problems& problems) {
                       fmt::format("{} micro-batches with virtual_stages: the interleaved schedule runs them in groups of "
                                   "parallelism.pp ({}); use a multiple of it",
                                   sc.forward.micro_batches, pp));
-    if (v > 1 && sc.forward.gpipe)
-      problems.add_at("workload.pipeline_schedule", "gpipe with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's");
+    if (v > 1 && sc.forward.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
+      problems.add_at("workload.pipeline_schedule",
+                      fmt::format("{} with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's",
+                                  models::to_string(sc.forward.pipeline_schedule)));
     if (sc.forward.two_batch_overlap)
       problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
   }

@@ -307,7 +307,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
-                               : f.gpipe            ? "gpipe"
+                               : f.pipeline_schedule != models::PipelineSchedule::one_f_one_b ? std::string(models::to_string(f.pipeline_schedule))
                                : f.virtual_stages > 1 ? "interleaved_1f1b"
                                                       : "1f1b";
   fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
@@ -464,7 +464,7 @@ void write_timeline_json(std::ostream& out, const scenarios::Scenario& sc, const
     const bool wait = models::is_network_wait(s.stage);
     fmt::print(out, R"({{"ph":"X","name":"{}{}","cat":"{}","pid":{},"tid":{},"ts":{},"dur":{},"args":{{"layer":{}{}{}}}}})",
                wait ? fmt::format("{} wait", to_string(s.stage)) : std::string(to_string(s.stage)),
-               s.recompute ? " (recompute)" : s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
+               s.recompute ? " (recompute)" : s.weight ? " (weight gradients)" : s.backward ? " (backward)" : "", wait ? "wait" : "compute", g / gpn, g, us(s.start), us(s.end - s.start), s.layer,
                micro_batch(s.micro_batch), wait ? "" : s.profiled ? R"(,"source":"profile")" : R"(,"source":"roofline")");
   }
   // Links: one process, a track per link that was ever busy.
@@ -519,7 +519,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
                                     f.virtual_stages > 1 ? fmt::format("{} chunks per stage, ", f.virtual_stages) : "",
-                                    !f.training ? "pipelined" : f.gpipe ? "GPipe" : f.virtual_stages > 1 ? "interleaved 1F1B" : "1F1B")
+                                    !f.training                                                  ? "pipelined"
+                                    : f.pipeline_schedule == models::PipelineSchedule::gpipe ? "GPipe"
+                                    : f.pipeline_schedule == models::PipelineSchedule::zb_h1 ? "ZB-H1"
+                                    : f.virtual_stages > 1                                   ? "interleaved 1F1B"
+                                                                                             : "1F1B")
                      : std::string(),
              f.tokens_per_gpu,
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");

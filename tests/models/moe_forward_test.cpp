@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <map>
 #include <sstream>
+#include <tuple>
 #include <string>
 
 #include "models/analytical_network.hpp"
@@ -635,13 +637,16 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     // Training: activation recomputation of either kind, or none.
     const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, "};
     const std::string recompute = kind == "training" ? recomputes[pick.uniform_int(3)] : "";
+    // Training on two stages of one chunk each without recomputation: 1F1B or ZB-H1.
+    const std::string schedule =
+        kind == "training" && pp == 2 && virtual_stages == 1 && recompute.empty() && pick.uniform_int(2) ? "pipeline_schedule: zb_h1, " : "";
     // Training: one or two micro-batches (gradient accumulation); two with the interleaved schedule.
     const int batches = virtual_stages == 2 ? 2 : kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
 parallelism: {{ep: {}, pp: {}{}}}
-workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}seed: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
@@ -649,7 +654,7 @@ compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
         nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
-        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, trial, laws[pick.uniform_int(4)],
+        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
@@ -1161,8 +1166,184 @@ TEST_CASE("The interleaved schedule takes micro-batches in groups of pp through 
   CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), B(0, 0), F(2, 0), B(1, 0), F(3, 0), B(2, 0), B(3, 0)});
   CHECK(models::pipeline_held_layers(f, 0) == 4);
   CHECK(models::pipeline_held_layers(f, 1) == 2);
-  f.gpipe = true;
+  f.pipeline_schedule = models::PipelineSchedule::gpipe;
   CHECK(models::pipeline_held_layers(f, 1) == 8);
+}
+
+namespace {
+
+// A pipeline stage's schedule written as "F0 B0 W0 ...": forward, input-gradient (backward) and
+// weight pass of a micro-batch through the stage's one chunk.
+std::vector<models::PipelineItem> items(int stage, const std::string& text) {
+  std::vector<models::PipelineItem> out;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) out.push_back(models::PipelineItem{std::stoi(w.substr(1)), stage, w[0] == 'B', w[0] == 'W'});
+  return out;
+}
+
+// The time the stages' orders take when every forward takes f, every backward (1F1B: input and
+// weight gradients) b and every weight pass w, and nothing else costs time: a stage starts an
+// item when it is done with the one before and its input is there (forward: the previous stage's
+// forward of the micro-batch; backward: the next stage's backward, or on the last stage its own
+// forward).
+double makespan(const std::vector<std::vector<models::PipelineItem>>& orders, double f, double b, double w) {
+  const std::size_t p = orders.size();
+  std::map<std::tuple<std::size_t, int, int>, double> done;  // (stage, kind 0 F 1 B 2 W, micro-batch)
+  std::vector<std::size_t> next(p, 0);
+  std::vector<double> free(p, 0);
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (std::size_t s = 0; s < p; ++s)
+      while (next[s] < orders[s].size()) {
+        const auto& it = orders[s][next[s]];
+        const int kind = it.weight ? 2 : it.backward ? 1 : 0;
+        double ready = free[s];
+        if (kind < 2 && !(kind == 0 && s == 0)) {
+          const auto dep = kind == 0 ? std::tuple{s - 1, 0, it.micro_batch}
+                                     : s + 1 < p ? std::tuple{s + 1, 1, it.micro_batch} : std::tuple{s, 0, it.micro_batch};
+          if (!done.count(dep)) break;
+          ready = std::max(ready, done[dep]);
+        }
+        free[s] = ready + (kind == 0 ? f : kind == 1 ? b : w);
+        done[{s, kind, it.micro_batch}] = free[s];
+        ++next[s];
+        progress = true;
+      }
+  }
+  for (std::size_t s = 0; s < p; ++s) REQUIRE(next[s] == orders[s].size());  // no order waits forever
+  return *std::max_element(free.begin(), free.end());
+}
+
+}  // namespace
+
+TEST_CASE("ZB-H1 holds back stage s's first s weight passes and shrinks the bubble to (pp - 1)(F + B - W)", "[models][pipeline]") {
+  // PP4, 8 micro-batches: 1F1B's forwards and backwards; stage s runs the weight pass of
+  // micro-batch k - s after its k-th backward (k >= s), one after each backward of the
+  // cool-down, the rest at the end.
+  models::ForwardSpec f;
+  f.model.moe_layers = 4;
+  f.pp = 4;
+  f.micro_batches = 8;
+  f.training = true;
+  f.pipeline_schedule = models::PipelineSchedule::zb_h1;
+  const std::vector<std::vector<models::PipelineItem>> zb{
+      items(0, "F0 F1 F2 F3 B0 W0 F4 B1 W1 F5 B2 W2 F6 B3 W3 F7 B4 W4 B5 W5 B6 W6 B7 W7"),
+      items(1, "F0 F1 F2 B0 F3 B1 W0 F4 B2 W1 F5 B3 W2 F6 B4 W3 F7 B5 W4 B6 W5 B7 W6 W7"),
+      items(2, "F0 F1 B0 F2 B1 F3 B2 W0 F4 B3 W1 F5 B4 W2 F6 B5 W3 F7 B6 W4 B7 W5 W6 W7"),
+      items(3, "F0 B0 F1 B1 F2 B2 F3 B3 W0 F4 B4 W1 F5 B5 W2 F6 B6 W3 F7 B7 W4 W5 W6 W7")};
+  for (int s = 0; s < 4; ++s) CHECK(models::pipeline_order(f, s) == zb[static_cast<std::size_t>(s)]);
+  // Every stage holds up to pp micro-batches between forward and weight pass (1F1B: pp - s).
+  for (int s = 0; s < 4; ++s) CHECK(models::pipeline_held_layers(f, s) == 4);
+  f.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+  std::vector<std::vector<models::PipelineItem>> one_f_one_b;
+  for (int s = 0; s < 4; ++s) {
+    one_f_one_b.push_back(models::pipeline_order(f, s));
+    CHECK(models::pipeline_held_layers(f, s) == 4 - s);
+  }
+  // The bubble with uniform pass times, as the paper derives it: 1F1B idles (pp - 1)(F + B + W)
+  // of the step, ZB-H1 (pp - 1)(F + B - W) (where W <= F and W <= B, here each case).
+  for (const auto& [fw, bw, ww] : {std::tuple{1.0, 1.0, 1.0}, {1.0, 1.2, 0.8}, {1.0, 2.0, 1.0}, {1.0, 1.5, 0.5}}) {
+    INFO(fw << " " << bw << " " << ww);
+    CHECK(makespan(zb, fw, bw, ww) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw - ww)));
+    CHECK(makespan(one_f_one_b, fw, bw + ww, 0) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw + ww)));
+  }
+  // Fewer micro-batches than stages: every stage runs all its forwards first.
+  f.pipeline_schedule = models::PipelineSchedule::zb_h1;
+  f.micro_batches = 2;
+  CHECK(models::pipeline_order(f, 0) == items(0, "F0 F1 B0 W0 B1 W1"));
+  CHECK(models::pipeline_order(f, 2) == items(2, "F0 F1 B0 B1 W0 W1"));
+  CHECK(models::pipeline_order(f, 3) == items(3, "F0 B0 F1 B1 W0 W1"));
+}
+
+TEST_CASE("ZB-H1 splits each backward into input and weight gradients, as derived by hand", "[models][pipeline]") {
+  // The two-stage 1F1B case above (F, B, d, the optimizer) with ZB-H1. B splits into the input
+  // gradients Bi = reduce 6,144,000 + experts 125,829,120 (once) + router 2,060,096 (once) +
+  // attention 124,887,040 (its core twice and its projections once: 2 x 10,438,656,000 -
+  // 8,388,608,000 FLOPs, compute-bound) = 258,920,256 ps, and the weight gradients W =
+  // attention projections 83,886,080 + router 2,060,096 + experts 125,829,120 = 211,775,296 ps
+  // (Bi + W = B). GPU 0 runs F0 F1 B0 W0 B1 W1, GPU 1 F0 B0 F1 B1 W0 W1. GPU 1: F0 from F + d,
+  // B0 from 2F + d, F1, B1 until 3F + d + 2Bi, its weight passes until 3F + d + 2Bi + 2W. GPU 0:
+  // B0 from 2F + 2d + Bi, W0 until 2F + 2d + 2Bi + W, waits for B1's gradients until
+  // 3F + 2d + 2Bi (W < F), then B1 and W1: done at 3F + 2d + 3Bi + W, the step's end with the
+  // optimizer: 1F1B's less 2W.
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000, opt = 293'658'624;
+  const std::int64_t Bi = 258'920'256, W = 211'775'296;
+  REQUIRE(Bi + W == B);
+  const auto run = [&](const char* schedule) {
+    const auto sc = scenarios::load_scenario_text(
+        two_stages(std::string(", kind: training, micro_batches: 2, pipeline_schedule: ") + schedule), "pp.yaml");
+    return std::pair{sc, scenarios::run_experiment(sc)};
+  };
+  const auto [sc, r] = run("zb_h1");
+  CHECK(r.stats.step_time() == Time::ps(3 * F + 2 * d + 3 * Bi + W + opt));
+  CHECK(r.stats.gpus()[1].finish == Time::ps(3 * F + d + 2 * Bi + 2 * W + opt));
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + Bi + F - W));
+  CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
+  CHECK(r.stats.pipeline_bytes() == 4 * 2'048'000);  // weight passes send nothing
+  const auto [sc1, r1] = run("1f1b");
+  CHECK(r1.stats.step_time() - r.stats.step_time() == Time::ps(2 * W));
+  CHECK(r.model_flops == Approx(r1.model_flops));  // the same work, split
+  for (std::size_t g = 0; g < 2; ++g) CHECK(r.stats.gpus()[g].backward_total == r1.stats.gpus()[g].backward_total -
+                                                                                   r1.stats.gpus()[g].stage_total[idx(Stage::pipeline)] +
+                                                                                   r.stats.gpus()[g].stage_total[idx(Stage::pipeline)]);
+  // Each GPU's weight passes: attention, router and experts per micro-batch, recorded as backward.
+  REQUIRE(r.timeline);
+  std::array<int, 2> weight{};
+  for (const auto& s : r.timeline->stages())
+    if (s.weight) {
+      CHECK(s.backward);
+      CHECK((s.stage == Stage::attention || s.stage == Stage::router || s.stage == Stage::experts));
+      ++weight.at(s.gpu.index());
+    }
+  CHECK(weight == std::array<int, 2>{6, 6});
+  CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "zb_h1");
+}
+
+TEST_CASE("Random pipeline training runs under every schedule account for every GPU's time", "[models][fuzz][pipeline]") {
+  // Two or four stages, 1 to 5 micro-batches, the dense layers, the LM head, shared experts,
+  // gradient sync in buckets, stragglers and jitter: each schedule finishes, each GPU's stages
+  // tile its time, and the schedules do the same model work (ZB-H1 split into two passes).
+  sim::Rng pick(7, "test/fuzz-pipeline");
+  for (int trial = 0; trial < 12; ++trial) {
+    const int pp = pick.uniform_int(2) ? 4 : 2;
+    const int layers = 2 * pp + static_cast<int>(pick.uniform_int(3));  // at least 2 per stage (gradient buckets)
+    const int batches = 1 + static_cast<int>(pick.uniform_int(5));
+    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, ",
+                           "gradient_sync: ring, optimizer_sharding: true, "};
+    const std::string sync = syncs[pick.uniform_int(4)];
+    const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
+    const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
+    const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));  // one or two EP groups per stage
+    const auto tokens = 2 * (8 + pick.uniform_int(60));
+    const char* algos[] = {"direct", "hierarchical"};
+    const char* algo = algos[pick.uniform_int(2)];
+    double flops = -1;
+    for (const char* schedule : {"1f1b", "gpipe", "zb_h1"}) {
+      const std::string yaml = fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+parallelism: {{ep: 2, pp: {}}}
+workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
+routing: {{distribution: zipf, zipf_s: 1.1}}
+network: {{model: maxmin, all_to_all: {}}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+                                           nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial, algo);
+      INFO(yaml);
+      const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
+      Time latest;
+      for (const auto& g : r.stats.gpus()) {
+        Time total;
+        for (const auto t : g.stage_total) total += t;
+        CHECK(total == g.finish);
+        latest = sim::max(latest, g.finish);
+      }
+      CHECK(latest == r.stats.step_time());
+      if (flops < 0) flops = r.model_flops;
+      CHECK(r.model_flops == Approx(flops));
+    }
+  }
 }
 
 TEST_CASE("Interleaved pipeline stages pass each chunk's activations and gradients, as derived by hand", "[models][pipeline]") {

@@ -539,8 +539,10 @@ TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers a
   };
   const auto sc = load_scenario_text(pp("2", "  micro_batches: 4\n  pipeline_schedule: gpipe\n"), "s.yaml");
   CHECK(sc.forward.pp == 2);
-  CHECK(sc.forward.gpipe);
-  CHECK_FALSE(load_scenario_text(pp("2"), "s.yaml").forward.gpipe);  // 1F1B by default
+  CHECK(sc.forward.pipeline_schedule == models::PipelineSchedule::gpipe);
+  CHECK(load_scenario_text(pp("2"), "s.yaml").forward.pipeline_schedule == models::PipelineSchedule::one_f_one_b);  // by default
+  CHECK(load_scenario_text(pp("2", "  pipeline_schedule: zb_h1\n"), "s.yaml").forward.pipeline_schedule ==
+        models::PipelineSchedule::zb_h1);
   // Inference with stages: micro-batches pipelined through them.
   std::string serving = pp("2", "  micro_batches: 4\n");
   serving.replace(serving.find("  kind: training\n"), 17, "  kind: forward\n");
@@ -577,6 +579,11 @@ TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers a
              Catch::Contains("workload.overlap: two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: gpipe\n")),
              Catch::Contains("workload.pipeline_schedule: only used with 'kind: training' and parallelism.pp > 1"));
+  CHECK_THAT(error_of(pp("2", "  pipeline_schedule: zb_h1\n  recompute: full\n")),
+             Catch::Contains("workload.recompute: not with pipeline_schedule: zb_h1"));
+  CHECK_THAT(error_of(pp("2", "  recompute: attention\n  pipeline_schedule: zb_h1\n")),
+             Catch::Contains("workload.recompute: not with pipeline_schedule: zb_h1"));
+  CHECK(error_of(pp("2", "  pipeline_schedule: zb_h1\n  recompute: none\n")) == "no error");
   CHECK_THAT(error_of(pp("2", "  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
              Catch::Contains("3 buckets, but a pipeline stage has only 2 MoE layers"));
   CHECK_THAT(error_of(pp("0")), Catch::Contains("parallelism.pp"));
@@ -613,6 +620,8 @@ TEST_CASE("Virtual pipeline stages split the layers into model chunks, stage s h
                              "groups of parallelism.pp (2); use a multiple of it"));
   CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n  pipeline_schedule: gpipe\n")),
              Catch::Contains("workload.pipeline_schedule: gpipe with parallelism.virtual_stages > 1"));
+  CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n  pipeline_schedule: zb_h1\n")),
+             Catch::Contains("workload.pipeline_schedule: zb_h1 with parallelism.virtual_stages > 1"));
   CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  virtual_stages: 2\n")),
              Catch::Contains("parallelism.virtual_stages: only used with parallelism.pp > 1"));
   CHECK_THAT(error_of(vs("0")), Catch::Contains("parallelism.virtual_stages: must be at least 1, got 0"));
