@@ -231,6 +231,9 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
                 "pipeline stages must divide the GPUs into whole EP groups");
   MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
+  MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "ZB-H1's weight passes with two-batch overlap are not modelled");
+  MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || spec.virtual_stages > 1)),
+                "ZB-H1 with recomputation or virtual stages is not modelled");
   bounds_ = pipeline_bounds(spec);
   for (int c = 0; c < chunks(); ++c)
     for (int l = chunk_first(c); l < chunk_first(c + 1); ++l) chunk_.push_back(c);
@@ -782,8 +785,11 @@ void MoeForward::weight_step(int gpu) {
         break;
       case 1:
         return run_stage(gpu, Stage::attention, cost(attention_projection_cost(m, tokens), gpu, Work::other), &MoeForward::weight_step);
-      case 2:
-        return run_stage(gpu, Stage::router, cost(router_cost(m, tokens), gpu), &MoeForward::weight_step);
+      case 2: {  // the router's GEMM (from the profile's router_bwd, where it has it: its half)
+        const KernelCost c = router_cost(m, tokens);
+        const auto t = profiled(gpu, c, {{"router", m.experts, m.top_k, tokens}});
+        return run_stage(gpu, Stage::router, t ? *t : cost(c, gpu), &MoeForward::weight_step);
+      }
       case 3:
         if (m.shared_experts > 0)
           return run_stage(gpu, Stage::shared_experts, cost(expert_cost(m, tokens), gpu) * m.shared_experts, &MoeForward::weight_step);

@@ -456,6 +456,27 @@ compute: {profile: )" + profile + "}\n", "m.yaml"));
   const auto c = p.check(KernelProfile::read(measured.path.string(), KernelProfile::Repeats::allow)).only("layer_bwd");
   REQUIRE(c.cases.size() == 1);
   CHECK(std::abs(c.cases[0].error) < 1e-3);
+  // ZB-H1 splits each measured backward GEMM stage in half between its input- and weight-gradient
+  // passes, and leaves permute's and combine's backward whole to the first: per GPU the router's,
+  // experts' and reduce's time are 1F1B's (2 stages of one layer, 2 micro-batches).
+  const auto pipelined = [&](const char* schedule) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(R"(
+cluster: {nodes: 2, gpus_per_node: 8, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 2, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32}
+parallelism: {ep: 8, pp: 2}
+workload: {tokens_per_gpu: 1024, kind: training, micro_batches: 2, pipeline_schedule: )" + std::string(schedule) +
+                                                                       "}\ncompute: {profile: " + full.path.string() + "}\n",
+                                                                   "m.yaml"));
+  };
+  const auto zb = pipelined("zb_h1"), one = pipelined("1f1b");
+  CHECK(zb.compute_source == "profile");
+  for (std::size_t g = 0; g < 16; ++g)
+    for (const Stage s : {Stage::router, Stage::experts, Stage::reduce}) {
+      const auto i = static_cast<std::size_t>(s);
+      CHECK(zb.stats.gpus()[g].stage_profiled[i] == zb.stats.gpus()[g].stage_total[i]);
+      CHECK(static_cast<double>(zb.stats.gpus()[g].stage_total[i].count_ps()) ==
+            Approx(static_cast<double>(one.stats.gpus()[g].stage_total[i].count_ps())).epsilon(1e-9));
+    }
 }
 
 TEST_CASE("The H100 profile predicts held-out whole-layer timings", "[models][profile]") {
