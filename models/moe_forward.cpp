@@ -248,7 +248,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       } else {
         for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) {
           const int back = backward_pass(it.micro_batch, l);
-          if (full_recompute()) order.push_back(back - 1);  // the layer's forward again first
+          if (recomputes(l)) order.push_back(back - 1);  // the layer's forward again first
           order.push_back(back);
         }
       }

@@ -106,6 +106,10 @@ struct ForwardSpec {
   // right before its backward, and the dense layers' forward before theirs. Recomputed work is
   // not model work (MFU).
   Recompute recompute = Recompute::none;
+  // recompute full: > 0: only the first this many MoE layers of each model chunk are recomputed
+  // (Megatron-LM's --recompute-method block --recompute-num-layers; the dense layers with chunk
+  // 0's); the others keep their activations. 0: every layer.
+  int recompute_layers = 0;
   // Compute speed: per GPU a factor (1: nominal; empty: all 1); stragglers: each GPU is one for
   // the step with this probability, running at straggler_speed; jitter: every compute stage's
   // time is multiplied by exp(jitter Z - jitter^2 / 2), Z standard normal (mean 1).
@@ -221,6 +225,11 @@ class MoeForward {
   // those, again for layers L - 1, ..., 0; the backward passes then compute the input gradients
   // only. The schedule (schedule_) runs them in its own order.
   bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
+  // Whether full recomputation rebuilds MoE layer `layer` (ForwardSpec::recompute_layers): its
+  // recompute pass is in the schedule; the other layers' are not (they keep their activations).
+  bool recomputes(int layer) const {
+    return full_recompute() && (spec_.recompute_layers == 0 || layer - chunk_first(chunk_of(layer)) < spec_.recompute_layers);
+  }
   bool weight_split() const { return spec_.training && spec_.pipeline_schedule == PipelineSchedule::zb_h1; }
   int backward_passes() const { return full_recompute() ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
   int batch_passes() const {

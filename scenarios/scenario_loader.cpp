@@ -500,6 +500,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
                         "not with pipeline_schedule: zb_h1 (its weight passes need activations that recomputation rebuilds for "
                         "the input-gradient pass only; not modelled)");
     }
+    if (auto v = w->get<std::int64_t>("recompute_layers", count_at_least(1), false)) {
+      f.recompute_layers = as_int(*v);
+      if (f.recompute != models::Recompute::full)
+        problems.add_at(w->key_path("recompute_layers"), "only used with recompute: full (the layers of each model chunk it rebuilds)");
+    }
     if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its

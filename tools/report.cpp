@@ -197,8 +197,19 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
            : 0.0;
   if (f.training && f.recompute == models::Recompute::full) {
-    // Each layer keeps its input; one layer's activations are rebuilt at a time in the backward pass.
-    u.activations = in_flight * (layers * input + logits) + per_layer + expert_rows / std::max(1, per) * expert_row;
+    // Each recomputed layer keeps its input (recompute_layers: the first that many MoE layers of
+    // each of the stage's chunks, the dense layers with chunk 0's; the others all their
+    // activations, the expert rows counted at the stage's mean per layer); one layer's
+    // activations are rebuilt at a time in the backward pass.
+    int rebuilt = 0;
+    const std::vector<int> bounds = models::pipeline_bounds(f);
+    for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(f.pp)) {
+      const int n = bounds[c + 1] - bounds[c];
+      rebuilt += f.recompute_layers > 0 ? std::min(n, f.recompute_layers) : n;
+    }
+    const double kept = per - rebuilt, rows_per_layer = expert_rows / std::max(1, per);
+    u.activations = in_flight * ((layers - kept) * input + kept * (per_layer + rows_per_layer * expert_row) + logits) + per_layer +
+                    rows_per_layer * expert_row;
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
     u.activations = in_flight * (layers * (per_layer - attention + input) + expert_rows * expert_row + logits) + attention;
@@ -569,7 +580,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                     "its all-to-all waits included; recompute: {})\n",
                "recomputation", gp.recompute_total.to_us() / 1e3,
                100.0 * static_cast<double>(gp.recompute_total.count_ps()) / static_cast<double>(step.count_ps()),
-               models::to_string(f.recompute));
+               f.recompute == models::Recompute::full && f.recompute_layers > 0
+                   ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
+                   : std::string(models::to_string(f.recompute)));
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
 #include <sstream>
 #include <tuple>
 #include <string>
@@ -634,9 +635,10 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
             ? std::string()
             : fmt::format("gradient_sync: {}, gradient_sync_buckets: {}, optimizer_sharding: {}, ", syncs[pick.uniform_int(3)],
                           pp == 1 ? 1 + pick.uniform_int(2) : 1, pick.uniform_int(2) ? "true" : "false");
-    // Training: activation recomputation of either kind, or none.
-    const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, "};
-    const std::string recompute = kind == "training" ? recomputes[pick.uniform_int(3)] : "";
+    // Training: activation recomputation of either kind (full: of every layer, or of each
+    // chunk's first), or none.
+    const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, ", "recompute: full, recompute_layers: 1, "};
+    const std::string recompute = kind == "training" ? recomputes[pick.uniform_int(4)] : "";
     // Training on two stages of one chunk each without recomputation: 1F1B or ZB-H1.
     const std::string schedule =
         kind == "training" && pp == 2 && virtual_stages == 1 && recompute.empty() && pick.uniform_int(2) ? "pipeline_schedule: zb_h1, " : "";
@@ -1495,6 +1497,43 @@ TEST_CASE("Activation recomputation runs forward work again in the backward pass
     CHECK(csv_value(summary, "recompute") == "full");
     CHECK(csv_value(summary, "recompute_us") == "283.379776");
     CHECK(csv_value(summary, "backward_us") == "799.035328");
+  }
+  SECTION("full, recompute_layers: only the first that many layers of each model chunk") {
+    // Three identical layers: each recomputed one adds F (its forward again) to the step; a kept
+    // one holds its activations: per_layer 16,392,000 B (attention b T (2H + 2q + 2kv)
+    // 12,288,000, norm and router inputs b T 2H 4,096,000, logits 4 T E 8,000) and its 2000
+    // expert rows x b (2H + 3F) 20,480,000 B, where a recomputed one holds its input b T H
+    // 2,048,000 B: 34,824,000 B more per layer kept.
+    std::string text = tiny("dropless", 3);
+    const std::string from = "workload: {tokens_per_gpu: 1000, sequence_length: 1000}";
+    text.replace(text.find(from), from.size(), "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000, recompute: full");
+    const auto run = [&](const std::string& keys) {
+      const auto sc = scenarios::load_scenario_text(std::string(text).replace(text.find(", recompute: full"), 17, keys + "}"), "p.yaml");
+      const auto r = scenarios::run_experiment(sc);
+      return std::pair{std::stod(csv_value(summary_csv(sc, r), "memory_gb_max")), r};
+    };
+    const auto [none_gb, none] = run("");
+    const auto [all_gb, all] = run(", recompute: full");
+    for (const int n : {1, 2, 3, 4}) {
+      INFO(n);
+      const auto [gb, r] = run(", recompute: full, recompute_layers: " + std::to_string(n));
+      const int rebuilt = std::min(n, 3);
+      CHECK(r.stats.step_time() == none.stats.step_time() + Time::ps(rebuilt * 283'379'776LL));
+      for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(rebuilt * 283'379'776LL));
+      CHECK(gb - all_gb == Approx((3 - rebuilt) * 0.034824).margin(0.0011));
+      for (const auto& s : r.timeline->stages())
+        if (s.recompute) CHECK(s.layer < n);  // the first layers
+    }
+    CHECK(all.stats.step_time() == none.stats.step_time() + Time::ps(3 * 283'379'776LL));
+    CHECK(none_gb > all_gb);
+  }
+  SECTION("full, recompute_layers with pipeline stages: the first layers of each stage") {
+    const auto r = scenarios::run_experiment(
+        scenarios::load_scenario_text(two_stages(", kind: training, micro_batches: 2, recompute: full, recompute_layers: 1", 4), "pp.yaml"));
+    std::set<int> layers;
+    for (const auto& s : r.timeline->stages())
+      if (s.recompute) layers.insert(s.layer);
+    CHECK(layers == std::set<int>{0, 2});  // stage 0 holds layers 0 and 1, stage 1 layers 2 and 3
   }
   SECTION("dense layers: their forward (full) or attention (attention) again before their backward") {
     // The dense layer of the test above: attention 104,386,560 + FFN 62,914,560 = D = 167,301,120;

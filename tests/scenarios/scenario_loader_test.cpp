@@ -515,6 +515,13 @@ TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
   CHECK_THAT(error_of(training("  recompute: selective\n")), Catch::Contains("full"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  recompute: full\n")),
              Catch::Contains("workload.recompute: only used with 'kind: training'"));
+  CHECK(load_scenario_text(training("  recompute: full\n  recompute_layers: 3\n"), "s.yaml").forward.recompute_layers == 3);
+  CHECK(load_scenario_text(training("  recompute: full\n"), "s.yaml").forward.recompute_layers == 0);  // every layer
+  CHECK_THAT(error_of(training("  recompute: attention\n  recompute_layers: 3\n")),
+             Catch::Contains("workload.recompute_layers: only used with recompute: full"));
+  CHECK_THAT(error_of(training("  recompute_layers: 3\n")), Catch::Contains("workload.recompute_layers: only used with recompute: full"));
+  CHECK_THAT(error_of(training("  recompute: full\n  recompute_layers: 0\n")),
+             Catch::Contains("workload.recompute_layers: must be at least 1, got 0"));
 }
 
 TEST_CASE("Micro-batches are a training key", "[scenarios]") {
