@@ -25,10 +25,12 @@
 // backward when the next chunk's gradients have, in the order of the schedule
 // (pipeline_order(): 1F1B, interleaved 1F1B, GPipe or ZB-H1, which splits each backward into
 // an input-gradient pass that sends the gradients on and a weight-gradient pass that runs
-// later, filling what would be bubble); gradients are synchronised within each stage. Two-batch overlap runs the program in overlap_step() instead. Without it no stage
-// overlaps another on a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work
-// again inside the backward passes: the attention forward before the attention's backward, or
-// (full) each layer's whole forward, its all-to-alls included, before the layer's backward.
+// later, filling what would be bubble); gradients are synchronised within each stage.
+// Two-batch overlap runs the program in overlap_step() instead. Without it no stage overlaps
+// another on a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work again
+// inside the backward passes: the attention forward before the attention's backward, or (full)
+// each layer's whole forward (or only each model chunk's first recompute_layers layers'), its
+// all-to-alls included, before the layer's backward.
 #pragma once
 
 #include <cstdint>
@@ -209,7 +211,8 @@ class MoeForward {
     int step = 0;  // the index of `pass` in its stage's schedule
     Wait wait = Wait::none;
     sim::Time wait_start;
-    int op = 0;           // two-batch overlap: the next operation of the layer's program; ZB-H1's weight pass: its next stage
+    int op = 0;           // two-batch overlap: the next operation of the layer's program;
+                          // ZB-H1's weight pass: its next stage (weight_step())
     int wait_half = 0;    // two-batch overlap: the half it waits for
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
     int head_backward = 0;  // micro-batches whose LM head has run backward
