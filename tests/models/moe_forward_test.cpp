@@ -67,6 +67,18 @@ std::string summary_csv(const scenarios::Scenario& sc, const scenarios::RunResul
   return out.str();
 }
 
+// Every GPU's stages add up to its finish time, and the last GPU to finish ends the step.
+void check_stages_tile(const scenarios::RunResult& r) {
+  Time latest;
+  for (const auto& g : r.stats.gpus()) {
+    Time total;
+    for (const auto t : g.stage_total) total += t;
+    CHECK(total == g.finish);
+    latest = sim::max(latest, g.finish);
+  }
+  CHECK(latest == r.stats.step_time());
+}
+
 }  // namespace
 
 TEST_CASE("A tiny scenario's step time matches the hand derivation exactly", "[models][forward]") {
@@ -184,14 +196,7 @@ routing: {distribution: zipf, zipf_s: 1.0, capacity_factor: 1.5}
   if (*extra) text += extra;
   else text += "workload: {tokens_per_gpu: 512}\n";
   const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "zipf.yaml"));
-  Time latest;
-  for (const auto& g : r.stats.gpus()) {
-    Time total;
-    for (const auto t : g.stage_total) total += t;
-    CHECK(total == g.finish);
-    latest = sim::max(latest, g.finish);
-  }
-  CHECK(latest == r.stats.step_time());
+  check_stages_tile(r);
   }
 }
 
@@ -662,19 +667,14 @@ output: {{timeline: off}}
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
-    Time latest;
+    check_stages_tile(r);
     std::int64_t gpu_routed = 0, gpu_computed = 0, gpu_dropped = 0;
     for (const auto& g : r.stats.gpus()) {
-      Time total;
-      for (const auto t : g.stage_total) total += t;
-      CHECK(total == g.finish);
       gpu_routed += g.routed;  // of its tokens
       gpu_dropped += g.dropped;
       gpu_computed += g.computed;  // by its experts
-      latest = sim::max(latest, g.finish);
     }
     CHECK(gpu_routed == gpu_computed + gpu_dropped);
-    CHECK(latest == r.stats.step_time());
     std::int64_t routed = 0, computed = 0, dropped = 0;
     for (const auto& l : r.stats.layers()) {
       routed += l.routed;
@@ -735,11 +735,7 @@ workload: {{kind: training, tokens_per_gpu: 2048, gradient_sync: ring, gradient_
   // chunks rounded up, so at least as many bytes and at most a few more per ring step.
   CHECK(four.stats.gradient_sync_bytes() >= one.stats.gradient_sync_bytes());
   CHECK(four.stats.gradient_sync_bytes() <= one.stats.gradient_sync_bytes() + 4 * (14 * 8 + 4 * 2 * 2) * 2);
-  for (const auto& g : four.stats.gpus()) {
-    Time total;
-    for (const auto t : g.stage_total) total += t;
-    CHECK(total == g.finish);
-  }
+  check_stages_tile(four);
 }
 
 namespace {
@@ -856,11 +852,7 @@ routing: {{distribution: zipf, zipf_s: 1.2, capacity_factor: 1.0, dirichlet_conc
     CHECK((second.dropped != first.dropped || second.max_expert_tokens != first.max_expert_tokens ||
            second.max_gpu_tokens != first.max_gpu_tokens));
   }
-  for (const auto& g : two.stats.gpus()) {
-    Time total;
-    for (const auto t : g.stage_total) total += t;
-    CHECK(total == g.finish);
-  }
+  check_stages_tile(two);
 }
 
 TEST_CASE("With gradient accumulation, bucketed gradient sync starts in the last micro-batch only", "[models][training]") {
@@ -1025,11 +1017,7 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
       CHECK(r.stats.pipeline_bytes() == 4 * 2'048'000);  // two activations forward, two gradients back
       // GPU 0 waits for gradients: B0 from 2F to 2F + 2d + B, B1 from 2F + 2d + 2B to 3F + 2d + 2B.
       CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + B + F));
-      for (const auto& g : r.stats.gpus()) {
-        Time total;
-        for (const auto t : g.stage_total) total += t;
-        CHECK(total == g.finish);
-      }
+      check_stages_tile(r);
     }
   }
 }
@@ -1068,11 +1056,7 @@ TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models]
   CHECK(trained.stats.step_time() == Time::ps(3 * F + 2 * d + 5 * B + 2 * opt));
   CHECK(trained.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + B - F));
   CHECK(trained.stats.pipeline_bytes() == 4 * 2'048'000);
-  for (const auto& g : trained.stats.gpus()) {
-    Time total;
-    for (const auto t : g.stage_total) total += t;
-    CHECK(total == g.finish);
-  }
+  check_stages_tile(trained);
 }
 
 TEST_CASE("A pipeline stage holds its layers' weights and its in-flight micro-batches' activations", "[models][pipeline]") {
@@ -1334,14 +1318,7 @@ output: {{timeline: off}}
                                            nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial, algo);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
-      Time latest;
-      for (const auto& g : r.stats.gpus()) {
-        Time total;
-        for (const auto t : g.stage_total) total += t;
-        CHECK(total == g.finish);
-        latest = sim::max(latest, g.finish);
-      }
-      CHECK(latest == r.stats.step_time());
+      check_stages_tile(r);
       if (flops < 0) flops = r.model_flops;
       CHECK(r.model_flops == Approx(flops));
     }
@@ -1402,12 +1379,8 @@ TEST_CASE("Interleaved pipeline stages pass each chunk's activations and gradien
     const auto [psc, plain] = run("");
     CHECK(interleaved.stats.step_time() < plain.stats.step_time());
     CHECK(interleaved.stats.pipeline_bytes() == 24 * 2'048'000);
-    for (const auto& g : interleaved.stats.gpus()) {
-      Time total;
-      for (const auto t : g.stage_total) total += t;
-      CHECK(total == g.finish);
-      CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(2 * opt));
-    }
+    check_stages_tile(interleaved);
+    for (const auto& g : interleaved.stats.gpus()) CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(2 * opt));
     // Stage 0 holds 5 layers' activations at once (against 4 without chunks).
     const auto memory = [](const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu) {
       std::ostringstream out;
@@ -1571,10 +1544,8 @@ TEST_CASE("Activation recomputation runs forward work again in the backward pass
           tiny_training(std::string(", overlap: two_batch, comm_sm_fraction: 0, recompute: ") + kind), "o.yaml"));
       // Attention on 500 tokens: 2*500*H*(q+2kv) + 2*500*q*H + 2*500*q*1001 = 5,219,328,000 FLOPs.
       const std::int64_t half_attention = 52'193'280;
+      check_stages_tile(r);
       for (const auto& g : r.stats.gpus()) {
-        Time total;
-        for (const auto t : g.stage_total) total += t;
-        CHECK(total == g.finish);
         if (std::string(kind) == "attention") CHECK(g.recompute_total == Time::ps(2 * half_attention));
         else CHECK(g.recompute_total > Time::ps(2 * half_attention));
       }
