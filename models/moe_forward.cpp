@@ -98,12 +98,14 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
 
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
   const int pp = spec.pp, v = spec.virtual_stages, batches = spec.micro_batches;
+  // Forward-backward overlap: one forward more first, then each backward with the forward before it.
+  const bool fb = spec.training && spec.forward_backward_overlap;
   std::vector<PipelineItem> order;
   if (v == 1) {
     const auto forward = [&](int mb) { order.push_back(PipelineItem{mb, stage, false}); };
-    const auto back = [&](int mb) { order.push_back(PipelineItem{mb, stage, true}); };
+    const auto back = [&](int mb, bool overlapped = false) { order.push_back(PipelineItem{mb, stage, true, false, overlapped}); };
     const auto weight = [&](int mb) { order.push_back(PipelineItem{mb, stage, false, true}); };
-    const int warm = std::min(pp - 1 - stage, batches);
+    const int warm = std::min(pp - 1 - stage + (fb ? 1 : 0), batches);
     if (!spec.training) {
       for (int mb = 0; mb < batches; ++mb) forward(mb);
     } else if (spec.pipeline_schedule == PipelineSchedule::gpipe) {
@@ -128,7 +130,7 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
       for (int mb = 0; mb < warm; ++mb) forward(mb);
       for (int mb = 0; mb + warm < batches; ++mb) {
         forward(mb + warm);
-        back(mb);
+        back(mb, fb);
       }
       for (int mb = batches - warm; mb < batches; ++mb) back(mb);
     }
@@ -140,20 +142,20 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
   MOESIM_ASSERT(pp > 1 && batches % pp == 0 && spec.pipeline_schedule == PipelineSchedule::one_f_one_b,
                 "the interleaved schedule needs pipeline stages, 1F1B and micro-batches in whole groups of pp");
   const int total = batches * v, group = pp * v;
-  const auto item = [&](int k, bool back) {
+  const auto item = [&](int k, bool back, bool overlapped = false) {
     const int in_group = k % group;
     const int local = back ? v - 1 - in_group / pp : in_group / pp;
-    order.push_back(PipelineItem{k / group * pp + in_group % pp, local * pp + stage, back});
+    order.push_back(PipelineItem{k / group * pp + in_group % pp, local * pp + stage, back, false, overlapped});
   };
   if (!spec.training) {
     for (int k = 0; k < total; ++k) item(k, false);
     return order;
   }
-  const int warm = std::min(total, (pp - 1 - stage) * 2 + (v - 1) * pp);
+  const int warm = std::min(total, (pp - 1 - stage) * 2 + (v - 1) * pp + (fb ? 1 : 0));
   for (int k = 0; k < warm; ++k) item(k, false);
   for (int k = 0; k + warm < total; ++k) {
     item(k + warm, false);
-    item(k, true);
+    item(k, true, fb);
   }
   for (int k = total - warm; k < total; ++k) item(k, true);
   return order;
@@ -234,27 +236,52 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "ZB-H1's weight passes with two-batch overlap are not modelled");
   MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || spec.virtual_stages > 1)),
                 "ZB-H1 with recomputation or virtual stages is not modelled");
+  MOESIM_ASSERT(!spec.forward_backward_overlap ||
+                    (!spec.two_batch_overlap && spec.recompute != Recompute::full &&
+                     spec.pipeline_schedule == PipelineSchedule::one_f_one_b),
+                "forward-backward overlap runs 1F1B without two-batch overlap or full recomputation");
   bounds_ = pipeline_bounds(spec);
   for (int c = 0; c < chunks(); ++c)
     for (int l = chunk_first(c); l < chunk_first(c + 1); ++l) chunk_.push_back(c);
   for (int st = 0; st < pp; ++st) {
-    std::vector<int> order;
+    std::vector<int> order, forward;  // forward: the last forward item's passes
+    std::vector<char> paired;
     for (const PipelineItem& it : pipeline_order(spec, st)) {
       const int base = it.micro_batch * batch_passes();
+      std::vector<int> passes;
       if (it.weight) {
-        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) order.push_back(weight_pass(it.micro_batch, l));
+        for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) passes.push_back(weight_pass(it.micro_batch, l));
       } else if (!it.backward) {
-        for (int l = chunk_first(it.chunk); l < chunk_first(it.chunk + 1); ++l) order.push_back(base + l);
+        for (int l = chunk_first(it.chunk); l < chunk_first(it.chunk + 1); ++l) passes.push_back(base + l);
+        forward = passes;
       } else {
         for (int l = chunk_first(it.chunk + 1) - 1; l >= chunk_first(it.chunk); --l) {
           const int back = backward_pass(it.micro_batch, l);
-          if (recomputes(l)) order.push_back(back - 1);  // the layer's forward again first
-          order.push_back(back);
+          if (recomputes(l)) passes.push_back(back - 1);  // the layer's forward again first
+          passes.push_back(back);
         }
       }
+      if (it.overlapped) {
+        // The forward item just scheduled and this backward, layer by layer: the forward's i-th
+        // layer with the backward's i-th, then the longer one's layers left.
+        MOESIM_ASSERT(!recomputes(chunk_first(it.chunk)) && order.size() >= forward.size(), "an overlapped backward needs its forward");
+        order.resize(order.size() - forward.size());
+        paired.resize(order.size());
+        const std::size_t both = std::min(forward.size(), passes.size());
+        for (std::size_t i = 0; i < both; ++i) {
+          order.insert(order.end(), {forward[i], passes[i]});
+          paired.insert(paired.end(), {1, 0});
+        }
+        order.insert(order.end(), forward.begin() + static_cast<std::ptrdiff_t>(both), forward.end());
+        order.insert(order.end(), passes.begin() + static_cast<std::ptrdiff_t>(both), passes.end());
+      } else {
+        order.insert(order.end(), passes.begin(), passes.end());
+      }
+      paired.resize(order.size());
     }
     total_passes_ += static_cast<std::int64_t>(order.size()) * (gpus / pp);
     schedule_.push_back(std::move(order));
+    paired_.push_back(std::move(paired));
   }
   const auto inputs =
       static_cast<std::size_t>(gpus) * static_cast<std::size_t>(batches) * static_cast<std::size_t>(spec.virtual_stages);
@@ -469,9 +496,21 @@ void MoeForward::start() {
     }
     sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (groups > 1 ? 2 : 1));
   }
-  for (int g = 0; g < cluster_.gpu_count(); ++g) {
-    if (spec_.two_batch_overlap) overlap_step(g);
-    else begin_pass(g);
+  for (int g = 0; g < cluster_.gpu_count(); ++g) begin_step(g);
+}
+
+void MoeForward::begin_step(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto st = static_cast<std::size_t>(stage_of(gpu)), step = static_cast<std::size_t>(s.step);
+  s.paired = paired_[st][step] != 0;
+  if (s.paired) {
+    s.pair = {schedule_[st][step], schedule_[st][step + 1]};
+    s.op = 0;
+    pair_step(gpu);
+  } else if (spec_.two_batch_overlap) {
+    overlap_step(gpu);
+  } else {
+    begin_pass(gpu);
   }
 }
 
@@ -490,7 +529,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
 
 Time MoeForward::scaled(Time t, int gpu) {
   double factor = 1 / speed_[static_cast<std::size_t>(gpu)];
-  if (spec_.two_batch_overlap) factor /= 1 - spec_.comm_sm_fraction;
+  if (spec_.two_batch_overlap || gpus_[static_cast<std::size_t>(gpu)].sharing_sms) factor /= 1 - spec_.comm_sm_fraction;
   if (spec_.jitter > 0)
     factor *= std::exp(spec_.jitter * jitter_rng_[static_cast<std::size_t>(gpu)].normal() - spec_.jitter * spec_.jitter / 2);
   if (factor == 1) return t;
@@ -628,6 +667,7 @@ void MoeForward::pipeline_arrived(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   if (s.wait != Wait::pipeline) return;  // early: counted, checked when the GPU gets there
   if (const int* left = pipeline_input(gpu); left && *left > 0) return;
+  if (s.paired) return pair_step(gpu);  // (the other pass's input too)
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
                                  sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
@@ -698,6 +738,11 @@ void MoeForward::arrived(int pass, Phase phase, int gpu) {
     const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
     if (s.pass == p && s.wait_half == h && s.wait == (phase == Phase::dispatch ? Wait::dispatch : Wait::combine))
       overlap_step(gpu);
+    return;
+  }
+  if (const GpuState& s = gpus_[static_cast<std::size_t>(gpu)]; s.paired) {
+    --pending(phase == Phase::dispatch ? dispatch_pending_ : combine_pending_, gpu, pass);
+    if (s.pass == pass && s.wait == (phase == Phase::dispatch ? Wait::dispatch : Wait::combine)) pair_step(gpu);
     return;
   }
   if (phase == Phase::dispatch) {
@@ -902,6 +947,144 @@ void MoeForward::overlap_step(int gpu) {
   }
 }
 
+// Forward-backward overlap, one pair of layers on one GPU: a forward pass F and a backward pass B
+// of other micro-batches (or model chunks) run this program on the GPU's compute stream, the
+// all-to-alls running beside it (Megatron-LM's combined 1F1B; DeepSeek-V3's report, figure 4):
+//   B's reduce gradient, [send B's dispatch], F's attention and router, [send F's dispatch],
+//   B's shared experts, wait B's dispatch, B's experts, [send B's combine],
+//   F's shared experts, wait F's dispatch, F's experts, [send F's combine],
+//   wait B's combine, B's router and attention (B done), wait F's combine, F's reduce (F done).
+// So B's first all-to-all overlaps F's attention, F's dispatch B's experts, B's second
+// all-to-all F's experts and F's combine B's attention. Before it, the dense layers' forward
+// (F at the first layer) and the LM head's backward (B at the last); then both passes' pipeline
+// inputs. After it, the LM head's forward (F at the last layer) and the dense layers' backward
+// (B at the first). With recompute: attention, B's attention forward runs again right before its
+// backward (and the dense layers' before theirs).
+void MoeForward::pair_step(int gpu) {
+  enum Kind { before, inputs, reduce, send_dispatch, attention, router, shared, wait_dispatch, experts, send_combine,
+              wait_combine, done, head, dense_back, end };
+  static constexpr std::array<std::pair<Kind, int>, 25> kProgram{{
+      {before, 0}, {inputs, 0}, {reduce, 1}, {send_dispatch, 1}, {attention, 0}, {router, 0}, {send_dispatch, 0},
+      {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1}, {shared, 0}, {wait_dispatch, 0}, {experts, 0},
+      {send_combine, 0}, {wait_combine, 1}, {router, 1}, {attention, 1}, {done, 1}, {wait_combine, 0}, {reduce, 0},
+      {done, 0}, {head, 0}, {dense_back, 1}, {end, 0}}};
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto& m = spec_.model;
+  const std::int64_t tokens = spec_.tokens_per_gpu;
+  for (;;) {
+    const auto [kind, slot] = kProgram[static_cast<std::size_t>(s.op)];
+    const int pass = s.pair[static_cast<std::size_t>(slot)];
+    s.pass = pass;
+    s.sharing_sms = kind != before && kind != inputs && kind != head && kind != dense_back && kind != end;
+    auto compute = [&](Stage stage, Time t) {
+      ++s.op;
+      run_stage(gpu, stage, t, &MoeForward::pair_step);
+    };
+    auto wait = [&](Wait w, std::vector<std::int64_t>& left, Stage stage) {
+      if (s.wait != w) {  // arriving at the wait
+        s.wait = w;
+        s.wait_start = sim_.now();
+      }
+      if (pending(left, gpu, pass) > 0) return false;
+      s.wait = Wait::none;
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(pass), stage, s.wait_start, sim_.now(),
+                                     backward_phase(pass), false, micro_batch(pass)});
+      ++s.op;
+      return true;
+    };
+    switch (kind) {
+      case before:  // the forward's dense layers, then the backward's LM head (each at most once)
+        s.pass = s.pair[0];
+        if (run_before_pass(gpu, &MoeForward::pair_step)) return;
+        s.pass = s.pair[1];
+        if (run_before_pass(gpu, &MoeForward::pair_step)) return;
+        ++s.op;
+        continue;
+      case inputs: {  // both passes' pipeline inputs (recorded with the one that came last)
+        for (const int p : s.pair) {
+          s.pass = p;
+          if (const int* left = pipeline_input(gpu); left && *left > 0) {
+            if (s.wait != Wait::pipeline) {
+              s.wait = Wait::pipeline;
+              s.wait_start = sim_.now();
+            }
+            return;
+          }
+        }
+        if (s.wait == Wait::pipeline) {
+          s.wait = Wait::none;
+          recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
+                                         sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
+        }
+        ++s.op;
+        continue;
+      }
+      case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
+        return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
+      case attention:
+        if (slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed) {
+          // The attention's forward again (not model work) right before its backward.
+          s.recomputed = true;
+          return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu, Work::not_model), &MoeForward::pair_step, -1,
+                           std::nullopt, true);
+        }
+        s.recomputed = false;
+        return compute(Stage::attention, cost(this->attention(tokens), gpu));
+      case router:
+        return compute(Stage::router, router_time(gpu, tokens));
+      case shared:
+        if (m.shared_experts == 0) {
+          ++s.op;
+          continue;
+        }
+        return compute(Stage::shared_experts, cost(expert_cost(m, tokens), gpu) * m.shared_experts);
+      case experts:
+        return compute(Stage::experts, experts_time(pass, gpu, 0));
+      case send_dispatch:
+      case send_combine:
+        all_to_all_->send(pass, kind == send_dispatch ? Phase::dispatch : Phase::combine, gpu);
+        ++s.op;
+        continue;
+      case wait_dispatch:
+        if (!wait(Wait::dispatch, dispatch_pending_, Stage::dispatch)) return;
+        continue;
+      case wait_combine:
+        if (!wait(Wait::combine, combine_pending_, Stage::combine)) return;
+        continue;
+      case done:
+        pass_done(gpu, pass);
+        ++s.op;
+        continue;
+      case head:  // the LM head (and the loss) ends the forward's micro-batch on the last stage
+        ++s.op;
+        if (m.vocab > 0 && layer_of(pass) == m.moe_layers - 1)
+          return run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::pair_step);
+        continue;
+      case dense_back: {  // the dense layers' backward (twice their forward) ends the backward's micro-batch
+        if (m.dense_layers > 0 && layer_of(pass) == 0 && spec_.recompute == Recompute::attention && !s.recomputed) {
+          // (after their attention's forward again)
+          s.recomputed = true;
+          const KernelCost a = this->attention(tokens);
+          return run_stage(gpu, Stage::dense, cost(KernelCost{.flops = m.dense_layers * a.flops, .bytes = m.dense_layers * a.bytes}, gpu,
+                                                   Work::not_model),
+                           &MoeForward::pair_step, -1, true, true);
+        }
+        s.recomputed = false;
+        ++s.op;
+        if (m.dense_layers > 0 && layer_of(pass) == 0) {
+          const KernelCost c = dense_cost();
+          return run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside),
+                           &MoeForward::pair_step);
+        }
+        continue;
+      }
+      case end:
+        s.op = 0;
+        return after_passes(gpu);
+    }
+  }
+}
+
 Time MoeForward::experts_time(int pass, int gpu, int half) {
   // The GPU's expert slots back to back; padding rows cost time but are not model FLOPs.
   const auto& p = plan(pass, gpu, half);
@@ -959,13 +1142,16 @@ KernelCost MoeForward::lm_head() const {
   return lm_head_cost(spec_.model, tokens, spec_.training);
 }
 
-void MoeForward::end_pass(int gpu) {
+void MoeForward::pass_done(int gpu, int pass) {
   ++passes_done_;
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const int done = s.pass;
-  send_to_stage(gpu, done);
+  send_to_stage(gpu, pass);
   // A layer's gradients are complete after its backward, or with ZB-H1 its weight pass.
-  if (weight_split() ? weight(done) : backward(done)) backward_layer_done(gpu, done);
+  if (weight_split() ? weight(pass) : backward(pass)) backward_layer_done(gpu, pass);
+}
+
+void MoeForward::end_pass(int gpu) {
+  const int done = gpus_[static_cast<std::size_t>(gpu)].pass;
+  pass_done(gpu, done);
   // The pass done is still gpu's pass until after_passes(): the LM head and the dense layers'
   // backward below are recorded with its layer and micro-batch.
   if (spec_.model.vocab > 0 && !backward_phase(done) && layer_of(done) == spec_.model.moe_layers - 1) {
@@ -1008,11 +1194,11 @@ KernelCost MoeForward::dense_weight_cost() const {
 void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
-  ++s.step;
+  s.step += s.paired ? 2 : 1;
+  s.paired = false;
   s.pass = static_cast<std::size_t>(s.step) < order.size() ? order[static_cast<std::size_t>(s.step)] : passes();
   if (s.pass < passes()) {
-    if (spec_.two_batch_overlap) overlap_step(gpu);
-    else begin_pass(gpu);
+    begin_step(gpu);
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();

@@ -33,6 +33,7 @@
 // all-to-alls included, before the layer's backward.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -124,6 +125,12 @@ struct ForwardSpec {
   // all-to-alls overlap the other half's compute; the communication kernels hold this share of
   // the GPU's SMs all along, so every compute stage runs 1 / (1 - share) slower.
   bool two_batch_overlap = false;
+  // Forward-backward overlap (training; Megatron-LM's combined 1F1B, --overlap-moe-expert-parallel-comm):
+  // the 1F1B schedule runs one forward more before its first backward, and each later backward
+  // together with the forward before it, layer by layer (the forward's i-th layer with the
+  // backward's i-th), so that each pass's all-to-alls overlap the other's compute. The
+  // communication kernels hold comm_sm_fraction of the SMs while a pair runs.
+  bool forward_backward_overlap = false;
   double comm_sm_fraction = 0;
   AllToAllSpec all_to_all;            // algorithm and row bytes; 0 row bytes: the model's dtype
   // A measured kernel profile (compute.model: profile): the forward passes' router (with
@@ -154,6 +161,8 @@ struct PipelineItem {
   int chunk = 0;
   bool backward = false;
   bool weight = false;
+  // Forward-backward overlap: a backward run together with the forward just before it.
+  bool overlapped = false;
   bool operator==(const PipelineItem&) const = default;
 };
 // The order in which the GPUs of pipeline stage `stage` run their work. Forward-only workloads:
@@ -172,6 +181,10 @@ struct PipelineItem {
 // weight pass (stage 0 as many as with 1F1B), and the weight passes fill what 1F1B leaves idle:
 // with equal forward, input- and weight-gradient times F, B, W the bubble shrinks from
 // (pp - 1)(F + B + W) to (pp - 1)(F + B - W) (the paper's ZB-H1, its figure 3).
+// Forward-backward overlap (1F1B, interleaved or not, and pp = 1 with micro-batches): one
+// forward more before the first backward (as Megatron-LM's combined 1F1B, so that the forward
+// and the backward run together never depend on each other), and every backward of the
+// alternating part `overlapped` with the forward before it.
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
@@ -217,9 +230,23 @@ class MoeForward {
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
     int head_backward = 0;  // micro-batches whose LM head has run backward
     bool recomputed = false;  // two-batch overlap, recompute attention: the half's attention forward has run again
+    // Forward-backward overlap: the step runs a forward pass and a backward pass together
+    // (pair_step(); `pass` is the one the current operation belongs to), and whether the
+    // all-to-all kernels hold their SMs (while the pair's layer program runs).
+    bool paired = false;
+    std::array<int, 2> pair{};  // the forward pass, the backward pass
+    bool sharing_sms = false;
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
+  // Forward-backward overlap: one forward pass and one backward pass on one GPU, one operation
+  // per call (GpuState::op; the program is in moe_forward.cpp).
+  void pair_step(int gpu);
+  // The pass's end: counted, its output sent to the neighbouring stage, and (backward) its
+  // layer's gradients complete.
+  void pass_done(int gpu, int pass);
+  // Starts gpu's schedule entry `step` (a pass, or with forward-backward overlap a pair).
+  void begin_step(int gpu);
 
   // Passes: per micro-batch every layer forward, then (training) every layer backward, last layer
   // first; with full recomputation each layer's backward pass comes right after a pass that
@@ -282,8 +309,10 @@ class MoeForward {
   std::vector<int> chunk_;   // per MoE layer, its chunk
   int stage_groups() const { return stage_gpus() / spec_.ep; }
   int stage_of(int gpu) const { return gpu / stage_gpus(); }
-  // Per stage, the passes its GPUs run, in order.
+  // Per stage, the passes its GPUs run, in order; paired_[stage][i]: entries i (a forward pass)
+  // and i + 1 (a backward pass) run together (forward-backward overlap).
   std::vector<std::vector<int>> schedule_;
+  std::vector<std::vector<char>> paired_;
   std::int64_t total_passes_ = 0;  // over all GPUs
   // Pipeline inputs still missing, [(gpu * micro_batches + micro_batch) * virtual_stages + c / pp]
   // for chunk c of the GPU's stage: the activations from the previous chunk (forward) and the

@@ -505,13 +505,25 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.recompute != models::Recompute::full)
         problems.add_at(w->key_path("recompute_layers"), "only used with recompute: full (the layers of each model chunk it rebuilds)");
     }
-    if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch"}), false)) {
+    if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch", "forward_backward"}), false)) {
       f.two_batch_overlap = *v == "two_batch";
+      f.forward_backward_overlap = *v == "forward_backward";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its
       // all-to-all kernels.
-      if (f.two_batch_overlap) f.comm_sm_fraction = 20.0 / 132.0;
+      if (*v != "none") f.comm_sm_fraction = 20.0 / 132.0;
       if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
         problems.add_at(w->key_path("overlap"), fmt::format("two_batch needs an even tokens_per_gpu (got {})", f.tokens_per_gpu));
+      if (f.forward_backward_overlap) {
+        const auto refuse = [&](const std::string& why) { problems.add_at(w->key_path("overlap"), "forward_backward " + why); };
+        if (!f.training)
+          refuse("is only used with 'kind: training' (it runs one micro-batch's backward together with another's forward)");
+        else if (f.micro_batches < 2)
+          refuse("needs micro_batches >= 2: it runs one micro-batch's backward together with the next one's forward");
+        if (f.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
+          refuse(fmt::format("runs the 1F1B schedule, not pipeline_schedule: {}", models::to_string(f.pipeline_schedule)));
+        if (f.recompute == models::Recompute::full)
+          refuse("with recompute: full is not modelled (Megatron-LM refuses it too; recompute: attention works)");
+      }
     }
     if (auto v = w->get<double>("comm_sm_fraction", [](const std::string& t) {
           const double x = sim::parse_number(t);
@@ -519,7 +531,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
           return x;
         }, false)) {
       f.comm_sm_fraction = *v;
-      if (!f.two_batch_overlap) problems.add_at(w->key_path("comm_sm_fraction"), "only used with 'overlap: two_batch'");
+      if (!f.two_batch_overlap && !f.forward_backward_overlap)
+        problems.add_at(w->key_path("comm_sm_fraction"), "only used with 'overlap: two_batch' or 'overlap: forward_backward'");
     }
     w->finish();
   }
@@ -821,6 +834,11 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                   models::to_string(sc.forward.pipeline_schedule)));
     if (sc.forward.two_batch_overlap)
       problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
+    if (sc.forward.forward_backward_overlap && v == 1)
+      problems.add_at("workload.overlap",
+                      "forward_backward with pipeline stages needs parallelism.virtual_stages > 1, as Megatron-LM's: without "
+                      "model chunks the last stage's backward needs the forward it would run with, and every other stage's "
+                      "pair waits for its backward's gradients before its forward can run");
   }
   // Every stage has as many gradient buckets: at most its fewest layers (over its model chunks),
   // checked once the layers divide into them.

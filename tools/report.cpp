@@ -306,7 +306,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,virtual_stages,pipeline_schedule,"
+  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,virtual_stages,pipeline_schedule,overlap,"
          "moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
@@ -321,9 +321,10 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                                : f.pipeline_schedule != models::PipelineSchedule::one_f_one_b ? std::string(models::to_string(f.pipeline_schedule))
                                : f.virtual_stages > 1 ? "interleaved_1f1b"
                                                       : "1f1b";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  const char* overlap = f.two_batch_overlap ? "two_batch" : f.forward_backward_overlap ? "forward_backward" : "none";
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.pp, f.virtual_stages, schedule, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
+             f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
@@ -604,6 +605,21 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                !f.training ? ""
                                : f.profile && f.profile->measures("experts_bwd") ? " (the optimizer among it)"
                                                                                   : " (backward passes and the optimizer among it)"));
+  if (f.two_batch_overlap)
+    fmt::print(out, "  overlap     two-batch: each micro-batch runs as two halves, each half's all-to-alls beside the other's compute; "
+                    "the all-to-all kernels hold {:.1f}% of the SMs\n",
+               100 * f.comm_sm_fraction);
+  if (f.forward_backward_overlap) {
+    int paired = 0, backwards = 0;  // on the critical GPU's stage
+    for (const auto& it : models::pipeline_order(f, crit / (gpus / f.pp))) {
+      paired += it.overlapped;
+      backwards += it.backward;
+    }
+    fmt::print(out, "  overlap     forward-backward (combined 1F1B): {} of the stage's {} backward passes ran together with a forward, "
+                    "layer by layer, each one's all-to-alls beside the other's compute; the all-to-all kernels hold {:.1f}% of the "
+                    "SMs meanwhile\n",
+               paired, backwards, 100 * f.comm_sm_fraction);
+  }
   if (r.compute_source != "profile" && f.profile) {
     // A profile was there but (some) stages fell back: say what it measures, so that the reason
     // (another shape, expert count or top-k, or tokens past its range) can be seen.

@@ -825,6 +825,167 @@ TEST_CASE("Gradient accumulation runs the micro-batches one after the other and 
   }
 }
 
+TEST_CASE("Forward-backward overlap runs a backward with the next forward, as derived by hand", "[models][overlap][training]") {
+  // The tiny training step, two micro-batches, no SMs taken by communication. Its passes: forward
+  // F = attention A 104,386,560 + router Q 2,060,096 + dispatch d 22,480,000 + experts E
+  // 125,829,120 + combine d + reduce R 6,144,000 = 283,379,776; backward R + d + 2E + d + 2Q + 2A
+  // = 515,655,552. Micro-batch 0's forward alone (F), then micro-batch 1's forward with
+  // micro-batch 0's backward: B's reduce gradient (R; its dispatch leaves), F's attention and
+  // router (A + Q; its dispatch leaves; B's arrived long ago), B's experts (2E; B's combine
+  // leaves), F's experts (E; F's combine leaves, B's is back since d < E), B's router and
+  // attention (2Q + 2A), F's reduce (R; F's combine back since d < 2Q + 2A): 2R + 3A + 3Q + 3E =
+  // 709,115,328, the two passes' compute without their four all-to-all waits (4d = 89,920,000
+  // less than F + B). Then micro-batch 1's backward alone and the optimizer (205,578,240).
+  const Time d = Time::ps(22'480'000);
+  const auto r = scenarios::run_experiment(
+      scenarios::load_scenario_text(tiny_training(", micro_batches: 2, overlap: forward_backward, comm_sm_fraction: 0"), "fb.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(283'379'776LL + 709'115'328LL + 515'655'552LL + 205'578'240LL));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == d * 2);  // the passes alone: micro-batch 0's forward, 1's backward
+    CHECK(g.stage_total[idx(Stage::combine)] == d * 2);
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(2 * 3 * 125'829'120LL));
+    CHECK(g.backward_total == Time::ps(2 * (515'655'552LL - 2 * 22'480'000LL)) + d * 2);
+  }
+  check_stages_tile(r);
+  // The same work and routing as without overlap, and micro-batch 1's forward starts with the
+  // pair, after micro-batch 0's reduce gradient.
+  const auto plain = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", micro_batches: 2"), "plain.yaml"));
+  CHECK(plain.stats.step_time() - r.stats.step_time() == d * 4);
+  CHECK(r.model_flops == Approx(plain.model_flops).epsilon(1e-12));
+  CHECK(r.stats.layers()[1].start == Time::ps(283'379'776LL + 6'144'000LL));
+  CHECK(r.stats.backward_layers()[0].start == Time::ps(283'379'776LL));
+  CHECK(r.stats.layers()[1].routed == plain.stats.layers()[1].routed);
+
+  SECTION("the dense layers run forward before the pair and backward after it") {
+    // Dense forward 167,301,120 before each micro-batch's first layer, backward twice that after
+    // each one's last: the pair still saves exactly 4d.
+    const auto fb = scenarios::run_experiment(scenarios::load_scenario_text(
+        tiny_training(", micro_batches: 2, overlap: forward_backward, comm_sm_fraction: 0", true), "fbd.yaml"));
+    const auto dense = scenarios::run_experiment(scenarios::load_scenario_text(tiny_training(", micro_batches: 2", true), "d.yaml"));
+    CHECK(dense.stats.step_time() - fb.stats.step_time() == d * 4);
+    CHECK(fb.stats.gpus()[0].stage_total[idx(Stage::dense)] == Time::ps(6 * 167'301'120LL));
+    check_stages_tile(fb);
+  }
+  SECTION("the all-to-all kernels' SMs slow the pair's compute, not the passes alone") {
+    // Default share 20/132: the pair's expert stages (E and 2E) run 132/112 times slower.
+    const auto slow = scenarios::run_experiment(
+        scenarios::load_scenario_text(tiny_training(", micro_batches: 2, overlap: forward_backward"), "slow.yaml"));
+    CHECK(slow.stats.gpus()[0].stage_total[idx(Stage::experts)] ==
+          Time::ps(3 * 125'829'120LL + std::llround(2 * 125'829'120.0 * 132 / 112) + std::llround(125'829'120.0 * 132 / 112)));
+  }
+  SECTION("two micro-batches' activations are held at once, and the reports say so") {
+    const auto sc = scenarios::load_scenario_text(tiny_training(", micro_batches: 2, overlap: forward_backward"), "fb.yaml");
+    const auto plain_sc = scenarios::load_scenario_text(tiny_training(", micro_batches: 2"), "plain.yaml");
+    CHECK(models::pipeline_held_layers(sc.forward, 0) == 2);
+    CHECK(models::pipeline_held_layers(plain_sc.forward, 0) == 1);
+    const auto run = scenarios::run_experiment(sc);
+    CHECK(csv_value(summary_csv(sc, run), "overlap") == "forward_backward");
+    CHECK(csv_value(summary_csv(plain_sc, plain), "overlap") == "none");
+    CHECK(std::stod(csv_value(summary_csv(sc, run), "memory_gb_max")) > std::stod(csv_value(summary_csv(plain_sc, plain), "memory_gb_max")));
+    std::ostringstream printed;
+    tools::print_human_summary(printed, sc, run, {});
+    CHECK_THAT(printed.str(), Catch::Contains("forward-backward (combined 1F1B): 1 of the stage's 2 backward passes ran together"));
+  }
+}
+
+TEST_CASE("Forward-backward overlap schedules one forward more first and pairs each later backward with a forward",
+          "[models][overlap][pipeline]") {
+  models::ForwardSpec f;
+  f.model.moe_layers = 4;
+  f.micro_batches = 4;
+  f.training = true;
+  f.forward_backward_overlap = true;
+  using It = models::PipelineItem;
+  const auto F = [](int mb, int c) { return It{mb, c, false}; };
+  const auto B = [](int mb, int c, bool with = false) { return It{mb, c, true, false, with}; };
+  // No pipeline stages: Megatron-LM's combined 1F1B without pipelining.
+  CHECK(models::pipeline_order(f, 0) ==
+        std::vector<It>{F(0, 0), F(1, 0), B(0, 0, true), F(2, 0), B(1, 0, true), F(3, 0), B(2, 0, true), B(3, 0)});
+  // Interleaved, PP2 with 2 chunks per stage: stage 0 runs 4 + 1 forwards first, stage 1 2 + 1.
+  f.pp = 2;
+  f.virtual_stages = 2;
+  CHECK(models::pipeline_order(f, 0) == std::vector<It>{F(0, 0), F(1, 0), F(0, 2), F(1, 2), F(2, 0), F(3, 0), B(0, 2, true),
+                                                        F(2, 2), B(1, 2, true), F(3, 2), B(0, 0, true), B(1, 0), B(2, 2), B(3, 2),
+                                                        B(2, 0), B(3, 0)});
+  CHECK(models::pipeline_held_layers(f, 0) == 6);  // one chunk more than without overlap (5)
+  CHECK(models::pipeline_held_layers(f, 1) == 4);  // (3)
+  // Never a backward with the forward it needs: in every order, an overlapped backward's own
+  // forward (same micro-batch and chunk) comes before the forward it runs with.
+  for (const int pp : {1, 2, 3, 4})
+    for (const int v : {1, 2, 3})
+      for (int batches = 2; batches <= 9; ++batches) {
+        if (pp == 1 && v > 1) continue;
+        if (v > 1 && batches % pp != 0) continue;
+        f.pp = pp;
+        f.virtual_stages = v;
+        f.micro_batches = batches;
+        f.model.moe_layers = pp * v;
+        for (int st = 0; st < pp; ++st) {
+          INFO("pp " << pp << " v " << v << " micro-batches " << batches << " stage " << st);
+          const auto order = models::pipeline_order(f, st);
+          int overlapped = 0, alone = 0;
+          for (std::size_t i = 0; i < order.size(); ++i) {
+            alone += order[i].backward && !order[i].overlapped;
+            if (!order[i].overlapped) continue;
+            ++overlapped;
+            REQUIRE(i > 0);
+            CHECK(!order[i - 1].backward);
+            const auto own = std::find(order.begin(), order.end(), F(order[i].micro_batch, order[i].chunk));
+            CHECK(own - order.begin() < static_cast<std::ptrdiff_t>(i) - 1);
+          }
+          // The backwards alone are the cooldown, as many as the warm-up's forwards (those before the
+          // first backward, less the one it runs with).
+          const auto first_back = std::find_if(order.begin(), order.end(), [](const It& it) { return it.backward; });
+          CHECK(alone == (first_back - order.begin()) - (overlapped > 0 ? 1 : 0));
+          if (st == pp - 1) CHECK(overlapped > 0);  // the last stage pairs whenever it has a micro-batch per stage
+        }
+      }
+}
+
+TEST_CASE("Random training runs with forward-backward overlap account for every GPU's time", "[models][fuzz][overlap]") {
+  // No stages or interleaved stages, 2 to 6 micro-batches, the dense layers, the LM head, shared
+  // experts, attention recomputation, gradient sync, stragglers and jitter: each run finishes,
+  // each GPU's stages tile its time, and the model work and routing are those without overlap.
+  sim::Rng pick(11, "test/fuzz-forward-backward");
+  for (int trial = 0; trial < 12; ++trial) {
+    const int pp = static_cast<int>(pick.uniform_int(3)) == 0 ? 1 : pick.uniform_int(2) ? 2 : 4;
+    const int v = pp == 1 ? 1 : 2;
+    const int layers = pp * v + static_cast<int>(pick.uniform_int(3));
+    const int batches = pp == 1 ? 2 + static_cast<int>(pick.uniform_int(5)) : pp * (1 + static_cast<int>(pick.uniform_int(2)));
+    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, optimizer_sharding: true, "};
+    const std::string sync = syncs[pick.uniform_int(3)];
+    const std::string recompute = pick.uniform_int(2) ? "recompute: attention, " : "";
+    const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
+    const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
+    const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));
+    const auto tokens = 8 + pick.uniform_int(120);
+    const char* algos[] = {"direct", "hierarchical"};
+    const char* algo = algos[pick.uniform_int(2)];
+    const std::string stages = pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v);
+    const auto run = [&](const std::string& overlap) {
+      const std::string yaml = fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+parallelism: {{ep: 2{}}}
+workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
+routing: {{distribution: zipf, zipf_s: 1.1}}
+network: {{model: maxmin, all_to_all: {}}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+                                           nodes, layers, shared, dense, vocab, stages, tokens, batches, sync, recompute, overlap,
+                                           trial, algo);
+      INFO(yaml);
+      return scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
+    };
+    const auto fb = run("overlap: forward_backward, "), plain = run("");
+    check_stages_tile(fb);
+    CHECK(fb.model_flops == Approx(plain.model_flops));
+    REQUIRE(fb.stats.layers().size() == plain.stats.layers().size());
+    for (std::size_t l = 0; l < plain.stats.layers().size(); ++l) CHECK(fb.stats.layers()[l].routed == plain.stats.layers()[l].routed);
+  }
+}
+
 TEST_CASE("Each micro-batch draws its own routing, with capacity per micro-batch", "[models][training]") {
   const auto run = [](int batches) {
     return scenarios::run_experiment(scenarios::load_scenario_text(fmt::format(R"(

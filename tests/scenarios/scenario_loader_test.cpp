@@ -596,6 +596,36 @@ TEST_CASE("Pipeline stages divide the GPUs into whole EP groups and the layers a
   CHECK_THAT(error_of(pp("0")), Catch::Contains("parallelism.pp"));
 }
 
+TEST_CASE("Forward-backward overlap: training with micro-batches, 1F1B, and model chunks with pipeline stages", "[scenarios]") {
+  const auto workload = [](const std::string& keys, const std::string& parallelism = "") {
+    return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n", "  ep: 8\n" + parallelism + "workload:\n  tokens_per_gpu: 1024\n" + keys);
+  };
+  const auto sc = load_scenario_text(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n"), "s.yaml");
+  CHECK(sc.forward.forward_backward_overlap);
+  CHECK(!sc.forward.two_batch_overlap);
+  CHECK(sc.forward.comm_sm_fraction == Approx(20.0 / 132.0));  // DeepSeek-V3's 20 of 132 SMs, as with two_batch
+  CHECK(load_scenario_text(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  comm_sm_fraction: 0.1\n"),
+                           "s.yaml")
+            .forward.comm_sm_fraction == Approx(0.1));
+  const auto chunks = workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  recompute: attention\n",
+                               "  pp: 2\n  virtual_stages: 2\n");
+  CHECK(error_of(chunks) == "no error");
+  CHECK_THAT(error_of(workload("  overlap: forward_backward\n")),
+             Catch::Contains("workload.overlap: forward_backward is only used with 'kind: training'"));
+  CHECK_THAT(error_of(workload("  kind: training\n  overlap: forward_backward\n")),
+             Catch::Contains("workload.overlap: forward_backward needs micro_batches >= 2"));
+  CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  recompute: full\n")),
+             Catch::Contains("workload.overlap: forward_backward with recompute: full is not modelled"));
+  CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  pipeline_schedule: zb_h1\n",
+                               "  pp: 2\n")),
+             Catch::Contains("workload.overlap: forward_backward runs the 1F1B schedule, not pipeline_schedule: zb_h1"));
+  CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n", "  pp: 2\n")),
+             Catch::Contains("workload.overlap: forward_backward with pipeline stages needs parallelism.virtual_stages > 1"));
+  CHECK_THAT(error_of(workload("  comm_sm_fraction: 0.1\n")),
+             Catch::Contains("only used with 'overlap: two_batch' or 'overlap: forward_backward'"));
+  CHECK_THAT(error_of(workload("  overlap: forward\n")), Catch::Contains("forward_backward"));  // the closest value suggested
+}
+
 TEST_CASE("Virtual pipeline stages split the layers into model chunks, stage s holding chunks s, s + pp, ...", "[scenarios]") {
   // 16 GPUs, EP8, 4 MoE layers: PP2 with 2 chunks per stage, one layer each.
   const auto vs = [](const std::string& v, const std::string& workload = "  micro_batches: 4\n", const std::string& parallelism = "") {
