@@ -944,7 +944,7 @@ TEST_CASE("Forward-backward overlap schedules one forward more first and pairs e
 
 TEST_CASE("Random training runs with forward-backward overlap account for every GPU's time", "[models][fuzz][overlap]") {
   // No stages or interleaved stages, 2 to 6 micro-batches, the dense layers, the LM head, shared
-  // experts, attention recomputation, gradient sync, stragglers and jitter: each run finishes,
+  // experts, attention recomputation, gradient sync (in buckets too), stragglers and jitter: each run finishes,
   // each GPU's stages tile its time, and the model work and routing are those without overlap.
   sim::Rng pick(11, "test/fuzz-forward-backward");
   for (int trial = 0; trial < 12; ++trial) {
@@ -952,8 +952,9 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     const int v = pp == 1 ? 1 : 2;
     const int layers = pp * v + static_cast<int>(pick.uniform_int(3));
     const int batches = pp == 1 ? 2 + static_cast<int>(pick.uniform_int(5)) : pp * (1 + static_cast<int>(pick.uniform_int(2)));
-    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, optimizer_sharding: true, "};
-    const std::string sync = syncs[pick.uniform_int(3)];
+    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, optimizer_sharding: true, ",
+                           "gradient_sync: ring, gradient_sync_buckets: 2, "};
+    const std::string sync = syncs[layers >= 2 * pp ? pick.uniform_int(4) : pick.uniform_int(3)];
     const std::string recompute = pick.uniform_int(2) ? "recompute: attention, " : "";
     const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
     const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
