@@ -232,7 +232,6 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int pp = spec.pp, batches = spec.micro_batches;
   MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
                 "pipeline stages must divide the GPUs into whole EP groups");
-  MOESIM_ASSERT(pp == 1 || !spec.two_batch_overlap, "two-batch overlap with pipeline stages is not modelled");
   MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "ZB-H1's weight passes with two-batch overlap are not modelled");
   MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || spec.virtual_stages > 1)),
                 "ZB-H1 with recomputation or virtual stages is not modelled");
@@ -668,6 +667,7 @@ void MoeForward::pipeline_arrived(int gpu) {
   if (s.wait != Wait::pipeline) return;  // early: counted, checked when the GPU gets there
   if (const int* left = pipeline_input(gpu); left && *left > 0) return;
   if (s.paired) return pair_step(gpu);  // (the other pass's input too)
+  if (spec_.two_batch_overlap) return overlap_step(gpu);
   s.wait = Wait::none;
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
                                  sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
@@ -880,7 +880,23 @@ void MoeForward::overlap_step(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
-  if (s.op == 0 && run_before_pass(gpu, &MoeForward::overlap_step)) return;
+  if (s.op == 0) {
+    if (run_before_pass(gpu, &MoeForward::overlap_step)) return;
+    // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
+    // backward for their gradients (pipeline_arrived() comes back here).
+    if (const int* left = pipeline_input(gpu); left && *left > 0) {
+      if (s.wait != Wait::pipeline) {
+        s.wait = Wait::pipeline;
+        s.wait_start = sim_.now();
+      }
+      return;
+    }
+    if (s.wait == Wait::pipeline) {
+      s.wait = Wait::none;
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
+                                     sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
+    }
+  }
   for (;;) {
     if (s.op == static_cast<int>(kForward.size())) {
       s.op = 0;

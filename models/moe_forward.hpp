@@ -26,8 +26,9 @@
 // (pipeline_order(): 1F1B, interleaved 1F1B, GPipe or ZB-H1, which splits each backward into
 // an input-gradient pass that sends the gradients on and a weight-gradient pass that runs
 // later, filling what would be bubble); gradients are synchronised within each stage.
-// Two-batch overlap runs the program in overlap_step() instead. Without it no stage overlaps
-// another on a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work again
+// Two-batch overlap runs the program in overlap_step() instead, and forward-backward overlap a
+// forward and a backward pass together in pair_step(). Without them no stage overlaps another on
+// a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work again
 // inside the backward passes: the attention forward before the attention's backward, or (full)
 // each layer's whole forward (or only each model chunk's first recompute_layers layers'), its
 // all-to-alls included, before the layer's backward.

@@ -832,8 +832,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
       problems.add_at("workload.pipeline_schedule",
                       fmt::format("{} with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's",
                                   models::to_string(sc.forward.pipeline_schedule)));
-    if (sc.forward.two_batch_overlap)
-      problems.add_at("workload.overlap", "two_batch with pipeline stages (parallelism.pp > 1) is not modelled yet");
+    if (sc.forward.two_batch_overlap && sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::zb_h1)
+      problems.add_at("workload.overlap", "two_batch with pipeline_schedule: zb_h1 is not modelled (its weight passes are not split in halves)");
     if (sc.forward.forward_backward_overlap && v == 1)
       problems.add_at("workload.overlap",
                       "forward_backward with pipeline stages needs parallelism.virtual_stages > 1, as Megatron-LM's: without "

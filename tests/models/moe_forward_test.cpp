@@ -1184,6 +1184,27 @@ TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", 
   }
 }
 
+TEST_CASE("Two-batch overlap with pipeline stages sends each micro-batch whole, as derived by hand", "[models][pipeline][overlap]") {
+  // The two stages above (one GPU each, its experts local: no all-to-all) in halves of 500
+  // tokens, no SMs taken: the same compute, except that each half's router reads the router's
+  // weights again (H E x 2 B = 4,096 B, 4,096 ps; twice that backward). F' = F + 4,096,
+  // B' = B + 8,192. A stage sends the micro-batch's activations (and gradients) once both halves
+  // are done, as without overlap.
+  const std::int64_t F = 238'419'776 + 4'096, B = 470'695'552 + 8'192, d = 22'480'000, opt = 293'658'624;
+  const auto forward = scenarios::run_experiment(
+      scenarios::load_scenario_text(two_stages(", overlap: two_batch, comm_sm_fraction: 0"), "pp-tbo.yaml"));
+  CHECK(forward.stats.step_time() == Time::ps(2 * F + d));
+  CHECK(forward.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + d));
+  CHECK(forward.stats.pipeline_bytes() == 2'048'000);
+  // Training, 1F1B with 2 micro-batches: 3F' + 2d + 3B' and the optimizer, as derived above.
+  const auto training = scenarios::run_experiment(scenarios::load_scenario_text(
+      two_stages(", kind: training, micro_batches: 2, overlap: two_batch, comm_sm_fraction: 0"), "pp-tbo-train.yaml"));
+  CHECK(training.stats.step_time() == Time::ps(3 * F + 2 * d + 3 * B + opt));
+  CHECK(training.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(2 * d + B + F));
+  CHECK(training.stats.pipeline_bytes() == 4 * 2'048'000);
+  check_stages_tile(training);
+}
+
 TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models][pipeline]") {
   // F, d as in the test above. Three layers: by default stage 0 runs layer 0 and stage 1 layers 1
   // and 2 (the later stage takes the one left over); pipeline_layers [2, 1] the other way round.
@@ -1449,8 +1470,9 @@ TEST_CASE("ZB-H1 splits each backward into input and weight gradients, as derive
 
 TEST_CASE("Random pipeline training runs under every schedule account for every GPU's time", "[models][fuzz][pipeline]") {
   // Two or four stages, 1 to 5 micro-batches, the dense layers, the LM head, shared experts,
-  // gradient sync in buckets, stragglers and jitter: each schedule finishes, each GPU's stages
-  // tile its time, and the schedules do the same model work (ZB-H1 split into two passes).
+  // gradient sync in buckets, stragglers and jitter: each schedule (1F1B and GPipe also with
+  // two-batch overlap) finishes, each GPU's stages tile its time, and the schedules do the same
+  // model work (ZB-H1 split into two passes).
   sim::Rng pick(7, "test/fuzz-pipeline");
   for (int trial = 0; trial < 12; ++trial) {
     const int pp = pick.uniform_int(2) ? 4 : 2;
@@ -1466,7 +1488,7 @@ TEST_CASE("Random pipeline training runs under every schedule account for every 
     const char* algos[] = {"direct", "hierarchical"};
     const char* algo = algos[pick.uniform_int(2)];
     double flops = -1;
-    for (const char* schedule : {"1f1b", "gpipe", "zb_h1"}) {
+    for (const char* schedule : {"1f1b", "gpipe", "zb_h1", "1f1b, overlap: two_batch", "gpipe, overlap: two_batch"}) {
       const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
