@@ -1016,21 +1016,23 @@ void MoeForward::pair_step(int gpu) {
         if (run_before_pass(gpu, &MoeForward::pair_step)) return;
         ++s.op;
         continue;
-      case inputs: {  // both passes' pipeline inputs (recorded with the one that came last)
-        for (const int p : s.pair) {
-          s.pass = p;
+      case inputs: {  // both passes' pipeline inputs (the wait recorded with the last one missing)
+        for (int i = 0; i < 2; ++i) {
+          s.pass = s.pair[static_cast<std::size_t>(i)];
           if (const int* left = pipeline_input(gpu); left && *left > 0) {
             if (s.wait != Wait::pipeline) {
               s.wait = Wait::pipeline;
               s.wait_start = sim_.now();
             }
+            s.wait_half = i;
             return;
           }
         }
         if (s.wait == Wait::pipeline) {
           s.wait = Wait::none;
-          recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
-                                         sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
+          const int p = s.pair[static_cast<std::size_t>(s.wait_half)];
+          recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(p), Stage::pipeline, s.wait_start,
+                                         sim_.now(), backward_phase(p), false, micro_batch(p)});
         }
         ++s.op;
         continue;

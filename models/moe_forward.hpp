@@ -227,7 +227,8 @@ class MoeForward {
     sim::Time wait_start;
     int op = 0;           // two-batch overlap: the next operation of the layer's program;
                           // ZB-H1's weight pass: its next stage (weight_step())
-    int wait_half = 0;    // two-batch overlap: the half it waits for
+    int wait_half = 0;    // two-batch overlap: the half it waits for; forward-backward overlap: the
+                          // pass of the pair whose pipeline input it waits for (0 or 1)
     int dense_forward = 0;  // micro-batches whose dense layers have run forward
     int head_backward = 0;  // micro-batches whose LM head has run backward
     bool recomputed = false;  // two-batch overlap, recompute attention: the half's attention forward has run again
