@@ -836,9 +836,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
       problems.add_at("workload.overlap", "two_batch with pipeline_schedule: zb_h1 is not modelled (its weight passes are not split in halves)");
     if (sc.forward.forward_backward_overlap && v == 1)
       problems.add_at("workload.overlap",
-                      "forward_backward with pipeline stages needs parallelism.virtual_stages > 1, as Megatron-LM's: without "
-                      "model chunks the last stage's backward needs the forward it would run with, and every other stage's "
-                      "pair waits for its backward's gradients before its forward can run");
+                      "forward_backward with pipeline stages needs parallelism.virtual_stages > 1 (Megatron-LM requires it "
+                      "too): without model chunks the last stage's backward needs the very forward it would run with");
   }
   // Every stage has as many gradient buckets: at most its fewest layers (over its model chunks),
   // checked once the layers divide into them.
