@@ -622,15 +622,10 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
 }
 
 void MoeForward::begin_pass(int gpu) {
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   if (run_before_pass(gpu, &MoeForward::begin_pass)) return;
-  // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
-  // backward for their gradients (pipeline_arrived() goes on).
-  if (const int* left = pipeline_input(gpu); left && *left > 0) {
-    s.wait = Wait::pipeline;
-    s.wait_start = sim_.now();
-    return;
-  }
+  if (wait_for_input(gpu, p)) return;
+  end_pipeline_wait(gpu, p);
   start_pass(gpu);
 }
 
@@ -657,21 +652,39 @@ int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
   return (backward_phase(pass) ? gradients_pending_ : activations_pending_)[at];
 }
 
-int* MoeForward::pipeline_input(int gpu) {
-  const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
-  return across_stages(gpu, p, true) < 0 ? nullptr : &pipeline_pending(gpu, p, chunk_of(layer_of(p)));
+int* MoeForward::pipeline_input(int gpu, int pass) {
+  return across_stages(gpu, pass, true) < 0 ? nullptr : &pipeline_pending(gpu, pass, chunk_of(layer_of(pass)));
+}
+
+bool MoeForward::wait_for_input(int gpu, int pass) {
+  // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
+  // backward for their gradients; pipeline_arrived() goes on.
+  const int* left = pipeline_input(gpu, pass);
+  if (left == nullptr || *left == 0) return false;
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::pipeline) {
+    s.wait = Wait::pipeline;
+    s.wait_start = sim_.now();
+  }
+  return true;
+}
+
+void MoeForward::end_pipeline_wait(int gpu, int pass) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::pipeline) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(pass), Stage::pipeline, s.wait_start, sim_.now(),
+                                 backward_phase(pass), false, micro_batch(pass)});
 }
 
 void MoeForward::pipeline_arrived(int gpu) {
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  if (s.wait != Wait::pipeline) return;  // early: counted, checked when the GPU gets there
-  if (const int* left = pipeline_input(gpu); left && *left > 0) return;
-  if (s.paired) return pair_step(gpu);  // (the other pass's input too)
-  if (spec_.two_batch_overlap) return overlap_step(gpu);
-  s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
-                                 sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
-  start_pass(gpu);
+  // Early arrivals are counted and checked when the GPU gets there; a waiting GPU goes back to
+  // where it waits, which checks again (the step's first stages do not run twice).
+  const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait != Wait::pipeline) return;
+  if (s.paired) pair_step(gpu);
+  else if (spec_.two_batch_overlap) overlap_step(gpu);
+  else begin_pass(gpu);
 }
 
 void MoeForward::send_to_stage(int gpu, int pass) {
@@ -881,21 +894,8 @@ void MoeForward::overlap_step(int gpu) {
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
   if (s.op == 0) {
-    if (run_before_pass(gpu, &MoeForward::overlap_step)) return;
-    // A pipeline stage's first layer waits for the micro-batch's activations, its last layer's
-    // backward for their gradients (pipeline_arrived() comes back here).
-    if (const int* left = pipeline_input(gpu); left && *left > 0) {
-      if (s.wait != Wait::pipeline) {
-        s.wait = Wait::pipeline;
-        s.wait_start = sim_.now();
-      }
-      return;
-    }
-    if (s.wait == Wait::pipeline) {
-      s.wait = Wait::none;
-      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::pipeline, s.wait_start,
-                                     sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
-    }
+    if (run_before_pass(gpu, &MoeForward::overlap_step) || wait_for_input(gpu, s.pass)) return;
+    end_pipeline_wait(gpu, s.pass);
   }
   for (;;) {
     if (s.op == static_cast<int>(kForward.size())) {
@@ -1016,27 +1016,15 @@ void MoeForward::pair_step(int gpu) {
         if (run_before_pass(gpu, &MoeForward::pair_step)) return;
         ++s.op;
         continue;
-      case inputs: {  // both passes' pipeline inputs (the wait recorded with the last one missing)
-        for (int i = 0; i < 2; ++i) {
-          s.pass = s.pair[static_cast<std::size_t>(i)];
-          if (const int* left = pipeline_input(gpu); left && *left > 0) {
-            if (s.wait != Wait::pipeline) {
-              s.wait = Wait::pipeline;
-              s.wait_start = sim_.now();
-            }
+      case inputs:  // both passes' pipeline inputs (the wait recorded with the last one missing)
+        for (int i = 0; i < 2; ++i)
+          if (wait_for_input(gpu, s.pair[static_cast<std::size_t>(i)])) {
             s.wait_half = i;
             return;
           }
-        }
-        if (s.wait == Wait::pipeline) {
-          s.wait = Wait::none;
-          const int p = s.pair[static_cast<std::size_t>(s.wait_half)];
-          recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(p), Stage::pipeline, s.wait_start,
-                                         sim_.now(), backward_phase(p), false, micro_batch(p)});
-        }
+        end_pipeline_wait(gpu, s.pair[static_cast<std::size_t>(s.wait_half)]);
         ++s.op;
         continue;
-      }
       case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
         return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
       case attention:
@@ -1078,24 +1066,17 @@ void MoeForward::pair_step(int gpu) {
         if (m.vocab > 0 && layer_of(pass) == m.moe_layers - 1)
           return run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::pair_step);
         continue;
-      case dense_back: {  // the dense layers' backward (twice their forward) ends the backward's micro-batch
-        if (m.dense_layers > 0 && layer_of(pass) == 0 && spec_.recompute == Recompute::attention && !s.recomputed) {
-          // (after their attention's forward again)
-          s.recomputed = true;
-          const KernelCost a = this->attention(tokens);
-          return run_stage(gpu, Stage::dense, cost(KernelCost{.flops = m.dense_layers * a.flops, .bytes = m.dense_layers * a.bytes}, gpu,
-                                                   Work::not_model),
-                           &MoeForward::pair_step, -1, true, true);
+      case dense_back:  // the dense layers' backward ends the backward's micro-batch
+        if (m.dense_layers > 0 && layer_of(pass) == 0 && spec_.recompute != Recompute::none && !s.recomputed) {
+          s.recomputed = true;  // (after their attention's forward again)
+          return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1, true,
+                           true);
         }
         s.recomputed = false;
         ++s.op;
-        if (m.dense_layers > 0 && layer_of(pass) == 0) {
-          const KernelCost c = dense_cost();
-          return run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes}, gpu, Work::outside),
-                           &MoeForward::pair_step);
-        }
+        if (m.dense_layers > 0 && layer_of(pass) == 0)
+          return run_stage(gpu, Stage::dense, cost(dense_backward_cost(), gpu, Work::outside), &MoeForward::pair_step);
         continue;
-      }
       case end:
         s.op = 0;
         return after_passes(gpu);
@@ -1181,11 +1162,7 @@ void MoeForward::end_pass(int gpu) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
     // their recomputed forward (full) or attention forward (attention), where recomputed.
     if (spec_.recompute != Recompute::none) {
-      const KernelCost a = attention(spec_.tokens_per_gpu);
-      const std::int64_t n = spec_.model.dense_layers;
-      const KernelCost again =
-          spec_.recompute == Recompute::full ? dense_cost() : KernelCost{.flops = n * a.flops, .bytes = n * a.bytes};
-      run_stage(gpu, Stage::dense, cost(again, gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
+      run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
       return;
     }
     dense_backward(gpu);
@@ -1195,10 +1172,21 @@ void MoeForward::end_pass(int gpu) {
 }
 
 void MoeForward::dense_backward(int gpu) {
+  run_stage(gpu, Stage::dense, cost(dense_backward_cost(), gpu, Work::outside), &MoeForward::after_passes);
+}
+
+KernelCost MoeForward::dense_backward_cost() const {
   // Twice the forward; with ZB-H1 that less the weight gradients (the first layer's weight pass).
   const KernelCost c = dense_cost(), w = weight_split() ? dense_weight_cost() : KernelCost{};
-  run_stage(gpu, Stage::dense, cost(KernelCost{.flops = 2 * c.flops - w.flops, .bytes = 2 * c.bytes - w.bytes}, gpu, Work::outside),
-            &MoeForward::after_passes);
+  return KernelCost{.flops = 2 * c.flops - w.flops, .bytes = 2 * c.bytes - w.bytes};
+}
+
+KernelCost MoeForward::dense_recompute_cost() const {
+  // Full recomputation: their whole forward; attention: their attention's.
+  if (spec_.recompute == Recompute::full) return dense_cost();
+  const KernelCost a = attention(spec_.tokens_per_gpu);
+  const std::int64_t n = spec_.model.dense_layers;
+  return KernelCost{.flops = n * a.flops, .bytes = n * a.bytes};
 }
 
 KernelCost MoeForward::dense_weight_cost() const {

@@ -326,8 +326,13 @@ class MoeForward {
   // gpu's count of pipeline inputs still missing for pass's micro-batch and direction, into
   // model chunk `chunk`.
   int& pipeline_pending(int gpu, int pass, int chunk);
-  // The counter gpu's current pass waits on before it starts, or null.
-  int* pipeline_input(int gpu);
+  // The counter pass `pass` on gpu waits on before it starts, or null.
+  int* pipeline_input(int gpu, int pass);
+  // Whether `pass` still misses its pipeline input: gpu then waits (from now, unless it already
+  // does); pipeline_arrived() sends it back to where it waits.
+  bool wait_for_input(int gpu, int pass);
+  // Ends gpu's pipeline wait, if it waited, recording it with `pass`.
+  void end_pipeline_wait(int gpu, int pass);
   void pipeline_arrived(int gpu);
   void start_pass(int gpu);
   void send_to_stage(int gpu, int pass);  // after a pass: activations or gradients to the neighbouring stage
@@ -366,6 +371,8 @@ class MoeForward {
   bool last_profiled_ = false;
   KernelCost dense_cost() const;
   KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
+  KernelCost dense_backward_cost() const;   // their backward (ZB-H1: less the weight gradients)
+  KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
   KernelCost lm_head() const;  // forward (with the loss in training)
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or
   // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
