@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <deque>
+#include <set>
 #include <string>
 
 #include "models/moe_costs.hpp"
@@ -47,6 +49,7 @@ std::string_view to_string(PipelineSchedule s) {
     case PipelineSchedule::one_f_one_b: return "1f1b";
     case PipelineSchedule::gpipe: return "gpipe";
     case PipelineSchedule::zb_h1: return "zb_h1";
+    case PipelineSchedule::dualpipev: return "dualpipev";
   }
   return "?";
 }
@@ -74,13 +77,19 @@ int pipeline_chunk(const ForwardSpec& spec, int layer) {
   return static_cast<int>(std::upper_bound(bounds.begin(), bounds.end(), layer) - bounds.begin()) - 1;
 }
 
-int pipeline_stage(const ForwardSpec& spec, int layer) { return pipeline_chunk(spec, layer) % spec.pp; }
+int chunk_stage(const ForwardSpec& spec, int chunk) {
+  if (spec.pipeline_schedule == PipelineSchedule::dualpipev) return chunk < spec.pp ? chunk : 2 * spec.pp - 1 - chunk;
+  return chunk % spec.pp;
+}
+
+int pipeline_stage(const ForwardSpec& spec, int layer) { return chunk_stage(spec, pipeline_chunk(spec, layer)); }
 
 std::vector<int> stage_layers(const ForwardSpec& spec, int stage) {
   const std::vector<int> bounds = pipeline_bounds(spec);
   std::vector<int> out;
-  for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(spec.pp))
-    for (int l = bounds[c]; l < bounds[c + 1]; ++l) out.push_back(l);
+  for (std::size_t c = 0; c + 1 < bounds.size(); ++c)
+    if (chunk_stage(spec, static_cast<int>(c)) == stage)
+      for (int l = bounds[c]; l < bounds[c + 1]; ++l) out.push_back(l);
   return out;
 }
 
@@ -88,7 +97,8 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
   // Chunk 0 brings the dense layers and the embedding, the last chunk the LM head.
   const std::vector<int> bounds = pipeline_bounds(spec);
   GpuParams p;
-  for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(spec.pp)) {
+  for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
+    if (chunk_stage(spec, static_cast<int>(c)) != stage) continue;
     const GpuParams chunk = gpu_params(spec.model, placements, bounds[c], bounds[c + 1]);
     p.replicated += chunk.replicated;
     p.experts += chunk.experts;
@@ -96,7 +106,64 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
   return p;
 }
 
+namespace {
+
+// DualPipeV's order on stage r (deepseek-ai/DualPipe, dualpipev.py; pipeline_order() spells it
+// out): its two chunks are the V's arms, 0 (chunk r) and 1 (chunk 2 pp - 1 - r).
+std::vector<PipelineItem> dualpipev_order(const ForwardSpec& spec, int r) {
+  const int pp = spec.pp, n = spec.micro_batches;
+  MOESIM_ASSERT(spec.virtual_stages == 2 && n >= 2 * pp, "DualPipeV needs two chunks per stage and at least 2 pp micro-batches");
+  const std::array<int, 2> chunk{r, 2 * pp - 1 - r};
+  std::array<int, 2> forwards{}, backwards{};          // per arm, the next micro-batch
+  std::deque<PipelineItem> weights;                   // the split backwards' weight passes to come, oldest first
+  std::vector<PipelineItem> order;
+  const auto forward = [&](int arm) { order.push_back(PipelineItem{forwards[arm]++, chunk[arm], false}); };
+  const auto back = [&](int arm, bool split = false, bool overlapped = false) {
+    if (!spec.training) return;
+    order.push_back(PipelineItem{backwards[arm]++, chunk[arm], true, false, overlapped});
+    if (split) weights.push_back(PipelineItem{order.back().micro_batch, order.back().chunk, false, true});
+  };
+  const auto weight = [&] {
+    if (!spec.training) return;
+    order.push_back(weights.front());
+    weights.pop_front();
+  };
+  // A forward and a backward of the other arm, together with forward-backward overlap.
+  const auto pair = [&](int arm, bool overlapped) {
+    forward(arm);
+    back(1 - arm, false, overlapped && spec.forward_backward_overlap);
+  };
+  for (int i = 0; i < 2 * (pp - 1 - r); ++i) forward(0);
+  for (int i = 0; i <= r; ++i) {
+    forward(0);
+    forward(1);
+  }
+  for (int i = 0; i < pp - 1 - r; ++i) {
+    back(1, true);
+    weight();
+    forward(1);
+  }
+  for (int i = 0; i < n - 2 * pp + r + 1; ++i) {
+    pair(0, !(i == 0 && r == pp - 1));  // the last stage runs its first pair one pass after the other
+    pair(1, true);
+  }
+  for (int i = 0; i < pp - 1 - r; ++i) {
+    back(1);
+    pair(1, true);
+  }
+  for (int i = 0; i < 2 * (r + 1); ++i) back(i % 2 == 0 ? 1 : 0, i >= r + 1);  // the last r + 1 split
+  for (int i = 0; i < pp - 1 - r; ++i) {
+    weight();
+    back(0, true);
+  }
+  while (!weights.empty()) weight();
+  return order;
+}
+
+}  // namespace
+
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
+  if (spec.pipeline_schedule == PipelineSchedule::dualpipev) return dualpipev_order(spec, stage);
   const int pp = spec.pp, v = spec.virtual_stages, batches = spec.micro_batches;
   // Forward-backward overlap: one forward more first, then each backward with the forward before it.
   const bool fb = spec.training && spec.forward_backward_overlap;
@@ -184,13 +251,17 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
 
 double pipeline_held_layers(const ForwardSpec& spec, int stage) {
   const std::vector<int> bounds = pipeline_bounds(spec);
+  const std::vector<PipelineItem> order = pipeline_order(spec, stage);
+  std::set<std::pair<int, int>> split;  // (micro-batch, chunk) of the backwards with a weight pass
+  for (const PipelineItem& it : order)
+    if (it.weight) split.insert({it.micro_batch, it.chunk});
   int held = 0, most = 0;
-  for (const PipelineItem& it : pipeline_order(spec, stage)) {
+  for (const PipelineItem& it : order) {
     const int layers = bounds[static_cast<std::size_t>(it.chunk) + 1] - bounds[static_cast<std::size_t>(it.chunk)] +
                        (it.chunk == 0 ? spec.model.dense_layers : 0);
-    // ZB-H1: a micro-batch's activations stay until its weight pass.
-    const bool frees = spec.pipeline_schedule == PipelineSchedule::zb_h1 ? it.weight : it.backward;
-    held += frees ? -layers : it.backward ? 0 : layers;
+    // A split backward's activations stay until its weight pass.
+    const bool frees = split.count({it.micro_batch, it.chunk}) > 0 ? it.weight : it.backward;
+    held += frees ? -layers : it.backward || it.weight ? 0 : layers;
     most = std::max(most, held);
   }
   return most;
@@ -232,20 +303,25 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int pp = spec.pp, batches = spec.micro_batches;
   MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
                 "pipeline stages must divide the GPUs into whole EP groups");
-  MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "ZB-H1's weight passes with two-batch overlap are not modelled");
-  MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || spec.virtual_stages > 1)),
-                "ZB-H1 with recomputation or virtual stages is not modelled");
+  const bool dualpipev = spec.pipeline_schedule == PipelineSchedule::dualpipev;
+  MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "weight passes with two-batch overlap are not modelled");
+  MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || (spec.virtual_stages > 1 && !dualpipev))),
+                "ZB-H1 with recomputation or virtual stages, or DualPipeV with recomputation, is not modelled");
   MOESIM_ASSERT(!spec.forward_backward_overlap ||
                     (!spec.two_batch_overlap && spec.recompute != Recompute::full &&
-                     spec.pipeline_schedule == PipelineSchedule::one_f_one_b),
-                "forward-backward overlap runs 1F1B without two-batch overlap or full recomputation");
+                     (spec.pipeline_schedule == PipelineSchedule::one_f_one_b || dualpipev)),
+                "forward-backward overlap runs 1F1B or DualPipeV without two-batch overlap or full recomputation");
   bounds_ = pipeline_bounds(spec);
   for (int c = 0; c < chunks(); ++c)
     for (int l = chunk_first(c); l < chunk_first(c + 1); ++l) chunk_.push_back(c);
+  split_.assign(static_cast<std::size_t>(batches * chunks()), 0);
   for (int st = 0; st < pp; ++st) {
     std::vector<int> order, forward;  // forward: the last forward item's passes
     std::vector<char> paired;
-    for (const PipelineItem& it : pipeline_order(spec, st)) {
+    const std::vector<PipelineItem> items = pipeline_order(spec, st);
+    for (const PipelineItem& it : items)
+      if (it.weight) split_[static_cast<std::size_t>(it.micro_batch * chunks() + it.chunk)] = 1;
+    for (const PipelineItem& it : items) {
       const int base = it.micro_batch * batch_passes();
       std::vector<int> passes;
       if (it.weight) {
@@ -288,7 +364,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   gradients_pending_.assign(inputs, 0);
   for (int g = 0; g < gpus; ++g) {
     for (int mb = 0; mb < batches; ++mb)
-      for (int c = stage_of(g); c < chunks(); c += pp) {
+      for (int c = 0; c < chunks(); ++c) {
+        if (chunk_stage(spec, c) != stage_of(g)) continue;
         const auto at = (static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb)) *
                             static_cast<std::size_t>(spec.virtual_stages) +
                         static_cast<std::size_t>(c / pp);
@@ -519,7 +596,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
   // a recomputed forward's work is not model work.
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
-  const bool twice = work == Work::gemm && in_pass && backward(p) && !weight_split();
+  const bool twice = work == Work::gemm && in_pass && backward(p) && !split(p);
   const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
   if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
@@ -556,13 +633,13 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
       ++profile_misses_;
       return std::nullopt;
     }
-    us += *t * (back && q.gemm && weight_split() ? 0.5 : 1.0);
+    us += *t * (back && q.gemm && split(p) ? 0.5 : 1.0);
   }
   ++profile_hits_;
   // A backward pass's GEMMs do twice the forward's FLOPs (input and weight gradients; ZB-H1:
   // each of its two passes once); a recomputed forward is not model work.
   if (!(p < passes() && recompute(p)))
-    model_flops_ += static_cast<double>(work.flops) * (back && gemm && !weight_split() ? 2 : 1);
+    model_flops_ += static_cast<double>(work.flops) * (back && gemm && !split(p) ? 2 : 1);
   last_profiled_ = true;
   return scaled(Time::ps(std::llround(us * 1e6)), gpu);
 }
@@ -613,7 +690,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
     ++s.head_backward;
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
-    const int times = weight_split() ? 1 : 2;
+    const int times = split(p) ? 1 : 2;
     run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside), next,
               -1, true, false);
     return true;
@@ -638,13 +715,13 @@ int MoeForward::across_stages(int gpu, int pass, bool input) const {
   if ((recompute(pass) && !input) || weight(pass)) return -1;
   const int c = chunk_of(layer_of(pass)), l = layer_of(pass);
   const int at = gpu % stage_gpus();
-  if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? (c - 1) % spec_.pp * stage_gpus() + at : -1;
-  return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? (c + 1) % spec_.pp * stage_gpus() + at : -1;
+  if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? chunk_stage(spec_, c - 1) * stage_gpus() + at : -1;
+  return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? chunk_stage(spec_, c + 1) * stage_gpus() + at : -1;
 }
 
 int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
   // Indexed by the chunk's place among the GPU's stage's chunks.
-  MOESIM_ASSERT(chunk % spec_.pp == stage_of(gpu), "a pipeline input into a chunk of another stage");
+  MOESIM_ASSERT(chunk_stage(spec_, chunk) == stage_of(gpu), "a pipeline input into a chunk of another stage");
   const auto at = (static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
                    static_cast<std::size_t>(micro_batch(pass))) *
                       static_cast<std::size_t>(spec_.virtual_stages) +
@@ -693,6 +770,10 @@ void MoeForward::send_to_stage(int gpu, int pass) {
   // backward, their gradients to the previous chunk's.
   const int dst = across_stages(gpu, pass, false);
   if (dst < 0) return;
+  if (dst == gpu) {  // DualPipeV's last stage: from one of its chunks to the other, nothing to send
+    --pipeline_pending(gpu, pass, chunk_of(layer_of(pass)) + (backward(pass) ? -1 : 1));
+    return;
+  }
   const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(dst)),
                   sim::Bytes(spec_.tokens_per_gpu * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes))};
   int* left = &pipeline_pending(dst, pass, chunk_of(layer_of(pass)) + (backward(pass) ? -1 : 1));
@@ -816,7 +897,7 @@ void MoeForward::after_router_backward(int gpu) {
 }
 
 void MoeForward::attention_backward(int gpu) {
-  if (weight_split()) {
+  if (split(gpus_[static_cast<std::size_t>(gpu)].pass)) {
     // The input gradients: the attention core's backward (twice its forward's matmuls) and the
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
@@ -1075,7 +1156,7 @@ void MoeForward::pair_step(int gpu) {
         s.recomputed = false;
         ++s.op;
         if (m.dense_layers > 0 && layer_of(pass) == 0)
-          return run_stage(gpu, Stage::dense, cost(dense_backward_cost(), gpu, Work::outside), &MoeForward::pair_step);
+          return run_stage(gpu, Stage::dense, cost(dense_backward_cost(pass), gpu, Work::outside), &MoeForward::pair_step);
         continue;
       case end:
         s.op = 0;
@@ -1144,8 +1225,8 @@ KernelCost MoeForward::lm_head() const {
 void MoeForward::pass_done(int gpu, int pass) {
   ++passes_done_;
   send_to_stage(gpu, pass);
-  // A layer's gradients are complete after its backward, or with ZB-H1 its weight pass.
-  if (weight_split() ? weight(pass) : backward(pass)) backward_layer_done(gpu, pass);
+  // A layer's gradients are complete after its backward, or (split) its weight pass.
+  if (split(pass) ? weight(pass) : backward(pass)) backward_layer_done(gpu, pass);
 }
 
 void MoeForward::end_pass(int gpu) {
@@ -1172,12 +1253,13 @@ void MoeForward::end_pass(int gpu) {
 }
 
 void MoeForward::dense_backward(int gpu) {
-  run_stage(gpu, Stage::dense, cost(dense_backward_cost(), gpu, Work::outside), &MoeForward::after_passes);
+  run_stage(gpu, Stage::dense, cost(dense_backward_cost(gpus_[static_cast<std::size_t>(gpu)].pass), gpu, Work::outside),
+            &MoeForward::after_passes);
 }
 
-KernelCost MoeForward::dense_backward_cost() const {
-  // Twice the forward; with ZB-H1 that less the weight gradients (the first layer's weight pass).
-  const KernelCost c = dense_cost(), w = weight_split() ? dense_weight_cost() : KernelCost{};
+KernelCost MoeForward::dense_backward_cost(int pass) const {
+  // Twice the forward; split, that less the weight gradients (the first layer's weight pass).
+  const KernelCost c = dense_cost(), w = split(pass) ? dense_weight_cost() : KernelCost{};
   return KernelCost{.flops = 2 * c.flops - w.flops, .bytes = 2 * c.bytes - w.bytes};
 }
 

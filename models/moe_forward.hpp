@@ -23,9 +23,11 @@
 // chunk's layers of each micro-batch when the previous chunk's activations for it have arrived
 // (one flow per GPU, to the GPU at the same position in the next chunk's stage), and its
 // backward when the next chunk's gradients have, in the order of the schedule
-// (pipeline_order(): 1F1B, interleaved 1F1B, GPipe or ZB-H1, which splits each backward into
+// (pipeline_order(): 1F1B, interleaved 1F1B, GPipe, ZB-H1, which splits each backward into
 // an input-gradient pass that sends the gradients on and a weight-gradient pass that runs
-// later, filling what would be bubble); gradients are synchronised within each stage.
+// later, filling what would be bubble, or DualPipeV, whose two chunks per stage form a V and
+// whose steady state runs one chunk's forward together with the other's backward); gradients
+// are synchronised within each stage.
 // Two-batch overlap runs the program in overlap_step() instead, and forward-backward overlap a
 // forward and a backward pass together in pair_step(). Without them no stage overlaps another on
 // a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work again
@@ -63,8 +65,13 @@ std::string_view to_string(Recompute r);
 // zb_h1: the zero-bubble schedule ZB-H1 of Qi et al., "Zero Bubble Pipeline Parallelism" (ICLR
 // 2024): each backward pass is split into its input gradients (B), which go back to the previous
 // stage, and its weight gradients (W), which wait.
-enum class PipelineSchedule { one_f_one_b, gpipe, zb_h1 };
-std::string_view to_string(PipelineSchedule s);  // "1f1b", "gpipe", "zb_h1"
+// dualpipev: DeepSeek's DualPipeV (the DualPipe repository's "cut-in-half" DualPipe): two model
+// chunks per stage placed as a V (chunk c on stage c for c < pp, on stage 2 pp - 1 - c after), so
+// that the last stage's first chunk hands its output to its own second chunk and stage 0 holds
+// both the first and the last layers; its steady state pairs a forward of one chunk with a
+// backward of the other, and some backwards are split as ZB-H1's (pipeline_order()).
+enum class PipelineSchedule { one_f_one_b, gpipe, zb_h1, dualpipev };
+std::string_view to_string(PipelineSchedule s);  // "1f1b", "gpipe", "zb_h1", "dualpipev"
 
 struct ForwardSpec {
   routing::MoeModelSpec model;
@@ -82,9 +89,10 @@ struct ForwardSpec {
   // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups), each holding
   // virtual_stages model chunks: the MoE layers form pp * virtual_stages runs of consecutive
   // layers (pipeline_layers[c] in chunk c, or where that is empty as even a share as possible,
-  // see pipeline_bounds()), chunk c on stage c mod pp, run in the order of pipeline_schedule
-  // (pipeline_order(); 1F1B is interleaved where virtual_stages > 1). zb_h1 needs
-  // virtual_stages 1 and no recomputation.
+  // see pipeline_bounds()), chunk c on stage chunk_stage(c) (c mod pp, or dualpipev's V), run in
+  // the order of pipeline_schedule (pipeline_order(); 1F1B is interleaved where virtual_stages >
+  // 1). zb_h1 needs virtual_stages 1 and no recomputation; dualpipev virtual_stages 2, at least
+  // 2 pp micro-batches and no recomputation.
   int pp = 1;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
@@ -145,7 +153,11 @@ struct ForwardSpec {
 // moe_layers % chunks chunks (chunk 0 also holds the dense layers and the embedding, the last the
 // LM head).
 std::vector<int> pipeline_bounds(const ForwardSpec& spec);
-// The model chunk, and the pipeline stage (chunk mod pp), that hold MoE layer `layer`.
+// The pipeline stage that holds model chunk `chunk`: chunk mod pp, or with dualpipev the V:
+// chunk for chunk < pp, 2 pp - 1 - chunk after. Either way chunk / pp is its place among its
+// stage's chunks.
+int chunk_stage(const ForwardSpec& spec, int chunk);
+// The model chunk, and the pipeline stage (chunk_stage()), that hold MoE layer `layer`.
 int pipeline_chunk(const ForwardSpec& spec, int layer);
 int pipeline_stage(const ForwardSpec& spec, int layer);
 // The MoE layers of pipeline stage `stage`, in forward order (its chunks' runs, lowest first).
@@ -156,7 +168,8 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
 // One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
 // model chunks, forward (its layers in order) or backward (last layer first). ZB-H1 splits a
 // backward in two entries: `backward` (its input gradients) and then, later, `weight` (its
-// weight gradients; backward is false).
+// weight gradients; backward is false); DualPipeV some of them. A backward is split exactly
+// where the order has a weight entry for its micro-batch and chunk.
 struct PipelineItem {
   int micro_batch = 0;
   int chunk = 0;
@@ -186,11 +199,24 @@ struct PipelineItem {
 // forward more before the first backward (as Megatron-LM's combined 1F1B, so that the forward
 // and the backward run together never depend on each other), and every backward of the
 // alternating part `overlapped` with the forward before it.
+// DualPipeV (deepseek-ai/DualPipe, dualpipev.py), stage r of P, N >= 2P micro-batches, its
+// chunks c0 = r (the V's first arm) and c1 = 2P - 1 - r (its second): 2(P - 1 - r) forwards of
+// c0; r + 1 times a forward of c0 and one of c1; P - 1 - r times a split backward of c1, its
+// weight pass and a forward of c1; N - 2P + r + 1 times a forward of c0 with a backward of c1
+// and a forward of c1 with a backward of c0 (the pairs); P - 1 - r times a backward of c1 and a
+// forward of c1 with a backward of c0; r + 1 times a backward of c1 and one of c0, the last r + 1
+// of these split; P - 1 - r times the oldest weight pass waiting and a split backward of c0;
+// the r + 1 weight passes left. With forward-backward overlap each pair's backward is
+// `overlapped` with its forward (except the last stage's first pair, which DualPipeV runs one
+// after the other); without, the pair runs one after the other. With forward, whole backward
+// and weight times F, B = 2F and W = F, a pair taking F&B = F + B and nothing else costing
+// time, the bubble is (P - 1)(F&B + B - 3W) = 2(P - 1)F (DualPipe's, DeepSeek-V3 report, table
+// 2, with P = PP/2), against 1F1B's (P - 1)(2F + 2B) = 6(P - 1)F on the same stages.
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
-// its backward frees them (ZB-H1: its weight pass, which needs the layers' inputs and output
-// gradients), in pipeline_order().
+// its backward frees them (a split backward: its weight pass, which needs the layers' inputs
+// and output gradients), in pipeline_order().
 double pipeline_held_layers(const ForwardSpec& spec, int stage);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
@@ -253,16 +279,26 @@ class MoeForward {
   // Passes: per micro-batch every layer forward, then (training) every layer backward, last layer
   // first; with full recomputation each layer's backward pass comes right after a pass that
   // recomputes its forward: per micro-batch L forward passes, then (recompute, backward) for
-  // layers L - 1, ..., 0. ZB-H1 (weight_split()) adds a weight-gradient pass per layer after
-  // those, again for layers L - 1, ..., 0; the backward passes then compute the input gradients
-  // only. The schedule (schedule_) runs them in its own order.
+  // layers L - 1, ..., 0. ZB-H1 and DualPipeV (weight_split()) add a weight-gradient pass per
+  // layer after those, again for layers L - 1, ..., 0; a split backward's passes (split()) then
+  // compute the input gradients only. The schedule (schedule_) runs them in its own order
+  // (DualPipeV's has the weight passes of its split backwards only).
   bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
   // Whether full recomputation rebuilds MoE layer `layer` (ForwardSpec::recompute_layers): its
   // recompute pass is in the schedule; the other layers' are not (they keep their activations).
   bool recomputes(int layer) const {
     return full_recompute() && (spec_.recompute_layers == 0 || layer - chunk_first(chunk_of(layer)) < spec_.recompute_layers);
   }
-  bool weight_split() const { return spec_.training && spec_.pipeline_schedule == PipelineSchedule::zb_h1; }
+  bool weight_split() const {
+    return spec_.training &&
+           (spec_.pipeline_schedule == PipelineSchedule::zb_h1 || spec_.pipeline_schedule == PipelineSchedule::dualpipev);
+  }
+  // Whether pass `pass` belongs to a split backward: its micro-batch's backward through its
+  // layer's chunk has a weight entry in the schedule (every backward with ZB-H1).
+  bool split(int pass) const {
+    return weight_split() && split_[static_cast<std::size_t>(micro_batch(pass) * chunks() + chunk_of(layer_of(pass)))];
+  }
+  std::vector<char> split_;  // [micro_batch * chunks() + chunk]
   int backward_passes() const { return full_recompute() ? 2 * spec_.model.moe_layers : spec_.model.moe_layers; }
   int batch_passes() const {
     const int l = spec_.model.moe_layers;
@@ -302,7 +338,7 @@ class MoeForward {
   int plan_row(int micro_batch, int layer, int half) const;
   std::size_t plan_index(int micro_batch, int layer, int group, int half) const;
   // Pipeline stages: GPUs [s * stage_gpus(), (s + 1) * stage_gpus()); model chunk c: MoE layers
-  // [chunk_first(c), chunk_first(c + 1)), on stage c mod pp.
+  // [chunk_first(c), chunk_first(c + 1)), on stage chunk_stage(spec_, c).
   int stage_gpus() const { return cluster_.gpu_count() / spec_.pp; }
   int chunks() const { return spec_.pp * spec_.virtual_stages; }
   int chunk_first(int chunk) const { return bounds_[static_cast<std::size_t>(chunk)]; }
@@ -318,7 +354,8 @@ class MoeForward {
   std::int64_t total_passes_ = 0;  // over all GPUs
   // Pipeline inputs still missing, [(gpu * micro_batches + micro_batch) * virtual_stages + c / pp]
   // for chunk c of the GPU's stage: the activations from the previous chunk (forward) and the
-  // gradients from the next (backward).
+  // gradients from the next (backward). DualPipeV's last stage hands them from one of its
+  // chunks to the other itself.
   std::vector<int> activations_pending_, gradients_pending_;
   // The GPU of the neighbouring chunk's stage that pass `pass` on `gpu` takes its input from
   // (input) or sends its output to, or -1 where the pass does not cross a chunk boundary.
@@ -371,7 +408,8 @@ class MoeForward {
   bool last_profiled_ = false;
   KernelCost dense_cost() const;
   KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
-  KernelCost dense_backward_cost() const;   // their backward (ZB-H1: less the weight gradients)
+  // Their backward in pass `pass` (the first MoE layer's backward; split: less the weight gradients).
+  KernelCost dense_backward_cost(int pass) const;
   KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
   KernelCost lm_head() const;  // forward (with the loss in training)
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or

@@ -484,10 +484,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.optimizer_sharding && !f.gradient_sync)
         problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
     }
-    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe", "zb_h1"}), false)) {
-      f.pipeline_schedule = *v == "gpipe"   ? models::PipelineSchedule::gpipe
-                            : *v == "zb_h1" ? models::PipelineSchedule::zb_h1
-                                            : models::PipelineSchedule::one_f_one_b;
+    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe", "zb_h1", "dualpipev"}), false)) {
+      f.pipeline_schedule = *v == "gpipe"       ? models::PipelineSchedule::gpipe
+                            : *v == "zb_h1"     ? models::PipelineSchedule::zb_h1
+                            : *v == "dualpipev" ? models::PipelineSchedule::dualpipev
+                                                : models::PipelineSchedule::one_f_one_b;
       if (f.pp == 1 || !f.training)
         problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
     }
@@ -495,10 +496,12 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.recompute = *v == "full" ? models::Recompute::full : *v == "attention" ? models::Recompute::attention : models::Recompute::none;
       if (f.recompute != models::Recompute::none && !f.training)
         problems.add_at(w->key_path("recompute"), "only used with 'kind: training' (recomputation rebuilds activations for the backward pass)");
-      if (f.recompute != models::Recompute::none && f.pipeline_schedule == models::PipelineSchedule::zb_h1)
+      if (f.recompute != models::Recompute::none && (f.pipeline_schedule == models::PipelineSchedule::zb_h1 ||
+                                                     f.pipeline_schedule == models::PipelineSchedule::dualpipev))
         problems.add_at(w->key_path("recompute"),
-                        "not with pipeline_schedule: zb_h1 (its weight passes need activations that recomputation rebuilds for "
-                        "the input-gradient pass only; not modelled)");
+                        fmt::format("not with pipeline_schedule: {} (its weight passes need activations that recomputation "
+                                    "rebuilds for the input-gradient pass only; not modelled)",
+                                    models::to_string(f.pipeline_schedule)));
     }
     if (auto v = w->get<std::int64_t>("recompute_layers", count_at_least(1), false)) {
       f.recompute_layers = as_int(*v);
@@ -519,8 +522,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
           refuse("is only used with 'kind: training' (it runs one micro-batch's backward together with another's forward)");
         else if (f.micro_batches < 2)
           refuse("needs micro_batches >= 2: it runs one micro-batch's backward together with the next one's forward");
-        if (f.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
-          refuse(fmt::format("runs the 1F1B schedule, not pipeline_schedule: {}", models::to_string(f.pipeline_schedule)));
+        if (f.pipeline_schedule != models::PipelineSchedule::one_f_one_b && f.pipeline_schedule != models::PipelineSchedule::dualpipev)
+          refuse(fmt::format("runs the 1F1B or the DualPipeV schedule, not pipeline_schedule: {}",
+                             models::to_string(f.pipeline_schedule)));
         if (f.recompute == models::Recompute::full)
           refuse("with recompute: full is not modelled (Megatron-LM refuses it too; recompute: attention works)");
       }
@@ -823,17 +827,35 @@ void cross_check(const Scenario& sc, Problems& problems) {
       problems.add_at("parallelism.pipeline_layers",
                       fmt::format("the {} layer counts add up to {}, but the model has {} MoE layers", v > 1 ? "chunks'" : "stages'",
                                   sum, m.moe_layers));
-    if (v > 1 && sc.forward.micro_batches % pp != 0)
-      problems.add_at("workload.micro_batches",
-                      fmt::format("{} micro-batches with virtual_stages: the interleaved schedule runs them in groups of "
-                                  "parallelism.pp ({}); use a multiple of it",
-                                  sc.forward.micro_batches, pp));
-    if (v > 1 && sc.forward.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
-      problems.add_at("workload.pipeline_schedule",
-                      fmt::format("{} with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's",
-                                  models::to_string(sc.forward.pipeline_schedule)));
-    if (sc.forward.two_batch_overlap && sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::zb_h1)
-      problems.add_at("workload.overlap", "two_batch with pipeline_schedule: zb_h1 is not modelled (its weight passes are not split in halves)");
+    const bool dualpipev = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipev;
+    if (dualpipev) {
+      // DualPipeV (deepseek-ai/DualPipe) runs each stage's two chunks as the arms of a V.
+      if (v != 2)
+        problems.add_at("parallelism.virtual_stages",
+                        fmt::format("pipeline_schedule: dualpipev places two model chunks on each stage, chunk c on stage c and "
+                                    "chunk 2 pp - 1 - c on stage c (a V): set virtual_stages: 2 (got {})",
+                                    v));
+      if (sc.forward.micro_batches < 2 * pp)
+        problems.add_at("workload.micro_batches",
+                        fmt::format("{} micro-batches for pipeline_schedule: dualpipev with {} stages: it needs at least "
+                                    "2 x parallelism.pp ({}), as DualPipe does",
+                                    sc.forward.micro_batches, pp, 2 * pp));
+    } else {
+      if (v > 1 && sc.forward.micro_batches % pp != 0)
+        problems.add_at("workload.micro_batches",
+                        fmt::format("{} micro-batches with virtual_stages: the interleaved schedule runs them in groups of "
+                                    "parallelism.pp ({}); use a multiple of it",
+                                    sc.forward.micro_batches, pp));
+      if (v > 1 && sc.forward.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
+        problems.add_at("workload.pipeline_schedule",
+                        fmt::format("{} with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's",
+                                    models::to_string(sc.forward.pipeline_schedule)));
+    }
+    if (sc.forward.two_batch_overlap && sc.forward.training &&
+        (sc.forward.pipeline_schedule == models::PipelineSchedule::zb_h1 || dualpipev))
+      problems.add_at("workload.overlap", fmt::format("two_batch with pipeline_schedule: {} is not modelled (its weight passes are "
+                                                      "not split in halves)",
+                                                      models::to_string(sc.forward.pipeline_schedule)));
     if (sc.forward.forward_backward_overlap && v == 1)
       problems.add_at("workload.overlap",
                       "forward_backward with pipeline stages needs parallelism.virtual_stages > 1 (Megatron-LM requires it "

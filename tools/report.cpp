@@ -534,6 +534,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     !f.training                                                  ? "pipelined"
                                     : f.pipeline_schedule == models::PipelineSchedule::gpipe ? "GPipe"
                                     : f.pipeline_schedule == models::PipelineSchedule::zb_h1 ? "ZB-H1"
+                                    : f.pipeline_schedule == models::PipelineSchedule::dualpipev ? "DualPipeV, chunks in a V"
                                     : f.virtual_stages > 1                                   ? "interleaved 1F1B"
                                                                                              : "1F1B")
                      : std::string(),
@@ -615,10 +616,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       paired += it.overlapped;
       backwards += it.backward;
     }
-    fmt::print(out, "  overlap     forward-backward (combined 1F1B): {} of the stage's {} backward passes ran together with a forward, "
+    fmt::print(out, "  overlap     forward-backward ({}): {} of the stage's {} backward passes ran together with a forward, "
                     "layer by layer, each one's all-to-alls beside the other's compute; the all-to-all kernels hold {:.1f}% of the "
                     "SMs meanwhile\n",
-               paired, backwards, 100 * f.comm_sm_fraction);
+               f.pipeline_schedule == models::PipelineSchedule::dualpipev ? "DualPipeV's pairs" : "combined 1F1B", paired, backwards,
+               100 * f.comm_sm_fraction);
   }
   if (r.compute_source != "profile" && f.profile) {
     // A profile was there but (some) stages fell back: say what it measures, so that the reason

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -1468,6 +1469,230 @@ TEST_CASE("ZB-H1 splits each backward into input and weight gradients, as derive
   CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "zb_h1");
 }
 
+namespace {
+
+// A pipeline stage's schedule written as "F0:3 B0:3 W0:3 &B1:0 ...": forward, backward (a split
+// one's input-gradient pass) and weight pass of micro-batch 0 through chunk 3; "&" marks a
+// backward overlapped with the forward before it.
+std::vector<models::PipelineItem> chunk_items(const std::string& text) {
+  std::vector<models::PipelineItem> out;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) {
+    const bool overlapped = w[0] == '&';
+    if (overlapped) w = w.substr(1);
+    const auto colon = w.find(':');
+    out.push_back(models::PipelineItem{std::stoi(w.substr(1, colon - 1)), std::stoi(w.substr(colon + 1)), w[0] == 'B', w[0] == 'W',
+                                       overlapped});
+  }
+  return out;
+}
+
+// The time the stages' orders (pipeline_order(), chunks on their stages as chunk_stage() says)
+// take when every forward takes f, every whole backward b, a split backward's input-gradient
+// pass b - w and its weight pass w, a forward with the backward overlapped with it `pair`, and
+// nothing else costs time: a stage starts an entry (a pair: both) when it is done with the one
+// before and its inputs are there (a chunk's forward: the previous chunk's forward of the
+// micro-batch; its backward: the next chunk's backward, or on the last chunk its own forward);
+// both passes of a pair end with it.
+double chunk_makespan(const models::ForwardSpec& spec, double f, double b, double w, double pair) {
+  const int chunks = spec.pp * spec.virtual_stages;
+  std::vector<std::vector<models::PipelineItem>> orders;
+  std::set<std::pair<int, int>> split;
+  for (int s = 0; s < spec.pp; ++s) {
+    orders.push_back(models::pipeline_order(spec, s));
+    for (const auto& it : orders.back()) {
+      REQUIRE(models::chunk_stage(spec, it.chunk) == s);
+      if (it.weight) split.insert({it.micro_batch, it.chunk});
+    }
+  }
+  std::map<std::tuple<int, int, int>, double> done;  // (kind 0 F 1 B 2 W, micro-batch, chunk)
+  const auto kind = [](const models::PipelineItem& it) { return it.weight ? 2 : it.backward ? 1 : 0; };
+  const auto ready = [&](const models::PipelineItem& it) -> std::optional<double> {
+    if (it.weight || (!it.backward && it.chunk == 0)) return 0.0;
+    const auto dep = !it.backward                ? std::tuple{0, it.micro_batch, it.chunk - 1}
+                     : it.chunk + 1 == chunks ? std::tuple{0, it.micro_batch, it.chunk}
+                                                : std::tuple{1, it.micro_batch, it.chunk + 1};
+    const auto at = done.find(dep);
+    return at == done.end() ? std::nullopt : std::optional<double>(at->second);
+  };
+  const auto time = [&](const models::PipelineItem& it) {
+    return it.weight ? w : !it.backward ? f : split.count({it.micro_batch, it.chunk}) > 0 ? b - w : b;
+  };
+  std::vector<std::size_t> next(orders.size(), 0);
+  std::vector<double> free(orders.size(), 0);
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (std::size_t s = 0; s < orders.size(); ++s)
+      for (const auto& o = orders[s]; next[s] < o.size();) {
+        const std::size_t n = next[s] + 1 < o.size() && o[next[s] + 1].overlapped ? 2 : 1;
+        double start = free[s];
+        bool there = true;
+        for (std::size_t i = 0; i < n && there; ++i) {
+          const auto t = ready(o[next[s] + i]);
+          there = t.has_value();
+          if (there) start = std::max(start, *t);
+        }
+        if (!there) break;
+        free[s] = start + (n == 2 ? pair : time(o[next[s]]));
+        for (std::size_t i = 0; i < n; ++i) {
+          const auto& it = o[next[s] + i];
+          done[{kind(it), it.micro_batch, it.chunk}] = free[s];
+        }
+        next[s] += n;
+        progress = true;
+      }
+  }
+  for (std::size_t s = 0; s < orders.size(); ++s) REQUIRE(next[s] == orders[s].size());  // no order waits forever
+  return *std::max_element(free.begin(), free.end());
+}
+
+models::ForwardSpec dualpipev_spec(int pp, int micro_batches, bool overlap) {
+  models::ForwardSpec f;
+  f.model.moe_layers = 2 * pp;
+  f.pp = pp;
+  f.virtual_stages = 2;
+  f.micro_batches = micro_batches;
+  f.training = true;
+  f.pipeline_schedule = models::PipelineSchedule::dualpipev;
+  f.forward_backward_overlap = overlap;
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("DualPipeV's order runs the V's two arms as deepseek-ai/DualPipe's dualpipev.py does", "[models][pipeline]") {
+  // PP2, 4 micro-batches; stage 0 holds chunks 0 and 3, stage 1 chunks 1 and 2. Stage 0 (r = 0):
+  // 2 forwards of chunk 0; one of chunk 0 and one of chunk 3; a split backward of chunk 3, its
+  // weight pass, a forward of chunk 3; one round of the pairs (F3:0 with B1:3, F2:3 with B0:0);
+  // a backward of chunk 3 and the pair F3:3 with B1:0; the backwards B3:3 and B2:0, the second
+  // split; the weight pass W2:0 and a split B3:0; its weight pass. Stage 1 (r = 1): two rounds
+  // of a forward of each chunk; two rounds of the pairs, the first not overlapped (the last
+  // stage runs its first pair one after the other); 4 backwards, the last two split; their
+  // weight passes.
+  auto f = dualpipev_spec(2, 4, false);
+  CHECK(models::pipeline_order(f, 0) ==
+        chunk_items("F0:0 F1:0 F2:0 F0:3 B0:3 W0:3 F1:3 F3:0 B1:3 F2:3 B0:0 B2:3 F3:3 B1:0 B3:3 B2:0 W2:0 B3:0 W3:0"));
+  CHECK(models::pipeline_order(f, 1) ==
+        chunk_items("F0:1 F0:2 F1:1 F1:2 F2:1 B0:2 F2:2 B0:1 F3:1 B1:2 F3:2 B1:1 B2:2 B2:1 B3:2 B3:1 W3:2 W3:1"));
+  // Stage 0 holds at most 5 chunks' activations (after F3:0, and after F2:3 and F3:3), a split
+  // backward's until its weight pass; so does stage 1 (after F2:1, F2:2, F3:1, F3:2).
+  CHECK(models::pipeline_held_layers(f, 0) == 5);
+  CHECK(models::pipeline_held_layers(f, 1) == 5);
+  f.forward_backward_overlap = true;
+  CHECK(models::pipeline_order(f, 0) ==
+        chunk_items("F0:0 F1:0 F2:0 F0:3 B0:3 W0:3 F1:3 F3:0 &B1:3 F2:3 &B0:0 B2:3 F3:3 &B1:0 B3:3 B2:0 W2:0 B3:0 W3:0"));
+  CHECK(models::pipeline_order(f, 1) ==
+        chunk_items("F0:1 F0:2 F1:1 F1:2 F2:1 B0:2 F2:2 &B0:1 F3:1 &B1:2 F3:2 &B1:1 B2:2 B2:1 B3:2 B3:1 W3:2 W3:1"));
+  // Over 2 to 6 stages and 2 pp to 2 pp + 4 micro-batches: every stage runs each micro-batch
+  // once forward and once backward through each of its two chunks, the backward after the
+  // forward, a weight pass after the backward for exactly 2 pp - 1 - r of its 2 N backwards; an
+  // overlapped backward comes right after a forward of the stage's other chunk.
+  for (int pp = 2; pp <= 6; ++pp)
+    for (int n = 2 * pp; n <= 2 * pp + 4; ++n)
+      for (const bool overlap : {false, true}) {
+        f = dualpipev_spec(pp, n, overlap);
+        for (int r = 0; r < pp; ++r) {
+          INFO(pp << " stages, " << n << " micro-batches, stage " << r << (overlap ? ", overlap" : ""));
+          const auto order = models::pipeline_order(f, r);
+          std::map<std::tuple<int, int, int>, std::size_t> at;  // (kind, micro-batch, chunk) -> position
+          int overlapped = 0;
+          for (std::size_t i = 0; i < order.size(); ++i) {
+            const auto& it = order[i];
+            CHECK((it.chunk == r || it.chunk == 2 * pp - 1 - r));
+            CHECK(at.emplace(std::tuple{it.weight ? 2 : it.backward ? 1 : 0, it.micro_batch, it.chunk}, i).second);
+            if (it.overlapped) {
+              ++overlapped;
+              CHECK((i > 0 && !order[i - 1].backward && !order[i - 1].weight && order[i - 1].chunk != it.chunk));
+            }
+          }
+          int weights = 0;
+          for (int mb = 0; mb < n; ++mb)
+            for (const int c : {r, 2 * pp - 1 - r}) {
+              REQUIRE(at.count({0, mb, c}) == 1);
+              REQUIRE(at.count({1, mb, c}) == 1);
+              CHECK(at[{0, mb, c}] < at[{1, mb, c}]);
+              if (at.count({2, mb, c}) > 0) {
+                ++weights;
+                CHECK(at[{1, mb, c}] < at[{2, mb, c}]);
+              }
+            }
+          CHECK(order.size() == static_cast<std::size_t>(4 * n + weights));
+          CHECK(weights == 2 * pp - 1 - r);
+          // The pairs: two per round of the main part, one per round of the part after it.
+          CHECK(overlapped == (overlap ? 2 * (n - 2 * pp + r + 1) + (pp - 1 - r) - (r == pp - 1 ? 1 : 0) : 0));
+        }
+      }
+}
+
+TEST_CASE("DualPipeV's bubble is (P - 1)(F&B + B - 3W), a third of 1F1B's on the same stages", "[models][pipeline]") {
+  // With a chunk's forward F = 1, its whole backward B = 2 (an input-gradient pass 1 and a
+  // weight pass W = 1) and a pair F&B = F + B = 3 (nothing hidden), every stage works 2N(F + B)
+  // and idles (P - 1)(F&B + B - 3W) = 2(P - 1), DualPipe's bubble (DeepSeek-V3 report, table 2,
+  // PP/2 = P). 1F1B on the same P stages, each a chunk twice the size (forward 2, backward 4),
+  // idles (P - 1)(2F + 2B) = 6(P - 1).
+  for (int pp = 2; pp <= 6; ++pp)
+    for (int n = 2 * pp; n <= 2 * pp + 4; ++n) {
+      INFO(pp << " stages, " << n << " micro-batches");
+      CHECK(chunk_makespan(dualpipev_spec(pp, n, true), 1, 2, 1, 3) == Approx(6 * n + 2 * (pp - 1)));
+      models::ForwardSpec one = dualpipev_spec(pp, n, false);
+      one.virtual_stages = 1;
+      one.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+      CHECK(chunk_makespan(one, 2, 4, 0, 0) == Approx(6 * n + 6 * (pp - 1)));
+    }
+}
+
+TEST_CASE("DualPipeV runs its V with split backwards and a hand-off at the turn, as derived by hand", "[models][pipeline]") {
+  // F, B (= Bi + W, the split backward's input-gradient and weight passes), d and the optimizer's
+  // time per layer as in the tests above. Four layers, one per chunk, PP2: GPU 0 holds chunks 0
+  // and 3 (layers 0 and 3), GPU 1 chunks 1 and 2; chunk 1 hands its output to chunk 2 (and
+  // chunk 2 its gradients to chunk 1) on GPU 1 without a transfer. The orders (test above):
+  //   GPU 0: F0:0 F1:0 F2:0 F0:3 B0:3 W0:3 F1:3 F3:0 B1:3 F2:3 B0:0 B2:3 F3:3 B1:0 B3:3 B2:0 W2:0 B3:0 W3:0
+  //   GPU 1: F0:1 F0:2 F1:1 F1:2 F2:1 B0:2 F2:2 B0:1 F3:1 B1:2 F3:2 B1:1 B2:2 B2:1 B3:2 B3:1 W3:2 W3:1
+  // GPU 1 starts at F + d and runs without a wait through B1:1 (8F + 4B): every input is there
+  // by then. B1:0 on GPU 0 waits for B1:1's gradients until 9F + 4B + 2d, then GPU 0 runs B1:0
+  // and B3:3 (whole backwards) to 9F + 6B + 2d; B3:3's gradients reach GPU 1 at 9F + 6B + 3d,
+  // which runs B3:2 and B3:1 (split) and their weight passes: done at 9F + 6B + 3d + 2Bi + 2W.
+  // GPU 0 meanwhile runs B2:0 and W2:0, waits for B3:1's gradients until 9F + 6B + 4d + 2Bi,
+  // runs B3:0 and W3:0: done at 9F + 6B + 4d + 3Bi + W, then the optimizer (two layers).
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000, opt = 293'658'624;
+  const std::int64_t Bi = 258'920'256, W = 211'775'296;
+  REQUIRE(Bi + W == B);
+  const auto load = [](const std::string& schedule, const std::string& extra = "") {
+    return scenarios::load_scenario_text(
+        two_stages(", kind: training, micro_batches: 4" + schedule + extra, 4, ", virtual_stages: 2"), "pp.yaml");
+  };
+  const auto sc = load(", pipeline_schedule: dualpipev");
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(9 * F + 6 * B + 4 * d + 3 * Bi + W + 2 * opt));
+  CHECK(r.stats.gpus()[1].finish == Time::ps(9 * F + 6 * B + 3 * d + 2 * Bi + 2 * W + 2 * opt));
+  CHECK(r.stats.gpus()[1].stage_total[idx(Stage::pipeline)] == Time::ps(F + 3 * d));  // F + d first, 2d before B3:2
+  // GPU 0 works 8F + 8B (forwards, whole backwards, split ones and weight passes) and waits the rest.
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::pipeline)] == Time::ps(F - 2 * B + 4 * d + 3 * Bi + W));
+  check_stages_tile(r);
+  // Two transfers each way per micro-batch (chunk 0 -> 1, 2 -> 3 and back); none at the turn.
+  CHECK(r.stats.pipeline_bytes() == 4 * 4 * 2'048'000);
+  // Weight passes: attention, router and experts each, recorded as backward work: three on GPU 0, two on GPU 1.
+  REQUIRE(r.timeline);
+  std::array<int, 2> weight{};
+  for (const auto& s : r.timeline->stages())
+    if (s.weight) {
+      CHECK(s.backward);
+      ++weight.at(s.gpu.index());
+    }
+  CHECK(weight == std::array<int, 2>{9, 6});
+  // The same work as the interleaved 1F1B with these chunks (stage s holding chunks s and s + 2).
+  const auto interleaved = scenarios::run_experiment(load(""));
+  CHECK(r.model_flops == Approx(interleaved.model_flops));
+  CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "dualpipev");
+  // With forward-backward overlap (the all-to-all kernels taking no SMs; with EP 1 there is no
+  // all-to-all) a pair runs as long as its two passes, and the same work is done.
+  const auto fb_sc = load(", pipeline_schedule: dualpipev", ", overlap: forward_backward, comm_sm_fraction: 0");
+  const auto fb = scenarios::run_experiment(fb_sc);
+  check_stages_tile(fb);
+  CHECK(fb.model_flops == Approx(r.model_flops));
+  CHECK(csv_value(summary_csv(fb_sc, fb), "overlap") == "forward_backward");
+}
+
 TEST_CASE("Random pipeline training runs under every schedule account for every GPU's time", "[models][fuzz][pipeline]") {
   // Two or four stages, 1 to 5 micro-batches, the dense layers, the LM head, shared experts,
   // gradient sync in buckets, stragglers and jitter: each schedule (1F1B and GPipe also with
@@ -1500,6 +1725,46 @@ compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
                                            nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial, algo);
+      INFO(yaml);
+      const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
+      check_stages_tile(r);
+      if (flops < 0) flops = r.model_flops;
+      CHECK(r.model_flops == Approx(flops));
+    }
+  }
+}
+
+TEST_CASE("Random DualPipeV training runs account for every GPU's time and do 1F1B's work", "[models][fuzz][pipeline]") {
+  // Two to four stages, 2 pp to 2 pp + 3 micro-batches, the dense layers and the LM head (both
+  // on stage 0, the V's ends), shared experts, gradient sync in buckets, stragglers and jitter:
+  // DualPipeV, with and without forward-backward overlap, finishes, each GPU's stages tile its
+  // time, and it does the same model work as 1F1B without chunks.
+  sim::Rng pick(11, "test/fuzz-dualpipev");
+  for (int trial = 0; trial < 10; ++trial) {
+    const int pp = 2 + static_cast<int>(pick.uniform_int(3));
+    const int layers = 2 * pp + static_cast<int>(pick.uniform_int(4));
+    const int batches = 2 * pp + static_cast<int>(pick.uniform_int(4));
+    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, "};
+    const std::string sync = syncs[pick.uniform_int(3)];
+    const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
+    const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
+    const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));
+    const auto tokens = 2 * (8 + pick.uniform_int(60));
+    double flops = -1;
+    for (const char* schedule : {"1f1b", "dualpipev", "dualpipev, overlap: forward_backward"}) {
+      const std::string yaml = fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+parallelism: {{ep: 2, pp: {}{}}}
+workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
+routing: {{distribution: zipf, zipf_s: 1.1}}
+network: {{model: maxmin}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+                                           nodes, layers, shared, dense, vocab, pp,
+                                           std::string(schedule) == "1f1b" ? "" : ", virtual_stages: 2", tokens, batches, schedule,
+                                           sync, trial);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
       check_stages_tile(r);

@@ -619,7 +619,7 @@ TEST_CASE("Forward-backward overlap: training with micro-batches, 1F1B, and mode
              Catch::Contains("workload.overlap: forward_backward with recompute: full is not modelled"));
   CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  pipeline_schedule: zb_h1\n",
                                "  pp: 2\n")),
-             Catch::Contains("workload.overlap: forward_backward runs the 1F1B schedule, not pipeline_schedule: zb_h1"));
+             Catch::Contains("workload.overlap: forward_backward runs the 1F1B or the DualPipeV schedule, not pipeline_schedule: zb_h1"));
   CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n", "  pp: 2\n")),
              Catch::Contains("workload.overlap: forward_backward with pipeline stages needs parallelism.virtual_stages > 1"));
   CHECK_THAT(error_of(workload("  comm_sm_fraction: 0.1\n")),
@@ -667,4 +667,37 @@ TEST_CASE("Virtual pipeline stages split the layers into model chunks, stage s h
   CHECK(error_of(vs("2", "  micro_batches: 2\n  gradient_sync: ring\n  gradient_sync_buckets: 2\n")) == "no error");
   CHECK_THAT(error_of(vs("2", "  micro_batches: 2\n  gradient_sync: ring\n  gradient_sync_buckets: 3\n")),
              Catch::Contains("3 buckets, but a pipeline stage has only 2 MoE layers"));
+}
+
+TEST_CASE("DualPipeV places each stage's two chunks as a V and needs 2 pp micro-batches", "[scenarios]") {
+  // 16 GPUs, EP8, 4 MoE layers: PP2, chunks 0 and 3 on stage 0, 1 and 2 on stage 1.
+  const auto dv = [](const std::string& v, const std::string& workload = "  micro_batches: 4\n", const std::string& parallelism = "") {
+    return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n",
+                "  ep: 8\n  pp: 2\n  virtual_stages: " + v + "\n" + parallelism +
+                    "workload:\n  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: dualpipev\n" + workload);
+  };
+  const auto f = load_scenario_text(dv("2"), "s.yaml").forward;
+  CHECK(f.pipeline_schedule == models::PipelineSchedule::dualpipev);
+  CHECK(models::to_string(f.pipeline_schedule) == "dualpipev");
+  for (const auto& [chunk, stage] : {std::pair{0, 0}, {1, 1}, {2, 1}, {3, 0}}) CHECK(models::chunk_stage(f, chunk) == stage);
+  CHECK(models::stage_layers(f, 0) == std::vector<int>{0, 3});  // the first and the last layers
+  CHECK(models::stage_layers(f, 1) == std::vector<int>{1, 2});
+  CHECK(models::group_first_gpu(f, 16, 3, 0) == 0);
+  CHECK(models::group_first_gpu(f, 16, 2, 0) == 8);
+  // 5 micro-batches: more than 2 pp need not be a multiple of pp (unlike the interleaved schedule).
+  CHECK(error_of(dv("2", "  micro_batches: 5\n")) == "no error");
+  CHECK(error_of(dv("2", "  micro_batches: 4\n  overlap: forward_backward\n")) == "no error");
+  CHECK_THAT(error_of(dv("2", "  micro_batches: 3\n")),
+             Catch::Contains("workload.micro_batches: 3 micro-batches for pipeline_schedule: dualpipev with 2 stages: it needs at "
+                             "least 2 x parallelism.pp (4)"));
+  CHECK_THAT(error_of(dv("1")), Catch::Contains("parallelism.virtual_stages: pipeline_schedule: dualpipev places two model chunks on "
+                                                "each stage, chunk c on stage c and chunk 2 pp - 1 - c on stage c (a V): set "
+                                                "virtual_stages: 2 (got 1)"));
+  CHECK_THAT(error_of(dv("2", "  micro_batches: 4\n  recompute: attention\n")),
+             Catch::Contains("workload.recompute: not with pipeline_schedule: dualpipev"));
+  CHECK_THAT(error_of(dv("2", "  micro_batches: 4\n  overlap: two_batch\n")),
+             Catch::Contains("workload.overlap: two_batch with pipeline_schedule: dualpipev is not modelled"));
+  CHECK_THAT(error_of(with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n",
+                           "  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: dualpipev\n")),
+             Catch::Contains("workload.pipeline_schedule: only used with 'kind: training' and parallelism.pp > 1"));
 }
