@@ -1685,9 +1685,19 @@ TEST_CASE("DualPipeV runs its V with split backwards and a hand-off at the turn,
   CHECK(r.model_flops == Approx(interleaved.model_flops));
   CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "dualpipev");
   // With forward-backward overlap (the all-to-all kernels taking no SMs; with EP 1 there is no
-  // all-to-all) a pair runs as long as its two passes, and the same work is done.
+  // all-to-all to hide) a pair takes F + B, its backward done before the forward's reduce (r =
+  // 6,144,000 ps) and its forward at the end. GPU 1 runs as before through F3:2 & B1:1 (9F + 4B
+  // + d: F0:1 at F + d, five forwards, B0:2 and three pairs), whose gradients (B1:1's) and
+  // activations (F3:2's) leave r apart on the same link and share it: F3:2's arrive c =
+  // 14,336,000 ps after d (alone for r, then half the bandwidth). GPU 0's pair F3:3 & B1:0 starts
+  // at 9F + 4B + 2d + c (both inputs there) and B3:3 follows: done at 10F + 6B + 2d + c; then as
+  // without overlap: GPU 1 ends at 10F + 6B + 3d + c + 2Bi + 2W, GPU 0 at 10F + 6B + 4d + c +
+  // 3Bi + W, then the optimizer: F + c longer, as nothing is hidden here. The same work.
+  const std::int64_t c = 14'336'000;
   const auto fb_sc = load(", pipeline_schedule: dualpipev", ", overlap: forward_backward, comm_sm_fraction: 0");
   const auto fb = scenarios::run_experiment(fb_sc);
+  CHECK(fb.stats.step_time() == Time::ps(10 * F + 6 * B + 4 * d + c + 3 * Bi + W + 2 * opt));
+  CHECK(fb.stats.gpus()[1].finish == Time::ps(10 * F + 6 * B + 3 * d + c + 2 * Bi + 2 * W + 2 * opt));
   check_stages_tile(fb);
   CHECK(fb.model_flops == Approx(r.model_flops));
   CHECK(csv_value(summary_csv(fb_sc, fb), "overlap") == "forward_backward");
