@@ -585,6 +585,29 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                f.recompute == models::Recompute::full && f.recompute_layers > 0
                    ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
                    : std::string(models::to_string(f.recompute)));
+  if (f.pp > 1) {
+    // Each stage's compute (its busiest GPU's time in anything but waits): what a split of the
+    // layers (parallelism.pipeline_layers) evens out.
+    const int per_stage = gpus / f.pp;
+    std::vector<sim::Time> busy(static_cast<std::size_t>(f.pp));
+    for (int gpu = 0; gpu < gpus; ++gpu) {
+      sim::Time b;
+      for (const Stage s : models::kStages)
+        if (!models::is_network_wait(s)) b += r.stats.gpus()[static_cast<std::size_t>(gpu)].stage_total[idx(s)];
+      busy[static_cast<std::size_t>(gpu / per_stage)] = sim::max(busy[static_cast<std::size_t>(gpu / per_stage)], b);
+    }
+    std::string list;
+    double sum = 0;
+    std::size_t most = 0;
+    for (std::size_t st = 0; st < busy.size(); ++st) {
+      list += fmt::format("{}{}: {:.3f}", st > 0 ? ", " : "", st, busy[st].to_us() / 1e3);
+      sum += busy[st].to_us();
+      if (busy[st] > busy[most]) most = st;
+    }
+    const double mean = sum / static_cast<double>(busy.size()), over = mean > 0 ? busy[most].to_us() / mean : 1.0;
+    fmt::print(out, "  stages      compute of each pipeline stage's busiest GPU (ms): {}; stage {} does {:.2f}x the mean{}\n", list,
+               most, over, over > 1.05 ? " (parallelism.pipeline_layers can give it fewer MoE layers)" : "");
+  }
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)

@@ -1226,6 +1226,12 @@ TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models]
   CHECK(even.stats.gpus()[1].routed == 4000);
   CHECK(given.stats.gpus()[0].routed == 4000);
   CHECK(given.stats.gpus()[1].routed == 2000);
+  // The printed summary shows each stage's compute (2F and F) and the stage to unload.
+  std::ostringstream printed;
+  tools::print_human_summary(printed, scenarios::load_scenario_text(two_stages("", 3, ", pipeline_layers: [2, 1]"), "pp.yaml"), given,
+                             {});
+  CHECK_THAT(printed.str(), Catch::Contains("stages      compute of each pipeline stage's busiest GPU (ms): 0: 0.477, 1: 0.238; "
+                                            "stage 0 does 1.33x the mean (parallelism.pipeline_layers can give it fewer MoE layers)"));
   // Training, 2 micro-batches, 1F1B, B and the optimizer's 293,658,624 ps per layer as in the
   // test above. Stage 1 (layer 2): F0 from 2F + d, B0 at 3F + d, F1 at 3F + d + B (its input came
   // at 4F + d, earlier, as B > F), B1 until 4F + d + 2B, then its optimizer. Stage 0 (layers 0
@@ -1684,6 +1690,12 @@ TEST_CASE("DualPipeV runs its V with split backwards and a hand-off at the turn,
   const auto interleaved = scenarios::run_experiment(load(""));
   CHECK(r.model_flops == Approx(interleaved.model_flops));
   CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "dualpipev");
+  // Both GPUs compute 8F + 8B and the optimizer (6.260 ms): the printed summary says so.
+  std::ostringstream printed;
+  tools::print_human_summary(printed, sc, r, {});
+  CHECK_THAT(printed.str(), Catch::Contains("PP2 (2 chunks per stage, DualPipeV, chunks in a V)"));
+  CHECK_THAT(printed.str(), Catch::Contains("stages      compute of each pipeline stage's busiest GPU (ms): 0: 6.260, 1: 6.260; "
+                                            "stage 0 does 1.00x the mean\n"));
   // With forward-backward overlap (the all-to-all kernels taking no SMs; with EP 1 there is no
   // all-to-all to hide) a pair takes F + B, its backward done before the forward's reduce (r =
   // 6,144,000 ps) and its forward at the end. GPU 1 runs as before through F3:2 & B1:1 (9F + 4B
@@ -1700,6 +1712,9 @@ TEST_CASE("DualPipeV runs its V with split backwards and a hand-off at the turn,
   CHECK(fb.stats.gpus()[1].finish == Time::ps(10 * F + 6 * B + 3 * d + c + 2 * Bi + 2 * W + 2 * opt));
   check_stages_tile(fb);
   CHECK(fb.model_flops == Approx(r.model_flops));
+  std::ostringstream fb_printed;
+  tools::print_human_summary(fb_printed, fb_sc, fb, {});
+  CHECK_THAT(fb_printed.str(), Catch::Contains("forward-backward (DualPipeV's pairs): 3 of the stage's 8 backward passes"));
   CHECK(csv_value(summary_csv(fb_sc, fb), "overlap") == "forward_backward");
 }
 
