@@ -552,9 +552,11 @@ void MoeForward::start() {
         std::int64_t experts = 0;
         for (int i = from; i < to; ++i)
           experts += placements_[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])].slots_per_gpu * expert;
-        // The dense layers and the embedding with stage 0's last bucket, the LM head with the
-        // last stage's first (its gradients are the first the backward pass has).
-        const bool dense = st == 0 && b + 1 == buckets_, head = st + 1 == spec_.pp && b == 0;
+        // The dense layers and the embedding with the last bucket of the stage of chunk 0, the LM
+        // head with the first of the stage of the last chunk (its gradients are the first the
+        // backward pass has; DualPipeV holds both on stage 0).
+        const bool dense = chunk_stage(spec_, 0) == st && b + 1 == buckets_,
+                   head = chunk_stage(spec_, chunks() - 1) == st && b == 0;
         const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
         bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);

@@ -203,7 +203,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     // activations are rebuilt at a time in the backward pass.
     int rebuilt = 0;
     const std::vector<int> bounds = models::pipeline_bounds(f);
-    for (std::size_t c = static_cast<std::size_t>(stage); c + 1 < bounds.size(); c += static_cast<std::size_t>(f.pp)) {
+    for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
+      if (models::chunk_stage(f, static_cast<int>(c)) != stage) continue;
       const int n = bounds[c + 1] - bounds[c];
       rebuilt += f.recompute_layers > 0 ? std::min(n, f.recompute_layers) : n;
     }

@@ -1759,6 +1759,33 @@ output: {{timeline: off}}
   }
 }
 
+TEST_CASE("DualPipeV synchronises the embedding's and the LM head's gradients on stage 0, which holds both", "[models][pipeline]") {
+  // PP2, four MoE layers (one per chunk: stage 0 holds layers 0 and 3, stage 1 layers 1 and 2),
+  // each stage two EP groups of 2 over 4 GPUs, ring all-reduce: every GPU of a stage sends
+  // 2 (n - 1) / n = 1.5 times its stage's replicated gradients. Stage 0 holds the embedding and
+  // the LM head (V x H each, 2 bytes per weight) besides what stage 1 holds as much of, so its
+  // GPUs send 4 x 1.5 x 2 x 1000 x 256 x 2 = 6,144,000 bytes more; with interleaved 1F1B the
+  // embedding is on stage 0 and the LM head on stage 1, and both send as much.
+  const auto bytes = [](const std::string& schedule) {
+    const auto r = scenarios::run_experiment(scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 4, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, vocab: 1000}}
+parallelism: {{ep: 2, pp: 2, virtual_stages: 2}}
+workload: {{kind: training, tokens_per_gpu: 64, micro_batches: 4, gradient_sync: ring{}}}
+network: {{model: analytical}}
+)", schedule), "sync.yaml"));
+    REQUIRE(r.timeline);
+    std::array<std::int64_t, 2> sent{};
+    for (const auto& fl : r.timeline->flows())
+      if (fl.stage == Stage::grad_sync && fl.flow.src.index() < 8) sent.at(fl.flow.src.index() / 4) += fl.flow.size.count();
+    return sent;
+  };
+  const auto v = bytes(", pipeline_schedule: dualpipev"), interleaved = bytes("");
+  CHECK(v[0] - v[1] == 6'144'000);
+  CHECK(interleaved[0] == interleaved[1]);
+  CHECK(v[0] + v[1] == interleaved[0] + interleaved[1]);
+}
+
 TEST_CASE("Random DualPipeV training runs account for every GPU's time and do 1F1B's work", "[models][fuzz][pipeline]") {
   // Two to four stages, 2 pp to 2 pp + 3 micro-batches, the dense layers and the LM head (both
   // on stage 0, the V's ends), shared experts, gradient sync in buckets, stragglers and jitter:
