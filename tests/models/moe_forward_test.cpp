@@ -1796,12 +1796,20 @@ TEST_CASE("Random DualPipeV training runs account for every GPU's time and do 1F
     const int pp = 2 + static_cast<int>(pick.uniform_int(3));
     const int layers = 2 * pp + static_cast<int>(pick.uniform_int(4));
     const int batches = 2 * pp + static_cast<int>(pick.uniform_int(4));
-    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, "};
-    const std::string sync = syncs[pick.uniform_int(3)];
+    const char* syncs[] = {"", "gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, ",
+                           "gradient_sync: ring, optimizer_sharding: true, "};
+    const std::string sync = syncs[pick.uniform_int(4)];
     const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
     const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
     const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));
     const auto tokens = 2 * (8 + pick.uniform_int(60));
+    // DualPipeV's chunks: an even split, or each chunk one layer and the rest at random.
+    std::string split;
+    if (pick.uniform_int(2)) {
+      std::vector<int> per(static_cast<std::size_t>(2 * pp), 1);
+      for (int l = 2 * pp; l < layers; ++l) ++per[pick.uniform_int(per.size())];
+      split = fmt::format(", pipeline_layers: [{}]", fmt::join(per, ", "));
+    }
     double flops = -1;
     for (const char* schedule : {"1f1b", "dualpipev", "dualpipev, overlap: forward_backward"}) {
       const std::string yaml = fmt::format(R"(
@@ -1815,7 +1823,8 @@ compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
                                            nodes, layers, shared, dense, vocab, pp,
-                                           std::string(schedule) == "1f1b" ? "" : ", virtual_stages: 2", tokens, batches, schedule,
+                                           std::string(schedule) == "1f1b" ? std::string() : ", virtual_stages: 2" + split, tokens,
+                                           batches, schedule,
                                            sync, trial);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
