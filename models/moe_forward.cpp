@@ -50,6 +50,7 @@ std::string_view to_string(PipelineSchedule s) {
     case PipelineSchedule::gpipe: return "gpipe";
     case PipelineSchedule::zb_h1: return "zb_h1";
     case PipelineSchedule::dualpipev: return "dualpipev";
+    case PipelineSchedule::dualpipe: return "dualpipe";
   }
   return "?";
 }
@@ -77,18 +78,40 @@ int pipeline_chunk(const ForwardSpec& spec, int layer) {
   return static_cast<int>(std::upper_bound(bounds.begin(), bounds.end(), layer) - bounds.begin()) - 1;
 }
 
-int chunk_stage(const ForwardSpec& spec, int chunk) {
+namespace {
+
+bool dualpipe(const ForwardSpec& spec) { return spec.pipeline_schedule == PipelineSchedule::dualpipe; }
+// DualPipe: the second half of the micro-batches runs the other way.
+bool reverse(const ForwardSpec& spec, int micro_batch) { return dualpipe(spec) && micro_batch >= spec.micro_batches / 2; }
+
+}  // namespace
+
+int chunk_stage(const ForwardSpec& spec, int chunk, int micro_batch) {
   if (spec.pipeline_schedule == PipelineSchedule::dualpipev) return chunk < spec.pp ? chunk : 2 * spec.pp - 1 - chunk;
+  if (reverse(spec, micro_batch)) return spec.pp - 1 - chunk;
   return chunk % spec.pp;
 }
 
-int pipeline_stage(const ForwardSpec& spec, int layer) { return chunk_stage(spec, pipeline_chunk(spec, layer)); }
+bool holds_chunk(const ForwardSpec& spec, int stage, int chunk) {
+  return chunk_stage(spec, chunk) == stage || (dualpipe(spec) && spec.pp - 1 - chunk == stage);
+}
+
+int sync_stage(const ForwardSpec& spec, int stage) { return dualpipe(spec) ? std::min(stage, spec.pp - 1 - stage) : stage; }
+
+int last_micro_batch(const ForwardSpec& spec, int stage, int chunk) {
+  if (!dualpipe(spec)) return spec.micro_batches - 1;
+  return chunk == stage ? spec.micro_batches / 2 - 1 : spec.micro_batches - 1;
+}
+
+int pipeline_stage(const ForwardSpec& spec, int layer, int micro_batch) {
+  return chunk_stage(spec, pipeline_chunk(spec, layer), micro_batch);
+}
 
 std::vector<int> stage_layers(const ForwardSpec& spec, int stage) {
   const std::vector<int> bounds = pipeline_bounds(spec);
   std::vector<int> out;
   for (std::size_t c = 0; c + 1 < bounds.size(); ++c)
-    if (chunk_stage(spec, static_cast<int>(c)) == stage)
+    if (holds_chunk(spec, stage, static_cast<int>(c)))
       for (int l = bounds[c]; l < bounds[c + 1]; ++l) out.push_back(l);
   return out;
 }
@@ -98,7 +121,7 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
   const std::vector<int> bounds = pipeline_bounds(spec);
   GpuParams p;
   for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
-    if (chunk_stage(spec, static_cast<int>(c)) != stage) continue;
+    if (!holds_chunk(spec, stage, static_cast<int>(c))) continue;
     const GpuParams chunk = gpu_params(spec.model, placements, bounds[c], bounds[c + 1]);
     p.replicated += chunk.replicated;
     p.experts += chunk.experts;
@@ -108,19 +131,24 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
 
 namespace {
 
-// DualPipeV's order on stage r (deepseek-ai/DualPipe, dualpipev.py; pipeline_order() spells it
-// out): its two chunks are the V's arms, 0 (chunk r) and 1 (chunk 2 pp - 1 - r).
-std::vector<PipelineItem> dualpipev_order(const ForwardSpec& spec, int r) {
-  const int pp = spec.pp, n = spec.micro_batches;
-  MOESIM_ASSERT(spec.virtual_stages == 2 && n >= 2 * pp, "DualPipeV needs two chunks per stage and at least 2 pp micro-batches");
-  const std::array<int, 2> chunk{r, 2 * pp - 1 - r};
+// DualPipeV's order on stage r of pp (deepseek-ai/DualPipe, dualpipev.py; pipeline_order()
+// spells it out) for n micro-batches per arm: its two chunks are the V's arms, 0 and 1; an
+// entry's micro-batch and chunk are (k, arm) mapped by `place` (DualPipeV: k and chunk r or
+// 2 pp - 1 - r; DualPipe: one arm per direction).
+template <typename Place>
+std::vector<PipelineItem> dualpipev_order(const ForwardSpec& spec, int pp, int n, int r, Place place) {
+  MOESIM_ASSERT(n >= 2 * pp, "DualPipeV needs at least 2 pp micro-batches (per direction)");
   std::array<int, 2> forwards{}, backwards{};          // per arm, the next micro-batch
   std::deque<PipelineItem> weights;                   // the split backwards' weight passes to come, oldest first
   std::vector<PipelineItem> order;
-  const auto forward = [&](int arm) { order.push_back(PipelineItem{forwards[arm]++, chunk[arm], false}); };
+  const auto item = [&](int k, int arm, bool back, bool weight, bool overlapped) {
+    const auto [mb, chunk] = place(k, arm);
+    return PipelineItem{mb, chunk, back, weight, overlapped};
+  };
+  const auto forward = [&](int arm) { order.push_back(item(forwards[arm]++, arm, false, false, false)); };
   const auto back = [&](int arm, bool split = false, bool overlapped = false) {
     if (!spec.training) return;
-    order.push_back(PipelineItem{backwards[arm]++, chunk[arm], true, false, overlapped});
+    order.push_back(item(backwards[arm]++, arm, true, false, overlapped));
     if (split) weights.push_back(PipelineItem{order.back().micro_batch, order.back().chunk, false, true});
   };
   const auto weight = [&] {
@@ -163,7 +191,27 @@ std::vector<PipelineItem> dualpipev_order(const ForwardSpec& spec, int r) {
 }  // namespace
 
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
-  if (spec.pipeline_schedule == PipelineSchedule::dualpipev) return dualpipev_order(spec, stage);
+  if (spec.pipeline_schedule == PipelineSchedule::dualpipev) {
+    MOESIM_ASSERT(spec.virtual_stages == 2, "DualPipeV needs two chunks per stage");
+    return dualpipev_order(spec, spec.pp, spec.micro_batches, stage, [&](int k, int arm) {
+      return std::pair{k, arm == 0 ? stage : 2 * spec.pp - 1 - stage};
+    });
+  }
+  if (dualpipe(spec)) {
+    // Stages r and pp - 1 - r run DualPipeV's order over pp / 2 stages as its stage
+    // min(r, pp - 1 - r), on half the micro-batches per arm: its first arm is chunk
+    // min(r, pp - 1 - r), of the first half's micro-batches on the first half of the stages and
+    // of the second half's on the second; its second arm chunk max(r, pp - 1 - r), the other
+    // direction's (dualpipe.py: phase ^ is_in_second_half).
+    const int half = spec.pp / 2, low = std::min(stage, spec.pp - 1 - stage), n = spec.micro_batches / 2;
+    const bool second = stage >= half;
+    MOESIM_ASSERT(spec.pp % 2 == 0 && spec.micro_batches % 2 == 0 && spec.virtual_stages == 1,
+                  "DualPipe needs an even number of stages and of micro-batches, one chunk per stage");
+    return dualpipev_order(spec, half, n, low, [&](int k, int arm) {
+      const bool reversed = (arm == 1) != second;
+      return std::pair{reversed ? n + k : k, arm == 0 ? low : spec.pp - 1 - low};
+    });
+  }
   const int pp = spec.pp, v = spec.virtual_stages, batches = spec.micro_batches;
   // Forward-backward overlap: one forward more first, then each backward with the forward before it.
   const bool fb = spec.training && spec.forward_backward_overlap;
@@ -228,8 +276,8 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage) {
   return order;
 }
 
-int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group) {
-  return pipeline_stage(spec, layer) * (gpus / spec.pp) + group * spec.ep;
+int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int micro_batch) {
+  return pipeline_stage(spec, layer, micro_batch) * (gpus / spec.pp) + group * spec.ep;
 }
 
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
@@ -309,8 +357,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                 "ZB-H1 with recomputation or virtual stages, or DualPipeV with recomputation, is not modelled");
   MOESIM_ASSERT(!spec.forward_backward_overlap ||
                     (!spec.two_batch_overlap && spec.recompute != Recompute::full &&
-                     (spec.pipeline_schedule == PipelineSchedule::one_f_one_b || dualpipev)),
-                "forward-backward overlap runs 1F1B or DualPipeV without two-batch overlap or full recomputation");
+                     (spec.pipeline_schedule == PipelineSchedule::one_f_one_b || dualpipev || dualpipe(spec))),
+                "forward-backward overlap runs 1F1B, DualPipeV or DualPipe without two-batch overlap or full recomputation");
   bounds_ = pipeline_bounds(spec);
   for (int c = 0; c < chunks(); ++c)
     for (int l = chunk_first(c); l < chunk_first(c + 1); ++l) chunk_.push_back(c);
@@ -365,7 +413,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   for (int g = 0; g < gpus; ++g) {
     for (int mb = 0; mb < batches; ++mb)
       for (int c = 0; c < chunks(); ++c) {
-        if (chunk_stage(spec, c) != stage_of(g)) continue;
+        if (chunk_stage(spec, c, mb) != stage_of(g)) continue;
         const auto at = (static_cast<std::size_t>(g) * static_cast<std::size_t>(batches) + static_cast<std::size_t>(mb)) *
                             static_cast<std::size_t>(spec.virtual_stages) +
                         static_cast<std::size_t>(c / pp);
@@ -433,10 +481,12 @@ routing::DispatchPlan merged(routing::DispatchPlan a, const routing::DispatchPla
 }  // namespace
 
 void MoeForward::start() {
-  // The EP groups of a layer's pipeline stage route it; group g of the stage of layer l starts at
-  // GPU first(l, g).
+  // The EP groups of a layer's pipeline stage route it; group g of the stage that runs layer l
+  // for micro-batch mb starts at GPU first(l, g, mb).
   const int groups = stage_groups();
-  const auto first = [this](int layer, int group) { return group_first_gpu(spec_, cluster_.gpu_count(), layer, group); };
+  const auto first = [this](int layer, int group, int mb) {
+    return group_first_gpu(spec_, cluster_.gpu_count(), layer, group, mb);
+  };
   // Routing is untimed and each (micro-batch, layer, group) draws from its own streams, so the
   // plans are built on all cores; the result does not depend on the thread count. When a
   // layer's routing depends on the previous layer's, each group routes a micro-batch's layers in
@@ -458,14 +508,14 @@ void MoeForward::start() {
     const int last_layer = chained ? layers - 1 : first_layer;
     for (int l = first_layer; l <= last_layer; ++l) {
       std::swap(batch, previous);
-      router.route(l, first(l, g), spec_.tokens_per_gpu, &previous, batch, mb);
+      router.route(l, first(l, g, mb), spec_.tokens_per_gpu, &previous, batch, mb);
       const auto& placement = placements_[static_cast<std::size_t>(l)];
       if (halves() == 1) {
-        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, first(l, g), batch);
+        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, first(l, g, mb), batch);
       } else {
         for (int h = 0; h < 2; ++h)
           plans_[plan_index(mb, l, g, h)] =
-              routing::make_dispatch_plan(spec_.routing, placement, first(l, g), half_of(batch, h));
+              routing::make_dispatch_plan(spec_.routing, placement, first(l, g, mb), half_of(batch, h));
       }
     }
   });
@@ -473,9 +523,9 @@ void MoeForward::start() {
     for (int l = 0; l < layers; ++l)
       for (int g = 0; g < groups; ++g) {
         if (halves() == 1) {
-          recorder_.on_routing(l, first(l, g), plans_[plan_index(mb, l, g, 0)], mb);
+          recorder_.on_routing(l, first(l, g, mb), plans_[plan_index(mb, l, g, 0)], mb);
         } else {
-          recorder_.on_routing(l, first(l, g), merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
+          recorder_.on_routing(l, first(l, g, mb), merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
         }
       }
   AllToAllSpec comm = spec_.all_to_all;
@@ -536,15 +586,24 @@ void MoeForward::start() {
     buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, fewest);
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
+    // DualPipe: stages s and pp - 1 - s hold the same chunks and synchronise them together (the
+    // collectives at the lower stage's index; the other's entries stay empty).
+    const int copies = spec_.pipeline_schedule == PipelineSchedule::dualpipe ? 2 : 1;
+    const bool rings = groups * copies > 1;
     for (int st = 0; st < spec_.pp; ++st) {
+      std::vector<int> syncing{st};
+      if (copies == 2) syncing.push_back(spec_.pp - 1 - st);
       std::vector<int> all;
-      for (int g = st * stage_gpus(); g < (st + 1) * stage_gpus(); ++g) all.push_back(g);
-      // The ring of EP rank r over the stage's groups.
+      for (const int t : syncing)
+        for (int g = t * stage_gpus(); g < (t + 1) * stage_gpus(); ++g) all.push_back(g);
+      // The ring of EP rank r over the stages' groups.
       const auto ring = [&](int r) {
         std::vector<int> members;
-        for (int g = 0; g < groups; ++g) members.push_back(st * stage_gpus() + g * spec_.ep + r);
+        for (const int t : syncing)
+          for (int g = 0; g < groups; ++g) members.push_back(t * stage_gpus() + g * spec_.ep + r);
         return members;
       };
+      const bool own = sync_stage(spec_, st) == st;
       const auto& order = backward_layers[static_cast<std::size_t>(st)];
       const int n = static_cast<int>(order.size());
       for (int b = 0; b < buckets_; ++b) {
@@ -555,24 +614,23 @@ void MoeForward::start() {
         // The dense layers and the embedding with the last bucket of the stage of chunk 0, the LM
         // head with the first of the stage of the last chunk (its gradients are the first the
         // backward pass has; DualPipeV holds both on stage 0).
-        const bool dense = chunk_stage(spec_, 0) == st && b + 1 == buckets_,
-                   head = chunk_stage(spec_, chunks() - 1) == st && b == 0;
+        const bool dense = holds_chunk(spec_, st, 0) && b + 1 == buckets_, head = holds_chunk(spec_, st, chunks() - 1) && b == 0;
         const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
         bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
-        dense_sync_.push_back(build(sync_kind, all, replicated, synced_one));
-        if (groups > 1)
-          for (int r = 0; r < spec_.ep; ++r) expert_sync_.push_back(build(sync_kind, ring(r), experts, synced_one));
+        dense_sync_.push_back(own ? build(sync_kind, all, replicated, synced_one) : nullptr);
+        if (rings)
+          for (int r = 0; r < spec_.ep; ++r) expert_sync_.push_back(own ? build(sync_kind, ring(r), experts, synced_one) : nullptr);
       }
       if (spec_.optimizer_sharding) {
         const GpuParams params = stage_params(spec_, placements_, st);
-        dense_gather_.push_back(build(CollectiveKind::all_gather, all, params.replicated, gathered_one));
-        if (groups > 1)
+        dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, params.replicated, gathered_one) : nullptr);
+        if (rings)
           for (int r = 0; r < spec_.ep; ++r)
-            expert_gather_.push_back(build(CollectiveKind::all_gather, ring(r), params.experts, gathered_one));
+            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(r), params.experts, gathered_one) : nullptr);
       }
     }
-    sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (groups > 1 ? 2 : 1));
+    sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (rings ? 2 : 1));
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_step(g);
 }
@@ -681,16 +739,16 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
   // The dense layers come first in each micro-batch.
-  if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward <= micro_batch(p)) {
-    ++s.dense_forward;
+  if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward != micro_batch(p)) {
+    s.dense_forward = micro_batch(p);
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
     return true;
   }
   // The LM head's backward (input and weight gradients: twice its projection; ZB-H1: the input
   // gradients here, the weight gradients in the last layer's weight pass) comes first in each
   // micro-batch's backward pass (before the last layer's recomputed forward).
-  if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward <= micro_batch(p)) {
-    ++s.head_backward;
+  if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward != micro_batch(p)) {
+    s.head_backward = micro_batch(p);
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
     const int times = split(p) ? 1 : 2;
     run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside), next,
@@ -717,13 +775,14 @@ int MoeForward::across_stages(int gpu, int pass, bool input) const {
   if ((recompute(pass) && !input) || weight(pass)) return -1;
   const int c = chunk_of(layer_of(pass)), l = layer_of(pass);
   const int at = gpu % stage_gpus();
-  if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? chunk_stage(spec_, c - 1) * stage_gpus() + at : -1;
-  return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? chunk_stage(spec_, c + 1) * stage_gpus() + at : -1;
+  const int mb = micro_batch(pass);
+  if (input != backward_phase(pass)) return c > 0 && l == chunk_first(c) ? chunk_stage(spec_, c - 1, mb) * stage_gpus() + at : -1;
+  return c + 1 < chunks() && l == chunk_first(c + 1) - 1 ? chunk_stage(spec_, c + 1, mb) * stage_gpus() + at : -1;
 }
 
 int& MoeForward::pipeline_pending(int gpu, int pass, int chunk) {
   // Indexed by the chunk's place among the GPU's stage's chunks.
-  MOESIM_ASSERT(chunk_stage(spec_, chunk) == stage_of(gpu), "a pipeline input into a chunk of another stage");
+  MOESIM_ASSERT(chunk_stage(spec_, chunk, micro_batch(pass)) == stage_of(gpu), "a pipeline input into a chunk of another stage");
   const auto at = (static_cast<std::size_t>(gpu) * static_cast<std::size_t>(spec_.micro_batches) +
                    static_cast<std::size_t>(micro_batch(pass))) *
                       static_cast<std::size_t>(spec_.virtual_stages) +
@@ -1302,7 +1361,7 @@ void MoeForward::after_passes(int gpu) {
 }
 
 void MoeForward::join_bucket(int gpu, std::size_t bucket) {
-  const std::size_t at = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_) + bucket;
+  const std::size_t at = static_cast<std::size_t>(sync_stage(spec_, stage_of(gpu))) * static_cast<std::size_t>(buckets_) + bucket;
   dense_sync_[at]->join(gpu);
   if (!expert_sync_.empty())
     expert_sync_[at * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
@@ -1311,8 +1370,8 @@ void MoeForward::join_bucket(int gpu, std::size_t bucket) {
 void MoeForward::backward_layer_done(int gpu, int pass) {
   // A bucket other than the last starts when its lowest layer's backward is done in the last
   // micro-batch (the earlier ones only accumulate gradients).
-  if (!(spec_.training && spec_.gradient_sync) || micro_batch(pass) + 1 < spec_.micro_batches) return;
   const int layer = layer_of(pass);
+  if (!(spec_.training && spec_.gradient_sync) || micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
   const std::size_t first = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_);
   for (std::size_t b = 0; b + 1 < static_cast<std::size_t>(buckets_); ++b)
     if (bucket_end_[first + b] == layer) join_bucket(gpu, b);
@@ -1333,9 +1392,10 @@ void MoeForward::optimize(int gpu) {
 }
 
 void MoeForward::gather(int gpu) {
-  // Sharded optimizer: every GPU fetches the weights the others of its stage updated.
+  // Sharded optimizer: every GPU fetches the weights the others of its stage (DualPipe: of the
+  // two stages holding its chunks) updated.
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const auto st = static_cast<std::size_t>(stage_of(gpu));
+  const auto st = static_cast<std::size_t>(sync_stage(spec_, stage_of(gpu)));
   s.wait = Wait::sync;
   s.wait_start = sim_.now();
   sync_left_[static_cast<std::size_t>(gpu)] = expert_gather_.empty() ? 1 : 2;
@@ -1362,10 +1422,11 @@ KernelCost MoeForward::attention(std::int64_t tokens) const {
 KernelCost MoeForward::optimizer_cost(int stage) const {
   // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
   // optimizer its share: the replicated weights over the stage's GPUs, the experts over its EP
-  // groups.
+  // groups (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
-  return adam_cost(optimizer_share(p, stage_gpus(), stage_groups()));
+  const int copies = spec_.pipeline_schedule == PipelineSchedule::dualpipe ? 2 : 1;
+  return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_groups()));
 }
 
 }  // namespace moesim::models

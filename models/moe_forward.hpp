@@ -70,8 +70,13 @@ std::string_view to_string(Recompute r);
 // that the last stage's first chunk hands its output to its own second chunk and stage 0 holds
 // both the first and the last layers; its steady state pairs a forward of one chunk with a
 // backward of the other, and some backwards are split as ZB-H1's (pipeline_order()).
-enum class PipelineSchedule { one_f_one_b, gpipe, zb_h1, dualpipev };
-std::string_view to_string(PipelineSchedule s);  // "1f1b", "gpipe", "zb_h1", "dualpipev"
+// dualpipe: DeepSeek's DualPipe (DeepSeek-V3 report, section 3.2.1), bidirectional: the first
+// half of the micro-batches enters at stage 0 and runs model chunk c on stage c, the second half
+// enters at the last stage and runs chunk c on stage pp - 1 - c; so stage s holds chunks s and
+// pp - 1 - s (two copies of each chunk's weights in all, their gradients summed), and stages s
+// and pp - 1 - s run DualPipeV's order over pp / 2 stages, one arm per direction.
+enum class PipelineSchedule { one_f_one_b, gpipe, zb_h1, dualpipev, dualpipe };
+std::string_view to_string(PipelineSchedule s);  // "1f1b", "gpipe", "zb_h1", "dualpipev", "dualpipe"
 
 struct ForwardSpec {
   routing::MoeModelSpec model;
@@ -156,11 +161,24 @@ std::vector<int> pipeline_bounds(const ForwardSpec& spec);
 // The pipeline stage that holds model chunk `chunk`: chunk mod pp, or with dualpipev the V:
 // chunk for chunk < pp, 2 pp - 1 - chunk after. Either way chunk / pp is its place among its
 // stage's chunks.
-int chunk_stage(const ForwardSpec& spec, int chunk);
-// The model chunk, and the pipeline stage (chunk_stage()), that hold MoE layer `layer`.
+// DualPipe: the stage depends on the micro-batch's direction (chunk for the first half of the
+// micro-batches, pp - 1 - chunk for the second); -1 there asks for the first half's.
+int chunk_stage(const ForwardSpec& spec, int chunk, int micro_batch = -1);
+// Whether pipeline stage `stage` holds model chunk `chunk`'s weights (DualPipe: chunks stage and
+// pp - 1 - stage; else chunk_stage(chunk) == stage).
+bool holds_chunk(const ForwardSpec& spec, int stage, int chunk);
+// The stages whose GPUs together synchronise stage `stage`'s gradients: the stage itself, or with
+// DualPipe the pair that holds the same two chunks, named by its lower stage (sync_stage()).
+int sync_stage(const ForwardSpec& spec, int stage);
+// The last micro-batch that runs through model chunk `chunk` on stage `stage` (DualPipe: of the
+// chunk's direction there; else the step's last).
+int last_micro_batch(const ForwardSpec& spec, int stage, int chunk);
+// The model chunk, and the pipeline stage (chunk_stage()) that runs MoE layer `layer` for
+// micro-batch `micro_batch` (-1: the first).
 int pipeline_chunk(const ForwardSpec& spec, int layer);
-int pipeline_stage(const ForwardSpec& spec, int layer);
-// The MoE layers of pipeline stage `stage`, in forward order (its chunks' runs, lowest first).
+int pipeline_stage(const ForwardSpec& spec, int layer, int micro_batch = -1);
+// The MoE layers of pipeline stage `stage`, in forward order (the runs of the chunks it holds,
+// lowest first).
 std::vector<int> stage_layers(const ForwardSpec& spec, int stage);
 // The parameters each GPU of pipeline stage `stage` holds: its chunks' (gpu_params).
 GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int stage);
@@ -219,9 +237,10 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // and output gradients), in pipeline_order().
 double pipeline_held_layers(const ForwardSpec& spec, int stage);
 
-// The first GPU of EP group `group` (counted within its pipeline stage) of the stage that holds
-// MoE layer `layer`, on a cluster of `gpus` GPUs: the group that routes and computes the layer.
-int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group);
+// The first GPU of EP group `group` (counted within its pipeline stage) of the stage that runs
+// MoE layer `layer` for micro-batch `micro_batch` (-1: the first), on a cluster of `gpus` GPUs:
+// the group that routes and computes it.
+int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int micro_batch = -1);
 
 // Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
 // expected load). Throws routing::PlacementError when the shape does not divide.
@@ -255,8 +274,10 @@ class MoeForward {
                           // ZB-H1's weight pass: its next stage (weight_step())
     int wait_half = 0;    // two-batch overlap: the half it waits for; forward-backward overlap: the
                           // pass of the pair whose pipeline input it waits for (0 or 1)
-    int dense_forward = 0;  // micro-batches whose dense layers have run forward
-    int head_backward = 0;  // micro-batches whose LM head has run backward
+    // The micro-batch whose dense layers ran forward last, and whose LM head ran backward last
+    // (each runs once per micro-batch; DualPipe's stages see only some of them).
+    int dense_forward = -1;
+    int head_backward = -1;
     bool recomputed = false;  // two-batch overlap, recompute attention: the half's attention forward has run again
     // Forward-backward overlap: the step runs a forward pass and a backward pass together
     // (pair_step(); `pass` is the one the current operation belongs to), and whether the
@@ -290,8 +311,9 @@ class MoeForward {
     return full_recompute() && (spec_.recompute_layers == 0 || layer - chunk_first(chunk_of(layer)) < spec_.recompute_layers);
   }
   bool weight_split() const {
-    return spec_.training &&
-           (spec_.pipeline_schedule == PipelineSchedule::zb_h1 || spec_.pipeline_schedule == PipelineSchedule::dualpipev);
+    return spec_.training && (spec_.pipeline_schedule == PipelineSchedule::zb_h1 ||
+                              spec_.pipeline_schedule == PipelineSchedule::dualpipev ||
+                              spec_.pipeline_schedule == PipelineSchedule::dualpipe);
   }
   // Whether pass `pass` belongs to a split backward: its micro-batch's backward through its
   // layer's chunk has a weight entry in the schedule (every backward with ZB-H1).

@@ -131,8 +131,8 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
 
 namespace {
 
-int first_gpu(const Scenario& sc, int layer, int group) {
-  return models::group_first_gpu(sc.forward, sc.cluster.nodes * sc.cluster.gpus_per_node, layer, group);
+int first_gpu(const Scenario& sc, int layer, int group, int micro_batch = -1) {
+  return models::group_first_gpu(sc.forward, sc.cluster.nodes * sc.cluster.gpus_per_node, layer, group, micro_batch);
 }
 
 }  // namespace
@@ -160,7 +160,7 @@ std::vector<std::vector<std::int64_t>> routed_counts(const Scenario& sc) {
     const int mb = static_cast<int>(i / static_cast<std::size_t>(groups));
     routing::TokenBatch batch, previous;
     for (std::size_t l = 0; l < layers; ++l) {
-      router.route(static_cast<int>(l), first_gpu(sc, static_cast<int>(l), g), f.tokens_per_gpu, &previous, batch, mb);
+      router.route(static_cast<int>(l), first_gpu(sc, static_cast<int>(l), g, mb), f.tokens_per_gpu, &previous, batch, mb);
       for (const int e : batch.experts) ++per_item[i][l * experts + static_cast<std::size_t>(e)];
       std::swap(batch, previous);
     }

@@ -484,10 +484,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.optimizer_sharding && !f.gradient_sync)
         problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
     }
-    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe", "zb_h1", "dualpipev"}), false)) {
+    if (auto v = w->get<std::string>("pipeline_schedule", one_of({"1f1b", "gpipe", "zb_h1", "dualpipev", "dualpipe"}), false)) {
       f.pipeline_schedule = *v == "gpipe"       ? models::PipelineSchedule::gpipe
                             : *v == "zb_h1"     ? models::PipelineSchedule::zb_h1
                             : *v == "dualpipev" ? models::PipelineSchedule::dualpipev
+                            : *v == "dualpipe"  ? models::PipelineSchedule::dualpipe
                                                 : models::PipelineSchedule::one_f_one_b;
       if (f.pp == 1 || !f.training)
         problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
@@ -497,7 +498,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.recompute != models::Recompute::none && !f.training)
         problems.add_at(w->key_path("recompute"), "only used with 'kind: training' (recomputation rebuilds activations for the backward pass)");
       if (f.recompute != models::Recompute::none && (f.pipeline_schedule == models::PipelineSchedule::zb_h1 ||
-                                                     f.pipeline_schedule == models::PipelineSchedule::dualpipev))
+                                                     f.pipeline_schedule == models::PipelineSchedule::dualpipev ||
+                                                     f.pipeline_schedule == models::PipelineSchedule::dualpipe))
         problems.add_at(w->key_path("recompute"),
                         fmt::format("not with pipeline_schedule: {} (its weight passes need activations that recomputation "
                                     "rebuilds for the input-gradient pass only; not modelled)",
@@ -522,8 +524,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
           refuse("is only used with 'kind: training' (it runs one micro-batch's backward together with another's forward)");
         else if (f.micro_batches < 2)
           refuse("needs micro_batches >= 2: it runs one micro-batch's backward together with the next one's forward");
-        if (f.pipeline_schedule != models::PipelineSchedule::one_f_one_b && f.pipeline_schedule != models::PipelineSchedule::dualpipev)
-          refuse(fmt::format("runs the 1F1B or the DualPipeV schedule, not pipeline_schedule: {}",
+        if (f.pipeline_schedule == models::PipelineSchedule::gpipe || f.pipeline_schedule == models::PipelineSchedule::zb_h1)
+          refuse(fmt::format("runs the 1F1B, DualPipeV or DualPipe schedule, not pipeline_schedule: {}",
                              models::to_string(f.pipeline_schedule)));
         if (f.recompute == models::Recompute::full)
           refuse("with recompute: full is not modelled (Megatron-LM refuses it too; recompute: attention works)");
@@ -828,7 +830,30 @@ void cross_check(const Scenario& sc, Problems& problems) {
                       fmt::format("the {} layer counts add up to {}, but the model has {} MoE layers", v > 1 ? "chunks'" : "stages'",
                                   sum, m.moe_layers));
     const bool dualpipev = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipev;
-    if (dualpipev) {
+    const bool dualpipe = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipe;
+    if (dualpipe) {
+      // DualPipe (DeepSeek-V3): half the micro-batches enter at each end; stage s holds chunks s
+      // and pp - 1 - s, two copies of every chunk in all.
+      if (pp % 2 != 0)
+        problems.add_at("parallelism.pp", fmt::format("pipeline_schedule: dualpipe pairs stage s with stage pp - 1 - s: it needs an "
+                                                      "even number of stages (got {})",
+                                                      pp));
+      if (v != 1)
+        problems.add_at("parallelism.virtual_stages",
+                        fmt::format("pipeline_schedule: dualpipe holds two chunks on each stage by itself (chunk s and pp - 1 - s, "
+                                    "one per direction): leave virtual_stages at 1 (got {}); dualpipev is the one with "
+                                    "virtual_stages: 2",
+                                    v));
+      if (sc.forward.micro_batches < 2 * pp || sc.forward.micro_batches % 2 != 0)
+        problems.add_at("workload.micro_batches",
+                        fmt::format("{} micro-batches for pipeline_schedule: dualpipe with {} stages: it needs an even number, at "
+                                    "least 2 x parallelism.pp ({}), half entering at each end, as DualPipe does",
+                                    sc.forward.micro_batches, pp, 2 * pp));
+      if (!sc.forward.gradient_sync)
+        problems.add_at("workload.pipeline_schedule",
+                        "dualpipe keeps two copies of every chunk's weights (stages s and pp - 1 - s hold the same two), whose "
+                        "gradients are summed: set workload.gradient_sync");
+    } else if (dualpipev) {
       // DualPipeV (deepseek-ai/DualPipe) runs each stage's two chunks as the arms of a V.
       if (v != 2)
         problems.add_at("parallelism.virtual_stages",
@@ -852,11 +877,11 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                     models::to_string(sc.forward.pipeline_schedule)));
     }
     if (sc.forward.two_batch_overlap && sc.forward.training &&
-        (sc.forward.pipeline_schedule == models::PipelineSchedule::zb_h1 || dualpipev))
+        (sc.forward.pipeline_schedule == models::PipelineSchedule::zb_h1 || dualpipev || dualpipe))
       problems.add_at("workload.overlap", fmt::format("two_batch with pipeline_schedule: {} is not modelled (its weight passes are "
                                                       "not split in halves)",
                                                       models::to_string(sc.forward.pipeline_schedule)));
-    if (sc.forward.forward_backward_overlap && v == 1)
+    if (sc.forward.forward_backward_overlap && v == 1 && !dualpipe)
       problems.add_at("workload.overlap",
                       "forward_backward with pipeline stages needs parallelism.virtual_stages > 1 (Megatron-LM requires it "
                       "too): without model chunks the last stage's backward needs the very forward it would run with");

@@ -176,15 +176,16 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   u.weights = params * b;
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
+  const int copies = f.pipeline_schedule == models::PipelineSchedule::dualpipe ? 2 : 1;  // DualPipe: two stages share
   const double updated = f.training && f.gradient_sync && f.optimizer_sharding
-                             ? static_cast<double>(models::optimizer_share(held, stage_gpus, stage_gpus / f.ep))
+                             ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / f.ep))
                              : params;
   if (f.training) u.optimizer = params * b + updated * 12;
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
   // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,
   // over its layers).
-  const double layers = per + (stage == 0 ? m.dense_layers : 0);
+  const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
   const double attention = b * t * (2 * h + 2 * q + 2 * kv), input = b * t * h;
   const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
@@ -204,7 +205,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     int rebuilt = 0;
     const std::vector<int> bounds = models::pipeline_bounds(f);
     for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
-      if (models::chunk_stage(f, static_cast<int>(c)) != stage) continue;
+      if (!models::holds_chunk(f, stage, static_cast<int>(c))) continue;
       const int n = bounds[c + 1] - bounds[c];
       rebuilt += f.recompute_layers > 0 ? std::min(n, f.recompute_layers) : n;
     }
@@ -536,6 +537,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     : f.pipeline_schedule == models::PipelineSchedule::gpipe ? "GPipe"
                                     : f.pipeline_schedule == models::PipelineSchedule::zb_h1 ? "ZB-H1"
                                     : f.pipeline_schedule == models::PipelineSchedule::dualpipev ? "DualPipeV, chunks in a V"
+                                    : f.pipeline_schedule == models::PipelineSchedule::dualpipe
+                                        ? "DualPipe, half the micro-batches each way, stage s holding chunks s and pp - 1 - s"
                                     : f.virtual_stages > 1                                   ? "interleaved 1F1B"
                                                                                              : "1F1B")
                      : std::string(),
@@ -643,7 +646,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     fmt::print(out, "  overlap     forward-backward ({}): {} of the stage's {} backward passes ran together with a forward, "
                     "layer by layer, each one's all-to-alls beside the other's compute; the all-to-all kernels hold {:.1f}% of the "
                     "SMs meanwhile\n",
-               f.pipeline_schedule == models::PipelineSchedule::dualpipev ? "DualPipeV's pairs" : "combined 1F1B", paired, backwards,
+               f.pipeline_schedule == models::PipelineSchedule::dualpipev  ? "DualPipeV's pairs"
+               : f.pipeline_schedule == models::PipelineSchedule::dualpipe ? "DualPipe's pairs"
+                                                                           : "combined 1F1B",
+               paired, backwards,
                100 * f.comm_sm_fraction);
   }
   if (r.compute_source != "profile" && f.profile) {

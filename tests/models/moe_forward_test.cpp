@@ -1507,7 +1507,7 @@ double chunk_makespan(const models::ForwardSpec& spec, double f, double b, doubl
   for (int s = 0; s < spec.pp; ++s) {
     orders.push_back(models::pipeline_order(spec, s));
     for (const auto& it : orders.back()) {
-      REQUIRE(models::chunk_stage(spec, it.chunk) == s);
+      REQUIRE(models::chunk_stage(spec, it.chunk, it.micro_batch) == s);
       if (it.weight) split.insert({it.micro_batch, it.chunk});
     }
   }
@@ -1759,6 +1759,52 @@ output: {{timeline: off}}
   }
 }
 
+TEST_CASE("DualPipe runs DualPipeV's order on each pair of stages, one arm per direction", "[models][pipeline]") {
+  // PP4, 8 micro-batches: 0-3 enter at stage 0 (chunk c on stage c), 4-7 at stage 3 (chunk c on
+  // stage 3 - c). Stages 0 and 3 run DualPipeV's stage 0 of PP2 with 4 micro-batches per arm,
+  // stages 1 and 2 its stage 1 (the orders of the DualPipeV test above); on stages 0 and 1 the
+  // first arm is the first half's, on stages 2 and 3 the second half's (dualpipe.py: phase ^
+  // is_in_second_half).
+  models::ForwardSpec f;
+  f.model.moe_layers = 4;
+  f.pp = 4;
+  f.micro_batches = 8;
+  f.training = true;
+  f.pipeline_schedule = models::PipelineSchedule::dualpipe;
+  CHECK(models::pipeline_order(f, 0) ==
+        chunk_items("F0:0 F1:0 F2:0 F4:3 B4:3 W4:3 F5:3 F3:0 B5:3 F6:3 B0:0 B6:3 F7:3 B1:0 B7:3 B2:0 W2:0 B3:0 W3:0"));
+  CHECK(models::pipeline_order(f, 3) ==
+        chunk_items("F4:0 F5:0 F6:0 F0:3 B0:3 W0:3 F1:3 F7:0 B1:3 F2:3 B4:0 B2:3 F3:3 B5:0 B3:3 B6:0 W6:0 B7:0 W7:0"));
+  CHECK(models::pipeline_order(f, 1) ==
+        chunk_items("F0:1 F4:2 F1:1 F5:2 F2:1 B4:2 F6:2 B0:1 F3:1 B5:2 F7:2 B1:1 B6:2 B2:1 B7:2 B3:1 W7:2 W3:1"));
+  CHECK(models::pipeline_order(f, 2) ==
+        chunk_items("F4:1 F0:2 F5:1 F1:2 F6:1 B0:2 F2:2 B4:1 F7:1 B1:2 F3:2 B5:1 B2:2 B6:1 B3:2 B7:1 W3:2 W7:1"));
+  for (const auto& [chunk, mb, stage] : {std::tuple{0, 0, 0}, {0, 4, 3}, {3, 3, 3}, {3, 7, 0}, {1, 2, 1}, {1, 6, 2}})
+    CHECK(models::chunk_stage(f, chunk, mb) == stage);
+  CHECK(models::stage_layers(f, 0) == std::vector<int>{0, 3});  // both copies' chunks
+  CHECK(models::stage_layers(f, 3) == std::vector<int>{0, 3});
+  CHECK(models::stage_layers(f, 1) == std::vector<int>{1, 2});
+  CHECK(models::last_micro_batch(f, 0, 0) == 3);  // chunk 0 runs the first half on stage 0
+  CHECK(models::last_micro_batch(f, 0, 3) == 7);
+  CHECK(models::sync_stage(f, 3) == 0);
+  // The bubble over 4 to 12 stages (PP/2 = 2 to 6), as DualPipeV's over half the stages: with
+  // F = 1, B = 2, W = 1 and a pair taking F + B, (PP/2 - 1)(F&B + B - 3W) = PP - 2 (DeepSeek-V3
+  // report, table 2); 1F1B on the same stages idles (PP - 1)(F + B).
+  for (int pp = 4; pp <= 12; pp += 2)
+    for (int n = 2 * pp; n <= 2 * pp + 6; n += 2) {
+      INFO(pp << " stages, " << n << " micro-batches");
+      f.pp = pp;
+      f.model.moe_layers = pp;
+      f.micro_batches = n;
+      f.pipeline_schedule = models::PipelineSchedule::dualpipe;
+      f.forward_backward_overlap = true;
+      CHECK(chunk_makespan(f, 1, 2, 1, 3) == Approx(3 * n + (pp - 2)));
+      f.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+      f.forward_backward_overlap = false;
+      CHECK(chunk_makespan(f, 1, 2, 0, 0) == Approx(3 * n + 3 * (pp - 1)));
+    }
+}
+
 TEST_CASE("DualPipeV synchronises the embedding's and the LM head's gradients on stage 0, which holds both", "[models][pipeline]") {
   // PP2, four MoE layers (one per chunk: stage 0 holds layers 0 and 3, stage 1 layers 1 and 2),
   // each stage two EP groups of 2 over 4 GPUs, ring all-reduce: every GPU of a stage sends
@@ -1831,6 +1877,115 @@ output: {{timeline: off}}
       check_stages_tile(r);
       if (flops < 0) flops = r.model_flops;
       CHECK(r.model_flops == Approx(flops));
+    }
+  }
+}
+
+TEST_CASE("DualPipe sends half the micro-batches each way, as derived by hand", "[models][pipeline]") {
+  // F, B = Bi + W, d as in the tests above. Two layers (chunk 0 = layer 0, chunk 1 = layer 1),
+  // PP2, 4 micro-batches: 0 and 1 run layer 0 on GPU 0 and layer 1 on GPU 1, 2 and 3 the other
+  // way round; both GPUs hold both layers. DualPipeV's order over one stage, 2 micro-batches per
+  // arm:
+  //   GPU 0: F0:0 F2:1 F1:0 B2:1 F3:1 B0:0 B3:1 B1:0 W1:0   (B1:0 split)
+  //   GPU 1: F2:0 F0:1 F3:0 B0:1 F1:1 B2:0 B1:1 B3:0 W3:0   (B3:0 split)
+  // Each GPU: its first forward until F, the other direction's second chunk from F + d (its
+  // input's transfer) to 2F + d, its second micro-batch's first chunk to 3F + d, the backward of
+  // its other-direction micro-batch's last chunk to 3F + d + B; the forward whose input came at
+  // 3F + 2d to 4F + d + B; the backward whose gradients came at 3F + 2d + B to 4F + d + 2B; the
+  // last chunk's backward to 4F + d + 3B; then the split backward waits for the other GPU's
+  // gradients until 4F + 2d + 3B: its input and weight passes end at 4F + 2d + 4B, where both
+  // GPUs start the gradient sync of both layers (then the optimizer). 1F1B, where GPU 0 runs F0
+  // F1 B0 F2 B1 F3 B2 B3 and waits for B0's, B2's and B3's gradients: 5F + 4d + 5B.
+  const std::int64_t F = 238'419'776, B = 470'695'552, d = 22'480'000;
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(
+      two_stages(", kind: training, micro_batches: 4, gradient_sync: ring, pipeline_schedule: dualpipe"), "pp.yaml"));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.finish - g.stage_total[idx(Stage::grad_sync)] - g.stage_total[idx(Stage::optimizer)] == Time::ps(4 * F + 2 * d + 4 * B));
+    CHECK(g.stage_total[idx(Stage::pipeline)] == Time::ps(2 * d));  // F2:1's (F0:1's) input, and the split backward's
+  }
+  check_stages_tile(r);
+  CHECK(r.stats.pipeline_bytes() == 4 * 2 * 2'048'000);  // every micro-batch crosses once each way
+  const auto one = scenarios::run_experiment(scenarios::load_scenario_text(
+      two_stages(", kind: training, micro_batches: 4, gradient_sync: ring"), "pp.yaml"));
+  const auto& last = one.stats.gpus()[0];
+  CHECK(last.finish - last.stage_total[idx(Stage::grad_sync)] - last.stage_total[idx(Stage::optimizer)] ==
+        Time::ps(5 * F + 4 * d + 5 * B));
+}
+
+TEST_CASE("DualPipe holds two copies of each chunk and synchronises them across each pair of stages", "[models][pipeline]") {
+  // PP2, four MoE layers in two chunks: with DualPipe both stages hold both chunks (the whole
+  // model here), and all 8 GPUs synchronise it together: a ring all-reduce of the replicated
+  // weights over 8 GPUs (each sends 2 x 7/8 of them) and per EP rank a ring over the 4 groups
+  // of both stages (2 x 3/4 of that rank's experts). 1F1B: each stage its own chunk over its 4
+  // GPUs.
+  const auto run = [](const std::string& schedule) {
+    const auto sc = scenarios::load_scenario_text(fmt::format(R"(
+cluster: {{nodes: 4, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, vocab: 1000}}
+parallelism: {{ep: 2, pp: 2}}
+workload: {{kind: training, tokens_per_gpu: 64, micro_batches: 4, gradient_sync: ring, pipeline_schedule: {}}}
+network: {{model: analytical}}
+)", schedule), "sync.yaml");
+    return std::pair{sc, scenarios::run_experiment(sc)};
+  };
+  const auto [dp_sc, dp] = run("dualpipe");
+  const auto [one_sc, one] = run("1f1b");
+  const models::GpuParams both = models::stage_params(dp_sc.forward, dp.placements, 0);
+  const models::GpuParams first = models::stage_params(one_sc.forward, one.placements, 0),
+                          second = models::stage_params(one_sc.forward, one.placements, 1);
+  CHECK(models::stage_params(dp_sc.forward, dp.placements, 1).total() == both.total());
+  CHECK(both.replicated == first.replicated + second.replicated);
+  CHECK(both.experts == first.experts + second.experts);
+  REQUIRE(dp.timeline);
+  double sent = 0;
+  for (const auto& fl : dp.timeline->flows())
+    if (fl.stage == Stage::grad_sync) sent += static_cast<double>(fl.flow.size.count());
+  CHECK(sent == Approx(8 * 2.0 * (1.75 * static_cast<double>(both.replicated) + 1.5 * static_cast<double>(both.experts))));
+  check_stages_tile(dp);
+  CHECK(dp.model_flops == Approx(one.model_flops));
+}
+
+TEST_CASE("Random DualPipe training runs account for every GPU's time and do 1F1B's work", "[models][fuzz][pipeline]") {
+  // Two or four stages, 2 pp to 2 pp + 4 micro-batches (even), the dense layers and the LM head
+  // (both on the first and the last stage), shared experts, gradient sync (which DualPipe needs:
+  // its two copies of each chunk) in buckets or with a sharded optimizer, stragglers and jitter:
+  // DualPipe, with and without forward-backward overlap, finishes, each GPU's stages tile its
+  // time, and it does the same model work as 1F1B.
+  sim::Rng pick(13, "test/fuzz-dualpipe");
+  for (int trial = 0; trial < 10; ++trial) {
+    const int pp = pick.uniform_int(2) ? 4 : 2;
+    const int layers = pp + static_cast<int>(pick.uniform_int(4));
+    const int batches = 2 * pp + 2 * static_cast<int>(pick.uniform_int(3));
+    const char* syncs[] = {"gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, ",
+                           "gradient_sync: ring, optimizer_sharding: true, "};
+    const std::string sync = syncs[pick.uniform_int(3)];
+    const auto shared = pick.uniform_int(2), dense = pick.uniform_int(2);
+    const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
+    const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));
+    const auto tokens = 2 * (8 + pick.uniform_int(60));
+    double flops = -1;
+    for (const char* schedule : {"1f1b", "dualpipe", "dualpipe, overlap: forward_backward"}) {
+      const std::string yaml = fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+parallelism: {{ep: 2, pp: {}}}
+workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
+routing: {{distribution: zipf, zipf_s: 1.1}}
+network: {{model: maxmin}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+                                           nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial);
+      INFO(yaml);
+      const auto sc = scenarios::load_scenario_text(yaml, "fuzz.yaml");
+      const auto r = scenarios::run_experiment(sc);
+      check_stages_tile(r);
+      if (flops < 0) flops = r.model_flops;
+      CHECK(r.model_flops == Approx(flops));
+      // Each layer is routed once per micro-batch, by the stage that runs it for that micro-batch.
+      const auto counts = scenarios::routed_counts(sc);
+      for (std::size_t l = 0; l < counts.size(); ++l)
+        for (std::size_t e = 0; e < counts[l].size(); ++e) CHECK(counts[l][e] == r.stats.experts()[l][e].routed);
     }
   }
 }

@@ -701,3 +701,37 @@ TEST_CASE("DualPipeV places each stage's two chunks as a V and needs 2 pp micro-
                            "  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: dualpipev\n")),
              Catch::Contains("workload.pipeline_schedule: only used with 'kind: training' and parallelism.pp > 1"));
 }
+
+TEST_CASE("DualPipe needs an even number of stages and micro-batches, one chunk per stage and gradient sync", "[scenarios]") {
+  // 32 GPUs, EP8, 4 MoE layers, PP4: stage s holds chunks s and 3 - s.
+  const auto dp = [](const std::string& pp, const std::string& workload, const std::string& parallelism = "") {
+    return with("  ep: 8\nworkload:\n  tokens_per_gpu: 1024\n",
+                "  ep: 8\n  pp: " + pp + "\n" + parallelism +
+                    "workload:\n  tokens_per_gpu: 1024\n  kind: training\n  pipeline_schedule: dualpipe\n" + workload);
+  };
+  std::string four = dp("4", "  micro_batches: 8\n  gradient_sync: ring\n");
+  four.replace(four.find("  nodes: 2\n"), 11, "  nodes: 4\n");
+  const auto f = load_scenario_text(four, "s.yaml").forward;
+  CHECK(f.pipeline_schedule == models::PipelineSchedule::dualpipe);
+  CHECK(models::to_string(f.pipeline_schedule) == "dualpipe");
+  CHECK(models::stage_layers(f, 1) == std::vector<int>{1, 2});
+  CHECK(models::group_first_gpu(f, 32, 0, 0, 0) == 0);   // the first half of the micro-batches enters at stage 0
+  CHECK(models::group_first_gpu(f, 32, 0, 0, 4) == 24);  // the second half at stage 3
+  CHECK(error_of(dp("2", "  micro_batches: 4\n  gradient_sync: ring\n  overlap: forward_backward\n")) == "no error");
+  std::string three = dp("3", "  micro_batches: 6\n  gradient_sync: ring\n");
+  three.replace(three.find("  nodes: 2\n"), 11, "  nodes: 3\n");
+  CHECK_THAT(error_of(three), Catch::Contains("parallelism.pp: pipeline_schedule: dualpipe pairs stage s with stage pp - 1 - s: it "
+                                              "needs an even number of stages (got 3)"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 4\n")),
+             Catch::Contains("workload.pipeline_schedule: dualpipe keeps two copies of every chunk's weights"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 5\n  gradient_sync: ring\n")),
+             Catch::Contains("workload.micro_batches: 5 micro-batches for pipeline_schedule: dualpipe with 2 stages: it needs an "
+                             "even number, at least 2 x parallelism.pp (4)"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 2\n  gradient_sync: ring\n")), Catch::Contains("at least 2 x parallelism.pp (4)"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 4\n  gradient_sync: ring\n", "  virtual_stages: 2\n")),
+             Catch::Contains("parallelism.virtual_stages: pipeline_schedule: dualpipe holds two chunks on each stage by itself"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 4\n  gradient_sync: ring\n  recompute: full\n")),
+             Catch::Contains("workload.recompute: not with pipeline_schedule: dualpipe"));
+  CHECK_THAT(error_of(dp("2", "  micro_batches: 4\n  gradient_sync: ring\n  overlap: two_batch\n")),
+             Catch::Contains("workload.overlap: two_batch with pipeline_schedule: dualpipe is not modelled"));
+}
