@@ -330,6 +330,10 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   gpus_.resize(static_cast<std::size_t>(gpus));
+  for (GpuState& g : gpus_) {
+    g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
+    g.head_backward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
+  }
   speed_.assign(static_cast<std::size_t>(gpus), 1.0);
   for (int g = 0; g < gpus; ++g) {
     auto& v = speed_[static_cast<std::size_t>(g)];
@@ -739,16 +743,18 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int p = s.pass;
   // The dense layers come first in each micro-batch.
-  if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 && s.dense_forward != micro_batch(p)) {
-    s.dense_forward = micro_batch(p);
+  if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 &&
+      !s.dense_forward[static_cast<std::size_t>(micro_batch(p))]) {
+    s.dense_forward[static_cast<std::size_t>(micro_batch(p))] = 1;
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
     return true;
   }
   // The LM head's backward (input and weight gradients: twice its projection; ZB-H1: the input
   // gradients here, the weight gradients in the last layer's weight pass) comes first in each
   // micro-batch's backward pass (before the last layer's recomputed forward).
-  if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 && s.head_backward != micro_batch(p)) {
-    s.head_backward = micro_batch(p);
+  if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 &&
+      !s.head_backward[static_cast<std::size_t>(micro_batch(p))]) {
+    s.head_backward[static_cast<std::size_t>(micro_batch(p))] = 1;
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
     const int times = split(p) ? 1 : 2;
     run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside), next,

@@ -274,10 +274,9 @@ class MoeForward {
                           // ZB-H1's weight pass: its next stage (weight_step())
     int wait_half = 0;    // two-batch overlap: the half it waits for; forward-backward overlap: the
                           // pass of the pair whose pipeline input it waits for (0 or 1)
-    // The micro-batch whose dense layers ran forward last, and whose LM head ran backward last
-    // (each runs once per micro-batch; DualPipe's stages see only some of them).
-    int dense_forward = -1;
-    int head_backward = -1;
+    // Per micro-batch, whether its dense layers have run forward and its LM head backward here
+    // (each once per micro-batch, whichever of its passes gets there first).
+    std::vector<char> dense_forward, head_backward;
     bool recomputed = false;  // two-batch overlap, recompute attention: the half's attention forward has run again
     // Forward-backward overlap: the step runs a forward pass and a backward pass together
     // (pair_step(); `pass` is the one the current operation belongs to), and whether the

@@ -619,7 +619,8 @@ TEST_CASE("Forward-backward overlap: training with micro-batches, 1F1B, and mode
              Catch::Contains("workload.overlap: forward_backward with recompute: full is not modelled"));
   CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  pipeline_schedule: zb_h1\n",
                                "  pp: 2\n")),
-             Catch::Contains("workload.overlap: forward_backward runs the 1F1B or the DualPipeV schedule, not pipeline_schedule: zb_h1"));
+             Catch::Contains("workload.overlap: forward_backward runs the 1F1B, DualPipeV or DualPipe schedule, not pipeline_schedule: "
+                             "zb_h1"));
   CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n", "  pp: 2\n")),
              Catch::Contains("workload.overlap: forward_backward with pipeline stages needs parallelism.virtual_stages > 1"));
   CHECK_THAT(error_of(workload("  comm_sm_fraction: 0.1\n")),
