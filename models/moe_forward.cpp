@@ -283,7 +283,8 @@ int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
   if (spec.placement_history > 0 && placement.layer_load.empty()) {
-    // Each layer routed by its pipeline stage's EP groups, as the run routes it.
+    // Each layer routed by its pipeline stage's EP groups, as the run routes it (DualPipe: the
+    // stages of the first half of the micro-batches).
     std::vector<int> first;
     for (int l = 0; l < spec.model.moe_layers; ++l) first.push_back(group_first_gpu(spec, gpus, l, 0));
     placement.layer_load = routing::observed_load(spec.model, spec.routing, spec.ep, gpus / spec.pp / spec.ep,
