@@ -25,9 +25,10 @@
 // backward when the next chunk's gradients have, in the order of the schedule
 // (pipeline_order(): 1F1B, interleaved 1F1B, GPipe, ZB-H1, which splits each backward into
 // an input-gradient pass that sends the gradients on and a weight-gradient pass that runs
-// later, filling what would be bubble, or DualPipeV, whose two chunks per stage form a V and
-// whose steady state runs one chunk's forward together with the other's backward); gradients
-// are synchronised within each stage.
+// later, filling what would be bubble, DualPipeV, whose two chunks per stage form a V and
+// whose steady state runs one chunk's forward together with the other's backward, or DualPipe,
+// which sends half the micro-batches each way); gradients are synchronised within each stage
+// (DualPipe: within each pair of stages holding the same chunks).
 // Two-batch overlap runs the program in overlap_step() instead, and forward-backward overlap a
 // forward and a backward pass together in pair_step(). Without them no stage overlaps another on
 // a GPU. Activation recomputation (ForwardSpec::recompute) runs forward work again
@@ -230,6 +231,12 @@ struct PipelineItem {
 // and weight times F, B = 2F and W = F, a pair taking F&B = F + B and nothing else costing
 // time, the bubble is (P - 1)(F&B + B - 3W) = 2(P - 1)F (DualPipe's, DeepSeek-V3 report, table
 // 2, with P = PP/2), against 1F1B's (P - 1)(2F + 2B) = 6(P - 1)F on the same stages.
+// DualPipe (deepseek-ai/DualPipe, dualpipe.py): stages r and pp - 1 - r run DualPipeV's order for
+// pp / 2 stages as its stage min(r, pp - 1 - r) with N / 2 micro-batches per arm; the first arm is
+// chunk min(r, pp - 1 - r), the second chunk max(r, pp - 1 - r); on the first half of the stages
+// the first arm runs the first half of the micro-batches (entering at stage 0) and the second
+// arm the second half (entering at the last stage), on the second half of the stages the other
+// way round. Its bubble: (pp/2 - 1)(F&B + B - 3W).
 std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
