@@ -1378,7 +1378,8 @@ void MoeForward::backward_layer_done(int gpu, int pass) {
   // A bucket other than the last starts when its lowest layer's backward is done in the last
   // micro-batch (the earlier ones only accumulate gradients).
   const int layer = layer_of(pass);
-  if (!(spec_.training && spec_.gradient_sync) || micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
+  if (!(spec_.training && spec_.gradient_sync)) return;
+  if (micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
   const std::size_t first = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_);
   for (std::size_t b = 0; b + 1 < static_cast<std::size_t>(buckets_); ++b)
     if (bucket_end_[first + b] == layer) join_bucket(gpu, b);

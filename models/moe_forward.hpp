@@ -95,10 +95,12 @@ struct ForwardSpec {
   // Pipeline parallelism: stages (dividing the GPUs into blocks of whole EP groups), each holding
   // virtual_stages model chunks: the MoE layers form pp * virtual_stages runs of consecutive
   // layers (pipeline_layers[c] in chunk c, or where that is empty as even a share as possible,
-  // see pipeline_bounds()), chunk c on stage chunk_stage(c) (c mod pp, or dualpipev's V), run in
-  // the order of pipeline_schedule (pipeline_order(); 1F1B is interleaved where virtual_stages >
-  // 1). zb_h1 needs virtual_stages 1 and no recomputation; dualpipev virtual_stages 2, at least
-  // 2 pp micro-batches and no recomputation.
+  // see pipeline_bounds()), chunk c on stage chunk_stage(c) (c mod pp, dualpipev's V, or with
+  // dualpipe depending on the micro-batch's direction), run in the order of pipeline_schedule
+  // (pipeline_order(); 1F1B is interleaved where virtual_stages > 1). zb_h1 needs virtual_stages
+  // 1 and no recomputation; dualpipev virtual_stages 2, at least 2 pp micro-batches and no
+  // recomputation; dualpipe an even pp, virtual_stages 1, an even number of at least 2 pp
+  // micro-batches, gradient_sync and no recomputation.
   int pp = 1;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
@@ -187,7 +189,7 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
 // One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
 // model chunks, forward (its layers in order) or backward (last layer first). ZB-H1 splits a
 // backward in two entries: `backward` (its input gradients) and then, later, `weight` (its
-// weight gradients; backward is false); DualPipeV some of them. A backward is split exactly
+// weight gradients; backward is false); DualPipeV and DualPipe some of them. A backward is split exactly
 // where the order has a weight entry for its micro-batch and chunk.
 struct PipelineItem {
   int micro_batch = 0;
@@ -306,10 +308,10 @@ class MoeForward {
   // Passes: per micro-batch every layer forward, then (training) every layer backward, last layer
   // first; with full recomputation each layer's backward pass comes right after a pass that
   // recomputes its forward: per micro-batch L forward passes, then (recompute, backward) for
-  // layers L - 1, ..., 0. ZB-H1 and DualPipeV (weight_split()) add a weight-gradient pass per
-  // layer after those, again for layers L - 1, ..., 0; a split backward's passes (split()) then
-  // compute the input gradients only. The schedule (schedule_) runs them in its own order
-  // (DualPipeV's has the weight passes of its split backwards only).
+  // layers L - 1, ..., 0. ZB-H1, DualPipeV and DualPipe (weight_split()) add a weight-gradient
+  // pass per layer after those, again for layers L - 1, ..., 0; a split backward's passes
+  // (split()) then compute the input gradients only. The schedule (schedule_) runs them in its
+  // own order (DualPipeV's and DualPipe's have the weight passes of their split backwards only).
   bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
   // Whether full recomputation rebuilds MoE layer `layer` (ForwardSpec::recompute_layers): its
   // recompute pass is in the schedule; the other layers' are not (they keep their activations).
