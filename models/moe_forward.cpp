@@ -1376,7 +1376,8 @@ void MoeForward::join_bucket(int gpu, std::size_t bucket) {
 
 void MoeForward::backward_layer_done(int gpu, int pass) {
   // A bucket other than the last starts when its lowest layer's backward is done in the last
-  // micro-batch (the earlier ones only accumulate gradients).
+  // micro-batch through it here (the earlier ones only accumulate gradients; with DualPipe each
+  // direction's last).
   const int layer = layer_of(pass);
   if (!(spec_.training && spec_.gradient_sync)) return;
   if (micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
