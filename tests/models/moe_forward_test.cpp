@@ -1954,7 +1954,7 @@ TEST_CASE("Random DualPipe training runs account for every GPU's time and do 1F1
   sim::Rng pick(13, "test/fuzz-dualpipe");
   for (int trial = 0; trial < 10; ++trial) {
     const int pp = pick.uniform_int(2) ? 4 : 2;
-    const int layers = pp + static_cast<int>(pick.uniform_int(4));
+    const int layers = 2 * pp + static_cast<int>(pick.uniform_int(3));  // 1F1B: at least 2 per stage (gradient buckets)
     const int batches = 2 * pp + 2 * static_cast<int>(pick.uniform_int(3));
     const char* syncs[] = {"gradient_sync: ring, ", "gradient_sync: hierarchical, gradient_sync_buckets: 2, ",
                            "gradient_sync: ring, optimizer_sharding: true, "};
@@ -1963,19 +1963,28 @@ TEST_CASE("Random DualPipe training runs account for every GPU's time and do 1F1
     const std::string vocab = pick.uniform_int(2) ? ", vocab: 1000" : "";
     const int nodes = pp * (1 + static_cast<int>(pick.uniform_int(2)));
     const auto tokens = 2 * (8 + pick.uniform_int(60));
+    // DualPipe's chunks: an even split, or each chunk one layer and the rest at random (1F1B's
+    // stages split evenly: one layer would not hold two gradient buckets).
+    std::string split;
+    if (pick.uniform_int(2)) {
+      std::vector<int> per(static_cast<std::size_t>(pp), 1);
+      for (int l = pp; l < layers; ++l) ++per[pick.uniform_int(per.size())];
+      split = fmt::format(", pipeline_layers: [{}]", fmt::join(per, ", "));
+    }
     double flops = -1;
     for (const char* schedule : {"1f1b", "dualpipe", "dualpipe, overlap: forward_backward"}) {
       const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
-parallelism: {{ep: 2, pp: {}}}
+parallelism: {{ep: 2, pp: {}{}}}
 workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
 routing: {{distribution: zipf, zipf_s: 1.1}}
 network: {{model: maxmin}}
 compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-                                           nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial);
+                                           nodes, layers, shared, dense, vocab, pp, std::string(schedule) == "1f1b" ? "" : split, tokens,
+                                           batches, schedule, sync, trial);
       INFO(yaml);
       const auto sc = scenarios::load_scenario_text(yaml, "fuzz.yaml");
       const auto r = scenarios::run_experiment(sc);
