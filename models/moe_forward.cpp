@@ -103,6 +103,8 @@ int last_micro_batch(const ForwardSpec& spec, int stage, int chunk) {
   return chunk == stage ? spec.micro_batches / 2 - 1 : spec.micro_batches - 1;
 }
 
+int weight_copies(const ForwardSpec& spec) { return dualpipe(spec) ? 2 : 1; }
+
 int pipeline_stage(const ForwardSpec& spec, int layer, int micro_batch) {
   return chunk_stage(spec, pipeline_chunk(spec, layer), micro_batch);
 }
@@ -593,7 +595,7 @@ void MoeForward::start() {
     const std::int64_t moe_replicated = moe_layer_replicated(m);
     // DualPipe: stages s and pp - 1 - s hold the same chunks and synchronise them together (the
     // collectives at the lower stage's index; the other's entries stay empty).
-    const int copies = spec_.pipeline_schedule == PipelineSchedule::dualpipe ? 2 : 1;
+    const int copies = weight_copies(spec_);
     const bool rings = groups * copies > 1;
     for (int st = 0; st < spec_.pp; ++st) {
       std::vector<int> syncing{st};
@@ -1434,7 +1436,7 @@ KernelCost MoeForward::optimizer_cost(int stage) const {
   // groups (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
-  const int copies = spec_.pipeline_schedule == PipelineSchedule::dualpipe ? 2 : 1;
+  const int copies = weight_copies(spec_);
   return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_groups()));
 }
 

@@ -176,6 +176,8 @@ int sync_stage(const ForwardSpec& spec, int stage);
 // The last micro-batch that runs through model chunk `chunk` on stage `stage` (DualPipe: of the
 // chunk's direction there; else the step's last).
 int last_micro_batch(const ForwardSpec& spec, int stage, int chunk);
+// How many stages hold each chunk's weights: 2 with DualPipe, else 1.
+int weight_copies(const ForwardSpec& spec);
 // The model chunk, and the pipeline stage (chunk_stage()) that runs MoE layer `layer` for
 // micro-batch `micro_batch` (-1: the first).
 int pipeline_chunk(const ForwardSpec& spec, int layer);

@@ -176,7 +176,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   u.weights = params * b;
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
-  const int copies = f.pipeline_schedule == models::PipelineSchedule::dualpipe ? 2 : 1;  // DualPipe: two stages share
+  const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
   const double updated = f.training && f.gradient_sync && f.optimizer_sharding
                              ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / f.ep))
                              : params;

@@ -80,6 +80,25 @@ void check_stages_tile(const scenarios::RunResult& r) {
   CHECK(latest == r.stats.step_time());
 }
 
+// A small random training scenario of the fuzz tests below: `parallelism` follows "ep: 2" (e.g.
+// ", pp: 4"), `workload` the micro-batches (keys ending in ", ", e.g. "pipeline_schedule: zb_h1, "),
+// the rest fixed.
+std::string fuzz_yaml(int nodes, int layers, std::uint64_t shared, std::uint64_t dense, const std::string& vocab,
+                      const std::string& parallelism, std::uint64_t tokens, int batches, const std::string& workload, int seed,
+                      const std::string& all_to_all = "direct") {
+  return fmt::format(R"(
+cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+parallelism: {{ep: 2{}}}
+workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, {}seed: {}}}
+routing: {{distribution: zipf, zipf_s: 1.1}}
+network: {{model: maxmin, all_to_all: {}}}
+compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+output: {{timeline: off}}
+)",
+                     nodes, layers, shared, dense, vocab, parallelism, tokens, batches, workload, seed, all_to_all);
+}
+
 }  // namespace
 
 TEST_CASE("A tiny scenario's step time matches the hand derivation exactly", "[models][forward]") {
@@ -965,18 +984,8 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     const char* algo = algos[pick.uniform_int(2)];
     const std::string stages = pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v);
     const auto run = [&](const std::string& overlap) {
-      const std::string yaml = fmt::format(R"(
-cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
-parallelism: {{ep: 2{}}}
-workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, {}{}{}seed: {}}}
-routing: {{distribution: zipf, zipf_s: 1.1}}
-network: {{model: maxmin, all_to_all: {}}}
-compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
-output: {{timeline: off}}
-)",
-                                           nodes, layers, shared, dense, vocab, stages, tokens, batches, sync, recompute, overlap,
-                                           trial, algo);
+      const std::string yaml = fuzz_yaml(nodes, layers, shared, dense, vocab, stages, tokens, batches, sync + recompute + overlap,
+                                         trial, algo);
       INFO(yaml);
       return scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     };
@@ -1357,36 +1366,62 @@ std::vector<models::PipelineItem> items(int stage, const std::string& text) {
   return out;
 }
 
-// The time the stages' orders take when every forward takes f, every backward (1F1B: input and
-// weight gradients) b and every weight pass w, and nothing else costs time: a stage starts an
-// item when it is done with the one before and its input is there (forward: the previous stage's
-// forward of the micro-batch; backward: the next stage's backward, or on the last stage its own
-// forward).
-double makespan(const std::vector<std::vector<models::PipelineItem>>& orders, double f, double b, double w) {
-  const std::size_t p = orders.size();
-  std::map<std::tuple<std::size_t, int, int>, double> done;  // (stage, kind 0 F 1 B 2 W, micro-batch)
-  std::vector<std::size_t> next(p, 0);
-  std::vector<double> free(p, 0);
+// The time the stages' orders (pipeline_order(), chunks on their stages as chunk_stage() says)
+// take when every forward takes f, every whole backward b, a split backward's input-gradient
+// pass b - w and its weight pass w, a forward with the backward overlapped with it `pair`, and
+// nothing else costs time: a stage starts an entry (a pair: both) when it is done with the one
+// before and its inputs are there (a chunk's forward: the previous chunk's forward of the
+// micro-batch; its backward: the next chunk's backward, or on the last chunk its own forward);
+// both passes of a pair end with it.
+double chunk_makespan(const models::ForwardSpec& spec, double f, double b, double w, double pair) {
+  const int chunks = spec.pp * spec.virtual_stages;
+  std::vector<std::vector<models::PipelineItem>> orders;
+  std::set<std::pair<int, int>> split;
+  for (int s = 0; s < spec.pp; ++s) {
+    orders.push_back(models::pipeline_order(spec, s));
+    for (const auto& it : orders.back()) {
+      REQUIRE(models::chunk_stage(spec, it.chunk, it.micro_batch) == s);
+      if (it.weight) split.insert({it.micro_batch, it.chunk});
+    }
+  }
+  std::map<std::tuple<int, int, int>, double> done;  // (kind 0 F 1 B 2 W, micro-batch, chunk)
+  const auto kind = [](const models::PipelineItem& it) { return it.weight ? 2 : it.backward ? 1 : 0; };
+  const auto ready = [&](const models::PipelineItem& it) -> std::optional<double> {
+    if (it.weight || (!it.backward && it.chunk == 0)) return 0.0;
+    const auto dep = !it.backward                ? std::tuple{0, it.micro_batch, it.chunk - 1}
+                     : it.chunk + 1 == chunks ? std::tuple{0, it.micro_batch, it.chunk}
+                                                : std::tuple{1, it.micro_batch, it.chunk + 1};
+    const auto at = done.find(dep);
+    return at == done.end() ? std::nullopt : std::optional<double>(at->second);
+  };
+  const auto time = [&](const models::PipelineItem& it) {
+    return it.weight ? w : !it.backward ? f : split.count({it.micro_batch, it.chunk}) > 0 ? b - w : b;
+  };
+  std::vector<std::size_t> next(orders.size(), 0);
+  std::vector<double> free(orders.size(), 0);
   for (bool progress = true; progress;) {
     progress = false;
-    for (std::size_t s = 0; s < p; ++s)
-      while (next[s] < orders[s].size()) {
-        const auto& it = orders[s][next[s]];
-        const int kind = it.weight ? 2 : it.backward ? 1 : 0;
-        double ready = free[s];
-        if (kind < 2 && !(kind == 0 && s == 0)) {
-          const auto dep = kind == 0 ? std::tuple{s - 1, 0, it.micro_batch}
-                                     : s + 1 < p ? std::tuple{s + 1, 1, it.micro_batch} : std::tuple{s, 0, it.micro_batch};
-          if (!done.count(dep)) break;
-          ready = std::max(ready, done[dep]);
+    for (std::size_t s = 0; s < orders.size(); ++s)
+      for (const auto& o = orders[s]; next[s] < o.size();) {
+        const std::size_t n = next[s] + 1 < o.size() && o[next[s] + 1].overlapped ? 2 : 1;
+        double start = free[s];
+        bool there = true;
+        for (std::size_t i = 0; i < n && there; ++i) {
+          const auto t = ready(o[next[s] + i]);
+          there = t.has_value();
+          if (there) start = std::max(start, *t);
         }
-        free[s] = ready + (kind == 0 ? f : kind == 1 ? b : w);
-        done[{s, kind, it.micro_batch}] = free[s];
-        ++next[s];
+        if (!there) break;
+        free[s] = start + (n == 2 ? pair : time(o[next[s]]));
+        for (std::size_t i = 0; i < n; ++i) {
+          const auto& it = o[next[s] + i];
+          done[{kind(it), it.micro_batch, it.chunk}] = free[s];
+        }
+        next[s] += n;
         progress = true;
       }
   }
-  for (std::size_t s = 0; s < p; ++s) REQUIRE(next[s] == orders[s].size());  // no order waits forever
+  for (std::size_t s = 0; s < orders.size(); ++s) REQUIRE(next[s] == orders[s].size());  // no order waits forever
   return *std::max_element(free.begin(), free.end());
 }
 
@@ -1410,21 +1445,17 @@ TEST_CASE("ZB-H1 holds back stage s's first s weight passes and shrinks the bubb
   for (int s = 0; s < 4; ++s) CHECK(models::pipeline_order(f, s) == zb[static_cast<std::size_t>(s)]);
   // Every stage holds up to pp micro-batches between forward and weight pass (1F1B: pp - s).
   for (int s = 0; s < 4; ++s) CHECK(models::pipeline_held_layers(f, s) == 4);
-  f.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
-  std::vector<std::vector<models::PipelineItem>> one_f_one_b;
-  for (int s = 0; s < 4; ++s) {
-    one_f_one_b.push_back(models::pipeline_order(f, s));
-    CHECK(models::pipeline_held_layers(f, s) == 4 - s);
-  }
+  models::ForwardSpec one_f_one_b = f;
+  one_f_one_b.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+  for (int s = 0; s < 4; ++s) CHECK(models::pipeline_held_layers(one_f_one_b, s) == 4 - s);
   // The bubble with uniform pass times, as the paper derives it: 1F1B idles (pp - 1)(F + B + W)
   // of the step, ZB-H1 (pp - 1)(F + B - W) (where W <= F and W <= B, here each case).
   for (const auto& [fw, bw, ww] : {std::tuple{1.0, 1.0, 1.0}, {1.0, 1.2, 0.8}, {1.0, 2.0, 1.0}, {1.0, 1.5, 0.5}}) {
     INFO(fw << " " << bw << " " << ww);
-    CHECK(makespan(zb, fw, bw, ww) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw - ww)));
-    CHECK(makespan(one_f_one_b, fw, bw + ww, 0) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw + ww)));
+    CHECK(chunk_makespan(f, fw, bw + ww, ww, 0) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw - ww)));
+    CHECK(chunk_makespan(one_f_one_b, fw, bw + ww, 0, 0) == Approx(8 * (fw + bw + ww) + 3 * (fw + bw + ww)));
   }
   // Fewer micro-batches than stages: every stage runs all its forwards first.
-  f.pipeline_schedule = models::PipelineSchedule::zb_h1;
   f.micro_batches = 2;
   CHECK(models::pipeline_order(f, 0) == items(0, "F0 F1 B0 W0 B1 W1"));
   CHECK(models::pipeline_order(f, 2) == items(2, "F0 F1 B0 B1 W0 W1"));
@@ -1491,65 +1522,6 @@ std::vector<models::PipelineItem> chunk_items(const std::string& text) {
                                        overlapped});
   }
   return out;
-}
-
-// The time the stages' orders (pipeline_order(), chunks on their stages as chunk_stage() says)
-// take when every forward takes f, every whole backward b, a split backward's input-gradient
-// pass b - w and its weight pass w, a forward with the backward overlapped with it `pair`, and
-// nothing else costs time: a stage starts an entry (a pair: both) when it is done with the one
-// before and its inputs are there (a chunk's forward: the previous chunk's forward of the
-// micro-batch; its backward: the next chunk's backward, or on the last chunk its own forward);
-// both passes of a pair end with it.
-double chunk_makespan(const models::ForwardSpec& spec, double f, double b, double w, double pair) {
-  const int chunks = spec.pp * spec.virtual_stages;
-  std::vector<std::vector<models::PipelineItem>> orders;
-  std::set<std::pair<int, int>> split;
-  for (int s = 0; s < spec.pp; ++s) {
-    orders.push_back(models::pipeline_order(spec, s));
-    for (const auto& it : orders.back()) {
-      REQUIRE(models::chunk_stage(spec, it.chunk, it.micro_batch) == s);
-      if (it.weight) split.insert({it.micro_batch, it.chunk});
-    }
-  }
-  std::map<std::tuple<int, int, int>, double> done;  // (kind 0 F 1 B 2 W, micro-batch, chunk)
-  const auto kind = [](const models::PipelineItem& it) { return it.weight ? 2 : it.backward ? 1 : 0; };
-  const auto ready = [&](const models::PipelineItem& it) -> std::optional<double> {
-    if (it.weight || (!it.backward && it.chunk == 0)) return 0.0;
-    const auto dep = !it.backward                ? std::tuple{0, it.micro_batch, it.chunk - 1}
-                     : it.chunk + 1 == chunks ? std::tuple{0, it.micro_batch, it.chunk}
-                                                : std::tuple{1, it.micro_batch, it.chunk + 1};
-    const auto at = done.find(dep);
-    return at == done.end() ? std::nullopt : std::optional<double>(at->second);
-  };
-  const auto time = [&](const models::PipelineItem& it) {
-    return it.weight ? w : !it.backward ? f : split.count({it.micro_batch, it.chunk}) > 0 ? b - w : b;
-  };
-  std::vector<std::size_t> next(orders.size(), 0);
-  std::vector<double> free(orders.size(), 0);
-  for (bool progress = true; progress;) {
-    progress = false;
-    for (std::size_t s = 0; s < orders.size(); ++s)
-      for (const auto& o = orders[s]; next[s] < o.size();) {
-        const std::size_t n = next[s] + 1 < o.size() && o[next[s] + 1].overlapped ? 2 : 1;
-        double start = free[s];
-        bool there = true;
-        for (std::size_t i = 0; i < n && there; ++i) {
-          const auto t = ready(o[next[s] + i]);
-          there = t.has_value();
-          if (there) start = std::max(start, *t);
-        }
-        if (!there) break;
-        free[s] = start + (n == 2 ? pair : time(o[next[s]]));
-        for (std::size_t i = 0; i < n; ++i) {
-          const auto& it = o[next[s] + i];
-          done[{kind(it), it.micro_batch, it.chunk}] = free[s];
-        }
-        next[s] += n;
-        progress = true;
-      }
-  }
-  for (std::size_t s = 0; s < orders.size(); ++s) REQUIRE(next[s] == orders[s].size());  // no order waits forever
-  return *std::max_element(free.begin(), free.end());
 }
 
 models::ForwardSpec dualpipev_spec(int pp, int micro_batches, bool overlap) {
@@ -1739,17 +1711,8 @@ TEST_CASE("Random pipeline training runs under every schedule account for every 
     const char* algo = algos[pick.uniform_int(2)];
     double flops = -1;
     for (const char* schedule : {"1f1b", "gpipe", "zb_h1", "1f1b, overlap: two_batch", "gpipe, overlap: two_batch"}) {
-      const std::string yaml = fmt::format(R"(
-cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
-parallelism: {{ep: 2, pp: {}}}
-workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
-routing: {{distribution: zipf, zipf_s: 1.1}}
-network: {{model: maxmin, all_to_all: {}}}
-compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
-output: {{timeline: off}}
-)",
-                                           nodes, layers, shared, dense, vocab, pp, tokens, batches, schedule, sync, trial, algo);
+      const std::string yaml = fuzz_yaml(nodes, layers, shared, dense, vocab, fmt::format(", pp: {}", pp), tokens, batches,
+                                         fmt::format("pipeline_schedule: {}, {}", schedule, sync), trial, algo);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
       check_stages_tile(r);
@@ -1858,20 +1821,10 @@ TEST_CASE("Random DualPipeV training runs account for every GPU's time and do 1F
     }
     double flops = -1;
     for (const char* schedule : {"1f1b", "dualpipev", "dualpipev, overlap: forward_backward"}) {
-      const std::string yaml = fmt::format(R"(
-cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
-parallelism: {{ep: 2, pp: {}{}}}
-workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
-routing: {{distribution: zipf, zipf_s: 1.1}}
-network: {{model: maxmin}}
-compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
-output: {{timeline: off}}
-)",
-                                           nodes, layers, shared, dense, vocab, pp,
-                                           std::string(schedule) == "1f1b" ? std::string() : ", virtual_stages: 2" + split, tokens,
-                                           batches, schedule,
-                                           sync, trial);
+      const std::string yaml =
+          fuzz_yaml(nodes, layers, shared, dense, vocab,
+                    fmt::format(", pp: {}{}", pp, std::string(schedule) == "1f1b" ? std::string() : ", virtual_stages: 2" + split), tokens,
+                    batches, fmt::format("pipeline_schedule: {}, {}", schedule, sync), trial);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
       check_stages_tile(r);
@@ -1973,18 +1926,9 @@ TEST_CASE("Random DualPipe training runs account for every GPU's time and do 1F1
     }
     double flops = -1;
     for (const char* schedule : {"1f1b", "dualpipe", "dualpipe, overlap: forward_backward"}) {
-      const std::string yaml = fmt::format(R"(
-cluster: {{nodes: {}, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
-parallelism: {{ep: 2, pp: {}{}}}
-workload: {{kind: training, tokens_per_gpu: {}, micro_batches: {}, pipeline_schedule: {}, {}seed: {}}}
-routing: {{distribution: zipf, zipf_s: 1.1}}
-network: {{model: maxmin}}
-compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
-output: {{timeline: off}}
-)",
-                                           nodes, layers, shared, dense, vocab, pp, std::string(schedule) == "1f1b" ? "" : split, tokens,
-                                           batches, schedule, sync, trial);
+      const std::string yaml =
+          fuzz_yaml(nodes, layers, shared, dense, vocab, fmt::format(", pp: {}{}", pp, std::string(schedule) == "1f1b" ? "" : split),
+                    tokens, batches, fmt::format("pipeline_schedule: {}, {}", schedule, sync), trial);
       INFO(yaml);
       const auto sc = scenarios::load_scenario_text(yaml, "fuzz.yaml");
       const auto r = scenarios::run_experiment(sc);
