@@ -64,7 +64,8 @@ class Ring final : public Collective {
       ++next_send_[m];
       const std::size_t to = (m + 1) % ring_.size();
       const Flow flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_};
-      ctx_.network.start_flow(flow, [this, to, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
+      const FlowRecord start{ctx_.layer, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), ctx_.backward, ctx_.micro_batch};
+      ctx_.network.start_flow(flow, [this, to, record = start]() mutable {
         record.end = ctx_.sim.now();
         ctx_.recorder.on_flow(record);
         received(to);
@@ -114,7 +115,8 @@ class Switch final : public Collective {
         const Flow flow{gpu_id(g), gpu_id(g), leg == Leg::to_switch ? up_ : down_, leg};
         const Flow slowed{flow.src, flow.dst,
                           sim::Bytes(std::llround(static_cast<double>(flow.size.count()) / ctx_.switch_efficiency)), leg};
-        ctx_.network.start_flow(slowed, [this, record = FlowRecord{0, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), true}]() mutable {
+        const FlowRecord start{ctx_.layer, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), ctx_.backward, ctx_.micro_batch};
+        ctx_.network.start_flow(slowed, [this, record = start]() mutable {
           record.end = ctx_.sim.now();
           ctx_.recorder.on_flow(record);
           if (--left_ == 0)

@@ -1,5 +1,6 @@
 // Collectives other than the MoE all-to-all, as flows on the network model: all-reduce,
-// reduce-scatter and all-gather of S bytes over a group of n GPUs, for data-parallel gradients.
+// reduce-scatter and all-gather of S bytes over a group of n GPUs, for data-parallel gradients
+// and tensor parallelism.
 //
 // Algorithms (CollectiveAlgorithm):
 // - ring (NCCL's ring): in step k every GPU sends a chunk of ceil(S / n) bytes to the next GPU
@@ -59,6 +60,9 @@ struct CollectiveContext {
   // reduction and multicast are not free); see kNvlsEfficiency.
   double switch_efficiency = 1.0;
   Stage stage = Stage::grad_sync;  // what the flows are recorded as
+  int layer = 0;                   // and with which layer, pass and micro-batch
+  bool backward = true;
+  int micro_batch = 0;
 };
 
 // NCCL on 8 x H100 (one NVSwitch node, 2-4 GB messages) reaches an all-reduce bus bandwidth of

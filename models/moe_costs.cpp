@@ -2,34 +2,32 @@
 
 namespace moesim::models {
 
-KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t s) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes;
-  const std::int64_t q = m.attention_heads * m.head_dim;
-  const std::int64_t kv = m.kv_heads * m.head_dim;
+// With tensor parallelism (m.tp = n > 1) a GPU's attention runs over the n T tokens of its
+// tensor-parallel group with its share of the heads (query_width, kv_width) and weights.
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
+  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 2 * t * q * (s + 1),
       .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * (q + 2 * kv)),
   };
 }
 
-KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t t) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes;
-  const std::int64_t q = m.attention_heads * m.head_dim;
-  const std::int64_t kv = m.kv_heads * m.head_dim;
+KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
+  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h,
       .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * q + 2 * kv),
   };
 }
 
-KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t c) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes;
-  const std::int64_t q = m.attention_heads * m.head_dim;
-  const std::int64_t kv = m.kv_heads * m.head_dim;
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
+  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
   return KernelCost{
       .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 4 * t * q * c,
-      .bytes = b * routing::attention_weights(m) + b * t * c * (m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv) +
-               b * t * (2 * h + 2 * (q + 2 * kv)),
+      .bytes = b * routing::attention_weights(m) + b * t * c * routing::kv_cache_width(m) + b * t * (2 * h + 2 * (q + 2 * kv)),
   };
 }
 
@@ -51,8 +49,17 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int6
 
 KernelCost adam_cost(std::int64_t params) { return KernelCost{.flops = 12 * params, .bytes = 28 * params}; }
 
-KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t n, bool loss) {
-  const std::int64_t h = m.hidden, v = m.vocab, b = m.dtype_bytes;
+KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
+  // The dense FFN's columns split over the tensor-parallel GPUs, each over all their tokens.
+  routing::MoeModelSpec f = m;
+  f.expert_ffn = m.dense_ffn / m.tp;
+  return expert_cost(f, m.tp * tokens);
+}
+
+KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss) {
+  // Vocabulary-parallel with tensor parallelism: a GPU's share of the vocabulary over all the
+  // tensor-parallel GPUs' tokens.
+  const std::int64_t h = m.hidden, v = vocab_share(m), b = m.dtype_bytes, n = m.tp * tokens;
   KernelCost c{.flops = 2 * n * h * v, .bytes = b * (h * v + n * h + n * v)};
   if (loss) {
     c.flops += 4 * n * v;
@@ -61,14 +68,16 @@ KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t n, bool los
   return c;
 }
 
-std::int64_t embedding_params(const routing::MoeModelSpec& m) { return m.vocab * m.hidden; }
+std::int64_t vocab_share(const routing::MoeModelSpec& m) { return (m.vocab + m.tp - 1) / m.tp; }
+
+std::int64_t embedding_params(const routing::MoeModelSpec& m) { return vocab_share(m) * m.hidden; }
 
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m) {
   return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
 }
 
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m) {
-  return m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * m.dense_ffn);
+  return m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * (m.dense_ffn / m.tp));
 }
 
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements) {

@@ -38,6 +38,12 @@
 //   the bf16 weight: bytes = (2 + 3*4*2 + 2)*P = 28*P; FLOPs = 12*P (memory-bound).
 // A training step's backward pass runs every GEMM twice at the forward's size (input and weight
 // gradients): 2x the forward's FLOPs and bytes (models/moe_forward.hpp).
+// Tensor parallelism (m.tp = n > 1, routing/moe_spec.hpp): attention, the dense FFN and the LM
+// head of one GPU run over the n T tokens of its tensor-parallel group with 1/n of the heads, FFN
+// columns and vocabulary (q, kv, F and V above become the GPU's shares, T becomes n T): the same
+// FLOPs per GPU where the heads divide, 1/n of the weights read, and in decode the KV cache of
+// n T sequences for its heads (a kv_cache_dim latent whole: n times the reads). The router, the
+// shared and routed experts and the reduce run on the GPU's own T tokens, as without it.
 // Simplifications, each deepened by a later model: attention is standard multi-head/GQA
 // (DeepSeek's MLA is approximated by its head counts); no softmax/norm/elementwise kernels.
 #pragma once
@@ -56,6 +62,8 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+// One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).
+KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
 KernelCost adam_cost(std::int64_t params);
 // The LM head over `tokens` tokens, with the loss where `loss`.
@@ -76,8 +84,10 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
 // all dense layers together; gpu_params' replicated count is their sum over the layers.
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m);
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m);
-// The embedding's weights, and as many the LM head's (vocab x hidden each).
+// The embedding's weights, and as many the LM head's (vocab x hidden each; with tensor
+// parallelism a GPU's share of the vocabulary, vocab_share).
 std::int64_t embedding_params(const routing::MoeModelSpec& m);
+std::int64_t vocab_share(const routing::MoeModelSpec& m);
 // A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the
 // experts over the `groups` EP groups (rounded up).
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups);

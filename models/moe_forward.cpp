@@ -31,6 +31,7 @@ std::string_view to_string(Stage s) {
     case Stage::dense: return "dense";
     case Stage::pipeline: return "pipeline";
     case Stage::lm_head: return "lm_head";
+    case Stage::tp: return "tp";
   }
   return "?";
 }
@@ -56,7 +57,7 @@ std::string_view to_string(PipelineSchedule s) {
 }
 
 bool is_network_wait(Stage s) {
-  return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline;
+  return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline || s == Stage::tp;
 }
 
 std::vector<int> pipeline_bounds(const ForwardSpec& spec) {
@@ -332,6 +333,11 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                                         : spec.placements;
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
+  const int tp = spec.model.tp;
+  MOESIM_ASSERT(tp == 1 || (!spec.training && !spec.two_batch_overlap && cluster.spec().gpus_per_node % tp == 0 &&
+                            (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
+                "tensor parallelism needs inference without two-batch overlap, groups inside a node and within a stage, and "
+                "heads that divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
     g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
@@ -749,6 +755,12 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   if (!backward_phase(p) && layer_of(p) == 0 && spec_.model.dense_layers > 0 &&
       !s.dense_forward[static_cast<std::size_t>(micro_batch(p))]) {
     s.dense_forward[static_cast<std::size_t>(micro_batch(p))] = 1;
+    if (spec_.model.tp > 1) {
+      s.dense_next = next;
+      s.dense_op = 0;
+      dense_tp_step(gpu);
+      return true;
+    }
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
     return true;
   }
@@ -864,6 +876,10 @@ void MoeForward::start_pass(int gpu) {
     return;
   }
   if (!backward(p)) {
+    if (spec_.model.tp > 1) {  // the attention over the tensor-parallel group's tokens
+      tp_exchange(gpu, 0, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(p), &MoeForward::tp_attention);
+      return;
+    }
     run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
               &MoeForward::after_attention);
     return;
@@ -872,6 +888,74 @@ void MoeForward::start_pass(int gpu) {
   // (the gradient of a weighted sum is a scatter of the same size: not doubled)
   run_stage(gpu, Stage::reduce, reduce_time(gpu, spec_.tokens_per_gpu, plan(p, gpu).kept(rank(gpu))),
             &MoeForward::after_router);
+}
+
+void MoeForward::tp_attention(int gpu) {
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::tp_after_attention);
+}
+
+void MoeForward::tp_after_attention(int gpu) {
+  tp_exchange(gpu, 1, CollectiveKind::reduce_scatter, spec_.tokens_per_gpu, layer_of(gpus_[static_cast<std::size_t>(gpu)].pass),
+              &MoeForward::after_attention);
+}
+
+void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int)) {
+  // Each collective is built by the first of its group to get there and dropped once all of
+  // them are through. The ring inside the node: every GPU sends the next one a GPU's share of
+  // the rows (tp - 1 times), NCCL's ring all-gather and reduce-scatter.
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int tp = spec_.model.tp, group = gpu / tp;
+  s.wait = Wait::tp;
+  s.wait_start = sim_.now();
+  s.tp_next = next;
+  const auto key = std::make_tuple(s.pass, op, group);
+  auto it = tp_collectives_.find(key);
+  if (it == tp_collectives_.end()) {
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
+    ctx.stage = Stage::tp;
+    ctx.layer = layer;
+    ctx.backward = false;
+    ctx.micro_batch = micro_batch(s.pass);
+    std::vector<int> members(static_cast<std::size_t>(tp));
+    for (int i = 0; i < tp; ++i) members[static_cast<std::size_t>(i)] = group * tp + i;
+    const sim::Bytes size(tp * rows * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes));
+    auto done = [this, key, layer](int g) {
+      GpuState& st = gpus_[static_cast<std::size_t>(g)];
+      st.wait = Wait::none;
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), layer, Stage::tp, st.wait_start, sim_.now(), false,
+                                     false, micro_batch(std::get<0>(key))});
+      if (--tp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { tp_collectives_.erase(key); });
+      (this->*st.tp_next)(g);
+    };
+    auto ring = make_collective(ctx, CollectiveAlgorithm::ring, kind, std::move(members), size, std::move(done));
+    it = tp_collectives_.emplace(key, TpCollective{std::move(ring), tp}).first;
+  }
+  it->second.collective->join(gpu);
+}
+
+void MoeForward::dense_tp_step(int gpu) {
+  // Each dense layer with tensor parallelism: all-gather, attention, reduce-scatter, all-gather,
+  // FFN, reduce-scatter (Megatron-LM's sequence-parallel layer), then the MoE layers.
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int op = s.dense_op++;
+  const int layer = op / 6, part = op % 6;
+  if (layer == spec_.model.dense_layers) {
+    (this->*s.dense_next)(gpu);
+    return;
+  }
+  const std::int64_t t = spec_.tokens_per_gpu;
+  const int collective = 2 + 4 * layer + part / 3 * 2 + (part % 3 == 2 ? 1 : 0);
+  if (part % 3 == 1) {
+    run_stage(gpu, Stage::dense, cost(part == 1 ? attention(t) : dense_ffn_cost(spec_.model, t), gpu, Work::outside),
+              &MoeForward::dense_tp_step);
+    return;
+  }
+  tp_exchange(gpu, collective, part % 3 == 0 ? CollectiveKind::all_gather : CollectiveKind::reduce_scatter, t, -1,
+              &MoeForward::dense_tp_step);
+}
+
+void MoeForward::tp_lm_head(int gpu) {
+  run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::after_passes);
 }
 
 void MoeForward::after_attention(int gpu) {
@@ -1279,18 +1363,17 @@ double MoeForward::progress() const {
 
 KernelCost MoeForward::dense_cost() const {
   // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
-  routing::MoeModelSpec m = spec_.model;
-  m.expert_ffn = m.dense_ffn;
-  const KernelCost a = attention(spec_.tokens_per_gpu), f = expert_cost(m, spec_.tokens_per_gpu);
+  const auto& m = spec_.model;
+  const KernelCost a = attention(spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
   return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
 }
 
-KernelCost MoeForward::lm_head() const {
+std::int64_t MoeForward::lm_head_tokens() const {
   // Serving a batch of prompts needs the logits of each prompt's last token only.
-  const std::int64_t tokens = spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length
-                                            : spec_.tokens_per_gpu;
-  return lm_head_cost(spec_.model, tokens, spec_.training);
+  return spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length : spec_.tokens_per_gpu;
 }
+
+KernelCost MoeForward::lm_head() const { return lm_head_cost(spec_.model, lm_head_tokens(), spec_.training); }
 
 void MoeForward::pass_done(int gpu, int pass) {
   ++passes_done_;
@@ -1305,7 +1388,13 @@ void MoeForward::end_pass(int gpu) {
   // The pass done is still gpu's pass until after_passes(): the LM head and the dense layers'
   // backward below are recorded with its layer and micro-batch.
   if (spec_.model.vocab > 0 && !backward_phase(done) && layer_of(done) == spec_.model.moe_layers - 1) {
-    // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage).
+    // The LM head (and the loss) ends each micro-batch's forward (on the last pipeline stage);
+    // vocabulary-parallel after an all-gather of the rows with tensor parallelism.
+    if (spec_.model.tp > 1) {
+      tp_exchange(gpu, 2 + 4 * spec_.model.dense_layers, CollectiveKind::all_gather, lm_head_tokens(), -1,
+                  &MoeForward::tp_lm_head);
+      return;
+    }
     run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::after_passes);
     return;
   }
@@ -1343,9 +1432,8 @@ KernelCost MoeForward::dense_recompute_cost() const {
 
 KernelCost MoeForward::dense_weight_cost() const {
   // The dense layers' weight gradients: their attention projections and FFN GEMMs once.
-  routing::MoeModelSpec m = spec_.model;
-  m.expert_ffn = m.dense_ffn;
-  const KernelCost a = attention_projection_cost(m, spec_.tokens_per_gpu), f = expert_cost(m, spec_.tokens_per_gpu);
+  const auto& m = spec_.model;
+  const KernelCost a = attention_projection_cost(m, spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
   return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
 }
 

@@ -40,9 +40,11 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "models/all_to_all.hpp"
@@ -275,7 +277,7 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine, sync, pipeline };
+  enum class Wait { none, dispatch, combine, sync, pipeline, tp };
   struct GpuState {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     int step = 0;  // the index of `pass` in its stage's schedule
@@ -295,6 +297,11 @@ class MoeForward {
     bool paired = false;
     std::array<int, 2> pair{};  // the forward pass, the backward pass
     bool sharing_sms = false;
+    // Tensor parallelism: where to go on once the collective waited for is done, and the dense
+    // layers' forward program (dense_tp_step(): its next operation, then dense_next).
+    void (MoeForward::*tp_next)(int) = nullptr;
+    void (MoeForward::*dense_next)(int) = nullptr;
+    int dense_op = 0;
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -444,6 +451,7 @@ class MoeForward {
   KernelCost dense_backward_cost(int pass) const;
   KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
   KernelCost lm_head() const;  // forward (with the loss in training)
+  std::int64_t lm_head_tokens() const;  // the GPU's tokens that need logits
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or
   // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
   bool run_before_pass(int gpu, void (MoeForward::*next)(int));
@@ -474,6 +482,22 @@ class MoeForward {
   void weight_step(int gpu);
   void dense_backward(int gpu);           // after the first MoE layer's backward (and the dense layers' recompute)
   void end_pass(int gpu);
+  // Tensor parallelism (spec_.model.tp > 1, inference): gpu joins its tensor-parallel group's
+  // collective number `op` of the current pass, an all-gather of the group's `rows` token rows
+  // per GPU (before attention, a dense FFN or the LM head) or a reduce-scatter of them (after the
+  // attention or a dense FFN), waits for its part (Stage::tp, recorded with `layer`), then goes
+  // on with `next`. Ops: 0 and 1 around the MoE layer's attention, 2 + 4 i + (0..3) around dense
+  // layer i's attention and FFN, 2 + 4 dense_layers before the LM head.
+  void tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int));
+  void tp_attention(int gpu);        // the attention after its all-gather
+  void tp_after_attention(int gpu);  // its reduce-scatter, then after_attention()
+  void dense_tp_step(int gpu);       // the dense layers forward, one operation per call
+  void tp_lm_head(int gpu);          // the LM head after its all-gather
+  struct TpCollective {
+    std::unique_ptr<Collective> collective;
+    int left;  // members not yet done
+  };
+  std::map<std::tuple<int, int, int>, TpCollective> tp_collectives_;  // by (pass, op, group)
   void finish(int gpu);
   std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass, int half = 0) {
     return v[(static_cast<std::size_t>(gpu) * static_cast<std::size_t>(passes()) + static_cast<std::size_t>(pass)) *

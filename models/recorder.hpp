@@ -25,12 +25,17 @@ namespace moesim::models {
 // them backward. `pipeline` (pipeline parallelism) is the wait for a micro-batch's activations
 // from the previous stage, or its gradients from the next: transfer and pipeline bubble.
 // `lm_head` the output projection (with the loss in training) after the last MoE layer's forward
-// and before its backward (model.vocab).
-enum class Stage { attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head };
-inline constexpr std::size_t kStageCount = 12;
+// and before its backward (model.vocab). `tp` (tensor parallelism, parallelism.tp) is the wait for
+// the all-gather of the tensor-parallel group's tokens before a layer's attention (a dense
+// layer's attention and FFN, the LM head) and for the reduce-scatter of its output after it; the
+// waits around the dense layers and the LM head are recorded with layer -1 (no MoE layer's).
+enum class Stage {
+  attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head, tp
+};
+inline constexpr std::size_t kStageCount = 13;
 inline constexpr std::array<Stage, kStageCount> kStages{
-    Stage::attention, Stage::router,   Stage::shared_experts, Stage::dispatch, Stage::experts,  Stage::combine,
-    Stage::reduce,    Stage::optimizer, Stage::grad_sync,     Stage::dense,    Stage::pipeline, Stage::lm_head};
+    Stage::attention, Stage::router,    Stage::shared_experts, Stage::dispatch, Stage::experts,  Stage::combine, Stage::reduce,
+    Stage::optimizer, Stage::grad_sync, Stage::dense,          Stage::pipeline, Stage::lm_head, Stage::tp};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 
@@ -52,10 +57,10 @@ struct StageRecord {
 };
 
 // One flow (src != dst), reported when its last byte has arrived: an all-to-all's, a gradient
-// sync's, or a pipeline's activations or gradients between stages.
+// sync's, a pipeline's activations or gradients between stages, or a tensor-parallel collective's.
 struct FlowRecord {
   int layer;
-  Stage stage;  // dispatch, combine, grad_sync or pipeline
+  Stage stage;  // dispatch, combine, grad_sync, pipeline or tp
   Flow flow;
   sim::Time start;
   sim::Time end;

@@ -26,7 +26,7 @@ void RunStats::on_stage(const StageRecord& r) {
   if (r.profiled) g.stage_profiled[s] += d;
   g.finish = sim::max(g.finish, r.end);
   if (r.stage == Stage::optimizer || r.stage == Stage::grad_sync || r.stage == Stage::dense || r.stage == Stage::pipeline ||
-      r.stage == Stage::lm_head)
+      r.stage == Stage::lm_head || r.layer < 0)
     return;  // once per step or micro-batch (the dense layers together), or between stages: not part of any MoE layer
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.start = sim::min(l.start, r.start);
@@ -88,6 +88,10 @@ void RunStats::on_flow(const FlowRecord& r) {
   }
   if (r.stage == Stage::pipeline) {  // between stages, not part of any layer's all-to-all
     pipeline_bytes_ += flow.size.count();
+    return;
+  }
+  if (r.stage == Stage::tp) {  // the tensor-parallel collectives, not the all-to-all
+    tp_bytes_ += flow.size.count();
     return;
   }
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];

@@ -28,14 +28,31 @@ struct MoeModelSpec {
   // Vocabulary size: the input embedding (on the first pipeline stage) and the untied output
   // projection, the LM head, with the loss in training (on the last); 0: neither modelled.
   std::int64_t vocab = 0;
+  // Tensor parallelism (parallelism.tp): the attention of every layer, the dense layers' FFN and
+  // the LM head are split over this many GPUs (heads, FFN columns, vocabulary), each of them
+  // running its share over the tokens of all of them; the figures below are one GPU's.
+  int tp = 1;
 };
 
-// Weights of one layer's attention block: the given count (e.g. DeepSeek's MLA), else those of
-// multi-head attention with the model's head counts (Q, K, V and output projections).
+// One GPU's query width and key/value width of a layer's attention: the heads split over the
+// tensor-parallel GPUs (kv heads that do not divide are replicated: each GPU holds
+// ceil(kv_heads / tp)).
+inline std::int64_t query_width(const MoeModelSpec& m) {
+  return static_cast<std::int64_t>(m.attention_heads / m.tp) * m.head_dim;
+}
+inline std::int64_t kv_width(const MoeModelSpec& m) {
+  return static_cast<std::int64_t>((m.kv_heads + m.tp - 1) / m.tp) * m.head_dim;
+}
+// Elements one GPU caches per token and layer: its kv heads' keys and values, or a given
+// kv_cache_dim (DeepSeek's MLA latent), which every tensor-parallel GPU caches whole.
+inline std::int64_t kv_cache_width(const MoeModelSpec& m) { return m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv_width(m); }
+
+// Weights of one layer's attention block on one GPU: the given count (e.g. DeepSeek's MLA; with
+// tensor parallelism its 1/tp share, rounded up), else those of multi-head attention with the
+// GPU's head counts (Q, K, V and output projections).
 inline std::int64_t attention_weights(const MoeModelSpec& m) {
-  if (m.attention_params > 0) return m.attention_params;
-  const std::int64_t q = static_cast<std::int64_t>(m.attention_heads) * m.head_dim;
-  const std::int64_t kv = static_cast<std::int64_t>(m.kv_heads) * m.head_dim;
+  if (m.attention_params > 0) return (m.attention_params + m.tp - 1) / m.tp;
+  const std::int64_t q = query_width(m), kv = kv_width(m);
   return m.hidden * (q + 2 * kv) + q * m.hidden;
 }
 

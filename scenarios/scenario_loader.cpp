@@ -407,6 +407,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   auto& f = sc.forward;
   if (auto par = top.child("parallelism", true)) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
+    if (auto v = par->get<std::int64_t>("tp", count_at_least(1), false)) f.model.tp = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
     if (auto v = par->get<std::int64_t>("virtual_stages", count_at_least(1), false)) f.virtual_stages = as_int(*v);
     if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
@@ -804,6 +805,27 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  if (const int tp = m.tp; tp > 1) {
+    // Tensor parallelism: whole heads, FFN columns and tokens per GPU, inside a node.
+    const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.tp", why); };
+    if (sc.forward.training)
+      refuse("tensor parallelism is modelled for inference (kind forward, prefill or decode); in training its backward "
+             "collectives and the gradient sync of the sharded weights are not modelled yet");
+    if (sc.forward.two_batch_overlap) refuse("not modelled with overlap: two_batch");
+    if (sc.cluster.gpus_per_node % tp != 0)
+      refuse(fmt::format("{} does not divide the {} GPUs of a node: a tensor-parallel group stays inside a node", tp,
+                         sc.cluster.gpus_per_node));
+    else if ((gpus / sc.forward.pp) % tp != 0)
+      refuse(fmt::format("{} does not divide the {} GPUs of a pipeline stage", tp, gpus / sc.forward.pp));
+    if (m.attention_heads % tp != 0)
+      refuse(fmt::format("{} does not divide model.attention_heads ({}): each GPU holds whole heads", tp, m.attention_heads));
+    if (m.kv_heads % tp != 0 && tp % m.kv_heads != 0)
+      refuse(fmt::format("{} and model.kv_heads ({}) must divide one another (kv heads split, or each replicated on tp / "
+                         "kv_heads GPUs)",
+                         tp, m.kv_heads));
+    if (m.dense_layers > 0 && m.dense_ffn % tp != 0)
+      refuse(fmt::format("{} does not divide model.dense_ffn ({})", tp, m.dense_ffn));
+  }
   if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
     problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");
   if (sc.forward.pp == 1 && sc.forward.virtual_stages > 1)

@@ -151,7 +151,10 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
 // the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
-// x context x cached elements x b per layer). Buffers: the all-to-all's receive buffers for the
+// x context x cached elements x b per layer). With tensor parallelism (tp GPUs) the attention
+// block's terms are for the tp T tokens of the GPU's group and its share of the heads (q, kv), the
+// KV cache for the group's tp T sequences and its kv heads' share (a kv_cache_dim latent whole),
+// and the weights its shares (moe_costs.hpp). Buffers: the all-to-all's receive buffers for the
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
   double weights = 0, optimizer = 0, activations = 0, kv_cache = 0, buffers = 0;
@@ -163,8 +166,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const auto& m = f.model;
   const double b = m.dtype_bytes;
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
-  const double q = static_cast<double>(m.attention_heads * m.head_dim), kv = static_cast<double>(m.kv_heads * m.head_dim);
-  const double t = static_cast<double>(f.tokens_per_gpu);
+  // With tensor parallelism the GPU's attention holds its heads' share for its group's tokens.
+  const double q = static_cast<double>(routing::query_width(m)), kv = static_cast<double>(routing::kv_width(m));
+  const double t = static_cast<double>(f.tokens_per_gpu), tp = m.tp;
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus;
@@ -187,7 +191,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // over its layers).
   const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double attention = b * t * (2 * h + 2 * q + 2 * kv), input = b * t * h;
+  const double attention = b * tp * t * (2 * h + 2 * q + 2 * kv), input = b * t * h;
   const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
   const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
@@ -222,8 +226,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   }
   // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
-    u.kv_cache = f.micro_batches * t * static_cast<double>(f.context_length) * (m.kv_cache_dim > 0 ? static_cast<double>(m.kv_cache_dim) : 2 * kv) *
-                 b * layers;
+    u.kv_cache = f.micro_batches * tp * t * static_cast<double>(f.context_length) * static_cast<double>(routing::kv_cache_width(m)) * b * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);
@@ -304,19 +307,19 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const int crit = r.stats.critical_gpu();
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
-  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)];
+  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)];
   const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,pp,virtual_stages,pipeline_schedule,overlap,"
+  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
          "moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
          "recompute_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,memory_gb_max,gpu_memory_gb,fits_memory,"
-         "infeasible_reason\n";
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,memory_gb_max,gpu_memory_gb,"
+         "fits_memory,infeasible_reason\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -324,9 +327,9 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                                : f.virtual_stages > 1 ? "interleaved_1f1b"
                                                       : "1f1b";
   const char* overlap = f.two_batch_overlap ? "two_batch" : f.forward_backward_overlap ? "forward_backward" : "none";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
+             f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
              seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
@@ -341,11 +344,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
-             r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), mem.total() / 1e9, capacity / 1e9,
+             r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), r.stats.tp_bytes(), mem.total() / 1e9, capacity / 1e9,
              capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
 }
 
@@ -356,14 +359,14 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
          "dispatch_wait_max_us,dispatch_wait_mean_us,experts_max_us,experts_mean_us,"
          "combine_wait_max_us,combine_wait_mean_us,reduce_max_us,routed,computed,dropped,"
          "network_bytes,flows,gpu_tokens_max,gpu_tokens_mean,gpu_imbalance,expert_tokens_max,"
-         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded,scale_out_bytes\n";
+         "expert_tokens_mean,expert_imbalance,gpu_tokens_cv,padded,scale_out_bytes,tp_wait_max_us\n";
   const auto row = [&](std::size_t i, const char* pass, int micro_batch, const models::LayerStats& l,
                        const models::LayerStats& routing) {
     const auto& g = routing;  // the routing columns: the layer's forward routing
     const double gpu_mean = static_cast<double>(g.computed) / gpus;
     const double expert_mean =
         g.expert_slots > 0 ? static_cast<double>(g.routed) / static_cast<double>(g.expert_slots) : 0.0;
-    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{}\n",
+    fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3f},{},{},{:.3f},{},{:.4f},{},{},{}\n",
                i, pass, micro_batch, format_us(l.start), format_us(l.end), format_us(l.end - l.start),
                format_us(l.stage_max[idx(Stage::attention)]), format_us(l.stage_max[idx(Stage::router)]),
                format_us(l.stage_max[idx(Stage::shared_experts)]),
@@ -374,7 +377,7 @@ void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                l.network_bytes, l.flows, g.max_gpu_tokens, gpu_mean,
                ratio(static_cast<double>(g.max_gpu_tokens), gpu_mean), g.max_expert_tokens,
                expert_mean, ratio(static_cast<double>(g.max_expert_tokens), expert_mean), gpu_cv(g, gpus),
-               g.padded, l.scale_out_bytes);
+               g.padded, l.scale_out_bytes, format_us(l.stage_max[idx(Stage::tp)]));
   };
   // In the order they ran: per micro-batch every layer forward, then backward.
   const auto& layers = r.stats.layers();
@@ -529,8 +532,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}, {} tokens per GPU{}\n", gpus,
+  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
+             f.model.tp > 1 ? fmt::format(", TP{} (attention{})", f.model.tp, f.model.dense_layers > 0 || f.model.vocab > 0
+                                                                                  ? ", dense layers and LM head"
+                                                                                  : "")
+                            : std::string(),
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
                                     f.virtual_stages > 1 ? fmt::format("{} chunks per stage, ", f.virtual_stages) : "",
                                     !f.training                                                  ? "pipelined"
@@ -573,11 +580,13 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
-    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head)) continue;
+    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head || s == Stage::tp))
+      continue;
     fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
                (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
                s == Stage::pipeline           ? std::string("  (bubble and transfers between pipeline stages)")
+               : s == Stage::tp             ? std::string("  (network: the tensor-parallel all-gathers and reduce-scatters)")
                : models::is_network_wait(s) ? std::string("  (network)")
                                             : time_source(d, gp.stage_profiled[idx(s)]));
   }

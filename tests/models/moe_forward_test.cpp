@@ -430,13 +430,23 @@ TEST_CASE("Jitter varies compute stages around their nominal time, reproducibly"
   CHECK(a.stats.step_time() > nominal.stats.step_time());
 }
 
-TEST_CASE("Decode attention reads the KV cache", "[models][decode]") {
+namespace {
+
+// An attention block of 8 query heads and 2 kv heads of 128, H = 1024, bf16.
+routing::MoeModelSpec gqa_attention() {
   routing::MoeModelSpec m;
   m.hidden = 1024;
   m.attention_heads = 8;
   m.kv_heads = 2;
   m.head_dim = 128;
   m.dtype_bytes = 2;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("Decode attention reads the KV cache", "[models][decode]") {
+  const routing::MoeModelSpec m = gqa_attention();
   // T = 4 sequences, C = 1000 cached tokens: q = 1024, kv = 256.
   const auto c = models::decode_attention_cost(m, 4, 1000);
   CHECK(c.flops == 2 * 4 * 1024 * (1024 + 512) + 2 * 4 * 1024 * 1024 + 4 * 4 * 1024 * 1000);
@@ -669,10 +679,12 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
         kind == "training" && pp == 2 && virtual_stages == 1 && recompute.empty() && pick.uniform_int(2) ? "pipeline_schedule: zb_h1, " : "";
     // Training: one or two micro-batches (gradient accumulation); two with the interleaved schedule.
     const int batches = virtual_stages == 2 ? 2 : kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
+    // Inference without two-batch overlap: tensor parallelism over 2 GPUs, or none.
+    const int tp = kind != "training" && !tbo && (gpus / pp) % 2 == 0 && pick.uniform_int(2) ? 2 : 1;
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
-parallelism: {{ep: {}, pp: {}{}}}
+parallelism: {{ep: {}, pp: {}, tp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
@@ -680,7 +692,7 @@ network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -2244,4 +2256,143 @@ TEST_CASE("The LM head and the dense layers' backward are recorded with the pass
     CHECK(head_forward == std::array<int, 2>{1, 1});
     CHECK(dense_backward == std::array<int, 2>{1, 1});
   }
+}
+
+namespace {
+
+// `yaml` with `from` replaced by `to` (once; it must be there).
+std::string replaced(std::string yaml, const std::string& from, const std::string& to) {
+  const auto at = yaml.find(from);
+  REQUIRE(at != std::string::npos);
+  return yaml.replace(at, from.size(), to);
+}
+
+}  // namespace
+
+TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatters them back, as derived by hand",
+          "[models][tensor_parallel]") {
+  // The tiny layer, dropless, with tp: 2: both GPUs form one tensor-parallel group. Attention
+  // runs over both GPUs' 2000 tokens with 4 of the 8 heads each: q = kv = 512, FLOPs
+  // 2*2000*1024*1536 + 2*2000*512*1024 + 2*2000*512*1001 = 10,438,656,000, as without tensor
+  // parallelism (104,386,560 ps), weights 2*(1024*1536 + 512*1024) = 4,194,304 B (half).
+  // Before it a ring all-gather of 2 x 1000 rows of 2048 B: one step, each GPU sends its
+  // 2,048,000 B to the other: 20.48 us + 2 NVLink hops of 1 us = 22,480,000 ps; after it a
+  // reduce-scatter of the same size, as long. Then the layer as without it (router 2,060,096,
+  // dispatch 22,480,000, experts on 2000 tokens 125,829,120, combine 22,480,000, reduce
+  // 6,144,000): 283,379,776 + 2 x 22,480,000 = 328,339,776 ps.
+  const auto sc = scenarios::load_scenario_text(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "tiny.yaml");
+  CHECK(sc.forward.model.tp == 2);
+  const auto a = models::attention_cost(sc.forward.model, 1000, 1000);
+  CHECK(a.flops == 10'438'656'000);
+  CHECK(a.bytes == 4'194'304 + 2 * 2000 * (2 * 1024 + 2 * 1536));
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(328'339'776));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 22'480'000));
+    CHECK(g.stage_total[idx(Stage::attention)] == Time::ps(104'386'560));
+  }
+  check_stages_tile(r);
+  CHECK(r.stats.layers()[0].stage_max[idx(Stage::tp)] == Time::ps(22'480'000));
+  CHECK(r.stats.tp_bytes() == 4 * 2'048'000);
+  CHECK(r.stats.layers()[0].network_bytes == 2 * 2 * 2'048'000);  // the all-to-all's alone
+  const std::string csv = summary_csv(sc, r);
+  CHECK(csv_value(csv, "tp") == "2");
+  CHECK(csv_value(csv, "tp_wait_us") == "44.960000");
+  CHECK(csv_value(csv, "tp_bytes") == "8192000");
+}
+
+TEST_CASE("Tensor parallelism splits the dense layers and the LM head too, each around its own collectives",
+          "[models][tensor_parallel]") {
+  // One dense layer (all-gather, attention, reduce-scatter, all-gather, FFN, reduce-scatter) and
+  // the LM head (all-gather, then its vocabulary share over the group's rows): 5 more
+  // collectives of the same 22.48 us, recorded outside the MoE layer.
+  const std::string yaml = replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "  attention_heads: 8\n",
+                                    "  attention_heads: 8\n  dense_layers: 1\n  dense_ffn: 2048\n  vocab: 1000\n");
+  const auto sc = scenarios::load_scenario_text(yaml, "tiny.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(7 * 22'480'000));
+  CHECK(r.stats.layers()[0].stage_max[idx(Stage::tp)] == Time::ps(22'480'000));
+  CHECK(r.stats.tp_bytes() == 14 * 2'048'000);
+  check_stages_tile(r);
+  // Per GPU the dense FFN's FLOPs are those without tensor parallelism (2000 rows x 1024 of its
+  // 2048 columns), its weights half; the LM head's the same over 500 of the 1000 words.
+  routing::MoeModelSpec one = sc.forward.model;
+  one.tp = 1;
+  const auto f2 = models::dense_ffn_cost(sc.forward.model, 1000), f1 = models::dense_ffn_cost(one, 1000);
+  CHECK(f2.flops == f1.flops);
+  CHECK(f2.bytes - 2 * 2000 * (2 * 1024 + 6 * 1024) == (f1.bytes - 2 * 1000 * (2 * 1024 + 6 * 2048)) / 2);
+  const auto h2 = models::lm_head_cost(sc.forward.model, 1000, false), h1 = models::lm_head_cost(one, 1000, false);
+  CHECK(h2.flops == h1.flops);
+  CHECK(models::embedding_params(sc.forward.model) == 500 * 1024);
+}
+
+TEST_CASE("Tensor-parallel decode reads its kv heads' cache, or a latent cache whole", "[models][tensor_parallel][decode]") {
+  const routing::MoeModelSpec m = gqa_attention();
+  routing::MoeModelSpec t2 = m, t4 = m, t8 = m;
+  t2.tp = 2;
+  t4.tp = 4;
+  t8.tp = 8;
+  // T = 4 sequences per GPU, C = 1000 cached tokens. kv heads split over 2: the same KV bytes per
+  // GPU (2 x 4 sequences, half the kv width); over 4 or 8 each GPU holds one kv head (replicated),
+  // for 4 x 4 or 8 x 4 sequences: 2 or 4 times the bytes.
+  const auto kv_bytes = [](const routing::MoeModelSpec& s) { return 2 * s.tp * 4 * 1000 * routing::kv_cache_width(s); };
+  CHECK(kv_bytes(t2) == kv_bytes(m));
+  CHECK(kv_bytes(t4) == 2 * kv_bytes(m));
+  CHECK(kv_bytes(t8) == 4 * kv_bytes(m));
+  CHECK(models::decode_attention_cost(t2, 4, 1000).flops == models::decode_attention_cost(m, 4, 1000).flops);
+  // A latent (kv_cache_dim, DeepSeek's MLA) is cached whole on every GPU of the group.
+  routing::MoeModelSpec mla = m, mla2 = m;
+  mla.kv_cache_dim = mla2.kv_cache_dim = 576;
+  mla2.tp = 2;
+  const auto one = models::decode_attention_cost(mla, 4, 1000), two = models::decode_attention_cost(mla2, 4, 1000);
+  const std::int64_t weights1 = 2 * routing::attention_weights(mla), weights2 = 2 * routing::attention_weights(mla2);
+  CHECK(weights2 * 2 == weights1);
+  const std::int64_t rows1 = 2 * 4 * (2 * 1024 + 2 * (1024 + 2 * 256)), rows2 = 2 * 8 * (2 * 1024 + 2 * (512 + 2 * 128));
+  CHECK(one.bytes - weights1 - rows1 == 2 * 4 * 1000 * 576);
+  CHECK(two.bytes - weights2 - rows2 == 2 * 2 * 4 * 1000 * 576);
+  // The memory estimate follows: the latent cache doubles with tp: 2 (weights and the rest barely move).
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model: {moe_layers: 4, hidden: 1024, expert_ffn: 1024, experts: 2, top_k: 1, attention_heads: 8, kv_cache_dim: 576}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
+network: {model: analytical}
+)";
+  const auto memory = [](const std::string& yaml) {
+    const auto sc = scenarios::load_scenario_text(yaml, "d.yaml");
+    return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+  };
+  // KV cache: 256 sequences x 65536 x 576 x 2 B x 4 layers = 77.3 GB per GPU, 154.6 GB with tp: 2.
+  const double without = memory(base), with = memory(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
+  CHECK(with - without == Approx(77.309).margin(0.1));
+}
+
+TEST_CASE("Tensor parallelism: what the loader refuses", "[scenarios][tensor_parallel]") {
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 1536, expert_ffn: 1024, experts: 8, top_k: 2, attention_heads: HEADS, kv_heads: KV, head_dim: 64}
+parallelism: {ep: 8, tp: TP}
+workload:
+  kind: KIND
+  tokens_per_gpu: 64
+)";
+  const auto error_of = [&](const std::string& tp, const std::string& kind, const std::string& extra = "",
+                            const std::string& heads = "24", const std::string& kv = "2") {
+    const std::string yaml = replaced(replaced(replaced(replaced(base, "TP", tp), "KIND", kind), "HEADS", heads), "KV", kv) + extra;
+    try {
+      scenarios::load_scenario_text(yaml, "t.yaml");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(error_of("2", "forward").empty());
+  CHECK(error_of("4", "prefill").empty());  // kv heads replicated: 4 GPUs, 2 kv heads
+  CHECK(error_of("2", "decode", "  context_length: 1024\n").empty());
+  CHECK_THAT(error_of("2", "training"), Catch::Contains("parallelism.tp: tensor parallelism is modelled for inference"));
+  CHECK_THAT(error_of("3", "forward"),
+             Catch::Contains("parallelism.tp: 3 does not divide the 8 GPUs of a node: a tensor-parallel group stays inside a node"));
+  CHECK_THAT(error_of("8", "forward", "", "12"), Catch::Contains("parallelism.tp: 8 does not divide model.attention_heads (12)"));
+  CHECK_THAT(error_of("4", "forward", "", "24", "6"), Catch::Contains("parallelism.tp: 4 and model.kv_heads (6) must divide one another"));
+  CHECK_THAT(error_of("2", "forward", "  overlap: two_batch\n"), Catch::Contains("parallelism.tp: not modelled with overlap: two_batch"));
 }
