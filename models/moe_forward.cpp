@@ -334,10 +334,10 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   const int tp = spec.model.tp;
-  MOESIM_ASSERT(tp == 1 || (!spec.training && !spec.two_batch_overlap && cluster.spec().gpus_per_node % tp == 0 &&
-                            (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
-                "tensor parallelism needs inference without two-batch overlap, groups inside a node and within a stage, and "
-                "heads that divide");
+  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && !spec.forward_backward_overlap && spec.recompute == Recompute::none &&
+                            cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
+                "tensor parallelism needs no overlap or recomputation, groups inside a node and within a stage, and heads that "
+                "divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
     g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
@@ -756,7 +756,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
       !s.dense_forward[static_cast<std::size_t>(micro_batch(p))]) {
     s.dense_forward[static_cast<std::size_t>(micro_batch(p))] = 1;
     if (spec_.model.tp > 1) {
-      s.dense_next = next;
+      s.program_next = next;
       s.dense_op = 0;
       dense_tp_step(gpu);
       return true;
@@ -772,8 +772,11 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
     s.head_backward[static_cast<std::size_t>(micro_batch(p))] = 1;
     const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
     const int times = split(p) ? 1 : 2;
-    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside), next,
-              -1, true, false);
+    // With tensor parallelism its input gradients (each GPU's share of the vocabulary's) are
+    // reduce-scattered back to the GPUs' own rows.
+    s.program_next = next;
+    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside),
+              spec_.model.tp > 1 ? &MoeForward::tp_after_head_backward : next, -1, true, false);
     return true;
   }
   return false;
@@ -914,7 +917,7 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
     CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
     ctx.stage = Stage::tp;
     ctx.layer = layer;
-    ctx.backward = false;
+    ctx.backward = backward_phase(s.pass);
     ctx.micro_batch = micro_batch(s.pass);
     std::vector<int> members(static_cast<std::size_t>(tp));
     for (int i = 0; i < tp; ++i) members[static_cast<std::size_t>(i)] = group * tp + i;
@@ -922,8 +925,9 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
     auto done = [this, key, layer](int g) {
       GpuState& st = gpus_[static_cast<std::size_t>(g)];
       st.wait = Wait::none;
-      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), layer, Stage::tp, st.wait_start, sim_.now(), false,
-                                     false, micro_batch(std::get<0>(key))});
+      const int pass = std::get<0>(key);
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), layer, Stage::tp, st.wait_start, sim_.now(),
+                                     backward_phase(pass), false, micro_batch(pass)});
       if (--tp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { tp_collectives_.erase(key); });
       (this->*st.tp_next)(g);
     };
@@ -934,20 +938,30 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
 }
 
 void MoeForward::dense_tp_step(int gpu) {
-  // Each dense layer with tensor parallelism: all-gather, attention, reduce-scatter, all-gather,
-  // FFN, reduce-scatter (Megatron-LM's sequence-parallel layer), then the MoE layers.
+  // Each dense layer with tensor parallelism, forward: all-gather, attention, reduce-scatter,
+  // all-gather, FFN, reduce-scatter (Megatron-LM's sequence-parallel layer), then the MoE layers;
+  // backward (training, after the first MoE layer's backward) the mirror image: all-gather of the
+  // FFN output's gradients, the FFN's backward, reduce-scatter of its input gradients, the same
+  // around the attention's backward, layer by layer, then after_passes().
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int op = s.dense_op++;
   const int layer = op / 6, part = op % 6;
   if (layer == spec_.model.dense_layers) {
-    (this->*s.dense_next)(gpu);
+    (this->*s.program_next)(gpu);
     return;
   }
   const std::int64_t t = spec_.tokens_per_gpu;
   const int collective = 2 + 4 * layer + part / 3 * 2 + (part % 3 == 2 ? 1 : 0);
   if (part % 3 == 1) {
-    run_stage(gpu, Stage::dense, cost(part == 1 ? attention(t) : dense_ffn_cost(spec_.model, t), gpu, Work::outside),
-              &MoeForward::dense_tp_step);
+    const auto& m = spec_.model;
+    const bool back = backward_phase(s.pass);
+    // Forward: attention, then FFN; backward: FFN, then attention, each twice the forward (split:
+    // less its weight gradients, the first layer's weight pass).
+    const bool ffn = (part == 4) != back;
+    const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t);
+    const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
+    const KernelCost c = back ? KernelCost{.flops = 2 * f.flops - w.flops, .bytes = 2 * f.bytes - w.bytes} : f;
+    run_stage(gpu, Stage::dense, cost(c, gpu, Work::outside), &MoeForward::dense_tp_step, -1, back, false);
     return;
   }
   tp_exchange(gpu, collective, part % 3 == 0 ? CollectiveKind::all_gather : CollectiveKind::reduce_scatter, t, -1,
@@ -1051,16 +1065,38 @@ void MoeForward::after_router_backward(int gpu) {
 }
 
 void MoeForward::attention_backward(int gpu) {
+  // With tensor parallelism between an all-gather of the output's gradients (the mirror of the
+  // forward's reduce-scatter) and a reduce-scatter of the input's (of its all-gather).
+  if (spec_.model.tp > 1) {
+    tp_exchange(gpu, 0, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(gpus_[static_cast<std::size_t>(gpu)].pass),
+                &MoeForward::attention_backward_compute);
+    return;
+  }
+  attention_backward_compute(gpu);
+}
+
+void MoeForward::attention_backward_compute(int gpu) {
+  void (MoeForward::*const next)(int) = spec_.model.tp > 1 ? &MoeForward::tp_after_attention_backward : &MoeForward::end_pass;
   if (split(gpus_[static_cast<std::size_t>(gpu)].pass)) {
     // The input gradients: the attention core's backward (twice its forward's matmuls) and the
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
     const KernelCost a = attention(spec_.tokens_per_gpu), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
     run_stage(gpu, Stage::attention, cost(KernelCost{.flops = 2 * a.flops - w.flops, .bytes = 2 * a.bytes - w.bytes}, gpu, Work::other),
-              &MoeForward::end_pass);
+              next);
     return;
   }
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::end_pass);
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), next);
+}
+
+void MoeForward::tp_after_attention_backward(int gpu) {
+  tp_exchange(gpu, 1, CollectiveKind::reduce_scatter, spec_.tokens_per_gpu, layer_of(gpus_[static_cast<std::size_t>(gpu)].pass),
+              &MoeForward::end_pass);
+}
+
+void MoeForward::tp_after_head_backward(int gpu) {
+  tp_exchange(gpu, 2 + 4 * spec_.model.dense_layers, CollectiveKind::reduce_scatter, spec_.tokens_per_gpu, -1,
+              gpus_[static_cast<std::size_t>(gpu)].program_next);
 }
 
 void MoeForward::weight_step(int gpu) {
@@ -1412,6 +1448,13 @@ void MoeForward::end_pass(int gpu) {
 }
 
 void MoeForward::dense_backward(int gpu) {
+  if (spec_.model.tp > 1) {
+    GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+    s.program_next = &MoeForward::after_passes;
+    s.dense_op = 0;
+    dense_tp_step(gpu);
+    return;
+  }
   run_stage(gpu, Stage::dense, cost(dense_backward_cost(gpus_[static_cast<std::size_t>(gpu)].pass), gpu, Work::outside),
             &MoeForward::after_passes);
 }

@@ -297,10 +297,11 @@ class MoeForward {
     bool paired = false;
     std::array<int, 2> pair{};  // the forward pass, the backward pass
     bool sharing_sms = false;
-    // Tensor parallelism: where to go on once the collective waited for is done, and the dense
-    // layers' forward program (dense_tp_step(): its next operation, then dense_next).
+    // Tensor parallelism: where to go on once the collective waited for is done; the dense
+    // layers' program (dense_tp_step(): its next operation) and where to go on after it (or
+    // after the LM head's backward and its reduce-scatter).
     void (MoeForward::*tp_next)(int) = nullptr;
-    void (MoeForward::*dense_next)(int) = nullptr;
+    void (MoeForward::*program_next)(int) = nullptr;
     int dense_op = 0;
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
@@ -482,17 +483,21 @@ class MoeForward {
   void weight_step(int gpu);
   void dense_backward(int gpu);           // after the first MoE layer's backward (and the dense layers' recompute)
   void end_pass(int gpu);
-  // Tensor parallelism (spec_.model.tp > 1, inference): gpu joins its tensor-parallel group's
+  // Tensor parallelism (spec_.model.tp > 1): gpu joins its tensor-parallel group's
   // collective number `op` of the current pass, an all-gather of the group's `rows` token rows
   // per GPU (before attention, a dense FFN or the LM head) or a reduce-scatter of them (after the
   // attention or a dense FFN), waits for its part (Stage::tp, recorded with `layer`), then goes
   // on with `next`. Ops: 0 and 1 around the MoE layer's attention, 2 + 4 i + (0..3) around dense
-  // layer i's attention and FFN, 2 + 4 dense_layers before the LM head.
+  // layer i's attention and FFN, 2 + 4 dense_layers before the LM head (its backward: after it).
+  // A backward pass uses the same numbers for the mirror images.
   void tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int));
   void tp_attention(int gpu);        // the attention after its all-gather
   void tp_after_attention(int gpu);  // its reduce-scatter, then after_attention()
-  void dense_tp_step(int gpu);       // the dense layers forward, one operation per call
+  void dense_tp_step(int gpu);       // the dense layers forward or backward, one operation per call
   void tp_lm_head(int gpu);          // the LM head after its all-gather
+  void attention_backward_compute(int gpu);   // (after the all-gather of its gradients)
+  void tp_after_attention_backward(int gpu);  // the reduce-scatter of its input's, then end_pass()
+  void tp_after_head_backward(int gpu);       // the LM head's, then GpuState::program_next
   struct TpCollective {
     std::unique_ptr<Collective> collective;
     int left;  // members not yet done

@@ -151,10 +151,12 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
 // the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
-// x context x cached elements x b per layer). With tensor parallelism (tp GPUs) the attention
-// block's terms are for the tp T tokens of the GPU's group and its share of the heads (q, kv), the
-// KV cache for the group's tp T sequences and its kv heads' share (a kv_cache_dim latent whole),
-// and the weights its shares (moe_costs.hpp). Buffers: the all-to-all's receive buffers for the
+// x context x cached elements x b per layer). With tensor parallelism (tp GPUs, with sequence
+// parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
+// all-gathers the latter again in the backward pass), Q, K, V and the output projection's input
+// are for the tp T tokens of its group and its share of the heads (q, kv); the KV cache is for the
+// group's tp T sequences and its kv heads' share (a kv_cache_dim latent whole), and the weights its
+// shares (moe_costs.hpp). Buffers: the all-to-all's receive buffers for the
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
   double weights = 0, optimizer = 0, activations = 0, kv_cache = 0, buffers = 0;
@@ -191,7 +193,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // over its layers).
   const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double attention = b * tp * t * (2 * h + 2 * q + 2 * kv), input = b * t * h;
+  const double attention = b * (2 * t * h + tp * t * (2 * q + 2 * kv)), input = b * t * h;
   const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
   const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
