@@ -334,10 +334,9 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   const int tp = spec.model.tp;
-  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && !spec.forward_backward_overlap && spec.recompute == Recompute::none &&
-                            cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
-                "tensor parallelism needs no overlap or recomputation, groups inside a node and within a stage, and heads that "
-                "divide");
+  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && !spec.forward_backward_overlap && cluster.spec().gpus_per_node % tp == 0 &&
+                            (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
+                "tensor parallelism needs no overlap, groups inside a node and within a stage, and heads that divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
     g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
@@ -756,9 +755,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
       !s.dense_forward[static_cast<std::size_t>(micro_batch(p))]) {
     s.dense_forward[static_cast<std::size_t>(micro_batch(p))] = 1;
     if (spec_.model.tp > 1) {
-      s.program_next = next;
-      s.dense_op = 0;
-      dense_tp_step(gpu);
+      start_dense_program(gpu, DenseProgram::forward, next);
       return true;
     }
     run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
@@ -913,6 +910,8 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
   s.tp_next = next;
   const auto key = std::make_tuple(s.pass, op, group);
   auto it = tp_collectives_.find(key);
+  // A recomputed forward's collective (its pass's, or one of the recomputation's own ops).
+  const bool again = op >= kRecomputeOps - 1 || recompute(s.pass);
   if (it == tp_collectives_.end()) {
     CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
     ctx.stage = Stage::tp;
@@ -922,12 +921,12 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
     std::vector<int> members(static_cast<std::size_t>(tp));
     for (int i = 0; i < tp; ++i) members[static_cast<std::size_t>(i)] = group * tp + i;
     const sim::Bytes size(tp * rows * row_bytes(spec_.model.hidden, spec_.model.dtype_bytes));
-    auto done = [this, key, layer](int g) {
+    auto done = [this, key, layer, again](int g) {
       GpuState& st = gpus_[static_cast<std::size_t>(g)];
       st.wait = Wait::none;
       const int pass = std::get<0>(key);
       recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), layer, Stage::tp, st.wait_start, sim_.now(),
-                                     backward_phase(pass), false, micro_batch(pass)});
+                                     backward_phase(pass), false, micro_batch(pass), again});
       if (--tp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { tp_collectives_.erase(key); });
       (this->*st.tp_next)(g);
     };
@@ -942,30 +941,43 @@ void MoeForward::dense_tp_step(int gpu) {
   // all-gather, FFN, reduce-scatter (Megatron-LM's sequence-parallel layer), then the MoE layers;
   // backward (training, after the first MoE layer's backward) the mirror image: all-gather of the
   // FFN output's gradients, the FFN's backward, reduce-scatter of its input gradients, the same
-  // around the attention's backward, layer by layer, then after_passes().
+  // around the attention's backward, layer by layer, then after_passes(). Recomputed before the
+  // backward: the forward again (full), or the all-gather and the attention (attention).
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const bool attention_only = s.dense_mode == DenseProgram::recompute_attention;
+  const int parts = attention_only ? 2 : 6;
   const int op = s.dense_op++;
-  const int layer = op / 6, part = op % 6;
+  const int layer = op / parts, part = op % parts;
   if (layer == spec_.model.dense_layers) {
     (this->*s.program_next)(gpu);
     return;
   }
+  const bool again = s.dense_mode == DenseProgram::recompute_full || attention_only;
   const std::int64_t t = spec_.tokens_per_gpu;
-  const int collective = 2 + 4 * layer + part / 3 * 2 + (part % 3 == 2 ? 1 : 0);
+  const int collective = (again ? kRecomputeOps : 2) + 4 * layer + part / 3 * 2 + (part % 3 == 2 ? 1 : 0);
   if (part % 3 == 1) {
     const auto& m = spec_.model;
-    const bool back = backward_phase(s.pass);
+    const bool back = s.dense_mode == DenseProgram::backward;
     // Forward: attention, then FFN; backward: FFN, then attention, each twice the forward (split:
     // less its weight gradients, the first layer's weight pass).
     const bool ffn = (part == 4) != back;
     const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
     const KernelCost c = back ? KernelCost{.flops = 2 * f.flops - w.flops, .bytes = 2 * f.bytes - w.bytes} : f;
-    run_stage(gpu, Stage::dense, cost(c, gpu, Work::outside), &MoeForward::dense_tp_step, -1, back, false);
+    run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
+              back || again, again);
     return;
   }
   tp_exchange(gpu, collective, part % 3 == 0 ? CollectiveKind::all_gather : CollectiveKind::reduce_scatter, t, -1,
               &MoeForward::dense_tp_step);
+}
+
+void MoeForward::start_dense_program(int gpu, DenseProgram program, void (MoeForward::*next)(int)) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  s.dense_mode = program;
+  s.dense_op = 0;
+  s.program_next = next;
+  dense_tp_step(gpu);
 }
 
 void MoeForward::tp_lm_head(int gpu) {
@@ -1055,7 +1067,17 @@ void MoeForward::try_finish_combine(int gpu) {
 }
 
 void MoeForward::after_router_backward(int gpu) {
-  // Recomputed attention: its forward again (not doubled, not model work), then its backward.
+  // Recomputed attention: its forward again (not doubled, not model work), then its backward;
+  // with tensor parallelism after an all-gather of its input again.
+  if (spec_.recompute == Recompute::attention && spec_.model.tp > 1) {
+    tp_exchange(gpu, kRecomputeOps - 1, CollectiveKind::all_gather, spec_.tokens_per_gpu,
+                layer_of(gpus_[static_cast<std::size_t>(gpu)].pass), &MoeForward::recompute_attention);
+    return;
+  }
+  recompute_attention(gpu);
+}
+
+void MoeForward::recompute_attention(int gpu) {
   if (spec_.recompute == Recompute::attention) {
     run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu, Work::not_model), &MoeForward::attention_backward,
               -1, std::nullopt, true);
@@ -1437,6 +1459,11 @@ void MoeForward::end_pass(int gpu) {
   if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
     // their recomputed forward (full) or attention forward (attention), where recomputed.
+    if (spec_.recompute != Recompute::none && spec_.model.tp > 1) {
+      start_dense_program(gpu, spec_.recompute == Recompute::full ? DenseProgram::recompute_full : DenseProgram::recompute_attention,
+                          &MoeForward::dense_backward);
+      return;
+    }
     if (spec_.recompute != Recompute::none) {
       run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
       return;
@@ -1449,10 +1476,7 @@ void MoeForward::end_pass(int gpu) {
 
 void MoeForward::dense_backward(int gpu) {
   if (spec_.model.tp > 1) {
-    GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-    s.program_next = &MoeForward::after_passes;
-    s.dense_op = 0;
-    dense_tp_step(gpu);
+    start_dense_program(gpu, DenseProgram::backward, &MoeForward::after_passes);
     return;
   }
   run_stage(gpu, Stage::dense, cost(dense_backward_cost(gpus_[static_cast<std::size_t>(gpu)].pass), gpu, Work::outside),

@@ -278,6 +278,13 @@ class MoeForward {
 
  private:
   enum class Wait { none, dispatch, combine, sync, pipeline, tp };
+  // Tensor parallelism: the dense layers run as a program of collectives and compute stages
+  // (dense_tp_step()): forward, forward again before the backward (full recomputation), their
+  // attention's all-gather and forward again (attention recomputation), or backward.
+  enum class DenseProgram { forward, recompute_full, recompute_attention, backward };
+  // Collective numbers (tp_exchange's op) from here on belong to recomputed forward work: the
+  // dense layers' program, and the one below it the MoE layer's attention's all-gather.
+  static constexpr int kRecomputeOps = 1 << 16;
   struct GpuState {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     int step = 0;  // the index of `pass` in its stage's schedule
@@ -303,6 +310,7 @@ class MoeForward {
     void (MoeForward::*tp_next)(int) = nullptr;
     void (MoeForward::*program_next)(int) = nullptr;
     int dense_op = 0;
+    DenseProgram dense_mode = DenseProgram::forward;
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -493,7 +501,9 @@ class MoeForward {
   void tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int));
   void tp_attention(int gpu);        // the attention after its all-gather
   void tp_after_attention(int gpu);  // its reduce-scatter, then after_attention()
-  void dense_tp_step(int gpu);       // the dense layers forward or backward, one operation per call
+  void dense_tp_step(int gpu);       // the dense layers' program (GpuState::dense_mode), one operation per call
+  void start_dense_program(int gpu, DenseProgram program, void (MoeForward::*next)(int));
+  void recompute_attention(int gpu);  // (after its all-gather) the attention forward again, then attention_backward()
   void tp_lm_head(int gpu);          // the LM head after its all-gather
   void attention_backward_compute(int gpu);   // (after the all-gather of its gradients)
   void tp_after_attention_backward(int gpu);  // the reduce-scatter of its input's, then end_pass()

@@ -810,8 +810,6 @@ void cross_check(const Scenario& sc, Problems& problems) {
     const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.tp", why); };
     if (sc.forward.two_batch_overlap || sc.forward.forward_backward_overlap)
       refuse(fmt::format("not modelled with overlap: {}", sc.forward.two_batch_overlap ? "two_batch" : "forward_backward"));
-    if (sc.forward.training && sc.forward.recompute != models::Recompute::none)
-      refuse("not modelled with workload.recompute (recomputation would all-gather its inputs again)");
     if (sc.cluster.gpus_per_node % tp != 0)
       refuse(fmt::format("{} does not divide the {} GPUs of a node: a tensor-parallel group stays inside a node", tp,
                          sc.cluster.gpus_per_node));

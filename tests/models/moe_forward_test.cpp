@@ -2400,7 +2400,7 @@ workload:
   CHECK(error_of("4", "prefill").empty());  // kv heads replicated: 4 GPUs, 2 kv heads
   CHECK(error_of("2", "decode", "  context_length: 1024\n").empty());
   CHECK(error_of("2", "training").empty());
-  CHECK_THAT(error_of("2", "training", "  recompute: attention\n"), Catch::Contains("parallelism.tp: not modelled with workload.recompute"));
+  CHECK(error_of("2", "training", "  recompute: full\n").empty());
   CHECK_THAT(error_of("2", "training", "  micro_batches: 2\n  overlap: forward_backward\n"),
              Catch::Contains("parallelism.tp: not modelled with overlap: forward_backward"));
   CHECK_THAT(error_of("3", "forward"),
@@ -2430,12 +2430,27 @@ TEST_CASE("A tensor-parallel training step mirrors each collective in the backwa
   CHECK(r.stats.backward_layers()[0].stage_max[idx(Stage::tp)] == Time::ps(22'480'000));
   CHECK(r.stats.tp_bytes() == 8 * 2'048'000);
   check_stages_tile(r);
+
+  SECTION("with the attention recomputed: its input all-gathered again first") {
+    // After the router's backward (635,222,208): the all-gather of the attention's input again
+    // (22,480,000), its forward again (104,386,560) until 762,088,768, then the backward as above
+    // (all-gather, 2 x 104,386,560, reduce-scatter) until 1,015,821,888, and the optimizer:
+    // 1,162,679,872 ps. The recomputation is the all-gather and the forward: 126,866,560 ps.
+    const auto again = scenarios::run_experiment(
+        scenarios::load_scenario_text(replaced(text, "kind: training,", "kind: training, recompute: attention,"), "train.yaml"));
+    CHECK(again.stats.step_time() == Time::ps(1'162'679'872));
+    for (const auto& g : again.stats.gpus()) {
+      CHECK(g.recompute_total == Time::ps(126'866'560));
+      CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(5 * 22'480'000));
+    }
+    check_stages_tile(again);
+  }
 }
 
 TEST_CASE("Random tensor-parallel training under 1F1B, GPipe and ZB-H1 does the model work of the same step without it",
           "[models][fuzz][tensor_parallel]") {
-  // The dense layers, the LM head, shared experts, gradient sync, stragglers and jitter, on one
-  // to four stages: with tp: 2 (attention heads, kv heads, dense FFN and vocabulary all divide)
+  // The dense layers, the LM head, shared experts, gradient sync, recomputation, stragglers and
+  // jitter, on one to four stages: with tp: 2 (attention heads, kv heads, dense FFN and vocabulary all divide)
   // every GPU's stages still tile its time, the GPUs wait for the tensor-parallel collectives,
   // and the model FLOPs are those of the same step without tensor parallelism.
   sim::Rng pick(11, "test/fuzz-tp");
@@ -2444,8 +2459,12 @@ TEST_CASE("Random tensor-parallel training under 1F1B, GPipe and ZB-H1 does the 
     const int layers = 2 * pp + static_cast<int>(pick.uniform_int(3));
     const int batches = 1 + static_cast<int>(pick.uniform_int(4));
     const auto [sync, shared, dense, vocab, nodes, tokens] = draw_fuzz_step(pick, pp);
+    // ZB-H1 without recomputation; the others with any (recomputed work is not model work).
     const char* schedules[] = {"1f1b", "gpipe", "zb_h1"};
-    const std::string schedule = pp > 1 ? fmt::format("pipeline_schedule: {}, ", schedules[pick.uniform_int(3)]) : "";
+    const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, ", "recompute: full, recompute_layers: 1, "};
+    const std::string drawn = schedules[pick.uniform_int(3)];
+    const std::string recompute = drawn == "zb_h1" && pp > 1 ? "" : recomputes[pick.uniform_int(4)];
+    const std::string schedule = (pp > 1 ? fmt::format("pipeline_schedule: {}, ", drawn) : "") + recompute;
     const auto run = [&](int tp) {
       const std::string yaml = fuzz_yaml(nodes, layers, shared, dense, vocab, fmt::format(", pp: {}, tp: {}", pp, tp), tokens,
                                          batches, schedule + sync, trial, pick.uniform_int(2) ? "direct" : "hierarchical");
