@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the two capacity-planning studies and draws their charts.
+# Runs the three capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -39,4 +39,9 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
   --out "$out/capacity-drops.png"
 "$plot" line "$work/capacity-trace.csv" --x routing.capacity_factor --y step_time_us --by placement.policy \
   --title "Training step time, mean of the 6 text domains" --out "$out/capacity-step-time.png"
+
+# Study 3: attention tensor parallelism x sequences per GPU, DeepSeek-V3-shaped decode.
+"$moesim" sweep "$here/attention-tp/grid.yaml" --out "$work/attention-tp.csv"
+"$plot" line "$work/attention-tp.csv" --x step_time_us --y tokens_per_s_per_gpu --by parallelism.tp \
+  --title "DeepSeek-V3-shaped decode, EP144 on 144 H800: 8 to 120 sequences per GPU" --out "$out/attention-tp.png"
 echo "studies: charts in $out, sweeps in $work"
