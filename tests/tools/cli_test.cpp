@@ -684,6 +684,23 @@ TEST_CASE("moesim run --set changes a key for one run", "[cli][set]") {
   CHECK_THAT(bad.err, Catch::Contains("--set routing.zipff: unknown key; did you mean 'zipf_s'?"));
 }
 
+TEST_CASE("moesim run with tensor parallelism says so and reports its collectives", "[cli][tensor_parallel]") {
+  TempDir tmp;
+  const auto r = moesim("run --set parallelism.tp=4 --set model.moe_layers=2 --out '" + (tmp.path() / "o").string() + "'", tmp);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("EP8, TP4 (attention), 4096 tokens per GPU"));
+  CHECK_THAT(r.out, Catch::Contains("(network: the tensor-parallel all-gathers and reduce-scatters)"));
+  const auto s = summary_row(tmp.path() / "o" / "summary.csv");
+  CHECK(s.at("tp") == "4");
+  // Per layer a ring all-gather and reduce-scatter of 4 x 4096 rows of 8 KiB: each of 16 GPUs
+  // sends 3 chunks of 32 MiB per collective; 2 layers, 2 collectives.
+  CHECK(s.at("tp_bytes") == std::to_string(2LL * 2 * 16 * 3 * 4096 * 8192));
+  CHECK(std::stod(s.at("tp_wait_us")) > 0);
+  const auto bad = moesim("run --set parallelism.tp=3 -q --out '" + (tmp.path() / "x").string() + "'", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("parallelism.tp: 3 does not divide the 8 GPUs of a node"));
+}
+
 TEST_CASE("moesim sweep writes one row per point, the same on any number of jobs, and resumes", "[cli][sweep]") {
   TempDir tmp;
   const std::string grid = "base: " + kSource + "/scenarios/quickstart.yaml\naxes:\n  model.moe_layers: [2, 3]\n"
