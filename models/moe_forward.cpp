@@ -334,9 +334,9 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   const int tp = spec.model.tp;
-  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && !spec.forward_backward_overlap && cluster.spec().gpus_per_node % tp == 0 &&
-                            (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
-                "tensor parallelism needs no overlap, groups inside a node and within a stage, and heads that divide");
+  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 &&
+                            spec.model.attention_heads % tp == 0),
+                "tensor parallelism needs no two-batch overlap, groups inside a node and within a stage, and heads that divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
     g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
@@ -1321,11 +1321,30 @@ void MoeForward::pair_step(int gpu) {
       case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
         return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
       case attention:
+        // With tensor parallelism: an all-gather before (tp_sub 0 -> 1; the recomputed forward's
+        // own first) and a reduce-scatter after (2 -> 0), as without the overlap.
+        if (m.tp > 1 && s.tp_sub == 0) {
+          s.tp_sub = 1;
+          const bool again = slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed;
+          return tp_exchange(gpu, again ? kRecomputeOps - 1 : 0, CollectiveKind::all_gather, tokens, layer_of(pass),
+                             &MoeForward::pair_step);
+        }
         if (slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed) {
           // The attention's forward again (not model work) right before its backward.
           s.recomputed = true;
+          s.tp_sub = 0;
           return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu, Work::not_model), &MoeForward::pair_step, -1,
                            std::nullopt, true);
+        }
+        if (m.tp > 1 && s.tp_sub == 2) {
+          s.tp_sub = 0;
+          s.recomputed = false;
+          ++s.op;
+          return tp_exchange(gpu, 1, CollectiveKind::reduce_scatter, tokens, layer_of(pass), &MoeForward::pair_step);
+        }
+        if (m.tp > 1) {
+          s.tp_sub = 2;
+          return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu), &MoeForward::pair_step);
         }
         s.recomputed = false;
         return compute(Stage::attention, cost(this->attention(tokens), gpu));
@@ -1355,11 +1374,26 @@ void MoeForward::pair_step(int gpu) {
         ++s.op;
         continue;
       case head:  // the LM head (and the loss) ends the forward's micro-batch on the last stage
+        if (m.vocab > 0 && layer_of(pass) == m.moe_layers - 1 && m.tp > 1 && s.tp_sub == 0) {
+          s.tp_sub = 1;  // its all-gather first
+          return tp_exchange(gpu, 2 + 4 * m.dense_layers, CollectiveKind::all_gather, lm_head_tokens(), -1, &MoeForward::pair_step);
+        }
+        s.tp_sub = 0;
         ++s.op;
         if (m.vocab > 0 && layer_of(pass) == m.moe_layers - 1)
           return run_stage(gpu, Stage::lm_head, cost(lm_head(), gpu, Work::outside), &MoeForward::pair_step);
         continue;
       case dense_back:  // the dense layers' backward ends the backward's micro-batch
+        if (m.dense_layers > 0 && layer_of(pass) == 0 && m.tp > 1) {
+          // Their programs with the tensor-parallel collectives: recomputed forward work first.
+          if (spec_.recompute != Recompute::none && !s.recomputed) {
+            s.recomputed = true;
+            return start_dense_program(gpu, DenseProgram::recompute_attention, &MoeForward::pair_step);
+          }
+          s.recomputed = false;
+          ++s.op;
+          return start_dense_program(gpu, DenseProgram::backward, &MoeForward::pair_step);
+        }
         if (m.dense_layers > 0 && layer_of(pass) == 0 && spec_.recompute != Recompute::none && !s.recomputed) {
           s.recomputed = true;  // (after their attention's forward again)
           return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1, true,

@@ -311,6 +311,7 @@ class MoeForward {
     void (MoeForward::*program_next)(int) = nullptr;
     int dense_op = 0;
     DenseProgram dense_mode = DenseProgram::forward;
+    int tp_sub = 0;  // forward-backward overlap: where in an operation's collectives the GPU is
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);

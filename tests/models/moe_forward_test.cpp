@@ -998,7 +998,8 @@ TEST_CASE("Forward-backward overlap schedules one forward more first and pairs e
 
 TEST_CASE("Random training runs with forward-backward overlap account for every GPU's time", "[models][fuzz][overlap]") {
   // No stages or interleaved stages, 2 to 6 micro-batches, the dense layers, the LM head, shared
-  // experts, attention recomputation, gradient sync (in buckets too), stragglers and jitter: each run finishes,
+  // experts, attention recomputation, gradient sync (in buckets too), tensor parallelism,
+  // stragglers and jitter: each run finishes,
   // each GPU's stages tile its time, and the model work and routing are those without overlap.
   sim::Rng pick(11, "test/fuzz-forward-backward");
   for (int trial = 0; trial < 12; ++trial) {
@@ -1016,7 +1017,8 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     const auto tokens = 8 + pick.uniform_int(120);
     const char* algos[] = {"direct", "hierarchical"};
     const char* algo = algos[pick.uniform_int(2)];
-    const std::string stages = pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v);
+    const int tp = pick.uniform_int(2) ? 2 : 1;  // tensor parallelism over each node's 2 GPUs, or none
+    const std::string stages = (pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v)) + fmt::format(", tp: {}", tp);
     const auto run = [&](const std::string& overlap) {
       const std::string yaml = fuzz_yaml(nodes, layers, shared, dense, vocab, stages, tokens, batches, sync + recompute + overlap,
                                          trial, algo);
@@ -1026,6 +1028,7 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     const auto fb = run("overlap: forward_backward, "), plain = run("");
     check_stages_tile(fb);
     CHECK(fb.model_flops == Approx(plain.model_flops));
+    CHECK(fb.stats.tp_bytes() == plain.stats.tp_bytes());  // every tensor-parallel collective once
     REQUIRE(fb.stats.layers().size() == plain.stats.layers().size());
     for (std::size_t l = 0; l < plain.stats.layers().size(); ++l) CHECK(fb.stats.layers()[l].routed == plain.stats.layers()[l].routed);
   }
@@ -1841,17 +1844,21 @@ TEST_CASE("Random DualPipeV training runs account for every GPU's time and do 1F
       for (int l = 2 * pp; l < layers; ++l) ++per[pick.uniform_int(per.size())];
       split = fmt::format(", pipeline_layers: [{}]", fmt::join(per, ", "));
     }
+    const int tp = pick.uniform_int(2) ? 2 : 1;  // tensor parallelism over each node's 2 GPUs, or none
     double flops = -1;
+    std::int64_t tp_bytes = -1;  // every schedule runs each tensor-parallel collective once
     for (const char* schedule : {"1f1b", "dualpipev", "dualpipev, overlap: forward_backward"}) {
-      const std::string yaml =
-          fuzz_yaml(nodes, layers, shared, dense, vocab,
-                    fmt::format(", pp: {}{}", pp, std::string(schedule) == "1f1b" ? std::string() : ", virtual_stages: 2" + split), tokens,
-                    batches, fmt::format("pipeline_schedule: {}, {}", schedule, sync), trial);
+      const std::string yaml = fuzz_yaml(
+          nodes, layers, shared, dense, vocab,
+          fmt::format(", pp: {}, tp: {}{}", pp, tp, std::string(schedule) == "1f1b" ? std::string() : ", virtual_stages: 2" + split),
+          tokens, batches, fmt::format("pipeline_schedule: {}, {}", schedule, sync), trial);
       INFO(yaml);
       const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
       check_stages_tile(r);
       if (flops < 0) flops = r.model_flops;
       CHECK(r.model_flops == Approx(flops));
+      if (tp_bytes < 0) tp_bytes = r.stats.tp_bytes();
+      CHECK(r.stats.tp_bytes() == tp_bytes);
     }
   }
 }
