@@ -334,9 +334,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   const int tp = spec.model.tp;
-  MOESIM_ASSERT(tp == 1 || (!spec.two_batch_overlap && cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 &&
-                            spec.model.attention_heads % tp == 0),
-                "tensor parallelism needs no two-batch overlap, groups inside a node and within a stage, and heads that divide");
+  MOESIM_ASSERT(tp == 1 || (cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
+                "tensor parallelism needs groups inside a node and within a stage, and heads that divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
     g.dense_forward.assign(static_cast<std::size_t>(spec.micro_batches), 0);
@@ -890,6 +889,33 @@ void MoeForward::start_pass(int gpu) {
             &MoeForward::after_router);
 }
 
+void MoeForward::tp_attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int)) {
+  // An operation of a layer program (pair_step(), overlap_step()) calls this until it is done:
+  // the all-gather (tp_sub 0 -> 1), then either the recomputed forward (back to 0, for the
+  // backward's own all-gather next) or the attention (-> 2), then the reduce-scatter, after which
+  // the program moves on (op + 1).
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int layer = layer_of(s.pass);
+  switch (s.tp_sub) {
+    case 0:
+      s.tp_sub = 1;
+      return tp_exchange(gpu, recompute_first ? base + kRecomputeOps - 1 : base, CollectiveKind::all_gather, rows, layer, step);
+    case 1:
+      if (recompute_first) {
+        s.recomputed = true;
+        s.tp_sub = 0;
+        return run_stage(gpu, Stage::attention, cost(attention(rows), gpu, Work::not_model), step, -1, std::nullopt, true);
+      }
+      s.tp_sub = 2;
+      return run_stage(gpu, Stage::attention, cost(attention(rows), gpu), step);
+    default:
+      s.tp_sub = 0;
+      s.recomputed = false;
+      ++s.op;
+      return tp_exchange(gpu, base + 1, CollectiveKind::reduce_scatter, rows, layer, step);
+  }
+}
+
 void MoeForward::tp_attention(int gpu) {
   run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::tp_after_attention);
 }
@@ -911,7 +937,7 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
   const auto key = std::make_tuple(s.pass, op, group);
   auto it = tp_collectives_.find(key);
   // A recomputed forward's collective (its pass's, or one of the recomputation's own ops).
-  const bool again = op >= kRecomputeOps - 1 || recompute(s.pass);
+  const bool again = op % kHalfOps >= kRecomputeOps - 1 || recompute(s.pass);
   if (it == tp_collectives_.end()) {
     CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
     ctx.stage = Stage::tp;
@@ -1221,6 +1247,9 @@ void MoeForward::overlap_step(int gpu) {
     };
     switch (kind) {
       case attention:
+        if (m.tp > 1)
+          return tp_attention_step(gpu, h * kHalfOps, half_tokens, back && spec_.recompute == Recompute::attention && !s.recomputed,
+                                   &MoeForward::overlap_step);
         if (back && spec_.recompute == Recompute::attention && !s.recomputed) {
           // The half's attention forward again before its backward (the same operation next).
           s.recomputed = true;
@@ -1321,30 +1350,14 @@ void MoeForward::pair_step(int gpu) {
       case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
         return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
       case attention:
-        // With tensor parallelism: an all-gather before (tp_sub 0 -> 1; the recomputed forward's
-        // own first) and a reduce-scatter after (2 -> 0), as without the overlap.
-        if (m.tp > 1 && s.tp_sub == 0) {
-          s.tp_sub = 1;
-          const bool again = slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed;
-          return tp_exchange(gpu, again ? kRecomputeOps - 1 : 0, CollectiveKind::all_gather, tokens, layer_of(pass),
-                             &MoeForward::pair_step);
-        }
+        if (m.tp > 1)
+          return tp_attention_step(gpu, 0, tokens, slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed,
+                                   &MoeForward::pair_step);
         if (slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed) {
           // The attention's forward again (not model work) right before its backward.
           s.recomputed = true;
-          s.tp_sub = 0;
           return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu, Work::not_model), &MoeForward::pair_step, -1,
                            std::nullopt, true);
-        }
-        if (m.tp > 1 && s.tp_sub == 2) {
-          s.tp_sub = 0;
-          s.recomputed = false;
-          ++s.op;
-          return tp_exchange(gpu, 1, CollectiveKind::reduce_scatter, tokens, layer_of(pass), &MoeForward::pair_step);
-        }
-        if (m.tp > 1) {
-          s.tp_sub = 2;
-          return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu), &MoeForward::pair_step);
         }
         s.recomputed = false;
         return compute(Stage::attention, cost(this->attention(tokens), gpu));

@@ -285,6 +285,8 @@ class MoeForward {
   // Collective numbers (tp_exchange's op) from here on belong to recomputed forward work: the
   // dense layers' program, and the one below it the MoE layer's attention's all-gather.
   static constexpr int kRecomputeOps = 1 << 16;
+  // Two-batch overlap: half 1's collectives are numbered from here (half 0's as a whole pass's).
+  static constexpr int kHalfOps = 1 << 24;
   struct GpuState {
     int pass = 0;  // forward: pass l is layer l; training adds the backward passes, last layer first
     int step = 0;  // the index of `pass` in its stage's schedule
@@ -311,7 +313,7 @@ class MoeForward {
     void (MoeForward::*program_next)(int) = nullptr;
     int dense_op = 0;
     DenseProgram dense_mode = DenseProgram::forward;
-    int tp_sub = 0;  // forward-backward overlap: where in an operation's collectives the GPU is
+    int tp_sub = 0;  // two-batch and forward-backward overlap: where in an operation's collectives the GPU is
   };
   int halves() const { return spec_.two_batch_overlap ? 2 : 1; }
   void overlap_step(int gpu);
@@ -505,6 +507,9 @@ class MoeForward {
   void dense_tp_step(int gpu);       // the dense layers' program (GpuState::dense_mode), one operation per call
   void start_dense_program(int gpu, DenseProgram program, void (MoeForward::*next)(int));
   void recompute_attention(int gpu);  // (after its all-gather) the attention forward again, then attention_backward()
+  // A layer program's attention operation (collectives numbered from `base`, over `rows` rows per
+  // GPU; recompute_first: its forward again first), one step per call; see the .cpp.
+  void tp_attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int));
   void tp_lm_head(int gpu);          // the LM head after its all-gather
   void attention_backward_compute(int gpu);   // (after the all-gather of its gradients)
   void tp_after_attention_backward(int gpu);  // the reduce-scatter of its input's, then end_pass()

@@ -808,7 +808,6 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (const int tp = m.tp; tp > 1) {
     // Tensor parallelism: whole heads, FFN columns and tokens per GPU, inside a node.
     const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.tp", why); };
-    if (sc.forward.two_batch_overlap) refuse("not modelled with overlap: two_batch");
     if (sc.cluster.gpus_per_node % tp != 0)
       refuse(fmt::format("{} does not divide the {} GPUs of a node: a tensor-parallel group stays inside a node", tp,
                          sc.cluster.gpus_per_node));
