@@ -927,8 +927,9 @@ void MoeForward::tp_after_attention(int gpu) {
 
 void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int)) {
   // Each collective is built by the first of its group to get there and dropped once all of
-  // them are through. The ring inside the node: every GPU sends the next one a GPU's share of
-  // the rows (tp - 1 times), NCCL's ring all-gather and reduce-scatter.
+  // them are through. The ring inside the node (every GPU sends the next one a GPU's share of
+  // the rows, tp - 1 times: NCCL's ring all-gather and reduce-scatter), or with nvls the NVSwitch
+  // (models/collectives.hpp).
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int tp = spec_.model.tp, group = gpu / tp;
   s.wait = Wait::tp;
@@ -939,7 +940,7 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
   // A recomputed forward's collective (its pass's, or one of the recomputation's own ops).
   const bool again = op % kHalfOps >= kRecomputeOps - 1 || recompute(s.pass);
   if (it == tp_collectives_.end()) {
-    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node};
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
     ctx.stage = Stage::tp;
     ctx.layer = layer;
     ctx.backward = backward_phase(s.pass);
@@ -956,8 +957,8 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
       if (--tp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { tp_collectives_.erase(key); });
       (this->*st.tp_next)(g);
     };
-    auto ring = make_collective(ctx, CollectiveAlgorithm::ring, kind, std::move(members), size, std::move(done));
-    it = tp_collectives_.emplace(key, TpCollective{std::move(ring), tp}).first;
+    auto collective = make_collective(ctx, spec_.tp_algorithm, kind, std::move(members), size, std::move(done));
+    it = tp_collectives_.emplace(key, TpCollective{std::move(collective), tp}).first;
   }
   it->second.collective->join(gpu);
 }

@@ -111,6 +111,8 @@ struct ForwardSpec {
   CollectiveAlgorithm gradient_sync_algorithm = CollectiveAlgorithm::ring;
   int gradient_sync_chunks = 8;       // hierarchical, nvls: pipeline chunks (models/collectives.hpp)
   double nvls_efficiency = kNvlsEfficiency;  // nvls: the in-switch bytes' share of a port's bandwidth
+  // Tensor parallelism's all-gathers and reduce-scatters: NCCL's ring, or in the NVSwitch (nvls).
+  CollectiveAlgorithm tp_algorithm = CollectiveAlgorithm::ring;
   // > 1: the gradients are synchronised in this many buckets of consecutive MoE layers (in
   // backward order), each started as soon as the GPU has finished those layers' backward (in the
   // last micro-batch), so the sync overlaps the rest of the backward pass (the dense layers go

@@ -707,10 +707,19 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       comm.algorithm = *v == "hierarchical"  ? models::AllToAllAlgorithm::hierarchical
                        : *v == "low_latency" ? models::AllToAllAlgorithm::low_latency
                                              : models::AllToAllAlgorithm::direct;
+    if (auto v = n->get<std::string>("tp_collectives", one_of({"ring", "nvls"}), false)) {
+      sc.forward.tp_algorithm = *v == "nvls" ? models::CollectiveAlgorithm::nvls : models::CollectiveAlgorithm::ring;
+      if (sc.forward.model.tp == 1) problems.add_at(n->key_path("tp_collectives"), "only used with parallelism.tp > 1");
+      if (*v == "nvls" && sc.cluster.gpu.name.rfind("A100", 0) == 0)
+        problems.add_at(n->key_path("tp_collectives"),
+                        fmt::format("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which {} systems lack; use ring",
+                                    sc.cluster.gpu.name));
+    }
     if (auto v = n->get<double>("nvls_efficiency", fraction(), false)) {
       sc.forward.nvls_efficiency = *v;
-      if (sc.forward.gradient_sync_algorithm != models::CollectiveAlgorithm::nvls)
-        problems.add_at(n->key_path("nvls_efficiency"), "only used with 'workload.gradient_sync: nvls'");
+      if (sc.forward.gradient_sync_algorithm != models::CollectiveAlgorithm::nvls &&
+          sc.forward.tp_algorithm != models::CollectiveAlgorithm::nvls)
+        problems.add_at(n->key_path("nvls_efficiency"), "only used with 'workload.gradient_sync: nvls' or 'tp_collectives: nvls'");
     }
     if (auto v = n->get<sim::Time>("message_overhead", time_value(), false)) {
       comm.message_overhead = *v;

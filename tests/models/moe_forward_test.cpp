@@ -2316,6 +2316,18 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
   CHECK(csv_value(csv, "tp") == "2");
   CHECK(csv_value(csv, "tp_wait_us") == "44.960000");
   CHECK(csv_value(csv, "tp_bytes") == "8192000");
+
+  SECTION("in the NVSwitch (network.tp_collectives: nvls)") {
+    // The all-gather: each GPU sends its 2,048,000 B up its port and receives the 4,096,000 B
+    // buffer down it, at 0.84 of the port (4,876,190 B in the network's terms): 48,761,900 ps +
+    // one 1 us hop, 49,761,900 ps; the reduce-scatter the mirror image, as long. With two GPUs
+    // the switch moves more than the ring's 2,048,000 B each way.
+    const auto nvls = scenarios::run_experiment(scenarios::load_scenario_text(
+        replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "compute:", "network: {tp_collectives: nvls}\ncompute:"),
+        "tiny.yaml"));
+    for (const auto& g : nvls.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 49'761'900));
+    CHECK(nvls.stats.step_time() == Time::ps(283'379'776 + 2 * 49'761'900));
+  }
 }
 
 TEST_CASE("Tensor parallelism splits the dense layers and the LM head too, each around its own collectives",
@@ -2414,6 +2426,8 @@ workload:
   CHECK_THAT(error_of("8", "forward", "", "12"), Catch::Contains("parallelism.tp: 8 does not divide model.attention_heads (12)"));
   CHECK_THAT(error_of("4", "forward", "", "24", "6"), Catch::Contains("parallelism.tp: 4 and model.kv_heads (6) must divide one another"));
   CHECK(error_of("2", "forward", "  overlap: two_batch\n").empty());
+  CHECK_THAT(error_of("1", "forward", "network: {tp_collectives: nvls}\n"),
+             Catch::Contains("network.tp_collectives: only used with parallelism.tp > 1"));
 }
 
 TEST_CASE("A tensor-parallel training step mirrors each collective in the backward pass, as derived by hand",
