@@ -536,8 +536,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
   fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
-             f.model.tp > 1 ? fmt::format(", TP{} (attention{}{})", f.model.tp,
-                                          f.model.dense_layers > 0 || f.model.vocab > 0 ? ", dense layers and LM head" : "",
+             f.model.tp > 1 ? fmt::format(", TP{} (attention{}{}{})", f.model.tp, f.model.dense_layers > 0 ? ", dense layers" : "",
+                                          f.model.vocab > 0 ? ", LM head" : "",
                                           f.tp_algorithm == models::CollectiveAlgorithm::nvls ? "; collectives in the NVSwitch" : "")
                             : std::string(),
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
