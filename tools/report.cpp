@@ -302,6 +302,35 @@ std::vector<std::string> csv_fields(const std::string& line) {
   return v;
 }
 
+// Each pipeline stage's compute (its busiest GPU's time in anything but waits), what a split of
+// the layers (parallelism.pipeline_layers) evens out: the busiest stage and its share over the mean.
+struct StageCompute {
+  std::vector<sim::Time> busy;
+  std::size_t most = 0;
+  double over = 1.0;
+};
+
+StageCompute stage_compute(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node, per_stage = gpus / sc.forward.pp;
+  StageCompute c;
+  c.busy.resize(static_cast<std::size_t>(sc.forward.pp));
+  for (int gpu = 0; gpu < gpus; ++gpu) {
+    sim::Time b;
+    for (const Stage s : models::kStages)
+      if (!models::is_network_wait(s)) b += r.stats.gpus()[static_cast<std::size_t>(gpu)].stage_total[idx(s)];
+    auto& stage = c.busy[static_cast<std::size_t>(gpu / per_stage)];
+    stage = sim::max(stage, b);
+  }
+  double sum = 0;
+  for (std::size_t st = 0; st < c.busy.size(); ++st) {
+    sum += c.busy[st].to_us();
+    if (c.busy[st] > c.busy[c.most]) c.most = st;
+  }
+  const double mean = sum / static_cast<double>(c.busy.size());
+  c.over = mean > 0 ? c.busy[c.most].to_us() / mean : 1.0;
+  return c;
+}
+
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                        const scenarios::RunResult& r) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -321,7 +350,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,memory_gb_max,gpu_memory_gb,"
-         "fits_memory,infeasible_reason\n";
+         "fits_memory,infeasible_reason,stage_compute_imbalance\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -346,12 +375,13 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{:.3f},{:.3f},{},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
              r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), r.stats.tp_bytes(), mem.total() / 1e9, capacity / 1e9,
-             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
+             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)),
+             f.pp > 1 ? fmt::format("{:.4f}", stage_compute(sc, r).over) : std::string());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -601,27 +631,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                    ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
                    : std::string(models::to_string(f.recompute)));
   if (f.pp > 1) {
-    // Each stage's compute (its busiest GPU's time in anything but waits): what a split of the
-    // layers (parallelism.pipeline_layers) evens out.
-    const int per_stage = gpus / f.pp;
-    std::vector<sim::Time> busy(static_cast<std::size_t>(f.pp));
-    for (int gpu = 0; gpu < gpus; ++gpu) {
-      sim::Time b;
-      for (const Stage s : models::kStages)
-        if (!models::is_network_wait(s)) b += r.stats.gpus()[static_cast<std::size_t>(gpu)].stage_total[idx(s)];
-      busy[static_cast<std::size_t>(gpu / per_stage)] = sim::max(busy[static_cast<std::size_t>(gpu / per_stage)], b);
-    }
+    const StageCompute c = stage_compute(sc, r);
     std::string list;
-    double sum = 0;
-    std::size_t most = 0;
-    for (std::size_t st = 0; st < busy.size(); ++st) {
-      list += fmt::format("{}{}: {:.3f}", st > 0 ? ", " : "", st, busy[st].to_us() / 1e3);
-      sum += busy[st].to_us();
-      if (busy[st] > busy[most]) most = st;
-    }
-    const double mean = sum / static_cast<double>(busy.size()), over = mean > 0 ? busy[most].to_us() / mean : 1.0;
+    for (std::size_t st = 0; st < c.busy.size(); ++st) list += fmt::format("{}{}: {:.3f}", st > 0 ? ", " : "", st, c.busy[st].to_us() / 1e3);
     fmt::print(out, "  stages      compute of each pipeline stage's busiest GPU (ms): {}; stage {} does {:.2f}x the mean{}\n", list,
-               most, over, over > 1.05 ? " (parallelism.pipeline_layers can give it fewer MoE layers)" : "");
+               c.most, c.over, c.over > 1.05 ? " (parallelism.pipeline_layers can give it fewer MoE layers)" : "");
   }
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,

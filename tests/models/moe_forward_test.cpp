@@ -2509,3 +2509,23 @@ TEST_CASE("Random tensor-parallel training under 1F1B, GPipe and ZB-H1, with two
     }
   }
 }
+
+TEST_CASE("summary.csv gives the busiest pipeline stage's compute over the stages' mean", "[models][pipeline]") {
+  // Three of four MoE layers on stage 0: its busiest GPU computes much more than stage 1's.
+  const auto sc = scenarios::load_scenario_text(
+      fuzz_yaml(2, 4, 0, 0, "", ", pp: 2, pipeline_layers: [3, 1]", 64, 2, "", 1), "uneven.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  std::array<Time, 2> busy{};
+  for (std::size_t g = 0; g < r.stats.gpus().size(); ++g) {
+    Time b;
+    for (const Stage s : models::kStages)
+      if (!models::is_network_wait(s)) b += r.stats.gpus()[g].stage_total[idx(s)];
+    busy[g / 2] = sim::max(busy[g / 2], b);
+  }
+  const double over = busy[0].to_us() / ((busy[0].to_us() + busy[1].to_us()) / 2);
+  CHECK(over > 1.2);
+  CHECK(std::stod(csv_value(summary_csv(sc, r), "stage_compute_imbalance")) == Approx(over).margin(1e-4));
+  // Without pipeline stages the column is empty.
+  const auto flat = scenarios::load_scenario_text(fuzz_yaml(2, 4, 0, 0, "", "", 64, 2, "", 1), "flat.yaml");
+  CHECK(csv_value(summary_csv(flat, scenarios::run_experiment(flat)), "stage_compute_imbalance").empty());
+}
