@@ -161,3 +161,17 @@ TEST_CASE("All-reduce bus bandwidth on 8 x H100: ring and NVLink SHARP as NCCL m
   CHECK(nvls == Approx(480).epsilon(0.02));
   CHECK(nvls / ring == Approx(1.30).epsilon(0.02));
 }
+
+TEST_CASE("All-gather bus bandwidth on 8 x H100: the ring as NCCL measures it", "[models][collectives][validation]") {
+  // docs/validation.md: NCCL's all_gather_perf saturates at ~360 GB/s busbw on one 8 x H100
+  // node (NVIDIA's answer in NVIDIA/nccl-tests issue 326), the tensor-parallel collective's
+  // algorithm here. With the same 370 GB/s calibration, 2 GiB gathered: busbw = S (n - 1)/n / t.
+  topology::ClusterSpec h100 = cluster(1, 8);
+  h100.node.nvlink_bandwidth = sim::parse_bandwidth("370GB/s");
+  h100.node.nvlink_latency = sim::parse_time("0.5us");
+  const std::int64_t s = std::int64_t{2} << 30;
+  const Time t = last(run(1, 8, CollectiveAlgorithm::ring, CollectiveKind::all_gather, s, 1, {}, &h100, kNvlsEfficiency));
+  const double busbw = static_cast<double>(s) / t.to_seconds() * 7 / 8 / 1e9;
+  INFO("ring all-gather " << busbw << " GB/s");
+  CHECK(busbw == Approx(360).epsilon(0.03));
+}
