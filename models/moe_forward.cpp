@@ -334,7 +334,8 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
   const int tp = spec.model.tp;
-  MOESIM_ASSERT(tp == 1 || (cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 && spec.model.attention_heads % tp == 0),
+  MOESIM_ASSERT(tp == 1 || (cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 &&
+                            spec.model.attention_heads % tp == 0),
                 "tensor parallelism needs groups inside a node and within a stage, and heads that divide");
   gpus_.resize(static_cast<std::size_t>(gpus));
   for (GpuState& g : gpus_) {
@@ -1249,8 +1250,8 @@ void MoeForward::overlap_step(int gpu) {
     switch (kind) {
       case attention:
         if (m.tp > 1)
-          return tp_attention_step(gpu, h * kHalfOps, half_tokens, back && spec_.recompute == Recompute::attention && !s.recomputed,
-                                   &MoeForward::overlap_step);
+          return tp_attention_step(gpu, h * kHalfOps, half_tokens,
+                                   back && spec_.recompute == Recompute::attention && !s.recomputed, &MoeForward::overlap_step);
         if (back && spec_.recompute == Recompute::attention && !s.recomputed) {
           // The half's attention forward again before its backward (the same operation next).
           s.recomputed = true;
@@ -1390,7 +1391,8 @@ void MoeForward::pair_step(int gpu) {
       case head:  // the LM head (and the loss) ends the forward's micro-batch on the last stage
         if (m.vocab > 0 && layer_of(pass) == m.moe_layers - 1 && m.tp > 1 && s.tp_sub == 0) {
           s.tp_sub = 1;  // its all-gather first
-          return tp_exchange(gpu, 2 + 4 * m.dense_layers, CollectiveKind::all_gather, lm_head_tokens(), -1, &MoeForward::pair_step);
+          return tp_exchange(gpu, 2 + 4 * m.dense_layers, CollectiveKind::all_gather, lm_head_tokens(), -1,
+                             &MoeForward::pair_step);
         }
         s.tp_sub = 0;
         ++s.op;
@@ -1508,8 +1510,9 @@ void MoeForward::end_pass(int gpu) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
     // their recomputed forward (full) or attention forward (attention), where recomputed.
     if (spec_.recompute != Recompute::none && spec_.model.tp > 1) {
-      start_dense_program(gpu, spec_.recompute == Recompute::full ? DenseProgram::recompute_full : DenseProgram::recompute_attention,
-                          &MoeForward::dense_backward);
+      const DenseProgram again =
+          spec_.recompute == Recompute::full ? DenseProgram::recompute_full : DenseProgram::recompute_attention;
+      start_dense_program(gpu, again, &MoeForward::dense_backward);
       return;
     }
     if (spec_.recompute != Recompute::none) {
