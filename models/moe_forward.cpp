@@ -890,24 +890,34 @@ void MoeForward::start_pass(int gpu) {
             &MoeForward::after_router);
 }
 
-void MoeForward::tp_attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int)) {
-  // An operation of a layer program (pair_step(), overlap_step()) calls this until it is done:
-  // the all-gather (tp_sub 0 -> 1), then either the recomputed forward (back to 0, for the
-  // backward's own all-gather next) or the attention (-> 2), then the reduce-scatter, after which
-  // the program moves on (op + 1).
+void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int)) {
+  // A layer program's attention operation (pair_step(), overlap_step()) calls this until it is
+  // done: with tensor parallelism the all-gather (tp_sub 0 -> 1); then either the recomputed
+  // forward (back to 0, for the backward's own all-gather next) or the attention (-> 2); then
+  // the reduce-scatter, after which the program moves on (op + 1). Without tensor parallelism
+  // the recomputed forward or the attention, the program moving on with the latter.
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int layer = layer_of(s.pass);
+  const bool tp = spec_.model.tp > 1;
   switch (s.tp_sub) {
     case 0:
-      s.tp_sub = 1;
-      return tp_exchange(gpu, recompute_first ? base + kRecomputeOps - 1 : base, CollectiveKind::all_gather, rows, layer, step);
+      if (tp) {
+        s.tp_sub = 1;
+        return tp_exchange(gpu, recompute_first ? base + kRecomputeOps - 1 : base, CollectiveKind::all_gather, rows, layer, step);
+      }
+      [[fallthrough]];
     case 1:
       if (recompute_first) {
         s.recomputed = true;
         s.tp_sub = 0;
         return run_stage(gpu, Stage::attention, cost(attention(rows), gpu, Work::not_model), step, -1, std::nullopt, true);
       }
-      s.tp_sub = 2;
+      if (!tp) {
+        s.recomputed = false;
+        ++s.op;
+      } else {
+        s.tp_sub = 2;
+      }
       return run_stage(gpu, Stage::attention, cost(attention(rows), gpu), step);
     default:
       s.tp_sub = 0;
@@ -1248,18 +1258,9 @@ void MoeForward::overlap_step(int gpu) {
       return true;
     };
     switch (kind) {
-      case attention:
-        if (m.tp > 1)
-          return tp_attention_step(gpu, h * kHalfOps, half_tokens,
-                                   back && spec_.recompute == Recompute::attention && !s.recomputed, &MoeForward::overlap_step);
-        if (back && spec_.recompute == Recompute::attention && !s.recomputed) {
-          // The half's attention forward again before its backward (the same operation next).
-          s.recomputed = true;
-          return run_stage(gpu, Stage::attention, cost(this->attention(half_tokens), gpu, Work::not_model),
-                           &MoeForward::overlap_step, -1, std::nullopt, true);
-        }
-        s.recomputed = false;
-        return compute(Stage::attention, cost(this->attention(half_tokens), gpu));
+      case attention:  // (recompute: attention, the half's forward again before its backward)
+        return attention_step(gpu, h * kHalfOps, half_tokens, back && spec_.recompute == Recompute::attention && !s.recomputed,
+                              &MoeForward::overlap_step);
       case router:
         return compute(Stage::router, router_time(gpu, half_tokens));
       case shared:
@@ -1351,18 +1352,9 @@ void MoeForward::pair_step(int gpu) {
         continue;
       case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
         return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
-      case attention:
-        if (m.tp > 1)
-          return tp_attention_step(gpu, 0, tokens, slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed,
-                                   &MoeForward::pair_step);
-        if (slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed) {
-          // The attention's forward again (not model work) right before its backward.
-          s.recomputed = true;
-          return run_stage(gpu, Stage::attention, cost(this->attention(tokens), gpu, Work::not_model), &MoeForward::pair_step, -1,
-                           std::nullopt, true);
-        }
-        s.recomputed = false;
-        return compute(Stage::attention, cost(this->attention(tokens), gpu));
+      case attention:  // (recompute: attention, the backward's forward again right before it)
+        return attention_step(gpu, 0, tokens, slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed,
+                              &MoeForward::pair_step);
       case router:
         return compute(Stage::router, router_time(gpu, tokens));
       case shared:

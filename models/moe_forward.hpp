@@ -509,9 +509,10 @@ class MoeForward {
   void dense_tp_step(int gpu);       // the dense layers' program (GpuState::dense_mode), one operation per call
   void start_dense_program(int gpu, DenseProgram program, void (MoeForward::*next)(int));
   void recompute_attention(int gpu);  // (after its all-gather) the attention forward again, then attention_backward()
-  // A layer program's attention operation (collectives numbered from `base`, over `rows` rows per
-  // GPU; recompute_first: its forward again first), one step per call; see the .cpp.
-  void tp_attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int));
+  // A layer program's attention operation over `rows` rows per GPU (with tensor parallelism its
+  // collectives numbered from `base`; recompute_first: its forward again first), one step per
+  // call; see the .cpp.
+  void attention_step(int gpu, int base, std::int64_t rows, bool recompute_first, void (MoeForward::*step)(int));
   void tp_lm_head(int gpu);          // the LM head after its all-gather
   void attention_backward_compute(int gpu);   // (after the all-gather of its gradients)
   void tp_after_attention_backward(int gpu);  // the reduce-scatter of its input's, then end_pass()
