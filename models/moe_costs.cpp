@@ -3,32 +3,39 @@
 namespace moesim::models {
 
 // With tensor parallelism (m.tp = n > 1) a GPU's attention runs over the n T tokens of its
-// tensor-parallel group with its share of the heads (query_width, kv_width) and weights.
+// tensor-parallel group with its share of the heads and weights (attention_widths,
+// attention_weights; MLA's down projections whole). Every weight multiplies every token once.
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
-  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
+  const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
-      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 2 * t * q * (s + 1),
-      .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * (q + 2 * kv)),
+      .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
+      .bytes = b * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
   };
 }
 
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
-  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
+  const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
-      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h,
-      .bytes = b * routing::attention_weights(m) + b * t * (2 * h + 2 * q + 2 * kv),
+      .flops = 2 * t * w,
+      .bytes = b * w + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
   };
 }
 
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
-  const std::int64_t q = routing::query_width(m), kv = routing::kv_width(m);
-  return KernelCost{
-      .flops = 2 * t * h * (q + 2 * kv) + 2 * t * q * h + 4 * t * q * c,
-      .bytes = b * routing::attention_weights(m) + b * t * c * routing::kv_cache_width(m) + b * t * (2 * h + 2 * (q + 2 * kv)),
-  };
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
+  const std::int64_t cache = b * t * c * routing::kv_cache_width(m);
+  const routing::AttentionWidths a = routing::attention_widths(m);
+  if (routing::is_mla(m)) {
+    // Absorbed: each head's query and output live in the kv latent's space (kv_lora_rank, the
+    // query with its RoPE part), scored against the cached latent and RoPE key, the latent as values.
+    const auto& l = m.mla;
+    const std::int64_t heads = m.attention_heads / m.tp, q = heads * (l.kv_lora_rank + l.qk_rope_head_dim),
+                       out = heads * l.kv_lora_rank;
+    return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out), .bytes = b * w + cache + b * t * (2 * h + 2 * (a.latent + q + out))};
+  }
+  return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out), .bytes = b * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v))};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {

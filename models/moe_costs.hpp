@@ -3,24 +3,32 @@
 // S = sequence length, b = bytes per element (2 for bf16), q = heads * head_dim,
 // kv = kv_heads * head_dim. A multiply-add counts as 2 FLOPs.
 //
-// attention (prefill, causal, per token t of a length-S sequence attending to (S+1)/2 keys on
-// average):
-//   FLOPs = 2*T*H*(q + 2*kv)      QKV projection
-//         + 2*T*q*H               output projection
-//         + 2*T*q*(S+1)           QK^T and PV: 2 matmuls x 2 FLOPs x q x (S+1)/2 keys
-//   bytes = b*(H*(q + 2*kv) + q*H)            weights, read once
-//         + b*T*(2*H + 2*(q + 2*kv))           x in, out written; q/k/v written and read back
+// attention: W = the block's weights on this GPU (routing::attention_weights; every weight
+// multiplies every token once: 2*T*W FLOPs for the projections), and per token the widths of
+// routing::attention_widths: L the down projections' latents (MLA only), Q, K, V the queries,
+// keys and values the attention core reads, O the output projection's input. Multi-head / GQA:
+// W = H*(q + 2*kv) + q*H (or model.attention_params), L = 0, Q = O = q, K = V = kv. DeepSeek's MLA (model.mla, h heads,
+// ranks rq and rkv, head dims dn + dr for queries and keys, dv for values):
+// W = H*(rq + rkv + dr) + h*(rq*(dn + dr) + rkv*(dn + dv) + dv*H), L = rq + rkv + dr,
+// Q = h*(dn + dr), K = h*dn + dr, V = O = h*dv.
+// attention (prefill and training, causal, per token t of a length-S sequence attending to
+// (S+1)/2 keys on average; MLA with its keys and values expanded per head, as in training):
+//   FLOPs = 2*T*W + T*(S+1)*(Q + O)   projections; QK^T and PV: 2 matmuls x 2 FLOPs x (S+1)/2 keys
+//   bytes = b*W + b*T*(2*H + 2*(L + Q + K + V))  weights once; x in, out written; the latents and
+//                                                q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
-//   FLOPs = 2*T*H*(q + 2*kv) + 2*T*q*H + 4*T*q*C
-//   bytes = b*(H*(q + 2*kv) + q*H) + b*T*C*D (the KV cache read) + b*T*(2*H + 2*(q + 2*kv))
-//   D = elements cached per token: 2*kv, or model.kv_cache_dim (DeepSeek's MLA caches a 512-wide
-//   latent and a 64-wide RoPE key: 576); the FLOPs stay those of the head counts.
+//   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + b*T*C*D + b*T*(2*H + 2*(Q + K + V))
+//   D = elements cached per token: 2*kv, or model.kv_cache_dim. MLA decodes absorbed (DeepSeek-V3's
+//   inference code, FlashMLA): the keys' and values' up projections fold into the query and the
+//   output, so each head scores a (rkv + dr)-wide query against the cached latent and RoPE key
+//   (D = rkv + dr) and sums rkv-wide latents: Q = h*(rkv + dr), O = h*rkv, and the projections'
+//   FLOPs are still 2*T*W; its intermediates are L + Q + O.
 // attention projections' weight gradients (ZB-H1's weight pass; the input gradients and the
-// attention core's backward are the rest of the backward's 2x): the QKV and output projections'
-//   FLOPs = 2*T*H*(q + 2*kv) + 2*T*q*H
-//   bytes = b*(H*(q + 2*kv) + q*H)            weight gradients written
-//         + b*T*(2*H + 2*q + 2*kv)            their inputs (x, attention output) and output
-//                                             gradients (dQKV, dOut) read
+// attention core's backward are the rest of the backward's 2x):
+//   FLOPs = 2*T*W
+//   bytes = b*W                                weight gradients written
+//         + b*T*(2*H + 2*L + O + Q + K + V)    their inputs (x, latents, attention output) and
+//                                              output gradients (dLatents, dQKV, dOut) read
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
@@ -40,12 +48,13 @@
 // gradients): 2x the forward's FLOPs and bytes (models/moe_forward.hpp).
 // Tensor parallelism (m.tp = n > 1, routing/moe_spec.hpp): attention, the dense FFN and the LM
 // head of one GPU run over the n T tokens of its tensor-parallel group with 1/n of the heads, FFN
-// columns and vocabulary (q, kv, F and V above become the GPU's shares, T becomes n T): the same
-// FLOPs per GPU where the heads divide, 1/n of the weights read, and in decode the KV cache of
-// n T sequences for its heads (a kv_cache_dim latent whole: n times the reads). The router, the
-// shared and routed experts and the reduce run on the GPU's own T tokens, as without it.
-// Simplifications, each deepened by a later model: attention is standard multi-head/GQA
-// (DeepSeek's MLA is approximated by its head counts); no softmax/norm/elementwise kernels.
+// columns and vocabulary (W, the widths, F and V above become the GPU's shares, T becomes n T):
+// the same FLOPs per GPU where the heads divide, 1/n of the weights read, and in decode the KV
+// cache of n T sequences for its heads (a latent whole: n times the reads). MLA's down
+// projections are not split: every GPU of the group runs them whole over the n T tokens. The
+// router, the shared and routed experts and the reduce run on the GPU's own T tokens.
+// Simplifications, each deepened by a later model: no softmax/norm/elementwise kernels; the
+// attention core as FLOPs and bytes (no FlashAttention or FlashMLA tiling efficiency of its own).
 #pragma once
 
 #include <cstdint>

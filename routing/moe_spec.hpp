@@ -23,6 +23,14 @@ struct MoeModelSpec {
   std::int64_t head_dim = 0;
   std::int64_t kv_cache_dim = 0;      // elements cached per token and layer; 0: 2 * kv_heads * head_dim
   std::int64_t attention_params = 0;  // weights of one attention block; 0: H (q + 2 kv) + q H
+  // DeepSeek's multi-head latent attention (model.mla; DeepSeek-V2 report, section 2.1): queries
+  // through a q_lora_rank-wide latent (0: projected from the hidden state directly), keys and
+  // values through a kv_lora_rank-wide latent, each head's query and key a qk_nope_head_dim part
+  // from the latent and a qk_rope_head_dim RoPE part (the key's shared by the heads), values
+  // v_head_dim wide. kv_lora_rank 0: standard multi-head / grouped-query attention.
+  struct Mla {
+    std::int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  } mla;
   int dense_layers = 0;           // dense transformer layers before the MoE layers (DeepSeek-V3: 3)
   std::int64_t dense_ffn = 0;     // their FFN intermediate size
   // Vocabulary size: the input embedding (on the first pipeline stage) and the untied output
@@ -43,17 +51,59 @@ inline std::int64_t query_width(const MoeModelSpec& m) {
 inline std::int64_t kv_width(const MoeModelSpec& m) {
   return static_cast<std::int64_t>((m.kv_heads + m.tp - 1) / m.tp) * m.head_dim;
 }
-// Elements one GPU caches per token and layer: its kv heads' keys and values, or a given
-// kv_cache_dim (DeepSeek's MLA latent), which every tensor-parallel GPU caches whole.
-inline std::int64_t kv_cache_width(const MoeModelSpec& m) { return m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv_width(m); }
+inline bool is_mla(const MoeModelSpec& m) { return m.mla.kv_lora_rank > 0; }
+// Elements one GPU caches per token and layer: its kv heads' keys and values, MLA's kv latent
+// and RoPE key, or a given kv_cache_dim; a latent is cached whole by every tensor-parallel GPU.
+inline std::int64_t kv_cache_width(const MoeModelSpec& m) {
+  if (is_mla(m)) return m.mla.kv_lora_rank + m.mla.qk_rope_head_dim;
+  return m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv_width(m);
+}
 
-// Weights of one layer's attention block on one GPU: the given count (e.g. DeepSeek's MLA; with
-// tensor parallelism its 1/tp share, rounded up), else those of multi-head attention with the
+// MLA's down projections (H x q_lora_rank for the queries, H x (kv_lora_rank + RoPE key) for the
+// keys and values), which every tensor-parallel GPU holds and runs whole, as DeepSeek-V3's
+// inference code and Megatron-Core replicate them; 0 without MLA.
+inline std::int64_t mla_down_weights(const MoeModelSpec& m) {
+  if (!is_mla(m)) return 0;
+  return m.hidden * (m.mla.q_lora_rank + m.mla.kv_lora_rank + m.mla.qk_rope_head_dim);
+}
+
+// Weights of one layer's attention block on one GPU. MLA: the down projections whole, and for
+// the GPU's heads (attention_heads / tp) the query up projection, the keys' and values' up
+// projection and the output projection (DeepSeek-V3: 187,105,280 without tensor parallelism);
+// else the given count (its 1/tp share, rounded up); else those of multi-head attention with the
 // GPU's head counts (Q, K, V and output projections).
 inline std::int64_t attention_weights(const MoeModelSpec& m) {
+  if (is_mla(m)) {
+    const auto& a = m.mla;
+    const std::int64_t heads = m.attention_heads / m.tp, q_in = a.q_lora_rank > 0 ? a.q_lora_rank : m.hidden;
+    return mla_down_weights(m) + heads * (q_in * (a.qk_nope_head_dim + a.qk_rope_head_dim) +
+                                          a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim) + a.v_head_dim * m.hidden);
+  }
   if (m.attention_params > 0) return (m.attention_params + m.tp - 1) / m.tp;
   const std::int64_t q = query_width(m), kv = kv_width(m);
   return m.hidden * (q + 2 * kv) + q * m.hidden;
+}
+
+// One GPU's attention activations per token, in elements, as the cost and memory models use
+// them: the down projections' outputs (MLA's query and kv latents and RoPE key; 0 otherwise),
+// the queries, keys and values the attention core reads in prefill and training (MLA: keys and
+// values expanded from the latent per head, the RoPE key shared), and the output projection's
+// input; for this GPU's heads.
+struct AttentionWidths {
+  std::int64_t latent = 0, q = 0, k = 0, v = 0, out = 0;
+};
+inline AttentionWidths attention_widths(const MoeModelSpec& m) {
+  if (!is_mla(m)) {
+    const std::int64_t q = query_width(m), kv = kv_width(m);
+    return {.latent = 0, .q = q, .k = kv, .v = kv, .out = q};
+  }
+  const auto& a = m.mla;
+  const std::int64_t heads = m.attention_heads / m.tp;
+  return {.latent = a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim,
+          .q = heads * (a.qk_nope_head_dim + a.qk_rope_head_dim),
+          .k = heads * a.qk_nope_head_dim + a.qk_rope_head_dim,
+          .v = heads * a.v_head_dim,
+          .out = heads * a.v_head_dim};
 }
 
 enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trace };

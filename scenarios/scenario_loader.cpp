@@ -370,7 +370,7 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   cluster->finish();
 }
 
-void read_model(Section& top, Scenario& sc, Problems&) {
+void read_model(Section& top, Scenario& sc, Problems& problems) {
   auto model = top.child("model", true);
   if (!model) return;
   auto& m = sc.forward.model;
@@ -387,16 +387,45 @@ void read_model(Section& top, Scenario& sc, Problems&) {
   if (auto v = model->get<std::int64_t>("attention_heads", count_at_least(1), true))
     m.attention_heads = as_int(*v);
   m.kv_heads = m.attention_heads;
-  if (auto v = model->get<std::int64_t>("kv_heads", count_at_least(1), false)) m.kv_heads = as_int(*v);
+  if (auto mla = model->child("mla", false)) {
+    // DeepSeek's multi-head latent attention: the ranks and head dims of its config.json.
+    auto& a = m.mla;
+    if (auto v = mla->get<std::int64_t>("q_lora_rank", count_at_least(0), false)) a.q_lora_rank = *v;
+    if (auto v = mla->get<std::int64_t>("kv_lora_rank", count_at_least(1), true)) a.kv_lora_rank = *v;
+    if (auto v = mla->get<std::int64_t>("qk_nope_head_dim", count_at_least(1), true)) a.qk_nope_head_dim = *v;
+    if (auto v = mla->get<std::int64_t>("qk_rope_head_dim", count_at_least(1), true)) a.qk_rope_head_dim = *v;
+    if (auto v = mla->get<std::int64_t>("v_head_dim", count_at_least(1), true)) a.v_head_dim = *v;
+    mla->finish();
+    if (a.kv_lora_rank == 0) a.kv_lora_rank = 1;  // a missing rank is reported; keep the model MLA
+  }
+  // MLA derives the head widths, its weights and its cache; the keys that set them otherwise
+  // would contradict it.
+  const auto not_with_mla = [&](std::string_view key) {
+    if (routing::is_mla(m))
+      problems.add_at(model->key_path(key), fmt::format("not used with model.mla, which sets the attention's shape; remove '{}'", key));
+  };
+  if (auto v = model->get<std::int64_t>("kv_heads", count_at_least(1), false)) {
+    m.kv_heads = as_int(*v);
+    not_with_mla("kv_heads");
+  }
   if (auto v = model->get<std::int64_t>("head_dim", count_at_least(1), false)) {
     m.head_dim = *v;
+    not_with_mla("head_dim");
+  } else if (routing::is_mla(m)) {
+    m.head_dim = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim;  // not used by MLA's costs
   } else if (m.hidden % m.attention_heads == 0) {
     m.head_dim = m.hidden / m.attention_heads;
   } else {
     m.head_dim = 0;  // reported by cross_check
   }
-  if (auto v = model->get<std::int64_t>("kv_cache_dim", count_at_least(1), false)) m.kv_cache_dim = *v;
-  if (auto v = model->get<std::int64_t>("attention_params", count_at_least(1), false)) m.attention_params = *v;
+  if (auto v = model->get<std::int64_t>("kv_cache_dim", count_at_least(1), false)) {
+    m.kv_cache_dim = *v;
+    not_with_mla("kv_cache_dim");
+  }
+  if (auto v = model->get<std::int64_t>("attention_params", count_at_least(1), false)) {
+    m.attention_params = *v;
+    not_with_mla("attention_params");
+  }
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
   if (auto v = model->get<std::int64_t>("vocab", count_at_least(1), false)) m.vocab = *v;

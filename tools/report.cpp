@@ -146,16 +146,17 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // attention rebuilt). With pipeline stages a GPU holds only its stage's layers. Activations are the
 // tensors a layer keeps for its backward pass (counted as Korthikanti et al., "Reducing
 // Activation Recomputation in Large Transformer Models", 2022, do, with flash attention: no
-// S x S scores), per token: the attention block b (2H + 2q + 2kv) (its norm's input, the QKV
-// projection's input, Q, K and V, the output projection's input), the MoE block's norm input and
+// S x S scores), per token: the attention block b (2H + L + Q + K + V + O) (its norm's input,
+// the QKV projection's input, MLA's latents, Q, K and V, the output projection's input: the
+// widths of models/moe_costs.hpp; multi-head: 2H + 2q + 2kv), the MoE block's norm input and
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
 // the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
 // x context x cached elements x b per layer). With tensor parallelism (tp GPUs, with sequence
 // parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
-// all-gathers the latter again in the backward pass), Q, K, V and the output projection's input
-// are for the tp T tokens of its group and its share of the heads (q, kv); the KV cache is for the
-// group's tp T sequences and its kv heads' share (a kv_cache_dim latent whole), and the weights its
+// all-gathers the latter again in the backward pass), the latents, Q, K, V and the output
+// projection's input are for the tp T tokens of its group and its share of the heads; the KV
+// cache is for the group's tp T sequences and its kv heads' share (a latent whole), and the weights its
 // shares (moe_costs.hpp). Buffers: the all-to-all's receive buffers for the
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
@@ -169,7 +170,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double b = m.dtype_bytes;
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   // With tensor parallelism the GPU's attention holds its heads' share for its group's tokens.
-  const double q = static_cast<double>(routing::query_width(m)), kv = static_cast<double>(routing::kv_width(m));
+  const routing::AttentionWidths widths = routing::attention_widths(m);
   const double t = static_cast<double>(f.tokens_per_gpu), tp = m.tp;
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -193,7 +194,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // over its layers).
   const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
   const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double attention = b * (2 * t * h + tp * t * (2 * q + 2 * kv)), input = b * t * h;
+  const double saved = static_cast<double>(widths.latent + widths.q + widths.k + widths.v + widths.out);
+  const double attention = b * (2 * t * h + tp * t * saved), input = b * t * h;
   const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
   const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));

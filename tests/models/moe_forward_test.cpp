@@ -484,6 +484,74 @@ workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096}
   CHECK(r.stats.step_time() > Time::zero());
 }
 
+namespace {
+
+// DeepSeek-V3's attention (config.json: hidden 7168, 128 heads, q_lora_rank 1536, kv_lora_rank
+// 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128), bf16.
+routing::MoeModelSpec deepseek_v3_mla() {
+  routing::MoeModelSpec m;
+  m.hidden = 7168;
+  m.attention_heads = 128;
+  m.kv_heads = 128;
+  m.mla = {.q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128, .qk_rope_head_dim = 64, .v_head_dim = 128};
+  m.dtype_bytes = 2;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models][mla]") {
+  routing::MoeModelSpec m = deepseek_v3_mla();
+  // Weights: queries' down 7168 x 1536 = 11,010,048 and up 1536 x 128 x (128 + 64) = 37,748,736;
+  // keys' and values' down 7168 x (512 + 64) = 4,128,768 and up 512 x 128 x (128 + 128) =
+  // 16,777,216; output 128 x 128 x 7168 = 117,440,512: 187,105,280, the count of DeepSeek-V3's
+  // 671 B parameters' attention blocks.
+  CHECK(routing::attention_weights(m) == 187'105'280);
+  CHECK(routing::mla_down_weights(m) == 11'010'048 + 4'128'768);
+  CHECK(routing::kv_cache_width(m) == 576);
+  const std::int64_t w = 187'105'280;
+  // Widths per token: latents L = 1536 + 512 + 64 = 2112, Q = 128 x 192 = 24,576,
+  // K = 128 x 128 + 64 = 16,448, V = O = 128 x 128 = 16,384.
+  SECTION("prefill: every weight once per token, the core over per-head keys and values") {
+    // T = 1000 tokens of 4096-token sequences: 2 T W + T (S + 1)(Q + O).
+    const auto c = models::attention_cost(m, 1000, 4096);
+    CHECK(c.flops == 2 * 1000 * w + std::int64_t{1000} * 4097 * (24'576 + 16'384));
+    CHECK(c.bytes == 2 * w + 2 * 1000 * (2 * 7168 + 2 * (2112 + 24'576 + 16'448 + 16'384)));
+    // The projections take 2 FLOPs per weight and token: 374.2 MFLOP a token, where multi-head
+    // attention of 128 heads of 128 on H = 7168 would take 939.5 MFLOP.
+    CHECK(models::attention_projection_cost(m, 1).flops == 374'210'560);
+    routing::MoeModelSpec mha = m;
+    mha.mla = {};
+    mha.head_dim = 128;
+    CHECK(models::attention_projection_cost(mha, 1).flops == 2 * (7168 * 3 * 16'384 + 16'384 * 7168));
+  }
+  SECTION("decode: absorbed, against the cached latent and RoPE key") {
+    // T = 4 sequences, C = 1000 cached tokens: each head scores a 576-wide query against the
+    // cache and sums 512-wide latents: 2 T C x 128 x (576 + 512); the cache read 2 x 4 x 1000 x 576 B.
+    const auto c = models::decode_attention_cost(m, 4, 1000);
+    CHECK(c.flops == 2 * 4 * w + std::int64_t{2} * 4 * 1000 * 128 * (576 + 512));
+    CHECK(c.bytes == 2 * w + 2 * 4 * 1000 * 576 + 2 * 4 * (2 * 7168 + 2 * (2112 + 128 * 576 + 128 * 512)));
+  }
+  SECTION("tensor parallelism splits the heads, every GPU runs the down projections whole") {
+    m.tp = 4;
+    // 15,138,816 down + 171,966,464 / 4 = 58,130,432 per GPU; a GPU's 32 heads see the group's 4 T tokens.
+    CHECK(routing::attention_weights(m) == 15'138'816 + 42'991'616);
+    CHECK(routing::kv_cache_width(m) == 576);
+    const auto one = models::attention_projection_cost(deepseek_v3_mla(), 1000), four = models::attention_projection_cost(m, 1000);
+    CHECK(four.flops == std::int64_t{2} * 4000 * (15'138'816 + 42'991'616));
+    // The same FLOPs as without tensor parallelism, plus three more GPUs' worth of down projections.
+    CHECK(four.flops - one.flops == std::int64_t{2} * 3000 * 15'138'816);
+    const auto a = routing::attention_widths(m);
+    CHECK(a.q == 32 * 192);
+    CHECK(a.k == 32 * 128 + 64);
+    CHECK(a.latent == 2112);
+  }
+  SECTION("without a query latent the queries come from the hidden state") {
+    m.mla.q_lora_rank = 0;  // DeepSeek-V2-Lite's shape
+    CHECK(routing::attention_weights(m) == 7168 * 576 + 128 * (7168 * 192 + 512 * 256 + 128 * 7168));
+  }
+}
+
 TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer aside", "[models][forward]") {
   // Dropless tiny layer, per GPU: attention 10,438,656,000 + router 2 T H E = 4,096,000 +
   // expert on 2000 tokens 12,582,912,000 + reduce over 2000 copies 2 r H = 4,096,000.
@@ -2394,6 +2462,35 @@ network: {model: analytical}
   // KV cache: 256 sequences x 65536 x 576 x 2 B x 4 layers = 77.3 GB per GPU, 154.6 GB with tp: 2.
   const double without = memory(base), with = memory(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
   CHECK(with - without == Approx(77.309).margin(0.1));
+}
+
+TEST_CASE("MLA's latent KV cache sets decode memory, whole on every tensor-parallel GPU", "[models][mla]") {
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model:
+  moe_layers: 4
+  hidden: 1024
+  expert_ffn: 1024
+  experts: 2
+  top_k: 1
+  attention_heads: 8
+  mla: {q_lora_rank: 256, kv_lora_rank: 512, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
+network: {model: analytical}
+)";
+  const auto memory = [](const std::string& yaml) {
+    const auto sc = scenarios::load_scenario_text(yaml, "d.yaml");
+    return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+  };
+  // KV cache: 256 sequences x 65536 x (512 + 64) x 2 B x 4 layers = 77.3 GB per GPU; with tp: 2
+  // each GPU caches both GPUs' sequences: 154.6 GB. The rest is under 0.1 GB (the weights: 4
+  // layers x (attention 2,162,688 + router 2,048 + an expert 3,145,728) x 2 B = 42.5 MB), and
+  // barely moves: the attention's 1,310,720 up and output weights split by heads, the 851,968 of
+  // its down projections not (4 layers x 655,360 x 2 B = 5.2 MB less).
+  const double without = memory(base), with = memory(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
+  CHECK(without == Approx(77.309).margin(0.1));
+  CHECK(with - without == Approx(77.309 - 0.0052).margin(0.01));
 }
 
 TEST_CASE("Tensor parallelism: what the loader refuses", "[scenarios][tensor_parallel]") {

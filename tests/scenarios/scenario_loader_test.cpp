@@ -45,6 +45,12 @@ std::string with(const std::string& from, const std::string& to) {
   return s;
 }
 
+std::string replaced_text(std::string s, const std::string& from, const std::string& to) {
+  const auto at = s.find(from);
+  REQUIRE(at != std::string::npos);
+  return s.replace(at, from.size(), to);
+}
+
 std::string error_of(const std::string& yaml) {
   try {
     load_scenario_text(yaml, "s.yaml");
@@ -55,6 +61,39 @@ std::string error_of(const std::string& yaml) {
 }
 
 }  // namespace
+
+TEST_CASE("model.mla sets DeepSeek's latent attention and refuses the keys it derives", "[scenarios][mla]") {
+  const std::string mla =
+      "  attention_heads: 32\n"
+      "  mla:\n"
+      "    q_lora_rank: 1536\n"
+      "    kv_lora_rank: 512\n"
+      "    qk_nope_head_dim: 128\n"
+      "    qk_rope_head_dim: 64\n"
+      "    v_head_dim: 128\n";
+  const auto sc = load_scenario_text(with("  attention_heads: 32\n", mla), "s.yaml");
+  const auto& m = sc.forward.model;
+  CHECK(routing::is_mla(m));
+  CHECK(m.mla.q_lora_rank == 1536);
+  CHECK(m.mla.kv_lora_rank == 512);
+  CHECK(m.mla.qk_nope_head_dim == 128);
+  CHECK(m.mla.qk_rope_head_dim == 64);
+  CHECK(m.mla.v_head_dim == 128);
+  CHECK(routing::kv_cache_width(m) == 576);
+  CHECK_FALSE(routing::is_mla(load_scenario_text(kBase, "s.yaml").forward.model));
+  // q_lora_rank may be left out (0: no query latent); the others are required.
+  CHECK(load_scenario_text(with("  attention_heads: 32\n", replaced_text(mla, "    q_lora_rank: 1536\n", "")), "s.yaml")
+            .forward.model.mla.q_lora_rank == 0);
+  CHECK(error_of(with("  attention_heads: 32\n", replaced_text(mla, "    kv_lora_rank: 512\n", ""))) ==
+        "s.yaml:15:5: model.mla: missing required key 'kv_lora_rank'");
+  CHECK(error_of(with("  attention_heads: 32\n", mla + "  head_dim: 128\n  kv_cache_dim: 576\n")) ==
+        "s.yaml:20:13: model.head_dim: not used with model.mla, which sets the attention's shape; remove 'head_dim'\n"
+        "s.yaml:21:17: model.kv_cache_dim: not used with model.mla, which sets the attention's shape; remove 'kv_cache_dim'");
+  CHECK_THAT(error_of(with("  attention_heads: 32\n", mla + "  attention_params: 1000\n  kv_heads: 8\n")),
+             Catch::Contains("model.kv_heads: not used with model.mla") && Catch::Contains("model.attention_params: not used with model.mla"));
+  CHECK_THAT(error_of(with("  attention_heads: 32\n", mla + "    rope_dim: 64\n")),
+             Catch::Contains("model.mla.rope_dim: unknown key"));
+}
 
 TEST_CASE("A valid scenario loads with its values and documented defaults", "[scenarios]") {
   const auto sc = load_scenario_text(kBase, "s.yaml");
