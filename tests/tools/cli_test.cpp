@@ -601,6 +601,32 @@ TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][valida
   std::getline(flows, line);
   while (std::getline(flows, line)) end = std::max(end, std::stod(csv_fields(line).at(5)));
   CHECK(end == Approx(2088.831324).epsilon(1e-9));
+  // DeepSeek-V3's training FLOPs per token at 4096-token sequences. Forward, per token: MLA
+  // 2 x 187,105,280 + 4097 x (24,576 + 16,384) = 542,023,680 a layer x 61 = 33,063,444,480;
+  // routed and shared experts 9 x 6 x 7168 x 2048 x 58 = 45,977,960,448; routers 2 x 7168 x
+  // 256 x 58 = 212,860,928; dense FFNs 3 x 6 x 7168 x 18432 = 2,378,170,368; LM head 2 x 7168 x
+  // 129,280 = 1,853,358,080: 83,485,794,304, three times over with the backward's two GEMMs
+  // each; plus the reduce (2 x 8 x 7168 x 58 = 6,651,904) forward and backward and the loss
+  // (4 x 129,280) once: 250,471,203,840, against the paper's 250 GFLOPs.
+  REQUIRE(moesim("run " + v + "deepseek-v3-training-flops.yaml' -q --out '" + (tmp.path() / "f").string() + "'", tmp).code == 0);
+  const auto flops = summary_row(tmp.path() / "f" / "summary.csv");
+  CHECK(flops.at("dropped") == "0");
+  const double per_token = std::stod(flops.at("model_flops")) / std::stod(flops.at("tokens_per_step"));
+  CHECK(per_token == 250'471'203'840.0);
+  CHECK(per_token / 250e9 == Approx(1).epsilon(0.002));
+  // The same model with its attention as multi-head attention of 128 heads of 128: per layer
+  // 2 x 7168 x 3 x 16,384 + 2 x 16,384 x 7168 + 2 x 16,384 x 4097 = 1,073,774,592 instead of
+  // 542,023,680: 61 x 3 x 531,750,912 more, 347.78 GFLOPs per token.
+  std::string text = slurp(fs::path(kSource) / "scenarios" / "validation" / "deepseek-v3-training-flops.yaml");
+  const auto from = text.find("  mla:"), to = text.find("  vocab:");
+  REQUIRE(from != std::string::npos);
+  REQUIRE(to != std::string::npos);
+  text.replace(from, to - from, "  head_dim: 128\n");
+  std::ofstream(tmp.path() / "mha.yaml") << text;
+  REQUIRE(moesim("run '" + (tmp.path() / "mha.yaml").string() + "' -q --out '" + (tmp.path() / "m").string() + "'", tmp).code == 0);
+  const auto mha = summary_row(tmp.path() / "m" / "summary.csv");
+  CHECK(std::stod(mha.at("model_flops")) / std::stod(mha.at("tokens_per_step")) ==
+        per_token + 61.0 * 3 * 531'750'912);
 }
 
 TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
