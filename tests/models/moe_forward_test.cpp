@@ -68,6 +68,12 @@ std::string summary_csv(const scenarios::Scenario& sc, const scenarios::RunResul
   return out.str();
 }
 
+// summary.csv's memory_gb_max of a run of the scenario text `yaml`.
+double memory_gb_max(const std::string& yaml) {
+  const auto sc = scenarios::load_scenario_text(yaml, "d.yaml");
+  return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+}
+
 // Every GPU's stages add up to its finish time, and the last GPU to finish ends the step.
 void check_stages_tile(const scenarios::RunResult& r) {
   Time latest;
@@ -545,6 +551,24 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
     CHECK(a.q == 32 * 192);
     CHECK(a.k == 32 * 128 + 64);
     CHECK(a.latent == 2112);
+  }
+  SECTION("with the rest of DeepSeek-V3's config the weights add up to its 671 B parameters") {
+    m.moe_layers = 58;
+    m.dense_layers = 3;
+    m.dense_ffn = 18432;
+    m.expert_ffn = 2048;
+    m.experts = 256;
+    m.shared_experts = 1;
+    m.vocab = 129280;
+    // Per MoE layer MLA 187,105,280, router 7168 x 256, the shared expert and 256 routed ones of
+    // 3 x 7168 x 2048 each; per dense layer MLA and 3 x 7168 x 18432; embedding and LM head
+    // 129,280 x 7168 each: 671,025,397,760 (the DeepSeek-V3 report: 671 B, without the
+    // multi-token-prediction module), as the memory model counts them.
+    const std::int64_t expert = 3 * 7168 * 2048;
+    CHECK(models::moe_layer_replicated(m) == 187'105'280 + 7168 * 256 + expert);
+    const std::int64_t total = 58 * (models::moe_layer_replicated(m) + 256 * expert) + models::dense_layers_params(m) +
+                               2 * models::embedding_params(m);
+    CHECK(total == 671'025'397'760);
   }
   SECTION("without a query latent the queries come from the hidden state") {
     m.mla.q_lora_rank = 0;  // DeepSeek-V2-Lite's shape
@@ -2437,7 +2461,7 @@ TEST_CASE("Tensor-parallel decode reads its kv heads' cache, or a latent cache w
   CHECK(kv_bytes(t4) == 2 * kv_bytes(m));
   CHECK(kv_bytes(t8) == 4 * kv_bytes(m));
   CHECK(models::decode_attention_cost(t2, 4, 1000).flops == models::decode_attention_cost(m, 4, 1000).flops);
-  // A latent (kv_cache_dim, DeepSeek's MLA) is cached whole on every GPU of the group.
+  // A kv_cache_dim latent is cached whole on every GPU of the group (as MLA's, below).
   routing::MoeModelSpec mla = m, mla2 = m;
   mla.kv_cache_dim = mla2.kv_cache_dim = 576;
   mla2.tp = 2;
@@ -2455,12 +2479,8 @@ parallelism: {ep: 2}
 workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
 network: {model: analytical}
 )";
-  const auto memory = [](const std::string& yaml) {
-    const auto sc = scenarios::load_scenario_text(yaml, "d.yaml");
-    return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
-  };
   // KV cache: 256 sequences x 65536 x 576 x 2 B x 4 layers = 77.3 GB per GPU, 154.6 GB with tp: 2.
-  const double without = memory(base), with = memory(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
+  const double without = memory_gb_max(base), with = memory_gb_max(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
   CHECK(with - without == Approx(77.309).margin(0.1));
 }
 
@@ -2479,16 +2499,12 @@ parallelism: {ep: 2}
 workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
 network: {model: analytical}
 )";
-  const auto memory = [](const std::string& yaml) {
-    const auto sc = scenarios::load_scenario_text(yaml, "d.yaml");
-    return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
-  };
   // KV cache: 256 sequences x 65536 x (512 + 64) x 2 B x 4 layers = 77.3 GB per GPU; with tp: 2
   // each GPU caches both GPUs' sequences: 154.6 GB. The rest is under 0.1 GB (the weights: 4
   // layers x (attention 2,162,688 + router 2,048 + an expert 3,145,728) x 2 B = 42.5 MB), and
   // barely moves: the attention's 1,310,720 up and output weights split by heads, the 851,968 of
   // its down projections not (4 layers x 655,360 x 2 B = 5.2 MB less).
-  const double without = memory(base), with = memory(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
+  const double without = memory_gb_max(base), with = memory_gb_max(replaced(base, "{ep: 2}", "{ep: 2, tp: 2}"));
   CHECK(without == Approx(77.309).margin(0.1));
   CHECK(with - without == Approx(77.309 - 0.0052).margin(0.01));
 }
