@@ -11,6 +11,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
   return KernelCost{
       .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
       .bytes = b * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
+      .gemm_flops = 2 * t * w,
   };
 }
 
@@ -20,6 +21,7 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
   return KernelCost{
       .flops = 2 * t * w,
       .bytes = b * w + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
+      .gemm_flops = 2 * t * w,
   };
 }
 
@@ -33,9 +35,13 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     const auto& l = m.mla;
     const std::int64_t heads = m.attention_heads / m.tp, q = heads * (l.kv_lora_rank + l.qk_rope_head_dim),
                        out = heads * l.kv_lora_rank;
-    return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out), .bytes = b * w + cache + b * t * (2 * h + 2 * (a.latent + q + out))};
+    return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out),
+                      .bytes = b * w + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
+                      .gemm_flops = 2 * t * w};
   }
-  return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out), .bytes = b * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v))};
+  return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
+                    .bytes = b * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
+                    .gemm_flops = 2 * t * w};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
@@ -46,7 +52,7 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
   if (n <= 0) return {};
   const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
-  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = b * 3 * h * f + b * n * (2 * h + 6 * f)};
+  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = b * 3 * h * f + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
 }
 
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {

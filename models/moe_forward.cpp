@@ -669,7 +669,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
   const bool twice = work == Work::gemm && in_pass && backward(p) && !split(p);
-  const KernelCost run = twice ? KernelCost{.flops = 2 * c.flops, .bytes = 2 * c.bytes} : c;
+  const KernelCost run = twice ? 2 * c : c;
   if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
   return scaled(roofline_.time(run), gpu);
@@ -772,7 +772,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
     // With tensor parallelism its input gradients (each GPU's share of the vocabulary's) are
     // reduce-scattered back to the GPUs' own rows.
     s.program_next = next;
-    run_stage(gpu, Stage::lm_head, cost(KernelCost{.flops = times * c.flops, .bytes = times * c.bytes}, gpu, Work::outside),
+    run_stage(gpu, Stage::lm_head, cost(times * c, gpu, Work::outside),
               spec_.model.tp > 1 ? &MoeForward::tp_after_head_backward : next, -1, true, false);
     return true;
   }
@@ -1001,7 +1001,7 @@ void MoeForward::dense_tp_step(int gpu) {
     const bool ffn = (part == 4) != back;
     const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
-    const KernelCost c = back ? KernelCost{.flops = 2 * f.flops - w.flops, .bytes = 2 * f.bytes - w.bytes} : f;
+    const KernelCost c = back ? 2 * f - w : f;
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
               back || again, again);
     return;
@@ -1142,7 +1142,7 @@ void MoeForward::attention_backward_compute(int gpu) {
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
     const KernelCost a = attention(spec_.tokens_per_gpu), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
-    run_stage(gpu, Stage::attention, cost(KernelCost{.flops = 2 * a.flops - w.flops, .bytes = 2 * a.bytes - w.bytes}, gpu, Work::other),
+    run_stage(gpu, Stage::attention, cost(2 * a - w, gpu, Work::other),
               next);
     return;
   }
@@ -1465,7 +1465,7 @@ KernelCost MoeForward::dense_cost() const {
   // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
   const auto& m = spec_.model;
   const KernelCost a = attention(spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
-  return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
+  return m.dense_layers * (a + f);
 }
 
 std::int64_t MoeForward::lm_head_tokens() const {
@@ -1529,7 +1529,7 @@ void MoeForward::dense_backward(int gpu) {
 KernelCost MoeForward::dense_backward_cost(int pass) const {
   // Twice the forward; split, that less the weight gradients (the first layer's weight pass).
   const KernelCost c = dense_cost(), w = split(pass) ? dense_weight_cost() : KernelCost{};
-  return KernelCost{.flops = 2 * c.flops - w.flops, .bytes = 2 * c.bytes - w.bytes};
+  return 2 * c - w;
 }
 
 KernelCost MoeForward::dense_recompute_cost() const {
@@ -1537,14 +1537,14 @@ KernelCost MoeForward::dense_recompute_cost() const {
   if (spec_.recompute == Recompute::full) return dense_cost();
   const KernelCost a = attention(spec_.tokens_per_gpu);
   const std::int64_t n = spec_.model.dense_layers;
-  return KernelCost{.flops = n * a.flops, .bytes = n * a.bytes};
+  return n * a;
 }
 
 KernelCost MoeForward::dense_weight_cost() const {
   // The dense layers' weight gradients: their attention projections and FFN GEMMs once.
   const auto& m = spec_.model;
   const KernelCost a = attention_projection_cost(m, spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
-  return KernelCost{.flops = m.dense_layers * (a.flops + f.flops), .bytes = m.dense_layers * (a.bytes + f.bytes)};
+  return m.dense_layers * (a + f);
 }
 
 void MoeForward::after_passes(int gpu) {

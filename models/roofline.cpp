@@ -8,16 +8,20 @@ namespace moesim::models {
 
 Roofline::Roofline(const topology::GpuSpec& gpu, const RooflineSpec& spec)
     : flops_(std::llround(static_cast<double>(gpu.peak_bf16.flop_per_s()) * spec.flops_efficiency)),
+      fp8_flops_(spec.fp8_gemms ? std::llround(static_cast<double>(gpu.peak_fp8.flop_per_s()) * spec.flops_efficiency) : 0),
       bandwidth_(std::llround(static_cast<double>(gpu.memory_bandwidth.bytes_per_s()) *
                               spec.memory_efficiency)),
       overhead_(spec.kernel_overhead) {
   MOESIM_ASSERT(flops_.flop_per_s() > 0 && bandwidth_.bytes_per_s() > 0,
                 "roofline with zero achievable rate");
+  MOESIM_ASSERT(!spec.fp8_gemms || fp8_flops_.flop_per_s() > 0, "FP8 GEMMs on a GPU without an FP8 peak");
 }
 
 sim::Time Roofline::time(const KernelCost& cost) const {
-  return overhead_ + sim::max(sim::compute_time(cost.flops, flops_),
-                              sim::transfer_time(sim::Bytes(cost.bytes), bandwidth_));
+  const sim::Time compute = fp8_flops_.flop_per_s() > 0
+                                ? sim::compute_time(cost.flops - cost.gemm_flops, flops_) + sim::compute_time(cost.gemm_flops, fp8_flops_)
+                                : sim::compute_time(cost.flops, flops_);
+  return overhead_ + sim::max(compute, sim::transfer_time(sim::Bytes(cost.bytes), bandwidth_));
 }
 
 }  // namespace moesim::models

@@ -6,6 +6,12 @@
 // (defaults in docs/scenario.md). The achievable rates are rounded to whole FLOP/s and B/s so
 // that durations are exact integer arithmetic. This is the fallback when no measured kernel
 // profile covers a case; reports name the source used.
+//
+// FP8 GEMMs (compute.gemm_dtype: fp8, DeepSeek-V3's mixed-precision training): the G of a
+// kernel's F FLOPs that are its linear layers' GEMMs run at the FP8 peak, the rest at BF16:
+//     F / (peak * eff)  becomes  (F - G) / (peak_bf16 * eff) + G / (peak_fp8 * eff)
+// each term rounded up to the picosecond; the bytes stay those of the model's dtype (DeepSeek
+// keeps its weights and most activations in BF16 and quantizes them as the GEMMs read them).
 #pragma once
 
 #include <cstdint>
@@ -19,11 +25,26 @@ struct RooflineSpec {
   double flops_efficiency = 0.7;
   double memory_efficiency = 0.85;
   sim::Time kernel_overhead;  // added to every kernel launch
+  bool fp8_gemms = false;     // GEMM FLOPs at the GPU's FP8 peak (it must have one)
 };
 
+// What a kernel does. gemm_flops: the part of flops in linear layers' GEMMs (experts, dense
+// FFNs, attention projections), which FP8 GEMMs speed up; the attention core, the router, the
+// LM head and elementwise work are not (DeepSeek-V3 keeps them in BF16 or FP32).
 struct KernelCost {
   std::int64_t flops = 0;
   std::int64_t bytes = 0;  // HBM traffic
+  std::int64_t gemm_flops = 0;
+
+  friend KernelCost operator+(const KernelCost& a, const KernelCost& b) {
+    return {.flops = a.flops + b.flops, .bytes = a.bytes + b.bytes, .gemm_flops = a.gemm_flops + b.gemm_flops};
+  }
+  friend KernelCost operator-(const KernelCost& a, const KernelCost& b) {
+    return {.flops = a.flops - b.flops, .bytes = a.bytes - b.bytes, .gemm_flops = a.gemm_flops - b.gemm_flops};
+  }
+  friend KernelCost operator*(std::int64_t n, const KernelCost& a) {
+    return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops};
+  }
 };
 
 class Roofline {
@@ -34,7 +55,7 @@ class Roofline {
   sim::Bandwidth achievable_bandwidth() const { return bandwidth_; }
 
  private:
-  sim::FlopRate flops_;
+  sim::FlopRate flops_, fp8_flops_;  // fp8_flops_: zero unless FP8 GEMMs
   sim::Bandwidth bandwidth_;
   sim::Time overhead_;
 };

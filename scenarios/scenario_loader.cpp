@@ -297,6 +297,7 @@ void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
   if (auto v = g.get<std::string>("name", any_text(), false)) sc.cluster.gpu.name = *v;
   else if (!have_preset) sc.cluster.gpu.name = "custom";
   if (auto v = g.get<sim::FlopRate>("peak_bf16", positive_flops(), req)) sc.cluster.gpu.peak_bf16 = *v;
+  if (auto v = g.get<sim::FlopRate>("peak_fp8", positive_flops(), false)) sc.cluster.gpu.peak_fp8 = *v;
   if (auto v = g.get<sim::Bandwidth>("memory_bandwidth", positive_bandwidth(), req))
     sc.cluster.gpu.memory_bandwidth = *v;
   if (auto v = g.get<sim::Bytes>("memory", [](const std::string& s) { return sim::parse_bytes(s); }, false))
@@ -771,6 +772,18 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
+    if (auto v = c->get<std::string>("gemm_dtype", one_of({"bf16", "fp8"}), false)) {
+      sc.roofline.fp8_gemms = *v == "fp8";
+      // The measured profile's GEMMs are BF16; FP8 GEMMs come from the roofline.
+      if (sc.roofline.fp8_gemms && sc.cluster.gpu.peak_fp8.flop_per_s() == 0)
+        problems.add_at(c->key_path("gemm_dtype"), fmt::format("the {} has no FP8 tensor cores (set cluster.gpu.peak_fp8 for a custom GPU)",
+                                                                sc.cluster.gpu.name));
+      if (sc.roofline.fp8_gemms && sc.compute_model == "profile")
+        problems.add_at(c->key_path("gemm_dtype"), "fp8 is not used with 'model: profile' (the measured profile's GEMMs are BF16): "
+                                                   "use 'model: auto' or 'roofline'");
+      if (sc.roofline.fp8_gemms && !sc.compute_profile.empty())
+        problems.add_at(c->key_path("gemm_dtype"), "fp8 is not used with compute.profile (the measured profile's GEMMs are BF16)");
+    }
     const auto positive = positive_number();
     if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
       // A mapping from GPU index to its speed factor.
@@ -1015,7 +1028,7 @@ void read_traces(Scenario& sc, Problems& problems) {
     } catch (const models::ProfileError& e) {
       problems.add_at("compute.profile", e.what());
     }
-  } else if (sc.compute_model != "roofline") {
+  } else if (sc.compute_model != "roofline" && !sc.roofline.fp8_gemms) {
     // The profile measured on this GPU and built in (kernels/profiles/), where there is one.
     sc.forward.profile = models::KernelProfile::bundled(sc.cluster.gpu.name);
     if (!sc.forward.profile && sc.compute_model == "profile")

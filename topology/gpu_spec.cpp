@@ -17,21 +17,22 @@ constexpr std::int64_t kG = 1'000'000'000;
 // Sources:
 // - H100-SXM5 80GB: NVIDIA H100 Tensor Core GPU datasheet and Hopper architecture whitepaper:
 //   989.4 dense BF16 TFLOP/s (132 SMs x 4 tensor cores x 1024 FLOP/clk x 1.83 GHz; the
-//   datasheet's 1,979 TFLOPS is with sparsity), 3.35 TB/s HBM3, 80 GB, NVLink 4 900 GB/s total.
+//   datasheet's 1,979 TFLOPS is with sparsity), 1978.8 dense FP8 TFLOP/s (twice BF16: the
+//   datasheet's 3,958 is with sparsity), 3.35 TB/s HBM3, 80 GB, NVLink 4 900 GB/s total.
 // - H800-SXM5 80GB: NVIDIA H800 product brief: compute and memory as H100-SXM5, NVLink cut to
 //   400 GB/s total (the DeepSeek-V3 technical report measures about 160 GB/s achievable).
 // - H200-SXM 141GB: NVIDIA H200 datasheet: H100 compute, 4.8 TB/s HBM3e, 141 GB, 900 GB/s NVLink.
-// - A100-SXM4 80GB: NVIDIA A100 datasheet: 312 dense BF16 TFLOP/s, 2,039 GB/s HBM2e, 80 GB,
-//   NVLink 3 600 GB/s total, 108 SMs.
+// - A100-SXM4 80GB: NVIDIA A100 datasheet: 312 dense BF16 TFLOP/s (no FP8 tensor cores),
+//   2,039 GB/s HBM2e, 80 GB, NVLink 3 600 GB/s total, 108 SMs.
 const std::array<GpuSpec, 4>& presets() {
   static const std::array<GpuSpec, 4> p{{
-      {"H100-SXM", FlopRate(9894 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+      {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
        Bandwidth(450 * kG), 132},
-      {"H800-SXM", FlopRate(9894 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+      {"H800-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
        Bandwidth(200 * kG), 132},
-      {"H200-SXM", FlopRate(9894 * kT / 10), Bandwidth(4800 * kG), Bytes(141 * kG),
+      {"H200-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(4800 * kG), Bytes(141 * kG),
        Bandwidth(450 * kG), 132},
-      {"A100-SXM", FlopRate(312 * kT), Bandwidth(2039 * kG), Bytes(80 * kG),
+      {"A100-SXM", FlopRate(312 * kT), FlopRate(0), Bandwidth(2039 * kG), Bytes(80 * kG),
        Bandwidth(300 * kG), 108},
   }};
   return p;

@@ -13,6 +13,7 @@ namespace moesim::topology {
 struct GpuSpec {
   std::string name;
   sim::FlopRate peak_bf16;          // dense (no structured sparsity) BF16 tensor-core peak
+  sim::FlopRate peak_fp8;           // dense FP8 tensor-core peak; 0: no FP8 tensor cores
   sim::Bandwidth memory_bandwidth;  // HBM
   sim::Bytes memory;                // HBM capacity
   sim::Bandwidth nvlink_bandwidth;  // per GPU, per direction (half the "bidirectional" figure)

@@ -50,6 +50,13 @@ compute: {flops_efficiency: 1, memory_efficiency: 1}
 
 std::size_t idx(Stage s) { return static_cast<std::size_t>(s); }
 
+// `yaml` with `from` replaced by `to` (once; it must be there).
+std::string replaced(std::string yaml, const std::string& from, const std::string& to) {
+  const auto at = yaml.find(from);
+  REQUIRE(at != std::string::npos);
+  return yaml.replace(at, from.size(), to);
+}
+
 // The field `name` of data row `row` (from 0) of a report's CSV text.
 std::string csv_value(const std::string& csv, const std::string& name, int row = 0) {
   std::istringstream in(csv);
@@ -576,6 +583,33 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
   }
 }
 
+TEST_CASE("FP8 GEMMs run the linear layers at the FP8 peak, the rest as before, as derived by hand", "[models][fp8]") {
+  // The tiny dropless layer on a GPU of 100 TFLOP/s BF16 and 200 FP8, every efficiency 1. Its
+  // BF16 step is 283,379,776 ps (attention 104,386,560, router 2,060,096, dispatch 22,480,000,
+  // experts 125,829,120, combine 22,480,000, reduce 6,144,000). With FP8 GEMMs the attention's
+  // projections, 2 x 1000 x 4,194,304 = 8,388,608,000 FLOPs, take 41,943,040 ps and its core,
+  // 2 x 1000 x 1024 x 1001 = 2,050,048,000 FLOPs, still 20,500,480 ps: 62,443,520 ps (its
+  // 24,772,608 bytes take less); the experts' 12,582,912,000 FLOPs on 2000 rows 62,914,560 ps
+  // (39,059,456 bytes take less); the router (not a linear layer's GEMM in DeepSeek's FP8
+  // recipe) and the reduce as before: 178,522,176 ps.
+  std::string text = replaced(tiny("dropless", 1), "peak_bf16: 100TFLOP/s,", "peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s,");
+  text = replaced(text, "compute: {flops_efficiency: 1,", "compute: {gemm_dtype: fp8, flops_efficiency: 1,");
+  const auto sc = scenarios::load_scenario_text(text, "tiny.yaml");
+  CHECK(sc.roofline.fp8_gemms);
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(178'522'176));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::attention)] == Time::ps(62'443'520));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(62'914'560));
+    CHECK(g.stage_total[idx(Stage::router)] == Time::ps(2'060'096));
+  }
+  check_stages_tile(r);
+  // The model's FLOPs are the same; only their time changes.
+  const auto bf16 = scenarios::run_experiment(scenarios::load_scenario_text(tiny("dropless", 1), "tiny.yaml"));
+  CHECK(bf16.stats.step_time() == Time::ps(283'379'776));
+  CHECK(r.model_flops == bf16.model_flops);
+}
+
 TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer aside", "[models][forward]") {
   // Dropless tiny layer, per GPU: attention 10,438,656,000 + router 2 T H E = 4,096,000 +
   // expert on 2000 tokens 12,582,912,000 + reduce over 2000 copies 2 r H = 4,096,000.
@@ -795,22 +829,27 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const int batches = virtual_stages == 2 ? 2 : kind == "training" ? 1 + static_cast<int>(pick.uniform_int(2)) : 1;
     // Tensor parallelism over 2 GPUs, or none.
     const int tp = (gpus / pp) % 2 == 0 && pick.uniform_int(2) ? 2 : 1;
+    // Multi-head or latent attention (MLA, with or without a query latent); BF16 or FP8 GEMMs.
+    const char* attentions[] = {"", ", mla: {q_lora_rank: 64, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}",
+                                ", mla: {kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}"};
+    const std::string attention = attentions[pick.uniform_int(3)];
+    const std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
 parallelism: {{ep: {}, pp: {}, tp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
-compute: {{jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
+compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
-        pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)]);
+        pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)], gemms);
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -2366,17 +2405,6 @@ TEST_CASE("The LM head and the dense layers' backward are recorded with the pass
     CHECK(dense_backward == std::array<int, 2>{1, 1});
   }
 }
-
-namespace {
-
-// `yaml` with `from` replaced by `to` (once; it must be there).
-std::string replaced(std::string yaml, const std::string& from, const std::string& to) {
-  const auto at = yaml.find(from);
-  REQUIRE(at != std::string::npos);
-  return yaml.replace(at, from.size(), to);
-}
-
-}  // namespace
 
 TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatters them back, as derived by hand",
           "[models][tensor_parallel]") {

@@ -95,6 +95,28 @@ TEST_CASE("model.mla sets DeepSeek's latent attention and refuses the keys it de
              Catch::Contains("model.mla.rope_dim: unknown key"));
 }
 
+TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[scenarios][fp8]") {
+  const auto sc = load_scenario_text(kBase + "compute: {gemm_dtype: fp8}\n", "s.yaml");
+  CHECK(sc.roofline.fp8_gemms);
+  CHECK(sc.cluster.gpu.peak_fp8.flop_per_s() == 2 * sc.cluster.gpu.peak_bf16.flop_per_s());
+  CHECK(sc.forward.profile == nullptr);  // the H100's measured profile is of BF16 GEMMs
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.profile != nullptr);
+  CHECK_FALSE(load_scenario_text(kBase + "compute: {gemm_dtype: bf16}\n", "s.yaml").roofline.fp8_gemms);
+  CHECK(error_of(with("gpu: H100", "gpu: A100") + "compute: {gemm_dtype: fp8}\n") ==
+        "s.yaml:20:23: compute.gemm_dtype: the A100-SXM has no FP8 tensor cores (set cluster.gpu.peak_fp8 for a custom GPU)");
+  CHECK(error_of(kBase + "compute: {model: profile, gemm_dtype: fp8}\n") ==
+        "s.yaml:20:39: compute.gemm_dtype: fp8 is not used with 'model: profile' (the measured profile's GEMMs are BF16): use "
+        "'model: auto' or 'roofline'");
+  CHECK_THAT(error_of(kBase + "compute: {gemm_dtype: fp4}\n"), Catch::Contains("compute.gemm_dtype: expected one of bf16, fp8"));
+  // A custom GPU states its FP8 peak.
+  const std::string custom = "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}";
+  CHECK_THAT(error_of(with("gpu: H100", custom) + "compute: {gemm_dtype: fp8}\n"), Catch::Contains("the toy has no FP8 tensor cores"));
+  const auto toy = load_scenario_text(
+      with("gpu: H100", "gpu: {name: toy, peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: "
+                        "100GB/s}") + "compute: {gemm_dtype: fp8}\n", "s.yaml");
+  CHECK(toy.cluster.gpu.peak_fp8.flop_per_s() == 200'000'000'000'000);
+}
+
 TEST_CASE("A valid scenario loads with its values and documented defaults", "[scenarios]") {
   const auto sc = load_scenario_text(kBase, "s.yaml");
   CHECK(sc.cluster.nodes == 2);

@@ -32,6 +32,9 @@ TEST_CASE("GPU presets carry their datasheet figures", "[topology]") {
   REQUIRE(h100 != nullptr);
   CHECK(h100->name == "H100-SXM");
   CHECK(sim::format_flop_rate(h100->peak_bf16) == "989.4TFLOP/s");
+  CHECK(sim::format_flop_rate(h100->peak_fp8) == "1978.8TFLOP/s");  // dense; 3,958 with sparsity
+  CHECK(find_gpu_preset("H800")->peak_fp8 == h100->peak_fp8);
+  CHECK(find_gpu_preset("A100")->peak_fp8.flop_per_s() == 0);  // no FP8 tensor cores
   CHECK(sim::format_bandwidth(h100->nvlink_bandwidth) == "450GB/s");
   CHECK(find_gpu_preset("H800")->nvlink_bandwidth == sim::parse_bandwidth("200GB/s"));
   CHECK(find_gpu_preset("B300") == nullptr);
