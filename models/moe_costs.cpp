@@ -10,7 +10,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
-      .bytes = b * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
+      .bytes = m.weight_bytes * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
       .gemm_flops = 2 * t * w,
   };
 }
@@ -20,7 +20,7 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w,
-      .bytes = b * w + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
+      .bytes = m.weight_bytes * w + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
       .gemm_flops = 2 * t * w,
   };
 }
@@ -36,11 +36,11 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     const std::int64_t heads = m.attention_heads / m.tp, q = heads * (l.kv_lora_rank + l.qk_rope_head_dim),
                        out = heads * l.kv_lora_rank;
     return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out),
-                      .bytes = b * w + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
+                      .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
                       .gemm_flops = 2 * t * w};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
-                    .bytes = b * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
+                    .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
                     .gemm_flops = 2 * t * w};
 }
 
@@ -52,7 +52,7 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
   if (n <= 0) return {};
   const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
-  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = b * 3 * h * f + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
+  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = m.weight_bytes * 3 * h * f + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
 }
 
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {
@@ -102,11 +102,17 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
   GpuParams p;
   p.replicated = (first == 0 ? dense_layers_params(m) + embedding_params(m) : 0) +
                  (last == m.moe_layers ? embedding_params(m) : 0);
+  p.kept = (first == 0 ? embedding_params(m) : 0) + (last == m.moe_layers ? embedding_params(m) : 0);
   for (int l = first; l < last; ++l) {
     p.replicated += moe_layer_replicated(m);
+    p.kept += m.hidden * m.experts;
     p.experts += placements[static_cast<std::size_t>(l)].slots_per_gpu * expert;
   }
   return p;
+}
+
+std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p) {
+  return m.weight_bytes * (p.total() - p.kept) + m.dtype_bytes * p.kept;
 }
 
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {

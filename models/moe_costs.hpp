@@ -29,6 +29,9 @@
 //   bytes = b*W                                weight gradients written
 //         + b*T*(2*H + 2*L + O + Q + K + V)    their inputs (x, latents, attention output) and
 //                                              output gradients (dLatents, dQKV, dOut) read
+// The weight reads above (b*W, b*3*H*F) are at model.weight_dtype's bytes (wb; fp8: 1, the
+// block scales' 4 bytes per 128 x 128 left out); the router's, the LM head's and every
+// activation's at b.
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
@@ -83,8 +86,11 @@ KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, boo
 // slots (replicas included; every GPU has the same number of slots).
 struct GpuParams {
   std::int64_t replicated = 0, experts = 0;
+  std::int64_t kept = 0;  // of replicated: the routers', embedding's and LM head's, at model.dtype
   std::int64_t total() const { return replicated + experts; }
 };
+// The bytes of those weights: the linear layers' at model.weight_dtype, the kept ones at model.dtype.
+std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p);
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
 // The same for a pipeline stage holding MoE layers [first, last) (and the dense layers and the
 // embedding when first is 0, the LM head when last is the model's last).

@@ -128,6 +128,7 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
     const GpuParams chunk = gpu_params(spec.model, placements, bounds[c], bounds[c + 1]);
     p.replicated += chunk.replicated;
     p.experts += chunk.experts;
+    p.kept += chunk.kept;
   }
   return p;
 }

@@ -18,6 +18,10 @@ struct MoeModelSpec {
   int top_k = 1;
   int shared_experts = 0;       // always-on experts every token passes through (DeepSeek)
   int dtype_bytes = 2;          // activations and weights (bf16)
+  // Bytes per element of the linear layers' weights (model.weight_dtype: the routed and shared
+  // experts, the attention projections, the dense FFNs); the router, the embedding and the LM head
+  // stay at dtype_bytes, as in DeepSeek-V3's FP8 checkpoint.
+  int weight_bytes = 2;
   int attention_heads = 1;
   int kv_heads = 1;
   std::int64_t head_dim = 0;

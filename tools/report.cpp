@@ -135,7 +135,7 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 
 // Memory one GPU needs for the step (bytes), by kind. Weights: the parameters it holds (per MoE
 // layer attention, router, shared experts and its expert slots; the dense layers) in the model
-// dtype. Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
+// dtype, the linear layers' in model.weight_dtype (models::weight_bytes). Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
 // master weight and two moments (12 bytes per parameter), and keeps every layer's activations
 // for the backward pass (of one micro-batch, the one with the most expert rows on the GPU: with
 // gradient accumulation each micro-batch's backward runs before the next one's forward; with
@@ -180,7 +180,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const models::GpuParams held = models::stage_params(f, r.placements, stage);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
-  u.weights = params * b;
+  u.weights = static_cast<double>(models::weight_bytes(m, held));
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards

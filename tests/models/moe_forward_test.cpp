@@ -2537,6 +2537,43 @@ network: {model: analytical}
   CHECK(with - without == Approx(77.309 - 0.0052).margin(0.01));
 }
 
+TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in their reads", "[models][fp8]") {
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model:
+  moe_layers: 4
+  hidden: 1024
+  expert_ffn: 1024
+  experts: 2
+  top_k: 1
+  attention_heads: 8
+  mla: {q_lora_rank: 256, kv_lora_rank: 512, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
+network: {model: analytical}
+)";
+  const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
+  const auto fp8 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n"), "d.yaml");
+  CHECK(bf16.forward.model.weight_bytes == 2);
+  CHECK(fp8.forward.model.weight_bytes == 1);
+  // A GPU's weights: 4 layers of attention 2,162,688, router 2,048 and one expert slot of
+  // 3,145,728. BF16: 2 B each, 42,483,712 B; FP8: the attention and the expert 1 B, the router 2 B:
+  // 4 x (5,308,416 + 4,096) = 21,250,048 B.
+  const auto r = scenarios::run_experiment(fp8);
+  const models::GpuParams held = models::stage_params(fp8.forward, r.placements, 0);
+  CHECK(models::weight_bytes(bf16.forward.model, held) == 42'483'712);
+  CHECK(models::weight_bytes(fp8.forward.model, held) == 21'250'048);
+  // The reports print GB to the MB.
+  CHECK(memory_gb_max(base) - memory_gb_max(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n")) ==
+        Approx(0.021234).margin(0.0011));
+  // The weight reads of an expert and of the attention follow; the activations' bytes do not.
+  const auto& m8 = fp8.forward.model;
+  const auto& m16 = bf16.forward.model;
+  CHECK(models::expert_cost(m16, 100).bytes - models::expert_cost(m8, 100).bytes == 3 * 1024 * 1024);
+  CHECK(models::decode_attention_cost(m16, 4, 1000).bytes - models::decode_attention_cost(m8, 4, 1000).bytes == 2'162'688);
+  CHECK(models::router_cost(m16, 100).bytes == models::router_cost(m8, 100).bytes);
+}
+
 TEST_CASE("Tensor parallelism: what the loader refuses", "[scenarios][tensor_parallel]") {
   const std::string base = R"(
 cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}

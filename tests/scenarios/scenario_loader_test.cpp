@@ -117,6 +117,15 @@ TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[s
   CHECK(toy.cluster.gpu.peak_fp8.flop_per_s() == 200'000'000'000'000);
 }
 
+TEST_CASE("model.weight_dtype sets the linear layers' weight bytes, in inference only", "[scenarios][fp8]") {
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.weight_bytes == 2);  // model.dtype's
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.model.weight_bytes == 1);
+  CHECK(error_of(replaced_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "  tokens_per_gpu: 1024\n",
+                               "  kind: training\n  tokens_per_gpu: 1024\n")) ==
+        "s.yaml:13:17: model.weight_dtype: only used in inference (forward, prefill, decode): training keeps its weights in "
+        "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
+}
+
 TEST_CASE("A valid scenario loads with its values and documented defaults", "[scenarios]") {
   const auto sc = load_scenario_text(kBase, "s.yaml");
   CHECK(sc.cluster.nodes == 2);
