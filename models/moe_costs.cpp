@@ -115,6 +115,15 @@ std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p) {
   return m.weight_bytes * (p.total() - p.kept) + m.dtype_bytes * p.kept;
 }
 
+ModelParams model_params(const routing::MoeModelSpec& spec) {
+  routing::MoeModelSpec m = spec;
+  m.tp = 1;
+  const std::int64_t expert = 3 * m.hidden * m.expert_ffn, layer = routing::attention_weights(m) + m.hidden * m.experts;
+  const std::int64_t head = m.vocab * m.hidden;
+  return {.total = m.moe_layers * (layer + (m.shared_experts + m.experts) * expert) + dense_layers_params(m) + 2 * head,
+          .active = m.moe_layers * (layer + (m.shared_experts + m.top_k) * expert) + dense_layers_params(m) + head};
+}
+
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {
   return (p.replicated + gpus - 1) / gpus + (p.experts + groups - 1) / groups;
 }

@@ -103,6 +103,13 @@ std::int64_t dense_layers_params(const routing::MoeModelSpec& m);
 // parallelism a GPU's share of the vocabulary, vocab_share).
 std::int64_t embedding_params(const routing::MoeModelSpec& m);
 std::int64_t vocab_share(const routing::MoeModelSpec& m);
+// The whole model's parameters (every expert once, tensor parallelism aside) and those one token
+// uses: per MoE layer the attention, the router and its top_k routed and shared experts; the dense
+// layers; the LM head (the embedding's lookup reads one row, left out).
+struct ModelParams {
+  std::int64_t total = 0, active = 0;
+};
+ModelParams model_params(const routing::MoeModelSpec& m);
 // A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the
 // experts over the `groups` EP groups (rounded up).
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "models/kernel_profile.hpp"
+#include "models/moe_costs.hpp"
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
@@ -332,10 +333,11 @@ int cmd_validate(const std::vector<std::string>& args) {
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("validate needs a scenario file");
   const scenarios::Scenario sc = load(vm);
-  fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers)\n", sc.source,
-             sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name,
-             sc.forward.model.experts, sc.forward.model.top_k, sc.forward.ep,
-             sc.forward.model.moe_layers);
+  const models::ModelParams params = models::model_params(sc.forward.model);
+  fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers; {:.1f} B parameters, {:.1f} B active per token)\n",
+             sc.source, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name, sc.forward.model.experts,
+             sc.forward.model.top_k, sc.forward.ep, sc.forward.model.moe_layers, static_cast<double>(params.total) / 1e9,
+             static_cast<double>(params.active) / 1e9);
   return 0;
 }
 

@@ -585,6 +585,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                      : std::string(),
              f.tokens_per_gpu,
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
+  const models::ModelParams params = models::model_params(f.model);
+  fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}\n", static_cast<double>(params.total) / 1e9,
+             static_cast<double>(params.active) / 1e9,
+             routing::is_mla(f.model) ? "; multi-head latent attention" : "");
   const std::string what =
       f.training && f.micro_batches > 1
           ? fmt::format("training step: {} micro-batches (gradient accumulation) forward and backward through {} MoE layers, "

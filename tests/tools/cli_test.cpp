@@ -113,7 +113,17 @@ TEST_CASE("moesim validate accepts good files and rejects bad ones with exit cod
   TempDir tmp;
   const auto ok = moesim("validate '" + kSource + "/scenarios/deepseek-v3-h800.yaml'", tmp);
   CHECK(ok.code == 0);
-  CHECK_THAT(ok.out, Catch::Contains("ok (256 x H800-SXM, 256 experts top-8, EP64, 58 MoE layers)"));
+  // DeepSeek-V3 without its embedding and LM head: 58 MoE layers of 11,507,269,632 (attention
+  // 187,105,280, router 1,835,008, 257 experts of 44,040,192) and 3 dense layers of 583,467,008
+  // (attention and 3 x 7168 x 18432): 669.17 B; a token uses the attention, the router and 9
+  // experts of each MoE layer and the dense layers: 35.70 B.
+  CHECK_THAT(ok.out, Catch::Contains("ok (256 x H800-SXM, 256 experts top-8, EP64, 58 MoE layers; 669.2 B parameters, 35.7 B active per token)"));
+  // Mixtral-8x7B with its embedding and LM head: 32 layers of attention 4096 x (4096 + 2 x 1024)
+  // + 4096 x 4096 = 41,943,040, router 32,768 and 8 experts of 176,160,768, and 2 x 32000 x 4096:
+  // 46,702,526,464, Mixtral's published 46.7 B; a token: the attention, the router and 2 experts
+  // of each layer and the LM head, 12.75 B (Mixtral's 12.9 B counts the embedding too).
+  const auto mixtral = moesim("validate '" + kSource + "/scenarios/mixtral-8x7b-training-h100.yaml'", tmp);
+  CHECK_THAT(mixtral.out, Catch::Contains("EP8, 32 MoE layers; 46.7 B parameters, 12.7 B active per token)"));
 
   const auto bad_path = tmp.path() / "bad.yaml";
   std::ofstream(bad_path) << "cluster:\n  nodes: 1\n  gpus_per_node: 8\n  gpu: H100\n  nvlink: 1\n";
