@@ -2512,8 +2512,11 @@ network: {model: analytical}
   CHECK(with - without == Approx(77.309).margin(0.1));
 }
 
-TEST_CASE("MLA's latent KV cache sets decode memory, whole on every tensor-parallel GPU", "[models][mla]") {
-  const std::string base = R"(
+namespace {
+
+// Decode of 256 sequences x 65536 cached tokens per GPU through 4 MoE layers with a small MLA
+// (query latent 256, kv latent 512, head dims 64 + 64 and 64, 8 heads), one expert per GPU.
+const std::string kMlaDecode = R"(
 cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
 model:
   moe_layers: 4
@@ -2527,6 +2530,11 @@ parallelism: {ep: 2}
 workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
 network: {model: analytical}
 )";
+
+}  // namespace
+
+TEST_CASE("MLA's latent KV cache sets decode memory, whole on every tensor-parallel GPU", "[models][mla]") {
+  const std::string base = kMlaDecode;
   // KV cache: 256 sequences x 65536 x (512 + 64) x 2 B x 4 layers = 77.3 GB per GPU; with tp: 2
   // each GPU caches both GPUs' sequences: 154.6 GB. The rest is under 0.1 GB (the weights: 4
   // layers x (attention 2,162,688 + router 2,048 + an expert 3,145,728) x 2 B = 42.5 MB), and
@@ -2538,20 +2546,7 @@ network: {model: analytical}
 }
 
 TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in their reads", "[models][fp8]") {
-  const std::string base = R"(
-cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
-model:
-  moe_layers: 4
-  hidden: 1024
-  expert_ffn: 1024
-  experts: 2
-  top_k: 1
-  attention_heads: 8
-  mla: {q_lora_rank: 256, kv_lora_rank: 512, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64}
-parallelism: {ep: 2}
-workload: {kind: decode, tokens_per_gpu: 256, context_length: 65536}
-network: {model: analytical}
-)";
+  const std::string base = kMlaDecode;
   const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
   const auto fp8 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n"), "d.yaml");
   CHECK(bf16.forward.model.weight_bytes == 2);
