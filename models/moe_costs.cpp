@@ -118,10 +118,9 @@ std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p) {
 ModelParams model_params(const routing::MoeModelSpec& spec) {
   routing::MoeModelSpec m = spec;
   m.tp = 1;
-  const std::int64_t expert = 3 * m.hidden * m.expert_ffn, layer = routing::attention_weights(m) + m.hidden * m.experts;
-  const std::int64_t head = m.vocab * m.hidden;
-  return {.total = m.moe_layers * (layer + (m.shared_experts + m.experts) * expert) + dense_layers_params(m) + 2 * head,
-          .active = m.moe_layers * (layer + (m.shared_experts + m.top_k) * expert) + dense_layers_params(m) + head};
+  const std::int64_t expert = 3 * m.hidden * m.expert_ffn, rest = dense_layers_params(m) + embedding_params(m);
+  return {.total = m.moe_layers * (moe_layer_replicated(m) + m.experts * expert) + rest + embedding_params(m),
+          .active = m.moe_layers * (moe_layer_replicated(m) + m.top_k * expert) + rest};
 }
 
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {

@@ -565,6 +565,7 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
     m.dense_ffn = 18432;
     m.expert_ffn = 2048;
     m.experts = 256;
+    m.top_k = 8;
     m.shared_experts = 1;
     m.vocab = 129280;
     // Per MoE layer MLA 187,105,280, router 7168 x 256, the shared expert and 256 routed ones of
@@ -576,6 +577,11 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
     const std::int64_t total = 58 * (models::moe_layer_replicated(m) + 256 * expert) + models::dense_layers_params(m) +
                                2 * models::embedding_params(m);
     CHECK(total == 671'025'397'760);
+    // What validate prints: the same total, and per token the attention, router, 8 routed and the
+    // shared expert of each MoE layer, the dense layers and the LM head: 58 x 585,302,016 +
+    // 3 x 583,467,008 + 926,679,040 = 36,624,596,992.
+    CHECK(models::model_params(m).total == total);
+    CHECK(models::model_params(m).active == 36'624'596'992);
   }
   SECTION("without a query latent the queries come from the hidden state") {
     m.mla.q_lora_rank = 0;  // DeepSeek-V2-Lite's shape
