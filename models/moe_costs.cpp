@@ -27,7 +27,7 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
 
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
-  const std::int64_t cache = b * t * c * routing::kv_cache_width(m);
+  const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
   if (routing::is_mla(m)) {
     // Absorbed: each head's query and output live in the kv latent's space (kv_lora_rank, the

@@ -17,8 +17,9 @@
 //   bytes = b*W + b*T*(2*H + 2*(L + Q + K + V))  weights once; x in, out written; the latents and
 //                                                q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
-//   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + b*T*C*D + b*T*(2*H + 2*(Q + K + V))
-//   D = elements cached per token: 2*kv, or model.kv_cache_dim. MLA decodes absorbed (DeepSeek-V3's
+//   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + T*C*Dc + b*T*(2*H + 2*(Q + K + V))
+//   D = elements cached per token: 2*kv, or model.kv_cache_dim; Dc its bytes (routing::kv_cache_token_bytes:
+//   D at model.kv_cache_dtype's bytes; an fp8 MLA cache in FlashMLA's layout). MLA decodes absorbed (DeepSeek-V3's
 //   inference code, FlashMLA): the keys' and values' up projections fold into the query and the
 //   output, so each head scores a (rkv + dr)-wide query against the cached latent and RoPE key
 //   (D = rkv + dr) and sums rkv-wide latents: Q = h*(rkv + dr), O = h*rkv, and the projections'

@@ -26,6 +26,9 @@ struct MoeModelSpec {
   int kv_heads = 1;
   std::int64_t head_dim = 0;
   std::int64_t kv_cache_dim = 0;      // elements cached per token and layer; 0: 2 * kv_heads * head_dim
+  // Bytes per element of the KV cache (model.kv_cache_dtype; decode only): dtype_bytes, or 1 for
+  // fp8 (see kv_cache_token_bytes for MLA's).
+  int kv_cache_bytes = 2;
   std::int64_t attention_params = 0;  // weights of one attention block; 0: H (q + 2 kv) + q H
   // DeepSeek's multi-head latent attention (model.mla; DeepSeek-V2 report, section 2.1): queries
   // through a q_lora_rank-wide latent (0: projected from the hidden state directly), keys and
@@ -61,6 +64,15 @@ inline bool is_mla(const MoeModelSpec& m) { return m.mla.kv_lora_rank > 0; }
 inline std::int64_t kv_cache_width(const MoeModelSpec& m) {
   if (is_mla(m)) return m.mla.kv_lora_rank + m.mla.qk_rope_head_dim;
   return m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv_width(m);
+}
+// Bytes one GPU caches per token and layer: kv_cache_width elements of kv_cache_bytes each, but
+// an MLA cache in fp8 in FlashMLA's FP8 layout (DeepSeek's FlashMLA; DeepSeek-V3: 656 bytes a
+// token): the latent in fp8 with one fp32 scale per 128 of its channels, the RoPE key at dtype_bytes.
+// Other fp8 caches take per-tensor scales (vLLM's fp8 KV cache), a few bytes a layer, left out.
+inline std::int64_t kv_cache_token_bytes(const MoeModelSpec& m) {
+  if (is_mla(m) && m.kv_cache_bytes == 1)
+    return m.mla.kv_lora_rank + 4 * ((m.mla.kv_lora_rank + 127) / 128) + m.dtype_bytes * m.mla.qk_rope_head_dim;
+  return m.kv_cache_bytes * kv_cache_width(m);
 }
 
 // MLA's down projections (H x q_lora_rank for the queries, H x (kv_lora_rank + RoPE key) for the

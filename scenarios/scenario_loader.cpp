@@ -388,6 +388,9 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
   m.weight_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
     m.weight_bytes = *v == "fp8" ? 1 : *v == "fp32" ? 4 : 2;
+  m.kv_cache_bytes = m.dtype_bytes;
+  if (auto v = model->get<std::string>("kv_cache_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
+    m.kv_cache_bytes = *v == "fp8" ? 1 : *v == "fp32" ? 4 : 2;
   if (auto v = model->get<std::int64_t>("attention_heads", count_at_least(1), true))
     m.attention_heads = as_int(*v);
   m.kv_heads = m.attention_heads;
@@ -843,6 +846,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (sc.forward.training && m.weight_bytes != m.dtype_bytes)
     problems.add_at("model.weight_dtype", "only used in inference (forward, prefill, decode): training keeps its weights in "
                                           "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
+  if (sc.workload_kind != "decode" && m.kv_cache_bytes != m.dtype_bytes)
+    problems.add_at("model.kv_cache_dtype", "only used in decode (workload.kind: decode), whose steps read and hold the KV cache");
   if (m.kv_heads > m.attention_heads)
     problems.add_at("model.kv_heads", fmt::format("kv_heads {} is more than attention_heads {}",
                                                   m.kv_heads, m.attention_heads));

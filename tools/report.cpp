@@ -152,7 +152,7 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
 // the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
-// x context x cached elements x b per layer). With tensor parallelism (tp GPUs, with sequence
+// x context x the bytes a token caches per layer, routing::kv_cache_token_bytes). With tensor parallelism (tp GPUs, with sequence
 // parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
 // all-gathers the latter again in the backward pass), the latents, Q, K, V and the output
 // projection's input are for the tp T tokens of its group and its share of the heads; the KV
@@ -230,7 +230,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   }
   // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
-    u.kv_cache = f.micro_batches * tp * t * static_cast<double>(f.context_length) * static_cast<double>(routing::kv_cache_width(m)) * b * layers;
+    u.kv_cache = f.micro_batches * tp * t * static_cast<double>(f.context_length) * static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);

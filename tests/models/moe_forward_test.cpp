@@ -840,9 +840,11 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
                                 ", mla: {kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}"};
     const std::string attention = attentions[pick.uniform_int(3)];
     const std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
+    // Decode: every other trial with an FP8 KV cache (by the trial, so the draws stay those above).
+    const std::string cache = kind == "decode" && trial % 2 ? ", kv_cache_dtype: fp8" : "";
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}}}
 parallelism: {{ep: {}, pp: {}, tp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
@@ -851,7 +853,7 @@ network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -2573,6 +2575,33 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   CHECK(models::expert_cost(m16, 100).bytes - models::expert_cost(m8, 100).bytes == 3 * 1024 * 1024);
   CHECK(models::decode_attention_cost(m16, 4, 1000).bytes - models::decode_attention_cost(m8, 4, 1000).bytes == 2'162'688);
   CHECK(models::router_cost(m16, 100).bytes == models::router_cost(m8, 100).bytes);
+}
+
+TEST_CASE("An FP8 KV cache: FlashMLA's layout for MLA, one byte an element otherwise", "[models][fp8]") {
+  const std::string base = kMlaDecode;
+  const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
+  const std::string fp8_yaml = replaced(base, "  top_k: 1\n", "  top_k: 1\n  kv_cache_dtype: fp8\n");
+  const auto fp8 = scenarios::load_scenario_text(fp8_yaml, "d.yaml");
+  // MLA, kv_lora_rank 512 and a 64-wide RoPE key: bf16 2 x 576 = 1152 bytes a token and layer;
+  // fp8: 512 latent bytes, 4 fp32 scales (one per 128 channels) and the RoPE key in bf16, 128 bytes:
+  // 656 (DeepSeek-V3's in FlashMLA).
+  CHECK(routing::kv_cache_token_bytes(bf16.forward.model) == 1152);
+  CHECK(routing::kv_cache_token_bytes(fp8.forward.model) == 656);
+  // A decode step reads 496 bytes less per cached token: 4 sequences x 1000 tokens; FLOPs equal.
+  const auto& m16 = bf16.forward.model;
+  const auto& m8 = fp8.forward.model;
+  CHECK(models::decode_attention_cost(m16, 4, 1000).bytes - models::decode_attention_cost(m8, 4, 1000).bytes == 4 * 1000 * 496);
+  CHECK(models::decode_attention_cost(m16, 4, 1000).flops == models::decode_attention_cost(m8, 4, 1000).flops);
+  // Memory: 256 sequences x 65536 tokens x 496 bytes x 4 layers = 33,285,996,544 B less.
+  CHECK(memory_gb_max(base) - memory_gb_max(fp8_yaml) == Approx(33.285997).margin(0.0011));
+  // Grouped-query attention: 2 kv heads of 64, keys and values: 256 elements, 512 bytes in bf16, 256 in fp8.
+  routing::MoeModelSpec gqa;
+  gqa.attention_heads = 8;
+  gqa.kv_heads = 2;
+  gqa.head_dim = 64;
+  CHECK(routing::kv_cache_token_bytes(gqa) == 512);
+  gqa.kv_cache_bytes = 1;
+  CHECK(routing::kv_cache_token_bytes(gqa) == 256);
 }
 
 TEST_CASE("Tensor parallelism: what the loader refuses", "[scenarios][tensor_parallel]") {
