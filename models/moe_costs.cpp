@@ -25,9 +25,9 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
   };
 }
 
-KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c) {
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
-  const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m);
+  const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   const routing::AttentionWidths a = routing::attention_widths(m);
   if (routing::is_mla(m)) {
     // Absorbed: each head's query and output live in the kv latent's space (kv_lora_rank, the
@@ -81,6 +81,15 @@ KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, boo
   return c;
 }
 
+std::int64_t mtp_projection_params(const routing::MoeModelSpec& m) { return 2 * m.hidden * (m.hidden / m.tp); }
+
+KernelCost heads_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, n = m.tp * tokens, w = mtp_projection_params(m);
+  const KernelCost projection{.flops = 2 * n * w, .bytes = m.weight_bytes * w + b * n * (2 * h + h / m.tp), .gemm_flops = 2 * n * w};
+  const KernelCost head = m.vocab > 0 ? lm_head_cost(m, tokens, loss) : KernelCost{};
+  return (1 + m.mtp_layers) * head + m.mtp_layers * projection;
+}
+
 std::int64_t vocab_share(const routing::MoeModelSpec& m) { return (m.vocab + m.tp - 1) / m.tp; }
 
 std::int64_t embedding_params(const routing::MoeModelSpec& m) { return vocab_share(m) * m.hidden; }
@@ -101,7 +110,7 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
   GpuParams p;
   p.replicated = (first == 0 ? dense_layers_params(m) + embedding_params(m) : 0) +
-                 (last == m.moe_layers ? embedding_params(m) : 0);
+                 (last == m.moe_layers ? embedding_params(m) + m.mtp_layers * mtp_projection_params(m) : 0);
   p.kept = (first == 0 ? embedding_params(m) : 0) + (last == m.moe_layers ? embedding_params(m) : 0);
   for (int l = first; l < last; ++l) {
     p.replicated += moe_layer_replicated(m);
@@ -119,8 +128,10 @@ ModelParams model_params(const routing::MoeModelSpec& spec) {
   routing::MoeModelSpec m = spec;
   m.tp = 1;
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn, rest = dense_layers_params(m) + embedding_params(m);
-  return {.total = m.moe_layers * (moe_layer_replicated(m) + m.experts * expert) + rest + embedding_params(m),
-          .active = m.moe_layers * (moe_layer_replicated(m) + m.top_k * expert) + rest};
+  const std::int64_t layer = moe_layer_replicated(m) + m.experts * expert, main = m.moe_layers - m.mtp_layers;
+  return {.total = main * layer + rest + embedding_params(m),
+          .active = main * (moe_layer_replicated(m) + m.top_k * expert) + rest,
+          .mtp = m.mtp_modules * (layer + mtp_projection_params(m))};
 }
 
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {

@@ -18,6 +18,9 @@
 //                                                q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
 //   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + T*C*Dc + b*T*(2*H + 2*(Q + K + V))
+//   With speculative decoding each sequence has 1 + d tokens (d drafts): T counts them all, and
+//   the cache is read once per sequence, T/(1 + d) times C*Dc (each also attends to the up to d
+//   tokens before it in the step, left out).
 //   D = elements cached per token: 2*kv, or model.kv_cache_dim; Dc its bytes (routing::kv_cache_token_bytes:
 //   D at model.kv_cache_dtype's bytes; an fp8 MLA cache in FlashMLA's layout). MLA decodes absorbed (DeepSeek-V3's
 //   inference code, FlashMLA): the keys' and values' up projections fold into the query and the
@@ -40,6 +43,8 @@
 //   activation written and read). A GPU runs its local experts back to back (grouped GEMM).
 // reduce (weighted sum of a token's returned expert outputs) over r returned copies:
 //   FLOPs = 2*r*H;  bytes = b*H*(r + T)
+// MTP input projection (per MTP layer run; the concatenated hidden state and next-token
+// embedding, 2H wide, to H) over n tokens: FLOPs = 2*n*2H*H; bytes = b*(2H*H + n*3H).
 // LM head (the output projection to V = vocab logits) over n tokens:
 //   FLOPs = 2*n*H*V;  bytes = b*(H*V + n*H + n*V)
 //   training adds the loss (softmax cross-entropy: the logits read, their gradient written):
@@ -71,7 +76,9 @@
 namespace moesim::models {
 
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len);
-KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context);
+// Decode over `tokens` new tokens, `queries` of them per sequence (1 + draft tokens), which read
+// their sequence's cache once.
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1);
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
@@ -81,6 +88,12 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std:
 KernelCost adam_cost(std::int64_t params);
 // The LM head over `tokens` tokens, with the loss where `loss`.
 KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);
+// What runs after the last MoE layer over `tokens` tokens: the LM head, and per MTP layer run
+// (m.mtp_layers) its input projection (2H -> H; the GPU's H / tp columns over the tensor-parallel
+// group's tokens, like the LM head) and the head again, each with the loss where `loss`.
+KernelCost heads_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);
+// An MTP module's input projection's weights on one GPU (2H x H / tp).
+std::int64_t mtp_projection_params(const routing::MoeModelSpec& m);
 
 // Parameters one GPU holds: `replicated` on every GPU (per MoE layer attention, router and
 // shared experts; the dense layers; the embedding and the LM head), `experts` in its expert
@@ -106,9 +119,11 @@ std::int64_t embedding_params(const routing::MoeModelSpec& m);
 std::int64_t vocab_share(const routing::MoeModelSpec& m);
 // The whole model's parameters (every expert once, tensor parallelism aside) and those one token
 // uses: per MoE layer the attention, the router and its top_k routed and shared experts; the dense
-// layers; the LM head (the embedding's lookup reads one row, left out).
+// layers; the LM head (the embedding's lookup reads one row, left out). The main model's: the MTP
+// modules' apart (they share the embedding and the head).
 struct ModelParams {
   std::int64_t total = 0, active = 0;
+  std::int64_t mtp = 0;  // the MTP modules' own (m.mtp_modules: a layer and a projection each), not in total
 };
 ModelParams model_params(const routing::MoeModelSpec& m);
 // A sharded optimizer's share of a GPU's parameters: the replicated ones over all `gpus`, the

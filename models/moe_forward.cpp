@@ -768,7 +768,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
   if (backward_phase(p) && layer_of(p) == spec_.model.moe_layers - 1 && spec_.model.vocab > 0 &&
       !s.head_backward[static_cast<std::size_t>(micro_batch(p))]) {
     s.head_backward[static_cast<std::size_t>(micro_batch(p))] = 1;
-    const KernelCost c = lm_head_cost(spec_.model, spec_.tokens_per_gpu, false);
+    const KernelCost c = heads_cost(spec_.model, spec_.tokens_per_gpu, false);  // with the MTP layers' heads and projections
     const int times = split(p) ? 1 : 2;
     // With tensor parallelism its input gradients (each GPU's share of the vocabulary's) are
     // reduce-scattered back to the GPUs' own rows.
@@ -1171,7 +1171,7 @@ void MoeForward::weight_step(int gpu) {
     switch (s.op++) {
       case 0:  // the last layer's weight pass takes the LM head's
         if (layer == m.moe_layers - 1 && m.vocab > 0)
-          return run_stage(gpu, Stage::lm_head, cost(lm_head_cost(m, tokens, false), gpu, Work::outside), &MoeForward::weight_step);
+          return run_stage(gpu, Stage::lm_head, cost(heads_cost(m, tokens, false), gpu, Work::outside), &MoeForward::weight_step);
         break;
       case 1:
         return run_stage(gpu, Stage::attention, cost(attention_projection_cost(m, tokens), gpu, Work::other), &MoeForward::weight_step);
@@ -1474,7 +1474,8 @@ std::int64_t MoeForward::lm_head_tokens() const {
   return spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length : spec_.tokens_per_gpu;
 }
 
-KernelCost MoeForward::lm_head() const { return lm_head_cost(spec_.model, lm_head_tokens(), spec_.training); }
+// The LM head, and with MTP layers their projections and heads (heads_cost()).
+KernelCost MoeForward::lm_head() const { return heads_cost(spec_.model, lm_head_tokens(), spec_.training); }
 
 void MoeForward::pass_done(int gpu, int pass) {
   ++passes_done_;
@@ -1625,7 +1626,7 @@ void MoeForward::gathered(int gpu) {
 void MoeForward::finish(int) { ++finished_gpus_; }
 
 KernelCost MoeForward::attention(std::int64_t tokens) const {
-  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length)
+  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens)
                                   : attention_cost(spec_.model, tokens, spec_.sequence_length);
 }
 

@@ -123,6 +123,15 @@ struct ForwardSpec {
   // weights are all-gathered.
   bool optimizer_sharding = false;
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
+  // Decode, speculative: each sequence's step verifies this many draft tokens with its new one,
+  // so tokens_per_gpu counts (1 + draft_tokens) tokens per sequence (sequences()), whose
+  // attention reads the sequence's cache once; the model's MTP layer (its last MoE layer) drafts
+  // the next step's token over the same tokens. A step yields 1 + acceptance_rate + ... +
+  // acceptance_rate^draft_tokens tokens per sequence on average (each draft accepted with this
+  // probability if the one before was).
+  int draft_tokens = 0;
+  double acceptance_rate = 0;
+  std::int64_t sequences() const { return tokens_per_gpu / (1 + draft_tokens); }
   // Training: activation recomputation. attention: each layer's attention forward (dense layers'
   // too) is run again in its backward pass, before the attention's backward, from the kept
   // input; full: each MoE layer keeps only its input and its whole forward (attention, router,

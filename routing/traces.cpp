@@ -248,7 +248,7 @@ std::vector<TokenBatch> read_token_trace(const std::string& path, int experts, i
         const auto t = taken[static_cast<std::size_t>(l * ranks + r)];
         if (t < tokens_per_rank)
           throw TraceError(fmt::format("{}: layer {} rank {} has {} tokens; the scenario needs {} per rank "
-                                       "(workload.tokens_per_gpu)", path, l, r, t, tokens_per_rank));
+                                       "(workload.tokens_per_gpu; in speculative decoding times 1 + draft_tokens)", path, l, r, t, tokens_per_rank));
       }
     } else {
       const auto t = taken[static_cast<std::size_t>(l * ranks)];

@@ -436,6 +436,11 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
   if (auto v = model->get<std::int64_t>("vocab", count_at_least(1), false)) m.vocab = *v;
+  if (auto v = model->get<std::int64_t>("mtp_modules", count_at_least(0), false)) {
+    m.mtp_modules = as_int(*v);
+    if (m.mtp_modules > 0 && m.vocab == 0)
+      problems.add_at(model->key_path("mtp_modules"), "the MTP modules predict through the LM head: set model.vocab");
+  }
   model->finish();
 }
 
@@ -478,6 +483,21 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(w->key_path("kind"), "decode needs workload.context_length (the cached tokens each sequence attends to)");
     }
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
+    if (auto v = w->get<std::int64_t>("draft_tokens", count_at_least(1), false)) {
+      f.draft_tokens = as_int(*v);
+      if (!decode)
+        problems.add_at(w->key_path("draft_tokens"), "only used with 'kind: decode' (speculative decoding)");
+      else if (f.draft_tokens > 1)
+        problems.add_at(w->key_path("draft_tokens"),
+                        fmt::format("{} draft tokens: only 1 is modelled (one MTP module drafting one token a step, as "
+                                    "DeepSeek-V3 is served); more need the module run again for each",
+                                    f.draft_tokens));
+      else if (sc.forward.model.mtp_modules == 0)
+        problems.add_at(w->key_path("draft_tokens"), "the draft tokens come from the model's MTP module: set model.mtp_modules");
+      if (auto p = w->get<double>("acceptance_rate", fraction(), decode)) f.acceptance_rate = *p;
+    } else if (w->get<double>("acceptance_rate", fraction(), false)) {
+      problems.add_at(w->key_path("acceptance_rate"), "only used with workload.draft_tokens");
+    }
     if (auto v = w->get<std::int64_t>("micro_batches", count_at_least(1), false)) {
       f.micro_batches = as_int(*v);
       if (f.micro_batches > 1 && !f.training && f.pp == 1)
@@ -907,8 +927,11 @@ void cross_check(const Scenario& sc, Problems& problems) {
                             : fmt::format("{} stages' layer counts for {} pipeline stages (parallelism.pp)", split.size(), pp));
     else if (const int sum = std::accumulate(split.begin(), split.end(), 0); !split.empty() && sum != m.moe_layers)
       problems.add_at("parallelism.pipeline_layers",
-                      fmt::format("the {} layer counts add up to {}, but the model has {} MoE layers", v > 1 ? "chunks'" : "stages'",
-                                  sum, m.moe_layers));
+                      fmt::format("the {} layer counts add up to {}, but the model has {} MoE layers{}", v > 1 ? "chunks'" : "stages'",
+                                  sum, m.moe_layers,
+                                  m.mtp_layers > 0 ? fmt::format(" ({} and {} MTP, the last chunk's last)", m.moe_layers - m.mtp_layers,
+                                                                 m.mtp_layers)
+                                                   : ""));
     const bool dualpipev = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipev;
     const bool dualpipe = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipe;
     if (dualpipe) {
@@ -1112,6 +1135,12 @@ Scenario load(const YAML::Node& root, Problems& problems) {
   read_model(top, sc, problems);
   read_rest(top, sc, problems);
   top.finish();
+  // The MTP modules run as the model's last MoE layers in training, and the first of them drafts
+  // in decode with draft tokens; otherwise the main model runs without them.
+  auto& f = sc.forward;
+  f.model.mtp_layers = sc.workload_kind == "training" ? f.model.mtp_modules : f.draft_tokens > 0 && f.model.mtp_modules > 0 ? 1 : 0;
+  f.model.moe_layers += f.model.mtp_layers;
+  f.tokens_per_gpu *= 1 + f.draft_tokens;
   if (!problems.any()) cross_check(sc, problems);
   if (!problems.any()) read_traces(sc, problems);
   return sc;

@@ -334,10 +334,14 @@ int cmd_validate(const std::vector<std::string>& args) {
   if (!vm.count("scenario")) throw UsageError("validate needs a scenario file");
   const scenarios::Scenario sc = load(vm);
   const models::ModelParams params = models::model_params(sc.forward.model);
-  fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers; {:.1f} B parameters, {:.1f} B active per token)\n",
-             sc.source, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name, sc.forward.model.experts,
-             sc.forward.model.top_k, sc.forward.ep, sc.forward.model.moe_layers, static_cast<double>(params.total) / 1e9,
-             static_cast<double>(params.active) / 1e9);
+  const auto& m = sc.forward.model;
+  fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers{}; {:.1f} B parameters, {:.1f} B active per token{})\n",
+             sc.source, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name, m.experts, m.top_k, sc.forward.ep,
+             m.moe_layers - m.mtp_layers, m.mtp_layers > 0 ? fmt::format(" and {} MTP layer{} run", m.mtp_layers, m.mtp_layers > 1 ? "s" : "") : "",
+             static_cast<double>(params.total) / 1e9, static_cast<double>(params.active) / 1e9,
+             m.mtp_modules > 0 ? fmt::format(", and {:.1f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,
+                                             m.mtp_modules > 1 ? "s" : "")
+                               : "");
   return 0;
 }
 

@@ -69,12 +69,21 @@ std::string time_source(sim::Time total, sim::Time profiled) {
   return fmt::format("  (profile {:.0f}%, roofline {:.0f}%)", p, 100 - p);
 }
 
+// Tokens a sequence gains in a decode step on average: its new one, and with draft tokens each
+// draft accepted with acceptance_rate if the one before it was: 1 + p + ... + p^d.
+double tokens_per_sequence(const models::ForwardSpec& f) {
+  double sum = 1, term = 1;
+  for (int i = 0; i < f.draft_tokens; ++i) sum += term *= f.acceptance_rate;
+  return sum;
+}
+
 // Tokens one step processes: every GPU's micro-batch, times the micro-batches of a training
 // step; with pipeline stages a micro-batch's tokens pass through every stage, so the GPUs of one
-// stage hold them all.
+// stage hold them all. Speculative decoding: the tokens the sequences gain (expected), not those verified.
 double step_tokens(const scenarios::Scenario& sc) {
-  return static_cast<double>(sc.forward.tokens_per_gpu) * sc.forward.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node /
-         sc.forward.pp;
+  const auto& f = sc.forward;
+  const double per_gpu = f.draft_tokens > 0 ? static_cast<double>(f.sequences()) * tokens_per_sequence(f) : static_cast<double>(f.tokens_per_gpu);
+  return per_gpu * f.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp;
 }
 
 struct Totals {
@@ -199,10 +208,11 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
   const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
-  // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them).
+  // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them),
+  // once more for each MTP layer run.
   const bool head = m.vocab > 0 && own.back() + 1 == m.moe_layers;
   const double logits =
-      head ? 4.0 * static_cast<double>(m.vocab) *
+      head ? 4.0 * static_cast<double>(m.vocab) * (1 + m.mtp_layers) *
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
            : 0.0;
   if (f.training && f.recompute == models::Recompute::full) {
@@ -230,7 +240,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   }
   // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
-    u.kv_cache = f.micro_batches * tp * t * static_cast<double>(f.context_length) * static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
+    u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * static_cast<double>(f.context_length) *
+                 static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);
@@ -341,7 +352,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
   const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)];
-  const auto tokens = static_cast<std::int64_t>(step_tokens(sc));
+  const double step_tokens_exact = step_tokens(sc);  // fractional with draft tokens (expected)
+  const auto tokens = std::llround(step_tokens_exact);
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
   out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
@@ -362,8 +374,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const char* overlap = f.two_batch_overlap ? "two_batch" : f.forward_backward_overlap ? "forward_backward" : "none";
   fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
-             f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.tokens_per_gpu, f.micro_batches, tokens, format_us(step),
-             seconds > 0 ? tokens / seconds : 0.0, seconds > 0 ? tokens / seconds / gpus : 0.0, crit);
+             f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.sequences(), f.micro_batches, tokens, format_us(step),
+             seconds > 0 ? step_tokens_exact / seconds : 0.0, seconds > 0 ? step_tokens_exact / seconds / gpus : 0.0, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
@@ -583,19 +595,37 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     : f.virtual_stages > 1                                   ? "interleaved 1F1B"
                                                                                              : "1F1B")
                      : std::string(),
-             f.tokens_per_gpu,
+             f.sequences(),
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
   const models::ModelParams params = models::model_params(f.model);
-  fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}\n", static_cast<double>(params.total) / 1e9,
+  const int mtp = f.model.mtp_modules;
+  fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}{}\n", static_cast<double>(params.total) / 1e9,
              static_cast<double>(params.active) / 1e9,
+             mtp == 0 ? std::string()
+                      : fmt::format(", and {:.1f} B in {} MTP module{} ({})", static_cast<double>(params.mtp) / 1e9, mtp,
+                                    mtp > 1 ? "s" : "",
+                                    f.training                ? "trained after the main layers"
+                                    : f.model.mtp_layers > 0 ? "drafting"
+                                                             : "not run: no workload.draft_tokens"),
              routing::is_mla(f.model) ? "; multi-head latent attention" : "");
+  const int main_layers = f.model.moe_layers - f.model.mtp_layers;
+  const std::string layers_said =
+      f.model.mtp_layers == 0
+          ? fmt::format("{} MoE layers", main_layers)
+          : fmt::format("{} MoE layers and {} MTP layer{}", main_layers, f.model.mtp_layers, f.model.mtp_layers > 1 ? "s" : "");
   const std::string what =
       f.training && f.micro_batches > 1
-          ? fmt::format("training step: {} micro-batches (gradient accumulation) forward and backward through {} MoE layers, "
+          ? fmt::format("training step: {} micro-batches (gradient accumulation) forward and backward through {}, "
                         "then one optimizer update",
-                        f.micro_batches, f.model.moe_layers)
-          : fmt::format("{} through {} MoE layers",
+                        f.micro_batches, layers_said)
+          : fmt::format("{} through {}",
                         f.training ? std::string("training step: forward, backward and optimizer of one micro-batch")
+                        : f.context_length > 0 && f.draft_tokens > 0
+                            ? fmt::format("decode step: {} sequences per GPU{} each verify {} draft token{} with their new "
+                                          "one and gain {:.3g} tokens on average (acceptance {:.3g})",
+                                          f.sequences(),
+                                          f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "",
+                                          f.draft_tokens, f.draft_tokens > 1 ? "s" : "", tokens_per_sequence(f), f.acceptance_rate)
                         : f.context_length > 0
                             ? fmt::format("decode step: one new token for each of {} sequences per GPU{}", f.tokens_per_gpu,
                                           f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "")
@@ -604,7 +634,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                                    : std::string("prefill of one batch of prompts"))
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
-                        f.model.moe_layers);
+                        layers_said);
   fmt::print(out, "  step time   {:.3f} ms  ({})\n", step.to_us() / 1e3, what);
   if (step > sim::Time::zero()) {
     const Economics e = economics(sc, r);

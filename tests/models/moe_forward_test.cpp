@@ -582,6 +582,18 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
     // 3 x 583,467,008 + 926,679,040 = 36,624,596,992.
     CHECK(models::model_params(m).total == total);
     CHECK(models::model_params(m).active == 36'624'596'992);
+    // Its multi-token-prediction module (num_nextn_predict_layers: 1), counted apart: one more
+    // MoE layer, 187,105,280 + 1,835,008 + 257 x 44,040,192 = 11,507,269,632, and the projection
+    // 2 x 7168 x 7168 = 102,760,448: 11,610,030,080 (the model card's 14 B also counts the
+    // module's own copies of the embedding and the head, 2 x 926,679,040: 13,463,388,160).
+    CHECK(models::model_params(m).mtp == 0);
+    m.mtp_modules = 1;
+    CHECK(models::model_params(m).mtp == 11'610'030'080);
+    CHECK(models::model_params(m).total == total);  // the main model's, as run without the module
+    m.mtp_layers = 1;  // run (training): the module is moe_layers' last, not the main model's
+    m.moe_layers = 59;
+    CHECK(models::model_params(m).total == total);
+    CHECK(models::model_params(m).active == 36'624'596'992);
   }
   SECTION("without a query latent the queries come from the hidden state") {
     m.mla.q_lora_rank = 0;  // DeepSeek-V2-Lite's shape
@@ -842,19 +854,25 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
     // Decode: every other trial with an FP8 KV cache (by the trial, so the draws stay those above).
     const std::string cache = kind == "decode" && trial % 2 ? ", kv_cache_dtype: fp8" : "";
+    // Every fourth trial (without layer counts given per stage) an MTP module: trained as one
+    // more layer, or drafting a token per sequence in decode (run in neither elsewhere).
+    const bool mtp = trial % 4 == 3 && split.find("pipeline_layers") == std::string::npos;
+    const int mtp_run = mtp && (kind == "training" || kind == "decode") ? 1 : 0;
+    const int draft = mtp && kind == "decode" ? 1 : 0;
+    const std::string mtp_keys = mtp ? ", vocab: 1000, mtp_modules: 1" : "";
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
-model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}}}
+model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}{}}}
 parallelism: {{ep: {}, pp: {}, tp: {}{}}}
-workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}seed: {}}}
+workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
 network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
 compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
-        kind == "decode" ? "context_length: 512, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
+        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, mtp_keys, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        kind == "decode" ? "context_length: 512, " : "", draft ? "draft_tokens: 1, acceptance_rate: 0.7, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)], gemms);
@@ -874,9 +892,10 @@ output: {{timeline: off}}
       computed += l.computed;
       dropped += l.dropped;
     }
-    // Each layer is routed by its pipeline stage's GPUs.
-    CHECK(routed == static_cast<std::int64_t>(layers) * batches * (gpus / pp) * std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) *
-                        top_k);
+    // Each layer is routed by its pipeline stage's GPUs (the MTP layer too, and with a draft
+    // token two tokens per sequence).
+    CHECK(routed == static_cast<std::int64_t>(layers + mtp_run) * batches * (gpus / pp) *
+                        std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * (1 + draft) * top_k);
     CHECK(routed == computed + dropped);
   }
 }
@@ -1310,6 +1329,86 @@ TEST_CASE("The LM head ends the forward pass and starts the backward pass, as de
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "p.yaml"));
     CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] == Time::ps(65'800'192));
   }
+}
+
+TEST_CASE("An MTP module trains as one more MoE layer with its projection and a second head, as derived by hand",
+          "[models][training][mtp]") {
+  // H = 1024, T = 1000, V = 32,000 on the toy GPU (100 TFLOP/s, 1 TB/s). The MTP projection
+  // (2H -> H): 2*T*2H*H = 4,194,304,000 FLOPs, 2*(2H*H + 3*T*H) = 10,338,304 bytes. After the
+  // last layer: the head with its loss, then the projection and the head with its loss again:
+  // 2 x 65,664,000,000 + 4,194,304,000 = 135,522,304,000 FLOPs (1,355,223,040 ps, compute-bound:
+  // 2 x 259,584,000 + 10,338,304 bytes), against the one head's 656,640,000 ps. Backward, twice
+  // the heads and the projection without the loss: 2 x (2 x 65,536,000,000 + 4,194,304,000)
+  // FLOPs = 2,705,326,080 ps against 1,310,720,000. The optimizer: the projection's 2,097,152
+  // parameters x 28 B more = 58,720,256 ps. The module's MoE layer is the model's last: the step
+  // is that of two MoE layers plus 698,583,040 + 1,394,606,080 + 58,720,256 ps.
+  routing::MoeModelSpec m;
+  m.hidden = 1024;
+  m.vocab = 32000;
+  m.mtp_layers = 1;
+  const auto heads = models::heads_cost(m, 1000, true);
+  CHECK(heads.flops == 135'522'304'000);
+  CHECK(heads.bytes == 2 * 259'584'000 + 10'338'304);
+  CHECK(heads.gemm_flops == 4'194'304'000);  // the projection's; the head stays BF16
+  CHECK(models::heads_cost(m, 1000, false).flops == 2 * 65'536'000'000 + 4'194'304'000);
+  const auto with = [](std::string text, const std::string& extra) {
+    const std::string heads_key = "  attention_heads: 8\n";
+    return text.replace(text.find(heads_key), heads_key.size(), heads_key + "  vocab: 32000\n" + extra);
+  };
+  const auto two_layers = scenarios::load_scenario_text(with(replaced(tiny_training(""), "moe_layers: 1", "moe_layers: 2"), ""), "two.yaml");
+  const auto mtp = scenarios::load_scenario_text(with(tiny_training(""), "  mtp_modules: 1\n"), "mtp.yaml");
+  CHECK(mtp.forward.model.moe_layers == 2);
+  CHECK(mtp.forward.model.mtp_layers == 1);
+  const auto plain = scenarios::run_experiment(two_layers), r = scenarios::run_experiment(mtp);
+  CHECK(r.stats.step_time() == plain.stats.step_time() + Time::ps(698'583'040LL + 1'394'606'080LL + 58'720'256LL));
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] == Time::ps(1'355'223'040LL + 2'705'326'080LL));
+  CHECK(r.stats.layers().size() == 2);
+  const std::string summary = summary_csv(mtp, r);
+  CHECK(csv_value(summary, "moe_layers") == "2");  // the layers run, the module's included
+  CHECK(csv_value(summary, "tokens_per_step") == "2000");  // it adds no tokens
+  // Inference without draft tokens runs and holds the main model only.
+  const auto fwd = scenarios::load_scenario_text(with(tiny("dropless", 1), "  mtp_modules: 1\n"), "f.yaml");
+  CHECK(fwd.forward.model.moe_layers == 1);
+  CHECK(fwd.forward.model.mtp_layers == 0);
+}
+
+TEST_CASE("Speculative decoding verifies a draft token per sequence and drafts the next with the MTP layer", "[models][decode][mtp]") {
+  // Two tokens per sequence read its cache once: 4 tokens of 2 sequences read half the cache
+  // bytes of 4 sequences (2 x 4 x 1000 x 2 x 256 / 2 = 2,048,000 B less), with the same FLOPs.
+  const routing::MoeModelSpec g = gqa_attention();
+  CHECK(models::decode_attention_cost(g, 4, 1000).bytes - models::decode_attention_cost(g, 4, 1000, 2).bytes == 2'048'000);
+  CHECK(models::decode_attention_cost(g, 4, 1000).flops == models::decode_attention_cost(g, 4, 1000, 2).flops);
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model: {moe_layers: 2, hidden: 1024, expert_ffn: 1024, experts: 2, top_k: 2, attention_heads: 8, vocab: 32000, mtp_modules: 1}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096DRAFT}
+network: {model: analytical}
+)";
+  const auto plain_sc = scenarios::load_scenario_text(replaced(base, "DRAFT", ""), "d.yaml");
+  const auto sc = scenarios::load_scenario_text(replaced(base, "DRAFT", ", draft_tokens: 1, acceptance_rate: 0.8"), "s.yaml");
+  // 32 sequences, 64 tokens through the 2 MoE layers and the MTP layer.
+  CHECK(sc.forward.tokens_per_gpu == 64);
+  CHECK(sc.forward.sequences() == 32);
+  CHECK(sc.forward.model.moe_layers == 3);
+  CHECK(plain_sc.forward.model.moe_layers == 2);
+  const auto r = scenarios::run_experiment(sc);
+  std::int64_t routed = 0;
+  for (const auto& l : r.stats.layers()) routed += l.routed;
+  CHECK(routed == 3 * 64 * 2 * 2);  // layers x tokens x GPUs x top_k
+  // Every layer's attention (the 2 MoE layers' and the MTP layer's) over 64 tokens of 32 sequences.
+  const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::attention)] ==
+        Time::ps(3 * roofline.time(models::decode_attention_cost(sc.forward.model, 64, 4096, 2)).count_ps()));
+  // A step gains 1 + 0.8 tokens per sequence: 32 x 1.8 x 2 GPUs = 115.2.
+  const std::string summary = summary_csv(sc, r);
+  CHECK(csv_value(summary, "tokens_per_gpu") == "32");
+  CHECK(csv_value(summary, "tokens_per_step") == "115");
+  CHECK(std::stod(csv_value(summary, "tokens_per_s")) == Approx(115.2 / r.stats.step_time().to_seconds()).epsilon(1e-3));
+  // The KV cache: 32 sequences x 4096 x 2 x 1024 x 2 B for each of the 3 layers (the MTP layer's
+  // own too); without drafting 2 layers'.
+  CHECK(std::stod(csv_value(summary, "memory_gb_max")) - memory_gb_max(replaced(base, "DRAFT", "")) ==
+        Approx(32.0 * 4096 * 2 * 1024 * 2 / 1e9 + 0.0).margin(0.06));
 }
 
 TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", "[models][pipeline]") {

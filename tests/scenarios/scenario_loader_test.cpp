@@ -137,6 +137,40 @@ TEST_CASE("model.kv_cache_dtype sets the KV cache's bytes, in decode only", "[sc
              Catch::Contains("model.kv_cache_dtype: expected one of bf16, fp16, fp8, fp32"));
 }
 
+TEST_CASE("MTP modules and draft tokens: where they run and what the loader refuses", "[scenarios][mtp]") {
+  const std::string mtp = with("  top_k: 2\n", "  top_k: 2\n  vocab: 32000\n  mtp_modules: 1\n");
+  const std::string decode =
+      replaced_text(mtp, "  tokens_per_gpu: 1024\n", "  kind: decode\n  tokens_per_gpu: 64\n  context_length: 4096\nDRAFT");
+  const auto draft = [&](const std::string& keys) { return replaced_text(decode, "DRAFT", keys); };
+  // Forward: the main model only; training: the module as the last MoE layer; decode with a draft
+  // token: that layer, and two tokens per sequence.
+  CHECK(load_scenario_text(mtp, "s.yaml").forward.model.moe_layers == 4);
+  CHECK(load_scenario_text(mtp, "s.yaml").forward.model.mtp_modules == 1);
+  const auto training = load_scenario_text(replaced_text(mtp, "  tokens_per_gpu: 1024\n", "  kind: training\n  tokens_per_gpu: 1024\n"), "s.yaml");
+  CHECK(training.forward.model.moe_layers == 5);
+  CHECK(training.forward.model.mtp_layers == 1);
+  CHECK(load_scenario_text(draft(""), "s.yaml").forward.model.moe_layers == 4);
+  const auto spec = load_scenario_text(draft("  draft_tokens: 1\n  acceptance_rate: 0.85\n"), "s.yaml");
+  CHECK(spec.forward.model.moe_layers == 5);
+  CHECK(spec.forward.tokens_per_gpu == 128);
+  CHECK(spec.forward.sequences() == 64);
+  CHECK(spec.forward.acceptance_rate == 0.85);
+  // Refusals.
+  CHECK(error_of(with("  top_k: 2\n", "  top_k: 2\n  mtp_modules: 1\n")) ==
+        "s.yaml:13:16: model.mtp_modules: the MTP modules predict through the LM head: set model.vocab");
+  CHECK(error_of(replaced_text(mtp, "  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  draft_tokens: 1\n")) ==
+        "s.yaml:20:17: workload.draft_tokens: only used with 'kind: decode' (speculative decoding)");
+  CHECK(error_of(draft("  draft_tokens: 2\n  acceptance_rate: 0.8\n")) ==
+        "s.yaml:22:17: workload.draft_tokens: 2 draft tokens: only 1 is modelled (one MTP module drafting one token a step, as "
+        "DeepSeek-V3 is served); more need the module run again for each");
+  CHECK(error_of(replaced_text(replaced_text(draft("  draft_tokens: 1\n  acceptance_rate: 0.8\n"), "  mtp_modules: 1\n", ""),
+                               "  vocab: 32000\n", "")) ==
+        "s.yaml:20:17: workload.draft_tokens: the draft tokens come from the model's MTP module: set model.mtp_modules");
+  CHECK_THAT(error_of(draft("  draft_tokens: 1\n")), Catch::Contains("missing required key 'acceptance_rate'"));
+  CHECK(error_of(draft("  acceptance_rate: 0.8\n")) == "s.yaml:22:20: workload.acceptance_rate: only used with workload.draft_tokens");
+  CHECK_THAT(error_of(draft("  draft_tokens: 1\n  acceptance_rate: 1.5\n")), Catch::Contains("workload.acceptance_rate: must be in (0, 1]"));
+}
+
 TEST_CASE("A valid scenario loads with its values and documented defaults", "[scenarios]") {
   const auto sc = load_scenario_text(kBase, "s.yaml");
   CHECK(sc.cluster.nodes == 2);
