@@ -24,7 +24,8 @@ constexpr Alias kAliases[] = {
     {"step_time", "step_time_us", false},       {"cost", "cost_per_million_tokens", false},
     {"cost/step", "cost_per_step", false},      {"memory", "memory_gb_max", false},
     {"mfu", "mfu", true},                       {"drop_rate", "drop_rate", false},
-    {"gpus", "gpus", false},
+    {"gpus", "gpus", false},                    {"time_per_token", "time_per_token_us", false},
+    {"tpot", "time_per_token_us", false},
 };
 // Columns where more is better (for a bare `=` target).
 constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu"};
@@ -42,7 +43,7 @@ std::string number(double x) {
 
 // A metric's value in words: units where the column has them.
 std::string quantity(const Metric& m, double x) {
-  if (m.column == "step_time_us") return x >= 1000 ? fmt::format("{:.3f} ms", x / 1000) : fmt::format("{:.1f} us", x);
+  if (m.column == "step_time_us" || m.column == "time_per_token_us") return x >= 1000 ? fmt::format("{:.3f} ms", x / 1000) : fmt::format("{:.1f} us", x);
   if (m.column == "memory_gb_max") return fmt::format("{:.1f} GB", x);
   if (m.column == "cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
@@ -80,7 +81,7 @@ Target parse_target(const std::string& text) {
     throw PlanError(fmt::format("--target '{}': use >= or <= (or = for the usual direction)", text));
   }
   try {
-    if (t.metric.column == "step_time_us" && value.find_first_not_of("0123456789.eE+-") != std::string::npos)
+    if ((t.metric.column == "step_time_us" || t.metric.column == "time_per_token_us") && value.find_first_not_of("0123456789.eE+-") != std::string::npos)
       t.value = static_cast<double>(sim::parse_time(value).count_ps()) / 1e6;
     else
       t.value = sim::parse_number(value);
@@ -119,6 +120,10 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   };
   if (objective.column.rfind("cost", 0) == 0 && rows.size() > 1 && !value(1, obj))
     throw PlanError("the sweep has no cost: set cluster.gpu_hour_price in the scenario (or with --set)");
+  const bool per_token = objective.column == "time_per_token_us" ||
+                         std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.metric.column == "time_per_token_us"; });
+  if (per_token && rows.size() > 1 && !value(1, column("time_per_token_us")))
+    throw PlanError("the sweep has no time per token: only decode has one (workload.kind: decode)");
   const auto describe = [&](std::size_t row) {
     std::string s = fmt::format("point {}", rows[row][0]);
     std::string values;

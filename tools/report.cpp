@@ -358,7 +358,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const double seconds = step.to_seconds();
   out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
          "moe_layers,tokens_per_gpu,"
-         "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,critical_gpu,"
+         "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
          "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
@@ -372,10 +372,16 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                                : f.virtual_stages > 1 ? "interleaved_1f1b"
                                                       : "1f1b";
   const char* overlap = f.two_batch_overlap ? "two_batch" : f.forward_backward_overlap ? "forward_backward" : "none";
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},", csv_field(sc.source),
+  // Decode: the time between a sequence's tokens, the step over the tokens it gains per step.
+  // (the expected gain with draft tokens, to the picosecond).
+  const std::string per_token =
+      f.context_length > 0
+          ? format_us(sim::Time::ps(std::llround(static_cast<double>(step.count_ps()) / tokens_per_sequence(f))))
+          : std::string();
+  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus, f.ep,
              f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.sequences(), f.micro_batches, tokens, format_us(step),
-             seconds > 0 ? step_tokens_exact / seconds : 0.0, seconds > 0 ? step_tokens_exact / seconds / gpus : 0.0, crit);
+             seconds > 0 ? step_tokens_exact / seconds : 0.0, seconds > 0 ? step_tokens_exact / seconds / gpus : 0.0, per_token, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
              ratio(static_cast<double>(exposed.count_ps()), static_cast<double>(step.count_ps())),
@@ -635,7 +641,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
                         layers_said);
-  fmt::print(out, "  step time   {:.3f} ms  ({})\n", step.to_us() / 1e3, what);
+  fmt::print(out, "  step time   {:.3f} ms  ({}){}\n", step.to_us() / 1e3, what,
+             f.draft_tokens > 0 ? fmt::format(": a token every {:.3f} ms per sequence", step.to_us() / 1e3 / tokens_per_sequence(f))
+                                : std::string());
   if (step > sim::Time::zero()) {
     const Economics e = economics(sc, r);
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", tokens / step.to_seconds(),

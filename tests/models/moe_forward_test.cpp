@@ -1405,6 +1405,11 @@ network: {model: analytical}
   CHECK(csv_value(summary, "tokens_per_gpu") == "32");
   CHECK(csv_value(summary, "tokens_per_step") == "115");
   CHECK(std::stod(csv_value(summary, "tokens_per_s")) == Approx(115.2 / r.stats.step_time().to_seconds()).epsilon(1e-3));
+  // A sequence's tokens come every step / 1.8; without drafts every step.
+  CHECK(std::stod(csv_value(summary, "time_per_token_us")) == Approx(r.stats.step_time().to_us() / 1.8).epsilon(1e-9));
+  const auto plain = scenarios::run_experiment(plain_sc);
+  const std::string plain_summary = summary_csv(plain_sc, plain);
+  CHECK(csv_value(plain_summary, "time_per_token_us") == csv_value(plain_summary, "step_time_us"));
   // The KV cache: 32 sequences x 4096 x 2 x 1024 x 2 B for each of the 3 layers (the MTP layer's
   // own too); without drafting 2 layers'.
   CHECK(std::stod(csv_value(summary, "memory_gb_max")) - memory_gb_max(replaced(base, "DRAFT", "")) ==

@@ -52,3 +52,26 @@ TEST_CASE("plan targets and metrics are checked", "[plan]") {
                                "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n0,8,1,1,1,0,,1,80,yes,\n";
   CHECK_THROWS_WITH(choose_point(no_price, {}, parse_metric("cost"), true, {}), Catch::Contains("cluster.gpu_hour_price"));
 }
+
+TEST_CASE("plan takes decode's time per token as a target, with units", "[plan]") {
+  // Two decode points: with a draft token the step is longer but a sequence's tokens come faster.
+  const std::string sweep =
+      "point,workload.draft_tokens,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,drop_rate,"
+      "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n"
+      "0,0,8,19502.0,13128.0,1641.0,19502.0,0,53.7,80,yes,\n"
+      "1,1,8,22935.0,20648.0,2581.0,12397.5,0,54.8,80,yes,\n";
+  const auto t = parse_target("tpot<=15ms");
+  CHECK(t.metric.column == "time_per_token_us");
+  CHECK(t.value == Approx(15000));
+  CHECK(parse_target("time_per_token=20ms").metric.column == "time_per_token_us");
+  const auto c = choose_point(sweep, {t}, parse_metric("tokens/s/gpu"), false, {"workload.draft_tokens"});
+  REQUIRE(c.best);
+  CHECK(*c.best == 1);
+  const auto by_latency = choose_point(sweep, {parse_target("latency<=20ms")}, parse_metric("tokens/s/gpu"), false, {});
+  REQUIRE(by_latency.best);
+  CHECK(*by_latency.best == 0);  // the step time alone would rule the draft out
+  // Outside decode the column is empty.
+  const std::string training = "point,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,drop_rate,"
+                               "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n0,8,1,1,1,,0,1,80,yes,\n";
+  CHECK_THROWS_WITH(choose_point(training, {t}, parse_metric("tokens/s"), false, {}), Catch::Contains("only decode has one"));
+}
