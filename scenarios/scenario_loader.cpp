@@ -483,7 +483,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(w->key_path("kind"), "decode needs workload.context_length (the cached tokens each sequence attends to)");
     }
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
-    if (auto v = w->get<std::int64_t>("draft_tokens", count_at_least(1), false)) {
+    if (auto v = w->get<std::int64_t>("draft_tokens", count_at_least(0), false)) {
+      // 0: no speculation (a sweep's baseline; acceptance_rate may stay).
       f.draft_tokens = as_int(*v);
       if (!decode)
         problems.add_at(w->key_path("draft_tokens"), "only used with 'kind: decode' (speculative decoding)");
@@ -492,9 +493,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
                         fmt::format("{} draft tokens: only 1 is modelled (one MTP module drafting one token a step, as "
                                     "DeepSeek-V3 is served); more need the module run again for each",
                                     f.draft_tokens));
-      else if (sc.forward.model.mtp_modules == 0)
+      else if (f.draft_tokens > 0 && sc.forward.model.mtp_modules == 0)
         problems.add_at(w->key_path("draft_tokens"), "the draft tokens come from the model's MTP module: set model.mtp_modules");
-      if (auto p = w->get<double>("acceptance_rate", fraction(), decode)) f.acceptance_rate = *p;
+      if (auto p = w->get<double>("acceptance_rate", fraction(), decode && f.draft_tokens > 0)) f.acceptance_rate = *p;
     } else if (w->get<double>("acceptance_rate", fraction(), false)) {
       problems.add_at(w->key_path("acceptance_rate"), "only used with workload.draft_tokens");
     }

@@ -202,11 +202,18 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
           : fmt::format("it has the {} {} ({}) of the {} points that fit in memory{}", minimize ? "lowest" : "highest",
                         objective.label, quantity(objective, *value(best, obj)), ok.size(),
                         goal.empty() ? "" : " and meet " + goal);
+  // Speculative decoding: a sequence's tokens come faster than the steps.
+  const auto tpot_at = std::find(header.begin(), header.end(), "time_per_token_us");
+  const std::optional<double> tpot =
+      tpot_at == header.end() ? std::nullopt : value(best, static_cast<std::size_t>(tpot_at - header.begin()));
+  const std::string token_every = tpot && *tpot != col("step_time_us")
+                                    ? fmt::format(" (a token every {} per sequence)", quantity(parse_metric("time_per_token_us"), *tpot))
+                                    : "";
   c.explanation = fmt::format(
-      "Choose {}: {}. It runs {} tokens/s ({} per GPU, {} GPUs) with a step of {}, {:.1f}% of assignments dropped, "
+      "Choose {}: {}. It runs {} tokens/s ({} per GPU, {} GPUs) with a step of {}{}, {:.1f}% of assignments dropped, "
       "and needs up to {:.1f} of {:.0f} GB per GPU.{}",
       describe(best), why, number(col("tokens_per_s")), number(col("tokens_per_s_per_gpu")), rows[best][column("gpus")],
-      quantity(parse_metric("step_time_us"), col("step_time_us")), 100 * col("drop_rate"), col("memory_gb_max"),
+      quantity(parse_metric("step_time_us"), col("step_time_us")), token_every, 100 * col("drop_rate"), col("memory_gb_max"),
       col("gpu_memory_gb"), ruled_out);
   if (ok.size() > 1) {
     const double a = *value(best, obj), b = *value(ok[1], obj);

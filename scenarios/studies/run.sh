@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the three capacity-planning studies and draws their charts.
+# Runs the four capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -44,4 +44,10 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$moesim" sweep "$here/attention-tp/grid.yaml" --out "$work/attention-tp.csv"
 "$plot" line "$work/attention-tp.csv" --x step_time_us --y tokens_per_s_per_gpu --by parallelism.tp \
   --title "DeepSeek-V3-shaped decode, EP144 on 144 H800: 8 to 120 sequences per GPU" --out "$out/attention-tp.png"
+
+# Study 4: speculative decoding with the MTP module x sequences per GPU, DeepSeek-V3-shaped decode.
+"$moesim" sweep "$here/speculative/grid.yaml" --out "$work/speculative.csv"
+"$plot" line "$work/speculative.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by workload.draft_tokens \
+  --title "DeepSeek-V3-shaped decode, EP144: 0 or 1 MTP draft token, 4 to 120 sequences" \
+  --out "$out/speculative.png"
 echo "studies: charts in $out, sweeps in $work"

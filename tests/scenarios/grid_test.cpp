@@ -71,7 +71,10 @@ TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep
   const std::string studies = std::string(MOESIM_SOURCE_DIR) + "/scenarios/studies/";
   for (const auto& [grid_file, sets] :
        std::vector<std::pair<std::string, std::vector<std::string>>>{
-           {"ep-redundancy/grid.yaml", {}}, {"capacity-trace/grid.yaml", {"routing.trace=" + trace.string()}}}) {
+           {"ep-redundancy/grid.yaml", {}},
+           {"capacity-trace/grid.yaml", {"routing.trace=" + trace.string()}},
+           {"attention-tp/grid.yaml", {}},
+           {"speculative/grid.yaml", {}}}) {
     INFO(grid_file);
     const Grid g = load_grid(studies + grid_file);
     const auto points = g.points();

@@ -168,6 +168,11 @@ TEST_CASE("MTP modules and draft tokens: where they run and what the loader refu
         "s.yaml:20:17: workload.draft_tokens: the draft tokens come from the model's MTP module: set model.mtp_modules");
   CHECK_THAT(error_of(draft("  draft_tokens: 1\n")), Catch::Contains("missing required key 'acceptance_rate'"));
   CHECK(error_of(draft("  acceptance_rate: 0.8\n")) == "s.yaml:22:20: workload.acceptance_rate: only used with workload.draft_tokens");
+  // draft_tokens: 0 is no speculation, with or without an acceptance rate (a sweep's baseline).
+  const auto none = load_scenario_text(draft("  draft_tokens: 0\n  acceptance_rate: 0.8\n"), "s.yaml");
+  CHECK(none.forward.model.moe_layers == 4);
+  CHECK(none.forward.tokens_per_gpu == 64);
+  CHECK(load_scenario_text(draft("  draft_tokens: 0\n"), "s.yaml").forward.draft_tokens == 0);
   CHECK_THAT(error_of(draft("  draft_tokens: 1\n  acceptance_rate: 1.5\n")), Catch::Contains("workload.acceptance_rate: must be in (0, 1]"));
 }
 

@@ -67,6 +67,7 @@ TEST_CASE("plan takes decode's time per token as a target, with units", "[plan]"
   const auto c = choose_point(sweep, {t}, parse_metric("tokens/s/gpu"), false, {"workload.draft_tokens"});
   REQUIRE(c.best);
   CHECK(*c.best == 1);
+  CHECK_THAT(c.explanation, Catch::Contains("with a step of 22.935 ms (a token every 12.398 ms per sequence),"));
   const auto by_latency = choose_point(sweep, {parse_target("latency<=20ms")}, parse_metric("tokens/s/gpu"), false, {});
   REQUIRE(by_latency.best);
   CHECK(*by_latency.best == 0);  // the step time alone would rule the draft out
