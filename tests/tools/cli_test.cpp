@@ -637,6 +637,24 @@ TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][valida
   const auto mha = summary_row(tmp.path() / "m" / "summary.csv");
   CHECK(std::stod(mha.at("model_flops")) / std::stod(mha.at("tokens_per_step")) ==
         per_token + 61.0 * 3 * 531'750'912);
+  // With the MTP module: one more MoE layer (MLA 542,023,680, experts 792,723,456, router
+  // 3,670,016), the projection 2 x 2 x 7168 x 7168 = 205,520,896 and the head 1,853,358,080, three
+  // times over; its reduce (114,688) forward and backward, its loss (517,120) once:
+  // 10,192,634,880 more, 260.66 GFLOPs per token.
+  REQUIRE(moesim("run " + v + "deepseek-v3-training-flops.yaml' --set model.mtp_modules=1 -q --out '" + (tmp.path() / "t").string() + "'",
+                 tmp).code == 0);
+  const auto mtp = summary_row(tmp.path() / "t" / "summary.csv");
+  CHECK(std::stod(mtp.at("model_flops")) / std::stod(mtp.at("tokens_per_step")) == per_token + 10'192'634'880.0);
+  // DeepSeek-V3's speculative decoding: its report gives 85-90 % acceptance and 1.8x the tokens
+  // per second; the EP144 decode scenario at 4 sequences per GPU, with and without a draft token.
+  const std::string decode = "run '" + kSource + "/scenarios/deepseek-v3-decode-ep144.yaml' --set workload.tokens_per_gpu=4 -q";
+  REQUIRE(moesim(decode + " --out '" + (tmp.path() / "n").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(decode + " --set workload.draft_tokens=1 --set workload.acceptance_rate=0.85 --out '" + (tmp.path() / "s").string() + "'",
+                 tmp).code == 0);
+  const double plain_step = std::stod(summary_row(tmp.path() / "n" / "summary.csv").at("step_time_us"));
+  const double draft_step = std::stod(summary_row(tmp.path() / "s" / "summary.csv").at("step_time_us"));
+  CHECK(1.85 * plain_step / draft_step == Approx(1.731).margin(0.0005));
+  CHECK(1.9 * plain_step / draft_step == Approx(1.778).margin(0.0005));
 }
 
 TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
