@@ -1053,6 +1053,13 @@ std::string beside_scenario(const Scenario& sc, const std::string& file) {
 // Reads the traces the scenario names (relative to the scenario file's folder): placement.trace's
 // counts become one load vector per MoE layer (the mean over placement.trace_steps), and
 // routing.trace is loaded for replay. Every MoE layer must be in a trace.
+// For a trace that lacks layers: the MTP layers run as the model's last MoE layers.
+std::string mtp_hint(const routing::MoeModelSpec& m) {
+  if (m.mtp_layers == 0) return "";
+  return fmt::format(" (the MTP module runs as MoE layer{} {}{}: the trace needs {} layers)", m.mtp_layers > 1 ? "s" : "",
+                     m.moe_layers - m.mtp_layers, m.mtp_layers > 1 ? fmt::format(" to {}", m.moe_layers - 1) : "", m.moe_layers);
+}
+
 void read_traces(Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
   if (!sc.compute_profile.empty()) {
@@ -1085,7 +1092,7 @@ void read_traces(Scenario& sc, Problems& problems) {
         sc.forward.placement.layer_load = routing::mean_counts(trace, path, first, last, m.moe_layers);
       }
     } catch (const routing::TraceError& e) {
-      problems.add_at("placement.trace", e.what());
+      problems.add_at("placement.trace", std::string(e.what()) + mtp_hint(m));
     }
   }
   auto& rt = sc.forward.routing;
@@ -1113,7 +1120,7 @@ void read_traces(Scenario& sc, Problems& problems) {
       }
       rt.trace = std::move(trace);
     } catch (const routing::TraceError& e) {
-      problems.add_at("routing.trace", e.what());
+      problems.add_at("routing.trace", std::string(e.what()) + mtp_hint(m));
     }
   }
 }

@@ -390,6 +390,23 @@ TEST_CASE("EPLB placement can balance a count-level trace next to the scenario",
   } catch (const ScenarioError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("placement.trace:") && Catch::Contains("no counts for MoE layer 1 (the model has 4)"));
   }
+  {
+    // Training with an MTP module: the trace needs the module's layer, MoE layer 4, too.
+    std::ofstream t(dir / "counts.csv", std::ios::trunc);
+    t << "layer,expert,count\n";
+    for (int l = 0; l < 4; ++l)
+      for (int e = 0; e < 8; ++e) t << l << "," << e << ",10\n";
+    std::ofstream(dir / "s.yaml") << replaced_text(with("  top_k: 2\n", "  top_k: 2\n  vocab: 1000\n  mtp_modules: 1\n"),
+                                                   "  tokens_per_gpu: 1024\n", "  kind: training\n  tokens_per_gpu: 1024\n") +
+                                         "placement:\n  policy: eplb\n  redundant_experts: 8\n  load: trace\n  trace: counts.csv\n";
+  }
+  try {
+    load_scenario_file((dir / "s.yaml").string());
+    FAIL("no error");
+  } catch (const ScenarioError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("no counts for MoE layer 4 (the model has 5)") &&
+                                          Catch::Contains("(the MTP module runs as MoE layer 4: the trace needs 5 layers)"));
+  }
   CHECK_THAT(error_of(kBase + "placement:\n  policy: eplb\n  load: trace\n"),
              Catch::Contains("placement.load: 'load: trace' needs placement.trace"));
   CHECK_THAT(error_of(kBase + "placement:\n  load: trace\n  trace: x.csv\n"),
