@@ -1,7 +1,6 @@
 #include "models/maxmin_network.hpp"
 
 #include <algorithm>
-#include <iterator>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -314,7 +313,7 @@ void MaxMinNetwork::solve(double from_rate) {
   // nothing below r saw it) and no flow that arrived can get a rate below r (none of its links
   // saturates below r, and elsewhere the same flows freeze at the same levels, by induction
   // over saturation events). So every flow frozen below r keeps its rate, and only the flows
-  // at r or above (a suffix of the last freeze order) are re-solved, on the capacity the
+  // at r or above are re-solved, on the capacity the
   // others leave. The caller passes r: the smallest rate among departures and, for arrivals,
   // a lower bound on their rates (for each of their links, the level at which it would fill if
   // every flow on it rose together and the old ones stopped at their old rates).
@@ -325,15 +324,10 @@ void MaxMinNetwork::solve(double from_rate) {
   // freezes exactly as before. The group is found by a breadth-first search from the links of
   // the flows that left and came, through flows at r or above.
   resolve_.clear();
-  std::size_t keep = 0;
   if (from_rate <= 0) {
     resolve_.assign(active_.begin(), active_.end());
     for (const std::uint32_t s : resolve_) flow_seen_[s] = stamp;
   } else {
-    keep = static_cast<std::size_t>(
-        std::lower_bound(order_.begin(), order_.end(), from_rate,
-                         [this](std::uint32_t f, double r) { return hot_[f].rate < r; }) -
-        order_.begin());
     bfs_links_.clear();
     auto reach_link = [&](std::uint32_t l) {
       if (link_seen_[l] == stamp) return;
@@ -461,16 +455,6 @@ void MaxMinNetwork::solve(double from_rate) {
     due_.push_back(Due{c.finish_s, s, ++version_[s]});
     std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
-  // The freeze order, by rate: the flows kept below r, then the flows at r or above that were
-  // not re-solved merged with the re-solved ones.
-  suffix_rest_.clear();
-  for (std::size_t i = keep; i < order_.size(); ++i) {
-    const std::uint32_t s = order_[i];
-    if (is_active_[s] && flow_seen_[s] != stamp) suffix_rest_.push_back(s);
-  }
-  order_.resize(keep);
-  std::merge(suffix_rest_.begin(), suffix_rest_.end(), frozen_order_.begin(), frozen_order_.end(), std::back_inserter(order_),
-             [this](std::uint32_t a, std::uint32_t b) { return hot_[a].rate < hot_[b].rate; });
   // The heap keeps stale entries until they surface; rebuild it when they dominate.
   if (due_.size() > 4 * active_.size() + 1024) {
     due_.clear();

@@ -111,7 +111,6 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<std::uint32_t> active_;  // slots of flows in their bandwidth phase
   std::vector<std::uint8_t> is_active_;
   std::vector<std::uint32_t> version_;
-  std::vector<std::uint32_t> order_;   // active flows in the order the last solve froze them
   std::vector<std::uint32_t> fresh_;   // flows activated since the last solve
   std::vector<Due> due_;               // min-heap of completions
   std::vector<Pending> pending_;       // min-heap on (activation, order)
@@ -129,7 +128,7 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<std::uint8_t> link_mark_;
   // Connected re-solves: links where flows left since the last solve, and per flow / link the
   // number of the solve that last reached it.
-  std::vector<std::uint32_t> seed_links_, bfs_links_, suffix_rest_;
+  std::vector<std::uint32_t> seed_links_, bfs_links_;
   std::vector<std::uint32_t> flow_seen_, link_seen_;
   std::vector<long double> load_;  // per link: sum of its active flows' rates (extended precision)
   std::vector<std::uint32_t> csr_offset_, csr_fill_, csr_flows_;  // re-solved flows per link
