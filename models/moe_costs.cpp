@@ -12,6 +12,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
       .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
       .bytes = m.weight_bytes * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
       .gemm_flops = 2 * t * w,
+      .core_flops = t * (s + 1) * (a.q + a.out),
   };
 }
 
@@ -37,11 +38,13 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                        out = heads * l.kv_lora_rank;
     return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out),
                       .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
-                      .gemm_flops = 2 * t * w};
+                      .gemm_flops = 2 * t * w,
+                      .core_flops = 2 * t * c * (q + out)};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
                     .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
-                    .gemm_flops = 2 * t * w};
+                    .gemm_flops = 2 * t * w,
+                    .core_flops = 2 * t * c * (a.q + a.out)};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {

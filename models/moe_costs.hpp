@@ -63,7 +63,8 @@
 // projections are not split: every GPU of the group runs them whole over the n T tokens. The
 // router, the shared and routed experts and the reduce run on the GPU's own T tokens.
 // Simplifications, each deepened by a later model: no softmax/norm/elementwise kernels; the
-// attention core as FLOPs and bytes (no FlashAttention or FlashMLA tiling efficiency of its own).
+// attention core as FLOPs and bytes (KernelCost::core_flops), at the roofline's FLOP efficiency
+// or at compute.attention_efficiency where that is set (no tiling model of its own).
 #pragma once
 
 #include <cstdint>

@@ -9,6 +9,8 @@ namespace moesim::models {
 Roofline::Roofline(const topology::GpuSpec& gpu, const RooflineSpec& spec)
     : flops_(std::llround(static_cast<double>(gpu.peak_bf16.flop_per_s()) * spec.flops_efficiency)),
       fp8_flops_(spec.fp8_gemms ? std::llround(static_cast<double>(gpu.peak_fp8.flop_per_s()) * spec.flops_efficiency) : 0),
+      core_flops_(spec.attention_efficiency > 0 ? std::llround(static_cast<double>(gpu.peak_bf16.flop_per_s()) * spec.attention_efficiency)
+                                                : 0),
       bandwidth_(std::llround(static_cast<double>(gpu.memory_bandwidth.bytes_per_s()) *
                               spec.memory_efficiency)),
       overhead_(spec.kernel_overhead) {
@@ -18,9 +20,12 @@ Roofline::Roofline(const topology::GpuSpec& gpu, const RooflineSpec& spec)
 }
 
 sim::Time Roofline::time(const KernelCost& cost) const {
-  const sim::Time compute = fp8_flops_.flop_per_s() > 0
-                                ? sim::compute_time(cost.flops - cost.gemm_flops, flops_) + sim::compute_time(cost.gemm_flops, fp8_flops_)
-                                : sim::compute_time(cost.flops, flops_);
+  // The attention core apart where it has its own efficiency.
+  const std::int64_t core = core_flops_.flop_per_s() > 0 ? cost.core_flops : 0;
+  sim::Time compute = fp8_flops_.flop_per_s() > 0
+                          ? sim::compute_time(cost.flops - cost.gemm_flops - core, flops_) + sim::compute_time(cost.gemm_flops, fp8_flops_)
+                          : sim::compute_time(cost.flops - core, flops_);
+  if (core > 0) compute += sim::compute_time(core, core_flops_);
   return overhead_ + sim::max(compute, sim::transfer_time(sim::Bytes(cost.bytes), bandwidth_));
 }
 

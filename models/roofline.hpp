@@ -10,7 +10,8 @@
 // FP8 GEMMs (compute.gemm_dtype: fp8, DeepSeek-V3's mixed-precision training): the G of a
 // kernel's F FLOPs that are its linear layers' GEMMs run at the FP8 peak, the rest at BF16:
 //     F / (peak * eff)  becomes  (F - G) / (peak_bf16 * eff) + G / (peak_fp8 * eff)
-// each term rounded up to the picosecond; the bytes are the cost model's (model.dtype, and
+// each term rounded up to the picosecond. Likewise with compute.attention_efficiency (a_eff) the
+// C FLOPs of the attention core take C / (peak_bf16 * a_eff) and the rest as above; the bytes are the cost model's (model.dtype, and
 // model.weight_dtype for the weights in inference; DeepSeek's FP8 training keeps its weights and
 // most activations in BF16 and quantizes them as the GEMMs read them).
 #pragma once
@@ -25,26 +26,34 @@ namespace moesim::models {
 struct RooflineSpec {
   double flops_efficiency = 0.7;
   double memory_efficiency = 0.85;
+  // The attention core's (QK^T and PV) share of the BF16 peak, where it is set (compute.attention_efficiency);
+  // 0: flops_efficiency, as every other kernel.
+  double attention_efficiency = 0;
   sim::Time kernel_overhead;  // added to every kernel launch
   bool fp8_gemms = false;     // GEMM FLOPs at the GPU's FP8 peak (it must have one)
 };
 
 // What a kernel does. gemm_flops: the part of flops in linear layers' GEMMs (experts, dense
 // FFNs, attention projections), which FP8 GEMMs speed up; the attention core, the router, the
-// LM head and elementwise work are not (DeepSeek-V3 keeps them in BF16 or FP32).
+// LM head and elementwise work are not (DeepSeek-V3 keeps them in BF16 or FP32). core_flops:
+// the part in the attention core (scores and the weighted sum of values), which
+// compute.attention_efficiency times apart.
 struct KernelCost {
   std::int64_t flops = 0;
   std::int64_t bytes = 0;  // HBM traffic
   std::int64_t gemm_flops = 0;
+  std::int64_t core_flops = 0;
 
   friend KernelCost operator+(const KernelCost& a, const KernelCost& b) {
-    return {.flops = a.flops + b.flops, .bytes = a.bytes + b.bytes, .gemm_flops = a.gemm_flops + b.gemm_flops};
+    return {.flops = a.flops + b.flops, .bytes = a.bytes + b.bytes, .gemm_flops = a.gemm_flops + b.gemm_flops,
+            .core_flops = a.core_flops + b.core_flops};
   }
   friend KernelCost operator-(const KernelCost& a, const KernelCost& b) {
-    return {.flops = a.flops - b.flops, .bytes = a.bytes - b.bytes, .gemm_flops = a.gemm_flops - b.gemm_flops};
+    return {.flops = a.flops - b.flops, .bytes = a.bytes - b.bytes, .gemm_flops = a.gemm_flops - b.gemm_flops,
+            .core_flops = a.core_flops - b.core_flops};
   }
   friend KernelCost operator*(std::int64_t n, const KernelCost& a) {
-    return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops};
+    return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops, .core_flops = n * a.core_flops};
   }
 };
 
@@ -57,6 +66,7 @@ class Roofline {
 
  private:
   sim::FlopRate flops_, fp8_flops_;  // fp8_flops_: zero unless FP8 GEMMs
+  sim::FlopRate core_flops_;         // zero unless compute.attention_efficiency
   sim::Bandwidth bandwidth_;
   sim::Time overhead_;
 };

@@ -798,6 +798,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     }
     if (auto v = c->get<double>("flops_efficiency", fraction(), false)) sc.roofline.flops_efficiency = *v;
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
+    if (auto v = c->get<double>("attention_efficiency", fraction(), false)) sc.roofline.attention_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
     if (auto v = c->get<std::string>("gemm_dtype", one_of({"bf16", "fp8"}), false)) {
       sc.roofline.fp8_gemms = *v == "fp8";

@@ -628,6 +628,35 @@ TEST_CASE("FP8 GEMMs run the linear layers at the FP8 peak, the rest as before, 
   CHECK(r.model_flops == bf16.model_flops);
 }
 
+TEST_CASE("compute.attention_efficiency times the attention core apart, as derived by hand", "[models][attention]") {
+  // The tiny layer's attention: projections 8,388,608,000 FLOPs (83,886,080 ps at 100 TFLOP/s)
+  // and the core 2,050,048,000 (20,500,480 ps). With the core at half the peak it takes
+  // 41,000,960 ps: the attention 124,887,040 ps and the step 20,500,480 ps longer than
+  // 283,379,776; with FP8 GEMMs as well (projections 41,943,040 ps) the attention takes
+  // 82,944,000 and the step 178,522,176 + 20,500,480 ps.
+  const auto a = models::attention_cost(scenarios::load_scenario_text(tiny("dropless", 1), "t.yaml").forward.model, 1000, 1000);
+  CHECK(a.core_flops == 2'050'048'000);
+  CHECK(a.flops - a.core_flops == 8'388'608'000);
+  const std::string half = replaced(tiny("dropless", 1), "compute: {flops_efficiency: 1,", "compute: {attention_efficiency: 0.5, flops_efficiency: 1,");
+  const auto sc = scenarios::load_scenario_text(half, "tiny.yaml");
+  CHECK(sc.roofline.attention_efficiency == 0.5);
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::attention)] == Time::ps(124'887'040));
+  CHECK(r.stats.step_time() == Time::ps(283'379'776 + 20'500'480));
+  std::string fp8 = replaced(half, "peak_bf16: 100TFLOP/s,", "peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s,");
+  fp8 = replaced(fp8, "compute: {", "compute: {gemm_dtype: fp8, ");
+  const auto r8 = scenarios::run_experiment(scenarios::load_scenario_text(fp8, "tiny.yaml"));
+  CHECK(r8.stats.gpus()[0].stage_total[idx(Stage::attention)] == Time::ps(82'944'000));
+  CHECK(r8.stats.step_time() == Time::ps(178'522'176 + 20'500'480));
+  // Decode: the core is the scores and values over the cache, 2 T C (Q + O).
+  const auto d = models::decode_attention_cost(gqa_attention(), 4, 1000);
+  CHECK(d.core_flops == 2 * 4 * 1000 * (1024 + 1024));
+  // Left unset, or equal to flops_efficiency, nothing changes.
+  CHECK(scenarios::run_experiment(scenarios::load_scenario_text(replaced(half, "attention_efficiency: 0.5", "attention_efficiency: 1"),
+                                                                "t.yaml"))
+            .stats.step_time() == Time::ps(283'379'776));
+}
+
 TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer aside", "[models][forward]") {
   // Dropless tiny layer, per GPU: attention 10,438,656,000 + router 2 T H E = 4,096,000 +
   // expert on 2000 tokens 12,582,912,000 + reduce over 2000 copies 2 r H = 4,096,000.
@@ -851,7 +880,8 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const char* attentions[] = {"", ", mla: {q_lora_rank: 64, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}",
                                 ", mla: {kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}"};
     const std::string attention = attentions[pick.uniform_int(3)];
-    const std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
+    std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
+    if (trial % 3 == 1) gemms += "attention_efficiency: 0.6, ";  // by the trial: the draws stay
     // Decode: every other trial with an FP8 KV cache (by the trial, so the draws stay those above).
     const std::string cache = kind == "decode" && trial % 2 ? ", kv_cache_dtype: fp8" : "";
     // Every fourth trial (without layer counts given per stage) an MTP module: trained as one
