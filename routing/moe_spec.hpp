@@ -38,7 +38,7 @@ struct MoeModelSpec {
   struct Mla {
     std::int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
   } mla;
-  // Multi-token prediction (model.mtp_layers; DeepSeek-V3 report, section 2.2): modules after
+  // Multi-token prediction (model.mtp_modules; DeepSeek-V3 report, section 2.2): modules after
   // the main model, each a projection of [hidden state, next token's embedding] (2H -> H), one
   // MoE layer of the model's shape and the shared LM head. mtp_modules: the model's (DeepSeek-V3:
   // 1); mtp_layers: those run, which moe_layers includes as its last layers (training: all of

@@ -1051,9 +1051,6 @@ std::string beside_scenario(const Scenario& sc, const std::string& file) {
   return path.string();
 }
 
-// Reads the traces the scenario names (relative to the scenario file's folder): placement.trace's
-// counts become one load vector per MoE layer (the mean over placement.trace_steps), and
-// routing.trace is loaded for replay. Every MoE layer must be in a trace.
 // For a trace that lacks layers: the MTP layers run as the model's last MoE layers.
 std::string mtp_hint(const routing::MoeModelSpec& m) {
   if (m.mtp_layers == 0) return "";
@@ -1061,6 +1058,9 @@ std::string mtp_hint(const routing::MoeModelSpec& m) {
                      m.moe_layers - m.mtp_layers, m.mtp_layers > 1 ? fmt::format(" to {}", m.moe_layers - 1) : "", m.moe_layers);
 }
 
+// Reads the traces the scenario names (relative to the scenario file's folder): placement.trace's
+// counts become one load vector per MoE layer (the mean over placement.trace_steps), and
+// routing.trace is loaded for replay. Every MoE layer must be in a trace.
 void read_traces(Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
   if (!sc.compute_profile.empty()) {

@@ -612,7 +612,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     mtp > 1 ? "s" : "",
                                     f.training                ? "trained after the main layers"
                                     : f.model.mtp_layers > 0 ? "drafting"
-                                                             : "not run: no workload.draft_tokens"),
+                                                             : "not run: it drafts only in decode, with workload.draft_tokens"),
              routing::is_mla(f.model) ? "; multi-head latent attention" : "");
   const int main_layers = f.model.moe_layers - f.model.mtp_layers;
   const std::string layers_said =
