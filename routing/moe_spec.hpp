@@ -73,7 +73,7 @@ inline std::int64_t kv_cache_width(const MoeModelSpec& m) {
   return m.kv_cache_dim > 0 ? m.kv_cache_dim : 2 * kv_width(m);
 }
 // Bytes one GPU caches per token and layer: kv_cache_width elements of kv_cache_bytes each, but
-// an MLA cache in fp8 in FlashMLA's FP8 layout (DeepSeek's FlashMLA; DeepSeek-V3: 656 bytes a
+// an MLA cache in fp8 in FlashMLA's FP8 layout (its decoding kernel for DeepSeek-V3.2; V3's dims: 656 bytes a
 // token): the latent in fp8 with one fp32 scale per 128 of its channels, the RoPE key at dtype_bytes.
 // Other fp8 caches take per-tensor scales (vLLM's fp8 KV cache), a few bytes a layer, left out.
 inline std::int64_t kv_cache_token_bytes(const MoeModelSpec& m) {
