@@ -313,9 +313,10 @@ void MaxMinNetwork::solve(double from_rate) {
   // nothing below r saw it) and no flow that arrived can get a rate below r (none of its links
   // saturates below r, and elsewhere the same flows freeze at the same levels, by induction
   // over saturation events). So every flow frozen below r keeps its rate, and only the flows
-  // at r or above are re-solved, on the capacity the others leave. The caller passes r: the smallest rate among departures and, for arrivals,
-  // a lower bound on their rates (for each of their links, the level at which it would fill if
-  // every flow on it rose together and the old ones stopped at their old rates).
+  // at r or above are re-solved, on the capacity the others leave. The caller passes r: the
+  // smallest rate among departures and, for arrivals, a lower bound on their rates (for each of
+  // their links, the level at which it would fill if every flow on it rose together and the old
+  // ones stopped at their old rates).
   //
   // Among the flows at r or above, only those connected to the change are re-solved: the
   // filling of a connected group of links and flows never looks outside it, so a group that
