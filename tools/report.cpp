@@ -79,11 +79,11 @@ double tokens_per_sequence(const models::ForwardSpec& f) {
 
 // Tokens one step processes: every GPU's micro-batch, times the micro-batches of a training
 // step; with pipeline stages a micro-batch's tokens pass through every stage, so the GPUs of one
-// stage hold them all. Speculative decoding: the tokens the sequences gain (expected), not those verified.
+// stage hold them all. Speculative decoding: the tokens the sequences gain (expected), not those
+// verified; without draft tokens a "sequence" is a token and gains one.
 double step_tokens(const scenarios::Scenario& sc) {
   const auto& f = sc.forward;
-  const double per_gpu = f.draft_tokens > 0 ? static_cast<double>(f.sequences()) * tokens_per_sequence(f) : static_cast<double>(f.tokens_per_gpu);
-  return per_gpu * f.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp;
+  return static_cast<double>(f.sequences()) * tokens_per_sequence(f) * f.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp;
 }
 
 struct Totals {
