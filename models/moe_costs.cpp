@@ -26,6 +26,20 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
   };
 }
 
+KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
+  if (!routing::is_mla(m)) return {};
+  const auto& l = m.mla;
+  const std::int64_t b = m.dtype_bytes, t = m.tp * tokens, heads = m.attention_heads / m.tp;
+  const std::int64_t q_out = l.q_lora_rank > 0 ? heads * (l.qk_nope_head_dim + l.qk_rope_head_dim) : 0;
+  const std::int64_t kv_out = heads * (l.qk_nope_head_dim + l.v_head_dim);
+  const std::int64_t w = l.q_lora_rank * q_out + l.kv_lora_rank * kv_out;
+  return KernelCost{
+      .flops = 2 * t * w,
+      .bytes = m.weight_bytes * w + b * t * (l.q_lora_rank + l.kv_lora_rank + q_out + kv_out),
+      .gemm_flops = 2 * t * w,
+  };
+}
+
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;

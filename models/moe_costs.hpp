@@ -36,6 +36,11 @@
 // The weight reads above (b*W, b*3*H*F) are at model.weight_dtype's bytes (wb; fp8: 1, the
 // block scales' 4 bytes per 128 x 128 left out); the router's, the LM head's and every
 // activation's at b.
+// MLA's up projections alone (recomputed in the backward pass with workload.recompute_modules
+// mla_up_proj): the query's (with a query latent) and the keys' and values' from their latents,
+// Wu = h*(rq*(dn + dr) + rkv*(dn + dv)) (without a query latent only the latter):
+//   FLOPs = 2*T*Wu;  bytes = b*Wu + b*T*(rq + rkv + Q + h*dn + V)  latents in, their outputs out
+//   (Q only with a query latent).
 // router: FLOPs = 2*T*H*E; bytes = b*(H*E + T*H) + 4*T*E (fp32 logits)
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
@@ -81,6 +86,8 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
 // their sequence's cache once.
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1);
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+// MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
+KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).

@@ -41,6 +41,7 @@ std::string_view to_string(Recompute r) {
     case Recompute::none: return "none";
     case Recompute::attention: return "attention";
     case Recompute::full: return "full";
+    case Recompute::selective: return "selective";
   }
   return "?";
 }
@@ -302,19 +303,37 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
   return out;
 }
 
-double pipeline_held_layers(const ForwardSpec& spec, int stage) {
+double pipeline_held_layers(const ForwardSpec& spec, int stage, double after_backward) {
   const std::vector<int> bounds = pipeline_bounds(spec);
   const std::vector<PipelineItem> order = pipeline_order(spec, stage);
   std::set<std::pair<int, int>> split;  // (micro-batch, chunk) of the backwards with a weight pass
   for (const PipelineItem& it : order)
     if (it.weight) split.insert({it.micro_batch, it.chunk});
-  int held = 0, most = 0;
+  double held = 0, most = 0;
   for (const PipelineItem& it : order) {
-    const int layers = bounds[static_cast<std::size_t>(it.chunk) + 1] - bounds[static_cast<std::size_t>(it.chunk)] +
-                       (it.chunk == 0 ? spec.model.dense_layers : 0);
-    // A split backward's activations stay until its weight pass.
-    const bool frees = split.count({it.micro_batch, it.chunk}) > 0 ? it.weight : it.backward;
-    held += frees ? -layers : it.backward || it.weight ? 0 : layers;
+    const double layers = bounds[static_cast<std::size_t>(it.chunk) + 1] - bounds[static_cast<std::size_t>(it.chunk)] +
+                          (it.chunk == 0 ? spec.model.dense_layers : 0);
+    // A split backward's activations stay until its weight pass, with what it rebuilt for it.
+    const bool is_split = split.count({it.micro_batch, it.chunk}) > 0;
+    if (!it.backward && !it.weight)
+      held += layers;
+    else if (!is_split && it.backward)
+      held -= layers;
+    else if (is_split && it.backward)
+      held += (after_backward - 1) * layers;
+    else if (it.weight)
+      held -= after_backward * layers;
+    most = std::max(most, held);
+  }
+  return most;
+}
+
+int pipeline_held_head(const ForwardSpec& spec, int stage) {
+  const int last = static_cast<int>(pipeline_bounds(spec).size()) - 2;
+  int held = 0, most = 0;
+  for (const PipelineItem& it : pipeline_order(spec, stage)) {
+    if (it.chunk != last || it.weight) continue;
+    held += it.backward ? -1 : 1;
     most = std::max(most, held);
   }
   return most;
@@ -366,8 +385,9 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                 "pipeline stages must divide the GPUs into whole EP groups");
   const bool dualpipev = spec.pipeline_schedule == PipelineSchedule::dualpipev;
   MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "weight passes with two-batch overlap are not modelled");
-  MOESIM_ASSERT(!(weight_split() && (spec.recompute != Recompute::none || (spec.virtual_stages > 1 && !dualpipev))),
-                "ZB-H1 with recomputation or virtual stages, or DualPipeV with recomputation, is not modelled");
+  MOESIM_ASSERT(!(weight_split() && ((spec.recompute != Recompute::none && spec.recompute != Recompute::selective) ||
+                                     (spec.virtual_stages > 1 && !dualpipev))),
+                "ZB-H1 with recomputation (but selective) or virtual stages, or DualPipeV with it, is not modelled");
   MOESIM_ASSERT(!spec.forward_backward_overlap ||
                     (!spec.two_batch_overlap && spec.recompute != Recompute::full &&
                      (spec.pipeline_schedule == PipelineSchedule::one_f_one_b || dualpipev || dualpipe(spec))),
@@ -902,7 +922,7 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
   const bool tp = spec_.model.tp > 1;
   switch (s.tp_sub) {
     case 0:
-      if (tp) {
+      if (tp && !(recompute_first && spec_.recompute == Recompute::selective)) {  // (its up projections need none)
         s.tp_sub = 1;
         return tp_exchange(gpu, recompute_first ? base + kRecomputeOps - 1 : base, CollectiveKind::all_gather, rows, layer, step);
       }
@@ -911,7 +931,8 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
       if (recompute_first) {
         s.recomputed = true;
         s.tp_sub = 0;
-        return run_stage(gpu, Stage::attention, cost(attention(rows), gpu, Work::not_model), step, -1, std::nullopt, true);
+        return run_stage(gpu, Stage::attention, cost(attention_recompute(rows), gpu, Work::not_model), step, -1, std::nullopt,
+                         true);
       }
       if (!tp) {
         s.recomputed = false;
@@ -1117,9 +1138,9 @@ void MoeForward::after_router_backward(int gpu) {
 }
 
 void MoeForward::recompute_attention(int gpu) {
-  if (spec_.recompute == Recompute::attention) {
-    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu, Work::not_model), &MoeForward::attention_backward,
-              -1, std::nullopt, true);
+  if (recomputes_attention()) {
+    run_stage(gpu, Stage::attention, cost(attention_recompute(spec_.tokens_per_gpu), gpu, Work::not_model),
+              &MoeForward::attention_backward, -1, std::nullopt, true);
     return;
   }
   attention_backward(gpu);
@@ -1260,7 +1281,7 @@ void MoeForward::overlap_step(int gpu) {
     };
     switch (kind) {
       case attention:  // (recompute: attention, the half's forward again before its backward)
-        return attention_step(gpu, h * kHalfOps, half_tokens, back && spec_.recompute == Recompute::attention && !s.recomputed,
+        return attention_step(gpu, h * kHalfOps, half_tokens, back && recomputes_attention() && !s.recomputed,
                               &MoeForward::overlap_step);
       case router:
         return compute(Stage::router, router_time(gpu, half_tokens));
@@ -1354,7 +1375,7 @@ void MoeForward::pair_step(int gpu) {
       case reduce:  // forward: the weighted sum; backward: its gradient, a scatter of the same size
         return compute(Stage::reduce, reduce_time(gpu, tokens, plan(pass, gpu).kept(rank(gpu))));
       case attention:  // (recompute: attention, the backward's forward again right before it)
-        return attention_step(gpu, 0, tokens, slot == 1 && spec_.recompute == Recompute::attention && !s.recomputed,
+        return attention_step(gpu, 0, tokens, slot == 1 && recomputes_attention() && !s.recomputed,
                               &MoeForward::pair_step);
       case router:
         return compute(Stage::router, router_time(gpu, tokens));
@@ -1395,15 +1416,18 @@ void MoeForward::pair_step(int gpu) {
       case dense_back:  // the dense layers' backward ends the backward's micro-batch
         if (m.dense_layers > 0 && layer_of(pass) == 0 && m.tp > 1) {
           // Their programs with the tensor-parallel collectives: recomputed forward work first.
-          if (spec_.recompute != Recompute::none && !s.recomputed) {
+          if (recomputes_dense() && !s.recomputed) {
             s.recomputed = true;
+            if (spec_.recompute == Recompute::selective)  // (the up projections need no all-gather)
+              return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1,
+                               true, true);
             return start_dense_program(gpu, DenseProgram::recompute_attention, &MoeForward::pair_step);
           }
           s.recomputed = false;
           ++s.op;
           return start_dense_program(gpu, DenseProgram::backward, &MoeForward::pair_step);
         }
-        if (m.dense_layers > 0 && layer_of(pass) == 0 && spec_.recompute != Recompute::none && !s.recomputed) {
+        if (m.dense_layers > 0 && layer_of(pass) == 0 && recomputes_dense() && !s.recomputed) {
           s.recomputed = true;  // (after their attention's forward again)
           return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1, true,
                            true);
@@ -1503,13 +1527,13 @@ void MoeForward::end_pass(int gpu) {
   if (spec_.training && spec_.model.dense_layers > 0 && backward(done) && layer_of(done) == 0) {
     // The dense layers' backward ends each micro-batch (on the first pipeline stage), after
     // their recomputed forward (full) or attention forward (attention), where recomputed.
-    if (spec_.recompute != Recompute::none && spec_.model.tp > 1) {
+    if (recomputes_dense() && spec_.recompute != Recompute::selective && spec_.model.tp > 1) {
       const DenseProgram again =
           spec_.recompute == Recompute::full ? DenseProgram::recompute_full : DenseProgram::recompute_attention;
       start_dense_program(gpu, again, &MoeForward::dense_backward);
       return;
     }
-    if (spec_.recompute != Recompute::none) {
+    if (recomputes_dense()) {
       run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
       return;
     }
@@ -1535,9 +1559,10 @@ KernelCost MoeForward::dense_backward_cost(int pass) const {
 }
 
 KernelCost MoeForward::dense_recompute_cost() const {
-  // Full recomputation: their whole forward; attention: their attention's.
+  // Full recomputation: their whole forward; attention: their attention's; selective: their
+  // attention's up projections.
   if (spec_.recompute == Recompute::full) return dense_cost();
-  const KernelCost a = attention(spec_.tokens_per_gpu);
+  const KernelCost a = attention_recompute(spec_.tokens_per_gpu);
   const std::int64_t n = spec_.model.dense_layers;
   return n * a;
 }
@@ -1628,6 +1653,10 @@ void MoeForward::finish(int) { ++finished_gpus_; }
 KernelCost MoeForward::attention(std::int64_t tokens) const {
   return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens)
                                   : attention_cost(spec_.model, tokens, spec_.sequence_length);
+}
+
+KernelCost MoeForward::attention_recompute(std::int64_t tokens) const {
+  return spec_.recompute == Recompute::selective ? mla_up_projection_cost(spec_.model, tokens) : attention(tokens);
 }
 
 KernelCost MoeForward::optimizer_cost(int stage) const {

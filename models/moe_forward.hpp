@@ -62,7 +62,7 @@
 
 namespace moesim::models {
 
-enum class Recompute { none, attention, full };
+enum class Recompute { none, attention, full, selective };
 std::string_view to_string(Recompute r);
 // Training's order of forward and backward work on a pipeline stage (pipeline_order()).
 // zb_h1: the zero-bubble schedule ZB-H1 of Qi et al., "Zero Bubble Pipeline Parallelism" (ICLR
@@ -139,6 +139,21 @@ struct ForwardSpec {
   // right before its backward, and the dense layers' forward before theirs. Recomputed work is
   // not model work (MFU).
   Recompute recompute = Recompute::none;
+  // recompute selective (Megatron-Core's --recompute-granularity selective --recompute-modules):
+  // layernorm: the norms' outputs are not kept (rebuilt from their inputs; the norm kernels are
+  // not modelled, so this costs no time); mla_up_proj: MLA's queries, keys and values are not
+  // kept, its up projections run again before the attention's backward; moe_act: the routed and
+  // shared experts' SwiGLU outputs are not kept (rebuilt from the gate and up outputs, bytes the
+  // compute-bound expert GEMMs hide: no time). DeepSeek-V3 recomputes the first two (technical
+  // report, section 3.2.3) and the third's output (section 3.3.3). Each rebuilds in the
+  // input-gradient pass, so it works with every schedule; a weight pass keeps what it rebuilt
+  // and the weight gradients need (the norms' and SwiGLU outputs) until it runs (memory).
+  bool recompute_layernorm = false, recompute_mla_up_proj = false, recompute_moe_act = false;
+  // Training: activations kept for the backward pass in FP8 where DeepSeek-V3 keeps them so
+  // (technical report, section 3.3.3): the linear layers' inputs (attention projections',
+  // shared and routed experts') and the SwiGLU inputs, 1 byte an element and an fp32 scale per
+  // 128; the output projection's input (the attention output) in E5M6, 1.5 bytes. Memory only.
+  bool activations_fp8 = false;
   // recompute full: > 0: only the first this many MoE layers of each model chunk are recomputed
   // (Megatron-LM's --recompute-method block --recompute-num-layers; the dense layers with chunk
   // 0's); the others keep their activations. 0: every layer.
@@ -258,8 +273,13 @@ std::vector<PipelineItem> pipeline_order(const ForwardSpec& spec, int stage);
 // The most layers' activations (MoE layers, and the dense layers with chunk 0) that pipeline
 // stage `stage` holds at once in training: a chunk's forward of a micro-batch adds its layers,
 // its backward frees them (a split backward: its weight pass, which needs the layers' inputs
-// and output gradients), in pipeline_order().
-double pipeline_held_layers(const ForwardSpec& spec, int stage);
+// and output gradients), in pipeline_order(). A layer between its split backward and its weight
+// pass counts `after_backward` times (what the input-gradient pass rebuilt for the weight pass
+// and keeps, relative to a layer's activations; 1: nothing more).
+double pipeline_held_layers(const ForwardSpec& spec, int stage, double after_backward = 1.0);
+// The most micro-batches that pipeline stage `stage` holds at once between their forward and
+// backward through the model's last chunk (the LM head's logits; 0 where it holds no such chunk).
+int pipeline_held_head(const ForwardSpec& spec, int stage);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that runs
 // MoE layer `layer` for micro-batch `micro_batch` (-1: the first), on a cluster of `gpus` GPUs:
@@ -345,6 +365,20 @@ class MoeForward {
   // (split()) then compute the input gradients only. The schedule (schedule_) runs them in its
   // own order (DualPipeV's and DualPipe's have the weight passes of their split backwards only).
   bool full_recompute() const { return spec_.training && spec_.recompute == Recompute::full; }
+  // Whether forward work is rebuilt right before each attention's backward: the whole attention
+  // (recompute: attention) or MLA's up projections (selective, mla_up_proj; needing no
+  // tensor-parallel all-gather: every GPU of a group keeps the latents of the group's tokens).
+  bool recomputes_attention() const {
+    return spec_.training && (spec_.recompute == Recompute::attention ||
+                              (spec_.recompute == Recompute::selective && spec_.recompute_mla_up_proj));
+  }
+  // What that rebuilds over `tokens` tokens (the GPU's, or a half's).
+  KernelCost attention_recompute(std::int64_t tokens) const;
+  // Whether the dense layers' forward work is rebuilt before their backward (any recomputation
+  // but a selective one without mla_up_proj), and what.
+  bool recomputes_dense() const {
+    return spec_.training && (spec_.recompute == Recompute::full || recomputes_attention());
+  }
   // Whether full recomputation rebuilds MoE layer `layer` (ForwardSpec::recompute_layers): its
   // recompute pass is in the schedule; the other layers' are not (they keep their activations).
   bool recomputes(int layer) const {

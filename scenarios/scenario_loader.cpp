@@ -551,17 +551,57 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.pp == 1 || !f.training)
         problems.add_at(w->key_path("pipeline_schedule"), "only used with 'kind: training' and parallelism.pp > 1");
     }
-    if (auto v = w->get<std::string>("recompute", one_of({"none", "attention", "full"}), false)) {
-      f.recompute = *v == "full" ? models::Recompute::full : *v == "attention" ? models::Recompute::attention : models::Recompute::none;
+    if (auto v = w->get<std::string>("recompute", one_of({"none", "attention", "full", "selective"}), false)) {
+      f.recompute = *v == "full"        ? models::Recompute::full
+                    : *v == "attention" ? models::Recompute::attention
+                    : *v == "selective" ? models::Recompute::selective
+                                        : models::Recompute::none;
       if (f.recompute != models::Recompute::none && !f.training)
         problems.add_at(w->key_path("recompute"), "only used with 'kind: training' (recomputation rebuilds activations for the backward pass)");
-      if (f.recompute != models::Recompute::none && (f.pipeline_schedule == models::PipelineSchedule::zb_h1 ||
+      if ((f.recompute == models::Recompute::full || f.recompute == models::Recompute::attention) &&
+          (f.pipeline_schedule == models::PipelineSchedule::zb_h1 ||
                                                      f.pipeline_schedule == models::PipelineSchedule::dualpipev ||
                                                      f.pipeline_schedule == models::PipelineSchedule::dualpipe))
         problems.add_at(w->key_path("recompute"),
                         fmt::format("not with pipeline_schedule: {} (its weight passes need activations that recomputation "
                                     "rebuilds for the input-gradient pass only; not modelled)",
                                     models::to_string(f.pipeline_schedule)));
+    }
+    if (const YAML::Node list = w->find("recompute_modules"); list.IsDefined()) {
+      // Megatron-Core's --recompute-modules, of those this model keeps apart.
+      const std::string path = w->key_path("recompute_modules");
+      const std::vector<std::string> known{"layernorm", "mla_up_proj", "moe_act"};
+      if (!list.IsSequence() || list.size() == 0) {
+        problems.add(list.Mark(), path,
+                     fmt::format("expected a list of modules from layernorm, mla_up_proj and moe_act (e.g. [layernorm, mla_up_proj]), "
+                                 "got {}", list.IsSequence() ? std::string("an empty list") : kind_of(list)));
+      } else {
+        for (const auto& item : list) {
+          const std::string name = item.IsScalar() ? item.Scalar() : std::string("?");
+          if (name == "layernorm") {
+            f.recompute_layernorm = true;
+          } else if (name == "mla_up_proj") {
+            f.recompute_mla_up_proj = true;
+          } else if (name == "moe_act") {
+            f.recompute_moe_act = true;
+          } else {
+            const std::string near = closest(name, known);
+            problems.add(item.Mark(), path,
+                         fmt::format("unknown module '{}'{}; one of layernorm, mla_up_proj, moe_act (Megatron-Core's core_attn, mlp, "
+                                     "moe and shared_experts are not modelled: recompute: attention or full rebuild more)",
+                                     name, near.empty() ? "" : fmt::format(" (did you mean '{}'?)", near)));
+          }
+        }
+      }
+      if (f.recompute != models::Recompute::selective)
+        problems.add_at(path, "only used with recompute: selective (the modules it rebuilds)");
+    } else if (f.recompute == models::Recompute::selective) {
+      problems.add_at(w->key_path("recompute"), "selective needs workload.recompute_modules (e.g. [layernorm, mla_up_proj, moe_act])");
+    }
+    if (auto v = w->get<std::string>("activation_dtype", one_of({"bf16", "fp8"}), false)) {
+      f.activations_fp8 = *v == "fp8";
+      if (f.activations_fp8 && !f.training)
+        problems.add_at(w->key_path("activation_dtype"), "only used with 'kind: training' (the activations kept for the backward pass)");
     }
     if (auto v = w->get<std::int64_t>("recompute_layers", count_at_least(1), false)) {
       f.recompute_layers = as_int(*v);
@@ -868,6 +908,12 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (sc.forward.training && m.weight_bytes != m.dtype_bytes)
     problems.add_at("model.weight_dtype", "only used in inference (forward, prefill, decode): training keeps its weights in "
                                           "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
+  if (sc.forward.activations_fp8 && !sc.roofline.fp8_gemms)
+    problems.add_at("workload.activation_dtype", "fp8 keeps the FP8 GEMMs' inputs for their backward: set compute.gemm_dtype: fp8");
+  if (sc.forward.activations_fp8 && m.dtype_bytes != 2)
+    problems.add_at("workload.activation_dtype", "fp8 is modelled for a bf16 or fp16 model.dtype (the tensors it leaves at 2 bytes)");
+  if (sc.forward.recompute_mla_up_proj && !routing::is_mla(m))
+    problems.add_at("workload.recompute_modules", "mla_up_proj recomputes multi-head latent attention's up projections: set model.mla");
   if (sc.workload_kind != "decode" && m.kv_cache_bytes != m.dtype_bytes)
     problems.add_at("model.kv_cache_dtype", "only used in decode (workload.kind: decode), whose steps read and hold the KV cache");
   if (m.kv_heads > m.attention_heads)

@@ -202,11 +202,26 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,
   // over its layers).
   const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
-  const double in_flight = !f.training ? 1.0 : models::pipeline_held_layers(f, stage) / layers;
-  const double saved = static_cast<double>(widths.latent + widths.q + widths.k + widths.v + widths.out);
-  const double attention = b * (2 * t * h + tp * t * saved), input = b * t * h;
-  const double per_layer = attention + b * t * 2 * h + 4 * t * m.experts + m.shared_experts * b * t * 3 * ffn;
-  const double expert_row = b * (2 * h + 3 * ffn);  // per expert row
+  // Bytes an element: a linear layer's or a SwiGLU's input (FP8 activations: 1 and an fp32 scale
+  // per 128), the attention output (E5M6); everything else at b. Selective recomputation keeps
+  // no norm outputs (layernorm), no MLA queries, keys and values (mla_up_proj: those the up
+  // projections make, the shared RoPE key aside) and no SwiGLU outputs (moe_act).
+  const double lin = f.activations_fp8 ? 1.0 + 4.0 / 128 : b, att_out = f.activations_fp8 ? 1.5 : b;
+  const bool selective = f.training && f.recompute == models::Recompute::selective;
+  const bool no_norm = selective && f.recompute_layernorm, no_act = selective && f.recompute_moe_act;
+  const double up_made = selective && f.recompute_mla_up_proj
+                             ? static_cast<double>((m.mla.q_lora_rank > 0 ? widths.q : 0) + widths.k - m.mla.qk_rope_head_dim + widths.v)
+                             : 0.0;
+  const double saved = b * static_cast<double>(widths.latent + widths.q + widths.k + widths.v) - b * up_made +
+                       att_out * static_cast<double>(widths.out);
+  // The attention block: its norm's input and output (the projections' input), its latents, Q, K, V and output.
+  const double attention = b * t * h + (no_norm ? 0 : lin * t * h) + tp * t * saved, input = b * t * h;
+  // The MoE block: its norm's input and output (the router's and shared experts' input), the
+  // router's logits, each shared expert's gate and up outputs and SwiGLU output.
+  const double per_layer = attention + b * t * h + (no_norm ? 0 : b * t * h) + 4 * t * m.experts +
+                           m.shared_experts * t * lin * (no_act ? 2 : 3) * ffn;
+  // Per expert row: the row in, the gate and up outputs, the SwiGLU output, the row out.
+  const double expert_row = lin * h + lin * (no_act ? 2 : 3) * ffn + b * h;
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them),
   // once more for each MTP layer run.
@@ -215,6 +230,18 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
       head ? 4.0 * static_cast<double>(m.vocab) * (1 + m.mtp_layers) *
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
            : 0.0;
+  // A weight pass needs what selective recomputation rebuilt for the weight gradients (the
+  // norms' outputs, the SwiGLU outputs), kept from the input-gradient pass until it runs: a
+  // layer held between the two holds that much more (at the stage's mean expert rows a layer).
+  const double rows_mean = expert_rows / std::max(1, per);
+  const double kept_layer = per_layer + rows_mean * expert_row;
+  const double for_weights = (no_norm ? lin * t * h + b * t * h : 0) +
+                             (no_act ? lin * ffn * (m.shared_experts * t + rows_mean) : 0);
+  const double in_flight =
+      !f.training ? 1.0 : models::pipeline_held_layers(f, stage, (kept_layer + for_weights) / kept_layer) / layers;
+  // The logits, of the micro-batches between the head's forward and its backward (counted at
+  // their own peak, which may fall elsewhere than the layers': an upper bound).
+  const double heads = !f.training ? 1.0 : models::pipeline_held_head(f, stage);
   if (f.training && f.recompute == models::Recompute::full) {
     // Each recomputed layer keeps its input (recompute_layers: the first that many MoE layers of
     // each of the stage's chunks, the dense layers with chunk 0's; the others all their
@@ -228,13 +255,13 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
       rebuilt += f.recompute_layers > 0 ? std::min(n, f.recompute_layers) : n;
     }
     const double kept = per - rebuilt, rows_per_layer = expert_rows / std::max(1, per);
-    u.activations = in_flight * ((layers - kept) * input + kept * (per_layer + rows_per_layer * expert_row) + logits) + per_layer +
-                    rows_per_layer * expert_row;
+    u.activations = in_flight * ((layers - kept) * input + kept * (per_layer + rows_per_layer * expert_row)) + heads * logits +
+                    per_layer + rows_per_layer * expert_row;
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
-    u.activations = in_flight * (layers * (per_layer - attention + input) + expert_rows * expert_row + logits) + attention;
+    u.activations = in_flight * (layers * (per_layer - attention + input) + expert_rows * expert_row) + heads * logits + attention;
   } else if (f.training) {
-    u.activations = in_flight * (layers * per_layer + expert_rows * expert_row + logits);
+    u.activations = in_flight * (layers * per_layer + expert_rows * expert_row) + heads * logits;
   } else {
     u.activations = per_layer + expert_rows / std::max(1, per) * expert_row + logits;
   }
@@ -249,6 +276,17 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
                      static_cast<double>(f.all_to_all.combine_row_bytes > 0 ? f.all_to_all.combine_row_bytes : model_row);
   u.buffers = static_cast<double>(rows) * row;
   return u;
+}
+
+// workload.recompute_modules, in words.
+std::string selective_modules(const models::ForwardSpec& f) {
+  std::vector<std::string> names;
+  if (f.recompute_layernorm) names.emplace_back("layernorm");
+  if (f.recompute_mla_up_proj) names.emplace_back("mla_up_proj");
+  if (f.recompute_moe_act) names.emplace_back("moe_act");
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+  return out;
 }
 
 // The GPU that needs the most memory, and how much.
@@ -673,7 +711,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                100.0 * static_cast<double>(gp.recompute_total.count_ps()) / static_cast<double>(step.count_ps()),
                f.recompute == models::Recompute::full && f.recompute_layers > 0
                    ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
-                   : std::string(models::to_string(f.recompute)));
+               : f.recompute == models::Recompute::selective ? "selective, " + selective_modules(f)
+                                                             : std::string(models::to_string(f.recompute)));
   if (f.pp > 1) {
     const StageCompute c = stage_compute(sc, r);
     std::string list;
@@ -774,9 +813,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   {
     const auto [mg, mem] = peak_memory(sc, r);
     const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-    fmt::print(out, "  memory      up to {:.1f} GB on GPU {} (weights {:.1f}, gradients and optimizer {:.1f}, activations {:.1f}, "
+    fmt::print(out, "  memory      up to {:.1f} GB on GPU {} (weights {:.1f}, gradients and optimizer {:.1f}, activations {:.1f}{}, "
                     "KV cache {:.1f}, buffers {:.1f}){}\n",
-               mem.total() / 1e9, mg, mem.weights / 1e9, mem.optimizer / 1e9, mem.activations / 1e9, mem.kv_cache / 1e9,
+               mem.total() / 1e9, mg, mem.weights / 1e9, mem.optimizer / 1e9, mem.activations / 1e9,
+               sc.forward.activations_fp8 ? " with FP8 inputs of the linear layers" : "", mem.kv_cache / 1e9,
                mem.buffers / 1e9,
                capacity <= 0                ? std::string()
                : mem.total() <= capacity   ? fmt::format(" of {:.0f} GB", capacity / 1e9)

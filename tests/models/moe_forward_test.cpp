@@ -868,7 +868,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     // Training: activation recomputation of either kind (full: of every layer, or of each
     // chunk's first), or none.
     const char* recomputes[] = {"", "recompute: attention, ", "recompute: full, ", "recompute: full, recompute_layers: 1, "};
-    const std::string recompute = kind == "training" ? recomputes[pick.uniform_int(4)] : "";
+    std::string recompute = kind == "training" ? recomputes[pick.uniform_int(4)] : "";
     // Training on two stages of one chunk each without recomputation: 1F1B or ZB-H1.
     const std::string schedule =
         kind == "training" && pp == 2 && virtual_stages == 1 && recompute.empty() && pick.uniform_int(2) ? "pipeline_schedule: zb_h1, " : "";
@@ -890,6 +890,12 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const int mtp_run = mtp && (kind == "training" || kind == "decode") ? 1 : 0;
     const int draft = mtp && kind == "decode" ? 1 : 0;
     const std::string mtp_keys = mtp ? ", vocab: 1000, mtp_modules: 1" : "";
+    // Every fifth training trial recomputes selectively instead (by the trial: the draws stay),
+    // with FP8 activations where the GEMMs are FP8.
+    if (kind == "training" && trial % 5 == 2)
+      recompute = fmt::format("recompute: selective, recompute_modules: [layernorm, moe_act{}], {}",
+                              attention.empty() ? "" : ", mla_up_proj",
+                              gemms.find("fp8") == std::string::npos ? "" : "activation_dtype: fp8, ");
     const std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}{}}}
@@ -2493,6 +2499,141 @@ TEST_CASE("Activation recomputation runs forward work again in the backward pass
     CHECK(none - full == Approx(0.0676).margin(0.0011));
     CHECK(none - attention == Approx(0.018432).margin(0.0011));
   }
+}
+
+TEST_CASE("Selective recomputation rebuilds MLA's up projections and keeps fewer activations, as derived by hand",
+          "[models][training][recompute][mla]") {
+  // DeepSeek-V3's up projections: 128 heads x (1536 x 192 + 512 x 256) = 54,525,952 weights, the
+  // attention's weights less its down projections (15,138,816) and output projection (128 x 128 x 7168).
+  routing::MoeModelSpec ds = deepseek_v3_mla();
+  const models::KernelCost up = models::mla_up_projection_cost(ds, 1000);
+  CHECK(routing::attention_weights(ds) - routing::mla_down_weights(ds) - 128LL * 128 * 7168 == 54'525'952);
+  CHECK(up.flops == 2LL * 1000 * 54'525'952);
+  CHECK(up.gemm_flops == up.flops);
+  // Weights once; per token the latents in (1536 + 512) and q, k_nope, v out (128 x (192 + 128 + 128)).
+  CHECK(up.bytes == 2LL * 54'525'952 + 2LL * 1000 * (2048 + 128 * 448));
+  ds.mla.q_lora_rank = 0;  // no query latent: only the keys' and values' up projection
+  CHECK(models::mla_up_projection_cost(ds, 1000).flops == 2LL * 1000 * 128 * 512 * 256);
+  ds = deepseek_v3_mla();
+  ds.tp = 2;  // half the heads over the group's 2000 tokens: the same FLOPs, half the weights
+  CHECK(models::mla_up_projection_cost(ds, 1000).flops == up.flops);
+  CHECK(models::mla_up_projection_cost(ds, 1000).bytes == 54'525'952 + 2LL * 2000 * (2048 + 64 * 448));
+  CHECK(models::mla_up_projection_cost(routing::MoeModelSpec{}, 1000).flops == 0);  // no MLA, nothing to rebuild
+
+  // The tiny training step with a small MLA (8 heads, rq 64, rkv 32, dn 16, dr 8, dv 16) and
+  // T = 100,000 tokens: up projections Wu = 8 x (64 x 24 + 32 x 32) = 20,480 weights; rebuilt:
+  // 2 T Wu = 4.096e9 FLOPs (40.96 us) against 2 Wu + 2 T (96 + 8 x 24 + 8 x 32) = 108,840,960
+  // bytes (108.84 us on 1 TB/s): 108,840,960 ps before each attention's backward.
+  const std::int64_t U = 108'840'960;
+  const auto text = [](const std::string& keys, bool dense = false) {
+    std::string t = tiny_training(keys, dense);
+    t.replace(t.find("tokens_per_gpu: 1000"), 20, "tokens_per_gpu: 100000");
+    const std::string heads = "  attention_heads: 8\n";
+    return t.replace(t.find(heads), heads.size(),
+                     heads + "  mla: {q_lora_rank: 64, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}\n");
+  };
+  const auto run = [&](const std::string& keys, bool dense = false) {
+    const auto sc = scenarios::load_scenario_text(text(keys, dense), "s.yaml");
+    auto r = scenarios::run_experiment(sc);
+    return std::pair{std::stod(csv_value(summary_csv(sc, r), "memory_gb_max")), std::move(r)};
+  };
+  const auto [plain_gb, plain] = run("");
+  SECTION("the up projections' time, before the attention's backward, not model work") {
+    const auto [gb, r] = run(", recompute: selective, recompute_modules: [mla_up_proj]");
+    CHECK(r.stats.step_time() == plain.stats.step_time() + Time::ps(U));
+    for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(U));
+    CHECK(r.model_flops == plain.model_flops);
+    // The dense layer's attention too, before its backward.
+    const auto dense_plain = run("", true).second;
+    const auto dense = run(", recompute: selective, recompute_modules: [mla_up_proj]", true).second;
+    CHECK(dense.stats.step_time() == dense_plain.stats.step_time() + Time::ps(2 * U));
+    CHECK(dense.stats.gpus()[0].recompute_total == Time::ps(2 * U));
+  }
+  SECTION("layernorm and moe_act cost no time (norms and SwiGLU are not kernels of their own here)") {
+    const auto [gb, r] = run(", recompute: selective, recompute_modules: [layernorm, moe_act]");
+    CHECK(r.stats.step_time() == plain.stats.step_time());
+    CHECK(r.stats.gpus()[0].recompute_total == Time::ps(0));
+  }
+  SECTION("two-batch overlap: each half's up projections again") {
+    const auto tbo = run(", overlap: two_batch, comm_sm_fraction: 0").second;
+    const auto r = run(", overlap: two_batch, comm_sm_fraction: 0, recompute: selective, recompute_modules: [mla_up_proj]").second;
+    // Each half: 2 Wu + 2 x 50,000 x 544 = 54,440,960 bytes (54.44 us; 20.48 us of FLOPs).
+    check_stages_tile(r);
+    for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(2 * 54'440'960LL));
+    CHECK(r.stats.step_time() == tbo.stats.step_time() + Time::ps(2 * 54'440'960LL));
+  }
+  SECTION("tensor parallelism: no all-gather for them (each GPU keeps its group's latents)") {
+    const auto two = [&](const std::string& keys) {
+      std::string t = text(keys);
+      return scenarios::run_experiment(scenarios::load_scenario_text(t.replace(t.find("parallelism: {ep: 2}"), 20, "parallelism: {ep: 2, tp: 2}"), "t.yaml"));
+    };
+    const auto tp_plain = two(""), r = two(", recompute: selective, recompute_modules: [mla_up_proj]");
+    check_stages_tile(r);
+    const auto collectives = [](const scenarios::RunResult& run) {
+      return std::count_if(run.timeline->stages().begin(), run.timeline->stages().end(),
+                           [](const auto& s) { return s.stage == Stage::tp; });
+    };
+    CHECK(collectives(r) == collectives(tp_plain));
+    // 4 heads over 200,000 tokens: 2 x 10,240 + 2 x 200,000 x (96 + 4 x 24 + 4 x 32) = 128,020,480 bytes.
+    for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(128'020'480));
+    CHECK(r.stats.step_time() == tp_plain.stats.step_time() + Time::ps(128'020'480));
+  }
+  SECTION("memory: what each module and FP8 activations keep, per token and expert row") {
+    // Per token (b = 2): attention block b (2H + L + Q + K + V + O) with L = 104, Q = 192, K = 136,
+    // V = O = 128: 5472 B; MoE block b 2H + 4E: 4104 B; per expert row b (2H + 3F): 10,240 B, and
+    // each GPU's 200,000 rows. layernorm: the two norms' outputs, b 2H = 4096 B a token; mla_up_proj:
+    // Q, K less the RoPE key, V: b (192 + 128 + 128) = 896 B a token; moe_act: b F = 2048 B a row.
+    const auto gb = [&](const std::string& keys, const std::string& compute = "") {
+      std::string t = text(keys);
+      if (!compute.empty()) {
+        t.replace(t.find("compute: {"), 10, "compute: {" + compute + ", ");
+        t.replace(t.find("peak_bf16: 100TFLOP/s"), 21, "peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s");
+      }
+      const auto sc = scenarios::load_scenario_text(t, "m.yaml");
+      return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+    };
+    const std::string sel = ", recompute: selective, recompute_modules: ";
+    CHECK(plain_gb - gb(sel + "[layernorm]") == Approx(0.4096).margin(0.0011));
+    CHECK(plain_gb - gb(sel + "[mla_up_proj]") == Approx(0.0896).margin(0.0011));
+    CHECK(plain_gb - gb(sel + "[moe_act]") == Approx(0.4096).margin(0.0011));
+    // FP8 (1 + 4/128 = 1.03125 B an element for the linear layers' and SwiGLU inputs, 1.5 for the
+    // attention output): attention b H + 1.03125 H + b (L + Q + K + V) + 1.5 O = 4416 B (1056 less
+    // a token), an expert row 1.03125 (H + 3F) + b H = 6272 B (3968 less): 0.8992 GB less.
+    const std::string fp8 = "gemm_dtype: fp8";
+    CHECK(gb("", fp8) - gb(", activation_dtype: fp8", fp8) == Approx(0.8992).margin(0.0011));
+    // All of it: attention b H + b (L + Q + K + V - 448) + 1.5 O = 2464 B, the MoE block b H + 4E =
+    // 2056 B, a row 1.03125 (H + 2F) + b H = 5216 B: 1.5104 GB less than without.
+    CHECK(gb("", fp8) - gb(sel + "[layernorm, mla_up_proj, moe_act], activation_dtype: fp8", fp8) ==
+          Approx(1.5104).margin(0.0011));
+  }
+}
+
+TEST_CASE("A weight pass keeps what selective recomputation rebuilt for it; the logits stay with the head's micro-batches",
+          "[models][training][recompute][pipeline]") {
+  routing::MoeModelSpec m;
+  m.moe_layers = 4;
+  models::ForwardSpec f;
+  f.model = m;
+  f.training = true;
+  f.pp = 2;
+  f.micro_batches = 4;
+  f.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+  // 1F1B frees a layer at its backward: the factor changes nothing.
+  for (int s = 0; s < 2; ++s) CHECK(models::pipeline_held_layers(f, s, 2.0) == models::pipeline_held_layers(f, s));
+  f.pipeline_schedule = models::PipelineSchedule::zb_h1;
+  // ZB-H1 (2 layers a stage). Stage 1 holds back its first weight pass: F0 B0 F1 B1 W0 F2 B2 W1
+  // F3 B3 W2 W3. A layer between its backward and weight pass counting 1.5: F0 2, B0 3, F1 5,
+  // B1 6 (the peak), W0 3, ...; counting 1, the peak is 4. Stage 0: F0 F1 B0 W0 F2 B1 W1 ...:
+  // F0 F1 4, B0 5 (the peak), W0 2, ...
+  CHECK(models::pipeline_held_layers(f, 1) == 4);
+  CHECK(models::pipeline_held_layers(f, 1, 1.5) == 6);
+  CHECK(models::pipeline_held_layers(f, 0) == 4);
+  CHECK(models::pipeline_held_layers(f, 0, 1.5) == 5);
+  // The head's chunk: the last stage holds one micro-batch from its forward to its backward.
+  CHECK(models::pipeline_held_head(f, 1) == 1);
+  CHECK(models::pipeline_held_head(f, 0) == 0);
+  f.pipeline_schedule = models::PipelineSchedule::gpipe;
+  CHECK(models::pipeline_held_head(f, 1) == 4);  // every micro-batch forward first
 }
 
 TEST_CASE("With pipeline stages a recomputed forward waits for its backward's gradients, as derived by hand",

@@ -648,8 +648,7 @@ TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
   CHECK(load_scenario_text(training("  recompute: attention\n"), "s.yaml").forward.recompute ==
         moesim::models::Recompute::attention);
   CHECK(load_scenario_text(training("  recompute: none\n"), "s.yaml").forward.recompute == moesim::models::Recompute::none);
-  CHECK_THAT(error_of(training("  recompute: selective\n")), Catch::Contains("workload.recompute"));
-  CHECK_THAT(error_of(training("  recompute: selective\n")), Catch::Contains("full"));
+  CHECK_THAT(error_of(training("  recompute: partial\n")), Catch::Contains("workload.recompute") && Catch::Contains("selective"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  recompute: full\n")),
              Catch::Contains("workload.recompute: only used with 'kind: training'"));
   CHECK(load_scenario_text(training("  recompute: full\n  recompute_layers: 3\n"), "s.yaml").forward.recompute_layers == 3);
@@ -659,6 +658,52 @@ TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
   CHECK_THAT(error_of(training("  recompute_layers: 3\n")), Catch::Contains("workload.recompute_layers: only used with recompute: full"));
   CHECK_THAT(error_of(training("  recompute: full\n  recompute_layers: 0\n")),
              Catch::Contains("workload.recompute_layers: must be at least 1, got 0"));
+}
+
+TEST_CASE("Selective recomputation takes Megatron-Core's module names; FP8 activations need FP8 GEMMs", "[scenarios][recompute]") {
+  const std::string mla = "  attention_heads: 32\n  mla: {q_lora_rank: 64, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}\n";
+  const auto text = [&](const std::string& keys, bool with_mla = true, const std::string& compute = "") {
+    std::string s = with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n" + keys);
+    if (with_mla) s.replace(s.find("  attention_heads: 32\n"), 22, mla);
+    return s + compute;
+  };
+  const auto sc = load_scenario_text(text("  recompute: selective\n  recompute_modules: [layernorm, mla_up_proj, moe_act]\n"), "s.yaml");
+  CHECK(sc.forward.recompute == moesim::models::Recompute::selective);
+  CHECK(sc.forward.recompute_layernorm);
+  CHECK(sc.forward.recompute_mla_up_proj);
+  CHECK(sc.forward.recompute_moe_act);
+  const auto one = load_scenario_text(text("  recompute: selective\n  recompute_modules: [moe_act]\n", false), "s.yaml");
+  CHECK_FALSE(one.forward.recompute_layernorm);
+  CHECK_FALSE(one.forward.recompute_mla_up_proj);
+  CHECK(one.forward.recompute_moe_act);
+  CHECK(error_of(text("  recompute: selective\n")) ==
+        "s.yaml:20:14: workload.recompute: selective needs workload.recompute_modules (e.g. [layernorm, mla_up_proj, moe_act])");
+  CHECK_THAT(error_of(text("  recompute_modules: [layernorm]\n")),
+             Catch::Contains("workload.recompute_modules: only used with recompute: selective"));
+  CHECK_THAT(error_of(text("  recompute: full\n  recompute_modules: [layernorm]\n")),
+             Catch::Contains("workload.recompute_modules: only used with recompute: selective"));
+  CHECK_THAT(error_of(text("  recompute: selective\n  recompute_modules: [layernrom, core_attn]\n")),
+             Catch::Contains("unknown module 'layernrom' (did you mean 'layernorm'?)") &&
+                 Catch::Contains("unknown module 'core_attn'") && Catch::Contains("recompute: attention or full rebuild more"));
+  CHECK_THAT(error_of(text("  recompute: selective\n  recompute_modules: []\n")), Catch::Contains("got an empty list"));
+  CHECK_THAT(error_of(text("  recompute: selective\n  recompute_modules: layernorm\n")), Catch::Contains("expected a list of modules"));
+  CHECK(error_of(text("  recompute: selective\n  recompute_modules: [mla_up_proj]\n", false)) ==
+        "s.yaml:20:22: workload.recompute_modules: mla_up_proj recomputes multi-head latent attention's up projections: set model.mla");
+  // Every pipeline schedule takes it: the modules rebuild inside the input-gradient pass.
+  const std::string stages = "parallelism:\n  ep: 8\n  pp: 2\n";
+  std::string zb = text("  recompute: selective\n  recompute_modules: [layernorm]\n  pipeline_schedule: zb_h1\n  micro_batches: 2\n");
+  zb.replace(zb.find("parallelism:\n  ep: 8\n"), 21, stages);
+  zb.replace(zb.find("  nodes: 2\n"), 11, "  nodes: 4\n");
+  CHECK(error_of(zb) == "no error");
+  // FP8 activations: training with FP8 GEMMs and a 2-byte model dtype.
+  const std::string fp8 = "compute: {gemm_dtype: fp8}\n";
+  CHECK(load_scenario_text(text("  activation_dtype: fp8\n", true, fp8), "s.yaml").forward.activations_fp8);
+  CHECK_FALSE(load_scenario_text(text("  activation_dtype: bf16\n", true, fp8), "s.yaml").forward.activations_fp8);
+  CHECK(error_of(text("  activation_dtype: fp8\n")) ==
+        "s.yaml:20:21: workload.activation_dtype: fp8 keeps the FP8 GEMMs' inputs for their backward: set compute.gemm_dtype: fp8");
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  activation_dtype: fp8\n") + fp8),
+             Catch::Contains("workload.activation_dtype: only used with 'kind: training'"));
+  CHECK_THAT(error_of(text("  activation_dtype: fp4\n", true, fp8)), Catch::Contains("workload.activation_dtype"));
 }
 
 TEST_CASE("Micro-batches are a training key", "[scenarios]") {
