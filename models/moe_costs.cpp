@@ -77,7 +77,9 @@ KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int6
   return KernelCost{.flops = 2 * r * h, .bytes = b * h * (r + t)};
 }
 
-KernelCost adam_cost(std::int64_t params) { return KernelCost{.flops = 12 * params, .bytes = 28 * params}; }
+KernelCost adam_cost(std::int64_t params, std::int64_t grad_bytes, std::int64_t moment_bytes, std::int64_t weight_bytes) {
+  return KernelCost{.flops = 12 * params, .bytes = (grad_bytes + 2 * 4 + 4 * moment_bytes + weight_bytes) * params};
+}
 
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
   // The dense FFN's columns split over the tensor-parallel GPUs, each over all their tokens.

@@ -56,8 +56,9 @@
 //   FLOPs += 4*n*V;  bytes += 2*b*n*V. Its backward: 2x the projection (input and weight
 //   gradients). The embedding lookup (n rows of H read) is left out: a few microseconds.
 // optimizer (mixed-precision Adam, as Megatron-LM keeps it) over P parameters: per parameter
-//   read the bf16 gradient, read and write the fp32 master weight and both fp32 moments, write
-//   the bf16 weight: bytes = (2 + 3*4*2 + 2)*P = 28*P; FLOPs = 12*P (memory-bound).
+//   read the gradient (g bytes), read and write the fp32 master weight and both moments (m bytes
+//   each), write the weight (w bytes): bytes = (g + 2*4 + 2*2*m + w)*P, with bf16 gradients and
+//   weights and fp32 moments 28*P; FLOPs = 12*P (memory-bound).
 // A training step's backward pass runs every GEMM twice at the forward's size (input and weight
 // gradients): 2x the forward's FLOPs and bytes (models/moe_forward.hpp).
 // Tensor parallelism (m.tp = n > 1, routing/moe_spec.hpp): attention, the dense FFN and the LM
@@ -93,7 +94,7 @@ KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
-KernelCost adam_cost(std::int64_t params);
+KernelCost adam_cost(std::int64_t params, std::int64_t grad_bytes = 2, std::int64_t moment_bytes = 4, std::int64_t weight_bytes = 2);
 // The LM head over `tokens` tokens, with the loss where `loss`.
 KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);
 // What runs after the last MoE layer over `tokens` tokens: the LM head, and per MTP layer run

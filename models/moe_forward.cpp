@@ -585,9 +585,9 @@ void MoeForward::start() {
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
       }
   if (spec_.training && spec_.gradient_sync) {
-    // Gradient bytes per GPU: one gradient per weight it holds, in the model dtype (and the
-    // all-gathered weights, with a sharded optimizer, as many), per bucket of MoE layers. Each
-    // pipeline stage synchronises its own weights among its GPUs.
+    // Gradient bytes per GPU: one gradient per weight it holds, in the gradients' dtype (and the
+    // all-gathered weights, with a sharded optimizer, as many in the model dtype), per bucket of
+    // MoE layers. Each pipeline stage synchronises its own weights among its GPUs.
     const auto& m = spec_.model;
     const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
     const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
@@ -601,7 +601,8 @@ void MoeForward::start() {
       if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) gathered(gpu);
     };
     const auto build = [&](CollectiveKind kind, std::vector<int> members, std::int64_t count, Collective::Done done) {
-      return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * m.dtype_bytes),
+      const std::int64_t bytes = kind == CollectiveKind::all_gather ? m.dtype_bytes : spec_.grad_bytes();
+      return make_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), sim::Bytes(count * bytes),
                              std::move(done), spec_.gradient_sync_chunks);
     };
     // Buckets of the stage's MoE layers in backward order (its last chunk's from its last layer
@@ -1664,9 +1665,10 @@ KernelCost MoeForward::optimizer_cost(int stage) const {
   // optimizer its share: the replicated weights over the stage's GPUs, the experts over its EP
   // groups (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
-  if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total());
+  const std::int64_t g = spec_.grad_bytes(), mo = spec_.moment_bytes, w = spec_.model.dtype_bytes;
+  if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total(), g, mo, w);
   const int copies = weight_copies(spec_);
-  return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_groups()));
+  return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_groups()), g, mo, w);
 }
 
 }  // namespace moesim::models

@@ -122,6 +122,13 @@ struct ForwardSpec {
   // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
   // weights are all-gathered.
   bool optimizer_sharding = false;
+  // Training: bytes an element of the gradients (0: model.dtype's; 4: kept, accumulated and
+  // synchronised in fp32, Megatron-LM's --accumulate-allreduce-grads-in-fp32 and DeepSeek-V3's
+  // choice) and of Adam's two moments (4: fp32; 2: bf16, as DeepSeek-V3 keeps them, technical
+  // report section 3.3.3). The master weights stay fp32.
+  int gradient_bytes = 0;
+  int moment_bytes = 4;
+  int grad_bytes() const { return gradient_bytes > 0 ? gradient_bytes : model.dtype_bytes; }
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
   // Decode, speculative: each sequence's step verifies this many draft tokens with its new one,
   // so tokens_per_gpu counts (1 + draft_tokens) tokens per sequence (sequences()), whose

@@ -598,6 +598,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     } else if (f.recompute == models::Recompute::selective) {
       problems.add_at(w->key_path("recompute"), "selective needs workload.recompute_modules (e.g. [layernorm, mla_up_proj, moe_act])");
     }
+    if (auto v = w->get<std::string>("gradient_dtype", one_of({"bf16", "fp16", "fp32"}), false)) {
+      f.gradient_bytes = *v == "fp32" ? 4 : 2;
+      if (!f.training) problems.add_at(w->key_path("gradient_dtype"), "only used with 'kind: training'");
+    }
+    if (auto v = w->get<std::string>("adam_moments_dtype", one_of({"fp32", "bf16"}), false)) {
+      f.moment_bytes = *v == "bf16" ? 2 : 4;
+      if (!f.training) problems.add_at(w->key_path("adam_moments_dtype"), "only used with 'kind: training'");
+    }
     if (auto v = w->get<std::string>("activation_dtype", one_of({"bf16", "fp8"}), false)) {
       f.activations_fp8 = *v == "fp8";
       if (f.activations_fp8 && !f.training)
@@ -1215,7 +1223,8 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
     problems.add(e.mark, "", fmt::format("not valid YAML: {}", e.msg));
     throw ScenarioError(problems.list());
   }
-  // --set key.path=value: replace (or add) the value at key.path, creating sections as needed.
+  // --set key.path=value: replace (or add) the value at key.path, creating sections as needed;
+  // a null value (~ or null) removes the key (e.g. a law's parameter when --set changes the law).
   std::vector<std::string> paths;
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
@@ -1235,7 +1244,10 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
       const auto dot = path.find('.', start);
       const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       if (dot == std::string::npos) {
-        chain.back()[key] = value;
+        if (value.IsNull())
+          chain.back().remove(key);
+        else
+          chain.back()[key] = value;
         break;
       }
       YAML::Node next = chain.back()[key];

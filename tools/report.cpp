@@ -144,8 +144,9 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 
 // Memory one GPU needs for the step (bytes), by kind. Weights: the parameters it holds (per MoE
 // layer attention, router, shared experts and its expert slots; the dense layers) in the model
-// dtype, the linear layers' in model.weight_dtype (models::weight_bytes). Training adds a gradient per weight (model dtype) and mixed-precision Adam's fp32
-// master weight and two moments (12 bytes per parameter), and keeps every layer's activations
+// dtype, the linear layers' in model.weight_dtype (models::weight_bytes). Training adds a gradient per weight (model dtype, or
+// workload.gradient_dtype) and mixed-precision Adam's fp32 master weight and two moments (12 bytes per
+// parameter; 8 with workload.adam_moments_dtype: bf16), and keeps every layer's activations
 // for the backward pass (of one micro-batch, the one with the most expert rows on the GPU: with
 // gradient accumulation each micro-batch's backward runs before the next one's forward; with
 // pipeline stages of as many micro-batches as the stage holds at once); inference holds one
@@ -196,7 +197,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double updated = f.training && f.gradient_sync && f.optimizer_sharding
                              ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / f.ep))
                              : params;
-  if (f.training) u.optimizer = params * b + updated * 12;
+  if (f.training) u.optimizer = params * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
   // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,

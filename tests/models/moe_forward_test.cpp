@@ -1002,6 +1002,36 @@ std::string tiny_training(const std::string& keys, bool dense = false) {
 
 }  // namespace
 
+TEST_CASE("FP32 gradients and BF16 Adam moments change the optimizer's bytes, the sync and memory, as derived by hand",
+          "[models][training]") {
+  // The tiny training step's optimizer: 7,342,080 parameters a GPU x 28 B (bf16 gradient read,
+  // fp32 master and moments read and written, bf16 weight written) = 205,578,240 ps on 1 TB/s.
+  CHECK(models::adam_cost(1000).bytes == 28'000);
+  CHECK(models::adam_cost(1000, 4, 2, 2).bytes == (4 + 8 + 8 + 2) * 1000);
+  const auto run = [](const std::string& keys) {
+    const auto sc = scenarios::load_scenario_text(tiny_training(", gradient_sync: ring" + keys), "g.yaml");
+    auto r = scenarios::run_experiment(sc);
+    return std::pair{std::stod(csv_value(summary_csv(sc, r), "memory_gb_max")), std::move(r)};
+  };
+  const auto [gb, plain] = run("");
+  REQUIRE(plain.stats.gpus()[0].stage_total[idx(Stage::optimizer)] == Time::ps(205'578'240));
+  const auto [moments_gb, moments] = run(", adam_moments_dtype: bf16");
+  CHECK(moments.stats.gpus()[0].stage_total[idx(Stage::optimizer)] == Time::ps(7'342'080LL * 20));
+  CHECK(gb - moments_gb == Approx(7'342'080 * 4 / 1e9).margin(0.0011));  // two moments, 2 B less each
+  CHECK(moments.stats.gradient_sync_bytes() == plain.stats.gradient_sync_bytes());
+  const auto [fp32_gb, fp32] = run(", gradient_dtype: fp32");
+  CHECK(fp32.stats.gpus()[0].stage_total[idx(Stage::optimizer)] == Time::ps(7'342'080LL * 30));
+  CHECK(fp32_gb - gb == Approx(7'342'080 * 2 / 1e9).margin(0.0011));
+  // The gradients are all-reduced in fp32: twice the bytes, and a longer sync.
+  CHECK(fp32.stats.gradient_sync_bytes() == 2 * plain.stats.gradient_sync_bytes());
+  CHECK(fp32.stats.gpus()[0].stage_total[idx(Stage::grad_sync)] > plain.stats.gpus()[0].stage_total[idx(Stage::grad_sync)]);
+  // With a sharded optimizer the weights come back in the model dtype: the gradients'
+  // reduce-scatter doubles, the all-gather does not.
+  const auto s16 = run(", optimizer_sharding: true").second;
+  const auto s32 = run(", optimizer_sharding: true, gradient_dtype: fp32").second;
+  CHECK(s32.stats.gradient_sync_bytes() * 2 == 3 * s16.stats.gradient_sync_bytes());
+}
+
 TEST_CASE("Gradient accumulation runs the micro-batches one after the other and syncs once, as derived by hand",
           "[models][training]") {
   // The tiny step routes every token to both experts, so every micro-batch is the same: forward

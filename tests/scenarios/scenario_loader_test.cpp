@@ -60,6 +60,16 @@ std::string error_of(const std::string& yaml) {
   return "no error";
 }
 
+// The same with --set overrides.
+std::string error_of_with(const std::string& yaml, const std::vector<std::string>& overrides) {
+  try {
+    load_scenario_text(yaml, "s.yaml", overrides);
+  } catch (const ScenarioError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 }  // namespace
 
 TEST_CASE("model.mla sets DeepSeek's latent attention and refuses the keys it derives", "[scenarios][mla]") {
@@ -704,6 +714,28 @@ TEST_CASE("Selective recomputation takes Megatron-Core's module names; FP8 activ
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  activation_dtype: fp8\n") + fp8),
              Catch::Contains("workload.activation_dtype: only used with 'kind: training'"));
   CHECK_THAT(error_of(text("  activation_dtype: fp4\n", true, fp8)), Catch::Contains("workload.activation_dtype"));
+  // The gradients' and Adam moments' dtypes (DeepSeek-V3: fp32 and bf16).
+  const auto dt = load_scenario_text(text("  gradient_dtype: fp32\n  adam_moments_dtype: bf16\n"), "s.yaml").forward;
+  CHECK(dt.grad_bytes() == 4);
+  CHECK(dt.moment_bytes == 2);
+  CHECK(load_scenario_text(text(""), "s.yaml").forward.grad_bytes() == 2);  // model.dtype's
+  CHECK(load_scenario_text(text(""), "s.yaml").forward.moment_bytes == 4);
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  gradient_dtype: fp32\n  adam_moments_dtype: bf16\n")),
+             Catch::Contains("workload.gradient_dtype: only used with 'kind: training'") &&
+                 Catch::Contains("workload.adam_moments_dtype: only used with 'kind: training'"));
+  CHECK_THAT(error_of(text("  adam_moments_dtype: fp8\n")), Catch::Contains("workload.adam_moments_dtype"));
+}
+
+TEST_CASE("An override (--set) with a null value removes the key", "[scenarios]") {
+  const std::string zipf = with("  capacity_factor: 1.25\n", "  capacity_factor: 1.25\n  distribution: zipf\n  zipf_s: 1.2\n");
+  CHECK_THAT(error_of_with(zipf, {"routing.distribution=uniform"}), Catch::Contains("routing.zipf_s: only used with 'distribution: zipf'"));
+  for (const char* null : {"~", "null", ""}) {
+    INFO(null);
+    const auto sc = load_scenario_text(zipf, "s.yaml", {"routing.distribution=uniform", std::string("routing.zipf_s=") + null});
+    CHECK(sc.forward.routing.distribution == routing::Distribution::uniform);
+  }
+  CHECK(load_scenario_text(kBase, "s.yaml", {"routing.not_there=~"}).forward.routing.capacity_factor == 1.25);  // nothing to remove
+  CHECK_THAT(error_of_with(kBase, {"model.hidden=~"}), Catch::Contains("model: missing required key 'hidden'"));
 }
 
 TEST_CASE("Micro-batches are a training key", "[scenarios]") {
