@@ -45,6 +45,16 @@ std::vector<std::string> range(const std::string& file, const std::string& axis,
   return out;
 }
 
+// An axis value as the text --set takes: a scalar as it is, a list or mapping in YAML's flow
+// style ([1, 4, 4], {3: 0.5}), null as ~ (the point removes the key).
+std::string value_text(const YAML::Node& x) {
+  if (x.IsScalar()) return x.Scalar();
+  if (x.IsNull()) return "~";
+  YAML::Emitter e;
+  e << YAML::Flow << x;
+  return e.c_str();
+}
+
 }  // namespace
 
 Grid load_grid(const std::string& path) {
@@ -75,8 +85,7 @@ Grid load_grid(const std::string& path) {
     std::vector<std::string> values;
     if (v.IsSequence()) {
       for (const auto& x : v) {
-        if (!x.IsScalar()) throw GridError(fmt::format("{}: axes.{}: values must be single values", where(path, x), axis));
-        values.push_back(x.Scalar());
+        values.push_back(value_text(x));
       }
     } else if (v.IsMap()) {
       values = range(path, axis, v);

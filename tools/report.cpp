@@ -161,7 +161,10 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // widths of models/moe_costs.hpp; multi-head: 2H + 2q + 2kv), the MoE block's norm input and
 // the router's input b 2H, the router's fp32 logits 4E, each shared expert's SwiGLU b 3F (gate
 // and up outputs, the activation); per expert row b (2H + 3F) (the row in, gate and up outputs,
-// the activation, the row out, which the combine's gate gradient needs). Decode adds the KV cache (T sequences
+// the activation, the row out, which the combine's gate gradient needs); a dense layer keeps its attention
+// block's and b (2H + 3 Fd) a token for its FFN block (the norm's input and output, the FFN's gate and up
+// outputs and activation, Fd = dense_ffn). workload.activation_dtype and selective recomputation change
+// these per tensor (below). Decode adds the KV cache (T sequences
 // x context x the bytes a token caches per layer, routing::kv_cache_token_bytes). With tensor parallelism (tp GPUs, with sequence
 // parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
 // all-gathers the latter again in the backward pass), the latents, Q, K, V and the output
@@ -221,6 +224,11 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // router's logits, each shared expert's gate and up outputs and SwiGLU output.
   const double per_layer = attention + b * t * h + (no_norm ? 0 : b * t * h) + 4 * t * m.experts +
                            m.shared_experts * t * lin * (no_act ? 2 : 3) * ffn;
+  // A dense layer: its attention block, and its FFN block's norm input and output (the FFN's
+  // input, its own rows with tensor parallelism), the FFN's gate and up outputs and SwiGLU output
+  // (dense_ffn wide: with tensor parallelism 1/tp of the columns over tp T rows, as many).
+  const double dense_layer = attention + b * t * h + (no_norm ? 0 : lin * t * h) + t * lin * 3 * static_cast<double>(m.dense_ffn);
+  const double dense_here = models::holds_chunk(f, stage, 0) ? m.dense_layers : 0;
   // Per expert row: the row in, the gate and up outputs, the SwiGLU output, the row out.
   const double expert_row = lin * h + lin * (no_act ? 2 : 3) * ffn + b * h;
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
@@ -260,9 +268,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
                     per_layer + rows_per_layer * expert_row;
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
-    u.activations = in_flight * (layers * (per_layer - attention + input) + expert_rows * expert_row) + heads * logits + attention;
+    u.activations = in_flight * (per * per_layer + dense_here * dense_layer + layers * (input - attention) + expert_rows * expert_row) +
+                    heads * logits + attention;
   } else if (f.training) {
-    u.activations = in_flight * (layers * per_layer + expert_rows * expert_row) + heads * logits;
+    u.activations = in_flight * (per * per_layer + dense_here * dense_layer + expert_rows * expert_row) + heads * logits;
   } else {
     u.activations = per_layer + expert_rows / std::max(1, per) * expert_row + logits;
   }

@@ -2638,6 +2638,20 @@ TEST_CASE("Selective recomputation rebuilds MLA's up projections and keeps fewer
   }
 }
 
+TEST_CASE("A dense layer keeps its FFN's activations for the backward pass, as derived by hand", "[models][training]") {
+  // The tiny training step with its dense layer at T = 100,000 tokens: doubling dense_ffn from
+  // 1024 to 2048 adds b T 3 x 1024 = 614,400,000 B of the FFN's gate, up and SwiGLU outputs,
+  // and 3 H x 1024 = 3,145,728 weights at 16 B (weight, gradient, master and moments).
+  const auto gb = [](int ffn) {
+    std::string t = tiny_training("", true);
+    t.replace(t.find("tokens_per_gpu: 1000"), 20, "tokens_per_gpu: 100000");
+    t.replace(t.find("dense_ffn: 1024"), 15, "dense_ffn: " + std::to_string(ffn));
+    const auto sc = scenarios::load_scenario_text(t, "d.yaml");
+    return std::stod(csv_value(summary_csv(sc, scenarios::run_experiment(sc)), "memory_gb_max"));
+  };
+  CHECK(gb(2048) - gb(1024) == Approx((614'400'000 + 3'145'728 * 16) / 1e9).margin(0.0011));
+}
+
 TEST_CASE("A weight pass keeps what selective recomputation rebuilt for it; the logits stay with the head's micro-batches",
           "[models][training][recompute][pipeline]") {
   routing::MoeModelSpec m;

@@ -56,6 +56,31 @@ TEST_CASE("Sweep grids expand to the product of their axes, zipped axes together
 }
 
 
+TEST_CASE("Sweep axis values may be lists, mappings or ~, passed on as --set takes them", "[scenarios][sweep]") {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "g.yaml")
+      << "base: s.yaml\naxes:\n  workload.recompute_modules: [~, [layernorm], [layernorm, mla_up_proj]]\n"
+         "  compute.gpu_speed: [{3: 0.5}]\n";
+  const auto p = load_grid((tmp.path() / "g.yaml").string()).points();
+  REQUIRE(p.size() == 3);
+  CHECK(p[0] == std::vector<std::string>{"workload.recompute_modules=~", "compute.gpu_speed={3: 0.5}"});
+  CHECK(p[1][0] == "workload.recompute_modules=[layernorm]");
+  CHECK(p[2][0] == "workload.recompute_modules=[layernorm, mla_up_proj]");
+  // Each is a value the loader takes: the list sets the key, ~ leaves it out.
+  const std::string training = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 1024, expert_ffn: 1024, experts: 8, top_k: 2, attention_heads: 8,
+        mla: {q_lora_rank: 64, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16}}
+parallelism: {ep: 8}
+workload: {kind: training, tokens_per_gpu: 256, recompute: selective, recompute_modules: [moe_act]}
+)";
+  const auto at = [&](const std::string& set) { return load_scenario_text(training, "t.yaml", {set}).forward; };
+  CHECK(at(p[2][0]).recompute_mla_up_proj);
+  CHECK_FALSE(at(p[1][0]).recompute_moe_act);
+  CHECK_THROWS_AS(at(p[0][0]), ScenarioError);  // selective without its modules
+  CHECK(at(p[0][1]).gpu_speed.at(3) == 0.5);
+}
+
 TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep]") {
   TempDir tmp;
   // Study 2 routes by a count trace that scenarios/studies/run.sh derives from the shared data;
