@@ -3056,3 +3056,26 @@ TEST_CASE("summary.csv gives the busiest pipeline stage's compute over the stage
   const auto flat = scenarios::load_scenario_text(fuzz_yaml(2, 4, 0, 0, "", "", 64, 2, "", 1), "flat.yaml");
   CHECK(csv_value(summary_csv(flat, scenarios::run_experiment(flat)), "stage_compute_imbalance").empty());
 }
+
+TEST_CASE("DualPipe holds PP + 1 micro-batches' activations on every stage, 1F1B PP on its first, as DeepSeek-V3's table 2",
+          "[models][pipeline][validation]") {
+  // DeepSeek-V3's report, table 2: per device, in micro-batches of one stage's layers, 1F1B and
+  // ZB1P hold PP, DualPipe PP + 1 (its chunks are a stage's layers: 4 here).
+  for (const int pp : {4, 8, 16}) {
+    INFO("pp " << pp);
+    routing::MoeModelSpec m;
+    m.moe_layers = pp * 4;
+    models::ForwardSpec f;
+    f.model = m;
+    f.training = true;
+    f.pp = pp;
+    f.micro_batches = 4 * pp;
+    f.gradient_sync = true;
+    f.pipeline_schedule = models::PipelineSchedule::dualpipe;
+    for (int s = 0; s < pp; ++s) CHECK(models::pipeline_held_layers(f, s) == 4 * (pp + 1));
+    f.pipeline_schedule = models::PipelineSchedule::one_f_one_b;
+    for (int s = 0; s < pp; ++s) CHECK(models::pipeline_held_layers(f, s) == 4 * (pp - s));
+    f.pipeline_schedule = models::PipelineSchedule::zb_h1;
+    for (int s = 0; s < pp; ++s) CHECK(models::pipeline_held_layers(f, s) == 4 * pp);
+  }
+}
