@@ -84,8 +84,9 @@ void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows,
   const AllToAllPass& info = passes_[static_cast<std::size_t>(pass)];
   const bool backward = info.backward;
   const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
-                  sim::Bytes(rows * (phase == Phase::dispatch && !backward ? spec_.dispatch_row_bytes
-                                                                           : spec_.combine_row_bytes))};
+                  sim::Bytes(rows * (phase == Phase::combine ? spec_.combine_row_bytes
+                                     : !backward          ? spec_.dispatch_row_bytes
+                                                          : spec_.gradient_dispatch_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
   network_.start_flow(flow, [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward || info.recompute,
                                                          info.micro_batch, info.recompute},

@@ -56,6 +56,9 @@ struct AllToAllSpec {
   AllToAllAlgorithm algorithm = AllToAllAlgorithm::direct;
   std::int64_t dispatch_row_bytes = 0;
   std::int64_t combine_row_bytes = 0;
+  // Training: the backward's all-to-all that sends the combine's gradients to the experts (the
+  // gradient before the down projections); 0: combine_row_bytes. DeepSeek-V3 sends it in FP8.
+  std::int64_t gradient_dispatch_row_bytes = 0;
   sim::Time message_overhead;  // low_latency: issue cost per row
 };
 

@@ -565,6 +565,7 @@ void MoeForward::start() {
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
+  if (comm.gradient_dispatch_row_bytes == 0) comm.gradient_dispatch_row_bytes = comm.combine_row_bytes;
   // The all-to-all's passes: one per (pass, half).
   std::vector<AllToAllPass> a2a_passes;
   for (int p = 0; p < passes(); ++p)

@@ -836,6 +836,12 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       comm.dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
     if (auto v = n->get<std::string>("combine_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
       comm.combine_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
+    if (auto v = n->get<std::string>("gradient_dispatch_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false)) {
+      comm.gradient_dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
+      if (!f.training)
+        problems.add_at(n->key_path("gradient_dispatch_dtype"),
+                        "only used with 'workload.kind: training' (the backward pass's all-to-all to the experts)");
+    }
     n->finish();
   }
   if (auto c = top.child("compute", false)) {
