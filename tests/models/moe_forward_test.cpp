@@ -903,7 +903,7 @@ parallelism: {{ep: {}, pp: {}, tp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}{}seed: {}}}
 routing: {{{}, {}, layer_correlation: {}}}
 placement: {{{}}}
-network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8}}
+network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8{}}}
 compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
@@ -911,7 +911,8 @@ output: {{timeline: off}}
         kind == "decode" ? "context_length: 512, " : "", draft ? "draft_tokens: 1, acceptance_rate: 0.7, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
-        pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)], gemms);
+        pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)],
+        kind == "training" && trial % 2 ? ", gradient_dispatch_dtype: fp8" : "", gemms);
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
