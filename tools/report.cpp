@@ -255,7 +255,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     // Each recomputed layer keeps its input (recompute_layers: the first that many MoE layers of
     // each of the stage's chunks, the dense layers with chunk 0's; the others all their
     // activations, the expert rows counted at the stage's mean per layer); one layer's
-    // activations are rebuilt at a time in the backward pass.
+    // activations are rebuilt at a time in the backward pass (an MoE or a dense layer's).
     int rebuilt = 0;
     const std::vector<int> bounds = models::pipeline_bounds(f);
     for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
@@ -265,7 +265,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     }
     const double kept = per - rebuilt, rows_per_layer = expert_rows / std::max(1, per);
     u.activations = in_flight * ((layers - kept) * input + kept * (per_layer + rows_per_layer * expert_row)) + heads * logits +
-                    per_layer + rows_per_layer * expert_row;
+                    std::max(per_layer + rows_per_layer * expert_row, dense_here > 0 ? dense_layer : 0.0);
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
     u.activations = in_flight * (per * per_layer + dense_here * dense_layer + layers * (input - attention) + expert_rows * expert_row) +
