@@ -793,6 +793,23 @@ TEST_CASE("moesim sweep writes one row per point, the same on any number of jobs
   CHECK_FALSE(fs::exists(bad_out));
 }
 
+TEST_CASE("Sweep axes take list values and ~, written quoted and resumed", "[cli][sweep]") {
+  TempDir tmp;
+  // Two layers of the quickstart, with and without a layer split over two pipeline stages.
+  std::ofstream(tmp.path() / "g.yaml") << "base: " + kSource + "/scenarios/quickstart.yaml\naxes:\n"
+                                          "  parallelism.pp: [1, 2, 2]\n  parallelism.pipeline_layers: [~, [1, 3], [3, 1]]\n"
+                                          "zip: [parallelism.pp, parallelism.pipeline_layers]\n";
+  const auto g = "'" + (tmp.path() / "g.yaml").string() + "'";
+  const auto out = (tmp.path() / "s.csv").string();
+  REQUIRE(moesim("sweep " + g + " -q --set model.moe_layers=4 --out '" + out + "'", tmp).code == 0);
+  const std::string full = slurp(out);
+  CHECK_THAT(full, Catch::Contains("\n0,1,~,") && Catch::Contains("\n1,2,\"[1, 3]\",") && Catch::Contains("\n2,2,\"[3, 1]\","));
+  const auto again = moesim("sweep " + g + " --set model.moe_layers=4 --out '" + out + "'", tmp);
+  REQUIRE(again.code == 0);
+  CHECK_THAT(again.out, Catch::Contains("3 points (3 from an earlier run, 0 run now)"));
+  CHECK(slurp(out) == full);
+}
+
 TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
   TempDir tmp;
   const std::string base =
