@@ -299,6 +299,17 @@ std::string selective_modules(const models::ForwardSpec& f) {
   return out;
 }
 
+// summary.csv's recompute: the kind, and a selective one's modules (selective:layernorm+moe_act).
+std::string recompute_text(const models::ForwardSpec& f) {
+  if (f.recompute != models::Recompute::selective) return std::string(models::to_string(f.recompute));
+  std::string out = "selective:";
+  if (f.recompute_layernorm) out += "layernorm+";
+  if (f.recompute_mla_up_proj) out += "mla_up_proj+";
+  if (f.recompute_moe_act) out += "moe_act+";
+  out.pop_back();
+  return out;
+}
+
 // The GPU that needs the most memory, and how much.
 std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   int best = 0;
@@ -439,7 +450,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              t.bytes, r.events, t.gpu_cv, t.padded,
              models::to_string(f.all_to_all.algorithm),
              t.scale_out_bytes, format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].backward_total),
-             models::to_string(f.recompute), format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].recompute_total));
+             recompute_text(f), format_us(r.stats.gpus()[static_cast<std::size_t>(crit)].recompute_total));
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());

@@ -2588,8 +2588,12 @@ TEST_CASE("Selective recomputation rebuilds MLA's up projections and keeps fewer
   };
   const auto [plain_gb, plain] = run("");
   SECTION("the up projections' time, before the attention's backward, not model work") {
-    const auto [gb, r] = run(", recompute: selective, recompute_modules: [mla_up_proj]");
+    const auto sc = scenarios::load_scenario_text(text(", recompute: selective, recompute_modules: [moe_act, mla_up_proj]"), "s.yaml");
+    const auto r = scenarios::run_experiment(sc);
     CHECK(r.stats.step_time() == plain.stats.step_time() + Time::ps(U));
+    const std::string summary = summary_csv(sc, r);
+    CHECK(csv_value(summary, "recompute") == "selective:mla_up_proj+moe_act");
+    CHECK(csv_value(summary, "recompute_us") == "108.840960");
     for (const auto& g : r.stats.gpus()) CHECK(g.recompute_total == Time::ps(U));
     CHECK(r.model_flops == plain.model_flops);
     // The dense layer's attention too, before its backward.
