@@ -732,7 +732,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                100.0 * static_cast<double>(gp.recompute_total.count_ps()) / static_cast<double>(step.count_ps()),
                f.recompute == models::Recompute::full && f.recompute_layers > 0
                    ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
-               : f.recompute == models::Recompute::selective ? "selective, " + selective_modules(f)
+               : f.recompute == models::Recompute::selective ? "selective of " + selective_modules(f)
                                                              : std::string(models::to_string(f.recompute)));
   if (f.pp > 1) {
     const StageCompute c = stage_compute(sc, r);
