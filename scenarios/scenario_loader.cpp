@@ -22,6 +22,9 @@ namespace {
 
 using sim::UnitError;
 
+// Bytes an element of a dtype the keys accept (their one_of() lists which).
+int dtype_bytes(const std::string& t) { return t == "fp8" ? 1 : t == "fp32" ? 4 : 2; }
+
 std::string join_problems(const std::vector<std::string>& p) {
   std::string s;
   for (const auto& line : p) {
@@ -384,13 +387,13 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
   if (auto v = model->get<std::int64_t>("shared_experts", count_at_least(0), false))
     m.shared_experts = as_int(*v);
   if (auto v = model->get<std::string>("dtype", one_of({"bf16", "fp16", "fp32"}), false))
-    m.dtype_bytes = *v == "fp32" ? 4 : 2;
+    m.dtype_bytes = dtype_bytes(*v);
   m.weight_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
-    m.weight_bytes = *v == "fp8" ? 1 : *v == "fp32" ? 4 : 2;
+    m.weight_bytes = dtype_bytes(*v);
   m.kv_cache_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("kv_cache_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
-    m.kv_cache_bytes = *v == "fp8" ? 1 : *v == "fp32" ? 4 : 2;
+    m.kv_cache_bytes = dtype_bytes(*v);
   if (auto v = model->get<std::int64_t>("attention_heads", count_at_least(1), true))
     m.attention_heads = as_int(*v);
   m.kv_heads = m.attention_heads;
@@ -599,11 +602,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(w->key_path("recompute"), "selective needs workload.recompute_modules (e.g. [layernorm, mla_up_proj, moe_act])");
     }
     if (auto v = w->get<std::string>("gradient_dtype", one_of({"bf16", "fp16", "fp32"}), false)) {
-      f.gradient_bytes = *v == "fp32" ? 4 : 2;
+      f.gradient_bytes = dtype_bytes(*v);
       if (!f.training) problems.add_at(w->key_path("gradient_dtype"), "only used with 'kind: training'");
     }
     if (auto v = w->get<std::string>("adam_moments_dtype", one_of({"fp32", "bf16"}), false)) {
-      f.moment_bytes = *v == "bf16" ? 2 : 4;
+      f.moment_bytes = dtype_bytes(*v);
       if (!f.training) problems.add_at(w->key_path("adam_moments_dtype"), "only used with 'kind: training'");
     }
     if (auto v = w->get<std::string>("activation_dtype", one_of({"bf16", "fp8"}), false)) {
@@ -831,7 +834,6 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (comm.algorithm != models::AllToAllAlgorithm::low_latency)
         problems.add_at(n->key_path("message_overhead"), "only used with 'all_to_all: low_latency'");
     }
-    const auto dtype_bytes = [](const std::string& t) { return t == "fp8" ? 1 : t == "fp32" ? 4 : 2; };
     if (auto v = n->get<std::string>("dispatch_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
       comm.dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
     if (auto v = n->get<std::string>("combine_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))

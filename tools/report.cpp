@@ -205,7 +205,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
   // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,
   // over its layers).
-  const double layers = per + (models::holds_chunk(f, stage, 0) ? m.dense_layers : 0);
+  const double dense_here = models::holds_chunk(f, stage, 0) ? m.dense_layers : 0;
+  const double layers = per + dense_here;
   // Bytes an element: a linear layer's or a SwiGLU's input (FP8 activations: 1 and an fp32 scale
   // per 128), the attention output (E5M6); everything else at b. Selective recomputation keeps
   // no norm outputs (layernorm), no MLA queries, keys and values (mla_up_proj: those the up
@@ -228,7 +229,6 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // input, its own rows with tensor parallelism), the FFN's gate and up outputs and SwiGLU output
   // (dense_ffn wide: with tensor parallelism 1/tp of the columns over tp T rows, as many).
   const double dense_layer = attention + b * t * h + (no_norm ? 0 : lin * t * h) + t * lin * 3 * static_cast<double>(m.dense_ffn);
-  const double dense_here = models::holds_chunk(f, stage, 0) ? m.dense_layers : 0;
   // Per expert row: the row in, the gate and up outputs, the SwiGLU output, the row out.
   const double expert_row = lin * h + lin * (no_act ? 2 : 3) * ffn + b * h;
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
@@ -239,11 +239,12 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
       head ? 4.0 * static_cast<double>(m.vocab) * (1 + m.mtp_layers) *
                  (f.prefill ? std::ceil(t / static_cast<double>(f.sequence_length)) : t)
            : 0.0;
-  // A weight pass needs what selective recomputation rebuilt for the weight gradients (the
-  // norms' outputs, the SwiGLU outputs), kept from the input-gradient pass until it runs: a
-  // layer held between the two holds that much more (at the stage's mean expert rows a layer).
+  // An MoE layer's activations, at the stage's mean expert rows a layer.
   const double rows_mean = expert_rows / std::max(1, per);
   const double kept_layer = per_layer + rows_mean * expert_row;
+  // A weight pass needs what selective recomputation rebuilt for the weight gradients (the
+  // norms' outputs, the SwiGLU outputs), kept from the input-gradient pass until it runs: a
+  // layer held between the two holds that much more.
   const double for_weights = (no_norm ? lin * t * h + b * t * h : 0) +
                              (no_act ? lin * ffn * (m.shared_experts * t + rows_mean) : 0);
   const double in_flight =
@@ -263,9 +264,9 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
       const int n = bounds[c + 1] - bounds[c];
       rebuilt += f.recompute_layers > 0 ? std::min(n, f.recompute_layers) : n;
     }
-    const double kept = per - rebuilt, rows_per_layer = expert_rows / std::max(1, per);
-    u.activations = in_flight * ((layers - kept) * input + kept * (per_layer + rows_per_layer * expert_row)) + heads * logits +
-                    std::max(per_layer + rows_per_layer * expert_row, dense_here > 0 ? dense_layer : 0.0);
+    const double kept = per - rebuilt;
+    u.activations = in_flight * ((layers - kept) * input + kept * kept_layer) + heads * logits +
+                    std::max(kept_layer, dense_here > 0 ? dense_layer : 0.0);
   } else if (f.training && f.recompute == models::Recompute::attention) {
     // Each layer keeps its attention's input instead of its activations, rebuilt one layer at a time.
     u.activations = in_flight * (per * per_layer + dense_here * dense_layer + layers * (input - attention) + expert_rows * expert_row) +
@@ -273,7 +274,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   } else if (f.training) {
     u.activations = in_flight * (per * per_layer + dense_here * dense_layer + expert_rows * expert_row) + heads * logits;
   } else {
-    u.activations = per_layer + expert_rows / std::max(1, per) * expert_row + logits;
+    u.activations = kept_layer + logits;  // one layer at a time
   }
   // Decode: the caches of every micro-batch's sequences stay resident.
   if (f.context_length > 0)
@@ -288,26 +289,23 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   return u;
 }
 
-// workload.recompute_modules, in words.
-std::string selective_modules(const models::ForwardSpec& f) {
+// workload.recompute_modules, joined: in words (", " and " and " before the last) or for
+// summary.csv ("+": selective:layernorm+moe_act).
+std::string selective_modules(const models::ForwardSpec& f, bool words) {
   std::vector<std::string> names;
   if (f.recompute_layernorm) names.emplace_back("layernorm");
   if (f.recompute_mla_up_proj) names.emplace_back("mla_up_proj");
   if (f.recompute_moe_act) names.emplace_back("moe_act");
   std::string out;
-  for (std::size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+  for (std::size_t i = 0; i < names.size(); ++i)
+    out += (i == 0 ? "" : !words ? "+" : i + 1 == names.size() ? " and " : ", ") + names[i];
   return out;
 }
 
-// summary.csv's recompute: the kind, and a selective one's modules (selective:layernorm+moe_act).
+// summary.csv's recompute: the kind, with a selective one's modules.
 std::string recompute_text(const models::ForwardSpec& f) {
   if (f.recompute != models::Recompute::selective) return std::string(models::to_string(f.recompute));
-  std::string out = "selective:";
-  if (f.recompute_layernorm) out += "layernorm+";
-  if (f.recompute_mla_up_proj) out += "mla_up_proj+";
-  if (f.recompute_moe_act) out += "moe_act+";
-  out.pop_back();
-  return out;
+  return "selective:" + selective_modules(f, false);
 }
 
 // The GPU that needs the most memory, and how much.
@@ -732,7 +730,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                100.0 * static_cast<double>(gp.recompute_total.count_ps()) / static_cast<double>(step.count_ps()),
                f.recompute == models::Recompute::full && f.recompute_layers > 0
                    ? fmt::format("full, the first {} MoE layers of each model chunk", f.recompute_layers)
-               : f.recompute == models::Recompute::selective ? "selective of " + selective_modules(f)
+               : f.recompute == models::Recompute::selective ? "selective of " + selective_modules(f, true)
                                                              : std::string(models::to_string(f.recompute)));
   if (f.pp > 1) {
     const StageCompute c = stage_compute(sc, r);
