@@ -307,6 +307,7 @@ void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
     sc.cluster.gpu.memory = *v;
   if (auto v = g.get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), req))
     sc.cluster.gpu.nvlink_bandwidth = *v;
+  if (auto v = g.get<std::int64_t>("sms", count_at_least(1), false)) sc.cluster.gpu.sm_count = as_int(*v);
   g.finish();
 }
 
@@ -623,8 +624,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.two_batch_overlap = *v == "two_batch";
       f.forward_backward_overlap = *v == "forward_backward";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its
-      // all-to-all kernels.
-      if (*v != "none") f.comm_sm_fraction = 20.0 / 132.0;
+      // all-to-all kernels; 20 of another GPU's SMs (of 132 where a custom GPU does not say).
+      const int sms = sc.cluster.gpu.sm_count > 0 ? sc.cluster.gpu.sm_count : 132;
+      if (*v != "none") f.comm_sm_fraction = 20.0 / sms;
       if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
         problems.add_at(w->key_path("overlap"), fmt::format("two_batch needs an even tokens_per_gpu (got {})", f.tokens_per_gpu));
       if (f.forward_backward_overlap) {

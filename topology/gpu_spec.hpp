@@ -17,10 +17,11 @@ struct GpuSpec {
   sim::Bandwidth memory_bandwidth;  // HBM
   sim::Bytes memory;                // HBM capacity
   sim::Bandwidth nvlink_bandwidth;  // per GPU, per direction (half the "bidirectional" figure)
-  int sm_count = 0;
+  int sm_count = 0;                 // streaming multiprocessors; 0: not stated
 };
 
-// Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM. Names match case-insensitively; "H100" means "H100-SXM".
+// Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM, B200-SXM, GB200. Names match case-insensitively;
+// "H100" means "H100-SXM" (and "B200" "B200-SXM").
 const GpuSpec* find_gpu_preset(std::string_view name);
 std::vector<std::string> gpu_preset_names();
 

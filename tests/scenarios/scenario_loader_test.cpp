@@ -822,6 +822,19 @@ TEST_CASE("Forward-backward overlap: training with micro-batches, 1F1B, and mode
   CHECK(load_scenario_text(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  comm_sm_fraction: 0.1\n"),
                            "s.yaml")
             .forward.comm_sm_fraction == Approx(0.1));
+  // 20 of the GPU's own SMs: 148 on a Blackwell GPU; a custom GPU's `sms`, else 132.
+  const auto fraction_on = [&](const std::string& gpu) {
+    const std::string text = replaced_text(workload("  kind: training\n  micro_batches: 2\n  overlap: two_batch\n"),
+                                           "  gpu: H100\n", "  gpu: " + gpu + "\n");
+    return load_scenario_text(text, "s.yaml").forward.comm_sm_fraction;
+  };
+  CHECK(fraction_on("B200") == Approx(20.0 / 148.0));
+  CHECK(fraction_on("GB200") == Approx(20.0 / 148.0));
+  CHECK(fraction_on("A100") == Approx(20.0 / 108.0));
+  CHECK(fraction_on("{preset: H100, sms: 100}") == Approx(0.2));
+  CHECK(fraction_on("{peak_bf16: 1000TFLOP/s, memory_bandwidth: 4TB/s, nvlink_bandwidth: 450GB/s}") == Approx(20.0 / 132.0));
+  CHECK_THAT(error_of(replaced_text(kBase, "  gpu: H100\n", "  gpu: {preset: H100, sms: 0}\n")),
+             Catch::Contains("cluster.gpu.sms"));
   const auto chunks = workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n  recompute: attention\n",
                                "  pp: 2\n  virtual_stages: 2\n");
   CHECK(error_of(chunks) == "no error");

@@ -40,6 +40,26 @@ TEST_CASE("GPU presets carry their datasheet figures", "[topology]") {
   CHECK(find_gpu_preset("B300") == nullptr);
 }
 
+TEST_CASE("Blackwell presets: HGX B200 and the GB200 of an NVL72 rack", "[topology]") {
+  const GpuSpec* b200 = find_gpu_preset("b200");  // short for B200-SXM
+  REQUIRE(b200 != nullptr);
+  CHECK(b200->name == "B200-SXM");
+  CHECK(sim::format_flop_rate(b200->peak_bf16) == "2.25PFLOP/s");  // dense; 4.5 PFLOPS with sparsity
+  CHECK(sim::format_flop_rate(b200->peak_fp8) == "4.5PFLOP/s");
+  CHECK(b200->memory == sim::parse_bytes("180GB"));
+  CHECK(b200->memory_bandwidth == sim::parse_bandwidth("7.7TB/s"));
+  CHECK(sim::format_bandwidth(b200->nvlink_bandwidth) == "900GB/s");  // NVLink 5: 1.8 TB/s both ways
+  CHECK(b200->sm_count == 148);
+  const GpuSpec* gb200 = find_gpu_preset("GB200");
+  REQUIRE(gb200 != nullptr);
+  CHECK(sim::format_flop_rate(gb200->peak_bf16) == "2.5PFLOP/s");
+  CHECK(sim::format_flop_rate(gb200->peak_fp8) == "5PFLOP/s");
+  CHECK(gb200->memory == sim::parse_bytes("186GB"));
+  CHECK(gb200->memory_bandwidth == sim::parse_bandwidth("8TB/s"));
+  CHECK(gb200->nvlink_bandwidth == b200->nvlink_bandwidth);
+  CHECK(find_gpu_preset("GB200-SXM") == nullptr);  // a superchip's GPU, not an SXM module
+}
+
 TEST_CASE("A single node routes every pair through its NVSwitch", "[topology]") {
   ClusterSpec s = two_tier(1, 8, 1);
   s.scale_out.present = false;
