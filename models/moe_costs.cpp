@@ -10,7 +10,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
-      .bytes = m.weight_bytes * w + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
       .gemm_flops = 2 * t * w,
       .core_flops = t * (s + 1) * (a.q + a.out),
   };
@@ -21,7 +21,7 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w,
-      .bytes = m.weight_bytes * w + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * a.latent + a.out + a.q + a.k + a.v),
       .gemm_flops = 2 * t * w,
   };
 }
@@ -35,7 +35,7 @@ KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t t
   const std::int64_t w = l.q_lora_rank * q_out + l.kv_lora_rank * kv_out;
   return KernelCost{
       .flops = 2 * t * w,
-      .bytes = m.weight_bytes * w + b * t * (l.q_lora_rank + l.kv_lora_rank + q_out + kv_out),
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (l.q_lora_rank + l.kv_lora_rank + q_out + kv_out),
       .gemm_flops = 2 * t * w,
   };
 }
@@ -51,12 +51,12 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     const std::int64_t heads = m.attention_heads / m.tp, q = heads * (l.kv_lora_rank + l.qk_rope_head_dim),
                        out = heads * l.kv_lora_rank;
     return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out),
-                      .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
+                      .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
                       .gemm_flops = 2 * t * w,
                       .core_flops = 2 * t * c * (q + out)};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
-                    .bytes = m.weight_bytes * w + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
+                    .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
                     .gemm_flops = 2 * t * w,
                     .core_flops = 2 * t * c * (a.q + a.out)};
 }
@@ -69,7 +69,7 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
   if (n <= 0) return {};
   const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
-  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = m.weight_bytes * 3 * h * f + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
+  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = routing::linear_weight_bytes(m, 3 * h * f) + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
 }
 
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {
@@ -104,7 +104,7 @@ std::int64_t mtp_projection_params(const routing::MoeModelSpec& m) { return 2 * 
 
 KernelCost heads_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, n = m.tp * tokens, w = mtp_projection_params(m);
-  const KernelCost projection{.flops = 2 * n * w, .bytes = m.weight_bytes * w + b * n * (2 * h + h / m.tp), .gemm_flops = 2 * n * w};
+  const KernelCost projection{.flops = 2 * n * w, .bytes = routing::linear_weight_bytes(m, w) + b * n * (2 * h + h / m.tp), .gemm_flops = 2 * n * w};
   const KernelCost head = m.vocab > 0 ? lm_head_cost(m, tokens, loss) : KernelCost{};
   return (1 + m.mtp_layers) * head + m.mtp_layers * projection;
 }
@@ -140,7 +140,7 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
 }
 
 std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p) {
-  return m.weight_bytes * (p.total() - p.kept) + m.dtype_bytes * p.kept;
+  return routing::linear_weight_bytes(m, p.total() - p.kept) + m.dtype_bytes * p.kept;
 }
 
 ModelParams model_params(const routing::MoeModelSpec& spec) {

@@ -10,7 +10,8 @@
 // FP8 GEMMs (compute.gemm_dtype: fp8, DeepSeek-V3's mixed-precision training): the G of a
 // kernel's F FLOPs that are its linear layers' GEMMs run at the FP8 peak, the rest at BF16:
 //     F / (peak * eff)  becomes  (F - G) / (peak_bf16 * eff) + G / (peak_fp8 * eff)
-// each term rounded up to the picosecond. Likewise with compute.attention_efficiency (a_eff) the
+// each term rounded up to the picosecond. FP4 GEMMs (compute.gemm_dtype: fp4, NVFP4 weights and
+// activations on Blackwell, inference only) likewise at the FP4 peak. Likewise with compute.attention_efficiency (a_eff) the
 // C FLOPs of the attention core take C / (peak_bf16 * a_eff) and the rest as above; the bytes are the cost model's (model.dtype, and
 // model.weight_dtype for the weights in inference; DeepSeek's FP8 training keeps its weights and
 // most activations in BF16 and quantizes them as the GEMMs read them).
@@ -23,6 +24,9 @@
 
 namespace moesim::models {
 
+// The linear layers' GEMMs: at the BF16 peak, or the FP8 or FP4 one (compute.gemm_dtype).
+enum class GemmDtype { bf16, fp8, fp4 };
+
 struct RooflineSpec {
   double flops_efficiency = 0.7;
   double memory_efficiency = 0.85;
@@ -30,7 +34,7 @@ struct RooflineSpec {
   // 0: flops_efficiency, as every other kernel.
   double attention_efficiency = 0;
   sim::Time kernel_overhead;  // added to every kernel launch
-  bool fp8_gemms = false;     // GEMM FLOPs at the GPU's FP8 peak (it must have one)
+  GemmDtype gemm_dtype = GemmDtype::bf16;  // fp8, fp4: GEMM FLOPs at the GPU's FP8 (FP4) peak (it must have one)
 };
 
 // What a kernel does. gemm_flops: the part of flops in linear layers' GEMMs (experts, dense
@@ -65,7 +69,7 @@ class Roofline {
   sim::Bandwidth achievable_bandwidth() const { return bandwidth_; }
 
  private:
-  sim::FlopRate flops_, fp8_flops_;  // fp8_flops_: zero unless FP8 GEMMs
+  sim::FlopRate flops_, gemm_flops_;  // gemm_flops_: zero unless FP8 or FP4 GEMMs
   sim::FlopRate core_flops_;         // zero unless compute.attention_efficiency
   sim::Bandwidth bandwidth_;
   sim::Time overhead_;

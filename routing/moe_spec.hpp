@@ -18,10 +18,11 @@ struct MoeModelSpec {
   int top_k = 1;
   int shared_experts = 0;       // always-on experts every token passes through (DeepSeek)
   int dtype_bytes = 2;          // activations and weights (bf16)
-  // Bytes per element of the linear layers' weights (model.weight_dtype: the routed and shared
-  // experts, the attention projections, the dense FFNs); the router, the embedding and the LM head
-  // stay at dtype_bytes, as in DeepSeek-V3's FP8 checkpoint.
-  int weight_bytes = 2;
+  // Bytes per 16 elements of the linear layers' weights (model.weight_dtype: the routed and shared
+  // experts, the attention projections, the dense FFNs): 32 for bf16, 16 for fp8, 9 for NVFP4
+  // (4-bit values and an 8-bit scale per 16; linear_weight_bytes); the router, the embedding and
+  // the LM head stay at dtype_bytes, as in DeepSeek-V3's FP8 checkpoint.
+  int weight_bytes16 = 32;
   int attention_heads = 1;
   int kv_heads = 1;
   std::int64_t head_dim = 0;
@@ -66,6 +67,9 @@ inline std::int64_t kv_width(const MoeModelSpec& m) {
   return static_cast<std::int64_t>((m.kv_heads + m.tp - 1) / m.tp) * m.head_dim;
 }
 inline bool is_mla(const MoeModelSpec& m) { return m.mla.kv_lora_rank > 0; }
+
+// The bytes of n linear-layer weights at model.weight_dtype (rounded up to the byte).
+inline std::int64_t linear_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.weight_bytes16 * n + 15) / 16; }
 // Elements one GPU caches per token and layer: its kv heads' keys and values, MLA's kv latent
 // and RoPE key, or a given kv_cache_dim; a latent is cached whole by every tensor-parallel GPU.
 inline std::int64_t kv_cache_width(const MoeModelSpec& m) {

@@ -301,6 +301,7 @@ void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
   else if (!have_preset) sc.cluster.gpu.name = "custom";
   if (auto v = g.get<sim::FlopRate>("peak_bf16", positive_flops(), req)) sc.cluster.gpu.peak_bf16 = *v;
   if (auto v = g.get<sim::FlopRate>("peak_fp8", positive_flops(), false)) sc.cluster.gpu.peak_fp8 = *v;
+  if (auto v = g.get<sim::FlopRate>("peak_fp4", positive_flops(), false)) sc.cluster.gpu.peak_fp4 = *v;
   if (auto v = g.get<sim::Bandwidth>("memory_bandwidth", positive_bandwidth(), req))
     sc.cluster.gpu.memory_bandwidth = *v;
   if (auto v = g.get<sim::Bytes>("memory", [](const std::string& s) { return sim::parse_bytes(s); }, false))
@@ -389,9 +390,11 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     m.shared_experts = as_int(*v);
   if (auto v = model->get<std::string>("dtype", one_of({"bf16", "fp16", "fp32"}), false))
     m.dtype_bytes = dtype_bytes(*v);
-  m.weight_bytes = m.dtype_bytes;
-  if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
-    m.weight_bytes = dtype_bytes(*v);
+  m.weight_bytes16 = 16 * m.dtype_bytes;
+  // fp4: NVIDIA's NVFP4, 4-bit (E2M1) values with an 8-bit (E4M3) scale per 16 (9 bytes per 16
+  // weights; the tensor's one fp32 scale left out).
+  if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "fp32"}), false))
+    m.weight_bytes16 = *v == "fp4" ? 9 : 16 * dtype_bytes(*v);
   m.kv_cache_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("kv_cache_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
     m.kv_cache_bytes = dtype_bytes(*v);
@@ -858,17 +861,20 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<double>("attention_efficiency", fraction(), false)) sc.roofline.attention_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
-    if (auto v = c->get<std::string>("gemm_dtype", one_of({"bf16", "fp8"}), false)) {
-      sc.roofline.fp8_gemms = *v == "fp8";
-      // The measured profile's GEMMs are BF16; FP8 GEMMs come from the roofline.
-      if (sc.roofline.fp8_gemms && sc.cluster.gpu.peak_fp8.flop_per_s() == 0)
-        problems.add_at(c->key_path("gemm_dtype"), fmt::format("the {} has no FP8 tensor cores (set cluster.gpu.peak_fp8 for a custom GPU)",
-                                                                sc.cluster.gpu.name));
-      if (sc.roofline.fp8_gemms && sc.compute_model == "profile")
-        problems.add_at(c->key_path("gemm_dtype"), "fp8 is not used with 'model: profile' (the measured profile's GEMMs are BF16): "
-                                                   "use 'model: auto' or 'roofline'");
-      if (sc.roofline.fp8_gemms && !sc.compute_profile.empty())
-        problems.add_at(c->key_path("gemm_dtype"), "fp8 is not used with compute.profile (the measured profile's GEMMs are BF16)");
+    if (auto v = c->get<std::string>("gemm_dtype", one_of({"bf16", "fp8", "fp4"}), false)) {
+      using models::GemmDtype;
+      sc.roofline.gemm_dtype = *v == "fp8" ? GemmDtype::fp8 : *v == "fp4" ? GemmDtype::fp4 : GemmDtype::bf16;
+      // The measured profile's GEMMs are BF16; FP8 and FP4 GEMMs come from the roofline.
+      const bool fp4 = sc.roofline.gemm_dtype == GemmDtype::fp4;
+      const auto upper = fp4 ? "FP4" : "FP8";
+      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && (fp4 ? sc.cluster.gpu.peak_fp4 : sc.cluster.gpu.peak_fp8).flop_per_s() == 0)
+        problems.add_at(c->key_path("gemm_dtype"), fmt::format("the {} has no {} tensor cores (set cluster.gpu.peak_{} for a custom GPU)",
+                                                                sc.cluster.gpu.name, upper, *v));
+      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && sc.compute_model == "profile")
+        problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with 'model: profile' (the measured profile's GEMMs are BF16): "
+                                                               "use 'model: auto' or 'roofline'", *v));
+      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && !sc.compute_profile.empty())
+        problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with compute.profile (the measured profile's GEMMs are BF16)", *v));
     }
     const auto positive = positive_number();
     if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
@@ -923,10 +929,17 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("model.attention_heads",
                     fmt::format("hidden {} does not divide into {} heads; set model.head_dim",
                                 m.hidden, m.attention_heads));
-  if (sc.forward.training && m.weight_bytes != m.dtype_bytes)
+  if (sc.forward.training && m.weight_bytes16 != 16 * m.dtype_bytes)
     problems.add_at("model.weight_dtype", "only used in inference (forward, prefill, decode): training keeps its weights in "
                                           "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
-  if (sc.forward.activations_fp8 && !sc.roofline.fp8_gemms)
+  // The measured profile's layers read BF16 weights: other weights come from the roofline.
+  if (m.weight_bytes16 != 16 * m.dtype_bytes && (sc.compute_model == "profile" || !sc.compute_profile.empty()))
+    problems.add_at("model.weight_dtype", fmt::format("is not used with {} (the measured profile's kernels read BF16 weights): use "
+                                                      "compute.model: auto or roofline",
+                                                      sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
+  if (sc.forward.training && sc.roofline.gemm_dtype == models::GemmDtype::fp4)
+    problems.add_at("compute.gemm_dtype", "fp4 is modelled for inference (forward, prefill, decode); FP8 training: fp8");
+  if (sc.forward.activations_fp8 && sc.roofline.gemm_dtype != models::GemmDtype::fp8)
     problems.add_at("workload.activation_dtype", "fp8 keeps the FP8 GEMMs' inputs for their backward: set compute.gemm_dtype: fp8");
   if (sc.forward.activations_fp8 && m.dtype_bytes != 2)
     problems.add_at("workload.activation_dtype", "fp8 is modelled for a bf16 or fp16 model.dtype (the tensors it leaves at 2 bytes)");
@@ -1135,7 +1148,7 @@ void read_traces(Scenario& sc, Problems& problems) {
     } catch (const models::ProfileError& e) {
       problems.add_at("compute.profile", e.what());
     }
-  } else if (sc.compute_model != "roofline" && !sc.roofline.fp8_gemms) {
+  } else if (sc.compute_model != "roofline" && sc.roofline.gemm_dtype == models::GemmDtype::bf16 && m.weight_bytes16 == 16 * m.dtype_bytes) {
     // The profile measured on this GPU and built in (kernels/profiles/), where there is one.
     sc.forward.profile = models::KernelProfile::bundled(sc.cluster.gpu.name);
     if (!sc.forward.profile && sc.compute_model == "profile")

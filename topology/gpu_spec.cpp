@@ -25,16 +25,16 @@ constexpr std::int64_t kG = 1'000'000'000;
 // - A100-SXM4 80GB: NVIDIA A100 datasheet: 312 dense BF16 TFLOP/s (no FP8 tensor cores),
 //   2,039 GB/s HBM2e, 80 GB, NVLink 3 600 GB/s total, 108 SMs.
 // - B200-SXM 180GB (HGX B200, 1,000 W): NVIDIA HGX B200 and DGX B200 datasheets: 2,250 dense
-//   BF16 TFLOP/s and 4,500 dense FP8 (the datasheets' 4.5 and 9 PFLOPS per GPU are with
-//   sparsity), 1,440 GB HBM3e per 8 GPUs (180 GB each) at 7.7 TB/s each (HGX B200's 62 TB/s per
-//   8; DGX B200 states 64 TB/s), NVLink 5 1.8 TB/s total. 148 SMs (74 on each of its two dies,
-//   as the GPU reports them: Chips and Cheese, "Nvidia's B200: Keeping the CUDA Juggernaut
-//   Rolling", 2025).
+//   BF16 TFLOP/s, 4,500 dense FP8 and 9,000 dense FP4 (the datasheets' 4.5, 9 and 18 PFLOPS
+//   per GPU are with sparsity), 1,440 GB HBM3e per 8 GPUs (180 GB each) at 7.7 TB/s each (HGX
+//   B200's 62 TB/s per 8; DGX B200 states 64 TB/s), NVLink 5 1.8 TB/s total. 148 SMs (74 on
+//   each of its two dies, as the GPU reports them: Chips and Cheese, "Nvidia's B200: Keeping
+//   the CUDA Juggernaut Rolling", 2025).
 // - GB200 (the Blackwell GPU of a GB200 NVL72 rack, 1,200 W): NVIDIA GB200 NVL72 datasheet, per
-//   72 GPUs: 360 PFLOPS FP16/BF16 and 720 PFLOPS FP8 with sparsity (2,500 and 5,000 dense TFLOP/s
-//   per GPU), up to 13.4 TB HBM3e (186 GB per GPU) at 576 TB/s (8 TB/s), NVLink Switch System
-//   130 TB/s (1.8 TB/s per GPU, every GPU of the rack on one NVLink domain). The SM count is the
-//   B200's: NVIDIA does not state it apart.
+//   72 GPUs: 360 PFLOPS FP16/BF16, 720 PFLOPS FP8 and 1,440 PFLOPS FP4 with sparsity (2,500,
+//   5,000 and 10,000 dense TFLOP/s per GPU), up to 13.4 TB HBM3e (186 GB per GPU) at 576 TB/s
+//   (8 TB/s per GPU), NVLink Switch System 130 TB/s (1.8 TB/s per GPU, every GPU of the rack on
+//   one NVLink domain). The SM count is the B200's: NVIDIA does not state it apart.
 const std::array<GpuSpec, 6>& presets() {
   static const std::array<GpuSpec, 6> p{{
       {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
@@ -46,9 +46,9 @@ const std::array<GpuSpec, 6>& presets() {
       {"A100-SXM", FlopRate(312 * kT), FlopRate(0), Bandwidth(2039 * kG), Bytes(80 * kG),
        Bandwidth(300 * kG), 108},
       {"B200-SXM", FlopRate(2250 * kT), FlopRate(4500 * kT), Bandwidth(7700 * kG), Bytes(180 * kG),
-       Bandwidth(900 * kG), 148},
+       Bandwidth(900 * kG), 148, FlopRate(9000 * kT)},
       {"GB200", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(186 * kG),
-       Bandwidth(900 * kG), 148},
+       Bandwidth(900 * kG), 148, FlopRate(10000 * kT)},
   }};
   return p;
 }

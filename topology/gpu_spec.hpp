@@ -18,6 +18,7 @@ struct GpuSpec {
   sim::Bytes memory;                // HBM capacity
   sim::Bandwidth nvlink_bandwidth;  // per GPU, per direction (half the "bidirectional" figure)
   int sm_count = 0;                 // streaming multiprocessors; 0: not stated
+  sim::FlopRate peak_fp4{};         // dense FP4 (NVFP4) tensor-core peak; 0: no FP4 tensor cores
 };
 
 // Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM, B200-SXM, GB200. Names match case-insensitively;

@@ -613,7 +613,7 @@ TEST_CASE("FP8 GEMMs run the linear layers at the FP8 peak, the rest as before, 
   std::string text = replaced(tiny("dropless", 1), "peak_bf16: 100TFLOP/s,", "peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s,");
   text = replaced(text, "compute: {flops_efficiency: 1,", "compute: {gemm_dtype: fp8, flops_efficiency: 1,");
   const auto sc = scenarios::load_scenario_text(text, "tiny.yaml");
-  CHECK(sc.roofline.fp8_gemms);
+  CHECK(sc.roofline.gemm_dtype == models::GemmDtype::fp8);
   const auto r = scenarios::run_experiment(sc);
   CHECK(r.stats.step_time() == Time::ps(178'522'176));
   for (const auto& g : r.stats.gpus()) {
@@ -626,6 +626,33 @@ TEST_CASE("FP8 GEMMs run the linear layers at the FP8 peak, the rest as before, 
   const auto bf16 = scenarios::run_experiment(scenarios::load_scenario_text(tiny("dropless", 1), "tiny.yaml"));
   CHECK(bf16.stats.step_time() == Time::ps(283'379'776));
   CHECK(r.model_flops == bf16.model_flops);
+}
+
+TEST_CASE("FP4 GEMMs and NVFP4 weights, as derived by hand", "[models][fp4]") {
+  // The tiny dropless layer (above) on a GPU of 400 TFLOP/s FP4 and 1 TB/s. FP4 GEMMs: the
+  // attention's projections, 8,388,608,000 FLOPs, take 20,971,520 ps and its core still
+  // 20,500,480: 41,472,000 ps (its bytes take less). The experts' 12,582,912,000 FLOPs take
+  // 31,457,280 ps, less than their 39,059,456 bytes; with NVFP4 weights (9 bytes per 16) the
+  // expert's 3,145,728 weights are 1,769,472 bytes instead of 6,291,456: 34,537,472 ps. The
+  // router, the all-to-alls and the reduce as before: the step 129,173,568 ps.
+  std::string text = replaced(tiny("dropless", 1), "peak_bf16: 100TFLOP/s,", "peak_bf16: 100TFLOP/s, peak_fp4: 400TFLOP/s,");
+  text = replaced(text, "compute: {flops_efficiency: 1,", "compute: {gemm_dtype: fp4, flops_efficiency: 1,");
+  const auto gemms = scenarios::load_scenario_text(text, "tiny.yaml");
+  CHECK(gemms.roofline.gemm_dtype == models::GemmDtype::fp4);
+  const auto r4 = scenarios::run_experiment(gemms);
+  CHECK(r4.stats.gpus()[0].stage_total[idx(Stage::attention)] == Time::ps(41'472'000));
+  CHECK(r4.stats.gpus()[0].stage_total[idx(Stage::experts)] == Time::ps(39'059'456));
+  const auto sc = scenarios::load_scenario_text(replaced(text, "  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp4\n"), "tiny.yaml");
+  CHECK(sc.forward.model.weight_bytes16 == 9);
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(129'173'568));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::attention)] == Time::ps(41'472'000));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(34'537'472));
+    CHECK(g.stage_total[idx(Stage::router)] == Time::ps(2'060'096));
+  }
+  check_stages_tile(r);
+  CHECK(models::expert_cost(sc.forward.model, 2000).bytes == 34'537'472);
 }
 
 TEST_CASE("compute.attention_efficiency times the attention core apart, as derived by hand", "[models][attention]") {
@@ -2899,8 +2926,8 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   const std::string base = kMlaDecode;
   const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
   const auto fp8 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n"), "d.yaml");
-  CHECK(bf16.forward.model.weight_bytes == 2);
-  CHECK(fp8.forward.model.weight_bytes == 1);
+  CHECK(bf16.forward.model.weight_bytes16 == 32);
+  CHECK(fp8.forward.model.weight_bytes16 == 16);
   // A GPU's weights: 4 layers of attention 2,162,688, router 2,048 and one expert slot of
   // 3,145,728. BF16: 2 B each, 42,483,712 B; FP8: the attention and the expert 1 B, the router 2 B:
   // 4 x (5,308,416 + 4,096) = 21,250,048 B.
@@ -2908,6 +2935,9 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   const models::GpuParams held = models::stage_params(fp8.forward, r.placements, 0);
   CHECK(models::weight_bytes(bf16.forward.model, held) == 42'483'712);
   CHECK(models::weight_bytes(fp8.forward.model, held) == 21'250'048);
+  // NVFP4: 9 bytes per 16 of the linear layers' 4 x 5,308,416 weights, the routers' at 2 B.
+  const auto fp4 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp4\n"), "d.yaml");
+  CHECK(models::weight_bytes(fp4.forward.model, held) == 11'943'936 + 16'384);
   // The reports print GB to the MB.
   CHECK(memory_gb_max(base) - memory_gb_max(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n")) ==
         Approx(0.021234).margin(0.0011));

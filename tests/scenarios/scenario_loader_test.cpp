@@ -107,17 +107,27 @@ TEST_CASE("model.mla sets DeepSeek's latent attention and refuses the keys it de
 
 TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[scenarios][fp8]") {
   const auto sc = load_scenario_text(kBase + "compute: {gemm_dtype: fp8}\n", "s.yaml");
-  CHECK(sc.roofline.fp8_gemms);
+  CHECK(sc.roofline.gemm_dtype == models::GemmDtype::fp8);
   CHECK(sc.cluster.gpu.peak_fp8.flop_per_s() == 2 * sc.cluster.gpu.peak_bf16.flop_per_s());
   CHECK(sc.forward.profile == nullptr);  // the H100's measured profile is of BF16 GEMMs
   CHECK(load_scenario_text(kBase, "s.yaml").forward.profile != nullptr);
-  CHECK_FALSE(load_scenario_text(kBase + "compute: {gemm_dtype: bf16}\n", "s.yaml").roofline.fp8_gemms);
+  CHECK(load_scenario_text(kBase + "compute: {gemm_dtype: bf16}\n", "s.yaml").roofline.gemm_dtype == models::GemmDtype::bf16);
   CHECK(error_of(with("gpu: H100", "gpu: A100") + "compute: {gemm_dtype: fp8}\n") ==
         "s.yaml:20:23: compute.gemm_dtype: the A100-SXM has no FP8 tensor cores (set cluster.gpu.peak_fp8 for a custom GPU)");
   CHECK(error_of(kBase + "compute: {model: profile, gemm_dtype: fp8}\n") ==
         "s.yaml:20:39: compute.gemm_dtype: fp8 is not used with 'model: profile' (the measured profile's GEMMs are BF16): use "
         "'model: auto' or 'roofline'");
-  CHECK_THAT(error_of(kBase + "compute: {gemm_dtype: fp4}\n"), Catch::Contains("compute.gemm_dtype: expected one of bf16, fp8"));
+  CHECK(error_of(kBase + "compute: {gemm_dtype: fp4}\n") ==
+        "s.yaml:20:23: compute.gemm_dtype: the H100-SXM has no FP4 tensor cores (set cluster.gpu.peak_fp4 for a custom GPU)");
+  CHECK_THAT(error_of(kBase + "compute: {gemm_dtype: fp6}\n"), Catch::Contains("compute.gemm_dtype: expected one of bf16, fp8, fp4"));
+  // Blackwell's FP4 (NVFP4): inference only; the measured profile's GEMMs are BF16.
+  const auto b200 = load_scenario_text(with("gpu: H100", "gpu: B200") + "compute: {gemm_dtype: fp4}\n", "s.yaml");
+  CHECK(b200.roofline.gemm_dtype == models::GemmDtype::fp4);
+  CHECK(b200.cluster.gpu.peak_fp4.flop_per_s() == 9'000'000'000'000'000);
+  CHECK_THAT(error_of(replaced_text(with("gpu: H100", "gpu: B200"), "  tokens_per_gpu: 1024\n", "  kind: training\n  tokens_per_gpu: 1024\n") +
+                      "compute: {gemm_dtype: fp4}\n"),
+             Catch::Contains("compute.gemm_dtype: fp4 is modelled for inference (forward, prefill, decode); FP8 training: fp8"));
+  CHECK(error_of(kBase + "compute: {model: profile, gemm_dtype: fp4}\n").find("the H100-SXM has no FP4 tensor cores") != std::string::npos);
   // A custom GPU states its FP8 peak.
   const std::string custom = "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}";
   CHECK_THAT(error_of(with("gpu: H100", custom) + "compute: {gemm_dtype: fp8}\n"), Catch::Contains("the toy has no FP8 tensor cores"));
@@ -125,15 +135,24 @@ TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[s
       with("gpu: H100", "gpu: {name: toy, peak_bf16: 100TFLOP/s, peak_fp8: 200TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: "
                         "100GB/s}") + "compute: {gemm_dtype: fp8}\n", "s.yaml");
   CHECK(toy.cluster.gpu.peak_fp8.flop_per_s() == 200'000'000'000'000);
+  CHECK(load_scenario_text(with("gpu: H100", "gpu: {preset: H100, peak_fp4: 3PFLOP/s}") + "compute: {gemm_dtype: fp4}\n", "s.yaml")
+            .roofline.gemm_dtype == models::GemmDtype::fp4);
 }
 
 TEST_CASE("model.weight_dtype sets the linear layers' weight bytes, in inference only", "[scenarios][fp8]") {
-  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.weight_bytes == 2);  // model.dtype's
-  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.model.weight_bytes == 1);
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.weight_bytes16 == 32);  // model.dtype's
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.model.weight_bytes16 == 16);
   CHECK(error_of(replaced_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "  tokens_per_gpu: 1024\n",
                                "  kind: training\n  tokens_per_gpu: 1024\n")) ==
         "s.yaml:13:17: model.weight_dtype: only used in inference (forward, prefill, decode): training keeps its weights in "
         "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
+  // NVFP4: 4-bit values and an 8-bit scale per 16.
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp4\n"), "s.yaml").forward.model.weight_bytes16 == 9);
+  // The measured profile's kernels read BF16 weights: other weights take the roofline.
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.profile == nullptr);
+  CHECK_THAT(error_of(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n") + "compute: {model: profile}\n"),
+             Catch::Contains("model.weight_dtype: is not used with compute.model: profile (the measured profile's kernels read BF16 "
+                             "weights): use compute.model: auto or roofline"));
 }
 
 TEST_CASE("model.kv_cache_dtype sets the KV cache's bytes, in decode only", "[scenarios][fp8]") {
