@@ -657,6 +657,44 @@ TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][valida
   CHECK(1.9 * plain_step / draft_step == Approx(1.778).margin(0.0005));
 }
 
+TEST_CASE("A GB200 NVL72 rack keeps the decode all-to-all on NVLink; 8-GPU servers send it over their NICs", "[cli][blackwell]") {
+  TempDir tmp;
+  // The rack scenario cut to 4 layers and 4 sequences per GPU, and the same 72 GPUs as 9 nodes
+  // of 8 on 400 Gb/s NICs.
+  const std::string rack = "run '" + kSource + "/scenarios/deepseek-v3-decode-gb200-nvl72.yaml' --set model.moe_layers=4 "
+                           "--set model.dense_layers=0 --set workload.tokens_per_gpu=4 -q";
+  REQUIRE(moesim(rack + " --out '" + (tmp.path() / "rack").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(rack + " --set cluster.nodes=9 --set cluster.gpus_per_node=8 "
+                        "--set 'cluster.scale_out={nic_bandwidth: 400Gbps}' --out '" + (tmp.path() / "hgx").string() + "'",
+                 tmp).code == 0);
+  // Bytes per link kind.
+  const auto bytes_by_kind = [](const fs::path& file) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);
+    std::map<std::string, double> bytes;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f;
+      std::stringstream ss(line);
+      for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+      REQUIRE(f.size() >= 7);
+      bytes[f[3]] += std::stod(f[6]);
+    }
+    return bytes;
+  };
+  const auto on_rack = bytes_by_kind(tmp.path() / "rack" / "links.csv");
+  const auto on_hgx = bytes_by_kind(tmp.path() / "hgx" / "links.csv");
+  CHECK(on_rack.size() == 1);  // NVLink ports only: the rack has no NICs
+  CHECK(on_rack.at("nvlink") > 0);
+  CHECK(on_hgx.at("pcie") > on_hgx.at("nvlink"));  // 64 of a GPU's 71 peers are on other nodes
+  const auto rack_row = summary_row(tmp.path() / "rack" / "summary.csv");
+  const auto hgx_row = summary_row(tmp.path() / "hgx" / "summary.csv");
+  CHECK(rack_row.at("gpus") == "72");
+  CHECK(std::stod(rack_row.at("dispatch_wait_us")) + std::stod(rack_row.at("combine_wait_us")) <
+        std::stod(hgx_row.at("dispatch_wait_us")) + std::stod(hgx_row.at("combine_wait_us")));
+  CHECK(std::stod(rack_row.at("step_time_us")) < std::stod(hgx_row.at("step_time_us")));
+}
+
 TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
   TempDir tmp;
   const std::string base =
