@@ -10,9 +10,10 @@
 // FP8 GEMMs (compute.gemm_dtype: fp8, DeepSeek-V3's mixed-precision training): the G of a
 // kernel's F FLOPs that are its linear layers' GEMMs run at the FP8 peak, the rest at BF16:
 //     F / (peak * eff)  becomes  (F - G) / (peak_bf16 * eff) + G / (peak_fp8 * eff)
-// each term rounded up to the picosecond. FP4 GEMMs (compute.gemm_dtype: fp4, NVFP4 weights and
-// activations on Blackwell, inference only) likewise at the FP4 peak. Likewise with compute.attention_efficiency (a_eff) the
-// C FLOPs of the attention core take C / (peak_bf16 * a_eff) and the rest as above; the bytes are the cost model's (model.dtype, and
+// each term rounded up to the picosecond; FP4 GEMMs (compute.gemm_dtype: fp4, NVFP4 weights and
+// activations on Blackwell, inference only) likewise at the FP4 peak. Likewise with
+// compute.attention_efficiency (a_eff) the C FLOPs of the attention core take
+// C / (peak_bf16 * a_eff) and the rest as above; the bytes are the cost model's (model.dtype, and
 // model.weight_dtype for the weights in inference; DeepSeek's FP8 training keeps its weights and
 // most activations in BF16 and quantizes them as the GEMMs read them).
 #pragma once

@@ -97,18 +97,30 @@ Grid load_grid(const std::string& path) {
     g.values.push_back(std::move(values));
   }
   if (const YAML::Node z = root["zip"]) {
-    if (!z.IsSequence()) throw GridError(fmt::format("{}: zip: expected a list of axes", where(path, z)));
-    std::vector<int> group;
-    for (const auto& a : z) {
-      const auto it = std::find(g.axes.begin(), g.axes.end(), a.Scalar());
-      if (it == g.axes.end()) throw GridError(fmt::format("{}: zip: '{}' is not an axis", where(path, a), a.Scalar()));
-      group.push_back(static_cast<int>(it - g.axes.begin()));
+    // A list of axes (one group), or a list of such lists (groups that advance apart).
+    if (!z.IsSequence()) throw GridError(fmt::format("{}: zip: expected a list of axes, or a list of lists of axes", where(path, z)));
+    const bool groups = z.size() > 0 && z[0].IsSequence();
+    std::vector<char> zipped(g.axes.size(), 0);
+    for (std::size_t k = 0; k < (groups ? z.size() : 1); ++k) {
+      const YAML::Node list = groups ? z[k] : z;
+      if (!list.IsSequence() || list.size() == 0)
+        throw GridError(fmt::format("{}: zip: expected a list of axes{}", where(path, groups ? z[k] : z), groups ? " in each group" : ""));
+      std::vector<int> group;
+      for (const auto& a : list) {
+        if (!a.IsScalar()) throw GridError(fmt::format("{}: zip: expected an axis name", where(path, a)));
+        const auto it = std::find(g.axes.begin(), g.axes.end(), a.Scalar());
+        if (it == g.axes.end()) throw GridError(fmt::format("{}: zip: '{}' is not an axis", where(path, a), a.Scalar()));
+        const auto i = static_cast<std::size_t>(it - g.axes.begin());
+        if (zipped[i]) throw GridError(fmt::format("{}: zip: axis '{}' is zipped twice", where(path, a), a.Scalar()));
+        zipped[i] = 1;
+        group.push_back(static_cast<int>(i));
+      }
+      for (const int i : group)
+        if (g.values[static_cast<std::size_t>(i)].size() != g.values[static_cast<std::size_t>(group[0])].size())
+          throw GridError(fmt::format("{}: zip: axes {} and {} have different lengths", where(path, list),
+                                      g.axes[static_cast<std::size_t>(group[0])], g.axes[static_cast<std::size_t>(i)]));
+      g.zipped.push_back(group);
     }
-    for (const int i : group)
-      if (g.values[static_cast<std::size_t>(i)].size() != g.values[static_cast<std::size_t>(group[0])].size())
-        throw GridError(fmt::format("{}: zip: axes {} and {} have different lengths", where(path, z), g.axes[static_cast<std::size_t>(group[0])],
-                                    g.axes[static_cast<std::size_t>(i)]));
-    g.zipped.push_back(group);
   }
   return g;
 }

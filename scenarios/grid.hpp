@@ -6,6 +6,7 @@
 //     parallelism.ep: [4, 8, 16]                 # a list of values
 //     routing.zipf_s: {from: 0.5, to: 1.5, step: 0.25}   # a range, both ends included
 //   zip: [routing.zipf_s, workload.seed]          # optional: these axes advance together
+//   (or several groups, each advancing apart: zip: [[a, b], [c, d]])
 //
 // Points are the cartesian product of the axes (zipped axes count as one, and must have equal
 // lengths), the first axis varying slowest. Every point is checked like a scenario with the

@@ -52,6 +52,16 @@ TEST_CASE("Sweep grids expand to the product of their axes, zipped axes together
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1, 2]\n  b: [1]\nzip: [a, b]\n"), Catch::Contains("have different lengths"));
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\nzip: [q]\n"), Catch::Contains("'q' is not an axis"));
   CHECK_THAT(error("axes:\n  a: [1]\n"), Catch::Contains("missing 'base'"));
+  // Several zipped groups advance apart: (a, b) x (c, d) is 2 x 2 points.
+  std::ofstream(tmp.path() / "g2.yaml") << "base: s.yaml\naxes:\n  a: [1, 2]\n  c: [p, q]\n  b: [3, 4]\n  d: [r, s]\n"
+                                           "zip: [[a, b], [c, d]]\n";
+  const auto p2 = load_grid((tmp.path() / "g2.yaml").string()).points();
+  REQUIRE(p2.size() == 4);
+  CHECK(p2[0] == std::vector<std::string>{"a=1", "b=3", "c=p", "d=r"});
+  CHECK(p2[1] == std::vector<std::string>{"a=1", "b=3", "c=q", "d=s"});
+  CHECK(p2[3] == std::vector<std::string>{"a=2", "b=4", "c=q", "d=s"});
+  CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\n  b: [1]\nzip: [[a, b], [b]]\n"), Catch::Contains("axis 'b' is zipped twice"));
+  CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\nzip: [[a], b]\n"), Catch::Contains("zip: expected a list of axes in each group"));
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: []\n"), Catch::Contains("axes.a: no values"));
 }
 
@@ -99,7 +109,8 @@ TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep
            {"ep-redundancy/grid.yaml", {}},
            {"capacity-trace/grid.yaml", {"routing.trace=" + trace.string()}},
            {"attention-tp/grid.yaml", {}},
-           {"speculative/grid.yaml", {}}}) {
+           {"speculative/grid.yaml", {}},
+           {"blackwell-decode/grid.yaml", {}}}) {
     INFO(grid_file);
     const Grid g = load_grid(studies + grid_file);
     const auto points = g.points();
