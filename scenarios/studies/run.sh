@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the four capacity-planning studies and draws their charts.
+# Runs the five capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -50,4 +50,13 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$plot" line "$work/speculative.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by workload.draft_tokens \
   --title "DeepSeek-V3-shaped decode, EP144: 0 or 1 MTP draft token, 4 to 120 sequences" \
   --out "$out/speculative.png"
+
+# Study 5: a GB200 NVL72 rack against HGX B200 servers, FP8 and NVFP4, DeepSeek-V3-shaped decode.
+"$moesim" sweep "$here/blackwell-decode/grid.yaml" --out "$work/blackwell-decode.csv"
+for dt in fp8 fp4; do
+  "$plot" line "$work/blackwell-decode.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by cluster.gpu \
+    --where model.weight_dtype=$dt \
+    --title "DeepSeek-V3-shaped decode on 72 GPUs, $dt weights and GEMMs: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
+    --out "$out/blackwell-decode-$dt.png"
+done
 echo "studies: charts in $out, sweeps in $work"
