@@ -252,19 +252,30 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   const auto t0 = std::chrono::steady_clock::now();
   std::mutex draw;
   std::size_t first_done = 0;
+  // Into a log or a pipe (no terminal): a line at most once a minute, so that a long sweep run
+  // in the background says how far it is without filling its log.
+  double last_line = 0;
   o.progress = [&](std::size_t done, std::size_t total) {
-    if (!bar) return;
+    if (vm.count("quiet")) return;
     const std::lock_guard<std::mutex> g(draw);
     // The rate from the points this run has finished (rows of an earlier run are not timed).
     if (first_done == 0) first_done = done;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double ran = static_cast<double>(done - first_done + 1);
+    const std::string left =
+        done < total ? fmt::format(", about {:.0f} s left", elapsed / ran * static_cast<double>(total - done)) : std::string();
+    if (!bar) {
+      if (elapsed - last_line < 60 || done == total) return;
+      last_line = elapsed;
+      fmt::print(stderr, "  sweeping    {}/{} points, {:.0f} s elapsed{}\n", done, total, elapsed, left);
+      std::fflush(stderr);
+      return;
+    }
     const double share = static_cast<double>(done) / static_cast<double>(total);
     const int width = 30, filled = static_cast<int>(share * width);
     fmt::print(stderr, "\r  sweeping    [{}{}] {}/{} points, {:.0f} s elapsed{}   ",
                std::string(static_cast<std::size_t>(filled), '='), std::string(static_cast<std::size_t>(width - filled), ' '),
-               done, total, elapsed,
-               done < total ? fmt::format(", about {:.0f} s left", elapsed / ran * static_cast<double>(total - done)) : std::string());
+               done, total, elapsed, left);
     std::fflush(stderr);
   };
   int rank = 0;

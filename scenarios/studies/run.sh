@@ -56,7 +56,7 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 for dt in fp8 fp4; do
   "$plot" line "$work/blackwell-decode.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by cluster.gpu \
     --where model.weight_dtype=$dt \
-    --title "DeepSeek-V3-shaped decode on 72 GPUs, $dt weights and GEMMs: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
+    --title "DeepSeek-V3 decode, 72 GPUs, $dt: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
     --out "$out/blackwell-decode-$dt.png"
 done
 echo "studies: charts in $out, sweeps in $work"
