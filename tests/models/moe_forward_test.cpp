@@ -860,6 +860,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
+  int fp4_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -916,7 +917,17 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const bool mtp = trial % 4 == 3 && split.find("pipeline_layers") == std::string::npos;
     const int mtp_run = mtp && (kind == "training" || kind == "decode") ? 1 : 0;
     const int draft = mtp && kind == "decode" ? 1 : 0;
-    const std::string mtp_keys = mtp ? ", vocab: 1000, mtp_modules: 1" : "";
+    std::string mtp_keys = mtp ? ", vocab: 1000, mtp_modules: 1" : "";
+    // Every third trial on an HGX B200 (by the trial: the draws stay), half of those outside
+    // training with NVFP4 weights and FP4 GEMMs.
+    const std::string gpu = trial % 3 == 0 ? "B200" : "H100";
+    if (gpu == "B200" && kind != "training" && trial % 2 == 0) {
+      const std::string fp8 = "gemm_dtype: fp8, ";
+      if (gemms.rfind(fp8, 0) == 0) gemms.erase(0, fp8.size());
+      gemms = "gemm_dtype: fp4, " + gemms;
+      mtp_keys += ", weight_dtype: fp4";
+      ++fp4_trials;
+    }
     // Every fifth training trial recomputes selectively instead (by the trial: the draws stay),
     // with FP8 activations where the GEMMs are FP8.
     if (kind == "training" && trial % 5 == 2)
@@ -924,7 +935,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
                               attention.empty() ? "" : ", mla_up_proj",
                               gemms.find("fp8") == std::string::npos ? "" : "activation_dtype: fp8, ");
     const std::string yaml = fmt::format(R"(
-cluster: {{nodes: {}, gpus_per_node: {}, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
+cluster: {{nodes: {}, gpus_per_node: {}, gpu: {}, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}{}}}
 parallelism: {{ep: {}, pp: {}, tp: {}{}}}
 workload: {{kind: {}, tokens_per_gpu: {}, micro_batches: {}, {}{}{}{}{}{}seed: {}}}
@@ -934,7 +945,7 @@ network: {{model: {}, all_to_all: {}, dispatch_dtype: fp8{}}}
 compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
-        nodes, gpn, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, mtp_keys, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
+        nodes, gpn, gpu, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, mtp_keys, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
         kind == "decode" ? "context_length: 512, " : "", draft ? "draft_tokens: 1, acceptance_rate: 0.7, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
@@ -962,6 +973,7 @@ output: {{timeline: off}}
                         std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16)) * (1 + draft) * top_k);
     CHECK(routed == computed + dropped);
   }
+  CHECK(fp4_trials >= 4);  // the draws above give some FP4 inference trials
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {
