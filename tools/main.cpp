@@ -135,23 +135,29 @@ int cmd_run(const std::vector<std::string>& args) {
   if (vm.count("seed")) sc.forward.seed = vm["seed"].as<std::uint64_t>();
   const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
   const auto t0 = std::chrono::steady_clock::now();
-  // A progress bar on a terminal only (never in logs or pipes), at most five updates a second.
+  // A progress bar on a terminal, at most five updates a second; into a log or a pipe a line at
+  // most once a minute, so that a long run in the background says how far it is.
   const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
   auto last = t0;
   bool drawn = false;
   const scenarios::Progress progress = [&](double done) {
     const auto now = std::chrono::steady_clock::now();
-    if (now - last < std::chrono::milliseconds(200)) return;
+    if (now - last < (bar ? std::chrono::milliseconds(200) : std::chrono::milliseconds(60'000))) return;
     last = now;
     const double elapsed = std::chrono::duration<double>(now - t0).count();
+    const std::string left = done > 0.02 ? fmt::format(", about {:.0f} s left", elapsed * (1 - done) / done) : std::string();
+    if (!bar) {
+      fmt::print(stderr, "  running     {:.0f}%, {:.0f} s elapsed{}\n", 100 * done, elapsed, left);
+      std::fflush(stderr);
+      return;
+    }
     const int width = 30, filled = static_cast<int>(done * width);
     fmt::print(stderr, "\r  running     [{}{}] {:3.0f}%  {:.0f} s elapsed{}   ", std::string(static_cast<std::size_t>(filled), '='),
-               std::string(static_cast<std::size_t>(width - filled), ' '), 100 * done, elapsed,
-               done > 0.02 ? fmt::format(", about {:.0f} s left", elapsed * (1 - done) / done) : std::string());
+               std::string(static_cast<std::size_t>(width - filled), ' '), 100 * done, elapsed, left);
     std::fflush(stderr);
     drawn = true;
   };
-  const scenarios::RunResult result = scenarios::run_experiment(sc, bar ? progress : scenarios::Progress{});
+  const scenarios::RunResult result = scenarios::run_experiment(sc, vm.count("quiet") ? scenarios::Progress{} : progress);
   if (drawn) fmt::print(stderr, "\r{}\r", std::string(80, ' '));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto written = tools::write_reports(dir, sc, result);
