@@ -953,9 +953,13 @@ void cross_check(const Scenario& sc, Problems& problems) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const int ep = sc.forward.ep;
   const auto& pl = sc.forward.placement;
+  // Redundant experts can fill the slots up to a multiple of the EP size (EP72 on a GB200 NVL72
+  // rack for DeepSeek-V3's 256 experts: 32 more, 4 slots per GPU).
   if (pl.redundant_experts == 0 && m.experts % ep != 0)
     problems.add_at("parallelism.ep",
-                    fmt::format("experts ({}) are not divisible by the EP size {}", m.experts, ep));
+                    fmt::format("experts ({}) are not divisible by the EP size {} (or fill the slots with redundant experts: "
+                                "placement: {{policy: eplb, redundant_experts: {}}} gives {} per GPU)",
+                                m.experts, ep, ep - m.experts % ep, (m.experts + ep - 1) / ep));
   if (pl.redundant_experts > 0 && (m.experts + pl.redundant_experts) % ep != 0)
     problems.add_at("placement.redundant_experts",
                     fmt::format("experts + redundant experts ({} + {}) are not divisible by the EP size {}",

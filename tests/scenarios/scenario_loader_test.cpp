@@ -284,7 +284,8 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   SECTION("out-of-range values") {
     CHECK(error_of(with("top_k: 2", "top_k: 9")) == "s.yaml:12:10: model.top_k: top_k 9 is larger than experts 8");
     CHECK(error_of(with("ep: 8", "ep: 3")) ==
-          "s.yaml:15:7: parallelism.ep: experts (8) are not divisible by the EP size 3\n"
+          "s.yaml:15:7: parallelism.ep: experts (8) are not divisible by the EP size 3 (or fill the slots with redundant "
+          "experts: placement: {policy: eplb, redundant_experts: 1} gives 3 per GPU)\n"
           "s.yaml:15:7: parallelism.ep: the cluster's 16 GPUs do not divide into EP groups of 3");
     CHECK(error_of(with("capacity_factor: 1.25", "capacity_factor: 0")) ==
           "s.yaml:19:20: routing.capacity_factor: must be greater than 0 (or 'dropless'), got 0");
