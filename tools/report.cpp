@@ -641,8 +641,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} nodes x {}), EP{}{}{}, {} tokens per GPU{}\n", gpus,
-             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.gpus_per_node, f.ep,
+  fmt::print(out, "  cluster     {} x {} ({} node{} x {}), EP{}{}{}, {} tokens per GPU{}\n", gpus,
+             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.nodes == 1 ? "" : "s", sc.cluster.gpus_per_node, f.ep,
              f.model.tp > 1 ? fmt::format(", TP{} (attention{}{}{})", f.model.tp, f.model.dense_layers > 0 ? ", dense layers" : "",
                                           f.model.vocab > 0 ? ", LM head" : "",
                                           f.tp_algorithm == models::CollectiveAlgorithm::nvls ? "; collectives in the NVSwitch" : "")
