@@ -690,6 +690,8 @@ TEST_CASE("A GB200 NVL72 rack keeps the decode all-to-all on NVLink; 8-GPU serve
   const auto rack_row = summary_row(tmp.path() / "rack" / "summary.csv");
   const auto hgx_row = summary_row(tmp.path() / "hgx" / "summary.csv");
   CHECK(rack_row.at("gpus") == "72");
+  CHECK(rack_row.at("gpu") == "GB200");
+  CHECK(hgx_row.at("gpu") == "GB200");  // the rack's GPUs in 8-GPU servers
   CHECK(std::stod(rack_row.at("dispatch_wait_us")) + std::stod(rack_row.at("combine_wait_us")) <
         std::stod(hgx_row.at("dispatch_wait_us")) + std::stod(hgx_row.at("combine_wait_us")));
   CHECK(std::stod(rack_row.at("step_time_us")) < std::stod(hgx_row.at("step_time_us")));
