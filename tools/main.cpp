@@ -24,6 +24,7 @@
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
+#include "tools/diff.hpp"
 #include "tools/flows_replay.hpp"
 #include "scenarios/grid.hpp"
 #include "tools/report.hpp"
@@ -68,6 +69,11 @@ commands:
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
   validate SCENARIO.yaml
         check a scenario file without running it
+  diff A B [--all]
+        compare two runs (output directories or summary.csv files): the settings
+        that differ, then the step time, its stages, throughput, waits, imbalance,
+        bytes and memory of each, with B - A and B / A; --all: every other column
+        that differs too
   check-profile MEASURED.csv [--profile PROFILE.csv] [--gpu MODEL] [--median PCT] [--worst PCT]
                 [--median-of-repeats]
         predict each whole-layer time in MEASURED.csv (e.g. held-out timings from
@@ -343,6 +349,17 @@ int cmd_plan(const std::vector<std::string>& args) {
   return choice.best ? 0 : 3;
 }
 
+int cmd_diff(const std::vector<std::string>& args) {
+  po::options_description opts("diff options");
+  opts.add_options()("runs", po::value<std::vector<std::string>>(), "two run output directories or summary.csv files")(
+      "all", "also every other column that differs");
+  const auto vm = parse_command(args, opts, "runs", 2);
+  const auto runs = vm.count("runs") ? vm["runs"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  if (runs.size() != 2) throw UsageError("diff needs two runs: moesim diff A B (output directories or summary.csv files)");
+  tools::diff_summaries(runs[0], runs[1], vm.count("all") > 0, std::cout);
+  return 0;
+}
+
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
@@ -606,6 +623,7 @@ int main(int argc, char** argv) {
     if (cmd == "sweep") return cmd_sweep(args);
     if (cmd == "plan") return cmd_plan(args);
     if (cmd == "check-profile") return cmd_check_profile(args);
+    if (cmd == "diff") return cmd_diff(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const QuietRank& q) {
     return q.code;
@@ -617,6 +635,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const tools::FlowsInputError& e) {
     std::cerr << e.what() << '\n';
+    return 2;
+  } catch (const tools::DiffInputError& e) {
+    std::cerr << "moesim: diff: " << e.what() << '\n';
     return 2;
   } catch (const scenarios::GridError& e) {
     std::cerr << e.what() << '\n';

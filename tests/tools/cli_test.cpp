@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <fmt/format.h>
 #include <sys/wait.h>
 
 #include <cmath>
@@ -695,6 +696,43 @@ TEST_CASE("A GB200 NVL72 rack keeps the decode all-to-all on NVLink; 8-GPU serve
   CHECK(std::stod(rack_row.at("dispatch_wait_us")) + std::stod(rack_row.at("combine_wait_us")) <
         std::stod(hgx_row.at("dispatch_wait_us")) + std::stod(hgx_row.at("combine_wait_us")));
   CHECK(std::stod(rack_row.at("step_time_us")) < std::stod(hgx_row.at("step_time_us")));
+}
+
+TEST_CASE("moesim diff compares two runs: the settings that differ, then the figures with B - A and B / A", "[cli][diff]") {
+  TempDir tmp;
+  const std::string a = (tmp.path() / "a").string(), b = (tmp.path() / "b").string();
+  REQUIRE(moesim("run -q --out '" + a + "'", tmp).code == 0);
+  REQUIRE(moesim("run -q --set network.model=analytical --set cluster.gpu=H200 --out '" + b + "'", tmp).code == 0);
+  const auto ra = summary_row(fs::path(a) / "summary.csv"), rb = summary_row(fs::path(b) / "summary.csv");
+  const Result d = moesim("diff '" + a + "' '" + (fs::path(b) / "summary.csv").string() + "'", tmp);  // a directory or a file
+  REQUIRE(d.code == 0);
+  CHECK_THAT(d.out, Catch::Contains("settings that differ"));
+  CHECK_THAT(d.out, Catch::Contains("gpu                      H100-SXM  ->  H200-SXM"));
+  CHECK_THAT(d.out, Catch::Contains("network_model            maxmin  ->  analytical"));
+  // The step time as the files write it, the difference to their precision, the ratio.
+  const double sa = std::stod(ra.at("step_time_us")), sb = std::stod(rb.at("step_time_us"));
+  const std::string line = fmt::format("    {:<24} {:>16} {:>16} {:>+16.6f} {:>10.4f}", "step_time_us", ra.at("step_time_us"),
+                                       rb.at("step_time_us"), sb - sa, sb / sa);
+  CHECK_THAT(d.out, Catch::Contains(line));
+  CHECK_THAT(d.out, Catch::Contains("network_bytes"));  // equal figures stay listed
+  CHECK(d.out.find("lm_head_us") == std::string::npos);  // zero in both: left out
+  CHECK(d.out.find("gpu_memory_gb") == std::string::npos);  // not a listed figure: only with --all
+  CHECK_THAT(moesim("diff '" + a + "' '" + b + "' --all", tmp).out, Catch::Contains("gpu_memory_gb"));
+  // The same run twice: nothing differs.
+  CHECK_THAT(moesim("diff '" + a + "' '" + a + "'", tmp).out, Catch::Contains(": 0 of"));
+  // Input errors.
+  const Result missing = moesim("diff '" + a + "' '" + (tmp.path() / "nowhere").string() + "'", tmp);
+  CHECK(missing.code == 2);
+  CHECK_THAT(missing.err, Catch::Contains("cannot read it (give a run's output directory or its summary.csv)"));
+  std::ofstream(tmp.path() / "other.csv") << "scenario,x\nq.yaml,1\n";
+  const Result other = moesim("diff '" + a + "' '" + (tmp.path() / "other.csv").string() + "'", tmp);
+  CHECK(other.code == 2);
+  CHECK_THAT(other.err, Catch::Contains("have different columns"));
+  std::ofstream(tmp.path() / "junk.csv") << "hello\n";
+  CHECK_THAT(moesim("diff '" + a + "' '" + (tmp.path() / "junk.csv").string() + "'", tmp).err, Catch::Contains("not a moesim summary.csv"));
+  const Result one = moesim("diff '" + a + "'", tmp);
+  CHECK(one.code == 2);
+  CHECK_THAT(one.err, Catch::Contains("diff needs two runs"));
 }
 
 TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
