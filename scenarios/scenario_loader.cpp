@@ -934,8 +934,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                           "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
   // The measured profile's layers read BF16 weights: other weights come from the roofline.
   if (m.weight_bytes16 != 16 * m.dtype_bytes && (sc.compute_model == "profile" || !sc.compute_profile.empty()))
-    problems.add_at("model.weight_dtype", fmt::format("is not used with {} (the measured profile's kernels read BF16 weights): use "
-                                                      "compute.model: auto or roofline",
+    problems.add_at("model.weight_dtype", fmt::format("weights in another dtype than model.dtype take the roofline, not {} (the "
+                                                      "measured profile's kernels read BF16 weights): use compute.model: auto or roofline",
                                                       sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
   if (sc.forward.training && sc.roofline.gemm_dtype == models::GemmDtype::fp4)
     problems.add_at("compute.gemm_dtype", "fp4 is modelled for inference (forward, prefill, decode); FP8 training: fp8");

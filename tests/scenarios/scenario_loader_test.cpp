@@ -151,8 +151,8 @@ TEST_CASE("model.weight_dtype sets the linear layers' weight bytes, in inference
   // The measured profile's kernels read BF16 weights: other weights take the roofline.
   CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.profile == nullptr);
   CHECK_THAT(error_of(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n") + "compute: {model: profile}\n"),
-             Catch::Contains("model.weight_dtype: is not used with compute.model: profile (the measured profile's kernels read BF16 "
-                             "weights): use compute.model: auto or roofline"));
+             Catch::Contains("model.weight_dtype: weights in another dtype than model.dtype take the roofline, not compute.model: "
+                             "profile (the measured profile's kernels read BF16 weights): use compute.model: auto or roofline"));
 }
 
 TEST_CASE("model.kv_cache_dtype sets the KV cache's bytes, in decode only", "[scenarios][fp8]") {
