@@ -14,6 +14,7 @@
 #include <thread>
 #include <tuple>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -118,6 +119,16 @@ po::variables_map parse_command(const std::vector<std::string>& args, po::option
   return vm;
 }
 
+// Seconds between progress lines into a log or a pipe: MOESIM_PROGRESS_EVERY, else 60.
+double progress_every() {
+  const char* v = std::getenv("MOESIM_PROGRESS_EVERY");
+  if (!v || !*v) return 60;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  if (*end != '\0' || !(s >= 0)) throw UsageError(fmt::format("MOESIM_PROGRESS_EVERY: '{}' is not a number of seconds >= 0", v));
+  return s;
+}
+
 scenarios::Scenario load(const po::variables_map& vm) {
   const auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (vm.count("scenario")) return scenarios::load_scenario_file(vm["scenario"].as<std::string>(), sets);
@@ -144,11 +155,12 @@ int cmd_run(const std::vector<std::string>& args) {
   // A progress bar on a terminal, at most five updates a second; into a log or a pipe a line at
   // most once a minute, so that a long run in the background says how far it is.
   const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
+  const auto every = std::chrono::duration<double>(bar ? 0.2 : progress_every());
   auto last = t0;
   bool drawn = false;
   const scenarios::Progress progress = [&](double done) {
     const auto now = std::chrono::steady_clock::now();
-    if (now - last < (bar ? std::chrono::milliseconds(200) : std::chrono::milliseconds(60'000))) return;
+    if (now - last < every) return;
     last = now;
     const double elapsed = std::chrono::duration<double>(now - t0).count();
     const std::string left = done > 0.02 ? fmt::format(", about {:.0f} s left", elapsed * (1 - done) / done) : std::string();
@@ -267,6 +279,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   // Into a log or a pipe (no terminal): a line at most once a minute, so that a long sweep run
   // in the background says how far it is without filling its log.
   double last_line = 0;
+  const double every = progress_every();
   o.progress = [&](std::size_t done, std::size_t total) {
     if (vm.count("quiet")) return;
     const std::lock_guard<std::mutex> g(draw);
@@ -277,7 +290,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
     const std::string left =
         done < total ? fmt::format(", about {:.0f} s left", elapsed / ran * static_cast<double>(total - done)) : std::string();
     if (!bar) {
-      if (elapsed - last_line < 60 || done == total) return;
+      if (elapsed - last_line < every || done == total) return;
       last_line = elapsed;
       fmt::print(stderr, "  sweeping    {}/{} points, {:.0f} s elapsed{}\n", done, total, elapsed, left);
       std::fflush(stderr);

@@ -735,6 +735,32 @@ TEST_CASE("moesim diff compares two runs: the settings that differ, then the fig
   CHECK_THAT(one.err, Catch::Contains("diff needs two runs"));
 }
 
+TEST_CASE("Into a log, run and sweep write a progress line every MOESIM_PROGRESS_EVERY seconds (60 by default)", "[cli][progress]") {
+  TempDir tmp;
+  // The EP144 decode: 2.4 M events (the progress hook runs every 65,536), about a second.
+  const std::string decode = "run '" + kSource + "/scenarios/deepseek-v3-decode-ep144.yaml' --set workload.tokens_per_gpu=4 --out '" +
+                             (tmp.path() / "d").string() + "'";
+  const Result quiet = moesim(decode, tmp);  // the default: a line a minute, none in a second
+  REQUIRE(quiet.code == 0);
+  CHECK(quiet.err.empty());
+  ::setenv("MOESIM_PROGRESS_EVERY", "0", 1);
+  const Result lines = moesim(decode, tmp);
+  CHECK(lines.code == 0);
+  CHECK_THAT(lines.err, Catch::Contains("  running     ") && Catch::Contains("s elapsed"));
+  CHECK(lines.err.find('\r') == std::string::npos);  // lines, not a bar
+  CHECK(moesim(decode + " -q", tmp).err.empty());
+  std::ofstream(tmp.path() / "g.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\naxes:\n  workload.seed: [1, 2, 3]\n"
+                                          "  network.model: [analytical]\n";
+  const Result sweep = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 1 --out '" + (tmp.path() / "s.csv").string() + "'", tmp);
+  CHECK(sweep.code == 0);
+  CHECK_THAT(sweep.err, Catch::Contains("  sweeping    1/3 points, ") && Catch::Contains("  sweeping    2/3 points, "));
+  ::setenv("MOESIM_PROGRESS_EVERY", "soon", 1);
+  const Result bad = moesim(decode, tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("MOESIM_PROGRESS_EVERY: 'soon' is not a number of seconds >= 0"));
+  ::unsetenv("MOESIM_PROGRESS_EVERY");
+}
+
 TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli][cost]") {
   TempDir tmp;
   const std::string base =
