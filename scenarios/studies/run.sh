@@ -53,10 +53,7 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 
 # Study 5: a GB200 NVL72 rack against HGX B200 servers, FP8 and NVFP4, DeepSeek-V3-shaped decode.
 "$moesim" sweep "$here/blackwell-decode/grid.yaml" --out "$work/blackwell-decode.csv"
-for dt in fp8 fp4; do
-  "$plot" line "$work/blackwell-decode.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by cluster.gpu \
-    --where model.weight_dtype=$dt \
-    --title "DeepSeek-V3 decode, 72 GPUs, $dt: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
-    --out "$out/blackwell-decode-$dt.png"
-done
+"$plot" line "$work/blackwell-decode.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by cluster.gpu,model.weight_dtype \
+  --title "DeepSeek-V3 decode on 72 GPUs: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
+  --out "$out/blackwell-decode.png"
 echo "studies: charts in $out, sweeps in $work"

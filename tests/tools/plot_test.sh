@@ -16,10 +16,16 @@ GRID
 plot() { "$python" "$source/tools/plot" "$@"; }
 is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] || { echo "$1 is not a PNG"; exit 1; }; }
 plot line "$tmp/s.csv" --x parallelism.ep --y drop_rate --by routing.capacity_factor --out "$tmp/line.png" >/dev/null
+# One line per combination of two columns' values (here 2 x 1: the sweep's only routing law).
+plot line "$tmp/s.csv" --x parallelism.ep --y step_time_us --by routing.capacity_factor,parallelism.ep --out "$tmp/line2.png" >/dev/null
+if plot line "$tmp/s.csv" --x parallelism.ep --y step_time_us --by routing.capacity_factor,nope --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
+  echo "a bad --by column passed"; exit 1
+fi
+grep -q "has no column 'nope'" "$tmp/err.txt" || { cat "$tmp/err.txt"; exit 1; }
 plot heatmap "$tmp/s.csv" --x parallelism.ep --y routing.capacity_factor --value step_time_us --out "$tmp/heat.png" >/dev/null
 plot breakdown "$tmp/run/layers.csv" --out "$tmp/layers.png" >/dev/null
 plot breakdown "$tmp/s.csv" --x parallelism.ep --where routing.capacity_factor=1.25 --out "$tmp/points.png" >/dev/null
-for f in line heat layers points; do is_png "$tmp/$f.png"; done
+for f in line line2 heat layers points; do is_png "$tmp/$f.png"; done
 # A column the CSV does not have: exit code 2, naming it, and no file.
 if plot line "$tmp/s.csv" --x parallelism.ep --y no_such_column --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
   echo "a bad column passed"; exit 1
