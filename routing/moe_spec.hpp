@@ -70,6 +70,8 @@ inline bool is_mla(const MoeModelSpec& m) { return m.mla.kv_lora_rank > 0; }
 
 // The bytes of n linear-layer weights at model.weight_dtype (rounded up to the byte).
 inline std::int64_t linear_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.weight_bytes16 * n + 15) / 16; }
+// Whether the linear layers' weights are at model.dtype (no model.weight_dtype of their own).
+inline bool weights_at_dtype(const MoeModelSpec& m) { return m.weight_bytes16 == 16 * m.dtype_bytes; }
 // Elements one GPU caches per token and layer: its kv heads' keys and values, MLA's kv latent
 // and RoPE key, or a given kv_cache_dim; a latent is cached whole by every tensor-parallel GPU.
 inline std::int64_t kv_cache_width(const MoeModelSpec& m) {

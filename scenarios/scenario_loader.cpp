@@ -865,16 +865,17 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       using models::GemmDtype;
       sc.roofline.gemm_dtype = *v == "fp8" ? GemmDtype::fp8 : *v == "fp4" ? GemmDtype::fp4 : GemmDtype::bf16;
       // The measured profile's GEMMs are BF16; FP8 and FP4 GEMMs come from the roofline.
-      const bool fp4 = sc.roofline.gemm_dtype == GemmDtype::fp4;
-      const auto upper = fp4 ? "FP4" : "FP8";
-      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && (fp4 ? sc.cluster.gpu.peak_fp4 : sc.cluster.gpu.peak_fp8).flop_per_s() == 0)
-        problems.add_at(c->key_path("gemm_dtype"), fmt::format("the {} has no {} tensor cores (set cluster.gpu.peak_{} for a custom GPU)",
-                                                                sc.cluster.gpu.name, upper, *v));
-      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && sc.compute_model == "profile")
-        problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with 'model: profile' (the measured profile's GEMMs are BF16): "
-                                                               "use 'model: auto' or 'roofline'", *v));
-      if (sc.roofline.gemm_dtype != GemmDtype::bf16 && !sc.compute_profile.empty())
-        problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with compute.profile (the measured profile's GEMMs are BF16)", *v));
+      if (sc.roofline.gemm_dtype != GemmDtype::bf16) {
+        const bool fp4 = sc.roofline.gemm_dtype == GemmDtype::fp4;
+        if ((fp4 ? sc.cluster.gpu.peak_fp4 : sc.cluster.gpu.peak_fp8).flop_per_s() == 0)
+          problems.add_at(c->key_path("gemm_dtype"), fmt::format("the {} has no {} tensor cores (set cluster.gpu.peak_{} for a custom GPU)",
+                                                                  sc.cluster.gpu.name, fp4 ? "FP4" : "FP8", *v));
+        if (sc.compute_model == "profile")
+          problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with 'model: profile' (the measured profile's GEMMs are "
+                                                                 "BF16): use 'model: auto' or 'roofline'", *v));
+        if (!sc.compute_profile.empty())
+          problems.add_at(c->key_path("gemm_dtype"), fmt::format("{} is not used with compute.profile (the measured profile's GEMMs are BF16)", *v));
+      }
     }
     const auto positive = positive_number();
     if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
@@ -929,11 +930,11 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("model.attention_heads",
                     fmt::format("hidden {} does not divide into {} heads; set model.head_dim",
                                 m.hidden, m.attention_heads));
-  if (sc.forward.training && m.weight_bytes16 != 16 * m.dtype_bytes)
+  if (sc.forward.training && !routing::weights_at_dtype(m))
     problems.add_at("model.weight_dtype", "only used in inference (forward, prefill, decode): training keeps its weights in "
                                           "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
   // The measured profile's layers read BF16 weights: other weights come from the roofline.
-  if (m.weight_bytes16 != 16 * m.dtype_bytes && (sc.compute_model == "profile" || !sc.compute_profile.empty()))
+  if (!routing::weights_at_dtype(m) && (sc.compute_model == "profile" || !sc.compute_profile.empty()))
     problems.add_at("model.weight_dtype", fmt::format("weights in another dtype than model.dtype take the roofline, not {} (the "
                                                       "measured profile's kernels read BF16 weights): use compute.model: auto or roofline",
                                                       sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
@@ -1152,7 +1153,7 @@ void read_traces(Scenario& sc, Problems& problems) {
     } catch (const models::ProfileError& e) {
       problems.add_at("compute.profile", e.what());
     }
-  } else if (sc.compute_model != "roofline" && sc.roofline.gemm_dtype == models::GemmDtype::bf16 && m.weight_bytes16 == 16 * m.dtype_bytes) {
+  } else if (sc.compute_model != "roofline" && sc.roofline.gemm_dtype == models::GemmDtype::bf16 && routing::weights_at_dtype(m)) {
     // The profile measured on this GPU and built in (kernels/profiles/), where there is one.
     sc.forward.profile = models::KernelProfile::bundled(sc.cluster.gpu.name);
     if (!sc.forward.profile && sc.compute_model == "profile")

@@ -755,9 +755,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
              models::to_string(f.all_to_all.algorithm), r.compute_source, measured_on,
              r.compute_source == "roofline"
-                 ? std::string(sc.roofline.gemm_dtype == models::GemmDtype::fp8   ? " with FP8 GEMMs (experts, dense FFNs, attention projections)"
-                               : sc.roofline.gemm_dtype == models::GemmDtype::fp4 ? " with FP4 GEMMs (experts, dense FFNs, attention projections)"
-                                                                                  : "")
+                 ? (sc.roofline.gemm_dtype == models::GemmDtype::bf16
+                        ? std::string()
+                        : fmt::format(" with {} GEMMs (experts, dense FFNs, attention projections)",
+                                      sc.roofline.gemm_dtype == models::GemmDtype::fp8 ? "FP8" : "FP4"))
                  : fmt::format("; {:.1f}% of GPU {}'s compute time from the profile, the rest from the roofline{}", 100 * profiled,
                                crit,
                                !f.training ? ""

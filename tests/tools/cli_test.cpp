@@ -675,9 +675,7 @@ TEST_CASE("A GB200 NVL72 rack keeps the decode all-to-all on NVLink; 8-GPU serve
     std::getline(in, line);
     std::map<std::string, double> bytes;
     while (std::getline(in, line)) {
-      std::vector<std::string> f;
-      std::stringstream ss(line);
-      for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+      const auto f = csv_fields(line);
       REQUIRE(f.size() >= 7);
       bytes[f[3]] += std::stod(f[6]);
     }
