@@ -53,6 +53,21 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
                                static_cast<std::size_t>(nodes) +
                            static_cast<std::size_t>(p.node_of_rank[static_cast<std::size_t>(d)])];
     }
+  if (spec_.forward_chunks <= 1) return;
+  MOESIM_ASSERT(spec_.forward_chunks <= 255 && gpn <= 255, "too many forwarding chunks or GPUs per node");
+  const std::size_t k = spec_.forward_chunks;
+  relay_part_pending_.assign(relay_pending_.size() * k, 0);
+  relay_chunks_pending_.assign(relay_pending_.size(), 0);
+  fwd_pending_.assign(static_cast<std::size_t>(count) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(ep), 0);
+  for (std::size_t i = 0; i < relay_pending_.size(); ++i) {
+    if (relay_pending_[i] == 0) continue;
+    const std::size_t node = i % static_cast<std::size_t>(nodes), g = i / static_cast<std::size_t>(nodes) % static_cast<std::size_t>(gpus);
+    const std::size_t l = i / static_cast<std::size_t>(nodes) / static_cast<std::size_t>(gpus);
+    const auto& p = plan(static_cast<int>(l), static_cast<int>(g));
+    const std::uint32_t parts = chunks(p.node_sends[(g % static_cast<std::size_t>(ep)) * static_cast<std::size_t>(nodes) + node]);
+    relay_chunks_pending_[i] = static_cast<std::uint8_t>(parts);
+    for (std::size_t j = 0; j < parts; ++j) relay_part_pending_[i * k + j] = static_cast<std::uint8_t>(relay_pending_[i]);
+  }
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
@@ -80,7 +95,8 @@ std::int64_t AllToAll::inbound(int pass, Phase phase, int gpu) const {
   return n;
 }
 
-void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done) {
+void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done, std::uint32_t parts,
+                     NetworkModel::Part on_part) {
   const AllToAllPass& info = passes_[static_cast<std::size_t>(pass)];
   const bool backward = info.backward;
   const Flow flow{GpuId(static_cast<std::uint32_t>(src)), GpuId(static_cast<std::uint32_t>(dst)),
@@ -88,13 +104,15 @@ void AllToAll::start(int pass, Phase phase, int src, int dst, std::int64_t rows,
                                      : !backward          ? spec_.dispatch_row_bytes
                                                           : spec_.gradient_dispatch_row_bytes))};
   const Stage stage = phase == Phase::dispatch ? Stage::dispatch : Stage::combine;
-  network_.start_flow(flow, [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward || info.recompute,
-                                                         info.micro_batch, info.recompute},
-                             done = std::move(done)]() mutable {
+  sim::Callback finished = [this, record = FlowRecord{info.layer, stage, flow, sim_.now(), sim::Time(), backward || info.recompute,
+                                                       info.micro_batch, info.recompute},
+                            done = std::move(done)]() mutable {
     record.end = sim_.now();
     recorder_.on_flow(record);
     done();
-  });
+  };
+  if (parts <= 1) network_.start_flow(flow, std::move(finished));
+  else network_.start_flow_in_parts(flow, parts, std::move(on_part), std::move(finished));
 }
 
 void AllToAll::send(int pass, Phase phase, int gpu) {
@@ -135,17 +153,48 @@ void AllToAll::dispatch_hierarchical(int pass, int gpu) {
     const std::int64_t rows = p.node_sends[static_cast<std::size_t>(r * p.nodes + b)];
     if (b == node(r) || rows == 0) continue;
     const int relay = first + b * gpn + gpu % gpn;  // node b's GPU on the sender's rail
-    start(pass, Phase::dispatch, gpu, relay, rows, [this, pass, gpu, relay] {
-      const auto& q = plan(pass, gpu);
-      const int s = gpu % ep_, rr = relay % ep_, f = gpu - s;
-      const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
-      if (q.token_sends[static_cast<std::size_t>(s * ep_ + rr)] > 0) arrived_(pass, Phase::dispatch, relay);
+    const std::uint32_t parts = chunks(rows);
+    if (parts > 1)  // each onward flow's chunks still to arrive
       for (int d = 0; d < ep_; ++d) {
-        const std::int64_t fwd = q.token_sends[static_cast<std::size_t>(s * ep_ + d)];
-        if (d == rr || fwd == 0 || q.node_of_rank[static_cast<std::size_t>(d)] != rb) continue;
-        const int dst = f + d;
-        start(pass, Phase::dispatch, relay, dst, fwd, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
+        const std::int64_t fwd = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
+        if (d != relay % ep_ && fwd > 0 && node(d) == b)
+          fwd_pending_[(static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
+                        static_cast<std::size_t>(gpu)) *
+                           static_cast<std::size_t>(ep_) +
+                       static_cast<std::size_t>(d)] = static_cast<std::uint8_t>(std::min<std::int64_t>(fwd, parts));
       }
+    start(
+        pass, Phase::dispatch, gpu, relay, rows,
+        [this, pass, gpu, relay, parts] {
+          const auto& q = plan(pass, gpu);
+          if (q.token_sends[static_cast<std::size_t>((gpu % ep_) * ep_ + relay % ep_)] > 0) arrived_(pass, Phase::dispatch, relay);
+          forward_chunk(pass, gpu, relay, parts - 1, parts);
+        },
+        parts, [this, pass, gpu, relay, parts](std::uint32_t j) { forward_chunk(pass, gpu, relay, j, parts); });
+  }
+}
+
+void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts) {
+  const auto& q = plan(pass, src);
+  const int s = src % ep_, rr = relay % ep_, f = src - s;
+  const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
+  for (int d = 0; d < ep_; ++d) {
+    const std::int64_t fwd = q.token_sends[static_cast<std::size_t>(s * ep_ + d)];
+    if (d == rr || fwd == 0 || q.node_of_rank[static_cast<std::size_t>(d)] != rb) continue;
+    const int dst = f + d;
+    if (parts == 1) {
+      start(pass, Phase::dispatch, relay, dst, fwd, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
+      continue;
+    }
+    const std::int64_t rows = fwd * (j + 1) / parts - fwd * j / parts;
+    if (rows == 0) continue;
+    const std::size_t at =
+        (static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) + static_cast<std::size_t>(src)) *
+            static_cast<std::size_t>(ep_) +
+        static_cast<std::size_t>(d);
+    start(pass, Phase::dispatch, relay, dst, rows, [this, pass, dst, at] {
+      MOESIM_ASSERT(fwd_pending_[at] > 0, "a forwarded chunk nobody waits for");
+      if (--fwd_pending_[at] == 0) arrived_(pass, Phase::dispatch, dst);
     });
   }
 }
@@ -164,27 +213,41 @@ void AllToAll::combine_hierarchical(int pass, int gpu) {
       continue;
     }
     const int relay = gpu - gpu % gpn + src % gpn;  // this node's GPU on the source's rail
+    const std::uint32_t parts = chunks(p.node_sends[static_cast<std::size_t>(s * p.nodes + node(d))]);
     if (relay == gpu) {
-      relay_contribution(pass, relay, src);
+      for (std::uint32_t j = 0; j < parts; ++j) relay_part(pass, relay, src, j);
     } else {
-      start(pass, Phase::combine, gpu, relay, rows,
-            [this, pass, relay, src] { relay_contribution(pass, relay, src); });
+      start(
+          pass, Phase::combine, gpu, relay, rows, [this, pass, relay, src, parts] { relay_part(pass, relay, src, parts - 1); },
+          parts, [this, pass, relay, src](std::uint32_t j) { relay_part(pass, relay, src, j); });
     }
   }
 }
 
-void AllToAll::relay_contribution(int pass, int relay, int src) {
+void AllToAll::relay_part(int pass, int relay, int src, std::uint32_t j) {
   const auto& p = plan(pass, src);
   const int rr = relay % ep_, s = src % ep_;
   const int b = p.node_of_rank[static_cast<std::size_t>(rr)];
-  auto& left = relay_pending_[(static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
-                               static_cast<std::size_t>(src)) *
-                                  static_cast<std::size_t>(p.nodes) +
-                              static_cast<std::size_t>(b)];
+  const std::size_t at = (static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
+                          static_cast<std::size_t>(src)) *
+                             static_cast<std::size_t>(p.nodes) +
+                         static_cast<std::size_t>(b);
+  const std::int64_t rows = p.node_sends[static_cast<std::size_t>(s * p.nodes + b)];
+  const std::uint32_t parts = chunks(rows);
+  if (parts == 1) {
+    auto& left = relay_pending_[at];
+    MOESIM_ASSERT(left > 0, "a combine contribution nobody waits for");
+    if (--left > 0) return;
+    start(pass, Phase::combine, relay, src, rows, [this, pass, src] { arrived_(pass, Phase::combine, src); });
+    return;
+  }
+  auto& left = relay_part_pending_[at * spec_.forward_chunks + j];
   MOESIM_ASSERT(left > 0, "a combine contribution nobody waits for");
   if (--left > 0) return;
-  start(pass, Phase::combine, relay, src, p.node_sends[static_cast<std::size_t>(s * p.nodes + b)],
-        [this, pass, src] { arrived_(pass, Phase::combine, src); });
+  start(pass, Phase::combine, relay, src, rows * (j + 1) / parts - rows * j / parts, [this, pass, src, at] {
+    MOESIM_ASSERT(relay_chunks_pending_[at] > 0, "a combine chunk nobody waits for");
+    if (--relay_chunks_pending_[at] == 0) arrived_(pass, Phase::combine, src);
+  });
 }
 
 }  // namespace moesim::models

@@ -14,11 +14,17 @@
 // that node's GPU with the sender's local index (same rail), which forwards it over NVLink to each
 // GPU there that needs it. A forwarding GPU starts forwarding one source's tokens when that
 // source's scale-out flow has arrived (store and forward per flow; DeepEP pipelines in chunks, so
-// this overstates the forwarding delay by at most one NVLink transfer of that flow). The combine
+// this overstates the forwarding delay by at most one NVLink transfer of that flow). With
+// network.forward_chunks = K the forwarding is pipelined as DeepEP's is: the scale-out flow is
+// delivered in min(K, rows) equal parts, and as each part arrives the forwarding GPU sends its
+// share of every onward flow (rows split as evenly as whole rows allow), so the overstatement is
+// at most one chunk's NVLink transfer. The combine
 // mirrors it: each GPU sends its outputs for a source's tokens (one row per token, reduced over
 // its own experts) over NVLink to the forwarding GPU of its node, which, once every GPU of the
 // node that computed for that source has delivered (itself included, when its experts are done),
-// sends one reduced row per token over the scale-out network. The reductions' compute is not
+// sends one reduced row per token over the scale-out network; with K chunks, each GPU's rows
+// arrive in min(K, rows sent over the scale-out network) parts and the forwarding GPU sends
+// chunk j once every GPU has delivered part j. The reductions' compute is not
 // modelled (NVLink-bound and small). Needs EP groups made of whole nodes, or inside one node.
 //
 // low_latency (DeepEP's low-latency kernels, for decode): as direct, a row per (token, expert),
@@ -31,10 +37,11 @@
 //
 // A run has passes (a training step: every layer forward, then every layer backward); each pass
 // uses its layer's plans. In a backward pass the dispatch phase carries the gradients of the
-// combine (token GPU -> expert GPU) and the combine phase those of the dispatch, both in
-// combine rows (gradients are not sent in fp8).
+// combine (token GPU -> expert GPU), in gradient_dispatch_row_bytes (DeepSeek-V3 sends it in
+// fp8), and the combine phase those of the dispatch, in combine rows.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string_view>
@@ -60,6 +67,9 @@ struct AllToAllSpec {
   // gradient before the down projections); 0: combine_row_bytes. DeepSeek-V3 sends it in FP8.
   std::int64_t gradient_dispatch_row_bytes = 0;
   sim::Time message_overhead;  // low_latency: issue cost per row
+  // hierarchical: a relay forwards what crosses the scale-out network in up to this many
+  // chunks, each as it arrives (1: store and forward, a source's whole flow before any of it).
+  std::uint32_t forward_chunks = 1;
 };
 
 // Bytes of one row of `hidden` channels in the named dtype ("bf16", "fp8", "fp32").
@@ -95,10 +105,18 @@ class AllToAll {
 
  private:
   const routing::DispatchPlan& plan(int pass, int gpu) const;
-  void start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done);
+  void start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done,
+             std::uint32_t parts = 1, NetworkModel::Part on_part = nullptr);
   void dispatch_hierarchical(int pass, int gpu);
+  // Chunk j of parts of src's scale-out flow reached the relay: forward its share to the node.
+  void forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts);
   void combine_hierarchical(int pass, int gpu);
-  void relay_contribution(int pass, int relay, int src);  // one GPU's combine rows reached the relay
+  // Part j of one GPU's combine rows for src reached the relay (parts: the relay's chunks).
+  void relay_part(int pass, int relay, int src, std::uint32_t j);
+  // The chunks a scale-out transfer of `rows` rows is forwarded in.
+  std::uint32_t chunks(std::int64_t rows) const {
+    return static_cast<std::uint32_t>(std::min<std::int64_t>(spec_.forward_chunks, std::max<std::int64_t>(rows, 1)));
+  }
 
   sim::Simulator& sim_;
   const topology::Cluster& cluster_;
@@ -111,6 +129,11 @@ class AllToAll {
   Arrived arrived_;
   // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]
   std::vector<std::int32_t> relay_pending_;
+  // With chunks (forward_chunks > 1): the same per chunk, [((pass * gpus + src) * nodes + node) *
+  // forward_chunks + chunk], and the chunks still to reach src, [(pass * gpus + src) * nodes + node];
+  // in the dispatch, the forwarded chunks still to reach each destination, [(pass * gpus + src) * ep + rank].
+  std::vector<std::uint8_t> relay_part_pending_, fwd_pending_;
+  std::vector<std::uint8_t> relay_chunks_pending_;
 };
 
 }  // namespace moesim::models

@@ -95,18 +95,32 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
   }
   hot_.push_back(Hot{});
   member_pos_.emplace_back();
-  cold_.push_back(Cold{0, 0, 0, 0, kInf});
+  cold_.push_back(Cold{0, 0, 0, 0, kInf, 1, 0});
   is_active_.push_back(0);
   version_.push_back(0);
   active_pos_.push_back(0);
   flow_seen_.push_back(0);
   done_.emplace_back();
+  on_part_.emplace_back();
   return static_cast<std::uint32_t>(hot_.size() - 1);
 }
 
-void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
+void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) { start_flow_in_parts(flow, 1, nullptr, std::move(on_done)); }
+
+double MaxMinNetwork::next_due(std::uint32_t s) const {
+  const Cold& c = cold_[s];
+  if (!at_part(s)) return c.since + c.left / c.rate_used;
+  // Part next_part ends at byte floor(size * (j + 1) / parts): due when the bytes left reach
+  // size minus that.
+  const double end = std::floor(c.size * static_cast<double>(c.next_part + 1) / static_cast<double>(c.parts));
+  return c.since + std::max(c.left - (c.size - end), 0.0) / c.rate_used;
+}
+
+void MaxMinNetwork::start_flow_in_parts(const Flow& flow, std::uint32_t parts, Part on_part, Done on_done) {
   MOESIM_ASSERT(static_cast<bool>(on_done), "flow without a completion callback");
+  MOESIM_ASSERT(parts >= 1 && (parts == 1 || static_cast<bool>(on_part)), "a flow in parts without a part callback");
   if (flow.leg == Leg::whole && flow.src == flow.dst) {
+    for (std::uint32_t j = 0; j + 1 < parts; ++j) sim_.schedule_in(sim::Time::zero(), [on_part, j] { on_part(j); });
     // A local copy: done at once, as an event, like the analytical model.
     sim_.schedule_in(sim::Time::zero(), [this, cb = std::move(on_done)]() mutable {
       last_completion_s_ = static_cast<double>(sim_.now().count_ps()) / kPsPerS;
@@ -122,10 +136,11 @@ void MaxMinNetwork::start_flow(const Flow& flow, Done on_done) {
   std::copy(links.begin(), links.end(), hot_[s].links.begin());
   hot_[s].hops = static_cast<std::uint32_t>(links.size());
   const double bytes = static_cast<double>(flow.size.count());
-  cold_[s] = Cold{bytes, bytes, 0.0, 0.0, kInf};
+  cold_[s] = Cold{bytes, bytes, 0.0, 0.0, kInf, parts, 0};
   hot_[s].rate = 0;
   hot_[s].frozen_at = 0;
   done_[s] = std::move(on_done);
+  on_part_[s] = std::move(on_part);
 
   const std::int64_t at = (sim_.now() + latency).count_ps();
   pending_.push_back(Pending{at, start_order_++, s});
@@ -210,6 +225,19 @@ void MaxMinNetwork::wake() {
     const bool act_due = !pending_.empty() && pending_.front().activation_ps <= now_ps;
     if (!done_due && !act_due) break;
     const double t_act = act_due ? static_cast<double>(pending_.front().activation_ps) / kPsPerS : kInf;
+    if (done_due && t_done <= t_act && at_part(due_.front().flow)) {
+      // A part of a flow has arrived: its callback (deferred with the completions), and the
+      // flow's next due time; rates do not change.
+      const std::uint32_t s = due_.front().flow;
+      std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
+      due_.pop_back();
+      completed.emplace_back(t_done, [f = on_part_[s], j = cold_[s].next_part] { f(j); });
+      ++cold_[s].next_part;
+      cold_[s].due_s = next_due(s);
+      due_.push_back(Due{cold_[s].due_s, s, ++version_[s]});
+      std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
+      continue;
+    }
     const double t = std::min(done_due ? t_done : kInf, t_act);
 
     model_time_s_ = std::max(model_time_s_, t);
@@ -222,6 +250,7 @@ void MaxMinNetwork::wake() {
       while (peek_next_finish() < kInf) {
         const Due d = due_.front();
         const Cold& c = cold_[d.flow];
+        if (at_part(d.flow)) break;  // a part's arrival, next round
         if (!(d.t <= t || (d.t - t) * c.rate_used <= kSameInstant * c.size)) break;
         std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
         due_.pop_back();
@@ -233,6 +262,7 @@ void MaxMinNetwork::wake() {
         finish(s, t);
         completed.emplace_back(t, std::move(done_[s]));
         done_[s] = nullptr;
+        on_part_[s] = nullptr;
         free_slots_.push_back(s);
       }
     }
@@ -241,6 +271,8 @@ void MaxMinNetwork::wake() {
       std::pop_heap(pending_.begin(), pending_.end(), LaterActivation{});
       pending_.pop_back();
       if (cold_[s].size <= 0) {  // nothing to send: done when its latency is paid
+        for (std::uint32_t j = 0; j + 1 < cold_[s].parts; ++j) completed.emplace_back(t, [f = on_part_[s], j] { f(j); });
+        on_part_[s] = nullptr;
         completed.emplace_back(t, std::move(done_[s]));
         done_[s] = nullptr;
         free_slots_.push_back(s);
@@ -451,14 +483,14 @@ void MaxMinNetwork::solve(double from_rate) {
     c.left = std::max(c.left - c.rate_used * (t - c.since), 0.0);
     c.since = t;
     c.rate_used = rate;
-    c.finish_s = t + c.left / rate;
-    due_.push_back(Due{c.finish_s, s, ++version_[s]});
+    c.due_s = next_due(s);
+    due_.push_back(Due{c.due_s, s, ++version_[s]});
     std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
   // The heap keeps stale entries until they surface; rebuild it when they dominate.
   if (due_.size() > 4 * active_.size() + 1024) {
     due_.clear();
-    for (const std::uint32_t s : active_) due_.push_back(Due{cold_[s].finish_s, s, version_[s]});
+    for (const std::uint32_t s : active_) due_.push_back(Due{cold_[s].due_s, s, version_[s]});
     std::make_heap(due_.begin(), due_.end(), LaterCompletion{});
   }
 }

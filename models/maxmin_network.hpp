@@ -11,7 +11,9 @@
 // Exactness: the fluid state (bytes left per flow) advances in double-precision seconds from
 // one change to the next, with each completion at its exact (real-valued) time, so rounding the
 // simulator's clock to picoseconds never feeds back into the shares. A flow's callback runs at
-// its completion time rounded up to the picosecond; last_completion_s() gives the exact one.
+// its completion time rounded up to the picosecond; last_completion_s() gives the exact one. A
+// flow in parts has part j arrive when its bytes moved reach the part's last byte, at the rate
+// in force then: the same fluid state, one more due time per part, no re-solve.
 //
 // Speed: changes at one instant (a batch of activations, simultaneous completions) share one
 // re-solve. Each link keeps the list of active flows crossing it (O(1) insert and removal), flow
@@ -38,6 +40,7 @@ class MaxMinNetwork final : public NetworkModel {
   ~MaxMinNetwork() override;
 
   void start_flow(const Flow& flow, Done on_done) override;
+  void start_flow_in_parts(const Flow& flow, std::uint32_t parts, Part on_part, Done on_done) override;
   std::string_view name() const override { return "maxmin"; }
   double last_completion_s() const override { return last_completion_s_; }
 
@@ -97,9 +100,14 @@ class MaxMinNetwork final : public NetworkModel {
     double left;       // bytes left at time `since`
     double since;      // when the flow last got a rate
     double rate_used;  // the rate in force since then
-    double finish_s;   // exact completion under that rate
+    double due_s;      // exact time of its next part's arrival (the last part's: completion) under that rate
+    std::uint32_t parts;      // the flow is delivered in this many parts (1: whole)
+    std::uint32_t next_part;  // the first part not yet arrived
   };
-  struct Due {  // a completion in the heap; stale once the flow's version moves on
+  // The time the flow's next part arrives at its current rate.
+  double next_due(std::uint32_t s) const;
+  bool at_part(std::uint32_t s) const { return cold_[s].next_part + 1 < cold_[s].parts; }
+  struct Due {  // a completion (or a part's arrival) in the heap; stale once the flow's version moves on
     double t;
     std::uint32_t flow;
     std::uint32_t version;
@@ -107,6 +115,7 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<Cold> cold_;
   std::vector<std::uint32_t> active_pos_;
   std::vector<Done> done_;
+  std::vector<Part> on_part_;  // by slot, for flows in parts
   std::vector<std::uint32_t> free_slots_;
   std::vector<std::uint32_t> active_;  // slots of flows in their bandwidth phase
   std::vector<std::uint8_t> is_active_;

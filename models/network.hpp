@@ -47,6 +47,13 @@ class NetworkModel {
   // A whole flow from a GPU to itself is a local copy and completes at once (same time, as an
   // event).
   virtual void start_flow(const Flow& flow, Done on_done) = 0;
+  // The same flow delivered in `parts` consecutive parts (part j ends at byte
+  // floor(size * (j + 1) / parts)): on_part(j) is called when part j < parts - 1 has wholly
+  // arrived, in order, and on_done when the last has. A relay that forwards data as it arrives
+  // (DeepEP's chunked forwarding) starts each part's onward flows from on_part. parts = 1 is
+  // start_flow.
+  using Part = std::function<void(std::uint32_t part)>;
+  virtual void start_flow_in_parts(const Flow& flow, std::uint32_t parts, Part on_part, Done on_done) = 0;
   virtual std::string_view name() const = 0;
   // Inside a completion callback: the flow's exact completion time in seconds (the callback
   // itself runs at that time rounded up to the picosecond).

@@ -839,6 +839,12 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (comm.algorithm != models::AllToAllAlgorithm::low_latency)
         problems.add_at(n->key_path("message_overhead"), "only used with 'all_to_all: low_latency'");
     }
+    if (auto v = n->get<std::int64_t>("forward_chunks", count_at_least(1), false)) {
+      if (*v > 64) problems.add_at(n->key_path("forward_chunks"), fmt::format("must be at most 64, got {}", *v));
+      else comm.forward_chunks = static_cast<std::uint32_t>(*v);
+      if (comm.algorithm != models::AllToAllAlgorithm::hierarchical)
+        problems.add_at(n->key_path("forward_chunks"), "only used with 'all_to_all: hierarchical'");
+    }
     if (auto v = n->get<std::string>("dispatch_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
       comm.dispatch_row_bytes = models::row_bytes(f.model.hidden, dtype_bytes(*v));
     if (auto v = n->get<std::string>("combine_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
@@ -1098,6 +1104,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("network.all_to_all",
                     fmt::format("hierarchical needs EP groups of whole nodes or inside one node; EP {} with {} GPUs per node "
                                 "is neither", ep, gpn));
+  if (sc.forward.all_to_all.forward_chunks > 1 && gpn > 255)
+    problems.add_at("network.forward_chunks", fmt::format("needs at most 255 GPUs per node, got {}", gpn));
   const auto& rt = sc.forward.routing;
   if (rt.distribution == routing::Distribution::hot_ranks) {
     if (m.experts % ep != 0)

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "models/maxmin_network.hpp"
+#include "models/network.hpp"
 #include "sim/simulator.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
@@ -245,5 +247,62 @@ TEST_CASE("Max-min completion times match a brute-force reference on random flow
       const double dur = want[i] - flows[i].start_us * 1e-6;
       REQUIRE(std::abs(got.end_s[i] - want[i]) <= 1e-9 * std::max(dur, 1e-12));
     }
+  }
+}
+
+TEST_CASE("A flow in parts reports each part when its last byte arrives, at the rates in force", "[models][maxmin]") {
+  // A: 1 MB from GPU 0 to 1 in 4 parts, active at 2 us, alone at 100 GB/s until B (started at
+  // 4 us) is active at 6 us: part 0 (250 kB) at 4.5 us; 0.4 MB moved by 6 us; then 50 GB/s:
+  // part 1 (500 kB) at 6 + 0.1 MB / 50 GB/s = 8 us, part 2 (750 kB) at 13 us, the whole at 18 us.
+  // Parts do not re-solve: the solves are those of the same flows without parts.
+  const Cluster c(one_node(4));
+  for (const bool maxmin : {true, false}) {
+    sim::Simulator sim;
+    std::unique_ptr<models::NetworkModel> net = models::make_network_model(maxmin ? "maxmin" : "analytical", sim, c);
+    std::vector<std::pair<std::uint32_t, double>> parts;
+    double a_end = -1, b_end = -1;
+    sim.schedule_at(sim::Time::zero(), [&] {
+      net->start_flow_in_parts(
+          Flow{gpu(0), gpu(1), sim::Bytes(1'000'000)}, 4,
+          [&](std::uint32_t j) {
+            parts.emplace_back(j, net->last_completion_s());
+            CHECK(std::abs(static_cast<double>(sim.now().count_ps()) - net->last_completion_s() * 1e12) < 1.0);
+          },
+          [&] { a_end = net->last_completion_s(); });
+    });
+    sim.schedule_at(sim::Time::us(4), [&] {
+      net->start_flow(Flow{gpu(0), gpu(2), sim::Bytes(1'000'000)}, [&] { b_end = net->last_completion_s(); });
+    });
+    sim.run();
+    REQUIRE(parts.size() == 3);
+    for (std::uint32_t j = 0; j < 3; ++j) CHECK(parts[j].first == j);
+    if (maxmin) {
+      CHECK(us(parts[0].second) == Approx(4.5).epsilon(1e-12));
+      CHECK(us(parts[1].second) == Approx(8.0).epsilon(1e-12));
+      CHECK(us(parts[2].second) == Approx(13.0).epsilon(1e-12));
+      CHECK(us(a_end) == Approx(18.0).epsilon(1e-12));
+      CHECK(us(b_end) == Approx(22.0).epsilon(1e-12));
+      CHECK(static_cast<MaxMinNetwork&>(*net).solves() == run_flows(c, {{0, 1, 1'000'000, 0}, {0, 2, 1'000'000, 4}}).solves);
+    } else {  // no contention: 2 us + bytes / 100 GB/s for each part
+      CHECK(us(parts[0].second) == Approx(4.5).epsilon(1e-12));
+      CHECK(us(parts[1].second) == Approx(7.0).epsilon(1e-12));
+      CHECK(us(parts[2].second) == Approx(9.5).epsilon(1e-12));
+      CHECK(us(a_end) == Approx(12.0).epsilon(1e-12));
+    }
+  }
+  // Empty and local flows deliver every part at once, in order, before the whole.
+  for (const bool maxmin : {true, false}) {
+    sim::Simulator sim;
+    std::unique_ptr<models::NetworkModel> net = models::make_network_model(maxmin ? "maxmin" : "analytical", sim, c);
+    std::vector<int> order;
+    net->start_flow_in_parts(Flow{gpu(0), gpu(1), sim::Bytes(0)}, 3, [&](std::uint32_t j) { order.push_back(static_cast<int>(j)); },
+                             [&] { order.push_back(9); });
+    net->start_flow_in_parts(Flow{gpu(2), gpu(2), sim::Bytes(500)}, 2, [&](std::uint32_t j) { order.push_back(10 + static_cast<int>(j)); },
+                             [&] { order.push_back(19); });
+    sim.run();
+    CHECK(order.size() == 5);
+    CHECK(std::find(order.begin(), order.end(), 0) < std::find(order.begin(), order.end(), 1));
+    CHECK(std::find(order.begin(), order.end(), 1) < std::find(order.begin(), order.end(), 9));
+    CHECK(std::find(order.begin(), order.end(), 10) < std::find(order.begin(), order.end(), 19));
   }
 }

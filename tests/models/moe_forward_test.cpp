@@ -371,6 +371,47 @@ compute: {flops_efficiency: 1, memory_efficiency: 1}
   CHECK(hier.stats.step_time() - direct.stats.step_time() == Time::ps(67'440'000 + 87'920'000 - 2 * 85'920'000));
 }
 
+TEST_CASE("Hierarchical all-to-all forwarding in chunks matches the hand derivation exactly", "[models][forward][all_to_all]") {
+  // The 2 x 2 cluster above with network.forward_chunks: 2 (and 4, which changes nothing here but
+  // the chunks' count: every scale-out flow is 1000 rows).
+  // dispatch: part 0 of the 2,048,000 B scale-out flow (half) reaches the forwarding GPU after
+  //   4 us + 1,024,000 B at 50 GB/s = 24.48 us; it forwards those 500 rows at once (2 us +
+  //   10.24 us, alone on its NVLink port: its own flow to its peer ended at 22.48 us), done at
+  //   36.72 us; part 1 arrives at 44.96 us and its 500 rows at 44.96 + 12.24 = 57.2 us (was
+  //   67.44 us storing the whole flow first).
+  // combine: a GPU's two flows to its peer share its NVLink port (50 GB/s each); part 0 of the
+  //   one the peer forwards arrives after 2 + 20.48 = 22.48 us, and the peer sends chunk 0 (500
+  //   reduced rows) over the network: 4 us + 20.48 us, done at 46.96 us; part 1 arrives at
+  //   42.96 us, chunk 1 is active from 46.96 us, when chunk 0 leaves the NIC: done at 67.44 us
+  //   (was 87.92 us).
+  const std::string base = R"(
+cluster:
+  nodes: 2
+  gpus_per_node: 2
+  gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}
+  node: {nvlink_latency: 1us, pcie_bandwidth: 100GB/s, pcie_latency: 1us}
+  scale_out: {nic_bandwidth: 400Gbps, link_latency: 1us, nodes_per_leaf: 2}
+model: {moe_layers: 1, hidden: 1024, expert_ffn: 1024, experts: 4, top_k: 4, attention_heads: 8}
+parallelism: {ep: 4}
+workload: {tokens_per_gpu: 1000, sequence_length: 1000}
+compute: {flops_efficiency: 1, memory_efficiency: 1}
+)";
+  const auto two = scenarios::run_experiment(
+      scenarios::load_scenario_text(base + "network: {all_to_all: hierarchical, forward_chunks: 2}\n", "h2.yaml"));
+  for (const auto& g : two.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(57'200'000));
+    CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(67'440'000));
+  }
+  CHECK(two.stats.layers()[0].scale_out_bytes == 2 * 4 * 2'048'000);
+  // Dispatch: 4 local + 4 scale-out + 4 x 2 forwarded; combine: 4 local + 4 to a relay + 4 x 2 out.
+  CHECK(two.stats.layers()[0].flows == 32);
+  const auto four = scenarios::run_experiment(
+      scenarios::load_scenario_text(base + "network: {all_to_all: hierarchical, forward_chunks: 4}\n", "h4.yaml"));
+  CHECK(four.stats.layers()[0].flows == 48);
+  CHECK(four.stats.layers()[0].scale_out_bytes == 2 * 4 * 2'048'000);
+  CHECK(four.stats.step_time() < two.stats.step_time());
+}
+
 TEST_CASE("Hierarchical all-to-all never sends more across nodes than direct", "[models][forward][all_to_all]") {
   sim::Rng pick(31, "test/hierarchical");
   for (int trial = 0; trial < 12; ++trial) {
@@ -860,7 +901,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -934,7 +975,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
       recompute = fmt::format("recompute: selective, recompute_modules: [layernorm, moe_act{}], {}",
                               attention.empty() ? "" : ", mla_up_proj",
                               gemms.find("fp8") == std::string::npos ? "" : "activation_dtype: fp8, ");
-    const std::string yaml = fmt::format(R"(
+    std::string yaml = fmt::format(R"(
 cluster: {{nodes: {}, gpus_per_node: {}, gpu: {}, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: {}, hidden: 256, expert_ffn: 512, experts: {}, top_k: {}, attention_heads: 4, shared_experts: {}, dense_layers: {}, dense_ffn: 512{}{}{}}}
 parallelism: {{ep: {}, pp: {}, tp: {}{}}}
@@ -951,6 +992,12 @@ output: {{timeline: off}}
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)],
         kind == "training" && trial % 2 ? ", gradient_dispatch_dtype: fp8" : "", gemms);
+    // Every other hierarchical trial forwards in chunks (by the trial: the draws stay).
+    const std::string hier = "all_to_all: hierarchical";
+    if (const auto at = yaml.find(hier); at != std::string::npos && trial % 2 == 0) {
+      yaml.insert(at + hier.size(), ", forward_chunks: 3");
+      ++chunked_trials;
+    }
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -974,6 +1021,7 @@ output: {{timeline: off}}
     CHECK(routed == computed + dropped);
   }
   CHECK(fp4_trials >= 4);  // the draws above give some FP4 inference trials
+  CHECK(chunked_trials >= 4);  // and some hierarchical ones forwarding in chunks
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {

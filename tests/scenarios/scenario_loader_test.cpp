@@ -983,3 +983,13 @@ TEST_CASE("DualPipe needs an even number of stages and micro-batches, one chunk 
   CHECK_THAT(error_of(dp("2", "  micro_batches: 4\n  gradient_sync: ring\n  overlap: two_batch\n")),
              Catch::Contains("workload.overlap: two_batch with pipeline_schedule: dualpipe is not modelled"));
 }
+
+TEST_CASE("network.forward_chunks is checked", "[scenarios]") {
+  const std::string hier = kBase + "network:\n  all_to_all: hierarchical\n";
+  CHECK(load_scenario_text(hier, "s.yaml").forward.all_to_all.forward_chunks == 1);
+  CHECK(load_scenario_text(hier + "  forward_chunks: 16\n", "s.yaml").forward.all_to_all.forward_chunks == 16);
+  CHECK(error_of(hier + "  forward_chunks: 0\n") == "s.yaml:22:19: network.forward_chunks: must be at least 1, got 0");
+  CHECK(error_of(hier + "  forward_chunks: 65\n") == "s.yaml:22:19: network.forward_chunks: must be at most 64, got 65");
+  CHECK(error_of(kBase + "network:\n  forward_chunks: 4\n") ==
+        "s.yaml:21:19: network.forward_chunks: only used with 'all_to_all: hierarchical'");
+}
