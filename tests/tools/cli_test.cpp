@@ -594,6 +594,43 @@ TEST_CASE("timeline.json holds every stage and flow, and can be switched off", "
   CHECK(busy_json == Approx(busy_csv).margin(1e-5 * static_cast<double>(links_busy)));
 }
 
+TEST_CASE("The DeepEP validation scenarios reproduce docs/validation.md", "[cli][validation]") {
+  TempDir tmp;
+  const std::string v = "'" + kSource + "/scenarios/validation/";
+  // Mean per-GPU waits (layers.csv) for one dispatch and one combine, as the tables give them
+  // to 0.1 us: normal kernels by default, forwarding in 16 chunks, and with NVLink at 160 GB/s too.
+  struct Case {
+    const char* file;
+    double dispatch_us, combine_us;
+  };
+  const std::string one = " --set cluster.nodes=1 --set cluster.scale_out=null --set parallelism.ep=8";
+  const std::string two = " --set cluster.nodes=2 --set parallelism.ep=16";
+  const std::string chunks = " --set network.forward_chunks=16", nvlink = " --set cluster.node.nvlink_bandwidth=160GB/s";
+  const std::vector<std::pair<std::string, Case>> cases = {
+      {one, {"deepep-normal.yaml", 703.1, 1366.8}},
+      {one + nvlink, {"deepep-normal.yaml", 878.8, 1709.2}},
+      {two, {"deepep-normal.yaml", 1043.2, 2858.8}},
+      {two + chunks, {"deepep-normal.yaml", 873.5, 1774.3}},
+      {two + chunks + nvlink, {"deepep-normal.yaml", 1094.5, 2191.5}},
+      {"", {"deepep-normal.yaml", 2384.8, 5078.7}},
+      {chunks, {"deepep-normal.yaml", 1698.2, 3323.7}},
+      {chunks + nvlink, {"deepep-normal.yaml", 1709.6, 3356.0}},
+      {one, {"deepep-low-latency.yaml", 34.5, 67.8}},
+      {one + nvlink, {"deepep-low-latency.yaml", 43.0, 85.1}},
+      {"", {"deepep-low-latency.yaml", 81.5, 155.5}},
+      {" --set cluster.nodes=4 --set parallelism.ep=32", {"deepep-low-latency.yaml", 122.9, 269.7}},
+  };
+  int i = 0;
+  for (const auto& [sets, c] : cases) {
+    const auto out = tmp.path() / std::to_string(i++);
+    INFO(c.file << sets);
+    REQUIRE(moesim("run " + v + c.file + "'" + sets + " -q --out '" + out.string() + "'", tmp).code == 0);
+    const auto layer = summary_row(out / "layers.csv");
+    CHECK(std::stod(layer.at("dispatch_wait_mean_us")) == Approx(c.dispatch_us).margin(0.05));
+    CHECK(std::stod(layer.at("combine_wait_mean_us")) == Approx(c.combine_us).margin(0.05));
+  }
+}
+
 TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][validation]") {
   TempDir tmp;
   const std::string v = "'" + kSource + "/scenarios/validation/";
