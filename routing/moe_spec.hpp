@@ -140,6 +140,9 @@ enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trac
 // gate weight (gate), or use GShard's fixed-shape dispatch with padding (pad). See dispatch_plan.hpp.
 enum class DropPolicy { position, gate, pad };
 
+// Group-limited routing: how a token's groups are chosen (routing/token_router.hpp).
+enum class GroupChoice { draw, best_expert, best_two };
+
 struct RoutingTrace;  // routing/traces.hpp
 
 // Token -> expert routing law (routing/token_router.hpp documents every generator).
@@ -158,6 +161,7 @@ struct RoutingSpec {
   double layer_correlation = 0;           // chance a token keeps its popularity rank at l+1
   int groups = 1;                         // contiguous expert groups, for max_groups
   int max_groups = 0;                     // > 0: a token's experts span at most this many groups
+  GroupChoice group_choice = GroupChoice::draw;  // how a token's max_groups groups are chosen
   std::optional<double> capacity_factor;  // nullopt: dropless
   DropPolicy drop_policy = DropPolicy::position;
   std::shared_ptr<const RoutingTrace> trace;  // distribution == trace

@@ -4,12 +4,59 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <span>
 #include <numeric>
 
 #include "sim/assert.hpp"
 #include "sim/parallel.hpp"
 
 namespace moesim::routing {
+
+namespace {
+
+// Group-limited routing from scores (group_choice best_expert or best_two): every expert scores
+// log(weight) + Gumbel(0, 1), drawn as -log of a unit exponential; groups score their best
+// expert or their best two summed; the token takes the k best experts of the best `max_groups`
+// groups, the best first (ties: lower id).
+void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int group_size, int max_groups, bool best_two,
+                     std::vector<double>& key, std::vector<int>& order, std::vector<int>& candidates, std::span<int> chosen) {
+  const int experts = static_cast<int>(log_weight.size());
+  const int groups = experts / group_size;
+  constexpr double kNone = -std::numeric_limits<double>::infinity();
+  for (int e = 0; e < experts; ++e) key[static_cast<std::size_t>(e)] = log_weight[static_cast<std::size_t>(e)] - std::log(rng.exponential(1.0));
+  std::vector<double>& group_score = key;  // scratch past the experts' keys
+  for (int g = 0; g < groups; ++g) {
+    double first = kNone, second = kNone;
+    for (int e = g * group_size; e < (g + 1) * group_size; ++e) {
+      const double x = key[static_cast<std::size_t>(e)];
+      if (x > first) {
+        second = first;
+        first = x;
+      } else if (x > second) {
+        second = x;
+      }
+    }
+    group_score[static_cast<std::size_t>(experts + g)] = best_two ? first + second : first;
+  }
+  const auto better = [&](int a, int b) {
+    const double x = key[static_cast<std::size_t>(a)], y = key[static_cast<std::size_t>(b)];
+    return x != y ? x > y : a < b;
+  };
+  order.resize(static_cast<std::size_t>(groups));
+  for (int g = 0; g < groups; ++g) order[static_cast<std::size_t>(g)] = experts + g;
+  std::partial_sort(order.begin(), order.begin() + max_groups, order.end(), better);
+  candidates.clear();
+  for (int i = 0; i < max_groups; ++i) {
+    const int g = order[static_cast<std::size_t>(i)] - experts;
+    for (int e = g * group_size; e < (g + 1) * group_size; ++e) candidates.push_back(e);
+  }
+  const auto k = static_cast<std::ptrdiff_t>(chosen.size());
+  std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(), better);
+  std::copy(candidates.begin(), candidates.begin() + k, chosen.begin());
+}
+
+}  // namespace
 
 TokenRouter::TokenRouter(const MoeModelSpec& model, const RoutingSpec& spec, int ep, std::uint64_t seed, bool gates)
     : model_(model), spec_(spec), ep_(ep), seed_(seed), gates_(gates) {
@@ -84,6 +131,13 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
       gw[static_cast<std::size_t>(e / group_size)] += sampler->weights()[static_cast<std::size_t>(e)];
     group_sampler.emplace(std::move(gw));
   }
+  const bool by_scores = spec_.max_groups > 0 && spec_.group_choice != GroupChoice::draw;
+  std::vector<double> log_weight, key;
+  std::vector<int> order, candidates;
+  if (by_scores) {
+    for (const double w : sampler->weights()) log_weight.push_back(w > 0 ? std::log(w) : -std::numeric_limits<double>::infinity());
+    key.resize(log_weight.size() + static_cast<std::size_t>(spec_.groups));
+  }
   const bool correlated = spec_.layer_correlation > 0 && layer > 0;
   MOESIM_ASSERT(!correlated || (previous && previous->top_k == k && previous->tokens() == out.tokens()),
                 "correlated routing needs the previous layer's batch");
@@ -102,6 +156,11 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
       const std::span<int> chosen(out.experts.data() + at, static_cast<std::size_t>(k));
       if (!group_sampler && !correlated) {
         sampler->sample_top_k(rng, chosen);
+        continue;
+      }
+      if (by_scores) {
+        route_by_scores(rng, log_weight, group_size, spec_.max_groups, spec_.group_choice == GroupChoice::best_two, key, order,
+                        candidates, chosen);
         continue;
       }
       std::uint64_t mask = ~std::uint64_t{0};

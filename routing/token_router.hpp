@@ -13,6 +13,14 @@
 //                               and its k experts only inside them, as DeepSeek-V3's
 //                               group-limited routing does (with contiguous placement and one group
 //                               per node, its experts span at most M nodes);
+//   group_choice                how those M groups are chosen: `draw` (above), or from scores as
+//                               a router does: each expert scores log(w) + Gumbel noise (so that
+//                               the top k of all experts would be a draw of k by weight without
+//                               replacement, the Gumbel-top-k trick), a group scores its best
+//                               expert (`best_expert`, DeepSeek-V2 and DeepEP's benchmark) or its
+//                               best two summed (`best_two`, DeepSeek-V3), the M best groups are
+//                               chosen and the token takes the k best experts in them, so it
+//                               reaches more of its M groups than a draw within them does;
 //   layer_correlation rho       at layer l > 0, each of the token's k choices keeps, with
 //                               probability rho, the popularity rank of the token's choice in the
 //                               same position at layer l - 1 (the expert of that rank at layer

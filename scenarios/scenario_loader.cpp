@@ -734,6 +734,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(r->key_path("groups"), "only used with routing.max_groups");
     }
     if (groups && *groups > 64) problems.add_at(r->key_path("groups"), fmt::format("at most 64 groups, got {}", *groups));
+    if (auto v = r->get<std::string>("group_choice", one_of({"draw", "best_expert", "best_two"}), false)) {
+      rt.group_choice = *v == "best_expert" ? routing::GroupChoice::best_expert
+                        : *v == "best_two"  ? routing::GroupChoice::best_two
+                                            : routing::GroupChoice::draw;
+      if (!max_groups) problems.add_at(r->key_path("group_choice"), "only used with routing.max_groups");
+      if (rt.group_choice != routing::GroupChoice::draw && rt.layer_correlation > 0)
+        problems.add_at(r->key_path("group_choice"), "only 'draw' is used with routing.layer_correlation");
+    }
     if (auto v = r->get<std::string>("capacity_factor", [](const std::string& t) {
           if (t == "dropless") return t;
           const double c = sim::parse_number(t);  // throws "expected a number like '1.25'"

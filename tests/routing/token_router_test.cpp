@@ -181,6 +181,49 @@ TEST_CASE("Group-limited routing keeps each token inside its groups", "[routing]
   CHECK(groups_used.size() == 8);
 }
 
+TEST_CASE("Groups chosen by scores are reached more often, and without a limit scores draw by weight", "[routing][stats]") {
+  // 256 experts of uniform weight in 8 groups, 4 allowed, top 8. Drawn groups: the 8 experts are
+  // a uniform 8 of the 128 in them, reaching 4 (1 - C(96, 8) / C(128, 8)) = 3.629 groups on
+  // average; chosen by their best experts' scores, the 4 groups hold 4 of the top scores, so a
+  // token reaches nearly all 4 (DeepEP's benchmark routing: 3.985).
+  RoutingSpec r;
+  r.groups = 8;
+  r.max_groups = 4;
+  auto mean_groups = [&](GroupChoice choice) {
+    r.group_choice = choice;
+    const auto b = route(model(256, 8), r, 8, 2500);
+    double reached = 0;
+    for (std::int64_t t = 0; t < b.tokens(); ++t) {
+      std::set<int> g, e;
+      for (int j = 0; j < 8; ++j) {
+        const int x = b.experts[static_cast<std::size_t>(t * 8 + j)];
+        g.insert(x / 32);
+        e.insert(x);
+      }
+      REQUIRE(g.size() <= 4);
+      REQUIRE(e.size() == 8);
+      reached += static_cast<double>(g.size());
+    }
+    return reached / static_cast<double>(b.tokens());
+  };
+  CHECK(mean_groups(GroupChoice::draw) == Approx(3.629).margin(0.01));
+  CHECK(mean_groups(GroupChoice::best_expert) == Approx(3.985).margin(0.01));
+  const double two = mean_groups(GroupChoice::best_two);
+  CHECK(two > 3.9);
+  CHECK(two < 3.99);
+  // Every group allowed: log(w) + Gumbel scores' top k is a draw of k without replacement by
+  // weight, so the experts' frequencies match the draw's.
+  r.distribution = Distribution::zipf;
+  r.zipf_s = 1.2;
+  r.groups = 4;
+  r.max_groups = 4;
+  r.group_choice = GroupChoice::draw;
+  const auto drawn = counts_of(route(model(16, 4), r, 2, 25'000), 16);
+  r.group_choice = GroupChoice::best_expert;
+  const auto scored = counts_of(route(model(16, 4), r, 2, 25'000), 16);
+  for (std::size_t e = 0; e < 16; ++e) CHECK(scored[e] / 200'000 == Approx(drawn[e] / 200'000).margin(0.005));
+}
+
 TEST_CASE("Layer correlation keeps popularity ranks and each layer's law", "[routing][stats]") {
   RoutingSpec r;
   r.distribution = Distribution::zipf;

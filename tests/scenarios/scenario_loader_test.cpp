@@ -497,6 +497,13 @@ TEST_CASE("Routing generators' keys are read and checked", "[scenarios][routing]
   CHECK(gl.forward.routing.max_groups == 2);
   CHECK_THAT(error_of(kBase + "  max_groups: 2\n"), Catch::Contains("routing.max_groups: needs routing.groups"));
   CHECK_THAT(error_of(kBase + "  groups: 4\n"), Catch::Contains("routing.groups: only used with routing.max_groups"));
+  CHECK(load_scenario_text(kBase + "  groups: 4\n  max_groups: 2\n  group_choice: best_two\n", "s.yaml").forward.routing.group_choice ==
+        moesim::routing::GroupChoice::best_two);
+  CHECK_THAT(error_of(kBase + "  group_choice: best_expert\n"), Catch::Contains("routing.group_choice: only used with routing.max_groups"));
+  CHECK_THAT(error_of(kBase + "  groups: 4\n  max_groups: 2\n  layer_correlation: 0.5\n  group_choice: best_expert\n"),
+             Catch::Contains("routing.group_choice: only 'draw' is used with routing.layer_correlation"));
+  CHECK_THAT(error_of(kBase + "  groups: 4\n  max_groups: 2\n  group_choice: best_tow\n"),
+             Catch::Contains("did you mean 'best_two'?"));
   CHECK_THAT(error_of(kBase + "  groups: 3\n  max_groups: 2\n"), Catch::Contains("experts (8) do not divide into 3 groups"));
   CHECK_THAT(error_of(kBase + "  groups: 8\n  max_groups: 1\n"),
              Catch::Contains("1 groups of 1 experts hold fewer than top_k = 2 experts"));

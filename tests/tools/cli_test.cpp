@@ -607,14 +607,15 @@ TEST_CASE("The DeepEP validation scenarios reproduce docs/validation.md", "[cli]
   const std::string two = " --set cluster.nodes=2 --set parallelism.ep=16";
   const std::string chunks = " --set network.forward_chunks=16", nvlink = " --set cluster.node.nvlink_bandwidth=160GB/s";
   const std::vector<std::pair<std::string, Case>> cases = {
-      {one, {"deepep-normal.yaml", 703.1, 1366.8}},
-      {one + nvlink, {"deepep-normal.yaml", 878.8, 1709.2}},
-      {two, {"deepep-normal.yaml", 1043.2, 2858.8}},
-      {two + chunks, {"deepep-normal.yaml", 873.5, 1774.3}},
-      {two + chunks + nvlink, {"deepep-normal.yaml", 1094.5, 2191.5}},
-      {"", {"deepep-normal.yaml", 2384.8, 5078.7}},
-      {chunks, {"deepep-normal.yaml", 1698.2, 3323.7}},
-      {chunks + nvlink, {"deepep-normal.yaml", 1709.6, 3356.0}},
+      {one, {"deepep-normal.yaml", 703.8, 1371.7}},
+      {one + nvlink, {"deepep-normal.yaml", 880.1, 1717.7}},
+      {two, {"deepep-normal.yaml", 1041.6, 2851.6}},
+      {two + chunks, {"deepep-normal.yaml", 868.0, 1764.9}},
+      {two + chunks + nvlink, {"deepep-normal.yaml", 1086.6, 2180.0}},
+      {"", {"deepep-normal.yaml", 2380.5, 5073.3}},
+      {chunks, {"deepep-normal.yaml", 1695.2, 3321.9}},
+      {chunks + nvlink, {"deepep-normal.yaml", 1706.8, 3354.5}},
+      {" --set cluster.nodes=8 --set parallelism.ep=64 --set routing.groups=8", {"deepep-normal.yaml", 2994.8, 6087.7}},
       {one, {"deepep-low-latency.yaml", 34.5, 67.8}},
       {one + nvlink, {"deepep-low-latency.yaml", 43.0, 85.1}},
       {"", {"deepep-low-latency.yaml", 81.5, 155.5}},
