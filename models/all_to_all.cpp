@@ -54,20 +54,19 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
                            static_cast<std::size_t>(p.node_of_rank[static_cast<std::size_t>(d)])];
     }
   if (spec_.forward_chunks <= 1) return;
-  MOESIM_ASSERT(spec_.forward_chunks <= 255 && gpn <= 255, "too many forwarding chunks or GPUs per node");
-  const std::size_t k = spec_.forward_chunks;
-  relay_part_pending_.assign(relay_pending_.size() * k, 0);
-  relay_chunks_pending_.assign(relay_pending_.size(), 0);
-  fwd_pending_.assign(static_cast<std::size_t>(count) * static_cast<std::size_t>(gpus) * static_cast<std::size_t>(ep), 0);
-  for (std::size_t i = 0; i < relay_pending_.size(); ++i) {
-    if (relay_pending_[i] == 0) continue;
-    const std::size_t node = i % static_cast<std::size_t>(nodes), g = i / static_cast<std::size_t>(nodes) % static_cast<std::size_t>(gpus);
-    const std::size_t l = i / static_cast<std::size_t>(nodes) / static_cast<std::size_t>(gpus);
-    const auto& p = plan(static_cast<int>(l), static_cast<int>(g));
-    const std::uint32_t parts = chunks(p.node_sends[(g % static_cast<std::size_t>(ep)) * static_cast<std::size_t>(nodes) + node]);
-    relay_chunks_pending_[i] = static_cast<std::uint8_t>(parts);
-    for (std::size_t j = 0; j < parts; ++j) relay_part_pending_[i * k + j] = static_cast<std::uint8_t>(relay_pending_[i]);
+  MOESIM_ASSERT(spec_.forward_chunks <= 254 && gpn <= 255, "too many forwarding chunks or GPUs per node");
+  forwards_.width = static_cast<std::size_t>(gpn) + 1;
+  relays_.width = static_cast<std::size_t>(spec_.forward_chunks) + 1;
+}
+
+std::uint32_t AllToAll::CounterPool::take() {
+  if (!free.empty()) {
+    const std::uint32_t b = free.back();
+    free.pop_back();
+    return b;
   }
+  counters.resize(counters.size() + width, 0);
+  return static_cast<std::uint32_t>(counters.size() / width - 1);
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
@@ -154,28 +153,33 @@ void AllToAll::dispatch_hierarchical(int pass, int gpu) {
     if (b == node(r) || rows == 0) continue;
     const int relay = first + b * gpn + gpu % gpn;  // node b's GPU on the sender's rail
     const std::uint32_t parts = chunks(rows);
-    if (parts > 1)  // each onward flow's chunks still to arrive
+    std::uint32_t block = 0;
+    if (parts > 1) {  // each GPU's chunks still to arrive, and how many GPUs wait for them
+      block = forwards_.take();
+      std::uint8_t* left = forwards_.at(block);
+      std::fill(left, left + gpn + 1, std::uint8_t{0});
       for (int d = 0; d < ep_; ++d) {
         const std::int64_t fwd = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
-        if (d != relay % ep_ && fwd > 0 && node(d) == b)
-          fwd_pending_[(static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
-                        static_cast<std::size_t>(gpu)) *
-                           static_cast<std::size_t>(ep_) +
-                       static_cast<std::size_t>(d)] = static_cast<std::uint8_t>(std::min<std::int64_t>(fwd, parts));
+        if (d == relay % ep_ || fwd == 0 || node(d) != b) continue;
+        left[(first + d) % gpn] = static_cast<std::uint8_t>(std::min<std::int64_t>(fwd, parts));
+        ++left[gpn];
       }
+      if (left[gpn] == 0) forwards_.give(block);
+    }
     start(
         pass, Phase::dispatch, gpu, relay, rows,
-        [this, pass, gpu, relay, parts] {
+        [this, pass, gpu, relay, parts, block] {
           const auto& q = plan(pass, gpu);
           if (q.token_sends[static_cast<std::size_t>((gpu % ep_) * ep_ + relay % ep_)] > 0) arrived_(pass, Phase::dispatch, relay);
-          forward_chunk(pass, gpu, relay, parts - 1, parts);
+          forward_chunk(pass, gpu, relay, parts - 1, parts, block);
         },
-        parts, [this, pass, gpu, relay, parts](std::uint32_t j) { forward_chunk(pass, gpu, relay, j, parts); });
+        parts, [this, pass, gpu, relay, parts, block](std::uint32_t j) { forward_chunk(pass, gpu, relay, j, parts, block); });
   }
 }
 
-void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts) {
+void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts, std::uint32_t block) {
   const auto& q = plan(pass, src);
+  const int gpn = cluster_.spec().gpus_per_node;
   const int s = src % ep_, rr = relay % ep_, f = src - s;
   const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
   for (int d = 0; d < ep_; ++d) {
@@ -188,13 +192,12 @@ void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std:
     }
     const std::int64_t rows = fwd * (j + 1) / parts - fwd * j / parts;
     if (rows == 0) continue;
-    const std::size_t at =
-        (static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) + static_cast<std::size_t>(src)) *
-            static_cast<std::size_t>(ep_) +
-        static_cast<std::size_t>(d);
-    start(pass, Phase::dispatch, relay, dst, rows, [this, pass, dst, at] {
-      MOESIM_ASSERT(fwd_pending_[at] > 0, "a forwarded chunk nobody waits for");
-      if (--fwd_pending_[at] == 0) arrived_(pass, Phase::dispatch, dst);
+    start(pass, Phase::dispatch, relay, dst, rows, [this, pass, dst, block, gpn] {
+      std::uint8_t* left = forwards_.at(block);
+      MOESIM_ASSERT(left[dst % gpn] > 0, "a forwarded chunk nobody waits for");
+      if (--left[dst % gpn] > 0) return;
+      arrived_(pass, Phase::dispatch, dst);
+      if (--left[gpn] == 0) forwards_.give(block);
     });
   }
 }
@@ -241,12 +244,24 @@ void AllToAll::relay_part(int pass, int relay, int src, std::uint32_t j) {
     start(pass, Phase::combine, relay, src, rows, [this, pass, src] { arrived_(pass, Phase::combine, src); });
     return;
   }
-  auto& left = relay_part_pending_[at * spec_.forward_chunks + j];
+  std::int32_t& slot = relay_pending_[at];
+  if (slot > 0) {  // the first contribution: every part waits for every contributor
+    const std::uint32_t block = relays_.take();
+    std::uint8_t* c = relays_.at(block);
+    for (std::uint32_t i = 0; i < parts; ++i) c[i] = static_cast<std::uint8_t>(slot);
+    c[spec_.forward_chunks] = static_cast<std::uint8_t>(parts);
+    slot = -static_cast<std::int32_t>(block) - 1;
+  }
+  const auto block = static_cast<std::uint32_t>(-slot - 1);
+  std::uint8_t& left = relays_.at(block)[j];
   MOESIM_ASSERT(left > 0, "a combine contribution nobody waits for");
   if (--left > 0) return;
-  start(pass, Phase::combine, relay, src, rows * (j + 1) / parts - rows * j / parts, [this, pass, src, at] {
-    MOESIM_ASSERT(relay_chunks_pending_[at] > 0, "a combine chunk nobody waits for");
-    if (--relay_chunks_pending_[at] == 0) arrived_(pass, Phase::combine, src);
+  start(pass, Phase::combine, relay, src, rows * (j + 1) / parts - rows * j / parts, [this, pass, src, block] {
+    std::uint8_t& chunks_left = relays_.at(block)[spec_.forward_chunks];
+    MOESIM_ASSERT(chunks_left > 0, "a combine chunk nobody waits for");
+    if (--chunks_left > 0) return;
+    relays_.give(block);
+    arrived_(pass, Phase::combine, src);
   });
 }
 

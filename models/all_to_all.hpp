@@ -108,8 +108,9 @@ class AllToAll {
   void start(int pass, Phase phase, int src, int dst, std::int64_t rows, sim::Callback done,
              std::uint32_t parts = 1, NetworkModel::Part on_part = nullptr);
   void dispatch_hierarchical(int pass, int gpu);
-  // Chunk j of parts of src's scale-out flow reached the relay: forward its share to the node.
-  void forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts);
+  // Chunk j of parts of src's scale-out flow reached the relay: forward its share to the node
+  // (block: its counters in forwards_).
+  void forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts, std::uint32_t block);
   void combine_hierarchical(int pass, int gpu);
   // Part j of one GPU's combine rows for src reached the relay (parts: the relay's chunks).
   void relay_part(int pass, int relay, int src, std::uint32_t j);
@@ -129,11 +130,21 @@ class AllToAll {
   Arrived arrived_;
   // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]
   std::vector<std::int32_t> relay_pending_;
-  // With chunks (forward_chunks > 1): the same per chunk, [((pass * gpus + src) * nodes + node) *
-  // forward_chunks + chunk], and the chunks still to reach src, [(pass * gpus + src) * nodes + node];
-  // in the dispatch, the forwarded chunks still to reach each destination, [(pass * gpus + src) * ep + rank].
-  std::vector<std::uint8_t> relay_part_pending_, fwd_pending_;
-  std::vector<std::uint8_t> relay_chunks_pending_;
+  // With chunks (forward_chunks > 1), counters of the transfers in flight, in blocks reused once
+  // released: in the dispatch, per scale-out flow, the chunks still to reach each GPU of the
+  // node (by its index there) and then how many of those GPUs wait; in the combine, per relay
+  // and source, the contributors still to deliver each part and then the chunks still to reach
+  // the source (the block is made at the first contribution; relay_pending_ then holds
+  // -(block + 1)).
+  struct CounterPool {
+    std::size_t width = 0;
+    std::vector<std::uint8_t> counters;
+    std::vector<std::uint32_t> free;
+    std::uint32_t take();
+    std::uint8_t* at(std::uint32_t block) { return counters.data() + block * width; }
+    void give(std::uint32_t block) { free.push_back(block); }
+  };
+  CounterPool forwards_, relays_;
 };
 
 }  // namespace moesim::models
