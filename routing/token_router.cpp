@@ -15,12 +15,12 @@ namespace moesim::routing {
 
 namespace {
 
-// Group-limited routing from scores (group_choice best_expert or best_two): every expert scores
-// log(weight) + Gumbel(0, 1), drawn as -log of a unit exponential; groups score their best
-// expert or their best two summed; the token takes the k best experts of the best `max_groups`
-// groups, the best first (ties: lower id).
-void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int group_size, int max_groups, bool best_two,
-                     std::vector<double>& key, std::vector<int>& order, std::vector<int>& candidates, std::span<int> chosen) {
+// Group-limited routing from scores, group_choice best_two: every expert scores log(weight) +
+// Gumbel(0, 1), drawn as -log of a unit exponential; groups score their best two summed; the
+// token takes the k best experts of the best `max_groups` groups, the best first (ties: lower
+// id). (best_expert needs no scores: see route_synthetic.)
+void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int group_size, int max_groups, std::vector<double>& key,
+                     std::vector<int>& order, std::vector<int>& candidates, std::span<int> chosen) {
   const int experts = static_cast<int>(log_weight.size());
   const int groups = experts / group_size;
   constexpr double kNone = -std::numeric_limits<double>::infinity();
@@ -37,7 +37,7 @@ void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int g
         second = x;
       }
     }
-    group_score[static_cast<std::size_t>(experts + g)] = best_two ? first + second : first;
+    group_score[static_cast<std::size_t>(experts + g)] = first + second;
   }
   const auto better = [&](int a, int b) {
     const double x = key[static_cast<std::size_t>(a)], y = key[static_cast<std::size_t>(b)];
@@ -131,7 +131,7 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
       gw[static_cast<std::size_t>(e / group_size)] += sampler->weights()[static_cast<std::size_t>(e)];
     group_sampler.emplace(std::move(gw));
   }
-  const bool by_scores = spec_.max_groups > 0 && spec_.group_choice != GroupChoice::draw;
+  const bool by_scores = spec_.max_groups > 0 && spec_.group_choice == GroupChoice::best_two;
   std::vector<double> log_weight, key;
   std::vector<int> order, candidates;
   if (by_scores) {
@@ -159,8 +159,26 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
         continue;
       }
       if (by_scores) {
-        route_by_scores(rng, log_weight, group_size, spec_.max_groups, spec_.group_choice == GroupChoice::best_two, key, order,
-                        candidates, chosen);
+        route_by_scores(rng, log_weight, group_size, spec_.max_groups, key, order, candidates, chosen);
+        continue;
+      }
+      if (spec_.group_choice == GroupChoice::best_expert) {
+        // With scores log(w) + Gumbel noise, the experts in falling score order are a draw
+        // without replacement by weight (the Gumbel-top-k trick), and the groups with the best
+        // experts are the first max_groups groups to appear in it. So: draw by weight, from all
+        // experts until max_groups groups have appeared, then only inside them: the same law
+        // as scoring every expert, at k draws a token.
+        std::uint64_t seen = 0;
+        int count = 0;
+        for (int j = 0; j < k; ++j) {
+          const std::span<const int> taken(chosen.data(), static_cast<std::size_t>(j));
+          const int e = sampler->draw_restricted(rng, taken, count < spec_.max_groups ? ~std::uint64_t{0} : seen, group_size);
+          chosen[static_cast<std::size_t>(j)] = e;
+          if (!((seen >> (e / group_size)) & 1U)) {
+            seen |= std::uint64_t{1} << (e / group_size);
+            ++count;
+          }
+        }
         continue;
       }
       std::uint64_t mask = ~std::uint64_t{0};

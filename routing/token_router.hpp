@@ -20,7 +20,9 @@
 //                               expert (`best_expert`, DeepSeek-V2 and DeepEP's benchmark) or its
 //                               best two summed (`best_two`, DeepSeek-V3), the M best groups are
 //                               chosen and the token takes the k best experts in them, so it
-//                               reaches more of its M groups than a draw within them does;
+//                               reaches more of its M groups than a draw within them does
+//                               (best_expert is drawn without scores, at the same law: see
+//                               route_synthetic);
 //   layer_correlation rho       at layer l > 0, each of the token's k choices keeps, with
 //                               probability rho, the popularity rank of the token's choice in the
 //                               same position at layer l - 1 (the expert of that rank at layer
