@@ -325,6 +325,21 @@ routing: {distribution: zipf, zipf_s: 1.1, capacity_factor: 1.0}
   CHECK(a != c);
 }
 
+// 2 nodes x 2 GPUs, one expert per GPU, top_k 4, 1000 tokens per GPU: the all-to-all tests'
+// hand derivations below.
+const std::string kTwoByTwo = R"(
+cluster:
+  nodes: 2
+  gpus_per_node: 2
+  gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}
+  node: {nvlink_latency: 1us, pcie_bandwidth: 100GB/s, pcie_latency: 1us}
+  scale_out: {nic_bandwidth: 400Gbps, link_latency: 1us, nodes_per_leaf: 2}
+model: {moe_layers: 1, hidden: 1024, expert_ffn: 1024, experts: 4, top_k: 4, attention_heads: 8}
+parallelism: {ep: 4}
+workload: {tokens_per_gpu: 1000, sequence_length: 1000}
+compute: {flops_efficiency: 1, memory_efficiency: 1}
+)";
+
 TEST_CASE("Hierarchical all-to-all on 2 nodes matches the hand derivation exactly", "[models][forward][all_to_all]") {
   // 2 nodes x 2 GPUs, one expert per GPU, top_k 4: every token goes to every expert, so each
   // GPU receives T = 1000 rows from each GPU (2,048,000 B in bf16). NVLink 100 GB/s, 1 us per hop;
@@ -341,18 +356,7 @@ TEST_CASE("Hierarchical all-to-all on 2 nodes matches the hand derivation exactl
   // direct: a GPU sends T rows to each of the 3 others; the two remote flows share its NIC and
   //   the receiver's (25 GB/s each): 4 us + 81.92 us = 85.92 us, both phases.
   // Scale-out bytes per phase: hierarchical 4 flows of T rows, direct 8.
-  const std::string base = R"(
-cluster:
-  nodes: 2
-  gpus_per_node: 2
-  gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}
-  node: {nvlink_latency: 1us, pcie_bandwidth: 100GB/s, pcie_latency: 1us}
-  scale_out: {nic_bandwidth: 400Gbps, link_latency: 1us, nodes_per_leaf: 2}
-model: {moe_layers: 1, hidden: 1024, expert_ffn: 1024, experts: 4, top_k: 4, attention_heads: 8}
-parallelism: {ep: 4}
-workload: {tokens_per_gpu: 1000, sequence_length: 1000}
-compute: {flops_efficiency: 1, memory_efficiency: 1}
-)";
+  const std::string base = kTwoByTwo;
   const auto hier = scenarios::run_experiment(scenarios::load_scenario_text(base + "network: {all_to_all: hierarchical}\n", "h.yaml"));
   const auto direct = scenarios::run_experiment(scenarios::load_scenario_text(base, "d.yaml"));
   for (const auto& g : hier.stats.gpus()) {
@@ -384,18 +388,7 @@ TEST_CASE("Hierarchical all-to-all forwarding in chunks matches the hand derivat
   //   reduced rows) over the network: 4 us + 20.48 us, done at 46.96 us; part 1 arrives at
   //   42.96 us, chunk 1 is active from 46.96 us, when chunk 0 leaves the NIC: done at 67.44 us
   //   (was 87.92 us).
-  const std::string base = R"(
-cluster:
-  nodes: 2
-  gpus_per_node: 2
-  gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}
-  node: {nvlink_latency: 1us, pcie_bandwidth: 100GB/s, pcie_latency: 1us}
-  scale_out: {nic_bandwidth: 400Gbps, link_latency: 1us, nodes_per_leaf: 2}
-model: {moe_layers: 1, hidden: 1024, expert_ffn: 1024, experts: 4, top_k: 4, attention_heads: 8}
-parallelism: {ep: 4}
-workload: {tokens_per_gpu: 1000, sequence_length: 1000}
-compute: {flops_efficiency: 1, memory_efficiency: 1}
-)";
+  const std::string base = kTwoByTwo;
   const auto two = scenarios::run_experiment(
       scenarios::load_scenario_text(base + "network: {all_to_all: hierarchical, forward_chunks: 2}\n", "h2.yaml"));
   for (const auto& g : two.stats.gpus()) {
