@@ -753,7 +753,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double profiled = profiled_fraction(gp);
   fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}{}\n", r.network_model,
              r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
-             models::to_string(f.all_to_all.algorithm), r.compute_source, measured_on,
+             f.all_to_all.algorithm != models::AllToAllAlgorithm::hierarchical ? std::string(models::to_string(f.all_to_all.algorithm))
+             : f.all_to_all.forward_chunks > 1 ? fmt::format("hierarchical (relays forward in {} chunks)", f.all_to_all.forward_chunks)
+                                               : std::string("hierarchical (relays store and forward whole flows)"),
+             r.compute_source, measured_on,
              r.compute_source == "roofline"
                  ? (sc.roofline.gemm_dtype == models::GemmDtype::bf16
                         ? std::string()
