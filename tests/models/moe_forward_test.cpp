@@ -894,7 +894,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -985,6 +985,14 @@ output: {{timeline: off}}
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)],
         kind == "training" && trial % 2 ? ", gradient_dispatch_dtype: fp8" : "", gemms);
+    // Every fourth trial without layer correlation limits tokens to one of two expert groups,
+    // chosen by scores (by the trial: the draws stay).
+    const std::string uncorrelated = "layer_correlation: 0}";
+    if (const auto at = yaml.find(uncorrelated); at != std::string::npos && trial % 4 == 1 && experts / 2 >= top_k) {
+      yaml.insert(at + uncorrelated.size() - 1,
+                  fmt::format(", groups: 2, max_groups: 1, group_choice: {}", trial % 8 == 1 ? "best_expert" : "best_two"));
+      ++scored_trials;
+    }
     // Every other hierarchical trial forwards in chunks (by the trial: the draws stay).
     const std::string hier = "all_to_all: hierarchical";
     if (const auto at = yaml.find(hier); at != std::string::npos && trial % 2 == 0) {
@@ -1015,6 +1023,7 @@ output: {{timeline: off}}
   }
   CHECK(fp4_trials >= 4);  // the draws above give some FP4 inference trials
   CHECK(chunked_trials >= 4);  // and some hierarchical ones forwarding in chunks
+  CHECK(scored_trials >= 4);   // and some with groups chosen by scores
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {
