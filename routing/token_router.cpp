@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <span>
 #include <numeric>
+#include <span>
 
 #include "sim/assert.hpp"
 #include "sim/parallel.hpp"
@@ -24,7 +24,7 @@ void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int g
   const int experts = static_cast<int>(log_weight.size());
   const int groups = experts / group_size;
   constexpr double kNone = -std::numeric_limits<double>::infinity();
-  for (int e = 0; e < experts; ++e) key[static_cast<std::size_t>(e)] = log_weight[static_cast<std::size_t>(e)] - std::log(rng.exponential(1.0));
+  for (std::size_t e = 0; e < log_weight.size(); ++e) key[e] = log_weight[e] - std::log(rng.exponential(1.0));
   std::vector<double>& group_score = key;  // scratch past the experts' keys
   for (int g = 0; g < groups; ++g) {
     double first = kNone, second = kNone;
