@@ -12,20 +12,22 @@
 // hierarchical (DeepEP's normal kernels): a token is sent once per destination GPU however many
 // of its experts are there; to another node it crosses the scale-out network once per node, to
 // that node's GPU with the sender's local index (same rail), which forwards it over NVLink to each
-// GPU there that needs it. A forwarding GPU starts forwarding one source's tokens when that
-// source's scale-out flow has arrived (store and forward per flow; DeepEP pipelines in chunks, so
-// this overstates the forwarding delay by at most one NVLink transfer of that flow). With
-// network.forward_chunks = K the forwarding is pipelined as DeepEP's is: the scale-out flow is
-// delivered in min(K, rows) equal parts, and as each part arrives the forwarding GPU sends its
-// share of every onward flow (rows split as evenly as whole rows allow), so the overstatement is
-// at most one chunk's NVLink transfer. The combine
-// mirrors it: each GPU sends its outputs for a source's tokens (one row per token, reduced over
-// its own experts) over NVLink to the forwarding GPU of its node, which, once every GPU of the
-// node that computed for that source has delivered (itself included, when its experts are done),
-// sends one reduced row per token over the scale-out network; with K chunks, each GPU's rows
-// arrive in min(K, rows sent over the scale-out network) parts and the forwarding GPU sends
-// chunk j once every GPU has delivered part j. The reductions' compute is not
-// modelled (NVLink-bound and small). Needs EP groups made of whole nodes, or inside one node.
+// GPU there that needs it. The combine mirrors it: each GPU sends its outputs for a source's
+// tokens (one row per token, reduced over its own experts) over NVLink to the forwarding GPU of
+// its node, which, once every GPU of the node that computed for that source has delivered
+// (itself included, when its experts are done), sends one reduced row per token over the
+// scale-out network. The reductions' compute is not modelled (NVLink-bound and small). Needs EP
+// groups made of whole nodes, or inside one node.
+//   By default a forwarding GPU stores and forwards whole flows: it forwards a source's tokens
+// once that source's scale-out flow has arrived, and sends a source's combine rows once every
+// GPU has delivered all of its own. Under fair sharing a node's inbound flows end together near
+// the phase's end, so the NVLink forwarding then runs after the scale-out transfer instead of
+// beside it (26-37 % slower than DeepEP's benchmark at EP32 and EP64; docs/validation.md). With
+// network.forward_chunks = K the forwarding is pipelined, as DeepEP's is: a scale-out flow of R
+// rows arrives in min(K, R) equal parts and the forwarding GPU sends each part's share of every
+// onward flow (rows split as evenly as whole rows allow) as it lands; in the combine, each GPU's
+// rows to the forwarding GPU arrive in as many parts, and it sends chunk j of the reduced rows
+// once every GPU has delivered its part j.
 //
 // low_latency (DeepEP's low-latency kernels, for decode): as direct, a row per (token, expert),
 // and every row is a message with a fixed issue cost: a flow of n rows starts after
