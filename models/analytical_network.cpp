@@ -10,19 +10,14 @@ sim::Time AnalyticalNetwork::flow_time(const Flow& flow) const {
 }
 
 void AnalyticalNetwork::start_flow_in_parts(const Flow& flow, std::uint32_t parts, Part on_part, Done on_done) {
-  if (parts > 1 && !(flow.leg == Leg::whole && flow.src == flow.dst)) {
-    const topology::Path p = flow.leg == Leg::whole ? cluster_.path(flow.src, flow.dst)
-                                                    : cluster_.switch_leg(flow.src, flow.leg == Leg::to_switch);
-    for (std::uint32_t j = 0; j + 1 < parts; ++j) {
-      const std::int64_t end = flow.size.count() * static_cast<std::int64_t>(j + 1) / static_cast<std::int64_t>(parts);
-      sim_.schedule_in(p.latency + sim::transfer_time(sim::Bytes(end), p.bottleneck), [this, on_part, j] {
-        last_completion_s_ = static_cast<double>(sim_.now().count_ps()) * 1e-12;
-        on_part(j);
-      });
-    }
-  } else {
-    // A local copy (or one part): every part arrives with the whole, in order.
-    for (std::uint32_t j = 0; j + 1 < parts; ++j) sim_.schedule_in(sim::Time::zero(), [on_part, j] { on_part(j); });
+  // Part j: the time of a flow of its last byte's length (a local copy's parts all at once, in order).
+  for (std::uint32_t j = 0; j + 1 < parts; ++j) {
+    Flow part = flow;
+    part.size = sim::Bytes(flow.size.count() * static_cast<std::int64_t>(j + 1) / static_cast<std::int64_t>(parts));
+    sim_.schedule_in(flow_time(part), [this, on_part, j] {
+      last_completion_s_ = static_cast<double>(sim_.now().count_ps()) * 1e-12;
+      on_part(j);
+    });
   }
   start_flow(flow, std::move(on_done));
 }

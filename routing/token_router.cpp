@@ -25,8 +25,7 @@ void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int g
   const int groups = experts / group_size;
   constexpr double kNone = -std::numeric_limits<double>::infinity();
   for (std::size_t e = 0; e < log_weight.size(); ++e) key[e] = log_weight[e] - std::log(rng.exponential(1.0));
-  std::vector<double>& group_score = key;  // scratch past the experts' keys
-  for (int g = 0; g < groups; ++g) {
+  for (int g = 0; g < groups; ++g) {  // group g's score goes to key[experts + g]
     double first = kNone, second = kNone;
     for (int e = g * group_size; e < (g + 1) * group_size; ++e) {
       const double x = key[static_cast<std::size_t>(e)];
@@ -37,7 +36,7 @@ void route_by_scores(sim::Rng& rng, const std::vector<double>& log_weight, int g
         second = x;
       }
     }
-    group_score[static_cast<std::size_t>(experts + g)] = first + second;
+    key[static_cast<std::size_t>(experts + g)] = first + second;
   }
   const auto better = [&](int a, int b) {
     const double x = key[static_cast<std::size_t>(a)], y = key[static_cast<std::size_t>(b)];
@@ -131,10 +130,10 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
       gw[static_cast<std::size_t>(e / group_size)] += sampler->weights()[static_cast<std::size_t>(e)];
     group_sampler.emplace(std::move(gw));
   }
-  const bool by_scores = spec_.max_groups > 0 && spec_.group_choice == GroupChoice::best_two;
+  const bool best_two = spec_.max_groups > 0 && spec_.group_choice == GroupChoice::best_two;
   std::vector<double> log_weight, key;
   std::vector<int> order, candidates;
-  if (by_scores) {
+  if (best_two) {
     for (const double w : sampler->weights()) log_weight.push_back(w > 0 ? std::log(w) : -std::numeric_limits<double>::infinity());
     key.resize(log_weight.size() + static_cast<std::size_t>(spec_.groups));
   }
@@ -158,7 +157,7 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
         sampler->sample_top_k(rng, chosen);
         continue;
       }
-      if (by_scores) {
+      if (best_two) {
         route_by_scores(rng, log_weight, group_size, spec_.max_groups, key, order, candidates, chosen);
         continue;
       }

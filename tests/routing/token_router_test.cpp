@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/moe_forward.hpp"
@@ -46,6 +47,17 @@ TokenBatch route(const MoeModelSpec& m, const RoutingSpec& r, int ep, std::int64
   TokenBatch b;
   router.route(layer, first_gpu, tokens, nullptr, b);
   return b;
+}
+
+// Token t's distinct groups (of group_size consecutive experts) and distinct experts.
+std::pair<std::set<int>, std::set<int>> reached(const TokenBatch& b, std::int64_t t, int group_size) {
+  std::set<int> groups, experts;
+  for (int j = 0; j < b.top_k; ++j) {
+    const int x = b.experts[static_cast<std::size_t>(t * b.top_k + j)];
+    groups.insert(x / group_size);
+    experts.insert(x);
+  }
+  return {groups, experts};
 }
 
 std::int64_t sum(const std::vector<std::int64_t>& v) { return std::accumulate(v.begin(), v.end(), std::int64_t{0}); }
@@ -168,13 +180,8 @@ TEST_CASE("Group-limited routing keeps each token inside its groups", "[routing]
   const auto b = route(model(64, 6), r, 4, 2000);
   std::set<int> groups_used;
   for (std::int64_t t = 0; t < b.tokens(); ++t) {
-    std::set<int> g, e;
-    for (int j = 0; j < 6; ++j) {
-      const int x = b.experts[static_cast<std::size_t>(t * 6 + j)];
-      g.insert(x / 8);
-      e.insert(x);
-      groups_used.insert(x / 8);
-    }
+    const auto [g, e] = reached(b, t, 8);
+    groups_used.insert(g.begin(), g.end());
     REQUIRE(g.size() <= 2);
     REQUIRE(e.size() == 6);
   }
@@ -192,19 +199,14 @@ TEST_CASE("Groups chosen by scores are reached more often, and without a limit s
   auto mean_groups = [&](GroupChoice choice) {
     r.group_choice = choice;
     const auto b = route(model(256, 8), r, 8, 2500);
-    double reached = 0;
+    double total = 0;
     for (std::int64_t t = 0; t < b.tokens(); ++t) {
-      std::set<int> g, e;
-      for (int j = 0; j < 8; ++j) {
-        const int x = b.experts[static_cast<std::size_t>(t * 8 + j)];
-        g.insert(x / 32);
-        e.insert(x);
-      }
+      const auto [g, e] = reached(b, t, 32);
       REQUIRE(g.size() <= 4);
       REQUIRE(e.size() == 8);
-      reached += static_cast<double>(g.size());
+      total += static_cast<double>(g.size());
     }
-    return reached / static_cast<double>(b.tokens());
+    return total / static_cast<double>(b.tokens());
   };
   CHECK(mean_groups(GroupChoice::draw) == Approx(3.629).margin(0.01));
   CHECK(mean_groups(GroupChoice::best_expert) == Approx(3.985).margin(0.01));
