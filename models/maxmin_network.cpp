@@ -45,8 +45,9 @@ struct LaterCompletion {
 
 }  // namespace
 
-MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster)
-    : sim_(sim), cluster_(cluster) {
+MaxMinNetwork::MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster, sim::Time resolve_interval)
+    : sim_(sim), cluster_(cluster), interval_ps_(resolve_interval.count_ps()) {
+  MOESIM_ASSERT(interval_ps_ >= 0, "a negative re-solve interval");
   const auto& links = cluster.links();
   capacity_.reserve(links.size());
   for (const auto& l : links) capacity_.push_back(static_cast<double>(l.bandwidth.bytes_per_s()));
@@ -223,8 +224,20 @@ void MaxMinNetwork::wake() {
     const double t_done = peek_next_finish();
     const bool done_due = t_done < kInf && to_ps_ceil(t_done) <= now_ps;
     const bool act_due = !pending_.empty() && pending_.front().activation_ps <= now_ps;
-    if (!done_due && !act_due) break;
+    const bool solve_due = deferred_ps_ >= 0 && deferred_ps_ <= now_ps;
+    if (!done_due && !act_due && !solve_due) break;
     const double t_act = act_due ? static_cast<double>(pending_.front().activation_ps) / kPsPerS : kInf;
+    if (solve_due) {
+      // The deferred re-solve, after everything up to its time (those changes join it).
+      const double t_solve = static_cast<double>(deferred_ps_) / kPsPerS;
+      if (!(done_due && t_done <= t_solve) && !(act_due && t_act <= t_solve)) {
+        model_time_s_ = std::max(model_time_s_, t_solve);
+        last_solve_ps_ = deferred_ps_;
+        deferred_ps_ = -1;
+        solve(deferred_from_);
+        continue;
+      }
+    }
     if (done_due && t_done <= t_act && at_part(due_.front().flow)) {
       // A part of a flow has arrived: its callback (deferred with the completions), and the
       // flow's next due time; rates do not change.
@@ -320,7 +333,23 @@ void MaxMinNetwork::wake() {
     }
     bound_links_.clear();
     added.clear();
-    if (from_rate < kInf) solve(from_rate);
+    if (from_rate < kInf) {
+      if (deferred_ps_ >= 0) from_rate = std::min(from_rate, deferred_from_);
+      if (interval_ps_ > 0 && active_.empty()) {
+        // Idle: nothing to re-solve, and the next flow to come gets its rate at once.
+        seed_links_.clear();
+        fresh_.clear();
+        deferred_ps_ = -1;
+        last_solve_ps_ = kNever;
+      } else if (interval_ps_ == 0 || now_ps >= last_solve_ps_ + interval_ps_) {
+        last_solve_ps_ = now_ps;
+        deferred_ps_ = -1;
+        solve(from_rate);
+      } else {  // too soon after the last re-solve: wait for the next
+        deferred_ps_ = last_solve_ps_ + interval_ps_;
+        deferred_from_ = from_rate;
+      }
+    }
   }
 
   std::int64_t next = -1;
@@ -328,6 +357,7 @@ void MaxMinNetwork::wake() {
   if (next_finish < kInf) next = std::max(to_ps_ceil(next_finish), now_ps);
   if (!pending_.empty() && (next < 0 || pending_.front().activation_ps < next))
     next = pending_.front().activation_ps;
+  if (deferred_ps_ >= 0 && (next < 0 || deferred_ps_ < next)) next = deferred_ps_;
   if (next >= 0 && (wake_ps_ < 0 || next < wake_ps_)) schedule_wake(next);
 
   // Callbacks last: they may start flows, which must see a consistent model.

@@ -23,10 +23,16 @@
 // shares decompose over connected groups of links and flows, so flows that share no link,
 // directly or through other re-solved flows, with a flow that came or went keep their rates
 // (independent EP groups, for one, never re-solve each other's flows).
+//
+// Where that is not enough (one fabric of thousands of flows of nearly equal rates, finishing
+// one by one: every completion re-solves them all), a re-solve interval batches the changes of
+// a burst into one re-solve per interval, at a bounded cost in exactness (see the constructor;
+// network.resolve_interval in scenarios).
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "models/network.hpp"
@@ -36,7 +42,15 @@ namespace moesim::models {
 
 class MaxMinNetwork final : public NetworkModel {
  public:
-  MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster);
+  // resolve_interval > 0 trades exactness for speed: rates are re-solved at most once per this
+  // much simulated time. A change (flows starting or finishing) within it of the last re-solve
+  // waits for the next one, at the last one plus the interval: until then a new flow moves no
+  // bytes and the bandwidth a finished flow freed goes unused (the others keep their rates).
+  // Bytes are conserved and no link carries more than its capacity. A change at least the
+  // interval after the last re-solve, or on an idle network, is re-solved at once, so isolated
+  // flows keep their exact times and only bursts of changes are batched. Zero (the default):
+  // every change, exactly.
+  MaxMinNetwork(sim::Simulator& sim, const topology::Cluster& cluster, sim::Time resolve_interval = sim::Time::zero());
   ~MaxMinNetwork() override;
 
   void start_flow(const Flow& flow, Done on_done) override;
@@ -130,6 +144,11 @@ class MaxMinNetwork final : public NetworkModel {
   sim::EventId wake_id_{};
   std::int64_t wake_ps_ = -1;  // -1: none scheduled
   std::uint32_t solves_ = 0;
+  static constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::min() / 2;
+  std::int64_t interval_ps_ = 0;         // resolve_interval
+  std::int64_t last_solve_ps_ = kNever;  // when the last re-solve ran
+  std::int64_t deferred_ps_ = -1;        // when the deferred re-solve is due; -1: none
+  double deferred_from_ = 0;             // its from_rate: the smallest over the changes it waits for
 
   // Solver scratch, kept to avoid reallocation.
   std::vector<double> left_cap_, share_, old_rates_;

@@ -67,8 +67,10 @@ class NetworkModel {
 };
 
 // The network model named in a scenario: "maxmin" or "analytical" (asserts on anything else; the
-// scenario loader only lets those through).
+// scenario loader only lets those through). resolve_interval: the max-min model's (see
+// MaxMinNetwork); the analytical model has no rates to re-solve.
 std::unique_ptr<NetworkModel> make_network_model(std::string_view name, sim::Simulator& sim,
-                                                 const topology::Cluster& cluster);
+                                                 const topology::Cluster& cluster,
+                                                 sim::Time resolve_interval = sim::Time::zero());
 
 }  // namespace moesim::models

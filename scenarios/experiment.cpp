@@ -17,7 +17,7 @@ namespace {
 RunResult run_step(const Scenario& sc, const Progress& progress) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
-  const auto network = models::make_network_model(sc.network_model, sim, cluster);
+  const auto network = models::make_network_model(sc.network_model, sim, cluster, sc.resolve_interval);
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node,
                                     sc.forward.micro_batches), 0,
@@ -60,7 +60,7 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
                                                 const std::vector<routing::Placement>& to) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
-  const auto network = models::make_network_model(sc.network_model, sim, cluster);
+  const auto network = models::make_network_model(sc.network_model, sim, cluster, sc.resolve_interval);
   const auto& m = sc.forward.model;
   const sim::Bytes expert(routing::linear_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
   const int gpn = sc.cluster.gpus_per_node, ep = sc.forward.ep;

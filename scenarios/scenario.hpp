@@ -25,6 +25,7 @@ struct Scenario {
   models::ForwardSpec forward;
   std::string workload_kind = "forward";
   std::string network_model = "maxmin";
+  sim::Time resolve_interval = sim::Time::zero();  // network.resolve_interval (maxmin only); zero: exact
   std::string placement_load = "expected";  // placement.load: expected | trace | observed
   std::string placement_trace;              // placement.trace, as written
   std::optional<std::pair<int, int>> placement_trace_steps;  // placement.trace_steps; all when unset

@@ -823,6 +823,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   }
   if (auto n = top.child("network", false)) {
     if (auto v = n->get<std::string>("model", one_of({"maxmin", "analytical"}), false)) sc.network_model = *v;
+    // Not an error with the analytical model (which has no rates to re-solve), so that a scenario
+    // that sets it can still be run with --set network.model=analytical.
+    if (auto v = n->get<sim::Time>("resolve_interval", time_value(), false)) sc.resolve_interval = *v;
     auto& comm = sc.forward.all_to_all;
     if (auto v = n->get<std::string>("all_to_all", one_of({"direct", "hierarchical", "low_latency"}), false))
       comm.algorithm = *v == "hierarchical"  ? models::AllToAllAlgorithm::hierarchical

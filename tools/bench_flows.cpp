@@ -4,7 +4,9 @@
 // oversubscribed leaf uplinks; every ordered GPU pair sends one flow of 256, 512, 768 or
 // 1024 KiB (uniform, seeded), all starting at 0. Prints wall time, flows/s, re-solves, the
 // last completion and peak memory.
-//   moesim-bench-flows [--nodes N] [--csv FILE]   (--csv: per-flow src,dst,bytes,end_us)
+//   moesim-bench-flows [--nodes N] [--resolve-interval T] [--csv FILE]
+// (--resolve-interval: the max-min model's network.resolve_interval, e.g. 100ns; --csv: per-flow
+// src,dst,bytes,end_us)
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -26,12 +28,14 @@ using namespace moesim;
 int main(int argc, char** argv) {
   int nodes = 32;
   std::string csv;
+  sim::Time interval = sim::Time::zero();
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string_view a = argv[i];
     if (a == "--nodes") nodes = std::atoi(argv[i + 1]);
     else if (a == "--csv") csv = argv[i + 1];
+    else if (a == "--resolve-interval") interval = sim::parse_time(argv[i + 1]);
     else {
-      fmt::print(stderr, "usage: moesim-bench-flows [--nodes N] [--csv FILE]\n");
+      fmt::print(stderr, "usage: moesim-bench-flows [--nodes N] [--resolve-interval T] [--csv FILE]\n");
       return 2;
     }
   }
@@ -49,7 +53,7 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   const topology::Cluster cluster(spec);
   sim::Simulator simulator;
-  models::MaxMinNetwork net(simulator, cluster);
+  models::MaxMinNetwork net(simulator, cluster, interval);
   sim::Rng rng(1, "bench/flows");
   const int gpus = cluster.gpu_count();
   struct Rec {

@@ -81,7 +81,7 @@ FlowsReplayResult replay_flows(const scenarios::Scenario& sc, const std::string&
   const std::vector<Row> rows = read_flows(flows_path, cluster.gpu_count());
 
   sim::Simulator simulator;
-  const auto net = models::make_network_model(sc.network_model, simulator, cluster);
+  const auto net = models::make_network_model(sc.network_model, simulator, cluster, sc.resolve_interval);
   std::vector<double> end_s(rows.size(), -1);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     simulator.schedule_at(rows[i].start, [&, i] {

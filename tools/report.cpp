@@ -752,7 +752,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
           : "";
   const double profiled = profiled_fraction(gp);
   fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}{}\n", r.network_model,
-             r.network_model == "maxmin" ? "max-min fair sharing of every link" : "no contention",
+             r.network_model != "maxmin"              ? std::string("no contention")
+             : sc.resolve_interval == sim::Time::zero() ? std::string("max-min fair sharing of every link")
+                                                        : fmt::format("max-min fair sharing of every link, re-solved at most every {}",
+                                                                      sim::format_time(sc.resolve_interval)),
              f.all_to_all.algorithm != models::AllToAllAlgorithm::hierarchical ? std::string(models::to_string(f.all_to_all.algorithm))
              : f.all_to_all.forward_chunks > 1 ? fmt::format("hierarchical (relays forward in {} chunks)", f.all_to_all.forward_chunks)
                                                : std::string("hierarchical (relays store and forward whole flows)"),

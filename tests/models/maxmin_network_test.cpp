@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -45,9 +46,9 @@ struct Start {
   double start_us;
 };
 
-Run run_flows(const Cluster& cluster, const std::vector<Start>& flows) {
+Run run_flows(const Cluster& cluster, const std::vector<Start>& flows, sim::Time resolve_interval = sim::Time::zero()) {
   sim::Simulator sim;
-  MaxMinNetwork net(sim, cluster);
+  MaxMinNetwork net(sim, cluster, resolve_interval);
   Run r;
   r.end_s.assign(flows.size(), -1);
   r.callback_at.assign(flows.size(), sim::Time::zero());
@@ -102,6 +103,42 @@ TEST_CASE("A late flow slows an early one from the moment it arrives", "[models]
   CHECK(us(r.end_s[1]) == Approx(22.0).epsilon(1e-12));
 }
 
+TEST_CASE("A re-solve interval holds a change back until the interval since the last re-solve has passed", "[models][maxmin]") {
+  const Cluster c(one_node(4));
+  // As above with a 5 us interval: A's activation at 2 us is re-solved at once (the first), B's
+  // at 6 us waits until 7 us, so A has 0.5 MB alone; then both at 50 GB/s: A's 0.5 MB left end
+  // at 17 us. That departure comes 10 us after the last re-solve, so B gets the port at once:
+  // its 0.5 MB left take 5 us, to 22 us.
+  {
+    const Run r = run_flows(c, {{0, 1, 1'000'000, 0}, {0, 2, 1'000'000, 4}}, sim::Time::us(5));
+    CHECK(us(r.end_s[0]) == Approx(17.0).epsilon(1e-12));
+    CHECK(us(r.end_s[1]) == Approx(22.0).epsilon(1e-12));
+    CHECK(r.callback_at[0] == sim::Time::us(17));
+    CHECK(r.solves == 3);  // at 2, 7 and 17 us
+  }
+  // Bandwidth a finished flow frees waits too. X, Y, Z (0.5, 1 and 1.5 MB) leave GPU 0 at once,
+  // active at 2 us at a third of 100 GB/s each; X ends at 17 us. Exactly, Y and Z then get
+  // 50 GB/s (Y ends at 27, Z at 32 us). With a 20 us interval they keep 33.3 GB/s until 22 us
+  // (Y: 0.667 MB sent), then 50 GB/s: Y ends at 28.667 us; Z, with 0.5 MB left then, is held at
+  // 50 GB/s (the next re-solve would be at 42 us) and ends at 38.667 us. Every byte is sent.
+  {
+    const std::vector<Start> flows{{0, 1, 500'000, 0}, {0, 2, 1'000'000, 0}, {0, 3, 1'500'000, 0}};
+    const Run exact = run_flows(c, flows);
+    CHECK(us(exact.end_s[1]) == Approx(27.0).epsilon(1e-12));
+    CHECK(us(exact.end_s[2]) == Approx(32.0).epsilon(1e-12));
+    const Run r = run_flows(c, flows, sim::Time::us(20));
+    CHECK(us(r.end_s[0]) == Approx(17.0).epsilon(1e-12));
+    CHECK(us(r.end_s[1]) == Approx(22.0 + 1.0 / 3.0 * 20.0).epsilon(1e-12));
+    CHECK(us(r.end_s[2]) == Approx(22.0 + 1.0 / 3.0 * 20.0 + 10.0).epsilon(1e-12));
+    CHECK(r.solves == 2);  // at 2 and 22 us; the network is idle when Z ends
+    // Idle again: a flow started later gets its rate at once, though within 20 us of the last
+    // change (1 MB alone: 2 + 10 us).
+    std::vector<Start> later = flows;
+    later.push_back({0, 1, 1'000'000, 40});
+    CHECK(us(run_flows(c, later, sim::Time::us(20)).end_s[3]) == Approx(52.0).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("Completions between picoseconds keep their exact times", "[models][maxmin]") {
   const Cluster c(one_node(4));
   // 1000 bytes at 100 GB/s alone = 10 ns; 333 bytes at 50 GB/s = 6.66 ns (not a whole ps).
@@ -125,12 +162,16 @@ namespace {
 // An independent reference: a fluid simulation that recomputes max-min shares from scratch at
 // every arrival and departure, by the textbook definition (raise all unfrozen flows together;
 // a link is saturated when the rates on it reach its capacity; freeze its flows), with sums
-// recomputed from the frozen rates rather than kept incrementally.
-std::vector<double> reference_end_times(const Cluster& c, const std::vector<Start>& flows) {
+// recomputed from the frozen rates rather than kept incrementally. With an interval it follows
+// the re-solve interval's rule (MaxMinNetwork's constructor): a change within the interval of
+// the last recompute waits for the recompute at the last one plus the interval (new flows at
+// rate 0 until then, the others at their rates); an idle network recomputes at once. Times are
+// compared in whole picoseconds, rounded up, as the model's clock has them.
+std::vector<double> reference_end_times(const Cluster& c, const std::vector<Start>& flows, double interval_s = 0) {
   struct F {
     std::vector<std::uint32_t> links;
     double active_at, left;
-    bool done = false;
+    bool active = false, done = false;
   };
   std::vector<F> fs;
   for (const auto& f : flows) {
@@ -145,23 +186,17 @@ std::vector<double> reference_end_times(const Cluster& c, const std::vector<Star
     x.left = static_cast<double>(f.bytes);
     fs.push_back(x);
   }
+  const auto ps = [](double t) {
+    const double x = t * 1e12, r = std::nearbyint(x);
+    return static_cast<std::int64_t>(std::abs(x - r) < 1e-3 ? r : std::ceil(x));
+  };
+  const std::int64_t interval_ps = std::llround(interval_s * 1e12);
+  const std::int64_t never = std::numeric_limits<std::int64_t>::min() / 2;
+  std::int64_t last_ps = never, pending_ps = -1;
   std::vector<double> end(flows.size(), -1);
+  std::vector<double> rate(fs.size(), 0);
   const auto& links = c.links();
-  double t = 0;
-  for (;;) {
-    std::vector<std::size_t> act;
-    for (std::size_t i = 0; i < fs.size(); ++i)
-      if (!fs[i].done && fs[i].active_at <= t) act.push_back(i);
-    // zero-byte or local flows finish at activation
-    bool any = false;
-    for (auto i : act)
-      if (fs[i].left <= 0 || fs[i].links.empty()) {
-        fs[i].done = true;
-        end[i] = std::max(t, fs[i].active_at);
-        any = true;
-      }
-    if (any) continue;
-    std::vector<double> rate(fs.size(), 0);
+  const auto recompute = [&](const std::vector<std::size_t>& act) {
     std::vector<bool> frozen(fs.size(), false);
     auto crosses = [&](std::size_t i, std::size_t l) {
       return std::find(fs[i].links.begin(), fs[i].links.end(), l) != fs[i].links.end();
@@ -194,16 +229,51 @@ std::vector<double> reference_end_times(const Cluster& c, const std::vector<Star
         rate[i] = best;
       }
     }
-    double next = std::numeric_limits<double>::infinity();
-    for (auto i : act) next = std::min(next, t + fs[i].left / rate[i]);
+  };
+  double t = 0;
+  bool departed = false;
+  for (;;) {
+    bool changed = departed;
+    departed = false;
+    for (std::size_t i = 0; i < fs.size(); ++i) {
+      if (fs[i].done || fs[i].active || fs[i].active_at > t) continue;
+      if (fs[i].left <= 0 || fs[i].links.empty()) {  // zero-byte or local flows finish at activation
+        fs[i].done = true;
+        end[i] = std::max(t, fs[i].active_at);
+        continue;
+      }
+      fs[i].active = true;
+      rate[i] = 0;
+      changed = true;
+    }
+    std::vector<std::size_t> act;
     for (std::size_t i = 0; i < fs.size(); ++i)
-      if (!fs[i].done && fs[i].active_at > t) next = std::min(next, fs[i].active_at);
+      if (fs[i].active && !fs[i].done) act.push_back(i);
+    const std::int64_t now_ps = ps(t);
+    if (changed && act.empty()) {
+      last_ps = never;
+      pending_ps = -1;
+    } else if (changed || (pending_ps >= 0 && now_ps >= pending_ps)) {
+      if (interval_ps == 0 || now_ps >= last_ps + interval_ps) {
+        recompute(act);
+        last_ps = now_ps;
+        pending_ps = -1;
+      } else {
+        pending_ps = last_ps + interval_ps;
+      }
+    }
+    double next = pending_ps >= 0 ? static_cast<double>(pending_ps) / 1e12 : std::numeric_limits<double>::infinity();
+    for (auto i : act)
+      if (rate[i] > 0) next = std::min(next, t + fs[i].left / rate[i]);
+    for (std::size_t i = 0; i < fs.size(); ++i)
+      if (!fs[i].done && !fs[i].active) next = std::min(next, fs[i].active_at);
     if (next == std::numeric_limits<double>::infinity()) break;
     for (auto i : act) {
       fs[i].left -= rate[i] * (next - t);
-      if (fs[i].left <= 1e-9 * static_cast<double>(flows[i].bytes)) {
+      if (rate[i] > 0 && fs[i].left <= 1e-9 * static_cast<double>(flows[i].bytes)) {
         fs[i].done = true;
         end[i] = next;
+        departed = true;
       }
     }
     t = next;
@@ -228,6 +298,7 @@ TEST_CASE("Max-min completion times match a brute-force reference on random flow
     x ^= x << 17;
     return x;
   };
+  std::array<int, 2> moved{};  // flows whose time an interval moved: exactly (none), with one (many)
   for (int set = 0; set < 20; ++set) {
     std::vector<Start> flows;
     const int n = 5 + static_cast<int>(next() % 40);
@@ -239,15 +310,23 @@ TEST_CASE("Max-min completion times match a brute-force reference on random flow
       const double start = next() % 3 == 0 ? 0.0 : static_cast<double>(next() % 50'000) / 1000.0;
       flows.push_back({src, dst, bytes, start});
     }
-    const Run got = run_flows(c, flows);
-    const auto want = reference_end_times(c, flows);
-    for (std::size_t i = 0; i < flows.size(); ++i) {
-      INFO("set " << set << " flow " << i << " " << flows[i].src << "->" << flows[i].dst << " " << flows[i].bytes
-                  << " B at " << flows[i].start_us << " us");
-      const double dur = want[i] - flows[i].start_us * 1e-6;
-      REQUIRE(std::abs(got.end_s[i] - want[i]) <= 1e-9 * std::max(dur, 1e-12));
+    // Exactly, and with re-solve intervals of a few flows' durations (flows of up to 4 MB take
+    // up to hundreds of microseconds here), where most changes wait.
+    const auto exact = reference_end_times(c, flows);
+    for (const double interval_us : {0.0, 2.0, 15.0}) {
+      const Run got = run_flows(c, flows, sim::Time::ps(std::llround(interval_us * 1e6)));
+      const auto want = reference_end_times(c, flows, interval_us * 1e-6);
+      for (std::size_t i = 0; i < flows.size(); ++i) moved[interval_us > 0] += std::abs(want[i] - exact[i]) > 1e-12;
+      for (std::size_t i = 0; i < flows.size(); ++i) {
+        INFO("set " << set << " interval " << interval_us << " us, flow " << i << " " << flows[i].src << "->" << flows[i].dst
+                    << " " << flows[i].bytes << " B at " << flows[i].start_us << " us");
+        const double dur = want[i] - flows[i].start_us * 1e-6;
+        REQUIRE(std::abs(got.end_s[i] - want[i]) <= 1e-9 * std::max(dur, 1e-12));
+      }
     }
   }
+  CHECK(moved[0] == 0);
+  CHECK(moved[1] > 200);
 }
 
 TEST_CASE("A flow in parts reports each part when its last byte arrives, at the rates in force", "[models][maxmin]") {

@@ -1000,3 +1000,15 @@ TEST_CASE("network.forward_chunks is checked", "[scenarios]") {
   CHECK(error_of(kBase + "network:\n  forward_chunks: 4\n") ==
         "s.yaml:21:19: network.forward_chunks: only used with 'all_to_all: hierarchical'");
 }
+
+TEST_CASE("network.resolve_interval is read as a time", "[scenarios]") {
+  CHECK(load_scenario_text(kBase, "s.yaml").resolve_interval == moesim::sim::Time::zero());
+  CHECK(load_scenario_text(kBase + "network:\n  resolve_interval: 250ns\n", "s.yaml").resolve_interval ==
+        moesim::sim::Time::ps(250'000));
+  // Kept with the analytical model, which ignores it, so that such a scenario still runs with
+  // --set network.model=analytical.
+  CHECK(load_scenario_text(kBase + "network:\n  model: analytical\n  resolve_interval: 1us\n", "s.yaml").resolve_interval ==
+        moesim::sim::Time::us(1));
+  CHECK_THAT(error_of(kBase + "network:\n  resolve_interval: 1\n"), Catch::Contains("network.resolve_interval: expected a time like"));
+  CHECK_THAT(error_of(kBase + "network:\n  resolve_interval: -1us\n"), Catch::Contains("network.resolve_interval: expected a time"));
+}
