@@ -759,8 +759,9 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
                            std::optional<bool> backward_work, std::optional<bool> recomputed) {
   const Time start = sim_.now();
   const bool profiled = last_profiled_;  // duration is the time last asked for
-  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work, recomputed] {
-    const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  const int of_pass = gpus_[static_cast<std::size_t>(gpu)].stage_pass;
+  sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work, recomputed, of_pass] {
+    const int p = of_pass >= 0 ? of_pass : gpus_[static_cast<std::size_t>(gpu)].pass;
     const int last = std::min(p, passes() - 1);
     const bool again = recomputed.value_or(p < passes() && recompute(p));
     recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(last), stage, start, sim_.now(),
@@ -1072,7 +1073,7 @@ void MoeForward::arrived(int pass, Phase phase, int gpu) {
     const int p = pass / 2, h = pass % 2;
     --pending(phase == Phase::dispatch ? dispatch_pending_ : combine_pending_, gpu, p, h);
     const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-    if (s.pass == p && s.wait_half == h && s.wait == (phase == Phase::dispatch ? Wait::dispatch : Wait::combine))
+    if (s.wait_pass == p && s.wait_half == h && s.wait == (phase == Phase::dispatch ? Wait::dispatch : Wait::combine))
       overlap_step(gpu);
     return;
   }
@@ -1232,19 +1233,36 @@ void MoeForward::overlap_step(int gpu) {
   // Per layer, the two halves' stages interleaved so that one half's all-to-all runs while the
   // other half computes. Backward (training) mirrors the forward: the reduce's gradient, the
   // dispatch of the combine's gradients, shared experts, experts, the combine of the dispatch's
-  // gradients, then the router's and the attention's backward.
+  // gradients, then the router's and the attention's backward. Staggered (forward only), each
+  // operation is of this layer's pass, of the layer before's (none at a micro-batch's first
+  // layer), or of this layer's after the rest at its last (finishing both halves).
   enum Kind { attention, router, send_dispatch, shared, wait_dispatch, experts, send_combine, wait_combine, reduce };
-  using Program = std::array<std::pair<Kind, int>, 18>;
-  static constexpr Program kForward{{
+  enum Of { now, before, at_last };
+  struct Op {
+    Kind kind;
+    int half;
+    Of of = now;
+  };
+  static constexpr std::array<Op, 18> kForward{{
       {attention, 0}, {router, 0}, {send_dispatch, 0}, {attention, 1}, {router, 1}, {send_dispatch, 1},
       {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
       {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1},
       {wait_combine, 0}, {reduce, 0}, {wait_combine, 1}, {reduce, 1}}};
-  static constexpr Program kBackward{{
+  static constexpr std::array<Op, 18> kBackward{{
       {reduce, 0}, {send_dispatch, 0}, {reduce, 1}, {send_dispatch, 1},
       {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
       {shared, 1}, {wait_dispatch, 1}, {experts, 1}, {send_combine, 1},
       {wait_combine, 0}, {router, 0}, {attention, 0}, {wait_combine, 1}, {router, 1}, {attention, 1}}};
+  static constexpr std::array<Op, 26> kStaggered{{
+      {wait_combine, 0, before}, {reduce, 0, before},
+      {attention, 0}, {router, 0}, {send_dispatch, 0},
+      {shared, 1, before}, {wait_dispatch, 1, before}, {experts, 1, before}, {send_combine, 1, before},
+      {shared, 0}, {wait_dispatch, 0}, {experts, 0}, {send_combine, 0},
+      {wait_combine, 1, before}, {reduce, 1, before},
+      {attention, 1}, {router, 1}, {send_dispatch, 1},
+      {wait_combine, 0, at_last}, {reduce, 0, at_last},
+      {shared, 1, at_last}, {wait_dispatch, 1, at_last}, {experts, 1, at_last}, {send_combine, 1, at_last},
+      {wait_combine, 1, at_last}, {reduce, 1, at_last}}};
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const std::int64_t half_tokens = spec_.tokens_per_gpu / 2;
   const auto& m = spec_.model;
@@ -1252,25 +1270,38 @@ void MoeForward::overlap_step(int gpu) {
     if (run_before_pass(gpu, &MoeForward::overlap_step) || wait_for_input(gpu, s.pass)) return;
     end_pipeline_wait(gpu, s.pass);
   }
+  const bool staggered = spec_.two_batch_staggered;
+  const Op* program = staggered ? kStaggered.data() : backward(s.pass) ? kBackward.data() : kForward.data();
+  const int ops = staggered ? static_cast<int>(kStaggered.size()) : static_cast<int>(kForward.size());
   for (;;) {
-    if (s.op == static_cast<int>(kForward.size())) {
+    if (s.op == ops) {
       s.op = 0;
       end_pass(gpu);  // the next pass, or dense backward, gradient sync, optimizer
       return;
     }
-    const int pass = s.pass, layer = layer_of(pass);
+    const auto [kind, h, of] = program[s.op];
+    // Staggered: the layer before's operations are none at a micro-batch's first layer, and
+    // the finishing ones run at its last only.
+    const int first = layer_of(s.pass) == 0, last = layer_of(s.pass) == spec_.model.moe_layers - 1;
+    if ((of == before && first) || (of == at_last && !last)) {
+      ++s.op;
+      continue;
+    }
+    const int pass = of == before ? s.pass - 1 : s.pass, layer = layer_of(pass);
     const bool back = backward(pass);
-    const auto [kind, h] = (back ? kBackward : kForward)[static_cast<std::size_t>(s.op)];
     const bool phase = backward_phase(pass), again = recompute(pass);
     const auto& p = plan(pass, gpu, h);
     auto compute = [&](Stage stage, Time t) {
       ++s.op;
+      s.stage_pass = pass;
       run_stage(gpu, stage, t, &MoeForward::overlap_step);
+      s.stage_pass = -1;
     };
     auto wait = [&](Wait w, std::vector<std::int64_t>& left, Stage stage) {
       if (s.wait != w) {  // arriving at the wait
         s.wait = w;
         s.wait_half = h;
+        s.wait_pass = pass;
         s.wait_start = sim_.now();
       }
       if (pending(left, gpu, pass, h) > 0) return false;

@@ -177,6 +177,16 @@ struct ForwardSpec {
   // all-to-alls overlap the other half's compute; the communication kernels hold this share of
   // the GPU's SMs all along, so every compute stage runs 1 / (1 - share) slower.
   bool two_batch_overlap = false;
+  // With two_batch_overlap, staggered (forward passes without pipeline stages: decode, prefill,
+  // forward; DeepSeek's decode): the second half runs half a layer behind the first, so that
+  // every all-to-all overlaps a compute phase of the other half. A layer's program is
+  //   A's reduce of the layer before, A's attention and router, [A's dispatch];
+  //   B's shared experts and experts of the layer before, [B's combine];
+  //   A's shared experts and experts, [A's combine];
+  //   B's reduce of the layer before, B's attention and router, [B's dispatch],
+  // each all-to-all overlapping the next compute phase, and the last layer then finishes both
+  // halves. Without staggering (two_batch) each combine overlaps only the other half's experts.
+  bool two_batch_staggered = false;
   // Forward-backward overlap (training; Megatron-LM's combined 1F1B, --overlap-moe-expert-parallel-comm):
   // the 1F1B schedule runs one forward more before its first backward, and each later backward
   // together with the forward before it, layer by layer (the forward's i-th layer with the
@@ -334,6 +344,9 @@ class MoeForward {
                           // ZB-H1's weight pass: its next stage (weight_step())
     int wait_half = 0;    // two-batch overlap: the half it waits for; forward-backward overlap: the
                           // pass of the pair whose pipeline input it waits for (0 or 1)
+    int wait_pass = 0;    // two-batch overlap: the pass whose all-to-all it waits for (staggered:
+                          // the one before for the second half's)
+    int stage_pass = -1;  // a stage started now is of this pass (staggered: the layer before's); -1: `pass`
     // Per micro-batch, whether its dense layers have run forward and its LM head backward here
     // (each once per micro-batch, whichever of its passes gets there first).
     std::vector<char> dense_forward, head_backward;

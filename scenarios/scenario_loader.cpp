@@ -623,15 +623,22 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.recompute != models::Recompute::full)
         problems.add_at(w->key_path("recompute_layers"), "only used with recompute: full (the layers of each model chunk it rebuilds)");
     }
-    if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch", "forward_backward"}), false)) {
-      f.two_batch_overlap = *v == "two_batch";
+    if (auto v = w->get<std::string>("overlap", one_of({"none", "two_batch", "two_batch_staggered", "forward_backward"}), false)) {
+      f.two_batch_overlap = *v == "two_batch" || *v == "two_batch_staggered";
+      f.two_batch_staggered = *v == "two_batch_staggered";
+      if (f.two_batch_staggered && f.training)
+        problems.add_at(w->key_path("overlap"), "two_batch_staggered runs forward passes only (decode, prefill, forward); "
+                                                "training has two_batch and forward_backward");
+      else if (f.two_batch_staggered && f.pp > 1)
+        problems.add_at(w->key_path("overlap"), "two_batch_staggered with parallelism.pp > 1 is not modelled (its halves would "
+                                                "leave a stage half a layer apart); two_batch works with pipeline stages");
       f.forward_backward_overlap = *v == "forward_backward";
       // DeepSeek-V3 (technical report, section 3.2.2): 20 of the H800's 132 SMs suffice for its
       // all-to-all kernels; 20 of another GPU's SMs (of 132 where a custom GPU does not say).
       const int sms = sc.cluster.gpu.sm_count > 0 ? sc.cluster.gpu.sm_count : 132;
       if (*v != "none") f.comm_sm_fraction = 20.0 / sms;
       if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
-        problems.add_at(w->key_path("overlap"), fmt::format("two_batch needs an even tokens_per_gpu (got {})", f.tokens_per_gpu));
+        problems.add_at(w->key_path("overlap"), fmt::format("{} needs an even tokens_per_gpu (got {})", *v, f.tokens_per_gpu));
       if (f.forward_backward_overlap) {
         const auto refuse = [&](const std::string& why) { problems.add_at(w->key_path("overlap"), "forward_backward " + why); };
         if (!f.training)
@@ -652,7 +659,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         }, false)) {
       f.comm_sm_fraction = *v;
       if (!f.two_batch_overlap && !f.forward_backward_overlap)
-        problems.add_at(w->key_path("comm_sm_fraction"), "only used with 'overlap: two_batch' or 'overlap: forward_backward'");
+        problems.add_at(w->key_path("comm_sm_fraction"),
+                        "only used with 'overlap: two_batch', 'two_batch_staggered' or 'forward_backward'");
     }
     w->finish();
   }

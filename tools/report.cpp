@@ -428,7 +428,10 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                                : f.pipeline_schedule != models::PipelineSchedule::one_f_one_b ? std::string(models::to_string(f.pipeline_schedule))
                                : f.virtual_stages > 1 ? "interleaved_1f1b"
                                                       : "1f1b";
-  const char* overlap = f.two_batch_overlap ? "two_batch" : f.forward_backward_overlap ? "forward_backward" : "none";
+  const char* overlap = f.two_batch_staggered ? "two_batch_staggered"
+                        : f.two_batch_overlap  ? "two_batch"
+                        : f.forward_backward_overlap ? "forward_backward"
+                                                     : "none";
   // Decode: the time between a sequence's tokens, the step over the tokens it gains per step.
   // (the expected gain with draft tokens, to the picosecond).
   const std::string per_token =
@@ -771,8 +774,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                : f.profile && f.profile->measures("experts_bwd") ? " (the optimizer among it)"
                                                                                   : " (backward passes and the optimizer among it)"));
   if (f.two_batch_overlap)
-    fmt::print(out, "  overlap     two-batch: each micro-batch runs as two halves, each half's all-to-alls beside the other's compute; "
+    fmt::print(out, "  overlap     two-batch{}: each micro-batch runs as two halves, each half's all-to-alls beside the other's compute{}; "
                     "the all-to-all kernels hold {:.1f}% of the SMs\n",
+               f.two_batch_staggered ? ", staggered" : "", f.two_batch_staggered ? " (the second half half a layer behind)" : "",
                100 * f.comm_sm_fraction);
   if (f.forward_backward_overlap) {
     int paired = 0, backwards = 0;  // on the critical GPU's stage

@@ -774,6 +774,44 @@ TEST_CASE("Two-batch overlap on the tiny layer matches the hand derivation exact
         Time::ps(2 * std::llround(62'914'560.0 * 132 / 112)));
 }
 
+TEST_CASE("Staggered two-batch overlap on two tiny layers matches the hand derivation exactly", "[models][overlap]") {
+  // The tiny layer's halves as above (attention 52,193,280, router 1,032,096, experts 62,914,560,
+  // reduce 3,072,000; each all-to-all 12,240,000 and alone on its links), two layers, the second
+  // half half a layer behind. Layer 0: A's attention and router until 53,225,376 (A's rows
+  // arrive at 65,465,376, waited for); A's experts until 128,379,936 (outputs back at
+  // 140,619,936); B's attention and router until 181,605,312 (rows at 193,845,312).
+  // Layer 1: A's reduce of layer 0 until 184,677,312; A's attention and router until
+  // 237,902,688 (rows at 250,142,688); B's experts of layer 0 until 300,817,248 (outputs at
+  // 313,057,248); A's experts until 363,731,808 (outputs at 375,971,808); B's reduce of layer
+  // 0 until 366,803,808; B's attention and router until 420,029,184 (rows at 432,269,184).
+  // The last layer finishes: A's reduce until 423,101,184; B's rows waited for 9,168,000, its
+  // experts until 495,183,744, its outputs waited for 12,240,000, its reduce until 510,495,744.
+  std::string text = tiny("dropless", 2);
+  text = replaced(text, "workload: {tokens_per_gpu: 1000, sequence_length: 1000}",
+                  "workload: {tokens_per_gpu: 1000, sequence_length: 1000, overlap: two_batch_staggered, comm_sm_fraction: 0}");
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "stagger.yaml"));
+  CHECK(r.stats.step_time() == Time::ps(510'495'744));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::ps(12'240'000 + 9'168'000));
+    CHECK(g.stage_total[idx(Stage::combine)] == Time::ps(12'240'000));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(4 * 62'914'560));
+    CHECK(g.stage_total[idx(Stage::reduce)] == Time::ps(4 * 3'072'000));
+  }
+  // Each stage is recorded with its own layer: both halves' experts and reduces are layer 0's
+  // and layer 1's, though half B's of layer 0 ran in layer 1's program.
+  for (const auto& l : r.stats.layers()) {
+    CHECK(l.stage_sum[idx(Stage::experts)] == Time::ps(2 * 2 * 62'914'560));
+    CHECK(l.stage_sum[idx(Stage::reduce)] == Time::ps(2 * 2 * 3'072'000));
+  }
+  CHECK(r.stats.layers()[0].stage_sum[idx(Stage::dispatch)] == Time::ps(2 * 12'240'000));
+  CHECK(r.stats.layers()[1].stage_sum[idx(Stage::dispatch)] == Time::ps(2 * 9'168'000));
+  CHECK(r.stats.layers()[1].stage_sum[idx(Stage::combine)] == Time::ps(2 * 12'240'000));
+  // Unstaggered, each layer is the one-layer step above: 2 x 247,591,872.
+  const auto plain = scenarios::run_experiment(
+      scenarios::load_scenario_text(replaced(text, "two_batch_staggered", "two_batch"), "tbo.yaml"));
+  CHECK(plain.stats.step_time() == Time::ps(2 * 247'591'872));
+}
+
 TEST_CASE("Overlap never makes a step shorter than its GPUs' compute", "[models][overlap]") {
   for (const char* kind : {"forward", "training"})
   for (const char* net : {"direct", "hierarchical"}) {
@@ -894,7 +932,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -980,7 +1018,8 @@ compute: {{{}jitter: 0.05, straggler_probability: 0.3, straggler_speed: 0.6}}
 output: {{timeline: off}}
 )",
         nodes, gpn, gpu, layers, experts, top_k, pick.uniform_int(2), pick.uniform_int(2), attention, cache, mtp_keys, ep, pp, tp, split, kind, 2 * (8 + pick.uniform_int(60)), batches,
-        kind == "decode" ? "context_length: 512, " : "", draft ? "draft_tokens: 1, acceptance_rate: 0.7, " : "", tbo ? "overlap: two_batch, " : "", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
+        kind == "decode" ? "context_length: 512, " : "", draft ? "draft_tokens: 1, acceptance_rate: 0.7, " : "",
+        !tbo ? "" : kind != "training" && trial % 2 ? "overlap: two_batch_staggered, " : "overlap: two_batch, ", sync, recompute, schedule, trial, laws[pick.uniform_int(4)],
         drops[pick.uniform_int(4)], pick.uniform_int(2) ? 0.5 : 0.0,
         eplb ? "policy: eplb, redundant_experts: " + std::to_string(ep) : std::string("policy: contiguous"),
         pick.uniform_int(2) ? "maxmin" : "analytical", algos[pick.uniform_int(3)],
@@ -999,6 +1038,7 @@ output: {{timeline: off}}
       yaml.insert(at + hier.size(), ", forward_chunks: 3");
       ++chunked_trials;
     }
+    staggered_trials += yaml.find("two_batch_staggered") != std::string::npos;
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -1024,6 +1064,7 @@ output: {{timeline: off}}
   CHECK(fp4_trials >= 4);  // the draws above give some FP4 inference trials
   CHECK(chunked_trials >= 4);  // and some hierarchical ones forwarding in chunks
   CHECK(scored_trials >= 4);   // and some with groups chosen by scores
+  CHECK(staggered_trials >= 4);  // and some forward passes with staggered two-batch overlap
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {

@@ -878,7 +878,7 @@ TEST_CASE("Forward-backward overlap: training with micro-batches, 1F1B, and mode
   CHECK_THAT(error_of(workload("  kind: training\n  micro_batches: 2\n  overlap: forward_backward\n", "  pp: 2\n")),
              Catch::Contains("workload.overlap: forward_backward with pipeline stages needs parallelism.virtual_stages > 1"));
   CHECK_THAT(error_of(workload("  comm_sm_fraction: 0.1\n")),
-             Catch::Contains("only used with 'overlap: two_batch' or 'overlap: forward_backward'"));
+             Catch::Contains("only used with 'overlap: two_batch', 'two_batch_staggered' or 'forward_backward'"));
   CHECK_THAT(error_of(workload("  overlap: forward\n")), Catch::Contains("forward_backward"));  // the closest value suggested
 }
 
@@ -1011,4 +1011,22 @@ TEST_CASE("network.resolve_interval is read as a time", "[scenarios]") {
         moesim::sim::Time::us(1));
   CHECK_THAT(error_of(kBase + "network:\n  resolve_interval: 1\n"), Catch::Contains("network.resolve_interval: expected a time like"));
   CHECK_THAT(error_of(kBase + "network:\n  resolve_interval: -1us\n"), Catch::Contains("network.resolve_interval: expected a time"));
+}
+
+TEST_CASE("workload.overlap: two_batch_staggered is for forward passes without pipeline stages", "[scenarios]") {
+  const auto staggered = with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  overlap: two_batch_staggered\n");
+  const auto sc = load_scenario_text(staggered, "s.yaml");
+  CHECK(sc.forward.two_batch_overlap);
+  CHECK(sc.forward.two_batch_staggered);
+  CHECK(sc.forward.comm_sm_fraction == Approx(20.0 / 132));
+  CHECK_FALSE(load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  overlap: two_batch\n"), "s.yaml")
+                  .forward.two_batch_staggered);
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  overlap: two_batch_staggered\n  kind: training\n")),
+             Catch::Contains("workload.overlap: two_batch_staggered runs forward passes only"));
+  std::string staged = with("  ep: 8\n", "  ep: 8\n  pp: 2\n");
+  staged.replace(staged.find("  tokens_per_gpu: 1024\n"), 23, "  tokens_per_gpu: 1024\n  overlap: two_batch_staggered\n");
+  CHECK_THAT(error_of(staged),
+             Catch::Contains("two_batch_staggered with parallelism.pp > 1 is not modelled"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1023\n  overlap: two_batch_staggered\n")),
+             Catch::Contains("two_batch_staggered needs an even tokens_per_gpu (got 1023)"));
 }
