@@ -1282,7 +1282,7 @@ void MoeForward::overlap_step(int gpu) {
     const auto [kind, h, of] = program[s.op];
     // Staggered: the layer before's operations are none at a micro-batch's first layer, and
     // the finishing ones run at its last only.
-    const int first = layer_of(s.pass) == 0, last = layer_of(s.pass) == spec_.model.moe_layers - 1;
+    const bool first = layer_of(s.pass) == 0, last = layer_of(s.pass) == spec_.model.moe_layers - 1;
     if ((of == before && first) || (of == at_last && !last)) {
       ++s.op;
       continue;
