@@ -32,16 +32,14 @@ std::int64_t to_ps_ceil(double t_s) {
   return static_cast<std::int64_t>(std::ceil(x));
 }
 
-// Heap orders (std heaps are max-heaps, so "later" sorts first out): pending activations by
-// (time, start order), completions by (time, slot).
+// Heap orders: pending activations by (time, start order) in a std heap (a max-heap, so "later"
+// sorts first out); due times by (time, slot) in the indexed heap.
 struct LaterActivation {
   bool operator()(const auto& a, const auto& b) const {
     return a.activation_ps != b.activation_ps ? a.activation_ps > b.activation_ps : a.order > b.order;
   }
 };
-struct LaterCompletion {
-  bool operator()(const auto& a, const auto& b) const { return a.t != b.t ? a.t > b.t : a.flow > b.flow; }
-};
+bool earlier(const auto& a, const auto& b) { return a.t != b.t ? a.t < b.t : a.flow < b.flow; }
 
 }  // namespace
 
@@ -98,7 +96,7 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
   member_pos_.emplace_back();
   cold_.push_back(Cold{0, 0, 0, 0, kInf, 1, 0});
   is_active_.push_back(0);
-  version_.push_back(0);
+  due_pos_.push_back(kNotDue);
   active_pos_.push_back(0);
   flow_seen_.push_back(0);
   done_.emplace_back();
@@ -201,15 +199,60 @@ void MaxMinNetwork::finish(std::uint32_t s, double t) {
   active_pos_[active_[p]] = p;
   active_.pop_back();
   is_active_[s] = 0;
-  ++version_[s];
 }
 
-double MaxMinNetwork::peek_next_finish() {
-  while (!due_.empty() && due_.front().version != version_[due_.front().flow]) {
-    std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
-    due_.pop_back();
+double MaxMinNetwork::peek_next_finish() { return due_.empty() ? kInf : due_.front().t; }
+
+void MaxMinNetwork::sift_up(std::uint32_t i) {
+  const Due d = due_[i];
+  while (i > 0) {
+    const std::uint32_t parent = (i - 1) / 2;
+    if (!earlier(d, due_[parent])) break;
+    due_[i] = due_[parent];
+    due_pos_[due_[i].flow] = i;
+    i = parent;
   }
-  return due_.empty() ? kInf : due_.front().t;
+  due_[i] = d;
+  due_pos_[d.flow] = i;
+}
+
+void MaxMinNetwork::sift_down(std::uint32_t i) {
+  const Due d = due_[i];
+  const auto n = static_cast<std::uint32_t>(due_.size());
+  for (;;) {
+    std::uint32_t child = 2 * i + 1;
+    if (child >= n) break;
+    if (child + 1 < n && earlier(due_[child + 1], due_[child])) ++child;
+    if (!earlier(due_[child], d)) break;
+    due_[i] = due_[child];
+    due_pos_[due_[i].flow] = i;
+    i = child;
+  }
+  due_[i] = d;
+  due_pos_[d.flow] = i;
+}
+
+void MaxMinNetwork::set_due(std::uint32_t s, double t) {
+  std::uint32_t i = due_pos_[s];
+  if (i == kNotDue) {
+    i = static_cast<std::uint32_t>(due_.size());
+    due_.push_back(Due{t, s});
+    sift_up(i);
+    return;
+  }
+  const bool sooner = t < due_[i].t;
+  due_[i].t = t;
+  if (sooner) sift_up(i);
+  else sift_down(i);
+}
+
+void MaxMinNetwork::pop_due() {
+  due_pos_[due_.front().flow] = kNotDue;
+  const Due last = due_.back();
+  due_.pop_back();
+  if (due_.empty()) return;
+  due_.front() = last;
+  sift_down(0);
 }
 
 void MaxMinNetwork::wake() {
@@ -242,13 +285,10 @@ void MaxMinNetwork::wake() {
       // A part of a flow has arrived: its callback (deferred with the completions), and the
       // flow's next due time; rates do not change.
       const std::uint32_t s = due_.front().flow;
-      std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
-      due_.pop_back();
       completed.emplace_back(t_done, [f = on_part_[s], j = cold_[s].next_part] { f(j); });
       ++cold_[s].next_part;
       cold_[s].due_s = next_due(s);
-      due_.push_back(Due{cold_[s].due_s, s, ++version_[s]});
-      std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
+      set_due(s, cold_[s].due_s);
       continue;
     }
     const double t = std::min(done_due ? t_done : kInf, t_act);
@@ -265,8 +305,7 @@ void MaxMinNetwork::wake() {
         const Cold& c = cold_[d.flow];
         if (at_part(d.flow)) break;  // a part's arrival, next round
         if (!(d.t <= t || (d.t - t) * c.rate_used <= kSameInstant * c.size)) break;
-        std::pop_heap(due_.begin(), due_.end(), LaterCompletion{});
-        due_.pop_back();
+        pop_due();
         leaving.push_back(d.flow);
       }
       std::sort(leaving.begin(), leaving.end());
@@ -514,14 +553,7 @@ void MaxMinNetwork::solve(double from_rate) {
     c.since = t;
     c.rate_used = rate;
     c.due_s = next_due(s);
-    due_.push_back(Due{c.due_s, s, ++version_[s]});
-    std::push_heap(due_.begin(), due_.end(), LaterCompletion{});
-  }
-  // The heap keeps stale entries until they surface; rebuild it when they dominate.
-  if (due_.size() > 4 * active_.size() + 1024) {
-    due_.clear();
-    for (const std::uint32_t s : active_) due_.push_back(Due{cold_[s].due_s, s, version_[s]});
-    std::make_heap(due_.begin(), due_.end(), LaterCompletion{});
+    set_due(s, c.due_s);
   }
 }
 

@@ -121,10 +121,9 @@ class MaxMinNetwork final : public NetworkModel {
   // The time the flow's next part arrives at its current rate.
   double next_due(std::uint32_t s) const;
   bool at_part(std::uint32_t s) const { return cold_[s].next_part + 1 < cold_[s].parts; }
-  struct Due {  // a completion (or a part's arrival) in the heap; stale once the flow's version moves on
+  struct Due {  // a flow's next completion (or part's arrival), in the heap
     double t;
     std::uint32_t flow;
-    std::uint32_t version;
   };
   std::vector<Cold> cold_;
   std::vector<std::uint32_t> active_pos_;
@@ -133,9 +132,16 @@ class MaxMinNetwork final : public NetworkModel {
   std::vector<std::uint32_t> free_slots_;
   std::vector<std::uint32_t> active_;  // slots of flows in their bandwidth phase
   std::vector<std::uint8_t> is_active_;
-  std::vector<std::uint32_t> version_;
   std::vector<std::uint32_t> fresh_;   // flows activated since the last solve
-  std::vector<Due> due_;               // min-heap of completions
+  // Min-heap of the active flows' next due times by (time, slot), indexed: a re-solve moves a
+  // flow's entry in place rather than leaving a stale one behind.
+  std::vector<Due> due_;
+  std::vector<std::uint32_t> due_pos_;  // per slot: its index in due_, or kNotDue
+  static constexpr std::uint32_t kNotDue = std::numeric_limits<std::uint32_t>::max();
+  void set_due(std::uint32_t s, double t);  // insert or move s's entry
+  void pop_due();                           // remove the earliest entry
+  void sift_up(std::uint32_t i);
+  void sift_down(std::uint32_t i);
   std::vector<Pending> pending_;       // min-heap on (activation, order)
   std::uint64_t start_order_ = 0;
 
