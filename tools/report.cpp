@@ -413,7 +413,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto tokens = std::llround(step_tokens_exact);
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
+  out << "scenario,workload,network_model,resolve_interval_us,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
          "moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
@@ -438,8 +438,10 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
       f.context_length > 0
           ? format_us(sim::Time::ps(std::llround(static_cast<double>(step.count_ps()) / tokens_per_sequence(f))))
           : std::string();
-  fmt::print(out, "{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},{},", csv_field(sc.source),
-             sc.workload_kind, r.network_model, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus,
+  // The max-min model's re-solve interval (0: exact); none for the analytical model.
+  const std::string resolve_interval = r.network_model == "maxmin" ? format_us(sc.resolve_interval) : std::string();
+  fmt::print(out, "{},{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},{},", csv_field(sc.source),
+             sc.workload_kind, r.network_model, resolve_interval, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus,
              csv_field(sc.cluster.gpu.name), f.ep,
              f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.sequences(), f.micro_batches, tokens, format_us(step),
              seconds > 0 ? step_tokens_exact / seconds : 0.0, seconds > 0 ? step_tokens_exact / seconds / gpus : 0.0, per_token, crit);

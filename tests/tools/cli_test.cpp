@@ -646,6 +646,7 @@ TEST_CASE("network.resolve_interval batches max-min re-solves at a cost the inte
     return summary_row(out / "layers.csv");
   };
   const auto fine = layer("100ns");
+  CHECK(summary_row(tmp.path() / "100ns" / "summary.csv").at("resolve_interval_us") == "0.100000");
   CHECK(std::stod(fine.at("dispatch_wait_mean_us")) == Approx(122.9).epsilon(0.002));
   CHECK(std::stod(fine.at("combine_wait_mean_us")) == Approx(269.7).epsilon(0.002));
   const auto coarse = layer("10us");
@@ -655,6 +656,11 @@ TEST_CASE("network.resolve_interval batches max-min re-solves at a cost the inte
   REQUIRE(moesim(ll + " --set network.model=analytical -q --out '" + a.string() + "'", tmp).code == 0);
   REQUIRE(moesim(ll + " --set network.model=analytical --set network.resolve_interval=10us -q --out '" + b.string() + "'", tmp).code == 0);
   CHECK(summary_row(a / "layers.csv").at("dispatch_wait_mean_us") == summary_row(b / "layers.csv").at("dispatch_wait_mean_us"));
+  CHECK(summary_row(b / "summary.csv").at("resolve_interval_us").empty());
+  // moesim diff names it among the settings that differ.
+  const Result d = moesim("diff '" + (tmp.path() / "100ns").string() + "' '" + (tmp.path() / "10us").string() + "'", tmp);
+  CHECK(d.code == 0);
+  CHECK_THAT(d.out, Catch::Contains("resolve_interval_us") && Catch::Contains("0.100000  ->  10.000000"));
 }
 
 TEST_CASE("The validation scenarios reproduce docs/validation.md", "[cli][validation]") {
