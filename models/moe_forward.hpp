@@ -178,8 +178,9 @@ struct ForwardSpec {
   // the GPU's SMs all along, so every compute stage runs 1 / (1 - share) slower.
   bool two_batch_overlap = false;
   // With two_batch_overlap, staggered (forward passes without pipeline stages: decode, prefill,
-  // forward; DeepSeek's decode): the second half runs half a layer behind the first, so that
-  // every all-to-all overlaps a compute phase of the other half. A layer's program is
+  // forward; after DeepSeek's decode overlap, which also splits the attention in two steps): the
+  // second half runs half a layer behind the first, so that every all-to-all overlaps a compute
+  // phase of the other half. A layer's program is
   //   A's reduce of the layer before, A's attention and router, [A's dispatch];
   //   B's shared experts and experts of the layer before, [B's combine];
   //   A's shared experts and experts, [A's combine];
