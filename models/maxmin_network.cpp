@@ -94,7 +94,7 @@ std::uint32_t MaxMinNetwork::new_flow_slot() {
   }
   hot_.push_back(Hot{});
   member_pos_.emplace_back();
-  cold_.push_back(Cold{0, 0, 0, 0, kInf, 1, 0});
+  cold_.push_back(Cold{0, 0, 0, 0, 1, 0});
   is_active_.push_back(0);
   due_pos_.push_back(kNotDue);
   active_pos_.push_back(0);
@@ -135,7 +135,7 @@ void MaxMinNetwork::start_flow_in_parts(const Flow& flow, std::uint32_t parts, P
   std::copy(links.begin(), links.end(), hot_[s].links.begin());
   hot_[s].hops = static_cast<std::uint32_t>(links.size());
   const double bytes = static_cast<double>(flow.size.count());
-  cold_[s] = Cold{bytes, bytes, 0.0, 0.0, kInf, parts, 0};
+  cold_[s] = Cold{bytes, bytes, 0.0, 0.0, parts, 0};
   hot_[s].rate = 0;
   hot_[s].frozen_at = 0;
   done_[s] = std::move(on_done);
@@ -287,8 +287,7 @@ void MaxMinNetwork::wake() {
       const std::uint32_t s = due_.front().flow;
       completed.emplace_back(t_done, [f = on_part_[s], j = cold_[s].next_part] { f(j); });
       ++cold_[s].next_part;
-      cold_[s].due_s = next_due(s);
-      set_due(s, cold_[s].due_s);
+      set_due(s, next_due(s));
       continue;
     }
     const double t = std::min(done_due ? t_done : kInf, t_act);
@@ -552,8 +551,7 @@ void MaxMinNetwork::solve(double from_rate) {
     c.left = std::max(c.left - c.rate_used * (t - c.since), 0.0);
     c.since = t;
     c.rate_used = rate;
-    c.due_s = next_due(s);
-    set_due(s, c.due_s);
+    set_due(s, next_due(s));
   }
 }
 

@@ -113,8 +113,7 @@ class MaxMinNetwork final : public NetworkModel {
     double size;
     double left;       // bytes left at time `since`
     double since;      // when the flow last got a rate
-    double rate_used;  // the rate in force since then
-    double due_s;      // exact time of its next part's arrival (the last part's: completion) under that rate
+    double rate_used;  // the rate in force since then (its next part's exact due time is in due_)
     std::uint32_t parts;      // the flow is delivered in this many parts (1: whole)
     std::uint32_t next_part;  // the first part not yet arrived
   };
