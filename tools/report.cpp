@@ -711,6 +711,19 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     const Economics e = economics(sc, r);
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", tokens / step.to_seconds(),
                tokens / step.to_seconds() / gpus, 100 * e.mfu);
+    if (f.training) {
+      // How pre-training budgets are stated (DeepSeek-V3's report: 180K H800 GPU hours per
+      // trillion tokens, 3.7 days on its 2,048 GPUs): at this step's throughput.
+      const double seconds = 1e12 / (tokens / step.to_seconds());
+      const double hours = seconds * gpus / 3600;
+      fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}\n", seconds / 86400, gpus,
+                 hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6)
+                 : hours >= 1e3 ? fmt::format("{:.4g}K", hours / 1e3)
+                                : fmt::format("{:.4g}", hours),
+                 sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", seconds * gpus / 3600 * sc.gpu_hour_price,
+                                                     sc.gpu_hour_price)
+                                       : std::string());
+    }
     if (sc.gpu_hour_price > 0)
       fmt::print(out, "  cost        {:.4g} per million tokens ({:.4g} per step at {} per GPU-hour)\n",
                  e.cost_per_million_tokens, e.cost_per_step, sc.gpu_hour_price);

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -844,6 +845,42 @@ TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli]
   CHECK(num("mfu") < 0.7);  // never above the roofline's FLOP efficiency
   CHECK(num("cost_per_step") == Approx(2.5 * 2 * step_s / 3600).epsilon(1e-3));
   CHECK(num("cost_per_million_tokens") == Approx(num("cost_per_step") / 1000 * 1e6).epsilon(1e-3));
+}
+
+TEST_CASE("A training run's summary gives the days and GPU-hours a trillion tokens take", "[cli][cost]") {
+  // How pre-training budgets are stated (DeepSeek-V3: 180K H800 GPU-hours per trillion tokens):
+  // from summary.csv's throughput, the days on the scenario's GPUs and their GPU-hours and cost.
+  TempDir tmp;
+  const std::string base =
+      "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n  gpu_hour_price: 2\n"
+      "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
+      "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 2048\n  micro_batches: 2\n";
+  std::ofstream(tmp.path() / "t.yaml") << base;
+  const Result r = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --out '" + (tmp.path() / "o").string() + "'", tmp);
+  REQUIRE(r.code == 0);
+  const auto summary = summary_row(tmp.path() / "o" / "summary.csv");
+  const double per_s = std::stod(summary.at("tokens_per_s"));
+  REQUIRE(per_s > 0);
+  const auto at = r.out.find("1T tokens");
+  REQUIRE(at != std::string::npos);
+  const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+  INFO(line);
+  double days = 0, hours = 0, cost = 0;
+  char unit = ' ';
+  REQUIRE(std::sscanf(line.c_str(), "1T tokens %lf days on these 4 GPUs, %lf%c", &days, &hours, &unit) == 3);
+  hours *= unit == 'K' ? 1e3 : unit == 'M' ? 1e6 : 1;  // (138 GPU-hours here: no K or M)
+  const auto priced = line.find(", ", line.find("GPU-hours"));
+  REQUIRE(priced != std::string::npos);
+  REQUIRE(std::sscanf(line.c_str() + priced, ", %lf at 2 per GPU-hour", &cost) == 1);
+  const double seconds = 1e12 / per_s;
+  CHECK(days == Approx(seconds / 86400).epsilon(1e-3));
+  CHECK(hours == Approx(4 * seconds / 3600).epsilon(1e-3));
+  CHECK(cost == Approx(2 * hours).epsilon(1e-3));
+  // Inference runs do not say it.
+  std::ofstream(tmp.path() / "f.yaml") << base.substr(0, base.find("  kind: training")) + "  tokens_per_gpu: 2048\n";
+  const Result f = moesim("run '" + (tmp.path() / "f.yaml").string() + "' --out '" + (tmp.path() / "f").string() + "'", tmp);
+  REQUIRE(f.code == 0);
+  CHECK_THAT(f.out, !Catch::Contains("1T tokens"));
 }
 
 TEST_CASE("Multi-step runs re-place experts every refresh_every steps and move their weights", "[cli][steps]") {
