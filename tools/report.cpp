@@ -720,8 +720,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6)
                  : hours >= 1e3 ? fmt::format("{:.4g}K", hours / 1e3)
                                 : fmt::format("{:.4g}", hours),
-                 sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", seconds * gpus / 3600 * sc.gpu_hour_price,
-                                                     sc.gpu_hour_price)
+                 sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", hours * sc.gpu_hour_price, sc.gpu_hour_price)
                                        : std::string());
     }
     if (sc.gpu_hour_price > 0)

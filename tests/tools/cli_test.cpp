@@ -853,7 +853,7 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   TempDir tmp;
   const std::string base =
       "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n  gpu_hour_price: 2\n"
-      "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
+      "model:\n  moe_layers: 2\n  hidden: 4096\n  expert_ffn: 8192\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
       "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 2048\n  micro_batches: 2\n";
   std::ofstream(tmp.path() / "t.yaml") << base;
   const Result r = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --out '" + (tmp.path() / "o").string() + "'", tmp);
@@ -868,7 +868,8 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   double days = 0, hours = 0, cost = 0;
   char unit = ' ';
   REQUIRE(std::sscanf(line.c_str(), "1T tokens %lf days on these 4 GPUs, %lf%c", &days, &hours, &unit) == 3);
-  hours *= unit == 'K' ? 1e3 : unit == 'M' ? 1e6 : 1;  // (138 GPU-hours here: no K or M)
+  CHECK(unit == 'K');  // thousands of GPU-hours at this size
+  hours *= unit == 'K' ? 1e3 : unit == 'M' ? 1e6 : 1;
   const auto priced = line.find(", ", line.find("GPU-hours"));
   REQUIRE(priced != std::string::npos);
   REQUIRE(std::sscanf(line.c_str() + priced, ", %lf at 2 per GPU-hour", &cost) == 1);
