@@ -709,12 +709,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                 : std::string());
   if (step > sim::Time::zero()) {
     const Economics e = economics(sc, r);
-    fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", tokens / step.to_seconds(),
-               tokens / step.to_seconds() / gpus, 100 * e.mfu);
+    const double per_s = tokens / step.to_seconds();
+    fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", per_s, per_s / gpus, 100 * e.mfu);
     if (f.training) {
       // How pre-training budgets are stated (DeepSeek-V3's report: 180K H800 GPU hours per
       // trillion tokens, 3.7 days on its 2,048 GPUs): at this step's throughput.
-      const double seconds = 1e12 / (tokens / step.to_seconds());
+      const double seconds = 1e12 / per_s;
       const double hours = seconds * gpus / 3600;
       fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}\n", seconds / 86400, gpus,
                  hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6)
