@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -666,6 +667,17 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                      : std::string(),
              f.sequences(),
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
+  {
+    // A NIC faster than its PCIe link (an 800 Gb/s NIC on the default PCIe Gen5 x16) moves no
+    // more than the PCIe link does: say so, since the NIC bandwidth alone suggests otherwise.
+    const double nic = static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s());
+    const double pcie = static_cast<double>(sc.cluster.node.pcie_bandwidth.bytes_per_s());
+    if (sc.cluster.scale_out.present && nic > pcie)
+      fmt::print(out,
+                 "  note        each NIC's {:.0f} GB/s is more than its PCIe link's {:.0f} GB/s, which caps it (cluster.node.pcie_bandwidth; "
+                 "an 800 Gb/s NIC needs PCIe Gen6 x16, 128GB/s)\n",
+                 nic / 1e9, pcie / 1e9);
+  }
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
   fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}{}\n", static_cast<double>(params.total) / 1e9,
@@ -846,11 +858,17 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                why);
   }
   if (!r.links.empty()) {
-    // The link that was busy longest: where the fabric's time went.
+    // The link that was busy longest: where the fabric's time went. Links in series carrying the
+    // same flows (a NIC's PCIe link and its port on the leaf) are busy for the same time; of
+    // those the one that ran fullest, the narrower, is the bottleneck.
     const topology::Cluster cluster(sc.cluster);
     std::size_t busiest = 0;
-    for (std::size_t i = 1; i < r.links.size(); ++i)
-      if (r.links[i].busy_s > r.links[busiest].busy_s) busiest = i;
+    for (std::size_t i = 1; i < r.links.size(); ++i) {
+      const auto& a = r.links[i];
+      const auto& b = r.links[busiest];
+      const bool same_time = std::abs(a.busy_s - b.busy_s) <= 1e-9 * std::max(a.busy_s, b.busy_s);
+      if (same_time ? a.peak_utilisation > b.peak_utilisation : a.busy_s > b.busy_s) busiest = i;
+    }
     const auto& l = cluster.links()[busiest];
     if (r.links[busiest].busy_s > 0)
       fmt::print(out, "  busiest     link {} {} -> {} ({}): busy {:.3f} ms, peak utilisation {:.0f}%\n", busiest,

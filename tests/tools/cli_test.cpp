@@ -1133,3 +1133,48 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
 }
+
+TEST_CASE("The summary names the narrower of links in series as the busiest, and a NIC its PCIe link caps", "[cli][links]") {
+  TempDir tmp;
+  // EP16 over the quickstart's two nodes: every GPU's NIC link (50 GB/s) and its PCIe link (64
+  // GB/s) carry the same flows, busy for the same time; the NIC link runs full, the PCIe one at
+  // 78 %, so the NIC link is where the fabric's time goes.
+  const std::string ep16 = "run --set parallelism.ep=16 --set model.experts=16 --set model.moe_layers=2 ";
+  const auto r = moesim(ep16 + "--out '" + (tmp.path() / "a").string() + "'", tmp);
+  REQUIRE(r.code == 0);
+  const auto at = r.out.find("  busiest     link ");
+  REQUIRE(at != std::string::npos);
+  const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+  INFO(line);
+  CHECK_THAT(line, Catch::Contains("(nic)") && Catch::Contains("peak utilisation 100%"));
+  // links.csv agrees: the named link is busy longest, tied with its PCIe link.
+  const int named = std::stoi(line.substr(std::string("  busiest     link ").size()));
+  std::ifstream in(tmp.path() / "a" / "links.csv");
+  std::string row;
+  std::getline(in, row);
+  double longest = 0, named_busy = -1;
+  int ties = 0;
+  std::vector<std::pair<double, std::string>> rows;
+  while (std::getline(in, row)) {
+    const auto f = csv_fields(row);
+    rows.emplace_back(std::stod(f.at(7)), f.at(3));
+    longest = std::max(longest, rows.back().first);
+    if (std::stoi(f.at(0)) == named) named_busy = rows.back().first;
+  }
+  for (const auto& [busy, kind] : rows)
+    if (busy == longest) ++ties;
+  CHECK(named_busy == longest);
+  CHECK(ties >= 2);
+  CHECK_THAT(r.out, !Catch::Contains("  note        each NIC's"));
+  // An 800 Gb/s NIC on the default PCIe Gen5 link is capped by it, and the summary says so; on
+  // PCIe Gen6 it is not.
+  const auto fast = moesim(ep16 + "--set cluster.scale_out.nic_bandwidth=800Gbps --out '" + (tmp.path() / "b").string() + "'", tmp);
+  REQUIRE(fast.code == 0);
+  CHECK_THAT(fast.out, Catch::Contains("  note        each NIC's 100 GB/s is more than its PCIe link's 64 GB/s, which caps it"));
+  CHECK_THAT(fast.out, Catch::Contains("(pcie)"));  // now the PCIe link runs full
+  const auto gen6 = moesim(ep16 + "--set cluster.scale_out.nic_bandwidth=800Gbps --set cluster.node.pcie_bandwidth=128GB/s --out '" +
+                               (tmp.path() / "c").string() + "'",
+                           tmp);
+  REQUIRE(gen6.code == 0);
+  CHECK_THAT(gen6.out, !Catch::Contains("  note        each NIC's"));
+}
