@@ -30,6 +30,7 @@
 #include "scenarios/grid.hpp"
 #include "tools/report.hpp"
 #include "tools/plan.hpp"
+#include "tools/serve.hpp"
 #include "tools/sweep.hpp"
 
 namespace po = boost::program_options;
@@ -70,6 +71,12 @@ commands:
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
   validate SCENARIO.yaml
         check a scenario file without running it
+  serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
+        [--cache-hit-rate H] [--prefill-set KEY=VALUE ...] [--decode-set ...] [--out DIR]
+        how many GPUs disaggregated serving needs for a traffic: simulates each
+        scenario once (a unit of prefill, a unit of decode), then the units each
+        load takes, GPUs, sequences decoding at once, KV-cache rates and cost;
+        rates are tokens a second, or e.g. 608e9/day; writes serve.csv and both runs
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
         that differ, then the step time, its stages, throughput, waits, imbalance,
@@ -141,6 +148,8 @@ void add_set_option(po::options_description& opts) {
                      "KEY.PATH=VALUE: override a scenario key (repeatable), e.g. --set routing.zipf_s=1.2");
 }
 
+scenarios::RunResult simulate(const scenarios::Scenario& sc, bool quiet);
+
 int cmd_run(const std::vector<std::string>& args) {
   po::options_description opts("run options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
@@ -152,9 +161,22 @@ int cmd_run(const std::vector<std::string>& args) {
   if (vm.count("seed")) sc.forward.seed = vm["seed"].as<std::uint64_t>();
   const std::string dir = vm.count("out") ? vm["out"].as<std::string>() : sc.output_dir;
   const auto t0 = std::chrono::steady_clock::now();
+  const scenarios::RunResult result = simulate(sc, vm.count("quiet") > 0);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto written = tools::write_reports(dir, sc, result);
+  if (!vm.count("quiet")) {
+    tools::print_human_summary(std::cout, sc, result, written);
+    fmt::print("  simulated   {} events in {:.3f} s\n", result.events, wall);
+  }
+  return 0;
+}
+
+// Runs a scenario, showing progress unless quiet.
+scenarios::RunResult simulate(const scenarios::Scenario& sc, bool quiet) {
+  const auto t0 = std::chrono::steady_clock::now();
   // A progress bar on a terminal, at most five updates a second; into a log or a pipe a line at
   // most once a minute, so that a long run in the background says how far it is.
-  const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
+  const bool bar = !quiet && ::isatty(STDERR_FILENO) != 0;
   const auto every = std::chrono::duration<double>(bar ? 0.2 : progress_every());
   auto last = t0;
   bool drawn = false;
@@ -175,15 +197,9 @@ int cmd_run(const std::vector<std::string>& args) {
     std::fflush(stderr);
     drawn = true;
   };
-  const scenarios::RunResult result = scenarios::run_experiment(sc, vm.count("quiet") ? scenarios::Progress{} : progress);
+  scenarios::RunResult result = scenarios::run_experiment(sc, quiet ? scenarios::Progress{} : progress);
   if (drawn) fmt::print(stderr, "\r{}\r", std::string(80, ' '));
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto written = tools::write_reports(dir, sc, result);
-  if (!vm.count("quiet")) {
-    tools::print_human_summary(std::cout, sc, result, written);
-    fmt::print("  simulated   {} events in {:.3f} s\n", result.events, wall);
-  }
-  return 0;
+  return result;
 }
 
 int cmd_flows(const std::vector<std::string>& args) {
@@ -370,6 +386,84 @@ int cmd_diff(const std::vector<std::string>& args) {
   const auto runs = vm.count("runs") ? vm["runs"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (runs.size() != 2) throw UsageError("diff needs two runs: moesim diff A B (output directories or summary.csv files)");
   tools::diff_summaries(runs[0], runs[1], vm.count("all") > 0, std::cout);
+  return 0;
+}
+
+// A rate as the user wrote it: a number, with an optional /day or /h suffix (608e9/day).
+double parse_rate(const std::string& option, const std::string& text) {
+  std::string number = text;
+  double per = 1;
+  for (const auto& [suffix, seconds] : {std::pair{std::string("/day"), 86400.0}, std::pair{std::string("/h"), 3600.0}})
+    if (number.size() > suffix.size() && number.ends_with(suffix)) {
+      number.resize(number.size() - suffix.size());
+      per = seconds;
+    }
+  std::size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(number, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != number.size() || number.empty())
+    throw UsageError(fmt::format("--{}: expected a number of tokens a second (or with /h or /day, e.g. 608e9/day), got '{}'", option, text));
+  return x / per;
+}
+
+int cmd_serve(const std::vector<std::string>& args) {
+  po::options_description opts("serve options");
+  opts.add_options()("scenarios", po::value<std::vector<std::string>>(), "the prefill and the decode scenario")(
+      "input-tokens-per-s", po::value<std::string>(), "prompt tokens arriving a second, KV-cache hits included")(
+      "output-tokens-per-s", po::value<std::string>(), "tokens generated a second")(
+      "cache-hit-rate", po::value<double>()->default_value(0), "share of prompt tokens whose KV cache is found")(
+      "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
+      "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
+      "out,o", po::value<std::string>()->default_value("moesim-out/serve"), "output directory")(
+      "quiet,q", "print nothing on success");
+  const auto vm = parse_command(args, opts, "scenarios", 2);
+  const auto files = vm.count("scenarios") ? vm["scenarios"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  if (files.size() != 2) throw UsageError("serve needs two scenarios: moesim serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O");
+  for (const char* need : {"input-tokens-per-s", "output-tokens-per-s"})
+    if (!vm.count(need)) throw UsageError(fmt::format("serve needs --{}", need));
+  tools::ServeTraffic traffic;
+  traffic.input_tokens_per_s = parse_rate("input-tokens-per-s", vm["input-tokens-per-s"].as<std::string>());
+  traffic.output_tokens_per_s = parse_rate("output-tokens-per-s", vm["output-tokens-per-s"].as<std::string>());
+  traffic.cache_hit_rate = vm["cache-hit-rate"].as<double>();
+  tools::check_traffic(traffic);
+  const auto sets = [&](const char* name) {
+    return vm.count(name) ? vm[name].as<std::vector<std::string>>() : std::vector<std::string>{};
+  };
+  // Both scenarios are read (and their kinds checked) before either runs.
+  const scenarios::Scenario prefill = scenarios::load_scenario_file(files[0], sets("prefill-set"));
+  const scenarios::Scenario decode = scenarios::load_scenario_file(files[1], sets("decode-set"));
+  for (const auto& [sc, want] : {std::pair{&prefill, "prefill"}, std::pair{&decode, "decode"}})
+    if (sc->workload_kind != want)
+      throw tools::ServeError(fmt::format("{}: the {} scenario must have workload.kind: {} (it has '{}')", sc->source, want, want,
+                                          sc->workload_kind));
+  const std::string dir = vm["out"].as<std::string>();
+  const bool quiet = vm.count("quiet") > 0;
+  std::vector<std::string> written;
+  std::vector<tools::ServeUnit> units;
+  for (const auto& [sc, sub] : {std::pair{&prefill, "prefill"}, std::pair{&decode, "decode"}}) {
+    if (!quiet) fmt::print(stderr, "  simulating  the {} scenario, {}\n", sub, sc->source);
+    const auto result = simulate(*sc, quiet);
+    const auto reports = tools::write_reports(dir + "/" + sub, *sc, result);
+    // The plan reads the run's summary.csv as written, so its figures are the report's.
+    std::ifstream in(dir + "/" + sub + "/summary.csv");
+    std::string header, row;
+    std::getline(in, header);
+    std::getline(in, row);
+    const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
+    std::map<std::string, std::string> summary;
+    for (std::size_t i = 0; i < h.size() && i < v.size(); ++i) summary[h[i]] = v[i];
+    units.push_back(tools::serve_unit(*sc, summary, std::string(sub) == "prefill"));
+    written.push_back(dir + "/" + sub + "/");
+  }
+  const tools::ServePlan plan = tools::plan_service(traffic, units[0], units[1]);
+  const std::string csv = dir + "/serve.csv";
+  tools::write_atomically(csv, [&](std::ostream& out) { tools::write_service_csv(out, plan); });
+  written.insert(written.begin(), csv);
+  if (!quiet) tools::print_service(std::cout, plan, written);
   return 0;
 }
 
@@ -637,6 +731,7 @@ int main(int argc, char** argv) {
     if (cmd == "plan") return cmd_plan(args);
     if (cmd == "check-profile") return cmd_check_profile(args);
     if (cmd == "diff") return cmd_diff(args);
+    if (cmd == "serve") return cmd_serve(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const QuietRank& q) {
     return q.code;
@@ -662,6 +757,9 @@ int main(int argc, char** argv) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const models::ProfileError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
+    return 2;
+  } catch (const tools::ServeError& e) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ReportError& e) {

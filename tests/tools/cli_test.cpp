@@ -1178,3 +1178,58 @@ TEST_CASE("The summary names the narrower of links in series as the busiest, and
   REQUIRE(gen6.code == 0);
   CHECK_THAT(gen6.out, !Catch::Contains("  note        each NIC's"));
 }
+
+TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
+  const std::string prefill = "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --prefill-set cluster.gpu_hour_price=2 ";
+  const std::string decode =
+      "--decode-set workload.kind=decode --decode-set workload.sequence_length=~ --decode-set workload.context_length=1024 "
+      "--decode-set workload.tokens_per_gpu=32 --decode-set model.moe_layers=2 --decode-set cluster.gpu_hour_price=3 ";
+  const auto out = tmp.path() / "s";
+  // 40 % of the prompt tokens from the KV cache; the output rate given per day.
+  const auto r = moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 2e6 --cache-hit-rate 0.4 --output-tokens-per-s 8.64e10/day --out '" +
+                            out.string() + "'",
+                        tmp);
+  REQUIRE(r.code == 0);
+  INFO(r.out);
+  const auto p = summary_row(out / "prefill" / "summary.csv");
+  const auto d = summary_row(out / "decode" / "summary.csv");
+  CHECK(p.at("workload") == "prefill");
+  CHECK(d.at("workload") == "decode");
+  const auto s = summary_row(out / "serve.csv");
+  const double prefill_rate = std::stod(p.at("tokens_per_s")), decode_rate = std::stod(d.at("tokens_per_s"));
+  const double prefill_units = 2e6 * 0.6 / prefill_rate, decode_units = 1e6 / decode_rate;
+  CHECK(std::stod(s.at("prefill_tokens_per_s")) == Approx(1.2e6));
+  CHECK(std::stod(s.at("output_tokens_per_s")) == Approx(1e6));
+  CHECK(std::stod(s.at("prefill_units")) == Approx(prefill_units).epsilon(1e-5));
+  CHECK(std::stod(s.at("decode_units")) == Approx(decode_units).epsilon(1e-5));
+  const int pw = static_cast<int>(std::ceil(prefill_units)), dw = static_cast<int>(std::ceil(decode_units));
+  CHECK(std::stoi(s.at("prefill_units_whole")) == pw);
+  CHECK(std::stoi(s.at("decode_units_whole")) == dw);
+  CHECK(std::stoi(s.at("prefill_gpus")) == 16 * pw);
+  CHECK(std::stoi(s.at("decode_gpus")) == 16 * dw);
+  CHECK(std::stoi(s.at("gpus")) == 16 * (pw + dw));
+  // Little's law: the sequences decoding at once are the output rate times the time per token.
+  CHECK(std::stod(s.at("sequences_decoding")) == Approx(1e6 * std::stod(d.at("time_per_token_us")) / 1e6).epsilon(1e-5));
+  CHECK(std::stod(s.at("price_per_hour")) == Approx(16.0 * pw * 2 + 16.0 * dw * 3));
+  CHECK(std::stod(s.at("cost_per_million_output_tokens")) == Approx((16.0 * pw * 2 + 16.0 * dw * 3) / 3600.0).epsilon(1e-5));
+  // Mixtral's grouped-query cache: 2 x 8 KV heads x 128 x 2 bytes a layer, over 2 layers.
+  CHECK(std::stod(s.at("kv_bytes_per_token")) == 2 * 8 * 128 * 2 * 2);
+  CHECK_THAT(r.out, Catch::Contains("moesim serve: 2,000,000 prompt tokens/s (40.0 % from the KV cache, 1,200,000 to prefill), 1,000,000 output tokens/s"));
+  CHECK_THAT(r.out, Catch::Contains(fmt::format("the load takes {:.2f} units: {} ({} GPUs", decode_units, dw, 16 * dw)));
+  // Refused before anything runs: the scenarios the wrong way round, a missing or bad rate, a hit
+  // rate of 1.
+  const std::string rates = "--input-tokens-per-s 1e6 --output-tokens-per-s 1e5 --out '" + (tmp.path() / "x").string() + "' ";
+  const auto swapped = moesim("serve " + q + q + rates, tmp);
+  CHECK(swapped.code == 2);
+  CHECK_THAT(swapped.err, Catch::Contains("the prefill scenario must have workload.kind: prefill (it has 'forward')"));
+  CHECK(moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 1e6", tmp).code == 2);
+  const auto bad = moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 1e6/week --output-tokens-per-s 1", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--input-tokens-per-s: expected a number of tokens a second"));
+  const auto hit = moesim("serve " + q + q + prefill + decode + rates + "--cache-hit-rate 1", tmp);
+  CHECK(hit.code == 2);
+  CHECK_THAT(hit.err, Catch::Contains("--cache-hit-rate must be in [0, 1)"));
+  CHECK_FALSE(fs::exists(tmp.path() / "x"));
+}

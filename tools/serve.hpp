@@ -1,0 +1,78 @@
+// `moesim serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O`: how
+// many GPUs a disaggregated serving deployment needs for a traffic, as DeepSeek serves
+// DeepSeek-V3 (prefill and decode on separate instances, each instance one scenario: its
+// cluster is a unit that is replicated). Each scenario is simulated once; the plan is then
+// arithmetic on their throughputs:
+//   prompt tokens to prefill = input tokens/s × (1 − cache hit rate) (a hit's KV cache is
+//   loaded, not computed), prefill units = that / a unit's prefill tokens/s;
+//   decode units = output tokens/s / a unit's decode tokens/s (at its time per token);
+//   each kind's units rounded up to whole units, GPUs = units × the unit's GPUs.
+// Left out: queueing and the batching of requests as they arrive (every unit runs full batches
+// back to back: a floor on the GPUs, and on the time to a prompt's first token, one prefill
+// step), prompts and contexts of other lengths than the scenarios' (prefill: their
+// workload.sequence_length; decode: workload.context_length), and the KV caches' transfer from
+// prefill to decode GPUs, whose rate the plan reports against the NICs without simulating it.
+#pragma once
+
+#include <map>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "scenarios/scenario.hpp"
+
+namespace moesim::tools {
+
+// Bad traffic figures, or scenarios of the wrong kind: the user's to fix.
+class ServeError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ServeTraffic {
+  double input_tokens_per_s = 0;   // prompt tokens arriving, KV-cache hits included
+  double output_tokens_per_s = 0;  // tokens generated
+  double cache_hit_rate = 0;       // share of the input tokens whose KV cache is found, in [0, 1)
+};
+// Refuses rates that are not > 0 and a hit rate outside [0, 1).
+void check_traffic(const ServeTraffic& t);
+
+// One kind of instance, from its scenario and the summary.csv row of its run.
+struct ServeUnit {
+  std::string source;
+  int gpus = 0, nodes = 0;
+  double tokens_per_s = 0;       // prompt tokens prefilled, or output tokens decoded, per second
+  double step_us = 0;            // one prefill batch; one decode step
+  double time_per_token_us = 0;  // decode: between a sequence's tokens
+  std::int64_t tokens_per_gpu = 0;  // prefill: prompt tokens per GPU; decode: sequences per GPU
+  std::int64_t prompt_tokens = 0;   // prefill: workload.sequence_length
+  std::int64_t context_tokens = 0;  // decode: workload.context_length
+  double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers
+  double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs
+  double gpu_hour_price = 0;
+  double memory_gb = 0, gpu_memory_gb = 0;
+  bool fits = true;
+};
+// Checks the scenario's kind (`prefill` or `decode`); throws ServeError otherwise.
+ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill);
+
+struct ServePlan {
+  ServeTraffic traffic;
+  ServeUnit prefill, decode;
+  double prefill_tokens_per_s = 0;          // computed prompt tokens
+  double prefill_units = 0, decode_units = 0;  // fractional: the load over one unit's throughput
+  int prefill_units_whole = 0, decode_units_whole = 0;
+  int prefill_gpus = 0, decode_gpus = 0;
+  double sequences_decoding = 0;        // output tokens/s × time per token
+  double kv_prefill_bytes_per_s = 0;    // per prefill GPU: the KV caches it computes
+  double kv_decode_bytes_per_s = 0;     // per decode GPU: every prompt token's KV cache
+  double price_per_hour = 0;            // 0 without prices
+  double cost_per_million_output = 0;
+};
+ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode);
+
+void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written);
+void write_service_csv(std::ostream& out, const ServePlan& p);
+
+}  // namespace moesim::tools
