@@ -436,10 +436,8 @@ int cmd_serve(const std::vector<std::string>& args) {
   // Both scenarios are read (and their kinds checked) before either runs.
   const scenarios::Scenario prefill = scenarios::load_scenario_file(files[0], sets("prefill-set"));
   const scenarios::Scenario decode = scenarios::load_scenario_file(files[1], sets("decode-set"));
-  for (const auto& [sc, want] : {std::pair{&prefill, "prefill"}, std::pair{&decode, "decode"}})
-    if (sc->workload_kind != want)
-      throw tools::ServeError(fmt::format("{}: the {} scenario must have workload.kind: {} (it has '{}')", sc->source, want, want,
-                                          sc->workload_kind));
+  tools::check_serve_scenario(prefill, true);
+  tools::check_serve_scenario(decode, false);
   const std::string dir = vm["out"].as<std::string>();
   const bool quiet = vm.count("quiet") > 0;
   std::vector<std::string> written;

@@ -43,7 +43,7 @@ void check_traffic(const ServeTraffic& t) {
                                  t.cache_hit_rate));
 }
 
-ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill) {
+void check_serve_scenario(const scenarios::Scenario& sc, bool prefill) {
   const std::string want = prefill ? "prefill" : "decode";
   if (sc.workload_kind != want)
     throw ServeError(fmt::format("{}: the {} scenario must have workload.kind: {} (it has '{}')", sc.source, want, want,
@@ -51,6 +51,10 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   if (sc.forward.pp > 1)
     throw ServeError(fmt::format("{}: pipeline stages are not planned for serving here (parallelism.pp: {}); use one stage",
                                  sc.source, sc.forward.pp));
+}
+
+ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill) {
+  check_serve_scenario(sc, prefill);
   const auto& f = sc.forward;
   ServeUnit u;
   u.source = sc.source;

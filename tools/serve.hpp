@@ -54,7 +54,10 @@ struct ServeUnit {
   double memory_gb = 0, gpu_memory_gb = 0;
   bool fits = true;
 };
-// Checks the scenario's kind (`prefill` or `decode`); throws ServeError otherwise.
+// A scenario a serving unit can be: of the kind (`prefill` or `decode`), on one pipeline stage.
+// Throws ServeError otherwise.
+void check_serve_scenario(const scenarios::Scenario& sc, bool prefill);
+// Checks the scenario as above.
 ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill);
 
 struct ServePlan {
