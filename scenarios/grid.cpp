@@ -57,6 +57,15 @@ std::string value_text(const YAML::Node& x) {
 
 }  // namespace
 
+bool is_grid_file(const std::string& path) {
+  try {
+    const YAML::Node root = YAML::LoadFile(path);
+    return root.IsMap() && root["base"];
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+
 Grid load_grid(const std::string& path) {
   if (!std::filesystem::exists(path)) throw GridError(fmt::format("{}: cannot open the grid file", path));
   YAML::Node root;

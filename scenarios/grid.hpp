@@ -38,4 +38,8 @@ struct Grid {
 // Throws GridError naming the file, line and the axis.
 Grid load_grid(const std::string& path);
 
+// Whether a YAML file is a grid (a mapping with `base`) rather than a scenario; false for a file
+// that cannot be read or parsed (loading it as a scenario then says why).
+bool is_grid_file(const std::string& path);
+
 }  // namespace moesim::scenarios

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <tuple>
@@ -25,6 +26,7 @@
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
+#include "sim/units.hpp"
 #include "tools/diff.hpp"
 #include "tools/flows_replay.hpp"
 #include "scenarios/grid.hpp"
@@ -72,11 +74,15 @@ commands:
   validate SCENARIO.yaml
         check a scenario file without running it
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
-        [--cache-hit-rate H] [--prefill-set KEY=VALUE ...] [--decode-set ...] [--out DIR]
+        [--cache-hit-rate H] [--ttft TIME] [--tpot TIME] [--prefill-set KEY=VALUE ...]
+        [--decode-set ...] [--jobs N] [--out DIR]
         how many GPUs disaggregated serving needs for a traffic: simulates each
         scenario once (a unit of prefill, a unit of decode), then the units each
         load takes, GPUs, sequences decoding at once, KV-cache rates and cost;
-        rates are tokens a second, or e.g. 608e9/day; writes serve.csv and both runs
+        rates are tokens a second, or e.g. 608e9/day; either file may be a grid:
+        its point that serves the load on the fewest GPUs, fits memory and meets
+        --ttft (a prefill batch's time) or --tpot (time per token) is used (exit
+        code 3: none); writes serve.csv and the runs
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
         that differ, then the step time, its stages, throughput, waits, imbalance,
@@ -410,14 +416,34 @@ double parse_rate(const std::string& option, const std::string& text) {
   return x / per;
 }
 
+// A run's summary.csv (or a sweep's CSV) as rows of column -> value.
+std::vector<std::map<std::string, std::string>> read_rows(const std::string& path) {
+  std::ifstream in(path);
+  std::string header, line;
+  std::getline(in, header);
+  const auto h = tools::csv_fields(header);
+  std::vector<std::map<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto v = tools::csv_fields(line);
+    std::map<std::string, std::string> row;
+    for (std::size_t i = 0; i < h.size() && i < v.size(); ++i) row[h[i]] = v[i];
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   po::options_description opts("serve options");
-  opts.add_options()("scenarios", po::value<std::vector<std::string>>(), "the prefill and the decode scenario")(
+  opts.add_options()("scenarios", po::value<std::vector<std::string>>(), "the prefill and the decode scenario (or grid)")(
       "input-tokens-per-s", po::value<std::string>(), "prompt tokens arriving a second, KV-cache hits included")(
       "output-tokens-per-s", po::value<std::string>(), "tokens generated a second")(
       "cache-hit-rate", po::value<double>()->default_value(0), "share of prompt tokens whose KV cache is found")(
+      "ttft", po::value<std::string>(), "with a prefill grid: a batch's prefill within this time (e.g. 2s)")(
+      "tpot", po::value<std::string>(), "with a decode grid: the time per output token within this (e.g. 50ms)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
+      "jobs,j", po::value<int>()->default_value(1), "grid points run at once")(
       "out,o", po::value<std::string>()->default_value("moesim-out/serve"), "output directory")(
       "quiet,q", "print nothing on success");
   const auto vm = parse_command(args, opts, "scenarios", 2);
@@ -430,34 +456,96 @@ int cmd_serve(const std::vector<std::string>& args) {
   traffic.output_tokens_per_s = parse_rate("output-tokens-per-s", vm["output-tokens-per-s"].as<std::string>());
   traffic.cache_hit_rate = vm["cache-hit-rate"].as<double>();
   tools::check_traffic(traffic);
+  const auto target = [&](const char* name) {
+    if (!vm.count(name)) return 0.0;
+    const std::string text = vm[name].as<std::string>();
+    try {
+      const double us = static_cast<double>(sim::parse_time(text).count_ps()) / 1e6;
+      if (us > 0) return us;
+    } catch (const std::exception&) {
+    }
+    throw UsageError(fmt::format("--{}: expected a time > 0 with its unit (e.g. 2s, 50ms), got '{}'", name, text));
+  };
+  const int jobs = vm["jobs"].as<int>();
+  if (jobs < 1) throw UsageError("--jobs must be at least 1");
+  const std::string dir = vm["out"].as<std::string>();
+  const bool quiet = vm.count("quiet") > 0;
+
+  // Each side: a scenario, or a grid whose points are its candidates. Every scenario and point is
+  // read, and its kind checked, before anything runs.
+  struct Side {
+    bool prefill;
+    std::string name, file;
+    std::vector<std::string> sets;
+    double load, target_us;
+    std::optional<scenarios::Grid> grid;
+    std::vector<scenarios::Scenario> scenarios;  // the scenario, or each point's
+  };
   const auto sets = [&](const char* name) {
     return vm.count(name) ? vm[name].as<std::vector<std::string>>() : std::vector<std::string>{};
   };
-  // Both scenarios are read (and their kinds checked) before either runs.
-  const scenarios::Scenario prefill = scenarios::load_scenario_file(files[0], sets("prefill-set"));
-  const scenarios::Scenario decode = scenarios::load_scenario_file(files[1], sets("decode-set"));
-  tools::check_serve_scenario(prefill, true);
-  tools::check_serve_scenario(decode, false);
-  const std::string dir = vm["out"].as<std::string>();
-  const bool quiet = vm.count("quiet") > 0;
-  std::vector<std::string> written;
-  std::vector<tools::ServeUnit> units;
-  for (const auto& [sc, sub] : {std::pair{&prefill, "prefill"}, std::pair{&decode, "decode"}}) {
-    if (!quiet) fmt::print(stderr, "  simulating  the {} scenario, {}\n", sub, sc->source);
-    const auto result = simulate(*sc, quiet);
-    const auto reports = tools::write_reports(dir + "/" + sub, *sc, result);
-    // The plan reads the run's summary.csv as written, so its figures are the report's.
-    std::ifstream in(dir + "/" + sub + "/summary.csv");
-    std::string header, row;
-    std::getline(in, header);
-    std::getline(in, row);
-    const auto h = tools::csv_fields(header), v = tools::csv_fields(row);
-    std::map<std::string, std::string> summary;
-    for (std::size_t i = 0; i < h.size() && i < v.size(); ++i) summary[h[i]] = v[i];
-    units.push_back(tools::serve_unit(*sc, summary, std::string(sub) == "prefill"));
-    written.push_back(dir + "/" + sub + "/");
+  std::vector<Side> sides = {
+      {true, "prefill", files[0], sets("prefill-set"), traffic.input_tokens_per_s * (1 - traffic.cache_hit_rate), target("ttft"), {}, {}},
+      {false, "decode", files[1], sets("decode-set"), traffic.output_tokens_per_s, target("tpot"), {}, {}}};
+  for (auto& side : sides) {
+    if (scenarios::is_grid_file(side.file)) {
+      side.grid = scenarios::load_grid(side.file);
+      for (const auto& point : side.grid->points()) {
+        auto point_sets = side.sets;
+        point_sets.insert(point_sets.end(), point.begin(), point.end());
+        side.scenarios.push_back(scenarios::load_scenario_file(side.grid->base, point_sets));
+      }
+    } else {
+      side.scenarios.push_back(scenarios::load_scenario_file(side.file, side.sets));
+    }
+    for (const auto& sc : side.scenarios) tools::check_serve_scenario(sc, side.prefill);
   }
-  const tools::ServePlan plan = tools::plan_service(traffic, units[0], units[1]);
+
+  std::vector<std::string> written;
+  std::vector<tools::ServeUnit> chosen;
+  std::vector<std::string> notes;
+  for (auto& side : sides) {
+    std::vector<tools::ServeUnit> candidates;
+    if (side.grid) {
+      const std::string csv = dir + "/" + side.name + "-sweep.csv";
+      const auto points = side.grid->points();
+      if (!quiet) fmt::print(stderr, "  sweeping    the {} grid {}, {} points\n", side.name, side.file, points.size());
+      tools::SweepOptions o;
+      o.jobs = jobs;
+      o.sets = side.sets;
+      if (!quiet)
+        o.progress = [](std::size_t done, std::size_t total) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
+      tools::run_sweep(*side.grid, csv, o);
+      for (const auto& row : read_rows(csv)) {
+        const std::size_t i = std::stoul(row.at("point"));
+        auto unit = tools::serve_unit(side.scenarios.at(i), row, side.prefill);
+        std::string values;
+        for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
+        unit.point = fmt::format("point {} of {} ({})", i, side.file, values);
+        candidates.push_back(unit);
+      }
+      written.push_back(csv);
+    } else {
+      const auto& sc = side.scenarios.front();
+      if (!quiet) fmt::print(stderr, "  simulating  the {} scenario, {}\n", side.name, sc.source);
+      const auto result = simulate(sc, quiet);
+      tools::write_reports(dir + "/" + side.name, sc, result);
+      // The plan reads the run's summary.csv as written, so its figures are the report's.
+      candidates.push_back(tools::serve_unit(sc, read_rows(dir + "/" + side.name + "/summary.csv").at(0), side.prefill));
+      written.push_back(dir + "/" + side.name + "/");
+    }
+    const auto choice = tools::choose_unit(candidates, side.load, side.target_us, side.prefill);
+    if (!choice.best) {
+      fmt::print("moesim serve: no {} {} can serve the load: {}\n", side.name, side.grid ? "point" : "scenario",
+                 choice.explanation);
+      return 3;
+    }
+    chosen.push_back(candidates[*choice.best]);
+    notes.push_back(choice.explanation);
+  }
+  tools::ServePlan plan = tools::plan_service(traffic, chosen[0], chosen[1]);
+  plan.prefill_choice = notes[0];
+  plan.decode_choice = notes[1];
   const std::string csv = dir + "/serve.csv";
   tools::write_atomically(csv, [&](std::ostream& out) { tools::write_service_csv(out, plan); });
   written.insert(written.begin(), csv);

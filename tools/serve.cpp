@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "routing/moe_spec.hpp"
@@ -79,6 +80,44 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   return u;
 }
 
+ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill) {
+  ServeChoice c;
+  std::size_t fit = 0, met = 0;
+  double best_gpus = 0, best_full = 0;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const auto& u = candidates[i];
+    if (!u.fits) continue;
+    ++fit;
+    const double time = prefill ? u.step_us : u.time_per_token_us;
+    if (target_us > 0 && time > target_us) continue;
+    ++met;
+    const double full = load_tokens_per_s / u.tokens_per_s * u.gpus;  // GPUs at full use
+    const double gpus = std::max(1.0, std::ceil(load_tokens_per_s / u.tokens_per_s * (1 - 1e-12))) * u.gpus;
+    if (!c.best || gpus < best_gpus || (gpus == best_gpus && full < best_full)) {
+      c.best = i;
+      best_gpus = gpus;
+      best_full = full;
+    }
+  }
+  const std::string side = prefill ? "prefill" : "decode";
+  const std::string target = prefill ? fmt::format("prefill a batch within {:.3f} ms", target_us / 1e3)
+                                     : fmt::format("decode a token within {:.3f} ms", target_us / 1e3);
+  if (candidates.size() == 1) {
+    const auto& u = candidates[0];
+    c.explanation = c.best ? std::string()
+                    : !u.fits ? fmt::format("{}: the {} scenario does not fit the GPUs' memory ({:.1f} GB of {:.0f} GB)", u.source,
+                                            side, u.memory_gb, u.gpu_memory_gb)
+                              : fmt::format("{}: the {} scenario takes {:.3f} ms{}, over the target of {:.3f} ms", u.source, side,
+                                            (prefill ? u.step_us : u.time_per_token_us) / 1e3,
+                                            prefill ? " a batch" : " a token", target_us / 1e3);
+    return c;
+  }
+  c.explanation = fmt::format("of the {} {} points {} fit the GPUs' memory{}{}", candidates.size(), side, fit,
+                              target_us > 0 ? fmt::format(" and {} of those {}", met, target) : std::string(),
+                              c.best ? "; this one serves the load on the fewest GPUs" : "");
+  return c;
+}
+
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode) {
   check_traffic(t);
   ServePlan p;
@@ -118,12 +157,14 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
   fmt::print(out, "  prefill     {}: a unit of {} GPUs ({}) prefills {} tokens/s, {} tokens per GPU ({}-token prompts) in {:.1f} ms\n",
              pf.source, pf.gpus, nodes(pf.nodes), grouped(pf.tokens_per_s), grouped(static_cast<double>(pf.tokens_per_gpu)),
              pf.prompt_tokens, pf.step_us / 1e3);
+  if (!pf.point.empty()) fmt::print(out, "              {}: {}\n", pf.point, p.prefill_choice);
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt waits at least one batch, {:.1f} ms, for its first token\n",
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, nodes(p.prefill_units_whole * pf.nodes),
              100 * p.prefill_units / p.prefill_units_whole, pf.step_us / 1e3);
   fmt::print(out, "  decode      {}: a unit of {} GPUs ({}) decodes {} tokens/s, {} sequences per GPU ({}-token contexts) at {:.3f} ms a token ({:.1f} tokens/s each)\n",
              dc.source, dc.gpus, nodes(dc.nodes), grouped(dc.tokens_per_s), dc.tokens_per_gpu, dc.context_tokens,
              dc.time_per_token_us / 1e3, 1e6 / dc.time_per_token_us);
+  if (!dc.point.empty()) fmt::print(out, "              {}: {}\n", dc.point, p.decode_choice);
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; {} sequences decoding at once\n",
              p.decode_units, p.decode_units_whole, p.decode_gpus, nodes(p.decode_units_whole * dc.nodes),
              100 * p.decode_units / p.decode_units_whole, grouped(p.sequences_decoding));

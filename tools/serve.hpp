@@ -15,6 +15,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -41,6 +42,7 @@ void check_traffic(const ServeTraffic& t);
 // One kind of instance, from its scenario and the summary.csv row of its run.
 struct ServeUnit {
   std::string source;
+  std::string point;  // a grid's point, "point 3 (workload.tokens_per_gpu=96)"; empty for a scenario
   int gpus = 0, nodes = 0;
   double tokens_per_s = 0;       // prompt tokens prefilled, or output tokens decoded, per second
   double step_us = 0;            // one prefill batch; one decode step
@@ -72,7 +74,18 @@ struct ServePlan {
   double kv_decode_bytes_per_s = 0;     // per decode GPU: every prompt token's KV cache
   double price_per_hour = 0;            // 0 without prices
   double cost_per_million_output = 0;
+  std::string prefill_choice, decode_choice;  // with grids: how each side's point was chosen
 };
+// Of a side's candidates (a scenario, or a grid's points) the one that serves its load on the
+// fewest GPUs in whole units (ties: the fewest at full use, then the first), among those that fit
+// the GPUs' memory and meet the target: prefill, a batch's step within `target_us` (the time to
+// a prompt's first token at the least); decode, the time per token within it. No target: 0.
+struct ServeChoice {
+  std::optional<std::size_t> best;
+  std::string explanation;  // how many candidates, how many fit, how many meet the target
+};
+ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill);
+
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode);
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written);

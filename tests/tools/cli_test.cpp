@@ -1233,3 +1233,60 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   CHECK_THAT(hit.err, Catch::Contains("--cache-hit-rate must be in [0, 1)"));
   CHECK_FALSE(fs::exists(tmp.path() / "x"));
 }
+
+TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that fit and meet the target", "[cli][serve]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
+  std::ofstream(tmp.path() / "decode.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\n"
+                                            << "axes:\n  workload.tokens_per_gpu: [8, 32, 128, 512]\n";
+  const std::string grid = "'" + (tmp.path() / "decode.yaml").string() + "' ";
+  const std::string sets =
+      "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --decode-set workload.kind=decode "
+      "--decode-set workload.sequence_length=~ --decode-set workload.context_length=1024 --decode-set model.moe_layers=2 "
+      "--input-tokens-per-s 2e6 --output-tokens-per-s 3e6 --jobs 2 ";
+  const auto out = tmp.path() / "s";
+  const std::string to = "--out '" + out.string() + "' ";
+  const auto r = moesim("serve " + q + grid + sets + to + "--tpot 1ms", tmp);
+  REQUIRE(r.code == 0);
+  INFO(r.out);
+  // The choice, recomputed from the sweep's rows: whole units of 16 GPUs for 3e6 tokens/s, among
+  // the points decoding a token within 1 ms.
+  std::ifstream in(out / "decode-sweep.csv");
+  std::string header, line;
+  std::getline(in, header);
+  const auto h = csv_fields(header);
+  const auto col = [&](const std::string& name) {
+    return static_cast<std::size_t>(std::find(h.begin(), h.end(), name) - h.begin());
+  };
+  int best = -1, met = 0;
+  double best_gpus = 0;
+  while (std::getline(in, line)) {
+    const auto v = csv_fields(line);
+    if (std::stod(v.at(col("time_per_token_us"))) > 1000) continue;
+    ++met;
+    const double gpus = 16 * std::ceil(3e6 / std::stod(v.at(col("tokens_per_s"))));
+    if (best < 0 || gpus < best_gpus) best = std::stoi(v.at(col("point"))), best_gpus = gpus;
+  }
+  REQUIRE(best >= 0);
+  CHECK(met >= 2);
+  CHECK(met < 4);  // the target rules some out
+  const auto s = summary_row(out / "serve.csv");
+  CHECK(std::stod(s.at("decode_gpus")) == best_gpus);
+  CHECK_THAT(r.out, Catch::Contains(fmt::format("point {} of ", best)));
+  CHECK_THAT(r.out, Catch::Contains(fmt::format("of the 4 decode points 4 fit the GPUs' memory and {} of those decode a token within 1.000 ms; "
+                                                "this one serves the load on the fewest GPUs", met)));
+  // Run again with a target no point meets: the sweep's rows are reused, and exit code 3.
+  const auto none = moesim("serve " + q + grid + sets + to + "--tpot 0.1ms", tmp);
+  CHECK(none.code == 3);
+  CHECK_THAT(none.out, Catch::Contains("no decode point can serve the load: of the 4 decode points 4 fit the GPUs' memory and 0 of those"));
+  // A prefill target the scenario misses: exit code 3 before the decode side runs.
+  const auto slow = moesim("serve " + q + grid + sets + "--out '" + (tmp.path() / "t").string() + "' --ttft 1us", tmp);
+  CHECK(slow.code == 3);
+  CHECK_THAT(slow.out, Catch::Contains("the prefill scenario takes"));
+  CHECK_FALSE(fs::exists(tmp.path() / "t" / "decode-sweep.csv"));
+  // A bad target is refused before anything runs.
+  const auto bad = moesim("serve " + q + grid + sets + "--out '" + (tmp.path() / "u").string() + "' --tpot 5", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--tpot: expected a time > 0 with its unit"));
+  CHECK_FALSE(fs::exists(tmp.path() / "u"));
+}
