@@ -153,24 +153,24 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                                                 grouped(p.prefill_tokens_per_s))
                                   : std::string(),
              grouped(t.output_tokens_per_s));
-  const auto nodes = [](int n) { return fmt::format("{} node{}", n, n == 1 ? "" : "s"); };
+  const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
   fmt::print(out, "  prefill     {}: a unit of {} GPUs ({}) prefills {} tokens/s, {} tokens per GPU ({}-token prompts) in {:.1f} ms\n",
              pf.source, pf.gpus, nodes(pf.nodes), grouped(pf.tokens_per_s), grouped(static_cast<double>(pf.tokens_per_gpu)),
              pf.prompt_tokens, pf.step_us / 1e3);
   if (!pf.point.empty()) fmt::print(out, "              {}: {}\n", pf.point, p.prefill_choice);
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt waits at least one batch, {:.1f} ms, for its first token\n",
-             p.prefill_units, p.prefill_units_whole, p.prefill_gpus, nodes(p.prefill_units_whole * pf.nodes),
+             p.prefill_units, p.prefill_units_whole, grouped(p.prefill_gpus), nodes(p.prefill_units_whole * pf.nodes),
              100 * p.prefill_units / p.prefill_units_whole, pf.step_us / 1e3);
   fmt::print(out, "  decode      {}: a unit of {} GPUs ({}) decodes {} tokens/s, {} sequences per GPU ({}-token contexts) at {:.3f} ms a token ({:.1f} tokens/s each)\n",
              dc.source, dc.gpus, nodes(dc.nodes), grouped(dc.tokens_per_s), dc.tokens_per_gpu, dc.context_tokens,
              dc.time_per_token_us / 1e3, 1e6 / dc.time_per_token_us);
   if (!dc.point.empty()) fmt::print(out, "              {}: {}\n", dc.point, p.decode_choice);
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; {} sequences decoding at once\n",
-             p.decode_units, p.decode_units_whole, p.decode_gpus, nodes(p.decode_units_whole * dc.nodes),
+             p.decode_units, p.decode_units_whole, grouped(p.decode_gpus), nodes(p.decode_units_whole * dc.nodes),
              100 * p.decode_units / p.decode_units_whole, grouped(p.sequences_decoding));
   const int gpus = p.prefill_gpus + p.decode_gpus;
   fmt::print(out, "  service     {} GPUs ({}), {:.0f} % prefill; {:.1f} GPUs at full use ({:.2f} prefill units, {:.2f} decode units)\n",
-             gpus, nodes(p.prefill_units_whole * pf.nodes + p.decode_units_whole * dc.nodes), 100.0 * p.prefill_gpus / gpus,
+             grouped(gpus), nodes(p.prefill_units_whole * pf.nodes + p.decode_units_whole * dc.nodes), 100.0 * p.prefill_gpus / gpus,
              p.prefill_units * pf.gpus + p.decode_units * dc.gpus, p.prefill_units, p.decode_units);
   const auto nic = [](double rate, double nic_rate) {
     return nic_rate > 0 ? fmt::format(" ({:.1f} % of its NIC)", 100 * rate / nic_rate) : std::string();
