@@ -5,14 +5,31 @@ namespace moesim::models {
 // With tensor parallelism (m.tp = n > 1) a GPU's attention runs over the n T tokens of its
 // tensor-parallel group with its share of the heads and weights (attention_widths,
 // attention_weights; MLA's down projections whole). Every weight multiplies every token once.
-KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s) {
+// A cached prefix of P tokens: each of the T tokens also attends to P keys, so the core is
+// T (2P + S + 1)(Q + O); the T / S sequences' prefixes are read from the cache (P Dc bytes each),
+// and with MLA their latents are first expanded by the keys' and values' up projection
+// (kv_lora_rank x heads x (qk_nope + v), 2 FLOPs per weight and token), the expanded keys and
+// values written and read (2 b P (K + V) a sequence), as prefill kernels that take per-head keys
+// and values need.
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
+  const std::int64_t core = t * (2 * prefix + s + 1) * (a.q + a.out);
+  std::int64_t prefix_gemm = 0, prefix_bytes = 0;
+  if (prefix > 0) {
+    const std::int64_t cached = t * prefix / s;  // the group's sequences' prefix tokens
+    prefix_bytes = cached * routing::kv_cache_token_bytes(m);
+    if (routing::is_mla(m)) {
+      const auto& l = m.mla;
+      prefix_gemm = 2 * cached * l.kv_lora_rank * (m.attention_heads / m.tp) * (l.qk_nope_head_dim + l.v_head_dim);
+      prefix_bytes += 2 * b * cached * (a.k + a.v);
+    }
+  }
   return KernelCost{
-      .flops = 2 * t * w + t * (s + 1) * (a.q + a.out),
-      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)),
-      .gemm_flops = 2 * t * w,
-      .core_flops = t * (s + 1) * (a.q + a.out),
+      .flops = 2 * t * w + prefix_gemm + core,
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)) + prefix_bytes,
+      .gemm_flops = 2 * t * w + prefix_gemm,
+      .core_flops = core,
   };
 }
 

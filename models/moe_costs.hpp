@@ -82,7 +82,10 @@
 
 namespace moesim::models {
 
-KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len);
+// Tokens of seq_len-token sequences, each attending causally to the ones before it; with a cached
+// prefix (prefill with workload.cached_prefix), each also to the prefix's `prefix` tokens, whose
+// KV cache is read (MLA: its latents expanded into per-head keys and values first).
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len, std::int64_t prefix = 0);
 // Decode over `tokens` new tokens, `queries` of them per sequence (1 + draft tokens), which read
 // their sequence's cache once.
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1);

@@ -1685,7 +1685,7 @@ void MoeForward::finish(int) { ++finished_gpus_; }
 
 KernelCost MoeForward::attention(std::int64_t tokens) const {
   return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens)
-                                  : attention_cost(spec_.model, tokens, spec_.sequence_length);
+                                  : attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix);
 }
 
 KernelCost MoeForward::attention_recompute(std::int64_t tokens) const {

@@ -90,6 +90,7 @@ struct ForwardSpec {
   int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
+  std::int64_t cached_prefix = 0;     // prefill: tokens before each prompt's sequence_length new ones whose KV cache is found
   std::uint64_t seed = 0;
   bool training = false;              // forward, backward and optimizer; else the forward pass only
   bool prefill = false;               // serving prompts: the LM head for each one's last token only

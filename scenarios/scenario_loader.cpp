@@ -519,6 +519,12 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (sc.workload_kind == "decode")
         problems.add_at(w->key_path("sequence_length"), "not used with 'kind: decode' (see context_length)");
     }
+    if (auto v = w->get<std::int64_t>("cached_prefix", count_at_least(0), false)) {
+      f.cached_prefix = *v;
+      if (sc.workload_kind != "prefill")
+        problems.add_at(w->key_path("cached_prefix"),
+                        "only used with 'kind: prefill' (the tokens before each prompt's new ones whose KV cache is found)");
+    }
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
     if (auto v = w->get<std::int64_t>("steps", count_at_least(1), false)) sc.steps = as_int(*v);

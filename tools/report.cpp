@@ -166,7 +166,8 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // block's and b (2H + 3 Fd) a token for its FFN block (the norm's input and output, the FFN's gate and up
 // outputs and activation, Fd = dense_ffn). workload.activation_dtype and selective recomputation change
 // these per tensor (below). Decode adds the KV cache (T sequences
-// x context x the bytes a token caches per layer, routing::kv_cache_token_bytes). With tensor parallelism (tp GPUs, with sequence
+// x context x the bytes a token caches per layer, routing::kv_cache_token_bytes), prefill with
+// workload.cached_prefix its prompts' prefixes' caches. With tensor parallelism (tp GPUs, with sequence
 // parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
 // all-gathers the latter again in the backward pass), the latents, Q, K, V and the output
 // projection's input are for the tp T tokens of its group and its share of the heads; the KV
@@ -277,9 +278,14 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   } else {
     u.activations = kept_layer + logits;  // one layer at a time
   }
-  // Decode: the caches of every micro-batch's sequences stay resident.
+  // Decode: the caches of every micro-batch's sequences stay resident. Prefill with a cached
+  // prefix: the prompts' prefixes (T / S prompts of P tokens; the caches the new tokens make are
+  // sent on as they are made and not counted, as without a prefix).
   if (f.context_length > 0)
     u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * static_cast<double>(f.context_length) *
+                 static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
+  else if (f.cached_prefix > 0)
+    u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * static_cast<double>(f.cached_prefix) *
                  static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
@@ -712,7 +718,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                           f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "")
                         : sc.workload_kind == "prefill"
                             ? (f.micro_batches > 1 ? fmt::format("prefill of {} batches of prompts", f.micro_batches)
-                                                   : std::string("prefill of one batch of prompts"))
+                                                   : std::string("prefill of one batch of prompts")) +
+                                  (f.cached_prefix > 0 ? fmt::format(", each {} new tokens after a cached prefix of {},",
+                                                                     f.sequence_length, f.cached_prefix)
+                                                       : std::string())
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
                         layers_said);

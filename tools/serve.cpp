@@ -66,6 +66,7 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.time_per_token_us = prefill ? 0 : field(summary, "time_per_token_us");
   u.tokens_per_gpu = prefill ? f.tokens_per_gpu : f.sequences();
   u.prompt_tokens = prefill ? f.sequence_length : 0;
+  u.cached_prefix = prefill ? f.cached_prefix : 0;
   u.context_tokens = prefill ? 0 : f.context_length;
   // Every layer with attention caches: the MoE layers (with the MTP layers run) and the dense ones.
   u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(f.model)) *
@@ -154,9 +155,19 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                                   : std::string(),
              grouped(t.output_tokens_per_s));
   const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
-  fmt::print(out, "  prefill     {}: a unit of {} GPUs ({}) prefills {} tokens/s, {} tokens per GPU ({}-token prompts) in {:.1f} ms\n",
+  fmt::print(out, "  prefill     {}: a unit of {} GPUs ({}) prefills {} tokens/s, {} tokens per GPU ({}) in {:.1f} ms\n",
              pf.source, pf.gpus, nodes(pf.nodes), grouped(pf.tokens_per_s), grouped(static_cast<double>(pf.tokens_per_gpu)),
-             pf.prompt_tokens, pf.step_us / 1e3);
+             pf.cached_prefix > 0 ? fmt::format("prompts of {} new tokens after {} cached", pf.prompt_tokens, pf.cached_prefix)
+                                  : fmt::format("{}-token prompts", pf.prompt_tokens),
+             pf.step_us / 1e3);
+  // The scenario's prompts against the traffic's cache hits: the new tokens of a prompt with a
+  // cached prefix attend to it, which the scenario models only with workload.cached_prefix.
+  const double cached_share =
+      static_cast<double>(pf.cached_prefix) / static_cast<double>(pf.cached_prefix + std::max<std::int64_t>(pf.prompt_tokens, 1));
+  if (std::fabs(cached_share - t.cache_hit_rate) > 0.05)
+    fmt::print(out, "              note: {:.1f} % of the traffic's prompt tokens are cache hits, {:.1f} % of the scenario's prompts "
+                    "(workload.cached_prefix over the whole prompt): its new tokens attend to {} prefix than the traffic's\n",
+               100 * t.cache_hit_rate, 100 * cached_share, cached_share < t.cache_hit_rate ? "a shorter" : "a longer");
   if (!pf.point.empty()) fmt::print(out, "              {}: {}\n", pf.point, p.prefill_choice);
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt waits at least one batch, {:.1f} ms, for its first token\n",
              p.prefill_units, p.prefill_units_whole, grouped(p.prefill_gpus), nodes(p.prefill_units_whole * pf.nodes),

@@ -49,6 +49,7 @@ struct ServeUnit {
   double time_per_token_us = 0;  // decode: between a sequence's tokens
   std::int64_t tokens_per_gpu = 0;  // prefill: prompt tokens per GPU; decode: sequences per GPU
   std::int64_t prompt_tokens = 0;   // prefill: workload.sequence_length
+  std::int64_t cached_prefix = 0;   // prefill: workload.cached_prefix
   std::int64_t context_tokens = 0;  // decode: workload.context_length
   double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers
   double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs

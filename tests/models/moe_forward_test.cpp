@@ -718,6 +718,42 @@ TEST_CASE("compute.attention_efficiency times the attention core apart, as deriv
             .stats.step_time() == Time::ps(283'379'776));
 }
 
+TEST_CASE("A prefill after a cached prefix attends to it and reads its cache, as derived by hand", "[models][prefill]") {
+  // Grouped-query attention (8 query heads and 2 kv heads of 128, H = 1024): T = 1000 new tokens
+  // of 500-token prompts (2 prompts) after a 3000-token prefix each: every token also attends to
+  // the 3000, the core 2 (P + (S + 1) / 2) keys x (Q + O) = T (2P + S + 1)(Q + O), and the two
+  // prefixes' caches are read, 6000 tokens x 2 x 256 x 2 B.
+  const routing::MoeModelSpec g = gqa_attention();
+  const auto plain = models::attention_cost(g, 1000, 500), cached = models::attention_cost(g, 1000, 500, 3000);
+  CHECK(plain.core_flops == std::int64_t{1000} * 501 * (1024 + 1024));
+  CHECK(cached.core_flops == std::int64_t{1000} * (6000 + 501) * (1024 + 1024));
+  CHECK(cached.gemm_flops == plain.gemm_flops);
+  CHECK(cached.bytes - plain.bytes == std::int64_t{6000} * 2 * 256 * 2);
+  // MLA (DeepSeek-V3): the cached latents (576 a token) are read, expanded into the heads' keys
+  // and values by their up projection, 2 x 6000 x 512 x 128 x (128 + 128) FLOPs, and those keys
+  // (128 x 128 + 64 wide) and values (128 x 128) written and read.
+  const routing::MoeModelSpec m = deepseek_v3_mla();
+  const auto p0 = models::attention_cost(m, 1000, 500), p1 = models::attention_cost(m, 1000, 500, 3000);
+  CHECK(p1.core_flops == std::int64_t{1000} * 6501 * (24'576 + 16'384));
+  CHECK(p1.gemm_flops - p0.gemm_flops == std::int64_t{2} * 6000 * 512 * 128 * 256);
+  CHECK(p1.flops - p0.flops == p1.gemm_flops - p0.gemm_flops + p1.core_flops - p0.core_flops);
+  CHECK(p1.bytes - p0.bytes == std::int64_t{6000} * 576 * 2 + std::int64_t{2} * 2 * 6000 * (16'448 + 16'384));
+  // Only prefill takes a prefix.
+  const auto err = [](const std::string& yaml) {
+    try {
+      (void)scenarios::load_scenario_text(yaml, "p.yaml");
+    } catch (const scenarios::ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string base = replaced(tiny("dropless", 1), "workload: {tokens_per_gpu: 1000, sequence_length: 1000}",
+                                    "workload: {kind: prefill, tokens_per_gpu: 1000, sequence_length: 500, cached_prefix: 3000}");
+  CHECK(scenarios::load_scenario_text(base, "p.yaml").forward.cached_prefix == 3000);
+  CHECK_THAT(err(replaced(base, "kind: prefill", "kind: forward")),
+             Catch::Contains("workload.cached_prefix: only used with 'kind: prefill'"));
+}
+
 TEST_CASE("Model FLOPs count every compute stage once, padding and optimizer aside", "[models][forward]") {
   // Dropless tiny layer, per GPU: attention 10,438,656,000 + router 2 T H E = 4,096,000 +
   // expert on 2000 tokens 12,582,912,000 + reduce over 2000 copies 2 r H = 4,096,000.

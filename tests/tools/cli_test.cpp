@@ -1218,6 +1218,8 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   CHECK(std::stod(s.at("kv_bytes_per_token")) == 2 * 8 * 128 * 2 * 2);
   CHECK_THAT(r.out, Catch::Contains("moesim serve: 2,000,000 prompt tokens/s (40.0 % from the KV cache, 1,200,000 to prefill), 1,000,000 output tokens/s"));
   CHECK_THAT(r.out, Catch::Contains(fmt::format("the load takes {:.2f} units: {} ({} GPUs", decode_units, dw, 16 * dw)));
+  // The scenario's prompts have no cached prefix, the traffic's 40 %: the plan says so.
+  CHECK_THAT(r.out, Catch::Contains("note: 40.0 % of the traffic's prompt tokens are cache hits, 0.0 % of the scenario's prompts"));
   // Refused before anything runs: the scenarios the wrong way round, a missing or bad rate, a hit
   // rate of 1.
   const std::string rates = "--input-tokens-per-s 1e6 --output-tokens-per-s 1e5 --out '" + (tmp.path() / "x").string() + "' ";
@@ -1289,4 +1291,18 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   CHECK(bad.code == 2);
   CHECK_THAT(bad.err, Catch::Contains("--tpot: expected a time > 0 with its unit"));
   CHECK_FALSE(fs::exists(tmp.path() / "u"));
+}
+
+TEST_CASE("A prefill's cached prefixes count in its memory", "[cli][prefill]") {
+  // The quickstart as a prefill of 4 prompts of 1024 new tokens per GPU after 2048 cached ones:
+  // their caches, 4 x 2048 tokens x 32 layers x 4096 bytes (8 kv heads of 128, K and V in bf16).
+  TempDir tmp;
+  const std::string run = "run --set workload.kind=prefill --set workload.sequence_length=1024 --set network.model=analytical -q ";
+  REQUIRE(moesim(run + "--out '" + (tmp.path() / "a").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(run + "--set workload.cached_prefix=2048 --out '" + (tmp.path() / "b").string() + "'", tmp).code == 0);
+  const auto a = summary_row(tmp.path() / "a" / "summary.csv"), b = summary_row(tmp.path() / "b" / "summary.csv");
+  CHECK(std::stod(b.at("memory_gb_max")) - std::stod(a.at("memory_gb_max")) == Approx(4.0 * 2048 * 32 * 4096 / 1e9).margin(2e-3));
+  // The attention over the prefixes makes the step longer; the tokens prefilled stay the same.
+  CHECK(std::stod(b.at("attention_us")) > std::stod(a.at("attention_us")));
+  CHECK(b.at("tokens_per_step") == a.at("tokens_per_step"));
 }

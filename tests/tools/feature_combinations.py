@@ -52,7 +52,8 @@ output: {timeline: off}
 
 DECODE = ["workload.kind=decode", "workload.sequence_length=~"]
 FEATURES = [
-    [["workload.kind=forward"], ["workload.kind=prefill"], DECODE + ["workload.context_length=512"],
+    [["workload.kind=forward"], ["workload.kind=prefill"], ["workload.kind=prefill", "workload.cached_prefix=300"],
+     DECODE + ["workload.context_length=512"],
      DECODE + ["workload.context_length=1024", "workload.draft_tokens=1", "workload.acceptance_rate=0.85", "model.mtp_modules=1"],
      DECODE + ["workload.context_length=300", "model.kv_cache_dtype=fp8"]],
     [["workload.tokens_per_gpu=1"], ["workload.tokens_per_gpu=2"], ["workload.tokens_per_gpu=7"], ["workload.tokens_per_gpu=64"],
