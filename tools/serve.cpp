@@ -195,9 +195,8 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
   else if (pf.gpu_hour_price > 0 || dc.gpu_hour_price > 0)
     fmt::print(out, "  cost        not priced: only the {} scenario has cluster.gpu_hour_price\n",
                pf.gpu_hour_price > 0 ? "prefill" : "decode");
-  for (const auto* u : {&pf, &dc})
-    if (!u->fits)
-      fmt::print(out, "  memory      DOES NOT FIT: {} needs {:.1f} GB of a GPU's {:.0f} GB\n", u->source, u->memory_gb, u->gpu_memory_gb);
+  fmt::print(out, "  memory      per GPU: prefill {:.1f} of {:.0f} GB, decode {:.1f} of {:.0f} GB\n", pf.memory_gb, pf.gpu_memory_gb,
+             dc.memory_gb, dc.gpu_memory_gb);
   if (!written.empty()) {
     std::string list;
     for (const auto& w : written) list += (list.empty() ? "" : ", ") + w;
@@ -211,14 +210,14 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "prefill_unit_gpus,prefill_unit_tokens_per_s,prefill_step_us,prefill_units,prefill_units_whole,prefill_gpus,"
              "decode_unit_gpus,decode_unit_tokens_per_s,time_per_token_us,decode_units,decode_units_whole,decode_gpus,gpus,"
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
-             "cost_per_million_output_tokens,fits_memory\n");
-  fmt::print(out, "{},{},{:.6g},{:.6g},{:.6g},{:.6g},{},{:.6g},{:.6f},{:.6f},{},{},{},{:.6g},{:.6f},{:.6f},{},{},{},{:.6g},{:.0f},{:.6g},{:.6g},{:.6g},{:.6g},{}\n",
+             "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb\n");
+  fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f}\n",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
              p.decode_units, p.decode_units_whole, p.decode_gpus, p.prefill_gpus + p.decode_gpus, p.sequences_decoding,
              p.decode.kv_bytes_per_token, p.kv_prefill_bytes_per_s, p.kv_decode_bytes_per_s, p.price_per_hour,
-             p.cost_per_million_output, p.prefill.fits && p.decode.fits ? "yes" : "no");
+             p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb);
 }
 
 }  // namespace moesim::tools

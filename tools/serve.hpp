@@ -55,7 +55,7 @@ struct ServeUnit {
   double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs
   double gpu_hour_price = 0;
   double memory_gb = 0, gpu_memory_gb = 0;
-  bool fits = true;
+  bool fits = true;  // a unit that does not fit the GPUs' memory is never chosen
 };
 // A scenario a serving unit can be: of the kind (`prefill` or `decode`), on one pipeline stage.
 // Throws ServeError otherwise.
