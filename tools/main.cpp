@@ -439,8 +439,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       "input-tokens-per-s", po::value<std::string>(), "prompt tokens arriving a second, KV-cache hits included")(
       "output-tokens-per-s", po::value<std::string>(), "tokens generated a second")(
       "cache-hit-rate", po::value<double>()->default_value(0), "share of prompt tokens whose KV cache is found")(
-      "ttft", po::value<std::string>(), "with a prefill grid: a batch's prefill within this time (e.g. 2s)")(
-      "tpot", po::value<std::string>(), "with a decode grid: the time per output token within this (e.g. 50ms)")(
+      "ttft", po::value<std::string>(), "a prefill batch's step within this time (e.g. 2s)")(
+      "tpot", po::value<std::string>(), "the decode time per output token within this (e.g. 50ms)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
       "jobs,j", po::value<int>()->default_value(1), "grid points run at once")(
