@@ -776,7 +776,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     std::string list;
     for (std::size_t st = 0; st < c.busy.size(); ++st) list += fmt::format("{}{}: {:.3f}", st > 0 ? ", " : "", st, c.busy[st].to_us() / 1e3);
     fmt::print(out, "  stages      compute of each pipeline stage's busiest GPU (ms): {}; stage {} does {:.2f}x the mean{}\n", list,
-               c.most, c.over, c.over > 1.05 ? " (parallelism.pipeline_layers can give it fewer MoE layers)" : "");
+               c.most, c.over, c.over > 1.05 ? " (parallelism.pipeline_layers can give it fewer MoE layers; that evens the compute, but where "
+                                   "the stages' all-to-alls share links it can make the step slower: compare the steps)"
+                                 : "");
   }
   fmt::print(out, "  routing     {} assignments, {} dropped ({}), max/mean tokens per GPU {:.3f}\n",
              t.routed, t.dropped,

@@ -1771,7 +1771,9 @@ TEST_CASE("Pipeline stages of unequal layer runs, as derived by hand", "[models]
   tools::print_human_summary(printed, scenarios::load_scenario_text(two_stages("", 3, ", pipeline_layers: [2, 1]"), "pp.yaml"), given,
                              {});
   CHECK_THAT(printed.str(), Catch::Contains("stages      compute of each pipeline stage's busiest GPU (ms): 0: 0.477, 1: 0.238; "
-                                            "stage 0 does 1.33x the mean (parallelism.pipeline_layers can give it fewer MoE layers)"));
+                                            "stage 0 does 1.33x the mean (parallelism.pipeline_layers can give it fewer MoE layers; that evens "
+                                            "the compute, but where the stages' all-to-alls share links it can make the step slower: "
+                                            "compare the steps)"));
   // Training, 2 micro-batches, 1F1B, B and the optimizer's 293,658,624 ps per layer as in the
   // test above. Stage 1 (layer 2): F0 from 2F + d, B0 at 3F + d, F1 at 3F + d + B (its input came
   // at 4F + d, earlier, as B > F), B1 until 4F + d + 2B, then its optimizer. Stage 0 (layers 0
