@@ -169,9 +169,12 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                     "(workload.cached_prefix over the whole prompt): its new tokens attend to {} prefix than the traffic's\n",
                100 * t.cache_hit_rate, 100 * cached_share, cached_share < t.cache_hit_rate ? "a shorter" : "a longer");
   if (!pf.point.empty()) fmt::print(out, "              {}: {}\n", pf.point, p.prefill_choice);
-  fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt waits at least one batch, {:.1f} ms, for its first token\n",
+  // A prompt that arrives while its unit runs a batch waits for that batch, then runs in the next:
+  // its first token comes one to two batches after it arrives, more where batches queue.
+  fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt's first token comes one to two batches, "
+                  "{:.1f} to {:.1f} ms, after it arrives, more where prompts queue\n",
              p.prefill_units, p.prefill_units_whole, grouped(p.prefill_gpus), nodes(p.prefill_units_whole * pf.nodes),
-             100 * p.prefill_units / p.prefill_units_whole, pf.step_us / 1e3);
+             100 * p.prefill_units / p.prefill_units_whole, pf.step_us / 1e3, 2 * pf.step_us / 1e3);
   fmt::print(out, "  decode      {}: a unit of {} GPUs ({}) decodes {} tokens/s, {} sequences per GPU ({}-token contexts) at {:.3f} ms a token ({:.1f} tokens/s each)\n",
              dc.source, dc.gpus, nodes(dc.nodes), grouped(dc.tokens_per_s), dc.tokens_per_gpu, dc.context_tokens,
              dc.time_per_token_us / 1e3, 1e6 / dc.time_per_token_us);

@@ -8,8 +8,8 @@
 //   decode units = output tokens/s / a unit's decode tokens/s (at its time per token);
 //   each kind's units rounded up to whole units, GPUs = units × the unit's GPUs.
 // Left out: queueing and the batching of requests as they arrive (every unit runs full batches
-// back to back: a floor on the GPUs, and on the time to a prompt's first token, one prefill
-// step), prompts and contexts of other lengths than the scenarios' (prefill: their
+// back to back: a floor on the GPUs; a prompt's first token comes one to two prefill steps after
+// it arrives, more when prompts queue), prompts and contexts of other lengths than the scenarios' (prefill: their
 // workload.sequence_length; decode: workload.context_length), and the KV caches' transfer from
 // prefill to decode GPUs, whose rate the plan reports against the NICs without simulating it.
 #pragma once
