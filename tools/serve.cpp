@@ -68,8 +68,11 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.prompt_tokens = prefill ? f.sequence_length : 0;
   u.cached_prefix = prefill ? f.cached_prefix : 0;
   u.context_tokens = prefill ? 0 : f.context_length;
-  // Every layer with attention caches: the MoE layers (with the MTP layers run) and the dense ones.
-  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(f.model)) *
+  // Every layer with attention caches: the MoE layers (with the MTP layers run) and the dense ones;
+  // all of a token's cache, not a tensor-parallel GPU's share of its heads.
+  routing::MoeModelSpec whole = f.model;
+  whole.tp = 1;
+  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) *
                          static_cast<double>(f.model.moe_layers + f.model.dense_layers);
   u.nic_bytes_per_s = sc.cluster.scale_out.present ? static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) : 0;
   u.gpu_hour_price = sc.gpu_hour_price;

@@ -1185,7 +1185,8 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   const std::string prefill = "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --prefill-set cluster.gpu_hour_price=2 ";
   const std::string decode =
       "--decode-set workload.kind=decode --decode-set workload.sequence_length=~ --decode-set workload.context_length=1024 "
-      "--decode-set workload.tokens_per_gpu=32 --decode-set model.moe_layers=2 --decode-set cluster.gpu_hour_price=3 ";
+      "--decode-set workload.tokens_per_gpu=32 --decode-set model.moe_layers=2 --decode-set cluster.gpu_hour_price=3 "
+      "--decode-set parallelism.tp=2 ";
   const auto out = tmp.path() / "s";
   // 40 % of the prompt tokens from the KV cache; the output rate given per day.
   const auto r = moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 2e6 --cache-hit-rate 0.4 --output-tokens-per-s 8.64e10/day --out '" +
@@ -1214,7 +1215,8 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   CHECK(std::stod(s.at("sequences_decoding")) == Approx(1e6 * std::stod(d.at("time_per_token_us")) / 1e6).epsilon(1e-5));
   CHECK(std::stod(s.at("price_per_hour")) == Approx(16.0 * pw * 2 + 16.0 * dw * 3));
   CHECK(std::stod(s.at("cost_per_million_output_tokens")) == Approx((16.0 * pw * 2 + 16.0 * dw * 3) / 3600.0).epsilon(1e-5));
-  // Mixtral's grouped-query cache: 2 x 8 KV heads x 128 x 2 bytes a layer, over 2 layers.
+  // Mixtral's grouped-query cache: 2 x 8 KV heads x 128 x 2 bytes a layer, over 2 layers (all of
+  // a token's cache, not a tensor-parallel GPU's half of the heads).
   CHECK(std::stod(s.at("kv_bytes_per_token")) == 2 * 8 * 128 * 2 * 2);
   CHECK_THAT(r.out, Catch::Contains("moesim serve: 2,000,000 prompt tokens/s (40.0 % from the KV cache, 1,200,000 to prefill), 1,000,000 output tokens/s"));
   CHECK_THAT(r.out, Catch::Contains(fmt::format("the load takes {:.2f} units: {} ({} GPUs", decode_units, dw, 16 * dw)));
