@@ -9,9 +9,10 @@
 //   each kind's units rounded up to whole units, GPUs = units × the unit's GPUs.
 // Left out: queueing and the batching of requests as they arrive (every unit runs full batches
 // back to back: a floor on the GPUs; a prompt's first token comes one to two prefill steps after
-// it arrives, more when prompts queue), prompts and contexts of other lengths than the scenarios' (prefill: their
-// workload.sequence_length; decode: workload.context_length), and the KV caches' transfer from
-// prefill to decode GPUs, whose rate the plan reports against the NICs without simulating it.
+// it arrives, more when prompts queue), prompts and contexts of other lengths than the
+// scenarios' (prefill: their workload.sequence_length and cached_prefix; decode:
+// workload.context_length), and the KV caches' transfer from prefill to decode GPUs, whose rate
+// the plan reports against the NICs without simulating it.
 #pragma once
 
 #include <map>
@@ -42,7 +43,7 @@ void check_traffic(const ServeTraffic& t);
 // One kind of instance, from its scenario and the summary.csv row of its run.
 struct ServeUnit {
   std::string source;
-  std::string point;  // a grid's point, "point 3 (workload.tokens_per_gpu=96)"; empty for a scenario
+  std::string point;  // a grid's point, "point 3 of GRID (workload.tokens_per_gpu=96)"; empty for a scenario
   int gpus = 0, nodes = 0;
   double tokens_per_s = 0;       // prompt tokens prefilled, or output tokens decoded, per second
   double step_us = 0;            // one prefill batch; one decode step
