@@ -30,6 +30,10 @@ std::string grouped(double x) {
   return s;
 }
 
+// Whole units for a load of `units` (at least one); a load a hair over a whole number of units
+// (rounding) does not take one more.
+int whole_units(double units) { return std::max(1, static_cast<int>(std::ceil(units * (1 - 1e-12)))); }
+
 std::string bytes_rate(double bytes_per_s) {
   return bytes_per_s >= 1e9 ? fmt::format("{:.2f} GB/s", bytes_per_s / 1e9) : fmt::format("{:.1f} MB/s", bytes_per_s / 1e6);
 }
@@ -96,7 +100,7 @@ ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_to
     if (target_us > 0 && time > target_us) continue;
     ++met;
     const double full = load_tokens_per_s / u.tokens_per_s * u.gpus;  // GPUs at full use
-    const double gpus = std::max(1.0, std::ceil(load_tokens_per_s / u.tokens_per_s * (1 - 1e-12))) * u.gpus;
+    const double gpus = static_cast<double>(whole_units(load_tokens_per_s / u.tokens_per_s)) * u.gpus;
     if (!c.best || gpus < best_gpus || (gpus == best_gpus && full < best_full)) {
       c.best = i;
       best_gpus = gpus;
@@ -131,10 +135,8 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   p.prefill_tokens_per_s = t.input_tokens_per_s * (1 - t.cache_hit_rate);
   p.prefill_units = p.prefill_tokens_per_s / prefill.tokens_per_s;
   p.decode_units = t.output_tokens_per_s / decode.tokens_per_s;
-  // Whole units; a load a hair over a whole number of units (rounding) does not take one more.
-  const auto whole = [](double units) { return static_cast<int>(std::ceil(units * (1 - 1e-12))); };
-  p.prefill_units_whole = std::max(1, whole(p.prefill_units));
-  p.decode_units_whole = std::max(1, whole(p.decode_units));
+  p.prefill_units_whole = whole_units(p.prefill_units);
+  p.decode_units_whole = whole_units(p.decode_units);
   p.prefill_gpus = p.prefill_units_whole * prefill.gpus;
   p.decode_gpus = p.decode_units_whole * decode.gpus;
   p.sequences_decoding = t.output_tokens_per_s * decode.time_per_token_us / 1e6;
