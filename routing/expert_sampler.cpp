@@ -152,35 +152,19 @@ ExpertSampler::ExpertSampler(std::vector<double> weights)
     columns_[i] = Column{static_cast<std::uint64_t>(std::ceil(std::ldexp(keep[i], 53))), alias[i]};
 }
 
-__attribute__((always_inline)) inline int ExpertSampler::draw_one(sim::Rng& rng) const {
-  if (columns_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
-  // One 64-bit draw x gives both the column, floor(x n / 2^64), and the uniform within it, the
-  // fractional part of x n / 2^64 (its top 53 bits); the column's bias is below n / 2^64.
-  __extension__ using uint128 = unsigned __int128;
-  const uint128 m = static_cast<uint128>(rng.next_u64()) * static_cast<std::uint64_t>(experts_);
-  const auto i = static_cast<std::size_t>(m >> 64);
-  // Both outcomes loaded, then selected: the comparison is a coin flip, a branch would often
-  // be mispredicted.
-  const Column c = columns_[i];
-  const std::int64_t stay = static_cast<std::int64_t>(i);
-  return static_cast<int>((static_cast<std::uint64_t>(m) >> 11) < c.keep_below ? stay : c.alias);
-}
-
 namespace {
 
 bool contains(std::span<const int> v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
-bool allowed(int e, std::uint64_t groups, int group_size) {
-  return group_size <= 0 || ((groups >> (e / group_size)) & 1U) != 0;
-}
+bool has(const std::uint64_t* set, int e) { return ((set[e >> 6] >> (e & 63)) & 1U) != 0; }
 
 }  // namespace
 
-int ExpertSampler::exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const {
+int ExpertSampler::exact_draw(sim::Rng& rng, const std::uint64_t* allowed) const {
   double remaining = 0;
   int last = -1, left = 0;
   for (int x = 0; x < experts_; ++x)
-    if (allowed(x, groups, group_size) && !contains(taken, x)) {
+    if (has(allowed, x)) {
       remaining += weights_[static_cast<std::size_t>(x)];
       last = x;
       ++left;
@@ -189,25 +173,15 @@ int ExpertSampler::exact_draw(sim::Rng& rng, std::span<const int> taken, std::ui
   if (!(remaining > 0)) {  // only zero-weight experts left: uniformly among them
     std::uint64_t i = rng.uniform_int(static_cast<std::uint64_t>(left));
     for (int x = 0; x < experts_; ++x)
-      if (allowed(x, groups, group_size) && !contains(taken, x) && i-- == 0) return x;
+      if (has(allowed, x) && i-- == 0) return x;
   }
   double u = rng.uniform01() * remaining;
   for (int x = 0; x < experts_; ++x) {
-    if (!allowed(x, groups, group_size) || contains(taken, x)) continue;
+    if (!has(allowed, x)) continue;
     u -= weights_[static_cast<std::size_t>(x)];
     if (u < 0 && weights_[static_cast<std::size_t>(x)] > 0) return x;
   }
   return last;  // rounding: the last candidate
-}
-
-int ExpertSampler::draw_restricted(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups,
-                                   int group_size) const {
-  constexpr int kMaxRejections = 64;
-  for (int i = 0; i < kMaxRejections; ++i) {
-    const int e = draw_one(rng);
-    if (allowed(e, groups, group_size) && !contains(taken, e)) return e;
-  }
-  return exact_draw(rng, taken, groups, group_size);
 }
 
 __attribute__((always_inline)) inline void ExpertSampler::top_k(sim::Rng& rng, int* out, std::size_t k) const {
@@ -221,7 +195,14 @@ __attribute__((always_inline)) inline void ExpertSampler::top_k(sim::Rng& rng, i
       continue;
     }
     if (++rejections < kMaxRejections) continue;
-    for (; i < k; ++i) out[i] = exact_draw(rng, std::span<const int>(out, i), ~std::uint64_t{0}, 0);
+    // Frequent repeats (a few experts hold most of the weight): exact draws from what is left.
+    std::vector<std::uint64_t> left(static_cast<std::size_t>(words()), 0);
+    for (int x = 0; x < experts_; ++x) left[static_cast<std::size_t>(x >> 6)] |= std::uint64_t{1} << (x & 63);
+    for (std::size_t j = 0; j < i; ++j) left[static_cast<std::size_t>(out[j] >> 6)] &= ~(std::uint64_t{1} << (out[j] & 63));
+    for (; i < k; ++i) {
+      out[i] = exact_draw(rng, left.data());
+      left[static_cast<std::size_t>(out[i] >> 6)] &= ~(std::uint64_t{1} << (out[i] & 63));
+    }
   }
 }
 

@@ -18,8 +18,8 @@
 // A token's k experts are distinct: they are drawn one after another from the weights
 // renormalised over the experts not yet chosen (sampling without replacement; implemented by
 // rejecting repeats, which has exactly that law, with an exact fallback when repeats are
-// frequent). A draw may be restricted to a set of expert groups. Single draws use Walker's alias
-// method.
+// frequent). A draw may be restricted to a set of experts (group-limited routing: the experts of
+// the token's groups not yet chosen), held as a bit set. Single draws use Walker's alias method.
 #pragma once
 
 #include <cstdint>
@@ -50,17 +50,20 @@ class ExpertSampler {
   void sample_top_k(sim::Rng& rng, std::span<int> out) const;
   // sample_top_k for out.size() / k tokens one after another (the same draws), faster.
   void sample_tokens(sim::Rng& rng, std::span<int> out, int k) const;
-  // One more expert, distinct from `taken`, from the groups (of group_size consecutive experts)
-  // whose bit is set in `groups` (bit g for group g); the weights renormalised over what is left.
-  // At least one such expert must remain; zero-weight ones are drawn only when all left weigh 0.
-  int draw_restricted(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
+  // One expert from those whose bit is set in `allowed` (expert e is bit e % 64 of word e / 64;
+  // words() words), by the weights renormalised over them: draws by weight until one is allowed,
+  // after 64 rejections an exact draw. At least one expert must be allowed; zero-weight ones are
+  // drawn only when all allowed ones weigh 0. Inline: group-limited routing makes billions.
+  int draw_allowed(sim::Rng& rng, const std::uint64_t* allowed) const;
+  // The words of an `allowed` set: one bit an expert.
+  int words() const { return (experts_ + 63) / 64; }
 
   const std::vector<double>& weights() const { return weights_; }
   int experts() const { return static_cast<int>(weights_.size()); }
 
  private:
   void top_k(sim::Rng& rng, int* out, std::size_t k) const;
-  int exact_draw(sim::Rng& rng, std::span<const int> taken, std::uint64_t groups, int group_size) const;
+  int exact_draw(sim::Rng& rng, const std::uint64_t* allowed) const;
   int experts_;
   std::vector<double> weights_;
   // Walker's alias table (Vose's construction): draw column i uniformly, keep i with
@@ -74,5 +77,29 @@ class ExpertSampler {
   };
   std::vector<Column> columns_;
 };
+
+// Inline: every routed token makes k or more of these.
+__attribute__((always_inline)) inline int ExpertSampler::draw_one(sim::Rng& rng) const {
+  if (columns_.empty()) return static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(experts_)));
+  // One 64-bit draw x gives both the column, floor(x n / 2^64), and the uniform within it, the
+  // fractional part of x n / 2^64 (its top 53 bits); the column's bias is below n / 2^64.
+  __extension__ using uint128 = unsigned __int128;
+  const uint128 m = static_cast<uint128>(rng.next_u64()) * static_cast<std::uint64_t>(experts_);
+  const auto i = static_cast<std::size_t>(m >> 64);
+  // Both outcomes loaded, then selected: the comparison is a coin flip, a branch would often
+  // be mispredicted.
+  const Column c = columns_[i];
+  const std::int64_t stay = static_cast<std::int64_t>(i);
+  return static_cast<int>((static_cast<std::uint64_t>(m) >> 11) < c.keep_below ? stay : c.alias);
+}
+
+__attribute__((always_inline)) inline int ExpertSampler::draw_allowed(sim::Rng& rng, const std::uint64_t* allowed) const {
+  constexpr int kMaxRejections = 64;
+  for (int i = 0; i < kMaxRejections; ++i) {
+    const int e = draw_one(rng);
+    if ((allowed[e >> 6] >> (e & 63)) & 1U) return e;
+  }
+  return exact_draw(rng, allowed);
+}
 
 }  // namespace moesim::routing

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -143,6 +144,30 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
   const LayerLaw& now = laws_[static_cast<std::size_t>(layer)];
   const LayerLaw* before = correlated ? &laws_[static_cast<std::size_t>(layer - 1)] : nullptr;
   std::vector<int> picked_groups(static_cast<std::size_t>(std::max(spec_.max_groups, 1)));
+  // The experts a token may still take, as a bit set (ExpertSampler::draw_allowed): all of them,
+  // or those of its groups, less those taken. every: all experts; in_group[g]: group g's.
+  const auto words = static_cast<std::size_t>(sampler->words());
+  const auto bit = [](int e) { return std::uint64_t{1} << (e & 63); };
+  std::vector<std::uint64_t> every(words, 0), allowed(words), in_group;
+  std::vector<int> group_of;
+  for (int e = 0; e < model_.experts; ++e) every[static_cast<std::size_t>(e >> 6)] |= bit(e);
+  if (group_size > 0) {
+    in_group.assign(static_cast<std::size_t>(spec_.groups) * words, 0);
+    for (int e = 0; e < model_.experts; ++e) {
+      group_of.push_back(e / group_size);
+      in_group[static_cast<std::size_t>(e / group_size) * words + static_cast<std::size_t>(e >> 6)] |= bit(e);
+    }
+  }
+  const auto take = [&](int e) { allowed[static_cast<std::size_t>(e >> 6)] &= ~bit(e); };
+  std::vector<std::uint64_t> of_groups(words);
+  const auto only_groups = [&](std::uint64_t groups) {  // allowed &= the experts of `groups`
+    std::fill(of_groups.begin(), of_groups.end(), 0);
+    for (; groups != 0; groups &= groups - 1) {
+      const std::uint64_t* g = &in_group[static_cast<std::size_t>(std::countr_zero(groups)) * words];
+      for (std::size_t w = 0; w < words; ++w) of_groups[w] |= g[w];
+    }
+    for (std::size_t w = 0; w < words; ++w) allowed[w] &= of_groups[w];
+  };
   for (int src = 0; src < ep_; ++src) {
     sim::Rng rng(seed_, stream("", layer, first_gpu + src, micro_batch));
     if (!group_sampler && !correlated) {
@@ -169,35 +194,39 @@ void TokenRouter::route_synthetic(int layer, int first_gpu, int micro_batch, con
         // as scoring every expert, at k draws a token.
         std::uint64_t seen = 0;
         int count = 0;
+        allowed = every;
         for (int j = 0; j < k; ++j) {
-          const std::span<const int> taken(chosen.data(), static_cast<std::size_t>(j));
-          const int e = sampler->draw_restricted(rng, taken, count < spec_.max_groups ? ~std::uint64_t{0} : seen, group_size);
+          const int e = sampler->draw_allowed(rng, allowed.data());
           chosen[static_cast<std::size_t>(j)] = e;
-          if (!((seen >> (e / group_size)) & 1U)) {
-            seen |= std::uint64_t{1} << (e / group_size);
-            ++count;
+          take(e);
+          const int g = group_of[static_cast<std::size_t>(e)];
+          if (!((seen >> g) & 1U)) {
+            seen |= std::uint64_t{1} << g;
+            if (++count == spec_.max_groups) only_groups(seen);
           }
         }
         continue;
       }
-      std::uint64_t mask = ~std::uint64_t{0};
+      allowed = every;
       if (group_sampler) {
         group_sampler->sample_top_k(rng, picked_groups);
-        mask = 0;
+        std::uint64_t mask = 0;
         for (const int g : picked_groups) mask |= std::uint64_t{1} << g;
+        only_groups(mask);
       }
       for (int j = 0; j < k; ++j) {
-        const std::span<const int> taken(chosen.data(), static_cast<std::size_t>(j));
         if (correlated && rng.uniform01() < spec_.layer_correlation) {
           const int was = previous->experts[at + static_cast<std::size_t>(j)];
           const int e = now.expert_of_rank[static_cast<std::size_t>(before->rank_of_expert[static_cast<std::size_t>(was)])];
-          if ((group_size == 0 || ((mask >> (e / group_size)) & 1U)) &&
-              std::find(taken.begin(), taken.end(), e) == taken.end()) {
+          if ((allowed[static_cast<std::size_t>(e >> 6)] & bit(e)) != 0) {
             chosen[static_cast<std::size_t>(j)] = e;
+            take(e);
             continue;
           }
         }
-        chosen[static_cast<std::size_t>(j)] = sampler->draw_restricted(rng, taken, mask, group_size);
+        const int e = sampler->draw_allowed(rng, allowed.data());
+        chosen[static_cast<std::size_t>(j)] = e;
+        take(e);
       }
     }
   }

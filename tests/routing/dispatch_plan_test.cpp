@@ -203,6 +203,47 @@ TEST_CASE("A token's top-k experts are distinct", "[routing]") {
   }
 }
 
+TEST_CASE("A draw from a set of experts follows the weights renormalised over the set", "[routing][stats]") {
+  // 130 experts (three words of bits). Case 1: the set holds a fair share of the weight, so
+  // draws are mostly accepted at once. Case 2: it holds 1e-6 of it, so every draw takes the
+  // exact fallback after 64 rejections. Case 3: only zero-weight experts are allowed: uniform
+  // among them.
+  const int experts = 130;
+  std::vector<double> w(experts);
+  for (int e = 0; e < experts; ++e) w[static_cast<std::size_t>(e)] = 1.0 + e % 7;
+  const auto set_of = [&](const std::vector<int>& members) {
+    std::vector<std::uint64_t> bits(3, 0);
+    for (const int e : members) bits[static_cast<std::size_t>(e / 64)] |= std::uint64_t{1} << (e % 64);
+    return bits;
+  };
+  const auto check_law = [&](const ExpertSampler& s, const std::vector<int>& members, const std::vector<double>& weight) {
+    REQUIRE(s.words() == 3);
+    const std::vector<std::uint64_t> bits = set_of(members);
+    sim::Rng rng(9, "allowed");
+    std::vector<double> count(experts, 0.0);
+    const int n = 60'000;
+    for (int i = 0; i < n; ++i) count[static_cast<std::size_t>(s.draw_allowed(rng, bits.data()))] += 1;
+    double total = 0;
+    for (const int e : members) total += weight[static_cast<std::size_t>(e)];
+    double inside = 0;
+    for (const int e : members) {
+      const double p = weight[static_cast<std::size_t>(e)] / total;
+      INFO("expert " << e);
+      CHECK(count[static_cast<std::size_t>(e)] / n == Approx(p).margin(5 * std::sqrt(p * (1 - p) / n)));
+      inside += count[static_cast<std::size_t>(e)];
+    }
+    CHECK(inside == n);  // nothing outside the set
+  };
+  const std::vector<int> members = {0, 5, 63, 64, 100, 127, 128, 129};
+  check_law(ExpertSampler(w), members, w);
+  std::vector<double> rare = w;
+  for (const int e : members) rare[static_cast<std::size_t>(e)] *= 1e-6;
+  check_law(ExpertSampler(rare), members, rare);
+  std::vector<double> zero = w;
+  for (const int e : {3, 64, 129}) zero[static_cast<std::size_t>(e)] = 0;
+  check_law(ExpertSampler(zero), {3, 64, 129}, {std::vector<double>(experts, 1.0)});
+}
+
 TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[routing]") {
   RoutingSpec zipf;
   zipf.distribution = Distribution::zipf;
