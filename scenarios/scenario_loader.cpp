@@ -977,8 +977,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("workload.activation_dtype", "fp8 is modelled for a bf16 or fp16 model.dtype (the tensors it leaves at 2 bytes)");
   if (sc.forward.recompute_mla_up_proj && !routing::is_mla(m))
     problems.add_at("workload.recompute_modules", "mla_up_proj recomputes multi-head latent attention's up projections: set model.mla");
-  if (sc.workload_kind != "decode" && m.kv_cache_bytes != m.dtype_bytes)
-    problems.add_at("model.kv_cache_dtype", "only used in decode (workload.kind: decode), whose steps read and hold the KV cache");
+  if (sc.workload_kind != "decode" && sc.workload_kind != "prefill" && m.kv_cache_bytes != m.dtype_bytes)
+    problems.add_at("model.kv_cache_dtype", "only used in prefill and decode (workload.kind), whose steps write, read and hold the KV cache");
   if (m.kv_heads > m.attention_heads)
     problems.add_at("model.kv_heads", fmt::format("kv_heads {} is more than attention_heads {}",
                                                   m.kv_heads, m.attention_heads));

@@ -166,8 +166,8 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
 // block's and b (2H + 3 Fd) a token for its FFN block (the norm's input and output, the FFN's gate and up
 // outputs and activation, Fd = dense_ffn). workload.activation_dtype and selective recomputation change
 // these per tensor (below). Decode adds the KV cache (T sequences
-// x context x the bytes a token caches per layer, routing::kv_cache_token_bytes), prefill with
-// workload.cached_prefix its prompts' prefixes' caches. With tensor parallelism (tp GPUs, with sequence
+// x context x the bytes a token caches per layer, routing::kv_cache_token_bytes), prefill its
+// prompts' caches (with workload.cached_prefix their prefixes' too). With tensor parallelism (tp GPUs, with sequence
 // parallelism) the norm's and the QKV projection's inputs stay the GPU's own T rows (Megatron-LM
 // all-gathers the latter again in the backward pass), the latents, Q, K, V and the output
 // projection's input are for the tp T tokens of its group and its share of the heads; the KV
@@ -278,15 +278,16 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   } else {
     u.activations = kept_layer + logits;  // one layer at a time
   }
-  // Decode: the caches of every micro-batch's sequences stay resident. Prefill with a cached
-  // prefix: the prompts' prefixes (T / S prompts of P tokens; the caches the new tokens make are
-  // sent on as they are made and not counted, as without a prefix).
+  // Decode: the caches of every micro-batch's sequences stay resident. Prefill: the caches its
+  // prompts make, held until the batch is done (and, served disaggregated, sent to the decode
+  // GPUs), and with a cached prefix the prefixes' too: T / S prompts of P + S tokens.
   if (f.context_length > 0)
     u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * static_cast<double>(f.context_length) *
                  static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
-  else if (f.cached_prefix > 0)
-    u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * static_cast<double>(f.cached_prefix) *
-                 static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
+  else if (f.prefill)
+    u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) *
+                 static_cast<double>(f.cached_prefix + f.sequence_length) * static_cast<double>(routing::kv_cache_token_bytes(m)) *
+                 layers;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);

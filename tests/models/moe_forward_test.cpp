@@ -1018,8 +1018,8 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
     const std::string attention = attentions[pick.uniform_int(3)];
     std::string gemms = pick.uniform_int(2) ? "gemm_dtype: fp8, " : "";
     if (trial % 3 == 1) gemms += "attention_efficiency: 0.6, ";  // by the trial: the draws stay
-    // Decode: every other trial with an FP8 KV cache (by the trial, so the draws stay those above).
-    const std::string cache = kind == "decode" && trial % 2 ? ", kv_cache_dtype: fp8" : "";
+    // Prefill and decode: every other trial with an FP8 KV cache (by the trial, so the draws stay those above).
+    const std::string cache = (kind == "decode" || kind == "prefill") && trial % 2 ? ", kv_cache_dtype: fp8" : "";
     // Every fourth trial (without layer counts given per stage) an MTP module: trained as one
     // more layer, or drafting a token per sequence in decode (run in neither elsewhere).
     const bool mtp = trial % 4 == 3 && split.find("pipeline_layers") == std::string::npos;

@@ -155,13 +155,15 @@ TEST_CASE("model.weight_dtype sets the linear layers' weight bytes, in inference
                              "profile (the measured profile's kernels read BF16 weights): use compute.model: auto or roofline"));
 }
 
-TEST_CASE("model.kv_cache_dtype sets the KV cache's bytes, in decode only", "[scenarios][fp8]") {
+TEST_CASE("model.kv_cache_dtype sets the KV cache's bytes, in prefill and decode only", "[scenarios][fp8]") {
   const std::string decode = replaced_text(kBase, "  tokens_per_gpu: 1024\n", "  kind: decode\n  tokens_per_gpu: 1024\n  context_length: 4096\n");
   CHECK(load_scenario_text(decode, "s.yaml").forward.model.kv_cache_bytes == 2);  // model.dtype's
   CHECK(load_scenario_text(replaced_text(decode, "  top_k: 2\n", "  top_k: 2\n  kv_cache_dtype: fp8\n"), "s.yaml").forward.model.kv_cache_bytes == 1);
   CHECK(load_scenario_text(replaced_text(decode, "  top_k: 2\n", "  top_k: 2\n  kv_cache_dtype: fp32\n"), "s.yaml").forward.model.kv_cache_bytes == 4);
+  const std::string prefill = replaced_text(kBase, "  tokens_per_gpu: 1024\n", "  kind: prefill\n  tokens_per_gpu: 1024\n  sequence_length: 512\n");
+  CHECK(load_scenario_text(replaced_text(prefill, "  top_k: 2\n", "  top_k: 2\n  kv_cache_dtype: fp8\n"), "s.yaml").forward.model.kv_cache_bytes == 1);
   CHECK(error_of(with("  top_k: 2\n", "  top_k: 2\n  kv_cache_dtype: fp8\n")) ==
-        "s.yaml:13:19: model.kv_cache_dtype: only used in decode (workload.kind: decode), whose steps read and hold the KV cache");
+        "s.yaml:13:19: model.kv_cache_dtype: only used in prefill and decode (workload.kind), whose steps write, read and hold the KV cache");
   CHECK_THAT(error_of(replaced_text(decode, "  top_k: 2\n", "  top_k: 2\n  kv_cache_dtype: int4\n")),
              Catch::Contains("model.kv_cache_dtype: expected one of bf16, fp16, fp8, fp32"));
 }

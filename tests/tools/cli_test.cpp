@@ -1295,15 +1295,26 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   CHECK_FALSE(fs::exists(tmp.path() / "u"));
 }
 
-TEST_CASE("A prefill's cached prefixes count in its memory", "[cli][prefill]") {
-  // The quickstart as a prefill of 4 prompts of 1024 new tokens per GPU after 2048 cached ones:
-  // their caches, 4 x 2048 tokens x 32 layers x 4096 bytes (8 kv heads of 128, K and V in bf16).
+TEST_CASE("A prefill's caches, its prompts' and their cached prefixes', count in its memory", "[cli][prefill]") {
+  // The quickstart as a prefill of 4 prompts of 1024 new tokens per GPU: against the same
+  // tokens run as a forward pass, their caches, 4 x 1024 tokens x 32 layers x 4096 bytes (8 kv
+  // heads of 128, K and V in bf16). After 2048 cached tokens each, the prefixes' caches too,
+  // 4 x 2048 x 32 x 4096 bytes more; with an FP8 cache half of both.
   TempDir tmp;
-  const std::string run = "run --set workload.kind=prefill --set workload.sequence_length=1024 --set network.model=analytical -q ";
-  REQUIRE(moesim(run + "--out '" + (tmp.path() / "a").string() + "'", tmp).code == 0);
-  REQUIRE(moesim(run + "--set workload.cached_prefix=2048 --out '" + (tmp.path() / "b").string() + "'", tmp).code == 0);
+  const std::string run = "run --set workload.sequence_length=1024 --set network.model=analytical -q ";
+  const std::string prefill = run + "--set workload.kind=prefill ";
+  REQUIRE(moesim(run + "--out '" + (tmp.path() / "f").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(prefill + "--out '" + (tmp.path() / "a").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(prefill + "--set workload.cached_prefix=2048 --out '" + (tmp.path() / "b").string() + "'", tmp).code == 0);
+  REQUIRE(moesim(prefill + "--set workload.cached_prefix=2048 --set model.kv_cache_dtype=fp8 --out '" + (tmp.path() / "c").string() + "'",
+                 tmp).code == 0);
+  const auto f = summary_row(tmp.path() / "f" / "summary.csv");
   const auto a = summary_row(tmp.path() / "a" / "summary.csv"), b = summary_row(tmp.path() / "b" / "summary.csv");
-  CHECK(std::stod(b.at("memory_gb_max")) - std::stod(a.at("memory_gb_max")) == Approx(4.0 * 2048 * 32 * 4096 / 1e9).margin(2e-3));
+  const auto c = summary_row(tmp.path() / "c" / "summary.csv");
+  const double made = 4.0 * 1024 * 32 * 4096 / 1e9, prefixes = 4.0 * 2048 * 32 * 4096 / 1e9;
+  CHECK(std::stod(a.at("memory_gb_max")) - std::stod(f.at("memory_gb_max")) == Approx(made).margin(2e-3));
+  CHECK(std::stod(b.at("memory_gb_max")) - std::stod(a.at("memory_gb_max")) == Approx(prefixes).margin(2e-3));
+  CHECK(std::stod(b.at("memory_gb_max")) - std::stod(c.at("memory_gb_max")) == Approx((made + prefixes) / 2).margin(2e-3));
   // The attention over the prefixes makes the step longer; the tokens prefilled stay the same.
   CHECK(std::stod(b.at("attention_us")) > std::stod(a.at("attention_us")));
   CHECK(b.at("tokens_per_step") == a.at("tokens_per_step"));

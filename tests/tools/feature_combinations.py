@@ -53,6 +53,7 @@ output: {timeline: off}
 DECODE = ["workload.kind=decode", "workload.sequence_length=~"]
 FEATURES = [
     [["workload.kind=forward"], ["workload.kind=prefill"], ["workload.kind=prefill", "workload.cached_prefix=300"],
+     ["workload.kind=prefill", "model.kv_cache_dtype=fp8"],
      DECODE + ["workload.context_length=512"],
      DECODE + ["workload.context_length=1024", "workload.draft_tokens=1", "workload.acceptance_rate=0.85", "model.mtp_modules=1"],
      DECODE + ["workload.context_length=300", "model.kv_cache_dtype=fp8"]],
