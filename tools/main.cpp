@@ -74,14 +74,16 @@ commands:
   validate SCENARIO.yaml
         check a scenario file without running it
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
-        [--cache-hit-rate H] [--ttft TIME] [--tpot TIME] [--prefill-set KEY=VALUE ...]
-        [--decode-set ...] [--jobs N] [--out DIR]
+        [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
+        [--prefill-set KEY=VALUE ...] [--decode-set ...] [--jobs N] [--out DIR]
         how many GPUs disaggregated serving needs for a traffic: simulates each
-        scenario once (a unit of prefill, a unit of decode), then the units each
-        load takes, GPUs, sequences decoding at once, KV-cache rates and cost;
-        rates are tokens a second, or e.g. 608e9/day; either file may be a grid:
-        its point that serves the load on the fewest GPUs, fits memory and meets
-        --ttft (a prefill batch's time) or --tpot (time per token) is used (exit
+        scenario once (a unit of prefill, a unit of decode; prefill again at one
+        prompt per GPU), then the units each load takes, GPUs, the prompts' queue
+        and time to first token (simulated; --ttft: prefill units added until it
+        is met), sequences decoding at once, KV-cache rates and cost; rates are
+        tokens a second, or e.g. 608e9/day; either file may be a grid: its point
+        that serves the load on the fewest GPUs, fits memory and meets --tpot
+        (time per token) or, prefill, --ttft with a full batch is used (exit
         code 3: none); writes serve.csv and the runs
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
@@ -439,7 +441,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       "input-tokens-per-s", po::value<std::string>(), "prompt tokens arriving a second, KV-cache hits included")(
       "output-tokens-per-s", po::value<std::string>(), "tokens generated a second")(
       "cache-hit-rate", po::value<double>()->default_value(0), "share of prompt tokens whose KV cache is found")(
-      "ttft", po::value<std::string>(), "a prefill batch's step within this time (e.g. 2s)")(
+      "ttft", po::value<std::string>(), "the time to a prompt's first token within this (e.g. 2s), at --ttft-percentile")(
+      "ttft-percentile", po::value<int>()->default_value(99), "the TTFT percentile the target is for: 50, 90 or 99")(
       "tpot", po::value<std::string>(), "the decode time per output token within this (e.g. 50ms)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
@@ -501,11 +504,21 @@ int cmd_serve(const std::vector<std::string>& args) {
     for (const auto& sc : side.scenarios) tools::check_serve_scenario(sc, side.prefill);
   }
 
+  const int percentile = vm["ttft-percentile"].as<int>();
+  if (percentile != 50 && percentile != 90 && percentile != 99)
+    throw UsageError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile));
+
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> chosen;
   std::vector<std::string> notes;
+  std::vector<std::vector<std::string>> chosen_sets;  // each side's chosen scenario: its --set values (a point's axes last)
+  std::vector<std::string> chosen_files;
+  tools::PrefillBatchTime batch;
+  std::string batch_note;
+  std::uint64_t seed = 1;
   for (auto& side : sides) {
     std::vector<tools::ServeUnit> candidates;
+    std::vector<std::size_t> candidate_point;
     if (side.grid) {
       const std::string csv = dir + "/" + side.name + "-sweep.csv";
       const auto points = side.grid->points();
@@ -523,6 +536,7 @@ int cmd_serve(const std::vector<std::string>& args) {
         for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
         unit.point = fmt::format("point {} of {} ({})", i, side.file, values);
         candidates.push_back(unit);
+        candidate_point.push_back(i);
       }
       written.push_back(csv);
     } else {
@@ -532,9 +546,12 @@ int cmd_serve(const std::vector<std::string>& args) {
       tools::write_reports(dir + "/" + side.name, sc, result);
       // The plan reads the run's summary.csv as written, so its figures are the report's.
       candidates.push_back(tools::serve_unit(sc, read_rows(dir + "/" + side.name + "/summary.csv").at(0), side.prefill));
+      candidate_point.push_back(0);
       written.push_back(dir + "/" + side.name + "/");
     }
-    const auto choice = tools::choose_unit(candidates, side.load, side.target_us, side.prefill);
+    // A prefill scenario's own batch need not meet the TTFT target (with more units its batches
+    // are smaller: the queue below decides); a grid's points are passed over where it does not.
+    const auto choice = tools::choose_unit(candidates, side.load, side.prefill && !side.grid ? 0 : side.target_us, side.prefill);
     if (!choice.best) {
       fmt::print("moesim serve: no {} {} can serve the load: {}\n", side.name, side.grid ? "point" : "scenario",
                  choice.explanation);
@@ -542,10 +559,61 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
     chosen.push_back(candidates[*choice.best]);
     notes.push_back(choice.explanation);
+    auto point_sets = side.sets;
+    if (side.grid) {
+      const auto point = side.grid->points().at(candidate_point[*choice.best]);
+      point_sets.insert(point_sets.end(), point.begin(), point.end());
+    }
+    chosen_sets.push_back(point_sets);
+    chosen_files.push_back(side.grid ? side.grid->base : side.file);
+    if (!side.prefill) continue;
+    // The prefill batch's time against its prompts: the chosen scenario's batch, and where that
+    // holds more than one prompt a GPU, the same scenario run at one a GPU.
+    const tools::ServeUnit& pf = chosen[0];
+    seed = side.scenarios.at(candidate_point[*choice.best]).forward.seed;
+    batch.full_us = batch.least_us = pf.step_us;
+    batch.least_local_us = pf.local_us;
+    batch.full_prompts = batch.least_prompts = static_cast<int>(std::max<std::int64_t>(
+        1, pf.gpus * pf.tokens_per_gpu / std::max<std::int64_t>(pf.prompt_tokens, 1)));
+    if (batch.full_prompts > pf.gpus) {
+      auto one_sets = chosen_sets[0];
+      one_sets.push_back(fmt::format("workload.tokens_per_gpu={}", pf.prompt_tokens));
+      try {
+        const auto one = scenarios::load_scenario_file(chosen_files[0], one_sets);
+        if (!quiet) fmt::print(stderr, "  simulating  the prefill scenario at one prompt per GPU, {}\n", one.source);
+        const auto result = simulate(one, quiet);
+        tools::write_reports(dir + "/prefill-one-prompt", one, result);
+        const auto one_unit = tools::serve_unit(one, read_rows(dir + "/prefill-one-prompt/summary.csv").at(0), true);
+        batch.least_prompts = pf.gpus;
+        batch.least_us = one_unit.step_us;
+        batch.least_local_us = one_unit.local_us;
+        written.push_back(dir + "/prefill-one-prompt/");
+      } catch (const scenarios::ScenarioError& e) {
+        batch_note = fmt::format("one prompt a GPU is not a scenario of its own ({}): every batch is timed as a full one", e.what());
+        batch.least_local_us = batch.full_us;
+      }
+    }
+    // A time to first token no count of units meets: said before the decode side runs.
+    if (side.target_us > 0) {
+      const int from = std::max(1, static_cast<int>(std::ceil(side.load / pf.tokens_per_s * (1 - 1e-12))));
+      const double prompts_per_s = side.load / static_cast<double>(std::max<std::int64_t>(pf.prompt_tokens, 1));
+      tools::PrefillQueue closest;
+      if (!tools::units_for_ttft(prompts_per_s, from, 64 * from, batch, percentile, side.target_us, seed, &closest)) {
+        fmt::print("moesim serve: no count of prefill units meets the time to first token: p{} within {:.4g} ms; at {} unit{} "
+                   "({} for the load) it is {:.4g} ms, and no prompt's first token comes sooner than a batch of one prompt, about "
+                   "{:.4g} ms\n",
+                   percentile, side.target_us / 1e3, closest.units, closest.units == 1 ? "" : "s", from,
+                   closest.percentile_us(percentile) / 1e3, batch.us(1) / 1e3);
+        return 3;
+      }
+    }
   }
-  tools::ServePlan plan = tools::plan_service(traffic, chosen[0], chosen[1]);
+
+  tools::ServePlan plan = tools::plan_service(traffic, chosen[0], chosen[1], batch, target("ttft"), percentile, seed);
   plan.prefill_choice = notes[0];
   plan.decode_choice = notes[1];
+  plan.batch_note = batch_note;
+  if (!plan.ttft_met) throw tools::ServeError("the prefill queue meets the target in one count and not in another");
   const std::string csv = dir + "/serve.csv";
   tools::write_atomically(csv, [&](std::ostream& out) { tools::write_service_csv(out, plan); });
   written.insert(written.begin(), csv);

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "routing/moe_spec.hpp"
+#include "sim/rng.hpp"
 #include "tools/report.hpp"
 
 namespace moesim::tools {
@@ -68,6 +69,7 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.tokens_per_s = field(summary, "tokens_per_s");
   u.step_us = field(summary, "step_time_us");
   u.time_per_token_us = prefill ? 0 : field(summary, "time_per_token_us");
+  u.local_us = u.step_us - field(summary, "experts_us") - field(summary, "dispatch_wait_us") - field(summary, "combine_wait_us");
   u.tokens_per_gpu = prefill ? f.tokens_per_gpu : f.sequences();
   u.prompt_tokens = prefill ? f.sequence_length : 0;
   u.cached_prefix = prefill ? f.cached_prefix : 0;
@@ -126,16 +128,134 @@ ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_to
   return c;
 }
 
-ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode) {
+double PrefillBatchTime::us(int prompts) const {
+  if (prompts >= full_prompts) return full_us;
+  if (prompts >= least_prompts)  // here full_prompts > least_prompts
+    return least_us + (full_us - least_us) * static_cast<double>(prompts - least_prompts) / static_cast<double>(full_prompts - least_prompts);
+  return least_local_us + (least_us - least_local_us) * static_cast<double>(prompts) / static_cast<double>(least_prompts);
+}
+
+PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const PrefillBatchTime& batch, std::uint64_t seed,
+                                    std::int64_t prompts) {
+  if (!(prompts_per_s > 0) || units < 1 || prompts < 10 || batch.full_prompts < 1)
+    throw ServeError("the prefill queue needs a rate > 0, a unit, a batch of a prompt or more and 10 prompts or more");
+  sim::Rng rng(seed, "serve/prompt-arrivals");
+  const auto n = static_cast<std::size_t>(prompts);
+  std::vector<double> arrival(n);
+  double now = 0;
+  for (auto& a : arrival) a = now += rng.exponential(1e6 / prompts_per_s);  // microseconds
+  // Prompt i goes to unit i mod units (a round-robin router); each unit, when it falls free,
+  // takes every prompt waiting for it, up to a full batch, or else the next one to come.
+  const std::size_t skip = n / 10;
+  std::vector<double> ttft;
+  ttft.reserve(n - skip);
+  std::size_t batches = 0, batched = 0;
+  const auto most = static_cast<std::size_t>(batch.full_prompts);
+  const auto stride = static_cast<std::size_t>(units);
+  for (std::size_t u = 0; u < stride; ++u) {
+    double free_at = 0;
+    for (std::size_t next = u; next < n;) {
+      const double start = std::max(free_at, arrival[next]);
+      std::size_t end = next, taken = 0;
+      while (end < n && taken < most && arrival[end] <= start) {
+        end += stride;
+        ++taken;
+      }
+      const double done = start + batch.us(static_cast<int>(taken));
+      for (std::size_t i = next; i < end; i += stride)
+        if (i >= skip) ttft.push_back(done - arrival[i]);
+      if (next >= skip) {
+        ++batches;
+        batched += taken;
+      }
+      next = end;
+      free_at = done;
+    }
+  }
+  std::sort(ttft.begin(), ttft.end());
+  PrefillQueue q;
+  q.units = units;
+  q.prompts_per_s = prompts_per_s;
+  q.busy = prompts_per_s * batch.full_us / 1e6 / (static_cast<double>(units) * batch.full_prompts);
+  q.counted = static_cast<std::int64_t>(ttft.size());
+  double total = 0;
+  for (const double x : ttft) total += x;
+  q.mean_us = total / static_cast<double>(ttft.size());
+  const auto rank = [&](double pct) {  // nearest rank
+    const auto r = static_cast<std::size_t>(std::ceil(pct / 100 * static_cast<double>(ttft.size())));
+    return ttft[std::clamp<std::size_t>(r, 1, ttft.size()) - 1];
+  };
+  q.p50_us = rank(50);
+  q.p90_us = rank(90);
+  q.p99_us = rank(99);
+  q.mean_batch = batches > 0 ? static_cast<double>(batched) / static_cast<double>(batches) : 0;
+  return q;
+}
+
+std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
+                                           double target_us, std::uint64_t seed, PrefillQueue* closest) {
+  const auto meets = [&](const PrefillQueue& q) { return q.percentile_us(percentile) <= target_us; };
+  PrefillQueue q = simulate_prefill_queue(prompts_per_s, from, batch, seed);
+  if (meets(q)) return q;
+  // No prompt's first token comes sooner than a batch of one: more units cannot help.
+  if (batch.us(1) > target_us || from >= limit) {
+    if (closest) *closest = q;
+    return std::nullopt;
+  }
+  // More units, fewer prompts waiting: the TTFT falls with the units. Double until the target
+  // is met, then bisect.
+  int low = from, high = from;
+  std::optional<PrefillQueue> found;
+  while (!found) {
+    low = high;
+    high = std::min(limit, 2 * high);
+    q = simulate_prefill_queue(prompts_per_s, high, batch, seed);
+    if (meets(q)) found = q;
+    else if (high == limit) {
+      if (closest) *closest = q;
+      return std::nullopt;
+    }
+  }
+  while (high - low > 1) {
+    const int mid = low + (high - low) / 2;
+    q = simulate_prefill_queue(prompts_per_s, mid, batch, seed);
+    if (meets(q)) {
+      high = mid;
+      found = q;
+    } else {
+      low = mid;
+    }
+  }
+  return found;
+}
+
+ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
+                       double ttft_target_us, int percentile, std::uint64_t seed) {
   check_traffic(t);
+  if (percentile != 50 && percentile != 90 && percentile != 99)
+    throw ServeError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile));
   ServePlan p;
   p.traffic = t;
   p.prefill = prefill;
   p.decode = decode;
+  p.prefill_batch = batch;
+  p.ttft_target_us = ttft_target_us;
+  p.ttft_percentile = percentile;
   p.prefill_tokens_per_s = t.input_tokens_per_s * (1 - t.cache_hit_rate);
   p.prefill_units = p.prefill_tokens_per_s / prefill.tokens_per_s;
   p.decode_units = t.output_tokens_per_s / decode.tokens_per_s;
-  p.prefill_units_whole = whole_units(p.prefill_units);
+  p.prefill_units_for_load = whole_units(p.prefill_units);
+  // The queue: prompts of the scenario's new tokens, at the rate the computed tokens make.
+  const double prompts_per_s = p.prefill_tokens_per_s / static_cast<double>(std::max<std::int64_t>(prefill.prompt_tokens, 1));
+  if (ttft_target_us > 0) {
+    const auto q = units_for_ttft(prompts_per_s, p.prefill_units_for_load, 64 * p.prefill_units_for_load, batch, percentile,
+                                  ttft_target_us, seed, &p.prefill_queue);
+    p.ttft_met = q.has_value();
+    if (q) p.prefill_queue = *q;
+  } else {
+    p.prefill_queue = simulate_prefill_queue(prompts_per_s, p.prefill_units_for_load, batch, seed);
+  }
+  p.prefill_units_whole = p.ttft_met ? p.prefill_queue.units : p.prefill_units_for_load;
   p.decode_units_whole = whole_units(p.decode_units);
   p.prefill_gpus = p.prefill_units_whole * prefill.gpus;
   p.decode_gpus = p.decode_units_whole * decode.gpus;
@@ -174,12 +294,28 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                     "(workload.cached_prefix over the whole prompt): its new tokens attend to {} prefix than the traffic's\n",
                100 * t.cache_hit_rate, 100 * cached_share, cached_share < t.cache_hit_rate ? "a shorter" : "a longer");
   if (!pf.point.empty()) fmt::print(out, "              {}: {}\n", pf.point, p.prefill_choice);
-  // A prompt that arrives while its unit runs a batch waits for that batch, then runs in the next:
-  // its first token comes one to two batches after it arrives, more where batches queue.
-  fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; a prompt's first token comes one to two batches, "
-                  "{:.1f} to {:.1f} ms, after it arrives, more where prompts queue\n",
-             p.prefill_units, p.prefill_units_whole, grouped(p.prefill_gpus), nodes(p.prefill_units_whole * pf.nodes),
-             100 * p.prefill_units / p.prefill_units_whole, pf.step_us / 1e3, 2 * pf.step_us / 1e3);
+  const auto& b = p.prefill_batch;
+  const auto& q = p.prefill_queue;
+  fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy{}\n", p.prefill_units,
+             p.prefill_units_whole, grouped(p.prefill_gpus), nodes(p.prefill_units_whole * pf.nodes),
+             100 * p.prefill_units / p.prefill_units_whole,
+             p.prefill_units_whole > p.prefill_units_for_load
+                 ? fmt::format(" ({} units for the load, {} more for the time to first token)", p.prefill_units_for_load,
+                               p.prefill_units_whole - p.prefill_units_for_load)
+                 : std::string());
+  fmt::print(out, "              a batch: {} prompts in {:.1f} ms{}; one prompt in about {:.1f} ms (estimated)\n", grouped(b.full_prompts),
+             b.full_us / 1e3,
+             b.full_prompts > b.least_prompts
+                 ? fmt::format(", {} (one a GPU) in {:.1f} ms, linear between", grouped(b.least_prompts), b.least_us / 1e3)
+                 : std::string(),
+             b.us(1) / 1e3);
+  if (!p.batch_note.empty()) fmt::print(out, "              note: {}\n", p.batch_note);
+  fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue (simulated, {} prompts, batches of {:.1f} on average): "
+                  "mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms{}\n",
+             q.prompts_per_s, q.units, q.units == 1 ? "'s" : "s'", grouped(static_cast<double>(q.counted)), q.mean_batch, q.mean_us / 1e3, q.p50_us / 1e3,
+             q.p90_us / 1e3, q.p99_us / 1e3,
+             p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
+                                  : std::string());
   fmt::print(out, "  decode      {}: a unit of {} GPUs ({}) decodes {} tokens/s, {} sequences per GPU ({}-token contexts) at {:.3f} ms a token ({:.1f} tokens/s each)\n",
              dc.source, dc.gpus, nodes(dc.nodes), grouped(dc.tokens_per_s), dc.tokens_per_gpu, dc.context_tokens,
              dc.time_per_token_us / 1e3, 1e6 / dc.time_per_token_us);
@@ -218,14 +354,19 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "prefill_unit_gpus,prefill_unit_tokens_per_s,prefill_step_us,prefill_units,prefill_units_whole,prefill_gpus,"
              "decode_unit_gpus,decode_unit_tokens_per_s,time_per_token_us,decode_units,decode_units_whole,decode_gpus,gpus,"
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
-             "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb\n");
-  fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f}\n",
+             "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
+             "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts\n");
+  const auto& b = p.prefill_batch;
+  const auto& q = p.prefill_queue;
+  fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
+                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f}\n",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
              p.decode_units, p.decode_units_whole, p.decode_gpus, p.prefill_gpus + p.decode_gpus, p.sequences_decoding,
              p.decode.kv_bytes_per_token, p.kv_prefill_bytes_per_s, p.kv_decode_bytes_per_s, p.price_per_hour,
-             p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb);
+             p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb, p.prefill_units_for_load, b.full_prompts,
+             b.least_prompts, b.least_us, b.us(1), q.prompts_per_s, q.mean_us, q.p50_us, q.p90_us, q.p99_us, q.mean_batch);
 }
 
 }  // namespace moesim::tools

@@ -7,10 +7,11 @@
 //   loaded, not computed), prefill units = that / a unit's prefill tokens/s;
 //   decode units = output tokens/s / a unit's decode tokens/s (at its time per token);
 //   each kind's units rounded up to whole units, GPUs = units × the unit's GPUs.
-// Left out: queueing and the batching of requests as they arrive (every unit runs full batches
-// back to back: a floor on the GPUs; a prompt's first token comes one to two prefill steps after
-// it arrives, more when prompts queue), prompts and contexts of other lengths than the
-// scenarios' (prefill: their workload.sequence_length and cached_prefix; decode:
+// The prompts' queue for the prefill units is simulated (simulate_prefill_queue): the time to a
+// prompt's first token, and with a target for it the units it takes (units_for_ttft), which may
+// be more than the load's. Left out: the decode side's queueing and batching (every decode unit
+// runs full batches back to back: a floor on its GPUs), prompts and contexts of other lengths
+// than the scenarios' (prefill: their workload.sequence_length and cached_prefix; decode:
 // workload.context_length), and the KV caches' transfer from prefill to decode GPUs, whose rate
 // the plan reports against the NICs without simulating it.
 #pragma once
@@ -48,6 +49,7 @@ struct ServeUnit {
   double tokens_per_s = 0;       // prompt tokens prefilled, or output tokens decoded, per second
   double step_us = 0;            // one prefill batch; one decode step
   double time_per_token_us = 0;  // decode: between a sequence's tokens
+  double local_us = 0;           // the step less the routed experts and the all-to-all waits
   std::int64_t tokens_per_gpu = 0;  // prefill: prompt tokens per GPU; decode: sequences per GPU
   std::int64_t prompt_tokens = 0;   // prefill: workload.sequence_length
   std::int64_t cached_prefix = 0;   // prefill: workload.cached_prefix
@@ -64,6 +66,46 @@ void check_serve_scenario(const scenarios::Scenario& sc, bool prefill);
 // Checks the scenario as above.
 ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill);
 
+// A prefill unit's batch time against the prompts in it, from two runs of its scenario: its own
+// batch (full_prompts = GPUs x tokens per GPU / prompt tokens, in full_us) and one prompt per GPU
+// (least_prompts = the GPUs, in least_us; the same run where that is the scenario's batch).
+// Between the two the time is linear in the prompts. Below one prompt a GPU the busiest GPU
+// still runs one prompt's own work (least_local_us: the step less its routed experts and
+// all-to-all waits, i.e. attention, router, shared experts, dense layers, reduce, LM head), while
+// the rest, the experts and the all-to-all, shrinks with the prompts: an estimate, since the
+// simulator runs every GPU with the same tokens.
+struct PrefillBatchTime {
+  int full_prompts = 1, least_prompts = 1;
+  double full_us = 0, least_us = 0, least_local_us = 0;
+  double us(int prompts) const;
+};
+
+// The prefill units' queue. Prompts of one length arrive as a Poisson process, prompts_per_s of
+// them; a router hands them to the units in turn (round robin), and a unit that falls free takes
+// every prompt waiting for it, up to a full batch, at once, as continuous-batching prefill
+// servers do (an idle unit starts as soon as a prompt comes, alone). A prompt's first token
+// comes when its batch ends: its time to first token (TTFT) is that less its arrival (the
+// decode's first step and the KV cache's transfer left out). Runs `prompts` prompts (seeded: the
+// same inputs give the same figures); the first 10 % warm the queue up and are not counted.
+// (A shared queue that any free unit takes from was tried first: there idle units start batches
+// of one or two prompts as they come, each nearly as long as a batch of one prompt a GPU, and
+// more units made the TTFT worse.)
+struct PrefillQueue {
+  int units = 0;
+  double prompts_per_s = 0;
+  double busy = 0;  // the load over the units' throughput at full batches
+  std::int64_t counted = 0;
+  double mean_us = 0, p50_us = 0, p90_us = 0, p99_us = 0;
+  double mean_batch = 0;  // prompts a batch
+  double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
+};
+PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const PrefillBatchTime& batch, std::uint64_t seed,
+                                    std::int64_t prompts = 200'000);
+// The fewest units from `from` up to `limit` whose TTFT at `percentile` (50, 90 or 99) is within
+// target_us; nullopt when none is (the last one tried in `closest`).
+std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
+                                           double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr);
+
 struct ServePlan {
   ServeTraffic traffic;
   ServeUnit prefill, decode;
@@ -77,18 +119,32 @@ struct ServePlan {
   double price_per_hour = 0;            // 0 without prices
   double cost_per_million_output = 0;
   std::string prefill_choice, decode_choice;  // with grids: how each side's point was chosen
+  // The prefill queue at prefill_units_whole units; with a TTFT target the units may be more than
+  // the load takes (prefill_units_for_load).
+  PrefillBatchTime prefill_batch;
+  PrefillQueue prefill_queue;
+  int prefill_units_for_load = 0;
+  double ttft_target_us = 0;
+  int ttft_percentile = 99;
+  bool ttft_met = true;    // false: no unit count meets the target (prefill_queue: the most tried)
+  std::string batch_note;  // how the batch time was had, where not from two runs
 };
 // Of a side's candidates (a scenario, or a grid's points) the one that serves its load on the
 // fewest GPUs in whole units (ties: the fewest at full use, then the first), among those that fit
-// the GPUs' memory and meet the target: prefill, a batch's step within `target_us` (the time to
-// a prompt's first token at the least); decode, the time per token within it. No target: 0.
+// the GPUs' memory and meet the target: prefill, a full batch's step within `target_us` (a
+// prefill grid's points with `--ttft`: at the load a point is sized for its batches fill; the
+// queue then sizes the chosen point's units); decode, the time per token within it. No target: 0.
 struct ServeChoice {
   std::optional<std::size_t> best;
   std::string explanation;  // how many candidates, how many fit, how many meet the target
 };
 ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill);
 
-ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode);
+// The plan at the load's whole units; with ttft_target_us > 0 the prefill units are raised until
+// the simulated TTFT at `percentile` meets it (ServeError when no count up to 64 times the
+// load's does: the batch time itself is over the target).
+ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
+                       double ttft_target_us = 0, int percentile = 99, std::uint64_t seed = 1);
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written);
 void write_service_csv(std::ostream& out, const ServePlan& p);

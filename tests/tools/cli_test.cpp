@@ -1182,7 +1182,9 @@ TEST_CASE("The summary names the narrower of links in series as the busiest, and
 TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
-  const std::string prefill = "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --prefill-set cluster.gpu_hour_price=2 ";
+  // Prefill: 4 prompts of 1024 tokens per GPU.
+  const std::string prefill = "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --prefill-set cluster.gpu_hour_price=2 "
+                              "--prefill-set workload.sequence_length=1024 ";
   const std::string decode =
       "--decode-set workload.kind=decode --decode-set workload.sequence_length=~ --decode-set workload.context_length=1024 "
       "--decode-set workload.tokens_per_gpu=32 --decode-set model.moe_layers=2 --decode-set cluster.gpu_hour_price=3 "
@@ -1222,6 +1224,39 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   CHECK_THAT(r.out, Catch::Contains(fmt::format("the load takes {:.2f} units: {} ({} GPUs", decode_units, dw, 16 * dw)));
   // The scenario's prompts have no cached prefix, the traffic's 40 %: the plan says so.
   CHECK_THAT(r.out, Catch::Contains("note: 40.0 % of the traffic's prompt tokens are cache hits, 0.0 % of the scenario's prompts"));
+  // The prefill batch: the scenario's 64 prompts (16 GPUs x 4096 tokens / 1024) and, from a
+  // second run at one prompt a GPU, 16; a batch of one keeps the busiest GPU's own work (the
+  // step less the experts and the all-to-all waits) and 1/16 of the rest.
+  const auto one = summary_row(out / "prefill-one-prompt" / "summary.csv");
+  CHECK(one.at("tokens_per_step") == std::to_string(16 * 1024));
+  CHECK(s.at("batch_prompts") == "64");
+  CHECK(s.at("batch_least_prompts") == "16");
+  const double least = std::stod(one.at("step_time_us"));
+  const double local = least - std::stod(one.at("experts_us")) - std::stod(one.at("dispatch_wait_us")) - std::stod(one.at("combine_wait_us"));
+  CHECK(std::stod(s.at("batch_least_us")) == Approx(least).epsilon(1e-6));
+  CHECK(std::stod(s.at("batch_one_prompt_us")) == Approx(local + (least - local) / 16).epsilon(1e-6));
+  CHECK(std::stod(s.at("prompts_per_s")) == Approx(1.2e6 / 1024));
+  const double p99 = std::stod(s.at("ttft_p99_us")), one_prompt = std::stod(s.at("batch_one_prompt_us"));
+  CHECK(std::stod(s.at("ttft_p50_us")) >= one_prompt);
+  CHECK(std::stod(s.at("ttft_p50_us")) <= std::stod(s.at("ttft_p90_us")));
+  CHECK(std::stod(s.at("ttft_p90_us")) <= p99);
+  CHECK(std::stod(s.at("mean_batch_prompts")) <= 64);
+  CHECK(s.at("prefill_units_for_load") == s.at("prefill_units_whole"));
+  CHECK_THAT(r.out, Catch::Contains("  first token "));
+  // A p99 target between a batch of one and the load's p99: more prefill units than the load takes.
+  REQUIRE(p99 > 1.2 * one_prompt);
+  const double target_us = (p99 + one_prompt) / 2;
+  const auto out2 = tmp.path() / "s2";
+  const auto r2 = moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 2e6 --cache-hit-rate 0.4 --output-tokens-per-s 1e6 " +
+                             fmt::format("--ttft {:.3f}us --out '{}'", target_us, out2.string()),
+                         tmp);
+  REQUIRE(r2.code == 0);
+  const auto s2 = summary_row(out2 / "serve.csv");
+  CHECK(std::stoi(s2.at("prefill_units_whole")) > std::stoi(s2.at("prefill_units_for_load")));
+  CHECK(s2.at("prefill_units_for_load") == std::to_string(pw));
+  CHECK(std::stod(s2.at("ttft_p99_us")) <= target_us);
+  CHECK(std::stoi(s2.at("prefill_gpus")) == 16 * std::stoi(s2.at("prefill_units_whole")));
+  CHECK_THAT(r2.out, Catch::Contains("more for the time to first token"));
   // Refused before anything runs: the scenarios the wrong way round, a missing or bad rate, a hit
   // rate of 1.
   const std::string rates = "--input-tokens-per-s 1e6 --output-tokens-per-s 1e5 --out '" + (tmp.path() / "x").string() + "' ";
@@ -1283,10 +1318,12 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   const auto none = moesim("serve " + q + grid + sets + to + "--tpot 0.1ms", tmp);
   CHECK(none.code == 3);
   CHECK_THAT(none.out, Catch::Contains("no decode point can serve the load: of the 4 decode points 4 fit the GPUs' memory and 0 of those"));
-  // A prefill target the scenario misses: exit code 3 before the decode side runs.
+  // A time to first token under a batch of one prompt: no count of units meets it, exit code 3
+  // before the decode side runs.
   const auto slow = moesim("serve " + q + grid + sets + "--out '" + (tmp.path() / "t").string() + "' --ttft 1us", tmp);
   CHECK(slow.code == 3);
-  CHECK_THAT(slow.out, Catch::Contains("the prefill scenario takes"));
+  CHECK_THAT(slow.out, Catch::Contains("moesim serve: no count of prefill units meets the time to first token: p99 within 0.001 ms; at 1 unit "
+                                       "(1 for the load) it is "));
   CHECK_FALSE(fs::exists(tmp.path() / "t" / "decode-sweep.csv"));
   // A bad target is refused before anything runs.
   const auto bad = moesim("serve " + q + grid + sets + "--out '" + (tmp.path() / "u").string() + "' --tpot 5", tmp);

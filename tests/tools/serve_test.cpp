@@ -1,0 +1,75 @@
+#include <catch2/catch.hpp>
+
+#include "tools/serve.hpp"
+
+using namespace moesim::tools;
+
+TEST_CASE("A prefill batch's time: linear between the two runs, below one prompt a GPU its own work stays", "[serve]") {
+  // 128 prompts in 1800 ms; 32 (one a GPU) in 450 ms, of which 190 ms is the busiest GPU's own.
+  const PrefillBatchTime b{128, 32, 1800e3, 450e3, 190e3};
+  CHECK(b.us(128) == Approx(1800e3));
+  CHECK(b.us(32) == Approx(450e3));
+  CHECK(b.us(80) == Approx(450e3 + 1350e3 * 48 / 96));
+  CHECK(b.us(16) == Approx(190e3 + 260e3 / 2));
+  CHECK(b.us(1) == Approx(190e3 + 260e3 / 32));
+  // One run (the scenario's batch is one prompt a GPU): the same rule below it.
+  const PrefillBatchTime one{32, 32, 450e3, 450e3, 190e3};
+  CHECK(one.us(32) == Approx(450e3));
+  CHECK(one.us(8) == Approx(190e3 + 260e3 / 4));
+}
+
+TEST_CASE("The prefill queue without batching is M/D/1; with batching it stays within one batch of its prompt at light load", "[serve][stats]") {
+  // One prompt a batch, a fixed 1 ms: one unit at half load is an M/D/1 queue, whose mean time
+  // in the system is D + rho D / (2 (1 - rho)) = 1.5 ms (Pollaczek-Khinchine).
+  const PrefillBatchTime fixed{1, 1, 1000, 1000, 1000};
+  const PrefillQueue q = simulate_prefill_queue(500, 1, fixed, 7);
+  CHECK(q.busy == Approx(0.5));
+  CHECK(q.counted == 180'000);  // the first 10 % warm the queue up
+  CHECK(q.mean_us == Approx(1500).epsilon(0.03));
+  CHECK(q.mean_batch == 1);
+  CHECK(q.p50_us <= q.p90_us);
+  CHECK(q.p90_us <= q.p99_us);
+  // Seeded: the same inputs give the same figures, another seed others.
+  CHECK(simulate_prefill_queue(500, 1, fixed, 7).p99_us == q.p99_us);
+  CHECK(simulate_prefill_queue(500, 1, fixed, 8).p99_us != q.p99_us);
+  // Batches: at 1 prompt/s on 4 units each prompt runs alone, its first token one batch of one
+  // after it comes.
+  const PrefillBatchTime b{128, 32, 1800e3, 450e3, 190e3};
+  const PrefillQueue light = simulate_prefill_queue(1, 4, b, 3, 20'000);
+  CHECK(light.p50_us == Approx(b.us(1)));
+  CHECK(light.mean_batch < 1.01);
+  // Near full load the batches grow, never past a full one, and the prompts wait.
+  const PrefillQueue heavy = simulate_prefill_queue(0.97 * 4 * 128 / 1.8, 4, b, 3);
+  CHECK(heavy.busy == Approx(0.97));
+  CHECK(heavy.mean_batch > 16);
+  CHECK(heavy.mean_batch <= 128);
+  CHECK(heavy.mean_us > b.us(static_cast<int>(heavy.mean_batch)));
+}
+
+TEST_CASE("The prefill units a TTFT target takes: the fewest that meet it", "[serve]") {
+  const PrefillBatchTime b{128, 32, 1800e3, 450e3, 190e3};
+  const double rate = 750;  // prompts a second: 10.5 units at full batches
+  const int load = 11;
+  const PrefillQueue at_load = simulate_prefill_queue(rate, load, b, 1);
+  // A target the load's units meet: no more.
+  const auto easy = units_for_ttft(rate, load, 64 * load, b, 99, at_load.p99_us + 1, 1);
+  REQUIRE(easy);
+  CHECK(easy->units == load);
+  // A target under the load's p99 and over one batch of a prompt: the fewest units that meet it.
+  const double target = 500e3;
+  REQUIRE(at_load.p99_us > target);
+  const auto found = units_for_ttft(rate, load, 64 * load, b, 99, target, 1);
+  REQUIRE(found);
+  CHECK(found->units > load);
+  CHECK(found->p99_us <= target);
+  CHECK(simulate_prefill_queue(rate, found->units - 1, b, 1).p99_us > target);
+  // The median's target takes fewer units than the same figure as a p99.
+  const auto median = units_for_ttft(rate, load, 64 * load, b, 50, target, 1);
+  REQUIRE(median);
+  CHECK(median->units < found->units);
+  // No prompt's first token comes sooner than a batch of one: such a target is never met.
+  PrefillQueue closest;
+  CHECK_FALSE(units_for_ttft(rate, load, 64 * load, b, 99, b.us(1) - 1, 1, &closest));
+  CHECK(closest.units == load);
+  CHECK_THROWS_AS(simulate_prefill_queue(0, 1, b, 1), ServeError);
+}
