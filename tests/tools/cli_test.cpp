@@ -1332,6 +1332,32 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   CHECK_FALSE(fs::exists(tmp.path() / "u"));
 }
 
+TEST_CASE("moesim serve times a prefill grid's chosen point at one prompt per GPU for its queue", "[cli][serve]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
+  std::ofstream(tmp.path() / "prefill.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\n"
+                                             << "axes:\n  workload.tokens_per_gpu: [2048, 8192]\n";
+  const auto out = tmp.path() / "s";
+  const auto r = moesim("serve '" + (tmp.path() / "prefill.yaml").string() + "' " + q +
+                            "--prefill-set workload.kind=prefill --prefill-set workload.sequence_length=512 "
+                            "--prefill-set model.moe_layers=2 --decode-set workload.kind=decode --decode-set workload.sequence_length=~ "
+                            "--decode-set workload.context_length=1024 --decode-set model.moe_layers=2 "
+                            "--input-tokens-per-s 1e7 --output-tokens-per-s 1e6 --jobs 2 --out '" + out.string() + "'",
+                        tmp);
+  REQUIRE(r.code == 0);
+  INFO(r.out);
+  // The point taken, its batch (16 GPUs x its tokens per GPU / 512) and its run at 512 tokens
+  // per GPU, one prompt each.
+  const auto s = summary_row(out / "serve.csv");
+  const auto one = summary_row(out / "prefill-one-prompt" / "summary.csv");
+  CHECK(one.at("tokens_per_step") == std::to_string(16 * 512));
+  const int batch = std::stoi(s.at("batch_prompts"));
+  CHECK((batch == 16 * 2048 / 512 || batch == 16 * 8192 / 512));
+  CHECK_THAT(r.out, Catch::Contains(fmt::format("point {} of ", batch == 64 ? 0 : 1)));
+  CHECK(s.at("batch_least_prompts") == "16");
+  CHECK(std::stod(s.at("batch_least_us")) == Approx(std::stod(one.at("step_time_us"))).epsilon(1e-6));
+}
+
 TEST_CASE("A prefill's caches, its prompts' and their cached prefixes', count in its memory", "[cli][prefill]") {
   // The quickstart as a prefill of 4 prompts of 1024 new tokens per GPU: against the same
   // tokens run as a forward pass, their caches, 4 x 1024 tokens x 32 layers x 4096 bytes (8 kv
