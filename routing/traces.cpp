@@ -3,9 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <fstream>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <string_view>
@@ -76,9 +79,38 @@ std::string joined(const std::vector<std::string_view>& f) {
   return s;
 }
 
+// The binary token-level form (docs/traces.md): its header, and each block's head.
+constexpr char kBinaryMagic[8] = {'M', 'O', 'E', 'S', 'I', 'M', 'T', 'T'};
+constexpr std::uint32_t kBinaryVersion = 1;
+constexpr std::uint16_t kRankedFlag = 1;
+constexpr std::size_t kBinaryHeaderBytes = 16, kBlockHeadBytes = 12;
+constexpr std::uint32_t kMaxBlockTokens = 1U << 20;  // a writer's block; a reader takes any size
+static_assert(std::endian::native == std::endian::little, "the binary trace form is read and written as little-endian");
+
+template <typename T>
+T load(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename T>
+void store(std::string& out, T v) {
+  char b[sizeof v];
+  std::memcpy(b, &v, sizeof v);
+  out.append(b, sizeof v);
+}
+
+bool has_binary_magic(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[sizeof kBinaryMagic] = {};
+  return in.read(head, sizeof head) && std::memcmp(head, kBinaryMagic, sizeof head) == 0;
+}
+
 }  // namespace
 
 TraceKind trace_kind(const std::string& path) {
+  if (has_binary_magic(path)) return TraceKind::tokens;
   Lines lines(path);
   std::string_view text;
   if (!lines.next(text)) throw TraceError(fmt::format("{}: empty trace (no header line)", path));
@@ -158,9 +190,199 @@ std::vector<std::vector<double>> mean_counts(const CountTrace& trace, const std:
   return out;
 }
 
+struct TokenTraceReader::Impl {
+  std::string path;
+  int experts = 0, top_k = 0;
+  bool binary = false, ranked = false;
+  std::vector<int> ids;
+  std::vector<float> gates;
+  // CSV.
+  std::optional<Lines> lines;
+  // Binary: the block being read and the tokens each layer has had so far.
+  std::ifstream in;
+  std::uint64_t block = 0;
+  std::int64_t block_layer = 0, block_rank = 0;
+  std::uint32_t block_tokens = 0, block_at = 0;
+  std::vector<std::uint16_t> block_ids;
+  std::vector<float> block_gates;
+  std::vector<std::int64_t> layer_tokens;
+};
+
+namespace {
+
+// An expert id of a token: known (below `experts`, or without a model below 65536, what the
+// binary form holds) and not one the token already has (ids[0..j)).
+template <typename Where>
+void check_expert(std::int64_t id, const std::vector<int>& ids, std::size_t j, int experts, const Where& where) {
+  const std::int64_t bound = experts > 0 ? experts : 65536;
+  if (id < 0 || id >= bound)
+    throw TraceError(experts > 0 ? fmt::format("{}: unknown expert {} (the model has experts 0 to {})", where(), id, experts - 1)
+                                 : fmt::format("{}: expert {} out of range (0 to 65535)", where(), id));
+  for (std::size_t i = 0; i < j; ++i)
+    if (ids[i] == id) throw TraceError(fmt::format("{}: expert {} twice in one token", where(), id));
+}
+
+// A whole number of a CSV field; the message names the place only when it fails.
+template <typename Where>
+std::int64_t whole_at(std::string_view f, const char* what, const Where& where) {
+  const auto v = sim::parse_whole(f);
+  if (!v) throw TraceError(fmt::format("{}: {} must be a whole number, got '{}'", where(), what, f));
+  return *v;
+}
+
+}  // namespace
+
+TokenTraceReader::TokenTraceReader(const std::string& path, int experts, int top_k) : impl_(new Impl) {
+  Impl& d = *impl_;
+  d.path = path;
+  d.experts = experts;
+  d.top_k = top_k;
+  try {
+    if (has_binary_magic(path)) {
+      d.binary = true;
+      d.in.open(path, std::ios::binary);
+      char head[kBinaryHeaderBytes];
+      if (!d.in.read(head, sizeof head)) throw TraceError(fmt::format("{}: the binary header is cut short", path));
+      const auto version = load<std::uint32_t>(head + 8);
+      const auto k = load<std::uint16_t>(head + 12);
+      const auto flags = load<std::uint16_t>(head + 14);
+      if (version != kBinaryVersion)
+        throw TraceError(fmt::format("{}: binary trace version {}; this moesim reads version {}", path, version, kBinaryVersion));
+      if ((flags & ~kRankedFlag) != 0) throw TraceError(fmt::format("{}: unknown flags {:#x} in the binary header", path, flags));
+      if (k < 1) throw TraceError(fmt::format("{}: top_k 0 in the binary header", path));
+      if (top_k > 0 && k != top_k)
+        throw TraceError(fmt::format("{}: the trace routes each token to {} experts, the model to top_k = {}", path, k, top_k));
+      d.top_k = k;
+      d.ranked = (flags & kRankedFlag) != 0;
+    } else {
+      d.lines.emplace(path);
+      std::string_view text;
+      if (!d.lines->next(text))
+        throw TraceError(fmt::format("{}: empty trace (expected the header '{}' or '{}')", path, kTokenHeader, kRankedTokenHeader));
+      const std::string h = joined(sim::split_fields(text));
+      if (h != kTokenHeader && h != kRankedTokenHeader)
+        throw TraceError(fmt::format("{}: expected the header '{}' or '{}', got '{}'", d.lines->where(), kTokenHeader,
+                                     kRankedTokenHeader, text));
+      d.ranked = h == kRankedTokenHeader;
+    }
+  } catch (...) {
+    delete impl_;
+    throw;
+  }
+  if (d.top_k > 0) {
+    d.ids.resize(static_cast<std::size_t>(d.top_k));
+    d.gates.resize(static_cast<std::size_t>(d.top_k));
+  }
+}
+
+TokenTraceReader::~TokenTraceReader() { delete impl_; }
+
+bool TokenTraceReader::binary() const { return impl_->binary; }
+bool TokenTraceReader::ranked() const { return impl_->ranked; }
+int TokenTraceReader::top_k() const { return impl_->top_k; }
+
+std::string TokenTraceReader::where() const {
+  const Impl& d = *impl_;
+  if (!d.binary) return d.lines->where();
+  return fmt::format("{}: block {} (layer {}, rank {}), token {}", d.path, d.block, d.block_layer, d.block_rank,
+                     d.block_at == 0 ? 0 : d.block_at - 1);
+}
+
+bool TokenTraceReader::next(std::int64_t& layer, std::int64_t& token, std::int64_t& rank, const int*& experts,
+                            const float*& gates) {
+  Impl& d = *impl_;
+  const auto where = [&] { return this->where(); };
+  if (d.binary) {
+    if (d.block_at == d.block_tokens) {
+      char head[kBlockHeadBytes];
+      d.in.read(head, sizeof head);
+      if (d.in.gcount() == 0 && d.in.eof()) return false;
+      ++d.block;
+      d.block_at = 0;
+      if (d.in.gcount() != static_cast<std::streamsize>(sizeof head))
+        throw TraceError(fmt::format("{}: block {}'s head is cut short; the file looks truncated", d.path, d.block));
+      d.block_layer = load<std::uint32_t>(head);
+      d.block_rank = load<std::uint32_t>(head + 4);
+      d.block_tokens = load<std::uint32_t>(head + 8);
+      if (d.block_layer > 1'000'000) throw TraceError(fmt::format("{}: layer {} out of range", where(), d.block_layer));
+      if (!d.ranked && d.block_rank != 0)
+        throw TraceError(fmt::format("{}: rank {} in a trace whose header says its blocks carry no ranks", where(), d.block_rank));
+      if (d.block_tokens == 0) throw TraceError(fmt::format("{}: a block of no tokens", where()));
+      const auto n = static_cast<std::size_t>(d.block_tokens) * static_cast<std::size_t>(d.top_k);
+      d.block_ids.resize(n);
+      d.block_gates.resize(n);
+      const auto ids_bytes = static_cast<std::streamsize>(n * sizeof(std::uint16_t));
+      const auto gates_bytes = static_cast<std::streamsize>(n * sizeof(float));
+      if (!d.in.read(reinterpret_cast<char*>(d.block_ids.data()), ids_bytes) ||
+          !d.in.read(reinterpret_cast<char*>(d.block_gates.data()), gates_bytes))
+        throw TraceError(fmt::format("{}: the block declares {} tokens and the file ends inside them; it looks truncated", where(),
+                                     d.block_tokens));
+    }
+    const auto at = static_cast<std::size_t>(d.block_at++) * static_cast<std::size_t>(d.top_k);
+    for (std::size_t j = 0; j < d.ids.size(); ++j) {
+      check_expert(d.block_ids[at + j], d.ids, j, d.experts, where);
+      d.ids[j] = d.block_ids[at + j];
+      const float w = d.block_gates[at + j];
+      if (!std::isfinite(w) || w < 0) throw TraceError(fmt::format("{}: a gate weight must be a number >= 0, got {}", where(), w));
+      d.gates[j] = w;
+    }
+    layer = d.block_layer;
+    rank = d.block_rank;
+    if (d.layer_tokens.size() <= static_cast<std::size_t>(layer)) d.layer_tokens.resize(static_cast<std::size_t>(layer) + 1, 0);
+    token = d.layer_tokens[static_cast<std::size_t>(layer)]++;
+    experts = d.ids.data();
+    gates = d.gates.data();
+    return true;
+  }
+  std::string_view text;
+  if (!d.lines->next(text)) return false;
+  if (d.lines->unterminated())
+    throw TraceError(fmt::format("{}: the last line has no end of line; the file looks truncated", where()));
+  const std::vector<std::string_view> f = sim::split_fields(text);
+  const std::size_t n = d.ranked ? 5 : 4;
+  if (f.size() != n)
+    throw TraceError(fmt::format("{}: expected {} fields ({}), got {}", where(), n, d.ranked ? kRankedTokenHeader : kTokenHeader,
+                                 f.size()));
+  layer = whole_at(f[0], "layer", where);
+  token = whole_at(f[1], "token", where);
+  if (layer < 0 || layer > 1'000'000) throw TraceError(fmt::format("{}: layer {} out of range", where(), layer));
+  if (token < 0) throw TraceError(fmt::format("{}: token must not be negative, got {}", where(), token));
+  const auto e = split_spaces(f[2]);
+  const auto g = split_spaces(f[3]);
+  if (d.top_k == 0) {  // the first token's count sets it
+    d.top_k = static_cast<int>(e.size());
+    d.ids.resize(e.size());
+    d.gates.resize(e.size());
+  }
+  if (static_cast<int>(e.size()) != d.top_k)
+    throw TraceError(fmt::format("{}: {} expert ids, but {} routes each token to top_k = {}", where(), e.size(),
+                                 d.experts > 0 ? "the model" : "the trace's first token", d.top_k));
+  if (g.size() != e.size()) throw TraceError(fmt::format("{}: {} gate weights for {} experts", where(), g.size(), e.size()));
+  for (std::size_t j = 0; j < e.size(); ++j) {
+    const auto id = whole_at(e[j], "an expert id", where);
+    check_expert(id, d.ids, j, d.experts, where);
+    d.ids[j] = static_cast<int>(id);
+    double w = 0;
+    const std::string_view gs = g[j];
+    const auto [end, ec] = std::from_chars(gs.data(), gs.data() + gs.size(), w);
+    if (ec != std::errc() || end != gs.data() + gs.size() || !std::isfinite(w) || w < 0)
+      throw TraceError(fmt::format("{}: a gate weight must be a number >= 0, got '{}'", where(), gs));
+    d.gates[j] = static_cast<float>(w);
+  }
+  rank = 0;
+  if (d.ranked) {
+    rank = whole_at(f[4], "rank", where);
+    if (rank < 0) throw TraceError(fmt::format("{}: rank must not be negative, got {}", where(), rank));
+  }
+  experts = d.ids.data();
+  gates = d.gates.data();
+  return true;
+}
+
 std::vector<TokenBatch> read_token_trace(const std::string& path, int experts, int top_k, int layers, int ranks,
                                          std::int64_t tokens_per_rank) {
-  Lines lines(path);
+  TokenTraceReader reader(path, experts, top_k);
+  const bool ranked = reader.ranked();
   std::vector<TokenBatch> out(static_cast<std::size_t>(layers));
   for (auto& b : out) {
     b.top_k = top_k;
@@ -169,59 +391,12 @@ std::vector<TokenBatch> read_token_trace(const std::string& path, int experts, i
   }
   // Tokens taken so far: [layer * ranks + rank] with a rank column, [layer * ranks] without.
   std::vector<std::int64_t> taken(static_cast<std::size_t>(layers) * static_cast<std::size_t>(ranks), 0);
-  std::string_view text;
-  bool header = false, ranked = false;
-  std::vector<int> ids(static_cast<std::size_t>(top_k));
-  std::vector<float> gates(static_cast<std::size_t>(top_k));
-  while (lines.next(text)) {
-    const std::string where = lines.where();
-    const std::vector<std::string_view> f = sim::split_fields(text);
-    if (!header) {
-      const std::string h = joined(f);
-      if (h != kTokenHeader && h != kRankedTokenHeader)
-        throw TraceError(fmt::format("{}: expected the header '{}' or '{}', got '{}'", where, kTokenHeader,
-                                     kRankedTokenHeader, text));
-      ranked = h == kRankedTokenHeader;
-      header = true;
-      continue;
-    }
-    if (lines.unterminated())
-      throw TraceError(fmt::format("{}: the last line has no end of line; the file looks truncated", where));
-    const std::size_t n = ranked ? 5 : 4;
-    if (f.size() != n)
-      throw TraceError(fmt::format("{}: expected {} fields ({}), got {}", where, n, ranked ? kRankedTokenHeader : kTokenHeader,
-                                   f.size()));
-    const std::int64_t layer = whole(f[0], "layer", where);
-    const std::int64_t token = whole(f[1], "token", where);
-    if (layer < 0 || layer > 1'000'000) throw TraceError(fmt::format("{}: layer {} out of range", where, layer));
-    if (token < 0) throw TraceError(fmt::format("{}: token must not be negative, got {}", where, token));
-    const auto e = split_spaces(f[2]);
-    const auto g = split_spaces(f[3]);
-    if (static_cast<int>(e.size()) != top_k)
-      throw TraceError(fmt::format("{}: {} expert ids, but the model routes each token to top_k = {}", where, e.size(), top_k));
-    if (g.size() != e.size())
-      throw TraceError(fmt::format("{}: {} gate weights for {} experts", where, g.size(), e.size()));
-    for (int j = 0; j < top_k; ++j) {
-      const auto id = whole(e[static_cast<std::size_t>(j)], "an expert id", where);
-      if (id < 0 || id >= experts)
-        throw TraceError(fmt::format("{}: unknown expert {} (the model has experts 0 to {})", where, id, experts - 1));
-      ids[static_cast<std::size_t>(j)] = static_cast<int>(id);
-      for (int i = 0; i < j; ++i)
-        if (ids[static_cast<std::size_t>(i)] == id) throw TraceError(fmt::format("{}: expert {} twice in one token", where, id));
-      const std::string_view gs = g[static_cast<std::size_t>(j)];
-      double w = 0;
-      const auto [end, ec] = std::from_chars(gs.data(), gs.data() + gs.size(), w);
-      if (ec != std::errc() || end != gs.data() + gs.size() || !std::isfinite(w) || w < 0)
-        throw TraceError(fmt::format("{}: a gate weight must be a number >= 0, got '{}'", where, gs));
-      gates[static_cast<std::size_t>(j)] = static_cast<float>(w);
-    }
-    std::int64_t rank = 0;
-    if (ranked) {
-      rank = whole(f[4], "rank", where);
-      if (rank < 0) throw TraceError(fmt::format("{}: rank must not be negative, got {}", where, rank));
-      if (rank >= ranks) continue;  // a rank the EP group does not have
-    }
-    if (layer >= layers) continue;  // a layer the model does not have
+  std::int64_t layer = 0, token = 0, rank = 0;
+  const int* ids = nullptr;
+  const float* gates = nullptr;
+  while (reader.next(layer, token, rank, ids, gates)) {
+    if (ranked && rank >= ranks) continue;  // a rank the EP group does not have
+    if (layer >= layers) continue;          // a layer the model does not have
     auto& b = out[static_cast<std::size_t>(layer)];
     auto& t = taken[static_cast<std::size_t>(layer * ranks + rank)];
     std::int64_t index;  // the token's place in the batch
@@ -236,11 +411,9 @@ std::vector<TokenBatch> read_token_trace(const std::string& path, int experts, i
       b.experts.assign(static_cast<std::size_t>(b.tokens() * top_k), -1);
       b.gates.assign(static_cast<std::size_t>(b.tokens() * top_k), 0.0f);
     }
-    std::copy(ids.begin(), ids.end(), b.experts.begin() + index * top_k);
-    std::copy(gates.begin(), gates.end(), b.gates.begin() + index * top_k);
+    std::copy(ids, ids + top_k, b.experts.begin() + index * top_k);
+    std::copy(gates, gates + top_k, b.gates.begin() + index * top_k);
   }
-  if (!header)
-    throw TraceError(fmt::format("{}: empty trace (expected the header '{}' or '{}')", path, kTokenHeader, kRankedTokenHeader));
   for (int l = 0; l < layers; ++l) {
     const auto& b = out[static_cast<std::size_t>(l)];
     if (ranked) {
@@ -260,25 +433,76 @@ std::vector<TokenBatch> read_token_trace(const std::string& path, int experts, i
   return out;
 }
 
-void write_token_trace(std::ostream& out, const std::vector<TokenBatch>& layers) {
-  out << kRankedTokenHeader << '\n';
-  std::string line;
+TokenTraceWriter::TokenTraceWriter(std::ostream& out, bool binary, int top_k) : out_(out), binary_(binary), top_k_(top_k) {
+  if (!binary_) {
+    out_ << kRankedTokenHeader << '\n';
+    return;
+  }
+  if (top_k < 1 || top_k > 65535) throw TraceError(fmt::format("a binary trace holds top_k 1 to 65535, not {}", top_k));
+  std::string head(kBinaryMagic, sizeof kBinaryMagic);
+  store(head, kBinaryVersion);
+  store(head, static_cast<std::uint16_t>(top_k));
+  store(head, kRankedFlag);
+  out_.write(head.data(), static_cast<std::streamsize>(head.size()));
+}
+
+void TokenTraceWriter::add(std::int64_t layer, std::int64_t token, std::int64_t rank, const int* experts, const float* gates) {
+  const auto k = static_cast<std::size_t>(top_k_);
+  if (!binary_) {
+    line_.clear();
+    fmt::format_to(std::back_inserter(line_), "{},{},", layer, token);
+    for (std::size_t j = 0; j < k; ++j) fmt::format_to(std::back_inserter(line_), "{}{}", j ? " " : "", experts[j]);
+    line_ += ',';
+    for (std::size_t j = 0; j < k; ++j) fmt::format_to(std::back_inserter(line_), "{}{}", j ? " " : "", gates[j]);
+    fmt::format_to(std::back_inserter(line_), ",{}\n", rank);
+    out_ << line_;
+    return;
+  }
+  if (layer < 0 || layer > 1'000'000 || rank < 0 || rank > 0xFFFFFFFFLL)
+    throw TraceError(fmt::format("layer {} rank {}: out of the binary form's range", layer, rank));
+  if (layer != block_layer_ || rank != block_rank_ || block_ids_.size() >= kMaxBlockTokens * k) {
+    flush_block();
+    block_layer_ = layer;
+    block_rank_ = rank;
+  }
+  for (std::size_t j = 0; j < k; ++j) {
+    if (experts[j] < 0 || experts[j] > 65535)
+      throw TraceError(fmt::format("layer {} token {}: expert {} does not fit the binary form's 16-bit ids", layer, token, experts[j]));
+    block_ids_.push_back(static_cast<std::uint16_t>(experts[j]));
+    block_gates_.push_back(gates[j]);
+  }
+}
+
+void TokenTraceWriter::flush_block() {
+  if (block_ids_.empty()) return;
+  std::string head;
+  store(head, static_cast<std::uint32_t>(block_layer_));
+  store(head, static_cast<std::uint32_t>(block_rank_));
+  store(head, static_cast<std::uint32_t>(block_ids_.size() / static_cast<std::size_t>(top_k_)));
+  out_.write(head.data(), static_cast<std::streamsize>(head.size()));
+  out_.write(reinterpret_cast<const char*>(block_ids_.data()), static_cast<std::streamsize>(block_ids_.size() * sizeof(std::uint16_t)));
+  out_.write(reinterpret_cast<const char*>(block_gates_.data()), static_cast<std::streamsize>(block_gates_.size() * sizeof(float)));
+  block_ids_.clear();
+  block_gates_.clear();
+}
+
+void TokenTraceWriter::finish() {
+  if (binary_) flush_block();
+}
+
+void write_token_trace(std::ostream& out, const std::vector<TokenBatch>& layers, bool binary) {
+  const int k = layers.empty() ? 1 : layers.front().top_k;
+  TokenTraceWriter w(out, binary, k);
+  const std::vector<float> uniform(static_cast<std::size_t>(k), 1.0f / static_cast<float>(k));
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const TokenBatch& b = layers[l];
-    const auto k = static_cast<std::size_t>(b.top_k);
     for (std::int64_t t = 0; t < b.tokens(); ++t) {
-      line.clear();
-      const auto at = static_cast<std::size_t>(t) * k;
-      fmt::format_to(std::back_inserter(line), "{},{},", l, t);
-      for (std::size_t j = 0; j < k; ++j) fmt::format_to(std::back_inserter(line), "{}{}", j ? " " : "", b.experts[at + j]);
-      line += ',';
-      for (std::size_t j = 0; j < k; ++j)
-        fmt::format_to(std::back_inserter(line), "{}{}", j ? " " : "",
-                       b.gates.empty() ? 1.0f / static_cast<float>(k) : b.gates[at + j]);
-      fmt::format_to(std::back_inserter(line), ",{}\n", t / b.tokens_per_rank);
-      out << line;
+      const auto at = static_cast<std::size_t>(t) * static_cast<std::size_t>(k);
+      w.add(static_cast<std::int64_t>(l), t, t / b.tokens_per_rank, b.experts.data() + at,
+            b.gates.empty() ? uniform.data() : b.gates.data() + at);
     }
   }
+  w.finish();
 }
 
 }  // namespace moesim::routing

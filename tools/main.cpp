@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -23,6 +24,7 @@
 
 #include "models/kernel_profile.hpp"
 #include "models/moe_costs.hpp"
+#include "routing/traces.hpp"
 #include "scenarios/experiment.hpp"
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
@@ -58,11 +60,14 @@ commands:
   place [SCENARIO.yaml] [--out DIR]
         compute the expert placement of every layer without simulating; prints the
         expected GPU load balance and writes placement.csv
-  trace [SCENARIO.yaml] --out FILE [--group G | --counts]
+  trace [SCENARIO.yaml] --out FILE [--group G [--binary] | --counts]
         write the routing the scenario produces, without simulating: a token-level
-        trace of EP group G (default 0: layer,token,experts,gates,rank), or with
-        --counts a count-level trace of all groups (layer,expert,count); either can
-        be replayed with routing.distribution: trace (docs/traces.md)
+        trace of EP group G (default 0: layer,token,experts,gates,rank; --binary:
+        its binary form, a third of the bytes), or with --counts a count-level
+        trace of all groups (layer,expert,count); either can be replayed with
+        routing.distribution: trace (docs/traces.md)
+  trace --convert TRACE --out FILE
+        rewrite a token-level trace in the other form: CSV to binary, binary to CSV
   sweep GRID.yaml [--out CSV] [--jobs N] [--reports DIR] [--set KEY.PATH=VALUE ...]
         run every point of a grid (a base scenario and axes of key paths, see
         docs/sweeps.md) and write one row per point; resumes where an earlier run
@@ -247,22 +252,40 @@ int cmd_place(const std::vector<std::string>& args) {
 int cmd_trace(const std::vector<std::string>& args) {
   po::options_description opts("trace options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
-      "out,o", po::value<std::string>(), "output CSV")("group,g", po::value<int>()->default_value(0), "EP group")(
-      "counts", "write per-expert counts of all EP groups instead of tokens")("quiet,q", "print nothing on success");
+      "out,o", po::value<std::string>(), "output file")("group,g", po::value<int>()->default_value(0), "EP group")(
+      "counts", "write per-expert counts of all EP groups instead of tokens")(
+      "binary", "write the token-level trace in its binary form (docs/traces.md)")(
+      "convert", po::value<std::string>(), "rewrite this token-level trace in the other form (CSV to binary, binary to CSV)")(
+      "quiet,q", "print nothing on success");
   add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("out")) throw UsageError("trace needs --out FILE");
-  const scenarios::Scenario sc = load(vm);
   const std::string out = vm["out"].as<std::string>();
+  if (vm.count("convert")) {
+    for (const char* other : {"scenario", "counts", "binary", "set"})
+      if (vm.count(other)) throw UsageError(fmt::format("trace --convert takes only --out (not {})", other));
+    if (!vm["group"].defaulted()) throw UsageError("trace --convert takes only --out (not group)");
+    const std::string from = vm["convert"].as<std::string>();
+    if (std::filesystem::exists(out) && std::filesystem::equivalent(from, out))
+      throw UsageError("trace --convert: --out must be another file than the input");
+    const bool was_binary = routing::TokenTraceReader(from, 0, 0).binary();
+    const std::int64_t tokens = tools::convert_token_trace(from, out);
+    if (!vm.count("quiet"))
+      fmt::print("moesim: wrote {} ({} tokens of {}, {} to {})\n", out, tokens, from, was_binary ? "binary" : "CSV",
+                 was_binary ? "CSV" : "binary");
+    return 0;
+  }
+  const scenarios::Scenario sc = load(vm);
   const int groups = sc.cluster.nodes * sc.cluster.gpus_per_node / sc.forward.pp / sc.forward.ep;  // per pipeline stage
   const int group = vm["group"].as<int>();
   if (group < 0 || group >= groups)
     throw UsageError(fmt::format("--group {} is not an EP group of the scenario (0 to {})", group, groups - 1));
   if (vm.count("counts")) {
     if (!vm["group"].defaulted()) throw UsageError("--counts covers all EP groups; --group does not apply");
+    if (vm.count("binary")) throw UsageError("--binary is a form of token-level traces; --counts writes CSV");
     tools::write_count_trace(out, scenarios::routed_counts(sc));
   } else {
-    tools::write_token_trace_file(out, scenarios::route_group(sc, group));
+    tools::write_token_trace_file(out, scenarios::route_group(sc, group), vm.count("binary") > 0);
   }
   if (!vm.count("quiet"))
     fmt::print("moesim: wrote {} ({} of {}, {} MoE layers)\n", out,
@@ -914,6 +937,9 @@ int main(int argc, char** argv) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ServeError& e) {
+    std::cerr << "moesim: " << e.what() << '\n';
+    return 2;
+  } catch (const routing::TraceError& e) {  // trace --convert's input (a scenario's traces are ScenarioErrors)
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
   } catch (const tools::ReportError& e) {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -986,8 +987,28 @@ void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "\n  wrote       {}\n", written);
 }
 
-void write_token_trace_file(const std::string& path, const std::vector<routing::TokenBatch>& layers) {
-  write_atomically(path, [&](std::ostream& out) { routing::write_token_trace(out, layers); });
+void write_token_trace_file(const std::string& path, const std::vector<routing::TokenBatch>& layers, bool binary) {
+  write_atomically(path, [&](std::ostream& out) { routing::write_token_trace(out, layers, binary); });
+}
+
+std::int64_t convert_token_trace(const std::string& from, const std::string& to) {
+  routing::TokenTraceReader in(from, 0, 0);
+  const bool binary = !in.binary();
+  std::int64_t tokens = 0;
+  write_atomically(to, [&](std::ostream& out) {
+    std::int64_t layer = 0, token = 0, rank = 0;
+    const int* ids = nullptr;
+    const float* gates = nullptr;
+    std::optional<routing::TokenTraceWriter> w;
+    while (in.next(layer, token, rank, ids, gates)) {
+      if (!w) w.emplace(out, binary, in.top_k());  // a CSV's top_k is its first token's
+      w->add(layer, token, rank, ids, gates);
+      ++tokens;
+    }
+    if (!w) throw routing::TraceError(fmt::format("{}: no tokens to convert", from));
+    w->finish();
+  });
+  return tokens;
 }
 
 void write_count_trace(const std::string& path, const std::vector<std::vector<std::int64_t>>& counts) {

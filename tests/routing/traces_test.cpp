@@ -1,8 +1,10 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <unistd.h>
 #include <utility>
@@ -147,4 +149,124 @@ TEST_CASE("Bad token traces are rejected with file and line", "[routing][trace]"
              Catch::Contains("layer 0 rank 1 has 0 tokens; the scenario needs 1 per rank"));
   CHECK_THAT(token_error(""), Catch::Contains("empty trace"));
   CHECK_THROWS_WITH(trace_kind(write_temp("a,b\n").string()), Catch::Contains("unknown trace header 'a,b'"));
+}
+
+namespace {
+
+// A binary trace's bytes, little-endian: the header, then blocks.
+void put32(std::string& s, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) s += static_cast<char>((v >> (8 * i)) & 0xFF);
+}
+void put16(std::string& s, std::uint16_t v) {
+  s += static_cast<char>(v & 0xFF);
+  s += static_cast<char>(v >> 8);
+}
+void put_float(std::string& s, float f) {
+  std::uint32_t v;
+  std::memcpy(&v, &f, 4);
+  put32(s, v);
+}
+std::string binary_header(std::uint16_t top_k, std::uint16_t flags = 1, std::uint32_t version = 1) {
+  std::string s = "MOESIMTT";
+  put32(s, version);
+  put16(s, top_k);
+  put16(s, flags);
+  return s;
+}
+std::string block(std::uint32_t layer, std::uint32_t rank, const std::vector<std::uint16_t>& ids, const std::vector<float>& gates,
+                  int top_k = 2) {
+  std::string s;
+  put32(s, layer);
+  put32(s, rank);
+  put32(s, static_cast<std::uint32_t>(ids.size() / static_cast<std::size_t>(top_k)));
+  for (const auto id : ids) put16(s, id);
+  for (const float g : gates) put_float(s, g);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("Binary token traces hold the same tokens as CSV ones, in a third of the bytes", "[routing][trace]") {
+  TokenBatch a;
+  a.top_k = 2;
+  a.ranks = 2;
+  a.tokens_per_rank = 3;
+  a.experts = {0, 1, 2, 3, 3, 0, 1, 2, 2, 0, 3, 1};
+  a.gates = {0.6f, 0.4f, 0.123456789f, 0.876543211f, 0.5f, 0.5f, 1.0f, 0.0f, 0.25f, 0.75f, 0.3f, 0.7f};
+  TokenBatch b = a;
+  std::rotate(b.experts.begin(), b.experts.begin() + 2, b.experts.end());
+  const fs::path csv = write_temp(""), bin = write_temp("");
+  {
+    std::ofstream out(csv);
+    write_token_trace(out, {a, b});
+    std::ofstream out2(bin, std::ios::binary);
+    write_token_trace(out2, {a, b}, true);
+  }
+  CHECK(trace_kind(bin.string()) == TraceKind::tokens);
+  // Header 16 bytes; a block per layer and rank (4 blocks) of 12 bytes, each of 3 tokens of 2
+  // ids (2 bytes) and 2 gates (4 bytes).
+  CHECK(fs::file_size(bin) == 16 + 4 * (12 + 3 * 2 * 6));
+  const auto from_bin = read_token_trace(bin.string(), 4, 2, 2, 2, 3);
+  const auto from_csv = read_token_trace(csv.string(), 4, 2, 2, 2, 3);
+  REQUIRE(from_bin.size() == 2);
+  for (std::size_t l = 0; l < 2; ++l) {
+    CHECK(from_bin[l].experts == from_csv[l].experts);
+    CHECK(from_bin[l].gates == from_csv[l].gates);
+  }
+  CHECK(from_bin[0].gates == a.gates);
+  CHECK(from_bin[1].experts == b.experts);
+  // Token by token: the reader numbers a binary layer's tokens in file order and gives each its rank.
+  TokenTraceReader r(bin.string(), 0, 0);
+  CHECK(r.binary());
+  CHECK(r.ranked());
+  CHECK(r.top_k() == 2);
+  std::int64_t layer = -1, token = -1, rank = -1, n = 0;
+  const int* ids = nullptr;
+  const float* gates = nullptr;
+  while (r.next(layer, token, rank, ids, gates)) {
+    CHECK(token == n % 6);
+    CHECK(rank == (n % 6) / 3);
+    CHECK(layer == n / 6);
+    ++n;
+  }
+  CHECK(n == 12);
+  fs::remove(csv);
+  fs::remove(bin);
+}
+
+TEST_CASE("Bad binary token traces are rejected with the block and token", "[routing][trace]") {
+  const auto error = [](const std::string& bytes, int layers = 1, int ranks = 1, std::int64_t per_rank = 1) {
+    const fs::path p = write_temp(bytes);
+    std::string msg = "no error";
+    try {
+      read_token_trace(p.string(), 4, 2, layers, ranks, per_rank);
+    } catch (const TraceError& e) {
+      msg = e.what();
+    }
+    fs::remove(p);
+    return msg;
+  };
+  const std::string h = binary_header(2);
+  const std::string good = block(0, 0, {1, 2}, {0.5f, 0.5f});
+  CHECK(error(h + good) == "no error");
+  CHECK_THAT(error("MOESIMTT\x01"), Catch::Contains("the binary header is cut short"));
+  CHECK_THAT(error(binary_header(2, 1, 2) + good), Catch::Contains("binary trace version 2; this moesim reads version 1"));
+  CHECK_THAT(error(binary_header(3) + good), Catch::Contains("the trace routes each token to 3 experts, the model to top_k = 2"));
+  CHECK_THAT(error(binary_header(2, 6) + good), Catch::Contains("unknown flags 0x6"));
+  CHECK_THAT(error(h + block(0, 0, {1, 7}, {0.5f, 0.5f})), Catch::Contains(": block 1 (layer 0, rank 0), token 0: unknown expert 7 (the model has experts 0 to 3)"));
+  CHECK_THAT(error(h + good + block(0, 0, {1, 2, 3, 3}, {0.5f, 0.5f, 0.5f, 0.5f})),
+             Catch::Contains(": block 2 (layer 0, rank 0), token 1: expert 3 twice in one token"));
+  CHECK_THAT(error(h + block(0, 0, {1, 2}, {0.5f, -1.0f})), Catch::Contains("a gate weight must be a number >= 0, got -1"));
+  CHECK_THAT(error(h + block(0, 0, {1, 2}, {0.5f, std::numeric_limits<float>::quiet_NaN()})), Catch::Contains("a gate weight"));
+  CHECK_THAT(error(binary_header(2, 0) + block(0, 1, {1, 2}, {0.5f, 0.5f})),
+             Catch::Contains("rank 1 in a trace whose header says its blocks carry no ranks"));
+  CHECK_THAT(error(h + block(0, 0, {}, {})), Catch::Contains("a block of no tokens"));
+  // Truncated: inside a block's head, inside its tokens.
+  CHECK_THAT(error(h + good + good.substr(0, 7)), Catch::Contains("block 2's head is cut short; the file looks truncated"));
+  CHECK_THAT(error(h + good.substr(0, good.size() - 1)),
+             Catch::Contains("block 1 (layer 0, rank 0), token 0: the block declares 1 tokens and the file ends inside them"));
+  // The same counts as CSV: too few tokens for a rank.
+  CHECK_THAT(error(h + good, 1, 2), Catch::Contains("layer 0 rank 1 has 0 tokens; the scenario needs 1 per rank"));
+  // Ranks and layers the scenario does not have are read, checked and skipped.
+  CHECK(error(h + block(3, 0, {1, 2}, {0.5f, 0.5f}) + block(0, 5, {0, 1}, {1.0f, 0.0f}) + good) == "no error");
 }

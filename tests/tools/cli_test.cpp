@@ -513,6 +513,34 @@ TEST_CASE("moesim trace writes the routing, and replaying it reproduces the run"
   const auto bad = moesim("trace " + dir + "s.yaml' --group 3 --out " + dir + "x.csv'", tmp);
   CHECK(bad.code == 2);
   CHECK_THAT(bad.err, Catch::Contains("--group 3 is not an EP group of the scenario (0 to 0)"));
+  // The binary form replays the same run, and converts to the same CSV and back to the same bytes.
+  REQUIRE(moesim("trace " + dir + "s.yaml' -q --binary --out " + dir + "tokens.bin'", tmp).code == 0);
+  std::ofstream(tmp.path() / "b.yaml") << base << "  distribution: trace\n  trace: tokens.bin\n";
+  REQUIRE(moesim("run " + dir + "b.yaml' -q --out " + dir + "b'", tmp).code == 0);
+  CHECK(read("b/experts.csv") == read("r/experts.csv"));
+  CHECK(read("b/layers.csv") == read("r/layers.csv"));
+  CHECK(fs::file_size(tmp.path() / "tokens.bin") * 2 < fs::file_size(tmp.path() / "tokens.csv"));
+  const auto to_csv = moesim("trace --convert " + dir + "tokens.bin' --out " + dir + "back.csv'", tmp);
+  REQUIRE(to_csv.code == 0);
+  CHECK_THAT(to_csv.out, Catch::Contains(fmt::format("({} tokens of ", 3 * 8 * 256)) && Catch::Contains(", binary to CSV)"));
+  CHECK(read("back.csv") == read("tokens.csv"));
+  REQUIRE(moesim("trace -q --convert " + dir + "back.csv' --out " + dir + "back.bin'", tmp).code == 0);
+  CHECK(read("back.bin") == read("tokens.bin"));
+  // What --convert and --binary refuse.
+  const auto both = moesim("trace " + dir + "s.yaml' --convert " + dir + "tokens.bin' --out " + dir + "x.csv'", tmp);
+  CHECK(both.code == 2);
+  CHECK_THAT(both.err, Catch::Contains("trace --convert takes only --out (not scenario)"));
+  const auto same = moesim("trace --convert " + dir + "tokens.bin' --out " + dir + "tokens.bin'", tmp);
+  CHECK(same.code == 2);
+  CHECK_THAT(same.err, Catch::Contains("--out must be another file than the input"));
+  const auto counts_bin = moesim("trace " + dir + "s.yaml' --counts --binary --out " + dir + "x.bin'", tmp);
+  CHECK(counts_bin.code == 2);
+  CHECK_THAT(counts_bin.err, Catch::Contains("--binary is a form of token-level traces"));
+  std::ofstream(tmp.path() / "cut.bin") << read("tokens.bin").substr(0, 1000);
+  const auto cut = moesim("trace --convert " + dir + "cut.bin' --out " + dir + "x.csv'", tmp);
+  CHECK(cut.code == 2);
+  CHECK_THAT(cut.err, Catch::Contains("the file ends inside them; it looks truncated"));
+  CHECK_FALSE(fs::exists(tmp.path() / "x.csv"));  // nothing written from a bad trace
 }
 
 TEST_CASE("The drifting-hotspot scenario shows a stale placement's cost", "[cli][placement]") {
