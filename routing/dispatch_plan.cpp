@@ -124,15 +124,30 @@ __attribute__((always_inline)) inline void count_destination(int dst, std::int64
   ++node_sends[b];
 }
 
+// Experts on several slots for the current source, each row sent to the next in turn (round
+// robin): expert e's candidate slots are slots[first[e] .. first[e] + count[e]), turn[e] the next.
+// Each row's slot and destination are counted as it goes.
+struct RoundRobin {
+  const int* first;
+  const int* count;
+  const int* slots;
+  std::uint32_t* turn;
+  const int* dst_of_slot;
+  const int* node_of_rank;
+  std::int64_t* slot_computed;
+  std::int64_t* sends;
+};
+
 // The common case of make_dispatch_plan's main loop, on its own so that everything it touches
-// fits in registers: no gate or pad drops, every expert on one slot for this source. room[e]:
-// assignments of expert e this source can still keep (counted down past zero: the rest are
-// dropped); dst_of_expert[e]: its GPU, node_of_expert[e] that GPU's node. Counts each token's
-// distinct destination GPUs and nodes; with at most 64 of each, the destinations a token has
-// reached are bit masks kept in registers (Masks), otherwise stamps in arrays.
+// fits in registers: no gate or pad drops, and every expert on one slot for this source
+// (dst_of_expert[e] >= 0) or chosen among its replicas in turn (-1: `rr`). room[e]: assignments
+// of expert e this source can still keep (counted down past zero: the rest are dropped);
+// dst_of_expert[e]: its GPU, node_of_expert[e] that GPU's node. Counts each token's distinct
+// destination GPUs and nodes; with at most 64 of each, the destinations a token has reached are
+// bit masks kept in registers (Masks), otherwise stamps in arrays.
 template <bool Masks>
 void plan_source_fast(const int* experts_of, std::size_t assignments, int k, std::int64_t* room,
-                      const int* dst_of_expert, const int* node_of_expert, std::int64_t* seen_gpu,
+                      const int* dst_of_expert, const int* node_of_expert, const RoundRobin& rr, std::int64_t* seen_gpu,
                       std::int64_t* seen_node, std::int64_t* token_sends, std::int64_t* node_sends, std::int64_t* token) {
   std::int64_t t = *token;
   for (std::size_t i = 0; i < assignments; i += static_cast<std::size_t>(k)) {
@@ -141,7 +156,16 @@ void plan_source_fast(const int* experts_of, std::size_t assignments, int k, std
     for (std::size_t j = i; j < i + static_cast<std::size_t>(k); ++j) {
       const auto e = static_cast<std::size_t>(experts_of[j]);
       if (room[e]-- <= 0) continue;
-      const int dst = dst_of_expert[e], b = node_of_expert[e];
+      int dst = dst_of_expert[e], b = node_of_expert[e];
+      if (dst < 0) {  // replicas: the next in turn
+        std::uint32_t& next = rr.turn[e];
+        const int slot = rr.slots[rr.first[e] + static_cast<int>(next)];
+        if (static_cast<int>(++next) == rr.count[e]) next = 0;
+        ++rr.slot_computed[slot];
+        dst = rr.dst_of_slot[slot];
+        ++rr.sends[dst];
+        b = rr.node_of_rank[dst];
+      }
       if constexpr (Masks) {
         const std::uint64_t g = std::uint64_t{1} << dst;
         if (gpus & g) continue;
@@ -231,6 +255,7 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
   plan.node_sends.assign(static_cast<std::size_t>(ep) * static_cast<std::size_t>(plan.nodes), 0);
   std::vector<std::vector<int>> candidates(ue_count);
   std::vector<std::uint32_t> turn(ue_count);
+  std::vector<int> rr_first, rr_count, rr_slots;  // the fast loop's round robin (RoundRobin)
   std::vector<std::int64_t> rows(ue_count);  // pad: this source's kept rows per expert
   std::vector<int> block_slot(ue_count);     // pad: the replica that gets the source's buffer
   auto least_loaded = [&](const std::vector<int>& c) {
@@ -272,16 +297,27 @@ DispatchPlan make_dispatch_plan(const RoutingSpec& routing, const Placement& pla
     const std::size_t begin = static_cast<std::size_t>(src * tokens_per_gpu * k);
     const std::size_t end = begin + static_cast<std::size_t>(tokens_per_gpu * k);
     plan.gpu_routed[static_cast<std::size_t>(src)] = tokens_per_gpu * k;
-    const bool fast = !gate_drops && !pad && std::all_of(only_slot.begin(), only_slot.end(), [](int x) { return x >= 0; });
+    const bool fast = !gate_drops && !pad &&
+                      (placement.replica_choice == ReplicaChoice::round_robin ||
+                       std::all_of(only_slot.begin(), only_slot.end(), [](int x) { return x >= 0; }));
     if (fast) {
+      rr_first.clear();
+      rr_count.clear();
+      rr_slots.clear();
       for (std::size_t e = 0; e < ue_count; ++e) {
         room[e] = limit - before[e];
-        dst_of_expert[e] = dst_of_slot[static_cast<std::size_t>(only_slot[e])];
+        const int only = only_slot[e];
+        dst_of_expert[e] = only >= 0 ? dst_of_slot[static_cast<std::size_t>(only)] : -1;
+        node_of_expert[e] = only >= 0 ? plan.node_of_rank[static_cast<std::size_t>(dst_of_expert[e])] : -1;
+        rr_first.push_back(static_cast<int>(rr_slots.size()));
+        rr_count.push_back(only >= 0 ? 1 : static_cast<int>(candidates[e].size()));
+        if (only < 0) rr_slots.insert(rr_slots.end(), candidates[e].begin(), candidates[e].end());
       }
-      for (std::size_t e = 0; e < ue_count; ++e)
-        node_of_expert[e] = plan.node_of_rank[static_cast<std::size_t>(dst_of_expert[e])];
+      const RoundRobin rr{rr_first.data(), rr_count.data(), rr_slots.data(), turn.data(), dst_of_slot.data(),
+                          plan.node_of_rank.data(), plan.slot_computed.data(),
+                          plan.sends.data() + static_cast<std::ptrdiff_t>(src) * ep};
       const auto fast_loop = ep <= 64 && plan.nodes <= 64 ? &plan_source_fast<true> : &plan_source_fast<false>;
-      fast_loop(batch.experts.data() + begin, end - begin, k, room.data(), dst_of_expert.data(), node_of_expert.data(),
+      fast_loop(batch.experts.data() + begin, end - begin, k, room.data(), dst_of_expert.data(), node_of_expert.data(), rr,
                 gpu_seen.data(), node_seen.data(), plan.token_sends.data() + static_cast<std::ptrdiff_t>(src) * ep,
                 plan.node_sends.data() + static_cast<std::ptrdiff_t>(src) * plan.nodes, &token);
       for (std::size_t e = 0; e < ue_count; ++e) count[e] = limit - before[e] - room[e];
