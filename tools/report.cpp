@@ -686,6 +686,15 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  "an 800 Gb/s NIC needs PCIe Gen6 x16, 128GB/s)\n",
                  nic / 1e9, pcie / 1e9);
   }
+  // Sequences longer than a GPU's tokens: each GPU holds part of each, and its attention's keys
+  // and values live on the other GPUs of the sequence (context parallelism), which is not
+  // modelled. Say so, since the attention's FLOPs are those of the whole sequence.
+  if (f.context_length == 0 && f.sequence_length > f.tokens_per_gpu)
+    fmt::print(out,
+               "  note        sequence_length {} is more than the {} tokens a GPU holds: each GPU has part of each sequence, and its "
+               "attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a sequence (context "
+               "parallelism) is not modelled\n",
+               f.sequence_length, f.tokens_per_gpu);
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
   fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}{}\n", static_cast<double>(params.total) / 1e9,

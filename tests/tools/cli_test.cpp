@@ -1207,6 +1207,23 @@ TEST_CASE("The summary names the narrower of links in series as the busiest, and
   CHECK_THAT(gen6.out, !Catch::Contains("  note        each NIC's"));
 }
 
+TEST_CASE("Sequences longer than a GPU's tokens: the summary says the keys' and values' exchange is not modelled", "[cli]") {
+  TempDir tmp;
+  const std::string run = "run --set network.model=analytical --set model.moe_layers=2 --out '" + (tmp.path() / "a").string() + "' ";
+  const std::string note = "  note        sequence_length 32768 is more than the 4096 tokens a GPU holds: each GPU has part of each "
+                           "sequence, and its attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a "
+                           "sequence (context parallelism) is not modelled";
+  const auto long_seq = moesim(run + "--set workload.kind=training --set workload.sequence_length=32768", tmp);
+  REQUIRE(long_seq.code == 0);
+  CHECK_THAT(long_seq.out, Catch::Contains(note));
+  const auto own = moesim(run + "--set workload.kind=training --set workload.sequence_length=4096", tmp);
+  REQUIRE(own.code == 0);
+  CHECK_THAT(own.out, !Catch::Contains("  note        sequence_length"));
+  const auto decode = moesim(run + "--set workload.kind=decode --set workload.sequence_length=~ --set workload.context_length=32768", tmp);
+  REQUIRE(decode.code == 0);
+  CHECK_THAT(decode.out, !Catch::Contains("  note        sequence_length"));
+}
+
 TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
