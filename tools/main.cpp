@@ -618,7 +618,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
     // A time to first token no count of units meets: said before the decode side runs.
     if (side.target_us > 0) {
-      const int from = std::max(1, static_cast<int>(std::ceil(side.load / pf.tokens_per_s * (1 - 1e-12))));
+      const int from = tools::whole_units(side.load / pf.tokens_per_s);
       const double prompts_per_s = side.load / static_cast<double>(std::max<std::int64_t>(pf.prompt_tokens, 1));
       tools::PrefillQueue closest;
       if (!tools::units_for_ttft(prompts_per_s, from, 64 * from, batch, percentile, side.target_us, seed, &closest)) {

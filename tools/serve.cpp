@@ -31,15 +31,13 @@ std::string grouped(double x) {
   return s;
 }
 
-// Whole units for a load of `units` (at least one); a load a hair over a whole number of units
-// (rounding) does not take one more.
-int whole_units(double units) { return std::max(1, static_cast<int>(std::ceil(units * (1 - 1e-12)))); }
-
 std::string bytes_rate(double bytes_per_s) {
   return bytes_per_s >= 1e9 ? fmt::format("{:.2f} GB/s", bytes_per_s / 1e9) : fmt::format("{:.1f} MB/s", bytes_per_s / 1e6);
 }
 
 }  // namespace
+
+int whole_units(double units) { return std::max(1, static_cast<int>(std::ceil(units * (1 - 1e-12)))); }
 
 void check_traffic(const ServeTraffic& t) {
   if (!(t.input_tokens_per_s > 0)) throw ServeError("--input-tokens-per-s must be a rate > 0 (prompt tokens a second, cache hits included)");

@@ -40,6 +40,9 @@ struct ServeTraffic {
 };
 // Refuses rates that are not > 0 and a hit rate outside [0, 1).
 void check_traffic(const ServeTraffic& t);
+// Whole units for a load of `units` (at least one); a load a hair over a whole number of units
+// (rounding) does not take one more.
+int whole_units(double units);
 
 // One kind of instance, from its scenario and the summary.csv row of its run.
 struct ServeUnit {
