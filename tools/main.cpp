@@ -88,8 +88,8 @@ commands:
         is met), sequences decoding at once, KV-cache rates and cost; rates are
         tokens a second, or e.g. 608e9/day; either file may be a grid: its point
         that serves the load on the fewest GPUs, fits memory and meets --tpot
-        (time per token) or, prefill, --ttft with a full batch is used (exit
-        code 3: none); writes serve.csv and the runs
+        (time per token) or --ttft (each prefill point sized by its own queue)
+        is used (exit code 3: none); writes serve.csv and the runs
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
         that differ, then the step time, its stages, throughput, waits, imbalance,
@@ -534,8 +534,6 @@ int cmd_serve(const std::vector<std::string>& args) {
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> chosen;
   std::vector<std::string> notes;
-  std::vector<std::vector<std::string>> chosen_sets;  // each side's chosen scenario: its --set values (a point's axes last)
-  std::vector<std::string> chosen_files;
   tools::PrefillBatchTime batch;
   std::string batch_note;
   std::uint64_t seed = 1;
@@ -572,54 +570,83 @@ int cmd_serve(const std::vector<std::string>& args) {
       candidate_point.push_back(0);
       written.push_back(dir + "/" + side.name + "/");
     }
-    // A prefill scenario's own batch need not meet the TTFT target (with more units its batches
-    // are smaller: the queue below decides); a grid's points are passed over where it does not.
-    const auto choice = tools::choose_unit(candidates, side.load, side.prefill && !side.grid ? 0 : side.target_us, side.prefill);
+    // A prefill candidate's batch time against its prompts: its own batch and, where that holds
+    // more than one prompt a GPU, the same scenario run at one a GPU (a grid's point into a
+    // directory of its own).
+    const auto batch_time_of = [&](std::size_t c, std::string* note) {
+      const tools::ServeUnit& pf = candidates[c];
+      tools::PrefillBatchTime b;
+      b.full_us = b.least_us = pf.step_us;
+      b.least_local_us = pf.local_us;
+      b.full_prompts = b.least_prompts =
+          static_cast<int>(std::max<std::int64_t>(1, pf.gpus * pf.tokens_per_gpu / std::max<std::int64_t>(pf.prompt_tokens, 1)));
+      if (b.full_prompts <= pf.gpus) return b;
+      auto one_sets = side.sets;
+      if (side.grid) {
+        const auto point = side.grid->points().at(candidate_point[c]);
+        one_sets.insert(one_sets.end(), point.begin(), point.end());
+      }
+      one_sets.push_back(fmt::format("workload.tokens_per_gpu={}", pf.prompt_tokens));
+      try {
+        const auto one = scenarios::load_scenario_file(side.grid ? side.grid->base : side.file, one_sets);
+        const std::string out_dir =
+            dir + "/prefill-one-prompt" + (side.grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+        if (!quiet)
+          fmt::print(stderr, "  simulating  the prefill {} at one prompt per GPU\n",
+                     side.grid ? fmt::format("point {}", candidate_point[c]) : std::string("scenario"));
+        const auto result = simulate(one, quiet);
+        tools::write_reports(out_dir, one, result);
+        const auto one_unit = tools::serve_unit(one, read_rows(out_dir + "/summary.csv").at(0), true);
+        b.least_prompts = pf.gpus;
+        b.least_us = one_unit.step_us;
+        b.least_local_us = one_unit.local_us;
+        written.push_back(out_dir + "/");
+      } catch (const scenarios::ScenarioError& e) {
+        *note = fmt::format("one prompt a GPU is not a scenario of its own ({}): every batch is timed as a full one", e.what());
+        b.least_local_us = b.full_us;
+      }
+      return b;
+    };
+    const double prompts_per_s = [&] {
+      const auto& c = candidates.front();
+      return side.load / static_cast<double>(std::max<std::int64_t>(c.prompt_tokens, 1));
+    }();
+    tools::ServeChoice choice;
+    std::vector<tools::PrefillBatchTime> batches(candidates.size());
+    std::vector<std::string> batch_notes(candidates.size());
+    if (side.prefill && side.grid && side.target_us > 0) {
+      // A prefill grid under a TTFT target: each point that fits is sized by its own queue, and
+      // the one that meets the target on the fewest GPUs is taken.
+      std::vector<std::optional<int>> units(candidates.size());
+      for (std::size_t c = 0; c < candidates.size(); ++c) {
+        if (!candidates[c].fits) continue;
+        batches[c] = batch_time_of(c, &batch_notes[c]);
+        const double rate = side.load / static_cast<double>(std::max<std::int64_t>(candidates[c].prompt_tokens, 1));
+        const std::uint64_t point_seed = side.scenarios.at(candidate_point[c]).forward.seed;
+        const int from = tools::whole_units(side.load / candidates[c].tokens_per_s);
+        if (const auto q = tools::units_for_ttft(rate, from, 64 * from, batches[c], percentile, side.target_us, point_seed))
+          units[c] = q->units;
+      }
+      choice = tools::choose_prefill_for_ttft(candidates, units, side.load,
+                                              fmt::format("p{} within {:.4g} ms", percentile, side.target_us / 1e3));
+    } else {
+      choice = tools::choose_unit(candidates, side.load, side.prefill ? 0 : side.target_us, side.prefill);
+    }
     if (!choice.best) {
       fmt::print("moesim serve: no {} {} can serve the load: {}\n", side.name, side.grid ? "point" : "scenario",
                  choice.explanation);
       return 3;
     }
-    chosen.push_back(candidates[*choice.best]);
+    const std::size_t best = *choice.best;
+    chosen.push_back(candidates[best]);
     notes.push_back(choice.explanation);
-    auto point_sets = side.sets;
-    if (side.grid) {
-      const auto point = side.grid->points().at(candidate_point[*choice.best]);
-      point_sets.insert(point_sets.end(), point.begin(), point.end());
-    }
-    chosen_sets.push_back(point_sets);
-    chosen_files.push_back(side.grid ? side.grid->base : side.file);
     if (!side.prefill) continue;
-    // The prefill batch's time against its prompts: the chosen scenario's batch, and where that
-    // holds more than one prompt a GPU, the same scenario run at one a GPU.
-    const tools::ServeUnit& pf = chosen[0];
-    seed = side.scenarios.at(candidate_point[*choice.best]).forward.seed;
-    batch.full_us = batch.least_us = pf.step_us;
-    batch.least_local_us = pf.local_us;
-    batch.full_prompts = batch.least_prompts = static_cast<int>(std::max<std::int64_t>(
-        1, pf.gpus * pf.tokens_per_gpu / std::max<std::int64_t>(pf.prompt_tokens, 1)));
-    if (batch.full_prompts > pf.gpus) {
-      auto one_sets = chosen_sets[0];
-      one_sets.push_back(fmt::format("workload.tokens_per_gpu={}", pf.prompt_tokens));
-      try {
-        const auto one = scenarios::load_scenario_file(chosen_files[0], one_sets);
-        if (!quiet) fmt::print(stderr, "  simulating  the prefill scenario at one prompt per GPU, {}\n", one.source);
-        const auto result = simulate(one, quiet);
-        tools::write_reports(dir + "/prefill-one-prompt", one, result);
-        const auto one_unit = tools::serve_unit(one, read_rows(dir + "/prefill-one-prompt/summary.csv").at(0), true);
-        batch.least_prompts = pf.gpus;
-        batch.least_us = one_unit.step_us;
-        batch.least_local_us = one_unit.local_us;
-        written.push_back(dir + "/prefill-one-prompt/");
-      } catch (const scenarios::ScenarioError& e) {
-        batch_note = fmt::format("one prompt a GPU is not a scenario of its own ({}): every batch is timed as a full one", e.what());
-        batch.least_local_us = batch.full_us;
-      }
-    }
+    seed = side.scenarios.at(candidate_point[best]).forward.seed;
+    batch = side.grid && side.target_us > 0 ? batches[best] : batch_time_of(best, &batch_notes[best]);
+    batch_note = batch_notes[best];
     // A time to first token no count of units meets: said before the decode side runs.
-    if (side.target_us > 0) {
-      const int from = tools::whole_units(side.load / pf.tokens_per_s);
-      const double prompts_per_s = side.load / static_cast<double>(std::max<std::int64_t>(pf.prompt_tokens, 1));
+    if (side.target_us > 0 && !side.grid) {
+      const int from = tools::whole_units(side.load / candidates[best].tokens_per_s);
       tools::PrefillQueue closest;
       if (!tools::units_for_ttft(prompts_per_s, from, 64 * from, batch, percentile, side.target_us, seed, &closest)) {
         fmt::print("moesim serve: no count of prefill units meets the time to first token: p{} within {:.4g} ms; at {} unit{} "

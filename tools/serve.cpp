@@ -88,41 +88,74 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   return u;
 }
 
-ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill) {
-  ServeChoice c;
+namespace {
+
+// Of the candidates that fit memory, those `gpus_of` gives a GPU count (the others miss the
+// target), the one on the fewest GPUs (ties: the fewest at full use, then the first).
+struct Fewest {
+  std::optional<std::size_t> best;
   std::size_t fit = 0, met = 0;
+};
+template <typename GpusOf>
+Fewest fewest_gpus(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, const GpusOf& gpus_of) {
+  Fewest f;
   double best_gpus = 0, best_full = 0;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const auto& u = candidates[i];
     if (!u.fits) continue;
-    ++fit;
-    const double time = prefill ? u.step_us : u.time_per_token_us;
-    if (target_us > 0 && time > target_us) continue;
-    ++met;
+    ++f.fit;
+    const std::optional<double> gpus = gpus_of(i);
+    if (!gpus) continue;
+    ++f.met;
     const double full = load_tokens_per_s / u.tokens_per_s * u.gpus;  // GPUs at full use
-    const double gpus = static_cast<double>(whole_units(load_tokens_per_s / u.tokens_per_s)) * u.gpus;
-    if (!c.best || gpus < best_gpus || (gpus == best_gpus && full < best_full)) {
-      c.best = i;
-      best_gpus = gpus;
+    if (!f.best || *gpus < best_gpus || (*gpus == best_gpus && full < best_full)) {
+      f.best = i;
+      best_gpus = *gpus;
       best_full = full;
     }
   }
+  return f;
+}
+
+}  // namespace
+
+ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill) {
+  if (prefill) target_us = 0;  // the queue's (choose_prefill_for_ttft)
+  const Fewest f = fewest_gpus(candidates, load_tokens_per_s, [&](std::size_t i) -> std::optional<double> {
+    const auto& u = candidates[i];
+    if (target_us > 0 && u.time_per_token_us > target_us) return std::nullopt;
+    return static_cast<double>(whole_units(load_tokens_per_s / u.tokens_per_s)) * u.gpus;
+  });
+  ServeChoice c;
+  c.best = f.best;
   const std::string side = prefill ? "prefill" : "decode";
-  const std::string target = prefill ? fmt::format("prefill a batch within {:.3f} ms", target_us / 1e3)
-                                     : fmt::format("decode a token within {:.3f} ms", target_us / 1e3);
   if (candidates.size() == 1) {
     const auto& u = candidates[0];
     c.explanation = c.best ? std::string()
                     : !u.fits ? fmt::format("{}: the {} scenario does not fit the GPUs' memory ({:.1f} GB of {:.0f} GB)", u.source,
                                             side, u.memory_gb, u.gpu_memory_gb)
-                              : fmt::format("{}: the {} scenario takes {:.3f} ms{}, over the target of {:.3f} ms", u.source, side,
-                                            (prefill ? u.step_us : u.time_per_token_us) / 1e3,
-                                            prefill ? " a batch" : " a token", target_us / 1e3);
+                              : fmt::format("{}: the decode scenario takes {:.3f} ms a token, over the target of {:.3f} ms", u.source,
+                                            u.time_per_token_us / 1e3, target_us / 1e3);
     return c;
   }
-  c.explanation = fmt::format("of the {} {} points {} fit the GPUs' memory{}{}", candidates.size(), side, fit,
-                              target_us > 0 ? fmt::format(" and {} of those {}", met, target) : std::string(),
+  c.explanation = fmt::format("of the {} {} points {} fit the GPUs' memory{}{}", candidates.size(), side, f.fit,
+                              target_us > 0 ? fmt::format(" and {} of those decode a token within {:.3f} ms", f.met, target_us / 1e3)
+                                            : std::string(),
                               c.best ? "; this one serves the load on the fewest GPUs" : "");
+  return c;
+}
+
+ServeChoice choose_prefill_for_ttft(const std::vector<ServeUnit>& candidates, const std::vector<std::optional<int>>& units,
+                                    double load_tokens_per_s, const std::string& target) {
+  const Fewest f = fewest_gpus(candidates, load_tokens_per_s, [&](std::size_t i) -> std::optional<double> {
+    if (!units.at(i)) return std::nullopt;
+    return static_cast<double>(*units[i]) * candidates[i].gpus;
+  });
+  ServeChoice c;
+  c.best = f.best;
+  c.explanation = fmt::format("of the {} prefill points {} fit the GPUs' memory and {} of those meet the time to first token ({}) "
+                              "with some count of units{}",
+                              candidates.size(), f.fit, f.met, target, c.best ? "; this one does so on the fewest GPUs" : "");
   return c;
 }
 

@@ -134,14 +134,18 @@ struct ServePlan {
 };
 // Of a side's candidates (a scenario, or a grid's points) the one that serves its load on the
 // fewest GPUs in whole units (ties: the fewest at full use, then the first), among those that fit
-// the GPUs' memory and meet the target: prefill, a full batch's step within `target_us` (a
-// prefill grid's points with `--ttft`: at the load a point is sized for its batches fill; the
-// queue then sizes the chosen point's units); decode, the time per token within it. No target: 0.
+// the GPUs' memory and, decode, decode a token within `target_us` (no target: 0). A prefill
+// target, the time to first token, is the queue's: choose_prefill_for_ttft.
 struct ServeChoice {
   std::optional<std::size_t> best;
   std::string explanation;  // how many candidates, how many fit, how many meet the target
 };
 ServeChoice choose_unit(const std::vector<ServeUnit>& candidates, double load_tokens_per_s, double target_us, bool prefill);
+// Prefill candidates under a TTFT target: units[i], the fewest units with which candidate i's
+// queue meets it (units_for_ttft; none where it does not, or it does not fit memory). The one on
+// the fewest GPUs (ties: the fewest at full use, then the first). `target`: the target in words.
+ServeChoice choose_prefill_for_ttft(const std::vector<ServeUnit>& candidates, const std::vector<std::optional<int>>& units,
+                                    double load_tokens_per_s, const std::string& target);
 
 // The plan at the load's whole units; with ttft_target_us > 0 the prefill units are raised until
 // the simulated TTFT at `percentile` meets it (ServeError when no count up to 64 times the

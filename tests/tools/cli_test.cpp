@@ -1377,30 +1377,47 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   CHECK_FALSE(fs::exists(tmp.path() / "u"));
 }
 
-TEST_CASE("moesim serve times a prefill grid's chosen point at one prompt per GPU for its queue", "[cli][serve]") {
+TEST_CASE("moesim serve times a prefill grid's points at one prompt per GPU for their queues", "[cli][serve]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
   std::ofstream(tmp.path() / "prefill.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\n"
                                              << "axes:\n  workload.tokens_per_gpu: [2048, 8192]\n";
   const auto out = tmp.path() / "s";
-  const auto r = moesim("serve '" + (tmp.path() / "prefill.yaml").string() + "' " + q +
-                            "--prefill-set workload.kind=prefill --prefill-set workload.sequence_length=512 "
-                            "--prefill-set model.moe_layers=2 --decode-set workload.kind=decode --decode-set workload.sequence_length=~ "
-                            "--decode-set workload.context_length=1024 --decode-set model.moe_layers=2 "
-                            "--input-tokens-per-s 1e7 --output-tokens-per-s 1e6 --jobs 2 --out '" + out.string() + "'",
-                        tmp);
+  const std::string grid = "serve '" + (tmp.path() / "prefill.yaml").string() + "' " + q +
+                           "--prefill-set workload.kind=prefill --prefill-set workload.sequence_length=512 "
+                           "--prefill-set model.moe_layers=2 --decode-set workload.kind=decode --decode-set workload.sequence_length=~ "
+                           "--decode-set workload.context_length=1024 --decode-set model.moe_layers=2 "
+                           "--input-tokens-per-s 1e7 --output-tokens-per-s 1e6 --jobs 2 ";
+  const auto r = moesim(grid + "--out '" + out.string() + "'", tmp);
   REQUIRE(r.code == 0);
   INFO(r.out);
   // The point taken, its batch (16 GPUs x its tokens per GPU / 512) and its run at 512 tokens
   // per GPU, one prompt each.
   const auto s = summary_row(out / "serve.csv");
-  const auto one = summary_row(out / "prefill-one-prompt" / "summary.csv");
-  CHECK(one.at("tokens_per_step") == std::to_string(16 * 512));
   const int batch = std::stoi(s.at("batch_prompts"));
   CHECK((batch == 16 * 2048 / 512 || batch == 16 * 8192 / 512));
-  CHECK_THAT(r.out, Catch::Contains(fmt::format("point {} of ", batch == 64 ? 0 : 1)));
+  const int point = batch == 64 ? 0 : 1;
+  CHECK_THAT(r.out, Catch::Contains(fmt::format("point {} of ", point)));
+  const auto one = summary_row(out / "prefill-one-prompt" / fmt::format("point-{:04d}", point) / "summary.csv");
+  CHECK(one.at("tokens_per_step") == std::to_string(16 * 512));
   CHECK(s.at("batch_least_prompts") == "16");
   CHECK(std::stod(s.at("batch_least_us")) == Approx(std::stod(one.at("step_time_us"))).epsilon(1e-6));
+  CHECK_FALSE(fs::exists(out / "prefill-one-prompt" / fmt::format("point-{:04d}", 1 - point)));  // only the point taken
+  // Under a TTFT target every point is sized by its own queue (both run at one prompt per GPU),
+  // and the one that meets it on the fewest GPUs is taken; the plan meets it.
+  const double target_us = std::stod(s.at("ttft_p99_us")) * 0.9;
+  const auto t = moesim(grid + fmt::format("--ttft {:.3f}us --out '{}'", target_us, (tmp.path() / "t").string()), tmp);
+  REQUIRE(t.code == 0);
+  const auto st = summary_row(tmp.path() / "t" / "serve.csv");
+  CHECK(std::stod(st.at("ttft_p99_us")) <= target_us);
+  for (const int p : {0, 1}) CHECK(fs::exists(tmp.path() / "t" / "prefill-one-prompt" / fmt::format("point-{:04d}", p) / "summary.csv"));
+  CHECK_THAT(t.out, Catch::Contains("of the 2 prefill points 2 fit the GPUs' memory and 2 of those meet the time to first token (p99 within "));
+  CHECK_THAT(t.out, Catch::Contains("with some count of units; this one does so on the fewest GPUs"));
+  // A target under any batch of one prompt: no point meets it, exit code 3.
+  const auto none = moesim(grid + "--ttft 1us --out '" + (tmp.path() / "u").string() + "'", tmp);
+  CHECK(none.code == 3);
+  CHECK_THAT(none.out, Catch::Contains("no prefill point can serve the load: of the 2 prefill points 2 fit the GPUs' memory and 0 of those "
+                                       "meet the time to first token (p99 within 0.001 ms)"));
 }
 
 TEST_CASE("A prefill's caches, its prompts' and their cached prefixes', count in its memory", "[cli][prefill]") {
