@@ -32,6 +32,7 @@ std::string_view to_string(Stage s) {
     case Stage::pipeline: return "pipeline";
     case Stage::lm_head: return "lm_head";
     case Stage::tp: return "tp";
+    case Stage::cp: return "cp";
   }
   return "?";
 }
@@ -58,7 +59,8 @@ std::string_view to_string(PipelineSchedule s) {
 }
 
 bool is_network_wait(Stage s) {
-  return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline || s == Stage::tp;
+  return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline || s == Stage::tp ||
+         s == Stage::cp;
 }
 
 std::vector<int> pipeline_bounds(const ForwardSpec& spec) {
@@ -756,10 +758,26 @@ Time MoeForward::reduce_time(int gpu, std::int64_t tokens, std::int64_t kept) {
 }
 
 void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch,
-                           std::optional<bool> backward_work, std::optional<bool> recomputed) {
-  const Time start = sim_.now();
+                           std::optional<bool> backward_work, std::optional<bool> recomputed, std::int64_t cp_rows, bool cp_scatter) {
   const bool profiled = last_profiled_;  // duration is the time last asked for
-  const int of_pass = gpus_[static_cast<std::size_t>(gpu)].stage_pass;
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (spec_.cp > 1 && cp_rows > 0) {
+    // Held back for the keys' and values' all-gather; recorded as the stage would be.
+    const int p = s.stage_pass >= 0 ? s.stage_pass : s.pass;
+    const int last = std::min(p, passes() - 1);
+    s.cp_pending = CpPending{stage, duration, next, micro_batch, backward_work, recomputed, profiled, s.stage_pass, cp_rows,
+                             cp_scatter, stage == Stage::dense ? -1 : layer_of(last),
+                             backward_work.value_or(p < passes() && backward_phase(p)), recomputed.value_or(p < passes() && recompute(p)),
+                             micro_batch >= 0 ? micro_batch : this->micro_batch(last)};
+    cp_exchange(gpu, CollectiveKind::all_gather, &MoeForward::cp_gathered);
+    return;
+  }
+  schedule_stage(gpu, stage, duration, next, micro_batch, backward_work, recomputed, profiled, s.stage_pass);
+}
+
+void MoeForward::schedule_stage(int gpu, Stage stage, Time duration, void (MoeForward::*next)(int), int micro_batch,
+                                std::optional<bool> backward_work, std::optional<bool> recomputed, bool profiled, int of_pass) {
+  const Time start = sim_.now();
   sim_.schedule_in(duration, [this, gpu, stage, start, next, profiled, micro_batch, backward_work, recomputed, of_pass] {
     const int p = of_pass >= 0 ? of_pass : gpus_[static_cast<std::size_t>(gpu)].pass;
     const int last = std::min(p, passes() - 1);
@@ -782,7 +800,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
       start_dense_program(gpu, DenseProgram::forward, next);
       return true;
     }
-    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next);
+    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next, -1, std::nullopt, std::nullopt, dense_rows());
     return true;
   }
   // The LM head's backward (input and weight gradients: twice its projection; ZB-H1: the input
@@ -904,8 +922,8 @@ void MoeForward::start_pass(int gpu) {
       tp_exchange(gpu, 0, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(p), &MoeForward::tp_attention);
       return;
     }
-    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu),
-              &MoeForward::after_attention);
+    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::after_attention, -1, std::nullopt,
+              std::nullopt, spec_.tokens_per_gpu);
     return;
   }
   // Backward: the reduce's gradient goes back to the returned copies first.
@@ -935,7 +953,7 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
         s.recomputed = true;
         s.tp_sub = 0;
         return run_stage(gpu, Stage::attention, cost(attention_recompute(rows), gpu, Work::not_model), step, -1, std::nullopt,
-                         true);
+                         true, cp_recompute_rows(rows));
       }
       if (!tp) {
         s.recomputed = false;
@@ -943,7 +961,7 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
       } else {
         s.tp_sub = 2;
       }
-      return run_stage(gpu, Stage::attention, cost(attention(rows), gpu), step);
+      return run_stage(gpu, Stage::attention, cost(attention(rows), gpu), step, -1, std::nullopt, std::nullopt, rows, backward(s.pass));
     default:
       s.tp_sub = 0;
       s.recomputed = false;
@@ -953,7 +971,8 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
 }
 
 void MoeForward::tp_attention(int gpu) {
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::tp_after_attention);
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::tp_after_attention, -1, std::nullopt,
+            std::nullopt, spec_.tokens_per_gpu);
 }
 
 void MoeForward::tp_after_attention(int gpu) {
@@ -999,6 +1018,56 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
   it->second.collective->join(gpu);
 }
 
+std::int64_t MoeForward::cp_kv_bytes(std::int64_t rows) const {
+  // The keys and values of the tensor-parallel group's rows a GPU's attention runs over, for its
+  // heads (MLA: the latent and RoPE key, whole; routing::kv_cache_token_bytes).
+  return spec_.model.tp * rows * routing::kv_cache_token_bytes(spec_.model);
+}
+
+void MoeForward::cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*next)(int)) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int cp = spec_.cp, tp = spec_.model.tp, block = gpu / (tp * cp), lane = gpu % tp;
+  const int group = block * tp + lane;
+  s.wait = Wait::cp;
+  s.wait_start = sim_.now();
+  s.cp_next = next;
+  const auto key = std::make_pair(s.cp_ops++, group);
+  auto it = cp_collectives_.find(key);
+  if (it == cp_collectives_.end()) {
+    const CpPending& w = s.cp_pending;
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    ctx.stage = Stage::cp;
+    ctx.layer = w.layer;
+    ctx.backward = w.record_backward;
+    ctx.micro_batch = w.record_micro_batch;
+    std::vector<int> members(static_cast<std::size_t>(cp));
+    for (int i = 0; i < cp; ++i) members[static_cast<std::size_t>(i)] = block * tp * cp + i * tp + lane;
+    const sim::Bytes size(cp * cp_kv_bytes(w.rows));
+    auto done = [this, key](int g) {
+      GpuState& st = gpus_[static_cast<std::size_t>(g)];
+      const CpPending& p = st.cp_pending;
+      st.wait = Wait::none;
+      recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), p.layer, Stage::cp, st.wait_start, sim_.now(), p.record_backward,
+                                     false, p.record_micro_batch, p.record_recompute});
+      if (--cp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { cp_collectives_.erase(key); });
+      (this->*st.cp_next)(g);
+    };
+    auto collective = make_collective(ctx, CollectiveAlgorithm::ring, kind, std::move(members), size, std::move(done));
+    it = cp_collectives_.emplace(key, TpCollective{std::move(collective), cp}).first;
+  }
+  it->second.collective->join(gpu);
+}
+
+void MoeForward::cp_gathered(int gpu) {
+  const CpPending& p = gpus_[static_cast<std::size_t>(gpu)].cp_pending;
+  schedule_stage(gpu, p.stage, p.duration, p.scatter ? &MoeForward::cp_computed : p.next, p.micro_batch, p.backward, p.recompute,
+                 p.profiled, p.of_pass);
+}
+
+void MoeForward::cp_computed(int gpu) {
+  cp_exchange(gpu, CollectiveKind::reduce_scatter, gpus_[static_cast<std::size_t>(gpu)].cp_pending.next);
+}
+
 void MoeForward::dense_tp_step(int gpu) {
   // Each dense layer with tensor parallelism, forward: all-gather, attention, reduce-scatter,
   // all-gather, FFN, reduce-scatter (Megatron-LM's sequence-parallel layer), then the MoE layers;
@@ -1028,7 +1097,7 @@ void MoeForward::dense_tp_step(int gpu) {
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
     const KernelCost c = back ? 2 * f - w : f;
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
-              back || again, again);
+              back || again, again, ffn ? 0 : t, back && !ffn);
     return;
   }
   tp_exchange(gpu, collective, part % 3 == 0 ? CollectiveKind::all_gather : CollectiveKind::reduce_scatter, t, -1,
@@ -1143,7 +1212,7 @@ void MoeForward::after_router_backward(int gpu) {
 void MoeForward::recompute_attention(int gpu) {
   if (recomputes_attention()) {
     run_stage(gpu, Stage::attention, cost(attention_recompute(spec_.tokens_per_gpu), gpu, Work::not_model),
-              &MoeForward::attention_backward, -1, std::nullopt, true);
+              &MoeForward::attention_backward, -1, std::nullopt, true, cp_recompute_rows(spec_.tokens_per_gpu));
     return;
   }
   attention_backward(gpu);
@@ -1167,11 +1236,12 @@ void MoeForward::attention_backward_compute(int gpu) {
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
     const KernelCost a = attention(spec_.tokens_per_gpu), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
-    run_stage(gpu, Stage::attention, cost(2 * a - w, gpu, Work::other),
-              next);
+    run_stage(gpu, Stage::attention, cost(2 * a - w, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu,
+              true);
     return;
   }
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), next);
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), next, -1, std::nullopt, std::nullopt,
+            spec_.tokens_per_gpu, true);
 }
 
 void MoeForward::tp_after_attention_backward(int gpu) {
@@ -1453,7 +1523,7 @@ void MoeForward::pair_step(int gpu) {
             s.recomputed = true;
             if (spec_.recompute == Recompute::selective)  // (the up projections need no all-gather)
               return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1,
-                               true, true);
+                               true, true, cp_recompute_rows(dense_rows()));
             return start_dense_program(gpu, DenseProgram::recompute_attention, &MoeForward::pair_step);
           }
           s.recomputed = false;
@@ -1463,12 +1533,13 @@ void MoeForward::pair_step(int gpu) {
         if (m.dense_layers > 0 && layer_of(pass) == 0 && recomputes_dense() && !s.recomputed) {
           s.recomputed = true;  // (after their attention's forward again)
           return run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::pair_step, -1, true,
-                           true);
+                           true, cp_recompute_rows(dense_rows()));
         }
         s.recomputed = false;
         ++s.op;
         if (m.dense_layers > 0 && layer_of(pass) == 0)
-          return run_stage(gpu, Stage::dense, cost(dense_backward_cost(pass), gpu, Work::outside), &MoeForward::pair_step);
+          return run_stage(gpu, Stage::dense, cost(dense_backward_cost(pass), gpu, Work::outside), &MoeForward::pair_step, -1,
+                           std::nullopt, std::nullopt, dense_rows(), true);
         continue;
       case end:
         s.op = 0;
@@ -1567,7 +1638,8 @@ void MoeForward::end_pass(int gpu) {
       return;
     }
     if (recomputes_dense()) {
-      run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true);
+      run_stage(gpu, Stage::dense, cost(dense_recompute_cost(), gpu, Work::not_model), &MoeForward::dense_backward, -1, true, true,
+                cp_recompute_rows(dense_rows()));
       return;
     }
     dense_backward(gpu);
@@ -1582,7 +1654,7 @@ void MoeForward::dense_backward(int gpu) {
     return;
   }
   run_stage(gpu, Stage::dense, cost(dense_backward_cost(gpus_[static_cast<std::size_t>(gpu)].pass), gpu, Work::outside),
-            &MoeForward::after_passes);
+            &MoeForward::after_passes, -1, std::nullopt, std::nullopt, dense_rows(), true);
 }
 
 KernelCost MoeForward::dense_backward_cost(int pass) const {

@@ -105,6 +105,12 @@ struct ForwardSpec {
   // recomputation; dualpipe an even pp, virtual_stages 1, an even number of at least 2 pp
   // micro-batches, gradient_sync and no recomputation.
   int pp = 1;
+  // Context parallelism: each sequence's tokens spread over cp GPUs (those of its group: the same
+  // place in their tensor-parallel groups, in blocks of tp x cp consecutive GPUs), sequence_length
+  // / cp a GPU; before each attention the group all-gathers the layer's keys and values (and after
+  // an attention's backward reduce-scatters their gradients), as Llama 3's all-gather context
+  // parallelism does. Forward, prefill and training.
+  int cp = 1;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
   PipelineSchedule pipeline_schedule = PipelineSchedule::one_f_one_b;
@@ -327,7 +333,23 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine, sync, pipeline, tp };
+  enum class Wait { none, dispatch, combine, sync, pipeline, tp, cp };
+  // Context parallelism: a compute stage held back for its group's all-gather of keys and values
+  // (run_stage() with cp_layers > 0), and whether its gradients are reduce-scattered after it.
+  struct CpPending {
+    Stage stage = Stage::attention;
+    sim::Time duration;
+    void (MoeForward::*next)(int) = nullptr;
+    int micro_batch = -1;
+    std::optional<bool> backward, recompute;
+    bool profiled = false;
+    int of_pass = -1;
+    std::int64_t rows = 0;      // tokens whose keys and values are gathered (a layer's, or the dense layers' together)
+    bool scatter = false;
+    int layer = -1;             // recorded with the waits (-1: the dense layers)
+    bool record_backward = false, record_recompute = false;
+    int record_micro_batch = 0;
+  };
   // Tensor parallelism: the dense layers run as a program of collectives and compute stages
   // (dense_tp_step()): forward, forward again before the backward (full recomputation), their
   // attention's all-gather and forward again (attention recomputation), or backward.
@@ -363,6 +385,12 @@ class MoeForward {
     // layers' program (dense_tp_step(): its next operation) and where to go on after it (or
     // after the LM head's backward and its reduce-scatter).
     void (MoeForward::*tp_next)(int) = nullptr;
+    // Context parallelism: the stage waiting for its keys and values, where to go on after the
+    // wait, and how many context-parallel collectives the GPU has joined (the n-th of every GPU
+    // of a group is the same collective: they run the same program).
+    CpPending cp_pending;
+    void (MoeForward::*cp_next)(int) = nullptr;
+    std::int64_t cp_ops = 0;
     void (MoeForward::*program_next)(int) = nullptr;
     int dense_op = 0;
     DenseProgram dense_mode = DenseProgram::forward;
@@ -543,8 +571,28 @@ class MoeForward {
   // whether it is backward work, where not as the current pass (the dense layers' and the LM
   // head's, outside the MoE passes).
   // recompute: whether the stage recomputes forward work, where not as the current pass.
+  // cp_rows > 0 (context parallelism, spec_.cp > 1): the stage is an attention over cp_rows
+  // tokens (the dense layers': their tokens times the layers) and waits for the all-gather of
+  // their keys and values first; cp_scatter: a backward, whose key and value gradients are
+  // reduce-scattered after it.
   void run_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch = -1,
-                 std::optional<bool> backward = std::nullopt, std::optional<bool> recompute = std::nullopt);
+                 std::optional<bool> backward = std::nullopt, std::optional<bool> recompute = std::nullopt, std::int64_t cp_rows = 0,
+                 bool cp_scatter = false);
+  void schedule_stage(int gpu, Stage stage, sim::Time duration, void (MoeForward::*next)(int), int micro_batch,
+                      std::optional<bool> backward, std::optional<bool> recompute, bool profiled, int of_pass);
+  // Context parallelism: gpu joins its group's next collective (the GPUs g with the same
+  // g mod tp in each block of tp x cp consecutive GPUs), an all-gather of the held-back stage's
+  // keys and values (cp_kv_bytes() of its rows from every member) or a reduce-scatter of their
+  // gradients, waits for its part (Stage::cp), then goes on with `next`.
+  void cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*next)(int));
+  void cp_gathered(int gpu);   // the held-back stage
+  void cp_computed(int gpu);   // after a backward: the gradients' reduce-scatter
+  std::int64_t cp_kv_bytes(std::int64_t rows) const;
+  // The rows whose keys and values a recomputed attention gathers (none when only MLA's up
+  // projections are recomputed: no attention core runs).
+  std::int64_t cp_recompute_rows(std::int64_t rows) const { return spec_.recompute == Recompute::selective ? 0 : rows; }
+  // The dense layers' attentions, run as one stage: their rows together.
+  std::int64_t dense_rows() const { return spec_.tokens_per_gpu * spec_.model.dense_layers; }
   void begin_pass(int gpu);
   void after_attention(int gpu);
   void after_router(int gpu);
@@ -587,6 +635,7 @@ class MoeForward {
     int left;  // members not yet done
   };
   std::map<std::tuple<int, int, int>, TpCollective> tp_collectives_;  // by (pass, op, group)
+  std::map<std::pair<std::int64_t, int>, TpCollective> cp_collectives_;  // by (the members' count of them, group)
   void finish(int gpu);
   std::int64_t& pending(std::vector<std::int64_t>& v, int gpu, int pass, int half = 0) {
     return v[(static_cast<std::size_t>(gpu) * static_cast<std::size_t>(passes()) + static_cast<std::size_t>(pass)) *

@@ -29,13 +29,17 @@ namespace moesim::models {
 // the all-gather of the tensor-parallel group's tokens before a layer's attention (a dense
 // layer's attention and FFN, the LM head) and for the reduce-scatter of its output after it; the
 // waits around the dense layers and the LM head are recorded with layer -1 (no MoE layer's).
+// `cp` (context parallelism, parallelism.cp) is the wait for the all-gather of the keys and
+// values of the GPU's sequences from the other GPUs holding them before an attention (forward,
+// recomputed or backward; all the dense layers' at once, layer -1) and, after an attention's
+// backward, for the reduce-scatter of their gradients.
 enum class Stage {
-  attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head, tp
+  attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head, tp, cp
 };
-inline constexpr std::size_t kStageCount = 13;
+inline constexpr std::size_t kStageCount = 14;
 inline constexpr std::array<Stage, kStageCount> kStages{
     Stage::attention, Stage::router,    Stage::shared_experts, Stage::dispatch, Stage::experts,  Stage::combine, Stage::reduce,
-    Stage::optimizer, Stage::grad_sync, Stage::dense,          Stage::pipeline, Stage::lm_head, Stage::tp};
+    Stage::optimizer, Stage::grad_sync, Stage::dense,          Stage::pipeline, Stage::lm_head, Stage::tp,     Stage::cp};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 

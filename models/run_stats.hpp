@@ -75,6 +75,7 @@ class RunStats final : public Recorder {
   // Activations and their gradients sent between pipeline stages.
   std::int64_t pipeline_bytes() const { return pipeline_bytes_; }
   std::int64_t tp_bytes() const { return tp_bytes_; }  // tensor-parallel collectives' flows
+  std::int64_t cp_bytes() const { return cp_bytes_; }  // context-parallel collectives' flows
   sim::Time step_time() const;
 
  private:
@@ -84,6 +85,7 @@ class RunStats final : public Recorder {
   std::int64_t gradient_sync_bytes_ = 0;
   std::int64_t pipeline_bytes_ = 0;
   std::int64_t tp_bytes_ = 0;
+  std::int64_t cp_bytes_ = 0;
   std::vector<std::int64_t> batch_rows_;  // [gpu * micro_batches + micro_batch]
   std::vector<LayerStats> layers_;
   std::vector<LayerStats> backward_layers_;

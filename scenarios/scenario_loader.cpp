@@ -457,6 +457,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
     if (auto v = par->get<std::int64_t>("tp", count_at_least(1), false)) f.model.tp = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
+    if (auto v = par->get<std::int64_t>("cp", count_at_least(1), false)) f.cp = as_int(*v);
     if (auto v = par->get<std::int64_t>("virtual_stages", count_at_least(1), false)) f.virtual_stages = as_int(*v);
     if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
       // MoE layers per pipeline stage, from stage 0 (checked against pp and the model later).
@@ -1018,6 +1019,24 @@ void cross_check(const Scenario& sc, Problems& problems) {
                          tp, m.kv_heads));
     if (m.dense_layers > 0 && m.dense_ffn % tp != 0)
       refuse(fmt::format("{} does not divide model.dense_ffn ({})", tp, m.dense_ffn));
+  }
+  if (const int cp = sc.forward.cp; cp > 1) {
+    // Context parallelism: each sequence spread evenly over the cp GPUs of a group, whole tokens.
+    const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.cp", why); };
+    const auto& f = sc.forward;
+    if (sc.workload_kind == "decode")
+      refuse("not used with 'kind: decode' (a decode step's sequences each read their own KV cache); context parallelism splits "
+             "a training sequence or a prompt");
+    else if (f.sequence_length % cp != 0)
+      refuse(fmt::format("{} does not divide workload.sequence_length ({}): each GPU holds sequence_length / cp tokens of a sequence",
+                         cp, f.sequence_length));
+    else if (f.tokens_per_gpu % (f.sequence_length / cp) != 0)
+      refuse(fmt::format("workload.tokens_per_gpu ({}) is not a whole number of sequences' shares (sequence_length / cp = {} "
+                         "tokens each)",
+                         f.tokens_per_gpu, f.sequence_length / cp));
+    if ((gpus / f.pp) % (m.tp * cp) != 0)
+      refuse(fmt::format("tp x cp ({} x {}) does not divide the {} GPUs of a pipeline stage", m.tp, cp, gpus / f.pp));
+    if (f.cached_prefix > 0) refuse("not modelled with workload.cached_prefix (a prefix cache split over the GPUs of a prompt)");
   }
   if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
     problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");

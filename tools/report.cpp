@@ -295,6 +295,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double row = static_cast<double>(f.all_to_all.dispatch_row_bytes > 0 ? f.all_to_all.dispatch_row_bytes : model_row) +
                      static_cast<double>(f.all_to_all.combine_row_bytes > 0 ? f.all_to_all.combine_row_bytes : model_row);
   u.buffers = static_cast<double>(rows) * row;
+  // Context parallelism: one layer's keys and values gathered from the cp GPUs of the
+  // sequences (and in training their gradients before the reduce-scatter).
+  if (f.cp > 1)
+    u.buffers += (f.training ? 2.0 : 1.0) * f.cp * tp * t * static_cast<double>(routing::kv_cache_token_bytes(m));
   return u;
 }
 
@@ -417,19 +421,20 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const int crit = r.stats.critical_gpu();
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
-  const sim::Time exposed = g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)];
+  const sim::Time exposed =
+      g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)] + g[idx(Stage::cp)];
   const double step_tokens_exact = step_tokens(sc);  // fractional with draft tokens (expected)
   const auto tokens = std::llround(step_tokens_exact);
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,resolve_interval_us,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,pp,virtual_stages,pipeline_schedule,overlap,"
+  out << "scenario,workload,network_model,resolve_interval_us,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,cp,pp,virtual_stages,pipeline_schedule,overlap,"
          "moe_layers,tokens_per_gpu,"
          "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
          "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,cp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
          "recompute_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,stage_compute_imbalance,"
+         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
          "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
@@ -449,10 +454,10 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
           : std::string();
   // The max-min model's re-solve interval (0: exact); none for the analytical model.
   const std::string resolve_interval = r.network_model == "maxmin" ? format_us(sc.resolve_interval) : std::string();
-  fmt::print(out, "{},{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},{},", csv_field(sc.source),
+  fmt::print(out, "{},{},{},{},{},{:.4f},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1f},{:.1f},{},{},", csv_field(sc.source),
              sc.workload_kind, r.network_model, resolve_interval, r.compute_source, profiled_fraction(r.stats.gpus()[static_cast<std::size_t>(crit)]), f.seed, gpus,
              csv_field(sc.cluster.gpu.name), f.ep,
-             f.model.tp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.sequences(), f.micro_batches, tokens, format_us(step),
+             f.model.tp, f.cp, f.pp, f.virtual_stages, schedule, overlap, f.model.moe_layers, f.sequences(), f.micro_batches, tokens, format_us(step),
              seconds > 0 ? step_tokens_exact / seconds : 0.0, seconds > 0 ? step_tokens_exact / seconds / gpus : 0.0, per_token, crit);
   for (const Stage s : models::kStages) fmt::print(out, "{},", format_us(g[idx(s)]));
   fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{:.4f},{},{},{},{},{},{},", format_us(exposed),
@@ -467,11 +472,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
-             r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), r.stats.tp_bytes(),
+             r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), r.stats.tp_bytes(), r.stats.cp_bytes(),
              f.pp > 1 ? fmt::format("{:.4f}", stage_compute(sc, r).over) : std::string(), mem.total() / 1e9, capacity / 1e9,
              capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
 }
@@ -656,12 +661,14 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} node{} x {}), EP{}{}{}, {} tokens per GPU{}\n", gpus,
+  fmt::print(out, "  cluster     {} x {} ({} node{} x {}), EP{}{}{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.nodes == 1 ? "" : "s", sc.cluster.gpus_per_node, f.ep,
              f.model.tp > 1 ? fmt::format(", TP{} (attention{}{}{})", f.model.tp, f.model.dense_layers > 0 ? ", dense layers" : "",
                                           f.model.vocab > 0 ? ", LM head" : "",
                                           f.tp_algorithm == models::CollectiveAlgorithm::nvls ? "; collectives in the NVSwitch" : "")
                             : std::string(),
+             f.cp > 1 ? fmt::format(", CP{} ({}-token sequences, {} tokens of each a GPU)", f.cp, f.sequence_length, f.sequence_length / f.cp)
+                      : std::string(),
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
                                     f.virtual_stages > 1 ? fmt::format("{} chunks per stage, ", f.virtual_stages) : "",
                                     !f.training                                                  ? "pipelined"
@@ -689,11 +696,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   // Sequences longer than a GPU's tokens: each GPU holds part of each, and its attention's keys
   // and values live on the other GPUs of the sequence (context parallelism), which is not
   // modelled. Say so, since the attention's FLOPs are those of the whole sequence.
-  if (f.context_length == 0 && f.sequence_length > f.tokens_per_gpu)
+  if (f.context_length == 0 && f.cp == 1 && f.sequence_length > f.tokens_per_gpu)
     fmt::print(out,
                "  note        sequence_length {} is more than the {} tokens a GPU holds: each GPU has part of each sequence, and its "
                "attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a sequence (context "
-               "parallelism) is not modelled\n",
+               "parallelism, parallelism.cp) is not modelled\n",
                f.sequence_length, f.tokens_per_gpu);
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
@@ -763,13 +770,15 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
-    if (d == sim::Time::zero() && (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head || s == Stage::tp))
+    if (d == sim::Time::zero() &&
+        (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head || s == Stage::tp || s == Stage::cp))
       continue;
     fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
                (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
                s == Stage::pipeline           ? std::string("  (bubble and transfers between pipeline stages)")
                : s == Stage::tp             ? std::string("  (network: the tensor-parallel all-gathers and reduce-scatters)")
+               : s == Stage::cp             ? std::string("  (network: the context-parallel keys' and values' all-gathers, their gradients' reduce-scatters)")
                : models::is_network_wait(s) ? std::string("  (network)")
                                             : time_source(d, gp.stage_profiled[idx(s)]));
   }

@@ -2924,6 +2924,47 @@ TEST_CASE("The LM head and the dense layers' backward are recorded with the pass
   }
 }
 
+TEST_CASE("Context parallelism gathers each attention's keys and values from the sequence's GPUs, as derived by hand",
+          "[models][context_parallel]") {
+  // The tiny layer with 2000-token sequences, 1000 tokens a GPU: without context parallelism the
+  // attention runs the FLOPs of the whole sequence and nothing is exchanged; with cp: 2 both GPUs
+  // hold one sequence's halves, and before the attention they all-gather its keys and values:
+  // each GPU's 1000 tokens x (K + V: 2 x 8 heads x 128) x 2 B = 4,096,000 B, one ring step to the
+  // other GPU: 40.96 us at 100 GB/s + 2 NVLink hops of 1 us = 42,960,000 ps, exposed. Nothing else
+  // changes.
+  const std::string base = replaced(tiny("dropless", 1), "sequence_length: 1000", "sequence_length: 2000");
+  const auto plain = scenarios::run_experiment(scenarios::load_scenario_text(base, "tiny.yaml"));
+  const auto sc = scenarios::load_scenario_text(replaced(base, "{ep: 2}", "{ep: 2, cp: 2}"), "tiny.yaml");
+  CHECK(sc.forward.cp == 2);
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == plain.stats.step_time() + Time::ps(42'960'000));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::cp)] == Time::ps(42'960'000));
+    CHECK(g.stage_total[idx(Stage::attention)] == plain.stats.gpus()[0].stage_total[idx(Stage::attention)]);
+  }
+  check_stages_tile(r);
+  CHECK(r.stats.cp_bytes() == 2 * 4'096'000);
+  CHECK(plain.stats.cp_bytes() == 0);
+  const std::string csv = summary_csv(sc, r);
+  CHECK(csv_value(csv, "cp") == "2");
+  CHECK(csv_value(csv, "cp_wait_us") == "42.960000");
+  CHECK(csv_value(csv, "cp_bytes") == "8192000");
+
+  SECTION("training: the backward gathers them again and reduce-scatters their gradients") {
+    // Forward: one all-gather; backward: an all-gather and a reduce-scatter of the same size (one
+    // ring step each way), 3 x 42,960,000 ps in all.
+    const auto train = [&](const std::string& yaml) {
+      return scenarios::run_experiment(scenarios::load_scenario_text(replaced(yaml, "{tokens_per_gpu: 1000,", "{kind: training, tokens_per_gpu: 1000,"), "tiny.yaml"));
+    };
+    const auto t_plain = train(base);
+    const auto t = train(replaced(base, "{ep: 2}", "{ep: 2, cp: 2}"));
+    CHECK(t.stats.step_time() == t_plain.stats.step_time() + Time::ps(3 * 42'960'000));
+    CHECK(t.stats.cp_bytes() == 3 * 2 * 4'096'000);
+    for (const auto& g : t.stats.gpus()) CHECK(g.stage_total[idx(Stage::cp)] == Time::ps(3 * 42'960'000));
+    check_stages_tile(t);
+  }
+}
+
 TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatters them back, as derived by hand",
           "[models][tensor_parallel]") {
   // The tiny layer, dropless, with tp: 2: both GPUs form one tensor-parallel group. Attention

@@ -264,7 +264,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, pp, virtual_stages, pipeline_layers)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, pp, cp, virtual_stages, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
@@ -1031,4 +1031,24 @@ TEST_CASE("workload.overlap: two_batch_staggered is for forward passes without p
              Catch::Contains("two_batch_staggered with parallelism.pp > 1 is not modelled"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1023\n  overlap: two_batch_staggered\n")),
              Catch::Contains("two_batch_staggered needs an even tokens_per_gpu (got 1023)"));
+}
+
+TEST_CASE("parallelism.cp splits each sequence over GPUs, whole tokens each, and is refused where it cannot", "[scenarios][context_parallel]") {
+  // kBase: 16 GPUs, 1024 tokens a GPU.
+  const auto ok = load_scenario_text(kBase, "s.yaml", {"parallelism.cp=4", "workload.sequence_length=4096", "workload.kind=training"});
+  CHECK(ok.forward.cp == 4);
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.cp=2", "workload.sequence_length=1024"}).forward.cp == 2);  // 2 sequences' halves a GPU
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.cp == 1);
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=3", "workload.sequence_length=1024"}),
+             Catch::Contains("parallelism.cp: 3 does not divide workload.sequence_length (1024)"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.sequence_length=768"}),
+             Catch::Contains("parallelism.cp: workload.tokens_per_gpu (1024) is not a whole number of sequences' shares "
+                             "(sequence_length / cp = 384 tokens each)"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=32", "workload.sequence_length=32768"}),
+             Catch::Contains("parallelism.cp: tp x cp (1 x 32) does not divide the 16 GPUs of a pipeline stage"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.kind=decode", "workload.context_length=1024"}),
+             Catch::Contains("parallelism.cp: not used with 'kind: decode'"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.kind=prefill", "workload.sequence_length=2048", "workload.cached_prefix=512"}),
+             Catch::Contains("parallelism.cp: not modelled with workload.cached_prefix"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=0"}), Catch::Contains("parallelism.cp"));
 }

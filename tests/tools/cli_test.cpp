@@ -1207,12 +1207,13 @@ TEST_CASE("The summary names the narrower of links in series as the busiest, and
   CHECK_THAT(gen6.out, !Catch::Contains("  note        each NIC's"));
 }
 
-TEST_CASE("Sequences longer than a GPU's tokens: the summary says the keys' and values' exchange is not modelled", "[cli]") {
+TEST_CASE("Sequences longer than a GPU's tokens: without parallelism.cp the summary says the keys' and values' exchange is not modelled",
+          "[cli][context_parallel]") {
   TempDir tmp;
   const std::string run = "run --set network.model=analytical --set model.moe_layers=2 --out '" + (tmp.path() / "a").string() + "' ";
   const std::string note = "  note        sequence_length 32768 is more than the 4096 tokens a GPU holds: each GPU has part of each "
                            "sequence, and its attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a "
-                           "sequence (context parallelism) is not modelled";
+                           "sequence (context parallelism, parallelism.cp) is not modelled";
   const auto long_seq = moesim(run + "--set workload.kind=training --set workload.sequence_length=32768", tmp);
   REQUIRE(long_seq.code == 0);
   CHECK_THAT(long_seq.out, Catch::Contains(note));
@@ -1222,6 +1223,16 @@ TEST_CASE("Sequences longer than a GPU's tokens: the summary says the keys' and 
   const auto decode = moesim(run + "--set workload.kind=decode --set workload.sequence_length=~ --set workload.context_length=32768", tmp);
   REQUIRE(decode.code == 0);
   CHECK_THAT(decode.out, !Catch::Contains("  note        sequence_length"));
+  // With context parallelism over the 8 GPUs of a node the exchange is modelled: no note, its wait listed.
+  const auto cp = moesim(run + "--set workload.kind=training --set workload.sequence_length=32768 --set parallelism.cp=8", tmp);
+  REQUIRE(cp.code == 0);
+  CHECK_THAT(cp.out, !Catch::Contains("  note        sequence_length"));
+  CHECK_THAT(cp.out, Catch::Contains(", CP8 (32768-token sequences, 4096 tokens of each a GPU)"));
+  CHECK_THAT(cp.out, Catch::Contains("    cp wait    "));
+  const auto row = summary_row(tmp.path() / "a" / "summary.csv");
+  CHECK(row.at("cp") == "8");
+  CHECK(std::stod(row.at("cp_wait_us")) > 0);
+  CHECK(std::stoll(row.at("cp_bytes")) > 0);
 }
 
 TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {

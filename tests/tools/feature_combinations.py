@@ -76,6 +76,7 @@ FEATURES = [
     [["compute.gemm_dtype=fp8"], ["compute.gemm_dtype=fp8", "workload.activation_dtype=fp8"], ["model.weight_dtype=fp8"]],
     [["workload.steps=3"], ["workload.steps=2", "placement.policy=eplb", "placement.refresh_every=1", "routing.rotate=3"]],
     [["parallelism.tp=2"], ["parallelism.tp=4"], ["parallelism.tp=8"], ["parallelism.tp=2", "network.tp_collectives=nvls"]],
+    [["parallelism.cp=2", "workload.sequence_length=256"], ["parallelism.cp=4", "workload.sequence_length=512"]],
     [["parallelism.ep=1"], ["parallelism.ep=2"], ["parallelism.ep=4"], ["parallelism.ep=8"], ["parallelism.ep=16"]],
     [["model.mtp_modules=1"], ["model.vocab=~"], ["model.dense_layers=0"], ["model.dense_layers=2"]],
     [["compute.model=roofline"], ["compute.jitter=0.1"], ["compute.straggler_probability=0.3", "compute.straggler_speed=0.5"],
@@ -97,7 +98,7 @@ FEATURES = [
     [["cluster.gpu_hour_price=2"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
-          "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us"]
+          "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
 
 
 def check_reports(out):
