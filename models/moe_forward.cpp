@@ -769,6 +769,18 @@ void MoeForward::run_stage(int gpu, Stage stage, Time duration, void (MoeForward
                              cp_scatter, stage == Stage::dense ? -1 : layer_of(last),
                              backward_work.value_or(p < passes() && backward_phase(p)), recomputed.value_or(p < passes() && recompute(p)),
                              micro_batch >= 0 ? micro_batch : this->micro_batch(last)};
+    if (spec_.cp_ring) {
+      // The exchange beside the compute: one ring of the keys and values, in a backward of their
+      // gradients too (twice the bytes).
+      CpPending& w = s.cp_pending;
+      w.ring = true;
+      w.ring_computed = w.ring_exchanged = false;
+      if (w.scatter) w.rows *= 2;
+      cp_exchange(gpu, CollectiveKind::all_gather, &MoeForward::cp_ring_exchanged);
+      s.wait = Wait::none;  // computing, not waiting
+      schedule_stage(gpu, stage, duration, &MoeForward::cp_ring_computed, micro_batch, backward_work, recomputed, profiled, s.stage_pass);
+      return;
+    }
     cp_exchange(gpu, CollectiveKind::all_gather, &MoeForward::cp_gathered);
     return;
   }
@@ -1046,10 +1058,11 @@ void MoeForward::cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*ne
     auto done = [this, key](int g) {
       GpuState& st = gpus_[static_cast<std::size_t>(g)];
       const CpPending& p = st.cp_pending;
+      if (--cp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { cp_collectives_.erase(key); });
+      if (p.ring) return cp_ring_exchanged(g);
       st.wait = Wait::none;
       recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(g)), p.layer, Stage::cp, st.wait_start, sim_.now(), p.record_backward,
                                      false, p.record_micro_batch, p.record_recompute});
-      if (--cp_collectives_.at(key).left == 0) sim_.schedule_in(Time::zero(), [this, key] { cp_collectives_.erase(key); });
       (this->*st.cp_next)(g);
     };
     auto collective = make_collective(ctx, CollectiveAlgorithm::ring, kind, std::move(members), size, std::move(done));
@@ -1062,6 +1075,26 @@ void MoeForward::cp_gathered(int gpu) {
   const CpPending& p = gpus_[static_cast<std::size_t>(gpu)].cp_pending;
   schedule_stage(gpu, p.stage, p.duration, p.scatter ? &MoeForward::cp_computed : p.next, p.micro_batch, p.backward, p.recompute,
                  p.profiled, p.of_pass);
+}
+
+void MoeForward::cp_ring_computed(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  CpPending& p = s.cp_pending;
+  p.ring_computed = true;
+  if (p.ring_exchanged) return (this->*p.next)(gpu);
+  s.wait = Wait::cp;  // the exchange outlasts the attention: wait for the rest
+  s.wait_start = sim_.now();
+}
+
+void MoeForward::cp_ring_exchanged(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  CpPending& p = s.cp_pending;
+  p.ring_exchanged = true;
+  if (!p.ring_computed) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), p.layer, Stage::cp, s.wait_start, sim_.now(), p.record_backward,
+                                 false, p.record_micro_batch, p.record_recompute});
+  (this->*p.next)(gpu);
 }
 
 void MoeForward::cp_computed(int gpu) {

@@ -109,8 +109,11 @@ struct ForwardSpec {
   // place in their tensor-parallel groups, in blocks of tp x cp consecutive GPUs), sequence_length
   // / cp a GPU; before each attention the group all-gathers the layer's keys and values (and after
   // an attention's backward reduce-scatters their gradients), as Llama 3's all-gather context
-  // parallelism does. Forward, prefill and training.
+  // parallelism does. Forward, prefill and training. cp_ring: the keys and values (in a
+  // backward also their gradients) pass around the ring while the attention computes, as
+  // Megatron-Core's p2p context parallelism does: only what outlasts the attention is waited for.
   int cp = 1;
+  bool cp_ring = false;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
   PipelineSchedule pipeline_schedule = PipelineSchedule::one_f_one_b;
@@ -349,6 +352,8 @@ class MoeForward {
     int layer = -1;             // recorded with the waits (-1: the dense layers)
     bool record_backward = false, record_recompute = false;
     int record_micro_batch = 0;
+    // cp_ring: the exchange runs beside the compute; the stage goes on once both are done.
+    bool ring = false, ring_computed = false, ring_exchanged = false;
   };
   // Tensor parallelism: the dense layers run as a program of collectives and compute stages
   // (dense_tp_step()): forward, forward again before the backward (full recomputation), their
@@ -587,6 +592,8 @@ class MoeForward {
   void cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*next)(int));
   void cp_gathered(int gpu);   // the held-back stage
   void cp_computed(int gpu);   // after a backward: the gradients' reduce-scatter
+  void cp_ring_computed(int gpu);   // cp_ring: the attention is done (the exchange may not be)
+  void cp_ring_exchanged(int gpu);  // cp_ring: the exchange is done (the attention may not be)
   std::int64_t cp_kv_bytes(std::int64_t rows) const;
   // The rows whose keys and values a recomputed attention gathers (none when only MLA's up
   // projections are recomputed: no attention core runs).

@@ -458,6 +458,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = par->get<std::int64_t>("tp", count_at_least(1), false)) f.model.tp = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
     if (auto v = par->get<std::int64_t>("cp", count_at_least(1), false)) f.cp = as_int(*v);
+    if (auto v = par->get<std::string>("cp_comm", one_of({"all_gather", "ring"}), false)) {
+      f.cp_ring = *v == "ring";
+      if (f.cp == 1) problems.add_at(par->key_path("cp_comm"), "only used with parallelism.cp > 1");
+    }
     if (auto v = par->get<std::int64_t>("virtual_stages", count_at_least(1), false)) f.virtual_stages = as_int(*v);
     if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
       // MoE layers per pipeline stage, from stage 0 (checked against pp and the model later).

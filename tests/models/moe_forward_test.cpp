@@ -2963,6 +2963,34 @@ TEST_CASE("Context parallelism gathers each attention's keys and values from the
     for (const auto& g : t.stats.gpus()) CHECK(g.stage_total[idx(Stage::cp)] == Time::ps(3 * 42'960'000));
     check_stages_tile(t);
   }
+
+  SECTION("cp_comm: ring passes them on while the attention computes: only what outlasts it is waited for") {
+    // At 100 GB/s the exchange (42.96 us) is shorter than the attention: nothing is waited for,
+    // the same bytes move. At 1 GB/s it takes 4096 us + 2 us, and the GPUs wait for what is left
+    // after the attention.
+    const std::string ring = replaced(base, "{ep: 2}", "{ep: 2, cp: 2, cp_comm: ring}");
+    const auto fast = scenarios::run_experiment(scenarios::load_scenario_text(ring, "tiny.yaml"));
+    CHECK(fast.stats.step_time() == plain.stats.step_time());
+    CHECK(fast.stats.cp_bytes() == 2 * 4'096'000);
+    for (const auto& g : fast.stats.gpus()) CHECK(g.stage_total[idx(Stage::cp)] == Time::zero());
+    check_stages_tile(fast);
+    const auto slow = [](const std::string& yaml) { return replaced(yaml, "nvlink_bandwidth: 100GB/s", "nvlink_bandwidth: 1GB/s"); };
+    const auto slow_plain = scenarios::run_experiment(scenarios::load_scenario_text(slow(base), "tiny.yaml"));
+    const auto slow_ring = scenarios::run_experiment(scenarios::load_scenario_text(slow(ring), "tiny.yaml"));
+    const Time attention = slow_plain.stats.gpus()[0].stage_total[idx(Stage::attention)];
+    const Time exchange = Time::ps(4'096'000'000 + 2'000'000);
+    REQUIRE(exchange > attention);
+    CHECK(slow_ring.stats.step_time() == slow_plain.stats.step_time() + (exchange - attention));
+    for (const auto& g : slow_ring.stats.gpus()) CHECK(g.stage_total[idx(Stage::cp)] == exchange - attention);
+    check_stages_tile(slow_ring);
+    // In training the backward's ring carries the gradients too: twice the bytes beside it.
+    const auto train = [&](const std::string& yaml) {
+      return scenarios::run_experiment(scenarios::load_scenario_text(replaced(yaml, "{tokens_per_gpu: 1000,", "{kind: training, tokens_per_gpu: 1000,"), "tiny.yaml"));
+    };
+    const auto t = train(ring);
+    CHECK(t.stats.cp_bytes() == 3 * 2 * 4'096'000);
+    check_stages_tile(t);
+  }
 }
 
 TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatters them back, as derived by hand",

@@ -264,7 +264,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, pp, cp, virtual_stages, pipeline_layers)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, pp, cp, cp_comm, virtual_stages, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
@@ -1051,4 +1051,9 @@ TEST_CASE("parallelism.cp splits each sequence over GPUs, whole tokens each, and
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.kind=prefill", "workload.sequence_length=2048", "workload.cached_prefix=512"}),
              Catch::Contains("parallelism.cp: not modelled with workload.cached_prefix"));
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=0"}), Catch::Contains("parallelism.cp"));
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.cp=2", "workload.sequence_length=2048", "parallelism.cp_comm=ring"}).forward.cp_ring);
+  CHECK_FALSE(ok.forward.cp_ring);  // all_gather by default
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp_comm=ring"}), Catch::Contains("parallelism.cp_comm: only used with parallelism.cp > 1"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.sequence_length=2048", "parallelism.cp_comm=p2p"}),
+             Catch::Contains("parallelism.cp_comm: expected one of all_gather, ring"));
 }
