@@ -968,7 +968,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -1075,6 +1075,15 @@ output: {{timeline: off}}
       ++chunked_trials;
     }
     staggered_trials += yaml.find("two_batch_staggered") != std::string::npos;
+    // Every third trial outside decode whose stages split into groups of 2 x tp spreads sequences
+    // of twice the GPU's tokens over 2 GPUs (context parallelism), every other one of those around
+    // a ring beside the attention (by the trial: the draws stay).
+    if (kind != "decode" && trial % 3 == 2 && (gpus / pp) % (2 * tp) == 0) {
+      const std::int64_t t = std::stoll(yaml.substr(yaml.find("tokens_per_gpu: ") + 16));
+      yaml.insert(yaml.find("tokens_per_gpu: "), fmt::format("sequence_length: {}, ", 2 * t));
+      yaml.insert(yaml.find("tp: ") + 4 + std::to_string(tp).size(), trial % 2 ? ", cp: 2, cp_comm: ring" : ", cp: 2");
+      ++cp_trials;
+    }
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -1101,6 +1110,7 @@ output: {{timeline: off}}
   CHECK(chunked_trials >= 4);  // and some hierarchical ones forwarding in chunks
   CHECK(scored_trials >= 4);   // and some with groups chosen by scores
   CHECK(staggered_trials >= 4);  // and some forward passes with staggered two-batch overlap
+  CHECK(cp_trials >= 4);         // and some with context parallelism
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {
