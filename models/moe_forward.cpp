@@ -1031,9 +1031,12 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
 }
 
 std::int64_t MoeForward::cp_kv_bytes(std::int64_t rows) const {
-  // The keys and values of the tensor-parallel group's rows a GPU's attention runs over, for its
-  // heads (MLA: the latent and RoPE key, whole; routing::kv_cache_token_bytes).
-  return spec_.model.tp * rows * routing::kv_cache_token_bytes(spec_.model);
+  // The keys and values the attention kernel reads, of the tensor-parallel group's rows a GPU's
+  // attention runs over, for its heads: with MLA after the up projections (per-head keys, the
+  // RoPE key once, and values), as Megatron-Core hands them to Transformer Engine's context-
+  // parallel attention.
+  const routing::AttentionWidths a = routing::attention_widths(spec_.model);
+  return spec_.model.tp * rows * (a.k + a.v) * spec_.model.dtype_bytes;
 }
 
 void MoeForward::cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*next)(int)) {

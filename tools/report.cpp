@@ -298,7 +298,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // Context parallelism: one layer's keys and values gathered from the cp GPUs of the
   // sequences (and in training their gradients before the reduce-scatter).
   if (f.cp > 1)
-    u.buffers += (f.training ? 2.0 : 1.0) * f.cp * tp * t * static_cast<double>(routing::kv_cache_token_bytes(m));
+    u.buffers += (f.training ? 2.0 : 1.0) * f.cp * tp * t * b * static_cast<double>(widths.k + widths.v);
   return u;
 }
 
