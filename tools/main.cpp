@@ -580,6 +580,14 @@ int cmd_serve(const std::vector<std::string>& args) {
       b.least_local_us = pf.local_us;
       b.full_prompts = b.least_prompts =
           static_cast<int>(std::max<std::int64_t>(1, pf.gpus * pf.tokens_per_gpu / std::max<std::int64_t>(pf.prompt_tokens, 1)));
+      if (const std::int64_t unit_tokens = pf.gpus * pf.tokens_per_gpu; unit_tokens < pf.prompt_tokens) {
+        // A prompt longer than a unit's batch: it takes that many batches in a row, alone.
+        b.full_us = b.least_us = b.least_local_us =
+            pf.step_us * static_cast<double>(pf.prompt_tokens) / static_cast<double>(unit_tokens);
+        *note = fmt::format("a {}-token prompt is more than a unit's batch of {} tokens: each prompt takes {:.2f} batches, alone",
+                            pf.prompt_tokens, unit_tokens, static_cast<double>(pf.prompt_tokens) / static_cast<double>(unit_tokens));
+        return b;
+      }
       if (b.full_prompts <= pf.gpus) return b;
       auto one_sets = side.sets;
       if (side.grid) {

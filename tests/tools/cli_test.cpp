@@ -1414,6 +1414,23 @@ TEST_CASE("moesim serve times a prefill grid's points at one prompt per GPU for 
   CHECK(s.at("batch_least_prompts") == "16");
   CHECK(std::stod(s.at("batch_least_us")) == Approx(std::stod(one.at("step_time_us"))).epsilon(1e-6));
   CHECK_FALSE(fs::exists(out / "prefill-one-prompt" / fmt::format("point-{:04d}", 1 - point)));  // only the point taken
+  // Prompts longer than a unit's batch (16 GPUs x 256 tokens against 8192): each takes two
+  // batches, alone, and the plan says so.
+  const auto longer = moesim("serve " + q + q +
+                                 "--prefill-set workload.kind=prefill --prefill-set workload.sequence_length=8192 "
+                                 "--prefill-set workload.tokens_per_gpu=256 --prefill-set model.moe_layers=2 "
+                                 "--decode-set workload.kind=decode --decode-set workload.sequence_length=~ "
+                                 "--decode-set workload.context_length=1024 --decode-set model.moe_layers=2 "
+                                 "--input-tokens-per-s 1e6 --output-tokens-per-s 1e6 --out '" + (tmp.path() / "l").string() + "'",
+                             tmp);
+  REQUIRE(longer.code == 0);
+  const auto sl = summary_row(tmp.path() / "l" / "serve.csv");
+  const auto lp = summary_row(tmp.path() / "l" / "prefill" / "summary.csv");
+  CHECK(sl.at("batch_prompts") == "1");
+  CHECK(std::stod(sl.at("batch_one_prompt_us")) == Approx(2 * std::stod(lp.at("step_time_us"))).epsilon(1e-6));
+  CHECK(std::stod(sl.at("ttft_p50_us")) >= 2 * std::stod(lp.at("step_time_us")) - 1e-3);  // (written to the nanosecond)
+  CHECK_THAT(longer.out, Catch::Contains("note: a 8192-token prompt is more than a unit's batch of 4096 tokens: each prompt takes 2.00 "
+                                         "batches, alone"));
   // Under a TTFT target every point is sized by its own queue (both run at one prompt per GPU),
   // and the one that meets it on the fewest GPUs is taken; the plan meets it.
   const double target_us = std::stod(s.at("ttft_p99_us")) * 0.9;
