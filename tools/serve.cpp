@@ -334,12 +334,15 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                  ? fmt::format(" ({} units for the load, {} more for the time to first token)", p.prefill_units_for_load,
                                p.prefill_units_whole - p.prefill_units_for_load)
                  : std::string());
-  fmt::print(out, "              a batch: {} prompts in {:.1f} ms{}; one prompt in about {:.1f} ms (estimated)\n", grouped(b.full_prompts),
-             b.full_us / 1e3,
-             b.full_prompts > b.least_prompts
-                 ? fmt::format(", {} (one a GPU) in {:.1f} ms, linear between", grouped(b.least_prompts), b.least_us / 1e3)
-                 : std::string(),
-             b.us(1) / 1e3);
+  if (b.full_prompts == 1)  // a prompt a batch (or more batches a prompt: the note below)
+    fmt::print(out, "              a batch: one prompt in {:.1f} ms\n", b.full_us / 1e3);
+  else
+    fmt::print(out, "              a batch: {} prompts in {:.1f} ms{}; one prompt in about {:.1f} ms (estimated)\n", grouped(b.full_prompts),
+               b.full_us / 1e3,
+               b.full_prompts > b.least_prompts
+                   ? fmt::format(", {} (one a GPU) in {:.1f} ms, linear between", grouped(b.least_prompts), b.least_us / 1e3)
+                   : std::string(),
+               b.us(1) / 1e3);
   if (!p.batch_note.empty()) fmt::print(out, "              note: {}\n", p.batch_note);
   fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue (simulated, {} prompts, batches of {:.1f} on average): "
                   "mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms{}\n",

@@ -1431,6 +1431,7 @@ TEST_CASE("moesim serve times a prefill grid's points at one prompt per GPU for 
   CHECK(std::stod(sl.at("ttft_p50_us")) >= 2 * std::stod(lp.at("step_time_us")) - 1e-3);  // (written to the nanosecond)
   CHECK_THAT(longer.out, Catch::Contains("note: a 8192-token prompt is more than a unit's batch of 4096 tokens: each prompt takes 2.00 "
                                          "batches, alone"));
+  CHECK_THAT(longer.out, Catch::Contains(fmt::format("a batch: one prompt in {:.1f} ms", 2 * std::stod(lp.at("step_time_us")) / 1e3)));
   // Under a TTFT target every point is sized by its own queue (both run at one prompt per GPU),
   // and the one that meets it on the fewest GPUs is taken; the plan meets it.
   const double target_us = std::stod(s.at("ttft_p99_us")) * 0.9;
