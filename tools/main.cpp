@@ -268,11 +268,10 @@ int cmd_trace(const std::vector<std::string>& args) {
     const std::string from = vm["convert"].as<std::string>();
     if (std::filesystem::exists(out) && std::filesystem::equivalent(from, out))
       throw UsageError("trace --convert: --out must be another file than the input");
-    const bool was_binary = routing::TokenTraceReader(from, 0, 0).binary();
-    const std::int64_t tokens = tools::convert_token_trace(from, out);
+    const tools::ConvertedTrace c = tools::convert_token_trace(from, out);
     if (!vm.count("quiet"))
-      fmt::print("moesim: wrote {} ({} tokens of {}, {} to {})\n", out, tokens, from, was_binary ? "binary" : "CSV",
-                 was_binary ? "CSV" : "binary");
+      fmt::print("moesim: wrote {} ({} tokens of {}, {} to {})\n", out, c.tokens, from, c.from_binary ? "binary" : "CSV",
+                 c.from_binary ? "CSV" : "binary");
     return 0;
   }
   const scenarios::Scenario sc = load(vm);
@@ -615,10 +614,6 @@ int cmd_serve(const std::vector<std::string>& args) {
       }
       return b;
     };
-    const double prompts_per_s = [&] {
-      const auto& c = candidates.front();
-      return side.load / static_cast<double>(std::max<std::int64_t>(c.prompt_tokens, 1));
-    }();
     tools::ServeChoice choice;
     std::vector<tools::PrefillBatchTime> batches(candidates.size());
     std::vector<std::string> batch_notes(candidates.size());
@@ -629,10 +624,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       for (std::size_t c = 0; c < candidates.size(); ++c) {
         if (!candidates[c].fits) continue;
         batches[c] = batch_time_of(c, &batch_notes[c]);
-        const double rate = side.load / static_cast<double>(std::max<std::int64_t>(candidates[c].prompt_tokens, 1));
         const std::uint64_t point_seed = side.scenarios.at(candidate_point[c]).forward.seed;
-        const int from = tools::whole_units(side.load / candidates[c].tokens_per_s);
-        if (const auto q = tools::units_for_ttft(rate, from, 64 * from, batches[c], percentile, side.target_us, point_seed))
+        if (const auto q = tools::units_for_ttft(candidates[c], side.load, batches[c], percentile, side.target_us, point_seed))
           units[c] = q->units;
       }
       choice = tools::choose_prefill_for_ttft(candidates, units, side.load,
@@ -654,9 +647,9 @@ int cmd_serve(const std::vector<std::string>& args) {
     batch_note = batch_notes[best];
     // A time to first token no count of units meets: said before the decode side runs.
     if (side.target_us > 0 && !side.grid) {
-      const int from = tools::whole_units(side.load / candidates[best].tokens_per_s);
+      const int from = tools::whole_units(side.load / candidates[best].tokens_per_s);  // for the message
       tools::PrefillQueue closest;
-      if (!tools::units_for_ttft(prompts_per_s, from, 64 * from, batch, percentile, side.target_us, seed, &closest)) {
+      if (!tools::units_for_ttft(candidates[best], side.load, batch, percentile, side.target_us, seed, &closest)) {
         fmt::print("moesim serve: no count of prefill units meets the time to first token: p{} within {:.4g} ms; at {} unit{} "
                    "({} for the load) it is {:.4g} ms, and no prompt's first token comes sooner than a batch of one prompt, about "
                    "{:.4g} ms\n",

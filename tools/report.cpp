@@ -1009,10 +1009,11 @@ void write_token_trace_file(const std::string& path, const std::vector<routing::
   write_atomically(path, [&](std::ostream& out) { routing::write_token_trace(out, layers, binary); });
 }
 
-std::int64_t convert_token_trace(const std::string& from, const std::string& to) {
+ConvertedTrace convert_token_trace(const std::string& from, const std::string& to) {
   routing::TokenTraceReader in(from, 0, 0);
   const bool binary = !in.binary();
-  std::int64_t tokens = 0;
+  ConvertedTrace done{0, in.binary()};
+  std::int64_t& tokens = done.tokens;
   write_atomically(to, [&](std::ostream& out) {
     std::int64_t layer = 0, token = 0, rank = 0;
     const int* ids = nullptr;
@@ -1026,7 +1027,7 @@ std::int64_t convert_token_trace(const std::string& from, const std::string& to)
     if (!w) throw routing::TraceError(fmt::format("{}: no tokens to convert", from));
     w->finish();
   });
-  return tokens;
+  return done;
 }
 
 void write_count_trace(const std::string& path, const std::vector<std::vector<std::int64_t>>& counts) {

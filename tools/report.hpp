@@ -65,8 +65,13 @@ void print_placement_summary(std::ostream& out, const scenarios::Scenario& sc,
 // (layer,expert,count), written atomically. Throw ReportError.
 void write_token_trace_file(const std::string& path, const std::vector<routing::TokenBatch>& layers, bool binary = false);
 // Rewrites a token-level trace in the other form (CSV to binary, binary to CSV), checking every
-// token as it goes; returns the tokens written. Throws routing::TraceError.
-std::int64_t convert_token_trace(const std::string& from, const std::string& to);
+// token as it goes: the tokens written, and whether the input was the binary form. Throws
+// routing::TraceError.
+struct ConvertedTrace {
+  std::int64_t tokens = 0;
+  bool from_binary = false;
+};
+ConvertedTrace convert_token_trace(const std::string& from, const std::string& to);
 void write_count_trace(const std::string& path, const std::vector<std::vector<std::int64_t>>& counts);
 
 }  // namespace moesim::tools

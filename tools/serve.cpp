@@ -260,6 +260,16 @@ std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int l
   return found;
 }
 
+double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s) {
+  return load_tokens_per_s / static_cast<double>(std::max<std::int64_t>(unit.prompt_tokens, 1));
+}
+
+std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_tokens_per_s, const PrefillBatchTime& batch,
+                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest) {
+  const int from = whole_units(load_tokens_per_s / unit.tokens_per_s);
+  return units_for_ttft(prompts_per_s(unit, load_tokens_per_s), from, 64 * from, batch, percentile, target_us, seed, closest);
+}
+
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
                        double ttft_target_us, int percentile, std::uint64_t seed) {
   check_traffic(t);
@@ -277,14 +287,12 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   p.decode_units = t.output_tokens_per_s / decode.tokens_per_s;
   p.prefill_units_for_load = whole_units(p.prefill_units);
   // The queue: prompts of the scenario's new tokens, at the rate the computed tokens make.
-  const double prompts_per_s = p.prefill_tokens_per_s / static_cast<double>(std::max<std::int64_t>(prefill.prompt_tokens, 1));
   if (ttft_target_us > 0) {
-    const auto q = units_for_ttft(prompts_per_s, p.prefill_units_for_load, 64 * p.prefill_units_for_load, batch, percentile,
-                                  ttft_target_us, seed, &p.prefill_queue);
+    const auto q = units_for_ttft(prefill, p.prefill_tokens_per_s, batch, percentile, ttft_target_us, seed, &p.prefill_queue);
     p.ttft_met = q.has_value();
     if (q) p.prefill_queue = *q;
   } else {
-    p.prefill_queue = simulate_prefill_queue(prompts_per_s, p.prefill_units_for_load, batch, seed);
+    p.prefill_queue = simulate_prefill_queue(prompts_per_s(prefill, p.prefill_tokens_per_s), p.prefill_units_for_load, batch, seed);
   }
   p.prefill_units_whole = p.ttft_met ? p.prefill_queue.units : p.prefill_units_for_load;
   p.decode_units_whole = whole_units(p.decode_units);

@@ -108,6 +108,11 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
 // target_us; nullopt when none is (the last one tried in `closest`).
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
                                            double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr);
+// A prefill unit's prompts for a load of prompt tokens a second (its prompts' new tokens each).
+double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s);
+// units_for_ttft for a load on `unit`: from the units the load takes up to 64 times as many.
+std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_tokens_per_s, const PrefillBatchTime& batch,
+                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr);
 
 struct ServePlan {
   ServeTraffic traffic;
