@@ -1,5 +1,7 @@
 #include "models/moe_costs.hpp"
 
+#include <algorithm>
+
 namespace moesim::models {
 
 // With tensor parallelism (m.tp = n > 1) a GPU's attention runs over the n T tokens of its
@@ -11,10 +13,21 @@ namespace moesim::models {
 // (kv_lora_rank x heads x (qk_nope + v), 2 FLOPs per weight and token), the expanded keys and
 // values written and read (2 b P (K + V) a sequence), as prefill kernels that take per-head keys
 // and values need.
-KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix) {
+// A sliding window of W positions: the i-th new token (from 1) attends to min(P + i, W) keys, so
+// the core is T (2 / S) sum_i min(P + i, W) (Q + O), which is T (2P + S + 1)(Q + O) where P + S <= W;
+// of the prefix, the last min(P, W) tokens are read.
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix, std::int64_t window) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
-  const std::int64_t core = t * (2 * prefix + s + 1) * (a.q + a.out);
+  std::int64_t core = t * (2 * prefix + s + 1) * (a.q + a.out);
+  if (window > 0 && prefix + s > window) {
+    // i <= W - P attend to P + i keys, the rest to W.
+    const std::int64_t below = std::clamp<std::int64_t>(window - prefix, 0, s);
+    const sim::int128 keys2 = 2 * (static_cast<sim::int128>(below) * prefix + static_cast<sim::int128>(below) * (below + 1) / 2 +
+                                static_cast<sim::int128>(s - below) * window);
+    core = static_cast<std::int64_t>(static_cast<sim::int128>(t) * keys2 * (a.q + a.out) / s);
+    prefix = std::min(prefix, window);
+  }
   std::int64_t prefix_gemm = 0, prefix_bytes = 0;
   if (prefix > 0) {
     const std::int64_t cached = t * prefix / s;  // the group's sequences' prefix tokens
@@ -57,7 +70,9 @@ KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t t
   };
 }
 
-KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries) {
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries,
+                                 std::int64_t window) {
+  if (window > 0) c = std::min(c, window);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   const routing::AttentionWidths a = routing::attention_widths(m);

@@ -18,6 +18,9 @@
 //                                                q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
 //   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + T*C*Dc + b*T*(2*H + 2*(Q + K + V))
+// A sliding layer (model.sliding_window W): in prefill and training the i-th token of a sequence
+//   attends to min(i, W) keys (min(P + i, W) after a cached prefix, of which the last min(P, W)
+//   are read), so (S+1)/2 above becomes their mean; in decode C becomes min(C, W).
 //   With speculative decoding each sequence has 1 + d tokens (d drafts): T counts them all, and
 //   the cache is read once per sequence, T/(1 + d) times C*Dc (each also attends to the up to d
 //   tokens before it in the step, left out).
@@ -84,11 +87,15 @@ namespace moesim::models {
 
 // Tokens of seq_len-token sequences, each attending causally to the ones before it; with a cached
 // prefix (prefill with workload.cached_prefix), each also to the prefix's `prefix` tokens, whose
-// KV cache is read (MLA: its latents expanded into per-head keys and values first).
-KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len, std::int64_t prefix = 0);
+// KV cache is read (MLA: its latents expanded into per-head keys and values first). window > 0
+// (a sliding layer, routing::layer_window): each attends to the last `window` positions only
+// (itself included), and reads no more of the prefix than that.
+KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len, std::int64_t prefix = 0,
+                          std::int64_t window = 0);
 // Decode over `tokens` new tokens, `queries` of them per sequence (1 + draft tokens), which read
-// their sequence's cache once.
-KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1);
+// their sequence's cache once; with a window, the last `window` keys of it.
+KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1,
+                                 std::int64_t window = 0);
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
 KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);

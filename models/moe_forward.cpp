@@ -934,8 +934,8 @@ void MoeForward::start_pass(int gpu) {
       tp_exchange(gpu, 0, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(p), &MoeForward::tp_attention);
       return;
     }
-    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::after_attention, -1, std::nullopt,
-              std::nullopt, spec_.tokens_per_gpu);
+    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, moe_attention_layer(layer_of(p))), gpu),
+              &MoeForward::after_attention, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu);
     return;
   }
   // Backward: the reduce's gradient goes back to the returned copies first.
@@ -964,8 +964,8 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
       if (recompute_first) {
         s.recomputed = true;
         s.tp_sub = 0;
-        return run_stage(gpu, Stage::attention, cost(attention_recompute(rows), gpu, Work::not_model), step, -1, std::nullopt,
-                         true, cp_recompute_rows(rows));
+        return run_stage(gpu, Stage::attention, cost(attention_recompute(rows, moe_attention_layer(layer)), gpu, Work::not_model), step,
+                         -1, std::nullopt, true, cp_recompute_rows(rows));
       }
       if (!tp) {
         s.recomputed = false;
@@ -973,7 +973,8 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
       } else {
         s.tp_sub = 2;
       }
-      return run_stage(gpu, Stage::attention, cost(attention(rows), gpu), step, -1, std::nullopt, std::nullopt, rows, backward(s.pass));
+      return run_stage(gpu, Stage::attention, cost(attention(rows, moe_attention_layer(layer)), gpu), step, -1, std::nullopt, std::nullopt,
+                       rows, backward(s.pass));
     default:
       s.tp_sub = 0;
       s.recomputed = false;
@@ -983,7 +984,8 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
 }
 
 void MoeForward::tp_attention(int gpu) {
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), &MoeForward::tp_after_attention, -1, std::nullopt,
+  const int layer = moe_attention_layer(layer_of(gpus_[static_cast<std::size_t>(gpu)].pass));
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer), gpu), &MoeForward::tp_after_attention, -1, std::nullopt,
             std::nullopt, spec_.tokens_per_gpu);
 }
 
@@ -1129,7 +1131,7 @@ void MoeForward::dense_tp_step(int gpu) {
     // Forward: attention, then FFN; backward: FFN, then attention, each twice the forward (split:
     // less its weight gradients, the first layer's weight pass).
     const bool ffn = (part == 4) != back;
-    const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t);
+    const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, back ? m.dense_layers - 1 - layer : layer);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
     const KernelCost c = back ? 2 * f - w : f;
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
@@ -1247,7 +1249,8 @@ void MoeForward::after_router_backward(int gpu) {
 
 void MoeForward::recompute_attention(int gpu) {
   if (recomputes_attention()) {
-    run_stage(gpu, Stage::attention, cost(attention_recompute(spec_.tokens_per_gpu), gpu, Work::not_model),
+    const int layer = moe_attention_layer(layer_of(gpus_[static_cast<std::size_t>(gpu)].pass));
+    run_stage(gpu, Stage::attention, cost(attention_recompute(spec_.tokens_per_gpu, layer), gpu, Work::not_model),
               &MoeForward::attention_backward, -1, std::nullopt, true, cp_recompute_rows(spec_.tokens_per_gpu));
     return;
   }
@@ -1267,16 +1270,17 @@ void MoeForward::attention_backward(int gpu) {
 
 void MoeForward::attention_backward_compute(int gpu) {
   void (MoeForward::*const next)(int) = spec_.model.tp > 1 ? &MoeForward::tp_after_attention_backward : &MoeForward::end_pass;
+  const int layer = moe_attention_layer(layer_of(gpus_[static_cast<std::size_t>(gpu)].pass));
   if (split(gpus_[static_cast<std::size_t>(gpu)].pass)) {
     // The input gradients: the attention core's backward (twice its forward's matmuls) and the
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
-    const KernelCost a = attention(spec_.tokens_per_gpu), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
+    const KernelCost a = attention(spec_.tokens_per_gpu, layer), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
     run_stage(gpu, Stage::attention, cost(2 * a - w, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu,
               true);
     return;
   }
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu), gpu), next, -1, std::nullopt, std::nullopt,
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer), gpu), next, -1, std::nullopt, std::nullopt,
             spec_.tokens_per_gpu, true);
 }
 
@@ -1629,8 +1633,9 @@ double MoeForward::progress() const {
 KernelCost MoeForward::dense_cost() const {
   // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
   const auto& m = spec_.model;
-  const KernelCost a = attention(spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
-  return m.dense_layers * (a + f);
+  KernelCost a;
+  for (int l = 0; l < m.dense_layers; ++l) a = a + attention(spec_.tokens_per_gpu, l);
+  return a + m.dense_layers * dense_ffn_cost(m, spec_.tokens_per_gpu);
 }
 
 std::int64_t MoeForward::lm_head_tokens() const {
@@ -1703,9 +1708,9 @@ KernelCost MoeForward::dense_recompute_cost() const {
   // Full recomputation: their whole forward; attention: their attention's; selective: their
   // attention's up projections.
   if (spec_.recompute == Recompute::full) return dense_cost();
-  const KernelCost a = attention_recompute(spec_.tokens_per_gpu);
-  const std::int64_t n = spec_.model.dense_layers;
-  return n * a;
+  KernelCost a;
+  for (int l = 0; l < spec_.model.dense_layers; ++l) a = a + attention_recompute(spec_.tokens_per_gpu, l);
+  return a;
 }
 
 KernelCost MoeForward::dense_weight_cost() const {
@@ -1791,13 +1796,14 @@ void MoeForward::gathered(int gpu) {
 
 void MoeForward::finish(int) { ++finished_gpus_; }
 
-KernelCost MoeForward::attention(std::int64_t tokens) const {
-  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens)
-                                  : attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix);
+KernelCost MoeForward::attention(std::int64_t tokens, int layer) const {
+  const std::int64_t window = routing::layer_window(spec_.model, layer);
+  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window)
+                                  : attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix, window);
 }
 
-KernelCost MoeForward::attention_recompute(std::int64_t tokens) const {
-  return spec_.recompute == Recompute::selective ? mla_up_projection_cost(spec_.model, tokens) : attention(tokens);
+KernelCost MoeForward::attention_recompute(std::int64_t tokens, int layer) const {
+  return spec_.recompute == Recompute::selective ? mla_up_projection_cost(spec_.model, tokens) : attention(tokens, layer);
 }
 
 KernelCost MoeForward::optimizer_cost(int stage) const {

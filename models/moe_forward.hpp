@@ -427,8 +427,8 @@ class MoeForward {
     return spec_.training && (spec_.recompute == Recompute::attention ||
                               (spec_.recompute == Recompute::selective && spec_.recompute_mla_up_proj));
   }
-  // What that rebuilds over `tokens` tokens (the GPU's, or a half's).
-  KernelCost attention_recompute(std::int64_t tokens) const;
+  // What that rebuilds over `tokens` tokens (the GPU's, or a half's) of the model's layer `layer`.
+  KernelCost attention_recompute(std::int64_t tokens, int layer) const;
   // Whether the dense layers' forward work is rebuilt before their backward (any recomputation
   // but a selective one without mla_up_proj), and what.
   bool recomputes_dense() const {
@@ -568,7 +568,10 @@ class MoeForward {
   // the LM head backward (before the last MoE layer's); runs it and then `next`, or returns false.
   bool run_before_pass(int gpu, void (MoeForward::*next)(int));
   void after_passes(int gpu);  // gpu's next pass, or the step's end (gradient sync, optimizer)
-  KernelCost attention(std::int64_t tokens) const;
+  // The attention of the model's layer `layer` (the dense layers from 0, then the MoE layers:
+  // moe_attention_layer) over `tokens` tokens: its window, with model.sliding_window.
+  KernelCost attention(std::int64_t tokens, int layer) const;
+  int moe_attention_layer(int moe_layer) const { return spec_.model.dense_layers + moe_layer; }
   sim::Time experts_time(int pass, int gpu, int half);
   KernelCost optimizer_cost(int stage) const;
 

@@ -1,6 +1,7 @@
 // The MoE model shape, the router's behaviour and the expert placement, as validated specs.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -51,6 +52,14 @@ struct MoeModelSpec {
   // Vocabulary size: the input embedding (on the first pipeline stage) and the untied output
   // projection, the LM head, with the loss in training (on the last); 0: neither modelled.
   std::int64_t vocab = 0;
+  // Sliding-window attention (model.sliding_window; Mistral-7B, GPT-OSS, Gemma 3): a query of a
+  // sliding layer attends to the last sliding_window positions, itself included, and the layer
+  // caches no more keys than that; 0: every layer attends to its whole context.
+  // full_attention_every n: every n-th layer of the model (the n-th, 2n-th, ..., counting the
+  // dense layers first, then the MoE layers) attends fully, the others slide (GPT-OSS: 2,
+  // Gemma 3: 6); 0: all of them slide.
+  std::int64_t sliding_window = 0;
+  int full_attention_every = 0;
   // Tensor parallelism (parallelism.tp): the attention of every layer, the dense layers' FFN and
   // the LM head are split over this many GPUs (heads, FFN columns, vocabulary), each of them
   // running its share over the tokens of all of them; the figures below are one GPU's.
@@ -86,6 +95,21 @@ inline std::int64_t kv_cache_token_bytes(const MoeModelSpec& m) {
   if (is_mla(m) && m.kv_cache_bytes == 1)
     return m.mla.kv_lora_rank + 4 * ((m.mla.kv_lora_rank + 127) / 128) + m.dtype_bytes * m.mla.qk_rope_head_dim;
   return m.kv_cache_bytes * kv_cache_width(m);
+}
+
+// Whether the model's layer `layer` (from 0: the dense layers, then the MoE layers) attends within
+// model.sliding_window.
+inline bool sliding_layer(const MoeModelSpec& m, int layer) {
+  return m.sliding_window > 0 && (m.full_attention_every == 0 || (layer + 1) % m.full_attention_every != 0);
+}
+
+// The window of the model's layer `layer`: model.sliding_window where it slides, else 0 (none).
+inline std::int64_t layer_window(const MoeModelSpec& m, int layer) { return sliding_layer(m, layer) ? m.sliding_window : 0; }
+
+// The keys the model's layer `layer` caches (and a decode query reads) for a context of `context`
+// tokens: all of them, or with a sliding window at most the window.
+inline std::int64_t cached_keys(const MoeModelSpec& m, int layer, std::int64_t context) {
+  return sliding_layer(m, layer) ? std::min(context, m.sliding_window) : context;
 }
 
 // MLA's down projections (H x q_lora_rank for the queries, H x (kv_lora_rank + RoPE key) for the

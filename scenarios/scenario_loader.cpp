@@ -440,6 +440,15 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     m.attention_params = *v;
     not_with_mla("attention_params");
   }
+  if (auto v = model->get<std::int64_t>("sliding_window", count_at_least(1), false)) {
+    m.sliding_window = *v;
+    not_with_mla("sliding_window");
+  }
+  if (auto v = model->get<std::int64_t>("full_attention_every", count_at_least(2), false)) {
+    m.full_attention_every = as_int(*v);
+    if (m.sliding_window == 0)
+      problems.add_at(model->key_path("full_attention_every"), "only used with model.sliding_window (the other layers' window)");
+  }
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
   if (auto v = model->get<std::int64_t>("vocab", count_at_least(1), false)) m.vocab = *v;
@@ -1034,10 +1043,11 @@ void cross_check(const Scenario& sc, Problems& problems) {
     else if (f.sequence_length % cp != 0)
       refuse(fmt::format("{} does not divide workload.sequence_length ({}): each GPU holds sequence_length / cp tokens of a sequence",
                          cp, f.sequence_length));
-    else if (f.tokens_per_gpu % (f.sequence_length / cp) != 0)
-      refuse(fmt::format("workload.tokens_per_gpu ({}) is not a whole number of sequences' shares (sequence_length / cp = {} "
+    else if (m.tp * f.tokens_per_gpu % (f.sequence_length / cp) != 0)
+      refuse(fmt::format("workload.tokens_per_gpu ({}){} is not a whole number of sequences' shares (sequence_length / cp = {} "
                          "tokens each)",
-                         f.tokens_per_gpu, f.sequence_length / cp));
+                         f.tokens_per_gpu, m.tp > 1 ? fmt::format(" x tp ({}), the tokens of a tensor-parallel group,", m.tp) : "",
+                         f.sequence_length / cp));
     if ((gpus / f.pp) % (m.tp * cp) != 0)
       refuse(fmt::format("tp x cp ({} x {}) does not divide the {} GPUs of a pipeline stage", m.tp, cp, gpus / f.pp));
     if (f.cached_prefix > 0) refuse("not modelled with workload.cached_prefix (a prefix cache split over the GPUs of a prompt)");

@@ -76,8 +76,8 @@ commands:
         run (or resume) the grid's sweep, then pick the best point that fits the
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
-  validate SCENARIO.yaml
-        check a scenario file without running it
+  validate SCENARIO.yaml | GRID.yaml [--set KEY.PATH=VALUE ...]
+        check a scenario file without running it; a sweep grid: every point
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
         [--prefill-set KEY=VALUE ...] [--decode-set ...] [--jobs N] [--out DIR]
@@ -678,6 +678,19 @@ int cmd_validate(const std::vector<std::string>& args) {
   add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("validate needs a scenario file");
+  if (const std::string path = vm["scenario"].as<std::string>(); scenarios::is_grid_file(path)) {
+    // A sweep grid: every point checked as `moesim sweep` checks them before running any.
+    const scenarios::Grid grid = scenarios::load_grid(path);
+    const auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+    const auto points = grid.points();
+    for (const auto& p : points) {
+      std::vector<std::string> point = sets;
+      point.insert(point.end(), p.begin(), p.end());
+      (void)scenarios::load_scenario_file(grid.base, point);
+    }
+    fmt::print("{}: ok (a sweep grid of {} point{} on {})\n", path, points.size(), points.size() == 1 ? "" : "s", grid.base);
+    return 0;
+  }
   const scenarios::Scenario sc = load(vm);
   const models::ModelParams params = models::model_params(sc.forward.model);
   const auto& m = sc.forward.model;

@@ -180,6 +180,15 @@ struct MemoryUse {
   double total() const { return weights + optimizer + activations + kv_cache + buffers; }
 };
 
+// The summary's word on sliding-window attention (model.sliding_window): how many layers slide.
+std::string sliding_note(const routing::MoeModelSpec& m) {
+  if (m.sliding_window == 0) return {};
+  const int layers = m.dense_layers + m.moe_layers;
+  int sliding = 0;
+  for (int l = 0; l < layers; ++l) sliding += routing::sliding_layer(m, l) ? 1 : 0;
+  return fmt::format("; sliding-window attention ({} tokens) on {} of its {} layers", m.sliding_window, sliding, layers);
+}
+
 MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu) {
   const auto& f = sc.forward;
   const auto& m = f.model;
@@ -282,13 +291,18 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // Decode: the caches of every micro-batch's sequences stay resident. Prefill: the caches its
   // prompts make, held until the batch is done (and, served disaggregated, sent to the decode
   // GPUs), and with a cached prefix the prefixes' too: T / S prompts of P + S tokens.
+  // A sliding layer (model.sliding_window) keeps at most its window of each sequence's keys.
+  const auto cached = [&](std::int64_t context) {
+    double keys = 0;
+    if (dense_here > 0)
+      for (int l = 0; l < m.dense_layers; ++l) keys += static_cast<double>(routing::cached_keys(m, l, context));
+    for (const int l : own) keys += static_cast<double>(routing::cached_keys(m, m.dense_layers + l, context));
+    return keys * static_cast<double>(routing::kv_cache_token_bytes(m));
+  };
   if (f.context_length > 0)
-    u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * static_cast<double>(f.context_length) *
-                 static_cast<double>(routing::kv_cache_token_bytes(m)) * layers;
+    u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * cached(f.context_length);
   else if (f.prefill)
-    u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) *
-                 static_cast<double>(f.cached_prefix + f.sequence_length) * static_cast<double>(routing::kv_cache_token_bytes(m)) *
-                 layers;
+    u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * cached(f.cached_prefix + f.sequence_length);
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);
@@ -667,7 +681,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                           f.model.vocab > 0 ? ", LM head" : "",
                                           f.tp_algorithm == models::CollectiveAlgorithm::nvls ? "; collectives in the NVSwitch" : "")
                             : std::string(),
-             f.cp > 1 ? fmt::format(", CP{} ({}-token sequences, {} tokens of each a GPU)", f.cp, f.sequence_length, f.sequence_length / f.cp)
+             f.cp > 1 ? fmt::format(", CP{} ({}-token sequences, {} tokens of each a {})", f.cp, f.sequence_length, f.sequence_length / f.cp,
+                                    f.model.tp > 1 ? "tensor-parallel group" : "GPU")
                       : std::string(),
              f.pp > 1 ? fmt::format(", PP{} ({}{})", f.pp,
                                     f.virtual_stages > 1 ? fmt::format("{} chunks per stage, ", f.virtual_stages) : "",
@@ -693,15 +708,16 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  "an 800 Gb/s NIC needs PCIe Gen6 x16, 128GB/s)\n",
                  nic / 1e9, pcie / 1e9);
   }
-  // Sequences longer than a GPU's tokens: each GPU holds part of each, and its attention's keys
-  // and values live on the other GPUs of the sequence (context parallelism), which is not
-  // modelled. Say so, since the attention's FLOPs are those of the whole sequence.
-  if (f.context_length == 0 && f.cp == 1 && f.sequence_length > f.tokens_per_gpu)
+  // Sequences longer than the tokens a GPU's attention sees (its own, or with tensor parallelism
+  // its group's, which the all-gather brings together): each GPU holds part of each, and its
+  // attention's keys and values live on the other GPUs of the sequence (context parallelism),
+  // which is not modelled. Say so, since the attention's FLOPs are those of the whole sequence.
+  if (f.context_length == 0 && f.cp == 1 && f.sequence_length > f.model.tp * f.tokens_per_gpu)
     fmt::print(out,
-               "  note        sequence_length {} is more than the {} tokens a GPU holds: each GPU has part of each sequence, and its "
+               "  note        sequence_length {} is more than the {} tokens {} holds: each GPU has part of each sequence, and its "
                "attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a sequence (context "
                "parallelism, parallelism.cp) is not modelled\n",
-               f.sequence_length, f.tokens_per_gpu);
+               f.sequence_length, f.model.tp * f.tokens_per_gpu, f.model.tp > 1 ? "a tensor-parallel group" : "a GPU");
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
   fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}{}\n", static_cast<double>(params.total) / 1e9,
@@ -712,7 +728,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     f.training                ? "trained after the main layers"
                                     : f.model.mtp_layers > 0 ? "drafting"
                                                              : "not run: it drafts only in decode, with workload.draft_tokens"),
-             routing::is_mla(f.model) ? "; multi-head latent attention" : "");
+             routing::is_mla(f.model) ? "; multi-head latent attention" : sliding_note(f.model));
   const int main_layers = f.model.moe_layers - f.model.mtp_layers;
   const std::string layers_said =
       f.model.mtp_layers == 0

@@ -73,11 +73,16 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.cached_prefix = prefill ? f.cached_prefix : 0;
   u.context_tokens = prefill ? 0 : f.context_length;
   // Every layer with attention caches: the MoE layers (with the MTP layers run) and the dense ones;
-  // all of a token's cache, not a tensor-parallel GPU's share of its heads.
+  // all of a token's cache, not a tensor-parallel GPU's share of its heads. A sliding layer
+  // (model.sliding_window) keeps at most its window of a sequence: per token, its share of the
+  // decode scenario's context (the prefill scenario's: its prompts).
   routing::MoeModelSpec whole = f.model;
   whole.tp = 1;
-  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) *
-                         static_cast<double>(f.model.moe_layers + f.model.dense_layers);
+  const std::int64_t context = prefill ? f.cached_prefix + f.sequence_length : f.context_length;
+  double layers = 0;
+  for (int l = 0; l < f.model.dense_layers + f.model.moe_layers; ++l)
+    layers += static_cast<double>(routing::cached_keys(whole, l, context)) / static_cast<double>(context);
+  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) * layers;
   u.nic_bytes_per_s = sc.cluster.scale_out.present ? static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) : 0;
   u.gpu_hour_price = sc.gpu_hour_price;
   u.memory_gb = field(summary, "memory_gb_max");

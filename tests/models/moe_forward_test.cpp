@@ -718,6 +718,64 @@ TEST_CASE("compute.attention_efficiency times the attention core apart, as deriv
             .stats.step_time() == Time::ps(283'379'776));
 }
 
+TEST_CASE("Sliding-window attention attends to and caches the window only, as derived by hand", "[models][sliding_window]") {
+  const routing::MoeModelSpec g = gqa_attention();  // Q + O = 2048, K + V = 512 a token
+  // T = 1000 tokens of 500-token sequences, a window of 100: the first 100 positions attend to
+  // 1..100 keys, the other 400 to 100, 45,050 keys a sequence, 90.1 a token on average: the core
+  // T x 2 x 90.1 x (Q + O); the projections and the bytes as without the window.
+  const auto plain = models::attention_cost(g, 1000, 500), slid = models::attention_cost(g, 1000, 500, 0, 100);
+  CHECK(slid.core_flops == std::int64_t{1000} * 2 * 45'050 / 500 * 2048);
+  CHECK(slid.core_flops == 369'049'600);
+  CHECK(slid.gemm_flops == plain.gemm_flops);
+  CHECK(slid.flops - slid.core_flops == plain.flops - plain.core_flops);
+  CHECK(slid.bytes == plain.bytes);
+  // A window no shorter than the sequence changes nothing.
+  CHECK(models::attention_cost(g, 1000, 500, 0, 500).core_flops == plain.core_flops);
+  // After a 3000-token cached prefix every token attends to the window, 100 keys, and of each
+  // prompt's prefix only the last 100 tokens' cache is read (2 prompts x 100 x 512 x 2 B).
+  const auto cached = models::attention_cost(g, 1000, 500, 3000, 100);
+  CHECK(cached.core_flops == std::int64_t{1000} * 2 * 100 * 2048);
+  CHECK(cached.bytes - plain.bytes == std::int64_t{2} * 100 * 512 * 2);
+  // Decode: a query reads the window's keys of its cache, as if the context were the window.
+  const auto d = models::decode_attention_cost(g, 4, 1000, 1, 128), d128 = models::decode_attention_cost(g, 4, 128);
+  CHECK(d.core_flops == 2 * 4 * 128 * 2048);
+  CHECK(d.bytes == d128.bytes);
+  CHECK(d.flops == d128.flops);
+  CHECK(models::decode_attention_cost(g, 4, 100, 1, 128).bytes == models::decode_attention_cost(g, 4, 100).bytes);
+  // Which layers slide: every second one attends fully (GPT-OSS), counting the dense layers first.
+  routing::MoeModelSpec oss = g;
+  oss.sliding_window = 128;
+  oss.full_attention_every = 2;
+  CHECK(routing::sliding_layer(oss, 0));
+  CHECK_FALSE(routing::sliding_layer(oss, 1));
+  CHECK(routing::sliding_layer(oss, 2));
+  CHECK(routing::cached_keys(oss, 0, 1000) == 128);
+  CHECK(routing::cached_keys(oss, 1, 1000) == 1000);
+  CHECK(routing::cached_keys(oss, 0, 100) == 100);
+  oss.full_attention_every = 0;  // all of them
+  CHECK(routing::sliding_layer(oss, 1));
+  CHECK_FALSE(routing::sliding_layer(g, 0));
+  // A run: 2 MoE layers of the tiny model over 1000-token sequences, the first within a window
+  // of 100, the second fully: the attention stage takes the windowed layer's roofline time and
+  // the full one's.
+  const std::string full = tiny("dropless", 2);
+  const std::string windowed = replaced(full, "  attention_heads: 8\n", "  attention_heads: 8\n  sliding_window: 100\n  full_attention_every: 2\n");
+  const auto sc = scenarios::load_scenario_text(windowed, "w.yaml");
+  const auto r = scenarios::run_experiment(sc), r_full = scenarios::run_experiment(scenarios::load_scenario_text(full, "f.yaml"));
+  const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
+  const Time one_full = roofline.time(models::attention_cost(sc.forward.model, 1000, 1000)),
+             one_slid = roofline.time(models::attention_cost(sc.forward.model, 1000, 1000, 0, 100));
+  CHECK(one_slid < one_full);
+  CHECK(r_full.stats.gpus()[0].stage_total[idx(Stage::attention)] == one_full + one_full);
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::attention)] == one_slid + one_full);
+  // Decode: the sliding layer caches 100 of each sequence's 1000 keys (4 sequences a GPU, 2 x 8 x
+  // 128 x 2 B = 4096 bytes a key), 14,745,600 bytes less than without the window.
+  const std::string decode = "workload: {kind: decode, tokens_per_gpu: 4, context_length: 1000}";
+  const std::string d_full = replaced(full, "workload: {tokens_per_gpu: 1000, sequence_length: 1000}", decode),
+                    d_slid = replaced(windowed, "workload: {tokens_per_gpu: 1000, sequence_length: 1000}", decode);
+  CHECK(memory_gb_max(d_full) - memory_gb_max(d_slid) == Approx(4 * 900 * 4096 / 1e9).margin(2e-3));
+}
+
 TEST_CASE("A prefill after a cached prefix attends to it and reads its cache, as derived by hand", "[models][prefill]") {
   // Grouped-query attention (8 query heads and 2 kv heads of 128, H = 1024): T = 1000 new tokens
   // of 500-token prompts (2 prompts) after a 3000-token prefix each: every token also attends to

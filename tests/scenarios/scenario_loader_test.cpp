@@ -105,6 +105,21 @@ TEST_CASE("model.mla sets DeepSeek's latent attention and refuses the keys it de
              Catch::Contains("model.mla.rope_dim: unknown key"));
 }
 
+TEST_CASE("model.sliding_window and model.full_attention_every set the layers' attention windows", "[scenarios][sliding_window]") {
+  const auto m = load_scenario_text(kBase, "s.yaml", {"model.sliding_window=128", "model.full_attention_every=2"}).forward.model;
+  CHECK(m.sliding_window == 128);
+  CHECK(m.full_attention_every == 2);
+  CHECK(load_scenario_text(kBase, "s.yaml", {"model.sliding_window=4096"}).forward.model.full_attention_every == 0);  // all slide
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.sliding_window == 0);
+  CHECK_THAT(error_of_with(kBase, {"model.full_attention_every=2"}),
+             Catch::Contains("model.full_attention_every: only used with model.sliding_window"));
+  CHECK_THAT(error_of_with(kBase, {"model.sliding_window=128", "model.full_attention_every=1"}), Catch::Contains("model.full_attention_every"));
+  CHECK_THAT(error_of_with(kBase, {"model.sliding_window=0"}), Catch::Contains("model.sliding_window"));
+  CHECK_THAT(error_of_with(kBase, {"model.sliding_window=128", "model.mla={kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, "
+                                                               "v_head_dim: 128}"}),
+             Catch::Contains("model.sliding_window: not used with model.mla"));
+}
+
 TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[scenarios][fp8]") {
   const auto sc = load_scenario_text(kBase + "compute: {gemm_dtype: fp8}\n", "s.yaml");
   CHECK(sc.roofline.gemm_dtype == models::GemmDtype::fp8);
@@ -1044,6 +1059,12 @@ TEST_CASE("parallelism.cp splits each sequence over GPUs, whole tokens each, and
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.sequence_length=768"}),
              Catch::Contains("parallelism.cp: workload.tokens_per_gpu (1024) is not a whole number of sequences' shares "
                              "(sequence_length / cp = 384 tokens each)"));
+  // With tensor parallelism a share is a group's: 2 x 1024 tokens hold one half of a 4096-token
+  // sequence (Megatron-LM: sequence_length / (cp x tp) tokens on each GPU), 3072 would not.
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.cp=2", "parallelism.tp=2", "workload.sequence_length=4096"}).forward.cp == 2);
+  CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "parallelism.tp=2", "workload.sequence_length=3072"}),
+             Catch::Contains("parallelism.cp: workload.tokens_per_gpu (1024) x tp (2), the tokens of a tensor-parallel group, is not a "
+                             "whole number of sequences' shares (sequence_length / cp = 1536 tokens each)"));
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=32", "workload.sequence_length=32768"}),
              Catch::Contains("parallelism.cp: tp x cp (1 x 32) does not divide the 16 GPUs of a pipeline stage"));
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.kind=decode", "workload.context_length=1024"}),

@@ -111,6 +111,35 @@ TEST_CASE("moesim run with no scenario runs the quickstart and matches the golde
   }
 }
 
+TEST_CASE("Every scenario of the library loads (grids: their base and every point)", "[cli]") {
+  // A scenario or grid file changed in a way the loader refuses (a renamed key, a bad value)
+  // fails here rather than for the first reader who runs it.
+  TempDir tmp;
+  int scenarios = 0, grids = 0;
+  for (const auto& dir : {"scenarios", "scenarios/validation", "scenarios/studies/attention-tp", "scenarios/studies/blackwell-decode",
+                          "scenarios/studies/ep-redundancy", "scenarios/studies/speculative", "scenarios/studies/sliding-window"}) {
+    for (const auto& entry : fs::directory_iterator(fs::path(kSource) / dir)) {
+      if (entry.path().extension() != ".yaml") continue;
+      const std::string text = slurp(entry.path());
+      INFO(entry.path().string());
+      if (text.find("\nbase: ") != std::string::npos || text.rfind("base: ", 0) == 0) {
+        // A grid: validate checks every point, as a sweep does before it runs any.
+        const auto r = moesim("validate '" + entry.path().string() + "'", tmp);
+        CHECK(r.code == 0);
+        CHECK_THAT(r.out, Catch::Contains(": ok (a sweep grid of "));
+        ++grids;
+      } else {
+        const auto r = moesim("validate '" + entry.path().string() + "'", tmp);
+        CHECK(r.code == 0);
+        CHECK_THAT(r.out, Catch::Contains(": ok ("));
+        ++scenarios;
+      }
+    }
+  }
+  CHECK(scenarios >= 20);
+  CHECK(grids >= 6);
+}
+
 TEST_CASE("moesim validate accepts good files and rejects bad ones with exit code 2", "[cli]") {
   TempDir tmp;
   const auto ok = moesim("validate '" + kSource + "/scenarios/deepseek-v3-h800.yaml'", tmp);
@@ -126,6 +155,14 @@ TEST_CASE("moesim validate accepts good files and rejects bad ones with exit cod
   // of each layer and the LM head, 12.75 B (Mixtral's 12.9 B counts the embedding too).
   const auto mixtral = moesim("validate '" + kSource + "/scenarios/mixtral-8x7b-training-h100.yaml'", tmp);
   CHECK_THAT(mixtral.out, Catch::Contains("EP8, 32 MoE layers; 46.7 B parameters, 12.7 B active per token)"));
+
+  // The models of the Qwen3 and GPT-OSS validation scenarios as their model cards give them:
+  // Qwen3-235B-A22B and Qwen3-30B-A3B (with their untied LM heads), GPT-OSS-120B's 116.8 B, 5.1 B
+  // active.
+  const auto qwen = moesim("validate '" + kSource + "/scenarios/validation/qwen3-235b-training-h100.yaml'", tmp);
+  CHECK_THAT(qwen.out, Catch::Contains("EP32, 94 MoE layers; 235.1 B parameters, 21.6 B active per token)"));
+  const auto oss = moesim("validate '" + kSource + "/scenarios/gpt-oss-120b-decode-h100.yaml'", tmp);
+  CHECK_THAT(oss.out, Catch::Contains("EP8, 36 MoE layers; 116.8 B parameters, 5.1 B active per token)"));
 
   const auto bad_path = tmp.path() / "bad.yaml";
   std::ofstream(bad_path) << "cluster:\n  nodes: 1\n  gpus_per_node: 8\n  gpu: H100\n  nvlink: 1\n";
@@ -1220,6 +1257,14 @@ TEST_CASE("Sequences longer than a GPU's tokens: without parallelism.cp the summ
   const auto own = moesim(run + "--set workload.kind=training --set workload.sequence_length=4096", tmp);
   REQUIRE(own.code == 0);
   CHECK_THAT(own.out, !Catch::Contains("  note        sequence_length"));
+  // With tensor parallelism the attention takes its group's tokens together: a sequence of
+  // tp x tokens_per_gpu is whole there (Megatron-LM's sequence parallelism), one longer is not.
+  const auto tp_whole = moesim(run + "--set workload.kind=training --set workload.sequence_length=8192 --set parallelism.tp=2", tmp);
+  REQUIRE(tp_whole.code == 0);
+  CHECK_THAT(tp_whole.out, !Catch::Contains("  note        sequence_length"));
+  const auto tp_part = moesim(run + "--set workload.kind=training --set workload.sequence_length=16384 --set parallelism.tp=2", tmp);
+  REQUIRE(tp_part.code == 0);
+  CHECK_THAT(tp_part.out, Catch::Contains("  note        sequence_length 16384 is more than the 8192 tokens a tensor-parallel group holds"));
   const auto decode = moesim(run + "--set workload.kind=decode --set workload.sequence_length=~ --set workload.context_length=32768", tmp);
   REQUIRE(decode.code == 0);
   CHECK_THAT(decode.out, !Catch::Contains("  note        sequence_length"));

@@ -80,6 +80,7 @@ FEATURES = [
      ["parallelism.cp=2", "workload.sequence_length=256", "parallelism.cp_comm=ring"]],
     [["parallelism.ep=1"], ["parallelism.ep=2"], ["parallelism.ep=4"], ["parallelism.ep=8"], ["parallelism.ep=16"]],
     [["model.mtp_modules=1"], ["model.vocab=~"], ["model.dense_layers=0"], ["model.dense_layers=2"]],
+    [["model.sliding_window=64"], ["model.sliding_window=100", "model.full_attention_every=2"]],
     [["compute.model=roofline"], ["compute.jitter=0.1"], ["compute.straggler_probability=0.3", "compute.straggler_speed=0.5"],
      ["compute.gpu_speed={3: 0.5}"], ["compute.kernel_overhead=2us"]],
     [["network.model=maxmin"], ["network.model=maxmin", "network.resolve_interval=1us"]],

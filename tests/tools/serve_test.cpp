@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <map>
+#include <string>
+
+#include "scenarios/scenario.hpp"
 #include "tools/serve.hpp"
 
 using namespace moesim::tools;
@@ -72,4 +76,26 @@ TEST_CASE("The prefill units a TTFT target takes: the fewest that meet it", "[se
   CHECK_FALSE(units_for_ttft(rate, load, 64 * load, b, 99, b.us(1) - 1, 1, &closest));
   CHECK(closest.units == load);
   CHECK_THROWS_AS(simulate_prefill_queue(0, 1, b, 1), ServeError);
+}
+
+TEST_CASE("The KV cache a token leaves: a sliding layer keeps its window of the decode context", "[serve][sliding_window]") {
+  // 2 MoE layers with Mixtral's cache (2 x 8 KV heads x 128 x 2 bytes a token and layer), the
+  // first within a window of 128: of a 1024-token context a token leaves 1 + 128 / 1024 layers'.
+  const std::string yaml = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 2, hidden: 4096, expert_ffn: 14336, experts: 8, top_k: 2, attention_heads: 32, kv_heads: 8, SLIDING}
+parallelism: {ep: 8}
+workload: {kind: decode, tokens_per_gpu: 32, context_length: 1024}
+)";
+  const std::map<std::string, std::string> summary{{"tokens_per_s", "1000"},    {"step_time_us", "1000"},   {"time_per_token_us", "1000"},
+                                                   {"experts_us", "0"},         {"dispatch_wait_us", "0"}, {"combine_wait_us", "0"},
+                                                   {"memory_gb_max", "10"},     {"gpu_memory_gb", "80"}};
+  const auto unit = [&](const std::string& sliding) {
+    std::string text = yaml;
+    text.replace(text.find("SLIDING"), 7, sliding);
+    return serve_unit(moesim::scenarios::load_scenario_text(text, "d.yaml"), summary, false);
+  };
+  CHECK(unit("dtype: bf16").kv_bytes_per_token == 2 * 8 * 128 * 2 * 2);
+  CHECK(unit("sliding_window: 128, full_attention_every: 2").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (1 + 128.0 / 1024)));
+  CHECK(unit("sliding_window: 128").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (2 * 128.0 / 1024)));
 }
