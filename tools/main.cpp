@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <tuple>
 #include <cstdio>
@@ -29,6 +30,7 @@
 #include "scenarios/scenario.hpp"
 #include "sim/assert.hpp"
 #include "sim/units.hpp"
+#include "tools/calibrate.hpp"
 #include "tools/diff.hpp"
 #include "tools/flows_replay.hpp"
 #include "scenarios/grid.hpp"
@@ -76,6 +78,11 @@ commands:
         run (or resume) the grid's sweep, then pick the best point that fits the
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
+  calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
+        [--tolerance 0.5%] [--runs N] [--out DIR] [--set KEY.PATH=VALUE ...]
+        the value of one numeric key (default range 0.05 to 1, for the
+        efficiencies) at which a run's summary.csv METRIC meets a figure measured
+        on a real system, by bisection (exit code 3: not reached)
   validate SCENARIO.yaml | GRID.yaml [--set KEY.PATH=VALUE ...]
         check a scenario file without running it; a sweep grid: every point
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
@@ -672,6 +679,102 @@ int cmd_serve(const std::vector<std::string>& args) {
   return 0;
 }
 
+// A relative figure: "0.5%" or "0.005".
+double parse_fraction(const std::string& text, const std::string& what) {
+  std::string t = text;
+  const bool percent = !t.empty() && t.back() == '%';
+  if (percent) t.pop_back();
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || *end != '\0' || !std::isfinite(v)) throw UsageError(fmt::format("{}: '{}' is not a number (or a percentage)", what, text));
+  return percent ? v / 100 : v;
+}
+
+double parse_number(const std::string& text, const std::string& what) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(v)) throw UsageError(fmt::format("{}: '{}' is not a number", what, text));
+  return v;
+}
+
+int cmd_calibrate(const std::vector<std::string>& args) {
+  po::options_description opts("calibrate options");
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
+      "key", po::value<std::string>(), "the scenario key to fit, one whose value is a plain number (e.g. compute.flops_efficiency)")(
+      "target", po::value<std::string>(), "METRIC=VALUE: a summary.csv column and the figure measured (e.g. tokens_per_s_per_gpu=5275)")(
+      "range", po::value<std::string>()->default_value("0.05,1"), "LO,HI: the key's values to search between")(
+      "tolerance", po::value<std::string>()->default_value("0.5%"), "how near the target is near enough (relative)")(
+      "runs", po::value<int>()->default_value(24), "at most this many runs")(
+      "out", po::value<std::string>(), "write the reports of a run at the value found here")("quiet,q", "print only the result");
+  add_set_option(opts);
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  if (!vm.count("scenario")) throw UsageError("calibrate needs a scenario file");
+  if (!vm.count("key")) throw UsageError("calibrate needs --key KEY.PATH, the scenario key to fit");
+  if (!vm.count("target")) throw UsageError("calibrate needs --target METRIC=VALUE, a summary.csv column and the figure measured");
+  const std::string path = vm["scenario"].as<std::string>(), key = vm["key"].as<std::string>();
+  const std::string target_text = vm["target"].as<std::string>();
+  const auto eq = target_text.find('=');
+  if (eq == std::string::npos || eq == 0) throw UsageError(fmt::format("--target '{}': expected METRIC=VALUE", target_text));
+  const std::string metric = target_text.substr(0, eq);
+  const double target = parse_number(target_text.substr(eq + 1), "--target");
+  const std::string range = vm["range"].as<std::string>();
+  const auto comma = range.find(',');
+  if (comma == std::string::npos) throw UsageError(fmt::format("--range '{}': expected LO,HI", range));
+  const double lo = parse_number(range.substr(0, comma), "--range"), hi = parse_number(range.substr(comma + 1), "--range");
+  const double tolerance = parse_fraction(vm["tolerance"].as<std::string>(), "--tolerance");
+  const int runs = vm["runs"].as<int>();
+  if (runs < 2) throw UsageError("--runs must be at least 2 (the range's two ends)");
+  const bool quiet = vm.count("quiet") > 0;
+  const auto base_sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  const auto scenario_at = [&](double value) {
+    auto sets = base_sets;
+    sets.push_back(fmt::format("{}={}", key, value));
+    return scenarios::load_scenario_file(path, sets);
+  };
+  const auto metric_at = [&](double value) {
+    scenarios::Scenario sc = scenario_at(value);
+    sc.timeline = "off";
+    const scenarios::RunResult r = simulate(sc, true);
+    std::ostringstream csv;
+    tools::write_summary_csv(csv, sc, r);
+    std::istringstream in(csv.str());
+    std::string header, row;
+    std::getline(in, header);
+    std::getline(in, row);
+    const auto names = tools::csv_fields(header), values = tools::csv_fields(row);
+    const auto at = std::find(names.begin(), names.end(), metric);
+    if (at == names.end()) throw UsageError(fmt::format("--target: '{}' is not a summary.csv column (e.g. step_time_us, tokens_per_s, "
+                                                        "tokens_per_s_per_gpu, time_per_token_us)", metric));
+    const std::string& v = values.at(static_cast<std::size_t>(at - names.begin()));
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0') throw UsageError(fmt::format("--target: summary.csv's {} is '{}', not a number", metric, v));
+    return x;
+  };
+  if (!quiet)
+    fmt::print("moesim calibrate: {} between {:g} and {:g} for {} = {:g} (within {:g} %)\n", key, lo, hi, metric, target, 100 * tolerance);
+  const auto on_trial = [&](const tools::CalibrationTrial& t) {
+    if (!quiet) fmt::print("  {} = {:<10.6g} {} = {:.6g} ({:+.1f} % of the target)\n", key, t.value, metric, t.metric, 100 * (t.metric / target - 1));
+    std::fflush(stdout);
+  };
+  tools::Calibration c;
+  try {
+    c = tools::calibrate(metric_at, lo, hi, target, tolerance, runs, on_trial);
+  } catch (const tools::CalibrateError& e) {
+    std::cerr << "moesim: calibrate: " << e.what() << '\n';
+    return 3;
+  }
+  fmt::print("{} = {:.6g}: {} = {:.6g}, {:+.2f} % of {:g}{} ({} runs)\n", key, c.value, metric, c.metric, 100 * (c.metric / target - 1),
+             target, c.met ? "" : fmt::format(", not within {:g} %: the nearest", 100 * tolerance), c.trials.size());
+  if (vm.count("out")) {
+    scenarios::Scenario sc = scenario_at(c.value);
+    const auto r = simulate(sc, quiet);
+    const auto written = tools::write_reports(vm["out"].as<std::string>(), sc, r);
+    if (!quiet) fmt::print("  wrote       the run at {} = {:.6g}: {}\n", key, c.value, vm["out"].as<std::string>());
+  }
+  return c.met ? 0 : 3;
+}
+
 int cmd_validate(const std::vector<std::string>& args) {
   po::options_description opts("validate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file");
@@ -950,6 +1053,7 @@ int main(int argc, char** argv) {
     if (cmd == "check-profile") return cmd_check_profile(args);
     if (cmd == "diff") return cmd_diff(args);
     if (cmd == "serve") return cmd_serve(args);
+    if (cmd == "calibrate") return cmd_calibrate(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));
   } catch (const QuietRank& q) {
     return q.code;

@@ -1280,6 +1280,37 @@ TEST_CASE("Sequences longer than a GPU's tokens: without parallelism.cp the summ
   CHECK(std::stoll(row.at("cp_bytes")) > 0);
 }
 
+TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured step", "[cli][calibrate]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' --set compute.model=roofline --set model.moe_layers=2 "
+                        "--set network.model=analytical ";
+  // The "measurement": the same scenario's step at an efficiency of 0.35.
+  const auto measured = moesim("run " + q + "--set compute.flops_efficiency=0.35 --out '" + (tmp.path() / "m").string() + "'", tmp);
+  REQUIRE(measured.code == 0);
+  const std::string step = summary_row(tmp.path() / "m" / "summary.csv").at("step_time_us");
+  const auto r = moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time_us=" + step + " --out '" +
+                            (tmp.path() / "c").string() + "'",
+                        tmp);
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("moesim calibrate: compute.flops_efficiency between 0.05 and 1 for step_time_us = "));
+  CHECK_THAT(r.out, Catch::Contains("  compute.flops_efficiency = 0.05 "));  // the ends first
+  CHECK_THAT(r.out, Catch::Contains("  compute.flops_efficiency = 1 "));
+  // The run it wrote meets the target within the default 0.5 %.
+  const double found = std::stod(summary_row(tmp.path() / "c" / "summary.csv").at("step_time_us"));
+  CHECK(found == Approx(std::stod(step)).epsilon(0.005));
+  // Out of the range's reach: exit code 3, saying what the ends give; not a column: a usage error.
+  const auto far = moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time_us=1", tmp);
+  CHECK(far.code == 3);
+  CHECK_THAT(far.err, Catch::Contains("moesim: calibrate: the target 1 is outside what the range gives"));
+  const auto bad = moesim("calibrate " + q + "--key compute.flops_efficiency --target speed=3", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("--target: 'speed' is not a summary.csv column"));
+  const auto no_key = moesim("calibrate " + q + "--target step_time_us=3", tmp);
+  CHECK(no_key.code == 2);
+  CHECK_THAT(no_key.err, Catch::Contains("calibrate needs --key KEY.PATH"));
+}
+
 TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
