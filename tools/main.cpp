@@ -87,6 +87,7 @@ commands:
         check a scenario file without running it; a sweep grid: every point
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
+        [--prompt-length-sigma S | --prompt-lengths FILE]
         [--prefill-set KEY=VALUE ...] [--decode-set ...] [--jobs N] [--out DIR]
         how many GPUs disaggregated serving needs for a traffic: simulates each
         scenario once (a unit of prefill, a unit of decode; prefill again at one
@@ -472,6 +473,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       "cache-hit-rate", po::value<double>()->default_value(0), "share of prompt tokens whose KV cache is found")(
       "ttft", po::value<std::string>(), "the time to a prompt's first token within this (e.g. 2s), at --ttft-percentile")(
       "ttft-percentile", po::value<int>()->default_value(99), "the TTFT percentile the target is for: 50, 90 or 99")(
+      "prompt-length-sigma", po::value<double>(), "the prompts' lengths log-normal around the prefill scenario's, this spread of their log")(
+      "prompt-lengths", po::value<std::string>(), "FILE: the prompts' lengths (tokens to prefill), one a line, drawn at random")(
       "tpot", po::value<std::string>(), "the decode time per output token within this (e.g. 50ms)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
@@ -487,6 +490,11 @@ int cmd_serve(const std::vector<std::string>& args) {
   traffic.input_tokens_per_s = parse_rate("input-tokens-per-s", vm["input-tokens-per-s"].as<std::string>());
   traffic.output_tokens_per_s = parse_rate("output-tokens-per-s", vm["output-tokens-per-s"].as<std::string>());
   traffic.cache_hit_rate = vm["cache-hit-rate"].as<double>();
+  if (vm.count("prompt-length-sigma")) traffic.prompt_length_sigma = vm["prompt-length-sigma"].as<double>();
+  if (vm.count("prompt-lengths")) {
+    traffic.prompt_lengths_source = vm["prompt-lengths"].as<std::string>();
+    traffic.prompt_lengths = tools::read_prompt_lengths(traffic.prompt_lengths_source);
+  }
   tools::check_traffic(traffic);
   const auto target = [&](const char* name) {
     if (!vm.count(name)) return 0.0;
@@ -632,7 +640,8 @@ int cmd_serve(const std::vector<std::string>& args) {
         if (!candidates[c].fits) continue;
         batches[c] = batch_time_of(c, &batch_notes[c]);
         const std::uint64_t point_seed = side.scenarios.at(candidate_point[c]).forward.seed;
-        if (const auto q = tools::units_for_ttft(candidates[c], side.load, batches[c], percentile, side.target_us, point_seed))
+        if (const auto q = tools::units_for_ttft(candidates[c], side.load, batches[c], percentile, side.target_us, point_seed, nullptr,
+                                                 tools::prompt_sizes(traffic, candidates[c].prompt_tokens)))
           units[c] = q->units;
       }
       choice = tools::choose_prefill_for_ttft(candidates, units, side.load,
@@ -656,12 +665,14 @@ int cmd_serve(const std::vector<std::string>& args) {
     if (side.target_us > 0 && !side.grid) {
       const int from = tools::whole_units(side.load / candidates[best].tokens_per_s);  // for the message
       tools::PrefillQueue closest;
-      if (!tools::units_for_ttft(candidates[best], side.load, batch, percentile, side.target_us, seed, &closest)) {
+      const tools::PromptSizes sizes = tools::prompt_sizes(traffic, candidates[best].prompt_tokens);
+      if (!tools::units_for_ttft(candidates[best], side.load, batch, percentile, side.target_us, seed, &closest, sizes)) {
+        const bool one_length = sizes.drawn.empty() && sizes.sigma == 0;
         fmt::print("moesim serve: no count of prefill units meets the time to first token: p{} within {:.4g} ms; at {} unit{} "
-                   "({} for the load) it is {:.4g} ms, and no prompt's first token comes sooner than a batch of one prompt, about "
-                   "{:.4g} ms\n",
+                   "({} for the load) it is {:.4g} ms, and no prompt's first token comes sooner than {}, about {:.4g} ms{}\n",
                    percentile, side.target_us / 1e3, closest.units, closest.units == 1 ? "" : "s", from,
-                   closest.percentile_us(percentile) / 1e3, batch.us(1) / 1e3);
+                   closest.percentile_us(percentile) / 1e3, one_length ? "a batch of one prompt" : "its batch alone: for a prompt of the scenario's length",
+                   batch.us(1) / 1e3, one_length ? "" : ", longer for a longer one");
         return 3;
       }
     }

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 
 #include "routing/moe_spec.hpp"
 #include "sim/rng.hpp"
@@ -45,6 +47,9 @@ void check_traffic(const ServeTraffic& t) {
   if (!(t.cache_hit_rate >= 0 && t.cache_hit_rate < 1))
     throw ServeError(fmt::format("--cache-hit-rate must be in [0, 1) (the share of prompt tokens whose KV cache is found), got {}",
                                  t.cache_hit_rate));
+  if (t.prompt_length_sigma > 0 && !t.prompt_lengths.empty())
+    throw ServeError("--prompt-length-sigma and --prompt-lengths both give the prompts' lengths: use one");
+  (void)prompt_sizes(t, 1);  // a negative spread or a length <= 0
 }
 
 void check_serve_scenario(const scenarios::Scenario& sc, bool prefill) {
@@ -164,15 +169,60 @@ ServeChoice choose_prefill_for_ttft(const std::vector<ServeUnit>& candidates, co
   return c;
 }
 
-double PrefillBatchTime::us(int prompts) const {
-  if (prompts >= full_prompts) return full_us;
-  if (prompts >= least_prompts)  // here full_prompts > least_prompts
-    return least_us + (full_us - least_us) * static_cast<double>(prompts - least_prompts) / static_cast<double>(full_prompts - least_prompts);
-  return least_local_us + (least_us - least_local_us) * static_cast<double>(prompts) / static_cast<double>(least_prompts);
+double PrefillBatchTime::us(double prompts) const {
+  const double full = full_prompts, least = least_prompts;
+  if (prompts > full) return full_us * prompts / full;  // more than a batch: that many batches
+  if (prompts >= full) return full_us;
+  if (prompts >= least)  // here full_prompts > least_prompts
+    return least_us + (full_us - least_us) * (prompts - least) / (full - least);
+  return least_local_us + (least_us - least_local_us) * prompts / least;
+}
+
+double PromptSizes::mean() const {
+  if (drawn.empty()) return 1;
+  double total = 0;
+  for (const double w : drawn) total += w;
+  return total / static_cast<double>(drawn.size());
+}
+
+PromptSizes prompt_sizes(const ServeTraffic& t, std::int64_t unit_prompt_tokens) {
+  if (!(t.prompt_length_sigma >= 0) || !std::isfinite(t.prompt_length_sigma))
+    throw ServeError(fmt::format("--prompt-length-sigma must be a number >= 0, got {}", t.prompt_length_sigma));
+  PromptSizes p;
+  p.sigma = t.prompt_length_sigma;
+  const double unit = static_cast<double>(std::max<std::int64_t>(unit_prompt_tokens, 1));
+  for (const double l : t.prompt_lengths) {
+    if (!(l > 0) || !std::isfinite(l)) throw ServeError(fmt::format("a prompt length must be > 0, got {}", l));
+    p.drawn.push_back(l / unit);
+  }
+  return p;
+}
+
+std::vector<double> read_prompt_lengths(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ServeError(fmt::format("--prompt-lengths: cannot read {}", path));
+  std::vector<double> lengths;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const std::string field = line.substr(0, line.find(','));
+    const auto first = field.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;  // blank
+    const std::string text = field.substr(first, field.find_last_not_of(" \t\r") - first + 1);
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (*end != '\0' || text.empty()) {
+      if (n == 1) continue;  // a header
+      throw ServeError(fmt::format("{}:{}: '{}' is not a prompt length", path, n, text));
+    }
+    if (!(v > 0) || !std::isfinite(v)) throw ServeError(fmt::format("{}:{}: a prompt length must be > 0, got {}", path, n, text));
+    lengths.push_back(v);
+  }
+  if (lengths.empty()) throw ServeError(fmt::format("--prompt-lengths: {} has no lengths", path));
+  return lengths;
 }
 
 PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const PrefillBatchTime& batch, std::uint64_t seed,
-                                    std::int64_t prompts) {
+                                    std::int64_t prompts, const PromptSizes& sizes) {
   if (!(prompts_per_s > 0) || units < 1 || prompts < 10 || batch.full_prompts < 1)
     throw ServeError("the prefill queue needs a rate > 0, a unit, a batch of a prompt or more and 10 prompts or more");
   sim::Rng rng(seed, "serve/prompt-arrivals");
@@ -180,24 +230,36 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
   std::vector<double> arrival(n);
   double now = 0;
   for (auto& a : arrival) a = now += rng.exponential(1e6 / prompts_per_s);  // microseconds
+  // Each prompt's size in the scenario's prompts (a stream of its own: the arrivals stay those
+  // of prompts of one length).
+  std::vector<double> size(n, 1.0);
+  if (sizes.sigma > 0 || !sizes.drawn.empty()) {
+    sim::Rng lengths(seed, "serve/prompt-lengths");
+    for (auto& w : size)
+      w = !sizes.drawn.empty() ? sizes.drawn[lengths.uniform_int(sizes.drawn.size())]
+                               : std::exp(sizes.sigma * lengths.normal() - sizes.sigma * sizes.sigma / 2);
+  }
   // Prompt i goes to unit i mod units (a round-robin router); each unit, when it falls free,
-  // takes every prompt waiting for it, up to a full batch, or else the next one to come.
+  // takes every prompt waiting for it, up to a full batch's tokens (the first one whatever its
+  // length), or else the next one to come.
   const std::size_t skip = n / 10;
   std::vector<double> ttft;
   ttft.reserve(n - skip);
   std::size_t batches = 0, batched = 0;
-  const auto most = static_cast<std::size_t>(batch.full_prompts);
+  const double most = batch.full_prompts;
   const auto stride = static_cast<std::size_t>(units);
   for (std::size_t u = 0; u < stride; ++u) {
     double free_at = 0;
     for (std::size_t next = u; next < n;) {
       const double start = std::max(free_at, arrival[next]);
       std::size_t end = next, taken = 0;
-      while (end < n && taken < most && arrival[end] <= start) {
+      double load = 0;
+      while (end < n && (taken == 0 || load + size[end] <= most) && arrival[end] <= start) {
+        load += size[end];
         end += stride;
         ++taken;
       }
-      const double done = start + batch.us(static_cast<int>(taken));
+      const double done = start + batch.us(load);
       for (std::size_t i = next; i < end; i += stride)
         if (i >= skip) ttft.push_back(done - arrival[i]);
       if (next >= skip) {
@@ -212,7 +274,7 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
   PrefillQueue q;
   q.units = units;
   q.prompts_per_s = prompts_per_s;
-  q.busy = prompts_per_s * batch.full_us / 1e6 / (static_cast<double>(units) * batch.full_prompts);
+  q.busy = prompts_per_s * sizes.mean() * batch.full_us / 1e6 / (static_cast<double>(units) * batch.full_prompts);
   q.counted = static_cast<std::int64_t>(ttft.size());
   double total = 0;
   for (const double x : ttft) total += x;
@@ -229,12 +291,13 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
 }
 
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
-                                           double target_us, std::uint64_t seed, PrefillQueue* closest) {
+                                           double target_us, std::uint64_t seed, PrefillQueue* closest, const PromptSizes& sizes) {
   const auto meets = [&](const PrefillQueue& q) { return q.percentile_us(percentile) <= target_us; };
-  PrefillQueue q = simulate_prefill_queue(prompts_per_s, from, batch, seed);
+  PrefillQueue q = simulate_prefill_queue(prompts_per_s, from, batch, seed, 200'000, sizes);
   if (meets(q)) return q;
-  // No prompt's first token comes sooner than a batch of one: more units cannot help.
-  if (batch.us(1) > target_us || from >= limit) {
+  // No prompt's first token comes sooner than a batch of one: more units cannot help (with
+  // prompts of several lengths, the queue's own figure at the most units decides).
+  if ((sizes.sigma == 0 && sizes.drawn.empty() && batch.us(1) > target_us) || from >= limit) {
     if (closest) *closest = q;
     return std::nullopt;
   }
@@ -245,7 +308,7 @@ std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int l
   while (!found) {
     low = high;
     high = std::min(limit, 2 * high);
-    q = simulate_prefill_queue(prompts_per_s, high, batch, seed);
+    q = simulate_prefill_queue(prompts_per_s, high, batch, seed, 200'000, sizes);
     if (meets(q)) found = q;
     else if (high == limit) {
       if (closest) *closest = q;
@@ -254,7 +317,7 @@ std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int l
   }
   while (high - low > 1) {
     const int mid = low + (high - low) / 2;
-    q = simulate_prefill_queue(prompts_per_s, mid, batch, seed);
+    q = simulate_prefill_queue(prompts_per_s, mid, batch, seed, 200'000, sizes);
     if (meets(q)) {
       high = mid;
       found = q;
@@ -265,14 +328,16 @@ std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int l
   return found;
 }
 
-double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s) {
-  return load_tokens_per_s / static_cast<double>(std::max<std::int64_t>(unit.prompt_tokens, 1));
+double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s, const PromptSizes& sizes) {
+  return load_tokens_per_s / (static_cast<double>(std::max<std::int64_t>(unit.prompt_tokens, 1)) * sizes.mean());
 }
 
 std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_tokens_per_s, const PrefillBatchTime& batch,
-                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest) {
+                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest,
+                                           const PromptSizes& sizes) {
   const int from = whole_units(load_tokens_per_s / unit.tokens_per_s);
-  return units_for_ttft(prompts_per_s(unit, load_tokens_per_s), from, 64 * from, batch, percentile, target_us, seed, closest);
+  return units_for_ttft(prompts_per_s(unit, load_tokens_per_s, sizes), from, 64 * from, batch, percentile, target_us, seed, closest,
+                        sizes);
 }
 
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
@@ -291,13 +356,16 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   p.prefill_units = p.prefill_tokens_per_s / prefill.tokens_per_s;
   p.decode_units = t.output_tokens_per_s / decode.tokens_per_s;
   p.prefill_units_for_load = whole_units(p.prefill_units);
-  // The queue: prompts of the scenario's new tokens, at the rate the computed tokens make.
+  // The queue: prompts of the scenario's new tokens (or the traffic's lengths), at the rate the
+  // computed tokens make.
+  const PromptSizes sizes = prompt_sizes(t, prefill.prompt_tokens);
   if (ttft_target_us > 0) {
-    const auto q = units_for_ttft(prefill, p.prefill_tokens_per_s, batch, percentile, ttft_target_us, seed, &p.prefill_queue);
+    const auto q = units_for_ttft(prefill, p.prefill_tokens_per_s, batch, percentile, ttft_target_us, seed, &p.prefill_queue, sizes);
     p.ttft_met = q.has_value();
     if (q) p.prefill_queue = *q;
   } else {
-    p.prefill_queue = simulate_prefill_queue(prompts_per_s(prefill, p.prefill_tokens_per_s), p.prefill_units_for_load, batch, seed);
+    p.prefill_queue = simulate_prefill_queue(prompts_per_s(prefill, p.prefill_tokens_per_s, sizes), p.prefill_units_for_load, batch,
+                                             seed, 200'000, sizes);
   }
   p.prefill_units_whole = p.ttft_met ? p.prefill_queue.units : p.prefill_units_for_load;
   p.decode_units_whole = whole_units(p.decode_units);
@@ -313,6 +381,26 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   }
   return p;
 }
+
+namespace {
+
+// The traffic's prompt lengths in words, empty when they are the prefill scenario's.
+std::string prompt_lengths_text(const ServeTraffic& t, std::int64_t unit_prompt_tokens) {
+  if (t.prompt_length_sigma > 0)
+    return fmt::format("log-normal lengths around the scenario's {} tokens (sigma {:g} of their log, the mean kept)", unit_prompt_tokens,
+                       t.prompt_length_sigma);
+  if (t.prompt_lengths.empty()) return {};
+  std::vector<double> sorted = t.prompt_lengths;
+  std::sort(sorted.begin(), sorted.end());
+  double total = 0;
+  for (const double l : sorted) total += l;
+  const auto at = [&](double pct) { return sorted[std::min(sorted.size() - 1, static_cast<std::size_t>(pct / 100 * static_cast<double>(sorted.size())))]; };
+  return fmt::format("lengths drawn from {} ({} of them: mean {:.0f} tokens, p50 {:.0f}, p99 {:.0f}; the scenario's {})",
+                     t.prompt_lengths_source.empty() ? std::string("a list") : t.prompt_lengths_source, sorted.size(),
+                     total / static_cast<double>(sorted.size()), at(50), at(99), unit_prompt_tokens);
+}
+
+}  // namespace
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written) {
   const auto& t = p.traffic;
@@ -357,6 +445,10 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                    : std::string(),
                b.us(1) / 1e3);
   if (!p.batch_note.empty()) fmt::print(out, "              note: {}\n", p.batch_note);
+  if (const std::string lengths = prompt_lengths_text(p.traffic, pf.prompt_tokens); !lengths.empty())
+    fmt::print(out, "  prompts     {}; a batch holds up to a full batch's tokens, its time linear in them (a long prompt's "
+                    "attention, which grows with the square of its length, is not scaled)\n",
+               lengths);
   fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue (simulated, {} prompts, batches of {:.1f} on average): "
                   "mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms{}\n",
              q.prompts_per_s, q.units, q.units == 1 ? "'s" : "s'", grouped(static_cast<double>(q.counted)), q.mean_batch, q.mean_us / 1e3, q.p50_us / 1e3,
@@ -402,18 +494,21 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "decode_unit_gpus,decode_unit_tokens_per_s,time_per_token_us,decode_units,decode_units_whole,decode_gpus,gpus,"
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
-             "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts\n");
+             "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
+             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
-                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f}\n",
+                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{}\n",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
              p.decode_units, p.decode_units_whole, p.decode_gpus, p.prefill_gpus + p.decode_gpus, p.sequences_decoding,
              p.decode.kv_bytes_per_token, p.kv_prefill_bytes_per_s, p.kv_decode_bytes_per_s, p.price_per_hour,
              p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb, p.prefill_units_for_load, b.full_prompts,
-             b.least_prompts, b.least_us, b.us(1), q.prompts_per_s, q.mean_us, q.p50_us, q.p90_us, q.p99_us, q.mean_batch);
+             b.least_prompts, b.least_us, b.us(1), q.prompts_per_s, q.mean_us, q.p50_us, q.p90_us, q.p99_us, q.mean_batch,
+             static_cast<double>(p.prefill.prompt_tokens) * prompt_sizes(p.traffic, p.prefill.prompt_tokens).mean(),
+             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source));
 }
 
 }  // namespace moesim::tools

@@ -37,6 +37,13 @@ struct ServeTraffic {
   double input_tokens_per_s = 0;   // prompt tokens arriving, KV-cache hits included
   double output_tokens_per_s = 0;  // tokens generated
   double cache_hit_rate = 0;       // share of the input tokens whose KV cache is found, in [0, 1)
+  // The prompts' lengths (their tokens to prefill), for the prefill queue: all the prefill
+  // scenario's workload.sequence_length (the default); log-normal around it with this spread of
+  // their logarithm, the mean kept (--prompt-length-sigma); or drawn from these lengths, their
+  // mean replacing the scenario's (--prompt-lengths FILE).
+  double prompt_length_sigma = 0;
+  std::vector<double> prompt_lengths;
+  std::string prompt_lengths_source;  // the file they came from
 };
 // Refuses rates that are not > 0 and a hit rate outside [0, 1).
 void check_traffic(const ServeTraffic& t);
@@ -77,11 +84,31 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
 // all-to-all waits, i.e. attention, router, shared experts, dense layers, reduce, LM head), while
 // the rest, the experts and the all-to-all, shrinks with the prompts: an estimate, since the
 // simulator runs every GPU with the same tokens.
+// A batch's prompts may be counted in fractions (prompts of other lengths than the scenario's,
+// PromptSizes): its time is linear in its tokens, and more than a full batch's takes that many
+// full batches' time.
 struct PrefillBatchTime {
   int full_prompts = 1, least_prompts = 1;
   double full_us = 0, least_us = 0, least_local_us = 0;
-  double us(int prompts) const;
+  double us(double prompts) const;
 };
+
+// The prompts' sizes in the queue, each in prompts of the prefill scenario's length: all 1 (the
+// default); log-normal, exp(sigma Z - sigma^2 / 2), mean 1; or drawn uniformly from `drawn`.
+// A unit's batch then holds prompts up to a full batch's tokens (a longer prompt alone), and
+// its time is linear in their tokens: the attention's growth with the square of a long
+// prompt's length is left out (the scenario's own prompt sets the attention's share).
+struct PromptSizes {
+  double sigma = 0;
+  std::vector<double> drawn;
+  double mean() const;  // 1 for the log-normal; the list's mean
+};
+// The traffic's prompt lengths in the sizes of a prefill unit's prompts (unit_prompt_tokens each).
+// Throws ServeError for a negative spread, or lengths that are not > 0.
+PromptSizes prompt_sizes(const ServeTraffic& t, std::int64_t unit_prompt_tokens);
+// Lengths from a file: one number a line (a header line or blank lines skipped; with commas,
+// the first field). Throws ServeError naming the line of anything else, or for no lengths.
+std::vector<double> read_prompt_lengths(const std::string& path);
 
 // The prefill units' queue. Prompts of one length arrive as a Poisson process, prompts_per_s of
 // them; a router hands them to the units in turn (round robin), and a unit that falls free takes
@@ -103,16 +130,19 @@ struct PrefillQueue {
   double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
 };
 PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const PrefillBatchTime& batch, std::uint64_t seed,
-                                    std::int64_t prompts = 200'000);
+                                    std::int64_t prompts = 200'000, const PromptSizes& sizes = {});
 // The fewest units from `from` up to `limit` whose TTFT at `percentile` (50, 90 or 99) is within
 // target_us; nullopt when none is (the last one tried in `closest`).
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
-                                           double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr);
-// A prefill unit's prompts for a load of prompt tokens a second (its prompts' new tokens each).
-double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s);
+                                           double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr,
+                                           const PromptSizes& sizes = {});
+// A prefill unit's prompts for a load of prompt tokens a second (its prompts' new tokens each,
+// or `sizes.mean()` times that).
+double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s, const PromptSizes& sizes = {});
 // units_for_ttft for a load on `unit`: from the units the load takes up to 64 times as many.
 std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_tokens_per_s, const PrefillBatchTime& batch,
-                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr);
+                                           int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr,
+                                           const PromptSizes& sizes = {});
 
 struct ServePlan {
   ServeTraffic traffic;

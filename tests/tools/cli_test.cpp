@@ -1311,6 +1311,42 @@ TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured
   CHECK_THAT(no_key.err, Catch::Contains("calibrate needs --key KEY.PATH"));
 }
 
+TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a file", "[cli][serve]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
+  const std::string sides = "--prefill-set workload.kind=prefill --prefill-set model.moe_layers=2 --prefill-set workload.sequence_length=1024 "
+                            "--decode-set workload.kind=decode --decode-set workload.sequence_length=~ --decode-set workload.context_length=1024 "
+                            "--decode-set workload.tokens_per_gpu=32 --decode-set model.moe_layers=2 --input-tokens-per-s 2e6 "
+                            "--output-tokens-per-s 1e6 ";
+  const auto fixed = moesim("serve " + q + q + sides + "--out '" + (tmp.path() / "f").string() + "'", tmp);
+  REQUIRE(fixed.code == 0);
+  CHECK_THAT(fixed.out, !Catch::Contains("  prompts     "));
+  const auto spread = moesim("serve " + q + q + sides + "--prompt-length-sigma 1 --out '" + (tmp.path() / "s").string() + "'", tmp);
+  INFO(spread.out << spread.err);
+  REQUIRE(spread.code == 0);
+  CHECK_THAT(spread.out, Catch::Contains("  prompts     log-normal lengths around the scenario's 1024 tokens (sigma 1 of their log, the mean kept)"));
+  const auto f = summary_row(tmp.path() / "f" / "serve.csv"), s = summary_row(tmp.path() / "s" / "serve.csv");
+  CHECK(s.at("prompt_length_sigma") == "1");
+  CHECK(f.at("prompt_length_sigma") == "0");
+  CHECK(std::stod(s.at("prompt_tokens_mean")) == 1024);  // the mean kept: the same prompts a second
+  CHECK(s.at("prompts_per_s") == f.at("prompts_per_s"));
+  CHECK(std::stod(s.at("ttft_p99_us")) > std::stod(f.at("ttft_p99_us")));
+  // Lengths from a file: their mean sets the prompts a second.
+  const auto file = tmp.path() / "lengths.csv";
+  std::ofstream(file) << "prompt_tokens\n512\n1536\n2048\n";
+  const auto drawn = moesim("serve " + q + q + sides + "--prompt-lengths '" + file.string() + "' --out '" + (tmp.path() / "d").string() + "'", tmp);
+  REQUIRE(drawn.code == 0);
+  CHECK_THAT(drawn.out, Catch::Contains("(3 of them: mean 1365 tokens, p50 1536, p99 2048; the scenario's 1024)"));
+  const auto d = summary_row(tmp.path() / "d" / "serve.csv");
+  CHECK(std::stod(d.at("prompt_tokens_mean")) == Approx(4096.0 / 3));
+  CHECK(std::stod(d.at("prompts_per_s")) == Approx(std::stod(f.at("prompts_per_s")) * 1024 / (4096.0 / 3)));
+  CHECK(d.at("prompt_lengths_file") == file.string());
+  // Both: refused.
+  const auto both = moesim("serve " + q + q + sides + "--prompt-length-sigma 1 --prompt-lengths '" + file.string() + "'", tmp);
+  CHECK(both.code == 2);
+  CHECK_THAT(both.err, Catch::Contains("--prompt-length-sigma and --prompt-lengths both give the prompts' lengths: use one"));
+}
+
 TEST_CASE("moesim serve plans prefill and decode units for a traffic from one run of each", "[cli][serve]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";

@@ -1,7 +1,11 @@
 #include <catch2/catch.hpp>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "scenarios/scenario.hpp"
 #include "tools/serve.hpp"
@@ -98,4 +102,91 @@ workload: {kind: decode, tokens_per_gpu: 32, context_length: 1024}
   CHECK(unit("dtype: bf16").kv_bytes_per_token == 2 * 8 * 128 * 2 * 2);
   CHECK(unit("sliding_window: 128, full_attention_every: 2").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (1 + 128.0 / 1024)));
   CHECK(unit("sliding_window: 128").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (2 * 128.0 / 1024)));
+}
+
+TEST_CASE("Prompts of several lengths: M/G/1 without batching, batches filled by tokens", "[serve][stats]") {
+  // A batch time linear in its prompts' size: 1 ms a scenario-length prompt, nothing fixed
+  // (least_local_us 0), one prompt a batch (full 1). Sizes 0.6 and 1.4, equally likely (mean 1;
+  // no two fit one batch): one unit at half load is an M/G/1 queue with service 0.6 or 1.4 ms,
+  // E[S^2] = 1.16 ms^2, so a prompt's mean time in the system is E[S] + lambda E[S^2] / (2 (1 -
+  // rho)) = 1 + 0.5 x 1.16 / 1 = 1.58 ms (Pollaczek-Khinchine), where one length gives 1.5.
+  const PrefillBatchTime linear{1, 1, 1000, 1000, 0};
+  CHECK(linear.us(0.6) == Approx(600));
+  CHECK(linear.us(1.4) == Approx(1400));  // more than a batch: that many batches' time
+  PromptSizes two;
+  two.drawn = {0.6, 1.4};
+  CHECK(two.mean() == Approx(1));
+  const PrefillQueue g = simulate_prefill_queue(500, 1, linear, 7, 200'000, two);
+  CHECK(g.busy == Approx(0.5));
+  CHECK(g.mean_us == Approx(1580).epsilon(0.03));
+  CHECK(g.mean_batch == 1);
+  CHECK(simulate_prefill_queue(500, 1, linear, 7).mean_us == Approx(1500).epsilon(0.03));
+  // One size of 1, or a log-normal spread of 0, is the scenario's own prompts: the same queue.
+  const PrefillBatchTime b{128, 32, 1800e3, 450e3, 190e3};
+  const PrefillQueue fixed = simulate_prefill_queue(200, 4, b, 3);
+  PromptSizes ones;
+  ones.drawn = {1.0};
+  const PrefillQueue same = simulate_prefill_queue(200, 4, b, 3, 200'000, ones);
+  CHECK(same.p99_us == fixed.p99_us);
+  CHECK(same.mean_batch == fixed.mean_batch);
+  CHECK(simulate_prefill_queue(200, 4, b, 3, 200'000, PromptSizes{}).p99_us == fixed.p99_us);
+  // A log-normal spread at the same token rate: the long prompts' batches hold the queue up.
+  PromptSizes spread;
+  spread.sigma = 1;
+  const PrefillQueue mixed = simulate_prefill_queue(200, 4, b, 3, 200'000, spread);
+  CHECK(mixed.p99_us > fixed.p99_us);
+  CHECK(mixed.busy == Approx(fixed.busy));
+  // Batches hold up to a full batch's tokens: 256 prompts of half the length fit where 128 do.
+  // At the same token load near full use, twice the prompts come, and the batches hold about
+  // twice as many.
+  PromptSizes halves;
+  halves.drawn = {0.5};
+  const PrefillQueue heavy = simulate_prefill_queue(0.97 * 4 * 128 / 1.8, 4, b, 3);
+  const PrefillQueue small = simulate_prefill_queue(2 * 0.97 * 4 * 128 / 1.8, 4, b, 3, 200'000, halves);
+  CHECK(small.busy == Approx(0.97));
+  CHECK(small.mean_batch > 1.8 * heavy.mean_batch);
+  CHECK(small.mean_batch <= 256);
+}
+
+TEST_CASE("The traffic's prompt lengths: a spread, or lengths from a file, in the prefill scenario's prompts", "[serve]") {
+  ServeTraffic t;
+  t.input_tokens_per_s = 1e6;
+  t.output_tokens_per_s = 1e5;
+  t.prompt_lengths = {2048, 8192};
+  const PromptSizes s = prompt_sizes(t, 4096);
+  REQUIRE(s.drawn.size() == 2);
+  CHECK(s.drawn[0] == 0.5);
+  CHECK(s.drawn[1] == 2);
+  CHECK(s.mean() == 1.25);
+  ServeUnit unit;
+  unit.prompt_tokens = 4096;
+  CHECK(prompts_per_s(unit, 1e6, s) == Approx(1e6 / 5120));  // prompts of 5120 tokens on average
+  CHECK(prompts_per_s(unit, 1e6) == Approx(1e6 / 4096));
+  check_traffic(t);
+  t.prompt_length_sigma = 1;
+  CHECK_THROWS_WITH(check_traffic(t), Catch::Contains("--prompt-length-sigma and --prompt-lengths both give the prompts' lengths"));
+  t.prompt_lengths.clear();
+  check_traffic(t);
+  t.prompt_length_sigma = -1;
+  CHECK_THROWS_WITH(check_traffic(t), Catch::Contains("--prompt-length-sigma must be a number >= 0"));
+  // A file: one length a line, a header and blank lines skipped, the first of comma-separated fields.
+  const std::string path = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/moesim-prompt-lengths-test.csv";
+  {
+    std::ofstream out(path);
+    out << "prompt_tokens,source\n1024,chat\n\n 8192 ,code\n512\n";
+  }
+  const std::vector<double> lengths = read_prompt_lengths(path);
+  CHECK(lengths == std::vector<double>{1024, 8192, 512});
+  {
+    std::ofstream out(path);
+    out << "tokens\n1024\nlots\n";
+  }
+  CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains(":3: 'lots' is not a prompt length"));
+  {
+    std::ofstream out(path);
+    out << "0\n";
+  }
+  CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains(":1: a prompt length must be > 0"));
+  std::remove(path.c_str());
+  CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains("cannot read"));
 }
