@@ -13,19 +13,56 @@ namespace moesim::models {
 // (kv_lora_rank x heads x (qk_nope + v), 2 FLOPs per weight and token), the expanded keys and
 // values written and read (2 b P (K + V) a sequence), as prefill kernels that take per-head keys
 // and values need.
+namespace {
+
+// T tokens of S-token sequences after a P-token prefix, each attending to at most `most` keys
+// (a window, or a top-k): T (2 / S) sum_i min(P + i, most) x `width` (i <= most - P attend to
+// P + i keys, the rest to `most`).
+std::int64_t capped_core(std::int64_t t, std::int64_t s, std::int64_t prefix, std::int64_t most, std::int64_t width) {
+  const std::int64_t below = std::clamp<std::int64_t>(most - prefix, 0, s);
+  const sim::int128 keys2 = 2 * (static_cast<sim::int128>(below) * prefix + static_cast<sim::int128>(below) * (below + 1) / 2 +
+                                 static_cast<sim::int128>(s - below) * most);
+  return static_cast<std::int64_t>(static_cast<sim::int128>(t) * keys2 * width / s);
+}
+
+// DeepSeek Sparse Attention (model.mla.index_topk K, DeepSeek-V3.2): MLA run absorbed, its MQA
+// mode (attention_widths: each head's query (rkv + dr) and output (rkv) wide, keys and values the
+// cached latent), each token over min(P + i, K) keys, the core T (2 / S) sum_i min(P + i, K) (Q + O);
+// and the lightning indexer scoring every earlier token, 2 Hi Di FLOPs a pair (in FP8 in
+// DeepSeek's kernels: counted with the GEMMs), T (2P + S + 1) Hi Di. Of a cached prefix the
+// indexer reads every key (P Ic bytes a sequence) and the attention the latents of the top
+// min(P, K) (min(P, K) Dc).
+KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
+  const routing::AttentionWidths a = routing::attention_widths(m);
+  const auto& l = m.mla;
+  const std::int64_t core = capped_core(t, s, prefix, l.index_topk, a.q + a.out);
+  const std::int64_t index = t * (2 * prefix + s + 1) * l.index_n_heads * l.index_head_dim;
+  const std::int64_t sequences = t / s;  // with a prefix, whole prompts
+  const std::int64_t prefix_bytes =
+      prefix > 0 ? sequences * (std::min(prefix, l.index_topk) * routing::attention_cache_token_bytes(m) +
+                                prefix * routing::index_cache_token_bytes(m))
+                 : 0;
+  return KernelCost{
+      .flops = 2 * t * w + index + core,
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)) + prefix_bytes,
+      .gemm_flops = 2 * t * w + index,
+      .core_flops = core,
+  };
+}
+
+}  // namespace
+
 // A sliding window of W positions: the i-th new token (from 1) attends to min(P + i, W) keys, so
 // the core is T (2 / S) sum_i min(P + i, W) (Q + O), which is T (2P + S + 1)(Q + O) where P + S <= W;
 // of the prefix, the last min(P, W) tokens are read.
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix, std::int64_t window) {
+  if (routing::is_sparse_mla(m)) return sparse_attention_cost(m, tokens, s, prefix);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
   std::int64_t core = t * (2 * prefix + s + 1) * (a.q + a.out);
   if (window > 0 && prefix + s > window) {
-    // i <= W - P attend to P + i keys, the rest to W.
-    const std::int64_t below = std::clamp<std::int64_t>(window - prefix, 0, s);
-    const sim::int128 keys2 = 2 * (static_cast<sim::int128>(below) * prefix + static_cast<sim::int128>(below) * (below + 1) / 2 +
-                                static_cast<sim::int128>(s - below) * window);
-    core = static_cast<std::int64_t>(static_cast<sim::int128>(t) * keys2 * (a.q + a.out) / s);
+    core = capped_core(t, s, prefix, window, a.q + a.out);
     prefix = std::min(prefix, window);
   }
   std::int64_t prefix_gemm = 0, prefix_bytes = 0;
@@ -74,8 +111,20 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                                  std::int64_t window) {
   if (window > 0) c = std::min(c, window);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
-  const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   const routing::AttentionWidths a = routing::attention_widths(m);
+  if (routing::is_sparse_mla(m)) {
+    // DeepSeek Sparse Attention: the indexer scores all C cached keys (reading their index cache),
+    // the attention reads and scores the top min(C, K) latents.
+    const auto& l = m.mla;
+    const std::int64_t top = std::min(c, l.index_topk);
+    const std::int64_t cache = t * (top * routing::attention_cache_token_bytes(m) + c * routing::index_cache_token_bytes(m)) / queries;
+    const std::int64_t index = 2 * t * c * l.index_n_heads * l.index_head_dim;
+    return KernelCost{.flops = 2 * t * w + index + 2 * t * top * (a.q + a.out),
+                      .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + a.q + a.out)),
+                      .gemm_flops = 2 * t * w + index,
+                      .core_flops = 2 * t * top * (a.q + a.out)};
+  }
+  const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   if (routing::is_mla(m)) {
     // Absorbed: each head's query and output live in the kv latent's space (kv_lora_rank, the
     // query with its RoPE part), scored against the cached latent and RoPE key, the latent as values.

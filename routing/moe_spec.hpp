@@ -39,6 +39,10 @@ struct MoeModelSpec {
   // v_head_dim wide. kv_lora_rank 0: standard multi-head / grouped-query attention.
   struct Mla {
     std::int64_t q_lora_rank = 0, kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+    // DeepSeek Sparse Attention (DeepSeek-V3.2; its config.json's index_topk, index_n_heads,
+    // index_head_dim): a lightning indexer scores every earlier token with index_n_heads heads
+    // of index_head_dim (in FP8) and each query attends to the index_topk best; 0: dense MLA.
+    std::int64_t index_topk = 0, index_n_heads = 0, index_head_dim = 0;
   } mla;
   // Multi-token prediction (model.mtp_modules; DeepSeek-V3 report, section 2.2): modules after
   // the main model, each a projection of [hidden state, next token's embedding] (2H -> H), one
@@ -76,6 +80,23 @@ inline std::int64_t kv_width(const MoeModelSpec& m) {
   return static_cast<std::int64_t>((m.kv_heads + m.tp - 1) / m.tp) * m.head_dim;
 }
 inline bool is_mla(const MoeModelSpec& m) { return m.mla.kv_lora_rank > 0; }
+// MLA with DeepSeek Sparse Attention (model.mla.index_topk): its attention runs absorbed (MLA's
+// MQA mode) in every pass, each query over its top-k keys, as DeepSeek-V3.2's kernels do.
+inline bool is_sparse_mla(const MoeModelSpec& m) { return is_mla(m) && m.mla.index_topk > 0; }
+// The indexer's weights: its query projection from the query latent (q_lora_rank x heads x
+// head dim), its key projection (H x head dim) and its heads' weights (H x heads), which every
+// tensor-parallel GPU holds and runs whole, as DeepSeek's inference code does.
+inline std::int64_t indexer_weights(const MoeModelSpec& m) {
+  if (!is_sparse_mla(m)) return 0;
+  return m.mla.q_lora_rank * m.mla.index_n_heads * m.mla.index_head_dim + m.hidden * m.mla.index_head_dim +
+         m.hidden * m.mla.index_n_heads;
+}
+// The indexer's cache of a token: its key in FP8 with an fp32 scale per 128 (DeepSeek-V3.2: 132
+// bytes a token and layer); 0 without it.
+inline std::int64_t index_cache_token_bytes(const MoeModelSpec& m) {
+  if (!is_sparse_mla(m)) return 0;
+  return m.mla.index_head_dim + 4 * ((m.mla.index_head_dim + 127) / 128);
+}
 
 // The bytes of n linear-layer weights at model.weight_dtype (rounded up to the byte).
 inline std::int64_t linear_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.weight_bytes16 * n + 15) / 16; }
@@ -91,11 +112,13 @@ inline std::int64_t kv_cache_width(const MoeModelSpec& m) {
 // an MLA cache in fp8 in FlashMLA's FP8 layout (its decoding kernel for DeepSeek-V3.2; V3's dims: 656 bytes a
 // token): the latent in fp8 with one fp32 scale per 128 of its channels, the RoPE key at dtype_bytes.
 // Other fp8 caches take per-tensor scales (vLLM's fp8 KV cache), a few bytes a layer, left out.
-inline std::int64_t kv_cache_token_bytes(const MoeModelSpec& m) {
+// With sparse attention the indexer's cache (index_cache_token_bytes) comes on top.
+inline std::int64_t attention_cache_token_bytes(const MoeModelSpec& m) {
   if (is_mla(m) && m.kv_cache_bytes == 1)
     return m.mla.kv_lora_rank + 4 * ((m.mla.kv_lora_rank + 127) / 128) + m.dtype_bytes * m.mla.qk_rope_head_dim;
   return m.kv_cache_bytes * kv_cache_width(m);
 }
+inline std::int64_t kv_cache_token_bytes(const MoeModelSpec& m) { return attention_cache_token_bytes(m) + index_cache_token_bytes(m); }
 
 // Whether the model's layer `layer` (from 0: the dense layers, then the MoE layers) attends within
 // model.sliding_window.
@@ -129,8 +152,9 @@ inline std::int64_t attention_weights(const MoeModelSpec& m) {
   if (is_mla(m)) {
     const auto& a = m.mla;
     const std::int64_t heads = m.attention_heads / m.tp, q_in = a.q_lora_rank > 0 ? a.q_lora_rank : m.hidden;
-    return mla_down_weights(m) + heads * (q_in * (a.qk_nope_head_dim + a.qk_rope_head_dim) +
-                                          a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim) + a.v_head_dim * m.hidden);
+    return mla_down_weights(m) + indexer_weights(m) +
+           heads * (q_in * (a.qk_nope_head_dim + a.qk_rope_head_dim) + a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim) +
+                    a.v_head_dim * m.hidden);
   }
   if (m.attention_params > 0) return (m.attention_params + m.tp - 1) / m.tp;
   const std::int64_t q = query_width(m), kv = kv_width(m);
@@ -152,6 +176,12 @@ inline AttentionWidths attention_widths(const MoeModelSpec& m) {
   }
   const auto& a = m.mla;
   const std::int64_t heads = m.attention_heads / m.tp;
+  if (is_sparse_mla(m))  // absorbed: each head's query and output in the kv latent's space, keys and values the latent
+    return {.latent = a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim,
+            .q = heads * (a.kv_lora_rank + a.qk_rope_head_dim),
+            .k = a.kv_lora_rank + a.qk_rope_head_dim,
+            .v = 0,
+            .out = heads * a.kv_lora_rank};
   return {.latent = a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim,
           .q = heads * (a.qk_nope_head_dim + a.qk_rope_head_dim),
           .k = heads * a.qk_nope_head_dim + a.qk_rope_head_dim,

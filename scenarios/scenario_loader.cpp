@@ -409,6 +409,22 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = mla->get<std::int64_t>("qk_nope_head_dim", count_at_least(1), true)) a.qk_nope_head_dim = *v;
     if (auto v = mla->get<std::int64_t>("qk_rope_head_dim", count_at_least(1), true)) a.qk_rope_head_dim = *v;
     if (auto v = mla->get<std::int64_t>("v_head_dim", count_at_least(1), true)) a.v_head_dim = *v;
+    // DeepSeek Sparse Attention (DeepSeek-V3.2): the indexer's keys, all three or none.
+    const auto topk = mla->get<std::int64_t>("index_topk", count_at_least(1), false);
+    const auto heads = mla->get<std::int64_t>("index_n_heads", count_at_least(1), false);
+    const auto dim = mla->get<std::int64_t>("index_head_dim", count_at_least(1), false);
+    if (topk || heads || dim) {
+      if (!(topk && heads && dim))
+        problems.add_at(mla->key_path(!topk ? "index_topk" : !heads ? "index_n_heads" : "index_head_dim"),
+                        "sparse attention needs all of index_topk, index_n_heads and index_head_dim (DeepSeek-V3.2: 2048, 64, 128)");
+      else if (a.q_lora_rank == 0)
+        problems.add_at(mla->key_path("index_topk"), "sparse attention's indexer projects its queries from the query latent: set q_lora_rank");
+      else {
+        a.index_topk = *topk;
+        a.index_n_heads = *heads;
+        a.index_head_dim = *dim;
+      }
+    }
     mla->finish();
     if (a.kv_lora_rank == 0) a.kv_lora_rank = 1;  // a missing rank is reported; keep the model MLA
   }
@@ -991,6 +1007,9 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("workload.activation_dtype", "fp8 is modelled for a bf16 or fp16 model.dtype (the tensors it leaves at 2 bytes)");
   if (sc.forward.recompute_mla_up_proj && !routing::is_mla(m))
     problems.add_at("workload.recompute_modules", "mla_up_proj recomputes multi-head latent attention's up projections: set model.mla");
+  if (sc.forward.recompute_mla_up_proj && routing::is_sparse_mla(m))
+    problems.add_at("workload.recompute_modules", "mla_up_proj: with sparse attention (model.mla.index_topk) MLA runs absorbed and keeps "
+                                                  "no up-projected keys and values to rebuild");
   if (sc.workload_kind != "decode" && sc.workload_kind != "prefill" && m.kv_cache_bytes != m.dtype_bytes)
     problems.add_at("model.kv_cache_dtype", "only used in prefill and decode (workload.kind), whose steps write, read and hold the KV cache");
   if (m.kv_heads > m.attention_heads)
@@ -1051,6 +1070,7 @@ void cross_check(const Scenario& sc, Problems& problems) {
     if ((gpus / f.pp) % (m.tp * cp) != 0)
       refuse(fmt::format("tp x cp ({} x {}) does not divide the {} GPUs of a pipeline stage", m.tp, cp, gpus / f.pp));
     if (f.cached_prefix > 0) refuse("not modelled with workload.cached_prefix (a prefix cache split over the GPUs of a prompt)");
+    if (routing::is_sparse_mla(m)) refuse("not modelled with sparse attention (model.mla.index_topk)");
   }
   if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
     problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");

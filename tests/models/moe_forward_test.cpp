@@ -547,6 +547,51 @@ routing::MoeModelSpec deepseek_v3_mla() {
 
 }  // namespace
 
+TEST_CASE("DeepSeek Sparse Attention: MLA absorbed over the top-k keys and the indexer over all, as derived by hand", "[models][mla][dsa]") {
+  routing::MoeModelSpec m = deepseek_v3_mla();
+  m.mla.index_topk = 2048;
+  m.mla.index_n_heads = 64;
+  m.mla.index_head_dim = 128;
+  REQUIRE(routing::is_sparse_mla(m));
+  CHECK_FALSE(routing::is_sparse_mla(deepseek_v3_mla()));
+  // The indexer's weights: 1536 x 64 x 128 + 7168 x 128 + 7168 x 64 = 13,959,168 a layer.
+  CHECK(routing::indexer_weights(m) == 13'959'168);
+  CHECK(routing::attention_weights(m) == 187'105'280 + 13'959'168);
+  // Its cache: 128 FP8 values and one fp32 scale, 132 bytes a token, beside MLA's 576 x 2.
+  CHECK(routing::index_cache_token_bytes(m) == 132);
+  CHECK(routing::kv_cache_token_bytes(m) == 1152 + 132);
+  // Absorbed widths: Q = 128 x (512 + 64) = 73,728, O = 128 x 512 = 65,536, the latent as K.
+  const routing::AttentionWidths a = routing::attention_widths(m);
+  CHECK(a.q == 73'728);
+  CHECK(a.out == 65'536);
+  CHECK(a.k == 576);
+  CHECK(a.v == 0);
+  const std::int64_t qo = 73'728 + 65'536, w = 187'105'280 + 13'959'168;
+  // Decode, 4 sequences of 10,000 cached tokens: the indexer scores all 10,000 (2 x 64 x 128 FLOPs
+  // a key, its 132-byte keys read), the attention the top 2048 (their 1152-byte latents).
+  const auto d = models::decode_attention_cost(m, 4, 10'000);
+  CHECK(d.core_flops == 2 * 4 * 2048 * qo);
+  CHECK(d.gemm_flops == 2 * 4 * w + std::int64_t{2} * 4 * 10'000 * 64 * 128);
+  CHECK(d.flops == d.gemm_flops + d.core_flops);
+  const auto d_dense = models::decode_attention_cost(deepseek_v3_mla(), 4, 10'000);
+  const std::int64_t activations = d_dense.bytes - routing::linear_weight_bytes(deepseek_v3_mla(), 187'105'280) - 4 * 10'000 * 1152;
+  CHECK(d.bytes == routing::linear_weight_bytes(m, w) + 4 * (2048 * 1152 + 10'000 * 132) + activations);
+  // A context shorter than the top-k: every key.
+  CHECK(models::decode_attention_cost(m, 4, 1000).core_flops == 2 * 4 * 1000 * qo);
+  // Prefill of 4096-token prompts: token i attends to min(i, 2048) keys (the first 2048 all of
+  // theirs), the indexer scores (S + 1) / 2 on average.
+  const std::int64_t keys2 = 2 * (std::int64_t{2048} * 2049 / 2 + std::int64_t{2048} * 2048);  // x 2 over the 4096 tokens
+  const auto p = models::attention_cost(m, 4096, 4096);
+  CHECK(p.core_flops == keys2 * qo);
+  CHECK(p.gemm_flops == 2 * 4096 * w + std::int64_t{4096} * 4097 * 64 * 128);
+  // After a 3000-token cached prefix (2 prompts of 500 new tokens): every token over the top 2048,
+  // and of each prefix the indexer reads all 3000 keys, the attention 2048 latents.
+  const auto c0 = models::attention_cost(m, 1000, 500), c1 = models::attention_cost(m, 1000, 500, 3000);
+  CHECK(c1.core_flops == std::int64_t{1000} * 2 * 2048 * qo);
+  CHECK(c1.gemm_flops - c0.gemm_flops == std::int64_t{1000} * 6000 * 64 * 128);
+  CHECK(c1.bytes - c0.bytes == 2 * (std::int64_t{2048} * 1152 + 3000 * 132));
+}
+
 TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models][mla]") {
   routing::MoeModelSpec m = deepseek_v3_mla();
   // Weights: queries' down 7168 x 1536 = 11,010,048 and up 1536 x 128 x (128 + 64) = 37,748,736;

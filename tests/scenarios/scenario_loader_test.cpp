@@ -120,6 +120,36 @@ TEST_CASE("model.sliding_window and model.full_attention_every set the layers' a
              Catch::Contains("model.sliding_window: not used with model.mla"));
 }
 
+TEST_CASE("model.mla's index keys switch on DeepSeek Sparse Attention, all three or none", "[scenarios][mla][dsa]") {
+  const std::string v3 = "scenarios/deepseek-v3-decode-ep144.yaml";
+  const auto path = std::string(MOESIM_SOURCE_DIR) + "/" + v3;
+  const std::vector<std::string> dsa{"model.mla.index_topk=2048", "model.mla.index_n_heads=64", "model.mla.index_head_dim=128"};
+  const auto m = load_scenario_file(path, dsa).forward.model;
+  CHECK(routing::is_sparse_mla(m));
+  CHECK(m.mla.index_topk == 2048);
+  CHECK_FALSE(routing::is_sparse_mla(load_scenario_file(path).forward.model));
+  const auto error = [&](const std::vector<std::string>& sets) {
+    try {
+      (void)load_scenario_file(path, sets);
+    } catch (const ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK_THAT(error({"model.mla.index_topk=2048"}), Catch::Contains("sparse attention needs all of index_topk, index_n_heads and index_head_dim"));
+  auto no_q = dsa;
+  no_q.push_back("model.mla.q_lora_rank=0");
+  CHECK_THAT(error(no_q), Catch::Contains("projects its queries from the query latent: set q_lora_rank"));
+  auto cp = dsa;
+  cp.insert(cp.end(), {"workload.kind=prefill", "workload.context_length=~", "workload.tokens_per_gpu=4096", "workload.sequence_length=8192",
+                       "parallelism.cp=2"});
+  CHECK_THAT(error(cp), Catch::Contains("parallelism.cp: not modelled with sparse attention"));
+  auto up = dsa;
+  up.insert(up.end(), {"workload.kind=training", "workload.context_length=~", "workload.tokens_per_gpu=4096", "workload.recompute=selective",
+                       "workload.recompute_modules=[mla_up_proj]"});
+  CHECK_THAT(error(up), Catch::Contains("mla_up_proj: with sparse attention (model.mla.index_topk) MLA runs absorbed"));
+}
+
 TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[scenarios][fp8]") {
   const auto sc = load_scenario_text(kBase + "compute: {gemm_dtype: fp8}\n", "s.yaml");
   CHECK(sc.roofline.gemm_dtype == models::GemmDtype::fp8);

@@ -117,7 +117,8 @@ TEST_CASE("Every scenario of the library loads (grids: their base and every poin
   TempDir tmp;
   int scenarios = 0, grids = 0;
   for (const auto& dir : {"scenarios", "scenarios/validation", "scenarios/studies/attention-tp", "scenarios/studies/blackwell-decode",
-                          "scenarios/studies/ep-redundancy", "scenarios/studies/speculative", "scenarios/studies/sliding-window"}) {
+                          "scenarios/studies/ep-redundancy", "scenarios/studies/speculative", "scenarios/studies/sliding-window",
+                          "scenarios/studies/sparse-attention"}) {
     for (const auto& entry : fs::directory_iterator(fs::path(kSource) / dir)) {
       if (entry.path().extension() != ".yaml") continue;
       const std::string text = slurp(entry.path());
