@@ -690,22 +690,18 @@ int cmd_serve(const std::vector<std::string>& args) {
   return 0;
 }
 
-// A relative figure: "0.5%" or "0.005".
-double parse_fraction(const std::string& text, const std::string& what) {
-  std::string t = text;
-  const bool percent = !t.empty() && t.back() == '%';
-  if (percent) t.pop_back();
-  char* end = nullptr;
-  const double v = std::strtod(t.c_str(), &end);
-  if (t.empty() || *end != '\0' || !std::isfinite(v)) throw UsageError(fmt::format("{}: '{}' is not a number (or a percentage)", what, text));
-  return percent ? v / 100 : v;
-}
-
 double parse_number(const std::string& text, const std::string& what) {
   char* end = nullptr;
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(v)) throw UsageError(fmt::format("{}: '{}' is not a number", what, text));
   return v;
+}
+
+// A relative figure: "0.5%" or "0.005".
+double parse_fraction(const std::string& text, const std::string& what) {
+  const bool percent = !text.empty() && text.back() == '%';
+  const double v = parse_number(percent ? text.substr(0, text.size() - 1) : text, what);
+  return percent ? v / 100 : v;
 }
 
 int cmd_calibrate(const std::vector<std::string>& args) {
