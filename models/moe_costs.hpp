@@ -18,14 +18,6 @@
 //                                                q/k/v written and read back
 // attention (decode: each of T sequences adds one token and attends to its C cached keys):
 //   FLOPs = 2*T*W + 2*T*C*(Q + O);  bytes = b*W + T*C*Dc + b*T*(2*H + 2*(Q + K + V))
-// DeepSeek Sparse Attention (model.mla.index_topk K, index_n_heads Hi, index_head_dim Di): MLA
-//   absorbed in every pass (Q = h*(rkv + dr), O = h*rkv, K = rkv + dr, V = 0), each token over
-//   min(P + i, K) keys, plus the indexer: 2*Hi*Di FLOPs for every earlier key (GEMM FLOPs), its
-//   weights in W, and in decode its cache (Di + 4*ceil(Di/128) bytes a key) read whole while
-//   the attention reads min(C, K) latents.
-// A sliding layer (model.sliding_window W): in prefill and training the i-th token of a sequence
-//   attends to min(i, W) keys (min(P + i, W) after a cached prefix, of which the last min(P, W)
-//   are read), so (S+1)/2 above becomes their mean; in decode C becomes min(C, W).
 //   With speculative decoding each sequence has 1 + d tokens (d drafts): T counts them all, and
 //   the cache is read once per sequence, T/(1 + d) times C*Dc (each also attends to the up to d
 //   tokens before it in the step, left out).
@@ -35,6 +27,14 @@
 //   output, so each head scores a (rkv + dr)-wide query against the cached latent and RoPE key
 //   (D = rkv + dr) and sums rkv-wide latents: Q = h*(rkv + dr), O = h*rkv, and the projections'
 //   FLOPs are still 2*T*W; its intermediates are L + Q + O.
+// DeepSeek Sparse Attention (model.mla.index_topk K, index_n_heads Hi, index_head_dim Di): MLA
+//   absorbed in every pass (Q = h*(rkv + dr), O = h*rkv, K = rkv + dr, V = 0), each token over
+//   min(P + i, K) keys, plus the indexer: 2*Hi*Di FLOPs for every earlier key (GEMM FLOPs), its
+//   weights in W, and in decode its cache (Di + 4*ceil(Di/128) bytes a key) read whole while
+//   the attention reads min(C, K) latents.
+// A sliding layer (model.sliding_window W): in prefill and training the i-th token of a sequence
+//   attends to min(i, W) keys (min(P + i, W) after a cached prefix, of which the last min(P, W)
+//   are read), so (S+1)/2 above becomes their mean; in decode C becomes min(C, W).
 // attention projections' weight gradients (ZB-H1's weight pass; the input gradients and the
 // attention core's backward are the rest of the backward's 2x):
 //   FLOPs = 2*T*W
