@@ -728,7 +728,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                     f.training                ? "trained after the main layers"
                                     : f.model.mtp_layers > 0 ? "drafting"
                                                              : "not run: it drafts only in decode, with workload.draft_tokens"),
-             routing::is_mla(f.model) ? "; multi-head latent attention" : sliding_note(f.model));
+             routing::is_sparse_mla(f.model)
+                 ? fmt::format("; multi-head latent attention, sparse: each query over its top {} keys (DeepSeek Sparse Attention)",
+                               f.model.mla.index_topk)
+             : routing::is_mla(f.model) ? std::string("; multi-head latent attention")
+                                        : sliding_note(f.model));
   const int main_layers = f.model.moe_layers - f.model.mtp_layers;
   const std::string layers_said =
       f.model.mtp_layers == 0

@@ -1281,6 +1281,19 @@ TEST_CASE("Sequences longer than a GPU's tokens: without parallelism.cp the summ
   CHECK(std::stoll(row.at("cp_bytes")) > 0);
 }
 
+TEST_CASE("The summary names the attention: sparse MLA with its top-k, or the sliding windows", "[cli][dsa][sliding_window]") {
+  TempDir tmp;
+  const auto dsa = moesim("run '" + kSource + "/scenarios/deepseek-v3-decode-ep144.yaml' --set network.model=analytical "
+                          "--set workload.tokens_per_gpu=2 --set model.mla.index_topk=2048 --set model.mla.index_n_heads=64 "
+                          "--set model.mla.index_head_dim=128 --out '" + (tmp.path() / "d").string() + "'",
+                          tmp);
+  REQUIRE(dsa.code == 0);
+  CHECK_THAT(dsa.out, Catch::Contains("; multi-head latent attention, sparse: each query over its top 2048 keys (DeepSeek Sparse Attention)"));
+  const auto oss = moesim("run '" + kSource + "/scenarios/gpt-oss-120b-decode-h100.yaml' --out '" + (tmp.path() / "o").string() + "'", tmp);
+  REQUIRE(oss.code == 0);
+  CHECK_THAT(oss.out, Catch::Contains("; sliding-window attention (128 tokens) on 18 of its 36 layers"));
+}
+
 TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured step", "[cli][calibrate]") {
   TempDir tmp;
   const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' --set compute.model=roofline --set model.moe_layers=2 "
