@@ -79,7 +79,7 @@ commands:
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
-        [--tolerance 0.5%] [--runs N] [--out DIR] [--set KEY.PATH=VALUE ...]
+        [--tolerance 0.5%] [--runs N] [--unit U] [--out DIR] [--set KEY.PATH=VALUE ...]
         the value of one numeric key (default range 0.05 to 1, for the
         efficiencies) at which a run's summary.csv METRIC meets a figure measured
         on a real system, by bisection (exit code 3: not reached)
@@ -712,6 +712,7 @@ int cmd_calibrate(const std::vector<std::string>& args) {
       "range", po::value<std::string>()->default_value("0.05,1"), "LO,HI: the key's values to search between")(
       "tolerance", po::value<std::string>()->default_value("0.5%"), "how near the target is near enough (relative)")(
       "runs", po::value<int>()->default_value(24), "at most this many runs")(
+      "unit", po::value<std::string>()->default_value(""), "the unit the key's values take (e.g. us for compute.kernel_overhead)")(
       "out", po::value<std::string>(), "write the reports of a run at the value found here")("quiet,q", "print only the result");
   add_set_option(opts);
   const auto vm = parse_command(args, opts, "scenario", 1);
@@ -733,9 +734,10 @@ int cmd_calibrate(const std::vector<std::string>& args) {
   if (runs < 2) throw UsageError("--runs must be at least 2 (the range's two ends)");
   const bool quiet = vm.count("quiet") > 0;
   const auto base_sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  const std::string unit = vm["unit"].as<std::string>();
   const auto scenario_at = [&](double value) {
     auto sets = base_sets;
-    sets.push_back(fmt::format("{}={}", key, value));
+    sets.push_back(fmt::format("{}={}{}", key, value, unit));
     return scenarios::load_scenario_file(path, sets);
   };
   const auto metric_at = [&](double value) {
@@ -759,9 +761,12 @@ int cmd_calibrate(const std::vector<std::string>& args) {
     return x;
   };
   if (!quiet)
-    fmt::print("moesim calibrate: {} between {:g} and {:g} for {} = {:g} (within {:g} %)\n", key, lo, hi, metric, target, 100 * tolerance);
+    fmt::print("moesim calibrate: {} between {:g}{} and {:g}{} for {} = {:g} (within {:g} %)\n", key, lo, unit, hi, unit, metric, target,
+               100 * tolerance);
   const auto on_trial = [&](const tools::CalibrationTrial& t) {
-    if (!quiet) fmt::print("  {} = {:<10.6g} {} = {:.6g} ({:+.1f} % of the target)\n", key, t.value, metric, t.metric, 100 * (t.metric / target - 1));
+    if (!quiet)
+      fmt::print("  {} = {:<10} {} = {:.6g} ({:+.1f} % of the target)\n", key, fmt::format("{:.6g}{}", t.value, unit), metric, t.metric,
+                 100 * (t.metric / target - 1));
     std::fflush(stdout);
   };
   tools::Calibration c;
@@ -771,13 +776,14 @@ int cmd_calibrate(const std::vector<std::string>& args) {
     std::cerr << "moesim: calibrate: " << e.what() << '\n';
     return 3;
   }
-  fmt::print("{} = {:.6g}: {} = {:.6g}, {:+.2f} % of {:g}{} ({} runs)\n", key, c.value, metric, c.metric, 100 * (c.metric / target - 1),
-             target, c.met ? "" : fmt::format(", not within {:g} %: the nearest", 100 * tolerance), c.trials.size());
+  fmt::print("{} = {:.6g}{}: {} = {:.6g}, {:+.2f} % of {:g}{} ({} runs)\n", key, c.value, unit, metric, c.metric,
+             100 * (c.metric / target - 1), target, c.met ? "" : fmt::format(", not within {:g} %: the nearest", 100 * tolerance),
+             c.trials.size());
   if (vm.count("out")) {
     scenarios::Scenario sc = scenario_at(c.value);
     const auto r = simulate(sc, quiet);
     const auto written = tools::write_reports(vm["out"].as<std::string>(), sc, r);
-    if (!quiet) fmt::print("  wrote       the run at {} = {:.6g}: {}\n", key, c.value, vm["out"].as<std::string>());
+    if (!quiet) fmt::print("  wrote       the run at {} = {:.6g}{}: {}\n", key, c.value, unit, vm["out"].as<std::string>());
   }
   return c.met ? 0 : 3;
 }

@@ -1323,6 +1323,17 @@ TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured
   const auto no_key = moesim("calibrate " + q + "--target step_time_us=3", tmp);
   CHECK(no_key.code == 2);
   CHECK_THAT(no_key.err, Catch::Contains("calibrate needs --key KEY.PATH"));
+  // A quantity: its unit from --unit (without it the loader refuses the bare number).
+  const auto slow = moesim("run " + q + "--set compute.kernel_overhead=50us --out '" + (tmp.path() / "k").string() + "'", tmp);
+  REQUIRE(slow.code == 0);
+  const std::string slow_step = summary_row(tmp.path() / "k" / "summary.csv").at("step_time_us");
+  const auto overhead = moesim("calibrate " + q + "--key compute.kernel_overhead --unit us --range 0,200 --target step_time_us=" + slow_step, tmp);
+  INFO(overhead.out << overhead.err);
+  CHECK(overhead.code == 0);
+  CHECK_THAT(overhead.out, Catch::Contains("  compute.kernel_overhead = 200us "));
+  CHECK_THAT(overhead.out, Catch::Contains("compute.kernel_overhead = "));
+  const auto unitless = moesim("calibrate " + q + "--key compute.kernel_overhead --range 0,200 --target step_time_us=" + slow_step, tmp);
+  CHECK(unitless.code == 2);
 }
 
 TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a file", "[cli][serve]") {
