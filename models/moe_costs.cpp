@@ -25,20 +25,32 @@ std::int64_t capped_core(std::int64_t t, std::int64_t s, std::int64_t prefix, st
   return static_cast<std::int64_t>(static_cast<sim::int128>(t) * keys2 * width / s);
 }
 
-// DeepSeek Sparse Attention (model.mla.index_topk K, DeepSeek-V3.2): MLA run absorbed, its MQA
-// mode (attention_widths: each head's query (rkv + dr) and output (rkv) wide, keys and values the
-// cached latent), each token over min(P + i, K) keys, the core T (2 / S) sum_i min(P + i, K) (Q + O);
-// and the lightning indexer scoring every earlier token, 2 Hi Di FLOPs a pair (in FP8 in
-// DeepSeek's kernels: counted with the GEMMs), T (2P + S + 1) Hi Di. Of a cached prefix the
-// indexer reads every key (P Ic bytes a sequence) and the attention the latents of the top
-// min(P, K) (min(P, K) Dc).
+// DeepSeek Sparse Attention (model.mla.index_topk K, DeepSeek-V3.2), in whichever of its two
+// modes does fewer core FLOPs (routing::sparse_mode): for short prompts the masked MHA mode, V3's
+// attention over every earlier key; else MLA run absorbed, its MQA mode (attention_widths: each
+// head's query (rkv + dr) and output (rkv) wide, keys and values the cached latent), each token
+// over min(P + i, K) keys, the core T (2 / S) sum_i min(P + i, K) (Q + O). In both modes
+// the lightning indexer scores every earlier token, 2 Hi Di FLOPs a pair (in FP8 in DeepSeek's
+// kernels: counted with the GEMMs), T (2P + S + 1) Hi Di, and reads every key of a cached prefix
+// (P Ic bytes a sequence); the sparse mode reads the latents of the prefix's top min(P, K)
+// (min(P, K) Dc), the MHA mode expands the whole prefix as V3 does.
 KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
-  const routing::AttentionWidths a = routing::attention_widths(m);
   const auto& l = m.mla;
-  const std::int64_t core = capped_core(t, s, prefix, l.index_topk, a.q + a.out);
   const std::int64_t index = t * (2 * prefix + s + 1) * l.index_n_heads * l.index_head_dim;
   const std::int64_t sequences = t / s;  // with a prefix, whole prompts
+  if (!routing::sparse_mode(m, s, prefix)) {
+    // Short prompts: the masked MHA mode, V3's attention (attention_cost of the model without
+    // the indexer), and the indexer besides: its weights, its scores and its cache of the prefix.
+    const std::int64_t wi = routing::indexer_weights(m);
+    KernelCost c = attention_cost(routing::dense_mla(m), tokens, s, prefix);
+    c.flops += 2 * t * wi + index;
+    c.gemm_flops += 2 * t * wi + index;
+    c.bytes += routing::linear_weight_bytes(m, wi) + (prefix > 0 ? sequences * prefix * routing::index_cache_token_bytes(m) : 0);
+    return c;
+  }
+  const routing::AttentionWidths a = routing::attention_widths(m);
+  const std::int64_t core = capped_core(t, s, prefix, l.index_topk, a.q + a.out);
   const std::int64_t prefix_bytes =
       prefix > 0 ? sequences * (std::min(prefix, l.index_topk) * routing::attention_cache_token_bytes(m) +
                                 prefix * routing::index_cache_token_bytes(m))

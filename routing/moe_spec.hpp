@@ -189,6 +189,28 @@ inline AttentionWidths attention_widths(const MoeModelSpec& m) {
           .out = heads * a.v_head_dim};
 }
 
+// The model without sparse attention's indexer: DeepSeek-V3.2's MLA as V3 runs it.
+inline MoeModelSpec dense_mla(MoeModelSpec m) {
+  m.mla.index_topk = m.mla.index_n_heads = m.mla.index_head_dim = 0;
+  return m;
+}
+
+// Whether sparse attention runs prompts of S new tokens after P cached ones in its sparse MQA
+// mode (each token over its top-k keys, MLA absorbed), or in the masked MHA mode DeepSeek uses
+// for short prompts (V3's expanded attention over every earlier key, the indexer's choice a mask):
+// whichever does fewer core FLOPs, 2 sum_i min(P + i, K) (Q + O) absorbed against
+// S (2P + S + 1) (Q + O) expanded (DeepSeek-V3.2's dims: from 12,813 tokens on). Decode always
+// runs the sparse mode.
+inline bool sparse_mode(const MoeModelSpec& m, std::int64_t s, std::int64_t prefix) {
+  if (!is_sparse_mla(m) || s <= 0) return false;
+  const AttentionWidths a = attention_widths(m), e = attention_widths(dense_mla(m));
+  const std::int64_t k = m.mla.index_topk, below = std::clamp<std::int64_t>(k - prefix, 0, s);
+  const long double sparse = 2.0L * (static_cast<long double>(below) * prefix + static_cast<long double>(below) * (below + 1) / 2 +
+                                     static_cast<long double>(s - below) * k) * static_cast<long double>(a.q + a.out);
+  const long double dense = static_cast<long double>(s) * static_cast<long double>(2 * prefix + s + 1) * static_cast<long double>(e.q + e.out);
+  return sparse < dense;
+}
+
 enum class Distribution { uniform, zipf, hot_experts, lognormal, hot_ranks, trace };
 // Over capacity: drop the latest assignments in group order (position), the ones with the lowest
 // gate weight (gate), or use GShard's fixed-shape dispatch with padding (pad). See dispatch_plan.hpp.

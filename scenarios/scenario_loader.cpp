@@ -1008,8 +1008,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (sc.forward.recompute_mla_up_proj && !routing::is_mla(m))
     problems.add_at("workload.recompute_modules", "mla_up_proj recomputes multi-head latent attention's up projections: set model.mla");
   if (sc.forward.recompute_mla_up_proj && routing::is_sparse_mla(m))
-    problems.add_at("workload.recompute_modules", "mla_up_proj: with sparse attention (model.mla.index_topk) MLA runs absorbed and keeps "
-                                                  "no up-projected keys and values to rebuild");
+    problems.add_at("workload.recompute_modules", "mla_up_proj: not modelled with sparse attention (model.mla.index_topk), whose sparse "
+                                                  "mode runs MLA absorbed and keeps no up-projected keys and values");
   if (sc.workload_kind != "decode" && sc.workload_kind != "prefill" && m.kv_cache_bytes != m.dtype_bytes)
     problems.add_at("model.kv_cache_dtype", "only used in prefill and decode (workload.kind), whose steps write, read and hold the KV cache");
   if (m.kv_heads > m.attention_heads)

@@ -195,7 +195,11 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double b = m.dtype_bytes;
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   // With tensor parallelism the GPU's attention holds its heads' share for its group's tokens.
-  const routing::AttentionWidths widths = routing::attention_widths(m);
+  // (Sparse attention in its masked MHA mode, for short prompts, keeps V3's expanded keys and values.)
+  const routing::AttentionWidths widths =
+      routing::is_sparse_mla(m) && f.context_length == 0 && !routing::sparse_mode(m, f.sequence_length, f.cached_prefix)
+          ? routing::attention_widths(routing::dense_mla(m))
+          : routing::attention_widths(m);
   const double t = static_cast<double>(f.tokens_per_gpu), tp = m.tp;
   // With pipeline stages the GPU holds its stage's MoE layers (stage 0 also the dense layers).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;

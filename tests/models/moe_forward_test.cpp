@@ -578,18 +578,35 @@ TEST_CASE("DeepSeek Sparse Attention: MLA absorbed over the top-k keys and the i
   CHECK(d.bytes == routing::linear_weight_bytes(m, w) + 4 * (2048 * 1152 + 10'000 * 132) + activations);
   // A context shorter than the top-k: every key.
   CHECK(models::decode_attention_cost(m, 4, 1000).core_flops == 2 * 4 * 1000 * qo);
-  // Prefill of 4096-token prompts: token i attends to min(i, 2048) keys (the first 2048 all of
-  // theirs), the indexer scores (S + 1) / 2 on average.
-  const std::int64_t keys2 = 2 * (std::int64_t{2048} * 2049 / 2 + std::int64_t{2048} * 2048);  // x 2 over the 4096 tokens
-  const auto p = models::attention_cost(m, 4096, 4096);
+  // Prefill of 32,768-token prompts, in the sparse mode: token i attends to min(i, 2048) keys (the
+  // first 2048 all of theirs), the indexer scores (S + 1) / 2 on average.
+  const std::int64_t s = 32'768;
+  const std::int64_t keys2 = 2 * (std::int64_t{2048} * 2049 / 2 + (s - 2048) * 2048);  // x 2 over the prompt's tokens
+  REQUIRE(routing::sparse_mode(m, s, 0));
+  const auto p = models::attention_cost(m, s, s);
   CHECK(p.core_flops == keys2 * qo);
-  CHECK(p.gemm_flops == 2 * 4096 * w + std::int64_t{4096} * 4097 * 64 * 128);
-  // After a 3000-token cached prefix (2 prompts of 500 new tokens): every token over the top 2048,
-  // and of each prefix the indexer reads all 3000 keys, the attention 2048 latents.
-  const auto c0 = models::attention_cost(m, 1000, 500), c1 = models::attention_cost(m, 1000, 500, 3000);
+  CHECK(p.gemm_flops == 2 * s * w + s * (s + 1) * 64 * 128);
+  // Short prompts run the masked MHA mode, V3's expanded attention over every earlier key (Q + O
+  // = 128 x 192 + 128 x 128 = 40,960 a pair, against 139,264 absorbed), with the indexer
+  // besides: 4096-token prompts cost V3's attention plus the indexer's weights and scores. The
+  // sparse mode takes over where it does fewer core FLOPs: from 12,813 tokens.
+  CHECK_FALSE(routing::sparse_mode(m, 4096, 0));
+  const auto short_p = models::attention_cost(m, 4096, 4096), v3 = models::attention_cost(deepseek_v3_mla(), 4096, 4096);
+  CHECK(short_p.core_flops == v3.core_flops);
+  CHECK(short_p.core_flops == std::int64_t{4096} * 4097 * 40'960);
+  CHECK(short_p.gemm_flops - v3.gemm_flops == std::int64_t{2} * 4096 * 13'959'168 + std::int64_t{4096} * 4097 * 64 * 128);
+  CHECK(short_p.bytes - v3.bytes == routing::linear_weight_bytes(m, 13'959'168));
+  CHECK_FALSE(routing::sparse_mode(m, 12'812, 0));
+  CHECK(routing::sparse_mode(m, 12'813, 0));
+  // After a 30,000-token cached prefix (2 prompts of 500 new tokens), the sparse mode: every
+  // token over the top 2048, and of each prefix the indexer reads all 30,000 keys, the attention
+  // 2048 latents.
+  REQUIRE(routing::sparse_mode(m, 500, 30'000));
+  const auto c1 = models::attention_cost(m, 1000, 500, 30'000);
   CHECK(c1.core_flops == std::int64_t{1000} * 2 * 2048 * qo);
-  CHECK(c1.gemm_flops - c0.gemm_flops == std::int64_t{1000} * 6000 * 64 * 128);
-  CHECK(c1.bytes - c0.bytes == 2 * (std::int64_t{2048} * 1152 + 3000 * 132));
+  CHECK(c1.gemm_flops == 2 * 1000 * w + std::int64_t{1000} * 60'501 * 64 * 128);
+  CHECK(c1.bytes == routing::linear_weight_bytes(m, w) + 1000 * 2 * (2 * 7168 + 2 * (2112 + 73'728 + 576)) +
+                        2 * (std::int64_t{2048} * 1152 + 30'000 * 132));
 }
 
 TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models][mla]") {
