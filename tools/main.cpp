@@ -732,6 +732,9 @@ int cmd_calibrate(const std::vector<std::string>& args) {
   const double tolerance = parse_fraction(vm["tolerance"].as<std::string>(), "--tolerance");
   const int runs = vm["runs"].as<int>();
   if (runs < 2) throw UsageError("--runs must be at least 2 (the range's two ends)");
+  if (!(lo < hi)) throw UsageError(fmt::format("--range {}: the first value must be below the second", range));
+  if (!(target > 0)) throw UsageError(fmt::format("--target {}: the figure must be > 0", target_text));
+  if (!(tolerance > 0)) throw UsageError("--tolerance must be > 0");
   const bool quiet = vm.count("quiet") > 0;
   const auto base_sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
   const std::string unit = vm["unit"].as<std::string>();
@@ -782,7 +785,7 @@ int cmd_calibrate(const std::vector<std::string>& args) {
   if (vm.count("out")) {
     scenarios::Scenario sc = scenario_at(c.value);
     const auto r = simulate(sc, quiet);
-    const auto written = tools::write_reports(vm["out"].as<std::string>(), sc, r);
+    (void)tools::write_reports(vm["out"].as<std::string>(), sc, r);
     if (!quiet) fmt::print("  wrote       the run at {} = {:.6g}{}: {}\n", key, c.value, unit, vm["out"].as<std::string>());
   }
   return c.met ? 0 : 3;

@@ -1334,6 +1334,11 @@ TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured
   CHECK_THAT(overhead.out, Catch::Contains("compute.kernel_overhead = "));
   const auto unitless = moesim("calibrate " + q + "--key compute.kernel_overhead --range 0,200 --target step_time_us=" + slow_step, tmp);
   CHECK(unitless.code == 2);
+  // Bad input is a usage error (exit code 2), not a target out of reach (3).
+  const auto backwards = moesim("calibrate " + q + "--key compute.flops_efficiency --range 1,0.05 --target step_time_us=" + slow_step, tmp);
+  CHECK(backwards.code == 2);
+  CHECK_THAT(backwards.err, Catch::Contains("--range 1,0.05: the first value must be below the second"));
+  CHECK(moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time_us=-5", tmp).code == 2);
 }
 
 TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a file", "[cli][serve]") {
