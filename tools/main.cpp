@@ -691,10 +691,11 @@ int cmd_serve(const std::vector<std::string>& args) {
 }
 
 double parse_number(const std::string& text, const std::string& what) {
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !std::isfinite(v)) throw UsageError(fmt::format("{}: '{}' is not a number", what, text));
-  return v;
+  try {
+    return sim::parse_number(text);
+  } catch (const std::exception& e) {
+    throw UsageError(fmt::format("{}: {}", what, e.what()));
+  }
 }
 
 // A relative figure: "0.5%" or "0.005".
@@ -708,7 +709,7 @@ int cmd_calibrate(const std::vector<std::string>& args) {
   po::options_description opts("calibrate options");
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
       "key", po::value<std::string>(), "the scenario key to fit, one whose value is a plain number (e.g. compute.flops_efficiency)")(
-      "target", po::value<std::string>(), "METRIC=VALUE: a summary.csv column and the figure measured (e.g. tokens_per_s_per_gpu=5275)")(
+      "target", po::value<std::string>(), "METRIC=VALUE: a summary.csv column or plan's name, and the figure measured (e.g. tokens/s/gpu=5275, step_time=24.8s)")(
       "range", po::value<std::string>()->default_value("0.05,1"), "LO,HI: the key's values to search between")(
       "tolerance", po::value<std::string>()->default_value("0.5%"), "how near the target is near enough (relative)")(
       "runs", po::value<int>()->default_value(24), "at most this many runs")(
@@ -720,11 +721,14 @@ int cmd_calibrate(const std::vector<std::string>& args) {
   if (!vm.count("key")) throw UsageError("calibrate needs --key KEY.PATH, the scenario key to fit");
   if (!vm.count("target")) throw UsageError("calibrate needs --target METRIC=VALUE, a summary.csv column and the figure measured");
   const std::string path = vm["scenario"].as<std::string>(), key = vm["key"].as<std::string>();
+  // The metric and figure as `moesim plan --target` reads them (its names, tokens/s/gpu, step_time
+  // with a time unit, ...), but met, not bounded.
   const std::string target_text = vm["target"].as<std::string>();
-  const auto eq = target_text.find('=');
-  if (eq == std::string::npos || eq == 0) throw UsageError(fmt::format("--target '{}': expected METRIC=VALUE", target_text));
-  const std::string metric = target_text.substr(0, eq);
-  const double target = parse_number(target_text.substr(eq + 1), "--target");
+  if (target_text.find_first_of("<>") != std::string::npos)
+    throw UsageError(fmt::format("--target '{}': calibrate meets a figure: METRIC=VALUE", target_text));
+  const tools::Target parsed = tools::parse_target(target_text);
+  const std::string metric = parsed.metric.column;
+  const double target = parsed.value;
   const std::string range = vm["range"].as<std::string>();
   const auto comma = range.find(',');
   if (comma == std::string::npos) throw UsageError(fmt::format("--range '{}': expected LO,HI", range));

@@ -1331,7 +1331,7 @@ TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured
   INFO(overhead.out << overhead.err);
   CHECK(overhead.code == 0);
   CHECK_THAT(overhead.out, Catch::Contains("  compute.kernel_overhead = 200us "));
-  CHECK_THAT(overhead.out, Catch::Contains("compute.kernel_overhead = "));
+  CHECK_THAT(overhead.out, Catch::Contains("us: step_time_us = "));  // the value found, with its unit
   const auto unitless = moesim("calibrate " + q + "--key compute.kernel_overhead --range 0,200 --target step_time_us=" + slow_step, tmp);
   CHECK(unitless.code == 2);
   // Bad input is a usage error (exit code 2), not a target out of reach (3).
@@ -1339,6 +1339,13 @@ TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured
   CHECK(backwards.code == 2);
   CHECK_THAT(backwards.err, Catch::Contains("--range 1,0.05: the first value must be below the second"));
   CHECK(moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time_us=-5", tmp).code == 2);
+  CHECK(moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time_us>=5", tmp).code == 2);
+  // plan's names and units: step_time in milliseconds is the same target as step_time_us.
+  const auto named = moesim("calibrate " + q + "--key compute.flops_efficiency --target step_time=" +
+                                fmt::format("{}ms", std::stod(step) / 1e3) + " -q",
+                            tmp);
+  CHECK(named.code == 0);
+  CHECK_THAT(named.out, Catch::Contains(": step_time_us = "));
 }
 
 TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a file", "[cli][serve]") {
