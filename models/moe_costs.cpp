@@ -25,6 +25,25 @@ std::int64_t capped_core(std::int64_t t, std::int64_t s, std::int64_t prefix, st
   return static_cast<std::int64_t>(static_cast<sim::int128>(t) * keys2 * width / s);
 }
 
+// The layer's memory-bound kernels around its attention (compute.elementwise_kernels): its two
+// RMSNorms (before the attention and before the FFN), each fused with the residual add before it,
+// reading the residual stream and the branch's output and writing the new residual and the
+// normed input, 4 b H a token each, on the GPU's own tokens (with tensor parallelism the
+// norms run sequence-parallel); and the rotary embedding of the queries and keys, read and
+// written (the group's tokens, the GPU's heads): the whole of every head with multi-head
+// attention, MLA's RoPE part (qk_rope_head_dim a head, and the shared key's).
+std::int64_t layer_elementwise_bytes(const routing::MoeModelSpec& m, std::int64_t tokens) {
+  const std::int64_t b = m.dtype_bytes, t = m.tp * tokens;
+  std::int64_t rotary = 0;
+  if (routing::is_mla(m)) {
+    rotary = (m.attention_heads / m.tp + 1) * m.mla.qk_rope_head_dim;
+  } else {
+    const routing::AttentionWidths a = routing::attention_widths(m);
+    rotary = a.q + a.k;
+  }
+  return norm_bytes(m, tokens) + 2 * b * t * rotary;
+}
+
 // DeepSeek Sparse Attention (model.mla.index_topk K, DeepSeek-V3.2), in whichever of its two
 // modes does fewer core FLOPs (routing::sparse_mode): for short prompts the masked MHA mode, V3's
 // attention over every earlier key; else MLA run absorbed, its MQA mode (attention_widths: each
@@ -60,10 +79,13 @@ KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
       .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)) + prefix_bytes,
       .gemm_flops = 2 * t * w + index,
       .core_flops = core,
+      .elementwise_bytes = layer_elementwise_bytes(m, tokens),
   };
 }
 
 }  // namespace
+
+std::int64_t norm_bytes(const routing::MoeModelSpec& m, std::int64_t tokens) { return 8 * m.dtype_bytes * m.hidden * tokens; }
 
 // A sliding window of W positions: the i-th new token (from 1) attends to min(P + i, W) keys, so
 // the core is T (2 / S) sum_i min(P + i, W) (Q + O), which is T (2P + S + 1)(Q + O) where P + S <= W;
@@ -92,6 +114,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
       .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (a.latent + a.q + a.k + a.v)) + prefix_bytes,
       .gemm_flops = 2 * t * w + prefix_gemm,
       .core_flops = core,
+      .elementwise_bytes = layer_elementwise_bytes(m, tokens),
   };
 }
 
@@ -134,7 +157,8 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     return KernelCost{.flops = 2 * t * w + index + 2 * t * top * (a.q + a.out),
                       .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + a.q + a.out)),
                       .gemm_flops = 2 * t * w + index,
-                      .core_flops = 2 * t * top * (a.q + a.out)};
+                      .core_flops = 2 * t * top * (a.q + a.out),
+                      .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
   }
   const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   if (routing::is_mla(m)) {
@@ -146,23 +170,28 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     return KernelCost{.flops = 2 * t * w + 2 * t * c * (q + out),
                       .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
                       .gemm_flops = 2 * t * w,
-                      .core_flops = 2 * t * c * (q + out)};
+                      .core_flops = 2 * t * c * (q + out),
+                      .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
                     .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
                     .gemm_flops = 2 * t * w,
-                    .core_flops = 2 * t * c * (a.q + a.out)};
+                    .core_flops = 2 * t * c * (a.q + a.out),
+                    .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, e = m.experts;
-  return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e};
+  return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e, .elementwise_bytes = b * t * h * (1 + m.top_k)};
 }
 
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
   if (n <= 0) return {};
   const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
-  return KernelCost{.flops = 2 * n * h * f * 3, .bytes = routing::linear_weight_bytes(m, 3 * h * f) + b * n * (2 * h + 6 * f), .gemm_flops = 2 * n * h * f * 3};
+  return KernelCost{.flops = 2 * n * h * f * 3,
+                    .bytes = routing::linear_weight_bytes(m, 3 * h * f) + b * n * (2 * h + 3 * f),
+                    .gemm_flops = 2 * n * h * f * 3,
+                    .activation_bytes = 3 * b * n * f};
 }
 
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {

@@ -105,6 +105,9 @@ KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_
 // MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
 KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+// A layer's two RMSNorms with their residual adds over the GPU's `tokens` tokens (part of
+// attention_cost's elementwise_bytes): 8 b H a token.
+std::int64_t norm_bytes(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens);

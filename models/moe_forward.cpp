@@ -691,10 +691,18 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
   // A backward pass runs each GEMM twice (input and weight gradients) at the forward's size, or
   // with ZB-H1 once for the input gradients, and its weight pass once for the weight gradients;
   // a recomputed forward's work is not model work.
+  // The memory-bound kernels' backwards (compute.elementwise_kernels): the norms', the rotary
+  // embedding's and the permutation's move what their forwards move, once in the input-gradient
+  // pass, none in a weight pass; SwiGLU's (the gate, the up output and the gradient read, two
+  // gradients written: 5 F against the forward's 3 F) counts twice its forward's, as the GEMMs
+  // do, and with recompute_modules moe_act the MoE layer's a third time (its forward again).
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
   const bool twice = work == Work::gemm && in_pass && backward(p) && !split(p);
-  const KernelCost run = twice ? 2 * c : c;
+  KernelCost run = twice ? 2 * c : c;
+  if (twice) run.elementwise_bytes = c.elementwise_bytes;
+  if (in_pass && backward(p) && spec_.recompute_moe_act) run.activation_bytes += c.activation_bytes;
+  if (p < passes() && weight(p)) run.elementwise_bytes = 0;
   if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
   return scaled(roofline_.time(run), gpu);
@@ -1133,7 +1141,8 @@ void MoeForward::dense_tp_step(int gpu) {
     const bool ffn = (part == 4) != back;
     const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, back ? m.dense_layers - 1 - layer : layer);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
-    const KernelCost c = back ? 2 * f - w : f;
+    KernelCost c = back ? 2 * f - w : f;
+    if (back) c.elementwise_bytes = f.elementwise_bytes + (ffn ? 0 : norm_recompute_bytes());
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
               back || again, again, ffn ? 0 : t, back && !ffn);
     return;
@@ -1276,12 +1285,14 @@ void MoeForward::attention_backward_compute(int gpu) {
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
     const KernelCost a = attention(spec_.tokens_per_gpu, layer), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
-    run_stage(gpu, Stage::attention, cost(2 * a - w, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu,
-              true);
+    KernelCost c = 2 * a - w;
+    c.elementwise_bytes = a.elementwise_bytes + norm_recompute_bytes();
+    run_stage(gpu, Stage::attention, cost(c, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
     return;
   }
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer), gpu), next, -1, std::nullopt, std::nullopt,
-            spec_.tokens_per_gpu, true);
+  KernelCost a = attention(spec_.tokens_per_gpu, layer);
+  a.elementwise_bytes += norm_recompute_bytes();
+  run_stage(gpu, Stage::attention, cost(a, gpu), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
 }
 
 void MoeForward::tp_after_attention_backward(int gpu) {
@@ -1701,7 +1712,13 @@ void MoeForward::dense_backward(int gpu) {
 KernelCost MoeForward::dense_backward_cost(int pass) const {
   // Twice the forward; split, that less the weight gradients (the first layer's weight pass).
   const KernelCost c = dense_cost(), w = split(pass) ? dense_weight_cost() : KernelCost{};
-  return 2 * c - w;
+  KernelCost b = 2 * c - w;
+  b.elementwise_bytes = c.elementwise_bytes + spec_.model.dense_layers * norm_recompute_bytes();
+  return b;
+}
+
+std::int64_t MoeForward::norm_recompute_bytes() const {
+  return spec_.recompute_layernorm ? norm_bytes(spec_.model, spec_.tokens_per_gpu) : 0;
 }
 
 KernelCost MoeForward::dense_recompute_cost() const {

@@ -561,7 +561,10 @@ class MoeForward {
   KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
   // Their backward in pass `pass` (the first MoE layer's backward; split: less the weight gradients).
   KernelCost dense_backward_cost(int pass) const;
-  KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
+  KernelCost dense_recompute_cost() const;
+  // With recompute_modules layernorm: the layer's norms again before its attention's backward
+  // (compute.elementwise_kernels; models::norm_bytes).
+  std::int64_t norm_recompute_bytes() const;  // their forward again (recompute full) or their attention's (attention)
   KernelCost lm_head() const;  // forward (with the loss in training)
   std::int64_t lm_head_tokens() const;  // the GPU's tokens that need logits
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or

@@ -16,6 +16,15 @@
 // C / (peak_bf16 * a_eff) and the rest as above; the bytes are the cost model's (model.dtype, and
 // model.weight_dtype for the weights in inference; DeepSeek's FP8 training keeps its weights and
 // most activations in BF16 and quantizes them as the GEMMs read them).
+//
+// The memory-bound kernels between the GEMMs (compute.elementwise_kernels): a kernel's
+// activation_bytes (its SwiGLU's: the gate and up outputs read, the activation written) and
+// elementwise_bytes (the norms', the rotary embedding's, the permutation's) are kernels of their
+// own that run after it at the memory bandwidth, overlapping nothing:
+//     t = overhead + max(compute, B / bw) + (A + E) / bw
+// Without it (the default) the activation's bytes count with the kernel's, as one fused kernel
+// would move them, and the other elementwise kernels are not modelled:
+//     t = overhead + max(compute, (B + A) / bw)
 #pragma once
 
 #include <cstdint>
@@ -36,29 +45,36 @@ struct RooflineSpec {
   double attention_efficiency = 0;
   sim::Time kernel_overhead;  // added to every kernel launch
   GemmDtype gemm_dtype = GemmDtype::bf16;  // fp8, fp4: GEMM FLOPs at the GPU's FP8 (FP4) peak (it must have one)
+  bool elementwise_kernels = false;         // the memory-bound kernels between the GEMMs, apart (above)
 };
 
 // What a kernel does. gemm_flops: the part of flops in linear layers' GEMMs (experts, dense
 // FFNs, attention projections), which FP8 GEMMs speed up; the attention core, the router, the
 // LM head and elementwise work are not (DeepSeek-V3 keeps them in BF16 or FP32). core_flops:
 // the part in the attention core (scores and the weighted sum of values), which
-// compute.attention_efficiency times apart.
+// compute.attention_efficiency times apart. activation_bytes and elementwise_bytes: the HBM
+// traffic of the memory-bound kernels around it (above; models/moe_costs.hpp says which).
 struct KernelCost {
   std::int64_t flops = 0;
   std::int64_t bytes = 0;  // HBM traffic
   std::int64_t gemm_flops = 0;
   std::int64_t core_flops = 0;
+  std::int64_t activation_bytes = 0;
+  std::int64_t elementwise_bytes = 0;
 
   friend KernelCost operator+(const KernelCost& a, const KernelCost& b) {
     return {.flops = a.flops + b.flops, .bytes = a.bytes + b.bytes, .gemm_flops = a.gemm_flops + b.gemm_flops,
-            .core_flops = a.core_flops + b.core_flops};
+            .core_flops = a.core_flops + b.core_flops, .activation_bytes = a.activation_bytes + b.activation_bytes,
+            .elementwise_bytes = a.elementwise_bytes + b.elementwise_bytes};
   }
   friend KernelCost operator-(const KernelCost& a, const KernelCost& b) {
     return {.flops = a.flops - b.flops, .bytes = a.bytes - b.bytes, .gemm_flops = a.gemm_flops - b.gemm_flops,
-            .core_flops = a.core_flops - b.core_flops};
+            .core_flops = a.core_flops - b.core_flops, .activation_bytes = a.activation_bytes - b.activation_bytes,
+            .elementwise_bytes = a.elementwise_bytes - b.elementwise_bytes};
   }
   friend KernelCost operator*(std::int64_t n, const KernelCost& a) {
-    return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops, .core_flops = n * a.core_flops};
+    return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops, .core_flops = n * a.core_flops,
+            .activation_bytes = n * a.activation_bytes, .elementwise_bytes = n * a.elementwise_bytes};
   }
 };
 
@@ -74,6 +90,7 @@ class Roofline {
   sim::FlopRate core_flops_;         // zero unless compute.attention_efficiency
   sim::Bandwidth bandwidth_;
   sim::Time overhead_;
+  bool elementwise_kernels_;
 };
 
 }  // namespace moesim::models

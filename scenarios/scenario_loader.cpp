@@ -922,6 +922,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("memory_efficiency", fraction(), false)) sc.roofline.memory_efficiency = *v;
     if (auto v = c->get<double>("attention_efficiency", fraction(), false)) sc.roofline.attention_efficiency = *v;
     if (auto v = c->get<sim::Time>("kernel_overhead", time_value(), false)) sc.roofline.kernel_overhead = *v;
+    if (auto v = c->get<std::string>("elementwise_kernels", one_of({"true", "false"}), false))
+      sc.roofline.elementwise_kernels = *v == "true";
     if (auto v = c->get<std::string>("gemm_dtype", one_of({"bf16", "fp8", "fp4"}), false)) {
       using models::GemmDtype;
       sc.roofline.gemm_dtype = *v == "fp8" ? GemmDtype::fp8 : *v == "fp4" ? GemmDtype::fp4 : GemmDtype::bf16;

@@ -835,7 +835,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
           ? fmt::format(" (measured on {}: {})", f.profile->gpu.empty() ? std::string("an unnamed GPU") : f.profile->gpu, f.profile->source)
           : "";
   const double profiled = profiled_fraction(gp);
-  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}{}\n", r.network_model,
+  fmt::print(out, "  models      network: {} ({}), all-to-all: {}, compute: {}{}{}{}\n", r.network_model,
              r.network_model != "maxmin"              ? std::string("no contention")
              : sc.resolve_interval == sim::Time::zero() ? std::string("max-min fair sharing of every link")
                                                         : fmt::format("max-min fair sharing of every link, re-solved at most every {}",
@@ -853,7 +853,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                crit,
                                !f.training ? ""
                                : f.profile && f.profile->measures("experts_bwd") ? " (the optimizer among it)"
-                                                                                  : " (backward passes and the optimizer among it)"));
+                                                                                  : " (backward passes and the optimizer among it)"),
+             sc.roofline.elementwise_kernels ? "; the roofline's norms, rotary embeddings, permutations and SwiGLU activations as "
+                                               "memory-bound kernels of their own"
+                                             : "");
   if (f.two_batch_overlap)
     fmt::print(out, "  overlap     two-batch{}: each micro-batch runs as two halves, each half's all-to-alls beside the other's compute{}; "
                     "the all-to-all kernels hold {:.1f}% of the SMs\n",

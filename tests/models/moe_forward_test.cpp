@@ -748,7 +748,9 @@ TEST_CASE("FP4 GEMMs and NVFP4 weights, as derived by hand", "[models][fp4]") {
     CHECK(g.stage_total[idx(Stage::router)] == Time::ps(2'060'096));
   }
   check_stages_tile(r);
-  CHECK(models::expert_cost(sc.forward.model, 2000).bytes == 34'537'472);
+  // The bytes of the fused kernel: the GEMMs' and the SwiGLU's between them.
+  const auto e = models::expert_cost(sc.forward.model, 2000);
+  CHECK(e.bytes + e.activation_bytes == 34'537'472);
 }
 
 TEST_CASE("compute.attention_efficiency times the attention core apart, as derived by hand", "[models][attention]") {
@@ -1298,6 +1300,52 @@ std::string tiny_training(const std::string& keys, bool dense = false) {
 }
 
 }  // namespace
+
+TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEMMs, as derived by hand", "[models][elementwise]") {
+  // The tiny dropless layer (BF16 step 283,379,776 ps, above) at 1 TB/s with the kernels between
+  // its GEMMs apart. Attention: its two norms, 8 x 2 B x 1024 x 1000 tokens = 16,384,000 B, and
+  // the rotary embedding of its 1024-wide queries and keys, 2 x 2 B x 1000 x 2048 = 8,192,000 B:
+  // 24,576,000 ps after its 104,386,560. Router: the permutation, 1000 rows read and 2000
+  // written, 6,144,000 B after its 2,060,096 ps. Experts: the SwiGLU over 2000 rows, 2 x 1024
+  // read and 1024 written, 12,288,000 B after the GEMMs' 125,829,120 ps (the rest of the bytes
+  // fewer). The all-to-alls and the reduce as before.
+  const std::string on = replaced(tiny("dropless", 1), "compute: {flops_efficiency: 1,", "compute: {elementwise_kernels: true, flops_efficiency: 1,");
+  const auto sc = scenarios::load_scenario_text(on, "tiny.yaml");
+  CHECK(sc.roofline.elementwise_kernels);
+  const auto r = scenarios::run_experiment(sc);
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::attention)] == Time::ps(104'386'560 + 24'576'000));
+    CHECK(g.stage_total[idx(Stage::router)] == Time::ps(2'060'096 + 6'144'000));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(125'829'120 + 12'288'000));
+  }
+  CHECK(r.stats.step_time() == Time::ps(283'379'776 + 24'576'000 + 6'144'000 + 12'288'000));
+  check_stages_tile(r);
+  // Off (the default) nothing changes, and the FLOPs are the same either way.
+  const auto off = scenarios::run_experiment(scenarios::load_scenario_text(tiny("dropless", 1), "tiny.yaml"));
+  CHECK(off.stats.step_time() == Time::ps(283'379'776));
+  CHECK(r.model_flops == off.model_flops);
+  std::ostringstream text;
+  tools::print_human_summary(text, sc, r, {});
+  CHECK_THAT(text.str(), Catch::Contains("rotary embeddings, permutations and SwiGLU activations as memory-bound kernels of their own"));
+
+  // Training: the backward moves the norms', the rotary embedding's and the permutation's bytes
+  // once more and the SwiGLU's twice: 24,576,000 + 6,144,000 + 2 x 12,288,000 ps; with
+  // recompute_modules moe_act the SwiGLU's once more, with layernorm the norms' (16,384,000).
+  const auto step = [](const std::string& keys, bool elementwise) {
+    std::string text = tiny_training(keys);
+    if (elementwise) text = replaced(text, "compute: {flops_efficiency: 1,", "compute: {elementwise_kernels: true, flops_efficiency: 1,");
+    return scenarios::run_experiment(scenarios::load_scenario_text(text, "t.yaml")).stats.step_time();
+  };
+  const Time forward = Time::ps(24'576'000 + 6'144'000 + 12'288'000), backward = Time::ps(24'576'000 + 6'144'000 + 2 * 12'288'000);
+  CHECK(step("", true) - step("", false) == forward + backward);
+  CHECK(step(", recompute: selective, recompute_modules: [moe_act]", true) - step(", recompute: selective, recompute_modules: [moe_act]", false) ==
+        forward + backward + Time::ps(12'288'000));
+  CHECK(step(", recompute: selective, recompute_modules: [layernorm]", true) -
+            step(", recompute: selective, recompute_modules: [layernorm]", false) ==
+        forward + backward + Time::ps(16'384'000));
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(tiny("dropless", 1), "compute: {", "compute: {elementwise_kernels: yes, "), "e.yaml"),
+                    Catch::Contains("compute.elementwise_kernels"));
+}
 
 TEST_CASE("The backward's gradients go to the experts in gradient_dispatch_dtype rows, as derived by hand", "[models][all_to_all]") {
   const std::string base = tiny("dropless", 1);
@@ -2167,6 +2215,33 @@ TEST_CASE("ZB-H1 splits each backward into input and weight gradients, as derive
     }
   CHECK(weight == std::array<int, 2>{6, 6});
   CHECK(csv_value(summary_csv(sc, r), "pipeline_schedule") == "zb_h1");
+}
+
+TEST_CASE("compute.elementwise_kernels: ZB-H1's weight passes run none of them, its backward as much as 1F1B's", "[models][elementwise]") {
+  const auto run = [&](const char* schedule, bool elementwise) {
+    std::string text = two_stages(std::string(", kind: training, micro_batches: 2, pipeline_schedule: ") + schedule) +
+                       "output: {timeline: on}\n";
+    if (elementwise) text = replaced(text, "compute: {flops_efficiency: 1,", "compute: {elementwise_kernels: true, flops_efficiency: 1,");
+    return scenarios::run_experiment(scenarios::load_scenario_text(text, "pp.yaml"));
+  };
+  const auto zb = run("zb_h1", true), zb_off = run("zb_h1", false), one = run("1f1b", true);
+  for (std::size_t g = 0; g < 2; ++g)
+    CHECK(zb.stats.gpus()[g].backward_total == one.stats.gpus()[g].backward_total - one.stats.gpus()[g].stage_total[idx(Stage::pipeline)] +
+                                                   zb.stats.gpus()[g].stage_total[idx(Stage::pipeline)]);
+  // The weight passes' attention and router: their GEMMs alone, the same with the kernels apart or not.
+  const auto weight_time = [](const scenarios::RunResult& r, Stage stage) {
+    Time t;
+    for (const auto& s : r.timeline->stages())
+      if (s.weight && s.stage == stage) t += s.end - s.start;
+    return t;
+  };
+  REQUIRE(zb.timeline);
+  REQUIRE(zb_off.timeline);
+  for (const Stage stage : {Stage::attention, Stage::router}) {
+    CHECK(weight_time(zb, stage) > Time::zero());
+    CHECK(weight_time(zb, stage) == weight_time(zb_off, stage));
+  }
+  CHECK(zb.stats.step_time() > zb_off.stats.step_time());
 }
 
 namespace {
@@ -3186,7 +3261,9 @@ TEST_CASE("Tensor parallelism splits the dense layers and the LM head too, each 
   one.tp = 1;
   const auto f2 = models::dense_ffn_cost(sc.forward.model, 1000), f1 = models::dense_ffn_cost(one, 1000);
   CHECK(f2.flops == f1.flops);
-  CHECK(f2.bytes - 2 * 2000 * (2 * 1024 + 6 * 1024) == (f1.bytes - 2 * 1000 * (2 * 1024 + 6 * 2048)) / 2);
+  CHECK(f2.bytes - 2 * 2000 * (2 * 1024 + 3 * 1024) == (f1.bytes - 2 * 1000 * (2 * 1024 + 3 * 2048)) / 2);
+  CHECK(f2.activation_bytes == 2 * 2000 * 3 * 1024);
+  CHECK(f1.activation_bytes == 2 * 1000 * 3 * 2048);
   const auto h2 = models::lm_head_cost(sc.forward.model, 1000, false), h1 = models::lm_head_cost(one, 1000, false);
   CHECK(h2.flops == h1.flops);
   CHECK(models::embedding_params(sc.forward.model) == 500 * 1024);
