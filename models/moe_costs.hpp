@@ -53,7 +53,8 @@
 // expert with n tokens (SwiGLU: gate and up projections, silu*mul, down projection):
 //   FLOPs = 2*n*H*F*3;  bytes = b*(3*H*F) + b*n*(2*H + 6*F)
 //   (weights once; tokens in and out; the 2F gate/up output written and read, the F
-//   activation written and read). A GPU runs its local experts back to back (grouped GEMM).
+//   activation written and read; of these the SwiGLU's 3F are activation_bytes, below). A GPU
+//   runs its local experts back to back (grouped GEMM).
 // reduce (weighted sum of a token's returned expert outputs) over r returned copies:
 //   FLOPs = 2*r*H;  bytes = b*H*(r + T)
 // MTP input projection (per MTP layer run; the concatenated hidden state and next-token
@@ -76,7 +77,14 @@
 // cache of n T sequences for its heads (a latent whole: n times the reads). MLA's down
 // projections are not split: every GPU of the group runs them whole over the n T tokens. The
 // router, the shared and routed experts and the reduce run on the GPU's own T tokens.
-// Simplifications, each deepened by a later model: no softmax/norm/elementwise kernels; the
+// Memory-bound kernels between the GEMMs (apart only with compute.elementwise_kernels; else the
+// SwiGLU's bytes count with the expert kernel's and the rest are not modelled): attention's
+// elementwise_bytes, per GPU token the layer's two RMSNorms with their residual adds, 8 b H
+// (norm_bytes), and per tensor-parallel group token the rotary embedding of its queries and keys
+// read and written, 2 b (Q + K) (MLA: 2 b (h + 1) dr, the RoPE parts); the router's, the
+// permutation into expert order, b T H (1 + k); an expert's activation_bytes, its SwiGLU, 3 b n F
+// (the expert bytes above less these: b*(3*H*F) + b*n*(2*H + 3*F) in the GEMMs' kernel).
+// Simplifications, each deepened by a later model: no softmax kernels, no FP8 casts; the
 // attention core as FLOPs and bytes (KernelCost::core_flops), at the roofline's FLOP efficiency
 // or at compute.attention_efficiency where that is set (no tiling model of its own).
 #pragma once

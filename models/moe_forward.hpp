@@ -157,11 +157,12 @@ struct ForwardSpec {
   // not model work (MFU).
   Recompute recompute = Recompute::none;
   // recompute selective (Megatron-Core's --recompute-granularity selective --recompute-modules):
-  // layernorm: the norms' outputs are not kept (rebuilt from their inputs; the norm kernels are
-  // not modelled, so this costs no time); mla_up_proj: MLA's queries, keys and values are not
-  // kept, its up projections run again before the attention's backward; moe_act: the routed and
-  // shared experts' SwiGLU outputs are not kept (rebuilt from the gate and up outputs, bytes the
-  // compute-bound expert GEMMs hide: no time). DeepSeek-V3 recomputes the first two (technical
+  // layernorm: the norms' outputs are not kept (rebuilt from their inputs; the norm kernels take
+  // time only with compute.elementwise_kernels, their forward's bytes again in the backward);
+  // mla_up_proj: MLA's queries, keys and values are not kept, its up projections run again before
+  // the attention's backward; moe_act: the routed and shared experts' SwiGLU outputs are not kept
+  // (rebuilt from the gate and up outputs, bytes the compute-bound expert GEMMs hide: no time,
+  // but with compute.elementwise_kernels the SwiGLU's forward bytes again). DeepSeek-V3 recomputes the first two (technical
   // report, section 3.2.3) and the third's output (section 3.3.3). Each rebuilds in the
   // input-gradient pass, so it works with every schedule; a weight pass keeps what it rebuilt
   // and the weight gradients need (the norms' and SwiGLU outputs) until it runs (memory).

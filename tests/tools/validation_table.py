@@ -2,13 +2,14 @@
 """A docs/validation.md table rerun: a grid's sweep gives each row's step, tokens/s per node and
 difference from the published figure, as the page prints them.
 
-Usage: validation_table.py MOESIM SOURCE_DIR GRID "SECTION TITLE" NODES PUBLISHED COLUMNS ROW...
+Usage: validation_table.py MOESIM SOURCE_DIR GRID "SECTION TITLE" NODES PUBLISHED COLUMNS [--set K=V]... ROW...
   GRID      the sweep, relative to SOURCE_DIR
   NODES     tokens/s per node = the sweep's tokens_per_s / NODES; `gpu`: per GPU, the sweep's
             tokens_per_s_per_gpu (for rows on clusters of different sizes)
   PUBLISHED tokens/s per node, as the section prints it in bold; `row`: each row has its own,
             after an @ at the end of ROW, which the row's label must show
   COLUMNS   the grid's axis columns that tell the rows apart, comma-separated
+  --set     passed to the sweep (e.g. --set compute.elementwise_kernels=true)
   ROW       VALUES=LABEL[@PUBLISHED]: the columns' values (comma-separated) and the row's leading
             cells ("| none | store and forward (default) |")
 Each row must read "LABEL STEP ms | PER_NODE | ±DIFF % |" in the section.
@@ -22,7 +23,11 @@ import tempfile
 
 def main():
     moesim, source, grid, title, nodes, published, columns = sys.argv[1:8]
-    rows = dict(arg.split("=", 1) for arg in sys.argv[8:])
+    args, sets = sys.argv[8:], []
+    while args and args[0] == "--set":
+        sets += args[:2]
+        args = args[2:]
+    rows = dict(arg.split("=", 1) for arg in args)
     columns = columns.split(",")
     doc = open(os.path.join(source, "docs", "validation.md")).read()
     section = doc[doc.index("## " + title):]
@@ -40,7 +45,7 @@ def main():
         rows = {k: (v, published) for k, v in rows.items()}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "sweep.csv")
-        subprocess.run([moesim, "sweep", os.path.join(source, grid), "--jobs", "2", "--out", out], check=True,
+        subprocess.run([moesim, "sweep", os.path.join(source, grid), "--jobs", "2", "--out", out] + sets, check=True,
                        stdout=subprocess.DEVNULL)
         points = list(csv.DictReader(open(out)))
     if len(points) != len(rows):
