@@ -185,13 +185,26 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
   return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e, .elementwise_bytes = b * t * h * (1 + m.top_k)};
 }
 
-KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
+namespace {
+
+// A SwiGLU FFN of width f over n rows, its 3 h f weights `weight_bytes` bytes.
+KernelCost swiglu_cost(const routing::MoeModelSpec& m, std::int64_t n, std::int64_t f, std::int64_t weight_bytes) {
   if (n <= 0) return {};
-  const std::int64_t h = m.hidden, f = m.expert_ffn, b = m.dtype_bytes;
+  const std::int64_t h = m.hidden, b = m.dtype_bytes;
   return KernelCost{.flops = 2 * n * h * f * 3,
-                    .bytes = routing::linear_weight_bytes(m, 3 * h * f) + b * n * (2 * h + 3 * f),
+                    .bytes = weight_bytes + b * n * (2 * h + 3 * f),
                     .gemm_flops = 2 * n * h * f * 3,
                     .activation_bytes = 3 * b * n * f};
+}
+
+}  // namespace
+
+KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
+  return swiglu_cost(m, n, m.expert_ffn, routing::linear_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
+}
+
+KernelCost routed_expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
+  return swiglu_cost(m, n, m.expert_ffn, routing::expert_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
 }
 
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {
@@ -205,9 +218,8 @@ KernelCost adam_cost(std::int64_t params, std::int64_t grad_bytes, std::int64_t 
 
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
   // The dense FFN's columns split over the tensor-parallel GPUs, each over all their tokens.
-  routing::MoeModelSpec f = m;
-  f.expert_ffn = m.dense_ffn / m.tp;
-  return expert_cost(f, m.tp * tokens);
+  const std::int64_t f = m.dense_ffn / m.tp;
+  return swiglu_cost(m, m.tp * tokens, f, routing::linear_weight_bytes(m, 3 * m.hidden * f));
 }
 
 KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss) {
@@ -262,7 +274,7 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
 }
 
 std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p) {
-  return routing::linear_weight_bytes(m, p.total() - p.kept) + m.dtype_bytes * p.kept;
+  return routing::linear_weight_bytes(m, p.replicated - p.kept) + routing::expert_weight_bytes(m, p.experts) + m.dtype_bytes * p.kept;
 }
 
 ModelParams model_params(const routing::MoeModelSpec& spec) {

@@ -42,8 +42,8 @@
 //         + b*T*(2*H + 2*L + O + Q + K + V)    their inputs (x, latents, attention output) and
 //                                              output gradients (dLatents, dQKV, dOut) read
 // The weight reads above (b*W, b*3*H*F) are at model.weight_dtype's bytes (wb; fp8: 1, the
-// block scales' 4 bytes per 128 x 128 left out); the router's, the LM head's and every
-// activation's at b.
+// block scales' 4 bytes per 128 x 128 left out), the routed experts' at
+// model.expert_weight_dtype's; the router's, the LM head's and every activation's at b.
 // MLA's up projections alone (recomputed in the backward pass with workload.recompute_modules
 // mla_up_proj): the query's (with a query latent) and the keys' and values' from their latents,
 // Wu = h*(rq*(dn + dr) + rkv*(dn + dv)) (without a query latent only the latter):
@@ -116,7 +116,9 @@ KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // A layer's two RMSNorms with their residual adds over the GPU's `tokens` tokens (part of
 // attention_cost's elementwise_bytes): 8 b H a token.
 std::int64_t norm_bytes(const routing::MoeModelSpec& m, std::int64_t tokens);
+// A shared expert's (weights at model.weight_dtype), and a routed one's (model.expert_weight_dtype).
 KernelCost expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+KernelCost routed_expert_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
@@ -138,7 +140,8 @@ struct GpuParams {
   std::int64_t kept = 0;  // of replicated: the routers', embedding's and LM head's, at model.dtype
   std::int64_t total() const { return replicated + experts; }
 };
-// The bytes of those weights: the linear layers' at model.weight_dtype, the kept ones at model.dtype.
+// The bytes of those weights: the linear layers' at model.weight_dtype, the routed experts' at
+// model.expert_weight_dtype, the kept ones at model.dtype.
 std::int64_t weight_bytes(const routing::MoeModelSpec& m, const GpuParams& p);
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements);
 // The same for a pipeline stage holding MoE layers [first, last) (and the dense layers and the

@@ -1621,7 +1621,7 @@ Time MoeForward::experts_time(int pass, int gpu, int half) {
       computed += p.slot_computed[us];
     }
     const double mean = static_cast<double>(rows) / per_gpu;
-    const KernelCost work = expert_cost(spec_.model, computed);
+    const KernelCost work = routed_expert_cost(spec_.model, computed);
     if (const auto t = profiled(gpu, work, {{"experts", per_gpu, 1, rows, rows > 0 ? static_cast<double>(most) / mean : 1.0,
                                              static_cast<double>(active), static_cast<double>(tiles)}}))
       return *t;
@@ -1630,7 +1630,7 @@ Time MoeForward::experts_time(int pass, int gpu, int half) {
     const std::int64_t computed = p.slot_computed[static_cast<std::size_t>(slot)];
     const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];
     const double before = model_flops_;
-    t += cost(expert_cost(spec_.model, computed + padded), gpu);
+    t += cost(routed_expert_cost(spec_.model, computed + padded), gpu);
     if (padded > 0)
       model_flops_ = before + (model_flops_ - before) * static_cast<double>(computed) / static_cast<double>(computed + padded);
   }

@@ -62,7 +62,7 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster, sc.resolve_interval);
   const auto& m = sc.forward.model;
-  const sim::Bytes expert(routing::linear_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
+  const sim::Bytes expert(routing::expert_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
   const int gpn = sc.cluster.gpus_per_node, ep = sc.forward.ep;
   std::int64_t bytes = 0;
   for (std::size_t l = 0; l < to.size(); ++l) {

@@ -395,6 +395,9 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
   // weights; the tensor's one fp32 scale left out).
   if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "fp32"}), false))
     m.weight_bytes16 = *v == "fp4" ? 9 : 16 * dtype_bytes(*v);
+  m.expert_weight_bytes16 = m.weight_bytes16;
+  if (auto v = model->get<std::string>("expert_weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "fp32"}), false))
+    m.expert_weight_bytes16 = *v == "fp4" ? 9 : 16 * dtype_bytes(*v);
   m.kv_cache_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("kv_cache_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
     m.kv_cache_bytes = dtype_bytes(*v);
@@ -993,14 +996,16 @@ void cross_check(const Scenario& sc, Problems& problems) {
     problems.add_at("model.attention_heads",
                     fmt::format("hidden {} does not divide into {} heads; set model.head_dim",
                                 m.hidden, m.attention_heads));
+  // Which key set the weights apart from model.dtype (model.weight_dtype first).
+  const std::string weight_key = m.weight_bytes16 != 16 * m.dtype_bytes ? "model.weight_dtype" : "model.expert_weight_dtype";
   if (sc.forward.training && !routing::weights_at_dtype(m))
-    problems.add_at("model.weight_dtype", "only used in inference (forward, prefill, decode): training keeps its weights in "
-                                          "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
+    problems.add_at(weight_key, "only used in inference (forward, prefill, decode): training keeps its weights in "
+                                "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
   // The measured profile's layers read BF16 weights: other weights come from the roofline.
   if (!routing::weights_at_dtype(m) && (sc.compute_model == "profile" || !sc.compute_profile.empty()))
-    problems.add_at("model.weight_dtype", fmt::format("weights in another dtype than model.dtype take the roofline, not {} (the "
-                                                      "measured profile's kernels read BF16 weights): use compute.model: auto or roofline",
-                                                      sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
+    problems.add_at(weight_key, fmt::format("weights in another dtype than model.dtype take the roofline, not {} (the "
+                                            "measured profile's kernels read BF16 weights): use compute.model: auto or roofline",
+                                            sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
   if (sc.forward.training && sc.roofline.gemm_dtype == models::GemmDtype::fp4)
     problems.add_at("compute.gemm_dtype", "fp4 is modelled for inference (forward, prefill, decode); FP8 training: fp8");
   if (sc.forward.activations_fp8 && sc.roofline.gemm_dtype != models::GemmDtype::fp8)
