@@ -587,7 +587,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     // A prefill candidate's batch time against its prompts: its own batch and, where that holds
     // more than one prompt a GPU, the same scenario run at one a GPU (a grid's point into a
     // directory of its own).
-    const auto batch_time_of = [&](std::size_t c, std::string* note) {
+    const auto linear_batch_time_of = [&](std::size_t c, std::string* note) {
       const tools::ServeUnit& pf = candidates[c];
       tools::PrefillBatchTime b;
       b.full_us = b.least_us = pf.step_us;
@@ -626,6 +626,42 @@ int cmd_serve(const std::vector<std::string>& args) {
       } catch (const scenarios::ScenarioError& e) {
         *note = fmt::format("one prompt a GPU is not a scenario of its own ({}): every batch is timed as a full one", e.what());
         b.least_local_us = b.full_us;
+      }
+      return b;
+    };
+    // With prompts of several lengths, the part of a prompt's time that grows with its length
+    // squared (its attention): from the same scenario at half its sequence length, the same
+    // tokens a GPU (tools::PrefillBatchTime::square_us).
+    const auto batch_time_of = [&](std::size_t c, std::string* note) {
+      tools::PrefillBatchTime b = linear_batch_time_of(c, note);
+      const tools::ServeUnit& pf = candidates[c];
+      if (!tools::prompt_sizes(traffic, pf.prompt_tokens).varied()) return b;
+      const auto unscaled = [&](const std::string& why) {
+        const std::string text = fmt::format("the prompts' attention is not scaled with the square of their length ({})", why);
+        *note = note->empty() ? text : *note + "; " + text;
+      };
+      if (pf.gpus * pf.tokens_per_gpu < pf.prompt_tokens) return unscaled("a prompt spans more than a batch"), b;
+      if (pf.prompt_tokens % 2 != 0) return unscaled(fmt::format("the scenario's {}-token prompts do not halve", pf.prompt_tokens)), b;
+      auto half_sets = side.sets;
+      if (side.grid) {
+        const auto point = side.grid->points().at(candidate_point[c]);
+        half_sets.insert(half_sets.end(), point.begin(), point.end());
+      }
+      half_sets.push_back(fmt::format("workload.sequence_length={}", pf.prompt_tokens / 2));
+      try {
+        const auto half = scenarios::load_scenario_file(side.grid ? side.grid->base : side.file, half_sets);
+        const std::string out_dir =
+            dir + "/prefill-half-length" + (side.grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+        if (!quiet)
+          fmt::print(stderr, "  simulating  the prefill {} at half its prompts' length\n",
+                     side.grid ? fmt::format("point {}", candidate_point[c]) : std::string("scenario"));
+        const auto result = simulate(half, quiet);
+        tools::write_reports(out_dir, half, result);
+        const double half_us = tools::serve_unit(half, read_rows(out_dir + "/summary.csv").at(0), true).step_us;
+        b.square_us = std::max(0.0, 2 * (pf.step_us - half_us) / b.full_prompts);
+        written.push_back(out_dir + "/");
+      } catch (const scenarios::ScenarioError& e) {
+        unscaled(fmt::format("half the length is not a scenario of its own: {}", e.what()));
       }
       return b;
     };

@@ -185,6 +185,13 @@ double PromptSizes::mean() const {
   return total / static_cast<double>(drawn.size());
 }
 
+double PromptSizes::mean_square() const {
+  if (drawn.empty()) return std::exp(sigma * sigma);
+  double total = 0;
+  for (const double w : drawn) total += w * w;
+  return total / static_cast<double>(drawn.size());
+}
+
 PromptSizes prompt_sizes(const ServeTraffic& t, std::int64_t unit_prompt_tokens) {
   if (!(t.prompt_length_sigma >= 0) || !std::isfinite(t.prompt_length_sigma))
     throw ServeError(fmt::format("--prompt-length-sigma must be a number >= 0, got {}", t.prompt_length_sigma));
@@ -253,13 +260,14 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
     for (std::size_t next = u; next < n;) {
       const double start = std::max(free_at, arrival[next]);
       std::size_t end = next, taken = 0;
-      double load = 0;
+      double load = 0, square = 0;
       while (end < n && (taken == 0 || load + size[end] <= most) && arrival[end] <= start) {
         load += size[end];
+        square += size[end] * (size[end] - 1);
         end += stride;
         ++taken;
       }
-      const double done = start + batch.us(load);
+      const double done = start + batch.us(load) + batch.square_us * square;
       for (std::size_t i = next; i < end; i += stride)
         if (i >= skip) ttft.push_back(done - arrival[i]);
       if (next >= skip) {
@@ -274,7 +282,8 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
   PrefillQueue q;
   q.units = units;
   q.prompts_per_s = prompts_per_s;
-  q.busy = prompts_per_s * sizes.mean() * batch.full_us / 1e6 / (static_cast<double>(units) * batch.full_prompts);
+  q.busy = prompts_per_s * (sizes.mean() * batch.full_us / batch.full_prompts + (sizes.mean_square() - sizes.mean()) * batch.square_us) /
+           1e6 / static_cast<double>(units);
   q.counted = static_cast<std::int64_t>(ttft.size());
   double total = 0;
   for (const double x : ttft) total += x;
@@ -328,6 +337,11 @@ std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int l
   return found;
 }
 
+double prompt_time_factor(const PrefillBatchTime& batch, const PromptSizes& sizes) {
+  if (batch.square_us == 0 || batch.full_us <= 0) return 1;
+  return 1 + (sizes.mean_square() - sizes.mean()) * batch.square_us / (sizes.mean() * batch.full_us / batch.full_prompts);
+}
+
 double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s, const PromptSizes& sizes) {
   return load_tokens_per_s / (static_cast<double>(std::max<std::int64_t>(unit.prompt_tokens, 1)) * sizes.mean());
 }
@@ -335,7 +349,7 @@ double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s, const Prom
 std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_tokens_per_s, const PrefillBatchTime& batch,
                                            int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest,
                                            const PromptSizes& sizes) {
-  const int from = whole_units(load_tokens_per_s / unit.tokens_per_s);
+  const int from = whole_units(load_tokens_per_s / unit.tokens_per_s * prompt_time_factor(batch, sizes));
   return units_for_ttft(prompts_per_s(unit, load_tokens_per_s, sizes), from, 64 * from, batch, percentile, target_us, seed, closest,
                         sizes);
 }
@@ -353,12 +367,12 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   p.ttft_target_us = ttft_target_us;
   p.ttft_percentile = percentile;
   p.prefill_tokens_per_s = t.input_tokens_per_s * (1 - t.cache_hit_rate);
-  p.prefill_units = p.prefill_tokens_per_s / prefill.tokens_per_s;
+  // The queue: prompts of the scenario's new tokens (or the traffic's lengths), at the rate the
+  // computed tokens make; their lengths' spread makes a token's attention dearer (square_us).
+  const PromptSizes sizes = prompt_sizes(t, prefill.prompt_tokens);
+  p.prefill_units = p.prefill_tokens_per_s / prefill.tokens_per_s * prompt_time_factor(batch, sizes);
   p.decode_units = t.output_tokens_per_s / decode.tokens_per_s;
   p.prefill_units_for_load = whole_units(p.prefill_units);
-  // The queue: prompts of the scenario's new tokens (or the traffic's lengths), at the rate the
-  // computed tokens make.
-  const PromptSizes sizes = prompt_sizes(t, prefill.prompt_tokens);
   if (ttft_target_us > 0) {
     const auto q = units_for_ttft(prefill, p.prefill_tokens_per_s, batch, percentile, ttft_target_us, seed, &p.prefill_queue, sizes);
     p.ttft_met = q.has_value();
@@ -446,9 +460,13 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                b.us(1) / 1e3);
   if (!p.batch_note.empty()) fmt::print(out, "              note: {}\n", p.batch_note);
   if (const std::string lengths = prompt_lengths_text(p.traffic, pf.prompt_tokens); !lengths.empty())
-    fmt::print(out, "  prompts     {}; a batch holds up to a full batch's tokens, its time linear in them (a long prompt's "
-                    "attention, which grows with the square of its length, is not scaled)\n",
-               lengths);
+    fmt::print(out, "  prompts     {}; a batch holds up to a full batch's tokens, its time linear in them{}\n", lengths,
+               b.square_us > 0
+                   ? fmt::format(", and a prompt's attention growing with the square of its length (a prompt of twice the scenario's "
+                                 "length takes {:.2f} ms more than two; from a run at half the length): a prompt token takes {:.3f} "
+                                 "times the scenario's",
+                                 2 * b.square_us / 1e3, prompt_time_factor(b, prompt_sizes(p.traffic, pf.prompt_tokens)))
+                   : std::string(" (a long prompt's attention, which grows with the square of its length, is not scaled)"));
   fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue (simulated, {} prompts, batches of {:.1f} on average): "
                   "mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms{}\n",
              q.prompts_per_s, q.units, q.units == 1 ? "'s" : "s'", grouped(static_cast<double>(q.counted)), q.mean_batch, q.mean_us / 1e3, q.p50_us / 1e3,
@@ -495,11 +513,11 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
              "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
-             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file\n");
+             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
-                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{}\n",
+                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{},{:.6f}\n",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
@@ -508,7 +526,7 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb, p.prefill_units_for_load, b.full_prompts,
              b.least_prompts, b.least_us, b.us(1), q.prompts_per_s, q.mean_us, q.p50_us, q.p90_us, q.p99_us, q.mean_batch,
              static_cast<double>(p.prefill.prompt_tokens) * prompt_sizes(p.traffic, p.prefill.prompt_tokens).mean(),
-             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source));
+             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source), b.square_us);
 }
 
 }  // namespace moesim::tools

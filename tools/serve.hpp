@@ -87,21 +87,28 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
 // A batch's prompts may be counted in fractions (prompts of other lengths than the scenario's,
 // PromptSizes): its time is linear in its tokens, and more than a full batch's takes that many
 // full batches' time.
+// With prompts of several lengths (PromptSizes), square_us: the attention's growth with the
+// square of a prompt's length. A prompt of w of the scenario's prompts takes (w^2 - w) square_us
+// more than us() gives it (less, for w < 1): square_us is the part of one prompt's time in a
+// full batch that grows with its length squared, from a third run of the scenario at half its
+// sequence length and the same tokens, 2 (full_us - half_us) / full_prompts. 0: not scaled.
 struct PrefillBatchTime {
   int full_prompts = 1, least_prompts = 1;
   double full_us = 0, least_us = 0, least_local_us = 0;
+  double square_us = 0;
   double us(double prompts) const;
 };
 
 // The prompts' sizes in the queue, each in prompts of the prefill scenario's length: all 1 (the
 // default); log-normal, exp(sigma Z - sigma^2 / 2), mean 1; or drawn uniformly from `drawn`.
 // A unit's batch then holds prompts up to a full batch's tokens (a longer prompt alone), and
-// its time is linear in their tokens: the attention's growth with the square of a long
-// prompt's length is left out (the scenario's own prompt sets the attention's share).
+// its time is linear in their tokens, plus each prompt's PrefillBatchTime::square_us share.
 struct PromptSizes {
   double sigma = 0;
   std::vector<double> drawn;
-  double mean() const;  // 1 for the log-normal; the list's mean
+  double mean() const;         // 1 for the log-normal; the list's mean
+  double mean_square() const;  // exp(sigma^2) for the log-normal; the list's
+  bool varied() const { return sigma > 0 || !drawn.empty(); }
 };
 // The traffic's prompt lengths in the sizes of a prefill unit's prompts (unit_prompt_tokens each).
 // Throws ServeError for a negative spread, or lengths that are not > 0.
@@ -136,6 +143,10 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
                                            double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr,
                                            const PromptSizes& sizes = {});
+// The time a prompt token takes at these sizes against the scenario's prompts: 1, or more where
+// the attention's growth with the square of a prompt's length (square_us) outweighs (long and
+// short prompts both: E[w^2] >= E[w]^2).
+double prompt_time_factor(const PrefillBatchTime& batch, const PromptSizes& sizes);
 // A prefill unit's prompts for a load of prompt tokens a second (its prompts' new tokens each,
 // or `sizes.mean()` times that).
 double prompts_per_s(const ServeUnit& unit, double load_tokens_per_s, const PromptSizes& sizes = {});

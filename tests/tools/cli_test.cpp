@@ -1368,6 +1368,15 @@ TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a f
   CHECK(std::stod(s.at("prompt_tokens_mean")) == 1024);  // the mean kept: the same prompts a second
   CHECK(s.at("prompts_per_s") == f.at("prompts_per_s"));
   CHECK(std::stod(s.at("ttft_p99_us")) > std::stod(f.at("ttft_p99_us")));
+  // The part of a prompt's time that grows with its length squared, from a run at half the
+  // length (512 tokens): more units for the same tokens.
+  CHECK(std::stod(f.at("prompt_square_us")) == 0);
+  CHECK(std::stod(s.at("prompt_square_us")) > 0);
+  CHECK(std::filesystem::exists(tmp.path() / "s" / "prefill-half-length" / "summary.csv"));
+  CHECK(!std::filesystem::exists(tmp.path() / "f" / "prefill-half-length"));
+  CHECK_THAT(spread.out, Catch::Contains("and a prompt's attention growing with the square of its length (a prompt of twice the scenario's "
+                                         "length takes"));
+  CHECK(std::stod(s.at("prefill_units")) > std::stod(f.at("prefill_units")));
   // Lengths from a file: their mean sets the prompts a second.
   const auto file = tmp.path() / "lengths.csv";
   std::ofstream(file) << "prompt_tokens\n512\n1536\n2048\n";

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -189,4 +190,39 @@ TEST_CASE("The traffic's prompt lengths: a spread, or lengths from a file, in th
   CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains(":1: a prompt length must be > 0"));
   std::remove(path.c_str());
   CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains("cannot read"));
+}
+
+TEST_CASE("A prompt's attention grows with the square of its length: M/G/1 with the longer prompts dearer", "[serve][stats]") {
+  // The batch above (1 ms a scenario-length prompt, one a batch) with 0.25 ms of a prompt's time
+  // growing with its length squared: sizes 0.6 and 1.4 take 600 + 250 (0.36 - 0.6) = 540 and
+  // 1400 + 250 (1.96 - 1.4) = 1540 us. E[S] = 1040 us, E[S^2] = 1,331,600 us^2; at 500 prompts/s
+  // rho = 0.52 and a prompt's mean time in the system is 1040 + 5e-4 x 1,331,600 / (2 x 0.48)
+  // = 1733.5 us (Pollaczek-Khinchine).
+  PrefillBatchTime square{1, 1, 1000, 1000, 0};
+  square.square_us = 250;
+  PromptSizes two;
+  two.drawn = {0.6, 1.4};
+  CHECK(two.mean_square() == Approx(1.16));
+  const PrefillQueue g = simulate_prefill_queue(500, 1, square, 7, 200'000, two);
+  CHECK(g.busy == Approx(0.52));
+  CHECK(g.mean_us == Approx(1733.5).epsilon(0.03));
+  // A token of these prompts takes 1040 / 1000 of the scenario's.
+  CHECK(prompt_time_factor(square, two) == Approx(1.04));
+  // Prompts all of the scenario's length: nothing changes.
+  PromptSizes ones;
+  ones.drawn = {1.0};
+  CHECK(prompt_time_factor(square, ones) == 1);
+  const PrefillBatchTime linear{1, 1, 1000, 1000, 0};
+  CHECK(simulate_prefill_queue(500, 1, square, 7, 200'000, ones).p99_us == simulate_prefill_queue(500, 1, linear, 7, 200'000, ones).p99_us);
+  // Log-normal lengths with the mean kept: E[w^2] = exp(sigma^2).
+  PromptSizes spread;
+  spread.sigma = 1;
+  CHECK(spread.mean_square() == Approx(std::exp(1.0)));
+  CHECK(prompt_time_factor(square, spread) == Approx(1 + (std::exp(1.0) - 1) * 0.25));
+  CHECK(prompt_time_factor(linear, spread) == 1);
+  // Alone (light load), a prompt twice the length takes its two prompts' time and 2 x 250 us more.
+  PromptSizes doubles;
+  doubles.drawn = {2.0};
+  const PrefillBatchTime batched{4, 4, 1000, 1000, 0, 250};
+  CHECK(simulate_prefill_queue(0.01, 1, batched, 3, 1000, doubles).p50_us == Approx(batched.us(2) + 500));
 }
