@@ -87,7 +87,7 @@ commands:
         check a scenario file without running it; a sweep grid: every point
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
-        [--prompt-length-sigma S | --prompt-lengths FILE]
+        [--prompt-length-sigma S | --prompt-lengths FILE] [--prefill-router round_robin|least_work]
         [--prefill-set KEY=VALUE ...] [--decode-set ...] [--jobs N] [--out DIR]
         how many GPUs disaggregated serving needs for a traffic: simulates each
         scenario once (a unit of prefill, a unit of decode; prefill again at one
@@ -475,6 +475,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       "ttft-percentile", po::value<int>()->default_value(99), "the TTFT percentile the target is for: 50, 90 or 99")(
       "prompt-length-sigma", po::value<double>(), "the prompts' lengths log-normal around the prefill scenario's, this spread of their log")(
       "prompt-lengths", po::value<std::string>(), "FILE: the prompts' lengths (tokens to prefill), one a line, drawn at random")(
+      "prefill-router", po::value<std::string>()->default_value("round_robin"),
+      "how prompts reach the prefill units: round_robin (in turn) or least_work (to the unit with the least work on hand)")(
       "tpot", po::value<std::string>(), "the decode time per output token within this (e.g. 50ms)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
@@ -495,6 +497,10 @@ int cmd_serve(const std::vector<std::string>& args) {
     traffic.prompt_lengths_source = vm["prompt-lengths"].as<std::string>();
     traffic.prompt_lengths = tools::read_prompt_lengths(traffic.prompt_lengths_source);
   }
+  if (const std::string router = vm["prefill-router"].as<std::string>(); router == "least_work")
+    traffic.prefill_router = tools::PrefillRouter::least_work;
+  else if (router != "round_robin")
+    throw UsageError(fmt::format("--prefill-router must be round_robin or least_work, got '{}'", router));
   tools::check_traffic(traffic);
   const auto target = [&](const char* name) {
     if (!vm.count(name)) return 0.0;

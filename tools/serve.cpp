@@ -4,6 +4,7 @@
 #include <fmt/ostream.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -196,6 +197,7 @@ PromptSizes prompt_sizes(const ServeTraffic& t, std::int64_t unit_prompt_tokens)
   if (!(t.prompt_length_sigma >= 0) || !std::isfinite(t.prompt_length_sigma))
     throw ServeError(fmt::format("--prompt-length-sigma must be a number >= 0, got {}", t.prompt_length_sigma));
   PromptSizes p;
+  p.router = t.prefill_router;
   p.sigma = t.prompt_length_sigma;
   const double unit = static_cast<double>(std::max<std::int64_t>(unit_prompt_tokens, 1));
   for (const double l : t.prompt_lengths) {
@@ -255,7 +257,68 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
   std::size_t batches = 0, batched = 0;
   const double most = batch.full_prompts;
   const auto stride = static_cast<std::size_t>(units);
-  for (std::size_t u = 0; u < stride; ++u) {
+  const auto batch_us = [&](double load, double square) { return batch.us(load) + batch.square_us * square; };
+  if (sizes.router == PrefillRouter::least_work) {
+    // Each prompt goes to the unit whose work on hand is least when it comes: what is left of its
+    // batch and the time of a batch of what waits for it (the lowest-numbered unit of those that
+    // tie, idle ones first). The units then batch as above, in time order across them.
+    struct Unit {
+      double free_at = 0;
+      std::vector<std::size_t> waiting;
+      double load = 0, square = 0;  // of the waiting prompts
+    };
+    std::vector<Unit> all(stride);
+    // Starts the unit's batches that begin by `now` (all of its waiting ones, a full batch's
+    // tokens at a time).
+    const auto advance = [&](Unit& u, double now) {
+      std::size_t first = 0;
+      while (first < u.waiting.size() && u.free_at <= now) {
+        const double start = std::max(u.free_at, arrival[u.waiting[first]]);
+        if (start > now) break;
+        std::size_t end = first;
+        double load = 0, square = 0;
+        while (end < u.waiting.size() && (end == first || load + size[u.waiting[end]] <= most) && arrival[u.waiting[end]] <= start) {
+          load += size[u.waiting[end]];
+          square += size[u.waiting[end]] * (size[u.waiting[end]] - 1);
+          ++end;
+        }
+        const double done = start + batch_us(load, square);
+        for (std::size_t i = first; i < end; ++i)
+          if (u.waiting[i] >= skip) ttft.push_back(done - arrival[u.waiting[i]]);
+        if (u.waiting[first] >= skip) {
+          ++batches;
+          batched += end - first;
+        }
+        u.load -= load;
+        u.square -= square;
+        u.free_at = done;
+        first = end;
+      }
+      u.waiting.erase(u.waiting.begin(), u.waiting.begin() + static_cast<std::ptrdiff_t>(first));
+      if (u.waiting.empty()) u.load = u.square = 0;  // no rounding left over
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+      const double now = arrival[i];
+      std::size_t best = 0;
+      double least = 0;
+      for (std::size_t k = 0; k < stride; ++k) {
+        Unit& u = all[k];
+        advance(u, now);
+        const double work = std::max(0.0, u.free_at - now) + (u.waiting.empty() ? 0.0 : batch_us(u.load, u.square));
+        if (k == 0 || work < least) {
+          best = k;
+          least = work;
+        }
+      }
+      Unit& u = all[best];
+      u.waiting.push_back(i);
+      u.load += size[i];
+      u.square += size[i] * (size[i] - 1);
+      advance(u, now);  // an idle unit starts at once
+    }
+    for (auto& u : all) advance(u, std::numeric_limits<double>::infinity());
+  }
+  for (std::size_t u = 0; u < stride && sizes.router == PrefillRouter::round_robin; ++u) {
     double free_at = 0;
     for (std::size_t next = u; next < n;) {
       const double start = std::max(free_at, arrival[next]);
@@ -267,7 +330,7 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
         end += stride;
         ++taken;
       }
-      const double done = start + batch.us(load) + batch.square_us * square;
+      const double done = start + batch_us(load, square);
       for (std::size_t i = next; i < end; i += stride)
         if (i >= skip) ttft.push_back(done - arrival[i]);
       if (next >= skip) {
@@ -467,9 +530,11 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
                                  "times the scenario's",
                                  2 * b.square_us / 1e3, prompt_time_factor(b, prompt_sizes(p.traffic, pf.prompt_tokens)))
                    : std::string(" (a long prompt's attention, which grows with the square of its length, is not scaled)"));
-  fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue (simulated, {} prompts, batches of {:.1f} on average): "
+  fmt::print(out, "  first token {:.1f} prompts/s into the {} unit{} queue{} (simulated, {} prompts, batches of {:.1f} on average): "
                   "mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms{}\n",
-             q.prompts_per_s, q.units, q.units == 1 ? "'s" : "s'", grouped(static_cast<double>(q.counted)), q.mean_batch, q.mean_us / 1e3, q.p50_us / 1e3,
+             q.prompts_per_s, q.units, q.units == 1 ? "'s" : "s'",
+             t.prefill_router == PrefillRouter::least_work ? ", each prompt to the unit with the least work on hand" : "",
+             grouped(static_cast<double>(q.counted)), q.mean_batch, q.mean_us / 1e3, q.p50_us / 1e3,
              q.p90_us / 1e3, q.p99_us / 1e3,
              p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
                                   : std::string());
@@ -513,11 +578,11 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
              "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
-             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us\n");
+             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us,prefill_router\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
-                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{},{:.6f}\n",
+                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{},{:.6f},{}\n",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
@@ -526,7 +591,8 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              p.cost_per_million_output, p.prefill.memory_gb, p.decode.memory_gb, p.prefill_units_for_load, b.full_prompts,
              b.least_prompts, b.least_us, b.us(1), q.prompts_per_s, q.mean_us, q.p50_us, q.p90_us, q.p99_us, q.mean_batch,
              static_cast<double>(p.prefill.prompt_tokens) * prompt_sizes(p.traffic, p.prefill.prompt_tokens).mean(),
-             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source), b.square_us);
+             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source), b.square_us,
+             p.traffic.prefill_router == PrefillRouter::least_work ? "least_work" : "round_robin");
 }
 
 }  // namespace moesim::tools

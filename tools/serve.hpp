@@ -33,6 +33,10 @@ class ServeError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// How the prefill units get their prompts: in turn, or each to the unit with the least work on
+// hand (its batch's time left and its waiting prompts' batch; --prefill-router least_work).
+enum class PrefillRouter { round_robin, least_work };
+
 struct ServeTraffic {
   double input_tokens_per_s = 0;   // prompt tokens arriving, KV-cache hits included
   double output_tokens_per_s = 0;  // tokens generated
@@ -44,6 +48,7 @@ struct ServeTraffic {
   double prompt_length_sigma = 0;
   std::vector<double> prompt_lengths;
   std::string prompt_lengths_source;  // the file they came from
+  PrefillRouter prefill_router = PrefillRouter::round_robin;  // how the prompts reach the prefill units
 };
 // Refuses rates that are not > 0 and a hit rate outside [0, 1).
 void check_traffic(const ServeTraffic& t);
@@ -103,9 +108,11 @@ struct PrefillBatchTime {
 // default); log-normal, exp(sigma Z - sigma^2 / 2), mean 1; or drawn uniformly from `drawn`.
 // A unit's batch then holds prompts up to a full batch's tokens (a longer prompt alone), and
 // its time is linear in their tokens, plus each prompt's PrefillBatchTime::square_us share.
+// The router (ServeTraffic::prefill_router) comes along with them.
 struct PromptSizes {
   double sigma = 0;
   std::vector<double> drawn;
+  PrefillRouter router = PrefillRouter::round_robin;
   double mean() const;         // 1 for the log-normal; the list's mean
   double mean_square() const;  // exp(sigma^2) for the log-normal; the list's
   bool varied() const { return sigma > 0 || !drawn.empty(); }

@@ -1377,6 +1377,19 @@ TEST_CASE("moesim serve queues prompts of the traffic's lengths: a spread or a f
   CHECK_THAT(spread.out, Catch::Contains("and a prompt's attention growing with the square of its length (a prompt of twice the scenario's "
                                          "length takes"));
   CHECK(std::stod(s.at("prefill_units")) > std::stod(f.at("prefill_units")));
+  CHECK(s.at("prefill_router") == "round_robin");
+  // The least-work router: the same load and units, the prompts to the unit with the least work.
+  const auto least = moesim("serve " + q + q + sides + "--prompt-length-sigma 1 --prefill-router least_work --out '" +
+                                (tmp.path() / "l").string() + "'",
+                            tmp);
+  REQUIRE(least.code == 0);
+  CHECK_THAT(least.out, Catch::Contains("queue, each prompt to the unit with the least work on hand (simulated"));
+  const auto l = summary_row(tmp.path() / "l" / "serve.csv");
+  CHECK(l.at("prefill_router") == "least_work");
+  CHECK(l.at("prefill_units_whole") == s.at("prefill_units_whole"));
+  const auto bad_router = moesim("serve " + q + q + sides + "--prefill-router random", tmp);
+  CHECK(bad_router.code == 2);
+  CHECK_THAT(bad_router.err, Catch::Contains("--prefill-router must be round_robin or least_work, got 'random'"));
   // Lengths from a file: their mean sets the prompts a second.
   const auto file = tmp.path() / "lengths.csv";
   std::ofstream(file) << "prompt_tokens\n512\n1536\n2048\n";
