@@ -593,6 +593,26 @@ int cmd_serve(const std::vector<std::string>& args) {
     // A prefill candidate's batch time against its prompts: its own batch and, where that holds
     // more than one prompt a GPU, the same scenario run at one a GPU (a grid's point into a
     // directory of its own).
+    // Prefill candidate c's scenario (the grid's point) with one setting more, run into
+    // DIR/NAME (a point into a directory of its own): its unit. Throws ScenarioError where that
+    // is not a scenario.
+    const auto run_variant = [&](std::size_t c, const std::string& set, const std::string& name, const std::string& what) {
+      auto sets = side.sets;
+      if (side.grid) {
+        const auto point = side.grid->points().at(candidate_point[c]);
+        sets.insert(sets.end(), point.begin(), point.end());
+      }
+      sets.push_back(set);
+      const auto sc = scenarios::load_scenario_file(side.grid ? side.grid->base : side.file, sets);
+      const std::string out_dir = dir + "/" + name + (side.grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+      if (!quiet)
+        fmt::print(stderr, "  simulating  the prefill {} {}\n", side.grid ? fmt::format("point {}", candidate_point[c]) : std::string("scenario"),
+                   what);
+      const auto result = simulate(sc, quiet);
+      tools::write_reports(out_dir, sc, result);
+      written.push_back(out_dir + "/");
+      return tools::serve_unit(sc, read_rows(out_dir + "/summary.csv").at(0), true);
+    };
     const auto linear_batch_time_of = [&](std::size_t c, std::string* note) {
       const tools::ServeUnit& pf = candidates[c];
       tools::PrefillBatchTime b;
@@ -609,26 +629,12 @@ int cmd_serve(const std::vector<std::string>& args) {
         return b;
       }
       if (b.full_prompts <= pf.gpus) return b;
-      auto one_sets = side.sets;
-      if (side.grid) {
-        const auto point = side.grid->points().at(candidate_point[c]);
-        one_sets.insert(one_sets.end(), point.begin(), point.end());
-      }
-      one_sets.push_back(fmt::format("workload.tokens_per_gpu={}", pf.prompt_tokens));
       try {
-        const auto one = scenarios::load_scenario_file(side.grid ? side.grid->base : side.file, one_sets);
-        const std::string out_dir =
-            dir + "/prefill-one-prompt" + (side.grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
-        if (!quiet)
-          fmt::print(stderr, "  simulating  the prefill {} at one prompt per GPU\n",
-                     side.grid ? fmt::format("point {}", candidate_point[c]) : std::string("scenario"));
-        const auto result = simulate(one, quiet);
-        tools::write_reports(out_dir, one, result);
-        const auto one_unit = tools::serve_unit(one, read_rows(out_dir + "/summary.csv").at(0), true);
+        const auto one_unit =
+            run_variant(c, fmt::format("workload.tokens_per_gpu={}", pf.prompt_tokens), "prefill-one-prompt", "at one prompt per GPU");
         b.least_prompts = pf.gpus;
         b.least_us = one_unit.step_us;
         b.least_local_us = one_unit.local_us;
-        written.push_back(out_dir + "/");
       } catch (const scenarios::ScenarioError& e) {
         *note = fmt::format("one prompt a GPU is not a scenario of its own ({}): every batch is timed as a full one", e.what());
         b.least_local_us = b.full_us;
@@ -648,24 +654,11 @@ int cmd_serve(const std::vector<std::string>& args) {
       };
       if (pf.gpus * pf.tokens_per_gpu < pf.prompt_tokens) return unscaled("a prompt spans more than a batch"), b;
       if (pf.prompt_tokens % 2 != 0) return unscaled(fmt::format("the scenario's {}-token prompts do not halve", pf.prompt_tokens)), b;
-      auto half_sets = side.sets;
-      if (side.grid) {
-        const auto point = side.grid->points().at(candidate_point[c]);
-        half_sets.insert(half_sets.end(), point.begin(), point.end());
-      }
-      half_sets.push_back(fmt::format("workload.sequence_length={}", pf.prompt_tokens / 2));
       try {
-        const auto half = scenarios::load_scenario_file(side.grid ? side.grid->base : side.file, half_sets);
-        const std::string out_dir =
-            dir + "/prefill-half-length" + (side.grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
-        if (!quiet)
-          fmt::print(stderr, "  simulating  the prefill {} at half its prompts' length\n",
-                     side.grid ? fmt::format("point {}", candidate_point[c]) : std::string("scenario"));
-        const auto result = simulate(half, quiet);
-        tools::write_reports(out_dir, half, result);
-        const double half_us = tools::serve_unit(half, read_rows(out_dir + "/summary.csv").at(0), true).step_us;
+        const double half_us = run_variant(c, fmt::format("workload.sequence_length={}", pf.prompt_tokens / 2), "prefill-half-length",
+                                           "at half its prompts' length")
+                                   .step_us;
         b.square_us = std::max(0.0, 2 * (pf.step_us - half_us) / b.full_prompts);
-        written.push_back(out_dir + "/");
       } catch (const scenarios::ScenarioError& e) {
         unscaled(fmt::format("half the length is not a scenario of its own: {}", e.what()));
       }

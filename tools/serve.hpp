@@ -125,7 +125,8 @@ PromptSizes prompt_sizes(const ServeTraffic& t, std::int64_t unit_prompt_tokens)
 std::vector<double> read_prompt_lengths(const std::string& path);
 
 // The prefill units' queue. Prompts of one length arrive as a Poisson process, prompts_per_s of
-// them; a router hands them to the units in turn (round robin), and a unit that falls free takes
+// them; a router hands them to the units in turn (round robin; or with PromptSizes::router
+// least_work each to the unit with the least work on hand), and a unit that falls free takes
 // every prompt waiting for it, up to a full batch, at once, as continuous-batching prefill
 // servers do (an idle unit starts as soon as a prompt comes, alone). A prompt's first token
 // comes when its batch ends: its time to first token (TTFT) is that less its arrival (the

@@ -3339,7 +3339,7 @@ TEST_CASE("MLA's latent KV cache sets decode memory, whole on every tensor-paral
   CHECK(with - without == Approx(77.309 - 0.0052).margin(0.01));
 }
 
-TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in their reads", "[models][fp8]") {
+TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in their reads", "[models][fp8][fp4]") {
   const std::string base = kMlaDecode;
   const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
   const auto fp8 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n"), "d.yaml");
@@ -3364,30 +3364,20 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   CHECK(models::expert_cost(m16, 100).bytes - models::expert_cost(m8, 100).bytes == 3 * 1024 * 1024);
   CHECK(models::decode_attention_cost(m16, 4, 1000).bytes - models::decode_attention_cost(m8, 4, 1000).bytes == 2'162'688);
   CHECK(models::router_cost(m16, 100).bytes == models::router_cost(m8, 100).bytes);
-}
-
-TEST_CASE("model.expert_weight_dtype: 4-bit routed experts beside BF16 attention, as GPT-OSS ships", "[models][fp4]") {
-  const std::string base = kMlaDecode;
-  const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
+  // model.expert_weight_dtype: the routed experts' alone, as GPT-OSS ships them (MXFP4 experts,
+  // BF16 attention). The attention and the router at 2 B, 17,317,888 B; the expert slot's 4 x
+  // 3,145,728 at 9 B per 16, 7,077,888 B.
   const auto experts = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  expert_weight_dtype: fp4\n"), "d.yaml");
-  CHECK(experts.forward.model.weight_bytes16 == 32);
-  CHECK(experts.forward.model.expert_weight_bytes16 == 9);
-  // A GPU's weights (above): the attention 4 x 2,162,688 and the router 4 x 2,048 at 2 B, 17,317,888
-  // B; the expert slot's 4 x 3,145,728 at 9 B per 16, 7,077,888 B.
-  const auto r = scenarios::run_experiment(experts);
-  const models::GpuParams held = models::stage_params(experts.forward, r.placements, 0);
-  CHECK(models::weight_bytes(experts.forward.model, held) == 17'317'888 + 7'077'888);
-  CHECK(models::weight_bytes(bf16.forward.model, held) == 42'483'712);
-  // A routed expert's weight reads are 4-bit; a shared expert's, the attention's and the router's not.
   const auto& m4 = experts.forward.model;
-  const auto& m16 = bf16.forward.model;
+  CHECK(m4.weight_bytes16 == 32);
+  CHECK(m4.expert_weight_bytes16 == 9);
+  CHECK(models::weight_bytes(m4, held) == 17'317'888 + 7'077'888);
+  // A routed expert's reads are 4-bit; a shared expert's, the attention's and the router's not.
   CHECK(models::routed_expert_cost(m16, 100).bytes - models::routed_expert_cost(m4, 100).bytes == 3 * 1024 * 1024 * 2 - 1'769'472);
   CHECK(models::expert_cost(m4, 100).bytes == models::expert_cost(m16, 100).bytes);
   CHECK(models::decode_attention_cost(m4, 4, 1000).bytes == models::decode_attention_cost(m16, 4, 1000).bytes);
-  // The step reads fewer bytes, so it is shorter; with weight_dtype as well, everything is 4-bit.
-  CHECK(r.stats.step_time() < scenarios::run_experiment(bf16).stats.step_time());
-  const auto both = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp4\n"), "d.yaml");
-  CHECK(both.forward.model.expert_weight_bytes16 == 9);
+  CHECK(scenarios::run_experiment(experts).stats.step_time() < scenarios::run_experiment(bf16).stats.step_time());
+  CHECK(fp4.forward.model.expert_weight_bytes16 == 9);  // weight_dtype takes the experts too
   // Training refuses it, naming the key.
   CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(tiny_training(""), "  top_k: 2\n", "  top_k: 2\n  expert_weight_dtype: fp8\n"), "t.yaml"),
                     Catch::Contains("model.expert_weight_dtype: only used in inference"));

@@ -124,6 +124,18 @@ TEST_CASE("Prompts of several lengths: M/G/1 without batching, batches filled by
   CHECK(g.mean_us == Approx(1580).epsilon(0.03));
   CHECK(g.mean_batch == 1);
   CHECK(simulate_prefill_queue(500, 1, linear, 7).mean_us == Approx(1500).epsilon(0.03));
+  // With 0.25 ms of a prompt's time growing with its length squared (its attention), the sizes
+  // take 600 + 250 (0.36 - 0.6) = 540 and 1400 + 250 (1.96 - 1.4) = 1540 us: E[S] = 1040 us,
+  // E[S^2] = 1,331,600 us^2, rho = 0.52, and the mean time in the system 1040 + 5e-4 x 1,331,600
+  // / (2 x 0.48) = 1733.5 us; a token of these prompts takes 1040 / 1000 of the scenario's.
+  PrefillBatchTime square = linear;
+  square.square_us = 250;
+  CHECK(two.mean_square() == Approx(1.16));
+  const PrefillQueue gs = simulate_prefill_queue(500, 1, square, 7, 200'000, two);
+  CHECK(gs.busy == Approx(0.52));
+  CHECK(gs.mean_us == Approx(1733.5).epsilon(0.03));
+  CHECK(prompt_time_factor(square, two) == Approx(1.04));
+  CHECK(prompt_time_factor(linear, two) == 1);
   // One size of 1, or a log-normal spread of 0, is the scenario's own prompts: the same queue.
   const PrefillBatchTime b{128, 32, 1800e3, 450e3, 190e3};
   const PrefillQueue fixed = simulate_prefill_queue(200, 4, b, 3);
@@ -194,22 +206,9 @@ TEST_CASE("The traffic's prompt lengths: a spread, or lengths from a file, in th
   CHECK_THROWS_WITH(read_prompt_lengths(path), Catch::Contains("cannot read"));
 }
 
-TEST_CASE("A prompt's attention grows with the square of its length: M/G/1 with the longer prompts dearer", "[serve][stats]") {
-  // The batch above (1 ms a scenario-length prompt, one a batch) with 0.25 ms of a prompt's time
-  // growing with its length squared: sizes 0.6 and 1.4 take 600 + 250 (0.36 - 0.6) = 540 and
-  // 1400 + 250 (1.96 - 1.4) = 1540 us. E[S] = 1040 us, E[S^2] = 1,331,600 us^2; at 500 prompts/s
-  // rho = 0.52 and a prompt's mean time in the system is 1040 + 5e-4 x 1,331,600 / (2 x 0.48)
-  // = 1733.5 us (Pollaczek-Khinchine).
+TEST_CASE("A prompt's attention grows with the square of its length: the spread's E[w^2], alone at light load", "[serve][stats]") {
   PrefillBatchTime square{1, 1, 1000, 1000, 0};
   square.square_us = 250;
-  PromptSizes two;
-  two.drawn = {0.6, 1.4};
-  CHECK(two.mean_square() == Approx(1.16));
-  const PrefillQueue g = simulate_prefill_queue(500, 1, square, 7, 200'000, two);
-  CHECK(g.busy == Approx(0.52));
-  CHECK(g.mean_us == Approx(1733.5).epsilon(0.03));
-  // A token of these prompts takes 1040 / 1000 of the scenario's.
-  CHECK(prompt_time_factor(square, two) == Approx(1.04));
   // Prompts all of the scenario's length: nothing changes.
   PromptSizes ones;
   ones.drawn = {1.0};
