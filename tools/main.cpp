@@ -31,6 +31,7 @@
 #include "sim/assert.hpp"
 #include "sim/units.hpp"
 #include "tools/calibrate.hpp"
+#include "topology/gpu_spec.hpp"
 #include "tools/diff.hpp"
 #include "tools/flows_replay.hpp"
 #include "scenarios/grid.hpp"
@@ -115,6 +116,10 @@ commands:
   check-profile --coverage [--profile PROFILE.csv] [--gpu MODEL]
         what the profile measures: per shape and kernel the experts, token (or row)
         range, rows and distributions, and whether it has the backward pass
+  check-profile --roofline [--profile PROFILE.csv] [--gpu MODEL] [--from-tokens N] [-q]
+        the roofline's forward MoE stages (router with permutation, experts,
+        combine) against the profile's measured ones, with the kernels between the
+        GEMMs (compute.elementwise_kernels) apart and not: measured over predicted
   check-profile --leave-one-out [--profile PROFILE.csv] [--gpu MODEL] [-q]
         judge the profile's interpolation on itself: each row with measured counts
         on both sides predicted without it; the error per kernel and the worst rows
@@ -908,6 +913,90 @@ int coverage_report(const models::KernelProfile& profile) {
   return 0;
 }
 
+// check-profile --roofline: the roofline's forward MoE stages (at its default efficiencies, on
+// the GPU's datasheet) against the profile's measured ones, uniform routing, with the kernels
+// between the GEMMs (compute.elementwise_kernels) counted apart and not: the router with the
+// permutation (router and permute rows; the roofline's permutation only with them apart), the
+// expert stage (its rows over its active experts, a kernel each, as the simulator's fallback
+// runs them) and the combine (the reduce). Prints each stage's measured over predicted time:
+// the median and range over the shapes' token counts from `least` tokens (rows) up.
+int roofline_report(const models::KernelProfile& profile, const topology::GpuSpec& gpu, std::int64_t least, bool quiet) {
+  models::RooflineSpec off_spec, on_spec;
+  on_spec.elementwise_kernels = true;
+  const models::Roofline off(gpu, off_spec), on(gpu, on_spec);
+  struct Ratios {
+    std::vector<double> off, on;
+  };
+  std::map<std::pair<std::string, std::string>, Ratios> by;  // stage, shape
+  const auto find = [&](const std::string& kernel, const models::KernelProfile::Row& like, std::int64_t tokens, int experts) {
+    for (const auto& r : profile.rows)
+      if (r.kernel == kernel && r.shape == like.shape && r.hidden == like.hidden && r.ffn == like.ffn && r.top_k == like.top_k &&
+          r.tokens == tokens && r.experts == experts && (r.distribution == "uniform" || r.distribution == "-"))
+        return &r;
+    return static_cast<const models::KernelProfile::Row*>(nullptr);
+  };
+  if (!quiet)
+    fmt::print("{:<8} {:<9} {:>8} {:>7} {:>12} {:>12} {:>12} {:>8} {:>8}\n", "stage", "shape", "tokens", "experts", "measured_us",
+               "roofline_us", "apart_us", "ratio", "apart");
+  const auto add = [&](const std::string& stage, const models::KernelProfile::Row& r, int experts, double measured, sim::Time t_off,
+                       sim::Time t_on) {
+    const double a = t_off.to_seconds() * 1e6, b = t_on.to_seconds() * 1e6;
+    by[{stage, r.shape}].off.push_back(measured / a);
+    by[{stage, r.shape}].on.push_back(measured / b);
+    if (!quiet)
+      fmt::print("{:<8} {:<9} {:>8} {:>7} {:>12.1f} {:>12.1f} {:>12.1f} {:>8.2f} {:>8.2f}\n", stage, r.shape, r.tokens, experts, measured, a,
+                 b, measured / a, measured / b);
+  };
+  for (const auto& r : profile.rows) {
+    if (r.tokens < least) continue;
+    routing::MoeModelSpec m;
+    m.hidden = r.hidden;
+    m.expert_ffn = r.ffn;
+    m.top_k = r.top_k;
+    m.dtype_bytes = 2;
+    m.weight_bytes16 = m.expert_weight_bytes16 = 32;
+    if (r.kernel == "router") {
+      m.experts = r.experts;
+      const auto* permute = find("permute", r, r.tokens, r.experts);
+      const auto* combine = find("combine", r, r.tokens, r.experts);
+      const models::KernelCost c = models::router_cost(m, r.tokens);
+      if (permute) add("router", r, r.experts, r.median_us + permute->median_us, off.time(c), on.time(c));
+      if (combine) {
+        const models::KernelCost d = models::reduce_cost(m, r.tokens, r.tokens * r.top_k);
+        add("combine", *combine, r.experts, combine->median_us, off.time(d), on.time(d));
+      }
+    } else if (r.kernel == "experts" && r.distribution == "uniform" && r.active_experts > 0) {
+      // Its rows over the experts that have any, as evenly as they divide.
+      sim::Time t_off, t_on;
+      for (int e = 0; e < r.active_experts; ++e) {
+        const std::int64_t n = r.tokens / r.active_experts + (e < r.tokens % r.active_experts ? 1 : 0);
+        const models::KernelCost c = models::expert_cost(m, n);
+        t_off += off.time(c);
+        t_on += on.time(c);
+      }
+      add("experts", r, r.experts, r.median_us, t_off, t_on);
+    }
+  }
+  if (by.empty()) throw UsageError(fmt::format("{}: no router, permute, experts or combine rows from {} tokens", profile.source, least));
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  };
+  fmt::print("{}{}: measured over the roofline's time ({} on {}'s datasheet, {} of its BF16 peak, {} of its HBM), uniform routing, "
+             "from {} tokens\n",
+             quiet ? "" : "\n", profile.source, "compute.model: roofline", gpu.name, off_spec.flops_efficiency, off_spec.memory_efficiency,
+             least);
+  fmt::print("{:<8} {:<9} {:>5}   {:>22}   {:>22}\n", "stage", "shape", "rows", "kernels between fused", "elementwise_kernels");
+  for (const auto& [key, r] : by) {
+    const auto range = [&](const std::vector<double>& v) {
+      return fmt::format("{:.2f} ({:.2f}-{:.2f})", median(v), *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
+    };
+    fmt::print("{:<8} {:<9} {:>5}   {:>22}   {:>22}\n", key.first, key.second, r.off.size(), range(r.off), range(r.on));
+  }
+  return 0;
+}
+
 enum class LeaveOut { rows, distributions, expert_counts };
 
 int leave_out_report(const models::KernelProfile& profile, LeaveOut what, bool quiet) {
@@ -991,13 +1080,15 @@ int cmd_check_profile(const std::vector<std::string>& args) {
       "coverage", "what the profile measures: per shape and kernel, the experts, tokens, rows and distributions")(
       "leave-one-out", "judge the profile's interpolation on itself: each row predicted without it")(
       "leave-one-distribution-out", "judge the expert stage across distributions: each predicted from the others")(
-      "leave-one-expert-count-out", "judge the expert stage across local-expert counts: each from the counts either side");
+      "leave-one-expert-count-out", "judge the expert stage across local-expert counts: each from the counts either side")(
+      "roofline", "the roofline's forward MoE stages against the profile's, with the kernels between the GEMMs apart and not")(
+      "from-tokens", po::value<std::int64_t>()->default_value(1024), "with --roofline: the rows from this many tokens up");
   const auto vm = parse_command(args, opts, "measured", 1);
   const int leave_outs = static_cast<int>(vm.count("leave-one-out") + vm.count("leave-one-distribution-out") +
                                           vm.count("leave-one-expert-count-out"));
   if (leave_outs > 1)
     throw UsageError("check-profile takes one of --leave-one-out, --leave-one-distribution-out and --leave-one-expert-count-out");
-  if (!vm.count("measured") && leave_outs == 0 && !vm.count("coverage"))
+  if (!vm.count("measured") && leave_outs == 0 && !vm.count("coverage") && !vm.count("roofline"))
     throw UsageError("check-profile needs the measured timings file (or one of the --leave-one-... options)");
   std::shared_ptr<const models::KernelProfile> profile;
   if (vm.count("profile")) {
@@ -1009,6 +1100,12 @@ int cmd_check_profile(const std::vector<std::string>& args) {
   if (vm.count("coverage")) {
     if (vm.count("measured") || leave_outs > 0) throw UsageError("check-profile --coverage takes no measured timings file or --leave-one-...");
     return coverage_report(*profile);
+  }
+  if (vm.count("roofline")) {
+    if (vm.count("measured") || leave_outs > 0) throw UsageError("check-profile --roofline takes no measured timings file or --leave-one-...");
+    const topology::GpuSpec* gpu = topology::find_gpu_preset(vm["gpu"].as<std::string>());
+    if (!gpu) throw UsageError(fmt::format("--gpu {}: not a GPU moesim knows", vm["gpu"].as<std::string>()));
+    return roofline_report(*profile, *gpu, vm["from-tokens"].as<std::int64_t>(), vm.count("quiet") > 0);
   }
   if (leave_outs > 0) {
     const LeaveOut what = vm.count("leave-one-distribution-out") ? LeaveOut::distributions
