@@ -291,6 +291,15 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
                                           "hot:0.5,uniform,zipf:0.8,zipf:1.2\n[\\s\\S]*"));
   CHECK_THAT(coverage.out, Catch::Contains("backward pass: not measured (no _bwd rows)"));
   CHECK(moesim("check-profile " + heldout + " --coverage", tmp).code == 2);
+  // --roofline: the roofline's stages against the measured ones, row by row, then per stage.
+  const auto roofline = moesim("check-profile --roofline --from-tokens 65536", tmp);
+  CHECK(roofline.code == 0);
+  CHECK_THAT(roofline.out, Catch::Matches("[\\s\\S]*\nrouter +deepseek +65536 +256 +6181\\.9 +354\\.8 +3324\\.3 +17\\.42 +1\\.86\n[\\s\\S]*"));
+  CHECK_THAT(roofline.out, Catch::Contains("from 65536 tokens"));
+  CHECK(moesim("check-profile " + heldout + " --roofline", tmp).code == 2);
+  const auto no_gpu = moesim("check-profile --roofline --gpu H900", tmp);
+  CHECK(no_gpu.code == 2);
+  CHECK(moesim("check-profile --roofline --from-tokens 100000000", tmp).code == 2);
   const auto neither = moesim("check-profile", tmp);
   CHECK(neither.code == 2);
   CHECK_THAT(neither.err, Catch::Contains("needs the measured timings file"));
