@@ -80,6 +80,7 @@ KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
       .gemm_flops = 2 * t * w + index,
       .core_flops = core,
       .elementwise_bytes = layer_elementwise_bytes(m, tokens),
+      .elementwise_launches = 3,
   };
 }
 
@@ -115,6 +116,7 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
       .gemm_flops = 2 * t * w + prefix_gemm,
       .core_flops = core,
       .elementwise_bytes = layer_elementwise_bytes(m, tokens),
+      .elementwise_launches = 3,
   };
 }
 
@@ -158,7 +160,8 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                       .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + a.q + a.out)),
                       .gemm_flops = 2 * t * w + index,
                       .core_flops = 2 * t * top * (a.q + a.out),
-                      .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
+                      .elementwise_bytes = layer_elementwise_bytes(m, tokens),
+      .elementwise_launches = 3};
   }
   const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   if (routing::is_mla(m)) {
@@ -171,18 +174,21 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                       .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.latent + q + out)),
                       .gemm_flops = 2 * t * w,
                       .core_flops = 2 * t * c * (q + out),
-                      .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
+                      .elementwise_bytes = layer_elementwise_bytes(m, tokens),
+      .elementwise_launches = 3};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
                     .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
                     .gemm_flops = 2 * t * w,
                     .core_flops = 2 * t * c * (a.q + a.out),
-                    .elementwise_bytes = layer_elementwise_bytes(m, tokens)};
+                    .elementwise_bytes = layer_elementwise_bytes(m, tokens),
+      .elementwise_launches = 3};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes, e = m.experts;
-  return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e, .elementwise_bytes = b * t * h * (1 + m.top_k)};
+  return KernelCost{.flops = 2 * t * h * e, .bytes = b * (h * e + t * h) + 4 * t * e, .elementwise_bytes = b * t * h * (1 + m.top_k),
+                    .elementwise_launches = 1};
 }
 
 namespace {
@@ -194,7 +200,8 @@ KernelCost swiglu_cost(const routing::MoeModelSpec& m, std::int64_t n, std::int6
   return KernelCost{.flops = 2 * n * h * f * 3,
                     .bytes = weight_bytes + b * n * (2 * h + 3 * f),
                     .gemm_flops = 2 * n * h * f * 3,
-                    .activation_bytes = 3 * b * n * f};
+                    .activation_bytes = 3 * b * n * f,
+                    .elementwise_launches = 1};
 }
 
 }  // namespace

@@ -700,9 +700,15 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
   const bool twice = work == Work::gemm && in_pass && backward(p) && !split(p);
   KernelCost run = twice ? 2 * c : c;
-  if (twice) run.elementwise_bytes = c.elementwise_bytes;
-  if (in_pass && backward(p) && spec_.recompute_moe_act) run.activation_bytes += c.activation_bytes;
-  if (p < passes() && weight(p)) run.elementwise_bytes = 0;
+  if (twice) {
+    run.elementwise_bytes = c.elementwise_bytes;
+    run.elementwise_launches = c.elementwise_launches;
+  }
+  if (in_pass && backward(p) && spec_.recompute_moe_act && c.activation_bytes > 0) {
+    run.activation_bytes += c.activation_bytes;
+    ++run.elementwise_launches;
+  }
+  if (p < passes() && weight(p)) run.elementwise_bytes = run.elementwise_launches = 0;
   if (work != Work::not_model && !(in_pass && recompute(p))) model_flops_ += static_cast<double>(run.flops);
   last_profiled_ = false;
   return scaled(roofline_.time(run), gpu);
@@ -1142,7 +1148,10 @@ void MoeForward::dense_tp_step(int gpu) {
     const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, back ? m.dense_layers - 1 - layer : layer);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
     KernelCost c = back ? 2 * f - w : f;
-    if (back) c.elementwise_bytes = f.elementwise_bytes + (ffn ? 0 : norm_recompute_bytes());
+    if (back) {
+      c.elementwise_bytes = f.elementwise_bytes + (ffn ? 0 : norm_recompute_bytes());
+      c.elementwise_launches = f.elementwise_launches + (ffn ? 0 : norm_recompute_launches());
+    }
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
               back || again, again, ffn ? 0 : t, back && !ffn);
     return;
@@ -1287,11 +1296,13 @@ void MoeForward::attention_backward_compute(int gpu) {
     const KernelCost a = attention(spec_.tokens_per_gpu, layer), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
     KernelCost c = 2 * a - w;
     c.elementwise_bytes = a.elementwise_bytes + norm_recompute_bytes();
+    c.elementwise_launches = a.elementwise_launches + norm_recompute_launches();
     run_stage(gpu, Stage::attention, cost(c, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
     return;
   }
   KernelCost a = attention(spec_.tokens_per_gpu, layer);
   a.elementwise_bytes += norm_recompute_bytes();
+  a.elementwise_launches += norm_recompute_launches();
   run_stage(gpu, Stage::attention, cost(a, gpu), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
 }
 
@@ -1714,12 +1725,15 @@ KernelCost MoeForward::dense_backward_cost(int pass) const {
   const KernelCost c = dense_cost(), w = split(pass) ? dense_weight_cost() : KernelCost{};
   KernelCost b = 2 * c - w;
   b.elementwise_bytes = c.elementwise_bytes + spec_.model.dense_layers * norm_recompute_bytes();
+  b.elementwise_launches = c.elementwise_launches + spec_.model.dense_layers * norm_recompute_launches();
   return b;
 }
 
 std::int64_t MoeForward::norm_recompute_bytes() const {
   return spec_.recompute_layernorm ? norm_bytes(spec_.model, spec_.tokens_per_gpu) : 0;
 }
+
+std::int64_t MoeForward::norm_recompute_launches() const { return spec_.recompute_layernorm ? 2 : 0; }
 
 KernelCost MoeForward::dense_recompute_cost() const {
   // Full recomputation: their whole forward; attention: their attention's; selective: their

@@ -565,7 +565,8 @@ class MoeForward {
   KernelCost dense_recompute_cost() const;
   // With recompute_modules layernorm: the layer's norms again before its attention's backward
   // (compute.elementwise_kernels; models::norm_bytes).
-  std::int64_t norm_recompute_bytes() const;  // their forward again (recompute full) or their attention's (attention)
+  std::int64_t norm_recompute_bytes() const;
+  std::int64_t norm_recompute_launches() const;  // its two kernels  // their forward again (recompute full) or their attention's (attention)
   KernelCost lm_head() const;  // forward (with the loss in training)
   std::int64_t lm_head_tokens() const;  // the GPU's tokens that need logits
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or

@@ -33,7 +33,7 @@ sim::Time Roofline::time(const KernelCost& cost) const {
   if (!elementwise_kernels_)
     return overhead_ + sim::max(compute, sim::transfer_time(sim::Bytes(cost.bytes + cost.activation_bytes), bandwidth_));
   const std::int64_t apart = cost.activation_bytes + cost.elementwise_bytes;
-  return overhead_ + sim::max(compute, sim::transfer_time(sim::Bytes(cost.bytes), bandwidth_)) +
+  return overhead_ * (1 + cost.elementwise_launches) + sim::max(compute, sim::transfer_time(sim::Bytes(cost.bytes), bandwidth_)) +
          (apart > 0 ? sim::transfer_time(sim::Bytes(apart), bandwidth_) : sim::Time{});
 }
 

@@ -20,8 +20,9 @@
 // The memory-bound kernels between the GEMMs (compute.elementwise_kernels): a kernel's
 // activation_bytes (its SwiGLU's: the gate and up outputs read, the activation written) and
 // elementwise_bytes (the norms', the rotary embedding's, the permutation's) are kernels of their
-// own that run after it at the memory bandwidth, overlapping nothing:
-//     t = overhead + max(compute, B / bw) + (A + E) / bw
+// own that run after it at the memory bandwidth, overlapping nothing, each launch
+// (elementwise_launches) paying the kernel overhead too:
+//     t = (1 + launches) overhead + max(compute, B / bw) + (A + E) / bw
 // Without it (the default) the activation's bytes count with the kernel's, as one fused kernel
 // would move them, and the other elementwise kernels are not modelled:
 //     t = overhead + max(compute, (B + A) / bw)
@@ -61,20 +62,27 @@ struct KernelCost {
   std::int64_t core_flops = 0;
   std::int64_t activation_bytes = 0;
   std::int64_t elementwise_bytes = 0;
+  // The memory-bound kernels apart that it stands for (each pays kernel_overhead with
+  // compute.elementwise_kernels): a layer's norms and rotary embedding 3, the permutation 1, a
+  // SwiGLU 1.
+  std::int64_t elementwise_launches = 0;
 
   friend KernelCost operator+(const KernelCost& a, const KernelCost& b) {
     return {.flops = a.flops + b.flops, .bytes = a.bytes + b.bytes, .gemm_flops = a.gemm_flops + b.gemm_flops,
             .core_flops = a.core_flops + b.core_flops, .activation_bytes = a.activation_bytes + b.activation_bytes,
-            .elementwise_bytes = a.elementwise_bytes + b.elementwise_bytes};
+            .elementwise_bytes = a.elementwise_bytes + b.elementwise_bytes,
+            .elementwise_launches = a.elementwise_launches + b.elementwise_launches};
   }
   friend KernelCost operator-(const KernelCost& a, const KernelCost& b) {
     return {.flops = a.flops - b.flops, .bytes = a.bytes - b.bytes, .gemm_flops = a.gemm_flops - b.gemm_flops,
             .core_flops = a.core_flops - b.core_flops, .activation_bytes = a.activation_bytes - b.activation_bytes,
-            .elementwise_bytes = a.elementwise_bytes - b.elementwise_bytes};
+            .elementwise_bytes = a.elementwise_bytes - b.elementwise_bytes,
+            .elementwise_launches = a.elementwise_launches - b.elementwise_launches};
   }
   friend KernelCost operator*(std::int64_t n, const KernelCost& a) {
     return {.flops = n * a.flops, .bytes = n * a.bytes, .gemm_flops = n * a.gemm_flops, .core_flops = n * a.core_flops,
-            .activation_bytes = n * a.activation_bytes, .elementwise_bytes = n * a.elementwise_bytes};
+            .activation_bytes = n * a.activation_bytes, .elementwise_bytes = n * a.elementwise_bytes,
+            .elementwise_launches = n * a.elementwise_launches};
   }
 };
 

@@ -1345,6 +1345,17 @@ TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEM
         forward + backward + Time::ps(16'384'000));
   CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(tiny("dropless", 1), "compute: {", "compute: {elementwise_kernels: yes, "), "e.yaml"),
                     Catch::Contains("compute.elementwise_kernels"));
+  // Each kernel apart is a launch: with a kernel_overhead of 1 us the forward's attention, router,
+  // expert and reduce kernels take 4 us, and the norms, rotary embedding, permutation and SwiGLU
+  // 5 us more.
+  const auto forward_step = [](bool elementwise, const char* overhead) {
+    std::string text = replaced(tiny("dropless", 1), "compute: {flops_efficiency: 1,",
+                                fmt::format("compute: {{kernel_overhead: {}, elementwise_kernels: {}, flops_efficiency: 1,", overhead,
+                                            elementwise ? "true" : "false"));
+    return scenarios::run_experiment(scenarios::load_scenario_text(text, "o.yaml")).stats.step_time();
+  };
+  CHECK(forward_step(false, "1us") - forward_step(false, "0us") == Time::us(4));
+  CHECK(forward_step(true, "1us") - forward_step(true, "0us") == Time::us(9));
 }
 
 TEST_CASE("The backward's gradients go to the experts in gradient_dispatch_dtype rows, as derived by hand", "[models][all_to_all]") {
