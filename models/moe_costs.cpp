@@ -161,7 +161,7 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                       .gemm_flops = 2 * t * w + index,
                       .core_flops = 2 * t * top * (a.q + a.out),
                       .elementwise_bytes = layer_elementwise_bytes(m, tokens),
-      .elementwise_launches = 3};
+                      .elementwise_launches = 3};
   }
   const std::int64_t cache = t * c * routing::kv_cache_token_bytes(m) / queries;
   if (routing::is_mla(m)) {
@@ -175,14 +175,14 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
                       .gemm_flops = 2 * t * w,
                       .core_flops = 2 * t * c * (q + out),
                       .elementwise_bytes = layer_elementwise_bytes(m, tokens),
-      .elementwise_launches = 3};
+                      .elementwise_launches = 3};
   }
   return KernelCost{.flops = 2 * t * w + 2 * t * c * (a.q + a.out),
                     .bytes = routing::linear_weight_bytes(m, w) + cache + b * t * (2 * h + 2 * (a.q + a.k + a.v)),
                     .gemm_flops = 2 * t * w,
                     .core_flops = 2 * t * c * (a.q + a.out),
                     .elementwise_bytes = layer_elementwise_bytes(m, tokens),
-      .elementwise_launches = 3};
+                    .elementwise_launches = 3};
 }
 
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t t) {

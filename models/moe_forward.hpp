@@ -162,10 +162,11 @@ struct ForwardSpec {
   // mla_up_proj: MLA's queries, keys and values are not kept, its up projections run again before
   // the attention's backward; moe_act: the routed and shared experts' SwiGLU outputs are not kept
   // (rebuilt from the gate and up outputs, bytes the compute-bound expert GEMMs hide: no time,
-  // but with compute.elementwise_kernels the SwiGLU's forward bytes again). DeepSeek-V3 recomputes the first two (technical
-  // report, section 3.2.3) and the third's output (section 3.3.3). Each rebuilds in the
-  // input-gradient pass, so it works with every schedule; a weight pass keeps what it rebuilt
-  // and the weight gradients need (the norms' and SwiGLU outputs) until it runs (memory).
+  // but with compute.elementwise_kernels the SwiGLU's forward bytes again). DeepSeek-V3
+  // recomputes the first two (technical report, section 3.2.3) and the third's output (section
+  // 3.3.3). Each rebuilds in the input-gradient pass, so it works with every schedule; a weight
+  // pass keeps what it rebuilt and the weight gradients need (the norms' and SwiGLU outputs)
+  // until it runs (memory).
   bool recompute_layernorm = false, recompute_mla_up_proj = false, recompute_moe_act = false;
   // Training: activations kept for the backward pass in FP8 where DeepSeek-V3 keeps them so
   // (technical report, section 3.3.3): the linear layers' inputs (attention projections',
@@ -562,11 +563,11 @@ class MoeForward {
   KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
   // Their backward in pass `pass` (the first MoE layer's backward; split: less the weight gradients).
   KernelCost dense_backward_cost(int pass) const;
-  KernelCost dense_recompute_cost() const;
+  KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
   // With recompute_modules layernorm: the layer's norms again before its attention's backward
-  // (compute.elementwise_kernels; models::norm_bytes).
+  // (compute.elementwise_kernels; models::norm_bytes), and their two kernels.
   std::int64_t norm_recompute_bytes() const;
-  std::int64_t norm_recompute_launches() const;  // its two kernels  // their forward again (recompute full) or their attention's (attention)
+  std::int64_t norm_recompute_launches() const;
   KernelCost lm_head() const;  // forward (with the loss in training)
   std::int64_t lm_head_tokens() const;  // the GPU's tokens that need logits
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or

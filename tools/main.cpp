@@ -31,9 +31,9 @@
 #include "sim/assert.hpp"
 #include "sim/units.hpp"
 #include "tools/calibrate.hpp"
-#include "topology/gpu_spec.hpp"
 #include "tools/diff.hpp"
 #include "tools/flows_replay.hpp"
+#include "topology/gpu_spec.hpp"
 #include "scenarios/grid.hpp"
 #include "tools/report.hpp"
 #include "tools/plan.hpp"
@@ -595,9 +595,6 @@ int cmd_serve(const std::vector<std::string>& args) {
       candidate_point.push_back(0);
       written.push_back(dir + "/" + side.name + "/");
     }
-    // A prefill candidate's batch time against its prompts: its own batch and, where that holds
-    // more than one prompt a GPU, the same scenario run at one a GPU (a grid's point into a
-    // directory of its own).
     // Prefill candidate c's scenario (the grid's point) with one setting more, run into
     // DIR/NAME (a point into a directory of its own): its unit. Throws ScenarioError where that
     // is not a scenario.
@@ -618,6 +615,8 @@ int cmd_serve(const std::vector<std::string>& args) {
       written.push_back(out_dir + "/");
       return tools::serve_unit(sc, read_rows(out_dir + "/summary.csv").at(0), true);
     };
+    // A prefill candidate's batch time against its prompts: its own batch and, where that holds
+    // more than one prompt a GPU, the same scenario run at one a GPU.
     const auto linear_batch_time_of = [&](std::size_t c, std::string* note) {
       const tools::ServeUnit& pf = candidates[c];
       tools::PrefillBatchTime b;

@@ -4,10 +4,10 @@
 #include <fmt/ostream.h>
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 
 #include "routing/moe_spec.hpp"
 #include "sim/rng.hpp"
