@@ -292,6 +292,10 @@ TEST_CASE("moesim check-profile checks measured layers against the profile, or t
   CHECK_THAT(coverage.out, Catch::Contains("backward pass: not measured (no _bwd rows)"));
   CHECK(moesim("check-profile " + heldout + " --coverage", tmp).code == 2);
   // --roofline: the roofline's stages against the measured ones, row by row, then per stage.
+  // DeepSeek-V3's router at 65,536 tokens on the H100's datasheet (989.4 TFLOP/s x 0.7, 3.35 TB/s
+  // x 0.85): its 1,010,302,976 bytes (weights, tokens, fp32 logits) take 354.8 us, more than its
+  // 240.5 GFLOP; the permutation apart, 2 B x 65,536 x 7168 x (1 + 8) = 8,455,716,864 bytes, 2969.5
+  // us more: 3324.3 us against the measured router and permute's 6181.9.
   const auto roofline = moesim("check-profile --roofline --from-tokens 65536", tmp);
   CHECK(roofline.code == 0);
   CHECK_THAT(roofline.out, Catch::Matches("[\\s\\S]*\nrouter +deepseek +65536 +256 +6181\\.9 +354\\.8 +3324\\.3 +17\\.42 +1\\.86\n[\\s\\S]*"));
