@@ -19,14 +19,15 @@ struct MoeModelSpec {
   int top_k = 1;
   int shared_experts = 0;       // always-on experts every token passes through (DeepSeek)
   int dtype_bytes = 2;          // activations and weights (bf16)
-  // Bytes per 16 elements of the linear layers' weights (model.weight_dtype: the routed and shared
-  // experts, the attention projections, the dense FFNs): 32 for bf16, 16 for fp8, 9 for NVFP4
-  // (4-bit values and an 8-bit scale per 16; linear_weight_bytes); the router, the embedding and
-  // the LM head stay at dtype_bytes, as in DeepSeek-V3's FP8 checkpoint.
-  int weight_bytes16 = 32;
-  // The routed experts' alone (model.expert_weight_dtype; by default weight_bytes16's): GPT-OSS's
+  // Bytes per 32 elements of the linear layers' weights (model.weight_dtype: the routed and shared
+  // experts, the attention projections, the dense FFNs): 64 for bf16, 32 for fp8, 18 for NVFP4
+  // (4-bit values and an 8-bit scale per 16), 17 for MXFP4 (an 8-bit scale per 32;
+  // linear_weight_bytes); the router, the embedding and the LM head stay at dtype_bytes, as in
+  // DeepSeek-V3's FP8 checkpoint.
+  int weight_bytes32 = 64;
+  // The routed experts' alone (model.expert_weight_dtype; by default weight_bytes32's): GPT-OSS's
   // and Kimi K2's checkpoints quantize the routed experts to 4 bits and keep the rest in BF16.
-  int expert_weight_bytes16 = 32;
+  int expert_weight_bytes32 = 64;
   int attention_heads = 1;
   int kv_heads = 1;
   std::int64_t head_dim = 0;
@@ -102,13 +103,13 @@ inline std::int64_t index_cache_token_bytes(const MoeModelSpec& m) {
 }
 
 // The bytes of n linear-layer weights at model.weight_dtype (rounded up to the byte).
-inline std::int64_t linear_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.weight_bytes16 * n + 15) / 16; }
+inline std::int64_t linear_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.weight_bytes32 * n + 31) / 32; }
 // The bytes of n routed experts' weights (model.expert_weight_dtype).
-inline std::int64_t expert_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.expert_weight_bytes16 * n + 15) / 16; }
+inline std::int64_t expert_weight_bytes(const MoeModelSpec& m, std::int64_t n) { return (m.expert_weight_bytes32 * n + 31) / 32; }
 // Whether the linear layers' weights are at model.dtype (no model.weight_dtype or
 // model.expert_weight_dtype of their own).
 inline bool weights_at_dtype(const MoeModelSpec& m) {
-  return m.weight_bytes16 == 16 * m.dtype_bytes && m.expert_weight_bytes16 == m.weight_bytes16;
+  return m.weight_bytes32 == 32 * m.dtype_bytes && m.expert_weight_bytes32 == m.weight_bytes32;
 }
 // Elements one GPU caches per token and layer: its kv heads' keys and values, MLA's kv latent
 // and RoPE key, or a given kv_cache_dim; a latent is cached whole by every tensor-parallel GPU.

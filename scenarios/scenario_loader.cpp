@@ -390,14 +390,16 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     m.shared_experts = as_int(*v);
   if (auto v = model->get<std::string>("dtype", one_of({"bf16", "fp16", "fp32"}), false))
     m.dtype_bytes = dtype_bytes(*v);
-  m.weight_bytes16 = 16 * m.dtype_bytes;
-  // fp4: NVIDIA's NVFP4, 4-bit (E2M1) values with an 8-bit (E4M3) scale per 16 (9 bytes per 16
-  // weights; the tensor's one fp32 scale left out).
-  if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "fp32"}), false))
-    m.weight_bytes16 = *v == "fp4" ? 9 : 16 * dtype_bytes(*v);
-  m.expert_weight_bytes16 = m.weight_bytes16;
-  if (auto v = model->get<std::string>("expert_weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "fp32"}), false))
-    m.expert_weight_bytes16 = *v == "fp4" ? 9 : 16 * dtype_bytes(*v);
+  m.weight_bytes32 = 32 * m.dtype_bytes;
+  // fp4: NVIDIA's NVFP4, 4-bit (E2M1) values with an 8-bit (E4M3) scale per 16 (18 bytes per 32
+  // weights; the tensor's one fp32 scale left out); mxfp4: OCP's MXFP4, the same values with an
+  // 8-bit (E8M0) scale per 32 (17 bytes per 32), as GPT-OSS ships its experts.
+  const auto bytes32 = [](const std::string& dtype) { return dtype == "fp4" ? 18 : dtype == "mxfp4" ? 17 : 32 * dtype_bytes(dtype); };
+  if (auto v = model->get<std::string>("weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "mxfp4", "fp32"}), false))
+    m.weight_bytes32 = bytes32(*v);
+  m.expert_weight_bytes32 = m.weight_bytes32;
+  if (auto v = model->get<std::string>("expert_weight_dtype", one_of({"bf16", "fp16", "fp8", "fp4", "mxfp4", "fp32"}), false))
+    m.expert_weight_bytes32 = bytes32(*v);
   m.kv_cache_bytes = m.dtype_bytes;
   if (auto v = model->get<std::string>("kv_cache_dtype", one_of({"bf16", "fp16", "fp8", "fp32"}), false))
     m.kv_cache_bytes = dtype_bytes(*v);
@@ -997,7 +999,7 @@ void cross_check(const Scenario& sc, Problems& problems) {
                     fmt::format("hidden {} does not divide into {} heads; set model.head_dim",
                                 m.hidden, m.attention_heads));
   // Which key set the weights apart from model.dtype (model.weight_dtype first).
-  const std::string weight_key = m.weight_bytes16 != 16 * m.dtype_bytes ? "model.weight_dtype" : "model.expert_weight_dtype";
+  const std::string weight_key = m.weight_bytes32 != 32 * m.dtype_bytes ? "model.weight_dtype" : "model.expert_weight_dtype";
   if (sc.forward.training && !routing::weights_at_dtype(m))
     problems.add_at(weight_key, "only used in inference (forward, prefill, decode): training keeps its weights in "
                                 "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");

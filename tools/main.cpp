@@ -953,7 +953,7 @@ int roofline_report(const models::KernelProfile& profile, const topology::GpuSpe
     m.expert_ffn = r.ffn;
     m.top_k = r.top_k;
     m.dtype_bytes = 2;
-    m.weight_bytes16 = m.expert_weight_bytes16 = 32;
+    m.weight_bytes32 = m.expert_weight_bytes32 = 64;
     if (r.kernel == "router") {
       m.experts = r.experts;
       const auto* permute = find("permute", r, r.tokens, r.experts);

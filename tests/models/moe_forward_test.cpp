@@ -739,7 +739,7 @@ TEST_CASE("FP4 GEMMs and NVFP4 weights, as derived by hand", "[models][fp4]") {
   CHECK(r4.stats.gpus()[0].stage_total[idx(Stage::attention)] == Time::ps(41'472'000));
   CHECK(r4.stats.gpus()[0].stage_total[idx(Stage::experts)] == Time::ps(39'059'456));
   const auto sc = scenarios::load_scenario_text(replaced(text, "  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp4\n"), "tiny.yaml");
-  CHECK(sc.forward.model.weight_bytes16 == 9);
+  CHECK(sc.forward.model.weight_bytes32 == 18);
   const auto r = scenarios::run_experiment(sc);
   CHECK(r.stats.step_time() == Time::ps(129'173'568));
   for (const auto& g : r.stats.gpus()) {
@@ -3354,8 +3354,8 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   const std::string base = kMlaDecode;
   const auto bf16 = scenarios::load_scenario_text(base, "d.yaml");
   const auto fp8 = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  weight_dtype: fp8\n"), "d.yaml");
-  CHECK(bf16.forward.model.weight_bytes16 == 32);
-  CHECK(fp8.forward.model.weight_bytes16 == 16);
+  CHECK(bf16.forward.model.weight_bytes32 == 64);
+  CHECK(fp8.forward.model.weight_bytes32 == 32);
   // A GPU's weights: 4 layers of attention 2,162,688, router 2,048 and one expert slot of
   // 3,145,728. BF16: 2 B each, 42,483,712 B; FP8: the attention and the expert 1 B, the router 2 B:
   // 4 x (5,308,416 + 4,096) = 21,250,048 B.
@@ -3380,15 +3380,15 @@ TEST_CASE("FP8 weights halve the linear layers' weight bytes in memory and in th
   // 3,145,728 at 9 B per 16, 7,077,888 B.
   const auto experts = scenarios::load_scenario_text(replaced(base, "  top_k: 1\n", "  top_k: 1\n  expert_weight_dtype: fp4\n"), "d.yaml");
   const auto& m4 = experts.forward.model;
-  CHECK(m4.weight_bytes16 == 32);
-  CHECK(m4.expert_weight_bytes16 == 9);
+  CHECK(m4.weight_bytes32 == 64);
+  CHECK(m4.expert_weight_bytes32 == 18);
   CHECK(models::weight_bytes(m4, held) == 17'317'888 + 7'077'888);
   // A routed expert's reads are 4-bit; a shared expert's, the attention's and the router's not.
   CHECK(models::routed_expert_cost(m16, 100).bytes - models::routed_expert_cost(m4, 100).bytes == 3 * 1024 * 1024 * 2 - 1'769'472);
   CHECK(models::expert_cost(m4, 100).bytes == models::expert_cost(m16, 100).bytes);
   CHECK(models::decode_attention_cost(m4, 4, 1000).bytes == models::decode_attention_cost(m16, 4, 1000).bytes);
   CHECK(scenarios::run_experiment(experts).stats.step_time() < scenarios::run_experiment(bf16).stats.step_time());
-  CHECK(fp4.forward.model.expert_weight_bytes16 == 9);  // weight_dtype takes the experts too
+  CHECK(fp4.forward.model.expert_weight_bytes32 == 18);  // weight_dtype takes the experts too
   // Training refuses it, naming the key.
   CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(tiny_training(""), "  top_k: 2\n", "  top_k: 2\n  expert_weight_dtype: fp8\n"), "t.yaml"),
                     Catch::Contains("model.expert_weight_dtype: only used in inference"));

@@ -185,14 +185,15 @@ TEST_CASE("compute.gemm_dtype: fp8 needs FP8 tensor cores and the roofline", "[s
 }
 
 TEST_CASE("model.weight_dtype sets the linear layers' weight bytes, in inference only", "[scenarios][fp8]") {
-  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.weight_bytes16 == 32);  // model.dtype's
-  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.model.weight_bytes16 == 16);
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.model.weight_bytes32 == 64);  // model.dtype's
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.model.weight_bytes32 == 32);
   CHECK(error_of(replaced_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "  tokens_per_gpu: 1024\n",
                                "  kind: training\n  tokens_per_gpu: 1024\n")) ==
         "s.yaml:13:17: model.weight_dtype: only used in inference (forward, prefill, decode): training keeps its weights in "
         "model.dtype (FP8 training's GEMMs: compute.gemm_dtype: fp8)");
-  // NVFP4: 4-bit values and an 8-bit scale per 16.
-  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp4\n"), "s.yaml").forward.model.weight_bytes16 == 9);
+  // NVFP4: 4-bit values and an 8-bit scale per 16; MXFP4: per 32.
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp4\n"), "s.yaml").forward.model.weight_bytes32 == 18);
+  CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: mxfp4\n"), "s.yaml").forward.model.weight_bytes32 == 17);
   // The measured profile's kernels read BF16 weights: other weights take the roofline.
   CHECK(load_scenario_text(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n"), "s.yaml").forward.profile == nullptr);
   CHECK_THAT(error_of(with("  top_k: 2\n", "  top_k: 2\n  weight_dtype: fp8\n") + "compute: {model: profile}\n"),
