@@ -144,6 +144,19 @@ KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t t
   };
 }
 
+KernelCost mla_kv_expansion_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
+  if (!routing::is_mla(m) || tokens <= 0) return {};
+  const auto& l = m.mla;
+  const std::int64_t b = m.dtype_bytes, t = m.tp * tokens, heads = m.attention_heads / m.tp;
+  const std::int64_t w = l.kv_lora_rank * heads * (l.qk_nope_head_dim + l.v_head_dim);
+  const routing::AttentionWidths a = routing::attention_widths(m);
+  return KernelCost{
+      .flops = 2 * t * w,
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (l.kv_lora_rank + l.qk_rope_head_dim + a.k + a.v),
+      .gemm_flops = 2 * t * w,
+  };
+}
+
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries,
                                  std::int64_t window) {
   if (window > 0) c = std::min(c, window);

@@ -112,6 +112,11 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
 KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+// The keys' and values' up projection alone over `tokens` tokens' latents (the group's, the
+// GPU's heads), as context parallelism that gathers MLA's latent (parallelism.cp_gather: latent)
+// runs it over the other GPUs' tokens: FLOPs = 2*t*rkv*h*(dn + dv); bytes = the weights once,
+// b*t*(rkv + dr) latents read and b*t*(K + V) keys and values written.
+KernelCost mla_kv_expansion_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost router_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // A layer's two RMSNorms with their residual adds over the GPU's `tokens` tokens (part of
 // attention_cost's elementwise_bytes): 8 b H a token.

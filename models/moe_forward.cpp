@@ -1051,6 +1051,8 @@ std::int64_t MoeForward::cp_kv_bytes(std::int64_t rows) const {
   // attention runs over, for its heads: with MLA after the up projections (per-head keys, the
   // RoPE key once, and values), as Megatron-Core hands them to Transformer Engine's context-
   // parallel attention.
+  // With cp_latent the kv latent and the RoPE key, whole on every GPU of the tensor-parallel group.
+  if (spec_.cp_latent) return spec_.model.tp * rows * (spec_.model.mla.kv_lora_rank + spec_.model.mla.qk_rope_head_dim) * spec_.model.dtype_bytes;
   const routing::AttentionWidths a = routing::attention_widths(spec_.model);
   return spec_.model.tp * rows * (a.k + a.v) * spec_.model.dtype_bytes;
 }
@@ -1829,12 +1831,17 @@ void MoeForward::finish(int) { ++finished_gpus_; }
 
 KernelCost MoeForward::attention(std::int64_t tokens, int layer) const {
   const std::int64_t window = routing::layer_window(spec_.model, layer);
-  return spec_.context_length > 0 ? decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window)
-                                  : attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix, window);
+  if (spec_.context_length > 0) return decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window);
+  return attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix, window) + cp_expansion(tokens);
 }
 
 KernelCost MoeForward::attention_recompute(std::int64_t tokens, int layer) const {
-  return spec_.recompute == Recompute::selective ? mla_up_projection_cost(spec_.model, tokens) : attention(tokens, layer);
+  return spec_.recompute == Recompute::selective ? mla_up_projection_cost(spec_.model, tokens) + cp_expansion(tokens)
+                                                 : attention(tokens, layer);
+}
+
+KernelCost MoeForward::cp_expansion(std::int64_t tokens) const {
+  return spec_.cp_latent ? mla_kv_expansion_cost(spec_.model, (spec_.cp - 1) * tokens) : KernelCost{};
 }
 
 KernelCost MoeForward::optimizer_cost(int stage) const {

@@ -112,8 +112,14 @@ struct ForwardSpec {
   // parallelism does. Forward, prefill and training. cp_ring: the keys and values (in a
   // backward also their gradients) pass around the ring while the attention computes, as
   // Megatron-Core's p2p context parallelism does: only what outlasts the attention is waited for.
+  // cp_latent (parallelism.cp_gather: latent, with MLA): the group gathers each token's kv latent
+  // and RoPE key instead (kv_lora_rank + qk_rope_head_dim, 1/57 of DeepSeek-V3's keys and values),
+  // and each GPU's attention first runs the keys' and values' up projection over the other GPUs'
+  // tokens (models::mla_kv_expansion_cost; twice in the backward, whose reduce-scatter moves the
+  // latents' gradients).
   int cp = 1;
   bool cp_ring = false;
+  bool cp_latent = false;
   int virtual_stages = 1;
   std::vector<int> pipeline_layers;
   PipelineSchedule pipeline_schedule = PipelineSchedule::one_f_one_b;
@@ -604,6 +610,8 @@ class MoeForward {
   void cp_ring_computed(int gpu);   // cp_ring: the attention is done (the exchange may not be)
   void cp_ring_exchanged(int gpu);  // cp_ring: the exchange is done (the attention may not be)
   std::int64_t cp_kv_bytes(std::int64_t rows) const;
+  // cp_latent: the up projection of the other GPUs' latents of the sequences of `tokens` tokens.
+  KernelCost cp_expansion(std::int64_t tokens) const;
   // The rows whose keys and values a recomputed attention gathers (none when only MLA's up
   // projections are recomputed: no attention core runs).
   std::int64_t cp_recompute_rows(std::int64_t rows) const { return spec_.recompute == Recompute::selective ? 0 : rows; }

@@ -492,6 +492,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.cp_ring = *v == "ring";
       if (f.cp == 1) problems.add_at(par->key_path("cp_comm"), "only used with parallelism.cp > 1");
     }
+    if (auto v = par->get<std::string>("cp_gather", one_of({"kv", "latent"}), false)) {
+      f.cp_latent = *v == "latent";
+      if (f.cp == 1) problems.add_at(par->key_path("cp_gather"), "only used with parallelism.cp > 1");
+    }
     if (auto v = par->get<std::int64_t>("virtual_stages", count_at_least(1), false)) f.virtual_stages = as_int(*v);
     if (const YAML::Node list = par->find("pipeline_layers"); list.IsDefined()) {
       // MoE layers per pipeline stage, from stage 0 (checked against pp and the model later).
@@ -1080,6 +1084,8 @@ void cross_check(const Scenario& sc, Problems& problems) {
       refuse(fmt::format("tp x cp ({} x {}) does not divide the {} GPUs of a pipeline stage", m.tp, cp, gpus / f.pp));
     if (f.cached_prefix > 0) refuse("not modelled with workload.cached_prefix (a prefix cache split over the GPUs of a prompt)");
     if (routing::is_sparse_mla(m)) refuse("not modelled with sparse attention (model.mla.index_topk)");
+    if (f.cp_latent && !routing::is_mla(m))
+      problems.add_at("parallelism.cp_gather", "latent gathers multi-head latent attention's kv latent: set model.mla");
   }
   if (sc.forward.pp == 1 && !sc.forward.pipeline_layers.empty())
     problems.add_at("parallelism.pipeline_layers", "only used with parallelism.pp > 1");

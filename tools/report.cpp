@@ -802,7 +802,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
                s == Stage::pipeline           ? std::string("  (bubble and transfers between pipeline stages)")
                : s == Stage::tp             ? std::string("  (network: the tensor-parallel all-gathers and reduce-scatters)")
-               : s == Stage::cp             ? std::string("  (network: the context-parallel keys' and values' all-gathers, their gradients' reduce-scatters)")
+               : s == Stage::cp             ? std::string(sc.forward.cp_latent
+                                                              ? "  (network: the context-parallel kv latents' all-gathers, their gradients' reduce-scatters)"
+                                                              : "  (network: the context-parallel keys' and values' all-gathers, their gradients' reduce-scatters)")
                : models::is_network_wait(s) ? std::string("  (network)")
                                             : time_source(d, gp.stage_profiled[idx(s)]));
   }

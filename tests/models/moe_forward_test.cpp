@@ -3140,6 +3140,48 @@ TEST_CASE("The LM head and the dense layers' backward are recorded with the pass
   }
 }
 
+TEST_CASE("Context parallelism gathering MLA's latent: fewer bytes, the other GPUs' keys and values expanded, as derived by hand",
+          "[models][context_parallel][mla]") {
+  // The tiny layer with MLA (8 heads, kv_lora_rank 512, nope 64, rope 64, values 64) and
+  // 2000-token sequences over cp: 2. Gathering the keys and values: each GPU's 1000 tokens x (K =
+  // 8 x 64 + 64, V = 8 x 64: 1088) x 2 B = 2,176,000 B, one ring step at 100 GB/s + 2 hops of
+  // 1 us: 23,760,000 ps. Gathering the latent: 1000 x (512 + 64) x 2 B = 1,152,000 B, 13,520,000
+  // ps; then the attention expands the other GPU's 1000 latents: 2 x 1000 x 512 x 8 x 128 =
+  // 1,048,576,000 FLOPs, 10,485,760 ps at 100 TFLOP/s (its 4,376,576 bytes take less).
+  std::string base = replaced(tiny("dropless", 1), "sequence_length: 1000", "sequence_length: 2000");
+  base = replaced(base, "  attention_heads: 8\n",
+                  "  attention_heads: 8\n  mla: {q_lora_rank: 256, kv_lora_rank: 512, qk_nope_head_dim: 64, qk_rope_head_dim: 64, v_head_dim: 64}\n");
+  const auto run = [&](const std::string& par) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(replaced(base, "{ep: 2}", par), "mla.yaml"));
+  };
+  const auto kv = run("{ep: 2, cp: 2}"), latent = run("{ep: 2, cp: 2, cp_gather: latent}");
+  CHECK(kv.stats.cp_bytes() == 2 * 2'176'000);
+  CHECK(latent.stats.cp_bytes() == 2 * 1'152'000);
+  for (std::size_t g = 0; g < 2; ++g) {
+    CHECK(kv.stats.gpus()[g].stage_total[idx(Stage::cp)] == Time::ps(23'760'000));
+    CHECK(latent.stats.gpus()[g].stage_total[idx(Stage::cp)] == Time::ps(13'520'000));
+    CHECK(latent.stats.gpus()[g].stage_total[idx(Stage::attention)] ==
+          kv.stats.gpus()[g].stage_total[idx(Stage::attention)] + Time::ps(10'485'760));
+  }
+  CHECK(latent.stats.step_time() == kv.stats.step_time() - Time::ps(23'760'000 - 13'520'000) + Time::ps(10'485'760));
+  check_stages_tile(latent);
+  // Training: three exchanges of latents (or their gradients), the expansion twice more in the backward.
+  const auto train = [&](const std::string& par) {
+    return scenarios::run_experiment(scenarios::load_scenario_text(
+        replaced(replaced(base, "{ep: 2}", par), "{tokens_per_gpu: 1000,", "{kind: training, tokens_per_gpu: 1000,"), "mla.yaml"));
+  };
+  const auto t_kv = train("{ep: 2, cp: 2}"), t_latent = train("{ep: 2, cp: 2, cp_gather: latent}");
+  CHECK(t_latent.stats.cp_bytes() == 3 * 2 * 1'152'000);
+  CHECK(t_latent.stats.step_time() == t_kv.stats.step_time() - Time::ps(3 * (23'760'000 - 13'520'000)) + Time::ps(3 * 10'485'760));
+  // Without MLA there is no latent; without cp nothing to gather.
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(replaced(tiny("dropless", 1), "sequence_length: 1000", "sequence_length: 2000"),
+                                                           "{ep: 2}", "{ep: 2, cp: 2, cp_gather: latent}"),
+                                                  "t.yaml"),
+                    Catch::Contains("parallelism.cp_gather: latent gathers multi-head latent attention's kv latent: set model.mla"));
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(base, "{ep: 2}", "{ep: 2, cp_gather: latent}"), "t.yaml"),
+                    Catch::Contains("only used with parallelism.cp > 1"));
+}
+
 TEST_CASE("Context parallelism gathers each attention's keys and values from the sequence's GPUs, as derived by hand",
           "[models][context_parallel]") {
   // The tiny layer with 2000-token sequences, 1000 tokens a GPU: without context parallelism the
