@@ -453,7 +453,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
-         "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n";
+         "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -490,13 +490,14 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{},{},{}\n", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
              r.stats.gradient_sync_bytes(), r.stats.pipeline_bytes(), r.stats.tp_bytes(), r.stats.cp_bytes(),
              f.pp > 1 ? fmt::format("{:.4f}", stage_compute(sc, r).over) : std::string(), mem.total() / 1e9, capacity / 1e9,
-             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)));
+             capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)),
+             sc.roofline.elementwise_kernels ? "yes" : "no", f.cp == 1 ? "" : f.cp_latent ? "latent" : "kv");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,

@@ -57,11 +57,12 @@ Result moesim(const std::string& args, const TempDir& tmp) {
 
 const std::string kSource = MOESIM_SOURCE_DIR;
 
-// The fields of an all-numeric CSV row.
+// The fields of an all-numeric CSV row (an empty last one too).
 std::vector<std::string> csv_fields(const std::string& line) {
   std::vector<std::string> v;
   std::stringstream ss(line);
   for (std::string x; std::getline(ss, x, ',');) v.push_back(x);
+  if (!line.empty() && line.back() == ',') v.emplace_back();
   return v;
 }
 
@@ -1207,10 +1208,20 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",fits_memory,infeasible_reason"));
+  CHECK(header.ends_with(",fits_memory,infeasible_reason,elementwise_kernels,cp_gather"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
+  // The compute model's choice is in the row too, and moesim diff shows it as a setting.
+  CHECK(summary_row(tmp.path() / "t" / "summary.csv").at("elementwise_kernels") == "no");
+  REQUIRE(moesim("run --set workload.kind=training --set compute.elementwise_kernels=true -q --out '" + (tmp.path() / "e").string() + "'",
+                 tmp)
+              .code == 0);
+  CHECK(summary_row(tmp.path() / "e" / "summary.csv").at("elementwise_kernels") == "yes");
+  CHECK(summary_row(tmp.path() / "e" / "summary.csv").at("cp_gather").empty());
+  const auto d = moesim("diff '" + (tmp.path() / "t").string() + "' '" + (tmp.path() / "e").string() + "'", tmp);
+  CHECK(d.code == 0);
+  CHECK_THAT(d.out, Catch::Contains("elementwise_kernels"));
 }
 
 TEST_CASE("The summary names the narrower of links in series as the busiest, and a NIC its PCIe link caps", "[cli][links]") {
