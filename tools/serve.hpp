@@ -151,9 +151,10 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
                                            double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr,
                                            const PromptSizes& sizes = {});
-// The time a prompt token takes at these sizes against the scenario's prompts: 1, or more where
-// the attention's growth with the square of a prompt's length (square_us) outweighs (long and
-// short prompts both: E[w^2] >= E[w]^2).
+// The time a prompt token takes at these sizes against the scenario's prompts, from the
+// attention's growth with the square of a prompt's length (square_us): 1 + (E[w^2] - E[w])
+// square_us / (E[w] x a prompt's share of a full batch). Above 1 for spread or longer prompts,
+// below for shorter ones; 1 where square_us is 0.
 double prompt_time_factor(const PrefillBatchTime& batch, const PromptSizes& sizes);
 // A prefill unit's prompts for a load of prompt tokens a second (its prompts' new tokens each,
 // or `sizes.mean()` times that).
