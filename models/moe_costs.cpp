@@ -152,7 +152,7 @@ KernelCost mla_kv_expansion_cost(const routing::MoeModelSpec& m, std::int64_t to
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w,
-      .bytes = routing::linear_weight_bytes(m, w) + b * t * (l.kv_lora_rank + l.qk_rope_head_dim + a.k + a.v),
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (routing::kv_cache_width(m) + a.k + a.v),
       .gemm_flops = 2 * t * w,
   };
 }
@@ -230,6 +230,18 @@ KernelCost routed_expert_cost(const routing::MoeModelSpec& m, std::int64_t n) {
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t t, std::int64_t r) {
   const std::int64_t h = m.hidden, b = m.dtype_bytes;
   return KernelCost{.flops = 2 * r * h, .bytes = b * h * (r + t)};
+}
+
+KernelCost backward_cost(const KernelCost& forward, const KernelCost& weight) {
+  KernelCost b = 2 * forward - weight;
+  b.elementwise_bytes = forward.elementwise_bytes;  // all in the input-gradient pass
+  b.elementwise_launches = forward.elementwise_launches;
+  return b;
+}
+
+KernelCost norm_recompute_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool recompute) {
+  if (!recompute) return {};
+  return KernelCost{.elementwise_bytes = norm_bytes(m, tokens), .elementwise_launches = 2};
 }
 
 KernelCost adam_cost(std::int64_t params, std::int64_t grad_bytes, std::int64_t moment_bytes, std::int64_t weight_bytes) {

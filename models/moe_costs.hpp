@@ -127,6 +127,15 @@ KernelCost routed_expert_cost(const routing::MoeModelSpec& m, std::int64_t token
 // One dense layer's SwiGLU FFN (dense_ffn; the GPU's share with tensor parallelism).
 KernelCost dense_ffn_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 KernelCost reduce_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t returned);
+// A backward pass of `forward`: its GEMMs twice (input and weight gradients), less `weight`, the
+// weight gradients a ZB-H1 weight pass runs instead; its memory-bound kernels apart (the norms',
+// the rotary embedding's, the permutation's: elementwise_bytes, and every such kernel's launch)
+// once, all in this pass, as their backwards move what their forwards move, and the SwiGLU's
+// bytes (activation_bytes) twice like the GEMMs.
+KernelCost backward_cost(const KernelCost& forward, const KernelCost& weight = {});
+// The layer's two RMSNorms rebuilt (recompute_modules layernorm) before its attention's backward:
+// norm_bytes and their two kernels, as elementwise work (nothing without `recompute`).
+KernelCost norm_recompute_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool recompute);
 KernelCost adam_cost(std::int64_t params, std::int64_t grad_bytes = 2, std::int64_t moment_bytes = 4, std::int64_t weight_bytes = 2);
 // The LM head over `tokens` tokens, with the loss where `loss`.
 KernelCost lm_head_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool loss);

@@ -699,11 +699,7 @@ Time MoeForward::cost(const KernelCost& c, int gpu, Work work) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
   const bool in_pass = (work == Work::gemm || work == Work::other) && p < passes();
   const bool twice = work == Work::gemm && in_pass && backward(p) && !split(p);
-  KernelCost run = twice ? 2 * c : c;
-  if (twice) {
-    run.elementwise_bytes = c.elementwise_bytes;
-    run.elementwise_launches = c.elementwise_launches;
-  }
+  KernelCost run = twice ? backward_cost(c) : c;
   if (in_pass && backward(p) && spec_.recompute_moe_act && c.activation_bytes > 0) {
     run.activation_bytes += c.activation_bytes;
     ++run.elementwise_launches;
@@ -1052,7 +1048,7 @@ std::int64_t MoeForward::cp_kv_bytes(std::int64_t rows) const {
   // RoPE key once, and values), as Megatron-Core hands them to Transformer Engine's context-
   // parallel attention.
   // With cp_latent the kv latent and the RoPE key, whole on every GPU of the tensor-parallel group.
-  if (spec_.cp_latent) return spec_.model.tp * rows * (spec_.model.mla.kv_lora_rank + spec_.model.mla.qk_rope_head_dim) * spec_.model.dtype_bytes;
+  if (spec_.cp_latent) return spec_.model.tp * rows * routing::kv_cache_width(spec_.model) * spec_.model.dtype_bytes;
   const routing::AttentionWidths a = routing::attention_widths(spec_.model);
   return spec_.model.tp * rows * (a.k + a.v) * spec_.model.dtype_bytes;
 }
@@ -1149,11 +1145,7 @@ void MoeForward::dense_tp_step(int gpu) {
     const bool ffn = (part == 4) != back;
     const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, back ? m.dense_layers - 1 - layer : layer);
     const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
-    KernelCost c = back ? 2 * f - w : f;
-    if (back) {
-      c.elementwise_bytes = f.elementwise_bytes + (ffn ? 0 : norm_recompute_bytes());
-      c.elementwise_launches = f.elementwise_launches + (ffn ? 0 : norm_recompute_launches());
-    }
+    const KernelCost c = back ? backward_cost(f, w) + (ffn ? KernelCost{} : norm_recompute()) : f;
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
               back || again, again, ffn ? 0 : t, back && !ffn);
     return;
@@ -1296,16 +1288,12 @@ void MoeForward::attention_backward_compute(int gpu) {
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
     const KernelCost a = attention(spec_.tokens_per_gpu, layer), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
-    KernelCost c = 2 * a - w;
-    c.elementwise_bytes = a.elementwise_bytes + norm_recompute_bytes();
-    c.elementwise_launches = a.elementwise_launches + norm_recompute_launches();
-    run_stage(gpu, Stage::attention, cost(c, gpu, Work::other), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
+    run_stage(gpu, Stage::attention, cost(backward_cost(a, w) + norm_recompute(), gpu, Work::other), next, -1, std::nullopt,
+              std::nullopt, spec_.tokens_per_gpu, true);
     return;
   }
-  KernelCost a = attention(spec_.tokens_per_gpu, layer);
-  a.elementwise_bytes += norm_recompute_bytes();
-  a.elementwise_launches += norm_recompute_launches();
-  run_stage(gpu, Stage::attention, cost(a, gpu), next, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu, true);
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer) + norm_recompute(), gpu), next, -1, std::nullopt,
+            std::nullopt, spec_.tokens_per_gpu, true);
 }
 
 void MoeForward::tp_after_attention_backward(int gpu) {
@@ -1725,17 +1713,12 @@ void MoeForward::dense_backward(int gpu) {
 KernelCost MoeForward::dense_backward_cost(int pass) const {
   // Twice the forward; split, that less the weight gradients (the first layer's weight pass).
   const KernelCost c = dense_cost(), w = split(pass) ? dense_weight_cost() : KernelCost{};
-  KernelCost b = 2 * c - w;
-  b.elementwise_bytes = c.elementwise_bytes + spec_.model.dense_layers * norm_recompute_bytes();
-  b.elementwise_launches = c.elementwise_launches + spec_.model.dense_layers * norm_recompute_launches();
-  return b;
+  return backward_cost(c, w) + spec_.model.dense_layers * norm_recompute();
 }
 
-std::int64_t MoeForward::norm_recompute_bytes() const {
-  return spec_.recompute_layernorm ? norm_bytes(spec_.model, spec_.tokens_per_gpu) : 0;
+KernelCost MoeForward::norm_recompute() const {
+  return norm_recompute_cost(spec_.model, spec_.tokens_per_gpu, spec_.recompute_layernorm);
 }
-
-std::int64_t MoeForward::norm_recompute_launches() const { return spec_.recompute_layernorm ? 2 : 0; }
 
 KernelCost MoeForward::dense_recompute_cost() const {
   // Full recomputation: their whole forward; attention: their attention's; selective: their

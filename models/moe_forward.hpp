@@ -571,9 +571,8 @@ class MoeForward {
   KernelCost dense_backward_cost(int pass) const;
   KernelCost dense_recompute_cost() const;  // their forward again (recompute full) or their attention's (attention)
   // With recompute_modules layernorm: the layer's norms again before its attention's backward
-  // (compute.elementwise_kernels; models::norm_bytes), and their two kernels.
-  std::int64_t norm_recompute_bytes() const;
-  std::int64_t norm_recompute_launches() const;
+  // (models::norm_recompute_cost; time only with compute.elementwise_kernels).
+  KernelCost norm_recompute() const;
   KernelCost lm_head() const;  // forward (with the loss in training)
   std::int64_t lm_head_tokens() const;  // the GPU's tokens that need logits
   // Before pass `s.pass` starts on gpu: the dense layers forward (before the first MoE layer) or

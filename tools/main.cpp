@@ -948,12 +948,10 @@ int roofline_report(const models::KernelProfile& profile, const topology::GpuSpe
   };
   for (const auto& r : profile.rows) {
     if (r.tokens < least) continue;
-    routing::MoeModelSpec m;
+    routing::MoeModelSpec m;  // BF16 weights and activations, as the layer measures them (the defaults)
     m.hidden = r.hidden;
     m.expert_ffn = r.ffn;
     m.top_k = r.top_k;
-    m.dtype_bytes = 2;
-    m.weight_bytes32 = m.expert_weight_bytes32 = 64;
     if (r.kernel == "router") {
       m.experts = r.experts;
       const auto* permute = find("permute", r, r.tokens, r.experts);
@@ -969,7 +967,7 @@ int roofline_report(const models::KernelProfile& profile, const topology::GpuSpe
       sim::Time t_off, t_on;
       for (int e = 0; e < r.active_experts; ++e) {
         const std::int64_t n = r.tokens / r.active_experts + (e < r.tokens % r.active_experts ? 1 : 0);
-        const models::KernelCost c = models::expert_cost(m, n);
+        const models::KernelCost c = models::routed_expert_cost(m, n);
         t_off += off.time(c);
         t_on += on.time(c);
       }

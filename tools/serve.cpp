@@ -258,45 +258,53 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
   const double most = batch.full_prompts;
   const auto stride = static_cast<std::size_t>(units);
   const auto batch_us = [&](double load, double square) { return batch.us(load) + batch.square_us * square; };
+  // Each unit's prompts in the order they came, and the scenario-prompts and squares of those
+  // still waiting.
+  struct Unit {
+    double free_at = 0;
+    std::vector<std::size_t> waiting;
+    double load = 0, square = 0;
+  };
+  std::vector<Unit> all(stride);
+  // Starts the unit's batches that begin by `now`: at its first waiting prompt's arrival or when
+  // the unit falls free, each with the waiting prompts that have come by then, up to a full
+  // batch's tokens.
+  const auto advance = [&](Unit& u, double now) {
+    std::size_t first = 0;
+    while (first < u.waiting.size() && u.free_at <= now) {
+      const double start = std::max(u.free_at, arrival[u.waiting[first]]);
+      if (start > now) break;
+      std::size_t end = first;
+      double load = 0, square = 0;
+      while (end < u.waiting.size() && (end == first || load + size[u.waiting[end]] <= most) && arrival[u.waiting[end]] <= start) {
+        load += size[u.waiting[end]];
+        square += size[u.waiting[end]] * (size[u.waiting[end]] - 1);
+        ++end;
+      }
+      const double done = start + batch_us(load, square);
+      for (std::size_t i = first; i < end; ++i)
+        if (u.waiting[i] >= skip) ttft.push_back(done - arrival[u.waiting[i]]);
+      if (u.waiting[first] >= skip) {
+        ++batches;
+        batched += end - first;
+      }
+      u.load -= load;
+      u.square -= square;
+      u.free_at = done;
+      first = end;
+    }
+    u.waiting.erase(u.waiting.begin(), u.waiting.begin() + static_cast<std::ptrdiff_t>(first));
+    if (u.waiting.empty()) u.load = u.square = 0;  // no rounding left over
+  };
+  const auto give = [&](Unit& u, std::size_t i) {
+    u.waiting.push_back(i);
+    u.load += size[i];
+    u.square += size[i] * (size[i] - 1);
+  };
   if (sizes.router == PrefillRouter::least_work) {
     // Each prompt goes to the unit whose work on hand is least when it comes: what is left of its
     // batch and the time of a batch of what waits for it (the lowest-numbered unit of those that
-    // tie, idle ones first). The units then batch as above, in time order across them.
-    struct Unit {
-      double free_at = 0;
-      std::vector<std::size_t> waiting;
-      double load = 0, square = 0;  // of the waiting prompts
-    };
-    std::vector<Unit> all(stride);
-    // Starts the unit's batches that begin by `now` (all of its waiting ones, a full batch's
-    // tokens at a time).
-    const auto advance = [&](Unit& u, double now) {
-      std::size_t first = 0;
-      while (first < u.waiting.size() && u.free_at <= now) {
-        const double start = std::max(u.free_at, arrival[u.waiting[first]]);
-        if (start > now) break;
-        std::size_t end = first;
-        double load = 0, square = 0;
-        while (end < u.waiting.size() && (end == first || load + size[u.waiting[end]] <= most) && arrival[u.waiting[end]] <= start) {
-          load += size[u.waiting[end]];
-          square += size[u.waiting[end]] * (size[u.waiting[end]] - 1);
-          ++end;
-        }
-        const double done = start + batch_us(load, square);
-        for (std::size_t i = first; i < end; ++i)
-          if (u.waiting[i] >= skip) ttft.push_back(done - arrival[u.waiting[i]]);
-        if (u.waiting[first] >= skip) {
-          ++batches;
-          batched += end - first;
-        }
-        u.load -= load;
-        u.square -= square;
-        u.free_at = done;
-        first = end;
-      }
-      u.waiting.erase(u.waiting.begin(), u.waiting.begin() + static_cast<std::ptrdiff_t>(first));
-      if (u.waiting.empty()) u.load = u.square = 0;  // no rounding left over
-    };
+    // tie, idle ones first), in time order across the units.
     for (std::size_t i = 0; i < n; ++i) {
       const double now = arrival[i];
       std::size_t best = 0;
@@ -310,37 +318,14 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
           least = work;
         }
       }
-      Unit& u = all[best];
-      u.waiting.push_back(i);
-      u.load += size[i];
-      u.square += size[i] * (size[i] - 1);
-      advance(u, now);  // an idle unit starts at once
+      give(all[best], i);
+      advance(all[best], now);  // an idle unit starts at once
     }
-    for (auto& u : all) advance(u, std::numeric_limits<double>::infinity());
+  } else {
+    // Round robin: prompt i to unit i mod units, whose own prompts alone decide its batches.
+    for (std::size_t i = 0; i < n; ++i) give(all[i % stride], i);
   }
-  for (std::size_t u = 0; u < stride && sizes.router == PrefillRouter::round_robin; ++u) {
-    double free_at = 0;
-    for (std::size_t next = u; next < n;) {
-      const double start = std::max(free_at, arrival[next]);
-      std::size_t end = next, taken = 0;
-      double load = 0, square = 0;
-      while (end < n && (taken == 0 || load + size[end] <= most) && arrival[end] <= start) {
-        load += size[end];
-        square += size[end] * (size[end] - 1);
-        end += stride;
-        ++taken;
-      }
-      const double done = start + batch_us(load, square);
-      for (std::size_t i = next; i < end; i += stride)
-        if (i >= skip) ttft.push_back(done - arrival[i]);
-      if (next >= skip) {
-        ++batches;
-        batched += taken;
-      }
-      next = end;
-      free_at = done;
-    }
-  }
+  for (auto& u : all) advance(u, std::numeric_limits<double>::infinity());
   std::sort(ttft.begin(), ttft.end());
   PrefillQueue q;
   q.units = units;
