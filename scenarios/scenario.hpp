@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "models/moe_forward.hpp"
+#include "models/reliability.hpp"
 #include "models/roofline.hpp"
 #include "topology/cluster.hpp"
 
@@ -38,6 +39,7 @@ struct Scenario {
   int steps = 1;                  // workload.steps: consecutive steps, from routing.step on
   int refresh_every = 0;          // placement.refresh_every: re-place every this many steps; 0: never
   double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
+  models::ReliabilitySpec reliability;  // the reliability section (training): failures and checkpoints
 };
 
 class ScenarioError : public std::runtime_error {

@@ -983,6 +983,30 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = c->get<double>("jitter", positive, false)) f.jitter = *v;
     c->finish();
   }
+  if (auto rel = top.child("reliability", false)) {
+    // Failures and checkpoints over a long training run (models/reliability.hpp).
+    auto& r = sc.reliability;
+    if (auto v = rel->get<double>("gpu_mtbf_hours", [](const std::string& t) {
+          const double x = sim::parse_number(t);
+          if (!(x > 0)) throw UnitError(fmt::format("must be greater than 0 (hours between one GPU's job-stopping failures), got {}", t));
+          return x;
+        }, true))
+      r.gpu_mtbf_hours = *v;
+    if (auto v = rel->get<sim::Time>("restart", time_value(), true)) r.restart_s = v->to_seconds();
+    const auto rate = rel->get<sim::Bandwidth>("checkpoint_bandwidth", positive_bandwidth(), false);
+    const auto stall = rel->get<sim::Time>("checkpoint_time", time_value(), false);
+    if (rate && stall)
+      problems.add_at(rel->key_path("checkpoint_time"), "give checkpoint_bandwidth or checkpoint_time, not both");
+    else if (!rate && !stall && rel->valid())
+      problems.add_at(rel->path(), "missing checkpoint_bandwidth (the storage's aggregate write rate, e.g. 2TB/s) or "
+                                   "checkpoint_time (the stall one checkpoint causes, e.g. 30s)");
+    if (rate) r.checkpoint_bytes_per_s = static_cast<double>(rate->bytes_per_s());
+    if (stall) r.checkpoint_s = stall->to_seconds();
+    if (stall && *stall == sim::Time::zero())
+      problems.add_at(rel->key_path("checkpoint_time"), "must be greater than 0");
+    if (auto v = rel->get<std::int64_t>("checkpoint_every_steps", count_at_least(1), false)) r.checkpoint_every_steps = as_int(*v);
+    rel->finish();
+  }
   if (auto o = top.child("output", false)) {
     if (auto v = o->get<std::string>("dir", any_text(), false)) sc.output_dir = *v;
     if (auto v = o->get<std::string>("timeline", one_of({"auto", "on", "off"}), false)) sc.timeline = *v;
@@ -993,6 +1017,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
 // Relations between keys, checked once every key parsed.
 void cross_check(const Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
+  if (sc.reliability.enabled() && !sc.forward.training)
+    problems.add_at("reliability", "only used with 'workload.kind: training' (failures and checkpoints over a training run)");
   if (m.top_k > m.experts)
     problems.add_at("model.top_k", fmt::format("top_k {} is larger than experts {}", m.top_k, m.experts));
   if (sc.forward.routing.distribution == routing::Distribution::hot_experts && sc.forward.routing.hot_experts >= m.experts)

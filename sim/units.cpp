@@ -133,7 +133,7 @@ std::int64_t parse_with(std::string_view text, const std::array<UnitScale, N>& u
 }
 
 constexpr i128 kKi = 1024;
-constexpr std::array<UnitScale, 7> kTimeUnits{{
+constexpr std::array<UnitScale, 9> kTimeUnits{{
     {"ps", 1, 1},
     {"ns", 1'000, 1},
     {"us", 1'000'000, 1},
@@ -141,6 +141,8 @@ constexpr std::array<UnitScale, 7> kTimeUnits{{
     {"ms", 1'000'000'000, 1},
     {"s", 1'000'000'000'000, 1},
     {"sec", 1'000'000'000'000, 1},
+    {"min", 60'000'000'000'000, 1},
+    {"h", 3'600'000'000'000'000, 1},
 }};
 constexpr std::array<UnitScale, 10> kSizeUnits{{
     {"B", 1, 1},

@@ -28,7 +28,7 @@ constexpr Alias kAliases[] = {
     {"tpot", "time_per_token_us", false},
 };
 // Columns where more is better (for a bare `=` target).
-constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu"};
+constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu", "goodput", "goodput_tokens_per_s"};
 
 // 1234567.8 -> "1,234,568"; small values with four significant digits.
 std::string number(double x) {
@@ -47,7 +47,8 @@ std::string quantity(const Metric& m, double x) {
   if (m.column == "memory_gb_max") return fmt::format("{:.1f} GB", x);
   if (m.column == "cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
-  if (m.column == "drop_rate") return fmt::format("{:.2f}%", 100 * x);
+  if (m.column == "drop_rate" || m.column == "goodput") return fmt::format("{:.2f}%", 100 * x);
+  if (m.column == "goodput_cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   return number(x);
 }
 

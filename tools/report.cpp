@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "models/moe_costs.hpp"
+#include "models/reliability.hpp"
 #include "routing/traces.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
@@ -142,6 +143,18 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
   const double tokens = step_tokens(sc);
   e.cost_per_million_tokens = tokens > 0 ? e.cost_per_step / tokens * 1e6 : 0;
   return e;
+}
+
+// Failures and checkpoints over a long run at this step time (the reliability section; empty
+// without it).
+models::Goodput run_goodput(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  return models::goodput(sc.reliability, r.stats.step_time().to_seconds(), sc.cluster.nodes * sc.cluster.gpus_per_node,
+                         models::checkpoint_bytes(sc.forward.model, sc.forward.moment_bytes));
+}
+
+// GPU-hours in words: 184K, 1.2M.
+std::string gpu_hours(double hours) {
+  return hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6) : hours >= 1e3 ? fmt::format("{:.4g}K", hours / 1e3) : fmt::format("{:.4g}", hours);
 }
 
 // Memory one GPU needs for the step (bytes), by kind. Weights: the parameters it holds (per MoE
@@ -453,7 +466,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
-         "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather\n";
+         "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
+         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -490,7 +504,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const Economics e = economics(sc, r);
   const auto [peak_gpu, mem] = peak_memory(sc, r);
   const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{},{},{}\n", r.model_flops, e.mfu,
+  fmt::print(out, "{:.0f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{},{},{},", r.model_flops, e.mfu,
              sc.gpu_hour_price > 0 ? fmt::format("{}", sc.gpu_hour_price) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_step) : "",
              sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens) : "",
@@ -498,6 +512,15 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              f.pp > 1 ? fmt::format("{:.4f}", stage_compute(sc, r).over) : std::string(), mem.total() / 1e9, capacity / 1e9,
              capacity <= 0 ? "unknown" : mem.total() <= capacity ? "yes" : "no", csv_field(infeasible_reason(sc, peak_gpu, mem)),
              sc.roofline.elementwise_kernels ? "yes" : "no", f.cp == 1 ? "" : f.cp_latent ? "latent" : "kv");
+  // Failures and checkpoints (the reliability section): empty without it.
+  const models::Goodput gp = run_goodput(sc, r);
+  if (gp.goodput > 0 || sc.reliability.enabled())
+    fmt::print(out, "{:.6g},{},{:.6g},{},{:.6f},{:.1f},{}\n", gp.job_mtbf_s / 3600,
+               gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s, gp.every_steps, gp.goodput,
+               seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
+               sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());
+  else
+    out << ",,,,,,\n";
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -780,12 +803,26 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       // trillion tokens, 3.7 days on its 2,048 GPUs): at this step's throughput.
       const double seconds = 1e12 / per_s;
       const double hours = seconds * gpus / 3600;
-      fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}\n", seconds / 86400, gpus,
-                 hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6)
-                 : hours >= 1e3 ? fmt::format("{:.4g}K", hours / 1e3)
-                                : fmt::format("{:.4g}", hours),
-                 sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", hours * sc.gpu_hour_price, sc.gpu_hour_price)
-                                       : std::string());
+      const auto priced = [&](double h) {
+        return sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", h * sc.gpu_hour_price, sc.gpu_hour_price) : std::string();
+      };
+      fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", seconds / 86400, gpus, gpu_hours(hours), priced(hours),
+                 sc.reliability.enabled() ? " (without failures)" : "");
+      if (sc.reliability.enabled()) {
+        const models::Goodput gp = run_goodput(sc, r);
+        const auto minutes = [](double s) {
+          const auto in = [](double x, const char* unit) { return x >= 100 ? fmt::format("{:.0f} {}", x, unit) : fmt::format("{:.3g} {}", x, unit); };
+          return s >= 2 * 86400 ? in(s / 86400, "days") : s >= 5400 ? in(s / 3600, "h") : s >= 90 ? in(s / 60, "min") : in(s, "s");
+        };
+        fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); a checkpoint{} takes {} every {} step{} "
+                        "({}), a restart {}: goodput {:.1f}%, 1T tokens in {:.4g} days, {} GPU-hours{}\n",
+                   minutes(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours,
+                   gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12,
+                                                         sim::format_bandwidth(sim::Bandwidth(static_cast<std::int64_t>(sc.reliability.checkpoint_bytes_per_s))))
+                                           : std::string(),
+                   minutes(gp.checkpoint_s), gp.every_steps, gp.every_steps > 1 ? "s" : "", minutes(gp.interval_s), minutes(sc.reliability.restart_s),
+                   100 * gp.goodput, seconds / gp.goodput / 86400, gpu_hours(hours / gp.goodput), priced(hours / gp.goodput));
+      }
     }
     if (sc.gpu_hour_price > 0)
       fmt::print(out, "  cost        {:.4g} per million tokens ({:.4g} per step at {} per GPU-hour)\n",

@@ -1109,3 +1109,39 @@ TEST_CASE("parallelism.cp splits each sequence over GPUs, whole tokens each, and
   CHECK_THAT(error_of_with(kBase, {"parallelism.cp=2", "workload.sequence_length=2048", "parallelism.cp_comm=p2p"}),
              Catch::Contains("parallelism.cp_comm: expected one of all_gather, ring"));
 }
+
+TEST_CASE("The reliability section: failures and checkpoints of a training run", "[scenarios][reliability]") {
+  const std::string training = with("  tokens_per_gpu: 1024\n", "  kind: training\n  tokens_per_gpu: 1024\n");
+  const auto sc = load_scenario_text(
+      training + "reliability:\n  gpu_mtbf_hours: 50000\n  restart: 10min\n  checkpoint_bandwidth: 2TB/s\n  checkpoint_every_steps: 100\n",
+      "s.yaml");
+  CHECK(sc.reliability.enabled());
+  CHECK(sc.reliability.gpu_mtbf_hours == 50000);
+  CHECK(sc.reliability.restart_s == 600);
+  CHECK(sc.reliability.checkpoint_bytes_per_s == 2e12);
+  CHECK(sc.reliability.checkpoint_s == 0);
+  CHECK(sc.reliability.checkpoint_every_steps == 100);
+  const auto stall = load_scenario_text(training, "s.yaml",
+                                        {"reliability.gpu_mtbf_hours=1e4", "reliability.restart=90s", "reliability.checkpoint_time=30s"});
+  CHECK(stall.reliability.checkpoint_s == 30);
+  CHECK(stall.reliability.checkpoint_bytes_per_s == 0);
+  CHECK(stall.reliability.checkpoint_every_steps == 0);  // the best interval
+  CHECK_FALSE(load_scenario_text(training, "s.yaml").reliability.enabled());
+
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 50000\n  checkpoint_time: 30s\n"),
+             Catch::Contains("reliability: missing required key 'restart'"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 50000\n  restart: 5min\n"),
+             Catch::Contains("reliability: missing checkpoint_bandwidth"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 50000\n  restart: 5min\n  checkpoint_time: 30s\n  checkpoint_bandwidth: 1TB/s\n"),
+             Catch::Contains("reliability.checkpoint_time: give checkpoint_bandwidth or checkpoint_time, not both"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 0\n  restart: 5min\n  checkpoint_time: 30s\n"),
+             Catch::Contains("reliability.gpu_mtbf_hours: must be greater than 0"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 0s\n"),
+             Catch::Contains("reliability.checkpoint_time: must be greater than 0"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 3s\n  checkpoint_every_steps: 0\n"),
+             Catch::Contains("reliability.checkpoint_every_steps: must be at least 1"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 3s\n  mtbf: 3\n"),
+             Catch::Contains("reliability.mtbf: unknown key"));
+  CHECK_THAT(error_of(kBase + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 3s\n"),
+             Catch::Contains("reliability: only used with 'workload.kind: training'"));
+}

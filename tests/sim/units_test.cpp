@@ -10,6 +10,8 @@ TEST_CASE("Times parse to exact picoseconds", "[sim][units]") {
   CHECK(parse_time("250 ns").count_ps() == 250'000);
   CHECK(parse_time("3ps").count_ps() == 3);
   CHECK(parse_time("1s").count_ps() == 1'000'000'000'000);
+  CHECK(parse_time("10min").count_ps() == 600'000'000'000'000);
+  CHECK(parse_time("1.5 h").count_ps() == 5'400'000'000'000'000);
   CHECK(parse_time("0.1us").count_ps() == 100'000);  // exact, no binary rounding
   CHECK(parse_time("1e3ns").count_ps() == 1'000'000);
   CHECK(parse_time("0us").count_ps() == 0);

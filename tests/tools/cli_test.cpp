@@ -957,6 +957,34 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   CHECK(days == Approx(seconds / 86400).epsilon(1e-3));
   CHECK(hours == Approx(4 * seconds / 3600).epsilon(1e-3));
   CHECK(cost == Approx(2 * hours).epsilon(1e-3));
+  CHECK(summary.at("goodput").empty());  // no reliability section
+  CHECK(summary.at("job_mtbf_h").empty());
+  // With failures and checkpoints: the days, GPU-hours and cost over the goodput, and summary.csv's
+  // figures, whose arithmetic the reliability unit tests check.
+  const Result g = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set reliability.gpu_mtbf_hours=400 --set reliability.restart=2min "
+                          "--set reliability.checkpoint_bandwidth=1GB/s --out '" + (tmp.path() / "g").string() + "'", tmp);
+  REQUIRE(g.code == 0);
+  const auto gs = summary_row(tmp.path() / "g" / "summary.csv");
+  CHECK(gs.at("step_time_us") == summary.at("step_time_us"));  // the step does not change
+  CHECK(std::stod(gs.at("job_mtbf_h")) == Approx(100));         // 400 h over 4 GPUs
+  const double ckpt_gb = std::stod(gs.at("checkpoint_gb")), goodput = std::stod(gs.at("goodput"));
+  CHECK(std::stod(gs.at("checkpoint_s")) == Approx(ckpt_gb).epsilon(1e-4));  // at 1 GB/s
+  CHECK(goodput > 0.5);
+  CHECK(goodput < 1);
+  CHECK(std::stod(gs.at("goodput_tokens_per_s")) == Approx(per_s * goodput).epsilon(1e-4));
+  CHECK(std::stod(gs.at("goodput_cost_per_million_tokens")) == Approx(std::stod(gs.at("cost_per_million_tokens")) / goodput).epsilon(1e-4));
+  CHECK(std::stoi(gs.at("checkpoint_every_steps")) >= 1);
+  const auto gat = g.out.find("failures    the job stops every 4.17 days on average (4 GPUs, each every 400 h)");
+  REQUIRE(gat != std::string::npos);
+  const std::string gline = g.out.substr(gat, g.out.find('\n', gat) - gat);
+  INFO(gline);
+  double gdays = 0;
+  REQUIRE(std::sscanf(gline.c_str() + gline.find("1T tokens in"), "1T tokens in %lf days", &gdays) == 1);
+  CHECK(gdays == Approx(seconds / goodput / 86400).epsilon(1e-3));
+  CHECK_THAT(g.out, Catch::Contains("(without failures)"));
+  const auto d = moesim("diff '" + (tmp.path() / "o").string() + "' '" + (tmp.path() / "g").string() + "'", tmp);
+  CHECK(d.code == 0);
+  CHECK_THAT(d.out, Catch::Contains("goodput_tokens_per_s"));
   // Inference runs do not say it.
   std::ofstream(tmp.path() / "f.yaml") << base.substr(0, base.find("  kind: training")) + "  tokens_per_gpu: 2048\n";
   const Result f = moesim("run '" + (tmp.path() / "f.yaml").string() + "' --out '" + (tmp.path() / "f").string() + "'", tmp);
@@ -1208,7 +1236,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",fits_memory,infeasible_reason,elementwise_kernels,cp_gather"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));

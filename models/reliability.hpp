@@ -1,0 +1,64 @@
+// Failures and checkpoints over a long training run: how much of the wall-clock time goes to
+// steps that count (the goodput), as the first-order model of checkpoint and restart gives it.
+//
+// A synchronous job stops whenever one of its GPUs fails (with the rest of its node, its NICs and
+// its links): with GPUs that fail independently at a constant rate, one every `gpu_mtbf_hours`,
+// the job fails at N times that rate (its MTBF M is the GPU's over N). It saves its state every
+// k steps (a checkpoint taking C seconds in which no step runs); a failure loses the work since
+// the last checkpoint and R seconds of restart (finding the failure, replacing the node, loading
+// the checkpoint), during which another failure may strike. The expected wall time of one
+// segment of tau = k x step seconds of work and its checkpoint is then
+//
+//     E = M e^(R/M) (e^((tau + C)/M) - 1)
+//
+// (J. T. Daly, "A higher order estimate of the optimum checkpoint interval for restart dumps",
+// Future Generation Computer Systems 22, 2006: exponential failures, failures during restart
+// and during the checkpoint included), and the goodput is tau / E. For M much longer than tau,
+// C and R it is about 1 - C/tau - tau/(2M) - R/M: Young's first-order waste. Left out: failures
+// that slow the job without stopping it, the time a failure takes to be noticed beyond R, and
+// checkpoints written in the background (give their stall as checkpoint_s).
+#pragma once
+
+#include "routing/moe_spec.hpp"
+
+namespace moesim::models {
+
+struct ReliabilitySpec {
+  double gpu_mtbf_hours = 0;       // mean time between job-stopping failures of one GPU; 0: not modelled
+  double restart_s = 0;            // R: from a failure to steps running again
+  double checkpoint_bytes_per_s = 0;  // the storage's aggregate write rate; 0 when checkpoint_s is given
+  double checkpoint_s = 0;         // C as given (a measured stall); 0: checkpoint bytes over the rate
+  int checkpoint_every_steps = 0;  // k as given; 0: the k with the most goodput
+  bool enabled() const { return gpu_mtbf_hours > 0; }
+};
+
+struct Goodput {
+  double job_mtbf_s = 0;        // M
+  double checkpoint_bytes = 0;  // what one checkpoint writes (0 when checkpoint_s was given)
+  double checkpoint_s = 0;      // C
+  int every_steps = 0;          // k
+  double interval_s = 0;        // tau = k x step
+  double goodput = 0;           // tau / E: the share of wall-clock time whose steps count
+};
+
+// Daly's expected wall time of `work_s` seconds of steps and a checkpoint of `checkpoint_s`, with
+// restarts of `restart_s` and failures every `mtbf_s` seconds on average.
+double expected_segment_s(double work_s, double checkpoint_s, double restart_s, double mtbf_s);
+
+// The interval tau (seconds of work between checkpoints) with the least expected wall time per
+// second of work, for a checkpoint of `checkpoint_s` and failures every `mtbf_s`: the root of
+// e^((tau + C)/M) (1 - tau/M) = 1 (the restart time does not move it).
+double best_interval_s(double checkpoint_s, double mtbf_s);
+
+// What one checkpoint of a training run writes: every parameter once (the MTP modules' too) at
+// model.dtype and mixed-precision Adam's fp32 master weight and two moments of `moment_bytes`
+// each, as Megatron-LM's distributed checkpoint saves the model and its optimizer (each shard
+// once, however many GPUs hold it). Gradients and the data loader's state are left out.
+double checkpoint_bytes(const routing::MoeModelSpec& m, int moment_bytes);
+
+// The goodput of a run whose steps take `step_s` on `gpus` GPUs and whose checkpoint writes
+// `checkpoint_bytes` (used with spec.checkpoint_bytes_per_s). The interval is a whole number of
+// steps, at least one: spec's, or of the two around best_interval_s the better.
+Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double checkpoint_bytes);
+
+}  // namespace moesim::models

@@ -1,0 +1,113 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "models/moe_costs.hpp"
+#include "models/reliability.hpp"
+
+using namespace moesim;
+using namespace moesim::models;
+
+namespace {
+
+// The wall time of one segment of `work` seconds and its checkpoint, by drawing the failures:
+// each attempt of work + checkpoint ends early at a failure, each restart too (and is begun
+// again), averaged over `n` segments. Independent of the closed form it checks.
+double drawn_segment_s(double work, double checkpoint, double restart, double mtbf, int n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> failure(1 / mtbf);
+  double total = 0;
+  for (int i = 0; i < n; ++i) {
+    for (;;) {
+      const double x = failure(rng);
+      if (x >= work + checkpoint) {
+        total += work + checkpoint;
+        break;
+      }
+      total += x;
+      for (;;) {  // restart until one runs to its end
+        const double y = failure(rng);
+        if (y >= restart) {
+          total += restart;
+          break;
+        }
+        total += y;
+      }
+    }
+  }
+  return total / n;
+}
+
+}  // namespace
+
+TEST_CASE("A segment's expected wall time is what drawn failures give") {
+  // Failures common enough that a third of the attempts fail and restarts fail too.
+  for (const auto& [work, checkpoint, restart, mtbf] :
+       {std::tuple{300.0, 20.0, 100.0, 1000.0}, std::tuple{50.0, 5.0, 400.0, 200.0}, std::tuple{10.0, 0.0, 0.0, 1e4}}) {
+    const double drawn = drawn_segment_s(work, checkpoint, restart, mtbf, 200000, 7);
+    CHECK(expected_segment_s(work, checkpoint, restart, mtbf) == Approx(drawn).epsilon(0.01));
+  }
+  // Without failures: the work and the checkpoint.
+  CHECK(expected_segment_s(300, 20, 100, 1e15) == Approx(320).epsilon(1e-9));
+  // Past what a double holds: never done.
+  CHECK(std::isinf(expected_segment_s(1e6, 0, 0, 1)));
+}
+
+TEST_CASE("The best checkpoint interval has the least wall time per second of work") {
+  const double c = 30, m = 20000;
+  const double best = best_interval_s(c, m);
+  const auto per_work = [&](double tau) { return expected_segment_s(tau, c, 600, m) / tau; };
+  CHECK(per_work(best) < per_work(best * 0.99));
+  CHECK(per_work(best) < per_work(best * 1.01));
+  // Young's first-order interval, sqrt(2 C M), where C is far below M.
+  CHECK(best_interval_s(1, 1e8) == Approx(std::sqrt(2 * 1e8)).epsilon(1e-3));
+  // A free checkpoint: after every step.
+  CHECK(best_interval_s(0, m) == 0);
+}
+
+TEST_CASE("Goodput: the job's MTBF, the checkpoint's time and a whole number of steps") {
+  ReliabilitySpec spec;
+  CHECK(goodput(spec, 10, 64, 1e12).goodput == 0);  // not modelled
+  spec.gpu_mtbf_hours = 1000;
+  spec.restart_s = 300;
+  spec.checkpoint_bytes_per_s = 1e11;
+  const Goodput g = goodput(spec, 7, 100, 2e12);
+  CHECK(g.job_mtbf_s == Approx(36000));  // 1000 h over 100 GPUs
+  CHECK(g.checkpoint_bytes == 2e12);
+  CHECK(g.checkpoint_s == Approx(20));
+  CHECK(g.interval_s == Approx(7.0 * g.every_steps));
+  const auto per_work = [&](int k) { return expected_segment_s(7.0 * k, 20, 300, 36000) / (7.0 * k); };
+  CHECK(g.goodput == Approx(1 / per_work(g.every_steps)));
+  CHECK(per_work(g.every_steps) <= per_work(g.every_steps - 1));
+  CHECK(per_work(g.every_steps) <= per_work(g.every_steps + 1));
+  // About 1 - C/tau - tau/(2M) - R/M.
+  CHECK(g.goodput == Approx(1 - 20 / g.interval_s - g.interval_s / 72000 - 300.0 / 36000).epsilon(2e-3));
+  // Given: an interval and a stall.
+  spec.checkpoint_every_steps = 3;
+  spec.checkpoint_s = 5;
+  const Goodput h = goodput(spec, 7, 100, 2e12);
+  CHECK(h.every_steps == 3);
+  CHECK(h.checkpoint_s == 5);
+  CHECK(h.checkpoint_bytes == 0);
+  CHECK(h.goodput == Approx(21 / expected_segment_s(21, 5, 300, 36000)));
+  // Steps longer than the best interval: a checkpoint after every step.
+  spec.checkpoint_every_steps = 0;
+  CHECK(goodput(spec, 30000, 100, 2e12).every_steps == 1);
+}
+
+TEST_CASE("A checkpoint writes every parameter with Adam's master weight and moments") {
+  routing::MoeModelSpec m;
+  m.hidden = 64;
+  m.expert_ffn = 32;
+  m.experts = 8;
+  m.top_k = 2;
+  m.moe_layers = 2;
+  m.attention_heads = 4;
+  m.head_dim = 16;
+  m.kv_heads = 4;
+  const double params = static_cast<double>(model_params(m).total);
+  CHECK(params > 8 * 3 * 64 * 32 * 2);
+  CHECK(checkpoint_bytes(m, 4) == params * (2 + 4 + 8));
+  CHECK(checkpoint_bytes(m, 2) == params * (2 + 4 + 4));
+}
