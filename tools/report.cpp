@@ -515,7 +515,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // Failures and checkpoints (the reliability section): empty without it.
   const models::Goodput gp = run_goodput(sc, r);
   if (gp.goodput > 0 || sc.reliability.enabled())
-    fmt::print(out, "{:.6g},{},{:.6g},{},{:.6f},{:.1f},{}\n", gp.job_mtbf_s / 3600,
+    fmt::print(out, "{:.6g},{},{:.6g},{},{:.6g},{:.1f},{}\n", gp.job_mtbf_s / 3600,
                gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s, gp.every_steps, gp.goodput,
                seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
                sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());

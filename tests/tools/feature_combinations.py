@@ -102,6 +102,8 @@ FEATURES = [
     [["cluster.scale_out.topology=rail"], ["cluster.scale_out.topology=multi_plane"], ["cluster.scale_out.topology=single_switch"],
      ["cluster.scale_out.oversubscription=2", "cluster.scale_out.spines=2", "cluster.scale_out.nodes_per_leaf=1"]],
     [["cluster.gpu_hour_price=2"]],
+    [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
+     ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
           "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
@@ -128,6 +130,12 @@ def check_reports(out):
     expected = float(row["tokens_per_step"]) / (step / 1e6)
     if not math.isclose(float(row["tokens_per_s"]), expected, rel_tol=1e-3, abs_tol=1):
         problems.append(f"tokens_per_s {row['tokens_per_s']} against {expected:.1f} from the step")
+    if row["goodput"]:
+        goodput = float(row["goodput"])
+        if not 0 < goodput <= 1:
+            problems.append(f"goodput {goodput}")
+        if not math.isclose(float(row["goodput_tokens_per_s"]), float(row["tokens_per_s"]) * goodput, rel_tol=1e-3, abs_tol=1):
+            problems.append(f"goodput_tokens_per_s {row['goodput_tokens_per_s']} against {row['tokens_per_s']} x {goodput}")
     if not float(row["memory_gb_max"]) > 0:
         problems.append("no memory counted")
     return problems
