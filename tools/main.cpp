@@ -373,8 +373,12 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   }
   if (bar) fmt::print(stderr, "\r{}\r", std::string(100, ' '));
   if (!vm.count("quiet") && rank == 0) {
-    fmt::print("moesim: {} points ({} from an earlier run, {} run now{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
-               r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "", grid.source, out,
+    fmt::print("moesim: {} points ({} from an earlier run, {} run now{}{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
+               r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "",
+               r.simulations > 0 && r.simulations < r.ran
+                   ? fmt::format(" in {} simulations: points that differ only in reliability.* or cluster.gpu_hour_price share one", r.simulations)
+                   : "",
+               grid.source, out,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (r.stale > 0)
       fmt::print("moesim: {} rows of the earlier run were for other settings (the base scenario, --set, the axes, "

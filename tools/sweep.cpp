@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <sstream>
 #include <string_view>
 #include <thread>
@@ -77,22 +78,47 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
   for (const auto& a : grid.axes) (axes_header += ',') += csv_field(a);
 }
 
-std::pair<std::string, std::string> Sweep::run(std::size_t p) const {
-  const auto& sc = scenarios[p];
-  const auto r = scenarios::run_experiment(sc);
-  if (!opts.reports.empty())
-    write_reports((std::filesystem::path(opts.reports) / fmt::format("point-{:04}", p)).string(), sc, r);
-  std::ostringstream s;
-  write_summary_csv(s, sc, r);
-  const std::string text = s.str();
-  const auto nl = text.find('\n');
-  std::string header = axes_header, row = std::to_string(p);
-  (header += ',') += text.substr(0, nl);
-  header += ",point_config";
-  for (const auto& v : points[p]) (row += ',') += csv_field(v.substr(v.find('=') + 1));
-  (row += ',') += text.substr(nl + 1, text.size() - nl - 2);
-  (row += ',') += configs[p];
-  return {header, row};
+std::pair<std::string, std::string> Sweep::run(std::size_t p) const { return run_group({p}).front(); }
+
+std::vector<std::vector<std::size_t>> Sweep::groups(const std::vector<std::size_t>& todo) const {
+  // An override the simulation does not read: only the summary's goodput and cost do.
+  const auto reports_only = [](const std::string& set) {
+    const std::string key = set.substr(0, set.find('='));
+    return key == "cluster.gpu_hour_price" || key.starts_with("reliability.");
+  };
+  std::map<std::vector<std::string>, std::size_t> index;  // the overrides the simulation reads -> group
+  std::vector<std::vector<std::size_t>> out;
+  for (const std::size_t p : todo) {
+    std::vector<std::string> read;
+    for (const auto& set : points[p])
+      if (!reports_only(set)) read.push_back(set);
+    const auto [it, fresh] = index.try_emplace(std::move(read), out.size());
+    if (fresh) out.emplace_back();
+    out[it->second].push_back(p);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> Sweep::run_group(const std::vector<std::size_t>& group) const {
+  const auto r = scenarios::run_experiment(scenarios[group.front()]);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::size_t p : group) {
+    const auto& sc = scenarios[p];
+    if (!opts.reports.empty())
+      write_reports((std::filesystem::path(opts.reports) / fmt::format("point-{:04}", p)).string(), sc, r);
+    std::ostringstream s;
+    write_summary_csv(s, sc, r);
+    const std::string text = s.str();
+    const auto nl = text.find('\n');
+    std::string header = axes_header, row = std::to_string(p);
+    (header += ',') += text.substr(0, nl);
+    header += ",point_config";
+    for (const auto& v : points[p]) (row += ',') += csv_field(v.substr(v.find('=') + 1));
+    (row += ',') += text.substr(nl + 1, text.size() - nl - 2);
+    (row += ',') += configs[p];
+    out.emplace_back(std::move(header), std::move(row));
+  }
+  return out;
 }
 
 SweepFile::SweepFile(std::string path, std::vector<std::string> configs)
@@ -224,13 +250,20 @@ SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, const
   result.already = file.already();
   result.stale = file.stale();
   std::atomic<std::size_t> ran{0};
-  detail::parallel_for(todo, opts.jobs, [&](std::size_t p) {
-    const auto [header, row] = sweep.run(p);
-    file.add(p, header, row);
-    ++ran;
-    if (opts.progress) opts.progress(file.rows(), result.points);
+  // Points that differ only in what the reports read share one simulation.
+  const auto groups = sweep.groups(todo);
+  std::vector<std::size_t> each(groups.size());
+  std::iota(each.begin(), each.end(), std::size_t{0});
+  detail::parallel_for(each, opts.jobs, [&](std::size_t g) {
+    const auto rows = sweep.run_group(groups[g]);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      file.add(groups[g][i], rows[i].first, rows[i].second);
+      ++ran;
+      if (opts.progress) opts.progress(file.rows(), result.points);
+    }
   });
   result.ran = ran;
+  result.simulations = groups.size();
   file.finish();
   result.infeasible = file.infeasible();
   return result;

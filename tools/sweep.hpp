@@ -44,6 +44,7 @@ struct SweepResult {
   std::size_t already = 0;     // rows found from an earlier run (and kept)
   std::size_t stale = 0;       // rows of an earlier run whose point has changed since: run again
   std::size_t ran = 0;
+  std::size_t simulations = 0;  // the runs they took: points that differ only in what the reports read share one
   std::size_t infeasible = 0;  // rows whose point does not fit the GPUs' memory
   int ranks = 1;               // MPI ranks that ran points
 };
@@ -73,6 +74,12 @@ struct Sweep {
   Sweep(const scenarios::Grid& grid, const SweepOptions& opts);
   // Runs point p (writing its reports if asked): the full header and the row.
   std::pair<std::string, std::string> run(std::size_t p) const;
+  // The points among `todo` that one simulation serves, in order: those whose overrides differ
+  // only in keys no step depends on (reliability.*, cluster.gpu_hour_price), which only the
+  // reports read.
+  std::vector<std::vector<std::size_t>> groups(const std::vector<std::size_t>& todo) const;
+  // Runs a group's simulation once and reports each of its points: per point, header and row.
+  std::vector<std::pair<std::string, std::string>> run_group(const std::vector<std::size_t>& group) const;
 };
 
 // The output file: rows from an earlier run, then rows appended as they come (thread-safe).

@@ -1127,6 +1127,61 @@ TEST_CASE("Sweep axes take list values and ~, written quoted and resumed", "[cli
   CHECK(slurp(out) == full);
 }
 
+TEST_CASE("Sweep points that differ only in reliability or price share one simulation", "[cli][sweep][reliability]") {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "t.yaml")
+      << "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n"
+         "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
+         "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 256\n"
+         "reliability:\n  gpu_mtbf_hours: 20\n  restart: 1min\n  checkpoint_bandwidth: 1GB/s\n";
+  std::ofstream(tmp.path() / "g.yaml") << "base: t.yaml\naxes:\n  workload.tokens_per_gpu: [256, 512]\n  reliability.restart: [1min, 30min]\n"
+                                          "  cluster.gpu_hour_price: [1, 3]\n";
+  const auto out = (tmp.path() / "s.csv").string();
+  const Result r = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 2 --out '" + out + "'", tmp);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("8 points (0 from an earlier run, 8 run now in 2 simulations: points that differ only in "
+                                    "reliability.* or cluster.gpu_hour_price share one)"));
+  // Rows by point: each has its own restart's goodput and its own price's cost over one step.
+  std::ifstream in(out);
+  std::string line;
+  std::getline(in, line);
+  const auto split = [](const std::string& l) {
+    std::vector<std::string> f(1);
+    bool quoted = false;
+    for (const char c : l) {
+      if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) f.emplace_back();
+      else f.back() += c;
+    }
+    return f;
+  };
+  const auto names = split(line);
+  std::vector<std::map<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    const auto f = split(line);
+    REQUIRE(f.size() == names.size());
+    auto& row = rows.emplace_back();
+    for (std::size_t i = 0; i < f.size(); ++i) row[names[i]] = f[i];
+  }
+  REQUIRE(rows.size() == 8);
+  const auto num = [&](int p, const char* c) { return std::stod(rows[static_cast<std::size_t>(p)].at(c)); };
+  for (int p = 0; p < 8; ++p) {
+    const int same_step = p < 4 ? 0 : 4;  // the first axis varies slowest
+    CHECK(rows[static_cast<std::size_t>(p)].at("step_time_us") == rows[static_cast<std::size_t>(same_step)].at("step_time_us"));
+    CHECK(rows[static_cast<std::size_t>(p)].at("events") == rows[static_cast<std::size_t>(same_step)].at("events"));
+  }
+  CHECK(rows[0].at("step_time_us") != rows[4].at("step_time_us"));
+  CHECK(num(0, "goodput") > num(2, "goodput"));  // restart 1 min, then 30 min
+  CHECK(num(1, "cost_per_step") == Approx(3 * num(0, "cost_per_step")));
+  // Each point alone gives its row's figures.
+  const Result one = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set reliability.restart=30min --set cluster.gpu_hour_price=3 "
+                            "--out '" + (tmp.path() / "one").string() + "'", tmp);
+  REQUIRE(one.code == 0);
+  const auto alone = summary_row(tmp.path() / "one" / "summary.csv");
+  for (const char* c : {"step_time_us", "goodput", "goodput_tokens_per_s", "goodput_cost_per_million_tokens", "checkpoint_every_steps"})
+    CHECK(alone.at(c) == rows[3].at(c));
+}
+
 TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
   TempDir tmp;
   const std::string base =
