@@ -76,3 +76,22 @@ TEST_CASE("plan takes decode's time per token as a target, with units", "[plan]"
                                "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason\n0,8,1,1,1,,0,1,80,yes,\n";
   CHECK_THROWS_WITH(choose_point(training, {t}, parse_metric("tokens/s"), false, {}), Catch::Contains("only decode has one"));
 }
+
+TEST_CASE("plan reads the goodput columns of a reliability section", "[plan][reliability]") {
+  // Two sizes: the larger runs more tokens/s but, failing more often, keeps less of them.
+  const std::string sweep =
+      "point,cluster.nodes,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
+      "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,point_config\n"
+      "0,8,64,1000.0,1000000.0,15625.0,0,0.95,950000.0,0.10,70.0,80.000,yes,,h0\n"
+      "1,64,512,1000.0,8000000.0,15625.0,0,0.80,6400000.0,0.12,70.0,80.000,yes,,h1\n";
+  CHECK(parse_target("goodput=0.9").at_least);
+  CHECK(parse_target("goodput_tokens_per_s=1e6").at_least);
+  CHECK_FALSE(parse_target("goodput_cost_per_million_tokens=0.2").at_least);
+  const auto c = choose_point(sweep, {parse_target("goodput=0.9")}, parse_metric("goodput_tokens_per_s"), false, {"cluster.nodes"});
+  REQUIRE(c.best);
+  CHECK(*c.best == 0);
+  CHECK_THAT(c.explanation, Catch::Contains("goodput >= 90.00%"));
+  const auto most = choose_point(sweep, {}, parse_metric("goodput_tokens_per_s"), false, {"cluster.nodes"});
+  REQUIRE(most.best);
+  CHECK(*most.best == 1);
+}
