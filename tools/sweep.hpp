@@ -44,7 +44,7 @@ struct SweepResult {
   std::size_t already = 0;     // rows found from an earlier run (and kept)
   std::size_t stale = 0;       // rows of an earlier run whose point has changed since: run again
   std::size_t ran = 0;
-  std::size_t simulations = 0;  // the runs they took: points that differ only in what the reports read share one
+  std::size_t simulations = 0;  // the runs they took (under MPI, rank 0's count is all ranks'): points that differ only in what the reports read share one
   std::size_t infeasible = 0;  // rows whose point does not fit the GPUs' memory
   int ranks = 1;               // MPI ranks that ran points
 };

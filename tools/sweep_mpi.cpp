@@ -92,18 +92,23 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
   if (n == kUnreadable) throw SweepError(mpi.rank == 0 ? unreadable : "the output cannot be used (rank 0 says why)");
   todo.resize(n);
   MPI_Bcast(todo.data(), static_cast<int>(n), MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+  // The groups of points one simulation serves, dealt round-robin (every rank forms the same).
+  const auto groups = sweep.groups(std::vector<std::size_t>(todo.begin(), todo.end()));
   std::vector<std::size_t> mine;
-  for (std::size_t k = static_cast<std::size_t>(mpi.rank); k < todo.size(); k += static_cast<std::size_t>(mpi.size))
-    mine.push_back(static_cast<std::size_t>(todo[k]));
+  for (std::size_t k = static_cast<std::size_t>(mpi.rank); k < groups.size(); k += static_cast<std::size_t>(mpi.size))
+    mine.push_back(k);
+  std::size_t my_points = 0;
+  for (const std::size_t g : mine) my_points += groups[g].size();
 
   if (mpi.rank != 0) {
     Outbox box;
     std::jthread workers([&] {
       try {
-        detail::parallel_for(mine, opts.jobs, [&](std::size_t p) {
-          const auto [header, row] = sweep.run(p);
+        detail::parallel_for(mine, opts.jobs, [&](std::size_t k) {
+          const auto rows = sweep.run_group(groups[k]);
           const std::lock_guard<std::mutex> g(box.lock);
-          box.rows.push_back(fmt::format("{}\n{}\n{}", p, header, row));
+          for (std::size_t i = 0; i < rows.size(); ++i)
+            box.rows.push_back(fmt::format("{}\n{}\n{}", groups[k][i], rows[i].first, rows[i].second));
           box.ready.notify_one();
         });
       } catch (const std::exception& e) {
@@ -130,7 +135,8 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
       else send_text(fmt::format("rank {}: {}", mpi.rank, error), kFailed);
       break;
     }
-    result.ran = mine.size();
+    result.ran = my_points;
+    result.simulations = mine.size();
     return result;
   }
 
@@ -140,11 +146,13 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
   std::exception_ptr local_failure;
   std::jthread workers([&] {
     try {
-      detail::parallel_for(mine, opts.jobs, [&](std::size_t p) {
-        const auto [header, row] = sweep.run(p);
-        file->add(p, header, row);
-        ++ran;
-        if (opts.progress) opts.progress(file->rows(), result.points);
+      detail::parallel_for(mine, opts.jobs, [&](std::size_t k) {
+        const auto rows = sweep.run_group(groups[k]);
+        for (std::size_t i = 0; i < rows.size(); ++i) {
+          file->add(groups[k][i], rows[i].first, rows[i].second);
+          ++ran;
+          if (opts.progress) opts.progress(file->rows(), result.points);
+        }
       });
     } catch (...) {
       local_failure = std::current_exception();
@@ -180,6 +188,7 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
   }
   workers.join();
   result.ran = ran;
+  result.simulations = groups.size();
   file->finish();
   result.infeasible = file->infeasible();
   if (local_failure) std::rethrow_exception(local_failure);

@@ -24,6 +24,17 @@ cmp "$tmp/one.csv" "$tmp/two.csv"
 "$mpiexec" -np 2 "$moesim" sweep "$tmp/g.yaml" --jobs 2 --out "$tmp/cut.csv" > "$tmp/log.txt"
 grep -q "14 points (4 from an earlier run, 10 run now over 2 MPI ranks)" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
 cmp "$tmp/one.csv" "$tmp/cut.csv"
+# Points that differ only in price share a simulation; the groups are dealt over the ranks.
+cat > "$tmp/p.yaml" <<GRID
+base: $source/scenarios/quickstart.yaml
+axes:
+  workload.seed: [1, 2, 3]
+  cluster.gpu_hour_price: [1, 2]
+GRID
+"$moesim" sweep "$tmp/p.yaml" -q --jobs 1 --set model.moe_layers=2 --out "$tmp/p-one.csv"
+"$mpiexec" -np 2 "$moesim" sweep "$tmp/p.yaml" --jobs 1 --set model.moe_layers=2 --out "$tmp/p-two.csv" > "$tmp/log.txt"
+grep -q "6 points (0 from an earlier run, 6 run now over 2 MPI ranks in 3 simulations" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
+cmp "$tmp/p-one.csv" "$tmp/p-two.csv"
 # A bad grid fails on every rank before anything runs; the error is printed once.
 printf 'base: %s/scenarios/quickstart.yaml\naxes:\n  model.top_k: [2, 99]\n' "$source" > "$tmp/bad.yaml"
 if "$mpiexec" -np 2 "$moesim" sweep "$tmp/bad.yaml" --out "$tmp/bad.csv" > "$tmp/out.txt" 2> "$tmp/err.txt"; then
