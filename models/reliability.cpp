@@ -14,6 +14,15 @@ double expected_segment_s(double work_s, double checkpoint_s, double restart_s, 
   return mtbf_s * std::exp(r) * std::expm1(a);
 }
 
+double expected_async_segment_s(double work_s, double stall_s, double write_s, double restart_s, double mtbf_s) {
+  const double first = (work_s + stall_s) / mtbf_s, again = (work_s + stall_s + write_s) / mtbf_s, r = restart_s / mtbf_s;
+  if (again + r > 700) return std::numeric_limits<double>::infinity();
+  // The first attempt (ended by its window or a failure), then if it failed: the restart and the
+  // longer window from scratch (Daly's expectation, which counts the restarts after it). Summed:
+  // M e^(R/M) e^((tau + C + W)/M) (1 - e^(-(tau + C)/M)).
+  return -std::expm1(-first) * mtbf_s * std::exp(r + again);
+}
+
 double best_interval_s(double checkpoint_s, double mtbf_s) {
   // E/tau falls while e^((tau + C)/M) (1 - tau/M) > 1 and rises after; in logarithms (exact for
   // tau and C far below M): q(tau) = (tau + C)/M + log(1 - tau/M), which falls from C/M at 0
@@ -37,26 +46,49 @@ Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double che
   Goodput g;
   if (!spec.enabled() || step_s <= 0 || gpus <= 0) return g;
   g.job_mtbf_s = spec.gpu_mtbf_hours * 3600 / gpus;
-  if (spec.checkpoint_s > 0) {
+  if (spec.async) {
+    g.checkpoint_bytes = checkpoint_bytes;
+    g.write_s = spec.checkpoint_bytes_per_s > 0 ? checkpoint_bytes / spec.checkpoint_bytes_per_s : 0;
+    g.checkpoint_s = spec.checkpoint_s > 0 ? spec.checkpoint_s
+                     : spec.host_bytes_per_s > 0 ? checkpoint_bytes / gpus / spec.host_bytes_per_s
+                                                 : 0;
+  } else if (spec.checkpoint_s > 0) {
     g.checkpoint_s = spec.checkpoint_s;
   } else {
     g.checkpoint_bytes = checkpoint_bytes;
     g.checkpoint_s = spec.checkpoint_bytes_per_s > 0 ? checkpoint_bytes / spec.checkpoint_bytes_per_s : 0;
   }
-  const auto waste = [&](int k) {
+  // Wall time per second of work with a checkpoint every k steps.
+  const auto waste = [&](double k) {
     const double tau = k * step_s;
-    return expected_segment_s(tau, g.checkpoint_s, spec.restart_s, g.job_mtbf_s) / tau;
+    return (spec.async ? expected_async_segment_s(tau, g.checkpoint_s, g.write_s, spec.restart_s, g.job_mtbf_s)
+                       : expected_segment_s(tau, g.checkpoint_s, spec.restart_s, g.job_mtbf_s)) /
+           tau;
   };
+  // Asynchronous: the write must end before the next copy starts.
+  const double fewest = std::max(1.0, std::ceil((g.write_s - g.checkpoint_s) / step_s - 1e-9));
   if (spec.checkpoint_every_steps > 0) {
     g.every_steps = spec.checkpoint_every_steps;
-  } else {
+  } else if (!spec.async) {
     // E/tau has one minimum in tau: the better of the whole numbers of steps either side of it.
     const double best = best_interval_s(g.checkpoint_s, g.job_mtbf_s) / step_s;
     const int below = static_cast<int>(std::clamp(std::floor(best), 1.0, 1e9));
     g.every_steps = waste(below + 1) < waste(below) ? below + 1 : below;
+  } else {
+    // Golden-section search of E/tau over log k, from the fewest steps the write allows to well
+    // past the job's MTBF, then the better whole number either side.
+    double lo = std::log(fewest), hi = std::max(lo, std::log(std::max(fewest, 20 * g.job_mtbf_s / step_s)));
+    const double phi = 0.5 * (std::sqrt(5.0) - 1);
+    for (int i = 0; i < 200 && hi - lo > 1e-9; ++i) {
+      const double a = hi - phi * (hi - lo), b = lo + phi * (hi - lo);
+      if (waste(std::exp(a)) <= waste(std::exp(b))) hi = b;
+      else lo = a;
+    }
+    const double best = std::clamp(std::floor(std::exp(0.5 * (lo + hi))), fewest, 1e9);
+    g.every_steps = static_cast<int>(waste(best + 1) < waste(best) ? best + 1 : best);
   }
   g.interval_s = g.every_steps * step_s;
-  g.goodput = 1 / waste(g.every_steps);
+  g.goodput = g.every_steps < fewest ? 0 : 1 / waste(g.every_steps);
   return g;
 }
 

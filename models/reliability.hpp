@@ -14,9 +14,20 @@
 // (J. T. Daly, "A higher order estimate of the optimum checkpoint interval for restart dumps",
 // Future Generation Computer Systems 22, 2006: exponential failures, failures during restart
 // and during the checkpoint included), and the goodput is tau / E. For M much longer than tau,
-// C and R it is about 1 - C/tau - tau/(2M) - R/M: Young's first-order waste. Left out: failures
-// that slow the job without stopping it, the time a failure takes to be noticed beyond R, and
-// checkpoints written in the background (give their stall as checkpoint_s).
+// C and R it is about 1 - C/tau - tau/(2M) - R/M: Young's first-order waste.
+//
+// Asynchronous checkpoints (Megatron-LM's async save, PyTorch's async_save) stall the steps only
+// while each GPU copies its share to host memory (C), and are written to storage W seconds later,
+// while the next steps run: a failure before then goes back one checkpoint further. From a
+// checkpoint just written, the next is safe after tau + C seconds without a failure; after a
+// restart, the first needs tau + C + W (its steps, its copy and its write), so a segment takes
+//
+//     E = M e^((R + tau + C + W)/M) (1 - e^(-(tau + C)/M))
+//
+// on average: the first attempt's expected length, and if it fails the restart and Daly's E for
+// the longer window, summed (with W = 0 it is Daly's). A write must end before the next copy starts:
+// tau + C >= W. Left out: failures that slow the job without stopping it, and the time a failure
+// takes to be noticed beyond R.
 #pragma once
 
 #include "routing/moe_spec.hpp"
@@ -28,14 +39,18 @@ struct ReliabilitySpec {
   double restart_s = 0;            // R: from a failure to steps running again
   double checkpoint_bytes_per_s = 0;  // the storage's aggregate write rate; 0 when checkpoint_s is given
   double checkpoint_s = 0;         // C as given (a measured stall); 0: checkpoint bytes over the rate
+                                   // (asynchronous: the GPU's share over host_bytes_per_s)
   int checkpoint_every_steps = 0;  // k as given; 0: the k with the most goodput
+  bool async = false;              // written to storage behind the steps, after a copy to host memory
+  double host_bytes_per_s = 0;     // asynchronous: each GPU's copy to host memory (its PCIe link)
   bool enabled() const { return gpu_mtbf_hours > 0; }
 };
 
 struct Goodput {
   double job_mtbf_s = 0;        // M
   double checkpoint_bytes = 0;  // what one checkpoint writes (0 when checkpoint_s was given)
-  double checkpoint_s = 0;      // C
+  double checkpoint_s = 0;      // C: the steps' stall
+  double write_s = 0;           // W: asynchronous, the write behind the steps (0: synchronous)
   int every_steps = 0;          // k
   double interval_s = 0;        // tau = k x step
   double goodput = 0;           // tau / E: the share of wall-clock time whose steps count
@@ -44,6 +59,9 @@ struct Goodput {
 // Daly's expected wall time of `work_s` seconds of steps and a checkpoint of `checkpoint_s`, with
 // restarts of `restart_s` and failures every `mtbf_s` seconds on average.
 double expected_segment_s(double work_s, double checkpoint_s, double restart_s, double mtbf_s);
+
+// The same with asynchronous checkpoints: a stall of `stall_s`, written `write_s` later.
+double expected_async_segment_s(double work_s, double stall_s, double write_s, double restart_s, double mtbf_s);
 
 // The interval tau (seconds of work between checkpoints) with the least expected wall time per
 // second of work, for a checkpoint of `checkpoint_s` and failures every `mtbf_s`: the root of
@@ -58,7 +76,8 @@ double checkpoint_bytes(const routing::MoeModelSpec& m, int moment_bytes);
 
 // The goodput of a run whose steps take `step_s` on `gpus` GPUs and whose checkpoint writes
 // `checkpoint_bytes` (used with spec.checkpoint_bytes_per_s). The interval is a whole number of
-// steps, at least one: spec's, or of the two around best_interval_s the better.
+// steps, at least one (asynchronous: long enough for the write): spec's, or the best; where a
+// given interval is shorter than the write, the goodput is 0.
 Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double checkpoint_bytes);
 
 }  // namespace moesim::models

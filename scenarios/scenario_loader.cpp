@@ -993,13 +993,23 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         }, true))
       r.gpu_mtbf_hours = *v;
     if (auto v = rel->get<sim::Time>("restart", time_value(), true)) r.restart_s = v->to_seconds();
+    if (auto v = rel->get<std::string>("checkpoint", one_of({"sync", "async"}), false)) r.async = *v == "async";
     const auto rate = rel->get<sim::Bandwidth>("checkpoint_bandwidth", positive_bandwidth(), false);
     const auto stall = rel->get<sim::Time>("checkpoint_time", time_value(), false);
-    if (rate && stall)
-      problems.add_at(rel->key_path("checkpoint_time"), "give checkpoint_bandwidth or checkpoint_time, not both");
-    else if (!rate && !stall && rel->valid())
+    if (r.async) {
+      // Written behind the steps: the storage's rate is needed; the stall is the copy to host
+      // memory over the GPU's PCIe link unless given.
+      r.host_bytes_per_s = static_cast<double>(sc.cluster.node.pcie_bandwidth.bytes_per_s());
+      if (!rate && rel->valid())
+        problems.add_at(rel->path(), "missing checkpoint_bandwidth (the storage's aggregate write rate, e.g. 2TB/s): "
+                                     "'checkpoint: async' writes behind the steps at it");
+    } else if (rate && stall) {
+      problems.add_at(rel->key_path("checkpoint_time"), "give checkpoint_bandwidth or checkpoint_time, not both "
+                                                        "(both only with 'checkpoint: async': the write's rate and the stall)");
+    } else if (!rate && !stall && rel->valid()) {
       problems.add_at(rel->path(), "missing checkpoint_bandwidth (the storage's aggregate write rate, e.g. 2TB/s) or "
                                    "checkpoint_time (the stall one checkpoint causes, e.g. 30s)");
+    }
     if (rate) r.checkpoint_bytes_per_s = static_cast<double>(rate->bytes_per_s());
     if (stall) r.checkpoint_s = stall->to_seconds();
     if (stall && *stall == sim::Time::zero())

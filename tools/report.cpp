@@ -467,7 +467,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
          "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
-         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens\n";
+         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -515,12 +515,13 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // Failures and checkpoints (the reliability section): empty without it.
   const models::Goodput gp = run_goodput(sc, r);
   if (gp.goodput > 0 || sc.reliability.enabled())
-    fmt::print(out, "{:.6g},{},{:.6g},{},{:.6g},{:.1f},{}\n", gp.job_mtbf_s / 3600,
-               gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s, gp.every_steps, gp.goodput,
+    fmt::print(out, "{:.6g},{},{:.6g},{},{},{:.6g},{:.1f},{}\n", gp.job_mtbf_s / 3600,
+               gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s,
+               sc.reliability.async ? fmt::format("{:.6g}", gp.write_s) : std::string(), gp.every_steps, gp.goodput,
                seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
                sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());
   else
-    out << ",,,,,,\n";
+    out << ",,,,,,,\n";
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -814,14 +815,24 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
           const auto in = [](double x, const char* unit) { return x >= 100 ? fmt::format("{:.0f} {}", x, unit) : fmt::format("{:.3g} {}", x, unit); };
           return s >= 2 * 86400 ? in(s / 86400, "days") : s >= 5400 ? in(s / 3600, "h") : s >= 90 ? in(s / 60, "min") : in(s, "s");
         };
-        fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); a checkpoint{} takes {} every {} step{} "
-                        "({}), a restart {}: goodput {:.1f}%, 1T tokens in {:.4g} days, {} GPU-hours{}\n",
-                   minutes(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours,
-                   gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12,
-                                                         sim::format_bandwidth(sim::Bandwidth(static_cast<std::int64_t>(sc.reliability.checkpoint_bytes_per_s))))
-                                           : std::string(),
-                   minutes(gp.checkpoint_s), gp.every_steps, gp.every_steps > 1 ? "s" : "", minutes(gp.interval_s), minutes(sc.reliability.restart_s),
-                   100 * gp.goodput, seconds / gp.goodput / 86400, gpu_hours(hours / gp.goodput), priced(hours / gp.goodput));
+        const std::string rate = sim::format_bandwidth(sim::Bandwidth(static_cast<std::int64_t>(sc.reliability.checkpoint_bytes_per_s)));
+        const std::string checkpoint =
+            sc.reliability.async
+                ? fmt::format("an asynchronous checkpoint ({:.3g} TB) stalls the steps {}{} and is written in {} at {}", gp.checkpoint_bytes / 1e12,
+                              minutes(gp.checkpoint_s),
+                              sc.reliability.checkpoint_s > 0 ? std::string()
+                                                              : fmt::format(" (each GPU's share to host memory at {})",
+                                                                            sim::format_bandwidth(sim::Bandwidth(static_cast<std::int64_t>(sc.reliability.host_bytes_per_s)))),
+                              minutes(gp.write_s), rate)
+                : fmt::format("a checkpoint{} takes {}", gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12, rate) : std::string(),
+                              minutes(gp.checkpoint_s));
+        fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); {}, every {} step{} ({}), a restart {}: {}\n",
+                   minutes(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours, checkpoint, gp.every_steps, gp.every_steps > 1 ? "s" : "",
+                   minutes(gp.interval_s), minutes(sc.reliability.restart_s),
+                   gp.goodput > 0 ? fmt::format("goodput {:.2f}%, 1T tokens in {:.4g} days, {} GPU-hours{}", 100 * gp.goodput, seconds / gp.goodput / 86400,
+                                                gpu_hours(hours / gp.goodput), priced(hours / gp.goodput))
+                                  : std::string("no goodput: the write takes longer than the steps between checkpoints "
+                                                "(reliability.checkpoint_every_steps)"));
       }
     }
     if (sc.gpu_hour_price > 0)

@@ -54,6 +54,70 @@ TEST_CASE("A segment's expected wall time is what drawn failures give") {
   CHECK(std::isinf(expected_segment_s(1e6, 0, 0, 1)));
 }
 
+namespace {
+
+// Asynchronous checkpoints, event by event: segments of `work` then a stall of `stall` (the copy
+// to host memory), after which the checkpoint is safe `write` seconds later unless a failure comes
+// first; a failure (also during a stall, a write or a restart) goes back to the last safe
+// checkpoint. Returns the wall time per second of work that became safe, over `n` checkpoints.
+double drawn_async_per_work(double work, double stall, double write, double restart, double mtbf, int n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> failure(1 / mtbf);
+  double t = 0, next_failure = failure(rng);
+  int safe = 0;                   // checkpoints safe in storage
+  int resumed_from = 0;           // the checkpoint the current run of segments started after
+  int taken = 0;                  // checkpoints copied to host memory since then
+  double pending_until = -1;      // when the newest copied checkpoint is safe; < 0: none pending
+  double segment_start = 0;
+  while (safe < n) {
+    const double segment_end = segment_start + work + stall;
+    // A pending write finishes first.
+    if (pending_until >= 0 && pending_until <= std::min(next_failure, segment_end)) {
+      safe = resumed_from + taken;
+      t = pending_until;
+      pending_until = -1;
+      continue;
+    }
+    if (next_failure < segment_end) {
+      // Back to the last safe checkpoint, after a restart that failures may start over.
+      t = next_failure;
+      for (;;) {
+        const double y = failure(rng);
+        if (y >= restart) {
+          t += restart;
+          break;
+        }
+        t += y;
+      }
+      next_failure = t + failure(rng);
+      resumed_from = safe;
+      taken = 0;
+      pending_until = -1;
+      segment_start = t;
+      continue;
+    }
+    ++taken;
+    pending_until = segment_end + write;
+    segment_start = segment_end;
+  }
+  // The wall time at which the n-th checkpoint became safe.
+  return t / (static_cast<double>(n) * work);
+}
+
+}  // namespace
+
+TEST_CASE("Asynchronous checkpoints: the expected segment is what drawn failures give") {
+  for (const auto& [work, stall, write, restart, mtbf] :
+       {std::tuple{300.0, 5.0, 200.0, 100.0, 2000.0}, std::tuple{100.0, 1.0, 90.0, 300.0, 500.0}, std::tuple{50.0, 2.0, 0.0, 60.0, 400.0}}) {
+    const double drawn = drawn_async_per_work(work, stall, write, restart, mtbf, 200000, 11);
+    CHECK(expected_async_segment_s(work, stall, write, restart, mtbf) / work == Approx(drawn).epsilon(0.01));
+  }
+  // Without a write behind the steps it is the synchronous model.
+  CHECK(expected_async_segment_s(100, 5, 0, 60, 1000) == Approx(expected_segment_s(100, 5, 60, 1000)).epsilon(1e-12));
+  // The write costs something only when a failure comes.
+  CHECK(expected_async_segment_s(100, 5, 50, 60, 1e15) == Approx(105).epsilon(1e-9));
+}
+
 TEST_CASE("The best checkpoint interval has the least wall time per second of work") {
   const double c = 30, m = 20000;
   const double best = best_interval_s(c, m);
@@ -94,6 +158,39 @@ TEST_CASE("Goodput: the job's MTBF, the checkpoint's time and a whole number of 
   // Steps longer than the best interval: a checkpoint after every step.
   spec.checkpoint_every_steps = 0;
   CHECK(goodput(spec, 30000, 100, 2e12).every_steps == 1);
+}
+
+TEST_CASE("Goodput with asynchronous checkpoints: the copy stalls, the write must end before the next") {
+  ReliabilitySpec spec;
+  spec.gpu_mtbf_hours = 1000;
+  spec.restart_s = 300;
+  spec.checkpoint_bytes_per_s = 2e10;  // a 2 TB checkpoint written in 100 s
+  spec.async = true;
+  spec.host_bytes_per_s = 5e10;  // each of 100 GPUs copies 20 GB in 0.4 s
+  const Goodput g = goodput(spec, 7, 100, 2e12);
+  CHECK(g.checkpoint_s == Approx(0.4));
+  CHECK(g.write_s == Approx(100));
+  // Young's sqrt(2 C M) is 170 s: longer than the write, so the interval is free to be the best.
+  CHECK(g.interval_s + g.checkpoint_s > g.write_s + 7);
+  const auto per_work = [&](int k) { return expected_async_segment_s(7.0 * k, 0.4, 100, 300, 36000) / (7.0 * k); };
+  CHECK(g.goodput == Approx(1 / per_work(g.every_steps)));
+  CHECK(per_work(g.every_steps) <= per_work(g.every_steps - 1));
+  CHECK(per_work(g.every_steps) <= per_work(g.every_steps + 1));
+  // Better than writing while the steps wait.
+  ReliabilitySpec sync = spec;
+  sync.async = false;
+  CHECK(g.goodput > goodput(sync, 7, 100, 2e12).goodput);
+  // A write slower than the failures allow: checkpoints as often as the write lets them.
+  spec.checkpoint_bytes_per_s = 1e9;  // 2000 s
+  const Goodput slow = goodput(spec, 7, 100, 2e12);
+  CHECK(slow.every_steps == static_cast<int>(std::ceil((2000 - 0.4) / 7)));
+  // A given interval shorter than the write: no goodput.
+  spec.checkpoint_every_steps = 10;
+  CHECK(goodput(spec, 7, 100, 2e12).goodput == 0);
+  // A given stall instead of the copy's.
+  spec.checkpoint_every_steps = 0;
+  spec.checkpoint_s = 3;
+  CHECK(goodput(spec, 7, 100, 2e12).checkpoint_s == 3);
 }
 
 TEST_CASE("A checkpoint writes every parameter with Adam's master weight and moments") {

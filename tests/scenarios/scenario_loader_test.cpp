@@ -1144,4 +1144,22 @@ TEST_CASE("The reliability section: failures and checkpoints of a training run",
              Catch::Contains("reliability.mtbf: unknown key"));
   CHECK_THAT(error_of(kBase + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 3s\n"),
              Catch::Contains("reliability: only used with 'workload.kind: training'"));
+  // Asynchronous: the write's rate is needed, the stall is the copy over PCIe unless given.
+  const auto async = load_scenario_text(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint: async\n"
+                                                   "  checkpoint_bandwidth: 500GB/s\n",
+                                        "s.yaml");
+  CHECK(async.reliability.async);
+  CHECK(async.reliability.checkpoint_bytes_per_s == 5e11);
+  CHECK(async.reliability.host_bytes_per_s == static_cast<double>(async.cluster.node.pcie_bandwidth.bytes_per_s()));
+  CHECK(async.reliability.host_bytes_per_s > 0);
+  CHECK(load_scenario_text(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint: async\n"
+                                      "  checkpoint_bandwidth: 500GB/s\n  checkpoint_time: 2s\n",
+                           "s.yaml")
+            .reliability.checkpoint_s == 2);
+  CHECK_FALSE(load_scenario_text(training, "s.yaml", {"reliability.gpu_mtbf_hours=9", "reliability.restart=1s", "reliability.checkpoint_time=3s"})
+                  .reliability.async);
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint: async\n  checkpoint_time: 3s\n"),
+             Catch::Contains("reliability: missing checkpoint_bandwidth (the storage's aggregate write rate, e.g. 2TB/s): 'checkpoint: async'"));
+  CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint: later\n  checkpoint_time: 3s\n"),
+             Catch::Contains("reliability.checkpoint:"));
 }

@@ -103,7 +103,8 @@ FEATURES = [
      ["cluster.scale_out.oversubscription=2", "cluster.scale_out.spines=2", "cluster.scale_out.nodes_per_leaf=1"]],
     [["cluster.gpu_hour_price=2"]],
     [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
-     ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"]],
+     ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
+     ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
           "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
