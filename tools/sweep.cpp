@@ -78,8 +78,6 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
   for (const auto& a : grid.axes) (axes_header += ',') += csv_field(a);
 }
 
-std::pair<std::string, std::string> Sweep::run(std::size_t p) const { return run_group({p}).front(); }
-
 std::vector<std::vector<std::size_t>> Sweep::groups(const std::vector<std::size_t>& todo) const {
   // An override the simulation does not read: only the summary's goodput and cost do.
   const auto reports_only = [](const std::string& set) {

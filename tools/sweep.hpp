@@ -72,13 +72,12 @@ struct Sweep {
   SweepOptions opts;
   // Checks every point. Throws ScenarioError naming the point's key.
   Sweep(const scenarios::Grid& grid, const SweepOptions& opts);
-  // Runs point p (writing its reports if asked): the full header and the row.
-  std::pair<std::string, std::string> run(std::size_t p) const;
   // The points among `todo` that one simulation serves, in order: those whose overrides differ
   // only in keys no step depends on (reliability.*, cluster.gpu_hour_price), which only the
   // reports read.
   std::vector<std::vector<std::size_t>> groups(const std::vector<std::size_t>& todo) const;
-  // Runs a group's simulation once and reports each of its points: per point, header and row.
+  // Runs a group's simulation once and reports each of its points (writing their reports if
+  // asked): per point, the full header and the row.
   std::vector<std::pair<std::string, std::string>> run_group(const std::vector<std::size_t>& group) const;
 };
 
