@@ -334,20 +334,18 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   const bool bar = !vm.count("quiet") && ::isatty(STDERR_FILENO) != 0;
   const auto t0 = std::chrono::steady_clock::now();
   std::mutex draw;
-  std::size_t first_done = 0;
   // Into a log or a pipe (no terminal): a line at most once a minute, so that a long sweep run
   // in the background says how far it is without filling its log.
   double last_line = 0;
   const double every = progress_every();
-  o.progress = [&](std::size_t done, std::size_t total) {
+  o.progress = [&](std::size_t done, std::size_t total, std::size_t ran) {
     if (vm.count("quiet")) return;
     const std::lock_guard<std::mutex> g(draw);
     // The rate from the points this run has finished (rows of an earlier run are not timed).
-    if (first_done == 0) first_done = done;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double ran = static_cast<double>(done - first_done + 1);
     const std::string left =
-        done < total ? fmt::format(", about {:.0f} s left", elapsed / ran * static_cast<double>(total - done)) : std::string();
+        done < total && ran > 0 ? fmt::format(", about {:.0f} s left", elapsed / static_cast<double>(ran) * static_cast<double>(total - done))
+                                : std::string();
     if (!bar) {
       if (elapsed - last_line < every || done == total) return;
       last_line = elapsed;
@@ -577,7 +575,7 @@ int cmd_serve(const std::vector<std::string>& args) {
       o.jobs = jobs;
       o.sets = side.sets;
       if (!quiet)
-        o.progress = [](std::size_t done, std::size_t total) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
+        o.progress = [](std::size_t done, std::size_t total, std::size_t) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
       tools::run_sweep(*side.grid, csv, o);
       for (const auto& row : read_rows(csv)) {
         const std::size_t i = std::stoul(row.at("point"));

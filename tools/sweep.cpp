@@ -254,11 +254,9 @@ SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, const
   std::iota(each.begin(), each.end(), std::size_t{0});
   detail::parallel_for(each, opts.jobs, [&](std::size_t g) {
     const auto rows = sweep.run_group(groups[g]);
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      file.add(groups[g][i], rows[i].first, rows[i].second);
-      ++ran;
-      if (opts.progress) opts.progress(file.rows(), result.points);
-    }
+    for (std::size_t i = 0; i < rows.size(); ++i) file.add(groups[g][i], rows[i].first, rows[i].second);
+    ran += rows.size();
+    if (opts.progress) opts.progress(file.rows(), result.points, ran);
   });
   result.ran = ran;
   result.simulations = groups.size();

@@ -36,7 +36,9 @@ struct SweepOptions {
   int jobs = 1;                    // points run at once (per MPI rank)
   std::vector<std::string> sets;   // KEY.PATH=VALUE applied to every point (before the axes)
   std::string reports;             // non-empty: each point's reports in reports/point-NNNN/
-  std::function<void(std::size_t done, std::size_t total)> progress;  // after each row written
+  // After rows are written (one point's, or the points one simulation served): the rows the file
+  // has, the points, and the rows this run has written.
+  std::function<void(std::size_t done, std::size_t total, std::size_t ran)> progress;
 };
 
 struct SweepResult {

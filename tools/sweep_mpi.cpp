@@ -148,11 +148,9 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
     try {
       detail::parallel_for(mine, opts.jobs, [&](std::size_t k) {
         const auto rows = sweep.run_group(groups[k]);
-        for (std::size_t i = 0; i < rows.size(); ++i) {
-          file->add(groups[k][i], rows[i].first, rows[i].second);
-          ++ran;
-          if (opts.progress) opts.progress(file->rows(), result.points);
-        }
+        for (std::size_t i = 0; i < rows.size(); ++i) file->add(groups[k][i], rows[i].first, rows[i].second);
+        ran += rows.size();
+        if (opts.progress) opts.progress(file->rows(), result.points, ran);
       });
     } catch (...) {
       local_failure = std::current_exception();
@@ -177,7 +175,7 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
         const auto a = msg.find('\n'), b = msg.find('\n', a + 1);
         file->add(std::stoul(msg.substr(0, a)), msg.substr(a + 1, b - a - 1), msg.substr(b + 1));
         ++ran;
-        if (opts.progress) opts.progress(file->rows(), result.points);
+        if (opts.progress) opts.progress(file->rows(), result.points, ran);
       } catch (const std::exception& e) {
         remote_failure = e.what();
       }
