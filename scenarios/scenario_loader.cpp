@@ -567,6 +567,12 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
     if (auto v = w->get<std::int64_t>("steps", count_at_least(1), false)) sc.steps = as_int(*v);
+    if (auto v = w->get<double>("train_tokens", [](const std::string& t) {
+          const double x = sim::parse_number(t);
+          if (!(x >= 1)) throw UnitError(fmt::format("must be a number of tokens, at least 1 (e.g. 14.8e12), got {}", t));
+          return x;
+        }, false))
+      sc.train_tokens = *v;
     if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring", "hierarchical", "nvls"}), false)) {
       f.gradient_sync = *v != "none";
       f.gradient_sync_algorithm = *v == "nvls"           ? models::CollectiveAlgorithm::nvls
@@ -1027,6 +1033,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
 // Relations between keys, checked once every key parsed.
 void cross_check(const Scenario& sc, Problems& problems) {
   const auto& m = sc.forward.model;
+  if (sc.train_tokens > 0 && !sc.forward.training)
+    problems.add_at("workload.train_tokens", "only used with 'workload.kind: training' (the tokens a training run is to see)");
   if (sc.reliability.enabled() && !sc.forward.training)
     problems.add_at("reliability", "only used with 'workload.kind: training' (failures and checkpoints over a training run)");
   if (m.top_k > m.experts)

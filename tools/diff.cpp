@@ -72,7 +72,7 @@ constexpr std::string_view kFigures[] = {
     "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us", "optimizer_us", "grad_sync_us",
     "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us", "exposed_comm_us", "gpu_imbalance_max", "drop_rate",
     "network_bytes", "scale_out_bytes", "mfu", "cost_per_million_tokens", "memory_gb_max", "fits_memory",
-    "job_mtbf_h", "checkpoint_s", "checkpoint_write_s", "checkpoint_every_steps", "goodput", "goodput_tokens_per_s"};
+    "job_mtbf_h", "checkpoint_s", "checkpoint_write_s", "checkpoint_every_steps", "goodput", "goodput_tokens_per_s", "train_days"};
 
 bool listed(std::string_view name) {
   for (const auto n : kSettings)

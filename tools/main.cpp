@@ -374,7 +374,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
     fmt::print("moesim: {} points ({} from an earlier run, {} run now{}{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
                r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "",
                r.simulations > 0 && r.simulations < r.ran
-                   ? fmt::format(" in {} simulations: points that differ only in reliability.* or cluster.gpu_hour_price share one", r.simulations)
+                   ? fmt::format(" in {} simulations: points that differ only in reliability.*, cluster.gpu_hour_price or workload.train_tokens share one", r.simulations)
                    : "",
                grid.source, out,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -152,7 +152,30 @@ models::Goodput run_goodput(const scenarios::Scenario& sc, const scenarios::RunR
                          models::checkpoint_bytes(sc.forward.model, sc.forward.moment_bytes));
 }
 
-// GPU-hours in words: 184K, 1.2M.
+// A training run's token budget (workload.train_tokens) at this step: the days on the scenario's
+// GPUs, their GPU-hours and cost, with the goodput where the reliability section gives one.
+struct Budget {
+  double days = 0, gpu_hours = 0, cost = 0;
+};
+Budget budget(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  Budget b;
+  const double seconds = r.stats.step_time().to_seconds(), tokens = step_tokens(sc);
+  const double share = sc.reliability.enabled() ? run_goodput(sc, r).goodput : 1.0;
+  if (sc.train_tokens <= 0 || seconds <= 0 || tokens <= 0 || share <= 0) return b;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const double wall = sc.train_tokens / (tokens / seconds) / share;
+  b.days = wall / 86400;
+  b.gpu_hours = wall * gpus / 3600;
+  b.cost = b.gpu_hours * sc.gpu_hour_price;
+  return b;
+}
+
+// A count of tokens in words: 14.8T, 500B.
+std::string token_count(double n) {
+  return n >= 1e12 ? fmt::format("{:.4g}T", n / 1e12) : n >= 1e9 ? fmt::format("{:.4g}B", n / 1e9) : n >= 1e6 ? fmt::format("{:.4g}M", n / 1e6) : fmt::format("{:.4g}", n);
+}
+
+// GPU-hours (or money) in words: 184K, 1.2M.
 std::string gpu_hours(double hours) {
   return hours >= 1e6 ? fmt::format("{:.4g}M", hours / 1e6) : hours >= 1e3 ? fmt::format("{:.4g}K", hours / 1e3) : fmt::format("{:.4g}", hours);
 }
@@ -467,7 +490,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
          "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
-         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens\n";
+         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
+         "train_tokens,train_days,train_gpu_hours,train_cost\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"
@@ -515,13 +539,21 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // Failures and checkpoints (the reliability section): empty without it.
   const models::Goodput gp = run_goodput(sc, r);
   if (gp.goodput > 0 || sc.reliability.enabled())
-    fmt::print(out, "{:.6g},{},{:.6g},{},{},{:.6g},{:.1f},{}\n", gp.job_mtbf_s / 3600,
+    fmt::print(out, "{:.6g},{},{:.6g},{},{},{:.6g},{:.1f},{},", gp.job_mtbf_s / 3600,
                gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s,
                sc.reliability.async ? fmt::format("{:.6g}", gp.write_s) : std::string(), gp.every_steps, gp.goodput,
                seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
                sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());
   else
-    out << ",,,,,,,\n";
+    out << ",,,,,,,,";
+  // The token budget (workload.train_tokens): empty without it, and its days empty where no step counts.
+  const Budget b = budget(sc, r);
+  if (sc.train_tokens > 0)
+    fmt::print(out, "{:.6g},{},{},{}\n", sc.train_tokens, b.days > 0 ? fmt::format("{:.6g}", b.days) : std::string(),
+               b.days > 0 ? fmt::format("{:.6g}", b.gpu_hours) : std::string(),
+               b.days > 0 && sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", b.cost) : std::string());
+  else
+    out << ",,,\n";
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -805,7 +837,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       const double seconds = 1e12 / per_s;
       const double hours = seconds * gpus / 3600;
       const auto priced = [&](double h) {
-        return sc.gpu_hour_price > 0 ? fmt::format(", {:.4g} at {} per GPU-hour", h * sc.gpu_hour_price, sc.gpu_hour_price) : std::string();
+        return sc.gpu_hour_price > 0 ? fmt::format(", {} at {} per GPU-hour", gpu_hours(h * sc.gpu_hour_price), sc.gpu_hour_price) : std::string();
       };
       fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", seconds / 86400, gpus, gpu_hours(hours), priced(hours),
                  sc.reliability.enabled() ? " (without failures)" : "");
@@ -833,6 +865,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                                 gpu_hours(hours / gp.goodput), priced(hours / gp.goodput))
                                   : std::string("no goodput: the write takes longer than the steps between checkpoints "
                                                 "(reliability.checkpoint_every_steps)"));
+      }
+      if (sc.train_tokens > 0) {
+        const Budget b = budget(sc, r);
+        fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
+                   gpu_hours(b.gpu_hours), priced(b.gpu_hours),
+                   sc.reliability.enabled() ? (b.days > 0 ? " (with failures and checkpoints)" : " (never: no goodput)") : "");
       }
     }
     if (sc.gpu_hour_price > 0)

@@ -1162,4 +1162,9 @@ TEST_CASE("The reliability section: failures and checkpoints of a training run",
              Catch::Contains("reliability: missing checkpoint_bandwidth (the storage's aggregate write rate, e.g. 2TB/s): 'checkpoint: async'"));
   CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint: later\n  checkpoint_time: 3s\n"),
              Catch::Contains("reliability.checkpoint:"));
+  // A token budget: training only, a positive count in any notation.
+  CHECK(load_scenario_text(training, "s.yaml", {"workload.train_tokens=14.8e12"}).train_tokens == 14.8e12);
+  CHECK(load_scenario_text(training, "s.yaml").train_tokens == 0);
+  CHECK_THAT(error_of_with(training, {"workload.train_tokens=0"}), Catch::Contains("workload.train_tokens: must be a number of tokens, at least 1"));
+  CHECK_THAT(error_of_with(kBase, {"workload.train_tokens=1e12"}), Catch::Contains("workload.train_tokens: only used with 'workload.kind: training'"));
 }

@@ -952,7 +952,10 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   hours *= unit == 'K' ? 1e3 : unit == 'M' ? 1e6 : 1;
   const auto priced = line.find(", ", line.find("GPU-hours"));
   REQUIRE(priced != std::string::npos);
-  REQUIRE(std::sscanf(line.c_str() + priced, ", %lf at 2 per GPU-hour", &cost) == 1);
+  char cost_unit = ' ';
+  REQUIRE(std::sscanf(line.c_str() + priced, ", %lf%c", &cost, &cost_unit) == 2);
+  cost *= cost_unit == 'K' ? 1e3 : cost_unit == 'M' ? 1e6 : 1;
+  CHECK_THAT(line, Catch::Contains(" at 2 per GPU-hour"));
   const double seconds = 1e12 / per_s;
   CHECK(days == Approx(seconds / 86400).epsilon(1e-3));
   CHECK(hours == Approx(4 * seconds / 3600).epsilon(1e-3));
@@ -992,6 +995,20 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   CHECK(std::stod(as.at("checkpoint_s")) == Approx(ckpt_gb / 4 / 64).epsilon(1e-4));   // a quarter each at 64 GB/s
   CHECK(std::stod(as.at("goodput")) > goodput);
   CHECK_THAT(a.out, Catch::Contains("an asynchronous checkpoint (") && Catch::Contains("(each GPU's share to host memory at 64GB/s) and is written in"));
+  // A token budget: its days, GPU-hours and cost at the goodput's throughput (or the step's without failures).
+  CHECK(summary.at("train_days").empty());
+  const Result b = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set workload.train_tokens=2e11 --set reliability.gpu_mtbf_hours=400 "
+                          "--set reliability.restart=2min --set reliability.checkpoint_bandwidth=1GB/s --out '" + (tmp.path() / "b").string() + "'", tmp);
+  REQUIRE(b.code == 0);
+  const auto bs = summary_row(tmp.path() / "b" / "summary.csv");
+  CHECK(std::stod(bs.at("train_tokens")) == 2e11);
+  CHECK(std::stod(bs.at("train_days")) == Approx(2e11 / (per_s * goodput) / 86400).epsilon(1e-4));
+  CHECK(std::stod(bs.at("train_gpu_hours")) == Approx(std::stod(bs.at("train_days")) * 24 * 4).epsilon(1e-4));
+  CHECK(std::stod(bs.at("train_cost")) == Approx(2 * std::stod(bs.at("train_gpu_hours"))).epsilon(1e-4));
+  CHECK_THAT(b.out, Catch::Contains("  budget      200B tokens in ") && Catch::Contains("(with failures and checkpoints)"));
+  const Result nb = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set workload.train_tokens=2e11 --out '" + (tmp.path() / "nb").string() + "'", tmp);
+  REQUIRE(nb.code == 0);
+  CHECK(std::stod(summary_row(tmp.path() / "nb" / "summary.csv").at("train_days")) == Approx(2e11 / per_s / 86400).epsilon(1e-4));
   const auto d = moesim("diff '" + (tmp.path() / "o").string() + "' '" + (tmp.path() / "g").string() + "'", tmp);
   CHECK(d.code == 0);
   CHECK_THAT(d.out, Catch::Contains("goodput_tokens_per_s"));
@@ -1137,7 +1154,7 @@ TEST_CASE("Sweep axes take list values and ~, written quoted and resumed", "[cli
   CHECK(slurp(out) == full);
 }
 
-TEST_CASE("Sweep points that differ only in reliability or price share one simulation", "[cli][sweep][reliability]") {
+TEST_CASE("Sweep points that differ only in reliability, price or token budget share one simulation", "[cli][sweep][reliability]") {
   TempDir tmp;
   std::ofstream(tmp.path() / "t.yaml")
       << "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n"
@@ -1145,12 +1162,12 @@ TEST_CASE("Sweep points that differ only in reliability or price share one simul
          "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 256\n"
          "reliability:\n  gpu_mtbf_hours: 20\n  restart: 1min\n  checkpoint_bandwidth: 1GB/s\n";
   std::ofstream(tmp.path() / "g.yaml") << "base: t.yaml\naxes:\n  workload.tokens_per_gpu: [256, 512]\n  reliability.restart: [1min, 30min]\n"
-                                          "  cluster.gpu_hour_price: [1, 3]\n";
+                                          "  cluster.gpu_hour_price: [1, 3]\n  workload.train_tokens: [1e9, 2e9]\n";
   const auto out = (tmp.path() / "s.csv").string();
   const Result r = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 2 --out '" + out + "'", tmp);
   REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("8 points (0 from an earlier run, 8 run now in 2 simulations: points that differ only in "
-                                    "reliability.* or cluster.gpu_hour_price share one)"));
+  CHECK_THAT(r.out, Catch::Contains("16 points (0 from an earlier run, 16 run now in 2 simulations: points that differ only in "
+                                    "reliability.*, cluster.gpu_hour_price or workload.train_tokens share one)"));
   // Rows by point: each has its own restart's goodput and its own price's cost over one step.
   std::ifstream in(out);
   std::string line;
@@ -1173,23 +1190,24 @@ TEST_CASE("Sweep points that differ only in reliability or price share one simul
     auto& row = rows.emplace_back();
     for (std::size_t i = 0; i < f.size(); ++i) row[names[i]] = f[i];
   }
-  REQUIRE(rows.size() == 8);
+  REQUIRE(rows.size() == 16);
   const auto num = [&](int p, const char* c) { return std::stod(rows[static_cast<std::size_t>(p)].at(c)); };
-  for (int p = 0; p < 8; ++p) {
-    const int same_step = p < 4 ? 0 : 4;  // the first axis varies slowest
+  for (int p = 0; p < 16; ++p) {
+    const int same_step = p < 8 ? 0 : 8;  // the first axis varies slowest
     CHECK(rows[static_cast<std::size_t>(p)].at("step_time_us") == rows[static_cast<std::size_t>(same_step)].at("step_time_us"));
     CHECK(rows[static_cast<std::size_t>(p)].at("events") == rows[static_cast<std::size_t>(same_step)].at("events"));
   }
-  CHECK(rows[0].at("step_time_us") != rows[4].at("step_time_us"));
-  CHECK(num(0, "goodput") > num(2, "goodput"));  // restart 1 min, then 30 min
-  CHECK(num(1, "cost_per_step") == Approx(3 * num(0, "cost_per_step")));
+  CHECK(rows[0].at("step_time_us") != rows[8].at("step_time_us"));
+  CHECK(num(0, "goodput") > num(4, "goodput"));  // restart 1 min, then 30 min
+  CHECK(num(2, "cost_per_step") == Approx(3 * num(0, "cost_per_step")));
+  CHECK(num(1, "train_days") == Approx(2 * num(0, "train_days")));
   // Each point alone gives its row's figures.
   const Result one = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set reliability.restart=30min --set cluster.gpu_hour_price=3 "
-                            "--out '" + (tmp.path() / "one").string() + "'", tmp);
+                            "--set workload.train_tokens=2e9 --out '" + (tmp.path() / "one").string() + "'", tmp);
   REQUIRE(one.code == 0);
   const auto alone = summary_row(tmp.path() / "one" / "summary.csv");
-  for (const char* c : {"step_time_us", "goodput", "goodput_tokens_per_s", "goodput_cost_per_million_tokens", "checkpoint_every_steps"})
-    CHECK(alone.at(c) == rows[3].at(c));
+  for (const char* c : {"step_time_us", "goodput", "goodput_tokens_per_s", "goodput_cost_per_million_tokens", "checkpoint_every_steps", "train_days"})
+    CHECK(alone.at(c) == rows[7].at(c));
 }
 
 TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
@@ -1301,7 +1319,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));

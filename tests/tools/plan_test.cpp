@@ -87,6 +87,8 @@ TEST_CASE("plan reads the goodput columns of a reliability section", "[plan][rel
   CHECK(parse_target("goodput=0.9").at_least);
   CHECK(parse_target("goodput_tokens_per_s=1e6").at_least);
   CHECK_FALSE(parse_target("goodput_cost_per_million_tokens=0.2").at_least);
+  CHECK(parse_metric("days").column == "train_days");
+  CHECK_FALSE(parse_target("days=60").at_least);
   const auto c = choose_point(sweep, {parse_target("goodput=0.9")}, parse_metric("goodput_tokens_per_s"), false, {"cluster.nodes"});
   REQUIRE(c.best);
   CHECK(*c.best == 0);
