@@ -104,7 +104,8 @@ FEATURES = [
     [["cluster.gpu_hour_price=2"]],
     [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
      ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
-     ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"]],
+     ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"],
+     ["workload.train_tokens=5e11"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
           "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
@@ -137,6 +138,8 @@ def check_reports(out):
             problems.append(f"goodput {goodput}")
         if not math.isclose(float(row["goodput_tokens_per_s"]), float(row["tokens_per_s"]) * goodput, rel_tol=1e-3, abs_tol=1):
             problems.append(f"goodput_tokens_per_s {row['goodput_tokens_per_s']} against {row['tokens_per_s']} x {goodput}")
+    if row["train_tokens"] and not float(row["train_days"]) > 0:
+        problems.append(f"train_days {row['train_days']} for {row['train_tokens']} tokens")
     if not float(row["memory_gb_max"]) > 0:
         problems.append("no memory counted")
     return problems
