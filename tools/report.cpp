@@ -843,7 +843,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                  sc.reliability.enabled() ? " (without failures)" : "");
       if (sc.reliability.enabled()) {
         const models::Goodput gp = run_goodput(sc, r);
-        const auto minutes = [](double s) {
+        const auto duration = [](double s) {
           const auto in = [](double x, const char* unit) { return x >= 100 ? fmt::format("{:.0f} {}", x, unit) : fmt::format("{:.3g} {}", x, unit); };
           return s >= 2 * 86400 ? in(s / 86400, "days") : s >= 5400 ? in(s / 3600, "h") : s >= 90 ? in(s / 60, "min") : in(s, "s");
         };
@@ -851,16 +851,16 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
         const std::string checkpoint =
             sc.reliability.async
                 ? fmt::format("an asynchronous checkpoint ({:.3g} TB) stalls the steps {}{} and is written in {} at {}", gp.checkpoint_bytes / 1e12,
-                              minutes(gp.checkpoint_s),
+                              duration(gp.checkpoint_s),
                               sc.reliability.checkpoint_s > 0 ? std::string()
                                                               : fmt::format(" (each GPU's share to host memory at {})",
                                                                             sim::format_bandwidth(sim::Bandwidth(static_cast<std::int64_t>(sc.reliability.host_bytes_per_s)))),
-                              minutes(gp.write_s), rate)
+                              duration(gp.write_s), rate)
                 : fmt::format("a checkpoint{} takes {}", gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12, rate) : std::string(),
-                              minutes(gp.checkpoint_s));
+                              duration(gp.checkpoint_s));
         fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); {}, every {} step{} ({}), a restart {}: {}\n",
-                   minutes(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours, checkpoint, gp.every_steps, gp.every_steps > 1 ? "s" : "",
-                   minutes(gp.interval_s), minutes(sc.reliability.restart_s),
+                   duration(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours, checkpoint, gp.every_steps, gp.every_steps > 1 ? "s" : "",
+                   duration(gp.interval_s), duration(sc.reliability.restart_s),
                    gp.goodput > 0 ? fmt::format("goodput {:.2f}%, 1T tokens in {:.4g} days, {} GPU-hours{}", 100 * gp.goodput, seconds / gp.goodput / 86400,
                                                 gpu_hours(hours / gp.goodput), priced(hours / gp.goodput))
                                   : std::string("no goodput: the write takes longer than the steps between checkpoints "
@@ -868,9 +868,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       }
       if (sc.train_tokens > 0) {
         const Budget b = budget(sc, r);
-        fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
-                   gpu_hours(b.gpu_hours), priced(b.gpu_hours),
-                   sc.reliability.enabled() ? (b.days > 0 ? " (with failures and checkpoints)" : " (never: no goodput)") : "");
+        if (b.days > 0)
+          fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
+                     gpu_hours(b.gpu_hours), priced(b.gpu_hours), sc.reliability.enabled() ? " (with failures and checkpoints)" : "");
+        else
+          fmt::print(out, "  budget      {} tokens: never (no goodput, above)\n", token_count(sc.train_tokens));
       }
     }
     if (sc.gpu_hour_price > 0)
