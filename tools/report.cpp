@@ -490,7 +490,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
          "recompute_us,model_flops,mfu,"
          "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
          "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
-         "job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
+         "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
          "train_tokens,train_days,train_gpu_hours,train_cost\n";
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
@@ -539,13 +539,13 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // Failures and checkpoints (the reliability section): empty without it.
   const models::Goodput gp = run_goodput(sc, r);
   if (gp.goodput > 0 || sc.reliability.enabled())
-    fmt::print(out, "{:.6g},{},{:.6g},{},{},{:.6g},{:.1f},{},", gp.job_mtbf_s / 3600,
+    fmt::print(out, "{:.6g},{},{},{:.6g},{},{},{:.6g},{:.1f},{},", gp.job_mtbf_s / 3600, sc.reliability.async ? "async" : "sync",
                gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s,
                sc.reliability.async ? fmt::format("{:.6g}", gp.write_s) : std::string(), gp.every_steps, gp.goodput,
                seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
                sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());
   else
-    out << ",,,,,,,,";
+    out << ",,,,,,,,,";
   // The token budget (workload.train_tokens): empty without it, and its days empty where no step counts.
   const Budget b = budget(sc, r);
   if (sc.train_tokens > 0)

@@ -986,6 +986,8 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   CHECK(gdays == Approx(seconds / goodput / 86400).epsilon(1e-3));
   CHECK_THAT(g.out, Catch::Contains("(without failures)"));
   CHECK(gs.at("checkpoint_write_s").empty());
+  CHECK(gs.at("checkpoint") == "sync");
+  CHECK(summary.at("checkpoint").empty());
   // Asynchronous: a stall of each GPU's share over PCIe, the write behind the steps.
   const Result a = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set reliability.gpu_mtbf_hours=400 --set reliability.restart=2min "
                           "--set reliability.checkpoint_bandwidth=1GB/s --set reliability.checkpoint=async --out '" + (tmp.path() / "a").string() + "'", tmp);
@@ -994,6 +996,9 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   CHECK(std::stod(as.at("checkpoint_write_s")) == Approx(ckpt_gb).epsilon(1e-4));       // at 1 GB/s
   CHECK(std::stod(as.at("checkpoint_s")) == Approx(ckpt_gb / 4 / 64).epsilon(1e-4));   // a quarter each at 64 GB/s
   CHECK(std::stod(as.at("goodput")) > goodput);
+  CHECK(as.at("checkpoint") == "async");
+  const auto sa = moesim("diff '" + (tmp.path() / "g").string() + "' '" + (tmp.path() / "a").string() + "'", tmp);
+  CHECK_THAT(sa.out, Catch::Contains("settings that differ") && Catch::Contains("checkpoint               sync  ->  async"));
   CHECK_THAT(a.out, Catch::Contains("an asynchronous checkpoint (") && Catch::Contains("(each GPU's share to host memory at 64GB/s) and is written in"));
   // A token budget: its days, GPU-hours and cost at the goodput's throughput (or the step's without failures).
   CHECK(summary.at("train_days").empty());
@@ -1319,7 +1324,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
