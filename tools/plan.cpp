@@ -49,7 +49,6 @@ std::string quantity(const Metric& m, double x) {
   if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
   if (m.column == "drop_rate" || m.column == "goodput") return fmt::format("{:.2f}%", 100 * x);
   if (m.column == "goodput_cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
-  if (m.column == "train_days") return fmt::format("{:.4g} days", x);
   return number(x);
 }
 

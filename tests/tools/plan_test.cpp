@@ -81,9 +81,9 @@ TEST_CASE("plan reads the goodput columns of a reliability section", "[plan][rel
   // Two sizes: the larger runs more tokens/s but, failing more often, keeps less of them.
   const std::string sweep =
       "point,cluster.nodes,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,point_config\n"
-      "0,8,64,1000.0,1000000.0,15625.0,0,0.95,950000.0,0.10,70.0,80.000,yes,,h0\n"
-      "1,64,512,1000.0,8000000.0,15625.0,0,0.80,6400000.0,0.12,70.0,80.000,yes,,h1\n";
+      "train_days,memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,point_config\n"
+      "0,8,64,1000.0,1000000.0,15625.0,0,0.95,950000.0,0.10,120.0,70.0,80.000,yes,,h0\n"
+      "1,64,512,1000.0,8000000.0,15625.0,0,0.80,6400000.0,0.12,18.0,70.0,80.000,yes,,h1\n";
   CHECK(parse_target("goodput=0.9").at_least);
   CHECK(parse_target("goodput_tokens_per_s=1e6").at_least);
   CHECK_FALSE(parse_target("goodput_cost_per_million_tokens=0.2").at_least);
@@ -96,4 +96,9 @@ TEST_CASE("plan reads the goodput columns of a reliability section", "[plan][rel
   const auto most = choose_point(sweep, {}, parse_metric("goodput_tokens_per_s"), false, {"cluster.nodes"});
   REQUIRE(most.best);
   CHECK(*most.best == 1);
+  // A deadline: the fewest GPUs that train the budget in time.
+  const auto soon = choose_point(sweep, {parse_target("days=60")}, parse_metric("gpus"), true, {"cluster.nodes"});
+  REQUIRE(soon.best);
+  CHECK(*soon.best == 1);
+  CHECK_THAT(soon.explanation, Catch::Contains("meets days <= 60") && Catch::Contains("the nearest, point 0 (cluster.nodes=8), reaches 120 days"));
 }
