@@ -485,6 +485,9 @@ int cmd_serve(const std::vector<std::string>& args) {
       "prefill-router", po::value<std::string>()->default_value("round_robin"),
       "how prompts reach the prefill units: round_robin (in turn) or least_work (to the unit with the least work on hand)")(
       "tpot", po::value<std::string>(), "the decode time per output token within this (e.g. 50ms)")(
+      "gpu-mtbf-hours", po::value<double>(), "spare units for failures: the hours between a GPU's failures (with --repair-time)")(
+      "repair-time", po::value<std::string>(), "how long a failed unit is out (e.g. 4h)")(
+      "availability", po::value<double>()->default_value(0.999), "the share of time the load's units must be up (with --gpu-mtbf-hours)")(
       "prefill-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the prefill scenario")(
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
       "jobs,j", po::value<int>()->default_value(1), "grid points run at once")(
@@ -523,6 +526,19 @@ int cmd_serve(const std::vector<std::string>& args) {
   if (jobs < 1) throw UsageError("--jobs must be at least 1");
   const std::string dir = vm["out"].as<std::string>();
   const bool quiet = vm.count("quiet") > 0;
+  // Spare units for failures: checked before anything runs.
+  tools::ServeSpares spares;
+  if (vm.count("gpu-mtbf-hours")) {
+    spares.gpu_mtbf_hours = vm["gpu-mtbf-hours"].as<double>();
+    if (!(spares.gpu_mtbf_hours > 0)) throw UsageError(fmt::format("--gpu-mtbf-hours must be greater than 0, got {}", spares.gpu_mtbf_hours));
+    if (!vm.count("repair-time")) throw UsageError("--gpu-mtbf-hours needs --repair-time (how long a failed unit is out, e.g. 4h)");
+    spares.repair_s = target("repair-time") / 1e6;
+    spares.availability = vm["availability"].as<double>();
+    if (!(spares.availability > 0 && spares.availability < 1))
+      throw UsageError(fmt::format("--availability must be between 0 and 1 (e.g. 0.999), got {}", spares.availability));
+  } else if (vm.count("repair-time") || !vm["availability"].defaulted()) {
+    throw UsageError("--repair-time and --availability go with --gpu-mtbf-hours");
+  }
 
   // Each side: a scenario, or a grid whose points are its candidates. Every scenario and point is
   // read, and its kind checked, before anything runs.
@@ -719,7 +735,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
   }
 
-  tools::ServePlan plan = tools::plan_service(traffic, chosen[0], chosen[1], batch, target("ttft"), percentile, seed);
+  tools::ServePlan plan = tools::plan_service(traffic, chosen[0], chosen[1], batch, target("ttft"), percentile, seed, spares);
   plan.prefill_choice = notes[0];
   plan.decode_choice = notes[1];
   plan.batch_note = batch_note;

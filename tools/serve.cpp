@@ -402,8 +402,31 @@ std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_to
                         sizes);
 }
 
+double unit_down_share(int unit_gpus, const ServeSpares& s) {
+  if (!s.enabled() || unit_gpus <= 0) return 0;
+  const double up = s.gpu_mtbf_hours * 3600 / unit_gpus;
+  return s.repair_s / (up + s.repair_s);
+}
+
+double short_probability(int units, int spares, double down) {
+  if (down <= 0) return 0;
+  if (down >= 1) return 1;
+  const int m = units + spares;
+  double p = 0;
+  for (int k = spares + 1; k <= m; ++k)
+    p += std::exp(std::lgamma(m + 1.0) - std::lgamma(k + 1.0) - std::lgamma(m - k + 1.0) + k * std::log(down) + (m - k) * std::log1p(-down));
+  return std::min(p, 1.0);
+}
+
+int spare_units(int units, int unit_gpus, const ServeSpares& s) {
+  const double down = unit_down_share(unit_gpus, s);
+  if (down <= 0) return 0;
+  for (int spares = 0;; ++spares)
+    if (short_probability(units, spares, down) <= 1 - s.availability || spares > 10 * units + 1000) return spares;
+}
+
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
-                       double ttft_target_us, int percentile, std::uint64_t seed) {
+                       double ttft_target_us, int percentile, std::uint64_t seed, const ServeSpares& spares) {
   check_traffic(t);
   if (percentile != 50 && percentile != 90 && percentile != 99)
     throw ServeError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile));
@@ -440,6 +463,16 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   if (prefill.gpu_hour_price > 0 && decode.gpu_hour_price > 0) {
     p.price_per_hour = p.prefill_gpus * prefill.gpu_hour_price + p.decode_gpus * decode.gpu_hour_price;
     p.cost_per_million_output = p.price_per_hour / (t.output_tokens_per_s * 3600 / 1e6);
+  }
+  p.spares = spares;
+  if (spares.enabled()) {
+    if (!(spares.availability > 0 && spares.availability < 1))
+      throw ServeError(fmt::format("--availability must be between 0 and 1, got {}", spares.availability));
+    if (!(spares.repair_s > 0)) throw ServeError("--gpu-mtbf-hours needs --repair-time (how long a failed unit is out, e.g. 4h)");
+    p.prefill_spares = spare_units(p.prefill_units_whole, prefill.gpus, spares);
+    p.decode_spares = spare_units(p.decode_units_whole, decode.gpus, spares);
+    if (p.price_per_hour > 0)
+      p.spare_price_per_hour = p.prefill_spares * prefill.gpus * prefill.gpu_hour_price + p.decode_spares * decode.gpus * decode.gpu_hour_price;
   }
   return p;
 }
@@ -546,6 +579,16 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
   else if (pf.gpu_hour_price > 0 || dc.gpu_hour_price > 0)
     fmt::print(out, "  cost        not priced: only the {} scenario has cluster.gpu_hour_price\n",
                pf.gpu_hour_price > 0 ? "prefill" : "decode");
+  if (p.spares.enabled()) {
+    const auto& sp = p.spares;
+    const int spare_gpus = p.prefill_spares * pf.gpus + p.decode_spares * dc.gpus;
+    fmt::print(out, "  spares      a GPU failing every {} h, a unit out {:.3g} h after: a prefill unit is down {:.3g} % of the time, a decode "
+                    "unit {:.3g} %; {} prefill and {} decode unit{} more keep the load's {} and {} up {:.4g} % of the time: {} GPUs in all{}\n",
+               grouped(sp.gpu_mtbf_hours), sp.repair_s / 3600, 100 * unit_down_share(pf.gpus, sp), 100 * unit_down_share(dc.gpus, sp),
+               p.prefill_spares, p.decode_spares, p.decode_spares == 1 ? "" : "s", p.prefill_units_whole, p.decode_units_whole,
+               100 * sp.availability, grouped(gpus + spare_gpus),
+               p.price_per_hour > 0 ? fmt::format(", {} per hour", grouped(p.price_per_hour + p.spare_price_per_hour)) : std::string());
+  }
   fmt::print(out, "  memory      per GPU: prefill {:.1f} of {:.0f} GB, decode {:.1f} of {:.0f} GB\n", pf.memory_gb, pf.gpu_memory_gb,
              dc.memory_gb, dc.gpu_memory_gb);
   if (!written.empty()) {
@@ -563,11 +606,12 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "sequences_decoding,kv_bytes_per_token,kv_prefill_bytes_per_s_per_gpu,kv_decode_bytes_per_s_per_gpu,price_per_hour,"
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
              "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
-             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us,prefill_router\n");
+             "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us,prefill_router,"
+             "availability,prefill_spares,decode_spares,gpus_with_spares\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
-                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{},{:.6f},{}\n",
+                  "{},{},{},{:.6f},{:.6f},{:.10g},{:.3f},{:.3f},{:.3f},{:.3f},{:.4f},{:.10g},{:.10g},{},{:.6f},{},",
              csv_field(p.prefill.source), csv_field(p.decode.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate,
              p.traffic.output_tokens_per_s, p.prefill_tokens_per_s, p.prefill.gpus, p.prefill.tokens_per_s, p.prefill.step_us,
              p.prefill_units, p.prefill_units_whole, p.prefill_gpus, p.decode.gpus, p.decode.tokens_per_s, p.decode.time_per_token_us,
@@ -578,6 +622,11 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              static_cast<double>(p.prefill.prompt_tokens) * prompt_sizes(p.traffic, p.prefill.prompt_tokens).mean(),
              p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source), b.square_us,
              p.traffic.prefill_router == PrefillRouter::least_work ? "least_work" : "round_robin");
+  if (p.spares.enabled())
+    fmt::print(out, "{:.10g},{},{},{}\n", p.spares.availability, p.prefill_spares, p.decode_spares,
+               p.prefill_gpus + p.decode_gpus + p.prefill_spares * p.prefill.gpus + p.decode_spares * p.decode.gpus);
+  else
+    out << ",,,\n";
 }
 
 }  // namespace moesim::tools

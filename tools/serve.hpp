@@ -164,6 +164,26 @@ std::optional<PrefillQueue> units_for_ttft(const ServeUnit& unit, double load_to
                                            int percentile, double target_us, std::uint64_t seed, PrefillQueue* closest = nullptr,
                                            const PromptSizes& sizes = {});
 
+// Spare units for failures (moesim serve --gpu-mtbf-hours, --repair-time, --availability): a
+// unit of g GPUs fails every gpu_mtbf_hours / g hours on average (any of its GPUs failing takes
+// it out) and is down repair_s each time; units fail independently, so each is down
+// q = R / (M / g + R) of the time, and of n + s units more than s are down with the binomial's
+// tail. Left out: the work a failing unit loses (a decode unit's sequences start over
+// elsewhere) and the load's swings.
+struct ServeSpares {
+  double gpu_mtbf_hours = 0;  // 0: no spares
+  double repair_s = 0;
+  double availability = 0.999;  // the share of time at least the load's units are up
+  bool enabled() const { return gpu_mtbf_hours > 0; }
+};
+// The share of time a unit of `unit_gpus` GPUs is down.
+double unit_down_share(int unit_gpus, const ServeSpares& s);
+// The probability that more than `spares` of `units` + `spares` units are down, each down with
+// probability `down` independently.
+double short_probability(int units, int spares, double down);
+// The fewest spares that keep `units` up `s.availability` of the time (0 without spares).
+int spare_units(int units, int unit_gpus, const ServeSpares& s);
+
 struct ServePlan {
   ServeTraffic traffic;
   ServeUnit prefill, decode;
@@ -186,6 +206,9 @@ struct ServePlan {
   int ttft_percentile = 99;
   bool ttft_met = true;    // false: no unit count meets the target (prefill_queue: the most tried)
   std::string batch_note;  // how the batch time was had, where not from two runs
+  ServeSpares spares;
+  int prefill_spares = 0, decode_spares = 0;  // units beyond the whole units, for failures
+  double spare_price_per_hour = 0;            // the spares' price (0 without prices or spares)
 };
 // Of a side's candidates (a scenario, or a grid's points) the one that serves its load on the
 // fewest GPUs in whole units (ties: the fewest at full use, then the first), among those that fit
@@ -205,8 +228,9 @@ ServeChoice choose_prefill_for_ttft(const std::vector<ServeUnit>& candidates, co
 // The plan at the load's whole units; with ttft_target_us > 0 the prefill units are raised until
 // the simulated TTFT at `percentile` meets it (ServeError when no count up to 64 times the
 // load's does: the batch time itself is over the target).
+// With `spares` enabled, the spare units each side's whole units need (spare_units).
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
-                       double ttft_target_us = 0, int percentile = 99, std::uint64_t seed = 1);
+                       double ttft_target_us = 0, int percentile = 99, std::uint64_t seed = 1, const ServeSpares& spares = {});
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written);
 void write_service_csv(std::ostream& out, const ServePlan& p);

@@ -1637,7 +1637,43 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   const auto hit = moesim("serve " + q + q + prefill + decode + rates + "--cache-hit-rate 1", tmp);
   CHECK(hit.code == 2);
   CHECK_THAT(hit.err, Catch::Contains("--cache-hit-rate must be in [0, 1)"));
+  // Spares for failures: refused without a repair time or with an availability of 1, before anything runs.
+  const auto no_repair = moesim("serve " + q + q + prefill + decode + rates + "--gpu-mtbf-hours 5000", tmp);
+  CHECK(no_repair.code == 2);
+  CHECK_THAT(no_repair.err, Catch::Contains("--gpu-mtbf-hours needs --repair-time"));
+  const auto all_up = moesim("serve " + q + q + prefill + decode + rates + "--gpu-mtbf-hours 5000 --repair-time 4h --availability 1", tmp);
+  CHECK(all_up.code == 2);
+  CHECK_THAT(all_up.err, Catch::Contains("--availability must be between 0 and 1"));
+  const auto alone = moesim("serve " + q + q + prefill + decode + rates + "--repair-time 4h", tmp);
+  CHECK(alone.code == 2);
+  CHECK_THAT(alone.err, Catch::Contains("--repair-time and --availability go with --gpu-mtbf-hours"));
   CHECK_FALSE(fs::exists(tmp.path() / "x"));
+  CHECK(s.at("prefill_spares").empty());
+  // With them: the spares serve.csv says, for units of 16 GPUs down 24 h after each failure.
+  const auto out3 = tmp.path() / "s3";
+  const auto r3 = moesim("serve " + q + q + prefill + decode + "--input-tokens-per-s 2e6 --cache-hit-rate 0.4 --output-tokens-per-s 1e6 "
+                         "--gpu-mtbf-hours 5000 --repair-time 24h --out '" + out3.string() + "'", tmp);
+  REQUIRE(r3.code == 0);
+  const auto s3 = summary_row(out3 / "serve.csv");
+  // Each unit down 24 / (5000 / 16 + 24) of the time; the fewest spares whose binomial tail is within 0.1 %.
+  const auto fewest_spares = [](int n) {
+    const double q = 24.0 / (5000.0 / 16 + 24);
+    for (int spares = 0;; ++spares) {
+      const int m = n + spares;
+      double tail = 0, choose = 1;  // C(m, k) as k rises
+      for (int k = 0; k <= m; ++k) {
+        if (k > 0) choose = choose * (m - k + 1) / k;
+        if (k > spares) tail += choose * std::pow(q, k) * std::pow(1 - q, m - k);
+      }
+      if (tail <= 0.001) return spares;
+    }
+  };
+  CHECK(std::stoi(s3.at("prefill_spares")) == fewest_spares(pw));
+  CHECK(std::stoi(s3.at("decode_spares")) == fewest_spares(dw));
+  CHECK(std::stoi(s3.at("prefill_spares")) > 0);
+  CHECK(std::stoi(s3.at("gpus_with_spares")) == 16 * (pw + dw + std::stoi(s3.at("prefill_spares")) + std::stoi(s3.at("decode_spares"))));
+  CHECK(s3.at("prefill_units_whole") == std::to_string(pw));  // the load's units do not change
+  CHECK_THAT(r3.out, Catch::Contains("  spares      a GPU failing every 5,000 h, a unit out 24 h after"));
 }
 
 TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that fit and meet the target", "[cli][serve]") {

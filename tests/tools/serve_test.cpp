@@ -276,3 +276,40 @@ TEST_CASE("The least-work router: a central first-come queue without batching, a
   CHECK(lw.p99_us < rr.p99_us);
   CHECK(lw.mean_us < rr.mean_us);
 }
+
+TEST_CASE("Spare units for failures: each unit down R / (M / g + R), the binomial's tail within the availability", "[serve][spares]") {
+  ServeSpares s;
+  CHECK(spare_units(10, 8, s) == 0);  // not asked for
+  s.gpu_mtbf_hours = 8000;
+  s.repair_s = 4 * 3600.0;
+  // A unit of 8 GPUs fails every 1000 h and is out 4 h: down 4 / 1004 of the time.
+  CHECK(unit_down_share(8, s) == Approx(4.0 / 1004));
+  // The tail by hand: of 3 units (2 and a spare), more than one down.
+  const double q = 0.1;
+  CHECK(short_probability(2, 1, q) == Approx(3 * q * q * (1 - q) + q * q * q));
+  CHECK(short_probability(5, 0, q) == Approx(1 - std::pow(1 - q, 5)));
+  // Against every up/down pattern of 8 units.
+  for (int spares = 0; spares <= 4; ++spares) {
+    const int m = 4 + spares;
+    double brute = 0;
+    for (int mask = 0; mask < (1 << m); ++mask) {
+      const int down = __builtin_popcount(static_cast<unsigned>(mask));
+      if (down > spares) brute += std::pow(q, down) * std::pow(1 - q, m - down);
+    }
+    CHECK(short_probability(4, spares, q) == Approx(brute).epsilon(1e-12));
+  }
+  // The fewest spares that meet the availability.
+  s.repair_s = 24 * 3600.0;
+  s.gpu_mtbf_hours = 5000;
+  const double down = unit_down_share(16, s);
+  const int n = spare_units(4, 16, s);
+  CHECK(short_probability(4, n, down) <= 1 - s.availability);
+  CHECK(short_probability(4, n - 1, down) > 1 - s.availability);
+  CHECK(n == 3);
+  // Stricter availability, more spares; more reliable GPUs, fewer.
+  s.availability = 0.99999;
+  CHECK(spare_units(4, 16, s) > n);
+  s.availability = 0.999;
+  s.gpu_mtbf_hours = 500000;
+  CHECK(spare_units(4, 16, s) < n);
+}
