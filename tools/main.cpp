@@ -89,6 +89,7 @@ commands:
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
         [--prompt-length-sigma S | --prompt-lengths FILE] [--prefill-router round_robin|least_work]
+        [--gpu-mtbf-hours H --repair-time TIME [--availability A]]
         [--prefill-set KEY=VALUE ...] [--decode-set ...] [--jobs N] [--out DIR]
         how many GPUs disaggregated serving needs for a traffic: simulates each
         scenario once (a unit of prefill, a unit of decode; prefill again at one
@@ -98,7 +99,8 @@ commands:
         tokens a second, or e.g. 608e9/day; either file may be a grid: its point
         that serves the load on the fewest GPUs, fits memory and meets --tpot
         (time per token) or --ttft (each prefill point sized by its own queue)
-        is used (exit code 3: none); writes serve.csv and the runs
+        is used (exit code 3: none); with --gpu-mtbf-hours, the spare units
+        that keep the load's up A of the time; writes serve.csv and the runs
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
         that differ, then the step time, its stages, throughput, waits, imbalance,
