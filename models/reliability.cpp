@@ -15,11 +15,14 @@ double expected_segment_s(double work_s, double checkpoint_s, double restart_s, 
 }
 
 double expected_async_segment_s(double work_s, double stall_s, double write_s, double restart_s, double mtbf_s) {
-  const double first = (work_s + stall_s) / mtbf_s, again = (work_s + stall_s + write_s) / mtbf_s, r = restart_s / mtbf_s;
+  // The first window: the steps (or the previous write, if longer: the copy waits for it) and the
+  // copy; after a restart: the steps, the copy and the write.
+  const double first = (std::max(work_s, write_s) + stall_s) / mtbf_s, again = (work_s + stall_s + write_s) / mtbf_s,
+               r = restart_s / mtbf_s;
   if (again + r > 700) return std::numeric_limits<double>::infinity();
   // The first attempt (ended by its window or a failure), then if it failed: the restart and the
   // longer window from scratch (Daly's expectation, which counts the restarts after it). Summed:
-  // M e^(R/M) e^((tau + C + W)/M) (1 - e^(-(tau + C)/M)).
+  // M e^(R/M) e^((tau + C + W)/M) (1 - e^(-(max(tau, W) + C)/M)).
   return -std::expm1(-first) * mtbf_s * std::exp(r + again);
 }
 
@@ -65,8 +68,8 @@ Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double che
                        : expected_segment_s(tau, g.checkpoint_s, spec.restart_s, g.job_mtbf_s)) /
            tau;
   };
-  // Asynchronous: the write must end before the next copy starts.
-  const double fewest = std::max(1.0, std::ceil((g.write_s - g.checkpoint_s) / step_s - 1e-9));
+  // Asynchronous: fewer steps than the write takes only make the copy wait (E/tau falls up to there).
+  const double fewest = std::max(1.0, std::ceil(g.write_s / step_s - 1e-9));
   if (spec.checkpoint_every_steps > 0) {
     g.every_steps = spec.checkpoint_every_steps;
   } else if (!spec.async) {
@@ -75,8 +78,8 @@ Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double che
     const int below = static_cast<int>(std::clamp(std::floor(best), 1.0, 1e9));
     g.every_steps = waste(below + 1) < waste(below) ? below + 1 : below;
   } else {
-    // Golden-section search of E/tau over log k, from the fewest steps the write allows to well
-    // past the job's MTBF, then the better whole number either side.
+    // Golden-section search of E/tau over log k, from the steps the write takes to well past the
+    // job's MTBF, then the better whole number either side.
     double lo = std::log(fewest), hi = std::max(lo, std::log(std::max(fewest, 20 * g.job_mtbf_s / step_s)));
     const double phi = 0.5 * (std::sqrt(5.0) - 1);
     for (int i = 0; i < 200 && hi - lo > 1e-9; ++i) {
@@ -88,7 +91,8 @@ Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double che
     g.every_steps = static_cast<int>(waste(best + 1) < waste(best) ? best + 1 : best);
   }
   g.interval_s = g.every_steps * step_s;
-  g.goodput = g.every_steps < fewest ? 0 : 1 / waste(g.every_steps);
+  g.wait_s = spec.async ? std::max(g.write_s - g.interval_s, 0.0) : 0.0;
+  g.goodput = 1 / waste(g.every_steps);
   return g;
 }
 

@@ -17,17 +17,18 @@
 // C and R it is about 1 - C/tau - tau/(2M) - R/M: Young's first-order waste.
 //
 // Asynchronous checkpoints (Megatron-LM's async save, PyTorch's async_save) stall the steps only
-// while each GPU copies its share to host memory (C), and are written to storage W seconds later,
-// while the next steps run: a failure before then goes back one checkpoint further. From a
-// checkpoint just written, the next is safe after tau + C seconds without a failure; after a
-// restart, the first needs tau + C + W (its steps, its copy and its write), so a segment takes
+// while each GPU copies its share to host memory (C), and are written to storage in W seconds
+// while the next steps run; a failure before the write ends goes back one checkpoint further.
+// Host memory holds one checkpoint, so a copy waits for the previous write: the steps between
+// two copies take max(tau, W). From a checkpoint just written, the next is safe after
+// max(tau, W) + C seconds without a failure; after a restart, the first needs tau + C + W (its
+// steps, its copy and its write), so a segment takes
 //
-//     E = M e^((R + tau + C + W)/M) (1 - e^(-(tau + C)/M))
+//     E = M e^((R + tau + C + W)/M) (1 - e^(-(max(tau, W) + C)/M))
 //
 // on average: the first attempt's expected length, and if it fails the restart and Daly's E for
-// the longer window, summed (with W = 0 it is Daly's). A write must end before the next copy starts:
-// tau + C >= W. Left out: failures that slow the job without stopping it, and the time a failure
-// takes to be noticed beyond R.
+// the longer window, summed (with W = 0 it is Daly's). Left out: failures that slow the job
+// without stopping it, and the time a failure takes to be noticed beyond R.
 #pragma once
 
 #include "routing/moe_spec.hpp"
@@ -51,6 +52,7 @@ struct Goodput {
   double checkpoint_bytes = 0;  // what one checkpoint writes (0 when checkpoint_s was given)
   double checkpoint_s = 0;      // C: the steps' stall
   double write_s = 0;           // W: asynchronous, the write behind the steps (0: synchronous)
+  double wait_s = 0;            // asynchronous: a copy's wait for the previous write, max(W - tau, 0)
   int every_steps = 0;          // k
   double interval_s = 0;        // tau = k x step
   double goodput = 0;           // tau / E: the share of wall-clock time whose steps count
@@ -76,8 +78,8 @@ double checkpoint_bytes(const routing::MoeModelSpec& m, int moment_bytes);
 
 // The goodput of a run whose steps take `step_s` on `gpus` GPUs and whose checkpoint writes
 // `checkpoint_bytes` (used with spec.checkpoint_bytes_per_s). The interval is a whole number of
-// steps, at least one (asynchronous: long enough for the write): spec's, or the best; where a
-// given interval is shorter than the write, the goodput is 0.
+// steps, at least one: spec's, or the best (asynchronous: never shorter than the write, which
+// would only make the copies wait).
 Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double checkpoint_bytes);
 
 }  // namespace moesim::models

@@ -56,29 +56,30 @@ TEST_CASE("A segment's expected wall time is what drawn failures give") {
 
 namespace {
 
-// Asynchronous checkpoints, event by event: segments of `work` then a stall of `stall` (the copy
-// to host memory), after which the checkpoint is safe `write` seconds later unless a failure comes
-// first; a failure (also during a stall, a write or a restart) goes back to the last safe
-// checkpoint. Returns the wall time per second of work that became safe, over `n` checkpoints.
+// Asynchronous checkpoints, event by event: segments of `work` then a copy of `stall` to host
+// memory, which starts only once the previous checkpoint's write has ended (host memory holds
+// one); a checkpoint is safe `write` seconds after its copy unless a failure comes first; a
+// failure (also during a copy, a wait, a write or a restart) goes back to the last safe
+// checkpoint, with no write pending. Returns the wall time per second of work that became safe,
+// over `n` checkpoints.
 double drawn_async_per_work(double work, double stall, double write, double restart, double mtbf, int n, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::exponential_distribution<double> failure(1 / mtbf);
   double t = 0, next_failure = failure(rng);
-  int safe = 0;                   // checkpoints safe in storage
-  int resumed_from = 0;           // the checkpoint the current run of segments started after
-  int taken = 0;                  // checkpoints copied to host memory since then
-  double pending_until = -1;      // when the newest copied checkpoint is safe; < 0: none pending
-  double segment_start = 0;
+  int safe = 0;               // checkpoints safe in storage
+  int resumed_from = 0;       // the checkpoint the current run of segments started after
+  int taken = 0;              // checkpoints copied to host memory since then
+  double pending_until = -1;  // when the newest copied checkpoint is safe; < 0: none pending
+  double copy_end = work + stall;  // when the current segment's copy ends
   while (safe < n) {
-    const double segment_end = segment_start + work + stall;
     // A pending write finishes first.
-    if (pending_until >= 0 && pending_until <= std::min(next_failure, segment_end)) {
+    if (pending_until >= 0 && pending_until <= std::min(next_failure, copy_end)) {
       safe = resumed_from + taken;
       t = pending_until;
       pending_until = -1;
       continue;
     }
-    if (next_failure < segment_end) {
+    if (next_failure < copy_end) {
       // Back to the last safe checkpoint, after a restart that failures may start over.
       t = next_failure;
       for (;;) {
@@ -93,12 +94,13 @@ double drawn_async_per_work(double work, double stall, double write, double rest
       resumed_from = safe;
       taken = 0;
       pending_until = -1;
-      segment_start = t;
+      copy_end = t + work + stall;
       continue;
     }
     ++taken;
-    pending_until = segment_end + write;
-    segment_start = segment_end;
+    pending_until = copy_end + write;
+    // The next copy starts when its steps are done and this write has ended.
+    copy_end = std::max(copy_end + work, pending_until) + stall;
   }
   // The wall time at which the n-th checkpoint became safe.
   return t / (static_cast<double>(n) * work);
@@ -107,8 +109,10 @@ double drawn_async_per_work(double work, double stall, double write, double rest
 }  // namespace
 
 TEST_CASE("Asynchronous checkpoints: the expected segment is what drawn failures give") {
+  // The last two: writes longer than the steps between copies, which wait for them.
   for (const auto& [work, stall, write, restart, mtbf] :
-       {std::tuple{300.0, 5.0, 200.0, 100.0, 2000.0}, std::tuple{100.0, 1.0, 90.0, 300.0, 500.0}, std::tuple{50.0, 2.0, 0.0, 60.0, 400.0}}) {
+       {std::tuple{300.0, 5.0, 200.0, 100.0, 2000.0}, std::tuple{100.0, 1.0, 90.0, 300.0, 500.0}, std::tuple{50.0, 2.0, 0.0, 60.0, 400.0},
+        std::tuple{50.0, 2.0, 120.0, 60.0, 400.0}, std::tuple{10.0, 0.5, 100.0, 30.0, 1000.0}}) {
     const double drawn = drawn_async_per_work(work, stall, write, restart, mtbf, 200000, 11);
     CHECK(expected_async_segment_s(work, stall, write, restart, mtbf) / work == Approx(drawn).epsilon(0.01));
   }
@@ -160,7 +164,7 @@ TEST_CASE("Goodput: the job's MTBF, the checkpoint's time and a whole number of 
   CHECK(goodput(spec, 30000, 100, 2e12).every_steps == 1);
 }
 
-TEST_CASE("Goodput with asynchronous checkpoints: the copy stalls, the write must end before the next") {
+TEST_CASE("Goodput with asynchronous checkpoints: the copy stalls, the next copy waits for the write") {
   ReliabilitySpec spec;
   spec.gpu_mtbf_hours = 1000;
   spec.restart_s = 300;
@@ -180,13 +184,18 @@ TEST_CASE("Goodput with asynchronous checkpoints: the copy stalls, the write mus
   ReliabilitySpec sync = spec;
   sync.async = false;
   CHECK(g.goodput > goodput(sync, 7, 100, 2e12).goodput);
-  // A write slower than the failures allow: checkpoints as often as the write lets them.
+  CHECK(g.wait_s == 0);
+  // A write slower than Young's interval: a checkpoint as soon as the previous one is written.
   spec.checkpoint_bytes_per_s = 1e9;  // 2000 s
   const Goodput slow = goodput(spec, 7, 100, 2e12);
-  CHECK(slow.every_steps == static_cast<int>(std::ceil((2000 - 0.4) / 7)));
-  // A given interval shorter than the write: no goodput.
+  CHECK(slow.every_steps == static_cast<int>(std::ceil(2000.0 / 7)));
+  CHECK(slow.wait_s == 0);
+  // A given interval shorter than the write: each copy waits for the previous write.
   spec.checkpoint_every_steps = 10;
-  CHECK(goodput(spec, 7, 100, 2e12).goodput == 0);
+  const Goodput waits = goodput(spec, 7, 100, 2e12);
+  CHECK(waits.wait_s == Approx(2000 - 70));
+  CHECK(waits.goodput == Approx(70 / expected_async_segment_s(70, 0.4, 2000, 300, 36000)));
+  CHECK(waits.goodput < slow.goodput);
   // A given stall instead of the copy's.
   spec.checkpoint_every_steps = 0;
   spec.checkpoint_s = 3;
