@@ -858,18 +858,23 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                               duration(gp.write_s), rate)
                 : fmt::format("a checkpoint{} takes {}", gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12, rate) : std::string(),
                               duration(gp.checkpoint_s));
-        fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); {}, every {} step{} ({}{}), a restart {}: "
-                        "goodput {:.2f}%, 1T tokens in {:.4g} days, {} GPU-hours{}\n",
+        fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); {}, every {} step{} ({}{}), a restart {}: {}\n",
                    duration(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours, checkpoint, gp.every_steps, gp.every_steps > 1 ? "s" : "",
                    duration(gp.interval_s),
                    gp.wait_s > 0 ? fmt::format("; each copy waits {} more for the previous write", duration(gp.wait_s)) : std::string(),
-                   duration(sc.reliability.restart_s), 100 * gp.goodput, seconds / gp.goodput / 86400, gpu_hours(hours / gp.goodput),
-                   priced(hours / gp.goodput));
+                   duration(sc.reliability.restart_s),
+                   gp.goodput > 0 ? fmt::format("goodput {:.2f}%, 1T tokens in {:.4g} days, {} GPU-hours{}", 100 * gp.goodput,
+                                                seconds / gp.goodput / 86400, gpu_hours(hours / gp.goodput), priced(hours / gp.goodput))
+                                  : std::string("no goodput: the steps between checkpoints (and the restart) take hundreds of times the "
+                                                "job's time between failures"));
       }
       if (sc.train_tokens > 0) {
         const Budget b = budget(sc, r);
-        fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
-                   gpu_hours(b.gpu_hours), priced(b.gpu_hours), sc.reliability.enabled() ? " (with failures and checkpoints)" : "");
+        if (b.days > 0)
+          fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
+                     gpu_hours(b.gpu_hours), priced(b.gpu_hours), sc.reliability.enabled() ? " (with failures and checkpoints)" : "");
+        else
+          fmt::print(out, "  budget      {} tokens: never (no goodput, above)\n", token_count(sc.train_tokens));
       }
     }
     if (sc.gpu_hour_price > 0)

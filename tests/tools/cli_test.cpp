@@ -1014,6 +1014,15 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   const Result nb = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set workload.train_tokens=2e11 --out '" + (tmp.path() / "nb").string() + "'", tmp);
   REQUIRE(nb.code == 0);
   CHECK(std::stod(summary_row(tmp.path() / "nb" / "summary.csv").at("train_days")) == Approx(2e11 / per_s / 86400).epsilon(1e-4));
+  // Checkpoints so far apart that no segment ends before a failure: no goodput, and the budget never done.
+  const Result never = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set workload.train_tokens=2e11 --set reliability.gpu_mtbf_hours=0.01 "
+                              "--set reliability.restart=1min --set reliability.checkpoint_time=1s --set reliability.checkpoint_every_steps=1000000 "
+                              "--out '" + (tmp.path() / "n").string() + "'", tmp);
+  REQUIRE(never.code == 0);
+  CHECK_THAT(never.out, Catch::Contains("no goodput: the steps between checkpoints") && Catch::Contains("200B tokens: never (no goodput, above)"));
+  const auto ns = summary_row(tmp.path() / "n" / "summary.csv");
+  CHECK(std::stod(ns.at("goodput")) == 0);
+  CHECK(ns.at("train_days").empty());
   const auto d = moesim("diff '" + (tmp.path() / "o").string() + "' '" + (tmp.path() / "g").string() + "'", tmp);
   CHECK(d.code == 0);
   CHECK_THAT(d.out, Catch::Contains("goodput_tokens_per_s"));
