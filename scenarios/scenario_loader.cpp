@@ -567,12 +567,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     f.seed = 1;
     if (auto v = w->get<std::int64_t>("seed", count_at_least(0), false)) f.seed = static_cast<std::uint64_t>(*v);
     if (auto v = w->get<std::int64_t>("steps", count_at_least(1), false)) sc.steps = as_int(*v);
-    if (auto v = w->get<double>("train_tokens", [](const std::string& t) {
-          const double x = sim::parse_number(t);
-          if (!(x >= 1)) throw UnitError(fmt::format("must be a number of tokens, at least 1 (e.g. 14.8e12), got {}", t));
-          return x;
-        }, false))
-      sc.train_tokens = *v;
+    if (auto v = w->get<double>("train_tokens", at_least_one(), false)) sc.train_tokens = *v;
     if (auto v = w->get<std::string>("gradient_sync", one_of({"none", "ring", "hierarchical", "nvls"}), false)) {
       f.gradient_sync = *v != "none";
       f.gradient_sync_algorithm = *v == "nvls"           ? models::CollectiveAlgorithm::nvls
@@ -992,12 +987,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto rel = top.child("reliability", false)) {
     // Failures and checkpoints over a long training run (models/reliability.hpp).
     auto& r = sc.reliability;
-    if (auto v = rel->get<double>("gpu_mtbf_hours", [](const std::string& t) {
-          const double x = sim::parse_number(t);
-          if (!(x > 0)) throw UnitError(fmt::format("must be greater than 0 (hours between one GPU's job-stopping failures), got {}", t));
-          return x;
-        }, true))
-      r.gpu_mtbf_hours = *v;
+    if (auto v = rel->get<double>("gpu_mtbf_hours", positive_number(), true)) r.gpu_mtbf_hours = *v;
     if (auto v = rel->get<sim::Time>("restart", time_value(), true)) r.restart_s = v->to_seconds();
     if (auto v = rel->get<std::string>("checkpoint", one_of({"sync", "async"}), false)) r.async = *v == "async";
     const auto rate = rel->get<sim::Bandwidth>("checkpoint_bandwidth", positive_bandwidth(), false);

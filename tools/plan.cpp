@@ -45,10 +45,9 @@ std::string number(double x) {
 std::string quantity(const Metric& m, double x) {
   if (m.column == "step_time_us" || m.column == "time_per_token_us") return x >= 1000 ? fmt::format("{:.3f} ms", x / 1000) : fmt::format("{:.1f} us", x);
   if (m.column == "memory_gb_max") return fmt::format("{:.1f} GB", x);
-  if (m.column == "cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
+  if (m.column == "cost_per_million_tokens" || m.column == "goodput_cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
   if (m.column == "drop_rate" || m.column == "goodput") return fmt::format("{:.2f}%", 100 * x);
-  if (m.column == "goodput_cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   return number(x);
 }
 

@@ -153,14 +153,15 @@ models::Goodput run_goodput(const scenarios::Scenario& sc, const scenarios::RunR
 }
 
 // A training run's token budget (workload.train_tokens) at this step: the days on the scenario's
-// GPUs, their GPU-hours and cost, with the goodput where the reliability section gives one.
+// GPUs, their GPU-hours and cost, at the goodput `gp` (run_goodput) where the reliability section
+// gives one.
 struct Budget {
   double days = 0, gpu_hours = 0, cost = 0;
 };
-Budget budget(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+Budget budget(const scenarios::Scenario& sc, const scenarios::RunResult& r, const models::Goodput& gp) {
   Budget b;
   const double seconds = r.stats.step_time().to_seconds(), tokens = step_tokens(sc);
-  const double share = sc.reliability.enabled() ? run_goodput(sc, r).goodput : 1.0;
+  const double share = sc.reliability.enabled() ? gp.goodput : 1.0;
   if (sc.train_tokens <= 0 || seconds <= 0 || tokens <= 0 || share <= 0) return b;
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const double wall = sc.train_tokens / (tokens / seconds) / share;
@@ -547,7 +548,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   else
     out << ",,,,,,,,,";
   // The token budget (workload.train_tokens): empty without it, and its days empty where no step counts.
-  const Budget b = budget(sc, r);
+  const Budget b = budget(sc, r, gp);
   if (sc.train_tokens > 0)
     fmt::print(out, "{:.6g},{},{},{}\n", sc.train_tokens, b.days > 0 ? fmt::format("{:.6g}", b.days) : std::string(),
                b.days > 0 ? fmt::format("{:.6g}", b.gpu_hours) : std::string(),
@@ -841,8 +842,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       };
       fmt::print(out, "  1T tokens   {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", seconds / 86400, gpus, gpu_hours(hours), priced(hours),
                  sc.reliability.enabled() ? " (without failures)" : "");
+      const models::Goodput gp = run_goodput(sc, r);
       if (sc.reliability.enabled()) {
-        const models::Goodput gp = run_goodput(sc, r);
         const auto duration = [](double s) {
           const auto in = [](double x, const char* unit) { return x >= 100 ? fmt::format("{:.0f} {}", x, unit) : fmt::format("{:.3g} {}", x, unit); };
           return s >= 2 * 86400 ? in(s / 86400, "days") : s >= 5400 ? in(s / 3600, "h") : s >= 90 ? in(s / 60, "min") : in(s, "s");
@@ -869,7 +870,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                                 "job's time between failures"));
       }
       if (sc.train_tokens > 0) {
-        const Budget b = budget(sc, r);
+        const Budget b = budget(sc, r, gp);
         if (b.days > 0)
           fmt::print(out, "  budget      {} tokens in {:.4g} days on these {} GPUs, {} GPU-hours{}{}\n", token_count(sc.train_tokens), b.days, gpus,
                      gpu_hours(b.gpu_hours), priced(b.gpu_hours), sc.reliability.enabled() ? " (with failures and checkpoints)" : "");

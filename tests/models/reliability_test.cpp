@@ -216,4 +216,10 @@ TEST_CASE("A checkpoint writes every parameter with Adam's master weight and mom
   CHECK(params > 8 * 3 * 64 * 32 * 2);
   CHECK(checkpoint_bytes(m, 4) == params * (2 + 4 + 8));
   CHECK(checkpoint_bytes(m, 2) == params * (2 + 4 + 4));
+  // An MTP module's own weights are saved too: a MoE layer's and its projection, on top.
+  routing::MoeModelSpec with_mtp = m;
+  with_mtp.mtp_modules = 1;
+  const double mtp = static_cast<double>(model_params(with_mtp).mtp);
+  CHECK(mtp > 8 * 3 * 64 * 32);
+  CHECK(checkpoint_bytes(with_mtp, 4) == (params + mtp) * (2 + 4 + 8));
 }

@@ -1135,7 +1135,7 @@ TEST_CASE("The reliability section: failures and checkpoints of a training run",
   CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 50000\n  restart: 5min\n  checkpoint_time: 30s\n  checkpoint_bandwidth: 1TB/s\n"),
              Catch::Contains("reliability.checkpoint_time: give checkpoint_bandwidth or checkpoint_time, not both"));
   CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 0\n  restart: 5min\n  checkpoint_time: 30s\n"),
-             Catch::Contains("reliability.gpu_mtbf_hours: must be greater than 0"));
+             Catch::Contains("reliability.gpu_mtbf_hours: must be greater than 0, got 0"));
   CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 0s\n"),
              Catch::Contains("reliability.checkpoint_time: must be greater than 0"));
   CHECK_THAT(error_of(training + "reliability:\n  gpu_mtbf_hours: 9\n  restart: 5min\n  checkpoint_time: 3s\n  checkpoint_every_steps: 0\n"),
@@ -1165,6 +1165,6 @@ TEST_CASE("The reliability section: failures and checkpoints of a training run",
   // A token budget: training only, a positive count in any notation.
   CHECK(load_scenario_text(training, "s.yaml", {"workload.train_tokens=14.8e12"}).train_tokens == 14.8e12);
   CHECK(load_scenario_text(training, "s.yaml").train_tokens == 0);
-  CHECK_THAT(error_of_with(training, {"workload.train_tokens=0"}), Catch::Contains("workload.train_tokens: must be a number of tokens, at least 1"));
+  CHECK_THAT(error_of_with(training, {"workload.train_tokens=0"}), Catch::Contains("workload.train_tokens: must be at least 1, got 0"));
   CHECK_THAT(error_of_with(kBase, {"workload.train_tokens=1e12"}), Catch::Contains("workload.train_tokens: only used with 'workload.kind: training'"));
 }
