@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "scenarios/scenario.hpp"
 #include "sim/units.hpp"
 
 namespace moesim::scenarios {
@@ -57,6 +58,22 @@ std::string value_text(const YAML::Node& x) {
 
 }  // namespace
 
+std::string invalid_point_reason(const Grid& grid, const std::runtime_error& error) {
+  const auto* scenario_error = dynamic_cast<const ScenarioError*>(&error);
+  std::vector<std::string> problems = scenario_error ? scenario_error->problems() : std::vector<std::string>{error.what()};
+  std::string why;
+  for (std::string problem : problems) {
+    if (problem.starts_with(grid.base)) {
+      problem.erase(0, grid.base.size());  // then ":line:col: " or ": "
+      problem.erase(0, std::min(problem.size(), problem.find(' ') + 1));
+    }
+    if (problem.starts_with("--set ")) problem.erase(0, 6);
+    if (!why.empty()) why += "; ";
+    why += problem;
+  }
+  return why;
+}
+
 bool is_grid_file(const std::string& path) {
   try {
     const YAML::Node root = YAML::LoadFile(path);
@@ -79,8 +96,8 @@ Grid load_grid(const std::string& path) {
   g.source = path;
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = it->first.Scalar();
-    if (key != "base" && key != "out" && key != "axes" && key != "zip")
-      throw GridError(fmt::format("{}: unknown key '{}' (known: base, out, axes, zip)", where(path, it->first), key));
+    if (key != "base" && key != "out" && key != "axes" && key != "zip" && key != "skip")
+      throw GridError(fmt::format("{}: unknown key '{}' (known: base, out, axes, zip, skip)", where(path, it->first), key));
   }
   if (!root["base"] || !root["base"].IsScalar()) throw GridError(fmt::format("{}:1:1: missing 'base' (the scenario to vary)", path));
   g.base = resolve(path, root["base"].Scalar());
@@ -129,6 +146,27 @@ Grid load_grid(const std::string& path) {
           throw GridError(fmt::format("{}: zip: axes {} and {} have different lengths", where(path, list),
                                       g.axes[static_cast<std::size_t>(group[0])], g.axes[static_cast<std::size_t>(i)]));
       g.zipped.push_back(group);
+    }
+  }
+  if (const YAML::Node k = root["skip"]) {
+    // Points not to run: those the scenario rules refuse, those that cannot fit.
+    std::vector<YAML::Node> list;
+    if (k.IsScalar())
+      list.push_back(k);
+    else if (k.IsSequence())
+      for (const auto& x : k) list.push_back(x);
+    else
+      throw GridError(fmt::format("{}: skip: expected a list of invalid, unfit", where(path, k)));
+    for (const auto& x : list) {
+      const std::string what = x.IsScalar() ? x.Scalar() : "";
+      if (what == "invalid")
+        g.skip_invalid = true;
+      else if (what == "unfit")
+        g.skip_unfit = true;
+      else
+        throw GridError(fmt::format("{}: skip: unknown '{}' (known: invalid, the points the scenario rules refuse; unfit, the points "
+                                    "that cannot fit the GPUs' memory)",
+                                    where(path, x), what));
     }
   }
   return g;

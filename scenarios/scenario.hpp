@@ -40,6 +40,7 @@ struct Scenario {
   int refresh_every = 0;          // placement.refresh_every: re-place every this many steps; 0: never
   double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
   models::ReliabilitySpec reliability;  // the reliability section (training): failures and checkpoints
+  std::int64_t global_batch = 0;   // workload.global_batch: sequences a training step takes (sets micro_batches); 0: not given
   double train_tokens = 0;         // workload.train_tokens: a training run's token budget; 0: not given
 };
 

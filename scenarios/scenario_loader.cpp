@@ -545,7 +545,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     } else if (w->get<double>("acceptance_rate", fraction(), false)) {
       problems.add_at(w->key_path("acceptance_rate"), "only used with workload.draft_tokens");
     }
+    bool micro_batches_given = false;
     if (auto v = w->get<std::int64_t>("micro_batches", count_at_least(1), false)) {
+      micro_batches_given = true;
       f.micro_batches = as_int(*v);
       if (f.micro_batches > 1 && !f.training && f.pp == 1)
         problems.add_at(w->key_path("micro_batches"),
@@ -557,6 +559,31 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.sequence_length = *v;
       if (sc.workload_kind == "decode")
         problems.add_at(w->key_path("sequence_length"), "not used with 'kind: decode' (see context_length)");
+    }
+    // workload.global_batch: the sequences a training step takes (Megatron-LM's
+    // --global-batch-size), which sets the micro-batches: a micro-batch is tokens_per_gpu on each
+    // GPU, and with pipeline stages the GPUs of one stage hold all of its tokens.
+    if (auto v = w->get<std::int64_t>("global_batch", count_at_least(1), false)) {
+      sc.global_batch = *v;
+      const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+      const std::int64_t step_seq_tokens = *v * f.sequence_length, batch_tokens = f.tokens_per_gpu * gpus / std::max(1, f.pp);
+      if (!f.training)
+        problems.add_at(w->key_path("global_batch"), "only used with 'kind: training' (it sets the micro-batches a step accumulates)");
+      else if (micro_batches_given)
+        problems.add_at(w->key_path("global_batch"), "give micro_batches or global_batch, not both (the global batch sets the micro-batches)");
+      else if (gpus % std::max(1, f.pp) == 0 && (step_seq_tokens % batch_tokens != 0 || step_seq_tokens < batch_tokens)) {
+        // The nearest global batches that split into whole micro-batches.
+        const std::int64_t unit = batch_tokens / std::gcd(batch_tokens, f.sequence_length);  // sequences a micro-batch adds
+        const std::int64_t below = *v / unit * unit, above = below + unit;
+        problems.add_at(w->key_path("global_batch"),
+                        fmt::format("{} sequences of {} tokens are not a whole number of micro-batches of {} tokens ({} on each of {} "
+                                    "GPUs{}): the nearest global batches that are: {}",
+                                    *v, f.sequence_length, batch_tokens, f.tokens_per_gpu, gpus,
+                                    f.pp > 1 ? fmt::format(" over {} pipeline stages", f.pp) : "",
+                                    below > 0 ? fmt::format("{} and {}", below, above) : std::to_string(above)));
+      } else if (gpus % std::max(1, f.pp) == 0) {  // otherwise parallelism.pp says why
+        f.micro_batches = as_int(step_seq_tokens / batch_tokens);
+      }
     }
     if (auto v = w->get<std::int64_t>("cached_prefix", count_at_least(0), false)) {
       f.cached_prefix = *v;
@@ -690,7 +717,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         if (!f.training)
           refuse("is only used with 'kind: training' (it runs one micro-batch's backward together with another's forward)");
         else if (f.micro_batches < 2)
-          refuse("needs micro_batches >= 2: it runs one micro-batch's backward together with the next one's forward");
+          refuse(fmt::format("needs micro_batches >= 2{}: it runs one micro-batch's backward together with the next one's forward",
+                             sc.global_batch > 0 ? fmt::format(" (the global batch of {} sequences makes {})", sc.global_batch, f.micro_batches)
+                                                 : std::string()));
         if (f.pipeline_schedule == models::PipelineSchedule::gpipe || f.pipeline_schedule == models::PipelineSchedule::zb_h1)
           refuse(fmt::format("runs the 1F1B, DualPipeV or DualPipe schedule, not pipeline_schedule: {}",
                              models::to_string(f.pipeline_schedule)));
@@ -1151,6 +1180,10 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                                    : ""));
     const bool dualpipev = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipev;
     const bool dualpipe = sc.forward.training && sc.forward.pipeline_schedule == models::PipelineSchedule::dualpipe;
+    // Where the micro-batches came from a global batch, the problem is the global batch's.
+    const std::string mb_key = sc.global_batch > 0 ? "workload.global_batch" : "workload.micro_batches";
+    const std::string mb_from =
+        sc.global_batch > 0 ? fmt::format(" (the global batch of {} sequences)", sc.global_batch) : std::string();
     if (dualpipe) {
       // DualPipe (DeepSeek-V3): half the micro-batches enter at each end; stage s holds chunks s
       // and pp - 1 - s, two copies of every chunk in all.
@@ -1165,10 +1198,10 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                     "virtual_stages: 2",
                                     v));
       if (sc.forward.micro_batches < 2 * pp || sc.forward.micro_batches % 2 != 0)
-        problems.add_at("workload.micro_batches",
-                        fmt::format("{} micro-batches for pipeline_schedule: dualpipe with {} stages: it needs an even number, at "
+        problems.add_at(mb_key,
+                        fmt::format("{} micro-batches{} for pipeline_schedule: dualpipe with {} stages: it needs an even number, at "
                                     "least 2 x parallelism.pp ({}), half entering at each end, as DualPipe does",
-                                    sc.forward.micro_batches, pp, 2 * pp));
+                                    sc.forward.micro_batches, mb_from, pp, 2 * pp));
       if (!sc.forward.gradient_sync)
         problems.add_at("workload.pipeline_schedule",
                         "dualpipe keeps two copies of every chunk's weights (stages s and pp - 1 - s hold the same two), whose "
@@ -1181,16 +1214,16 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                     "chunk 2 pp - 1 - c on stage c (a V): set virtual_stages: 2 (got {})",
                                     v));
       if (sc.forward.micro_batches < 2 * pp)
-        problems.add_at("workload.micro_batches",
-                        fmt::format("{} micro-batches for pipeline_schedule: dualpipev with {} stages: it needs at least "
+        problems.add_at(mb_key,
+                        fmt::format("{} micro-batches{} for pipeline_schedule: dualpipev with {} stages: it needs at least "
                                     "2 x parallelism.pp ({}), as DualPipe does",
-                                    sc.forward.micro_batches, pp, 2 * pp));
+                                    sc.forward.micro_batches, mb_from, pp, 2 * pp));
     } else {
       if (v > 1 && sc.forward.micro_batches % pp != 0)
-        problems.add_at("workload.micro_batches",
-                        fmt::format("{} micro-batches with virtual_stages: the interleaved schedule runs them in groups of "
+        problems.add_at(mb_key,
+                        fmt::format("{} micro-batches{} with virtual_stages: the interleaved schedule runs them in groups of "
                                     "parallelism.pp ({}); use a multiple of it",
-                                    sc.forward.micro_batches, pp));
+                                    sc.forward.micro_batches, mb_from, pp));
       if (v > 1 && sc.forward.pipeline_schedule != models::PipelineSchedule::one_f_one_b)
         problems.add_at("workload.pipeline_schedule",
                         fmt::format("{} with parallelism.virtual_stages > 1: the interleaved schedule is 1F1B's",

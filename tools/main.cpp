@@ -373,19 +373,28 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
   }
   if (bar) fmt::print(stderr, "\r{}\r", std::string(100, ' '));
   if (!vm.count("quiet") && rank == 0) {
-    fmt::print("moesim: {} points ({} from an earlier run, {} run now{}{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
+    fmt::print("moesim: {} points ({} from an earlier run, {} run now{}{}{}) of {}; wrote {} ({:.1f} s)\n", r.points, r.already,
                r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "",
-               r.simulations > 0 && r.simulations < r.ran
+               r.skipped > 0 ? fmt::format(", {} of them skipped (the grid's skip)", r.skipped) : "",
+               r.simulations > 0 && r.simulations < r.ran - r.skipped
                    ? fmt::format(" in {} simulations: points that differ only in reliability.*, cluster.gpu_hour_price or workload.train_tokens share one", r.simulations)
                    : "",
                grid.source, out,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     if (r.stale > 0)
-      fmt::print("moesim: {} rows of the earlier run were for other settings (the base scenario, --set, the axes, "
-                 "the kernel profile or traces the points read, or the moesim build changed) and ran again\n", r.stale);
+      fmt::print("moesim: {} {} of the earlier run {} for other settings (the base scenario, --set, the axes, the grid's skip, "
+                 "the kernel profile or traces the points read, or the moesim build changed) and ran again\n",
+                 r.stale, r.stale == 1 ? "row" : "rows", r.stale == 1 ? "was" : "were");
     if (r.infeasible > 0)
-      fmt::print("moesim: {} of {} points do not fit the GPUs' memory (fits_memory=no; infeasible_reason says why)\n",
-                 r.infeasible, r.points);
+      fmt::print("moesim: {} of {} points do not fit the GPUs' memory (fits_memory=no; infeasible_reason says why){}\n",
+                 r.infeasible, r.points,
+                 r.unfit > 0 ? fmt::format("; {} of them not simulated (skip: unfit): their weights and optimizer state alone "
+                                           "are too much",
+                                           r.unfit)
+                             : "");
+    if (r.invalid > 0)
+      fmt::print("moesim: {} of {} points are invalid and were not run (skip: invalid; infeasible_reason says why)\n", r.invalid,
+                 r.points);
   }
   return {rank, out};
 }
@@ -865,12 +874,25 @@ int cmd_validate(const std::vector<std::string>& args) {
     const scenarios::Grid grid = scenarios::load_grid(path);
     const auto sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
     const auto points = grid.points();
+    std::size_t invalid = 0;
+    std::string first;
+    std::exception_ptr first_error;
     for (const auto& p : points) {
       std::vector<std::string> point = sets;
       point.insert(point.end(), p.begin(), p.end());
-      (void)scenarios::load_scenario_file(grid.base, point);
+      try {
+        (void)scenarios::load_scenario_file(grid.base, point);
+      } catch (const scenarios::ScenarioError& e) {
+        if (!grid.skip_invalid) throw;
+        if (invalid++ == 0) {
+          first = fmt::format("{}: {}", fmt::join(p, " "), scenarios::invalid_point_reason(grid, e));
+          first_error = std::current_exception();
+        }
+      }
     }
-    fmt::print("{}: ok (a sweep grid of {} point{} on {})\n", path, points.size(), points.size() == 1 ? "" : "s", grid.base);
+    if (invalid == points.size()) std::rethrow_exception(first_error);  // a skip that leaves nothing: as sweep, refused
+    fmt::print("{}: ok (a sweep grid of {} point{} on {}{})\n", path, points.size(), points.size() == 1 ? "" : "s", grid.base,
+               invalid > 0 ? fmt::format("; {} invalid, to be skipped, the first {}", invalid, first) : "");
     return 0;
   }
   const scenarios::Scenario sc = load(vm);

@@ -134,8 +134,8 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     return values.empty() ? s : fmt::format("{} ({})", s, values);
   };
 
-  std::size_t infeasible = 0, missed = 0;
-  std::string first_reason;
+  std::size_t infeasible = 0, missed = 0, invalid = 0;
+  std::string first_reason, first_invalid;
   std::vector<std::size_t> ok;
   // The nearest miss: the point that misses the targets by the smallest relative margin.
   std::optional<std::size_t> nearest;
@@ -146,6 +146,11 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     if (rows[r][fits] == "no") {
       ++infeasible;
       if (first_reason.empty()) first_reason = rows[r][reason];
+      continue;
+    }
+    if (rows[r][reason].starts_with("invalid: ")) {  // a point the grid skipped (skip: invalid)
+      ++invalid;
+      if (first_invalid.empty()) first_invalid = describe(r) + ": " + rows[r][reason].substr(9);
       continue;
     }
     double gap = 0;
@@ -184,6 +189,8 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   std::string ruled_out;
   if (infeasible > 0)
     ruled_out += fmt::format(" {} of the {} points do not fit the GPUs' memory (e.g. {}).", infeasible, total, first_reason);
+  if (invalid > 0)
+    ruled_out += fmt::format(" {} of the {} points are invalid and were not run (e.g. {}).", invalid, total, first_invalid);
   if (missed > 0)
     ruled_out += fmt::format(" {} {} the target{}; the nearest, {}, reaches {}.", missed, missed == 1 ? "misses" : "miss",
                              targets.size() == 1 ? "" : "s", describe(*nearest), nearest_what);

@@ -412,6 +412,32 @@ std::string infeasible_reason(const scenarios::Scenario& sc, int g, const Memory
 
 }  // namespace
 
+std::string unfit_reason(const scenarios::Scenario& sc) {
+  const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
+  if (capacity <= 0) return {};
+  // The run's memory model without any routing: no expert rows, no all-to-all buffers; of it
+  // only what no routing changes is counted (the activations' share can, through the schedule).
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
+                               0, "", "", {}, scenarios::compute_placements(sc), nullptr, 0.0, {}};
+  int worst = -1;
+  MemoryUse most;
+  for (int g = 0; g < gpus; ++g) {
+    MemoryUse u = memory_use(sc, r, g);
+    u.activations = u.buffers = 0;
+    if (u.total() > capacity && u.total() > most.total()) {
+      most = u;
+      worst = g;
+    }
+  }
+  if (worst < 0) return {};
+  std::string parts = fmt::format("weights {:.1f}", most.weights / 1e9);
+  if (most.optimizer > 0) parts += fmt::format("; gradients and optimizer {:.1f}", most.optimizer / 1e9);
+  if (most.kv_cache > 0) parts += fmt::format("; KV cache {:.1f}", most.kv_cache / 1e9);
+  return fmt::format("not simulated: GPU {} needs at least {:.1f} GB of the {:.0f} GB of a {} before any activations ({})", worst,
+                     most.total() / 1e9, capacity / 1e9, sc.cluster.gpu.name, parts);
+}
+
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string q = "\"";
@@ -469,6 +495,22 @@ StageCompute stage_compute(const scenarios::Scenario& sc, const scenarios::RunRe
   return c;
 }
 
+const std::string& summary_csv_header() {
+  static const std::string header =
+      "scenario,workload,network_model,resolve_interval_us,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,cp,pp,virtual_stages,pipeline_schedule,overlap,"
+      "moe_layers,tokens_per_gpu,"
+      "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
+      "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
+      "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,cp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+      "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
+      "recompute_us,model_flops,mfu,"
+      "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
+      "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
+      "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
+      "train_tokens,train_days,train_gpu_hours,train_cost";
+  return header;
+}
+
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                        const scenarios::RunResult& r) {
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
@@ -482,17 +524,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto tokens = std::llround(step_tokens_exact);
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
-  out << "scenario,workload,network_model,resolve_interval_us,compute_source,profiled_fraction,seed,gpus,gpu,ep,tp,cp,pp,virtual_stages,pipeline_schedule,overlap,"
-         "moe_layers,tokens_per_gpu,"
-         "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
-         "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-         "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,cp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
-         "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
-         "recompute_us,model_flops,mfu,"
-         "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
-         "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
-         "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-         "train_tokens,train_days,train_gpu_hours,train_cost\n";
+  out << summary_csv_header() << '\n';
   // The pipeline schedule: empty without stages, "pipelined" for forward-only work.
   const std::string schedule = f.pp == 1            ? ""
                                : !f.training        ? "pipelined"

@@ -21,6 +21,12 @@ class ReportError : public std::runtime_error {
 
 void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                        const scenarios::RunResult& r);
+// summary.csv's header line (without the newline).
+const std::string& summary_csv_header();
+// Empty when the scenario's busiest GPU may fit its memory; otherwise why it cannot, from what
+// needs no simulation: the weights (with the placement's replicas), gradients and optimizer state
+// and KV cache, without activations or buffers (a lower bound of summary.csv's memory_gb_max).
+std::string unfit_reason(const scenarios::Scenario& sc);
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r);
 // A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a newline.

@@ -23,11 +23,35 @@ namespace detail {
 Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.points()), opts(o) {
   // Check every point first: a bad axis value fails before anything runs.
   scenarios.reserve(points.size());
-  for (const auto& p : points) {
+  skipped.resize(points.size());
+  unfit.resize(points.size(), 0);
+  std::exception_ptr first_invalid;
+  for (std::size_t i = 0; i < points.size(); ++i) {
     std::vector<std::string> sets = opts.sets;
-    sets.insert(sets.end(), p.begin(), p.end());
-    scenarios.push_back(scenarios::load_scenario_file(grid.base, sets));
+    sets.insert(sets.end(), points[i].begin(), points[i].end());
+    try {
+      scenarios.push_back(scenarios::load_scenario_file(grid.base, sets));
+    } catch (const scenarios::ScenarioError& e) {
+      if (!grid.skip_invalid) throw;
+      if (!first_invalid) first_invalid = std::current_exception();
+      skipped[i] = "invalid: " + scenarios::invalid_point_reason(grid, e);
+      scenarios.emplace_back();
+    }
     if (opts.reports.empty()) scenarios.back().timeline = "off";
+  }
+  // Where no point is valid the mistake is the base scenario's or --set's, not a layout's: say so.
+  if (first_invalid && std::all_of(skipped.begin(), skipped.end(), [](const std::string& why) { return !why.empty(); }))
+    std::rethrow_exception(first_invalid);
+  if (grid.skip_unfit) {
+    // Points that cannot fit, from the memory that needs no simulation (placements are computed,
+    // which may take a while for big clusters: on all the jobs' threads).
+    std::vector<std::size_t> valid;
+    for (std::size_t i = 0; i < points.size(); ++i)
+      if (skipped[i].empty()) valid.push_back(i);
+    parallel_for(valid, opts.jobs, [&](std::size_t i) {
+      skipped[i] = unfit_reason(scenarios[i]);
+      unfit[i] = skipped[i].empty() ? 0 : 1;
+    });
   }
   // What each point runs: a hash (FNV-1a, 64 bits) of the base scenario's text and its overrides.
   std::string base_text;
@@ -69,6 +93,8 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
     mix(build);
     for (const auto& x : opts.sets) mix(x);
     for (const auto& x : p) mix(x);
+    // A skipped point's row is not what running it gives: without the skip it runs again.
+    if (!skipped[i].empty()) mix("skipped");
     if (sc.forward.profile) mix(fmt::format("profile {:016x}", sc.forward.profile->digest));
     for (const auto* trace : {&sc.routing_trace, &sc.placement_trace})
       if (!trace->empty()) mix("trace " + file_digest(sc, *trace));
@@ -87,6 +113,10 @@ std::vector<std::vector<std::size_t>> Sweep::groups(const std::vector<std::size_
   std::map<std::vector<std::string>, std::size_t> index;  // the overrides the simulation reads -> group
   std::vector<std::vector<std::size_t>> out;
   for (const std::size_t p : todo) {
+    if (!skipped[p].empty()) {  // nothing to simulate: a group of its own
+      out.push_back({p});
+      continue;
+    }
     std::vector<std::string> read;
     for (const auto& set : points[p])
       if (!reports_only(set)) read.push_back(set);
@@ -97,9 +127,31 @@ std::vector<std::vector<std::size_t>> Sweep::groups(const std::vector<std::size_
   return out;
 }
 
+bool Sweep::simulates(const std::vector<std::size_t>& group) const { return skipped[group.front()].empty(); }
+
 std::vector<std::pair<std::string, std::string>> Sweep::run_group(const std::vector<std::size_t>& group) const {
-  const auto r = scenarios::run_experiment(scenarios[group.front()]);
   std::vector<std::pair<std::string, std::string>> out;
+  const std::string header = axes_header + "," + summary_csv_header() + ",point_config";
+  if (!simulates(group)) {
+    // A skipped point: its axes' values, and of summary.csv's columns fits_memory (no where it
+    // cannot fit, unknown where it is invalid), gpu_memory_gb and infeasible_reason.
+    const std::size_t p = group.front();
+    const auto columns = csv_fields(summary_csv_header());
+    std::vector<std::string> fields(columns.size());
+    const auto set = [&](const char* name, std::string value) {
+      fields[static_cast<std::size_t>(std::find(columns.begin(), columns.end(), name) - columns.begin())] = std::move(value);
+    };
+    set("fits_memory", unfit[p] ? "no" : "");
+    if (unfit[p]) set("gpu_memory_gb", fmt::format("{:.3f}", static_cast<double>(scenarios[p].cluster.gpu.memory.count()) / 1e9));
+    set("infeasible_reason", skipped[p]);
+    std::string row = std::to_string(p);
+    for (const auto& v : points[p]) (row += ',') += csv_field(v.substr(v.find('=') + 1));
+    for (const auto& f : fields) (row += ',') += csv_field(f);
+    (row += ',') += configs[p];
+    out.emplace_back(header, std::move(row));
+    return out;
+  }
+  const auto r = scenarios::run_experiment(scenarios[group.front()]);
   for (const std::size_t p : group) {
     const auto& sc = scenarios[p];
     if (!opts.reports.empty())
@@ -108,9 +160,7 @@ std::vector<std::pair<std::string, std::string>> Sweep::run_group(const std::vec
     write_summary_csv(s, sc, r);
     const std::string text = s.str();
     const auto nl = text.find('\n');
-    std::string header = axes_header, row = std::to_string(p);
-    (header += ',') += text.substr(0, nl);
-    header += ",point_config";
+    std::string row = std::to_string(p);
     for (const auto& v : points[p]) (row += ',') += csv_field(v.substr(v.find('=') + 1));
     (row += ',') += text.substr(nl + 1, text.size() - nl - 2);
     (row += ',') += configs[p];
@@ -202,6 +252,21 @@ std::size_t SweepFile::infeasible() const {
   return n;
 }
 
+std::size_t SweepFile::invalid() const { return count_reasons("invalid: "); }
+std::size_t SweepFile::unfit() const { return count_reasons("not simulated: "); }
+
+std::size_t SweepFile::count_reasons(std::string_view prefix) const {
+  const std::lock_guard<std::mutex> g(lock_);
+  const auto h = csv_fields(header_);
+  const auto col = static_cast<std::size_t>(std::find(h.begin(), h.end(), "infeasible_reason") - h.begin());
+  std::size_t n = 0;
+  for (const auto& [p, line] : rows_) {
+    const auto f = csv_fields(line);
+    if (col < f.size() && f[col].starts_with(prefix)) ++n;
+  }
+  return n;
+}
+
 void SweepFile::finish() {
   const std::lock_guard<std::mutex> g(lock_);
   if (append_) append_->close();
@@ -247,21 +312,28 @@ SweepResult run_sweep(const scenarios::Grid& grid, const std::string& out, const
   result.points = sweep.points.size();
   result.already = file.already();
   result.stale = file.stale();
-  std::atomic<std::size_t> ran{0};
-  // Points that differ only in what the reports read share one simulation.
+  std::atomic<std::size_t> ran{0}, simulated{0};
+  // Points that differ only in what the reports read share one simulation. Skipped points first:
+  // their rows take no time, and the progress's estimate then times simulations alone.
   const auto groups = sweep.groups(todo);
   std::vector<std::size_t> each(groups.size());
   std::iota(each.begin(), each.end(), std::size_t{0});
+  std::stable_partition(each.begin(), each.end(), [&](std::size_t g) { return !sweep.simulates(groups[g]); });
   detail::parallel_for(each, opts.jobs, [&](std::size_t g) {
     const auto rows = sweep.run_group(groups[g]);
     for (std::size_t i = 0; i < rows.size(); ++i) file.add(groups[g][i], rows[i].first, rows[i].second);
     ran += rows.size();
-    if (opts.progress) opts.progress(file.rows(), result.points, ran);
+    if (sweep.simulates(groups[g])) simulated += rows.size();
+    if (opts.progress) opts.progress(file.rows(), result.points, simulated);
   });
   result.ran = ran;
-  result.simulations = groups.size();
+  result.simulations = static_cast<std::size_t>(
+      std::count_if(groups.begin(), groups.end(), [&](const auto& g) { return sweep.simulates(g); }));
+  result.skipped = groups.size() - result.simulations;  // one point each
   file.finish();
   result.infeasible = file.infeasible();
+  result.invalid = file.invalid();
+  result.unfit = file.unfit();
   return result;
 }
 

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "scenarios/grid.hpp"
@@ -48,6 +49,9 @@ struct SweepResult {
   std::size_t ran = 0;
   std::size_t simulations = 0;  // the runs they took (under MPI, rank 0's count is all ranks'): points that differ only in what the reports read share one
   std::size_t infeasible = 0;  // rows whose point does not fit the GPUs' memory
+  std::size_t invalid = 0;     // rows of points the scenario rules refuse (grid skip: invalid)
+  std::size_t unfit = 0;       // of the infeasible, points not simulated (grid skip: unfit)
+  std::size_t skipped = 0;     // of the points run now, those the grid's skip kept from running
   int ranks = 1;               // MPI ranks that ran points
 };
 
@@ -70,9 +74,14 @@ struct Sweep {
   std::vector<std::vector<std::string>> points;   // per point, its overrides
   std::vector<scenarios::Scenario> scenarios;     // per point, checked
   std::vector<std::string> configs;               // per point, a hash of what it runs
+  // Per point, why it is not run (grid skip: its row's infeasible_reason), or empty: it runs.
+  // unfit: skipped for its memory (fits_memory=no) rather than refused by the scenario rules.
+  std::vector<std::string> skipped;
+  std::vector<char> unfit;
   std::string axes_header;                        // "point,axis,..."
   SweepOptions opts;
-  // Checks every point. Throws ScenarioError naming the point's key.
+  // Checks every point. Throws ScenarioError naming the point's key (unless the grid skips
+  // invalid points).
   Sweep(const scenarios::Grid& grid, const SweepOptions& opts);
   // The points among `todo` that one simulation serves, in order: those whose overrides differ
   // only in keys no step depends on (reliability.*, cluster.gpu_hour_price), which only the
@@ -81,6 +90,8 @@ struct Sweep {
   // Runs a group's simulation once and reports each of its points (writing their reports if
   // asked): per point, the full header and the row.
   std::vector<std::pair<std::string, std::string>> run_group(const std::vector<std::size_t>& group) const;
+  // Whether the group runs a simulation (a skipped point's does not).
+  bool simulates(const std::vector<std::size_t>& group) const;
 };
 
 // The output file: rows from an earlier run, then rows appended as they come (thread-safe).
@@ -98,9 +109,12 @@ class SweepFile {
   void finish();
   std::size_t rows() const;
   std::size_t infeasible() const;
+  std::size_t invalid() const;  // rows whose infeasible_reason starts "invalid: "
+  std::size_t unfit() const;    // rows whose infeasible_reason starts "not simulated: "
 
  private:
   void open_append();
+  std::size_t count_reasons(std::string_view prefix) const;
   std::string path_;
   std::vector<std::string> configs_;
   std::size_t already_ = 0, stale_ = 0;

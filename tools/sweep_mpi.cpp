@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -92,11 +93,19 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
   if (n == kUnreadable) throw SweepError(mpi.rank == 0 ? unreadable : "the output cannot be used (rank 0 says why)");
   todo.resize(n);
   MPI_Bcast(todo.data(), static_cast<int>(n), MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
-  // The groups of points one simulation serves, dealt round-robin (every rank forms the same).
+  // The groups of points one simulation serves, dealt round-robin (every rank forms the same);
+  // the rows of skipped points, which run nothing, are rank 0's.
   const auto groups = sweep.groups(std::vector<std::size_t>(todo.begin(), todo.end()));
   std::vector<std::size_t> mine;
-  for (std::size_t k = static_cast<std::size_t>(mpi.rank); k < groups.size(); k += static_cast<std::size_t>(mpi.size))
-    mine.push_back(k);
+  std::size_t simulating = 0;
+  for (std::size_t k = 0; k < groups.size(); ++k) {
+    if (!sweep.simulates(groups[k])) {
+      if (mpi.rank == 0) mine.push_back(k);
+      continue;
+    }
+    if (simulating++ % static_cast<std::size_t>(mpi.size) == static_cast<std::size_t>(mpi.rank)) mine.push_back(k);
+  }
+  std::stable_partition(mine.begin(), mine.end(), [&](std::size_t k) { return !sweep.simulates(groups[k]); });  // instant rows first
   std::size_t my_points = 0;
   for (const std::size_t g : mine) my_points += groups[g].size();
 
@@ -136,12 +145,13 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
       break;
     }
     result.ran = my_points;
-    result.simulations = mine.size();
+    result.simulations = static_cast<std::size_t>(
+        std::count_if(mine.begin(), mine.end(), [&](std::size_t k) { return sweep.simulates(groups[k]); }));
     return result;
   }
 
   // Rank 0: its own points on threads, the others' rows received here.
-  std::atomic<std::size_t> ran{0};
+  std::atomic<std::size_t> ran{0}, simulated{0};  // rows, and of them simulated ones (the progress's estimate)
   std::atomic<bool> local_done{false};
   std::exception_ptr local_failure;
   std::jthread workers([&] {
@@ -150,7 +160,8 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
         const auto rows = sweep.run_group(groups[k]);
         for (std::size_t i = 0; i < rows.size(); ++i) file->add(groups[k][i], rows[i].first, rows[i].second);
         ran += rows.size();
-        if (opts.progress) opts.progress(file->rows(), result.points, ran);
+        if (sweep.simulates(groups[k])) simulated += rows.size();
+        if (opts.progress) opts.progress(file->rows(), result.points, simulated);
       });
     } catch (...) {
       local_failure = std::current_exception();
@@ -175,7 +186,8 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
         const auto a = msg.find('\n'), b = msg.find('\n', a + 1);
         file->add(std::stoul(msg.substr(0, a)), msg.substr(a + 1, b - a - 1), msg.substr(b + 1));
         ++ran;
-        if (opts.progress) opts.progress(file->rows(), result.points, ran);
+        ++simulated;  // other ranks run no skipped points
+        if (opts.progress) opts.progress(file->rows(), result.points, simulated);
       } catch (const std::exception& e) {
         remote_failure = e.what();
       }
@@ -186,9 +198,12 @@ SweepResult run_sweep_mpi(const scenarios::Grid& grid, const std::string& out, c
   }
   workers.join();
   result.ran = ran;
-  result.simulations = groups.size();
+  result.simulations = simulating;
+  result.skipped = groups.size() - simulating;  // one point each
   file->finish();
   result.infeasible = file->infeasible();
+  result.invalid = file->invalid();
+  result.unfit = file->unfit();
   if (local_failure) std::rethrow_exception(local_failure);
   if (!remote_failure.empty()) throw SweepError(remote_failure);
   return result;

@@ -63,6 +63,17 @@ TEST_CASE("Sweep grids expand to the product of their axes, zipped axes together
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\n  b: [1]\nzip: [[a, b], [b]]\n"), Catch::Contains("axis 'b' is zipped twice"));
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\nzip: [[a], b]\n"), Catch::Contains("zip: expected a list of axes in each group"));
   CHECK_THAT(error("base: s.yaml\naxes:\n  a: []\n"), Catch::Contains("axes.a: no values"));
+  // skip: which points are not run (a list, or one of them alone).
+  CHECK_FALSE(g.skip_invalid);
+  CHECK_FALSE(g.skip_unfit);
+  std::ofstream(tmp.path() / "g3.yaml") << "base: s.yaml\naxes:\n  a: [1]\nskip: [unfit, invalid]\n";
+  const auto g3 = load_grid((tmp.path() / "g3.yaml").string());
+  CHECK((g3.skip_invalid && g3.skip_unfit));
+  std::ofstream(tmp.path() / "g4.yaml") << "base: s.yaml\naxes:\n  a: [1]\nskip: invalid\n";
+  const auto g4 = load_grid((tmp.path() / "g4.yaml").string());
+  CHECK((g4.skip_invalid && !g4.skip_unfit));
+  CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\nskip: [invalid, slow]\n"), Catch::Contains("bad.yaml:4:17: skip: unknown 'slow' (known: invalid"));
+  CHECK_THAT(error("base: s.yaml\naxes:\n  a: [1]\nskip: {invalid: 1}\n"), Catch::Contains("skip: expected a list of invalid, unfit"));
 }
 
 

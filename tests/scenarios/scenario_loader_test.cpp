@@ -813,6 +813,35 @@ TEST_CASE("An override (--set) with a null value removes the key", "[scenarios]"
   CHECK_THAT(error_of_with(kBase, {"model.hidden=~"}), Catch::Contains("model: missing required key 'hidden'"));
 }
 
+TEST_CASE("A global batch sets the micro-batches, and says which batches would split evenly", "[scenarios]") {
+  // 16 GPUs of 1024 tokens: a micro-batch is 16384 tokens, with two stages 8192.
+  const std::string training = with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  sequence_length: 4096\n");
+  const auto batch = [&](const std::vector<std::string>& sets) { return load_scenario_text(training, "s.yaml", sets); };
+  CHECK(batch({"workload.global_batch=64"}).forward.micro_batches == 16);
+  CHECK(batch({"workload.global_batch=64"}).global_batch == 64);
+  CHECK(batch({"workload.global_batch=4"}).forward.micro_batches == 1);
+  CHECK(batch({"workload.global_batch=64", "parallelism.pp=2"}).forward.micro_batches == 32);
+  CHECK(batch({"workload.global_batch=64", "parallelism.pp=2", "parallelism.tp=2"}).forward.micro_batches == 32);
+  CHECK_THAT(error_of_with(training, {"workload.global_batch=63"}),
+             Catch::Contains("workload.global_batch: 63 sequences of 4096 tokens are not a whole number of micro-batches of 16384 "
+                             "tokens (1024 on each of 16 GPUs): the nearest global batches that are: 60 and 64"));
+  CHECK_THAT(error_of_with(training, {"workload.global_batch=2"}), Catch::Contains("the nearest global batches that are: 4"));
+  CHECK_THAT(error_of_with(training, {"workload.global_batch=3", "parallelism.pp=2"}),
+             Catch::Contains("micro-batches of 8192 tokens (1024 on each of 16 GPUs over 2 pipeline stages): the nearest global "
+                             "batches that are: 2 and 4"));
+  CHECK_THAT(error_of_with(training, {"workload.global_batch=64", "workload.micro_batches=16"}),
+             Catch::Contains("workload.global_batch: give micro_batches or global_batch, not both"));
+  CHECK_THAT(error_of_with(kBase, {"workload.global_batch=64"}), Catch::Contains("workload.global_batch: only used with 'kind: training'"));
+  // Stages that do not divide the GPUs are parallelism.pp's problem alone.
+  const std::string bad_pp = error_of_with(training, {"workload.global_batch=64", "parallelism.pp=3"});
+  CHECK_THAT(bad_pp, Catch::Contains("parallelism.pp: the cluster's 16 GPUs"));
+  CHECK_THAT(bad_pp, !Catch::Contains("global_batch"));
+  // A schedule's rule on the micro-batches names the global batch that made them.
+  CHECK_THAT(error_of_with(training, {"workload.global_batch=4", "parallelism.pp=2", "workload.pipeline_schedule=dualpipev",
+                                      "parallelism.virtual_stages=2", "parallelism.ep=4"}),
+             Catch::Contains("workload.global_batch: 2 micro-batches (the global batch of 4 sequences) for pipeline_schedule: dualpipev"));
+}
+
 TEST_CASE("Micro-batches are a training key", "[scenarios]") {
   CHECK(load_scenario_text(kBase, "s.yaml").forward.micro_batches == 1);
   const auto sc = load_scenario_text(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n  micro_batches: 8\n"),

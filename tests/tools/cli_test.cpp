@@ -1224,6 +1224,109 @@ TEST_CASE("Sweep points that differ only in reliability, price or token budget s
     CHECK(alone.at(c) == rows[7].at(c));
 }
 
+// A sweep's rows by point, column -> value (quoted fields unquoted).
+std::vector<std::map<std::string, std::string>> sweep_rows(const fs::path& file) {
+  const auto split = [](const std::string& l) {
+    std::vector<std::string> f(1);
+    bool quoted = false;
+    for (const char c : l) {
+      if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) f.emplace_back();
+      else f.back() += c;
+    }
+    return f;
+  };
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  const auto names = split(line);
+  std::vector<std::map<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    const auto f = split(line);
+    REQUIRE(f.size() == names.size());
+    auto& row = rows.emplace_back();
+    for (std::size_t i = 0; i < f.size(); ++i) row[names[i]] = f[i];
+  }
+  return rows;
+}
+
+TEST_CASE("A layout search: the grid skips invalid and unfit points, the global batch holds the step's tokens", "[cli][sweep][plan]") {
+  TempDir tmp;
+  // 16 GPUs of 40 GB: with 2 experts per GPU (EP4), their Adam state and no pipeline stages a GPU cannot fit.
+  std::ofstream(tmp.path() / "t.yaml")
+      << "cluster:\n  nodes: 2\n  gpus_per_node: 8\n  gpu: {preset: H100-SXM, memory: 40GB}\n  scale_out: {nic_bandwidth: 400Gbps}\n"
+         "model:\n  moe_layers: 8\n  hidden: 4096\n  expert_ffn: 14336\n  experts: 8\n  top_k: 2\n  attention_heads: 32\n  kv_heads: 8\n"
+         "parallelism:\n  ep: 8\nworkload:\n  kind: training\n  tokens_per_gpu: 1024\n  sequence_length: 2048\n  global_batch: 64\n"
+         "network:\n  model: analytical\n";
+  const std::string axes = "base: t.yaml\naxes:\n  parallelism.tp: [1, 3]\n  parallelism.pp: [1, 2]\n  parallelism.ep: [4, 8]\n";
+  std::ofstream(tmp.path() / "g.yaml") << axes << "skip: [invalid, unfit]\n";
+  const auto g = "'" + (tmp.path() / "g.yaml").string() + "'";
+  const auto out = tmp.path() / "s.csv";
+  const Result r = moesim("sweep " + g + " --jobs 2 --out '" + out.string() + "'", tmp);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("8 points (0 from an earlier run, 8 run now, 5 of them skipped (the grid's skip))"));
+  CHECK_THAT(r.out, Catch::Contains("1 of 8 points do not fit the GPUs' memory") && Catch::Contains("1 of them not simulated (skip: unfit)"));
+  CHECK_THAT(r.out, Catch::Contains("4 of 8 points are invalid and were not run"));
+  const auto rows = sweep_rows(out);
+  REQUIRE(rows.size() == 8);
+  for (const auto& row : rows) {
+    INFO(row.at("point") << ": " << row.at("infeasible_reason"));
+    const bool invalid = row.at("parallelism.tp") == "3", unfit = !invalid && row.at("parallelism.ep") == "4" && row.at("parallelism.pp") == "1";
+    CHECK(row.at("step_time_us").empty() == (invalid || unfit));
+    if (invalid) {
+      CHECK(row.at("fits_memory").empty());
+      CHECK_THAT(row.at("infeasible_reason"), Catch::StartsWith("invalid: parallelism.tp: 3 does not divide the 8 GPUs of a node"));
+    } else if (unfit) {
+      CHECK(row.at("fits_memory") == "no");
+      CHECK(row.at("gpu_memory_gb") == "40.000");
+      CHECK_THAT(row.at("infeasible_reason"), Catch::StartsWith("not simulated: GPU ") && Catch::Contains("before any activations"));
+    } else {
+      // 64 sequences of 2048 tokens a step, whatever the stages: 8 micro-batches without, 16 with two.
+      CHECK(row.at("tokens_per_step") == "131072");
+      CHECK(row.at("micro_batches") == (row.at("parallelism.pp") == "1" ? "8" : "16"));
+      CHECK(row.at("fits_memory") == "yes");
+    }
+  }
+  // A point the grid did not simulate, run: it does not fit, and needs at least what the row said.
+  const Result alone = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set parallelism.ep=4 --out '" +
+                              (tmp.path() / "one").string() + "'", tmp);
+  REQUIRE(alone.code == 0);
+  const auto full = summary_row(tmp.path() / "one" / "summary.csv");
+  CHECK(full.at("fits_memory") == "no");
+  const std::string reason = rows[0].at("infeasible_reason");  // tp 1, pp 1, ep 4
+  const double floor_gb = std::stod(reason.substr(reason.find("at least ") + 9));
+  CHECK(floor_gb > 40);
+  CHECK(std::stod(full.at("memory_gb_max")) >= floor_gb - 0.05);
+  // Resumed: every row kept. Without `unfit` the skipped points' rows are stale and run; without
+  // `invalid` the sweep fails before anything runs.
+  CHECK_THAT(moesim("sweep " + g + " --out '" + out.string() + "'", tmp).out, Catch::Contains("8 points (8 from an earlier run, 0 run now)"));
+  std::ofstream(tmp.path() / "g.yaml", std::ios::trunc) << axes << "skip: invalid\n";
+  const Result again = moesim("sweep " + g + " --out '" + out.string() + "'", tmp);
+  REQUIRE(again.code == 0);
+  CHECK_THAT(again.out, Catch::Contains("(7 from an earlier run, 1 run now)") && Catch::Contains("1 row of the earlier run was for other settings"));
+  const auto after = sweep_rows(out);
+  CHECK(after[0].at("memory_gb_max") == full.at("memory_gb_max"));
+  CHECK(after[0].at("step_time_us") == full.at("step_time_us"));
+  std::ofstream(tmp.path() / "g.yaml", std::ios::trunc) << axes;
+  const Result strict = moesim("sweep " + g + " -q --out '" + (tmp.path() / "strict.csv").string() + "'", tmp);
+  CHECK(strict.code == 2);
+  CHECK_THAT(strict.err, Catch::Contains("parallelism.tp: 3 does not divide the 8 GPUs of a node"));
+  // A skip that leaves no point valid is the base scenario's or --set's mistake: refused, as without it.
+  std::ofstream(tmp.path() / "g.yaml", std::ios::trunc) << axes << "skip: [invalid, unfit]\n";
+  const Result none = moesim("sweep " + g + " -q --set model.top_k=9 --out '" + (tmp.path() / "none.csv").string() + "'", tmp);
+  CHECK(none.code == 2);
+  CHECK_THAT(none.err, Catch::Contains("top_k 9 is larger than experts 8"));
+  CHECK_FALSE(fs::exists(tmp.path() / "none.csv"));
+  CHECK(moesim("validate " + g + " --set model.top_k=9", tmp).code == 2);
+  // plan passes over the skipped points and says how many there were.
+  const Result plan = moesim("plan " + g + " -q --out '" + (tmp.path() / "p.csv").string() + "' --maximize tokens/s", tmp);
+  REQUIRE(plan.code == 0);
+  CHECK_THAT(plan.out, Catch::Contains("parallelism.tp=1") && Catch::Contains("parallelism.ep=8") &&
+                           Catch::Contains("4 of the 8 points are invalid and were not run (e.g. point 4 (parallelism.tp=3"));
+  CHECK_THAT(moesim("validate " + g, tmp).out, Catch::Contains("8 points on") && Catch::Contains("; 4 invalid, to be skipped, the first "
+                                                                                                  "parallelism.tp=3 parallelism.pp=1 parallelism.ep=4: parallelism.tp: 3"));
+}
+
 TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
   TempDir tmp;
   const std::string base =

@@ -35,6 +35,20 @@ GRID
 "$mpiexec" -np 2 "$moesim" sweep "$tmp/p.yaml" --jobs 1 --set model.moe_layers=2 --out "$tmp/p-two.csv" > "$tmp/log.txt"
 grep -q "6 points (0 from an earlier run, 6 run now over 2 MPI ranks in 3 simulations" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
 cmp "$tmp/p-one.csv" "$tmp/p-two.csv"
+# Skipped points (refused by the rules, or too big for memory) are rank 0's rows; the same file.
+cat > "$tmp/s.yaml" <<GRID
+base: $source/scenarios/quickstart.yaml
+axes:
+  parallelism.ep: [3, 2, 8, 4]
+  workload.seed: [1, 2]
+skip: [invalid, unfit]
+GRID
+"$moesim" sweep "$tmp/s.yaml" -q --jobs 1 --set model.moe_layers=2 --set "cluster.gpu={preset: H100-SXM, memory: 2.5GB}" --out "$tmp/s-one.csv"
+"$mpiexec" -np 2 "$moesim" sweep "$tmp/s.yaml" --jobs 1 --set model.moe_layers=2 --set "cluster.gpu={preset: H100-SXM, memory: 2.5GB}" --out "$tmp/s-two.csv" > "$tmp/log.txt"
+grep -q "8 points (0 from an earlier run, 8 run now over 2 MPI ranks, 4 of them skipped" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
+grep -q "2 of 8 points are invalid" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
+grep -q "2 of them not simulated (skip: unfit)" "$tmp/log.txt" || { cat "$tmp/log.txt"; exit 1; }
+cmp "$tmp/s-one.csv" "$tmp/s-two.csv"
 # A bad grid fails on every rank before anything runs; the error is printed once.
 printf 'base: %s/scenarios/quickstart.yaml\naxes:\n  model.top_k: [2, 99]\n' "$source" > "$tmp/bad.yaml"
 if "$mpiexec" -np 2 "$moesim" sweep "$tmp/bad.yaml" --out "$tmp/bad.csv" > "$tmp/out.txt" 2> "$tmp/err.txt"; then
