@@ -75,10 +75,11 @@ commands:
         run every point of a grid (a base scenario and axes of key paths, see
         docs/sweeps.md) and write one row per point; resumes where an earlier run
         stopped; `mpirun -np N moesim sweep ...` shares the points over MPI ranks
-  plan GRID.yaml [--target METRIC=VALUE ...] (--minimize | --maximize) METRIC
+  plan GRID.yaml [--target METRIC=VALUE ...] (--minimize | --maximize) METRIC [--top N]
         run (or resume) the grid's sweep, then pick the best point that fits the
         GPUs' memory and meets every target, and say why, e.g.
-        --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies)
+        --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies);
+        --top N ranks the N best in a table
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
         [--tolerance 0.5%] [--runs N] [--unit U] [--out DIR] [--set KEY.PATH=VALUE ...]
         the value of one numeric key (default range 0.05 to 1, for the
@@ -388,9 +389,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
     if (r.infeasible > 0)
       fmt::print("moesim: {} of {} points do not fit the GPUs' memory (fits_memory=no; infeasible_reason says why){}\n",
                  r.infeasible, r.points,
-                 r.unfit > 0 ? fmt::format("; {} of them not simulated (skip: unfit): their weights and optimizer state alone "
-                                           "are too much",
-                                           r.unfit)
+                 r.unfit > 0 ? fmt::format("; {} of them not simulated (skip: unfit): too much whatever the routing", r.unfit)
                              : "");
     if (r.invalid > 0)
       fmt::print("moesim: {} of {} points are invalid and were not run (skip: invalid; infeasible_reason says why)\n", r.invalid,
@@ -414,7 +413,8 @@ int cmd_plan(const std::vector<std::string>& args) {
   opts.add_options()("target,t", po::value<std::vector<std::string>>()->composing(),
                      "METRIC>=VALUE, METRIC<=VALUE or METRIC=VALUE (repeatable)")(
       "minimize", po::value<std::string>(), "the metric to minimize (cost, latency, gpus, memory, a column)")(
-      "maximize", po::value<std::string>(), "the metric to maximize (tokens/s, mfu, a column)");
+      "maximize", po::value<std::string>(), "the metric to maximize (tokens/s, mfu, a column)")(
+      "top", po::value<std::size_t>(), "also rank the N best points that qualify, in a table");
   const auto vm = parse_command(args, opts, "grid", 1);
   if (!vm.count("grid")) throw UsageError("plan needs a grid file");
   if (vm.count("minimize") == vm.count("maximize")) throw UsageError("plan needs one of --minimize METRIC or --maximize METRIC");
@@ -429,8 +429,10 @@ int cmd_plan(const std::vector<std::string>& args) {
   if (rank != 0) return 0;
   std::ifstream in(out, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto choice = tools::choose_point(text, targets, objective, minimize, grid.axes);
+  const std::size_t top = vm.count("top") ? vm["top"].as<std::size_t>() : 0;
+  const auto choice = tools::choose_point(text, targets, objective, minimize, grid.axes, top);
   fmt::print("\n{}\n", choice.explanation);
+  if (!choice.table.empty()) fmt::print("\n{}", choice.table);
   return choice.best ? 0 : 3;
 }
 
@@ -905,6 +907,11 @@ int cmd_validate(const std::vector<std::string>& args) {
              m.mtp_modules > 0 ? fmt::format(", and {:.1f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,
                                              m.mtp_modules > 1 ? "s" : "")
                                : "");
+  // Whether it can fit, before anything runs: what no routing changes.
+  const tools::MemoryFloor floor = tools::memory_floor(sc);
+  fmt::print("  memory: at least {:.1f} GB on GPU {}{} whatever the routing ({}){}\n", floor.bytes / 1e9, floor.gpu,
+             floor.capacity > 0 ? fmt::format(" of the {:.0f} GB of a {}", floor.capacity / 1e9, sc.cluster.gpu.name) : "", floor.parts,
+             floor.capacity > 0 && floor.bytes > floor.capacity ? ": DOES NOT FIT" : "");
   return 0;
 }
 

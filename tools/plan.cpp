@@ -92,7 +92,7 @@ Target parse_target(const std::string& text) {
 }
 
 PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& targets, const Metric& objective,
-                        bool minimize, const std::vector<std::string>& axes) {
+                        bool minimize, const std::vector<std::string>& axes, std::size_t top) {
   std::vector<std::vector<std::string>> rows;
   {
     std::stringstream ss(csv_text);
@@ -201,7 +201,8 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   }
   const std::size_t best = ok.front();
   c.best = best - 1;
-  const auto col = [&](const char* name) { return value(best, column(name)).value_or(0); };
+  const auto col_of = [&](std::size_t row, const char* name) { return value(row, column(name)).value_or(0); };
+  const auto col = [&](const char* name) { return col_of(best, name); };
   const std::string why =
       ok.size() == 1
           ? fmt::format("it is the only point that fits in memory{} ({} {})", goal.empty() ? "" : " and meets " + goal,
@@ -226,6 +227,36 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     const double a = *value(best, obj), b = *value(ok[1], obj);
     c.explanation += fmt::format(" The runner-up, {}, has {} ({}).", describe(ok[1]), quantity(objective, b),
                                  a != 0 ? fmt::format("{:+.1f}%", 100 * (b - a) / std::fabs(a)) : "the same");
+  }
+  if (top > 0) {
+    // The ranking: a column per axis (its name's last part), then the figures; aligned.
+    std::vector<std::vector<std::string>> cells;
+    std::vector<std::string> head{"rank", "point"};
+    for (const auto& a : axes) head.push_back(a.substr(a.rfind('.') + 1));
+    for (const char* h : {"", "tokens/s/gpu", "step", "memory_gb"}) head.emplace_back(*h ? h : objective.label.c_str());
+    cells.push_back(head);
+    const double first = *value(best, obj);
+    for (std::size_t k = 0; k < std::min(top, ok.size()); ++k) {
+      const std::size_t r = ok[k];
+      std::vector<std::string> line{std::to_string(k + 1), rows[r][0]};
+      for (std::size_t a = 0; a < axes.size(); ++a) line.push_back(rows[r][a + 1]);
+      const double v = *value(r, obj);
+      line.push_back(quantity(objective, v) + (k > 0 && first != 0 ? fmt::format(" ({:+.1f}%)", 100 * (v - first) / std::fabs(first)) : ""));
+      line.push_back(number(col_of(r, "tokens_per_s_per_gpu")));
+      line.push_back(quantity(parse_metric("step_time_us"), col_of(r, "step_time_us")));
+      line.push_back(fmt::format("{:.1f}", col_of(r, "memory_gb_max")));
+      cells.push_back(std::move(line));
+    }
+    std::vector<std::size_t> width(head.size(), 0);
+    for (const auto& line : cells)
+      for (std::size_t i = 0; i < line.size(); ++i) width[i] = std::max(width[i], line[i].size());
+    for (const auto& line : cells) {
+      std::string text;
+      for (std::size_t i = 0; i < line.size(); ++i) text += fmt::format("{:<{}}", line[i], i + 1 < line.size() ? width[i] + 2 : 0);
+      c.table += text + '\n';
+    }
+    if (ok.size() > top)
+      c.table += ok.size() - top == 1 ? std::string("(1 more point qualifies)\n") : fmt::format("({} more points qualify)\n", ok.size() - top);
   }
   return c;
 }

@@ -39,10 +39,13 @@ Target parse_target(const std::string& text);
 struct PlanChoice {
   std::optional<std::size_t> best;  // a row index of the CSV (not the point number)
   std::string explanation;          // one paragraph
+  std::string table;                // with top > 0: the best `top` points that qualify, ranked, one line each
 };
 
-// Chooses among the rows of a sweep CSV (header + rows). `minimize` false: maximize.
+// Chooses among the rows of a sweep CSV (header + rows). `minimize` false: maximize. top > 0
+// also ranks that many of the points that qualify in a table: their axes' values, the
+// objective, tokens/s per GPU, the step and the memory.
 PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& targets, const Metric& objective,
-                        bool minimize, const std::vector<std::string>& axes);
+                        bool minimize, const std::vector<std::string>& axes, std::size_t top = 0);
 
 }  // namespace moesim::tools

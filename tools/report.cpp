@@ -412,30 +412,39 @@ std::string infeasible_reason(const scenarios::Scenario& sc, int g, const Memory
 
 }  // namespace
 
-std::string unfit_reason(const scenarios::Scenario& sc) {
-  const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
-  if (capacity <= 0) return {};
-  // The run's memory model without any routing: no expert rows, no all-to-all buffers; of it
-  // only what no routing changes is counted (the activations' share can, through the schedule).
+MemoryFloor memory_floor(const scenarios::Scenario& sc) {
+  // The run's memory model without any routing: no expert rows and no all-to-all buffers, so a
+  // lower bound of every GPU's figure (each term grows with the rows). Not the activations with
+  // selective recomputation: what a weight pass keeps is there a share of a layer's that the rows
+  // can shrink, so they are left out altogether.
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
                                0, "", "", {}, scenarios::compute_placements(sc), nullptr, 0.0, {}};
-  int worst = -1;
+  MemoryFloor floor;
+  floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   MemoryUse most;
   for (int g = 0; g < gpus; ++g) {
     MemoryUse u = memory_use(sc, r, g);
-    u.activations = u.buffers = 0;
-    if (u.total() > capacity && u.total() > most.total()) {
+    if (sc.forward.training && sc.forward.recompute == models::Recompute::selective) u.activations = 0;
+    if (floor.gpu < 0 || u.total() > most.total()) {
       most = u;
-      worst = g;
+      floor.gpu = g;
     }
   }
-  if (worst < 0) return {};
-  std::string parts = fmt::format("weights {:.1f}", most.weights / 1e9);
-  if (most.optimizer > 0) parts += fmt::format("; gradients and optimizer {:.1f}", most.optimizer / 1e9);
-  if (most.kv_cache > 0) parts += fmt::format("; KV cache {:.1f}", most.kv_cache / 1e9);
-  return fmt::format("not simulated: GPU {} needs at least {:.1f} GB of the {:.0f} GB of a {} before any activations ({})", worst,
-                     most.total() / 1e9, capacity / 1e9, sc.cluster.gpu.name, parts);
+  floor.bytes = most.total();
+  floor.parts = fmt::format("weights {:.1f}", most.weights / 1e9);
+  if (most.optimizer > 0) floor.parts += fmt::format("; gradients and optimizer {:.1f}", most.optimizer / 1e9);
+  if (most.activations > 0) floor.parts += fmt::format("; activations without expert rows {:.1f}", most.activations / 1e9);
+  if (most.kv_cache > 0) floor.parts += fmt::format("; KV cache {:.1f}", most.kv_cache / 1e9);
+  if (most.buffers > 0) floor.parts += fmt::format("; context-parallel buffers {:.1f}", most.buffers / 1e9);
+  return floor;
+}
+
+std::string unfit_reason(const scenarios::Scenario& sc) {
+  const MemoryFloor floor = memory_floor(sc);
+  if (floor.capacity <= 0 || floor.bytes <= floor.capacity) return {};
+  return fmt::format("not simulated: GPU {} needs at least {:.1f} GB of the {:.0f} GB of a {} whatever the routing ({})", floor.gpu,
+                     floor.bytes / 1e9, floor.capacity / 1e9, sc.cluster.gpu.name, floor.parts);
 }
 
 std::string csv_field(const std::string& s) {

@@ -23,9 +23,18 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                        const scenarios::RunResult& r);
 // summary.csv's header line (without the newline).
 const std::string& summary_csv_header();
-// Empty when the scenario's busiest GPU may fit its memory; otherwise why it cannot, from what
-// needs no simulation: the weights (with the placement's replicas), gradients and optimizer state
-// and KV cache, without activations or buffers (a lower bound of summary.csv's memory_gb_max).
+// The memory a scenario's busiest GPU needs whatever the routing, without simulating: the memory
+// model of summary.csv without expert rows or all-to-all buffers (the weights with the
+// placement's replicas, gradients and optimizer state, the activations the routing does not
+// change, a KV cache), so a lower bound of its memory_gb_max.
+struct MemoryFloor {
+  int gpu = -1;         // the GPU that needs the most
+  double bytes = 0;     // what it needs at least
+  double capacity = 0;  // the GPU's memory (0: unknown)
+  std::string parts;    // "weights 11.9; gradients and optimizer 83.6; ..." (GB)
+};
+MemoryFloor memory_floor(const scenarios::Scenario& sc);
+// Empty when the floor fits the GPU's memory; otherwise why the scenario cannot fit, in words.
 std::string unfit_reason(const scenarios::Scenario& sc);
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the five capacity-planning studies and draws their charts.
+# Runs the six capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -56,4 +56,9 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$plot" line "$work/blackwell-decode.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by cluster.gpu,model.weight_dtype \
   --title "DeepSeek-V3 decode on 72 GPUs: GB200 = one NVL72 rack, B200 = 9 HGX servers" \
   --out "$out/blackwell-decode.png"
+# Study 6: a layout search, Mixtral-8x7B training on 64 H100 at one global batch.
+"$moesim" sweep "$here/layouts/grid.yaml" --out "$work/layouts.csv"
+"$plot" line "$work/layouts.csv" --x parallelism.pp --y tokens_per_s_per_gpu --by parallelism.tp,parallelism.virtual_stages \
+  --where parallelism.ep=8 --where workload.optimizer_sharding=true --logx \
+  --title "Mixtral-8x7B training on 64 H100, 512 x 4K sequences a step: EP8, sharded optimizer" --out "$out/layouts.png"
 echo "studies: charts in $out, sweeps in $work"

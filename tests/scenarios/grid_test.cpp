@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -132,4 +133,21 @@ TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep
       CHECK_NOTHROW(load_scenario_file(g.base, all));
     }
   }
+  // The layout search skips what the rules refuse: exactly the virtual stages without pipeline stages.
+  const Grid layouts = load_grid(studies + "layouts/grid.yaml");
+  CHECK(layouts.skip_invalid);
+  int invalid = 0;
+  for (const auto& p : layouts.points()) {
+    const bool refused = std::find(p.begin(), p.end(), "parallelism.pp=1") != p.end() &&
+                         std::find(p.begin(), p.end(), "parallelism.virtual_stages=2") != p.end();
+    try {
+      (void)load_scenario_file(layouts.base, p);
+      CHECK_FALSE(refused);
+    } catch (const ScenarioError& e) {
+      ++invalid;
+      CHECK(refused);
+      CHECK(invalid_point_reason(layouts, e) == "parallelism.virtual_stages: only used with parallelism.pp > 1");
+    }
+  }
+  CHECK(invalid == 32);
 }

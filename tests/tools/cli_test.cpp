@@ -1279,7 +1279,7 @@ TEST_CASE("A layout search: the grid skips invalid and unfit points, the global 
     } else if (unfit) {
       CHECK(row.at("fits_memory") == "no");
       CHECK(row.at("gpu_memory_gb") == "40.000");
-      CHECK_THAT(row.at("infeasible_reason"), Catch::StartsWith("not simulated: GPU ") && Catch::Contains("before any activations"));
+      CHECK_THAT(row.at("infeasible_reason"), Catch::StartsWith("not simulated: GPU ") && Catch::Contains("whatever the routing (weights ") && Catch::Contains("; activations without expert rows "));
     } else {
       // 64 sequences of 2048 tokens a step, whatever the stages: 8 micro-batches without, 16 with two.
       CHECK(row.at("tokens_per_step") == "131072");
@@ -1297,6 +1297,12 @@ TEST_CASE("A layout search: the grid skips invalid and unfit points, the global 
   const double floor_gb = std::stod(reason.substr(reason.find("at least ") + 9));
   CHECK(floor_gb > 40);
   CHECK(std::stod(full.at("memory_gb_max")) >= floor_gb - 0.05);
+  // validate says the same before anything runs.
+  const Result checked = moesim("validate '" + (tmp.path() / "t.yaml").string() + "' --set parallelism.ep=4", tmp);
+  REQUIRE(checked.code == 0);
+  CHECK_THAT(checked.out, Catch::Contains(fmt::format("memory: at least {:.1f} GB on GPU ", floor_gb)) &&
+                              Catch::Contains("of the 40 GB of a H100-SXM whatever the routing (weights ") && Catch::EndsWith(": DOES NOT FIT\n"));
+  CHECK_THAT(moesim("validate '" + (tmp.path() / "t.yaml").string() + "'", tmp).out, !Catch::Contains("DOES NOT FIT"));
   // Resumed: every row kept. Without `unfit` the skipped points' rows are stale and run; without
   // `invalid` the sweep fails before anything runs.
   CHECK_THAT(moesim("sweep " + g + " --out '" + out.string() + "'", tmp).out, Catch::Contains("8 points (8 from an earlier run, 0 run now)"));

@@ -10,7 +10,7 @@ placement, topology...). Many combinations are not modelled and must be refused:
 with a one-line message naming the key. A case that runs must write reports that hold together:
 no NaN or infinite value in any CSV, the critical GPU's stage columns adding up to the step time,
 every routed assignment computed or dropped, tokens/s equal to the step's tokens over its time,
-memory counted. Anything else (a crash, an internal error, a hang past the time limit) fails,
+memory counted, and never less than `moesim validate`'s floor. Anything else (a crash, an internal error, a hang past the time limit) fails,
 printing the command that reproduces it.
 
 Usage: feature_combinations.py MOESIM CASES SEED
@@ -20,6 +20,7 @@ import glob
 import math
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -171,6 +172,14 @@ def main():
                 ran += 1
                 for problem in check_reports(out):
                     failures.append(f"case {i}: {problem}: {shown}")
+                # validate's memory floor (what no routing changes) never exceeds what the run needed.
+                v = subprocess.run([moesim, "validate"] + cmd[2:3] + cmd[6:], capture_output=True, text=True, timeout=120)
+                floor = re.search(r"memory: at least ([0-9.]+) GB", v.stdout)
+                needed = float(next(csv.DictReader(open(os.path.join(out, "summary.csv"))))["memory_gb_max"])
+                if v.returncode != 0 or not floor:
+                    failures.append(f"case {i}: validate gave no memory floor ({v.returncode}: {v.stderr.strip()[-300:]!r}): {shown}")
+                elif float(floor.group(1)) > needed + 0.051:
+                    failures.append(f"case {i}: validate's memory floor {floor.group(1)} GB is above the run's {needed} GB: {shown}")
             elif p.returncode == 2:
                 refused += 1
                 message = p.stderr.strip()

@@ -36,6 +36,26 @@ TEST_CASE("plan picks the best feasible point that meets the targets, and says w
   CHECK_THAT(none.explanation, Catch::StartsWith("No point of the 4 meets tokens/s >= 10,000,000."));
 }
 
+TEST_CASE("plan ranks the best points in a table, and passes over the points a grid skipped", "[plan]") {
+  // Two more rows as a grid's skip writes them: a point the rules refuse, one that cannot fit.
+  const std::string sweep = kSweep +
+                            "4,3,,,,,,,,,,,\"invalid: parallelism.ep: experts (8) are not divisible by the EP size 3\",h4\n"
+                            "5,2,,,,,,,,,80.000,no,not simulated: GPU 0 needs at least 300.0 GB,h5\n";
+  const auto c = choose_point(sweep, {}, parse_metric("tokens/s"), false, {"parallelism.ep"}, 2);
+  REQUIRE(c.best);
+  CHECK(*c.best == 3);
+  CHECK_THAT(c.explanation, Catch::Contains("of the 3 points that fit in memory"));
+  CHECK_THAT(c.explanation, Catch::Contains("2 of the 6 points do not fit the GPUs' memory (e.g. GPU 3 needs 90.0 GB)"));
+  CHECK_THAT(c.explanation, Catch::Contains("1 of the 6 points are invalid and were not run (e.g. point 4 (parallelism.ep=3): "
+                                            "parallelism.ep: experts (8) are not divisible by the EP size 3)"));
+  CHECK(c.table ==
+        "rank  point  ep  tokens/s            tokens/s/gpu  step      memory_gb\n"
+        "1     3      64  8,000,000           125,000       500.0 us  50.0\n"
+        "2     2      32  4,000,000 (-50.0%)  125,000       800.0 us  60.0\n"
+        "(1 more point qualifies)\n");
+  CHECK(choose_point(sweep, {}, parse_metric("tokens/s"), false, {"parallelism.ep"}).table.empty());
+}
+
 TEST_CASE("plan targets and metrics are checked", "[plan]") {
   const auto t = parse_target("latency=2ms");
   CHECK(t.metric.column == "step_time_us");
