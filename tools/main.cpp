@@ -575,12 +575,18 @@ int cmd_serve(const std::vector<std::string>& args) {
       for (const auto& point : side.grid->points()) {
         auto point_sets = side.sets;
         point_sets.insert(point_sets.end(), point.begin(), point.end());
-        side.scenarios.push_back(scenarios::load_scenario_file(side.grid->base, point_sets));
+        try {
+          side.scenarios.push_back(scenarios::load_scenario_file(side.grid->base, point_sets));
+          tools::check_serve_scenario(side.scenarios.back(), side.prefill);
+        } catch (const scenarios::ScenarioError&) {
+          if (!side.grid->skip_invalid) throw;
+          side.scenarios.emplace_back();  // refused by the rules: the sweep's row says why, not a candidate
+        }
       }
     } else {
       side.scenarios.push_back(scenarios::load_scenario_file(side.file, side.sets));
+      tools::check_serve_scenario(side.scenarios.back(), side.prefill);
     }
-    for (const auto& sc : side.scenarios) tools::check_serve_scenario(sc, side.prefill);
   }
 
   const int percentile = vm["ttft-percentile"].as<int>();
@@ -596,6 +602,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   for (auto& side : sides) {
     std::vector<tools::ServeUnit> candidates;
     std::vector<std::size_t> candidate_point;
+    std::size_t skipped = 0;  // a grid's points its skip kept from running
     if (side.grid) {
       const std::string csv = dir + "/" + side.name + "-sweep.csv";
       const auto points = side.grid->points();
@@ -607,6 +614,11 @@ int cmd_serve(const std::vector<std::string>& args) {
         o.progress = [](std::size_t done, std::size_t total, std::size_t) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
       tools::run_sweep(*side.grid, csv, o);
       for (const auto& row : read_rows(csv)) {
+        // Points the grid skipped (skip: invalid, unfit) ran nothing: not candidates.
+        if (const auto& why = row.at("infeasible_reason"); why.starts_with("invalid: ") || why.starts_with("not simulated: ")) {
+          ++skipped;
+          continue;
+        }
         const std::size_t i = std::stoul(row.at("point"));
         auto unit = tools::serve_unit(side.scenarios.at(i), row, side.prefill);
         std::string values;
@@ -719,6 +731,8 @@ int cmd_serve(const std::vector<std::string>& args) {
     } else {
       choice = tools::choose_unit(candidates, side.load, side.prefill ? 0 : side.target_us, side.prefill);
     }
+    if (skipped > 0)
+      choice.explanation += fmt::format(" ({} more of the grid's points were skipped without running: its sweep's rows say why)", skipped);
     if (!choice.best) {
       fmt::print("moesim serve: no {} {} can serve the load: {}\n", side.name, side.grid ? "point" : "scenario",
                  choice.explanation);

@@ -1846,6 +1846,17 @@ TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that f
   CHECK_THAT(slow.out, Catch::Contains("moesim serve: no count of prefill units meets the time to first token: p99 within 0.001 ms; at 1 unit "
                                        "(1 for the load) it is "));
   CHECK_FALSE(fs::exists(tmp.path() / "t" / "decode-sweep.csv"));
+  // A grid that skips: its invalid points (EP 3) and those too big whatever the routing (EP 2
+  // at 2.5 GB) are no candidates, and the choice says how many there were.
+  std::ofstream(tmp.path() / "skip.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\n"
+                                          << "axes:\n  workload.tokens_per_gpu: [8, 32]\n  parallelism.ep: [3, 2, 8]\nskip: [invalid, unfit]\n";
+  const auto skipping = moesim("serve " + q + "'" + (tmp.path() / "skip.yaml").string() + "' " + sets +
+                                   "--decode-set 'cluster.gpu={preset: H100-SXM, memory: 2.5GB}' --out '" + (tmp.path() / "k").string() + "'",
+                               tmp);
+  REQUIRE(skipping.code == 0);
+  CHECK_THAT(skipping.out, Catch::Contains("of the 2 decode points 2 fit the GPUs' memory") &&
+                               Catch::Contains("(4 more of the grid's points were skipped without running: its sweep's rows say why)"));
+  CHECK_THAT(skipping.out, Catch::Contains("parallelism.ep=8"));
   // A bad target is refused before anything runs.
   const auto bad = moesim("serve " + q + grid + sets + "--out '" + (tmp.path() / "u").string() + "' --tpot 5", tmp);
   CHECK(bad.code == 2);
