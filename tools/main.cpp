@@ -37,6 +37,7 @@
 #include "scenarios/grid.hpp"
 #include "tools/report.hpp"
 #include "tools/plan.hpp"
+#include "tools/search.hpp"
 #include "tools/serve.hpp"
 #include "tools/sweep.hpp"
 
@@ -80,6 +81,13 @@ commands:
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies);
         --top N ranks the N best in a table
+  search SCENARIO.yaml [--vary tp,pp,ep,vp,zero] [--global-batch N] [--target ...]
+        [--maximize METRIC | --minimize METRIC] [--top N] [--out CSV] [--jobs N]
+        a layout search without a grid: the tensor-parallel sizes, pipeline stages
+        (and virtual stages), EP sizes and a sharded optimizer the cluster and
+        model allow, at the scenario's global batch; writes the grid beside the
+        CSV, skips what cannot run or fit, and plans the rest (default: the most
+        tokens/s, the 10 best ranked)
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
         [--tolerance 0.5%] [--runs N] [--unit U] [--out DIR] [--set KEY.PATH=VALUE ...]
         the value of one numeric key (default range 0.05 to 1, for the
@@ -407,35 +415,85 @@ int cmd_sweep(const std::vector<std::string>& args) {
   return 0;
 }
 
-int cmd_plan(const std::vector<std::string>& args) {
-  po::options_description opts("plan options");
-  add_sweep_options(opts);
+void add_plan_options(po::options_description& opts) {
   opts.add_options()("target,t", po::value<std::vector<std::string>>()->composing(),
                      "METRIC>=VALUE, METRIC<=VALUE or METRIC=VALUE (repeatable)")(
       "minimize", po::value<std::string>(), "the metric to minimize (cost, latency, gpus, memory, a column)")(
       "maximize", po::value<std::string>(), "the metric to maximize (tokens/s, mfu, a column)")(
       "top", po::value<std::size_t>(), "also rank the N best points that qualify, in a table");
-  const auto vm = parse_command(args, opts, "grid", 1);
-  if (!vm.count("grid")) throw UsageError("plan needs a grid file");
-  if (vm.count("minimize") == vm.count("maximize")) throw UsageError("plan needs one of --minimize METRIC or --maximize METRIC");
+}
+
+// plan's second half, also search's: the sweep of the grid, the choice, the ranking.
+int plan_grid(const po::variables_map& vm, const scenarios::Grid& grid, std::size_t default_top) {
+  const bool minimize = vm.count("minimize") > 0;
+  const tools::Metric objective = tools::parse_metric(minimize ? vm["minimize"].as<std::string>()
+                                                               : vm.count("maximize") ? vm["maximize"].as<std::string>()
+                                                                                      : std::string("tokens/s"));
   // Bad targets fail before anything runs.
   std::vector<tools::Target> targets;
   if (vm.count("target"))
     for (const auto& t : vm["target"].as<std::vector<std::string>>()) targets.push_back(tools::parse_target(t));
-  const bool minimize = vm.count("minimize") > 0;
-  const tools::Metric objective = tools::parse_metric(vm[minimize ? "minimize" : "maximize"].as<std::string>());
-  const auto grid = scenarios::load_grid(vm["grid"].as<std::string>());
   const auto [rank, out] = sweep(vm, grid);
   if (rank != 0) return 0;
   std::ifstream in(out, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t top = vm.count("top") ? vm["top"].as<std::size_t>() : 0;
+  const std::size_t top = vm.count("top") ? vm["top"].as<std::size_t>() : default_top;
   const auto choice = tools::choose_point(text, targets, objective, minimize, grid.axes, top);
   fmt::print("\n{}\n", choice.explanation);
   if (!choice.table.empty()) fmt::print("\n{}", choice.table);
   return choice.best ? 0 : 3;
 }
 
+int cmd_plan(const std::vector<std::string>& args) {
+  po::options_description opts("plan options");
+  add_sweep_options(opts);
+  add_plan_options(opts);
+  const auto vm = parse_command(args, opts, "grid", 1);
+  if (!vm.count("grid")) throw UsageError("plan needs a grid file");
+  if (vm.count("minimize") == vm.count("maximize")) throw UsageError("plan needs one of --minimize METRIC or --maximize METRIC");
+  // Bad targets and metrics fail before anything runs.
+  if (vm.count("target"))
+    for (const auto& t : vm["target"].as<std::vector<std::string>>()) (void)tools::parse_target(t);
+  (void)tools::parse_metric(vm[vm.count("minimize") ? "minimize" : "maximize"].as<std::string>());
+  return plan_grid(vm, scenarios::load_grid(vm["grid"].as<std::string>()), 0);
+}
+
+int cmd_search(const std::vector<std::string>& args) {
+  po::options_description opts("search options");
+  add_sweep_options(opts);
+  add_plan_options(opts);
+  opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
+      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero (default: all that apply)")(
+      "global-batch", po::value<std::int64_t>(), "training: the sequences a step takes at every point (default: the scenario's)");
+  const auto vm = parse_command(args, opts, "scenario", 1);
+  if (!vm.count("scenario")) throw UsageError("search needs a scenario file");
+  if (vm.count("minimize") && vm.count("maximize")) throw UsageError("search takes one of --minimize METRIC or --maximize METRIC (default: --maximize tokens/s)");
+  if (vm.count("target"))
+    for (const auto& t : vm["target"].as<std::vector<std::string>>()) (void)tools::parse_target(t);
+  if (vm.count("minimize") || vm.count("maximize")) (void)tools::parse_metric(vm[vm.count("minimize") ? "minimize" : "maximize"].as<std::string>());
+  std::vector<std::string> vary;
+  if (vm.count("vary")) {
+    std::stringstream list(vm["vary"].as<std::string>());
+    for (std::string d; std::getline(list, d, ',');)
+      if (!d.empty()) vary.push_back(d);
+  }
+  const std::int64_t global_batch = vm.count("global-batch") ? vm["global-batch"].as<std::int64_t>() : 0;
+  if (vm.count("global-batch") && global_batch < 1) throw UsageError("--global-batch must be at least 1");
+  const std::string path = vm["scenario"].as<std::string>();
+  const scenarios::Scenario sc = scenarios::load_scenario_file(path, vm.count("set") ? vm["set"].as<std::vector<std::string>>()
+                                                                                        : std::vector<std::string>{});
+  const tools::SearchSpace space = tools::search_space(sc, vary, global_batch);
+  // The grid, beside the output: SEARCH.csv and SEARCH-grid.yaml (base: the scenario's absolute path).
+  const std::string out = vm.count("out") ? vm["out"].as<std::string>() : "search.csv";
+  const std::string stem = out.size() > 4 && out.ends_with(".csv") ? out.substr(0, out.size() - 4) : out;
+  const std::string grid_file = stem + "-grid.yaml";
+  if (const auto parent = std::filesystem::path(grid_file).parent_path(); !parent.empty()) std::filesystem::create_directories(parent);
+  tools::write_atomically(grid_file, [&](std::ostream& o) { o << tools::search_grid_yaml(space, std::filesystem::absolute(path).string()); });
+  if (!vm.count("quiet")) fmt::print("moesim: searching {} ({}; {})\n", path, space.note, grid_file);
+  scenarios::Grid grid = scenarios::load_grid(grid_file);
+  grid.out = out;
+  return plan_grid(vm, grid, 10);
+}
 int cmd_diff(const std::vector<std::string>& args) {
   po::options_description opts("diff options");
   opts.add_options()("runs", po::value<std::vector<std::string>>(), "two run output directories or summary.csv files")(
@@ -1262,6 +1320,7 @@ int main(int argc, char** argv) {
     if (cmd == "trace") return cmd_trace(args);
     if (cmd == "sweep") return cmd_sweep(args);
     if (cmd == "plan") return cmd_plan(args);
+    if (cmd == "search") return cmd_search(args);
     if (cmd == "check-profile") return cmd_check_profile(args);
     if (cmd == "diff") return cmd_diff(args);
     if (cmd == "serve") return cmd_serve(args);

@@ -124,10 +124,18 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
                          std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.metric.column == "time_per_token_us"; });
   if (per_token && rows.size() > 1 && !value(1, column("time_per_token_us")))
     throw PlanError("the sweep has no time per token: only decode has one (workload.kind: decode)");
+  // The axes that vary over the sweep's rows: a point is told by those (an axis of one value, as a
+  // search's global batch, says nothing about it).
+  std::vector<std::size_t> shown;
+  for (std::size_t a = 0; a < axes.size(); ++a) {
+    bool varies = rows.size() <= 2;
+    for (std::size_t r = 2; r < rows.size() && !varies; ++r) varies = rows[r].size() > a + 1 && rows[r][a + 1] != rows[1][a + 1];
+    if (varies) shown.push_back(a);
+  }
   const auto describe = [&](std::size_t row) {
     std::string s = fmt::format("point {}", rows[row][0]);
     std::string values;
-    for (std::size_t a = 0; a < axes.size(); ++a) {
+    for (const std::size_t a : shown) {
       if (!values.empty()) values += ", ";
       values += fmt::format("{}={}", axes[a], rows[row][a + 1]);
     }
@@ -229,17 +237,17 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
                                  a != 0 ? fmt::format("{:+.1f}%", 100 * (b - a) / std::fabs(a)) : "the same");
   }
   if (top > 0) {
-    // The ranking: a column per axis (its name's last part), then the figures; aligned.
+    // The ranking: a column per axis that varies (its name's last part), then the figures; aligned.
     std::vector<std::vector<std::string>> cells;
     std::vector<std::string> head{"rank", "point"};
-    for (const auto& a : axes) head.push_back(a.substr(a.rfind('.') + 1));
+    for (const std::size_t a : shown) head.push_back(axes[a].substr(axes[a].rfind('.') + 1));
     for (const char* h : {"", "tokens/s/gpu", "step", "memory_gb"}) head.emplace_back(*h ? h : objective.label.c_str());
     cells.push_back(head);
     const double first = *value(best, obj);
     for (std::size_t k = 0; k < std::min(top, ok.size()); ++k) {
       const std::size_t r = ok[k];
       std::vector<std::string> line{std::to_string(k + 1), rows[r][0]};
-      for (std::size_t a = 0; a < axes.size(); ++a) line.push_back(rows[r][a + 1]);
+      for (const std::size_t a : shown) line.push_back(rows[r][a + 1]);
       const double v = *value(r, obj);
       line.push_back(quantity(objective, v) + (k > 0 && first != 0 ? fmt::format(" ({:+.1f}%)", 100 * (v - first) / std::fabs(first)) : ""));
       line.push_back(number(col_of(r, "tokens_per_s_per_gpu")));

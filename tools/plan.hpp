@@ -43,8 +43,8 @@ struct PlanChoice {
 };
 
 // Chooses among the rows of a sweep CSV (header + rows). `minimize` false: maximize. top > 0
-// also ranks that many of the points that qualify in a table: their axes' values, the
-// objective, tokens/s per GPU, the step and the memory.
+// also ranks that many of the points that qualify in a table: the values of the axes that vary
+// over the sweep, the objective, tokens/s per GPU, the step and the memory.
 PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& targets, const Metric& objective,
                         bool minimize, const std::vector<std::string>& axes, std::size_t top = 0);
 

@@ -1333,6 +1333,58 @@ TEST_CASE("A layout search: the grid skips invalid and unfit points, the global 
                                                                                                   "parallelism.tp=3 parallelism.pp=1 parallelism.ep=4: parallelism.tp: 3"));
 }
 
+TEST_CASE("moesim search writes the layout grid beside its CSV, skips what cannot be, and ranks the rest", "[cli][search]") {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "t.yaml")
+      << "cluster:\n  nodes: 2\n  gpus_per_node: 4\n  gpu: {preset: H100-SXM, memory: 40GB}\n  scale_out: {nic_bandwidth: 400Gbps}\n"
+         "model:\n  moe_layers: 4\n  hidden: 4096\n  expert_ffn: 14336\n  experts: 8\n  top_k: 2\n  attention_heads: 32\n  kv_heads: 8\n"
+         "parallelism:\n  ep: 8\nworkload:\n  kind: training\n  tokens_per_gpu: 1024\n  sequence_length: 2048\n  micro_batches: 4\n"
+         "  gradient_sync: ring\nnetwork:\n  model: analytical\n";
+  const auto out = tmp.path() / "s" / "layouts.csv";
+  const std::string cmd = "search '" + (tmp.path() / "t.yaml").string() + "' --jobs 2 --out '" + out.string() + "'";
+  const Result r = moesim(cmd + " --top 3", tmp);
+  REQUIRE(r.code == 0);
+  // 8 GPUs: TP 1-4, 1-4 stages (of 4 layers), 1-2 virtual stages, EP 1-8, with and without ZeRO-1;
+  // the scenario's 4 micro-batches of 8 x 1024 tokens: 16 sequences of 2048.
+  CHECK_THAT(r.out, Catch::Contains("(144 points: parallelism.tp in {1, 2, 4}, parallelism.pp in {1, 2, 4}, parallelism.virtual_stages in "
+                                    "{1, 2}, parallelism.ep in {1, 2, 4, 8}, workload.optimizer_sharding in {false, true}; every point "
+                                    "trains 16 sequences of 2048 tokens a step; "));
+  const auto grid = tmp.path() / "s" / "layouts-grid.yaml";
+  REQUIRE(fs::exists(grid));
+  CHECK_THAT(slurp(grid), Catch::Contains("skip: [invalid, unfit]"));
+  CHECK_THAT(r.out, Catch::Contains("144 points (0 from an earlier run, 144 run now, "));
+  CHECK_THAT(r.out, Catch::Contains("\nChoose point ") && Catch::Contains(": it has the highest tokens/s ("));
+  CHECK_THAT(r.out, Catch::Contains("\nrank  point  tp  pp  virtual_stages  ep  optimizer_sharding  tokens/s "));
+  CHECK_THAT(r.out, Catch::Contains("\n3     ") && !Catch::Contains("\n4     ") && Catch::Contains(" more points qualify)"));
+  // Every simulated point trains the same batch.
+  const auto rows = sweep_rows(out);
+  REQUIRE(rows.size() == 144);
+  int ran = 0;
+  for (const auto& row : rows) {
+    if (row.at("step_time_us").empty()) continue;
+    ++ran;
+    CHECK(row.at("tokens_per_step") == "32768");
+  }
+  CHECK(ran > 10);
+  // Again: the rows are kept; the grid file is what plan takes, with the same choice.
+  const Result again = moesim(cmd, tmp);
+  CHECK_THAT(again.out, Catch::Contains("144 points (144 from an earlier run, 0 run now)"));
+  const auto choice = [](const std::string& text) { return text.substr(text.find("\nChoose point "), 80); };
+  const Result plan = moesim("plan '" + grid.string() + "' --out '" + out.string() + "' --maximize tokens/s", tmp);
+  REQUIRE(plan.code == 0);
+  CHECK(choice(plan.out) == choice(r.out));
+  // Usage mistakes.
+  CHECK_THAT(moesim(cmd + " --vary tp,dp", tmp).err, Catch::Contains("--vary: unknown dimension 'dp'"));
+  CHECK(moesim(cmd + " --minimize cost --maximize tokens/s", tmp).code == 2);
+  // A batch that splits evenly only at some stage counts: the others are invalid points that say why.
+  const Result three = moesim("search '" + (tmp.path() / "t.yaml").string() + "' --global-batch 3 --out '" +
+                                  (tmp.path() / "three.csv").string() + "'", tmp);
+  REQUIRE(three.code == 0);
+  CHECK_THAT(three.out, Catch::Contains("workload.global_batch: 3 sequences of 2048 tokens are not a whole number of micro-batches of "
+                                        "8192 tokens (1024 on each of 8 GPUs): the nearest global batches that are: 4") &&
+                            Catch::Contains("parallelism.pp=4"));
+}
+
 TEST_CASE("Sweep rows are stale when a trace the points read, or the moesim build, changes", "[cli][sweep]") {
   TempDir tmp;
   const std::string base =

@@ -1,0 +1,74 @@
+#include <catch2/catch.hpp>
+
+#include "scenarios/scenario.hpp"
+#include "tools/search.hpp"
+
+using namespace moesim;
+
+namespace {
+
+// 2 x 8 H100, 12 MoE layers, 16 experts; training with a gradient sync, 2 micro-batches of 1024
+// tokens on every GPU, sequences of 2048: 16 sequences a step.
+const std::string kTraining =
+    "cluster: {nodes: 2, gpus_per_node: 8, gpu: H100-SXM, scale_out: {nic_bandwidth: 400Gbps}}\n"
+    "model: {moe_layers: 12, hidden: 1024, expert_ffn: 2048, experts: 16, top_k: 2, attention_heads: 16}\n"
+    "parallelism: {ep: 8}\n"
+    "workload: {kind: training, tokens_per_gpu: 1024, sequence_length: 2048, micro_batches: 2, gradient_sync: ring}\n";
+
+scenarios::Scenario load(const std::string& text, const std::vector<std::string>& sets = {}) {
+  return scenarios::load_scenario_text(text, "s.yaml", sets);
+}
+
+}  // namespace
+
+TEST_CASE("A search's space: the sizes the cluster and model allow, at the scenario's batch", "[search]") {
+  const auto s = tools::search_space(load(kTraining), {}, 0);
+  REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.tp", "parallelism.pp",
+                                             "parallelism.pipeline_layers", "parallelism.virtual_stages", "parallelism.ep",
+                                             "workload.optimizer_sharding"});
+  CHECK(s.global_batch == 16);
+  CHECK(s.values[0] == std::vector<std::string>{"16"});
+  CHECK(s.values[1] == std::vector<std::string>{"~"});
+  CHECK(s.values[2] == std::vector<std::string>{"1", "2", "4", "8"});        // powers of two dividing a node's 8 GPUs
+  CHECK(s.values[3] == std::vector<std::string>{"1", "2", "4", "8"});        // divisors of 16 GPUs up to the 12 layers
+  CHECK(s.values[6] == std::vector<std::string>{"1", "2", "4", "8", "16"});  // divisors of the 16 experts and the 16 GPUs
+  CHECK(s.note == "320 points: parallelism.tp in {1, 2, 4, 8}, parallelism.pp in {1, 2, 4, 8}, parallelism.virtual_stages in {1, 2}, "
+                  "parallelism.ep in {1, 2, 4, 8, 16}, workload.optimizer_sharding in {false, true}; every point trains 16 sequences of "
+                  "2048 tokens a step");
+  // A given batch, a scenario's own global batch, and a choice of dimensions.
+  CHECK(tools::search_space(load(kTraining), {"ep"}, 64).values[0] == std::vector<std::string>{"64"});
+  const auto own = tools::search_space(load(kTraining, {"workload.micro_batches=~", "workload.global_batch=32"}), {"tp", "ep"}, 0);
+  CHECK(own.global_batch == 32);
+  CHECK(own.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.tp", "parallelism.ep"});
+  // Serving: no stages, no optimizer, no batch to hold.
+  const auto decode = tools::search_space(
+      load(kTraining, {"workload.kind=decode", "workload.context_length=1024", "workload.sequence_length=~", "workload.micro_batches=~",
+                       "workload.gradient_sync=~"}),
+      {}, 0);
+  CHECK(decode.axes == std::vector<std::string>{"parallelism.tp", "parallelism.ep"});
+  CHECK(decode.global_batch == 0);
+  // What does not apply, or cannot be held, is refused.
+  const auto refused = [&](const std::string& text, const std::vector<std::string>& vary, std::int64_t batch) {
+    try {
+      (void)tools::search_space(load(text), vary, batch);
+    } catch (const tools::SearchError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero)"));
+  const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
+  CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
+  CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
+  const std::string half = "cluster: {nodes: 1, gpus_per_node: 2, gpu: H100-SXM}\n"
+                           "model: {moe_layers: 2, hidden: 1024, expert_ffn: 2048, experts: 2, top_k: 1, attention_heads: 16}\n"
+                           "parallelism: {ep: 2}\nworkload: {kind: training, tokens_per_gpu: 1024, sequence_length: 4096}\n";
+  CHECK_THAT(refused(half, {}, 0), Catch::Contains("the scenario's step (2048 tokens) is not a whole number of its 4096-token sequences: "
+                                                   "give --global-batch"));
+  CHECK(tools::search_space(load(half), {}, 2).global_batch == 2);
+  // The grid file.
+  const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
+  CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
+  CHECK_THAT(yaml, Catch::Contains("base: '/a/it''s.yaml'\naxes:\n  workload.global_batch: [16]\n  workload.micro_batches: [~]\n"
+                                   "  parallelism.tp: [1, 2, 4, 8]\nskip: [invalid, unfit]\n"));
+}

@@ -1,0 +1,121 @@
+#include "tools/search.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace moesim::tools {
+
+namespace {
+
+std::vector<std::string> texts(const std::vector<int>& v) {
+  std::vector<std::string> out;
+  for (const int x : v) out.push_back(std::to_string(x));
+  return out;
+}
+
+}  // namespace
+
+SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch) {
+  const auto& f = sc.forward;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  const bool training = f.training;
+  // What applies to this scenario, and why not where it does not.
+  const auto why_not = [&](const std::string& d) -> std::string {
+    if ((d == "pp" || d == "vp") && !training) return "pipeline stages are searched in training only";
+    if (d == "zero" && !training) return "the optimizer is training's";
+    if (d == "zero" && !f.gradient_sync) return "a sharded optimizer needs workload.gradient_sync in the scenario";
+    return {};
+  };
+  std::vector<std::string> dims;
+  for (const auto& d : vary) {
+    if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero)", d));
+    if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
+    if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
+  }
+  if (vary.empty())
+    for (const auto& d : kSearchDimensions)
+      if (why_not(d).empty()) dims.push_back(d);
+
+  SearchSpace s;
+  if (training) {
+    // The batch every layout trains: as given, or the scenario's own.
+    if (global_batch > 0) {
+      s.global_batch = global_batch;
+    } else if (sc.global_batch > 0) {
+      s.global_batch = sc.global_batch;
+    } else {
+      const std::int64_t tokens = f.tokens_per_gpu * f.micro_batches * gpus / f.pp;
+      if (tokens % f.sequence_length != 0)
+        throw SearchError(fmt::format("the scenario's step ({} tokens) is not a whole number of its {}-token sequences: give "
+                                      "--global-batch (sequences a step)",
+                                      tokens, f.sequence_length));
+      s.global_batch = tokens / f.sequence_length;
+    }
+    s.axes.push_back("workload.global_batch");
+    s.values.push_back({std::to_string(s.global_batch)});
+    s.axes.push_back("workload.micro_batches");  // set by the global batch at every point
+    s.values.push_back({"~"});
+  } else if (global_batch > 0) {
+    throw SearchError("--global-batch: only used with a training scenario");
+  }
+  const auto has = [&](const char* d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); };
+  if (has("tp")) {
+    std::vector<int> v;
+    for (int t = 1; t <= sc.cluster.gpus_per_node; t *= 2)
+      if (sc.cluster.gpus_per_node % t == 0) v.push_back(t);
+    s.axes.push_back("parallelism.tp");
+    s.values.push_back(texts(v));
+  }
+  if (has("pp")) {
+    std::vector<int> v;
+    for (int p = 1; p <= std::min(gpus, f.model.moe_layers); ++p)
+      if (gpus % p == 0) v.push_back(p);
+    s.axes.push_back("parallelism.pp");
+    s.values.push_back(texts(v));
+    s.axes.push_back("parallelism.pipeline_layers");  // an even split at every stage count
+    s.values.push_back({"~"});
+  }
+  if (has("vp")) {
+    s.axes.push_back("parallelism.virtual_stages");
+    s.values.push_back({"1", "2"});
+  }
+  if (has("ep")) {
+    std::vector<int> v;
+    const int most = std::gcd(static_cast<int>(f.model.experts), gpus);
+    for (int e = 1; e <= most; ++e)
+      if (most % e == 0) v.push_back(e);
+    s.axes.push_back("parallelism.ep");
+    s.values.push_back(texts(v));
+  }
+  if (has("zero")) {
+    s.axes.push_back("workload.optimizer_sharding");
+    s.values.push_back({"false", "true"});
+  }
+  std::size_t points = 1;
+  std::string varied;
+  for (std::size_t a = 0; a < s.axes.size(); ++a) {
+    points *= s.values[a].size();
+    if (s.values[a].size() > 1) varied += fmt::format("{}{} in {{{}}}", varied.empty() ? "" : ", ", s.axes[a], fmt::join(s.values[a], ", "));
+  }
+  if (varied.empty()) throw SearchError("nothing to search: every dimension has one value on this cluster and model");
+  s.note = fmt::format("{} points: {}{}", points, varied,
+                       s.global_batch > 0 ? fmt::format("; every point trains {} sequences of {} tokens a step", s.global_batch, f.sequence_length)
+                                          : std::string());
+  return s;
+}
+
+std::string search_grid_yaml(const SearchSpace& space, const std::string& base) {
+  std::string y = "# A layout search written by `moesim search` (docs/sweeps.md, \"A search over layouts\"): " + space.note +
+                  ".\n# Edit the axes and run `moesim plan` on this file to search otherwise.\n";
+  std::string quoted;  // YAML's single quotes: a quote doubled
+  for (const char c : base) quoted += c == '\'' ? std::string("''") : std::string(1, c);
+  y += fmt::format("base: '{}'\naxes:\n", quoted);
+  for (std::size_t a = 0; a < space.axes.size(); ++a) y += fmt::format("  {}: [{}]\n", space.axes[a], fmt::join(space.values[a], ", "));
+  y += "skip: [invalid, unfit]\n";
+  return y;
+}
+
+}  // namespace moesim::tools

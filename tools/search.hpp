@@ -1,0 +1,44 @@
+// `moesim search SCENARIO`: a layout search without writing the grid. From the scenario's
+// cluster and model it lists the parallel sizes worth trying (tensor-parallel sizes inside a
+// node, pipeline stages, EP sizes, and in training virtual stages and a sharded optimizer), holds
+// the step's batch (workload.global_batch), writes that grid as a file beside the output, and
+// `moesim plan` runs it: points the rules refuse or that cannot fit are skipped (skip: [invalid,
+// unfit]), the rest simulated and ranked.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "scenarios/scenario.hpp"
+
+namespace moesim::tools {
+
+class SearchError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
+// (optimizer sharding).
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero"};
+
+struct SearchSpace {
+  std::vector<std::string> axes;                 // key paths
+  std::vector<std::vector<std::string>> values;  // per axis
+  std::int64_t global_batch = 0;                 // held (training); 0: not a training search
+  std::string note;                              // in words: what is held, what is varied
+};
+
+// The candidate values for the scenario: tp the powers of two that divide a node's GPUs; pp
+// (training) the divisors of the cluster's GPUs up to its MoE layers; ep the divisors of both
+// the experts and the GPUs; vp 1 and 2 (training with stages); zero false and true (training with
+// a gradient sync). `vary` picks dimensions (empty: every one that applies; naming one that does
+// not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// scenario's own (its micro-batches' sequences), which must be whole.
+SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
+
+// The grid file's text: a comment saying what it searches, base (as given), the axes, skip.
+std::string search_grid_yaml(const SearchSpace& space, const std::string& base);
+
+}  // namespace moesim::tools
