@@ -1349,6 +1349,9 @@ int main(int argc, char** argv) {
   } catch (const tools::PlanError& e) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;
+  } catch (const tools::SearchError& e) {
+    std::cerr << "moesim: search: " << e.what() << '\n';
+    return 2;
   } catch (const models::ProfileError& e) {
     std::cerr << "moesim: " << e.what() << '\n';
     return 2;

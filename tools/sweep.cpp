@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "scenarios/experiment.hpp"
+#include "sim/assert.hpp"
 #include "sim/rng.hpp"
 #include "tools/report.hpp"
 
@@ -139,7 +140,9 @@ std::vector<std::pair<std::string, std::string>> Sweep::run_group(const std::vec
     const auto columns = csv_fields(summary_csv_header());
     std::vector<std::string> fields(columns.size());
     const auto set = [&](const char* name, std::string value) {
-      fields[static_cast<std::size_t>(std::find(columns.begin(), columns.end(), name) - columns.begin())] = std::move(value);
+      const auto at = std::find(columns.begin(), columns.end(), name);
+      MOESIM_ASSERT(at != columns.end(), "summary.csv lost a column a skipped row fills");
+      fields[static_cast<std::size_t>(at - columns.begin())] = std::move(value);
     };
     set("fits_memory", unfit[p] ? "no" : "");
     if (unfit[p]) set("gpu_memory_gb", fmt::format("{:.3f}", static_cast<double>(scenarios[p].cluster.gpu.memory.count()) / 1e9));
