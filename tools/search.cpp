@@ -26,18 +26,20 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if ((d == "pp" || d == "vp") && !training) return "pipeline stages are searched in training only";
     if (d == "zero" && !training) return "the optimizer is training's";
     if (d == "zero" && !f.gradient_sync) return "a sharded optimizer needs workload.gradient_sync in the scenario";
+    if (d == "cp" && !training && !f.prefill) return "context parallelism splits a training sequence or a prompt";
+    if (d == "cp" && f.cp > 1) return fmt::format("the scenario has parallelism.cp: {}; search from one without it", f.cp);
     return {};
   };
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && why_not(d).empty()) dims.push_back(d);
 
   SearchSpace s;
   if (training) {
@@ -94,11 +96,28 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     s.axes.push_back("workload.optimizer_sharding");
     s.values.push_back({"false", "true"});
   }
+  if (has("cp")) {
+    // Each sequence over cp GPUs: a GPU holds 1/cp of the tokens it held, as many sequences' shares.
+    std::vector<std::string> cps, tokens;
+    for (std::int64_t c = 1; c <= 16 && c <= gpus; c *= 2)
+      if (f.sequence_length % c == 0 && f.tokens_per_gpu % c == 0) {
+        cps.push_back(std::to_string(c));
+        tokens.push_back(std::to_string(f.tokens_per_gpu / c));
+      }
+    s.axes.push_back("parallelism.cp");
+    s.values.push_back(cps);
+    s.axes.push_back("workload.tokens_per_gpu");
+    s.values.push_back(tokens);
+    s.zipped = {"parallelism.cp", "workload.tokens_per_gpu"};
+  }
   std::size_t points = 1;
   std::string varied;
   for (std::size_t a = 0; a < s.axes.size(); ++a) {
-    points *= s.values[a].size();
-    if (s.values[a].size() > 1) varied += fmt::format("{}{} in {{{}}}", varied.empty() ? "" : ", ", s.axes[a], fmt::join(s.values[a], ", "));
+    const bool follows = !s.zipped.empty() && s.axes[a] == s.zipped.back();  // advances with the first zipped axis
+    if (!follows) points *= s.values[a].size();
+    if (s.values[a].size() > 1)
+      varied += fmt::format("{}{} in {{{}}}{}", varied.empty() ? "" : ", ", s.axes[a], fmt::join(s.values[a], ", "),
+                            follows ? fmt::format(" (with {})", s.zipped.front()) : "");
   }
   if (varied.empty()) throw SearchError("nothing to search: every dimension has one value on this cluster and model");
   s.note = fmt::format("{} points: {}{}", points, varied,
@@ -114,6 +133,7 @@ std::string search_grid_yaml(const SearchSpace& space, const std::string& base) 
   for (const char c : base) quoted += c == '\'' ? std::string("''") : std::string(1, c);
   y += fmt::format("base: '{}'\naxes:\n", quoted);
   for (std::size_t a = 0; a < space.axes.size(); ++a) y += fmt::format("  {}: [{}]\n", space.axes[a], fmt::join(space.values[a], ", "));
+  if (!space.zipped.empty()) y += fmt::format("zip: [{}]\n", fmt::join(space.zipped, ", "));
   y += "skip: [invalid, unfit]\n";
   return y;
 }

@@ -20,12 +20,13 @@ class SearchError : public std::runtime_error {
 };
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
-// (optimizer sharding).
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero"};
+// (optimizer sharding), and only when asked for, cp (context parallelism).
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
   std::vector<std::vector<std::string>> values;  // per axis
+  std::vector<std::string> zipped;               // axes that advance together (cp and the tokens per GPU)
   std::int64_t global_batch = 0;                 // held (training); 0: not a training search
   std::string note;                              // in words: what is held, what is varied
 };
@@ -33,8 +34,10 @@ struct SearchSpace {
 // The candidate values for the scenario: tp the powers of two that divide a node's GPUs; pp
 // (training) the divisors of the cluster's GPUs up to its MoE layers; ep the divisors of both
 // the experts and the GPUs; vp 1 and 2 (training with stages); zero false and true (training with
-// a gradient sync). `vary` picks dimensions (empty: every one that applies; naming one that does
-// not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// a gradient sync); cp the powers of two up to 16 that divide the sequence and the tokens per GPU,
+// each GPU then holding tokens_per_gpu / cp (the sequences of a micro-batch stay, as Megatron-LM's
+// micro-batch size does, so the micro-batches grow by cp). `vary` picks dimensions (empty: every
+// one that applies but cp; naming one that does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
 // scenario's own (its micro-batches' sequences), which must be whole.
 SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
 

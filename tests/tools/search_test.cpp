@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "scenarios/scenario.hpp"
 #include "tools/search.hpp"
 
@@ -56,7 +58,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
@@ -66,6 +68,21 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   CHECK_THAT(refused(half, {}, 0), Catch::Contains("the scenario's step (2048 tokens) is not a whole number of its 4096-token sequences: "
                                                    "give --global-batch"));
   CHECK(tools::search_space(load(half), {}, 2).global_batch == 2);
+  // Context parallelism, asked for: each GPU holds 1/cp of its tokens (zipped), cp up to 16.
+  const auto cp = tools::search_space(load(kTraining), {"cp"}, 0);
+  CHECK(cp.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.cp", "workload.tokens_per_gpu"});
+  CHECK(cp.values[2] == std::vector<std::string>{"1", "2", "4", "8", "16"});
+  CHECK(cp.values[3] == std::vector<std::string>{"1024", "512", "256", "128", "64"});
+  CHECK(cp.zipped == std::vector<std::string>{"parallelism.cp", "workload.tokens_per_gpu"});
+  CHECK_THAT(cp.note, Catch::StartsWith("5 points: parallelism.cp in {1, 2, 4, 8, 16}, workload.tokens_per_gpu in {1024, 512, 256, 128, 64} "
+                                        "(with parallelism.cp); "));
+  CHECK_THAT(tools::search_grid_yaml(cp, "b.yaml"), Catch::EndsWith("zip: [parallelism.cp, workload.tokens_per_gpu]\nskip: [invalid, unfit]\n"));
+  const auto all = tools::search_space(load(kTraining), {}, 0).axes;
+  CHECK(std::find(all.begin(), all.end(), "parallelism.cp") == all.end());  // not by default
+  CHECK_THAT(refused(kTraining + "", {"cp"}, 0), Catch::Contains("no error"));
+  const std::string with_cp = kTraining.substr(0, kTraining.find("parallelism: {ep: 8}")) + "parallelism: {ep: 8, cp: 2}\n" +
+                              kTraining.substr(kTraining.find("workload:"));
+  CHECK_THAT(refused(with_cp, {"cp"}, 0), Catch::Contains("--vary cp: the scenario has parallelism.cp: 2"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
