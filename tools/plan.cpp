@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <sstream>
+#include <string_view>
 
 #include "sim/units.hpp"
 #include "tools/report.hpp"
@@ -118,11 +119,17 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
       return std::nullopt;
     }
   };
-  if (objective.column.rfind("cost", 0) == 0 && rows.size() > 1 && !value(1, obj))
+  // A column the sweep never filled (in the rows of points that ran: a grid's skipped points
+  // fill none) is a setting the user left out.
+  std::optional<std::size_t> ran;
+  for (std::size_t r = 1; r < rows.size() && !ran; ++r)
+    if (rows[r].size() == header.size() && !rows[r][reason].starts_with("invalid: ") && !rows[r][reason].starts_with("not simulated: "))
+      ran = r;
+  if (objective.column.rfind("cost", 0) == 0 && ran && !value(*ran, obj))
     throw PlanError("the sweep has no cost: set cluster.gpu_hour_price in the scenario (or with --set)");
   const bool per_token = objective.column == "time_per_token_us" ||
                          std::any_of(targets.begin(), targets.end(), [](const Target& t) { return t.metric.column == "time_per_token_us"; });
-  if (per_token && rows.size() > 1 && !value(1, column("time_per_token_us")))
+  if (per_token && ran && !value(*ran, column("time_per_token_us")))
     throw PlanError("the sweep has no time per token: only decode has one (workload.kind: decode)");
   // The axes that vary over the sweep's rows: a point is told by those (an axis of one value, as a
   // search's global batch, says nothing about it).
@@ -241,7 +248,9 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     std::vector<std::vector<std::string>> cells;
     std::vector<std::string> head{"rank", "point"};
     for (const std::size_t a : shown) head.push_back(axes[a].substr(axes[a].rfind('.') + 1));
-    for (const char* h : {"", "tokens/s/gpu", "step", "memory_gb"}) head.emplace_back(*h ? h : objective.label.c_str());
+    const bool per_gpu = objective.column == "tokens_per_s_per_gpu";  // then the objective's column is it
+    for (const char* h : {"", "tokens/s/gpu", "step", "memory_gb"})
+      if (!(per_gpu && std::string_view(h) == "tokens/s/gpu")) head.emplace_back(*h ? h : objective.label.c_str());
     cells.push_back(head);
     const double first = *value(best, obj);
     for (std::size_t k = 0; k < std::min(top, ok.size()); ++k) {
@@ -250,7 +259,7 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
       for (const std::size_t a : shown) line.push_back(rows[r][a + 1]);
       const double v = *value(r, obj);
       line.push_back(quantity(objective, v) + (k > 0 && first != 0 ? fmt::format(" ({:+.1f}%)", 100 * (v - first) / std::fabs(first)) : ""));
-      line.push_back(number(col_of(r, "tokens_per_s_per_gpu")));
+      if (!per_gpu) line.push_back(number(col_of(r, "tokens_per_s_per_gpu")));
       line.push_back(quantity(parse_metric("step_time_us"), col_of(r, "step_time_us")));
       line.push_back(fmt::format("{:.1f}", col_of(r, "memory_gb_max")));
       cells.push_back(std::move(line));

@@ -432,11 +432,15 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc) {
     }
   }
   floor.bytes = most.total();
+  // The parts in GB, those under 0.05 GB left out.
   floor.parts = fmt::format("weights {:.1f}", most.weights / 1e9);
-  if (most.optimizer > 0) floor.parts += fmt::format("; gradients and optimizer {:.1f}", most.optimizer / 1e9);
-  if (most.activations > 0) floor.parts += fmt::format("; activations without expert rows {:.1f}", most.activations / 1e9);
-  if (most.kv_cache > 0) floor.parts += fmt::format("; KV cache {:.1f}", most.kv_cache / 1e9);
-  if (most.buffers > 0) floor.parts += fmt::format("; context-parallel buffers {:.1f}", most.buffers / 1e9);
+  const auto part = [&](const char* name, double bytes) {
+    if (bytes >= 0.05e9) floor.parts += fmt::format("; {} {:.1f}", name, bytes / 1e9);
+  };
+  part("gradients and optimizer", most.optimizer);
+  part("activations without expert rows", most.activations);
+  part("KV cache", most.kv_cache);
+  part("context-parallel buffers", most.buffers);
   return floor;
 }
 

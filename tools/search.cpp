@@ -28,18 +28,20 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "zero" && !f.gradient_sync) return "a sharded optimizer needs workload.gradient_sync in the scenario";
     if (d == "cp" && !training && !f.prefill) return "context parallelism splits a training sequence or a prompt";
     if (d == "cp" && f.cp > 1) return fmt::format("the scenario has parallelism.cp: {}; search from one without it", f.cp);
+    if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
+    if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
     return {};
   };
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && d != "batch" && why_not(d).empty()) dims.push_back(d);
 
   SearchSpace s;
   if (training) {
@@ -95,6 +97,12 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   if (has("zero")) {
     s.axes.push_back("workload.optimizer_sharding");
     s.values.push_back({"false", "true"});
+  }
+  if (has("batch")) {
+    std::vector<std::string> v;
+    for (std::int64_t b = 1; b <= 2 * f.tokens_per_gpu; b *= 2) v.push_back(std::to_string(b));
+    s.axes.push_back("workload.tokens_per_gpu");
+    s.values.push_back(v);
   }
   if (has("cp")) {
     // Each sequence over cp GPUs: a GPU holds 1/cp of the tokens it held, as many sequences' shares.

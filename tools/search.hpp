@@ -20,8 +20,9 @@ class SearchError : public std::runtime_error {
 };
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
-// (optimizer sharding), and only when asked for, cp (context parallelism).
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp"};
+// (optimizer sharding), and only when asked for, cp (context parallelism) and batch (decode's
+// sequences per GPU).
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
@@ -36,8 +37,9 @@ struct SearchSpace {
 // the experts and the GPUs; vp 1 and 2 (training with stages); zero false and true (training with
 // a gradient sync); cp the powers of two up to 16 that divide the sequence and the tokens per GPU,
 // each GPU then holding tokens_per_gpu / cp (the sequences of a micro-batch stay, as Megatron-LM's
-// micro-batch size does, so the micro-batches grow by cp). `vary` picks dimensions (empty: every
-// one that applies but cp; naming one that does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// micro-batch size does, so the micro-batches grow by cp); batch (decode) the powers of two from 1
+// to twice the scenario's sequences per GPU. `vary` picks dimensions (empty: every one that
+// applies but cp and batch; naming one that does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
 // scenario's own (its micro-batches' sequences), which must be whole.
 SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
 

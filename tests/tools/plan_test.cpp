@@ -54,6 +54,13 @@ TEST_CASE("plan ranks the best points in a table, and passes over the points a g
         "2     2      32  4,000,000 (-50.0%)  125,000       800.0 us  60.0\n"
         "(1 more point qualifies)\n");
   CHECK(choose_point(sweep, {}, parse_metric("tokens/s"), false, {"parallelism.ep"}).table.empty());
+  // Skipped rows first: the cost the points that ran have is found (not taken as a missing price).
+  const std::string header = kSweep.substr(0, kSweep.find('\n') + 1);
+  const std::string skipped_first = header + "9,3,,,,,,,,,,,\"invalid: parallelism.ep: experts (8) are not divisible by the EP size 3\",h9\n" +
+                                    kSweep.substr(kSweep.find('\n') + 1);
+  const auto cheapest = choose_point(skipped_first, {}, parse_metric("cost"), true, {"parallelism.ep"});
+  REQUIRE(cheapest.best);
+  CHECK(*cheapest.best == 3);  // point 2's 0.45 (point 1's 0.40 does not fit), after the skipped row
 }
 
 TEST_CASE("plan targets and metrics are checked", "[plan]") {

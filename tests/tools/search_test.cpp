@@ -49,6 +49,15 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
       {}, 0);
   CHECK(decode.axes == std::vector<std::string>{"parallelism.tp", "parallelism.ep"});
   CHECK(decode.global_batch == 0);
+  // Decode's batch, asked for: powers of two up to twice the scenario's 1024 sequences per GPU.
+  const auto batch = tools::search_space(
+      load(kTraining, {"workload.kind=decode", "workload.context_length=1024", "workload.sequence_length=~", "workload.micro_batches=~",
+                       "workload.gradient_sync=~"}),
+      {"batch", "tp"}, 0);
+  CHECK(batch.axes == std::vector<std::string>{"parallelism.tp", "workload.tokens_per_gpu"});
+  CHECK(batch.values[1].front() == "1");
+  CHECK(batch.values[1].back() == "2048");
+  CHECK(batch.values[1].size() == 12);
   // What does not apply, or cannot be held, is refused.
   const auto refused = [&](const std::string& text, const std::vector<std::string>& vary, std::int64_t batch) {
     try {
@@ -58,7 +67,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
@@ -83,6 +92,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   const std::string with_cp = kTraining.substr(0, kTraining.find("parallelism: {ep: 8}")) + "parallelism: {ep: 8, cp: 2}\n" +
                               kTraining.substr(kTraining.find("workload:"));
   CHECK_THAT(refused(with_cp, {"cp"}, 0), Catch::Contains("--vary cp: the scenario has parallelism.cp: 2"));
+  CHECK_THAT(refused(kTraining, {"batch"}, 0), Catch::Contains("--vary batch: the batch searched is decode's sequences per GPU"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
