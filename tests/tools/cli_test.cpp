@@ -1168,62 +1168,6 @@ TEST_CASE("Sweep axes take list values and ~, written quoted and resumed", "[cli
   CHECK(slurp(out) == full);
 }
 
-TEST_CASE("Sweep points that differ only in reliability, price or token budget share one simulation", "[cli][sweep][reliability]") {
-  TempDir tmp;
-  std::ofstream(tmp.path() / "t.yaml")
-      << "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n"
-         "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
-         "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 256\n"
-         "reliability:\n  gpu_mtbf_hours: 20\n  restart: 1min\n  checkpoint_bandwidth: 1GB/s\n";
-  std::ofstream(tmp.path() / "g.yaml") << "base: t.yaml\naxes:\n  workload.tokens_per_gpu: [256, 512]\n  reliability.restart: [1min, 30min]\n"
-                                          "  cluster.gpu_hour_price: [1, 3]\n  workload.train_tokens: [1e9, 2e9]\n";
-  const auto out = (tmp.path() / "s.csv").string();
-  const Result r = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 2 --out '" + out + "'", tmp);
-  REQUIRE(r.code == 0);
-  CHECK_THAT(r.out, Catch::Contains("16 points (0 from an earlier run, 16 run now in 2 simulations: points that differ only in "
-                                    "reliability.*, cluster.gpu_hour_price or workload.train_tokens share one)"));
-  // Rows by point: each has its own restart's goodput and its own price's cost over one step.
-  std::ifstream in(out);
-  std::string line;
-  std::getline(in, line);
-  const auto split = [](const std::string& l) {
-    std::vector<std::string> f(1);
-    bool quoted = false;
-    for (const char c : l) {
-      if (c == '"') quoted = !quoted;
-      else if (c == ',' && !quoted) f.emplace_back();
-      else f.back() += c;
-    }
-    return f;
-  };
-  const auto names = split(line);
-  std::vector<std::map<std::string, std::string>> rows;
-  while (std::getline(in, line)) {
-    const auto f = split(line);
-    REQUIRE(f.size() == names.size());
-    auto& row = rows.emplace_back();
-    for (std::size_t i = 0; i < f.size(); ++i) row[names[i]] = f[i];
-  }
-  REQUIRE(rows.size() == 16);
-  const auto num = [&](int p, const char* c) { return std::stod(rows[static_cast<std::size_t>(p)].at(c)); };
-  for (int p = 0; p < 16; ++p) {
-    const int same_step = p < 8 ? 0 : 8;  // the first axis varies slowest
-    CHECK(rows[static_cast<std::size_t>(p)].at("step_time_us") == rows[static_cast<std::size_t>(same_step)].at("step_time_us"));
-    CHECK(rows[static_cast<std::size_t>(p)].at("events") == rows[static_cast<std::size_t>(same_step)].at("events"));
-  }
-  CHECK(rows[0].at("step_time_us") != rows[8].at("step_time_us"));
-  CHECK(num(0, "goodput") > num(4, "goodput"));  // restart 1 min, then 30 min
-  CHECK(num(2, "cost_per_step") == Approx(3 * num(0, "cost_per_step")));
-  CHECK(num(1, "train_days") == Approx(2 * num(0, "train_days")));
-  // Each point alone gives its row's figures.
-  const Result one = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set reliability.restart=30min --set cluster.gpu_hour_price=3 "
-                            "--set workload.train_tokens=2e9 --out '" + (tmp.path() / "one").string() + "'", tmp);
-  REQUIRE(one.code == 0);
-  const auto alone = summary_row(tmp.path() / "one" / "summary.csv");
-  for (const char* c : {"step_time_us", "goodput", "goodput_tokens_per_s", "goodput_cost_per_million_tokens", "checkpoint_every_steps", "train_days"})
-    CHECK(alone.at(c) == rows[7].at(c));
-}
-
 // A sweep's rows by point, column -> value (quoted fields unquoted).
 std::vector<std::map<std::string, std::string>> sweep_rows(const fs::path& file) {
   const auto split = [](const std::string& l) {
@@ -1248,6 +1192,42 @@ std::vector<std::map<std::string, std::string>> sweep_rows(const fs::path& file)
     for (std::size_t i = 0; i < f.size(); ++i) row[names[i]] = f[i];
   }
   return rows;
+}
+
+TEST_CASE("Sweep points that differ only in reliability, price or token budget share one simulation", "[cli][sweep][reliability]") {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "t.yaml")
+      << "cluster:\n  nodes: 1\n  gpus_per_node: 4\n  gpu: H100\n"
+         "model:\n  moe_layers: 2\n  hidden: 1024\n  expert_ffn: 2048\n  experts: 4\n  top_k: 2\n  attention_heads: 8\n"
+         "parallelism:\n  ep: 4\nworkload:\n  kind: training\n  tokens_per_gpu: 256\n"
+         "reliability:\n  gpu_mtbf_hours: 20\n  restart: 1min\n  checkpoint_bandwidth: 1GB/s\n";
+  std::ofstream(tmp.path() / "g.yaml") << "base: t.yaml\naxes:\n  workload.tokens_per_gpu: [256, 512]\n  reliability.restart: [1min, 30min]\n"
+                                          "  cluster.gpu_hour_price: [1, 3]\n  workload.train_tokens: [1e9, 2e9]\n";
+  const auto out = (tmp.path() / "s.csv").string();
+  const Result r = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 2 --out '" + out + "'", tmp);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("16 points (0 from an earlier run, 16 run now in 2 simulations: points that differ only in "
+                                    "reliability.*, cluster.gpu_hour_price or workload.train_tokens share one)"));
+  // Rows by point: each has its own restart's goodput and its own price's cost over one step.
+  const auto rows = sweep_rows(out);
+  REQUIRE(rows.size() == 16);
+  const auto num = [&](int p, const char* c) { return std::stod(rows[static_cast<std::size_t>(p)].at(c)); };
+  for (int p = 0; p < 16; ++p) {
+    const int same_step = p < 8 ? 0 : 8;  // the first axis varies slowest
+    CHECK(rows[static_cast<std::size_t>(p)].at("step_time_us") == rows[static_cast<std::size_t>(same_step)].at("step_time_us"));
+    CHECK(rows[static_cast<std::size_t>(p)].at("events") == rows[static_cast<std::size_t>(same_step)].at("events"));
+  }
+  CHECK(rows[0].at("step_time_us") != rows[8].at("step_time_us"));
+  CHECK(num(0, "goodput") > num(4, "goodput"));  // restart 1 min, then 30 min
+  CHECK(num(2, "cost_per_step") == Approx(3 * num(0, "cost_per_step")));
+  CHECK(num(1, "train_days") == Approx(2 * num(0, "train_days")));
+  // Each point alone gives its row's figures.
+  const Result one = moesim("run '" + (tmp.path() / "t.yaml").string() + "' -q --set reliability.restart=30min --set cluster.gpu_hour_price=3 "
+                            "--set workload.train_tokens=2e9 --out '" + (tmp.path() / "one").string() + "'", tmp);
+  REQUIRE(one.code == 0);
+  const auto alone = summary_row(tmp.path() / "one" / "summary.csv");
+  for (const char* c : {"step_time_us", "goodput", "goodput_tokens_per_s", "goodput_cost_per_million_tokens", "checkpoint_every_steps", "train_days"})
+    CHECK(alone.at(c) == rows[7].at(c));
 }
 
 TEST_CASE("A layout search: the grid skips invalid and unfit points, the global batch holds the step's tokens", "[cli][sweep][plan]") {
