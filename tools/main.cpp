@@ -81,7 +81,7 @@ commands:
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies);
         --top N ranks the N best in a table
-  search SCENARIO.yaml [--vary tp,pp,ep,vp,zero,cp,batch] [--global-batch N] [--target ...]
+  search SCENARIO.yaml [--vary tp,pp,ep,vp,zero,cp,batch,sched] [--global-batch N] [--target ...]
         [--maximize METRIC | --minimize METRIC] [--top N] [--out CSV] [--jobs N]
         a layout search without a grid: the tensor-parallel sizes, pipeline stages
         (and virtual stages), EP sizes and a sharded optimizer the cluster and
@@ -463,7 +463,7 @@ int cmd_search(const std::vector<std::string>& args) {
   add_sweep_options(opts);
   add_plan_options(opts);
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
-      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch (default: all that apply but cp and batch)")(
+      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched (default: all that apply but cp, batch and sched)")(
       "global-batch", po::value<std::int64_t>(), "training: the sequences a step takes at every point (default: the scenario's)");
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("search needs a scenario file");

@@ -28,6 +28,7 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "zero" && !f.gradient_sync) return "a sharded optimizer needs workload.gradient_sync in the scenario";
     if (d == "cp" && !training && !f.prefill) return "context parallelism splits a training sequence or a prompt";
     if (d == "cp" && f.cp > 1) return fmt::format("the scenario has parallelism.cp: {}; search from one without it", f.cp);
+    if (d == "sched" && !training) return "pipeline schedules are training's";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
     return {};
@@ -35,13 +36,15 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && d != "batch" && why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && d != "batch" && d != "sched" && why_not(d).empty()) dims.push_back(d);
+  if (std::find(dims.begin(), dims.end(), "sched") != dims.end() && std::find(dims.begin(), dims.end(), "vp") != dims.end())
+    throw SearchError("--vary: sched and vp together: each schedule comes with its own virtual stages (sched alone searches both)");
 
   SearchSpace s;
   if (training) {
@@ -86,6 +89,21 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     s.axes.push_back("parallelism.virtual_stages");
     s.values.push_back({"1", "2"});
   }
+  if (has("sched")) {
+    // Each schedule with the virtual stages it runs: 1F1B on one or two chunks a stage, ZB-H1,
+    // DualPipeV (two chunks in a V), DualPipe (two copies of the weights; needs a gradient sync).
+    // The first 1F1B is the default's (the key removed), which a point without stages allows.
+    std::vector<std::string> schedules{"~", "1f1b", "zb_h1", "dualpipev"}, stages{"1", "2", "1", "2"};
+    if (f.gradient_sync) {
+      schedules.emplace_back("dualpipe");
+      stages.emplace_back("1");
+    }
+    s.axes.push_back("workload.pipeline_schedule");
+    s.values.push_back(schedules);
+    s.axes.push_back("parallelism.virtual_stages");
+    s.values.push_back(stages);
+    s.zipped.push_back({"workload.pipeline_schedule", "parallelism.virtual_stages"});
+  }
   if (has("ep")) {
     std::vector<int> v;
     const int most = std::gcd(static_cast<int>(f.model.experts), gpus);
@@ -116,16 +134,18 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     s.values.push_back(cps);
     s.axes.push_back("workload.tokens_per_gpu");
     s.values.push_back(tokens);
-    s.zipped = {"parallelism.cp", "workload.tokens_per_gpu"};
+    s.zipped.push_back({"parallelism.cp", "workload.tokens_per_gpu"});
   }
   std::size_t points = 1;
   std::string varied;
   for (std::size_t a = 0; a < s.axes.size(); ++a) {
-    const bool follows = !s.zipped.empty() && s.axes[a] == s.zipped.back();  // advances with the first zipped axis
+    // An axis zipped to an earlier one advances with it.
+    const auto group = std::find_if(s.zipped.begin(), s.zipped.end(), [&](const auto& z) { return z.back() == s.axes[a]; });
+    const bool follows = group != s.zipped.end();
     if (!follows) points *= s.values[a].size();
     if (s.values[a].size() > 1)
       varied += fmt::format("{}{} in {{{}}}{}", varied.empty() ? "" : ", ", s.axes[a], fmt::join(s.values[a], ", "),
-                            follows ? fmt::format(" (with {})", s.zipped.front()) : "");
+                            follows ? fmt::format(" (with {})", group->front()) : "");
   }
   if (varied.empty()) throw SearchError("nothing to search: every dimension has one value on this cluster and model");
   s.note = fmt::format("{} points: {}{}", points, varied,
@@ -141,7 +161,12 @@ std::string search_grid_yaml(const SearchSpace& space, const std::string& base) 
   for (const char c : base) quoted += c == '\'' ? std::string("''") : std::string(1, c);
   y += fmt::format("base: '{}'\naxes:\n", quoted);
   for (std::size_t a = 0; a < space.axes.size(); ++a) y += fmt::format("  {}: [{}]\n", space.axes[a], fmt::join(space.values[a], ", "));
-  if (!space.zipped.empty()) y += fmt::format("zip: [{}]\n", fmt::join(space.zipped, ", "));
+  if (space.zipped.size() == 1) y += fmt::format("zip: [{}]\n", fmt::join(space.zipped.front(), ", "));
+  if (space.zipped.size() > 1) {
+    std::vector<std::string> groups;
+    for (const auto& z : space.zipped) groups.push_back(fmt::format("[{}]", fmt::join(z, ", ")));
+    y += fmt::format("zip: [{}]\n", fmt::join(groups, ", "));
+  }
   y += "skip: [invalid, unfit]\n";
   return y;
 }

@@ -20,14 +20,14 @@ class SearchError : public std::runtime_error {
 };
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
-// (optimizer sharding), and only when asked for, cp (context parallelism) and batch (decode's
-// sequences per GPU).
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch"};
+// (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
+// sequences per GPU) and sched (the pipeline schedule, with its virtual stages).
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
   std::vector<std::vector<std::string>> values;  // per axis
-  std::vector<std::string> zipped;               // axes that advance together (cp and the tokens per GPU)
+  std::vector<std::vector<std::string>> zipped;  // groups of axes that advance together (cp and the tokens per GPU; a schedule and its virtual stages)
   std::int64_t global_batch = 0;                 // held (training); 0: not a training search
   std::string note;                              // in words: what is held, what is varied
 };
@@ -38,8 +38,10 @@ struct SearchSpace {
 // a gradient sync); cp the powers of two up to 16 that divide the sequence and the tokens per GPU,
 // each GPU then holding tokens_per_gpu / cp (the sequences of a micro-batch stay, as Megatron-LM's
 // micro-batch size does, so the micro-batches grow by cp); batch (decode) the powers of two from 1
-// to twice the scenario's sequences per GPU. `vary` picks dimensions (empty: every one that
-// applies but cp and batch; naming one that does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// to twice the scenario's sequences per GPU; sched (training with stages, instead of vp) 1F1B,
+// interleaved 1F1B (2 virtual stages), ZB-H1, DualPipeV and, with a gradient sync, DualPipe.
+// `vary` picks dimensions (empty: every one that applies but cp, batch and sched; naming one that
+// does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
 // scenario's own (its micro-batches' sequences), which must be whole.
 SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
 

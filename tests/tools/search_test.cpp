@@ -67,7 +67,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
@@ -82,7 +82,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   CHECK(cp.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.cp", "workload.tokens_per_gpu"});
   CHECK(cp.values[2] == std::vector<std::string>{"1", "2", "4", "8", "16"});
   CHECK(cp.values[3] == std::vector<std::string>{"1024", "512", "256", "128", "64"});
-  CHECK(cp.zipped == std::vector<std::string>{"parallelism.cp", "workload.tokens_per_gpu"});
+  CHECK(cp.zipped == std::vector<std::vector<std::string>>{{"parallelism.cp", "workload.tokens_per_gpu"}});
   CHECK_THAT(cp.note, Catch::StartsWith("5 points: parallelism.cp in {1, 2, 4, 8, 16}, workload.tokens_per_gpu in {1024, 512, 256, 128, 64} "
                                         "(with parallelism.cp); "));
   CHECK_THAT(tools::search_grid_yaml(cp, "b.yaml"), Catch::EndsWith("zip: [parallelism.cp, workload.tokens_per_gpu]\nskip: [invalid, unfit]\n"));
@@ -93,6 +93,17 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
                               kTraining.substr(kTraining.find("workload:"));
   CHECK_THAT(refused(with_cp, {"cp"}, 0), Catch::Contains("--vary cp: the scenario has parallelism.cp: 2"));
   CHECK_THAT(refused(kTraining, {"batch"}, 0), Catch::Contains("--vary batch: the batch searched is decode's sequences per GPU"));
+  // The pipeline schedule with its virtual stages, zipped, beside cp's pair: two zip groups.
+  const auto sched = tools::search_space(load(kTraining), {"pp", "sched", "cp"}, 0);
+  CHECK(sched.values[4] == std::vector<std::string>{"~", "1f1b", "zb_h1", "dualpipev", "dualpipe"});
+  CHECK(sched.values[5] == std::vector<std::string>{"1", "2", "1", "2", "1"});
+  CHECK_THAT(sched.note, Catch::StartsWith("100 points: parallelism.pp in {1, 2, 4, 8}, workload.pipeline_schedule in {~, 1f1b, zb_h1, "
+                                           "dualpipev, dualpipe}, parallelism.virtual_stages in {1, 2, 1, 2, 1} (with "
+                                           "workload.pipeline_schedule), parallelism.cp in "));
+  CHECK_THAT(tools::search_grid_yaml(sched, "b.yaml"),
+             Catch::Contains("zip: [[workload.pipeline_schedule, parallelism.virtual_stages], [parallelism.cp, workload.tokens_per_gpu]]\n"));
+  CHECK(tools::search_space(load(no_sync), {"sched"}, 0).values[2].back() == "dualpipev");  // DualPipe needs the gradient sync
+  CHECK_THAT(refused(kTraining, {"sched", "vp"}, 0), Catch::Contains("--vary: sched and vp together"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
