@@ -81,11 +81,12 @@ commands:
         GPUs' memory and meets every target, and say why, e.g.
         --target tokens/s=2e6 --minimize cost   (exit code 3: no point qualifies);
         --top N ranks the N best in a table
-  search SCENARIO.yaml [--vary tp,pp,ep,vp,zero,cp,batch,sched] [--global-batch N] [--target ...]
+  search SCENARIO.yaml [--vary DIMENSIONS] [--global-batch N] [--target ...]
         [--maximize METRIC | --minimize METRIC] [--top N] [--out CSV] [--jobs N]
         a layout search without a grid: the tensor-parallel sizes, pipeline stages
         (and virtual stages), EP sizes and a sharded optimizer the cluster and
-        model allow, at the scenario's global batch; writes the grid beside the
+        model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched and
+        recompute), at the scenario's global batch; writes the grid beside the
         CSV, skips what cannot run or fit, and plans the rest (default: the most
         tokens/s, the 10 best ranked)
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
@@ -463,7 +464,7 @@ int cmd_search(const std::vector<std::string>& args) {
   add_sweep_options(opts);
   add_plan_options(opts);
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
-      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched (default: all that apply but cp, batch and sched)")(
+      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched, recompute (default: all that apply but the last four)")(
       "global-batch", po::value<std::int64_t>(), "training: the sequences a step takes at every point (default: the scenario's)");
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("search needs a scenario file");

@@ -150,7 +150,21 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   };
 
   std::size_t infeasible = 0, missed = 0, invalid = 0;
-  std::string first_reason, first_invalid;
+  std::string first_invalid;
+  // Of the points that do not fit, the one that comes nearest: the least memory needed (a run's
+  // memory_gb_max, or a skipped point's floor, "needs at least X GB").
+  std::optional<std::size_t> nearest_unfit;
+  double nearest_need = 1e300;
+  const auto need_gb = [&](std::size_t r) {
+    if (const auto v = value(r, column("memory_gb_max"))) return *v;
+    const std::string& why = rows[r][reason];
+    const auto at = why.find("needs at least ");
+    try {
+      return at == std::string::npos ? 1e300 : std::stod(why.substr(at + 15));
+    } catch (const std::exception&) {
+      return 1e300;
+    }
+  };
   std::vector<std::size_t> ok;
   // The nearest miss: the point that misses the targets by the smallest relative margin.
   std::optional<std::size_t> nearest;
@@ -160,7 +174,10 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     if (rows[r].size() != header.size()) throw PlanError(fmt::format("row {} of the sweep is malformed", r));
     if (rows[r][fits] == "no") {
       ++infeasible;
-      if (first_reason.empty()) first_reason = rows[r][reason];
+      if (const double need = need_gb(r); !nearest_unfit || need < nearest_need) {
+        nearest_unfit = r;
+        nearest_need = need;
+      }
       continue;
     }
     if (rows[r][reason].starts_with("invalid: ")) {  // a point the grid skipped (skip: invalid)
@@ -203,7 +220,8 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   const std::size_t total = rows.size() - 1;
   std::string ruled_out;
   if (infeasible > 0)
-    ruled_out += fmt::format(" {} of the {} points do not fit the GPUs' memory (e.g. {}).", infeasible, total, first_reason);
+    ruled_out += fmt::format(" {} of the {} points do not fit the GPUs' memory (the nearest, {}: {}).", infeasible, total,
+                             describe(*nearest_unfit), rows[*nearest_unfit][reason]);
   if (invalid > 0)
     ruled_out += fmt::format(" {} of the {} points are invalid and were not run (e.g. {}).", invalid, total, first_invalid);
   if (missed > 0)

@@ -29,6 +29,7 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "cp" && !training && !f.prefill) return "context parallelism splits a training sequence or a prompt";
     if (d == "cp" && f.cp > 1) return fmt::format("the scenario has parallelism.cp: {}; search from one without it", f.cp);
     if (d == "sched" && !training) return "pipeline schedules are training's";
+    if (d == "recompute" && !training) return "recomputation is training's";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
     return {};
@@ -36,13 +37,13 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && d != "batch" && d != "sched" && why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && why_not(d).empty()) dims.push_back(d);
   if (std::find(dims.begin(), dims.end(), "sched") != dims.end() && std::find(dims.begin(), dims.end(), "vp") != dims.end())
     throw SearchError("--vary: sched and vp together: each schedule comes with its own virtual stages (sched alone searches both)");
 
@@ -121,6 +122,16 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     for (std::int64_t b = 1; b <= 2 * f.tokens_per_gpu; b *= 2) v.push_back(std::to_string(b));
     s.axes.push_back("workload.tokens_per_gpu");
     s.values.push_back(v);
+  }
+  if (has("recompute")) {
+    // None (the key removed, with any recompute_layers or recompute_modules), of the attention,
+    // of whole layers.
+    s.axes.push_back("workload.recompute");
+    s.values.push_back({"~", "attention", "full"});
+    s.axes.push_back("workload.recompute_layers");
+    s.values.push_back({"~"});
+    s.axes.push_back("workload.recompute_modules");
+    s.values.push_back({"~"});
   }
   if (has("cp")) {
     // Each sequence over cp GPUs: a GPU holds 1/cp of the tokens it held, as many sequences' shares.

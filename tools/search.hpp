@@ -21,8 +21,8 @@ class SearchError : public std::runtime_error {
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
 // (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
-// sequences per GPU) and sched (the pipeline schedule, with its virtual stages).
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched"};
+// sequences per GPU), sched (the pipeline schedule, with its virtual stages) and recompute.
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched", "recompute"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
@@ -39,9 +39,10 @@ struct SearchSpace {
 // each GPU then holding tokens_per_gpu / cp (the sequences of a micro-batch stay, as Megatron-LM's
 // micro-batch size does, so the micro-batches grow by cp); batch (decode) the powers of two from 1
 // to twice the scenario's sequences per GPU; sched (training with stages, instead of vp) 1F1B,
-// interleaved 1F1B (2 virtual stages), ZB-H1, DualPipeV and, with a gradient sync, DualPipe.
-// `vary` picks dimensions (empty: every one that applies but cp, batch and sched; naming one that
-// does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// interleaved 1F1B (2 virtual stages), ZB-H1, DualPipeV and, with a gradient sync, DualPipe;
+// recompute (training) none, of the attention, of whole layers. `vary` picks dimensions (empty:
+// every one that applies but cp, batch, sched and recompute; naming one that does not apply is
+// an error). global_batch > 0 holds that many sequences a step; 0 holds the
 // scenario's own (its micro-batches' sequences), which must be whole.
 SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
 

@@ -24,7 +24,8 @@ TEST_CASE("plan picks the best feasible point that meets the targets, and says w
   CHECK(*c.best == 2);  // point 2: 0.45 (point 1 is cheaper but does not fit; point 0 is too slow)
   CHECK_THAT(c.explanation, Catch::StartsWith("Choose point 2 (parallelism.ep=32): it has the lowest cost (0.45 per million tokens) "
                                               "of the 2 points that fit in memory and meet tokens/s >= 1,000,000."));
-  CHECK_THAT(c.explanation, Catch::Contains("1 of the 4 points do not fit the GPUs' memory (e.g. GPU 3 needs 90.0 GB)"));
+  CHECK_THAT(c.explanation, Catch::Contains("1 of the 4 points do not fit the GPUs' memory (the nearest, point 1 (parallelism.ep=16): "
+                                            "GPU 3 needs 90.0 GB)"));
   CHECK_THAT(c.explanation, Catch::Contains("1 misses the target; the nearest, point 0 (parallelism.ep=8), reaches 900,000 tokens/s"));
   CHECK_THAT(c.explanation, Catch::Contains("The runner-up, point 3 (parallelism.ep=64), has 0.47 per million tokens (+4.4%)"));
   // Latency with units, and maximizing.
@@ -45,7 +46,14 @@ TEST_CASE("plan ranks the best points in a table, and passes over the points a g
   REQUIRE(c.best);
   CHECK(*c.best == 3);
   CHECK_THAT(c.explanation, Catch::Contains("of the 3 points that fit in memory"));
-  CHECK_THAT(c.explanation, Catch::Contains("2 of the 6 points do not fit the GPUs' memory (e.g. GPU 3 needs 90.0 GB)"));
+  // The nearest of the two: the run's 90 GB, not the skipped point's 300 GB floor.
+  CHECK_THAT(c.explanation, Catch::Contains("2 of the 6 points do not fit the GPUs' memory (the nearest, point 1 (parallelism.ep=16): "
+                                            "GPU 3 needs 90.0 GB)"));
+  // A floor under a run's figure is the nearer one.
+  std::string swapped = sweep;
+  swapped.replace(swapped.find("at least 300.0 GB"), 17, "at least 85.0 GB");
+  CHECK_THAT(choose_point(swapped, {}, parse_metric("tokens/s"), false, {"parallelism.ep"}).explanation,
+             Catch::Contains("(the nearest, point 5 (parallelism.ep=2): not simulated: GPU 0 needs at least 85.0 GB)"));
   CHECK_THAT(c.explanation, Catch::Contains("1 of the 6 points are invalid and were not run (e.g. point 4 (parallelism.ep=3): "
                                             "parallelism.ep: experts (8) are not divisible by the EP size 3)"));
   CHECK(c.table ==

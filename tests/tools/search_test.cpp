@@ -67,7 +67,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
@@ -104,6 +104,12 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
              Catch::Contains("zip: [[workload.pipeline_schedule, parallelism.virtual_stages], [parallelism.cp, workload.tokens_per_gpu]]\n"));
   CHECK(tools::search_space(load(no_sync), {"sched"}, 0).values[2].back() == "dualpipev");  // DualPipe needs the gradient sync
   CHECK_THAT(refused(kTraining, {"sched", "vp"}, 0), Catch::Contains("--vary: sched and vp together"));
+  // Recomputation, asked for: none (the key and its companions removed), of the attention, full.
+  const auto re = tools::search_space(load(kTraining), {"recompute"}, 0);
+  CHECK(re.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "workload.recompute",
+                                            "workload.recompute_layers", "workload.recompute_modules"});
+  CHECK(re.values[2] == std::vector<std::string>{"~", "attention", "full"});
+  CHECK_THAT(refused(kTraining, {"recompute"}, 0), Catch::Contains("no error"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
