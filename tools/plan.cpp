@@ -151,6 +151,7 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
 
   std::size_t infeasible = 0, missed = 0, invalid = 0;
   std::string first_invalid;
+  std::map<std::string, std::size_t> invalid_by_key;
   // Of the points that do not fit, the one that comes nearest: the least memory needed (a run's
   // memory_gb_max, or a skipped point's floor, "needs at least X GB").
   std::optional<std::size_t> nearest_unfit;
@@ -183,6 +184,9 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
     if (rows[r][reason].starts_with("invalid: ")) {  // a point the grid skipped (skip: invalid)
       ++invalid;
       if (first_invalid.empty()) first_invalid = describe(r) + ": " + rows[r][reason].substr(9);
+      // By the key that refused it (the first problem's): a search's refusals come in kinds.
+      const std::string why = rows[r][reason].substr(9);
+      ++invalid_by_key[why.substr(0, why.find(':'))];
       continue;
     }
     double gap = 0;
@@ -222,8 +226,16 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   if (infeasible > 0)
     ruled_out += fmt::format(" {} of the {} points do not fit the GPUs' memory (the nearest, {}: {}).", infeasible, total,
                              describe(*nearest_unfit), rows[*nearest_unfit][reason]);
-  if (invalid > 0)
-    ruled_out += fmt::format(" {} of the {} points are invalid and were not run (e.g. {}).", invalid, total, first_invalid);
+  if (invalid > 0) {
+    std::string kinds;  // "120 by parallelism.pp, 52 by parallelism.virtual_stages; " where more than one key refused
+    if (invalid_by_key.size() > 1) {
+      std::vector<std::pair<std::string, std::size_t>> by(invalid_by_key.begin(), invalid_by_key.end());
+      std::stable_sort(by.begin(), by.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+      for (const auto& [key, n] : by) kinds += fmt::format("{}{} by {}", kinds.empty() ? "" : ", ", n, key);
+      kinds += "; ";
+    }
+    ruled_out += fmt::format(" {} of the {} points are invalid and were not run ({}e.g. {}).", invalid, total, kinds, first_invalid);
+  }
   if (missed > 0)
     ruled_out += fmt::format(" {} {} the target{}; the nearest, {}, reaches {}.", missed, missed == 1 ? "misses" : "miss",
                              targets.size() == 1 ? "" : "s", describe(*nearest), nearest_what);

@@ -49,6 +49,11 @@ TEST_CASE("plan ranks the best points in a table, and passes over the points a g
   // The nearest of the two: the run's 90 GB, not the skipped point's 300 GB floor.
   CHECK_THAT(c.explanation, Catch::Contains("2 of the 6 points do not fit the GPUs' memory (the nearest, point 1 (parallelism.ep=16): "
                                             "GPU 3 needs 90.0 GB)"));
+  // Refusals of several kinds are counted by the key that refused them.
+  const std::string kinds = sweep + "6,5,,,,,,,,,,,\"invalid: parallelism.ep: experts (8) are not divisible by the EP size 5\",h6\n"
+                                    "7,4,,,,,,,,,,,\"invalid: parallelism.tp: 3 does not divide the 8 GPUs of a node\",h7\n";
+  CHECK_THAT(choose_point(kinds, {}, parse_metric("tokens/s"), false, {"parallelism.ep"}).explanation,
+             Catch::Contains("3 of the 8 points are invalid and were not run (2 by parallelism.ep, 1 by parallelism.tp; e.g. point 4 "));
   // A floor under a run's figure is the nearer one.
   std::string swapped = sweep;
   swapped.replace(swapped.find("at least 300.0 GB"), 17, "at least 85.0 GB");
