@@ -424,22 +424,33 @@ void add_plan_options(po::options_description& opts) {
       "top", po::value<std::size_t>(), "also rank the N best points that qualify, in a table");
 }
 
-// plan's second half, also search's: the sweep of the grid, the choice, the ranking.
-int plan_grid(const po::variables_map& vm, const scenarios::Grid& grid, std::size_t default_top) {
-  const bool minimize = vm.count("minimize") > 0;
-  const tools::Metric objective = tools::parse_metric(minimize ? vm["minimize"].as<std::string>()
-                                                               : vm.count("maximize") ? vm["maximize"].as<std::string>()
-                                                                                      : std::string("tokens/s"));
-  // Bad targets fail before anything runs.
+// plan's and search's choice: the objective (default: the most tokens/s), the targets, the
+// ranking's length. Parsed before anything runs, so that a bad one fails first.
+struct PlanAsk {
+  bool minimize = false;
+  tools::Metric objective;
   std::vector<tools::Target> targets;
+  std::size_t top = 0;
+};
+PlanAsk plan_ask(const po::variables_map& vm, std::size_t default_top) {
+  PlanAsk a;
+  a.minimize = vm.count("minimize") > 0;
+  a.objective = tools::parse_metric(a.minimize ? vm["minimize"].as<std::string>()
+                                    : vm.count("maximize") ? vm["maximize"].as<std::string>()
+                                                           : std::string("tokens/s"));
   if (vm.count("target"))
-    for (const auto& t : vm["target"].as<std::vector<std::string>>()) targets.push_back(tools::parse_target(t));
+    for (const auto& t : vm["target"].as<std::vector<std::string>>()) a.targets.push_back(tools::parse_target(t));
+  a.top = vm.count("top") ? vm["top"].as<std::size_t>() : default_top;
+  return a;
+}
+
+// plan's second half, also search's: the sweep of the grid, the choice, the ranking.
+int plan_grid(const po::variables_map& vm, const scenarios::Grid& grid, const PlanAsk& ask) {
   const auto [rank, out] = sweep(vm, grid);
   if (rank != 0) return 0;
   std::ifstream in(out, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t top = vm.count("top") ? vm["top"].as<std::size_t>() : default_top;
-  const auto choice = tools::choose_point(text, targets, objective, minimize, grid.axes, top);
+  const auto choice = tools::choose_point(text, ask.targets, ask.objective, ask.minimize, grid.axes, ask.top);
   fmt::print("\n{}\n", choice.explanation);
   if (!choice.table.empty()) fmt::print("\n{}", choice.table);
   return choice.best ? 0 : 3;
@@ -452,11 +463,8 @@ int cmd_plan(const std::vector<std::string>& args) {
   const auto vm = parse_command(args, opts, "grid", 1);
   if (!vm.count("grid")) throw UsageError("plan needs a grid file");
   if (vm.count("minimize") == vm.count("maximize")) throw UsageError("plan needs one of --minimize METRIC or --maximize METRIC");
-  // Bad targets and metrics fail before anything runs.
-  if (vm.count("target"))
-    for (const auto& t : vm["target"].as<std::vector<std::string>>()) (void)tools::parse_target(t);
-  (void)tools::parse_metric(vm[vm.count("minimize") ? "minimize" : "maximize"].as<std::string>());
-  return plan_grid(vm, scenarios::load_grid(vm["grid"].as<std::string>()), 0);
+  const PlanAsk ask = plan_ask(vm, 0);  // bad targets and metrics fail before anything runs
+  return plan_grid(vm, scenarios::load_grid(vm["grid"].as<std::string>()), ask);
 }
 
 int cmd_search(const std::vector<std::string>& args) {
@@ -469,9 +477,7 @@ int cmd_search(const std::vector<std::string>& args) {
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("search needs a scenario file");
   if (vm.count("minimize") && vm.count("maximize")) throw UsageError("search takes one of --minimize METRIC or --maximize METRIC (default: --maximize tokens/s)");
-  if (vm.count("target"))
-    for (const auto& t : vm["target"].as<std::vector<std::string>>()) (void)tools::parse_target(t);
-  if (vm.count("minimize") || vm.count("maximize")) (void)tools::parse_metric(vm[vm.count("minimize") ? "minimize" : "maximize"].as<std::string>());
+  const PlanAsk ask = plan_ask(vm, 10);  // bad targets and metrics fail before the grid is written
   std::vector<std::string> vary;
   if (vm.count("vary")) {
     std::stringstream list(vm["vary"].as<std::string>());
@@ -493,7 +499,7 @@ int cmd_search(const std::vector<std::string>& args) {
   if (!vm.count("quiet")) fmt::print("moesim: searching {} ({}; {})\n", path, space.note, grid_file);
   scenarios::Grid grid = scenarios::load_grid(grid_file);
   grid.out = out;
-  return plan_grid(vm, grid, 10);
+  return plan_grid(vm, grid, ask);
 }
 int cmd_diff(const std::vector<std::string>& args) {
   po::options_description opts("diff options");
