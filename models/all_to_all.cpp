@@ -23,7 +23,7 @@ std::int64_t row_bytes(std::int64_t hidden, int dtype_bytes) {
 }
 
 AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
-                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups,
+                   const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups, int stride,
                    std::vector<AllToAllPass> passes, Arrived arrived)
     : sim_(sim),
       cluster_(cluster),
@@ -33,11 +33,14 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
       plans_(plans),
       ep_(ep),
       groups_(groups),
+      stride_(stride),
       passes_(std::move(passes)),
       arrived_(std::move(arrived)) {
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) return;
   const int gpn = cluster.spec().gpus_per_node;
-  MOESIM_ASSERT(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0, "hierarchical all-to-all needs whole-node EP groups");
+  const int ranks_per_node = gpn / stride;  // an EP group's ranks on one node
+  MOESIM_ASSERT(gpn % stride == 0 && (ep <= ranks_per_node ? ranks_per_node % ep == 0 : ep % ranks_per_node == 0),
+                "hierarchical all-to-all needs whole-node EP groups");
   const int gpus = cluster.gpu_count();
   const int nodes = plans_.empty() ? 1 : plans_.front().nodes;
   const int count = static_cast<int>(passes_.size());
@@ -45,7 +48,7 @@ AllToAll::AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, Networ
   for (int l = 0; l < count; ++l)
     for (int g = 0; g < gpus; ++g) {
       const auto& p = plan(l, g);
-      const int s = g % ep;
+      const int s = rank_of(g);
       for (int d = 0; d < ep; ++d)
         if (p.node_of_rank[static_cast<std::size_t>(d)] != p.node_of_rank[static_cast<std::size_t>(s)] &&
             p.token_sends[static_cast<std::size_t>(s * ep + d)] > 0)
@@ -70,12 +73,13 @@ std::uint32_t AllToAll::CounterPool::take() {
 }
 
 const routing::DispatchPlan& AllToAll::plan(int pass, int gpu) const {
-  return plans_[static_cast<std::size_t>(passes_[static_cast<std::size_t>(pass)].plan_row * groups_ + gpu / ep_ % groups_)];
+  return plans_[static_cast<std::size_t>(passes_[static_cast<std::size_t>(pass)].plan_row * groups_ +
+                                    (gpu / (ep_ * stride_) * stride_ + gpu % stride_) % groups_)];
 }
 
 std::int64_t AllToAll::inbound(int pass, Phase phase, int gpu) const {
   const auto& p = plan(pass, gpu);
-  const int r = gpu % ep_;
+  const int r = rank_of(gpu);
   std::int64_t n = 0;
   if (spec_.algorithm != AllToAllAlgorithm::hierarchical) {
     for (int o = 0; o < ep_; ++o)
@@ -121,11 +125,11 @@ void AllToAll::send(int pass, Phase phase, int gpu) {
     return;
   }
   const auto& p = plan(pass, gpu);
-  const int r = gpu % ep_, first = gpu - r;
+  const int r = rank_of(gpu);
   for (int o = 0; o < ep_; ++o) {
     const std::int64_t rows = phase == Phase::dispatch ? p.send(r, o) : p.send(o, r);
     if (o == r || rows == 0) continue;
-    const int dst = first + o;
+    const int dst = gpu_of(gpu, o);
     sim::Callback done = [this, pass, phase, dst] { arrived_(pass, phase, dst); };
     if (spec_.algorithm == AllToAllAlgorithm::low_latency && spec_.message_overhead > sim::Time::zero()) {
       sim_.schedule_in(spec_.message_overhead * rows, [this, pass, phase, gpu, dst, rows, done = std::move(done)]() mutable {
@@ -140,18 +144,18 @@ void AllToAll::send(int pass, Phase phase, int gpu) {
 void AllToAll::dispatch_hierarchical(int pass, int gpu) {
   const auto& p = plan(pass, gpu);
   const int gpn = cluster_.spec().gpus_per_node;
-  const int r = gpu % ep_, first = gpu - r;
+  const int r = rank_of(gpu);
   const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
   for (int d = 0; d < ep_; ++d) {
     const std::int64_t rows = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
     if (d == r || rows == 0 || node(d) != node(r)) continue;
-    const int dst = first + d;
+    const int dst = gpu_of(gpu, d);
     start(pass, Phase::dispatch, gpu, dst, rows, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
   }
   for (int b = 0; b < p.nodes; ++b) {
     const std::int64_t rows = p.node_sends[static_cast<std::size_t>(r * p.nodes + b)];
     if (b == node(r) || rows == 0) continue;
-    const int relay = first + b * gpn + gpu % gpn;  // node b's GPU on the sender's rail
+    const int relay = gpu + (b - node(r)) * gpn;  // node b's GPU on the sender's rail
     const std::uint32_t parts = chunks(rows);
     std::uint32_t block = 0;
     if (parts > 1) {  // each GPU's chunks still to arrive, and how many GPUs wait for them
@@ -160,8 +164,8 @@ void AllToAll::dispatch_hierarchical(int pass, int gpu) {
       std::fill(left, left + gpn + 1, std::uint8_t{0});
       for (int d = 0; d < ep_; ++d) {
         const std::int64_t fwd = p.token_sends[static_cast<std::size_t>(r * ep_ + d)];
-        if (d == relay % ep_ || fwd == 0 || node(d) != b) continue;
-        left[(first + d) % gpn] = static_cast<std::uint8_t>(std::min<std::int64_t>(fwd, parts));
+        if (d == rank_of(relay) || fwd == 0 || node(d) != b) continue;
+        left[gpu_of(gpu, d) % gpn] = static_cast<std::uint8_t>(std::min<std::int64_t>(fwd, parts));
         ++left[gpn];
       }
       if (left[gpn] == 0) forwards_.give(block);
@@ -170,7 +174,7 @@ void AllToAll::dispatch_hierarchical(int pass, int gpu) {
         pass, Phase::dispatch, gpu, relay, rows,
         [this, pass, gpu, relay, parts, block] {
           const auto& q = plan(pass, gpu);
-          if (q.token_sends[static_cast<std::size_t>((gpu % ep_) * ep_ + relay % ep_)] > 0) arrived_(pass, Phase::dispatch, relay);
+          if (q.token_sends[static_cast<std::size_t>(rank_of(gpu) * ep_ + rank_of(relay))] > 0) arrived_(pass, Phase::dispatch, relay);
           forward_chunk(pass, gpu, relay, parts - 1, parts, block);
         },
         parts, [this, pass, gpu, relay, parts, block](std::uint32_t j) { forward_chunk(pass, gpu, relay, j, parts, block); });
@@ -180,12 +184,12 @@ void AllToAll::dispatch_hierarchical(int pass, int gpu) {
 void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std::uint32_t parts, std::uint32_t block) {
   const auto& q = plan(pass, src);
   const int gpn = cluster_.spec().gpus_per_node;
-  const int s = src % ep_, rr = relay % ep_, f = src - s;
+  const int s = rank_of(src), rr = rank_of(relay);
   const int rb = q.node_of_rank[static_cast<std::size_t>(rr)];
   for (int d = 0; d < ep_; ++d) {
     const std::int64_t fwd = q.token_sends[static_cast<std::size_t>(s * ep_ + d)];
     if (d == rr || fwd == 0 || q.node_of_rank[static_cast<std::size_t>(d)] != rb) continue;
-    const int dst = f + d;
+    const int dst = gpu_of(src, d);
     if (parts == 1) {
       start(pass, Phase::dispatch, relay, dst, fwd, [this, pass, dst] { arrived_(pass, Phase::dispatch, dst); });
       continue;
@@ -205,12 +209,12 @@ void AllToAll::forward_chunk(int pass, int src, int relay, std::uint32_t j, std:
 void AllToAll::combine_hierarchical(int pass, int gpu) {
   const auto& p = plan(pass, gpu);
   const int gpn = cluster_.spec().gpus_per_node;
-  const int d = gpu % ep_, first = gpu - d;
+  const int d = rank_of(gpu);
   const auto node = [&](int rank) { return p.node_of_rank[static_cast<std::size_t>(rank)]; };
   for (int s = 0; s < ep_; ++s) {
     const std::int64_t rows = p.token_sends[static_cast<std::size_t>(s * ep_ + d)];
     if (s == d || rows == 0) continue;
-    const int src = first + s;
+    const int src = gpu_of(gpu, s);
     if (node(s) == node(d)) {
       start(pass, Phase::combine, gpu, src, rows, [this, pass, src] { arrived_(pass, Phase::combine, src); });
       continue;
@@ -229,7 +233,7 @@ void AllToAll::combine_hierarchical(int pass, int gpu) {
 
 void AllToAll::relay_part(int pass, int relay, int src, std::uint32_t j) {
   const auto& p = plan(pass, src);
-  const int rr = relay % ep_, s = src % ep_;
+  const int rr = rank_of(relay), s = rank_of(src);
   const int b = p.node_of_rank[static_cast<std::size_t>(rr)];
   const std::size_t at = (static_cast<std::size_t>(pass) * static_cast<std::size_t>(cluster_.gpu_count()) +
                           static_cast<std::size_t>(src)) *

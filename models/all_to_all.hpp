@@ -92,11 +92,13 @@ struct AllToAllPass {
 class AllToAll {
  public:
   using Arrived = std::function<void(int pass, Phase phase, int gpu)>;
-  // plans: rows of `groups` plans, one per EP group (consecutive runs of `ep` GPUs; with
-  // pipeline stages, the groups of one stage: GPU g is in group (g / ep) % groups of its
-  // stage's row); pass p uses plans[passes[p].plan_row * groups + group].
+  // plans: rows of `groups` plans, one per EP group (with pipeline stages, the groups of one
+  // stage); pass p uses plans[passes[p].plan_row * groups + group]. An EP group's `ep` GPUs are
+  // `stride` apart (expert tensor parallelism's etp; 1: consecutive GPUs) in blocks of
+  // ep x stride consecutive GPUs: GPU g is rank (g / stride) mod ep of group
+  // (g / (ep stride) x stride + g mod stride) mod groups of its stage's row.
   AllToAll(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network, Recorder& recorder,
-           const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups,
+           const AllToAllSpec& spec, const std::vector<routing::DispatchPlan>& plans, int ep, int groups, int stride,
            std::vector<AllToAllPass> passes, Arrived arrived);
 
   // How many arrivals complete `gpu`'s phase of pass `pass` (0: nothing to wait for).
@@ -127,7 +129,10 @@ class AllToAll {
   Recorder& recorder_;
   AllToAllSpec spec_;
   const std::vector<routing::DispatchPlan>& plans_;
-  int ep_, groups_;
+  int ep_, groups_, stride_;
+  int rank_of(int gpu) const { return gpu / stride_ % ep_; }
+  // The GPU of EP rank `rank` in `gpu`'s group.
+  int gpu_of(int gpu, int rank) const { return gpu + (rank - rank_of(gpu)) * stride_; }
   std::vector<AllToAllPass> passes_;
   Arrived arrived_;
   // hierarchical combine: contributions still missing at a relay, [(pass * gpus + src) * nodes + node]

@@ -130,7 +130,7 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
     if (!holds_chunk(spec, stage, static_cast<int>(c))) continue;
     const GpuParams chunk = gpu_params(spec.model, placements, bounds[c], bounds[c + 1]);
     p.replicated += chunk.replicated;
-    p.experts += chunk.experts;
+    p.experts += chunk.experts / spec.etp;  // each GPU of an ETP group holds 1/etp of its experts
     p.kept += chunk.kept;
   }
   return p;
@@ -287,6 +287,13 @@ int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int
   return pipeline_stage(spec, layer, micro_batch) * (gpus / spec.pp) + group * spec.ep;
 }
 
+int ep_group_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int rank, int micro_batch) {
+  // Group j of a block of ep x etp GPUs: place j of each of its ETP groups.
+  const int block = spec.ep * spec.etp;
+  return pipeline_stage(spec, layer, micro_batch) * (gpus / spec.pp) + group / spec.etp * block + rank * spec.etp +
+         group % spec.etp;
+}
+
 std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpus, int gpus_per_node) {
   routing::PlacementSpec placement = spec.placement;
   if (spec.placement_history > 0 && placement.layer_load.empty()) {
@@ -300,7 +307,8 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
   }
   std::vector<routing::Placement> out;
   for (int l = 0; l < spec.model.moe_layers; ++l)
-    out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node,
+    // A node holds gpus_per_node / etp ranks of an EP group (expert tensor parallelism).
+    out.push_back(routing::make_placement(placement, spec.routing, spec.model.experts, spec.ep, gpus_per_node / spec.etp,
                                           spec.seed, l));
   return out;
 }
@@ -355,6 +363,10 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                                         : spec.placements;
   const int gpus = cluster.gpu_count();
   MOESIM_ASSERT(gpus % spec.ep == 0, "GPUs do not divide into EP groups");
+  MOESIM_ASSERT(spec.etp >= 1 && spec.model.expert_ffn % spec.etp == 0 && cluster.spec().gpus_per_node % spec.etp == 0,
+                "expert tensor parallelism must divide the experts' FFN and a node's GPUs");
+  expert_model_ = spec.model;
+  expert_model_.expert_ffn /= spec.etp;
   const int tp = spec.model.tp;
   MOESIM_ASSERT(tp == 1 || (cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 &&
                             spec.model.attention_heads % tp == 0),
@@ -380,11 +392,17 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                             static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
+  if (spec.etp > 1) {
+    MOESIM_ASSERT(!spec.two_batch_overlap && !spec.forward_backward_overlap,
+                  "expert tensor parallelism with two-batch or forward-backward overlap is not modelled");
+    etp_gather_pending_.assign(cells, 0);
+    etp_scatter_pending_.assign(cells, 0);
+  }
   // Pipeline stages and their schedules (pipeline_order()): a chunk's forward runs its layers in
   // order, its backward last layer first.
   const int pp = spec.pp, batches = spec.micro_batches;
-  MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % spec.ep == 0,
-                "pipeline stages must divide the GPUs into whole EP groups");
+  MOESIM_ASSERT(pp >= 1 && gpus % pp == 0 && (gpus / pp) % (spec.ep * spec.etp) == 0,
+                "pipeline stages must divide the GPUs into whole EP groups (blocks of ep x etp)");
   const bool dualpipev = spec.pipeline_schedule == PipelineSchedule::dualpipev;
   MOESIM_ASSERT(!(weight_split() && spec.two_batch_overlap), "weight passes with two-batch overlap are not modelled");
   MOESIM_ASSERT(!(weight_split() && ((spec.recompute != Recompute::none && spec.recompute != Recompute::selective) ||
@@ -469,7 +487,7 @@ std::size_t MoeForward::plan_index(int micro_batch, int layer, int group, int ha
 }
 
 const routing::DispatchPlan& MoeForward::plan(int pass, int gpu, int half) const {
-  return plans_[plan_index(micro_batch(pass), layer_of(pass), gpu / spec_.ep % stage_groups(), half)];
+  return plans_[plan_index(micro_batch(pass), layer_of(pass), ep_group_in_stage(spec_, stage_gpus(), gpu), half)];
 }
 
 namespace {
@@ -522,6 +540,10 @@ void MoeForward::start() {
   const auto first = [this](int layer, int group, int mb) {
     return group_first_gpu(spec_, cluster_.gpu_count(), layer, group, mb);
   };
+  // Where the group's rank 0 is, and (for the plan's node of each rank) its block's first GPU
+  // counted in ETP groups: a node holds gpus_per_node / etp of its ranks.
+  const auto at = [this](int layer, int group, int mb) { return ep_group_gpu(spec_, cluster_.gpu_count(), layer, group, 0, mb); };
+  const auto plan_first = [&](int layer, int group, int mb) { return at(layer, group, mb) / spec_.etp; };
   // Routing is untimed and each (micro-batch, layer, group) draws from its own streams, so the
   // plans are built on all cores; the result does not depend on the thread count. When a
   // layer's routing depends on the previous layer's, each group routes a micro-batch's layers in
@@ -546,11 +568,11 @@ void MoeForward::start() {
       router.route(l, first(l, g, mb), spec_.tokens_per_gpu, &previous, batch, mb);
       const auto& placement = placements_[static_cast<std::size_t>(l)];
       if (halves() == 1) {
-        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, first(l, g, mb), batch);
+        plans_[plan_index(mb, l, g, 0)] = routing::make_dispatch_plan(spec_.routing, placement, plan_first(l, g, mb), batch);
       } else {
         for (int h = 0; h < 2; ++h)
           plans_[plan_index(mb, l, g, h)] =
-              routing::make_dispatch_plan(spec_.routing, placement, first(l, g, mb), half_of(batch, h));
+              routing::make_dispatch_plan(spec_.routing, placement, plan_first(l, g, mb), half_of(batch, h));
       }
     }
   });
@@ -558,12 +580,13 @@ void MoeForward::start() {
     for (int l = 0; l < layers; ++l)
       for (int g = 0; g < groups; ++g) {
         if (halves() == 1) {
-          recorder_.on_routing(l, first(l, g, mb), plans_[plan_index(mb, l, g, 0)], mb);
+          recorder_.on_routing(l, at(l, g, mb), spec_.etp, plans_[plan_index(mb, l, g, 0)], mb);
         } else {
-          recorder_.on_routing(l, first(l, g, mb), merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
+          recorder_.on_routing(l, at(l, g, mb), spec_.etp, merged(plans_[plan_index(mb, l, g, 0)], plans_[plan_index(mb, l, g, 1)]), mb);
         }
       }
-  AllToAllSpec comm = spec_.all_to_all;
+  AllToAllSpec& comm = comm_;
+  comm = spec_.all_to_all;
   const std::int64_t model_row = row_bytes(spec_.model.hidden, spec_.model.dtype_bytes);
   if (comm.dispatch_row_bytes == 0) comm.dispatch_row_bytes = model_row;
   if (comm.combine_row_bytes == 0) comm.combine_row_bytes = model_row;
@@ -577,7 +600,7 @@ void MoeForward::start() {
                                         .plan_row = plan_row(micro_batch(p), layer_of(p), h),
                                         .micro_batch = micro_batch(p),
                                         .recompute = recompute(p)});
-  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, groups,
+  all_to_all_ = std::make_unique<AllToAll>(sim_, cluster_, network_, recorder_, comm, plans_, spec_.ep, groups, spec_.etp,
                                            std::move(a2a_passes),
                                            [this](int pass, Phase phase, int gpu) { arrived(pass, phase, gpu); });
   // Sources that send nothing are not waited for (each GPU's passes: its stage's).
@@ -586,6 +609,14 @@ void MoeForward::start() {
       for (int h = 0; h < halves(); ++h) {
         pending(dispatch_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::dispatch, g);
         pending(combine_pending_, g, p, h) = all_to_all_->inbound(p * halves() + h, Phase::combine, g);
+        if (spec_.etp > 1) {
+          // The ETP group's exchanges: the rows of each other GPU that received some (gather),
+          // and, where this GPU received rows, every other GPU's partial outputs of them.
+          std::int64_t from = 0;
+          for (const int peer : etp_peers(g)) from += etp_rows(p, peer) > 0;
+          pending(etp_gather_pending_, g, p, h) = from;
+          pending(etp_scatter_pending_, g, p, h) = etp_rows(p, g) > 0 ? spec_.etp - 1 : 0;
+        }
       }
   if (spec_.training && spec_.gradient_sync) {
     // Gradient bytes per GPU: one gradient per weight it holds, in the gradients' dtype (and the
@@ -624,20 +655,23 @@ void MoeForward::start() {
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
     // DualPipe: stages s and pp - 1 - s hold the same chunks and synchronise them together (the
-    // collectives at the lower stage's index; the other's entries stay empty).
+    // collectives at the lower stage's index; the other's entries stay empty). An expert shard
+    // (an EP rank's experts, or with expert tensor parallelism one GPU's share of them: place x
+    // of each block of ep x etp GPUs) is held by one GPU per block.
     const int copies = weight_copies(spec_);
-    const bool rings = groups * copies > 1;
+    const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
+    const bool rings = blocks * copies > 1;
     for (int st = 0; st < spec_.pp; ++st) {
       std::vector<int> syncing{st};
       if (copies == 2) syncing.push_back(spec_.pp - 1 - st);
       std::vector<int> all;
       for (const int t : syncing)
         for (int g = t * stage_gpus(); g < (t + 1) * stage_gpus(); ++g) all.push_back(g);
-      // The ring of EP rank r over the stages' groups.
-      const auto ring = [&](int r) {
+      // The ring of expert shard x over the stages' blocks.
+      const auto ring = [&](int x) {
         std::vector<int> members;
         for (const int t : syncing)
-          for (int g = 0; g < groups; ++g) members.push_back(t * stage_gpus() + g * spec_.ep + r);
+          for (int b = 0; b < blocks; ++b) members.push_back(t * stage_gpus() + b * shards + x);
         return members;
       };
       const bool own = sync_stage(spec_, st) == st;
@@ -647,7 +681,7 @@ void MoeForward::start() {
         const int from = b * n / buckets_, to = (b + 1) * n / buckets_;  // positions [from, to) in this bucket
         std::int64_t experts = 0;
         for (int i = from; i < to; ++i)
-          experts += placements_[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])].slots_per_gpu * expert;
+          experts += placements_[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])].slots_per_gpu * expert / spec_.etp;
         // The dense layers and the embedding with the last bucket of the stage of chunk 0, the LM
         // head with the first of the stage of the last chunk (its gradients are the first the
         // backward pass has; DualPipeV holds both on stage 0).
@@ -657,14 +691,14 @@ void MoeForward::start() {
         bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
         dense_sync_.push_back(own ? build(sync_kind, all, replicated, synced_one) : nullptr);
         if (rings)
-          for (int r = 0; r < spec_.ep; ++r) expert_sync_.push_back(own ? build(sync_kind, ring(r), experts, synced_one) : nullptr);
+          for (int x = 0; x < shards; ++x) expert_sync_.push_back(own ? build(sync_kind, ring(x), experts, synced_one) : nullptr);
       }
       if (spec_.optimizer_sharding) {
         const GpuParams params = stage_params(spec_, placements_, st);
         dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, params.replicated, gathered_one) : nullptr);
         if (rings)
-          for (int r = 0; r < spec_.ep; ++r)
-            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(r), params.experts, gathered_one) : nullptr);
+          for (int x = 0; x < shards; ++x)
+            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), params.experts, gathered_one) : nullptr);
       }
     }
     sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (rings ? 2 : 1));
@@ -734,7 +768,7 @@ std::optional<Time> MoeForward::profiled(int gpu, const KernelCost& work, std::i
   double us = 0;
   for (const auto& q : parts) {
     const auto t = spec_.profile->time_us(back ? std::string(q.kernel) + "_bwd" : std::string(q.kernel), static_cast<int>(m.hidden),
-                                          static_cast<int>(m.expert_ffn), q.experts, q.top_k, q.tokens, q.imbalance, q.active,
+                                          static_cast<int>(q.ffn > 0 ? q.ffn : m.expert_ffn), q.experts, q.top_k, q.tokens, q.imbalance, q.active,
                                           q.tiles);
     if (!t) {
       ++profile_misses_;
@@ -1219,10 +1253,67 @@ void MoeForward::try_start_experts(int gpu) {
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
                                  sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass),
                                  recompute(s.pass)});
+  if (spec_.etp > 1) return etp_exchange(gpu, true);
   run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
 }
 
+std::vector<int> MoeForward::etp_peers(int gpu) const {
+  std::vector<int> out;
+  for (int g = gpu - gpu % spec_.etp; g < gpu - gpu % spec_.etp + spec_.etp; ++g)
+    if (g != gpu) out.push_back(g);
+  return out;
+}
+
+std::int64_t MoeForward::etp_rows(int pass, int gpu) const { return plan(pass, gpu).received(rank(gpu)); }
+
+void MoeForward::etp_exchange(int gpu, bool gather) {
+  // Gather: this GPU's received rows to each other GPU of its ETP group, in the dispatch's row
+  // bytes (a backward's: the output gradients'). Scatter: to each the partial outputs of its
+  // rows, in the combine's.
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int pass = s.pass;
+  const bool back = backward(pass);
+  const std::int64_t row = gather ? (back ? comm_.gradient_dispatch_row_bytes : comm_.dispatch_row_bytes) : comm_.combine_row_bytes;
+  for (const int peer : etp_peers(gpu)) {
+    const std::int64_t rows = etp_rows(pass, gather ? gpu : peer);
+    if (rows == 0) continue;
+    const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(peer)), sim::Bytes(rows * row)};
+    network_.start_flow(flow, [this, record = FlowRecord{layer_of(pass), Stage::tp, flow, sim_.now(), Time(),
+                                                         backward_phase(pass), micro_batch(pass), recompute(pass)},
+                               pass, peer, gather]() mutable {
+      record.end = sim_.now();
+      recorder_.on_flow(record);
+      etp_arrived(pass, peer, gather);
+    });
+  }
+  s.wait = gather ? Wait::etp_gather : Wait::etp_scatter;
+  s.wait_start = sim_.now();
+  etp_check(gpu);
+}
+
+void MoeForward::etp_arrived(int pass, int gpu, bool gather) {
+  --pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, pass);
+  if (gpus_[static_cast<std::size_t>(gpu)].pass == pass) etp_check(gpu);
+}
+
+void MoeForward::etp_check(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const bool gather = s.wait == Wait::etp_gather;
+  if (!gather && s.wait != Wait::etp_scatter) return;  // an early arrival; counted, checked when gpu gets here
+  if (pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, s.pass) > 0) return;
+  s.wait = Wait::none;
+  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::tp, s.wait_start, sim_.now(),
+                                 backward_phase(s.pass), false, micro_batch(s.pass), recompute(s.pass)});
+  if (gather) run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
+  else combine_send(gpu);
+}
+
 void MoeForward::after_experts(int gpu) {
+  if (spec_.etp > 1) return etp_exchange(gpu, false);
+  combine_send(gpu);
+}
+
+void MoeForward::combine_send(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   all_to_all_->send(s.pass, Phase::combine, gpu);
   s.wait = Wait::combine;
@@ -1601,10 +1692,20 @@ void MoeForward::pair_step(int gpu) {
 }
 
 Time MoeForward::experts_time(int pass, int gpu, int half) {
-  // The GPU's expert slots back to back; padding rows cost time but are not model FLOPs.
-  const auto& p = plan(pass, gpu, half);
+  // The GPU's expert slots back to back; padding rows cost time but are not model FLOPs. With
+  // expert tensor parallelism a slot's rows are those of every EP group of the GPU's ETP group
+  // (the gathered rows), each computed at the GPU's share of the FFN.
   const int layer = layer_of(pass);
   const int r = rank(gpu);
+  const int etp_first = gpu - gpu % spec_.etp;
+  const auto slot_rows = [&](int slot, bool padded) {
+    std::int64_t n = 0;
+    for (int g = etp_first; g < etp_first + spec_.etp; ++g) {
+      const auto& p = plan(pass, g, half);
+      n += (padded ? p.slot_padded : p.slot_computed)[static_cast<std::size_t>(slot)];
+    }
+    return n;
+  };
   Time t;
   const int per_gpu = placements_[static_cast<std::size_t>(layer)].slots_per_gpu;
   if (spec_.profile) {
@@ -1613,25 +1714,24 @@ Time MoeForward::experts_time(int pass, int gpu, int half) {
     std::int64_t rows = 0, most = 0, computed = 0, tiles = 0;
     int active = 0;
     for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
-      const auto us = static_cast<std::size_t>(slot);
-      const std::int64_t n = p.slot_computed[us] + p.slot_padded[us];
+      const std::int64_t kept = slot_rows(slot, false), n = kept + slot_rows(slot, true);
       rows += n;
       most = std::max(most, n);
       active += n > 0;
       tiles += (n + KernelProfile::kTileRows - 1) / KernelProfile::kTileRows;
-      computed += p.slot_computed[us];
+      computed += kept;
     }
     const double mean = static_cast<double>(rows) / per_gpu;
-    const KernelCost work = routed_expert_cost(spec_.model, computed);
-    if (const auto t = profiled(gpu, work, {{"experts", per_gpu, 1, rows, rows > 0 ? static_cast<double>(most) / mean : 1.0,
-                                             static_cast<double>(active), static_cast<double>(tiles)}}))
-      return *t;
+    const KernelCost work = routed_expert_cost(expert_model_, computed);
+    ProfileQuery q{"experts", per_gpu, 1, rows, rows > 0 ? static_cast<double>(most) / mean : 1.0, static_cast<double>(active),
+                   static_cast<double>(tiles)};
+    q.ffn = expert_model_.expert_ffn;
+    if (const auto t = profiled(gpu, work, {q})) return *t;
   }
   for (int slot = r * per_gpu; slot < (r + 1) * per_gpu; ++slot) {
-    const std::int64_t computed = p.slot_computed[static_cast<std::size_t>(slot)];
-    const std::int64_t padded = p.slot_padded[static_cast<std::size_t>(slot)];
+    const std::int64_t computed = slot_rows(slot, false), padded = slot_rows(slot, true);
     const double before = model_flops_;
-    t += cost(routed_expert_cost(spec_.model, computed + padded), gpu);
+    t += cost(routed_expert_cost(expert_model_, computed + padded), gpu);
     if (padded > 0)
       model_flops_ = before + (model_flops_ - before) * static_cast<double>(computed) / static_cast<double>(computed + padded);
   }
@@ -1760,7 +1860,7 @@ void MoeForward::join_bucket(int gpu, std::size_t bucket) {
   const std::size_t at = static_cast<std::size_t>(sync_stage(spec_, stage_of(gpu))) * static_cast<std::size_t>(buckets_) + bucket;
   dense_sync_[at]->join(gpu);
   if (!expert_sync_.empty())
-    expert_sync_[at * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
+    expert_sync_[at * static_cast<std::size_t>(spec_.ep * spec_.etp) + static_cast<std::size_t>(shard(gpu))]->join(gpu);
 }
 
 void MoeForward::backward_layer_done(int gpu, int pass) {
@@ -1799,7 +1899,7 @@ void MoeForward::gather(int gpu) {
   sync_left_[static_cast<std::size_t>(gpu)] = expert_gather_.empty() ? 1 : 2;
   dense_gather_[st]->join(gpu);
   if (!expert_gather_.empty())
-    expert_gather_[st * static_cast<std::size_t>(spec_.ep) + static_cast<std::size_t>(rank(gpu))]->join(gpu);
+    expert_gather_[st * static_cast<std::size_t>(spec_.ep * spec_.etp) + static_cast<std::size_t>(shard(gpu))]->join(gpu);
 }
 
 void MoeForward::gathered(int gpu) {
@@ -1829,13 +1929,13 @@ KernelCost MoeForward::cp_expansion(std::int64_t tokens) const {
 
 KernelCost MoeForward::optimizer_cost(int stage) const {
   // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
-  // optimizer its share: the replicated weights over the stage's GPUs, the experts over its EP
-  // groups (DualPipe: over those of both stages holding its chunks).
+  // optimizer its share: the replicated weights over the stage's GPUs, the experts (its shard
+  // of them) over the blocks holding them (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   const std::int64_t g = spec_.grad_bytes(), mo = spec_.moment_bytes, w = spec_.model.dtype_bytes;
   if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total(), g, mo, w);
   const int copies = weight_copies(spec_);
-  return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_groups()), g, mo, w);
+  return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_blocks()), g, mo, w);
 }
 
 }  // namespace moesim::models

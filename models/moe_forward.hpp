@@ -87,7 +87,22 @@ struct ForwardSpec {
   routing::PlacementSpec placement;
   int placement_history = 0;          // > 0: place by the mean routed counts of that many earlier steps
   std::vector<routing::Placement> placements;  // non-empty: use these (per layer) instead of placing
-  int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs
+  int ep = 1;                         // expert-parallel group size; groups are consecutive GPUs (etp 1)
+  // Expert tensor parallelism (Megatron-Core's --expert-tensor-parallel-size): each expert's FFN
+  // is split over etp GPUs (the gate and up projections by columns, the down projection by rows).
+  // The GPUs form blocks of ep x etp consecutive GPUs; in a block, ETP groups of etp consecutive
+  // GPUs hold the same experts (those of one EP rank, each GPU 1/etp of every one), and EP group
+  // j of the block is the GPUs at place j of their ETP groups (stride etp, as Megatron-Core
+  // orders expert tensor parallelism innermost). Each GPU routes its own tokens and dispatches
+  // them in its EP group; the ETP group then gathers what its GPUs received (each sends its rows
+  // to the others), every GPU computes its shard of the FFN over the group's rows, and a
+  // reduce-scatter (each GPU sends the others its partial outputs of their rows) gives each GPU
+  // its own rows' output back for the combine. Backward passes mirror it (the output gradients
+  // gathered, the input gradients reduce-scattered). The exchanges are direct flows between the
+  // group's GPUs (what NCCL's all-gather and reduce-scatter of uneven sizes send each GPU),
+  // waited for and recorded as tensor-parallel work (Stage::tp). Not with two-batch or
+  // forward-backward overlap.
+  int etp = 1;
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
   std::int64_t cached_prefix = 0;     // prefill: tokens before each prompt's sequence_length new ones whose KV cache is found
@@ -319,8 +334,17 @@ int pipeline_held_head(const ForwardSpec& spec, int stage);
 
 // The first GPU of EP group `group` (counted within its pipeline stage) of the stage that runs
 // MoE layer `layer` for micro-batch `micro_batch` (-1: the first), on a cluster of `gpus` GPUs:
-// the group that routes and computes it.
+// the group that routes and computes it. This is the group's routing identity (its rank r
+// draws the tokens of GPU first + r, and a token-level trace's source rank counts so); with
+// expert tensor parallelism (etp > 1) its ranks sit elsewhere, at ep_group_gpu().
 int group_first_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int micro_batch = -1);
+// The GPU of rank `rank` in that EP group (ForwardSpec::etp's layout).
+int ep_group_gpu(const ForwardSpec& spec, int gpus, int layer, int group, int rank, int micro_batch = -1);
+// GPU `gpu`'s EP rank, and its EP group counted within its pipeline stage of `stage_gpus` GPUs.
+inline int ep_rank(const ForwardSpec& spec, int gpu) { return gpu / spec.etp % spec.ep; }
+inline int ep_group_in_stage(const ForwardSpec& spec, int stage_gpus, int gpu) {
+  return gpu % stage_gpus / (spec.ep * spec.etp) * spec.etp + gpu % spec.etp;
+}
 
 // Every layer's placement (placement.layer_load, observed counts of earlier steps, or the law's
 // expected load). Throws routing::PlacementError when the shape does not divide.
@@ -344,7 +368,7 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine, sync, pipeline, tp, cp };
+  enum class Wait { none, dispatch, combine, sync, pipeline, tp, cp, etp_gather, etp_scatter };
   // Context parallelism: a compute stage held back for its group's all-gather of keys and values
   // (run_stage() with cp_layers > 0), and whether its gradients are reduce-scattered after it.
   struct CpPending {
@@ -505,6 +529,8 @@ class MoeForward {
   std::vector<int> bounds_;  // pipeline_bounds(spec_)
   std::vector<int> chunk_;   // per MoE layer, its chunk
   int stage_groups() const { return stage_gpus() / spec_.ep; }
+  // Blocks of ep x etp GPUs per stage: the copies of the stage's experts (one with every shard).
+  int stage_blocks() const { return stage_gpus() / (spec_.ep * spec_.etp); }
   int stage_of(int gpu) const { return gpu / stage_gpus(); }
   // Per stage, the passes its GPUs run, in order; paired_[stage][i]: entries i (a forward pass)
   // and i + 1 (a backward pass) run together (forward-backward overlap).
@@ -532,7 +558,7 @@ class MoeForward {
   void pipeline_arrived(int gpu);
   void start_pass(int gpu);
   void send_to_stage(int gpu, int pass);  // after a pass: activations or gradients to the neighbouring stage
-  int rank(int gpu) const { return gpu % spec_.ep; }
+  int rank(int gpu) const { return ep_rank(spec_, gpu); }
   // What a compute stage's work is. gemm: the current pass's GEMMs (twice in a backward pass,
   // once in ZB-H1's input- and weight-gradient passes, which share a backward's work);
   // other: the current pass's other work (not doubled); both are model work unless the pass is
@@ -555,6 +581,7 @@ class MoeForward {
     double active = -1;  // experts with rows, where known
     double tiles = -1;   // the 64-row tiles their rows fill, where known
     bool gemm = true;    // GEMMs (ZB-H1 splits their backward between two passes), or not
+    std::int64_t ffn = 0;  // the experts' FFN width (expert tensor parallelism: a GPU's share); 0: the model's
   };
   // gemm: the work is GEMMs (a backward pass does twice their FLOPs), as cost()'s.
   std::optional<sim::Time> profiled(int gpu, const KernelCost& work, std::initializer_list<ProfileQuery> parts,
@@ -703,6 +730,21 @@ class MoeForward {
   // counted down by arrivals; a GPU goes on when its count is zero.
   std::vector<std::int64_t> dispatch_pending_;
   std::vector<std::int64_t> combine_pending_;
+  // Expert tensor parallelism (spec_.etp > 1): a GPU's ETP group, what it still waits for from
+  // the others (their rows; their partial outputs of its rows), and the model a GPU's share of
+  // the experts computes (expert_ffn / etp).
+  std::vector<std::int64_t> etp_gather_pending_, etp_scatter_pending_;
+  routing::MoeModelSpec expert_model_;
+  AllToAllSpec comm_;  // the all-to-all's, its row bytes settled
+  int shard(int gpu) const { return gpu % (spec_.ep * spec_.etp); }  // which expert shard the GPU holds
+  std::vector<int> etp_peers(int gpu) const;
+  std::int64_t etp_rows(int pass, int gpu) const;  // the rows gpu received in the pass's dispatch
+  // gpu's experts' input is in (after the dispatch): send its rows to the others (gather), or its
+  // experts are done: send each the partial outputs of its rows (scatter); then wait.
+  void etp_exchange(int gpu, bool gather);
+  void etp_arrived(int pass, int gpu, bool gather);
+  void etp_check(int gpu);  // goes on if gpu's exchange is complete
+  void combine_send(int gpu);  // the experts' output is whole: send the combine
   std::size_t finished_gpus_ = 0;
   double model_flops_ = 0;
   std::int64_t passes_done_ = 0;

@@ -77,9 +77,11 @@ class Recorder {
  public:
   virtual ~Recorder() = default;
   virtual void on_stage(const StageRecord& record) = 0;
-  // One layer's routing for the EP group starting at global GPU `first_gpu`, in micro-batch
-  // `micro_batch` of the step (0 without gradient accumulation).
-  virtual void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) = 0;
+  // One layer's routing for the EP group whose rank r is global GPU first_gpu + r x stride
+  // (stride: expert tensor parallelism's etp; rank r's expert rows are computed by the etp GPUs
+  // from first_gpu - first_gpu mod stride + r x stride on), in micro-batch `micro_batch` of the
+  // step (0 without gradient accumulation).
+  virtual void on_routing(int layer, int first_gpu, int stride, const routing::DispatchPlan& plan, int micro_batch) = 0;
   virtual void on_flow(const FlowRecord& record) = 0;
 };
 
@@ -90,8 +92,8 @@ class RecorderTee final : public Recorder {
   void on_stage(const StageRecord& r) override {
     for (auto* t : to_) t->on_stage(r);
   }
-  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) override {
-    for (auto* t : to_) t->on_routing(layer, first_gpu, plan, micro_batch);
+  void on_routing(int layer, int first_gpu, int stride, const routing::DispatchPlan& plan, int micro_batch) override {
+    for (auto* t : to_) t->on_routing(layer, first_gpu, stride, plan, micro_batch);
   }
   void on_flow(const FlowRecord& r) override {
     for (auto* t : to_) t->on_flow(r);

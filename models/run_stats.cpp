@@ -35,10 +35,10 @@ void RunStats::on_stage(const StageRecord& r) {
   l.stage_sum[s] += d;
 }
 
-void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) {
+void RunStats::on_routing(int layer, int first_gpu, int stride, const routing::DispatchPlan& plan, int micro_batch) {
   const std::size_t per_gpu = plan.slot_padded.size() / static_cast<std::size_t>(plan.ep);
   for (int r = 0; r < plan.ep; ++r) {
-    GpuStats& g = gpus_[static_cast<std::size_t>(first_gpu + r)];
+    GpuStats& g = gpus_[static_cast<std::size_t>(first_gpu + r * stride)];
     const auto ur = static_cast<std::size_t>(r);
     g.routed += plan.gpu_routed[ur];
     g.dropped += plan.gpu_dropped[ur];
@@ -48,8 +48,11 @@ void RunStats::on_routing(int layer, int first_gpu, const routing::DispatchPlan&
       g.padded += plan.slot_padded[s];
       rows += plan.slot_padded[s];
     }
-    batch_rows_[static_cast<std::size_t>(first_gpu + r) * static_cast<std::size_t>(micro_batches_) +
-                static_cast<std::size_t>(micro_batch)] += rows;
+    // Every GPU of the rank's expert tensor-parallel group holds activations for these rows.
+    const int etp_first = first_gpu - first_gpu % stride + r * stride;
+    for (int i = 0; i < stride; ++i)
+      batch_rows_[static_cast<std::size_t>(etp_first + i) * static_cast<std::size_t>(micro_batches_) +
+                  static_cast<std::size_t>(micro_batch)] += rows;
   }
   LayerStats& l = layers_[static_cast<std::size_t>(micro_batch * layers_per_batch_ + layer)];
   l.routed += plan.routed();

@@ -49,7 +49,7 @@ class RunStats final : public Recorder {
  public:
   RunStats(int gpus, int layers, int gpus_per_node, int micro_batches = 1);
   void on_stage(const StageRecord& r) override;
-  void on_routing(int layer, int first_gpu, const routing::DispatchPlan& plan, int micro_batch) override;
+  void on_routing(int layer, int first_gpu, int stride, const routing::DispatchPlan& plan, int micro_batch) override;
   void on_flow(const FlowRecord& r) override;
 
   // Per MoE layer, [micro_batch * layers + layer]: its forward pass (routing counts included),
@@ -62,7 +62,7 @@ class RunStats final : public Recorder {
   const std::vector<GpuStats>& gpus() const { return gpus_; }
   // The most token and padding rows `gpu`'s experts computed in one micro-batch, over all its
   // layers (what its activations hold at once when each micro-batch's backward runs before the
-  // next one's forward).
+  // next one's forward); with expert tensor parallelism its group's rows, its share of each.
   std::int64_t peak_batch_rows(int gpu) const;
   // [layer][expert] and [layer][slot] (tokens and padding each replica computed), summed over EP
   // groups and micro-batches.

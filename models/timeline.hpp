@@ -20,7 +20,7 @@ class TimelineRecorder final : public Recorder {
   void on_stage(const StageRecord& r) override {
     if (r.end > r.start && keep()) stages_.push_back(r);
   }
-  void on_routing(int, int, const routing::DispatchPlan&, int) override {}
+  void on_routing(int, int, int, const routing::DispatchPlan&, int) override {}
   void on_flow(const FlowRecord& r) override {
     if (keep()) flows_.push_back(r);
   }

@@ -53,8 +53,9 @@ double gpu_imbalance(const RunResult& r, int gpus) {
 }
 
 // Expert weights to move when the placement changes: every slot whose expert is new to it
-// fetches the expert's weights (3 H F elements) from a GPU of the same EP group that held the
-// expert before, on its own node when one did (else the first). Returns the time the moves
+// fetches the expert's weights (3 H F elements; with expert tensor parallelism each GPU of the
+// ETP group its 1/etp share) from a GPU of the same EP group that held the expert before, on its
+// own node when one did (else the first). Returns the time the moves
 // take on the network (all at once) and their bytes.
 std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::vector<routing::Placement>& from,
                                                 const std::vector<routing::Placement>& to) {
@@ -62,20 +63,21 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster, sc.resolve_interval);
   const auto& m = sc.forward.model;
-  const sim::Bytes expert(routing::expert_weight_bytes(m, 3 * m.hidden * m.expert_ffn));
-  const int gpn = sc.cluster.gpus_per_node, ep = sc.forward.ep;
+  const int gpn = sc.cluster.gpus_per_node, ep = sc.forward.ep, etp = sc.forward.etp;
+  const sim::Bytes expert(routing::expert_weight_bytes(m, 3 * m.hidden * m.expert_ffn / etp));
   std::int64_t bytes = 0;
   for (std::size_t l = 0; l < to.size(); ++l) {
     const auto& a = from[l];
     const auto& b = to[l];
-    for (int g0 = 0; g0 < cluster.gpu_count(); g0 += ep)
+    // Each EP group: rank r is GPU g0 + r etp (models::ep_group_gpu).
+    for (int g0 = 0; g0 < cluster.gpu_count(); g0 += g0 % etp == etp - 1 ? ep * etp - etp + 1 : 1)
       for (int s = 0; s < b.slots(); ++s) {
         const int e = b.slot_expert[static_cast<std::size_t>(s)];
-        const int dst = g0 + b.gpu_of_slot(s);
+        const int dst = g0 + b.gpu_of_slot(s) * etp;
         bool had = false;
         int src = -1;
         for (const int old : a.expert_slots[static_cast<std::size_t>(e)]) {
-          const int holder = g0 + a.gpu_of_slot(old);
+          const int holder = g0 + a.gpu_of_slot(old) * etp;
           if (holder == dst) had = true;
           if (src < 0 || (holder / gpn == dst / gpn && src / gpn != dst / gpn)) src = holder;
         }

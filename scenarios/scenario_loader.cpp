@@ -486,6 +486,7 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
   if (auto par = top.child("parallelism", true)) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
     if (auto v = par->get<std::int64_t>("tp", count_at_least(1), false)) f.model.tp = as_int(*v);
+    if (auto v = par->get<std::int64_t>("etp", count_at_least(1), false)) f.etp = as_int(*v);
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
     if (auto v = par->get<std::int64_t>("cp", count_at_least(1), false)) f.cp = as_int(*v);
     if (auto v = par->get<std::string>("cp_comm", one_of({"all_gather", "ring"}), false)) {
@@ -1111,6 +1112,24 @@ void cross_check(const Scenario& sc, Problems& problems) {
   if (gpus % ep != 0)
     problems.add_at("parallelism.ep",
                     fmt::format("the cluster's {} GPUs do not divide into EP groups of {}", gpus, ep));
+  if (const int etp = sc.forward.etp; etp > 1) {
+    // Expert tensor parallelism: each expert's FFN split over etp GPUs of a node; blocks of
+    // ep x etp GPUs, each holding the experts once.
+    const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.etp", why); };
+    if (sc.cluster.gpus_per_node % etp != 0)
+      refuse(fmt::format("{} does not divide the {} GPUs of a node: an expert tensor-parallel group stays inside a node", etp,
+                         sc.cluster.gpus_per_node));
+    else if ((gpus / sc.forward.pp) % (ep * etp) != 0)
+      refuse(fmt::format("the {} GPUs{} do not divide into blocks of ep x etp = {} x {} (each block holds every expert once)",
+                         gpus / sc.forward.pp, sc.forward.pp > 1 ? " of a pipeline stage" : "", ep, etp));
+    if (m.expert_ffn % etp != 0)
+      refuse(fmt::format("{} does not divide model.expert_ffn ({}): each GPU holds whole columns of every expert", etp,
+                         m.expert_ffn));
+    if (sc.forward.two_batch_overlap || sc.forward.forward_backward_overlap)
+      refuse(fmt::format("with workload.overlap: {} is not modelled", sc.forward.forward_backward_overlap ? "forward_backward"
+                                                                      : sc.forward.two_batch_staggered ? "two_batch_staggered"
+                                                                                                       : "two_batch"));
+  }
   if (const int tp = m.tp; tp > 1) {
     // Tensor parallelism: whole heads, FFN columns and tokens per GPU, inside a node.
     const auto refuse = [&](const std::string& why) { problems.add_at("parallelism.tp", why); };
@@ -1259,11 +1278,15 @@ void cross_check(const Scenario& sc, Problems& problems) {
     }
   }
   const int gpn = sc.cluster.gpus_per_node;
-  if (sc.forward.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical &&
-      !(ep <= gpn ? gpn % ep == 0 : ep % gpn == 0))
+  // With expert tensor parallelism a node holds gpn / etp ranks of an EP group.
+  if (const int rpn = std::max(1, gpn / sc.forward.etp); sc.forward.all_to_all.algorithm == models::AllToAllAlgorithm::hierarchical &&
+                                                          gpn % sc.forward.etp == 0 && !(ep <= rpn ? rpn % ep == 0 : ep % rpn == 0))
     problems.add_at("network.all_to_all",
-                    fmt::format("hierarchical needs EP groups of whole nodes or inside one node; EP {} with {} GPUs per node "
-                                "is neither", ep, gpn));
+                    sc.forward.etp > 1
+                        ? fmt::format("hierarchical needs EP groups of whole nodes or inside one node; EP {} with {} of its ranks "
+                                      "per node ({} GPUs, etp {}) is neither", ep, rpn, gpn, sc.forward.etp)
+                        : fmt::format("hierarchical needs EP groups of whole nodes or inside one node; EP {} with {} GPUs per node "
+                                      "is neither", ep, gpn));
   if (sc.forward.all_to_all.forward_chunks > 1 && gpn > 255)
     problems.add_at("network.forward_chunks", fmt::format("needs at most 255 GPUs per node, got {}", gpn));
   const auto& rt = sc.forward.routing;

@@ -251,7 +251,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
   const double updated = f.training && f.gradient_sync && f.optimizer_sharding
-                             ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / f.ep))
+                             ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / (f.ep * f.etp)))
                              : params;
   if (f.training) u.optimizer = params * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
@@ -282,8 +282,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // input, its own rows with tensor parallelism), the FFN's gate and up outputs and SwiGLU output
   // (dense_ffn wide: with tensor parallelism 1/tp of the columns over tp T rows, as many).
   const double dense_layer = attention + b * t * h + (no_norm ? 0 : lin * t * h) + t * lin * 3 * static_cast<double>(m.dense_ffn);
-  // Per expert row: the row in, the gate and up outputs, the SwiGLU output, the row out.
-  const double expert_row = lin * h + lin * (no_act ? 2 : 3) * ffn + b * h;
+  // Per expert row: the row in, the gate and up outputs, the SwiGLU output, the row out (with
+  // expert tensor parallelism the GPU's share of the FFN's columns, over its ETP group's rows).
+  const double shard_ffn = ffn / f.etp;
+  const double expert_row = lin * h + lin * (no_act ? 2 : 3) * shard_ffn + b * h;
   const double expert_rows = static_cast<double>(r.stats.peak_batch_rows(gpu));
   // The LM head's stage (model.vocab) also holds its logits in fp32 (the tokens that have them),
   // once more for each MTP layer run.
@@ -299,7 +301,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // norms' outputs, the SwiGLU outputs), kept from the input-gradient pass until it runs: a
   // layer held between the two holds that much more.
   const double for_weights = (no_norm ? lin * t * h + b * t * h : 0) +
-                             (no_act ? lin * ffn * (m.shared_experts * t + rows_mean) : 0);
+                             (no_act ? lin * (ffn * m.shared_experts * t + shard_ffn * rows_mean) : 0);
   const double in_flight =
       !f.training ? 1.0 : models::pipeline_held_layers(f, stage, (kept_layer + for_weights) / kept_layer) / layers;
   // The logits, of the micro-batches between the head's forward and its backward (counted at
@@ -520,7 +522,7 @@ const std::string& summary_csv_header() {
       "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "train_tokens,train_days,train_gpu_hours,train_cost";
+      "train_tokens,train_days,train_gpu_hours,train_cost,etp";
   return header;
 }
 
@@ -595,11 +597,12 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   // The token budget (workload.train_tokens): empty without it, and its days empty where no step counts.
   const Budget b = budget(sc, r, gp);
   if (sc.train_tokens > 0)
-    fmt::print(out, "{:.6g},{},{},{}\n", sc.train_tokens, b.days > 0 ? fmt::format("{:.6g}", b.days) : std::string(),
+    fmt::print(out, "{:.6g},{},{},{},", sc.train_tokens, b.days > 0 ? fmt::format("{:.6g}", b.days) : std::string(),
                b.days > 0 ? fmt::format("{:.6g}", b.gpu_hours) : std::string(),
                b.days > 0 && sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", b.cost) : std::string());
   else
-    out << ",,,\n";
+    out << ",,,,";
+  fmt::print(out, "{}\n", f.etp);
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -681,8 +684,9 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
     const int gpu = static_cast<int>(i);
-    fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node, gpu / sc.forward.ep, gpu % sc.forward.ep,
-               format_us(g.finish));
+    const auto& f = sc.forward;  // the EP group counted over the cluster (ForwardSpec::etp's layout)
+    fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node, gpu / (f.ep * f.etp) * f.etp + gpu % f.etp,
+               models::ep_rank(f, gpu), format_us(g.finish));
     for (const Stage s : models::kStages) fmt::print(out, ",{}", format_us(g.stage_total[idx(s)]));
     sim::Time busy, wait;
     for (const Stage s : models::kStages) (models::is_network_wait(s) ? wait : busy) += g.stage_total[idx(s)];

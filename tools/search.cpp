@@ -32,18 +32,20 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "recompute" && !training) return "recomputation is training's";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
+    if (d == "etp" && (f.two_batch_overlap || f.forward_backward_overlap))
+      return "expert tensor parallelism is not modelled with workload.overlap: search from a scenario without";
     return {};
   };
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && d != "etp" && why_not(d).empty()) dims.push_back(d);
   if (std::find(dims.begin(), dims.end(), "sched") != dims.end() && std::find(dims.begin(), dims.end(), "vp") != dims.end())
     throw SearchError("--vary: sched and vp together: each schedule comes with its own virtual stages (sched alone searches both)");
 
@@ -111,6 +113,14 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     for (int e = 1; e <= most; ++e)
       if (most % e == 0) v.push_back(e);
     s.axes.push_back("parallelism.ep");
+    s.values.push_back(texts(v));
+  }
+  if (has("etp")) {
+    // Each expert over 1, 2, 4, ... GPUs of a node, as the node and the experts' FFN divide.
+    std::vector<int> v;
+    for (int t = 1; t <= sc.cluster.gpus_per_node; t *= 2)
+      if (sc.cluster.gpus_per_node % t == 0 && f.model.expert_ffn % t == 0) v.push_back(t);
+    s.axes.push_back("parallelism.etp");
     s.values.push_back(texts(v));
   }
   if (has("zero")) {

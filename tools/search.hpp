@@ -21,8 +21,9 @@ class SearchError : public std::runtime_error {
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
 // (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
-// sequences per GPU), sched (the pipeline schedule, with its virtual stages) and recompute.
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched", "recompute"};
+// sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute and etp
+// (expert tensor parallelism).
+inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched", "recompute", "etp"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths

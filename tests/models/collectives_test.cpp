@@ -34,7 +34,7 @@ topology::ClusterSpec cluster(int nodes, int gpn) {
 struct Flows : Recorder {
   std::vector<FlowRecord> flows;
   void on_stage(const StageRecord&) override {}
-  void on_routing(int, int, const routing::DispatchPlan&, int) override {}
+  void on_routing(int, int, int, const routing::DispatchPlan&, int) override {}
   void on_flow(const FlowRecord& r) override { flows.push_back(r); }
   std::int64_t bytes() const {
     std::int64_t b = 0;

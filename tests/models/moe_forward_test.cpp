@@ -202,6 +202,55 @@ TEST_CASE("A tiny scenario's step time matches the hand derivation exactly", "[m
   }
 }
 
+TEST_CASE("Expert tensor parallelism gathers the rows, splits the FFN and reduce-scatters, as derived by hand",
+          "[models][etp]") {
+  // The tiny dropless layer above (routed at 106,446,656 ps) with ep 1 and etp 2: each GPU is an
+  // EP group of its own holding both experts, half of each expert's FFN columns on each GPU. No
+  // all-to-all: each GPU's 1000 tokens go to both of its experts, 2000 rows. Gather: each GPU
+  // sends its 2000 rows to the other, 4,096,000 B at 100 GB/s + 2 hops of 1 us = 42,960,000 ps,
+  // until 149,406,656. Experts: each of the two on both GPUs' 1000 rows, 2000 rows at F / 2 = 512:
+  // 6 x 2000 x 1024 x 512 = 6,291,456,000 FLOPs -> 62,914,560 ps each, 125,829,120 for both, until
+  // 275,235,776. Reduce-scatter: each GPU sends the other the partial outputs of its 2000 rows,
+  // 42,960,000 ps again, until 318,195,776. Reduce over 2000 copies (6,144,000): 324,339,776.
+  const std::string text = replaced(tiny("dropless", 1), "parallelism: {ep: 2}", "parallelism: {ep: 1, etp: 2}");
+  const auto sc = scenarios::load_scenario_text(text, "etp.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(324'339'776));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.finish == Time::ps(324'339'776));
+    CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 42'960'000LL));
+    CHECK(g.stage_total[idx(Stage::experts)] == Time::ps(125'829'120));
+    CHECK(g.stage_total[idx(Stage::dispatch)] == Time::zero());
+    CHECK(g.computed == 2000);  // the rows it received (its own), computed in halves by both GPUs
+  }
+  const std::string summary = summary_csv(sc, r);
+  CHECK(csv_value(summary, "etp") == "2");
+  CHECK(csv_value(summary, "tp_bytes") == std::to_string(4 * 4'096'000));
+  CHECK(r.stats.layers()[0].computed == 4000);
+
+  SECTION("each GPU holds half of every expert, and its gradients are synchronised with the other EP groups' holders") {
+    // Training with gradient sync on 4 GPUs, ep 2, etp 2: GPUs 0 and 1 hold rank 0's expert (the
+    // first of two), halves 0 and 1; GPUs 2 and 3 rank 1's. One block, so no expert sync ring;
+    // with two nodes of 4 (two blocks) GPU g syncs its half with GPU g + 4.
+    std::string t = replaced(tiny("dropless", 1), "parallelism: {ep: 2}", "parallelism: {ep: 2, etp: 2}");
+    t = replaced(t, "nodes: 1\n  gpus_per_node: 2", "nodes: 2\n  gpus_per_node: 4\n  scale_out: {nic_bandwidth: 400Gbps}");
+    t = replaced(t, "workload: {tokens_per_gpu: 1000, sequence_length: 1000}",
+                 "workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 1000, sequence_length: 1000}");
+    const auto two = scenarios::load_scenario_text(t, "etp2.yaml");
+    const models::GpuParams held = models::stage_params(two.forward, scenarios::compute_placements(two), 0);
+    CHECK(held.experts == 3 * 1024 * 1024 / 2);
+    const auto rr = scenarios::run_experiment(two);
+    check_stages_tile(rr);
+    // Replicated: attention 4,194,304 and router 2,048 parameters, 8,392,704 B over a ring of
+    // all 8 GPUs: 14 steps x 8 GPUs x 1,049,088 B. Expert halves: 1,572,864 parameters,
+    // 3,145,728 B over 4 rings of 2: 2 steps x 2 GPUs x 1,572,864 B each.
+    CHECK(rr.stats.gradient_sync_bytes() == 14 * 8 * 1'049'088LL + 4 * (2 * 2 * 1'572'864LL));
+    // Without expert tensor parallelism the 4 EP groups sync whole experts over 2 rings of 4.
+    const auto whole = scenarios::run_experiment(scenarios::load_scenario_text(replaced(t, "etp: 2", "etp: 1"), "etp1.yaml"));
+    CHECK(whole.stats.gradient_sync_bytes() == 14 * 8 * 1'049'088LL + 2 * (6 * 4 * 1'572'864LL));
+  }
+}
+
 TEST_CASE("A tiny training step matches the hand derivation exactly", "[models][training]") {
   // The dropless tiny scenario above: its forward layer ends at F = 283,379,776 ps on both GPUs.
   // Backward, both GPUs alike: the reduce's gradient (same cost, 6,144,000) until 289,523,776;
@@ -261,7 +310,7 @@ TEST_CASE("An overloaded GPU delays every GPU that waits for its outputs", "[mod
     std::vector<models::StageRecord> stages;
     std::vector<routing::DispatchPlan> plans;
     void on_stage(const models::StageRecord& r) override { stages.push_back(r); }
-    void on_routing(int, int, const routing::DispatchPlan& p, int) override { plans.push_back(p); }
+    void on_routing(int, int, int, const routing::DispatchPlan& p, int) override { plans.push_back(p); }
     void on_flow(const models::FlowRecord&) override {}
   };
   const auto sc = scenarios::load_scenario_text(R"(
@@ -1090,7 +1139,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0, etp_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -1206,6 +1255,12 @@ output: {{timeline: off}}
       yaml.insert(yaml.find("tp: ") + 4 + std::to_string(tp).size(), trial % 2 ? ", cp: 2, cp_comm: ring" : ", cp: 2");
       ++cp_trials;
     }
+    // Every fourth trial without two-batch overlap splits each expert over 2 GPUs (expert tensor
+    // parallelism) and halves the EP size (by the trial: the draws stay).
+    if (!tbo && trial % 4 == 0) {
+      yaml = replaced(yaml, fmt::format("parallelism: {{ep: {},", ep), fmt::format("parallelism: {{ep: {}, etp: 2,", ep / 2));
+      ++etp_trials;
+    }
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -1233,6 +1288,7 @@ output: {{timeline: off}}
   CHECK(scored_trials >= 4);   // and some with groups chosen by scores
   CHECK(staggered_trials >= 4);  // and some forward passes with staggered two-batch overlap
   CHECK(cp_trials >= 4);         // and some with context parallelism
+  CHECK(etp_trials >= 4);        // and some with expert tensor parallelism
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {

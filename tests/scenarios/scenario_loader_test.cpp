@@ -310,7 +310,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, pp, cp, cp_comm, cp_gather, virtual_stages, pipeline_layers)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, etp, pp, cp, cp_comm, cp_gather, virtual_stages, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
@@ -1196,4 +1196,30 @@ TEST_CASE("The reliability section: failures and checkpoints of a training run",
   CHECK(load_scenario_text(training, "s.yaml").train_tokens == 0);
   CHECK_THAT(error_of_with(training, {"workload.train_tokens=0"}), Catch::Contains("workload.train_tokens: must be at least 1, got 0"));
   CHECK_THAT(error_of_with(kBase, {"workload.train_tokens=1e12"}), Catch::Contains("workload.train_tokens: only used with 'workload.kind: training'"));
+}
+
+TEST_CASE("parallelism.etp splits each expert over GPUs of a node, and is refused where it cannot", "[scenarios][etp]") {
+  // kBase: 2 nodes of 8 H100, EP8, experts 14336 wide.
+  const auto ok = load_scenario_text(kBase, "s.yaml", {"parallelism.ep=4", "parallelism.etp=2"});
+  CHECK(ok.forward.etp == 2);
+  CHECK(load_scenario_text(kBase, "s.yaml").forward.etp == 1);
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.ep=1", "parallelism.etp=8"}).forward.etp == 8);
+  CHECK_THAT(error_of_with(kBase, {"parallelism.etp=3"}),
+             Catch::Contains("parallelism.etp: 3 does not divide the 8 GPUs of a node: an expert tensor-parallel group stays inside a node"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=8", "parallelism.etp=4"}),
+             Catch::Contains("parallelism.etp: the 16 GPUs do not divide into blocks of ep x etp = 8 x 4 (each block holds every expert once)"));
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.ep=4", "parallelism.etp=2", "parallelism.pp=2"}).forward.etp == 2);
+  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=2", "parallelism.etp=4", "parallelism.pp=4"}),
+             Catch::Contains("parallelism.etp: the 4 GPUs of a pipeline stage do not divide into blocks of ep x etp = 2 x 4"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=4", "parallelism.etp=2", "model.expert_ffn=14335"}),
+             Catch::Contains("parallelism.etp: 2 does not divide model.expert_ffn (14335)"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=4", "parallelism.etp=2", "workload.overlap=two_batch"}),
+             Catch::Contains("parallelism.etp: with workload.overlap: two_batch is not modelled"));
+  CHECK_THAT(error_of_with(kBase, {"parallelism.etp=0"}), Catch::Contains("parallelism.etp"));
+  // Hierarchical all-to-all: a node holds 8 / etp of an EP group's ranks.
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.ep=8", "parallelism.etp=2", "network.all_to_all=hierarchical"}).forward.etp == 2);
+  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=2", "parallelism.etp=2", "network.all_to_all=hierarchical",
+                                   "cluster.gpus_per_node=6"}),
+             Catch::Contains("network.all_to_all: hierarchical needs EP groups of whole nodes or inside one node; EP 2 with 3 of its "
+                             "ranks per node (6 GPUs, etp 2) is neither"));
 }

@@ -67,7 +67,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
@@ -110,6 +110,14 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
                                             "workload.recompute_layers", "workload.recompute_modules"});
   CHECK(re.values[2] == std::vector<std::string>{"~", "attention", "full"});
   CHECK_THAT(refused(kTraining, {"recompute"}, 0), Catch::Contains("no error"));
+  // Expert tensor parallelism, asked for: the powers of two dividing a node's GPUs and the experts' FFN.
+  const auto etp = tools::search_space(load(kTraining), {"ep", "etp"}, 0);
+  CHECK(etp.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.ep", "parallelism.etp"});
+  CHECK(etp.values[3] == std::vector<std::string>{"1", "2", "4", "8"});
+  CHECK(tools::search_space(load(kTraining, {"model.expert_ffn=2050"}), {"etp"}, 0).values[2] == std::vector<std::string>{"1", "2"});
+  CHECK(std::find(all.begin(), all.end(), "parallelism.etp") == all.end());  // not by default
+  CHECK_THAT(refused(kTraining.substr(0, kTraining.find("gradient_sync: ring}")) + "gradient_sync: ring, overlap: two_batch}\n", {"etp"}, 0),
+             Catch::Contains("--vary etp: expert tensor parallelism is not modelled with workload.overlap"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
