@@ -497,6 +497,10 @@ int cmd_search(const std::vector<std::string>& args) {
   if (const auto parent = std::filesystem::path(grid_file).parent_path(); !parent.empty()) std::filesystem::create_directories(parent);
   tools::write_atomically(grid_file, [&](std::ostream& o) { o << tools::search_grid_yaml(space, std::filesystem::absolute(path).string()); });
   if (!vm.count("quiet")) fmt::print("moesim: searching {} ({}; {})\n", path, space.note, grid_file);
+  if (!space.caution.empty()) {
+    std::fflush(stdout);
+    fmt::print(stderr, "moesim: search: note: {}\n", space.caution);
+  }
   scenarios::Grid grid = scenarios::load_grid(grid_file);
   grid.out = out;
   return plan_grid(vm, grid, ask);
@@ -980,7 +984,8 @@ int cmd_validate(const std::vector<std::string>& args) {
   const models::ModelParams params = models::model_params(sc.forward.model);
   const auto& m = sc.forward.model;
   fmt::print("{}: ok ({} x {}, {} experts top-{}, EP{}, {} MoE layers{}; {:.1f} B parameters, {:.1f} B active per token{})\n",
-             sc.source, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name, m.experts, m.top_k, sc.forward.ep,
+             sc.source, sc.cluster.nodes * sc.cluster.gpus_per_node, sc.cluster.gpu.name, m.experts, m.top_k,
+             sc.forward.etp > 1 ? fmt::format("{} ETP{}", sc.forward.ep, sc.forward.etp) : std::to_string(sc.forward.ep),
              m.moe_layers - m.mtp_layers, m.mtp_layers > 0 ? fmt::format(" and {} MTP layer{} run", m.mtp_layers, m.mtp_layers > 1 ? "s" : "") : "",
              static_cast<double>(params.total) / 1e9, static_cast<double>(params.active) / 1e9,
              m.mtp_modules > 0 ? fmt::format(", and {:.1f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,

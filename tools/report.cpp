@@ -787,7 +787,8 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
   fmt::print(out, "  cluster     {} x {} ({} node{} x {}), EP{}{}{}{}, {} tokens per GPU{}\n", gpus,
-             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.nodes == 1 ? "" : "s", sc.cluster.gpus_per_node, f.ep,
+             sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.nodes == 1 ? "" : "s", sc.cluster.gpus_per_node,
+             f.etp > 1 ? fmt::format("{}, ETP{} (each expert over {} GPUs)", f.ep, f.etp, f.etp) : std::to_string(f.ep),
              f.model.tp > 1 ? fmt::format(", TP{} (attention{}{}{})", f.model.tp, f.model.dense_layers > 0 ? ", dense layers" : "",
                                           f.model.vocab > 0 ? ", LM head" : "",
                                           f.tp_algorithm == models::CollectiveAlgorithm::nvls ? "; collectives in the NVSwitch" : "")
@@ -1036,21 +1037,28 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     std::string why;
     if (shape) {
       // Its range for this shape: the router's tokens, the expert stage's local experts and rows.
+      // With expert tensor parallelism the expert stage is a shard's: F / etp wide.
+      const std::int64_t shard = m.expert_ffn / f.etp;
       std::int64_t tokens = 0, rows = 0;
       std::set<int> locals;
       for (const auto& row : f.profile->rows) {
-        if (row.hidden != m.hidden || row.ffn != m.expert_ffn) continue;
-        if (row.kernel == "router" && row.experts == m.experts && row.top_k == m.top_k) tokens = std::max(tokens, row.tokens);
-        if (row.kernel == "experts") locals.insert(row.experts), rows = std::max(rows, row.tokens);
+        if (row.hidden != m.hidden) continue;
+        if (row.ffn == m.expert_ffn && row.kernel == "router" && row.experts == m.experts && row.top_k == m.top_k)
+          tokens = std::max(tokens, row.tokens);
+        if (row.ffn == shard && row.kernel == "experts") locals.insert(row.experts), rows = std::max(rows, row.tokens);
       }
       std::string counts;
       for (const int e : locals) {
         if (!counts.empty()) counts += ',';
         counts += std::to_string(e);
       }
-      why = fmt::format(": this shape is measured up to {} tokens, the expert stage on {} local experts up to {} rows; the stage "
-                        "times beyond that are the roofline's",
-                        tokens, counts, rows);
+      why = locals.empty()
+                ? fmt::format(": this shape is measured up to {} tokens, but not its experts' shard with parallelism.etp {} (H {} F {}): "
+                              "the expert stage is the roofline's, and so is every other stage beyond that",
+                              tokens, f.etp, m.hidden, shard)
+                : fmt::format(": this shape is measured up to {} tokens, the expert stage on {} local experts up to {} rows; the stage "
+                              "times beyond that are the roofline's",
+                              tokens, counts, rows);
     } else {
       why = fmt::format("; this model, H {} F {} E {} k {}, is not among them: its stages are the roofline's", m.hidden,
                         m.expert_ffn, m.experts, m.top_k);

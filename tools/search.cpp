@@ -1,6 +1,7 @@
 #include "tools/search.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <numeric>
@@ -122,6 +123,22 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
       if (sc.cluster.gpus_per_node % t == 0 && f.model.expert_ffn % t == 0) v.push_back(t);
     s.axes.push_back("parallelism.etp");
     s.values.push_back(texts(v));
+    // A measured profile times the expert stage where it has the shard's width: the others'
+    // come from the roofline, which may run faster or slower than the measured kernels.
+    if (f.profile) {
+      std::vector<std::string> missing, measured;
+      for (const int t : v) {
+        bool has = false;
+        for (const auto& row : f.profile->rows)
+          has = has || (row.kernel == "experts" && row.hidden == f.model.hidden && row.ffn == f.model.expert_ffn / t);
+        (has ? measured : missing).push_back(std::to_string(t));
+      }
+      if (!missing.empty() && !measured.empty())
+        s.caution = fmt::format("the measured profile times the expert stage at etp {} and not at etp {} (the shard's FFN width "
+                                "is not in it: the roofline's there), so the points' expert stages come from two sources; "
+                                "--set compute.model=roofline compares them like for like",
+                                fmt::join(measured, ", "), fmt::join(missing, ", "));
+    }
   }
   if (has("zero")) {
     s.axes.push_back("workload.optimizer_sharding");

@@ -28,6 +28,9 @@ inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
   std::vector<std::vector<std::string>> values;  // per axis
+  // Where the points' figures do not compare like for like (a measured profile that times some
+  // points' expert stage and not others'), what to do about it; empty otherwise.
+  std::string caution;
   std::vector<std::vector<std::string>> zipped;  // groups of axes that advance together (cp and the tokens per GPU; a schedule and its virtual stages)
   std::int64_t global_batch = 0;                 // held (training); 0: not a training search
   std::string note;                              // in words: what is held, what is varied

@@ -325,6 +325,13 @@ TEST_CASE("A run the profile does not cover says what the profile measures", "[c
   CHECK(beyond.code == 0);
   CHECK_THAT(beyond.out, Catch::Contains("this shape is measured up to 65536 tokens, the expert stage on 1,2,4,8 local experts up "
                                          "to 131072 rows; the stage times beyond that are the roofline's"));
+  // Expert tensor parallelism: the quickstart's EP8 as EP4 with each expert over 2 GPUs, whose
+  // half-width shard the profile does not measure.
+  const auto shard = moesim("run --set model.moe_layers=2 --set parallelism.ep=4 --set parallelism.etp=2" + out, tmp);
+  CHECK(shard.code == 0);
+  CHECK_THAT(shard.out, Catch::Contains("EP4, ETP2 (each expert over 2 GPUs)"));
+  CHECK_THAT(shard.out, Catch::Contains("this shape is measured up to 65536 tokens, but not its experts' shard with parallelism.etp 2 "
+                                        "(H 4096 F 7168): the expert stage is the roofline's"));
 }
 
 TEST_CASE("An unwritable output directory is reported and not crashed on", "[cli]") {
