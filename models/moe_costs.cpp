@@ -280,7 +280,7 @@ std::int64_t vocab_share(const routing::MoeModelSpec& m) { return (m.vocab + m.t
 std::int64_t embedding_params(const routing::MoeModelSpec& m) { return vocab_share(m) * m.hidden; }
 
 std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m) {
-  return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * m.expert_ffn;
+  return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * (m.expert_ffn / m.shared_tp());
 }
 
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m) {

@@ -76,7 +76,8 @@
 // the same FLOPs per GPU where the heads divide, 1/n of the weights read, and in decode the KV
 // cache of n T sequences for its heads (a latent whole: n times the reads). MLA's down
 // projections are not split: every GPU of the group runs them whole over the n T tokens. The
-// router, the shared and routed experts and the reduce run on the GPU's own T tokens.
+// router, the routed experts and the reduce run on the GPU's own T tokens; the shared experts
+// are split as the dense FFN is (MoeModelSpec::shared_tp(); the driver passes their share).
 // Memory-bound kernels between the GEMMs (apart only with compute.elementwise_kernels; else the
 // SwiGLU's bytes count with the expert kernel's and the rest are not modelled): attention's
 // elementwise_bytes, per GPU token the layer's two RMSNorms with their residual adds, 8 b H

@@ -367,6 +367,10 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
                 "expert tensor parallelism must divide the experts' FFN and a node's GPUs");
   expert_model_ = spec.model;
   expert_model_.expert_ffn /= spec.etp;
+  MOESIM_ASSERT(spec.model.expert_ffn % spec.model.shared_tp() == 0 || spec.model.shared_experts == 0,
+                "tensor-parallel shared experts must divide their FFN");
+  shared_model_ = spec.model;
+  shared_model_.expert_ffn /= spec.model.shared_tp();
   const int tp = spec.model.tp;
   MOESIM_ASSERT(tp == 1 || (cluster.spec().gpus_per_node % tp == 0 && (gpus / spec.pp) % tp == 0 &&
                             spec.model.attention_heads % tp == 0),
@@ -1205,12 +1209,56 @@ void MoeForward::after_attention(int gpu) {
 }
 
 void MoeForward::after_router(int gpu) {
-  all_to_all_->send(gpus_[static_cast<std::size_t>(gpu)].pass, Phase::dispatch, gpu);
-  if (spec_.model.shared_experts > 0) {
-    const Time one = cost(expert_cost(spec_.model, spec_.tokens_per_gpu), gpu);
-    run_stage(gpu, Stage::shared_experts, one * spec_.model.shared_experts, &MoeForward::after_shared);
-  } else {
-    after_shared(gpu);
+  const int pass = gpus_[static_cast<std::size_t>(gpu)].pass;
+  all_to_all_->send(pass, Phase::dispatch, gpu);
+  if (shared_split())
+    return tp_exchange(gpu, kSharedOp, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(pass), &MoeForward::shared_gathered);
+  if (spec_.model.shared_experts > 0)
+    return run_stage(gpu, Stage::shared_experts, shared_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_shared);
+  after_shared(gpu);
+}
+
+Time MoeForward::shared_time(int gpu, std::int64_t tokens) {
+  // Every shared expert, one GEMM of their summed width: the group's tokens at a GPU's share of
+  // the columns with tensor parallelism.
+  const auto& m = spec_.model;
+  return cost(m.shared_experts * expert_cost(shared_model_, tokens * m.shared_tp()), gpu);
+}
+
+void MoeForward::shared_gathered(int gpu) {
+  run_stage(gpu, Stage::shared_experts, shared_time(gpu, spec_.tokens_per_gpu), &MoeForward::shared_computed);
+}
+
+void MoeForward::shared_computed(int gpu) {
+  tp_exchange(gpu, kSharedOp + 1, CollectiveKind::reduce_scatter, spec_.tokens_per_gpu,
+              layer_of(gpus_[static_cast<std::size_t>(gpu)].pass), &MoeForward::after_shared);
+}
+
+void MoeForward::shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int)) {
+  // The shared experts as an operation of a layer program (pair_step(), overlap_step()), called
+  // until done: with tensor-parallel shared experts the all-gather (tp_sub 0 -> 1), the experts
+  // (-> 2), then the reduce-scatter, after which the program moves on (op + 1); else the
+  // experts alone. `pass`: the pass they belong to (a staggered program's layer before's).
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const bool split = shared_split();
+  switch (s.tp_sub) {
+    case 0:
+      if (split) {
+        s.tp_sub = 1;
+        return tp_exchange(gpu, base + kSharedOp, CollectiveKind::all_gather, tokens, layer_of(pass), step);
+      }
+      [[fallthrough]];
+    case 1:
+      if (split) s.tp_sub = 2;
+      else ++s.op;
+      s.stage_pass = pass;
+      run_stage(gpu, Stage::shared_experts, shared_time(gpu, tokens), step);
+      s.stage_pass = -1;
+      return;
+    default:
+      s.tp_sub = 0;
+      ++s.op;
+      return tp_exchange(gpu, base + kSharedOp + 1, CollectiveKind::reduce_scatter, tokens, layer_of(pass), step);
   }
 }
 
@@ -1418,8 +1466,7 @@ void MoeForward::weight_step(int gpu) {
         return run_stage(gpu, Stage::router, t ? *t : cost(c, gpu), &MoeForward::weight_step);
       }
       case 3:
-        if (m.shared_experts > 0)
-          return run_stage(gpu, Stage::shared_experts, cost(expert_cost(m, tokens), gpu) * m.shared_experts, &MoeForward::weight_step);
+        if (m.shared_experts > 0) return run_stage(gpu, Stage::shared_experts, shared_time(gpu, tokens), &MoeForward::weight_step);
         break;
       case 4:
         return run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::weight_step);
@@ -1536,7 +1583,7 @@ void MoeForward::overlap_step(int gpu) {
           ++s.op;
           continue;
         }
-        return compute(Stage::shared_experts, cost(expert_cost(m, half_tokens), gpu) * m.shared_experts);
+        return shared_step(gpu, h * kHalfOps + (of == before ? 2 : 0), pass, half_tokens, &MoeForward::overlap_step);
       case experts:
         return compute(Stage::experts, experts_time(pass, gpu, h));
       case reduce:  // a weighted sum (or its gradient, a scatter of the same size): not a GEMM
@@ -1630,7 +1677,7 @@ void MoeForward::pair_step(int gpu) {
           ++s.op;
           continue;
         }
-        return compute(Stage::shared_experts, cost(expert_cost(m, tokens), gpu) * m.shared_experts);
+        return shared_step(gpu, 0, pass, tokens, &MoeForward::pair_step);
       case experts:
         return compute(Stage::experts, experts_time(pass, gpu, 0));
       case send_dispatch:

@@ -735,6 +735,18 @@ class MoeForward {
   // the experts computes (expert_ffn / etp).
   std::vector<std::int64_t> etp_gather_pending_, etp_scatter_pending_;
   routing::MoeModelSpec expert_model_;
+  // The shared experts: with tensor parallelism (routing::MoeModelSpec::shared_tp() > 1) a GPU's
+  // share of their columns (shared_model_) over its group's tokens, between an all-gather and a
+  // reduce-scatter (collectives numbered from kSharedOp, 2 more for a staggered program's layer
+  // before), as an operation of a layer program (shared_step()) or in the plain program
+  // (after_router() -> shared_gathered() -> shared_computed() -> after_shared()).
+  static constexpr int kSharedOp = 1 << 15;
+  routing::MoeModelSpec shared_model_;
+  bool shared_split() const { return spec_.model.shared_experts > 0 && spec_.model.shared_tp() > 1; }
+  sim::Time shared_time(int gpu, std::int64_t tokens);  // the shared experts over `tokens` of the GPU's own
+  void shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int));
+  void shared_gathered(int gpu);
+  void shared_computed(int gpu);
   AllToAllSpec comm_;  // the all-to-all's, its row bytes settled
   int shard(int gpu) const { return gpu % (spec_.ep * spec_.etp); }  // which expert shard the GPU holds
   std::vector<int> etp_peers(int gpu) const;

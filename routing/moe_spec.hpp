@@ -72,6 +72,12 @@ struct MoeModelSpec {
   // the LM head are split over this many GPUs (heads, FFN columns, vocabulary), each of them
   // running its share over the tokens of all of them; the figures below are one GPU's.
   int tp = 1;
+  // With tensor parallelism, the shared experts too are split over the tp GPUs (each 1/tp of
+  // their columns over its group's tokens, between an all-gather and a reduce-scatter, as
+  // Megatron-Core, vLLM and SGLang split them), unless replicated (parallelism.shared_experts:
+  // replicated: each GPU runs them whole over its own tokens, as SGLang does with DeepEP).
+  bool shared_replicated = false;
+  int shared_tp() const { return shared_replicated ? 1 : tp; }
 };
 
 // One GPU's query width and key/value width of a layer's attention: the heads split over the

@@ -487,6 +487,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = par->get<std::int64_t>("ep", count_at_least(1), true)) f.ep = as_int(*v);
     if (auto v = par->get<std::int64_t>("tp", count_at_least(1), false)) f.model.tp = as_int(*v);
     if (auto v = par->get<std::int64_t>("etp", count_at_least(1), false)) f.etp = as_int(*v);
+    if (auto v = par->get<std::string>("shared_experts", one_of({"split", "replicated"}), false)) {
+      f.model.shared_replicated = *v == "replicated";
+      if (f.model.tp == 1) problems.add_at(par->key_path("shared_experts"), "only used with parallelism.tp > 1");
+      else if (f.model.shared_experts == 0) problems.add_at(par->key_path("shared_experts"), "only used with model.shared_experts");
+    }
     if (auto v = par->get<std::int64_t>("pp", count_at_least(1), false)) f.pp = as_int(*v);
     if (auto v = par->get<std::int64_t>("cp", count_at_least(1), false)) f.cp = as_int(*v);
     if (auto v = par->get<std::string>("cp_comm", one_of({"all_gather", "ring"}), false)) {
@@ -1146,6 +1151,10 @@ void cross_check(const Scenario& sc, Problems& problems) {
                          tp, m.kv_heads));
     if (m.dense_layers > 0 && m.dense_ffn % tp != 0)
       refuse(fmt::format("{} does not divide model.dense_ffn ({})", tp, m.dense_ffn));
+    if (m.shared_experts > 0 && !m.shared_replicated && m.expert_ffn % tp != 0)
+      refuse(fmt::format("{} does not divide model.expert_ffn ({}), the shared experts' width it splits (or hold them whole on "
+                         "every GPU: parallelism.shared_experts: replicated)",
+                         tp, m.expert_ffn));
   }
   if (const int cp = sc.forward.cp; cp > 1) {
     // Context parallelism: each sequence spread evenly over the cp GPUs of a group, whole tokens.

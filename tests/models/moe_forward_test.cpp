@@ -3351,6 +3351,44 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
   }
 }
 
+TEST_CASE("Tensor parallelism splits the shared experts around their own collectives, unless replicated, as derived by hand",
+          "[models][tensor_parallel]") {
+  // The tiny tensor-parallel layer above with one shared expert (F = 1024). Both GPUs finish the
+  // attention's reduce-scatter at 22,480,000 + 104,386,560 + 22,480,000 = 149,346,560 and the
+  // router at 151,406,656, then send their dispatch flows (1000 copies, 2,048,000 B) and start
+  // the shared expert's all-gather (2,048,000 B to the other GPU) at once: the two flows share
+  // each direction's links, 50 GB/s each, and both end at 151,406,656 + 2 us + 40.96 us =
+  // 194,366,656. The shared expert on both GPUs' 2000 tokens at half its columns: 6 x 2000 x 1024
+  // x 512 FLOPs = 62,914,560 ps, until 257,281,216; its reduce-scatter alone on the links,
+  // 22,480,000, until 279,761,216. The dispatch is in: experts (125,829,120) until 405,590,336,
+  // combine (22,480,000) until 428,070,336, reduce (6,144,000) until 434,214,336.
+  const std::string yaml = replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "  attention_heads: 8\n",
+                                    "  attention_heads: 8\n  shared_experts: 1\n");
+  const auto sc = scenarios::load_scenario_text(yaml, "shared.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(434'214'336));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::shared_experts)] == Time::ps(62'914'560));
+    CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 22'480'000 + 42'960'000 + 22'480'000));
+  }
+  CHECK(r.stats.tp_bytes() == 8 * 2'048'000);
+  check_stages_tile(r);
+  // Each GPU holds half the shared expert: 3 x 1024 x 512 parameters fewer than replicated.
+  const auto rep = scenarios::load_scenario_text(replaced(yaml, "tp: 2}", "tp: 2, shared_experts: replicated}"), "rep.yaml");
+  CHECK(models::stage_params(rep.forward, scenarios::compute_placements(rep), 0).replicated -
+            models::stage_params(sc.forward, scenarios::compute_placements(sc), 0).replicated ==
+        3 * 1024 * 512);
+
+  SECTION("replicated: each GPU runs it whole over its own tokens, no collectives") {
+    // The same FLOPs (1000 tokens, all 1024 columns) right after the router, beside the
+    // dispatch: 151,406,656 + 62,914,560 = 214,321,216; experts until 340,150,336, combine until
+    // 362,630,336, reduce until 368,774,336.
+    const auto rr = scenarios::run_experiment(rep);
+    CHECK(rr.stats.step_time() == Time::ps(368'774'336));
+    for (const auto& g : rr.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 22'480'000));
+  }
+}
+
 TEST_CASE("Tensor parallelism splits the dense layers and the LM head too, each around its own collectives",
           "[models][tensor_parallel]") {
   // One dense layer (all-gather, attention, reduce-scatter, all-gather, FFN, reduce-scatter) and
@@ -3551,6 +3589,25 @@ workload:
   CHECK(error_of("2", "forward", "  overlap: two_batch\n").empty());
   CHECK_THAT(error_of("1", "forward", "network: {tp_collectives: nvls}\n"),
              Catch::Contains("network.tp_collectives: only used with parallelism.tp > 1"));
+  // Shared experts split over the group need their width to divide; replicated they need not.
+  const auto shared = [&](const std::string& tp, const std::string& ffn, const std::string& how) {
+    std::string yaml = replaced(replaced(replaced(replaced(base, "TP", tp + how), "KIND", "forward"), "HEADS", "24"), "KV", "2");
+    yaml = replaced(yaml, "expert_ffn: 1024,", "expert_ffn: " + ffn + ", shared_experts: 1,");
+    try {
+      scenarios::load_scenario_text(yaml, "t.yaml");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(shared("2", "1024", "").empty());
+  CHECK_THAT(shared("8", "1020", ""), Catch::Contains("parallelism.tp: 8 does not divide model.expert_ffn (1020), the shared experts' "
+                                                     "width it splits (or hold them whole on every GPU: "
+                                                     "parallelism.shared_experts: replicated)"));
+  CHECK(shared("8", "1020", ", shared_experts: replicated").empty());
+  CHECK_THAT(shared("1", "1024", ", shared_experts: split"), Catch::Contains("parallelism.shared_experts: only used with parallelism.tp > 1"));
+  CHECK_THAT(error_of("2, shared_experts: replicated", "forward"),
+             Catch::Contains("parallelism.shared_experts: only used with model.shared_experts"));
 }
 
 TEST_CASE("A tensor-parallel training step mirrors each collective in the backward pass, as derived by hand",

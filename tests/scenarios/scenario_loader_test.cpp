@@ -310,7 +310,7 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
   }
   SECTION("unknown key far from any known key lists the known ones") {
     CHECK_THAT(error_of(with("  ep: 8\n", "  ep: 8\n  flux: 3\n")),
-               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, etp, pp, cp, cp_comm, cp_gather, virtual_stages, pipeline_layers)"));
+               Catch::Contains("parallelism.flux: unknown key (known here: ep, tp, etp, shared_experts, pp, cp, cp_comm, cp_gather, virtual_stages, pipeline_layers)"));
   }
   SECTION("wrong types") {
     CHECK(error_of(with("nodes: 2", "nodes: two")) ==
