@@ -5,7 +5,7 @@ Each case takes one of two small bases (a DeepSeek-like model with MLA, shared e
 layers and an LM head on 2 x 8 H800; a Mixtral-like one with grouped-query attention on 2 x 8
 H100) and switches on, each with probability 0.3, one variant of every feature below (workload
 kind, pipeline schedules, overlap, recomputation, gradient sync, FP8, tensor parallelism, EP
-size, MTP, compute noise, network model, all-to-all algorithm, capacity and drops, routing laws,
+size, expert tensor parallelism, MTP, compute noise, network model, all-to-all algorithm, capacity and drops, routing laws,
 placement, topology...). Many combinations are not modelled and must be refused: exit code 2
 with a one-line message naming the key. A case that runs must write reports that hold together:
 no NaN or infinite value in any CSV, the critical GPU's stage columns adding up to the step time,
@@ -107,6 +107,8 @@ FEATURES = [
      ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
      ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"],
      ["workload.train_tokens=5e11"]],
+    [["parallelism.etp=2"], ["parallelism.etp=4", "parallelism.ep=4"], ["parallelism.etp=2", "parallelism.ep=2"],
+     ["parallelism.shared_experts=replicated"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
           "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
