@@ -3,6 +3,7 @@
 # against the float64 reference, then measure the profile, held-out whole-layer timings, the
 # expert GEMM paths' A/B, a routing trace, and the PyTorch yardstick (where python3 has torch).
 #   kernels/measure.sh OUT_DIR [--quick | --shapes small,mixtral,deepseek] [moe-profile options, e.g. --grid dense]
+#   (--shapes mixtral-etp2,mixtral-etp4,mixtral-etp8 --experts-only: Mixtral's expert-tensor-parallel shards' expert stage)
 # Writes OUT_DIR/<gpu>.csv (the profile), heldout.csv, late.csv (the whole-layer rows timed again
 # at the end of each shape), gemm_ab.csv, histograms.csv, timings.csv (when each row was timed,
 # to line up with clocks.csv), trace.csv, torch.csv, clocks.csv and log.txt. With BIN_DIR set

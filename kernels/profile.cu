@@ -16,6 +16,10 @@
 // active_experts and row_tiles (the sum over experts of ceil(rows / 64)) describe the
 // histogram. dense_gemm rows time one bf16 GEMM of the gate/up
 // projection's size over `tokens` rows, the yardstick for the grouped GEMMs' efficiency.
+// mixtral-etp2, mixtral-etp4, mixtral-etp8 (only when named): mixtral with each expert's FFN
+// split over 2, 4 or 8 GPUs (F 7168, 3584, 1792), the shard one GPU runs under the simulator's
+// parallelism.etp; with --experts-only, the expert stage alone, which is all the simulator
+// takes from these widths.
 // --trace FILE: a token-level routing trace (docs/traces.md) of the mixtral-shaped router on
 // clustered tokens (4 layers, 4096 tokens), for the simulator to replay.
 #include <cuda_runtime.h>
@@ -198,6 +202,8 @@ Config shape(const std::string& name) {
     c.hidden = 1024, c.ffn = 2048, c.experts = 16, c.top_k = 2;
   } else if (name == "mixtral") {
     c.hidden = 4096, c.ffn = 14336, c.experts = 8, c.top_k = 2;
+  } else if (name.rfind("mixtral-etp", 0) == 0) {  // an expert-tensor-parallel shard of mixtral's experts
+    c.hidden = 4096, c.ffn = 14336 / std::stoi(name.substr(11)), c.experts = 8, c.top_k = 2;
   } else {  // deepseek
     c.hidden = 7168, c.ffn = 2048, c.experts = 256, c.top_k = 8, c.scoring = Scoring::sigmoid, c.groups = 8, c.max_groups = 4;
   }
@@ -363,7 +369,7 @@ int main(int argc, char** argv) {
     else if (a == "--heldout-experts" && i + 1 < argc) heldout_experts_list = argv[++i];
     else {
       std::fprintf(stderr,
-                   "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek]\n"
+                   "usage: moe-profile [--out FILE] [--heldout FILE] [--ab FILE] [--trace FILE] [--shapes small,mixtral,deepseek,...]\n"
                    "                   [--quick] [--repeats N] [--heldout-only] [--passes N] [--stages FILE] [--hist FILE]\n"
                    "                   [--grid pow2|dense] [--heldout-tokens N,N,...] [--heldout-experts N,N,...]\n"
                    "                   [--locals N,N,...] [--experts-only] [--late FILE] [--sustain SECONDS] [--timings FILE]\n"
@@ -451,8 +457,9 @@ int main(int argc, char** argv) {
         : quick             ? std::vector<std::string>{"small"}
                             : std::vector<std::string>{"small", "mixtral", "deepseek"};
     for (const auto& s : shapes)
-      if (s != "small" && s != "mixtral" && s != "deepseek") {
-        std::fprintf(stderr, "moe-profile: unknown shape '%s' (small, mixtral, deepseek)\n", s.c_str());
+      if (s != "small" && s != "mixtral" && s != "deepseek" && s != "mixtral-etp2" && s != "mixtral-etp4" && s != "mixtral-etp8") {
+        std::fprintf(stderr, "moe-profile: unknown shape '%s' (small, mixtral, deepseek, mixtral-etp2, mixtral-etp4, mixtral-etp8)\n",
+                     s.c_str());
         return 2;
       }
     // Check every shape first.

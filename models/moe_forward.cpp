@@ -397,8 +397,6 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
   dispatch_pending_.assign(cells, 0);
   combine_pending_.assign(cells, 0);
   if (spec.etp > 1) {
-    MOESIM_ASSERT(!spec.two_batch_overlap && !spec.forward_backward_overlap,
-                  "expert tensor parallelism with two-batch or forward-backward overlap is not modelled");
     etp_gather_pending_.assign(cells, 0);
     etp_scatter_pending_.assign(cells, 0);
   }
@@ -617,9 +615,9 @@ void MoeForward::start() {
           // The ETP group's exchanges: the rows of each other GPU that received some (gather),
           // and, where this GPU received rows, every other GPU's partial outputs of them.
           std::int64_t from = 0;
-          for (const int peer : etp_peers(g)) from += etp_rows(p, peer) > 0;
+          for (const int peer : etp_peers(g)) from += etp_rows(p, peer, h) > 0;
           pending(etp_gather_pending_, g, p, h) = from;
-          pending(etp_scatter_pending_, g, p, h) = etp_rows(p, g) > 0 ? spec_.etp - 1 : 0;
+          pending(etp_scatter_pending_, g, p, h) = etp_rows(p, g, h) > 0 ? spec_.etp - 1 : 0;
         }
       }
   if (spec_.training && spec_.gradient_sync) {
@@ -1312,36 +1310,89 @@ std::vector<int> MoeForward::etp_peers(int gpu) const {
   return out;
 }
 
-std::int64_t MoeForward::etp_rows(int pass, int gpu) const { return plan(pass, gpu).received(rank(gpu)); }
+std::int64_t MoeForward::etp_rows(int pass, int gpu, int half) const { return plan(pass, gpu, half).received(rank(gpu)); }
 
-void MoeForward::etp_exchange(int gpu, bool gather) {
+void MoeForward::etp_send(int gpu, int pass, int half, bool gather) {
   // Gather: this GPU's received rows to each other GPU of its ETP group, in the dispatch's row
   // bytes (a backward's: the output gradients'). Scatter: to each the partial outputs of its
   // rows, in the combine's.
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const int pass = s.pass;
   const bool back = backward(pass);
   const std::int64_t row = gather ? (back ? comm_.gradient_dispatch_row_bytes : comm_.dispatch_row_bytes) : comm_.combine_row_bytes;
   for (const int peer : etp_peers(gpu)) {
-    const std::int64_t rows = etp_rows(pass, gather ? gpu : peer);
+    const std::int64_t rows = etp_rows(pass, gather ? gpu : peer, half);
     if (rows == 0) continue;
     const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(peer)), sim::Bytes(rows * row)};
     network_.start_flow(flow, [this, record = FlowRecord{layer_of(pass), Stage::tp, flow, sim_.now(), Time(),
                                                          backward_phase(pass), micro_batch(pass), recompute(pass)},
-                               pass, peer, gather]() mutable {
+                               pass, half, peer, gather]() mutable {
       record.end = sim_.now();
       recorder_.on_flow(record);
-      etp_arrived(pass, peer, gather);
+      etp_arrived(pass, half, peer, gather);
     });
   }
+}
+
+void MoeForward::etp_exchange(int gpu, bool gather) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  etp_send(gpu, s.pass, 0, gather);
   s.wait = gather ? Wait::etp_gather : Wait::etp_scatter;
   s.wait_start = sim_.now();
   etp_check(gpu);
 }
 
-void MoeForward::etp_arrived(int pass, int gpu, bool gather) {
-  --pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, pass);
-  if (gpus_[static_cast<std::size_t>(gpu)].pass == pass) etp_check(gpu);
+void MoeForward::etp_arrived(int pass, int half, int gpu, bool gather) {
+  --pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, pass, half);
+  const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const Wait w = gather ? Wait::etp_gather : Wait::etp_scatter;
+  if (spec_.two_batch_overlap) {  // a layer program waiting for this exchange goes on
+    if (s.wait == w && s.wait_pass == pass && s.wait_half == half) overlap_step(gpu);
+  } else if (s.paired) {
+    if (s.wait == w && s.pass == pass) pair_step(gpu);
+  } else if (s.pass == pass) {
+    etp_check(gpu);
+  }
+}
+
+bool MoeForward::etp_experts_op(int gpu, int pass, int half, void (MoeForward::*step)(int)) {
+  // tp_sub 0: send the rows, then wait for the others' (1); the experts (2); send the partial
+  // outputs, then wait for the others' (3); done. A step returns false while the GPU waits or
+  // computes (the wait's arrival or the stage's end calls `step` again).
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const auto wait = [&](bool gather) {
+    const Wait w = gather ? Wait::etp_gather : Wait::etp_scatter;
+    if (s.wait != w) {  // arriving at the wait
+      s.wait = w;
+      s.wait_pass = pass;
+      s.wait_half = half;
+      s.wait_start = sim_.now();
+    }
+    if (pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, pass, half) > 0) return false;
+    s.wait = Wait::none;
+    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(pass), Stage::tp, s.wait_start, sim_.now(),
+                                   backward_phase(pass), false, micro_batch(pass), recompute(pass)});
+    return true;
+  };
+  switch (s.tp_sub) {
+    case 0:
+      etp_send(gpu, pass, half, true);
+      s.tp_sub = 1;
+      [[fallthrough]];
+    case 1:
+      if (!wait(true)) return false;
+      s.tp_sub = 2;
+      s.stage_pass = pass;
+      run_stage(gpu, Stage::experts, experts_time(pass, gpu, half), step);
+      s.stage_pass = -1;
+      return false;
+    case 2:
+      etp_send(gpu, pass, half, false);
+      s.tp_sub = 3;
+      [[fallthrough]];
+    default:
+      if (!wait(false)) return false;
+      s.tp_sub = 0;
+      return true;
+  }
 }
 
 void MoeForward::etp_check(int gpu) {
@@ -1585,6 +1636,11 @@ void MoeForward::overlap_step(int gpu) {
         }
         return shared_step(gpu, h * kHalfOps + (of == before ? 2 : 0), pass, half_tokens, &MoeForward::overlap_step);
       case experts:
+        if (spec_.etp > 1) {  // the ETP group's exchanges around it
+          if (!etp_experts_op(gpu, pass, h, &MoeForward::overlap_step)) return;
+          ++s.op;
+          continue;
+        }
         return compute(Stage::experts, experts_time(pass, gpu, h));
       case reduce:  // a weighted sum (or its gradient, a scatter of the same size): not a GEMM
         return compute(Stage::reduce, reduce_time(gpu, half_tokens, p.kept(rank(gpu))));
@@ -1679,6 +1735,11 @@ void MoeForward::pair_step(int gpu) {
         }
         return shared_step(gpu, 0, pass, tokens, &MoeForward::pair_step);
       case experts:
+        if (spec_.etp > 1) {  // the ETP group's exchanges around it
+          if (!etp_experts_op(gpu, pass, 0, &MoeForward::pair_step)) return;
+          ++s.op;
+          continue;
+        }
         return compute(Stage::experts, experts_time(pass, gpu, 0));
       case send_dispatch:
       case send_combine:

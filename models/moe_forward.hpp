@@ -100,8 +100,8 @@ struct ForwardSpec {
   // its own rows' output back for the combine. Backward passes mirror it (the output gradients
   // gathered, the input gradients reduce-scattered). The exchanges are direct flows between the
   // group's GPUs (what NCCL's all-gather and reduce-scatter of uneven sizes send each GPU),
-  // waited for and recorded as tensor-parallel work (Stage::tp). Not with two-batch or
-  // forward-backward overlap.
+  // waited for and recorded as tensor-parallel work (Stage::tp); with two-batch overlap each
+  // half has its own, and with forward-backward overlap each pass of a pair.
   int etp = 1;
   std::int64_t tokens_per_gpu = 1;    // micro-batch tokens on each GPU
   std::int64_t sequence_length = 1;
@@ -750,12 +750,17 @@ class MoeForward {
   AllToAllSpec comm_;  // the all-to-all's, its row bytes settled
   int shard(int gpu) const { return gpu % (spec_.ep * spec_.etp); }  // which expert shard the GPU holds
   std::vector<int> etp_peers(int gpu) const;
-  std::int64_t etp_rows(int pass, int gpu) const;  // the rows gpu received in the pass's dispatch
-  // gpu's experts' input is in (after the dispatch): send its rows to the others (gather), or its
-  // experts are done: send each the partial outputs of its rows (scatter); then wait.
+  std::int64_t etp_rows(int pass, int gpu, int half = 0) const;  // the rows gpu received in the pass's dispatch
+  // Starts gpu's flows of the exchange: its rows to the others once its experts' input is in
+  // (gather), or each other GPU's rows' partial outputs once its experts are done (scatter).
+  void etp_send(int gpu, int pass, int half, bool gather);
+  // The plain program: send, then wait (etp_check() goes on when the exchange is complete).
   void etp_exchange(int gpu, bool gather);
-  void etp_arrived(int pass, int gpu, bool gather);
+  void etp_arrived(int pass, int half, int gpu, bool gather);
   void etp_check(int gpu);  // goes on if gpu's exchange is complete
+  // The experts as an operation of a layer program (overlap_step(), pair_step()) with expert
+  // tensor parallelism: gather, experts, scatter, in steps (GpuState::tp_sub); true once done.
+  bool etp_experts_op(int gpu, int pass, int half, void (MoeForward::*step)(int));
   void combine_send(int gpu);  // the experts' output is whole: send the combine
   std::size_t finished_gpus_ = 0;
   double model_flops_ = 0;

@@ -1130,10 +1130,6 @@ void cross_check(const Scenario& sc, Problems& problems) {
     if (m.expert_ffn % etp != 0)
       refuse(fmt::format("{} does not divide model.expert_ffn ({}): each GPU holds whole columns of every expert", etp,
                          m.expert_ffn));
-    if (sc.forward.two_batch_overlap || sc.forward.forward_backward_overlap)
-      refuse(fmt::format("with workload.overlap: {} is not modelled", sc.forward.forward_backward_overlap ? "forward_backward"
-                                                                      : sc.forward.two_batch_staggered ? "two_batch_staggered"
-                                                                                                       : "two_batch"));
   }
   if (const int tp = m.tp; tp > 1) {
     // Tensor parallelism: whole heads, FFN columns and tokens per GPU, inside a node.

@@ -33,8 +33,6 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "recompute" && !training) return "recomputation is training's";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
-    if (d == "etp" && (f.two_batch_overlap || f.forward_backward_overlap))
-      return "expert tensor parallelism is not modelled with workload.overlap: search from a scenario without";
     return {};
   };
   std::vector<std::string> dims;

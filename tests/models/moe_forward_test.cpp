@@ -248,6 +248,13 @@ TEST_CASE("Expert tensor parallelism gathers the rows, splits the FFN and reduce
     // Without expert tensor parallelism the 4 EP groups sync whole experts over 2 rings of 4.
     const auto whole = scenarios::run_experiment(scenarios::load_scenario_text(replaced(t, "etp: 2", "etp: 1"), "etp1.yaml"));
     CHECK(whole.stats.gradient_sync_bytes() == 14 * 8 * 1'049'088LL + 2 * (6 * 4 * 1'572'864LL));
+
+    // Two-batch overlap: each half gathers and reduce-scatters its own rows, the same bytes in all.
+    const auto tbo = scenarios::run_experiment(scenarios::load_scenario_text(
+        replaced(t, "workload: {kind: training,", "workload: {kind: training, overlap: two_batch,"), "etp-tbo.yaml"));
+    check_stages_tile(tbo);
+    CHECK(tbo.stats.tp_bytes() == rr.stats.tp_bytes());
+    CHECK(tbo.stats.gradient_sync_bytes() == rr.stats.gradient_sync_bytes());
   }
 }
 
@@ -1139,7 +1146,7 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0, etp_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0, etp_trials = 0, etp_overlap_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -1255,11 +1262,12 @@ output: {{timeline: off}}
       yaml.insert(yaml.find("tp: ") + 4 + std::to_string(tp).size(), trial % 2 ? ", cp: 2, cp_comm: ring" : ", cp: 2");
       ++cp_trials;
     }
-    // Every fourth trial without two-batch overlap splits each expert over 2 GPUs (expert tensor
-    // parallelism) and halves the EP size (by the trial: the draws stay).
-    if (!tbo && trial % 4 == 0) {
+    // Every fourth trial splits each expert over 2 GPUs (expert tensor parallelism) and halves
+    // the EP size (by the trial: the draws stay).
+    if (trial % 4 == 0) {
       yaml = replaced(yaml, fmt::format("parallelism: {{ep: {},", ep), fmt::format("parallelism: {{ep: {}, etp: 2,", ep / 2));
       ++etp_trials;
+      etp_overlap_trials += tbo;
     }
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
@@ -1289,6 +1297,7 @@ output: {{timeline: off}}
   CHECK(staggered_trials >= 4);  // and some forward passes with staggered two-batch overlap
   CHECK(cp_trials >= 4);         // and some with context parallelism
   CHECK(etp_trials >= 4);        // and some with expert tensor parallelism
+  CHECK(etp_overlap_trials >= 2);  // some of those with two-batch overlap
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {
@@ -1656,6 +1665,7 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
   // stragglers and jitter: each run finishes,
   // each GPU's stages tile its time, and the model work and routing are those without overlap.
   sim::Rng pick(11, "test/fuzz-forward-backward");
+  int etp_trials = 0;
   for (int trial = 0; trial < 12; ++trial) {
     const int pp = static_cast<int>(pick.uniform_int(3)) == 0 ? 1 : pick.uniform_int(2) ? 2 : 4;
     const int v = pp == 1 ? 1 : 2;
@@ -1672,7 +1682,13 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     const char* algos[] = {"direct", "hierarchical"};
     const char* algo = algos[pick.uniform_int(2)];
     const int tp = pick.uniform_int(2) ? 2 : 1;  // tensor parallelism over each node's 2 GPUs, or none
-    const std::string stages = (pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v)) + fmt::format(", tp: {}", tp);
+    std::string stages = (pp == 1 ? "" : fmt::format(", pp: {}, virtual_stages: {}", pp, v)) + fmt::format(", tp: {}", tp);
+    // Every other trial whose stages have 4 GPUs splits each expert over 2 of them (expert tensor
+    // parallelism; by the trial: the draws stay).
+    if (trial % 2 == 0 && nodes * 2 / pp == 4) {
+      stages += ", etp: 2";
+      ++etp_trials;
+    }
     const auto run = [&](const std::string& overlap) {
       const std::string yaml = fuzz_yaml(nodes, layers, shared, dense, vocab, stages, tokens, batches, sync + recompute + overlap,
                                          trial, algo);
@@ -1686,6 +1702,7 @@ TEST_CASE("Random training runs with forward-backward overlap account for every 
     REQUIRE(fb.stats.layers().size() == plain.stats.layers().size());
     for (std::size_t l = 0; l < plain.stats.layers().size(); ++l) CHECK(fb.stats.layers()[l].routed == plain.stats.layers()[l].routed);
   }
+  CHECK(etp_trials >= 2);
 }
 
 TEST_CASE("Each micro-batch draws its own routing, with capacity per micro-batch", "[models][training]") {

@@ -1213,8 +1213,7 @@ TEST_CASE("parallelism.etp splits each expert over GPUs of a node, and is refuse
              Catch::Contains("parallelism.etp: the 4 GPUs of a pipeline stage do not divide into blocks of ep x etp = 2 x 4"));
   CHECK_THAT(error_of_with(kBase, {"parallelism.ep=4", "parallelism.etp=2", "model.expert_ffn=14335"}),
              Catch::Contains("parallelism.etp: 2 does not divide model.expert_ffn (14335)"));
-  CHECK_THAT(error_of_with(kBase, {"parallelism.ep=4", "parallelism.etp=2", "workload.overlap=two_batch"}),
-             Catch::Contains("parallelism.etp: with workload.overlap: two_batch is not modelled"));
+  CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.ep=4", "parallelism.etp=2", "workload.overlap=two_batch"}).forward.etp == 2);
   CHECK_THAT(error_of_with(kBase, {"parallelism.etp=0"}), Catch::Contains("parallelism.etp"));
   // Hierarchical all-to-all: a node holds 8 / etp of an EP group's ranks.
   CHECK(load_scenario_text(kBase, "s.yaml", {"parallelism.ep=8", "parallelism.etp=2", "network.all_to_all=hierarchical"}).forward.etp == 2);

@@ -122,8 +122,6 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
                        "compute.model=roofline compares them like for like");
   CHECK(tools::search_space(load(kTraining, {"compute.model=roofline"}), {"etp"}, 0).caution.empty());
   CHECK(tools::search_space(load(kTraining), {"tp"}, 0).caution.empty());
-  CHECK_THAT(refused(kTraining.substr(0, kTraining.find("gradient_sync: ring}")) + "gradient_sync: ring, overlap: two_batch}\n", {"etp"}, 0),
-             Catch::Contains("--vary etp: expert tensor parallelism is not modelled with workload.overlap"));
   // The grid file.
   const std::string yaml = tools::search_grid_yaml(tools::search_space(load(kTraining), {"tp"}, 0), "/a/it's.yaml");
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
