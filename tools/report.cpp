@@ -1053,7 +1053,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
         if (!counts.empty()) counts += ',';
         counts += std::to_string(e);
       }
-      why = locals.empty()
+      why = locals.empty() && f.etp > 1
                 ? fmt::format(": this shape is measured up to {} tokens, but not its experts' shard with parallelism.etp {} (H {} F {}): "
                               "the expert stage is the roofline's, and so is every other stage beyond that",
                               tokens, f.etp, m.hidden, shard)

@@ -463,13 +463,14 @@ TEST_CASE("Hierarchical all-to-all forwarding in chunks matches the hand derivat
 
 TEST_CASE("Hierarchical all-to-all never sends more across nodes than direct", "[models][forward][all_to_all]") {
   sim::Rng pick(31, "test/hierarchical");
+  int etp_trials = 0;
   for (int trial = 0; trial < 12; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);             // 2 or 4
     const int nodes = 2 + static_cast<int>(pick.uniform_int(2));
     const int ep = gpn * nodes;
     const int experts = ep * (1 + static_cast<int>(pick.uniform_int(2)));
     const int top_k = 1 + static_cast<int>(pick.uniform_int(4));
-    const std::string yaml = fmt::format(R"(
+    std::string yaml = fmt::format(R"(
 cluster:
   nodes: {}
   gpus_per_node: {}
@@ -483,6 +484,12 @@ placement: {{policy: {}}}
 )", nodes, gpn, experts, top_k, ep, 16 + pick.uniform_int(200), trial, 0.5 + pick.uniform01(),
                                          1 + pick.uniform01(), pick.uniform_int(2) ? "pad" : "position",
                                          pick.uniform_int(2) ? "eplb, redundant_experts: " + std::to_string(ep) : "contiguous");
+    // Every other trial on 4-GPU nodes halves EP and splits each expert over 2 GPUs: EP groups
+    // of ranks 2 GPUs apart, 2 of them a node (by the trial: the draws stay).
+    if (trial % 2 == 0 && gpn == 4) {
+      yaml = replaced(yaml, fmt::format("parallelism: {{ep: {}}}", ep), fmt::format("parallelism: {{ep: {}, etp: 2}}", ep / 2));
+      ++etp_trials;
+    }
     INFO(yaml);
     const auto d = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "d.yaml"));
     const auto h = scenarios::run_experiment(
@@ -497,6 +504,7 @@ placement: {{policy: {}}}
       if (top_k > 1 && a.scale_out_bytes > 0) CHECK(b.scale_out_bytes < a.scale_out_bytes);
     }
   }
+  CHECK(etp_trials >= 2);
 }
 
 TEST_CASE("fp8 dispatch sends values plus a scale per 128 channels", "[models][all_to_all]") {
