@@ -85,8 +85,8 @@ commands:
         [--maximize METRIC | --minimize METRIC] [--top N] [--out CSV] [--jobs N]
         a layout search without a grid: the tensor-parallel sizes, pipeline stages
         (and virtual stages), EP sizes and a sharded optimizer the cluster and
-        model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched and
-        recompute), at the scenario's global batch; writes the grid beside the
+        model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched,
+        recompute and etp), at the scenario's global batch; writes the grid beside the
         CSV, skips what cannot run or fit, and plans the rest (default: the most
         tokens/s, the 10 best ranked)
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
