@@ -226,7 +226,9 @@ std::string sliding_note(const routing::MoeModelSpec& m) {
   return fmt::format("; sliding-window attention ({} tokens) on {} of its {} layers", m.sliding_window, sliding, layers);
 }
 
-MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu) {
+// floor: memory_floor()'s lower bound (r without routing): a layer held between its split
+// backward and its weight pass counts once, as a layer does.
+MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu, bool floor = false) {
   const auto& f = sc.forward;
   const auto& m = f.model;
   const double b = m.dtype_bytes;
@@ -303,7 +305,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double for_weights = (no_norm ? lin * t * h + b * t * h : 0) +
                              (no_act ? lin * (ffn * m.shared_experts * t + shard_ffn * rows_mean) : 0);
   const double in_flight =
-      !f.training ? 1.0 : models::pipeline_held_layers(f, stage, (kept_layer + for_weights) / kept_layer) / layers;
+      !f.training ? 1.0 : models::pipeline_held_layers(f, stage, floor ? 1.0 : (kept_layer + for_weights) / kept_layer) / layers;
   // The logits, of the micro-batches between the head's forward and its backward (counted at
   // their own peak, which may fall elsewhere than the layers': an upper bound).
   const double heads = !f.training ? 1.0 : models::pipeline_held_head(f, stage);
@@ -416,9 +418,10 @@ std::string infeasible_reason(const scenarios::Scenario& sc, int g, const Memory
 
 MemoryFloor memory_floor(const scenarios::Scenario& sc) {
   // The run's memory model without any routing: no expert rows and no all-to-all buffers, so a
-  // lower bound of every GPU's figure (each term grows with the rows). Not the activations with
-  // selective recomputation: what a weight pass keeps is there a share of a layer's that the rows
-  // can shrink, so they are left out altogether.
+  // lower bound of every GPU's figure (each term grows with the rows). With selective
+  // recomputation what a weight pass keeps of a layer is a share of the layer's activations that
+  // the rows can shrink: the floor counts such a layer once (the least it can hold, as the most
+  // the stage holds at once grows with that share).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
                                0, "", "", {}, scenarios::compute_placements(sc), nullptr, 0.0, {}};
@@ -426,8 +429,7 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc) {
   floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   MemoryUse most;
   for (int g = 0; g < gpus; ++g) {
-    MemoryUse u = memory_use(sc, r, g);
-    if (sc.forward.training && sc.forward.recompute == models::Recompute::selective) u.activations = 0;
+    const MemoryUse u = memory_use(sc, r, g, true);
     if (floor.gpu < 0 || u.total() > most.total()) {
       most = u;
       floor.gpu = g;
