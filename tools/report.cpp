@@ -416,7 +416,7 @@ std::string infeasible_reason(const scenarios::Scenario& sc, int g, const Memory
 
 }  // namespace
 
-MemoryFloor memory_floor(const scenarios::Scenario& sc) {
+MemoryFloor memory_floor(const scenarios::Scenario& sc, const std::vector<routing::Placement>* placements) {
   // The run's memory model without any routing: no expert rows and no all-to-all buffers, so a
   // lower bound of every GPU's figure (each term grows with the rows). With selective
   // recomputation what a weight pass keeps of a layer is a share of the layer's activations that
@@ -424,7 +424,7 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc) {
   // the stage holds at once grows with that share).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
-                               0, "", "", {}, scenarios::compute_placements(sc), nullptr, 0.0, {}};
+                               0, "", "", {}, placements ? *placements : scenarios::compute_placements(sc), nullptr, 0.0, {}};
   MemoryFloor floor;
   floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   MemoryUse most;
@@ -448,8 +448,8 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc) {
   return floor;
 }
 
-std::string unfit_reason(const scenarios::Scenario& sc) {
-  const MemoryFloor floor = memory_floor(sc);
+std::string unfit_reason(const scenarios::Scenario& sc, const std::vector<routing::Placement>* placements) {
+  const MemoryFloor floor = memory_floor(sc, placements);
   if (floor.capacity <= 0 || floor.bytes <= floor.capacity) return {};
   return fmt::format("not simulated: GPU {} needs at least {:.1f} GB of the {:.0f} GB of a {} whatever the routing ({})", floor.gpu,
                      floor.bytes / 1e9, floor.capacity / 1e9, sc.cluster.gpu.name, floor.parts);

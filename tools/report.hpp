@@ -33,9 +33,10 @@ struct MemoryFloor {
   double capacity = 0;  // the GPU's memory (0: unknown)
   std::string parts;    // "weights 11.9; gradients and optimizer 83.6; ..." (GB)
 };
-MemoryFloor memory_floor(const scenarios::Scenario& sc);
+// placements: the scenario's (scenarios::compute_placements()), where the caller has them.
+MemoryFloor memory_floor(const scenarios::Scenario& sc, const std::vector<routing::Placement>* placements = nullptr);
 // Empty when the floor fits the GPU's memory; otherwise why the scenario cannot fit, in words.
-std::string unfit_reason(const scenarios::Scenario& sc);
+std::string unfit_reason(const scenarios::Scenario& sc, const std::vector<routing::Placement>* placements = nullptr);
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
                       const scenarios::RunResult& r);
 // A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a newline.

@@ -45,13 +45,17 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
     std::rethrow_exception(first_invalid);
   if (grid.skip_unfit) {
     // Points that cannot fit, from the memory that needs no simulation (placements are computed,
-    // which may take a while for big clusters: on all the jobs' threads).
+    // which may take a while for big clusters: on all the jobs' threads). A point that may fit
+    // keeps its placements for its run (one step's: a run of several makes its own each step).
     std::vector<std::size_t> valid;
     for (std::size_t i = 0; i < points.size(); ++i)
       if (skipped[i].empty()) valid.push_back(i);
     parallel_for(valid, opts.jobs, [&](std::size_t i) {
-      skipped[i] = unfit_reason(scenarios[i]);
+      auto& sc = scenarios[i];
+      std::vector<routing::Placement> placements = scenarios::compute_placements(sc);
+      skipped[i] = unfit_reason(sc, &placements);
       unfit[i] = skipped[i].empty() ? 0 : 1;
+      if (!unfit[i] && sc.steps <= 1 && sc.forward.placements.empty()) sc.forward.placements = std::move(placements);
     });
   }
   // What each point runs: a hash (FNV-1a, 64 bits) of the base scenario's text and its overrides.
