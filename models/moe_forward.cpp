@@ -615,7 +615,7 @@ void MoeForward::start() {
           // The ETP group's exchanges: the rows of each other GPU that received some (gather),
           // and, where this GPU received rows, every other GPU's partial outputs of them.
           std::int64_t from = 0;
-          for (const int peer : etp_peers(g)) from += etp_rows(p, peer, h) > 0;
+          for (int peer = etp_first(g); peer < etp_first(g) + spec_.etp; ++peer) from += peer != g && etp_rows(p, peer, h) > 0;
           pending(etp_gather_pending_, g, p, h) = from;
           pending(etp_scatter_pending_, g, p, h) = etp_rows(p, g, h) > 0 ? spec_.etp - 1 : 0;
         }
@@ -1207,12 +1207,8 @@ void MoeForward::after_attention(int gpu) {
 }
 
 void MoeForward::after_router(int gpu) {
-  const int pass = gpus_[static_cast<std::size_t>(gpu)].pass;
-  all_to_all_->send(pass, Phase::dispatch, gpu);
-  if (shared_split())
-    return tp_exchange(gpu, kSharedOp, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(pass), &MoeForward::shared_gathered);
-  if (spec_.model.shared_experts > 0)
-    return run_stage(gpu, Stage::shared_experts, shared_time(gpu, spec_.tokens_per_gpu), &MoeForward::after_shared);
+  all_to_all_->send(gpus_[static_cast<std::size_t>(gpu)].pass, Phase::dispatch, gpu);
+  if (spec_.model.shared_experts > 0) return shared_plain(gpu);
   after_shared(gpu);
 }
 
@@ -1223,40 +1219,39 @@ Time MoeForward::shared_time(int gpu, std::int64_t tokens) {
   return cost(m.shared_experts * expert_cost(shared_model_, tokens * m.shared_tp()), gpu);
 }
 
-void MoeForward::shared_gathered(int gpu) {
-  run_stage(gpu, Stage::shared_experts, shared_time(gpu, spec_.tokens_per_gpu), &MoeForward::shared_computed);
+void MoeForward::shared_plain(int gpu) {
+  const int pass = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (shared_step(gpu, 0, pass, spec_.tokens_per_gpu, &MoeForward::shared_plain)) after_shared(gpu);
 }
 
-void MoeForward::shared_computed(int gpu) {
-  tp_exchange(gpu, kSharedOp + 1, CollectiveKind::reduce_scatter, spec_.tokens_per_gpu,
-              layer_of(gpus_[static_cast<std::size_t>(gpu)].pass), &MoeForward::after_shared);
-}
-
-void MoeForward::shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int)) {
-  // The shared experts as an operation of a layer program (pair_step(), overlap_step()), called
-  // until done: with tensor-parallel shared experts the all-gather (tp_sub 0 -> 1), the experts
-  // (-> 2), then the reduce-scatter, after which the program moves on (op + 1); else the
-  // experts alone. `pass`: the pass they belong to (a staggered program's layer before's).
+bool MoeForward::shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int)) {
+  // In steps (GpuState::tp_sub), each calling `step` again when it ends: with tensor-parallel
+  // shared experts the all-gather (0 -> 1), the experts (-> 2), the reduce-scatter (-> 3); else
+  // the experts alone (0 -> 3); then done (true, tp_sub back to 0). `pass`: the pass they belong
+  // to (a staggered program's layer before's).
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const bool split = shared_split();
   switch (s.tp_sub) {
     case 0:
       if (split) {
         s.tp_sub = 1;
-        return tp_exchange(gpu, base + kSharedOp, CollectiveKind::all_gather, tokens, layer_of(pass), step);
+        tp_exchange(gpu, base + kSharedOp, CollectiveKind::all_gather, tokens, layer_of(pass), step);
+        return false;
       }
       [[fallthrough]];
     case 1:
-      if (split) s.tp_sub = 2;
-      else ++s.op;
+      s.tp_sub = split ? 2 : 3;
       s.stage_pass = pass;
       run_stage(gpu, Stage::shared_experts, shared_time(gpu, tokens), step);
       s.stage_pass = -1;
-      return;
+      return false;
+    case 2:
+      s.tp_sub = 3;
+      tp_exchange(gpu, base + kSharedOp + 1, CollectiveKind::reduce_scatter, tokens, layer_of(pass), step);
+      return false;
     default:
       s.tp_sub = 0;
-      ++s.op;
-      return tp_exchange(gpu, base + kSharedOp + 1, CollectiveKind::reduce_scatter, tokens, layer_of(pass), step);
+      return true;
   }
 }
 
@@ -1299,15 +1294,13 @@ void MoeForward::try_start_experts(int gpu) {
   recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer, Stage::dispatch, s.wait_start,
                                  sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass),
                                  recompute(s.pass)});
-  if (spec_.etp > 1) return etp_exchange(gpu, true);
+  if (spec_.etp > 1) return etp_plain(gpu);
   run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
 }
 
-std::vector<int> MoeForward::etp_peers(int gpu) const {
-  std::vector<int> out;
-  for (int g = gpu - gpu % spec_.etp; g < gpu - gpu % spec_.etp + spec_.etp; ++g)
-    if (g != gpu) out.push_back(g);
-  return out;
+void MoeForward::etp_plain(int gpu) {
+  const int pass = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (etp_experts_op(gpu, pass, 0, &MoeForward::etp_plain)) after_experts(gpu);
 }
 
 std::int64_t MoeForward::etp_rows(int pass, int gpu, int half) const { return plan(pass, gpu, half).received(rank(gpu)); }
@@ -1318,7 +1311,8 @@ void MoeForward::etp_send(int gpu, int pass, int half, bool gather) {
   // rows, in the combine's.
   const bool back = backward(pass);
   const std::int64_t row = gather ? (back ? comm_.gradient_dispatch_row_bytes : comm_.dispatch_row_bytes) : comm_.combine_row_bytes;
-  for (const int peer : etp_peers(gpu)) {
+  for (int peer = etp_first(gpu); peer < etp_first(gpu) + spec_.etp; ++peer) {
+    if (peer == gpu) continue;
     const std::int64_t rows = etp_rows(pass, gather ? gpu : peer, half);
     if (rows == 0) continue;
     const Flow flow{GpuId(static_cast<std::uint32_t>(gpu)), GpuId(static_cast<std::uint32_t>(peer)), sim::Bytes(rows * row)};
@@ -1332,25 +1326,14 @@ void MoeForward::etp_send(int gpu, int pass, int half, bool gather) {
   }
 }
 
-void MoeForward::etp_exchange(int gpu, bool gather) {
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  etp_send(gpu, s.pass, 0, gather);
-  s.wait = gather ? Wait::etp_gather : Wait::etp_scatter;
-  s.wait_start = sim_.now();
-  etp_check(gpu);
-}
-
 void MoeForward::etp_arrived(int pass, int half, int gpu, bool gather) {
   --pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, pass, half);
+  // A GPU waiting for this exchange goes on (early arrivals are counted, checked when it gets there).
   const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const Wait w = gather ? Wait::etp_gather : Wait::etp_scatter;
-  if (spec_.two_batch_overlap) {  // a layer program waiting for this exchange goes on
-    if (s.wait == w && s.wait_pass == pass && s.wait_half == half) overlap_step(gpu);
-  } else if (s.paired) {
-    if (s.wait == w && s.pass == pass) pair_step(gpu);
-  } else if (s.pass == pass) {
-    etp_check(gpu);
-  }
+  if (s.wait != (gather ? Wait::etp_gather : Wait::etp_scatter) || s.wait_pass != pass || s.wait_half != half) return;
+  if (spec_.two_batch_overlap) overlap_step(gpu);
+  else if (s.paired) pair_step(gpu);
+  else etp_plain(gpu);
 }
 
 bool MoeForward::etp_experts_op(int gpu, int pass, int half, void (MoeForward::*step)(int)) {
@@ -1395,24 +1378,7 @@ bool MoeForward::etp_experts_op(int gpu, int pass, int half, void (MoeForward::*
   }
 }
 
-void MoeForward::etp_check(int gpu) {
-  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
-  const bool gather = s.wait == Wait::etp_gather;
-  if (!gather && s.wait != Wait::etp_scatter) return;  // an early arrival; counted, checked when gpu gets here
-  if (pending(gather ? etp_gather_pending_ : etp_scatter_pending_, gpu, s.pass) > 0) return;
-  s.wait = Wait::none;
-  recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::tp, s.wait_start, sim_.now(),
-                                 backward_phase(s.pass), false, micro_batch(s.pass), recompute(s.pass)});
-  if (gather) run_stage(gpu, Stage::experts, experts_time(s.pass, gpu, 0), &MoeForward::after_experts);
-  else combine_send(gpu);
-}
-
 void MoeForward::after_experts(int gpu) {
-  if (spec_.etp > 1) return etp_exchange(gpu, false);
-  combine_send(gpu);
-}
-
-void MoeForward::combine_send(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   all_to_all_->send(s.pass, Phase::combine, gpu);
   s.wait = Wait::combine;
@@ -1634,7 +1600,9 @@ void MoeForward::overlap_step(int gpu) {
           ++s.op;
           continue;
         }
-        return shared_step(gpu, h * kHalfOps + (of == before ? 2 : 0), pass, half_tokens, &MoeForward::overlap_step);
+        if (!shared_step(gpu, h * kHalfOps + (of == before ? 2 : 0), pass, half_tokens, &MoeForward::overlap_step)) return;
+        ++s.op;
+        continue;
       case experts:
         if (spec_.etp > 1) {  // the ETP group's exchanges around it
           if (!etp_experts_op(gpu, pass, h, &MoeForward::overlap_step)) return;
@@ -1733,7 +1701,9 @@ void MoeForward::pair_step(int gpu) {
           ++s.op;
           continue;
         }
-        return shared_step(gpu, 0, pass, tokens, &MoeForward::pair_step);
+        if (!shared_step(gpu, 0, pass, tokens, &MoeForward::pair_step)) return;
+        ++s.op;
+        continue;
       case experts:
         if (spec_.etp > 1) {  // the ETP group's exchanges around it
           if (!etp_experts_op(gpu, pass, 0, &MoeForward::pair_step)) return;
@@ -1805,10 +1775,9 @@ Time MoeForward::experts_time(int pass, int gpu, int half) {
   // (the gathered rows), each computed at the GPU's share of the FFN.
   const int layer = layer_of(pass);
   const int r = rank(gpu);
-  const int etp_first = gpu - gpu % spec_.etp;
   const auto slot_rows = [&](int slot, bool padded) {
     std::int64_t n = 0;
-    for (int g = etp_first; g < etp_first + spec_.etp; ++g) {
+    for (int g = etp_first(gpu); g < etp_first(gpu) + spec_.etp; ++g) {
       const auto& p = plan(pass, g, half);
       n += (padded ? p.slot_padded : p.slot_computed)[static_cast<std::size_t>(slot)];
     }

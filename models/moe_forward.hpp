@@ -738,30 +738,26 @@ class MoeForward {
   // The shared experts: with tensor parallelism (routing::MoeModelSpec::shared_tp() > 1) a GPU's
   // share of their columns (shared_model_) over its group's tokens, between an all-gather and a
   // reduce-scatter (collectives numbered from kSharedOp, 2 more for a staggered program's layer
-  // before), as an operation of a layer program (shared_step()) or in the plain program
-  // (after_router() -> shared_gathered() -> shared_computed() -> after_shared()).
+  // before): shared_step(), an operation of a layer program or of the plain one (shared_plain()).
   static constexpr int kSharedOp = 1 << 15;
   routing::MoeModelSpec shared_model_;
   bool shared_split() const { return spec_.model.shared_experts > 0 && spec_.model.shared_tp() > 1; }
   sim::Time shared_time(int gpu, std::int64_t tokens);  // the shared experts over `tokens` of the GPU's own
-  void shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int));
-  void shared_gathered(int gpu);
-  void shared_computed(int gpu);
+  bool shared_step(int gpu, int base, int pass, std::int64_t tokens, void (MoeForward::*step)(int));
+  void shared_plain(int gpu);  // the plain program's shared experts, then after_shared()
   AllToAllSpec comm_;  // the all-to-all's, its row bytes settled
   int shard(int gpu) const { return gpu % (spec_.ep * spec_.etp); }  // which expert shard the GPU holds
-  std::vector<int> etp_peers(int gpu) const;
-  std::int64_t etp_rows(int pass, int gpu, int half = 0) const;  // the rows gpu received in the pass's dispatch
+  int etp_first(int gpu) const { return gpu - gpu % spec_.etp; }  // the first GPU of its ETP group
+  std::int64_t etp_rows(int pass, int gpu, int half = 0) const;   // the rows gpu received in the pass's dispatch
   // Starts gpu's flows of the exchange: its rows to the others once its experts' input is in
   // (gather), or each other GPU's rows' partial outputs once its experts are done (scatter).
   void etp_send(int gpu, int pass, int half, bool gather);
-  // The plain program: send, then wait (etp_check() goes on when the exchange is complete).
-  void etp_exchange(int gpu, bool gather);
   void etp_arrived(int pass, int half, int gpu, bool gather);
-  void etp_check(int gpu);  // goes on if gpu's exchange is complete
-  // The experts as an operation of a layer program (overlap_step(), pair_step()) with expert
-  // tensor parallelism: gather, experts, scatter, in steps (GpuState::tp_sub); true once done.
+  // The experts with expert tensor parallelism, gather, experts, scatter, in steps
+  // (GpuState::tp_sub), as an operation of a layer program (overlap_step(), pair_step()) or of
+  // the plain one (etp_plain(), then after_experts()); true once done.
   bool etp_experts_op(int gpu, int pass, int half, void (MoeForward::*step)(int));
-  void combine_send(int gpu);  // the experts' output is whole: send the combine
+  void etp_plain(int gpu);
   std::size_t finished_gpus_ = 0;
   double model_flops_ = 0;
   std::int64_t passes_done_ = 0;

@@ -69,8 +69,9 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
   for (std::size_t l = 0; l < to.size(); ++l) {
     const auto& a = from[l];
     const auto& b = to[l];
-    // Each EP group: rank r is GPU g0 + r etp (models::ep_group_gpu).
-    for (int g0 = 0; g0 < cluster.gpu_count(); g0 += g0 % etp == etp - 1 ? ep * etp - etp + 1 : 1)
+    // Each EP group: group k's rank r is GPU g0 + r etp (models::ep_group_gpu's layout).
+    for (int k = 0; k < cluster.gpu_count() / ep; ++k) {
+      const int g0 = k / etp * ep * etp + k % etp;
       for (int s = 0; s < b.slots(); ++s) {
         const int e = b.slot_expert[static_cast<std::size_t>(s)];
         const int dst = g0 + b.gpu_of_slot(s) * etp;
@@ -87,6 +88,7 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
                                          topology::GpuId(static_cast<std::uint32_t>(dst)), expert},
                             [] {});
       }
+    }
   }
   sim.run();
   return {sim.now(), bytes};

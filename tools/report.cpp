@@ -686,9 +686,10 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
     const int gpu = static_cast<int>(i);
-    const auto& f = sc.forward;  // the EP group counted over the cluster (ForwardSpec::etp's layout)
-    fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node, gpu / (f.ep * f.etp) * f.etp + gpu % f.etp,
-               models::ep_rank(f, gpu), format_us(g.finish));
+    // The EP group counted over the cluster (as if one stage of all its GPUs).
+    fmt::print(out, "{},{},{},{},{}", gpu, gpu / sc.cluster.gpus_per_node,
+               models::ep_group_in_stage(sc.forward, static_cast<int>(gpus.size()), gpu), models::ep_rank(sc.forward, gpu),
+               format_us(g.finish));
     for (const Stage s : models::kStages) fmt::print(out, ",{}", format_us(g.stage_total[idx(s)]));
     sim::Time busy, wait;
     for (const Stage s : models::kStages) (models::is_network_wait(s) ? wait : busy) += g.stage_total[idx(s)];
