@@ -87,6 +87,76 @@ class Ring final : public Collective {
   std::vector<int> next_send_, received_;
 };
 
+// Direct collective among the GPUs of one mesh node: every member sends each other its share
+// over their own link (an all-reduce: the reduce-scatter's shares, then the all-gather's).
+class Direct final : public Collective {
+ public:
+  Direct(const CollectiveContext& ctx, CollectiveKind kind, std::vector<int> members, sim::Bytes size, Done done)
+      : ctx_(ctx),
+        members_(std::move(members)),
+        part_(share(size, members_.size())),
+        done_(std::move(done)),
+        kind_(kind),
+        joined_(members_.size(), 0),
+        first_(members_.size(), 0),
+        second_(members_.size(), 0),
+        sent_(members_.size(), 0),
+        reported_(members_.size(), 0) {
+    MOESIM_ASSERT(!members_.empty(), "a direct collective without GPUs");
+  }
+
+  void join(int gpu) override {
+    const std::size_t m = member_index(members_, gpu);
+    joined_[m] = 1;
+    send_all(m, false);
+    progress(m);
+  }
+
+ private:
+  std::size_t peers() const { return members_.size() - 1; }
+  bool two_rounds() const { return kind_ == CollectiveKind::all_reduce; }
+
+  // Member m sends its share to every other member: the first round (the reduce-scatter's, or
+  // the only one) or the all-reduce's all-gather round.
+  void send_all(std::size_t m, bool second) {
+    for (std::size_t to = 0; to < members_.size(); ++to) {
+      if (to == m) continue;
+      const Flow flow{gpu_id(members_[m]), gpu_id(members_[to]), part_};
+      const FlowRecord start{ctx_.layer, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), ctx_.backward, ctx_.micro_batch};
+      ctx_.network.start_flow(flow, [this, to, second, record = start]() mutable {
+        record.end = ctx_.sim.now();
+        ctx_.recorder.on_flow(record);
+        ++(second ? second_ : first_)[to];
+        progress(to);
+      });
+    }
+  }
+
+  // Called when member m joins or receives a share: starts its second round once its first is
+  // in, and reports it done once everything it waits for is.
+  void progress(std::size_t m) {
+    if (!joined_[m] || reported_[m] || first_[m] < peers()) return;
+    if (two_rounds()) {
+      if (!sent_[m]) {
+        sent_[m] = 1;
+        send_all(m, true);
+      }
+      if (second_[m] < peers()) return;
+    }
+    reported_[m] = 1;
+    done_(members_[m]);
+  }
+
+  CollectiveContext ctx_;
+  std::vector<int> members_;
+  sim::Bytes part_;
+  Done done_;
+  CollectiveKind kind_;
+  std::vector<char> joined_;
+  std::vector<std::size_t> first_, second_;  // shares received in each round
+  std::vector<char> sent_, reported_;        // all-reduce: the second round sent; done reported
+};
+
 // In-switch (NVLink SHARP) collective among the GPUs of one node.
 class Switch final : public Collective {
  public:
@@ -199,10 +269,14 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
                                             CollectiveKind kind, std::vector<int> members, sim::Bytes size,
                                             Collective::Done done, int chunks) {
   MOESIM_ASSERT(!members.empty(), "a collective without GPUs");
-  if (algorithm == CollectiveAlgorithm::ring) return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
   // By node, in member order; and across nodes by in-node position.
   std::map<int, std::vector<int>> by_node;
   for (const int g : members) by_node[g / ctx.gpus_per_node].push_back(g);
+  if (algorithm == CollectiveAlgorithm::ring) {
+    if (ctx.mesh && by_node.size() == 1) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
+    return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+  }
+  MOESIM_ASSERT(!ctx.mesh || algorithm != CollectiveAlgorithm::nvls, "an in-switch collective in a node without a switch");
   const std::size_t k = by_node.begin()->second.size();
   const bool even = std::all_of(by_node.begin(), by_node.end(), [&](const auto& n) { return n.second.size() == k; });
   if (!even)  // nodes with different member counts: no common shard size; one ring
@@ -216,6 +290,7 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
   const auto intra = [&ctx, in_switch](CollectiveKind kd, sim::Bytes s) {
     return [&ctx, in_switch, kd, s](std::vector<int> g, Collective::Done d) -> std::unique_ptr<Collective> {
       if (in_switch) return std::make_unique<Switch>(ctx, kd, std::move(g), s, std::move(d));
+      if (ctx.mesh) return std::make_unique<Direct>(ctx, kd, std::move(g), s, std::move(d));
       return std::make_unique<Ring>(ctx, kd, std::move(g), s, std::move(d));
     };
   };

@@ -23,6 +23,13 @@
 //   2(k - 1)/k x S each way, at switch_efficiency of the port's bandwidth. The switch needs
 //   every member's data: the flows start when the last member joins, and every member is done
 //   when the last flow ends.
+// On a node whose GPUs form a full mesh (NodeFabric::mesh, AMD Infinity Fabric), the phases
+// inside a node, and a ring whose members are all on one node, are direct instead: for a
+// reduce-scatter every GPU sends each other member that member's share ceil(S / k) of its
+// buffer over their own link; for an all-gather its own share to each; an all-reduce is the
+// two, a GPU starting its all-gather once it has every share of its reduce-scatter. Each link
+// of the group carries S / k each way, as RCCL's rings over all 7 links of an MI300X (one per
+// link-disjoint Hamiltonian cycle) carry; a single ring would use one link of each GPU.
 // Reduction compute is not modelled (memory-bound and small next to the transfers).
 #pragma once
 
@@ -59,6 +66,7 @@ struct CollectiveContext {
   // In-switch collectives move their bytes at this share of a port's bandwidth (the switch's
   // reduction and multicast are not free); see kNvlsEfficiency.
   double switch_efficiency = 1.0;
+  bool mesh = false;               // the nodes' GPUs form a full mesh (no switch)
   Stage stage = Stage::grad_sync;  // what the flows are recorded as
   int layer = 0;                   // and with which layer, pass and micro-batch
   bool backward = true;

@@ -625,7 +625,8 @@ void MoeForward::start() {
     // all-gathered weights, with a sharded optimizer, as many in the model dtype), per bucket of
     // MoE layers. Each pipeline stage synchronises its own weights among its GPUs.
     const auto& m = spec_.model;
-    const CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    ctx.mesh = cluster_.mesh();
     const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto synced_one = [this](int gpu) {
       // The last bucket is joined at the end of the backward pass: a GPU whose buckets are
@@ -1043,8 +1044,8 @@ void MoeForward::tp_after_attention(int gpu) {
 void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t rows, int layer, void (MoeForward::*next)(int)) {
   // Each collective is built by the first of its group to get there and dropped once all of
   // them are through. The ring inside the node (every GPU sends the next one a GPU's share of
-  // the rows, tp - 1 times: NCCL's ring all-gather and reduce-scatter), or with nvls the NVSwitch
-  // (models/collectives.hpp).
+  // the rows, tp - 1 times: NCCL's ring all-gather and reduce-scatter; in a mesh node each GPU
+  // sends its share to every other directly), or with nvls the NVSwitch (models/collectives.hpp).
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int tp = spec_.model.tp, group = gpu / tp;
   s.wait = Wait::tp;
@@ -1055,7 +1056,7 @@ void MoeForward::tp_exchange(int gpu, int op, CollectiveKind kind, std::int64_t 
   // A recomputed forward's collective (its pass's, or one of the recomputation's own ops).
   const bool again = op % kHalfOps >= kRecomputeOps - 1 || recompute(s.pass);
   if (it == tp_collectives_.end()) {
-    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency, cluster_.mesh()};
     ctx.stage = Stage::tp;
     ctx.layer = layer;
     ctx.backward = backward_phase(s.pass);
@@ -1100,7 +1101,7 @@ void MoeForward::cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*ne
   auto it = cp_collectives_.find(key);
   if (it == cp_collectives_.end()) {
     const CpPending& w = s.cp_pending;
-    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency, cluster_.mesh()};
     ctx.stage = Stage::cp;
     ctx.layer = w.layer;
     ctx.backward = w.record_backward;

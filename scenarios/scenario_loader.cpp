@@ -306,10 +306,22 @@ void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
     sc.cluster.gpu.memory_bandwidth = *v;
   if (auto v = g.get<sim::Bytes>("memory", [](const std::string& s) { return sim::parse_bytes(s); }, false))
     sc.cluster.gpu.memory = *v;
-  if (auto v = g.get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), req))
+  // Without a preset a GPU needs its scale-up bandwidth, unless it comes on a mesh
+  // (cluster.node.fabric: mesh, checked with the node).
+  if (auto v = g.get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false))
     sc.cluster.gpu.nvlink_bandwidth = *v;
   if (auto v = g.get<std::int64_t>("sms", count_at_least(1), false)) sc.cluster.gpu.sm_count = as_int(*v);
   g.finish();
+}
+
+// Why in-switch collectives (NVLink SHARP) cannot run on this cluster's nodes; empty if they can.
+std::string nvls_unavailable(const topology::ClusterSpec& c) {
+  if (c.node.fabric == topology::NodeFabric::mesh)
+    return "nvls needs an NVSwitch, and this node's GPUs form a mesh with none (cluster.node.fabric: mesh)";
+  // NVLink SHARP needs the third-generation NVSwitch (HGX H100, H800, H200 and later).
+  if (c.gpu.name.rfind("A100", 0) == 0)
+    return fmt::format("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which {} systems lack", c.gpu.name);
+  return {};
 }
 
 void read_cluster(Section& top, Scenario& sc, Problems& problems) {
@@ -327,23 +339,51 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
     c.gpus_per_node = as_int(*v);
   read_gpu(*cluster, sc, problems);
 
-  // Defaults: the GPU's NVLink rate; latencies typical of H100 systems (not measured).
+  // Defaults: the GPU's fabric and link rates; latencies typical of H100 systems (not measured),
+  // a mesh link's the same 1 us from GPU to GPU as through an NVSwitch.
+  c.node.fabric = c.gpu.fabric;
   c.node.nvlink_bandwidth = c.gpu.nvlink_bandwidth;
   c.node.nvlink_latency = sim::Time::ns(500);
+  c.node.link_bandwidth = c.gpu.link_bandwidth;
+  c.node.link_latency = sim::Time::us(1);
   c.node.pcie_bandwidth = sim::Bandwidth(64'000'000'000);
   c.node.pcie_latency = sim::Time::ns(500);
+  using topology::NodeFabric;
   if (auto node = cluster->child("node", false)) {
-    (void)node->get<std::string>("fabric", one_of({"nvswitch"}), false);
-    if (auto v = node->get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false))
-      c.node.nvlink_bandwidth = *v;
-    if (auto v = node->get<sim::Time>("nvlink_latency", time_value(), false)) c.node.nvlink_latency = *v;
+    const auto fabric = node->get<std::string>("fabric", one_of({"nvswitch", "mesh"}), false);
+    if (fabric) c.node.fabric = *fabric == "mesh" ? NodeFabric::mesh : NodeFabric::nvswitch;
+    const bool mesh = c.node.fabric == NodeFabric::mesh;
+    // The other fabric's keys are refused, not ignored.
+    const auto only = [&](const char* key, bool allowed) {
+      if (!allowed && node->find(key).IsDefined())
+        problems.add_at(node->key_path(key),
+                        fmt::format("only with 'fabric: {}' (this node's fabric is {}{})", mesh ? "nvswitch" : "mesh",
+                                    mesh ? "mesh" : "nvswitch", fabric ? "" : fmt::format(", the {}'s", c.gpu.name)));
+      return allowed;
+    };
+    if (only("nvlink_bandwidth", !mesh))
+      if (auto v = node->get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false)) c.node.nvlink_bandwidth = *v;
+    if (only("nvlink_latency", !mesh))
+      if (auto v = node->get<sim::Time>("nvlink_latency", time_value(), false)) c.node.nvlink_latency = *v;
+    if (only("link_bandwidth", mesh))
+      if (auto v = node->get<sim::Bandwidth>("link_bandwidth", positive_bandwidth(), false)) c.node.link_bandwidth = *v;
+    if (only("link_latency", mesh))
+      if (auto v = node->get<sim::Time>("link_latency", time_value(), false)) c.node.link_latency = *v;
     if (auto v = node->get<sim::Bandwidth>("pcie_bandwidth", positive_bandwidth(), false))
       c.node.pcie_bandwidth = *v;
     if (auto v = node->get<sim::Time>("pcie_latency", time_value(), false)) c.node.pcie_latency = *v;
     node->finish();
   }
-  if (c.node.nvlink_bandwidth.is_zero() && c.gpus_per_node > 1)
+  if (c.node.fabric == NodeFabric::mesh) {
+    if (c.node.link_bandwidth.is_zero() && c.gpus_per_node > 1)
+      problems.add_at(cluster->path(), "no mesh link bandwidth: set cluster.node.link_bandwidth (per GPU pair and direction)");
+    if (c.gpu.peer_links > 0 && c.gpus_per_node - 1 > c.gpu.peer_links)
+      problems.add_at(cluster->key_path("gpus_per_node"),
+                      fmt::format("the {} has {} links, one to each peer of its mesh: at most {} GPUs a node, got {}",
+                                  c.gpu.name, c.gpu.peer_links, c.gpu.peer_links + 1, c.gpus_per_node));
+  } else if (c.node.nvlink_bandwidth.is_zero() && c.gpus_per_node > 1) {
     problems.add_at(cluster->path(), "no NVLink bandwidth: set cluster.node.nvlink_bandwidth");
+  }
 
   c.scale_out.link_latency = sim::Time::us(1);
   c.scale_out.nodes_per_leaf = c.nodes;
@@ -608,11 +648,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
                                                          : models::CollectiveAlgorithm::ring;
       if (f.gradient_sync && !f.training)
         problems.add_at(w->key_path("gradient_sync"), "only used with 'kind: training'");
-      // NVLink SHARP needs the third-generation NVSwitch (HGX H100, H800, H200 and later).
-      if (*v == "nvls" && sc.cluster.gpu.name.rfind("A100", 0) == 0)
-        problems.add_at(w->key_path("gradient_sync"),
-                        fmt::format("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which {} systems lack; use hierarchical",
-                                    sc.cluster.gpu.name));
+      if (*v == "nvls")
+        if (const std::string why = nvls_unavailable(sc.cluster); !why.empty())
+          problems.add_at(w->key_path("gradient_sync"), why + "; use hierarchical");
     }
     if (auto v = w->get<std::int64_t>("gradient_sync_chunks", count_at_least(1), false)) {
       f.gradient_sync_chunks = as_int(*v);
@@ -923,10 +961,9 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (auto v = n->get<std::string>("tp_collectives", one_of({"ring", "nvls"}), false)) {
       sc.forward.tp_algorithm = *v == "nvls" ? models::CollectiveAlgorithm::nvls : models::CollectiveAlgorithm::ring;
       if (sc.forward.model.tp == 1) problems.add_at(n->key_path("tp_collectives"), "only used with parallelism.tp > 1");
-      if (*v == "nvls" && sc.cluster.gpu.name.rfind("A100", 0) == 0)
-        problems.add_at(n->key_path("tp_collectives"),
-                        fmt::format("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which {} systems lack; use ring",
-                                    sc.cluster.gpu.name));
+      if (*v == "nvls")
+        if (const std::string why = nvls_unavailable(sc.cluster); !why.empty())
+          problems.add_at(n->key_path("tp_collectives"), why + "; use ring");
     }
     if (auto v = n->get<double>("nvls_efficiency", fraction(), false)) {
       sc.forward.nvls_efficiency = *v;

@@ -524,7 +524,7 @@ const std::string& summary_csv_header() {
       "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "train_tokens,train_days,train_gpu_hours,train_cost,etp";
+      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric";
   return header;
 }
 
@@ -604,7 +604,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                b.days > 0 && sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", b.cost) : std::string());
   else
     out << ",,,,";
-  fmt::print(out, "{}\n", f.etp);
+  fmt::print(out, "{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -789,8 +789,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const double tokens = step_tokens(sc);
   const Totals t = totals(sc, r);
   fmt::print(out, "moesim: {}{}\n", sc.source, f.model.name.empty() ? "" : " (" + f.model.name + ")");
-  fmt::print(out, "  cluster     {} x {} ({} node{} x {}), EP{}{}{}{}, {} tokens per GPU{}\n", gpus,
+  const bool mesh = sc.cluster.node.fabric == topology::NodeFabric::mesh;
+  fmt::print(out, "  cluster     {} x {} ({} node{} x {}{}), EP{}{}{}{}, {} tokens per GPU{}\n", gpus,
              sc.cluster.gpu.name, sc.cluster.nodes, sc.cluster.nodes == 1 ? "" : "s", sc.cluster.gpus_per_node,
+             mesh ? fmt::format(", a mesh of {:.4g} GB/s links", static_cast<double>(sc.cluster.node.link_bandwidth.bytes_per_s()) / 1e9)
+                  : std::string(),
              f.etp > 1 ? fmt::format("{}, ETP{} (each expert over {} GPUs)", f.ep, f.etp, f.etp) : std::to_string(f.ep),
              f.model.tp > 1 ? fmt::format(", TP{} (attention{}{}{}{})", f.model.tp, f.model.dense_layers > 0 ? ", dense layers" : "",
                                           f.model.shared_experts > 0 && !f.model.shared_replicated ? ", shared experts" : "",
@@ -813,6 +816,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                      : std::string(),
              f.sequences(),
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
+  if (sc.cluster.node.fabric != sc.cluster.gpu.fabric)
+    fmt::print(out, "  note        the {} comes in servers with {}; this node puts it on {} (cluster.node.fabric)\n", sc.cluster.gpu.name,
+               sc.cluster.gpu.fabric == topology::NodeFabric::mesh ? "a mesh of links, one per GPU pair" : "an NVSwitch",
+               mesh ? "a mesh" : "an NVSwitch");
   {
     // A NIC faster than its PCIe link (an 800 Gb/s NIC on the default PCIe Gen5 x16) moves no
     // more than the PCIe link does: say so, since the NIC bandwidth alone suggests otherwise.

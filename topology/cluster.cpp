@@ -43,11 +43,26 @@ Cluster::Cluster(const ClusterSpec& spec) : spec_(spec) {
   const int gpus = gpu_count();
   // GPUs first, so DeviceId(g) == GpuId(g).
   for (int g = 0; g < gpus; ++g) add_device(DeviceKind::gpu, g);
-  for (int n = 0; n < spec.nodes; ++n) {
-    const DeviceId sw = add_device(DeviceKind::nvswitch, n);
-    for (int i = 0; i < spec.gpus_per_node; ++i)
-      nvlink_.push_back(add_duplex(DeviceId(static_cast<std::uint32_t>(n * spec.gpus_per_node + i)), sw,
-                                   LinkKind::nvlink, spec.node.nvlink_bandwidth, spec.node.nvlink_latency));
+  const int gpn = spec.gpus_per_node;
+  if (mesh()) {
+    // One duplex link per pair of a node's GPUs.
+    mesh_.assign(static_cast<std::size_t>(gpus) * static_cast<std::size_t>(gpn), LinkId());
+    for (int n = 0; n < spec.nodes; ++n)
+      for (int i = 0; i < gpn; ++i)
+        for (int j = i + 1; j < gpn; ++j) {
+          const int a = n * gpn + i, b = n * gpn + j;
+          const Duplex d = add_duplex(DeviceId(static_cast<std::uint32_t>(a)), DeviceId(static_cast<std::uint32_t>(b)),
+                                      LinkKind::mesh, spec.node.link_bandwidth, spec.node.link_latency);
+          mesh_[static_cast<std::size_t>(a * gpn + j)] = d.up;
+          mesh_[static_cast<std::size_t>(b * gpn + i)] = d.down;
+        }
+  } else {
+    for (int n = 0; n < spec.nodes; ++n) {
+      const DeviceId sw = add_device(DeviceKind::nvswitch, n);
+      for (int i = 0; i < gpn; ++i)
+        nvlink_.push_back(add_duplex(DeviceId(static_cast<std::uint32_t>(n * gpn + i)), sw, LinkKind::nvlink,
+                                     spec.node.nvlink_bandwidth, spec.node.nvlink_latency));
+    }
   }
   if (spec.scale_out.present) build_scale_out();
   check_connected();
@@ -155,7 +170,17 @@ void Cluster::append_network(std::vector<LinkId>& links, int from, int to, GpuId
   links.push_back(nic_[static_cast<std::size_t>(to)].down);
 }
 
+void Cluster::append_local(std::vector<LinkId>& links, int from, int to) const {
+  if (mesh()) {
+    links.push_back(mesh_[static_cast<std::size_t>(from * spec_.gpus_per_node + to % spec_.gpus_per_node)]);
+  } else {
+    links.push_back(nvlink_[static_cast<std::size_t>(from)].up);
+    links.push_back(nvlink_[static_cast<std::size_t>(to)].down);
+  }
+}
+
 Path Cluster::switch_leg(GpuId gpu, bool up) const {
+  MOESIM_ASSERT(!mesh(), "a switch leg in a node without a switch");
   MOESIM_ASSERT(static_cast<int>(gpu.value) < gpu_count(), "a switch leg of an unknown GPU");
   const Duplex& d = nvlink_[gpu.index()];
   const LinkId l = up ? d.up : d.down;
@@ -170,17 +195,16 @@ Path Cluster::path(GpuId src, GpuId dst) const {
   const int gpn = spec_.gpus_per_node;
   Path p;
   if (s / gpn == d / gpn) {
-    p.links = {nvlink_[static_cast<std::size_t>(s)].up, nvlink_[static_cast<std::size_t>(d)].down};
+    append_local(p.links, s, d);
   } else {
     p.links.push_back(pcie_[static_cast<std::size_t>(s)].up);
     if (spec_.scale_out.topology == ScaleOutTopology::multi_plane && s % gpn != d % gpn) {
       // Across planes: through the sender's plane to the receiving node's GPU of the sender's
-      // index, which forwards over NVLink.
+      // index, which forwards over NVLink (its mesh link).
       const int relay = (d / gpn) * gpn + s % gpn;
       append_network(p.links, s, relay, src, dst);
       p.links.push_back(pcie_[static_cast<std::size_t>(relay)].down);
-      p.links.push_back(nvlink_[static_cast<std::size_t>(relay)].up);
-      p.links.push_back(nvlink_[static_cast<std::size_t>(d)].down);
+      append_local(p.links, relay, d);
     } else {
       append_network(p.links, s, d, src, dst);
       p.links.push_back(pcie_[static_cast<std::size_t>(d)].down);
@@ -217,6 +241,7 @@ std::string_view to_string(LinkKind k) {
     case LinkKind::pcie: return "pcie";
     case LinkKind::nic: return "nic";
     case LinkKind::uplink: return "uplink";
+    case LinkKind::mesh: return "mesh";
   }
   return "?";
 }

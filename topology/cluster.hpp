@@ -1,6 +1,9 @@
 // The cluster graph: GPUs, NVSwitches, NICs, leaf (or rail) switches, spines, directed links.
 //
-// Inside a node every GPU has one NVLink port to the node's NVSwitch. Between nodes, one of
+// Inside a node, one of two fabrics: every GPU has one NVLink port to the node's NVSwitch
+// (`nvswitch`), or every pair of the node's GPUs has a link of its own and no switch (`mesh`:
+// AMD Instinct's Infinity Fabric, xGMI, where each GPU has one link to each of its 7 peers).
+// Between nodes, one of
 // four scale-out builders (docs/topology.md lists every link a flow crosses in each):
 // - single_switch: every NIC on one switch;
 // - two_tier: a leaf per group of nodes_per_leaf nodes, `spines` spines, every leaf with one
@@ -9,9 +12,10 @@
 //   switch (pod, i); rail switches join through the spines;
 // - multi_plane: NIC i of every node is in plane i, its own two-tier fabric; traffic between
 //   GPUs of different in-node index crosses the network in the sender's plane and is forwarded
-//   over NVLink by the receiving node's GPU of the sender's index (as DeepEP does).
+//   over NVLink (or its mesh link) by the receiving node's GPU of the sender's index (as DeepEP
+//   does).
 // Every GPU has a NIC behind a PCIe link. Routes are explicit (not searched): the same node
-// goes over NVLink; otherwise through the sender's NIC. Where several spines give equal-cost
+// goes over NVLink (the mesh link); otherwise through the sender's NIC. Where several spines give equal-cost
 // paths, ECMP picks one per (source GPU, destination GPU) pair by a fixed hash. Links are full
 // duplex: each direction is its own Link. The graph is a Boost.Graph adjacency_list kept out of
 // this header and used to check that the fabric is connected.
@@ -31,10 +35,13 @@ using DeviceId = sim::Id<struct DeviceTag>;
 using LinkId = sim::Id<struct LinkTag>;
 
 struct NodeFabricSpec {
-  sim::Bandwidth nvlink_bandwidth;  // per GPU port, per direction
-  sim::Time nvlink_latency;         // per link (GPU->NVSwitch, NVSwitch->GPU)
+  sim::Bandwidth nvlink_bandwidth;  // nvswitch: per GPU port, per direction
+  sim::Time nvlink_latency;         // nvswitch: per link (GPU->NVSwitch, NVSwitch->GPU)
   sim::Bandwidth pcie_bandwidth;    // GPU <-> NIC, per direction
   sim::Time pcie_latency;
+  NodeFabric fabric = NodeFabric::nvswitch;
+  sim::Bandwidth link_bandwidth{};  // mesh: per GPU pair, per direction
+  sim::Time link_latency{};         // mesh: GPU -> GPU
 };
 
 enum class ScaleOutTopology { single_switch, two_tier, rail, multi_plane };
@@ -60,7 +67,7 @@ struct ClusterSpec {
 };
 
 enum class DeviceKind { gpu, nvswitch, nic, leaf, spine };  // a rail switch is a leaf
-enum class LinkKind { nvlink, pcie, nic, uplink };
+enum class LinkKind { nvlink, pcie, nic, uplink, mesh };
 
 struct Device {
   DeviceKind kind;
@@ -101,7 +108,9 @@ class Cluster {
   // The route from src to dst (src != dst), by the rules in docs/topology.md.
   Path path(GpuId src, GpuId dst) const;
   // The one NVLink link between a GPU and its node's NVSwitch: up (towards the switch) or down.
+  // Only with the nvswitch fabric.
   Path switch_leg(GpuId gpu, bool up) const;
+  bool mesh() const { return spec_.node.fabric == NodeFabric::mesh; }
   // The spine ECMP picks for traffic from src to dst (0 with one spine).
   int ecmp_spine(GpuId src, GpuId dst) const;
 
@@ -120,7 +129,9 @@ class Cluster {
   ClusterSpec spec_;
   std::vector<Device> devices_;
   std::vector<Link> links_;
-  std::vector<Duplex> nvlink_;     // per GPU: GPU <-> its NVSwitch
+  std::vector<Duplex> nvlink_;     // per GPU: GPU <-> its NVSwitch (nvswitch fabric)
+  std::vector<LinkId> mesh_;       // mesh fabric: [g * gpus_per_node + j]: GPU g -> GPU j of its node
+  void append_local(std::vector<LinkId>& links, int from, int to) const;  // same node, from != to
   std::vector<Duplex> pcie_;       // per GPU: GPU <-> its NIC
   std::vector<Duplex> nic_;        // per GPU: NIC <-> its leaf
   std::vector<DeviceId> leaf_ids_;

@@ -35,8 +35,23 @@ constexpr std::int64_t kG = 1'000'000'000;
 //   5,000 and 10,000 dense TFLOP/s per GPU), up to 13.4 TB HBM3e (186 GB per GPU) at 576 TB/s
 //   (8 TB/s per GPU), NVLink Switch System 130 TB/s (1.8 TB/s per GPU, every GPU of the rack on
 //   one NVLink domain). The SM count is the B200's: NVIDIA does not state it apart.
-const std::array<GpuSpec, 6>& presets() {
-  static const std::array<GpuSpec, 6> p{{
+// AMD Instinct GPUs come on 8-GPU boards whose GPUs form a full mesh: each GPU has 7 Infinity
+// Fabric (xGMI) links, one to each peer, and no switch (NodeFabric::mesh). `sm_count` is their
+// compute units (CUs).
+// - MI300X 192GB: AMD Instinct MI300X datasheet: 1,307.4 dense BF16 TFLOP/s (304 CUs x 2,048
+//   FLOP/clk x 2.1 GHz; 2,614.9 with sparsity), 2,614.9 dense FP8, 5.3 TB/s HBM3, 192 GB; 7
+//   links of 128 GB/s peak each (both directions together, 896 GB/s in all): 64 GB/s per link
+//   and direction, as AMD's ROCm blog "Understanding RCCL Bandwidth and xGMI Performance on AMD
+//   Instinct MI300X" (2025) states it (about 48 GB/s of it usable, by that post).
+// - MI325X 256GB: AMD Instinct MI325X datasheet: the MI300X's compute and links, 256 GB HBM3E
+//   at 6 TB/s.
+// - MI355X 288GB (1,400 W, liquid-cooled): CDNA 4, 256 CUs at up to 2.4 GHz (Hot Chips 2025);
+//   dense BF16 2,516.6 TFLOP/s (4,096 FLOP/clk per CU), FP8 5,033.2 (8,192 per CU, AMD at
+//   ISSCC 2026) and MXFP4 10,066.3 (AMD's "2.5, 5 and 10 PFLOPS"), 288 GB HBM3E at 8 TB/s; 7
+//   links of 153.6 GB/s both ways (76.8 GB/s per direction).
+const std::array<GpuSpec, 9>& presets() {
+  constexpr auto mesh = NodeFabric::mesh;
+  static const std::array<GpuSpec, 9> p{{
       {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
        Bandwidth(450 * kG), 132},
       {"H800-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
@@ -49,6 +64,12 @@ const std::array<GpuSpec, 6>& presets() {
        Bandwidth(900 * kG), 148, FlopRate(9000 * kT)},
       {"GB200", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(186 * kG),
        Bandwidth(900 * kG), 148, FlopRate(10000 * kT)},
+      {"MI300X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(5300 * kG), Bytes(192 * kG),
+       Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
+      {"MI325X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(6000 * kG), Bytes(256 * kG),
+       Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
+      {"MI355X", FlopRate(25166 * kT / 10), FlopRate(50332 * kT / 10), Bandwidth(8000 * kG), Bytes(288 * kG),
+       Bandwidth(7 * 768 * kG / 10), 256, FlopRate(100663 * kT / 10), mesh, 7, Bandwidth(768 * kG / 10)},
   }};
   return p;
 }

@@ -3374,6 +3374,20 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
     for (const auto& g : nvls.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 49'761'900));
     CHECK(nvls.stats.step_time() == Time::ps(283'379'776 + 2 * 49'761'900));
   }
+  SECTION("in a mesh node, over the pair's own link") {
+    // Two GPUs joined by one 100 GB/s link of 2 us: every flow (the exchanges and the
+    // all-to-all's) takes what it took through the switch's two 1 us hops; the exchanges are
+    // the direct collective's (each GPU sends the other its share), the same bytes.
+    const auto mesh_sc = scenarios::load_scenario_text(
+        replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "node: {nvlink_latency: 1us}",
+                 "node: {fabric: mesh, link_bandwidth: 100GB/s, link_latency: 2us}"),
+        "tiny.yaml");
+    const auto mesh = scenarios::run_experiment(mesh_sc);
+    CHECK(mesh.stats.step_time() == Time::ps(328'339'776));
+    for (const auto& g : mesh.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 22'480'000));
+    CHECK(mesh.stats.tp_bytes() == 4 * 2'048'000);
+    CHECK(csv_value(summary_csv(mesh_sc, mesh), "node_fabric") == "mesh");
+  }
 }
 
 TEST_CASE("Tensor parallelism splits the shared experts around their own collectives, unless replicated, as derived by hand",

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "scenarios/scenario.hpp"
+#include "sim/units.hpp"
 
 using namespace moesim;
 using scenarios::load_scenario_file;
@@ -1221,4 +1222,41 @@ TEST_CASE("parallelism.etp splits each expert over GPUs of a node, and is refuse
                                    "cluster.gpus_per_node=6"}),
              Catch::Contains("network.all_to_all: hierarchical needs EP groups of whole nodes or inside one node; EP 2 with 3 of its "
                              "ranks per node (6 GPUs, etp 2) is neither"));
+}
+
+TEST_CASE("An AMD Instinct GPU brings its mesh node; the fabric's keys and limits are checked", "[scenarios]") {
+  using topology::NodeFabric;
+  const auto mi = load_scenario_text(with("gpu: H100", "gpu: MI300X"), "s.yaml");
+  CHECK(mi.cluster.node.fabric == NodeFabric::mesh);
+  CHECK(mi.cluster.node.link_bandwidth == sim::parse_bandwidth("64GB/s"));
+  CHECK(mi.cluster.node.link_latency == sim::parse_time("1us"));
+  CHECK(load_scenario_text(kBase, "s.yaml").cluster.node.fabric == NodeFabric::nvswitch);
+  // Its own links, or a what-if NVSwitch at the GPU's total scale-up bandwidth.
+  const auto calibrated = load_scenario_text(with("gpu: H100", "gpu: MI300X\n  node: {link_bandwidth: 48GB/s, link_latency: 2us}"), "s.yaml");
+  CHECK(calibrated.cluster.node.link_bandwidth == sim::parse_bandwidth("48GB/s"));
+  CHECK(calibrated.cluster.node.link_latency == sim::parse_time("2us"));
+  const auto switched = load_scenario_text(with("gpu: H100", "gpu: MI300X\n  node: {fabric: nvswitch}"), "s.yaml");
+  CHECK(switched.cluster.node.fabric == NodeFabric::nvswitch);
+  CHECK(switched.cluster.node.nvlink_bandwidth == sim::parse_bandwidth("448GB/s"));
+  // The other fabric's keys are refused.
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: MI300X\n  node: {nvlink_latency: 1us}")),
+             Catch::Contains("cluster.node.nvlink_latency: only with 'fabric: nvswitch' (this node's fabric is mesh, the MI300X's)"));
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: H100\n  node: {link_bandwidth: 64GB/s}")),
+             Catch::Contains("cluster.node.link_bandwidth: only with 'fabric: mesh' (this node's fabric is nvswitch, the H100-SXM's)"));
+  // Seven links: at most eight GPUs a node.
+  CHECK_THAT(error_of(replaced_text(with("gpu: H100", "gpu: MI300X"), "gpus_per_node: 8", "gpus_per_node: 16")),
+             Catch::Contains("the MI300X has 7 links, one to each peer of its mesh: at most 8 GPUs a node, got 16"));
+  // No switch, no in-switch collectives.
+  CHECK_THAT(error_of(replaced_text(with("gpu: H100", "gpu: MI300X"), "  tokens_per_gpu: 1024\n",
+                                    "  kind: training\n  gradient_sync: nvls\n  tokens_per_gpu: 1024\n")),
+             Catch::Contains("nvls needs an NVSwitch, and this node's GPUs form a mesh with none (cluster.node.fabric: mesh); use hierarchical"));
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: H100\n  node: {fabric: mesh}")),
+             Catch::Contains("no mesh link bandwidth: set cluster.node.link_bandwidth"));
+  // A GPU without a preset on a mesh needs no NVLink bandwidth, only its links'.
+  const auto custom = load_scenario_text(
+      with("gpu: H100", "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s}\n  node: {fabric: mesh, link_bandwidth: 50GB/s}"),
+      "s.yaml");
+  CHECK(custom.cluster.node.link_bandwidth == sim::parse_bandwidth("50GB/s"));
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s}")),
+             Catch::Contains("no NVLink bandwidth: set cluster.node.nvlink_bandwidth"));
 }

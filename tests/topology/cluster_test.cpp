@@ -60,6 +60,55 @@ TEST_CASE("Blackwell presets: HGX B200 and the GB200 of an NVL72 rack", "[topolo
   CHECK(find_gpu_preset("GB200-SXM") == nullptr);  // a superchip's GPU, not an SXM module
 }
 
+TEST_CASE("AMD Instinct presets: 8-GPU meshes of Infinity Fabric links", "[topology]") {
+  const GpuSpec* mi300x = find_gpu_preset("mi300x");
+  REQUIRE(mi300x != nullptr);
+  CHECK(mi300x->name == "MI300X");
+  CHECK(sim::format_flop_rate(mi300x->peak_bf16) == "1307.4TFLOP/s");  // dense; 2,614.9 with sparsity
+  CHECK(sim::format_flop_rate(mi300x->peak_fp8) == "2614.9TFLOP/s");
+  CHECK(mi300x->peak_fp4.flop_per_s() == 0);
+  CHECK(mi300x->memory == sim::parse_bytes("192GB"));
+  CHECK(mi300x->fabric == NodeFabric::mesh);
+  CHECK(mi300x->peer_links == 7);
+  CHECK(mi300x->link_bandwidth == sim::parse_bandwidth("64GB/s"));  // 128 GB/s both ways
+  CHECK(mi300x->nvlink_bandwidth == sim::parse_bandwidth("448GB/s"));
+  CHECK(mi300x->sm_count == 304);
+  const GpuSpec* mi325x = find_gpu_preset("MI325X");
+  REQUIRE(mi325x != nullptr);
+  CHECK(mi325x->peak_bf16 == mi300x->peak_bf16);
+  CHECK(mi325x->memory == sim::parse_bytes("256GB"));
+  CHECK(mi325x->memory_bandwidth == sim::parse_bandwidth("6TB/s"));
+  const GpuSpec* mi355x = find_gpu_preset("MI355X");
+  REQUIRE(mi355x != nullptr);
+  CHECK(sim::format_flop_rate(mi355x->peak_fp8) == "5033.2TFLOP/s");
+  CHECK(mi355x->peak_fp4.flop_per_s() > 0);  // MXFP4
+  CHECK(mi355x->link_bandwidth == sim::parse_bandwidth("76.8GB/s"));
+  CHECK(find_gpu_preset("H100")->fabric == NodeFabric::nvswitch);
+}
+
+TEST_CASE("A mesh node joins every pair of its GPUs by a link of their own", "[topology]") {
+  ClusterSpec s = two_tier(1, 8, 1);
+  s.scale_out.present = false;
+  s.node.fabric = NodeFabric::mesh;
+  s.node.link_bandwidth = sim::parse_bandwidth("64GB/s");
+  s.node.link_latency = sim::parse_time("1us");
+  const Cluster c(s);
+  CHECK(c.mesh());
+  CHECK(c.links().size() == 8 * 7);  // 28 pairs x 2 directions, no switch
+  for (const auto& d : c.devices()) CHECK(d.kind == DeviceKind::gpu);
+  const Path p = c.path(gpu(2), gpu(5));
+  REQUIRE(p.links.size() == 1);
+  CHECK(c.link(p.links[0]).kind == LinkKind::mesh);
+  CHECK(c.device_name(c.link(p.links[0]).src) == "gpu2");
+  CHECK(c.device_name(c.link(p.links[0]).dst) == "gpu5");
+  CHECK(p.latency == sim::parse_time("1us"));
+  CHECK(p.bottleneck == sim::parse_bandwidth("64GB/s"));
+  // Every ordered pair has its own link: the reverse direction and other pairs differ.
+  CHECK(c.path(gpu(5), gpu(2)).links[0] != p.links[0]);
+  CHECK(c.path(gpu(2), gpu(6)).links[0] != p.links[0]);
+  CHECK(c.device_name(c.link(c.path(gpu(5), gpu(2)).links[0]).dst) == "gpu2");
+}
+
 TEST_CASE("A single node routes every pair through its NVSwitch", "[topology]") {
   ClusterSpec s = two_tier(1, 8, 1);
   s.scale_out.present = false;
@@ -184,4 +233,16 @@ TEST_CASE("A multi-plane fabric forwards cross-plane traffic over the receiver's
   const Path p = c.path(gpu(1), gpu(6));
   // 0.25 + 1 + 1 + 0.25 (PCIe, NIC links) + 0.5 + 0.5 (NVLink) us
   CHECK(p.latency == sim::parse_time("3.5us"));
+}
+
+TEST_CASE("A multi-plane fabric of mesh nodes forwards over the relay's own link", "[topology]") {
+  ClusterSpec s = two_tier(4, 4, 2);
+  s.scale_out.topology = ScaleOutTopology::multi_plane;
+  s.node.fabric = NodeFabric::mesh;
+  s.node.link_bandwidth = sim::parse_bandwidth("64GB/s");
+  s.node.link_latency = sim::parse_time("1us");
+  const Cluster c(s);
+  CHECK(hops(c, 1, 6) == std::vector<std::string>{"gpu1>nic1", "nic1>leaf1.0", "leaf1.0>nic5", "nic5>gpu5", "gpu5>gpu6"});
+  CHECK(hops(c, 1, 2) == std::vector<std::string>{"gpu1>gpu2"});
+  CHECK(c.path(gpu(1), gpu(6)).latency == sim::parse_time("3.5us"));  // 0.25 + 1 + 1 + 0.25 + 1
 }
