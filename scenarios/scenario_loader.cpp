@@ -310,6 +310,7 @@ void read_gpu(Section& cluster, Scenario& sc, Problems& problems) {
   // (cluster.node.fabric: mesh, checked with the node).
   if (auto v = g.get<sim::Bandwidth>("nvlink_bandwidth", positive_bandwidth(), false))
     sc.cluster.gpu.nvlink_bandwidth = *v;
+  if (auto v = g.get<sim::Bandwidth>("link_bandwidth", positive_bandwidth(), false)) sc.cluster.gpu.link_bandwidth = *v;
   if (auto v = g.get<std::int64_t>("sms", count_at_least(1), false)) sc.cluster.gpu.sm_count = as_int(*v);
   g.finish();
 }

@@ -816,6 +816,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                      : std::string(),
              f.sequences(),
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
+  if (mesh && f.training && f.gradient_sync && f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring && sc.cluster.nodes > 1)
+    fmt::print(out, "  note        the gradient ring crosses each mesh node over single links, one a hop, where RCCL spreads its channels "
+                    "over all of a GPU's links: workload.gradient_sync: hierarchical models that\n");
   if (sc.cluster.node.fabric != sc.cluster.gpu.fabric)
     fmt::print(out, "  note        the {} comes in servers with {}; this node puts it on {} (cluster.node.fabric)\n", sc.cluster.gpu.name,
                sc.cluster.gpu.fabric == topology::NodeFabric::mesh ? "a mesh of links, one per GPU pair" : "an NVSwitch",

@@ -1235,6 +1235,8 @@ TEST_CASE("An AMD Instinct GPU brings its mesh node; the fabric's keys and limit
   const auto calibrated = load_scenario_text(with("gpu: H100", "gpu: MI300X\n  node: {link_bandwidth: 48GB/s, link_latency: 2us}"), "s.yaml");
   CHECK(calibrated.cluster.node.link_bandwidth == sim::parse_bandwidth("48GB/s"));
   CHECK(calibrated.cluster.node.link_latency == sim::parse_time("2us"));
+  CHECK(load_scenario_text(with("gpu: H100", "gpu: {preset: MI300X, link_bandwidth: 48GB/s}"), "s.yaml").cluster.node.link_bandwidth ==
+        sim::parse_bandwidth("48GB/s"));
   const auto switched = load_scenario_text(with("gpu: H100", "gpu: MI300X\n  node: {fabric: nvswitch}"), "s.yaml");
   CHECK(switched.cluster.node.fabric == NodeFabric::nvswitch);
   CHECK(switched.cluster.node.nvlink_bandwidth == sim::parse_bandwidth("448GB/s"));

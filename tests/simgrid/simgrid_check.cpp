@@ -6,9 +6,10 @@
 // CM02, TCP-gamma 0, cross-traffic 0, optim Full (its default Lazy mode does not give max-min
 // shares), precision 1e-12. CM02 divides a link in inverse proportion to the flows' path
 // latencies, so every fabric here gives the flows that can share a link equal path latencies
-// (scale-out link latency 0; inter-node flows pay 2 x PCIe latency, intra-node 2 x NVLink).
+// (scale-out link latency 0; inter-node flows pay 2 x PCIe latency, intra-node 2 x NVLink or,
+// on mesh nodes, one link of their own, which no inter-node flow crosses).
 // SimGrid's engine is one per process: one run per invocation.
-//   moesim-simgrid-check --fabric node|leaf|spine|bench256 [--seed S] [--flows N]
+//   moesim-simgrid-check --fabric node|leaf|spine|mesh|bench256 [--seed S] [--flows N]
 // Exit 0 when every flow agrees within --tolerance (default 1e-9, relative to its duration).
 #include <fmt/format.h>
 #include <simgrid/s4u.hpp>
@@ -54,6 +55,13 @@ topology::ClusterSpec fabric(const std::string& name) {
     s.nodes = 8;
     s.gpus_per_node = 4;
     s.scale_out = {true, sim::parse_bandwidth("25GB/s"), sim::Time::zero(), 2, 2.0};
+  } else if (name == "mesh") {  // 4 mesh nodes of 4 GPUs (a link per pair, no switch) on one leaf
+    s.nodes = 4;
+    s.gpus_per_node = 4;
+    s.node.fabric = topology::NodeFabric::mesh;
+    s.node.link_bandwidth = sim::parse_bandwidth("64GB/s");
+    s.node.link_latency = sim::parse_time("1us");
+    s.scale_out = {true, sim::parse_bandwidth("50GB/s"), sim::Time::zero(), 4, 1.0};
   } else if (name == "bench256") {
     // The flows benchmark's fabric (moesim-bench-flows) with its 3 us NIC and uplink latency
     // moved onto the PCIe links, so that every inter-node flow has the same path latency (6 us)
@@ -63,7 +71,7 @@ topology::ClusterSpec fabric(const std::string& name) {
     s.node.pcie_latency = sim::parse_time("3us");
     s.scale_out = {true, sim::parse_bandwidth("50GB/s"), sim::Time::zero(), 4, 2.0};
   } else {
-    fmt::print(stderr, "unknown fabric '{}' (node, leaf, spine, bench256)\n", name);
+    fmt::print(stderr, "unknown fabric '{}' (node, leaf, spine, mesh, bench256)\n", name);
     std::exit(2);
   }
   return s;
