@@ -35,6 +35,18 @@ std::size_t member_index(const std::vector<int>& members, int gpu) {
   return static_cast<std::size_t>(it - members.begin());
 }
 
+// Starts `flow` on the network; when it has arrived, records it (as of its start) and calls
+// `arrived`.
+template <class F>
+void send_recorded(const CollectiveContext& ctx, const Flow& flow, F arrived) {
+  const FlowRecord start{ctx.layer, ctx.stage, flow, ctx.sim.now(), sim::Time(), ctx.backward, ctx.micro_batch};
+  ctx.network.start_flow(flow, [&ctx, record = start, arrived = std::move(arrived)]() mutable {
+    record.end = ctx.sim.now();
+    ctx.recorder.on_flow(record);
+    arrived();
+  });
+}
+
 class Ring final : public Collective {
  public:
   Ring(const CollectiveContext& ctx, CollectiveKind kind, std::vector<int> ring, sim::Bytes size, Done done)
@@ -63,13 +75,7 @@ class Ring final : public Collective {
     while (joined_[m] && next_send_[m] < steps_ && (next_send_[m] == 0 || received_[m] >= next_send_[m])) {
       ++next_send_[m];
       const std::size_t to = (m + 1) % ring_.size();
-      const Flow flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_};
-      const FlowRecord start{ctx_.layer, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), ctx_.backward, ctx_.micro_batch};
-      ctx_.network.start_flow(flow, [this, to, record = start]() mutable {
-        record.end = ctx_.sim.now();
-        ctx_.recorder.on_flow(record);
-        received(to);
-      });
+      send_recorded(ctx_, Flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_}, [this, to] { received(to); });
     }
   }
 
@@ -121,11 +127,7 @@ class Direct final : public Collective {
   void send_all(std::size_t m, bool second) {
     for (std::size_t to = 0; to < members_.size(); ++to) {
       if (to == m) continue;
-      const Flow flow{gpu_id(members_[m]), gpu_id(members_[to]), part_};
-      const FlowRecord start{ctx_.layer, ctx_.stage, flow, ctx_.sim.now(), sim::Time(), ctx_.backward, ctx_.micro_batch};
-      ctx_.network.start_flow(flow, [this, to, second, record = start]() mutable {
-        record.end = ctx_.sim.now();
-        ctx_.recorder.on_flow(record);
+      send_recorded(ctx_, Flow{gpu_id(members_[m]), gpu_id(members_[to]), part_}, [this, to, second] {
         ++(second ? second_ : first_)[to];
         progress(to);
       });
