@@ -6,7 +6,7 @@ layers and an LM head on 2 x 8 H800; a Mixtral-like one with grouped-query atten
 H100) and switches on, each with probability 0.3, one variant of every feature below (workload
 kind, pipeline schedules, overlap, recomputation, gradient sync, FP8, tensor parallelism, EP
 size, expert tensor parallelism, MTP, compute noise, network model, all-to-all algorithm, capacity and drops, routing laws,
-placement, topology...). Many combinations are not modelled and must be refused: exit code 2
+placement, topology, AMD GPUs on mesh nodes...). Many combinations are not modelled and must be refused: exit code 2
 with a one-line message naming the key. A case that runs must write reports that hold together:
 no NaN or infinite value in any CSV, the critical GPU's stage columns adding up to the step time,
 every routed assignment computed or dropped, tokens/s equal to the step's tokens over its time,
@@ -102,7 +102,8 @@ FEATURES = [
      ["placement.policy=eplb", "placement.load=observed", "placement.history=2", "routing.step=3"]],
     [["cluster.scale_out.topology=rail"], ["cluster.scale_out.topology=multi_plane"], ["cluster.scale_out.topology=single_switch"],
      ["cluster.scale_out.oversubscription=2", "cluster.scale_out.spines=2", "cluster.scale_out.nodes_per_leaf=1"]],
-    [["cluster.gpu_hour_price=2"]],
+    [["cluster.gpu_hour_price=2"], ["cluster.gpu=MI300X"], ["cluster.gpu=MI355X", "cluster.node.link_bandwidth=48GB/s"],
+     ["cluster.node.fabric=mesh", "cluster.node.link_bandwidth=64GB/s"]],
     [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
      ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
      ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"],
