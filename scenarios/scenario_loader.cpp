@@ -325,6 +325,31 @@ std::string nvls_unavailable(const topology::ClusterSpec& c) {
   return {};
 }
 
+// A mapping from GPU index to a factor > 0 (compute.gpu_speed, cluster.scale_out.nic_speed):
+// one factor per GPU, 1 for those it leaves out; empty when the key is absent or wrong.
+std::vector<double> read_gpu_factors(Section& s, const char* key, int gpus, Problems& problems) {
+  const YAML::Node speeds = s.find(key);
+  if (!speeds.IsDefined()) return {};
+  const std::string path = s.key_path(key);
+  if (!speeds.IsMap()) {
+    problems.add(speeds.Mark(), path,
+                 fmt::format("expected a mapping of GPU index to speed factor (e.g. {{3: 0.8}}), got {}", kind_of(speeds)));
+    return {};
+  }
+  const auto positive = positive_number();
+  std::vector<double> out(static_cast<std::size_t>(std::max(gpus, 0)), 1.0);
+  for (auto it = speeds.begin(); it != speeds.end(); ++it) {
+    try {
+      const auto g = sim::parse_count(it->first.Scalar());
+      if (g >= gpus) throw UnitError(fmt::format("GPU {} is not in the cluster ({} GPUs)", g, gpus));
+      out[static_cast<std::size_t>(g)] = positive(it->second.IsScalar() ? it->second.Scalar() : std::string("?"));
+    } catch (const UnitError& e) {
+      problems.add(it->first.Mark(), path, e.what());
+    }
+  }
+  return out;
+}
+
 void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   auto cluster = top.child("cluster", true);
   if (!cluster) return;
@@ -409,6 +434,7 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
                                     c.scale_out.nodes_per_leaf));
     }
     if (auto v = so->get<double>("oversubscription", at_least_one(), false)) c.scale_out.oversubscription = *v;
+    c.scale_out.nic_speed = read_gpu_factors(*so, "nic_speed", c.nodes * c.gpus_per_node, problems);
     so->finish();
   } else if (c.nodes > 1) {
     problems.add_at(cluster->key_path("nodes"),
@@ -1024,27 +1050,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       }
     }
     const auto positive = positive_number();
-    if (const YAML::Node speeds = c->find("gpu_speed"); speeds.IsDefined()) {
-      // A mapping from GPU index to its speed factor.
-      const std::string path = c->key_path("gpu_speed");
-      const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
-      if (!speeds.IsMap()) {
-        problems.add(speeds.Mark(), path, fmt::format("expected a mapping of GPU index to speed factor (e.g. {{3: 0.8}}), got {}",
-                                                      kind_of(speeds)));
-      } else {
-        f.gpu_speed.assign(static_cast<std::size_t>(std::max(gpus, 0)), 1.0);
-        for (auto it = speeds.begin(); it != speeds.end(); ++it) {
-          try {
-            const auto g = sim::parse_count(it->first.Scalar());
-            if (g >= gpus) throw UnitError(fmt::format("GPU {} is not in the cluster ({} GPUs)", g, gpus));
-            const double v = positive(it->second.IsScalar() ? it->second.Scalar() : std::string("?"));
-            f.gpu_speed[static_cast<std::size_t>(g)] = v;
-          } catch (const UnitError& e) {
-            problems.add(it->first.Mark(), path, e.what());
-          }
-        }
-      }
-    }
+    if (auto speeds = read_gpu_factors(*c, "gpu_speed", sc.cluster.nodes * sc.cluster.gpus_per_node, problems); !speeds.empty())
+      f.gpu_speed = std::move(speeds);
     const auto sp = c->get<double>("straggler_probability", fraction(), false);
     const auto ss = c->get<double>("straggler_speed", positive, false);
     if (sp.has_value() != ss.has_value())

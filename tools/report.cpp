@@ -819,6 +819,19 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   if (mesh && f.training && f.gradient_sync && f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring && sc.cluster.nodes > 1)
     fmt::print(out, "  note        the gradient ring crosses each mesh node over single links, one a hop, where RCCL spreads its channels "
                     "over all of a GPU's links: workload.gradient_sync: hierarchical models that\n");
+  if (const auto& speeds = sc.cluster.scale_out.nic_speed; sc.cluster.scale_out.present && !speeds.empty()) {
+    // The NICs the scenario slows (or speeds up), by GPU.
+    std::vector<std::string> odd;
+    for (std::size_t g = 0; g < speeds.size(); ++g)
+      if (speeds[g] != 1.0)
+        odd.push_back(fmt::format("GPU {}'s at {:g} ({:.4g} GB/s)", g, speeds[g],
+                                  static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) * speeds[g] / 1e9));
+    if (!odd.empty())
+      fmt::print(out, "  note        {} NIC{} not at {:.4g} GB/s (cluster.scale_out.nic_speed): {}{}\n", odd.size(), odd.size() == 1 ? "" : "s",
+                 static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) / 1e9,
+                 fmt::join(odd.begin(), odd.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(odd.size(), 4)), ", "),
+                 odd.size() > 4 ? ", ..." : "");
+  }
   if (sc.cluster.node.fabric != sc.cluster.gpu.fabric)
     fmt::print(out, "  note        the {} comes in servers with {}; this node puts it on {} (cluster.node.fabric)\n", sc.cluster.gpu.name,
                sc.cluster.gpu.fabric == topology::NodeFabric::mesh ? "a mesh of links, one per GPU pair" : "an NVSwitch",

@@ -89,6 +89,7 @@ void Cluster::build_scale_out() {
   MOESIM_ASSERT(so.nodes_per_leaf >= 1 && spec_.nodes % so.nodes_per_leaf == 0, "nodes do not divide into leaves");
   MOESIM_ASSERT(so.oversubscription >= 1.0, "oversubscription below 1");
   MOESIM_ASSERT(so.spines >= 1, "no spine");
+  MOESIM_ASSERT(so.nic_speed.empty() || static_cast<int>(so.nic_speed.size()) == gpus, "a NIC speed per GPU");
   const int pods = spec_.nodes / so.nodes_per_leaf;
   int fabrics = 1;         // independent leaf/spine fabrics (planes)
   int leaves_per_fabric = pods;
@@ -115,8 +116,11 @@ void Cluster::build_scale_out() {
     const DeviceId nic = add_device(DeviceKind::nic, g);
     pcie_.push_back(add_duplex(DeviceId(static_cast<std::uint32_t>(g)), nic, LinkKind::pcie,
                                spec_.node.pcie_bandwidth, spec_.node.pcie_latency));
-    nic_.push_back(add_duplex(nic, leaf_ids_[static_cast<std::size_t>(leaf_of(g))], LinkKind::nic,
-                              so.nic_bandwidth, so.link_latency));
+    const double speed = so.nic_speed.empty() ? 1.0 : so.nic_speed[static_cast<std::size_t>(g)];
+    const sim::Bandwidth bw = speed == 1.0 ? so.nic_bandwidth
+                                           : sim::Bandwidth(static_cast<std::int64_t>(
+                                                 std::llround(static_cast<double>(so.nic_bandwidth.bytes_per_s()) * speed)));
+    nic_.push_back(add_duplex(nic, leaf_ids_[static_cast<std::size_t>(leaf_of(g))], LinkKind::nic, bw, so.link_latency));
   }
   uplink_.assign(leaf_ids_.size(), {});
   if (leaves_per_fabric > 1) {

@@ -56,6 +56,9 @@ struct ScaleOutSpec {
   double oversubscription = 1.0;
   int spines = 1;  // two_tier, rail, multi_plane (per plane): equal-cost paths for ECMP
   ScaleOutTopology topology = ScaleOutTopology::two_tier;
+  // Per GPU, its NIC's link to the leaf at this share of nic_bandwidth (a port trained down, a
+  // degraded cable); empty: every NIC at nic_bandwidth. Leaf uplinks stay sized by nic_bandwidth.
+  std::vector<double> nic_speed{};
 };
 
 struct ClusterSpec {

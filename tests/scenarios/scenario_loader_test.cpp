@@ -1262,3 +1262,18 @@ TEST_CASE("An AMD Instinct GPU brings its mesh node; the fabric's keys and limit
   CHECK_THAT(error_of(with("gpu: H100", "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s}")),
              Catch::Contains("no NVLink bandwidth: set cluster.node.nvlink_bandwidth"));
 }
+
+TEST_CASE("cluster.scale_out.nic_speed slows named GPUs' NICs", "[scenarios]") {
+  const auto sc = load_scenario_text(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    nic_speed: {3: 0.5, 12: 0.25}\n"), "s.yaml");
+  REQUIRE(sc.cluster.scale_out.nic_speed.size() == 16);
+  CHECK(sc.cluster.scale_out.nic_speed[3] == 0.5);
+  CHECK(sc.cluster.scale_out.nic_speed[12] == 0.25);
+  CHECK(sc.cluster.scale_out.nic_speed[0] == 1.0);
+  CHECK(load_scenario_text(kBase, "s.yaml").cluster.scale_out.nic_speed.empty());
+  CHECK_THAT(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    nic_speed: {16: 0.5}\n")),
+             Catch::Contains("cluster.scale_out.nic_speed: GPU 16 is not in the cluster (16 GPUs)"));
+  CHECK_THAT(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    nic_speed: {2: 0}\n")),
+             Catch::Contains("cluster.scale_out.nic_speed"));
+  CHECK_THAT(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    nic_speed: [0.5]\n")),
+             Catch::Contains("expected a mapping of GPU index to speed factor"));
+}

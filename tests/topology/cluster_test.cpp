@@ -246,3 +246,18 @@ TEST_CASE("A multi-plane fabric of mesh nodes forwards over the relay's own link
   CHECK(hops(c, 1, 2) == std::vector<std::string>{"gpu1>gpu2"});
   CHECK(c.path(gpu(1), gpu(6)).latency == sim::parse_time("3.5us"));  // 0.25 + 1 + 1 + 0.25 + 1
 }
+
+TEST_CASE("A slowed NIC carries its share of the NIC bandwidth both ways; the uplinks keep theirs", "[topology]") {
+  ClusterSpec s = two_tier(4, 2, 2);  // 8 GPUs, 2 leaves, a spine
+  s.scale_out.nic_speed.assign(8, 1.0);
+  s.scale_out.nic_speed[5] = 0.25;
+  const Cluster c(s);
+  const Path out = c.path(gpu(5), gpu(0));
+  const Path in = c.path(gpu(0), gpu(5));
+  CHECK(out.bottleneck == sim::parse_bandwidth("12.5GB/s"));  // 400 Gb/s x 0.25
+  CHECK(in.bottleneck == sim::parse_bandwidth("12.5GB/s"));
+  CHECK(c.path(gpu(4), gpu(0)).bottleneck == sim::parse_bandwidth("50GB/s"));  // its node's other NIC
+  // The leaf's uplink is sized by the nominal NICs: 4 x 50 GB/s.
+  CHECK(c.link(out.links[2]).kind == LinkKind::uplink);
+  CHECK(c.link(out.links[2]).bandwidth == sim::parse_bandwidth("200GB/s"));
+}
