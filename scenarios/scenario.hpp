@@ -39,6 +39,9 @@ struct Scenario {
   int steps = 1;                  // workload.steps: consecutive steps, from routing.step on
   int refresh_every = 0;          // placement.refresh_every: re-place every this many steps; 0: never
   double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
+  // cluster.power: watts per GPU (default its rated board power; 0: unknown, no power figures),
+  // per server besides its GPUs, and the data centre's power usage effectiveness.
+  double gpu_power_w = 0, node_power_w = 0, pue = 1;
   models::ReliabilitySpec reliability;  // the reliability section (training): failures and checkpoints
   std::int64_t global_batch = 0;   // workload.global_batch: sequences a training step takes (sets micro_batches); 0: not given
   double train_tokens = 0;         // workload.train_tokens: a training run's token budget; 0: not given

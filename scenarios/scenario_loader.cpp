@@ -411,6 +411,25 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
     problems.add_at(cluster->path(), "no NVLink bandwidth: set cluster.node.nvlink_bandwidth");
   }
 
+  // Power: the GPU's rated board power unless given; the rest of a server and the data centre's
+  // overhead only when given.
+  sc.gpu_power_w = c.gpu.board_power_w;
+  if (auto pw = cluster->child("power", false)) {
+    const auto watts = [](const std::string& t) {
+      const double w = sim::parse_power(t);
+      if (!(w >= 0)) throw UnitError(fmt::format("must be at least 0W, got {}", t));
+      return w;
+    };
+    if (auto v = pw->get<double>("gpu", watts, false)) {
+      sc.gpu_power_w = *v;
+      if (*v <= 0) problems.add_at(pw->key_path("gpu"), "must be more than 0W");
+    }
+    if (auto v = pw->get<double>("node", watts, false)) sc.node_power_w = *v;
+    if (auto v = pw->get<double>("pue", at_least_one(), false)) sc.pue = *v;
+    pw->finish();
+    if (sc.gpu_power_w <= 0)
+      problems.add_at(pw->path(), fmt::format("the {} has no rated power: give cluster.power.gpu", c.gpu.name));
+  }
   c.scale_out.link_latency = sim::Time::us(1);
   c.scale_out.nodes_per_leaf = c.nodes;
   if (auto so = cluster->child("scale_out", false)) {

@@ -241,6 +241,11 @@ FlopRate parse_flop_rate(std::string_view text) {
   return FlopRate(parse_with(text, kFlopUnits, "a FLOP rate", "'989TFLOP/s'"));
 }
 
+double parse_power(std::string_view text) {
+  static constexpr std::array<UnitScale, 3> kPowerUnits{{{"W", 1000, 1}, {"kW", 1'000'000, 1}, {"MW", 1'000'000'000, 1}}};
+  return static_cast<double>(parse_with(text, kPowerUnits, "a power", "'700W' or '10.2kW'")) / 1000.0;  // from mW
+}
+
 std::int64_t parse_count(std::string_view text) {
   const std::string_view t = trim(text);
   std::int64_t v = 0;

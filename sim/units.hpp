@@ -6,6 +6,7 @@
 //   bandwidth  B/s kB/s … TB/s, KiB/s … GiB/s,       "450GB/s", "3.35TB/s"
 //              bps Kbps Mbps Gbps Tbps (also Gb/s)   "400Gbps" (bits: divided by 8)
 //   FLOP rate  FLOP/s FLOPS with k M G T P prefixes  "989TFLOP/s", "1.979PFLOPS"
+//   power      W kW MW                               "700W", "10.2kW"
 //   count      a plain non-negative integer          "7168"
 // Decimal prefixes are powers of 1000, binary (Ki, Mi, …) powers of 1024. Values are converted
 // to the base unit (ps, B, B/s, FLOP/s) with exact integer arithmetic and rounded to nearest;
@@ -31,6 +32,8 @@ Time parse_time(std::string_view text);
 Bytes parse_bytes(std::string_view text);
 Bandwidth parse_bandwidth(std::string_view text);
 FlopRate parse_flop_rate(std::string_view text);
+// Watts, exact to the milliwatt.
+double parse_power(std::string_view text);
 std::int64_t parse_count(std::string_view text);
 // A plain decimal number without unit (ratios such as a capacity factor).
 double parse_number(std::string_view text);

@@ -145,6 +145,23 @@ Economics economics(const scenarios::Scenario& sc, const scenarios::RunResult& r
   return e;
 }
 
+// The cluster's power draw (cluster.power: its GPUs at their power, by default the rated board
+// power, the servers' other parts, times the PUE) and the energy a million tokens take at it.
+// Zero where the GPU's power is not known.
+struct Power {
+  double kw = 0;
+  double kwh_per_million_tokens = 0;
+};
+Power cluster_power(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
+  Power p;
+  if (sc.gpu_power_w <= 0) return p;
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  p.kw = (gpus * sc.gpu_power_w + sc.cluster.nodes * sc.node_power_w) * sc.pue / 1e3;
+  const double seconds = r.stats.step_time().to_seconds(), tokens = step_tokens(sc);
+  if (seconds > 0 && tokens > 0) p.kwh_per_million_tokens = p.kw * seconds / 3600 / tokens * 1e6;
+  return p;
+}
+
 // Failures and checkpoints over a long run at this step time (the reliability section; empty
 // without it).
 models::Goodput run_goodput(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
@@ -524,7 +541,7 @@ const std::string& summary_csv_header() {
       "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric";
+      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens";
   return header;
 }
 
@@ -604,7 +621,10 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                b.days > 0 && sc.gpu_hour_price > 0 ? fmt::format("{:.6g}", b.cost) : std::string());
   else
     out << ",,,,";
-  fmt::print(out, "{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch");
+  const Power pw = cluster_power(sc, r);
+  fmt::print(out, "{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+             pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
+             pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -958,6 +978,17 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     if (sc.gpu_hour_price > 0)
       fmt::print(out, "  cost        {:.4g} per million tokens ({:.4g} per step at {} per GPU-hour)\n",
                  e.cost_per_million_tokens, e.cost_per_step, sc.gpu_hour_price);
+    if (const Power pw = cluster_power(sc, r); pw.kw > 0) {
+      const bool rated = sc.gpu_power_w == sc.cluster.gpu.board_power_w;
+      const std::string parts =
+          sc.node_power_w > 0 || sc.pue > 1
+              ? fmt::format("{} server{} other parts at {:.4g} kW each, PUE {:.3g}", sc.cluster.nodes, sc.cluster.nodes == 1 ? "'s" : "s'",
+                            sc.node_power_w / 1e3, sc.pue)
+              : std::string("the servers' CPUs, NICs and fans, the network and cooling not counted: cluster.power");
+      fmt::print(out, "  power       {:.4g} kW ({} GPUs at {:.4g} W{}; {}), {:.4g} kWh per million tokens{}\n", pw.kw, gpus, sc.gpu_power_w,
+                 rated ? ", rated board power" : "", parts, pw.kwh_per_million_tokens,
+                 f.training ? fmt::format(", {:.4g} MWh per trillion", pw.kwh_per_million_tokens * 1e3) : std::string());
+    }
   }
   const models::GpuStats& gp = r.stats.gpus()[static_cast<std::size_t>(crit)];
   fmt::print(out, "  where the time goes on GPU {} (the last to finish):\n", crit);

@@ -49,28 +49,37 @@ constexpr std::int64_t kG = 1'000'000'000;
 //   dense BF16 2,516.6 TFLOP/s (4,096 FLOP/clk per CU), FP8 5,033.2 (8,192 per CU, AMD at
 //   ISSCC 2026) and MXFP4 10,066.3 (AMD's "2.5, 5 and 10 PFLOPS"), 288 GB HBM3E at 8 TB/s; 7
 //   links of 153.6 GB/s both ways (76.8 GB/s per direction).
+// Rated board power (the datasheets' maximum TDP or TBP, in the order of the presets): H100,
+// H800 and H200 SXM up to 700 W, A100 SXM4 400 W, B200 1,000 W, GB200 1,200 W, MI300X 750 W,
+// MI325X 1,000 W, MI355X 1,400 W.
+constexpr std::array<double, 9> kBoardPowerW{700, 700, 700, 400, 1000, 1200, 750, 1000, 1400};
+
 const std::array<GpuSpec, 9>& presets() {
   constexpr auto mesh = NodeFabric::mesh;
-  static const std::array<GpuSpec, 9> p{{
-      {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
-       Bandwidth(450 * kG), 132},
-      {"H800-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
-       Bandwidth(200 * kG), 132},
-      {"H200-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(4800 * kG), Bytes(141 * kG),
-       Bandwidth(450 * kG), 132},
-      {"A100-SXM", FlopRate(312 * kT), FlopRate(0), Bandwidth(2039 * kG), Bytes(80 * kG),
-       Bandwidth(300 * kG), 108},
-      {"B200-SXM", FlopRate(2250 * kT), FlopRate(4500 * kT), Bandwidth(7700 * kG), Bytes(180 * kG),
-       Bandwidth(900 * kG), 148, FlopRate(9000 * kT)},
-      {"GB200", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(186 * kG),
-       Bandwidth(900 * kG), 148, FlopRate(10000 * kT)},
-      {"MI300X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(5300 * kG), Bytes(192 * kG),
-       Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
-      {"MI325X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(6000 * kG), Bytes(256 * kG),
-       Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
-      {"MI355X", FlopRate(25166 * kT / 10), FlopRate(50332 * kT / 10), Bandwidth(8000 * kG), Bytes(288 * kG),
-       Bandwidth(7 * 768 * kG / 10), 256, FlopRate(100663 * kT / 10), mesh, 7, Bandwidth(768 * kG / 10)},
-  }};
+  static const std::array<GpuSpec, 9> p = [] {
+    std::array<GpuSpec, 9> a{{
+        {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+         Bandwidth(450 * kG), 132},
+        {"H800-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
+         Bandwidth(200 * kG), 132},
+        {"H200-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(4800 * kG), Bytes(141 * kG),
+         Bandwidth(450 * kG), 132},
+        {"A100-SXM", FlopRate(312 * kT), FlopRate(0), Bandwidth(2039 * kG), Bytes(80 * kG),
+         Bandwidth(300 * kG), 108},
+        {"B200-SXM", FlopRate(2250 * kT), FlopRate(4500 * kT), Bandwidth(7700 * kG), Bytes(180 * kG),
+         Bandwidth(900 * kG), 148, FlopRate(9000 * kT)},
+        {"GB200", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(186 * kG),
+         Bandwidth(900 * kG), 148, FlopRate(10000 * kT)},
+        {"MI300X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(5300 * kG), Bytes(192 * kG),
+         Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
+        {"MI325X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(6000 * kG), Bytes(256 * kG),
+         Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
+        {"MI355X", FlopRate(25166 * kT / 10), FlopRate(50332 * kT / 10), Bandwidth(8000 * kG), Bytes(288 * kG),
+         Bandwidth(7 * 768 * kG / 10), 256, FlopRate(100663 * kT / 10), mesh, 7, Bandwidth(768 * kG / 10)},
+    }};
+    for (std::size_t i = 0; i < a.size(); ++i) a[i].board_power_w = kBoardPowerW[i];
+    return a;
+  }();
   return p;
 }
 

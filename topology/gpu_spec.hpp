@@ -27,6 +27,7 @@ struct GpuSpec {
   NodeFabric fabric = NodeFabric::nvswitch;  // the fabric of the servers it comes in
   int peer_links = 0;                // mesh: links per GPU, one to each peer (so at most this + 1 GPUs a node)
   sim::Bandwidth link_bandwidth{};   // mesh: per link, per direction
+  double board_power_w = 0;          // rated board power (TDP, TBP), watts; 0: not stated
 };
 
 // Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM, B200-SXM, GB200, MI300X, MI325X, MI355X. Names

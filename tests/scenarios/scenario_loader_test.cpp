@@ -1277,3 +1277,22 @@ TEST_CASE("cluster.scale_out.nic_speed slows named GPUs' NICs", "[scenarios]") {
   CHECK_THAT(error_of(with("    nic_bandwidth: 400Gbps\n", "    nic_bandwidth: 400Gbps\n    nic_speed: [0.5]\n")),
              Catch::Contains("expected a mapping of GPU index to speed factor"));
 }
+
+TEST_CASE("cluster.power: the GPUs at their rated power unless given, the rest only when given", "[scenarios]") {
+  const auto h100 = load_scenario_text(kBase, "s.yaml");
+  CHECK(h100.gpu_power_w == 700);
+  CHECK(h100.node_power_w == 0);
+  CHECK(h100.pue == 1);
+  CHECK(load_scenario_text(with("gpu: H100", "gpu: MI300X"), "s.yaml").gpu_power_w == 750);
+  const auto given = load_scenario_text(with("gpu: H100", "gpu: H100\n  power: {gpu: 650W, node: 4.6kW, pue: 1.3}"), "s.yaml");
+  CHECK(given.gpu_power_w == 650);
+  CHECK(given.node_power_w == 4600);
+  CHECK(given.pue == 1.3);
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: H100\n  power: {pue: 0.9}")), Catch::Contains("cluster.power.pue"));
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: H100\n  power: {gpu: 0W}")), Catch::Contains("cluster.power.gpu: must be more than 0W"));
+  CHECK_THAT(error_of(with("gpu: H100", "gpu: H100\n  power: {gpus: 700W}")), Catch::Contains("cluster.power.gpus"));
+  // A GPU without a preset has no rated power: no power figures, unless given.
+  const std::string toy = "gpu: {name: toy, peak_bf16: 100TFLOP/s, memory_bandwidth: 1TB/s, nvlink_bandwidth: 100GB/s}";
+  CHECK(load_scenario_text(with("gpu: H100", toy), "s.yaml").gpu_power_w == 0);
+  CHECK_THAT(error_of(with("gpu: H100", toy + "\n  power: {pue: 1.2}")), Catch::Contains("the toy has no rated power: give cluster.power.gpu"));
+}

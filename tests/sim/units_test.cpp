@@ -42,6 +42,15 @@ TEST_CASE("FLOP rates and counts parse", "[sim][units]") {
   CHECK_THROWS_WITH(parse_count("-1"), "expected a whole number like '7168', got '-1'");
 }
 
+TEST_CASE("Powers parse to watts", "[sim][units]") {
+  CHECK(parse_power("700W") == 700.0);
+  CHECK(parse_power("10.2kW") == 10'200.0);
+  CHECK(parse_power("1.5 MW") == 1'500'000.0);
+  CHECK(parse_power("0.25W") == 0.25);
+  CHECK_THROWS_WITH(parse_power("700"), "expected a power like '700W' or '10.2kW', got '700' (the unit is missing)");
+  CHECK_THROWS_WITH(parse_power("7kw"), "expected a power like '700W' or '10.2kW', got '7kw' (unknown unit 'kw')");
+}
+
 TEST_CASE("Bad quantities say what was expected and what was found", "[sim][units]") {
   SECTION("missing unit") {
     CHECK_THROWS_WITH(parse_bandwidth("400"),

@@ -932,6 +932,16 @@ TEST_CASE("summary.csv reports MFU and, with a GPU-hour price, the cost", "[cli]
   CHECK(num("mfu") < 0.7);  // never above the roofline's FLOP efficiency
   CHECK(num("cost_per_step") == Approx(2.5 * 2 * step_s / 3600).epsilon(1e-3));
   CHECK(num("cost_per_million_tokens") == Approx(num("cost_per_step") / 1000 * 1e6).epsilon(1e-3));
+  // Power: the 2 GPUs at the H100's rated 700 W; the energy of a million tokens at the step's rate.
+  CHECK(num("power_kw") == Approx(1.4));
+  CHECK(num("energy_kwh_per_million_tokens") == Approx(1.4 * step_s / 3600 / 1000 * 1e6).epsilon(1e-4));
+  // With the servers' other parts and the data centre's overhead.
+  const auto run = moesim("run '" + (tmp.path() / "s.yaml").string() + "' --set 'cluster.power={gpu: 600W, node: 2kW, pue: 1.25}' --out '" +
+                              (tmp.path() / "p").string() + "'",
+                          tmp);
+  REQUIRE(run.code == 0);
+  CHECK_THAT(run.out, Catch::Contains("power       4 kW (2 GPUs at 600 W; 1 server's other parts at 2 kW each, PUE 1.25)"));
+  CHECK(std::stod(summary_row(tmp.path() / "p" / "summary.csv").at("power_kw")) == Approx((2 * 600 + 2000) * 1.25 / 1e3));
 }
 
 TEST_CASE("A training run's summary gives the days and GPU-hours a trillion tokens take", "[cli][cost]") {
@@ -1483,7 +1493,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
