@@ -27,6 +27,7 @@ constexpr Alias kAliases[] = {
     {"mfu", "mfu", true},                       {"drop_rate", "drop_rate", false},
     {"gpus", "gpus", false},                    {"time_per_token", "time_per_token_us", false},
     {"tpot", "time_per_token_us", false},       {"days", "train_days", false},
+    {"power", "power_kw", false},               {"energy", "energy_kwh_per_million_tokens", false},
 };
 // Columns where more is better (for a bare `=` target).
 constexpr const char* kHigherColumns[] = {"tokens_per_s", "tokens_per_s_per_gpu", "mfu", "goodput", "goodput_tokens_per_s"};
@@ -48,6 +49,8 @@ std::string quantity(const Metric& m, double x) {
   if (m.column == "memory_gb_max") return fmt::format("{:.1f} GB", x);
   if (m.column == "cost_per_million_tokens" || m.column == "goodput_cost_per_million_tokens") return fmt::format("{:.4g} per million tokens", x);
   if (m.column == "cost_per_step") return fmt::format("{:.4g} per step", x);
+  if (m.column == "power_kw") return fmt::format("{} kW", number(x));
+  if (m.column == "energy_kwh_per_million_tokens") return fmt::format("{:.4g} kWh per million tokens", x);
   if (m.column == "drop_rate" || m.column == "goodput") return fmt::format("{:.2f}%", 100 * x);
   return number(x);
 }
@@ -59,7 +62,7 @@ Metric parse_metric(const std::string& name) {
     if (name == a.name) return {a.column, name, a.higher_is_better};
   if (name.empty() || name.find_first_of("<>=/ ") != std::string::npos)
     throw PlanError(fmt::format("'{}' is not a metric (a summary.csv column, or one of tokens/s, tokens/s/gpu, "
-                                "latency, step_time, cost, cost/step, memory, mfu, drop_rate, gpus, days)", name));
+                                "latency, step_time, cost, cost/step, memory, mfu, drop_rate, gpus, days, power, energy)", name));
   const bool higher = std::find(std::begin(kHigherColumns), std::end(kHigherColumns), name) != std::end(kHigherColumns);
   return {name, name, higher};
 }

@@ -142,3 +142,22 @@ TEST_CASE("plan reads the goodput columns of a reliability section", "[plan][rel
   CHECK(*soon.best == 1);
   CHECK_THAT(soon.explanation, Catch::Contains("meets days <= 60") && Catch::Contains("the nearest, point 0 (cluster.nodes=8), reaches 120 days"));
 }
+
+TEST_CASE("plan keeps a cluster within a power budget", "[plan]") {
+  // Two sizes of one cluster: the larger is faster but draws more than the budget.
+  const std::string sweep =
+      "point,cluster.nodes,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,memory_gb_max,gpu_memory_gb,fits_memory,"
+      "infeasible_reason,power_kw,energy_kwh_per_million_tokens,point_config\n"
+      "0,64,512,1000.0,8000000.0,15625.0,0,70.0,80.000,yes,,358.4,0.01244,h0\n"
+      "1,256,2048,1000.0,30000000.0,14648.4,0,70.0,80.000,yes,,1433.6,0.01327,h1\n";
+  CHECK(parse_metric("power").column == "power_kw");
+  CHECK_FALSE(parse_target("power=1000").at_least);
+  CHECK(parse_metric("energy").column == "energy_kwh_per_million_tokens");
+  const auto c = choose_point(sweep, {parse_target("power=1000")}, parse_metric("tokens/s"), false, {"cluster.nodes"});
+  REQUIRE(c.best);
+  CHECK(*c.best == 0);
+  CHECK_THAT(c.explanation, Catch::Contains("meets power <= 1,000 kW") && Catch::Contains("reaches 1,434 kW"));
+  const auto frugal = choose_point(sweep, {}, parse_metric("energy"), true, {"cluster.nodes"});
+  REQUIRE(frugal.best);
+  CHECK_THAT(frugal.explanation, Catch::Contains("the lowest energy (0.01244 kWh per million tokens)"));
+}
