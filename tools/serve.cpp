@@ -91,6 +91,7 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) * layers;
   u.nic_bytes_per_s = sc.cluster.scale_out.present ? static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) : 0;
   u.gpu_hour_price = sc.gpu_hour_price;
+  if (const auto pw = summary.find("power_kw"); pw != summary.end() && !pw->second.empty()) u.power_kw = std::stod(pw->second);
   u.memory_gb = field(summary, "memory_gb_max");
   u.gpu_memory_gb = field(summary, "gpu_memory_gb");
   const auto fits = summary.find("fits_memory");
@@ -464,6 +465,10 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
     p.price_per_hour = p.prefill_gpus * prefill.gpu_hour_price + p.decode_gpus * decode.gpu_hour_price;
     p.cost_per_million_output = p.price_per_hour / (t.output_tokens_per_s * 3600 / 1e6);
   }
+  if (prefill.power_kw > 0 && decode.power_kw > 0) {
+    p.power_kw = p.prefill_units_whole * prefill.power_kw + p.decode_units_whole * decode.power_kw;
+    p.energy_per_million_output_kwh = p.power_kw / (t.output_tokens_per_s * 3600 / 1e6);
+  }
   p.spares = spares;
   if (spares.enabled()) {
     if (!(spares.availability > 0 && spares.availability < 1))
@@ -579,6 +584,10 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
   else if (pf.gpu_hour_price > 0 || dc.gpu_hour_price > 0)
     fmt::print(out, "  cost        not priced: only the {} scenario has cluster.gpu_hour_price\n",
                pf.gpu_hour_price > 0 ? "prefill" : "decode");
+  if (p.power_kw > 0)
+    fmt::print(out, "  power       {} kW ({:.4g} MWh a day, cluster.power of each scenario), {:.4g} kWh per million output tokens\n",
+               p.power_kw >= 1000 ? grouped(p.power_kw) : fmt::format("{:.4g}", p.power_kw), 24 * p.power_kw / 1e3,
+               p.energy_per_million_output_kwh);
   if (p.spares.enabled()) {
     const auto& sp = p.spares;
     const int spare_gpus = p.prefill_spares * pf.gpus + p.decode_spares * dc.gpus;
@@ -607,7 +616,7 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
              "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
              "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us,prefill_router,"
-             "availability,prefill_spares,decode_spares,gpus_with_spares\n");
+             "availability,prefill_spares,decode_spares,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
@@ -623,10 +632,14 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source), b.square_us,
              p.traffic.prefill_router == PrefillRouter::least_work ? "least_work" : "round_robin");
   if (p.spares.enabled())
-    fmt::print(out, "{:.10g},{},{},{}\n", p.spares.availability, p.prefill_spares, p.decode_spares,
+    fmt::print(out, "{:.10g},{},{},{},", p.spares.availability, p.prefill_spares, p.decode_spares,
                p.prefill_gpus + p.decode_gpus + p.prefill_spares * p.prefill.gpus + p.decode_spares * p.decode.gpus);
   else
-    out << ",,,\n";
+    out << ",,,,";
+  if (p.power_kw > 0)
+    fmt::print(out, "{:.10g},{:.10g}\n", p.power_kw, p.energy_per_million_output_kwh);
+  else
+    out << ",\n";
 }
 
 }  // namespace moesim::tools

@@ -72,6 +72,7 @@ struct ServeUnit {
   double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers (sliding layers: its share of a window)
   double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs
   double gpu_hour_price = 0;
+  double power_kw = 0;  // the unit's draw (summary.csv power_kw); 0 where the GPU has no rated power
   double memory_gb = 0, gpu_memory_gb = 0;
   bool fits = true;  // a unit that does not fit the GPUs' memory is never chosen
 };
@@ -196,6 +197,8 @@ struct ServePlan {
   double kv_decode_bytes_per_s = 0;     // per decode GPU: every prompt token's KV cache
   double price_per_hour = 0;            // 0 without prices
   double cost_per_million_output = 0;
+  double power_kw = 0;                  // the whole units' draw; 0 where a side's is unknown
+  double energy_per_million_output_kwh = 0;
   std::string prefill_choice, decode_choice;  // with grids: how each side's point was chosen
   // The prefill queue at prefill_units_whole units; with a TTFT target the units may be more than
   // the load takes (prefill_units_for_load).

@@ -1842,7 +1842,12 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   CHECK(std::stoi(s3.at("prefill_spares")) > 0);
   CHECK(std::stoi(s3.at("gpus_with_spares")) == 16 * (pw + dw + std::stoi(s3.at("prefill_spares")) + std::stoi(s3.at("decode_spares"))));
   CHECK(s3.at("prefill_units_whole") == std::to_string(pw));  // the load's units do not change
+  // Power: every whole unit of 16 H100 at their rated 700 W (spares idle, not counted); a
+  // million output tokens take a second at 1e6 a second.
+  CHECK(std::stod(s3.at("power_kw")) == Approx((pw + dw) * 16 * 0.7));
+  CHECK(std::stod(s3.at("energy_kwh_per_million_output_tokens")) == Approx((pw + dw) * 16 * 0.7 / 3600));
   CHECK_THAT(r3.out, Catch::Contains("  spares      a GPU failing every 5,000 h, a unit out 24 h after"));
+  CHECK_THAT(r3.out, Catch::Contains(fmt::format("  power       {:.4g} kW (", (pw + dw) * 16 * 0.7)));
 }
 
 TEST_CASE("moesim serve picks a grid's point: the fewest GPUs among those that fit and meet the target", "[cli][serve]") {
