@@ -111,6 +111,9 @@ commands:
         (time per token) or --ttft (each prefill point sized by its own queue)
         is used (exit code 3: none); with --gpu-mtbf-hours, the spare units
         that keep the load's up A of the time; writes serve.csv and the runs
+  gpus
+        the GPU presets (cluster.gpu): dense peaks, HBM, memory, how a node joins
+        them (NVSwitch or a mesh of links) and rated power
   diff A B [--all]
         compare two runs (output directories or summary.csv files): the settings
         that differ, then the step time, its stages, throughput, waits, imbalance,
@@ -505,6 +508,27 @@ int cmd_search(const std::vector<std::string>& args) {
   grid.out = out;
   return plan_grid(vm, grid, ask);
 }
+int cmd_gpus(const std::vector<std::string>& args) {
+  if (!args.empty()) throw UsageError(fmt::format("gpus takes no arguments, got '{}'", args.front()));
+  const auto tflops = [](sim::FlopRate r) {
+    return r.flop_per_s() > 0 ? fmt::format("{:g}", static_cast<double>(r.flop_per_s()) / 1e12) : std::string("-");
+  };
+  const auto gbps = [](sim::Bandwidth b) { return fmt::format("{:g}", static_cast<double>(b.bytes_per_s()) / 1e9); };
+  fmt::print("GPU presets for cluster.gpu (dense peaks in TFLOP/s; bandwidths per direction; sources in topology/gpu_spec.cpp)\n");
+  fmt::print("{:<9} {:>7} {:>7} {:>8} {:>9} {:>7}  {:<31} {:>7} {:>6}\n", "name", "BF16", "FP8", "FP4", "HBM GB/s", "memory",
+             "node fabric", "SMs/CUs", "power");
+  for (const auto& name : topology::gpu_preset_names()) {
+    const topology::GpuSpec& g = *topology::find_gpu_preset(name);
+    const std::string fabric = g.fabric == topology::NodeFabric::mesh
+                                   ? fmt::format("mesh, {} links of {} GB/s", g.peer_links, gbps(g.link_bandwidth))
+                                   : fmt::format("NVSwitch, {} GB/s a GPU", gbps(g.nvlink_bandwidth));
+    fmt::print("{:<9} {:>7} {:>7} {:>8} {:>9} {:>7}  {:<31} {:>7} {:>6}\n", g.name, tflops(g.peak_bf16), tflops(g.peak_fp8),
+               tflops(g.peak_fp4), gbps(g.memory_bandwidth), fmt::format("{:g} GB", static_cast<double>(g.memory.count()) / 1e9), fabric, g.sm_count,
+               fmt::format("{:g} W", g.board_power_w));
+  }
+  return 0;
+}
+
 int cmd_diff(const std::vector<std::string>& args) {
   po::options_description opts("diff options");
   opts.add_options()("runs", po::value<std::vector<std::string>>(), "two run output directories or summary.csv files")(
@@ -1335,6 +1359,7 @@ int main(int argc, char** argv) {
     if (cmd == "search") return cmd_search(args);
     if (cmd == "check-profile") return cmd_check_profile(args);
     if (cmd == "diff") return cmd_diff(args);
+    if (cmd == "gpus") return cmd_gpus(args);
     if (cmd == "serve") return cmd_serve(args);
     if (cmd == "calibrate") return cmd_calibrate(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));

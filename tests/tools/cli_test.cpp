@@ -853,6 +853,18 @@ TEST_CASE("A GB200 NVL72 rack keeps the decode all-to-all on NVLink; 8-GPU serve
   CHECK(std::stod(rack_row.at("step_time_us")) < std::stod(hgx_row.at("step_time_us")));
 }
 
+TEST_CASE("moesim gpus lists the presets with their figures", "[cli]") {
+  TempDir tmp;
+  const auto r = moesim("gpus", tmp);
+  REQUIRE(r.code == 0);
+  for (const char* name : {"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "GB200", "MI300X", "MI325X", "MI355X"})
+    CHECK_THAT(r.out, Catch::Contains(std::string("\n") + name + " "));
+  CHECK_THAT(r.out, Catch::Contains("NVSwitch, 450 GB/s a GPU"));
+  CHECK_THAT(r.out, Catch::Contains("mesh, 7 links of 64 GB/s"));
+  CHECK_THAT(r.out, Catch::Contains("1307.4  2614.9"));
+  CHECK(moesim("gpus MI300X", tmp).code == 2);
+}
+
 TEST_CASE("moesim diff compares two runs: the settings that differ, then the figures with B - A and B / A", "[cli][diff]") {
   TempDir tmp;
   const std::string a = (tmp.path() / "a").string(), b = (tmp.path() / "b").string();
