@@ -1141,6 +1141,21 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
       fmt::print(out, "  busiest     link {} {} -> {} ({}): busy {:.3f} ms, peak utilisation {:.0f}%\n", busiest,
                  cluster.device_name(l.src), cluster.device_name(l.dst), topology::to_string(l.kind),
                  r.links[busiest].busy_s * 1e3, 100 * r.links[busiest].peak_utilisation);
+    // The link whose bytes take longest at its full rate, where that is another: a narrow link
+    // (a slowed NIC, a mesh link) can be busy for less time than a wide one that carries a trickle
+    // for longer, yet be what the others wait for.
+    std::size_t loaded = 0;
+    const auto full_rate_s = [&](std::size_t i) {
+      return r.links[i].bytes / static_cast<double>(cluster.links()[i].bandwidth.bytes_per_s());
+    };
+    for (std::size_t i = 1; i < r.links.size(); ++i)
+      if (full_rate_s(i) > full_rate_s(loaded) * (1 + 1e-9)) loaded = i;
+    if (loaded != busiest && full_rate_s(loaded) > full_rate_s(busiest) * (1 + 1e-9)) {
+      const auto& m = cluster.links()[loaded];
+      fmt::print(out, "  most loaded link {} {} -> {} ({}): its bytes take {:.3f} ms at its {:.4g} GB/s ({:.0f}% of the step)\n", loaded,
+                 cluster.device_name(m.src), cluster.device_name(m.dst), topology::to_string(m.kind), full_rate_s(loaded) * 1e3,
+                 static_cast<double>(m.bandwidth.bytes_per_s()) / 1e9, 100 * full_rate_s(loaded) / step.to_seconds());
+    }
   }
   {
     const auto [mg, mem] = peak_memory(sc, r);
