@@ -415,20 +415,17 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   // overhead only when given.
   sc.gpu_power_w = c.gpu.board_power_w;
   if (auto pw = cluster->child("power", false)) {
-    const auto watts = [](const std::string& t) {
-      const double w = sim::parse_power(t);
-      if (!(w >= 0)) throw UnitError(fmt::format("must be at least 0W, got {}", t));
-      return w;
-    };
-    if (auto v = pw->get<double>("gpu", watts, false)) {
-      sc.gpu_power_w = *v;
-      if (*v <= 0) problems.add_at(pw->key_path("gpu"), "must be more than 0W");
+    const auto watts = [](const std::string& t) { return sim::parse_power(t); };
+    const auto gpu = pw->get<double>("gpu", watts, false);
+    if (gpu) {
+      sc.gpu_power_w = *gpu;
+      if (*gpu <= 0) problems.add_at(pw->key_path("gpu"), "must be more than 0W");
+    } else if (sc.gpu_power_w <= 0) {
+      problems.add_at(pw->path(), fmt::format("the {} has no rated power: give cluster.power.gpu", c.gpu.name));
     }
     if (auto v = pw->get<double>("node", watts, false)) sc.node_power_w = *v;
     if (auto v = pw->get<double>("pue", at_least_one(), false)) sc.pue = *v;
     pw->finish();
-    if (sc.gpu_power_w <= 0)
-      problems.add_at(pw->path(), fmt::format("the {} has no rated power: give cluster.power.gpu", c.gpu.name));
   }
   c.scale_out.link_latency = sim::Time::us(1);
   c.scale_out.nodes_per_leaf = c.nodes;

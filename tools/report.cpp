@@ -1150,7 +1150,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     };
     for (std::size_t i = 1; i < r.links.size(); ++i)
       if (full_rate_s(i) > full_rate_s(loaded) * (1 + 1e-9)) loaded = i;
-    if (loaded != busiest && full_rate_s(loaded) > full_rate_s(busiest) * (1 + 1e-9)) {
+    if (loaded != busiest && full_rate_s(loaded) > full_rate_s(busiest) * (1 + 1e-9) && step > sim::Time::zero()) {
       const auto& m = cluster.links()[loaded];
       fmt::print(out, "  most loaded link {} {} -> {} ({}): its bytes take {:.3f} ms at its {:.4g} GB/s ({:.0f}% of the step)\n", loaded,
                  cluster.device_name(m.src), cluster.device_name(m.dst), topology::to_string(m.kind), full_rate_s(loaded) * 1e3,

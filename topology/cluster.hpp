@@ -128,13 +128,14 @@ class Cluster {
   int leaf_of(int gpu) const;   // the leaf or rail switch (index into leaf_ids_) of a GPU's NIC
   // NIC of from_gpu -> ... -> NIC of to_gpu, both in one fabric; ECMP keyed on (src, dst).
   void append_network(std::vector<LinkId>& links, int from_gpu, int to_gpu, GpuId src, GpuId dst) const;
+  // GPU from -> GPU to of the same node (from != to): through the NVSwitch, or their mesh link.
+  void append_local(std::vector<LinkId>& links, int from, int to) const;
 
   ClusterSpec spec_;
   std::vector<Device> devices_;
   std::vector<Link> links_;
   std::vector<Duplex> nvlink_;     // per GPU: GPU <-> its NVSwitch (nvswitch fabric)
   std::vector<LinkId> mesh_;       // mesh fabric: [g * gpus_per_node + j]: GPU g -> GPU j of its node
-  void append_local(std::vector<LinkId>& links, int from, int to) const;  // same node, from != to
   std::vector<Duplex> pcie_;       // per GPU: GPU <-> its NIC
   std::vector<Duplex> nic_;        // per GPU: NIC <-> its leaf
   std::vector<DeviceId> leaf_ids_;
