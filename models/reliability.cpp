@@ -45,10 +45,39 @@ double checkpoint_bytes(const routing::MoeModelSpec& m, int moment_bytes) {
   return static_cast<double>(p.total + p.mtp) * (m.dtype_bytes + 4 + 2 * moment_bytes);
 }
 
+SpareWait spare_wait(int spares, double repair_s, double mtbf_s) {
+  SpareWait w;
+  if (spares <= 0) {
+    w.wait_s = repair_s;
+    w.short_share = 1;
+    return w;
+  }
+  // P(n) of Poisson(a) up to far past its mean (40 standard deviations) and past K.
+  const double a = repair_s / mtbf_s;
+  const int last = std::max(spares, static_cast<int>(std::ceil(a + 40 * std::sqrt(a + 1) + 50)));
+  double p = std::exp(-a), sum = 0;
+  for (int n = 0; n <= last; ++n) {
+    if (n >= spares) {
+      sum += p * (n + 1 - spares) / (n + 1);
+      w.short_share += p;
+    }
+    p *= a / (n + 1);
+  }
+  w.short_share = std::min(w.short_share, 1.0);
+  w.wait_s = repair_s * sum;
+  return w;
+}
+
 Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double checkpoint_bytes) {
   Goodput g;
   if (!spec.enabled() || step_s <= 0 || gpus <= 0) return g;
   g.job_mtbf_s = spec.gpu_mtbf_hours * 3600 / gpus;
+  if (spec.spares()) {
+    const SpareWait w = spare_wait(spec.spare_nodes, spec.repair_s, g.job_mtbf_s);
+    g.spare_wait_s = w.wait_s;
+    g.short_share = w.short_share;
+  }
+  const double restart_s = spec.restart_s + g.spare_wait_s;
   if (spec.async) {
     g.checkpoint_bytes = checkpoint_bytes;
     g.write_s = spec.checkpoint_bytes_per_s > 0 ? checkpoint_bytes / spec.checkpoint_bytes_per_s : 0;
@@ -64,8 +93,8 @@ Goodput goodput(const ReliabilitySpec& spec, double step_s, int gpus, double che
   // Wall time per second of work with a checkpoint every k steps.
   const auto waste = [&](double k) {
     const double tau = k * step_s;
-    return (spec.async ? expected_async_segment_s(tau, g.checkpoint_s, g.write_s, spec.restart_s, g.job_mtbf_s)
-                       : expected_segment_s(tau, g.checkpoint_s, spec.restart_s, g.job_mtbf_s)) /
+    return (spec.async ? expected_async_segment_s(tau, g.checkpoint_s, g.write_s, restart_s, g.job_mtbf_s)
+                       : expected_segment_s(tau, g.checkpoint_s, restart_s, g.job_mtbf_s)) /
            tau;
   };
   // Asynchronous: fewer steps than the write takes only make the copy wait (E/tau falls up to there).

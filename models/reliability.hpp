@@ -29,6 +29,17 @@
 // on average: the first attempt's expected length, and if it fails the restart and Daly's E for
 // the longer window, summed (with W = 0 it is Daly's). Left out: failures that slow the job
 // without stopping it, and the time a failure takes to be noticed beyond R.
+//
+// Spare nodes (spare_nodes = K >= 0, with a repair time T): a failed node is out T. A failure
+// finds a spare when fewer than K nodes are out, and the restart is R; otherwise the job waits,
+// besides R, until enough nodes are back. Failures come at the job's rate 1/M and each is out T,
+// so at a failure the nodes already out are Poisson with mean a = T/M (an infinite-server queue;
+// arrivals see its time average), their remaining repair times uniform in [0, T]. With n out and
+// K >= 1 the job waits for the (n + 1 - K)-th of them to return, on average T (n + 1 - K)/(n + 1);
+// with no spares it waits for the failed node itself, T. The restart is then R + W with
+//     W = T sum_{n >= K} P(n) (n + 1 - K)/(n + 1)   (K >= 1),   W = T   (K = 0),
+// and the spares' GPUs are paid for while idle. Left out: a failure during a wait (the nodes
+// then out are as many as Poisson says, the job's own waiting included).
 #pragma once
 
 #include "routing/moe_spec.hpp"
@@ -44,7 +55,10 @@ struct ReliabilitySpec {
   int checkpoint_every_steps = 0;  // k as given; 0: the k with the most goodput
   bool async = false;              // written to storage behind the steps, after a copy to host memory
   double host_bytes_per_s = 0;     // asynchronous: each GPU's copy to host memory (its PCIe link)
+  int spare_nodes = -1;            // K: idle nodes that replace failed ones; -1: not modelled (R as given)
+  double repair_s = 0;             // T: how long a failed node is out (with spare_nodes)
   bool enabled() const { return gpu_mtbf_hours > 0; }
+  bool spares() const { return spare_nodes >= 0; }
 };
 
 struct Goodput {
@@ -56,7 +70,17 @@ struct Goodput {
   int every_steps = 0;          // k
   double interval_s = 0;        // tau = k x step
   double goodput = 0;           // tau / E: the share of wall-clock time whose steps count
+  double spare_wait_s = 0;      // W: with spare nodes, the mean wait for a node besides the restart
+  double short_share = 0;       // with spare nodes, the share of failures that find none free
 };
+
+// With `spares` spare nodes and a repair time `repair_s`, failures every `mtbf_s` on average: the
+// mean wait for a node at a failure (W above) and the share of failures that find no spare.
+struct SpareWait {
+  double wait_s = 0;
+  double short_share = 0;
+};
+SpareWait spare_wait(int spares, double repair_s, double mtbf_s);
 
 // Daly's expected wall time of `work_s` seconds of steps and a checkpoint of `checkpoint_s`, with
 // restarts of `restart_s` and failures every `mtbf_s` seconds on average.

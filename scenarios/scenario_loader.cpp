@@ -1107,6 +1107,15 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
     if (stall && *stall == sim::Time::zero())
       problems.add_at(rel->key_path("checkpoint_time"), "must be greater than 0");
     if (auto v = rel->get<std::int64_t>("checkpoint_every_steps", count_at_least(1), false)) r.checkpoint_every_steps = as_int(*v);
+    const auto spares = rel->get<std::int64_t>("spare_nodes", count_at_least(0), false);
+    const auto repair = rel->get<sim::Time>("repair_time", time_value(), false);
+    if (spares) r.spare_nodes = as_int(*spares);
+    if (repair) r.repair_s = repair->to_seconds();
+    if (spares && !repair)
+      problems.add_at(rel->key_path("spare_nodes"), "needs repair_time (how long a failed node is out, e.g. 24h)");
+    if (repair && !spares)
+      problems.add_at(rel->key_path("repair_time"), "only used with spare_nodes (0: no spares, each failure waits for its repair)");
+    if (repair && *repair == sim::Time::zero()) problems.add_at(rel->key_path("repair_time"), "must be greater than 0");
     rel->finish();
   }
   if (auto o = top.child("output", false)) {

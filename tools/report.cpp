@@ -169,6 +169,14 @@ models::Goodput run_goodput(const scenarios::Scenario& sc, const scenarios::RunR
                          models::checkpoint_bytes(sc.forward.model, sc.forward.moment_bytes));
 }
 
+// With spare nodes (reliability.spare_nodes), the GPUs paid for over those that run: the spares
+// sit idle but are the job's. 1 without them.
+double spare_factor(const scenarios::Scenario& sc) {
+  const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  if (!sc.reliability.enabled() || sc.reliability.spare_nodes <= 0 || gpus <= 0) return 1;
+  return 1 + static_cast<double>(sc.reliability.spare_nodes) * sc.cluster.gpus_per_node / gpus;
+}
+
 // A training run's token budget (workload.train_tokens) at this step: the days on the scenario's
 // GPUs, their GPU-hours and cost, at the goodput `gp` (run_goodput) where the reliability section
 // gives one.
@@ -183,7 +191,7 @@ Budget budget(const scenarios::Scenario& sc, const scenarios::RunResult& r, cons
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const double wall = sc.train_tokens / (tokens / seconds) / share;
   b.days = wall / 86400;
-  b.gpu_hours = wall * gpus / 3600;
+  b.gpu_hours = wall * gpus * spare_factor(sc) / 3600;  // the spare nodes' GPUs included
   b.cost = b.gpu_hours * sc.gpu_hour_price;
   return b;
 }
@@ -541,7 +549,7 @@ const std::string& summary_csv_header() {
       "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens";
+      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s";
   return header;
 }
 
@@ -610,7 +618,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
                gp.checkpoint_bytes > 0 ? fmt::format("{:.6g}", gp.checkpoint_bytes / 1e9) : std::string(), gp.checkpoint_s,
                sc.reliability.async ? fmt::format("{:.6g}", gp.write_s) : std::string(), gp.every_steps, gp.goodput,
                seconds > 0 ? step_tokens_exact / seconds * gp.goodput : 0.0,
-               sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens / gp.goodput) : std::string());
+               sc.gpu_hour_price > 0 && gp.goodput > 0 ? fmt::format("{:.6g}", e.cost_per_million_tokens * spare_factor(sc) / gp.goodput)
+                                                       : std::string());
   else
     out << ",,,,,,,,,";
   // The token budget (workload.train_tokens): empty without it, and its days empty where no step counts.
@@ -622,9 +631,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   else
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
-  fmt::print(out, "{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  fmt::print(out, "{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
-             pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string());
+             pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
+             sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
+             sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -956,13 +967,24 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                               duration(gp.write_s), rate)
                 : fmt::format("a checkpoint{} takes {}", gp.checkpoint_bytes > 0 ? fmt::format(" ({:.3g} TB at {})", gp.checkpoint_bytes / 1e12, rate) : std::string(),
                               duration(gp.checkpoint_s));
+        // Spare nodes: the wait for a node besides the restart, and the spares' GPUs paid for.
+        const auto& rel = sc.reliability;
+        const std::string spares_said =
+            !rel.spares() ? std::string()
+            : rel.spare_nodes == 0
+                ? fmt::format(" and, with no spare node, the failed node's repair ({})", duration(rel.repair_s))
+                : fmt::format(" and, with {} spare node{} ({} GPUs idle, in the GPU-hours) and a node out {}, {:.3g} % of failures "
+                              "finding none free, {} on average waiting for one",
+                              rel.spare_nodes, rel.spare_nodes == 1 ? "" : "s", rel.spare_nodes * sc.cluster.gpus_per_node,
+                              duration(rel.repair_s), 100 * gp.short_share, duration(gp.spare_wait_s));
         fmt::print(out, "  failures    the job stops every {} on average ({} GPUs, each every {:.0f} h); {}, every {} step{} ({}{}), a restart {}: {}\n",
                    duration(gp.job_mtbf_s), gpus, sc.reliability.gpu_mtbf_hours, checkpoint, gp.every_steps, gp.every_steps > 1 ? "s" : "",
                    duration(gp.interval_s),
                    gp.wait_s > 0 ? fmt::format("; each copy waits {} more for the previous write", duration(gp.wait_s)) : std::string(),
-                   duration(sc.reliability.restart_s),
+                   duration(sc.reliability.restart_s) + spares_said,
                    gp.goodput > 0 ? fmt::format("goodput {:.2f}%, 1T tokens in {:.4g} days, {} GPU-hours{}", 100 * gp.goodput,
-                                                seconds / gp.goodput / 86400, gpu_hours(hours / gp.goodput), priced(hours / gp.goodput))
+                                                seconds / gp.goodput / 86400, gpu_hours(hours * spare_factor(sc) / gp.goodput),
+                                                priced(hours * spare_factor(sc) / gp.goodput))
                                   : std::string("no goodput: the steps between checkpoints (and the restart) take hundreds of times the "
                                                 "job's time between failures"));
       }

@@ -1,7 +1,10 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "models/moe_costs.hpp"
 #include "models/reliability.hpp"
@@ -222,4 +225,62 @@ TEST_CASE("A checkpoint writes every parameter with Adam's master weight and mom
   const double mtp = static_cast<double>(model_params(with_mtp).mtp);
   CHECK(mtp > 8 * 3 * 64 * 32);
   CHECK(checkpoint_bytes(with_mtp, 4) == (params + mtp) * (2 + 4 + 8));
+}
+
+namespace {
+
+// Spare nodes by drawing the failures: a Poisson stream of failures every `mtbf` on average,
+// each node out `repair` from its failure; a failure that finds `spares` or more nodes out waits
+// for enough of them to return (the (n + 1 - spares)-th to come back, or its own with no spares).
+// The mean wait per failure and the share that wait. Independent of the closed form it checks.
+std::pair<double, double> drawn_spare_wait(int spares, double repair, double mtbf, int n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> gap(1 / mtbf);
+  std::vector<double> back;  // when the nodes out return
+  double t = 0, wait = 0;
+  int waited = 0;
+  for (int i = 0; i < n; ++i) {
+    t += gap(rng);
+    std::erase_if(back, [&](double b) { return b <= t; });
+    back.push_back(t + repair);
+    const int out = static_cast<int>(back.size());  // the failed node included
+    if (out > spares) {
+      std::vector<double> sorted = back;
+      std::sort(sorted.begin(), sorted.end());
+      wait += sorted[static_cast<std::size_t>(out - 1 - spares)] - t;  // the (out - spares)-th return
+      ++waited;
+    }
+  }
+  return {wait / n, static_cast<double>(waited) / n};
+}
+
+}  // namespace
+
+TEST_CASE("Spare nodes: the wait for a node at a failure is what drawn failures give") {
+  // Repairs of 24 h against a job failing every 24.8 h (256 GPUs at 6,340 h each), and a
+  // quieter job; from no spares (every failure waits for its own repair) to more than needed.
+  for (const double mtbf : {24.8 * 3600, 200.0 * 3600}) {
+    for (const int spares : {0, 1, 2, 4}) {
+      const SpareWait w = spare_wait(spares, 24 * 3600, mtbf);
+      const auto [drawn, share] = drawn_spare_wait(spares, 24 * 3600, mtbf, 200'000, 7 + spares);
+      INFO("mtbf " << mtbf / 3600 << " h, " << spares << " spares: " << w.wait_s << " s against " << drawn << " s drawn");
+      CHECK(w.wait_s == Approx(drawn).epsilon(0.03).margin(5));
+      CHECK(w.short_share == Approx(share).epsilon(0.03).margin(1e-3));
+    }
+  }
+  CHECK(spare_wait(0, 3600, 1e6).wait_s == 3600);  // no spares: the failed node's own repair
+  CHECK(spare_wait(3, 3600, 1e6).wait_s < spare_wait(2, 3600, 1e6).wait_s);
+  // In the goodput: the restart grows by the wait.
+  ReliabilitySpec spec;
+  spec.gpu_mtbf_hours = 6340;
+  spec.restart_s = 600;
+  spec.checkpoint_s = 47;
+  spec.checkpoint_every_steps = 1000;
+  const Goodput none = goodput(spec, 2.0, 256, 0);
+  spec.spare_nodes = 2;
+  spec.repair_s = 24 * 3600;
+  const Goodput two = goodput(spec, 2.0, 256, 0);
+  CHECK(two.spare_wait_s == Approx(spare_wait(2, 24 * 3600, none.job_mtbf_s).wait_s));
+  CHECK(two.goodput == Approx(2000 / expected_segment_s(2000, 47, 600 + two.spare_wait_s, none.job_mtbf_s)));
+  CHECK(two.goodput < none.goodput);
 }

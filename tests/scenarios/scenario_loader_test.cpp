@@ -1296,3 +1296,16 @@ TEST_CASE("cluster.power: the GPUs at their rated power unless given, the rest o
   CHECK(load_scenario_text(with("gpu: H100", toy), "s.yaml").gpu_power_w == 0);
   CHECK_THAT(error_of(with("gpu: H100", toy + "\n  power: {pue: 1.2}")), Catch::Contains("the toy has no rated power: give cluster.power.gpu"));
 }
+
+TEST_CASE("reliability.spare_nodes goes with a repair time", "[scenarios][reliability]") {
+  const std::string training = replaced_text(kBase, "  tokens_per_gpu: 1024\n", "  kind: training\n  tokens_per_gpu: 1024\n");
+  const std::string rel = "reliability: {gpu_mtbf_hours: 50000, restart: 10min, checkpoint_time: 30s";
+  const auto sc = load_scenario_text(training + rel + ", spare_nodes: 2, repair_time: 24h}\n", "s.yaml");
+  CHECK(sc.reliability.spare_nodes == 2);
+  CHECK(sc.reliability.repair_s == 86400);
+  CHECK_FALSE(load_scenario_text(training + rel + "}\n", "s.yaml").reliability.spares());
+  CHECK(load_scenario_text(training + rel + ", spare_nodes: 0, repair_time: 4h}\n", "s.yaml").reliability.spares());
+  CHECK_THAT(error_of(training + rel + ", spare_nodes: 2}\n"), Catch::Contains("reliability.spare_nodes: needs repair_time"));
+  CHECK_THAT(error_of(training + rel + ", repair_time: 24h}\n"), Catch::Contains("reliability.repair_time: only used with spare_nodes"));
+  CHECK_THAT(error_of(training + rel + ", spare_nodes: 1, repair_time: 0s}\n"), Catch::Contains("reliability.repair_time: must be greater than 0"));
+}

@@ -1017,6 +1017,24 @@ TEST_CASE("A training run's summary gives the days and GPU-hours a trillion toke
   CHECK(gs.at("checkpoint_write_s").empty());
   CHECK(gs.at("checkpoint") == "sync");
   CHECK(summary.at("checkpoint").empty());
+  CHECK(gs.at("spare_nodes").empty());
+  // With a spare node of 4 GPUs and repairs of 10 h: the restart grows by the wait for a node,
+  // the goodput falls, and the cost per token counts the spare's GPUs (8 in all paid for 4 that run).
+  const Result sp = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set reliability.gpu_mtbf_hours=400 --set reliability.restart=2min "
+                           "--set reliability.checkpoint_bandwidth=1GB/s --set reliability.spare_nodes=1 --set reliability.repair_time=10h --out '" +
+                           (tmp.path() / "sp").string() + "'", tmp);
+  REQUIRE(sp.code == 0);
+  const auto ss = summary_row(tmp.path() / "sp" / "summary.csv");
+  CHECK(ss.at("spare_nodes") == "1");
+  // A failure every 100 h, repairs of 10 h: the nodes out are Poisson(0.1); with one spare the
+  // job waits for the first of the n out when n >= 1: 10 h x sum P(n) n/(n + 1).
+  double expect = 0, pn = std::exp(-0.1);
+  for (int n = 0; n < 40; ++n, pn *= 0.1 / n) expect += n >= 1 ? pn * n / (n + 1) : 0;
+  CHECK(std::stod(ss.at("spare_wait_s")) == Approx(36000 * expect).epsilon(1e-4));
+  const double sp_goodput = std::stod(ss.at("goodput"));
+  CHECK(sp_goodput < goodput);
+  CHECK(std::stod(ss.at("goodput_cost_per_million_tokens")) == Approx(std::stod(ss.at("cost_per_million_tokens")) * 2 / sp_goodput).epsilon(1e-4));
+  CHECK_THAT(sp.out, Catch::Contains("with 1 spare node (4 GPUs idle, in the GPU-hours) and a node out 10 h"));
   // Asynchronous: a stall of each GPU's share over PCIe, the write behind the steps.
   const Result a = moesim("run '" + (tmp.path() / "t.yaml").string() + "' --set reliability.gpu_mtbf_hours=400 --set reliability.restart=2min "
                           "--set reliability.checkpoint_bandwidth=1GB/s --set reliability.checkpoint=async --out '" + (tmp.path() / "a").string() + "'", tmp);
@@ -1505,7 +1523,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));

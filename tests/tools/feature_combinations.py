@@ -108,7 +108,9 @@ FEATURES = [
     [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
      ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
      ["reliability.gpu_mtbf_hours=300", "reliability.restart=10min", "reliability.checkpoint=async", "reliability.checkpoint_bandwidth=50GB/s"],
-     ["workload.train_tokens=5e11"]],
+     ["workload.train_tokens=5e11"],
+     ["reliability.gpu_mtbf_hours=500", "reliability.restart=10min", "reliability.checkpoint_time=5s", "reliability.spare_nodes=1",
+      "reliability.repair_time=24h"]],
     [["parallelism.etp=2"], ["parallelism.etp=4", "parallelism.ep=4"], ["parallelism.etp=2", "parallelism.ep=2"],
      ["parallelism.shared_experts=replicated"]],
 ]
