@@ -390,7 +390,7 @@ std::pair<int, std::string> sweep(const po::variables_map& vm, const scenarios::
                r.ran, mpi ? fmt::format(" over {} MPI ranks", r.ranks) : "",
                r.skipped > 0 ? fmt::format(", {} of them skipped (the grid's skip)", r.skipped) : "",
                r.simulations > 0 && r.simulations < r.ran - r.skipped
-                   ? fmt::format(" in {} simulations: points that differ only in reliability.*, cluster.gpu_hour_price or workload.train_tokens share one", r.simulations)
+                   ? fmt::format(" in {} simulations: points that differ only in reliability.*, cluster.power, cluster.gpu_hour_price or workload.train_tokens share one", r.simulations)
                    : "",
                grid.source, out,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -110,10 +110,11 @@ Sweep::Sweep(const scenarios::Grid& grid, const SweepOptions& o) : points(grid.p
 }
 
 std::vector<std::vector<std::size_t>> Sweep::groups(const std::vector<std::size_t>& todo) const {
-  // An override the simulation does not read: only the summary's goodput, budget and cost do.
+  // An override the simulation does not read: only the summary's goodput, budget, cost and power do.
   const auto reports_only = [](const std::string& set) {
     const std::string key = set.substr(0, set.find('='));
-    return key == "cluster.gpu_hour_price" || key == "workload.train_tokens" || key.starts_with("reliability.");
+    return key == "cluster.gpu_hour_price" || key == "workload.train_tokens" || key.starts_with("reliability.") ||
+           key == "cluster.power" || key.starts_with("cluster.power.");
   };
   std::map<std::vector<std::string>, std::size_t> index;  // the overrides the simulation reads -> group
   std::vector<std::vector<std::size_t>> out;

@@ -1254,7 +1254,7 @@ TEST_CASE("Sweep points that differ only in reliability, price or token budget s
   const Result r = moesim("sweep '" + (tmp.path() / "g.yaml").string() + "' --jobs 2 --out '" + out + "'", tmp);
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("16 points (0 from an earlier run, 16 run now in 2 simulations: points that differ only in "
-                                    "reliability.*, cluster.gpu_hour_price or workload.train_tokens share one)"));
+                                    "reliability.*, cluster.power, cluster.gpu_hour_price or workload.train_tokens share one)"));
   // Rows by point: each has its own restart's goodput and its own price's cost over one step.
   const auto rows = sweep_rows(out);
   REQUIRE(rows.size() == 16);
