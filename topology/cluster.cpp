@@ -117,9 +117,10 @@ void Cluster::build_scale_out() {
     pcie_.push_back(add_duplex(DeviceId(static_cast<std::uint32_t>(g)), nic, LinkKind::pcie,
                                spec_.node.pcie_bandwidth, spec_.node.pcie_latency));
     const double speed = so.nic_speed.empty() ? 1.0 : so.nic_speed[static_cast<std::size_t>(g)];
+    // At least a byte a second, however small the share (a link of no capacity is no link).
     const sim::Bandwidth bw = speed == 1.0 ? so.nic_bandwidth
-                                           : sim::Bandwidth(static_cast<std::int64_t>(
-                                                 std::llround(static_cast<double>(so.nic_bandwidth.bytes_per_s()) * speed)));
+                                           : sim::Bandwidth(std::max<std::int64_t>(
+                                                 1, std::llround(static_cast<double>(so.nic_bandwidth.bytes_per_s()) * speed)));
     nic_.push_back(add_duplex(nic, leaf_ids_[static_cast<std::size_t>(leaf_of(g))], LinkKind::nic, bw, so.link_latency));
   }
   uplink_.assign(leaf_ids_.size(), {});
