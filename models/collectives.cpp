@@ -271,13 +271,15 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
                                             CollectiveKind kind, std::vector<int> members, sim::Bytes size,
                                             Collective::Done done, int chunks) {
   MOESIM_ASSERT(!members.empty(), "a collective without GPUs");
+  if (algorithm == CollectiveAlgorithm::ring) {
+    const int node = members.front() / ctx.gpus_per_node;
+    const bool one_node = std::all_of(members.begin(), members.end(), [&](int g) { return g / ctx.gpus_per_node == node; });
+    if (ctx.mesh && one_node) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
+    return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+  }
   // By node, in member order; and across nodes by in-node position.
   std::map<int, std::vector<int>> by_node;
   for (const int g : members) by_node[g / ctx.gpus_per_node].push_back(g);
-  if (algorithm == CollectiveAlgorithm::ring) {
-    if (ctx.mesh && by_node.size() == 1) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
-    return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
-  }
   MOESIM_ASSERT(!ctx.mesh || algorithm != CollectiveAlgorithm::nvls, "an in-switch collective in a node without a switch");
   const std::size_t k = by_node.begin()->second.size();
   const bool even = std::all_of(by_node.begin(), by_node.end(), [&](const auto& n) { return n.second.size() == k; });

@@ -57,6 +57,13 @@ std::string replaced(std::string yaml, const std::string& from, const std::strin
   return yaml.replace(at, from.size(), to);
 }
 
+// The tiny layer, dropless, with both GPUs one tensor-parallel group (tp: 2), and `model_lines`
+// (e.g. "  shared_experts: 1\n") added to its model.
+std::string tiny_tp(const std::string& model_lines = "") {
+  return replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "  attention_heads: 8\n",
+                  "  attention_heads: 8\n" + model_lines);
+}
+
 // The field `name` of data row `row` (from 0) of a report's CSV text.
 std::string csv_value(const std::string& csv, const std::string& name, int row = 0) {
   std::istringstream in(csv);
@@ -3343,7 +3350,7 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
   // reduce-scatter of the same size, as long. Then the layer as without it (router 2,060,096,
   // dispatch 22,480,000, experts on 2000 tokens 125,829,120, combine 22,480,000, reduce
   // 6,144,000): 283,379,776 + 2 x 22,480,000 = 328,339,776 ps.
-  const auto sc = scenarios::load_scenario_text(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "tiny.yaml");
+  const auto sc = scenarios::load_scenario_text(tiny_tp(), "tiny.yaml");
   CHECK(sc.forward.model.tp == 2);
   const auto a = models::attention_cost(sc.forward.model, 1000, 1000);
   CHECK(a.flops == 10'438'656'000);
@@ -3369,7 +3376,7 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
     // one 1 us hop, 49,761,900 ps; the reduce-scatter the mirror image, as long. With two GPUs
     // the switch moves more than the ring's 2,048,000 B each way.
     const auto nvls = scenarios::run_experiment(scenarios::load_scenario_text(
-        replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "compute:", "network: {tp_collectives: nvls}\ncompute:"),
+        replaced(tiny_tp(), "compute:", "network: {tp_collectives: nvls}\ncompute:"),
         "tiny.yaml"));
     for (const auto& g : nvls.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(2 * 49'761'900));
     CHECK(nvls.stats.step_time() == Time::ps(283'379'776 + 2 * 49'761'900));
@@ -3379,7 +3386,7 @@ TEST_CASE("Tensor parallelism gathers the group's tokens for attention and scatt
     // all-to-all's) takes what it took through the switch's two 1 us hops; the exchanges are
     // the direct collective's (each GPU sends the other its share), the same bytes.
     const auto mesh_sc = scenarios::load_scenario_text(
-        replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "node: {nvlink_latency: 1us}",
+        replaced(tiny_tp(), "node: {nvlink_latency: 1us}",
                  "node: {fabric: mesh, link_bandwidth: 100GB/s, link_latency: 2us}"),
         "tiny.yaml");
     const auto mesh = scenarios::run_experiment(mesh_sc);
@@ -3401,8 +3408,7 @@ TEST_CASE("Tensor parallelism splits the shared experts around their own collect
   // x 512 FLOPs = 62,914,560 ps, until 257,281,216; its reduce-scatter alone on the links,
   // 22,480,000, until 279,761,216. The dispatch is in: experts (125,829,120) until 405,590,336,
   // combine (22,480,000) until 428,070,336, reduce (6,144,000) until 434,214,336.
-  const std::string yaml = replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "  attention_heads: 8\n",
-                                    "  attention_heads: 8\n  shared_experts: 1\n");
+  const std::string yaml = tiny_tp("  shared_experts: 1\n");
   const auto sc = scenarios::load_scenario_text(yaml, "shared.yaml");
   const auto r = scenarios::run_experiment(sc);
   CHECK(r.stats.step_time() == Time::ps(434'214'336));
@@ -3433,8 +3439,7 @@ TEST_CASE("Tensor parallelism splits the dense layers and the LM head too, each 
   // One dense layer (all-gather, attention, reduce-scatter, all-gather, FFN, reduce-scatter) and
   // the LM head (all-gather, then its vocabulary share over the group's rows): 5 more
   // collectives of the same 22.48 us, recorded outside the MoE layer.
-  const std::string yaml = replaced(replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}"), "  attention_heads: 8\n",
-                                    "  attention_heads: 8\n  dense_layers: 1\n  dense_ffn: 2048\n  vocab: 1000\n");
+  const std::string yaml = tiny_tp("  dense_layers: 1\n  dense_ffn: 2048\n  vocab: 1000\n");
   const auto sc = scenarios::load_scenario_text(yaml, "tiny.yaml");
   const auto r = scenarios::run_experiment(sc);
   for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::tp)] == Time::ps(7 * 22'480'000));
@@ -3657,7 +3662,7 @@ TEST_CASE("A tensor-parallel training step mirrors each collective in the backwa
   // attention's backward (2 x 104,386,560) until 866,475,328 and a reduce-scatter of its input's
   // gradients until 888,955,328. The optimizer over half the attention weights: 2,097,152 +
   // 2,048 + 3,145,728 = 5,244,928 parameters x 28 B = 146,857,984 ps. Step: 1,035,813,312 ps.
-  std::string text = replaced(tiny("dropless", 1), "{ep: 2}", "{ep: 2, tp: 2}");
+  std::string text = tiny_tp();
   text = replaced(text, "workload: {tokens_per_gpu", "workload: {kind: training, tokens_per_gpu");
   const auto r = scenarios::run_experiment(scenarios::load_scenario_text(text, "train.yaml"));
   CHECK(r.stats.step_time() == Time::ps(1'035'813'312));
