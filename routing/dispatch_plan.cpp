@@ -167,14 +167,13 @@ void plan_source_fast(const int* experts_of, std::size_t assignments, int k, std
         b = rr.node_of_rank[dst];
       }
       if constexpr (Masks) {
-        const std::uint64_t g = std::uint64_t{1} << dst;
-        if (gpus & g) continue;
-        gpus |= g;
-        ++token_sends[dst];
-        const std::uint64_t n = std::uint64_t{1} << b;
-        if (nodes & n) continue;
-        nodes |= n;
-        ++node_sends[b];
+        // Without branches (whether a token has reached a GPU or node already is a coin flip to
+        // the processor). A GPU already reached means its node was too, so the node's test
+        // need not wait for the GPU's.
+        token_sends[dst] += static_cast<std::int64_t>(~gpus >> dst & 1U);
+        gpus |= std::uint64_t{1} << dst;
+        node_sends[b] += static_cast<std::int64_t>(~nodes >> b & 1U);
+        nodes |= std::uint64_t{1} << b;
       } else {
         if (seen_gpu[dst] == t) continue;
         seen_gpu[dst] = t;

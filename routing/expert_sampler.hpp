@@ -55,6 +55,14 @@ class ExpertSampler {
   // after 64 rejections an exact draw. At least one expert must be allowed; zero-weight ones are
   // drawn only when all allowed ones weigh 0. Inline: group-limited routing makes billions.
   int draw_allowed(sim::Rng& rng, const std::uint64_t* allowed) const;
+  // k calls of draw_allowed in a row, each drawn expert taken out of `allowed` and written to
+  // out[0..k): the same draws, so the same experts, but with no branch on whether a draw is
+  // allowed (about half are not once a token's groups are chosen, a branch the processor cannot
+  // predict). after(e, ok) runs after every draw, ok 1 when e was taken and 0 when it was
+  // rejected; it may narrow `allowed` further (group-limited routing, once the token's groups
+  // are known) and should itself not branch on ok.
+  template <class After>
+  void draw_allowed_run(sim::Rng& rng, std::uint64_t* allowed, int* out, int k, After after) const;
   // The words of an `allowed` set: one bit an expert.
   int words() const { return (experts_ + 63) / 64; }
 
@@ -100,6 +108,36 @@ __attribute__((always_inline)) inline int ExpertSampler::draw_allowed(sim::Rng& 
     if ((allowed[e >> 6] >> (e & 63)) & 1U) return e;
   }
   return exact_draw(rng, allowed);
+}
+
+template <class After>
+__attribute__((always_inline)) inline void ExpertSampler::draw_allowed_run(sim::Rng& rng, std::uint64_t* allowed, int* out,
+                                                                         int k, After after) const {
+  constexpr std::uint64_t kMaxRejections = 64;  // as draw_allowed
+  // The generator's state in a local whose address is never taken, so that it stays in
+  // registers: the stores into `allowed` could otherwise be the generator's words.
+  sim::Rng local = rng;
+  std::uint64_t rejections = 0;
+  for (int j = 0; j < k;) {
+    const int e = draw_one(local);
+    std::uint64_t& word = allowed[e >> 6];
+    const std::uint64_t ok = (word >> (e & 63)) & 1U;
+    out[j] = e;  // kept only when ok: j moves on
+    word &= ~(ok << (e & 63));
+    j += static_cast<int>(ok);
+    rejections = (rejections + 1) & (ok - 1);  // zero when taken
+    after(e, ok);
+    if (rejections == kMaxRejections) [[unlikely]] {
+      rng = local;
+      const int x = exact_draw(rng, allowed);
+      local = rng;
+      out[j++] = x;
+      allowed[x >> 6] &= ~(std::uint64_t{1} << (x & 63));
+      rejections = 0;
+      after(x, std::uint64_t{1});
+    }
+  }
+  rng = local;
 }
 
 }  // namespace moesim::routing

@@ -244,6 +244,47 @@ TEST_CASE("A draw from a set of experts follows the weights renormalised over th
   check_law(ExpertSampler(zero), {3, 64, 129}, {std::vector<double>(experts, 1.0)});
 }
 
+TEST_CASE("A run of draws from a shrinking set is the same draws as draw_allowed one at a time", "[routing]") {
+  // draw_allowed_run has no branch on a draw's outcome; it must draw what k calls of
+  // draw_allowed draw, taking each drawn expert, the exact fallback after 64 rejections included,
+  // leave the generator where they leave it, and call after() once a draw with what it did.
+  const int experts = 130, k = 6;
+  std::vector<double> w(experts);
+  for (int e = 0; e < experts; ++e) w[static_cast<std::size_t>(e)] = 1.0 + e % 7;
+  std::vector<double> rare = w;  // most of the allowed weight 1e-6 of the rest: fallbacks
+  for (const int e : {0, 5, 63, 64, 100, 127, 128, 129}) rare[static_cast<std::size_t>(e)] *= 1e-6;
+  for (const bool fallback : {false, true}) {
+    const ExpertSampler s(fallback ? rare : w);
+    std::vector<std::uint64_t> start(3, 0);
+    for (const int e : {0, 5, 63, 64, 100, 127, 128, 129, 7, 70}) start[static_cast<std::size_t>(e / 64)] |= std::uint64_t{1} << (e % 64);
+    sim::Rng one(4, "run"), run(4, "run");
+    int fallbacks = 0;
+    for (int token = 0; token < 2000; ++token) {
+      std::vector<std::uint64_t> a = start, b = start;
+      std::vector<int> expected, got(k, -1);
+      int draws = 0;
+      for (int j = 0; j < k; ++j) {
+        const int e = s.draw_allowed(one, a.data());
+        expected.push_back(e);
+        a[static_cast<std::size_t>(e / 64)] &= ~(std::uint64_t{1} << (e % 64));
+      }
+      int taken = 0;
+      s.draw_allowed_run(run, b.data(), got.data(), k, [&](int e, std::uint64_t ok) {
+        REQUIRE(e >= 0);
+        REQUIRE(e < experts);
+        ++draws;
+        taken += static_cast<int>(ok);
+      });
+      REQUIRE(got == expected);
+      REQUIRE(b == a);
+      REQUIRE(taken == k);
+      REQUIRE(run.next_u64() == one.next_u64());
+      fallbacks += draws > 64;
+    }
+    if (fallback) CHECK(fallbacks > 1000);
+  }
+}
+
 TEST_CASE("Zipf routing follows its weights and uniform routing is flat", "[routing]") {
   RoutingSpec zipf;
   zipf.distribution = Distribution::zipf;
