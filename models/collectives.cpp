@@ -57,7 +57,8 @@ class Ring final : public Collective {
         steps_((kind == CollectiveKind::all_reduce ? 2 : 1) * (static_cast<int>(ring_.size()) - 1)),
         joined_(ring_.size(), 0),
         next_send_(ring_.size(), 0),
-        received_(ring_.size(), 0) {
+        received_(ring_.size(), 0),
+        sending_(ring_.size(), 0) {
     MOESIM_ASSERT(!ring_.empty(), "a ring without GPUs");
   }
 
@@ -71,12 +72,20 @@ class Ring final : public Collective {
   }
 
  private:
+  // A member's steps go to its successor one after another, each once the one before has
+  // arrived, as over one connection: a member that joins late, with several steps' chunks
+  // already in, sends them in order rather than all at once (sharing its link, the first would
+  // arrive only with the last, and the successor could forward nothing until then).
   void try_send(std::size_t m) {
-    while (joined_[m] && next_send_[m] < steps_ && (next_send_[m] == 0 || received_[m] >= next_send_[m])) {
-      ++next_send_[m];
-      const std::size_t to = (m + 1) % ring_.size();
-      send_recorded(ctx_, Flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_}, [this, to] { received(to); });
-    }
+    if (!joined_[m] || sending_[m] || next_send_[m] >= steps_ || (next_send_[m] > 0 && received_[m] < next_send_[m])) return;
+    ++next_send_[m];
+    sending_[m] = 1;
+    const std::size_t to = (m + 1) % ring_.size();
+    send_recorded(ctx_, Flow{gpu_id(ring_[m]), gpu_id(ring_[to]), chunk_}, [this, m, to] {
+      sending_[m] = 0;
+      received(to);
+      try_send(m);
+    });
   }
 
   void received(std::size_t m) {
@@ -91,6 +100,7 @@ class Ring final : public Collective {
   int steps_;
   std::vector<char> joined_;
   std::vector<int> next_send_, received_;
+  std::vector<char> sending_;  // a step on its way to the successor
 };
 
 // Direct collective among the GPUs of one mesh node: every member sends each other its share
