@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <deque>
+#include <numeric>
 #include <set>
 #include <string>
 
@@ -33,6 +34,7 @@ std::string_view to_string(Stage s) {
     case Stage::lm_head: return "lm_head";
     case Stage::tp: return "tp";
     case Stage::cp: return "cp";
+    case Stage::param_gather: return "param_gather";
   }
   return "?";
 }
@@ -60,7 +62,7 @@ std::string_view to_string(PipelineSchedule s) {
 
 bool is_network_wait(Stage s) {
   return s == Stage::dispatch || s == Stage::combine || s == Stage::grad_sync || s == Stage::pipeline || s == Stage::tp ||
-         s == Stage::cp;
+         s == Stage::cp || s == Stage::param_gather;
 }
 
 std::vector<int> pipeline_bounds(const ForwardSpec& spec) {
@@ -627,7 +629,7 @@ void MoeForward::start() {
     const auto& m = spec_.model;
     CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
     ctx.mesh = cluster_.mesh();
-    const auto sync_kind = spec_.optimizer_sharding ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
+    const auto sync_kind = spec_.optimizer_sharding || sharded_params() ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto synced_one = [this](int gpu) {
       // The last bucket is joined at the end of the backward pass: a GPU whose buckets are
       // all done before it gets there goes on when it does.
@@ -654,7 +656,10 @@ void MoeForward::start() {
       fewest = std::min(fewest, static_cast<int>(own.size()));
       backward_layers.push_back(std::move(own));
     }
-    buckets_ = std::clamp(spec_.gradient_sync_buckets, 1, fewest);
+    // Parameter sharding reduce-scatters each layer's gradients after its backward (FSDP's units:
+    // one a layer), in every micro-batch.
+    buckets_ = sharded_params() ? fewest : std::clamp(spec_.gradient_sync_buckets, 1, fewest);
+    const int reps = sharded_params() ? spec_.micro_batches : 1;
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
     const std::int64_t moe_replicated = moe_layer_replicated(m);
     // DualPipe: stages s and pp - 1 - s hold the same chunks and synchronise them together (the
@@ -664,6 +669,7 @@ void MoeForward::start() {
     const int copies = weight_copies(spec_);
     const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
     const bool rings = blocks * copies > 1;
+    for (int rep = 0; rep < reps; ++rep)  // [rep][stage][bucket]: per micro-batch with parameter sharding
     for (int st = 0; st < spec_.pp; ++st) {
       std::vector<int> syncing{st};
       if (copies == 2) syncing.push_back(spec_.pp - 1 - st);
@@ -691,12 +697,12 @@ void MoeForward::start() {
         const bool dense = holds_chunk(spec_, st, 0) && b + 1 == buckets_, head = holds_chunk(spec_, st, chunks() - 1) && b == 0;
         const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
-        bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
+        if (rep == 0) bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
         dense_sync_.push_back(own ? build(sync_kind, all, replicated, synced_one) : nullptr);
         if (rings)
           for (int x = 0; x < shards; ++x) expert_sync_.push_back(own ? build(sync_kind, ring(x), experts, synced_one) : nullptr);
       }
-      if (spec_.optimizer_sharding) {
+      if (spec_.optimizer_sharding && !sharded_params()) {  // (sharded weights are gathered layer by layer)
         const GpuParams params = stage_params(spec_, placements_, st);
         dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, params.replicated, gathered_one) : nullptr);
         if (rings)
@@ -704,7 +710,13 @@ void MoeForward::start() {
             expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), params.experts, gathered_one) : nullptr);
       }
     }
-    sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (rings ? 2 : 1));
+    sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (rings ? 2 : 1) * reps);
+  }
+  if (sharded_params()) {
+    const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
+    param_dense_.resize(units);
+    param_expert_.resize(units * static_cast<std::size_t>(spec_.ep * spec_.etp));
+    param_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()) * units, kNotJoined);
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_step(g);
 }
@@ -882,6 +894,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
 
 void MoeForward::begin_pass(int gpu) {
   const int p = gpus_[static_cast<std::size_t>(gpu)].pass;
+  if (sharded_params() && !params_ready(gpu)) return;
   if (run_before_pass(gpu, &MoeForward::begin_pass)) return;
   if (wait_for_input(gpu, p)) return;
   end_pipeline_wait(gpu, p);
@@ -1916,6 +1929,11 @@ KernelCost MoeForward::dense_weight_cost() const {
 
 void MoeForward::after_passes(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  // Parameter sharding: a micro-batch's backward done, its last bucket (the first MoE layer's
+  // gradients, with the dense layers') is reduce-scattered; the step's last below.
+  if (sharded_params() && s.pass < passes() && backward(s.pass) && layer_of(s.pass) == 0 &&
+      micro_batch(s.pass) + 1 < spec_.micro_batches)
+    join_bucket(gpu, static_cast<std::size_t>(buckets_ - 1), micro_batch(s.pass));
   const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
   s.step += s.paired ? 2 : 1;
   s.paired = false;
@@ -1925,7 +1943,7 @@ void MoeForward::after_passes(int gpu) {
   } else if (spec_.training && spec_.gradient_sync) {
     s.wait = Wait::sync;
     s.wait_start = sim_.now();
-    join_bucket(gpu, static_cast<std::size_t>(buckets_ - 1));  // the last bucket (with the dense layers)
+    join_bucket(gpu, static_cast<std::size_t>(buckets_ - 1), sharded_params() ? spec_.micro_batches - 1 : 0);  // the last bucket (with the dense layers)
     if (sync_left_[static_cast<std::size_t>(gpu)] == 0 && s.wait == Wait::sync) synced(gpu);
   } else if (spec_.training) {
     optimize(gpu);
@@ -1934,8 +1952,11 @@ void MoeForward::after_passes(int gpu) {
   }
 }
 
-void MoeForward::join_bucket(int gpu, std::size_t bucket) {
-  const std::size_t at = static_cast<std::size_t>(sync_stage(spec_, stage_of(gpu))) * static_cast<std::size_t>(buckets_) + bucket;
+void MoeForward::join_bucket(int gpu, std::size_t bucket, int micro_batch) {
+  const std::size_t at =
+      (static_cast<std::size_t>(micro_batch) * static_cast<std::size_t>(spec_.pp) + static_cast<std::size_t>(sync_stage(spec_, stage_of(gpu)))) *
+          static_cast<std::size_t>(buckets_) +
+      bucket;
   dense_sync_[at]->join(gpu);
   if (!expert_sync_.empty())
     expert_sync_[at * static_cast<std::size_t>(spec_.ep * spec_.etp) + static_cast<std::size_t>(shard(gpu))]->join(gpu);
@@ -1947,10 +1968,11 @@ void MoeForward::backward_layer_done(int gpu, int pass) {
   // direction's last).
   const int layer = layer_of(pass);
   if (!(spec_.training && spec_.gradient_sync)) return;
-  if (micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
+  // (Parameter sharding: in every micro-batch.)
+  if (!sharded_params() && micro_batch(pass) != last_micro_batch(spec_, stage_of(gpu), chunk_of(layer))) return;
   const std::size_t first = static_cast<std::size_t>(stage_of(gpu)) * static_cast<std::size_t>(buckets_);
   for (std::size_t b = 0; b + 1 < static_cast<std::size_t>(buckets_); ++b)
-    if (bucket_end_[first + b] == layer) join_bucket(gpu, b);
+    if (bucket_end_[first + b] == layer) join_bucket(gpu, b, sharded_params() ? micro_batch(pass) : 0);
 }
 
 void MoeForward::synced(int gpu) {
@@ -1963,7 +1985,8 @@ void MoeForward::synced(int gpu) {
 
 void MoeForward::optimize(int gpu) {
   run_stage(gpu, Stage::optimizer, cost(optimizer_cost(stage_of(gpu)), gpu, Work::not_model),
-            spec_.training && spec_.gradient_sync && spec_.optimizer_sharding ? &MoeForward::gather : &MoeForward::finish,
+            spec_.training && spec_.gradient_sync && spec_.optimizer_sharding && !sharded_params() ? &MoeForward::gather
+                                                                                                : &MoeForward::finish,
             spec_.micro_batches - 1);
 }
 
@@ -1990,6 +2013,90 @@ void MoeForward::gathered(int gpu) {
 
 void MoeForward::finish(int) { ++finished_gpus_; }
 
+void MoeForward::join_params(int gpu, int unit) {
+  // The unit's weights in the model dtype: the MoE layer's replicated ones (the dense layers and
+  // the embedding with the first layer's, the LM head with the last's, in both directions) over
+  // the stage's GPUs, and the GPU's expert shard over the blocks holding it.
+  const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
+  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
+  param_left_[static_cast<std::size_t>(gpu) * units + static_cast<std::size_t>(unit)] = blocks > 1 ? 2 : 1;
+  auto& dense = param_dense_[static_cast<std::size_t>(unit)];
+  if (!dense) {
+    const auto& m = spec_.model;
+    const int layer = unit / 2 % m.moe_layers, mb = unit / 2 / m.moe_layers;
+    const bool back = unit % 2 == 1;
+    CollectiveContext ctx{sim_, network_, recorder_, cluster_.spec().gpus_per_node, spec_.nvls_efficiency};
+    ctx.mesh = cluster_.mesh();
+    ctx.stage = Stage::param_gather;
+    ctx.layer = layer;
+    ctx.backward = back;
+    ctx.micro_batch = mb;
+    const auto done = [this, unit](int g) { params_arrived(g, unit); };
+    const auto build = [&](std::vector<int> members, std::int64_t count) {
+      return make_collective(ctx, spec_.gradient_sync_algorithm, CollectiveKind::all_gather, std::move(members),
+                             sim::Bytes(count * m.dtype_bytes), done, spec_.gradient_sync_chunks);
+    };
+    const int first = stage_of(gpu) * stage_gpus();
+    std::vector<int> all(static_cast<std::size_t>(stage_gpus()));
+    std::iota(all.begin(), all.end(), first);
+    const std::int64_t replicated = moe_layer_replicated(m) + (layer == 0 ? dense_layers_params(m) + embedding_params(m) : 0) +
+                                    (layer + 1 == m.moe_layers ? embedding_params(m) : 0);
+    dense = build(std::move(all), replicated);
+    if (blocks > 1) {
+      const std::int64_t experts =
+          placements_[static_cast<std::size_t>(layer)].slots_per_gpu * 3 * m.hidden * m.expert_ffn / spec_.etp;
+      for (int x = 0; x < shards; ++x) {
+        std::vector<int> ring;
+        for (int b = 0; b < blocks; ++b) ring.push_back(first + b * shards + x);
+        param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(x)] =
+            build(std::move(ring), experts);
+      }
+    }
+  }
+  dense->join(gpu);
+  if (blocks > 1)
+    param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(shard(gpu))]->join(gpu);
+}
+
+bool MoeForward::params_ready(int gpu) {
+  GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  const int unit = param_unit(s.pass);
+  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
+  const std::size_t at = static_cast<std::size_t>(gpu) * units;
+  if (param_left_[at + static_cast<std::size_t>(unit)] == kNotJoined) join_params(gpu, unit);
+  if (param_left_[at + static_cast<std::size_t>(unit)] > 0) {
+    if (s.wait != Wait::params) {
+      s.wait = Wait::params;
+      s.wait_start = sim_.now();
+    }
+    return false;
+  }
+  // The weights are here: the next unit of the schedule is gathered while this one runs (the
+  // all-gathers one after the other, as on FSDP's all-gather stream).
+  const auto& order = schedule_[static_cast<std::size_t>(stage_of(gpu))];
+  for (auto i = static_cast<std::size_t>(s.step) + 1; i < order.size(); ++i) {
+    const int next = param_unit(order[i]);
+    if (next == unit) continue;
+    if (param_left_[at + static_cast<std::size_t>(next)] == kNotJoined) join_params(gpu, next);
+    break;
+  }
+  if (s.wait == Wait::params) {
+    s.wait = Wait::none;
+    recorder_.on_stage(StageRecord{GpuId(static_cast<std::uint32_t>(gpu)), layer_of(s.pass), Stage::param_gather, s.wait_start,
+                                   sim_.now(), backward_phase(s.pass), false, micro_batch(s.pass)});
+  }
+  return true;
+}
+
+void MoeForward::params_arrived(int gpu, int unit) {
+  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
+  std::uint8_t& left = param_left_[static_cast<std::size_t>(gpu) * units + static_cast<std::size_t>(unit)];
+  MOESIM_ASSERT(left != kNotJoined && left > 0, "weights gathered for a GPU that did not ask");
+  if (--left > 0) return;
+  const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
+  if (s.wait == Wait::params && param_unit(s.pass) == unit) begin_pass(gpu);
+}
+
 KernelCost MoeForward::attention(std::int64_t tokens, int layer) const {
   const std::int64_t window = routing::layer_window(spec_.model, layer);
   if (spec_.context_length > 0) return decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window);
@@ -2011,7 +2118,8 @@ KernelCost MoeForward::optimizer_cost(int stage) const {
   // of them) over the blocks holding them (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   const std::int64_t g = spec_.grad_bytes(), mo = spec_.moment_bytes, w = spec_.model.dtype_bytes;
-  if (!(spec_.training && spec_.gradient_sync && spec_.optimizer_sharding)) return adam_cost(p.total(), g, mo, w);
+  if (!(spec_.training && spec_.gradient_sync && (spec_.optimizer_sharding || spec_.parameter_sharding)))
+    return adam_cost(p.total(), g, mo, w);
   const int copies = weight_copies(spec_);
   return adam_cost(optimizer_share(p, copies * stage_gpus(), copies * stage_blocks()), g, mo, w);
 }

@@ -153,6 +153,16 @@ struct ForwardSpec {
   // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
   // weights are all-gathered.
   bool optimizer_sharding = false;
+  // Training with optimizer_sharding: the weights are sharded too (ZeRO-3, PyTorch's FSDP with
+  // full sharding, torchtitan's data_parallel_shard), each GPU keeping its share of every weight
+  // group (the stage's GPUs share the replicated weights, the blocks holding an expert shard that
+  // shard). Before each MoE layer's forward and backward pass, in every micro-batch, the layer's
+  // weights are all-gathered (the replicated ones over the stage, the experts over the blocks;
+  // the dense layers and the embedding with the first layer's, the LM head with the last's), the
+  // next layer's in the schedule starting when a pass starts (FSDP's prefetch of one); after each
+  // layer's backward its gradients are reduce-scattered (every micro-batch, as FSDP does), and the
+  // optimizer updates the shards, with no all-gather after it. Needs pp 1 and no overlap.
+  bool parameter_sharding = false;
   // Training: bytes an element of the gradients (0: model.dtype's; 4: kept, accumulated and
   // synchronised in fp32, Megatron-LM's --accumulate-allreduce-grads-in-fp32 and DeepSeek-V3's
   // choice) and of Adam's two moments (4: fp32; 2: bf16, as DeepSeek-V3 keeps them, technical
@@ -368,7 +378,7 @@ class MoeForward {
   double progress() const;
 
  private:
-  enum class Wait { none, dispatch, combine, sync, pipeline, tp, cp, etp_gather, etp_scatter };
+  enum class Wait { none, dispatch, combine, sync, pipeline, tp, cp, etp_gather, etp_scatter, params };
   // Context parallelism: a compute stage held back for its group's all-gather of keys and values
   // (run_stage() with cp_layers > 0), and whether its gradients are reduce-scattered after it.
   struct CpPending {
@@ -717,7 +727,24 @@ class MoeForward {
   int buckets_ = 1;
   // [stage * buckets + bucket]: the bucket's lowest MoE layer (the last its backward reaches)
   std::vector<int> bucket_end_;
-  void join_bucket(int gpu, std::size_t bucket);
+  void join_bucket(int gpu, std::size_t bucket, int micro_batch = 0);
+  // Parameter sharding (ForwardSpec::parameter_sharding): the all-gather of a layer's weights
+  // before its passes of one micro-batch in one direction (a unit: (micro_batch * layers + layer)
+  // * 2 + backward), [unit] over the stage and [unit * shards + shard] over the blocks, built when
+  // the first GPU joins; per GPU and unit the collectives it still waits for (kNotJoined before
+  // it joins).
+  bool sharded_params() const { return spec_.training && spec_.parameter_sharding; }
+  int param_unit(int pass) const {
+    return (micro_batch(pass) * spec_.model.moe_layers + layer_of(pass)) * 2 + (backward_phase(pass) ? 1 : 0);
+  }
+  static constexpr std::uint8_t kNotJoined = 0xff;
+  std::vector<std::unique_ptr<Collective>> param_dense_, param_expert_;
+  std::vector<std::uint8_t> param_left_;  // [gpu * units + unit]
+  void join_params(int gpu, int unit);
+  // Whether gpu's current pass has its weights (joining their all-gather, and the next unit's in
+  // its schedule, where it has not yet); if not it waits (Wait::params) until params_arrived().
+  bool params_ready(int gpu);
+  void params_arrived(int gpu, int unit);
   void backward_layer_done(int gpu, int pass);
   void synced(int gpu);
   void optimize(int gpu);

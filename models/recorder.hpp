@@ -32,14 +32,18 @@ namespace moesim::models {
 // `cp` (context parallelism, parallelism.cp) is the wait for the all-gather of the keys and
 // values of the GPU's sequences from the other GPUs holding them before an attention (forward,
 // recomputed or backward; all the dense layers' at once, layer -1) and, after an attention's
-// backward, for the reduce-scatter of their gradients.
+// backward, for the reduce-scatter of their gradients. `param_gather` (workload.parameter_sharding,
+// FSDP) is the wait for the all-gather of a layer's sharded weights before its forward or backward
+// pass (recorded with that layer and pass).
 enum class Stage {
-  attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head, tp, cp
+  attention, router, shared_experts, dispatch, experts, combine, reduce, optimizer, grad_sync, dense, pipeline, lm_head, tp, cp,
+  param_gather
 };
-inline constexpr std::size_t kStageCount = 14;
+inline constexpr std::size_t kStageCount = 15;
 inline constexpr std::array<Stage, kStageCount> kStages{
     Stage::attention, Stage::router,    Stage::shared_experts, Stage::dispatch, Stage::experts,  Stage::combine, Stage::reduce,
-    Stage::optimizer, Stage::grad_sync, Stage::dense,          Stage::pipeline, Stage::lm_head, Stage::tp,     Stage::cp};
+    Stage::optimizer, Stage::grad_sync, Stage::dense,          Stage::pipeline, Stage::lm_head, Stage::tp,     Stage::cp,
+    Stage::param_gather};
 std::string_view to_string(Stage s);
 bool is_network_wait(Stage s);
 

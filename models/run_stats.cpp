@@ -101,6 +101,10 @@ void RunStats::on_flow(const FlowRecord& r) {
     cp_bytes_ += flow.size.count();
     return;
   }
+  if (r.stage == Stage::param_gather) {  // parameter sharding's all-gathers of weights
+    param_gather_bytes_ += flow.size.count();
+    return;
+  }
   LayerStats& l = (r.backward ? backward_layers_ : layers_)[static_cast<std::size_t>(r.micro_batch * layers_per_batch_ + r.layer)];
   l.network_bytes += flow.size.count();
   if (static_cast<int>(flow.src.index()) / gpus_per_node_ != static_cast<int>(flow.dst.index()) / gpus_per_node_)

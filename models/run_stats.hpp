@@ -76,6 +76,7 @@ class RunStats final : public Recorder {
   std::int64_t pipeline_bytes() const { return pipeline_bytes_; }
   std::int64_t tp_bytes() const { return tp_bytes_; }  // tensor-parallel collectives' flows
   std::int64_t cp_bytes() const { return cp_bytes_; }  // context-parallel collectives' flows
+  std::int64_t param_gather_bytes() const { return param_gather_bytes_; }  // parameter sharding's all-gathers
   sim::Time step_time() const;
 
  private:
@@ -86,6 +87,7 @@ class RunStats final : public Recorder {
   std::int64_t pipeline_bytes_ = 0;
   std::int64_t tp_bytes_ = 0;
   std::int64_t cp_bytes_ = 0;
+  std::int64_t param_gather_bytes_ = 0;
   std::vector<std::int64_t> batch_rows_;  // [gpu * micro_batches + micro_batch]
   std::vector<LayerStats> layers_;
   std::vector<LayerStats> backward_layers_;

@@ -700,12 +700,15 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring)
         problems.add_at(w->key_path("gradient_sync_chunks"), "only used with gradient_sync: hierarchical or nvls");
     }
+    bool buckets_given = false, optimizer_unsharded = false;  // for parameter_sharding, below
     if (auto v = w->get<std::int64_t>("gradient_sync_buckets", count_at_least(1), false)) {
+      buckets_given = true;
       f.gradient_sync_buckets = as_int(*v);
       if (!f.gradient_sync) problems.add_at(w->key_path("gradient_sync_buckets"), "needs a gradient_sync algorithm");
     }
     if (auto v = w->get<std::string>("optimizer_sharding", one_of({"true", "false"}), false)) {
       f.optimizer_sharding = *v == "true";
+      optimizer_unsharded = !f.optimizer_sharding;
       if (f.optimizer_sharding && !f.gradient_sync)
         problems.add_at(w->key_path("optimizer_sharding"), "needs a gradient_sync algorithm (the shards are reduce-scattered)");
     }
@@ -823,6 +826,26 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       if (!f.two_batch_overlap && !f.forward_backward_overlap)
         problems.add_at(w->key_path("comm_sm_fraction"),
                         "only used with 'overlap: two_batch', 'two_batch_staggered' or 'forward_backward'");
+    }
+    if (auto v = w->get<std::string>("parameter_sharding", one_of({"true", "false"}), false)) {
+      // ZeRO-3 / FSDP: the weights sharded as well as the optimizer (ForwardSpec::parameter_sharding).
+      f.parameter_sharding = *v == "true";
+      const auto refuse = [&](const std::string& why) { problems.add_at(w->key_path("parameter_sharding"), why); };
+      if (f.parameter_sharding) {
+        if (!f.training)
+          refuse("only used with 'kind: training' (serving keeps its weights whole)");
+        else if (!f.gradient_sync)
+          refuse("needs a gradient_sync algorithm (each layer's gradients are reduce-scattered to their shards)");
+        else if (optimizer_unsharded)
+          refuse("shards the optimizer too: leave out optimizer_sharding: false");
+        if (f.pp > 1) refuse("with parallelism.pp > 1 is not modelled (use optimizer_sharding, ZeRO-1, with pipeline stages)");
+        if (f.two_batch_overlap || f.forward_backward_overlap)
+          refuse("with an overlap is not modelled (its passes would gather weights out of order)");
+        if (buckets_given)
+          problems.add_at(w->key_path("gradient_sync_buckets"),
+                          "not used with parameter_sharding: each layer's gradients are reduce-scattered after its backward");
+        f.optimizer_sharding = true;
+      }
     }
     w->finish();
   }

@@ -277,10 +277,30 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
-  const double updated = f.training && f.gradient_sync && f.optimizer_sharding
+  const double updated = f.training && f.gradient_sync && (f.optimizer_sharding || f.parameter_sharding)
                              ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / (f.ep * f.etp)))
                              : params;
   if (f.training) u.optimizer = params * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
+  if (f.training && f.parameter_sharding) {
+    // Sharded weights (FSDP): the GPU's share of every weight group, and whole the two layers
+    // (with the dense layers and embedding, or the LM head, where they go) between their
+    // all-gather and their pass's end (the one running and the one gathered for next); its
+    // gradients sharded, but one layer's whole before its reduce-scatter.
+    const int blocks = stage_gpus / (f.ep * f.etp);
+    const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
+    const models::GpuParams share{ceil_div(held.replicated, stage_gpus), ceil_div(held.experts, blocks), ceil_div(held.kept, stage_gpus)};
+    std::vector<double> unit_bytes;
+    std::int64_t unit_params = 0;
+    for (const int l : own) {
+      const models::GpuParams layer = models::gpu_params(m, r.placements, l, l + 1);
+      unit_bytes.push_back(static_cast<double>(models::weight_bytes(m, layer)));
+      unit_params = std::max(unit_params, layer.total());
+    }
+    std::sort(unit_bytes.rbegin(), unit_bytes.rend());
+    const double whole = unit_bytes.empty() ? 0.0 : unit_bytes[0] + (unit_bytes.size() > 1 ? unit_bytes[1] : 0.0);
+    u.weights = static_cast<double>(models::weight_bytes(m, share)) + whole;
+    u.optimizer = static_cast<double>(share.total() + unit_params) * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
+  }
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp
   // holds up to pp - s, GPipe all of them; interleaved: the most layers' worth its schedule holds,
@@ -543,13 +563,14 @@ const std::string& summary_csv_header() {
       "moe_layers,tokens_per_gpu,"
       "micro_batches,tokens_per_step,step_time_us,tokens_per_s,tokens_per_s_per_gpu,time_per_token_us,critical_gpu,"
       "attention_us,router_us,shared_experts_us,dispatch_wait_us,experts_us,combine_wait_us,"
-      "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,cp_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
+      "reduce_us,optimizer_us,grad_sync_us,dense_us,pipeline_wait_us,lm_head_us,tp_wait_us,cp_wait_us,param_gather_wait_us,exposed_comm_us,exposed_comm_fraction,routed,computed,dropped,drop_rate,"
       "gpu_imbalance_max,expert_imbalance_max,network_bytes,events,gpu_cv_max,padded,all_to_all,scale_out_bytes,backward_us,recompute,"
       "recompute_us,model_flops,mfu,"
       "gpu_hour_price,cost_per_step,cost_per_million_tokens,gradient_sync_bytes,pipeline_bytes,tp_bytes,cp_bytes,stage_compute_imbalance,"
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
-      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s";
+      "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,"
+      "param_gather_bytes";
   return header;
 }
 
@@ -561,7 +582,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   const auto& g = r.stats.gpus()[static_cast<std::size_t>(crit)].stage_total;
   const sim::Time step = r.stats.step_time();
   const sim::Time exposed =
-      g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)] + g[idx(Stage::cp)];
+      g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)] + g[idx(Stage::cp)] +
+      g[idx(Stage::param_gather)];
   const double step_tokens_exact = step_tokens(sc);  // fractional with draft tokens (expected)
   const auto tokens = std::llround(step_tokens_exact);
   const Totals t = totals(sc, r);
@@ -631,11 +653,12 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   else
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
-  fmt::print(out, "{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  fmt::print(out, "{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
              pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
-             sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string());
+             sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string(),
+             f.training && f.parameter_sharding ? "yes" : "no", r.stats.param_gather_bytes());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -933,7 +956,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
                         layers_said);
-  fmt::print(out, "  step time   {:.3f} ms  ({}){}\n", step.to_us() / 1e3, what,
+  const std::string sharding = !f.training || !f.gradient_sync ? std::string()
+                               : f.parameter_sharding ? std::string("; weights, gradients and optimizer sharded (FSDP), each layer's weights gathered before its passes")
+                               : f.optimizer_sharding ? std::string("; optimizer sharded (ZeRO-1)")
+                                                      : std::string();
+  fmt::print(out, "  step time   {:.3f} ms  ({}{}){}\n", step.to_us() / 1e3, what, sharding,
              f.draft_tokens > 0 ? fmt::format(": a token every {:.3f} ms per sequence", step.to_us() / 1e3 / tokens_per_sequence(f))
                                 : std::string());
   if (step > sim::Time::zero()) {
@@ -1017,13 +1044,17 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   for (const Stage s : models::kStages) {
     const sim::Time d = g[idx(s)];
     if (d == sim::Time::zero() &&
-        (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head || s == Stage::tp || s == Stage::cp))
+        (s == Stage::shared_experts || s == Stage::pipeline || s == Stage::lm_head || s == Stage::tp || s == Stage::cp ||
+         s == Stage::param_gather))
       continue;
-    fmt::print(out, "    {:<15} {:>10.3f} ms  {:>5.1f}%{}\n", std::string(models::to_string(s)) +
-               (models::is_network_wait(s) ? " wait" : ""), d.to_us() / 1e3,
+    // A label longer than its column ("param_gather wait") takes its excess from the figure's.
+    const std::string label = std::string(models::to_string(s)) + (models::is_network_wait(s) ? " wait" : "");
+    fmt::print(out, "    {:<15} {:>{}.3f} ms  {:>5.1f}%{}\n", label, d.to_us() / 1e3,
+               std::max(1, 10 - std::max(0, static_cast<int>(label.size()) - 15)),
                step > sim::Time::zero() ? 100.0 * static_cast<double>(d.count_ps()) / static_cast<double>(step.count_ps()) : 0.0,
                s == Stage::pipeline           ? std::string("  (bubble and transfers between pipeline stages)")
                : s == Stage::tp             ? std::string("  (network: the tensor-parallel all-gathers and reduce-scatters)")
+               : s == Stage::param_gather   ? std::string("  (network: the sharded weights' all-gathers before each layer's passes)")
                : s == Stage::cp             ? std::string(sc.forward.cp_latent
                                                               ? "  (network: the context-parallel kv latents' all-gathers, their gradients' reduce-scatters)"
                                                               : "  (network: the context-parallel keys' and values' all-gathers, their gradients' reduce-scatters)")

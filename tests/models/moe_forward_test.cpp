@@ -1161,7 +1161,8 @@ TEST_CASE("Random scenarios over every feature run to the end and account for ev
   // stragglers: the step must finish, each GPU's stages must tile its time, and the routing
   // must be conserved.
   sim::Rng pick(99, "test/fuzz");
-  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0, etp_trials = 0, etp_overlap_trials = 0;
+  int fp4_trials = 0, chunked_trials = 0, scored_trials = 0, staggered_trials = 0, cp_trials = 0, etp_trials = 0, etp_overlap_trials = 0,
+      sharded_trials = 0;
   for (int trial = 0; trial < 64; ++trial) {
     const int gpn = 2 << pick.uniform_int(2);  // 2 or 4
     const int nodes = 1 + static_cast<int>(pick.uniform_int(3));
@@ -1284,6 +1285,13 @@ output: {{timeline: off}}
       ++etp_trials;
       etp_overlap_trials += tbo;
     }
+    // Every other synchronised training trial on one stage without overlap shards its weights
+    // too (FSDP), with no buckets (by the trial: the draws stay).
+    if (!sync.empty() && pp == 1 && !tbo && trial % 2 == 0) {
+      const std::size_t from = yaml.find("gradient_sync_buckets: "), to = yaml.find("optimizer_sharding: ");
+      yaml = replaced(yaml, yaml.substr(from, yaml.find(", ", to) + 2 - from), "parameter_sharding: true, ");
+      ++sharded_trials;
+    }
     INFO(yaml);
     const auto r = scenarios::run_experiment(scenarios::load_scenario_text(yaml, "fuzz.yaml"));
     check_stages_tile(r);
@@ -1313,6 +1321,7 @@ output: {{timeline: off}}
   CHECK(cp_trials >= 4);         // and some with context parallelism
   CHECK(etp_trials >= 4);        // and some with expert tensor parallelism
   CHECK(etp_overlap_trials >= 2);  // some of those with two-batch overlap
+  CHECK(sharded_trials >= 3);      // and some with sharded weights
 }
 
 TEST_CASE("Two-batch overlap in training hides all-to-all time in both passes", "[models][overlap][training]") {
@@ -1380,6 +1389,68 @@ std::string tiny_training(const std::string& keys, bool dense = false) {
 }
 
 }  // namespace
+
+TEST_CASE("Sharded weights are gathered before each pass and their gradients scattered after, as derived by hand",
+          "[models][training][fsdp]") {
+  // The tiny training step of the tests above with `parameter_sharding: true` (FSDP): the layer's
+  // 4,196,352 replicated parameters are all-gathered over the 2-GPU ring before its forward, one
+  // step of a 4,196,352 B chunk (43,963,520 ps, exposed: nothing runs before it), and again for
+  // its backward, started once the forward's is done and over before the forward's dispatch
+  // (attention alone takes 104 us), so hidden. The experts stay whole (one EP group holds each
+  // once). Backward ends 43,963,520 ps later than without (at 843 us); then the reduce-scatter
+  // (one step, 43,963,520 ps) and the update of half the replicated and all the expert weights
+  // (146,829,312 ps), and no all-gather after it: the same step as the sharded optimizer's, the
+  // gather moved from its end to its start.
+  const std::string text = tiny_training(", gradient_sync: ring, parameter_sharding: true");
+  const auto sc = scenarios::load_scenario_text(text, "fsdp.yaml");
+  CHECK(sc.forward.optimizer_sharding);  // implied
+  const auto r = scenarios::run_experiment(sc);
+  CHECK(r.stats.step_time() == Time::ps(1'033'791'680));
+  for (const auto& g : r.stats.gpus()) {
+    CHECK(g.stage_total[idx(Stage::param_gather)] == Time::ps(43'963'520));
+    CHECK(g.stage_total[idx(Stage::grad_sync)] == Time::ps(43'963'520));
+    CHECK(g.stage_total[idx(Stage::optimizer)] == Time::ps(146'829'312));
+  }
+  CHECK(r.stats.param_gather_bytes() == 4 * 4'196'352);  // two all-gathers, 2 GPUs x one chunk each
+  CHECK(r.stats.gradient_sync_bytes() == 2 * 4'196'352);  // one reduce-scatter
+  CHECK(r.stats.layers()[0].stage_max[idx(Stage::param_gather)] == Time::ps(43'963'520));  // the forward's
+  CHECK(r.stats.backward_layers()[0].stage_max[idx(Stage::param_gather)] == Time::zero());  // the backward's: prefetched
+  const std::string csv = summary_csv(sc, r);
+  CHECK(csv_value(csv, "parameter_sharding") == "yes");
+  CHECK(csv_value(csv, "param_gather_wait_us") == "43.963520");
+  CHECK(csv_value(csv, "param_gather_bytes") == "16785408");
+  check_stages_tile(r);
+}
+
+TEST_CASE("Sharded weights: every layer gathered in each micro-batch and direction, expert shards over the blocks",
+          "[models][training][fsdp]") {
+  // 4 GPUs on 2 nodes, EP2: 2 blocks, each expert shard (2 experts) on one GPU of each. 4 layers,
+  // 2 micro-batches: 16 all-gathers of a layer's weights (each micro-batch, forward and
+  // backward), 8 reduce-scatters of its gradients (each micro-batch). Ring: an all-gather or
+  // reduce-scatter of S over n GPUs moves n (n - 1) ceil(S / n) bytes.
+  const auto yaml = [](const std::string& sharding) {
+    return R"(
+cluster: {nodes: 2, gpus_per_node: 2, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4}
+parallelism: {ep: 2}
+workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64, micro_batches: 2, )" + sharding + R"(}
+)";
+  };
+  const auto sc = scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml");
+  const auto r = scenarios::run_experiment(sc);
+  const std::int64_t dense = models::moe_layer_replicated(sc.forward.model) * 2;  // bytes, bf16
+  const std::int64_t experts = 2 * 3 * 256 * 512 * 2;                             // a GPU's 2 experts, bf16
+  const auto ring = [](std::int64_t n, std::int64_t s) { return n * (n - 1) * ((s + n - 1) / n); };
+  const std::int64_t per_layer = ring(4, dense) + 2 * ring(2, experts);  // the stage's ring and the 2 shards' rings
+  CHECK(r.stats.param_gather_bytes() == 16 * per_layer);
+  CHECK(r.stats.gradient_sync_bytes() == 8 * per_layer);  // bf16 gradients: the same sizes
+  for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::param_gather)] > Time::zero());
+  check_stages_tile(r);
+  // Sharding the weights needs less memory than sharding the optimizer alone, once there are
+  // enough layers that a share of all of them and two whole ones are less than all of them.
+  CHECK(memory_gb_max(yaml("parameter_sharding: true")) < memory_gb_max(yaml("optimizer_sharding: true")));
+  CHECK(memory_gb_max(yaml("optimizer_sharding: true")) < memory_gb_max(yaml("optimizer_sharding: false")));
+}
 
 TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEMMs, as derived by hand", "[models][elementwise]") {
   // The tiny dropless layer (BF16 step 283,379,776 ps, above) at 1 TB/s with the kernels between

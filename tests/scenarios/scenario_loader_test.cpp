@@ -725,6 +725,28 @@ TEST_CASE("Gradient sync algorithms and optimizer sharding are checked", "[scena
   CHECK_THAT(error_of(a100), Catch::Contains("nvls needs NVSwitch in-switch reduction (NVLink SHARP), which A100-SXM systems lack"));
 }
 
+TEST_CASE("Parameter sharding (FSDP) implies a sharded optimizer and refuses what it does not model", "[scenarios]") {
+  const auto workload = [](const std::string& keys) {
+    return with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  micro_batches: 2\n  kind: training\n" + keys);
+  };
+  const auto sc = load_scenario_text(workload("  gradient_sync: hierarchical\n  parameter_sharding: true\n"), "s.yaml");
+  CHECK(sc.forward.parameter_sharding);
+  CHECK(sc.forward.optimizer_sharding);
+  CHECK_FALSE(load_scenario_text(workload("  gradient_sync: ring\n  parameter_sharding: false\n"), "s.yaml").forward.optimizer_sharding);
+  CHECK_THAT(error_of(workload("  parameter_sharding: true\n")),
+             Catch::Contains("workload.parameter_sharding: needs a gradient_sync algorithm"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  optimizer_sharding: false\n  parameter_sharding: true\n")),
+             Catch::Contains("shards the optimizer too"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  gradient_sync_buckets: 2\n  parameter_sharding: true\n")),
+             Catch::Contains("workload.gradient_sync_buckets: not used with parameter_sharding"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  overlap: forward_backward\n  parameter_sharding: true\n")),
+             Catch::Contains("workload.parameter_sharding: with an overlap is not modelled"));
+  CHECK_THAT(error_of(replaced_text(workload("  gradient_sync: ring\n  parameter_sharding: true\n"), "  ep: 8\n", "  ep: 8\n  pp: 2\n")),
+             Catch::Contains("workload.parameter_sharding: with parallelism.pp > 1 is not modelled"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  parameter_sharding: true\n")),
+             Catch::Contains("workload.parameter_sharding: only used with 'kind: training'"));
+}
+
 TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
   const auto training = [](const std::string& keys) {
     return with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  kind: training\n" + keys);

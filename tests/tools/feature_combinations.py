@@ -4,7 +4,7 @@
 Each case takes one of two small bases (a DeepSeek-like model with MLA, shared experts, dense
 layers and an LM head on 2 x 8 H800; a Mixtral-like one with grouped-query attention on 2 x 8
 H100) and switches on, each with probability 0.3, one variant of every feature below (workload
-kind, pipeline schedules, overlap, recomputation, gradient sync, FP8, tensor parallelism, EP
+kind, pipeline schedules, overlap, recomputation, gradient sync, sharded weights, FP8, tensor parallelism, EP
 size, expert tensor parallelism, MTP, compute noise, network model, all-to-all algorithm, capacity and drops, routing laws,
 placement, topology, AMD GPUs on mesh nodes...). Many combinations are not modelled and must be refused: exit code 2
 with a one-line message naming the key. A case that runs must write reports that hold together:
@@ -73,7 +73,9 @@ FEATURES = [
     [["workload.gradient_sync=ring"], ["workload.gradient_sync=hierarchical", "workload.gradient_sync_buckets=3"],
      ["workload.gradient_sync=nvls"],
      ["workload.gradient_sync=hierarchical", "workload.optimizer_sharding=true", "workload.gradient_dtype=fp32",
-      "workload.adam_moments_dtype=bf16"]],
+      "workload.adam_moments_dtype=bf16"],
+     ["workload.gradient_sync=hierarchical", "workload.parameter_sharding=true"],
+     ["workload.gradient_sync=ring", "workload.parameter_sharding=true", "workload.gradient_dtype=fp32"]],
     [["compute.gemm_dtype=fp8"], ["compute.gemm_dtype=fp8", "workload.activation_dtype=fp8"], ["model.weight_dtype=fp8"],
      ["model.expert_weight_dtype=mxfp4"]],
     [["workload.steps=3"], ["workload.steps=2", "placement.policy=eplb", "placement.refresh_every=1", "routing.rotate=3"]],
@@ -115,7 +117,8 @@ FEATURES = [
      ["parallelism.shared_experts=replicated"]],
 ]
 STAGES = ["attention_us", "router_us", "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us",
-          "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us"]
+          "optimizer_us", "grad_sync_us", "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us",
+          "param_gather_wait_us"]
 
 
 def check_reports(out):
