@@ -159,7 +159,8 @@ struct ForwardSpec {
   // shard). Before each MoE layer's forward and backward pass, in every micro-batch, the layer's
   // weights are all-gathered (the replicated ones over the stage, the experts over the blocks;
   // the dense layers and the embedding with the first layer's, the LM head with the last's), the
-  // next layer's in the schedule starting when a pass starts (FSDP's prefetch of one); after each
+  // next layer's in the schedule starting when a pass starts with its own in (FSDP's prefetch of
+  // one, the gathers one after another); after each
   // layer's backward its gradients are reduce-scattered (every micro-batch, as FSDP does), and the
   // optimizer updates the shards, with no all-gather after it. Needs pp 1 and no overlap.
   bool parameter_sharding = false;
