@@ -494,6 +494,12 @@ const routing::DispatchPlan& MoeForward::plan(int pass, int gpu, int half) const
   return plans_[plan_index(micro_batch(pass), layer_of(pass), ep_group_in_stage(spec_, stage_gpus(), gpu), half)];
 }
 
+GpuParams layer_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int layer) {
+  GpuParams p = gpu_params(spec.model, placements, layer, layer + 1);
+  p.experts /= spec.etp;  // as stage_params()
+  return p;
+}
+
 namespace {
 
 // Half `half` of each rank's tokens (two-batch overlap).
@@ -713,10 +719,9 @@ void MoeForward::start() {
     sync_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()), buckets_ * (rings ? 2 : 1) * reps);
   }
   if (sharded_params()) {
-    const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
-    param_dense_.resize(units);
-    param_expert_.resize(units * static_cast<std::size_t>(spec_.ep * spec_.etp));
-    param_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()) * units, kNotJoined);
+    param_dense_.resize(param_units());
+    param_expert_.resize(param_units() * static_cast<std::size_t>(spec_.ep * spec_.etp));
+    param_left_.assign(static_cast<std::size_t>(cluster_.gpu_count()) * param_units(), kNotJoined);
   }
   for (int g = 0; g < cluster_.gpu_count(); ++g) begin_step(g);
 }
@@ -2014,12 +2019,11 @@ void MoeForward::gathered(int gpu) {
 void MoeForward::finish(int) { ++finished_gpus_; }
 
 void MoeForward::join_params(int gpu, int unit) {
-  // The unit's weights in the model dtype: the MoE layer's replicated ones (the dense layers and
-  // the embedding with the first layer's, the LM head with the last's, in both directions) over
-  // the stage's GPUs, and the GPU's expert shard over the blocks holding it.
+  // The unit's weights in the model dtype (layer_params(): the dense layers and the embedding
+  // with the first layer, the LM head with the last, in both directions): the replicated ones
+  // over the stage's GPUs, the GPU's expert shard over the blocks holding it.
   const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
-  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
-  param_left_[static_cast<std::size_t>(gpu) * units + static_cast<std::size_t>(unit)] = blocks > 1 ? 2 : 1;
+  param_left(gpu, unit) = blocks > 1 ? 2 : 1;
   auto& dense = param_dense_[static_cast<std::size_t>(unit)];
   if (!dense) {
     const auto& m = spec_.model;
@@ -2039,17 +2043,14 @@ void MoeForward::join_params(int gpu, int unit) {
     const int first = stage_of(gpu) * stage_gpus();
     std::vector<int> all(static_cast<std::size_t>(stage_gpus()));
     std::iota(all.begin(), all.end(), first);
-    const std::int64_t replicated = moe_layer_replicated(m) + (layer == 0 ? dense_layers_params(m) + embedding_params(m) : 0) +
-                                    (layer + 1 == m.moe_layers ? embedding_params(m) : 0);
-    dense = build(std::move(all), replicated);
+    const GpuParams held = layer_params(spec_, placements_, layer);
+    dense = build(std::move(all), held.replicated);
     if (blocks > 1) {
-      const std::int64_t experts =
-          placements_[static_cast<std::size_t>(layer)].slots_per_gpu * 3 * m.hidden * m.expert_ffn / spec_.etp;
       for (int x = 0; x < shards; ++x) {
         std::vector<int> ring;
         for (int b = 0; b < blocks; ++b) ring.push_back(first + b * shards + x);
         param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(x)] =
-            build(std::move(ring), experts);
+            build(std::move(ring), held.experts);
       }
     }
   }
@@ -2061,10 +2062,8 @@ void MoeForward::join_params(int gpu, int unit) {
 bool MoeForward::params_ready(int gpu) {
   GpuState& s = gpus_[static_cast<std::size_t>(gpu)];
   const int unit = param_unit(s.pass);
-  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
-  const std::size_t at = static_cast<std::size_t>(gpu) * units;
-  if (param_left_[at + static_cast<std::size_t>(unit)] == kNotJoined) join_params(gpu, unit);
-  if (param_left_[at + static_cast<std::size_t>(unit)] > 0) {
+  if (param_left(gpu, unit) == kNotJoined) join_params(gpu, unit);
+  if (param_left(gpu, unit) > 0) {
     if (s.wait != Wait::params) {
       s.wait = Wait::params;
       s.wait_start = sim_.now();
@@ -2077,7 +2076,7 @@ bool MoeForward::params_ready(int gpu) {
   for (auto i = static_cast<std::size_t>(s.step) + 1; i < order.size(); ++i) {
     const int next = param_unit(order[i]);
     if (next == unit) continue;
-    if (param_left_[at + static_cast<std::size_t>(next)] == kNotJoined) join_params(gpu, next);
+    if (param_left(gpu, next) == kNotJoined) join_params(gpu, next);
     break;
   }
   if (s.wait == Wait::params) {
@@ -2089,8 +2088,7 @@ bool MoeForward::params_ready(int gpu) {
 }
 
 void MoeForward::params_arrived(int gpu, int unit) {
-  const auto units = static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
-  std::uint8_t& left = param_left_[static_cast<std::size_t>(gpu) * units + static_cast<std::size_t>(unit)];
+  std::uint8_t& left = param_left(gpu, unit);
   MOESIM_ASSERT(left != kNotJoined && left > 0, "weights gathered for a GPU that did not ask");
   if (--left > 0) return;
   const GpuState& s = gpus_[static_cast<std::size_t>(gpu)];

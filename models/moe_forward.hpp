@@ -277,6 +277,10 @@ int pipeline_stage(const ForwardSpec& spec, int layer, int micro_batch = -1);
 std::vector<int> stage_layers(const ForwardSpec& spec, int stage);
 // The parameters each GPU of pipeline stage `stage` holds: its chunks' (gpu_params).
 GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int stage);
+// The parameters each GPU holds for MoE layer `layer` alone (gpu_params of that layer, with the
+// dense layers and embedding for the first, the LM head for the last; its share of the experts
+// with expert tensor parallelism): what parameter sharding gathers for the layer's passes.
+GpuParams layer_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int layer);
 
 // One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
 // model chunks, forward (its layers in order) or backward (last layer first). ZB-H1 splits a
@@ -739,6 +743,12 @@ class MoeForward {
     return (micro_batch(pass) * spec_.model.moe_layers + layer_of(pass)) * 2 + (backward_phase(pass) ? 1 : 0);
   }
   static constexpr std::uint8_t kNotJoined = 0xff;
+  std::size_t param_units() const {
+    return static_cast<std::size_t>(spec_.micro_batches) * static_cast<std::size_t>(spec_.model.moe_layers) * 2;
+  }
+  std::uint8_t& param_left(int gpu, int unit) {
+    return param_left_[static_cast<std::size_t>(gpu) * param_units() + static_cast<std::size_t>(unit)];
+  }
   std::vector<std::unique_ptr<Collective>> param_dense_, param_expert_;
   std::vector<std::uint8_t> param_left_;  // [gpu * units + unit]
   void join_params(int gpu, int unit);

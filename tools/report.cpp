@@ -292,14 +292,14 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     std::vector<double> unit_bytes;
     std::int64_t unit_params = 0;
     for (const int l : own) {
-      const models::GpuParams layer = models::gpu_params(m, r.placements, l, l + 1);
+      const models::GpuParams layer = models::layer_params(f, r.placements, l);
       unit_bytes.push_back(static_cast<double>(models::weight_bytes(m, layer)));
       unit_params = std::max(unit_params, layer.total());
     }
     std::sort(unit_bytes.rbegin(), unit_bytes.rend());
     const double whole = unit_bytes.empty() ? 0.0 : unit_bytes[0] + (unit_bytes.size() > 1 ? unit_bytes[1] : 0.0);
     u.weights = static_cast<double>(models::weight_bytes(m, share)) + whole;
-    u.optimizer = static_cast<double>(share.total() + unit_params) * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
+    u.optimizer = (updated + static_cast<double>(unit_params)) * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
   }
   // Activations: this GPU's expert rows over its layers (token and padding rows) of one
   // micro-batch, times the micro-batches a pipeline stage holds at once (1F1B: stage s of pp

@@ -1450,6 +1450,13 @@ workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64, micro_batche
   // enough layers that a share of all of them and two whole ones are less than all of them.
   CHECK(memory_gb_max(yaml("parameter_sharding: true")) < memory_gb_max(yaml("optimizer_sharding: true")));
   CHECK(memory_gb_max(yaml("optimizer_sharding: true")) < memory_gb_max(yaml("optimizer_sharding: false")));
+  // With expert tensor parallelism (2 x 4 GPUs, EP2 ETP2: 2 blocks of 4) a GPU gathers its half
+  // of its 2 experts, over the 2 GPUs holding the same half.
+  std::string etp = replaced(yaml("parameter_sharding: true"), "nodes: 2, gpus_per_node: 2", "nodes: 2, gpus_per_node: 4");
+  etp = replaced(etp, "parallelism: {ep: 2}", "parallelism: {ep: 2, etp: 2}");
+  const auto split = scenarios::run_experiment(scenarios::load_scenario_text(etp, "etp.yaml"));
+  CHECK(split.stats.param_gather_bytes() == 16 * (ring(8, dense) + 4 * ring(2, experts / 2)));
+  check_stages_tile(split);
 }
 
 TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEMMs, as derived by hand", "[models][elementwise]") {
