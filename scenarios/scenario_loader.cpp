@@ -838,7 +838,14 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
           refuse("needs a gradient_sync algorithm (each layer's gradients are reduce-scattered to their shards)");
         else if (optimizer_unsharded)
           refuse("shards the optimizer too: leave out optimizer_sharding: false");
-        if (f.pp > 1) refuse("with parallelism.pp > 1 is not modelled (use optimizer_sharding, ZeRO-1, with pipeline stages)");
+        // PyTorch's pipelining runs FSDP without resharding or reduce-scattering until a stage's
+        // last backward (torch.distributed.pipelining's PipelineStage; torchtitan gathers once a
+        // step with stages): whole weights and gradients through the step, one reduce-scatter,
+        // a sharded optimizer. That is optimizer_sharding's step, gathering before it, not after.
+        if (f.pp > 1)
+          refuse("with parallelism.pp > 1: with pipeline stages FSDP keeps each layer's gathered weights and gradients "
+                 "through the step and reduce-scatters once, after the stage's last backward; use optimizer_sharding: "
+                 "true (ZeRO-1), which models that step");
         if (f.two_batch_overlap || f.forward_backward_overlap)
           refuse("with an overlap is not modelled (its passes would gather weights out of order)");
         if (buckets_given)

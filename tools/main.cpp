@@ -84,8 +84,8 @@ commands:
   search SCENARIO.yaml [--vary DIMENSIONS] [--global-batch N] [--target ...]
         [--maximize METRIC | --minimize METRIC] [--top N] [--out CSV] [--jobs N]
         a layout search without a grid: the tensor-parallel sizes, pipeline stages
-        (and virtual stages), EP sizes and a sharded optimizer the cluster and
-        model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched,
+        (and virtual stages), EP sizes and ZeRO stage (none, optimizer, FSDP) the
+        cluster and model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched,
         recompute and etp), at the scenario's global batch; writes the grid beside the
         CSV, skips what cannot run or fit, and plans the rest (default: the most
         tokens/s, the 10 best ranked)

@@ -139,8 +139,13 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     }
   }
   if (has("zero")) {
+    // ZeRO's stages as moesim models them: nothing sharded, the optimizer (ZeRO-1), the weights
+    // too (ZeRO-3, FSDP; without pipeline stages or overlaps: the loader refuses it otherwise).
     s.axes.push_back("workload.optimizer_sharding");
-    s.values.push_back({"false", "true"});
+    s.values.push_back({"false", "true", "true"});
+    s.axes.push_back("workload.parameter_sharding");
+    s.values.push_back({"~", "~", "true"});
+    s.zipped.push_back({"workload.optimizer_sharding", "workload.parameter_sharding"});
   }
   if (has("batch")) {
     std::vector<std::string> v;

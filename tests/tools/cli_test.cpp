@@ -1371,31 +1371,49 @@ TEST_CASE("moesim search writes the layout grid beside its CSV, skips what canno
   const std::string cmd = "search '" + (tmp.path() / "t.yaml").string() + "' --jobs 2 --out '" + out.string() + "'";
   const Result r = moesim(cmd + " --top 3", tmp);
   REQUIRE(r.code == 0);
-  // 8 GPUs: TP 1-4, 1-4 stages (of 4 layers), 1-2 virtual stages, EP 1-8, with and without ZeRO-1;
-  // the scenario's 4 micro-batches of 8 x 1024 tokens: 16 sequences of 2048.
-  CHECK_THAT(r.out, Catch::Contains("(144 points: parallelism.tp in {1, 2, 4}, parallelism.pp in {1, 2, 4}, parallelism.virtual_stages in "
-                                    "{1, 2}, parallelism.ep in {1, 2, 4, 8}, workload.optimizer_sharding in {false, true}; every point "
+  // 8 GPUs: TP 1-4, 1-4 stages (of 4 layers), 1-2 virtual stages, EP 1-8, nothing sharded, ZeRO-1
+  // or FSDP; the scenario's 4 micro-batches of 8 x 1024 tokens: 16 sequences of 2048.
+  CHECK_THAT(r.out, Catch::Contains("(216 points: parallelism.tp in {1, 2, 4}, parallelism.pp in {1, 2, 4}, parallelism.virtual_stages in "
+                                    "{1, 2}, parallelism.ep in {1, 2, 4, 8}, workload.optimizer_sharding in {false, true, true}, "
+                                    "workload.parameter_sharding in {~, ~, true} (with workload.optimizer_sharding); every point "
                                     "trains 16 sequences of 2048 tokens a step; "));
   const auto grid = tmp.path() / "s" / "layouts-grid.yaml";
   REQUIRE(fs::exists(grid));
   CHECK_THAT(slurp(grid), Catch::Contains("skip: [invalid, unfit]"));
-  CHECK_THAT(r.out, Catch::Contains("144 points (0 from an earlier run, 144 run now, "));
+  CHECK_THAT(r.out, Catch::Contains("216 points (0 from an earlier run, 216 run now, "));
   CHECK_THAT(r.out, Catch::Contains("\nChoose point ") && Catch::Contains(": it has the highest tokens/s ("));
-  CHECK_THAT(r.out, Catch::Contains("\nrank  point  tp  pp  virtual_stages  ep  optimizer_sharding  tokens/s "));
+  CHECK_THAT(r.out, Catch::Contains("\nrank  point  tp  pp  virtual_stages  ep  optimizer_sharding  parameter_sharding  tokens/s "));
   CHECK_THAT(r.out, Catch::Contains("\n3     ") && !Catch::Contains("\n4     ") && Catch::Contains(" more points qualify)"));
   // Every simulated point trains the same batch.
   const auto rows = sweep_rows(out);
-  REQUIRE(rows.size() == 144);
-  int ran = 0;
-  for (const auto& row : rows) {
+  REQUIRE(rows.size() == 216);
+  int ran = 0, fsdp_ran = 0;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
+    const bool fsdp = row.at("workload.parameter_sharding") == "true";
+    // Sharded weights with pipeline stages are refused; without, they run, as ZeRO-1 with the
+    // weights gathered layer by layer (the point before is the same layout under ZeRO-1).
+    if (fsdp && row.at("parallelism.pp") != "1")
+      CHECK_THAT(row.at("infeasible_reason"), Catch::Contains("invalid: workload.parameter_sharding: with parallelism.pp > 1"));
     if (row.at("step_time_us").empty()) continue;
     ++ran;
     CHECK(row.at("tokens_per_step") == "32768");
+    if (!fsdp) continue;
+    ++fsdp_ran;
+    CHECK(row.at("parameter_sharding") == "yes");
+    REQUIRE(i > 0);
+    const auto& zero1 = rows[i - 1];
+    CHECK(zero1.at("workload.optimizer_sharding") == "true");
+    CHECK(zero1.at("parameter_sharding") == "no");
+    CHECK(zero1.at("parallelism.ep") == row.at("parallelism.ep"));
+    CHECK(zero1.at("parallelism.tp") == row.at("parallelism.tp"));
+    CHECK(std::stod(row.at("param_gather_bytes")) > 0);
   }
   CHECK(ran > 10);
+  CHECK(fsdp_ran == 12);  // TP 1-4 x EP 1-8 without stages
   // Again: the rows are kept; the grid file is what plan takes, with the same choice.
   const Result again = moesim(cmd, tmp);
-  CHECK_THAT(again.out, Catch::Contains("144 points (144 from an earlier run, 0 run now)"));
+  CHECK_THAT(again.out, Catch::Contains("216 points (216 from an earlier run, 0 run now)"));
   const auto choice = [](const std::string& text) { return text.substr(text.find("\nChoose point "), 80); };
   const Result plan = moesim("plan '" + grid.string() + "' --out '" + out.string() + "' --maximize tokens/s", tmp);
   REQUIRE(plan.code == 0);

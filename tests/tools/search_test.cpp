@@ -27,16 +27,20 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   const auto s = tools::search_space(load(kTraining), {}, 0);
   REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "parallelism.tp", "parallelism.pp",
                                              "parallelism.pipeline_layers", "parallelism.virtual_stages", "parallelism.ep",
-                                             "workload.optimizer_sharding"});
+                                             "workload.optimizer_sharding", "workload.parameter_sharding"});
   CHECK(s.global_batch == 16);
   CHECK(s.values[0] == std::vector<std::string>{"16"});
   CHECK(s.values[1] == std::vector<std::string>{"~"});
   CHECK(s.values[2] == std::vector<std::string>{"1", "2", "4", "8"});        // powers of two dividing a node's 8 GPUs
   CHECK(s.values[3] == std::vector<std::string>{"1", "2", "4", "8"});        // divisors of 16 GPUs up to the 12 layers
   CHECK(s.values[6] == std::vector<std::string>{"1", "2", "4", "8", "16"});  // divisors of the 16 experts and the 16 GPUs
-  CHECK(s.note == "320 points: parallelism.tp in {1, 2, 4, 8}, parallelism.pp in {1, 2, 4, 8}, parallelism.virtual_stages in {1, 2}, "
-                  "parallelism.ep in {1, 2, 4, 8, 16}, workload.optimizer_sharding in {false, true}; every point trains 16 sequences of "
-                  "2048 tokens a step");
+  // ZeRO's stages, zipped: nothing sharded, the optimizer (ZeRO-1), the weights too (ZeRO-3, FSDP).
+  CHECK(s.values[7] == std::vector<std::string>{"false", "true", "true"});
+  CHECK(s.values[8] == std::vector<std::string>{"~", "~", "true"});
+  CHECK(s.zipped == std::vector<std::vector<std::string>>{{"workload.optimizer_sharding", "workload.parameter_sharding"}});
+  CHECK(s.note == "480 points: parallelism.tp in {1, 2, 4, 8}, parallelism.pp in {1, 2, 4, 8}, parallelism.virtual_stages in {1, 2}, "
+                  "parallelism.ep in {1, 2, 4, 8, 16}, workload.optimizer_sharding in {false, true, true}, workload.parameter_sharding in "
+                  "{~, ~, true} (with workload.optimizer_sharding); every point trains 16 sequences of 2048 tokens a step");
   // A given batch, a scenario's own global batch, and a choice of dimensions.
   CHECK(tools::search_space(load(kTraining), {"ep"}, 64).values[0] == std::vector<std::string>{"64"});
   const auto own = tools::search_space(load(kTraining, {"workload.micro_batches=~", "workload.global_batch=32"}), {"tp", "ep"}, 0);
