@@ -350,4 +350,28 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
   return pipe;
 }
 
+std::unique_ptr<Collective> make_sharded_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                                    CollectiveKind kind, std::vector<int> members, std::size_t group,
+                                                    sim::Bytes size, Collective::Done done, int chunks) {
+  if (group == 0 || group >= members.size())
+    return make_collective(ctx, algorithm, kind, std::move(members), size, std::move(done), chunks);
+  MOESIM_ASSERT(members.size() % group == 0, "shard groups that do not divide the members");
+  MOESIM_ASSERT(kind != CollectiveKind::all_reduce, "an all-reduce of a state that is not sharded, in shard groups");
+  std::vector<std::vector<int>> groups, places(group);
+  for (std::size_t i = 0; i < members.size(); ++i) {
+    if (i % group == 0) groups.emplace_back();
+    groups.back().push_back(members[i]);
+    places[i % group].push_back(members[i]);
+  }
+  const auto part = [&ctx, algorithm, chunks](CollectiveKind kd, sim::Bytes s) {
+    return [&ctx, algorithm, chunks, kd, s](std::vector<int> g, Collective::Done d) {
+      return make_collective(ctx, algorithm, kd, std::move(g), s, std::move(d), chunks);
+    };
+  };
+  auto phased = std::make_unique<Phased>(std::move(done));
+  if (group > 1) phased->add_phase(groups, part(kind, size));
+  if (kind == CollectiveKind::reduce_scatter) phased->add_phase(places, part(CollectiveKind::all_reduce, share(size, group)));
+  return phased;
+}
+
 }  // namespace moesim::models

@@ -88,4 +88,15 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
                                             CollectiveKind kind, std::vector<int> members, sim::Bytes size,
                                             Collective::Done done, int chunks = 1);
 
+// A sharded state's collective under hybrid sharding (HSDP): the members in groups of `group`
+// consecutive ones, each group holding a whole copy sharded over its members. all_gather: within
+// each group. reduce_scatter: within each group, then each share (size / group) all-reduced
+// across the groups by the members at the same place in each. Each part as make_collective
+// builds it with `algorithm` and `chunks`; a group of one member skips its part. A group of
+// all the members, or 0, is make_collective's collective (the only one for all_reduce, which
+// is not sharded).
+std::unique_ptr<Collective> make_sharded_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                                    CollectiveKind kind, std::vector<int> members, std::size_t group,
+                                                    sim::Bytes size, Collective::Done done, int chunks = 1);
+
 }  // namespace moesim::models

@@ -164,6 +164,14 @@ struct ForwardSpec {
   // layer's backward its gradients are reduce-scattered (every micro-batch, as FSDP does), and the
   // optimizer updates the shards, with no all-gather after it. Needs pp 1 and no overlap.
   bool parameter_sharding = false;
+  // With optimizer_sharding (ZeRO-1) or parameter_sharding (FSDP): > 0 shards over groups of
+  // this many consecutive GPUs of a stage instead of over all of them, each group holding a whole
+  // sharded copy (hybrid sharding: PyTorch's HSDP, torchtitan's data_parallel_shard_degree with
+  // data_parallel_replicate_degree; Megatron-Core's --num-distributed-optimizer-instances). A
+  // multiple of ep x etp dividing the stage's GPUs. The gradients are reduce-scattered within
+  // the group, then each shard all-reduced across the groups (the GPUs at the same place in
+  // each); the weights are all-gathered within the group. 0: the whole stage.
+  int shard_group = 0;
   // Training: bytes an element of the gradients (0: model.dtype's; 4: kept, accumulated and
   // synchronised in fp32, Megatron-LM's --accumulate-allreduce-grads-in-fp32 and DeepSeek-V3's
   // choice) and of Adam's two moments (4: fp32; 2: bf16, as DeepSeek-V3 keeps them, technical
@@ -268,6 +276,10 @@ int sync_stage(const ForwardSpec& spec, int stage);
 int last_micro_batch(const ForwardSpec& spec, int stage, int chunk);
 // How many stages hold each chunk's weights: 2 with DualPipe, else 1.
 int weight_copies(const ForwardSpec& spec);
+// The GPUs a sharded weight or optimizer state is spread over (ForwardSpec::shard_group, or the
+// stage's), and the blocks of ep x etp GPUs among them, over which an expert shard is spread.
+inline int shard_gpus(const ForwardSpec& spec, int stage_gpus) { return spec.shard_group > 0 ? spec.shard_group : stage_gpus; }
+inline int shard_blocks(const ForwardSpec& spec, int stage_gpus) { return shard_gpus(spec, stage_gpus) / (spec.ep * spec.etp); }
 // The model chunk, and the pipeline stage (chunk_stage()) that runs MoE layer `layer` for
 // micro-batch `micro_batch` (-1: the first).
 int pipeline_chunk(const ForwardSpec& spec, int layer);

@@ -854,6 +854,21 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         f.optimizer_sharding = true;
       }
     }
+    if (auto v = w->get<std::int64_t>("shard_group", count_at_least(1), false)) {
+      // Hybrid sharding (ForwardSpec::shard_group): whole EP groups of a stage in each group.
+      f.shard_group = as_int(*v);
+      const auto bad = [&](const std::string& why) { problems.add_at(w->key_path("shard_group"), why); };
+      const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node, stage = gpus / std::max(1, f.pp);
+      const int block = std::max(1, f.ep) * std::max(1, f.etp);
+      if (!f.optimizer_sharding)
+        bad("only used with optimizer_sharding or parameter_sharding: it groups the GPUs that share a sharded copy");
+      else if (f.pipeline_schedule == models::PipelineSchedule::dualpipe)
+        bad("with pipeline_schedule: dualpipe is not modelled (two stages share the shards)");
+      else if (stage % f.shard_group != 0 || f.shard_group % block != 0)
+        bad(fmt::format("{} GPUs: a group must divide the {} GPUs of {} and hold whole blocks of ep x etp = {} GPUs "
+                        "(a multiple of {})",
+                        f.shard_group, stage, f.pp > 1 ? "a pipeline stage" : "the cluster", block, block));
+    }
     w->finish();
   }
   if (auto r = top.child("routing", false)) {

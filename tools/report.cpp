@@ -278,7 +278,8 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
   const double updated = f.training && f.gradient_sync && (f.optimizer_sharding || f.parameter_sharding)
-                             ? static_cast<double>(models::optimizer_share(held, copies * stage_gpus, copies * stage_gpus / (f.ep * f.etp)))
+                             ? static_cast<double>(models::optimizer_share(held, copies * models::shard_gpus(f, stage_gpus),
+                                                                           copies * models::shard_blocks(f, stage_gpus)))
                              : params;
   if (f.training) u.optimizer = params * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
   if (f.training && f.parameter_sharding) {
@@ -286,9 +287,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     // (with the dense layers and embedding, or the LM head, where they go) between their
     // all-gather and their pass's end (the one running and the one gathered for next); its
     // gradients sharded, but one layer's whole before its reduce-scatter.
-    const int blocks = stage_gpus / (f.ep * f.etp);
+    // (Over the GPU's shard group's GPUs and blocks, with shard_group.)
+    const int group = models::shard_gpus(f, stage_gpus), blocks = models::shard_blocks(f, stage_gpus);
     const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
-    const models::GpuParams share{ceil_div(held.replicated, stage_gpus), ceil_div(held.experts, blocks), ceil_div(held.kept, stage_gpus)};
+    const models::GpuParams share{ceil_div(held.replicated, group), ceil_div(held.experts, blocks), ceil_div(held.kept, group)};
     std::vector<double> unit_bytes;
     std::int64_t unit_params = 0;
     for (const int l : own) {
@@ -570,7 +572,7 @@ const std::string& summary_csv_header() {
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
       "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,"
-      "param_gather_bytes";
+      "param_gather_bytes,shard_group";
   return header;
 }
 
@@ -653,12 +655,14 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
   else
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
-  fmt::print(out, "{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  const bool sharded = f.training && f.gradient_sync && f.optimizer_sharding;
+  fmt::print(out, "{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
              pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string(),
-             f.training && f.parameter_sharding ? "yes" : "no", r.stats.param_gather_bytes());
+             f.training && f.parameter_sharding ? "yes" : "no", r.stats.param_gather_bytes(),
+             sharded ? std::to_string(models::shard_gpus(f, sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp)) : std::string());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -956,10 +960,19 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
                         layers_said);
-  const std::string sharding = !f.training || !f.gradient_sync ? std::string()
-                               : f.parameter_sharding ? std::string("; weights, gradients and optimizer sharded (FSDP), each layer's weights gathered before its passes")
-                               : f.optimizer_sharding ? std::string("; optimizer sharded (ZeRO-1)")
-                                                      : std::string();
+  const int stage_gpus = gpus / f.pp;
+  const std::string groups =
+      f.shard_group > 0 && f.shard_group < stage_gpus
+          ? fmt::format(" in groups of {} GPUs, {} copies (hybrid: reduce-scattered in a group, all-reduced across)", f.shard_group,
+                        stage_gpus / f.shard_group)
+          : std::string();
+  const std::string sharding =
+      !f.training || !f.gradient_sync ? std::string()
+      : f.parameter_sharding
+          ? fmt::format("; weights, gradients and optimizer sharded ({}){}, each layer's weights gathered before its passes",
+                        groups.empty() ? "FSDP" : "HSDP", groups)
+      : f.optimizer_sharding ? fmt::format("; optimizer sharded (ZeRO-1){}", groups)
+                             : std::string();
   fmt::print(out, "  step time   {:.3f} ms  ({}{}){}\n", step.to_us() / 1e3, what, sharding,
              f.draft_tokens > 0 ? fmt::format(": a token every {:.3f} ms per sequence", step.to_us() / 1e3 / tokens_per_sequence(f))
                                 : std::string());

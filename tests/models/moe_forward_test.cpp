@@ -1390,6 +1390,22 @@ std::string tiny_training(const std::string& keys, bool dense = false) {
 
 }  // namespace
 
+namespace {
+
+// 4 GPUs on 2 nodes, EP2 (a block of 2 GPUs per node), 4 layers, 2 micro-batches of training
+// with a ring gradient sync and the given workload keys (how the state is sharded).
+std::string sharded_4gpu(const std::string& sharding) {
+  return R"(
+cluster: {nodes: 2, gpus_per_node: 2, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4}
+parallelism: {ep: 2}
+workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64, micro_batches: 2, )" +
+         sharding + R"(}
+)";
+}
+
+}  // namespace
+
 TEST_CASE("Sharded weights are gathered before each pass and their gradients scattered after, as derived by hand",
           "[models][training][fsdp]") {
   // The tiny training step of the tests above with `parameter_sharding: true` (FSDP): the layer's
@@ -1428,14 +1444,7 @@ TEST_CASE("Sharded weights: every layer gathered in each micro-batch and directi
   // 2 micro-batches: 16 all-gathers of a layer's weights (each micro-batch, forward and
   // backward), 8 reduce-scatters of its gradients (each micro-batch). Ring: an all-gather or
   // reduce-scatter of S over n GPUs moves n (n - 1) ceil(S / n) bytes.
-  const auto yaml = [](const std::string& sharding) {
-    return R"(
-cluster: {nodes: 2, gpus_per_node: 2, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
-model: {moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4}
-parallelism: {ep: 2}
-workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64, micro_batches: 2, )" + sharding + R"(}
-)";
-  };
+  const auto yaml = sharded_4gpu;
   const auto sc = scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml");
   const auto r = scenarios::run_experiment(sc);
   const std::int64_t dense = models::moe_layer_replicated(sc.forward.model) * 2;  // bytes, bf16
@@ -1457,6 +1466,51 @@ workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64, micro_batche
   const auto split = scenarios::run_experiment(scenarios::load_scenario_text(etp, "etp.yaml"));
   CHECK(split.stats.param_gather_bytes() == 16 * (ring(8, dense) + 4 * ring(2, experts / 2)));
   check_stages_tile(split);
+}
+
+TEST_CASE("Hybrid sharding: gathers within a shard group, reduce-scatters there and all-reduces each shard across groups",
+          "[models][training][fsdp]") {
+  // The 4-GPU FSDP step above (2 nodes of 2, EP2: a block is a node) in shard groups of 2 GPUs,
+  // one node each: a group holds the replicated weights sharded over its 2 GPUs and each expert
+  // shard on its one GPU (a group of one block: not sharded, nothing to gather). Per layer and
+  // micro-batch: the replicated gradients reduce-scattered in each node, then each half
+  // all-reduced across the nodes by the GPUs at the same place; each expert shard's gradients
+  // all-reduced over its 2 blocks. Ring: a reduce-scatter or all-gather of S over n GPUs moves
+  // n (n - 1) ceil(S / n) bytes, an all-reduce twice that.
+  const auto yaml = sharded_4gpu;
+  const auto ring = [](std::int64_t n, std::int64_t s) { return n * (n - 1) * ((s + n - 1) / n); };
+  const auto hsdp = scenarios::load_scenario_text(yaml("parameter_sharding: true, shard_group: 2"), "hsdp.yaml");
+  CHECK(hsdp.forward.shard_group == 2);
+  const std::int64_t dense = models::moe_layer_replicated(hsdp.forward.model) * 2;  // bytes, bf16
+  const std::int64_t experts = 2 * 3 * 256 * 512 * 2;                               // a GPU's 2 experts, bf16
+  const auto r = scenarios::run_experiment(hsdp);
+  CHECK(r.stats.param_gather_bytes() == 16 * 2 * ring(2, dense));  // 16 gathers, in each of the 2 nodes
+  const std::int64_t synced = 2 * ring(2, dense) + 2 * 2 * ring(2, (dense + 1) / 2) + 2 * 2 * ring(2, experts);
+  CHECK(r.stats.gradient_sync_bytes() == 8 * synced);
+  // The gathers stay in the nodes, so no all-gather flow crosses the network: every NIC link
+  // carries gradients only (the all-to-alls aside, which the FSDP step has as well).
+  for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::grad_sync)] > Time::zero());
+  check_stages_tile(r);
+  const std::string csv = summary_csv(hsdp, r);
+  CHECK(csv_value(csv, "shard_group") == "2");
+  CHECK(csv_value(summary_csv(scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml"),
+                              scenarios::run_experiment(scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml"))),
+                  "shard_group") == "4");
+  // Sharded over fewer GPUs, a GPU holds more than under FSDP across the whole cluster, and a
+  // group of all 4 is FSDP itself.
+  CHECK(memory_gb_max(yaml("parameter_sharding: true, shard_group: 2")) > memory_gb_max(yaml("parameter_sharding: true")));
+  const auto whole = scenarios::run_experiment(scenarios::load_scenario_text(yaml("parameter_sharding: true, shard_group: 4"), "g4.yaml"));
+  const auto fsdp = scenarios::run_experiment(scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml"));
+  CHECK(whole.stats.step_time() == fsdp.stats.step_time());
+  CHECK(whole.stats.gradient_sync_bytes() == fsdp.stats.gradient_sync_bytes());
+  // ZeRO-1 in groups (Megatron-Core's distributed optimizer instances): the same reduce-scatter
+  // and all-reduce once a step, and the updated weights all-gathered in each group.
+  const auto zero1 = scenarios::run_experiment(scenarios::load_scenario_text(yaml("optimizer_sharding: true, shard_group: 2"), "z.yaml"));
+  const std::int64_t replicated4 = dense * 4 + (models::dense_layers_params(hsdp.forward.model) + 2 * models::embedding_params(hsdp.forward.model)) * 2;
+  CHECK(zero1.stats.gradient_sync_bytes() ==
+        2 * ring(2, replicated4) + 2 * 2 * ring(2, (replicated4 + 1) / 2) + 2 * 2 * ring(2, 4 * experts) + 2 * ring(2, replicated4));
+  CHECK(memory_gb_max(yaml("optimizer_sharding: true, shard_group: 2")) > memory_gb_max(yaml("optimizer_sharding: true")));
+  check_stages_tile(zero1);
 }
 
 TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEMMs, as derived by hand", "[models][elementwise]") {

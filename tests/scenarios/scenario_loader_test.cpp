@@ -746,6 +746,19 @@ TEST_CASE("Parameter sharding (FSDP) implies a sharded optimizer and refuses wha
                  Catch::Contains("use optimizer_sharding: true (ZeRO-1)"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 1024\n  parameter_sharding: true\n")),
              Catch::Contains("workload.parameter_sharding: only used with 'kind: training'"));
+  // Hybrid sharding: groups of whole EP groups (ep 8 on 16 GPUs: 8 or 16), with something sharded.
+  CHECK(load_scenario_text(workload("  gradient_sync: ring\n  parameter_sharding: true\n  shard_group: 8\n"), "s.yaml").forward.shard_group == 8);
+  CHECK(load_scenario_text(workload("  gradient_sync: ring\n  optimizer_sharding: true\n  shard_group: 16\n"), "s.yaml").forward.shard_group == 16);
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  parameter_sharding: true\n  shard_group: 4\n")),
+             Catch::Contains("workload.shard_group: 4 GPUs: a group must divide the 16 GPUs of the cluster and hold whole blocks of "
+                             "ep x etp = 8 GPUs"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  parameter_sharding: true\n  shard_group: 24\n")),
+             Catch::Contains("workload.shard_group: 24 GPUs: a group must divide"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  shard_group: 8\n")),
+             Catch::Contains("workload.shard_group: only used with optimizer_sharding or parameter_sharding"));
+  CHECK_THAT(error_of(replaced_text(workload("  gradient_sync: ring\n  optimizer_sharding: true\n  shard_group: 8\n  pipeline_schedule: dualpipe\n"),
+                                    "  ep: 8\n", "  ep: 4\n  pp: 2\n")),
+             Catch::Contains("workload.shard_group: with pipeline_schedule: dualpipe is not modelled"));
 }
 
 TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
