@@ -2128,7 +2128,7 @@ KernelCost MoeForward::optimizer_cost(int stage) const {
   if (!(spec_.training && spec_.gradient_sync && (spec_.optimizer_sharding || spec_.parameter_sharding)))
     return adam_cost(p.total(), g, mo, w);
   const int copies = weight_copies(spec_);
-  return adam_cost(optimizer_share(p, copies * shard_gpus(spec_, stage_gpus()), copies * shard_blocks(spec_, stage_gpus())), g, mo, w);
+  return adam_cost(optimizer_share(p, copies * shard_ranks(spec_, stage_gpus()), copies * shard_blocks(spec_, stage_gpus())), g, mo, w);
 }
 
 }  // namespace moesim::models

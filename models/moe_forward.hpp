@@ -280,6 +280,10 @@ int weight_copies(const ForwardSpec& spec);
 // stage's), and the blocks of ep x etp GPUs among them, over which an expert shard is spread.
 inline int shard_gpus(const ForwardSpec& spec, int stage_gpus) { return spec.shard_group > 0 ? spec.shard_group : stage_gpus; }
 inline int shard_blocks(const ForwardSpec& spec, int stage_gpus) { return shard_gpus(spec, stage_gpus) / (spec.ep * spec.etp); }
+// The GPUs over which a GPU's own non-expert weights (its tensor-parallel share) are sharded:
+// those of its shard group with the same tensor-parallel rank (Megatron-Core's data-parallel
+// group with context parallelism; the others hold other shares).
+inline int shard_ranks(const ForwardSpec& spec, int stage_gpus) { return shard_gpus(spec, stage_gpus) / spec.model.tp; }
 // The model chunk, and the pipeline stage (chunk_stage()) that runs MoE layer `layer` for
 // micro-batch `micro_batch` (-1: the first).
 int pipeline_chunk(const ForwardSpec& spec, int layer);

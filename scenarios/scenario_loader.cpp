@@ -868,6 +868,8 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
         bad(fmt::format("{} GPUs: a group must divide the {} GPUs of {} and hold whole blocks of ep x etp = {} GPUs "
                         "(a multiple of {})",
                         f.shard_group, stage, f.pp > 1 ? "a pipeline stage" : "the cluster", block, block));
+      else if (f.shard_group % std::max(1, f.model.tp) != 0)
+        bad(fmt::format("{} GPUs: a group must hold whole tensor-parallel groups (a multiple of tp = {})", f.shard_group, f.model.tp));
     }
     w->finish();
   }

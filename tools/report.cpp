@@ -278,7 +278,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
   const double updated = f.training && f.gradient_sync && (f.optimizer_sharding || f.parameter_sharding)
-                             ? static_cast<double>(models::optimizer_share(held, copies * models::shard_gpus(f, stage_gpus),
+                             ? static_cast<double>(models::optimizer_share(held, copies * models::shard_ranks(f, stage_gpus),
                                                                            copies * models::shard_blocks(f, stage_gpus)))
                              : params;
   if (f.training) u.optimizer = params * f.grad_bytes() + updated * (4 + 2 * f.moment_bytes);
@@ -288,7 +288,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     // all-gather and their pass's end (the one running and the one gathered for next); its
     // gradients sharded, but one layer's whole before its reduce-scatter.
     // (Over the GPU's shard group's GPUs and blocks, with shard_group.)
-    const int group = models::shard_gpus(f, stage_gpus), blocks = models::shard_blocks(f, stage_gpus);
+    const int group = models::shard_ranks(f, stage_gpus), blocks = models::shard_blocks(f, stage_gpus);
     const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
     const models::GpuParams share{ceil_div(held.replicated, group), ceil_div(held.experts, blocks), ceil_div(held.kept, group)};
     std::vector<double> unit_bytes;

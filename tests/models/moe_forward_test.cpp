@@ -1513,6 +1513,25 @@ TEST_CASE("Hybrid sharding: gathers within a shard group, reduce-scatters there 
   check_stages_tile(zero1);
 }
 
+TEST_CASE("A sharded optimizer shards a GPU's tensor-parallel share over the GPUs of its tensor-parallel rank",
+          "[models][training][fsdp]") {
+  // TP2 and EP2 on 2 GPUs: each GPU holds its half of the attention, which no other GPU holds,
+  // and its expert, which no other GPU holds: there is nothing to shard, so the update and the
+  // memory are the unsharded optimizer's (sharding the half over both GPUs would halve it).
+  const auto yaml = [](const std::string& keys) {
+    return replaced(tiny_tp(), "workload: {tokens_per_gpu: 1000, sequence_length: 1000}",
+                    "workload: {kind: training, tokens_per_gpu: 1000, sequence_length: 1000, gradient_sync: ring" + keys + "}");
+  };
+  const auto run = [&](const std::string& keys) { return scenarios::run_experiment(scenarios::load_scenario_text(yaml(keys), "tp.yaml")); };
+  const auto whole = run(""), zero1 = run(", optimizer_sharding: true"), fsdp = run(", parameter_sharding: true");
+  for (std::size_t g = 0; g < 2; ++g) {
+    CHECK(whole.stats.gpus()[g].stage_total[idx(Stage::optimizer)] > Time::zero());
+    CHECK(zero1.stats.gpus()[g].stage_total[idx(Stage::optimizer)] == whole.stats.gpus()[g].stage_total[idx(Stage::optimizer)]);
+    CHECK(fsdp.stats.gpus()[g].stage_total[idx(Stage::optimizer)] == whole.stats.gpus()[g].stage_total[idx(Stage::optimizer)]);
+  }
+  CHECK(memory_gb_max(yaml(", optimizer_sharding: true")) == memory_gb_max(yaml("")));
+}
+
 TEST_CASE("compute.elementwise_kernels: the memory-bound kernels between the GEMMs, as derived by hand", "[models][elementwise]") {
   // The tiny dropless layer (BF16 step 283,379,776 ps, above) at 1 TB/s with the kernels between
   // its GEMMs apart. Attention: its two norms, 8 x 2 B x 1024 x 1000 tokens = 16,384,000 B, and

@@ -754,6 +754,9 @@ TEST_CASE("Parameter sharding (FSDP) implies a sharded optimizer and refuses wha
                              "ep x etp = 8 GPUs"));
   CHECK_THAT(error_of(workload("  gradient_sync: ring\n  parameter_sharding: true\n  shard_group: 24\n")),
              Catch::Contains("workload.shard_group: 24 GPUs: a group must divide"));
+  CHECK_THAT(error_of(replaced_text(workload("  gradient_sync: ring\n  parameter_sharding: true\n  shard_group: 4\n"), "  ep: 8\n",
+                                    "  ep: 2\n  tp: 8\n")),
+             Catch::Contains("workload.shard_group: 4 GPUs: a group must hold whole tensor-parallel groups (a multiple of tp = 8)"));
   CHECK_THAT(error_of(workload("  gradient_sync: ring\n  shard_group: 8\n")),
              Catch::Contains("workload.shard_group: only used with optimizer_sharding or parameter_sharding"));
   CHECK_THAT(error_of(replaced_text(workload("  gradient_sync: ring\n  optimizer_sharding: true\n  shard_group: 8\n  pipeline_schedule: dualpipe\n"),
