@@ -150,8 +150,10 @@ struct ForwardSpec {
   // with the last bucket).
   int gradient_sync_buckets = 1;
   // Training with gradient_sync: ZeRO-1 style sharded optimizer: gradients are reduce-scattered,
-  // each GPU updates its 1/n share of every weight group (n: the group's GPUs), then the updated
-  // weights are all-gathered.
+  // each GPU updates its 1/n share of every weight group (n: the GPUs holding the same weights:
+  // for its tensor-parallel part of the non-expert weights the stage's GPUs of its TP rank,
+  // shard_ranks(); for its experts the blocks, shard_blocks()), then the updated weights are
+  // all-gathered.
   bool optimizer_sharding = false;
   // Training with optimizer_sharding: the weights are sharded too (ZeRO-3, PyTorch's FSDP with
   // full sharding, torchtitan's data_parallel_shard), each GPU keeping its share of every weight
