@@ -215,6 +215,59 @@ class Switch final : public Collective {
   std::size_t joined_ = 0, left_ = 0;
 };
 
+// Collectives over the same members side by side (a ring's channels): a member joins each and
+// is done once it is done in all of them.
+class Parallel final : public Collective {
+ public:
+  explicit Parallel(Done done) : done_(std::move(done)) {}
+  // make(done) builds one of them; all are added before anyone joins.
+  void add(const std::function<std::unique_ptr<Collective>(Done)>& make) {
+    parts_.push_back(make([this](int gpu) {
+      if (++finished_[gpu] == parts_.size()) done_(gpu);
+    }));
+  }
+  void join(int gpu) override {
+    for (auto& p : parts_) p->join(gpu);
+  }
+
+ private:
+  Done done_;
+  std::vector<std::unique_ptr<Collective>> parts_;
+  std::map<int, std::size_t> finished_;
+};
+
+// The channels of NCCL's ring across nodes: with k members on each of several nodes (each
+// node's members one after another in `ring`), k rings over the same members, channel c
+// entering each node at its member c and leaving at member c - 1 (every second node in the
+// opposite direction, entering at c - 1 and leaving at c), so that every member's NIC carries
+// one channel out and one in, and consecutive nodes' crossings join members at the same
+// position (the same rail in a rail-optimised fabric; with an odd number of nodes the wrap
+// from the last node to the first does not). Empty where the ring stays one: on one node, with
+// one member on a node, with different counts on different nodes, or with a node's members not
+// together.
+std::vector<std::vector<int>> ring_channels(const std::vector<int>& ring, int gpus_per_node) {
+  std::vector<std::vector<int>> nodes;
+  for (std::size_t i = 0; i < ring.size(); ++i) {
+    const int node = ring[i] / gpus_per_node;
+    if (i == 0 || node != ring[i - 1] / gpus_per_node) {
+      for (const auto& n : nodes)
+        if (n.front() / gpus_per_node == node) return {};  // the node's members are not together
+      nodes.emplace_back();
+    }
+    nodes.back().push_back(ring[i]);
+  }
+  const std::size_t k = nodes.front().size();
+  if (nodes.size() < 2 || k < 2) return {};
+  for (const auto& n : nodes)
+    if (n.size() != k) return {};
+  std::vector<std::vector<int>> channels(k);
+  for (std::size_t c = 0; c < k; ++c)
+    for (std::size_t j = 0; j < nodes.size(); ++j)
+      for (std::size_t i = 0; i < k; ++i)
+        channels[c].push_back(nodes[j][j % 2 == 0 ? (c + i) % k : (c + 2 * k - 1 - i) % k]);
+  return channels;
+}
+
 // Phases run one after another per GPU: a GPU done with phase i joins its collective of phase
 // i + 1; done with the last, it is done. `left_first(gpu)` (if set) when it leaves phase 0.
 class Phased final : public Collective {
@@ -285,7 +338,13 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
     const int node = members.front() / ctx.gpus_per_node;
     const bool one_node = std::all_of(members.begin(), members.end(), [&](int g) { return g / ctx.gpus_per_node == node; });
     if (ctx.mesh && one_node) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
-    return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+    const auto channels = ring_channels(members, ctx.gpus_per_node);
+    if (channels.empty()) return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
+    auto parallel = std::make_unique<Parallel>(std::move(done));
+    const sim::Bytes part = share(size, channels.size());
+    for (const auto& order : channels)
+      parallel->add([&](Collective::Done d) { return std::make_unique<Ring>(ctx, kind, order, part, std::move(d)); });
+    return parallel;
   }
   // By node, in member order; and across nodes by in-node position.
   std::map<int, std::vector<int>> by_node;
@@ -371,6 +430,22 @@ std::unique_ptr<Collective> make_sharded_collective(const CollectiveContext& ctx
   auto phased = std::make_unique<Phased>(std::move(done));
   if (group > 1) phased->add_phase(groups, part(kind, size));
   if (kind == CollectiveKind::reduce_scatter) phased->add_phase(places, part(CollectiveKind::all_reduce, share(size, group)));
+  return phased;
+}
+
+std::unique_ptr<Collective> make_strided_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                                    CollectiveKind kind, std::vector<int> members, std::size_t stride,
+                                                    std::size_t group, sim::Bytes size, Collective::Done done, int chunks) {
+  if (stride <= 1)
+    return make_sharded_collective(ctx, algorithm, kind, std::move(members), group, size, std::move(done), chunks);
+  MOESIM_ASSERT(members.size() % stride == 0, "a stride that does not divide the members");
+  MOESIM_ASSERT(group % stride == 0, "shard groups that are not whole strides");
+  std::vector<std::vector<int>> subsets(stride);
+  for (std::size_t i = 0; i < members.size(); ++i) subsets[i % stride].push_back(members[i]);
+  auto phased = std::make_unique<Phased>(std::move(done));
+  phased->add_phase(subsets, [&](std::vector<int> g, Collective::Done d) {
+    return make_sharded_collective(ctx, algorithm, kind, std::move(g), group / stride, size, std::move(d), chunks);
+  });
   return phased;
 }
 

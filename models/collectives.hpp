@@ -8,6 +8,13 @@
 //   reduce-scatter then an all-gather). A GPU sends step k once it has joined (its data is
 //   ready) and, for k > 0, received step k - 1's chunk from the previous GPU; it is done when it
 //   has received every chunk it waits for. One GPU alone is done when it joins.
+//   Across nodes with k > 1 members on every node, NCCL runs its ring as several channels that
+//   cross between nodes through different NICs, so that a node's crossings use all of them
+//   (NVIDIA measures a ring all-reduce bus bandwidth of 192 GB/s across two DGX-A100, whose 8
+//   NICs carry 25 GB/s each: NVIDIA/nccl issue 812, docs/validation.md). Here: k rings of S / k
+//   each, channel c entering each node at its member c and leaving at member c - 1 (alternate
+//   nodes the other way round, so a crossing joins members at the same position, one rail), so
+//   every member's NIC carries one channel each way.
 // - hierarchical: the group's GPUs by node (k per node on N nodes): a ring reduce-scatter of S
 //   inside each node, a ring all-reduce of ceil(S / k) across nodes among the GPUs of the same
 //   in-node position (each over its own NIC), a ring all-gather of S inside each node.
@@ -98,5 +105,14 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
 std::unique_ptr<Collective> make_sharded_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
                                                     CollectiveKind kind, std::vector<int> members, std::size_t group,
                                                     sim::Bytes size, Collective::Done done, int chunks = 1);
+
+// Independent collectives side by side, one per interleaved subset of the members: subset r is
+// members r, r + stride, r + 2 stride, ... (data parallelism under tensor parallelism: the GPUs
+// of one tensor-parallel rank, every stride-th of whole TP groups, hold the same part of the
+// weights and synchronise it among themselves). Each as make_sharded_collective builds it, in
+// shard groups of group / stride (0: none). A stride of 1 is make_sharded_collective's.
+std::unique_ptr<Collective> make_strided_collective(const CollectiveContext& ctx, CollectiveAlgorithm algorithm,
+                                                    CollectiveKind kind, std::vector<int> members, std::size_t stride,
+                                                    std::size_t group, sim::Bytes size, Collective::Done done, int chunks = 1);
 
 }  // namespace moesim::models

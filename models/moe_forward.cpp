@@ -645,14 +645,17 @@ void MoeForward::start() {
     auto gathered_one = [this](int gpu) {
       if (--sync_left_[static_cast<std::size_t>(gpu)] == 0) gathered(gpu);
     };
-    // group: the members sharing one sharded copy (shard_group; all of them without it).
-    const auto build = [&](CollectiveKind kind, std::vector<int> members, std::size_t group, std::int64_t count,
-                           Collective::Done done) {
+    // group: the members sharing one sharded copy (shard_group; all of them without it). stride:
+    // the replicated weights' collectives run one per tensor-parallel rank (every tp-th GPU holds
+    // the same part of them), the experts' over GPUs that hold the same shard.
+    const auto build = [&](CollectiveKind kind, std::vector<int> members, std::size_t stride, std::size_t group,
+                           std::int64_t count, Collective::Done done) {
       const std::int64_t bytes = kind == CollectiveKind::all_gather ? m.dtype_bytes : spec_.grad_bytes();
-      return make_sharded_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members),
+      return make_strided_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), stride,
                                      kind == CollectiveKind::all_reduce ? 0 : group, sim::Bytes(count * bytes), std::move(done),
                                      spec_.gradient_sync_chunks);
     };
+    const auto tp = static_cast<std::size_t>(m.tp);
     const auto dense_group = static_cast<std::size_t>(shard_gpus(spec_, stage_gpus()));
     const auto expert_group = static_cast<std::size_t>(shard_blocks(spec_, stage_gpus()));
     // Buckets of the stage's MoE layers in backward order (its last chunk's from its last layer
@@ -709,17 +712,18 @@ void MoeForward::start() {
         const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
         if (rep == 0) bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
-        dense_sync_.push_back(own ? build(sync_kind, all, dense_group, replicated, synced_one) : nullptr);
+        dense_sync_.push_back(own ? build(sync_kind, all, tp, dense_group, replicated, synced_one) : nullptr);
         if (rings)
           for (int x = 0; x < shards; ++x)
-            expert_sync_.push_back(own ? build(sync_kind, ring(x), expert_group, experts, synced_one) : nullptr);
+            expert_sync_.push_back(own ? build(sync_kind, ring(x), 1, expert_group, experts, synced_one) : nullptr);
       }
       if (spec_.optimizer_sharding && !sharded_params()) {  // (sharded weights are gathered layer by layer)
         const GpuParams params = stage_params(spec_, placements_, st);
-        dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, dense_group, params.replicated, gathered_one) : nullptr);
+        dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, tp, dense_group, params.replicated, gathered_one)
+                                    : nullptr);
         if (rings)
           for (int x = 0; x < shards; ++x)
-            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), expert_group, params.experts, gathered_one)
+            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), 1, expert_group, params.experts, gathered_one)
                                          : nullptr);
       }
     }
@@ -2028,7 +2032,7 @@ void MoeForward::finish(int) { ++finished_gpus_; }
 void MoeForward::join_params(int gpu, int unit) {
   // The unit's weights in the model dtype (layer_params(): the dense layers and the embedding
   // with the first layer, the LM head with the last, in both directions): the replicated ones
-  // over the stage's GPUs, the GPU's expert shard over the blocks holding it (with a shard
+  // (its tensor-parallel part) over the stage's GPUs of its TP rank, the GPU's expert shard over the blocks holding it (with a shard
   // group, over those of the GPU's group).
   const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
   param_left(gpu, unit) = blocks > 1 ? 2 : 1;
@@ -2044,22 +2048,22 @@ void MoeForward::join_params(int gpu, int unit) {
     ctx.backward = back;
     ctx.micro_batch = mb;
     const auto done = [this, unit](int g) { params_arrived(g, unit); };
-    const auto build = [&](std::vector<int> members, int group, std::int64_t count) {
-      return make_sharded_collective(ctx, spec_.gradient_sync_algorithm, CollectiveKind::all_gather, std::move(members),
-                                     static_cast<std::size_t>(group), sim::Bytes(count * m.dtype_bytes), done,
-                                     spec_.gradient_sync_chunks);
+    const auto build = [&](std::vector<int> members, int stride, int group, std::int64_t count) {
+      return make_strided_collective(ctx, spec_.gradient_sync_algorithm, CollectiveKind::all_gather, std::move(members),
+                                     static_cast<std::size_t>(stride), static_cast<std::size_t>(group),
+                                     sim::Bytes(count * m.dtype_bytes), done, spec_.gradient_sync_chunks);
     };
     const int first = stage_of(gpu) * stage_gpus();
     std::vector<int> all(static_cast<std::size_t>(stage_gpus()));
     std::iota(all.begin(), all.end(), first);
     const GpuParams held = layer_params(spec_, placements_, layer);
-    dense = build(std::move(all), shard_gpus(spec_, stage_gpus()), held.replicated);
+    dense = build(std::move(all), m.tp, shard_gpus(spec_, stage_gpus()), held.replicated);
     if (blocks > 1) {
       for (int x = 0; x < shards; ++x) {
         std::vector<int> ring;
         for (int b = 0; b < blocks; ++b) ring.push_back(first + b * shards + x);
         param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(x)] =
-            build(std::move(ring), shard_blocks(spec_, stage_gpus()), held.experts);
+            build(std::move(ring), 1, shard_blocks(spec_, stage_gpus()), held.experts);
       }
     }
   }
@@ -2121,7 +2125,8 @@ KernelCost MoeForward::cp_expansion(std::int64_t tokens) const {
 
 KernelCost MoeForward::optimizer_cost(int stage) const {
   // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
-  // optimizer its share: the replicated weights over the stage's GPUs, the experts (its shard
+  // optimizer its share: the replicated weights (its TP part) over the stage's GPUs of its TP
+  // rank, the experts (its shard
   // of them) over the blocks holding them (DualPipe: over those of both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   const std::int64_t g = spec_.grad_bytes(), mo = spec_.moment_bytes, w = spec_.model.dtype_bytes;

@@ -159,7 +159,7 @@ struct ForwardSpec {
   // full sharding, torchtitan's data_parallel_shard), each GPU keeping its share of every weight
   // group (the stage's GPUs share the replicated weights, the blocks holding an expert shard that
   // shard). Before each MoE layer's forward and backward pass, in every micro-batch, the layer's
-  // weights are all-gathered (the replicated ones over the stage, the experts over the blocks;
+  // weights are all-gathered (the replicated ones over the stage's GPUs of a TP rank, the experts over the blocks;
   // the dense layers and the embedding with the first layer's, the LM head with the last's), the
   // next layer's in the schedule starting when a pass starts with its own in (FSDP's prefetch of
   // one, the gathers one after another); after each
