@@ -1137,6 +1137,30 @@ workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64}
   for (const auto& g : r.stats.gpus()) CHECK(g.stage_total[idx(Stage::grad_sync)] > Time::zero());
 }
 
+TEST_CASE("With tensor parallelism each TP rank all-reduces its own part of the replicated weights", "[models][training]") {
+  // The test above with tp: 2 (TP pairs 0-1 on node 0, 2-3 on node 1). Each GPU holds half the
+  // attention, 256 x (128 + 256) + 128 x 256 = 131,072, and the whole router, 1,024, per layer:
+  // x 2 layers x 2 B = 528,384 B, all-reduced with the other GPU of its TP rank (0 with 2, 1 with
+  // 3): 2 steps x 2 GPUs x 264,192 B per rank. One ring over all four GPUs would all-reduce
+  // halves that differ from GPU to GPU. Experts as above, over the same pairs.
+  const auto r = scenarios::run_experiment(scenarios::load_scenario_text(R"(
+cluster: {nodes: 2, gpus_per_node: 2, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 2, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4}
+parallelism: {ep: 2, tp: 2}
+workload: {kind: training, gradient_sync: ring, tokens_per_gpu: 64}
+output: {timeline: on}
+)", "tp-sync.yaml"));
+  CHECK(r.stats.gradient_sync_bytes() == 2 * (2 * 2 * 264'192) + 2 * (2 * 2 * 1'572'864));
+  int flows = 0;
+  for (const auto& f : r.timeline->flows()) {
+    if (f.stage != Stage::grad_sync) continue;
+    ++flows;
+    CHECK(f.flow.src.value % 2 == f.flow.dst.value % 2);  // within a TP rank
+    CHECK(f.flow.src.value / 2 != f.flow.dst.value / 2);  // which spans the two nodes
+  }
+  CHECK(flows == 16);
+}
+
 TEST_CASE("Dense layers run before the MoE layers and after them backward", "[models][training]") {
   // One dense layer with a 1024-wide FFN on the tiny model: attention (104,386,560) + FFN on
   // 1000 tokens (6 x 1000 x 1024 x 1024 FLOPs: 62,914,560) = 167,301,120 ps before layer 0.
