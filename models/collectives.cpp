@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "sim/assert.hpp"
@@ -247,11 +248,11 @@ class Parallel final : public Collective {
 // together.
 std::vector<std::vector<int>> ring_channels(const std::vector<int>& ring, int gpus_per_node) {
   std::vector<std::vector<int>> nodes;
+  std::set<int> seen;
   for (std::size_t i = 0; i < ring.size(); ++i) {
     const int node = ring[i] / gpus_per_node;
     if (i == 0 || node != ring[i - 1] / gpus_per_node) {
-      for (const auto& n : nodes)
-        if (n.front() / gpus_per_node == node) return {};  // the node's members are not together
+      if (!seen.insert(node).second) return {};  // the node's members are not together
       nodes.emplace_back();
     }
     nodes.back().push_back(ring[i]);

@@ -219,6 +219,21 @@ TEST_CASE("A ring across nodes runs as channels that cross through every NIC, ra
   INFO("channels: " << sim.now().to_us() << " us");
   CHECK(sim.now() >= sim::parse_time("105us"));
   CHECK(sim.now() < sim::parse_time("150us"));
+
+  // A ring whose order goes back and forth between the nodes, or with different counts on
+  // them, stays one ring: every flow a whole chunk of S / n.
+  for (const std::vector<int>& order : {std::vector<int>{0, 4, 1, 5, 2, 6, 3, 7}, std::vector<int>{0, 1, 2, 4}}) {
+    Flows one;
+    sim::Simulator sim1;
+    MaxMinNetwork net1(sim1, c);
+    CollectiveContext ctx1{sim1, net1, one, 4};
+    auto r1 = make_collective(ctx1, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, order, sim::Bytes(8'000'000),
+                              [](int) {});
+    for (const int g : order) r1->join(g);
+    sim1.run();
+    REQUIRE(!one.flows.empty());
+    for (const auto& f : one.flows) CHECK(f.flow.size.count() == 8'000'000 / static_cast<std::int64_t>(order.size()));
+  }
 }
 
 TEST_CASE("Strided collectives: one per tensor-parallel rank, each among its own GPUs", "[models][collectives]") {
