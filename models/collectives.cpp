@@ -339,7 +339,7 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
     const int node = members.front() / ctx.gpus_per_node;
     const bool one_node = std::all_of(members.begin(), members.end(), [&](int g) { return g / ctx.gpus_per_node == node; });
     if (ctx.mesh && one_node) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
-    const auto channels = ring_channels(members, ctx.gpus_per_node);
+    const auto channels = ctx.channels ? ring_channels(members, ctx.gpus_per_node) : std::vector<std::vector<int>>{};
     if (channels.empty()) return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
     auto parallel = std::make_unique<Parallel>(std::move(done));
     const sim::Bytes part = share(size, channels.size());

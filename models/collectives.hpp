@@ -74,6 +74,9 @@ struct CollectiveContext {
   // reduction and multicast are not free); see kNvlsEfficiency.
   double switch_efficiency = 1.0;
   bool mesh = false;               // the nodes' GPUs form a full mesh (no switch)
+  // `ring` across nodes as NCCL's channels (false: one ring, as a chain of point-to-point sends
+  // to the next GPU, Megatron-Core's ring context parallelism, moves its steps).
+  bool channels = true;
   Stage stage = Stage::grad_sync;  // what the flows are recorded as
   int layer = 0;                   // and with which layer, pass and micro-batch
   bool backward = true;

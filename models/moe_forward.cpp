@@ -1135,6 +1135,7 @@ void MoeForward::cp_exchange(int gpu, CollectiveKind kind, void (MoeForward::*ne
     ctx.layer = w.layer;
     ctx.backward = w.record_backward;
     ctx.micro_batch = w.record_micro_batch;
+    ctx.channels = !w.ring;  // the ring's steps are point-to-point sends to the next GPU
     std::vector<int> members(static_cast<std::size_t>(cp));
     for (int i = 0; i < cp; ++i) members[static_cast<std::size_t>(i)] = block * tp * cp + i * tp + lane;
     const sim::Bytes size(cp * cp_kv_bytes(w.rows));

@@ -221,12 +221,15 @@ TEST_CASE("A ring across nodes runs as channels that cross through every NIC, ra
   CHECK(sim.now() < sim::parse_time("150us"));
 
   // A ring whose order goes back and forth between the nodes, or with different counts on
-  // them, stays one ring: every flow a whole chunk of S / n.
-  for (const std::vector<int>& order : {std::vector<int>{0, 4, 1, 5, 2, 6, 3, 7}, std::vector<int>{0, 1, 2, 4}}) {
+  // them, stays one ring: every flow a whole chunk of S / n; so does a chain of point-to-point
+  // sends (channels off: the third).
+  const std::vector<std::vector<int>> orders{{0, 4, 1, 5, 2, 6, 3, 7}, {0, 1, 2, 4}, {0, 1, 2, 3, 4, 5, 6, 7}};
+  for (const auto& order : orders) {
     Flows one;
     sim::Simulator sim1;
     MaxMinNetwork net1(sim1, c);
     CollectiveContext ctx1{sim1, net1, one, 4};
+    ctx1.channels = &order != &orders.back();
     auto r1 = make_collective(ctx1, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, order, sim::Bytes(8'000'000),
                               [](int) {});
     for (const int g : order) r1->join(g);
