@@ -146,6 +146,14 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     s.axes.push_back("workload.parameter_sharding");
     s.values.push_back({"~", "~", "true"});
     s.zipped.push_back({"workload.optimizer_sharding", "workload.parameter_sharding"});
+    if (f.gradient_sync_buckets > 1) {
+      // FSDP reduce-scatters each layer's gradients on its own (the loader refuses buckets with
+      // it): its points leave the scenario's buckets out, the others keep them.
+      const std::string b = std::to_string(f.gradient_sync_buckets);
+      s.axes.push_back("workload.gradient_sync_buckets");
+      s.values.push_back({b, b, "~"});
+      s.zipped.back().push_back("workload.gradient_sync_buckets");
+    }
   }
   if (has("batch")) {
     std::vector<std::string> v;
@@ -181,7 +189,9 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   std::string varied;
   for (std::size_t a = 0; a < s.axes.size(); ++a) {
     // An axis zipped to an earlier one advances with it.
-    const auto group = std::find_if(s.zipped.begin(), s.zipped.end(), [&](const auto& z) { return z.back() == s.axes[a]; });
+    const auto group = std::find_if(s.zipped.begin(), s.zipped.end(), [&](const auto& z) {
+      return std::find(z.begin() + 1, z.end(), s.axes[a]) != z.end();
+    });
     const bool follows = group != s.zipped.end();
     if (!follows) points *= s.values[a].size();
     if (s.values[a].size() > 1)

@@ -41,6 +41,15 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   CHECK(s.note == "480 points: parallelism.tp in {1, 2, 4, 8}, parallelism.pp in {1, 2, 4, 8}, parallelism.virtual_stages in {1, 2}, "
                   "parallelism.ep in {1, 2, 4, 8, 16}, workload.optimizer_sharding in {false, true, true}, workload.parameter_sharding in "
                   "{~, ~, true} (with workload.optimizer_sharding); every point trains 16 sequences of 2048 tokens a step");
+  // Buckets in the scenario: FSDP's points leave them out (it reduce-scatters each layer on
+  // its own), the others keep them; the third axis of the zip adds no points.
+  const auto buckets = tools::search_space(load(kTraining, {"workload.gradient_sync_buckets=3"}), {"ep", "zero"}, 0);
+  REQUIRE(buckets.axes.back() == "workload.gradient_sync_buckets");
+  CHECK(buckets.values.back() == std::vector<std::string>{"3", "3", "~"});
+  CHECK(buckets.zipped == std::vector<std::vector<std::string>>{
+                              {"workload.optimizer_sharding", "workload.parameter_sharding", "workload.gradient_sync_buckets"}});
+  CHECK_THAT(buckets.note, Catch::StartsWith("15 points: "));
+  CHECK_THAT(buckets.note, Catch::Contains("workload.gradient_sync_buckets in {3, 3, ~} (with workload.optimizer_sharding)"));
   // A given batch, a scenario's own global batch, and a choice of dimensions.
   CHECK(tools::search_space(load(kTraining), {"ep"}, 64).values[0] == std::vector<std::string>{"64"});
   const auto own = tools::search_space(load(kTraining, {"workload.micro_batches=~", "workload.global_batch=32"}), {"tp", "ep"}, 0);
