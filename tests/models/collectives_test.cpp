@@ -83,6 +83,16 @@ Time last(const Outcome& o) {
   return t;
 }
 
+// A network of `nodes` x `gpn` test nodes, recording its flows, to build collectives on.
+struct Bench {
+  Flows rec;
+  topology::Cluster cluster;
+  sim::Simulator sim;
+  MaxMinNetwork net;
+  CollectiveContext ctx;
+  Bench(int nodes, int gpn) : cluster(::cluster(nodes, gpn)), net(sim, cluster), ctx{sim, net, rec, gpn} {}
+};
+
 }  // namespace
 
 // The same nodes as a full mesh (AMD Infinity Fabric): a 100 GB/s, 1 us link per GPU pair.
@@ -188,11 +198,8 @@ TEST_CASE("A ring across nodes runs as channels that cross through every NIC, ra
   // 2 nodes x 4 GPUs, S = 8,000,000 B: 4 channels of 2,000,000 B, each a ring over all 8 GPUs
   // (14 steps of 250,000 B). Every GPU's NIC carries one channel each way, and every crossing
   // joins GPUs at the same position on their nodes.
-  Flows rec;
-  const topology::Cluster c(cluster(2, 4));
-  sim::Simulator sim;
-  MaxMinNetwork net(sim, c);
-  CollectiveContext ctx{sim, net, rec, 4};
+  Bench b(2, 4);
+  auto& [rec, cl, sim, net, ctx] = b;
   int done = 0;
   auto ring = make_collective(ctx, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, {0, 1, 2, 3, 4, 5, 6, 7},
                               sim::Bytes(8'000'000), [&](int) { ++done; });
@@ -225,17 +232,14 @@ TEST_CASE("A ring across nodes runs as channels that cross through every NIC, ra
   // sends (channels off: the third).
   const std::vector<std::vector<int>> orders{{0, 4, 1, 5, 2, 6, 3, 7}, {0, 1, 2, 4}, {0, 1, 2, 3, 4, 5, 6, 7}};
   for (const auto& order : orders) {
-    Flows one;
-    sim::Simulator sim1;
-    MaxMinNetwork net1(sim1, c);
-    CollectiveContext ctx1{sim1, net1, one, 4};
-    ctx1.channels = &order != &orders.back();
-    auto r1 = make_collective(ctx1, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, order, sim::Bytes(8'000'000),
+    Bench one(2, 4);
+    one.ctx.channels = &order != &orders.back();
+    auto r1 = make_collective(one.ctx, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, order, sim::Bytes(8'000'000),
                               [](int) {});
     for (const int g : order) r1->join(g);
-    sim1.run();
-    REQUIRE(!one.flows.empty());
-    for (const auto& f : one.flows) CHECK(f.flow.size.count() == 8'000'000 / static_cast<std::int64_t>(order.size()));
+    one.sim.run();
+    REQUIRE(!one.rec.flows.empty());
+    for (const auto& f : one.rec.flows) CHECK(f.flow.size.count() == 8'000'000 / static_cast<std::int64_t>(order.size()));
   }
 }
 
@@ -244,11 +248,8 @@ TEST_CASE("Strided collectives: one per tensor-parallel rank, each among its own
   // 7 each all-reduce their own 4,000,000 B; with shard groups of 4 GPUs (2 of each rank, one
   // node), each rank reduce-scatters within its node and all-reduces its halves across.
   for (const std::size_t group : {std::size_t{0}, std::size_t{4}}) {
-    Flows rec;
-    const topology::Cluster c(cluster(2, 4));
-    sim::Simulator sim;
-    MaxMinNetwork net(sim, c);
-    CollectiveContext ctx{sim, net, rec, 4};
+    Bench b(2, 4);
+    auto& [rec, cl, sim, net, ctx] = b;
     int done = 0;
     const auto kind = group ? CollectiveKind::reduce_scatter : CollectiveKind::all_reduce;
     auto coll = make_strided_collective(ctx, CollectiveAlgorithm::ring, kind, {0, 1, 2, 3, 4, 5, 6, 7}, 2, group,
