@@ -475,7 +475,7 @@ int cmd_search(const std::vector<std::string>& args) {
   add_sweep_options(opts);
   add_plan_options(opts);
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
-      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp (default: all that apply but the last five)")(
+      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard (default: all that apply but the last six)")(
       "global-batch", po::value<std::int64_t>(), "training: the sequences a step takes at every point (default: the scenario's)");
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("search needs a scenario file");

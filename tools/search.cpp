@@ -31,6 +31,9 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "cp" && f.cp > 1) return fmt::format("the scenario has parallelism.cp: {}; search from one without it", f.cp);
     if (d == "sched" && !training) return "pipeline schedules are training's";
     if (d == "recompute" && !training) return "recomputation is training's";
+    if (d == "shard" && !training) return "shard groups hold training's sharded state";
+    if (d == "shard" && !f.gradient_sync) return "shard groups need workload.gradient_sync in the scenario";
+    if (d == "shard" && sc.cluster.nodes < 2) return "one node: no group smaller than the cluster to shard over";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
     return {};
@@ -38,15 +41,19 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard)", d));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && d != "etp" && why_not(d).empty()) dims.push_back(d);
+      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && d != "etp" && d != "shard" && why_not(d).empty())
+        dims.push_back(d);
   if (std::find(dims.begin(), dims.end(), "sched") != dims.end() && std::find(dims.begin(), dims.end(), "vp") != dims.end())
     throw SearchError("--vary: sched and vp together: each schedule comes with its own virtual stages (sched alone searches both)");
+  if (std::find(dims.begin(), dims.end(), "shard") != dims.end() && std::find(dims.begin(), dims.end(), "zero") == dims.end() &&
+      !f.optimizer_sharding && !f.parameter_sharding)
+    throw SearchError("--vary shard: nothing is sharded: vary zero too, or set workload.optimizer_sharding or parameter_sharding");
 
   SearchSpace s;
   if (training) {
@@ -154,6 +161,15 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
       s.values.push_back({b, b, "~"});
       s.zipped.back().push_back("workload.gradient_sync_buckets");
     }
+  }
+  if (has("shard")) {
+    // Hybrid sharding: over the whole stage (~), or groups of 1, 2, 4, ... nodes smaller than
+    // the cluster (the loader refuses a group that does not divide a point's stage or hold its
+    // whole EP and TP groups, and one where nothing is sharded: skipped as invalid).
+    std::vector<std::string> v{"~"};
+    for (int g = sc.cluster.gpus_per_node; g < gpus; g *= 2) v.push_back(std::to_string(g));
+    s.axes.push_back("workload.shard_group");
+    s.values.push_back(v);
   }
   if (has("batch")) {
     std::vector<std::string> v;

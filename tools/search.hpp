@@ -21,9 +21,10 @@ class SearchError : public std::runtime_error {
 
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
 // (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
-// sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute and etp
-// (expert tensor parallelism).
-inline const std::vector<std::string> kSearchDimensions{"tp", "pp", "ep", "vp", "zero", "cp", "batch", "sched", "recompute", "etp"};
+// sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute, etp
+// (expert tensor parallelism) and shard (hybrid sharding's group, workload.shard_group).
+inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",    "ep",        "vp",  "zero", "cp",
+                                                        "batch", "sched", "recompute", "etp", "shard"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths
@@ -44,9 +45,11 @@ struct SearchSpace {
 // micro-batch size does, so the micro-batches grow by cp); batch (decode) the powers of two from 1
 // to twice the scenario's sequences per GPU; sched (training with stages, instead of vp) 1F1B,
 // interleaved 1F1B (2 virtual stages), ZB-H1, DualPipeV and, with a gradient sync, DualPipe;
-// recompute (training) none, of the attention, of whole layers. `vary` picks dimensions (empty:
-// every one that applies but cp, batch, sched and recompute; naming one that does not apply is
-// an error). global_batch > 0 holds that many sequences a step; 0 holds the
+// recompute (training) none, of the attention, of whole layers; etp the powers of two that divide
+// a node's GPUs and the experts' FFN; shard (training with sharding, searched or the scenario's)
+// the whole stage (~) and groups of 1, 2, 4, ... nodes smaller than the cluster. `vary` picks
+// dimensions (empty: every one that applies but cp, batch, sched, recompute, etp and shard;
+// naming one that does not apply is an error). global_batch > 0 holds that many sequences a step; 0 holds the
 // scenario's own (its micro-batches' sequences), which must be whole.
 SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::string>& vary, std::int64_t global_batch);
 

@@ -50,6 +50,13 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
                               {"workload.optimizer_sharding", "workload.parameter_sharding", "workload.gradient_sync_buckets"}});
   CHECK_THAT(buckets.note, Catch::StartsWith("15 points: "));
   CHECK_THAT(buckets.note, Catch::Contains("workload.gradient_sync_buckets in {3, 3, ~} (with workload.optimizer_sharding)"));
+  // Hybrid sharding's groups, asked for: the whole stage, or one node (a group of two nodes would
+  // be the whole 16-GPU cluster). Only with something sharded, in training with a sync.
+  const auto shard = tools::search_space(load(kTraining), {"zero", "shard"}, 0);
+  REQUIRE(shard.axes.back() == "workload.shard_group");
+  CHECK(shard.values.back() == std::vector<std::string>{"~", "8"});
+  CHECK(tools::search_space(load(kTraining, {"workload.optimizer_sharding=true"}), {"ep", "shard"}, 0).values.back() ==
+        std::vector<std::string>{"~", "8"});
   // A given batch, a scenario's own global batch, and a choice of dimensions.
   CHECK(tools::search_space(load(kTraining), {"ep"}, 64).values[0] == std::vector<std::string>{"64"});
   const auto own = tools::search_space(load(kTraining, {"workload.micro_batches=~", "workload.global_batch=32"}), {"tp", "ep"}, 0);
@@ -80,9 +87,11 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
+  CHECK_THAT(refused(no_sync, {"shard"}, 0), Catch::Contains("--vary shard: shard groups need workload.gradient_sync"));
+  CHECK_THAT(refused(kTraining, {"ep", "shard"}, 0), Catch::Contains("--vary shard: nothing is sharded: vary zero too"));
   CHECK(tools::search_space(load(no_sync), {}, 0).axes.back() == "parallelism.ep");  // by default just left out
   const std::string half = "cluster: {nodes: 1, gpus_per_node: 2, gpu: H100-SXM}\n"
                            "model: {moe_layers: 2, hidden: 1024, expert_ffn: 2048, experts: 2, top_k: 1, attention_heads: 16}\n"
