@@ -656,8 +656,10 @@ void MoeForward::start() {
                                      spec_.gradient_sync_chunks);
     };
     const auto tp = static_cast<std::size_t>(m.tp);
-    const auto dense_group = static_cast<std::size_t>(shard_gpus(spec_, stage_gpus()));
-    const auto expert_group = static_cast<std::size_t>(shard_blocks(spec_, stage_gpus()));
+    // Without a shard group, 0: over all the members, DualPipe's two copies included, as the
+    // optimizer's share is (optimizer_cost).
+    const auto dense_group = static_cast<std::size_t>(spec_.shard_group > 0 ? shard_gpus(spec_, stage_gpus()) : 0);
+    const auto expert_group = static_cast<std::size_t>(spec_.shard_group > 0 ? shard_blocks(spec_, stage_gpus()) : 0);
     // Buckets of the stage's MoE layers in backward order (its last chunk's from its last layer
     // first): bucket b takes positions [b n / buckets, (b + 1) n / buckets) of its n layers and ends
     // (in backward order) at layer bucket_end_[stage * buckets + b]. Every stage has as many

@@ -2872,18 +2872,18 @@ TEST_CASE("DualPipe holds two copies of each chunk and synchronises them across 
   // weights over 8 GPUs (each sends 2 x 7/8 of them) and per EP rank a ring over the 4 groups
   // of both stages (2 x 3/4 of that rank's experts). 1F1B: each stage its own chunk over its 4
   // GPUs.
-  const auto run = [](const std::string& schedule) {
+  const auto run = [](const std::string& schedule, const std::string& keys) {
     const auto sc = scenarios::load_scenario_text(fmt::format(R"(
 cluster: {{nodes: 4, gpus_per_node: 2, gpu: H100, scale_out: {{nic_bandwidth: 400Gbps, nodes_per_leaf: 1, spines: 2}}}}
 model: {{moe_layers: 4, hidden: 256, expert_ffn: 512, experts: 4, top_k: 2, attention_heads: 4, vocab: 1000}}
 parallelism: {{ep: 2, pp: 2}}
-workload: {{kind: training, tokens_per_gpu: 64, micro_batches: 4, gradient_sync: ring, pipeline_schedule: {}}}
+workload: {{kind: training, tokens_per_gpu: 64, micro_batches: 4, gradient_sync: ring, pipeline_schedule: {}{}}}
 network: {{model: analytical}}
-)", schedule), "sync.yaml");
+)", schedule, keys), "sync.yaml");
     return std::pair{sc, scenarios::run_experiment(sc)};
   };
-  const auto [dp_sc, dp] = run("dualpipe");
-  const auto [one_sc, one] = run("1f1b");
+  const auto [dp_sc, dp] = run("dualpipe", "");
+  const auto [one_sc, one] = run("1f1b", "");
   const models::GpuParams both = models::stage_params(dp_sc.forward, dp.placements, 0);
   const models::GpuParams first = models::stage_params(one_sc.forward, one.placements, 0),
                           second = models::stage_params(one_sc.forward, one.placements, 1);
@@ -2897,6 +2897,18 @@ network: {{model: analytical}}
   CHECK(sent == Approx(8 * 2.0 * (1.75 * static_cast<double>(both.replicated) + 1.5 * static_cast<double>(both.experts))));
   check_stages_tile(dp);
   CHECK(dp.model_flops == Approx(one.model_flops));
+
+  // With a sharded optimizer the two copies share one optimizer (each GPU updates 1/8 of the
+  // replicated weights, 1/4 of its EP rank's experts): its reduce-scatter and all-gather run
+  // over all 8 GPUs (a ring of 2 channels, 2 GPUs a node, each 1/8 of its half), and per EP
+  // rank over the 4 groups (1/4 a chunk), 2 bytes a parameter; not within each stage and then
+  // across the copies, which would move chunks of 1/4 of the half and 1/2 of the experts.
+  const auto zero = run("dualpipe", ", optimizer_sharding: true").second;
+  REQUIRE(zero.timeline);
+  std::set<std::int64_t> sizes;
+  for (const auto& fl : zero.timeline->flows())
+    if (fl.stage == Stage::grad_sync) sizes.insert(fl.flow.size.count());
+  CHECK(sizes == std::set<std::int64_t>{(both.replicated + 7) / 8, (2 * both.experts + 3) / 4});
 }
 
 TEST_CASE("Random DualPipe training runs account for every GPU's time and do 1F1B's work", "[models][fuzz][pipeline]") {
