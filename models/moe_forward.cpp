@@ -2035,8 +2035,8 @@ void MoeForward::finish(int) { ++finished_gpus_; }
 void MoeForward::join_params(int gpu, int unit) {
   // The unit's weights in the model dtype (layer_params(): the dense layers and the embedding
   // with the first layer, the LM head with the last, in both directions): the replicated ones
-  // (its tensor-parallel part) over the stage's GPUs of its TP rank, the GPU's expert shard over the blocks holding it (with a shard
-  // group, over those of the GPU's group).
+  // (its tensor-parallel part) over the stage's GPUs of its TP rank, the GPU's expert shard over
+  // the blocks holding it (with a shard group, over those of the GPU's group).
   const int shards = spec_.ep * spec_.etp, blocks = stage_blocks();
   param_left(gpu, unit) = blocks > 1 ? 2 : 1;
   auto& dense = param_dense_[static_cast<std::size_t>(unit)];
@@ -2129,8 +2129,8 @@ KernelCost MoeForward::cp_expansion(std::int64_t tokens) const {
 KernelCost MoeForward::optimizer_cost(int stage) const {
   // Every parameter a GPU of the stage holds (all its GPUs hold as many), or with a sharded
   // optimizer its share: the replicated weights (its TP part) over the stage's GPUs of its TP
-  // rank, the experts (its shard
-  // of them) over the blocks holding them (DualPipe: over those of both stages holding its chunks).
+  // rank, the experts (its shard of them) over the blocks holding them (DualPipe: over those of
+  // both stages holding its chunks).
   const GpuParams p = stage_params(spec_, placements_, stage);
   const std::int64_t g = spec_.grad_bytes(), mo = spec_.moment_bytes, w = spec_.model.dtype_bytes;
   if (!(spec_.training && spec_.gradient_sync && (spec_.optimizer_sharding || spec_.parameter_sharding)))
