@@ -243,10 +243,17 @@ class Parallel final : public Collective {
 // opposite direction, entering at c - 1 and leaving at c), so that every member's NIC carries
 // one channel out and one in, and consecutive nodes' crossings join members at the same
 // position (the same rail in a rail-optimised fabric; with an odd number of nodes the wrap
-// from the last node to the first does not). Empty where the ring stays one: on one node, with
-// one member on a node, with different counts on different nodes, or with a node's members not
-// together.
-std::vector<std::vector<int>> ring_channels(const std::vector<int>& ring, int gpus_per_node) {
+// from the last node to the first does not). Through an NVSwitch the path inside a node does
+// not matter (a member's port carries its channels' steps whichever peer they go to); in a mesh
+// node, where each GPU pair has its own link, that path would send every channel over the same
+// k - 1 links. There, with k even, the channels take link-disjoint paths instead: channel c
+// enters node j at member s = c (j even) or c + k/2 (j odd) and zigzags s, s + 1, s - 1, s + 2,
+// s - 2, ..., leaving at s + k/2 (Walecki's decomposition: the k paths, one from each member,
+// use every directed link of the k members exactly once), so the next node is entered at the
+// same position and every link, like every NIC, carries one channel each way. Empty where the
+// ring stays one: on one node, with one member on a node, with different counts on different
+// nodes, or with a node's members not together.
+std::vector<std::vector<int>> ring_channels(const std::vector<int>& ring, int gpus_per_node, bool mesh) {
   std::vector<std::vector<int>> nodes;
   std::set<int> seen;
   for (std::size_t i = 0; i < ring.size(); ++i) {
@@ -262,10 +269,19 @@ std::vector<std::vector<int>> ring_channels(const std::vector<int>& ring, int gp
   for (const auto& n : nodes)
     if (n.size() != k) return {};
   std::vector<std::vector<int>> channels(k);
+  const bool zigzag = mesh && k % 2 == 0;
   for (std::size_t c = 0; c < k; ++c)
     for (std::size_t j = 0; j < nodes.size(); ++j)
-      for (std::size_t i = 0; i < k; ++i)
-        channels[c].push_back(nodes[j][j % 2 == 0 ? (c + i) % k : (c + 2 * k - 1 - i) % k]);
+      for (std::size_t i = 0; i < k; ++i) {
+        std::size_t at = 0;
+        if (zigzag) {
+          const std::size_t s = j % 2 == 0 ? c : c + k / 2;  // s + (i + 1)/2 for odd i, s - i/2 for even
+          at = (i % 2 == 1 ? s + (i + 1) / 2 : s + k - i / 2) % k;
+        } else {
+          at = j % 2 == 0 ? (c + i) % k : (c + 2 * k - 1 - i) % k;
+        }
+        channels[c].push_back(nodes[j][at]);
+      }
   return channels;
 }
 
@@ -339,7 +355,7 @@ std::unique_ptr<Collective> make_collective(const CollectiveContext& ctx, Collec
     const int node = members.front() / ctx.gpus_per_node;
     const bool one_node = std::all_of(members.begin(), members.end(), [&](int g) { return g / ctx.gpus_per_node == node; });
     if (ctx.mesh && one_node) return std::make_unique<Direct>(ctx, kind, std::move(members), size, std::move(done));
-    const auto channels = ctx.channels ? ring_channels(members, ctx.gpus_per_node) : std::vector<std::vector<int>>{};
+    const auto channels = ctx.channels ? ring_channels(members, ctx.gpus_per_node, ctx.mesh) : std::vector<std::vector<int>>{};
     if (channels.empty()) return std::make_unique<Ring>(ctx, kind, std::move(members), size, std::move(done));
     auto parallel = std::make_unique<Parallel>(std::move(done));
     const sim::Bytes part = share(size, channels.size());

@@ -14,7 +14,8 @@
 //   NICs carry 25 GB/s each: NVIDIA/nccl issue 812, docs/validation.md). Here: k rings of S / k
 //   each, channel c entering each node at its member c and leaving at member c - 1 (alternate
 //   nodes the other way round, so a crossing joins members at the same position, one rail), so
-//   every member's NIC carries one channel each way.
+//   every member's NIC carries one channel each way. In mesh nodes the channels take
+//   link-disjoint paths through each node (with k even), so every link carries one channel too.
 // - hierarchical: the group's GPUs by node (k per node on N nodes): a ring reduce-scatter of S
 //   inside each node, a ring all-reduce of ceil(S / k) across nodes among the GPUs of the same
 //   in-node position (each over its own NIC), a ring all-gather of S inside each node.

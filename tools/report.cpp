@@ -874,9 +874,6 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                      : std::string(),
              f.sequences(),
              f.micro_batches > 1 ? fmt::format(" per micro-batch, {} micro-batches", f.micro_batches) : "");
-  if (mesh && f.training && f.gradient_sync && f.gradient_sync_algorithm == models::CollectiveAlgorithm::ring && sc.cluster.nodes > 1)
-    fmt::print(out, "  note        the gradient ring crosses each mesh node over single links, one a hop, where RCCL spreads its channels "
-                    "over all of a GPU's links: workload.gradient_sync: hierarchical models that\n");
   if (const auto& speeds = sc.cluster.scale_out.nic_speed; sc.cluster.scale_out.present && !speeds.empty()) {
     // The NICs the scenario slows (or speeds up), by GPU.
     std::vector<std::string> odd;

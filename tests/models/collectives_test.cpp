@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
 #include <functional>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "models/collectives.hpp"
@@ -319,6 +321,51 @@ TEST_CASE("Ring all-reduce bus bandwidth across two DGX-A100 as NCCL measures it
   CHECK(busbw / 192 == Approx(1.04).epsilon(0.01));
 }
 
+TEST_CASE("A ring across mesh nodes: its channels take link-disjoint paths through each node", "[models][collectives]") {
+  // 8 GPUs a node joined by a mesh (one link per pair): channel c zigzags through each node from
+  // member c (or c + 4) to c + 4 (or c), so that each of a node's 56 directed links carries one
+  // channel, as each NIC does, and each crossing joins GPUs at the same position. With NCCL's
+  // switch order (c, c + 1, ..., c - 1) every channel would take the same 7 links.
+  for (const int nodes : {2, 3, 4}) {
+    const topology::ClusterSpec m = mesh(nodes, 8);
+    const topology::Cluster c(m);
+    sim::Simulator sim;
+    MaxMinNetwork net(sim, c);
+    Flows rec;
+    CollectiveContext ctx{sim, net, rec, 8};
+    ctx.mesh = true;
+    const int n = nodes * 8;
+    std::vector<int> members(static_cast<std::size_t>(n));
+    for (int g = 0; g < n; ++g) members[static_cast<std::size_t>(g)] = g;
+    int done = 0;
+    const std::int64_t size = std::int64_t{8} * n * 1'000;  // 8 channels, n steps' chunks of 1,000 B
+    auto ring = make_collective(ctx, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, members, sim::Bytes(size),
+                                [&](int) { ++done; });
+    for (int g = 0; g < n; ++g) ring->join(g);
+    sim.run();
+    CHECK(done == n);
+    const std::int64_t steps = 2 * (n - 1);
+    std::map<std::pair<int, int>, std::int64_t> pair_bytes;
+    std::vector<std::int64_t> nic_out(static_cast<std::size_t>(n), 0);
+    int wraps = 0;
+    for (const auto& f : rec.flows) {
+      CHECK(f.flow.size.count() == 1'000);
+      const int src = static_cast<int>(f.flow.src.value), dst = static_cast<int>(f.flow.dst.value);
+      if (src / 8 == dst / 8) {
+        pair_bytes[{src, dst}] += f.flow.size.count();
+      } else {
+        nic_out[static_cast<std::size_t>(src)] += f.flow.size.count();
+        if (src % 8 != dst % 8) ++wraps;
+      }
+    }
+    CHECK(pair_bytes.size() == static_cast<std::size_t>(nodes * 56));  // every directed link of every node
+    for (const auto& [pair, bytes] : pair_bytes) CHECK(bytes == steps * 1'000);  // one channel each
+    for (const std::int64_t b : nic_out) CHECK(b == steps * 1'000);
+    // Rail to rail, but for the wrap from the last node to the first with an odd node count.
+    CHECK(wraps == (nodes % 2 == 1 ? 8 * static_cast<int>(steps) : 0));
+  }
+}
+
 TEST_CASE("All-reduce bus bandwidth on MI300X meshes as RCCL measures it", "[models][collectives][validation]") {
   // docs/validation.md: rccl-tests' all_reduce_perf at 8 GiB reaches a busbw of 315.7 GB/s on one
   // 8 x MI300X node and 356.1 GB/s on two (hisohara/ai-scripts, training/01_rccl-smoketest;
@@ -343,6 +390,15 @@ TEST_CASE("All-reduce bus bandwidth on MI300X meshes as RCCL measures it", "[mod
   // 1.9 % under the measured 356.1.
   CHECK(two == Approx(349.5).epsilon(0.002));
   CHECK(two / 356.1 == Approx(0.981).epsilon(0.005));
+  // The ring across the two nodes (the MI325X's links are the MI300X's; rccl-tests with
+  // NCCL_ALGO=Ring there: 349.2 GB/s): 8 channels, each over one link a hop in a node and one
+  // NIC between them, so each moves at the 48 GB/s links' pace: busbw 8 x 48 = 384.
+  const topology::ClusterSpec m2 = mesh(2, 8, "48GB/s");
+  const Time t = last(run(2, 8, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, s, 1, {}, &m2));
+  const double ring = static_cast<double>(s) / t.to_seconds() * 2 * 15 / 16 / 1e9;
+  INFO("ring across two nodes " << ring << " GB/s");
+  CHECK(ring == Approx(384).epsilon(0.01));
+  CHECK(ring / 349.2 == Approx(1.10).epsilon(0.01));
 }
 
 
