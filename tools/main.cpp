@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -221,12 +222,18 @@ scenarios::RunResult simulate(const scenarios::Scenario& sc, bool quiet) {
   const auto every = std::chrono::duration<double>(bar ? 0.2 : progress_every());
   auto last = t0;
   bool drawn = false;
+  // The time left is estimated from the pace since the first report, once the simulation runs:
+  // the routing and dispatch plans built before it (minutes at thousands of GPUs) would make the
+  // early estimates many times too long.
+  std::optional<std::pair<std::chrono::steady_clock::time_point, double>> first;
   const scenarios::Progress progress = [&](double done) {
     const auto now = std::chrono::steady_clock::now();
+    if (!first) first.emplace(now, done);
     if (now - last < every) return;
     last = now;
     const double elapsed = std::chrono::duration<double>(now - t0).count();
-    const std::string left = done > 0.02 ? fmt::format(", about {:.0f} s left", elapsed * (1 - done) / done) : std::string();
+    const double ran = std::chrono::duration<double>(now - first->first).count(), gained = done - first->second;
+    const std::string left = gained > 0.02 ? fmt::format(", about {:.0f} s left", ran * (1 - done) / gained) : std::string();
     if (!bar) {
       fmt::print(stderr, "  running     {:.0f}%, {:.0f} s elapsed{}\n", 100 * done, elapsed, left);
       std::fflush(stderr);
