@@ -62,4 +62,8 @@ Scenario load_scenario_file(const std::string& path, const std::vector<std::stri
 // `name` stands for the file name in messages.
 Scenario load_scenario_text(std::string_view yaml, const std::string& name, const std::vector<std::string>& overrides = {});
 
+// Why the cluster's nodes cannot run in-switch collectives (`nvls`: a mesh node, or a GPU whose
+// NVSwitch has no NVLink SHARP); empty where they can.
+std::string in_switch_unavailable(const topology::ClusterSpec& cluster);
+
 }  // namespace moesim::scenarios

@@ -1555,6 +1555,8 @@ Scenario load(const YAML::Node& root, Problems& problems) {
 ScenarioError::ScenarioError(std::vector<std::string> problems)
     : std::runtime_error(join_problems(problems)), problems_(std::move(problems)) {}
 
+std::string in_switch_unavailable(const topology::ClusterSpec& cluster) { return nvls_unavailable(cluster); }
+
 Scenario load_scenario_text(std::string_view yaml, const std::string& name, const std::vector<std::string>& overrides) {
   Problems problems(name);
   YAML::Node root;

@@ -34,6 +34,8 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "shard" && !training) return "shard groups hold training's sharded state";
     if (d == "shard" && !f.gradient_sync) return "shard groups need workload.gradient_sync in the scenario";
     if (d == "shard" && sc.cluster.nodes < 2) return "one node: no group smaller than the cluster to shard over";
+    if (d == "sync" && !training) return "the gradient sync is training's";
+    if (d == "sync" && !f.gradient_sync) return "the scenario has no workload.gradient_sync to vary: set one (ring, say)";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
     if (d == "batch" && f.draft_tokens > 0) return "with draft tokens a GPU's tokens are its sequences times the draft: search from a scenario without";
     return {};
@@ -41,13 +43,13 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   std::vector<std::string> dims;
   for (const auto& d : vary) {
     if (std::find(kSearchDimensions.begin(), kSearchDimensions.end(), d) == kSearchDimensions.end())
-      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard)", d));
+      throw SearchError(fmt::format("--vary: unknown dimension '{}' (known: {})", d, fmt::join(kSearchDimensions, ", ")));
     if (const std::string no = why_not(d); !no.empty()) throw SearchError(fmt::format("--vary {}: {}", d, no));
     if (std::find(dims.begin(), dims.end(), d) == dims.end()) dims.push_back(d);
   }
   if (vary.empty())
     for (const auto& d : kSearchDimensions)
-      if (d != "cp" && d != "batch" && d != "sched" && d != "recompute" && d != "etp" && d != "shard" && why_not(d).empty())
+      if ((d == "tp" || d == "pp" || d == "ep" || d == "vp" || d == "zero") && why_not(d).empty())
         dims.push_back(d);
   if (std::find(dims.begin(), dims.end(), "sched") != dims.end() && std::find(dims.begin(), dims.end(), "vp") != dims.end())
     throw SearchError("--vary: sched and vp together: each schedule comes with its own virtual stages (sched alone searches both)");
@@ -170,6 +172,46 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     for (int g = sc.cluster.gpus_per_node; g < gpus; g *= 2) v.push_back(std::to_string(g));
     s.axes.push_back("workload.shard_group");
     s.values.push_back(v);
+  }
+  if (has("sync")) {
+    // The gradient sync's algorithm: NCCL's ring, hierarchical, and in the NVSwitch where the
+    // nodes have one that reduces. The pipelined algorithms' chunks go with them (the loader
+    // refuses chunks for a ring), and so does the in-switch efficiency where only the sync used it.
+    std::vector<std::string> algorithms{"ring", "hierarchical"};
+    if (scenarios::in_switch_unavailable(sc.cluster).empty()) algorithms.emplace_back("nvls");
+    s.axes.push_back("workload.gradient_sync");
+    s.values.push_back(algorithms);
+    s.zipped.push_back({"workload.gradient_sync"});
+    const std::string c = std::to_string(f.gradient_sync_chunks);
+    s.axes.push_back("workload.gradient_sync_chunks");
+    s.values.push_back(algorithms.size() == 3 ? std::vector<std::string>{"~", c, c} : std::vector<std::string>{"~", c});
+    s.zipped.back().push_back("workload.gradient_sync_chunks");
+    if (algorithms.size() == 3 && f.tp_algorithm != models::CollectiveAlgorithm::nvls) {
+      s.axes.push_back("network.nvls_efficiency");
+      s.values.push_back({"~", "~", fmt::format("{}", f.nvls_efficiency)});
+      s.zipped.back().push_back("network.nvls_efficiency");
+    }
+  }
+  if (has("a2a")) {
+    // How dispatch and combine become flows: a flow per GPU pair, or DeepEP's normal kernels
+    // (once per node, forwarded over NVLink; the loader refuses EP groups that are not whole
+    // nodes or inside one: skipped as invalid), and in decode DeepEP's low-latency kernels. Each
+    // keeps the scenario's settings of its own: the forwarding's chunks, the per-message cost.
+    const bool decode = f.context_length > 0;
+    std::vector<std::string> algorithms{"direct", "hierarchical"};
+    if (decode) algorithms.emplace_back("low_latency");
+    s.axes.push_back("network.all_to_all");
+    s.values.push_back(algorithms);
+    s.zipped.push_back({"network.all_to_all"});
+    const std::string chunks = std::to_string(f.all_to_all.forward_chunks);
+    s.axes.push_back("network.forward_chunks");
+    s.values.push_back(decode ? std::vector<std::string>{"~", chunks, "~"} : std::vector<std::string>{"~", chunks});
+    s.zipped.back().push_back("network.forward_chunks");
+    if (decode) {
+      s.axes.push_back("network.message_overhead");
+      s.values.push_back({"~", "~", fmt::format("{}ps", f.all_to_all.message_overhead.count_ps())});
+      s.zipped.back().push_back("network.message_overhead");
+    }
   }
   if (has("batch")) {
     std::vector<std::string> v;

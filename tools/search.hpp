@@ -22,9 +22,10 @@ class SearchError : public std::runtime_error {
 // The dimensions a search may vary (--vary), by name: tp, pp, ep, vp (virtual stages), zero
 // (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
 // sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute, etp
-// (expert tensor parallelism) and shard (hybrid sharding's group, workload.shard_group).
-inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",    "ep",        "vp",  "zero", "cp",
-                                                        "batch", "sched", "recompute", "etp", "shard"};
+// (expert tensor parallelism), shard (hybrid sharding's group, workload.shard_group), sync (the
+// gradient sync's algorithm) and a2a (the all-to-all's, network.all_to_all).
+inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",    "ep",        "vp",  "zero",  "cp", "batch",
+                                                        "sched", "recompute", "etp", "shard", "sync", "a2a"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths

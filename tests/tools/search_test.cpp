@@ -87,7 +87,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK_THAT(refused(no_sync, {"shard"}, 0), Catch::Contains("--vary shard: shard groups need workload.gradient_sync"));
@@ -149,4 +149,70 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
   CHECK_THAT(yaml, Catch::StartsWith("# A layout search written by `moesim search`"));
   CHECK_THAT(yaml, Catch::Contains("base: '/a/it''s.yaml'\naxes:\n  workload.global_batch: [16]\n  workload.micro_batches: [~]\n"
                                    "  parallelism.tp: [1, 2, 4, 8]\nskip: [invalid, unfit]\n"));
+}
+
+TEST_CASE("A search over the collectives' algorithms: the gradient sync's and the all-to-all's", "[search]") {
+  // The sync: ring, hierarchical and (H100 nodes reduce in their NVSwitch) nvls, each with the
+  // keys only it uses: the pipelined algorithms' chunks, the in-switch efficiency.
+  const auto sync = tools::search_space(load(kTraining), {"sync"}, 0);
+  REQUIRE(sync.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "workload.gradient_sync",
+                                                "workload.gradient_sync_chunks", "network.nvls_efficiency"});
+  CHECK(sync.values[2] == std::vector<std::string>{"ring", "hierarchical", "nvls"});
+  CHECK(sync.values[3] == std::vector<std::string>{"~", "8", "8"});
+  CHECK(sync.values[4] == std::vector<std::string>{"~", "~", "0.84"});
+  CHECK(sync.zipped == std::vector<std::vector<std::string>>{
+                           {"workload.gradient_sync", "workload.gradient_sync_chunks", "network.nvls_efficiency"}});
+  CHECK_THAT(sync.note, Catch::StartsWith("3 points: "));
+  // The scenario's own chunks go with the pipelined algorithms.
+  CHECK(tools::search_space(load(kTraining, {"workload.gradient_sync=hierarchical", "workload.gradient_sync_chunks=4"}), {"sync"}, 0)
+            .values[3] == std::vector<std::string>{"~", "4", "4"});
+  // No NVLink SHARP on A100 systems, nor on mesh nodes: ring and hierarchical only.
+  for (const char* gpu : {"cluster.gpu=A100", "cluster.gpu=MI300X"}) {
+    const auto two = tools::search_space(load(kTraining, {gpu}), {"sync"}, 0);
+    REQUIRE(two.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "workload.gradient_sync",
+                                                 "workload.gradient_sync_chunks"});
+    CHECK(two.values[2] == std::vector<std::string>{"ring", "hierarchical"});
+    CHECK(two.values[3] == std::vector<std::string>{"~", "8"});
+  }
+  // The all-to-all: direct or DeepEP-style in training, and in decode DeepEP's low-latency
+  // kernels with the scenario's per-message cost.
+  const auto a2a = tools::search_space(load(kTraining, {"network.all_to_all=hierarchical", "network.forward_chunks=4"}), {"a2a"}, 0);
+  REQUIRE(a2a.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "network.all_to_all",
+                                               "network.forward_chunks"});
+  CHECK(a2a.values[2] == std::vector<std::string>{"direct", "hierarchical"});
+  CHECK(a2a.values[3] == std::vector<std::string>{"~", "4"});
+  const auto serving = tools::search_space(
+      load(kTraining, {"workload.kind=decode", "workload.context_length=1024", "workload.sequence_length=~", "workload.micro_batches=~",
+                       "workload.gradient_sync=~", "network.all_to_all=low_latency", "network.message_overhead=2ns"}),
+      {"a2a"}, 0);
+  REQUIRE(serving.axes == std::vector<std::string>{"network.all_to_all", "network.forward_chunks", "network.message_overhead"});
+  CHECK(serving.values[0] == std::vector<std::string>{"direct", "hierarchical", "low_latency"});
+  CHECK(serving.values[1] == std::vector<std::string>{"~", "1", "~"});
+  CHECK(serving.values[2] == std::vector<std::string>{"~", "~", "2000ps"});
+  // Every point of each is a scenario the loader takes (one zip group: point i takes each
+  // axis's value i, or its only value).
+  const auto loads = [&](const tools::SearchSpace& space, std::vector<std::string> base) {
+    for (std::size_t i = 0; i < space.values[space.axes.size() - 1].size(); ++i) {
+      std::vector<std::string> sets = base;
+      for (std::size_t a = 0; a < space.axes.size(); ++a)
+        sets.push_back(space.axes[a] + "=" + space.values[a][space.values[a].size() == 1 ? 0 : i]);
+      INFO(sets.back());
+      CHECK_NOTHROW(load(kTraining, sets));
+    }
+  };
+  loads(sync, {});
+  loads(a2a, {"network.all_to_all=hierarchical", "network.forward_chunks=4"});
+  loads(serving, {"workload.kind=decode", "workload.context_length=1024", "workload.sequence_length=~", "workload.micro_batches=~",
+                  "workload.gradient_sync=~", "network.all_to_all=low_latency", "network.message_overhead=2ns"});
+  // Not by default; refused where there is nothing to vary.
+  const auto all = tools::search_space(load(kTraining), {}, 0).axes;
+  CHECK(std::find(all.begin(), all.end(), "workload.gradient_sync") == all.end());
+  CHECK(std::find(all.begin(), all.end(), "network.all_to_all") == all.end());
+  const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
+  try {
+    (void)tools::search_space(load(no_sync), {"sync"}, 0);
+    FAIL("a search of the sync's algorithm without a sync");
+  } catch (const tools::SearchError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("--vary sync: the scenario has no workload.gradient_sync to vary"));
+  }
 }
