@@ -500,6 +500,11 @@ GpuParams layer_params(const ForwardSpec& spec, const std::vector<routing::Place
   return p;
 }
 
+std::int64_t gathered_weight_bytes(const ForwardSpec& spec, const GpuParams& p) {
+  const std::int64_t b = spec.model.dtype_bytes;
+  return spec.fp8_param_gather ? (p.replicated - p.kept) + p.experts + b * p.kept : b * p.total();
+}
+
 namespace {
 
 // Half `half` of each rank's tokens (two-batch overlap).
@@ -648,11 +653,11 @@ void MoeForward::start() {
     // group: the members sharing one sharded copy (shard_group; all of them without it). stride:
     // the replicated weights' collectives run one per tensor-parallel rank (every tp-th GPU holds
     // the same part of them), the experts' over GPUs that hold the same shard.
+    // bytes: the gradients' (count x grad_bytes) or the gathered weights' (gathered_weight_bytes).
     const auto build = [&](CollectiveKind kind, std::vector<int> members, std::size_t stride, std::size_t group,
-                           std::int64_t count, Collective::Done done) {
-      const std::int64_t bytes = kind == CollectiveKind::all_gather ? m.dtype_bytes : spec_.grad_bytes();
+                           std::int64_t bytes, Collective::Done done) {
       return make_strided_collective(ctx, spec_.gradient_sync_algorithm, kind, std::move(members), stride,
-                                     kind == CollectiveKind::all_reduce ? 0 : group, sim::Bytes(count * bytes), std::move(done),
+                                     kind == CollectiveKind::all_reduce ? 0 : group, sim::Bytes(bytes), std::move(done),
                                      spec_.gradient_sync_chunks);
     };
     const auto tp = static_cast<std::size_t>(m.tp);
@@ -714,18 +719,20 @@ void MoeForward::start() {
         const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
         if (rep == 0) bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
-        dense_sync_.push_back(own ? build(sync_kind, all, tp, dense_group, replicated, synced_one) : nullptr);
+        dense_sync_.push_back(own ? build(sync_kind, all, tp, dense_group, replicated * spec_.grad_bytes(), synced_one) : nullptr);
         if (rings)
           for (int x = 0; x < shards; ++x)
-            expert_sync_.push_back(own ? build(sync_kind, ring(x), 1, expert_group, experts, synced_one) : nullptr);
+            expert_sync_.push_back(own ? build(sync_kind, ring(x), 1, expert_group, experts * spec_.grad_bytes(), synced_one)
+                                       : nullptr);
       }
       if (spec_.optimizer_sharding && !sharded_params()) {  // (sharded weights are gathered layer by layer)
         const GpuParams params = stage_params(spec_, placements_, st);
-        dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, tp, dense_group, params.replicated, gathered_one)
-                                    : nullptr);
+        const std::int64_t dense_bytes = gathered_weight_bytes(spec_, GpuParams{params.replicated, 0, params.kept});
+        const std::int64_t expert_bytes = gathered_weight_bytes(spec_, GpuParams{0, params.experts, 0});
+        dense_gather_.push_back(own ? build(CollectiveKind::all_gather, all, tp, dense_group, dense_bytes, gathered_one) : nullptr);
         if (rings)
           for (int x = 0; x < shards; ++x)
-            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), 1, expert_group, params.experts, gathered_one)
+            expert_gather_.push_back(own ? build(CollectiveKind::all_gather, ring(x), 1, expert_group, expert_bytes, gathered_one)
                                          : nullptr);
       }
     }
@@ -2051,22 +2058,22 @@ void MoeForward::join_params(int gpu, int unit) {
     ctx.backward = back;
     ctx.micro_batch = mb;
     const auto done = [this, unit](int g) { params_arrived(g, unit); };
-    const auto build = [&](std::vector<int> members, int stride, int group, std::int64_t count) {
+    const auto build = [&](std::vector<int> members, int stride, int group, std::int64_t bytes) {
       return make_strided_collective(ctx, spec_.gradient_sync_algorithm, CollectiveKind::all_gather, std::move(members),
-                                     static_cast<std::size_t>(stride), static_cast<std::size_t>(group),
-                                     sim::Bytes(count * m.dtype_bytes), done, spec_.gradient_sync_chunks);
+                                     static_cast<std::size_t>(stride), static_cast<std::size_t>(group), sim::Bytes(bytes), done,
+                                     spec_.gradient_sync_chunks);
     };
     const int first = stage_of(gpu) * stage_gpus();
     std::vector<int> all(static_cast<std::size_t>(stage_gpus()));
     std::iota(all.begin(), all.end(), first);
     const GpuParams held = layer_params(spec_, placements_, layer);
-    dense = build(std::move(all), m.tp, shard_gpus(spec_, stage_gpus()), held.replicated);
+    dense = build(std::move(all), m.tp, shard_gpus(spec_, stage_gpus()), gathered_weight_bytes(spec_, GpuParams{held.replicated, 0, held.kept}));
     if (blocks > 1) {
       for (int x = 0; x < shards; ++x) {
         std::vector<int> ring;
         for (int b = 0; b < blocks; ++b) ring.push_back(first + b * shards + x);
         param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(x)] =
-            build(std::move(ring), 1, shard_blocks(spec_, stage_gpus()), held.experts);
+            build(std::move(ring), 1, shard_blocks(spec_, stage_gpus()), gathered_weight_bytes(spec_, GpuParams{0, held.experts, 0}));
       }
     }
   }

@@ -215,6 +215,12 @@ struct ForwardSpec {
   // shared and routed experts') and the SwiGLU inputs, 1 byte an element and an fp32 scale per
   // 128; the output projection's input (the attention output) in E5M6, 1.5 bytes. Memory only.
   bool activations_fp8 = false;
+  // Training with a sharded optimizer or sharded weights and FP8 GEMMs: the weights' all-gathers
+  // move the linear layers' and routed experts' weights in FP8, 1 byte each (Megatron-Core's
+  // --fp8-param-gather, torchao's float8 all-gather under FSDP2), and the gathered weights are
+  // held so; the routers', embedding's and LM head's stay at model.dtype. FP8's scales (4 bytes
+  // per 128 x 128 block, or one a tensor) are left out.
+  bool fp8_param_gather = false;
   // recompute full: > 0: only the first this many MoE layers of each model chunk are recomputed
   // (Megatron-LM's --recompute-method block --recompute-num-layers; the dense layers with chunk
   // 0's); the others keep their activations. 0: every layer.
@@ -299,6 +305,9 @@ GpuParams stage_params(const ForwardSpec& spec, const std::vector<routing::Place
 // dense layers and embedding for the first, the LM head for the last; its share of the experts
 // with expert tensor parallelism): what parameter sharding gathers for the layer's passes.
 GpuParams layer_params(const ForwardSpec& spec, const std::vector<routing::Placement>& placements, int layer);
+// The bytes of those weights as their all-gathers move them and hold them gathered: at
+// model.dtype, or with fp8_param_gather the linear layers' and experts' at one byte each.
+std::int64_t gathered_weight_bytes(const ForwardSpec& spec, const GpuParams& p);
 
 // One entry of a pipeline stage's schedule: a micro-batch's pass through one of the stage's
 // model chunks, forward (its layers in order) or backward (last layer first). ZB-H1 splits a

@@ -776,6 +776,10 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       f.moment_bytes = dtype_bytes(*v);
       if (!f.training) problems.add_at(w->key_path("adam_moments_dtype"), "only used with 'kind: training'");
     }
+    if (auto v = w->get<std::string>("param_gather_dtype", one_of({"bf16", "fp8"}), false)) {
+      // Checked with the sharding and the GEMMs' dtype below.
+      f.fp8_param_gather = *v == "fp8";
+    }
     if (auto v = w->get<std::string>("activation_dtype", one_of({"bf16", "fp8"}), false)) {
       f.activations_fp8 = *v == "fp8";
       if (f.activations_fp8 && !f.training)
@@ -1200,6 +1204,13 @@ void cross_check(const Scenario& sc, Problems& problems) {
                                             sc.compute_profile.empty() ? "compute.model: profile" : "compute.profile"));
   if (sc.forward.training && sc.roofline.gemm_dtype == models::GemmDtype::fp4)
     problems.add_at("compute.gemm_dtype", "fp4 is modelled for inference (forward, prefill, decode); FP8 training: fp8");
+  if (sc.forward.fp8_param_gather) {
+    if (!(sc.forward.training && sc.forward.gradient_sync && sc.forward.optimizer_sharding))
+      problems.add_at("workload.param_gather_dtype", "only used with a sharded optimizer or sharded weights (training with a gradient_sync "
+                                                     "and optimizer_sharding or parameter_sharding), whose weights are all-gathered");
+    else if (sc.roofline.gemm_dtype != models::GemmDtype::fp8)
+      problems.add_at("workload.param_gather_dtype", "fp8 gathers the weights the FP8 GEMMs read: set compute.gemm_dtype: fp8");
+  }
   if (sc.forward.activations_fp8 && sc.roofline.gemm_dtype != models::GemmDtype::fp8)
     problems.add_at("workload.activation_dtype", "fp8 keeps the FP8 GEMMs' inputs for their backward: set compute.gemm_dtype: fp8");
   if (sc.forward.activations_fp8 && m.dtype_bytes != 2)

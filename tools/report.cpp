@@ -274,6 +274,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double params = static_cast<double>(held.total());
   MemoryUse u;
   u.weights = static_cast<double>(models::weight_bytes(m, held));
+  // A sharded optimizer gathering FP8 weights holds them so (Megatron-Core's --fp8-param-gather:
+  // the compute weights in FP8, the fp32 masters in the optimizer's share).
+  const bool gathers = f.training && f.gradient_sync && f.optimizer_sharding;
+  if (gathers && f.fp8_param_gather) u.weights = static_cast<double>(models::gathered_weight_bytes(f, held));
   // Training: a gradient per weight, and Adam's fp32 master weight and two moments (12 bytes)
   // per weight, or per weight of the GPU's shard with a sharded optimizer.
   const int copies = models::weight_copies(f);  // DualPipe: two stages share the shards
@@ -295,7 +299,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     std::int64_t unit_params = 0;
     for (const int l : own) {
       const models::GpuParams layer = models::layer_params(f, r.placements, l);
-      unit_bytes.push_back(static_cast<double>(models::weight_bytes(m, layer)));
+      unit_bytes.push_back(static_cast<double>(models::gathered_weight_bytes(f, layer)));
       unit_params = std::max(unit_params, layer.total());
     }
     std::sort(unit_bytes.rbegin(), unit_bytes.rend());
@@ -572,7 +576,7 @@ const std::string& summary_csv_header() {
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
       "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,"
-      "param_gather_bytes,shard_group";
+      "param_gather_bytes,shard_group,param_gather_dtype";
   return header;
 }
 
@@ -656,13 +660,14 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
   const bool sharded = f.training && f.gradient_sync && f.optimizer_sharding;
-  fmt::print(out, "{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
              pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string(),
              f.training && f.parameter_sharding ? "yes" : "no", r.stats.param_gather_bytes(),
-             sharded ? std::to_string(models::shard_gpus(f, sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp)) : std::string());
+             sharded ? std::to_string(models::shard_gpus(f, sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp)) : std::string(),
+             sharded && f.fp8_param_gather ? "fp8" : "");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -966,9 +971,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
   const std::string sharding =
       !f.training || !f.gradient_sync ? std::string()
       : f.parameter_sharding
-          ? fmt::format("; weights, gradients and optimizer sharded ({}){}, each layer's weights gathered before its passes",
-                        groups.empty() ? "FSDP" : "HSDP", groups)
-      : f.optimizer_sharding ? fmt::format("; optimizer sharded (ZeRO-1){}", groups)
+          ? fmt::format("; weights, gradients and optimizer sharded ({}){}, each layer's weights gathered{} before its passes",
+                        groups.empty() ? "FSDP" : "HSDP", groups, f.fp8_param_gather ? " in fp8" : "")
+      : f.optimizer_sharding ? fmt::format("; optimizer sharded (ZeRO-1){}{}", groups, f.fp8_param_gather ? ", weights gathered in fp8" : "")
                              : std::string();
   fmt::print(out, "  step time   {:.3f} ms  ({}{}){}\n", step.to_us() / 1e3, what, sharding,
              f.draft_tokens > 0 ? fmt::format(": a token every {:.3f} ms per sequence", step.to_us() / 1e3 / tokens_per_sequence(f))

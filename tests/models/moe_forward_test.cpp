@@ -1492,6 +1492,40 @@ TEST_CASE("Sharded weights: every layer gathered in each micro-batch and directi
   check_stages_tile(split);
 }
 
+TEST_CASE("FP8 weight gathers: the linear layers' and experts' weights at one byte, the router's at model.dtype",
+          "[models][training][fsdp]") {
+  // The 4-GPU step above with FP8 GEMMs, its weights gathered in FP8 (workload.param_gather_dtype:
+  // fp8): a layer's replicated weights R are the attention's and the router's 256 x 4 (no vocab,
+  // no dense layers here), so the gather moves (R - 1024) + 2 x 1024 bytes of them, and a GPU's
+  // 2 experts at a byte a weight. The gradients' reduce-scatters keep their bf16 bytes.
+  const auto yaml = [](const std::string& sharding) { return sharded_4gpu(sharding) + "compute: {gemm_dtype: fp8}\n"; };
+  const auto ring = [](std::int64_t n, std::int64_t s) { return n * (n - 1) * ((s + n - 1) / n); };
+  const auto bf16_sc = scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml");
+  const auto fp8_sc = scenarios::load_scenario_text(yaml("parameter_sharding: true, param_gather_dtype: fp8"), "fsdp8.yaml");
+  CHECK(fp8_sc.forward.fp8_param_gather);
+  const std::int64_t replicated = models::moe_layer_replicated(fp8_sc.forward.model), router = 256 * 4;
+  const std::int64_t experts = 2 * 3 * 256 * 512;  // a GPU's 2 experts' weights
+  const auto bf16 = scenarios::run_experiment(bf16_sc), fp8 = scenarios::run_experiment(fp8_sc);
+  CHECK(bf16.stats.param_gather_bytes() == 16 * (ring(4, 2 * replicated) + 2 * ring(2, 2 * experts)));
+  CHECK(fp8.stats.param_gather_bytes() == 16 * (ring(4, replicated - router + 2 * router) + 2 * ring(2, experts)));
+  CHECK(fp8.stats.gradient_sync_bytes() == bf16.stats.gradient_sync_bytes());
+  CHECK(fp8.stats.step_time() < bf16.stats.step_time());
+  check_stages_tile(fp8);
+  CHECK(csv_value(summary_csv(fp8_sc, fp8), "param_gather_dtype") == "fp8");
+  CHECK(csv_value(summary_csv(bf16_sc, bf16), "param_gather_dtype").empty());
+  // The two layers held gathered take half the bytes.
+  CHECK(memory_gb_max(yaml("parameter_sharding: true, param_gather_dtype: fp8")) < memory_gb_max(yaml("parameter_sharding: true")));
+  // A sharded optimizer (ZeRO-1) gathers the stage's updated weights after the optimizer, in FP8,
+  // and holds them so (Megatron-Core's --fp8-param-gather): 4 layers' worth.
+  const auto z_bf16 = scenarios::run_experiment(scenarios::load_scenario_text(yaml("optimizer_sharding: true"), "z.yaml"));
+  const auto z_fp8 =
+      scenarios::run_experiment(scenarios::load_scenario_text(yaml("optimizer_sharding: true, param_gather_dtype: fp8"), "z8.yaml"));
+  const std::int64_t gather_bf16 = ring(4, 4 * 2 * replicated) + 2 * ring(2, 4 * 2 * experts);
+  const std::int64_t gather_fp8 = ring(4, 4 * (replicated - router) + 4 * 2 * router) + 2 * ring(2, 4 * experts);
+  CHECK(z_bf16.stats.gradient_sync_bytes() - z_fp8.stats.gradient_sync_bytes() == gather_bf16 - gather_fp8);
+  CHECK(memory_gb_max(yaml("optimizer_sharding: true, param_gather_dtype: fp8")) < memory_gb_max(yaml("optimizer_sharding: true")));
+}
+
 TEST_CASE("Hybrid sharding: gathers within a shard group, reduce-scatters there and all-reduces each shard across groups",
           "[models][training][fsdp]") {
   // The 4-GPU FSDP step above (2 nodes of 2, EP2: a block is a node) in shard groups of 2 GPUs,

@@ -762,6 +762,18 @@ TEST_CASE("Parameter sharding (FSDP) implies a sharded optimizer and refuses wha
   CHECK_THAT(error_of(replaced_text(workload("  gradient_sync: ring\n  optimizer_sharding: true\n  shard_group: 8\n  pipeline_schedule: dualpipe\n"),
                                     "  ep: 8\n", "  ep: 4\n  pp: 2\n")),
              Catch::Contains("workload.shard_group: with pipeline_schedule: dualpipe is not modelled"));
+  // Weights gathered in FP8: a sharded state whose weights are gathered, and FP8 GEMMs to read them.
+  const std::string fp8 = "compute: {gemm_dtype: fp8}\n";
+  CHECK(load_scenario_text(workload("  gradient_sync: ring\n  parameter_sharding: true\n  param_gather_dtype: fp8\n") + fp8, "s.yaml")
+            .forward.fp8_param_gather);
+  CHECK(load_scenario_text(workload("  gradient_sync: ring\n  optimizer_sharding: true\n  param_gather_dtype: fp8\n") + fp8, "s.yaml")
+            .forward.fp8_param_gather);
+  CHECK_FALSE(load_scenario_text(workload("  gradient_sync: ring\n  parameter_sharding: true\n  param_gather_dtype: bf16\n"), "s.yaml")
+                  .forward.fp8_param_gather);
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  parameter_sharding: true\n  param_gather_dtype: fp8\n")),
+             Catch::Contains("workload.param_gather_dtype: fp8 gathers the weights the FP8 GEMMs read: set compute.gemm_dtype: fp8"));
+  CHECK_THAT(error_of(workload("  gradient_sync: ring\n  param_gather_dtype: fp8\n") + fp8),
+             Catch::Contains("workload.param_gather_dtype: only used with a sharded optimizer or sharded weights"));
 }
 
 TEST_CASE("Activation recomputation is a training key", "[scenarios]") {
