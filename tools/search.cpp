@@ -34,6 +34,8 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "shard" && !training) return "shard groups hold training's sharded state";
     if (d == "shard" && !f.gradient_sync) return "shard groups need workload.gradient_sync in the scenario";
     if (d == "shard" && sc.cluster.nodes < 2) return "one node: no group smaller than the cluster to shard over";
+    if (d == "nodes" && !sc.cluster.scale_out.present)
+      return "the scenario's cluster has no cluster.scale_out (NICs) to join more nodes: give it one";
     if (d == "sync" && !training) return "the gradient sync is training's";
     if (d == "sync" && !f.gradient_sync) return "the scenario has no workload.gradient_sync to vary: set one (ring, say)";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
@@ -80,6 +82,29 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     throw SearchError("--global-batch: only used with a training scenario");
   }
   const auto has = [&](const char* d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); };
+  // The cluster's size: the scenario's nodes times 1/8, 1/4, ..., 8 (whole numbers of nodes).
+  // The other dimensions' candidates then come from the largest cluster (a value that does not
+  // divide a smaller one is refused there and skipped as invalid).
+  std::vector<int> node_counts{sc.cluster.nodes};
+  if (has("nodes")) {
+    node_counts.clear();
+    for (int k = 8; k > 1; k /= 2)
+      if (sc.cluster.nodes % k == 0) node_counts.push_back(sc.cluster.nodes / k);
+    for (int k = 1; k <= 8; k *= 2) node_counts.push_back(sc.cluster.nodes * k);
+  }
+  const int most = node_counts.back() * sc.cluster.gpus_per_node;
+  if (has("nodes")) {
+    s.axes.push_back("cluster.nodes");
+    s.values.push_back(texts(node_counts));
+    // Leaves (pods) of fewer nodes than the cluster keep their size, or hold a smaller cluster whole.
+    if (const int leaf = sc.cluster.scale_out.nodes_per_leaf; leaf < sc.cluster.nodes) {
+      std::vector<int> leaves;
+      for (const int n : node_counts) leaves.push_back(std::min(n, leaf));
+      s.axes.push_back("cluster.scale_out.nodes_per_leaf");
+      s.values.push_back(texts(leaves));
+      s.zipped.push_back({"cluster.nodes", "cluster.scale_out.nodes_per_leaf"});
+    }
+  }
   if (has("tp")) {
     std::vector<int> v;
     for (int t = 1; t <= sc.cluster.gpus_per_node; t *= 2)
@@ -89,8 +114,8 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   }
   if (has("pp")) {
     std::vector<int> v;
-    for (int p = 1; p <= std::min(gpus, f.model.moe_layers); ++p)
-      if (gpus % p == 0) v.push_back(p);
+    for (int p = 1; p <= std::min(most, f.model.moe_layers); ++p)
+      if (most % p == 0) v.push_back(p);
     s.axes.push_back("parallelism.pp");
     s.values.push_back(texts(v));
     s.axes.push_back("parallelism.pipeline_layers");  // an even split at every stage count
@@ -117,9 +142,9 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   }
   if (has("ep")) {
     std::vector<int> v;
-    const int most = std::gcd(static_cast<int>(f.model.experts), gpus);
-    for (int e = 1; e <= most; ++e)
-      if (most % e == 0) v.push_back(e);
+    const int largest = std::gcd(static_cast<int>(f.model.experts), most);
+    for (int e = 1; e <= largest; ++e)
+      if (largest % e == 0) v.push_back(e);
     s.axes.push_back("parallelism.ep");
     s.values.push_back(texts(v));
   }
@@ -169,7 +194,7 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     // the cluster (the loader refuses a group that does not divide a point's stage or hold its
     // whole EP and TP groups, and one where nothing is sharded: skipped as invalid).
     std::vector<std::string> v{"~"};
-    for (int g = sc.cluster.gpus_per_node; g < gpus; g *= 2) v.push_back(std::to_string(g));
+    for (int g = sc.cluster.gpus_per_node; g < most; g *= 2) v.push_back(std::to_string(g));
     s.axes.push_back("workload.shard_group");
     s.values.push_back(v);
   }
@@ -232,7 +257,7 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   if (has("cp")) {
     // Each sequence over cp GPUs: a GPU holds 1/cp of the tokens it held, as many sequences' shares.
     std::vector<std::string> cps, tokens;
-    for (std::int64_t c = 1; c <= 16 && c <= gpus; c *= 2)
+    for (std::int64_t c = 1; c <= 16 && c <= most; c *= 2)
       if (f.sequence_length % c == 0 && f.tokens_per_gpu % c == 0) {
         cps.push_back(std::to_string(c));
         tokens.push_back(std::to_string(f.tokens_per_gpu / c));

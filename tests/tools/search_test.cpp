@@ -87,7 +87,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK_THAT(refused(no_sync, {"shard"}, 0), Catch::Contains("--vary shard: shard groups need workload.gradient_sync"));
@@ -214,5 +214,36 @@ TEST_CASE("A search over the collectives' algorithms: the gradient sync's and th
     FAIL("a search of the sync's algorithm without a sync");
   } catch (const tools::SearchError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("--vary sync: the scenario has no workload.gradient_sync to vary"));
+  }
+}
+
+TEST_CASE("A search over the cluster's size: the scenario's nodes from an eighth to eight times", "[search]") {
+  // 2 nodes: 1, 2, 4, ..., 16 nodes (a half is the smallest whole one), the other dimensions'
+  // candidates from the largest cluster (128 GPUs): stages up to the 12 layers that divide it,
+  // EP sizes dividing the 16 experts.
+  const auto s = tools::search_space(load(kTraining), {"nodes", "pp", "ep"}, 0);
+  REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.nodes", "parallelism.pp",
+                                             "parallelism.pipeline_layers", "parallelism.ep"});
+  CHECK(s.values[0] == std::vector<std::string>{"16"});  // the batch held: the scenario's 16 sequences
+  CHECK(s.values[2] == std::vector<std::string>{"1", "2", "4", "8", "16"});
+  CHECK(s.values[3] == std::vector<std::string>{"1", "2", "4", "8"});
+  CHECK(s.values[5] == std::vector<std::string>{"1", "2", "4", "8", "16"});
+  CHECK(s.zipped.empty());  // one leaf for the whole cluster (nodes_per_leaf left to its default)
+  // Leaves of 4 nodes on a cluster of 8: kept, or one leaf holding a smaller cluster.
+  const auto leaves = tools::search_space(
+      load(kTraining, {"cluster.nodes=8", "cluster.scale_out.nodes_per_leaf=4"}), {"nodes"}, 64);
+  REQUIRE(leaves.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.nodes",
+                                                  "cluster.scale_out.nodes_per_leaf"});
+  CHECK(leaves.values[2] == std::vector<std::string>{"1", "2", "4", "8", "16", "32", "64"});
+  CHECK(leaves.values[3] == std::vector<std::string>{"1", "2", "4", "4", "4", "4", "4"});
+  CHECK(leaves.zipped == std::vector<std::vector<std::string>>{{"cluster.nodes", "cluster.scale_out.nodes_per_leaf"}});
+  for (std::size_t i = 0; i < leaves.values[2].size(); ++i)
+    CHECK_NOTHROW(load(kTraining, {"cluster.nodes=" + leaves.values[2][i], "cluster.scale_out.nodes_per_leaf=" + leaves.values[3][i]}));
+  // A cluster without NICs cannot grow.
+  try {
+    (void)tools::search_space(load(kTraining, {"cluster.nodes=1", "cluster.scale_out=~"}), {"nodes"}, 0);
+    FAIL("a search of the cluster's size without a scale-out network");
+  } catch (const tools::SearchError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("--vary nodes: the scenario's cluster has no cluster.scale_out"));
   }
 }
