@@ -548,7 +548,7 @@ routing::DispatchPlan merged(routing::DispatchPlan a, const routing::DispatchPla
 
 }  // namespace
 
-void MoeForward::start() {
+void MoeForward::start(const std::function<void(double)>& preparing) {
   // The EP groups of a layer's pipeline stage route it; group g of the stage that runs layer l
   // for micro-batch mb starts at GPU first(l, g, mb).
   const int groups = stage_groups();
@@ -590,6 +590,8 @@ void MoeForward::start() {
               routing::make_dispatch_plan(spec_.routing, placement, plan_first(l, g, mb), half_of(batch, h));
       }
     }
+  }, [&](std::size_t done, std::size_t of) {
+    if (preparing) preparing(of > 0 ? static_cast<double>(done) / static_cast<double>(of) : 1.0);
   });
   for (int mb = 0; mb < batches; ++mb)
     for (int l = 0; l < layers; ++l)

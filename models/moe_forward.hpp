@@ -39,6 +39,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -397,7 +398,10 @@ class MoeForward {
   MoeForward(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network,
              const Roofline& roofline, const ForwardSpec& spec, Recorder& recorder);
   // Routes every layer (reported to the recorder) and starts layer 0 on every GPU at now().
-  void start();
+  // Routes every micro-batch and layer and builds the dispatch plans (on all cores), then
+  // schedules the first passes. preparing(share) reports the share of the routing done, now and
+  // then, from the calling thread.
+  void start(const std::function<void(double)>& preparing = {});
   bool finished() const { return finished_gpus_ == gpus_.size(); }
   const std::vector<routing::Placement>& placements() const { return placements_; }
   // FLOPs of the model's work in the step, over all GPUs: every compute stage except padding

@@ -14,7 +14,7 @@ namespace moesim::scenarios {
 
 namespace {
 
-RunResult run_step(const Scenario& sc, const Progress& progress) {
+RunResult run_step(const Scenario& sc, const Progress& progress, const Progress& preparing) {
   const topology::Cluster cluster(sc.cluster);
   sim::Simulator sim;
   const auto network = models::make_network_model(sc.network_model, sim, cluster, sc.resolve_interval);
@@ -29,7 +29,7 @@ RunResult run_step(const Scenario& sc, const Progress& progress) {
     network->on_link_busy([t = result.timeline.get()](std::uint32_t l, double a, double b) { t->on_link_busy(l, a, b); });
   models::Recorder& recorder = result.timeline ? static_cast<models::Recorder&>(tee) : result.stats;
   models::MoeForward forward(sim, cluster, *network, roofline, sc.forward, recorder);
-  forward.start();
+  forward.start(preparing);
   if (progress) sim.set_progress_hook(1 << 16, [&] { progress(forward.progress()); });
   result.events = sim.run();
   result.model_flops = forward.model_flops();
@@ -96,8 +96,8 @@ std::pair<sim::Time, std::int64_t> move_weights(const Scenario& sc, const std::v
 
 }  // namespace
 
-RunResult run_experiment(const Scenario& sc, const Progress& progress) {
-  if (sc.steps <= 1) return run_step(sc, progress);
+RunResult run_experiment(const Scenario& sc, const Progress& progress, const Progress& preparing) {
+  if (sc.steps <= 1) return run_step(sc, progress, preparing);
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   Scenario step = sc;
   step.timeline = "off";  // only the last step keeps a timeline
@@ -123,7 +123,7 @@ RunResult run_experiment(const Scenario& sc, const Progress& progress) {
     }
     step.forward.placements = placements;
     const double before = static_cast<double>(i) / sc.steps;
-    RunResult r = run_step(step, progress ? Progress([&](double d) { progress(before + d / sc.steps); }) : Progress{});
+    RunResult r = run_step(step, progress ? Progress([&](double d) { progress(before + d / sc.steps); }) : Progress{}, preparing);
     row.time = r.stats.step_time();
     row.gpu_imbalance = gpu_imbalance(r, gpus / sc.forward.pp);  // a layer's stage's GPUs
     rows.push_back(row);

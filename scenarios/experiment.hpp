@@ -44,7 +44,8 @@ inline constexpr std::size_t kTimelineAutoLimit = 1'000'000;
 
 // Runs the scenario's workload.steps steps (each its own simulation, one after another; between
 // steps the placement may be refreshed and expert weights moved, see docs/scenario.md).
-RunResult run_experiment(const Scenario& scenario, const Progress& progress = {});
+// `preparing`: the share of a step's routing and dispatch plans built, before it simulates.
+RunResult run_experiment(const Scenario& scenario, const Progress& progress = {}, const Progress& preparing = {});
 
 // The expert placement of every MoE layer, as a run would use it, without simulating.
 std::vector<routing::Placement> compute_placements(const Scenario& scenario);

@@ -246,7 +246,23 @@ scenarios::RunResult simulate(const scenarios::Scenario& sc, bool quiet) {
     std::fflush(stderr);
     drawn = true;
   };
-  scenarios::RunResult result = scenarios::run_experiment(sc, quiet ? scenarios::Progress{} : progress);
+  // Before the simulation, the routing and dispatch plans (minutes at thousands of GPUs).
+  const scenarios::Progress preparing = [&](double done) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < every) return;
+    last = now;
+    const double elapsed = std::chrono::duration<double>(now - t0).count();
+    if (!bar) {
+      fmt::print(stderr, "  preparing   {:.0f}% of the routing and dispatch plans, {:.0f} s elapsed\n", 100 * done, elapsed);
+      std::fflush(stderr);
+      return;
+    }
+    fmt::print(stderr, "\r  preparing   routing and dispatch plans {:3.0f}%  {:.0f} s elapsed   ", 100 * done, elapsed);
+    std::fflush(stderr);
+    drawn = true;
+  };
+  scenarios::RunResult result =
+      scenarios::run_experiment(sc, quiet ? scenarios::Progress{} : progress, quiet ? scenarios::Progress{} : preparing);
   if (drawn) fmt::print(stderr, "\r{}\r", std::string(80, ' '));
   return result;
 }

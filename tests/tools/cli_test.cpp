@@ -914,6 +914,7 @@ TEST_CASE("Into a log, run and sweep write a progress line every MOESIM_PROGRESS
   const Result lines = moesim(decode, tmp);
   CHECK(lines.code == 0);
   CHECK_THAT(lines.err, Catch::Contains("  running     ") && Catch::Contains("s elapsed"));
+  CHECK_THAT(lines.err, Catch::Contains("  preparing   100% of the routing and dispatch plans, "));  // before it simulates
   CHECK(lines.err.find('\r') == std::string::npos);  // lines, not a bar
   CHECK(moesim(decode + " -q", tmp).err.empty());
   std::ofstream(tmp.path() / "g.yaml") << "base: " << kSource << "/scenarios/quickstart.yaml\naxes:\n  workload.seed: [1, 2, 3]\n"
