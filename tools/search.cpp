@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "topology/gpu_spec.hpp"
+
 namespace moesim::tools {
 
 namespace {
@@ -197,6 +199,34 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     for (int g = sc.cluster.gpus_per_node; g < most; g *= 2) v.push_back(std::to_string(g));
     s.axes.push_back("workload.shard_group");
     s.values.push_back(v);
+  }
+  if (has("gpu")) {
+    // The presets whose servers hold the scenario's GPUs a node: GB200 in its NVL72 rack (72 a
+    // node), the others not; a mesh of links at most one GPU per link plus one.
+    std::vector<std::string> v;
+    const int gpn = sc.cluster.gpus_per_node;
+    for (const auto& name : topology::gpu_preset_names()) {
+      const topology::GpuSpec& g = *topology::find_gpu_preset(name);
+      if ((name == "GB200") != (gpn == 72)) continue;
+      if (g.fabric == topology::NodeFabric::mesh && gpn > g.peer_links + 1) continue;
+      v.push_back(name);
+    }
+    s.axes.push_back("cluster.gpu");
+    s.values.push_back(v);
+    std::vector<std::string> cautions;
+    if (f.profile)
+      cautions.push_back(fmt::format("the measured profile times the MoE stages on the {} only (the others' come from the "
+                                     "roofline, which may run faster or slower than the measured kernels): --set "
+                                     "compute.model=roofline compares the GPUs like for like",
+                                     sc.cluster.gpu.name));
+    if (sc.cluster.node.nvlink_bandwidth != sc.cluster.gpu.nvlink_bandwidth ||
+        sc.cluster.node.link_bandwidth != sc.cluster.gpu.link_bandwidth)
+      cautions.push_back("the scenario's cluster.node bandwidth applies to every GPU (a mesh GPU refuses an NVLink "
+                         "bandwidth): leave it to each GPU's own");
+    if (sc.gpu_hour_price > 0)
+      cautions.push_back("every GPU is priced at the scenario's cluster.gpu_hour_price: compare cost with a price per GPU "
+                         "(a grid zipping cluster.gpu with it)");
+    if (!cautions.empty()) s.caution = (s.caution.empty() ? "" : s.caution + "; ") + fmt::format("{}", fmt::join(cautions, "; "));
   }
   if (has("sync")) {
     // The gradient sync's algorithm: NCCL's ring, hierarchical, and in the NVSwitch where the

@@ -23,10 +23,10 @@ class SearchError : public std::runtime_error {
 // (optimizer sharding), and only when asked for, cp (context parallelism), batch (decode's
 // sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute, etp
 // (expert tensor parallelism), shard (hybrid sharding's group, workload.shard_group), sync (the
-// gradient sync's algorithm), a2a (the all-to-all's, network.all_to_all) and nodes (the
-// cluster's size, cluster.nodes).
-inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",        "ep",  "vp",    "zero", "cp",  "batch",
-                                                        "sched", "recompute", "etp", "shard", "sync", "a2a", "nodes"};
+// gradient sync's algorithm), a2a (the all-to-all's, network.all_to_all), nodes (the cluster's
+// size, cluster.nodes) and gpu (the GPU presets the nodes can hold, cluster.gpu).
+inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",    "ep",   "vp",  "zero",  "cp",   "batch", "sched",
+                                                        "recompute", "etp", "shard", "sync", "a2a", "nodes", "gpu"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths

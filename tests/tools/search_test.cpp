@@ -87,7 +87,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes, gpu)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK_THAT(refused(no_sync, {"shard"}, 0), Catch::Contains("--vary shard: shard groups need workload.gradient_sync"));
@@ -246,4 +246,30 @@ TEST_CASE("A search over the cluster's size: the scenario's nodes from an eighth
   } catch (const tools::SearchError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("--vary nodes: the scenario's cluster has no cluster.scale_out"));
   }
+}
+
+TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's node", "[search]") {
+  // 8 GPUs a node: every preset but the GB200 (72 to an NVL72 rack); the measured H100 profile
+  // times only the H100's MoE stages, which the search says.
+  const auto s = tools::search_space(load(kTraining), {"gpu"}, 0);
+  REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.gpu"});
+  CHECK(s.values[2] ==
+        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "MI300X", "MI325X", "MI355X"});
+  CHECK_THAT(s.caution, Catch::Contains("the measured profile times the MoE stages on the H100-SXM only"));
+  CHECK(tools::search_space(load(kTraining, {"compute.model=roofline"}), {"gpu"}, 0).caution.empty());
+  // One NVL72 rack: the GB200 alone, nothing to search; 16 GPUs a node: no mesh of 7 links
+  // holds them.
+  CHECK_THROWS_WITH(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200"}), {"gpu"}, 0),
+                    Catch::Contains("nothing to search"));
+  CHECK(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200"}), {"gpu", "ep"}, 0)
+            .values.back() == std::vector<std::string>{"GB200"});
+  CHECK(tools::search_space(load(kTraining, {"cluster.gpus_per_node=16"}), {"gpu"}, 0).values.back() ==
+        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM"});
+  // A node bandwidth set in the scenario, and one price for all: said.
+  CHECK_THAT(tools::search_space(load(kTraining, {"cluster.node.nvlink_bandwidth=370GB/s", "compute.model=roofline"}), {"gpu"}, 0).caution,
+             Catch::Contains("the scenario's cluster.node bandwidth applies to every GPU"));
+  CHECK_THAT(tools::search_space(load(kTraining, {"cluster.gpu_hour_price=2.5"}), {"gpu"}, 0).caution,
+             Catch::Contains("every GPU is priced at the scenario's cluster.gpu_hour_price"));
+  // Every point loads.
+  for (const auto& gpu : s.values[2]) CHECK_NOTHROW(load(kTraining, {"cluster.gpu=" + gpu}));
 }
