@@ -2069,13 +2069,15 @@ void MoeForward::join_params(int gpu, int unit) {
     std::vector<int> all(static_cast<std::size_t>(stage_gpus()));
     std::iota(all.begin(), all.end(), first);
     const GpuParams held = layer_params(spec_, placements_, layer);
-    dense = build(std::move(all), m.tp, shard_gpus(spec_, stage_gpus()), gathered_weight_bytes(spec_, GpuParams{held.replicated, 0, held.kept}));
+    dense = build(std::move(all), m.tp, shard_gpus(spec_, stage_gpus()),
+                  gathered_weight_bytes(spec_, GpuParams{held.replicated, 0, held.kept}));
     if (blocks > 1) {
       for (int x = 0; x < shards; ++x) {
         std::vector<int> ring;
         for (int b = 0; b < blocks; ++b) ring.push_back(first + b * shards + x);
         param_expert_[static_cast<std::size_t>(unit) * static_cast<std::size_t>(shards) + static_cast<std::size_t>(x)] =
-            build(std::move(ring), 1, shard_blocks(spec_, stage_gpus()), gathered_weight_bytes(spec_, GpuParams{0, held.experts, 0}));
+            build(std::move(ring), 1, shard_blocks(spec_, stage_gpus()),
+                  gathered_weight_bytes(spec_, GpuParams{0, held.experts, 0}));
       }
     }
   }
