@@ -88,9 +88,10 @@ commands:
         (and virtual stages), EP sizes and ZeRO stage (none, optimizer, FSDP) the
         cluster and model allow (tp,pp,vp,ep,zero; on request also cp, batch, sched,
         recompute, etp, shard, the collectives' algorithms: sync, a2a, the
-        cluster's size: nodes, and its GPU: gpu), at the scenario's global batch;
-        writes the grid beside the CSV, skips what cannot run or fit, and plans the
-        rest (default: the most tokens/s, the 10 best ranked)
+        cluster's size: nodes, its GPU: gpu, its NICs: nic, and its scale-out
+        topology: fabric), at the scenario's global batch; writes the grid beside
+        the CSV, skips what cannot run or fit, and plans the rest (default: the
+        most tokens/s, the 10 best ranked)
   calibrate SCENARIO.yaml --key KEY.PATH --target METRIC=VALUE [--range LO,HI]
         [--tolerance 0.5%] [--runs N] [--unit U] [--out DIR] [--set KEY.PATH=VALUE ...]
         the value of one numeric key (default range 0.05 to 1, for the
@@ -499,7 +500,7 @@ int cmd_search(const std::vector<std::string>& args) {
   add_sweep_options(opts);
   add_plan_options(opts);
   opts.add_options()("scenario", po::value<std::string>(), "scenario file")(
-      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes, gpu (default: all that apply but the last ten)")(
+      "vary", po::value<std::string>(), "dimensions to search, comma-separated: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes, gpu, nic, fabric (default: all that apply but the last twelve)")(
       "global-batch", po::value<std::int64_t>(), "training: the sequences a step takes at every point (default: the scenario's)");
   const auto vm = parse_command(args, opts, "scenario", 1);
   if (!vm.count("scenario")) throw UsageError("search needs a scenario file");

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "topology/gpu_spec.hpp"
@@ -38,6 +39,8 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     if (d == "shard" && sc.cluster.nodes < 2) return "one node: no group smaller than the cluster to shard over";
     if (d == "nodes" && !sc.cluster.scale_out.present)
       return "the scenario's cluster has no cluster.scale_out (NICs) to join more nodes: give it one";
+    if ((d == "nic" || d == "fabric") && (!sc.cluster.scale_out.present || sc.cluster.nodes < 2))
+      return "one node: no scale-out network to vary (search nodes to grow the cluster)";
     if (d == "sync" && !training) return "the gradient sync is training's";
     if (d == "sync" && !f.gradient_sync) return "the scenario has no workload.gradient_sync to vary: set one (ring, say)";
     if (d == "batch" && f.context_length == 0) return "the batch searched is decode's sequences per GPU (training holds its global batch)";
@@ -227,6 +230,23 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
       cautions.push_back("every GPU is priced at the scenario's cluster.gpu_hour_price: compare cost with a price per GPU "
                          "(a grid zipping cluster.gpu with it)");
     if (!cautions.empty()) s.caution = (s.caution.empty() ? "" : s.caution + "; ") + fmt::format("{}", fmt::join(cautions, "; "));
+  }
+  if (has("nic")) {
+    // The NICs at half, the same and twice the scenario's bandwidth (200, 400, 800 Gb/s for 400).
+    std::vector<std::string> v;
+    for (const double x : {0.5, 1.0, 2.0}) {
+      const double bits = 8.0 * static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) * x;
+      v.push_back(std::fmod(bits, 1e9) == 0 ? fmt::format("{}Gbps", bits / 1e9) : fmt::format("{}bps", bits));
+    }
+    s.axes.push_back("cluster.scale_out.nic_bandwidth");
+    s.values.push_back(v);
+  }
+  if (has("fabric")) {
+    // How the NICs are joined (docs/topology.md): one switch (no contention above the NICs), two
+    // tiers of leaves and spines, rail-optimised, or a plane per NIC index; the scenario's leaf
+    // size, spines and oversubscription stay as they are.
+    s.axes.push_back("cluster.scale_out.topology");
+    s.values.push_back({"single_switch", "two_tier", "rail", "multi_plane"});
   }
   if (has("sync")) {
     // The gradient sync's algorithm: NCCL's ring, hierarchical, and in the NVSwitch where the

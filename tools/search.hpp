@@ -24,9 +24,10 @@ class SearchError : public std::runtime_error {
 // sequences per GPU), sched (the pipeline schedule, with its virtual stages), recompute, etp
 // (expert tensor parallelism), shard (hybrid sharding's group, workload.shard_group), sync (the
 // gradient sync's algorithm), a2a (the all-to-all's, network.all_to_all), nodes (the cluster's
-// size, cluster.nodes) and gpu (the GPU presets the nodes can hold, cluster.gpu).
-inline const std::vector<std::string> kSearchDimensions{"tp",    "pp",    "ep",   "vp",  "zero",  "cp",   "batch", "sched",
-                                                        "recompute", "etp", "shard", "sync", "a2a", "nodes", "gpu"};
+// size, cluster.nodes), gpu (the GPU presets the nodes can hold, cluster.gpu), nic (the NICs'
+// bandwidth) and fabric (the scale-out topology).
+inline const std::vector<std::string> kSearchDimensions{"tp",  "pp",    "ep",   "vp",  "zero",  "cp",  "batch", "sched", "recompute",
+                                                        "etp", "shard", "sync", "a2a", "nodes", "gpu", "nic",   "fabric"};
 
 struct SearchSpace {
   std::vector<std::string> axes;                 // key paths

@@ -87,7 +87,7 @@ TEST_CASE("A search's space: the sizes the cluster and model allow, at the scena
     }
     return std::string("no error");
   };
-  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes, gpu)"));
+  CHECK_THAT(refused(kTraining, {"tp", "dp"}, 0), Catch::Contains("--vary: unknown dimension 'dp' (known: tp, pp, ep, vp, zero, cp, batch, sched, recompute, etp, shard, sync, a2a, nodes, gpu, nic, fabric)"));
   const std::string no_sync = kTraining.substr(0, kTraining.find(", gradient_sync: ring")) + "}\n";
   CHECK_THAT(refused(no_sync, {"zero"}, 0), Catch::Contains("--vary zero: a sharded optimizer needs workload.gradient_sync"));
   CHECK_THAT(refused(no_sync, {"shard"}, 0), Catch::Contains("--vary shard: shard groups need workload.gradient_sync"));
@@ -272,4 +272,20 @@ TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's
              Catch::Contains("every GPU is priced at the scenario's cluster.gpu_hour_price"));
   // Every point loads.
   for (const auto& gpu : s.values[2]) CHECK_NOTHROW(load(kTraining, {"cluster.gpu=" + gpu}));
+}
+
+TEST_CASE("A search over the scale-out network: the NICs' bandwidth and the topology", "[search]") {
+  // 400 Gb/s NICs: half, the same and twice; the four builders of docs/topology.md.
+  const auto s = tools::search_space(load(kTraining), {"nic", "fabric"}, 0);
+  REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.scale_out.nic_bandwidth",
+                                             "cluster.scale_out.topology"});
+  CHECK(s.values[2] == std::vector<std::string>{"200Gbps", "400Gbps", "800Gbps"});
+  CHECK(s.values[3] == std::vector<std::string>{"single_switch", "two_tier", "rail", "multi_plane"});
+  CHECK_THAT(s.note, Catch::StartsWith("12 points: "));
+  for (const auto& nic : s.values[2])
+    for (const auto& fabric : s.values[3])
+      CHECK_NOTHROW(load(kTraining, {"cluster.scale_out.nic_bandwidth=" + nic, "cluster.scale_out.topology=" + fabric}));
+  // One node has no scale-out network to vary.
+  CHECK_THROWS_WITH(tools::search_space(load(kTraining, {"cluster.nodes=1"}), {"fabric"}, 0),
+                    Catch::Contains("--vary fabric: one node: no scale-out network to vary"));
 }
