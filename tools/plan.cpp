@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <string_view>
+#include <utility>
 
 #include "sim/units.hpp"
 #include "tools/report.hpp"
@@ -265,12 +267,34 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
   const std::string token_every = tpot && *tpot != col("step_time_us")
                                     ? fmt::format(" (a token every {} per sequence)", quantity(parse_metric("time_per_token_us"), *tpot))
                                     : "";
+  // Where its step goes: the critical GPU's longest wait, where it is a tenth of the step or more.
+  std::string waits;
+  {
+    static constexpr std::pair<const char*, const char*> kWaits[] = {
+        {"dispatch_wait_us", "the all-to-all's dispatch"},
+        {"combine_wait_us", "the all-to-all's combine"},
+        {"grad_sync_us", "the gradient sync (and a sharded optimizer's gathers after it)"},
+        {"pipeline_wait_us", "the other pipeline stages (bubble included)"},
+        {"tp_wait_us", "the tensor-parallel collectives"},
+        {"cp_wait_us", "the context-parallel collectives"},
+        {"param_gather_wait_us", "the sharded weights' all-gathers"}};
+    const auto wait = [&](const char* name) {  // 0 where the sweep has no such column
+      const auto at = std::find(header.begin(), header.end(), name);
+      return at == header.end() ? 0.0 : value(best, static_cast<std::size_t>(at - header.begin())).value_or(0);
+    };
+    const double step = col("step_time_us");
+    const auto longest = std::max_element(std::begin(kWaits), std::end(kWaits),
+                                          [&](const auto& a, const auto& b) { return wait(a.first) < wait(b.first); });
+    if (step > 0 && wait(longest->first) >= 0.1 * step)
+      waits = fmt::format(" Its critical GPU waits {:.0f}% of the step for {} ({}).", 100 * wait(longest->first) / step,
+                          longest->second, longest->first);
+  }
   c.explanation = fmt::format(
       "Choose {}: {}. It runs {} tokens/s ({} per GPU, {} GPUs) with a step of {}{}, {:.1f}% of assignments dropped, "
-      "and needs up to {:.1f} of {:.0f} GB per GPU.{}",
+      "and needs up to {:.1f} of {:.0f} GB per GPU.{}{}",
       describe(best), why, number(col("tokens_per_s")), number(col("tokens_per_s_per_gpu")), rows[best][column("gpus")],
       quantity(parse_metric("step_time_us"), col("step_time_us")), token_every, 100 * col("drop_rate"), col("memory_gb_max"),
-      col("gpu_memory_gb"), ruled_out);
+      col("gpu_memory_gb"), waits, ruled_out);
   if (ok.size() > 1) {
     const double a = *value(best, obj), b = *value(ok[1], obj);
     c.explanation += fmt::format(" The runner-up, {}, has {} ({}).", describe(ok[1]), quantity(objective, b),

@@ -37,6 +37,25 @@ TEST_CASE("plan picks the best feasible point that meets the targets, and says w
   CHECK_THAT(none.explanation, Catch::StartsWith("No point of the 4 meets tokens/s >= 10,000,000."));
 }
 
+TEST_CASE("plan says where the chosen point's step goes: its critical GPU's longest wait", "[plan]") {
+  // Point 1 waits 300 of its 1,000 us for the weights' gathers (and 50 for the dispatch): said.
+  // Point 0's longest wait is under a tenth of its step: nothing said.
+  const std::string sweep =
+      "point,parallelism.ep,gpus,step_time_us,tokens_per_s,tokens_per_s_per_gpu,drop_rate,memory_gb_max,gpu_memory_gb,fits_memory,"
+      "infeasible_reason,dispatch_wait_us,param_gather_wait_us,point_config\n"
+      "0,8,8,1000.0,800000.0,100000.0,0.0000,70.0,80.000,yes,,90.0,0.0,h0\n"
+      "1,16,16,1000.0,1600000.0,100000.0,0.0000,70.0,80.000,yes,,50.0,300.0,h1\n";
+  const auto c = choose_point(sweep, {}, parse_metric("tokens/s"), false, {"parallelism.ep"});
+  REQUIRE(c.best);
+  CHECK(*c.best == 1);
+  CHECK_THAT(c.explanation, Catch::Contains(" Its critical GPU waits 30% of the step for the sharded weights' all-gathers "
+                                            "(param_gather_wait_us)."));
+  const auto slow = choose_point(sweep, {}, parse_metric("tokens/s"), true, {"parallelism.ep"});
+  REQUIRE(slow.best);
+  CHECK(*slow.best == 0);
+  CHECK_THAT(slow.explanation, !Catch::Contains("critical GPU waits"));
+}
+
 TEST_CASE("plan ranks the best points in a table, and passes over the points a grid skipped", "[plan]") {
   // Two more rows as a grid's skip writes them: a point the rules refuse, one that cannot fit.
   const std::string sweep = kSweep +
