@@ -243,10 +243,20 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   }
   if (has("fabric")) {
     // How the NICs are joined (docs/topology.md): one switch (no contention above the NICs), two
-    // tiers of leaves and spines, rail-optimised, or a plane per NIC index; the scenario's leaf
-    // size, spines and oversubscription stay as they are.
+    // tiers of leaves and spines, rail-optimised, or a plane per NIC index, with the scenario's
+    // leaf size, spines and oversubscription; with more than one leaf, two tiers once more at
+    // twice the oversubscription (a 2:1 fat-tree for a non-blocking one), zipped.
+    const double o = sc.cluster.scale_out.oversubscription;
     s.axes.push_back("cluster.scale_out.topology");
-    s.values.push_back({"single_switch", "two_tier", "rail", "multi_plane"});
+    if (sc.cluster.scale_out.nodes_per_leaf < sc.cluster.nodes) {
+      s.values.push_back({"single_switch", "two_tier", "two_tier", "rail", "multi_plane"});
+      const std::string same = fmt::format("{}", o), twice = fmt::format("{}", 2 * o);
+      s.axes.push_back("cluster.scale_out.oversubscription");
+      s.values.push_back({same, same, twice, same, same});
+      s.zipped.push_back({"cluster.scale_out.topology", "cluster.scale_out.oversubscription"});
+    } else {
+      s.values.push_back({"single_switch", "two_tier", "rail", "multi_plane"});
+    }
   }
   if (has("sync")) {
     // The gradient sync's algorithm: NCCL's ring, hierarchical, and in the NVSwitch where the

@@ -285,6 +285,16 @@ TEST_CASE("A search over the scale-out network: the NICs' bandwidth and the topo
   for (const auto& nic : s.values[2])
     for (const auto& fabric : s.values[3])
       CHECK_NOTHROW(load(kTraining, {"cluster.scale_out.nic_bandwidth=" + nic, "cluster.scale_out.topology=" + fabric}));
+  // More than one leaf: two tiers once more at twice the oversubscription, zipped.
+  const auto leaves = tools::search_space(load(kTraining, {"cluster.scale_out.nodes_per_leaf=1"}), {"fabric"}, 0);
+  REQUIRE(leaves.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.scale_out.topology",
+                                                  "cluster.scale_out.oversubscription"});
+  CHECK(leaves.values[2] == std::vector<std::string>{"single_switch", "two_tier", "two_tier", "rail", "multi_plane"});
+  CHECK(leaves.values[3] == std::vector<std::string>{"1", "1", "2", "1", "1"});
+  CHECK(leaves.zipped == std::vector<std::vector<std::string>>{{"cluster.scale_out.topology", "cluster.scale_out.oversubscription"}});
+  for (std::size_t i = 0; i < leaves.values[2].size(); ++i)
+    CHECK_NOTHROW(load(kTraining, {"cluster.scale_out.nodes_per_leaf=1", "cluster.scale_out.topology=" + leaves.values[2][i],
+                                   "cluster.scale_out.oversubscription=" + leaves.values[3][i]}));
   // One node has no scale-out network to vary.
   CHECK_THROWS_WITH(tools::search_space(load(kTraining, {"cluster.nodes=1"}), {"fabric"}, 0),
                     Catch::Contains("--vary fabric: one node: no scale-out network to vary"));
