@@ -79,7 +79,7 @@ FEATURES = [
      ["workload.gradient_sync=hierarchical", "workload.parameter_sharding=true", "workload.shard_group=8"],
      ["workload.gradient_sync=ring", "workload.optimizer_sharding=true", "workload.shard_group=8"]],
     [["compute.gemm_dtype=fp8"], ["compute.gemm_dtype=fp8", "workload.activation_dtype=fp8"], ["model.weight_dtype=fp8"],
-     ["model.expert_weight_dtype=mxfp4"]],
+     ["model.expert_weight_dtype=mxfp4"], ["compute.gemm_dtype=fp8", "workload.param_gather_dtype=fp8"]],
     [["workload.steps=3"], ["workload.steps=2", "placement.policy=eplb", "placement.refresh_every=1", "routing.rotate=3"]],
     [["parallelism.tp=2"], ["parallelism.tp=4"], ["parallelism.tp=8"], ["parallelism.tp=2", "network.tp_collectives=nvls"]],
     [["parallelism.cp=2", "workload.sequence_length=256"], ["parallelism.cp=4", "workload.sequence_length=512"],
