@@ -397,9 +397,8 @@ class MoeForward {
  public:
   MoeForward(sim::Simulator& sim, const topology::Cluster& cluster, NetworkModel& network,
              const Roofline& roofline, const ForwardSpec& spec, Recorder& recorder);
-  // Routes every layer (reported to the recorder) and starts layer 0 on every GPU at now().
-  // Routes every micro-batch and layer and builds the dispatch plans (on all cores), then
-  // schedules the first passes. preparing(share) reports the share of the routing done, now and
+  // Routes every micro-batch and layer and builds the dispatch plans (on all cores; reported to
+  // the recorder), then starts the first passes on every GPU at now(). preparing(share) reports the share of the routing done, now and
   // then, from the calling thread.
   void start(const std::function<void(double)>& preparing = {});
   bool finished() const { return finished_gpus_ == gpus_.size(); }

@@ -12,21 +12,17 @@
 namespace moesim::sim {
 
 // tick(done, count) runs on the calling thread after each item it ran, with the items done by
-// all threads so far, and once more with count when all are done (for progress reports).
+// all threads so far, and with count once all are done (for progress reports).
 template <class F, class Tick>
 void parallel_for(std::size_t count, F&& item, Tick&& tick) {
   const std::size_t threads =
       std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, std::max<std::size_t>(count, 1));
   std::atomic<std::size_t> next{0}, done{0};
-  bool told_all = false;
   auto work = [&](bool caller) {
     for (std::size_t i = next++; i < count; i = next++) {
       item(i);
       const std::size_t finished = ++done;
-      if (caller) {
-        tick(finished, count);
-        told_all = finished == count;
-      }
+      if (caller) tick(finished, count);
     }
   };
   {
@@ -34,7 +30,7 @@ void parallel_for(std::size_t count, F&& item, Tick&& tick) {
     for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work, false);
     work(true);
   }  // joined
-  if (!told_all) tick(count, count);
+  tick(count, count);
 }
 
 template <class F>

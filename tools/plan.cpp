@@ -260,10 +260,13 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
           : fmt::format("it has the {} {} ({}) of the {} points that fit in memory{}", minimize ? "lowest" : "highest",
                         objective.label, quantity(objective, *value(best, obj)), ok.size(),
                         goal.empty() ? "" : " and meet " + goal);
+  // A column the sweep may not have (an older CSV): nothing where it has not.
+  const auto optional_col = [&](const char* name) -> std::optional<double> {
+    const auto at = std::find(header.begin(), header.end(), name);
+    return at == header.end() ? std::nullopt : value(best, static_cast<std::size_t>(at - header.begin()));
+  };
   // Speculative decoding: a sequence's tokens come faster than the steps.
-  const auto tpot_at = std::find(header.begin(), header.end(), "time_per_token_us");
-  const std::optional<double> tpot =
-      tpot_at == header.end() ? std::nullopt : value(best, static_cast<std::size_t>(tpot_at - header.begin()));
+  const std::optional<double> tpot = optional_col("time_per_token_us");
   const std::string token_every = tpot && *tpot != col("step_time_us")
                                     ? fmt::format(" (a token every {} per sequence)", quantity(parse_metric("time_per_token_us"), *tpot))
                                     : "";
@@ -278,10 +281,7 @@ PlanChoice choose_point(const std::string& csv_text, const std::vector<Target>& 
         {"tp_wait_us", "the tensor-parallel collectives"},
         {"cp_wait_us", "the context-parallel collectives"},
         {"param_gather_wait_us", "the sharded weights' all-gathers"}};
-    const auto wait = [&](const char* name) {  // 0 where the sweep has no such column
-      const auto at = std::find(header.begin(), header.end(), name);
-      return at == header.end() ? 0.0 : value(best, static_cast<std::size_t>(at - header.begin())).value_or(0);
-    };
+    const auto wait = [&](const char* name) { return optional_col(name).value_or(0); };
     const double step = col("step_time_us");
     const auto longest = std::max_element(std::begin(kWaits), std::end(kWaits),
                                           [&](const auto& a, const auto& b) { return wait(a.first) < wait(b.first); });

@@ -52,8 +52,11 @@ struct Outcome {
 };
 
 // Runs one collective over every GPU of the cluster (ring order 0, 1, ...); join_at[g]: when g joins.
+// mesh_paths false: mesh nodes' rings take the switch's order through a node (the model before
+// its channels took link-disjoint paths there).
 Outcome run(int nodes, int gpn, CollectiveAlgorithm a, CollectiveKind kind, std::int64_t bytes, int chunks = 1,
-            std::vector<Time> join_at = {}, const topology::ClusterSpec* spec = nullptr, double switch_efficiency = 1.0) {
+            std::vector<Time> join_at = {}, const topology::ClusterSpec* spec = nullptr, double switch_efficiency = 1.0,
+            bool mesh_paths = true) {
   const topology::Cluster c(spec ? *spec : cluster(nodes, gpn));
   sim::Simulator sim;
   MaxMinNetwork net(sim, c);
@@ -64,7 +67,7 @@ Outcome run(int nodes, int gpn, CollectiveAlgorithm a, CollectiveKind kind, std:
   Outcome out;
   out.done.assign(static_cast<std::size_t>(n), Time::max());
   CollectiveContext ctx{sim, net, rec, gpn, switch_efficiency};
-  ctx.mesh = c.mesh();
+  ctx.mesh = c.mesh() && mesh_paths;
   auto coll = make_collective(ctx, a, kind, members, sim::Bytes(bytes),
                               [&](int g) {
                                 REQUIRE(out.done[static_cast<std::size_t>(g)] == Time::max());  // once per GPU
@@ -394,11 +397,16 @@ TEST_CASE("All-reduce bus bandwidth on MI300X meshes as RCCL measures it", "[mod
   // NCCL_ALGO=Ring there: 349.2 GB/s): 8 channels, each over one link a hop in a node and one
   // NIC between them, so each moves at the 48 GB/s links' pace: busbw 8 x 48 = 384.
   const topology::ClusterSpec m2 = mesh(2, 8, "48GB/s");
-  const Time t = last(run(2, 8, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, s, 1, {}, &m2));
-  const double ring = static_cast<double>(s) / t.to_seconds() * 2 * 15 / 16 / 1e9;
-  INFO("ring across two nodes " << ring << " GB/s");
+  const auto ring_busbw = [&](bool mesh_paths) {
+    const Time t = last(run(2, 8, CollectiveAlgorithm::ring, CollectiveKind::all_reduce, s, 1, {}, &m2, 1.0, mesh_paths));
+    return static_cast<double>(s) / t.to_seconds() * 2 * 15 / 16 / 1e9;
+  };
+  const double ring = ring_busbw(true), switch_order = ring_busbw(false);
+  INFO("ring across two nodes " << ring << " GB/s; in the switch's order " << switch_order << " GB/s");
   CHECK(ring == Approx(384).epsilon(0.01));
   CHECK(ring / 349.2 == Approx(1.10).epsilon(0.01));
+  // In the switch's order all 8 channels cross a node over the same 7 links: 54.9 GB/s.
+  CHECK(switch_order == Approx(54.9).epsilon(0.01));
 }
 
 
