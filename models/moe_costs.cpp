@@ -57,7 +57,6 @@ KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const auto& l = m.mla;
   const std::int64_t index = t * (2 * prefix + s + 1) * l.index_n_heads * l.index_head_dim;
-  const std::int64_t sequences = t / s;  // with a prefix, whole prompts
   if (!routing::sparse_mode(m, s, prefix)) {
     // Short prompts: the masked MHA mode, V3's attention (attention_cost of the model without
     // the indexer), and the indexer besides: its weights, its scores and its cache of the prefix.
@@ -65,14 +64,14 @@ KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     KernelCost c = attention_cost(routing::dense_mla(m), tokens, s, prefix);
     c.flops += 2 * t * wi + index;
     c.gemm_flops += 2 * t * wi + index;
-    c.bytes += routing::linear_weight_bytes(m, wi) + (prefix > 0 ? sequences * prefix * routing::index_cache_token_bytes(m) : 0);
+    c.bytes += routing::linear_weight_bytes(m, wi) + (prefix > 0 ? t * prefix * routing::index_cache_token_bytes(m) / s : 0);
     return c;
   }
   const routing::AttentionWidths a = routing::attention_widths(m);
   const std::int64_t core = capped_core(t, s, prefix, l.index_topk, a.q + a.out);
   const std::int64_t prefix_bytes =
-      prefix > 0 ? sequences * (std::min(prefix, l.index_topk) * routing::attention_cache_token_bytes(m) +
-                                prefix * routing::index_cache_token_bytes(m))
+      prefix > 0 ? t * (std::min(prefix, l.index_topk) * routing::attention_cache_token_bytes(m) +  // the sequences' share
+                        prefix * routing::index_cache_token_bytes(m)) / s
                  : 0;
   return KernelCost{
       .flops = 2 * t * w + index + core,
@@ -118,6 +117,18 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
       .elementwise_bytes = layer_elementwise_bytes(m, tokens),
       .elementwise_launches = 3,
   };
+}
+
+KernelCost mixed_attention_cost(const routing::MoeModelSpec& m, std::int64_t decode_tokens, std::int64_t context,
+                                std::int64_t queries, std::int64_t chunk_tokens, std::int64_t chunk, std::int64_t prompt,
+                                std::int64_t window) {
+  const KernelCost decode = decode_attention_cost(m, decode_tokens, context, queries, window);
+  if (chunk_tokens <= 0) return decode;
+  const KernelCost prefill = chunk >= prompt ? attention_cost(m, chunk_tokens, prompt, 0, window)
+                                             : attention_cost(m, chunk_tokens, chunk, (prompt - chunk) / 2, window);
+  if (decode_tokens <= 0) return prefill;
+  const KernelCost shared{.bytes = routing::linear_weight_bytes(m, routing::attention_weights(m)), .elementwise_launches = 3};
+  return decode + prefill - shared;
 }
 
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {

@@ -110,6 +110,16 @@ KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, s
 // their sequence's cache once; with a window, the last `window` keys of it.
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1,
                                  std::int64_t window = 0);
+// A decode step with chunked prefill (workload.prefill_chunk): `decode_tokens` as
+// decode_attention_cost, and `chunk_tokens` tokens of prompts of `prompt` tokens that the GPU
+// prefills `chunk` tokens a step, as attention_cost: a chunk shorter than the prompt at its mean
+// offset, (prompt - chunk) / 2 earlier tokens of the prompt cached, whose keys it reads (the
+// offsets 0, chunk, 2 chunk, ... of a prompt average so, and the work is linear in them), a
+// longer one as whole prompts. The two share the projections' weights, read once, and the
+// norms' and rotary embedding's kernels.
+KernelCost mixed_attention_cost(const routing::MoeModelSpec& m, std::int64_t decode_tokens, std::int64_t context,
+                                std::int64_t queries, std::int64_t chunk_tokens, std::int64_t chunk, std::int64_t prompt,
+                                std::int64_t window = 0);
 KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
 KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);

@@ -1871,7 +1871,9 @@ KernelCost MoeForward::dense_cost() const {
 
 std::int64_t MoeForward::lm_head_tokens() const {
   // Serving a batch of prompts needs the logits of each prompt's last token only.
-  return spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length : spec_.tokens_per_gpu;
+  // Decode with chunked prefill: the decode tokens, and the prompts a step finishes.
+  return spec_.prefill ? (spec_.tokens_per_gpu + spec_.sequence_length - 1) / spec_.sequence_length
+                       : spec_.decode_tokens() + spec_.prefill_prompts();
 }
 
 // The LM head, and with MTP layers their projections and heads (heads_cost()).
@@ -2124,6 +2126,12 @@ void MoeForward::params_arrived(int gpu, int unit) {
 
 KernelCost MoeForward::attention(std::int64_t tokens, int layer) const {
   const std::int64_t window = routing::layer_window(spec_.model, layer);
+  if (spec_.context_length > 0 && spec_.prefill_chunk > 0) {
+    // Chunked prefill: the prompts' share of these tokens (a half's, with two-batch overlap).
+    const std::int64_t chunk = tokens * spec_.prefill_chunk / spec_.tokens_per_gpu;
+    return mixed_attention_cost(spec_.model, tokens - chunk, spec_.context_length, 1 + spec_.draft_tokens, chunk, spec_.prefill_chunk,
+                                spec_.sequence_length, window);
+  }
   if (spec_.context_length > 0) return decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window);
   return attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix, window) + cp_expansion(tokens);
 }

@@ -191,7 +191,18 @@ struct ForwardSpec {
   // probability if the one before was).
   int draft_tokens = 0;
   double acceptance_rate = 0;
-  std::int64_t sequences() const { return tokens_per_gpu / (1 + draft_tokens); }
+  // Decode with chunked prefill (workload.prefill_chunk, as vLLM's and SGLang's colocated
+  // serving mix prompts into decode steps): each GPU's step also runs this many tokens of
+  // prompts of sequence_length tokens, a chunk of a prompt at its mean offset, (sequence_length -
+  // chunk) / 2 tokens in (or whole prompts, chunk / sequence_length of them, where the chunk is
+  // longer). tokens_per_gpu counts them with the decode tokens: they are routed, dispatched and
+  // computed with them; the attention runs them as prefill over their prompt so far
+  // (mixed_attention_cost), and the LM head gives logits to the prompts a step finishes.
+  std::int64_t prefill_chunk = 0;
+  std::int64_t decode_tokens() const { return tokens_per_gpu - prefill_chunk; }
+  std::int64_t sequences() const { return decode_tokens() / (1 + draft_tokens); }
+  // Prompts a step finishes per GPU, rounded up: chunk / sequence_length.
+  std::int64_t prefill_prompts() const { return prefill_chunk > 0 ? (prefill_chunk + sequence_length - 1) / sequence_length : 0; }
   // Training: activation recomputation. attention: each layer's attention forward (dense layers'
   // too) is run again in its backward pass, before the attention's backward, from the kept
   // input; full: each MoE layer keeps only its input and its whole forward (attention, router,

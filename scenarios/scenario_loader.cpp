@@ -643,11 +643,26 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
                         "only used with 'kind: training' (gradient accumulation) or parallelism.pp > 1 (micro-batches "
                         "pipelined through the stages)");
     }
-    f.sequence_length = f.tokens_per_gpu;
+    // Decode with chunked prefill: each GPU's step also runs prefill_chunk prompt tokens, of
+    // prompts of sequence_length tokens (by default the decode's context length); they are
+    // routed and computed with the decode tokens (tokens_per_gpu counts both from here on).
+    std::int64_t chunk = 0;
+    if (auto v = w->get<std::int64_t>("prefill_chunk", count_at_least(0), false)) {
+      chunk = *v;
+      if (!decode && chunk > 0)
+        problems.add_at(w->key_path("prefill_chunk"),
+                        "only used with 'kind: decode' (prompt tokens run in each decode step, chunked prefill)");
+    }
+    f.sequence_length = decode && chunk > 0 && f.context_length > 0 ? f.context_length : f.tokens_per_gpu;
     if (auto v = w->get<std::int64_t>("sequence_length", count_at_least(1), false)) {
       f.sequence_length = *v;
-      if (sc.workload_kind == "decode")
-        problems.add_at(w->key_path("sequence_length"), "not used with 'kind: decode' (see context_length)");
+      if (sc.workload_kind == "decode" && chunk == 0)
+        problems.add_at(w->key_path("sequence_length"),
+                        "not used with 'kind: decode' (see context_length), but with workload.prefill_chunk as the prompts' length");
+    }
+    if (decode && chunk > 0) {
+      f.prefill_chunk = chunk;
+      f.tokens_per_gpu += chunk;
     }
     // workload.global_batch: the sequences a training step takes (Megatron-LM's
     // --global-batch-size), which sets the micro-batches: a micro-batch is tokens_per_gpu on each
@@ -805,7 +820,11 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       const int sms = sc.cluster.gpu.sm_count > 0 ? sc.cluster.gpu.sm_count : 132;
       if (*v != "none") f.comm_sm_fraction = 20.0 / sms;
       if (f.two_batch_overlap && f.tokens_per_gpu % 2 != 0)
-        problems.add_at(w->key_path("overlap"), fmt::format("{} needs an even tokens_per_gpu (got {})", *v, f.tokens_per_gpu));
+        problems.add_at(w->key_path("overlap"),
+                        f.prefill_chunk > 0
+                            ? fmt::format("{} needs an even count of tokens a GPU (got tokens_per_gpu {} and prefill_chunk {})", *v,
+                                          f.decode_tokens(), f.prefill_chunk)
+                            : fmt::format("{} needs an even tokens_per_gpu (got {})", *v, f.tokens_per_gpu));
       if (f.forward_backward_overlap) {
         const auto refuse = [&](const std::string& why) { problems.add_at(w->key_path("overlap"), "forward_backward " + why); };
         if (!f.training)
@@ -1555,7 +1574,7 @@ Scenario load(const YAML::Node& root, Problems& problems) {
   auto& f = sc.forward;
   f.model.mtp_layers = sc.workload_kind == "training" ? f.model.mtp_modules : f.draft_tokens > 0 && f.model.mtp_modules > 0 ? 1 : 0;
   f.model.moe_layers += f.model.mtp_layers;
-  f.tokens_per_gpu *= 1 + f.draft_tokens;
+  f.tokens_per_gpu = f.decode_tokens() * (1 + f.draft_tokens) + f.prefill_chunk;  // the chunk's prompt tokens are not drafted
   if (!problems.any()) cross_check(sc, problems);
   if (!problems.any()) read_traces(sc, problems);
   return sc;

@@ -66,10 +66,10 @@ bool number(const std::string& s, double& x) {
 constexpr std::string_view kSettings[] = {"scenario", "workload", "gpu", "gpus", "network_model", "resolve_interval_us", "compute_source", "elementwise_kernels",
                                           "all_to_all", "ep", "etp", "tp", "cp", "cp_gather", "pp", "virtual_stages", "pipeline_schedule", "overlap", "recompute",
                                           "moe_layers", "tokens_per_gpu", "micro_batches", "seed", "checkpoint", "node_fabric",
-                                          "parameter_sharding", "shard_group", "param_gather_dtype"};
+                                          "parameter_sharding", "shard_group", "param_gather_dtype", "prefill_chunk"};
 // What a comparison turns on: shown where either run has it (not empty or zero in both).
 constexpr std::string_view kFigures[] = {
-    "step_time_us", "tokens_per_s", "tokens_per_s_per_gpu", "time_per_token_us", "attention_us", "router_us",
+    "step_time_us", "tokens_per_s", "tokens_per_s_per_gpu", "time_per_token_us", "prompt_tokens_per_s", "attention_us", "router_us",
     "shared_experts_us", "dispatch_wait_us", "experts_us", "combine_wait_us", "reduce_us", "optimizer_us", "grad_sync_us",
     "dense_us", "pipeline_wait_us", "lm_head_us", "tp_wait_us", "cp_wait_us", "param_gather_wait_us", "exposed_comm_us",
     "gpu_imbalance_max", "drop_rate", "param_gather_bytes",

@@ -99,6 +99,13 @@ commands:
         on a real system, by bisection (exit code 3: not reached)
   validate SCENARIO.yaml | GRID.yaml [--set KEY.PATH=VALUE ...]
         check a scenario file without running it; a sweep grid: every point
+  serve --colocated SCENARIO.yaml --input-tokens-per-s I --output-tokens-per-s O
+        [--cache-hit-rate H] [--ttft TIME [--ttft-percentile P]] [--tpot TIME]
+        [--gpu-mtbf-hours H --repair-time TIME [--availability A]] [--set KEY.PATH=VALUE ...]
+        colocated serving with chunked prefill: one decode scenario whose steps
+        prefill prompts too (workload.prefill_chunk), or a grid of them: the units
+        the output and the prompts take, the prompts' queue and time to first
+        token (simulated; --ttft: units added until it is met), cost
   serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile 50|90|99]] [--tpot TIME]
         [--prompt-length-sigma S | --prompt-lengths FILE] [--prefill-router round_robin|least_work]
@@ -603,6 +610,98 @@ std::vector<std::map<std::string, std::string>> read_rows(const std::string& pat
   return rows;
 }
 
+// moesim serve --colocated: one decode scenario with a prefill chunk, or a grid of them.
+int serve_colocated(const std::string& file, const std::vector<std::string>& sets, const tools::ServeTraffic& traffic, double tpot_us,
+                    double ttft_us, int percentile, const tools::ServeSpares& spares, int jobs, const std::string& dir, bool quiet) {
+  std::vector<std::string> written;
+  std::vector<tools::ServeUnit> candidates;
+  std::vector<std::uint64_t> seeds;
+  std::size_t skipped = 0;
+  const bool grid = scenarios::is_grid_file(file);
+  if (grid) {
+    const scenarios::Grid g = scenarios::load_grid(file);
+    const auto points = g.points();
+    std::vector<std::optional<scenarios::Scenario>> scenario_of(points.size());
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      auto point_sets = sets;
+      point_sets.insert(point_sets.end(), points[i].begin(), points[i].end());
+      try {
+        scenario_of[i] = scenarios::load_scenario_file(g.base, point_sets);
+        tools::check_colocated_scenario(*scenario_of[i]);
+      } catch (const scenarios::ScenarioError&) {
+        if (!g.skip_invalid) throw;
+      }
+    }
+    const std::string csv = dir + "/colocated-sweep.csv";
+    if (!quiet) fmt::print(stderr, "  sweeping    the grid {}, {} points\n", file, points.size());
+    tools::SweepOptions o;
+    o.jobs = jobs;
+    o.sets = sets;
+    if (!quiet) o.progress = [](std::size_t done, std::size_t total, std::size_t) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
+    tools::run_sweep(g, csv, o);
+    for (const auto& row : read_rows(csv)) {
+      if (const auto& why = row.at("infeasible_reason"); why.starts_with("invalid: ") || why.starts_with("not simulated: ")) {
+        ++skipped;
+        continue;
+      }
+      const std::size_t i = std::stoul(row.at("point"));
+      auto unit = tools::serve_unit(*scenario_of.at(i), row, false);
+      std::string values;
+      for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
+      unit.point = fmt::format("point {} of {} ({})", i, file, values);
+      candidates.push_back(unit);
+      seeds.push_back(scenario_of[i]->forward.seed);
+    }
+    written.push_back(csv);
+  } else {
+    const auto sc = scenarios::load_scenario_file(file, sets);
+    tools::check_colocated_scenario(sc);
+    if (!quiet) fmt::print(stderr, "  simulating  the scenario, {}\n", sc.source);
+    const auto result = simulate(sc, quiet);
+    tools::write_reports(dir + "/colocated", sc, result);
+    candidates.push_back(tools::serve_unit(sc, read_rows(dir + "/colocated/summary.csv").at(0), false));
+    seeds.push_back(sc.forward.seed);
+    written.push_back(dir + "/colocated/");
+  }
+  tools::ServeChoice choice;
+  if (grid) {
+    choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile, seeds.empty() ? 1 : seeds.front());
+    if (skipped > 0)
+      choice.explanation += fmt::format(" ({} more of the grid's points were skipped without running: its sweep's rows say why)", skipped);
+    if (!choice.best) {
+      fmt::print("moesim serve: no point of {} can serve the traffic: {}\n", file, choice.explanation);
+      return 3;
+    }
+  } else {
+    const auto& u = candidates.front();
+    if (!u.fits) {
+      fmt::print("moesim serve: {} does not fit the GPUs' memory ({:.1f} GB of {:.0f} GB)\n", u.source, u.memory_gb, u.gpu_memory_gb);
+      return 3;
+    }
+    if (tpot_us > 0 && u.time_per_token_us > tpot_us) {
+      fmt::print("moesim serve: {} takes {:.3f} ms a token with its prefill chunk, over the target of {:.3f} ms\n", u.source,
+                 u.time_per_token_us / 1e3, tpot_us / 1e3);
+      return 3;
+    }
+    choice.best = 0;
+  }
+  const std::size_t best = *choice.best;
+  tools::ColocatedPlan plan = tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, seeds[best], spares);
+  plan.choice = choice.explanation;
+  if (!plan.ttft_met) {
+    fmt::print("moesim serve: no count of units meets the time to first token: p{} within {:.4g} ms; at {} units ({} for the load) it "
+               "is {:.4g} ms, and a prompt alone takes {:.4g} ms of steps\n",
+               percentile, ttft_us / 1e3, plan.queue.units, plan.units_for_load, plan.queue.percentile_us(percentile) / 1e3,
+               plan.queue.alone_us / 1e3);
+    return 3;
+  }
+  const std::string csv = dir + "/serve.csv";
+  tools::write_atomically(csv, [&](std::ostream& out) { tools::write_colocated_csv(out, plan); });
+  written.insert(written.begin(), csv);
+  if (!quiet) tools::print_colocated(std::cout, plan, written);
+  return 0;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   po::options_description opts("serve options");
   opts.add_options()("scenarios", po::value<std::vector<std::string>>(), "the prefill and the decode scenario (or grid)")(
@@ -623,10 +722,28 @@ int cmd_serve(const std::vector<std::string>& args) {
       "decode-set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the decode scenario")(
       "jobs,j", po::value<int>()->default_value(1), "grid points run at once")(
       "out,o", po::value<std::string>()->default_value("moesim-out/serve"), "output directory")(
+      "colocated", "one decode scenario (or grid) whose steps prefill prompts too (workload.prefill_chunk): colocated serving")(
+      "set", po::value<std::vector<std::string>>()->composing(), "KEY.PATH=VALUE for the --colocated scenario")(
       "quiet,q", "print nothing on success");
   const auto vm = parse_command(args, opts, "scenarios", 2);
   const auto files = vm.count("scenarios") ? vm["scenarios"].as<std::vector<std::string>>() : std::vector<std::string>{};
-  if (files.size() != 2) throw UsageError("serve needs two scenarios: moesim serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O");
+  const bool colocated = vm.count("colocated") > 0;
+  if (colocated) {
+    if (files.size() != 1)
+      throw UsageError("serve --colocated needs one scenario: moesim serve --colocated SCENARIO.yaml --input-tokens-per-s I "
+                       "--output-tokens-per-s O");
+    for (const char* other : {"prompt-length-sigma", "prompt-lengths", "prefill-set", "decode-set"})
+      if (vm.count(other))
+        throw UsageError(fmt::format("--{} is for disaggregated serving (two scenarios); with --colocated the prompts are the "
+                                     "scenario's workload.sequence_length tokens, and --set changes it",
+                                     other));
+    if (!vm["prefill-router"].defaulted())
+      throw UsageError("--prefill-router is for disaggregated serving; with --colocated each server takes its prompts in turn");
+  } else if (vm.count("set")) {
+    throw UsageError("--set goes with --colocated; with two scenarios use --prefill-set and --decode-set");
+  }
+  if (!colocated && files.size() != 2)
+    throw UsageError("serve needs two scenarios: moesim serve PREFILL.yaml DECODE.yaml --input-tokens-per-s I --output-tokens-per-s O");
   for (const char* need : {"input-tokens-per-s", "output-tokens-per-s"})
     if (!vm.count(need)) throw UsageError(fmt::format("serve needs --{}", need));
   tools::ServeTraffic traffic;
@@ -671,6 +788,13 @@ int cmd_serve(const std::vector<std::string>& args) {
     throw UsageError("--repair-time and --availability go with --gpu-mtbf-hours");
   }
 
+  const int percentile_given = vm["ttft-percentile"].as<int>();
+  if (percentile_given != 50 && percentile_given != 90 && percentile_given != 99)
+    throw UsageError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile_given));
+  if (colocated)
+    return serve_colocated(files[0], vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{}, traffic,
+                           target("tpot"), target("ttft"), percentile_given, spares, jobs, dir, quiet);
+
   // Each side: a scenario, or a grid whose points are its candidates. Every scenario and point is
   // read, and its kind checked, before anything runs.
   struct Side {
@@ -707,9 +831,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
   }
 
-  const int percentile = vm["ttft-percentile"].as<int>();
-  if (percentile != 50 && percentile != 90 && percentile != 99)
-    throw UsageError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile));
+  const int percentile = percentile_given;
 
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> chosen;

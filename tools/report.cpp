@@ -89,6 +89,13 @@ double step_tokens(const scenarios::Scenario& sc) {
   return static_cast<double>(f.sequences()) * tokens_per_sequence(f) * f.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp;
 }
 
+// Decode with chunked prefill: the prompt tokens one step prefills (every GPU's chunk, per
+// micro-batch and stage as above).
+double step_prompt_tokens(const scenarios::Scenario& sc) {
+  const auto& f = sc.forward;
+  return static_cast<double>(f.prefill_chunk) * f.micro_batches * sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp;
+}
+
 struct Totals {
   std::int64_t routed = 0, computed = 0, dropped = 0, padded = 0, bytes = 0, scale_out_bytes = 0;
   double gpu_imbalance = 0, expert_imbalance = 0, gpu_cv = 0;
@@ -395,8 +402,12 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     for (const int l : own) keys += static_cast<double>(routing::cached_keys(m, m.dense_layers + l, context));
     return keys * static_cast<double>(routing::kv_cache_token_bytes(m));
   };
+  // Decode with chunked prefill: the prompts a step prefills hold their caches too, up to their
+  // whole length (chunk / prompt of them, at least one).
   if (f.context_length > 0)
-    u.kv_cache = f.micro_batches * tp * static_cast<double>(f.sequences()) * cached(f.context_length);
+    u.kv_cache = f.micro_batches * tp *
+                 (static_cast<double>(f.sequences()) * cached(f.context_length) +
+                  static_cast<double>(f.prefill_prompts()) * cached(f.sequence_length));
   else if (f.prefill)
     u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * cached(f.cached_prefix + f.sequence_length);
   std::int64_t rows = 0;
@@ -576,7 +587,7 @@ const std::string& summary_csv_header() {
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
       "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,"
-      "param_gather_bytes,shard_group,param_gather_dtype";
+      "param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s";
   return header;
 }
 
@@ -660,14 +671,15 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
   const bool sharded = f.training && f.gradient_sync && f.optimizer_sharding;
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
              pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? fmt::format("{:.6g}", gp.spare_wait_s) : std::string(),
              f.training && f.parameter_sharding ? "yes" : "no", r.stats.param_gather_bytes(),
              sharded ? std::to_string(models::shard_gpus(f, sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp)) : std::string(),
-             sharded && f.fp8_param_gather ? "fp8" : "");
+             sharded && f.fp8_param_gather ? "fp8" : "", f.prefill_chunk > 0 ? std::to_string(f.prefill_chunk) : std::string(),
+             f.prefill_chunk > 0 && seconds > 0 ? fmt::format("{:.1f}", step_prompt_tokens(sc) / seconds) : std::string());
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
@@ -951,7 +963,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                           f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "",
                                           f.draft_tokens, f.draft_tokens > 1 ? "s" : "", tokens_per_sequence(f), f.acceptance_rate)
                         : f.context_length > 0
-                            ? fmt::format("decode step: one new token for each of {} sequences per GPU{}", f.tokens_per_gpu,
+                            ? fmt::format("decode step: one new token for each of {} sequences per GPU{}", f.sequences(),
                                           f.micro_batches > 1 ? fmt::format(" in each of {} micro-batches", f.micro_batches) : "")
                         : sc.workload_kind == "prefill"
                             ? (f.micro_batches > 1 ? fmt::format("prefill of {} batches of prompts", f.micro_batches)
@@ -961,7 +973,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                                                        : std::string())
                             : (f.micro_batches > 1 ? fmt::format("forward pass of {} micro-batches", f.micro_batches)
                                                    : std::string("forward pass of one micro-batch")),
-                        layers_said);
+                        layers_said) +
+      (f.prefill_chunk > 0 ? fmt::format(", with {} prompt tokens per GPU (chunked prefill of {}-token prompts)", f.prefill_chunk,
+                                         f.sequence_length)
+                           : std::string());
   const int stage_gpus = gpus / f.pp;
   const std::string groups =
       f.shard_group > 0 && f.shard_group < stage_gpus
@@ -982,6 +997,11 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     const Economics e = economics(sc, r);
     const double per_s = tokens / step.to_seconds();
     fmt::print(out, "  throughput  {:.0f} tokens/s ({:.0f} per GPU), MFU {:.1f}%\n", per_s, per_s / gpus, 100 * e.mfu);
+    if (f.prefill_chunk > 0) {
+      const double prompts_per_s = step_prompt_tokens(sc) / step.to_seconds();
+      fmt::print(out, "  prompts     {:.0f} prompt tokens/s prefilled beside them ({:.0f} per GPU, {:.3g} prompts/s of {} tokens)\n",
+                 prompts_per_s, prompts_per_s / gpus, prompts_per_s / static_cast<double>(f.sequence_length), f.sequence_length);
+    }
     if (f.training) {
       // How pre-training budgets are stated (DeepSeek-V3's report: 180K H800 GPU hours per
       // trillion tokens, 3.7 days on its 2,048 GPUs): at this step's throughput.

@@ -61,10 +61,27 @@ void check_serve_scenario(const scenarios::Scenario& sc, bool prefill) {
   if (sc.forward.pp > 1)
     throw ServeError(fmt::format("{}: pipeline stages are not planned for serving here (parallelism.pp: {}); use one stage",
                                  sc.source, sc.forward.pp));
+  if (sc.forward.prefill_chunk > 0)
+    throw ServeError(fmt::format("{}: its decode steps prefill prompts too (workload.prefill_chunk: {}): serve it colocated "
+                                 "(moesim serve --colocated {}), or set the chunk to 0 for a disaggregated decode unit",
+                                 sc.source, sc.forward.prefill_chunk, sc.source));
+}
+
+void check_colocated_scenario(const scenarios::Scenario& sc) {
+  if (sc.workload_kind != "decode" || sc.forward.prefill_chunk == 0)
+    throw ServeError(fmt::format("{}: colocated serving needs a decode scenario whose steps prefill prompts too (workload.kind: "
+                                 "decode with workload.prefill_chunk; it has kind '{}'{})",
+                                 sc.source, sc.workload_kind, sc.workload_kind == "decode" ? " without a chunk" : ""));
+  if (sc.forward.pp > 1)
+    throw ServeError(fmt::format("{}: pipeline stages are not planned for serving here (parallelism.pp: {}); use one stage",
+                                 sc.source, sc.forward.pp));
 }
 
 ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, std::string>& summary, bool prefill) {
-  check_serve_scenario(sc, prefill);
+  if (sc.forward.prefill_chunk > 0 && !prefill)
+    check_colocated_scenario(sc);
+  else
+    check_serve_scenario(sc, prefill);
   const auto& f = sc.forward;
   ServeUnit u;
   u.source = sc.source;
@@ -75,7 +92,12 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   u.time_per_token_us = prefill ? 0 : field(summary, "time_per_token_us");
   u.local_us = u.step_us - field(summary, "experts_us") - field(summary, "dispatch_wait_us") - field(summary, "combine_wait_us");
   u.tokens_per_gpu = prefill ? f.tokens_per_gpu : f.sequences();
-  u.prompt_tokens = prefill ? f.sequence_length : 0;
+  u.prompt_tokens = prefill || f.prefill_chunk > 0 ? f.sequence_length : 0;
+  if (!prefill && f.prefill_chunk > 0) {
+    u.prefill_chunk = f.prefill_chunk;
+    u.prompt_tokens_per_s = field(summary, "prompt_tokens_per_s");
+  }
+  u.tp = f.model.tp;
   u.cached_prefix = prefill ? f.cached_prefix : 0;
   u.context_tokens = prefill ? 0 : f.context_length;
   // Every layer with attention caches: the MoE layers (with the MTP layers run) and the dense ones;
@@ -480,6 +502,270 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
       p.spare_price_per_hour = p.prefill_spares * prefill.gpus * prefill.gpu_hour_price + p.decode_spares * decode.gpus * decode.gpu_hour_price;
   }
   return p;
+}
+
+ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed, std::int64_t prompts) {
+  if (!(prompts_per_s > 0) || units < 1 || prompts < 10 || unit.prefill_chunk < 1 || unit.prompt_tokens < 1 || !(unit.step_us > 0))
+    throw ServeError("the chunked prefill queue needs a rate > 0, a unit whose steps prefill a chunk, and 10 prompts or more");
+  ChunkedQueue q;
+  q.units = units;
+  q.servers = units * std::max(1, unit.gpus / std::max(1, unit.tp));
+  q.server_chunk = unit.prefill_chunk * std::max(1, unit.tp);
+  q.prompts_per_s = prompts_per_s;
+  const double step = unit.step_us;
+  const std::int64_t length = unit.prompt_tokens, chunk = q.server_chunk;
+  q.busy = prompts_per_s * static_cast<double>(length) * step / 1e6 / (static_cast<double>(q.servers) * static_cast<double>(chunk));
+  q.alone_us = static_cast<double>((length + chunk - 1) / chunk) * step;
+  // Per server: the first step with room left, and the tokens left in it.
+  std::vector<std::int64_t> next(static_cast<std::size_t>(q.servers), 0), spare(static_cast<std::size_t>(q.servers), chunk);
+  sim::Rng rng(seed, "serve/colocated-arrivals");
+  const auto n = static_cast<std::size_t>(prompts);
+  const std::size_t skip = n / 10;  // warm-up
+  std::vector<double> ttft;
+  ttft.reserve(n - skip);
+  double now = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    now += rng.exponential(1e6 / prompts_per_s);  // microseconds
+    const std::size_t s = i % static_cast<std::size_t>(q.servers);
+    // The first step that starts after the prompt comes.
+    const auto first = static_cast<std::int64_t>(std::floor(now / step)) + 1;
+    std::int64_t start = next[s];
+    if (first > start) {
+      start = first;
+      spare[s] = chunk;
+    }
+    std::int64_t finish = start, left = length;
+    if (left <= spare[s]) {
+      spare[s] -= left;
+    } else {
+      left -= spare[s];
+      const std::int64_t more = (left + chunk - 1) / chunk;
+      finish = start + more;
+      spare[s] = more * chunk - left;
+    }
+    if (spare[s] == 0) {
+      next[s] = finish + 1;
+      spare[s] = chunk;
+    } else {
+      next[s] = finish;
+    }
+    if (i >= skip) ttft.push_back(static_cast<double>(finish + 1) * step - now);
+  }
+  std::sort(ttft.begin(), ttft.end());
+  q.counted = static_cast<std::int64_t>(ttft.size());
+  double total = 0;
+  for (const double x : ttft) total += x;
+  q.mean_us = total / static_cast<double>(ttft.size());
+  const auto rank = [&](double pct) {  // nearest rank
+    const auto r = static_cast<std::size_t>(std::ceil(pct / 100 * static_cast<double>(ttft.size())));
+    return ttft[std::clamp<std::size_t>(r, 1, ttft.size()) - 1];
+  };
+  q.p50_us = rank(50);
+  q.p90_us = rank(90);
+  q.p99_us = rank(99);
+  return q;
+}
+
+std::optional<ChunkedQueue> colocated_units_for_ttft(const ServeUnit& unit, int from, double prompts_per_s, int percentile,
+                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest) {
+  const auto meets = [&](const ChunkedQueue& q) { return q.percentile_us(percentile) <= target_us; };
+  ChunkedQueue q = simulate_chunked_queue(unit, from, prompts_per_s, seed);
+  if (meets(q)) return q;
+  // A prompt alone takes its steps: more units cannot bring it under that.
+  const int limit = 64 * from;
+  if (q.alone_us > target_us) {
+    if (closest) *closest = q;
+    return std::nullopt;
+  }
+  // More units, fewer prompts on each server: double until the target is met, then bisect.
+  int low = from, high = from;
+  std::optional<ChunkedQueue> found;
+  while (!found) {
+    low = high;
+    high = std::min(limit, 2 * high);
+    q = simulate_chunked_queue(unit, high, prompts_per_s, seed);
+    if (meets(q)) found = q;
+    else if (high == limit) {
+      if (closest) *closest = q;
+      return std::nullopt;
+    }
+  }
+  while (high - low > 1) {
+    const int mid = low + (high - low) / 2;
+    q = simulate_chunked_queue(unit, mid, prompts_per_s, seed);
+    if (meets(q)) {
+      high = mid;
+      found = q;
+    } else {
+      low = mid;
+    }
+  }
+  return found;
+}
+
+ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, double ttft_target_us, int percentile, std::uint64_t seed,
+                             const ServeSpares& spares) {
+  check_traffic(t);
+  if (percentile != 50 && percentile != 90 && percentile != 99)
+    throw ServeError(fmt::format("--ttft-percentile must be 50, 90 or 99, got {}", percentile));
+  if (unit.prefill_chunk < 1 || !(unit.prompt_tokens_per_s > 0))
+    throw ServeError(fmt::format("{}: the scenario's steps prefill no prompts (workload.prefill_chunk)", unit.source));
+  ColocatedPlan p;
+  p.traffic = t;
+  p.unit = unit;
+  p.ttft_target_us = ttft_target_us;
+  p.ttft_percentile = percentile;
+  p.prefill_tokens_per_s = t.input_tokens_per_s * (1 - t.cache_hit_rate);
+  p.output_units = t.output_tokens_per_s / unit.tokens_per_s;
+  p.prompt_units = p.prefill_tokens_per_s / unit.prompt_tokens_per_s;
+  p.units_for_load = whole_units(std::max(p.output_units, p.prompt_units));
+  const double prompts = p.prefill_tokens_per_s / static_cast<double>(unit.prompt_tokens);
+  if (ttft_target_us > 0) {
+    const auto q = colocated_units_for_ttft(unit, p.units_for_load, prompts, percentile, ttft_target_us, seed, &p.queue);
+    p.ttft_met = q.has_value();
+    if (q) p.queue = *q;
+  } else {
+    p.queue = simulate_chunked_queue(unit, p.units_for_load, prompts, seed);
+  }
+  p.units_whole = p.ttft_met ? p.queue.units : p.units_for_load;
+  p.gpus = p.units_whole * unit.gpus;
+  p.sequences_decoding = t.output_tokens_per_s * unit.time_per_token_us / 1e6;
+  if (unit.gpu_hour_price > 0) {
+    p.price_per_hour = p.gpus * unit.gpu_hour_price;
+    p.cost_per_million_output = p.price_per_hour / (t.output_tokens_per_s * 3600 / 1e6);
+  }
+  if (unit.power_kw > 0) {
+    p.power_kw = p.units_whole * unit.power_kw;
+    p.energy_per_million_output_kwh = p.power_kw / (t.output_tokens_per_s * 3600 / 1e6);
+  }
+  p.spares = spares;
+  if (spares.enabled()) p.spare_units = spare_units(p.units_whole, unit.gpus, spares);
+  return p;
+}
+
+ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const ServeTraffic& t, double tpot_us, double ttft_target_us,
+                             int percentile, std::uint64_t seed) {
+  std::size_t fit = 0, fast = 0, met = 0;
+  std::optional<std::size_t> best;
+  double best_gpus = 0, best_full = 0;
+  const double prefill = t.input_tokens_per_s * (1 - t.cache_hit_rate);
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const auto& u = candidates[i];
+    if (!u.fits) continue;
+    ++fit;
+    if (tpot_us > 0 && u.time_per_token_us > tpot_us) continue;
+    ++fast;
+    const double full = std::max(t.output_tokens_per_s / u.tokens_per_s, prefill / u.prompt_tokens_per_s);
+    int units = whole_units(full);
+    if (ttft_target_us > 0) {
+      const auto q = colocated_units_for_ttft(u, units, prefill / static_cast<double>(u.prompt_tokens), percentile, ttft_target_us, seed);
+      if (!q) continue;
+      units = q->units;
+    }
+    ++met;
+    const double gpus = static_cast<double>(units) * u.gpus, full_gpus = full * u.gpus;
+    if (!best || gpus < best_gpus || (gpus == best_gpus && full_gpus < best_full)) {
+      best = i;
+      best_gpus = gpus;
+      best_full = full_gpus;
+    }
+  }
+  ServeChoice c;
+  c.best = best;
+  c.explanation = fmt::format("of the {} points {} fit the GPUs' memory{}{}{}", candidates.size(), fit,
+                              tpot_us > 0 ? fmt::format(", {} of those decode a token within {:.3f} ms", fast, tpot_us / 1e3) : std::string(),
+                              ttft_target_us > 0 ? fmt::format(", {} of those meet the time to first token (p{} within {:.4g} ms) with "
+                                                               "some count of units",
+                                                               met, percentile, ttft_target_us / 1e3)
+                                                 : std::string(),
+                              best ? "; this one serves the traffic on the fewest GPUs" : "");
+  return c;
+}
+
+void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vector<std::string>& written) {
+  const auto& t = p.traffic;
+  const auto& u = p.unit;
+  const auto& q = p.queue;
+  fmt::print(out, "moesim serve --colocated: {} prompt tokens/s{}, {} output tokens/s\n", grouped(t.input_tokens_per_s),
+             t.cache_hit_rate > 0 ? fmt::format(" ({:.1f} % from the KV cache, {} to prefill)", 100 * t.cache_hit_rate,
+                                                grouped(p.prefill_tokens_per_s))
+                                  : std::string(),
+             grouped(t.output_tokens_per_s));
+  const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
+  fmt::print(out, "  unit        {}: {} GPUs ({}), each step one token for {} sequences per GPU ({}-token contexts) and {} prompt "
+                  "tokens per GPU of {}-token prompts, in {:.3f} ms: a token every {:.3f} ms per sequence, {} output and {} prompt "
+                  "tokens/s a unit\n",
+             u.source, u.gpus, nodes(u.nodes), u.tokens_per_gpu, u.context_tokens, u.prefill_chunk, u.prompt_tokens, u.step_us / 1e3,
+             u.time_per_token_us / 1e3, grouped(u.tokens_per_s), grouped(u.prompt_tokens_per_s));
+  if (!u.point.empty()) fmt::print(out, "              {}: {}\n", u.point, p.choice);
+  const bool output_binds = p.output_units >= p.prompt_units;
+  fmt::print(out, "  units       the output takes {:.2f} units, the prompts {:.2f}: {} ({} GPUs, {}); the {} {:.0f} % used, the {} "
+                  "{:.0f} %{}\n",
+             p.output_units, p.prompt_units, p.units_whole, grouped(p.gpus), nodes(p.units_whole * u.nodes),
+             output_binds ? "decode batches" : "prefill chunks", 100 * std::max(p.output_units, p.prompt_units) / p.units_whole,
+             output_binds ? "prefill chunks" : "decode batches", 100 * std::min(p.output_units, p.prompt_units) / p.units_whole,
+             p.units_whole > p.units_for_load
+                 ? fmt::format(" ({} units for the load, {} more for the time to first token)", p.units_for_load,
+                               p.units_whole - p.units_for_load)
+                 : std::string());
+  fmt::print(out, "              {} sequences decoding at once\n", grouped(p.sequences_decoding));
+  fmt::print(out, "  first token {:.1f} prompts/s dealt in turn to {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
+                  "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
+                  "steps{}\n",
+             q.prompts_per_s, grouped(q.servers), q.servers == 1 ? "" : "s", grouped(static_cast<double>(q.server_chunk)),
+             u.tp > 1 ? fmt::format(": a tensor-parallel group of {}", u.tp) : std::string(": a GPU"), 100 * q.busy,
+             grouped(static_cast<double>(q.counted)), q.mean_us / 1e3, q.p50_us / 1e3, q.p90_us / 1e3, q.p99_us / 1e3, q.alone_us / 1e3,
+             p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
+                                  : std::string());
+  fmt::print(out, "              every step taken at the scenario's, a full chunk's: a step whose chunk is not full is shorter\n");
+  if (p.price_per_hour > 0)
+    fmt::print(out, "  cost        {} per hour, {} per day; {:.4g} per million output tokens (prompts included)\n",
+               grouped(p.price_per_hour), grouped(24 * p.price_per_hour), p.cost_per_million_output);
+  if (p.power_kw > 0)
+    fmt::print(out, "  power       {} kW ({:.4g} MWh a day, cluster.power), {:.4g} kWh per million output tokens\n",
+               p.power_kw >= 1000 ? grouped(p.power_kw) : fmt::format("{:.4g}", p.power_kw), 24 * p.power_kw / 1e3,
+               p.energy_per_million_output_kwh);
+  if (p.spares.enabled()) {
+    const auto& sp = p.spares;
+    fmt::print(out, "  spares      a GPU failing every {} h, a unit out {:.3g} h after: a unit is down {:.3g} % of the time; {} unit{} "
+                    "more keep the load's {} up {:.4g} % of the time: {} GPUs in all{}\n",
+               grouped(sp.gpu_mtbf_hours), sp.repair_s / 3600, 100 * unit_down_share(u.gpus, sp), p.spare_units,
+               p.spare_units == 1 ? "" : "s", p.units_whole, 100 * sp.availability, grouped(p.gpus + p.spare_units * u.gpus),
+               p.price_per_hour > 0 ? fmt::format(", {} per hour", grouped(p.price_per_hour * (p.units_whole + p.spare_units) / p.units_whole))
+                                    : std::string());
+  }
+  fmt::print(out, "  memory      per GPU: {:.1f} of {:.0f} GB\n", u.memory_gb, u.gpu_memory_gb);
+  if (!written.empty()) {
+    std::string list;
+    for (const auto& w : written) list += (list.empty() ? "" : ", ") + w;
+    fmt::print(out, "  wrote       {}\n", list);
+  }
+}
+
+void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
+  const auto& u = p.unit;
+  const auto& q = p.queue;
+  fmt::print(out,
+             "scenario,input_tokens_per_s,cache_hit_rate,output_tokens_per_s,prefill_tokens_per_s,unit_gpus,sequences_per_gpu,"
+             "prefill_chunk,prompt_tokens,step_us,time_per_token_us,unit_output_tokens_per_s,unit_prompt_tokens_per_s,output_units,"
+             "prompt_units,units_for_load,units_whole,gpus,sequences_decoding,prompts_per_s,servers,server_chunk,prefill_busy,"
+             "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
+             "availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
+  fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
+                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},",
+             csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
+             p.prefill_tokens_per_s, u.gpus, u.tokens_per_gpu, u.prefill_chunk, u.prompt_tokens, u.step_us, u.time_per_token_us,
+             u.tokens_per_s, u.prompt_tokens_per_s, p.output_units, p.prompt_units, p.units_for_load, p.units_whole, p.gpus,
+             p.sequences_decoding, q.prompts_per_s, q.servers, q.server_chunk, q.busy, q.mean_us, q.p50_us, q.p90_us, q.p99_us,
+             q.alone_us, p.price_per_hour, p.cost_per_million_output, u.memory_gb);
+  if (p.spares.enabled())
+    fmt::print(out, "{:.10g},{},{},", p.spares.availability, p.spare_units, p.gpus + p.spare_units * u.gpus);
+  else
+    out << ",,,";
+  if (p.power_kw > 0)
+    fmt::print(out, "{:.10g},{:.10g}\n", p.power_kw, p.energy_per_million_output_kwh);
+  else
+    out << ",\n";
 }
 
 namespace {

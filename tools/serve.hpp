@@ -72,6 +72,12 @@ struct ServeUnit {
   double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers (sliding layers: its share of a window)
   double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs
   double gpu_hour_price = 0;
+  // Decode with chunked prefill (workload.prefill_chunk): the prompt tokens its steps prefill a
+  // second, the chunk per GPU and the prompts' length (prompt_tokens); tensor-parallel groups
+  // (tp GPUs) take a prompt's chunks together.
+  double prompt_tokens_per_s = 0;
+  std::int64_t prefill_chunk = 0;
+  int tp = 1;
   double power_kw = 0;  // the unit's draw (summary.csv power_kw); 0 where the GPU has no rated power
   double memory_gb = 0, gpu_memory_gb = 0;
   bool fits = true;  // a unit that does not fit the GPUs' memory is never chosen
@@ -234,6 +240,68 @@ ServeChoice choose_prefill_for_ttft(const std::vector<ServeUnit>& candidates, co
 // With `spares` enabled, the spare units each side's whole units need (spare_units).
 ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const ServeUnit& decode, const PrefillBatchTime& batch,
                        double ttft_target_us = 0, int percentile = 99, std::uint64_t seed = 1, const ServeSpares& spares = {});
+
+// Colocated serving with chunked prefill (moesim serve --colocated SCENARIO): one decode scenario
+// whose steps also prefill workload.prefill_chunk prompt tokens a GPU, as vLLM and SGLang serve
+// by default, its cluster a unit that is replicated. A unit decodes summary.csv's tokens_per_s
+// and prefills its prompt_tokens_per_s; the load takes the more of output / the first and the
+// prompt tokens to prefill / the second, in whole units.
+// The prompts' queue (simulate_chunked_queue): prompts of the scenario's workload.sequence_length
+// new tokens arrive as a Poisson process and are dealt in turn to the servers, each tensor-
+// parallel group of the units (a GPU without tensor parallelism); a server prefills the prompts
+// it was dealt first come first served, tp x prefill_chunk of their tokens in each step, the
+// steps following one another every step time; a prompt joins from the first step that starts
+// after it comes, and its first token comes at the end of the step that prefills its last
+// token. Every step is taken at the scenario's time, a full chunk's (a step whose chunk is not
+// full would be shorter: the times are a bound). Left out as for disaggregated serving: the
+// decode's own batching (sequences join as prompts finish; each unit is taken to keep its
+// sequences), prompts of other lengths.
+struct ChunkedQueue {
+  int units = 0, servers = 0;
+  std::int64_t server_chunk = 0;  // prompt tokens a server prefills a step
+  double prompts_per_s = 0;
+  double busy = 0;  // the prompt load over the servers' chunks
+  std::int64_t counted = 0;
+  double mean_us = 0, p50_us = 0, p90_us = 0, p99_us = 0;
+  double alone_us = 0;  // a prompt's steps alone (the ones it needs, whole), without waiting for the first to start
+  double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
+};
+ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed,
+                                    std::int64_t prompts = 200'000);
+// The fewest units from `from` up to 64 times that whose TTFT at `percentile` is within target_us
+// (nullopt where none is; the most tried in `closest`).
+std::optional<ChunkedQueue> colocated_units_for_ttft(const ServeUnit& unit, int from, double prompts_per_s, int percentile,
+                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest = nullptr);
+struct ColocatedPlan {
+  ServeTraffic traffic;
+  ServeUnit unit;
+  double prefill_tokens_per_s = 0;  // prompt tokens to prefill: input less cache hits
+  double output_units = 0, prompt_units = 0;  // fractional: each load over a unit's rate
+  int units_for_load = 0, units_whole = 0, gpus = 0;
+  double sequences_decoding = 0;
+  ChunkedQueue queue;
+  double ttft_target_us = 0;
+  int ttft_percentile = 99;
+  bool ttft_met = true;
+  double price_per_hour = 0, cost_per_million_output = 0, power_kw = 0, energy_per_million_output_kwh = 0;
+  std::string choice;  // with a grid: how its point was chosen
+  ServeSpares spares;
+  int spare_units = 0;
+};
+// A scenario a colocated unit can be: decode with workload.prefill_chunk, one pipeline stage.
+void check_colocated_scenario(const scenarios::Scenario& sc);
+// The units the load takes (output or prompts, whichever needs more); with ttft_target_us > 0
+// raised until the simulated TTFT at `percentile` meets it (ttft_met false where no count up to
+// 64 times the load's does).
+ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, double ttft_target_us = 0, int percentile = 99,
+                             std::uint64_t seed = 1, const ServeSpares& spares = {});
+// Of a grid's points, the one that serves the traffic on the fewest GPUs (ties: the fewest at full
+// use, then the first) of those that fit memory, decode a token within tpot_us (0: no target) and,
+// with ttft_target_us, meet it with some count of units.
+ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const ServeTraffic& t, double tpot_us, double ttft_target_us,
+                             int percentile, std::uint64_t seed);
+void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vector<std::string>& written);
+void write_colocated_csv(std::ostream& out, const ColocatedPlan& p);
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written);
 void write_service_csv(std::ostream& out, const ServePlan& p);

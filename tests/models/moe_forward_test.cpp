@@ -2150,6 +2150,77 @@ network: {model: analytical}
         Approx(32.0 * 4096 * 2 * 1024 * 2 / 1e9).margin(0.06));
 }
 
+TEST_CASE("Chunked prefill runs prompt tokens in each decode step, as derived by hand", "[models][decode][chunked_prefill]") {
+  const routing::MoeModelSpec g = gqa_attention();  // Q + O = 2048, a cached token 2 x 256 x 2 = 1024 B, weights 2,621,440
+  // 4 decode tokens over 1000 cached keys, and 512 tokens of a chunk of 512 of 2048-token prompts:
+  // at the mean offset, (2048 - 512) / 2 = 768 tokens in, token i of the chunk attends to 768 + i
+  // keys, T (2P + S + 1) (Q + O) = 512 x 2049 x 2048 FLOPs of core, and reads the 768 earlier
+  // tokens' cache (786,432 B); the projections' weights (5,242,880 B) are read once for both.
+  const auto mixed = models::mixed_attention_cost(g, 4, 1000, 1, 512, 512, 2048);
+  const auto decode = models::decode_attention_cost(g, 4, 1000);
+  const auto chunk = models::attention_cost(g, 512, 512, 768);
+  CHECK(chunk.core_flops == std::int64_t{512} * 2049 * 2048);
+  CHECK(chunk.bytes - models::attention_cost(g, 512, 512).bytes == 768 * 1024);
+  CHECK(mixed.core_flops == 2 * 4 * 1000 * 2048 + std::int64_t{512} * 2049 * 2048);
+  CHECK(mixed.flops == decode.flops + chunk.flops);
+  CHECK(mixed.bytes == decode.bytes + chunk.bytes - 5'242'880);
+  CHECK(mixed.elementwise_launches == 3);
+  // A chunk as long as two prompts: whole 256-token prompts, none cached.
+  CHECK(models::mixed_attention_cost(g, 4, 1000, 1, 512, 512, 256).core_flops ==
+        2 * 4 * 1000 * 2048 + std::int64_t{512} * 257 * 2048);
+  // No decode tokens (a half of a two-batch split may have none): the chunk alone.
+  CHECK(models::mixed_attention_cost(g, 0, 1000, 1, 512, 512, 2048).bytes == chunk.bytes);
+
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 2, gpu: H100}
+model: {moe_layers: 2, hidden: 1024, expert_ffn: 1024, experts: 2, top_k: 2, attention_heads: 8, kv_heads: 2, vocab: 32000}
+parallelism: {ep: 2}
+workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096CHUNK}
+network: {model: analytical}
+)";
+  const auto plain_sc = scenarios::load_scenario_text(replaced(base, "CHUNK", ""), "d.yaml");
+  const auto sc = scenarios::load_scenario_text(replaced(base, "CHUNK", ", prefill_chunk: 96, sequence_length: 2048"), "c.yaml");
+  CHECK(sc.forward.tokens_per_gpu == 128);  // 32 decode tokens and 96 prompt tokens, routed together
+  CHECK(sc.forward.sequences() == 32);
+  CHECK(sc.forward.prefill_prompts() == 1);
+  // By default the prompts are as long as the decode's context.
+  CHECK(scenarios::load_scenario_text(replaced(base, "CHUNK", ", prefill_chunk: 96"), "c.yaml").forward.sequence_length == 4096);
+  const auto r = scenarios::run_experiment(sc);
+  std::int64_t routed = 0;
+  for (const auto& l : r.stats.layers()) routed += l.routed;
+  CHECK(routed == 2 * 128 * 2 * 2);  // layers x tokens x GPUs x top_k
+  const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::attention)] ==
+        Time::ps(2 * roofline.time(models::mixed_attention_cost(sc.forward.model, 32, 4096, 1, 96, 96, 2048)).count_ps()));
+  // The LM head gives logits to the 32 sequences and to the one prompt a step finishes (at most).
+  CHECK(r.stats.gpus()[0].stage_total[idx(Stage::lm_head)] ==
+        roofline.time(models::lm_head_cost(sc.forward.model, 33, false)));
+  // Throughput counts the decode's tokens; the prompts' are their own column: 96 x 2 GPUs a step.
+  const std::string summary = summary_csv(sc, r);
+  CHECK(csv_value(summary, "tokens_per_gpu") == "32");
+  CHECK(csv_value(summary, "tokens_per_step") == "64");
+  CHECK(csv_value(summary, "prefill_chunk") == "96");
+  CHECK(std::stod(csv_value(summary, "prompt_tokens_per_s")) == Approx(192 / r.stats.step_time().to_seconds()).epsilon(1e-3));
+  CHECK(csv_value(summary_csv(plain_sc, scenarios::run_experiment(plain_sc)), "prefill_chunk").empty());
+  // The prompt being prefilled holds its cache up to its whole length: at 6144 tokens 2 layers x
+  // 4096 x 1024 B more than at 2048.
+  CHECK(memory_gb_max(replaced(base, "CHUNK", ", prefill_chunk: 96, sequence_length: 6144")) -
+            std::stod(csv_value(summary, "memory_gb_max")) ==
+        Approx(2.0 * 4096 * 1024 / 1e9).margin(0.0011));  // each rounded to 1 MB
+  // With a draft token the sequences' tokens double, the chunk's do not.
+  std::string drafted = replaced(base, "CHUNK", ", prefill_chunk: 96, draft_tokens: 1, acceptance_rate: 0.5");
+  drafted = replaced(drafted, "vocab: 32000}", "vocab: 32000, mtp_modules: 1}");
+  const auto dsc = scenarios::load_scenario_text(drafted, "s.yaml");
+  CHECK(dsc.forward.tokens_per_gpu == 2 * 32 + 96);
+  CHECK(dsc.forward.sequences() == 32);
+  // Where it is not used.
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(replaced(base, "CHUNK", ", prefill_chunk: 96"), "kind: decode", "kind: prefill"),
+                                                  "p.yaml"),
+                    Catch::Contains("prefill_chunk: only used with 'kind: decode'"));
+  CHECK_THROWS_WITH(scenarios::load_scenario_text(replaced(base, "CHUNK", ", sequence_length: 2048"), "p.yaml"),
+                    Catch::Contains("with workload.prefill_chunk as the prompts' length"));
+}
+
 TEST_CASE("Pipeline stages pass activations and gradients, as derived by hand", "[models][pipeline]") {
   // One layer forward on a GPU: attention 104,386,560 + router 2,060,096 + both experts on its
   // 1000 tokens (2 x 62,914,560) + reduce 6,144,000 = F = 238,419,776 ps (the tiny layer without

@@ -1542,7 +1542,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,param_gather_bytes,shard_group,param_gather_dtype"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
@@ -2053,4 +2053,59 @@ TEST_CASE("A prefill's caches, its prompts' and their cached prefixes', count in
   // The attention over the prefixes makes the step longer; the tokens prefilled stay the same.
   CHECK(std::stod(b.at("attention_us")) > std::stod(a.at("attention_us")));
   CHECK(b.at("tokens_per_step") == a.at("tokens_per_step"));
+}
+
+TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the prompts too", "[cli][serve][colocated]") {
+  TempDir tmp;
+  const std::string q = "'" + kSource + "/scenarios/quickstart.yaml' ";
+  // The quickstart as a decode of 32 sequences a GPU over 1024-token contexts, each step also
+  // prefilling 128 tokens a GPU of 1024-token prompts.
+  const std::string decode = "--set workload.kind=decode --set workload.sequence_length=~ --set workload.context_length=1024 "
+                             "--set workload.tokens_per_gpu=32 --set model.moe_layers=2 --set cluster.gpu_hour_price=2 ";
+  const std::string chunk = "--set workload.prefill_chunk=128 ";
+  const auto out = tmp.path() / "c";
+  const auto r = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --cache-hit-rate 0.5 --output-tokens-per-s 2e5 " +
+                            "--ttft-percentile 90 --out '" + out.string() + "'",
+                        tmp);
+  INFO(r.out + r.err);
+  REQUIRE(r.code == 0);
+  const auto run = summary_row(out / "colocated" / "summary.csv");
+  CHECK(run.at("prefill_chunk") == "128");
+  const auto s = summary_row(out / "serve.csv");
+  const double output_rate = std::stod(run.at("tokens_per_s")), prompt_rate = std::stod(run.at("prompt_tokens_per_s"));
+  const double output_units = 2e5 / output_rate, prompt_units = 2e6 / prompt_rate;
+  CHECK(std::stod(s.at("output_units")) == Approx(output_units).epsilon(1e-5));
+  CHECK(std::stod(s.at("prompt_units")) == Approx(prompt_units).epsilon(1e-5));
+  const int units = static_cast<int>(std::ceil(std::max(output_units, prompt_units)));
+  CHECK(std::stoi(s.at("units_whole")) == units);
+  CHECK(std::stoi(s.at("gpus")) == 16 * units);
+  CHECK(std::stod(s.at("price_per_hour")) == Approx(2.0 * 16 * units));
+  CHECK(std::stod(s.at("prompts_per_s")) == Approx(2e6 / 1024));
+  CHECK(std::stod(s.at("time_per_token_us")) == Approx(std::stod(run.at("step_time_us"))));
+  CHECK_THAT(r.out, Catch::Contains("moesim serve --colocated: 4,000,000 prompt tokens/s (50.0 % from the KV cache, 2,000,000 to prefill)"));
+  CHECK_THAT(r.out, Catch::Contains("128 prompt tokens per GPU of 1024-token prompts"));
+  // A time to first token no count meets: a prompt alone takes 8 of its steps.
+  const double step_ms = std::stod(run.at("step_time_us")) / 1e3;
+  const auto never = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 -q --ttft " +
+                                fmt::format("{:.3f}ms", 7 * step_ms) + " --out '" + (tmp.path() / "n").string() + "'",
+                            tmp);
+  CHECK(never.code == 3);
+  CHECK_THAT(never.out, Catch::Contains("no count of units meets the time to first token"));
+  // A decode scenario without a chunk is not a colocated unit; a chunked one is not a disaggregated decode unit.
+  const auto plain = moesim("serve --colocated " + q + decode + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 -q --out '" +
+                                (tmp.path() / "p").string() + "'",
+                            tmp);
+  CHECK(plain.code == 2);
+  CHECK_THAT(plain.err, Catch::Contains("colocated serving needs a decode scenario whose steps prefill prompts too"));
+  std::string chunked_decode = decode + chunk;
+  for (std::size_t at = 0; (at = chunked_decode.find("--set ", at)) != std::string::npos; at += 13) chunked_decode.replace(at, 6, "--decode-set ");
+  const auto disaggregated = moesim("serve " + q + q + "--prefill-set workload.kind=prefill " + chunked_decode +
+                                        "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 -q --out '" + (tmp.path() / "d").string() + "'",
+                                    tmp);
+  CHECK(disaggregated.code == 2);
+  CHECK_THAT(disaggregated.err, Catch::Contains("serve it colocated"));
+  CHECK(moesim("serve --colocated " + q + q + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5", tmp).code == 2);
+  CHECK(moesim("serve --colocated " + q + decode + chunk + "--prefill-router least_work --input-tokens-per-s 4e6 --output-tokens-per-s 2e5",
+               tmp)
+            .code == 2);
 }

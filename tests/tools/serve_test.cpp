@@ -313,3 +313,117 @@ TEST_CASE("Spare units for failures: each unit down R / (M / g + R), the binomia
   s.gpu_mtbf_hours = 500000;
   CHECK(spare_units(4, 16, s) < n);
 }
+
+namespace {
+
+// A colocated unit: 8 GPUs (TP2: 4 servers) whose 20 ms steps decode 64 sequences a GPU and
+// prefill 256 prompt tokens a GPU of 4096-token prompts: 25,600 output and 102,400 prompt
+// tokens a second.
+ServeUnit colocated_unit() {
+  ServeUnit u;
+  u.source = "c.yaml";
+  u.gpus = 8;
+  u.nodes = 1;
+  u.tp = 2;
+  u.step_us = u.time_per_token_us = 20e3;
+  u.tokens_per_gpu = 64;
+  u.tokens_per_s = 8 * 64 / 0.02;
+  u.prefill_chunk = 256;
+  u.prompt_tokens = 4096;
+  u.prompt_tokens_per_s = 8 * 256 / 0.02;
+  u.gpu_hour_price = 2;
+  u.memory_gb = 50;
+  u.gpu_memory_gb = 80;
+  return u;
+}
+
+}  // namespace
+
+TEST_CASE("Chunked prefill's queue: a prompt alone takes its steps, a busy server makes it wait", "[serve][colocated][stats]") {
+  const ServeUnit u = colocated_unit();
+  // A server (a TP pair) prefills 512 tokens a step: a 4096-token prompt takes 8 steps, 160 ms,
+  // after waiting for the next step to start (0 to 20 ms, uniform at light load).
+  const ChunkedQueue light = simulate_chunked_queue(u, 2, 0.5, 3, 20'000);
+  CHECK(light.servers == 8);
+  CHECK(light.server_chunk == 512);
+  CHECK(light.alone_us == Approx(160e3));
+  CHECK(light.busy == Approx(0.5 * 4096 * 0.02 / (8 * 512)));
+  CHECK(light.p50_us == Approx(170e3).margin(1e3));
+  CHECK(light.mean_us == Approx(170e3).margin(0.5e3));
+  CHECK(light.p99_us <= 180e3);
+  CHECK(light.p50_us >= 160e3);
+  // A prompt whose length is not a whole number of chunks leaves the rest of its last step to
+  // the next one: at light load still ceil(length / chunk) steps.
+  ServeUnit odd = u;
+  odd.prompt_tokens = 4000;
+  CHECK(simulate_chunked_queue(odd, 2, 0.5, 3, 20'000).alone_us == Approx(160e3));
+  // One server at 95 % of its chunks: Poisson prompts each served in 8 steps, an M/D/1 queue
+  // whose prompts wait rho D / (2 (1 - rho)) = 1.52 s on average (Pollaczek-Khinchine) before
+  // their 160 ms, and half a step for the first step to start.
+  ServeUnit pair = u;
+  pair.gpus = 2;
+  const double one = 512 / 0.02 / 4096;  // prompts a second one server's chunks hold
+  const ChunkedQueue md1 = simulate_chunked_queue(pair, 1, 0.95 * one, 3);
+  CHECK(md1.servers == 1);
+  CHECK(md1.busy == Approx(0.95));
+  CHECK(md1.mean_us == Approx(10e3 + 160e3 + 0.95 * 160e3 / (2 * 0.05)).epsilon(0.1));
+  // Dealt in turn to 8 servers, each sees every eighth arrival, far more regular than Poisson:
+  // at the same load they wait a fraction of that.
+  const double full = 8 * one;  // the two units' servers
+  const ChunkedQueue busy = simulate_chunked_queue(u, 2, 0.95 * full, 3);
+  CHECK(busy.busy == Approx(0.95));
+  CHECK(busy.mean_us > light.mean_us + 50e3);
+  CHECK(busy.mean_us < md1.mean_us / 3);
+  // Seeded.
+  CHECK(simulate_chunked_queue(u, 2, 0.95 * full, 3).p99_us == busy.p99_us);
+  // More units: fewer prompts a server, shorter waits; the fewest that meet a target.
+  const auto found = colocated_units_for_ttft(u, 2, 0.95 * full, 99, 400e3, 3);
+  REQUIRE(found);
+  CHECK(found->units > 2);
+  CHECK(found->p99_us <= 400e3);
+  CHECK(simulate_chunked_queue(u, found->units - 1, 0.95 * full, 3).p99_us > 400e3);
+  // Never under a prompt's own steps.
+  ChunkedQueue closest;
+  CHECK_FALSE(colocated_units_for_ttft(u, 2, 0.95 * full, 50, 150e3, 3, &closest));
+  CHECK(closest.alone_us == Approx(160e3));
+}
+
+TEST_CASE("Colocated serving: the units the output or the prompts take, whichever is more", "[serve][colocated]") {
+  const ServeUnit u = colocated_unit();
+  ServeTraffic t;
+  t.input_tokens_per_s = 1e6;
+  t.cache_hit_rate = 0.5;  // 500,000 to prefill: 4.88 units
+  t.output_tokens_per_s = 1e5;  // 3.91 units
+  const ColocatedPlan p = plan_colocated(t, u);
+  CHECK(p.prefill_tokens_per_s == Approx(5e5));
+  CHECK(p.prompt_units == Approx(5e5 / 102'400));
+  CHECK(p.output_units == Approx(1e5 / 25'600));
+  CHECK(p.units_whole == 5);
+  CHECK(p.gpus == 40);
+  CHECK(p.sequences_decoding == Approx(1e5 * 0.02));
+  CHECK(p.price_per_hour == Approx(80));
+  CHECK(p.cost_per_million_output == Approx(80 / 360.0));
+  CHECK(p.queue.units == 5);
+  CHECK(p.queue.prompts_per_s == Approx(5e5 / 4096));
+  // More output: the decode binds.
+  t.output_tokens_per_s = 2e5;
+  CHECK(plan_colocated(t, u).units_whole == 8);
+  // A grid's points: the one on the fewest GPUs within the time per token.
+  ServeUnit slow = u;  // twice the sequences at 30 ms: more output a unit, slower tokens
+  slow.step_us = slow.time_per_token_us = 30e3;
+  slow.tokens_per_gpu = 128;
+  slow.tokens_per_s = 8 * 128 / 0.03;
+  slow.prompt_tokens_per_s = 8 * 256 / 0.03;
+  const std::vector<ServeUnit> points{u, slow};
+  const ServeChoice any = choose_colocated(points, t, 0, 0, 99, 1);
+  REQUIRE(any.best);
+  CHECK(*any.best == 1);  // 200,000 / 34,133 = 5.86 -> 6 units against 8
+  const ServeChoice fast = choose_colocated(points, t, 25e3, 0, 99, 1);
+  REQUIRE(fast.best);
+  CHECK(*fast.best == 0);
+  CHECK_THAT(fast.explanation, Catch::Contains("1 of those decode a token within 25.000 ms"));
+  CHECK_FALSE(choose_colocated(points, t, 10e3, 0, 99, 1).best);
+  ServeUnit none = u;
+  none.prefill_chunk = 0;
+  CHECK_THROWS_AS(plan_colocated(t, none), ServeError);
+}
