@@ -616,7 +616,7 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> candidates;
   std::vector<std::uint64_t> seeds;
-  std::size_t skipped = 0;
+  std::size_t skipped = 0, unchunked = 0;
   const bool grid = scenarios::is_grid_file(file);
   if (grid) {
     const scenarios::Grid g = scenarios::load_grid(file);
@@ -627,10 +627,12 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
       point_sets.insert(point_sets.end(), points[i].begin(), points[i].end());
       try {
         scenario_of[i] = scenarios::load_scenario_file(g.base, point_sets);
-        tools::check_colocated_scenario(*scenario_of[i]);
       } catch (const scenarios::ScenarioError&) {
         if (!g.skip_invalid) throw;
       }
+      // A point without a chunk (a sweep's baseline) runs, but is no colocated unit.
+      if (scenario_of[i] && scenario_of[i]->workload_kind == "decode" && scenario_of[i]->forward.prefill_chunk == 0) continue;
+      if (scenario_of[i]) tools::check_colocated_scenario(*scenario_of[i]);
     }
     const std::string csv = dir + "/colocated-sweep.csv";
     if (!quiet) fmt::print(stderr, "  sweeping    the grid {}, {} points\n", file, points.size());
@@ -645,6 +647,10 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
         continue;
       }
       const std::size_t i = std::stoul(row.at("point"));
+      if (scenario_of.at(i)->forward.prefill_chunk == 0) {
+        ++unchunked;
+        continue;
+      }
       auto unit = tools::serve_unit(*scenario_of.at(i), row, false);
       std::string values;
       for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
@@ -668,6 +674,9 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile, seeds.empty() ? 1 : seeds.front());
     if (skipped > 0)
       choice.explanation += fmt::format(" ({} more of the grid's points were skipped without running: its sweep's rows say why)", skipped);
+    if (unchunked > 0)
+      choice.explanation += fmt::format(" ({} point{} without a prefill chunk ran as the sweep's baseline, not as units)", unchunked,
+                                        unchunked == 1 ? "" : "s");
     if (!choice.best) {
       fmt::print("moesim serve: no point of {} can serve the traffic: {}\n", file, choice.explanation);
       return 3;
