@@ -38,6 +38,60 @@ std::string bytes_rate(double bytes_per_s) {
   return bytes_per_s >= 1e9 ? fmt::format("{:.2f} GB/s", bytes_per_s / 1e9) : fmt::format("{:.1f} MB/s", bytes_per_s / 1e6);
 }
 
+// A queue's times to first token (sorted here): how many, their mean and nearest-rank percentiles.
+template <typename Queue>
+void set_ttft_figures(Queue& q, std::vector<double>& ttft) {
+  std::sort(ttft.begin(), ttft.end());
+  q.counted = static_cast<std::int64_t>(ttft.size());
+  double total = 0;
+  for (const double x : ttft) total += x;
+  q.mean_us = total / static_cast<double>(ttft.size());
+  const auto rank = [&](double pct) {
+    const auto r = static_cast<std::size_t>(std::ceil(pct / 100 * static_cast<double>(ttft.size())));
+    return ttft[std::clamp<std::size_t>(r, 1, ttft.size()) - 1];
+  };
+  q.p50_us = rank(50);
+  q.p90_us = rank(90);
+  q.p99_us = rank(99);
+}
+
+// The fewest units from `from` up to `limit` whose queue (simulate(units)) meets the target: the
+// TTFT falls as units are added (fewer prompts waiting on each), so double until it is met, then
+// bisect. `hopeless`: the queue at `from` shows no count can (its most tried in `closest`).
+template <typename Queue, typename Simulate, typename Meets, typename Hopeless>
+std::optional<Queue> fewest_units(int from, int limit, const Simulate& simulate, const Meets& meets, const Hopeless& hopeless,
+                                  Queue* closest) {
+  Queue q = simulate(from);
+  if (meets(q)) return q;
+  if (hopeless(q) || from >= limit) {
+    if (closest) *closest = q;
+    return std::nullopt;
+  }
+  int low = from, high = from;
+  std::optional<Queue> found;
+  while (!found) {
+    low = high;
+    high = std::min(limit, 2 * high);
+    q = simulate(high);
+    if (meets(q)) found = q;
+    else if (high == limit) {
+      if (closest) *closest = q;
+      return std::nullopt;
+    }
+  }
+  while (high - low > 1) {
+    const int mid = low + (high - low) / 2;
+    q = simulate(mid);
+    if (meets(q)) {
+      high = mid;
+      found = q;
+    } else {
+      low = mid;
+    }
+  }
+  return found;
+}
+
 }  // namespace
 
 int whole_units(double units) { return std::max(1, static_cast<int>(std::ceil(units * (1 - 1e-12)))); }
@@ -349,63 +403,24 @@ PrefillQueue simulate_prefill_queue(double prompts_per_s, int units, const Prefi
     for (std::size_t i = 0; i < n; ++i) give(all[i % stride], i);
   }
   for (auto& u : all) advance(u, std::numeric_limits<double>::infinity());
-  std::sort(ttft.begin(), ttft.end());
   PrefillQueue q;
   q.units = units;
   q.prompts_per_s = prompts_per_s;
   q.busy = prompts_per_s * (sizes.mean() * batch.full_us / batch.full_prompts + (sizes.mean_square() - sizes.mean()) * batch.square_us) /
            1e6 / static_cast<double>(units);
-  q.counted = static_cast<std::int64_t>(ttft.size());
-  double total = 0;
-  for (const double x : ttft) total += x;
-  q.mean_us = total / static_cast<double>(ttft.size());
-  const auto rank = [&](double pct) {  // nearest rank
-    const auto r = static_cast<std::size_t>(std::ceil(pct / 100 * static_cast<double>(ttft.size())));
-    return ttft[std::clamp<std::size_t>(r, 1, ttft.size()) - 1];
-  };
-  q.p50_us = rank(50);
-  q.p90_us = rank(90);
-  q.p99_us = rank(99);
+  set_ttft_figures(q, ttft);
   q.mean_batch = batches > 0 ? static_cast<double>(batched) / static_cast<double>(batches) : 0;
   return q;
 }
 
 std::optional<PrefillQueue> units_for_ttft(double prompts_per_s, int from, int limit, const PrefillBatchTime& batch, int percentile,
                                            double target_us, std::uint64_t seed, PrefillQueue* closest, const PromptSizes& sizes) {
-  const auto meets = [&](const PrefillQueue& q) { return q.percentile_us(percentile) <= target_us; };
-  PrefillQueue q = simulate_prefill_queue(prompts_per_s, from, batch, seed, 200'000, sizes);
-  if (meets(q)) return q;
-  // No prompt's first token comes sooner than a batch of one: more units cannot help (with
-  // prompts of several lengths, the queue's own figure at the most units decides).
-  if ((sizes.sigma == 0 && sizes.drawn.empty() && batch.us(1) > target_us) || from >= limit) {
-    if (closest) *closest = q;
-    return std::nullopt;
-  }
-  // More units, fewer prompts waiting: the TTFT falls with the units. Double until the target
-  // is met, then bisect.
-  int low = from, high = from;
-  std::optional<PrefillQueue> found;
-  while (!found) {
-    low = high;
-    high = std::min(limit, 2 * high);
-    q = simulate_prefill_queue(prompts_per_s, high, batch, seed, 200'000, sizes);
-    if (meets(q)) found = q;
-    else if (high == limit) {
-      if (closest) *closest = q;
-      return std::nullopt;
-    }
-  }
-  while (high - low > 1) {
-    const int mid = low + (high - low) / 2;
-    q = simulate_prefill_queue(prompts_per_s, mid, batch, seed, 200'000, sizes);
-    if (meets(q)) {
-      high = mid;
-      found = q;
-    } else {
-      low = mid;
-    }
-  }
-  return found;
+  return fewest_units<PrefillQueue>(
+      from, limit, [&](int units) { return simulate_prefill_queue(prompts_per_s, units, batch, seed, 200'000, sizes); },
+      [&](const PrefillQueue& q) { return q.percentile_us(percentile) <= target_us; },
+      // No prompt's first token comes sooner than a batch of one: more units cannot help (with
+      // prompts of several lengths, the queue's own figure at the most units decides).
+      [&](const PrefillQueue&) { return sizes.sigma == 0 && sizes.drawn.empty() && batch.us(1) > target_us; }, closest);
 }
 
 double prompt_time_factor(const PrefillBatchTime& batch, const PromptSizes& sizes) {
@@ -551,56 +566,17 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
     }
     if (i >= skip) ttft.push_back(static_cast<double>(finish + 1) * step - now);
   }
-  std::sort(ttft.begin(), ttft.end());
-  q.counted = static_cast<std::int64_t>(ttft.size());
-  double total = 0;
-  for (const double x : ttft) total += x;
-  q.mean_us = total / static_cast<double>(ttft.size());
-  const auto rank = [&](double pct) {  // nearest rank
-    const auto r = static_cast<std::size_t>(std::ceil(pct / 100 * static_cast<double>(ttft.size())));
-    return ttft[std::clamp<std::size_t>(r, 1, ttft.size()) - 1];
-  };
-  q.p50_us = rank(50);
-  q.p90_us = rank(90);
-  q.p99_us = rank(99);
+  set_ttft_figures(q, ttft);
   return q;
 }
 
 std::optional<ChunkedQueue> colocated_units_for_ttft(const ServeUnit& unit, int from, double prompts_per_s, int percentile,
                                                      double target_us, std::uint64_t seed, ChunkedQueue* closest) {
-  const auto meets = [&](const ChunkedQueue& q) { return q.percentile_us(percentile) <= target_us; };
-  ChunkedQueue q = simulate_chunked_queue(unit, from, prompts_per_s, seed);
-  if (meets(q)) return q;
-  // A prompt alone takes its steps: more units cannot bring it under that.
-  const int limit = 64 * from;
-  if (q.alone_us > target_us) {
-    if (closest) *closest = q;
-    return std::nullopt;
-  }
-  // More units, fewer prompts on each server: double until the target is met, then bisect.
-  int low = from, high = from;
-  std::optional<ChunkedQueue> found;
-  while (!found) {
-    low = high;
-    high = std::min(limit, 2 * high);
-    q = simulate_chunked_queue(unit, high, prompts_per_s, seed);
-    if (meets(q)) found = q;
-    else if (high == limit) {
-      if (closest) *closest = q;
-      return std::nullopt;
-    }
-  }
-  while (high - low > 1) {
-    const int mid = low + (high - low) / 2;
-    q = simulate_chunked_queue(unit, mid, prompts_per_s, seed);
-    if (meets(q)) {
-      high = mid;
-      found = q;
-    } else {
-      low = mid;
-    }
-  }
-  return found;
+  return fewest_units<ChunkedQueue>(
+      from, 64 * from, [&](int units) { return simulate_chunked_queue(unit, units, prompts_per_s, seed); },
+      [&](const ChunkedQueue& q) { return q.percentile_us(percentile) <= target_us; },
+      // A prompt alone takes its steps: more units cannot bring it under that.
+      [&](const ChunkedQueue& q) { return q.alone_us > target_us; }, closest);
 }
 
 ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, double ttft_target_us, int percentile, std::uint64_t seed,
