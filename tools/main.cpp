@@ -616,6 +616,7 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> candidates;
   std::vector<std::uint64_t> seeds;
+  std::vector<std::size_t> candidate_point;  // a grid's point of each candidate
   std::size_t skipped = 0, unchunked = 0;
   const bool grid = scenarios::is_grid_file(file);
   if (grid) {
@@ -656,8 +657,25 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
       for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
       unit.point = fmt::format("point {} of {} ({})", i, file, values);
       candidates.push_back(unit);
+      candidate_point.push_back(i);
       seeds.push_back(scenario_of[i]->forward.seed);
     }
+    // A point's decode alone: the grid's point with the same values but a chunk of 0, where it has one.
+    const auto rows = read_rows(csv);
+    const auto without_chunk = [](const std::vector<std::string>& point) {
+      std::vector<std::string> rest;
+      for (const auto& v : point)
+        if (!v.starts_with("workload.prefill_chunk=") && !v.starts_with("workload.sequence_length=")) rest.push_back(v);
+      return rest;
+    };
+    for (std::size_t c = 0; c < candidates.size(); ++c)
+      for (const auto& row : rows) {
+        const std::size_t i = std::stoul(row.at("point"));
+        if (!scenario_of.at(i) || scenario_of[i]->forward.prefill_chunk != 0 || row.at("infeasible_reason").starts_with("invalid: ") ||
+            row.at("infeasible_reason").starts_with("not simulated: ") || without_chunk(points.at(i)) != without_chunk(points.at(candidate_point[c])))
+          continue;
+        candidates[c].decode_only_step_us = std::stod(row.at("step_time_us"));
+      }
     written.push_back(csv);
   } else {
     const auto sc = scenarios::load_scenario_file(file, sets);
@@ -666,6 +684,7 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     const auto result = simulate(sc, quiet);
     tools::write_reports(dir + "/colocated", sc, result);
     candidates.push_back(tools::serve_unit(sc, read_rows(dir + "/colocated/summary.csv").at(0), false));
+    candidate_point.push_back(0);
     seeds.push_back(sc.forward.seed);
     written.push_back(dir + "/colocated/");
   }
@@ -695,6 +714,25 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     choice.best = 0;
   }
   const std::size_t best = *choice.best;
+  // The decode alone, for the steps whose chunks are not full: a grid's baseline point, or a run
+  // of the chosen scenario (point) without the chunk.
+  if (candidates[best].decode_only_step_us <= 0) {
+    auto variant = sets;
+    if (grid) {
+      const auto point = scenarios::load_grid(file).points().at(candidate_point[best]);
+      variant.insert(variant.end(), point.begin(), point.end());
+    }
+    variant.push_back("workload.prefill_chunk=0");
+    // Prompts of another length than the context's were given with the chunk: the decode alone has none.
+    variant.push_back("workload.sequence_length=~");
+    const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
+    const std::string out_dir = dir + "/decode-alone";
+    if (!quiet) fmt::print(stderr, "  simulating  the decode alone, without its prefill chunk\n");
+    const auto result = simulate(sc, quiet);
+    tools::write_reports(out_dir, sc, result);
+    written.push_back(out_dir + "/");
+    candidates[best].decode_only_step_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
+  }
   tools::ColocatedPlan plan = tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, seeds[best], spares);
   plan.choice = choice.explanation;
   if (!plan.ttft_met) {

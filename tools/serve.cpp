@@ -524,49 +524,82 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
     throw ServeError("the chunked prefill queue needs a rate > 0, a unit whose steps prefill a chunk, and 10 prompts or more");
   ChunkedQueue q;
   q.units = units;
-  q.servers = units * std::max(1, unit.gpus / std::max(1, unit.tp));
+  const int per_unit = std::max(1, unit.gpus / std::max(1, unit.tp));
+  q.servers = units * per_unit;
   q.server_chunk = unit.prefill_chunk * std::max(1, unit.tp);
   q.prompts_per_s = prompts_per_s;
-  const double step = unit.step_us;
+  // A step's time: the decode's alone, and what a full chunk adds, in proportion to the fullest
+  // chunk of the unit's servers (they step together); without the decode's alone, every step a
+  // full chunk's.
+  const double full = unit.step_us, alone = unit.decode_only_step_us > 0 ? std::min(unit.decode_only_step_us, full) : full;
   const std::int64_t length = unit.prompt_tokens, chunk = q.server_chunk;
-  q.busy = prompts_per_s * static_cast<double>(length) * step / 1e6 / (static_cast<double>(q.servers) * static_cast<double>(chunk));
-  q.alone_us = static_cast<double>((length + chunk - 1) / chunk) * step;
-  // Per server: the first step with room left, and the tokens left in it.
-  std::vector<std::int64_t> next(static_cast<std::size_t>(q.servers), 0), spare(static_cast<std::size_t>(q.servers), chunk);
+  const auto step_of = [&](std::int64_t fill) { return alone + (full - alone) * static_cast<double>(fill) / static_cast<double>(chunk); };
+  q.busy = prompts_per_s * static_cast<double>(length) * full / 1e6 / (static_cast<double>(q.servers) * static_cast<double>(chunk));
+  q.alone_us = static_cast<double>((length - 1) / chunk) * full + step_of(length - (length - 1) / chunk * chunk);
   sim::Rng rng(seed, "serve/colocated-arrivals");
   const auto n = static_cast<std::size_t>(prompts);
   const std::size_t skip = n / 10;  // warm-up
+  std::vector<double> arrival(n);
+  double now = 0;
+  for (auto& a : arrival) a = now += rng.exponential(1e6 / prompts_per_s);  // microseconds
+  // Prompt i goes to server i mod servers; each server's prompts in arrival order.
+  const auto servers = static_cast<std::size_t>(q.servers);
+  std::vector<std::vector<std::uint32_t>> dealt(servers);
+  for (std::size_t i = 0; i < n; ++i) dealt[i % servers].push_back(static_cast<std::uint32_t>(i));
   std::vector<double> ttft;
   ttft.reserve(n - skip);
-  double now = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    now += rng.exponential(1e6 / prompts_per_s);  // microseconds
-    const std::size_t s = i % static_cast<std::size_t>(q.servers);
-    // The first step that starts after the prompt comes.
-    const auto first = static_cast<std::int64_t>(std::floor(now / step)) + 1;
-    std::int64_t start = next[s];
-    if (first > start) {
-      start = first;
-      spare[s] = chunk;
+  const double counted_from = arrival[skip];
+  double step_total = 0;
+  std::int64_t steps = 0;
+  for (int u = 0; u < units; ++u) {
+    const std::size_t first = static_cast<std::size_t>(u) * static_cast<std::size_t>(per_unit);
+    // Per server of the unit: its next prompt not yet come (come), its oldest unfinished (front)
+    // and that one's tokens left.
+    std::vector<std::size_t> come(static_cast<std::size_t>(per_unit), 0), front(static_cast<std::size_t>(per_unit), 0);
+    std::vector<std::int64_t> left(static_cast<std::size_t>(per_unit), length);
+    std::vector<std::int64_t> fill(static_cast<std::size_t>(per_unit));
+    double t = 0;  // the next step's start
+    for (;;) {
+      std::int64_t fullest = 0;
+      double next_arrival = std::numeric_limits<double>::infinity();
+      bool pending = false;
+      for (std::size_t j = 0; j < fill.size(); ++j) {
+        const auto& mine = dealt[first + j];
+        while (come[j] < mine.size() && arrival[mine[come[j]]] < t) ++come[j];  // a prompt joins the first step after it comes
+        const auto waiting = static_cast<std::int64_t>(come[j] - front[j]);
+        fill[j] = waiting > 0 ? std::min(chunk, left[j] + (waiting - 1) * length) : 0;
+        fullest = std::max(fullest, fill[j]);
+        if (come[j] < mine.size()) next_arrival = std::min(next_arrival, arrival[mine[come[j]]]);
+        pending = pending || front[j] < mine.size();
+      }
+      if (!pending) break;
+      if (fullest == 0) {
+        // Nothing to prefill: decode steps alone until the first that starts after the next prompt.
+        const double k = std::floor((next_arrival - t) / alone) + 1;
+        if (t >= counted_from) step_total += k * alone, steps += static_cast<std::int64_t>(k);
+        t += k * alone;
+        continue;
+      }
+      const double end = t + step_of(fullest);
+      if (t >= counted_from) step_total += end - t, ++steps;
+      for (std::size_t j = 0; j < fill.size(); ++j) {
+        const auto& mine = dealt[first + j];
+        for (std::int64_t todo = fill[j]; todo > 0;) {
+          const std::int64_t take = std::min(todo, left[j]);
+          todo -= take;
+          left[j] -= take;
+          if (left[j] == 0) {
+            if (mine[front[j]] >= skip) ttft.push_back(end - arrival[mine[front[j]]]);
+            ++front[j];
+            left[j] = length;
+          }
+        }
+      }
+      t = end;
     }
-    std::int64_t finish = start, left = length;
-    if (left <= spare[s]) {
-      spare[s] -= left;
-    } else {
-      left -= spare[s];
-      const std::int64_t more = (left + chunk - 1) / chunk;
-      finish = start + more;
-      spare[s] = more * chunk - left;
-    }
-    if (spare[s] == 0) {
-      next[s] = finish + 1;
-      spare[s] = chunk;
-    } else {
-      next[s] = finish;
-    }
-    if (i >= skip) ttft.push_back(static_cast<double>(finish + 1) * step - now);
   }
   set_ttft_figures(q, ttft);
+  q.step_mean_us = steps > 0 ? step_total / static_cast<double>(steps) : full;
   return q;
 }
 
@@ -605,7 +638,8 @@ ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, doubl
   }
   p.units_whole = p.ttft_met ? p.queue.units : p.units_for_load;
   p.gpus = p.units_whole * unit.gpus;
-  p.sequences_decoding = t.output_tokens_per_s * unit.time_per_token_us / 1e6;
+  p.time_per_token_mean_us = p.queue.step_mean_us * unit.time_per_token_us / unit.step_us;
+  p.sequences_decoding = t.output_tokens_per_s * p.time_per_token_mean_us / 1e6;
   if (unit.gpu_hour_price > 0) {
     p.price_per_hour = p.gpus * unit.gpu_hour_price;
     p.cost_per_million_output = p.price_per_hour / (t.output_tokens_per_s * 3600 / 1e6);
@@ -669,8 +703,8 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
              grouped(t.output_tokens_per_s));
   const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
   fmt::print(out, "  unit        {}: {} GPUs ({}), each step one token for {} sequences per GPU ({}-token contexts) and {} prompt "
-                  "tokens per GPU of {}-token prompts, in {:.3f} ms: a token every {:.3f} ms per sequence, {} output and {} prompt "
-                  "tokens/s a unit\n",
+                  "tokens per GPU of {}-token prompts, in {:.3f} ms (a token every {:.3f} ms per sequence with full chunks): {} output and {} "
+                  "prompt tokens/s a unit\n",
              u.source, u.gpus, nodes(u.nodes), u.tokens_per_gpu, u.context_tokens, u.prefill_chunk, u.prompt_tokens, u.step_us / 1e3,
              u.time_per_token_us / 1e3, grouped(u.tokens_per_s), grouped(u.prompt_tokens_per_s));
   if (!u.point.empty()) fmt::print(out, "              {}: {}\n", u.point, p.choice);
@@ -684,7 +718,13 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
                  ? fmt::format(" ({} units for the load, {} more for the time to first token)", p.units_for_load,
                                p.units_whole - p.units_for_load)
                  : std::string());
-  fmt::print(out, "              {} sequences decoding at once\n", grouped(p.sequences_decoding));
+  fmt::print(out, "              a token every {:.3f} ms per sequence on average ({}); {} sequences decoding at once\n",
+             p.time_per_token_mean_us / 1e3,
+             u.decode_only_step_us > 0
+                 ? fmt::format("steps of {:.3f} ms decoding alone, {:.3f} with a full chunk on a server of the unit, {:.3f} on average",
+                               u.decode_only_step_us / 1e3, u.step_us / 1e3, q.step_mean_us / 1e3)
+                 : std::string("every step taken at a full chunk's time: the decode alone was not run"),
+             grouped(p.sequences_decoding));
   fmt::print(out, "  first token {:.1f} prompts/s dealt in turn to {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
                   "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
                   "steps{}\n",
@@ -693,7 +733,6 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
              grouped(static_cast<double>(q.counted)), q.mean_us / 1e3, q.p50_us / 1e3, q.p90_us / 1e3, q.p99_us / 1e3, q.alone_us / 1e3,
              p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
                                   : std::string());
-  fmt::print(out, "              every step taken at the scenario's, a full chunk's: a step whose chunk is not full is shorter\n");
   if (p.price_per_hour > 0)
     fmt::print(out, "  cost        {} per hour, {} per day; {:.4g} per million output tokens (prompts included)\n",
                grouped(p.price_per_hour), grouped(24 * p.price_per_hour), p.cost_per_million_output);
@@ -726,14 +765,17 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "prefill_chunk,prompt_tokens,step_us,time_per_token_us,unit_output_tokens_per_s,unit_prompt_tokens_per_s,output_units,"
              "prompt_units,units_for_load,units_whole,gpus,sequences_decoding,prompts_per_s,servers,server_chunk,prefill_busy,"
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
+             "decode_only_step_us,step_mean_us,time_per_token_mean_us,"
              "availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
-                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},",
+                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
              p.prefill_tokens_per_s, u.gpus, u.tokens_per_gpu, u.prefill_chunk, u.prompt_tokens, u.step_us, u.time_per_token_us,
              u.tokens_per_s, u.prompt_tokens_per_s, p.output_units, p.prompt_units, p.units_for_load, p.units_whole, p.gpus,
              p.sequences_decoding, q.prompts_per_s, q.servers, q.server_chunk, q.busy, q.mean_us, q.p50_us, q.p90_us, q.p99_us,
-             q.alone_us, p.price_per_hour, p.cost_per_million_output, u.memory_gb);
+             q.alone_us, p.price_per_hour, p.cost_per_million_output, u.memory_gb,
+             u.decode_only_step_us > 0 ? fmt::format("{:.6f}", u.decode_only_step_us) : std::string(), q.step_mean_us,
+             p.time_per_token_mean_us);
   if (p.spares.enabled())
     fmt::print(out, "{:.10g},{},{},", p.spares.availability, p.spare_units, p.gpus + p.spare_units * u.gpus);
   else

@@ -77,6 +77,7 @@ struct ServeUnit {
   // (tp GPUs) take a prompt's chunks together.
   double prompt_tokens_per_s = 0;
   std::int64_t prefill_chunk = 0;
+  double decode_only_step_us = 0;  // the same decode without the chunk (0: not known; every step a full chunk's)
   int tp = 1;
   double power_kw = 0;  // the unit's draw (summary.csv power_kw); 0 where the GPU has no rated power
   double memory_gb = 0, gpu_memory_gb = 0;
@@ -252,8 +253,11 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
 // it was dealt first come first served, tp x prefill_chunk of their tokens in each step, the
 // steps following one another every step time; a prompt joins from the first step that starts
 // after it comes, and its first token comes at the end of the step that prefills its last
-// token. Every step is taken at the scenario's time, a full chunk's (a step whose chunk is not
-// full would be shorter: the times are a bound). Left out as for disaggregated serving: the
+// token. A unit's servers step together (its GPUs meet in every layer's all-to-all): a step takes
+// the decode's time alone (ServeUnit::decode_only_step_us, from a run without the chunk) and what
+// the scenario's full chunk adds to it in proportion to the fullest chunk of the unit's servers,
+// idle units stepping at the decode's time; where the decode alone is not known, every step takes
+// the full chunk's time (a bound). Left out as for disaggregated serving: the
 // decode's own batching (sequences join as prompts finish; each unit is taken to keep its
 // sequences), prompts of other lengths.
 struct ChunkedQueue {
@@ -263,7 +267,8 @@ struct ChunkedQueue {
   double busy = 0;  // the prompt load over the servers' chunks
   std::int64_t counted = 0;
   double mean_us = 0, p50_us = 0, p90_us = 0, p99_us = 0;
-  double alone_us = 0;  // a prompt's steps alone (the ones it needs, whole), without waiting for the first to start
+  double alone_us = 0;  // a prompt's steps alone (the ones it needs), without waiting for the first to start
+  double step_mean_us = 0;  // the steps' mean: the time between a sequence's tokens on average
   double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
 };
 ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed,
@@ -278,7 +283,8 @@ struct ColocatedPlan {
   double prefill_tokens_per_s = 0;  // prompt tokens to prefill: input less cache hits
   double output_units = 0, prompt_units = 0;  // fractional: each load over a unit's rate
   int units_for_load = 0, units_whole = 0, gpus = 0;
-  double sequences_decoding = 0;
+  double sequences_decoding = 0;      // output tokens/s x the mean time per token
+  double time_per_token_mean_us = 0;  // the queue's steps' mean (over the tokens a sequence gains a step)
   ChunkedQueue queue;
   double ttft_target_us = 0;
   int ttft_percentile = 99;

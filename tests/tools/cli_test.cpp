@@ -2082,8 +2082,28 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(std::stod(s.at("price_per_hour")) == Approx(2.0 * 16 * units));
   CHECK(std::stod(s.at("prompts_per_s")) == Approx(2e6 / 1024));
   CHECK(std::stod(s.at("time_per_token_us")) == Approx(std::stod(run.at("step_time_us"))));
+  // The decode alone, run without the chunk, times the steps whose chunks are not full.
+  const auto alone = summary_row(out / "decode-alone" / "summary.csv");
+  CHECK(alone.at("prefill_chunk").empty());
+  CHECK(std::stod(s.at("decode_only_step_us")) == Approx(std::stod(alone.at("step_time_us"))));
+  CHECK(std::stod(s.at("decode_only_step_us")) < std::stod(s.at("time_per_token_us")));
+  CHECK(std::stod(s.at("time_per_token_mean_us")) <= std::stod(s.at("time_per_token_us")));
+  CHECK(std::stod(s.at("time_per_token_mean_us")) >= std::stod(s.at("decode_only_step_us")));
   CHECK_THAT(r.out, Catch::Contains("moesim serve --colocated: 4,000,000 prompt tokens/s (50.0 % from the KV cache, 2,000,000 to prefill)"));
   CHECK_THAT(r.out, Catch::Contains("128 prompt tokens per GPU of 1024-token prompts"));
+  // A grid: its chunkless point with the same values gives the decode alone, no run of its own.
+  const auto grid = tmp.path() / "grid.yaml";
+  std::ofstream(grid) << "base: " << kSource << "/scenarios/quickstart.yaml\naxes:\n  workload.prefill_chunk: [0, 128, 256]\n";
+  const auto g = moesim("serve --colocated '" + grid.string() + "' " + decode + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 -q --out '" +
+                            (tmp.path() / "g").string() + "'",
+                        tmp);
+  INFO(g.out + g.err);
+  REQUIRE(g.code == 0);
+  CHECK_FALSE(fs::exists(tmp.path() / "g" / "decode-alone"));
+  const auto gs = summary_row(tmp.path() / "g" / "serve.csv");
+  const auto baseline = summary_row(tmp.path() / "g" / "colocated-sweep.csv");  // its first row
+  REQUIRE(baseline.at("point") == "0");  // no chunk
+  CHECK(std::stod(gs.at("decode_only_step_us")) == Approx(std::stod(baseline.at("step_time_us"))));
   // A time to first token no count meets: a prompt alone takes 8 of its steps.
   const double step_ms = std::stod(run.at("step_time_us")) / 1e3;
   const auto never = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 -q --ttft " +

@@ -386,6 +386,34 @@ TEST_CASE("Chunked prefill's queue: a prompt alone takes its steps, a busy serve
   ChunkedQueue closest;
   CHECK_FALSE(colocated_units_for_ttft(u, 2, 0.95 * full, 50, 150e3, 3, &closest));
   CHECK(closest.alone_us == Approx(160e3));
+  // Without the decode's time alone every step is a full chunk's.
+  CHECK(light.step_mean_us == Approx(20e3));
+}
+
+TEST_CASE("Chunked prefill's steps: the decode's time and what the unit's fullest chunk adds", "[serve][colocated][stats]") {
+  ServeUnit u = colocated_unit();
+  u.decode_only_step_us = 10e3;  // a full 512-token chunk a server adds 10 ms to a step
+  // At light load a unit mostly decodes alone: a prompt waits half a 10 ms step for the next to
+  // start, then takes 8 full steps. Its unit's 4 servers hold a prompt 4 % of the time (0.25 a
+  // second each 160 ms), so of 98 steps a second about 2 are 20 ms and 96 are 10: 10.2 ms.
+  const ChunkedQueue light = simulate_chunked_queue(u, 2, 0.5, 3, 20'000);
+  CHECK(light.alone_us == Approx(160e3));
+  CHECK(light.mean_us == Approx(165e3).margin(0.5e3));
+  CHECK(light.step_mean_us == Approx(10.2e3).margin(0.1e3));
+  // A prompt of 4000 tokens: 7 full steps and one with 416 of the 512 tokens, 10 + 10 x 416 / 512 ms.
+  ServeUnit odd = u;
+  odd.prompt_tokens = 4000;
+  CHECK(simulate_chunked_queue(odd, 2, 0.5, 3, 20'000).alone_us == Approx(140e3 + 18.125e3));
+  // Busy: nearly every step has a full chunk on some server of the unit.
+  const double full = 8 * 512 / 0.02 / 4096;
+  const ChunkedQueue busy = simulate_chunked_queue(u, 2, 0.95 * full, 3);
+  CHECK(busy.step_mean_us > 19e3);
+  CHECK(busy.step_mean_us < 20e3);
+  // Faster steps when chunks are empty: no later first tokens than with every step full.
+  ServeUnit bound = u;
+  bound.decode_only_step_us = 0;
+  CHECK(busy.mean_us <= simulate_chunked_queue(bound, 2, 0.95 * full, 3).mean_us);
+  CHECK(light.p99_us < simulate_chunked_queue(bound, 2, 0.5, 3, 20'000).p99_us);
 }
 
 TEST_CASE("Colocated serving: the units the output or the prompts take, whichever is more", "[serve][colocated]") {
