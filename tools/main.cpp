@@ -101,6 +101,7 @@ commands:
         check a scenario file without running it; a sweep grid: every point
   serve --colocated SCENARIO.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile P]] [--tpot TIME]
+        [--prompt-length-sigma S | --prompt-lengths FILE]
         [--gpu-mtbf-hours H --repair-time TIME [--availability A]] [--set KEY.PATH=VALUE ...]
         colocated serving with chunked prefill: one decode scenario whose steps
         prefill prompts too (workload.prefill_chunk), or a grid of them: the units
@@ -779,10 +780,9 @@ int cmd_serve(const std::vector<std::string>& args) {
     if (files.size() != 1)
       throw UsageError("serve --colocated needs one scenario: moesim serve --colocated SCENARIO.yaml --input-tokens-per-s I "
                        "--output-tokens-per-s O");
-    for (const char* other : {"prompt-length-sigma", "prompt-lengths", "prefill-set", "decode-set"})
+    for (const char* other : {"prefill-set", "decode-set"})
       if (vm.count(other))
-        throw UsageError(fmt::format("--{} is for disaggregated serving (two scenarios); with --colocated the prompts are the "
-                                     "scenario's workload.sequence_length tokens, and --set changes it",
+        throw UsageError(fmt::format("--{} is for disaggregated serving (two scenarios); with --colocated --set changes the scenario",
                                      other));
     if (!vm["prefill-router"].defaulted())
       throw UsageError("--prefill-router is for disaggregated serving; with --colocated each server takes its prompts in turn");

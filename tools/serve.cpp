@@ -519,7 +519,28 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
   return p;
 }
 
-ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed, std::int64_t prompts) {
+namespace {
+
+// The traffic's prompt lengths in words, empty when they are the prefill scenario's.
+std::string prompt_lengths_text(const ServeTraffic& t, std::int64_t unit_prompt_tokens) {
+  if (t.prompt_length_sigma > 0)
+    return fmt::format("log-normal lengths around the scenario's {} tokens (sigma {:g} of their log, the mean kept)", unit_prompt_tokens,
+                       t.prompt_length_sigma);
+  if (t.prompt_lengths.empty()) return {};
+  std::vector<double> sorted = t.prompt_lengths;
+  std::sort(sorted.begin(), sorted.end());
+  double total = 0;
+  for (const double l : sorted) total += l;
+  const auto at = [&](double pct) { return sorted[std::min(sorted.size() - 1, static_cast<std::size_t>(pct / 100 * static_cast<double>(sorted.size())))]; };
+  return fmt::format("lengths drawn from {} ({} of them: mean {:.0f} tokens, p50 {:.0f}, p99 {:.0f}; the scenario's {})",
+                     t.prompt_lengths_source.empty() ? std::string("a list") : t.prompt_lengths_source, sorted.size(),
+                     total / static_cast<double>(sorted.size()), at(50), at(99), unit_prompt_tokens);
+}
+
+}  // namespace
+
+ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed, std::int64_t prompts,
+                                    const PromptSizes& sizes) {
   if (!(prompts_per_s > 0) || units < 1 || prompts < 10 || unit.prefill_chunk < 1 || unit.prompt_tokens < 1 || !(unit.step_us > 0))
     throw ServeError("the chunked prefill queue needs a rate > 0, a unit whose steps prefill a chunk, and 10 prompts or more");
   ChunkedQueue q;
@@ -534,7 +555,8 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   const double full = unit.step_us, alone = unit.decode_only_step_us > 0 ? std::min(unit.decode_only_step_us, full) : full;
   const std::int64_t length = unit.prompt_tokens, chunk = q.server_chunk;
   const auto step_of = [&](std::int64_t fill) { return alone + (full - alone) * static_cast<double>(fill) / static_cast<double>(chunk); };
-  q.busy = prompts_per_s * static_cast<double>(length) * full / 1e6 / (static_cast<double>(q.servers) * static_cast<double>(chunk));
+  q.busy = prompts_per_s * static_cast<double>(length) * sizes.mean() * full / 1e6 /
+           (static_cast<double>(q.servers) * static_cast<double>(chunk));
   q.alone_us = static_cast<double>((length - 1) / chunk) * full + step_of(length - (length - 1) / chunk * chunk);
   sim::Rng rng(seed, "serve/colocated-arrivals");
   const auto n = static_cast<std::size_t>(prompts);
@@ -542,6 +564,16 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   std::vector<double> arrival(n);
   double now = 0;
   for (auto& a : arrival) a = now += rng.exponential(1e6 / prompts_per_s);  // microseconds
+  // Each prompt's tokens: the scenario's length, or that many times its size (a stream of its own).
+  std::vector<std::int64_t> tokens(n, length);
+  if (sizes.varied()) {
+    sim::Rng lengths(seed, "serve/prompt-lengths");
+    for (auto& k : tokens) {
+      const double w = !sizes.drawn.empty() ? sizes.drawn[lengths.uniform_int(sizes.drawn.size())]
+                                            : std::exp(sizes.sigma * lengths.normal() - sizes.sigma * sizes.sigma / 2);
+      k = std::max<std::int64_t>(1, std::llround(w * static_cast<double>(length)));
+    }
+  }
   // Prompt i goes to server i mod servers; each server's prompts in arrival order.
   const auto servers = static_cast<std::size_t>(q.servers);
   std::vector<std::vector<std::uint32_t>> dealt(servers);
@@ -553,10 +585,10 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   std::int64_t steps = 0;
   for (int u = 0; u < units; ++u) {
     const std::size_t first = static_cast<std::size_t>(u) * static_cast<std::size_t>(per_unit);
-    // Per server of the unit: its next prompt not yet come (come), its oldest unfinished (front)
-    // and that one's tokens left.
+    // Per server of the unit: its next prompt not yet come (come), its oldest unfinished (front),
+    // that one's tokens left, and the tokens of all that came and wait.
     std::vector<std::size_t> come(static_cast<std::size_t>(per_unit), 0), front(static_cast<std::size_t>(per_unit), 0);
-    std::vector<std::int64_t> left(static_cast<std::size_t>(per_unit), length);
+    std::vector<std::int64_t> left(static_cast<std::size_t>(per_unit), 0), backlog(static_cast<std::size_t>(per_unit), 0);
     std::vector<std::int64_t> fill(static_cast<std::size_t>(per_unit));
     double t = 0;  // the next step's start
     for (;;) {
@@ -565,9 +597,11 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
       bool pending = false;
       for (std::size_t j = 0; j < fill.size(); ++j) {
         const auto& mine = dealt[first + j];
-        while (come[j] < mine.size() && arrival[mine[come[j]]] < t) ++come[j];  // a prompt joins the first step after it comes
-        const auto waiting = static_cast<std::int64_t>(come[j] - front[j]);
-        fill[j] = waiting > 0 ? std::min(chunk, left[j] + (waiting - 1) * length) : 0;
+        for (; come[j] < mine.size() && arrival[mine[come[j]]] < t; ++come[j]) {  // a prompt joins the first step after it comes
+          if (front[j] == come[j]) left[j] = tokens[mine[come[j]]];
+          backlog[j] += tokens[mine[come[j]]];
+        }
+        fill[j] = std::min(chunk, backlog[j]);
         fullest = std::max(fullest, fill[j]);
         if (come[j] < mine.size()) next_arrival = std::min(next_arrival, arrival[mine[come[j]]]);
         pending = pending || front[j] < mine.size();
@@ -584,6 +618,7 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
       if (t >= counted_from) step_total += end - t, ++steps;
       for (std::size_t j = 0; j < fill.size(); ++j) {
         const auto& mine = dealt[first + j];
+        backlog[j] -= fill[j];
         for (std::int64_t todo = fill[j]; todo > 0;) {
           const std::int64_t take = std::min(todo, left[j]);
           todo -= take;
@@ -591,7 +626,7 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
           if (left[j] == 0) {
             if (mine[front[j]] >= skip) ttft.push_back(end - arrival[mine[front[j]]]);
             ++front[j];
-            left[j] = length;
+            if (front[j] < come[j]) left[j] = tokens[mine[front[j]]];
           }
         }
       }
@@ -604,12 +639,14 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
 }
 
 std::optional<ChunkedQueue> colocated_units_for_ttft(const ServeUnit& unit, int from, double prompts_per_s, int percentile,
-                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest) {
+                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest,
+                                                     const PromptSizes& sizes) {
   return fewest_units<ChunkedQueue>(
-      from, 64 * from, [&](int units) { return simulate_chunked_queue(unit, units, prompts_per_s, seed); },
+      from, 64 * from, [&](int units) { return simulate_chunked_queue(unit, units, prompts_per_s, seed, 200'000, sizes); },
       [&](const ChunkedQueue& q) { return q.percentile_us(percentile) <= target_us; },
-      // A prompt alone takes its steps: more units cannot bring it under that.
-      [&](const ChunkedQueue& q) { return q.alone_us > target_us; }, closest);
+      // A prompt alone takes its steps: more units cannot bring it under that (with prompts of
+      // several lengths, the queue's own figure at the most units decides).
+      [&](const ChunkedQueue& q) { return !sizes.varied() && q.alone_us > target_us; }, closest);
 }
 
 ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, double ttft_target_us, int percentile, std::uint64_t seed,
@@ -628,13 +665,14 @@ ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, doubl
   p.output_units = t.output_tokens_per_s / unit.tokens_per_s;
   p.prompt_units = p.prefill_tokens_per_s / unit.prompt_tokens_per_s;
   p.units_for_load = whole_units(std::max(p.output_units, p.prompt_units));
-  const double prompts = p.prefill_tokens_per_s / static_cast<double>(unit.prompt_tokens);
+  const PromptSizes sizes = prompt_sizes(t, unit.prompt_tokens);
+  const double prompts = prompts_per_s(unit, p.prefill_tokens_per_s, sizes);
   if (ttft_target_us > 0) {
-    const auto q = colocated_units_for_ttft(unit, p.units_for_load, prompts, percentile, ttft_target_us, seed, &p.queue);
+    const auto q = colocated_units_for_ttft(unit, p.units_for_load, prompts, percentile, ttft_target_us, seed, &p.queue, sizes);
     p.ttft_met = q.has_value();
     if (q) p.queue = *q;
   } else {
-    p.queue = simulate_chunked_queue(unit, p.units_for_load, prompts, seed);
+    p.queue = simulate_chunked_queue(unit, p.units_for_load, prompts, seed, 200'000, sizes);
   }
   p.units_whole = p.ttft_met ? p.queue.units : p.units_for_load;
   p.gpus = p.units_whole * unit.gpus;
@@ -668,7 +706,8 @@ ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const Ser
     const double full = std::max(t.output_tokens_per_s / u.tokens_per_s, prefill / u.prompt_tokens_per_s);
     int units = whole_units(full);
     if (ttft_target_us > 0) {
-      const auto q = colocated_units_for_ttft(u, units, prefill / static_cast<double>(u.prompt_tokens), percentile, ttft_target_us, seed);
+      const PromptSizes sizes = prompt_sizes(t, u.prompt_tokens);
+      const auto q = colocated_units_for_ttft(u, units, prompts_per_s(u, prefill, sizes), percentile, ttft_target_us, seed, nullptr, sizes);
       if (!q) continue;
       units = q->units;
     }
@@ -725,6 +764,10 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
                                u.decode_only_step_us / 1e3, u.step_us / 1e3, q.step_mean_us / 1e3)
                  : std::string("every step taken at a full chunk's time: the decode alone was not run"),
              grouped(p.sequences_decoding));
+  if (const std::string lengths = prompt_lengths_text(t, u.prompt_tokens); !lengths.empty())
+    fmt::print(out, "  prompts     {}; each prefilled a chunk a step, a chunk's time the scenario's whatever its prompt (a longer "
+                    "prompt's attention over more keys is not scaled)\n",
+               lengths);
   fmt::print(out, "  first token {:.1f} prompts/s dealt in turn to {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
                   "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
                   "steps{}\n",
@@ -765,17 +808,18 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "prefill_chunk,prompt_tokens,step_us,time_per_token_us,unit_output_tokens_per_s,unit_prompt_tokens_per_s,output_units,"
              "prompt_units,units_for_load,units_whole,gpus,sequences_decoding,prompts_per_s,servers,server_chunk,prefill_busy,"
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
-             "decode_only_step_us,step_mean_us,time_per_token_mean_us,"
+             "decode_only_step_us,step_mean_us,time_per_token_mean_us,prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,"
              "availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
-                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},",
+                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
              p.prefill_tokens_per_s, u.gpus, u.tokens_per_gpu, u.prefill_chunk, u.prompt_tokens, u.step_us, u.time_per_token_us,
              u.tokens_per_s, u.prompt_tokens_per_s, p.output_units, p.prompt_units, p.units_for_load, p.units_whole, p.gpus,
              p.sequences_decoding, q.prompts_per_s, q.servers, q.server_chunk, q.busy, q.mean_us, q.p50_us, q.p90_us, q.p99_us,
              q.alone_us, p.price_per_hour, p.cost_per_million_output, u.memory_gb,
              u.decode_only_step_us > 0 ? fmt::format("{:.6f}", u.decode_only_step_us) : std::string(), q.step_mean_us,
-             p.time_per_token_mean_us);
+             p.time_per_token_mean_us, static_cast<double>(u.prompt_tokens) * prompt_sizes(p.traffic, u.prompt_tokens).mean(),
+             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source));
   if (p.spares.enabled())
     fmt::print(out, "{:.10g},{},{},", p.spares.availability, p.spare_units, p.gpus + p.spare_units * u.gpus);
   else
@@ -786,25 +830,6 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
     out << ",\n";
 }
 
-namespace {
-
-// The traffic's prompt lengths in words, empty when they are the prefill scenario's.
-std::string prompt_lengths_text(const ServeTraffic& t, std::int64_t unit_prompt_tokens) {
-  if (t.prompt_length_sigma > 0)
-    return fmt::format("log-normal lengths around the scenario's {} tokens (sigma {:g} of their log, the mean kept)", unit_prompt_tokens,
-                       t.prompt_length_sigma);
-  if (t.prompt_lengths.empty()) return {};
-  std::vector<double> sorted = t.prompt_lengths;
-  std::sort(sorted.begin(), sorted.end());
-  double total = 0;
-  for (const double l : sorted) total += l;
-  const auto at = [&](double pct) { return sorted[std::min(sorted.size() - 1, static_cast<std::size_t>(pct / 100 * static_cast<double>(sorted.size())))]; };
-  return fmt::format("lengths drawn from {} ({} of them: mean {:.0f} tokens, p50 {:.0f}, p99 {:.0f}; the scenario's {})",
-                     t.prompt_lengths_source.empty() ? std::string("a list") : t.prompt_lengths_source, sorted.size(),
-                     total / static_cast<double>(sorted.size()), at(50), at(99), unit_prompt_tokens);
-}
-
-}  // namespace
 
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written) {
   const auto& t = p.traffic;

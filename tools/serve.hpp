@@ -259,7 +259,9 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
 // idle units stepping at the decode's time; where the decode alone is not known, every step takes
 // the full chunk's time (a bound). Left out as for disaggregated serving: the
 // decode's own batching (sequences join as prompts finish; each unit is taken to keep its
-// sequences), prompts of other lengths.
+// sequences). Prompts of several lengths (PromptSizes, --prompt-length-sigma or
+// --prompt-lengths) take their own tokens' chunks; a chunk's time stays the scenario's whatever
+// the prompt it comes from (a longer prompt's later chunks attend to more keys: not scaled).
 struct ChunkedQueue {
   int units = 0, servers = 0;
   std::int64_t server_chunk = 0;  // prompt tokens a server prefills a step
@@ -272,11 +274,12 @@ struct ChunkedQueue {
   double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
 };
 ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed,
-                                    std::int64_t prompts = 200'000);
+                                    std::int64_t prompts = 200'000, const PromptSizes& sizes = {});
 // The fewest units from `from` up to 64 times that whose TTFT at `percentile` is within target_us
 // (nullopt where none is; the most tried in `closest`).
 std::optional<ChunkedQueue> colocated_units_for_ttft(const ServeUnit& unit, int from, double prompts_per_s, int percentile,
-                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest = nullptr);
+                                                     double target_us, std::uint64_t seed, ChunkedQueue* closest = nullptr,
+                                                     const PromptSizes& sizes = {});
 struct ColocatedPlan {
   ServeTraffic traffic;
   ServeUnit unit;

@@ -2091,6 +2091,15 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(std::stod(s.at("time_per_token_mean_us")) >= std::stod(s.at("decode_only_step_us")));
   CHECK_THAT(r.out, Catch::Contains("moesim serve --colocated: 4,000,000 prompt tokens/s (50.0 % from the KV cache, 2,000,000 to prefill)"));
   CHECK_THAT(r.out, Catch::Contains("128 prompt tokens per GPU of 1024-token prompts"));
+  // Prompts of several lengths.
+  const auto spread = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --cache-hit-rate 0.5 " +
+                                 "--output-tokens-per-s 2e5 --prompt-length-sigma 1 --out '" + (tmp.path() / "s").string() + "'",
+                             tmp);
+  REQUIRE(spread.code == 0);
+  CHECK(summary_row(tmp.path() / "s" / "serve.csv").at("prompt_length_sigma") == "1");
+  CHECK_THAT(spread.out, Catch::Contains("log-normal lengths around the scenario's 1024 tokens"));
+  CHECK(summary_row(tmp.path() / "s" / "serve.csv").at("units_whole") == s.at("units_whole"));  // the same load
+  CHECK(std::stod(summary_row(tmp.path() / "s" / "serve.csv").at("ttft_p99_us")) > std::stod(s.at("ttft_p99_us")));
   // A grid: its chunkless point with the same values gives the decode alone, no run of its own.
   const auto grid = tmp.path() / "grid.yaml";
   std::ofstream(grid) << "base: " << kSource << "/scenarios/quickstart.yaml\naxes:\n  workload.prefill_chunk: [0, 128, 256]\n";

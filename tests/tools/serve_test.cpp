@@ -416,6 +416,32 @@ TEST_CASE("Chunked prefill's steps: the decode's time and what the unit's fulles
   CHECK(light.p99_us < simulate_chunked_queue(bound, 2, 0.5, 3, 20'000).p99_us);
 }
 
+TEST_CASE("Chunked prefill's queue with prompts of several lengths: each takes its own tokens' steps", "[serve][colocated][stats]") {
+  const ServeUnit u = colocated_unit();  // 512 prompt tokens a server a step, 20 ms steps
+  // Every prompt half the scenario's length: 4 steps alone.
+  PromptSizes half;
+  half.drawn = {0.5};
+  const ChunkedQueue h = simulate_chunked_queue(u, 2, 0.5, 3, 20'000, half);
+  CHECK(h.mean_us == Approx(80e3 + 10e3).margin(0.5e3));
+  CHECK(h.busy == Approx(0.5 * 2048 * 0.02 / (8 * 512)));
+  // Log-normal lengths, the mean kept: the same load, but long prompts take many steps and hold
+  // up the prompts behind them.
+  PromptSizes spread;
+  spread.sigma = 1;
+  const double rate = 0.8 * 8 * 512 / 0.02 / 4096;
+  const ChunkedQueue one = simulate_chunked_queue(u, 2, rate, 3), varied = simulate_chunked_queue(u, 2, rate, 3, 200'000, spread);
+  CHECK(varied.busy == Approx(one.busy));
+  CHECK(varied.p99_us > 2 * one.p99_us);
+  CHECK(varied.p50_us > one.p50_us);  // first come first served: a short prompt waits behind a long one
+  // Under a target the scenario's prompt alone could not meet, more units still help: the
+  // shorter prompts are what the median is made of.
+  const double target = 0.5 * varied.p50_us;
+  const auto found = colocated_units_for_ttft(u, 2, rate, 50, target, 3, nullptr, spread);
+  REQUIRE(found);
+  CHECK(found->units > 2);
+  CHECK(found->p50_us <= target);
+}
+
 TEST_CASE("Colocated serving: the units the output or the prompts take, whichever is more", "[serve][colocated]") {
   const ServeUnit u = colocated_unit();
   ServeTraffic t;
