@@ -101,7 +101,7 @@ commands:
         check a scenario file without running it; a sweep grid: every point
   serve --colocated SCENARIO.yaml --input-tokens-per-s I --output-tokens-per-s O
         [--cache-hit-rate H] [--ttft TIME [--ttft-percentile P]] [--tpot TIME]
-        [--prompt-length-sigma S | --prompt-lengths FILE]
+        [--prompt-length-sigma S | --prompt-lengths FILE] [--prefill-router round_robin|least_work]
         [--gpu-mtbf-hours H --repair-time TIME [--availability A]] [--set KEY.PATH=VALUE ...]
         colocated serving with chunked prefill: one decode scenario whose steps
         prefill prompts too (workload.prefill_chunk), or a grid of them: the units
@@ -784,8 +784,6 @@ int cmd_serve(const std::vector<std::string>& args) {
       if (vm.count(other))
         throw UsageError(fmt::format("--{} is for disaggregated serving (two scenarios); with --colocated --set changes the scenario",
                                      other));
-    if (!vm["prefill-router"].defaulted())
-      throw UsageError("--prefill-router is for disaggregated serving; with --colocated each server takes its prompts in turn");
   } else if (vm.count("set")) {
     throw UsageError("--set goes with --colocated; with two scenarios use --prefill-set and --decode-set");
   }

@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <optional>
+#include <queue>
 
 #include "routing/moe_spec.hpp"
 #include "sim/rng.hpp"
@@ -539,14 +541,46 @@ std::string prompt_lengths_text(const ServeTraffic& t, std::int64_t unit_prompt_
 
 }  // namespace
 
+namespace {
+
+// The least of the servers' work on hand, and the first server that has it (a segment tree over
+// the servers: set() and least() in log time).
+class LeastWork {
+ public:
+  explicit LeastWork(std::size_t n) : size_(1) {
+    while (size_ < n) size_ *= 2;
+    tree_.assign(2 * size_, kNone);
+    for (std::size_t i = 0; i < n; ++i) tree_[size_ + i] = Entry{0, static_cast<std::uint32_t>(i)};
+    for (std::size_t i = size_ - 1; i >= 1; --i) tree_[i] = std::min(tree_[2 * i], tree_[2 * i + 1]);
+  }
+  void set(std::size_t i, std::int64_t work) {
+    std::size_t k = size_ + i;
+    tree_[k].work = work;
+    for (k /= 2; k >= 1; k /= 2) tree_[k] = std::min(tree_[2 * k], tree_[2 * k + 1]);
+  }
+  std::size_t least() const { return tree_[1].server; }
+
+ private:
+  struct Entry {
+    std::int64_t work;
+    std::uint32_t server;
+    friend bool operator<(const Entry& a, const Entry& b) { return a.work != b.work ? a.work < b.work : a.server < b.server; }
+  };
+  static constexpr Entry kNone{std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::uint32_t>::max()};
+  std::size_t size_;
+  std::vector<Entry> tree_;
+};
+
+}  // namespace
+
 ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed, std::int64_t prompts,
                                     const PromptSizes& sizes) {
   if (!(prompts_per_s > 0) || units < 1 || prompts < 10 || unit.prefill_chunk < 1 || unit.prompt_tokens < 1 || !(unit.step_us > 0))
     throw ServeError("the chunked prefill queue needs a rate > 0, a unit whose steps prefill a chunk, and 10 prompts or more");
   ChunkedQueue q;
   q.units = units;
-  const int per_unit = std::max(1, unit.gpus / std::max(1, unit.tp));
-  q.servers = units * per_unit;
+  const auto per_unit = static_cast<std::size_t>(std::max(1, unit.gpus / std::max(1, unit.tp)));
+  q.servers = units * static_cast<int>(per_unit);
   q.server_chunk = unit.prefill_chunk * std::max(1, unit.tp);
   q.prompts_per_s = prompts_per_s;
   // A step's time: the decode's alone, and what a full chunk adds, in proportion to the fullest
@@ -574,64 +608,87 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
       k = std::max<std::int64_t>(1, std::llround(w * static_cast<double>(length)));
     }
   }
-  // Prompt i goes to server i mod servers; each server's prompts in arrival order.
+  // Per server: the prompts dealt to it in arrival order and the first unfinished (front), that
+  // one's tokens left, and the tokens on hand (dealt and not yet in a step's chunk).
   const auto servers = static_cast<std::size_t>(q.servers);
   std::vector<std::vector<std::uint32_t>> dealt(servers);
-  for (std::size_t i = 0; i < n; ++i) dealt[i % servers].push_back(static_cast<std::uint32_t>(i));
+  std::vector<std::size_t> front(servers, 0);
+  std::vector<std::int64_t> left(servers, 0), backlog(servers, 0), fill(per_unit);
+  const bool least_work = sizes.router == PrefillRouter::least_work;
+  std::optional<LeastWork> work;
+  if (least_work) work.emplace(servers);
+  // Per unit: the start of its next step, or (idle) the start of the first of the decode-alone
+  // steps it runs until a prompt comes for it.
+  std::vector<double> next_start(static_cast<std::size_t>(units), 0);
+  std::vector<char> idle(static_cast<std::size_t>(units), 1);
+  using Start = std::pair<double, std::size_t>;
+  std::priority_queue<Start, std::vector<Start>, std::greater<>> starts;  // the units not idle
   std::vector<double> ttft;
   ttft.reserve(n - skip);
   const double counted_from = arrival[skip];
   double step_total = 0;
   std::int64_t steps = 0;
-  for (int u = 0; u < units; ++u) {
-    const std::size_t first = static_cast<std::size_t>(u) * static_cast<std::size_t>(per_unit);
-    // Per server of the unit: its next prompt not yet come (come), its oldest unfinished (front),
-    // that one's tokens left, and the tokens of all that came and wait.
-    std::vector<std::size_t> come(static_cast<std::size_t>(per_unit), 0), front(static_cast<std::size_t>(per_unit), 0);
-    std::vector<std::int64_t> left(static_cast<std::size_t>(per_unit), 0), backlog(static_cast<std::size_t>(per_unit), 0);
-    std::vector<std::int64_t> fill(static_cast<std::size_t>(per_unit));
-    double t = 0;  // the next step's start
-    for (;;) {
-      std::int64_t fullest = 0;
-      double next_arrival = std::numeric_limits<double>::infinity();
-      bool pending = false;
-      for (std::size_t j = 0; j < fill.size(); ++j) {
-        const auto& mine = dealt[first + j];
-        for (; come[j] < mine.size() && arrival[mine[come[j]]] < t; ++come[j]) {  // a prompt joins the first step after it comes
-          if (front[j] == come[j]) left[j] = tokens[mine[come[j]]];
-          backlog[j] += tokens[mine[come[j]]];
-        }
-        fill[j] = std::min(chunk, backlog[j]);
-        fullest = std::max(fullest, fill[j]);
-        if (come[j] < mine.size()) next_arrival = std::min(next_arrival, arrival[mine[come[j]]]);
-        pending = pending || front[j] < mine.size();
+  const auto count_steps = [&](double first, std::int64_t k, double each) {  // k steps of `each` from `first`: those after warm-up
+    if (k <= 0) return;
+    const auto before = first >= counted_from ? 0 : std::min<std::int64_t>(k, static_cast<std::int64_t>(std::ceil((counted_from - first) / each)));
+    step_total += static_cast<double>(k - before) * each;
+    steps += k - before;
+  };
+  std::size_t next = 0;  // the next prompt to come
+  while (next < n || !starts.empty()) {
+    if (next < n && (starts.empty() || arrival[next] < starts.top().first)) {
+      // A prompt comes: to its server (in turn, or the one with the least work on hand).
+      const std::size_t sv = least_work ? work->least() : next % servers;
+      if (front[sv] == dealt[sv].size()) left[sv] = tokens[next];
+      dealt[sv].push_back(static_cast<std::uint32_t>(next));
+      backlog[sv] += tokens[next];
+      if (least_work) work->set(sv, backlog[sv]);
+      const std::size_t u = sv / per_unit;
+      if (idle[u]) {
+        // Decode-alone steps since it went idle, up to the first that starts after the prompt.
+        const auto k = static_cast<std::int64_t>(std::floor((arrival[next] - next_start[u]) / alone)) + 1;
+        count_steps(next_start[u], k, alone);
+        next_start[u] += static_cast<double>(k) * alone;
+        idle[u] = 0;
+        starts.emplace(next_start[u], u);
       }
-      if (!pending) break;
-      if (fullest == 0) {
-        // Nothing to prefill: decode steps alone until the first that starts after the next prompt.
-        const double k = std::floor((next_arrival - t) / alone) + 1;
-        if (t >= counted_from) step_total += k * alone, steps += static_cast<std::int64_t>(k);
-        t += k * alone;
-        continue;
-      }
-      const double end = t + step_of(fullest);
-      if (t >= counted_from) step_total += end - t, ++steps;
-      for (std::size_t j = 0; j < fill.size(); ++j) {
-        const auto& mine = dealt[first + j];
-        backlog[j] -= fill[j];
-        for (std::int64_t todo = fill[j]; todo > 0;) {
-          const std::int64_t take = std::min(todo, left[j]);
-          todo -= take;
-          left[j] -= take;
-          if (left[j] == 0) {
-            if (mine[front[j]] >= skip) ttft.push_back(end - arrival[mine[front[j]]]);
-            ++front[j];
-            if (front[j] < come[j]) left[j] = tokens[mine[front[j]]];
-          }
-        }
-      }
-      t = end;
+      ++next;
+      continue;
     }
+    const auto [t, u] = starts.top();
+    starts.pop();
+    const std::size_t first = u * per_unit;
+    std::int64_t fullest = 0;
+    for (std::size_t j = 0; j < per_unit; ++j) {
+      fill[j] = std::min(chunk, backlog[first + j]);
+      fullest = std::max(fullest, fill[j]);
+    }
+    if (fullest == 0) {  // nothing on hand: idle until a prompt comes
+      idle[u] = 1;
+      next_start[u] = t;
+      continue;
+    }
+    const double end = t + step_of(fullest);
+    count_steps(t, 1, end - t);
+    for (std::size_t j = 0; j < per_unit; ++j) {
+      const std::size_t sv = first + j;
+      if (fill[j] == 0) continue;
+      backlog[sv] -= fill[j];
+      if (least_work) work->set(sv, backlog[sv]);
+      for (std::int64_t todo = fill[j]; todo > 0;) {
+        const std::int64_t take = std::min(todo, left[sv]);
+        todo -= take;
+        left[sv] -= take;
+        if (left[sv] == 0) {
+          const std::uint32_t done = dealt[sv][front[sv]];
+          if (done >= skip) ttft.push_back(end - arrival[done]);
+          ++front[sv];
+          if (front[sv] < dealt[sv].size()) left[sv] = tokens[dealt[sv][front[sv]]];
+        }
+      }
+    }
+    next_start[u] = end;
+    starts.emplace(end, u);
   }
   set_ttft_figures(q, ttft);
   q.step_mean_us = steps > 0 ? step_total / static_cast<double>(steps) : full;
@@ -768,10 +825,11 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
     fmt::print(out, "  prompts     {}; each prefilled a chunk a step, a chunk's time the scenario's whatever its prompt (a longer "
                     "prompt's attention over more keys is not scaled)\n",
                lengths);
-  fmt::print(out, "  first token {:.1f} prompts/s dealt in turn to {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
+  fmt::print(out, "  first token {:.1f} prompts/s dealt {} {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
                   "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
                   "steps{}\n",
-             q.prompts_per_s, grouped(q.servers), q.servers == 1 ? "" : "s", grouped(static_cast<double>(q.server_chunk)),
+             q.prompts_per_s, t.prefill_router == PrefillRouter::least_work ? "each to the one with the least work on hand of the" : "in turn to the",
+             grouped(q.servers), q.servers == 1 ? "" : "s", grouped(static_cast<double>(q.server_chunk)),
              u.tp > 1 ? fmt::format(": a tensor-parallel group of {}", u.tp) : std::string(": a GPU"), 100 * q.busy,
              grouped(static_cast<double>(q.counted)), q.mean_us / 1e3, q.p50_us / 1e3, q.p90_us / 1e3, q.p99_us / 1e3, q.alone_us / 1e3,
              p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
@@ -809,9 +867,9 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "prompt_units,units_for_load,units_whole,gpus,sequences_decoding,prompts_per_s,servers,server_chunk,prefill_busy,"
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
              "decode_only_step_us,step_mean_us,time_per_token_mean_us,prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,"
-             "availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
+             "prefill_router,availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
-                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},",
+                  "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},{},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
              p.prefill_tokens_per_s, u.gpus, u.tokens_per_gpu, u.prefill_chunk, u.prompt_tokens, u.step_us, u.time_per_token_us,
              u.tokens_per_s, u.prompt_tokens_per_s, p.output_units, p.prompt_units, p.units_for_load, p.units_whole, p.gpus,
@@ -819,7 +877,8 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              q.alone_us, p.price_per_hour, p.cost_per_million_output, u.memory_gb,
              u.decode_only_step_us > 0 ? fmt::format("{:.6f}", u.decode_only_step_us) : std::string(), q.step_mean_us,
              p.time_per_token_mean_us, static_cast<double>(u.prompt_tokens) * prompt_sizes(p.traffic, u.prompt_tokens).mean(),
-             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source));
+             p.traffic.prompt_length_sigma, csv_field(p.traffic.prompt_lengths_source),
+             p.traffic.prefill_router == PrefillRouter::least_work ? "least_work" : "round_robin");
   if (p.spares.enabled())
     fmt::print(out, "{:.10g},{},{},", p.spares.availability, p.spare_units, p.gpus + p.spare_units * u.gpus);
   else

@@ -249,7 +249,9 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
 // prompt tokens to prefill / the second, in whole units.
 // The prompts' queue (simulate_chunked_queue): prompts of the scenario's workload.sequence_length
 // new tokens arrive as a Poisson process and are dealt in turn to the servers, each tensor-
-// parallel group of the units (a GPU without tensor parallelism); a server prefills the prompts
+// parallel group of the units (a GPU without tensor parallelism), or with PromptSizes::router
+// least_work each to the server with the fewest prompt tokens on hand (the first of those that
+// tie), as data-parallel attention's load balancers do; a server prefills the prompts
 // it was dealt first come first served, tp x prefill_chunk of their tokens in each step, the
 // steps following one another every step time; a prompt joins from the first step that starts
 // after it comes, and its first token comes at the end of the step that prefills its last

@@ -2134,7 +2134,16 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(disaggregated.code == 2);
   CHECK_THAT(disaggregated.err, Catch::Contains("serve it colocated"));
   CHECK(moesim("serve --colocated " + q + q + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5", tmp).code == 2);
-  CHECK(moesim("serve --colocated " + q + decode + chunk + "--prefill-router least_work --input-tokens-per-s 4e6 --output-tokens-per-s 2e5",
+  CHECK(moesim("serve --colocated " + q + decode + chunk + "--prefill-set workload.seed=2 --input-tokens-per-s 4e6 --output-tokens-per-s 2e5",
                tmp)
             .code == 2);
+  // The least-work router: the same units, a shorter tail for prompts of many lengths.
+  const auto least = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --cache-hit-rate 0.5 " +
+                                "--output-tokens-per-s 2e5 --prompt-length-sigma 1 --prefill-router least_work -q --out '" +
+                                (tmp.path() / "l").string() + "'",
+                            tmp);
+  REQUIRE(least.code == 0);
+  const auto ls = summary_row(tmp.path() / "l" / "serve.csv");
+  CHECK(ls.at("prefill_router") == "least_work");
+  CHECK(std::stod(ls.at("ttft_p99_us")) < std::stod(summary_row(tmp.path() / "s" / "serve.csv").at("ttft_p99_us")));
 }
