@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the six capacity-planning studies and draws their charts.
+# Runs the seven capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -61,4 +61,8 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$plot" line "$work/layouts.csv" --x parallelism.pp --y tokens_per_s_per_gpu --by parallelism.tp,parallelism.virtual_stages \
   --where parallelism.ep=8 --where workload.optimizer_sharding=true --logx \
   --title "Mixtral-8x7B training on 64 H100, 512 x 4K sequences a step: EP8, sharded optimizer" --out "$out/layouts.png"
+# Study 7: chunked prefill, Mixtral-8x7B decode on 16 H100 also prefilling prompts in every step.
+"$moesim" sweep "$here/chunked-prefill/grid.yaml" --out "$work/chunked-prefill.csv"
+"$plot" line "$work/chunked-prefill.csv" --x prompt_tokens_per_s --y tokens_per_s --by workload.tokens_per_gpu \
+  --title "Mixtral-8x7B on 16 H100: chunks of 128 to 2,048 prompt tokens a GPU a step" --out "$out/chunked-prefill.png"
 echo "studies: charts in $out, sweeps in $work"

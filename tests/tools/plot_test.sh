@@ -25,7 +25,21 @@ grep -q "has no column 'nope'" "$tmp/err.txt" || { cat "$tmp/err.txt"; exit 1; }
 plot heatmap "$tmp/s.csv" --x parallelism.ep --y routing.capacity_factor --value step_time_us --out "$tmp/heat.png" >/dev/null
 plot breakdown "$tmp/run/layers.csv" --out "$tmp/layers.png" >/dev/null
 plot breakdown "$tmp/s.csv" --x parallelism.ep --where routing.capacity_factor=1.25 --out "$tmp/points.png" >/dev/null
-for f in line line2 heat layers points; do is_png "$tmp/$f.png"; done
+# An x some rows do not have (prompt_tokens_per_s of a decode without a prefill chunk): those rows
+# are left out; none having it is an error.
+cat > "$tmp/c.yaml" <<GRID
+base: $source/scenarios/quickstart.yaml
+axes:
+  workload.prefill_chunk: [0, 64, 128]
+GRID
+"$moesim" sweep "$tmp/c.yaml" -q --set model.moe_layers=2 --set workload.kind=decode --set workload.context_length=512 \
+  --set workload.sequence_length=~ --set workload.tokens_per_gpu=16 --out "$tmp/c.csv"
+plot line "$tmp/c.csv" --x prompt_tokens_per_s --y tokens_per_s --out "$tmp/chunks.png" >/dev/null
+if plot line "$tmp/c.csv" --x prompt_tokens_per_s --y tokens_per_s --where workload.prefill_chunk=0 --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
+  echo "a chart without any x passed"; exit 1
+fi
+grep -q "no row has a value of prompt_tokens_per_s" "$tmp/err.txt" || { cat "$tmp/err.txt"; exit 1; }
+for f in line line2 heat layers points chunks; do is_png "$tmp/$f.png"; done
 # A column the CSV does not have: exit code 2, naming it, and no file.
 if plot line "$tmp/s.csv" --x parallelism.ep --y no_such_column --out "$tmp/bad.png" 2> "$tmp/err.txt"; then
   echo "a bad column passed"; exit 1
