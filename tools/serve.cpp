@@ -843,10 +843,11 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
                p.energy_per_million_output_kwh);
   if (p.spares.enabled()) {
     const auto& sp = p.spares;
-    fmt::print(out, "  spares      a GPU failing every {} h, a unit out {:.3g} h after: a unit is down {:.3g} % of the time; {} unit{} "
-                    "more keep the load's {} up {:.4g} % of the time: {} GPUs in all{}\n",
-               grouped(sp.gpu_mtbf_hours), sp.repair_s / 3600, 100 * unit_down_share(u.gpus, sp), p.spare_units,
-               p.spare_units == 1 ? "" : "s", p.units_whole, 100 * sp.availability, grouped(p.gpus + p.spare_units * u.gpus),
+    fmt::print(out, "  spares      a GPU failing every {} h, a unit out {:.3g} h after: a unit is down {:.3g} % of the time; {} "
+                    "more {} the load's {} up {:.4g} % of the time: {} GPUs in all{}\n",
+               grouped(sp.gpu_mtbf_hours), sp.repair_s / 3600, 100 * unit_down_share(u.gpus, sp),
+               p.spare_units == 1 ? std::string("1 unit") : fmt::format("{} units", p.spare_units), p.spare_units == 1 ? "keeps" : "keep",
+               p.units_whole, 100 * sp.availability, grouped(p.gpus + p.spare_units * u.gpus),
                p.price_per_hour > 0 ? fmt::format(", {} per hour", grouped(p.price_per_hour * (p.units_whole + p.spare_units) / p.units_whole))
                                     : std::string());
   }

@@ -16,6 +16,7 @@
 
 namespace fs = std::filesystem;
 
+
 namespace {
 
 struct Result {
@@ -2091,6 +2092,26 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(std::stod(s.at("time_per_token_mean_us")) >= std::stod(s.at("decode_only_step_us")));
   CHECK_THAT(r.out, Catch::Contains("moesim serve --colocated: 4,000,000 prompt tokens/s (50.0 % from the KV cache, 2,000,000 to prefill)"));
   CHECK_THAT(r.out, Catch::Contains("128 prompt tokens per GPU of 1024-token prompts"));
+  // Spare units: the binomial's tail over the whole units (tools::spare_units).
+  const auto spared = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --cache-hit-rate 0.5 " +
+                                 "--output-tokens-per-s 2e5 --gpu-mtbf-hours 20000 --repair-time 24h -q --out '" + (tmp.path() / "r").string() + "'",
+                             tmp);
+  REQUIRE(spared.code == 0);
+  const auto rs = summary_row(tmp.path() / "r" / "serve.csv");
+  // A 16-GPU unit down q = 24 / (20000 / 16 + 24) = 1.88 % of the time; the fewest spares s for
+  // which more than s of the units + s are down at most 0.1 % of the time (the binomial's tail).
+  const double down = 24.0 / (20000.0 / 16 + 24);
+  const auto short_of = [&](int spares) {
+    const int m = units + spares;
+    double p = 0;
+    for (int k = spares + 1; k <= m; ++k) p += std::tgamma(m + 1.0) / (std::tgamma(k + 1.0) * std::tgamma(m - k + 1.0)) * std::pow(down, k) * std::pow(1 - down, m - k);
+    return p;
+  };
+  int expected = 0;
+  while (short_of(expected) > 0.001) ++expected;
+  CHECK(expected >= 1);
+  CHECK(std::stoi(rs.at("spare_units")) == expected);
+  CHECK(std::stoi(rs.at("gpus_with_spares")) == 16 * (units + std::stoi(rs.at("spare_units"))));
   // Prompts of several lengths.
   const auto spread = moesim("serve --colocated " + q + decode + chunk + "--input-tokens-per-s 4e6 --cache-hit-rate 0.5 " +
                                  "--output-tokens-per-s 2e5 --prompt-length-sigma 1 --out '" + (tmp.path() / "s").string() + "'",
