@@ -611,6 +611,39 @@ std::vector<std::map<std::string, std::string>> read_rows(const std::string& pat
   return rows;
 }
 
+// The decode at the load: the chosen scenario (or grid point: `base` with `sets`) run again at the
+// sequences a GPU the load keeps decoding (sequences decoding at once over the GPUs, rounded up,
+// and to an even count with two-batch overlap), where that is fewer than its own: the time per
+// token the deployment sees, every unit equally loaded. Into OUT/decode-at-load/. Nothing where
+// the load fills the batch, or the smaller batch is not a scenario of its own.
+struct DecodeAtLoad {
+  std::int64_t sequences = 0;  // 0: not run
+  double time_per_token_us = 0;
+  std::string note;
+};
+DecodeAtLoad decode_at_load(const std::string& base, std::vector<std::string> sets, const scenarios::Scenario& chosen,
+                            double sequences_per_gpu, const std::string& dir, bool quiet, std::vector<std::string>& written) {
+  DecodeAtLoad a;
+  auto n = static_cast<std::int64_t>(std::ceil(sequences_per_gpu - 1e-9));
+  if (chosen.forward.two_batch_overlap) n += n % 2;
+  n = std::max<std::int64_t>(n, chosen.forward.two_batch_overlap ? 2 : 1);
+  if (n >= chosen.forward.sequences()) return a;
+  sets.push_back(fmt::format("workload.tokens_per_gpu={}", n));
+  try {
+    const auto sc = scenarios::load_scenario_file(base, sets);
+    if (!quiet) fmt::print(stderr, "  simulating  the decode at the load, {} sequences a GPU\n", n);
+    const auto result = simulate(sc, quiet);
+    const std::string out_dir = dir + "/decode-at-load";
+    tools::write_reports(out_dir, sc, result);
+    written.push_back(out_dir + "/");
+    a.sequences = n;
+    a.time_per_token_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("time_per_token_us"));
+  } catch (const scenarios::ScenarioError& e) {
+    a.note = fmt::format("the decode at the load's {} sequences a GPU is not a scenario of its own: {}", n, e.what());
+  }
+  return a;
+}
+
 // moesim serve --colocated: one decode scenario with a prefill chunk, or a grid of them.
 int serve_colocated(const std::string& file, const std::vector<std::string>& sets, const tools::ServeTraffic& traffic, double tpot_us,
                     double ttft_us, int percentile, const tools::ServeSpares& spares, int jobs, const std::string& dir, bool quiet) {
@@ -742,6 +775,19 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
                percentile, ttft_us / 1e3, plan.queue.units, plan.units_for_load, plan.queue.percentile_us(percentile) / 1e3,
                plan.queue.alone_us / 1e3);
     return 3;
+  }
+  {
+    auto point_sets = sets;
+    if (grid) {
+      const auto point = scenarios::load_grid(file).points().at(candidate_point[best]);
+      point_sets.insert(point_sets.end(), point.begin(), point.end());
+    }
+    const auto chosen = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, point_sets);
+    const DecodeAtLoad a = decode_at_load(grid ? scenarios::load_grid(file).base : file, point_sets, chosen,
+                                          plan.sequences_decoding / plan.gpus, dir, quiet, written);
+    plan.at_load_sequences = a.sequences;
+    plan.at_load_time_per_token_us = a.time_per_token_us;
+    plan.at_load_note = a.note;
   }
   const std::string csv = dir + "/serve.csv";
   tools::write_atomically(csv, [&](std::ostream& out) { tools::write_colocated_csv(out, plan); });
@@ -881,6 +927,9 @@ int cmd_serve(const std::vector<std::string>& args) {
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> chosen;
   std::vector<std::string> notes;
+  std::string decode_base;  // the chosen decode scenario (a grid's point: its base and sets)
+  std::vector<std::string> decode_sets;
+  scenarios::Scenario decode_scenario;
   tools::PrefillBatchTime batch;
   std::string batch_note;
   std::uint64_t seed = 1;
@@ -1026,7 +1075,16 @@ int cmd_serve(const std::vector<std::string>& args) {
     const std::size_t best = *choice.best;
     chosen.push_back(candidates[best]);
     notes.push_back(choice.explanation);
-    if (!side.prefill) continue;
+    if (!side.prefill) {
+      decode_base = side.grid ? side.grid->base : side.file;
+      decode_sets = side.sets;
+      if (side.grid) {
+        const auto point = side.grid->points().at(candidate_point[best]);
+        decode_sets.insert(decode_sets.end(), point.begin(), point.end());
+      }
+      decode_scenario = side.scenarios.at(candidate_point[best]);
+      continue;
+    }
     seed = side.scenarios.at(candidate_point[best]).forward.seed;
     batch = side.grid && side.target_us > 0 ? batches[best] : batch_time_of(best, &batch_notes[best]);
     batch_note = batch_notes[best];
@@ -1052,6 +1110,11 @@ int cmd_serve(const std::vector<std::string>& args) {
   plan.decode_choice = notes[1];
   plan.batch_note = batch_note;
   if (!plan.ttft_met) throw tools::ServeError("the prefill queue meets the target in one count and not in another");
+  const DecodeAtLoad at_load =
+      decode_at_load(decode_base, decode_sets, decode_scenario, plan.sequences_decoding / plan.decode_gpus, dir, quiet, written);
+  plan.decode_at_load_sequences = at_load.sequences;
+  plan.decode_at_load_time_per_token_us = at_load.time_per_token_us;
+  plan.decode_at_load_note = at_load.note;
   const std::string csv = dir + "/serve.csv";
   tools::write_atomically(csv, [&](std::ostream& out) { tools::write_service_csv(out, plan); });
   written.insert(written.begin(), csv);

@@ -821,6 +821,11 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
                                u.decode_only_step_us / 1e3, u.step_us / 1e3, q.step_mean_us / 1e3)
                  : std::string("every step taken at a full chunk's time: the decode alone was not run"),
              grouped(p.sequences_decoding));
+  if (p.at_load_sequences > 0)
+    fmt::print(out, "              at the load, {} sequences a GPU (run again so, the chunk kept): {:.3f} ms a token with a full chunk\n",
+               p.at_load_sequences, p.at_load_time_per_token_us / 1e3);
+  else if (!p.at_load_note.empty())
+    fmt::print(out, "              note: {}\n", p.at_load_note);
   if (const std::string lengths = prompt_lengths_text(t, u.prompt_tokens); !lengths.empty())
     fmt::print(out, "  prompts     {}; each prefilled a chunk a step, a chunk's time the scenario's whatever its prompt (a longer "
                     "prompt's attention over more keys is not scaled)\n",
@@ -868,7 +873,8 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "prompt_units,units_for_load,units_whole,gpus,sequences_decoding,prompts_per_s,servers,server_chunk,prefill_busy,"
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
              "decode_only_step_us,step_mean_us,time_per_token_mean_us,prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,"
-             "prefill_router,availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
+             "prefill_router,availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens,at_load_sequences,"
+             "at_load_time_per_token_us\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
                   "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},{},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
@@ -885,7 +891,11 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
   else
     out << ",,,";
   if (p.power_kw > 0)
-    fmt::print(out, "{:.10g},{:.10g}\n", p.power_kw, p.energy_per_million_output_kwh);
+    fmt::print(out, "{:.10g},{:.10g},", p.power_kw, p.energy_per_million_output_kwh);
+  else
+    out << ",,";
+  if (p.at_load_sequences > 0)
+    fmt::print(out, "{},{:.6f}\n", p.at_load_sequences, p.at_load_time_per_token_us);
   else
     out << ",\n";
 }
@@ -957,6 +967,11 @@ void print_service(std::ostream& out, const ServePlan& p, const std::vector<std:
   fmt::print(out, "              the load takes {:.2f} units: {} ({} GPUs, {}), {:.0f} % busy; {} sequences decoding at once\n",
              p.decode_units, p.decode_units_whole, grouped(p.decode_gpus), nodes(p.decode_units_whole * dc.nodes),
              100 * p.decode_units / p.decode_units_whole, grouped(p.sequences_decoding));
+  if (p.decode_at_load_sequences > 0)
+    fmt::print(out, "              at the load, {} sequences a GPU (run again so): {:.3f} ms a token ({:.1f} tokens/s each)\n",
+               p.decode_at_load_sequences, p.decode_at_load_time_per_token_us / 1e3, 1e6 / p.decode_at_load_time_per_token_us);
+  else if (!p.decode_at_load_note.empty())
+    fmt::print(out, "              note: {}\n", p.decode_at_load_note);
   const int gpus = p.prefill_gpus + p.decode_gpus;
   fmt::print(out, "  service     {} GPUs ({}), {:.0f} % prefill; {:.1f} GPUs at full use ({:.2f} prefill units, {:.2f} decode units)\n",
              grouped(gpus), nodes(p.prefill_units_whole * pf.nodes + p.decode_units_whole * dc.nodes), 100.0 * p.prefill_gpus / gpus,
@@ -1005,7 +1020,8 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
              "cost_per_million_output_tokens,prefill_memory_gb,decode_memory_gb,prefill_units_for_load,batch_prompts,"
              "batch_least_prompts,batch_least_us,batch_one_prompt_us,prompts_per_s,ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,mean_batch_prompts,"
              "prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,prompt_square_us,prefill_router,"
-             "availability,prefill_spares,decode_spares,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens\n");
+             "availability,prefill_spares,decode_spares,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens,"
+             "decode_at_load_sequences,decode_at_load_time_per_token_us\n");
   const auto& b = p.prefill_batch;
   const auto& q = p.prefill_queue;
   fmt::print(out, "{},{},{:.10g},{:.10g},{:.10g},{:.10g},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.0f},{:.10g},{:.10g},{:.10g},{:.10g},{:.3f},{:.3f},"
@@ -1026,7 +1042,11 @@ void write_service_csv(std::ostream& out, const ServePlan& p) {
   else
     out << ",,,,";
   if (p.power_kw > 0)
-    fmt::print(out, "{:.10g},{:.10g}\n", p.power_kw, p.energy_per_million_output_kwh);
+    fmt::print(out, "{:.10g},{:.10g},", p.power_kw, p.energy_per_million_output_kwh);
+  else
+    out << ",,";
+  if (p.decode_at_load_sequences > 0)
+    fmt::print(out, "{},{:.6f}\n", p.decode_at_load_sequences, p.decode_at_load_time_per_token_us);
   else
     out << ",\n";
 }

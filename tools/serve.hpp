@@ -219,6 +219,11 @@ struct ServePlan {
   ServeSpares spares;
   int prefill_spares = 0, decode_spares = 0;  // units beyond the whole units, for failures
   double spare_price_per_hour = 0;            // the spares' price (0 without prices or spares)
+  // The decode scenario run again at the sequences a GPU the load keeps decoding, where fewer
+  // than its batch (the caller's; 0: not run): the time per token every unit sees at the load.
+  std::int64_t decode_at_load_sequences = 0;
+  double decode_at_load_time_per_token_us = 0;
+  std::string decode_at_load_note;  // why it was not run, where it could not be
 };
 // Of a side's candidates (a scenario, or a grid's points) the one that serves its load on the
 // fewest GPUs in whole units (ties: the fewest at full use, then the first), among those that fit
@@ -298,6 +303,11 @@ struct ColocatedPlan {
   std::string choice;  // with a grid: how its point was chosen
   ServeSpares spares;
   int spare_units = 0;
+  // The scenario run again at the sequences a GPU the load keeps decoding (its chunk kept), where
+  // fewer than its batch (the caller's; 0: not run): a full chunk's step at the load.
+  std::int64_t at_load_sequences = 0;
+  double at_load_time_per_token_us = 0;
+  std::string at_load_note;
 };
 // A scenario a colocated unit can be: decode with workload.prefill_chunk, one pipeline stage.
 void check_colocated_scenario(const scenarios::Scenario& sc);

@@ -1806,6 +1806,18 @@ TEST_CASE("moesim serve plans prefill and decode units for a traffic from one ru
   // Mixtral's grouped-query cache: 2 x 8 KV heads x 128 x 2 bytes a layer, over 2 layers (all of
   // a token's cache, not a tensor-parallel GPU's half of the heads).
   CHECK(std::stod(s.at("kv_bytes_per_token")) == 2 * 8 * 128 * 2 * 2);
+  // The decode at the load: the sequences a GPU decoding at once, rounded up, where fewer than the
+  // batch's 32, run again for the time per token every unit sees.
+  const auto at_load = static_cast<int>(std::ceil(std::stod(s.at("sequences_decoding")) / (16.0 * dw) - 1e-9));
+  if (at_load < 32) {
+    CHECK(std::stoi(s.at("decode_at_load_sequences")) == at_load);
+    const auto again = summary_row(out / "decode-at-load" / "summary.csv");
+    CHECK(again.at("tokens_per_gpu") == std::to_string(at_load));
+    CHECK(std::stod(s.at("decode_at_load_time_per_token_us")) == Approx(std::stod(again.at("time_per_token_us"))));
+    CHECK(std::stod(s.at("decode_at_load_time_per_token_us")) <= std::stod(d.at("time_per_token_us")));
+  } else {
+    CHECK(s.at("decode_at_load_sequences").empty());
+  }
   CHECK_THAT(r.out, Catch::Contains("moesim serve: 2,000,000 prompt tokens/s (40.0 % from the KV cache, 1,200,000 to prefill), 1,000,000 output tokens/s"));
   CHECK_THAT(r.out, Catch::Contains(fmt::format("the load takes {:.2f} units: {} ({} GPUs", decode_units, dw, 16 * dw)));
   // The scenario's prompts have no cached prefix, the traffic's 40 %: the plan says so.
@@ -2090,6 +2102,12 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(std::stod(s.at("decode_only_step_us")) < std::stod(s.at("time_per_token_us")));
   CHECK(std::stod(s.at("time_per_token_mean_us")) <= std::stod(s.at("time_per_token_us")));
   CHECK(std::stod(s.at("time_per_token_mean_us")) >= std::stod(s.at("decode_only_step_us")));
+  // The unit at the load's sequences a GPU, the chunk kept (fewer than 32 here: the prompts bind).
+  const auto at_load = static_cast<int>(std::ceil(std::stod(s.at("sequences_decoding")) / (16.0 * units) - 1e-9));
+  REQUIRE(at_load < 32);
+  CHECK(std::stoi(s.at("at_load_sequences")) == at_load);
+  CHECK(summary_row(out / "decode-at-load" / "summary.csv").at("prefill_chunk") == "128");
+  CHECK(std::stod(s.at("at_load_time_per_token_us")) <= std::stod(s.at("time_per_token_us")));
   CHECK_THAT(r.out, Catch::Contains("moesim serve --colocated: 4,000,000 prompt tokens/s (50.0 % from the KV cache, 2,000,000 to prefill)"));
   CHECK_THAT(r.out, Catch::Contains("128 prompt tokens per GPU of 1024-token prompts"));
   // Spare units: the binomial's tail over the whole units (tools::spare_units).
