@@ -589,9 +589,21 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   const double full = unit.step_us, alone = unit.decode_only_step_us > 0 ? std::min(unit.decode_only_step_us, full) : full;
   const std::int64_t length = unit.prompt_tokens, chunk = q.server_chunk;
   const auto step_of = [&](std::int64_t fill) { return alone + (full - alone) * static_cast<double>(fill) / static_cast<double>(chunk); };
+  // A server's share of a step over the decode alone: its chunk's tokens, and their positions in
+  // their prompts against the scenario's chunk's mean position, (length - 1) / 2 (the later a
+  // token, the more keys it attends to: ServeUnit::position_us a token and position).
+  const double reference = static_cast<double>(unit.prompt_tokens - 1) / 2;
+  const auto server_work = [&](std::int64_t fill, double positions) {
+    return (full - alone) * static_cast<double>(fill) / static_cast<double>(chunk) +
+           unit.position_us * (positions - static_cast<double>(fill) * reference);
+  };
   q.busy = prompts_per_s * static_cast<double>(length) * sizes.mean() * full / 1e6 /
            (static_cast<double>(q.servers) * static_cast<double>(chunk));
-  q.alone_us = static_cast<double>((length - 1) / chunk) * full + step_of(length - (length - 1) / chunk * chunk);
+  // The scenario's prompt alone: its chunks one after another, each at its own positions.
+  for (std::int64_t done = 0; done < length; done += chunk) {
+    const std::int64_t fill = std::min(chunk, length - done);
+    q.alone_us += alone + std::max(0.0, server_work(fill, static_cast<double>(fill) * (static_cast<double>(done) + static_cast<double>(fill - 1) / 2)));
+  }
   sim::Rng rng(seed, "serve/colocated-arrivals");
   const auto n = static_cast<std::size_t>(prompts);
   const std::size_t skip = n / 10;  // warm-up
@@ -668,7 +680,26 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
       next_start[u] = t;
       continue;
     }
-    const double end = t + step_of(fullest);
+    double end = t + step_of(fullest);
+    if (unit.position_us > 0) {
+      // The unit steps at its slowest server's pace: each chunk's tokens at their positions.
+      double most = 0;
+      for (std::size_t j = 0; j < per_unit; ++j) {
+        if (fill[j] == 0) continue;
+        const std::size_t sv = first + j;
+        double positions = 0;
+        std::size_t f = front[sv];
+        std::int64_t l = left[sv];
+        for (std::int64_t todo = fill[j]; todo > 0;) {
+          const std::int64_t take = std::min(todo, l), done = tokens[dealt[sv][f]] - l;
+          positions += static_cast<double>(take) * (static_cast<double>(done) + static_cast<double>(take - 1) / 2);
+          todo -= take;
+          if (++f < dealt[sv].size()) l = tokens[dealt[sv][f]];
+        }
+        most = std::max(most, server_work(fill[j], positions));
+      }
+      end = t + alone + std::max(0.0, most);
+    }
     count_steps(t, 1, end - t);
     for (std::size_t j = 0; j < per_unit; ++j) {
       const std::size_t sv = first + j;
@@ -821,15 +852,19 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
                                u.decode_only_step_us / 1e3, u.step_us / 1e3, q.step_mean_us / 1e3)
                  : std::string("every step taken at a full chunk's time: the decode alone was not run"),
              grouped(p.sequences_decoding));
+  if (u.position_us > 0)
+    fmt::print(out, "              a chunk token adds {:.3g} ns to a step for each position past the scenario's mean, {:.0f} (from a run "
+                    "at {}-token prompts): a unit steps at its slowest server's pace\n",
+               u.position_us * 1e3, static_cast<double>(u.prompt_tokens - 1) / 2, 2 * u.prompt_tokens);
   if (p.at_load_sequences > 0)
     fmt::print(out, "              at the load, {} sequences a GPU (run again so, the chunk kept): {:.3f} ms a token with a full chunk\n",
                p.at_load_sequences, p.at_load_time_per_token_us / 1e3);
   else if (!p.at_load_note.empty())
     fmt::print(out, "              note: {}\n", p.at_load_note);
   if (const std::string lengths = prompt_lengths_text(t, u.prompt_tokens); !lengths.empty())
-    fmt::print(out, "  prompts     {}; each prefilled a chunk a step, a chunk's time the scenario's whatever its prompt (a longer "
-                    "prompt's attention over more keys is not scaled)\n",
-               lengths);
+    fmt::print(out, "  prompts     {}; each prefilled a chunk a step, {}\n", lengths,
+               u.position_us > 0 ? "its later chunks slowing its unit's steps"
+                                 : "a chunk's time the scenario's wherever it stands in its prompt (twice the length was not run)");
   fmt::print(out, "  first token {:.1f} prompts/s dealt {} {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
                   "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
                   "steps{}\n",
@@ -874,7 +909,7 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
              "decode_only_step_us,step_mean_us,time_per_token_mean_us,prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,"
              "prefill_router,availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens,at_load_sequences,"
-             "at_load_time_per_token_us\n");
+             "at_load_time_per_token_us,position_us\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
                   "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},{},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
@@ -895,9 +930,10 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
   else
     out << ",,";
   if (p.at_load_sequences > 0)
-    fmt::print(out, "{},{:.6f}\n", p.at_load_sequences, p.at_load_time_per_token_us);
+    fmt::print(out, "{},{:.6f},", p.at_load_sequences, p.at_load_time_per_token_us);
   else
-    out << ",\n";
+    out << ",,";
+  fmt::print(out, "{:.6g}\n", u.position_us);
 }
 
 

@@ -78,6 +78,10 @@ struct ServeUnit {
   double prompt_tokens_per_s = 0;
   std::int64_t prefill_chunk = 0;
   double decode_only_step_us = 0;  // the same decode without the chunk (0: not known; every step a full chunk's)
+  // What a chunk token adds to a step for each position later in its prompt than the scenario's
+  // chunk's mean, (sequence_length - 1) / 2 (its attention over more keys), from a run at twice
+  // the prompts' length: 2 (step there - step) / (a server's chunk x sequence_length). 0: not known.
+  double position_us = 0;
   int tp = 1;
   double power_kw = 0;  // the unit's draw (summary.csv power_kw); 0 where the GPU has no rated power
   double memory_gb = 0, gpu_memory_gb = 0;
@@ -264,11 +268,12 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
 // the decode's time alone (ServeUnit::decode_only_step_us, from a run without the chunk) and what
 // the scenario's full chunk adds to it in proportion to the fullest chunk of the unit's servers,
 // idle units stepping at the decode's time; where the decode alone is not known, every step takes
-// the full chunk's time (a bound). Left out as for disaggregated serving: the
+// the full chunk's time. With ServeUnit::position_us a server's chunk costs more or less as its
+// tokens stand later or earlier in their prompts than the scenario's chunk (its mean offset), and
+// the unit steps at its slowest server's pace. Left out as for disaggregated serving: the
 // decode's own batching (sequences join as prompts finish; each unit is taken to keep its
 // sequences). Prompts of several lengths (PromptSizes, --prompt-length-sigma or
-// --prompt-lengths) take their own tokens' chunks; a chunk's time stays the scenario's whatever
-// the prompt it comes from (a longer prompt's later chunks attend to more keys: not scaled).
+// --prompt-lengths) take their own tokens' chunks, at their own positions.
 struct ChunkedQueue {
   int units = 0, servers = 0;
   std::int64_t server_chunk = 0;  // prompt tokens a server prefills a step

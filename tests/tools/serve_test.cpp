@@ -416,6 +416,27 @@ TEST_CASE("Chunked prefill's steps: the decode's time and what the unit's fulles
   CHECK(light.p99_us < simulate_chunked_queue(bound, 2, 0.5, 3, 20'000).p99_us);
 }
 
+TEST_CASE("Chunked prefill's steps at their chunks' positions: a unit steps at its slowest server's pace", "[serve][colocated][stats]") {
+  ServeUnit u = colocated_unit();
+  u.decode_only_step_us = 10e3;
+  u.position_us = 1e-3;  // 1 ns a chunk token for each position past the scenario's mean, 2047.5
+  // A prompt alone: chunk i (of 8, 512 tokens each) stands at mean position 512 i + 255.5, so its
+  // step is 20 ms + 0.512 (512 i - 1792) us; the positions average out over the prompt: 160 ms.
+  const ChunkedQueue light = simulate_chunked_queue(u, 2, 0.5, 3, 20'000);
+  CHECK(light.alone_us == Approx(160e3));
+  // Busy, the servers' chunks stand at different positions and each step takes the latest one's:
+  // steps past a full chunk's time at the mean position, and later first tokens than without.
+  const double full = 8 * 512 / 0.02 / 4096;
+  const ChunkedQueue busy = simulate_chunked_queue(u, 2, 0.9 * full, 3);
+  CHECK(busy.step_mean_us > 20e3);
+  CHECK(busy.step_mean_us < 20e3 + 0.512 * (512 * 7 - 1792));
+  ServeUnit flat = u;
+  flat.position_us = 0;
+  const ChunkedQueue without = simulate_chunked_queue(flat, 2, 0.9 * full, 3);
+  CHECK(busy.step_mean_us > without.step_mean_us);
+  CHECK(busy.mean_us > without.mean_us);
+}
+
 TEST_CASE("Chunked prefill's queue with prompts of several lengths: each takes its own tokens' steps", "[serve][colocated][stats]") {
   const ServeUnit u = colocated_unit();  // 512 prompt tokens a server a step, 20 ms steps
   // Every prompt half the scenario's length: 4 steps alone.
