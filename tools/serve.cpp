@@ -638,8 +638,8 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   std::vector<double> ttft;
   ttft.reserve(n - skip);
   const double counted_from = arrival[skip];
-  double step_total = 0;
-  std::int64_t steps = 0;
+  double step_total = 0, busy_total = 0;
+  std::int64_t steps = 0, busy_steps = 0;
   const auto count_steps = [&](double first, std::int64_t k, double each) {  // k steps of `each` from `first`: those after warm-up
     if (k <= 0) return;
     const auto before = first >= counted_from ? 0 : std::min<std::int64_t>(k, static_cast<std::int64_t>(std::ceil((counted_from - first) / each)));
@@ -701,6 +701,7 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
       end = t + alone + std::max(0.0, most);
     }
     count_steps(t, 1, end - t);
+    if (t >= counted_from) busy_total += end - t, ++busy_steps;
     for (std::size_t j = 0; j < per_unit; ++j) {
       const std::size_t sv = first + j;
       if (fill[j] == 0) continue;
@@ -723,6 +724,8 @@ ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double pro
   }
   set_ttft_figures(q, ttft);
   q.step_mean_us = steps > 0 ? step_total / static_cast<double>(steps) : full;
+  // The load against the chunks at the pace the steps with prompts actually went.
+  q.busy_at_pace = busy_steps > 0 ? q.busy * busy_total / static_cast<double>(busy_steps) / full : q.busy;
   return q;
 }
 
@@ -865,15 +868,23 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
     fmt::print(out, "  prompts     {}; each prefilled a chunk a step, {}\n", lengths,
                u.position_us > 0 ? "its later chunks slowing its unit's steps"
                                  : "a chunk's time the scenario's wherever it stands in its prompt (twice the length was not run)");
-  fmt::print(out, "  first token {:.1f} prompts/s dealt {} {} server{} ({} tokens of prompts a step each{}), {:.0f} % busy "
+  fmt::print(out, "  first token {:.1f} prompts/s dealt {} {} server{} ({} tokens of prompts a step each{}), {} "
                   "(simulated, {} prompts): mean {:.1f} ms, p50 {:.1f}, p90 {:.1f}, p99 {:.1f} ms; a prompt alone takes {:.1f} ms of "
                   "steps{}\n",
              q.prompts_per_s, t.prefill_router == PrefillRouter::least_work ? "each to the one with the least work on hand of the" : "in turn to the",
              grouped(q.servers), q.servers == 1 ? "" : "s", grouped(static_cast<double>(q.server_chunk)),
-             u.tp > 1 ? fmt::format(": a tensor-parallel group of {}", u.tp) : std::string(": a GPU"), 100 * q.busy,
+             u.tp > 1 ? fmt::format(": a tensor-parallel group of {}", u.tp) : std::string(": a GPU"),
+             std::fabs(q.busy_at_pace - q.busy) >= 0.005
+                 ? fmt::format("{:.0f} % busy at the scenario's steps, {:.0f} % at the pace its steps with prompts went", 100 * q.busy,
+                               100 * q.busy_at_pace)
+                 : fmt::format("{:.0f} % busy", 100 * q.busy),
              grouped(static_cast<double>(q.counted)), q.mean_us / 1e3, q.p50_us / 1e3, q.p90_us / 1e3, q.p99_us / 1e3, q.alone_us / 1e3,
              p.ttft_target_us > 0 ? fmt::format(" (target: p{} within {:.1f} ms)", p.ttft_percentile, p.ttft_target_us / 1e3)
                                   : std::string());
+  if (q.busy_at_pace >= 1)
+    fmt::print(out, "              note: at the pace its steps went the prompts take more than these units' chunks: the queue "
+                    "grows for as long as prompts come, and its figures are those of the {} simulated (more units: --ttft)\n",
+               grouped(static_cast<double>(q.counted) / 0.9));
   if (p.price_per_hour > 0)
     fmt::print(out, "  cost        {} per hour, {} per day; {:.4g} per million output tokens (prompts included)\n",
                grouped(p.price_per_hour), grouped(24 * p.price_per_hour), p.cost_per_million_output);
@@ -909,7 +920,7 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
              "ttft_mean_us,ttft_p50_us,ttft_p90_us,ttft_p99_us,prompt_alone_us,price_per_hour,cost_per_million_output_tokens,memory_gb,"
              "decode_only_step_us,step_mean_us,time_per_token_mean_us,prompt_tokens_mean,prompt_length_sigma,prompt_lengths_file,"
              "prefill_router,availability,spare_units,gpus_with_spares,power_kw,energy_kwh_per_million_output_tokens,at_load_sequences,"
-             "at_load_time_per_token_us,position_us\n");
+             "at_load_time_per_token_us,position_us,prefill_busy_at_pace\n");
   fmt::print(out, "{},{:.10g},{:.10g},{:.10g},{:.10g},{},{},{},{},{:.6f},{:.6f},{:.10g},{:.10g},{:.6f},{:.6f},{},{},{},{:.10g},{:.10g},{},{},"
                   "{:.6f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f},{:.10g},{:.10g},{:.3f},{},{:.3f},{:.3f},{:.10g},{:.10g},{},{},",
              csv_field(u.source), p.traffic.input_tokens_per_s, p.traffic.cache_hit_rate, p.traffic.output_tokens_per_s,
@@ -933,7 +944,7 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
     fmt::print(out, "{},{:.6f},", p.at_load_sequences, p.at_load_time_per_token_us);
   else
     out << ",,";
-  fmt::print(out, "{:.6g}\n", u.position_us);
+  fmt::print(out, "{:.6g},{:.6f}\n", u.position_us, q.busy_at_pace);
 }
 
 

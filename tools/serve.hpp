@@ -283,6 +283,7 @@ struct ChunkedQueue {
   double mean_us = 0, p50_us = 0, p90_us = 0, p99_us = 0;
   double alone_us = 0;  // a prompt's steps alone (the ones it needs), without waiting for the first to start
   double step_mean_us = 0;  // the steps' mean: the time between a sequence's tokens on average
+  double busy_at_pace = 0;  // busy at the pace the steps with prompts went (>= 1: the queue only grows)
   double percentile_us(int p) const { return p == 50 ? p50_us : p == 90 ? p90_us : p99_us; }
 };
 ChunkedQueue simulate_chunked_queue(const ServeUnit& unit, int units, double prompts_per_s, std::uint64_t seed,

@@ -435,6 +435,10 @@ TEST_CASE("Chunked prefill's steps at their chunks' positions: a unit steps at i
   const ChunkedQueue without = simulate_chunked_queue(flat, 2, 0.9 * full, 3);
   CHECK(busy.step_mean_us > without.step_mean_us);
   CHECK(busy.mean_us > without.mean_us);
+  // The load at the pace the steps with prompts went: over the nominal 90 % with the positions.
+  CHECK(busy.busy == Approx(0.9));
+  CHECK(busy.busy_at_pace > busy.busy);
+  CHECK(busy.busy_at_pace > without.busy_at_pace);
 }
 
 TEST_CASE("Chunked prefill's queue with prompts of several lengths: each takes its own tokens' steps", "[serve][colocated][stats]") {
