@@ -40,6 +40,17 @@ std::string bytes_rate(double bytes_per_s) {
   return bytes_per_s >= 1e9 ? fmt::format("{:.2f} GB/s", bytes_per_s / 1e9) : fmt::format("{:.1f} MB/s", bytes_per_s / 1e6);
 }
 
+// The plan's first line: the traffic, with its cache hits.
+void print_traffic(std::ostream& out, const char* command, const ServeTraffic& t, double prefill_tokens_per_s) {
+  fmt::print(out, "{}: {} prompt tokens/s{}, {} output tokens/s\n", command, grouped(t.input_tokens_per_s),
+             t.cache_hit_rate > 0 ? fmt::format(" ({:.1f} % from the KV cache, {} to prefill)", 100 * t.cache_hit_rate,
+                                                grouped(prefill_tokens_per_s))
+                                  : std::string(),
+             grouped(t.output_tokens_per_s));
+}
+
+std::string nodes_text(int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); }
+
 // A queue's times to first token (sorted here): how many, their mean and nearest-rank percentiles.
 template <typename Queue>
 void set_ttft_figures(Queue& q, std::vector<double>& ttft) {
@@ -826,12 +837,8 @@ void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vecto
   const auto& t = p.traffic;
   const auto& u = p.unit;
   const auto& q = p.queue;
-  fmt::print(out, "moesim serve --colocated: {} prompt tokens/s{}, {} output tokens/s\n", grouped(t.input_tokens_per_s),
-             t.cache_hit_rate > 0 ? fmt::format(" ({:.1f} % from the KV cache, {} to prefill)", 100 * t.cache_hit_rate,
-                                                grouped(p.prefill_tokens_per_s))
-                                  : std::string(),
-             grouped(t.output_tokens_per_s));
-  const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
+  print_traffic(out, "moesim serve --colocated", t, p.prefill_tokens_per_s);
+  const auto nodes = nodes_text;
   fmt::print(out, "  unit        {}: {} GPUs ({}), each step one token for {} sequences per GPU ({}-token contexts) and {} prompt "
                   "tokens per GPU of {}-token prompts, in {:.3f} ms (a token every {:.3f} ms per sequence with full chunks): {} output and {} "
                   "prompt tokens/s a unit\n",
@@ -947,17 +954,12 @@ void write_colocated_csv(std::ostream& out, const ColocatedPlan& p) {
   fmt::print(out, "{:.6g},{:.6f}\n", u.position_us, q.busy_at_pace);
 }
 
-
 void print_service(std::ostream& out, const ServePlan& p, const std::vector<std::string>& written) {
   const auto& t = p.traffic;
   const auto& pf = p.prefill;
   const auto& dc = p.decode;
-  fmt::print(out, "moesim serve: {} prompt tokens/s{}, {} output tokens/s\n", grouped(t.input_tokens_per_s),
-             t.cache_hit_rate > 0 ? fmt::format(" ({:.1f} % from the KV cache, {} to prefill)", 100 * t.cache_hit_rate,
-                                                grouped(p.prefill_tokens_per_s))
-                                  : std::string(),
-             grouped(t.output_tokens_per_s));
-  const auto nodes = [](int n) { return fmt::format("{} node{}", grouped(n), n == 1 ? "" : "s"); };
+  print_traffic(out, "moesim serve", t, p.prefill_tokens_per_s);
+  const auto nodes = nodes_text;
   fmt::print(out, "  prefill     {}: a unit of {} GPUs ({}) prefills {} tokens/s, {} tokens per GPU ({}) in {:.1f} ms\n",
              pf.source, pf.gpus, nodes(pf.nodes), grouped(pf.tokens_per_s), grouped(static_cast<double>(pf.tokens_per_gpu)),
              pf.cached_prefix > 0 ? fmt::format("prompts of {} new tokens after {} cached", pf.prompt_tokens, pf.cached_prefix)
