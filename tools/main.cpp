@@ -724,7 +724,11 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
   }
   tools::ServeChoice choice;
   if (grid) {
-    choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile, seeds.empty() ? 1 : seeds.front());
+    std::vector<tools::ColocatedPoint> points;
+    choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile, seeds.empty() ? 1 : seeds.front(), &points);
+    const std::string points_csv = dir + "/colocated-points.csv";
+    tools::write_atomically(points_csv, [&](std::ostream& out) { tools::write_colocated_points_csv(out, candidates, points); });
+    written.push_back(points_csv);
     if (skipped > 0)
       choice.explanation += fmt::format(" ({} more of the grid's points were skipped without running: its sweep's rows say why)", skipped);
     if (unchunked > 0)

@@ -794,26 +794,42 @@ ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, doubl
 }
 
 ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const ServeTraffic& t, double tpot_us, double ttft_target_us,
-                             int percentile, std::uint64_t seed) {
+                             int percentile, std::uint64_t seed, std::vector<ColocatedPoint>* points) {
   std::size_t fit = 0, fast = 0, met = 0;
   std::optional<std::size_t> best;
   double best_gpus = 0, best_full = 0;
   const double prefill = t.input_tokens_per_s * (1 - t.cache_hit_rate);
+  std::vector<ColocatedPoint> seen(candidates.size());
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const auto& u = candidates[i];
-    if (!u.fits) continue;
+    ColocatedPoint& pt = seen[i];
+    pt.output_units = t.output_tokens_per_s / u.tokens_per_s;
+    pt.prompt_units = prefill / u.prompt_tokens_per_s;
+    if (!u.fits) {
+      pt.verdict = "does not fit the GPUs' memory";
+      continue;
+    }
     ++fit;
-    if (tpot_us > 0 && u.time_per_token_us > tpot_us) continue;
+    if (tpot_us > 0 && u.time_per_token_us > tpot_us) {
+      pt.verdict = "over --tpot";
+      continue;
+    }
     ++fast;
-    const double full = std::max(t.output_tokens_per_s / u.tokens_per_s, prefill / u.prompt_tokens_per_s);
+    const double full = std::max(pt.output_units, pt.prompt_units);
     int units = whole_units(full);
     if (ttft_target_us > 0) {
       const PromptSizes sizes = prompt_sizes(t, u.prompt_tokens);
       const auto q = colocated_units_for_ttft(u, units, prompts_per_s(u, prefill, sizes), percentile, ttft_target_us, seed, nullptr, sizes);
-      if (!q) continue;
+      if (!q) {
+        pt.verdict = "no count of units meets --ttft";
+        continue;
+      }
       units = q->units;
     }
     ++met;
+    pt.units = units;
+    pt.gpus = units * u.gpus;
+    pt.verdict = "serves";
     const double gpus = static_cast<double>(units) * u.gpus, full_gpus = full * u.gpus;
     if (!best || gpus < best_gpus || (gpus == best_gpus && full_gpus < best_full)) {
       best = i;
@@ -821,6 +837,8 @@ ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const Ser
       best_full = full_gpus;
     }
   }
+  if (best) seen[*best].verdict = "chosen";
+  if (points) *points = std::move(seen);
   ServeChoice c;
   c.best = best;
   c.explanation = fmt::format("of the {} points {} fit the GPUs' memory{}{}{}", candidates.size(), fit,
@@ -831,6 +849,16 @@ ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const Ser
                                                  : std::string(),
                               best ? "; this one serves the traffic on the fewest GPUs" : "");
   return c;
+}
+
+void write_colocated_points_csv(std::ostream& out, const std::vector<ServeUnit>& candidates, const std::vector<ColocatedPoint>& points) {
+  out << "point,time_per_token_us,output_units,prompt_units,units,gpus,verdict\n";
+  for (std::size_t i = 0; i < candidates.size() && i < points.size(); ++i) {
+    const auto& pt = points[i];
+    fmt::print(out, "{},{:.6f},{:.6f},{:.6f},{},{},{}\n", csv_field(candidates[i].point.empty() ? candidates[i].source : candidates[i].point),
+               candidates[i].time_per_token_us, pt.output_units, pt.prompt_units, pt.units > 0 ? std::to_string(pt.units) : std::string(),
+               pt.gpus > 0 ? std::to_string(pt.gpus) : std::string(), csv_field(pt.verdict));
+  }
 }
 
 void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vector<std::string>& written) {

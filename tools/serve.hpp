@@ -325,8 +325,18 @@ ColocatedPlan plan_colocated(const ServeTraffic& t, const ServeUnit& unit, doubl
 // Of a grid's points, the one that serves the traffic on the fewest GPUs (ties: the fewest at full
 // use, then the first) of those that fit memory, decode a token within tpot_us (0: no target) and,
 // with ttft_target_us, meet it with some count of units.
+// Each point's part in the choice (`points`, where given): the units and GPUs the traffic takes
+// on it, or why it was passed over.
+struct ColocatedPoint {
+  double output_units = 0, prompt_units = 0;  // each load over a unit's rate
+  int units = 0, gpus = 0;                    // whole units: the load's, or with a TTFT target the queue's; 0 where passed over
+  std::string verdict;                        // "chosen", "serves", or why not
+};
 ServeChoice choose_colocated(const std::vector<ServeUnit>& candidates, const ServeTraffic& t, double tpot_us, double ttft_target_us,
-                             int percentile, std::uint64_t seed);
+                             int percentile, std::uint64_t seed, std::vector<ColocatedPoint>* points = nullptr);
+// One row a candidate (a grid's points): its point, time per token, both loads' units, the units
+// and GPUs it would take, and its verdict.
+void write_colocated_points_csv(std::ostream& out, const std::vector<ServeUnit>& candidates, const std::vector<ColocatedPoint>& points);
 void print_colocated(std::ostream& out, const ColocatedPlan& p, const std::vector<std::string>& written);
 void write_colocated_csv(std::ostream& out, const ColocatedPlan& p);
 

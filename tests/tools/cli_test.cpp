@@ -2157,6 +2157,17 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   REQUIRE(g.code == 0);
   CHECK_FALSE(fs::exists(tmp.path() / "g" / "decode-alone"));
   const auto gs = summary_row(tmp.path() / "g" / "serve.csv");
+  // Every unit point's part in the choice, one row each: the chunks of 128 and 256 (point 0, the
+  // baseline, is no unit), one of them chosen.
+  std::ifstream points_csv(tmp.path() / "g" / "colocated-points.csv");
+  std::string line, all;
+  int rows = 0;
+  std::getline(points_csv, line);
+  CHECK(line == "point,time_per_token_us,output_units,prompt_units,units,gpus,verdict");
+  while (std::getline(points_csv, line)) ++rows, all += line + "\n";
+  CHECK(rows == 2);
+  CHECK_THAT(all, Catch::Contains("workload.prefill_chunk=128") && Catch::Contains("workload.prefill_chunk=256") &&
+                      Catch::Contains(",chosen\n"));
   const auto baseline = summary_row(tmp.path() / "g" / "colocated-sweep.csv");  // its first row
   REQUIRE(baseline.at("point") == "0");  // no chunk
   CHECK(std::stod(gs.at("decode_only_step_us")) == Approx(std::stod(baseline.at("step_time_us"))));

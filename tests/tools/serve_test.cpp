@@ -509,9 +509,17 @@ TEST_CASE("Colocated serving: the units the output or the prompts take, whicheve
   const ServeChoice any = choose_colocated(points, t, 0, 0, 99, 1);
   REQUIRE(any.best);
   CHECK(*any.best == 1);  // 200,000 / 34,133 = 5.86 -> 6 units against 8
-  const ServeChoice fast = choose_colocated(points, t, 25e3, 0, 99, 1);
+  std::vector<ColocatedPoint> seen;
+  const ServeChoice fast = choose_colocated(points, t, 25e3, 0, 99, 1, &seen);
   REQUIRE(fast.best);
   CHECK(*fast.best == 0);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].verdict == "chosen");
+  CHECK(seen[0].units == 8);
+  CHECK(seen[0].gpus == 64);
+  CHECK(seen[1].verdict == "over --tpot");
+  CHECK(seen[1].units == 0);
+  CHECK(seen[1].output_units == Approx(2e5 / slow.tokens_per_s));
   CHECK_THAT(fast.explanation, Catch::Contains("1 of those decode a token within 25.000 ms"));
   CHECK_FALSE(choose_colocated(points, t, 10e3, 0, 99, 1).best);
   ServeUnit none = u;
