@@ -722,6 +722,41 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     seeds.push_back(sc.forward.seed);
     written.push_back(dir + "/colocated/");
   }
+  // A later chunk attends to more keys: a candidate's scenario (point) at twice its prompts'
+  // length, the chunk kept, gives what each position past the chunk's mean adds to a step
+  // (ServeUnit::position_us). Run for the chosen point, and under a TTFT target for every point
+  // a grid offers within --tpot (each sized by its own queue), before choosing.
+  std::vector<char> position_known(candidates.size(), 0);
+  const auto position_of = [&](std::size_t c) {
+    position_known[c] = 1;
+    auto variant = sets;
+    if (grid) {
+      const auto point = scenarios::load_grid(file).points().at(candidate_point[c]);
+      variant.insert(variant.end(), point.begin(), point.end());
+    }
+    const std::int64_t length = candidates[c].prompt_tokens;
+    variant.push_back(fmt::format("workload.sequence_length={}", 2 * length));
+    try {
+      const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
+      const std::string out_dir =
+          dir + "/prompts-twice-as-long" + (grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+      if (!quiet)
+        fmt::print(stderr, "  simulating  {} at twice its prompts' length\n",
+                   grid ? fmt::format("point {}", candidate_point[c]) : std::string("the scenario"));
+      const auto result = simulate(sc, quiet);
+      tools::write_reports(out_dir, sc, result);
+      written.push_back(out_dir + "/");
+      const double longer = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
+      const double server_chunk = static_cast<double>(candidates[c].prefill_chunk * std::max(1, candidates[c].tp));
+      candidates[c].position_us = std::max(0.0, 2 * (longer - candidates[c].step_us) / (server_chunk * static_cast<double>(length)));
+    } catch (const scenarios::ScenarioError& e) {
+      if (!quiet) fmt::print(stderr, "  note        twice the prompts' length is not a scenario of its own ({}): a chunk's cost is the "
+                                     "scenario's wherever it stands in its prompt\n", e.what());
+    }
+  };
+  if (grid && ttft_us > 0)
+    for (std::size_t c = 0; c < candidates.size(); ++c)
+      if (candidates[c].fits && (tpot_us <= 0 || candidates[c].time_per_token_us <= tpot_us)) position_of(c);
   tools::ServeChoice choice;
   if (grid) {
     std::vector<tools::ColocatedPoint> points;
@@ -771,31 +806,7 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     written.push_back(out_dir + "/");
     candidates[best].decode_only_step_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
   }
-  // A later chunk attends to more keys: the chosen scenario (point) at twice its prompts' length,
-  // the chunk kept, gives what each position past the chunk's mean adds to a step.
-  {
-    auto variant = sets;
-    if (grid) {
-      const auto point = scenarios::load_grid(file).points().at(candidate_point[best]);
-      variant.insert(variant.end(), point.begin(), point.end());
-    }
-    const std::int64_t length = candidates[best].prompt_tokens;
-    variant.push_back(fmt::format("workload.sequence_length={}", 2 * length));
-    try {
-      const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
-      const std::string out_dir = dir + "/prompts-twice-as-long";
-      if (!quiet) fmt::print(stderr, "  simulating  the scenario at twice its prompts' length\n");
-      const auto result = simulate(sc, quiet);
-      tools::write_reports(out_dir, sc, result);
-      written.push_back(out_dir + "/");
-      const double longer = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
-      const double server_chunk = static_cast<double>(candidates[best].prefill_chunk * std::max(1, candidates[best].tp));
-      candidates[best].position_us = std::max(0.0, 2 * (longer - candidates[best].step_us) / (server_chunk * static_cast<double>(length)));
-    } catch (const scenarios::ScenarioError& e) {
-      if (!quiet) fmt::print(stderr, "  note        twice the prompts' length is not a scenario of its own ({}): a chunk's cost is the "
-                                     "scenario's wherever it stands in its prompt\n", e.what());
-    }
-  }
+  if (!position_known[best]) position_of(best);
   tools::ColocatedPlan plan = tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, seeds[best], spares);
   plan.choice = choice.explanation;
   if (!plan.ttft_met) {

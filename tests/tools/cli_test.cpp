@@ -2168,6 +2168,15 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(rows == 2);
   CHECK_THAT(all, Catch::Contains("workload.prefill_chunk=128") && Catch::Contains("workload.prefill_chunk=256") &&
                       Catch::Contains(",chosen\n"));
+  // Under a TTFT target every unit point within --tpot runs at twice its prompts' length first.
+  const auto gt = moesim("serve --colocated '" + grid.string() + "' " + decode + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 " +
+                             "--ttft 60s -q --out '" + (tmp.path() / "gt").string() + "'",
+                         tmp);
+  REQUIRE(gt.code == 0);
+  CHECK(fs::exists(tmp.path() / "gt" / "prompts-twice-as-long" / "point-0001" / "summary.csv"));
+  CHECK(fs::exists(tmp.path() / "gt" / "prompts-twice-as-long" / "point-0002" / "summary.csv"));
+  // Without one, the chosen point's only.
+  CHECK(std::distance(fs::directory_iterator(tmp.path() / "g" / "prompts-twice-as-long"), fs::directory_iterator{}) == 1);
   const auto baseline = summary_row(tmp.path() / "g" / "colocated-sweep.csv");  // its first row
   REQUIRE(baseline.at("point") == "0");  // no chunk
   CHECK(std::stod(gs.at("decode_only_step_us")) == Approx(std::stod(baseline.at("step_time_us"))));
