@@ -754,9 +754,33 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
                                      "scenario's wherever it stands in its prompt\n", e.what());
     }
   };
+  // The decode alone, for the steps whose chunks are not full: a grid's chunkless point (above),
+  // or a run of the candidate's scenario (point) without the chunk.
+  const auto decode_alone_of = [&](std::size_t c) {
+    auto variant = sets;
+    if (grid) {
+      const auto point = scenarios::load_grid(file).points().at(candidate_point[c]);
+      variant.insert(variant.end(), point.begin(), point.end());
+    }
+    variant.push_back("workload.prefill_chunk=0");
+    // Prompts of another length than the context's were given with the chunk: the decode alone has none.
+    variant.push_back("workload.sequence_length=~");
+    const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
+    const std::string out_dir = dir + "/decode-alone" + (grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+    if (!quiet)
+      fmt::print(stderr, "  simulating  {} without its prefill chunk\n",
+                 grid ? fmt::format("point {}", candidate_point[c]) : std::string("the decode"));
+    const auto result = simulate(sc, quiet);
+    tools::write_reports(out_dir, sc, result);
+    written.push_back(out_dir + "/");
+    candidates[c].decode_only_step_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
+  };
   if (grid && ttft_us > 0)
     for (std::size_t c = 0; c < candidates.size(); ++c)
-      if (candidates[c].fits && (tpot_us <= 0 || candidates[c].time_per_token_us <= tpot_us)) position_of(c);
+      if (candidates[c].fits && (tpot_us <= 0 || candidates[c].time_per_token_us <= tpot_us)) {
+        if (candidates[c].decode_only_step_us <= 0) decode_alone_of(c);
+        position_of(c);
+      }
   tools::ServeChoice choice;
   if (grid) {
     std::vector<tools::ColocatedPoint> points;
@@ -787,25 +811,7 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     choice.best = 0;
   }
   const std::size_t best = *choice.best;
-  // The decode alone, for the steps whose chunks are not full: a grid's baseline point, or a run
-  // of the chosen scenario (point) without the chunk.
-  if (candidates[best].decode_only_step_us <= 0) {
-    auto variant = sets;
-    if (grid) {
-      const auto point = scenarios::load_grid(file).points().at(candidate_point[best]);
-      variant.insert(variant.end(), point.begin(), point.end());
-    }
-    variant.push_back("workload.prefill_chunk=0");
-    // Prompts of another length than the context's were given with the chunk: the decode alone has none.
-    variant.push_back("workload.sequence_length=~");
-    const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
-    const std::string out_dir = dir + "/decode-alone";
-    if (!quiet) fmt::print(stderr, "  simulating  the decode alone, without its prefill chunk\n");
-    const auto result = simulate(sc, quiet);
-    tools::write_reports(out_dir, sc, result);
-    written.push_back(out_dir + "/");
-    candidates[best].decode_only_step_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
-  }
+  if (candidates[best].decode_only_step_us <= 0) decode_alone_of(best);
   if (!position_known[best]) position_of(best);
   tools::ColocatedPlan plan = tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, seeds[best], spares);
   plan.choice = choice.explanation;

@@ -2177,6 +2177,19 @@ TEST_CASE("moesim serve --colocated plans units whose decode steps prefill the p
   CHECK(fs::exists(tmp.path() / "gt" / "prompts-twice-as-long" / "point-0002" / "summary.csv"));
   // Without one, the chosen point's only.
   CHECK(std::distance(fs::directory_iterator(tmp.path() / "g" / "prompts-twice-as-long"), fs::directory_iterator{}) == 1);
+  // A grid without a chunkless point: under a TTFT target each unit point also runs without its chunk.
+  const auto grid2 = tmp.path() / "grid2.yaml";
+  std::ofstream(grid2) << "base: " << kSource << "/scenarios/quickstart.yaml\naxes:\n  workload.prefill_chunk: [128, 256]\n";
+  const auto g2 = moesim("serve --colocated '" + grid2.string() + "' " + decode + "--input-tokens-per-s 4e6 --output-tokens-per-s 2e5 " +
+                             "--ttft 60s -q --out '" + (tmp.path() / "g2").string() + "'",
+                         tmp);
+  REQUIRE(g2.code == 0);
+  CHECK(fs::exists(tmp.path() / "g2" / "decode-alone" / "point-0000" / "summary.csv"));
+  CHECK(fs::exists(tmp.path() / "g2" / "decode-alone" / "point-0001" / "summary.csv"));
+  // Both points decode the same 32 sequences: one decode alone, whichever is chosen.
+  const double alone0 = std::stod(summary_row(tmp.path() / "g2" / "decode-alone" / "point-0000" / "summary.csv").at("step_time_us"));
+  CHECK(alone0 == Approx(std::stod(summary_row(tmp.path() / "g2" / "decode-alone" / "point-0001" / "summary.csv").at("step_time_us"))));
+  CHECK(std::stod(summary_row(tmp.path() / "g2" / "serve.csv").at("decode_only_step_us")) == Approx(alone0));
   const auto baseline = summary_row(tmp.path() / "g" / "colocated-sweep.csv");  // its first row
   REQUIRE(baseline.at("point") == "0");  // no chunk
   CHECK(std::stod(gs.at("decode_only_step_us")) == Approx(std::stod(baseline.at("step_time_us"))));
