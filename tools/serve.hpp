@@ -262,7 +262,7 @@ ServePlan plan_service(const ServeTraffic& t, const ServeUnit& prefill, const Se
 // least_work each to the server with the fewest prompt tokens on hand (the first of those that
 // tie), as data-parallel attention's load balancers do; a server prefills the prompts
 // it was dealt first come first served, tp x prefill_chunk of their tokens in each step, the
-// steps following one another every step time; a prompt joins from the first step that starts
+// steps following one another; a prompt joins from the first step that starts
 // after it comes, and its first token comes at the end of the step that prefills its last
 // token. A unit's servers step together (its GPUs meet in every layer's all-to-all): a step takes
 // the decode's time alone (ServeUnit::decode_only_step_us, from a run without the chunk) and what
