@@ -649,21 +649,28 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
                     double ttft_us, int percentile, const tools::ServeSpares& spares, int jobs, const std::string& dir, bool quiet) {
   std::vector<std::string> written;
   std::vector<tools::ServeUnit> candidates;
-  std::vector<std::uint64_t> seeds;
-  std::vector<std::size_t> candidate_point;  // a grid's point of each candidate
+  std::vector<scenarios::Scenario> candidate_scenario;  // each candidate's scenario (a grid's point)
+  std::vector<std::size_t> candidate_point;             // a grid's point of each candidate
   std::size_t skipped = 0, unchunked = 0;
   const bool grid = scenarios::is_grid_file(file);
+  const std::optional<scenarios::Grid> g = grid ? std::optional<scenarios::Grid>(scenarios::load_grid(file)) : std::nullopt;
+  const std::vector<std::vector<std::string>> points = grid ? g->points() : std::vector<std::vector<std::string>>{};
+  const std::string base = grid ? g->base : file;
+  // A candidate's settings: --set's, then its grid point's.
+  const auto point_sets = [&](std::size_t c) {
+    auto v = sets;
+    if (grid) v.insert(v.end(), points.at(candidate_point[c]).begin(), points.at(candidate_point[c]).end());
+    return v;
+  };
   if (grid) {
-    const scenarios::Grid g = scenarios::load_grid(file);
-    const auto points = g.points();
     std::vector<std::optional<scenarios::Scenario>> scenario_of(points.size());
     for (std::size_t i = 0; i < points.size(); ++i) {
-      auto point_sets = sets;
-      point_sets.insert(point_sets.end(), points[i].begin(), points[i].end());
+      auto v = sets;
+      v.insert(v.end(), points[i].begin(), points[i].end());
       try {
-        scenario_of[i] = scenarios::load_scenario_file(g.base, point_sets);
+        scenario_of[i] = scenarios::load_scenario_file(base, v);
       } catch (const scenarios::ScenarioError&) {
-        if (!g.skip_invalid) throw;
+        if (!g->skip_invalid) throw;
       }
       // A point without a chunk (a sweep's baseline) runs, but is no colocated unit.
       if (scenario_of[i] && scenario_of[i]->workload_kind == "decode" && scenario_of[i]->forward.prefill_chunk == 0) continue;
@@ -675,8 +682,22 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     o.jobs = jobs;
     o.sets = sets;
     if (!quiet) o.progress = [](std::size_t done, std::size_t total, std::size_t) { fmt::print(stderr, "  points      {} of {}\n", done, total); };
-    tools::run_sweep(g, csv, o);
-    for (const auto& row : read_rows(csv)) {
+    tools::run_sweep(*g, csv, o);
+    // A point's decode alone: the grid's point with the same values but a chunk of 0, where it has one.
+    const auto without_chunk = [](const std::vector<std::string>& point) {
+      std::vector<std::string> rest;
+      for (const auto& v : point)
+        if (!v.starts_with("workload.prefill_chunk=") && !v.starts_with("workload.sequence_length=")) rest.push_back(v);
+      return rest;
+    };
+    std::map<std::vector<std::string>, double> decode_alone;
+    const auto rows = read_rows(csv);
+    for (const auto& row : rows) {
+      if (const auto& why = row.at("infeasible_reason"); why.starts_with("invalid: ") || why.starts_with("not simulated: ")) continue;
+      const std::size_t i = std::stoul(row.at("point"));
+      if (scenario_of.at(i)->forward.prefill_chunk == 0) decode_alone[without_chunk(points.at(i))] = std::stod(row.at("step_time_us"));
+    }
+    for (const auto& row : rows) {
       if (const auto& why = row.at("infeasible_reason"); why.starts_with("invalid: ") || why.starts_with("not simulated: ")) {
         ++skipped;
         continue;
@@ -690,26 +711,11 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
       std::string values;
       for (const auto& v : points.at(i)) values += (values.empty() ? "" : ", ") + v;
       unit.point = fmt::format("point {} of {} ({})", i, file, values);
+      if (const auto it = decode_alone.find(without_chunk(points.at(i))); it != decode_alone.end()) unit.decode_only_step_us = it->second;
       candidates.push_back(unit);
+      candidate_scenario.push_back(*scenario_of[i]);
       candidate_point.push_back(i);
-      seeds.push_back(scenario_of[i]->forward.seed);
     }
-    // A point's decode alone: the grid's point with the same values but a chunk of 0, where it has one.
-    const auto rows = read_rows(csv);
-    const auto without_chunk = [](const std::vector<std::string>& point) {
-      std::vector<std::string> rest;
-      for (const auto& v : point)
-        if (!v.starts_with("workload.prefill_chunk=") && !v.starts_with("workload.sequence_length=")) rest.push_back(v);
-      return rest;
-    };
-    for (std::size_t c = 0; c < candidates.size(); ++c)
-      for (const auto& row : rows) {
-        const std::size_t i = std::stoul(row.at("point"));
-        if (!scenario_of.at(i) || scenario_of[i]->forward.prefill_chunk != 0 || row.at("infeasible_reason").starts_with("invalid: ") ||
-            row.at("infeasible_reason").starts_with("not simulated: ") || without_chunk(points.at(i)) != without_chunk(points.at(candidate_point[c])))
-          continue;
-        candidates[c].decode_only_step_us = std::stod(row.at("step_time_us"));
-      }
     written.push_back(csv);
   } else {
     const auto sc = scenarios::load_scenario_file(file, sets);
@@ -718,10 +724,24 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
     const auto result = simulate(sc, quiet);
     tools::write_reports(dir + "/colocated", sc, result);
     candidates.push_back(tools::serve_unit(sc, read_rows(dir + "/colocated/summary.csv").at(0), false));
+    candidate_scenario.push_back(sc);
     candidate_point.push_back(0);
-    seeds.push_back(sc.forward.seed);
     written.push_back(dir + "/colocated/");
   }
+  // Candidate c's scenario with settings more, run into OUT/NAME (a grid point into
+  // point-NNNN below it): its summary.csv row. Throws ScenarioError where that is no scenario.
+  const auto run_variant = [&](std::size_t c, const std::vector<std::string>& more, const std::string& name, const std::string& what) {
+    auto v = point_sets(c);
+    v.insert(v.end(), more.begin(), more.end());
+    const auto sc = scenarios::load_scenario_file(base, v);
+    const std::string out_dir = dir + "/" + name + (grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
+    if (!quiet)
+      fmt::print(stderr, "  simulating  {} {}\n", grid ? fmt::format("point {}", candidate_point[c]) : std::string("the scenario"), what);
+    const auto result = simulate(sc, quiet);
+    tools::write_reports(out_dir, sc, result);
+    written.push_back(out_dir + "/");
+    return read_rows(out_dir + "/summary.csv").at(0);
+  };
   // A later chunk attends to more keys: a candidate's scenario (point) at twice its prompts'
   // length, the chunk kept, gives what each position past the chunk's mean adds to a step
   // (ServeUnit::position_us). Run for the chosen point, and under a TTFT target for every point
@@ -729,24 +749,11 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
   std::vector<char> position_known(candidates.size(), 0);
   const auto position_of = [&](std::size_t c) {
     position_known[c] = 1;
-    auto variant = sets;
-    if (grid) {
-      const auto point = scenarios::load_grid(file).points().at(candidate_point[c]);
-      variant.insert(variant.end(), point.begin(), point.end());
-    }
     const std::int64_t length = candidates[c].prompt_tokens;
-    variant.push_back(fmt::format("workload.sequence_length={}", 2 * length));
     try {
-      const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
-      const std::string out_dir =
-          dir + "/prompts-twice-as-long" + (grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
-      if (!quiet)
-        fmt::print(stderr, "  simulating  {} at twice its prompts' length\n",
-                   grid ? fmt::format("point {}", candidate_point[c]) : std::string("the scenario"));
-      const auto result = simulate(sc, quiet);
-      tools::write_reports(out_dir, sc, result);
-      written.push_back(out_dir + "/");
-      const double longer = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
+      const double longer = std::stod(
+          run_variant(c, {fmt::format("workload.sequence_length={}", 2 * length)}, "prompts-twice-as-long", "at twice its prompts' length")
+              .at("step_time_us"));
       const double server_chunk = static_cast<double>(candidates[c].prefill_chunk * std::max(1, candidates[c].tp));
       candidates[c].position_us = std::max(0.0, 2 * (longer - candidates[c].step_us) / (server_chunk * static_cast<double>(length)));
     } catch (const scenarios::ScenarioError& e) {
@@ -754,26 +761,13 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
                                      "scenario's wherever it stands in its prompt\n", e.what());
     }
   };
-  // The decode alone, for the steps whose chunks are not full: a grid's chunkless point (above),
-  // or a run of the candidate's scenario (point) without the chunk.
+  // The decode alone, for the steps whose chunks are not full, where the grid has no chunkless
+  // twin: the candidate's scenario (point) without the chunk (and without prompts of another
+  // length than the context's, which only the chunk uses).
   const auto decode_alone_of = [&](std::size_t c) {
-    auto variant = sets;
-    if (grid) {
-      const auto point = scenarios::load_grid(file).points().at(candidate_point[c]);
-      variant.insert(variant.end(), point.begin(), point.end());
-    }
-    variant.push_back("workload.prefill_chunk=0");
-    // Prompts of another length than the context's were given with the chunk: the decode alone has none.
-    variant.push_back("workload.sequence_length=~");
-    const auto sc = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, variant);
-    const std::string out_dir = dir + "/decode-alone" + (grid ? fmt::format("/point-{:04d}", candidate_point[c]) : std::string());
-    if (!quiet)
-      fmt::print(stderr, "  simulating  {} without its prefill chunk\n",
-                 grid ? fmt::format("point {}", candidate_point[c]) : std::string("the decode"));
-    const auto result = simulate(sc, quiet);
-    tools::write_reports(out_dir, sc, result);
-    written.push_back(out_dir + "/");
-    candidates[c].decode_only_step_us = std::stod(read_rows(out_dir + "/summary.csv").at(0).at("step_time_us"));
+    candidates[c].decode_only_step_us =
+        std::stod(run_variant(c, {"workload.prefill_chunk=0", "workload.sequence_length=~"}, "decode-alone", "without its prefill chunk")
+                      .at("step_time_us"));
   };
   if (grid && ttft_us > 0)
     for (std::size_t c = 0; c < candidates.size(); ++c)
@@ -783,10 +777,11 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
       }
   tools::ServeChoice choice;
   if (grid) {
-    std::vector<tools::ColocatedPoint> points;
-    choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile, seeds.empty() ? 1 : seeds.front(), &points);
+    std::vector<tools::ColocatedPoint> seen;
+    choice = tools::choose_colocated(candidates, traffic, tpot_us, ttft_us, percentile,
+                                     candidate_scenario.empty() ? 1 : candidate_scenario.front().forward.seed, &seen);
     const std::string points_csv = dir + "/colocated-points.csv";
-    tools::write_atomically(points_csv, [&](std::ostream& out) { tools::write_colocated_points_csv(out, candidates, points); });
+    tools::write_atomically(points_csv, [&](std::ostream& out) { tools::write_colocated_points_csv(out, candidates, seen); });
     written.push_back(points_csv);
     if (skipped > 0)
       choice.explanation += fmt::format(" ({} more of the grid's points were skipped without running: its sweep's rows say why)", skipped);
@@ -813,7 +808,8 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
   const std::size_t best = *choice.best;
   if (candidates[best].decode_only_step_us <= 0) decode_alone_of(best);
   if (!position_known[best]) position_of(best);
-  tools::ColocatedPlan plan = tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, seeds[best], spares);
+  tools::ColocatedPlan plan =
+      tools::plan_colocated(traffic, candidates[best], ttft_us, percentile, candidate_scenario[best].forward.seed, spares);
   plan.choice = choice.explanation;
   if (!plan.ttft_met) {
     fmt::print("moesim serve: no count of units meets the time to first token: p{} within {:.4g} ms; at {} units ({} for the load) it "
@@ -822,19 +818,11 @@ int serve_colocated(const std::string& file, const std::vector<std::string>& set
                plan.queue.alone_us / 1e3);
     return 3;
   }
-  {
-    auto point_sets = sets;
-    if (grid) {
-      const auto point = scenarios::load_grid(file).points().at(candidate_point[best]);
-      point_sets.insert(point_sets.end(), point.begin(), point.end());
-    }
-    const auto chosen = scenarios::load_scenario_file(grid ? scenarios::load_grid(file).base : file, point_sets);
-    const DecodeAtLoad a = decode_at_load(grid ? scenarios::load_grid(file).base : file, point_sets, chosen,
-                                          plan.sequences_decoding / plan.gpus, dir, quiet, written);
-    plan.at_load_sequences = a.sequences;
-    plan.at_load_time_per_token_us = a.time_per_token_us;
-    plan.at_load_note = a.note;
-  }
+  const DecodeAtLoad a = decode_at_load(base, point_sets(best), candidate_scenario[best], plan.sequences_decoding / plan.gpus, dir, quiet,
+                                        written);
+  plan.at_load_sequences = a.sequences;
+  plan.at_load_time_per_token_us = a.time_per_token_us;
+  plan.at_load_note = a.note;
   const std::string csv = dir + "/serve.csv";
   tools::write_atomically(csv, [&](std::ostream& out) { tools::write_colocated_csv(out, plan); });
   written.insert(written.begin(), csv);
