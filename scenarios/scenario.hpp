@@ -22,6 +22,10 @@ namespace moesim::scenarios {
 struct Scenario {
   std::string source;       // file name as given, for messages and reports
   std::string description;  // one line: what the scenario shows
+  // model.hf_config: the config.json the model's keys came from (beside the scenario), its
+  // model_type, and what moesim leaves out of it or approximates; empty without one.
+  std::string model_config, model_type;
+  std::vector<std::string> model_notes;
   topology::ClusterSpec cluster;
   models::ForwardSpec forward;
   std::string workload_kind = "forward";

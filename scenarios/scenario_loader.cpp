@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "scenarios/scenario.hpp"
+#include "scenarios/hf_config.hpp"
 
 #include "routing/traces.hpp"
 #include "sim/units.hpp"
@@ -76,6 +77,12 @@ class Problems {
   // Key paths set on the command line (--set): their problems name the option, not a line.
   void overridden(std::vector<std::string> paths) { overrides_ = std::move(paths); }
   void add(const YAML::Mark& m, std::string_view path, std::string_view msg) {
+    // A key model.hf_config set: the problem is the config's, at the hf_config line.
+    if (const auto d = derived_.find(std::string(path)); d != derived_.end()) {
+      const YAML::Mark& at = d->second.first;
+      list_.push_back(fmt::format("{}:{}:{}: {} (from {}): {}", file_, at.line + 1, at.column + 1, path, d->second.second, msg));
+      return;
+    }
     for (const auto& o : overrides_)
       if (path == o || (path.size() > o.size() && path.substr(0, o.size()) == o && path[o.size()] == '.')) {
         list_.push_back(fmt::format("{}: --set {}: {}", file_, path, msg));
@@ -91,6 +98,8 @@ class Problems {
     add(it == marks_.end() ? YAML::Mark() : it->second, path, msg);
   }
   void remember(const std::string& path, const YAML::Mark& m) { marks_[path] = m; }
+  // `path` was set from model.hf_config (at `m`), from `origin` (its file and key).
+  void derive(const std::string& path, const YAML::Mark& m, std::string origin) { derived_[path] = {m, std::move(origin)}; }
   bool any() const { return !list_.empty(); }
   const std::vector<std::string>& list() const { return list_; }
   const std::string& file() const { return file_; }
@@ -100,6 +109,7 @@ class Problems {
   std::vector<std::string> overrides_;
   std::vector<std::string> list_;
   std::map<std::string, YAML::Mark> marks_;
+  std::map<std::string, std::pair<YAML::Mark, std::string>> derived_;
 };
 
 // One mapping of the file. Every key the schema knows is looked up through a getter (that is
@@ -1551,6 +1561,65 @@ void read_traces(Scenario& sc, Problems& problems) {
   }
 }
 
+// model.hf_config: the model's keys (and a group-limited router's) from its Hugging Face
+// config.json, under those the scenario gives itself, which win. False where the file could not
+// be read (reported): the model section is not read then.
+bool apply_hf_config(const YAML::Node& root, Scenario& sc, Problems& problems) {
+  YAML::Node model = root["model"];
+  if (!model.IsDefined() || !model.IsMap()) return true;
+  const YAML::Node file = model["hf_config"];
+  if (!file.IsDefined()) return true;
+  problems.remember("model.hf_config", file.Mark());
+  if (!file.IsScalar() || file.Scalar().empty()) {
+    problems.add(file.Mark(), "model.hf_config", fmt::format("expected the path of a model's config.json, got {}", kind_of(file)));
+    return false;
+  }
+  const YAML::Node workload = root["workload"];
+  const std::string kind = workload.IsDefined() && workload.IsMap() && workload["kind"].IsDefined() && workload["kind"].IsScalar() ? workload["kind"].Scalar() : sc.workload_kind;
+  const std::string path = beside_scenario(sc, file.Scalar());
+  HfModel hf;
+  try {
+    hf = read_hf_model(path, kind);
+  } catch (const HfConfigError& e) {
+    problems.add(file.Mark(), "model.hf_config", e.what());
+    return false;
+  }
+  const auto origin = [&](const std::string& key_path) {
+    for (const auto& [p, src] : hf.sources)
+      if (p == key_path) return fmt::format("{}: {}", std::filesystem::path(path).filename().string(), src);
+    return std::filesystem::path(path).filename().string();
+  };
+  // Copies the keys of `from` that `into` lacks (a nested section key by key).
+  std::function<void(YAML::Node, const YAML::Node&, const std::string&)> merge = [&](YAML::Node into, const YAML::Node& from,
+                                                                                      const std::string& prefix) {
+    for (const auto& kv : from) {
+      const std::string key = kv.first.Scalar();
+      const std::string key_path = prefix + "." + key;
+      const YAML::Node mine = into[key];
+      if (kv.second.IsMap()) {
+        if (!mine.IsDefined() || mine.IsNull()) into[key] = YAML::Node(YAML::NodeType::Map);
+        if (into[key].IsMap()) merge(into[key], kv.second, key_path);
+      } else if (!mine.IsDefined()) {
+        into[key] = kv.second;
+        problems.derive(key_path, file.Mark(), origin(key_path));
+      }
+    }
+  };
+  model.remove("hf_config");
+  merge(model, hf.model, "model");
+  // Group limits are the router's: applied unless the routing section sets its own groups.
+  if (hf.routing.IsMap()) {
+    YAML::Node top = root;
+    if (!top["routing"].IsDefined() || top["routing"].IsNull()) top["routing"] = YAML::Node(YAML::NodeType::Map);
+    const YAML::Node routing = top["routing"];
+    if (routing.IsMap() && !routing["groups"].IsDefined() && !routing["max_groups"].IsDefined()) merge(routing, hf.routing, "routing");
+  }
+  sc.model_config = path;
+  sc.model_type = hf.model_type;
+  sc.model_notes = hf.notes;
+  return true;
+}
+
 Scenario load(const YAML::Node& root, Problems& problems) {
   Scenario sc;
   sc.source = problems.file();
@@ -1566,7 +1635,10 @@ Scenario load(const YAML::Node& root, Problems& problems) {
   Section top(root, "", problems);
   if (auto v = top.get<std::string>("description", any_text(), false)) sc.description = *v;
   read_cluster(top, sc, problems);
-  read_model(top, sc, problems);
+  if (apply_hf_config(root, sc, problems))
+    read_model(top, sc, problems);
+  else
+    top.find("model");
   read_rest(top, sc, problems);
   top.finish();
   // The MTP modules run as the model's last MoE layers in training, and the first of them drafts

@@ -36,6 +36,7 @@
 #include "tools/flows_replay.hpp"
 #include "topology/gpu_spec.hpp"
 #include "scenarios/grid.hpp"
+#include "scenarios/hf_config.hpp"
 #include "tools/report.hpp"
 #include "tools/plan.hpp"
 #include "tools/search.hpp"
@@ -122,6 +123,10 @@ commands:
         (time per token) or --ttft (each prefill point sized by its own queue)
         is used (exit code 3: none); with --gpu-mtbf-hours, the spare units
         that keep the load's up A of the time; writes serve.csv and the runs
+  model CONFIG.json [--workload KIND]
+        the model section a Hugging Face config.json gives (model.hf_config reads
+        it in a scenario): each key with the config key it came from, what moesim
+        leaves out or approximates, the parameter counts
   gpus
         the GPU presets (cluster.gpu): dense peaks, HBM, memory, how a node joins
         them (NVSwitch or a mesh of links) and rated power
@@ -559,6 +564,52 @@ int cmd_gpus(const std::vector<std::string>& args) {
                tflops(g.peak_fp4), gbps(g.memory_bandwidth), fmt::format("{:g} GB", static_cast<double>(g.memory.count()) / 1e9), fabric, g.sm_count,
                fmt::format("{:g} W", g.board_power_w));
   }
+  return 0;
+}
+
+// moesim model CONFIG.json: the model section a Hugging Face config.json gives (model.hf_config),
+// each key with the config key it came from, what moesim leaves out, and the parameter counts.
+int cmd_model(const std::vector<std::string>& args) {
+  po::options_description opts("model options");
+  opts.add_options()("workload", po::value<std::string>()->default_value("forward"), "the workload kind the keys are for");
+  po::options_description all;
+  all.add(opts).add_options()("config", po::value<std::string>());
+  po::positional_options_description pos;
+  pos.add("config", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
+  po::notify(vm);
+  if (!vm.count("config")) throw UsageError("model needs a model's config.json");
+  const std::string file = vm["config"].as<std::string>();
+  const std::string kind = vm["workload"].as<std::string>();
+  if (kind != "forward" && kind != "prefill" && kind != "training" && kind != "decode")
+    throw UsageError(fmt::format("--workload: expected forward, prefill, training or decode, got '{}'", kind));
+  scenarios::HfModel hf;
+  try {
+    hf = scenarios::read_hf_model(file, kind);
+  } catch (const scenarios::HfConfigError& e) {
+    throw scenarios::ScenarioError({e.what()});
+  }
+  // The counts come from the scenario loader, as a run would read the file.
+  std::string quoted = file;
+  for (std::size_t i = 0; (i = quoted.find('\'', i)) != std::string::npos; i += 2) quoted.insert(i, 1, '\'');
+  const scenarios::Scenario sc = scenarios::load_scenario_text(
+      fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100-SXM}}\nmodel: {{hf_config: '{}'}}\nparallelism: {{ep: 1}}\n"
+                  "workload: {{kind: forward, tokens_per_gpu: 1}}\n",
+                  quoted),
+      "moesim model");
+  const auto& m = sc.forward.model;
+  const models::ModelParams params = models::model_params(m);
+  fmt::print("# {} ({}), for {}: {:.2f} B parameters, {:.2f} B active per token (the embedding aside){}\n", file,
+             hf.model_type.empty() ? "no model_type" : hf.model_type, kind, static_cast<double>(params.total) / 1e9,
+             static_cast<double>(params.active) / 1e9,
+             m.mtp_modules == 0 ? std::string()
+                                : fmt::format("; {:.2f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,
+                                              m.mtp_modules > 1 ? "s" : ""));
+  fmt::print("# KV cache: {} bytes a token and layer at model.dtype{}\n", routing::kv_cache_token_bytes(m),
+             m.sliding_window > 0 ? fmt::format(" (sliding layers keep {} tokens)", m.sliding_window) : std::string());
+  fmt::print("# In a scenario: `model: {{hf_config: {}}}` reads these keys; keys written beside it win.\n", file);
+  std::cout << scenarios::hf_model_yaml(hf);
   return 0;
 }
 
@@ -1649,6 +1700,7 @@ int main(int argc, char** argv) {
     if (cmd == "check-profile") return cmd_check_profile(args);
     if (cmd == "diff") return cmd_diff(args);
     if (cmd == "gpus") return cmd_gpus(args);
+    if (cmd == "model") return cmd_model(args);
     if (cmd == "serve") return cmd_serve(args);
     if (cmd == "calibrate") return cmd_calibrate(args);
     throw UsageError(fmt::format("unknown command '{}'", cmd));

@@ -602,7 +602,11 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
       g[idx(Stage::dispatch)] + g[idx(Stage::combine)] + g[idx(Stage::grad_sync)] + g[idx(Stage::tp)] + g[idx(Stage::cp)] +
       g[idx(Stage::param_gather)];
   const double step_tokens_exact = step_tokens(sc);  // fractional with draft tokens (expected)
-  const auto tokens = std::llround(step_tokens_exact);
+  // Whole tokens, or with draft tokens the expected count to the hundredth (tokens_per_s is it
+  // over the step exactly).
+  const std::string tokens = step_tokens_exact == std::floor(step_tokens_exact)
+                                 ? fmt::format("{}", std::llround(step_tokens_exact))
+                                 : fmt::format("{:.2f}", step_tokens_exact);
   const Totals t = totals(sc, r);
   const double seconds = step.to_seconds();
   out << summary_csv_header() << '\n';
@@ -929,6 +933,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                "attention the FLOPs of the whole; the exchange of keys and values between the GPUs of a sequence (context "
                "parallelism, parallelism.cp) is not modelled\n",
                f.sequence_length, f.model.tp * f.tokens_per_gpu, f.model.tp > 1 ? "a tensor-parallel group" : "a GPU");
+  if (!sc.model_config.empty()) {
+    fmt::print(out, "  config      the model's keys from {}{}{}\n", sc.model_config,
+               sc.model_type.empty() ? std::string() : fmt::format(" ({})", sc.model_type),
+               sc.model_notes.empty() ? std::string() : ", with what moesim leaves out or approximates:");
+    for (const auto& n : sc.model_notes) fmt::print(out, "              - {}\n", n);
+  }
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
   fmt::print(out, "  model       {:.1f} B parameters, {:.1f} B active per token{}{}\n", static_cast<double>(params.total) / 1e9,

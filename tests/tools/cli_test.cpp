@@ -866,6 +866,38 @@ TEST_CASE("moesim gpus lists the presets with their figures", "[cli]") {
   CHECK(moesim("gpus MI300X", tmp).code == 2);
 }
 
+TEST_CASE("moesim model prints the model section a config.json gives; a run says where its model came from", "[cli][hf_config]") {
+  TempDir tmp;
+  const auto r = moesim("model '" + kSource + "/scenarios/models/deepseek-v3.json' --workload decode", tmp);
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("(deepseek_v3), for decode: 671.03 B parameters, 36.62 B active per token"));
+  CHECK_THAT(r.out, Catch::Contains("; 11.61 B in 1 MTP module"));
+  CHECK_THAT(r.out, Catch::Contains("  weight_dtype: fp8"));
+  CHECK_THAT(r.out, Catch::Contains("routing:\n  groups: 8"));
+  // For training the checkpoint's FP8 is a note, not a key.
+  const auto t = moesim("model '" + kSource + "/scenarios/models/deepseek-v3.json' --workload training", tmp);
+  CHECK_THAT(t.out, !Catch::Contains("weight_dtype"));
+  CHECK_THAT(t.out, Catch::Contains("# - its checkpoint's linear layers are fp8"));
+  const auto scenario = moesim("model '" + kSource + "/scenarios/quickstart.yaml'", tmp);
+  CHECK(scenario.code == 2);
+  CHECK_THAT(scenario.err, Catch::Contains("quickstart.yaml: a moesim scenario, not a model's config.json"));
+  std::ofstream(tmp.path() / "dense.json") << R"({"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "model_type": "llama"})";
+  const auto bad = moesim("model '" + (tmp.path() / "dense.json").string() + "'", tmp);
+  CHECK(bad.code == 2);
+  CHECK_THAT(bad.err, Catch::Contains("dense.json: not an MoE model"));
+  CHECK(moesim("model", tmp).code == 2);
+  CHECK(moesim("model x.json --workload serving", tmp).code == 2);
+
+  const std::string out = (tmp.path() / "k2").string();
+  const auto run = moesim("run '" + kSource + "/scenarios/kimi-k2-decode-h200.yaml' --set cluster.nodes=1 --set parallelism.ep=8 "
+                          "--set network.model=analytical --out '" + out + "'", tmp);
+  REQUIRE(run.code == 0);
+  CHECK_THAT(run.out, Catch::Contains("config      the model's keys from " + kSource + "/scenarios/models/kimi-k2.json (kimi_k2)"));
+  CHECK_THAT(run.out, Catch::Contains("1026.4 B parameters, 31.7 B active per token"));
+  CHECK_THAT(run.out, Catch::Contains("kimi-k2-decode-h200.yaml (kimi-k2)"));
+}
+
 TEST_CASE("moesim diff compares two runs: the settings that differ, then the figures with B - A and B / A", "[cli][diff]") {
   TempDir tmp;
   const std::string a = (tmp.path() / "a").string(), b = (tmp.path() / "b").string();

@@ -1,0 +1,313 @@
+// model.hf_config: a model's shape read from its Hugging Face config.json.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "models/moe_costs.hpp"
+#include "scenarios/hf_config.hpp"
+#include "scenarios/scenario.hpp"
+
+using namespace moesim;
+using scenarios::load_scenario_file;
+using scenarios::load_scenario_text;
+using scenarios::ScenarioError;
+
+namespace {
+
+const std::string kModels = std::string(MOESIM_SOURCE_DIR) + "/scenarios/models/";
+
+// Every field of a model that a run reads, as text, to compare two loads of it.
+std::string describe(const routing::MoeModelSpec& m) {
+  return fmt::format(
+      "name {} moe_layers {} hidden {} expert_ffn {} experts {} top_k {} shared {} dtype {} weights {} experts' {} heads {} kv {} "
+      "head_dim {} kv_dim {} kv_bytes {} attention_params {} mla {} {} {} {} {} index {} {} {} mtp {} {} dense {} {} vocab {} "
+      "window {} every {}",
+      m.name, m.moe_layers, m.hidden, m.expert_ffn, m.experts, m.top_k, m.shared_experts, m.dtype_bytes, m.weight_bytes32,
+      m.expert_weight_bytes32, m.attention_heads, m.kv_heads, m.head_dim, m.kv_cache_dim, m.kv_cache_bytes, m.attention_params,
+      m.mla.q_lora_rank, m.mla.kv_lora_rank, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim, m.mla.v_head_dim, m.mla.index_topk,
+      m.mla.index_n_heads, m.mla.index_head_dim, m.mtp_modules, m.mtp_layers, m.dense_layers, m.dense_ffn, m.vocab, m.sliding_window,
+      m.full_attention_every);
+}
+
+std::string routing_groups(const scenarios::Scenario& sc) {
+  const auto& r = sc.forward.routing;
+  return fmt::format("groups {} max {} choice {}", r.groups, r.max_groups, static_cast<int>(r.group_choice));
+}
+
+// A scenario around a model section, its config.json written beside it.
+struct Beside {
+  std::string dir;
+  explicit Beside(const std::string& json) {
+    static int made = 0;
+    dir = (std::filesystem::temp_directory_path() / fmt::format("moesim-hf-{}-{}", ::getpid(), ++made)).string();
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/config.json") << json;
+  }
+  ~Beside() { std::filesystem::remove_all(dir); }
+  scenarios::Scenario load(const std::string& model, const std::string& rest = "", const std::string& kind = "forward") const {
+    const std::string path = dir + "/scenario.yaml";
+    std::ofstream(path) << "cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}\n"
+                        << "model:\n  hf_config: config.json\n"
+                        << model << "parallelism: {ep: 8}\n"
+                        << "workload: {kind: " << kind << ", tokens_per_gpu: 64" << (kind == "decode" ? ", context_length: 1024" : "")
+                        << "}\n"
+                        << rest;
+    return load_scenario_file(path);
+  }
+  std::string error(const std::string& model, const std::string& rest = "") const {
+    try {
+      load(model, rest);
+    } catch (const ScenarioError& e) {
+      return e.what();
+    }
+    return "";
+  }
+};
+
+const std::string kSmall = R"({
+  "model_type": "mixtral", "hidden_size": 512, "intermediate_size": 1024, "num_local_experts": 8,
+  "num_experts_per_tok": 2, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+  "vocab_size": 1000, "torch_dtype": "bfloat16"
+})";
+
+}  // namespace
+
+TEST_CASE("hf_config: the library's configs give the parameter counts their model cards publish", "[hf_config]") {
+  // (file, total, active, whether the card's active count includes the input embedding):
+  // Mistral AI, "Mixtral of Experts" (arXiv 2401.04088): 46.7 B, 12.9 B; DeepSeek-V3 technical
+  // report: 671 B, 37 B; Qwen3 model cards: 30.5 B / 3.3 B and 235 B / 22 B; OpenAI's gpt-oss
+  // model card: 116.83 B, 5.13 B without the embedding; OLMoE (arXiv 2409.02060): 6.9 B, 1.3 B;
+  // Qwen1.5-MoE-A2.7B's card: 14.3 B, 2.7 B; Meta's Llama 4 Maverick card: 400 B, 17 B.
+  struct Card {
+    const char* file;
+    double total, active;
+    bool with_embedding;
+  };
+  for (const Card& card : {Card{"mixtral-8x7b.json", 46.7e9, 12.9e9, true}, Card{"deepseek-v3.json", 671e9, 37e9, true},
+                           Card{"qwen3-30b-a3b.json", 30.5e9, 3.3e9, true}, Card{"qwen3-235b-a22b.json", 235e9, 22e9, true},
+                           Card{"gpt-oss-120b.json", 116.83e9, 5.13e9, false}, Card{"olmoe-1b-7b-0924.json", 6.9e9, 1.3e9, true},
+                           Card{"qwen1.5-moe-a2.7b.json", 14.3e9, 2.7e9, true}, Card{"llama-4-maverick.json", 400e9, 17e9, true}}) {
+    INFO(card.file);
+    const auto sc = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
+                                                   "parallelism: {{ep: 1}}\nworkload: {{tokens_per_gpu: 1}}\n",
+                                                   kModels + card.file),
+                                       "card");
+    const auto p = models::model_params(sc.forward.model);
+    const double active =
+        static_cast<double>(p.active) + (card.with_embedding ? static_cast<double>(sc.forward.model.vocab * sc.forward.model.hidden) : 0.0);
+    CHECK(std::abs(static_cast<double>(p.total) / card.total - 1) < 0.015);
+    CHECK(std::abs(active / card.active - 1) < 0.03);
+  }
+}
+
+TEST_CASE("hf_config: a config gives the model the library's hand-written scenarios hold", "[hf_config]") {
+  struct Pair {
+    const char* scenario;
+    const char* config;
+    std::vector<std::string> more;  // what the scenario sets beside the config's keys
+  };
+  for (const Pair& p : {Pair{"mixtral-8x7b-training-h100.yaml", "mixtral-8x7b.json", {}},
+                        // The scenario trains without the MTP module, and its routing has the config's group limits.
+                        Pair{"deepseek-v3-training-2048-h800.yaml", "deepseek-v3.json", {"model.mtp_modules=0"}},
+                        Pair{"gpt-oss-120b-decode-h100.yaml", "gpt-oss-120b.json", {}},
+                        Pair{"validation/qwen3-30b-training-h100.yaml", "qwen3-30b-a3b.json", {}},
+                        Pair{"validation/qwen3-235b-training-h100.yaml", "qwen3-235b-a22b.json", {}}}) {
+    INFO(p.scenario);
+    const std::string file = std::string(MOESIM_SOURCE_DIR) + "/scenarios/" + p.scenario;
+    const auto written = load_scenario_file(file);
+    std::vector<std::string> sets{"model=~", "model.hf_config=" + kModels + p.config};
+    sets.insert(sets.end(), p.more.begin(), p.more.end());
+    const auto read = load_scenario_file(file, sets);
+    CHECK(describe(read.forward.model) == describe(written.forward.model));
+    CHECK(routing_groups(read) == routing_groups(written));
+    CHECK(read.model_config == kModels + p.config);
+    CHECK(written.model_config.empty());
+  }
+}
+
+TEST_CASE("hf_config: each family's keys", "[hf_config]") {
+  const auto read = [](const char* file, const char* kind = "forward") { return scenarios::read_hf_model(kModels + file, kind); };
+  SECTION("DeepSeek: dense layers first, MLA, the MTP module, group limits, an FP8 checkpoint served as FP8") {
+    const auto m = read("deepseek-v3.json", "decode");
+    CHECK(m.model["moe_layers"].as<int>() == 58);
+    CHECK(m.model["dense_layers"].as<int>() == 3);
+    CHECK(m.model["dense_ffn"].as<int>() == 18432);
+    CHECK(m.model["mla"]["kv_lora_rank"].as<int>() == 512);
+    CHECK(!m.model["kv_heads"].IsDefined());
+    CHECK(m.model["mtp_modules"].as<int>() == 1);
+    CHECK(m.model["weight_dtype"].as<std::string>() == "fp8");
+    CHECK(m.routing["groups"].as<int>() == 8);
+    CHECK(m.routing["max_groups"].as<int>() == 4);
+    // Training holds its weights at the model's dtype, and says the module trains.
+    const auto t = read("deepseek-v3.json", "training");
+    CHECK(!t.model["weight_dtype"].IsDefined());
+    REQUIRE(t.notes.size() == 2);
+    CHECK(t.notes[0].find("multi-token prediction") != std::string::npos);
+    CHECK(t.notes[1].find("fp8") != std::string::npos);
+  }
+  SECTION("DeepSeek-V3.2: the sparse attention's indexer") {
+    const auto m = read("deepseek-v3.2-exp.json");
+    CHECK(m.model["mla"]["index_topk"].as<int>() == 2048);
+    CHECK(m.model["mla"]["index_n_heads"].as<int>() == 64);
+  }
+  SECTION("Kimi K2: one dense layer, one group (no group limit)") {
+    const auto m = read("kimi-k2.json");
+    CHECK(m.model["dense_layers"].as<int>() == 1);
+    CHECK(m.model["experts"].as<int>() == 384);
+    CHECK(!m.routing.IsMap());
+    CHECK(!m.model["mtp_modules"].IsDefined());
+  }
+  SECTION("GPT-OSS: alternating sliding layers, MXFP4 experts") {
+    const auto m = read("gpt-oss-120b.json", "decode");
+    CHECK(m.model["sliding_window"].as<int>() == 128);
+    CHECK(m.model["full_attention_every"].as<int>() == 2);
+    CHECK(m.model["expert_weight_dtype"].as<std::string>() == "mxfp4");
+    CHECK(m.model["top_k"].as<int>() == 4);
+  }
+  SECTION("Qwen2-MoE: the wide shared expert as routed-width experts; use_sliding_window false") {
+    const auto m = read("qwen1.5-moe-a2.7b.json");
+    CHECK(m.model["shared_experts"].as<int>() == 4);
+    CHECK(!m.model["sliding_window"].IsDefined());
+    REQUIRE(m.notes.size() == 1);
+  }
+  SECTION("Llama 4: the text model, every other layer dense and interleaved, a shared expert, chunked attention") {
+    const auto m = read("llama-4-maverick.json");
+    CHECK(m.model_type == "llama4_text");
+    CHECK(m.model["moe_layers"].as<int>() == 24);
+    CHECK(m.model["dense_layers"].as<int>() == 24);
+    CHECK(m.model["dense_ffn"].as<int>() == 16384);
+    CHECK(m.model["expert_ffn"].as<int>() == 8192);
+    CHECK(m.model["shared_experts"].as<int>() == 1);
+    CHECK(m.model["sliding_window"].as<int>() == 8192);
+    CHECK(m.model["full_attention_every"].as<int>() == 4);
+    CHECK(m.notes.size() == 3);
+  }
+  SECTION("GLM-4.5: head_dim wider than hidden / heads") {
+    const auto m = read("glm-4.5-air.json");
+    CHECK(m.model["head_dim"].as<int>() == 128);
+    CHECK(m.model["attention_heads"].as<int>() == 96);
+    CHECK(m.model["dense_layers"].as<int>() == 1);
+  }
+  SECTION("Qwen's decoder_sparse_step and mlp_only_layers") {
+    const YAML::Node c = YAML::Load(R"({"model_type": "qwen2_moe", "hidden_size": 64, "intermediate_size": 256,
+      "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 8,
+      "num_attention_heads": 4, "decoder_sparse_step": 2, "mlp_only_layers": [5]})");
+    const auto m = scenarios::hf_model(c, "q.json", "forward");
+    CHECK(m.model["moe_layers"].as<int>() == 3);  // layers 1, 3, 7
+    CHECK(m.model["dense_layers"].as<int>() == 5);
+    CHECK(m.model["dense_ffn"].as<int>() == 256);
+  }
+  SECTION("ERNIE 4.5's names: moe_num_experts, moe_k, moe_layer_start_index, a tied embedding") {
+    // ERNIE-4.5-21B-A3B's config.json (baidu/ERNIE-4.5-21B-A3B-PT).
+    const YAML::Node c = YAML::Load(R"({"model_type": "ernie4_5_moe", "hidden_size": 2560, "intermediate_size": 12288,
+      "num_attention_heads": 20, "num_key_value_heads": 4, "head_dim": null, "num_hidden_layers": 28, "vocab_size": 103424,
+      "tie_word_embeddings": true, "moe_num_experts": 64, "moe_layer_start_index": 1, "moe_intermediate_size": 1536,
+      "moe_k": 6, "moe_layer_interval": 1, "moe_num_shared_experts": 2, "moe_layer_end_index": null})");
+    const auto m = scenarios::hf_model(c, "ernie.json", "forward");
+    CHECK(m.model["moe_layers"].as<int>() == 27);
+    CHECK(m.model["dense_layers"].as<int>() == 1);
+    CHECK(m.model["experts"].as<int>() == 64);
+    CHECK(m.model["top_k"].as<int>() == 6);
+    CHECK(m.model["shared_experts"].as<int>() == 2);
+    CHECK(m.model["kv_heads"].as<int>() == 4);
+    CHECK(!m.model["head_dim"].IsDefined());
+    REQUIRE(m.notes.size() == 1);
+    CHECK(m.notes[0].find("ties the embedding") != std::string::npos);
+    // Every second layer from the fourth to the eleventh ((i + 1) % 2 == 0): 3, 5, 7, 9.
+    YAML::Node every = YAML::Clone(c);
+    every["moe_layer_interval"] = 2;
+    every["moe_layer_start_index"] = YAML::Load("[3, 4]");
+    every["moe_layer_end_index"] = YAML::Load("[9, 10]");
+    CHECK(scenarios::hf_model(every, "ernie.json", "forward").model["moe_layers"].as<int>() == 4);
+  }
+  SECTION("the YAML it prints holds every key with its source") {
+    const auto m = read("deepseek-v3.json");
+    const std::string yaml = scenarios::hf_model_yaml(m);
+    CHECK(yaml.find("  moe_layers: 58") != std::string::npos);
+    CHECK(yaml.find("# num_hidden_layers 61 of which first_k_dense_replace 3") != std::string::npos);
+    CHECK(yaml.find("    kv_lora_rank: 512") != std::string::npos);
+    CHECK(yaml.find("routing:\n  groups: 8") != std::string::npos);
+    // It loads as a scenario's model and routing, the same model as the config.
+    const auto a = load_scenario_text("cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}\n" + yaml + "parallelism: {ep: 8}\n"
+                                      "workload: {tokens_per_gpu: 64}\n", "printed");
+    const auto b = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 8, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
+                                                  "parallelism: {{ep: 8}}\nworkload: {{tokens_per_gpu: 64}}\n",
+                                                  kModels + "deepseek-v3.json"),
+                                      "read");
+    CHECK(describe(a.forward.model) == describe(b.forward.model));
+    CHECK(routing_groups(a) == routing_groups(b));
+  }
+}
+
+TEST_CASE("hf_config: the scenario's own keys win, and problems name the config's key", "[hf_config]") {
+  const Beside small(kSmall);
+  const auto sc = small.load("  moe_layers: 2\n  name: mine\n");
+  CHECK(sc.forward.model.moe_layers == 2);
+  CHECK(sc.forward.model.name == "mine");
+  CHECK(sc.forward.model.hidden == 512);
+  CHECK(sc.forward.model.kv_heads == 2);
+  CHECK(sc.forward.model.vocab == 1000);
+  CHECK(sc.model_config == small.dir + "/config.json");
+  // Named after its folder (a config.json without _name_or_path).
+  CHECK(small.load("").forward.model.name == std::filesystem::path(small.dir).filename().string());
+
+  // A value from the config that the scenario cannot take: the problem points at hf_config's
+  // line and names the config's key.
+  const Beside wrong(R"({"hidden_size": 512, "intermediate_size": 1024, "num_local_experts": 4, "num_experts_per_tok": 6,
+                         "num_hidden_layers": 4, "num_attention_heads": 8})");
+  const std::string e = wrong.error("");
+  CHECK(e.find("scenario.yaml:3:14: model.top_k (from config.json: num_experts_per_tok)") != std::string::npos);
+
+  // The scenario's routing groups win over the config's.
+  const Beside grouped(R"({"hidden_size": 512, "moe_intermediate_size": 256, "intermediate_size": 1024, "n_routed_experts": 16,
+                           "num_experts_per_tok": 4, "num_hidden_layers": 4, "num_attention_heads": 8, "n_group": 4, "topk_group": 2,
+                           "kv_lora_rank": 64, "q_lora_rank": null, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32})");
+  CHECK(grouped.load("").forward.routing.max_groups == 2);
+  CHECK(grouped.load("").forward.routing.groups == 4);
+  CHECK(grouped.load("").forward.model.mla.q_lora_rank == 0);
+  CHECK(grouped.load("", "routing: {groups: 2, max_groups: 1}\n").forward.routing.max_groups == 1);
+  CHECK(grouped.load("", "routing: {distribution: zipf, zipf_s: 1}\n").forward.routing.max_groups == 2);
+}
+
+TEST_CASE("hf_config: what it cannot represent is refused with the reason", "[hf_config]") {
+  const auto refused = [](const std::string& json) {
+    const Beside b(json);
+    return b.error("");
+  };
+  const std::string dense = R"({"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8})";
+  CHECK(refused(dense).find("model.hf_config: ") != std::string::npos);
+  CHECK(refused(dense).find("not an MoE model") != std::string::npos);
+  const std::string linear = R"({"hidden_size": 512, "intermediate_size": 1024, "num_local_experts": 4, "num_experts_per_tok": 2,
+    "num_hidden_layers": 2, "num_attention_heads": 8, "layer_types": ["linear_attention", "full_attention"]})";
+  CHECK(refused(linear).find("layer_types: has 'linear_attention' layers") != std::string::npos);
+  const std::string shared = R"({"hidden_size": 512, "intermediate_size": 1024, "moe_intermediate_size": 96, "num_experts": 4,
+    "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_attention_heads": 8, "shared_expert_intermediate_size": 200})";
+  CHECK(refused(shared).find("shared_expert_intermediate_size: 200 is not a multiple of the routed experts' 96") != std::string::npos);
+  const std::string irregular = R"({"hidden_size": 512, "intermediate_size": 1024, "num_local_experts": 4, "num_experts_per_tok": 2,
+    "num_hidden_layers": 3, "num_attention_heads": 8, "sliding_window": 64,
+    "layer_types": ["sliding_attention", "full_attention", "full_attention"]})";
+  CHECK(refused(irregular).find("not every n-th layer") != std::string::npos);
+  CHECK(refused(R"({"hidden_size": 512, "num_local_experts": 4})").find("no layer count (looked for num_hidden_layers") != std::string::npos);
+  CHECK(refused(R"({"hidden_size": "wide"})").find("hidden_size: expected a whole number, got 'wide'") != std::string::npos);
+  CHECK(refused("{ not json").find("not valid JSON") != std::string::npos);
+  CHECK(refused("[1, 2]").find("expected a JSON object") != std::string::npos);
+
+  try {
+    load_scenario_text("cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}\nmodel: {hf_config: nowhere.json}\nparallelism: {ep: 8}\n"
+                       "workload: {tokens_per_gpu: 64, kind: trainnig}\n",
+                       "s.yaml");
+    FAIL("loaded");
+  } catch (const ScenarioError& e) {
+    // The file's problem, and the rest of the scenario's still.
+    CHECK(e.problems().size() == 2);
+    CHECK(std::string(e.what()).find("s.yaml:2:20: model.hf_config: nowhere.json: cannot open the model's config.json") != std::string::npos);
+    CHECK(std::string(e.what()).find("workload.kind") != std::string::npos);
+  }
+}
