@@ -132,7 +132,7 @@ std::string model_name(const Config& root, const std::string& file) {
 std::string indices(const std::vector<int>& v) {
   std::vector<std::string> s;
   for (std::size_t i = 0; i < v.size() && i < 6; ++i) s.push_back(std::to_string(v[i]));
-  if (v.size() > 6) return fmt::format("{}, ... ({} in all)", fmt::join(s, ", "), v.size());
+  if (v.size() > 6) return fmt::format("{}, ...", fmt::join(s, ", "));
   return fmt::format("{}", fmt::join(s, ", "));
 }
 
@@ -308,9 +308,10 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
     for (int i = static_cast<int>(first_moe); i < layers; ++i)
       if (!moe[static_cast<std::size_t>(i)]) late.push_back(i);
     if (!late.empty())
-      b.note(fmt::format("its dense layers are interleaved with the MoE layers (dense: layer{} {}); moesim runs them before the MoE "
-                         "layers: the same work in another order (with pipeline stages, the first stages hold them)",
-                         late.size() > 1 ? "s" : "", indices(late)));
+      b.note(fmt::format("its dense layers are interleaved with the MoE layers ({} of them after the first MoE layer: layer{} {}); "
+                         "moesim runs them before the MoE layers: the same work in another order (with pipeline stages, the first "
+                         "stages hold them)",
+                         late.size(), late.size() > 1 ? "s" : "", indices(late)));
   }
   b.model("hidden", hidden, hidden_key);
   b.model("expert_ffn", expert_ffn, ffn_key);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the seven capacity-planning studies and draws their charts.
+# Runs the eight capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -65,4 +65,8 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$moesim" sweep "$here/chunked-prefill/grid.yaml" --out "$work/chunked-prefill.csv"
 "$plot" line "$work/chunked-prefill.csv" --x prompt_tokens_per_s --y tokens_per_s --by workload.tokens_per_gpu \
   --title "Mixtral-8x7B on 16 H100: chunks of 128 to 2,048 prompt tokens a GPU a step" --out "$out/chunked-prefill.png"
+# Study 8: seven released models (their config.json, model.hf_config) decoding on 4 x 8 H200.
+"$moesim" sweep "$here/models/grid.yaml" --out "$work/models.csv"
+"$plot" line "$work/models.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by model.hf_config \
+  --title "Decode on 4 x 8 H200, EP32, 4K contexts, 16-256 sequences a GPU (hollow: over 141 GB)" --out "$out/models.png"
 echo "studies: charts in $out, sweeps in $work"
