@@ -29,19 +29,28 @@ class Config {
   }
   bool has(const char* key) const { return at(key).IsDefined(); }
 
-  // A whole number at `key` (JSON's 61 or 61.0), or nullopt where absent or null.
+  // A whole number at `key` (JSON's 61 or 61.0; or a list of one number per layer, all the same,
+  // as Hunyuan's configs give them), or nullopt where absent or null.
   std::optional<std::int64_t> count(const char* key) const {
     const YAML::Node v = at(key);
     if (!v.IsDefined()) return std::nullopt;
-    if (!v.IsScalar()) throw error(key, fmt::format("expected a number, got {}", v.IsMap() ? "an object" : "a list"));
-    const std::string& s = v.Scalar();
-    try {
-      std::size_t used = 0;
-      const double d = std::stod(s, &used);
-      if (used == s.size() && d == static_cast<double>(static_cast<std::int64_t>(d))) return static_cast<std::int64_t>(d);
-    } catch (const std::exception&) {
+    if (v.IsSequence() && v.size() > 0) {
+      std::optional<std::int64_t> all;
+      for (const auto& e : v) {
+        const std::int64_t x = whole(key, e);
+        if (all && *all != x)
+          throw error(key, fmt::format("differs between layers ({} and {}): moesim's layers share one shape", *all, x));
+        all = x;
+      }
+      return all;
     }
-    throw error(key, fmt::format("expected a whole number, got '{}'", s));
+    return whole(key, v);
+  }
+  // The same in a nested object (DBRX's ffn_config).
+  std::optional<std::int64_t> count_in(const char* section, const char* key) const {
+    const YAML::Node s = at(section);
+    if (!s.IsDefined() || !s.IsMap()) return std::nullopt;
+    return Config(s, file_ + ": " + section).count(key);
   }
   // The first of `keys` present, with its name.
   std::optional<std::pair<std::string, std::int64_t>> first_count(std::initializer_list<const char*> keys) const {
@@ -72,6 +81,18 @@ class Config {
       out.push_back(e.Scalar());
     }
     return out;
+  }
+
+  std::int64_t whole(const char* key, const YAML::Node& v) const {
+    if (!v.IsScalar()) throw error(key, fmt::format("expected a number, got {}", v.IsMap() ? "an object" : "a list"));
+    const std::string& s = v.Scalar();
+    try {
+      std::size_t used = 0;
+      const double d = std::stod(s, &used);
+      if (used == s.size() && d == static_cast<double>(static_cast<std::int64_t>(d))) return static_cast<std::int64_t>(d);
+    } catch (const std::exception&) {
+    }
+    throw error(key, fmt::format("expected a whole number, got '{}'", s));
   }
 
   HfConfigError error(std::string_view key, std::string_view msg) const {
@@ -275,14 +296,25 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
   const auto [hidden_key, hidden] = need({"hidden_size", "d_model", "n_embd", "dim"}, "model width");
   const auto [layers_key, layers64] = need({"num_hidden_layers", "n_layers", "num_layers", "n_layer"}, "layer count");
   const auto [heads_key, heads] = need({"num_attention_heads", "n_heads", "n_head"}, "attention heads");
-  const auto experts = c.first_count({"n_routed_experts", "num_local_experts", "num_experts", "moe_num_experts"});
+  // DBRX keeps its experts' keys in ffn_config.
+  const auto in_ffn_config = [&](const char* key) -> std::optional<std::pair<std::string, std::int64_t>> {
+    if (auto v = c.count_in("ffn_config", key)) return std::pair<std::string, std::int64_t>(fmt::format("ffn_config.{}", key), *v);
+    return std::nullopt;
+  };
+  auto experts = c.first_count({"n_routed_experts", "num_local_experts", "num_experts", "moe_num_experts"});
+  if (!experts) experts = in_ffn_config("moe_num_experts");
   if (!experts || experts->second < 1)
     throw c.error("not an MoE model: its config names no routed experts (num_local_experts, n_routed_experts, num_experts "
                   "or moe_num_experts); moesim simulates mixture-of-experts models");
-  const auto [topk_key, top_k] = need({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k"}, "experts per token");
+  const auto top_k_found = c.first_count({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"});
+  const auto [topk_key, top_k] = top_k_found ? *top_k_found
+                                 : in_ffn_config("moe_top_k") ? *in_ffn_config("moe_top_k")
+                                                              : need({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"},
+                                                                     "experts per token");
   const auto moe_ffn = c.count("moe_intermediate_size");
-  const auto [ffn_key, expert_ffn] =
-      moe_ffn ? std::pair<std::string, std::int64_t>("moe_intermediate_size", *moe_ffn) : need({"intermediate_size"}, "expert width");
+  const auto [ffn_key, expert_ffn] = moe_ffn                              ? std::pair<std::string, std::int64_t>("moe_intermediate_size", *moe_ffn)
+                                     : in_ffn_config("ffn_hidden_size") ? *in_ffn_config("ffn_hidden_size")
+                                                                         : need({"intermediate_size"}, "expert width");
   if (layers64 < 1 || layers64 > (1 << 20)) throw c.error(layers_key, fmt::format("{} layers", layers64));
   const int layers = static_cast<int>(layers64);
 
@@ -320,7 +352,7 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
 
   // Shared experts: counted (DeepSeek, GLM), or one wider expert (Qwen2-MoE) modelled as
   // several of the routed width, or Llama 4's one per MoE layer.
-  if (auto n = c.first_count({"n_shared_experts", "moe_num_shared_experts", "num_shared_experts"}); n && n->second > 0) {
+  if (auto n = c.first_count({"n_shared_experts", "moe_num_shared_experts", "num_shared_experts", "num_shared_expert"}); n && n->second > 0) {
     b.model("shared_experts", n->second, n->first);
   } else if (auto w = c.count("shared_expert_intermediate_size"); w && *w > 0) {
     if (*w % expert_ffn != 0)
@@ -356,7 +388,8 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
       b.model("kv_heads", kv->second, kv->first);
     else if (const YAML::Node attn = c.at("attn_config"); attn.IsMap() && attn["kv_n_heads"].IsDefined() && attn["kv_n_heads"].IsScalar())
       b.model("kv_heads", Config(attn, c.file()).count("kv_n_heads").value_or(heads), "attn_config.kv_n_heads");
-    if (auto hd = c.count("head_dim"); hd && (hidden % heads != 0 || *hd != hidden / heads)) b.model("head_dim", *hd, "head_dim");
+    // Kept where it equals hidden / heads too, so that it holds when the scenario narrows the model.
+    if (auto hd = c.count("head_dim")) b.model("head_dim", *hd, "head_dim");
     // Sliding windows: GPT-OSS's layer_types, Llama 4's chunked layers, or every layer.
     if (auto types = c.list("layer_types");
         types && std::find(types->begin(), types->end(), "sliding_attention") != types->end()) {

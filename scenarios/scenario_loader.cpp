@@ -80,18 +80,26 @@ class Problems {
     // A key model.hf_config set: the problem is the config's, at the hf_config line.
     if (const auto d = derived_.find(std::string(path)); d != derived_.end()) {
       const YAML::Mark& at = d->second.first;
-      list_.push_back(fmt::format("{}:{}:{}: {} (from {}): {}", file_, at.line + 1, at.column + 1, path, d->second.second, msg));
+      if (is_overridden("model.hf_config"))
+        list_.push_back(fmt::format("{}: --set model.hf_config: {} (from {}): {}", file_, path, d->second.second, msg));
+      else
+        list_.push_back(fmt::format("{}:{}:{}: {} (from {}): {}", file_, at.line + 1, at.column + 1, path, d->second.second, msg));
       return;
     }
-    for (const auto& o : overrides_)
-      if (path == o || (path.size() > o.size() && path.substr(0, o.size()) == o && path[o.size()] == '.')) {
-        list_.push_back(fmt::format("{}: --set {}: {}", file_, path, msg));
-        return;
-      }
+    if (is_overridden(path)) {
+      list_.push_back(fmt::format("{}: --set {}: {}", file_, path, msg));
+      return;
+    }
     const int line = m.line >= 0 ? m.line + 1 : 1;
     const int col = m.column >= 0 ? m.column + 1 : 1;
     list_.push_back(path.empty() ? fmt::format("{}:{}:{}: {}", file_, line, col, msg)
                                  : fmt::format("{}:{}:{}: {}: {}", file_, line, col, path, msg));
+  }
+  // Whether `path` (or a section above it) was set on the command line.
+  bool is_overridden(std::string_view path) const {
+    for (const auto& o : overrides_)
+      if (path == o || (path.size() > o.size() && path.substr(0, o.size()) == o && path[o.size()] == '.')) return true;
+    return false;
   }
   void add_at(std::string_view path, std::string_view msg) {
     const auto it = marks_.find(std::string(path));

@@ -84,7 +84,8 @@ TEST_CASE("hf_config: the library's configs give the parameter counts their mode
   // Mistral AI, "Mixtral of Experts" (arXiv 2401.04088): 46.7 B, 12.9 B; DeepSeek-V3 technical
   // report: 671 B, 37 B; Qwen3 model cards: 30.5 B / 3.3 B and 235 B / 22 B; OpenAI's gpt-oss
   // model card: 116.83 B, 5.13 B without the embedding; OLMoE (arXiv 2409.02060): 6.9 B, 1.3 B;
-  // Qwen1.5-MoE-A2.7B's card: 14.3 B, 2.7 B; Meta's Llama 4 Maverick card: 400 B, 17 B.
+  // Qwen1.5-MoE-A2.7B's card: 14.3 B, 2.7 B; Meta's Llama 4 Maverick card: 400 B, 17 B;
+  // Databricks' DBRX announcement: 132 B, 36 B.
   struct Card {
     const char* file;
     double total, active;
@@ -93,7 +94,8 @@ TEST_CASE("hf_config: the library's configs give the parameter counts their mode
   for (const Card& card : {Card{"mixtral-8x7b.json", 46.7e9, 12.9e9, true}, Card{"deepseek-v3.json", 671e9, 37e9, true},
                            Card{"qwen3-30b-a3b.json", 30.5e9, 3.3e9, true}, Card{"qwen3-235b-a22b.json", 235e9, 22e9, true},
                            Card{"gpt-oss-120b.json", 116.83e9, 5.13e9, false}, Card{"olmoe-1b-7b-0924.json", 6.9e9, 1.3e9, true},
-                           Card{"qwen1.5-moe-a2.7b.json", 14.3e9, 2.7e9, true}, Card{"llama-4-maverick.json", 400e9, 17e9, true}}) {
+                           Card{"qwen1.5-moe-a2.7b.json", 14.3e9, 2.7e9, true}, Card{"llama-4-maverick.json", 400e9, 17e9, true},
+                           Card{"dbrx.json", 132e9, 36e9, true}}) {
     INFO(card.file);
     const auto sc = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
                                                    "parallelism: {{ep: 1}}\nworkload: {{tokens_per_gpu: 1}}\n",
@@ -227,6 +229,27 @@ TEST_CASE("hf_config: each family's keys", "[hf_config]") {
     every["moe_layer_end_index"] = YAML::Load("[9, 10]");
     CHECK(scenarios::hf_model(every, "ernie.json", "forward").model["moe_layers"].as<int>() == 4);
   }
+  SECTION("DBRX: its experts' keys in ffn_config, its kv heads in attn_config") {
+    const auto m = read("dbrx.json");
+    CHECK(m.model["experts"].as<int>() == 16);
+    CHECK(m.model["top_k"].as<int>() == 4);
+    CHECK(m.model["expert_ffn"].as<int>() == 10752);
+    CHECK(m.model["kv_heads"].as<int>() == 8);
+    CHECK(m.model["hidden"].as<int>() == 6144);
+    CHECK(m.model["moe_layers"].as<int>() == 40);
+  }
+  SECTION("Hunyuan's per-layer lists: one value for every layer, or refused") {
+    YAML::Node c = YAML::Load(R"({"model_type": "hunyuan_v1_moe", "hidden_size": 256, "intermediate_size": 512,
+      "num_experts": 8, "moe_topk": [2, 2, 2], "moe_intermediate_size": [128, 128, 128], "num_shared_expert": [1, 1, 1],
+      "num_hidden_layers": 3, "num_attention_heads": 4})");
+    const auto m = scenarios::hf_model(c, "h.json", "forward");
+    CHECK(m.model["top_k"].as<int>() == 2);
+    CHECK(m.model["expert_ffn"].as<int>() == 128);
+    CHECK(m.model["shared_experts"].as<int>() == 1);
+    c["moe_topk"] = YAML::Load("[2, 4, 2]");
+    CHECK_THROWS_WITH(scenarios::hf_model(c, "h.json", "forward"),
+                      Catch::Contains("moe_topk: differs between layers (2 and 4): moesim's layers share one shape"));
+  }
   SECTION("the YAML it prints holds every key with its source") {
     const auto m = read("deepseek-v3.json");
     const std::string yaml = scenarios::hf_model_yaml(m);
@@ -264,6 +287,18 @@ TEST_CASE("hf_config: the scenario's own keys win, and problems name the config'
                          "num_hidden_layers": 4, "num_attention_heads": 8})");
   const std::string e = wrong.error("");
   CHECK(e.find("scenario.yaml:3:14: model.top_k (from config.json: num_experts_per_tok)") != std::string::npos);
+  // The same config given on the command line: the problem names the option.
+  try {
+    load_scenario_file(small.dir + "/scenario.yaml", {"model.hf_config=" + wrong.dir + "/config.json"});
+    FAIL("loaded");
+  } catch (const ScenarioError& x) {
+    CHECK(std::string(x.what()).find("scenario.yaml: --set model.hf_config: model.top_k (from config.json: num_experts_per_tok)") !=
+          std::string::npos);
+  }
+  // A narrowed model keeps the config's head width (Qwen3's 128, not hidden / heads).
+  const auto qwen = load_scenario_file(small.dir + "/scenario.yaml",
+                                       {"model.hf_config=" + kModels + "qwen3-30b-a3b.json", "model.hidden=512"});
+  CHECK(qwen.forward.model.head_dim == 128);
 
   // The scenario's routing groups win over the config's.
   const Beside grouped(R"({"hidden_size": 512, "moe_intermediate_size": 256, "intermediate_size": 1024, "n_routed_experts": 16,

@@ -6,7 +6,7 @@ layers and an LM head on 2 x 8 H800; a Mixtral-like one with grouped-query atten
 H100) and switches on, each with probability 0.3, one variant of every feature below (workload
 kind, pipeline schedules, overlap, recomputation, gradient sync, sharded weights, FP8, tensor parallelism, EP
 size, expert tensor parallelism, MTP, compute noise, network model, all-to-all algorithm, capacity and drops, routing laws,
-placement, topology, AMD GPUs on mesh nodes...). Many combinations are not modelled and must be refused: exit code 2
+placement, topology, AMD GPUs on mesh nodes, a released model's config.json...). Many combinations are not modelled and must be refused: exit code 2
 with a one-line message naming the key. A case that runs must write reports that hold together:
 no NaN or infinite value in any CSV, the critical GPU's stage columns adding up to the step time,
 every routed assignment computed or dropped, tokens/s equal to the step's tokens over its time,
@@ -52,7 +52,12 @@ output: {timeline: off}
 }
 
 DECODE = ["workload.kind=decode", "workload.sequence_length=~"]
+# Released models' config.json (model.hf_config), in place of the base's model: first, so that
+# the other features' model keys land on it; narrowed to two MoE layers.
+MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scenarios", "models")
 FEATURES = [
+    [["model=~", f"model.hf_config={MODELS}/{name}", "model.moe_layers=2", "model.hidden=512"]
+     for name in ("olmoe-1b-7b-0924.json", "deepseek-v3.json", "gpt-oss-120b.json", "qwen3-30b-a3b.json", "llama-4-maverick.json")],
     [["workload.kind=forward"], ["workload.kind=prefill"], ["workload.kind=prefill", "workload.cached_prefix=300"],
      ["workload.kind=prefill", "model.kv_cache_dtype=fp8"],
      DECODE + ["workload.context_length=512"],
