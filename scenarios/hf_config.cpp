@@ -489,7 +489,10 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
   return out;
 }
 
-HfModel read_hf_model(const std::string& path, const std::string& workload_kind) {
+HfModel read_hf_model(const std::string& given, const std::string& workload_kind) {
+  // A model's folder (a Hugging Face snapshot) holds its config.json.
+  std::error_code ec;
+  const std::string path = std::filesystem::is_directory(given, ec) ? (std::filesystem::path(given) / "config.json").string() : given;
   std::ifstream in(path, std::ios::binary);
   if (!in) throw HfConfigError(fmt::format("{}: cannot open the model's config.json", path));
   std::ostringstream s;

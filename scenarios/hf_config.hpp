@@ -38,6 +38,7 @@ struct HfModel {
 // messages; `workload_kind`: the scenario's (a quantized checkpoint's weights are read for
 // inference, not training). Throws HfConfigError.
 HfModel hf_model(const YAML::Node& config, const std::string& file, const std::string& workload_kind);
+// `path`: a config.json, or a model's folder holding one.
 HfModel read_hf_model(const std::string& path, const std::string& workload_kind);
 
 // The model (and routing) sections as YAML a scenario can hold, each key commented with its

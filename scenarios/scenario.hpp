@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <optional>
 #include <string>
@@ -43,6 +44,7 @@ struct Scenario {
   int steps = 1;                  // workload.steps: consecutive steps, from routing.step on
   int refresh_every = 0;          // placement.refresh_every: re-place every this many steps; 0: never
   double gpu_hour_price = 0;       // cluster.gpu_hour_price, per GPU-hour; 0: not given
+  std::map<std::string, double> gpu_prices;  // cluster.gpu_hour_price given per GPU: by GPU name (presets' full names)
   // cluster.power: watts per GPU (default its rated board power; 0: unknown, no power figures),
   // per server besides its GPUs, and the data centre's power usage effectiveness.
   double gpu_power_w = 0, node_power_w = 0, pue = 1;

@@ -373,15 +373,37 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   if (!cluster) return;
   auto& c = sc.cluster;
   if (auto v = cluster->get<std::int64_t>("nodes", count_at_least(1), true)) c.nodes = as_int(*v);
-  if (auto v = cluster->get<double>("gpu_hour_price", [](const std::string& t) {
-        const double x = sim::parse_number(t);
-        if (!(x > 0)) throw UnitError(fmt::format("must be greater than 0 (price of one GPU for one hour), got {}", t));
-        return x;
-      }, false))
-    sc.gpu_hour_price = *v;
+  const auto price = [](const std::string& t) {
+    const double x = sim::parse_number(t);
+    if (!(x > 0)) throw UnitError(fmt::format("must be greater than 0 (price of one GPU for one hour), got {}", t));
+    return x;
+  };
+  // One price, or a price per GPU (a mapping from GPU names, presets' aliases included), so that
+  // a grid or a search over cluster.gpu costs each GPU at its own; read once the GPU is known.
+  const YAML::Node prices = cluster->find("gpu_hour_price");
+  if (prices.IsDefined() && !prices.IsMap())
+    if (auto v = cluster->get<double>("gpu_hour_price", price, false)) sc.gpu_hour_price = *v;
   if (auto v = cluster->get<std::int64_t>("gpus_per_node", count_at_least(1), true))
     c.gpus_per_node = as_int(*v);
   read_gpu(*cluster, sc, problems);
+  if (prices.IsDefined() && prices.IsMap()) {
+    Section per_gpu(prices, cluster->key_path("gpu_hour_price"), problems);
+    std::vector<std::string> named;
+    for (auto it = prices.begin(); it != prices.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : "";
+      const topology::GpuSpec* preset = topology::find_gpu_preset(key);
+      const std::string name = preset ? preset->name : key;
+      named.push_back(key);
+      const auto v = per_gpu.get<double>(key, price, false);
+      if (!v) continue;
+      sc.gpu_prices[name] = *v;
+      if (name == c.gpu.name) sc.gpu_hour_price = *v;
+    }
+    per_gpu.finish();
+    if (sc.gpu_hour_price == 0 && !c.gpu.name.empty() && sc.gpu_prices.size() == named.size())
+      problems.add(prices.Mark(), cluster->key_path("gpu_hour_price"),
+                   fmt::format("no price for the cluster's GPU '{}' (priced: {})", c.gpu.name, fmt::join(named, ", ")));
+  }
 
   // Defaults: the GPU's fabric and link rates; latencies typical of H100 systems (not measured),
   // a mesh link's the same 1 us from GPU to GPU as through an NVSwitch.

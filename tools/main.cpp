@@ -1355,6 +1355,10 @@ int cmd_validate(const std::vector<std::string>& args) {
              m.mtp_modules > 0 ? fmt::format(", and {:.1f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,
                                              m.mtp_modules > 1 ? "s" : "")
                                : "");
+  if (!sc.model_config.empty()) {
+    fmt::print("  model: from {}{}\n", sc.model_config, sc.model_type.empty() ? std::string() : fmt::format(" ({})", sc.model_type));
+    for (const auto& n : sc.model_notes) fmt::print("    - {}\n", n);
+  }
   // Whether it can fit, before anything runs: what no routing changes.
   const tools::MemoryFloor floor = tools::memory_floor(sc);
   fmt::print("  memory: at least {:.1f} GB on GPU {}{} whatever the routing ({}){}\n", floor.bytes / 1e9, floor.gpu,

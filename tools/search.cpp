@@ -206,14 +206,20 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
   if (has("gpu")) {
     // The presets whose servers hold the scenario's GPUs a node: GB200 in its NVL72 rack (72 a
     // node), the others not; a mesh of links at most one GPU per link plus one.
-    std::vector<std::string> v;
+    std::vector<std::string> v, unpriced;
     const int gpn = sc.cluster.gpus_per_node;
     for (const auto& name : topology::gpu_preset_names()) {
       const topology::GpuSpec& g = *topology::find_gpu_preset(name);
       if ((name == "GB200") != (gpn == 72)) continue;
       if (g.fabric == topology::NodeFabric::mesh && gpn > g.peer_links + 1) continue;
+      // With a price per GPU, the GPUs it prices (each costed at its own).
+      if (!sc.gpu_prices.empty() && !sc.gpu_prices.contains(name)) {
+        unpriced.push_back(name);
+        continue;
+      }
       v.push_back(name);
     }
+    if (v.empty()) throw SearchError("--vary gpu: cluster.gpu_hour_price prices none of the GPUs these nodes can hold");
     s.axes.push_back("cluster.gpu");
     s.values.push_back(v);
     std::vector<std::string> cautions;
@@ -226,9 +232,11 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
         sc.cluster.node.link_bandwidth != sc.cluster.gpu.link_bandwidth)
       cautions.push_back("the scenario's cluster.node bandwidth applies to every GPU (a mesh GPU refuses an NVLink "
                          "bandwidth): leave it to each GPU's own");
-    if (sc.gpu_hour_price > 0)
+    if (sc.gpu_hour_price > 0 && sc.gpu_prices.empty())
       cautions.push_back("every GPU is priced at the scenario's cluster.gpu_hour_price: compare cost with a price per GPU "
-                         "(a grid zipping cluster.gpu with it)");
+                         "(cluster.gpu_hour_price: {H100: 2.5, H200: 3.5, ...})");
+    if (!unpriced.empty())
+      cautions.push_back(fmt::format("left out, without a price in cluster.gpu_hour_price: {}", fmt::join(unpriced, ", ")));
     if (!cautions.empty()) s.caution = (s.caution.empty() ? "" : s.caution + "; ") + fmt::format("{}", fmt::join(cautions, "; "));
   }
   if (has("nic")) {

@@ -280,6 +280,10 @@ TEST_CASE("hf_config: the scenario's own keys win, and problems name the config'
   CHECK(sc.model_config == small.dir + "/config.json");
   // Named after its folder (a config.json without _name_or_path).
   CHECK(small.load("").forward.model.name == std::filesystem::path(small.dir).filename().string());
+  // The folder itself, as a Hugging Face snapshot is laid out, reads its config.json.
+  const auto folder = load_scenario_file(small.dir + "/scenario.yaml", {"model.hf_config=" + small.dir});
+  CHECK(folder.forward.model.hidden == 512);
+  CHECK(folder.forward.model.name == std::filesystem::path(small.dir).filename().string());
 
   // A value from the config that the scenario cannot take: the problem points at hf_config's
   // line and names the config's key.

@@ -896,6 +896,10 @@ TEST_CASE("moesim model prints the model section a config.json gives; a run says
   CHECK_THAT(run.out, Catch::Contains("config      the model's keys from " + kSource + "/scenarios/models/kimi-k2.json (kimi_k2)"));
   CHECK_THAT(run.out, Catch::Contains("1026.4 B parameters, 31.7 B active per token"));
   CHECK_THAT(run.out, Catch::Contains("kimi-k2-decode-h200.yaml (kimi-k2)"));
+  const auto validate = moesim("validate '" + kSource + "/scenarios/kimi-k2-decode-h200.yaml' --set model.hf_config=models/llama-4-maverick.json", tmp);
+  CHECK(validate.code == 0);
+  CHECK_THAT(validate.out, Catch::Contains("  model: from " + kSource + "/scenarios/models/llama-4-maverick.json (llama4_text)\n    - "));
+  CHECK_THAT(validate.out, Catch::Contains("400.7 B parameters, 16.1 B active per token"));
 }
 
 TEST_CASE("moesim diff compares two runs: the settings that differ, then the figures with B - A and B / A", "[cli][diff]") {

@@ -272,6 +272,17 @@ TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's
              Catch::Contains("every GPU is priced at the scenario's cluster.gpu_hour_price"));
   // Every point loads.
   for (const auto& gpu : s.values[2]) CHECK_NOTHROW(load(kTraining, {"cluster.gpu=" + gpu}));
+  // A price per GPU: the GPUs it prices, each costed at its own, and the others said.
+  const auto priced = tools::search_space(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}"}), {"gpu"}, 0);
+  CHECK(priced.values[2] == std::vector<std::string>{"H100-SXM", "H200-SXM", "MI300X"});
+  CHECK_THAT(priced.caution, !Catch::Contains("every GPU is priced"));
+  CHECK_THAT(priced.caution, Catch::Contains("left out, without a price in cluster.gpu_hour_price: H800-SXM, A100-SXM, B200-SXM, MI325X, MI355X"));
+  CHECK(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}", "cluster.gpu=H200"}).gpu_hour_price == 3.6);
+  CHECK(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}", "cluster.gpu=MI300X"}).gpu_hour_price == 2.2);
+  CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5}", "cluster.gpu=B200"}),
+                    Catch::Contains("cluster.gpu_hour_price: no price for the cluster's GPU 'B200-SXM' (priced: H100)"));
+  CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 0}"}),
+                    Catch::Contains("--set cluster.gpu_hour_price.H100: must be greater than 0"));
 }
 
 TEST_CASE("A search over the scale-out network: the NICs' bandwidth and the topology", "[search]") {
