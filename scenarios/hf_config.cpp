@@ -472,6 +472,7 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
                          method.empty() ? "no quant_method" : method));
     }
   }
+  out.max_positions = c.first_count({"max_position_embeddings", "max_seq_len"}).value_or(std::pair<std::string, std::int64_t>("", 0)).second;
   if (auto act = c.text("hidden_act"); act && *act != "silu" && *act != "swish" && *act != "swiglu")
     b.note(fmt::format("its FFNs' activation is {}; moesim's FFNs are gated, three matrices each (SwiGLU's)", *act));
 

@@ -32,6 +32,7 @@ struct HfModel {
   // ("model.moe_layers", "num_hidden_layers 61 - first_k_dense_replace 3").
   std::vector<std::pair<std::string, std::string>> sources;
   std::vector<std::string> notes;  // what moesim leaves out or approximates, one sentence each
+  std::int64_t max_positions = 0;  // max_position_embeddings: the longest context it was built for; 0: not given
 };
 
 // `config`: the parsed config.json (JSON is read as YAML); `file`: its path, for the name and the

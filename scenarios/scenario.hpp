@@ -27,6 +27,7 @@ struct Scenario {
   // model_type, and what moesim leaves out of it or approximates; empty without one.
   std::string model_config, model_type;
   std::vector<std::string> model_notes;
+  std::int64_t model_max_positions = 0;  // its max_position_embeddings; 0: not given
   topology::ClusterSpec cluster;
   models::ForwardSpec forward;
   std::string workload_kind = "forward";

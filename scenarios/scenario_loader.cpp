@@ -1647,6 +1647,7 @@ bool apply_hf_config(const YAML::Node& root, Scenario& sc, Problems& problems) {
   sc.model_config = path;
   sc.model_type = hf.model_type;
   sc.model_notes = hf.notes;
+  sc.model_max_positions = hf.max_positions;
   return true;
 }
 

@@ -938,6 +938,12 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
                sc.model_type.empty() ? std::string() : fmt::format(" ({})", sc.model_type),
                sc.model_notes.empty() ? std::string() : ", with what moesim leaves out or approximates:");
     for (const auto& n : sc.model_notes) fmt::print(out, "              - {}\n", n);
+    // Longer contexts than the model was built for (max_position_embeddings) are simulated all
+    // the same; say so.
+    const std::int64_t longest = f.context_length > 0 ? f.context_length + 1 + f.draft_tokens : f.cached_prefix + f.sequence_length;
+    if (sc.model_max_positions > 0 && longest > sc.model_max_positions)
+      fmt::print(out, "  note        {} tokens of context is more than the {} positions the model was built for (max_position_embeddings)\n",
+                 longest, sc.model_max_positions);
   }
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;

@@ -896,6 +896,12 @@ TEST_CASE("moesim model prints the model section a config.json gives; a run says
   CHECK_THAT(run.out, Catch::Contains("config      the model's keys from " + kSource + "/scenarios/models/kimi-k2.json (kimi_k2)"));
   CHECK_THAT(run.out, Catch::Contains("1026.4 B parameters, 31.7 B active per token"));
   CHECK_THAT(run.out, Catch::Contains("kimi-k2-decode-h200.yaml (kimi-k2)"));
+  CHECK_THAT(run.out, !Catch::Contains("max_position_embeddings"));
+  const auto longer = moesim("run '" + kSource + "/scenarios/kimi-k2-decode-h200.yaml' --set cluster.nodes=1 --set parallelism.ep=8 "
+                             "--set network.model=analytical --set workload.tokens_per_gpu=2 --set workload.context_length=131072 --out '" +
+                                 out + "'",
+                             tmp);
+  CHECK_THAT(longer.out, Catch::Contains("131073 tokens of context is more than the 131072 positions the model was built for"));
   const auto validate = moesim("validate '" + kSource + "/scenarios/kimi-k2-decode-h200.yaml' --set model.hf_config=models/llama-4-maverick.json", tmp);
   CHECK(validate.code == 0);
   CHECK_THAT(validate.out, Catch::Contains("  model: from " + kSource + "/scenarios/models/llama-4-maverick.json (llama4_text)\n    - "));

@@ -114,7 +114,7 @@ FEATURES = [
     [["cluster.scale_out.topology=rail"], ["cluster.scale_out.topology=multi_plane"], ["cluster.scale_out.topology=single_switch"],
      ["cluster.scale_out.oversubscription=2", "cluster.scale_out.spines=2", "cluster.scale_out.nodes_per_leaf=1"],
      ["cluster.scale_out.nic_speed={3: 0.5, 12: 0.25}"]],
-    [["cluster.gpu_hour_price=2"], ["cluster.gpu=MI300X"], ["cluster.gpu=MI355X", "cluster.node.link_bandwidth=48GB/s"],
+    [["cluster.gpu_hour_price=2"], ["cluster.gpu_hour_price={H100: 2.5, H800-SXM: 2, MI355X: 3}"], ["cluster.gpu=MI300X"], ["cluster.gpu=MI355X", "cluster.node.link_bandwidth=48GB/s"],
      ["cluster.node.fabric=mesh", "cluster.node.link_bandwidth=64GB/s"]],
     [["reliability.gpu_mtbf_hours=1000", "reliability.restart=5min", "reliability.checkpoint_bandwidth=100GB/s"],
      ["reliability.gpu_mtbf_hours=1e5", "reliability.restart=1h", "reliability.checkpoint_time=3s", "reliability.checkpoint_every_steps=5"],
