@@ -266,6 +266,33 @@ void refuse_other_attention(const Config& c) {
                                                  t));
 }
 
+// A compressed-tensors quantization that moesim's weight dtypes hold: 4-bit integers with a
+// 16-bit scale per group of 32 (18 bytes per 32 weights, as NVFP4's: `fp4`), or 8-bit floats
+// (`fp8`); applied to the routed experts alone where the attention is left out of it.
+struct CompressedTensors {
+  std::string dtype, what;
+  bool experts_only;
+};
+std::optional<CompressedTensors> compressed_tensors(const YAML::Node& q) {
+  const YAML::Node groups = q["config_groups"];
+  if (!groups.IsDefined() || !groups.IsMap() || groups.size() != 1) return std::nullopt;
+  const YAML::Node w = groups.begin()->second["weights"];
+  if (!w.IsDefined() || !w.IsMap()) return std::nullopt;
+  const auto text = [&](const char* k) { return w[k].IsDefined() && w[k].IsScalar() ? w[k].Scalar() : std::string(); };
+  std::string dtype;
+  if (text("num_bits") == "4" && text("type") == "int" && text("group_size") == "32") dtype = "fp4";
+  else if (text("num_bits") == "8" && text("type") == "float") dtype = "fp8";
+  else return std::nullopt;
+  bool attention_left = false;
+  if (const YAML::Node ignore = q["ignore"]; ignore.IsDefined() && ignore.IsSequence())
+    for (const auto& e : ignore)
+      if (e.IsScalar() && e.Scalar().find("self_attn") != std::string::npos) attention_left = true;
+  return CompressedTensors{dtype,
+                           dtype == "fp4" ? std::string("int4 with a 16-bit scale per 32 weights, the bytes of fp4 (NVFP4)")
+                                          : std::string("fp8"),
+                           attention_left};
+}
+
 }  // namespace
 
 HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std::string& workload_kind) {
@@ -466,6 +493,12 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
     } else if (method == "mxfp4") {
       if (inference) b.model("expert_weight_dtype", "mxfp4", "quantization_config: mxfp4 (its experts' weights)");
       else b.note("its checkpoint's experts are mxfp4 (quantization_config); training holds its weights at model.dtype");
+    } else if (const auto ct = method == "compressed-tensors" ? compressed_tensors(q) : std::nullopt) {
+      // Kimi K2 Thinking's INT4 release: the routed experts in 4 bits with a 16-bit scale per 32
+      // weights (the bytes of NVFP4, which moesim's fp4 is), attention and shared experts left.
+      const char* key = ct->experts_only ? "expert_weight_dtype" : "weight_dtype";
+      if (inference) b.model(key, ct->dtype, fmt::format("quantization_config: compressed-tensors, {}", ct->what));
+      else b.note(fmt::format("its checkpoint is quantized ({}); training holds its weights at model.dtype", ct->what));
     } else {
       b.note(fmt::format("its quantization_config ({}) is not read: set model.weight_dtype or model.expert_weight_dtype for the "
                          "checkpoint's weights",

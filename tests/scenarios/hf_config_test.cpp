@@ -154,6 +154,19 @@ TEST_CASE("hf_config: each family's keys", "[hf_config]") {
     CHECK(t.notes[0].find("multi-token prediction") != std::string::npos);
     CHECK(t.notes[1].find("fp8") != std::string::npos);
   }
+  SECTION("Kimi K2 Thinking's INT4 experts (compressed-tensors) as fp4's bytes; an unknown scheme a note") {
+    YAML::Node c = YAML::LoadFile(kModels + "kimi-k2.json");
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "compressed-tensors", "format": "pack-quantized",
+      "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "group_size": 32,
+      "strategy": "group", "symmetric": true}}}, "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*"]})");
+    const auto m = scenarios::hf_model(c, "k2-thinking.json", "decode");
+    CHECK(m.model["expert_weight_dtype"].as<std::string>() == "fp4");
+    CHECK(!m.model["weight_dtype"].IsDefined());
+    c["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"] = 128;
+    const auto other = scenarios::hf_model(c, "k2-thinking.json", "decode");
+    CHECK(!other.model["expert_weight_dtype"].IsDefined());
+    CHECK(other.notes.back().find("quantization_config (compressed-tensors) is not read") != std::string::npos);
+  }
   SECTION("DeepSeek-V3.2: the sparse attention's indexer") {
     const auto m = read("deepseek-v3.2-exp.json");
     CHECK(m.model["mla"]["index_topk"].as<int>() == 2048);
