@@ -1642,7 +1642,11 @@ bool apply_hf_config(const YAML::Node& root, Scenario& sc, Problems& problems) {
     YAML::Node top = root;
     if (!top["routing"].IsDefined() || top["routing"].IsNull()) top["routing"] = YAML::Node(YAML::NodeType::Map);
     const YAML::Node routing = top["routing"];
-    if (routing.IsMap() && !routing["groups"].IsDefined() && !routing["max_groups"].IsDefined()) merge(routing, hf.routing, "routing");
+    // A trace fixes the routing, group limits and all.
+    const bool trace = routing.IsMap() && routing["distribution"].IsDefined() && routing["distribution"].IsScalar() &&
+                       routing["distribution"].Scalar() == "trace";
+    if (routing.IsMap() && !trace && !routing["groups"].IsDefined() && !routing["max_groups"].IsDefined())
+      merge(routing, hf.routing, "routing");
   }
   sc.model_config = path;
   sc.model_type = hf.model_type;

@@ -326,6 +326,14 @@ TEST_CASE("hf_config: the scenario's own keys win, and problems name the config'
   CHECK(grouped.load("").forward.model.mla.q_lora_rank == 0);
   CHECK(grouped.load("", "routing: {groups: 2, max_groups: 1}\n").forward.routing.max_groups == 1);
   CHECK(grouped.load("", "routing: {distribution: zipf, zipf_s: 1}\n").forward.routing.max_groups == 2);
+  // A trace fixes the routing: no group limit from the config.
+  {
+    std::ofstream(grouped.dir + "/counts.csv") << "layer,expert,count\n";
+    std::ofstream counts(grouped.dir + "/counts.csv", std::ios::app);
+    for (int l = 0; l < 4; ++l)
+      for (int e = 0; e < 16; ++e) counts << l << ',' << e << ',' << e + 1 << '\n';
+  }
+  CHECK(grouped.load("", "routing: {distribution: trace, trace: counts.csv}\n").forward.routing.max_groups == 0);
 }
 
 TEST_CASE("hf_config: what it cannot represent is refused with the reason", "[hf_config]") {
