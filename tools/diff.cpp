@@ -63,7 +63,7 @@ bool number(const std::string& s, double& x) {
 }
 
 // What a run was: shown where A and B differ.
-constexpr std::string_view kSettings[] = {"scenario", "workload", "gpu", "gpus", "network_model", "resolve_interval_us", "compute_source", "elementwise_kernels",
+constexpr std::string_view kSettings[] = {"scenario", "model", "model_config", "workload", "gpu", "gpus", "network_model", "resolve_interval_us", "compute_source", "elementwise_kernels",
                                           "all_to_all", "ep", "etp", "tp", "cp", "cp_gather", "pp", "virtual_stages", "pipeline_schedule", "overlap", "recompute",
                                           "moe_layers", "tokens_per_gpu", "micro_batches", "seed", "checkpoint", "node_fabric",
                                           "parameter_sharding", "shard_group", "param_gather_dtype", "prefill_chunk"};

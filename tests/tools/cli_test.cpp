@@ -896,6 +896,9 @@ TEST_CASE("moesim model prints the model section a config.json gives; a run says
   CHECK_THAT(run.out, Catch::Contains("config      the model's keys from " + kSource + "/scenarios/models/kimi-k2.json (kimi_k2)"));
   CHECK_THAT(run.out, Catch::Contains("1026.4 B parameters, 31.7 B active per token"));
   CHECK_THAT(run.out, Catch::Contains("kimi-k2-decode-h200.yaml (kimi-k2)"));
+  const auto k2 = summary_row(fs::path(out) / "summary.csv");
+  CHECK(k2.at("model") == "kimi-k2");
+  CHECK(k2.at("model_config") == kSource + "/scenarios/models/kimi-k2.json");
   CHECK_THAT(run.out, !Catch::Contains("max_position_embeddings"));
   const auto longer = moesim("run '" + kSource + "/scenarios/kimi-k2-decode-h200.yaml' --set cluster.nodes=1 --set parallelism.ep=8 "
                              "--set network.model=analytical --set workload.tokens_per_gpu=2 --set workload.context_length=131072 --out '" +
@@ -1585,7 +1588,7 @@ TEST_CASE("A point that does not fit memory says why in summary.csv", "[cli][mem
   std::string header, row;
   std::getline(in, header);
   std::getline(in, row);
-  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s"));
+  CHECK(header.ends_with(",elementwise_kernels,cp_gather,job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s,model,model_config"));
   CHECK_THAT(row, Catch::Contains(",no,GPU "));
   CHECK_THAT(row, Catch::Contains("GB of the 80 GB of a H100-SXM (weights "));
   CHECK_THAT(row, Catch::Contains("gradients and optimizer"));
