@@ -258,6 +258,12 @@ void refuse_other_attention(const Config& c) {
     if (c.has(key))
       throw c.error(key, "this model's attention (or its state-space layers) is of a kind moesim does not model; write the model "
                          "section by hand (attention_params and kv_cache_dim give another attention's weights and cache, docs/scenario.md)");
+  // MiniMax's per-layer attention kinds: 0 its linear (lightning) attention, 1 softmax.
+  if (auto kinds = c.list("attn_type_list"))
+    for (const auto& k : *kinds)
+      if (k != "1")
+        throw c.error("attn_type_list", "has linear-attention layers (0): moesim models softmax attention only; write the model "
+                                        "section by hand with attention_params and kv_cache_dim");
   if (auto types = c.list("layer_types"))
     for (const auto& t : *types)
       if (t != "full_attention" && t != "sliding_attention")
@@ -470,6 +476,10 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
                          "model has, in memory, gradients and optimizer state)",
                          static_cast<double>(v->second * hidden) / 1e9));
   }
+  if (auto mtp = c.count("num_mtp_modules"); mtp && *mtp > 0 && c.flag("use_mtp", true))
+    b.note(fmt::format("its {} multi-token prediction modules (num_mtp_modules) are not read: model.mtp_modules models DeepSeek-V3's "
+                       "(one MoE layer of the model's shape and the shared head each)",
+                       *mtp));
   if (auto mtp = c.count("num_nextn_predict_layers"); mtp && *mtp > 0) {
     b.model("mtp_modules", *mtp, "num_nextn_predict_layers");
     if (workload_kind == "training")

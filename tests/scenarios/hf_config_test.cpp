@@ -263,6 +263,22 @@ TEST_CASE("hf_config: each family's keys", "[hf_config]") {
     CHECK_THROWS_WITH(scenarios::hf_model(c, "h.json", "forward"),
                       Catch::Contains("moe_topk: differs between layers (2 and 4): moesim's layers share one shape"));
   }
+  SECTION("MiniMax-M2: softmax attention on every layer, its MTP modules a note; M1's lightning layers refused") {
+    // MiniMax-M2's config.json (MiniMaxAI/MiniMax-M2): 230 B parameters, 10 B active.
+    YAML::Node c = YAML::Load(R"({"model_type": "minimax_m2", "hidden_size": 3072, "intermediate_size": 1536,
+      "num_hidden_layers": 62, "num_attention_heads": 48, "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 256,
+      "num_experts_per_tok": 8, "vocab_size": 200064, "use_mtp": true, "num_mtp_modules": 3, "tie_word_embeddings": false})");
+    std::string ones = "[1";
+    for (int i = 1; i < 62; ++i) ones += ", 1";
+    c["attn_type_list"] = YAML::Load(ones + "]");
+    const auto m = scenarios::hf_model(c, "minimax-m2.json", "forward");
+    CHECK(m.model["experts"].as<int>() == 256);
+    CHECK(m.model["expert_ffn"].as<int>() == 1536);
+    REQUIRE(m.notes.size() == 1);
+    CHECK(m.notes[0].find("num_mtp_modules") != std::string::npos);
+    c["attn_type_list"][0] = 0;
+    CHECK_THROWS_WITH(scenarios::hf_model(c, "minimax.json", "forward"), Catch::Contains("attn_type_list: has linear-attention layers"));
+  }
   SECTION("the YAML it prints holds every key with its source") {
     const auto m = read("deepseek-v3.json");
     const std::string yaml = scenarios::hf_model_yaml(m);
