@@ -339,15 +339,14 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
   if (!experts || experts->second < 1)
     throw c.error("not an MoE model: its config names no routed experts (num_local_experts, n_routed_experts, num_experts "
                   "or moe_num_experts); moesim simulates mixture-of-experts models");
-  const auto top_k_found = c.first_count({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"});
-  const auto [topk_key, top_k] = top_k_found ? *top_k_found
-                                 : in_ffn_config("moe_top_k") ? *in_ffn_config("moe_top_k")
-                                                              : need({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"},
-                                                                     "experts per token");
+  auto top_k_found = c.first_count({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"});
+  if (!top_k_found) top_k_found = in_ffn_config("moe_top_k");
+  const auto [topk_key, top_k] =
+      top_k_found ? *top_k_found : need({"num_experts_per_tok", "experts_per_token", "moe_k", "moe_top_k", "moe_topk"}, "experts per token");
   const auto moe_ffn = c.count("moe_intermediate_size");
-  const auto [ffn_key, expert_ffn] = moe_ffn                              ? std::pair<std::string, std::int64_t>("moe_intermediate_size", *moe_ffn)
-                                     : in_ffn_config("ffn_hidden_size") ? *in_ffn_config("ffn_hidden_size")
-                                                                         : need({"intermediate_size"}, "expert width");
+  auto ffn_found = moe_ffn ? std::optional(std::pair<std::string, std::int64_t>("moe_intermediate_size", *moe_ffn))
+                           : in_ffn_config("ffn_hidden_size");
+  const auto [ffn_key, expert_ffn] = ffn_found ? *ffn_found : need({"intermediate_size"}, "expert width");
   if (layers64 < 1 || layers64 > (1 << 20)) throw c.error(layers_key, fmt::format("{} layers", layers64));
   const int layers = static_cast<int>(layers64);
 

@@ -389,18 +389,22 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
   if (prices.IsDefined() && prices.IsMap()) {
     Section per_gpu(prices, cluster->key_path("gpu_hour_price"), problems);
     std::vector<std::string> named;
+    bool all_read = true;  // a price that did not parse is reported already
     for (auto it = prices.begin(); it != prices.end(); ++it) {
       const std::string key = it->first.IsScalar() ? it->first.Scalar() : "";
       const topology::GpuSpec* preset = topology::find_gpu_preset(key);
       const std::string name = preset ? preset->name : key;
       named.push_back(key);
       const auto v = per_gpu.get<double>(key, price, false);
-      if (!v) continue;
+      if (!v) {
+        all_read = false;
+        continue;
+      }
       sc.gpu_prices[name] = *v;
       if (name == c.gpu.name) sc.gpu_hour_price = *v;
     }
     per_gpu.finish();
-    if (sc.gpu_hour_price == 0 && !c.gpu.name.empty() && sc.gpu_prices.size() == named.size())
+    if (sc.gpu_hour_price == 0 && !c.gpu.name.empty() && all_read)
       problems.add(prices.Mark(), cluster->key_path("gpu_hour_price"),
                    fmt::format("no price for the cluster's GPU '{}' (priced: {})", c.gpu.name, fmt::join(named, ", ")));
   }

@@ -281,6 +281,9 @@ TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's
   CHECK(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}", "cluster.gpu=MI300X"}).gpu_hour_price == 2.2);
   CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5}", "cluster.gpu=B200"}),
                     Catch::Contains("cluster.gpu_hour_price: no price for the cluster's GPU 'B200-SXM' (priced: H100)"));
+  // A GPU priced under its name and its alias both: still no price for the B200.
+  CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H100-SXM: 2.5}", "cluster.gpu=B200"}),
+                    Catch::Contains("no price for the cluster's GPU 'B200-SXM' (priced: H100, H100-SXM)"));
   CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 0}"}),
                     Catch::Contains("--set cluster.gpu_hour_price.H100: must be greater than 0"));
 }
