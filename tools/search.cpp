@@ -204,13 +204,13 @@ SearchSpace search_space(const scenarios::Scenario& sc, const std::vector<std::s
     s.values.push_back(v);
   }
   if (has("gpu")) {
-    // The presets whose servers hold the scenario's GPUs a node: GB200 in its NVL72 rack (72 a
-    // node), the others not; a mesh of links at most one GPU per link plus one.
+    // The presets whose servers hold the scenario's GPUs a node: GB200 and GB300 in their NVL72
+    // racks (72 a node), the others not; a mesh of links at most one GPU per link plus one.
     std::vector<std::string> v, unpriced;
     const int gpn = sc.cluster.gpus_per_node;
     for (const auto& name : topology::gpu_preset_names()) {
       const topology::GpuSpec& g = *topology::find_gpu_preset(name);
-      if ((name == "GB200") != (gpn == 72)) continue;
+      if ((name == "GB200" || name == "GB300") != (gpn == 72)) continue;
       if (g.fabric == topology::NodeFabric::mesh && gpn > g.peer_links + 1) continue;
       // With a price per GPU, the GPUs it prices (each costed at its own).
       if (!sc.gpu_prices.empty() && !sc.gpu_prices.contains(name)) {

@@ -35,6 +35,22 @@ constexpr std::int64_t kG = 1'000'000'000;
 //   5,000 and 10,000 dense TFLOP/s per GPU), up to 13.4 TB HBM3e (186 GB per GPU) at 576 TB/s
 //   (8 TB/s per GPU), NVLink Switch System 130 TB/s (1.8 TB/s per GPU, every GPU of the rack on
 //   one NVLink domain). The SM count is the B200's: NVIDIA does not state it apart.
+// - B300-SXM 288GB (HGX B300, Blackwell Ultra, 1,100 W): NVIDIA HGX B300 and DGX B300 datasheets,
+//   per 8 GPUs: 36 PFLOPS FP16/BF16 and 72 PFLOPS FP8 with sparsity (2,250 and 4,500 dense
+//   TFLOP/s per GPU, the B200's), 108 PFLOPS dense FP4 (13,500 per GPU; 144 with sparsity), up
+//   to 2.3 TB HBM3e (288 GB each) at up to 8 TB/s each, NVLink 5 1.8 TB/s total. Board power:
+//   NVIDIA states the DGX B300's (14.5 kW against the DGX B200's 14.3 kW with its 1,000 W GPUs),
+//   not the GPU's; 1,100 W is Verda's per-GPU table ("NVIDIA GB300 NVL72: GPU Architecture &
+//   Performance", 2025). 160 SMs, as NVIDIA's "Inside NVIDIA Blackwell Ultra" (2025) states the
+//   chip (20,480 CUDA cores, 640 tensor cores); not read from a GPU.
+// - GB300 (the Blackwell Ultra GPU of a GB300 NVL72 rack, 1,400 W): NVIDIA GB300 NVL72
+//   datasheet, per 72 GPUs: 360 PFLOPS FP16/BF16 and 720 PFLOPS FP8 with sparsity (2,500 and
+//   5,000 dense TFLOP/s per GPU, as the GB200's), 1,080 PFLOPS dense FP4 (15,000 per GPU; 1,440
+//   with sparsity), up to 20.7 TB HBM3e (288 GB per GPU) at 576 TB/s (8 TB/s per GPU), NVLink
+//   Switch System 130 TB/s (1.8 TB/s per GPU, the rack one NVLink domain), a ConnectX-8 SuperNIC
+//   of 800 Gb/s per GPU (`scale_out.nic_bandwidth` sets it). 1,400 W: Verda's table (above). SMs
+//   as B300-SXM. What Blackwell Ultra adds that the peaks do not carry (twice the B200's
+//   exponentials for attention's softmax, the power to hold its clocks) is not modelled.
 // AMD Instinct GPUs come on 8-GPU boards whose GPUs form a full mesh: each GPU has 7 Infinity
 // Fabric (xGMI) links, one to each peer, and no switch (NodeFabric::mesh). `sm_count` is their
 // compute units (CUs).
@@ -50,14 +66,14 @@ constexpr std::int64_t kG = 1'000'000'000;
 //   ISSCC 2026) and MXFP4 10,066.3 (AMD's "2.5, 5 and 10 PFLOPS"), 288 GB HBM3E at 8 TB/s; 7
 //   links of 153.6 GB/s both ways (76.8 GB/s per direction).
 // Rated board power (the datasheets' maximum TDP or TBP, in the order of the presets): H100,
-// H800 and H200 SXM up to 700 W, A100 SXM4 400 W, B200 1,000 W, GB200 1,200 W, MI300X 750 W,
-// MI325X 1,000 W, MI355X 1,400 W.
-constexpr std::array<double, 9> kBoardPowerW{700, 700, 700, 400, 1000, 1200, 750, 1000, 1400};
+// H800 and H200 SXM up to 700 W, A100 SXM4 400 W, B200 1,000 W, GB200 1,200 W, B300 1,100 W,
+// GB300 1,400 W, MI300X 750 W, MI325X 1,000 W, MI355X 1,400 W.
+constexpr std::array<double, 11> kBoardPowerW{700, 700, 700, 400, 1000, 1200, 1100, 1400, 750, 1000, 1400};
 
-const std::array<GpuSpec, 9>& presets() {
+const std::array<GpuSpec, 11>& presets() {
   constexpr auto mesh = NodeFabric::mesh;
-  static const std::array<GpuSpec, 9> p = [] {
-    std::array<GpuSpec, 9> a{{
+  static const std::array<GpuSpec, 11> p = [] {
+    std::array<GpuSpec, 11> a{{
         {"H100-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
          Bandwidth(450 * kG), 132},
         {"H800-SXM", FlopRate(9894 * kT / 10), FlopRate(19788 * kT / 10), Bandwidth(3350 * kG), Bytes(80 * kG),
@@ -70,6 +86,10 @@ const std::array<GpuSpec, 9>& presets() {
          Bandwidth(900 * kG), 148, FlopRate(9000 * kT)},
         {"GB200", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(186 * kG),
          Bandwidth(900 * kG), 148, FlopRate(10000 * kT)},
+        {"B300-SXM", FlopRate(2250 * kT), FlopRate(4500 * kT), Bandwidth(8000 * kG), Bytes(288 * kG),
+         Bandwidth(900 * kG), 160, FlopRate(13500 * kT)},
+        {"GB300", FlopRate(2500 * kT), FlopRate(5000 * kT), Bandwidth(8000 * kG), Bytes(288 * kG),
+         Bandwidth(900 * kG), 160, FlopRate(15000 * kT)},
         {"MI300X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(5300 * kG), Bytes(192 * kG),
          Bandwidth(7 * 64 * kG), 304, FlopRate(0), mesh, 7, Bandwidth(64 * kG)},
         {"MI325X", FlopRate(13074 * kT / 10), FlopRate(26149 * kT / 10), Bandwidth(6000 * kG), Bytes(256 * kG),

@@ -30,8 +30,9 @@ struct GpuSpec {
   double board_power_w = 0;          // rated board power (TDP, TBP), watts; 0: not stated
 };
 
-// Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM, B200-SXM, GB200, MI300X, MI325X, MI355X. Names
-// match case-insensitively; "H100" means "H100-SXM" (and "B200" "B200-SXM").
+// Presets: H100-SXM, H800-SXM, H200-SXM, A100-SXM, B200-SXM, GB200, B300-SXM, GB300, MI300X,
+// MI325X, MI355X. Names match case-insensitively; "H100" means "H100-SXM" (and "B200" "B200-SXM",
+// "B300" "B300-SXM").
 const GpuSpec* find_gpu_preset(std::string_view name);
 std::vector<std::string> gpu_preset_names();
 

@@ -320,8 +320,8 @@ TEST_CASE("Errors name the file position and key path", "[scenarios][errors]") {
           "s.yaml:2:10: cluster.nodes: expected a single value, got a list");
     CHECK_THAT(error_of(with("parallelism:\n  ep: 8", "parallelism: 8\nfoo_unused: 1")),
                Catch::Contains("s.yaml:14:14: parallelism: expected a section (a mapping of keys), got '8'"));
-    CHECK_THAT(error_of(with("gpu: H100", "gpu: B300")),
-               Catch::Contains("s.yaml:4:8: cluster.gpu: unknown GPU 'B300' (presets: H100-SXM,"));
+    CHECK_THAT(error_of(with("gpu: H100", "gpu: H20")),
+               Catch::Contains("s.yaml:4:8: cluster.gpu: unknown GPU 'H20' (presets: H100-SXM,"));
   }
   SECTION("missing keys and sections") {
     CHECK(error_of(with("  hidden: 4096\n", "")) == "s.yaml:8:3: model: missing required key 'hidden'");

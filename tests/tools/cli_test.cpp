@@ -858,7 +858,7 @@ TEST_CASE("moesim gpus lists the presets with their figures", "[cli]") {
   TempDir tmp;
   const auto r = moesim("gpus", tmp);
   REQUIRE(r.code == 0);
-  for (const char* name : {"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "GB200", "MI300X", "MI325X", "MI355X"})
+  for (const char* name : {"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "GB200", "B300-SXM", "GB300", "MI300X", "MI325X", "MI355X"})
     CHECK_THAT(r.out, Catch::Contains(std::string("\n") + name + " "));
   CHECK_THAT(r.out, Catch::Contains("NVSwitch, 450 GB/s a GPU"));
   CHECK_THAT(r.out, Catch::Contains("mesh, 7 links of 64 GB/s"));

@@ -249,22 +249,24 @@ TEST_CASE("A search over the cluster's size: the scenario's nodes from an eighth
 }
 
 TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's node", "[search]") {
-  // 8 GPUs a node: every preset but the GB200 (72 to an NVL72 rack); the measured H100 profile
+  // 8 GPUs a node: every preset but the GB200 and GB300 (72 to an NVL72 rack); the measured H100 profile
   // times only the H100's MoE stages, which the search says.
   const auto s = tools::search_space(load(kTraining), {"gpu"}, 0);
   REQUIRE(s.axes == std::vector<std::string>{"workload.global_batch", "workload.micro_batches", "cluster.gpu"});
   CHECK(s.values[2] ==
-        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "MI300X", "MI325X", "MI355X"});
+        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "B300-SXM", "MI300X", "MI325X", "MI355X"});
   CHECK_THAT(s.caution, Catch::Contains("the measured profile times the MoE stages on the H100-SXM only"));
   CHECK(tools::search_space(load(kTraining, {"compute.model=roofline"}), {"gpu"}, 0).caution.empty());
-  // One NVL72 rack: the GB200 alone, nothing to search; 16 GPUs a node: no mesh of 7 links
+  // One NVL72 rack: its two GPUs, the GB200 and the GB300; 16 GPUs a node: no mesh of 7 links
   // holds them.
-  CHECK_THROWS_WITH(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200"}), {"gpu"}, 0),
+  CHECK(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200"}), {"gpu"}, 0)
+            .values.back() == std::vector<std::string>{"GB200", "GB300"});
+  CHECK_THROWS_WITH(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200",
+                                                         "cluster.gpu_hour_price={GB200: 4}"}),
+                                        {"gpu"}, 0),
                     Catch::Contains("nothing to search"));
-  CHECK(tools::search_space(load(kTraining, {"cluster.gpus_per_node=72", "cluster.nodes=1", "cluster.gpu=GB200"}), {"gpu", "ep"}, 0)
-            .values.back() == std::vector<std::string>{"GB200"});
   CHECK(tools::search_space(load(kTraining, {"cluster.gpus_per_node=16"}), {"gpu"}, 0).values.back() ==
-        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM"});
+        std::vector<std::string>{"H100-SXM", "H800-SXM", "H200-SXM", "A100-SXM", "B200-SXM", "B300-SXM"});
   // A node bandwidth set in the scenario, and one price for all: said.
   CHECK_THAT(tools::search_space(load(kTraining, {"cluster.node.nvlink_bandwidth=370GB/s", "compute.model=roofline"}), {"gpu"}, 0).caution,
              Catch::Contains("the scenario's cluster.node bandwidth applies to every GPU"));
@@ -276,7 +278,7 @@ TEST_CASE("A search over the GPUs: the presets whose servers hold the scenario's
   const auto priced = tools::search_space(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}"}), {"gpu"}, 0);
   CHECK(priced.values[2] == std::vector<std::string>{"H100-SXM", "H200-SXM", "MI300X"});
   CHECK_THAT(priced.caution, !Catch::Contains("every GPU is priced"));
-  CHECK_THAT(priced.caution, Catch::Contains("left out, without a price in cluster.gpu_hour_price: H800-SXM, A100-SXM, B200-SXM, MI325X, MI355X"));
+  CHECK_THAT(priced.caution, Catch::Contains("left out, without a price in cluster.gpu_hour_price: H800-SXM, A100-SXM, B200-SXM, B300-SXM, MI325X, MI355X"));
   CHECK(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}", "cluster.gpu=H200"}).gpu_hour_price == 3.6);
   CHECK(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5, H200-SXM: 3.6, MI300X: 2.2}", "cluster.gpu=MI300X"}).gpu_hour_price == 2.2);
   CHECK_THROWS_WITH(load(kTraining, {"cluster.gpu_hour_price={H100: 2.5}", "cluster.gpu=B200"}),

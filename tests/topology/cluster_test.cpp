@@ -37,7 +37,7 @@ TEST_CASE("GPU presets carry their datasheet figures", "[topology]") {
   CHECK(find_gpu_preset("A100")->peak_fp8.flop_per_s() == 0);  // no FP8 tensor cores
   CHECK(sim::format_bandwidth(h100->nvlink_bandwidth) == "450GB/s");
   CHECK(find_gpu_preset("H800")->nvlink_bandwidth == sim::parse_bandwidth("200GB/s"));
-  CHECK(find_gpu_preset("B300") == nullptr);
+  CHECK(find_gpu_preset("H20") == nullptr);
 }
 
 TEST_CASE("Blackwell presets: HGX B200 and the GB200 of an NVL72 rack", "[topology]") {
@@ -58,6 +58,30 @@ TEST_CASE("Blackwell presets: HGX B200 and the GB200 of an NVL72 rack", "[topolo
   CHECK(gb200->memory_bandwidth == sim::parse_bandwidth("8TB/s"));
   CHECK(gb200->nvlink_bandwidth == b200->nvlink_bandwidth);
   CHECK(find_gpu_preset("GB200-SXM") == nullptr);  // a superchip's GPU, not an SXM module
+}
+
+TEST_CASE("Blackwell Ultra presets: HGX B300 and the GB300 of an NVL72 rack", "[topology]") {
+  const GpuSpec* b300 = find_gpu_preset("b300");  // short for B300-SXM
+  REQUIRE(b300 != nullptr);
+  CHECK(b300->name == "B300-SXM");
+  const GpuSpec* b200 = find_gpu_preset("B200");
+  CHECK(b300->peak_bf16 == b200->peak_bf16);  // 36 PFLOPS BF16 per 8 GPUs with sparsity, as the B200
+  CHECK(b300->peak_fp8 == b200->peak_fp8);
+  CHECK(sim::format_flop_rate(b300->peak_fp4) == "13.5PFLOP/s");  // 108 PFLOPS dense per 8 GPUs
+  CHECK(b300->memory == sim::parse_bytes("288GB"));
+  CHECK(b300->memory_bandwidth == sim::parse_bandwidth("8TB/s"));
+  CHECK(b300->sm_count == 160);
+  CHECK(b300->board_power_w == 1100);
+  const GpuSpec* gb300 = find_gpu_preset("GB300");
+  const GpuSpec* gb200 = find_gpu_preset("GB200");
+  REQUIRE(gb300 != nullptr);
+  CHECK(gb300->peak_bf16 == gb200->peak_bf16);  // 360 PFLOPS with sparsity a rack, as the GB200's
+  CHECK(gb300->peak_fp8 == gb200->peak_fp8);
+  CHECK(sim::format_flop_rate(gb300->peak_fp4) == "15PFLOP/s");  // 1,080 PFLOPS dense a rack
+  CHECK(gb300->memory == sim::parse_bytes("288GB"));
+  CHECK(gb300->nvlink_bandwidth == gb200->nvlink_bandwidth);
+  CHECK(gb300->board_power_w == 1400);
+  CHECK(gb300->fabric == NodeFabric::nvswitch);
 }
 
 TEST_CASE("AMD Instinct presets: 8-GPU meshes of Infinity Fabric links", "[topology]") {
