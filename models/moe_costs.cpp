@@ -169,7 +169,7 @@ KernelCost mla_kv_expansion_cost(const routing::MoeModelSpec& m, std::int64_t to
 }
 
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries,
-                                 std::int64_t window) {
+                                 std::int64_t window, std::int64_t top_context) {
   if (window > 0) c = std::min(c, window);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
@@ -177,7 +177,7 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
     // DeepSeek Sparse Attention: the indexer scores all C cached keys (reading their index cache),
     // the attention reads and scores the top min(C, K) latents.
     const auto& l = m.mla;
-    const std::int64_t top = std::min(c, l.index_topk);
+    const std::int64_t top = top_context >= 0 ? std::min(top_context, l.index_topk) : std::min(c, l.index_topk);
     const std::int64_t cache = t * (top * routing::attention_cache_token_bytes(m) + c * routing::index_cache_token_bytes(m)) / queries;
     const std::int64_t index = 2 * t * c * l.index_n_heads * l.index_head_dim;
     return KernelCost{.flops = 2 * t * w + index + 2 * t * top * (a.q + a.out),

@@ -107,9 +107,11 @@ namespace moesim::models {
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len, std::int64_t prefix = 0,
                           std::int64_t window = 0);
 // Decode over `tokens` new tokens, `queries` of them per sequence (1 + draft tokens), which read
-// their sequence's cache once; with a window, the last `window` keys of it.
+// their sequence's cache once; with a window, the last `window` keys of it. top_context >= 0: the
+// context sparse attention's top-k part reads (a mean of min(context, top-k) over sequences whose
+// contexts differ), else min(context, top-k).
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t context, std::int64_t queries = 1,
-                                 std::int64_t window = 0);
+                                 std::int64_t window = 0, std::int64_t top_context = -1);
 // A decode step with chunked prefill (workload.prefill_chunk): `decode_tokens` as
 // decode_attention_cost, and `chunk_tokens` tokens of prompts of `prompt` tokens that the GPU
 // prefills `chunk` tokens a step, as attention_cost: a chunk shorter than the prompt at its mean

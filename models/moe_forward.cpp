@@ -315,6 +315,20 @@ std::vector<routing::Placement> make_placements(const ForwardSpec& spec, int gpu
   return out;
 }
 
+std::vector<routing::ContextLoad> decode_context_loads(const ForwardSpec& spec, int gpus) {
+  const routing::MoeModelSpec& m = spec.model;
+  routing::DecodeContexts d;
+  d.mean = spec.context_length;
+  d.sigma = spec.context_sigma;
+  d.balanced = spec.context_balanced;
+  d.micro_batches = spec.micro_batches;
+  d.groups = gpus / spec.pp / m.tp;
+  d.sequences = m.tp * spec.sequences();
+  d.window = m.sliding_window;
+  d.top = routing::is_sparse_mla(m) ? m.mla.index_topk : 0;
+  return routing::context_loads(d, spec.seed, spec.routing.step);
+}
+
 double pipeline_held_layers(const ForwardSpec& spec, int stage, double after_backward) {
   const std::vector<int> bounds = pipeline_bounds(spec);
   const std::vector<PipelineItem> order = pipeline_order(spec, stage);
@@ -394,6 +408,7 @@ MoeForward::MoeForward(sim::Simulator& sim, const topology::Cluster& cluster,
       jitter_rng_.emplace_back(spec.seed, "compute/jitter/step" + std::to_string(spec.routing.step) + "/gpu" + std::to_string(g));
   }
   MOESIM_ASSERT(!spec.two_batch_overlap || spec.tokens_per_gpu % 2 == 0, "two-batch overlap needs an even token count");
+  if (spec.varied_contexts()) context_loads_ = decode_context_loads(spec, gpus);
   const std::size_t cells = static_cast<std::size_t>(gpus) * static_cast<std::size_t>(passes()) *
                             static_cast<std::size_t>(halves());
   dispatch_pending_.assign(cells, 0);
@@ -898,7 +913,7 @@ bool MoeForward::run_before_pass(int gpu, void (MoeForward::*next)(int)) {
       start_dense_program(gpu, DenseProgram::forward, next);
       return true;
     }
-    run_stage(gpu, Stage::dense, cost(dense_cost(), gpu, Work::outside), next, -1, std::nullopt, std::nullopt, dense_rows());
+    run_stage(gpu, Stage::dense, cost(dense_cost(gpu), gpu, Work::outside), next, -1, std::nullopt, std::nullopt, dense_rows());
     return true;
   }
   // The LM head's backward (input and weight gradients: twice its projection; ZB-H1: the input
@@ -1021,7 +1036,7 @@ void MoeForward::start_pass(int gpu) {
       tp_exchange(gpu, 0, CollectiveKind::all_gather, spec_.tokens_per_gpu, layer_of(p), &MoeForward::tp_attention);
       return;
     }
-    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, moe_attention_layer(layer_of(p))), gpu),
+    run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, moe_attention_layer(layer_of(p)), gpu), gpu),
               &MoeForward::after_attention, -1, std::nullopt, std::nullopt, spec_.tokens_per_gpu);
     return;
   }
@@ -1060,7 +1075,7 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
       } else {
         s.tp_sub = 2;
       }
-      return run_stage(gpu, Stage::attention, cost(attention(rows, moe_attention_layer(layer)), gpu), step, -1, std::nullopt, std::nullopt,
+      return run_stage(gpu, Stage::attention, cost(attention(rows, moe_attention_layer(layer), gpu), gpu), step, -1, std::nullopt, std::nullopt,
                        rows, backward(s.pass));
     default:
       s.tp_sub = 0;
@@ -1072,7 +1087,7 @@ void MoeForward::attention_step(int gpu, int base, std::int64_t rows, bool recom
 
 void MoeForward::tp_attention(int gpu) {
   const int layer = moe_attention_layer(layer_of(gpus_[static_cast<std::size_t>(gpu)].pass));
-  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer), gpu), &MoeForward::tp_after_attention, -1, std::nullopt,
+  run_stage(gpu, Stage::attention, cost(attention(spec_.tokens_per_gpu, layer, gpu), gpu), &MoeForward::tp_after_attention, -1, std::nullopt,
             std::nullopt, spec_.tokens_per_gpu);
 }
 
@@ -1861,11 +1876,11 @@ double MoeForward::progress() const {
   return total_passes_ > 0 ? static_cast<double>(passes_done_) / static_cast<double>(total_passes_) : 1.0;
 }
 
-KernelCost MoeForward::dense_cost() const {
+KernelCost MoeForward::dense_cost(int gpu) const {
   // All dense layers: attention as in the MoE layers, then a SwiGLU FFN of dense_ffn.
   const auto& m = spec_.model;
   KernelCost a;
-  for (int l = 0; l < m.dense_layers; ++l) a = a + attention(spec_.tokens_per_gpu, l);
+  for (int l = 0; l < m.dense_layers; ++l) a = a + attention(spec_.tokens_per_gpu, l, gpu);
   return a + m.dense_layers * dense_ffn_cost(m, spec_.tokens_per_gpu);
 }
 
@@ -2124,15 +2139,28 @@ void MoeForward::params_arrived(int gpu, int unit) {
   if (s.wait == Wait::params && param_unit(s.pass) == unit) begin_pass(gpu);
 }
 
-KernelCost MoeForward::attention(std::int64_t tokens, int layer) const {
+KernelCost MoeForward::attention(std::int64_t tokens, int layer, int gpu) const {
   const std::int64_t window = routing::layer_window(spec_.model, layer);
+  // Decode: the sequences' context, or where contexts differ the mean of the GPU's group's (their
+  // mean of min(context, window) on a sliding layer, and of min(context, top-k) for sparse
+  // attention's top-k part): the attention reads the sum of its sequences' caches.
+  std::int64_t context = spec_.context_length, top = -1;
+  if (gpu >= 0 && !context_loads_.empty()) {
+    const int gpus = static_cast<int>(gpus_.size()), pass = gpus_[static_cast<std::size_t>(gpu)].pass;
+    const int groups = gpus / spec_.pp / spec_.model.tp, mb = pass < passes() ? micro_batch(pass) : 0;
+    const routing::ContextLoad& l =
+        context_loads_[static_cast<std::size_t>(mb) * static_cast<std::size_t>(groups) + static_cast<std::size_t>(context_group(spec_, gpus, gpu))];
+    const double n = static_cast<double>(spec_.model.tp * spec_.sequences());
+    context = std::max<std::int64_t>(1, std::llround((window > 0 ? l.window : l.sum) / n));
+    top = std::llround(l.top / n);
+  }
   if (spec_.context_length > 0 && spec_.prefill_chunk > 0) {
     // Chunked prefill: the prompts' share of these tokens (a half's, with two-batch overlap).
     const std::int64_t chunk = tokens * spec_.prefill_chunk / spec_.tokens_per_gpu;
-    return mixed_attention_cost(spec_.model, tokens - chunk, spec_.context_length, 1 + spec_.draft_tokens, chunk, spec_.prefill_chunk,
+    return mixed_attention_cost(spec_.model, tokens - chunk, context, 1 + spec_.draft_tokens, chunk, spec_.prefill_chunk,
                                 spec_.sequence_length, window);
   }
-  if (spec_.context_length > 0) return decode_attention_cost(spec_.model, tokens, spec_.context_length, 1 + spec_.draft_tokens, window);
+  if (spec_.context_length > 0) return decode_attention_cost(spec_.model, tokens, context, 1 + spec_.draft_tokens, window, top);
   return attention_cost(spec_.model, tokens, spec_.sequence_length, spec_.cached_prefix, window) + cp_expansion(tokens);
 }
 

@@ -55,6 +55,7 @@
 #include "models/network.hpp"
 #include "models/recorder.hpp"
 #include "models/roofline.hpp"
+#include "routing/decode_contexts.hpp"
 #include "routing/dispatch_plan.hpp"
 #include "routing/moe_spec.hpp"
 #include "sim/rng.hpp"
@@ -183,6 +184,13 @@ struct ForwardSpec {
   int moment_bytes = 4;
   int grad_bytes() const { return gradient_bytes > 0 ? gradient_bytes : model.dtype_bytes; }
   std::int64_t context_length = 0;    // > 0: decode, every token a sequence with this many cached keys
+  // Decode: each sequence's context drawn from a log-normal law of mean context_length and this
+  // log-space spread (0: all context_length), per micro-batch and attention group; balanced:
+  // dealt to even out the groups' caches (routing/decode_contexts.hpp). A group's attention reads
+  // its sequences' mean context.
+  double context_sigma = 0;
+  bool context_balanced = false;
+  bool varied_contexts() const { return context_length > 0 && context_sigma > 0; }
   // Decode, speculative: each sequence's step verifies this many draft tokens with its new one,
   // so tokens_per_gpu counts (1 + draft_tokens) tokens per sequence (sequences()), whose
   // attention reads the sequence's cache once; the model's MTP layer (its last MoE layer) drafts
@@ -304,6 +312,11 @@ inline int shard_blocks(const ForwardSpec& spec, int stage_gpus) { return shard_
 // those of its shard group with the same tensor-parallel rank (Megatron-Core's data-parallel
 // group with context parallelism; the others hold other shares).
 inline int shard_ranks(const ForwardSpec& spec, int stage_gpus) { return shard_gpus(spec, stage_gpus) / spec.model.tp; }
+// Decode with varied contexts (ForwardSpec::context_sigma): the contexts of every attention group
+// of a pipeline stage (the stages' GPUs at one position run the same sequences) for each
+// micro-batch, indexed [micro_batch * groups + group] (routing::context_loads), and GPU g's group.
+std::vector<routing::ContextLoad> decode_context_loads(const ForwardSpec& spec, int gpus);
+inline int context_group(const ForwardSpec& spec, int gpus, int gpu) { return (gpu % (gpus / spec.pp)) / spec.model.tp; }
 // The model chunk, and the pipeline stage (chunk_stage()) that runs MoE layer `layer` for
 // micro-batch `micro_batch` (-1: the first).
 int pipeline_chunk(const ForwardSpec& spec, int layer);
@@ -648,7 +661,7 @@ class MoeForward {
   // Whether the compute time last asked for came from the profile (profiled()) or the roofline
   // (cost()): the stage run_stage starts next is recorded with it.
   bool last_profiled_ = false;
-  KernelCost dense_cost() const;
+  KernelCost dense_cost(int gpu = -1) const;
   KernelCost dense_weight_cost() const;  // ZB-H1: the dense layers' weight gradients
   // Their backward in pass `pass` (the first MoE layer's backward; split: less the weight gradients).
   KernelCost dense_backward_cost(int pass) const;
@@ -664,7 +677,9 @@ class MoeForward {
   void after_passes(int gpu);  // gpu's next pass, or the step's end (gradient sync, optimizer)
   // The attention of the model's layer `layer` (the dense layers from 0, then the MoE layers:
   // moe_attention_layer) over `tokens` tokens: its window, with model.sliding_window.
-  KernelCost attention(std::int64_t tokens, int layer) const;
+  // gpu: whose sequences, where their contexts differ (decode, ForwardSpec::context_sigma).
+  KernelCost attention(std::int64_t tokens, int layer, int gpu = -1) const;
+  std::vector<routing::ContextLoad> context_loads_;  // decode_context_loads(), when contexts differ
   int moe_attention_layer(int moe_layer) const { return spec_.model.dense_layers + moe_layer; }
   sim::Time experts_time(int pass, int gpu, int half);
   KernelCost optimizer_cost(int stage) const;

@@ -262,6 +262,14 @@ std::function<double(const std::string&)> positive_number() {
   };
 }
 
+std::function<double(const std::string&)> non_negative_number() {
+  return [](const std::string& s) {
+    const double v = sim::parse_number(s);
+    if (!(v >= 0)) throw UnitError(fmt::format("must not be negative, got {}", s));
+    return v;
+  };
+}
+
 std::function<double(const std::string&)> at_least_one() {
   return [](const std::string& s) {
     const double v = sim::parse_number(s);
@@ -662,6 +670,15 @@ void read_rest(Section& top, Scenario& sc, Problems& problems) {
       problems.add_at(w->key_path("kind"), "decode needs workload.context_length (the cached tokens each sequence attends to)");
     }
     if (auto v = w->get<std::int64_t>("tokens_per_gpu", count_at_least(1), true)) f.tokens_per_gpu = *v;
+    // Decode: contexts that differ by sequence, and how the sequences are dealt to the GPUs.
+    if (auto v = w->get<double>("context_sigma", non_negative_number(), false)) {
+      f.context_sigma = *v;
+      if (!decode) problems.add_at(w->key_path("context_sigma"), "only used with 'kind: decode' (the contexts of its sequences)");
+    }
+    if (auto v = w->get<std::string>("context_balance", one_of({"none", "kv_cache"}), false)) {
+      f.context_balanced = *v == "kv_cache";
+      if (!decode) problems.add_at(w->key_path("context_balance"), "only used with 'kind: decode' (how its sequences are dealt to the GPUs)");
+    }
     if (auto v = w->get<std::int64_t>("draft_tokens", count_at_least(0), false)) {
       // 0: no speculation (a sweep's baseline; acceptance_rate may stay).
       f.draft_tokens = as_int(*v);

@@ -260,7 +260,10 @@ std::string sliding_note(const routing::MoeModelSpec& m) {
 
 // floor: memory_floor()'s lower bound (r without routing): a layer held between its split
 // backward and its weight pass counts once, as a layer does.
-MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu, bool floor = false) {
+// contexts: models::decode_context_loads() where a decode's contexts differ (computed here when
+// not given).
+MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu, bool floor = false,
+                     const std::vector<routing::ContextLoad>* contexts = nullptr) {
   const auto& f = sc.forward;
   const auto& m = f.model;
   const double b = m.dtype_bytes;
@@ -404,10 +407,26 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   };
   // Decode with chunked prefill: the prompts a step prefills hold their caches too, up to their
   // whole length (chunk / prompt of them, at least one).
-  if (f.context_length > 0)
+  if (f.context_length > 0 && f.varied_contexts()) {
+    // Contexts that differ by sequence: each micro-batch's caches of the GPU's group's sequences,
+    // their sums of context (and of min(context, window) on the sliding layers).
+    std::vector<routing::ContextLoad> drawn;
+    if (contexts == nullptr) contexts = &(drawn = models::decode_context_loads(f, gpus));
+    const int groups = gpus / f.pp / m.tp, group = models::context_group(f, gpus, gpu);
+    double keys = 0;
+    for (int mb = 0; mb < f.micro_batches; ++mb) {
+      const routing::ContextLoad& l = (*contexts)[static_cast<std::size_t>(mb * groups + group)];
+      if (dense_here > 0)
+        for (int k = 0; k < m.dense_layers; ++k) keys += routing::sliding_layer(m, k) ? l.window : l.sum;
+      for (const int k : own) keys += routing::sliding_layer(m, m.dense_layers + k) ? l.window : l.sum;
+    }
+    u.kv_cache = keys * static_cast<double>(routing::kv_cache_token_bytes(m)) +
+                 f.micro_batches * tp * static_cast<double>(f.prefill_prompts()) * cached(f.sequence_length);
+  } else if (f.context_length > 0) {
     u.kv_cache = f.micro_batches * tp *
                  (static_cast<double>(f.sequences()) * cached(f.context_length) +
                   static_cast<double>(f.prefill_prompts()) * cached(f.sequence_length));
+  }
   else if (f.prefill)
     u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * cached(f.cached_prefix + f.sequence_length);
   std::int64_t rows = 0;
@@ -446,8 +465,11 @@ std::string recompute_text(const models::ForwardSpec& f) {
 std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scenarios::RunResult& r) {
   int best = 0;
   MemoryUse most;
-  for (int g = 0; g < static_cast<int>(r.stats.gpus().size()); ++g) {
-    const MemoryUse u = memory_use(sc, r, g);
+  const int gpus = static_cast<int>(r.stats.gpus().size());
+  const std::vector<routing::ContextLoad> contexts =
+      sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus) : std::vector<routing::ContextLoad>{};
+  for (int g = 0; g < gpus; ++g) {
+    const MemoryUse u = memory_use(sc, r, g, false, &contexts);
     if (u.total() > most.total()) {
       most = u;
       best = g;
@@ -490,8 +512,10 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc, const std::vector<routin
   MemoryFloor floor;
   floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   MemoryUse most;
+  const std::vector<routing::ContextLoad> contexts =
+      sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus) : std::vector<routing::ContextLoad>{};
   for (int g = 0; g < gpus; ++g) {
-    const MemoryUse u = memory_use(sc, r, g, true);
+    const MemoryUse u = memory_use(sc, r, g, true, &contexts);
     if (floor.gpu < 0 || u.total() > most.total()) {
       most = u;
       floor.gpu = g;
@@ -763,6 +787,9 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   for (const Stage s : models::kStages) fmt::print(out, ",{}{}_us", to_string(s), models::is_network_wait(s) ? "_wait" : "");
   out << ",routed,dropped,drop_rate,computed,padded,busy_us,network_wait_us,idle_us,memory_gb\n";
   const auto& gpus = r.stats.gpus();
+  const std::vector<routing::ContextLoad> contexts = sc.forward.varied_contexts()
+                                                         ? models::decode_context_loads(sc.forward, static_cast<int>(gpus.size()))
+                                                         : std::vector<routing::ContextLoad>{};
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
     const int gpu = static_cast<int>(i);
@@ -776,7 +803,7 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
     fmt::print(out, ",{},{},{},{},{},{},{},{},{:.3f}\n", g.routed, g.dropped,
                ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded,
                format_us(busy), format_us(wait), format_us(r.stats.step_time() - g.finish),
-               memory_use(sc, r, gpu).total() / 1e9);
+               memory_use(sc, r, gpu, false, &contexts).total() / 1e9);
   }
 }
 
@@ -1136,6 +1163,24 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
                                        : std::string("dropless"),
              t.gpu_imbalance);
+  if (f.varied_contexts()) {
+    // The attention groups' mean contexts (over the micro-batches' draws) and the longest.
+    const int gpus = static_cast<int>(r.stats.gpus().size());
+    const std::vector<routing::ContextLoad> loads = models::decode_context_loads(f, gpus);
+    const double n = static_cast<double>(f.model.tp * f.sequences());
+    double lo = 1e300, hi = 0;
+    std::int64_t longest = 0;
+    for (const auto& l : loads) {
+      lo = std::min(lo, l.sum / n);
+      hi = std::max(hi, l.sum / n);
+      longest = std::max(longest, l.longest);
+    }
+    fmt::print(out, "  contexts    log-normal around {} tokens (sigma {}), {}: a {}'s mean context {:.0f} to {:.0f} ({:+.1f} % "
+               "at most), the longest sequence {}\n",
+               f.context_length, f.context_sigma, f.context_balanced ? "dealt to even out the caches" : "as they come",
+               f.model.tp > 1 ? "tensor-parallel group" : "GPU", lo, hi, (hi / static_cast<double>(f.context_length) - 1) * 100,
+               longest);
+  }
   // Which measurements a profiled run's kernel times come from: the GPU they were taken on and the file.
   const std::string measured_on =
       r.compute_source != "roofline" && f.profile

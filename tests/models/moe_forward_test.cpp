@@ -602,6 +602,65 @@ workload: {kind: decode, tokens_per_gpu: 32, context_length: 4096}
   CHECK(r.stats.step_time() > Time::zero());
 }
 
+TEST_CASE("Decode contexts that differ: each GPU's attention reads its own sequences, the longest sets the pace", "[models][decode][contexts]") {
+  const std::string base = R"(
+cluster: {nodes: 2, gpus_per_node: 8, gpu: H100, scale_out: {nic_bandwidth: 400Gbps}}
+model: {moe_layers: 4, hidden: 2048, expert_ffn: 1024, experts: 16, top_k: 2, attention_heads: 16, kv_heads: 4}
+parallelism: {ep: 16}
+routing: {distribution: uniform}
+network: {model: analytical}
+output: {timeline: off}
+workload: {kind: decode, tokens_per_gpu: 64, context_length: 8192)";
+  const auto run = [&](const std::string& extra) {
+    const auto sc = scenarios::load_scenario_text(base + extra + "}\n", "d.yaml");
+    return std::make_pair(sc, scenarios::run_experiment(sc));
+  };
+  const auto [same_sc, same] = run("");
+  const auto [varied_sc, varied] = run(", context_sigma: 1");
+  const auto [even_sc, even] = run(", context_sigma: 1, context_balance: kv_cache");
+  CHECK(varied_sc.forward.context_sigma == 1);
+  CHECK(even_sc.forward.context_balanced);
+  const auto attention = [](const scenarios::RunResult& r, int g) {
+    return r.stats.gpus()[static_cast<std::size_t>(g)].stage_total[idx(Stage::attention)];
+  };
+  // Every GPU's attention is its own sequences' mean context's: the GPU with the most context has
+  // the longest attention, the one with the least the shortest.
+  const auto loads = models::decode_context_loads(varied_sc.forward, 16);
+  REQUIRE(loads.size() == 16);
+  int most = 0, least = 0;
+  for (int g = 1; g < 16; ++g) {
+    if (loads[static_cast<std::size_t>(g)].sum > loads[static_cast<std::size_t>(most)].sum) most = g;
+    if (loads[static_cast<std::size_t>(g)].sum < loads[static_cast<std::size_t>(least)].sum) least = g;
+  }
+  for (int g = 0; g < 16; ++g) {
+    CHECK(attention(varied, g) <= attention(varied, most));
+    CHECK(attention(varied, g) >= attention(varied, least));
+  }
+  CHECK(attention(varied, most) > attention(same, most));
+  CHECK(attention(varied, least) < attention(same, least));
+  // Each layer waits for the all-to-all, so the GPU with the most context sets the step; dealt to
+  // even out the caches, every GPU's mean context is within 1 % of the others' (the pool's mean
+  // itself off the context length by the sampling of a heavy tail), and the step comes back near
+  // the one of equal contexts.
+  CHECK(varied.stats.step_time().to_us() > same.stats.step_time().to_us() * 1.2);
+  const auto dealt = models::decode_context_loads(even_sc.forward, 16);
+  double lo = 1e300, hi = 0;
+  for (const auto& l : dealt) {
+    lo = std::min(lo, l.sum);
+    hi = std::max(hi, l.sum);
+  }
+  CHECK(hi / lo < 1.01);
+  CHECK(even.stats.step_time() < varied.stats.step_time());
+  CHECK(even.stats.step_time().to_us() == Approx(same.stats.step_time().to_us() * hi / (64 * 8192.0)).epsilon(0.01));
+  // Memory holds each GPU's own caches: the busiest is the one with the most context, by its
+  // context beyond 64 sequences of 8192 tokens, in every one of the 4 layers.
+  const tools::MemoryFloor floor_same = tools::memory_floor(same_sc), floor_varied = tools::memory_floor(varied_sc);
+  CHECK(floor_varied.gpu == most);
+  const double token_bytes = static_cast<double>(routing::kv_cache_token_bytes(varied_sc.forward.model)) * 4;
+  CHECK(floor_varied.bytes - floor_same.bytes ==
+        Approx(token_bytes * (loads[static_cast<std::size_t>(most)].sum - 64 * 8192.0)).epsilon(1e-9));
+}
+
 namespace {
 
 // DeepSeek-V3's attention (config.json: hidden 7168, 128 heads, q_lora_rank 1536, kv_lora_rank

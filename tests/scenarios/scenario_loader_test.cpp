@@ -644,6 +644,20 @@ TEST_CASE("Workload kinds, compute speeds and stragglers are read and checked", 
              Catch::Contains("workload.kind: decode needs workload.context_length"));
   CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  context_length: 10\n")),
              Catch::Contains("workload.context_length: only used with 'kind: decode'"));
+  const auto varied = load_scenario_text(
+      with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n  context_length: 8192\n  context_sigma: 0.8\n"
+                                        "  context_balance: kv_cache\n"),
+      "s.yaml");
+  CHECK(varied.forward.context_sigma == 0.8);
+  CHECK(varied.forward.context_balanced);
+  CHECK_FALSE(d.forward.varied_contexts());
+  CHECK(varied.forward.varied_contexts());
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  context_sigma: 1\n")),
+             Catch::Contains("workload.context_sigma: only used with 'kind: decode'"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n  context_length: 8\n  context_sigma: -1\n")),
+             Catch::Contains("workload.context_sigma: must not be negative"));
+  CHECK_THAT(error_of(with("  tokens_per_gpu: 1024\n", "  tokens_per_gpu: 64\n  kind: decode\n  context_length: 8\n  context_balance: kv\n")),
+             Catch::Contains("workload.context_balance"));
   const auto s = load_scenario_text(kBase + "compute:\n  gpu_speed: {3: 0.8, 15: 0.5}\n  jitter: 0.05\n"
                                             "  straggler_probability: 0.01\n  straggler_speed: 0.7\n", "s.yaml");
   REQUIRE(s.forward.gpu_speed.size() == 16);
