@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the eight capacity-planning studies and draws their charts.
+# Runs the nine capacity-planning studies and draws their charts.
 #   scenarios/studies/run.sh [BUILD_DIR [OUT_DIR]]     (defaults: build, build/studies)
 # The sweeps resume where an earlier run stopped. The README shows the PNGs it writes; to
 # refresh them: scenarios/studies/run.sh build docs/studies
@@ -69,4 +69,10 @@ awk -F, 'BEGIN { print "step,layer,expert,count"; split("arxiv book c4 github tu
 "$moesim" sweep "$here/models/grid.yaml" --out "$work/models.csv"
 "$plot" line "$work/models.csv" --x time_per_token_us --y tokens_per_s_per_gpu --by model.hf_config \
   --title "Decode on 4 x 8 H200, EP32, 4K contexts, 16-256 sequences a GPU (hollow: over 141 GB)" --out "$out/models.png"
+# Study 9: DeepSeek-V3's EP144 decode with sequences of different lengths, as they come or
+# dealt to even out the GPUs' KV caches.
+"$moesim" sweep "$here/decode-contexts/grid.yaml" --out "$work/decode-contexts.csv"
+"$plot" line "$work/decode-contexts.csv" --x workload.context_sigma --y memory_gb_max --by workload.context_balance \
+  --title "DeepSeek-V3 decode, EP144, 112 sequences a GPU: fullest GPU (hollow: over 80 GB)" \
+  --out "$out/decode-contexts.png"
 echo "studies: charts in $out, sweeps in $work"

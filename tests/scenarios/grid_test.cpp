@@ -122,7 +122,8 @@ TEST_CASE("The shipped study grids are valid at every point", "[scenarios][sweep
            {"capacity-trace/grid.yaml", {"routing.trace=" + trace.string()}},
            {"attention-tp/grid.yaml", {}},
            {"speculative/grid.yaml", {}},
-           {"blackwell-decode/grid.yaml", {}}}) {
+           {"blackwell-decode/grid.yaml", {}},
+           {"decode-contexts/grid.yaml", {}}}) {
     INFO(grid_file);
     const Grid g = load_grid(studies + grid_file);
     const auto points = g.points();
