@@ -968,10 +968,14 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     for (const auto& n : sc.model_notes) fmt::print(out, "              - {}\n", n);
     // Longer contexts than the model was built for (max_position_embeddings) are simulated all
     // the same; say so.
-    const std::int64_t longest = f.context_length > 0 ? f.context_length + 1 + f.draft_tokens : f.cached_prefix + f.sequence_length;
+    // (With contexts that differ, workload.context_sigma, the longest sequence drawn.)
+    std::int64_t context = f.context_length;
+    if (f.varied_contexts())
+      for (const auto& l : models::decode_context_loads(f, static_cast<int>(r.stats.gpus().size()))) context = std::max(context, l.longest);
+    const std::int64_t longest = f.context_length > 0 ? context + 1 + f.draft_tokens : f.cached_prefix + f.sequence_length;
     if (sc.model_max_positions > 0 && longest > sc.model_max_positions)
-      fmt::print(out, "  note        {} tokens of context is more than the {} positions the model was built for (max_position_embeddings)\n",
-                 longest, sc.model_max_positions);
+      fmt::print(out, "  note        {} tokens of context{} is more than the {} positions the model was built for (max_position_embeddings)\n",
+                 longest, context > f.context_length ? " (the longest sequence drawn)" : "", sc.model_max_positions);
   }
   const models::ModelParams params = models::model_params(f.model);
   const int mtp = f.model.mtp_modules;
