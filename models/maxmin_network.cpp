@@ -543,7 +543,11 @@ void MaxMinNetwork::solve(double from_rate) {
     const double used = static_cast<double>(load_[l]);
     usage_[l].peak_utilisation = std::max(usage_[l].peak_utilisation, std::min(used / capacity_[l], 1.0));
   }
-  // The re-solved flows: bytes up to now under their old rate, then the new rate.
+  // The re-solved flows: bytes up to now under their old rate, then the new rate. When they are
+  // a good part of the due heap, their entries change in place and the heap is rebuilt (linear)
+  // rather than each moved (logarithmic); (time, flow) orders the entries totally, so the heap
+  // pops them in the same order either way.
+  const bool rebuild = frozen_order_.size() * 8 >= due_.size();
   for (const std::uint32_t s : frozen_order_) {
     Cold& c = cold_[s];
     const double rate = hot_[s].rate;
@@ -551,8 +555,17 @@ void MaxMinNetwork::solve(double from_rate) {
     c.left = std::max(c.left - c.rate_used * (t - c.since), 0.0);
     c.since = t;
     c.rate_used = rate;
-    set_due(s, next_due(s));
+    if (!rebuild) {
+      set_due(s, next_due(s));
+    } else if (due_pos_[s] == kNotDue) {
+      due_pos_[s] = static_cast<std::uint32_t>(due_.size());
+      due_.push_back(Due{next_due(s), s});
+    } else {
+      due_[due_pos_[s]].t = next_due(s);
+    }
   }
+  if (rebuild)
+    for (auto i = static_cast<std::uint32_t>(due_.size() / 2); i-- > 0;) sift_down(i);
 }
 
 }  // namespace moesim::models
