@@ -469,17 +469,32 @@ void MaxMinNetwork::solve(double from_rate) {
         touched_.push_back(l);
       }
       ++unfrozen_[l];
-      load_[l] -= f.rate;
     }
   }
+  // What the flows keeping their rates leave of a link: exactly zero where none keep theirs, else
+  // its load less the re-solved flows' rates (subtracted in the same order as they were added).
+  // link_mark_ is 2 on the links some flows keep.
+  bool partial = false;
+  for (const std::uint32_t l : touched_) {
+    if (from_rate <= 0 || unfrozen_[l] == members_[l].size()) {
+      load_[l] = 0.0L;
+    } else {
+      link_mark_[l] = 2;
+      partial = true;
+    }
+  }
+  if (partial)
+    for (const std::uint32_t s : resolve_) {
+      const Hot& f = hot_[s];
+      for (std::uint32_t h = 0; h < f.hops; ++h)
+        if (link_mark_[f.links[h]] == 2) load_[f.links[h]] -= f.rate;
+    }
   std::uint32_t total = 0;
   open_.clear();
   for (const std::uint32_t l : touched_) {
     link_mark_[l] = 0;
     csr_offset_[l] = csr_fill_[l] = total;
     total += unfrozen_[l];
-    // What the flows keeping their rates leave of the link (exactly zero when none keep theirs).
-    if (from_rate <= 0 || unfrozen_[l] == members_[l].size()) load_[l] = 0.0L;
     left_cap_[l] = capacity_[l] - static_cast<double>(load_[l]);
     open_.push_back(l);
   }
