@@ -498,8 +498,10 @@ void read_cluster(Section& top, Scenario& sc, Problems& problems) {
       c.scale_out.nodes_per_leaf = as_int(*v);
       if (c.nodes % c.scale_out.nodes_per_leaf != 0)
         problems.add_at(so->key_path("nodes_per_leaf"),
-                        fmt::format("{} nodes do not divide into leaves of {}", c.nodes,
-                                    c.scale_out.nodes_per_leaf));
+                        c.nodes == 1 ? fmt::format("1 node does not divide into leaves of {} (one node needs no scale-out "
+                                                   "network: cluster.scale_out can go)",
+                                                   c.scale_out.nodes_per_leaf)
+                                     : fmt::format("{} nodes do not divide into leaves of {}", c.nodes, c.scale_out.nodes_per_leaf));
     }
     if (auto v = so->get<double>("oversubscription", at_least_one(), false)) c.scale_out.oversubscription = *v;
     c.scale_out.nic_speed = read_gpu_factors(*so, "nic_speed", c.nodes * c.gpus_per_node, problems);

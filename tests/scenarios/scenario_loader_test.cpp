@@ -422,6 +422,10 @@ TEST_CASE("Scale-out topologies and spine counts are read and checked", "[scenar
   CHECK_THAT(error_of(with_so("    spines: 0\n")), Catch::Contains("s.yaml:7:13: cluster.scale_out.spines:"));
   CHECK_THAT(error_of(with_so("    nodes_per_leaf: 3\n")),
              Catch::Contains("cluster.scale_out.nodes_per_leaf: 2 nodes do not divide into leaves of 3"));
+  std::string one = kBase;
+  one.replace(one.find("nodes: 2"), 8, "nodes: 1");
+  one.replace(one.find("nic_bandwidth: 400Gbps"), 22, "nic_bandwidth: 400Gbps\n    nodes_per_leaf: 4");
+  CHECK_THAT(error_of(one), Catch::Contains("1 node does not divide into leaves of 4 (one node needs no scale-out network"));
 }
 
 TEST_CASE("Placement policies and redundant experts are read and checked", "[scenarios]") {
