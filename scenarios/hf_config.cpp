@@ -1,6 +1,7 @@
 #include "scenarios/hf_config.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -299,6 +300,52 @@ std::optional<CompressedTensors> compressed_tensors(const YAML::Node& q) {
                            attention_left};
 }
 
+// NVIDIA Model Optimizer's export (quant_method modelopt, or modelopt_fp4 in older releases; the
+// same keys under "quantization" in an hf_quant_config.json beside the config): quant_algo NVFP4
+// (4-bit floats with an FP8 scale per 16 weights: moesim's fp4) or FP8, with exclude_modules (or
+// ignore) the layers kept in the model's dtype; or MIXED_PRECISION, quantized_layers giving each
+// layer's algorithm. The routed experts' dtype and the other linear layers', where they differ.
+struct ModelOpt {
+  std::string experts, rest, what;
+};
+std::optional<std::string> modelopt_dtype(std::string algo) {
+  for (auto& ch : algo) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  if (algo == "NVFP4" || algo == "W4A16_NVFP4" || algo == "W4A8_NVFP4_FP8") return "fp4";
+  if (algo == "FP8" || algo == "FP8_BLOCK" || algo == "FP8_PB_WO") return "fp8";
+  return std::nullopt;
+}
+std::optional<ModelOpt> modelopt(const YAML::Node& q) {
+  const auto text = [](const YAML::Node& n, const char* k) { return n[k].IsDefined() && n[k].IsScalar() ? n[k].Scalar() : std::string(); };
+  const std::string algo = text(q, "quant_algo");
+  if (algo == "MIXED_PRECISION") {
+    const YAML::Node layers = q["quantized_layers"];
+    if (!layers.IsDefined() || !layers.IsMap()) return std::nullopt;
+    ModelOpt m;
+    for (const auto& kv : layers) {
+      if (!kv.first.IsScalar() || !kv.second.IsMap()) continue;
+      const std::string name = kv.first.Scalar();
+      const auto dtype = modelopt_dtype(text(kv.second, "quant_algo"));
+      if (!dtype) return std::nullopt;
+      const bool routed = name.find(".experts") != std::string::npos && name.find("shared_expert") == std::string::npos;
+      std::string& slot = routed ? m.experts : m.rest;
+      if (!slot.empty() && slot != *dtype) return std::nullopt;  // layers of one kind in two dtypes
+      slot = *dtype;
+    }
+    if (m.experts.empty() && m.rest.empty()) return std::nullopt;
+    m.what = "MIXED_PRECISION";
+    return m;
+  }
+  const auto dtype = modelopt_dtype(algo);
+  if (!dtype) return std::nullopt;
+  bool attention_left = false;
+  for (const char* list : {"exclude_modules", "ignore"})
+    if (const YAML::Node l = q[list]; l.IsDefined() && l.IsSequence())
+      for (const auto& e : l)
+        if (e.IsScalar() && (e.Scalar().find("self_attn") != std::string::npos || e.Scalar().find(".attn") != std::string::npos))
+          attention_left = true;
+  return ModelOpt{*dtype, attention_left ? std::string() : *dtype, algo};
+}
+
 }  // namespace
 
 HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std::string& workload_kind) {
@@ -502,6 +549,21 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
     } else if (method == "mxfp4") {
       if (inference) b.model("expert_weight_dtype", "mxfp4", "quantization_config: mxfp4 (its experts' weights)");
       else b.note("its checkpoint's experts are mxfp4 (quantization_config); training holds its weights at model.dtype");
+    } else if (const auto mo = method == "modelopt" || method == "modelopt_fp4" ? modelopt(q) : std::nullopt) {
+      // NVIDIA's NVFP4 releases (DeepSeek-R1-FP4 and others): experts, and where the attention
+      // is not left out every linear layer, in 4 bits.
+      if (!inference) {
+        b.note(fmt::format("its checkpoint is quantized ({}, NVIDIA Model Optimizer); training holds its weights at model.dtype", mo->what));
+      } else if (mo->rest == mo->experts) {
+        b.model("weight_dtype", mo->rest, fmt::format("quantization_config: modelopt, {}", mo->what));
+      } else {
+        if (!mo->rest.empty()) b.model("weight_dtype", mo->rest, fmt::format("quantization_config: modelopt, {} (its layers but the experts)", mo->what));
+        if (!mo->experts.empty())
+          b.model("expert_weight_dtype", mo->experts, fmt::format("quantization_config: modelopt, {} (its routed experts)", mo->what));
+      }
+      const std::string kv = q["kv_cache_quant_algo"].IsDefined() && q["kv_cache_quant_algo"].IsScalar() ? q["kv_cache_quant_algo"].Scalar() : "";
+      if ((workload_kind == "decode" || workload_kind == "prefill") && (kv == "FP8" || kv == "fp8"))
+        b.model("kv_cache_dtype", "fp8", "quantization_config: kv_cache_quant_algo FP8");
     } else if (const auto ct = method == "compressed-tensors" ? compressed_tensors(q) : std::nullopt) {
       // Kimi K2 Thinking's INT4 release: the routed experts in 4 bits with a 16-bit scale per 32
       // weights (the bytes of NVFP4, which moesim's fp4 is), attention and shared experts left.
@@ -545,6 +607,21 @@ HfModel read_hf_model(const std::string& given, const std::string& workload_kind
     node = YAML::Load(s.str());
   } catch (const YAML::Exception& e) {
     throw HfConfigError(fmt::format("{}:{}:{}: not valid JSON: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+  // NVIDIA Model Optimizer's older exports keep the quantization in hf_quant_config.json beside
+  // the config ({"producer": ..., "quantization": {"quant_algo": "NVFP4", ...}}).
+  const auto beside = std::filesystem::path(path).parent_path() / "hf_quant_config.json";
+  if (node.IsMap() && !node["quantization_config"].IsDefined() && std::filesystem::is_regular_file(beside, ec)) {
+    try {
+      const YAML::Node hq = YAML::LoadFile(beside.string());
+      if (hq.IsMap() && hq["quantization"].IsMap()) {
+        YAML::Node q = YAML::Clone(hq["quantization"]);
+        q["quant_method"] = "modelopt";
+        node["quantization_config"] = q;
+      }
+    } catch (const YAML::Exception& e) {
+      throw HfConfigError(fmt::format("{}:{}:{}: not valid JSON: {}", beside.string(), e.mark.line + 1, e.mark.column + 1, e.msg));
+    }
   }
   return hf_model(node, path, workload_kind);
 }

@@ -167,6 +167,46 @@ TEST_CASE("hf_config: each family's keys", "[hf_config]") {
     CHECK(!other.model["expert_weight_dtype"].IsDefined());
     CHECK(other.notes.back().find("quantization_config (compressed-tensors) is not read") != std::string::npos);
   }
+  SECTION("NVIDIA Model Optimizer's NVFP4 and mixed releases; its hf_quant_config.json beside the config") {
+    YAML::Node c = YAML::LoadFile(kModels + "deepseek-v3.json");
+    // DeepSeek-R1-FP4's way: the experts in NVFP4, the attention left out, an FP8 KV cache.
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16,
+      "kv_cache_quant_algo": "FP8", "exclude_modules": ["lm_head", "model.layers.0.self_attn*", "model.layers.1.self_attn*"]})");
+    const auto r1 = scenarios::hf_model(c, "r1-fp4.json", "decode");
+    CHECK(r1.model["expert_weight_dtype"].as<std::string>() == "fp4");
+    CHECK(!r1.model["weight_dtype"].IsDefined());
+    CHECK(r1.model["kv_cache_dtype"].as<std::string>() == "fp8");
+    // Every linear layer in NVFP4 (nothing left out); training keeps its dtype and says so.
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt_fp4", "quant_algo": "NVFP4", "exclude_modules": ["lm_head"]})");
+    const auto all = scenarios::hf_model(c, "all-fp4.json", "decode");
+    CHECK(all.model["weight_dtype"].as<std::string>() == "fp4");
+    CHECK(!all.model["expert_weight_dtype"].IsDefined());
+    CHECK(!all.model["kv_cache_dtype"].IsDefined());
+    const auto trained = scenarios::hf_model(c, "all-fp4.json", "training");
+    CHECK(!trained.model["weight_dtype"].IsDefined());
+    CHECK(trained.notes.back().find("NVIDIA Model Optimizer") != std::string::npos);
+    // MIXED_PRECISION: the routed experts NVFP4, the attention and shared experts FP8.
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt", "quant_algo": "MIXED_PRECISION", "quantized_layers": {
+      "model.layers.3.self_attn.q_a_proj": {"quant_algo": "FP8"}, "model.layers.3.mlp.shared_experts.down_proj": {"quant_algo": "FP8"},
+      "model.layers.3.mlp.experts": {"quant_algo": "NVFP4", "group_size": 16}}})");
+    const auto mixed = scenarios::hf_model(c, "mixed.json", "decode");
+    CHECK(mixed.model["expert_weight_dtype"].as<std::string>() == "fp4");
+    CHECK(mixed.model["weight_dtype"].as<std::string>() == "fp8");
+    // An algorithm moesim has no dtype for: a note, as any other scheme.
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt", "quant_algo": "INT4_AWQ"})");
+    CHECK(scenarios::hf_model(c, "awq.json", "decode").notes.back().find("quantization_config (modelopt) is not read") != std::string::npos);
+    // An older export: the config without quantization_config, hf_quant_config.json beside it.
+    YAML::Node plain = YAML::LoadFile(kModels + "deepseek-v3.json");
+    plain.remove("quantization_config");
+    const Beside folder(YAML::Dump(plain));
+    std::ofstream(folder.dir + "/hf_quant_config.json")
+        << R"({"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8",
+               "exclude_modules": ["model.layers.*.self_attn*"]}})";
+    const auto old = scenarios::read_hf_model(folder.dir, "decode");
+    CHECK(old.model["expert_weight_dtype"].as<std::string>() == "fp4");
+    CHECK(old.model["kv_cache_dtype"].as<std::string>() == "fp8");
+    CHECK(!scenarios::read_hf_model(folder.dir, "training").model["expert_weight_dtype"].IsDefined());
+  }
   SECTION("DeepSeek-V3.2: the sparse attention's indexer") {
     const auto m = read("deepseek-v3.2-exp.json");
     CHECK(m.model["mla"]["index_topk"].as<int>() == 2048);
