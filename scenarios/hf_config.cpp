@@ -560,6 +560,9 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
         if (!mo->rest.empty()) b.model("weight_dtype", mo->rest, fmt::format("quantization_config: modelopt, {} (its layers but the experts)", mo->what));
         if (!mo->experts.empty())
           b.model("expert_weight_dtype", mo->experts, fmt::format("quantization_config: modelopt, {} (its routed experts)", mo->what));
+        else  // the experts left in the checkpoint's dtype while the other layers are quantized
+          b.model("expert_weight_dtype", out.model["dtype"].IsDefined() ? out.model["dtype"].as<std::string>() : std::string("bf16"),
+                  fmt::format("quantization_config: modelopt, {} (its routed experts not quantized)", mo->what));
       }
       const std::string kv = q["kv_cache_quant_algo"].IsDefined() && q["kv_cache_quant_algo"].IsScalar() ? q["kv_cache_quant_algo"].Scalar() : "";
       if ((workload_kind == "decode" || workload_kind == "prefill") && (kv == "FP8" || kv == "fp8"))

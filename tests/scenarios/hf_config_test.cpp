@@ -192,6 +192,12 @@ TEST_CASE("hf_config: each family's keys", "[hf_config]") {
     const auto mixed = scenarios::hf_model(c, "mixed.json", "decode");
     CHECK(mixed.model["expert_weight_dtype"].as<std::string>() == "fp4");
     CHECK(mixed.model["weight_dtype"].as<std::string>() == "fp8");
+    // The experts left out, the rest FP8: the experts keep the checkpoint's dtype.
+    c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt", "quant_algo": "MIXED_PRECISION", "quantized_layers": {
+      "model.layers.3.self_attn.q_a_proj": {"quant_algo": "FP8"}}})");
+    const auto attention_only = scenarios::hf_model(c, "mixed.json", "decode");
+    CHECK(attention_only.model["weight_dtype"].as<std::string>() == "fp8");
+    CHECK(attention_only.model["expert_weight_dtype"].as<std::string>() == "bf16");
     // An algorithm moesim has no dtype for: a note, as any other scheme.
     c["quantization_config"] = YAML::Load(R"({"quant_method": "modelopt", "quant_algo": "INT4_AWQ"})");
     CHECK(scenarios::hf_model(c, "awq.json", "decode").notes.back().find("quantization_config (modelopt) is not read") != std::string::npos);
