@@ -66,7 +66,7 @@ bool number(const std::string& s, double& x) {
 constexpr std::string_view kSettings[] = {"scenario", "model", "model_config", "workload", "gpu", "gpus", "network_model", "resolve_interval_us", "compute_source", "elementwise_kernels",
                                           "all_to_all", "ep", "etp", "tp", "cp", "cp_gather", "pp", "virtual_stages", "pipeline_schedule", "overlap", "recompute",
                                           "moe_layers", "tokens_per_gpu", "micro_batches", "seed", "checkpoint", "node_fabric",
-                                          "parameter_sharding", "shard_group", "param_gather_dtype", "prefill_chunk"};
+                                          "parameter_sharding", "shard_group", "param_gather_dtype", "prefill_chunk", "context_sigma", "context_balance"};
 // What a comparison turns on: shown where either run has it (not empty or zero in both).
 constexpr std::string_view kFigures[] = {
     "step_time_us", "tokens_per_s", "tokens_per_s_per_gpu", "time_per_token_us", "prompt_tokens_per_s", "attention_us", "router_us",

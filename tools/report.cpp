@@ -611,7 +611,7 @@ const std::string& summary_csv_header() {
       "memory_gb_max,gpu_memory_gb,fits_memory,infeasible_reason,elementwise_kernels,cp_gather,"
       "job_mtbf_h,checkpoint,checkpoint_gb,checkpoint_s,checkpoint_write_s,checkpoint_every_steps,goodput,goodput_tokens_per_s,goodput_cost_per_million_tokens,"
       "train_tokens,train_days,train_gpu_hours,train_cost,etp,node_fabric,power_kw,energy_kwh_per_million_tokens,spare_nodes,spare_wait_s,parameter_sharding,"
-      "param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s,model,model_config";
+      "param_gather_bytes,shard_group,param_gather_dtype,prefill_chunk,prompt_tokens_per_s,model,model_config,context_sigma,context_balance";
   return header;
 }
 
@@ -699,7 +699,7 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
     out << ",,,,";
   const Power pw = cluster_power(sc, r);
   const bool sharded = f.training && f.gradient_sync && f.optimizer_sharding;
-  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
+  fmt::print(out, "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", f.etp, sc.cluster.node.fabric == topology::NodeFabric::mesh ? "mesh" : "nvswitch",
              pw.kw > 0 ? fmt::format("{:.6g}", pw.kw) : std::string(),
              pw.kwh_per_million_tokens > 0 ? fmt::format("{:.6g}", pw.kwh_per_million_tokens) : std::string(),
              sc.reliability.enabled() && sc.reliability.spares() ? std::to_string(sc.reliability.spare_nodes) : std::string(),
@@ -708,7 +708,8 @@ void write_summary_csv(std::ostream& out, const scenarios::Scenario& sc,
              sharded ? std::to_string(models::shard_gpus(f, sc.cluster.nodes * sc.cluster.gpus_per_node / f.pp)) : std::string(),
              sharded && f.fp8_param_gather ? "fp8" : "", f.prefill_chunk > 0 ? std::to_string(f.prefill_chunk) : std::string(),
              f.prefill_chunk > 0 && seconds > 0 ? fmt::format("{:.1f}", step_prompt_tokens(sc) / seconds) : std::string(),
-             csv_field(f.model.name), csv_field(sc.model_config));
+             csv_field(f.model.name), csv_field(sc.model_config), f.varied_contexts() ? fmt::format("{}", f.context_sigma) : std::string(),
+             f.varied_contexts() ? (f.context_balanced ? "kv_cache" : "none") : "");
 }
 
 void write_layers_csv(std::ostream& out, const scenarios::Scenario& sc,
