@@ -430,6 +430,9 @@ class MoeForward {
   // FLOPs of the model's work in the step, over all GPUs: every compute stage except padding
   // rows, the optimizer and recomputed forwards (backward counted at 2x), the numerator of MFU.
   double model_flops() const { return model_flops_; }
+  // Decode with varied contexts: the draws its GPUs' attention reads (decode_context_loads());
+  // empty otherwise.
+  const std::vector<routing::ContextLoad>& context_loads() const { return context_loads_; }
   // Forward MoE stage times taken from the kernel profile, and those it did not cover.
   std::int64_t profile_hits() const { return profile_hits_; }
   std::int64_t profile_misses() const { return profile_misses_; }

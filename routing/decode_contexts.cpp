@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
-#include <queue>
 #include <string>
-#include <utility>
 
+#include "routing/eplb.hpp"
 #include "sim/rng.hpp"
 
 namespace moesim::routing {
@@ -38,20 +36,12 @@ std::vector<ContextLoad> context_loads(const DecodeContexts& d, std::uint64_t se
       continue;
     }
     sim::Rng rng(seed, stream + "/pool");
-    std::vector<std::int64_t> pool(groups * static_cast<std::size_t>(d.sequences));
-    for (auto& c : pool) c = draw(rng);
-    std::sort(pool.begin(), pool.end(), std::greater<>());
-    // The group with the fewest cached tokens so far (ties: the lower index) that still has room.
-    using Entry = std::pair<double, std::size_t>;
-    std::priority_queue<Entry, std::vector<Entry>, std::greater<>> least;
-    for (std::size_t g = 0; g < groups; ++g) least.emplace(0.0, g);
-    std::vector<std::int64_t> held(groups, 0);
-    for (const std::int64_t c : pool) {
-      const std::size_t g = least.top().second;
-      least.pop();
-      add(row[g], c);
-      if (++held[g] < d.sequences) least.emplace(row[g].sum, g);
-    }
+    std::vector<double> pool(groups * static_cast<std::size_t>(d.sequences));
+    for (auto& c : pool) c = static_cast<double>(draw(rng));
+    // EPLB's rule: longest first, each to the group with the fewest cached tokens that has room.
+    const Packing dealt = balanced_packing(pool, d.groups);
+    for (std::size_t i = 0; i < pool.size(); ++i)
+      add(row[static_cast<std::size_t>(dealt.pack[i])], static_cast<std::int64_t>(pool[i]));
   }
   return loads;
 }

@@ -31,8 +31,9 @@ struct DecodeContexts {
 // come (`balanced` false): a group's sequences are its own draws, as round-robin or random
 // admission gives them. Balanced: the micro-batch's sequences of every group, pooled and dealt
 // longest first to the group holding the fewest cached tokens among those with room (each holds
-// `sequences`), as DeepSeek's decode load balancer evens out the KV cache its GPUs hold
-// ("DeepSeek-V3/R1 Inference System Overview", 2025). Indexed [micro_batch * groups + group].
+// `sequences`; EPLB's balanced_packing), as DeepSeek's decode load balancer evens out the KV cache
+// its GPUs hold ("DeepSeek-V3/R1 Inference System Overview", 2025). Indexed
+// [micro_batch * groups + group].
 std::vector<ContextLoad> context_loads(const DecodeContexts& d, std::uint64_t seed, int step);
 
 }  // namespace moesim::routing

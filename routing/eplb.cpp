@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
+#include <queue>
+#include <utility>
 
 namespace moesim::routing {
 
@@ -44,17 +47,20 @@ Packing balanced_packing(const std::vector<double>& weight, int packs) {
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
     return weight[static_cast<std::size_t>(a)] > weight[static_cast<std::size_t>(b)];
   });
+  // The lightest pack with room, the first on ties: the least (load, pack) of a min-heap holding
+  // the packs with room (a full pack leaves it).
   std::vector<double> load(static_cast<std::size_t>(packs), 0.0);
   std::vector<int> items(static_cast<std::size_t>(packs), 0);
+  using Entry = std::pair<double, int>;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> lightest;
+  for (int p = 0; p < packs; ++p) lightest.emplace(0.0, p);
   for (const int i : order) {
-    int best = -1;
-    for (int p = 0; p < packs; ++p) {
-      if (items[static_cast<std::size_t>(p)] >= per_pack) continue;
-      if (best < 0 || load[static_cast<std::size_t>(p)] < load[static_cast<std::size_t>(best)]) best = p;
-    }
+    const int best = lightest.top().second;
+    lightest.pop();
     out.pack[static_cast<std::size_t>(i)] = best;
     out.rank[static_cast<std::size_t>(i)] = items[static_cast<std::size_t>(best)]++;
     load[static_cast<std::size_t>(best)] += weight[static_cast<std::size_t>(i)];
+    if (items[static_cast<std::size_t>(best)] < per_pack) lightest.emplace(load[static_cast<std::size_t>(best)], best);
   }
   return out;
 }

@@ -21,7 +21,7 @@ RunResult run_step(const Scenario& sc, const Progress& progress, const Progress&
   const models::Roofline roofline(sc.cluster.gpu, sc.roofline);
   RunResult result{models::RunStats(cluster.gpu_count(), sc.forward.model.moe_layers, sc.cluster.gpus_per_node,
                                     sc.forward.micro_batches), 0,
-                   std::string(network->name()), "roofline", {}, {}, nullptr, 0.0, {}};
+                   std::string(network->name()), "roofline", {}, {}, nullptr, 0.0, {}, {}};
   if (sc.timeline != "off")
     result.timeline = std::make_shared<models::TimelineRecorder>(sc.timeline == "on" ? 0 : kTimelineAutoLimit);
   models::RecorderTee tee({&result.stats, result.timeline.get()});
@@ -33,6 +33,7 @@ RunResult run_step(const Scenario& sc, const Progress& progress, const Progress&
   if (progress) sim.set_progress_hook(1 << 16, [&] { progress(forward.progress()); });
   result.events = sim.run();
   result.model_flops = forward.model_flops();
+  result.contexts = forward.context_loads();
   // Which model gave the kernel times: the profile for every forward MoE stage, or partly.
   if (sc.forward.profile)
     result.compute_source = forward.profile_misses() == 0 ? "profile" : forward.profile_hits() == 0 ? "roofline" : "profile+roofline";

@@ -24,6 +24,9 @@ struct RunResult {
   std::vector<routing::Placement> placements;  // per layer
   std::shared_ptr<models::TimelineRecorder> timeline;  // null with output.timeline: off
   double model_flops = 0;  // MoeForward::model_flops()
+  // Decode with varied contexts (workload.context_sigma): the contexts the run drew
+  // (models::decode_context_loads; with workload.steps, the last step's); empty otherwise.
+  std::vector<routing::ContextLoad> contexts;
   // workload.steps > 1: one row per step (the reports above describe the last step).
   struct Step {
     int step = 0;                   // routing.step it routed

@@ -18,6 +18,7 @@
 #include "models/moe_costs.hpp"
 #include "models/reliability.hpp"
 #include "routing/traces.hpp"
+#include "sim/assert.hpp"
 #include "sim/units.hpp"
 #include "topology/cluster.hpp"
 
@@ -260,10 +261,7 @@ std::string sliding_note(const routing::MoeModelSpec& m) {
 
 // floor: memory_floor()'s lower bound (r without routing): a layer held between its split
 // backward and its weight pass counts once, as a layer does.
-// contexts: models::decode_context_loads() where a decode's contexts differ (computed here when
-// not given).
-MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu, bool floor = false,
-                     const std::vector<routing::ContextLoad>* contexts = nullptr) {
+MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& r, int gpu, bool floor = false) {
   const auto& f = sc.forward;
   const auto& m = f.model;
   const double b = m.dtype_bytes;
@@ -408,14 +406,13 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // Decode with chunked prefill: the prompts a step prefills hold their caches too, up to their
   // whole length (chunk / prompt of them, at least one).
   if (f.context_length > 0 && f.varied_contexts()) {
-    // Contexts that differ by sequence: each micro-batch's caches of the GPU's group's sequences,
-    // their sums of context (and of min(context, window) on the sliding layers).
-    std::vector<routing::ContextLoad> drawn;
-    if (contexts == nullptr) contexts = &(drawn = models::decode_context_loads(f, gpus));
+    // Contexts that differ by sequence (the run's draws): each micro-batch's caches of the GPU's
+    // group's sequences, their sums of context (and of min(context, window) on the sliding layers).
+    MOESIM_ASSERT(!r.contexts.empty(), "a decode with varied contexts ran without its draws");
     const int groups = gpus / f.pp / m.tp, group = models::context_group(f, gpus, gpu);
     double keys = 0;
     for (int mb = 0; mb < f.micro_batches; ++mb) {
-      const routing::ContextLoad& l = (*contexts)[static_cast<std::size_t>(mb * groups + group)];
+      const routing::ContextLoad& l = r.contexts[static_cast<std::size_t>(mb * groups + group)];
       if (dense_here > 0)
         for (int k = 0; k < m.dense_layers; ++k) keys += routing::sliding_layer(m, k) ? l.window : l.sum;
       for (const int k : own) keys += routing::sliding_layer(m, m.dense_layers + k) ? l.window : l.sum;
@@ -466,10 +463,8 @@ std::pair<int, MemoryUse> peak_memory(const scenarios::Scenario& sc, const scena
   int best = 0;
   MemoryUse most;
   const int gpus = static_cast<int>(r.stats.gpus().size());
-  const std::vector<routing::ContextLoad> contexts =
-      sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus) : std::vector<routing::ContextLoad>{};
   for (int g = 0; g < gpus; ++g) {
-    const MemoryUse u = memory_use(sc, r, g, false, &contexts);
+    const MemoryUse u = memory_use(sc, r, g);
     if (u.total() > most.total()) {
       most = u;
       best = g;
@@ -508,14 +503,16 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc, const std::vector<routin
   // the stage holds at once grows with that share).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
   const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
-                               0, "", "", {}, placements ? *placements : scenarios::compute_placements(sc), nullptr, 0.0, {}};
+                               0, "", "", {}, placements ? *placements : scenarios::compute_placements(sc), nullptr, 0.0,
+                               // the contexts a run would draw (not routing: the seed's and step's)
+                               sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus)
+                                                            : std::vector<routing::ContextLoad>{},
+                               {}};
   MemoryFloor floor;
   floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());
   MemoryUse most;
-  const std::vector<routing::ContextLoad> contexts =
-      sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus) : std::vector<routing::ContextLoad>{};
   for (int g = 0; g < gpus; ++g) {
-    const MemoryUse u = memory_use(sc, r, g, true, &contexts);
+    const MemoryUse u = memory_use(sc, r, g, true);
     if (floor.gpu < 0 || u.total() > most.total()) {
       most = u;
       floor.gpu = g;
@@ -788,9 +785,6 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
   for (const Stage s : models::kStages) fmt::print(out, ",{}{}_us", to_string(s), models::is_network_wait(s) ? "_wait" : "");
   out << ",routed,dropped,drop_rate,computed,padded,busy_us,network_wait_us,idle_us,memory_gb\n";
   const auto& gpus = r.stats.gpus();
-  const std::vector<routing::ContextLoad> contexts = sc.forward.varied_contexts()
-                                                         ? models::decode_context_loads(sc.forward, static_cast<int>(gpus.size()))
-                                                         : std::vector<routing::ContextLoad>{};
   for (std::size_t i = 0; i < gpus.size(); ++i) {
     const auto& g = gpus[i];
     const int gpu = static_cast<int>(i);
@@ -804,7 +798,7 @@ void write_gpus_csv(std::ostream& out, const scenarios::Scenario& sc, const scen
     fmt::print(out, ",{},{},{},{},{},{},{},{},{:.3f}\n", g.routed, g.dropped,
                ratio(static_cast<double>(g.dropped), static_cast<double>(g.routed)), g.computed, g.padded,
                format_us(busy), format_us(wait), format_us(r.stats.step_time() - g.finish),
-               memory_use(sc, r, gpu, false, &contexts).total() / 1e9);
+               memory_use(sc, r, gpu).total() / 1e9);
   }
 }
 
@@ -971,8 +965,7 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     // the same; say so.
     // (With contexts that differ, workload.context_sigma, the longest sequence drawn.)
     std::int64_t context = f.context_length;
-    if (f.varied_contexts())
-      for (const auto& l : models::decode_context_loads(f, static_cast<int>(r.stats.gpus().size()))) context = std::max(context, l.longest);
+    for (const auto& l : r.contexts) context = std::max(context, l.longest);
     const std::int64_t longest = f.context_length > 0 ? context + 1 + f.draft_tokens : f.cached_prefix + f.sequence_length;
     if (sc.model_max_positions > 0 && longest > sc.model_max_positions)
       fmt::print(out, "  note        {} tokens of context{} is more than the {} positions the model was built for (max_position_embeddings)\n",
@@ -1168,10 +1161,9 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
              f.routing.capacity_factor ? fmt::format("capacity factor {}", *f.routing.capacity_factor)
                                        : std::string("dropless"),
              t.gpu_imbalance);
-  if (f.varied_contexts()) {
+  if (!r.contexts.empty()) {
     // The attention groups' mean contexts (over the micro-batches' draws) and the longest.
-    const int gpus = static_cast<int>(r.stats.gpus().size());
-    const std::vector<routing::ContextLoad> loads = models::decode_context_loads(f, gpus);
+    const std::vector<routing::ContextLoad>& loads = r.contexts;
     const double n = static_cast<double>(f.model.tp * f.sequences());
     double lo = 1e300, hi = 0;
     std::int64_t longest = 0;

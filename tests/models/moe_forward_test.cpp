@@ -627,6 +627,17 @@ workload: {kind: decode, tokens_per_gpu: 64, context_length: 8192)";
   // the longest attention, the one with the least the shortest.
   const auto loads = models::decode_context_loads(varied_sc.forward, 16);
   REQUIRE(loads.size() == 16);
+  REQUIRE(varied.contexts.size() == 16);  // the run's own draws, which its reports read
+  for (std::size_t g = 0; g < 16; ++g) CHECK(varied.contexts[g].sum == loads[g].sum);
+  CHECK(same.contexts.empty());
+  // With several steps the run keeps the last step's draws (routing.step + steps - 1).
+  const auto [steps_sc, two_steps] = run(", context_sigma: 1, steps: 2");
+  auto last = steps_sc.forward;
+  last.routing.step += 1;
+  const auto last_draws = models::decode_context_loads(last, 16);
+  REQUIRE(two_steps.contexts.size() == 16);
+  for (std::size_t g = 0; g < 16; ++g) CHECK(two_steps.contexts[g].sum == last_draws[g].sum);
+  CHECK(two_steps.contexts[0].sum != loads[0].sum);
   int most = 0, least = 0;
   for (int g = 1; g < 16; ++g) {
     if (loads[static_cast<std::size_t>(g)].sum > loads[static_cast<std::size_t>(most)].sum) most = g;
