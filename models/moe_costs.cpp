@@ -87,10 +87,43 @@ KernelCost sparse_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
 
 std::int64_t norm_bytes(const routing::MoeModelSpec& m, std::int64_t tokens) { return 8 * m.dtype_bytes * m.hidden * tokens; }
 
+// A linear-attention layer (routing::kLinearLayer; Gated DeltaNet): W = its weights
+// (routing::linear_attention_weights), qk and v its query/key and value widths, h_v its value
+// heads; per token the projections, 2 W FLOPs, and the gated delta rule, 8 h_v dk dv (Megatron-LM's
+// count, num_floating_point_operations: KK^T, VK^T, the state's update and its product with the
+// query, 2 x 4 h_v dv^2 with dk = dv). Prefill and training run it in chunks of 64 tokens (the
+// flash-linear-attention kernels'), each chunk's state written and read back once (h_v dk dv at
+// b); a prefill writes each sequence's final state (routing::linear_state_bytes) and, after a
+// cached prefix, reads the prefix's instead of its keys. Decode reads and writes each sequence's
+// state once a step. Activations: x in, out written, the projections' outputs (queries, keys,
+// values, the output gate, the two per-head gates) written and read back.
+KernelCost linear_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t sequences, bool decode,
+                                 bool prefix) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::linear_attention_weights(m);
+  const std::int64_t qk = routing::linear_qk_width(m), v = routing::linear_v_width(m), heads = m.linear.value_heads / m.tp;
+  const std::int64_t matrix = heads * m.linear.key_dim * m.linear.value_dim, state = routing::linear_state_bytes(m);
+  const std::int64_t core = 8 * t * matrix;
+  std::int64_t states = 0;
+  if (decode) {
+    states = 2 * sequences * state;
+  } else {
+    states = 2 * b * matrix * ((t + 63) / 64) + sequences * state * (prefix ? 2 : 1);
+  }
+  return KernelCost{
+      .flops = 2 * t * w + core,
+      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (2 * qk + 2 * v + 2 * heads)) + states,
+      .gemm_flops = 2 * t * w,
+      .core_flops = core,
+      .elementwise_bytes = norm_bytes(m, tokens),
+      .elementwise_launches = 2,
+  };
+}
+
 // A sliding window of W positions: the i-th new token (from 1) attends to min(P + i, W) keys, so
 // the core is T (2 / S) sum_i min(P + i, W) (Q + O), which is T (2P + S + 1)(Q + O) where P + S <= W;
 // of the prefix, the last min(P, W) tokens are read.
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t s, std::int64_t prefix, std::int64_t window) {
+  if (window == routing::kLinearLayer) return linear_attention_cost(m, tokens, m.tp * tokens / s, false, prefix > 0);
   if (routing::is_sparse_mla(m)) return sparse_attention_cost(m, tokens, s, prefix);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
@@ -127,12 +160,21 @@ KernelCost mixed_attention_cost(const routing::MoeModelSpec& m, std::int64_t dec
   const KernelCost prefill = chunk >= prompt ? attention_cost(m, chunk_tokens, prompt, 0, window)
                                              : attention_cost(m, chunk_tokens, chunk, (prompt - chunk) / 2, window);
   if (decode_tokens <= 0) return prefill;
-  const KernelCost shared{.bytes = routing::linear_weight_bytes(m, routing::attention_weights(m)), .elementwise_launches = 3};
+  const bool linear = window == routing::kLinearLayer;
+  const KernelCost shared{.bytes = routing::linear_weight_bytes(m, linear ? routing::linear_attention_weights(m) : routing::attention_weights(m)),
+                          .elementwise_launches = linear ? 2 : 3};
   return decode + prefill - shared;
 }
 
-KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens) {
-  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
+KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool linear) {
+  const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens;
+  if (linear) {  // a linear-attention layer's projections: its input and output widths
+    const std::int64_t w = routing::linear_attention_weights(m), qk = routing::linear_qk_width(m), v = routing::linear_v_width(m);
+    return KernelCost{.flops = 2 * t * w,
+                      .bytes = routing::linear_weight_bytes(m, w) + b * t * (2 * h + 2 * (2 * qk + 2 * v + 2 * (m.linear.value_heads / m.tp)) + v),
+                      .gemm_flops = 2 * t * w};
+  }
+  const std::int64_t w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
   return KernelCost{
       .flops = 2 * t * w,
@@ -170,6 +212,7 @@ KernelCost mla_kv_expansion_cost(const routing::MoeModelSpec& m, std::int64_t to
 
 KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t c, std::int64_t queries,
                                  std::int64_t window, std::int64_t top_context) {
+  if (window == routing::kLinearLayer) return linear_attention_cost(m, tokens, m.tp * tokens / queries, true, false);
   if (window > 0) c = std::min(c, window);
   const std::int64_t h = m.hidden, b = m.dtype_bytes, t = m.tp * tokens, w = routing::attention_weights(m);
   const routing::AttentionWidths a = routing::attention_widths(m);
@@ -290,12 +333,15 @@ std::int64_t vocab_share(const routing::MoeModelSpec& m) { return (m.vocab + m.t
 
 std::int64_t embedding_params(const routing::MoeModelSpec& m) { return vocab_share(m) * m.hidden; }
 
-std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m) {
-  return routing::attention_weights(m) + m.hidden * m.experts + m.shared_experts * 3 * m.hidden * (m.expert_ffn / m.shared_tp());
+std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m, int layer) {
+  return routing::layer_attention_weights(m, m.dense_layers + layer) + m.hidden * m.experts +
+         m.shared_experts * 3 * m.hidden * (m.expert_ffn / m.shared_tp());
 }
 
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m) {
-  return m.dense_layers * (routing::attention_weights(m) + 3 * m.hidden * (m.dense_ffn / m.tp));
+  std::int64_t p = 0;
+  for (int l = 0; l < m.dense_layers; ++l) p += routing::layer_attention_weights(m, l) + 3 * m.hidden * (m.dense_ffn / m.tp);
+  return p;
 }
 
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements) {
@@ -309,7 +355,7 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
                  (last == m.moe_layers ? embedding_params(m) + m.mtp_layers * mtp_projection_params(m) : 0);
   p.kept = (first == 0 ? embedding_params(m) : 0) + (last == m.moe_layers ? embedding_params(m) : 0);
   for (int l = first; l < last; ++l) {
-    p.replicated += moe_layer_replicated(m);
+    p.replicated += moe_layer_replicated(m, l);
     p.kept += m.hidden * m.experts;
     p.experts += placements[static_cast<std::size_t>(l)].slots_per_gpu * expert;
   }
@@ -324,10 +370,14 @@ ModelParams model_params(const routing::MoeModelSpec& spec) {
   routing::MoeModelSpec m = spec;
   m.tp = 1;
   const std::int64_t expert = 3 * m.hidden * m.expert_ffn, rest = dense_layers_params(m) + embedding_params(m);
-  const std::int64_t layer = moe_layer_replicated(m) + m.experts * expert, main = m.moe_layers - m.mtp_layers;
-  return {.total = main * layer + rest + embedding_params(m),
-          .active = main * (moe_layer_replicated(m) + m.top_k * expert) + rest,
-          .mtp = m.mtp_modules * (layer + mtp_projection_params(m))};
+  const int main = m.moe_layers - m.mtp_layers;
+  std::int64_t replicated = 0;  // the main model's MoE layers' (their attention may differ by layer)
+  for (int l = 0; l < main; ++l) replicated += moe_layer_replicated(m, l);
+  // An MTP module's layer: the model's next layer's shape.
+  const std::int64_t mtp_layer = moe_layer_replicated(m, main) + m.experts * expert;
+  return {.total = replicated + main * m.experts * expert + rest + embedding_params(m),
+          .active = replicated + main * m.top_k * expert + rest,
+          .mtp = m.mtp_modules * (mtp_layer + mtp_projection_params(m))};
 }
 
 std::int64_t optimizer_share(const GpuParams& p, int gpus, int groups) {

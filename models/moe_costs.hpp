@@ -103,7 +103,9 @@ namespace moesim::models {
 // prefix (prefill with workload.cached_prefix), each also to the prefix's `prefix` tokens, whose
 // KV cache is read (MLA: its latents expanded into per-head keys and values first). window > 0
 // (a sliding layer, routing::layer_window): each attends to the last `window` positions only
-// (itself included), and reads no more of the prefix than that.
+// (itself included), and reads no more of the prefix than that. window == routing::kLinearLayer:
+// a linear-attention layer (model.linear_attention), whose cost the context does not change
+// (linear_attention_cost in the .cpp; the header comment above gives the formulas' kin).
 KernelCost attention_cost(const routing::MoeModelSpec& m, std::int64_t tokens, std::int64_t seq_len, std::int64_t prefix = 0,
                           std::int64_t window = 0);
 // Decode over `tokens` new tokens, `queries` of them per sequence (1 + draft tokens), which read
@@ -122,7 +124,9 @@ KernelCost decode_attention_cost(const routing::MoeModelSpec& m, std::int64_t to
 KernelCost mixed_attention_cost(const routing::MoeModelSpec& m, std::int64_t decode_tokens, std::int64_t context,
                                 std::int64_t queries, std::int64_t chunk_tokens, std::int64_t chunk, std::int64_t prompt,
                                 std::int64_t window = 0);
-KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
+// The attention projections' weight gradients (ZB-H1's weight pass): of a softmax layer, or of a
+// linear-attention layer's projections (`linear`).
+KernelCost attention_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens, bool linear = false);
 // MLA's up projections (nothing without model.mla), over the tensor-parallel group's tokens.
 KernelCost mla_up_projection_cost(const routing::MoeModelSpec& m, std::int64_t tokens);
 // The keys' and values' up projection alone over `tokens` tokens' latents (the group's, the
@@ -174,9 +178,9 @@ GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::
 // The same for a pipeline stage holding MoE layers [first, last) (and the dense layers and the
 // embedding when first is 0, the LM head when last is the model's last).
 GpuParams gpu_params(const routing::MoeModelSpec& m, const std::vector<routing::Placement>& placements, int first, int last);
-// The weights every GPU holds for one MoE layer (attention, router, shared experts) and for
+// The weights every GPU holds for MoE layer `layer` (attention, router, shared experts) and for
 // all dense layers together; gpu_params' replicated count is their sum over the layers.
-std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m);
+std::int64_t moe_layer_replicated(const routing::MoeModelSpec& m, int layer);
 std::int64_t dense_layers_params(const routing::MoeModelSpec& m);
 // The embedding's weights, and as many the LM head's (vocab x hidden each; with tensor
 // parallelism a GPU's share of the vocabulary, vocab_share).

@@ -699,7 +699,6 @@ void MoeForward::start(const std::function<void(double)>& preparing) {
     buckets_ = sharded_params() ? fewest : std::clamp(spec_.gradient_sync_buckets, 1, fewest);
     const int reps = sharded_params() ? spec_.micro_batches : 1;
     const std::int64_t expert = 3 * m.hidden * m.expert_ffn;
-    const std::int64_t moe_replicated = moe_layer_replicated(m);
     // DualPipe: stages s and pp - 1 - s hold the same chunks and synchronise them together (the
     // collectives at the lower stage's index; the other's entries stay empty). An expert shard
     // (an EP rank's experts, or with expert tensor parallelism one GPU's share of them: place x
@@ -726,14 +725,17 @@ void MoeForward::start(const std::function<void(double)>& preparing) {
       const int n = static_cast<int>(order.size());
       for (int b = 0; b < buckets_; ++b) {
         const int from = b * n / buckets_, to = (b + 1) * n / buckets_;  // positions [from, to) in this bucket
-        std::int64_t experts = 0;
-        for (int i = from; i < to; ++i)
-          experts += placements_[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])].slots_per_gpu * expert / spec_.etp;
+        std::int64_t experts = 0, moe_replicated = 0;
+        for (int i = from; i < to; ++i) {
+          const int layer = order[static_cast<std::size_t>(i)];
+          experts += placements_[static_cast<std::size_t>(layer)].slots_per_gpu * expert / spec_.etp;
+          moe_replicated += moe_layer_replicated(m, layer);
+        }
         // The dense layers and the embedding with the last bucket of the stage of chunk 0, the LM
         // head with the first of the stage of the last chunk (its gradients are the first the
         // backward pass has; DualPipeV holds both on stage 0).
         const bool dense = holds_chunk(spec_, st, 0) && b + 1 == buckets_, head = holds_chunk(spec_, st, chunks() - 1) && b == 0;
-        const std::int64_t replicated = moe_replicated * (to - from) + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
+        const std::int64_t replicated = moe_replicated + (dense ? dense_layers_params(m) + embedding_params(m) : 0) +
                                         (head ? embedding_params(m) : 0);
         if (rep == 0) bucket_end_.push_back(order[static_cast<std::size_t>(to - 1)]);
         dense_sync_.push_back(own ? build(sync_kind, all, tp, dense_group, replicated * spec_.grad_bytes(), synced_one) : nullptr);
@@ -1236,8 +1238,11 @@ void MoeForward::dense_tp_step(int gpu) {
     // Forward: attention, then FFN; backward: FFN, then attention, each twice the forward (split:
     // less its weight gradients, the first layer's weight pass).
     const bool ffn = (part == 4) != back;
-    const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, back ? m.dense_layers - 1 - layer : layer);
-    const KernelCost w = !back || !split(s.pass) ? KernelCost{} : ffn ? dense_ffn_cost(m, t) : attention_projection_cost(m, t);
+    const int model_layer = back ? m.dense_layers - 1 - layer : layer;
+    const KernelCost f = ffn ? dense_ffn_cost(m, t) : attention(t, model_layer);
+    const KernelCost w = !back || !split(s.pass) ? KernelCost{}
+                         : ffn                    ? dense_ffn_cost(m, t)
+                                                  : attention_projection_cost(m, t, routing::linear_layer(m, model_layer));
     const KernelCost c = back ? backward_cost(f, w) + (ffn ? KernelCost{} : norm_recompute()) : f;
     run_stage(gpu, Stage::dense, cost(c, gpu, again ? Work::not_model : Work::outside), &MoeForward::dense_tp_step, -1,
               back || again, again, ffn ? 0 : t, back && !ffn);
@@ -1500,7 +1505,8 @@ void MoeForward::attention_backward_compute(int gpu) {
     // The input gradients: the attention core's backward (twice its forward's matmuls) and the
     // projections' input gradients (once); the projections' weight gradients wait for the
     // weight pass. Together as much as the backward without the split.
-    const KernelCost a = attention(spec_.tokens_per_gpu, layer), w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu);
+    const KernelCost a = attention(spec_.tokens_per_gpu, layer),
+                     w = attention_projection_cost(spec_.model, spec_.tokens_per_gpu, routing::linear_layer(spec_.model, layer));
     run_stage(gpu, Stage::attention, cost(backward_cost(a, w) + norm_recompute(), gpu, Work::other), next, -1, std::nullopt,
               std::nullopt, spec_.tokens_per_gpu, true);
     return;
@@ -1533,7 +1539,9 @@ void MoeForward::weight_step(int gpu) {
           return run_stage(gpu, Stage::lm_head, cost(heads_cost(m, tokens, false), gpu, Work::outside), &MoeForward::weight_step);
         break;
       case 1:
-        return run_stage(gpu, Stage::attention, cost(attention_projection_cost(m, tokens), gpu, Work::other), &MoeForward::weight_step);
+        return run_stage(gpu, Stage::attention,
+                         cost(attention_projection_cost(m, tokens, routing::linear_layer(m, moe_attention_layer(layer))), gpu, Work::other),
+                         &MoeForward::weight_step);
       case 2: {  // the router's GEMM (from the profile's router_bwd, where it has it: its half)
         const KernelCost c = router_cost(m, tokens);
         const auto t = profiled(gpu, c, {{"router", m.experts, m.top_k, tokens}});
@@ -1968,8 +1976,10 @@ KernelCost MoeForward::dense_recompute_cost() const {
 KernelCost MoeForward::dense_weight_cost() const {
   // The dense layers' weight gradients: their attention projections and FFN GEMMs once.
   const auto& m = spec_.model;
-  const KernelCost a = attention_projection_cost(m, spec_.tokens_per_gpu), f = dense_ffn_cost(m, spec_.tokens_per_gpu);
-  return m.dense_layers * (a + f);
+  KernelCost c;
+  for (int l = 0; l < m.dense_layers; ++l)
+    c = c + attention_projection_cost(m, spec_.tokens_per_gpu, routing::linear_layer(m, l)) + dense_ffn_cost(m, spec_.tokens_per_gpu);
+  return c;
 }
 
 void MoeForward::after_passes(int gpu) {

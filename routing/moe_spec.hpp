@@ -68,6 +68,19 @@ struct MoeModelSpec {
   // Gemma 3: 6); 0: all of them slide.
   std::int64_t sliding_window = 0;
   int full_attention_every = 0;
+  // Linear attention (model.linear_attention; Qwen3-Next's and Qwen3.5's Gated DeltaNet, Yang et
+  // al., "Gated Delta Networks", ICLR 2025): its layers keep no keys but a recurrent state per
+  // sequence, value_heads matrices of key_dim x value_dim (state_bytes an element: SGLang keeps it
+  // in fp32 by default) and a short convolution's last conv_kernel - 1 inputs of the queries, keys
+  // and values; full_attention_every n: every n-th layer is softmax attention (the model's
+  // attention_heads, kv_heads, head_dim), the others linear (Qwen3-Next: 4); 0: all linear.
+  // value_heads 0: none. Not with MLA or sliding windows.
+  struct LinearAttention {
+    int key_heads = 0, value_heads = 0;
+    std::int64_t key_dim = 0, value_dim = 0;
+    int conv_kernel = 4;
+    int state_bytes = 4;
+  } linear;
   // Tensor parallelism (parallelism.tp): the attention of every layer, the dense layers' FFN and
   // the LM head are split over this many GPUs (heads, FFN columns, vocabulary), each of them
   // running its share over the tokens of all of them; the figures below are one GPU's.
@@ -141,13 +154,54 @@ inline bool sliding_layer(const MoeModelSpec& m, int layer) {
   return m.sliding_window > 0 && (m.full_attention_every == 0 || (layer + 1) % m.full_attention_every != 0);
 }
 
-// The window of the model's layer `layer`: model.sliding_window where it slides, else 0 (none).
-inline std::int64_t layer_window(const MoeModelSpec& m, int layer) { return sliding_layer(m, layer) ? m.sliding_window : 0; }
+inline bool has_linear_attention(const MoeModelSpec& m) { return m.linear.value_heads > 0; }
+// Whether the model's layer `layer` is a linear-attention layer (model.linear_attention).
+inline bool linear_layer(const MoeModelSpec& m, int layer) {
+  return has_linear_attention(m) && (m.full_attention_every == 0 || (layer + 1) % m.full_attention_every != 0);
+}
+// The model's layers of linear attention among [first, first + count).
+inline int linear_layers(const MoeModelSpec& m, int first, int count) {
+  int n = 0;
+  for (int l = first; l < first + count; ++l) n += linear_layer(m, l) ? 1 : 0;
+  return n;
+}
+
+// What the cost model's window argument says of a linear-attention layer (models/moe_costs.hpp).
+inline constexpr std::int64_t kLinearLayer = -1;
+// The window of the model's layer `layer`: model.sliding_window where it slides, kLinearLayer on
+// a linear-attention layer, else 0 (none).
+inline std::int64_t layer_window(const MoeModelSpec& m, int layer) {
+  return linear_layer(m, layer) ? kLinearLayer : sliding_layer(m, layer) ? m.sliding_window : 0;
+}
 
 // The keys the model's layer `layer` caches (and a decode query reads) for a context of `context`
-// tokens: all of them, or with a sliding window at most the window.
+// tokens: all of them, or with a sliding window at most the window; none on a linear layer (its
+// state is per sequence: linear_state_bytes).
 inline std::int64_t cached_keys(const MoeModelSpec& m, int layer, std::int64_t context) {
+  if (linear_layer(m, layer)) return 0;
   return sliding_layer(m, layer) ? std::min(context, m.sliding_window) : context;
+}
+
+// One GPU's widths of a linear-attention layer (its heads split over the tensor-parallel GPUs):
+// queries and keys key_heads x key_dim, values (and the output gate) value_heads x value_dim.
+inline std::int64_t linear_qk_width(const MoeModelSpec& m) { return static_cast<std::int64_t>(m.linear.key_heads / m.tp) * m.linear.key_dim; }
+inline std::int64_t linear_v_width(const MoeModelSpec& m) { return static_cast<std::int64_t>(m.linear.value_heads / m.tp) * m.linear.value_dim; }
+// Weights of one linear-attention layer on one GPU (Gated DeltaNet as Qwen3-Next has it): the
+// input projection to queries, keys, values, the output gate and the two per-head gates
+// (H (2 qk + 2 v + 2 value heads)), the depthwise convolution over queries, keys and values
+// (conv_kernel (2 qk + v)) and the output projection (v H); its norms and per-head constants
+// left out (Qwen3-Next: 33,718,272 a layer).
+inline std::int64_t linear_attention_weights(const MoeModelSpec& m) {
+  const std::int64_t qk = linear_qk_width(m), v = linear_v_width(m), heads = m.linear.value_heads / m.tp;
+  return m.hidden * (2 * qk + 2 * v + 2 * heads) + m.linear.conv_kernel * (2 * qk + v) + v * m.hidden;
+}
+// The state one GPU keeps per sequence and linear layer: its value heads' key_dim x value_dim
+// matrices at state_bytes, and the convolution's last conv_kernel - 1 inputs at dtype_bytes
+// (Qwen3-Next in fp32: 2,097,152 + 49,152 bytes).
+inline std::int64_t linear_state_bytes(const MoeModelSpec& m) {
+  const std::int64_t heads = m.linear.value_heads / m.tp;
+  return heads * m.linear.key_dim * m.linear.value_dim * m.linear.state_bytes +
+         (m.linear.conv_kernel - 1) * (2 * linear_qk_width(m) + linear_v_width(m)) * m.dtype_bytes;
 }
 
 // MLA's down projections (H x q_lora_rank for the queries, H x (kv_lora_rank + RoPE key) for the
@@ -174,6 +228,11 @@ inline std::int64_t attention_weights(const MoeModelSpec& m) {
   if (m.attention_params > 0) return (m.attention_params + m.tp - 1) / m.tp;
   const std::int64_t q = query_width(m), kv = kv_width(m);
   return m.hidden * (q + 2 * kv) + q * m.hidden;
+}
+
+// Weights of the model's layer `layer`'s attention block on one GPU: a linear layer's or attention_weights.
+inline std::int64_t layer_attention_weights(const MoeModelSpec& m, int layer) {
+  return linear_layer(m, layer) ? linear_attention_weights(m) : attention_weights(m);
 }
 
 // One GPU's attention activations per token, in elements, as the cost and memory models use

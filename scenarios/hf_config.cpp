@@ -123,6 +123,12 @@ class Builder {
     out_.sources.emplace_back("model.mla." + key, std::move(source));
   }
   template <class T>
+  void linear(const std::string& key, const T& value, std::string source) {
+    if (!out_.model["linear_attention"].IsDefined()) out_.model["linear_attention"] = YAML::Node(YAML::NodeType::Map);
+    out_.model["linear_attention"][key] = value;
+    out_.sources.emplace_back("model.linear_attention." + key, std::move(source));
+  }
+  template <class T>
   void routing(const std::string& key, const T& value, std::string source) {
     if (!out_.routing.IsDefined() || out_.routing.IsNull()) out_.routing = YAML::Node(YAML::NodeType::Map);
     out_.routing[key] = value;
@@ -255,7 +261,7 @@ std::pair<std::vector<bool>, std::string> moe_layout(const Config& c, int layers
 // Attention layer types moesim models: softmax attention over every earlier position or a window.
 void refuse_other_attention(const Config& c) {
   for (const char* key : {"o_lora_rank", "compress_ratios", "attn_layer_period", "attn_layer_offset", "mamba_d_state",
-                          "linear_num_value_heads", "full_attention_interval", "hybrid_layer_pattern"})
+                          "hybrid_layer_pattern", "hybrid_override_pattern", "linear_attn_config"})
     if (c.has(key))
       throw c.error(key, "this model's attention (or its state-space layers) is of a kind moesim does not model; write the model "
                          "section by hand (attention_params and kv_cache_dim give another attention's weights and cache, docs/scenario.md)");
@@ -265,11 +271,14 @@ void refuse_other_attention(const Config& c) {
       if (k != "1")
         throw c.error("attn_type_list", "has linear-attention layers (0): moesim models softmax attention only; write the model "
                                         "section by hand with attention_params and kv_cache_dim");
+  // Gated DeltaNet's linear layers (Qwen3-Next, Qwen3.5) are read with their linear_* keys.
+  const bool gated_delta = c.has("linear_num_value_heads");
   if (auto types = c.list("layer_types"))
     for (const auto& t : *types)
-      if (t != "full_attention" && t != "sliding_attention")
-        throw c.error("layer_types", fmt::format("has '{}' layers: moesim models softmax attention (full or sliding) only; write "
-                                                 "the model section by hand with attention_params and kv_cache_dim",
+      if (t != "full_attention" && t != "sliding_attention" && !(gated_delta && t == "linear_attention"))
+        throw c.error("layer_types", fmt::format("has '{}' layers: moesim models softmax attention (full or sliding) and Gated "
+                                                 "DeltaNet's linear attention (with linear_num_value_heads) only; write the model "
+                                                 "section by hand with attention_params and kv_cache_dim",
                                                  t));
 }
 
@@ -470,7 +479,53 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
     // Kept where it equals hidden / heads too, so that it holds when the scenario narrows the model.
     if (auto hd = c.count("head_dim")) b.model("head_dim", *hd, "head_dim");
     // Sliding windows: GPT-OSS's layer_types, Llama 4's chunked layers, or every layer.
-    if (auto types = c.list("layer_types");
+    if (c.has("linear_num_value_heads")) {
+      // Gated DeltaNet (Qwen3-Next, Qwen3.5): linear layers, every n-th one full attention.
+      const auto need_linear = [&](const char* key) {
+        if (auto v = c.count(key)) return *v;
+        throw c.error(key, "missing: linear attention (linear_num_value_heads) needs it");
+      };
+      b.linear("key_heads", need_linear("linear_num_key_heads"), "linear_num_key_heads");
+      b.linear("value_heads", need_linear("linear_num_value_heads"), "linear_num_value_heads");
+      b.linear("key_dim", need_linear("linear_key_head_dim"), "linear_key_head_dim");
+      b.linear("value_dim", need_linear("linear_value_head_dim"), "linear_value_head_dim");
+      if (auto k = c.count("linear_conv_kernel_dim")) b.linear("conv_kernel", *k, "linear_conv_kernel_dim");
+      if (auto d = c.text("mamba_ssm_dtype"); d && (*d == "bfloat16" || *d == "float16"))
+        b.linear("state_dtype", std::string(*d == "bfloat16" ? "bf16" : "fp16"), "mamba_ssm_dtype");
+      else
+        b.note("its linear layers' state is held in fp32 (SGLang's default, --mamba-ssm-dtype; model.linear_attention.state_dtype)");
+      int every = 0;
+      std::string how;
+      if (auto types = c.list("layer_types")) {
+        if (static_cast<int>(types->size()) != layers)
+          throw c.error("layer_types", fmt::format("has {} entries for {} layers", types->size(), layers));
+        const auto full = std::find(types->begin(), types->end(), "full_attention");
+        every = full == types->end() ? 0 : static_cast<int>(full - types->begin()) + 1;
+        bool periodic = every != 1;
+        for (int i = 0; i < layers && periodic && every > 0; ++i)
+          periodic = ((*types)[static_cast<std::size_t>(i)] == "full_attention") == ((i + 1) % every == 0);
+        if (!periodic)
+          throw c.error("layer_types", "its full-attention layers are not every n-th layer, which is what model.full_attention_every "
+                                       "can say; write the model section by hand");
+        how = every == 0 ? "layer_types: every layer linear" : fmt::format("layer_types: every {}th layer full, the others linear", every);
+      } else if (auto interval = c.count("full_attention_interval")) {
+        every = static_cast<int>(*interval);
+        if (every == 1) throw c.error("full_attention_interval", "is 1: no layer would be linear; drop the linear_* keys");
+        how = fmt::format("full_attention_interval {}", every);
+      } else {
+        throw c.error("linear_num_value_heads", "its layers' kinds are not given (layer_types or full_attention_interval)");
+      }
+      if (every >= 2) b.model("full_attention_every", every, how);
+      // Qwen3-Next's and Qwen3.5's full-attention layers gate their output with a second
+      // query-wide projection (attn_output_gate).
+      if (c.flag("attn_output_gate", type.rfind("qwen3_next", 0) == 0 || type.rfind("qwen3_5", 0) == 0)) {
+        const std::int64_t hd = c.count("head_dim").value_or(hidden / heads);
+        const std::int64_t kv = c.count("num_key_value_heads").value_or(heads);
+        const std::int64_t q = heads * hd;
+        b.model("attention_params", hidden * (2 * q + 2 * kv * hd) + q * hidden,
+                "attn_output_gate: the query, gate, key, value and output projections");
+      }
+    } else if (auto types = c.list("layer_types");
         types && std::find(types->begin(), types->end(), "sliding_attention") != types->end()) {
       if (static_cast<int>(types->size()) != layers)
         throw c.error("layer_types", fmt::format("has {} entries for {} layers", types->size(), layers));
@@ -526,6 +581,9 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
     b.note(fmt::format("its {} multi-token prediction modules (num_mtp_modules) are not read: model.mtp_modules models DeepSeek-V3's "
                        "(one MoE layer of the model's shape and the shared head each)",
                        *mtp));
+  if (auto mtp = c.count("mtp_num_hidden_layers"); mtp && *mtp > 0)
+    b.note(fmt::format("its {} multi-token prediction layer{} (mtp_num_hidden_layers) {} not read", *mtp, *mtp > 1 ? "s" : "",
+                       *mtp > 1 ? "are" : "is"));
   if (auto mtp = c.count("num_nextn_predict_layers"); mtp && *mtp > 0) {
     b.model("mtp_modules", *mtp, "num_nextn_predict_layers");
     if (workload_kind == "training")

@@ -76,6 +76,13 @@ class Problems {
   explicit Problems(std::string file) : file_(std::move(file)) {}
   // Key paths set on the command line (--set): their problems name the option, not a line.
   void overridden(std::vector<std::string> paths) { overrides_ = std::move(paths); }
+  // Key paths --set removed (`~`): model.hf_config does not put them back.
+  void removed(std::vector<std::string> paths) { removed_ = std::move(paths); }
+  bool is_removed(std::string_view path) const {
+    for (const auto& o : removed_)
+      if (path == o || (path.size() > o.size() && path.substr(0, o.size()) == o && path[o.size()] == '.')) return true;
+    return false;
+  }
   void add(const YAML::Mark& m, std::string_view path, std::string_view msg) {
     // A key model.hf_config set: the problem is the config's, at the hf_config line.
     if (const auto d = derived_.find(std::string(path)); d != derived_.end()) {
@@ -114,7 +121,7 @@ class Problems {
 
  private:
   std::string file_;
-  std::vector<std::string> overrides_;
+  std::vector<std::string> overrides_, removed_;
   std::vector<std::string> list_;
   std::map<std::string, YAML::Mark> marks_;
   std::map<std::string, std::pair<YAML::Mark, std::string>> derived_;
@@ -602,10 +609,30 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     m.sliding_window = *v;
     not_with_mla("sliding_window");
   }
+  if (auto lin = model->child("linear_attention", false)) {
+    // Gated DeltaNet (Qwen3-Next, Qwen3.5): the linear_* keys of its config.json.
+    auto& a = m.linear;
+    if (auto v = lin->get<std::int64_t>("key_heads", count_at_least(1), true)) a.key_heads = as_int(*v);
+    if (auto v = lin->get<std::int64_t>("value_heads", count_at_least(1), true)) a.value_heads = as_int(*v);
+    if (auto v = lin->get<std::int64_t>("key_dim", count_at_least(1), true)) a.key_dim = *v;
+    if (auto v = lin->get<std::int64_t>("value_dim", count_at_least(1), true)) a.value_dim = *v;
+    if (auto v = lin->get<std::int64_t>("conv_kernel", count_at_least(1), false)) a.conv_kernel = as_int(*v);
+    if (auto v = lin->get<std::string>("state_dtype", one_of({"fp32", "bf16", "fp16"}), false)) a.state_bytes = dtype_bytes(*v);
+    lin->finish();
+    if (a.value_heads == 0) a.value_heads = 1;  // a missing count is reported; keep the layers linear
+    if (a.key_heads > 0 && a.value_heads % a.key_heads != 0)
+      problems.add_at(lin->key_path("value_heads"), fmt::format("{} value heads do not share {} key heads evenly", a.value_heads, a.key_heads));
+    if (routing::is_mla(m))
+      problems.add_at(model->key_path("linear_attention"), "not with model.mla: moesim's full-attention layers beside linear ones are "
+                                                           "multi-head or grouped-query attention");
+    if (m.sliding_window > 0)
+      problems.add_at(model->key_path("linear_attention"), "not with model.sliding_window: a layer is either linear or attends to a window");
+  }
   if (auto v = model->get<std::int64_t>("full_attention_every", count_at_least(2), false)) {
     m.full_attention_every = as_int(*v);
-    if (m.sliding_window == 0)
-      problems.add_at(model->key_path("full_attention_every"), "only used with model.sliding_window (the other layers' window)");
+    if (m.sliding_window == 0 && !routing::has_linear_attention(m))
+      problems.add_at(model->key_path("full_attention_every"),
+                      "only used with model.sliding_window or model.linear_attention (what the other layers do)");
   }
   if (auto v = model->get<std::int64_t>("dense_layers", count_at_least(0), false)) m.dense_layers = as_int(*v);
   if (auto v = model->get<std::int64_t>("dense_ffn", count_at_least(1), m.dense_layers > 0)) m.dense_ffn = *v;
@@ -1355,6 +1382,9 @@ void cross_check(const Scenario& sc, Problems& problems) {
       refuse(fmt::format("{} and model.kv_heads ({}) must divide one another (kv heads split, or each replicated on tp / "
                          "kv_heads GPUs)",
                          tp, m.kv_heads));
+    if (routing::has_linear_attention(m) && m.linear.key_heads % tp != 0)
+      refuse(fmt::format("{} does not divide model.linear_attention.key_heads ({}): each GPU holds whole heads of the linear layers",
+                         tp, m.linear.key_heads));
     if (m.dense_layers > 0 && m.dense_ffn % tp != 0)
       refuse(fmt::format("{} does not divide model.dense_ffn ({})", tp, m.dense_ffn));
     if (m.shared_experts > 0 && !m.shared_replicated && m.expert_ffn % tp != 0)
@@ -1369,6 +1399,9 @@ void cross_check(const Scenario& sc, Problems& problems) {
     if (sc.workload_kind == "decode")
       refuse("not used with 'kind: decode' (a decode step's sequences each read their own KV cache); context parallelism splits "
              "a training sequence or a prompt");
+    else if (routing::has_linear_attention(m))
+      refuse("not modelled with model.linear_attention: a linear layer's chunks pass their state along the sequence, which "
+             "moesim's context-parallel exchanges (keys and values) do not describe");
     else if (f.sequence_length % cp != 0)
       refuse(fmt::format("{} does not divide workload.sequence_length ({}): each GPU holds sequence_length / cp tokens of a sequence",
                          cp, f.sequence_length));
@@ -1642,15 +1675,18 @@ bool apply_hf_config(const YAML::Node& root, Scenario& sc, Problems& problems) {
       if (p == key_path) return fmt::format("{}: {}", std::filesystem::path(path).filename().string(), src);
     return std::filesystem::path(path).filename().string();
   };
-  // Copies the keys of `from` that `into` lacks (a nested section key by key).
+  // Copies the keys of `from` that `into` lacks (a nested section key by key; a section the
+  // scenario sets to null stays out).
   std::function<void(YAML::Node, const YAML::Node&, const std::string&)> merge = [&](YAML::Node into, const YAML::Node& from,
                                                                                       const std::string& prefix) {
     for (const auto& kv : from) {
       const std::string key = kv.first.Scalar();
       const std::string key_path = prefix + "." + key;
+      if (problems.is_removed(key_path)) continue;  // --set KEY=~: without the config's value
       const YAML::Node mine = into[key];
       if (kv.second.IsMap()) {
-        if (!mine.IsDefined() || mine.IsNull()) into[key] = YAML::Node(YAML::NodeType::Map);
+        if (mine.IsDefined() && mine.IsNull()) continue;  // the scenario's `~`: without the section
+        if (!mine.IsDefined()) into[key] = YAML::Node(YAML::NodeType::Map);
         if (into[key].IsMap()) merge(into[key], kv.second, key_path);
       } else if (!mine.IsDefined()) {
         into[key] = kv.second;
@@ -1728,7 +1764,7 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
   }
   // --set key.path=value: replace (or add) the value at key.path, creating sections as needed;
   // a null value (~ or null) removes the key (e.g. a law's parameter when --set changes the law).
-  std::vector<std::string> paths;
+  std::vector<std::string> paths, removed;
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
     const std::string path = eq == std::string::npos ? std::string() : o.substr(0, eq);
@@ -1747,10 +1783,16 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
       const auto dot = path.find('.', start);
       const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       if (dot == std::string::npos) {
-        if (value.IsNull())
+        if (value.IsNull()) {
           chain.back().remove(key);
-        else
+          removed.push_back(path);
+        }
+        else {
           chain.back()[key] = value;
+          // A later value inside a removed section brings the section back (model=~ then
+          // model.hf_config=FILE: the config's model).
+          std::erase_if(removed, [&](const std::string& r) { return path == r || path.starts_with(r + "."); });
+        }
         break;
       }
       YAML::Node next = chain.back()[key];
@@ -1764,6 +1806,7 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
     paths.push_back(path);
   }
   problems.overridden(paths);
+  problems.removed(removed);
   Scenario sc = load(root, problems);
   if (problems.any()) throw ScenarioError(problems.list());
   return sc;

@@ -606,8 +606,12 @@ int cmd_model(const std::vector<std::string>& args) {
              m.mtp_modules == 0 ? std::string()
                                 : fmt::format("; {:.2f} B in {} MTP module{}", static_cast<double>(params.mtp) / 1e9, m.mtp_modules,
                                               m.mtp_modules > 1 ? "s" : ""));
+  const int layers = m.dense_layers + m.moe_layers, linear = routing::linear_layers(m, 0, layers);
   fmt::print("# KV cache: {} bytes a token and layer at model.dtype{}\n", routing::kv_cache_token_bytes(m),
-             m.sliding_window > 0 ? fmt::format(" (sliding layers keep {} tokens)", m.sliding_window) : std::string());
+             m.sliding_window > 0 ? fmt::format(" (sliding layers keep {} tokens)", m.sliding_window)
+             : linear > 0         ? fmt::format(" on its {} full-attention layers; its {} linear layers keep a {} byte state a sequence instead",
+                                                layers - linear, linear, routing::linear_state_bytes(m))
+                                  : std::string());
   fmt::print("# In a scenario: `model: {{hf_config: {}}}` reads these keys; keys written beside it win.\n", file);
   std::cout << scenarios::hf_model_yaml(hf);
   return 0;

@@ -250,8 +250,16 @@ struct MemoryUse {
   double total() const { return weights + optimizer + activations + kv_cache + buffers; }
 };
 
-// The summary's word on sliding-window attention (model.sliding_window): how many layers slide.
+// The summary's word on sliding-window attention (model.sliding_window): how many layers slide;
+// or on linear attention (model.linear_attention): how many layers are linear.
 std::string sliding_note(const routing::MoeModelSpec& m) {
+  if (routing::has_linear_attention(m)) {
+    const int layers = m.dense_layers + m.moe_layers;
+    routing::MoeModelSpec whole = m;
+    whole.tp = 1;
+    return fmt::format("; linear attention (Gated DeltaNet, a {} KiB state a sequence and layer) on {} of its {} layers",
+                       routing::linear_state_bytes(whole) / 1024, routing::linear_layers(m, 0, layers), layers);
+  }
   if (m.sliding_window == 0) return {};
   const int layers = m.dense_layers + m.moe_layers;
   int sliding = 0;
@@ -268,7 +276,7 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const double h = static_cast<double>(m.hidden), ffn = static_cast<double>(m.expert_ffn);
   // With tensor parallelism the GPU's attention holds its heads' share for its group's tokens.
   // (Sparse attention in its masked MHA mode, for short prompts, keeps V3's expanded keys and values.)
-  const routing::AttentionWidths widths =
+  routing::AttentionWidths widths =
       routing::is_sparse_mla(m) && f.context_length == 0 && !routing::sparse_mode(m, f.sequence_length, f.cached_prefix)
           ? routing::attention_widths(routing::dense_mla(m))
           : routing::attention_widths(m);
@@ -278,6 +286,15 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   const int stage_gpus = gpus / f.pp, stage = gpu / stage_gpus;
   const std::vector<int> own = models::stage_layers(f, stage);
   const int per = static_cast<int>(own.size());
+  if (routing::has_linear_attention(m)) {
+    // Linear-attention layers (model.linear_attention) hold their own widths (queries and keys
+    // qk, values and the output gate v): per layer, the mean over the GPU's MoE layers.
+    int linear = 0;
+    for (const int l : own) linear += routing::linear_layer(m, m.dense_layers + l) ? 1 : 0;
+    const std::int64_t qk = routing::linear_qk_width(m), v = routing::linear_v_width(m), n = std::max(per, 1);
+    const auto mean = [&](std::int64_t softmax, std::int64_t lin) { return ((n - linear) * softmax + linear * lin) / n; };
+    widths = {.latent = 0, .q = mean(widths.q, qk), .k = mean(widths.k, qk), .v = mean(widths.v, v), .out = mean(widths.out, v)};
+  }
   const models::GpuParams held = models::stage_params(f, r.placements, stage);
   const double params = static_cast<double>(held.total());
   MemoryUse u;
@@ -396,12 +413,17 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   // prompts make, held until the batch is done (and, served disaggregated, sent to the decode
   // GPUs), and with a cached prefix the prefixes' too: T / S prompts of P + S tokens.
   // A sliding layer (model.sliding_window) keeps at most its window of each sequence's keys.
+  // A linear-attention layer (model.linear_attention) keeps no keys but a state per sequence.
+  int linear_here = 0;
+  if (dense_here > 0) linear_here += routing::linear_layers(m, 0, m.dense_layers);
+  for (const int l : own) linear_here += routing::linear_layer(m, m.dense_layers + l) ? 1 : 0;
+  const double state = static_cast<double>(linear_here) * static_cast<double>(routing::linear_state_bytes(m));
   const auto cached = [&](std::int64_t context) {
     double keys = 0;
     if (dense_here > 0)
       for (int l = 0; l < m.dense_layers; ++l) keys += static_cast<double>(routing::cached_keys(m, l, context));
     for (const int l : own) keys += static_cast<double>(routing::cached_keys(m, m.dense_layers + l, context));
-    return keys * static_cast<double>(routing::kv_cache_token_bytes(m));
+    return keys * static_cast<double>(routing::kv_cache_token_bytes(m)) + state;
   };
   // Decode with chunked prefill: the prompts a step prefills hold their caches too, up to their
   // whole length (chunk / prompt of them, at least one).
@@ -413,11 +435,13 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
     double keys = 0;
     for (int mb = 0; mb < f.micro_batches; ++mb) {
       const routing::ContextLoad& l = r.contexts[static_cast<std::size_t>(mb * groups + group)];
+      const auto layer_keys = [&](int k) { return routing::linear_layer(m, k) ? 0.0 : routing::sliding_layer(m, k) ? l.window : l.sum; };
       if (dense_here > 0)
-        for (int k = 0; k < m.dense_layers; ++k) keys += routing::sliding_layer(m, k) ? l.window : l.sum;
-      for (const int k : own) keys += routing::sliding_layer(m, m.dense_layers + k) ? l.window : l.sum;
+        for (int k = 0; k < m.dense_layers; ++k) keys += layer_keys(k);
+      for (const int k : own) keys += layer_keys(m.dense_layers + k);
     }
     u.kv_cache = keys * static_cast<double>(routing::kv_cache_token_bytes(m)) +
+                 f.micro_batches * tp * static_cast<double>(f.sequences()) * state +
                  f.micro_batches * tp * static_cast<double>(f.prefill_prompts()) * cached(f.sequence_length);
   } else if (f.context_length > 0) {
     u.kv_cache = f.micro_batches * tp *

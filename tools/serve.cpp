@@ -177,7 +177,11 @@ ServeUnit serve_unit(const scenarios::Scenario& sc, const std::map<std::string, 
   double layers = 0;
   for (int l = 0; l < f.model.dense_layers + f.model.moe_layers; ++l)
     layers += static_cast<double>(routing::cached_keys(whole, l, context)) / static_cast<double>(context);
-  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) * layers;
+  // A linear-attention layer (model.linear_attention) leaves a state per sequence instead: per
+  // token, its share over that context.
+  const int linear = routing::linear_layers(whole, 0, f.model.dense_layers + f.model.moe_layers);
+  u.kv_bytes_per_token = static_cast<double>(routing::kv_cache_token_bytes(whole)) * layers +
+                         static_cast<double>(linear) * static_cast<double>(routing::linear_state_bytes(whole)) / static_cast<double>(context);
   u.nic_bytes_per_s = sc.cluster.scale_out.present ? static_cast<double>(sc.cluster.scale_out.nic_bandwidth.bytes_per_s()) : 0;
   u.gpu_hour_price = sc.gpu_hour_price;
   if (const auto pw = summary.find("power_kw"); pw != summary.end() && !pw->second.empty()) u.power_kw = std::stod(pw->second);

@@ -69,7 +69,7 @@ struct ServeUnit {
   std::int64_t prompt_tokens = 0;   // prefill: workload.sequence_length
   std::int64_t cached_prefix = 0;   // prefill: workload.cached_prefix
   std::int64_t context_tokens = 0;  // decode: workload.context_length
-  double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers (sliding layers: its share of a window)
+  double kv_bytes_per_token = 0;    // the KV cache one token leaves over all layers (sliding layers: its share of a window; linear ones: of a sequence's state)
   double nic_bytes_per_s = 0;       // per GPU; 0 on a single node without NICs
   double gpu_hour_price = 0;
   // Decode with chunked prefill (workload.prefill_chunk): the prompt tokens its steps prefill a

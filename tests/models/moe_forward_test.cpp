@@ -810,8 +810,8 @@ TEST_CASE("MLA's weights, FLOPs and bytes follow DeepSeek-V3's config", "[models
     // 129,280 x 7168 each: 671,025,397,760 (the DeepSeek-V3 report: 671 B, without the
     // multi-token-prediction module), as the memory model counts them.
     const std::int64_t expert = 3 * 7168 * 2048;
-    CHECK(models::moe_layer_replicated(m) == 187'105'280 + 7168 * 256 + expert);
-    const std::int64_t total = 58 * (models::moe_layer_replicated(m) + 256 * expert) + models::dense_layers_params(m) +
+    CHECK(models::moe_layer_replicated(m, 0) == 187'105'280 + 7168 * 256 + expert);
+    const std::int64_t total = 58 * (models::moe_layer_replicated(m, 0) + 256 * expert) + models::dense_layers_params(m) +
                                2 * models::embedding_params(m);
     CHECK(total == 671'025'397'760);
     // What validate prints: the same total, and per token the attention, router, 8 routed and the
@@ -1541,7 +1541,7 @@ TEST_CASE("Sharded weights: every layer gathered in each micro-batch and directi
   const auto yaml = sharded_4gpu;
   const auto sc = scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml");
   const auto r = scenarios::run_experiment(sc);
-  const std::int64_t dense = models::moe_layer_replicated(sc.forward.model) * 2;  // bytes, bf16
+  const std::int64_t dense = models::moe_layer_replicated(sc.forward.model, 0) * 2;  // bytes, bf16
   const std::int64_t experts = 2 * 3 * 256 * 512 * 2;                             // a GPU's 2 experts, bf16
   const auto ring = [](std::int64_t n, std::int64_t s) { return n * (n - 1) * ((s + n - 1) / n); };
   const std::int64_t per_layer = ring(4, dense) + 2 * ring(2, experts);  // the stage's ring and the 2 shards' rings
@@ -1573,7 +1573,7 @@ TEST_CASE("FP8 weight gathers: the linear layers' and experts' weights at one by
   const auto bf16_sc = scenarios::load_scenario_text(yaml("parameter_sharding: true"), "fsdp.yaml");
   const auto fp8_sc = scenarios::load_scenario_text(yaml("parameter_sharding: true, param_gather_dtype: fp8"), "fsdp8.yaml");
   CHECK(fp8_sc.forward.fp8_param_gather);
-  const std::int64_t replicated = models::moe_layer_replicated(fp8_sc.forward.model), router = 256 * 4;
+  const std::int64_t replicated = models::moe_layer_replicated(fp8_sc.forward.model, 0), router = 256 * 4;
   const std::int64_t experts = 2 * 3 * 256 * 512;  // a GPU's 2 experts' weights
   const auto bf16 = scenarios::run_experiment(bf16_sc), fp8 = scenarios::run_experiment(fp8_sc);
   CHECK(bf16.stats.param_gather_bytes() == 16 * (ring(4, 2 * replicated) + 2 * ring(2, 2 * experts)));
@@ -1609,7 +1609,7 @@ TEST_CASE("Hybrid sharding: gathers within a shard group, reduce-scatters there 
   const auto ring = [](std::int64_t n, std::int64_t s) { return n * (n - 1) * ((s + n - 1) / n); };
   const auto hsdp = scenarios::load_scenario_text(yaml("parameter_sharding: true, shard_group: 2"), "hsdp.yaml");
   CHECK(hsdp.forward.shard_group == 2);
-  const std::int64_t dense = models::moe_layer_replicated(hsdp.forward.model) * 2;  // bytes, bf16
+  const std::int64_t dense = models::moe_layer_replicated(hsdp.forward.model, 0) * 2;  // bytes, bf16
   const std::int64_t experts = 2 * 3 * 256 * 512 * 2;                               // a GPU's 2 experts, bf16
   const auto r = scenarios::run_experiment(hsdp);
   CHECK(r.stats.param_gather_bytes() == 16 * 2 * ring(2, dense));  // 16 gathers, in each of the 2 nodes
@@ -4134,4 +4134,104 @@ TEST_CASE("DualPipe holds PP + 1 micro-batches' activations on every stage, 1F1B
     f.pipeline_schedule = models::PipelineSchedule::zb_h1;
     for (int s = 0; s < pp; ++s) CHECK(models::pipeline_held_layers(f, s) == 4 * pp);
   }
+}
+
+TEST_CASE("Linear attention: Gated DeltaNet's weights, state and FLOPs as derived by hand and as Megatron-LM counts them",
+          "[models][linear]") {
+  // Qwen3-Next-80B-A3B's layers (its config.json: hidden 2048; linear layers 16 key heads and 32
+  // value heads of 128, a 4-wide convolution; every 4th layer 16 query heads of 256 over 2 kv heads
+  // with an output gate).
+  const std::string scenario = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 8, hidden: 2048, expert_ffn: 512, experts: 64, top_k: 10, shared_experts: 1, attention_heads: 16, kv_heads: 2,
+        head_dim: 256, attention_params: 27262976, full_attention_every: 4, vocab: 151936,
+        linear_attention: {key_heads: 16, value_heads: 32, key_dim: 128, value_dim: 128}}
+parallelism: {ep: 8}
+routing: {distribution: uniform}
+network: {model: analytical}
+output: {timeline: off}
+workload: {)";
+  const auto sc = scenarios::load_scenario_text(scenario + "kind: training, tokens_per_gpu: 4096, sequence_length: 4096}\n", "l.yaml");
+  const auto& m = sc.forward.model;
+  REQUIRE(routing::has_linear_attention(m));
+  // Layers 3 and 7 attend fully, the other six are linear.
+  CHECK(routing::linear_layers(m, 0, 8) == 6);
+  CHECK_FALSE(routing::linear_layer(m, 3));
+  CHECK(routing::linear_layer(m, 4));
+  // Weights: in_proj 2048 x (2 x 2048 + 2 x 4096 + 2 x 32), conv 4 x (2 x 2048 + 4096), out_proj
+  // 4096 x 2048: 33,718,272 (the checkpoint's norms, A_log and dt_bias aside).
+  CHECK(routing::linear_attention_weights(m) == 2048LL * 12352 + 4 * 8192 + 4096LL * 2048);
+  CHECK(routing::linear_attention_weights(m) == 33'718'272);
+  CHECK(routing::layer_attention_weights(m, 3) == 27'262'976);
+  // The state a sequence keeps: 32 heads of 128 x 128 in fp32, and the convolution's last three
+  // inputs of 8192 channels in bf16.
+  CHECK(routing::linear_state_bytes(m) == 32LL * 128 * 128 * 4 + 3LL * 8192 * 2);
+  CHECK(routing::cached_keys(m, 2, 100000) == 0);
+  CHECK(routing::cached_keys(m, 3, 100000) == 100000);
+  // The layer's FLOPs do not depend on the sequence's length (a softmax layer's do) or, in decode,
+  // on the context; decode reads and writes each sequence's state once.
+  const std::int64_t t = 4096;
+  const auto lin = [&](std::int64_t s) { return models::attention_cost(m, t, s, 0, routing::kLinearLayer); };
+  CHECK(lin(1024).flops == lin(4096).flops);
+  CHECK(lin(4096).flops == 2 * t * 33'718'272 + 8 * t * 32 * 128 * 128);
+  CHECK(models::attention_cost(m, t, 4096).flops > models::attention_cost(m, t, 1024).flops);
+  const auto dec = [&](std::int64_t c) { return models::decode_attention_cost(m, 64, c, 1, routing::kLinearLayer); };
+  CHECK(dec(1000).flops == dec(100000).flops);
+  CHECK(dec(1000).bytes == dec(100000).bytes);
+  CHECK(dec(1000).bytes - models::decode_attention_cost(m, 32, 1000, 1, routing::kLinearLayer).bytes >=
+        32 * 2 * routing::linear_state_bytes(m));
+  // A training step's model FLOPs per token, against the same model with every layer full: each
+  // of the six linear layers, forward and backward (3x), 2 W + 8 hv dk dv, Megatron-LM's count of a
+  // Gated DeltaNet layer (num_floating_point_operations with gated_delta_net: in_proj, conv1d, 4 hv
+  // dv^2 and out_proj, 2 FLOPs a multiply-add), where the full layer took 2 W + (S + 1)(q + o)
+  // (the optimizer's work is not model FLOPs).
+  const auto r = scenarios::run_experiment(sc);
+  const auto all_full = scenarios::load_scenario_text(scenario + "kind: training, tokens_per_gpu: 4096, sequence_length: 4096}\n", "f.yaml",
+                                                      {"model.linear_attention=~", "model.full_attention_every=~"});
+  const auto r_full = scenarios::run_experiment(all_full);
+  const double tokens = 8 * 4096.0;
+  const double gdn = 2 * 33'718'272.0 + 8 * 32 * 128.0 * 128, full = 2 * 27'262'976.0 + 4097.0 * 2 * 4096;
+  CHECK((r.model_flops - r_full.model_flops) / tokens == Approx(3 * 6 * (gdn - full)).epsilon(1e-12));
+}
+
+TEST_CASE("Linear attention: decode memory holds a state per sequence, not keys; the loader's checks", "[models][linear][memory]") {
+  const std::string base = R"(
+cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
+model: {moe_layers: 8, hidden: 2048, expert_ffn: 512, experts: 64, top_k: 10, attention_heads: 16, kv_heads: 2, head_dim: 256,
+        full_attention_every: 4, linear_attention: {key_heads: 16, value_heads: 32, key_dim: 128, value_dim: 128, state_dtype: bf16}}
+parallelism: {ep: 8}
+routing: {distribution: uniform}
+network: {model: analytical}
+output: {timeline: off}
+)";
+  const auto floor = [&](std::int64_t context) {
+    const auto sc = scenarios::load_scenario_text(base + fmt::format("workload: {{kind: decode, tokens_per_gpu: 64, context_length: {}}}\n", context), "d.yaml");
+    return tools::memory_floor(sc).bytes;
+  };
+  const auto sc = scenarios::load_scenario_text(base + "workload: {kind: decode, tokens_per_gpu: 64, context_length: 1000}\n", "d.yaml");
+  const auto& m = sc.forward.model;
+  CHECK(m.linear.state_bytes == 2);
+  // From 1,000 to 101,000 tokens of context only the two full layers' caches grow: 64 sequences x
+  // 100,000 tokens x 2 layers x 2 kv heads x 256 x 2 (keys, values) x 2 bytes.
+  CHECK(floor(101000) - floor(1000) == Approx(64.0 * 100000 * 2 * 2048).epsilon(1e-12));
+  // The states: 64 sequences x 6 linear layers x 32 heads of 128 x 128, at 4 bytes against 2.
+  const auto fp32_sc = scenarios::load_scenario_text(base + "workload: {kind: decode, tokens_per_gpu: 64, context_length: 1000}\n",
+                                                     "f.yaml", {"model.linear_attention.state_dtype=fp32"});
+  CHECK(tools::memory_floor(fp32_sc).bytes - tools::memory_floor(sc).bytes == Approx(64.0 * 6 * 32 * 128 * 128 * 2).epsilon(1e-12));
+  const auto error = [&](const std::string& extra, const std::vector<std::string>& sets = {}) {
+    try {
+      scenarios::load_scenario_text(base + "workload: {kind: training, tokens_per_gpu: 4096, sequence_length: 4096}\n" + extra, "e.yaml", sets);
+    } catch (const scenarios::ScenarioError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(error("", {"parallelism.cp=2"}).find("not modelled with model.linear_attention") != std::string::npos);
+  CHECK(error("", {"model.sliding_window=128"}).find("not with model.sliding_window") != std::string::npos);
+  CHECK(error("", {"model.linear_attention.value_heads=24"}).find("24 value heads do not share 16 key heads evenly") != std::string::npos);
+  CHECK(error("", {"parallelism.tp=8", "parallelism.ep=1", "model.linear_attention.key_heads=4", "model.linear_attention.value_heads=8"})
+            .find("does not divide model.linear_attention.key_heads (4)") != std::string::npos);
+  CHECK(error("", {"model.linear_attention.key_dim=~"}).find("key_dim") != std::string::npos);
+  CHECK(error("", {"model.linear_attention=~", "model.sliding_window=~"}).find("only used with model.sliding_window or model.linear_attention") !=
+        std::string::npos);
 }

@@ -433,3 +433,69 @@ TEST_CASE("hf_config: what it cannot represent is refused with the reason", "[hf
     CHECK(std::string(e.what()).find("workload.kind") != std::string::npos);
   }
 }
+
+TEST_CASE("hf_config: Gated DeltaNet's hybrid models (Qwen3-Next, Qwen3.5)", "[hf_config][linear]") {
+  // Qwen3-Next-80B-A3B: its language model counted tensor by tensor (Hugging Face's
+  // Qwen3NextForCausalLM, the MTP layer aside) has 79,674,391,296 parameters, of which 310,016 are
+  // norms, the shared experts' gates, A_log and dt_bias, which moesim leaves out (48 x 2 x 2048 +
+  // 48 x 2048 + 12 x 2 x 256 + 36 x 128 + 36 x 64 + 2048).
+  const auto sc = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
+                                                 "parallelism: {{ep: 1}}\nworkload: {{tokens_per_gpu: 1}}\n",
+                                                 kModels + "qwen3-next-80b-a3b.json"),
+                                     "qwen3-next");
+  const auto& m = sc.forward.model;
+  CHECK(m.linear.key_heads == 16);
+  CHECK(m.linear.value_heads == 32);
+  CHECK(m.linear.key_dim == 128);
+  CHECK(m.linear.value_dim == 128);
+  CHECK(m.linear.conv_kernel == 4);
+  CHECK(m.linear.state_bytes == 4);
+  CHECK(m.full_attention_every == 4);
+  // The full layers' gated attention: query and gate 2 x 16 x 256, keys and values 2 x 256 each.
+  CHECK(m.attention_params == 2048LL * (8192 + 1024) + 4096LL * 2048);
+  const auto p = models::model_params(m);
+  CHECK(p.total == 79'674'391'296 - 310'016);
+  // Active (ten experts of 512 and the shared one): 3,874,929,408 so counted, less the input
+  // embedding (311,164,928) and the same 310,016.
+  CHECK(p.active == 3'874'929'408 - 311'164'928 - 310'016);
+
+  // --set KEY=~ takes the config's value away: the same model with every layer attending fully.
+  const auto full = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
+                                                   "parallelism: {{ep: 1}}\nworkload: {{tokens_per_gpu: 1}}\n",
+                                                   kModels + "qwen3-next-80b-a3b.json"),
+                                       "qwen3-next", {"model.linear_attention=~", "model.full_attention_every=~"});
+  CHECK_FALSE(routing::has_linear_attention(full.forward.model));
+  CHECK(full.forward.model.full_attention_every == 0);
+  CHECK(full.forward.model.attention_params == m.attention_params);
+
+  // Qwen3.5's layout: the language model in text_config, the layers' kinds listed.
+  const Beside qwen35(R"({"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "hidden_size": 512,
+    "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "num_experts": 8,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 128, "shared_expert_intermediate_size": 128, "vocab_size": 1000,
+    "attn_output_gate": true, "linear_num_key_heads": 4, "linear_num_value_heads": 8, "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32, "linear_conv_kernel_dim": 4, "mamba_ssm_dtype": "bfloat16", "mtp_num_hidden_layers": 1,
+    "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention",
+                    "linear_attention", "linear_attention", "linear_attention", "full_attention"]}})");
+  const auto s35 = qwen35.load("");
+  CHECK(s35.forward.model.full_attention_every == 4);
+  CHECK(s35.forward.model.linear.state_bytes == 2);
+  CHECK(s35.forward.model.attention_params == 512LL * (2 * 512 + 2 * 128) + 512LL * 512);
+
+  const auto refused = [](const std::string& json) {
+    const Beside b(json);
+    return b.error("");
+  };
+  const std::string base = R"("hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_experts": 8,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 128, "linear_num_key_heads": 4, "linear_num_value_heads": 8,
+    "linear_key_head_dim": 32, "linear_value_head_dim": 32)";
+  CHECK(refused("{" + base + "}").find("its layers' kinds are not given") != std::string::npos);
+  CHECK(refused("{" + base + R"(, "layer_types": ["linear_attention", "full_attention", "full_attention", "linear_attention"]})")
+            .find("not every n-th layer") != std::string::npos);
+  CHECK(refused(R"({"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_experts": 8, "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128, "linear_num_value_heads": 8, "full_attention_interval": 4})")
+            .find("linear_num_key_heads: missing") != std::string::npos);
+  // Kimi Linear's delta attention (KDA, channel-wise gates, MLA beside it) is another kind.
+  CHECK(refused(R"({"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_experts": 8, "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128, "linear_attn_config": {"kda_layers": [1, 2, 3]}})")
+            .find("linear_attn_config") != std::string::npos);
+}

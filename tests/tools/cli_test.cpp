@@ -120,7 +120,8 @@ TEST_CASE("Every scenario of the library loads (grids: their base and every poin
   int scenarios = 0, grids = 0;
   for (const auto& dir : {"scenarios", "scenarios/validation", "scenarios/studies/attention-tp", "scenarios/studies/blackwell-decode",
                           "scenarios/studies/ep-redundancy", "scenarios/studies/speculative", "scenarios/studies/sliding-window",
-                          "scenarios/studies/sparse-attention", "scenarios/studies/decode-contexts"}) {
+                          "scenarios/studies/sparse-attention", "scenarios/studies/decode-contexts",
+                          "scenarios/studies/linear-attention"}) {
     for (const auto& entry : fs::directory_iterator(fs::path(kSource) / dir)) {
       if (entry.path().extension() != ".yaml") continue;
       const std::string text = slurp(entry.path());
