@@ -526,11 +526,13 @@ MemoryFloor memory_floor(const scenarios::Scenario& sc, const std::vector<routin
   // the rows can shrink: the floor counts such a layer once (the least it can hold, as the most
   // the stage holds at once grows with that share).
   const int gpus = sc.cluster.nodes * sc.cluster.gpus_per_node;
+  // The contexts a run would draw and keep (not routing: the seed's and the step's), its last
+  // step's with workload.steps.
+  models::ForwardSpec last = sc.forward;
+  last.routing.step += sc.steps - 1;
   const scenarios::RunResult r{models::RunStats(gpus, sc.forward.model.moe_layers, sc.cluster.gpus_per_node, sc.forward.micro_batches),
                                0, "", "", {}, placements ? *placements : scenarios::compute_placements(sc), nullptr, 0.0,
-                               // the contexts a run would draw (not routing: the seed's and step's)
-                               sc.forward.varied_contexts() ? models::decode_context_loads(sc.forward, gpus)
-                                                            : std::vector<routing::ContextLoad>{},
+                               sc.forward.varied_contexts() ? models::decode_context_loads(last, gpus) : std::vector<routing::ContextLoad>{},
                                {}};
   MemoryFloor floor;
   floor.capacity = static_cast<double>(sc.cluster.gpu.memory.count());

@@ -670,6 +670,14 @@ workload: {kind: decode, tokens_per_gpu: 64, context_length: 8192)";
   const double token_bytes = static_cast<double>(routing::kv_cache_token_bytes(varied_sc.forward.model)) * 4;
   CHECK(floor_varied.bytes - floor_same.bytes ==
         Approx(token_bytes * (loads[static_cast<std::size_t>(most)].sum - 64 * 8192.0)).epsilon(1e-9));
+  // With several steps the floor reads the draws the run keeps, the last step's.
+  int most_last = 0;
+  for (int g = 1; g < 16; ++g)
+    if (last_draws[static_cast<std::size_t>(g)].sum > last_draws[static_cast<std::size_t>(most_last)].sum) most_last = g;
+  const tools::MemoryFloor floor_steps = tools::memory_floor(steps_sc);
+  CHECK(floor_steps.gpu == most_last);
+  CHECK(floor_steps.bytes - floor_same.bytes ==
+        Approx(token_bytes * (last_draws[static_cast<std::size_t>(most_last)].sum - 64 * 8192.0)).epsilon(1e-9));
 }
 
 namespace {

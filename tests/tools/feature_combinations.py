@@ -57,7 +57,8 @@ DECODE = ["workload.kind=decode", "workload.sequence_length=~"]
 MODELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scenarios", "models")
 FEATURES = [
     [["model=~", f"model.hf_config={MODELS}/{name}", "model.moe_layers=2", "model.hidden=512"]
-     for name in ("olmoe-1b-7b-0924.json", "deepseek-v3.json", "gpt-oss-120b.json", "qwen3-30b-a3b.json", "llama-4-maverick.json")],
+     for name in ("olmoe-1b-7b-0924.json", "deepseek-v3.json", "gpt-oss-120b.json", "qwen3-30b-a3b.json", "llama-4-maverick.json",
+                  "qwen3-next-80b-a3b.json")],
     [["workload.kind=forward"], ["workload.kind=prefill"], ["workload.kind=prefill", "workload.cached_prefix=300"],
      ["workload.kind=prefill", "model.kv_cache_dtype=fp8"],
      DECODE + ["workload.context_length=512"],
@@ -98,7 +99,9 @@ FEATURES = [
     [["parallelism.ep=1"], ["parallelism.ep=2"], ["parallelism.ep=4"], ["parallelism.ep=8"], ["parallelism.ep=16"]],
     [["model.mtp_modules=1"], ["model.vocab=~"], ["model.dense_layers=0"], ["model.dense_layers=2"]],
     [["model.sliding_window=64"], ["model.sliding_window=100", "model.full_attention_every=2"],
-     ["model.mla.index_topk=64", "model.mla.index_n_heads=4", "model.mla.index_head_dim=32"]],
+     ["model.mla.index_topk=64", "model.mla.index_n_heads=4", "model.mla.index_head_dim=32"],
+     ["model.linear_attention={key_heads: 2, value_heads: 4, key_dim: 32, value_dim: 32}", "model.full_attention_every=2"],
+     ["model.linear_attention={key_heads: 4, value_heads: 8, key_dim: 16, value_dim: 32, state_dtype: bf16}"]],
     [["compute.model=roofline"], ["compute.jitter=0.1"], ["compute.straggler_probability=0.3", "compute.straggler_speed=0.5"],
      ["compute.gpu_speed={3: 0.5}"], ["compute.kernel_overhead=2us"], ["compute.elementwise_kernels=true"],
      ["compute.elementwise_kernels=true", "workload.recompute=selective", "workload.recompute_modules=[layernorm, moe_act]"]],

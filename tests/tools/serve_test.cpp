@@ -105,6 +105,11 @@ workload: {kind: decode, tokens_per_gpu: 32, context_length: 1024}
   CHECK(unit("dtype: bf16").kv_bytes_per_token == 2 * 8 * 128 * 2 * 2);
   CHECK(unit("sliding_window: 128, full_attention_every: 2").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (1 + 128.0 / 1024)));
   CHECK(unit("sliding_window: 128").kv_bytes_per_token == Approx(2 * 8 * 128 * 2 * (2 * 128.0 / 1024)));
+  // A linear-attention layer leaves its sequence's state (4 heads of 64 x 64 in fp32, and the
+  // convolution's last 3 inputs of 2 x 2 x 64 + 4 x 64 channels in bf16), a share of it a token.
+  const double state = 4 * 64 * 64 * 4 + 3 * (2 * 2 * 64 + 4 * 64) * 2;
+  CHECK(unit("full_attention_every: 2, linear_attention: {key_heads: 2, value_heads: 4, key_dim: 64, value_dim: 64}").kv_bytes_per_token ==
+        Approx(2 * 8 * 128 * 2 + state / 1024));
 }
 
 TEST_CASE("Prompts of several lengths: M/G/1 without batching, batches filled by tokens", "[serve][stats]") {
