@@ -478,7 +478,6 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
       b.model("kv_heads", Config(attn, c.file()).count("kv_n_heads").value_or(heads), "attn_config.kv_n_heads");
     // Kept where it equals hidden / heads too, so that it holds when the scenario narrows the model.
     if (auto hd = c.count("head_dim")) b.model("head_dim", *hd, "head_dim");
-    // Sliding windows: GPT-OSS's layer_types, Llama 4's chunked layers, or every layer.
     if (c.has("linear_num_value_heads")) {
       // Gated DeltaNet (Qwen3-Next, Qwen3.5): linear layers, every n-th one full attention.
       const auto need_linear = [&](const char* key) {
@@ -525,7 +524,7 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
         b.model("attention_params", hidden * (2 * q + 2 * kv * hd) + q * hidden,
                 "attn_output_gate: the query, gate, key, value and output projections");
       }
-    } else if (auto types = c.list("layer_types");
+    } else if (auto types = c.list("layer_types");  // sliding windows: GPT-OSS's layer_types, Llama 4's chunked layers, or every layer
         types && std::find(types->begin(), types->end(), "sliding_attention") != types->end()) {
       if (static_cast<int>(types->size()) != layers)
         throw c.error("layer_types", fmt::format("has {} entries for {} layers", types->size(), layers));

@@ -1786,8 +1786,7 @@ Scenario load_scenario_text(std::string_view yaml, const std::string& name, cons
         if (value.IsNull()) {
           chain.back().remove(key);
           removed.push_back(path);
-        }
-        else {
+        } else {
           chain.back()[key] = value;
           // A later value inside a removed section brings the section back (model=~ then
           // model.hf_config=FILE: the config's model).
