@@ -247,6 +247,7 @@ std::string gpu_hours(double hours) {
 // busiest GPU's rows of the busiest layer, dispatch and combine.
 struct MemoryUse {
   double weights = 0, optimizer = 0, activations = 0, kv_cache = 0, buffers = 0;
+  double states = 0;  // of kv_cache: the linear-attention layers' states (model.linear_attention)
   double total() const { return weights + optimizer + activations + kv_cache + buffers; }
 };
 
@@ -450,6 +451,10 @@ MemoryUse memory_use(const scenarios::Scenario& sc, const scenarios::RunResult& 
   }
   else if (f.prefill)
     u.kv_cache = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * cached(f.cached_prefix + f.sequence_length);
+  if (f.context_length > 0)
+    u.states = f.micro_batches * tp * static_cast<double>(f.sequences() + f.prefill_prompts()) * state;
+  else if (f.prefill)
+    u.states = f.micro_batches * tp * t / static_cast<double>(f.sequence_length) * state;
   std::int64_t rows = 0;
   for (const auto& l : r.stats.layers()) rows = std::max(rows, l.max_gpu_tokens);
   const std::int64_t model_row = models::row_bytes(m.hidden, m.dtype_bytes);
@@ -1334,9 +1339,10 @@ void print_human_summary(std::ostream& out, const scenarios::Scenario& sc,
     const auto [mg, mem] = peak_memory(sc, r);
     const double capacity = static_cast<double>(sc.cluster.gpu.memory.count());
     fmt::print(out, "  memory      up to {:.1f} GB on GPU {} (weights {:.1f}, gradients and optimizer {:.1f}, activations {:.1f}{}, "
-                    "KV cache {:.1f}, buffers {:.1f}){}\n",
+                    "KV cache {:.1f}{}, buffers {:.1f}){}\n",
                mem.total() / 1e9, mg, mem.weights / 1e9, mem.optimizer / 1e9, mem.activations / 1e9,
                sc.forward.activations_fp8 ? " with FP8 inputs of the linear layers" : "", mem.kv_cache / 1e9,
+               mem.states > 0 ? fmt::format(" with {:.1f} of linear-attention states", mem.states / 1e9) : std::string(),
                mem.buffers / 1e9,
                capacity <= 0                ? std::string()
                : mem.total() <= capacity   ? fmt::format(" of {:.0f} GB", capacity / 1e9)

@@ -1686,7 +1686,7 @@ TEST_CASE("Sequences longer than a GPU's tokens: without parallelism.cp the summ
   CHECK(std::stoll(row.at("cp_bytes")) > 0);
 }
 
-TEST_CASE("The summary names the attention: sparse MLA with its top-k, or the sliding windows", "[cli][dsa][sliding_window]") {
+TEST_CASE("The summary names the attention: sparse MLA with its top-k, the sliding windows, or the linear layers", "[cli][dsa][sliding_window][linear]") {
   TempDir tmp;
   const auto dsa = moesim("run '" + kSource + "/scenarios/deepseek-v3-decode-ep144.yaml' --set network.model=analytical "
                           "--set workload.tokens_per_gpu=2 --set model.mla.index_topk=2048 --set model.mla.index_n_heads=64 "
@@ -1697,6 +1697,12 @@ TEST_CASE("The summary names the attention: sparse MLA with its top-k, or the sl
   const auto oss = moesim("run '" + kSource + "/scenarios/gpt-oss-120b-decode-h100.yaml' --out '" + (tmp.path() / "o").string() + "'", tmp);
   REQUIRE(oss.code == 0);
   CHECK_THAT(oss.out, Catch::Contains("; sliding-window attention (128 tokens) on 18 of its 36 layers"));
+  // Qwen3-Next: its linear layers, and their states within the KV cache (48 sequences x 36 layers
+  // x 2,146,304 bytes).
+  const auto next = moesim("run '" + kSource + "/scenarios/qwen3-next-decode-h100.yaml' --out '" + (tmp.path() / "q").string() + "'", tmp);
+  REQUIRE(next.code == 0);
+  CHECK_THAT(next.out, Catch::Contains("; linear attention (Gated DeltaNet, a 2096 KiB state a sequence and layer) on 36 of its 48 layers"));
+  CHECK_THAT(next.out, Catch::Contains(fmt::format("with {:.1f} of linear-attention states", 48.0 * 36 * 2146304 / 1e9)));
 }
 
 TEST_CASE("moesim calibrate finds the efficiency at which a run meets a measured step", "[cli][calibrate]") {
