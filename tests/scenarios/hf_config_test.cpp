@@ -85,7 +85,7 @@ TEST_CASE("hf_config: the library's configs give the parameter counts their mode
   // report: 671 B, 37 B; Qwen3 model cards: 30.5 B / 3.3 B and 235 B / 22 B; OpenAI's gpt-oss
   // model card: 116.83 B, 5.13 B without the embedding; OLMoE (arXiv 2409.02060): 6.9 B, 1.3 B;
   // Qwen1.5-MoE-A2.7B's card: 14.3 B, 2.7 B; Meta's Llama 4 Maverick card: 400 B, 17 B;
-  // Databricks' DBRX announcement: 132 B, 36 B.
+  // Databricks' DBRX announcement: 132 B, 36 B; Qwen3.5-397B-A17B's card: 397 B, 17 B.
   struct Card {
     const char* file;
     double total, active;
@@ -95,7 +95,7 @@ TEST_CASE("hf_config: the library's configs give the parameter counts their mode
                            Card{"qwen3-30b-a3b.json", 30.5e9, 3.3e9, true}, Card{"qwen3-235b-a22b.json", 235e9, 22e9, true},
                            Card{"gpt-oss-120b.json", 116.83e9, 5.13e9, false}, Card{"olmoe-1b-7b-0924.json", 6.9e9, 1.3e9, true},
                            Card{"qwen1.5-moe-a2.7b.json", 14.3e9, 2.7e9, true}, Card{"llama-4-maverick.json", 400e9, 17e9, true},
-                           Card{"dbrx.json", 132e9, 36e9, true}}) {
+                           Card{"dbrx.json", 132e9, 36e9, true}, Card{"qwen3.5-397b-a17b.json", 397e9, 17e9, true}}) {
     INFO(card.file);
     const auto sc = load_scenario_text(fmt::format("cluster: {{nodes: 1, gpus_per_node: 1, gpu: H100}}\nmodel: {{hf_config: '{}'}}\n"
                                                    "parallelism: {{ep: 1}}\nworkload: {{tokens_per_gpu: 1}}\n",
