@@ -36,6 +36,9 @@ struct MoeModelSpec {
   // fp8 (see kv_cache_token_bytes for MLA's).
   int kv_cache_bytes = 2;
   std::int64_t attention_params = 0;  // weights of one attention block; 0: H (q + 2 kv) + q H
+  // Gated attention (model.attention_output_gate; Qwen3-Next's and Qwen3.5's full layers): a
+  // second query-wide projection of the input gates the attention's output, H q more weights.
+  bool output_gate = false;
   // DeepSeek's multi-head latent attention (model.mla; DeepSeek-V2 report, section 2.1): queries
   // through a q_lora_rank-wide latent (0: projected from the hidden state directly), keys and
   // values through a kv_lora_rank-wide latent, each head's query and key a qk_nope_head_dim part
@@ -227,7 +230,7 @@ inline std::int64_t attention_weights(const MoeModelSpec& m) {
   }
   if (m.attention_params > 0) return (m.attention_params + m.tp - 1) / m.tp;
   const std::int64_t q = query_width(m), kv = kv_width(m);
-  return m.hidden * (q + 2 * kv) + q * m.hidden;
+  return m.hidden * (q + 2 * kv) + q * m.hidden + (m.output_gate ? m.hidden * q : 0);
 }
 
 // Weights of the model's layer `layer`'s attention block on one GPU: a linear layer's or attention_weights.

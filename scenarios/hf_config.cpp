@@ -517,13 +517,9 @@ HfModel hf_model(const YAML::Node& root_node, const std::string& file, const std
       if (every >= 2) b.model("full_attention_every", every, how);
       // Qwen3-Next's and Qwen3.5's full-attention layers gate their output with a second
       // query-wide projection (attn_output_gate).
-      if (c.flag("attn_output_gate", type.rfind("qwen3_next", 0) == 0 || type.rfind("qwen3_5", 0) == 0)) {
-        const std::int64_t hd = c.count("head_dim").value_or(hidden / heads);
-        const std::int64_t kv = c.count("num_key_value_heads").value_or(heads);
-        const std::int64_t q = heads * hd;
-        b.model("attention_params", hidden * (2 * q + 2 * kv * hd) + q * hidden,
-                "attn_output_gate: the query, gate, key, value and output projections");
-      }
+      if (c.flag("attn_output_gate", type.rfind("qwen3_next", 0) == 0 || type.rfind("qwen3_5", 0) == 0))
+        b.model("attention_output_gate", true,
+                c.has("attn_output_gate") ? "attn_output_gate" : fmt::format("{}'s full layers gate their output", type));
     } else if (auto types = c.list("layer_types");  // sliding windows: GPT-OSS's layer_types, Llama 4's chunked layers, or every layer
         types && std::find(types->begin(), types->end(), "sliding_attention") != types->end()) {
       if (static_cast<int>(types->size()) != layers)

@@ -605,6 +605,12 @@ void read_model(Section& top, Scenario& sc, Problems& problems) {
     m.attention_params = *v;
     not_with_mla("attention_params");
   }
+  if (auto v = model->get<std::string>("attention_output_gate", one_of({"true", "false"}), false)) {
+    m.output_gate = *v == "true";
+    if (m.output_gate) not_with_mla("attention_output_gate");
+    if (m.output_gate && m.attention_params > 0)
+      problems.add_at(model->key_path("attention_output_gate"), "not with model.attention_params, which gives the block's weights whole");
+  }
   if (auto v = model->get<std::int64_t>("sliding_window", count_at_least(1), false)) {
     m.sliding_window = *v;
     not_with_mla("sliding_window");

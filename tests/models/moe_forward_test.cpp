@@ -4152,7 +4152,7 @@ TEST_CASE("Linear attention: Gated DeltaNet's weights, state and FLOPs as derive
   const std::string scenario = R"(
 cluster: {nodes: 1, gpus_per_node: 8, gpu: H100}
 model: {moe_layers: 8, hidden: 2048, expert_ffn: 512, experts: 64, top_k: 10, shared_experts: 1, attention_heads: 16, kv_heads: 2,
-        head_dim: 256, attention_params: 27262976, full_attention_every: 4, vocab: 151936,
+        head_dim: 256, attention_output_gate: true, full_attention_every: 4, vocab: 151936,
         linear_attention: {key_heads: 16, value_heads: 32, key_dim: 128, value_dim: 128}}
 parallelism: {ep: 8}
 routing: {distribution: uniform}
@@ -4240,6 +4240,9 @@ output: {timeline: off}
   CHECK(error("", {"parallelism.tp=8", "parallelism.ep=1", "model.linear_attention.key_heads=4", "model.linear_attention.value_heads=8"})
             .find("does not divide model.linear_attention.key_heads (4)") != std::string::npos);
   CHECK(error("", {"model.linear_attention.key_dim=~"}).find("key_dim") != std::string::npos);
+  CHECK(error("", {"model.attention_output_gate=true", "model.attention_params=1000000"})
+            .find("not with model.attention_params, which gives the block's weights whole") != std::string::npos);
+  CHECK(error("", {"model.attention_output_gate=maybe"}).find("attention_output_gate") != std::string::npos);
   CHECK(error("", {"model.linear_attention=~", "model.sliding_window=~"}).find("only used with model.sliding_window or model.linear_attention") !=
         std::string::npos);
 }

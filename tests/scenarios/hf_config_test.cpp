@@ -28,12 +28,13 @@ std::string describe(const routing::MoeModelSpec& m) {
   return fmt::format(
       "name {} moe_layers {} hidden {} expert_ffn {} experts {} top_k {} shared {} dtype {} weights {} experts' {} heads {} kv {} "
       "head_dim {} kv_dim {} kv_bytes {} attention_params {} mla {} {} {} {} {} index {} {} {} mtp {} {} dense {} {} vocab {} "
-      "window {} every {}",
+      "window {} every {} gate {} linear {} {} {} {} {} {}",
       m.name, m.moe_layers, m.hidden, m.expert_ffn, m.experts, m.top_k, m.shared_experts, m.dtype_bytes, m.weight_bytes32,
       m.expert_weight_bytes32, m.attention_heads, m.kv_heads, m.head_dim, m.kv_cache_dim, m.kv_cache_bytes, m.attention_params,
       m.mla.q_lora_rank, m.mla.kv_lora_rank, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim, m.mla.v_head_dim, m.mla.index_topk,
       m.mla.index_n_heads, m.mla.index_head_dim, m.mtp_modules, m.mtp_layers, m.dense_layers, m.dense_ffn, m.vocab, m.sliding_window,
-      m.full_attention_every);
+      m.full_attention_every, m.output_gate, m.linear.key_heads, m.linear.value_heads, m.linear.key_dim, m.linear.value_dim,
+      m.linear.conv_kernel, m.linear.state_bytes);
 }
 
 std::string routing_groups(const scenarios::Scenario& sc) {
@@ -452,7 +453,9 @@ TEST_CASE("hf_config: Gated DeltaNet's hybrid models (Qwen3-Next, Qwen3.5)", "[h
   CHECK(m.linear.state_bytes == 4);
   CHECK(m.full_attention_every == 4);
   // The full layers' gated attention: query and gate 2 x 16 x 256, keys and values 2 x 256 each.
-  CHECK(m.attention_params == 2048LL * (8192 + 1024) + 4096LL * 2048);
+  CHECK(m.output_gate);
+  CHECK(m.attention_params == 0);
+  CHECK(routing::attention_weights(m) == 2048LL * (8192 + 1024) + 4096LL * 2048);
   const auto p = models::model_params(m);
   CHECK(p.total == 79'674'391'296 - 310'016);
   // Active (ten experts of 512 and the shared one): 3,874,929,408 so counted, less the input
@@ -466,7 +469,7 @@ TEST_CASE("hf_config: Gated DeltaNet's hybrid models (Qwen3-Next, Qwen3.5)", "[h
                                        "qwen3-next", {"model.linear_attention=~", "model.full_attention_every=~"});
   CHECK_FALSE(routing::has_linear_attention(full.forward.model));
   CHECK(full.forward.model.full_attention_every == 0);
-  CHECK(full.forward.model.attention_params == m.attention_params);
+  CHECK(full.forward.model.output_gate);
 
   // Qwen3.5's layout: the language model in text_config, the layers' kinds listed.
   const Beside qwen35(R"({"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text", "hidden_size": 512,
@@ -479,7 +482,13 @@ TEST_CASE("hf_config: Gated DeltaNet's hybrid models (Qwen3-Next, Qwen3.5)", "[h
   const auto s35 = qwen35.load("");
   CHECK(s35.forward.model.full_attention_every == 4);
   CHECK(s35.forward.model.linear.state_bytes == 2);
-  CHECK(s35.forward.model.attention_params == 512LL * (2 * 512 + 2 * 128) + 512LL * 512);
+  CHECK(s35.forward.model.output_gate);
+  CHECK(routing::attention_weights(s35.forward.model) == 512LL * (2 * 512 + 2 * 128) + 512LL * 512);
+  // With tensor parallelism its 2 kv heads are each held by 2 of 4 GPUs: a GPU's share is a
+  // quarter of the query, gate and output projections and one kv head's keys and values.
+  auto tp4 = s35.forward.model;
+  tp4.tp = 4;
+  CHECK(routing::attention_weights(tp4) == 512LL * (2 * 128 + 2 * 64) + 128LL * 512);
 
   const auto refused = [](const std::string& json) {
     const Beside b(json);
